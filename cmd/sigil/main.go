@@ -1,0 +1,307 @@
+// Command sigil is Sigil's fleet manager and operator CLI.
+//
+//	sigil serve [--config FILE]         run the fleet manager
+//	sigil demo [--once]                 a fleet and three simulated devices
+//	sigil devices [list|show ID|approve ID]
+//	sigil tokens create [--model M] [--owner O] [--ttl 24h]
+//	sigil version
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	_ "github.com/sigil-iot/sigil/device/tpm/tpmsim" // the in-process TPM simulator for sim:// devices
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/sim/harness"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+const usage = `usage:
+  sigil serve [--config FILE] [--data-dir DIR] [--mqtt-addr ADDR] [--api-addr ADDR]
+  sigil demo [--dir DIR] [--devices N] [--once] [--verbose]
+  sigil devices list [--state S] [-o json]
+  sigil devices show ID [-o json]
+  sigil devices approve ID
+  sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
+  sigil version
+
+API commands find the server, token and CA from --server/--token/--ca, the
+SIGIL_SERVER/SIGIL_TOKEN/SIGIL_CA environment, or --data-dir (default
+/var/lib/sigil, where sigil serve writes admin.token and ca/ca.crt).
+`
+
+// Exit codes.
+const (
+	exitOK       = 0
+	exitError    = 1
+	exitUsage    = 2
+	exitNotFound = 4
+	exitDenied   = 5
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stderr)
+	case "demo":
+		err = cmdDemo(ctx, args[1:], stdout, stderr)
+	case "devices":
+		err = cmdDevices(ctx, args[1:], stdout)
+	case "tokens":
+		err = cmdTokens(ctx, args[1:], stdout)
+	case "version":
+		fmt.Fprintln(stdout, "sigil", Version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "sigil: unknown command %q\n%s", args[0], usage)
+		return exitUsage
+	}
+	return exitCode(err, stderr)
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "sigil:", err)
+	var ue usageError
+	var se *api.StatusError
+	switch {
+	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp):
+		return exitUsage
+	case errors.As(err, &se) && se.Status == 404:
+		return exitNotFound
+	case errors.As(err, &se) && (se.Status == 401 || se.Status == 403):
+		return exitDenied
+	}
+	return exitError
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil || level == "" {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file (JSON)")
+	dataDir := fs.String("data-dir", "", "data directory (overrides the file)")
+	mqttAddr := fs.String("mqtt-addr", "", "MQTT TLS listen address (overrides the file)")
+	apiAddr := fs.String("api-addr", "", "HTTPS API listen address (overrides the file)")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	var cfg server.Config
+	if *path != "" {
+		if err := config.Load(*path, &cfg); err != nil {
+			return err
+		}
+	}
+	for dst, v := range map[*string]string{&cfg.DataDir: *dataDir, &cfg.MQTTAddr: *mqttAddr, &cfg.APIAddr: *apiAddr} {
+		if v != "" {
+			*dst = v
+		}
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	go func() {
+		select {
+		case <-srv.Ready():
+			fmt.Fprintf(stderr, "sigil serve: API %s  MQTT %s\n  fleet CA certificate: %s\n  admin API token file: %s\n",
+				srv.APIURL(), srv.MQTTAddr(), srv.CACertPath(), srv.AdminTokenPath())
+		case <-ctx.Done():
+		}
+	}()
+	return srv.Run(ctx)
+}
+
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	dir := fs.String("dir", "", "working directory (default: a new temporary directory)")
+	n := fs.Int("devices", 3, "number of simulated devices")
+	once := fs.Bool("once", false, "exit once the devices are active")
+	verbose := fs.Bool("verbose", false, "log the fleet and devices to stderr")
+	apiAddr := fs.String("api-addr", "127.0.0.1:8443", "HTTPS API listen address")
+	mqttAddr := fs.String("mqtt-addr", "127.0.0.1:8883", "MQTT listen address")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if *n < 1 || *n > 50 {
+		return usageError{"--devices must be from 1 to 50"}
+	}
+	log := slog.New(slog.DiscardHandler)
+	if *verbose {
+		log = newLogger(stderr, "info")
+	}
+	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log})
+}
+
+// apiFlags are the connection flags of API commands.
+type apiFlags struct {
+	server, token, ca, dataDir, output *string
+}
+
+func addAPIFlags(fs *flag.FlagSet) apiFlags {
+	return apiFlags{
+		server:  fs.String("server", os.Getenv("SIGIL_SERVER"), "API base URL (default https://localhost:8443)"),
+		token:   fs.String("token", os.Getenv("SIGIL_TOKEN"), "API bearer token"),
+		ca:      fs.String("ca", os.Getenv("SIGIL_CA"), "CA certificate file for the API's TLS"),
+		dataDir: fs.String("data-dir", "/var/lib/sigil", "fleet data directory to read the token and CA from"),
+		output:  fs.String("o", "table", "output: table or json"),
+	}
+}
+
+func (f apiFlags) client() (*api.Client, error) {
+	base, token, caFile := *f.server, *f.token, *f.ca
+	if base == "" {
+		base = "https://localhost:8443"
+	}
+	if token == "" {
+		b, err := os.ReadFile(filepath.Join(*f.dataDir, server.AdminTokenFile))
+		if err != nil {
+			return nil, usageError{"no API token: set --token or SIGIL_TOKEN, or --data-dir (" + err.Error() + ")"}
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if caFile == "" {
+		caFile = filepath.Join(*f.dataDir, server.CACertFile)
+	}
+	pemBytes, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, usageError{"no CA certificate for the API: set --ca or SIGIL_CA (" + err.Error() + ")"}
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pemBytes) {
+		return nil, usageError{"CA file " + caFile + " holds no PEM certificate"}
+	}
+	return api.NewClient(strings.TrimRight(base, "/"), token, roots), nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
+	sub := "list"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("devices "+sub, flag.ContinueOnError)
+	af := addAPIFlags(fs)
+	state := fs.String("state", "", "filter by state (list)")
+	var id string
+	if sub == "show" || sub == "approve" {
+		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+			return usageError{"devices " + sub + " needs a device ID"}
+		}
+		id, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "list":
+		list, err := c.Devices(ctx, *state)
+		if err != nil {
+			return err
+		}
+		if *af.output == "json" {
+			return printJSON(stdout, list)
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATE\tMODEL\tOWNER\tTRUST\tCERT EXPIRY\tCONNECTED")
+		for _, d := range list.Devices {
+			exp := ""
+			if !d.CertExpiry.IsZero() {
+				exp = d.CertExpiry.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", d.ID, d.State, d.Model, d.Owner, d.TrustPath, exp, d.Connected)
+		}
+		return tw.Flush()
+	case "show":
+		d, err := c.Device(ctx, id)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, d)
+	case "approve":
+		d, err := c.Approve(ctx, id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "approved %s (state %s); it enrolls at its next request\n", d.ID, d.State)
+		return nil
+	}
+	return usageError{"unknown devices subcommand " + sub}
+}
+
+func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "create" {
+		return usageError{"usage: sigil tokens create [--model M] [--owner O] [--ttl 24h]"}
+	}
+	fs := flag.NewFlagSet("tokens create", flag.ContinueOnError)
+	af := addAPIFlags(fs)
+	model := fs.String("model", "", "bind the token to this model")
+	owner := fs.String("owner", "", "owner assigned to the enrolled device")
+	ttl := fs.Duration("ttl", 24*time.Hour, "token lifetime")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err.Error()}
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	tok, err := c.CreateToken(ctx, *model, *owner, *ttl)
+	if err != nil {
+		return err
+	}
+	if *af.output == "json" {
+		return printJSON(stdout, tok)
+	}
+	fmt.Fprintf(stdout, "token:   %s\nid:      %s\nexpires: %s\n(shown once; single use)\n", tok.Token, tok.ID, tok.Expires.Format(time.RFC3339))
+	return nil
+}

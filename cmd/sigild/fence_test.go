@@ -1,0 +1,39 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestDeviceBinaryFence fails when sigild starts linking what a small device
+// must not carry: the fleet, the simulators, the broker, database drivers,
+// the cgo TPM simulator, or heavyweight fleet-only libraries.
+func TestDeviceBinaryFence(t *testing.T) {
+	for _, env := range [][]string{nil, {"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64"}} {
+		cmd := exec.Command("go", "list", "-deps", ".")
+		cmd.Env = append(cmd.Environ(), env...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go list: %v", err)
+		}
+		forbidden := []string{
+			"github.com/sigil-iot/sigil/fleet", "github.com/sigil-iot/sigil/sim",
+			"github.com/mochi-mqtt/server", "github.com/jackc/pgx", "github.com/lib/pq", "database/sql",
+			"github.com/google/go-tpm-tools/simulator", "github.com/google/go-tpm-tools", "github.com/sigil-iot/sigil/device/tpm/tpmsim",
+			"google.golang.org/protobuf", "html/template",
+		}
+		var deps []string
+		for _, dep := range strings.Fields(string(out)) {
+			deps = append(deps, dep)
+			for _, f := range forbidden {
+				if dep == f || strings.HasPrefix(dep, f+"/") {
+					t.Errorf("sigild (%v) links %s", env, dep)
+				}
+			}
+		}
+		if len(deps) < 10 {
+			t.Fatalf("go list returned too little to be real: %v", deps)
+		}
+	}
+}

@@ -1,0 +1,577 @@
+// Package agent is sigild: it owns the device's TPM session and state store,
+// enrolls with the fleet over MQTT, then keeps an mTLS session whose private
+// key never leaves the TPM.
+//
+// The enrollment sequence (docs/PROTOCOL.md):
+//
+//  1. create, once, an attestation key (AK) and a transport key (TK) in the
+//     TPM and persist their wrapped blobs;
+//  2. on a bootstrap TLS connection, send the EK, AK and TK public areas, a
+//     CSR signed by the TK, model, firmware and an optional token;
+//  3. answer the fleet's challenge: activate the credential with the EK,
+//     certify the TK with the AK and quote the PCRs, both over the fleet's
+//     nonce;
+//  4. store the certificate and the fleet trust bundle, then reconnect with
+//     mutual TLS, signing the handshake with the TK inside the TPM.
+//
+// A restart resumes from the stored status and never enrolls twice.
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/link"
+	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/device/tpm"
+	"github.com/sigil-iot/sigil/pkg/identity"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Version is sigild's version, set at build time with -ldflags.
+var Version = "dev"
+
+// Agent is the device daemon.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	topics wire.Topics
+	now    func() time.Time
+	rand   io.Reader
+
+	tpm *tpm.TPM
+	st  *state.Store
+
+	mu     sync.Mutex
+	status Status
+}
+
+// Status is what `sigild status` prints.
+type Status struct {
+	DeviceID    string    `json:"device_id,omitempty"`
+	Enrollment  string    `json:"enrollment"` // new, keys, pending, enrolled
+	Connected   bool      `json:"connected"`
+	Broker      string    `json:"broker"`
+	CertSerial  string    `json:"cert_serial,omitempty"`
+	CertExpiry  time.Time `json:"cert_expiry,omitzero"`
+	EnrolledAt  time.Time `json:"enrolled_at,omitzero"`
+	LastReason  string    `json:"last_reason,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	ConnectedAt time.Time `json:"connected_at,omitzero"`
+	Model       string    `json:"model"`
+	Firmware    string    `json:"firmware,omitempty"`
+	Agent       string    `json:"agent"`
+	Running     bool      `json:"running"` // set by CurrentStatus
+}
+
+// New validates cfg. Run does the work.
+func New(cfg Config, logger *slog.Logger) (*Agent, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: config: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{cfg: cfg, log: logger, topics: wire.Topics{Prefix: cfg.TopicPrefix}, now: time.Now, rand: rand.Reader}
+	a.status = Status{Enrollment: "new", Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
+	return a, nil
+}
+
+// Status returns a snapshot of the daemon's state.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+func (a *Agent) setStatus(fn func(*Status)) {
+	a.mu.Lock()
+	fn(&a.status)
+	a.mu.Unlock()
+}
+
+// Run enrolls if needed, then keeps the mTLS session up until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	st, err := state.Open(a.cfg.State, state.Options{})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer st.Close()
+	a.st = st
+	t, err := tpm.Open(a.cfg.TPM, tpm.WithLogger(a.log))
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer t.Close()
+	a.tpm = t
+
+	if a.cfg.Control != "-" {
+		stop, err := a.serveControl(a.cfg.Control)
+		if err != nil {
+			a.log.Warn("status socket unavailable", "path", a.cfg.Control, "err", err)
+		} else {
+			defer stop()
+		}
+	}
+
+	id, err := a.ensureKeys()
+	if err != nil {
+		return err
+	}
+	a.publishIdentity(id)
+	bo := a.backoff()
+	for id.Status != state.StatusEnrolled {
+		id, err = a.enroll(ctx, id)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			a.log.Warn("enrollment attempt failed", "err", err)
+			a.setStatus(func(s *Status) { s.LastError = err.Error() })
+			if !sleep(ctx, bo.next()) {
+				return nil
+			}
+			continue
+		}
+	}
+	a.publishIdentity(id)
+	return a.connectLoop(ctx, id)
+}
+
+// ensureKeys creates the AK and transport key once and persists them before
+// they are used.
+func (a *Agent) ensureKeys() (*state.Identity, error) {
+	id, err := a.st.Identity()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if id.Status != state.StatusNew {
+		return id, nil
+	}
+	ak, err := a.tpm.CreateAK()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	tk, err := a.tpm.CreateTransportKey()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	id.AK = state.KeyBlob{Public: ak.Public, Private: ak.Private}
+	id.TK = state.KeyBlob{Public: tk.Public, Private: tk.Private}
+	id.Status = state.StatusKeys
+	if err := a.st.SaveIdentity(id); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.log.Info("created attestation and transport keys in the TPM")
+	return id, nil
+}
+
+func blob(k state.KeyBlob) *tpm.KeyBlob { return &tpm.KeyBlob{Public: k.Public, Private: k.Private} }
+
+func (a *Agent) publishIdentity(id *state.Identity) {
+	a.setStatus(func(s *Status) {
+		s.Enrollment = id.Status
+		if id.Status == state.StatusNew {
+			s.Enrollment = "new"
+		}
+		s.DeviceID = id.DeviceID
+		s.LastReason = id.LastReason
+		s.EnrolledAt = id.EnrolledAt
+		if c, err := x509.ParseCertificate(id.Cert); err == nil {
+			s.CertSerial = hex.EncodeToString(c.SerialNumber.Bytes())
+			s.CertExpiry = c.NotAfter
+		}
+	})
+}
+
+// refusal is a non-temporary answer from the fleet.
+type refusal struct {
+	reason wire.Reason
+	msg    string
+}
+
+func (r *refusal) Error() string {
+	return fmt.Sprintf("agent: enrollment refused: %s (code %d): %s", r.reason, r.reason, r.msg)
+}
+
+func (a *Agent) token() (string, error) {
+	if a.cfg.TokenFile != "" {
+		b, err := os.ReadFile(a.cfg.TokenFile)
+		if err != nil {
+			return "", fmt.Errorf("agent: token file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return a.cfg.Token, nil
+}
+
+func (a *Agent) bootstrapTLS() (*tls.Config, error) {
+	pemBytes, err := os.ReadFile(a.cfg.FleetCA)
+	if err != nil {
+		return nil, fmt.Errorf("agent: fleet CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("agent: fleet CA %s: no PEM certificates", a.cfg.FleetCA)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now}, nil
+}
+
+// enroll runs one enrollment session: it returns the updated identity when
+// the device is enrolled, or an error after which the caller backs off.
+// While the fleet keeps the device pending it stays connected and asks again
+// every PendingRetry or when told it was approved.
+func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity, error) {
+	ek, err := a.tpm.EK()
+	if err != nil {
+		return id, fmt.Errorf("agent: %w", err)
+	}
+	devID, err := identity.DeviceID(ek.Key)
+	if err != nil {
+		return id, err
+	}
+	tok, err := a.token()
+	if err != nil {
+		return id, err
+	}
+	signer, err := a.tpm.Signer(blob(id.TK))
+	if err != nil {
+		return id, fmt.Errorf("agent: %w", err)
+	}
+	csr, err := x509.CreateCertificateRequest(a.rand, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: devID}, SignatureAlgorithm: x509.ECDSAWithSHA256,
+	}, signer)
+	if err != nil {
+		return id, fmt.Errorf("agent: CSR: %w", err)
+	}
+	tlsCfg, err := a.bootstrapTLS()
+	if err != nil {
+		return id, err
+	}
+	clientID := "e-" + devID
+	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log})
+	if err != nil {
+		return id, err
+	}
+	defer conn.Close()
+
+	inbox := make(chan *wire.Envelope, 8)
+	err = conn.Subscribe(ctx, a.topics.Filter(wire.SegEnroll, clientID, wire.Down), func(_ string, payload []byte) {
+		env, err := wire.Decode(payload)
+		if err != nil {
+			a.log.Warn("dropping malformed message from fleet", "err", err)
+			return
+		}
+		select {
+		case inbox <- env:
+		default:
+		}
+	})
+	if err != nil {
+		return id, err
+	}
+	req := &wire.EnrollRequest{
+		EKPublic: ek.Public, EKCert: ek.Cert, AKPublic: id.AK.Public, TKPublic: id.TK.Public,
+		CSR: csr, Model: a.cfg.Model, Firmware: a.cfg.Firmware, Serial: a.cfg.Serial, Token: tok,
+	}
+	send := func(typ string, corr []byte, body any) ([]byte, error) {
+		b, err := wire.Encode(typ, corr, a.now(), body)
+		if err != nil {
+			return nil, err
+		}
+		env, _ := wire.Decode(b)
+		return env.ID, conn.Publish(ctx, a.topics.EnrollUp(clientID, "enroll"), b)
+	}
+	reqID, err := send(wire.TypeEnrollRequest, nil, req)
+	if err != nil {
+		return id, err
+	}
+	id.Attempts++
+	a.log.Info("enrollment request sent", "device_id", devID, "model", a.cfg.Model)
+
+	const answerTimeout = 30 * time.Second
+	timer := time.NewTimer(answerTimeout)
+	defer timer.Stop()
+	var proofID []byte
+	pending := false
+	for {
+		select {
+		case <-ctx.Done():
+			return id, ctx.Err()
+		case <-conn.Done():
+			return id, fmt.Errorf("agent: bootstrap connection lost: %v", conn.Err())
+		case <-timer.C:
+			if pending {
+				if reqID, err = send(wire.TypeEnrollRequest, nil, req); err != nil {
+					return id, err
+				}
+				proofID = nil
+				timer.Reset(answerTimeout)
+				continue
+			}
+			return id, errors.New("agent: no answer from the fleet")
+		case env := <-inbox:
+			switch env.Type {
+			case wire.TypeEnrollChallenge:
+				if !hmac.Equal(env.Corr, reqID) {
+					continue // an answer to an earlier request
+				}
+				var ch wire.EnrollChallenge
+				if err := wire.DecodeBody(env, wire.TypeEnrollChallenge, &ch); err != nil {
+					return id, err
+				}
+				proof, err := a.answer(id, &ch)
+				if err != nil {
+					return id, err
+				}
+				if proofID, err = send(wire.TypeEnrollProof, env.ID, proof); err != nil {
+					return id, err
+				}
+				timer.Reset(answerTimeout)
+			case wire.TypeEnrollResult:
+				if !hmac.Equal(env.Corr, reqID) && (proofID == nil || !hmac.Equal(env.Corr, proofID)) {
+					continue
+				}
+				var res wire.EnrollResult
+				if err := wire.DecodeBody(env, wire.TypeEnrollResult, &res); err != nil {
+					return id, err
+				}
+				switch res.Status {
+				case wire.StatusActive:
+					return a.accept(id, &res, signer.Public())
+				case wire.StatusPending:
+					if !pending {
+						a.log.Info("enrollment pending operator approval", "device_id", devID)
+					}
+					pending = true
+					id.Status = state.StatusPending
+					id.LastReason = res.Reason.String()
+					if err := a.st.SaveIdentity(id); err != nil {
+						return id, err
+					}
+					a.publishIdentity(id)
+					timer.Reset(time.Duration(a.cfg.PendingRetry))
+				default:
+					id.LastReason = fmt.Sprintf("%s: %s", res.Reason, res.Message)
+					a.publishIdentity(id)
+					return id, &refusal{reason: res.Reason, msg: res.Message}
+				}
+			case wire.TypeEnrollRetry:
+				if pending {
+					timer.Reset(0)
+				}
+			}
+		}
+	}
+}
+
+// answer activates the credential and certifies and quotes over the nonce.
+func (a *Agent) answer(id *state.Identity, ch *wire.EnrollChallenge) (*wire.EnrollProof, error) {
+	secret, err := a.tpm.ActivateCredential(blob(id.AK), ch.CredentialBlob, ch.EncryptedSecret)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	mac := hmac.New(sha256.New, secret)
+	mac.Write(ch.Session)
+	mac.Write(ch.Nonce)
+	attest, sig, err := a.tpm.Certify(blob(id.AK), blob(id.TK), ch.Nonce)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	q, err := a.tpm.Quote(blob(id.AK), ch.Nonce, ch.Selection)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return &wire.EnrollProof{Session: ch.Session, Activation: mac.Sum(nil), CertifyInfo: attest, CertifySig: sig, Quote: *q}, nil
+}
+
+// accept checks the issued certificate before storing it: it must be for
+// the transport key and chain to the trust bundle it came with.
+func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.PublicKey) (*state.Identity, error) {
+	cert, err := x509.ParseCertificate(res.Certificate)
+	if err != nil {
+		return id, fmt.Errorf("agent: issued certificate: %w", err)
+	}
+	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+	if !ok || !pub.Equal(tkPub) {
+		return id, errors.New("agent: issued certificate is not for the transport key")
+	}
+	roots := x509.NewCertPool()
+	for _, der := range res.TrustBundle {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return id, fmt.Errorf("agent: trust bundle: %w", err)
+		}
+		roots.AddCert(c)
+	}
+	inter := x509.NewCertPool()
+	for _, der := range res.Chain {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: a.now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return id, fmt.Errorf("agent: issued certificate does not verify: %w", err)
+	}
+	id.Status = state.StatusEnrolled
+	id.DeviceID = res.DeviceID
+	id.Cert = res.Certificate
+	id.Chain = res.Chain
+	id.TrustBundle = res.TrustBundle
+	id.EnrolledAt = a.now().UTC()
+	id.LastReason = ""
+	if err := a.st.SaveIdentity(id); err != nil {
+		return id, err
+	}
+	a.log.Info("enrolled", "device_id", id.DeviceID, "cert_expiry", cert.NotAfter)
+	return id, nil
+}
+
+// connectLoop keeps the mTLS session up, reconnecting with backoff.
+func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
+	bo := a.backoff()
+	for {
+		conn, err := a.connect(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.log.Warn("connect failed", "err", err)
+			a.setStatus(func(s *Status) { s.LastError = err.Error() })
+			if !sleep(ctx, bo.next()) {
+				return nil
+			}
+			continue
+		}
+		bo.reset()
+		a.setStatus(func(s *Status) { s.Connected = true; s.ConnectedAt = a.now(); s.LastError = "" })
+		a.log.Info("connected with TPM-backed mTLS", "device_id", id.DeviceID, "broker", a.cfg.Broker)
+		select {
+		case <-ctx.Done():
+			conn.Close()
+			a.setStatus(func(s *Status) { s.Connected = false })
+			return nil
+		case <-conn.Done():
+			a.setStatus(func(s *Status) { s.Connected = false; s.LastError = fmt.Sprint("connection lost: ", conn.Err()) })
+			a.log.Warn("connection lost", "err", conn.Err())
+			if !sleep(ctx, bo.next()) {
+				return nil
+			}
+		}
+	}
+}
+
+func (a *Agent) connect(ctx context.Context, id *state.Identity) (*link.Conn, error) {
+	signer, err := a.tpm.Signer(blob(id.TK))
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(id.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("agent: stored certificate: %w", err)
+	}
+	chain := append([][]byte{id.Cert}, id.Chain...)
+	roots := x509.NewCertPool()
+	for _, der := range id.TrustBundle {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			roots.AddCert(c)
+		}
+	}
+	tlsCfg := &tls.Config{
+		RootCAs: roots, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now,
+		Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: signer, Leaf: leaf}},
+	}
+	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: id.DeviceID, TLS: tlsCfg, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.Subscribe(ctx, a.topics.Filter(wire.SegDevice, id.DeviceID, wire.Down), a.handleDown); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	hello, err := wire.Encode(wire.TypeHello, nil, a.now(), &wire.Hello{Model: a.cfg.Model, Firmware: a.cfg.Firmware, Agent: Version})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "hello"), hello); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (a *Agent) handleDown(topic string, payload []byte) {
+	env, err := wire.Decode(payload)
+	if err != nil {
+		a.log.Warn("dropping malformed message from fleet", "topic", topic, "err", err)
+		return
+	}
+	a.log.Debug("message from fleet", "type", env.Type, "id", env.IDString())
+}
+
+// backoff is jittered exponential backoff between RetryMin and RetryMax.
+type backoff struct {
+	min, max, cur time.Duration
+	rand          io.Reader
+}
+
+func (a *Agent) backoff() *backoff {
+	return &backoff{min: time.Duration(a.cfg.RetryMin), max: time.Duration(a.cfg.RetryMax), rand: a.rand}
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(b.cur*2, b.max)
+	}
+	// Full jitter in [cur/2, cur].
+	half := int64(b.cur / 2)
+	if half <= 0 {
+		return b.cur
+	}
+	n, err := rand.Int(b.rand, big.NewInt(half))
+	if err != nil {
+		return b.cur
+	}
+	return time.Duration(half + n.Int64())
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// FleetCAPEM is a helper for tools that write a fleet CA file.
+func FleetCAPEM(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}

@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Config is sigild's configuration. The JSON field names are the
+// configuration file's keys (see docs/CONFIG.md).
+type Config struct {
+	// TPM selects the TPM: a device path (default /dev/tpmrm0),
+	// swtpm://HOST:PORT, or sim:// when the simulator is linked (never in
+	// the device binary).
+	TPM string `json:"tpm"`
+	// State is the state store file. Default /var/lib/sigild/state.db.
+	State string `json:"state"`
+	// Broker is HOST:PORT of the fleet's MQTT TLS listener. Required.
+	Broker string `json:"broker"`
+	// ServerName is the TLS name expected on the broker's certificate.
+	// Default: the host part of Broker.
+	ServerName string `json:"server_name"`
+	// FleetCA is a PEM file with the fleet CA certificate trusted for the
+	// bootstrap connection. After enrollment the trust bundle the fleet
+	// delivered is used. Required until enrolled.
+	FleetCA string `json:"fleet_ca"`
+	// Model and Firmware describe the device to the fleet. Model is required.
+	Model    string `json:"model"`
+	Firmware string `json:"firmware"`
+	// Serial is the identity the device claims (hardware serial number).
+	// Default: the contents of /etc/machine-id, else empty.
+	Serial string `json:"serial"`
+	// Token is an enrollment token; TokenFile reads it from a file instead
+	// (preferred: keep it out of the config). Optional when the fleet trusts
+	// the EK by manufacturer CA, allow-list or operator approval.
+	Token     string `json:"token"`
+	TokenFile string `json:"token_file"`
+	// TopicPrefix is the first MQTT topic level. Default "sigil".
+	TopicPrefix string `json:"topic_prefix"`
+	// RetryMin and RetryMax bound the jittered exponential backoff between
+	// attempts to enroll or connect. Defaults 1s and 5m.
+	RetryMin Duration `json:"retry_min"`
+	RetryMax Duration `json:"retry_max"`
+	// PendingRetry is how often a device waiting for approval asks again
+	// (it also asks at once when the fleet says it was approved). Default 30s.
+	PendingRetry Duration `json:"pending_retry"`
+	// Control is the Unix socket `sigild status` reads. Default
+	// /run/sigild/sigild.sock; "-" disables it.
+	Control string `json:"control"`
+	// LogLevel is debug, info, warn or error. Default info.
+	LogLevel string `json:"log_level"`
+}
+
+// Duration is a duration written as "30s".
+type Duration = config.Duration
+
+// LoadConfig reads a JSON configuration file. Unknown keys are an error, so a
+// typo is not silently ignored.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	err := config.Load(path, &c)
+	return c, err
+}
+
+func (c *Config) setDefaults() {
+	if c.TPM == "" {
+		c.TPM = "/dev/tpmrm0"
+	}
+	if c.State == "" {
+		c.State = "/var/lib/sigild/state.db"
+	}
+	if c.ServerName == "" {
+		if h, _, err := net.SplitHostPort(c.Broker); err == nil {
+			c.ServerName = h
+		}
+	}
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = wire.DefaultPrefix
+	}
+	if c.RetryMin == 0 {
+		c.RetryMin = Duration(time.Second)
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = Duration(5 * time.Minute)
+	}
+	if c.PendingRetry == 0 {
+		c.PendingRetry = Duration(30 * time.Second)
+	}
+	if c.Control == "" {
+		c.Control = "/run/sigild/sigild.sock"
+	}
+	if c.Serial == "" {
+		if b, err := os.ReadFile("/etc/machine-id"); err == nil {
+			c.Serial = strings.TrimSpace(string(b))
+		}
+	}
+}
+
+// Validate reports every problem with the configuration at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Broker == "" {
+		errs = append(errs, errors.New("broker is required"))
+	} else if _, _, err := net.SplitHostPort(c.Broker); err != nil {
+		errs = append(errs, fmt.Errorf("broker: %w", err))
+	}
+	if c.Model == "" {
+		errs = append(errs, errors.New("model is required"))
+	}
+	if c.Token != "" && c.TokenFile != "" {
+		errs = append(errs, errors.New("set token or token_file, not both"))
+	}
+	if c.RetryMin > c.RetryMax {
+		errs = append(errs, errors.New("retry_min exceeds retry_max"))
+	}
+	if !validTopicLevel(c.TopicPrefix) {
+		errs = append(errs, errors.New("topic_prefix must be one topic level without wildcards"))
+	}
+	return errors.Join(errs...)
+}
+
+func validTopicLevel(s string) bool {
+	return s != "" && !strings.ContainsAny(s, "+#/\x00")
+}

@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/state"
+)
+
+// serveControl answers each connection on a Unix socket with the status as
+// JSON. The socket is mode 0600: status names the device and its broker.
+func (a *Agent) serveControl(path string) (stop func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			_ = json.NewEncoder(c).Encode(a.Status())
+			c.Close()
+		}
+	}()
+	return func() { ln.Close(); os.Remove(path) }, nil
+}
+
+// ReadStatus asks a running sigild for its status over its control socket.
+func ReadStatus(path string) (*Status, error) {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("agent: sigild not reachable at %s: %w", path, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	var s Status
+	if err := json.NewDecoder(c).Decode(&s); err != nil {
+		return nil, fmt.Errorf("agent: status: %w", err)
+	}
+	return &s, nil
+}
+
+// CurrentStatus asks the running daemon; when none answers it reads the
+// state store directly and reports the daemon as not running.
+func CurrentStatus(cfg Config) (*Status, error) {
+	cfg.setDefaults()
+	if cfg.Control != "-" {
+		if s, err := ReadStatus(cfg.Control); err == nil {
+			s.Running = true
+			return s, nil
+		}
+	}
+	st, err := state.Open(cfg.State, state.Options{ReadOnly: true, Timeout: 500 * time.Millisecond})
+	if err != nil {
+		if errors.Is(err, state.ErrLocked) {
+			return nil, fmt.Errorf("agent: sigild holds the state store but its status socket %s does not answer", cfg.Control)
+		}
+		return nil, err
+	}
+	defer st.Close()
+	id, err := st.Identity()
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg}
+	a.status = Status{Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
+	a.publishIdentity(id)
+	s := a.Status()
+	return &s, nil
+}
+
+// Text renders the status for people.
+func (s *Status) Text() string {
+	var b strings.Builder
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(&b, "%-13s %s\n", k+":", v)
+		}
+	}
+	row("daemon", map[bool]string{true: "running", false: "not running"}[s.Running])
+	row("device id", s.DeviceID)
+	row("enrollment", s.Enrollment)
+	if s.Running {
+		row("connected", fmt.Sprint(s.Connected))
+	}
+	row("broker", s.Broker)
+	row("cert serial", s.CertSerial)
+	if !s.CertExpiry.IsZero() {
+		row("cert expiry", s.CertExpiry.Format(time.RFC3339)+" (in "+time.Until(s.CertExpiry).Round(time.Minute).String()+")")
+	}
+	if !s.EnrolledAt.IsZero() {
+		row("enrolled at", s.EnrolledAt.Format(time.RFC3339))
+	}
+	row("last reason", s.LastReason)
+	row("last error", s.LastError)
+	row("model", s.Model)
+	row("firmware", s.Firmware)
+	row("agent", s.Agent)
+	return b.String()
+}

@@ -1,0 +1,316 @@
+// Package api serves the fleet's JSON API under /api/v1 over HTTPS with
+// bearer-token authentication. Errors are RFC 9457 problem+json documents
+// whose detail is public; internal causes are logged, never returned.
+package api
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/enroll"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+)
+
+// Approver approves pending devices (the enrollment service).
+type Approver interface {
+	Approve(deviceID, by string) error
+}
+
+// Config configures the handler.
+type Config struct {
+	Inventory *inventory.Store
+	Approver  Approver
+	// AdminTokenHash is the SHA-256 of the admin bearer token.
+	AdminTokenHash []byte
+	// Connected reports live broker sessions; nil means unknown.
+	Connected func(deviceID string) bool
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
+
+type handler struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New returns the API handler.
+func New(cfg Config) http.Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	h := &handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	h.mux.Handle("GET /api/v1/devices", h.auth(h.listDevices))
+	h.mux.Handle("GET /api/v1/devices/{id}", h.auth(h.getDevice))
+	h.mux.Handle("POST /api/v1/devices/{id}/approve", h.auth(h.approve))
+	h.mux.Handle("POST /api/v1/enrollment-tokens", h.auth(h.createToken))
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
+	})
+	return h
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Strict-Transport-Security", "max-age=31536000")
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	h.mux.ServeHTTP(w, r)
+}
+
+// auth checks the bearer token in constant time.
+func (h *handler) auth(next func(http.ResponseWriter, *http.Request, string)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || tok == "" || len(h.cfg.AdminTokenHash) != len(sum) || subtle.ConstantTimeCompare(sum[:], h.cfg.AdminTokenHash) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sigil"`)
+			problem(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
+			return
+		}
+		next(w, r, "admin")
+	})
+}
+
+// Device is the API's view of an inventory record.
+type Device struct {
+	ID            string    `json:"id"`
+	State         string    `json:"state"`
+	Model         string    `json:"model"`
+	Firmware      string    `json:"firmware,omitempty"`
+	Owner         string    `json:"owner,omitempty"`
+	Serial        string    `json:"serial,omitempty"`
+	EKFingerprint string    `json:"ek_fingerprint"`
+	TrustPath     string    `json:"trust_path,omitempty"`
+	CertSerial    string    `json:"cert_serial,omitempty"`
+	CertExpiry    time.Time `json:"cert_expiry,omitzero"`
+	FirstSeen     time.Time `json:"first_seen,omitzero"`
+	LastSeen      time.Time `json:"last_seen,omitzero"`
+	EnrolledAt    time.Time `json:"enrolled_at,omitzero"`
+	Connected     bool      `json:"connected"`
+	Flags         []string  `json:"flags,omitempty"`
+}
+
+func (h *handler) view(d *inventory.Device) Device {
+	v := Device{
+		ID: d.ID, State: string(d.State), Model: d.Model, Firmware: d.Firmware, Owner: d.Owner, Serial: d.Serial,
+		EKFingerprint: d.EKFingerprint, TrustPath: d.TrustPath, CertSerial: d.CertSerial, CertExpiry: d.CertExpiry,
+		FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, EnrolledAt: d.EnrolledAt, Connected: d.Connected, Flags: d.Flags,
+	}
+	if h.cfg.Connected != nil {
+		v.Connected = h.cfg.Connected(d.ID)
+	}
+	return v
+}
+
+func (h *handler) listDevices(w http.ResponseWriter, r *http.Request, _ string) {
+	q := r.URL.Query()
+	f := inventory.Filter{State: inventory.State(q.Get("state")), Model: q.Get("model"), After: q.Get("after"), Limit: 100}
+	if s := q.Get("state"); s != "" && !validState(s) {
+		problem(w, http.StatusBadRequest, "bad request", "state must be one of pending, active, quarantined, decommissioned")
+		return
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			problem(w, http.StatusBadRequest, "bad request", "limit must be an integer from 1 to 1000")
+			return
+		}
+		f.Limit = n
+	}
+	devs, next, err := h.cfg.Inventory.ListDevices(f)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	out := struct {
+		Devices []Device `json:"devices"`
+		Next    string   `json:"next,omitempty"`
+	}{Devices: make([]Device, 0, len(devs)), Next: next}
+	for i := range devs {
+		out.Devices = append(out.Devices, h.view(&devs[i]))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func validState(s string) bool {
+	switch inventory.State(s) {
+	case inventory.StatePending, inventory.StateActive, inventory.StateQuarantined, inventory.StateDecommissioned:
+		return true
+	}
+	return false
+}
+
+// Event is a lifecycle event in the API.
+type Event struct {
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+func (h *handler) getDevice(w http.ResponseWriter, r *http.Request, _ string) {
+	d, err := h.cfg.Inventory.Device(r.PathValue("id"))
+	if errors.Is(err, inventory.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no device with that ID")
+		return
+	}
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	evs, err := h.cfg.Inventory.Events(d.ID, 50)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	out := struct {
+		Device
+		Events []Event `json:"events"`
+	}{Device: h.view(d), Events: make([]Event, 0, len(evs))}
+	for _, e := range evs {
+		out.Events = append(out.Events, Event{Time: e.Time, Kind: e.Kind, Detail: e.Detail})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (h *handler) approve(w http.ResponseWriter, r *http.Request, who string) {
+	id := r.PathValue("id")
+	err := h.cfg.Approver.Approve(id, who)
+	switch {
+	case errors.Is(err, inventory.ErrNotFound):
+		problem(w, http.StatusNotFound, "not found", "no device with that ID")
+		return
+	case errors.Is(err, enroll.ErrNotPending):
+		problem(w, http.StatusConflict, "conflict", "the device is not pending approval")
+		return
+	case err != nil:
+		h.internal(w, err)
+		return
+	}
+	d, err := h.cfg.Inventory.Device(id)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.view(d))
+}
+
+type tokenRequest struct {
+	Model string `json:"model"`
+	Owner string `json:"owner"`
+	TTL   string `json:"ttl"`
+}
+
+// TokenResponse shows a new enrollment token; the secret is shown once.
+type TokenResponse struct {
+	ID      string    `json:"id"`
+	Token   string    `json:"token"`
+	Model   string    `json:"model,omitempty"`
+	Owner   string    `json:"owner,omitempty"`
+	Expires time.Time `json:"expires"`
+}
+
+func (h *handler) createToken(w http.ResponseWriter, r *http.Request, _ string) {
+	var req tokenRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	ttl := 24 * time.Hour
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > 365*24*time.Hour {
+			problem(w, http.StatusBadRequest, "bad request", "ttl must be a positive duration up to 8760h, e.g. \"24h\"")
+			return
+		}
+		ttl = d
+	}
+	if len(req.Model) > 128 || len(req.Owner) > 128 {
+		problem(w, http.StatusBadRequest, "bad request", "model and owner are at most 128 characters")
+		return
+	}
+	secret, tok, err := h.cfg.Inventory.CreateToken(req.Model, req.Owner, ttl)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	h.log.Info("enrollment token created", "token_id", tok.ID, "model", tok.Model, "owner", tok.Owner, "expires", tok.Expires)
+	writeJSON(w, http.StatusCreated, TokenResponse{ID: tok.ID, Token: secret, Model: tok.Model, Owner: tok.Owner, Expires: tok.Expires})
+}
+
+// decode reads a JSON body strictly; on failure it has written a 4xx.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		problem(w, http.StatusUnsupportedMediaType, "unsupported media type", "send application/json")
+		return false
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			problem(w, http.StatusRequestEntityTooLarge, "request too large", fmt.Sprintf("bodies are limited to %d bytes", maxBody))
+			return false
+		}
+		problem(w, http.StatusBadRequest, "bad request", "malformed JSON body: "+publicJSONError(err))
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		problem(w, http.StatusBadRequest, "bad request", "trailing data after the JSON body")
+		return false
+	}
+	return true
+}
+
+func publicJSONError(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %q has the wrong type", te.Field)
+	}
+	if strings.HasPrefix(err.Error(), "json: unknown field") {
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return "syntax error"
+}
+
+func (h *handler) internal(w http.ResponseWriter, err error) {
+	h.log.Error("api internal error", "err", err)
+	problem(w, http.StatusInternalServerError, "internal error", "the server could not complete the request")
+}
+
+// Problem is an RFC 9457 problem document.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+func problem(w http.ResponseWriter, status int, title, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(Problem{Type: "about:blank", Title: title, Status: status, Detail: detail})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

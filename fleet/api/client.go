@@ -1,0 +1,122 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Client calls the API; the CLI, the demo and tests use it.
+type Client struct {
+	BaseURL string // e.g. https://localhost:8443
+	Token   string
+	HTTP    *http.Client
+}
+
+// NewClient returns a client trusting the given CA pool.
+func NewClient(baseURL, token string, roots *x509.CertPool) *Client {
+	return &Client{BaseURL: baseURL, Token: token, HTTP: &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}},
+	}}
+}
+
+// StatusError is a non-2xx answer with its problem document.
+type StatusError struct {
+	Status  int
+	Problem Problem
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("api: %d %s: %s", e.Status, e.Problem.Title, e.Problem.Detail)
+}
+
+// Do sends a request with a JSON body (nil for none) and decodes the JSON
+// answer into out (nil to discard).
+func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		se := &StatusError{Status: resp.StatusCode}
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&se.Problem)
+		return se
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// DeviceList is GET /api/v1/devices.
+type DeviceList struct {
+	Devices []Device `json:"devices"`
+	Next    string   `json:"next,omitempty"`
+}
+
+// Devices lists devices, optionally filtered by state.
+func (c *Client) Devices(ctx context.Context, state string) (*DeviceList, error) {
+	q := url.Values{}
+	if state != "" {
+		q.Set("state", state)
+	}
+	var out DeviceList
+	path := "/api/v1/devices"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	return &out, c.Do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// DeviceDetail is GET /api/v1/devices/{id}.
+type DeviceDetail struct {
+	Device
+	Events []Event `json:"events"`
+}
+
+// Device fetches one device.
+func (c *Client) Device(ctx context.Context, id string) (*DeviceDetail, error) {
+	var out DeviceDetail
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id), nil, &out)
+}
+
+// CreateToken creates an enrollment token.
+func (c *Client) CreateToken(ctx context.Context, model, owner string, ttl time.Duration) (*TokenResponse, error) {
+	req := tokenRequest{Model: model, Owner: owner}
+	if ttl > 0 {
+		req.TTL = ttl.String()
+	}
+	var out TokenResponse
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/enrollment-tokens", req, &out)
+}
+
+// Approve approves a pending device.
+func (c *Client) Approve(ctx context.Context, id string) (*Device, error) {
+	var out Device
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/approve", nil, &out)
+}

@@ -1,0 +1,520 @@
+// Package broker is the fleet's embedded MQTT broker: mochi-mqtt behind a
+// TLS listener of our own, with a hook that enforces Sigil's topic rules.
+//
+// Two kinds of remote clients connect:
+//
+//   - A device presents a certificate that chains to Config.ClientCAs (checked
+//     by TLS). Its device ID is read from the certificate with
+//     identity.FromCertificate; its MQTT client ID must equal that ID, and
+//     Config.Gate must admit it. It may publish only to
+//     <prefix>/v1/dev/<id>/up/<kind> and subscribe only to
+//     <prefix>/v1/dev/<id>/down/<kind>, where <kind> may be "+" or "#".
+//   - A bootstrap client presents no certificate (only if
+//     Config.AllowBootstrap). Its client ID must pass wire.ValidID. It may
+//     publish only to <prefix>/v1/enroll/<client-id>/up/<kind> and subscribe
+//     only under <prefix>/v1/enroll/<client-id>/down/. Its session is always
+//     clean, and at most Config.MaxBootstrapClients such TLS connections are
+//     open at once.
+//
+// Only the fleet's inline client (Publish, Subscribe) reaches other trees,
+// $SYS included (mochi itself silently drops a client's publish to a topic
+// starting with '$' before any hook sees it, so that one is not counted). Retained flags from clients are stripped and nothing is
+// retained; a will is refused at CONNECT unless it targets the client's own
+// up topic and is not retained.
+//
+// A forbidden subscription is answered with SUBACK failure (0x80 in MQTT
+// 3.1.1, 0x87 in MQTT 5). A forbidden publish is dropped, counted, and the
+// client is disconnected whatever the QoS: MQTT 3.1.1 has no negative PUBACK,
+// so a silent drop would let a broken device believe it delivered, and a
+// disconnect makes the failure visible in its logs.
+//
+// A client ID held by a connected device cannot be taken by a bootstrap
+// client (an anonymous client cannot kick a device). When a client takes over
+// a session that belongs to a different identity, that session's
+// subscriptions and queued messages are dropped rather than inherited.
+//
+// Every message handed to a fleet subscription carries the Identity of the
+// client that published it, as authenticated at the connection, and is
+// checked against the topic rules once more before delivery.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Identity is who a client is, as established at its connection. Payload
+// claims never change it.
+type Identity struct {
+	ClientID string            // MQTT client ID
+	DeviceID string            // device ID from the certificate; "" for bootstrap clients
+	Cert     *x509.Certificate // verified client certificate; nil for bootstrap clients
+	Fleet    bool              // the fleet's own inline client
+}
+
+// Bootstrap reports whether the identity is a client without certificate.
+func (id Identity) Bootstrap() bool { return !id.Fleet && id.DeviceID == "" }
+
+// Gate decides whether a device with a valid certificate may connect. The
+// fleet implements it with its inventory (refusing decommissioned devices or
+// revoked serials, for example).
+type Gate interface {
+	// AdmitDevice returns nil to admit the device; its error is logged and
+	// reported in a Refused event, never sent to the client.
+	AdmitDevice(deviceID string, cert *x509.Certificate) error
+}
+
+// GateFunc adapts a function to Gate.
+type GateFunc func(deviceID string, cert *x509.Certificate) error
+
+// AdmitDevice calls f.
+func (f GateFunc) AdmitDevice(deviceID string, cert *x509.Certificate) error {
+	return f(deviceID, cert)
+}
+
+// EventKind says what happened to a connection.
+type EventKind int
+
+// Event kinds.
+const (
+	// Connected: a client was admitted. A device that reconnects before its
+	// old connection is gone is reported Connected again.
+	Connected EventKind = iota + 1
+	// Disconnected: the last connection of a client ID ended.
+	Disconnected
+	// Refused: a CONNECT was refused; Reason says why.
+	Refused
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case Connected:
+		return "connected"
+	case Disconnected:
+		return "disconnected"
+	case Refused:
+		return "refused"
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// Event reports a change in a client's connection.
+type Event struct {
+	Kind     EventKind
+	Identity Identity
+	Reason   string // why a connection was refused or ended, for logs
+	Time     time.Time
+}
+
+// Stats are the broker's counters.
+type Stats struct {
+	Connections          int64  // MQTT clients admitted and connected now
+	DeviceConnections    int64  // of which devices
+	BootstrapConnections int64  // TLS connections without certificate open now (admitted or not yet)
+	AuthRefusals         uint64 // CONNECTs refused
+	ACLDenials           uint64 // publishes and subscriptions refused (and deliveries not allowed)
+	BootstrapOverCap     uint64 // bootstrap connections closed because MaxBootstrapClients were open
+	HandshakeFailures    uint64 // TLS handshakes that failed or timed out
+	AcceptErrors         uint64 // failed accepts (the listener backs off and retries)
+	DroppedInline        uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
+}
+
+// Config configures a Broker.
+type Config struct {
+	// Addr is the TCP address of the TLS listener, e.g. "127.0.0.1:8883".
+	// A port of 0 picks a free port; Addr() tells which after Start.
+	Addr string
+	// TLS holds the server certificate. The broker works on a clone and sets
+	// ClientAuth (VerifyClientCertIfGiven, or RequireAndVerifyClientCert
+	// when AllowBootstrap is false), ClientCAs and, if Now is set, Time.
+	TLS *tls.Config
+	// ClientCAs verifies device certificates. Required.
+	ClientCAs *x509.CertPool
+	// TrustDomain is the SPIFFE trust domain of device certificates. Required.
+	TrustDomain string
+	// Topics names the topic tree (default prefix wire.DefaultPrefix).
+	Topics wire.Topics
+	// Gate admits devices; nil admits every device with a valid certificate.
+	Gate Gate
+	// AllowBootstrap lets clients without certificate connect, restricted to
+	// their own enrollment topics. The zero value refuses them; the fleet
+	// server enables it by default.
+	AllowBootstrap bool
+	// MaxBootstrapClients caps concurrent TLS connections without
+	// certificate; further ones are closed after the handshake. Default 1000.
+	MaxBootstrapClients int
+	// HandshakeTimeout bounds the TLS handshake and the wait for CONNECT.
+	// Default 10s.
+	HandshakeTimeout time.Duration
+	// MaxWritesPending is the per-client outbound queue, in packets: a
+	// client whose queue is full loses messages. Default 1024 (mochi's own
+	// default, 8192, costs ~64 KiB per idle connection).
+	MaxWritesPending int
+	// BufferSize is each client's read and write buffer. Default 1024.
+	BufferSize int
+	// MaxPacketSize bounds an MQTT packet. Default wire.MaxMessageSize + 4 KiB.
+	MaxPacketSize int
+	// SessionExpiry is how long a device's session (subscriptions, queued
+	// QoS 1 messages) outlives its connection when it connects without clean
+	// session. Default 24h.
+	SessionExpiry time.Duration
+	// Events, if set, is called for every Connected, Disconnected and
+	// Refused event, on the connection's goroutine: it must not block.
+	Events func(Event)
+	// Logger receives the broker's and mochi's logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock for events and TLS verification; nil means time.Now.
+	Now func() time.Time
+}
+
+const listenerID = "sigil-tls"
+
+// Broker is a running embedded MQTT broker.
+type Broker struct {
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	srv    *mqtt.Server
+	ln     *listener
+	subID  atomic.Int64
+	start  sync.Once
+	serr   error
+	closed atomic.Bool
+
+	mu       sync.Mutex
+	devConns map[string]map[*conn]struct{} // admitted connections per device ID
+	ids      map[string]int                // admitted connections per client ID
+
+	connections       atomic.Int64
+	deviceConnections atomic.Int64
+	bootstrap         atomic.Int64
+	authRefusals      atomic.Uint64
+	aclDenials        atomic.Uint64
+	overCap           atomic.Uint64
+	handshakeFailures atomic.Uint64
+	acceptErrors      atomic.Uint64
+	droppedInline     atomic.Uint64
+}
+
+// New checks cfg and builds a broker; Start or Run serves it.
+func New(cfg Config) (*Broker, error) {
+	if cfg.TLS == nil || (len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil && cfg.TLS.GetConfigForClient == nil) {
+		return nil, errors.New("broker: TLS config with a server certificate is required")
+	}
+	if cfg.ClientCAs == nil {
+		return nil, errors.New("broker: ClientCAs is required")
+	}
+	if cfg.TrustDomain == "" {
+		return nil, errors.New("broker: TrustDomain is required")
+	}
+	if p := cfg.Topics.Prefix; p != "" && (strings.ContainsAny(p, "+#\x00") || strings.HasPrefix(p, "$") ||
+		strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") || strings.Contains(p, "//")) {
+		return nil, fmt.Errorf("broker: invalid topic prefix %q", p)
+	}
+	if cfg.MaxBootstrapClients <= 0 {
+		cfg.MaxBootstrapClients = 1000
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.MaxWritesPending <= 0 {
+		cfg.MaxWritesPending = 1024
+	}
+	if cfg.BufferSize <= 0 {
+		cfg.BufferSize = 1024
+	}
+	if cfg.MaxPacketSize <= 0 {
+		cfg.MaxPacketSize = wire.MaxMessageSize + 4<<10
+	}
+	if cfg.SessionExpiry <= 0 {
+		cfg.SessionExpiry = 24 * time.Hour
+	}
+	b := &Broker{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		devConns: make(map[string]map[*conn]struct{}),
+		ids:      make(map[string]int),
+	}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+	if b.now == nil {
+		b.now = time.Now
+	}
+
+	tc := cfg.TLS.Clone()
+	tc.ClientCAs = cfg.ClientCAs
+	tc.ClientAuth = tls.VerifyClientCertIfGiven
+	if !cfg.AllowBootstrap {
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	if cfg.Now != nil {
+		tc.Time = cfg.Now
+	}
+	if tc.MinVersion < tls.VersionTLS12 {
+		tc.MinVersion = tls.VersionTLS12
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = int32(cfg.MaxWritesPending)
+	caps.MaximumPacketSize = uint32(cfg.MaxPacketSize)
+	caps.MaximumSessionExpiryInterval = uint32(cfg.SessionExpiry / time.Second)
+	// RetainAvailable stays on: with it off mochi answers a retained will
+	// with a CONNACK code MQTT 3.1.1 does not have. The hook refuses
+	// retained wills and strips the retain flag from clients' publishes.
+	caps.SharedSubAvailable = 1
+	caps.TopicAliasMaximum = 16
+	caps.MaximumQos = 1 // the protocol uses QoS 1; QoS 2 is downgraded
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		ClientNetWriteBufferSize: cfg.BufferSize,
+		ClientNetReadBufferSize:  cfg.BufferSize,
+		Logger:                   b.log,
+		InlineClient:             true,
+		SysTopicResendInterval:   60,
+	})
+	if err := b.srv.AddHook(&hook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add hook: %w", err)
+	}
+	b.ln = newListener(listenerID, cfg.Addr, tc, b)
+	return b, nil
+}
+
+// Start binds the listener and starts serving in the background. It is
+// called by Run if needed; call it first when the address must be known
+// (Addr) before Run. Calling it again returns the first result.
+func (b *Broker) Start() error {
+	b.start.Do(func() {
+		if err := b.srv.AddListener(b.ln); err != nil {
+			b.serr = fmt.Errorf("broker: listen on %s: %w", b.cfg.Addr, err)
+			return
+		}
+		if err := b.srv.Serve(); err != nil {
+			b.serr = fmt.Errorf("broker: serve: %w", err)
+		}
+	})
+	return b.serr
+}
+
+// Run serves until ctx is done, then disconnects every client and closes the
+// listener. It returns nil on a clean stop.
+func (b *Broker) Run(ctx context.Context) error {
+	if err := b.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return b.close()
+}
+
+func (b *Broker) close() error {
+	if !b.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	if err := b.srv.Close(); err != nil {
+		return fmt.Errorf("broker: close: %w", err)
+	}
+	return nil
+}
+
+// Addr is the bound listener address, or nil before Start.
+func (b *Broker) Addr() net.Addr { return b.ln.addr() }
+
+// Publish sends a message from the fleet to every matching subscriber. The
+// fleet may publish to any topic. QoS is the delivery QoS (0 or 1).
+func (b *Broker) Publish(topic string, payload []byte, qos byte) error {
+	if err := b.srv.Publish(topic, payload, false, qos); err != nil {
+		return fmt.Errorf("broker: publish %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Subscribe registers a fleet handler for a topic filter (wildcards and
+// shared subscriptions allowed). The handler runs on the publishing client's
+// goroutine, before the client's PUBACK: it must not block for long. id is
+// the publisher as authenticated at its connection; payload is the handler's
+// own copy.
+func (b *Broker) Subscribe(filter string, handler func(id Identity, topic string, payload []byte)) error {
+	if handler == nil {
+		return errors.New("broker: nil handler")
+	}
+	sid := int(b.subID.Add(1))
+	err := b.srv.Subscribe(filter, sid, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		id, ok := b.sender(pk)
+		if !ok {
+			b.droppedInline.Add(1)
+			b.log.Warn("broker: message withheld from fleet", "topic", pk.TopicName, "origin", pk.Origin)
+			return
+		}
+		handler(id, pk.TopicName, append([]byte(nil), pk.Payload...))
+	})
+	if err != nil {
+		return fmt.Errorf("broker: subscribe %s: %w", filter, err)
+	}
+	return nil
+}
+
+// sender finds the identity of the client that published pk and checks that
+// it may publish there (the client ID could have been taken over meanwhile).
+func (b *Broker) sender(pk packets.Packet) (Identity, bool) {
+	if pk.Origin == mqtt.InlineClientId {
+		return Identity{ClientID: mqtt.InlineClientId, Fleet: true}, true
+	}
+	cl, ok := b.srv.Clients.Get(pk.Origin)
+	if !ok {
+		return Identity{}, false
+	}
+	id, ok := identityOf(cl)
+	if !ok || id.Fleet || !b.allowed(id, pk.TopicName, true) {
+		return Identity{}, false
+	}
+	return id, true
+}
+
+// Disconnect closes every connection of a device now. To keep it out, make
+// the Gate refuse it first. Whether the device's will is published is up to
+// mochi: it is not when the close lands between two packets.
+func (b *Broker) Disconnect(deviceID string) {
+	b.mu.Lock()
+	var cs []*conn
+	for c := range b.devConns[deviceID] {
+		cs = append(cs, c)
+	}
+	b.mu.Unlock()
+	for _, c := range cs {
+		if cl := c.client(); cl != nil {
+			_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		}
+		_ = c.Close()
+	}
+	if len(cs) > 0 {
+		b.log.Info("broker: device disconnected by fleet", "device", deviceID, "connections", len(cs))
+	}
+}
+
+// Connected reports whether a device has an admitted connection.
+func (b *Broker) Connected(deviceID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.devConns[deviceID]) > 0
+}
+
+// Stats returns the broker's counters.
+func (b *Broker) Stats() Stats {
+	return Stats{
+		Connections:          b.connections.Load(),
+		DeviceConnections:    b.deviceConnections.Load(),
+		BootstrapConnections: b.bootstrap.Load(),
+		AuthRefusals:         b.authRefusals.Load(),
+		ACLDenials:           b.aclDenials.Load(),
+		BootstrapOverCap:     b.overCap.Load(),
+		HandshakeFailures:    b.handshakeFailures.Load(),
+		AcceptErrors:         b.acceptErrors.Load(),
+		DroppedInline:        b.droppedInline.Load(),
+	}
+}
+
+func (b *Broker) emit(kind EventKind, id Identity, reason string) {
+	if b.cfg.Events != nil {
+		b.cfg.Events(Event{Kind: kind, Identity: id, Reason: reason, Time: b.now()})
+	}
+}
+
+// admit records an admitted connection.
+func (b *Broker) admit(c *conn, cl *mqtt.Client, id Identity) {
+	b.mu.Lock()
+	c.admitted(cl, id)
+	if id.DeviceID != "" {
+		m := b.devConns[id.DeviceID]
+		if m == nil {
+			m = make(map[*conn]struct{})
+			b.devConns[id.DeviceID] = m
+		}
+		m[c] = struct{}{}
+		b.deviceConnections.Add(1)
+	}
+	b.ids[id.ClientID]++
+	b.connections.Add(1)
+	b.mu.Unlock()
+	b.emit(Connected, id, "")
+}
+
+// release is called once when an admitted connection closes.
+func (b *Broker) release(c *conn, id Identity) {
+	b.mu.Lock()
+	if id.DeviceID != "" {
+		if m := b.devConns[id.DeviceID]; m != nil {
+			delete(m, c)
+			if len(m) == 0 {
+				delete(b.devConns, id.DeviceID)
+			}
+		}
+		b.deviceConnections.Add(-1)
+	}
+	b.ids[id.ClientID]--
+	last := b.ids[id.ClientID] <= 0
+	if last {
+		delete(b.ids, id.ClientID)
+	}
+	b.connections.Add(-1)
+	b.mu.Unlock()
+	if last {
+		b.emit(Disconnected, id, "")
+	}
+}
+
+// allowed applies the topic rules to a topic name (write) or a topic filter
+// or delivered topic name (read).
+func (b *Broker) allowed(id Identity, topic string, write bool) bool {
+	if id.Fleet {
+		return true
+	}
+	seg, owner := wire.SegEnroll, id.ClientID
+	if id.DeviceID != "" {
+		seg, owner = wire.SegDevice, id.DeviceID
+	}
+	if !wire.ValidID(owner) {
+		return false
+	}
+	dir := wire.Down
+	if write {
+		dir = wire.Up
+	} else if strings.HasSuffix(topic, "/+") || strings.HasSuffix(topic, "/#") {
+		// A wildcard in the kind position only: check the rest as a name.
+		topic = topic[:len(topic)-1] + "x"
+	}
+	t, err := b.cfg.Topics.Parse(topic)
+	return err == nil && t.Segment == seg && t.ID == owner && t.Dir == dir
+}
+
+// identityOf returns the identity bound to a client's connection.
+func identityOf(cl *mqtt.Client) (Identity, bool) {
+	if cl.Net.Inline {
+		return Identity{ClientID: cl.ID, Fleet: true}, true
+	}
+	c, ok := cl.Net.Conn.(*conn)
+	if !ok {
+		return Identity{}, false
+	}
+	if c.cert != nil {
+		if c.idErr != nil {
+			return Identity{}, false
+		}
+		return Identity{ClientID: c.deviceID, DeviceID: c.deviceID, Cert: c.cert}, true
+	}
+	return Identity{ClientID: cl.ID}, true
+}

@@ -1,0 +1,149 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// hook enforces the rules of the package doc inside mochi.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "sigil-acl" }
+
+func (h *hook) Provides(x byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSessionEstablish,
+		mqtt.OnPublish,
+	}, []byte{x})
+}
+
+// OnConnectAuthenticate admits or refuses a CONNECT. mochi answers a refusal
+// with CONNACK "bad username or password" (0x04; 0x86 in MQTT 5).
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	b := h.b
+	c, ok := cl.Net.Conn.(*conn)
+	if !ok {
+		return h.refuse(Identity{ClientID: cl.ID}, errors.New("connection not from the sigil listener"))
+	}
+	id, err := h.authenticate(cl, c, pk)
+	if err != nil {
+		return h.refuse(id, err)
+	}
+	if id.Bootstrap() {
+		// Bootstrap sessions never outlive their connection.
+		cl.Properties.Clean = true
+		cl.Properties.Props.SessionExpiryInterval = 0
+		cl.Properties.Props.SessionExpiryIntervalFlag = false
+	}
+	b.admit(c, cl, id)
+	b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
+	return true
+}
+
+func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identity, error) {
+	b := h.b
+	clientID := pk.Connect.ClientIdentifier
+	id := Identity{ClientID: clientID}
+	if clientID == mqtt.InlineClientId {
+		return id, fmt.Errorf("reserved client ID %q", clientID)
+	}
+	if c.cert != nil {
+		id.DeviceID, id.Cert = c.deviceID, c.cert
+		if c.idErr != nil {
+			return id, fmt.Errorf("certificate identity: %w", c.idErr)
+		}
+		if clientID != c.deviceID {
+			return id, fmt.Errorf("client ID %q differs from certificate identity %q", clientID, c.deviceID)
+		}
+		if b.cfg.Gate != nil {
+			if err := b.cfg.Gate.AdmitDevice(c.deviceID, c.cert); err != nil {
+				return id, fmt.Errorf("gate: %w", err)
+			}
+		}
+	} else {
+		if !b.cfg.AllowBootstrap {
+			return id, errors.New("client certificate required")
+		}
+		if !wire.ValidID(clientID) {
+			return id, fmt.Errorf("invalid bootstrap client ID %q", clientID)
+		}
+		if ex, ok := b.srv.Clients.Get(clientID); ok && !ex.Closed() {
+			if eid, ok := identityOf(ex); !ok || !eid.Bootstrap() {
+				return id, fmt.Errorf("client ID %q is held by a connected device", clientID)
+			}
+		}
+	}
+	if cl.ID != clientID {
+		return id, errors.New("client ID assigned by the broker")
+	}
+	if w := cl.Properties.Will; w.Flag != 0 {
+		if w.Retain {
+			return id, errors.New("retained will")
+		}
+		if !b.allowed(id, w.TopicName, true) {
+			return id, fmt.Errorf("will topic %q not allowed", w.TopicName)
+		}
+	}
+	return id, nil
+}
+
+func (h *hook) refuse(id Identity, err error) bool {
+	h.b.authRefusals.Add(1)
+	h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "error", err)
+	h.b.emit(Refused, id, err.Error())
+	return false
+}
+
+// OnSessionEstablish runs just before mochi hands an existing session with
+// the same client ID to the new client: a session of another identity is
+// emptied so that nothing crosses between identities.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	ex, ok := h.b.srv.Clients.Get(cl.ID)
+	if !ok || ex == cl {
+		return
+	}
+	nid, _ := identityOf(cl)
+	eid, ok := identityOf(ex)
+	if ok && eid.DeviceID == nid.DeviceID && eid.Bootstrap() == nid.Bootstrap() {
+		return
+	}
+	h.b.srv.UnsubscribeClient(ex)
+	ex.ClearInflights()
+	h.b.log.Info("broker: dropped session of another identity", "client", cl.ID)
+}
+
+// OnACLCheck applies the topic rules. A refused publish disconnects the
+// client (see the package doc).
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	id, ok := identityOf(cl)
+	if ok && h.b.allowed(id, topic, write) {
+		return true
+	}
+	h.b.aclDenials.Add(1)
+	if write {
+		h.b.log.Warn("broker: publish refused, disconnecting", "client", cl.ID, "device", id.DeviceID, "topic", topic)
+		_ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	} else {
+		h.b.log.Info("broker: subscription refused", "client", cl.ID, "device", id.DeviceID, "filter", topic)
+	}
+	return false
+}
+
+// OnPublish strips the retain flag from clients' messages.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !cl.Net.Inline {
+		pk.FixedHeader.Retain = false
+	}
+	return pk, nil
+}

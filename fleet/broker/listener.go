@@ -1,0 +1,253 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/sigil-iot/sigil/pkg/identity"
+)
+
+// listener is a mochi listeners.Listener that serves TLS. Unlike mochi's
+// TCP listener, its accept loop survives failed accepts (EMFILE and the
+// like): it backs off from 5 ms up to 1 s and retries. It completes the
+// handshake itself, under a deadline, and binds the peer's identity to the
+// connection before mochi sees it.
+type listener struct {
+	id      string
+	address string
+	tls     *tls.Config
+	b       *Broker
+
+	// listen opens the socket; tests replace it to inject accept errors.
+	listen func(network, address string) (net.Listener, error)
+
+	mu     sync.Mutex
+	ln     net.Listener
+	log    *slog.Logger
+	closed bool
+	done   chan struct{}
+	conns  map[net.Conn]struct{} // every open connection, to close on Close
+	wg     sync.WaitGroup        // connection goroutines, including establish
+}
+
+var _ listeners.Listener = (*listener)(nil)
+
+func newListener(id, address string, tc *tls.Config, b *Broker) *listener {
+	return &listener{
+		id: id, address: address, tls: tc, b: b,
+		listen: net.Listen,
+		done:   make(chan struct{}),
+		conns:  make(map[net.Conn]struct{}),
+	}
+}
+
+func (l *listener) ID() string       { return l.id }
+func (l *listener) Protocol() string { return "tls" }
+
+func (l *listener) Address() string {
+	if a := l.addr(); a != nil {
+		return a.String()
+	}
+	return l.address
+}
+
+func (l *listener) addr() net.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ln == nil {
+		return nil
+	}
+	return l.ln.Addr()
+}
+
+// Init binds the socket.
+func (l *listener) Init(log *slog.Logger) error {
+	ln, err := l.listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.ln, l.log = ln, log
+	l.mu.Unlock()
+	return nil
+}
+
+// Serve accepts until Close.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	const minDelay, maxDelay = 5 * time.Millisecond, time.Second
+	delay := time.Duration(0)
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			select {
+			case <-l.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			l.b.acceptErrors.Add(1)
+			delay = min(max(2*delay, minDelay), maxDelay)
+			l.log.Warn("broker: accept failed, retrying", "error", err, "delay", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-l.done:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		delay = 0
+		if !l.track(raw) {
+			_ = raw.Close()
+			return
+		}
+		go l.handle(raw, establish)
+	}
+}
+
+// track registers a connection unless the listener is closing.
+func (l *listener) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.conns[c] = struct{}{}
+	l.wg.Add(1)
+	return true
+}
+
+func (l *listener) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+	l.wg.Done()
+}
+
+func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
+	defer l.untrack(raw)
+	b := l.b
+	timeout := b.cfg.HandshakeTimeout
+	tc := tls.Server(raw, l.tls)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		b.handshakeFailures.Add(1)
+		l.log.Debug("broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
+		_ = raw.Close()
+		return
+	}
+	c := &conn{Conn: tc, b: b}
+	st := tc.ConnectionState()
+	if len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 {
+		c.cert = st.PeerCertificates[0]
+		c.deviceID, c.idErr = identity.FromCertificate(c.cert, b.cfg.TrustDomain)
+	} else {
+		if !b.cfg.AllowBootstrap {
+			_ = tc.Close()
+			return
+		}
+		if b.bootstrap.Add(1) > int64(b.cfg.MaxBootstrapClients) {
+			b.bootstrap.Add(-1)
+			b.overCap.Add(1)
+			l.log.Warn("broker: bootstrap connection refused: too many open", "max", b.cfg.MaxBootstrapClients)
+			_ = tc.Close()
+			return
+		}
+		c.boot = true
+	}
+	// CONNECT must follow promptly; mochi resets the deadline after it.
+	_ = tc.SetDeadline(time.Now().Add(timeout))
+	if err := establish(l.id, c); err != nil {
+		l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+	}
+	_ = c.Close()
+}
+
+// Close stops accepting, closes every connection and waits for their
+// goroutines, so that mochi's client wait group sees no late Add.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	close(l.done)
+	// A peer that does not read must not hold up the goodbye packets.
+	deadline := time.Now().Add(time.Second)
+	for c := range l.conns {
+		_ = c.SetWriteDeadline(deadline)
+	}
+	l.mu.Unlock()
+
+	if l.ln != nil {
+		_ = l.ln.Close()
+	}
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// conn is a client connection with the identity its TLS handshake proved.
+type conn struct {
+	*tls.Conn
+	b *Broker
+
+	// Set before mochi sees the connection, then read-only.
+	cert     *x509.Certificate
+	deviceID string
+	idErr    error
+	boot     bool
+
+	once sync.Once
+	mu   sync.Mutex
+	cl   *mqtt.Client
+	id   *Identity // set when admitted
+}
+
+func (c *conn) admitted(cl *mqtt.Client, id Identity) {
+	c.mu.Lock()
+	c.cl, c.id = cl, &id
+	c.mu.Unlock()
+}
+
+func (c *conn) client() *mqtt.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cl
+}
+
+// Close closes the connection and, the first time, releases what it held.
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		if c.boot {
+			c.b.bootstrap.Add(-1)
+		}
+		c.mu.Lock()
+		id := c.id
+		c.mu.Unlock()
+		if id != nil {
+			c.b.release(c, *id)
+		}
+	})
+	return err
+}

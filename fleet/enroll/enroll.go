@@ -1,0 +1,579 @@
+// Package enroll is the fleet's side of enrollment: it receives bootstrap
+// messages from the broker, checks the EK trust path and the TPM evidence,
+// challenges the device to activate a credential, and issues its certificate.
+//
+// A request is checked in this order, and refused with the first failing
+// reason code: envelope (version, replay), body fields, EK (certificate
+// chain, key match), AK attributes, transport key attributes, inventory
+// (decommissioned, clone), trust path (token, manufacturer CA, allow-list,
+// re-enrollment of a known EK, operator approval). Only then is a credential
+// made. The proof is checked in this order: session (known, unused, same
+// client, not expired), credential activation, TPM2_Certify of the transport
+// key, the CSR against the certified key, quote. Every refusal leaves the inventory unchanged,
+// except that a clone attempt flags the enrolled device.
+package enroll
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Trust paths recorded in the inventory.
+const (
+	PathEKCA      = "ek-ca"
+	PathAllowList = "allowlist"
+	PathToken     = "token"
+	PathApproval  = "approval"
+	PathKnown     = "re-enrollment"
+)
+
+// FlagApproved marks a pending device an operator approved.
+const FlagApproved = "approved"
+
+// FlagCloneSuspect marks a device whose EK was presented under another
+// identity or by a TPM that could not activate its credential.
+const FlagCloneSuspect = "clone-suspect"
+
+// Config configures the service.
+type Config struct {
+	CA        *ca.CA
+	Inventory *inventory.Store
+	Trust     *verifier.EKTrust
+	// Send publishes a message to a bootstrap client's down topic of kind.
+	Send func(clientID, kind string, payload []byte) error
+	// ManualApproval keeps EKs trusted by no other path pending until an
+	// operator approves them. Default false: such EKs are refused.
+	ManualApproval bool
+	// Selection is the PCR selection of the first quote. Default sha256 0-7.
+	Selection wire.PCRSelection
+	// ChallengeTTL bounds the time between challenge and proof. Default 60s.
+	ChallengeTTL time.Duration
+	// DeviceLifetime is the certificate lifetime; 0 uses the CA's default.
+	DeviceLifetime time.Duration
+	// Workers is the number of concurrent handlers; default GOMAXPROCS.
+	Workers int
+	// Queue bounds waiting messages; beyond it requests are answered with
+	// ReasonRateLimited. Default 1024.
+	Queue  int
+	Now    func() time.Time // nil means time.Now
+	Rand   io.Reader        // nil means crypto/rand
+	Logger *slog.Logger
+}
+
+// Service handles enrollment messages.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	q   chan job
+
+	mu       sync.Mutex
+	sessions map[string]*session  // by session hex
+	used     map[string]time.Time // consumed sessions, for replay answers
+	seen     map[string]time.Time // message IDs seen
+	clients  map[string]string    // device ID -> bootstrap client ID of pending devices
+
+	stats Stats
+}
+
+// Stats counts outcomes.
+type Stats struct {
+	Requests, Challenges, Enrolled, Pending, Refused atomic.Int64
+}
+
+type job struct {
+	clientID string
+	payload  []byte
+}
+
+type session struct {
+	clientID string
+	id       []byte
+	nonce    []byte
+	secret   []byte
+	expires  time.Time
+	req      *wire.EnrollRequest
+	ek       *verifier.EK
+	ak       *verifier.AK
+	tk       *verifier.TransportKey
+	path     string // "" = pending
+	existing *inventory.Device
+}
+
+// New checks cfg and returns a service; call Run to start its workers.
+func New(cfg Config) (*Service, error) {
+	if cfg.CA == nil || cfg.Inventory == nil || cfg.Trust == nil || cfg.Send == nil {
+		return nil, errors.New("enroll: CA, Inventory, Trust and Send are required")
+	}
+	if len(cfg.Selection.PCRs) == 0 {
+		cfg.Selection = wire.PCRSelection{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7}}
+	}
+	if cfg.ChallengeTTL == 0 {
+		cfg.ChallengeTTL = time.Minute
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.Queue == 0 {
+		cfg.Queue = 1024
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		cfg: cfg, log: cfg.Logger, q: make(chan job, cfg.Queue),
+		sessions: map[string]*session{}, used: map[string]time.Time{}, seen: map[string]time.Time{}, clients: map[string]string{},
+	}, nil
+}
+
+// Stats returns the outcome counters.
+func (s *Service) Stats() *Stats { return &s.stats }
+
+// Run handles queued messages until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range s.cfg.Workers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case j := <-s.q:
+					s.Handle(j.clientID, j.payload)
+				}
+			}
+		})
+	}
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-tick.C:
+			s.expire()
+		}
+	}
+}
+
+// Submit queues a message from a bootstrap client without blocking the
+// broker; when the queue is full the device is told to retry later.
+func (s *Service) Submit(clientID string, payload []byte) {
+	select {
+	case s.q <- job{clientID, payload}:
+	default:
+		if env, err := wire.Decode(payload); err == nil {
+			s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonRateLimited, "enrollment queue full", nil))
+		}
+	}
+}
+
+// Handle processes one message synchronously.
+func (s *Service) Handle(clientID string, payload []byte) {
+	env, err := wire.Decode(payload)
+	if err != nil {
+		s.stats.Refused.Add(1)
+		s.log.Warn("enrollment message refused", "client_id", clientID, "err", err)
+		if errors.Is(err, wire.ErrVersion) {
+			s.refuse(clientID, nil, wire.Refuse(wire.ReasonUnsupportedVersion, fmt.Sprintf("fleet speaks protocol version %d", wire.Version), err))
+		}
+		return
+	}
+	if !s.firstSighting(env.IDString()) {
+		s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonReplay, "message already received", nil))
+		return
+	}
+	switch env.Type {
+	case wire.TypeEnrollRequest:
+		s.stats.Requests.Add(1)
+		err = s.request(clientID, env)
+	case wire.TypeEnrollProof:
+		err = s.proof(clientID, env)
+	default:
+		err = wire.Refuse(wire.ReasonBadRequest, "unexpected message type", nil)
+	}
+	if err != nil {
+		s.refuse(clientID, env.ID, err)
+	}
+}
+
+func (s *Service) firstSighting(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.seen[id]; ok {
+		return false
+	}
+	s.seen[id] = s.cfg.Now()
+	return true
+}
+
+// expire drops old sessions and replay records.
+func (s *Service) expire() {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, v := range s.sessions {
+		if now.After(v.expires) {
+			delete(s.sessions, k)
+		}
+	}
+	for k, t := range s.used {
+		if now.Sub(t) > time.Hour {
+			delete(s.used, k)
+		}
+	}
+	for k, t := range s.seen {
+		if now.Sub(t) > time.Hour {
+			delete(s.seen, k)
+		}
+	}
+}
+
+func (s *Service) refuse(clientID string, corr []byte, err error) {
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		s.log.Error("enrollment failed", "client_id", clientID, "err", err)
+		we = wire.Refuse(wire.ReasonInternal, "internal error", err)
+	}
+	s.stats.Refused.Add(1)
+	s.log.Info("enrollment refused", "client_id", clientID, "reason", we.Reason.String(), "code", uint16(we.Reason), "cause", errString(we.Err))
+	res := &wire.EnrollResult{Status: wire.StatusRefused, Reason: we.Reason, Message: we.Message}
+	if we.Reason.Temporary() {
+		res.RetryAfter = 10
+	}
+	s.reply(clientID, corr, res)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func (s *Service) reply(clientID string, corr []byte, res *wire.EnrollResult) {
+	b, err := wire.Encode(wire.TypeEnrollResult, corr, s.cfg.Now(), res)
+	if err == nil {
+		err = s.cfg.Send(clientID, "result", b)
+	}
+	if err != nil {
+		s.log.Error("sending enrollment result failed", "client_id", clientID, "err", err)
+	}
+}
+
+func bad(err error) error { return wire.Refuse(wire.ReasonBadRequest, "malformed request", err) }
+
+func (s *Service) request(clientID string, env *wire.Envelope) error {
+	var req wire.EnrollRequest
+	if err := wire.DecodeBody(env, wire.TypeEnrollRequest, &req); err != nil {
+		return bad(err)
+	}
+	ek, err := s.cfg.Trust.VerifyEK(req.EKPublic, req.EKCert, req.EKChain)
+	if err != nil {
+		return err
+	}
+	ak, err := verifier.VerifyAK(req.AKPublic)
+	if err != nil {
+		return err
+	}
+	tk, err := verifier.VerifyTransportKeyPublic(req.TKPublic)
+	if err != nil {
+		return err
+	}
+	existing, err := s.cfg.Inventory.DeviceByEK(ek.Fingerprint)
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		return err
+	}
+	if existing != nil {
+		if existing.State == inventory.StateDecommissioned {
+			return wire.Refuse(wire.ReasonDecommissioned, "device decommissioned", nil)
+		}
+		if existing.Serial != "" && req.Serial != existing.Serial {
+			s.flagClone(existing.ID, fmt.Sprintf("EK presented with serial %q, enrolled as %q", req.Serial, existing.Serial))
+			return wire.Refuse(wire.ReasonClone, "this EK is enrolled under another identity", nil)
+		}
+	}
+	path, err := s.trustPath(&req, ek, existing)
+	if err != nil {
+		return err
+	}
+	sess := &session{
+		clientID: clientID, id: make([]byte, 16), nonce: make([]byte, 32), secret: make([]byte, 32),
+		expires: s.cfg.Now().Add(s.cfg.ChallengeTTL), req: &req, ek: ek, ak: ak, tk: tk, path: path, existing: existing,
+	}
+	for _, b := range [][]byte{sess.id, sess.nonce, sess.secret} {
+		if _, err := io.ReadFull(s.cfg.Rand, b); err != nil {
+			return err
+		}
+	}
+	blob, encSecret, err := verifier.MakeCredential(s.cfg.Rand, ek, ak, sess.secret)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.sessions[hex.EncodeToString(sess.id)] = sess
+	s.mu.Unlock()
+	ch := &wire.EnrollChallenge{
+		Session: sess.id, CredentialBlob: blob, EncryptedSecret: encSecret, Nonce: sess.nonce,
+		Selection: s.cfg.Selection, Expires: sess.expires.UnixMilli(),
+	}
+	b, err := wire.Encode(wire.TypeEnrollChallenge, env.ID, s.cfg.Now(), ch)
+	if err != nil {
+		return err
+	}
+	s.stats.Challenges.Add(1)
+	return s.cfg.Send(clientID, "challenge", b)
+}
+
+// trustPath decides why this EK may enroll; "" means it waits for approval.
+func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *inventory.Device) (string, error) {
+	now := s.cfg.Now()
+	switch {
+	case req.Token != "":
+		if _, err := s.cfg.Inventory.CheckToken(req.Token, req.Model, now); err != nil {
+			return "", tokenRefusal(err)
+		}
+		return PathToken, nil
+	case ek.ChainVerified:
+		return PathEKCA, nil
+	case ek.AllowListed:
+		return PathAllowList, nil
+	case existing != nil && (existing.State == inventory.StateActive || existing.State == inventory.StateQuarantined):
+		return PathKnown, nil
+	case existing != nil && existing.State == inventory.StatePending && hasFlag(existing.Flags, FlagApproved):
+		return PathApproval, nil
+	case s.cfg.ManualApproval:
+		return "", nil
+	case ek.Cert != nil && s.cfg.Trust.Roots != nil:
+		return "", wire.Refuse(wire.ReasonUntrustedEK, "EK certificate not issued by a trusted manufacturer CA", ek.ChainErr)
+	default:
+		return "", wire.Refuse(wire.ReasonUnknownEK, "unknown EK: enroll with a token or ask an operator", nil)
+	}
+}
+
+func tokenRefusal(err error) error {
+	switch {
+	case errors.Is(err, inventory.ErrTokenExpired):
+		return wire.Refuse(wire.ReasonTokenExpired, "enrollment token expired", err)
+	case errors.Is(err, inventory.ErrTokenUsed):
+		return wire.Refuse(wire.ReasonTokenUsed, "enrollment token already used", err)
+	case errors.Is(err, inventory.ErrTokenBinding):
+		return wire.Refuse(wire.ReasonTokenBinding, "enrollment token bound to another model", err)
+	case errors.Is(err, inventory.ErrTokenInvalid):
+		return wire.Refuse(wire.ReasonTokenInvalid, "invalid enrollment token", err)
+	}
+	return err
+}
+
+func hasFlag(flags []string, f string) bool {
+	for _, x := range flags {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Service) flagClone(deviceID, detail string) {
+	err := s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+		if !hasFlag(d.Flags, FlagCloneSuspect) {
+			d.Flags = append(d.Flags, FlagCloneSuspect)
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "clone-suspect", Detail: detail})
+	}
+	if err != nil {
+		s.log.Error("flagging clone failed", "device_id", deviceID, "err", err)
+	}
+	s.log.Warn("possible clone", "device_id", deviceID, "detail", detail)
+}
+
+func (s *Service) proof(clientID string, env *wire.Envelope) error {
+	var p wire.EnrollProof
+	if err := wire.DecodeBody(env, wire.TypeEnrollProof, &p); err != nil {
+		return bad(err)
+	}
+	key := hex.EncodeToString(p.Session)
+	now := s.cfg.Now()
+	s.mu.Lock()
+	sess := s.sessions[key]
+	if sess != nil && sess.clientID == clientID {
+		delete(s.sessions, key)
+		s.used[key] = now
+	} else {
+		sess = nil
+	}
+	_, used := s.used[key]
+	s.mu.Unlock()
+	if sess == nil {
+		if used {
+			return wire.Refuse(wire.ReasonReplay, "enrollment session already used", nil)
+		}
+		return wire.Refuse(wire.ReasonChallengeExpired, "unknown enrollment session", nil)
+	}
+	if now.After(sess.expires) {
+		return wire.Refuse(wire.ReasonChallengeExpired, "enrollment session expired", nil)
+	}
+	if err := verifier.CheckActivation(sess.secret, sess.id, sess.nonce, p.Activation); err != nil {
+		if sess.existing != nil {
+			s.flagClone(sess.existing.ID, "credential activation failed for an enrolled EK")
+		}
+		return err
+	}
+	ck, err := verifier.VerifyCertify(sess.ak, sess.tk, sess.nonce, p.CertifyInfo, p.CertifySig)
+	if err != nil {
+		return err
+	}
+	if _, err := verifier.VerifyCSR(sess.req.CSR, ck); err != nil {
+		return err
+	}
+	if _, err := verifier.VerifyQuote(sess.ak, sess.nonce, s.cfg.Selection, &p.Quote); err != nil {
+		return err
+	}
+	if sess.path == "" {
+		return s.hold(env, sess)
+	}
+	return s.issue(env, sess)
+}
+
+// record builds the inventory record for a verified session.
+func (s *Service) record(sess *session, state inventory.State) *inventory.Device {
+	now := s.cfg.Now().UTC()
+	d := &inventory.Device{}
+	if sess.existing != nil {
+		*d = *sess.existing
+	} else {
+		d.ID = sess.ek.DeviceID
+		d.FirstSeen = now
+	}
+	d.EKFingerprint = sess.ek.Fingerprint
+	d.Model = sess.req.Model
+	d.Firmware = sess.req.Firmware
+	d.Serial = sess.req.Serial
+	d.State = state
+	d.LastSeen = now
+	d.AKName = sess.ak.Name
+	d.EKPublic = sess.req.EKPublic
+	d.AKPublic = sess.req.AKPublic
+	return d
+}
+
+// hold records a verified device that waits for approval.
+func (s *Service) hold(env *wire.Envelope, sess *session) error {
+	if sess.existing != nil && sess.existing.State != inventory.StatePending {
+		return wire.Refuse(wire.ReasonInternal, "inconsistent state", errors.New("pending path for a non-pending device"))
+	}
+	d := s.record(sess, inventory.StatePending)
+	d.TrustPath = PathApproval
+	if err := s.cfg.Inventory.PutDevice(d); err != nil {
+		return err
+	}
+	if sess.existing == nil {
+		_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: d.ID, Kind: "pending", Detail: "verified; waiting for operator approval"})
+	}
+	s.mu.Lock()
+	s.clients[d.ID] = sess.clientID
+	s.mu.Unlock()
+	s.stats.Pending.Add(1)
+	s.reply(sess.clientID, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending,
+		Message: "verified; waiting for operator approval", DeviceID: d.ID, RetryAfter: 30, Session: sess.id})
+	return nil
+}
+
+// issue signs the certificate and records the device as active.
+func (s *Service) issue(env *wire.Envelope, sess *session) error {
+	now := s.cfg.Now()
+	d := s.record(sess, inventory.StateActive)
+	if sess.existing != nil && sess.existing.State == inventory.StateQuarantined {
+		d.State = inventory.StateQuarantined
+	}
+	if sess.path != PathKnown {
+		d.TrustPath = sess.path
+	}
+	if sess.path == PathToken {
+		tok, err := s.cfg.Inventory.ConsumeToken(sess.req.Token, d.ID, sess.req.Model, now)
+		if err != nil {
+			return tokenRefusal(err)
+		}
+		if tok.Owner != "" {
+			d.Owner = tok.Owner
+		}
+	}
+	cert, err := s.cfg.CA.IssueDevice(d.ID, sess.tk.Key, s.cfg.DeviceLifetime)
+	if err != nil {
+		return err
+	}
+	d.CertSerial = hex.EncodeToString(cert.SerialNumber.Bytes())
+	d.CertExpiry = cert.NotAfter
+	d.EnrolledAt = now.UTC()
+	if err := s.cfg.Inventory.PutDevice(d); err != nil {
+		return err
+	}
+	kind := "enrolled"
+	if sess.existing != nil && sess.existing.State != inventory.StatePending {
+		kind = "re-enrolled"
+	}
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: d.ID, Kind: kind, Detail: "trust path " + d.TrustPath + ", certificate " + d.CertSerial})
+	s.mu.Lock()
+	delete(s.clients, d.ID)
+	s.mu.Unlock()
+	s.stats.Enrolled.Add(1)
+	s.log.Info("device enrolled", "device_id", d.ID, "model", d.Model, "trust_path", d.TrustPath, "cert_serial", d.CertSerial)
+	s.reply(sess.clientID, env.ID, &wire.EnrollResult{
+		Status: wire.StatusActive, Reason: wire.ReasonOK, DeviceID: d.ID, Certificate: cert.Raw,
+		TrustBundle: [][]byte{s.cfg.CA.Certificate().Raw}, Session: sess.id,
+	})
+	return nil
+}
+
+// ErrNotPending is returned by Approve for a device that is not pending.
+var ErrNotPending = errors.New("enroll: device is not pending")
+
+// Approve lets a pending device enroll; the device is told to ask again now
+// if it is connected, and otherwise enrolls at its next request.
+func (s *Service) Approve(deviceID, by string) error {
+	err := s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+		if d.State != inventory.StatePending {
+			return ErrNotPending
+		}
+		if !hasFlag(d.Flags, FlagApproved) {
+			d.Flags = append(d.Flags, FlagApproved)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "approved", Detail: "approved by " + by})
+	s.mu.Lock()
+	clientID := s.clients[deviceID]
+	s.mu.Unlock()
+	if clientID != "" {
+		if b, err := wire.Encode(wire.TypeEnrollRetry, nil, s.cfg.Now(), &wire.Retry{}); err == nil {
+			_ = s.cfg.Send(clientID, "retry", b)
+		}
+	}
+	return nil
+}

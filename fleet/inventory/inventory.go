@@ -1,0 +1,637 @@
+// Package inventory keeps the fleet's devices, enrollment tokens and
+// per-device lifecycle events in a bbolt file.
+//
+// Every method runs in one bbolt transaction, so a crash leaves either the
+// whole change or none of it. Records are JSON with a version number; the
+// methods are database-neutral so that another implementation (PostgreSQL)
+// can pass the same conformance suite, inventorytest.Run.
+//
+// Pending approvals are devices in StatePending: list them with
+// ListDevices(Filter{State: StatePending}).
+package inventory
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// State is a device's lifecycle state.
+type State string
+
+// Lifecycle states.
+const (
+	StatePending        State = "pending"        // waiting for operator approval
+	StateActive         State = "active"         // enrolled and trusted
+	StateQuarantined    State = "quarantined"    // failed attestation; restricted
+	StateDecommissioned State = "decommissioned" // retired; refused at the broker
+)
+
+// Valid reports whether s is one of the lifecycle states.
+func (s State) Valid() bool {
+	switch s {
+	case StatePending, StateActive, StateQuarantined, StateDecommissioned:
+		return true
+	}
+	return false
+}
+
+// Trust paths: how a device's EK came to be trusted.
+const (
+	TrustEKCA      = "ek-ca"     // EK certificate chains to a manufacturer CA
+	TrustAllowlist = "allowlist" // EK fingerprint on an allow-list
+	TrustToken     = "token"     // enrollment token
+	TrustApproval  = "approval"  // operator approval
+)
+
+// Device is an inventory record.
+type Device struct {
+	ID            string    `json:"id"`
+	EKFingerprint string    `json:"ek_fingerprint,omitempty"` // identity.Fingerprint, 64 lowercase hex
+	Model         string    `json:"model,omitempty"`
+	Firmware      string    `json:"firmware,omitempty"`
+	Owner         string    `json:"owner,omitempty"`
+	Serial        string    `json:"serial,omitempty"`
+	State         State     `json:"state"`
+	TrustPath     string    `json:"trust_path,omitempty"`
+	CertSerial    string    `json:"cert_serial,omitempty"` // hex
+	CertExpiry    time.Time `json:"cert_expiry,omitzero"`
+	FirstSeen     time.Time `json:"first_seen,omitzero"`
+	LastSeen      time.Time `json:"last_seen,omitzero"`
+	EnrolledAt    time.Time `json:"enrolled_at,omitzero"`
+	Connected     bool      `json:"connected,omitempty"`
+	Flags         []string  `json:"flags,omitempty"` // e.g. "clone-suspect"
+	AKName        []byte    `json:"ak_name,omitempty"`
+	EKPublic      []byte    `json:"ek_public,omitempty"` // TPMT_PUBLIC
+	AKPublic      []byte    `json:"ak_public,omitempty"` // TPMT_PUBLIC
+}
+
+// HasFlag reports whether the device carries flag f.
+func (d *Device) HasFlag(f string) bool {
+	for _, x := range d.Flags {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
+// Token is an enrollment token. Its secret is shown once, at creation, and
+// only its SHA-256 is kept.
+type Token struct {
+	ID      string    `json:"id"`   // public handle
+	Hash    []byte    `json:"hash"` // SHA-256 of the secret
+	Model   string    `json:"model,omitempty"`
+	Owner   string    `json:"owner,omitempty"`
+	Expires time.Time `json:"expires"`
+	Created time.Time `json:"created"`
+	UsedBy  string    `json:"used_by,omitempty"`
+	UsedAt  time.Time `json:"used_at,omitzero"`
+}
+
+// Event is a lifecycle event of a device (enrolled, refused-clone,
+// approved, connected, ...). Only the newest events of each device are kept.
+type Event struct {
+	Time     time.Time `json:"time"`
+	DeviceID string    `json:"device_id"`
+	Kind     string    `json:"kind"`
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// Filter selects devices for ListDevices.
+type Filter struct {
+	State State  // "" for any
+	Model string // "" for any
+	After string // cursor: list IDs after this one ("" from the start)
+	Limit int    // page size; default 100, at most 1000
+}
+
+// Errors. Compare with errors.Is.
+var (
+	ErrNotFound     = errors.New("inventory: not found")
+	ErrEKConflict   = errors.New("inventory: EK fingerprint conflict")
+	ErrInvalid      = errors.New("inventory: invalid record")
+	ErrTokenInvalid = errors.New("inventory: enrollment token invalid")
+	ErrTokenExpired = errors.New("inventory: enrollment token expired")
+	ErrTokenUsed    = errors.New("inventory: enrollment token already used")
+	ErrTokenBinding = errors.New("inventory: enrollment token bound to another model")
+	ErrLocked       = errors.New("inventory: database locked by another process")
+)
+
+// TokenPrefix starts every token secret.
+const TokenPrefix = "sgt_"
+
+const (
+	schemaVersion    = 1
+	recordVersion    = 1
+	defaultPageSize  = 100
+	maxPageSize      = 1000
+	defaultMaxEvents = 100
+)
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketDevices = []byte("devices")   // device ID -> device record
+	bucketEK      = []byte("ek")        // EK fingerprint -> device ID
+	bucketTokens  = []byte("tokens")    // token ID -> token record
+	bucketTokHash = []byte("tokenhash") // SHA-256 of secret -> token ID
+	bucketEvents  = []byte("events")    // device ID 0x00 seq(8) -> event record
+	keySchema     = []byte("schema")
+)
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	timeout   time.Duration
+	now       func() time.Time
+	rand      io.Reader
+	maxEvents int
+	noSync    bool
+}
+
+// WithTimeout bounds the wait for the file lock (default 1s); a file held
+// by another process then fails with ErrLocked.
+func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithClock sets the clock for token creation and event times (default time.Now).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithRand sets the entropy for token secrets and IDs (default crypto/rand).
+func WithRand(r io.Reader) Option { return func(o *options) { o.rand = r } }
+
+// WithMaxEvents sets how many events are kept per device (default 100).
+func WithMaxEvents(n int) Option { return func(o *options) { o.maxEvents = n } }
+
+// WithNoSync skips fsync on commit: faster, and a power loss may lose
+// recent commits (never consistency). For tests and benchmarks.
+func WithNoSync() Option { return func(o *options) { o.noSync = true } }
+
+// Store is the bbolt inventory. Its methods are safe for concurrent use.
+type Store struct {
+	db   *bolt.DB
+	opts options
+}
+
+// Open opens or creates the inventory file (mode 0600).
+func Open(path string, opts ...Option) (*Store, error) {
+	o := options{timeout: time.Second, now: time.Now, rand: rand.Reader, maxEvents: defaultMaxEvents}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.maxEvents <= 0 {
+		o.maxEvents = defaultMaxEvents
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.timeout, NoSync: o.noSync})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inventory: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketDevices, bucketEK, bucketTokens, bucketTokHash, bucketEvents} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keySchema); v != nil {
+			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
+				return fmt.Errorf("unsupported schema version %x", v)
+			}
+			return nil
+		}
+		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("inventory: initialize %s: %w", path, err)
+	}
+	return &Store{db: db, opts: o}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("inventory: close: %w", err)
+	}
+	return nil
+}
+
+// record wraps stored values with a version.
+type record[T any] struct {
+	V    int `json:"v"`
+	Data T   `json:"data"`
+}
+
+func encode[T any](v *T) ([]byte, error) {
+	b, err := json.Marshal(record[*T]{V: recordVersion, Data: v})
+	if err != nil {
+		return nil, fmt.Errorf("inventory: encode: %w", err)
+	}
+	return b, nil
+}
+
+func decode[T any](b []byte) (*T, error) {
+	var r record[*T]
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("inventory: decode: %w", err)
+	}
+	if r.V < 1 || r.V > recordVersion || r.Data == nil {
+		return nil, fmt.Errorf("inventory: decode: unsupported record version %d", r.V)
+	}
+	return r.Data, nil
+}
+
+// Device returns a device by ID.
+func (s *Store) Device(id string) (*Device, error) {
+	var d *Device
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		d, err = getDevice(tx, id)
+		return err
+	})
+	return d, err
+}
+
+func getDevice(tx *bolt.Tx, id string) (*Device, error) {
+	v := tx.Bucket(bucketDevices).Get([]byte(id))
+	if v == nil {
+		return nil, fmt.Errorf("%w: device %q", ErrNotFound, id)
+	}
+	return decode[Device](v)
+}
+
+// DeviceByEK returns the device with an EK fingerprint.
+func (s *Store) DeviceByEK(fingerprint string) (*Device, error) {
+	var d *Device
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketEK).Get([]byte(fingerprint))
+		if id == nil {
+			return fmt.Errorf("%w: EK %q", ErrNotFound, fingerprint)
+		}
+		var err error
+		d, err = getDevice(tx, string(id))
+		return err
+	})
+	return d, err
+}
+
+// ListDevices returns devices in ID order that match f, and the cursor for
+// the next page ("" when there is none).
+func (s *Store) ListDevices(f Filter) ([]Device, string, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = defaultPageSize
+	}
+	limit = min(limit, maxPageSize)
+	var out []Device
+	next := ""
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDevices).Cursor()
+		var k, v []byte
+		if f.After == "" {
+			k, v = c.First()
+		} else {
+			k, v = c.Seek([]byte(f.After))
+			if k != nil && string(k) == f.After {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
+			if len(out) == limit {
+				next = out[len(out)-1].ID
+				return nil
+			}
+			d, err := decode[Device](v)
+			if err != nil {
+				return fmt.Errorf("%w (device %q)", err, k)
+			}
+			if (f.State != "" && d.State != f.State) || (f.Model != "" && d.Model != f.Model) {
+				continue
+			}
+			out = append(out, *d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return out, next, nil
+}
+
+// PutDevice inserts or replaces a device and maintains the EK index. A
+// fingerprint held by another device, or a different fingerprint for an
+// existing device, fails with ErrEKConflict.
+func (s *Store) PutDevice(d *Device) error {
+	if err := validDevice(d); err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		old, err := getDevice(tx, d.ID)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		return putDevice(tx, old, d)
+	})
+}
+
+// Update reads a device, applies fn and writes the result, in one
+// transaction. fn's error aborts and is returned as is. fn may not change
+// the ID, nor an EK fingerprint already set.
+func (s *Store) Update(id string, fn func(*Device) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		old, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		prev := *old // putDevice compares with the stored EK fingerprint
+		d := old
+		if err := fn(d); err != nil {
+			return err
+		}
+		if d.ID != id {
+			return fmt.Errorf("%w: Update may not change the device ID", ErrInvalid)
+		}
+		if err := validDevice(d); err != nil {
+			return err
+		}
+		return putDevice(tx, &prev, d)
+	})
+}
+
+func putDevice(tx *bolt.Tx, old, d *Device) error {
+	ek := tx.Bucket(bucketEK)
+	if old != nil && old.EKFingerprint != "" && old.EKFingerprint != d.EKFingerprint {
+		return fmt.Errorf("%w: device %q already has another EK", ErrEKConflict, d.ID)
+	}
+	if d.EKFingerprint != "" {
+		if holder := ek.Get([]byte(d.EKFingerprint)); holder != nil && string(holder) != d.ID {
+			return fmt.Errorf("%w: EK already belongs to device %q", ErrEKConflict, holder)
+		}
+		if err := ek.Put([]byte(d.EKFingerprint), []byte(d.ID)); err != nil {
+			return err
+		}
+	}
+	b, err := encode(d)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketDevices).Put([]byte(d.ID), b)
+}
+
+func validDevice(d *Device) error {
+	var errs []error
+	if d == nil {
+		return fmt.Errorf("%w: nil device", ErrInvalid)
+	}
+	if !wire.ValidID(d.ID) {
+		errs = append(errs, fmt.Errorf("device ID %q", d.ID))
+	}
+	if !d.State.Valid() {
+		errs = append(errs, fmt.Errorf("state %q", d.State))
+	}
+	if fp := d.EKFingerprint; fp != "" {
+		if _, err := hex.DecodeString(fp); err != nil || len(fp) != 64 || strings.ToLower(fp) != fp {
+			errs = append(errs, fmt.Errorf("EK fingerprint %q is not 64 lowercase hex digits", fp))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	return nil
+}
+
+// CreateToken makes an enrollment token bound to a model ("" for any),
+// valid for ttl. The secret ("sgt_" + 32 random bytes, base64url) is
+// returned once and never stored.
+func (s *Store) CreateToken(model, owner string, ttl time.Duration) (string, *Token, error) {
+	if ttl <= 0 {
+		return "", nil, fmt.Errorf("%w: token lifetime must be positive", ErrInvalid)
+	}
+	raw := make([]byte, 32+8)
+	if _, err := io.ReadFull(s.opts.rand, raw); err != nil {
+		return "", nil, fmt.Errorf("inventory: token entropy: %w", err)
+	}
+	secret := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:32])
+	sum := sha256.Sum256([]byte(secret))
+	now := s.opts.now()
+	tok := &Token{
+		ID:      "tok_" + hex.EncodeToString(raw[32:]),
+		Hash:    sum[:],
+		Model:   model,
+		Owner:   owner,
+		Created: now,
+		Expires: now.Add(ttl),
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketTokens).Get([]byte(tok.ID)) != nil || tx.Bucket(bucketTokHash).Get(tok.Hash) != nil {
+			return fmt.Errorf("inventory: token collision (broken entropy source?)")
+		}
+		b, err := encode(tok)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketTokens).Put([]byte(tok.ID), b); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokHash).Put(tok.Hash, []byte(tok.ID))
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	return secret, tok, nil
+}
+
+// ConsumeToken checks a token secret as CheckToken does and marks it used
+// by deviceID, atomically: of concurrent calls with one secret, one wins.
+func (s *Store) ConsumeToken(secret, deviceID, model string, now time.Time) (*Token, error) {
+	if deviceID == "" {
+		return nil, fmt.Errorf("%w: device ID required", ErrInvalid)
+	}
+	var tok *Token
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		tok, err = checkToken(tx, secret, model, now)
+		if err != nil {
+			return err
+		}
+		tok.UsedBy, tok.UsedAt = deviceID, now
+		b, err := encode(tok)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokens).Put([]byte(tok.ID), b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return tok, nil
+}
+
+// CheckToken reports whether a secret is a usable token for model at now:
+// ErrTokenInvalid if unknown, ErrTokenExpired, ErrTokenUsed, or
+// ErrTokenBinding if it is bound to another model, in that order.
+func (s *Store) CheckToken(secret, model string, now time.Time) (*Token, error) {
+	var tok *Token
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		tok, err = checkToken(tx, secret, model, now)
+		return err
+	})
+	return tok, err
+}
+
+func checkToken(tx *bolt.Tx, secret, model string, now time.Time) (*Token, error) {
+	if !strings.HasPrefix(secret, TokenPrefix) || len(secret) > 128 {
+		return nil, ErrTokenInvalid
+	}
+	sum := sha256.Sum256([]byte(secret))
+	id := tx.Bucket(bucketTokHash).Get(sum[:])
+	if id == nil {
+		return nil, ErrTokenInvalid
+	}
+	v := tx.Bucket(bucketTokens).Get(id)
+	if v == nil {
+		return nil, ErrTokenInvalid
+	}
+	tok, err := decode[Token](v)
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare(tok.Hash, sum[:]) != 1 {
+		return nil, ErrTokenInvalid
+	}
+	switch {
+	case !now.Before(tok.Expires):
+		return nil, fmt.Errorf("%w: token %s expired %s", ErrTokenExpired, tok.ID, tok.Expires.UTC().Format(time.RFC3339))
+	case tok.UsedBy != "":
+		return nil, fmt.Errorf("%w: token %s", ErrTokenUsed, tok.ID)
+	case tok.Model != "" && tok.Model != model:
+		return nil, fmt.Errorf("%w: token %s", ErrTokenBinding, tok.ID)
+	}
+	return tok, nil
+}
+
+// AddEvent records a lifecycle event (Time defaults to now) and drops the
+// device's oldest events beyond the limit (WithMaxEvents).
+func (s *Store) AddEvent(e Event) error {
+	if !wire.ValidID(e.DeviceID) || e.Kind == "" {
+		return fmt.Errorf("%w: event needs a device ID and a kind", ErrInvalid)
+	}
+	if e.Time.IsZero() {
+		e.Time = s.opts.now()
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketEvents)
+		seq, err := bk.NextSequence()
+		if err != nil {
+			return err
+		}
+		b, err := encode(&e)
+		if err != nil {
+			return err
+		}
+		prefix := eventPrefix(e.DeviceID)
+		if err := bk.Put(binary.BigEndian.AppendUint64(prefix, seq), b); err != nil {
+			return err
+		}
+		// Count from the newest; delete what is past the limit.
+		c := bk.Cursor()
+		n := 0
+		var old [][]byte
+		for k, _ := seekLast(c, prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
+			n++
+			if n > s.opts.maxEvents {
+				old = append(old, bytes.Clone(k))
+			}
+		}
+		for _, k := range old {
+			if err := bk.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Events returns a device's events, newest first; limit <= 0 returns all
+// that are kept.
+func (s *Store) Events(deviceID string, limit int) ([]Event, error) {
+	var out []Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := eventPrefix(deviceID)
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, v := seekLast(c, prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
+			if limit > 0 && len(out) == limit {
+				break
+			}
+			e, err := decode[Event](v)
+			if err != nil {
+				return err
+			}
+			out = append(out, *e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func eventPrefix(deviceID string) []byte {
+	return append([]byte(deviceID), 0)
+}
+
+// seekLast positions c on the last key with prefix (whose last byte is
+// 0x00), or returns nil.
+func seekLast(c *bolt.Cursor, prefix []byte) ([]byte, []byte) {
+	end := bytes.Clone(prefix)
+	end[len(end)-1] = 1 // the first key past every key with prefix
+	k, v := c.Seek(end)
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	if k == nil || !bytes.HasPrefix(k, prefix) {
+		return nil, nil
+	}
+	return k, v
+}
+
+// Counts returns the number of devices in each state.
+func (s *Store) Counts() (map[State]int, error) {
+	out := make(map[State]int)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var r struct {
+				Data struct {
+					State State `json:"state"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("inventory: decode device %q: %w", k, err)
+			}
+			out[r.Data.State]++
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -1,0 +1,379 @@
+// Package server is `sigil serve`: it composes the fleet's parts — CA,
+// inventory, embedded broker, enrollment service and HTTPS API — and runs
+// them until its context ends, stopping all of them when one fails.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/enroll"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/pkg/wire"
+	"golang.org/x/sync/errgroup"
+)
+
+// Config is sigil serve's configuration; JSON keys are the file's keys
+// (docs/CONFIG.md).
+type Config struct {
+	// DataDir holds the CA, the inventory and the admin token. Default
+	// /var/lib/sigil.
+	DataDir string `json:"data_dir"`
+	// MQTTAddr is the broker's TLS listener. Default ":8883".
+	MQTTAddr string `json:"mqtt_addr"`
+	// APIAddr is the HTTPS API listener. Default ":8443".
+	APIAddr string `json:"api_addr"`
+	// Hostnames are the DNS names and IP addresses on the server
+	// certificate. Default: localhost, 127.0.0.1, ::1 and the host name.
+	Hostnames []string `json:"hostnames"`
+	// TrustDomain is the SPIFFE trust domain of device IDs. Default
+	// "sigil.local".
+	TrustDomain string `json:"trust_domain"`
+	// EKCADir is a directory of trusted TPM manufacturer CA certificates
+	// (PEM or DER, roots and intermediates). Optional.
+	EKCADir string `json:"ek_ca_dir"`
+	// EKAllowList is a file of EK fingerprints (SHA-256 of the PKIX public
+	// key, hex), one per line, '#' comments. Optional.
+	EKAllowList string `json:"ek_allowlist"`
+	// ManualApproval holds EKs no other path trusts as pending until an
+	// operator approves them. Default false (they are refused).
+	ManualApproval bool `json:"manual_approval"`
+	// DeviceLifetime is the device certificate lifetime. Default 24h.
+	DeviceLifetime config.Duration `json:"device_lifetime"`
+	// TopicPrefix is the first MQTT topic level. Default "sigil".
+	TopicPrefix string `json:"topic_prefix"`
+	// AllowBootstrap lets clients without a certificate connect to their
+	// own enrollment topics. Default true; set false once every device is
+	// enrolled.
+	AllowBootstrap *bool `json:"allow_bootstrap"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"log_level"`
+}
+
+func (c *Config) setDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "/var/lib/sigil"
+	}
+	if c.MQTTAddr == "" {
+		c.MQTTAddr = ":8883"
+	}
+	if c.APIAddr == "" {
+		c.APIAddr = ":8443"
+	}
+	if len(c.Hostnames) == 0 {
+		c.Hostnames = []string{"localhost", "127.0.0.1", "::1"}
+		if h, err := os.Hostname(); err == nil && h != "" {
+			c.Hostnames = append(c.Hostnames, h)
+		}
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "sigil.local"
+	}
+	if c.DeviceLifetime == 0 {
+		c.DeviceLifetime = config.Duration(24 * time.Hour)
+	}
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = wire.DefaultPrefix
+	}
+	if c.AllowBootstrap == nil {
+		t := true
+		c.AllowBootstrap = &t
+	}
+}
+
+// Server is a running fleet manager.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	CA     *ca.CA
+	Inv    *inventory.Store
+	Broker *broker.Broker
+	Enroll *enroll.Service
+
+	apiLn      net.Listener
+	apiTLS     *tls.Config
+	adminToken string
+	ready      chan struct{}
+	topics     wire.Topics
+}
+
+// Files written at first start, relative to DataDir.
+const (
+	AdminTokenFile = "admin.token"
+	CACertFile     = "ca/ca.crt"
+	InventoryFile  = "inventory.db"
+)
+
+// New opens the data directory (creating the CA and admin token at first
+// start) and binds the listeners; Run serves.
+func New(cfg Config, logger *slog.Logger) (*Server, error) {
+	cfg.setDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}}
+	var err error
+	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: cfg.TrustDomain, DeviceLifetime: time.Duration(cfg.DeviceLifetime)})
+	if err != nil {
+		return nil, err
+	}
+	if s.adminToken, err = loadOrCreateToken(filepath.Join(cfg.DataDir, AdminTokenFile)); err != nil {
+		return nil, err
+	}
+	trust := &verifier.EKTrust{}
+	if cfg.EKCADir != "" {
+		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.EKAllowList != "" {
+		if trust.AllowList, err = loadAllowList(cfg.EKAllowList); err != nil {
+			return nil, err
+		}
+	}
+	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile))
+	if err != nil {
+		return nil, err
+	}
+	serverCert, err := s.CA.ServerTLS(cfg.Hostnames)
+	if err != nil {
+		s.Inv.Close()
+		return nil, err
+	}
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
+	s.Broker, err = broker.New(broker.Config{
+		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAs: s.CA.Pool(), TrustDomain: cfg.TrustDomain,
+		Topics: s.topics, Gate: gate{s.Inv}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
+		Events: s.brokerEvent,
+	})
+	if err != nil {
+		s.Inv.Close()
+		return nil, err
+	}
+	s.Enroll, err = enroll.New(enroll.Config{
+		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
+		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: logger.With("component", "enroll"),
+		Send: func(clientID, kind string, payload []byte) error {
+			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
+		},
+	})
+	if err != nil {
+		s.Inv.Close()
+		return nil, err
+	}
+	s.apiTLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
+	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+		s.Inv.Close()
+		return nil, fmt.Errorf("server: api listener: %w", err)
+	}
+	return s, nil
+}
+
+// gate admits certificate holders that the inventory knows and has not
+// decommissioned, with the certificate serial it issued last.
+type gate struct{ inv *inventory.Store }
+
+func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) error {
+	d, err := g.inv.Device(deviceID)
+	if err != nil {
+		return fmt.Errorf("unknown device: %w", err)
+	}
+	switch d.State {
+	case inventory.StateActive:
+	case inventory.StateDecommissioned:
+		return errors.New("device decommissioned")
+	default:
+		return fmt.Errorf("device %s", d.State)
+	}
+	return nil
+}
+
+func (s *Server) brokerEvent(ev broker.Event) {
+	if ev.Identity.DeviceID == "" {
+		return
+	}
+	now := time.Now().UTC()
+	err := s.Inv.Update(ev.Identity.DeviceID, func(d *inventory.Device) error {
+		d.LastSeen = now
+		d.Connected = ev.Kind == broker.Connected
+		return nil
+	})
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		s.log.Warn("inventory update on connection event failed", "err", err)
+	}
+}
+
+// AdminToken returns the admin API bearer token.
+func (s *Server) AdminToken() string { return s.adminToken }
+
+// APIURL returns the API's base URL.
+func (s *Server) APIURL() string {
+	_, port, _ := net.SplitHostPort(s.apiLn.Addr().String())
+	return "https://localhost:" + port
+}
+
+// MQTTAddr returns the broker's bound address (after Ready).
+func (s *Server) MQTTAddr() string { return s.Broker.Addr().String() }
+
+// CACertPath is the fleet CA certificate devices trust at bootstrap.
+func (s *Server) CACertPath() string { return filepath.Join(s.cfg.DataDir, CACertFile) }
+
+// AdminTokenPath is where the admin token is stored.
+func (s *Server) AdminTokenPath() string { return filepath.Join(s.cfg.DataDir, AdminTokenFile) }
+
+// Ready is closed once every listener serves.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Run serves until ctx ends or a part fails.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.Inv.Close()
+	if err := s.Broker.Start(); err != nil {
+		return err
+	}
+	err := s.Broker.Subscribe(s.topics.Filter(wire.SegEnroll, "+", wire.Up), func(id broker.Identity, topic string, payload []byte) {
+		tp, err := s.topics.Parse(topic)
+		if err != nil || tp.ID != id.ClientID {
+			return // the broker's ACL already forbids this; never trust the topic over the session
+		}
+		s.Enroll.Submit(id.ClientID, payload)
+	})
+	if err == nil {
+		err = s.Broker.Subscribe(s.topics.Filter(wire.SegDevice, "+", wire.Up), s.deviceMessage)
+	}
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.Broker.Run(ctx) })
+	g.Go(func() error { return s.Enroll.Run(ctx) })
+	close(s.ready)
+	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
+	srv := &http.Server{
+		Handler: api.New(api.Config{
+			Inventory: s.Inv, Approver: s.Enroll, AdminTokenHash: hash(s.adminToken),
+			Connected: s.Broker.Connected, Logger: s.log.With("component", "api"),
+		}),
+		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	g.Go(func() error {
+		err := srv.ServeTLS(s.apiLn, "", "")
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return g.Wait()
+}
+
+// deviceMessage handles messages from enrolled devices. The device ID is
+// the one the broker authenticated, never one from the payload.
+func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte) {
+	tp, err := s.topics.Parse(topic)
+	if err != nil || id.DeviceID == "" || tp.ID != id.DeviceID {
+		return
+	}
+	env, err := wire.Decode(payload)
+	if err != nil {
+		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
+		return
+	}
+	switch env.Type {
+	case wire.TypeHello:
+		var h wire.Hello
+		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
+			s.log.Warn("malformed hello", "device_id", id.DeviceID, "err", err)
+			return
+		}
+		err := s.Inv.Update(id.DeviceID, func(d *inventory.Device) error {
+			if h.Firmware != "" {
+				d.Firmware = h.Firmware
+			}
+			d.LastSeen = time.Now().UTC()
+			return nil
+		})
+		if err != nil {
+			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
+		}
+	}
+}
+
+func hash(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+// loadOrCreateToken reads the admin token, creating it (0600) at first start.
+func loadOrCreateToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("server: admin token file %s is empty", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("server: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	tok := "sga_" + base64.RawURLEncoding.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("server: write admin token: %w", err)
+	}
+	return tok, nil
+}
+
+func loadAllowList(path string) (map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("server: allow-list: %w", err)
+	}
+	out := map[string]bool{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if j := strings.IndexByte(line, '#'); j >= 0 {
+			line = strings.TrimSpace(line[:j])
+		}
+		if line == "" {
+			continue
+		}
+		line = strings.ToLower(line)
+		if len(line) != 64 || strings.Trim(line, "0123456789abcdef") != "" {
+			return nil, fmt.Errorf("server: allow-list %s line %d: not a SHA-256 hex fingerprint", path, i+1)
+		}
+		out[line] = true
+	}
+	return out, nil
+}

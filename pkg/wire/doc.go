@@ -1,0 +1,11 @@
+// Package wire is Sigil's device protocol: MQTT topics, the CBOR envelope,
+// message bodies, reason codes and the protocol version.
+//
+// Both sides import it; it imports neither. Every decoder here accepts bytes
+// from the network and is fuzzed: malformed input yields an error, never a
+// panic, and sizes are bounded before anything is allocated.
+//
+// Protocol version history (one increasing integer, see Version):
+//
+//	1 (2026-11-22) enrollment: request, challenge, proof, result, retry.
+package wire

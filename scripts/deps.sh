@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs (as root) or checks the system packages Sigil's tests and demo use.
+# With CI=true a missing dependency is an error, never a skip.
+set -euo pipefail
+want=${1:-test}
+declare -A pkg_of=(
+  [swtpm]=swtpm [swtpm_setup]=swtpm-tools [swtpm_ioctl]=swtpm-tools
+  [tpm2_readpublic]=tpm2-tools [tpm2_pcrextend]=tpm2-tools
+  [mosquitto]=mosquitto [mosquitto_sub]=mosquitto-clients [mosquitto_pub]=mosquitto-clients
+  [openssl]=openssl [gcc]=gcc
+)
+bins=(swtpm swtpm_setup swtpm_ioctl openssl)
+if [ "$want" = test ]; then
+  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc)
+fi
+missing=()
+for b in "${bins[@]}"; do command -v "$b" >/dev/null 2>&1 || missing+=("$b"); done
+# The cgo TPM simulator links OpenSSL's libcrypto.
+libs=()
+if [ "$want" = test ] && ! { [ -e /usr/include/openssl/evp.h ] || dpkg -s libssl-dev >/dev/null 2>&1; }; then libs+=(libssl-dev); fi
+[ ${#missing[@]} -eq 0 ] && [ ${#libs[@]} -eq 0 ] && exit 0
+
+pkgs=("${libs[@]}")
+for b in "${missing[@]}"; do pkgs+=("${pkg_of[$b]}"); done
+mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing: ${pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  # Installing mosquitto starts a system broker on 1883; the tests start their own.
+  systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  exit 0
+fi
+echo "missing: ${missing[*]:-} ${libs[*]:-}" >&2
+echo "install them with: sudo apt-get install ${pkgs[*]}" >&2
+echo "(or run 'make $want' as root to install them automatically)" >&2
+exit 1

@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/link"
+	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/device/tpm"
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/sim/harness"
+)
+
+// received records what the fleet gets on device up topics.
+type received struct {
+	mu     sync.Mutex
+	topics map[string]int
+}
+
+func (r *received) count(topic string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.topics[topic]
+}
+
+func watchUp(t testing.TB, f *harness.Fleet) *received {
+	r := &received{topics: map[string]int{}}
+	err := f.Broker.Subscribe("sigil/v1/dev/+/up/#", func(_ broker.Identity, topic string, _ []byte) {
+		r.mu.Lock()
+		r.topics[topic]++
+		r.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// subscribe runs mosquitto_sub while the fleet publishes to publishTopic
+// every 100 ms, and returns what mosquitto_sub printed.
+func subscribe(t testing.TB, f *harness.Fleet, publishTopic string, args ...string) (string, error) {
+	t.Helper()
+	host, port := hostPort(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "mosquitto_sub", append([]string{"-h", host, "-p", port, "--cafile", f.CACertPath(), "-q", "1", "-C", "1", "-W", "4", "-V", "mqttv311"}, args...)...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return out.String(), err
+		case <-tick.C:
+			_ = f.Broker.Publish(publishTopic, []byte("fleet-says-hi"), 1)
+		}
+	}
+}
+
+func publish(t testing.TB, f *harness.Fleet, topic string, args ...string) (string, error) {
+	host, port := hostPort(t, f)
+	return run(t, "mosquitto_pub", append([]string{"-h", host, "-p", port, "--cafile", f.CACertPath(), "-q", "1", "-t", topic, "-m", "intruder", "-V", "mqttv311"}, args...)...)
+}
+
+// TestBrokerACL checks topic isolation with independent clients
+// (mosquitto_sub/mosquitto_pub) and with a second real device.
+func TestBrokerACL(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	a := startDevice(t, f, newTPM(t), harness.DeviceConfig{Serial: "SN-A"})
+	instB := newTPM(t)
+	dirB := t.TempDir()
+	b := startDevice(t, f, instB, harness.DeviceConfig{Serial: "SN-B", Dir: dirB})
+	idA, idB := waitConnected(t, a).DeviceID, waitConnected(t, b).DeviceID
+	up := watchUp(t, f)
+	certB, keyB := softwareIdentity(t, f, idB)
+	asB := []string{"-i", idB, "--cert", certB, "--key", keyB}
+	downA, downB := "sigil/v1/dev/"+idA+"/down/cmd", "sigil/v1/dev/"+idB+"/down/cmd"
+	upA, upB := "sigil/v1/dev/"+idA+"/up/hello", "sigil/v1/dev/"+idB+"/up/probe"
+
+	t.Run("own topics work", func(t *testing.T) {
+		out, err := subscribe(t, f, downB, append(asB, "-t", "sigil/v1/dev/"+idB+"/down/#")...)
+		if err != nil || !strings.Contains(out, "fleet-says-hi") {
+			t.Fatalf("B on its own down topic: %v %q", err, out)
+		}
+		if out, err := publish(t, f, upB, asB...); err != nil {
+			t.Fatalf("B on its own up topic: %v %s", err, out)
+		}
+		waitFor(t, func() bool { return up.count(upB) == 1 }, "fleet to receive B's message")
+	})
+	t.Run("subscribe to another device", func(t *testing.T) {
+		out, _ := subscribe(t, f, downA, append(asB, "-t", "sigil/v1/dev/"+idA+"/down/#")...)
+		if strings.Contains(out, "fleet-says-hi") {
+			t.Fatalf("B received A's messages: %q", out)
+		}
+		if !strings.Contains(strings.ToLower(out), "denied") {
+			t.Fatalf("mosquitto_sub was not told of the denial: %q", out)
+		}
+	})
+	t.Run("wildcard over all devices", func(t *testing.T) {
+		out, _ := subscribe(t, f, downA, append(asB, "-t", "sigil/v1/dev/+/down/#")...)
+		if strings.Contains(out, "fleet-says-hi") || !strings.Contains(strings.ToLower(out), "denied") {
+			t.Fatalf("wildcard subscription: %q", out)
+		}
+	})
+	t.Run("publish as another device", func(t *testing.T) {
+		publish(t, f, upA, asB...)
+		time.Sleep(300 * time.Millisecond)
+		if n := up.count(upA); n != 0 {
+			t.Fatalf("fleet received %d forged messages on A's topic", n)
+		}
+	})
+	t.Run("client ID not matching the certificate", func(t *testing.T) {
+		out, err := publish(t, f, upA, "-i", idA, "--cert", certB, "--key", keyB)
+		if err == nil {
+			t.Fatalf("connect as A with B's certificate accepted: %s", out)
+		}
+	})
+	t.Run("client without certificate", func(t *testing.T) {
+		out, _ := subscribe(t, f, downA, "-i", "e-nocert", "-t", "sigil/v1/dev/"+idA+"/down/#")
+		if strings.Contains(out, "fleet-says-hi") || !strings.Contains(strings.ToLower(out), "denied") {
+			t.Fatalf("no-cert subscription: %q", out)
+		}
+		publish(t, f, upA, "-i", "e-nocert")
+		// Impersonating a device's client ID without its certificate.
+		if out, err := publish(t, f, upA, "-i", idA); err == nil && strings.Contains(out, "Error") {
+			t.Logf("impersonation refused: %s", out)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if n := up.count(upA); n != 0 {
+			t.Fatalf("fleet received %d messages from clients without certificate", n)
+		}
+		if !f.Broker.Connected(idA) {
+			t.Fatal("device A lost its session to an impersonator")
+		}
+	})
+	t.Run("bootstrap client IDs that widen filters", func(t *testing.T) {
+		for _, id := range []string{"a+b", "#", "a/b"} {
+			if out, err := publish(t, f, "sigil/v1/enroll/x/up/enroll", "-i", id); err == nil {
+				t.Errorf("client ID %q accepted: %s", id, out)
+			}
+		}
+	})
+	t.Run("second device with its TPM key", func(t *testing.T) {
+		b.Stop()
+		s, err := state.Open(filepath.Join(dirB, "state.db"), state.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := s.Identity()
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp, err := tpm.Open(instB.URI())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tp.Close()
+		signer, err := tp.Signer(&tpm.KeyBlob{Public: id.TK.Public, Private: id.TK.Private})
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(f.CA.Certificate())
+		cfg := &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{{Certificate: [][]byte{id.Cert}, PrivateKey: signer}}}
+		conn, err := link.Dial(context.Background(), link.Config{Broker: f.MQTTAddr(), ClientID: idB, TLS: cfg, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if err := conn.Subscribe(context.Background(), "sigil/v1/dev/"+idA+"/down/#", func(string, []byte) {}); !errors.Is(err, link.ErrRefused) {
+			t.Fatalf("B's subscription to A's topics: %v", err)
+		}
+		_ = conn.Publish(context.Background(), upA, []byte("forged"))
+		select {
+		case <-conn.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("broker kept a device that published on another device's topic")
+		}
+		if n := up.count(upA); n != 0 {
+			t.Fatalf("fleet received %d forged messages", n)
+		}
+	})
+}
+
+func waitFor(t testing.TB, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

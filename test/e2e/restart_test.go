@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/sim/harness"
+)
+
+// TestRestartDevice: sigild restarted reconnects with its stored identity
+// and does not enroll again.
+func TestRestartDevice(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	inst := newTPM(t)
+	dir := t.TempDir()
+	d := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir})
+	first := waitConnected(t, d)
+	// sigild status, through the control socket while running...
+	live, err := agent.CurrentStatus(d.Config)
+	if err != nil || !live.Running || !live.Connected || live.DeviceID != first.DeviceID {
+		t.Fatalf("live status %+v, %v", live, err)
+	}
+	d.Stop()
+	// ...and from the state store when stopped.
+	off, err := agent.CurrentStatus(d.Config)
+	if err != nil || off.Running || off.Enrollment != "enrolled" || off.CertSerial != first.CertSerial {
+		t.Fatalf("offline status %+v, %v", off, err)
+	}
+	requests := f.Enroll.Stats().Requests.Load()
+
+	d2 := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir})
+	second := waitConnected(t, d2)
+	if second.DeviceID != first.DeviceID || second.CertSerial != first.CertSerial || !second.EnrolledAt.Equal(first.EnrolledAt) {
+		t.Fatalf("identity changed across restart: %+v vs %+v", first, second)
+	}
+	if n := f.Enroll.Stats().Requests.Load(); n != requests {
+		t.Fatalf("restart sent %d enrollment requests", n-requests)
+	}
+}
+
+func freeAddr(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestRestartFleet: the fleet restarted on the same data directory keeps
+// its CA and inventory, and devices reconnect on their own.
+func TestRestartFleet(t *testing.T) {
+	requireTools(t)
+	dataDir := t.TempDir()
+	cfg := server.Config{DataDir: dataDir, MQTTAddr: freeAddr(t), APIAddr: freeAddr(t), EKCADir: ekCADir(t, vendorCA(t))}
+	f, err := harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caBefore, _ := os.ReadFile(filepath.Join(dataDir, server.CACertFile))
+	tokenBefore := f.AdminToken()
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{})
+	st := waitConnected(t, d)
+	f.Stop()
+	if _, err := d.Wait(context.Background(), 10*time.Second, func(s agent.Status) bool { return !s.Connected }); err != nil {
+		t.Fatal(err)
+	}
+	f, err = harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	again := waitConnected(t, d)
+	if !again.ConnectedAt.After(st.ConnectedAt) || again.CertSerial != st.CertSerial {
+		t.Fatalf("reconnect: %+v", again)
+	}
+	caAfter, _ := os.ReadFile(filepath.Join(dataDir, server.CACertFile))
+	if !bytes.Equal(caBefore, caAfter) || f.AdminToken() != tokenBefore {
+		t.Fatal("CA or admin token changed across a restart")
+	}
+	dev, err := f.Inv.Device(st.DeviceID)
+	if err != nil || dev.CertSerial != st.CertSerial || string(dev.State) != "active" {
+		t.Fatalf("inventory after restart: %+v, %v", dev, err)
+	}
+}
+
+// TestRebootTPM: an orderly TPM reboot (TPM2_Shutdown, power cycle,
+// TPM2_Startup) flushes everything loaded; the device still signs its next
+// handshake with its stored key blob.
+func TestRebootTPM(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	inst := newTPM(t)
+	d := startDevice(t, f, inst, harness.DeviceConfig{})
+	st := waitConnected(t, d)
+	if err := inst.Reboot(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.Broker.Disconnect(st.DeviceID) // force a new TLS handshake
+	if _, err := d.Wait(context.Background(), 20*time.Second, func(s agent.Status) bool {
+		return s.Connected && s.ConnectedAt.After(st.ConnectedAt)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDemo runs `sigil demo --once` in-process: three devices active.
+func TestDemo(t *testing.T) {
+	requireTools(t)
+	var out bytes.Buffer
+	err := harness.Demo(context.Background(), harness.DemoOptions{Dir: t.TempDir(), Once: true, APIAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Out: &out})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if !bytes.Contains(out.Bytes(), []byte("3 devices active and connected")) || bytes.Count(out.Bytes(), []byte(" active ")) < 3 {
+		t.Fatalf("demo output:\n%s", out.String())
+	}
+	t.Logf("\n%s", out.String())
+}
