@@ -1,5 +1,3 @@
-// Package test holds repository-wide checks; the end-to-end suites live in
-// its subdirectories.
 package test
 
 import (

@@ -316,4 +316,3 @@ func TestRefuseClonedEK(t *testing.T) {
 		t.Fatalf("state %s", dev.State)
 	}
 }
-
