@@ -13,6 +13,7 @@ require (
 )
 
 require (
+	github.com/google/go-attestation v0.6.4 // indirect
 	github.com/gorilla/websocket v1.5.3 // indirect
 	github.com/rs/xid v1.4.0 // indirect
 	github.com/x448/float16 v0.8.4 // indirect

@@ -7,5 +7,6 @@
 //
 // Protocol version history (one increasing integer, see Version):
 //
-//	1 (2026-11-22) enrollment: request, challenge, proof, result, retry.
+//	1 (2026-11-22) enrollment: request, challenge, proof, result, retry; hello.
+//	2 (2026-11-22) attestation: request, challenge, evidence, verdict.
 package wire

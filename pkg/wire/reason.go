@@ -31,6 +31,12 @@ const (
 	ReasonChallengeExpired   Reason = 47 // enrollment session unknown or expired
 	ReasonClone              Reason = 50 // EK already enrolled under another identity
 	ReasonDecommissioned     Reason = 51 // device decommissioned; enrollment refused
+	ReasonNonceInvalid       Reason = 60 // attestation nonce unknown, reused or expired
+	ReasonEventLogInvalid    Reason = 61 // event log does not replay to the quoted PCRs
+	ReasonPolicyViolation    Reason = 62 // evidence verified but breaks the reference policy
+	ReasonCounterRollback    Reason = 63 // TPM reset/restart counters went backwards
+	ReasonNoPolicy           Reason = 64 // no reference policy applies; judged by quote only
+	ReasonQuarantined        Reason = 65 // device is quarantined
 	ReasonInternal           Reason = 90 // fleet-side failure; retry later
 )
 
@@ -58,6 +64,12 @@ var reasonName = map[Reason]string{
 	ReasonChallengeExpired:   "challenge_expired",
 	ReasonClone:              "clone",
 	ReasonDecommissioned:     "decommissioned",
+	ReasonNonceInvalid:       "nonce_invalid",
+	ReasonEventLogInvalid:    "eventlog_invalid",
+	ReasonPolicyViolation:    "policy_violation",
+	ReasonCounterRollback:    "counter_rollback",
+	ReasonNoPolicy:           "no_policy",
+	ReasonQuarantined:        "quarantined",
 	ReasonInternal:           "internal",
 }
 
@@ -85,6 +97,12 @@ var reasonText = map[Reason]string{
 	ReasonChallengeExpired:   "enrollment session unknown or expired",
 	ReasonClone:              "EK already enrolled under another identity",
 	ReasonDecommissioned:     "device decommissioned",
+	ReasonNonceInvalid:       "attestation nonce unknown, reused or expired",
+	ReasonEventLogInvalid:    "event log does not match the quoted PCRs",
+	ReasonPolicyViolation:    "evidence breaks the reference policy",
+	ReasonCounterRollback:    "TPM reset or restart counter went backwards",
+	ReasonNoPolicy:           "no reference policy applies",
+	ReasonQuarantined:        "device quarantined",
 	ReasonInternal:           "internal error",
 }
 

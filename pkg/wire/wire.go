@@ -12,11 +12,12 @@ import (
 
 // Version is the protocol version this build speaks. A receiver refuses an
 // envelope with a higher version with ReasonUnsupportedVersion.
-const Version = 1
+const Version = 2
 
 // MaxMessageSize bounds an encoded envelope. Enrollment carries certificates
-// and TPM structures, a few KiB in practice.
-const MaxMessageSize = 64 << 10
+// and TPM structures, a few KiB; attestation evidence may carry a
+// measured-boot event log and an IMA log.
+const MaxMessageSize = 1 << 20
 
 // Message types. The type names the body's Go type below.
 const (
