@@ -60,6 +60,8 @@ type Agent struct {
 	tpm *tpm.TPM
 	st  *state.Store
 
+	challenges chan *wire.AttestChallenge
+
 	mu     sync.Mutex
 	status Status
 }
@@ -80,6 +82,10 @@ type Status struct {
 	Firmware    string    `json:"firmware,omitempty"`
 	Agent       string    `json:"agent"`
 	Running     bool      `json:"running"` // set by CurrentStatus
+	// LastAttested is when evidence was last sent; LastVerdict the fleet's
+	// answer ("pass", or "fail: <reason>").
+	LastAttested time.Time `json:"last_attested,omitzero"`
+	LastVerdict  string    `json:"last_verdict,omitempty"`
 }
 
 // New validates cfg. Run does the work.
@@ -91,7 +97,8 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, log: logger, topics: wire.Topics{Prefix: cfg.TopicPrefix}, now: time.Now, rand: rand.Reader}
+	a := &Agent{cfg: cfg, log: logger, topics: wire.Topics{Prefix: cfg.TopicPrefix}, now: time.Now, rand: rand.Reader,
+		challenges: make(chan *wire.AttestChallenge, 4)}
 	a.status = Status{Enrollment: "new", Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
 	return a, nil
 }
@@ -138,23 +145,32 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.publishIdentity(id)
+	if id, err = a.enrollUntilDone(ctx, id); err != nil || ctx.Err() != nil {
+		return nil
+	}
+	return a.connectLoop(ctx, id)
+}
+
+// enrollUntilDone enrolls, backing off between attempts, until enrolled or
+// ctx ends (then it returns ctx's error).
+func (a *Agent) enrollUntilDone(ctx context.Context, id *state.Identity) (*state.Identity, error) {
 	bo := a.backoff()
 	for id.Status != state.StatusEnrolled {
+		var err error
 		id, err = a.enroll(ctx, id)
 		if ctx.Err() != nil {
-			return nil
+			return id, ctx.Err()
 		}
 		if err != nil {
 			a.log.Warn("enrollment attempt failed", "err", err)
 			a.setStatus(func(s *Status) { s.LastError = err.Error() })
 			if !sleep(ctx, bo.next()) {
-				return nil
+				return id, ctx.Err()
 			}
-			continue
 		}
 	}
 	a.publishIdentity(id)
-	return a.connectLoop(ctx, id)
+	return id, nil
 }
 
 // ensureKeys creates the AK and transport key once and persists them before
@@ -447,9 +463,12 @@ func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.
 	return id, nil
 }
 
-// connectLoop keeps the mTLS session up, reconnecting with backoff.
+// connectLoop keeps the mTLS session up, reconnecting with backoff. When
+// the broker refuses the certificate (revoked, e.g. after a quarantine) the
+// device enrolls again from its EK and continues with the new certificate.
 func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 	bo := a.backoff()
+	refused := 0
 	for {
 		conn, err := a.connect(ctx, id)
 		if err != nil {
@@ -458,27 +477,55 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 			}
 			a.log.Warn("connect failed", "err", err)
 			a.setStatus(func(s *Status) { s.LastError = err.Error() })
+			if authRefused(err) {
+				if refused++; refused >= 2 {
+					a.log.Warn("the fleet refuses this certificate; enrolling again from the EK")
+					id.Status = state.StatusKeys
+					if err := a.st.SaveIdentity(id); err != nil {
+						return err
+					}
+					if id, err = a.enrollUntilDone(ctx, id); err != nil {
+						return nil
+					}
+					refused = 0
+					continue
+				}
+			}
 			if !sleep(ctx, bo.next()) {
 				return nil
 			}
 			continue
 		}
+		refused = 0
 		bo.reset()
 		a.setStatus(func(s *Status) { s.Connected = true; s.ConnectedAt = a.now(); s.LastError = "" })
 		a.log.Info("connected with TPM-backed mTLS", "device_id", id.DeviceID, "broker", a.cfg.Broker)
+		sess, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); a.attestLoop(sess, conn, id) }()
 		select {
 		case <-ctx.Done():
+		case <-conn.Done():
+		}
+		cancel()
+		<-done
+		if ctx.Err() != nil {
 			conn.Close()
 			a.setStatus(func(s *Status) { s.Connected = false })
 			return nil
-		case <-conn.Done():
-			a.setStatus(func(s *Status) { s.Connected = false; s.LastError = fmt.Sprint("connection lost: ", conn.Err()) })
-			a.log.Warn("connection lost", "err", conn.Err())
-			if !sleep(ctx, bo.next()) {
-				return nil
-			}
+		}
+		a.setStatus(func(s *Status) { s.Connected = false; s.LastError = fmt.Sprint("connection lost: ", conn.Err()) })
+		a.log.Warn("connection lost", "err", conn.Err())
+		if !sleep(ctx, bo.next()) {
+			return nil
 		}
 	}
+}
+
+// authRefused reports a CONNECT the broker refused for the credential.
+func authRefused(err error) bool {
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "not authori") || strings.Contains(s, "bad user name or password")
 }
 
 func (a *Agent) connect(ctx context.Context, id *state.Identity) (*link.Conn, error) {
@@ -527,7 +574,32 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		a.log.Warn("dropping malformed message from fleet", "topic", topic, "err", err)
 		return
 	}
-	a.log.Debug("message from fleet", "type", env.Type, "id", env.IDString())
+	switch env.Type {
+	case wire.TypeAttestChallenge:
+		var ch wire.AttestChallenge
+		if err := wire.DecodeBody(env, wire.TypeAttestChallenge, &ch); err != nil {
+			a.log.Warn("dropping malformed challenge", "err", err)
+			return
+		}
+		select {
+		case a.challenges <- &ch:
+		default:
+			a.log.Warn("attestation challenges arrive faster than the TPM answers; dropping one")
+		}
+	case wire.TypeAttestVerdict:
+		var v wire.AttestVerdict
+		if err := wire.DecodeBody(env, wire.TypeAttestVerdict, &v); err != nil {
+			return
+		}
+		verdict := v.Result
+		if v.Result != wire.VerdictPass {
+			verdict += ": " + v.Reason.String() + ": " + v.Message
+			a.log.Warn("attestation failed", "reason", v.Reason.String(), "message", v.Message)
+		}
+		a.setStatus(func(s *Status) { s.LastVerdict = verdict })
+	default:
+		a.log.Debug("message from fleet", "type", env.Type, "id", env.IDString())
+	}
 }
 
 // backoff is jittered exponential backoff between RetryMin and RetryMax.

@@ -50,6 +50,19 @@ type Config struct {
 	// PendingRetry is how often a device waiting for approval asks again
 	// (it also asks at once when the fleet says it was approved). Default 30s.
 	PendingRetry Duration `json:"pending_retry"`
+	// AttestInterval is how often the device attests on its own schedule
+	// (jittered ±10%), each time with a nonce it asks the fleet for. It also
+	// attests on every connect and whenever the fleet challenges it.
+	// Default 10m; a negative value disables the schedule.
+	AttestInterval Duration `json:"attest_interval"`
+	// EventLog is the measured-boot event log sent with quotes when the
+	// fleet asks for it. Default
+	// /sys/kernel/security/tpm0/binary_bios_measurements; "-" disables it.
+	// A missing file means the platform has none.
+	EventLog string `json:"event_log"`
+	// IMALog is the IMA runtime measurement log, sent when the fleet asks.
+	// Default "" (not sent).
+	IMALog string `json:"ima_log"`
 	// Control is the Unix socket `sigild status` reads. Default
 	// /run/sigild/sigild.sock; "-" disables it.
 	Control string `json:"control"`
@@ -91,6 +104,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.PendingRetry == 0 {
 		c.PendingRetry = Duration(30 * time.Second)
+	}
+	if c.AttestInterval == 0 {
+		c.AttestInterval = Duration(10 * time.Minute)
+	}
+	if c.EventLog == "" {
+		c.EventLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
 	}
 	if c.Control == "" {
 		c.Control = "/run/sigild/sigild.sock"

@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,7 @@ type Identity struct {
 	DeviceID string            // device ID from the certificate; "" for bootstrap clients
 	Cert     *x509.Certificate // verified client certificate; nil for bootstrap clients
 	Fleet    bool              // the fleet's own inline client
+	UpKinds  []string          // Access.UpKinds granted at admission; nil = every kind
 }
 
 // Bootstrap reports whether the identity is a client without certificate.
@@ -73,16 +75,24 @@ func (id Identity) Bootstrap() bool { return !id.Fleet && id.DeviceID == "" }
 // fleet implements it with its inventory (refusing decommissioned devices or
 // revoked serials, for example).
 type Gate interface {
-	// AdmitDevice returns nil to admit the device; its error is logged and
+	// AdmitDevice returns the device's access to admit it; its error is logged and
 	// reported in a Refused event, never sent to the client.
-	AdmitDevice(deviceID string, cert *x509.Certificate) error
+	AdmitDevice(deviceID string, cert *x509.Certificate) (Access, error)
+}
+
+// Access limits what an admitted device may do beyond the topic rules.
+type Access struct {
+	// UpKinds, when not nil, lists the only message kinds the device may
+	// publish (its <prefix>/v1/dev/<id>/up/<kind> topics), e.g. a
+	// quarantined device limited to "attest".
+	UpKinds []string
 }
 
 // GateFunc adapts a function to Gate.
-type GateFunc func(deviceID string, cert *x509.Certificate) error
+type GateFunc func(deviceID string, cert *x509.Certificate) (Access, error)
 
 // AdmitDevice calls f.
-func (f GateFunc) AdmitDevice(deviceID string, cert *x509.Certificate) error {
+func (f GateFunc) AdmitDevice(deviceID string, cert *x509.Certificate) (Access, error) {
 	return f(deviceID, cert)
 }
 
@@ -498,7 +508,10 @@ func (b *Broker) allowed(id Identity, topic string, write bool) bool {
 		topic = topic[:len(topic)-1] + "x"
 	}
 	t, err := b.cfg.Topics.Parse(topic)
-	return err == nil && t.Segment == seg && t.ID == owner && t.Dir == dir
+	if err != nil || t.Segment != seg || t.ID != owner || t.Dir != dir {
+		return false
+	}
+	return !write || id.UpKinds == nil || slices.Contains(id.UpKinds, t.Kind)
 }
 
 // identityOf returns the identity bound to a client's connection.
@@ -514,7 +527,13 @@ func identityOf(cl *mqtt.Client) (Identity, bool) {
 		if c.idErr != nil {
 			return Identity{}, false
 		}
-		return Identity{ClientID: c.deviceID, DeviceID: c.deviceID, Cert: c.cert}, true
+		id := Identity{ClientID: c.deviceID, DeviceID: c.deviceID, Cert: c.cert}
+		c.mu.Lock()
+		if c.id != nil {
+			id.UpKinds = c.id.UpKinds
+		}
+		c.mu.Unlock()
+		return id, true
 	}
 	return Identity{ClientID: cl.ID}, true
 }

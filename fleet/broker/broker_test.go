@@ -51,6 +51,30 @@ func TestDevicePublishesToOwnUpTopic(t *testing.T) {
 	}
 }
 
+// TestRestrictedAccess: a device admitted with Access.UpKinds (quarantine)
+// may publish only those kinds; anything else disconnects it.
+func TestRestrictedAccess(t *testing.T) {
+	e := startBroker(t, func(c *Config) {
+		c.Gate = GateFunc(func(string, *x509.Certificate) (Access, error) { return Access{UpKinds: []string{"attest"}}, nil })
+	})
+	got := e.fleetSub(t, topics.Filter("dev", "+", "up"))
+	certA := e.ca.device(t, devA)
+	lost := make(chan struct{})
+	a, err := e.client(t, devA, &certA, func(o *paho.ClientOptions) {
+		o.SetConnectionLostHandler(func(paho.Client, error) { close(lost) })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait(t, a.Publish(topics.DeviceUp(devA, "attest"), 1, false, "evidence"))
+	if m := expectMsg(t, got, "attest message"); m.payload != "evidence" || m.id.DeviceID != devA {
+		t.Fatalf("got %+v", m)
+	}
+	a.Publish(topics.DeviceUp(devA, "telemetry"), 1, false, "not now").WaitTimeout(2 * time.Second)
+	expectMsg(t, lost, "restricted device to be disconnected")
+	expectNone(t, got, 200*time.Millisecond, "telemetry from a restricted device")
+}
+
 func TestDevicePublishToOtherDeviceIsDroppedAndDisconnects(t *testing.T) {
 	for _, qos := range []byte{0, 1} {
 		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) {
@@ -265,14 +289,14 @@ func TestSessionNotInheritedAcrossIdentities(t *testing.T) {
 func TestDisconnectAndGate(t *testing.T) {
 	var refuse atomic.Bool
 	e := startBroker(t, func(c *Config) {
-		c.Gate = GateFunc(func(id string, cert *x509.Certificate) error {
+		c.Gate = GateFunc(func(id string, cert *x509.Certificate) (Access, error) {
 			if cert == nil || id != devA {
-				return errors.New("unexpected gate call")
+				return Access{}, errors.New("unexpected gate call")
 			}
 			if refuse.Load() {
-				return errors.New("decommissioned")
+				return Access{}, errors.New("decommissioned")
 			}
-			return nil
+			return Access{}, nil
 		})
 	})
 	certA := e.ca.device(t, devA)

@@ -67,9 +67,11 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 			return id, fmt.Errorf("client ID %q differs from certificate identity %q", clientID, c.deviceID)
 		}
 		if b.cfg.Gate != nil {
-			if err := b.cfg.Gate.AdmitDevice(c.deviceID, c.cert); err != nil {
+			acc, err := b.cfg.Gate.AdmitDevice(c.deviceID, c.cert)
+			if err != nil {
 				return id, fmt.Errorf("gate: %w", err)
 			}
+			id.UpKinds = acc.UpKinds
 		}
 	} else {
 		if !b.cfg.AllowBootstrap {

@@ -78,6 +78,37 @@ type Device struct {
 	AKName        []byte    `json:"ak_name,omitempty"`
 	EKPublic      []byte    `json:"ek_public,omitempty"` // TPMT_PUBLIC
 	AKPublic      []byte    `json:"ak_public,omitempty"` // TPMT_PUBLIC
+	Group         string    `json:"group,omitempty"`     // policy group
+	// Revoked lists revoked certificate serials (hex), newest last, at most
+	// MaxRevoked; the broker refuses them.
+	Revoked []string `json:"revoked,omitempty"`
+	// Attestation is the last verdict: "pass", "fail" or "" (never).
+	Attestation  string    `json:"attestation,omitempty"`
+	LastAttested time.Time `json:"last_attested,omitzero"`
+}
+
+// MaxRevoked bounds Device.Revoked.
+const MaxRevoked = 32
+
+// Revoke records serial as revoked.
+func (d *Device) Revoke(serial string) {
+	if serial == "" || d.IsRevoked(serial) {
+		return
+	}
+	d.Revoked = append(d.Revoked, serial)
+	if len(d.Revoked) > MaxRevoked {
+		d.Revoked = d.Revoked[len(d.Revoked)-MaxRevoked:]
+	}
+}
+
+// IsRevoked reports whether serial was revoked.
+func (d *Device) IsRevoked(serial string) bool {
+	for _, s := range d.Revoked {
+		if s == serial {
+			return true
+		}
+	}
+	return false
 }
 
 // HasFlag reports whether the device carries flag f.

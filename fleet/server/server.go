@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -190,23 +191,33 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
-// gate admits certificate holders that the inventory knows and has not
-// decommissioned, with the certificate serial it issued last.
+// gate admits a certificate holder only with the certificate the inventory
+// issued last and has not revoked: active devices fully, quarantined ones
+// only to prove themselves (attestation topics).
 type gate struct{ inv *inventory.Store }
 
-func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) error {
+// quarantinedKinds are what a quarantined device may publish.
+var quarantinedKinds = []string{"attest", "hello"}
+
+func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
 	d, err := g.inv.Device(deviceID)
 	if err != nil {
-		return fmt.Errorf("unknown device: %w", err)
+		return broker.Access{}, fmt.Errorf("unknown device: %w", err)
+	}
+	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
+	if d.IsRevoked(serial) {
+		return broker.Access{}, errors.New("certificate revoked")
+	}
+	if serial != d.CertSerial {
+		return broker.Access{}, errors.New("certificate superseded")
 	}
 	switch d.State {
 	case inventory.StateActive:
-	case inventory.StateDecommissioned:
-		return errors.New("device decommissioned")
-	default:
-		return fmt.Errorf("device %s", d.State)
+		return broker.Access{}, nil
+	case inventory.StateQuarantined:
+		return broker.Access{UpKinds: quarantinedKinds}, nil
 	}
-	return nil
+	return broker.Access{}, fmt.Errorf("device %s", d.State)
 }
 
 func (s *Server) brokerEvent(ev broker.Event) {

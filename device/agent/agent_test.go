@@ -1,0 +1,93 @@
+package agent
+
+import (
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigValidate(t *testing.T) {
+	c := Config{}
+	c.setDefaults()
+	err := c.Validate()
+	for _, want := range []string{"broker is required", "model is required"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want %q", err, want)
+		}
+	}
+	c = Config{Broker: "fleet:8883", Model: "gw", Token: "a", TokenFile: "b", TopicPrefix: "a/b"}
+	c.setDefaults()
+	err = c.Validate()
+	for _, want := range []string{"token or token_file", "topic_prefix"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want %q", err, want)
+		}
+	}
+	c = Config{Broker: "fleet.example:8883", Model: "gw"}
+	c.setDefaults()
+	if err := c.Validate(); err != nil || c.ServerName != "fleet.example" || c.TPM != "/dev/tpmrm0" {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+}
+
+func TestLoadConfigRefusesUnknownKeys(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(p, []byte(`{"broker":"x:1","modle":"typo"}`), 0o600)
+	if _, err := LoadConfig(p); err == nil || !strings.Contains(err.Error(), "modle") {
+		t.Fatalf("LoadConfig = %v", err)
+	}
+	os.WriteFile(p, []byte(`{"broker":"x:1","model":"m","retry_max":"2m","attest_interval":"30s"}`), 0o600)
+	c, err := LoadConfig(p)
+	if err != nil || time.Duration(c.RetryMax) != 2*time.Minute || time.Duration(c.AttestInterval) != 30*time.Second {
+		t.Fatalf("LoadConfig = %+v, %v", c, err)
+	}
+}
+
+// The shipped example configuration must stay loadable.
+func TestExampleConfig(t *testing.T) {
+	c, err := LoadConfig("../../deploy/sigild.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
+	b := &backoff{min: 100 * time.Millisecond, max: time.Second, rand: rand.Reader}
+	prev := time.Duration(0)
+	for i := range 10 {
+		d := b.next()
+		if d < b.cur/2 || d > b.cur || d > time.Second {
+			t.Fatalf("step %d: %v outside [%v, %v]", i, d, b.cur/2, b.cur)
+		}
+		if i < 3 && d < prev/2 {
+			t.Fatalf("backoff shrank: %v after %v", d, prev)
+		}
+		prev = d
+	}
+	if b.cur != time.Second {
+		t.Fatalf("cap: %v", b.cur)
+	}
+	b.reset()
+	if d := b.next(); d > 100*time.Millisecond {
+		t.Fatalf("after reset: %v", d)
+	}
+}
+
+func TestAuthRefused(t *testing.T) {
+	for _, s := range []string{"link: connect x: not Authorized", "bad user name or password"} {
+		if !authRefused(errors.New(s)) {
+			t.Errorf("%q not recognised", s)
+		}
+	}
+	if authRefused(errors.New("connection refused")) {
+		t.Error("network error taken for a credential refusal")
+	}
+}

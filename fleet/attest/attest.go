@@ -1,0 +1,585 @@
+// Package attest is the fleet's continuous attestation service: it issues
+// single-use nonces, verifies the evidence devices return (quote, event log,
+// counters), judges it against reference policies, keeps each device's
+// verdict history and acts on failures — quarantine revokes the device's
+// certificate and disconnects it at once.
+//
+// Evidence is checked in this order, each step on the verified output of the
+// one before: envelope; nonce (issued by the fleet to this device, single
+// use, unexpired); every quote (AK signature, magic, type, nonce, PCR
+// selection as asked, PCR digest); event-log replay against the quoted PCRs
+// when a log is present; reset/restart counters against the history (going
+// backwards fails); the reference policy for the device's model, firmware
+// and group. Devices without an event log are judged by PCR values alone.
+package attest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Flags set on inventory devices.
+const (
+	FlagStale = "stale"
+)
+
+// Policies finds the reference policy that applies to a device.
+type Policies interface {
+	Select(model, firmware, group string) (*policy.Policy, error) // nil, nil when none applies
+}
+
+// Alert is a security event for operators (routed to sinks by the alerting
+// subsystem; logged and recorded as a lifecycle event here).
+type Alert struct {
+	Time     time.Time
+	DeviceID string
+	Kind     string // "attestation-failed", "quarantined", "stale", "released", "counter-rollback"
+	Severity string // "critical", "warning", "info"
+	Summary  string
+}
+
+// Config configures the service.
+type Config struct {
+	Inventory *inventory.Store
+	History   *History
+	Policies  Policies
+	// Send publishes a message to a device's down topic of kind.
+	Send func(deviceID, kind string, payload []byte) error
+	// Disconnect closes every session of a device now.
+	Disconnect func(deviceID string)
+	// Alert receives alerts; nil logs them only.
+	Alert func(Alert)
+	// Selections are the PCR banks and indexes quoted. Default sha256 PCRs
+	// 0-9 and 14 (firmware, boot loader, kernel, command line, shim/MOK).
+	Selections []wire.PCRSelection
+	// EventLog asks devices for their measured-boot log. Default true.
+	EventLog *bool
+	// NonceTTL bounds challenge to evidence. Default 2m.
+	NonceTTL time.Duration
+	// Interval is the devices' expected scheduled attestation interval;
+	// StaleAfter missed intervals (or unanswered challenges) mark a device
+	// stale. Defaults 10m and 3.
+	Interval   time.Duration
+	StaleAfter int
+	Workers    int
+	Now        func() time.Time
+	Rand       io.Reader
+	Logger     *slog.Logger
+}
+
+// Service runs attestation.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	q   chan job
+
+	mu         sync.Mutex
+	nonces     map[string]nonce     // hex nonce -> issue
+	unanswered map[string]int       // device -> challenges sent since its last evidence
+	lastSeen   map[string]time.Time // device -> last evidence (or service start)
+	started    time.Time
+
+	quarantineLatency func(time.Duration)
+}
+
+type nonce struct {
+	deviceID string
+	expires  time.Time
+	sels     []wire.PCRSelection
+}
+
+type job struct {
+	deviceID string
+	env      *wire.Envelope
+	raw      []byte
+	at       time.Time
+}
+
+// New returns a service; Run starts its workers and the stale sweep.
+func New(cfg Config) (*Service, error) {
+	if cfg.Inventory == nil || cfg.History == nil || cfg.Send == nil || cfg.Disconnect == nil {
+		return nil, errors.New("attest: Inventory, History, Send and Disconnect are required")
+	}
+	if len(cfg.Selections) == 0 {
+		cfg.Selections = []wire.PCRSelection{{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}}
+	}
+	if cfg.EventLog == nil {
+		t := true
+		cfg.EventLog = &t
+	}
+	if cfg.NonceTTL == 0 {
+		cfg.NonceTTL = 2 * time.Minute
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = 10 * time.Minute
+	}
+	if cfg.StaleAfter == 0 {
+		cfg.StaleAfter = 3
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		cfg: cfg, log: cfg.Logger, q: make(chan job, 4096),
+		nonces: map[string]nonce{}, unanswered: map[string]int{}, lastSeen: map[string]time.Time{}, started: cfg.Now(),
+	}, nil
+}
+
+// OnQuarantine registers a callback receiving the time from the failing
+// evidence's arrival to the device being disconnected, revoked and alerted
+// (for benchmarks).
+func (s *Service) OnQuarantine(f func(time.Duration)) { s.quarantineLatency = f }
+
+// Run processes evidence and sweeps for stale devices until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range s.cfg.Workers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case j := <-s.q:
+					s.evidence(j)
+				}
+			}
+		})
+	}
+	period := min(s.cfg.Interval/4, 30*time.Second)
+	tick := time.NewTicker(max(period, 50*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-tick.C:
+			s.expireNonces()
+			if err := s.sweepStale(); err != nil {
+				s.log.Warn("stale sweep failed", "err", err)
+			}
+		}
+	}
+}
+
+// Challenge sends a fresh nonce to the device.
+func (s *Service) Challenge(deviceID string) error {
+	n := make([]byte, 32)
+	if _, err := io.ReadFull(s.cfg.Rand, n); err != nil {
+		return err
+	}
+	now := s.cfg.Now()
+	ch := &wire.AttestChallenge{Nonce: n, Selections: s.cfg.Selections, Expires: now.Add(s.cfg.NonceTTL).UnixMilli(), EventLog: *s.cfg.EventLog}
+	b, err := wire.Encode(wire.TypeAttestChallenge, nil, now, ch)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.nonces[hex.EncodeToString(n)] = nonce{deviceID: deviceID, expires: now.Add(s.cfg.NonceTTL), sels: s.cfg.Selections}
+	s.unanswered[deviceID]++
+	s.mu.Unlock()
+	return s.cfg.Send(deviceID, "attest", b)
+}
+
+// Submit queues a message from an authenticated device (attest.request or
+// attest.evidence); deviceID comes from its certificate.
+func (s *Service) Submit(deviceID string, env *wire.Envelope, raw []byte) {
+	switch env.Type {
+	case wire.TypeAttestRequest:
+		var r wire.AttestRequest
+		if err := wire.DecodeBody(env, wire.TypeAttestRequest, &r); err != nil {
+			s.log.Warn("malformed attestation request", "device_id", deviceID, "err", err)
+			return
+		}
+		if err := s.Challenge(deviceID); err != nil {
+			s.log.Warn("challenge failed", "device_id", deviceID, "err", err)
+		}
+	case wire.TypeAttestEvidence:
+		select {
+		case s.q <- job{deviceID: deviceID, env: env, raw: raw, at: s.cfg.Now()}:
+		default:
+			s.log.Warn("attestation queue full; evidence dropped (the device retries on schedule)", "device_id", deviceID)
+		}
+	}
+}
+
+func (s *Service) expireNonces() {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, n := range s.nonces {
+		if now.After(n.expires) {
+			delete(s.nonces, k)
+		}
+	}
+}
+
+// takeNonce consumes a nonce issued to deviceID.
+func (s *Service) takeNonce(deviceID string, n []byte) (nonce, error) {
+	k := hex.EncodeToString(n)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	iss, ok := s.nonces[k]
+	if !ok || iss.deviceID != deviceID {
+		return nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce unknown, already used or issued to another device", nil)
+	}
+	delete(s.nonces, k)
+	if s.cfg.Now().After(iss.expires) {
+		return nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce expired", nil)
+	}
+	return iss, nil
+}
+
+// Verify runs every check on one evidence message and returns the record
+// of the verdict; it changes nothing. A nil error with Result "fail" is a
+// verified failure; an error is evidence that could not be trusted at all.
+func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) *Record {
+	sum := sha256.Sum256(raw)
+	rec := &Record{Time: s.cfg.Now().UTC(), DeviceID: dev.ID, EvidenceDigest: hex.EncodeToString(sum[:]), Result: wire.VerdictFail}
+	fail := func(err error) *Record {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			rec.Code, rec.Reason, rec.Message = we.Reason, we.Reason.String(), we.Message
+		} else {
+			rec.Code, rec.Reason, rec.Message = wire.ReasonInternal, wire.ReasonInternal.String(), "internal error"
+			s.log.Error("attestation check failed internally", "device_id", dev.ID, "err", err)
+		}
+		return rec
+	}
+	var ev wire.AttestEvidence
+	if err := wire.DecodeBody(env, wire.TypeAttestEvidence, &ev); err != nil {
+		return fail(wire.Refuse(wire.ReasonBadRequest, "malformed evidence", err))
+	}
+	rec.Firmware = ev.Firmware
+	iss, err := s.takeNonce(dev.ID, ev.Nonce)
+	if err != nil {
+		return fail(err)
+	}
+	if ev.Error != "" {
+		return fail(wire.Refuse(wire.ReasonQuoteInvalid, "the device could not quote: "+ev.Error, nil))
+	}
+	ak, err := verifier.VerifyAK(dev.AKPublic)
+	if err != nil {
+		return fail(err)
+	}
+	if len(ev.Quotes) != len(iss.sels) {
+		return fail(wire.Refuse(wire.ReasonQuoteInvalid, fmt.Sprintf("%d quotes for %d requested banks", len(ev.Quotes), len(iss.sels)), nil))
+	}
+	pcrs := map[string]map[int][]byte{}
+	var quotes []*verifier.VerifiedQuote
+	for i, sel := range iss.sels {
+		vq, err := verifier.VerifyQuote(ak, ev.Nonce, sel, &ev.Quotes[i])
+		if err != nil {
+			return fail(err)
+		}
+		quotes = append(quotes, vq)
+		pcrs[BankName(vq.Hash)] = vq.PCRs
+	}
+	rec.PCRs = hexPCRs(pcrs)
+	rec.ResetCount, rec.RestartCount, rec.Clock = quotes[0].Clock.ResetCount, quotes[0].Clock.RestartCount, quotes[0].Clock.Clock
+	var log *verifier.EventLog
+	if len(ev.EventLog) > 0 {
+		rec.EventLog = true
+		if log, err = verifier.VerifyEventLog(ev.EventLog, quotes...); err != nil {
+			return fail(err)
+		}
+		rec.Events = len(log.Events)
+	}
+	last, err := s.cfg.History.Last(dev.ID)
+	if err != nil {
+		return fail(err)
+	}
+	if last != nil && last.Clock != 0 {
+		if rec.ResetCount < last.ResetCount || (rec.ResetCount == last.ResetCount && rec.RestartCount < last.RestartCount) {
+			return fail(wire.Refuse(wire.ReasonCounterRollback, fmt.Sprintf(
+				"TPM reset/restart counters went backwards (%d/%d after %d/%d): the TPM was cleared or the evidence is replayed from another TPM state",
+				rec.ResetCount, rec.RestartCount, last.ResetCount, last.RestartCount), nil))
+		}
+		rec.Rebooted = rec.ResetCount != last.ResetCount || rec.RestartCount != last.RestartCount
+	}
+	firmware := ev.Firmware
+	if firmware == "" {
+		firmware = dev.Firmware
+	}
+	var pol *policy.Policy
+	if s.cfg.Policies != nil {
+		if pol, err = s.cfg.Policies.Select(dev.Model, firmware, dev.Group); err != nil {
+			return fail(err)
+		}
+	}
+	if pol == nil {
+		rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonNoPolicy, wire.ReasonNoPolicy.String(), "evidence verified; no reference policy applies to this model and firmware"
+		return rec
+	}
+	v := pol.Evaluate(&policy.Evidence{Model: dev.Model, Firmware: firmware, PCRs: pcrs, Log: log})
+	rec.PolicyID, rec.PolicyVersion, rec.Failures = v.PolicyID, v.PolicyVersion, v.Failures
+	if !v.Pass {
+		rec.Code, rec.Reason = wire.ReasonPolicyViolation, wire.ReasonPolicyViolation.String()
+		rec.Message = summarize(v.Failures)
+		return rec
+	}
+	rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonOK, wire.ReasonOK.String(), "evidence verified and matches policy "+pol.Name
+	return rec
+}
+
+func summarize(fs []policy.Failure) string {
+	if len(fs) == 0 {
+		return "policy violated"
+	}
+	msg := fs[0].Message
+	if len(fs) > 1 {
+		msg += fmt.Sprintf(" (and %d more)", len(fs)-1)
+	}
+	return msg
+}
+
+// BankName names a TPM hash algorithm bank.
+func BankName(alg uint16) string {
+	switch alg {
+	case 0x0004:
+		return "sha1"
+	case 0x000B:
+		return "sha256"
+	case 0x000C:
+		return "sha384"
+	case 0x000D:
+		return "sha512"
+	}
+	return fmt.Sprintf("alg-%#04x", alg)
+}
+
+func hexPCRs(in map[string]map[int][]byte) map[string]map[int]string {
+	out := map[string]map[int]string{}
+	for bank, m := range in {
+		out[bank] = map[int]string{}
+		for i, v := range m {
+			out[bank][i] = hex.EncodeToString(v)
+		}
+	}
+	return out
+}
+
+// evidence verifies, records and acts.
+func (s *Service) evidence(j job) {
+	dev, err := s.cfg.Inventory.Device(j.deviceID)
+	if err != nil {
+		s.log.Warn("evidence from a device not in the inventory", "device_id", j.deviceID, "err", err)
+		return
+	}
+	rec := s.Verify(dev, j.env, j.raw)
+	if rec.Code == wire.ReasonNonceInvalid {
+		// Not this device's fresh evidence (replay or stale): record, never
+		// act on it, never let it release or condemn the device.
+		s.log.Warn("attestation evidence refused", "device_id", dev.ID, "reason", rec.Reason, "message", rec.Message)
+		s.verdict(dev.ID, rec)
+		return
+	}
+	s.mu.Lock()
+	s.unanswered[dev.ID] = 0
+	s.lastSeen[dev.ID] = j.at
+	s.mu.Unlock()
+
+	pass := rec.Result == wire.VerdictPass
+	var pol *policy.Policy
+	if rec.PolicyID != "" && s.cfg.Policies != nil {
+		pol, _ = s.cfg.Policies.Select(dev.Model, rec.Firmware, dev.Group)
+	}
+	switch {
+	case !pass && (pol == nil || pol.Action != policy.ActionAlert):
+		rec.Action = "quarantined"
+		s.quarantine(dev, rec, j.at)
+	case !pass:
+		rec.Action = "alert"
+		s.alert(Alert{DeviceID: dev.ID, Kind: "attestation-failed", Severity: "critical", Summary: rec.Message})
+	case dev.State == inventory.StateQuarantined && pol != nil && pol.AutoRelease:
+		rec.Action = "released"
+		if err := s.release(dev.ID, "system", "passing attestation under policy "+pol.Name+" (auto-release)"); err != nil {
+			s.log.Error("auto-release failed", "device_id", dev.ID, "err", err)
+		}
+	}
+	err = s.cfg.Inventory.Update(dev.ID, func(d *inventory.Device) error {
+		d.Attestation = rec.Result
+		d.LastAttested = rec.Time
+		if pass {
+			d.Flags = removeFlag(d.Flags, FlagStale)
+		}
+		if rec.Firmware != "" {
+			d.Firmware = rec.Firmware
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("inventory update failed", "device_id", dev.ID, "err", err)
+	}
+	if err := s.cfg.History.Add(rec); err != nil {
+		s.log.Error("recording verdict failed", "device_id", dev.ID, "err", err)
+	}
+	s.log.Info("attestation verdict", "device_id", dev.ID, "result", rec.Result, "reason", rec.Reason, "policy", rec.PolicyID, "action", rec.Action)
+	s.verdict(dev.ID, rec)
+}
+
+func (s *Service) verdict(deviceID string, rec *Record) {
+	b, err := wire.Encode(wire.TypeAttestVerdict, nil, s.cfg.Now(), &wire.AttestVerdict{Result: rec.Result, Reason: rec.Code, Message: truncate(rec.Message, 256)})
+	if err == nil {
+		_ = s.cfg.Send(deviceID, "verdict", b)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// quarantine revokes the device's certificate, disconnects it now, records
+// and alerts. The broker refuses the revoked serial afterwards; the device
+// can re-enroll from its EK and then reach only its attestation topics.
+func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Time) {
+	err := s.cfg.Inventory.Update(dev.ID, func(d *inventory.Device) error {
+		d.State = inventory.StateQuarantined
+		d.Revoke(d.CertSerial)
+		return nil
+	})
+	if err != nil {
+		s.log.Error("quarantine: inventory update failed", "device_id", dev.ID, "err", err)
+	}
+	s.cfg.Disconnect(dev.ID)
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: dev.ID, Kind: "quarantined",
+		Detail: "attestation failed (" + rec.Reason + "): " + rec.Message + "; certificate " + dev.CertSerial + " revoked"})
+	s.alert(Alert{DeviceID: dev.ID, Kind: "quarantined", Severity: "critical", Summary: "attestation failed: " + rec.Message})
+	if s.quarantineLatency != nil {
+		s.quarantineLatency(s.cfg.Now().Sub(arrived))
+	}
+}
+
+func (s *Service) alert(a Alert) {
+	if a.Time.IsZero() {
+		a.Time = s.cfg.Now()
+	}
+	s.log.Warn("alert", "kind", a.Kind, "severity", a.Severity, "device_id", a.DeviceID, "summary", a.Summary)
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: "alert", Detail: a.Kind + ": " + a.Summary})
+	if s.cfg.Alert != nil {
+		s.cfg.Alert(a)
+	}
+}
+
+// ErrNotQuarantined is returned by Release for a device that is not
+// quarantined.
+var ErrNotQuarantined = errors.New("attest: device is not quarantined")
+
+// ErrJustification is returned by Release without a justification.
+var ErrJustification = errors.New("attest: a justification is required")
+
+// Release lets an operator return a quarantined device to active. Its
+// revoked certificate stays revoked; the device re-enrolls from its EK.
+func (s *Service) Release(deviceID, by, justification string) error {
+	if len(justification) < 3 {
+		return ErrJustification
+	}
+	return s.release(deviceID, by, justification)
+}
+
+func (s *Service) release(deviceID, by, justification string) error {
+	err := s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+		if d.State != inventory.StateQuarantined {
+			return ErrNotQuarantined
+		}
+		d.State = inventory.StateActive
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "released", Detail: "released by " + by + ": " + justification})
+	s.alert(Alert{DeviceID: deviceID, Kind: "released", Severity: "info", Summary: "released from quarantine by " + by + ": " + justification})
+	// Its session, if any, was restricted to attestation: make it reconnect
+	// with full access.
+	s.cfg.Disconnect(deviceID)
+	return nil
+}
+
+// sweepStale flags devices that missed StaleAfter intervals or left
+// StaleAfter challenges unanswered.
+func (s *Service) sweepStale() error {
+	now := s.cfg.Now()
+	after := ""
+	for {
+		devs, next, err := s.cfg.Inventory.ListDevices(inventory.Filter{After: after, Limit: 1000})
+		if err != nil {
+			return err
+		}
+		for i := range devs {
+			d := &devs[i]
+			if d.State != inventory.StateActive && d.State != inventory.StateQuarantined {
+				continue
+			}
+			s.mu.Lock()
+			last, ok := s.lastSeen[d.ID]
+			if !ok {
+				last = s.started
+			}
+			missed := s.unanswered[d.ID]
+			s.mu.Unlock()
+			silent := now.Sub(last) > time.Duration(s.cfg.StaleAfter)*s.cfg.Interval
+			if (silent || missed >= s.cfg.StaleAfter) && !d.HasFlag(FlagStale) {
+				why := fmt.Sprintf("no attestation for %s", now.Sub(last).Round(time.Second))
+				if missed >= s.cfg.StaleAfter {
+					why = fmt.Sprintf("%d attestation challenges unanswered", missed)
+				}
+				err := s.cfg.Inventory.Update(d.ID, func(d *inventory.Device) error {
+					if !d.HasFlag(FlagStale) {
+						d.Flags = append(d.Flags, FlagStale)
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				s.alert(Alert{DeviceID: d.ID, Kind: "stale", Severity: "warning", Summary: why})
+			}
+		}
+		if next == "" {
+			return nil
+		}
+		after = next
+	}
+}
+
+func removeFlag(flags []string, f string) []string {
+	out := flags[:0]
+	for _, x := range flags {
+		if x != f {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// History returns a device's verdicts, newest first.
+func (s *Service) History(deviceID string, limit int) ([]Record, error) {
+	return s.cfg.History.List(deviceID, limit)
+}

@@ -1,0 +1,122 @@
+package attest
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/pkg/wire"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Record is one verdict in a device's attestation history.
+type Record struct {
+	Seq            uint64                    `json:"seq"`
+	Time           time.Time                 `json:"time"`
+	DeviceID       string                    `json:"device_id"`
+	Result         string                    `json:"result"` // "pass" or "fail"
+	Reason         string                    `json:"reason"` // wire reason name
+	Code           wire.Reason               `json:"code"`   // wire reason code
+	Message        string                    `json:"message,omitempty"`
+	PolicyID       string                    `json:"policy_id,omitempty"`
+	PolicyVersion  int                       `json:"policy_version,omitempty"`
+	Failures       []policy.Failure          `json:"failures,omitempty"`
+	EvidenceDigest string                    `json:"evidence_digest"` // SHA-256 of the evidence message, hex
+	Firmware       string                    `json:"firmware,omitempty"`
+	PCRs           map[string]map[int]string `json:"pcrs,omitempty"`
+	EventLog       bool                      `json:"event_log"`
+	Events         int                       `json:"events,omitempty"`
+	ResetCount     uint32                    `json:"reset_count"`
+	RestartCount   uint32                    `json:"restart_count"`
+	Clock          uint64                    `json:"clock"`
+	Rebooted       bool                      `json:"rebooted,omitempty"` // reset or restart counter moved since the last verdict
+	Action         string                    `json:"action,omitempty"`   // "quarantined", "released", "alert"
+}
+
+// History keeps verdicts per device in bbolt, newest last, bounded.
+type History struct {
+	db  *bolt.DB
+	max int
+}
+
+// OpenHistory opens (or creates) the history file.
+func OpenHistory(path string, maxPerDevice int) (*History, error) {
+	if maxPerDevice <= 0 {
+		maxPerDevice = 1000
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("attest: open history: %w", err)
+	}
+	return &History{db: db, max: maxPerDevice}, nil
+}
+
+// Close closes the file.
+func (h *History) Close() error { return h.db.Close() }
+
+// Add appends r to its device's history and sets r.Seq.
+func (h *History) Add(r *Record) error {
+	return h.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte(r.DeviceID))
+		if err != nil {
+			return err
+		}
+		seq, _ := b.NextSequence()
+		r.Seq = seq
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(key(seq), v); err != nil {
+			return err
+		}
+		if n := b.Stats().KeyN; n >= h.max {
+			c := b.Cursor()
+			for k, _ := c.First(); k != nil && n >= h.max; k, _ = c.Next() {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n--
+			}
+		}
+		return nil
+	})
+}
+
+func key(seq uint64) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, seq)
+	return k
+}
+
+// List returns up to limit records of a device, newest first.
+func (h *History) List(deviceID string, limit int) ([]Record, error) {
+	var out []Record
+	err := h.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(deviceID))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Last returns the newest record of a device, or nil.
+func (h *History) Last(deviceID string) (*Record, error) {
+	rs, err := h.List(deviceID, 1)
+	if err != nil || len(rs) == 0 {
+		return nil, err
+	}
+	return &rs[0], nil
+}

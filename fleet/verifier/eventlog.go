@@ -1,0 +1,558 @@
+package verifier
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/hmac"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"unicode/utf16"
+
+	"github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// MaxEventData bounds Event.Data: longer event data (certificate lists in
+// Secure Boot variables, for instance) is cut; Event.DataSize keeps the size.
+const MaxEventData = 1024
+
+// EventLog is the part of a measured-boot event log (TCG PC Client format)
+// that replayed to PCR values proved by quotes. Only verified events are in
+// it: events for PCRs the quotes did not cover are dropped.
+type EventLog struct {
+	Hash   uint16   // TPM_ALG_ID of the bank whose digests Events carry (SHA-256 when it was quoted)
+	Banks  []uint16 // every bank the log was replayed against, in the order given
+	PCRs   []int    // PCRs the log has events for and the quote of bank Hash proved, ascending
+	Events []Event  // verified events, in log order
+
+	// SecureBoot is the Secure Boot state established from the verified
+	// PCR 7 events (go-attestation's ParseSecurebootState, which checks
+	// that each event's data matches its digest), nil when PCR 7 was not
+	// verified or its events do not establish a state; SecureBootErr then
+	// says why.
+	SecureBoot    *SecureBootState
+	SecureBootErr string
+}
+
+// Event is one verified event of a measured-boot log.
+//
+// Digest is proved by the replay. Data is proved only when DataVerified:
+// for many event types (boot applications, firmware blobs, grub's file
+// measurements) the digest is of something else than the data, which is
+// then only a description and can be changed without breaking the replay.
+type Event struct {
+	Index        int    // position in the log, the first record being 0 (the Spec ID header of a crypto-agile log); -1 for an event go-attestation added to work around known firmware bugs
+	PCR          int    // PCR the event extended
+	Type         string // event type, e.g. "EV_EFI_BOOT_SERVICES_APPLICATION"
+	Digest       []byte // digest in bank EventLog.Hash
+	Data         []byte // event data, at most MaxEventData bytes
+	DataSize     int    // size of the whole event data
+	DataVerified bool   // Digest is the bank's hash of the data (without a trailing NUL; for grub's PCR 8 events, of the text after "grub_cmd: " or "kernel_cmdline: ")
+	Description  string // what the event measured, for people: a file path, a variable name, a string
+}
+
+// SecureBootState is what the verified PCR 7 events say about Secure Boot.
+type SecureBootState struct {
+	Enabled               bool
+	DMAProtectionDisabled bool     // the platform reported DMA protection supported but disabled
+	Authorities           []string // subjects of the certificates that authorized boot components, in log order
+	ForbiddenHashes       int      // entries in dbx
+}
+
+// VerifyEventLog parses raw, a TCG PC Client binary event log (SHA-1 or
+// crypto-agile, as in /sys/kernel/security/tpm0/binary_bios_measurements),
+// and checks that it reproduces the PCR values the quotes proved. Each
+// quote is one bank's VerifiedQuote from VerifyQuote; there must be at
+// least one, and no bank twice. Checks, in order:
+//
+//  1. raw parses (go-attestation's ParseEventLog);
+//  2. for every bank, replaying the log's digests for that bank reproduces
+//     the quoted value of every PCR the log has events for and the quote
+//     includes (go-attestation's Verify, with its workarounds for known
+//     firmware bugs); PCRs the log has no events for are not judged here;
+//  3. every verified event whose type requires its digest to be the hash
+//     of its data (EV_SEPARATOR, EV_EFI_ACTION,
+//     EV_EFI_VARIABLE_DRIVER_CONFIG, EV_EFI_VARIABLE_AUTHORITY) has such a
+//     digest, so that the data the fleet reads from them is the data that
+//     was measured.
+//
+// Devices without an event log are judged by their PCR values alone; do
+// not call VerifyEventLog for them. Refusals carry
+// wire.ReasonEventLogInvalid; the public message names the PCR and, where
+// it can be found, the event (index, type, description) that breaks the
+// replay. An event that was changed without a digest of its data cannot
+// be singled out: the hash chain only shows that the PCR's events as a
+// whole are not what the TPM measured.
+func VerifyEventLog(raw []byte, quotes ...*VerifiedQuote) (*EventLog, error) {
+	if len(quotes) == 0 {
+		return nil, errors.New("verifier: event log: no verified quote")
+	}
+	best := -1
+	for i, q := range quotes {
+		if q == nil {
+			return nil, errors.New("verifier: event log: nil quote")
+		}
+		for _, o := range quotes[:i] {
+			if o.Hash == q.Hash {
+				return nil, fmt.Errorf("verifier: event log: bank %#04x quoted twice", q.Hash)
+			}
+		}
+		if best < 0 || bankRank(q.Hash) > bankRank(quotes[best].Hash) {
+			best = i
+		}
+	}
+	if len(raw) == 0 {
+		return nil, refuse(wire.ReasonEventLogInvalid, "event log empty", "event log: empty")
+	}
+	el, err := attest.ParseEventLog(raw)
+	if err != nil {
+		return nil, refuse(wire.ReasonEventLogInvalid, "event log does not parse", "event log: %w", err)
+	}
+	offset := 0 // records before the first one go-attestation returns
+	if isCryptoAgile(raw) {
+		offset = 1
+	}
+
+	out := &EventLog{Hash: quotes[best].Hash}
+	var bestEvents []attest.Event
+	for i, q := range quotes {
+		h, err := cryptoHash(q.Hash)
+		if err != nil {
+			return nil, fmt.Errorf("verifier: event log: %w", err)
+		}
+		pcrs := make([]attest.PCR, 0, len(q.PCRs))
+		for _, idx := range slices.Sorted(maps.Keys(q.PCRs)) {
+			pcrs = append(pcrs, attest.PCR{Index: idx, Digest: q.PCRs[idx], DigestAlg: h})
+		}
+		events, err := el.Verify(pcrs)
+		if err != nil {
+			return nil, replayRefusal(el, offset, q, h, err)
+		}
+		out.Banks = append(out.Banks, q.Hash)
+		if i == best {
+			bestEvents = events
+		}
+	}
+
+	h, _ := cryptoHash(out.Hash)
+	all := el.Events(attest.HashAlg(out.Hash))
+	j := 0
+	for _, e := range bestEvents {
+		if !slices.Contains(out.PCRs, e.Index) {
+			out.PCRs = append(out.PCRs, e.Index)
+		}
+		ev := newEvent(e, h)
+		ev.Index = -1
+		for k := j; k < len(all); k++ { // verified events are a subsequence of the log
+			a := all[k]
+			if a.Index == e.Index && a.Type == e.Type && bytes.Equal(a.Digest, e.Digest) && bytes.Equal(a.Data, e.Data) {
+				ev.Index, j = k+offset, k+1
+				break
+			}
+		}
+		if dataBound(e.Type) && !ev.DataVerified {
+			return nil, refuse(wire.ReasonEventLogInvalid,
+				fmt.Sprintf("event log altered: %s on PCR %d (%s): its data does not match its digest", ev.Label(), ev.PCR, PCRName(ev.PCR)),
+				"event log: %s: data does not hash to digest %x", ev.Label(), ev.Digest)
+		}
+		out.Events = append(out.Events, ev)
+	}
+
+	slices.Sort(out.PCRs)
+	if slices.Contains(out.PCRs, 7) {
+		sb, err := attest.ParseSecurebootState(bestEvents)
+		if err != nil {
+			out.SecureBootErr = err.Error()
+		} else {
+			out.SecureBoot = secureBootState(sb)
+		}
+	} else {
+		out.SecureBootErr = "PCR 7 was not verified"
+	}
+	return out, nil
+}
+
+// Label names the event for people: "event 23 (EV_EFI_BOOT_SERVICES_APPLICATION \EFI\BOOT\BOOTX64.EFI)".
+func (e *Event) Label() string {
+	var b strings.Builder
+	if e.Index >= 0 {
+		fmt.Fprintf(&b, "event %d (%s", e.Index, e.Type)
+	} else {
+		fmt.Fprintf(&b, "an added event (%s", e.Type)
+	}
+	if e.Description != "" {
+		b.WriteString(" ")
+		b.WriteString(e.Description)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// replayRefusal explains a failed replay of bank q: the first PCR that
+// failed, what the log replays to, and the event that breaks it when one
+// can be found.
+func replayRefusal(el *attest.EventLog, offset int, q *VerifiedQuote, h crypto.Hash, err error) error {
+	var re attest.ReplayError
+	if !errors.As(err, &re) || len(re.InvalidPCRs) == 0 {
+		return refuse(wire.ReasonEventLogInvalid, "event log does not replay", "event log: %w", err)
+	}
+	bank := BankName(q.Hash)
+	pcr := re.InvalidPCRs[0]
+	all := el.Events(attest.HashAlg(q.Hash))
+	var (
+		n        int
+		culprit  string
+		locality byte
+	)
+	value := make([]byte, h.Size())
+	for k, e := range all {
+		if e.Index != pcr {
+			continue
+		}
+		if e.Type == eventTypeNoAction {
+			if pcr == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality")) {
+				locality = e.Data[16]
+				value[len(value)-1] = locality
+			}
+			continue
+		}
+		n++
+		ev := newEvent(e, h)
+		ev.Index = k + offset
+		if culprit == "" && len(e.Digest) != h.Size() {
+			culprit = fmt.Sprintf("%s has no %s digest", ev.Label(), bank)
+		}
+		if culprit == "" && dataBound(e.Type) && !ev.DataVerified {
+			culprit = fmt.Sprintf("%s does not match its data", ev.Label())
+		}
+		if len(e.Digest) == h.Size() {
+			x := h.New()
+			x.Write(value)
+			x.Write(e.Digest)
+			value = x.Sum(value[:0])
+		}
+	}
+	msg := fmt.Sprintf("event log does not reproduce PCR %d (%s) in the %s bank: its %d events replay to %s, the quote proves %s",
+		pcr, PCRName(pcr), bank, n, short(value), short(q.PCRs[pcr]))
+	if culprit != "" {
+		msg += "; " + culprit
+	} else {
+		msg += "; no single event can be blamed: events were changed, added or removed, or the log is from another boot"
+	}
+	if len(re.InvalidPCRs) > 1 {
+		msg += fmt.Sprintf(" (PCRs failing: %v)", re.InvalidPCRs)
+	}
+	return refuse(wire.ReasonEventLogInvalid, msg, "event log: bank %s: %w", bank, err)
+}
+
+const eventTypeNoAction = attest.EventType(0x03)
+
+// Event types whose digest must be the hash of their data.
+func dataBound(t attest.EventType) bool {
+	switch uint32(t) {
+	case 0x04, // EV_SEPARATOR
+		0x80000007, // EV_EFI_ACTION
+		0x80000001, // EV_EFI_VARIABLE_DRIVER_CONFIG
+		0x800000E0: // EV_EFI_VARIABLE_AUTHORITY
+		return true
+	}
+	return false
+}
+
+func newEvent(e attest.Event, h crypto.Hash) Event {
+	ev := Event{
+		PCR:         e.Index,
+		Type:        e.Type.String(),
+		Digest:      e.Digest,
+		Data:        e.Data,
+		DataSize:    len(e.Data),
+		Description: describe(e.Type, e.Data),
+	}
+	if len(ev.Data) > MaxEventData {
+		ev.Data = ev.Data[:MaxEventData:MaxEventData]
+	}
+	if len(e.Digest) == h.Size() {
+		ev.DataVerified = dataVerified(h, e)
+	}
+	return ev
+}
+
+// grubPrefixes start the data of grub's EV_IPL events on PCR 8; the digest
+// covers what follows the prefix, without the trailing NUL.
+var grubPrefixes = [][]byte{[]byte("grub_cmd: "), []byte("kernel_cmdline: ")}
+
+// dataVerified reports whether e's digest is the hash of its data, allowing
+// for the encodings real boot chains use.
+func dataVerified(h crypto.Hash, e attest.Event) bool {
+	d := e.Data
+	if digestOf(h, d, e.Digest) {
+		return true
+	}
+	trimmed := bytes.TrimSuffix(d, []byte{0})
+	if len(trimmed) != len(d) && digestOf(h, trimmed, e.Digest) {
+		return true
+	}
+	switch uint32(e.Type) {
+	case 0x800000E0: // shim before 15.3 measures one byte too many in its authority events
+		return len(d) > 0 && digestOf(h, d[:len(d)-1], e.Digest)
+	case 0x0D: // EV_IPL
+		if e.Index != 8 {
+			return false
+		}
+		for _, p := range grubPrefixes {
+			if rest, ok := bytes.CutPrefix(trimmed, p); ok {
+				return digestOf(h, rest, e.Digest)
+			}
+		}
+	}
+	return false
+}
+
+func digestOf(h crypto.Hash, data, digest []byte) bool {
+	x := h.New()
+	x.Write(data)
+	return hmac.Equal(x.Sum(nil), digest)
+}
+
+// describe extracts what an event measured from its (unverified) data.
+func describe(t attest.EventType, data []byte) string {
+	switch uint32(t) {
+	case 0x04: // EV_SEPARATOR
+		if bytes.Equal(data, []byte{0, 0, 0, 0}) {
+			return "separator"
+		}
+		return "separator (error)"
+	case 0x80000001, 0x80000002, 0x800000E0, 0x8000000C: // EFI variables
+		if name, val, ok := efiVariable(data); ok {
+			if name == "SecureBoot" && len(val) == 1 {
+				return fmt.Sprintf("SecureBoot=%d", val[0])
+			}
+			return name
+		}
+	case 0x80000003, 0x80000004, 0x80000005: // EFI images
+		if p := efiImagePath(data); p != "" {
+			return p
+		}
+	case 0x80000006:
+		return "GPT partition table"
+	case 0x80000008, 0x80000009, 0x0B, 0x12:
+		return ""
+	case 0x08: // EV_S_CRTM_VERSION: usually UTF-16
+		if len(data) >= 2 && len(data)%2 == 0 && data[1] == 0 {
+			return text(utf16String(data))
+		}
+	}
+	return text(string(data))
+}
+
+// text keeps a printable, bounded rendering of s, or "" when s is not text.
+func text(s string) string {
+	s = strings.TrimRight(s, "\x00")
+	if s == "" {
+		return ""
+	}
+	printable := 0
+	for _, r := range s {
+		if r >= 0x20 && r < 0x7f {
+			printable++
+		}
+	}
+	if printable*10 < len(s)*9 {
+		return ""
+	}
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if r := []rune(s); len(r) > 160 {
+		s = string(r[:160]) + "…"
+	}
+	return s
+}
+
+// efiVariable parses UEFI_VARIABLE_DATA: GUID, name length, data length
+// (both UINT64, in characters and bytes), UTF-16 name, data.
+func efiVariable(b []byte) (name string, val []byte, ok bool) {
+	if len(b) < 32 {
+		return "", nil, false
+	}
+	nameLen, dataLen := binary.LittleEndian.Uint64(b[16:24]), binary.LittleEndian.Uint64(b[24:32])
+	rest := b[32:]
+	if nameLen > 256 || nameLen*2 > uint64(len(rest)) || dataLen > uint64(len(rest))-nameLen*2 {
+		return "", nil, false
+	}
+	return utf16String(rest[:nameLen*2]), rest[nameLen*2 : nameLen*2+dataLen], true
+}
+
+// efiImagePath returns the file path nodes of an UEFI_IMAGE_LOAD_EVENT's
+// device path (four UINT64 fields, then the path).
+func efiImagePath(b []byte) string {
+	if len(b) < 32 {
+		return ""
+	}
+	n := binary.LittleEndian.Uint64(b[24:32])
+	if n > uint64(len(b)-32) {
+		return ""
+	}
+	dp := b[32 : 32+n]
+	var parts []string
+	for len(dp) >= 4 {
+		typ, sub, l := dp[0], dp[1], int(binary.LittleEndian.Uint16(dp[2:4]))
+		if l < 4 || l > len(dp) || typ == 0x7f {
+			break
+		}
+		if typ == 4 && sub == 4 { // media device, file path
+			parts = append(parts, utf16String(dp[4:l]))
+		}
+		dp = dp[l:]
+	}
+	return text(strings.Join(parts, ""))
+}
+
+func utf16String(b []byte) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := binary.LittleEndian.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}
+
+func secureBootState(sb *attest.SecurebootState) *SecureBootState {
+	s := &SecureBootState{Enabled: sb.Enabled, DMAProtectionDisabled: sb.DMAProtectionDisabled, ForbiddenHashes: len(sb.ForbiddenHashes)}
+	for _, c := range slices.Concat(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority) {
+		s.Authorities = append(s.Authorities, c.Subject.String())
+	}
+	return s
+}
+
+// isCryptoAgile reports whether the log starts with a TCG_EfiSpecIDEvent
+// ("Spec ID Event03"), which go-attestation consumes without returning it.
+func isCryptoAgile(raw []byte) bool {
+	const hdr = 4 + 4 + 20 + 4
+	return len(raw) > hdr+16 && binary.LittleEndian.Uint32(raw[4:8]) == uint32(eventTypeNoAction) &&
+		bytes.HasPrefix(raw[hdr:], []byte("Spec ID Event03\x00"))
+}
+
+// bankRank orders banks for choosing the events to return: SHA-256 first.
+func bankRank(alg uint16) int {
+	switch tpm2.TPMAlgID(alg) {
+	case tpm2.TPMAlgSHA256:
+		return 4
+	case tpm2.TPMAlgSHA384:
+		return 3
+	case tpm2.TPMAlgSHA512:
+		return 2
+	case tpm2.TPMAlgSHA1:
+		return 1
+	}
+	return 0
+}
+
+func cryptoHash(alg uint16) (crypto.Hash, error) {
+	switch tpm2.TPMAlgID(alg) {
+	case tpm2.TPMAlgSHA1:
+		return crypto.SHA1, nil
+	case tpm2.TPMAlgSHA256:
+		return crypto.SHA256, nil
+	case tpm2.TPMAlgSHA384:
+		return crypto.SHA384, nil
+	case tpm2.TPMAlgSHA512:
+		return crypto.SHA512, nil
+	}
+	return 0, fmt.Errorf("PCR bank hash %#04x not supported", alg)
+}
+
+// BankName is the lower-case name of a PCR bank ("sha256"), as reference
+// policies spell it, or the algorithm ID in hex.
+func BankName(alg uint16) string {
+	switch tpm2.TPMAlgID(alg) {
+	case tpm2.TPMAlgSHA1:
+		return "sha1"
+	case tpm2.TPMAlgSHA256:
+		return "sha256"
+	case tpm2.TPMAlgSHA384:
+		return "sha384"
+	case tpm2.TPMAlgSHA512:
+		return "sha512"
+	}
+	return fmt.Sprintf("%#04x", alg)
+}
+
+// BankID is the TPM_ALG_ID of a bank named as BankName names it, or 0.
+func BankID(name string) uint16 {
+	for _, a := range []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512} {
+		if BankName(uint16(a)) == name {
+			return uint16(a)
+		}
+	}
+	return 0
+}
+
+// PCRName says what a PCR measures on a PC Client platform (TCG PC Client
+// Platform Firmware Profile; 8-15 as Linux boot loaders and systemd use
+// them), for messages to operators.
+func PCRName(pcr int) string {
+	switch pcr {
+	case 0:
+		return "firmware code"
+	case 1:
+		return "firmware configuration"
+	case 2:
+		return "option ROMs and UEFI drivers"
+	case 3:
+		return "option ROM configuration"
+	case 4:
+		return "boot loader"
+	case 5:
+		return "boot configuration and GPT"
+	case 6:
+		return "platform manufacturer events"
+	case 7:
+		return "Secure Boot state"
+	case 8:
+		return "kernel command line (grub)"
+	case 9:
+		return "kernel and initrd (grub)"
+	case 10:
+		return "IMA runtime measurements"
+	case 11:
+		return "unified kernel image"
+	case 12:
+		return "kernel command line (systemd-stub)"
+	case 13:
+		return "system extensions"
+	case 14:
+		return "shim MOK and SBAT"
+	case 15:
+		return "system identity"
+	case 16:
+		return "debug"
+	case 17, 18, 19, 20, 21, 22:
+		return "dynamic root of trust"
+	case 23:
+		return "application support"
+	}
+	return "unknown PCR"
+}
+
+// short renders a digest for a message: its first 8 hex digits.
+func short(b []byte) string {
+	s := hex.EncodeToString(b)
+	if len(s) > 8 {
+		return s[:8] + "…"
+	}
+	return s
+}

@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// buildBinaries builds sigil and sigild as a user would.
+func buildBinaries(t testing.TB) (sigil, sigild string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, b := range []string{"sigil", "sigild"} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/sigil-iot/sigil/cmd/"+b).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go build %s: %v\n%s", b, err, out)
+		}
+	}
+	return filepath.Join(dir, "sigil"), filepath.Join(dir, "sigild")
+}
+
+func startProcess(t testing.TB, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	logf, err := os.Create(filepath.Join(t.TempDir(), filepath.Base(name)+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("%s log:\n%s", filepath.Base(name), b)
+		}
+	})
+	return cmd
+}
+
+// TestBinaries runs the real programs: `sigil serve`, `sigild run` on an
+// swtpm, `sigild status` and `sigil devices list`.
+func TestBinaries(t *testing.T) {
+	requireTools(t)
+	sigil, sigild := buildBinaries(t)
+	data := t.TempDir()
+	mqtt, api := freeAddr(t), freeAddr(t)
+	serveCfg := filepath.Join(t.TempDir(), "serve.json")
+	b, _ := json.Marshal(map[string]any{"data_dir": data, "mqtt_addr": mqtt, "api_addr": api, "ek_ca_dir": ekCADir(t, vendorCA(t)), "hostnames": []string{"localhost", "127.0.0.1"}})
+	os.WriteFile(serveCfg, b, 0o600)
+	startProcess(t, sigil, "serve", "--config", serveCfg)
+	caFile := filepath.Join(data, "ca", "ca.crt")
+	waitFor(t, func() bool { _, err := os.Stat(filepath.Join(data, "admin.token")); return err == nil }, "sigil serve to write its admin token")
+
+	inst := newTPM(t)
+	devDir := t.TempDir()
+	devCfg := filepath.Join(devDir, "sigild.json")
+	b, _ = json.Marshal(map[string]any{
+		"tpm": inst.URI(), "state": filepath.Join(devDir, "state.db"), "broker": mqtt, "server_name": "localhost",
+		"fleet_ca": caFile, "model": "gw-1", "firmware": "1.2.3", "serial": "SN-BIN", "control": filepath.Join(devDir, "sigild.sock"),
+		"retry_min": "100ms", "retry_max": "2s", "event_log": "-",
+	})
+	os.WriteFile(devCfg, b, 0o600)
+	startProcess(t, sigild, "run", "--config", devCfg)
+
+	var status string
+	waitFor(t, func() bool {
+		out, err := exec.Command(sigild, "status", "--config", devCfg).CombinedOutput()
+		status = string(out)
+		return err == nil // exit 0: enrolled and connected
+	}, "sigild status to report enrolled and connected")
+	for _, want := range []string{"daemon:       running", "enrollment:   enrolled", "connected:    true", "cert expiry:"} {
+		if !strings.Contains(status, want) {
+			t.Fatalf("sigild status lacks %q:\n%s", want, status)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sigil, "devices", "list", "--data-dir", data, "--server", "https://localhost"+api[strings.LastIndexByte(api, ':'):], "-o", "json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sigil devices list: %v\n%s", err, out)
+	}
+	var list struct {
+		Devices []struct {
+			ID, State, Serial, Firmware string
+			Connected                   bool
+		}
+	}
+	if err := json.Unmarshal(out, &list); err != nil || len(list.Devices) != 1 {
+		t.Fatalf("devices: %v %s", err, out)
+	}
+	if d := list.Devices[0]; d.State != "active" || d.Serial != "SN-BIN" || d.Firmware != "1.2.3" || !d.Connected {
+		t.Fatalf("device %+v", d)
+	}
+	// A bad invocation is a usage error with a clear message.
+	cmd := exec.Command(sigil, "devices", "show")
+	out, _ = cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "needs a device ID") {
+		t.Fatalf("usage error: %d %s", cmd.ProcessState.ExitCode(), out)
+	}
+}
