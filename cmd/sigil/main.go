@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -24,10 +25,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/agent"
 	_ "github.com/sigil-iot/sigil/device/tpm/tpmsim" // the in-process TPM simulator for sim:// devices
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/sim/bench"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -37,6 +40,7 @@ var Version = "dev"
 const usage = `usage:
   sigil serve [--config FILE] [--data-dir DIR] [--mqtt-addr ADDR] [--api-addr ADDR]
   sigil demo [--dir DIR] [--devices N] [--once] [--verbose]
+  sigil bench [server|enroll|sigild] [--devices N] [--sigild PATH]
   sigil devices list [--state S] [-o json]
   sigil devices show ID [-o json]
   sigil devices approve ID
@@ -70,12 +74,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
+	case "bench":
+		err = bench.Command(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "devices":
 		err = cmdDevices(ctx, args[1:], stdout)
 	case "tokens":
 		err = cmdTokens(ctx, args[1:], stdout)
+	case "sim-device":
+		err = cmdSimDevice(ctx, args[1:], stderr)
 	case "version":
 		fmt.Fprintln(stdout, "sigil", Version)
 	case "help", "-h", "--help":
@@ -171,7 +179,37 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *verbose {
 		log = newLogger(stderr, "info")
 	}
-	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log})
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log,
+		SimulatorDevice: func(path string) *exec.Cmd {
+			c := exec.Command(self, "sim-device", "--config", path)
+			if *verbose {
+				c.Stderr = stderr
+			}
+			return c
+		}})
+}
+
+// cmdSimDevice runs one device agent with the in-process TPM simulator
+// (the demo's fallback when swtpm is not installed; not for production).
+func cmdSimDevice(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sim-device", flag.ContinueOnError)
+	path := fs.String("config", "", "sigild configuration file")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	cfg, err := agent.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(cfg, newLogger(stderr, cfg.LogLevel))
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
 }
 
 // apiFlags are the connection flags of API commands.

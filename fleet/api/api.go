@@ -18,6 +18,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/policy"
 )
 
 // Approver approves pending devices (the enrollment service).
@@ -29,6 +30,9 @@ type Approver interface {
 type Config struct {
 	Inventory *inventory.Store
 	Approver  Approver
+	// Attestation and Policies serve the attestation routes.
+	Attestation Attestation
+	Policies    *policy.Store
 	// AdminTokenHash is the SHA-256 of the admin bearer token.
 	AdminTokenHash []byte
 	// Connected reports live broker sessions; nil means unknown.
@@ -62,6 +66,7 @@ func New(cfg Config) http.Handler {
 	h.mux.Handle("GET /api/v1/devices/{id}", h.auth(h.getDevice))
 	h.mux.Handle("POST /api/v1/devices/{id}/approve", h.auth(h.approve))
 	h.mux.Handle("POST /api/v1/enrollment-tokens", h.auth(h.createToken))
+	h.routesAttest()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})
@@ -107,6 +112,9 @@ type Device struct {
 	EnrolledAt    time.Time `json:"enrolled_at,omitzero"`
 	Connected     bool      `json:"connected"`
 	Flags         []string  `json:"flags,omitempty"`
+	Group         string    `json:"group,omitempty"`
+	Attestation   string    `json:"attestation,omitempty"`
+	LastAttested  time.Time `json:"last_attested,omitzero"`
 }
 
 func (h *handler) view(d *inventory.Device) Device {
@@ -114,6 +122,7 @@ func (h *handler) view(d *inventory.Device) Device {
 		ID: d.ID, State: string(d.State), Model: d.Model, Firmware: d.Firmware, Owner: d.Owner, Serial: d.Serial,
 		EKFingerprint: d.EKFingerprint, TrustPath: d.TrustPath, CertSerial: d.CertSerial, CertExpiry: d.CertExpiry,
 		FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, EnrolledAt: d.EnrolledAt, Connected: d.Connected, Flags: d.Flags,
+		Group: d.Group, Attestation: d.Attestation, LastAttested: d.LastAttested,
 	}
 	if h.cfg.Connected != nil {
 		v.Connected = h.cfg.Connected(d.ID)

@@ -11,6 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/policy"
 )
 
 // Client calls the API; the CLI, the demo and tests use it.
@@ -119,4 +122,43 @@ func (c *Client) CreateToken(ctx context.Context, model, owner string, ttl time.
 func (c *Client) Approve(ctx context.Context, id string) (*Device, error) {
 	var out Device
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/approve", nil, &out)
+}
+
+// Attest challenges a device now.
+func (c *Client) Attest(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/attest", nil, nil)
+}
+
+// AttestationList is GET /api/v1/devices/{id}/attestations.
+type AttestationList struct {
+	DeviceID     string          `json:"device_id"`
+	Attestation  string          `json:"attestation"`
+	Attestations []attest.Record `json:"attestations"`
+}
+
+// Attestations returns a device's verdict history, newest first.
+func (c *Client) Attestations(ctx context.Context, id string) (*AttestationList, error) {
+	var out AttestationList
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id)+"/attestations", nil, &out)
+}
+
+// Release returns a quarantined device to active.
+func (c *Client) Release(ctx context.Context, id, justification string) (*Device, error) {
+	var out Device
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/release", releaseRequest{Justification: justification}, &out)
+}
+
+// LearnRequest asks the fleet to learn a policy from a golden device.
+type LearnRequest = learnRequest
+
+// LearnPolicy learns a policy from a device's newest passing attestation.
+func (c *Client) LearnPolicy(ctx context.Context, req LearnRequest) (*policy.Policy, error) {
+	var out policy.Policy
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/policies/learn", req, &out)
+}
+
+// PutPolicy stores a new policy version.
+func (c *Client) PutPolicy(ctx context.Context, p *policy.Policy) (*policy.Policy, error) {
+	var out policy.Policy
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/policies", p, &out)
 }

@@ -296,7 +296,7 @@ func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 			return fail(err)
 		}
 		quotes = append(quotes, vq)
-		pcrs[BankName(vq.Hash)] = vq.PCRs
+		pcrs[verifier.BankName(vq.Hash)] = vq.PCRs
 	}
 	rec.PCRs = hexPCRs(pcrs)
 	rec.ResetCount, rec.RestartCount, rec.Clock = quotes[0].Clock.ResetCount, quotes[0].Clock.RestartCount, quotes[0].Clock.Clock
@@ -334,7 +334,7 @@ func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 		rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonNoPolicy, wire.ReasonNoPolicy.String(), "evidence verified; no reference policy applies to this model and firmware"
 		return rec
 	}
-	v := pol.Evaluate(&policy.Evidence{Model: dev.Model, Firmware: firmware, PCRs: pcrs, Log: log})
+	v := pol.Evaluate(policy.NewEvidence(dev.Model, firmware, log, quotes...))
 	rec.PolicyID, rec.PolicyVersion, rec.Failures = v.PolicyID, v.PolicyVersion, v.Failures
 	if !v.Pass {
 		rec.Code, rec.Reason = wire.ReasonPolicyViolation, wire.ReasonPolicyViolation.String()
@@ -354,21 +354,6 @@ func summarize(fs []policy.Failure) string {
 		msg += fmt.Sprintf(" (and %d more)", len(fs)-1)
 	}
 	return msg
-}
-
-// BankName names a TPM hash algorithm bank.
-func BankName(alg uint16) string {
-	switch alg {
-	case 0x0004:
-		return "sha1"
-	case 0x000B:
-		return "sha256"
-	case 0x000C:
-		return "sha384"
-	case 0x000D:
-		return "sha512"
-	}
-	return fmt.Sprintf("alg-%#04x", alg)
 }
 
 func hexPCRs(in map[string]map[int][]byte) map[string]map[int]string {
@@ -408,7 +393,9 @@ func (s *Service) evidence(j job) {
 		pol, _ = s.cfg.Policies.Select(dev.Model, rec.Firmware, dev.Group)
 	}
 	switch {
-	case !pass && (pol == nil || pol.Action != policy.ActionAlert):
+	case !pass && dev.State == inventory.StateQuarantined:
+		// Already limited to proving itself: record, no new revocation.
+	case !pass && (pol == nil || pol.EffectiveAction() != policy.ActionAlert):
 		rec.Action = "quarantined"
 		s.quarantine(dev, rec, j.at)
 	case !pass:

@@ -525,6 +525,9 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 	if err != nil {
 		return err
 	}
+	if d.CertSerial != "" {
+		d.Revoke(d.CertSerial) // superseded: a re-enrolled device holds one certificate
+	}
 	d.CertSerial = hex.EncodeToString(cert.SerialNumber.Bytes())
 	d.CertExpiry = cert.NotAfter
 	d.EnrolledAt = now.UTC()

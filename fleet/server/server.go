@@ -22,10 +22,12 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -65,6 +67,13 @@ type Config struct {
 	// own enrollment topics. Default true; set false once every device is
 	// enrolled.
 	AllowBootstrap *bool `json:"allow_bootstrap"`
+	// AttestInterval is the devices' expected attestation interval (their
+	// attest_interval); StaleAfter missed intervals or unanswered challenges
+	// flag a device stale. Defaults 10m and 3.
+	AttestInterval config.Duration `json:"attest_interval"`
+	StaleAfter     int             `json:"stale_after"`
+	// AttestPCRs are the sha256 PCRs quoted. Default 0-9 and 14.
+	AttestPCRs []int `json:"attest_pcrs"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 }
@@ -108,6 +117,10 @@ type Server struct {
 	Inv    *inventory.Store
 	Broker *broker.Broker
 	Enroll *enroll.Service
+	Attest *attest.Service
+	Policy *policy.Store
+
+	history *attest.History
 
 	apiLn      net.Listener
 	apiTLS     *tls.Config
@@ -121,6 +134,8 @@ const (
 	AdminTokenFile = "admin.token"
 	CACertFile     = "ca/ca.crt"
 	InventoryFile  = "inventory.db"
+	PolicyFile     = "policies.db"
+	HistoryFile    = "attestations.db"
 )
 
 // New opens the data directory (creating the CA and admin token at first
@@ -183,17 +198,56 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.Inv.Close()
 		return nil, err
 	}
+	if s.Policy, err = policy.Open(filepath.Join(cfg.DataDir, PolicyFile)); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	if s.history, err = attest.OpenHistory(filepath.Join(cfg.DataDir, HistoryFile), 0); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	var sels []wire.PCRSelection
+	if len(cfg.AttestPCRs) > 0 {
+		sels = []wire.PCRSelection{{Hash: 0x000B, PCRs: cfg.AttestPCRs}}
+		if err := sels[0].Validate(); err != nil {
+			s.closeStores()
+			return nil, fmt.Errorf("server: attest_pcrs: %w", err)
+		}
+	}
+	s.Attest, err = attest.New(attest.Config{
+		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
+		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, Logger: logger.With("component", "attest"),
+		Send: func(deviceID, kind string, payload []byte) error {
+			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
+		},
+		Disconnect: s.Broker.Disconnect,
+	})
+	if err != nil {
+		s.closeStores()
+		return nil, err
+	}
 	s.apiTLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		s.Inv.Close()
+		s.closeStores()
 		return nil, fmt.Errorf("server: api listener: %w", err)
 	}
 	return s, nil
 }
 
-// gate admits a certificate holder only with the certificate the inventory
-// issued last and has not revoked: active devices fully, quarantined ones
-// only to prove themselves (attestation topics).
+func (s *Server) closeStores() {
+	s.Inv.Close()
+	if s.Policy != nil {
+		s.Policy.Close()
+	}
+	if s.history != nil {
+		s.history.Close()
+	}
+}
+
+// gate admits a holder of a fleet certificate (the TLS layer verified the
+// chain and expiry) unless its serial is revoked — re-enrollment and
+// quarantine revoke the serials they replace — and only while the device is
+// active (fully) or quarantined (only to prove itself: attestation topics).
 type gate struct{ inv *inventory.Store }
 
 // quarantinedKinds are what a quarantined device may publish.
@@ -207,9 +261,6 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	if d.IsRevoked(serial) {
 		return broker.Access{}, errors.New("certificate revoked")
-	}
-	if serial != d.CertSerial {
-		return broker.Access{}, errors.New("certificate superseded")
 	}
 	switch d.State {
 	case inventory.StateActive:
@@ -258,7 +309,7 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Run serves until ctx ends or a part fails.
 func (s *Server) Run(ctx context.Context) error {
-	defer s.Inv.Close()
+	defer s.closeStores()
 	if err := s.Broker.Start(); err != nil {
 		return err
 	}
@@ -278,11 +329,12 @@ func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Broker.Run(ctx) })
 	g.Go(func() error { return s.Enroll.Run(ctx) })
+	g.Go(func() error { return s.Attest.Run(ctx) })
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{
 		Handler: api.New(api.Config{
-			Inventory: s.Inv, Approver: s.Enroll, AdminTokenHash: hash(s.adminToken),
+			Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, AdminTokenHash: hash(s.adminToken),
 			Connected: s.Broker.Connected, Logger: s.log.With("component", "api"),
 		}),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
@@ -318,6 +370,8 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		return
 	}
 	switch env.Type {
+	case wire.TypeAttestRequest, wire.TypeAttestEvidence:
+		s.Attest.Submit(id.DeviceID, env, payload)
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {

@@ -22,6 +22,11 @@
 //	csr, err := verifier.VerifyCSR(req.CSR, ck)
 //	q, err := verifier.VerifyQuote(ak, nonce, sel, &proof.Quote)
 //
+// and for each attestation, one quote per bank, then the measured-boot log:
+//
+//	vq, err := verifier.VerifyQuote(ak, nonce, sel, &evidence.Quotes[i])
+//	log, err := verifier.VerifyEventLog(evidence.EventLog, vqs...)
+//
 // TPM structures are decoded with go-tpm's tpm2 package and must be
 // canonical: the bytes must be exactly the encoding of the decoded value, so
 // trailing data is refused and the name computed from a public area is the

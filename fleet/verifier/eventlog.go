@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/hmac"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -143,6 +146,7 @@ func VerifyEventLog(raw []byte, quotes ...*VerifiedQuote) (*EventLog, error) {
 
 	h, _ := cryptoHash(out.Hash)
 	all := el.Events(attest.HashAlg(out.Hash))
+	out.Events = make([]Event, 0, len(bestEvents))
 	j := 0
 	for _, e := range bestEvents {
 		if !slices.Contains(out.PCRs, e.Index) {
@@ -291,6 +295,10 @@ var grubPrefixes = [][]byte{[]byte("grub_cmd: "), []byte("kernel_cmdline: ")}
 // dataVerified reports whether e's digest is the hash of its data, allowing
 // for the encodings real boot chains use.
 func dataVerified(h crypto.Hash, e attest.Event) bool {
+	switch uint32(e.Type) {
+	case 0x80000003, 0x80000004, 0x80000005, 0x80000008, 0x80000009:
+		return false // images, firmware blobs, tables: measured in memory, the data only locates them
+	}
 	d := e.Data
 	if digestOf(h, d, e.Digest) {
 		return true
@@ -316,9 +324,21 @@ func dataVerified(h crypto.Hash, e attest.Event) bool {
 }
 
 func digestOf(h crypto.Hash, data, digest []byte) bool {
-	x := h.New()
-	x.Write(data)
-	return hmac.Equal(x.Sum(nil), digest)
+	switch h {
+	case crypto.SHA1:
+		d := sha1.Sum(data)
+		return hmac.Equal(d[:], digest)
+	case crypto.SHA256:
+		d := sha256.Sum256(data)
+		return hmac.Equal(d[:], digest)
+	case crypto.SHA384:
+		d := sha512.Sum384(data)
+		return hmac.Equal(d[:], digest)
+	case crypto.SHA512:
+		d := sha512.Sum512(data)
+		return hmac.Equal(d[:], digest)
+	}
+	return false
 }
 
 // describe extracts what an event measured from its (unverified) data.
@@ -358,6 +378,9 @@ func text(s string) string {
 	if s == "" {
 		return ""
 	}
+	if plain(s) {
+		return s
+	}
 	printable := 0
 	for _, r := range s {
 		if r >= 0x20 && r < 0x7f {
@@ -377,6 +400,19 @@ func text(s string) string {
 		s = string(r[:160]) + "…"
 	}
 	return s
+}
+
+// plain reports whether s is short printable ASCII.
+func plain(s string) bool {
+	if len(s) > 160 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // efiVariable parses UEFI_VARIABLE_DATA: GUID, name length, data length

@@ -2,11 +2,13 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"text/tabwriter"
@@ -25,6 +27,11 @@ type DemoOptions struct {
 	Once     bool   // stop after the devices are active instead of serving until ctx ends
 	Out      io.Writer
 	Logger   *slog.Logger
+	// SimulatorDevice, when swtpm is not installed, returns the command
+	// that runs one device with the in-process TPM simulator from the
+	// given sigild configuration file (one simulator per process). Nil
+	// means swtpm is required.
+	SimulatorDevice func(configPath string) *exec.Cmd
 }
 
 // Demo runs the main job on embedded defaults: a fleet with its embedded
@@ -56,9 +63,14 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	start := time.Now()
 	fmt.Fprintf(o.Out, "sigil demo: working directory %s\n", o.Dir)
 
+	simulated := false
 	tpms, ekCADir, stopTPMs, err := demoTPMs(ctx, o)
 	if err != nil {
-		return err
+		if o.SimulatorDevice == nil {
+			return err
+		}
+		fmt.Fprintf(o.Out, "swtpm not found (%v): devices use the in-process TPM simulator and enroll with tokens\n", err)
+		simulated, stopTPMs = true, func() {}
 	}
 	defer stopTPMs()
 
@@ -77,6 +89,14 @@ func Demo(ctx context.Context, o DemoOptions) error {
 			d.Stop()
 		}
 	}()
+	if simulated {
+		stop, err := startSimulatedDevices(ctx, fleet, o)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		tpms = nil
+	}
 	for i, uri := range tpms {
 		d, err := fleet.StartDevice(ctx, DeviceConfig{
 			TPM: uri, Dir: filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1)),
@@ -94,14 +114,14 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		list, err := client.Devices(ctx, "active")
-		if err == nil && len(list.Devices) >= len(devices) {
+		if err == nil && len(list.Devices) >= o.Devices {
 			connected := 0
 			for _, d := range list.Devices {
 				if d.Connected {
 					connected++
 				}
 			}
-			if connected >= len(devices) {
+			if connected >= o.Devices {
 				break
 			}
 		}
@@ -186,4 +206,45 @@ func demoTPMs(ctx context.Context, o DemoOptions) ([]string, string, func(), err
 		uris[i] = in.URI()
 	}
 	return uris, trustDir, stop, nil
+}
+
+// startSimulatedDevices runs each device as its own process with the
+// in-process simulator (it holds one TPM per process), enrolling by token.
+func startSimulatedDevices(ctx context.Context, fleet *Fleet, o DemoOptions) (func(), error) {
+	var cmds []*exec.Cmd
+	stop := func() {
+		for _, c := range cmds {
+			_ = c.Process.Signal(os.Interrupt)
+			_ = c.Wait()
+		}
+	}
+	for i := range o.Devices {
+		tok, _, err := fleet.Inv.CreateToken("demo-gateway", "demo", time.Hour)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		dir := filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1))
+		cfg := fleet.AgentConfig(DeviceConfig{TPM: "sim://", Dir: dir, Model: "demo-gateway", Firmware: "1.0.0", Serial: fmt.Sprintf("DEMO-%04d", i+1), Token: tok})
+		cfg.EventLog = "-"
+		b, err := json.MarshalIndent(cfg, "", "  ")
+		if err == nil {
+			err = os.MkdirAll(dir, 0o700)
+		}
+		path := filepath.Join(dir, "sigild.json")
+		if err == nil {
+			err = os.WriteFile(path, b, 0o600)
+		}
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		c := o.SimulatorDevice(path)
+		if err := c.Start(); err != nil {
+			stop()
+			return nil, err
+		}
+		cmds = append(cmds, c)
+	}
+	return stop, nil
 }

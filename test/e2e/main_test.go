@@ -178,8 +178,9 @@ func inventorySnapshot(t testing.TB, f *harness.Fleet) snapshot {
 		t.Fatal(err)
 	}
 	for i := range devs {
-		devs[i].LastSeen = time.Time{} // moves with every connection
+		devs[i].LastSeen = time.Time{} // moves with every connection and attestation
 		devs[i].Connected = false
+		devs[i].Attestation, devs[i].LastAttested = "", time.Time{}
 	}
 	return snapshot{Devices: devs}
 }

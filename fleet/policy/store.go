@@ -1,0 +1,337 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors of the store.
+var (
+	ErrNotFound = errors.New("policy: not found")                                             // no such policy or version, or it is deleted
+	ErrConflict = errors.New("policy: another policy has the same model, firmware and group") // Select could not tell them apart
+	ErrLocked   = errors.New("policy: store file locked by another process")
+)
+
+// StoreOption configures Open.
+type StoreOption func(*storeOptions)
+
+type storeOptions struct {
+	now     func() time.Time
+	noSync  bool
+	timeout time.Duration
+}
+
+// WithClock sets the clock that stamps CreatedAt (default time.Now).
+func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) { o.now = now } }
+
+// WithNoSync skips fsync on commit: faster, and a power loss may lose
+// recent commits (never consistency). For tests.
+func WithNoSync() StoreOption { return func(o *storeOptions) { o.noSync = true } }
+
+// Store keeps every version of every policy in a bbolt file (policies.db in
+// the fleet data directory, by convention). Each policy has a bucket of
+// versions keyed by the big-endian version number; a version is JSON and
+// is never rewritten. Its methods are safe for concurrent use.
+type Store struct {
+	db  *bolt.DB
+	now func() time.Time
+}
+
+var (
+	bucketPolicies = []byte("policies")
+	bucketMeta     = []byte("meta")
+	keySchema      = []byte("schema")
+)
+
+const (
+	schemaVersion = 1
+	recordVersion = 1
+	maxPolicySize = 256 << 10
+)
+
+// Open opens or creates the store file (mode 0600).
+func Open(path string, opts ...StoreOption) (*Store, error) {
+	o := storeOptions{now: time.Now, timeout: time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.timeout, NoSync: o.noSync})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("policy: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketPolicies); err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keySchema); v != nil {
+			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
+				return fmt.Errorf("unsupported schema version %x", v)
+			}
+			return nil
+		}
+		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("policy: initialize %s: %w", path, err)
+	}
+	return &Store{db: db, now: o.now}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("policy: close: %w", err)
+	}
+	return nil
+}
+
+// Put validates p and stores it as a new version of p.ID: Version is the
+// latest version plus one (1 for a new ID, and after a deletion),
+// CreatedAt the store's clock; p.Version and p.CreatedAt are ignored. It
+// returns what was stored. Put refuses (ErrConflict) a policy whose model,
+// firmware and group equal those of another live policy.
+func (s *Store) Put(p Policy) (Policy, error) {
+	if p.Deleted {
+		return Policy{}, errors.New("policy: put: use Delete to delete")
+	}
+	p.Version = 0
+	if err := p.Validate(); err != nil {
+		return Policy{}, err
+	}
+	p = p.clone()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketPolicies)
+		err := root.ForEachBucket(func(id []byte) error {
+			if string(id) == p.ID {
+				return nil
+			}
+			o, err := latest(root.Bucket(id))
+			if err != nil {
+				return err
+			}
+			if !o.Deleted && o.Model == p.Model && o.Firmware == p.Firmware && o.Group == p.Group {
+				return fmt.Errorf("%w: %q", ErrConflict, o.ID)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		b, err := root.CreateBucketIfNotExists([]byte(p.ID))
+		if err != nil {
+			return err
+		}
+		return s.append(b, &p)
+	})
+	if err != nil {
+		return Policy{}, fmt.Errorf("policy: put %s: %w", p.ID, err)
+	}
+	return p, nil
+}
+
+// append stores p as the next version in b.
+func (s *Store) append(b *bolt.Bucket, p *Policy) error {
+	p.Version = 1
+	if k, _ := b.Cursor().Last(); k != nil {
+		p.Version = int(binary.BigEndian.Uint32(k)) + 1
+	}
+	p.CreatedAt = s.now().UTC()
+	v, err := json.Marshal(record{V: recordVersion, Policy: p})
+	if err != nil {
+		return err
+	}
+	return b.Put(binary.BigEndian.AppendUint32(nil, uint32(p.Version)), v)
+}
+
+// Delete records a deletion of id as a new version (a copy of the latest
+// with Deleted set, by and comment replaced). Get and List no longer
+// return it; History still does. Deleting a deleted policy is ErrNotFound.
+func (s *Store) Delete(id, by, comment string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
+		if b == nil {
+			return ErrNotFound
+		}
+		p, err := latest(b)
+		if err != nil {
+			return err
+		}
+		if p.Deleted {
+			return ErrNotFound
+		}
+		p.Deleted, p.CreatedBy, p.Comment = true, by, comment
+		return s.append(b, p)
+	})
+	if err != nil {
+		return fmt.Errorf("policy: delete %s: %w", id, err)
+	}
+	return nil
+}
+
+// Get returns the latest version of id; ErrNotFound if there is none or it
+// is deleted.
+func (s *Store) Get(id string) (Policy, error) {
+	var p *Policy
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
+		if b == nil {
+			return ErrNotFound
+		}
+		var err error
+		if p, err = latest(b); err != nil {
+			return err
+		}
+		if p.Deleted {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return Policy{}, fmt.Errorf("policy: get %s: %w", id, err)
+	}
+	return *p, nil
+}
+
+// GetVersion returns one version of id, deleted or not.
+func (s *Store) GetVersion(id string, version int) (Policy, error) {
+	var p *Policy
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
+		if b == nil || version < 1 {
+			return ErrNotFound
+		}
+		v := b.Get(binary.BigEndian.AppendUint32(nil, uint32(version)))
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		p, err = decodeRecord(v)
+		return err
+	})
+	if err != nil {
+		return Policy{}, fmt.Errorf("policy: get %s version %d: %w", id, version, err)
+	}
+	return *p, nil
+}
+
+// History returns every version of id, oldest first, deletions included.
+func (s *Store) History(id string) ([]Policy, error) {
+	var out []Policy
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
+		if b == nil {
+			return ErrNotFound
+		}
+		return b.ForEach(func(_, v []byte) error {
+			p, err := decodeRecord(v)
+			if err != nil {
+				return err
+			}
+			out = append(out, *p)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policy: history %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// List returns the latest version of every policy that is not deleted,
+// ordered by ID: the input of Select.
+func (s *Store) List() ([]Policy, error) {
+	var out []Policy
+	err := s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketPolicies)
+		return root.ForEachBucket(func(id []byte) error {
+			p, err := latest(root.Bucket(id))
+			if err != nil {
+				return err
+			}
+			if !p.Deleted {
+				out = append(out, *p)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policy: list: %w", err)
+	}
+	return out, nil
+}
+
+// Select returns the latest live policy that applies to a device (see the
+// package function Select), or nil, nil when none does.
+func (s *Store) Select(model, firmware, group string) (*Policy, error) {
+	list, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	return Select(list, model, firmware, group), nil
+}
+
+// record wraps a stored policy with a format version.
+type record struct {
+	V      int     `json:"v"`
+	Policy *Policy `json:"policy"`
+}
+
+func latest(b *bolt.Bucket) (*Policy, error) {
+	_, v := b.Cursor().Last()
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	return decodeRecord(v)
+}
+
+func decodeRecord(v []byte) (*Policy, error) {
+	var r record
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	if r.V < 1 || r.V > recordVersion || r.Policy == nil {
+		return nil, fmt.Errorf("decode: unsupported record version %d", r.V)
+	}
+	return r.Policy, nil
+}
+
+// Decode reads one policy as JSON (the API's upload format: the fields of
+// Policy with their JSON names), refusing unknown fields, trailing data
+// and more than 256 KiB, and validates it.
+func Decode(r io.Reader) (*Policy, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxPolicySize+1))
+	if err != nil {
+		return nil, fmt.Errorf("policy: decode: %w", err)
+	}
+	if len(b) > maxPolicySize {
+		return nil, fmt.Errorf("policy: decode: larger than %d bytes", maxPolicySize)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	var p Policy
+	if err := d.Decode(&p); err != nil {
+		return nil, fmt.Errorf("policy: decode: %w", err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, errors.New("policy: decode: trailing data")
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}

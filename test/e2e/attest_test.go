@@ -1,0 +1,218 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/device/link"
+	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/device/tpm"
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/wire"
+	"github.com/sigil-iot/sigil/sim/harness"
+)
+
+// nextVerdict challenges the device and waits for a verdict newer than
+// those already recorded.
+func nextVerdict(t testing.TB, c *api.Client, id string) attest.Record {
+	t.Helper()
+	ctx := context.Background()
+	before, err := c.Attestations(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seq uint64
+	if len(before.Attestations) > 0 {
+		seq = before.Attestations[0].Seq
+	}
+	if err := c.Attest(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	return waitVerdictAfter(t, c, id, seq)
+}
+
+func waitVerdictAfter(t testing.TB, c *api.Client, id string, seq uint64) attest.Record {
+	t.Helper()
+	var got attest.Record
+	waitFor(t, func() bool {
+		l, err := c.Attestations(context.Background(), id)
+		if err != nil || len(l.Attestations) == 0 || l.Attestations[0].Seq <= seq {
+			return false
+		}
+		got = l.Attestations[0]
+		return true
+	}, "a new attestation verdict")
+	return got
+}
+
+func readIdentity(t testing.TB, dir string) *state.Identity {
+	t.Helper()
+	s, err := state.Open(filepath.Join(dir, "state.db"), state.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id, err := s.Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// dialAs connects with a device's stored certificate and TPM key.
+func dialAs(t testing.TB, f *harness.Fleet, uri string, id *state.Identity) (*link.Conn, error) {
+	tp, err := tpm.Open(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	signer, err := tp.Signer(&tpm.KeyBlob{Public: id.TK.Public, Private: id.TK.Private})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(f.CA.Certificate())
+	return link.Dial(context.Background(), link.Config{Broker: f.MQTTAddr(), ClientID: id.DeviceID, Timeout: 5 * time.Second,
+		TLS: &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{{Certificate: [][]byte{id.Cert}, PrivateKey: signer}}}})
+}
+
+// TestAttestationTamperQuarantine: a device passes against a policy learned
+// from it; tpm2_pcrextend (an independent client) changes a PCR on its
+// swtpm; the next attestation fails and explains which PCR; the device is
+// quarantined, disconnected, its certificate refused; it re-enrolls into a
+// session limited to attestation; an orderly reboot restores its PCRs and
+// an operator releases it with a justification.
+func TestAttestationTamperQuarantine(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	inst := newTPM(t)
+	dir := t.TempDir()
+	d := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	id := waitConnected(t, d).DeviceID
+	c, _ := f.Client()
+	ctx := context.Background()
+
+	// The device attests on connect; with no policy yet the quote alone is judged.
+	first := waitVerdictAfter(t, c, id, 0)
+	if first.Result != "pass" || first.Reason != "no_policy" {
+		t.Fatalf("first verdict %+v", first)
+	}
+	pol, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: id, Name: "gw-1 golden"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pol.PCRs["sha256"]) != 11 || pol.Model != "gw-1" {
+		t.Fatalf("learned policy %+v", pol)
+	}
+	if v := nextVerdict(t, c, id); v.Result != "pass" || v.PolicyID != pol.ID {
+		t.Fatalf("verdict under the learned policy %+v", v)
+	}
+	before, _ := f.Inv.Device(id)
+
+	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), "9:sha256="+strings.Repeat("ab", 32))
+	v := nextVerdict(t, c, id)
+	if v.Result != "fail" || v.Reason != "policy_violation" || v.Action != "quarantined" || len(v.Failures) != 1 || v.Failures[0].PCR != 9 {
+		t.Fatalf("verdict after tampering %+v", v)
+	}
+	if !strings.Contains(v.Failures[0].Message, "PCR 9") {
+		t.Fatalf("explanation does not name the PCR: %q", v.Failures[0].Message)
+	}
+	dev, _ := f.Inv.Device(id)
+	if dev.State != inventory.StateQuarantined || !dev.IsRevoked(before.CertSerial) {
+		t.Fatalf("after failure: state %s revoked %v", dev.State, dev.Revoked)
+	}
+	evs, _ := f.Inv.Events(id, 20)
+	kinds := []string{}
+	for _, e := range evs {
+		kinds = append(kinds, e.Kind)
+	}
+	if !slices.Contains(kinds, "quarantined") || !slices.Contains(kinds, "alert") {
+		t.Fatalf("events %v", kinds)
+	}
+
+	// Its old certificate is refused from now on.
+	d.Stop()
+	old := readIdentity(t, dir)
+	if conn, err := dialAs(t, f, inst.URI(), old); err == nil {
+		conn.Close()
+		t.Fatal("broker accepted the revoked certificate")
+	} else if !strings.Contains(strings.ToLower(err.Error()), "not authori") && !strings.Contains(strings.ToLower(err.Error()), "bad user name") {
+		t.Fatalf("refusal was not an authorization refusal: %v", err)
+	}
+
+	// sigild comes back: refused, it re-enrolls from its EK and gets a
+	// session limited to attestation; still tampered, it stays quarantined.
+	d2 := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	st, err := d2.Wait(ctx, 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != before.CertSerial })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateQuarantined || dev.CertSerial != st.CertSerial {
+		t.Fatalf("after re-enrollment: %+v", dev)
+	}
+	if v := nextVerdict(t, c, id); v.Result != "fail" {
+		t.Fatalf("still tampered, verdict %+v", v)
+	}
+	st = waitConnected(t, d2)
+
+	// An orderly reboot resets the PCRs; the reset counter shows it.
+	if err := inst.Reboot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v = nextVerdict(t, c, id)
+	if v.Result != "pass" || !v.Rebooted || v.ResetCount <= first.ResetCount {
+		t.Fatalf("after reboot %+v", v)
+	}
+	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateQuarantined {
+		t.Fatal("released without an operator although the policy does not auto-release")
+	}
+	if _, err := c.Release(ctx, id, ""); err == nil {
+		t.Fatal("release without justification accepted")
+	}
+	if _, err := c.Release(ctx, id, "PCR 9 tampering was a test; TPM rebooted and verified"); err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateActive {
+		t.Fatalf("after release: %s", dev.State)
+	}
+	waitFor(t, func() bool { s := d2.Status(); return s.Connected && s.ConnectedAt.After(st.ConnectedAt) }, "the released device to reconnect with full access")
+}
+
+// TestAttestationStale: a stopped sigild stops answering; the fleet flags
+// the device stale and raises an alert.
+func TestAttestationStale(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) {
+		c.EKCADir = ekCADir(t, vendorCA(t))
+		c.AttestInterval = agentDuration(500 * time.Millisecond)
+		c.StaleAfter = 2
+	})
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) {
+		c.AttestInterval = agentDuration(200 * time.Millisecond)
+		c.EventLog = "-"
+	}})
+	id := waitConnected(t, d).DeviceID
+	// Attesting on schedule, the device is not stale.
+	time.Sleep(1500 * time.Millisecond)
+	if dev, _ := f.Inv.Device(id); dev.HasFlag(attest.FlagStale) || dev.Attestation != "pass" {
+		t.Fatalf("live device: %+v", dev)
+	}
+	d.Stop()
+	waitFor(t, func() bool { dev, _ := f.Inv.Device(id); return dev.HasFlag(attest.FlagStale) }, "the stopped device to be flagged stale")
+	evs, _ := f.Inv.Events(id, 10)
+	if !slices.ContainsFunc(evs, func(e inventory.Event) bool { return e.Kind == "alert" && strings.HasPrefix(e.Detail, "stale") }) {
+		t.Fatalf("no stale alert: %+v", evs)
+	}
+}
+
+var _ = errors.Is
+var _ = wire.Version
