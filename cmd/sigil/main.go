@@ -16,10 +16,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -28,6 +30,7 @@ import (
 	"github.com/sigil-iot/sigil/device/agent"
 	_ "github.com/sigil-iot/sigil/device/tpm/tpmsim" // the in-process TPM simulator for sim:// devices
 	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/bench"
@@ -39,11 +42,14 @@ var Version = "dev"
 
 const usage = `usage:
   sigil serve [--config FILE] [--data-dir DIR] [--mqtt-addr ADDR] [--api-addr ADDR]
-  sigil demo [--dir DIR] [--devices N] [--once] [--verbose]
+  sigil demo [--dir DIR] [--devices N] [--once] [--tamper] [--verbose]
   sigil bench [server|enroll|sigild] [--devices N] [--sigild PATH]
   sigil devices list [--state S] [-o json]
   sigil devices show ID [-o json]
   sigil devices approve ID
+  sigil devices attest ID | attestations ID [-o json]
+  sigil devices release ID --justification TEXT
+  sigil policies list | show ID | learn --device ID --name NAME [--pcrs 0,1,7] | put FILE | delete ID
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
   sigil version
 
@@ -82,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDevices(ctx, args[1:], stdout)
 	case "tokens":
 		err = cmdTokens(ctx, args[1:], stdout)
+	case "policies":
+		err = cmdPolicies(ctx, args[1:], stdout)
 	case "sim-device":
 		err = cmdSimDevice(ctx, args[1:], stderr)
 	case "version":
@@ -166,6 +174,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	dir := fs.String("dir", "", "working directory (default: a new temporary directory)")
 	n := fs.Int("devices", 3, "number of simulated devices")
 	once := fs.Bool("once", false, "exit once the devices are active")
+	tamper := fs.Bool("tamper", false, "extend a PCR on the last device (tpm2_pcrextend) and show its quarantine")
 	verbose := fs.Bool("verbose", false, "log the fleet and devices to stderr")
 	apiAddr := fs.String("api-addr", "127.0.0.1:8443", "HTTPS API listen address")
 	mqttAddr := fs.String("mqtt-addr", "127.0.0.1:8883", "MQTT listen address")
@@ -183,7 +192,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log,
+	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, Tamper: *tamper, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log,
 		SimulatorDevice: func(path string) *exec.Cmd {
 			c := exec.Command(self, "sim-device", "--config", path)
 			if *verbose {
@@ -268,7 +277,8 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 	af := addAPIFlags(fs)
 	state := fs.String("state", "", "filter by state (list)")
 	var id string
-	if sub == "show" || sub == "approve" {
+	justification := fs.String("justification", "", "why the device may leave quarantine (release)")
+	if sub != "list" {
 		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 			return usageError{"devices " + sub + " needs a device ID"}
 		}
@@ -313,6 +323,37 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "approved %s (state %s); it enrolls at its next request\n", d.ID, d.State)
 		return nil
+	case "attest":
+		if err := c.Attest(ctx, id); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "challenge sent to %s; see: sigil devices attestations %s\n", id, id)
+		return nil
+	case "attestations":
+		l, err := c.Attestations(ctx, id)
+		if err != nil {
+			return err
+		}
+		if *af.output == "json" {
+			return printJSON(stdout, l)
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TIME\tRESULT\tREASON\tPOLICY\tACTION\tEXPLANATION")
+		for _, r := range l.Attestations {
+			pol := r.PolicyID
+			if pol != "" {
+				pol += fmt.Sprintf(" v%d", r.PolicyVersion)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), r.Result, r.Reason, pol, r.Action, r.Message)
+		}
+		return tw.Flush()
+	case "release":
+		d, err := c.Release(ctx, id, *justification)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "released %s (state %s)\n", d.ID, d.State)
+		return nil
 	}
 	return usageError{"unknown devices subcommand " + sub}
 }
@@ -342,4 +383,92 @@ func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "token:   %s\nid:      %s\nexpires: %s\n(shown once; single use)\n", tok.Token, tok.ID, tok.Expires.Format(time.RFC3339))
 	return nil
+}
+
+func cmdPolicies(ctx context.Context, args []string, stdout io.Writer) error {
+	sub := "list"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("policies "+sub, flag.ContinueOnError)
+	af := addAPIFlags(fs)
+	device := fs.String("device", "", "golden device to learn from (learn)")
+	name := fs.String("name", "", "policy name (learn)")
+	pcrs := fs.String("pcrs", "", "comma-separated PCRs to learn (default: all quoted)")
+	action := fs.String("action", "", "quarantine or alert (learn)")
+	autoRelease := fs.Bool("auto-release", false, "a passing attestation releases a quarantined device (learn)")
+	var arg string
+	if sub == "show" || sub == "put" || sub == "delete" {
+		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+			return usageError{"policies " + sub + " needs an argument"}
+		}
+		arg, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "list":
+		var out struct{ Policies []policy.Policy }
+		if err := c.Do(ctx, "GET", "/api/v1/policies", nil, &out); err != nil {
+			return err
+		}
+		if *af.output == "json" {
+			return printJSON(stdout, out)
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tVERSION\tNAME\tMODEL\tFIRMWARE\tGROUP\tACTION")
+		for _, p := range out.Policies {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Version, p.Name, p.Model, p.Firmware, p.Group, p.EffectiveAction())
+		}
+		return tw.Flush()
+	case "show":
+		var p policy.Policy
+		if err := c.Do(ctx, "GET", "/api/v1/policies/"+url.PathEscape(arg), nil, &p); err != nil {
+			return err
+		}
+		return printJSON(stdout, p)
+	case "put":
+		f, err := os.Open(arg)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		p, err := policy.Decode(f)
+		if err != nil {
+			return usageError{err.Error()}
+		}
+		stored, err := c.PutPolicy(ctx, p)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "stored policy %s version %d\n", stored.ID, stored.Version)
+		return nil
+	case "delete":
+		if err := c.Do(ctx, "DELETE", "/api/v1/policies/"+url.PathEscape(arg), nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "deleted policy %s\n", arg)
+		return nil
+	case "learn":
+		req := api.LearnRequest{DeviceID: *device, Name: *name, Action: *action, AutoRelease: *autoRelease}
+		for _, f := range strings.FieldsFunc(*pcrs, func(r rune) bool { return r == ',' }) {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return usageError{"--pcrs: " + err.Error()}
+			}
+			req.PCRs = append(req.PCRs, n)
+		}
+		p, err := c.LearnPolicy(ctx, req)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "learned policy %s version %d from device %s (%d PCRs)\n", p.ID, p.Version, *device, len(p.PCRs["sha256"]))
+		return nil
+	}
+	return usageError{"unknown policies subcommand " + sub}
 }

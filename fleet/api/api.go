@@ -65,6 +65,7 @@ func New(cfg Config) http.Handler {
 	h.mux.Handle("GET /api/v1/devices", h.auth(h.listDevices))
 	h.mux.Handle("GET /api/v1/devices/{id}", h.auth(h.getDevice))
 	h.mux.Handle("POST /api/v1/devices/{id}/approve", h.auth(h.approve))
+	h.mux.Handle("PATCH /api/v1/devices/{id}", h.auth(h.patchDevice))
 	h.mux.Handle("POST /api/v1/enrollment-tokens", h.auth(h.createToken))
 	h.routesAttest()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -214,6 +215,50 @@ func (h *handler) approve(w http.ResponseWriter, r *http.Request, who string) {
 		h.internal(w, err)
 		return
 	}
+	d, err := h.cfg.Inventory.Device(id)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.view(d))
+}
+
+// devicePatch changes operator-owned fields; absent fields stay.
+type devicePatch struct {
+	Owner *string `json:"owner"`
+	Group *string `json:"group"`
+}
+
+func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string) {
+	var p devicePatch
+	if !decode(w, r, &p) {
+		return
+	}
+	for name, v := range map[string]*string{"owner": p.Owner, "group": p.Group} {
+		if v != nil && (len(*v) > 128 || strings.ContainsAny(*v, "\x00\n\r")) {
+			problem(w, http.StatusBadRequest, "bad request", name+" must be at most 128 characters on one line")
+			return
+		}
+	}
+	id := r.PathValue("id")
+	err := h.cfg.Inventory.Update(id, func(d *inventory.Device) error {
+		if p.Owner != nil {
+			d.Owner = *p.Owner
+		}
+		if p.Group != nil {
+			d.Group = *p.Group
+		}
+		return nil
+	})
+	if errors.Is(err, inventory.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no device with that ID")
+		return
+	}
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	h.log.Info("device updated", "device_id", id, "by", who)
 	d, err := h.cfg.Inventory.Device(id)
 	if err != nil {
 		h.internal(w, err)

@@ -145,6 +145,13 @@ func TestTokensAndDevices(t *testing.T) {
 	}
 	resp, body = call(t, srv, "POST", "/api/v1/devices/"+strings.Repeat("a", 32)+"/approve", token, "")
 	wantProblem(t, resp, body, 409, "not pending")
+	resp, body = call(t, srv, "PATCH", "/api/v1/devices/"+pending, token, `{"group":"line-3","owner":"team-ot"}`)
+	var dv Device
+	if json.Unmarshal([]byte(body), &dv); resp.StatusCode != 200 || dv.Group != "line-3" || dv.Owner != "team-ot" {
+		t.Fatalf("patch: %d %s", resp.StatusCode, body)
+	}
+	resp, body = call(t, srv, "PATCH", "/api/v1/devices/"+pending, token, `{"group":"a\nb"}`)
+	wantProblem(t, resp, body, 400, "one line")
 	resp, _ = call(t, srv, "GET", "/api/v1/devices", token, "")
 	for _, h := range []string{"X-Content-Type-Options", "Strict-Transport-Security", "Cache-Control"} {
 		if resp.Header.Get(h) == "" {

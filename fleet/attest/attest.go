@@ -92,12 +92,13 @@ type Service struct {
 	unanswered map[string]int       // device -> challenges sent since its last evidence
 	lastSeen   map[string]time.Time // device -> last evidence (or service start)
 	started    time.Time
-
-	quarantineLatency func(time.Duration)
+	onQuar     func(time.Duration)
+	onVerdict  func(deviceID string, rec *Record, latency time.Duration)
 }
 
 type nonce struct {
 	deviceID string
+	issued   time.Time
 	expires  time.Time
 	sels     []wire.PCRSelection
 }
@@ -150,8 +151,26 @@ func New(cfg Config) (*Service, error) {
 
 // OnQuarantine registers a callback receiving the time from the failing
 // evidence's arrival to the device being disconnected, revoked and alerted
-// (for benchmarks).
-func (s *Service) OnQuarantine(f func(time.Duration)) { s.quarantineLatency = f }
+// (for benchmarks). It may be called at any time; nil removes the callback.
+// The callback runs on a worker and must not block.
+func (s *Service) OnQuarantine(f func(time.Duration)) {
+	s.mu.Lock()
+	s.onQuar = f
+	s.mu.Unlock()
+}
+
+// OnVerdict registers a callback receiving every verdict once it is
+// recorded in the history (and acted on: a quarantine is complete), with
+// the time from the fleet sending the challenge that the evidence answers
+// to that moment (for benchmarks). Evidence refused for its nonce is not
+// recorded and not reported. It may be called at any time; nil removes the
+// callback. The callback runs on a worker, must not block and must not
+// modify rec.
+func (s *Service) OnVerdict(f func(deviceID string, rec *Record, latency time.Duration)) {
+	s.mu.Lock()
+	s.onVerdict = f
+	s.mu.Unlock()
+}
 
 // Run processes evidence and sweeps for stale devices until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
@@ -198,7 +217,7 @@ func (s *Service) Challenge(deviceID string) error {
 		return err
 	}
 	s.mu.Lock()
-	s.nonces[hex.EncodeToString(n)] = nonce{deviceID: deviceID, expires: now.Add(s.cfg.NonceTTL), sels: s.cfg.Selections}
+	s.nonces[hex.EncodeToString(n)] = nonce{deviceID: deviceID, issued: now, expires: now.Add(s.cfg.NonceTTL), sels: s.cfg.Selections}
 	s.unanswered[deviceID]++
 	s.mu.Unlock()
 	return s.cfg.Send(deviceID, "attest", b)
@@ -257,9 +276,17 @@ func (s *Service) takeNonce(deviceID string, n []byte) (nonce, error) {
 // of the verdict; it changes nothing. A nil error with Result "fail" is a
 // verified failure; an error is evidence that could not be trusted at all.
 func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) *Record {
+	rec, _ := s.verify(dev, env, raw)
+	return rec
+}
+
+// verify is Verify; it also returns when the fleet issued the evidence's
+// nonce (zero when the nonce was refused or never read).
+func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) (*Record, time.Time) {
 	sum := sha256.Sum256(raw)
 	rec := &Record{Time: s.cfg.Now().UTC(), DeviceID: dev.ID, EvidenceDigest: hex.EncodeToString(sum[:]), Result: wire.VerdictFail}
-	fail := func(err error) *Record {
+	var iss nonce
+	fail := func(err error) (*Record, time.Time) {
 		var we *wire.Error
 		if errors.As(err, &we) {
 			rec.Code, rec.Reason, rec.Message = we.Reason, we.Reason.String(), we.Message
@@ -267,14 +294,15 @@ func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 			rec.Code, rec.Reason, rec.Message = wire.ReasonInternal, wire.ReasonInternal.String(), "internal error"
 			s.log.Error("attestation check failed internally", "device_id", dev.ID, "err", err)
 		}
-		return rec
+		return rec, iss.issued
 	}
 	var ev wire.AttestEvidence
 	if err := wire.DecodeBody(env, wire.TypeAttestEvidence, &ev); err != nil {
 		return fail(wire.Refuse(wire.ReasonBadRequest, "malformed evidence", err))
 	}
 	rec.Firmware = ev.Firmware
-	iss, err := s.takeNonce(dev.ID, ev.Nonce)
+	var err error
+	iss, err = s.takeNonce(dev.ID, ev.Nonce)
 	if err != nil {
 		return fail(err)
 	}
@@ -332,17 +360,17 @@ func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 	}
 	if pol == nil {
 		rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonNoPolicy, wire.ReasonNoPolicy.String(), "evidence verified; no reference policy applies to this model and firmware"
-		return rec
+		return rec, iss.issued
 	}
 	v := pol.Evaluate(policy.NewEvidence(dev.Model, firmware, log, quotes...))
 	rec.PolicyID, rec.PolicyVersion, rec.Failures = v.PolicyID, v.PolicyVersion, v.Failures
 	if !v.Pass {
 		rec.Code, rec.Reason = wire.ReasonPolicyViolation, wire.ReasonPolicyViolation.String()
 		rec.Message = summarize(v.Failures)
-		return rec
+		return rec, iss.issued
 	}
 	rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonOK, wire.ReasonOK.String(), "evidence verified and matches policy "+pol.Name
-	return rec
+	return rec, iss.issued
 }
 
 func summarize(fs []policy.Failure) string {
@@ -374,10 +402,11 @@ func (s *Service) evidence(j job) {
 		s.log.Warn("evidence from a device not in the inventory", "device_id", j.deviceID, "err", err)
 		return
 	}
-	rec := s.Verify(dev, j.env, j.raw)
-	if rec.Code == wire.ReasonNonceInvalid {
-		// Not this device's fresh evidence (replay or stale): record, never
-		// act on it, never let it release or condemn the device.
+	rec, challenged := s.verify(dev, j.env, j.raw)
+	if rec.Code == wire.ReasonNonceInvalid || rec.Code == wire.ReasonBadRequest {
+		// Not fresh evidence bound to a nonce the fleet issued (malformed,
+		// replayed or stale): answer, never act on it — it can neither
+		// release nor condemn the device.
 		s.log.Warn("attestation evidence refused", "device_id", dev.ID, "reason", rec.Reason, "message", rec.Message)
 		s.verdict(dev.ID, rec)
 		return
@@ -423,6 +452,13 @@ func (s *Service) evidence(j job) {
 	}
 	if err := s.cfg.History.Add(rec); err != nil {
 		s.log.Error("recording verdict failed", "device_id", dev.ID, "err", err)
+	} else {
+		s.mu.Lock()
+		hook := s.onVerdict
+		s.mu.Unlock()
+		if hook != nil {
+			hook(dev.ID, rec, s.cfg.Now().Sub(challenged))
+		}
 	}
 	s.log.Info("attestation verdict", "device_id", dev.ID, "result", rec.Result, "reason", rec.Reason, "policy", rec.PolicyID, "action", rec.Action)
 	s.verdict(dev.ID, rec)
@@ -458,8 +494,11 @@ func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Ti
 	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: dev.ID, Kind: "quarantined",
 		Detail: "attestation failed (" + rec.Reason + "): " + rec.Message + "; certificate " + dev.CertSerial + " revoked"})
 	s.alert(Alert{DeviceID: dev.ID, Kind: "quarantined", Severity: "critical", Summary: "attestation failed: " + rec.Message})
-	if s.quarantineLatency != nil {
-		s.quarantineLatency(s.cfg.Now().Sub(arrived))
+	s.mu.Lock()
+	hook := s.onQuar
+	s.mu.Unlock()
+	if hook != nil {
+		hook(s.cfg.Now().Sub(arrived))
 	}
 }
 

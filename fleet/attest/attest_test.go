@@ -16,7 +16,7 @@ import (
 // fixture: a fleet attestation service and a device on the in-process TPM
 // simulator, wired by hand (no broker) so each refusal is isolated.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	svc    *Service
 	inv    *inventory.Store
 	tpm    *tpm.TPM
@@ -41,7 +41,7 @@ func (f *fixture) advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{t: t, clock: time.Now(), out: map[string][]*wire.Envelope{}}
 	tp, err := tpm.Open("sim://")
@@ -325,4 +325,28 @@ func TestStale(t *testing.T) {
 	if d, _ := f.inv.Device(other); !d.HasFlag(FlagStale) {
 		t.Fatal("device ignoring challenges not flagged stale")
 	}
+}
+
+// FuzzEvidence: arbitrary bytes on a device's attest topic are answered and
+// never change the device's state — only evidence bound to a nonce the
+// fleet issued can condemn or release a device.
+func FuzzEvidence(f *testing.F) {
+	fx := newFixture(f)
+	// Seeds carry a nonce that was issued and already used.
+	ch := fx.challenge(fx.dev)
+	used := fx.evidence(ch, fx.ak, nil)
+	fx.submit(fx.dev, used)
+	f.Add(used)
+	f.Add(fx.evidence(ch, fx.ak, func(ev *wire.AttestEvidence) { ev.EventLog = []byte{0, 0, 0, 0, 1, 2, 3} }))
+	f.Add([]byte{0xa0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		env, err := wire.Decode(b)
+		if err != nil || env.Type != wire.TypeAttestEvidence {
+			return
+		}
+		fx.svc.evidence(job{deviceID: fx.dev, env: env, raw: b, at: fx.now()})
+		if st := fx.state(fx.dev); st != inventory.StateActive {
+			t.Fatalf("unsolicited evidence changed the device to %s", st)
+		}
+	})
 }

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,8 +73,11 @@ type Config struct {
 	// flag a device stale. Defaults 10m and 3.
 	AttestInterval config.Duration `json:"attest_interval"`
 	StaleAfter     int             `json:"stale_after"`
-	// AttestPCRs are the sha256 PCRs quoted. Default 0-9 and 14.
+	// AttestPCRs are the PCRs quoted in each bank. Default 0-9 and 14.
 	AttestPCRs []int `json:"attest_pcrs"`
+	// AttestBanks are the PCR banks quoted, one quote each: "sha256"
+	// (default), "sha1", "sha384". Every device must have them.
+	AttestBanks []string `json:"attest_banks"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 }
@@ -206,13 +210,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.closeStores()
 		return nil, err
 	}
-	var sels []wire.PCRSelection
-	if len(cfg.AttestPCRs) > 0 {
-		sels = []wire.PCRSelection{{Hash: 0x000B, PCRs: cfg.AttestPCRs}}
-		if err := sels[0].Validate(); err != nil {
-			s.closeStores()
-			return nil, fmt.Errorf("server: attest_pcrs: %w", err)
-		}
+	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
+	if err != nil {
+		s.closeStores()
+		return nil, err
 	}
 	s.Attest, err = attest.New(attest.Config{
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
@@ -439,6 +440,33 @@ func loadAllowList(path string) (map[string]bool, error) {
 			return nil, fmt.Errorf("server: allow-list %s line %d: not a SHA-256 hex fingerprint", path, i+1)
 		}
 		out[line] = true
+	}
+	return out, nil
+}
+
+// selections builds the attestation PCR selections from the configuration;
+// nil means the attestation service's default.
+func selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
+	if len(banks) == 0 && len(pcrs) == 0 {
+		return nil, nil
+	}
+	if len(banks) == 0 {
+		banks = []string{"sha256"}
+	}
+	if len(pcrs) == 0 {
+		pcrs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}
+	}
+	var out []wire.PCRSelection
+	for _, b := range banks {
+		id := verifier.BankID(b)
+		if id == 0 || slices.ContainsFunc(out, func(s wire.PCRSelection) bool { return s.Hash == id }) {
+			return nil, fmt.Errorf("server: attest_banks: %q is not a supported bank or is repeated", b)
+		}
+		sel := wire.PCRSelection{Hash: id, PCRs: pcrs}
+		if err := sel.Validate(); err != nil {
+			return nil, fmt.Errorf("server: attest_pcrs: %w", err)
+		}
+		out = append(out, sel)
 	}
 	return out, nil
 }

@@ -48,3 +48,21 @@ func TestAdminTokenCreatedOnce(t *testing.T) {
 		t.Fatal("token changed on reload")
 	}
 }
+
+func TestSelections(t *testing.T) {
+	if s, err := selections(nil, nil); s != nil || err != nil {
+		t.Fatalf("default: %v %v", s, err)
+	}
+	s, err := selections([]string{"sha256", "sha1"}, []int{0, 7})
+	if err != nil || len(s) != 2 || s[0].Hash != 0x000B || s[1].Hash != 0x0004 || len(s[1].PCRs) != 2 {
+		t.Fatalf("%+v %v", s, err)
+	}
+	for _, bad := range [][]string{{"md5"}, {"sha256", "sha256"}} {
+		if _, err := selections(bad, nil); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+	if _, err := selections(nil, []int{24}); err == nil {
+		t.Error("PCR 24 accepted")
+	}
+}

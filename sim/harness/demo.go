@@ -10,10 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/sim/swtpm"
 )
@@ -25,8 +29,11 @@ type DemoOptions struct {
 	APIAddr  string // default 127.0.0.1:8443
 	MQTTAddr string // default 127.0.0.1:8883
 	Once     bool   // stop after the devices are active instead of serving until ctx ends
-	Out      io.Writer
-	Logger   *slog.Logger
+	// Tamper extends PCR 9 of the last device with tpm2_pcrextend after the
+	// fleet learned its policy, and shows the quarantine that follows.
+	Tamper bool
+	Out    io.Writer
+	Logger *slog.Logger
 	// SimulatorDevice, when swtpm is not installed, returns the command
 	// that runs one device with the in-process TPM simulator from the
 	// given sigild configuration file (one simulator per process). Nil
@@ -64,7 +71,7 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	fmt.Fprintf(o.Out, "sigil demo: working directory %s\n", o.Dir)
 
 	simulated := false
-	tpms, ekCADir, stopTPMs, err := demoTPMs(ctx, o)
+	insts, ekCADir, stopTPMs, err := demoTPMs(ctx, o)
 	if err != nil {
 		if o.SimulatorDevice == nil {
 			return err
@@ -95,12 +102,12 @@ func Demo(ctx context.Context, o DemoOptions) error {
 			return err
 		}
 		defer stop()
-		tpms = nil
 	}
-	for i, uri := range tpms {
+	for i, inst := range insts {
 		d, err := fleet.StartDevice(ctx, DeviceConfig{
-			TPM: uri, Dir: filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1)),
+			TPM: inst.URI(), Dir: filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1)),
 			Model: "demo-gateway", Firmware: "1.0.0", Serial: fmt.Sprintf("DEMO-%04d", i+1),
+			Tweak: func(c *agent.Config) { c.AttestInterval = agent.Duration(time.Minute) },
 		}, o.Logger.With("side", "device", "n", i+1))
 		if err != nil {
 			return err
@@ -146,8 +153,13 @@ func Demo(ctx context.Context, o DemoOptions) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", d.ID, d.State, d.Model, d.Serial, d.TrustPath, d.CertExpiry.Format(time.RFC3339), d.Connected)
 	}
 	tw.Flush()
-	fmt.Fprintf(o.Out, "\nAPI token: %s\n  (stored in %s)\nTry:\n  curl --cacert %s -H 'Authorization: Bearer %s' %s/api/v1/devices\n",
-		fleet.AdminToken(), fleet.AdminTokenPath(), fleet.CACertPath(), fleet.AdminToken(), fleet.APIURL())
+	curl := fmt.Sprintf("curl --cacert %s -H 'Authorization: Bearer %s'", fleet.CACertPath(), fleet.AdminToken())
+	fmt.Fprintf(o.Out, "\nAPI token: %s\n  (stored in %s)\nTry:\n  %s %s/api/v1/devices\n",
+		fleet.AdminToken(), fleet.AdminTokenPath(), curl, fleet.APIURL())
+
+	if err := demoAttestation(ctx, o, client, list.Devices, insts, curl, fleet.APIURL()); err != nil {
+		return err
+	}
 	if o.Once {
 		return nil
 	}
@@ -156,9 +168,93 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	return nil
 }
 
+// demoAttestation learns the fleet's reference policy from the first device,
+// shows every device passing it, and explains (or, with Tamper, performs)
+// the tamper scenario on the last one.
+func demoAttestation(ctx context.Context, o DemoOptions, client *api.Client, devs []api.Device, insts []*swtpm.Instance, curl, base string) error {
+	golden := devs[0].ID
+	if _, err := waitVerdict(ctx, client, golden, 0, "pass"); err != nil {
+		return err
+	}
+	pol, err := client.LearnPolicy(ctx, api.LearnRequest{DeviceID: golden, Name: "demo-gateway golden", AnyFirmware: true})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(o.Out, "\nReference policy %q (version %d) learned from device %s: %d PCRs expected.\n", pol.ID, pol.Version, golden, len(pol.PCRs["sha256"]))
+	for _, d := range devs {
+		rec, err := challengeAndWait(ctx, client, d.ID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(o.Out, "  %s attestation: %s (%s)\n", d.ID, rec.Result, rec.Message)
+	}
+	if len(insts) == 0 {
+		return nil
+	}
+	// Devices are listed by ID; the serial names the TPM of the victim.
+	victim, tcti := devs[len(devs)-1].ID, ""
+	for i := range insts {
+		if fmt.Sprintf("DEMO-%04d", i+1) == devs[len(devs)-1].Serial {
+			tcti = insts[i].TCTI()
+		}
+	}
+	extend := []string{"-T", tcti, "9:sha256=" + strings.Repeat("5a", 32)}
+	fmt.Fprintf(o.Out, "\nTamper scenario — change device %s's kernel command-line measurement (PCR 9) and attest it:\n  tpm2_pcrextend %s\n  %s -X POST %s/api/v1/devices/%s/attest\n  %s %s/api/v1/devices/%s/attestations\n(or wait up to a minute for its scheduled attestation). The fleet quarantines it: certificate revoked, session closed.\n",
+		victim, strings.Join(extend, " "), curl, base, victim, curl, base, victim)
+	if !o.Tamper {
+		return nil
+	}
+	if out, err := exec.CommandContext(ctx, "tpm2_pcrextend", extend...).CombinedOutput(); err != nil {
+		return fmt.Errorf("tpm2_pcrextend: %v: %s", err, out)
+	}
+	rec, err := challengeAndWait(ctx, client, victim)
+	if err != nil {
+		return err
+	}
+	dev, err := client.Device(ctx, victim)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(o.Out, "\nTampered: %s attestation %s (%s); action: %s; state now %s.\n", victim, rec.Result, rec.Message, rec.Action, dev.State)
+	return nil
+}
+
+func challengeAndWait(ctx context.Context, client *api.Client, id string) (*attest.Record, error) {
+	before, err := client.Attestations(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var seq uint64
+	if len(before.Attestations) > 0 {
+		seq = before.Attestations[0].Seq
+	}
+	if err := client.Attest(ctx, id); err != nil {
+		return nil, err
+	}
+	return waitVerdict(ctx, client, id, seq, "")
+}
+
+// waitVerdict waits for a verdict newer than seq (with the given result, if
+// not empty).
+func waitVerdict(ctx context.Context, client *api.Client, id string, seq uint64, result string) (*attest.Record, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		l, err := client.Attestations(ctx, id)
+		if err == nil && len(l.Attestations) > 0 && l.Attestations[0].Seq > seq && (result == "" || l.Attestations[0].Result == result) {
+			return &l.Attestations[0], nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("sigil demo: no attestation verdict from %s within 30s", id)
+}
+
 // demoTPMs starts one swtpm per device with a private EK CA, and returns
-// their URIs and a directory holding the EK CA certificates for the fleet.
-func demoTPMs(ctx context.Context, o DemoOptions) ([]string, string, func(), error) {
+// them and a directory holding the EK CA certificates for the fleet.
+func demoTPMs(ctx context.Context, o DemoOptions) ([]*swtpm.Instance, string, func(), error) {
 	if err := swtpm.Available(); err != nil {
 		return nil, "", nil, fmt.Errorf("sigil demo needs swtpm (apt-get install swtpm swtpm-tools, or run `make test` once as root): %w", err)
 	}
@@ -201,11 +297,7 @@ func demoTPMs(ctx context.Context, o DemoOptions) ([]string, string, func(), err
 			return nil, "", nil, err
 		}
 	}
-	uris := make([]string, len(insts))
-	for i, in := range insts {
-		uris[i] = in.URI()
-	}
-	return uris, trustDir, stop, nil
+	return insts, trustDir, stop, nil
 }
 
 // startSimulatedDevices runs each device as its own process with the

@@ -84,6 +84,10 @@ type Options struct {
 	// where device identity matters (enrollment, clone detection).
 	Template string
 
+	// PCRBanks are the PCR banks the manufactured TPM allocates, e.g.
+	// "sha1,sha256"; empty means swtpm_setup's default (sha256).
+	PCRBanks string
+
 	// Logger receives lifecycle events; nil discards them.
 	Logger *slog.Logger
 
@@ -139,7 +143,7 @@ func Start(ctx context.Context, opts Options) (*Instance, error) {
 			}
 		case opts.CA != nil:
 			start := time.Now()
-			if err := setup(ctx, dir, opts.CA); err != nil {
+			if err := setup(ctx, dir, opts.CA, opts.PCRBanks); err != nil {
 				return nil, err
 			}
 			inst.log.Info("swtpm manufactured", "took", time.Since(start))
@@ -159,11 +163,14 @@ func hasState(dir string) bool {
 }
 
 // setup manufactures a TPM 2.0 state with EK and platform certificates.
-func setup(ctx context.Context, dir string, ca *CA) error {
-	cmd := exec.CommandContext(ctx, "swtpm_setup", "--tpm2",
-		"--create-ek-cert", "--create-platform-cert",
+func setup(ctx context.Context, dir string, ca *CA, banks string) error {
+	args := []string{"--tpm2", "--create-ek-cert", "--create-platform-cert",
 		"--tpmstate", dir, "--config", ca.SetupConfig(),
-		"--logfile", filepath.Join(dir, "setup.log"), "--overwrite")
+		"--logfile", filepath.Join(dir, "setup.log"), "--overwrite"}
+	if banks != "" {
+		args = append(args, "--pcr-banks", banks)
+	}
+	cmd := exec.CommandContext(ctx, "swtpm_setup", args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		tail, _ := os.ReadFile(filepath.Join(dir, "setup.log"))

@@ -106,6 +106,12 @@ func TestBinaries(t *testing.T) {
 	if d := list.Devices[0]; d.State != "active" || d.Serial != "SN-BIN" || d.Firmware != "1.2.3" || !d.Connected {
 		t.Fatalf("device %+v", d)
 	}
+	// The device attested on connect; the CLI shows the verdict.
+	base := "https://localhost" + api[strings.LastIndexByte(api, ':'):]
+	waitFor(t, func() bool {
+		out, err := exec.Command(sigil, "devices", "attestations", list.Devices[0].ID, "--data-dir", data, "--server", base).CombinedOutput()
+		return err == nil && strings.Contains(string(out), "pass") && strings.Contains(string(out), "no_policy")
+	}, "sigil devices attestations to show the device's first verdict")
 	// A bad invocation is a usage error with a clear message.
 	cmd := exec.Command(sigil, "devices", "show")
 	out, _ = cmd.CombinedOutput()

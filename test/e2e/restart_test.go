@@ -114,12 +114,14 @@ func TestRebootTPM(t *testing.T) {
 func TestDemo(t *testing.T) {
 	requireTools(t)
 	var out bytes.Buffer
-	err := harness.Demo(context.Background(), harness.DemoOptions{Dir: t.TempDir(), Once: true, APIAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Out: &out})
+	err := harness.Demo(context.Background(), harness.DemoOptions{Dir: t.TempDir(), Once: true, Tamper: true, APIAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Out: &out})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if !bytes.Contains(out.Bytes(), []byte("3 devices active and connected")) || bytes.Count(out.Bytes(), []byte(" active ")) < 3 {
-		t.Fatalf("demo output:\n%s", out.String())
+	for _, want := range []string{"3 devices active and connected", "learned from device", "attestation: pass", "tpm2_pcrextend -T swtpm:host=127.0.0.1", "action: quarantined; state now quarantined"} {
+		if !bytes.Contains(out.Bytes(), []byte(want)) {
+			t.Fatalf("demo output lacks %q:\n%s", want, out.String())
+		}
 	}
 	t.Logf("\n%s", out.String())
 }
