@@ -9,4 +9,5 @@
 //
 //	1 (2026-11-22) enrollment: request, challenge, proof, result, retry; hello.
 //	2 (2026-11-22) attestation: request, challenge, evidence, verdict.
+//	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets.
 package wire

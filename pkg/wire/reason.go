@@ -37,6 +37,8 @@ const (
 	ReasonCounterRollback    Reason = 63 // TPM reset/restart counters went backwards
 	ReasonNoPolicy           Reason = 64 // no reference policy applies; judged by quote only
 	ReasonQuarantined        Reason = 65 // device is quarantined
+	ReasonRevoked            Reason = 66 // certificate revoked
+	ReasonAttestationFailed  Reason = 67 // renewal refused: the attestation in it did not pass
 	ReasonInternal           Reason = 90 // fleet-side failure; retry later
 )
 
@@ -70,6 +72,8 @@ var reasonName = map[Reason]string{
 	ReasonCounterRollback:    "counter_rollback",
 	ReasonNoPolicy:           "no_policy",
 	ReasonQuarantined:        "quarantined",
+	ReasonRevoked:            "revoked",
+	ReasonAttestationFailed:  "attestation_failed",
 	ReasonInternal:           "internal",
 }
 
@@ -103,6 +107,8 @@ var reasonText = map[Reason]string{
 	ReasonCounterRollback:    "TPM reset or restart counter went backwards",
 	ReasonNoPolicy:           "no reference policy applies",
 	ReasonQuarantined:        "device quarantined",
+	ReasonRevoked:            "certificate revoked",
+	ReasonAttestationFailed:  "attestation did not pass",
 	ReasonInternal:           "internal error",
 }
 
