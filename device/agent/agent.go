@@ -61,6 +61,8 @@ type Agent struct {
 	st  *state.Store
 
 	challenges chan *wire.AttestChallenge
+	renewals   chan *wire.RenewResult
+	rotate     chan struct{}
 
 	mu     sync.Mutex
 	status Status
@@ -98,7 +100,7 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{cfg: cfg, log: logger, topics: wire.Topics{Prefix: cfg.TopicPrefix}, now: time.Now, rand: rand.Reader,
-		challenges: make(chan *wire.AttestChallenge, 4)}
+		challenges: make(chan *wire.AttestChallenge, 4), renewals: make(chan *wire.RenewResult, 2), rotate: make(chan struct{}, 1)}
 	a.status = Status{Enrollment: "new", Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
 	return a, nil
 }
@@ -283,7 +285,13 @@ func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity
 	if err != nil {
 		return id, err
 	}
-	clientID := "e-" + devID
+	// A fresh bootstrap client ID per attempt: a predictable one could be
+	// taken over by another client to cut this enrollment off.
+	suffix := make([]byte, 4)
+	if _, err := io.ReadFull(a.rand, suffix); err != nil {
+		return id, err
+	}
+	clientID := "e-" + devID[:16] + "-" + hex.EncodeToString(suffix)
 	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log})
 	if err != nil {
 		return id, err
@@ -423,31 +431,8 @@ func (a *Agent) answer(id *state.Identity, ch *wire.EnrollChallenge) (*wire.Enro
 // accept checks the issued certificate before storing it: it must be for
 // the transport key and chain to the trust bundle it came with.
 func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.PublicKey) (*state.Identity, error) {
-	cert, err := x509.ParseCertificate(res.Certificate)
-	if err != nil {
-		return id, fmt.Errorf("agent: issued certificate: %w", err)
-	}
-	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
-	if !ok || !pub.Equal(tkPub) {
-		return id, errors.New("agent: issued certificate is not for the transport key")
-	}
-	roots := x509.NewCertPool()
-	for _, der := range res.TrustBundle {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return id, fmt.Errorf("agent: trust bundle: %w", err)
-		}
-		roots.AddCert(c)
-	}
-	inter := x509.NewCertPool()
-	for _, der := range res.Chain {
-		if c, err := x509.ParseCertificate(der); err == nil {
-			inter.AddCert(c)
-		}
-	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: a.now(),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return id, fmt.Errorf("agent: issued certificate does not verify: %w", err)
+	if err := verifyIssued(res.Certificate, res.Chain, res.TrustBundle, tkPub, a.now()); err != nil {
+		return id, err
 	}
 	id.Status = state.StatusEnrolled
 	id.DeviceID = res.DeviceID
@@ -459,18 +444,62 @@ func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.
 	if err := a.st.SaveIdentity(id); err != nil {
 		return id, err
 	}
-	a.log.Info("enrolled", "device_id", id.DeviceID, "cert_expiry", cert.NotAfter)
+	a.log.Info("enrolled", "device_id", id.DeviceID)
 	return id, nil
 }
 
-// connectLoop keeps the mTLS session up, reconnecting with backoff. When
-// the broker refuses the certificate (revoked, e.g. after a quarantine) the
-// device enrolls again from its EK and continues with the new certificate.
+// verifyIssued checks a certificate the fleet issued: for key, a client
+// certificate chaining to the trust bundle it came with.
+func verifyIssued(der []byte, chain, trust [][]byte, key crypto.PublicKey, now time.Time) error {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("agent: issued certificate: %w", err)
+	}
+	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+	if !ok || !pub.Equal(key) {
+		return errors.New("agent: issued certificate is not for the transport key")
+	}
+	roots := x509.NewCertPool()
+	for _, b := range trust {
+		c, err := x509.ParseCertificate(b)
+		if err != nil {
+			return fmt.Errorf("agent: trust bundle: %w", err)
+		}
+		roots.AddCert(c)
+	}
+	inter := x509.NewCertPool()
+	for _, b := range chain {
+		if c, err := x509.ParseCertificate(b); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return fmt.Errorf("agent: issued certificate does not verify: %w", err)
+	}
+	return nil
+}
+
+// connectLoop keeps the mTLS session up, reconnecting with backoff. A
+// renewed certificate is used as soon as it arrives and kept only once a
+// connection with it succeeds. When the broker refuses the certificate
+// (revoked, e.g. after a quarantine) or it expired while the device was
+// offline, the device enrolls again from its EK.
 func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 	bo := a.backoff()
 	refused := 0
 	for {
-		conn, err := a.connect(ctx, id)
+		conn, err := a.connectNext(ctx, id)
+		if conn == nil && err == nil {
+			if a.expired(id) {
+				a.log.Warn("certificate expired while offline; proving the device again from its EK")
+				if id, err = a.reenroll(ctx, id); err != nil {
+					return stopped(ctx, err)
+				}
+				continue
+			}
+			conn, err = a.connect(ctx, id.DeviceID, current(id))
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -480,12 +509,8 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 			if authRefused(err) {
 				if refused++; refused >= 2 {
 					a.log.Warn("the fleet refuses this certificate; enrolling again from the EK")
-					id.Status = state.StatusKeys
-					if err := a.st.SaveIdentity(id); err != nil {
-						return err
-					}
-					if id, err = a.enrollUntilDone(ctx, id); err != nil {
-						return nil
+					if id, err = a.reenroll(ctx, id); err != nil {
+						return stopped(ctx, err)
 					}
 					refused = 0
 					continue
@@ -501,18 +526,27 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 		a.setStatus(func(s *Status) { s.Connected = true; s.ConnectedAt = a.now(); s.LastError = "" })
 		a.log.Info("connected with TPM-backed mTLS", "device_id", id.DeviceID, "broker", a.cfg.Broker)
 		sess, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); a.attestLoop(sess, conn, id) }()
+		renewed := make(chan bool, 1)
+		go func() { renewed <- a.sessionLoop(sess, conn, id) }()
+		var switchNow bool
 		select {
 		case <-ctx.Done():
 		case <-conn.Done():
+		case switchNow = <-renewed:
 		}
 		cancel()
-		<-done
+		if !switchNow {
+			switchNow = <-renewed
+		}
 		if ctx.Err() != nil {
 			conn.Close()
 			a.setStatus(func(s *Status) { s.Connected = false })
 			return nil
+		}
+		if switchNow {
+			conn.Close()
+			a.setStatus(func(s *Status) { s.Connected = false })
+			continue // reconnect with the renewed certificate at once
 		}
 		a.setStatus(func(s *Status) { s.Connected = false; s.LastError = fmt.Sprint("connection lost: ", conn.Err()) })
 		a.log.Warn("connection lost", "err", conn.Err())
@@ -522,24 +556,92 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 	}
 }
 
+// stopped is nil when ctx ended (a clean stop), else err.
+func stopped(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// reenroll forgets the certificate and enrolls again from the EK.
+func (a *Agent) reenroll(ctx context.Context, id *state.Identity) (*state.Identity, error) {
+	id.Status = state.StatusKeys
+	id.Next = nil
+	if err := a.st.SaveIdentity(id); err != nil {
+		return id, err
+	}
+	return a.enrollUntilDone(ctx, id)
+}
+
+func (a *Agent) expired(id *state.Identity) bool {
+	c, err := x509.ParseCertificate(id.Cert)
+	return err == nil && a.now().After(c.NotAfter)
+}
+
+// creds is a transport key with its certificate.
+type creds struct {
+	tk    state.KeyBlob
+	cert  []byte
+	chain [][]byte
+	trust [][]byte
+}
+
+func current(id *state.Identity) creds {
+	return creds{tk: id.TK, cert: id.Cert, chain: id.Chain, trust: id.TrustBundle}
+}
+
+// connectNext tries a renewed certificate that has arrived. On success the
+// device switches to it for good (and the old key blob is forgotten); on a
+// refusal the renewal is dropped and the current identity stays. It
+// returns nil, nil when there is nothing to try or it should fall back.
+func (a *Agent) connectNext(ctx context.Context, id *state.Identity) (*link.Conn, error) {
+	n := id.Next
+	if n == nil || len(n.Cert) == 0 {
+		return nil, nil
+	}
+	conn, err := a.connect(ctx, id.DeviceID, creds{tk: n.TK, cert: n.Cert, chain: n.Chain, trust: n.TrustBundle})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		a.log.Warn("connecting with the renewed certificate failed; keeping the current one", "err", err)
+		if authRefused(err) {
+			id.Next = nil
+			if err := a.st.SaveIdentity(id); err != nil {
+				return nil, err
+			}
+		}
+		return nil, nil
+	}
+	id.TK, id.Cert, id.Chain, id.TrustBundle, id.Next = n.TK, n.Cert, n.Chain, n.TrustBundle, nil
+	if err := a.st.SaveIdentity(id); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	a.publishIdentity(id)
+	a.log.Info("switched to the renewed certificate", "cert_serial", a.Status().CertSerial)
+	return conn, nil
+}
+
 // authRefused reports a CONNECT the broker refused for the credential.
 func authRefused(err error) bool {
 	s := strings.ToLower(err.Error())
 	return strings.Contains(s, "not authori") || strings.Contains(s, "bad user name or password")
 }
 
-func (a *Agent) connect(ctx context.Context, id *state.Identity) (*link.Conn, error) {
-	signer, err := a.tpm.Signer(blob(id.TK))
+func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Conn, error) {
+	signer, err := a.tpm.Signer(blob(c.tk))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	leaf, err := x509.ParseCertificate(id.Cert)
+	leaf, err := x509.ParseCertificate(c.cert)
 	if err != nil {
 		return nil, fmt.Errorf("agent: stored certificate: %w", err)
 	}
-	chain := append([][]byte{id.Cert}, id.Chain...)
+	chain := append([][]byte{c.cert}, c.chain...)
 	roots := x509.NewCertPool()
-	for _, der := range id.TrustBundle {
+	for _, der := range c.trust {
 		if c, err := x509.ParseCertificate(der); err == nil {
 			roots.AddCert(c)
 		}
@@ -548,11 +650,11 @@ func (a *Agent) connect(ctx context.Context, id *state.Identity) (*link.Conn, er
 		RootCAs: roots, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now,
 		Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: signer, Leaf: leaf}},
 	}
-	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: id.DeviceID, TLS: tlsCfg, Logger: a.log})
+	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: deviceID, TLS: tlsCfg, Logger: a.log})
 	if err != nil {
 		return nil, err
 	}
-	if err := conn.Subscribe(ctx, a.topics.Filter(wire.SegDevice, id.DeviceID, wire.Down), a.handleDown); err != nil {
+	if err := conn.Subscribe(ctx, a.topics.Filter(wire.SegDevice, deviceID, wire.Down), a.handleDown); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -561,7 +663,7 @@ func (a *Agent) connect(ctx context.Context, id *state.Identity) (*link.Conn, er
 		conn.Close()
 		return nil, err
 	}
-	if err := conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "hello"), hello); err != nil {
+	if err := conn.Publish(ctx, a.topics.DeviceUp(deviceID, "hello"), hello); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -585,6 +687,26 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		case a.challenges <- &ch:
 		default:
 			a.log.Warn("attestation challenges arrive faster than the TPM answers; dropping one")
+		}
+	case wire.TypeRenewResult:
+		var r wire.RenewResult
+		if err := wire.DecodeBody(env, wire.TypeRenewResult, &r); err != nil {
+			a.log.Warn("dropping malformed renewal result", "err", err)
+			return
+		}
+		select {
+		case a.renewals <- &r:
+		default:
+		}
+	case wire.TypeRotate:
+		var r wire.Rotate
+		if err := wire.DecodeBody(env, wire.TypeRotate, &r); err != nil {
+			return
+		}
+		a.log.Info("the fleet asks for a certificate rotation", "reason", r.Reason)
+		select {
+		case a.rotate <- struct{}{}:
+		default:
 		}
 	case wire.TypeAttestVerdict:
 		var v wire.AttestVerdict

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
@@ -15,29 +17,150 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// attestLoop runs while a session is up: it asks for a challenge at once
-// and on its schedule, and answers every challenge with quotes.
-func (a *Agent) attestLoop(ctx context.Context, conn *link.Conn, id *state.Identity) {
+// sessionLoop runs while a session is up: it asks for an attestation
+// challenge at once and on its schedule, answers challenges, and renews the
+// certificate at RenewAt of its lifetime or when the fleet asks. It returns
+// true when a renewed certificate arrived and the device should reconnect
+// with it now.
+func (a *Agent) sessionLoop(ctx context.Context, conn *link.Conn, id *state.Identity) bool {
 	a.requestAttestation(ctx, conn, id, "connect")
 	every := time.Duration(a.cfg.AttestInterval)
 	var tick <-chan time.Time // nil: no schedule
-	var t *time.Timer
+	renew := time.NewTimer(a.renewDelay(id))
+	defer renew.Stop()
+	var sched *time.Timer
 	if every > 0 {
-		t = time.NewTimer(a.jitter(every))
-		defer t.Stop()
-		tick = t.C
+		sched = time.NewTimer(a.jitter(every))
+		defer sched.Stop()
+		tick = sched.C
 	}
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case ch := <-a.challenges:
-			a.answerChallenge(ctx, conn, id, ch)
+			if ch.Purpose == wire.PurposeRenew {
+				a.sendRenewal(ctx, conn, id, ch)
+			} else {
+				a.answerChallenge(ctx, conn, id, ch)
+			}
 		case <-tick:
 			a.requestAttestation(ctx, conn, id, "schedule")
-			t.Reset(a.jitter(every))
+			sched.Reset(a.jitter(every))
+		case <-a.rotate:
+			a.startRenewal(ctx, conn, id)
+			renew.Reset(a.renewRetry())
+		case <-renew.C:
+			a.startRenewal(ctx, conn, id)
+			renew.Reset(a.renewRetry())
+		case res := <-a.renewals:
+			if a.acceptRenewal(id, res) {
+				return true
+			}
 		}
 	}
+}
+
+// renewDelay is the time until RenewAt of the current certificate's
+// lifetime (at least a second).
+func (a *Agent) renewDelay(id *state.Identity) time.Duration {
+	c, err := x509.ParseCertificate(id.Cert)
+	if err != nil {
+		return time.Hour
+	}
+	life := c.NotAfter.Sub(c.NotBefore)
+	at := c.NotBefore.Add(time.Duration(float64(life) * a.cfg.RenewAt))
+	return max(at.Sub(a.now()), time.Second)
+}
+
+// renewRetry is how long to wait for a renewal before trying again.
+func (a *Agent) renewRetry() time.Duration {
+	return a.jitter(max(time.Duration(a.cfg.RetryMax)/2, 5*time.Second))
+}
+
+// startRenewal creates the next transport key (stored before it is used)
+// unless a renewal is already under way, then asks for a renewal nonce.
+func (a *Agent) startRenewal(ctx context.Context, conn *link.Conn, id *state.Identity) {
+	if id.Next == nil || len(id.Next.Cert) > 0 {
+		tk, err := a.tpm.CreateTransportKey()
+		if err != nil {
+			a.log.Warn("renewal: creating the new transport key failed", "err", err)
+			return
+		}
+		id.Next = &state.Renewal{TK: state.KeyBlob{Public: tk.Public, Private: tk.Private}}
+		if err := a.st.SaveIdentity(id); err != nil {
+			a.log.Warn("renewal: saving the new key failed", "err", err)
+			return
+		}
+	}
+	a.log.Info("renewing the certificate")
+	a.requestAttestation(ctx, conn, id, wire.PurposeRenew)
+}
+
+// sendRenewal answers a renewal challenge: fresh evidence, the new key
+// certified by the AK over the same nonce, and a CSR signed by the new key.
+func (a *Agent) sendRenewal(ctx context.Context, conn *link.Conn, id *state.Identity, ch *wire.AttestChallenge) {
+	if id.Next == nil {
+		return
+	}
+	ev := a.evidence(ctx, id, ch)
+	if ev == nil {
+		return
+	}
+	tk := blob(id.Next.TK)
+	attest, sig, err := a.tpm.Certify(blob(id.AK), tk, ch.Nonce)
+	if err != nil {
+		a.log.Warn("renewal: certify failed", "err", err)
+		return
+	}
+	signer, err := a.tpm.Signer(tk)
+	if err != nil {
+		a.log.Warn("renewal: new key unusable", "err", err)
+		return
+	}
+	csr, err := x509.CreateCertificateRequest(a.rand, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: id.DeviceID}, SignatureAlgorithm: x509.ECDSAWithSHA256}, signer)
+	if err != nil {
+		a.log.Warn("renewal: CSR failed", "err", err)
+		return
+	}
+	req := &wire.RenewRequest{Nonce: ch.Nonce, TKPublic: id.Next.TK.Public, CertifyInfo: attest, CertifySig: sig, CSR: csr, Evidence: *ev}
+	b, err := wire.Encode(wire.TypeRenewRequest, nil, a.now(), req)
+	if err == nil {
+		err = conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "renew"), b)
+	}
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("renewal: sending the request failed", "err", err)
+	}
+}
+
+// acceptRenewal stores a renewed certificate after checking it is for the
+// new key and chains to the trust bundle; it reports whether the device
+// should reconnect with it.
+func (a *Agent) acceptRenewal(id *state.Identity, res *wire.RenewResult) bool {
+	if res.Status != wire.StatusActive {
+		a.log.Warn("renewal refused", "reason", res.Reason.String(), "message", res.Message)
+		a.setStatus(func(s *Status) { s.LastReason = res.Reason.String() + ": " + res.Message })
+		return false
+	}
+	if id.Next == nil {
+		return false
+	}
+	pub, err := a.tpm.PublicKey(blob(id.Next.TK))
+	if err != nil {
+		return false
+	}
+	if err := verifyIssued(res.Certificate, res.Chain, res.TrustBundle, pub, a.now()); err != nil {
+		a.log.Warn("renewal: refusing the issued certificate", "err", err)
+		return false
+	}
+	id.Next.Cert, id.Next.Chain, id.Next.TrustBundle = res.Certificate, res.Chain, res.TrustBundle
+	if err := a.st.SaveIdentity(id); err != nil {
+		a.log.Warn("renewal: saving the certificate failed", "err", err)
+		return false
+	}
+	a.log.Info("renewed certificate received; reconnecting with it")
+	return true
 }
 
 // jitter spreads d by ±10% so a fleet's devices do not attest in lockstep.
@@ -63,9 +186,29 @@ func (a *Agent) requestAttestation(ctx context.Context, conn *link.Conn, id *sta
 	}
 }
 
-// answerChallenge quotes every requested bank (retrying a failed quote) and
-// sends the evidence; a quote that keeps failing is reported, not hidden.
+// answerChallenge sends evidence for a challenge.
 func (a *Agent) answerChallenge(ctx context.Context, conn *link.Conn, id *state.Identity, ch *wire.AttestChallenge) {
+	ev := a.evidence(ctx, id, ch)
+	if ev == nil {
+		return
+	}
+	b, err := wire.Encode(wire.TypeAttestEvidence, nil, a.now(), ev)
+	if err == nil {
+		err = conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "attest"), b)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("sending evidence failed", "err", err)
+		}
+		return
+	}
+	a.setStatus(func(s *Status) { s.LastAttested = a.now() })
+}
+
+// evidence quotes every requested bank (retrying a failed quote) and adds
+// the logs asked for; a quote that keeps failing is reported in the
+// evidence, not hidden. It returns nil when ctx ended.
+func (a *Agent) evidence(ctx context.Context, id *state.Identity, ch *wire.AttestChallenge) *wire.AttestEvidence {
 	ev := &wire.AttestEvidence{Nonce: ch.Nonce, Firmware: a.cfg.Firmware}
 	for _, sel := range ch.Selections {
 		var q *wire.Quote
@@ -76,7 +219,7 @@ func (a *Agent) answerChallenge(ctx context.Context, conn *link.Conn, id *state.
 			}
 			a.log.Warn("quote failed", "attempt", attempt+1, "err", err)
 			if !sleep(ctx, 200*time.Millisecond) {
-				return
+				return nil
 			}
 		}
 		if err != nil {
@@ -101,17 +244,7 @@ func (a *Agent) answerChallenge(ctx context.Context, conn *link.Conn, id *state.
 			a.log.Warn("IMA log unreadable", "path", a.cfg.IMALog, "err", err)
 		}
 	}
-	b, err := wire.Encode(wire.TypeAttestEvidence, nil, a.now(), ev)
-	if err == nil {
-		err = conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "attest"), b)
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn("sending evidence failed", "err", err)
-		}
-		return
-	}
-	a.setStatus(func(s *Status) { s.LastAttested = a.now() })
+	return ev
 }
 
 // readBounded reads a file of at most max bytes.

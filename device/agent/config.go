@@ -63,6 +63,10 @@ type Config struct {
 	// IMALog is the IMA runtime measurement log, sent when the fleet asks.
 	// Default "" (not sent).
 	IMALog string `json:"ima_log"`
+	// RenewAt is the fraction of the certificate lifetime after which the
+	// device renews it (new TPM key, certified by the AK, fresh quote).
+	// Default 0.667.
+	RenewAt float64 `json:"renew_at"`
 	// Control is the Unix socket `sigild status` reads. Default
 	// /run/sigild/sigild.sock; "-" disables it.
 	Control string `json:"control"`
@@ -105,6 +109,9 @@ func (c *Config) setDefaults() {
 	if c.PendingRetry == 0 {
 		c.PendingRetry = Duration(30 * time.Second)
 	}
+	if c.RenewAt == 0 {
+		c.RenewAt = 0.667
+	}
 	if c.AttestInterval == 0 {
 		c.AttestInterval = Duration(10 * time.Minute)
 	}
@@ -134,6 +141,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Token != "" && c.TokenFile != "" {
 		errs = append(errs, errors.New("set token or token_file, not both"))
+	}
+	if c.RenewAt < 0.1 || c.RenewAt > 0.95 {
+		errs = append(errs, errors.New("renew_at must be between 0.1 and 0.95"))
 	}
 	if c.RetryMin > c.RetryMax {
 		errs = append(errs, errors.New("retry_min exceeds retry_max"))

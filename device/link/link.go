@@ -3,134 +3,561 @@
 // broker is reported, and a Done channel that closes when the connection is
 // lost. Reconnection policy belongs to the caller (device/agent), so that a
 // bootstrap session and an mTLS session are separate, explicit connections.
+//
+// The client speaks MQTT 3.1.1 itself (package internal/packet is its codec)
+// and uses only crypto/tls and net: the device binary carries no HTTP,
+// websocket or proxy code for its broker connection. It supports what the
+// device needs and no more: a clean session, QoS 0 and 1 in both directions,
+// one topic filter per SUBSCRIBE, keepalive, and DISCONNECT on Close. It
+// never retries; a connection that fails is finished, and Done says so.
+//
+// Every packet from the broker is decoded strictly (see internal/packet) and
+// bounded by MaxPacketSize; a broker that breaks the protocol loses the
+// connection, and Err says why.
 package link
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/sigil-iot/sigil/device/link/internal/packet"
 )
+
+// MaxPacketSize bounds every MQTT packet sent or received, counted as its
+// remaining length: a 1 MiB message (pkg/wire's MaxMessageSize) plus room for
+// the longest topic.
+const MaxPacketSize = 1<<20 + 64<<10
 
 // Config describes one connection.
 type Config struct {
-	Broker    string      // host:port of the broker's TLS listener
-	ClientID  string      // MQTT client ID; for an enrolled device, its device ID
-	TLS       *tls.Config // server trust and, for an enrolled device, the TPM-backed client certificate
+	Broker   string // host:port of the broker's TLS listener
+	ClientID string // MQTT client ID; for an enrolled device, its device ID
+	// TLS holds the server trust and, for an enrolled device, the
+	// TPM-backed client certificate. Required. It is used as is; only when
+	// ServerName is empty is it cloned (Clone keeps certificates, signers
+	// and callbacks) to set ServerName to Broker's host.
+	TLS *tls.Config
+	// KeepAlive is the interval between PINGREQs (announced to the broker
+	// in whole seconds, rounded up). A PINGREQ still unanswered when the
+	// next one is due declares the connection lost, so a dead connection
+	// is noticed within two intervals. 0 means 60s.
 	KeepAlive time.Duration
-	Timeout   time.Duration // connect, publish and subscribe timeout; 0 means 15s
-	Logger    *slog.Logger
+	Timeout   time.Duration // connect, publish and subscribe timeout, and the bound on each write; 0 means 15s
+	Logger    *slog.Logger  // nil discards
 }
 
 // ErrRefused reports a subscription the broker refused.
 var ErrRefused = errors.New("link: refused by broker")
 
-// Conn is a connected session.
-type Conn struct {
-	c       mqtt.Client
-	timeout time.Duration
-	done    chan struct{}
-	once    sync.Once
-	mu      sync.Mutex
-	lostErr error
+// errClosed is the cause of a connection ended by Close.
+var errClosed = errors.New("link: connection closed")
+
+// connackError is a CONNECT the broker refused. Its text names the reason as
+// MQTT 3.1.1 does ("not authorized", "bad user name or password"): the agent
+// recognizes a refused credential by it.
+type connackError byte
+
+func (e connackError) Error() string {
+	reasons := [...]string{1: "unacceptable protocol version", 2: "identifier rejected",
+		3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
+	r := "refused"
+	if int(e) < len(reasons) && reasons[e] != "" {
+		r = reasons[e]
+	}
+	return fmt.Sprintf("%s (CONNACK %d)", r, byte(e))
 }
 
-// Dial connects once; it does not retry.
+// Conn is a connected session. Its methods are safe for concurrent use.
+type Conn struct {
+	conn      *tls.Conn
+	raw       net.Conn // under conn; closing it stops every read and write at once
+	r         *bufio.Reader
+	log       *slog.Logger
+	timeout   time.Duration
+	keepAlive time.Duration
+
+	wlock chan struct{} // held (one element) while a packet is written
+
+	mu      sync.Mutex
+	nextID  uint16
+	waiting map[uint16]*waiter
+	routes  []*route
+	err     error
+
+	pingPending atomic.Bool
+	closing     atomic.Bool // Close has begun: what fails now is its doing
+	done        chan struct{}
+	once        sync.Once
+	wg          sync.WaitGroup // the reader and keepalive goroutines
+}
+
+// waiter is a Publish or Subscribe waiting for the broker's answer.
+type waiter struct {
+	want packet.Type
+	ch   chan *packet.Packet // buffered, one answer
+}
+
+// route is a subscription's handler.
+type route struct {
+	filter  string
+	handler func(topic string, payload []byte)
+}
+
+// Dial connects once; it does not retry. It returns after the broker
+// accepted the session (CONNACK 0), or with an error: a refusal by the broker
+// reads like "link: connect HOST:PORT: not authorized (CONNACK 5)".
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
-	if cfg.Timeout == 0 {
+	if cfg.Timeout <= 0 {
 		cfg.Timeout = 15 * time.Second
 	}
-	if cfg.KeepAlive == 0 {
+	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = 60 * time.Second
 	}
-	conn := &Conn{timeout: cfg.Timeout, done: make(chan struct{})}
-	opts := mqtt.NewClientOptions().
-		AddBroker("tls://" + cfg.Broker).
-		SetClientID(cfg.ClientID).
-		SetTLSConfig(cfg.TLS).
-		SetCleanSession(true).
-		SetAutoReconnect(false).
-		SetConnectRetry(false).
-		SetKeepAlive(cfg.KeepAlive).
-		SetConnectTimeout(cfg.Timeout).
-		SetWriteTimeout(cfg.Timeout).
-		SetOrderMatters(false).
-		SetProtocolVersion(4).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			conn.mu.Lock()
-			conn.lostErr = err
-			conn.mu.Unlock()
-			conn.once.Do(func() { close(conn.done) })
-		})
-	conn.c = mqtt.NewClient(opts)
-	tok := conn.c.Connect()
-	if err := wait(ctx, tok, cfg.Timeout); err != nil {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TLS == nil {
+		return nil, errors.New("link: Config.TLS is required")
+	}
+	ka := (cfg.KeepAlive + time.Second - 1) / time.Second
+	if ka > 0xffff {
+		ka = 0xffff
+	}
+	connect, err := (&packet.Packet{Type: packet.Connect, ClientID: cfg.ClientID, CleanSession: true, KeepAlive: uint16(ka)}).Append(nil)
+	if err != nil {
 		return nil, fmt.Errorf("link: connect %s: %w", cfg.Broker, err)
 	}
-	return conn, nil
-}
-
-func wait(ctx context.Context, tok mqtt.Token, timeout time.Duration) error {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		return tok.Error()
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return errors.New("timed out")
+	tc := cfg.TLS
+	if tc.ServerName == "" && !tc.InsecureSkipVerify {
+		host, _, err := net.SplitHostPort(cfg.Broker)
+		if err != nil {
+			return nil, fmt.Errorf("link: broker address: %w", err)
+		}
+		tc = tc.Clone() // Clone keeps the certificate callbacks and signers
+		tc.ServerName = host
 	}
+
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Timeout, fmt.Errorf("timed out after %v", cfg.Timeout))
+	defer cancel()
+	fail := func(err error) (*Conn, error) {
+		if ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
+		return nil, fmt.Errorf("link: connect %s: %w", cfg.Broker, err)
+	}
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", cfg.Broker)
+	if err != nil {
+		return fail(err)
+	}
+	// Until the session is up, ctx bounds every read and write.
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	conn := tls.Client(raw, tc)
+	c := &Conn{
+		conn: conn, raw: raw, r: bufio.NewReaderSize(conn, 4096), log: cfg.Logger,
+		timeout: cfg.Timeout, keepAlive: cfg.KeepAlive,
+		wlock: make(chan struct{}, 1), waiting: make(map[uint16]*waiter), done: make(chan struct{}),
+	}
+	ack, err := c.handshake(ctx, connect)
+	if !stop() || err != nil {
+		raw.Close()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return fail(err)
+	}
+	if ack.ReturnCode != 0 {
+		raw.Close()
+		return fail(connackError(ack.ReturnCode))
+	}
+	if err := raw.SetDeadline(time.Time{}); err != nil {
+		raw.Close()
+		return fail(err)
+	}
+	c.log.Debug("link: connected", "broker", cfg.Broker, "client_id", cfg.ClientID)
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.keepAliveLoop()
+	return c, nil
 }
 
-// Publish sends payload with QoS 1 and waits for the broker's PUBACK.
+// handshake runs the TLS handshake, sends CONNECT and reads CONNACK.
+func (c *Conn) handshake(ctx context.Context, connect []byte) (*packet.Packet, error) {
+	if err := c.conn.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	if _, err := c.conn.Write(connect); err != nil {
+		return nil, fmt.Errorf("send CONNECT: %w", err)
+	}
+	p, err := packet.Read(c.r, MaxPacketSize)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("broker closed the connection before CONNACK")
+		}
+		return nil, fmt.Errorf("read CONNACK: %w", err)
+	}
+	if p.Type != packet.Connack {
+		return nil, fmt.Errorf("broker sent %v instead of CONNACK", p.Type)
+	}
+	return p, nil
+}
+
+// Publish sends payload with QoS 1 and waits for the broker's PUBACK, at
+// most Config.Timeout.
 func (c *Conn) Publish(ctx context.Context, topic string, payload []byte) error {
-	if err := wait(ctx, c.c.Publish(topic, 1, false, payload), c.timeout); err != nil {
+	if n := 2 + len(topic) + 2 + len(payload); n > MaxPacketSize {
+		return fmt.Errorf("link: publish %s: packet of %d bytes exceeds the limit of %d", topic, n, MaxPacketSize)
+	}
+	_, err := c.request(ctx, &packet.Packet{Type: packet.Publish, QoS: 1, Topic: topic, Payload: payload}, packet.Puback)
+	if err != nil {
 		return fmt.Errorf("link: publish %s: %w", topic, err)
 	}
 	return nil
 }
 
-// Subscribe subscribes with QoS 1; handler runs on paho's delivery goroutine
-// and must not block for long.
+// Subscribe subscribes to filter with QoS 1 and waits for the broker's
+// SUBACK, at most Config.Timeout. A refusal (SUBACK 0x80) is ErrRefused.
+//
+// handler runs on the connection's reader goroutine, one message at a time
+// in the order they arrive, with a payload it may keep. A QoS 1 message is
+// acknowledged after handler returns. While handler runs nothing else is
+// read, not even the broker's keepalive answers, so it must not block for
+// long: hand the message to another goroutine (the agent does a
+// non-blocking send). It must not call Publish or Subscribe, whose answers
+// the same goroutine would have to read.
 func (c *Conn) Subscribe(ctx context.Context, filter string, handler func(topic string, payload []byte)) error {
-	tok := c.c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) {
-		handler(m.Topic(), m.Payload())
-	})
-	if err := wait(ctx, tok, c.timeout); err != nil {
-		return fmt.Errorf("link: subscribe %s: %w", filter, err)
+	if handler == nil {
+		return fmt.Errorf("link: subscribe %s: nil handler", filter)
 	}
-	st, ok := tok.(*mqtt.SubscribeToken)
-	if ok {
-		for _, code := range st.Result() {
-			if code >= 0x80 {
-				return fmt.Errorf("%w: subscribe %s", ErrRefused, filter)
-			}
+	r := &route{filter: filter, handler: handler}
+	c.mu.Lock()
+	c.routes = append(c.routes, r) // before SUBSCRIBE: a message may follow the SUBACK at once
+	c.mu.Unlock()
+	ack, err := c.request(ctx, &packet.Packet{Type: packet.Subscribe, Filters: []packet.Filter{{Topic: filter, QoS: 1}}}, packet.Suback)
+	if err == nil && len(ack.Codes) != 1 {
+		err = fmt.Errorf("SUBACK with %d return codes for one filter", len(ack.Codes))
+		c.fail(fmt.Errorf("link: protocol error: %w", err))
+	}
+	if err == nil && ack.Codes[0] == packet.SubackFailure {
+		err = ErrRefused
+	}
+	if err != nil {
+		c.removeRoute(r)
+		if errors.Is(err, ErrRefused) {
+			return fmt.Errorf("%w: subscribe %s", ErrRefused, filter)
 		}
+		return fmt.Errorf("link: subscribe %s: %w", filter, err)
 	}
 	return nil
 }
 
-// Done is closed when the connection is lost.
+func (c *Conn) removeRoute(r *route) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, x := range c.routes {
+		if x == r {
+			c.routes = append(c.routes[:i], c.routes[i+1:]...)
+			return
+		}
+	}
+}
+
+// request sends p with a fresh packet identifier and waits for the answer
+// of type want.
+func (c *Conn) request(ctx context.Context, p *packet.Packet, want packet.Type) (*packet.Packet, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	w := &waiter{want: want, ch: make(chan *packet.Packet, 1)}
+	id, err := c.register(w)
+	if err != nil {
+		return nil, err
+	}
+	defer c.unregister(id)
+	p.ID = id
+	t := time.NewTimer(c.timeout)
+	defer t.Stop()
+	if err := c.write(ctx, t.C, p); err != nil {
+		return nil, err
+	}
+	select {
+	case ack := <-w.ch:
+		return ack, nil
+	case <-c.done:
+		select {
+		case ack := <-w.ch:
+			return ack, nil
+		default:
+		}
+		return nil, c.Err()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, fmt.Errorf("no %v within %v", want, c.timeout)
+	}
+}
+
+// register assigns w a packet identifier not in use.
+func (c *Conn) register(w *waiter) (uint16, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for range 0xffff {
+		c.nextID++
+		if c.nextID == 0 {
+			c.nextID = 1
+		}
+		if _, busy := c.waiting[c.nextID]; !busy {
+			c.waiting[c.nextID] = w
+			return c.nextID, nil
+		}
+	}
+	return 0, errors.New("every packet identifier is in use")
+}
+
+func (c *Conn) unregister(id uint16) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.waiting, id)
+}
+
+// write sends one packet. A write that fails or outlasts Config.Timeout
+// ends the connection: part of a packet may have been sent. Waiting for
+// another write to finish ends early with ctx or expired.
+func (c *Conn) write(ctx context.Context, expired <-chan time.Time, p *packet.Packet) error {
+	hdr, err := p.AppendHeader(make([]byte, 0, 64))
+	if err != nil {
+		return err
+	}
+	select {
+	case c.wlock <- struct{}{}:
+	case <-c.done:
+		return c.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-expired:
+		return fmt.Errorf("could not send %v within %v", p.Type, c.timeout)
+	}
+	defer func() { <-c.wlock }()
+	if c.isDone() {
+		return c.Err()
+	}
+	_ = c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	if len(p.Payload) <= 16<<10 {
+		_, err = c.conn.Write(append(hdr, p.Payload...)) // one TLS record
+	} else if _, err = c.conn.Write(hdr); err == nil {
+		_, err = c.conn.Write(p.Payload)
+	}
+	if err != nil {
+		if c.isDone() {
+			return c.Err()
+		}
+		err = fmt.Errorf("link: send %v: %w", p.Type, err)
+		c.fail(err)
+	}
+	return err
+}
+
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	for {
+		p, err := packet.Read(c.r, MaxPacketSize)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("link: broker closed the connection")
+			} else {
+				err = fmt.Errorf("link: receive: %w", err)
+			}
+			c.fail(err)
+			return
+		}
+		if err := c.handle(p); err != nil {
+			c.fail(err)
+			return
+		}
+	}
+}
+
+// handle acts on one packet from the broker.
+func (c *Conn) handle(p *packet.Packet) error {
+	switch p.Type {
+	case packet.Publish:
+		if p.QoS > 1 {
+			return errors.New("link: protocol error: broker sent QoS 2 to a QoS 1 subscription")
+		}
+		c.dispatch(p.Topic, p.Payload)
+		if p.QoS == 1 {
+			// The write bound (Config.Timeout) applies; a failure ends the connection.
+			_ = c.write(context.Background(), nil, &packet.Packet{Type: packet.Puback, ID: p.ID})
+		}
+		return nil
+	case packet.Puback, packet.Suback:
+		c.mu.Lock()
+		w, ok := c.waiting[p.ID]
+		if ok {
+			delete(c.waiting, p.ID)
+		}
+		c.mu.Unlock()
+		if !ok {
+			// An answer to a request that gave up (timeout, ctx).
+			c.log.Debug("link: answer for no pending request", "type", p.Type.String(), "id", p.ID)
+			return nil
+		}
+		if w.want != p.Type {
+			return fmt.Errorf("link: protocol error: %v for packet %d, which awaits %v", p.Type, p.ID, w.want)
+		}
+		w.ch <- p
+		return nil
+	case packet.Pingresp:
+		c.pingPending.Store(false)
+		return nil
+	}
+	return fmt.Errorf("link: protocol error: unexpected %v from broker", p.Type)
+}
+
+// dispatch runs the handlers whose filter matches topic.
+func (c *Conn) dispatch(topic string, payload []byte) {
+	c.mu.Lock()
+	var hs []func(string, []byte)
+	for _, r := range c.routes {
+		if match(r.filter, topic) {
+			hs = append(hs, r.handler)
+		}
+	}
+	c.mu.Unlock()
+	if len(hs) == 0 {
+		c.log.Debug("link: message matches no subscription", "topic", topic)
+	}
+	for i, h := range hs {
+		if i > 0 {
+			payload = append([]byte(nil), payload...) // each handler owns its payload
+		}
+		h(topic, payload)
+	}
+}
+
+// match reports whether an MQTT topic filter matches a topic name. A shared
+// subscription ($share/<group>/<filter>) matches as its filter; wildcards at
+// the first level do not match topics that start with '$'.
+func match(filter, topic string) bool {
+	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
+		if _, f, ok := strings.Cut(rest, "/"); ok {
+			filter = f
+		}
+	}
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" {
+			return true
+		}
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		switch {
+		case !fmore:
+			return !tmore
+		case !tmore:
+			return frest == "#" // "a/#" matches "a"
+		}
+		filter, topic = frest, trest
+	}
+}
+
+// keepAliveLoop sends a PINGREQ keepAlive after the previous one went out
+// and declares the connection lost when that one is still unanswered.
+func (c *Conn) keepAliveLoop() {
+	defer c.wg.Done()
+	t := time.NewTimer(c.keepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		if c.pingPending.Swap(true) {
+			c.fail(fmt.Errorf("link: keepalive: no PINGRESP from broker within %v", c.keepAlive))
+			return
+		}
+		if c.write(context.Background(), nil, &packet.Packet{Type: packet.Pingreq}) != nil {
+			return
+		}
+		t.Reset(c.keepAlive) // from when it went out: a long write before it does not count
+	}
+}
+
+// fail ends the connection with err as its cause; only the first call counts.
+func (c *Conn) fail(err error) {
+	if c.closing.Load() {
+		err = errClosed // e.g. the broker hung up on our DISCONNECT first
+	}
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.err = err
+		c.mu.Unlock()
+		close(c.done)
+		_ = c.raw.Close()
+		if !errors.Is(err, errClosed) {
+			c.log.Debug("link: connection lost", "err", err)
+		}
+	})
+}
+
+func (c *Conn) isDone() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Done is closed when the connection ends: lost, refused by the broker's
+// protocol checks, or closed with Close. It closes exactly once.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-// Err returns why the connection was lost, once Done is closed.
+// Err returns why the connection ended, once Done is closed, and nil before.
 func (c *Conn) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lostErr
+	return c.err
 }
 
 // Connected reports whether the session is up.
-func (c *Conn) Connected() bool { return c.c.IsConnectionOpen() }
+func (c *Conn) Connected() bool { return !c.isDone() }
 
-// Close disconnects cleanly.
+// Close sends DISCONNECT, unless a write in progress does not finish within
+// 250ms, and closes the connection. Waiting publishes and subscriptions
+// return at once. Calling it again does nothing.
 func (c *Conn) Close() {
-	c.c.Disconnect(250)
-	c.once.Do(func() { close(c.done) })
+	if c.isDone() {
+		return
+	}
+	c.closing.Store(true)
+	t := time.NewTimer(250 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case c.wlock <- struct{}{}:
+		if !c.isDone() {
+			_ = c.conn.SetWriteDeadline(time.Now().Add(250 * time.Millisecond))
+			_, _ = c.conn.Write([]byte{byte(packet.Disconnect) << 4, 0})
+		}
+		<-c.wlock
+	case <-c.done:
+	case <-t.C:
+	}
+	c.fail(errClosed)
 }

@@ -44,6 +44,19 @@ type Identity struct {
 	EnrolledAt  time.Time `cbor:"8,keyasint,omitempty"`
 	LastReason  string    `cbor:"9,keyasint,omitempty"` // last refusal or pending reason from the fleet
 	Attempts    int       `cbor:"10,keyasint,omitempty"`
+	// Next is a renewal in progress: a new transport key, created and
+	// stored before it is used, and, once issued, its certificate. The
+	// device switches to it only after it connected with it; until then
+	// TK and Cert stay the working identity.
+	Next *Renewal `cbor:"11,keyasint,omitempty"`
+}
+
+// Renewal is the next identity of a device during renewal.
+type Renewal struct {
+	TK          KeyBlob  `cbor:"1,keyasint"`
+	Cert        []byte   `cbor:"2,keyasint,omitempty"`
+	Chain       [][]byte `cbor:"3,keyasint,omitempty"`
+	TrustBundle [][]byte `cbor:"4,keyasint,omitempty"`
 }
 
 var (

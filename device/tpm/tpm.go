@@ -250,7 +250,7 @@ func listHandles(tr transport.TPM, first uint32) ([]tpm2.TPMHandle, error) {
 			return nil, err
 		}
 		for _, h := range hs.Handle {
-			if uint32(h)>>24 != first>>24 {
+			if !sameType(uint32(h), first) {
 				return out, nil
 			}
 			out = append(out, h)
@@ -260,6 +260,16 @@ func listHandles(tr transport.TPM, first uint32) ([]tpm2.TPMHandle, error) {
 			return out, nil
 		}
 	}
+}
+
+// sameType reports whether handle h is of the type whose first handle is
+// first. Loaded sessions (TPM_HT_LOADED_SESSION, 0x02) include policy
+// sessions, whose handles start with 0x03.
+func sameType(h, first uint32) bool {
+	if first>>24 == uint32(tpm2.TPMHTHMACSession) {
+		return h>>24 == uint32(tpm2.TPMHTHMACSession) || h>>24 == uint32(tpm2.TPMHTPolicySession)
+	}
+	return h>>24 == first>>24
 }
 
 // flush flushes a transient object or session, ignoring errors: it runs on

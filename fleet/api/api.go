@@ -16,9 +16,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/rotation"
 )
 
 // Approver approves pending devices (the enrollment service).
@@ -33,6 +35,10 @@ type Config struct {
 	// Attestation and Policies serve the attestation routes.
 	Attestation Attestation
 	Policies    *policy.Store
+	// Rotation, CA and Disconnect serve the credential lifecycle routes.
+	Rotation   *rotation.Service
+	CA         *ca.CA
+	Disconnect func(deviceID string)
 	// AdminTokenHash is the SHA-256 of the admin bearer token.
 	AdminTokenHash []byte
 	// Connected reports live broker sessions; nil means unknown.
@@ -45,9 +51,10 @@ type Config struct {
 const maxBody = 64 << 10
 
 type handler struct {
-	cfg Config
-	log *slog.Logger
-	mux *http.ServeMux
+	cfg  Config
+	log  *slog.Logger
+	mux  *http.ServeMux
+	crls crlCache
 }
 
 // New returns the API handler.
@@ -68,6 +75,7 @@ func New(cfg Config) http.Handler {
 	h.mux.Handle("PATCH /api/v1/devices/{id}", h.auth(h.patchDevice))
 	h.mux.Handle("POST /api/v1/enrollment-tokens", h.auth(h.createToken))
 	h.routesAttest()
+	h.routesLifecycle()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})

@@ -20,6 +20,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"runtime"
@@ -40,6 +41,7 @@ const (
 // Policies finds the reference policy that applies to a device.
 type Policies interface {
 	Select(model, firmware, group string) (*policy.Policy, error) // nil, nil when none applies
+	Covers(model string) (bool, error)                            // whether any policy names the model
 }
 
 // Alert is a security event for operators (routed to sinks by the alerting
@@ -85,10 +87,14 @@ type Config struct {
 type Service struct {
 	cfg Config
 	log *slog.Logger
-	q   chan job
+	// shards: one queue and worker per shard; a device's evidence always
+	// goes to the same one, so its verdicts are judged one at a time, in
+	// order (counters, quarantine).
+	shards []chan job
 
 	mu         sync.Mutex
 	nonces     map[string]nonce     // hex nonce -> issue
+	open       map[string][]string  // device -> its nonces, oldest first (some may be gone)
 	unanswered map[string]int       // device -> challenges sent since its last evidence
 	lastSeen   map[string]time.Time // device -> last evidence (or service start)
 	started    time.Time
@@ -143,9 +149,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	shards := make([]chan job, cfg.Workers)
+	for i := range shards {
+		shards[i] = make(chan job, 1024)
+	}
 	return &Service{
-		cfg: cfg, log: cfg.Logger, q: make(chan job, 4096),
-		nonces: map[string]nonce{}, unanswered: map[string]int{}, lastSeen: map[string]time.Time{}, started: cfg.Now(),
+		cfg: cfg, log: cfg.Logger, shards: shards,
+		nonces: map[string]nonce{}, open: map[string][]string{}, unanswered: map[string]int{}, lastSeen: map[string]time.Time{}, started: cfg.Now(),
 	}, nil
 }
 
@@ -175,13 +185,13 @@ func (s *Service) OnVerdict(f func(deviceID string, rec *Record, latency time.Du
 // Run processes evidence and sweeps for stale devices until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	for range s.cfg.Workers {
+	for _, q := range s.shards {
 		wg.Go(func() {
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case j := <-s.q:
+				case j := <-q:
 					s.evidence(j)
 				}
 			}
@@ -205,18 +215,23 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // Challenge sends a fresh nonce to the device.
-func (s *Service) Challenge(deviceID string) error {
+func (s *Service) Challenge(deviceID string) error { return s.challenge(deviceID, "") }
+
+// challenge sends a nonce for purpose ("" or wire.PurposeRenew).
+func (s *Service) challenge(deviceID, purpose string) error {
 	n := make([]byte, 32)
 	if _, err := io.ReadFull(s.cfg.Rand, n); err != nil {
 		return err
 	}
 	now := s.cfg.Now()
-	ch := &wire.AttestChallenge{Nonce: n, Selections: s.cfg.Selections, Expires: now.Add(s.cfg.NonceTTL).UnixMilli(), EventLog: *s.cfg.EventLog}
+	ch := &wire.AttestChallenge{Nonce: n, Selections: s.cfg.Selections, Expires: now.Add(s.cfg.NonceTTL).UnixMilli(), EventLog: *s.cfg.EventLog, Purpose: purpose}
 	b, err := wire.Encode(wire.TypeAttestChallenge, nil, now, ch)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
+	s.dropOldestNonce(deviceID)
+	s.open[deviceID] = append(s.open[deviceID], hex.EncodeToString(n))
 	s.nonces[hex.EncodeToString(n)] = nonce{deviceID: deviceID, issued: now, expires: now.Add(s.cfg.NonceTTL), sels: s.cfg.Selections}
 	s.unanswered[deviceID]++
 	s.mu.Unlock()
@@ -233,17 +248,31 @@ func (s *Service) Submit(deviceID string, env *wire.Envelope, raw []byte) {
 			s.log.Warn("malformed attestation request", "device_id", deviceID, "err", err)
 			return
 		}
-		if err := s.Challenge(deviceID); err != nil {
+		purpose := ""
+		if r.Reason == wire.PurposeRenew {
+			purpose = wire.PurposeRenew
+		}
+		if err := s.challenge(deviceID, purpose); err != nil {
 			s.log.Warn("challenge failed", "device_id", deviceID, "err", err)
 		}
 	case wire.TypeAttestEvidence:
 		select {
-		case s.q <- job{deviceID: deviceID, env: env, raw: raw, at: s.cfg.Now()}:
+		case s.shard(deviceID) <- job{deviceID: deviceID, env: env, raw: raw, at: s.cfg.Now()}:
 		default:
 			s.log.Warn("attestation queue full; evidence dropped (the device retries on schedule)", "device_id", deviceID)
 		}
 	}
 }
+
+func (s *Service) shard(deviceID string) chan job {
+	h := fnv.New32a()
+	h.Write([]byte(deviceID))
+	return s.shards[int(h.Sum32())%len(s.shards)]
+}
+
+// maxOpenNonces bounds the challenges a device may have outstanding; the
+// oldest is dropped beyond it.
+const maxOpenNonces = 4
 
 func (s *Service) expireNonces() {
 	now := s.cfg.Now()
@@ -254,6 +283,36 @@ func (s *Service) expireNonces() {
 			delete(s.nonces, k)
 		}
 	}
+	for id := range s.open {
+		s.pruneNonces(id)
+	}
+}
+
+// dropOldestNonce keeps a device's open nonces under maxOpenNonces; s.mu
+// is held.
+func (s *Service) dropOldestNonce(deviceID string) {
+	open := s.pruneNonces(deviceID)
+	for len(open) >= maxOpenNonces {
+		delete(s.nonces, open[0])
+		open = open[1:]
+	}
+	s.open[deviceID] = open
+}
+
+// pruneNonces forgets a device's used or expired nonces; s.mu is held.
+func (s *Service) pruneNonces(deviceID string) []string {
+	open := s.open[deviceID][:0]
+	for _, k := range s.open[deviceID] {
+		if _, ok := s.nonces[k]; ok {
+			open = append(open, k)
+		}
+	}
+	if len(open) == 0 {
+		delete(s.open, deviceID)
+		return nil
+	}
+	s.open[deviceID] = open
+	return open
 }
 
 // takeNonce consumes a nonce issued to deviceID.
@@ -307,6 +366,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 		return fail(err)
 	}
 	if ev.Error != "" {
+		rec.DeviceError = true
 		return fail(wire.Refuse(wire.ReasonQuoteInvalid, "the device could not quote: "+ev.Error, nil))
 	}
 	ak, err := verifier.VerifyAK(dev.AKPublic)
@@ -359,11 +419,26 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 		}
 	}
 	if pol == nil {
+		// Fail closed when the model has policies but none for what the
+		// device reports: its firmware claim is not proof, and must not
+		// buy it a pass.
+		covered := false
+		if s.cfg.Policies != nil {
+			if covered, err = s.cfg.Policies.Covers(dev.Model); err != nil {
+				return fail(err)
+			}
+		}
+		if covered {
+			rec.Code, rec.Reason = wire.ReasonNoPolicy, wire.ReasonNoPolicy.String()
+			rec.Message = fmt.Sprintf("no reference policy of model %s matches firmware %q (group %q): the device reports an unexpected firmware", dev.Model, firmware, dev.Group)
+			return rec, iss.issued
+		}
 		rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonNoPolicy, wire.ReasonNoPolicy.String(), "evidence verified; no reference policy applies to this model and firmware"
 		return rec, iss.issued
 	}
 	v := pol.Evaluate(policy.NewEvidence(dev.Model, firmware, log, quotes...))
 	rec.PolicyID, rec.PolicyVersion, rec.Failures = v.PolicyID, v.PolicyVersion, v.Failures
+	rec.PolicyAction, rec.AutoRelease = pol.EffectiveAction(), pol.AutoRelease
 	if !v.Pass {
 		rec.Code, rec.Reason = wire.ReasonPolicyViolation, wire.ReasonPolicyViolation.String()
 		rec.Message = summarize(v.Failures)
@@ -396,11 +471,11 @@ func hexPCRs(in map[string]map[int][]byte) map[string]map[int]string {
 }
 
 // evidence verifies, records and acts.
-func (s *Service) evidence(j job) {
+func (s *Service) evidence(j job) *Record {
 	dev, err := s.cfg.Inventory.Device(j.deviceID)
 	if err != nil {
 		s.log.Warn("evidence from a device not in the inventory", "device_id", j.deviceID, "err", err)
-		return
+		return nil
 	}
 	rec, challenged := s.verify(dev, j.env, j.raw)
 	if rec.Code == wire.ReasonNonceInvalid || rec.Code == wire.ReasonBadRequest {
@@ -409,30 +484,34 @@ func (s *Service) evidence(j job) {
 		// release nor condemn the device.
 		s.log.Warn("attestation evidence refused", "device_id", dev.ID, "reason", rec.Reason, "message", rec.Message)
 		s.verdict(dev.ID, rec)
-		return
+		return rec
 	}
-	s.mu.Lock()
-	s.unanswered[dev.ID] = 0
-	s.lastSeen[dev.ID] = j.at
-	s.mu.Unlock()
+	if !rec.DeviceError {
+		s.mu.Lock()
+		s.unanswered[dev.ID] = 0
+		s.lastSeen[dev.ID] = j.at
+		s.mu.Unlock()
+	}
 
+	// Act on the policy that was evaluated (not one selected again).
 	pass := rec.Result == wire.VerdictPass
-	var pol *policy.Policy
-	if rec.PolicyID != "" && s.cfg.Policies != nil {
-		pol, _ = s.cfg.Policies.Select(dev.Model, rec.Firmware, dev.Group)
-	}
 	switch {
+	case rec.DeviceError:
+		// The TPM could not quote: reported and alerted, not a verdict on
+		// the device's state; the device retries on its schedule.
+		rec.Action = "alert"
+		s.alert(Alert{DeviceID: dev.ID, Kind: "attestation-error", Severity: "warning", Summary: rec.Message})
 	case !pass && dev.State == inventory.StateQuarantined:
 		// Already limited to proving itself: record, no new revocation.
-	case !pass && (pol == nil || pol.EffectiveAction() != policy.ActionAlert):
+	case !pass && rec.PolicyAction != policy.ActionAlert:
 		rec.Action = "quarantined"
 		s.quarantine(dev, rec, j.at)
 	case !pass:
 		rec.Action = "alert"
 		s.alert(Alert{DeviceID: dev.ID, Kind: "attestation-failed", Severity: "critical", Summary: rec.Message})
-	case dev.State == inventory.StateQuarantined && pol != nil && pol.AutoRelease:
+	case dev.State == inventory.StateQuarantined && rec.AutoRelease:
 		rec.Action = "released"
-		if err := s.release(dev.ID, "system", "passing attestation under policy "+pol.Name+" (auto-release)"); err != nil {
+		if err := s.release(dev.ID, "system", "passing attestation under policy "+rec.PolicyID+" (auto-release)"); err != nil {
 			s.log.Error("auto-release failed", "device_id", dev.ID, "err", err)
 		}
 	}
@@ -462,6 +541,24 @@ func (s *Service) evidence(j job) {
 	}
 	s.log.Info("attestation verdict", "device_id", dev.ID, "result", rec.Result, "reason", rec.Reason, "policy", rec.PolicyID, "action", rec.Action)
 	s.verdict(dev.ID, rec)
+	return rec
+}
+
+// Judge verifies evidence carried inside another request (a renewal),
+// records and acts on the verdict exactly as for plain evidence — a
+// failure quarantines per policy — and returns the record. It consumes the
+// evidence's nonce.
+func (s *Service) Judge(deviceID string, ev *wire.AttestEvidence) (*Record, error) {
+	body, err := wire.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	env := &wire.Envelope{V: wire.Version, Type: wire.TypeAttestEvidence, ID: wire.NewMessageID(), Time: s.cfg.Now().UnixMilli(), Body: body}
+	rec := s.evidence(job{deviceID: deviceID, env: env, raw: body, at: s.cfg.Now()})
+	if rec == nil {
+		return nil, errors.New("attest: device unknown")
+	}
+	return rec, nil
 }
 
 func (s *Service) verdict(deviceID string, rec *Record) {
@@ -482,13 +579,22 @@ func truncate(s string, n int) string {
 // and alerts. The broker refuses the revoked serial afterwards; the device
 // can re-enroll from its EK and then reach only its attestation topics.
 func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Time) {
-	err := s.cfg.Inventory.Update(dev.ID, func(d *inventory.Device) error {
-		d.State = inventory.StateQuarantined
-		d.Revoke(d.CertSerial)
-		return nil
-	})
-	if err != nil {
-		s.log.Error("quarantine: inventory update failed", "device_id", dev.ID, "err", err)
+	// Fail closed: retry the write before the session is closed, so the
+	// device cannot come back with full access.
+	var err error
+	for attempt := range 3 {
+		err = s.cfg.Inventory.Update(dev.ID, func(d *inventory.Device) error {
+			d.State = inventory.StateQuarantined
+			return nil
+		})
+		if err == nil && dev.CertSerial != "" {
+			err = s.cfg.Inventory.Revoke(inventory.Revocation{Serial: dev.CertSerial, DeviceID: dev.ID, Reason: inventory.ReasonCertificateHold, Time: s.cfg.Now(), Expires: dev.CertExpiry})
+		}
+		if err == nil {
+			break
+		}
+		s.log.Error("quarantine: inventory update failed", "device_id", dev.ID, "attempt", attempt+1, "err", err)
+		time.Sleep(50 * time.Millisecond)
 	}
 	s.cfg.Disconnect(dev.ID)
 	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: dev.ID, Kind: "quarantined",

@@ -33,6 +33,12 @@ type Record struct {
 	Clock          uint64                    `json:"clock"`
 	Rebooted       bool                      `json:"rebooted,omitempty"` // reset or restart counter moved since the last verdict
 	Action         string                    `json:"action,omitempty"`   // "quarantined", "released", "alert"
+	// PolicyAction and AutoRelease are those of the policy evaluated.
+	PolicyAction string `json:"policy_action,omitempty"`
+	AutoRelease  bool   `json:"auto_release,omitempty"`
+	// DeviceError: the device reported it could not quote (not a verdict
+	// on its state; counted as unanswered and alerted).
+	DeviceError bool `json:"device_error,omitempty"`
 }
 
 // History keeps verdicts per device in bbolt, newest last, bounded.

@@ -28,6 +28,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -58,12 +59,16 @@ type Config struct {
 	// ManualApproval keeps EKs trusted by no other path pending until an
 	// operator approves them. Default false: such EKs are refused.
 	ManualApproval bool
-	// Selection is the PCR selection of the first quote. Default sha256 0-7.
+	// Selection is the PCR selection of the first quote. Default sha256
+	// 0-9 and 14, as attestation.
 	Selection wire.PCRSelection
 	// ChallengeTTL bounds the time between challenge and proof. Default 60s.
 	ChallengeTTL time.Duration
 	// DeviceLifetime is the certificate lifetime; 0 uses the CA's default.
 	DeviceLifetime time.Duration
+	// Policies, when set, holds the first quote to the reference policy of
+	// the device's model and firmware.
+	Policies Policies
 	// Workers is the number of concurrent handlers; default GOMAXPROCS.
 	Workers int
 	// Queue bounds waiting messages; beyond it requests are answered with
@@ -74,6 +79,11 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Policies finds the reference policy for a device (fleet/policy.Store).
+type Policies interface {
+	Select(model, firmware, group string) (*policy.Policy, error)
+}
+
 // Service handles enrollment messages.
 type Service struct {
 	cfg Config
@@ -82,6 +92,7 @@ type Service struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session  // by session hex
+	byEK     map[string]string    // EK fingerprint -> its open session
 	used     map[string]time.Time // consumed sessions, for replay answers
 	seen     map[string]time.Time // message IDs seen
 	clients  map[string]string    // device ID -> bootstrap client ID of pending devices
@@ -109,8 +120,9 @@ type session struct {
 	ek       *verifier.EK
 	ak       *verifier.AK
 	tk       *verifier.TransportKey
-	path     string // "" = pending
-	existing *inventory.Device
+	path     string            // "" = pending
+	existing *inventory.Device // the record when the request arrived; decisions re-read it
+	clone    string            // why this looks like a clone, decided after activation
 }
 
 // New checks cfg and returns a service; call Run to start its workers.
@@ -119,7 +131,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("enroll: CA, Inventory, Trust and Send are required")
 	}
 	if len(cfg.Selection.PCRs) == 0 {
-		cfg.Selection = wire.PCRSelection{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7}}
+		cfg.Selection = wire.PCRSelection{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}
 	}
 	if cfg.ChallengeTTL == 0 {
 		cfg.ChallengeTTL = time.Minute
@@ -141,7 +153,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	return &Service{
 		cfg: cfg, log: cfg.Logger, q: make(chan job, cfg.Queue),
-		sessions: map[string]*session{}, used: map[string]time.Time{}, seen: map[string]time.Time{}, clients: map[string]string{},
+		sessions: map[string]*session{}, byEK: map[string]string{}, used: map[string]time.Time{}, seen: map[string]time.Time{}, clients: map[string]string{},
 	}, nil
 }
 
@@ -217,11 +229,20 @@ func (s *Service) Handle(clientID string, payload []byte) {
 	}
 }
 
+// Bounds on what unauthenticated clients can make the service remember.
+const (
+	maxSessions = 10000
+	maxSeen     = 200000
+)
+
 func (s *Service) firstSighting(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.seen[id]; ok {
 		return false
+	}
+	if len(s.seen) >= maxSeen {
+		s.expireLocked(s.cfg.Now().Add(-time.Minute)) // keep only the last minute
 	}
 	s.seen[id] = s.cfg.Now()
 	return true
@@ -229,21 +250,29 @@ func (s *Service) firstSighting(id string) bool {
 
 // expire drops old sessions and replay records.
 func (s *Service) expire() {
-	now := s.cfg.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.expireLocked(s.cfg.Now().Add(-time.Hour))
+}
+
+// expireLocked drops expired sessions and replay records older than cutoff.
+func (s *Service) expireLocked(cutoff time.Time) {
+	now := s.cfg.Now()
 	for k, v := range s.sessions {
 		if now.After(v.expires) {
 			delete(s.sessions, k)
+			if s.byEK[v.ek.Fingerprint] == k {
+				delete(s.byEK, v.ek.Fingerprint)
+			}
 		}
 	}
 	for k, t := range s.used {
-		if now.Sub(t) > time.Hour {
+		if t.Before(cutoff) {
 			delete(s.used, k)
 		}
 	}
 	for k, t := range s.seen {
-		if now.Sub(t) > time.Hour {
+		if t.Before(cutoff) {
 			delete(s.seen, k)
 		}
 	}
@@ -308,18 +337,20 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 		if existing.State == inventory.StateDecommissioned {
 			return wire.Refuse(wire.ReasonDecommissioned, "device decommissioned", nil)
 		}
-		if existing.Serial != "" && req.Serial != existing.Serial {
-			s.flagClone(existing.ID, fmt.Sprintf("EK presented with serial %q, enrolled as %q", req.Serial, existing.Serial))
-			return wire.Refuse(wire.ReasonClone, "this EK is enrolled under another identity", nil)
-		}
 	}
 	path, err := s.trustPath(&req, ek, existing)
 	if err != nil {
 		return err
 	}
+	clone := ""
+	if existing != nil && existing.Serial != "" && req.Serial != existing.Serial {
+		// Judged after the device proves it holds this EK: anyone can send
+		// a public EK, and that must not flag the enrolled device.
+		clone = fmt.Sprintf("EK presented with serial %q, enrolled as %q", req.Serial, existing.Serial)
+	}
 	sess := &session{
 		clientID: clientID, id: make([]byte, 16), nonce: make([]byte, 32), secret: make([]byte, 32),
-		expires: s.cfg.Now().Add(s.cfg.ChallengeTTL), req: &req, ek: ek, ak: ak, tk: tk, path: path, existing: existing,
+		expires: s.cfg.Now().Add(s.cfg.ChallengeTTL), req: &req, ek: ek, ak: ak, tk: tk, path: path, existing: existing, clone: clone,
 	}
 	for _, b := range [][]byte{sess.id, sess.nonce, sess.secret} {
 		if _, err := io.ReadFull(s.cfg.Rand, b); err != nil {
@@ -331,7 +362,18 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 		return err
 	}
 	s.mu.Lock()
-	s.sessions[hex.EncodeToString(sess.id)] = sess
+	// One open session per EK, and a bound on all of them: a flood of
+	// requests cannot grow the fleet's memory.
+	if old, ok := s.byEK[ek.Fingerprint]; ok {
+		delete(s.sessions, old)
+	}
+	if len(s.sessions) >= maxSessions {
+		s.mu.Unlock()
+		return wire.Refuse(wire.ReasonRateLimited, "too many enrollments in progress", nil)
+	}
+	key := hex.EncodeToString(sess.id)
+	s.sessions[key] = sess
+	s.byEK[ek.Fingerprint] = key
 	s.mu.Unlock()
 	ch := &wire.EnrollChallenge{
 		Session: sess.id, CredentialBlob: blob, EncryptedSecret: encSecret, Nonce: sess.nonce,
@@ -349,6 +391,10 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *inventory.Device) (string, error) {
 	now := s.cfg.Now()
 	switch {
+	case existing != nil && (existing.State == inventory.StateActive || existing.State == inventory.StateQuarantined):
+		// A known device proving its EK again (lost state, expired or
+		// revoked certificate): no token is spent, even if it sends one.
+		return PathKnown, nil
 	case req.Token != "":
 		if _, err := s.cfg.Inventory.CheckToken(req.Token, req.Model, now); err != nil {
 			return "", tokenRefusal(err)
@@ -358,9 +404,7 @@ func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *
 		return PathEKCA, nil
 	case ek.AllowListed:
 		return PathAllowList, nil
-	case existing != nil && (existing.State == inventory.StateActive || existing.State == inventory.StateQuarantined):
-		return PathKnown, nil
-	case existing != nil && existing.State == inventory.StatePending && hasFlag(existing.Flags, FlagApproved):
+	case existing != nil && existing.State == inventory.StatePending && existing.HasFlag(FlagApproved):
 		return PathApproval, nil
 	case s.cfg.ManualApproval:
 		return "", nil
@@ -385,18 +429,9 @@ func tokenRefusal(err error) error {
 	return err
 }
 
-func hasFlag(flags []string, f string) bool {
-	for _, x := range flags {
-		if x == f {
-			return true
-		}
-	}
-	return false
-}
-
 func (s *Service) flagClone(deviceID, detail string) {
 	err := s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
-		if !hasFlag(d.Flags, FlagCloneSuspect) {
+		if !d.HasFlag(FlagCloneSuspect) {
 			d.Flags = append(d.Flags, FlagCloneSuspect)
 		}
 		return nil
@@ -421,6 +456,9 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	sess := s.sessions[key]
 	if sess != nil && sess.clientID == clientID {
 		delete(s.sessions, key)
+		if s.byEK[sess.ek.Fingerprint] == key {
+			delete(s.byEK, sess.ek.Fingerprint)
+		}
 		s.used[key] = now
 	} else {
 		sess = nil
@@ -438,9 +476,16 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	}
 	if err := verifier.CheckActivation(sess.secret, sess.id, sess.nonce, p.Activation); err != nil {
 		if sess.existing != nil {
-			s.flagClone(sess.existing.ID, "credential activation failed for an enrolled EK")
+			// Recorded, not flagged: a wrong answer proves nothing about the
+			// enrolled device, and anyone can send its public EK.
+			_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: sess.existing.ID, Kind: "activation-failed",
+				Detail: "an enrollment with this device's EK failed credential activation (bootstrap client " + sess.clientID + ")"})
 		}
 		return err
+	}
+	if sess.clone != "" {
+		s.flagClone(sess.existing.ID, sess.clone)
+		return wire.Refuse(wire.ReasonClone, "this EK is enrolled under another identity", nil)
 	}
 	ck, err := verifier.VerifyCertify(sess.ak, sess.tk, sess.nonce, p.CertifyInfo, p.CertifySig)
 	if err != nil {
@@ -449,7 +494,11 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	if _, err := verifier.VerifyCSR(sess.req.CSR, ck); err != nil {
 		return err
 	}
-	if _, err := verifier.VerifyQuote(sess.ak, sess.nonce, s.cfg.Selection, &p.Quote); err != nil {
+	vq, err := verifier.VerifyQuote(sess.ak, sess.nonce, s.cfg.Selection, &p.Quote)
+	if err != nil {
+		return err
+	}
+	if err := s.judgeFirstQuote(sess, vq); err != nil {
 		return err
 	}
 	if sess.path == "" {
@@ -458,94 +507,159 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	return s.issue(env, sess)
 }
 
-// record builds the inventory record for a verified session.
-func (s *Service) record(sess *session, state inventory.State) *inventory.Device {
-	now := s.cfg.Now().UTC()
-	d := &inventory.Device{}
+// judgeFirstQuote holds the first quote to the reference policy of the
+// device's model and firmware, when one applies and asks only for PCR
+// values (event-log rules are judged by the first attestation).
+func (s *Service) judgeFirstQuote(sess *session, vq *verifier.VerifiedQuote) error {
+	if s.cfg.Policies == nil || (sess.existing != nil && sess.existing.State == inventory.StateQuarantined) {
+		return nil // a quarantined device re-enrolls only into a session to prove itself
+	}
+	group := ""
 	if sess.existing != nil {
-		*d = *sess.existing
-	} else {
-		d.ID = sess.ek.DeviceID
+		group = sess.existing.Group
+	}
+	pol, err := s.cfg.Policies.Select(sess.req.Model, sess.req.Firmware, group)
+	if err != nil || pol == nil || pol.Events != nil {
+		return err
+	}
+	v := pol.Evaluate(policy.NewEvidence(sess.req.Model, sess.req.Firmware, nil, vq))
+	if v.Pass {
+		return nil
+	}
+	return wire.Refuse(wire.ReasonPolicyViolation, truncate(v.Summary(), 400), nil)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// errStateChanged refuses a session whose device changed state meanwhile.
+var errStateChanged = wire.Refuse(wire.ReasonChallengeExpired, "the device's state changed during enrollment; ask again", nil)
+
+// apply writes what the session proved onto the current record. Model and
+// serial are set at first enrollment only (the operator owns them after).
+func (s *Service) apply(d *inventory.Device, exists bool, sess *session, now time.Time) error {
+	if exists && d.EKFingerprint != sess.ek.Fingerprint {
+		return errStateChanged
+	}
+	if !exists {
 		d.FirstSeen = now
+		d.Model = sess.req.Model
+		d.Serial = sess.req.Serial
 	}
 	d.EKFingerprint = sess.ek.Fingerprint
-	d.Model = sess.req.Model
 	d.Firmware = sess.req.Firmware
-	d.Serial = sess.req.Serial
-	d.State = state
 	d.LastSeen = now
 	d.AKName = sess.ak.Name
 	d.EKPublic = sess.req.EKPublic
 	d.AKPublic = sess.req.AKPublic
-	return d
+	return nil
 }
 
 // hold records a verified device that waits for approval.
 func (s *Service) hold(env *wire.Envelope, sess *session) error {
-	if sess.existing != nil && sess.existing.State != inventory.StatePending {
-		return wire.Refuse(wire.ReasonInternal, "inconsistent state", errors.New("pending path for a non-pending device"))
-	}
-	d := s.record(sess, inventory.StatePending)
-	d.TrustPath = PathApproval
-	if err := s.cfg.Inventory.PutDevice(d); err != nil {
-		return err
-	}
-	if sess.existing == nil {
-		_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: d.ID, Kind: "pending", Detail: "verified; waiting for operator approval"})
-	}
-	s.mu.Lock()
-	s.clients[d.ID] = sess.clientID
-	s.mu.Unlock()
-	s.stats.Pending.Add(1)
-	s.reply(sess.clientID, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending,
-		Message: "verified; waiting for operator approval", DeviceID: d.ID, RetryAfter: 30, Session: sess.id})
-	return nil
-}
-
-// issue signs the certificate and records the device as active.
-func (s *Service) issue(env *wire.Envelope, sess *session) error {
-	now := s.cfg.Now()
-	d := s.record(sess, inventory.StateActive)
-	if sess.existing != nil && sess.existing.State == inventory.StateQuarantined {
-		d.State = inventory.StateQuarantined
-	}
-	if sess.path != PathKnown {
-		d.TrustPath = sess.path
-	}
-	if sess.path == PathToken {
-		tok, err := s.cfg.Inventory.ConsumeToken(sess.req.Token, d.ID, sess.req.Model, now)
-		if err != nil {
-			return tokenRefusal(err)
+	now := s.cfg.Now().UTC()
+	created := false
+	err := s.cfg.Inventory.Upsert(sess.ek.DeviceID, func(d *inventory.Device, exists bool) error {
+		if exists && d.State != inventory.StatePending {
+			return errStateChanged
 		}
-		if tok.Owner != "" {
-			d.Owner = tok.Owner
+		created = !exists
+		if err := s.apply(d, exists, sess, now); err != nil {
+			return err
 		}
-	}
-	cert, err := s.cfg.CA.IssueDevice(d.ID, sess.tk.Key, s.cfg.DeviceLifetime)
+		d.State, d.TrustPath = inventory.StatePending, PathApproval
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	if d.CertSerial != "" {
-		d.Revoke(d.CertSerial) // superseded: a re-enrolled device holds one certificate
+	if created {
+		_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: sess.ek.DeviceID, Kind: "pending", Detail: "verified; waiting for operator approval"})
 	}
-	d.CertSerial = hex.EncodeToString(cert.SerialNumber.Bytes())
-	d.CertExpiry = cert.NotAfter
-	d.EnrolledAt = now.UTC()
-	if err := s.cfg.Inventory.PutDevice(d); err != nil {
+	s.mu.Lock()
+	s.clients[sess.ek.DeviceID] = sess.clientID
+	s.mu.Unlock()
+	s.stats.Pending.Add(1)
+	s.reply(sess.clientID, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending,
+		Message: "verified; waiting for operator approval", DeviceID: sess.ek.DeviceID, RetryAfter: 30, Session: sess.id})
+	return nil
+}
+
+// issue signs the certificate and records the device, deciding on the
+// record as it is now: a device quarantined or decommissioned since the
+// request keeps that state.
+func (s *Service) issue(env *wire.Envelope, sess *session) error {
+	now := s.cfg.Now().UTC()
+	id := sess.ek.DeviceID
+	cert, err := s.cfg.CA.IssueDevice(id, sess.tk.Key, s.cfg.DeviceLifetime)
+	if err != nil {
 		return err
 	}
-	kind := "enrolled"
-	if sess.existing != nil && sess.existing.State != inventory.StatePending {
-		kind = "re-enrolled"
+	var owner string
+	if sess.path == PathToken {
+		tok, err := s.cfg.Inventory.ConsumeToken(sess.req.Token, id, sess.req.Model, now)
+		if err != nil {
+			return tokenRefusal(err)
+		}
+		owner = tok.Owner
 	}
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: d.ID, Kind: kind, Detail: "trust path " + d.TrustPath + ", certificate " + d.CertSerial})
+	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
+	var stale []string
+	var oldExpiry time.Time
+	kind := "enrolled"
+	var d inventory.Device
+	err = s.cfg.Inventory.Upsert(id, func(cur *inventory.Device, exists bool) error {
+		switch {
+		case !exists && (sess.path == PathKnown || sess.path == PathApproval):
+			return errStateChanged
+		case exists && cur.State == inventory.StateDecommissioned:
+			return wire.Refuse(wire.ReasonDecommissioned, "device decommissioned", nil)
+		case exists && cur.State == inventory.StatePending && sess.path == PathKnown:
+			return errStateChanged
+		case exists && cur.State != inventory.StatePending:
+			kind = "re-enrolled"
+		}
+		if err := s.apply(cur, exists, sess, now); err != nil {
+			return err
+		}
+		if cur.State != inventory.StateQuarantined {
+			cur.State = inventory.StateActive
+		}
+		if sess.path != PathKnown {
+			cur.TrustPath = sess.path
+		}
+		if owner != "" {
+			cur.Owner = owner
+		}
+		stale, oldExpiry = append([]string{cur.CertSerial}, cur.Superseded...), cur.CertExpiry
+		cur.Superseded = nil
+		cur.CertSerial, cur.CertExpiry, cur.EnrolledAt = serial, cert.NotAfter, now
+		d = *cur
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// A re-enrolled device lost or abandoned its old key: one certificate.
+	for _, old := range stale {
+		if old != "" && !d.IsRevoked(old) {
+			if err := s.cfg.Inventory.Revoke(inventory.Revocation{Serial: old, DeviceID: id, Reason: inventory.ReasonSuperseded, Time: now, Expires: oldExpiry}); err != nil {
+				return err
+			}
+		}
+	}
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: id, Kind: kind, Detail: "trust path " + d.TrustPath + ", certificate " + serial})
 	s.mu.Lock()
-	delete(s.clients, d.ID)
+	delete(s.clients, id)
 	s.mu.Unlock()
 	s.stats.Enrolled.Add(1)
-	s.log.Info("device enrolled", "device_id", d.ID, "model", d.Model, "trust_path", d.TrustPath, "cert_serial", d.CertSerial)
+	s.log.Info("device enrolled", "device_id", id, "model", d.Model, "state", d.State, "trust_path", d.TrustPath, "cert_serial", serial)
 	s.reply(sess.clientID, env.ID, &wire.EnrollResult{
-		Status: wire.StatusActive, Reason: wire.ReasonOK, DeviceID: d.ID, Certificate: cert.Raw,
+		Status: wire.StatusActive, Reason: wire.ReasonOK, DeviceID: id, Certificate: cert.Raw,
 		TrustBundle: [][]byte{s.cfg.CA.Certificate().Raw}, Session: sess.id,
 	})
 	return nil
@@ -561,7 +675,7 @@ func (s *Service) Approve(deviceID, by string) error {
 		if d.State != inventory.StatePending {
 			return ErrNotPending
 		}
-		if !hasFlag(d.Flags, FlagApproved) {
+		if !d.HasFlag(FlagApproved) {
 			d.Flags = append(d.Flags, FlagApproved)
 		}
 		return nil

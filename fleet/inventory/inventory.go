@@ -82,6 +82,9 @@ type Device struct {
 	// Revoked lists revoked certificate serials (hex), newest last, at most
 	// MaxRevoked; the broker refuses them.
 	Revoked []string `json:"revoked,omitempty"`
+	// Superseded lists serials replaced by a renewal and not yet revoked:
+	// they are revoked once the device connects with its current one.
+	Superseded []string `json:"superseded,omitempty"`
 	// Attestation is the last verdict: "pass", "fail" or "" (never).
 	Attestation  string    `json:"attestation,omitempty"`
 	LastAttested time.Time `json:"last_attested,omitzero"`

@@ -335,3 +335,18 @@ func Decode(r io.Reader) (*Policy, error) {
 	}
 	return &p, nil
 }
+
+// Covers reports whether any live policy names model (a policy for every
+// model does not count): then a device of that model must match one.
+func (s *Store) Covers(model string) (bool, error) {
+	ps, err := s.List()
+	if err != nil {
+		return false, err
+	}
+	for _, p := range ps {
+		if p.Model == model && model != "" {
+			return true, nil
+		}
+	}
+	return false, nil
+}

@@ -29,6 +29,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -115,14 +116,17 @@ func (c *Config) setDefaults() {
 
 // Server is a running fleet manager.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	CA     *ca.CA
-	Inv    *inventory.Store
-	Broker *broker.Broker
-	Enroll *enroll.Service
-	Attest *attest.Service
-	Policy *policy.Store
+	cfg      Config
+	log      *slog.Logger
+	CA       *ca.CA
+	Inv      *inventory.Store
+	Broker   *broker.Broker
+	Enroll   *enroll.Service
+	Attest   *attest.Service
+	Policy   *policy.Store
+	Rotation *rotation.Service
+
+	jobs *rotation.Jobs
 
 	history *attest.History
 
@@ -131,6 +135,7 @@ type Server struct {
 	adminToken string
 	ready      chan struct{}
 	topics     wire.Topics
+	events     chan broker.Event
 }
 
 // Files written at first start, relative to DataDir.
@@ -140,6 +145,7 @@ const (
 	InventoryFile  = "inventory.db"
 	PolicyFile     = "policies.db"
 	HistoryFile    = "attestations.db"
+	JobsFile       = "rotations.db"
 )
 
 // New opens the data directory (creating the CA and admin token at first
@@ -152,7 +158,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}}
+	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}, events: make(chan broker.Event, 4096)}
 	var err error
 	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: cfg.TrustDomain, DeviceLifetime: time.Duration(cfg.DeviceLifetime)})
 	if err != nil {
@@ -191,7 +197,21 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.Inv.Close()
 		return nil, err
 	}
+	if s.Policy, err = policy.Open(filepath.Join(cfg.DataDir, PolicyFile)); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
+	if err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	var first wire.PCRSelection
+	if len(sels) > 0 {
+		first = sels[0]
+	}
 	s.Enroll, err = enroll.New(enroll.Config{
+		Policies: s.Policy, Selection: first,
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
 		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: logger.With("component", "enroll"),
 		Send: func(clientID, kind string, payload []byte) error {
@@ -202,16 +222,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.Inv.Close()
 		return nil, err
 	}
-	if s.Policy, err = policy.Open(filepath.Join(cfg.DataDir, PolicyFile)); err != nil {
-		s.closeStores()
-		return nil, err
-	}
 	if s.history, err = attest.OpenHistory(filepath.Join(cfg.DataDir, HistoryFile), 0); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
-	if err != nil {
 		s.closeStores()
 		return nil, err
 	}
@@ -222,6 +233,21 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
 		Disconnect: s.Broker.Disconnect,
+	})
+	if err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	if s.jobs, err = rotation.OpenJobs(filepath.Join(cfg.DataDir, JobsFile)); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	s.Rotation, err = rotation.New(rotation.Config{
+		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(cfg.DeviceLifetime),
+		Connected: s.Broker.Connected, Logger: logger.With("component", "rotation"),
+		Send: func(deviceID, kind string, payload []byte) error {
+			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
+		},
 	})
 	if err != nil {
 		s.closeStores()
@@ -242,6 +268,9 @@ func (s *Server) closeStores() {
 	}
 	if s.history != nil {
 		s.history.Close()
+	}
+	if s.jobs != nil {
+		s.jobs.Close()
 	}
 }
 
@@ -272,9 +301,34 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 	return broker.Access{}, fmt.Errorf("device %s", d.State)
 }
 
+// brokerEvent queues a connection event: the broker calls it on its
+// connection goroutines, which must not wait for the inventory's disk.
 func (s *Server) brokerEvent(ev broker.Event) {
-	if ev.Identity.DeviceID == "" {
+	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused {
 		return
+	}
+	select {
+	case s.events <- ev:
+	default:
+		s.log.Warn("connection events arrive faster than the inventory records them; one dropped", "device_id", ev.Identity.DeviceID)
+	}
+}
+
+// recordEvents applies connection events to the inventory until ctx ends.
+func (s *Server) recordEvents(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-s.events:
+			s.connectionEvent(ev)
+		}
+	}
+}
+
+func (s *Server) connectionEvent(ev broker.Event) {
+	if ev.Kind == broker.Connected && ev.Identity.Cert != nil {
+		s.Rotation.Connected(ev.Identity.DeviceID, hex.EncodeToString(ev.Identity.Cert.SerialNumber.Bytes()))
 	}
 	now := time.Now().UTC()
 	err := s.Inv.Update(ev.Identity.DeviceID, func(d *inventory.Device) error {
@@ -325,17 +379,24 @@ func (s *Server) Run(ctx context.Context) error {
 		err = s.Broker.Subscribe(s.topics.Filter(wire.SegDevice, "+", wire.Up), s.deviceMessage)
 	}
 	if err != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = s.Broker.Run(cctx) // closes the started broker
+		s.apiLn.Close()
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Broker.Run(ctx) })
+	g.Go(func() error { return s.recordEvents(ctx) })
 	g.Go(func() error { return s.Enroll.Run(ctx) })
 	g.Go(func() error { return s.Attest.Run(ctx) })
+	g.Go(func() error { return s.Rotation.Run(ctx) })
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{
 		Handler: api.New(api.Config{
 			Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, AdminTokenHash: hash(s.adminToken),
+			Rotation: s.Rotation, CA: s.CA, Disconnect: s.Broker.Disconnect,
 			Connected: s.Broker.Connected, Logger: s.log.With("component", "api"),
 		}),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
@@ -373,6 +434,8 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 	switch env.Type {
 	case wire.TypeAttestRequest, wire.TypeAttestEvidence:
 		s.Attest.Submit(id.DeviceID, env, payload)
+	case wire.TypeRenewRequest:
+		s.Rotation.Submit(id.DeviceID, env)
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
@@ -380,7 +443,9 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			return
 		}
 		err := s.Inv.Update(id.DeviceID, func(d *inventory.Device) error {
-			if h.Firmware != "" {
+			if h.Firmware != "" && d.Firmware != h.Firmware && d.State == inventory.StateActive {
+				// Reported, not proved: policies judge the measurements.
+				s.log.Info("device reports a new firmware version", "device_id", d.ID, "from", d.Firmware, "to", h.Firmware)
 				d.Firmware = h.Firmware
 			}
 			d.LastSeen = time.Now().UTC()

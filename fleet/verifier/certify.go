@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -37,19 +35,15 @@ func VerifyCertify(ak *AK, tk *TransportKey, nonce, attest, sig []byte) (*Certif
 	if ak == nil || tk == nil {
 		return nil, errors.New("verifier: certify: AK and transport key are required")
 	}
-	a, check, err := checkSignedAttest(ak.Key, attest, sig, tpm2.TPMSTAttestCertify, nonce)
-	if err != nil {
+	var a attestation
+	if check, err := checkSignedAttest(ak.Key, attest, sig, stAttestCertify, nonce, &a); err != nil {
 		return nil, refuse(wire.ReasonCertifyInvalid, "certify "+check+" invalid", "certify: %w", err)
 	}
-	info, err := a.Attested.Certify()
-	if err != nil {
-		return nil, refuse(wire.ReasonCertifyInvalid, "certify structure invalid", "certify: %w", err)
-	}
-	if !hmac.Equal(info.Name.Buffer, tk.Name) {
+	if !hmac.Equal(a.name, tk.Name) {
 		return nil, refuse(wire.ReasonCertifyInvalid, "certify is for another key",
-			"certify: certified name %x is not the transport key's name %x", info.Name.Buffer, tk.Name)
+			"certify: certified name %x is not the transport key's name %x", a.name, tk.Name)
 	}
-	return &CertifiedKey{TransportKey: tk, Clock: clockInfo(a.ClockInfo), FirmwareVersion: a.FirmwareVersion}, nil
+	return &CertifiedKey{TransportKey: tk, Clock: a.clock, FirmwareVersion: a.firmwareVersion}, nil
 }
 
 // VerifyCSR parses a PKCS#10 request and checks that the certified

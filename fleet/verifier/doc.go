@@ -27,8 +27,11 @@
 //	vq, err := verifier.VerifyQuote(ak, nonce, sel, &evidence.Quotes[i])
 //	log, err := verifier.VerifyEventLog(evidence.EventLog, vqs...)
 //
-// TPM structures are decoded with go-tpm's tpm2 package and must be
-// canonical: the bytes must be exactly the encoding of the decoded value, so
-// trailing data is refused and the name computed from a public area is the
-// name the TPM computed.
+// TPM structures (TPMT_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE) are decoded by
+// small hand-written parsers for exactly the forms the fleet accepts, and
+// must be canonical: the bytes must be exactly the encoding of the decoded
+// value, so trailing data is refused and the name computed from a public
+// area is the name the TPM computed. Differential fuzz tests hold the
+// parsers to go-tpm's decoder (Unmarshal, then Marshal back to the same
+// bytes) on what each accepts and on every decoded field.
 package verifier

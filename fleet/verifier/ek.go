@@ -104,7 +104,7 @@ func (t *EKTrust) VerifyEK(ekPublic, ekCertDER []byte, chain [][]byte) (*EK, err
 	if err != nil {
 		return nil, wire.Refuse(wire.ReasonBadRequest, "EK public key", fmt.Errorf("verifier: %w", err))
 	}
-	ek := &EK{Public: *pub, Key: key, Fingerprint: fp, DeviceID: id}
+	ek := &EK{Public: pub.tpm(), Key: key, Fingerprint: fp, DeviceID: id}
 	ek.AllowListed = t.AllowList[fp]
 
 	if len(ekCertDER) == 0 {
@@ -126,51 +126,45 @@ func (t *EKTrust) VerifyEK(ekPublic, ekCertDER []byte, chain [][]byte) (*EK, err
 }
 
 // decodeEK implements check 1 of VerifyEK.
-func decodeEK(b []byte) (*tpm2.TPMTPublic, crypto.PublicKey, error) {
-	pub, err := decode[tpm2.TPMTPublic](b)
+func decodeEK(b []byte) (*public, crypto.PublicKey, error) {
+	pub, err := parsePublic(b)
 	if err != nil {
 		return nil, nil, fmt.Errorf("verifier: EK public area: %w", err)
 	}
-	if pub.NameAlg != tpm2.TPMAlgSHA256 && pub.NameAlg != tpm2.TPMAlgSHA384 {
-		return nil, nil, fmt.Errorf("verifier: EK nameAlg %#04x", uint16(pub.NameAlg))
+	if pub.nameAlg != algSHA256 && pub.nameAlg != uint16(tpm2.TPMAlgSHA384) {
+		return nil, nil, fmt.Errorf("verifier: EK nameAlg %#04x", pub.nameAlg)
 	}
-	a := pub.ObjectAttributes
-	if err := checkAttributes(
-		attribute{"restricted", a.Restricted, true},
-		attribute{"decrypt", a.Decrypt, true},
-		attribute{"sign", a.SignEncrypt, false},
-		attribute{"fixedTPM", a.FixedTPM, true},
-		attribute{"fixedParent", a.FixedParent, true},
-		attribute{"sensitiveDataOrigin", a.SensitiveDataOrigin, true},
+	if err := checkAttributes(pub.attrs,
+		attribute{"restricted", attrRestricted, true},
+		attribute{"decrypt", attrDecrypt, true},
+		attribute{"sign", attrSign, false},
+		attribute{"fixedTPM", attrFixedTPM, true},
+		attribute{"fixedParent", attrFixedParent, true},
+		attribute{"sensitiveDataOrigin", attrSensitiveDataOrigin, true},
 	); err != nil {
 		return nil, nil, fmt.Errorf("verifier: EK attributes: %w", err)
 	}
-	var (
-		key crypto.PublicKey
-		sym tpm2.TPMTSymDefObject
-	)
-	switch pub.Type {
-	case tpm2.TPMAlgRSA:
+	var key crypto.PublicKey
+	switch pub.typ {
+	case algRSA:
 		k, err := rsaKey(pub, 2048, 3072)
 		if err != nil {
 			return nil, nil, fmt.Errorf("verifier: EK: %w", err)
 		}
-		parms, _ := pub.Parameters.RSADetail() // checked by rsaKey
-		key, sym = k, parms.Symmetric
-	case tpm2.TPMAlgECC:
-		k, _, err := eccKey(pub, tpm2.TPMECCNistP256, tpm2.TPMECCNistP384)
+		key = k
+	case algECC:
+		k, err := eccKey(pub, tpm2.TPMECCNistP256, tpm2.TPMECCNistP384)
 		if err != nil {
 			return nil, nil, fmt.Errorf("verifier: EK: %w", err)
 		}
-		parms, _ := pub.Parameters.ECCDetail() // checked by eccKey
-		key, sym = k, parms.Symmetric
-	default:
-		return nil, nil, fmt.Errorf("verifier: EK type %#04x", uint16(pub.Type))
+		key = k
+	default: // parsePublic accepts only RSA and ECC
+		return nil, nil, fmt.Errorf("verifier: EK type %#04x", pub.typ)
 	}
-	if sym.Algorithm != tpm2.TPMAlgAES {
-		return nil, nil, fmt.Errorf("verifier: EK symmetric algorithm %#04x, want AES", uint16(sym.Algorithm))
+	if pub.symAlg != algAES {
+		return nil, nil, fmt.Errorf("verifier: EK symmetric algorithm %#04x, want AES", pub.symAlg)
 	}
-	if mode, err := sym.Mode.AES(); err != nil || *mode != tpm2.TPMAlgCFB {
+	if pub.symMode != algCFB {
 		return nil, nil, errors.New("verifier: EK symmetric mode is not CFB")
 	}
 	return pub, key, nil

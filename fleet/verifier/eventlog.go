@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/tpm2"
@@ -86,6 +87,13 @@ type SecureBootState struct {
 //     digest, so that the data the fleet reads from them is the data that
 //     was measured.
 //
+// A log that parses without surprises and replays exactly is decided by a
+// fast path of our own (one pass over the events for every bank; see
+// tcglog.go) whose result is, field for field, the one go-attestation's
+// path gives (a differential fuzz test holds it to that); every other log
+// (refusals, workarounds, unusual digest algorithms) is decided by
+// go-attestation as described above.
+//
 // Devices without an event log are judged by their PCR values alone; do
 // not call VerifyEventLog for them. Refusals carry
 // wire.ReasonEventLogInvalid; the public message names the PCR and, where
@@ -114,6 +122,16 @@ func VerifyEventLog(raw []byte, quotes ...*VerifiedQuote) (*EventLog, error) {
 	if len(raw) == 0 {
 		return nil, refuse(wire.ReasonEventLogInvalid, "event log empty", "event log: empty")
 	}
+	if out, ok := fastEventLog(raw, quotes, best); ok {
+		return out, nil
+	}
+	return slowEventLog(raw, quotes, best)
+}
+
+// slowEventLog is VerifyEventLog on go-attestation's parser and replay,
+// which decide every log the fast path (tcglog.go) does not: refusals and
+// their explanations, firmware-bug workarounds, unusual digest algorithms.
+func slowEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, error) {
 	el, err := attest.ParseEventLog(raw)
 	if err != nil {
 		return nil, refuse(wire.ReasonEventLogInvalid, "event log does not parse", "event log: %w", err)
@@ -454,16 +472,32 @@ func efiImagePath(b []byte) string {
 	return text(strings.Join(parts, ""))
 }
 
+// utf16String decodes little-endian UTF-16 up to the first NUL, an unpaired
+// surrogate becoming U+FFFD (as utf16.Decode does).
 func utf16String(b []byte) string {
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := binary.LittleEndian.Uint16(b[i:])
+	unit := func(i int) rune {
+		if i+1 >= len(b) {
+			return 0
+		}
+		return rune(binary.LittleEndian.Uint16(b[i:]))
+	}
+	out := make([]byte, 0, len(b)/2)
+	for i := 0; ; i += 2 {
+		c := unit(i)
 		if c == 0 {
 			break
 		}
-		u = append(u, c)
+		if utf16.IsSurrogate(c) {
+			if next := unit(i + 2); c < 0xdc00 && next >= 0xdc00 && next < 0xe000 {
+				c = utf16.DecodeRune(c, next)
+				i += 2
+			} else {
+				c = utf8.RuneError
+			}
+		}
+		out = utf8.AppendRune(out, c)
 	}
-	return string(utf16.Decode(u))
+	return string(out)
 }
 
 func secureBootState(sb *attest.SecurebootState) *SecureBootState {

@@ -34,25 +34,24 @@ type AK struct {
 // TPM).
 func VerifyAK(akPublic []byte) (*AK, error) {
 	const public = "attestation key must be a restricted, fixedTPM ECDSA P-256 signing key"
-	pub, err := decode[tpm2.TPMTPublic](akPublic)
+	pub, err := parsePublic(akPublic)
 	if err != nil {
 		return nil, refuse(wire.ReasonAKAttributes, public, "AK public area: %w", err)
 	}
-	if pub.NameAlg != tpm2.TPMAlgSHA256 {
-		return nil, refuse(wire.ReasonAKAttributes, public, "AK nameAlg %#04x, want SHA-256", uint16(pub.NameAlg))
+	if pub.nameAlg != algSHA256 {
+		return nil, refuse(wire.ReasonAKAttributes, public, "AK nameAlg %#04x, want SHA-256", pub.nameAlg)
 	}
-	a := pub.ObjectAttributes
-	if err := checkAttributes(
-		attribute{"restricted", a.Restricted, true},
-		attribute{"sign", a.SignEncrypt, true},
-		attribute{"decrypt", a.Decrypt, false},
-		attribute{"fixedTPM", a.FixedTPM, true},
-		attribute{"fixedParent", a.FixedParent, true},
-		attribute{"sensitiveDataOrigin", a.SensitiveDataOrigin, true},
+	if err := checkAttributes(pub.attrs,
+		attribute{"restricted", attrRestricted, true},
+		attribute{"sign", attrSign, true},
+		attribute{"decrypt", attrDecrypt, false},
+		attribute{"fixedTPM", attrFixedTPM, true},
+		attribute{"fixedParent", attrFixedParent, true},
+		attribute{"sensitiveDataOrigin", attrSensitiveDataOrigin, true},
 	); err != nil {
 		return nil, refuse(wire.ReasonAKAttributes, public, "AK attributes: %w", err)
 	}
-	key, _, err := eccKey(pub, tpm2.TPMECCNistP256)
+	key, err := eccKey(pub, tpm2.TPMECCNistP256)
 	if err != nil {
 		return nil, refuse(wire.ReasonAKAttributes, public, "AK key: %w", err)
 	}
@@ -61,7 +60,7 @@ func VerifyAK(akPublic []byte) (*AK, error) {
 	}
 	// The encoding is canonical, so hashing the bytes presented gives the
 	// name the TPM computed.
-	return &AK{Public: *pub, Key: key, Name: sha256Name(akPublic)}, nil
+	return &AK{Public: pub.tpm(), Key: key, Name: sha256Name(akPublic)}, nil
 }
 
 // TransportKey is the device's mTLS key whose public area passed
@@ -88,54 +87,48 @@ type TransportKey struct {
 // Refusals carry wire.ReasonTKAttributes.
 func VerifyTransportKeyPublic(tkPublic []byte) (*TransportKey, error) {
 	const public = "transport key must be a non-exportable ECDSA P-256 signing key"
-	pub, err := decode[tpm2.TPMTPublic](tkPublic)
+	pub, err := parsePublic(tkPublic)
 	if err != nil {
 		return nil, refuse(wire.ReasonTKAttributes, public, "transport key public area: %w", err)
 	}
-	if pub.NameAlg != tpm2.TPMAlgSHA256 {
-		return nil, refuse(wire.ReasonTKAttributes, public, "transport key nameAlg %#04x, want SHA-256", uint16(pub.NameAlg))
+	if pub.nameAlg != algSHA256 {
+		return nil, refuse(wire.ReasonTKAttributes, public, "transport key nameAlg %#04x, want SHA-256", pub.nameAlg)
 	}
-	a := pub.ObjectAttributes
-	if err := checkAttributes(
-		attribute{"sign", a.SignEncrypt, true},
-		attribute{"decrypt", a.Decrypt, false},
-		attribute{"restricted", a.Restricted, false},
-		attribute{"fixedTPM", a.FixedTPM, true},
-		attribute{"fixedParent", a.FixedParent, true},
-		attribute{"sensitiveDataOrigin", a.SensitiveDataOrigin, true},
+	if err := checkAttributes(pub.attrs,
+		attribute{"sign", attrSign, true},
+		attribute{"decrypt", attrDecrypt, false},
+		attribute{"restricted", attrRestricted, false},
+		attribute{"fixedTPM", attrFixedTPM, true},
+		attribute{"fixedParent", attrFixedParent, true},
+		attribute{"sensitiveDataOrigin", attrSensitiveDataOrigin, true},
 	); err != nil {
 		return nil, refuse(wire.ReasonTKAttributes, public, "transport key attributes: %w", err)
 	}
-	key, _, err := eccKey(pub, tpm2.TPMECCNistP256)
+	key, err := eccKey(pub, tpm2.TPMECCNistP256)
 	if err != nil {
 		return nil, refuse(wire.ReasonTKAttributes, public, "transport key: %w", err)
 	}
 	if err := checkSigningScheme(pub); err != nil {
 		return nil, refuse(wire.ReasonTKAttributes, public, "transport key: %w", err)
 	}
-	return &TransportKey{Public: *pub, Key: key, Name: sha256Name(tkPublic)}, nil
+	return &TransportKey{Public: pub.tpm(), Key: key, Name: sha256Name(tkPublic)}, nil
 }
 
 // checkSigningScheme accepts an ECC key whose scheme is null or ECDSA with
 // SHA-256.
-func checkSigningScheme(pub *tpm2.TPMTPublic) error {
-	parms, err := pub.Parameters.ECCDetail()
-	if err != nil {
-		return err
+func checkSigningScheme(pub *public) error {
+	if pub.typ != algECC {
+		return fmt.Errorf("type %#04x, want ECC", pub.typ)
 	}
-	switch parms.Scheme.Scheme {
-	case tpm2.TPMAlgNull:
+	switch pub.scheme {
+	case algNull:
 		return nil
-	case tpm2.TPMAlgECDSA:
-		d, err := parms.Scheme.Details.ECDSA()
-		if err != nil {
-			return fmt.Errorf("scheme: %w", err)
-		}
-		if d.HashAlg != tpm2.TPMAlgSHA256 {
-			return fmt.Errorf("scheme hash %#04x, want SHA-256", uint16(d.HashAlg))
+	case algECDSA:
+		if pub.schemeHash != algSHA256 {
+			return fmt.Errorf("scheme hash %#04x, want SHA-256", pub.schemeHash)
 		}
 		return nil
 	default:
-		return fmt.Errorf("signing scheme %#04x, want ECDSA", uint16(parms.Scheme.Scheme))
+		return fmt.Errorf("signing scheme %#04x, want ECDSA", pub.scheme)
 	}
 }

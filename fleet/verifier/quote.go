@@ -54,17 +54,13 @@ func VerifyQuote(ak *AK, nonce []byte, sel wire.PCRSelection, q *wire.Quote) (*V
 	if err != nil {
 		return nil, fmt.Errorf("verifier: quote: selection asked for: %w", err)
 	}
-	a, check, err := checkSignedAttest(ak.Key, q.Attest, q.Signature, tpm2.TPMSTAttestQuote, nonce)
-	if err != nil {
+	var a attestation
+	if check, err := checkSignedAttest(ak.Key, q.Attest, q.Signature, stAttestQuote, nonce, &a); err != nil {
 		return nil, refuse(wire.ReasonQuoteInvalid, "quote "+check+" invalid", "quote: %w", err)
-	}
-	info, err := a.Attested.Quote()
-	if err != nil {
-		return nil, refuse(wire.ReasonQuoteInvalid, "quote structure invalid", "quote: %w", err)
 	}
 
 	want := slices.Sorted(slices.Values(sel.PCRs))
-	if err := checkQuotedSelection(info.PCRSelect, sel.Hash, want); err != nil {
+	if err := checkQuotedSelection(a.pcrSelect, sel.Hash, want); err != nil {
 		return nil, refuse(wire.ReasonQuoteInvalid, "quote selection is not the one asked for", "quote: %w", err)
 	}
 	if q.Hash != sel.Hash || !slices.Equal(q.PCRs, want) || len(q.Values) != len(want) {
@@ -73,44 +69,68 @@ func VerifyQuote(ak *AK, nonce []byte, sel wire.PCRSelection, q *wire.Quote) (*V
 			q.Hash, q.PCRs, len(q.Values), sel.Hash, want)
 	}
 	h := sha256.New()
-	pcrs := make(map[int][]byte, len(want))
 	for i, v := range q.Values {
 		if len(v) != size {
 			return nil, refuse(wire.ReasonQuoteInvalid, "quote PCR value size wrong",
 				"quote: PCR %d value of %d bytes, bank %#04x has %d", want[i], len(v), sel.Hash, size)
 		}
 		h.Write(v)
-		pcrs[want[i]] = slices.Clone(v)
 	}
-	if !hmac.Equal(h.Sum(nil), info.PCRDigest.Buffer) {
+	var sum [sha256.Size]byte
+	if !hmac.Equal(h.Sum(sum[:0]), a.pcrDigest) {
 		return nil, refuse(wire.ReasonQuoteInvalid, "quote PCR digest does not match the PCR values",
 			"quote: digest of the presented PCR values differs from the quoted digest")
 	}
-	return &VerifiedQuote{Hash: sel.Hash, PCRs: pcrs, Clock: clockInfo(a.ClockInfo), FirmwareVersion: a.FirmwareVersion}, nil
+	// One allocation holds every value the map hands out.
+	values := make([]byte, 0, size*len(want))
+	pcrs := make(map[int][]byte, len(want))
+	for i, v := range q.Values {
+		values = append(values, v...)
+		pcrs[want[i]] = values[len(values)-size : len(values) : len(values)]
+	}
+	return &VerifiedQuote{Hash: sel.Hash, PCRs: pcrs, Clock: a.clock, FirmwareVersion: a.firmwareVersion}, nil
 }
 
 // checkQuotedSelection implements check 7 of VerifyQuote: one selection of
 // bank hash whose bitmap is exactly the set want.
-func checkQuotedSelection(l tpm2.TPMLPCRSelection, hash uint16, want []int) error {
-	if len(l.PCRSelections) != 1 {
-		return fmt.Errorf("quoted %d PCR banks, want 1", len(l.PCRSelections))
+func checkQuotedSelection(l []pcrSelection, hash uint16, want []int) error {
+	if len(l) != 1 {
+		return fmt.Errorf("quoted %d PCR banks, want 1", len(l))
 	}
-	s := l.PCRSelections[0]
-	if uint16(s.Hash) != hash {
-		return fmt.Errorf("quoted bank %#04x, want %#04x", uint16(s.Hash), hash)
+	s := l[0]
+	if s.hash != hash {
+		return fmt.Errorf("quoted bank %#04x, want %#04x", s.hash, hash)
 	}
+	// Walk the bitmap's set bits in ascending order against want.
+	n := 0
+	for i, b := range s.bitmap {
+		for bit := range 8 {
+			if b&(1<<bit) == 0 {
+				continue
+			}
+			if n >= len(want) || want[n] != i*8+bit {
+				return fmt.Errorf("quoted PCRs %v, want %v", selectedPCRs(s.bitmap), want)
+			}
+			n++
+		}
+	}
+	if n != len(want) {
+		return fmt.Errorf("quoted PCRs %v, want %v", selectedPCRs(s.bitmap), want)
+	}
+	return nil
+}
+
+// selectedPCRs lists the PCRs a TPMS_PCR_SELECTION bitmap selects.
+func selectedPCRs(bitmap []byte) []int {
 	var got []int
-	for i, b := range s.PCRSelect {
+	for i, b := range bitmap {
 		for bit := range 8 {
 			if b&(1<<bit) != 0 {
 				got = append(got, i*8+bit)
 			}
 		}
 	}
-	if !slices.Equal(got, want) {
-		return fmt.Errorf("quoted PCRs %v, want %v", got, want)
-	}
-	return nil
+	return got
 }
 
 // digestSize returns the digest size of a PCR bank's hash algorithm.

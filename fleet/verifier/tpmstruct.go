@@ -10,45 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
-
-// maxStruct bounds any TPM structure handed to a decoder.
-const maxStruct = 4096
-
-// decode unmarshals a TPM structure from untrusted bytes and requires the
-// encoding to be canonical: the bytes must be exactly what marshalling the
-// decoded value yields, so trailing data is refused. A panic inside the
-// third-party decoder is turned into an error: bytes from the network must
-// never crash the fleet.
-func decode[T tpm2.Marshallable, P interface {
-	*T
-	tpm2.Unmarshallable
-}](b []byte) (v *T, err error) {
-	if len(b) == 0 {
-		return nil, errors.New("empty")
-	}
-	if len(b) > maxStruct {
-		return nil, fmt.Errorf("%d bytes, more than %d", len(b), maxStruct)
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			v, err = nil, fmt.Errorf("malformed (decoder panicked: %v)", r)
-		}
-	}()
-	v, err = tpm2.Unmarshal[T, P](b)
-	if err != nil {
-		return nil, err
-	}
-	if !bytes.Equal(tpm2.Marshal(*v), b) {
-		return nil, errors.New("not canonical (trailing or re-encoded bytes)")
-	}
-	return v, nil
-}
 
 // sha256Name returns the TPM2B_NAME contents of an object whose nameAlg is
 // SHA-256, from its canonical TPMT_PUBLIC encoding: nameAlg || SHA-256(pub).
@@ -60,71 +28,47 @@ func sha256Name(pub []byte) []byte {
 // eccKey returns the ECDSA public key of an ECC public area, checking that
 // the curve is one of curves, the coordinates have the curve's size and the
 // point lies on the curve.
-func eccKey(pub *tpm2.TPMTPublic, curves ...tpm2.TPMECCCurve) (*ecdsa.PublicKey, tpm2.TPMECCCurve, error) {
-	if pub.Type != tpm2.TPMAlgECC {
-		return nil, 0, fmt.Errorf("type %#04x, want ECC", uint16(pub.Type))
-	}
-	parms, err := pub.Parameters.ECCDetail()
-	if err != nil {
-		return nil, 0, err
+func eccKey(pub *public, curves ...tpm2.TPMECCCurve) (*ecdsa.PublicKey, error) {
+	if pub.typ != algECC {
+		return nil, fmt.Errorf("type %#04x, want ECC", pub.typ)
 	}
 	var curve elliptic.Curve
 	size := 0
-	switch parms.CurveID {
+	switch tpm2.TPMECCCurve(pub.curve) {
 	case tpm2.TPMECCNistP256:
 		curve, size = elliptic.P256(), 32
 	case tpm2.TPMECCNistP384:
 		curve, size = elliptic.P384(), 48
 	}
-	ok := false
-	for _, c := range curves {
-		ok = ok || c == parms.CurveID
+	if !slices.Contains(curves, tpm2.TPMECCCurve(pub.curve)) || curve == nil {
+		return nil, fmt.Errorf("curve %#04x not accepted", pub.curve)
 	}
-	if !ok || curve == nil {
-		return nil, 0, fmt.Errorf("curve %#04x not accepted", uint16(parms.CurveID))
-	}
-	pt, err := pub.Unique.ECC()
-	if err != nil {
-		return nil, 0, err
-	}
-	if len(pt.X.Buffer) != size || len(pt.Y.Buffer) != size {
-		return nil, 0, fmt.Errorf("point coordinates of %d and %d bytes, want %d", len(pt.X.Buffer), len(pt.Y.Buffer), size)
+	if len(pub.x) != size || len(pub.y) != size {
+		return nil, fmt.Errorf("point coordinates of %d and %d bytes, want %d", len(pub.x), len(pub.y), size)
 	}
 	raw := make([]byte, 0, 1+2*size)
-	raw = append(append(append(raw, 4), pt.X.Buffer...), pt.Y.Buffer...)
+	raw = append(append(append(raw, 4), pub.x...), pub.y...)
 	key, err := ecdsa.ParseUncompressedPublicKey(curve, raw)
 	if err != nil {
-		return nil, 0, fmt.Errorf("point: %w", err)
+		return nil, fmt.Errorf("point: %w", err)
 	}
-	return key, parms.CurveID, nil
+	return key, nil
 }
 
 // rsaKey returns the RSA public key of an RSA public area, checking that the
 // modulus has exactly one of the accepted sizes.
-func rsaKey(pub *tpm2.TPMTPublic, bits ...int) (*rsa.PublicKey, error) {
-	if pub.Type != tpm2.TPMAlgRSA {
-		return nil, fmt.Errorf("type %#04x, want RSA", uint16(pub.Type))
+func rsaKey(pub *public, bits ...int) (*rsa.PublicKey, error) {
+	if pub.typ != algRSA {
+		return nil, fmt.Errorf("type %#04x, want RSA", pub.typ)
 	}
-	parms, err := pub.Parameters.RSADetail()
-	if err != nil {
-		return nil, err
+	if !slices.Contains(bits, int(pub.rsaBits)) {
+		return nil, fmt.Errorf("RSA key size %d not accepted", pub.rsaBits)
 	}
-	n, err := pub.Unique.RSA()
-	if err != nil {
-		return nil, err
+	mod := new(big.Int).SetBytes(pub.modulus)
+	if mod.BitLen() != int(pub.rsaBits) {
+		return nil, fmt.Errorf("modulus of %d bits, parameters say %d", mod.BitLen(), pub.rsaBits)
 	}
-	ok := false
-	for _, b := range bits {
-		ok = ok || int(parms.KeyBits) == b
-	}
-	if !ok {
-		return nil, fmt.Errorf("RSA key size %d not accepted", parms.KeyBits)
-	}
-	mod := new(big.Int).SetBytes(n.Buffer)
-	if mod.BitLen() != int(parms.KeyBits) {
-		return nil, fmt.Errorf("modulus of %d bits, parameters say %d", mod.BitLen(), parms.KeyBits)
-	}
-	e := int(parms.Exponent)
+	e := int(pub.exponent)
 	if e == 0 {
 		e = 65537
 	}
@@ -134,19 +78,20 @@ func rsaKey(pub *tpm2.TPMTPublic, bits ...int) (*rsa.PublicKey, error) {
 	return &rsa.PublicKey{N: mod, E: e}, nil
 }
 
-// attributes is one object attribute a key must have or lack.
+// attribute is one TPMA_OBJECT bit a key must have or lack.
 type attribute struct {
 	name string
-	got  bool
+	bit  uint32
 	want bool
 }
 
-// checkAttributes returns an error naming every attribute that differs.
-func checkAttributes(attrs ...attribute) error {
+// checkAttributes returns an error naming every attribute of got that
+// differs from what attrs want.
+func checkAttributes(got uint32, attrs ...attribute) error {
 	var bad []string
 	for _, a := range attrs {
 		switch {
-		case a.got == a.want:
+		case (got&a.bit != 0) == a.want:
 		case a.want:
 			bad = append(bad, a.name+" not set")
 		default:
@@ -178,52 +123,41 @@ type ClockInfo struct {
 	Safe         bool   // no higher Clock value was ever reported
 }
 
-func clockInfo(c tpm2.TPMSClockInfo) ClockInfo {
-	return ClockInfo{Clock: c.Clock, ResetCount: c.ResetCount, RestartCount: c.RestartCount, Safe: bool(c.Safe)}
-}
-
-// checkSignedAttest verifies sig over attest with key and decodes attest.
-// Checks, in order: sig decodes as TPMT_SIGNATURE with scheme ECDSA and hash
-// SHA-256; it verifies over SHA-256(attest) with key; attest decodes as
-// TPMS_ATTEST; its magic is TPM_GENERATED_VALUE; its type is typ; its
-// extraData equals nonce. On failure it also returns the name of the failed
-// check, which is safe to tell the device.
-func checkSignedAttest(key *ecdsa.PublicKey, attest, sig []byte, typ tpm2.TPMST, nonce []byte) (*tpm2.TPMSAttest, string, error) {
-	s, err := decode[tpm2.TPMTSignature](sig)
+// checkSignedAttest verifies sig over attest with key and decodes attest
+// into a. Checks, in order: sig decodes canonically as TPMT_SIGNATURE with
+// scheme ECDSA and hash SHA-256; it verifies over SHA-256(attest) with key;
+// attest decodes canonically as TPMS_ATTEST; its magic is
+// TPM_GENERATED_VALUE; its type is typ; its extraData equals nonce. On
+// failure it also returns the name of the failed check, which is safe to
+// tell the device.
+func checkSignedAttest(key *ecdsa.PublicKey, attest, sig []byte, typ uint16, nonce []byte, a *attestation) (string, error) {
+	s, err := parseSignature(sig)
 	if err != nil {
-		return nil, "signature", fmt.Errorf("signature: %w", err)
-	}
-	if s.SigAlg != tpm2.TPMAlgECDSA {
-		return nil, "signature", fmt.Errorf("signature scheme %#04x, want ECDSA", uint16(s.SigAlg))
-	}
-	ec, err := s.Signature.ECDSA()
-	if err != nil {
-		return nil, "signature", fmt.Errorf("signature: %w", err)
-	}
-	if ec.Hash != tpm2.TPMAlgSHA256 {
-		return nil, "signature", fmt.Errorf("signature hash %#04x, want SHA-256", uint16(ec.Hash))
+		return "signature", fmt.Errorf("signature: %w", err)
 	}
 	if key == nil {
-		return nil, "signature", errors.New("no attestation key")
+		return "signature", errors.New("no attestation key")
 	}
 	digest := sha256.Sum256(attest)
-	r := new(big.Int).SetBytes(ec.SignatureR.Buffer)
-	sv := new(big.Int).SetBytes(ec.SignatureS.Buffer)
+	r := new(big.Int).SetBytes(s.r)
+	sv := new(big.Int).SetBytes(s.s)
 	if !ecdsa.Verify(key, digest[:], r, sv) {
-		return nil, "signature", errors.New("signature does not verify with the attestation key")
+		return "signature", errors.New("signature does not verify with the attestation key")
 	}
-	a, err := decode[tpm2.TPMSAttest](attest)
-	if err != nil {
-		return nil, "structure", fmt.Errorf("attest: %w", err)
+	if err := parseAttest(attest, a); err != nil {
+		if errors.Is(err, errAttestType) && a.magic == uint32(tpm2.TPMGeneratedValue) {
+			return "type", fmt.Errorf("attest type %#04x, want %#04x", a.typ, typ)
+		}
+		return "structure", fmt.Errorf("attest: %w", err)
 	}
-	if a.Magic != tpm2.TPMGeneratedValue {
-		return nil, "magic", fmt.Errorf("attest magic %#08x, want TPM_GENERATED_VALUE", uint32(a.Magic))
+	if a.magic != uint32(tpm2.TPMGeneratedValue) {
+		return "magic", fmt.Errorf("attest magic %#08x, want TPM_GENERATED_VALUE", a.magic)
 	}
-	if a.Type != typ {
-		return nil, "type", fmt.Errorf("attest type %#04x, want %#04x", uint16(a.Type), uint16(typ))
+	if a.typ != typ {
+		return "type", fmt.Errorf("attest type %#04x, want %#04x", a.typ, typ)
 	}
-	if len(nonce) == 0 || !bytes.Equal(a.ExtraData.Buffer, nonce) {
-		return nil, "nonce", errors.New("extraData is not the nonce")
+	if len(nonce) == 0 || !bytes.Equal(a.extraData, nonce) {
+		return "nonce", errors.New("extraData is not the nonce")
 	}
-	return a, "", nil
+	return "", nil
 }

@@ -19,6 +19,10 @@ const (
 	MaxIMALog   = 256 << 10 // IMA runtime measurement log (ASCII)
 )
 
+// PurposeRenew is the AttestRequest reason and AttestChallenge purpose of a
+// renewal.
+const PurposeRenew = "renew"
+
 // AttestRequest asks the fleet for a challenge; the device sends it on its
 // own schedule so that every quote still carries a fleet-issued nonce.
 type AttestRequest struct {
@@ -35,6 +39,9 @@ type AttestChallenge struct {
 	Expires    int64          `cbor:"3,keyasint"` // Unix milliseconds
 	EventLog   bool           `cbor:"4,keyasint,omitempty"`
 	IMALog     bool           `cbor:"5,keyasint,omitempty"`
+	// Purpose echoes AttestRequest.Reason "renew": the nonce is for a
+	// RenewRequest (version 3), not plain evidence.
+	Purpose string `cbor:"6,keyasint,omitempty"`
 }
 
 // Validate checks sizes.
@@ -44,6 +51,9 @@ func (c *AttestChallenge) Validate() error {
 	}
 	if len(c.Selections) == 0 || len(c.Selections) > 4 {
 		return errors.New("selections")
+	}
+	if c.Purpose != "" && c.Purpose != PurposeRenew {
+		return errors.New("purpose")
 	}
 	for i := range c.Selections {
 		if err := c.Selections[i].Validate(); err != nil {

@@ -1,5 +1,5 @@
 // Package bench is `sigil bench`, the benchmark suite behind
-// docs/BENCHMARKS.md. It measures three figures:
+// docs/BENCHMARKS.md. It measures four figures:
 //
 //   - server: the fleet's server-side enrollment cost next to its crypto
 //     floor. These are `go test` benchmarks in fleet/enroll (no TPM in the
@@ -10,6 +10,9 @@
 //   - sigild: the device binary as a real process: stripped size for
 //     linux/arm64 and the host, idle RSS once enrolled and connected, and
 //     restart-to-connected time (Sigild).
+//   - attest: remote attestation end to end over MQTT with many simulated
+//     devices: attestations per second and verdict latency, then the
+//     quarantine latency after tampering with a PCR (Attest).
 //
 // Every figure bounds its own run time. Work that is set-up rather than the
 // subject of a figure (manufacturing swtpm state with EK certificates,
@@ -34,11 +37,14 @@ import (
 
 // Usage is the command line Command understands.
 const Usage = `usage:
-  sigil bench [--devices N] [--sigild PATH]   all three figures, quickly (N default 5)
+  sigil bench [--devices N] [--sigild PATH]   all four figures, quickly (N default 5)
   sigil bench server [--benchtime 1s]         server-side enrollment vs crypto floor (go test)
   sigil bench enroll [--devices N]            N swtpm devices enrolling at once (default 20)
   sigil bench sigild [--sigild PATH] [--idle 5s] [--restarts 5]
                                               sigild size, idle RSS, restart-to-connected
+  sigil bench attest [--devices N] [--rounds R]
+                                              attestation over MQTT: rate, verdict and quarantine
+                                              latency (N default 20, R default 10)
 Common flags: --dir DIR (keep the working files there), --verbose (log to stderr).
 `
 
@@ -54,7 +60,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.Usage = func() { fmt.Fprint(stderr, Usage) }
 	dir := fs.String("dir", "", "working directory (default: a temporary directory, removed afterwards)")
 	verbose := fs.Bool("verbose", false, "log the fleet and devices to stderr")
-	devices := fs.Int("devices", 0, "simulated devices for the enroll figure")
+	devices := fs.Int("devices", 0, "simulated devices for the enroll and attest figures")
+	rounds := fs.Int("rounds", 10, "attestation rounds (every device challenged once each) for the attest figure")
 	sigild := fs.String("sigild", "", "sigild binary to measure (default: build ./cmd/sigild with go build)")
 	idle := fs.Duration("idle", 5*time.Second, "idle time before reading sigild's RSS")
 	restarts := fs.Int("restarts", 5, "sigild restarts to time")
@@ -100,21 +107,31 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		fmt.Fprintf(stdout, "sigil bench sigild (%s)\n\n", env)
 		r.Print(stdout)
+	case "attest":
+		if *devices == 0 {
+			*devices = 20
+		}
+		r, err := Attest(ctx, AttestOptions{Devices: *devices, Rounds: *rounds, Dir: work, Logger: log})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "sigil bench attest (%s)\n\n", env)
+		r.Print(stdout)
 	case "all":
 		if *devices == 0 {
 			*devices = 5
 		}
-		return all(ctx, stdout, env, *benchtime, *devices, *sigild, *idle, *restarts, work, log)
+		return all(ctx, stdout, env, *benchtime, *devices, *rounds, *sigild, *idle, *restarts, work, log)
 	default:
 		return fmt.Errorf("bench: unknown figure %q\n%s", sub, Usage)
 	}
 	return nil
 }
 
-// all runs the three figures one after the other and prints each; a figure
+// all runs the four figures one after the other and prints each; a figure
 // that cannot run (no Go toolchain, no swtpm) is reported and the others
 // still run.
-func all(ctx context.Context, out io.Writer, env, benchtime string, devices int, sigild string, idle time.Duration, restarts int, work string, log *slog.Logger) error {
+func all(ctx context.Context, out io.Writer, env, benchtime string, devices, rounds int, sigild string, idle time.Duration, restarts int, work string, log *slog.Logger) error {
 	fmt.Fprintf(out, "sigil bench (%s)\n", env)
 	var errs []error
 	fmt.Fprintf(out, "\n== server-side enrollment (go test -bench, benchtime %s)\n\n", benchtime)
@@ -133,6 +150,13 @@ func all(ctx context.Context, out io.Writer, env, benchtime string, devices int,
 	}
 	fmt.Fprintf(out, "\n== sigild\n\n")
 	if r, err := Sigild(ctx, SigildOptions{Sigild: sigild, Dir: filepath.Join(work, "sigild"), Idle: idle, Restarts: restarts, Logger: log}); err != nil {
+		fmt.Fprintf(out, "not measured: %v\n", err)
+		errs = append(errs, err)
+	} else {
+		r.Print(out)
+	}
+	fmt.Fprintf(out, "\n== attestation, %d devices, %d rounds\n\n", devices, rounds)
+	if r, err := Attest(ctx, AttestOptions{Devices: devices, Rounds: rounds, Dir: filepath.Join(work, "attest"), Logger: log}); err != nil {
 		fmt.Fprintf(out, "not measured: %v\n", err)
 		errs = append(errs, err)
 	} else {

@@ -214,7 +214,6 @@ func TestAttestationStale(t *testing.T) {
 	}, "the stopped device to be flagged stale with an alert")
 }
 
-
 // TestAttestationTwoBanks: a TPM with SHA-1 and SHA-256 banks quotes both
 // over one nonce; the fleet verifies each and learns both.
 func TestAttestationTwoBanks(t *testing.T) {

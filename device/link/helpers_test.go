@@ -1,0 +1,522 @@
+package link
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/link/internal/packet"
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/pkg/identity"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+const (
+	trustDomain = "fleet.test"
+	devA        = "0123456789abcdef0123456789abcdef"
+	devB        = "fedcba9876543210fedcba9876543210"
+)
+
+var topics = wire.Topics{}
+
+// testCA is a throwaway certificate authority; it writes PEM files for
+// mosquitto into a directory that the mosquitto user can read.
+type testCA struct {
+	cert   *x509.Certificate
+	key    *ecdsa.PrivateKey
+	pool   *x509.CertPool
+	pem    string
+	dir    string
+	serial atomic.Int64
+}
+
+func newCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "link test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	// mosquitto started as root drops to its own user, which must read
+	// these files: t.TempDir's parent is private, so make our own.
+	dir, err := os.MkdirTemp("", "linktest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ca := &testCA{cert: cert, key: key, pool: pool, dir: dir, pem: filepath.Join(dir, "ca.pem")}
+	ca.serial.Store(100)
+	writePEM(t, ca.pem, "CERTIFICATE", der)
+	return ca
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// leaf is an issued certificate; its key is reachable only as a
+// crypto.Signer, like a TPM key, and counts its signatures.
+type leaf struct {
+	tls      tls.Certificate
+	signs    *atomic.Int64
+	certPath string
+	keyPath  string
+}
+
+type countingSigner struct {
+	crypto.Signer
+	n *atomic.Int64
+}
+
+func (s countingSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	s.n.Add(1)
+	return s.Signer.Sign(r, digest, opts)
+}
+
+func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) leaf {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.SerialNumber = big.NewInt(ca.serial.Add(1))
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(ca.dir, tmpl.SerialNumber.String())
+	writePEM(t, base+".crt", "CERTIFICATE", der)
+	writePEM(t, base+".key", "PRIVATE KEY", kder)
+	c, _ := x509.ParseCertificate(der)
+	n := new(atomic.Int64)
+	return leaf{
+		tls:   tls.Certificate{Certificate: [][]byte{der}, PrivateKey: countingSigner{key, n}, Leaf: c},
+		signs: n, certPath: base + ".crt", keyPath: base + ".key",
+	}
+}
+
+func (ca *testCA) server(t *testing.T) leaf {
+	return ca.issue(t, &x509.Certificate{
+		Subject: pkix.Name{CommonName: "broker"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames: []string{"localhost"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+}
+
+func (ca *testCA) device(t *testing.T, id string) leaf {
+	return ca.issue(t, &x509.Certificate{
+		Subject: pkix.Name{CommonName: id}, URIs: []*url.URL{identity.SPIFFEID(trustDomain, id)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// clientTLS trusts the CA and presents cert (if any), as the agent does:
+// no ServerName, so Dial derives it from the broker address.
+func (ca *testCA) clientTLS(cert *leaf) *tls.Config {
+	c := &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		c.Certificates = []tls.Certificate{cert.tls}
+	}
+	return c
+}
+
+// dial connects and arranges Close and a goroutine check at the end.
+func dial(t *testing.T, cfg Config) *Conn {
+	t.Helper()
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	c, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Dial %s as %q: %v", cfg.Broker, cfg.ClientID, err)
+	}
+	t.Cleanup(func() { c.Close(); waitStopped(t, c) })
+	return c
+}
+
+// waitStopped fails unless the connection's goroutines have ended.
+func waitStopped(t *testing.T, c *Conn) {
+	t.Helper()
+	ch := make(chan struct{})
+	go func() { c.wg.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Error("connection goroutines still running after Close")
+	}
+}
+
+func expect[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	var zero T
+	return zero
+}
+
+func expectDone(t *testing.T, c *Conn, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(within):
+		t.Fatalf("Done not closed within %v after %s", within, what)
+	}
+	if c.Connected() {
+		t.Fatal("Connected after Done")
+	}
+	if c.Err() == nil {
+		t.Fatal("Err is nil after Done")
+	}
+}
+
+// msg is what a handler received.
+type msg struct {
+	topic   string
+	payload []byte
+}
+
+func collector(n int) (chan msg, func(string, []byte)) {
+	ch := make(chan msg, n)
+	return ch, func(topic string, payload []byte) { ch <- msg{topic, payload} }
+}
+
+// fleetEnv is a running embedded broker (fleet/broker) with its CA.
+type fleetEnv struct {
+	ca     *testCA
+	b      *broker.Broker
+	addr   string
+	events chan broker.Event
+}
+
+func startFleetBroker(t *testing.T) *fleetEnv {
+	t.Helper()
+	ca := newCA(t)
+	srv := ca.server(t)
+	e := &fleetEnv{ca: ca, events: make(chan broker.Event, 100)}
+	b, err := broker.New(broker.Config{
+		Addr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{srv.tls}},
+		ClientCAs: ca.pool, TrustDomain: trustDomain, AllowBootstrap: true,
+		Events: func(ev broker.Event) {
+			select {
+			case e.events <- ev:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("broker Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("broker did not stop")
+		}
+	})
+	e.b, e.addr = b, b.Addr().String()
+	return e
+}
+
+// mosquittoEnv is a running mosquitto with two TLS listeners: Addr requires
+// a client certificate whose CN becomes the user name, and the dynamic
+// security plugin lets each known device subscribe and publish only under
+// sigil/v1/dev/<cn>/ (a forbidden subscription gets SUBACK 0x80); AnonAddr
+// takes clients without certificate and, with no user known, refuses them
+// CONNACK 5.
+type mosquittoEnv struct {
+	ca       *testCA
+	addr     string
+	anonAddr string
+}
+
+// needMosquitto finds mosquitto and its dynamic security plugin: missing
+// fails under CI=true, skips otherwise.
+func needMosquitto(t *testing.T) (bin, plugin string) {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err == nil {
+		for _, g := range []string{"/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so", "/usr/local/lib/mosquitto_dynamic_security.so"} {
+			if m, _ := filepath.Glob(g); len(m) > 0 {
+				return bin, m[0]
+			}
+		}
+		err = fmt.Errorf("mosquitto_dynamic_security.so not found")
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("mosquitto is required when CI=true: %v", err)
+	}
+	t.Skipf("mosquitto not usable (install the mosquitto package): %v", err)
+	return "", ""
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startMosquitto(t *testing.T, devices ...string) *mosquittoEnv {
+	t.Helper()
+	bin, plugin := needMosquitto(t)
+	ca := newCA(t)
+	srv := ca.server(t)
+	var clients, roles []string
+	for _, d := range devices {
+		clients = append(clients, fmt.Sprintf(`{"username":%q,"roles":[{"rolename":%q}]}`, d, d))
+		roles = append(roles, fmt.Sprintf(`{"rolename":%q,"acls":[`+
+			`{"acltype":"subscribePattern","topic":"sigil/v1/dev/%s/#","allow":true},`+
+			`{"acltype":"publishClientSend","topic":"sigil/v1/dev/%s/#","allow":true}]}`, d, d, d))
+	}
+	dynsec := fmt.Sprintf(`{"defaultACLAccess":{"publishClientSend":false,"publishClientReceive":true,"subscribe":false,"unsubscribe":true},`+
+		`"clients":[%s],"groups":[],"roles":[%s]}`, strings.Join(clients, ","), strings.Join(roles, ","))
+	dynsecPath := filepath.Join(ca.dir, "dynsec.json")
+	if err := os.WriteFile(dynsecPath, []byte(dynsec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port, anon := freePort(t), freePort(t)
+	tlsFiles := fmt.Sprintf("cafile %s\ncertfile %s\nkeyfile %s\n", ca.pem, srv.certPath, srv.keyPath)
+	conf := fmt.Sprintf("per_listener_settings false\nplugin %s\nplugin_opt_config_file %s\n"+
+		"listener %d 127.0.0.1\n%srequire_certificate true\nuse_identity_as_username true\n"+
+		"listener %d 127.0.0.1\n%s", plugin, dynsecPath, port, tlsFiles, anon, tlsFiles)
+	confPath := filepath.Join(ca.dir, "mosquitto.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	cmd := exec.Command(bin, "-c", confPath)
+	var mu sync.Mutex
+	out := writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(b) })
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("mosquitto output:\n%s", log.String())
+			mu.Unlock()
+		}
+	})
+	e := &mosquittoEnv{ca: ca, addr: fmt.Sprintf("127.0.0.1:%d", port), anonAddr: fmt.Sprintf("127.0.0.1:%d", anon)}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, a := range []string{e.addr, e.anonAddr} {
+		for {
+			c, err := net.DialTimeout("tcp", a, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-exited:
+				mu.Lock()
+				out := log.String()
+				mu.Unlock()
+				t.Fatalf("mosquitto exited:\n%s", out)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("mosquitto not listening on %s: %v", a, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return e
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// fakeBroker is a TLS listener that the test drives packet by packet, to
+// play a broker that misbehaves.
+type fakeBroker struct {
+	ca    *testCA
+	ln    net.Listener
+	conns chan *fakeConn
+}
+
+type fakeConn struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func startFake(t *testing.T) *fakeBroker {
+	t.Helper()
+	ca := newCA(t)
+	srv := ca.server(t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{srv.tls}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeBroker{ca: ca, ln: ln, conns: make(chan *fakeConn, 4)}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case f.conns <- &fakeConn{t: t, c: c, r: bufio.NewReader(c)}:
+			case <-stop:
+				c.Close()
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		ln.Close()
+		wg.Wait()
+		for {
+			select {
+			case fc := <-f.conns:
+				fc.c.Close()
+			default:
+				return
+			}
+		}
+	})
+	return f
+}
+
+func (f *fakeBroker) addr() string { return f.ln.Addr().String() }
+
+// accept takes the next connection and answers its CONNECT with code.
+func (f *fakeBroker) accept(t *testing.T, code byte) (*fakeConn, *packet.Packet) {
+	t.Helper()
+	fc := expect(t, f.conns, "a connection")
+	t.Cleanup(func() { fc.c.Close() })
+	p := fc.read()
+	if p.Type != packet.Connect {
+		t.Fatalf("first packet %v, want CONNECT", p.Type)
+	}
+	fc.send(packet.Packet{Type: packet.Connack, ReturnCode: code})
+	return fc, p
+}
+
+// read returns the next packet from the client; it fails the test after 5s.
+func (fc *fakeConn) read() *packet.Packet {
+	fc.t.Helper()
+	p, err := fc.readWithin(5 * time.Second)
+	if err != nil {
+		fc.t.Fatalf("fake broker read: %v", err)
+	}
+	return p
+}
+
+func (fc *fakeConn) readWithin(d time.Duration) (*packet.Packet, error) {
+	_ = fc.c.SetReadDeadline(time.Now().Add(d))
+	return packet.Read(fc.r, MaxPacketSize)
+}
+
+func (fc *fakeConn) send(p packet.Packet) {
+	fc.t.Helper()
+	b, err := p.Append(nil)
+	if err != nil {
+		fc.t.Fatal(err)
+	}
+	fc.sendRaw(b)
+}
+
+func (fc *fakeConn) sendRaw(b []byte) {
+	fc.t.Helper()
+	_ = fc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fc.c.Write(b); err != nil {
+		fc.t.Fatalf("fake broker write: %v", err)
+	}
+}
+
+// dial connects a client to the fake broker, which accepts it (CONNACK 0);
+// it returns the client, the broker's end and the CONNECT received.
+func (f *fakeBroker) dial(t *testing.T, cfg Config) (*Conn, *fakeConn, *packet.Packet) {
+	t.Helper()
+	if cfg.TLS == nil {
+		cfg.TLS = f.ca.clientTLS(nil)
+	}
+	cfg.Broker = f.addr()
+	type result struct {
+		c   *Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := Dial(context.Background(), cfg)
+		ch <- result{c, err}
+	}()
+	fc, connect := f.accept(t, 0)
+	r := expect(t, ch, "Dial")
+	if r.err != nil {
+		t.Fatalf("Dial: %v", r.err)
+	}
+	t.Cleanup(func() { r.c.Close(); waitStopped(t, r.c) })
+	return r.c, fc, connect
+}

@@ -1,0 +1,233 @@
+package api
+
+import (
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/rotation"
+)
+
+// crlValidity is how long a served CRL is valid (its NextUpdate); it is
+// re-signed when a revocation happens or half of it has passed.
+const crlValidity = 24 * time.Hour
+
+func (h *handler) routesLifecycle() {
+	h.mux.Handle("POST /api/v1/devices/{id}/revoke", h.auth(h.revoke))
+	h.mux.Handle("POST /api/v1/devices/{id}/decommission", h.auth(h.decommission))
+	h.mux.Handle("POST /api/v1/devices/{id}/rotate", h.auth(h.rotateDevice))
+	h.mux.Handle("GET /api/v1/rotations", h.auth(h.listRotations))
+	h.mux.Handle("POST /api/v1/rotations", h.auth(h.startRotation))
+	h.mux.Handle("GET /api/v1/rotations/{id}", h.auth(h.getRotation))
+	h.mux.Handle("POST /api/v1/rotations/{id}/cancel", h.auth(h.cancelRotation))
+	h.mux.HandleFunc("GET /api/v1/crl", h.crl) // public, like any CRL
+	h.mux.HandleFunc("GET /crl", h.crl)
+}
+
+type revokeRequest struct {
+	Reason  string `json:"reason"`
+	Comment string `json:"comment"`
+}
+
+// revokeCurrent revokes the device's current certificate and closes its
+// session; it reports false after writing an error.
+func (h *handler) revokeCurrent(w http.ResponseWriter, d *inventory.Device, reason int, who, comment string) bool {
+	if d.CertSerial == "" || d.IsRevoked(d.CertSerial) {
+		return true
+	}
+	if err := h.cfg.Inventory.Revoke(inventory.Revocation{Serial: d.CertSerial, DeviceID: d.ID, Reason: reason, Time: h.cfg.Now(), Expires: d.CertExpiry}); err != nil {
+		h.internal(w, err)
+		return false
+	}
+	h.crls.invalidate()
+	if h.cfg.Disconnect != nil {
+		h.cfg.Disconnect(d.ID)
+	}
+	_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "revoked",
+		Detail: "certificate " + d.CertSerial + " revoked (" + inventory.ReasonName(reason) + ") by " + who + ": " + comment})
+	return true
+}
+
+// revoke revokes the device's current certificate. The device keeps its
+// identity: it can prove itself again from its EK (re-enrollment); to shut
+// it out, decommission it.
+func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
+	var req revokeRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	reason := inventory.ReasonUnspecified
+	if req.Reason != "" {
+		var ok bool
+		if reason, ok = inventory.ReasonCode(req.Reason); !ok {
+			problem(w, http.StatusBadRequest, "bad request", "reason must be one of unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold")
+			return
+		}
+	}
+	d, ok := h.device(w, r)
+	if !ok || !h.revokeCurrent(w, d, reason, who, req.Comment) {
+		return
+	}
+	d, ok = h.device(w, r)
+	if ok {
+		writeJSON(w, http.StatusOK, h.view(d))
+	}
+}
+
+// decommission retires a device for good: its certificate is revoked, its
+// session closed and its EK refused at enrollment.
+func (h *handler) decommission(w http.ResponseWriter, r *http.Request, who string) {
+	var req revokeRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	d, ok := h.device(w, r)
+	if !ok {
+		return
+	}
+	if err := h.cfg.Inventory.Update(d.ID, func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
+		h.internal(w, err)
+		return
+	}
+	if !h.revokeCurrent(w, d, inventory.ReasonCessationOfOperation, who, req.Comment) {
+		return
+	}
+	_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "decommissioned", Detail: "by " + who + ": " + req.Comment})
+	d, ok = h.device(w, r)
+	if ok {
+		writeJSON(w, http.StatusOK, h.view(d))
+	}
+}
+
+type rotationRequest struct {
+	rotation.Selector
+	Rate   float64 `json:"rate"`
+	Reason string  `json:"reason"`
+}
+
+// RotationView is a job with its progress.
+type RotationView struct {
+	*rotation.Job
+	Progress rotation.Progress `json:"progress"`
+}
+
+func view(j *rotation.Job) RotationView { return RotationView{Job: j, Progress: j.Progress()} }
+
+func (h *handler) startRotation(w http.ResponseWriter, r *http.Request, who string) {
+	var req rotationRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if err := req.Selector.Validate(); err != nil {
+		problem(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	if req.Rate < 0 || req.Rate > 10000 {
+		problem(w, http.StatusBadRequest, "bad request", "rate must be from 0 (default 10) to 10000 per second")
+		return
+	}
+	job, err := h.cfg.Rotation.Start(req.Selector, req.Rate, req.Reason, who)
+	if err != nil {
+		problem(w, http.StatusConflict, "conflict", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusCreated, view(job))
+}
+
+func (h *handler) rotateDevice(w http.ResponseWriter, r *http.Request, who string) {
+	d, ok := h.device(w, r)
+	if !ok {
+		return
+	}
+	job, err := h.cfg.Rotation.Start(rotation.Selector{DeviceIDs: []string{d.ID}}, 1, "operator request", who)
+	if err != nil {
+		problem(w, http.StatusConflict, "conflict", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusCreated, view(job))
+}
+
+func (h *handler) getRotation(w http.ResponseWriter, r *http.Request, _ string) {
+	job, err := h.cfg.Rotation.Job(r.PathValue("id"))
+	if errors.Is(err, rotation.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no rotation job with that ID")
+		return
+	}
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view(job))
+}
+
+func (h *handler) listRotations(w http.ResponseWriter, _ *http.Request, _ string) {
+	jobs, err := h.cfg.Rotation.Jobs()
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	out := make([]map[string]any, 0, len(jobs))
+	for i := range jobs {
+		j := &jobs[i]
+		out = append(out, map[string]any{"id": j.ID, "state": j.State, "created": j.Created, "reason": j.Reason, "selector": j.Selector, "progress": j.Progress()})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"rotations": out})
+}
+
+func (h *handler) cancelRotation(w http.ResponseWriter, r *http.Request, _ string) {
+	if err := h.cfg.Rotation.Cancel(r.PathValue("id")); errors.Is(err, rotation.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no rotation job with that ID")
+		return
+	} else if err != nil {
+		h.internal(w, err)
+		return
+	}
+	h.getRotation(w, r, "")
+}
+
+// crlCache holds the signed CRL until a revocation or half its validity.
+type crlCache struct {
+	mu     sync.Mutex
+	der    []byte
+	signed time.Time
+	total  int // revocations recorded when it was signed
+}
+
+func (c *crlCache) invalidate() {
+	c.mu.Lock()
+	c.der = nil
+	c.mu.Unlock()
+}
+
+func (h *handler) crl(w http.ResponseWriter, _ *http.Request) {
+	h.crls.mu.Lock()
+	defer h.crls.mu.Unlock()
+	now := h.cfg.Now()
+	all, err := h.cfg.Inventory.Revocations(time.Time{})
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	// Re-sign after any revocation (quarantine, re-enrollment and renewal
+	// revoke too) or when half the validity has passed.
+	if h.crls.der == nil || len(all) != h.crls.total || now.Sub(h.crls.signed) > crlValidity/2 {
+		entries := make([]ca.Revoked, 0, len(all))
+		for _, r := range all {
+			if r.Expires.IsZero() || r.Expires.After(now) {
+				entries = append(entries, ca.Revoked{Serial: r.Serial, Time: r.Time, Reason: r.Reason})
+			}
+		}
+		der, err := h.cfg.CA.CRL(entries, crlValidity)
+		if err != nil {
+			h.internal(w, err)
+			return
+		}
+		h.crls.der, h.crls.signed, h.crls.total = der, now, len(all)
+	}
+	w.Header().Set("Content-Type", "application/pkix-crl")
+	w.Header().Set("Cache-Control", "max-age=300")
+	_, _ = w.Write(h.crls.der)
+}

@@ -1,0 +1,145 @@
+package inventory
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Revocation reasons (RFC 5280 CRLReason codes).
+const (
+	ReasonUnspecified          = 0
+	ReasonKeyCompromise        = 1
+	ReasonAffiliationChanged   = 3
+	ReasonSuperseded           = 4
+	ReasonCessationOfOperation = 5
+	ReasonCertificateHold      = 6 // quarantine: suspended until the device proves itself
+)
+
+// ReasonName names an RFC 5280 reason code; ReasonCode parses one.
+func ReasonName(code int) string {
+	switch code {
+	case ReasonKeyCompromise:
+		return "keyCompromise"
+	case ReasonAffiliationChanged:
+		return "affiliationChanged"
+	case ReasonSuperseded:
+		return "superseded"
+	case ReasonCessationOfOperation:
+		return "cessationOfOperation"
+	case ReasonCertificateHold:
+		return "certificateHold"
+	}
+	return "unspecified"
+}
+
+// ReasonCode parses a reason name; ok is false for an unknown name.
+func ReasonCode(name string) (code int, ok bool) {
+	for _, c := range []int{ReasonUnspecified, ReasonKeyCompromise, ReasonAffiliationChanged, ReasonSuperseded, ReasonCessationOfOperation, ReasonCertificateHold} {
+		if ReasonName(c) == name {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
+// Revocation is one revoked certificate, for the CRL.
+type Revocation struct {
+	Serial   string    `json:"serial"` // hex
+	DeviceID string    `json:"device_id"`
+	Reason   int       `json:"reason"`
+	Time     time.Time `json:"time"`
+	Expires  time.Time `json:"expires,omitzero"` // the certificate's NotAfter, when known: CRLs may drop it after
+}
+
+var bucketRevoked = []byte("revoked") // serial -> revocation record
+
+// Revoke records serial of a device as revoked, in the device's record (the
+// broker refuses it) and in the revocation list (the CRL), in one
+// transaction. Revoking a serial twice keeps the first record.
+func (s *Store) Revoke(r Revocation) error {
+	if !wire.ValidID(r.DeviceID) || r.Serial == "" {
+		return fmt.Errorf("%w: revocation needs a device ID and a serial", ErrInvalid)
+	}
+	if r.Time.IsZero() {
+		r.Time = s.opts.now()
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketRevoked)
+		if err != nil {
+			return err
+		}
+		old, err := getDevice(tx, r.DeviceID)
+		if err != nil {
+			return err
+		}
+		prev := *old
+		old.Revoke(r.Serial)
+		if err := putDevice(tx, &prev, old); err != nil {
+			return err
+		}
+		if b.Get([]byte(r.Serial)) != nil {
+			return nil
+		}
+		v, err := encode(&r)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(r.Serial), v)
+	})
+}
+
+// Revocations lists every recorded revocation whose certificate has not
+// expired before now (zero now: all).
+func (s *Store) Revocations(now time.Time) ([]Revocation, error) {
+	var out []Revocation
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRevoked)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
+			r, err := decode[Revocation](v)
+			if err != nil {
+				return err
+			}
+			if now.IsZero() || r.Expires.IsZero() || r.Expires.After(now) {
+				out = append(out, *r)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Upsert reads the device with id (exists false and a zero record with only
+// the ID set when there is none), lets fn change it, and stores it, in one
+// transaction: decisions made in fn see the current record.
+func (s *Store) Upsert(id string, fn func(d *Device, exists bool) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		old, err := getDevice(tx, id)
+		exists := err == nil
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		d := &Device{ID: id}
+		var prev *Device
+		if exists {
+			p := *old
+			prev, d = &p, old
+		}
+		if err := fn(d, exists); err != nil {
+			return err
+		}
+		if d.ID != id {
+			return fmt.Errorf("%w: Upsert may not change the device ID", ErrInvalid)
+		}
+		if err := validDevice(d); err != nil {
+			return err
+		}
+		return putDevice(tx, prev, d)
+	})
+}

@@ -1,0 +1,219 @@
+// Package rotation renews device certificates: on a device's request, only
+// with a fresh passing attestation and a new TPM key certified by the AK;
+// and on the fleet's initiative, as forced rotation jobs over a device
+// list, a group, a model or the whole fleet — rate-limited, with progress,
+// resumed after a restart.
+//
+// A renewal request is checked in this order: the device is active; its
+// evidence passes attestation (fleet/attest: nonce issued for renewal,
+// quotes, event log, counters, policy — a failure is acted on as any
+// failed attestation); the request carries the same nonce; the new key's
+// public area has the attributes of a non-exportable signing key; the AK
+// certified it over that nonce; the CSR is signed by it. Then a certificate
+// is issued. The previous certificate stays valid until the device
+// connects with the new one (so a crash never leaves it without a working
+// identity); then it is revoked as superseded.
+package rotation
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Config configures the service.
+type Config struct {
+	CA        *ca.CA
+	Inventory *inventory.Store
+	Attest    *attest.Service
+	Jobs      *Jobs
+	// Send publishes to a device's down topic of kind.
+	Send func(deviceID, kind string, payload []byte) error
+	// Connected reports live sessions (for job pacing); nil means all.
+	Connected func(deviceID string) bool
+	// Lifetime of renewed certificates; 0 uses the CA's default.
+	Lifetime time.Duration
+	Now      func() time.Time
+	Logger   *slog.Logger
+}
+
+// Service handles renewals and runs rotation jobs.
+type Service struct {
+	cfg  Config
+	log  *slog.Logger
+	q    chan request
+	wake chan struct{}
+}
+
+type request struct {
+	deviceID string
+	env      *wire.Envelope
+}
+
+// New returns a service; Run starts it.
+func New(cfg Config) (*Service, error) {
+	if cfg.CA == nil || cfg.Inventory == nil || cfg.Attest == nil || cfg.Send == nil || cfg.Jobs == nil {
+		return nil, errors.New("rotation: CA, Inventory, Attest, Jobs and Send are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, log: cfg.Logger, q: make(chan request, 1024), wake: make(chan struct{}, 1)}, nil
+}
+
+// Submit queues a renewal request from an authenticated device.
+func (s *Service) Submit(deviceID string, env *wire.Envelope) {
+	select {
+	case s.q <- request{deviceID, env}:
+	default:
+		s.reply(deviceID, &wire.RenewResult{Status: wire.StatusRefused, Reason: wire.ReasonRateLimited, Message: "renewal queue full", RetryAfter: 30})
+	}
+}
+
+// Run handles renewals and drives rotation jobs until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-s.q:
+			s.Renew(r.deviceID, r.env)
+		case <-tick.C:
+			s.step(true)
+		case <-s.wake:
+			s.step(false)
+		}
+	}
+}
+
+func (s *Service) reply(deviceID string, res *wire.RenewResult) {
+	b, err := wire.Encode(wire.TypeRenewResult, nil, s.cfg.Now(), res)
+	if err == nil {
+		err = s.cfg.Send(deviceID, "cert", b)
+	}
+	if err != nil {
+		s.log.Warn("sending renewal result failed", "device_id", deviceID, "err", err)
+	}
+}
+
+// Renew handles one renewal request synchronously and answers the device.
+func (s *Service) Renew(deviceID string, env *wire.Envelope) {
+	res, err := s.renew(deviceID, env)
+	if err != nil {
+		var we *wire.Error
+		if !errors.As(err, &we) {
+			s.log.Error("renewal failed", "device_id", deviceID, "err", err)
+			we = wire.Refuse(wire.ReasonInternal, "internal error", err)
+		}
+		s.log.Info("renewal refused", "device_id", deviceID, "reason", we.Reason.String(), "cause", we.Err)
+		res = &wire.RenewResult{Status: wire.StatusRefused, Reason: we.Reason, Message: we.Message}
+		if we.Reason.Temporary() {
+			res.RetryAfter = 30
+		}
+	}
+	s.reply(deviceID, res)
+}
+
+func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult, error) {
+	var req wire.RenewRequest
+	if err := wire.DecodeBody(env, wire.TypeRenewRequest, &req); err != nil {
+		return nil, wire.Refuse(wire.ReasonBadRequest, "malformed renewal request", err)
+	}
+	dev, err := s.cfg.Inventory.Device(deviceID)
+	if err != nil {
+		return nil, err
+	}
+	if dev.State != inventory.StateActive {
+		return nil, wire.Refuse(wire.ReasonQuarantined, "only active devices renew; prove the device first", nil)
+	}
+	if !hmac.Equal(req.Nonce, req.Evidence.Nonce) {
+		return nil, wire.Refuse(wire.ReasonNonceInvalid, "the renewal and its evidence carry different nonces", nil)
+	}
+	rec, err := s.cfg.Attest.Judge(deviceID, &req.Evidence)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Code == wire.ReasonNonceInvalid || rec.Code == wire.ReasonBadRequest {
+		return nil, wire.Refuse(rec.Code, rec.Message, nil)
+	}
+	if rec.Result != wire.VerdictPass {
+		return nil, wire.Refuse(wire.ReasonAttestationFailed, "renewal refused: "+rec.Message, nil)
+	}
+	ak, err := verifier.VerifyAK(dev.AKPublic)
+	if err != nil {
+		return nil, err
+	}
+	tk, err := verifier.VerifyTransportKeyPublic(req.TKPublic)
+	if err != nil {
+		return nil, err
+	}
+	ck, err := verifier.VerifyCertify(ak, tk, req.Nonce, req.CertifyInfo, req.CertifySig)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := verifier.VerifyCSR(req.CSR, ck); err != nil {
+		return nil, err
+	}
+	cert, err := s.cfg.CA.IssueDevice(deviceID, ck.Key, s.cfg.Lifetime)
+	if err != nil {
+		return nil, err
+	}
+	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
+	var old string
+	err = s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+		if d.State != inventory.StateActive {
+			return wire.Refuse(wire.ReasonQuarantined, "only active devices renew", nil)
+		}
+		old = d.CertSerial
+		if old != "" && !d.IsRevoked(old) {
+			d.Superseded = append(d.Superseded, old)
+			if len(d.Superseded) > 8 {
+				d.Superseded = d.Superseded[len(d.Superseded)-8:]
+			}
+		}
+		d.CertSerial, d.CertExpiry = serial, cert.NotAfter
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "renewed",
+		Detail: fmt.Sprintf("certificate %s for a new TPM key (attestation #%d passed); replaces %s", serial, rec.Seq, old)})
+	s.log.Info("certificate renewed", "device_id", deviceID, "cert_serial", serial, "replaces", old)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return &wire.RenewResult{Status: wire.StatusActive, Certificate: cert.Raw, TrustBundle: [][]byte{s.cfg.CA.Certificate().Raw}}, nil
+}
+
+// Connected is called when a device connects with a certificate: the
+// serials its renewals replaced are revoked once it uses its current one.
+func (s *Service) Connected(deviceID, serial string) {
+	d, err := s.cfg.Inventory.Device(deviceID)
+	if err != nil || serial != d.CertSerial || len(d.Superseded) == 0 {
+		return
+	}
+	for _, old := range d.Superseded {
+		if err := s.cfg.Inventory.Revoke(inventory.Revocation{Serial: old, DeviceID: deviceID, Reason: inventory.ReasonSuperseded, Time: s.cfg.Now()}); err != nil {
+			s.log.Warn("revoking a superseded certificate failed", "device_id", deviceID, "serial", old, "err", err)
+			return
+		}
+	}
+	_ = s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error { d.Superseded = nil; return nil })
+}
