@@ -162,3 +162,47 @@ func (c *Client) PutPolicy(ctx context.Context, p *policy.Policy) (*policy.Polic
 	var out policy.Policy
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/policies", p, &out)
 }
+
+// Revoke revokes a device's current certificate.
+func (c *Client) Revoke(ctx context.Context, id, reason, comment string) (*Device, error) {
+	var out Device
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/revoke", revokeRequest{Reason: reason, Comment: comment}, &out)
+}
+
+// Decommission retires a device.
+func (c *Client) Decommission(ctx context.Context, id, comment string) (*Device, error) {
+	var out Device
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/decommission", revokeRequest{Comment: comment}, &out)
+}
+
+// RotationRequest starts a forced rotation.
+type RotationRequest = rotationRequest
+
+// StartRotation starts a forced rotation job.
+func (c *Client) StartRotation(ctx context.Context, req RotationRequest) (*RotationView, error) {
+	var out RotationView
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/rotations", req, &out)
+}
+
+// Rotation fetches a rotation job with its progress.
+func (c *Client) Rotation(ctx context.Context, id string) (*RotationView, error) {
+	var out RotationView
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/rotations/"+url.PathEscape(id), nil, &out)
+}
+
+// CRL fetches the fleet's signed CRL (DER).
+func (c *Client) CRL(ctx context.Context) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/crl", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, &StatusError{Status: resp.StatusCode}
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+}

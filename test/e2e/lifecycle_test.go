@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/device/tpm"
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/rotation"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/sim/harness"
+)
+
+func withEKCA(t testing.TB, more func(*server.Config)) func(*server.Config) {
+	return func(c *server.Config) {
+		c.EKCADir = ekCADir(t, vendorCA(t))
+		if more != nil {
+			more(c)
+		}
+	}
+}
+
+// tkPublicKey returns the public key of the transport key stored in dir.
+func tkPublicKey(t testing.TB, uri, dir string) (*ecdsa.PublicKey, []byte) {
+	id := readIdentity(t, dir)
+	tp, err := tpm.Open(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	pub, err := tp.PublicKey(&tpm.KeyBlob{Public: id.TK.Public, Private: id.TK.Private})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub.(*ecdsa.PublicKey), id.Cert
+}
+
+// TestRenewal: at RenewAt of its lifetime the device renews with a new TPM
+// key certified by its AK and a fresh passing attestation; it switches once
+// it connected with the new certificate, and the old one is then revoked.
+func TestRenewal(t *testing.T) {
+	f := startFleet(t, withEKCA(t, func(c *server.Config) { c.DeviceLifetime = config.Duration(8 * time.Second) }))
+	inst := newTPM(t)
+	dir := t.TempDir()
+	noLog := func(c *agentConfig) { c.EventLog = "-"; c.RenewAt = 0.5 }
+	d := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: noLog})
+	first := waitConnected(t, d)
+	d.Stop()
+	key0, _ := tkPublicKey(t, inst.URI(), dir)
+
+	d = startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: noLog})
+	st, err := d.Wait(context.Background(), 30*time.Second, func(s agent.Status) bool {
+		return s.Connected && s.CertSerial != "" && s.CertSerial != first.CertSerial
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { dev, _ := f.Inv.Device(st.DeviceID); return dev.IsRevoked(first.CertSerial) }, "the superseded certificate to be revoked")
+	dev, _ := f.Inv.Device(st.DeviceID)
+	if dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
+		t.Fatalf("inventory after renewal: %+v", dev)
+	}
+	evs, _ := f.Inv.Events(st.DeviceID, 20)
+	if !slices.ContainsFunc(evs, func(e inventory.Event) bool { return e.Kind == "renewed" }) {
+		t.Fatalf("no renewal event: %+v", evs)
+	}
+	d.Stop()
+	key1, certDER := tkPublicKey(t, inst.URI(), dir)
+	if key1.Equal(key0) {
+		t.Fatal("renewal kept the old TPM key")
+	}
+	cert, _ := x509.ParseCertificate(certDER)
+	if !cert.PublicKey.(*ecdsa.PublicKey).Equal(key1) || hex.EncodeToString(cert.SerialNumber.Bytes()) != st.CertSerial {
+		t.Fatal("stored certificate is not the renewed one for the new key")
+	}
+	if n := f.Enroll.Stats().Requests.Load(); n != 1 {
+		t.Fatalf("renewal went through enrollment (%d requests)", n)
+	}
+}
+
+// TestRenewalRefusedOnFailingAttestation: with an alert-only policy the
+// device stays active after tampering, but it gets no new certificate.
+func TestRenewalRefusedOnFailingAttestation(t *testing.T) {
+	f := startFleet(t, withEKCA(t, nil))
+	inst := newTPM(t)
+	d := startDevice(t, f, inst, harness.DeviceConfig{Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	st := waitConnected(t, d)
+	c, _ := f.Client()
+	ctx := context.Background()
+	waitVerdictAfter(t, c, st.DeviceID, 0)
+	if _, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: st.DeviceID, Name: "alert only", Action: "alert"}); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), "9:sha256="+strings.Repeat("ef", 32))
+	job, err := c.StartRotation(ctx, api.RotationRequest{Selector: rotation.Selector{DeviceIDs: []string{st.DeviceID}}, Reason: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Wait(ctx, 20*time.Second, func(s agent.Status) bool { return strings.HasPrefix(s.LastReason, "attestation_failed") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, _ := f.Inv.Device(st.DeviceID)
+	if dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
+		t.Fatalf("device after refused renewal: %+v", dev)
+	}
+	j, _ := c.Rotation(ctx, job.ID)
+	if j.Progress.Renewed != 0 || j.State != rotation.JobRunning {
+		t.Fatalf("job %+v", j.Progress)
+	}
+}
+
+// TestRevocationAndCRL: a revoked certificate is refused at the broker at
+// once, listed in a CRL openssl accepts, and the device proves itself again
+// from its EK; a decommissioned device is shut out.
+func TestRevocationAndCRL(t *testing.T) {
+	f := startFleet(t, withEKCA(t, nil))
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	st := waitConnected(t, d)
+	c, _ := f.Client()
+	ctx := context.Background()
+	if _, err := c.Revoke(ctx, st.DeviceID, "keyCompromise", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Revoke(ctx, st.DeviceID, "bogus", ""); err == nil {
+		t.Fatal("unknown reason accepted")
+	}
+	again, err := d.Wait(ctx, 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != st.CertSerial })
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := c.CRL(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil || crl.CheckSignatureFrom(f.CA.Certificate()) != nil || crl.NextUpdate.Before(time.Now()) {
+		t.Fatalf("CRL: %v", err)
+	}
+	var found bool
+	for _, e := range crl.RevokedCertificateEntries {
+		if hex.EncodeToString(e.SerialNumber.Bytes()) == st.CertSerial && e.ReasonCode == 1 {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("revoked serial %s not in the CRL", st.CertSerial)
+	}
+	crlFile := filepath.Join(t.TempDir(), "crl.der")
+	os.WriteFile(crlFile, der, 0o600)
+	out := mustRun(t, "openssl", "crl", "-inform", "DER", "-in", crlFile, "-CAfile", f.CACertPath(), "-noout", "-text")
+	if !strings.Contains(out, "verify OK") || !strings.Contains(out, strings.ToUpper(st.CertSerial)) {
+		t.Fatalf("openssl crl:\n%s", out)
+	}
+
+	if _, err := c.Decommission(ctx, again.DeviceID, "retired"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Wait(ctx, 30*time.Second, func(s agent.Status) bool {
+		return !s.Connected && strings.HasPrefix(s.LastReason, "decommissioned")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	der2, _ := c.CRL(ctx)
+	if bytes.Equal(der, der2) {
+		t.Fatal("CRL not re-signed after another revocation")
+	}
+}
+
+// TestForcedRotationResumes: a fleet-wide rotation with one device offline
+// survives a fleet restart and completes when the device comes back.
+func TestForcedRotationResumes(t *testing.T) {
+	requireTools(t)
+	cfg := server.Config{DataDir: t.TempDir(), MQTTAddr: freeAddr(t), APIAddr: freeAddr(t), EKCADir: ekCADir(t, vendorCA(t))}
+	f, err := harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	noLog := func(c *agentConfig) { c.EventLog = "-" }
+	a := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: noLog})
+	instB, dirB := newTPM(t), t.TempDir()
+	b := startDevice(t, f, instB, harness.DeviceConfig{Dir: dirB, Tweak: noLog})
+	sa, sb := waitConnected(t, a), waitConnected(t, b)
+	b.Stop()
+	c, _ := f.Client()
+	ctx := context.Background()
+	job, err := c.StartRotation(ctx, api.RotationRequest{Selector: rotation.Selector{All: true}, Rate: 5, Reason: "incident 42"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Progress.Total != 2 {
+		t.Fatalf("job %+v", job.Progress)
+	}
+	if _, err := a.Wait(ctx, 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != sa.CertSerial }); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { j, err := c.Rotation(ctx, job.ID); return err == nil && j.Progress.Renewed == 1 }, "the online device's rotation to be counted")
+	f.Stop()
+	f, err = harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	c, _ = f.Client()
+	b = startDevice(t, f, instB, harness.DeviceConfig{Dir: dirB, Tweak: noLog})
+	if _, err := b.Wait(ctx, 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != sb.CertSerial }); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { j, err := c.Rotation(ctx, job.ID); return err == nil && j.State == rotation.JobDone && j.Progress.Renewed == 2 }, "the job to finish after the restart")
+}
+
+// TestRecoveryAfterExpiry: a device offline past its certificate's lifetime
+// proves itself again from its EK and AK without an operator.
+func TestRecoveryAfterExpiry(t *testing.T) {
+	f := startFleet(t, withEKCA(t, func(c *server.Config) { c.DeviceLifetime = config.Duration(3 * time.Second) }))
+	inst := newTPM(t)
+	dir := t.TempDir()
+	tweak := func(c *agentConfig) { c.EventLog = "-"; c.RenewAt = 0.9 }
+	d := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: tweak})
+	st := waitConnected(t, d)
+	d.Stop()
+	time.Sleep(3500 * time.Millisecond) // past NotAfter (+ the CA's one-minute backdating does not extend NotAfter)
+	d = startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: tweak})
+	again, err := d.Wait(context.Background(), 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != st.CertSerial })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ := f.Inv.Device(st.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != again.CertSerial {
+		t.Fatalf("after recovery %+v", dev)
+	}
+}
