@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/config"
 )
 
 // buildBinaries builds sigil and sigild as a user would.
@@ -117,5 +120,58 @@ func TestBinaries(t *testing.T) {
 	out, _ = cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "needs a device ID") {
 		t.Fatalf("usage error: %d %s", cmd.ProcessState.ExitCode(), out)
+	}
+}
+
+// TestKillDuringRenewal: sigild is killed with SIGKILL at many points of its
+// renewal cycle (key created, nonce asked, request sent, certificate
+// stored, switching); each time it comes back with a working identity.
+func TestKillDuringRenewal(t *testing.T) {
+	requireTools(t)
+	_, sigild := buildBinaries(t)
+	f := startFleet(t, withEKCA(t, func(c *server.Config) { c.DeviceLifetime = config.Duration(4 * time.Second) }))
+	inst := newTPM(t)
+	devDir := t.TempDir()
+	devCfg := filepath.Join(devDir, "sigild.json")
+	b, _ := json.Marshal(map[string]any{
+		"tpm": inst.URI(), "state": filepath.Join(devDir, "state.db"), "broker": f.MQTTAddr(), "server_name": "localhost",
+		"fleet_ca": f.CACertPath(), "model": "gw-1", "serial": "SN-KILL", "control": filepath.Join(devDir, "sigild.sock"),
+		"retry_min": "100ms", "retry_max": "1s", "event_log": "-", "renew_at": 0.3,
+	})
+	os.WriteFile(devCfg, b, 0o600)
+	connected := func() bool { return exec.Command(sigild, "status", "--config", devCfg).Run() == nil }
+
+	// The first start enrolls; renewals then come every ~1.2 s.
+	cmd := exec.Command(sigild, "run", "--config", devCfg)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, connected, "sigild to enroll and connect")
+	serials := map[string]bool{}
+	for i := range 10 {
+		time.Sleep(time.Duration(150+i*137%1300) * time.Millisecond)
+		cmd.Process.Kill()
+		cmd.Wait()
+		cmd = exec.Command(sigild, "run", "--config", devCfg)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, connected, "sigild to come back connected after SIGKILL")
+		out, _ := exec.Command(sigild, "status", "--config", devCfg, "--json").Output()
+		var st struct {
+			DeviceID   string `json:"device_id"`
+			CertSerial string `json:"cert_serial"`
+		}
+		json.Unmarshal(out, &st)
+		serials[st.CertSerial] = true
+		dev, err := f.Inv.Device(st.DeviceID)
+		if err != nil || dev.State != "active" || dev.IsRevoked(st.CertSerial) {
+			t.Fatalf("after kill %d: device %+v, %v", i, dev, err)
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if len(serials) < 3 {
+		t.Fatalf("only %d certificates over the run: renewals did not happen between kills", len(serials))
 	}
 }

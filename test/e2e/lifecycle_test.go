@@ -241,3 +241,40 @@ func TestRecoveryAfterExpiry(t *testing.T) {
 		t.Fatalf("after recovery %+v", dev)
 	}
 }
+
+// TestExpiryStorm: devices with very short certificates renew cycle after
+// cycle, concurrently, without ever falling back to enrollment.
+func TestExpiryStorm(t *testing.T) {
+	f := startFleet(t, withEKCA(t, func(c *server.Config) { c.DeviceLifetime = config.Duration(3 * time.Second) }))
+	const n = 4
+	var devs []*harness.Device
+	for range n {
+		devs = append(devs, startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) { c.EventLog = "-"; c.RenewAt = 0.5 }}))
+	}
+	first := map[string]bool{}
+	for _, d := range devs {
+		first[waitConnected(t, d).CertSerial] = true
+	}
+	seen := map[*harness.Device]map[string]bool{}
+	deadline := time.Now().Add(12 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, d := range devs {
+			if seen[d] == nil {
+				seen[d] = map[string]bool{}
+			}
+			if s := d.Status(); s.Connected {
+				seen[d][s.CertSerial] = true
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i, d := range devs {
+		if len(seen[d]) < 3 {
+			t.Errorf("device %d held %d certificates in 12s, want at least 3 (renewal every ~1.5s)", i, len(seen[d]))
+		}
+		waitConnected(t, d)
+	}
+	if got := f.Enroll.Stats().Requests.Load(); got != n {
+		t.Fatalf("%d enrollment requests for %d devices: some fell back to enrollment", got, n)
+	}
+}
