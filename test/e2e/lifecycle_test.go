@@ -218,7 +218,10 @@ func TestForcedRotationResumes(t *testing.T) {
 	if _, err := b.Wait(ctx, 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != sb.CertSerial }); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { j, err := c.Rotation(ctx, job.ID); return err == nil && j.State == rotation.JobDone && j.Progress.Renewed == 2 }, "the job to finish after the restart")
+	waitFor(t, func() bool {
+		j, err := c.Rotation(ctx, job.ID)
+		return err == nil && j.State == rotation.JobDone && j.Progress.Renewed == 2
+	}, "the job to finish after the restart")
 }
 
 // TestRecoveryAfterExpiry: a device offline past its certificate's lifetime
