@@ -207,6 +207,7 @@ type Broker struct {
 
 	mu       sync.Mutex
 	devConns map[string]map[*conn]struct{} // admitted connections per device ID
+	gen      map[string]uint64             // fleet disconnects per device ID (admission race guard)
 	ids      map[string]int                // admitted connections per client ID
 
 	connections       atomic.Int64
@@ -258,6 +259,7 @@ func New(cfg Config) (*Broker, error) {
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		devConns: make(map[string]map[*conn]struct{}),
+		gen:      make(map[string]uint64),
 		ids:      make(map[string]int),
 	}
 	if b.log == nil {
@@ -400,6 +402,7 @@ func (b *Broker) sender(pk packets.Packet) (Identity, bool) {
 // mochi: it is not when the close lands between two packets.
 func (b *Broker) Disconnect(deviceID string) {
 	b.mu.Lock()
+	b.gen[deviceID]++ // a CONNECT being admitted right now is refused too
 	var cs []*conn
 	for c := range b.devConns[deviceID] {
 		cs = append(cs, c)
@@ -445,8 +448,22 @@ func (b *Broker) emit(kind EventKind, id Identity, reason string) {
 }
 
 // admit records an admitted connection.
-func (b *Broker) admit(c *conn, cl *mqtt.Client, id Identity) {
+// generation is the count of fleet disconnects of a device; s.mu is taken.
+func (b *Broker) generation(deviceID string) uint64 {
 	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.gen[deviceID]
+}
+
+// admit registers an admitted client. It refuses (false) a device the fleet
+// disconnected since its admission began at generation gen, so a quarantine
+// racing a CONNECT cannot leave a session with the old access.
+func (b *Broker) admit(c *conn, cl *mqtt.Client, id Identity, gen uint64) bool {
+	b.mu.Lock()
+	if id.DeviceID != "" && b.gen[id.DeviceID] != gen {
+		b.mu.Unlock()
+		return false
+	}
 	c.admitted(cl, id)
 	if id.DeviceID != "" {
 		m := b.devConns[id.DeviceID]
@@ -461,6 +478,7 @@ func (b *Broker) admit(c *conn, cl *mqtt.Client, id Identity) {
 	b.connections.Add(1)
 	b.mu.Unlock()
 	b.emit(Connected, id, "")
+	return true
 }
 
 // release is called once when an admitted connection closes.

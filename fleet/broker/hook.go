@@ -36,6 +36,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if !ok {
 		return h.refuse(Identity{ClientID: cl.ID}, errors.New("connection not from the sigil listener"))
 	}
+	var gen uint64
+	if c.cert != nil {
+		gen = b.generation(c.deviceID)
+	}
 	id, err := h.authenticate(cl, c, pk)
 	if err != nil {
 		return h.refuse(id, err)
@@ -46,7 +50,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		cl.Properties.Props.SessionExpiryInterval = 0
 		cl.Properties.Props.SessionExpiryIntervalFlag = false
 	}
-	b.admit(c, cl, id)
+	if !b.admit(c, cl, id, gen) {
+		return h.refuse(id, errors.New("disconnected by the fleet during admission"))
+	}
 	b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
 	return true
 }

@@ -316,3 +316,28 @@ func TestRefuseClonedEK(t *testing.T) {
 		t.Fatalf("state %s", dev.State)
 	}
 }
+
+// TestQuarantineDuringEnrollmentHolds: a device re-enrolling while the
+// fleet quarantines it cannot come back active: the decision is made on the
+// record as it is when the proof arrives, not when the request did.
+func TestQuarantineDuringEnrollmentHolds(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	inst := newTPM(t)
+	d := startDevice(t, f, inst, harness.DeviceConfig{Serial: "SN-Q", Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	id := waitConnected(t, d).DeviceID
+	d.Stop()
+	k := newKit(t, inst)
+	r := dialRaw(t, f, "e-racer")
+	ch := r.challenge(r.send(wire.TypeEnrollRequest, nil, k.request("SN-Q", "")))
+	if err := f.Inv.Update(id, func(d *inventory.Device) error { d.State = inventory.StateQuarantined; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	res := r.result(r.send(wire.TypeEnrollProof, nil, k.answer(ch)))
+	if res.Status != wire.StatusActive {
+		t.Fatalf("result %+v", res)
+	}
+	dev, _ := f.Inv.Device(id)
+	if dev.State != inventory.StateQuarantined {
+		t.Fatalf("re-enrollment during quarantine made the device %s", dev.State)
+	}
+}
