@@ -167,6 +167,10 @@ type Config struct {
 	// MaxBootstrapClients caps concurrent TLS connections without
 	// certificate; further ones are closed after the handshake. Default 1000.
 	MaxBootstrapClients int
+	// MaxBootstrapPerSource caps them per source address, so one host
+	// cannot hold the whole allowance. Default 256 (devices behind one NAT
+	// enroll in bursts).
+	MaxBootstrapPerSource int
 	// HandshakeTimeout bounds the TLS handshake and the wait for CONNECT.
 	// Default 10s.
 	HandshakeTimeout time.Duration
@@ -205,10 +209,11 @@ type Broker struct {
 	serr   error
 	closed atomic.Bool
 
-	mu       sync.Mutex
-	devConns map[string]map[*conn]struct{} // admitted connections per device ID
-	gen      map[string]uint64             // fleet disconnects per device ID (admission race guard)
-	ids      map[string]int                // admitted connections per client ID
+	mu        sync.Mutex
+	devConns  map[string]map[*conn]struct{} // admitted connections per device ID
+	gen       map[string]uint64             // fleet disconnects per device ID (admission race guard)
+	bootBySrc map[string]int                // open bootstrap connections per source address
+	ids       map[string]int                // admitted connections per client ID
 
 	connections       atomic.Int64
 	deviceConnections atomic.Int64
@@ -239,6 +244,9 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxBootstrapClients <= 0 {
 		cfg.MaxBootstrapClients = 1000
 	}
+	if cfg.MaxBootstrapPerSource <= 0 {
+		cfg.MaxBootstrapPerSource = 256
+	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
@@ -255,12 +263,13 @@ func New(cfg Config) (*Broker, error) {
 		cfg.SessionExpiry = 24 * time.Hour
 	}
 	b := &Broker{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		now:      cfg.Now,
-		devConns: make(map[string]map[*conn]struct{}),
-		gen:      make(map[string]uint64),
-		ids:      make(map[string]int),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		devConns:  make(map[string]map[*conn]struct{}),
+		gen:       make(map[string]uint64),
+		bootBySrc: make(map[string]int),
+		ids:       make(map[string]int),
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)

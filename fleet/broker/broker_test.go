@@ -379,6 +379,23 @@ func TestBootstrapCap(t *testing.T) {
 	e.mustClient(t, devA, &certA) // devices are not capped
 }
 
+func TestBootstrapCapPerSource(t *testing.T) {
+	e := startBroker(t, func(c *Config) { c.MaxBootstrapPerSource = 2 })
+	a := e.mustClient(t, "boot-1", nil)
+	e.mustClient(t, "boot-2", nil)
+	if _, err := e.client(t, "boot-3", nil, nil); err == nil {
+		t.Fatal("third bootstrap client from one address accepted")
+	}
+	a.Disconnect(100)
+	eventually(t, "the slot to be released", func() bool {
+		c, err := e.client(t, "boot-4", nil, nil)
+		if err == nil {
+			c.Disconnect(50)
+		}
+		return err == nil
+	})
+}
+
 func TestBootstrapRefusedWhenDisabled(t *testing.T) {
 	e := startBroker(t, func(c *Config) { c.AllowBootstrap = false })
 	if _, err := e.client(t, "boot-1", nil, nil); err == nil {

@@ -168,6 +168,16 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 			return
 		}
 		c.boot = true
+		// One source address may not hold the whole bootstrap allowance.
+		c.src = hostOf(raw.RemoteAddr())
+		if !b.takeBootstrapSlot(c.src) {
+			b.bootstrap.Add(-1)
+			c.boot = false
+			b.overCap.Add(1)
+			l.log.Warn("broker: bootstrap connection refused: too many from one address", "remote", c.src, "max", b.cfg.MaxBootstrapPerSource)
+			_ = tc.Close()
+			return
+		}
 	}
 	// CONNECT must follow promptly; mochi resets the deadline after it.
 	_ = tc.SetDeadline(time.Now().Add(timeout))
@@ -216,6 +226,7 @@ type conn struct {
 	deviceID string
 	idErr    error
 	boot     bool
+	src      string // source address of a bootstrap connection
 
 	once sync.Once
 	mu   sync.Mutex
@@ -241,6 +252,7 @@ func (c *conn) Close() error {
 	c.once.Do(func() {
 		if c.boot {
 			c.b.bootstrap.Add(-1)
+			c.b.releaseBootstrapSlot(c.src)
 		}
 		c.mu.Lock()
 		id := c.id
@@ -250,4 +262,35 @@ func (c *conn) Close() error {
 		}
 	})
 	return err
+}
+
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	h, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return h
+}
+
+// takeBootstrapSlot counts a bootstrap connection from src against
+// MaxBootstrapPerSource.
+func (b *Broker) takeBootstrapSlot(src string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.bootBySrc[src] >= b.cfg.MaxBootstrapPerSource {
+		return false
+	}
+	b.bootBySrc[src]++
+	return true
+}
+
+func (b *Broker) releaseBootstrapSlot(src string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.bootBySrc[src]--; b.bootBySrc[src] <= 0 {
+		delete(b.bootBySrc, src)
+	}
 }
