@@ -63,6 +63,7 @@ type Agent struct {
 	challenges chan *wire.AttestChallenge
 	renewals   chan *wire.RenewResult
 	rotate     chan struct{}
+	secrets    chan *wire.SecretDeliver // deliveries for the session's secret worker (secrets.go)
 
 	mu     sync.Mutex
 	status Status
@@ -100,7 +101,8 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{cfg: cfg, log: logger, topics: wire.Topics{Prefix: cfg.TopicPrefix}, now: time.Now, rand: rand.Reader,
-		challenges: make(chan *wire.AttestChallenge, 4), renewals: make(chan *wire.RenewResult, 2), rotate: make(chan struct{}, 1)}
+		challenges: make(chan *wire.AttestChallenge, 4), renewals: make(chan *wire.RenewResult, 2), rotate: make(chan struct{}, 1),
+		secrets: make(chan *wire.SecretDeliver, secretQueue)}
 	a.status = Status{Enrollment: "new", Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
 	return a, nil
 }
@@ -251,7 +253,15 @@ func (a *Agent) bootstrapTLS() (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM(pemBytes) {
 		return nil, fmt.Errorf("agent: fleet CA %s: no PEM certificates", a.cfg.FleetCA)
 	}
-	return &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now}, nil
+	cfg := &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now}
+	if a.cfg.ClaimCert != "" {
+		claim, err := tls.LoadX509KeyPair(a.cfg.ClaimCert, a.cfg.ClaimKey)
+		if err != nil {
+			return nil, fmt.Errorf("agent: claim credential: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{claim}
+	}
+	return cfg, nil
 }
 
 // enroll runs one enrollment session: it returns the updated identity when
@@ -292,7 +302,11 @@ func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity
 		return id, err
 	}
 	clientID := "e-" + devID[:16] + "-" + hex.EncodeToString(suffix)
-	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log})
+	lc := link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log}
+	if tok != "" {
+		lc.Username, lc.Password = "token", []byte(tok) // the fleet may require a credential at connect
+	}
+	conn, err := link.Dial(ctx, lc)
 	if err != nil {
 		return id, err
 	}
@@ -528,6 +542,9 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 		sess, cancel := context.WithCancel(ctx)
 		renewed := make(chan bool, 1)
 		go func() { renewed <- a.sessionLoop(sess, conn, id) }()
+		var secretWorker sync.WaitGroup
+		deviceID := id.DeviceID
+		secretWorker.Go(func() { a.secretLoop(sess, conn, deviceID) })
 		var switchNow bool
 		select {
 		case <-ctx.Done():
@@ -538,6 +555,7 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 		if !switchNow {
 			switchNow = <-renewed
 		}
+		secretWorker.Wait()
 		if ctx.Err() != nil {
 			conn.Close()
 			a.setStatus(func(s *Status) { s.Connected = false })
@@ -708,6 +726,8 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		case a.rotate <- struct{}{}:
 		default:
 		}
+	case wire.TypeSecretDeliver:
+		a.queueSecret(env)
 	case wire.TypeAttestVerdict:
 		var v wire.AttestVerdict
 		if err := wire.DecodeBody(env, wire.TypeAttestVerdict, &v); err != nil {

@@ -41,6 +41,12 @@ type Config struct {
 	// the EK by manufacturer CA, allow-list or operator approval.
 	Token     string `json:"token"`
 	TokenFile string `json:"token_file"`
+	// ClaimCert and ClaimKey are PEM files of a claim credential: a batch
+	// certificate from the device maker that lets the device open its
+	// bootstrap session when the fleet requires a credential at connect.
+	// It is not the device's identity (that is born in the TPM). Optional.
+	ClaimCert string `json:"claim_cert"`
+	ClaimKey  string `json:"claim_key"`
 	// TopicPrefix is the first MQTT topic level. Default "sigil".
 	TopicPrefix string `json:"topic_prefix"`
 	// RetryMin and RetryMax bound the jittered exponential backoff between
@@ -138,6 +144,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Model == "" {
 		errs = append(errs, errors.New("model is required"))
+	}
+	if (c.ClaimCert == "") != (c.ClaimKey == "") {
+		errs = append(errs, errors.New("claim_cert and claim_key go together"))
 	}
 	if c.Token != "" && c.TokenFile != "" {
 		errs = append(errs, errors.New("set token or token_file, not both"))

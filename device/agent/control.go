@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,8 +14,12 @@ import (
 	"github.com/sigil-iot/sigil/device/state"
 )
 
-// serveControl answers each connection on a Unix socket with the status as
-// JSON. The socket is mode 0600: status names the device and its broker.
+// serveControl answers each connection on a Unix socket: the client sends
+// one JSON request ({"op":"status"}, {"op":"secrets"} or
+// {"op":"secret","name":N}) and gets one JSON answer; a client that sends
+// nothing gets the status after a second. The socket is mode 0600: status
+// names the device and its broker, and secret answers carry TPM-wrapped
+// blobs (useless without this TPM, never values).
 func (a *Agent) serveControl(path string) (stop func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
@@ -34,12 +39,27 @@ func (a *Agent) serveControl(path string) (stop func(), err error) {
 			if err != nil {
 				return
 			}
-			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-			_ = json.NewEncoder(c).Encode(a.Status())
+			a.answerControl(c)
 			c.Close()
 		}
 	}()
 	return func() { ln.Close(); os.Remove(path) }, nil
+}
+
+// answerControl reads one request and answers it.
+func (a *Agent) answerControl(c net.Conn) {
+	var req controlRequest
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if err := json.NewDecoder(io.LimitReader(c, 4096)).Decode(&req); err != nil {
+		req = controlRequest{Op: "status"}
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	switch req.Op {
+	case "secret", "secrets":
+		a.answerSecrets(c, req)
+	default:
+		_ = json.NewEncoder(c).Encode(a.Status())
+	}
 }
 
 // ReadStatus asks a running sigild for its status over its control socket.
@@ -50,6 +70,9 @@ func ReadStatus(path string) (*Status, error) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if err := json.NewEncoder(c).Encode(controlRequest{Op: "status"}); err != nil {
+		return nil, fmt.Errorf("agent: status: %w", err)
+	}
 	var s Status
 	if err := json.NewDecoder(c).Decode(&s); err != nil {
 		return nil, fmt.Errorf("agent: status: %w", err)

@@ -54,6 +54,11 @@ type Config struct {
 	KeepAlive time.Duration
 	Timeout   time.Duration // connect, publish and subscribe timeout, and the bound on each write; 0 means 15s
 	Logger    *slog.Logger  // nil discards
+	// Username and Password, when set, are sent in CONNECT: a bootstrap
+	// client presents its enrollment token there when the fleet requires a
+	// credential at connect. Never logged.
+	Username string
+	Password []byte
 }
 
 // ErrRefused reports a subscription the broker refused.
@@ -133,7 +138,8 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if ka > 0xffff {
 		ka = 0xffff
 	}
-	connect, err := (&packet.Packet{Type: packet.Connect, ClientID: cfg.ClientID, CleanSession: true, KeepAlive: uint16(ka)}).Append(nil)
+	connect, err := (&packet.Packet{Type: packet.Connect, ClientID: cfg.ClientID, CleanSession: true, KeepAlive: uint16(ka),
+		Username: cfg.Username, Password: cfg.Password}).Append(nil)
 	if err != nil {
 		return nil, fmt.Errorf("link: connect %s: %w", cfg.Broker, err)
 	}

@@ -154,6 +154,17 @@ type Config struct {
 	TLS *tls.Config
 	// ClientCAs verifies device certificates. Required.
 	ClientCAs *x509.CertPool
+	// ClaimCAs are CAs of claim certificates: batch credentials a device
+	// maker installs so that devices may open a bootstrap session. A client
+	// presenting one is a bootstrap client (enrollment topics only), never
+	// a device. Optional.
+	ClaimCAs []*x509.Certificate
+	// BootstrapAuth, when set, must accept every bootstrap CONNECT: the
+	// client's ID, its MQTT user name and password (an enrollment token),
+	// and its verified claim certificate (nil without one). Nil admits
+	// bootstrap clients without a credential (they are limited to their
+	// own enrollment topics either way).
+	BootstrapAuth func(clientID, username string, password []byte, claim *x509.Certificate) error
 	// TrustDomain is the SPIFFE trust domain of device certificates. Required.
 	TrustDomain string
 	// Topics names the topic tree (default prefix wire.DefaultPrefix).
@@ -280,6 +291,12 @@ func New(cfg Config) (*Broker, error) {
 
 	tc := cfg.TLS.Clone()
 	tc.ClientCAs = cfg.ClientCAs
+	if len(cfg.ClaimCAs) > 0 {
+		tc.ClientCAs = cfg.ClientCAs.Clone()
+		for _, c := range cfg.ClaimCAs {
+			tc.ClientCAs.AddCert(c)
+		}
+	}
 	tc.ClientAuth = tls.VerifyClientCertIfGiven
 	if !cfg.AllowBootstrap {
 		tc.ClientAuth = tls.RequireAndVerifyClientCert

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -568,5 +569,49 @@ func TestDeviceWithMosquitto(t *testing.T) {
 	o, err := exec.Command(pub, append(base, "-i", devB, "-t", topics.DeviceUp(devB, "x"), "-m", "x")...).CombinedOutput()
 	if err == nil {
 		t.Fatalf("mosquitto_pub with a foreign client ID succeeded: %s", o)
+	}
+}
+
+// TestClaimAndBootstrapCredential: a claim certificate makes a bootstrap
+// client, never a device; BootstrapAuth sees the claim and the MQTT
+// password and refuses clients without a credential.
+func TestClaimAndBootstrapCredential(t *testing.T) {
+	claimCA := newCA(t, "claim")
+	var seen struct {
+		sync.Mutex
+		claims []string
+	}
+	e := startBroker(t, func(c *Config) {
+		c.ClaimCAs = []*x509.Certificate{claimCA.cert}
+		c.BootstrapAuth = func(clientID, user string, pass []byte, claim *x509.Certificate) error {
+			seen.Lock()
+			defer seen.Unlock()
+			if claim != nil {
+				seen.claims = append(seen.claims, claim.Subject.CommonName)
+				return nil
+			}
+			if string(pass) == "sgt_valid" {
+				return nil
+			}
+			return errors.New("no credential")
+		}
+	})
+	got := e.fleetSub(t, topics.Filter("enroll", "+", "up"))
+	// A claim certificate: bootstrap access to its own enrollment topics only.
+	claim := claimCA.device(t, devA)
+	c := e.mustClient(t, "e-claimed", &claim)
+	wait(t, c.Publish(topics.EnrollUp("e-claimed", "enroll"), 1, false, "hello"))
+	if m := expectMsg(t, got, "enrollment message"); m.id.DeviceID != "" || m.id.ClientID != "e-claimed" {
+		t.Fatalf("claim client identity %+v", m.id)
+	}
+	if code := subCode(t, c.Subscribe(topics.Filter("dev", devA, "down"), 1, nil)); code != 0x80 {
+		t.Fatalf("claim client subscribed to a device's topics (code %#x)", code)
+	}
+	// No credential: refused. A token as the password: admitted.
+	if _, err := e.client(t, "e-nothing", nil, nil); err == nil {
+		t.Fatal("bootstrap client without a credential admitted")
+	}
+	if _, err := e.client(t, "e-token", nil, func(o *paho.ClientOptions) { o.SetUsername("token").SetPassword("sgt_valid") }); err != nil {
+		t.Fatalf("token client refused: %v", err)
 	}
 }

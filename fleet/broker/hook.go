@@ -91,6 +91,18 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 				return id, fmt.Errorf("client ID %q is held by a connected device", clientID)
 			}
 		}
+		if b.cfg.BootstrapAuth != nil {
+			user, pass := "", []byte(nil)
+			if pk.Connect.UsernameFlag {
+				user = string(pk.Connect.Username)
+			}
+			if pk.Connect.PasswordFlag {
+				pass = pk.Connect.Password
+			}
+			if err := b.cfg.BootstrapAuth(clientID, user, pass, c.claim); err != nil {
+				return id, fmt.Errorf("bootstrap credential: %w", err)
+			}
+		}
 	}
 	if cl.ID != clientID {
 		return id, errors.New("client ID assigned by the broker")

@@ -152,7 +152,10 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	}
 	c := &conn{Conn: tc, b: b}
 	st := tc.ConnectionState()
-	if len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 {
+	if len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 && b.isClaim(st.VerifiedChains) {
+		c.claim = st.PeerCertificates[0] // a bootstrap client with a claim credential
+	}
+	if c.claim == nil && len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 {
 		c.cert = st.PeerCertificates[0]
 		c.deviceID, c.idErr = identity.FromCertificate(c.cert, b.cfg.TrustDomain)
 	} else {
@@ -226,7 +229,8 @@ type conn struct {
 	deviceID string
 	idErr    error
 	boot     bool
-	src      string // source address of a bootstrap connection
+	src      string            // source address of a bootstrap connection
+	claim    *x509.Certificate // verified claim certificate of a bootstrap client
 
 	once sync.Once
 	mu   sync.Mutex
@@ -293,4 +297,25 @@ func (b *Broker) releaseBootstrapSlot(src string) {
 	if b.bootBySrc[src]--; b.bootBySrc[src] <= 0 {
 		delete(b.bootBySrc, src)
 	}
+}
+
+// isClaim reports whether every verified chain ends at a claim CA, so that
+// a certificate that also chains to the fleet CA stays a device.
+func (b *Broker) isClaim(chains [][]*x509.Certificate) bool {
+	if len(b.cfg.ClaimCAs) == 0 {
+		return false
+	}
+	for _, ch := range chains {
+		root := ch[len(ch)-1]
+		claim := false
+		for _, c := range b.cfg.ClaimCAs {
+			if root.Equal(c) {
+				claim = true
+			}
+		}
+		if !claim {
+			return false
+		}
+	}
+	return true
 }

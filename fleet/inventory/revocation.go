@@ -1,8 +1,11 @@
 package inventory
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -142,4 +145,35 @@ func (s *Store) Upsert(id string, fn func(d *Device, exists bool) error) error {
 		}
 		return putDevice(tx, prev, d)
 	})
+}
+
+// TokenUsedBy returns the device that used a token ("" when unused), or
+// ErrTokenInvalid for an unknown secret. Expiry is not checked: a known
+// device may present the token it enrolled with when it re-enrolls.
+func (s *Store) TokenUsedBy(secret string) (string, error) {
+	var usedBy string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if !strings.HasPrefix(secret, TokenPrefix) || len(secret) > 128 {
+			return ErrTokenInvalid
+		}
+		sum := sha256.Sum256([]byte(secret))
+		id := tx.Bucket(bucketTokHash).Get(sum[:])
+		if id == nil {
+			return ErrTokenInvalid
+		}
+		v := tx.Bucket(bucketTokens).Get(id)
+		if v == nil {
+			return ErrTokenInvalid
+		}
+		tok, err := decode[Token](v)
+		if err != nil {
+			return err
+		}
+		if subtle.ConstantTimeCompare(tok.Hash, sum[:]) != 1 {
+			return ErrTokenInvalid
+		}
+		usedBy = tok.UsedBy
+		return nil
+	})
+	return usedBy, err
 }

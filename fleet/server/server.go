@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,8 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/rotation"
+	"github.com/sigil-iot/sigil/fleet/secrets"
+	"github.com/sigil-iot/sigil/fleet/sshca"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -65,10 +68,19 @@ type Config struct {
 	DeviceLifetime config.Duration `json:"device_lifetime"`
 	// TopicPrefix is the first MQTT topic level. Default "sigil".
 	TopicPrefix string `json:"topic_prefix"`
-	// AllowBootstrap lets clients without a certificate connect to their
-	// own enrollment topics. Default true; set false once every device is
-	// enrolled.
+	// AllowBootstrap lets clients without a device certificate connect to
+	// their own enrollment topics. Default true; set false once every
+	// device is enrolled.
 	AllowBootstrap *bool `json:"allow_bootstrap"`
+	// BootstrapCredential requires a credential at CONNECT from bootstrap
+	// clients: a claim certificate (ClaimCADir) or an enrollment token as
+	// the MQTT password (valid, or already used by this device, which is
+	// how a known device re-enrolls). Default false: bootstrap clients are
+	// anonymous but limited to their own enrollment topics.
+	BootstrapCredential bool `json:"bootstrap_credential"`
+	// ClaimCADir is a directory of claim CA certificates (PEM): batch
+	// credentials a device maker installs for the bootstrap connection.
+	ClaimCADir string `json:"claim_ca_dir"`
 	// AttestInterval is the devices' expected attestation interval (their
 	// attest_interval); StaleAfter missed intervals or unanswered challenges
 	// flag a device stale. Defaults 10m and 3.
@@ -79,6 +91,10 @@ type Config struct {
 	// AttestBanks are the PCR banks quoted, one quote each: "sha256"
 	// (default), "sha1", "sha384". Every device must have them.
 	AttestBanks []string `json:"attest_banks"`
+	// SSHPrincipals are the names on devices' SSH host certificates,
+	// templates with "{id}" (device ID) and "{domain}" (trust domain).
+	// Default ["{id}", "{id}.{domain}"].
+	SSHPrincipals []string `json:"ssh_principals"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 }
@@ -125,8 +141,14 @@ type Server struct {
 	Attest   *attest.Service
 	Policy   *policy.Store
 	Rotation *rotation.Service
+	// SSH issues devices' SSH host certificates (fleet/sshca).
+	SSH *sshca.Issuer
+	// Secrets keeps the sealed secrets (encrypted at rest).
+	Secrets *secrets.Store
 
-	jobs *rotation.Jobs
+	jobs       *rotation.Jobs
+	secretSvc  *secretService
+	deliveries *deliveries
 
 	history *attest.History
 
@@ -188,7 +210,26 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
+	var claimCAs []*x509.Certificate
+	if cfg.ClaimCADir != "" {
+		roots, inter, err := verifier.LoadCADir(cfg.ClaimCADir)
+		if err != nil {
+			s.Inv.Close()
+			return nil, err
+		}
+		_ = inter
+		claimCAs = poolCerts(cfg.ClaimCADir)
+		if roots == nil || len(claimCAs) == 0 {
+			s.Inv.Close()
+			return nil, fmt.Errorf("server: claim_ca_dir %s holds no CA certificate", cfg.ClaimCADir)
+		}
+	}
+	var bootstrapAuth func(string, string, []byte, *x509.Certificate) error
+	if cfg.BootstrapCredential {
+		bootstrapAuth = s.bootstrapCredential
+	}
 	s.Broker, err = broker.New(broker.Config{
+		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAs: s.CA.Pool(), TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: gate{s.Inv}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
 		Events: s.brokerEvent,
@@ -253,6 +294,25 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.closeStores()
 		return nil, err
 	}
+	if err = s.openSSH(); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	if s.Secrets, err = secrets.Open(secrets.Config{Dir: cfg.DataDir, Logger: logger.With("component", "secrets")}); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	if s.deliveries, err = openDeliveries(filepath.Join(cfg.DataDir, DeliveriesFile)); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	s.secretSvc = newSecretService(&secretService{
+		store: s.Secrets, deliveries: s.deliveries, inv: s.Inv, history: s.history, pcrs: boundPCRs(sels),
+		connected: s.Broker.Connected, log: logger.With("component", "secrets"),
+		send: func(deviceID, kind string, payload []byte) error {
+			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
+		},
+	})
 	s.apiTLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		s.closeStores()
@@ -272,6 +332,12 @@ func (s *Server) closeStores() {
 	if s.jobs != nil {
 		s.jobs.Close()
 	}
+	if s.Secrets != nil {
+		s.Secrets.Close()
+	}
+	if s.deliveries != nil {
+		s.deliveries.Close()
+	}
 }
 
 // gate admits a holder of a fleet certificate (the TLS layer verified the
@@ -281,7 +347,9 @@ func (s *Server) closeStores() {
 type gate struct{ inv *inventory.Store }
 
 // quarantinedKinds are what a quarantined device may publish.
-var quarantinedKinds = []string{"attest", "hello"}
+// "ssh" too, so that a device asking for SSH host certificates is told it
+// is quarantined instead of being disconnected for asking.
+var quarantinedKinds = []string{"attest", "hello", "ssh"}
 
 func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
 	d, err := g.inv.Device(deviceID)
@@ -391,12 +459,14 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Enroll.Run(ctx) })
 	g.Go(func() error { return s.Attest.Run(ctx) })
 	g.Go(func() error { return s.Rotation.Run(ctx) })
+	g.Go(func() error { return s.SSH.Run(ctx) })
+	g.Go(func() error { return s.secretSvc.Run(ctx) })
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{
 		Handler: api.New(api.Config{
 			Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, AdminTokenHash: hash(s.adminToken),
-			Rotation: s.Rotation, CA: s.CA, Disconnect: s.Broker.Disconnect,
+			Rotation: s.Rotation, CA: s.CA, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 			Connected: s.Broker.Connected, Logger: s.log.With("component", "api"),
 		}),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
@@ -436,6 +506,10 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.Attest.Submit(id.DeviceID, env, payload)
 	case wire.TypeRenewRequest:
 		s.Rotation.Submit(id.DeviceID, env)
+	case wire.TypeSSHRequest:
+		s.SSH.Submit(id.DeviceID, env)
+	case wire.TypeSecretAck:
+		s.secretSvc.ack(id.DeviceID, env)
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
@@ -454,6 +528,9 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		if err != nil {
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		}
+		// A device says hello once subscribed after each connect: deliver
+		// the secrets it has not acknowledged.
+		s.secretSvc.queue(id.DeviceID)
 	}
 }
 
@@ -534,4 +611,50 @@ func selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
 		out = append(out, sel)
 	}
 	return out, nil
+}
+
+// poolCerts reads the PEM certificates of a directory (LoadCADir already
+// checked them).
+func poolCerts(dir string) []*x509.Certificate {
+	var out []*x509.Certificate
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		for {
+			var blk *pem.Block
+			blk, b = pem.Decode(b)
+			if blk == nil {
+				break
+			}
+			if c, err := x509.ParseCertificate(blk.Bytes); err == nil && c.IsCA {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// bootstrapCredential admits a bootstrap CONNECT with a claim certificate,
+// or with an enrollment token as the password that is valid, or was used by
+// the device this client ID names ("e-<first 16 hex of the device ID>-…"),
+// so a known device can re-enroll.
+func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim *x509.Certificate) error {
+	if claim != nil {
+		return nil
+	}
+	if len(password) == 0 {
+		return errors.New("no claim certificate and no enrollment token")
+	}
+	secret := string(password)
+	if _, err := s.Inv.CheckToken(secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
+		return nil // valid; its model binding is checked at enrollment
+	}
+	usedBy, err := s.Inv.TokenUsedBy(secret)
+	if err == nil && len(usedBy) >= 16 && strings.HasPrefix(clientID, "e-"+usedBy[:16]+"-") {
+		return nil
+	}
+	return errors.New("enrollment token not valid")
 }

@@ -87,6 +87,8 @@ type Packet struct {
 	ClientID     string
 	CleanSession bool
 	KeepAlive    uint16 // seconds
+	Username     string // sent when not empty or when Password is set
+	Password     []byte // sent when not nil; at most 65535 bytes
 
 	// CONNACK.
 	SessionPresent bool
@@ -211,12 +213,23 @@ func parse(h byte, body []byte) (*Packet, error) {
 			return nil, fmt.Errorf("packet: CONNECT with protocol level %d, want 4 (MQTT 3.1.1)", lvl)
 		}
 		f := d.byte()
-		if f&^0x2 != 0 && d.err == nil {
-			return nil, fmt.Errorf("packet: CONNECT flags %#x not supported (only clean session)", f)
+		if f&^0xc2 != 0 && d.err == nil {
+			return nil, fmt.Errorf("packet: CONNECT flags %#x not supported (only clean session, user name, password)", f)
+		}
+		if f&0x40 != 0 && f&0x80 == 0 && d.err == nil {
+			return nil, errors.New("packet: CONNECT with a password but no user name")
 		}
 		p.CleanSession = f&0x2 != 0
 		p.KeepAlive = d.uint16()
 		p.ClientID = d.string()
+		if f&0x80 != 0 {
+			if p.Username = d.string(); p.Username == "" && f&0x40 == 0 && d.err == nil {
+				return nil, errors.New("packet: CONNECT with an empty user name and no password")
+			}
+		}
+		if f&0x40 != 0 {
+			p.Password = d.binary()
+		}
 	case Connack:
 		f := d.byte()
 		if f&^0x1 != 0 && d.err == nil {
@@ -293,6 +306,21 @@ func (d *decoder) uint16() uint16 {
 	return v
 }
 
+// binary reads a length-prefixed byte string (never nil when read).
+func (d *decoder) binary() []byte {
+	n := int(d.uint16())
+	if d.err != nil {
+		return nil
+	}
+	if len(d.b) < n {
+		d.err = io.ErrUnexpectedEOF
+		return nil
+	}
+	b := append([]byte{}, d.b[:n]...)
+	d.b = d.b[n:]
+	return b
+}
+
 func (d *decoder) string() string {
 	n := int(d.uint16())
 	if d.err != nil {
@@ -313,6 +341,12 @@ func (p *Packet) validate() error {
 	case Connect:
 		if err := checkString(p.ClientID); err != nil {
 			return fmt.Errorf("packet: CONNECT client ID: %w", err)
+		}
+		if err := checkString(p.Username); err != nil {
+			return fmt.Errorf("packet: CONNECT user name: %w", err)
+		}
+		if len(p.Password) > 65535 {
+			return errors.New("packet: CONNECT password too long")
 		}
 	case Connack:
 		if p.ReturnCode > 5 {
@@ -444,8 +478,21 @@ func (p *Packet) AppendHeader(dst []byte) ([]byte, error) {
 		if p.CleanSession {
 			f |= 0x2
 		}
+		if p.Username != "" || p.Password != nil {
+			f |= 0x80
+		}
+		if p.Password != nil {
+			f |= 0x40
+		}
 		v = append(v, 4, f, byte(p.KeepAlive>>8), byte(p.KeepAlive))
 		v = appendString(v, p.ClientID)
+		if f&0x80 != 0 {
+			v = appendString(v, p.Username)
+		}
+		if f&0x40 != 0 {
+			v = append(v, byte(len(p.Password)>>8), byte(len(p.Password)))
+			v = append(v, p.Password...)
+		}
 	case Connack:
 		f := byte(0)
 		if p.SessionPresent {
