@@ -8,13 +8,15 @@ declare -A pkg_of=(
   [tpm2_readpublic]=tpm2-tools [tpm2_pcrextend]=tpm2-tools
   [mosquitto]=mosquitto [mosquitto_sub]=mosquitto-clients [mosquitto_pub]=mosquitto-clients
   [openssl]=openssl [gcc]=gcc
+  [ssh-keygen]=openssh-client [ssh]=openssh-client [sshd]=openssh-server
 )
 bins=(swtpm swtpm_setup swtpm_ioctl openssl)
 if [ "$want" = test ]; then
-  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc)
+  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh sshd)
 fi
 missing=()
-for b in "${bins[@]}"; do command -v "$b" >/dev/null 2>&1 || missing+=("$b"); done
+# sshd lives in /usr/sbin, which a non-root PATH may not name.
+for b in "${bins[@]}"; do command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || missing+=("$b"); done
 # The cgo TPM simulator links OpenSSL's libcrypto.
 libs=()
 if [ "$want" = test ] && ! { [ -e /usr/include/openssl/evp.h ] || dpkg -s libssl-dev >/dev/null 2>&1; }; then libs+=(libssl-dev); fi
@@ -30,6 +32,8 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
   # Installing mosquitto starts a system broker on 1883; the tests start their own.
   systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  # Likewise sshd (openssh-server): the SSH test runs its own on a free port.
+  systemctl disable --now ssh >/dev/null 2>&1 || true
   exit 0
 fi
 echo "missing: ${missing[*]:-} ${libs[*]:-}" >&2

@@ -4,6 +4,7 @@
 //	sigil demo [--once]                 a fleet and three simulated devices
 //	sigil devices [list|show ID|approve ID]
 //	sigil tokens create [--model M] [--owner O] [--ttl 24h]
+//	sigil secrets [list|put NAME|delete NAME|device ID]
 //	sigil version
 package main
 
@@ -51,6 +52,8 @@ const usage = `usage:
   sigil devices release ID --justification TEXT
   sigil policies list | show ID | learn --device ID --name NAME [--pcrs 0,1,7] | put FILE | delete ID
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
+  sigil secrets list [-o json] | device ID [-o json] | delete NAME
+  sigil secrets put NAME (--device ID | --group G | --model M) [--pcr-bound] [--file F]   (value from F or stdin)
   sigil version
 
 API commands find the server, token and CA from --server/--token/--ca, the
@@ -90,6 +93,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdTokens(ctx, args[1:], stdout)
 	case "policies":
 		err = cmdPolicies(ctx, args[1:], stdout)
+	case "secrets":
+		err = cmdSecrets(ctx, args[1:], os.Stdin, stdout)
 	case "sim-device":
 		err = cmdSimDevice(ctx, args[1:], stderr)
 	case "version":

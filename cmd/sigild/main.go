@@ -4,6 +4,8 @@
 //
 //	sigild run --config /etc/sigild/config.json
 //	sigild status [--config FILE]
+//	sigild secret get NAME [--config FILE]
+//	sigild secret list [--config FILE] [--json]
 //	sigild version
 package main
 
@@ -24,6 +26,10 @@ import (
 const usage = `usage:
   sigild run --config FILE      run the daemon
   sigild status [--config FILE] print identity, certificate expiry and connection
+  sigild secret get NAME [--config FILE]
+                                unseal a secret the fleet delivered (through the TPM) to stdout
+  sigild secret list [--config FILE] [--json]
+                                list the secrets held (names and versions, never values)
   sigild version                print the version
 `
 
@@ -49,6 +55,8 @@ func run(args []string) int {
 		return cmdRun(args[1:])
 	case "status":
 		return cmdStatus(args[1:])
+	case "secret":
+		return cmdSecret(args[1:])
 	case "version":
 		fmt.Println("sigild", agent.Version)
 		return exitOK

@@ -63,6 +63,7 @@ type Agent struct {
 	challenges chan *wire.AttestChallenge
 	renewals   chan *wire.RenewResult
 	rotate     chan struct{}
+	ssh        sshState                 // hands SSH certificate messages to the session worker (ssh.go)
 	secrets    chan *wire.SecretDeliver // deliveries for the session's secret worker (secrets.go)
 
 	mu     sync.Mutex
@@ -728,6 +729,8 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		}
 	case wire.TypeSecretDeliver:
 		a.queueSecret(env)
+	case wire.TypeSSHCerts:
+		a.sshCerts(env)
 	case wire.TypeAttestVerdict:
 		var v wire.AttestVerdict
 		if err := wire.DecodeBody(env, wire.TypeAttestVerdict, &v); err != nil {
@@ -739,6 +742,9 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 			a.log.Warn("attestation failed", "reason", v.Reason.String(), "message", v.Message)
 		}
 		a.setStatus(func(s *Status) { s.LastVerdict = verdict })
+		if v.Result == wire.VerdictPass {
+			a.sshAttested()
+		}
 	default:
 		a.log.Debug("message from fleet", "type", env.Type, "id", env.IDString())
 	}

@@ -23,6 +23,7 @@ import (
 // true when a renewed certificate arrived and the device should reconnect
 // with it now.
 func (a *Agent) sessionLoop(ctx context.Context, conn *link.Conn, id *state.Identity) bool {
+	defer a.sshSession(ctx, conn, id)() // SSH host certificates after passing attestations (ssh.go)
 	a.requestAttestation(ctx, conn, id, "connect")
 	every := time.Duration(a.cfg.AttestInterval)
 	var tick <-chan time.Time // nil: no schedule

@@ -76,6 +76,16 @@ type Config struct {
 	// Control is the Unix socket `sigild status` reads. Default
 	// /run/sigild/sigild.sock; "-" disables it.
 	Control string `json:"control"`
+	// SSHHostKeys are OpenSSH host public key files (e.g.
+	// /etc/ssh/ssh_host_ecdsa_key.pub) the fleet certifies after each
+	// passing attestation of a session. Default none: the feature is off.
+	SSHHostKeys []string `json:"ssh_host_keys"`
+	// SSHCertDir is where the host certificates are written, named as
+	// OpenSSH expects ("<key>-cert.pub"). Default: next to each key.
+	SSHCertDir string `json:"ssh_cert_dir"`
+	// SSHReloadPIDFile names a PID file (e.g. /run/sshd.pid) whose process
+	// gets SIGHUP after new certificates are written. Default "" (none).
+	SSHReloadPIDFile string `json:"ssh_reload_pid_file"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `json:"log_level"`
 }
@@ -159,6 +169,9 @@ func (c *Config) Validate() error {
 	}
 	if !validTopicLevel(c.TopicPrefix) {
 		errs = append(errs, errors.New("topic_prefix must be one topic level without wildcards"))
+	}
+	if err := c.validateSSH(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -1,9 +1,11 @@
 // Package state is the device's crash-safe store (bbolt): its identity, the
-// TPM-wrapped key blobs, certificates and enrollment status.
+// TPM-wrapped key blobs, certificates, enrollment status and the sealed
+// secrets the fleet delivered.
 //
-// Nothing stored here is secret on its own: key blobs are wrapped by the TPM
-// and can be loaded only into the TPM that created them. Every write is one
-// bbolt transaction, so a crash leaves either the old or the new record.
+// Nothing stored here is secret on its own: key blobs and sealed secrets are
+// wrapped by the TPM and can be loaded only into the TPM that created or
+// imported them. Every write is one bbolt transaction, synced before it
+// returns, so a crash leaves either the old or the new record.
 package state
 
 import (

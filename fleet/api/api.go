@@ -21,6 +21,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/rotation"
+	"github.com/sigil-iot/sigil/fleet/sshca"
 )
 
 // Approver approves pending devices (the enrollment service).
@@ -39,6 +40,10 @@ type Config struct {
 	Rotation   *rotation.Service
 	CA         *ca.CA
 	Disconnect func(deviceID string)
+	// Secrets serves the sealed-secrets routes; nil answers them with 501.
+	Secrets Secrets
+	// SSHCA serves GET /api/v1/ssh/ca; nil answers it with 404.
+	SSHCA *sshca.CA
 	// AdminTokenHash is the SHA-256 of the admin bearer token.
 	AdminTokenHash []byte
 	// Connected reports live broker sessions; nil means unknown.
@@ -76,6 +81,8 @@ func New(cfg Config) http.Handler {
 	h.mux.Handle("POST /api/v1/enrollment-tokens", h.auth(h.createToken))
 	h.routesAttest()
 	h.routesLifecycle()
+	h.routesSSH()
+	h.routesSecrets()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})

@@ -5,12 +5,15 @@
 // certificate and disconnects it at once.
 //
 // Evidence is checked in this order, each step on the verified output of the
-// one before: envelope; nonce (issued by the fleet to this device, single
-// use, unexpired); every quote (AK signature, magic, type, nonce, PCR
-// selection as asked, PCR digest); event-log replay against the quoted PCRs
-// when a log is present; reset/restart counters against the history (going
-// backwards fails); the reference policy for the device's model, firmware
-// and group. Devices without an event log are judged by PCR values alone.
+// one before: envelope; the nonce it names is taken (issued by the fleet to
+// this device, single use, unexpired — a cheap gate, so unsolicited evidence
+// costs no signature check); every quote (AK signature, magic and type, the
+// quote's nonce equals that nonce, PCR selection as asked, PCR digest);
+// event-log replay against the quoted PCRs when a log is present; the
+// reference policy for the device's model, firmware and group (fail closed
+// when the model has policies but none for the reported firmware); the
+// reset/restart counters against the history (going backwards fails).
+// Devices without an event log are judged by PCR values alone.
 package attest
 
 import (
@@ -396,17 +399,19 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 		}
 		rec.Events = len(log.Events)
 	}
-	last, err := s.cfg.History.Last(dev.ID)
-	if err != nil {
-		return fail(err)
-	}
-	if last != nil && last.Clock != 0 {
+	// Last, as the issue orders it: the counters against the history.
+	counters := func() error {
+		last, err := s.cfg.History.Last(dev.ID)
+		if err != nil || last == nil || last.Clock == 0 {
+			return err
+		}
 		if rec.ResetCount < last.ResetCount || (rec.ResetCount == last.ResetCount && rec.RestartCount < last.RestartCount) {
-			return fail(wire.Refuse(wire.ReasonCounterRollback, fmt.Sprintf(
+			return wire.Refuse(wire.ReasonCounterRollback, fmt.Sprintf(
 				"TPM reset/restart counters went backwards (%d/%d after %d/%d): the TPM was cleared or the evidence is replayed from another TPM state",
-				rec.ResetCount, rec.RestartCount, last.ResetCount, last.RestartCount), nil))
+				rec.ResetCount, rec.RestartCount, last.ResetCount, last.RestartCount), nil)
 		}
 		rec.Rebooted = rec.ResetCount != last.ResetCount || rec.RestartCount != last.RestartCount
+		return nil
 	}
 	firmware := ev.Firmware
 	if firmware == "" {
@@ -433,6 +438,9 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 			rec.Message = fmt.Sprintf("no reference policy of model %s matches firmware %q (group %q): the device reports an unexpected firmware", dev.Model, firmware, dev.Group)
 			return rec, iss.issued
 		}
+		if err := counters(); err != nil {
+			return fail(err)
+		}
 		rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonNoPolicy, wire.ReasonNoPolicy.String(), "evidence verified; no reference policy applies to this model and firmware"
 		return rec, iss.issued
 	}
@@ -442,7 +450,11 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 	if !v.Pass {
 		rec.Code, rec.Reason = wire.ReasonPolicyViolation, wire.ReasonPolicyViolation.String()
 		rec.Message = summarize(v.Failures)
+		_ = counters() // still note a reboot; the policy failure is the verdict
 		return rec, iss.issued
+	}
+	if err := counters(); err != nil {
+		return fail(err)
 	}
 	rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonOK, wire.ReasonOK.String(), "evidence verified and matches policy "+pol.Name
 	return rec, iss.issued

@@ -184,6 +184,14 @@ func TestRefusals(t *testing.T) {
 			f.submit(f.dev, b)
 			return b
 		}, wire.ReasonNonceInvalid, false},
+		{"old quote presented with a fresh nonce", func(f *fixture) []byte {
+			old := f.challenge(f.dev)
+			oldQuote, err := f.tpm.Quote(f.ak, old.Nonce, old.Selections[0])
+			if err != nil {
+				f.t.Fatal(err)
+			}
+			return f.evidence(f.challenge(f.dev), f.ak, func(ev *wire.AttestEvidence) { ev.Quotes[0] = *oldQuote })
+		}, wire.ReasonQuoteInvalid, true},
 		{"nonce issued to another device", func(f *fixture) []byte {
 			return f.evidence(f.challenge(other), f.ak, nil)
 		}, wire.ReasonNonceInvalid, false},

@@ -9,5 +9,6 @@
 //
 //	1 (2026-11-22) enrollment: request, challenge, proof, result, retry; hello.
 //	2 (2026-11-22) attestation: request, challenge, evidence, verdict.
-//	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets.
+//	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets;
+//	  SSH host certificates (ssh.request, ssh.certs).
 package wire

@@ -1,5 +1,5 @@
 // Package bench is `sigil bench`, the benchmark suite behind
-// docs/BENCHMARKS.md. It measures four figures:
+// docs/BENCHMARKS.md. It measures five figures:
 //
 //   - server: the fleet's server-side enrollment cost next to its crypto
 //     floor. These are `go test` benchmarks in fleet/enroll (no TPM in the
@@ -13,6 +13,11 @@
 //   - attest: remote attestation end to end over MQTT with many simulated
 //     devices: attestations per second and verdict latency, then the
 //     quarantine latency after tampering with a PCR (Attest).
+//   - rotate: certificate renewal. The fleet side of one renewal next to
+//     its crypto floor (`go test` benchmarks in fleet/rotation, Renew),
+//     then a forced rotation of every simulated device end to end:
+//     renewals per second and the time until each device is connected with
+//     its new certificate (Rotate).
 //
 // Every figure bounds its own run time. Work that is set-up rather than the
 // subject of a figure (manufacturing swtpm state with EK certificates,
@@ -37,7 +42,7 @@ import (
 
 // Usage is the command line Command understands.
 const Usage = `usage:
-  sigil bench [--devices N] [--sigild PATH]   all four figures, quickly (N default 5)
+  sigil bench [--devices N] [--sigild PATH]   all five figures, quickly (N default 5)
   sigil bench server [--benchtime 1s]         server-side enrollment vs crypto floor (go test)
   sigil bench enroll [--devices N]            N swtpm devices enrolling at once (default 20)
   sigil bench sigild [--sigild PATH] [--idle 5s] [--restarts 5]
@@ -45,6 +50,10 @@ const Usage = `usage:
   sigil bench attest [--devices N] [--rounds R]
                                               attestation over MQTT: rate, verdict and quarantine
                                               latency (N default 20, R default 10)
+  sigil bench rotate [--devices N] [--sizes N1,N2,...] [--rounds R] [--benchtime 1s]
+                                              fleet-side renewal vs crypto floor (go test), then a
+                                              forced rotation of N swtpm devices end to end, R times
+                                              (N default 20, R default 1); --sizes repeats it per size
 Common flags: --dir DIR (keep the working files there), --verbose (log to stderr).
 `
 
@@ -65,7 +74,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sigild := fs.String("sigild", "", "sigild binary to measure (default: build ./cmd/sigild with go build)")
 	idle := fs.Duration("idle", 5*time.Second, "idle time before reading sigild's RSS")
 	restarts := fs.Int("restarts", 5, "sigild restarts to time")
-	benchtime := fs.String("benchtime", "1s", "go test -benchtime for the server figure")
+	benchtime := fs.String("benchtime", "1s", "go test -benchtime for the server and rotate figures")
+	sizes := fs.String("sizes", "", "device counts for the rotate figure, comma-separated (default: --devices)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,6 +127,24 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		fmt.Fprintf(stdout, "sigil bench attest (%s)\n\n", env)
 		r.Print(stdout)
+	case "rotate":
+		if *devices == 0 {
+			*devices = 20
+		}
+		n := []int{*devices}
+		if *sizes != "" {
+			if n, err = parseSizes(*sizes); err != nil {
+				return err
+			}
+		}
+		r := 1
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "rounds" {
+				r = *rounds
+			}
+		})
+		fmt.Fprintf(stdout, "sigil bench rotate (%s)\n", env)
+		return rotate(ctx, stdout, *benchtime, n, r, work, log)
 	case "all":
 		if *devices == 0 {
 			*devices = 5
@@ -160,6 +188,34 @@ func all(ctx context.Context, out io.Writer, env, benchtime string, devices, rou
 		fmt.Fprintf(out, "not measured: %v\n", err)
 		errs = append(errs, err)
 	} else {
+		r.Print(out)
+	}
+	if err := rotate(ctx, out, benchtime, []int{devices}, 1, filepath.Join(work, "rotate"), log); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// rotate runs the renewal benchmarks, then a forced rotation at each size
+// (each with its own swtpms and fleet), and prints each; a part that
+// cannot run is reported and the others still run.
+func rotate(ctx context.Context, out io.Writer, benchtime string, sizes []int, rounds int, work string, log *slog.Logger) error {
+	var errs []error
+	fmt.Fprintf(out, "\n== fleet-side renewal (go test -bench, benchtime %s)\n\n", benchtime)
+	if r, err := Renew(ctx, ServerOptions{Benchtime: benchtime, Logger: log}); err != nil {
+		fmt.Fprintf(out, "not measured: %v\n", err)
+		errs = append(errs, err)
+	} else {
+		r.Print(out)
+	}
+	for _, n := range sizes {
+		fmt.Fprintf(out, "\n== forced rotation of %d devices, %d round(s)\n\n", n, rounds)
+		r, err := Rotate(ctx, RotateOptions{Devices: n, Rounds: rounds, Dir: filepath.Join(work, fmt.Sprintf("rotate-%d", n)), Logger: log})
+		if err != nil {
+			fmt.Fprintf(out, "not measured: %v\n", err)
+			errs = append(errs, err)
+			continue
+		}
 		r.Print(out)
 	}
 	return errors.Join(errs...)

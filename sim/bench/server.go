@@ -45,6 +45,12 @@ type ServerResult struct {
 // no TPM in the loop; see docs/BENCHMARKS.md) and parses their results. It
 // needs the Go toolchain and the source tree.
 func Server(ctx context.Context, o ServerOptions) (*ServerResult, error) {
+	return goBench(ctx, o, "./fleet/enroll", ServerBenchmarks)
+}
+
+// goBench runs the benchmarks of one package matching pattern with
+// `go test` in the source tree and parses their results.
+func goBench(ctx context.Context, o ServerOptions, pkg, pattern string) (*ServerResult, error) {
 	if o.Benchtime == "" {
 		o.Benchtime = "1s"
 	}
@@ -56,7 +62,7 @@ func Server(ctx context.Context, o ServerOptions) (*ServerResult, error) {
 		return nil, err
 	}
 	gobin, _ := goTool()
-	args := []string{"test", "-run", "^$", "-bench", ServerBenchmarks, "-benchtime", o.Benchtime, "./fleet/enroll"}
+	args := []string{"test", "-run", "^$", "-bench", pattern, "-benchtime", o.Benchtime, pkg}
 	res := &ServerResult{Command: "go " + strings.Join(args, " ")}
 	o.Logger.Info("running", "cmd", res.Command, "dir", src)
 	cmd := exec.CommandContext(ctx, gobin, args...)

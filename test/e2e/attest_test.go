@@ -118,8 +118,11 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	}
 	before, _ := f.Inv.Device(id)
 
+	sessionBefore := d.Status().ConnectedAt
 	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), "9:sha256="+strings.Repeat("ab", 32))
 	v := nextVerdict(t, c, id)
+	// The broker closed its session at once: the agent saw it drop.
+	waitFor(t, func() bool { s := d.Status(); return !s.Connected || s.ConnectedAt.After(sessionBefore) }, "the quarantined device's session to be closed")
 	if v.Result != "fail" || v.Reason != "policy_violation" || v.Action != "quarantined" || len(v.Failures) != 1 || v.Failures[0].PCR != 9 {
 		t.Fatalf("verdict after tampering %+v", v)
 	}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/secrets"
+)
+
+// cmdSecrets: sigil secrets list | put NAME | delete NAME | device ID.
+// put reads the value from --file, or from stdin when no file is given
+// (never from a flag, which would leave it in shell history and ps).
+func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+	sub := "list"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("secrets "+sub, flag.ContinueOnError)
+	af := addAPIFlags(fs)
+	file := fs.String("file", "", "read the value from this file (put; default stdin)")
+	device := fs.String("device", "", "target: one device ID (put)")
+	group := fs.String("group", "", "target: devices of this group (put)")
+	model := fs.String("model", "", "target: devices of this model (put)")
+	pcrBound := fs.Bool("pcr-bound", false, "seal to the device's attested PCR values (put)")
+	var arg string
+	if sub != "list" {
+		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+			return usageError{"secrets " + sub + " needs an argument"}
+		}
+		arg, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "list":
+		l, err := c.Secrets(ctx)
+		if err != nil {
+			return err
+		}
+		if *af.output == "json" {
+			return printJSON(stdout, l)
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tVERSION\tTARGET\tPCR BOUND\tACKED\tPENDING\tFAILED\tCREATED")
+		for _, s := range l.Secrets {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%s\n", s.Name, s.Version, targetText(s.Target), s.PCRBound,
+				s.Delivery.Acked, s.Delivery.Pending, s.Delivery.Failed, s.Created.Format(time.RFC3339))
+		}
+		return tw.Flush()
+	case "put":
+		var value []byte
+		if *file != "" {
+			value, err = os.ReadFile(*file)
+		} else {
+			value, err = io.ReadAll(io.LimitReader(stdin, secrets.MaxValue+2))
+			value = bytes.TrimSuffix(value, []byte("\n")) // `echo x | sigil secrets put` stores "x"
+		}
+		if err != nil {
+			return err
+		}
+		defer clear(value)
+		if len(value) == 0 || len(value) > secrets.MaxValue {
+			return usageError{fmt.Sprintf("the value must be 1 to %d bytes", secrets.MaxValue)}
+		}
+		info, err := c.PutSecret(ctx, arg, value, secrets.Target{Device: *device, Group: *group, Model: *model}, *pcrBound)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "stored secret %s version %d for %s; delivery: sigil secrets list\n", info.Name, info.Version, targetText(info.Target))
+		return nil
+	case "delete":
+		if err := c.DeleteSecret(ctx, arg); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "deleted secret %s (devices keep what they imported)\n", arg)
+		return nil
+	case "device":
+		l, err := c.DeviceSecrets(ctx, arg)
+		if err != nil {
+			return err
+		}
+		if *af.output == "json" {
+			return printJSON(stdout, l)
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tLATEST\tSENT\tACKED\tPCR BOUND\tERROR")
+		for _, s := range l.Secrets {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%s\n", s.Name, s.Latest, s.Sent, s.Acked, s.PCRBound, s.Error)
+		}
+		return tw.Flush()
+	}
+	return usageError{"unknown secrets subcommand " + sub}
+}
+
+func targetText(t secrets.Target) string {
+	var parts []string
+	for _, kv := range [][2]string{{"device", t.Device}, {"group", t.Group}, {"model", t.Model}} {
+		if kv[1] != "" {
+			parts = append(parts, kv[0]+"="+kv[1])
+		}
+	}
+	return strings.Join(parts, ",")
+}

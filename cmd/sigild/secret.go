@@ -1,0 +1,78 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/device/state"
+)
+
+// exitNoSecret: `secret get` for a secret the device does not hold.
+const exitNoSecret = 4
+
+// cmdSecret runs `sigild secret get NAME` and `sigild secret list`. get
+// writes the unsealed value to stdout exactly, without a newline; the
+// value is unsealed through the TPM in this process, never by the daemon.
+func cmdSecret(args []string) int {
+	if len(args) == 0 || (args[0] != "get" && args[0] != "list") {
+		fmt.Fprint(os.Stderr, "usage: sigild secret get NAME [--config FILE] | sigild secret list [--config FILE] [--json]\n")
+		return exitUsage
+	}
+	sub, args := args[0], args[1:]
+	var name string
+	if sub == "get" {
+		if len(args) == 0 || args[0] == "" || args[0][0] == '-' {
+			fmt.Fprintln(os.Stderr, "sigild: secret get needs a secret name")
+			return exitUsage
+		}
+		name, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("secret "+sub, flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON (list)")
+	cfg, err := loadConfig(fs, args, false)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sigild:", err)
+		return exitUsage
+	}
+	if sub == "list" {
+		l, err := agent.Secrets(cfg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sigild:", err)
+			return exitError
+		}
+		if *asJSON {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(l)
+			return exitOK
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tVERSION\tPCR BOUND\tRECEIVED")
+		for _, s := range l {
+			fmt.Fprintf(tw, "%s\t%d\t%v\t%s\n", s.Name, s.Version, s.PCRBound, s.Received.Format(time.RFC3339))
+		}
+		_ = tw.Flush()
+		return exitOK
+	}
+	v, err := agent.Unseal(cfg, name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sigild:", err)
+		if errors.Is(err, state.ErrNoSecret) {
+			return exitNoSecret
+		}
+		return exitError
+	}
+	_, err = os.Stdout.Write(v)
+	clear(v)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sigild:", err)
+		return exitError
+	}
+	return exitOK
+}

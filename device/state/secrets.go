@@ -1,0 +1,116 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Errors of the secrets bucket.
+var (
+	// ErrNoSecret is returned for a secret the store does not hold.
+	ErrNoSecret = errors.New("state: no such secret")
+	// ErrOlderSecret is returned by PutSecret for a version older than the
+	// one stored: a late redelivery never rolls a secret back.
+	ErrOlderSecret = errors.New("state: a newer version of the secret is stored")
+)
+
+// Secret is a sealed secret the fleet delivered, as imported into the TPM:
+// only the TPM-wrapped blob (device/tpm.SealedBlob), never the value.
+type Secret struct {
+	Name     string             `cbor:"1,keyasint"`
+	Version  int                `cbor:"2,keyasint"`
+	Public   []byte             `cbor:"3,keyasint"` // TPMT_PUBLIC of the sealed data object
+	Private  []byte             `cbor:"4,keyasint"` // TPM2B_PRIVATE contents, encrypted by the EK
+	PCRs     *wire.PCRSelection `cbor:"5,keyasint,omitempty"`
+	Received time.Time          `cbor:"6,keyasint,omitempty"`
+}
+
+var bucketSecrets = []byte("secrets")
+
+// PutSecret stores sec under its name, replacing an older or equal
+// version, in one synced transaction. A version older than the stored one
+// is refused with ErrOlderSecret.
+func (s *Store) PutSecret(sec *Secret) error {
+	if !wire.ValidID(sec.Name) || sec.Version < 1 || len(sec.Public) == 0 || len(sec.Private) == 0 {
+		return errors.New("state: save secret: name, version or blob missing")
+	}
+	v, err := wire.Marshal(sec)
+	if err != nil {
+		return fmt.Errorf("state: encode secret: %w", err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketSecrets)
+		if err != nil {
+			return err
+		}
+		if old := b.Get([]byte(sec.Name)); old != nil {
+			var prev Secret
+			if err := wire.Unmarshal(old, &prev); err == nil && prev.Version > sec.Version {
+				return ErrOlderSecret
+			}
+		}
+		return b.Put([]byte(sec.Name), v)
+	})
+	if errors.Is(err, ErrOlderSecret) {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("state: save secret %s: %w", sec.Name, err)
+	}
+	return nil
+}
+
+// Secret returns the stored secret name, or ErrNoSecret.
+func (s *Store) Secret(name string) (*Secret, error) {
+	var out *Secret
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSecrets)
+		if b == nil {
+			return ErrNoSecret
+		}
+		v := b.Get([]byte(name))
+		if v == nil {
+			return ErrNoSecret
+		}
+		out = &Secret{}
+		return wire.Unmarshal(v, out)
+	})
+	if errors.Is(err, ErrNoSecret) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state: read secret %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// Secrets returns every stored secret, sorted by name.
+func (s *Store) Secrets() ([]Secret, error) {
+	var out []Secret
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSecrets)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
+			var sec Secret
+			if err := wire.Unmarshal(v, &sec); err != nil {
+				return err
+			}
+			out = append(out, sec)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state: read secrets: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Secret) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}

@@ -1,0 +1,214 @@
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/secrets"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Secrets is the sealed-secrets service as the API uses it (fleet/server
+// composes it from fleet/secrets and its delivery state). No method
+// returns a value.
+type Secrets interface {
+	// Put stores value as a new version of name and starts delivering it
+	// to the targeted devices that are connected.
+	Put(name string, value []byte, target secrets.Target, pcrBound bool) (*secrets.Info, error)
+	// List returns every secret with its delivery summary.
+	List() ([]SecretStatus, error)
+	// Delete removes every version of name (secrets.ErrNotFound when none):
+	// the fleet stops delivering it; devices keep what they imported.
+	Delete(name string) error
+	// DeviceSecrets returns a device's delivery state per secret.
+	DeviceSecrets(deviceID string) ([]DeviceSecret, error)
+}
+
+// SecretStatus is a secret in GET /api/v1/secrets: its latest version,
+// target and versions kept, and how far the latest version got. Never its
+// value.
+type SecretStatus struct {
+	secrets.Listing
+	Delivery DeliverySummary `json:"delivery"`
+}
+
+// DeliverySummary counts the devices the fleet tried to deliver a secret's
+// latest version to.
+type DeliverySummary struct {
+	Acked   int `json:"acked"`   // imported into the device's TPM
+	Pending int `json:"pending"` // sent, not acknowledged yet
+	Failed  int `json:"failed"`  // the last attempt failed (see the device's secrets)
+}
+
+// DeviceSecret is one device's delivery state of one secret.
+type DeviceSecret struct {
+	Name     string    `json:"name"`
+	Latest   int       `json:"latest"` // latest version for this device; 0 when the secret was deleted or no longer targets it
+	PCRBound bool      `json:"pcr_bound"`
+	Sent     int       `json:"sent,omitempty"` // last version sent
+	SentAt   time.Time `json:"sent_at,omitzero"`
+	Acked    int       `json:"acked,omitempty"` // last version the device imported
+	AckedAt  time.Time `json:"acked_at,omitzero"`
+	Error    string    `json:"error,omitempty"` // why the last attempt failed
+	ErrorAt  time.Time `json:"error_at,omitzero"`
+}
+
+// SecretRequest is the body of PUT /api/v1/secrets/{name}. The value is
+// always base64 (standard alphabet, padded), so that any bytes can be
+// stored; it is never echoed.
+type SecretRequest struct {
+	ValueB64 string         `json:"value_b64"`
+	Target   secrets.Target `json:"target"`
+	PCRBound bool           `json:"pcr_bound"`
+}
+
+func (h *handler) routesSecrets() {
+	h.mux.Handle("GET /api/v1/secrets", h.auth(h.listSecrets))
+	h.mux.Handle("PUT /api/v1/secrets/{name}", h.auth(h.putSecret))
+	h.mux.Handle("DELETE /api/v1/secrets/{name}", h.auth(h.deleteSecret))
+	h.mux.Handle("GET /api/v1/devices/{id}/secrets", h.auth(h.deviceSecrets))
+}
+
+// secretsOn writes a 501 when no secrets service is configured.
+func (h *handler) secretsOn(w http.ResponseWriter) bool {
+	if h.cfg.Secrets == nil {
+		problem(w, http.StatusNotImplemented, "not implemented", "sealed secrets are not enabled on this server")
+		return false
+	}
+	return true
+}
+
+func (h *handler) putSecret(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.secretsOn(w) {
+		return
+	}
+	name := r.PathValue("name")
+	if !wire.ValidID(name) {
+		problem(w, http.StatusBadRequest, "bad request", "a secret name is 1 to 64 characters of a-z, 0-9, '.', '_' and '-', not starting with '.' or '-'")
+		return
+	}
+	var req SecretRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	value, err := base64.StdEncoding.DecodeString(req.ValueB64)
+	if err != nil {
+		problem(w, http.StatusBadRequest, "bad request", "value_b64 is not standard base64")
+		return
+	}
+	defer clear(value)
+	if len(value) == 0 || len(value) > secrets.MaxValue {
+		problem(w, http.StatusBadRequest, "bad request", fmt.Sprintf("the value must be 1 to %d bytes (a TPM sealed data object), got %d", secrets.MaxValue, len(value)))
+		return
+	}
+	t := req.Target
+	if t == (secrets.Target{}) {
+		problem(w, http.StatusBadRequest, "bad request", "target must name a device, group or model")
+		return
+	}
+	for field, v := range map[string]string{"device": t.Device, "group": t.Group, "model": t.Model} {
+		if v != "" && !wire.ValidID(v) {
+			problem(w, http.StatusBadRequest, "bad request", "target."+field+" must be 1 to 64 characters of a-z, 0-9, '.', '_' and '-'")
+			return
+		}
+	}
+	info, err := h.cfg.Secrets.Put(name, value, t, req.PCRBound)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	h.log.Info("secret stored", "name", name, "version", info.Version, "pcr_bound", req.PCRBound, "by", who)
+	writeJSON(w, http.StatusCreated, info)
+}
+
+func (h *handler) listSecrets(w http.ResponseWriter, _ *http.Request, _ string) {
+	if !h.secretsOn(w) {
+		return
+	}
+	l, err := h.cfg.Secrets.List()
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	if l == nil {
+		l = []SecretStatus{}
+	}
+	writeJSON(w, http.StatusOK, SecretList{Secrets: l})
+}
+
+func (h *handler) deleteSecret(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.secretsOn(w) {
+		return
+	}
+	name := r.PathValue("name")
+	err := h.cfg.Secrets.Delete(name)
+	if errors.Is(err, secrets.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no secret with that name")
+		return
+	}
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	h.log.Info("secret deleted", "name", name, "by", who)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) deviceSecrets(w http.ResponseWriter, r *http.Request, _ string) {
+	if !h.secretsOn(w) {
+		return
+	}
+	d, ok := h.device(w, r)
+	if !ok {
+		return
+	}
+	l, err := h.cfg.Secrets.DeviceSecrets(d.ID)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	if l == nil {
+		l = []DeviceSecret{}
+	}
+	writeJSON(w, http.StatusOK, DeviceSecretList{DeviceID: d.ID, Secrets: l})
+}
+
+// SecretList is GET /api/v1/secrets.
+type SecretList struct {
+	Secrets []SecretStatus `json:"secrets"`
+}
+
+// DeviceSecretList is GET /api/v1/devices/{id}/secrets.
+type DeviceSecretList struct {
+	DeviceID string         `json:"device_id"`
+	Secrets  []DeviceSecret `json:"secrets"`
+}
+
+// PutSecret stores a new version of a secret; the value is sent base64.
+func (c *Client) PutSecret(ctx context.Context, name string, value []byte, target secrets.Target, pcrBound bool) (*secrets.Info, error) {
+	var out secrets.Info
+	req := SecretRequest{ValueB64: base64.StdEncoding.EncodeToString(value), Target: target, PCRBound: pcrBound}
+	return &out, c.Do(ctx, http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name), req, &out)
+}
+
+// Secrets lists the secrets with their delivery summaries.
+func (c *Client) Secrets(ctx context.Context) (*SecretList, error) {
+	var out SecretList
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/secrets", nil, &out)
+}
+
+// DeleteSecret deletes every version of a secret.
+func (c *Client) DeleteSecret(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, "/api/v1/secrets/"+url.PathEscape(name), nil, nil)
+}
+
+// DeviceSecrets returns a device's delivery state per secret.
+func (c *Client) DeviceSecrets(ctx context.Context, id string) (*DeviceSecretList, error) {
+	var out DeviceSecretList
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id)+"/secrets", nil, &out)
+}

@@ -1,0 +1,535 @@
+package rotation
+
+// Fleet-side renewal cost next to its crypto floor (docs/BENCHMARKS.md,
+// figure 6). No TPM is in the measured loop.
+//
+// The evidence is genuine: the in-process TPM simulator, through device/tpm
+// as sigild uses it, creates the AK and the new transport key, quotes and
+// certifies over the fleet's renewal nonce and signs the CSR, once per
+// benchmark run. The renewal nonce is random, so a recorded request would
+// answer only one challenge; the attestation service is therefore given a
+// deterministic Config.Rand that is rewound before every challenge, so each
+// challenge issues the same nonce and the one recorded request answers it.
+// Everything else is the production path: the nonce is issued, stored and
+// consumed every time, the quote, certify and CSR are verified, a
+// certificate is issued, and the verdict, device, event and history writes
+// happen every time (fsync'd unless the name says nosync).
+
+import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/tpm"
+	_ "github.com/sigil-iot/sigil/device/tpm/tpmsim" // the in-process TPM that records the evidence
+	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// replayRand is a deterministic entropy source that rewind restarts. It is
+// used from one goroutine at a time.
+type replayRand struct {
+	seed [32]byte
+	r    *mrand.ChaCha8
+}
+
+func newReplayRand() *replayRand {
+	r := &replayRand{seed: [32]byte{'r', 'e', 'n', 'e', 'w'}}
+	r.rewind()
+	return r
+}
+
+func (r *replayRand) rewind()                    { r.r = mrand.NewChaCha8(r.seed) }
+func (r *replayRand) Read(p []byte) (int, error) { return r.r.Read(p) }
+
+const benchDevice = "0123456789abcdef0123456789abcdef"
+
+// recording is one genuine renewal request and what the crypto floor needs.
+type recording struct {
+	akPublic []byte
+	req      wire.RenewRequest
+	sels     []wire.PCRSelection
+}
+
+var (
+	recordOnce sync.Once
+	recorded   *recording
+	recordErr  error
+)
+
+// record returns the recording, making it on first use.
+func record(tb testing.TB) *recording {
+	tb.Helper()
+	recordOnce.Do(func() { recorded, recordErr = newRecording(tb.TempDir()) })
+	if recordErr != nil {
+		tb.Fatal(recordErr)
+	}
+	return recorded
+}
+
+// newRecording records a renewal: a throwaway fleet issues the renewal
+// challenge, the simulator answers it as sigild's sendRenewal does, and
+// the fleet must accept the answer.
+func newRecording(dir string) (*recording, error) {
+	t, err := tpm.Open("sim://")
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close() // the TPM is gone before any benchmark loop runs
+	ak, err := t.CreateAK()
+	if err != nil {
+		return nil, err
+	}
+	tk, err := t.CreateTransportKey()
+	if err != nil {
+		return nil, err
+	}
+	rec := &recording{akPublic: ak.Public}
+	h, err := rec.newHarness(dir, false)
+	if err != nil {
+		return nil, err
+	}
+	defer h.close()
+	h.rand.rewind()
+	ch, err := h.challenge()
+	if err != nil {
+		return nil, err
+	}
+	ev := wire.AttestEvidence{Nonce: ch.Nonce, Firmware: "1.0.0"}
+	for _, sel := range ch.Selections {
+		q, err := t.Quote(ak, ch.Nonce, sel)
+		if err != nil {
+			return nil, err
+		}
+		ev.Quotes = append(ev.Quotes, *q)
+	}
+	certInfo, sig, err := t.Certify(ak, tk, ch.Nonce)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := t.Signer(tk)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: benchDevice}, SignatureAlgorithm: x509.ECDSAWithSHA256}, signer)
+	if err != nil {
+		return nil, err
+	}
+	rec.req = wire.RenewRequest{Nonce: ch.Nonce, TKPublic: tk.Public, CertifyInfo: certInfo, CertifySig: sig, CSR: csr, Evidence: ev}
+	rec.sels = ch.Selections
+	if err := h.renew(encode(wire.TypeRenewRequest, &rec.req)); err != nil {
+		return nil, fmt.Errorf("recorded renewal refused: %w", err)
+	}
+	return rec, nil
+}
+
+// harness is a rotation service, with its attestation service, CA,
+// inventory, history and job file, and the messages it sends captured.
+type harness struct {
+	svc  *Service
+	att  *attest.Service
+	inv  *inventory.Store
+	hist *attest.History
+	jobs *Jobs
+	rand *replayRand
+
+	mu   sync.Mutex
+	sent map[string][]byte // by kind: the last message sent
+}
+
+// newHarness builds the services in dir with one active device whose AK is
+// the recording's.
+func (rec *recording) newHarness(dir string, noSync bool) (*harness, error) {
+	h := &harness{rand: newReplayRand(), sent: map[string][]byte{}}
+	var opts []inventory.Option
+	if noSync {
+		opts = append(opts, inventory.WithNoSync())
+	}
+	var err error
+	if h.inv, err = inventory.Open(filepath.Join(dir, "inventory.db"), opts...); err != nil {
+		return nil, err
+	}
+	if h.hist, err = attest.OpenHistory(filepath.Join(dir, "attestations.db"), 100); err != nil {
+		h.close()
+		return nil, err
+	}
+	if h.jobs, err = OpenJobs(filepath.Join(dir, "rotations.db")); err != nil {
+		h.close()
+		return nil, err
+	}
+	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), TrustDomain: "bench.sigil.local"})
+	if err != nil {
+		h.close()
+		return nil, err
+	}
+	send := func(_, kind string, payload []byte) error {
+		h.mu.Lock()
+		h.sent[kind] = payload
+		h.mu.Unlock()
+		return nil
+	}
+	noEventLog := false
+	if h.att, err = attest.New(attest.Config{Inventory: h.inv, History: h.hist, Rand: h.rand, EventLog: &noEventLog,
+		Send: send, Disconnect: func(string) {}}); err != nil {
+		h.close()
+		return nil, err
+	}
+	if h.svc, err = New(Config{CA: fleetCA, Inventory: h.inv, Attest: h.att, Jobs: h.jobs, Send: send}); err != nil {
+		h.close()
+		return nil, err
+	}
+	err = h.inv.PutDevice(&inventory.Device{ID: benchDevice, EKFingerprint: "1111111111111111111111111111111111111111111111111111111111111111",
+		Model: "bench-gw", Firmware: "1.0.0", State: inventory.StateActive, CertSerial: "c0ffee", AKPublic: rec.akPublic})
+	if err != nil {
+		h.close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *harness) close() {
+	for _, c := range []interface{ Close() error }{h.inv, h.hist, h.jobs} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+var renewRequestMsg = encode(wire.TypeAttestRequest, &wire.AttestRequest{Reason: wire.PurposeRenew})
+
+// challenge asks the attestation service for a renewal nonce, as the
+// device's attest.request does, and returns the challenge it sent.
+func (h *harness) challenge() (*wire.AttestChallenge, error) {
+	env, err := wire.Decode(renewRequestMsg)
+	if err != nil {
+		return nil, err
+	}
+	h.att.Submit(benchDevice, env, renewRequestMsg)
+	var ch wire.AttestChallenge
+	if err := h.last("attest", wire.TypeAttestChallenge, &ch); err != nil {
+		return nil, err
+	}
+	return &ch, nil
+}
+
+// renew hands a renewal request to the service, as the fleet's broker
+// handler does after decoding it, and checks the answer is a certificate.
+func (h *harness) renew(msg []byte) error {
+	env, err := wire.Decode(msg)
+	if err != nil {
+		return err
+	}
+	h.svc.Renew(benchDevice, env)
+	var res wire.RenewResult
+	if err := h.last("cert", wire.TypeRenewResult, &res); err != nil {
+		return err
+	}
+	if res.Status != wire.StatusActive || len(res.Certificate) == 0 {
+		return &refusedError{res}
+	}
+	return nil
+}
+
+type refusedError struct{ res wire.RenewResult }
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("renewal answered %s: %v: %s", e.res.Status, e.res.Reason, e.res.Message)
+}
+
+func (h *harness) last(kind, typ string, body any) error {
+	h.mu.Lock()
+	b := h.sent[kind]
+	h.sent[kind] = nil
+	h.mu.Unlock()
+	if b == nil {
+		return fmt.Errorf("nothing sent on %s", kind)
+	}
+	env, err := wire.Decode(b)
+	if err != nil {
+		return err
+	}
+	return wire.DecodeBody(env, typ, body)
+}
+
+func encode(typ string, body any) []byte {
+	b, err := wire.Encode(typ, nil, time.Now(), body)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// messages pre-encodes n renewal requests (fresh message IDs).
+func (rec *recording) messages(n int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = encode(wire.TypeRenewRequest, &rec.req)
+	}
+	return out
+}
+
+func opsPerSecond(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+// renewal is the fleet side of one renewal: the renewal challenge issued
+// (nonce drawn, stored, challenge encoded and sent), then Renew.
+func (h *harness) renewal(msg []byte) error {
+	h.rand.rewind()
+	if _, err := h.challenge(); err != nil {
+		return err
+	}
+	return h.renew(msg)
+}
+
+// BenchmarkRenew measures the fleet side of a renewal, one at a time on one
+// goroutine, as the rotation service's Run loop handles them:
+//
+//   - renewal: the renewal challenge (nonce issued and sent), then Renew:
+//     decode, device lookup, attestation (nonce consumed, quote verified,
+//     counters against the history, policy selection; the verdict written
+//     to the inventory and the history), AK and new-key checks,
+//     TPM2_Certify, CSR, certificate issue, device write, event write,
+//     result encode;
+//   - renewal-nosync: the same with the inventory not syncing to disk (the
+//     history still does), to show what fsync costs.
+func BenchmarkRenew(b *testing.B) {
+	rec := record(b)
+	run := func(b *testing.B, noSync bool) {
+		h, err := rec.newHarness(b.TempDir(), noSync)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer h.close()
+		msgs := rec.messages(b.N)
+		b.ResetTimer()
+		for i := range b.N {
+			if err := h.renewal(msgs[i]); err != nil {
+				b.Fatalf("renewal %d: %v", i, err)
+			}
+		}
+		b.StopTimer()
+		opsPerSecond(b)
+	}
+	b.Run("renewal", func(b *testing.B) { run(b, false) })
+	b.Run("renewal-nosync", func(b *testing.B) { run(b, true) })
+}
+
+// floor is the cryptography of one renewal, called directly: the quote
+// signature(s), the TPM2_Certify signature, the CSR signature and the
+// certificate signature. The AK and the new key are decoded once outside
+// (decoding is not cryptography).
+type floor struct {
+	rec   *recording
+	ak    *verifier.AK
+	tk    *verifier.TransportKey
+	fleet *ca.CA
+}
+
+func newFloor(b *testing.B, rec *recording) *floor {
+	ak, err := verifier.VerifyAK(rec.akPublic)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tk, err := verifier.VerifyTransportKeyPublic(rec.req.TKPublic)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(b.TempDir(), "ca"), TrustDomain: "bench.sigil.local"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &floor{rec: rec, ak: ak, tk: tk, fleet: fleetCA}
+}
+
+func (f *floor) run() error {
+	req := &f.rec.req
+	for i, sel := range f.rec.sels {
+		if _, err := verifier.VerifyQuote(f.ak, req.Nonce, sel, &req.Evidence.Quotes[i]); err != nil {
+			return err
+		}
+	}
+	ck, err := verifier.VerifyCertify(f.ak, f.tk, req.Nonce, req.CertifyInfo, req.CertifySig)
+	if err != nil {
+		return err
+	}
+	if _, err := verifier.VerifyCSR(req.CSR, ck); err != nil {
+		return err
+	}
+	_, err = f.fleet.IssueDevice(benchDevice, ck.Key, time.Hour)
+	return err
+}
+
+// BenchmarkRenewFloor is the lower bound of BenchmarkRenew/renewal: the
+// same verifications and signature on the same evidence, without
+// messages, nonces, policy or stores.
+func BenchmarkRenewFloor(b *testing.B) {
+	f := newFloor(b, record(b))
+	for b.Loop() {
+		if err := f.run(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	opsPerSecond(b)
+}
+
+// BenchmarkRenewFloorShare interleaves a whole fleet-side renewal
+// (BenchmarkRenew/renewal) and a crypto floor pass (BenchmarkRenewFloor)
+// in every iteration and times each, so that both see the same machine
+// state; it reports their rates and the floor's share of the renewal.
+func BenchmarkRenewFloorShare(b *testing.B) {
+	rec := record(b)
+	f := newFloor(b, rec)
+	h, err := rec.newHarness(b.TempDir(), false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.close()
+	msgs := rec.messages(b.N)
+	var renew, floorTime time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		t0 := time.Now()
+		if err := h.renewal(msgs[i]); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := f.run(); err != nil {
+			b.Fatal(err)
+		}
+		renew += t1.Sub(t0)
+		floorTime += time.Since(t1)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/renew.Seconds(), "renew/s")
+	b.ReportMetric(float64(b.N)/floorTime.Seconds(), "floor/s")
+	b.ReportMetric(100*floorTime.Seconds()/renew.Seconds(), "floor-%")
+}
+
+// BenchmarkJobStep measures the job bookkeeping the rotation service does
+// after every renewal while a forced rotation runs (Run wakes step, which
+// re-reads every not-yet-renewed device of every running job and rewrites
+// the job record, fsync'd, when one changed), for one job over N devices
+// of which one was just renewed. Inventory writes are not synced (they are
+// set-up); the job write is, as in production.
+func BenchmarkJobStep(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
+			dir := b.TempDir()
+			inv, err := inventory.Open(filepath.Join(dir, "inventory.db"), inventory.WithNoSync())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer inv.Close()
+			jobs, err := OpenJobs(filepath.Join(dir, "rotations.db"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer jobs.Close()
+			job := &Job{ID: "rot_bench", Created: time.Now().UTC(), Selector: Selector{All: true}, Rate: 10000, State: JobRunning}
+			ids := make([]string, n)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("%032x", i+1)
+				err := inv.PutDevice(&inventory.Device{ID: ids[i], EKFingerprint: fmt.Sprintf("%064x", i+1), Model: "bench-gw",
+					State: inventory.StateActive, CertSerial: "01"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				job.Devices = append(job.Devices, JobDevice{ID: ids[i], From: "01"})
+			}
+			svc := &Service{cfg: Config{Inventory: inv, Jobs: jobs, Now: time.Now,
+				Send: func(string, string, []byte) error { return nil }}, log: slog.New(slog.DiscardHandler)}
+			k := 0
+			for b.Loop() {
+				b.StopTimer()
+				if err := jobs.put(job); err != nil { // all devices pending again
+					b.Fatal(err)
+				}
+				// The device renewed last time is back on its old serial;
+				// the next one has just renewed.
+				setSerial(b, inv, ids[k%n], "01")
+				k++
+				setSerial(b, inv, ids[k%n], "02")
+				b.StartTimer()
+				svc.step(false)
+			}
+			b.StopTimer()
+			got, err := jobs.Get(job.ID)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if p := got.Progress(); p.Renewed != 1 || p.Waiting != n-1 {
+				b.Fatalf("after a step: %+v, want 1 renewed of %d", p, n)
+			}
+		})
+	}
+}
+
+func setSerial(b *testing.B, inv *inventory.Store, id, serial string) {
+	if err := inv.Update(id, func(d *inventory.Device) error { d.CertSerial = serial; return nil }); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkBoltWrite is one small fsync'd bbolt write on this disk (a job
+// record of one device): the unit the renewal path pays several times.
+func BenchmarkBoltWrite(b *testing.B) {
+	jobs, err := OpenJobs(filepath.Join(b.TempDir(), "rotations.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer jobs.Close()
+	job := &Job{ID: "rot_bench", Created: time.Now().UTC(), Selector: Selector{All: true}, State: JobRunning,
+		Devices: []JobDevice{{ID: benchDevice, From: "01"}}}
+	for b.Loop() {
+		if err := jobs.put(job); err != nil {
+			b.Fatal(err)
+		}
+	}
+	opsPerSecond(b)
+}
+
+// TestRecordingRenews checks the premise of the benchmarks in a normal
+// test run: the recorded request renews under a rewound Rand, again and
+// again, and is refused for a nonce the fleet did not issue.
+func TestRecordingRenews(t *testing.T) {
+	if testing.Short() {
+		t.Skip("records evidence with the TPM simulator")
+	}
+	rec := record(t)
+	h, err := rec.newHarness(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	serials := map[string]bool{}
+	for i := range 3 {
+		if err := h.renewal(encode(wire.TypeRenewRequest, &rec.req)); err != nil {
+			t.Fatalf("renewal %d: %v", i, err)
+		}
+		d, err := h.inv.Device(benchDevice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serials[d.CertSerial] = true
+	}
+	if len(serials) != 3 {
+		t.Fatalf("%d distinct serials after 3 renewals", len(serials))
+	}
+	// Without a fresh challenge the nonce was consumed: refused.
+	var re *refusedError
+	if err := h.renew(encode(wire.TypeRenewRequest, &rec.req)); !errors.As(err, &re) || re.res.Reason != wire.ReasonNonceInvalid {
+		t.Fatalf("a renewal without an issued nonce: %v, want refused with %v", err, wire.ReasonNonceInvalid)
+	}
+}

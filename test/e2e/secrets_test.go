@@ -1,0 +1,310 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/device/tpm"
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/secrets"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/wire"
+	"github.com/sigil-iot/sigil/sim/harness"
+	"github.com/sigil-iot/sigil/sim/swtpm"
+)
+
+// deliveryTap records every secret.deliver the fleet publishes, by device,
+// through an inline subscription on the fleet's broker.
+type deliveryTap struct {
+	mu  sync.Mutex
+	got map[string][]*wire.SecretDeliver
+}
+
+func tapDeliveries(t testing.TB, f *harness.Fleet) *deliveryTap {
+	t.Helper()
+	tap := &deliveryTap{got: map[string][]*wire.SecretDeliver{}}
+	topics := wire.Topics{Prefix: wire.DefaultPrefix}
+	err := f.Broker.Subscribe(topics.Filter(wire.SegDevice, "+", wire.Down), func(_ broker.Identity, topic string, payload []byte) {
+		tp, err := topics.Parse(topic)
+		if err != nil {
+			return
+		}
+		env, err := wire.Decode(payload)
+		if err != nil || env.Type != wire.TypeSecretDeliver {
+			return
+		}
+		var d wire.SecretDeliver
+		if wire.DecodeBody(env, wire.TypeSecretDeliver, &d) != nil {
+			return
+		}
+		tap.mu.Lock()
+		tap.got[tp.ID] = append(tap.got[tp.ID], &d)
+		tap.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tap
+}
+
+func (tap *deliveryTap) to(deviceID string) []*wire.SecretDeliver {
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	return append([]*wire.SecretDeliver(nil), tap.got[deviceID]...)
+}
+
+// waitAcked waits until the device acknowledged version of name.
+func waitAcked(t testing.TB, c *api.Client, id, name string, version int) api.DeviceSecret {
+	t.Helper()
+	var got api.DeviceSecret
+	waitFor(t, func() bool {
+		l, err := c.DeviceSecrets(context.Background(), id)
+		if err != nil {
+			return false
+		}
+		for _, s := range l.Secrets {
+			if s.Name == name && s.Acked >= version {
+				got = s
+				return true
+			}
+		}
+		return false
+	}, "the device to acknowledge "+name)
+	return got
+}
+
+// TestSecrets: sealed secrets end to end on real swtpm devices. A secret
+// for device A is delivered, imported into A's TPM, acknowledged, and
+// unsealed by `sigild secret get` (in-process and the real binary, through
+// the running daemon's control socket and from the state store); a new
+// version rotates it; a PCR-bound secret stops opening after
+// tpm2_pcrextend and opens again after an orderly reboot; the message
+// delivered to A cannot be imported by B's TPM, and the fleet never sends
+// it to B; no listing shows a value.
+func TestSecrets(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	tap := tapDeliveries(t, f)
+	instA, instB := newTPM(t), newTPM(t)
+	noLog := func(c *agentConfig) { c.EventLog = "-" }
+	dirA := t.TempDir()
+	devA := startDevice(t, f, instA, harness.DeviceConfig{Dir: dirA, Tweak: noLog})
+	devB := startDevice(t, f, instB, harness.DeviceConfig{Tweak: noLog})
+	idA, idB := waitConnected(t, devA).DeviceID, waitConnected(t, devB).DeviceID
+	c, _ := f.Client()
+	ctx := context.Background()
+
+	v1, v2 := []byte("correct horse battery staple"), []byte("Tr0ub4dor&3 \x00\xff binary ok")
+	info, err := c.PutSecret(ctx, "db-password", v1, secrets.Target{Device: idA}, false)
+	if err != nil || info.Version != 1 || info.Name != "db-password" {
+		t.Fatalf("put: %+v %v", info, err)
+	}
+	waitAcked(t, c, idA, "db-password", 1)
+	got, err := agent.Unseal(devA.Config, "db-password")
+	if err != nil || !bytes.Equal(got, v1) {
+		t.Fatalf("unseal v1 through the daemon: %q %v", got, err)
+	}
+
+	// Rotation: a new version replaces the stored blob.
+	if info, err = c.PutSecret(ctx, "db-password", v2, secrets.Target{Device: idA}, false); err != nil || info.Version != 2 {
+		t.Fatalf("put v2: %+v %v", info, err)
+	}
+	waitAcked(t, c, idA, "db-password", 2)
+	if got, err = agent.Unseal(devA.Config, "db-password"); err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("unseal v2: %q %v", got, err)
+	}
+	if l, err := agent.Secrets(devA.Config); err != nil || len(l) != 1 || l[0].Version != 2 || l[0].PCRBound {
+		t.Fatalf("device list %+v %v", l, err)
+	}
+
+	// The fleet never sent A's secret to B; B's TPM refuses A's message.
+	if n := len(tap.to(idB)); n != 0 {
+		t.Fatalf("the fleet sent %d deliveries to device B", n)
+	}
+	toA := tap.to(idA)
+	if len(toA) < 2 {
+		t.Fatalf("tap saw %d deliveries to A", len(toA))
+	}
+	tpmB, err := tpm.Open(instB.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := toA[len(toA)-1]
+	blob, err := tpmB.ImportSecret(last.Public, last.Duplicate, last.Seed, last.PCRs)
+	if err == nil {
+		v, uerr := tpmB.Unseal(blob)
+		tpmB.Close()
+		t.Fatalf("device B's TPM imported A's secret (unseal: %q %v)", v, uerr)
+	}
+	tpmB.Close()
+	// The TPM refused it (on swtpm's libtpms the failed seed decryption
+	// reports TPM_RC_FAILURE; B's TPM keeps working, see disk-key below).
+	var rc tpm2.TPMRC
+	if !errors.As(err, &rc) {
+		t.Fatalf("import on B failed outside the TPM: %v", err)
+	}
+	if l, err := c.DeviceSecrets(ctx, idB); err != nil || len(l.Secrets) != 0 {
+		t.Fatalf("B's secrets %+v %v", l, err)
+	}
+
+	// PCR-bound: sealed to A's attested PCR values.
+	waitVerdictAfter(t, c, idA, 0)
+	disk := []byte("luks volume key 0123456789abcdef")
+	if _, err := c.PutSecret(ctx, "disk-key", disk, secrets.Target{Model: "gw-1"}, true); err != nil {
+		t.Fatal(err)
+	}
+	ds := waitAcked(t, c, idA, "disk-key", 1)
+	if !ds.PCRBound || ds.Error != "" {
+		t.Fatalf("delivery state %+v", ds)
+	}
+	waitAcked(t, c, idB, "disk-key", 1) // the model target reaches B too, wrapped to B's own EK
+	if got, err = agent.Unseal(devB.Config, "disk-key"); err != nil || !bytes.Equal(got, disk) {
+		t.Fatalf("unseal on B: %q %v", got, err)
+	}
+	if got, err = agent.Unseal(devA.Config, "disk-key"); err != nil || !bytes.Equal(got, disk) {
+		t.Fatalf("unseal PCR-bound: %q %v", got, err)
+	}
+	mustRun(t, "tpm2_pcrextend", "-T", instA.TCTI(), "9:sha256="+strings.Repeat("ab", 32))
+	if got, err = agent.Unseal(devA.Config, "disk-key"); err == nil {
+		t.Fatalf("PCR-bound secret opened after PCR 9 changed: %q", got)
+	}
+	if !errors.Is(err, tpm2.TPMRCPolicyFail) {
+		t.Fatalf("unseal after PCR 9 changed: %v, want a policy failure", err)
+	}
+	if got, err = agent.Unseal(devA.Config, "db-password"); err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("an unbound secret must still open: %q %v", got, err)
+	}
+	if err := instA.Reboot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = agent.Unseal(devA.Config, "disk-key"); err != nil || !bytes.Equal(got, disk) {
+		t.Fatalf("unseal after an orderly reboot: %q %v", got, err)
+	}
+
+	// Listings never show values.
+	var raw json.RawMessage
+	if err := c.Do(ctx, "GET", "/api/v1/secrets", nil, &raw); err != nil {
+		t.Fatal(err)
+	}
+	var devRaw json.RawMessage
+	if err := c.Do(ctx, "GET", "/api/v1/devices/"+idA+"/secrets", nil, &devRaw); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range [][]byte{v1, v2, disk} {
+		for _, body := range []json.RawMessage{raw, devRaw} {
+			if bytes.Contains(body, v[:8]) || bytes.Contains(body, []byte(base64.StdEncoding.EncodeToString(v)[:12])) {
+				t.Fatalf("a listing shows a value: %s", body)
+			}
+		}
+	}
+	list, err := c.Secrets(ctx)
+	if err != nil || len(list.Secrets) != 2 {
+		t.Fatalf("list %+v %v", list, err)
+	}
+	for _, s := range list.Secrets {
+		if want := map[string]int{"db-password": 1, "disk-key": 2}[s.Name]; s.Delivery.Acked != want {
+			t.Fatalf("%s delivery %+v, want %d acked", s.Name, s.Delivery, want)
+		}
+	}
+
+	// The real binary, through the running daemon and from the state store.
+	sigild := buildSigild(t)
+	cfgPath := filepath.Join(t.TempDir(), "sigild.json")
+	b, _ := json.Marshal(map[string]any{"tpm": instA.URI(), "state": devA.Config.State, "control": devA.Config.Control,
+		"broker": devA.Config.Broker, "model": "gw-1"})
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	getSecret := func(name string) ([]byte, error) {
+		cmd := exec.Command(sigild, "secret", "get", name, "--config", cfgPath)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, errors.New(err.Error() + ": " + stderr.String())
+		}
+		return out, nil
+	}
+	if out, err := getSecret("db-password"); err != nil || !bytes.Equal(out, v2) {
+		t.Fatalf("sigild secret get (daemon running): %q %v", out, err)
+	}
+	out, err := exec.Command(sigild, "secret", "list", "--config", cfgPath).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "disk-key") || bytes.Contains(out, v2[:8]) {
+		t.Fatalf("sigild secret list: %s %v", out, err)
+	}
+	err = exec.Command(sigild, "secret", "get", "no-such-secret", "--config", cfgPath).Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
+		t.Fatalf("missing secret: %v", err)
+	}
+	devA.Stop()
+	if out, err := getSecret("disk-key"); err != nil || !bytes.Equal(out, disk) {
+		t.Fatalf("sigild secret get (daemon stopped): %q %v", out, err)
+	}
+	if _, err := agent.SecretBlob(devA.Config, "nope"); !errors.Is(err, state.ErrNoSecret) {
+		t.Fatalf("missing secret from the store: %v", err)
+	}
+}
+
+// TestSecretsPCRBoundNeedsSHA256: with the sha256 bank not quoted
+// the fleet cannot bind to PCRs, so it refuses and records why; the device
+// never receives the secret.
+func TestSecretsPCRBoundNeedsSHA256(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) {
+		c.EKCADir = ekCADir(t, vendorCA(t))
+		c.AttestBanks = []string{"sha1"}
+	})
+	tap := tapDeliveries(t, f)
+	requireTools(t)
+	inst, err := swtpm.Start(context.Background(), swtpm.Options{StateDir: t.TempDir(), CA: vendor, PCRBanks: "sha1,sha256"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Stop() })
+	d := startDevice(t, f, inst, harness.DeviceConfig{Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	id := waitConnected(t, d).DeviceID
+	c := c0(t, f)
+	waitVerdictAfter(t, c, id, 0) // it attests (sha1), still nothing to bind to
+	if _, err := c.PutSecret(context.Background(), "bound", []byte("x"), secrets.Target{Device: id}, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		l, err := c.DeviceSecrets(context.Background(), id)
+		return err == nil && len(l.Secrets) == 1 && strings.Contains(l.Secrets[0].Error, "sha256")
+	}, "the refusal to be recorded")
+	if n := len(tap.to(id)); n != 0 {
+		t.Fatalf("%d deliveries sent", n)
+	}
+}
+
+func c0(t testing.TB, f *harness.Fleet) *api.Client {
+	t.Helper()
+	c, err := f.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// buildSigild builds the device daemon as a user would.
+func buildSigild(t testing.TB) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "sigild")
+	if b, err := exec.Command("go", "build", "-o", out, "github.com/sigil-iot/sigil/cmd/sigild").CombinedOutput(); err != nil {
+		t.Fatalf("go build sigild: %v\n%s", err, b)
+	}
+	return out
+}
