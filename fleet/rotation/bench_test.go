@@ -424,7 +424,7 @@ func BenchmarkRenewFloorShare(b *testing.B) {
 // of which one was just renewed. Inventory writes are not synced (they are
 // set-up); the job write is, as in production.
 func BenchmarkJobStep(b *testing.B) {
-	for _, n := range []int{100, 1000, 10000} {
+	for _, n := range []int{100, 1000, 10000, 100000} {
 		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
 			dir := b.TempDir()
 			inv, err := inventory.Open(filepath.Join(dir, "inventory.db"), inventory.WithNoSync())
