@@ -50,6 +50,9 @@ const usage = `usage:
   sigil devices approve ID
   sigil devices attest ID | attestations ID [-o json]
   sigil devices release ID --justification TEXT
+  sigil devices revoke ID [--reason R] [--comment C] | decommission ID [--comment C] | rotate ID
+  sigil rotations list | show ID | cancel ID
+  sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
   sigil policies list | show ID | learn --device ID --name NAME [--pcrs 0,1,7] | put FILE | delete ID
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
   sigil secrets list [-o json] | device ID [-o json] | delete NAME
@@ -91,6 +94,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDevices(ctx, args[1:], stdout)
 	case "tokens":
 		err = cmdTokens(ctx, args[1:], stdout)
+	case "rotations":
+		err = cmdRotations(ctx, args[1:], stdout)
 	case "policies":
 		err = cmdPolicies(ctx, args[1:], stdout)
 	case "secrets":
@@ -283,6 +288,8 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 	state := fs.String("state", "", "filter by state (list)")
 	var id string
 	justification := fs.String("justification", "", "why the device may leave quarantine (release)")
+	reason := fs.String("reason", "", "RFC 5280 reason name (revoke), e.g. keyCompromise")
+	comment := fs.String("comment", "", "note recorded with the action (revoke, decommission)")
 	if sub != "list" {
 		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 			return usageError{"devices " + sub + " needs a device ID"}
@@ -358,6 +365,27 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "released %s (state %s)\n", d.ID, d.State)
+		return nil
+	case "revoke":
+		d, err := c.Revoke(ctx, id, *reason, *comment)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revoked the certificate of %s; it may prove itself again from its EK (decommission to shut it out)\n", d.ID)
+		return nil
+	case "decommission":
+		d, err := c.Decommission(ctx, id, *comment)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "decommissioned %s (state %s)\n", d.ID, d.State)
+		return nil
+	case "rotate":
+		var job api.RotationView
+		if err := c.Do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(id)+"/rotate", nil, &job); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "rotation %s started for %s; see: sigil rotations show %s\n", job.ID, id, job.ID)
 		return nil
 	}
 	return usageError{"unknown devices subcommand " + sub}
@@ -476,4 +504,78 @@ func cmdPolicies(ctx context.Context, args []string, stdout io.Writer) error {
 		return nil
 	}
 	return usageError{"unknown policies subcommand " + sub}
+}
+
+func cmdRotations(ctx context.Context, args []string, stdout io.Writer) error {
+	sub := "list"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("rotations "+sub, flag.ContinueOnError)
+	af := addAPIFlags(fs)
+	all := fs.Bool("all", false, "every active device (start)")
+	group := fs.String("group", "", "devices of a group (start)")
+	model := fs.String("model", "", "devices of a model (start)")
+	devices := fs.String("devices", "", "comma-separated device IDs (start)")
+	rate := fs.Float64("rate", 10, "rotation requests per second (start)")
+	reason := fs.String("reason", "", "why (start), e.g. an incident number")
+	var id string
+	if sub == "show" || sub == "cancel" {
+		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+			return usageError{"rotations " + sub + " needs a job ID"}
+		}
+		id, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	printJob := func(j *api.RotationView) error {
+		if *af.output == "json" {
+			return printJSON(stdout, j)
+		}
+		p := j.Progress
+		fmt.Fprintf(stdout, "%s  %s  renewed %d/%d (asked %d, waiting %d)  reason %q\n", j.ID, j.State, p.Renewed, p.Total, p.Sent, p.Waiting, j.Reason)
+		return nil
+	}
+	switch sub {
+	case "list":
+		var out struct {
+			Rotations []map[string]any `json:"rotations"`
+		}
+		if err := c.Do(ctx, "GET", "/api/v1/rotations", nil, &out); err != nil {
+			return err
+		}
+		return printJSON(stdout, out)
+	case "show":
+		j, err := c.Rotation(ctx, id)
+		if err != nil {
+			return err
+		}
+		return printJob(j)
+	case "cancel":
+		var j api.RotationView
+		if err := c.Do(ctx, "POST", "/api/v1/rotations/"+url.PathEscape(id)+"/cancel", nil, &j); err != nil {
+			return err
+		}
+		return printJob(&j)
+	case "start":
+		req := api.RotationRequest{Rate: *rate, Reason: *reason}
+		req.All, req.Group, req.Model = *all, *group, *model
+		if *devices != "" {
+			req.DeviceIDs = strings.Split(*devices, ",")
+		}
+		if err := req.Selector.Validate(); err != nil {
+			return usageError{err.Error()}
+		}
+		j, err := c.StartRotation(ctx, req)
+		if err != nil {
+			return err
+		}
+		return printJob(j)
+	}
+	return usageError{"unknown rotations subcommand " + sub}
 }

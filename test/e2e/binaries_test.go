@@ -115,6 +115,16 @@ func TestBinaries(t *testing.T) {
 		out, err := exec.Command(sigil, "devices", "attestations", list.Devices[0].ID, "--data-dir", data, "--server", base).CombinedOutput()
 		return err == nil && strings.Contains(string(out), "pass") && strings.Contains(string(out), "no_policy")
 	}, "sigil devices attestations to show the device's first verdict")
+	// A forced rotation through the CLI completes: the device renews.
+	out, err = exec.Command(sigil, "rotations", "start", "--devices", list.Devices[0].ID, "--reason", "cli test", "--data-dir", data, "--server", base).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "rot_") {
+		t.Fatalf("sigil rotations start: %v %s", err, out)
+	}
+	jobID := strings.Fields(string(out))[0]
+	waitFor(t, func() bool {
+		out, err := exec.Command(sigil, "rotations", "show", jobID, "--data-dir", data, "--server", base).CombinedOutput()
+		return err == nil && strings.Contains(string(out), " done ") && strings.Contains(string(out), "renewed 1/1")
+	}, "the CLI-started rotation to finish")
 	// A bad invocation is a usage error with a clear message.
 	cmd := exec.Command(sigil, "devices", "show")
 	out, _ = cmd.CombinedOutput()
