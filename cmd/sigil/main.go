@@ -44,7 +44,7 @@ var Version = "dev"
 const usage = `usage:
   sigil serve [--config FILE] [--data-dir DIR] [--mqtt-addr ADDR] [--api-addr ADDR]
   sigil demo [--dir DIR] [--devices N] [--once] [--tamper] [--verbose]
-  sigil bench [server|enroll|sigild] [--devices N] [--sigild PATH]
+  sigil bench [server|enroll|attest|rotate|sigild] [--devices N] [--sigild PATH]
   sigil devices list [--state S] [-o json]
   sigil devices show ID [-o json]
   sigil devices approve ID

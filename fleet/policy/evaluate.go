@@ -148,13 +148,13 @@ func (r *EventRules) evaluate(log *verifier.EventLog, fail func(Failure)) {
 	bank := verifier.BankName(log.Hash)
 
 	if r.SecureBoot != "" {
-		switch {
-		case log.SecureBoot == nil:
+		switch sb := log.SecureBoot(); {
+		case sb == nil:
 			fail(Failure{Kind: KindSecureBoot, PCR: 7, EventIndex: -1, Expected: r.SecureBoot, Actual: "unknown",
-				Message: fmt.Sprintf("the Secure Boot state cannot be established from the event log (%s); the policy expects it %s", log.SecureBootErr, r.SecureBoot)})
-		case log.SecureBoot.Enabled != (r.SecureBoot == SecureBootEnabled):
+				Message: fmt.Sprintf("the Secure Boot state cannot be established from the event log (%s); the policy expects it %s", log.SecureBootErr(), r.SecureBoot)})
+		case sb.Enabled != (r.SecureBoot == SecureBootEnabled):
 			actual := SecureBootDisabled
-			if log.SecureBoot.Enabled {
+			if sb.Enabled {
 				actual = SecureBootEnabled
 			}
 			fail(Failure{Kind: KindSecureBoot, PCR: 7, EventIndex: -1, Expected: r.SecureBoot, Actual: actual,
@@ -194,7 +194,7 @@ func (r *EventRules) evaluate(log *verifier.EventLog, fail func(Failure)) {
 			}
 			seen = true
 			switch {
-			case !e.DataVerified:
+			case !e.DataVerified():
 				fail(Failure{Kind: KindCmdline, PCR: 8, EventIndex: e.Index, Actual: c,
 					Message: fmt.Sprintf("the kernel command line of %s does not match its measured digest: the log was altered and the command line cannot be trusted", e.Label())})
 			case e.DataSize > len(e.Data):

@@ -367,7 +367,7 @@ func Learn(name string, ev *Evidence, pcrs []int) *Policy {
 		return p
 	}
 	r := &EventRules{}
-	if sb := ev.Log.SecureBoot; sb != nil {
+	if sb := ev.Log.SecureBoot(); sb != nil {
 		r.SecureBoot = SecureBootDisabled
 		if sb.Enabled {
 			r.SecureBoot = SecureBootEnabled
@@ -383,7 +383,7 @@ func Learn(name string, ev *Evidence, pcrs []int) *Policy {
 				r.AllowedDigests[e.PCR] = append(r.AllowedDigests[e.PCR], d)
 			}
 		}
-		if c, ok := cmdline(e); ok && e.DataVerified && !slices.Contains(r.KernelCmdline, c) && c != "" {
+		if c, ok := cmdline(e); ok && e.DataVerified() && !slices.Contains(r.KernelCmdline, c) && c != "" {
 			r.KernelCmdline = append(r.KernelCmdline, c)
 		}
 	}

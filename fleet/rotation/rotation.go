@@ -195,10 +195,6 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "renewed",
 		Detail: fmt.Sprintf("certificate %s for a new TPM key (attestation #%d passed); replaces %s", serial, rec.Seq, old)})
 	s.log.Info("certificate renewed", "device_id", deviceID, "cert_serial", serial, "replaces", old)
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
 	return &wire.RenewResult{Status: wire.StatusActive, Certificate: cert.Raw, TrustBundle: [][]byte{s.cfg.CA.Certificate().Raw}}, nil
 }
 

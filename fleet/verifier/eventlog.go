@@ -14,6 +14,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -30,19 +31,59 @@ const MaxEventData = 1024
 // EventLog is the part of a measured-boot event log (TCG PC Client format)
 // that replayed to PCR values proved by quotes. Only verified events are in
 // it: events for PCRs the quotes did not cover are dropped.
+//
+// An EventLog and its events are read-only: the Secure Boot state, event
+// descriptions and DataVerified are worked out on demand from the verified
+// bytes the events point into, so do not modify Events or their slices.
 type EventLog struct {
 	Hash   uint16   // TPM_ALG_ID of the bank whose digests Events carry (SHA-256 when it was quoted)
 	Banks  []uint16 // every bank the log was replayed against, in the order given
 	PCRs   []int    // PCRs the log has events for and the quote of bank Hash proved, ascending
 	Events []Event  // verified events, in log order
 
-	// SecureBoot is the Secure Boot state established from the verified
-	// PCR 7 events (go-attestation's ParseSecurebootState, which checks
-	// that each event's data matches its digest), nil when PCR 7 was not
-	// verified or its events do not establish a state; SecureBootErr then
-	// says why.
-	SecureBoot    *SecureBootState
-	SecureBootErr string
+	sb *lazySecureBoot // nil in a zero EventLog
+}
+
+// lazySecureBoot establishes the Secure Boot state once, on the first call
+// of EventLog.SecureBoot or SecureBootErr: most callers never ask, and
+// explaining a state that cannot be established costs a second parse.
+type lazySecureBoot struct {
+	once    sync.Once
+	compute func() (*SecureBootState, string) // from verified events only; nil after the first call
+	state   *SecureBootState
+	err     string
+}
+
+func newLazySecureBoot(compute func() (*SecureBootState, string)) *lazySecureBoot {
+	return &lazySecureBoot{compute: compute}
+}
+
+func (l *EventLog) secureBoot() (*SecureBootState, string) {
+	if l.sb == nil {
+		return nil, "PCR 7 was not verified"
+	}
+	l.sb.once.Do(func() {
+		l.sb.state, l.sb.err = l.sb.compute()
+		l.sb.compute = nil
+	})
+	return l.sb.state, l.sb.err
+}
+
+// SecureBoot returns the Secure Boot state established from the verified
+// PCR 7 events (go-attestation's ParseSecurebootState, which checks that
+// each event's data matches its digest), or nil when PCR 7 was not
+// verified or its events do not establish a state; SecureBootErr then says
+// why. It is worked out on the first call (of either), from the events
+// VerifyEventLog verified, and safe for concurrent use.
+func (l *EventLog) SecureBoot() *SecureBootState {
+	s, _ := l.secureBoot()
+	return s
+}
+
+// SecureBootErr says why SecureBoot is nil, or is "" when it is not.
+func (l *EventLog) SecureBootErr() string {
+	_, e := l.secureBoot()
+	return e
 }
 
 // Event is one verified event of a measured-boot log.
@@ -51,15 +92,38 @@ type EventLog struct {
 // for many event types (boot applications, firmware blobs, grub's file
 // measurements) the digest is of something else than the data, which is
 // then only a description and can be changed without breaking the replay.
+// Events of the types whose digest must be the hash of their data
+// (EV_SEPARATOR, EV_EFI_ACTION, EV_EFI_VARIABLE_DRIVER_CONFIG,
+// EV_EFI_VARIABLE_AUTHORITY) are always DataVerified: VerifyEventLog
+// refuses a log where one is not.
 type Event struct {
-	Index        int    // position in the log, the first record being 0 (the Spec ID header of a crypto-agile log); -1 for an event go-attestation added to work around known firmware bugs
-	PCR          int    // PCR the event extended
-	Type         string // event type, e.g. "EV_EFI_BOOT_SERVICES_APPLICATION"
-	Digest       []byte // digest in bank EventLog.Hash
-	Data         []byte // event data, at most MaxEventData bytes
-	DataSize     int    // size of the whole event data
-	DataVerified bool   // Digest is the bank's hash of the data (without a trailing NUL; for grub's PCR 8 events, of the text after "grub_cmd: " or "kernel_cmdline: ")
-	Description  string // what the event measured, for people: a file path, a variable name, a string
+	Index    int    // position in the log, the first record being 0 (the Spec ID header of a crypto-agile log); -1 for an event go-attestation added to work around known firmware bugs
+	PCR      int    // PCR the event extended
+	Type     string // event type, e.g. "EV_EFI_BOOT_SERVICES_APPLICATION"
+	Digest   []byte // digest in bank EventLog.Hash
+	Data     []byte // event data, at most MaxEventData bytes
+	DataSize int    // size of the whole event data
+
+	typ  attest.EventType
+	full []byte      // the whole event data
+	hash crypto.Hash // of bank EventLog.Hash
+}
+
+// DataVerified reports whether Digest is the bank's hash of the event data
+// (without a trailing NUL; for grub's PCR 8 events, of the text after
+// "grub_cmd: " or "kernel_cmdline: "). It hashes the data on every call.
+func (e *Event) DataVerified() bool {
+	if e.hash == 0 || len(e.Digest) != e.hash.Size() {
+		return false
+	}
+	return dataVerified(e.hash, e.PCR, e.typ, e.full, e.Digest)
+}
+
+// Description says what the event measured, for people: a file path, a
+// variable name, a string; it comes from the (unverified unless
+// DataVerified) data, and is worked out on every call.
+func (e *Event) Description() string {
+	return describe(e.typ, e.full)
 }
 
 // SecureBootState is what the verified PCR 7 events say about Secure Boot.
@@ -86,6 +150,11 @@ type SecureBootState struct {
 //     EV_EFI_VARIABLE_DRIVER_CONFIG, EV_EFI_VARIABLE_AUTHORITY) has such a
 //     digest, so that the data the fleet reads from them is the data that
 //     was measured.
+//
+// These are all the refusals. What only describes the verified events is
+// worked out when a caller asks, from the verified bytes: the Secure Boot
+// state (EventLog.SecureBoot), Event.DataVerified for the event types not
+// listed in 3, and Event.Description.
 //
 // A log that parses without surprises and replays exactly is decided by a
 // fast path of our own (one pass over the events for every bank; see
@@ -179,7 +248,7 @@ func slowEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, err
 				break
 			}
 		}
-		if dataBound(e.Type) && !ev.DataVerified {
+		if dataBound(e.Type) && !ev.DataVerified() {
 			return nil, refuse(wire.ReasonEventLogInvalid,
 				fmt.Sprintf("event log altered: %s on PCR %d (%s): its data does not match its digest", ev.Label(), ev.PCR, PCRName(ev.PCR)),
 				"event log: %s: data does not hash to digest %x", ev.Label(), ev.Digest)
@@ -188,17 +257,20 @@ func slowEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, err
 	}
 
 	slices.Sort(out.PCRs)
-	if slices.Contains(out.PCRs, 7) {
-		sb, err := attest.ParseSecurebootState(bestEvents)
-		if err != nil {
-			out.SecureBootErr = err.Error()
-		} else {
-			out.SecureBoot = secureBootState(sb)
-		}
-	} else {
-		out.SecureBootErr = "PCR 7 was not verified"
+	if slices.Contains(out.PCRs, 7) { // else sb stays nil: "PCR 7 was not verified"
+		out.sb = newLazySecureBoot(func() (*SecureBootState, string) { return parseSecureBoot(bestEvents) })
 	}
 	return out, nil
+}
+
+// parseSecureBoot establishes the Secure Boot state from verified events
+// as go-attestation returns them, or says why it cannot.
+func parseSecureBoot(events []attest.Event) (*SecureBootState, string) {
+	sb, err := attest.ParseSecurebootState(events)
+	if err != nil {
+		return nil, err.Error()
+	}
+	return secureBootState(sb), ""
 }
 
 // Label names the event for people: "event 23 (EV_EFI_BOOT_SERVICES_APPLICATION \EFI\BOOT\BOOTX64.EFI)".
@@ -209,9 +281,9 @@ func (e *Event) Label() string {
 	} else {
 		fmt.Fprintf(&b, "an added event (%s", e.Type)
 	}
-	if e.Description != "" {
+	if d := e.Description(); d != "" {
 		b.WriteString(" ")
-		b.WriteString(e.Description)
+		b.WriteString(d)
 	}
 	b.WriteString(")")
 	return b.String()
@@ -251,7 +323,7 @@ func replayRefusal(el *attest.EventLog, offset int, q *VerifiedQuote, h crypto.H
 		if culprit == "" && len(e.Digest) != h.Size() {
 			culprit = fmt.Sprintf("%s has no %s digest", ev.Label(), bank)
 		}
-		if culprit == "" && dataBound(e.Type) && !ev.DataVerified {
+		if culprit == "" && dataBound(e.Type) && !ev.DataVerified() {
 			culprit = fmt.Sprintf("%s does not match its data", ev.Label())
 		}
 		if len(e.Digest) == h.Size() {
@@ -288,20 +360,21 @@ func dataBound(t attest.EventType) bool {
 	return false
 }
 
+// newEvent makes the Event for e, whose digest is in the bank of h; its
+// Index is left to the caller.
 func newEvent(e attest.Event, h crypto.Hash) Event {
 	ev := Event{
-		PCR:         e.Index,
-		Type:        e.Type.String(),
-		Digest:      e.Digest,
-		Data:        e.Data,
-		DataSize:    len(e.Data),
-		Description: describe(e.Type, e.Data),
+		PCR:      e.Index,
+		Type:     e.Type.String(),
+		Digest:   e.Digest,
+		Data:     e.Data,
+		DataSize: len(e.Data),
+		typ:      e.Type,
+		full:     e.Data,
+		hash:     h,
 	}
 	if len(ev.Data) > MaxEventData {
 		ev.Data = ev.Data[:MaxEventData:MaxEventData]
-	}
-	if len(e.Digest) == h.Size() {
-		ev.DataVerified = dataVerified(h, e)
 	}
 	return ev
 }
@@ -310,35 +383,55 @@ func newEvent(e attest.Event, h crypto.Hash) Event {
 // covers what follows the prefix, without the trailing NUL.
 var grubPrefixes = [][]byte{[]byte("grub_cmd: "), []byte("kernel_cmdline: ")}
 
-// dataVerified reports whether e's digest is the hash of its data, allowing
-// for the encodings real boot chains use.
-func dataVerified(h crypto.Hash, e attest.Event) bool {
-	switch uint32(e.Type) {
+// dataVerified reports whether digest, of an event of type t on pcr, is
+// the hash h of its data d, allowing for the encodings real boot chains use.
+func dataVerified(h crypto.Hash, pcr int, t attest.EventType, d, digest []byte) bool {
+	switch uint32(t) {
 	case 0x80000003, 0x80000004, 0x80000005, 0x80000008, 0x80000009:
 		return false // images, firmware blobs, tables: measured in memory, the data only locates them
 	}
-	d := e.Data
-	if digestOf(h, d, e.Digest) {
+	if uint32(t) == 0x04 && len(d) == 4 && binary.LittleEndian.Uint32(d) == 0 && string(digest) == separatorDigest(h) {
+		return true // the usual separator: its hash is known
+	}
+	if digestOf(h, d, digest) {
 		return true
 	}
 	trimmed := bytes.TrimSuffix(d, []byte{0})
-	if len(trimmed) != len(d) && digestOf(h, trimmed, e.Digest) {
+	if len(trimmed) != len(d) && digestOf(h, trimmed, digest) {
 		return true
 	}
-	switch uint32(e.Type) {
+	switch uint32(t) {
 	case 0x800000E0: // shim before 15.3 measures one byte too many in its authority events
-		return len(d) > 0 && digestOf(h, d[:len(d)-1], e.Digest)
+		return len(d) > 0 && digestOf(h, d[:len(d)-1], digest)
 	case 0x0D: // EV_IPL
-		if e.Index != 8 {
+		if pcr != 8 {
 			return false
 		}
 		for _, p := range grubPrefixes {
 			if rest, ok := bytes.CutPrefix(trimmed, p); ok {
-				return digestOf(h, rest, e.Digest)
+				return digestOf(h, rest, digest)
 			}
 		}
 	}
 	return false
+}
+
+// separatorDigest returns the hash h of the data of a normal EV_SEPARATOR,
+// four zero bytes, or "" for other hashes. A log has a separator for each
+// of PCRs 0-7 in each bank: comparing with the known value spares hashing
+// them (a separator that does not match is hashed as any other event).
+func separatorDigest(h crypto.Hash) string {
+	switch h {
+	case crypto.SHA1:
+		return "\x90\x69\xca\x78\xe7\x45\x0a\x28\x51\x73\x43\x1b\x3e\x52\xc5\xc2\x52\x99\xe4\x73"
+	case crypto.SHA256:
+		return "\xdf\x3f\x61\x98\x04\xa9\x2f\xdb\x40\x57\x19\x2d\xc4\x3d\xd7\x48\xea\x77\x8a\xdc\x52\xbc\x49\x8c\xe8\x05\x24\xc0\x14\xb8\x11\x19"
+	case crypto.SHA384:
+		return "\x39\x43\x41\xb7\x18\x2c\xd2\x27\xc5\xc6\xb0\x7e\xf8\x00\x0c\xdf\xd8\x61\x36\xc4\x29\x2b\x8e\x57\x65\x73\xad\x7e\xd9\xae\x41\x01\x9f\x58\x18\xb4\xb9\x71\xc9\xef\xfc\x60\xe1\xad\x9f\x12\x89\xf0"
+	case crypto.SHA512:
+		return "\xec\x2d\x57\x69\x1d\x9b\x2d\x40\x18\x2a\xc5\x65\x03\x20\x54\xb7\xd7\x84\xba\x96\xb1\x8b\xcb\x5b\xe0\xbb\x4e\x70\xe3\xfb\x04\x1e\xff\x58\x2c\x8a\xf6\x6e\xe5\x02\x56\x53\x9f\x21\x81\xd7\xf9\xe5\x36\x27\xc0\x18\x9d\xa7\xe7\x5a\x4d\x5e\xf1\x0e\xa9\x3b\x20\xb3"
+	}
+	return ""
 }
 
 func digestOf(h crypto.Hash, data, digest []byte) bool {

@@ -208,8 +208,8 @@ func TestVerifyEventLogUbuntu(t *testing.T) {
 					t.Fatalf("%s digest is not the log's %v digest", e.Label(), tc.hash)
 				}
 			}
-			if el.SecureBoot == nil || el.SecureBoot.Enabled || el.SecureBoot.ForbiddenHashes == 0 {
-				t.Fatalf("secure boot %+v (%s), want disabled with a dbx", el.SecureBoot, el.SecureBootErr)
+			if el.SecureBoot() == nil || el.SecureBoot().Enabled || el.SecureBoot().ForbiddenHashes == 0 {
+				t.Fatalf("secure boot %+v (%s), want disabled with a dbx", el.SecureBoot(), el.SecureBootErr())
 			}
 			byIndex := func(i int) Event {
 				for _, e := range el.Events {
@@ -220,14 +220,14 @@ func TestVerifyEventLogUbuntu(t *testing.T) {
 				t.Fatalf("no event %d", i)
 				return Event{}
 			}
-			if e := byIndex(23); e.Type != "EV_EFI_BOOT_SERVICES_APPLICATION" || e.Description != `\EFI\ubuntu\shimx64.efi` || e.DataVerified {
+			if e := byIndex(23); e.Type != "EV_EFI_BOOT_SERVICES_APPLICATION" || e.Description() != `\EFI\ubuntu\shimx64.efi` || e.DataVerified() {
 				t.Fatalf("event 23: %+v", e)
 			}
-			if e := byIndex(96); e.PCR != 8 || !e.DataVerified || !strings.HasPrefix(e.Description, "kernel_cmdline: /boot/vmlinuz-5.11.0-1006-gcp") {
-				t.Fatalf("event 96: %s verified %v", e.Label(), e.DataVerified)
+			if e := byIndex(96); e.PCR != 8 || !e.DataVerified() || !strings.HasPrefix(e.Description(), "kernel_cmdline: /boot/vmlinuz-5.11.0-1006-gcp") {
+				t.Fatalf("event 96: %s verified %v", e.Label(), e.DataVerified())
 			}
-			if e := byIndex(3); e.Description != "SecureBoot=0" || !e.DataVerified {
-				t.Fatalf("event 3: %s verified %v", e.Label(), e.DataVerified)
+			if e := byIndex(3); e.Description() != "SecureBoot=0" || !e.DataVerified() {
+				t.Fatalf("event 3: %s verified %v", e.Label(), e.DataVerified())
 			}
 		})
 	}
@@ -250,8 +250,8 @@ func TestVerifyEventLogUbuntu(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if el.SecureBoot != nil || el.SecureBootErr == "" {
-			t.Fatalf("secure boot %+v established without PCR 7", el.SecureBoot)
+		if el.SecureBoot() != nil || el.SecureBootErr() == "" {
+			t.Fatalf("secure boot %+v established without PCR 7", el.SecureBoot())
 		}
 	})
 }
@@ -315,7 +315,7 @@ func TestVerifyEventLogTampered(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range el.Events {
-		if e.Index == 96 && e.DataVerified {
+		if e.Index == 96 && e.DataVerified() {
 			t.Fatal("altered command line reported as verified")
 		}
 	}
@@ -357,10 +357,10 @@ func TestVerifyEventLogWindows(t *testing.T) {
 	if len(el.Events) < 20 || el.Hash != uint16(tpm2.TPMAlgSHA1) {
 		t.Fatalf("%d events in bank %#x", len(el.Events), el.Hash)
 	}
-	if el.SecureBoot == nil || !el.SecureBoot.Enabled || len(el.SecureBoot.Authorities) == 0 {
-		t.Fatalf("secure boot %+v (%s), want enabled with authorities", el.SecureBoot, el.SecureBootErr)
+	if el.SecureBoot() == nil || !el.SecureBoot().Enabled || len(el.SecureBoot().Authorities) == 0 {
+		t.Fatalf("secure boot %+v (%s), want enabled with authorities", el.SecureBoot(), el.SecureBootErr())
 	}
-	t.Logf("windows: %d events on PCRs %v, Secure Boot authorities %q", len(el.Events), el.PCRs, el.SecureBoot.Authorities)
+	t.Logf("windows: %d events on PCRs %v, Secure Boot authorities %q", len(el.Events), el.PCRs, el.SecureBoot().Authorities)
 
 	q.PCRs[7] = bytes.Clone(q.PCRs[7])
 	q.PCRs[7][19] ^= 1
@@ -534,16 +534,16 @@ func TestVerifyEventLogSynthetic(t *testing.T) {
 			t.Errorf("label %q, want %q", e.Label(), label)
 		}
 	}
-	if e := got[big]; len(e.Data) != MaxEventData || e.DataSize <= MaxEventData || !e.DataVerified {
-		t.Errorf("large event: %d bytes kept of %d, verified %v", len(e.Data), e.DataSize, e.DataVerified)
+	if e := got[big]; len(e.Data) != MaxEventData || e.DataSize <= MaxEventData || !e.DataVerified() {
+		t.Errorf("large event: %d bytes kept of %d, verified %v", len(e.Data), e.DataSize, e.DataVerified())
 	}
-	if !got[cmd].DataVerified || got[app].DataVerified {
-		t.Errorf("command line verified %v, boot application data verified %v", got[cmd].DataVerified, got[app].DataVerified)
+	if c, a := got[cmd], got[app]; !c.DataVerified() || a.DataVerified() {
+		t.Errorf("command line verified %v, boot application data verified %v", c.DataVerified(), a.DataVerified())
 	}
 	// A db that does not parse: go-attestation refuses to call that a
 	// Secure Boot state.
-	if el.SecureBoot != nil || el.SecureBootErr == "" {
-		t.Errorf("secure boot %+v (%s)", el.SecureBoot, el.SecureBootErr)
+	if el.SecureBoot() != nil || el.SecureBootErr() == "" {
+		t.Errorf("secure boot %+v (%s)", el.SecureBoot(), el.SecureBootErr())
 	}
 }
 

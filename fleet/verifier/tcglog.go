@@ -23,26 +23,45 @@ import (
 // whose explanation or firmware-bug workarounds go-attestation provides)
 // returns ok false, and VerifyEventLog hands the log to go-attestation as
 // before. When it returns ok, its result is the one go-attestation's path
-// returns, field for field; the differential test in tcglog_test.go holds it
-// to that.
+// returns, field for field and method for method (the Secure Boot state,
+// DataVerified, descriptions); the differential test in tcglog_test.go holds
+// it to that.
 
 // tcgRecord is one record of an event log, as go-attestation's rawEvent:
-// the Spec ID header of a crypto-agile log is not a record.
+// the Spec ID header of a crypto-agile log is not a record. It holds
+// positions in fastLog.all rather than slices, to stay small: a log has
+// hundreds of records.
 type tcgRecord struct {
-	pcr  uint32
-	typ  uint32
-	data []byte
-	// digests, for each bank a quote covers (by position in
-	// fastLog.banks): nil when the record has no digest of that bank.
-	digests [4][]byte
-	raw     []byte // the whole record as it appears in the log
+	pcr, typ         uint32
+	start, data, end uint32 // the record is all[start:end], its data all[data:end]
+	// digests, for each bank a quote covers (by position in the banks
+	// parseFastLog was given): where the record's digest of that bank
+	// starts in all, 0 when it has none (no digest starts a log).
+	digests [4]uint32
 }
 
 // fastLog is a log parsed by parseFastLog.
 type fastLog struct {
+	all     []byte // the copy of the log the records point into
 	agile   bool
 	header  []byte // the Spec ID record of a crypto-agile log
 	records []tcgRecord
+}
+
+// data returns the event data of r.
+func (l *fastLog) data(r *tcgRecord) []byte { return l.all[r.data:r.end:r.end] }
+
+// raw returns the whole record r as it appears in the log.
+func (l *fastLog) raw(r *tcgRecord) []byte { return l.all[r.start:r.end:r.end] }
+
+// digest returns r's digest of bank i, whose digests are size bytes, or
+// nil when r has none.
+func (l *fastLog) digest(r *tcgRecord, i, size int) []byte {
+	o := int(r.digests[i])
+	if o == 0 {
+		return nil
+	}
+	return l.all[o : o+size : o+size]
 }
 
 // specAlgSize returns the digest size of a TCG algorithm go-attestation
@@ -64,21 +83,22 @@ func specAlgSize(alg uint16) int {
 // parseFastLog parses raw, keeping for each record the digests of banks.
 // It refuses (ok false) whatever it does not handle exactly as
 // go-attestation's ParseEventLog does. raw is copied once; the records
-// alias the copy.
+// point into the copy.
 func parseFastLog(raw []byte, banks []uint16) (*fastLog, bool) {
-	const sha1Header = 4 + 4 + 20 + 4
+	if uint64(len(raw)) >= 1<<32-1 {
+		return nil, false
+	}
 	raw = bytes.Clone(raw)
-	l := &fastLog{}
-	rec, rest, ok := sha1Record(raw)
+	l := &fastLog{all: raw}
+	rec, p, ok := sha1Record(raw, 0)
 	if !ok {
 		return nil, false
 	}
 	var specAlgs []uint16 // algorithm IDs of a crypto-agile log, sizes from specAlgSize
-	if rec.typ == uint32(eventTypeNoAction) && len(rec.data) >= 28 {
+	if d := l.data(&rec); rec.typ == uint32(eventTypeNoAction) && len(d) >= 28 {
 		// TCG_EfiSpecIDEventStruct: signature, platformClass, versionMinor,
 		// versionMajor, errata, uintnSize, numberOfAlgorithms, then the
 		// algorithms and vendorInfoSize, vendorInfo.
-		d := rec.data
 		if !bytes.Equal(d[:16], []byte("Spec ID Event03\x00")) || d[20] != 0 || d[21] != 2 {
 			return nil, false
 		}
@@ -98,32 +118,32 @@ func parseFastLog(raw []byte, banks []uint16) (*fastLog, bool) {
 		if int(d[0]) != len(d)-1 {
 			return nil, false
 		}
-		l.agile, l.header = true, rec.raw
+		l.agile, l.header = true, l.raw(&rec)
 	} else {
-		rec.digests = sha1Digests(rec.raw[8:sha1Header-4], banks)
+		rec.digests = sha1Digests(rec.start+8, banks)
 		l.records = append(l.records, rec)
 	}
 	// Size the records from a first walk over the log, which only reads
-	// sizes: a record is a few hundred bytes and logs hold hundreds.
+	// sizes: logs hold hundreds of records.
 	n := len(l.records)
-	for b := rest; len(b) > 0; n++ {
+	for q := p; q < len(raw); n++ {
 		if l.agile {
-			_, b, ok = agileRecord(b, specAlgs, nil)
+			_, q, ok = agileRecord(raw, q, specAlgs, nil)
 		} else {
-			_, b, ok = sha1Record(b)
+			_, q, ok = sha1Record(raw, q)
 		}
 		if !ok {
 			return nil, false
 		}
 	}
 	l.records = slices.Grow(l.records, n)
-	for len(rest) > 0 {
+	for p < len(raw) {
 		if l.agile {
-			rec, rest, ok = agileRecord(rest, specAlgs, banks)
+			rec, p, ok = agileRecord(raw, p, specAlgs, banks)
 		} else {
-			rec, rest, ok = sha1Record(rest)
+			rec, p, ok = sha1Record(raw, p)
 			if ok {
-				rec.digests = sha1Digests(rec.raw[8:sha1Header-4], banks)
+				rec.digests = sha1Digests(rec.start+8, banks)
 			}
 		}
 		if !ok {
@@ -134,8 +154,9 @@ func parseFastLog(raw []byte, banks []uint16) (*fastLog, bool) {
 	return l, true
 }
 
-// sha1Digests places a SHA-1 format record's digest at the SHA-1 bank.
-func sha1Digests(d []byte, banks []uint16) (out [4][]byte) {
+// sha1Digests places a SHA-1 format record's digest, at position d, at the
+// SHA-1 bank.
+func sha1Digests(d uint32, banks []uint16) (out [4]uint32) {
 	for i, b := range banks {
 		if b == uint16(tpm2.TPMAlgSHA1) {
 			out[i] = d
@@ -144,64 +165,68 @@ func sha1Digests(d []byte, banks []uint16) (out [4][]byte) {
 	return out
 }
 
-// sha1Record parses a TCG_PCR_EVENT.
-func sha1Record(b []byte) (tcgRecord, []byte, bool) {
+// sha1Record parses the TCG_PCR_EVENT at position p of all, and returns
+// the position after it.
+func sha1Record(all []byte, p int) (tcgRecord, int, bool) {
 	const hdr = 4 + 4 + 20 + 4
+	b := all[p:]
 	if len(b) < hdr {
-		return tcgRecord{}, nil, false
+		return tcgRecord{}, 0, false
 	}
 	size := binary.LittleEndian.Uint32(b[28:32])
 	if uint64(size) > uint64(len(b)-hdr) {
-		return tcgRecord{}, nil, false
+		return tcgRecord{}, 0, false
 	}
-	end := hdr + int(size)
+	end := p + hdr + int(size)
 	return tcgRecord{
-		pcr:  binary.LittleEndian.Uint32(b),
-		typ:  binary.LittleEndian.Uint32(b[4:]),
-		data: b[hdr:end:end],
-		raw:  b[:end:end],
-	}, b[end:], true
+		pcr:   binary.LittleEndian.Uint32(b),
+		typ:   binary.LittleEndian.Uint32(b[4:]),
+		start: uint32(p),
+		data:  uint32(p + hdr),
+		end:   uint32(end),
+	}, end, true
 }
 
-// agileRecord parses a TCG_PCR_EVENT2 whose digests are of the algorithms
-// the Spec ID event declared.
-func agileRecord(b []byte, algs []uint16, banks []uint16) (tcgRecord, []byte, bool) {
+// agileRecord parses the TCG_PCR_EVENT2 at position p of all, whose
+// digests are of the algorithms the Spec ID event declared, and returns
+// the position after it.
+func agileRecord(all []byte, p int, algs []uint16, banks []uint16) (tcgRecord, int, bool) {
 	var rec tcgRecord
+	b := all[p:]
 	if len(b) < 12 {
-		return rec, nil, false
+		return rec, 0, false
 	}
 	rec.pcr = binary.LittleEndian.Uint32(b)
 	rec.typ = binary.LittleEndian.Uint32(b[4:])
 	n := binary.LittleEndian.Uint32(b[8:])
-	p := 12
+	q := 12
 	for range n {
-		if len(b)-p < 2 {
-			return rec, nil, false
+		if len(b)-q < 2 {
+			return rec, 0, false
 		}
-		id := binary.LittleEndian.Uint16(b[p:])
+		id := binary.LittleEndian.Uint16(b[q:])
 		size := specAlgSize(id)
-		if !slices.Contains(algs, id) || len(b)-p-2 < size {
-			return rec, nil, false
+		if !slices.Contains(algs, id) || len(b)-q-2 < size {
+			return rec, 0, false
 		}
-		d := b[p+2 : p+2+size : p+2+size]
 		for i, bank := range banks {
-			if bank == id && rec.digests[i] == nil {
-				rec.digests[i] = d // the first digest of an algorithm counts
+			if bank == id && rec.digests[i] == 0 {
+				rec.digests[i] = uint32(p + q + 2) // the first digest of an algorithm counts
 			}
 		}
-		p += 2 + size
+		q += 2 + size
 	}
-	if len(b)-p < 4 {
-		return rec, nil, false
+	if len(b)-q < 4 {
+		return rec, 0, false
 	}
-	size := binary.LittleEndian.Uint32(b[p:])
-	p += 4
-	if uint64(size) > uint64(len(b)-p) {
-		return rec, nil, false
+	size := binary.LittleEndian.Uint32(b[q:])
+	q += 4
+	if uint64(size) > uint64(len(b)-q) {
+		return rec, 0, false
 	}
-	end := p + int(size)
-	rec.data, rec.raw = b[p:end:end], b[:end:end]
-	return rec, b[end:], true
+	end := q + int(size)
+	rec.start, rec.data, rec.end = uint32(p), uint32(p+q), uint32(p+end)
+	return rec, p + end, true
 }
 
 // pcrReplay is one quoted PCR's replay in one bank.
@@ -242,7 +267,8 @@ func fastEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, boo
 	// One pass: every record extends its PCR in every bank that quoted it.
 	verified := 0
 	var buf [128]byte
-	for _, r := range l.records {
+	for ri := range l.records {
+		r := &l.records[ri]
 		if r.pcr >= 24 {
 			continue
 		}
@@ -252,13 +278,13 @@ func fastEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, boo
 				continue
 			}
 			if r.typ == uint32(eventTypeNoAction) {
-				if r.pcr == 0 && len(r.data) == 17 && bytes.HasPrefix(r.data, []byte("StartupLocality")) {
-					st.locality = r.data[16]
+				if data := l.data(r); r.pcr == 0 && len(data) == 17 && bytes.HasPrefix(data, []byte("StartupLocality")) {
+					st.locality = data[16]
 				}
 				continue
 			}
-			d := r.digests[i]
 			size := hashes[i].Size()
+			d := l.digest(r, i, size)
 			if d == nil || len(d) != len(st.quoted) || len(d) != size {
 				return nil, false // go-attestation decides (and explains) a missing digest
 			}
@@ -290,48 +316,84 @@ func fastEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, boo
 		offset = 1
 	}
 	out.Events = make([]Event, 0, verified)
-	var sbEvents []attest.Event // the verified events, as go-attestation returns them
-	sb := quotes[best].PCRs[7] != nil && replays[best][7].extended
-	if sb {
-		sbEvents = make([]attest.Event, 0, verified)
-	}
-	for k, r := range l.records {
+	for k := range l.records {
+		r := &l.records[k]
 		if r.pcr >= 24 || replays[best][r.pcr].quoted == nil || r.typ == uint32(eventTypeNoAction) {
 			continue
 		}
-		e := attest.Event{Index: int(r.pcr), Type: attest.EventType(r.typ), Data: r.data, Digest: r.digests[best]}
-		if sb {
-			sbEvents = append(sbEvents, e)
-		}
+		e := attest.Event{Index: int(r.pcr), Type: attest.EventType(r.typ), Data: l.data(r), Digest: l.digest(r, best, h.Size())}
 		if !slices.Contains(out.PCRs, e.Index) {
 			out.PCRs = append(out.PCRs, e.Index)
 		}
-		ev := newEvent(e, h)
-		ev.Index = k + offset
-		if dataBound(e.Type) && !ev.DataVerified {
+		// The refusal is decided here; DataVerified of the other types
+		// is worked out when a caller asks.
+		if dataBound(e.Type) && !dataVerified(h, e.Index, e.Type, e.Data, e.Digest) {
 			return nil, false // refused by go-attestation's path, with its message
 		}
+		ev := newEvent(e, h)
+		ev.Index = k + offset
 		out.Events = append(out.Events, ev)
 	}
 	slices.Sort(out.PCRs)
-	if !sb {
-		out.SecureBootErr = "PCR 7 was not verified"
-		return out, true
+	if replays[best][7].extended { // else "PCR 7 was not verified"
+		sb := &fastSecureBoot{log: l, hash: h, bank: best, replay: &replays[best]}
+		out.sb = newLazySecureBoot(sb.state)
 	}
-	state, err := attest.ParseSecurebootState(sbEvents)
+	return out, true
+}
+
+// fastSecureBoot establishes the Secure Boot state of a log the fast path
+// decided, from the verified PCR 2 and 7 events of bank, when a caller
+// asks (EventLog.SecureBoot).
+type fastSecureBoot struct {
+	log    *fastLog
+	hash   crypto.Hash
+	bank   int            // position of the bank in the records' digests
+	replay *[24]pcrReplay // the bank's replay: which PCRs were extended, to which values
+}
+
+func (s *fastSecureBoot) state() (*SecureBootState, string) {
+	var events []attest.Event // as go-attestation's Verify returns them; ParseSecurebootState reads only PCRs 2 and 7
+	for k := range s.log.records {
+		r := &s.log.records[k]
+		if (r.pcr == 2 || r.pcr == 7) && s.replay[r.pcr].extended && r.typ != uint32(eventTypeNoAction) {
+			events = append(events, attest.Event{Index: int(r.pcr), Type: attest.EventType(r.typ), Data: s.log.data(r), Digest: s.log.digest(r, s.bank, s.hash.Size())})
+		}
+	}
+	state, err := attest.ParseSecurebootState(events)
 	if err == nil {
-		out.SecureBoot = secureBootState(state)
-		return out, true
+		return secureBootState(state), ""
 	}
 	// go-attestation's message names the event by its position in the log,
 	// which only events from its own parser carry: have it parse a log of
-	// just the events it reads (PCRs 2 and 7), in their places.
-	msg, ok := secureBootErr(l, quotes[best])
-	if !ok {
-		return nil, false
+	// just the events it reads (PCRs 2 and 7), in their places, or failing
+	// that the whole log.
+	if msg, ok := secureBootErr(s.log, s.hash, s.replay); ok {
+		return nil, msg
 	}
-	out.SecureBootErr = msg
-	return out, true
+	el, err := attest.ParseEventLog(s.log.all)
+	if err != nil {
+		return nil, err.Error()
+	}
+	verified, err := el.Verify(replayedPCRs(s.hash, s.replay, func(int) bool { return true }))
+	if err != nil {
+		return nil, err.Error()
+	}
+	return parseSecureBoot(verified)
+}
+
+// replayedPCRs lists the PCRs of a bank's replay that events extended and
+// want keeps, with the values the replay reached (the quoted ones: the
+// fast path decided the log). Quoted PCRs without events are left out, as
+// go-attestation's Verify accepts any value for them.
+func replayedPCRs(h crypto.Hash, replay *[24]pcrReplay, want func(int) bool) []attest.PCR {
+	var pcrs []attest.PCR
+	for p := range replay {
+		if replay[p].extended && want(p) {
+			pcrs = append(pcrs, attest.PCR{Index: p, Digest: replay[p].value[:h.Size()], DigestAlg: h})
+		}
+	}
+	return pcrs
 }
 
 // extendDigest appends the hash h of b to dst, without allocating.
@@ -356,26 +418,21 @@ func extendDigest(h crypto.Hash, dst, b []byte) {
 // PCR 2 and 7 events of l do not establish a Secure Boot state, by having it
 // parse and replay a copy of l in which every other record is an empty
 // record on a PCR no quote has.
-func secureBootErr(l *fastLog, q *VerifiedQuote) (string, bool) {
+func secureBootErr(l *fastLog, h crypto.Hash, replay *[24]pcrReplay) (string, bool) {
+	sbPCR := func(p int) bool { return p == 2 || p == 7 }
 	var buf bytes.Buffer
 	buf.Write(l.header)
-	var pcrs []attest.PCR
-	h, _ := cryptoHash(q.Hash)
-	for _, p := range []int{2, 7} {
-		if v, ok := q.PCRs[p]; ok {
-			pcrs = append(pcrs, attest.PCR{Index: p, Digest: v, DigestAlg: h})
-		}
-	}
 	last := -1
 	for k, r := range l.records {
-		if (r.pcr == 2 || r.pcr == 7) && q.PCRs[int(r.pcr)] != nil {
+		if r.pcr < 24 && sbPCR(int(r.pcr)) && replay[r.pcr].quoted != nil {
 			last = k
 		}
 	}
-	for _, r := range l.records[:last+1] {
+	for k := range l.records[:last+1] {
+		r := &l.records[k]
 		switch {
-		case (r.pcr == 2 || r.pcr == 7) && q.PCRs[int(r.pcr)] != nil:
-			buf.Write(r.raw)
+		case r.pcr < 24 && sbPCR(int(r.pcr)) && replay[r.pcr].quoted != nil:
+			buf.Write(l.raw(r))
 		case l.agile: // PCR 0xffffffff, EV_PREBOOT_CERT, no digest, no data
 			buf.Write([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 		default:
@@ -387,7 +444,7 @@ func secureBootErr(l *fastLog, q *VerifiedQuote) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	events, err := el.Verify(pcrs)
+	events, err := el.Verify(replayedPCRs(h, replay, sbPCR))
 	if err != nil {
 		return "", false
 	}

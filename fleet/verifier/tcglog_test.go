@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha1"
 	"encoding/binary"
 	"encoding/json"
@@ -126,17 +127,48 @@ func agreeEventLog(t testing.TB, raw []byte, quotes []*VerifiedQuote) bool {
 	}
 	want, wantErr := slowEventLog(raw, quotes, best)
 	fast, ok := fastEventLog(raw, quotes, best)
-	if ok && (wantErr != nil || !reflect.DeepEqual(fast, want)) {
-		t.Fatalf("log %x:\nfast path decided %+v\ngo-attestation: %+v, %v", raw, fast, want, wantErr)
+	if ok && (wantErr != nil || !reflect.DeepEqual(viewLog(fast), viewLog(want))) {
+		t.Fatalf("log %x:\nfast path decided %+v\ngo-attestation: %+v, %v", raw, viewLog(fast), viewLog(want), wantErr)
 	}
 	if len(raw) == 0 {
 		return ok
 	}
 	got, err := VerifyEventLog(raw, quotes...)
-	if fmt.Sprint(err) != fmt.Sprint(wantErr) || !reflect.DeepEqual(got, want) {
-		t.Fatalf("log %x:\nVerifyEventLog %+v, %v\ngo-attestation %+v, %v", raw, got, err, want, wantErr)
+	if fmt.Sprint(err) != fmt.Sprint(wantErr) || !reflect.DeepEqual(viewLog(got), viewLog(want)) {
+		t.Fatalf("log %x:\nVerifyEventLog %+v, %v\ngo-attestation %+v, %v", raw, viewLog(got), err, viewLog(want), wantErr)
 	}
 	return ok
+}
+
+// logView is everything an EventLog tells its callers: its fields and
+// what its methods and its events' methods return.
+type logView struct {
+	Hash          uint16
+	Banks         []uint16
+	PCRs          []int
+	Events        []eventView
+	SecureBoot    *SecureBootState
+	SecureBootErr string
+}
+
+type eventView struct {
+	Event
+	DataVerified bool
+	Description  string
+	Label        string
+}
+
+// viewLog works out everything el tells (nil for nil), the lazily
+// computed parts included.
+func viewLog(el *EventLog) *logView {
+	if el == nil {
+		return nil
+	}
+	v := &logView{Hash: el.Hash, Banks: el.Banks, PCRs: el.PCRs, SecureBoot: el.SecureBoot(), SecureBootErr: el.SecureBootErr()}
+	for _, e := range el.Events {
+		v.Events = append(v.Events, eventView{e, e.DataVerified(), e.Description(), e.Label()})
+	}
+	return v
 }
 
 // quotesFor quotes raw in each bank of c, sometimes with one value wrong.
@@ -203,8 +235,8 @@ func TestEventLogSecureBootErrNamesEvent(t *testing.T) {
 		t.Fatal("the fast path does not decide the log")
 	}
 	// Record 2 is the first on PCR 7: a separator whose data is not zero.
-	if want := "invalid separator data at event 2: [101 118 101 110 116 32 49]"; fast.SecureBoot != nil || fast.SecureBootErr != want {
-		t.Fatalf("secure boot %+v, %q", fast.SecureBoot, fast.SecureBootErr)
+	if want := "invalid separator data at event 2: [101 118 101 110 116 32 49]"; fast.SecureBoot() != nil || fast.SecureBootErr() != want {
+		t.Fatalf("secure boot %+v, %q", fast.SecureBoot(), fast.SecureBootErr())
 	}
 }
 
@@ -241,5 +273,75 @@ func TestUTF16String(t *testing.T) {
 		if got, want := utf16String(b), string(utf16.Decode(u)); got != want {
 			t.Fatalf("utf16String(%x) = %q, utf16.Decode gives %q", b, got, want)
 		}
+	}
+}
+
+// TestEventLogLazySecureBoot checks that the Secure Boot state, worked out
+// on the first call, comes from the bytes VerifyEventLog verified (not the
+// caller's buffer, changed afterwards), is the same for concurrent
+// callers, and is what go-attestation's path establishes: a state (Windows)
+// and each kind of explanation (the blanked copy's and "not verified").
+func TestEventLogLazySecureBoot(t *testing.T) {
+	for _, c := range logCases(t) {
+		t.Run(c.name, func(t *testing.T) {
+			qs := quotesFor(nil, c.raw, c)
+			want, err := slowEventLog(c.raw, qs, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw := bytes.Clone(c.raw)
+			el, err := VerifyEventLog(raw, qs...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range raw {
+				raw[i] = 0xa5 // the caller reuses its buffer
+			}
+			for _, q := range qs {
+				for p := range q.PCRs {
+					q.PCRs[p] = nil // and its quotes
+				}
+			}
+			type result struct {
+				sb  *SecureBootState
+				msg string
+			}
+			results := make(chan result, 8)
+			for range cap(results) {
+				go func() { results <- result{el.SecureBoot(), el.SecureBootErr()} }()
+			}
+			for range cap(results) {
+				r := <-results
+				if !reflect.DeepEqual(r.sb, want.SecureBoot()) || r.msg != want.SecureBootErr() {
+					t.Fatalf("secure boot %+v %q, go-attestation's path %+v %q", r.sb, r.msg, want.SecureBoot(), want.SecureBootErr())
+				}
+			}
+			if (el.SecureBoot() == nil) == (el.SecureBootErr() == "") {
+				t.Fatalf("secure boot %+v with explanation %q", el.SecureBoot(), el.SecureBootErr())
+			}
+			t.Logf("secure boot %+v %q", el.SecureBoot(), el.SecureBootErr())
+		})
+	}
+	var zero EventLog
+	if zero.SecureBoot() != nil || zero.SecureBootErr() != "PCR 7 was not verified" {
+		t.Fatalf("zero EventLog: %+v %q", zero.SecureBoot(), zero.SecureBootErr())
+	}
+}
+
+// TestSeparatorDigest holds the known separator digests to the hashes.
+func TestSeparatorDigest(t *testing.T) {
+	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+		x := h.New()
+		x.Write([]byte{0, 0, 0, 0})
+		if got := separatorDigest(h); got != string(x.Sum(nil)) {
+			t.Errorf("%v: %x", h, got)
+		}
+		// A separator whose digest is another one is still judged.
+		if dataVerified(h, 0, 0x04, []byte{0, 0, 0, 0}, make([]byte, h.Size())) {
+			t.Errorf("%v: a zero digest verified", h)
+		}
+	}
+	if separatorDigest(crypto.MD5) != "" {
+		t.Error("MD5 separator digest")
 	}
 }

@@ -281,3 +281,42 @@ func TestExpiryStorm(t *testing.T) {
 		t.Fatalf("%d enrollment requests for %d devices: some fell back to enrollment", got, n)
 	}
 }
+
+// TestRenewalWhileFleetDown: the fleet is down when the device's renewal is
+// due; the device keeps its working identity and renews once the fleet is
+// back, without enrolling again.
+func TestRenewalWhileFleetDown(t *testing.T) {
+	requireTools(t)
+	cfg := server.Config{DataDir: t.TempDir(), MQTTAddr: freeAddr(t), APIAddr: freeAddr(t), EKCADir: ekCADir(t, vendorCA(t)),
+		DeviceLifetime: config.Duration(12 * time.Second)}
+	f, err := harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) {
+		c.EventLog = "-"
+		c.RenewAt = 0.5
+		c.RetryMax = agentDuration(time.Second)
+	}})
+	first := waitConnected(t, d)
+	f.Stop() // renewal falls due (at 6 s) while the fleet is down
+	time.Sleep(7 * time.Second)
+	if st := d.Status(); st.Connected || st.CertSerial != first.CertSerial {
+		t.Fatalf("while the fleet was down: %+v", st)
+	}
+	f, err = harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	st, err := d.Wait(context.Background(), 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != first.CertSerial })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := f.Enroll.Stats().Requests.Load(); n != 0 {
+		t.Fatalf("the device enrolled again (%d requests) instead of renewing", n)
+	}
+	if dev, _ := f.Inv.Device(st.DeviceID); dev.CertSerial != st.CertSerial {
+		t.Fatalf("inventory %s, device %s", dev.CertSerial, st.CertSerial)
+	}
+}
