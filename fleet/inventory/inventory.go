@@ -26,6 +26,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -231,7 +232,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		o.maxEvents = defaultMaxEvents
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.timeout, NoSync: o.noSync})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
 	}
 	if err != nil {
@@ -635,7 +636,8 @@ func eventPrefix(deviceID string) []byte {
 func seekLast(c *bolt.Cursor, prefix []byte) ([]byte, []byte) {
 	end := bytes.Clone(prefix)
 	end[len(end)-1] = 1 // the first key past every key with prefix
-	k, v := c.Seek(end)
+	k, _ := c.Seek(end)
+	var v []byte
 	if k == nil {
 		k, v = c.Last()
 	} else {

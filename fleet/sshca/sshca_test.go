@@ -1,3 +1,4 @@
+//lint:file-ignore SA1019 the test builds a DSA key to check that DSA host keys are refused
 package sshca
 
 import (

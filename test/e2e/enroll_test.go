@@ -44,7 +44,7 @@ func TestEnrollByEKChain(t *testing.T) {
 	if dev.State != "active" || dev.TrustPath != "ek-ca" || dev.Serial != "SN-CHAIN" || dev.Model != "gw-1" || !dev.Connected {
 		t.Fatalf("device via API = %+v", dev)
 	}
-	if dev.CertSerial != st.CertSerial || dev.CertExpiry.Sub(time.Now()) < 23*time.Hour {
+	if dev.CertSerial != st.CertSerial || time.Until(dev.CertExpiry) < 23*time.Hour {
 		t.Fatalf("certificate: api %s %v, device %s", dev.CertSerial, dev.CertExpiry, st.CertSerial)
 	}
 
