@@ -279,10 +279,7 @@ func printJSON(w io.Writer, v any) error {
 }
 
 func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
-	sub := "list"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		sub, args = args[0], args[1:]
-	}
+	sub, args := subcommand(args, "list")
 	fs := flag.NewFlagSet("devices "+sub, flag.ContinueOnError)
 	af := addAPIFlags(fs)
 	state := fs.String("state", "", "filter by state (list)")
@@ -291,10 +288,10 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 	reason := fs.String("reason", "", "RFC 5280 reason name (revoke), e.g. keyCompromise")
 	comment := fs.String("comment", "", "note recorded with the action (revoke, decommission)")
 	if sub != "list" {
-		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-			return usageError{"devices " + sub + " needs a device ID"}
+		var err error
+		if id, args, err = positional(args, "devices "+sub+" needs a device ID"); err != nil {
+			return err
 		}
-		id, args = args[0], args[1:]
 	}
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -419,10 +416,7 @@ func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 func cmdPolicies(ctx context.Context, args []string, stdout io.Writer) error {
-	sub := "list"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		sub, args = args[0], args[1:]
-	}
+	sub, args := subcommand(args, "list")
 	fs := flag.NewFlagSet("policies "+sub, flag.ContinueOnError)
 	af := addAPIFlags(fs)
 	device := fs.String("device", "", "golden device to learn from (learn)")
@@ -432,10 +426,10 @@ func cmdPolicies(ctx context.Context, args []string, stdout io.Writer) error {
 	autoRelease := fs.Bool("auto-release", false, "a passing attestation releases a quarantined device (learn)")
 	var arg string
 	if sub == "show" || sub == "put" || sub == "delete" {
-		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-			return usageError{"policies " + sub + " needs an argument"}
+		var err error
+		if arg, args, err = positional(args, "policies "+sub+" needs an argument"); err != nil {
+			return err
 		}
-		arg, args = args[0], args[1:]
 	}
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -507,10 +501,7 @@ func cmdPolicies(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 func cmdRotations(ctx context.Context, args []string, stdout io.Writer) error {
-	sub := "list"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		sub, args = args[0], args[1:]
-	}
+	sub, args := subcommand(args, "list")
 	fs := flag.NewFlagSet("rotations "+sub, flag.ContinueOnError)
 	af := addAPIFlags(fs)
 	all := fs.Bool("all", false, "every active device (start)")
@@ -521,10 +512,10 @@ func cmdRotations(ctx context.Context, args []string, stdout io.Writer) error {
 	reason := fs.String("reason", "", "why (start), e.g. an incident number")
 	var id string
 	if sub == "show" || sub == "cancel" {
-		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-			return usageError{"rotations " + sub + " needs a job ID"}
+		var err error
+		if id, args, err = positional(args, "rotations "+sub+" needs a job ID"); err != nil {
+			return err
 		}
-		id, args = args[0], args[1:]
 	}
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -578,4 +569,21 @@ func cmdRotations(ctx context.Context, args []string, stdout io.Writer) error {
 		return printJob(j)
 	}
 	return usageError{"unknown rotations subcommand " + sub}
+}
+
+// subcommand splits off the subcommand (def when the next word is a flag or
+// there is none).
+func subcommand(args []string, def string) (string, []string) {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return args[0], args[1:]
+	}
+	return def, args
+}
+
+// positional takes the next argument, which must not be a flag.
+func positional(args []string, missing string) (string, []string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return "", args, usageError{missing}
+	}
+	return args[0], args[1:], nil
 }

@@ -18,10 +18,7 @@ import (
 // put reads the value from --file, or from stdin when no file is given
 // (never from a flag, which would leave it in shell history and ps).
 func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
-	sub := "list"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		sub, args = args[0], args[1:]
-	}
+	sub, args := subcommand(args, "list")
 	fs := flag.NewFlagSet("secrets "+sub, flag.ContinueOnError)
 	af := addAPIFlags(fs)
 	file := fs.String("file", "", "read the value from this file (put; default stdin)")
@@ -31,10 +28,10 @@ func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 	pcrBound := fs.Bool("pcr-bound", false, "seal to the device's attested PCR values (put)")
 	var arg string
 	if sub != "list" {
-		if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-			return usageError{"secrets " + sub + " needs an argument"}
+		var err error
+		if arg, args, err = positional(args, "secrets "+sub+" needs an argument"); err != nil {
+			return err
 		}
-		arg, args = args[0], args[1:]
 	}
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
