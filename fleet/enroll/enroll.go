@@ -559,9 +559,22 @@ func (s *Service) apply(d *inventory.Device, exists bool, sess *session, now tim
 	return nil
 }
 
+// maxPending bounds devices waiting for approval: with manual approval any
+// TPM can ask, so the queue of strangers must not grow without bound.
+const maxPending = 10000
+
 // hold records a verified device that waits for approval.
 func (s *Service) hold(env *wire.Envelope, sess *session) error {
 	now := s.cfg.Now().UTC()
+	if sess.existing == nil {
+		counts, err := s.cfg.Inventory.Counts()
+		if err != nil {
+			return err
+		}
+		if counts[inventory.StatePending] >= maxPending {
+			return wire.Refuse(wire.ReasonRateLimited, "too many devices wait for approval", nil)
+		}
+	}
 	created := false
 	err := s.cfg.Inventory.Upsert(sess.ek.DeviceID, func(d *inventory.Device, exists bool) error {
 		if exists && d.State != inventory.StatePending {
