@@ -263,6 +263,7 @@ func (i *Instance) run(ctx context.Context, port, ctrl int) error {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = out, out
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		return err
