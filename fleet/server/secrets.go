@@ -209,6 +209,8 @@ func (s *secretService) deliverOne(dev *inventory.Device, name string) {
 		s.log.Warn("secrets: recording a delivery failed", "name", name, "device_id", dev.ID, "err", err)
 	}
 	s.log.Info("secret sent", "name", name, "version", sec.Version, "device_id", dev.ID, "pcr_bound", sel != nil)
+	_ = s.inv.AddEvent(inventory.Event{Time: now, DeviceID: dev.ID, Kind: "secret-delivered",
+		Detail: fmt.Sprintf("secret %s version %d sealed to the EK (PCR-bound: %v)", name, sec.Version, sel != nil)})
 }
 
 // fail records why a delivery could not be made.
@@ -283,6 +285,8 @@ func (s *secretService) ack(deviceID string, env *wire.Envelope) {
 	}
 	if a.OK {
 		s.log.Info("secret acknowledged", "name", a.Name, "version", a.Version, "device_id", deviceID)
+		_ = s.inv.AddEvent(inventory.Event{Time: now, DeviceID: deviceID, Kind: "secret-acknowledged",
+			Detail: fmt.Sprintf("secret %s version %d imported into the TPM", a.Name, a.Version)})
 	} else {
 		s.log.Warn("device could not import a secret", "name", a.Name, "version", a.Version, "device_id", deviceID, "err", a.Error)
 	}

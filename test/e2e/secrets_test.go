@@ -113,6 +113,15 @@ func TestSecrets(t *testing.T) {
 		t.Fatalf("put: %+v %v", info, err)
 	}
 	waitAcked(t, c, idA, "db-password", 1)
+	// Each delivery and acknowledgement is recorded on the device's trail.
+	waitFor(t, func() bool {
+		evs, _ := f.Inv.Events(idA, 50)
+		kinds := map[string]bool{}
+		for _, e := range evs {
+			kinds[e.Kind] = kinds[e.Kind] || strings.Contains(e.Detail, "db-password version 1")
+		}
+		return kinds["secret-delivered"] && kinds["secret-acknowledged"]
+	}, "the delivery and its acknowledgement to be recorded")
 	got, err := agent.Unseal(devA.Config, "db-password")
 	if err != nil || !bytes.Equal(got, v1) {
 		t.Fatalf("unseal v1 through the daemon: %q %v", got, err)
