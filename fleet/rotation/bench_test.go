@@ -34,6 +34,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/wire"
+	bolt "go.etcd.io/bbolt"
 )
 
 // replayRand is a deterministic entropy source that rewind restarts. It is
@@ -294,7 +295,8 @@ func (h *harness) renewal(msg []byte) error {
 }
 
 // BenchmarkRenew measures the fleet side of a renewal, one at a time on one
-// goroutine, as the rotation service's Run loop handles them:
+// goroutine (Run verifies on Config.Workers of them, GOMAXPROCS by
+// default):
 //
 //   - renewal: the renewal challenge (nonce issued and sent), then Renew:
 //     decode, device lookup, attestation (nonce consumed, quote verified,
@@ -417,12 +419,16 @@ func BenchmarkRenewFloorShare(b *testing.B) {
 	b.ReportMetric(100*floorTime.Seconds()/renew.Seconds(), "floor-%")
 }
 
-// BenchmarkJobStep measures the job bookkeeping the rotation service does
-// after every renewal while a forced rotation runs (Run wakes step, which
-// re-reads every not-yet-renewed device of every running job and rewrites
-// the job record, fsync'd, when one changed), for one job over N devices
-// of which one was just renewed. Inventory writes are not synced (they are
-// set-up); the job write is, as in production.
+// BenchmarkJobStep measures the job bookkeeping of a forced rotation over
+// N devices (all active, inventory writes not synced: set-up), with the
+// job writes fsync'd as in production:
+//
+//   - renewed: what a renewal pays: the device looked up by key in the
+//     running job and marked renewed (one write);
+//   - tick: one once-a-second step of a job at rate 100: the 100 devices
+//     at the front of its queue read from the inventory, asked, and
+//     written back (one write). The clock moves past the resend time
+//     every iteration, so every step has 100 devices to ask.
 func BenchmarkJobStep(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000, 100000} {
 		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
@@ -437,7 +443,6 @@ func BenchmarkJobStep(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer jobs.Close()
-			job := &Job{ID: "rot_bench", Created: time.Now().UTC(), Selector: Selector{All: true}, Rate: 10000, State: JobRunning}
 			ids := make([]string, n)
 			for i := range ids {
 				ids[i] = fmt.Sprintf("%032x", i+1)
@@ -446,54 +451,72 @@ func BenchmarkJobStep(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				job.Devices = append(job.Devices, JobDevice{ID: ids[i], From: "01"})
 			}
-			svc := &Service{cfg: Config{Inventory: inv, Jobs: jobs, Now: time.Now,
+			now := time.Now()
+			svc := &Service{cfg: Config{Inventory: inv, Jobs: jobs, Now: func() time.Time { return now },
 				Send: func(string, string, []byte) error { return nil }}, log: slog.New(slog.DiscardHandler)}
-			k := 0
-			for b.Loop() {
-				b.StopTimer()
-				if err := jobs.put(job); err != nil { // all devices pending again
+			start := func(b *testing.B) *Job {
+				job, err := svc.Start(Selector{All: true}, 100, "bench", "")
+				if err != nil {
 					b.Fatal(err)
 				}
-				// The device renewed last time is back on its old serial;
-				// the next one has just renewed.
-				setSerial(b, inv, ids[k%n], "01")
-				k++
-				setSerial(b, inv, ids[k%n], "02")
-				b.StartTimer()
-				svc.step(false)
+				return job
 			}
-			b.StopTimer()
-			got, err := jobs.Get(job.ID)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if p := got.Progress(); p.Renewed != 1 || p.Waiting != n-1 {
-				b.Fatalf("after a step: %+v, want 1 renewed of %d", p, n)
-			}
+			b.Run("renewed", func(b *testing.B) {
+				job, k := start(b), 0
+				for b.Loop() {
+					if k == n { // every device renewed: a new job
+						b.StopTimer()
+						job, k = start(b), 0
+						b.StartTimer()
+					}
+					done, err := jobs.renewed(ids[k], now)
+					if err != nil || (len(done) == 1) != (k == n-1) {
+						b.Fatalf("renewed %d of %d: done %v, %v", k, n, done, err)
+					}
+					k++
+				}
+				b.StopTimer()
+				got, err := jobs.Get(job.ID)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if p := got.Progress(); p.Renewed != k || p.Waiting != n-k {
+					b.Fatalf("after %d renewals: %+v", k, p)
+				}
+				svc.Cancel(job.ID) // b.Loop may run this again on the same devices
+			})
+			b.Run("tick", func(b *testing.B) {
+				job := start(b)
+				for b.Loop() {
+					now = now.Add(resend + time.Second)
+					svc.step()
+				}
+				b.StopTimer()
+				got, err := jobs.Get(job.ID)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if p := got.Progress(); p.Sent+p.Renewed != min(n, 100*b.N) && p.Sent != n {
+					b.Fatalf("after %d ticks: %+v", b.N, p)
+				}
+				svc.Cancel(job.ID)
+			})
 		})
 	}
 }
 
-func setSerial(b *testing.B, inv *inventory.Store, id, serial string) {
-	if err := inv.Update(id, func(d *inventory.Device) error { d.CertSerial = serial; return nil }); err != nil {
-		b.Fatal(err)
-	}
-}
-
 // BenchmarkBoltWrite is one small fsync'd bbolt write on this disk (a job
-// record of one device): the unit the renewal path pays several times.
+// header): the unit the renewal path pays several times.
 func BenchmarkBoltWrite(b *testing.B) {
 	jobs, err := OpenJobs(filepath.Join(b.TempDir(), "rotations.db"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer jobs.Close()
-	job := &Job{ID: "rot_bench", Created: time.Now().UTC(), Selector: Selector{All: true}, State: JobRunning,
-		Devices: []JobDevice{{ID: benchDevice, From: "01"}}}
+	h := &header{Job: &Job{ID: "rot_bench", Created: time.Now().UTC(), Selector: Selector{All: true}, State: JobRunning}, Total: 1}
 	for b.Loop() {
-		if err := jobs.put(job); err != nil {
+		if err := jobs.db.Update(func(tx *bolt.Tx) error { return putHeader(tx, h) }); err != nil {
 			b.Fatal(err)
 		}
 	}

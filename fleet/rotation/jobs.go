@@ -1,7 +1,9 @@
 package rotation
 
 import (
+	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -73,17 +75,26 @@ type JobDevice struct {
 	DoneAt   time.Time `json:"done_at,omitzero"`
 }
 
+// InlineDevices is the largest job whose devices Service.Job, Service.Start
+// and Jobs.Get list in Job.Devices; a larger job's devices are paged with
+// Service.JobDevices, and its Progress holds the counts.
+const InlineDevices = 1000
+
 // Job is a forced rotation.
 type Job struct {
-	ID       string      `json:"id"`
-	Created  time.Time   `json:"created"`
-	By       string      `json:"by,omitempty"`
-	Reason   string      `json:"reason,omitempty"`
-	Selector Selector    `json:"selector"`
-	Rate     float64     `json:"rate"` // rotation requests per second
-	State    string      `json:"state"`
-	Finished time.Time   `json:"finished,omitzero"`
-	Devices  []JobDevice `json:"devices"`
+	ID       string    `json:"id"`
+	Created  time.Time `json:"created"`
+	By       string    `json:"by,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Selector Selector  `json:"selector"`
+	Rate     float64   `json:"rate"` // rotation requests per second
+	State    string    `json:"state"`
+	Finished time.Time `json:"finished,omitzero"`
+	// Devices is filled for jobs of at most InlineDevices devices, and
+	// empty (omitted) for larger ones.
+	Devices []JobDevice `json:"devices,omitempty"`
+
+	counts Progress // kept by the store; Waiting is derived
 }
 
 // Progress summarizes a job.
@@ -91,85 +102,560 @@ type Progress struct {
 	Total, Sent, Renewed, Waiting int
 }
 
-// Progress counts the job's devices by step.
+// Progress counts the job's devices by step: asked and not yet renewed
+// (Sent), renewed or no longer to be rotated (Renewed), not asked yet
+// (Waiting).
 func (j *Job) Progress() Progress {
-	p := Progress{Total: len(j.Devices)}
-	for _, d := range j.Devices {
-		switch {
-		case !d.DoneAt.IsZero():
-			p.Renewed++
-		case !d.Sent.IsZero():
-			p.Sent++
-		default:
-			p.Waiting++
+	if j.counts.Total == 0 && len(j.Devices) > 0 {
+		p := Progress{Total: len(j.Devices)}
+		for _, d := range j.Devices {
+			switch {
+			case !d.DoneAt.IsZero():
+				p.Renewed++
+			case !d.Sent.IsZero():
+				p.Sent++
+			}
 		}
+		p.Waiting = p.Total - p.Sent - p.Renewed
+		return p
 	}
+	p := j.counts
+	p.Waiting = p.Total - p.Sent - p.Renewed
 	return p
 }
 
 // Jobs persists rotation jobs (bbolt) so a restarted fleet resumes them.
+//
+// Layout: bucket "jobs" maps a job ID to its header (the Job without its
+// devices, with the counts); bucket "running" holds the IDs of running
+// jobs; bucket "devices" holds one sub-bucket per job mapping a device ID
+// to its JobDevice; bucket "queue" holds one sub-bucket per job whose keys
+// are a device's next send time (8 bytes, big-endian Unix nanoseconds; 0
+// for never asked) followed by its ID, for the devices not yet renewed. A
+// step reads the front of the queue and writes only what it touched; a
+// renewal looks its device up by key in each running job.
 type Jobs struct {
 	db *bolt.DB
 }
 
-var bucketJobs = []byte("jobs")
+var (
+	bucketJobs    = []byte("jobs")
+	bucketRunning = []byte("running")
+	bucketDevices = []byte("devices")
+	bucketQueue   = []byte("queue")
+)
 
-// OpenJobs opens the job file.
+// header is a job as stored in bucketJobs.
+type header struct {
+	*Job
+	Total   int `json:"total"`
+	Sent    int `json:"sent_count"`
+	Renewed int `json:"renewed"`
+}
+
+// devRecord is a job's device as stored, with its queue position.
+type devRecord struct {
+	JobDevice
+	Due int64 `json:"due,omitempty"` // queue key time; meaningful while not done
+}
+
+// OpenJobs opens the job file. Jobs written by earlier versions (one record
+// with every device) are converted.
 func OpenJobs(path string) (*Jobs, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("rotation: open jobs: %w", err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(bucketJobs); return err })
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketJobs, bucketRunning, bucketDevices, bucketQueue} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return migrate(tx)
+	})
 	if err != nil {
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("rotation: open jobs: %w", err)
 	}
 	return &Jobs{db: db}, nil
+}
+
+// migrate converts jobs stored with their devices inline.
+func migrate(tx *bolt.Tx) error {
+	var old []*Job
+	err := tx.Bucket(bucketJobs).ForEach(func(_, v []byte) error {
+		job := &Job{}
+		if err := json.Unmarshal(v, job); err != nil {
+			return err
+		}
+		if len(job.Devices) > 0 && tx.Bucket(bucketDevices).Bucket([]byte(job.ID)) == nil {
+			old = append(old, job)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, job := range old {
+		if err := create(tx, job); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close closes the file.
 func (j *Jobs) Close() error { return j.db.Close() }
 
-func (j *Jobs) put(job *Job) error {
-	b, err := json.Marshal(job)
+func dueKey(due int64, id string) []byte {
+	k := make([]byte, 8+len(id))
+	binary.BigEndian.PutUint64(k, uint64(due))
+	copy(k[8:], id)
+	return k
+}
+
+// create stores a job with its devices (and their progress as given).
+func create(tx *bolt.Tx, job *Job) error {
+	devs, err := tx.Bucket(bucketDevices).CreateBucketIfNotExists([]byte(job.ID))
 	if err != nil {
 		return err
 	}
-	return j.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketJobs).Put([]byte(job.ID), b) })
+	queue, err := tx.Bucket(bucketQueue).CreateBucketIfNotExists([]byte(job.ID))
+	if err != nil {
+		return err
+	}
+	h := header{Job: job, Total: len(job.Devices)}
+	for _, d := range job.Devices {
+		r := devRecord{JobDevice: d}
+		switch {
+		case !d.DoneAt.IsZero():
+			h.Renewed++
+		case !d.Sent.IsZero():
+			h.Sent++
+			r.Due = d.Sent.Add(resend).UnixNano()
+		}
+		if d.DoneAt.IsZero() {
+			if err := queue.Put(dueKey(r.Due, d.ID), nil); err != nil {
+				return err
+			}
+		}
+		if err := putDev(devs, &r); err != nil {
+			return err
+		}
+	}
+	return putHeader(tx, &h)
 }
+
+func putDev(b *bolt.Bucket, r *devRecord) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(r.ID), v)
+}
+
+func getDev(b *bolt.Bucket, id string) (*devRecord, error) {
+	v := b.Get([]byte(id))
+	if v == nil {
+		return nil, nil
+	}
+	r := &devRecord{}
+	return r, json.Unmarshal(v, r)
+}
+
+func putHeader(tx *bolt.Tx, h *header) error {
+	devices := h.Devices
+	h.Devices = nil
+	v, err := json.Marshal(h)
+	h.Devices = devices
+	if err != nil {
+		return err
+	}
+	if h.State == JobRunning {
+		err = tx.Bucket(bucketRunning).Put([]byte(h.ID), nil)
+	} else {
+		err = tx.Bucket(bucketRunning).Delete([]byte(h.ID))
+	}
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketJobs).Put([]byte(h.ID), v)
+}
+
+func getHeader(tx *bolt.Tx, id string) (*header, error) {
+	v := tx.Bucket(bucketJobs).Get([]byte(id))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	h := &header{Job: &Job{}}
+	if err := json.Unmarshal(v, h); err != nil {
+		return nil, err
+	}
+	h.Devices = nil
+	h.counts = Progress{Total: h.Total, Sent: h.Sent, Renewed: h.Renewed}
+	return h, nil
+}
+
+// sync copies the counts into the job's Progress.
+func (h *header) sync() { h.counts = Progress{Total: h.Total, Sent: h.Sent, Renewed: h.Renewed} }
 
 // ErrNotFound is returned for an unknown job.
 var ErrNotFound = errors.New("rotation: no such job")
 
-// Get returns a job.
+// Get returns a job with its counts, and its devices if it has at most
+// InlineDevices.
 func (j *Jobs) Get(id string) (*Job, error) {
 	var job *Job
 	err := j.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketJobs).Get([]byte(id))
-		if v == nil {
-			return ErrNotFound
+		h, err := getHeader(tx, id)
+		if err != nil {
+			return err
 		}
-		job = &Job{}
-		return json.Unmarshal(v, job)
+		job = h.Job
+		if h.Total > InlineDevices {
+			return nil
+		}
+		devs := tx.Bucket(bucketDevices).Bucket([]byte(id))
+		if devs == nil {
+			return nil
+		}
+		return devs.ForEach(func(_, v []byte) error {
+			var r devRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			job.Devices = append(job.Devices, r.JobDevice)
+			return nil
+		})
 	})
-	return job, err
+	if err != nil {
+		return nil, err
+	}
+	return job, nil
 }
 
-// List returns every job, oldest first.
+// Devices returns up to limit devices of a job in ID order, starting after
+// the ID after, and the ID to continue after ("" at the end).
+func (j *Jobs) Devices(id, after string, limit int) ([]JobDevice, string, error) {
+	if limit <= 0 || limit > 10000 {
+		limit = 1000
+	}
+	var out []JobDevice
+	next := ""
+	err := j.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketJobs).Get([]byte(id)) == nil {
+			return ErrNotFound
+		}
+		devs := tx.Bucket(bucketDevices).Bucket([]byte(id))
+		if devs == nil {
+			return nil
+		}
+		c := devs.Cursor()
+		k, v := c.First()
+		if after != "" {
+			k, v = c.Seek([]byte(after))
+			if k != nil && string(k) == after {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
+			if len(out) == limit {
+				next = out[len(out)-1].ID
+				return nil
+			}
+			var r devRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r.JobDevice)
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// List returns every job with its counts, without devices, oldest ID
+// first.
 func (j *Jobs) List() ([]Job, error) {
 	var out []Job
 	err := j.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketJobs).ForEach(func(_, v []byte) error {
-			var job Job
-			if err := json.Unmarshal(v, &job); err != nil {
+		return tx.Bucket(bucketJobs).ForEach(func(k, _ []byte) error {
+			h, err := getHeader(tx, string(k))
+			if err != nil {
 				return err
 			}
-			out = append(out, job)
+			out = append(out, *h.Job)
 			return nil
 		})
 	})
 	return out, err
+}
+
+// running returns the IDs of the running jobs.
+func (j *Jobs) running() ([]string, error) {
+	var ids []string
+	err := j.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRunning).ForEach(func(k, _ []byte) error {
+			ids = append(ids, string(k))
+			return nil
+		})
+	})
+	return ids, err
+}
+
+// cancel ends a running job.
+func (j *Jobs) cancel(id string, now time.Time) error {
+	return j.db.Update(func(tx *bolt.Tx) error {
+		h, err := getHeader(tx, id)
+		if err != nil {
+			return err
+		}
+		if h.State != JobRunning {
+			return nil
+		}
+		h.State, h.Finished = JobCancelled, now
+		return putHeader(tx, h)
+	})
+}
+
+// outcome is what a step did with one device.
+type outcome int
+
+const (
+	outcomeSent     outcome = iota // asked to rotate
+	outcomeDone                    // renewed or no longer to be rotated
+	outcomeDeferred                // unreachable: try again after resend
+)
+
+// candidate is a device due to be asked.
+type candidate struct {
+	rec     devRecord
+	outcome outcome
+}
+
+// due returns the job's header and, if it is running, up to its rate plus
+// scanSlack of its devices whose send time has come, front of the queue
+// first.
+func (j *Jobs) due(id string, now time.Time) (*header, []candidate, error) {
+	var h *header
+	var out []candidate
+	err := j.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if h, err = getHeader(tx, id); err != nil || h.State != JobRunning {
+			return err
+		}
+		devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
+		if devs == nil || queue == nil {
+			return nil
+		}
+		limit := max(1, int(h.Rate)) + scanSlack
+		end := dueKey(now.UnixNano(), "\xff")
+		c := queue.Cursor()
+		for k, _ := c.First(); k != nil && len(out) < limit && bytes.Compare(k, end) <= 0; k, _ = c.Next() {
+			r, err := getDev(devs, string(k[8:]))
+			if err != nil {
+				return err
+			}
+			if r != nil && r.DoneAt.IsZero() {
+				out = append(out, candidate{rec: *r})
+			}
+		}
+		return nil
+	})
+	return h, out, err
+}
+
+// record applies a step's outcomes to a job and reports whether the job
+// is now done. Devices renewed since due read them are left alone.
+func (j *Jobs) record(id string, now time.Time, cands []candidate) (done bool, err error) {
+	err = j.db.Update(func(tx *bolt.Tx) error {
+		done = false
+		h, err := getHeader(tx, id)
+		if err != nil || h.State != JobRunning {
+			return err
+		}
+		devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
+		for i := range cands {
+			c := &cands[i]
+			r, err := getDev(devs, c.rec.ID)
+			if err != nil {
+				return err
+			}
+			if r == nil || !r.DoneAt.IsZero() {
+				continue
+			}
+			if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
+				return err
+			}
+			wasSent := !r.Sent.IsZero()
+			switch c.outcome {
+			case outcomeDone:
+				r.DoneAt = now
+				h.Renewed++
+				if wasSent {
+					h.Sent--
+				}
+			case outcomeSent:
+				r.Sent, r.Attempts = now, r.Attempts+1
+				if !wasSent {
+					h.Sent++
+				}
+				r.Due = now.Add(resend).UnixNano()
+			case outcomeDeferred:
+				r.Due = now.Add(resend).UnixNano()
+			}
+			if r.DoneAt.IsZero() {
+				if err := queue.Put(dueKey(r.Due, r.ID), nil); err != nil {
+					return err
+				}
+			}
+			if err := putDev(devs, r); err != nil {
+				return err
+			}
+		}
+		if h.Renewed >= h.Total {
+			h.State, h.Finished, done = JobDone, now, true
+		}
+		return putHeader(tx, h)
+	})
+	return done, err
+}
+
+// jobsOf returns the running jobs in which the device is not done yet,
+// with its record in each.
+func (j *Jobs) jobsOf(deviceID string) (map[string]devRecord, error) {
+	var out map[string]devRecord
+	err := j.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRunning).ForEach(func(k, _ []byte) error {
+			devs := tx.Bucket(bucketDevices).Bucket(k)
+			if devs == nil {
+				return nil
+			}
+			r, err := getDev(devs, deviceID)
+			if err != nil || r == nil || !r.DoneAt.IsZero() {
+				return err
+			}
+			if out == nil {
+				out = map[string]devRecord{}
+			}
+			out[string(k)] = *r
+			return nil
+		})
+	})
+	return out, err
+}
+
+// renewed marks the device renewed in every running job that still waits
+// for it (one write, none if no running job holds it), and returns the
+// jobs that are done with it.
+func (j *Jobs) renewed(deviceID string, now time.Time) ([]string, error) {
+	in, err := j.jobsOf(deviceID)
+	if err != nil || len(in) == 0 {
+		return nil, err
+	}
+	var finished []string
+	err = j.db.Update(func(tx *bolt.Tx) error {
+		finished = finished[:0]
+		for id := range in {
+			h, err := getHeader(tx, id)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if h.State != JobRunning {
+				continue
+			}
+			devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
+			r, err := getDev(devs, deviceID)
+			if err != nil {
+				return err
+			}
+			if r == nil || !r.DoneAt.IsZero() {
+				continue
+			}
+			if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
+				return err
+			}
+			if !r.Sent.IsZero() {
+				h.Sent--
+			}
+			r.DoneAt = now
+			h.Renewed++
+			if err := putDev(devs, r); err != nil {
+				return err
+			}
+			if h.Renewed >= h.Total {
+				h.State, h.Finished = JobDone, now
+				finished = append(finished, id)
+			}
+			if err := putHeader(tx, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return finished, err
+}
+
+// reachable moves the device to the front of the queue in every running
+// job that deferred it as unreachable: it is asked at the next step, or
+// when its resend time comes if it was asked already.
+func (j *Jobs) reachable(deviceID string, now time.Time) error {
+	in, err := j.jobsOf(deviceID)
+	if err != nil || len(in) == 0 {
+		return err
+	}
+	move := false
+	for _, r := range in {
+		if r.Due > natural(&r.JobDevice) && r.Due > now.UnixNano() {
+			move = true
+		}
+	}
+	if !move {
+		return nil
+	}
+	return j.db.Update(func(tx *bolt.Tx) error {
+		for id := range in {
+			devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
+			if devs == nil || queue == nil {
+				continue
+			}
+			r, err := getDev(devs, deviceID)
+			if err != nil {
+				return err
+			}
+			if r == nil || !r.DoneAt.IsZero() {
+				continue
+			}
+			due := natural(&r.JobDevice)
+			if r.Due <= due || r.Due <= now.UnixNano() {
+				continue
+			}
+			if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
+				return err
+			}
+			r.Due = due
+			if err := queue.Put(dueKey(r.Due, r.ID), nil); err != nil {
+				return err
+			}
+			if err := putDev(devs, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// natural is when a device is next to be asked if it is reachable: at
+// once if it was never asked, else resend after it was.
+func natural(d *JobDevice) int64 {
+	if d.Sent.IsZero() {
+		return 0
+	}
+	return d.Sent.Add(resend).UnixNano()
 }
 
 // Start creates a forced rotation job over the active devices sel selects.
@@ -205,94 +691,109 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 	if len(job.Devices) == 0 {
 		return nil, errors.New("rotation: no active device matches")
 	}
-	if err := s.cfg.Jobs.put(job); err != nil {
-		return nil, err
+	if err := s.cfg.Jobs.db.Update(func(tx *bolt.Tx) error { return create(tx, job) }); err != nil {
+		return nil, fmt.Errorf("rotation: saving the job: %w", err)
 	}
-	s.log.Info("rotation job started", "job", job.ID, "devices", len(job.Devices), "rate", rate, "by", by, "reason", reason)
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	n := len(job.Devices)
+	job.counts = Progress{Total: n}
+	if n > InlineDevices {
+		job.Devices = nil
 	}
+	s.log.Info("rotation job started", "job", job.ID, "devices", n, "rate", rate, "by", by, "reason", reason)
 	return job, nil
 }
 
-// Job returns a job with its progress.
+// Job returns a job with its progress; see InlineDevices.
 func (s *Service) Job(id string) (*Job, error) { return s.cfg.Jobs.Get(id) }
 
-// Jobs lists every job.
+// JobDevices pages through a job's devices; see Jobs.Devices.
+func (s *Service) JobDevices(id, after string, limit int) ([]JobDevice, string, error) {
+	return s.cfg.Jobs.Devices(id, after, limit)
+}
+
+// Jobs lists every job with its progress, without devices.
 func (s *Service) Jobs() ([]Job, error) { return s.cfg.Jobs.List() }
 
 // Cancel stops a running job.
-func (s *Service) Cancel(id string) error {
-	job, err := s.cfg.Jobs.Get(id)
-	if err != nil {
-		return err
-	}
-	if job.State == JobRunning {
-		job.State, job.Finished = JobCancelled, s.cfg.Now().UTC()
-	}
-	return s.cfg.Jobs.put(job)
-}
+func (s *Service) Cancel(id string) error { return s.cfg.Jobs.cancel(id, s.cfg.Now().UTC()) }
 
 // resend is how long a device that was asked may take before it is asked
-// again.
+// again; a device that was not reachable is tried again after as long,
+// or as soon as it connects.
 const resend = time.Minute
 
-// step advances every running job: it notes renewed devices and, when
-// send is set (once a second), asks the next ones, at most Rate a step.
-func (s *Service) step(send bool) {
-	jobs, err := s.cfg.Jobs.List()
+// step advances every running job by one tick: it asks up to Rate devices
+// from the front of the job's queue whose time has come. Before asking a
+// device it checks the inventory: a device gone, no longer active or on
+// another certificate than when the job started is done (renewals are
+// otherwise counted as Renew issues them). A device not connected, or
+// whose message could not be sent, is tried again after resend or when it
+// connects. The work is bounded by the rate, not the job's size.
+func (s *Service) step() {
+	ids, err := s.cfg.Jobs.running()
 	if err != nil {
 		s.log.Warn("rotation jobs unreadable", "err", err)
 		return
 	}
 	now := s.cfg.Now().UTC()
-	for i := range jobs {
-		job := &jobs[i]
-		if job.State != JobRunning {
-			continue
+	for _, id := range ids {
+		s.stepJob(id, now)
+	}
+}
+
+// scanSlack is how many unreachable or finished devices a step may pass
+// over in addition to its rate.
+const scanSlack = 256
+
+func (s *Service) stepJob(id string, now time.Time) {
+	h, cands, err := s.cfg.Jobs.due(id, now)
+	if err == nil && h.State == JobRunning {
+		cands = s.ask(h.Job, now, max(1, int(h.Rate)), cands)
+	}
+	if err != nil {
+		s.log.Warn("rotation job unreadable", "job", id, "err", err)
+		return
+	}
+	if h.State != JobRunning || len(cands) == 0 && h.Renewed < h.Total {
+		return
+	}
+	done, err := s.cfg.Jobs.record(id, now, cands)
+	if err != nil {
+		s.log.Warn("saving rotation job failed", "job", id, "err", err)
+		return
+	}
+	if done {
+		s.log.Info("rotation job done", "job", id, "devices", h.Total)
+	}
+}
+
+// ask sends the rotate message to up to budget of the candidates and
+// returns those it decided about, with their outcomes.
+func (s *Service) ask(job *Job, now time.Time, budget int, cands []candidate) []candidate {
+	out := cands[:0]
+	for _, c := range cands {
+		if budget == 0 {
+			break
 		}
-		budget := max(1, int(job.Rate))
-		changed, remaining := false, 0
-		for k := range job.Devices {
-			jd := &job.Devices[k]
-			if !jd.DoneAt.IsZero() {
-				continue
-			}
-			d, err := s.cfg.Inventory.Device(jd.ID)
-			if err != nil || d.State != inventory.StateActive {
-				jd.DoneAt, changed = now, true // gone or no longer active: nothing to rotate
-				continue
-			}
-			if d.CertSerial != jd.From {
-				jd.DoneAt, changed = now, true
-				continue
-			}
-			remaining++
-			if !send || budget == 0 || (!jd.Sent.IsZero() && now.Sub(jd.Sent) < resend) {
-				continue
-			}
-			if s.cfg.Connected != nil && !s.cfg.Connected(jd.ID) {
-				continue
-			}
+		d, err := s.cfg.Inventory.Device(c.rec.ID)
+		switch {
+		case err != nil || d.State != inventory.StateActive || d.CertSerial != c.rec.From:
+			c.outcome = outcomeDone // gone, no longer active, or renewed: nothing to rotate
+		case s.cfg.Connected != nil && !s.cfg.Connected(c.rec.ID):
+			c.outcome = outcomeDeferred
+		default:
 			b, err := wire.Encode(wire.TypeRotate, nil, now, &wire.Rotate{Reason: job.Reason, Job: job.ID})
 			if err == nil {
-				err = s.cfg.Send(jd.ID, "cert", b)
+				err = s.cfg.Send(c.rec.ID, "cert", b)
 			}
 			if err != nil {
-				continue
-			}
-			jd.Sent, jd.Attempts, changed = now, jd.Attempts+1, true
-			budget--
-		}
-		if remaining == 0 {
-			job.State, job.Finished, changed = JobDone, now, true
-			s.log.Info("rotation job done", "job", job.ID, "devices", len(job.Devices))
-		}
-		if changed {
-			if err := s.cfg.Jobs.put(job); err != nil {
-				s.log.Warn("saving rotation job failed", "job", job.ID, "err", err)
+				c.outcome = outcomeDeferred
+			} else {
+				c.outcome = outcomeSent
+				budget--
 			}
 		}
+		out = append(out, c)
 	}
+	return out
 }

@@ -22,6 +22,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/attest"
@@ -43,16 +45,18 @@ type Config struct {
 	Connected func(deviceID string) bool
 	// Lifetime of renewed certificates; 0 uses the CA's default.
 	Lifetime time.Duration
-	Now      func() time.Time
-	Logger   *slog.Logger
+	// Workers is how many renewals Run verifies at once; 0 means
+	// GOMAXPROCS.
+	Workers int
+	Now     func() time.Time
+	Logger  *slog.Logger
 }
 
 // Service handles renewals and runs rotation jobs.
 type Service struct {
-	cfg  Config
-	log  *slog.Logger
-	q    chan request
-	wake chan struct{}
+	cfg Config
+	log *slog.Logger
+	q   chan request
 }
 
 type request struct {
@@ -71,7 +75,10 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, log: cfg.Logger, q: make(chan request, 1024), wake: make(chan struct{}, 1)}, nil
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	return &Service{cfg: cfg, log: cfg.Logger, q: make(chan request, 1024)}, nil
 }
 
 // Submit queues a renewal request from an authenticated device.
@@ -83,20 +90,31 @@ func (s *Service) Submit(deviceID string, env *wire.Envelope) {
 	}
 }
 
-// Run handles renewals and drives rotation jobs until ctx ends.
+// Run handles renewals on Config.Workers goroutines and drives rotation
+// jobs once a second until ctx ends; it returns when they have stopped.
 func (s *Service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range s.cfg.Workers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case r := <-s.q:
+					s.Renew(r.deviceID, r.env)
+				}
+			}
+		})
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case r := <-s.q:
-			s.Renew(r.deviceID, r.env)
 		case <-tick.C:
-			s.step(true)
-		case <-s.wake:
-			s.step(false)
+			s.step()
 		}
 	}
 }
@@ -112,6 +130,9 @@ func (s *Service) reply(deviceID string, res *wire.RenewResult) {
 }
 
 // Renew handles one renewal request synchronously and answers the device.
+// It is safe for concurrent use, also for the same device: the device's
+// record is updated in one inventory transaction, and its nonce answers
+// one request only.
 func (s *Service) Renew(deviceID string, env *wire.Envelope) {
 	res, err := s.renew(deviceID, env)
 	if err != nil {
@@ -195,12 +216,25 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "renewed",
 		Detail: fmt.Sprintf("certificate %s for a new TPM key (attestation #%d passed); replaces %s", serial, rec.Seq, old)})
 	s.log.Info("certificate renewed", "device_id", deviceID, "cert_serial", serial, "replaces", old)
+	// Counted in the running jobs now; if this fails, the job's next
+	// attempt to ask the device sees the new serial.
+	done, err := s.cfg.Jobs.renewed(deviceID, s.cfg.Now().UTC())
+	if err != nil {
+		s.log.Warn("recording a renewal in rotation jobs failed", "device_id", deviceID, "err", err)
+	}
+	for _, id := range done {
+		s.log.Info("rotation job done", "job", id)
+	}
 	return &wire.RenewResult{Status: wire.StatusActive, Certificate: cert.Raw, TrustBundle: [][]byte{s.cfg.CA.Certificate().Raw}}, nil
 }
 
 // Connected is called when a device connects with a certificate: the
-// serials its renewals replaced are revoked once it uses its current one.
+// serials its renewals replaced are revoked once it uses its current one,
+// and running jobs that found it unreachable ask it at their next step.
 func (s *Service) Connected(deviceID, serial string) {
+	if err := s.cfg.Jobs.reachable(deviceID, s.cfg.Now().UTC()); err != nil {
+		s.log.Warn("rotation jobs unreadable", "device_id", deviceID, "err", err)
+	}
 	d, err := s.cfg.Inventory.Device(deviceID)
 	if err != nil || serial != d.CertSerial || len(d.Superseded) == 0 {
 		return
