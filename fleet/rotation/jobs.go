@@ -297,9 +297,6 @@ func getHeader(tx *bolt.Tx, id string) (*header, error) {
 	return h, nil
 }
 
-// sync copies the counts into the job's Progress.
-func (h *header) sync() { h.counts = Progress{Total: h.Total, Sent: h.Sent, Renewed: h.Renewed} }
-
 // ErrNotFound is returned for an unknown job.
 var ErrNotFound = errors.New("rotation: no such job")
 
