@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ func (h *handler) routesLifecycle() {
 	h.mux.Handle("POST /api/v1/rotations", h.auth(h.startRotation))
 	h.mux.Handle("GET /api/v1/rotations/{id}", h.auth(h.getRotation))
 	h.mux.Handle("POST /api/v1/rotations/{id}/cancel", h.auth(h.cancelRotation))
+	h.mux.Handle("GET /api/v1/rotations/{id}/devices", h.auth(h.rotationDevices))
 	h.mux.HandleFunc("GET /api/v1/crl", h.crl) // public, like any CRL
 	h.mux.HandleFunc("GET /crl", h.crl)
 }
@@ -186,6 +188,32 @@ func (h *handler) cancelRotation(w http.ResponseWriter, r *http.Request, _ strin
 		return
 	}
 	h.getRotation(w, r, "")
+}
+
+// rotationDevices pages through a job's devices and their progress.
+func (h *handler) rotationDevices(w http.ResponseWriter, r *http.Request, _ string) {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			problem(w, http.StatusBadRequest, "bad request", "limit must be an integer from 1 to 1000")
+			return
+		}
+		limit = n
+	}
+	devs, next, err := h.cfg.Rotation.JobDevices(r.PathValue("id"), r.URL.Query().Get("after"), limit)
+	if errors.Is(err, rotation.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no rotation job with that ID")
+		return
+	}
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	if devs == nil {
+		devs = []rotation.JobDevice{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"devices": devs, "next": next})
 }
 
 // crlCache holds the signed CRL until a revocation or half its validity.
