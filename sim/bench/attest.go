@@ -177,49 +177,16 @@ func Attest(ctx context.Context, o AttestOptions) (*AttestResult, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	setupStart := time.Now()
-	tpms, ekCADir, stop, err := startTPMs(ctx, o.Dir, o.Devices, o.Logger)
-	if err != nil {
-		return nil, err
-	}
-	defer stop()
-	fleet, err := harness.StartFleet(ctx, server.Config{DataDir: filepath.Join(o.Dir, "fleet"), EKCADir: ekCADir}, o.Logger.With("side", "fleet"))
-	if err != nil {
-		return nil, err
-	}
-	defer fleet.Stop()
 	sink := &verdictSink{}
-	fleet.Attest.OnVerdict(sink.verdict)
-	fleet.Attest.OnQuarantine(sink.quarantine)
-
-	devices := make([]*harness.Device, o.Devices)
-	defer func() {
-		for _, d := range devices {
-			if d != nil {
-				d.Stop()
-			}
-		}
-	}()
-	for i, inst := range tpms {
-		devices[i], err = fleet.StartDevice(ctx, harness.DeviceConfig{
-			TPM: inst.URI(), Dir: filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1)),
-			Model: "bench-gw", Firmware: "1.0.0", Serial: fmt.Sprintf("BENCH-%04d", i+1),
-			// No measured-boot log: swtpm has none, and the host's must not
-			// be sent with the swtpm's quotes.
-			Tweak: func(c *agent.Config) { c.EventLog = "-" },
-		}, o.Logger.With("side", "device", "n", i+1))
-		if err != nil {
-			return nil, err
-		}
-	}
-	ids, err := waitConnected(ctx, devices, o.Timeout)
+	st, err := connectedFleet(ctx, o.Dir, o.Devices, o.Timeout, o.Logger, func(f *harness.Fleet) {
+		f.Attest.OnVerdict(sink.verdict)
+		f.Attest.OnQuarantine(sink.quarantine)
+	})
 	if err != nil {
 		return nil, err
 	}
-	// Every device attests on connect; wait until each has a verdict so
-	// that none is in flight when the clock starts.
-	if err := waitRecorded(ctx, fleet, ids, o.Timeout); err != nil {
-		return nil, err
-	}
+	defer st.close()
+	tpms, fleet, devices, ids := st.tpms, st.fleet, st.devices, st.ids
 	client, err := fleet.Client()
 	if err != nil {
 		return nil, err
@@ -486,4 +453,65 @@ func met(ok bool) string {
 // msf prints milliseconds with one decimal: attestation times are short.
 func msf(d time.Duration) string {
 	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+}
+
+// benchFleet is a fleet with swtpm devices that enrolled, connected and
+// attested once, ready for a measurement.
+type benchFleet struct {
+	tpms    []*swtpm.Instance
+	fleet   *harness.Fleet
+	devices []*harness.Device
+	ids     []string
+	close   func()
+}
+
+// connectedFleet sets up n devices; before, when set, runs on the fleet
+// before any device starts (to attach hooks).
+func connectedFleet(ctx context.Context, dir string, n int, timeout time.Duration, log *slog.Logger, before func(*harness.Fleet)) (*benchFleet, error) {
+	tpms, ekCADir, stopTPMs, err := startTPMs(ctx, dir, n, log)
+	if err != nil {
+		return nil, err
+	}
+	fleet, err := harness.StartFleet(ctx, server.Config{DataDir: filepath.Join(dir, "fleet"), EKCADir: ekCADir}, log.With("side", "fleet"))
+	if err != nil {
+		stopTPMs()
+		return nil, err
+	}
+	b := &benchFleet{tpms: tpms, fleet: fleet, devices: make([]*harness.Device, n)}
+	b.close = func() {
+		for _, d := range b.devices {
+			if d != nil {
+				d.Stop()
+			}
+		}
+		fleet.Stop()
+		stopTPMs()
+	}
+	if before != nil {
+		before(fleet)
+	}
+	for i, inst := range tpms {
+		b.devices[i], err = fleet.StartDevice(ctx, harness.DeviceConfig{
+			TPM: inst.URI(), Dir: filepath.Join(dir, fmt.Sprintf("device-%d", i+1)),
+			Model: "bench-gw", Firmware: "1.0.0", Serial: fmt.Sprintf("BENCH-%04d", i+1),
+			// No measured-boot log: swtpm has none, and the host's must not
+			// be sent with the swtpm's quotes.
+			Tweak: func(c *agent.Config) { c.EventLog = "-" },
+		}, log.With("side", "device", "n", i+1))
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+	}
+	if b.ids, err = waitConnected(ctx, b.devices, timeout); err != nil {
+		b.close()
+		return nil, err
+	}
+	// Every device attests on connect; wait until each has a verdict so
+	// that none is in flight when the clock starts.
+	if err := waitRecorded(ctx, fleet, b.ids, timeout); err != nil {
+		b.close()
+		return nil, err
+	}
+	return b, nil
 }

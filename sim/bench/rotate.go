@@ -14,9 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sigil-iot/sigil/device/agent"
 	"github.com/sigil-iot/sigil/fleet/rotation"
-	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -138,43 +136,12 @@ func Rotate(ctx context.Context, o RotateOptions) (*RotateResult, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	setupStart := time.Now()
-	tpms, ekCADir, stop, err := startTPMs(ctx, o.Dir, o.Devices, o.Logger)
+	st, err := connectedFleet(ctx, o.Dir, o.Devices, o.Timeout, o.Logger, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	fleet, err := harness.StartFleet(ctx, server.Config{DataDir: filepath.Join(o.Dir, "fleet"), EKCADir: ekCADir}, o.Logger.With("side", "fleet"))
-	if err != nil {
-		return nil, err
-	}
-	defer fleet.Stop()
-	devices := make([]*harness.Device, o.Devices)
-	defer func() {
-		for _, d := range devices {
-			if d != nil {
-				d.Stop()
-			}
-		}
-	}()
-	for i, inst := range tpms {
-		devices[i], err = fleet.StartDevice(ctx, harness.DeviceConfig{
-			TPM: inst.URI(), Dir: filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1)),
-			Model: "bench-gw", Firmware: "1.0.0", Serial: fmt.Sprintf("BENCH-%04d", i+1),
-			// No measured-boot log: swtpm has none, and the host's must not
-			// be sent with the swtpm's quotes.
-			Tweak: func(c *agent.Config) { c.EventLog = "-" },
-		}, o.Logger.With("side", "device", "n", i+1))
-		if err != nil {
-			return nil, err
-		}
-	}
-	ids, err := waitConnected(ctx, devices, o.Timeout)
-	if err != nil {
-		return nil, err
-	}
-	if err := waitRecorded(ctx, fleet, ids, o.Timeout); err != nil {
-		return nil, err
-	}
+	defer st.close()
+	fleet, devices, ids := st.fleet, st.devices, st.ids
 	res := &RotateResult{Devices: o.Devices, Rate: o.Rate, Setup: time.Since(setupStart)}
 	for range o.Rounds {
 		r, err := rotateRound(ctx, fleet, devices, ids, o)
