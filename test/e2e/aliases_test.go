@@ -6,7 +6,3 @@ type (
 	agentConfig = agent.Config
 	agentStatus = agent.Status
 )
-
-func agentDuration(d interface{ Nanoseconds() int64 }) agent.Duration {
-	return agent.Duration(d.Nanoseconds())
-}

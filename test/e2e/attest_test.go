@@ -195,11 +195,11 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 func TestAttestationStale(t *testing.T) {
 	f := startFleet(t, func(c *server.Config) {
 		c.EKCADir = ekCADir(t, vendorCA(t))
-		c.AttestInterval = agentDuration(500 * time.Millisecond)
+		c.AttestInterval = agent.Duration(500 * time.Millisecond)
 		c.StaleAfter = 2
 	})
 	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) {
-		c.AttestInterval = agentDuration(200 * time.Millisecond)
+		c.AttestInterval = agent.Duration(200 * time.Millisecond)
 		c.EventLog = "-"
 	}})
 	id := waitConnected(t, d).DeviceID

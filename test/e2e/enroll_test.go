@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"github.com/sigil-iot/sigil/device/agent"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,7 +155,7 @@ func TestEnrollByToken(t *testing.T) {
 
 func TestEnrollByApproval(t *testing.T) {
 	f := startFleet(t, func(c *server.Config) { c.ManualApproval = true })
-	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) { c.PendingRetry = agentDuration(time.Minute) }})
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) { c.PendingRetry = agent.Duration(time.Minute) }})
 	st, err := d.Wait(context.Background(), 30*time.Second, func(s agentStatus) bool { return s.Enrollment == "pending" })
 	if err != nil {
 		t.Fatal(err)

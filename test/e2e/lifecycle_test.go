@@ -296,7 +296,7 @@ func TestRenewalWhileFleetDown(t *testing.T) {
 	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) {
 		c.EventLog = "-"
 		c.RenewAt = 0.5
-		c.RetryMax = agentDuration(time.Second)
+		c.RetryMax = agent.Duration(time.Second)
 	}})
 	first := waitConnected(t, d)
 	f.Stop() // renewal falls due (at 6 s) while the fleet is down
