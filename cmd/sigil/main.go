@@ -53,6 +53,7 @@ const usage = `usage:
   sigil devices revoke ID [--reason R] [--comment C] | decommission ID [--comment C] | rotate ID
   sigil rotations list | show ID | cancel ID
   sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
+  sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
   sigil policies list | show ID | learn --device ID --name NAME [--pcrs 0,1,7] | put FILE | delete ID
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
   sigil secrets list [-o json] | device ID [-o json] | delete NAME
@@ -96,6 +97,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdTokens(ctx, args[1:], stdout)
 	case "rotations":
 		err = cmdRotations(ctx, args[1:], stdout)
+	case "ca":
+		err = cmdCA(ctx, args[1:], stdout)
 	case "policies":
 		err = cmdPolicies(ctx, args[1:], stdout)
 	case "secrets":

@@ -62,6 +62,7 @@ type Agent struct {
 	challenges chan *wire.AttestChallenge
 	renewals   chan *wire.RenewResult
 	rotate     chan struct{}
+	trust      chan [][]byte            // trust bundles pushed during a CA rotation
 	ssh        sshState                 // hands SSH certificate messages to the session worker (ssh.go)
 	secrets    chan *wire.SecretDeliver // deliveries for the session's secret worker (secrets.go)
 
@@ -71,12 +72,16 @@ type Agent struct {
 
 // Status is what `sigild status` prints.
 type Status struct {
-	DeviceID    string    `json:"device_id,omitempty"`
-	Enrollment  string    `json:"enrollment"` // new, keys, pending, enrolled
-	Connected   bool      `json:"connected"`
-	Broker      string    `json:"broker"`
-	CertSerial  string    `json:"cert_serial,omitempty"`
-	CertExpiry  time.Time `json:"cert_expiry,omitzero"`
+	DeviceID   string    `json:"device_id,omitempty"`
+	Enrollment string    `json:"enrollment"` // new, keys, pending, enrolled
+	Connected  bool      `json:"connected"`
+	Broker     string    `json:"broker"`
+	CertSerial string    `json:"cert_serial,omitempty"`
+	CertExpiry time.Time `json:"cert_expiry,omitzero"`
+	CertIssuer string    `json:"cert_issuer,omitempty"`
+	// TrustRoots names the fleet roots the device trusts (changes during
+	// a CA rotation).
+	TrustRoots  []string  `json:"trust_roots,omitempty"`
 	EnrolledAt  time.Time `json:"enrolled_at,omitzero"`
 	LastReason  string    `json:"last_reason,omitempty"`
 	LastError   string    `json:"last_error,omitempty"`
@@ -101,7 +106,7 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{cfg: cfg, log: logger, topics: wire.Topics{Prefix: cfg.TopicPrefix}, now: time.Now, rand: rand.Reader,
-		challenges: make(chan *wire.AttestChallenge, 4), renewals: make(chan *wire.RenewResult, 2), rotate: make(chan struct{}, 1),
+		challenges: make(chan *wire.AttestChallenge, 4), renewals: make(chan *wire.RenewResult, 2), rotate: make(chan struct{}, 1), trust: make(chan [][]byte, 1),
 		secrets: make(chan *wire.SecretDeliver, secretQueue)}
 	a.status = Status{Enrollment: "new", Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
 	return a, nil
@@ -219,6 +224,13 @@ func (a *Agent) publishIdentity(id *state.Identity) {
 		if c, err := x509.ParseCertificate(id.Cert); err == nil {
 			s.CertSerial = hex.EncodeToString(c.SerialNumber.Bytes())
 			s.CertExpiry = c.NotAfter
+			s.CertIssuer = c.Issuer.CommonName
+		}
+		s.TrustRoots = s.TrustRoots[:0:0]
+		for _, der := range id.TrustBundle {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				s.TrustRoots = append(s.TrustRoots, c.Subject.CommonName)
+			}
 		}
 	})
 }
@@ -725,6 +737,16 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		select {
 		case a.rotate <- struct{}{}:
 		default:
+		}
+	case wire.TypeTrustBundle:
+		var b wire.TrustBundle
+		if err := wire.DecodeBody(env, wire.TypeTrustBundle, &b); err != nil {
+			a.log.Warn("dropping malformed trust bundle", "err", err)
+			return
+		}
+		select {
+		case a.trust <- b.Roots:
+		default: // one is pending; the fleet sends it again after the next hello
 		}
 	case wire.TypeSecretDeliver:
 		a.queueSecret(env)

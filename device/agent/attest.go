@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"math/big"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/sigil-iot/sigil/device/link"
@@ -58,8 +60,67 @@ func (a *Agent) sessionLoop(ctx context.Context, conn *link.Conn, id *state.Iden
 			if a.acceptRenewal(id, res) {
 				return true
 			}
+		case roots := <-a.trust:
+			a.acceptTrustBundle(id, roots)
 		}
 	}
+}
+
+// acceptTrustBundle stores the fleet's roots pushed during a CA rotation.
+// It arrived over the authenticated session on a topic only the fleet may
+// publish to; it is still checked: every entry must be a CA certificate,
+// and the bundle must keep verifying the device's own certificate (a
+// bundle that would strand the device is refused).
+func (a *Agent) acceptTrustBundle(id *state.Identity, roots [][]byte) {
+	pool := x509.NewCertPool()
+	for _, der := range roots {
+		c, err := x509.ParseCertificate(der)
+		if err != nil || !c.IsCA {
+			a.log.Warn("refusing trust bundle: an entry is not a CA certificate")
+			return
+		}
+		pool.AddCert(c)
+	}
+	if slices.EqualFunc(roots, id.TrustBundle, bytes.Equal) {
+		return
+	}
+	if cert, err := x509.ParseCertificate(id.Cert); err == nil {
+		inter := x509.NewCertPool()
+		for _, der := range id.Chain {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				inter.AddCert(c)
+			}
+		}
+		_, verr := cert.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: a.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		if verr != nil {
+			// The current certificate comes from a generation being
+			// retired: keep the roots that verify it, add the new ones,
+			// so the device can still reach the fleet until it is
+			// re-issued or re-enrolled.
+			roots = appendNew(roots, id.TrustBundle)
+		}
+	}
+	id.TrustBundle = roots
+	if id.Next != nil {
+		id.Next.TrustBundle = appendNew(roots, id.Next.TrustBundle)
+	}
+	if err := a.st.SaveIdentity(id); err != nil {
+		a.log.Warn("saving the trust bundle failed", "err", err)
+		return
+	}
+	a.publishIdentity(id)
+	a.log.Info("trust bundle updated by the fleet", "roots", len(roots))
+}
+
+// appendNew appends to a the entries of b it lacks.
+func appendNew(a, b [][]byte) [][]byte {
+	out := slices.Clone(a)
+	for _, x := range b {
+		if !slices.ContainsFunc(out, func(y []byte) bool { return bytes.Equal(x, y) }) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // renewDelay is the time until RenewAt of the current certificate's

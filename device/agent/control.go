@@ -128,6 +128,8 @@ func (s *Status) Text() string {
 	if !s.CertExpiry.IsZero() {
 		row("cert expiry", s.CertExpiry.Format(time.RFC3339)+" (in "+time.Until(s.CertExpiry).Round(time.Minute).String()+")")
 	}
+	row("cert issuer", s.CertIssuer)
+	row("trust roots", strings.Join(s.TrustRoots, "; "))
 	if !s.EnrolledAt.IsZero() {
 		row("enrolled at", s.EnrolledAt.Format(time.RFC3339))
 	}

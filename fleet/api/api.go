@@ -40,6 +40,8 @@ type Config struct {
 	Rotation   *rotation.Service
 	CA         *ca.CA
 	Disconnect func(deviceID string)
+	// CARotation serves the CA rotation routes; nil answers them with 501.
+	CARotation CARotation
 	// Secrets serves the sealed-secrets routes; nil answers them with 501.
 	Secrets Secrets
 	// SSHCA serves GET /api/v1/ssh/ca; nil answers it with 404.
@@ -83,6 +85,7 @@ func New(cfg Config) http.Handler {
 	h.routesLifecycle()
 	h.routesSSH()
 	h.routesSecrets()
+	h.routesCA()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})

@@ -152,8 +152,14 @@ type Config struct {
 	// ClientAuth (VerifyClientCertIfGiven, or RequireAndVerifyClientCert
 	// when AllowBootstrap is false), ClientCAs and, if Now is set, Time.
 	TLS *tls.Config
-	// ClientCAs verifies device certificates. Required.
+	// ClientCAs verifies device certificates. Required unless ClientCAsFunc
+	// is set.
 	ClientCAs *x509.CertPool
+	// ClientCAsFunc, when set, is asked for the pool at each handshake, for
+	// a CA whose roots change (rotation). It must return the same pool
+	// pointer while nothing changed; the TLS configuration derived from it
+	// is cached by that pointer.
+	ClientCAsFunc func() *x509.CertPool
 	// ClaimCAs are CAs of claim certificates: batch credentials a device
 	// maker installs so that devices may open a bootstrap session. A client
 	// presenting one is a bootstrap client (enrollment topics only), never
@@ -242,7 +248,7 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.TLS == nil || (len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil && cfg.TLS.GetConfigForClient == nil) {
 		return nil, errors.New("broker: TLS config with a server certificate is required")
 	}
-	if cfg.ClientCAs == nil {
+	if cfg.ClientCAs == nil && cfg.ClientCAsFunc == nil {
 		return nil, errors.New("broker: ClientCAs is required")
 	}
 	if cfg.TrustDomain == "" {
@@ -290,12 +296,18 @@ func New(cfg Config) (*Broker, error) {
 	}
 
 	tc := cfg.TLS.Clone()
-	tc.ClientCAs = cfg.ClientCAs
-	if len(cfg.ClaimCAs) > 0 {
-		tc.ClientCAs = cfg.ClientCAs.Clone()
-		for _, c := range cfg.ClaimCAs {
-			tc.ClientCAs.AddCert(c)
+	withClaims := func(p *x509.CertPool) *x509.CertPool {
+		if len(cfg.ClaimCAs) == 0 {
+			return p
 		}
+		p = p.Clone()
+		for _, c := range cfg.ClaimCAs {
+			p.AddCert(c)
+		}
+		return p
+	}
+	if cfg.ClientCAs != nil {
+		tc.ClientCAs = withClaims(cfg.ClientCAs)
 	}
 	tc.ClientAuth = tls.VerifyClientCertIfGiven
 	if !cfg.AllowBootstrap {
@@ -306,6 +318,24 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if tc.MinVersion < tls.VersionTLS12 {
 		tc.MinVersion = tls.VersionTLS12
+	}
+	if cfg.ClientCAsFunc != nil {
+		base := tc.Clone()
+		type derived struct {
+			src *x509.CertPool
+			tc  *tls.Config
+		}
+		var cache atomic.Pointer[derived]
+		tc.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			p := cfg.ClientCAsFunc()
+			if d := cache.Load(); d != nil && d.src == p {
+				return d.tc, nil
+			}
+			c := base.Clone()
+			c.ClientCAs = withClaims(p)
+			cache.Store(&derived{src: p, tc: c})
+			return c, nil
+		}
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
@@ -443,6 +473,24 @@ func (b *Broker) Disconnect(deviceID string) {
 	if len(cs) > 0 {
 		b.log.Info("broker: device disconnected by fleet", "device", deviceID, "connections", len(cs))
 	}
+}
+
+// ConnectedDevices returns the devices with an admitted connection whose
+// certificate satisfies keep (every connected device when keep is nil).
+func (b *Broker) ConnectedDevices(keep func(deviceID string, cert *x509.Certificate) bool) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for id, m := range b.devConns {
+		for c := range m {
+			if keep == nil || keep(id, c.cert) {
+				out = append(out, id)
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Connected reports whether a device has an admitted connection.

@@ -65,19 +65,27 @@ type Config struct {
 	Rand io.Reader
 	// Signer is the CA key; nil means FileSigner(Dir/ca.key).
 	Signer crypto.Signer
+	// NewSigner returns the key of CA generation n > 1 (created on first
+	// call, loaded after), for rotation with an external key store; nil
+	// means key files ca-<n>.key in Dir. Rotation refuses to run when
+	// Signer is set and NewSigner is not.
+	NewSigner func(n int) (crypto.Signer, error)
 	// Logger receives lifecycle events; nil discards them.
 	Logger *slog.Logger
 }
 
 // CA issues certificates. It is safe for concurrent use if its Signer is.
 type CA struct {
-	cfg    Config
-	signer crypto.Signer
-	cert   *x509.Certificate
-	pool   *x509.CertPool
-	log    *slog.Logger
+	cfg Config
+	log *slog.Logger
 
-	mu sync.Mutex // serializes ServerTLS's file updates
+	mu sync.Mutex // serializes ServerTLS's and rotation's file updates
+
+	gmu    sync.RWMutex  // guards the fields below; rotation swaps them
+	signer crypto.Signer // the active generation's key
+	cert   *x509.Certificate
+	gens   []*generation // every generation, oldest first
+	pool   *x509.CertPool
 }
 
 // Open loads the CA from cfg.Dir, or creates it on first start: the key
@@ -149,15 +157,21 @@ func Open(cfg Config) (*CA, error) {
 	default:
 		return nil, fmt.Errorf("ca: %w", err)
 	}
+	if err := c.loadGenerations(); err != nil {
+		return nil, err
+	}
 	if now := cfg.Now(); now.After(c.cert.NotAfter) {
 		return nil, fmt.Errorf("ca: certificate expired at %s", c.cert.NotAfter.Format(time.RFC3339))
 	}
-	c.pool = x509.NewCertPool()
-	c.pool.AddCert(c.cert)
 	return c, nil
 }
 
 func (c *CA) createRoot() (*x509.Certificate, error) {
+	return c.createRootFor(c.signer, "Sigil fleet CA "+c.cfg.TrustDomain)
+}
+
+// createRootFor makes a self-signed root certificate for signer.
+func (c *CA) createRootFor(signer crypto.Signer, name string) (*x509.Certificate, error) {
 	serial, err := c.serial()
 	if err != nil {
 		return nil, err
@@ -165,31 +179,58 @@ func (c *CA) createRoot() (*x509.Certificate, error) {
 	now := c.cfg.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"Sigil"}, CommonName: "Sigil fleet CA " + c.cfg.TrustDomain},
+		Subject:               pkix.Name{Organization: []string{"Sigil"}, CommonName: name},
 		NotBefore:             now.Add(-backdate),
 		NotAfter:              now.Add(rootLifetime),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true, // issues leaves only
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		// One level below the root: the cross certificate that links the
+		// next generation to this one (see rotate.go). Leaves are issued
+		// by the root directly.
+		MaxPathLen: 1,
+		KeyUsage:   x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
-	der, err := x509.CreateCertificate(c.cfg.Rand, tmpl, tmpl, c.signer.Public(), c.signer)
+	der, err := x509.CreateCertificate(c.cfg.Rand, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {
 		return nil, fmt.Errorf("ca: create root certificate: %w", err)
 	}
 	return x509.ParseCertificate(der)
 }
 
-// Certificate returns the CA certificate.
-func (c *CA) Certificate() *x509.Certificate { return c.cert }
+// Certificate returns the active generation's CA certificate: the one that
+// signs what the CA issues now.
+func (c *CA) Certificate() *x509.Certificate {
+	c.gmu.RLock()
+	defer c.gmu.RUnlock()
+	return c.cert
+}
 
-// CertPEM returns the CA certificate in PEM, the trust bundle devices get.
-func (c *CA) CertPEM() []byte { return pemCert(c.cert.Raw) }
+// CertPEM returns the trust bundle in PEM: the root certificates of every
+// generation that is prepared or active, the active one first.
+func (c *CA) CertPEM() []byte {
+	var out []byte
+	for _, der := range c.TrustBundle() {
+		out = append(out, pemCert(der)...)
+	}
+	return out
+}
 
-// Pool returns a pool holding the CA certificate, for verifying what it
-// issued. The caller must not modify it.
-func (c *CA) Pool() *x509.CertPool { return c.pool }
+// Pool returns a pool holding the root certificate of every generation,
+// retired ones included, for verifying what the CA ever issued; Issuer
+// tells whether the issuing generation is still trusted. The caller must
+// not modify it; rotation replaces it, so ask again rather than keep it.
+func (c *CA) Pool() *x509.CertPool {
+	c.gmu.RLock()
+	defer c.gmu.RUnlock()
+	return c.pool
+}
+
+// active returns the signing generation's certificate and key.
+func (c *CA) active() (*x509.Certificate, crypto.Signer) {
+	c.gmu.RLock()
+	defer c.gmu.RUnlock()
+	return c.cert, c.signer
+}
 
 // IssueDevice issues a client certificate for a device: common name
 // deviceID, a single URI SAN spiffe://<trust domain>/device/<deviceID>,
@@ -252,14 +293,15 @@ func (c *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.D
 		return nil, err
 	}
 	now := c.cfg.Now()
+	caCert, signer := c.active()
 	tmpl.SerialNumber = serial
 	tmpl.NotBefore = now.Add(-backdate)
 	tmpl.NotAfter = now.Add(lifetime)
-	if tmpl.NotAfter.After(c.cert.NotAfter) {
-		tmpl.NotAfter = c.cert.NotAfter
+	if tmpl.NotAfter.After(caCert.NotAfter) {
+		tmpl.NotAfter = caCert.NotAfter
 	}
 	tmpl.BasicConstraintsValid = true
-	der, err := x509.CreateCertificate(c.cfg.Rand, tmpl, c.cert, pub, c.signer)
+	der, err := x509.CreateCertificate(c.cfg.Rand, tmpl, caCert, pub, signer)
 	if err != nil {
 		return nil, fmt.Errorf("ca: issue: %w", err)
 	}

@@ -43,8 +43,8 @@ func TestOpenCreatesRoot(t *testing.T) {
 	dir := t.TempDir()
 	c := openCA(t, dir)
 	cert := c.Certificate()
-	if cert.Subject.CommonName != "Sigil fleet CA "+td || !cert.IsCA || !cert.MaxPathLenZero {
-		t.Fatalf("root %v IsCA %v MaxPathLenZero %v", cert.Subject, cert.IsCA, cert.MaxPathLenZero)
+	if cert.Subject.CommonName != "Sigil fleet CA "+td || !cert.IsCA || cert.MaxPathLen != 1 {
+		t.Fatalf("root %v IsCA %v MaxPathLen %v (want 1: room for a rotation's cross certificate)", cert.Subject, cert.IsCA, cert.MaxPathLen)
 	}
 	if cert.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign {
 		t.Fatalf("key usage %v", cert.KeyUsage)

@@ -20,6 +20,7 @@ type Revoked struct {
 // has a higher number.
 func (c *CA) CRL(entries []Revoked, validity time.Duration) ([]byte, error) {
 	now := c.cfg.Now()
+	caCert, signer := c.active()
 	list := make([]x509.RevocationListEntry, 0, len(entries))
 	for _, e := range entries {
 		b, err := hex.DecodeString(e.Serial)
@@ -33,7 +34,7 @@ func (c *CA) CRL(entries []Revoked, validity time.Duration) ([]byte, error) {
 		ThisUpdate:                now.Add(-time.Minute),
 		NextUpdate:                now.Add(validity),
 		RevokedCertificateEntries: list,
-	}, c.cert, c.signer)
+	}, caCert, signer)
 	if err != nil {
 		return nil, fmt.Errorf("ca: crl: %w", err)
 	}

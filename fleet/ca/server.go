@@ -39,7 +39,8 @@ func (c *CA) ServerTLS(names []string) (tls.Certificate, error) {
 		}
 		c.log.Info("ca: issued server certificate", "names", names, "not_after", cert.NotAfter)
 	}
-	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}, nil
+	chain := append([][]byte{cert.Raw}, c.serverChain()...)
+	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: cert}, nil
 }
 
 // loadServerCert returns the server certificate at path if it may be used
@@ -53,7 +54,7 @@ func (c *CA) loadServerCert(path string, pub any, names []string) (*x509.Certifi
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if err := cert.CheckSignatureFrom(c.cert); err != nil {
+	if err := cert.CheckSignatureFrom(c.Certificate()); err != nil {
 		return nil, errors.New("not issued by this CA")
 	}
 	if !publicKeyEqual(pub, cert.PublicKey) {

@@ -673,7 +673,7 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 	s.log.Info("device enrolled", "device_id", id, "model", d.Model, "state", d.State, "trust_path", d.TrustPath, "cert_serial", serial)
 	s.reply(sess.clientID, env.ID, &wire.EnrollResult{
 		Status: wire.StatusActive, Reason: wire.ReasonOK, DeviceID: id, Certificate: cert.Raw,
-		TrustBundle: [][]byte{s.cfg.CA.Certificate().Raw}, Session: sess.id,
+		TrustBundle: s.cfg.CA.TrustBundle(), Session: sess.id,
 	})
 	return nil
 }

@@ -225,7 +225,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	for _, id := range done {
 		s.log.Info("rotation job done", "job", id)
 	}
-	return &wire.RenewResult{Status: wire.StatusActive, Certificate: cert.Raw, TrustBundle: [][]byte{s.cfg.CA.Certificate().Raw}}, nil
+	return &wire.RenewResult{Status: wire.StatusActive, Certificate: cert.Raw, TrustBundle: s.cfg.CA.TrustBundle()}, nil
 }
 
 // Connected is called when a device connects with a certificate: the

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -154,6 +155,7 @@ type Server struct {
 
 	apiLn      net.Listener
 	apiTLS     *tls.Config
+	serverCert atomic.Pointer[tls.Certificate] // of the active CA generation
 	adminToken string
 	ready      chan struct{}
 	topics     wire.Topics
@@ -204,12 +206,11 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	serverCert, err := s.CA.ServerTLS(cfg.Hostnames)
-	if err != nil {
+	if err := s.refreshServerCert(); err != nil {
 		s.Inv.Close()
 		return nil, err
 	}
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
+	tlsCfg := &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
 	var claimCAs []*x509.Certificate
 	if cfg.ClaimCADir != "" {
 		roots, inter, err := verifier.LoadCADir(cfg.ClaimCADir)
@@ -230,8 +231,8 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	s.Broker, err = broker.New(broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
-		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAs: s.CA.Pool(), TrustDomain: cfg.TrustDomain,
-		Topics: s.topics, Gate: gate{s.Inv}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
+		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
+		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
 		Events: s.brokerEvent,
 	})
 	if err != nil {
@@ -313,7 +314,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
 	})
-	s.apiTLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}
+	s.apiTLS = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		s.closeStores()
 		return nil, fmt.Errorf("server: api listener: %w", err)
@@ -344,7 +345,10 @@ func (s *Server) closeStores() {
 // chain and expiry) unless its serial is revoked — re-enrollment and
 // quarantine revoke the serials they replace — and only while the device is
 // active (fully) or quarantined (only to prove itself: attestation topics).
-type gate struct{ inv *inventory.Store }
+type gate struct {
+	inv *inventory.Store
+	ca  *ca.CA
+}
 
 // quarantinedKinds are what a quarantined device may publish.
 // "ssh" too, so that a device asking for SSH host certificates is told it
@@ -355,6 +359,9 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 	d, err := g.inv.Device(deviceID)
 	if err != nil {
 		return broker.Access{}, fmt.Errorf("unknown device: %w", err)
+	}
+	if _, err := g.ca.Issuer(cert); err != nil {
+		return broker.Access{}, err // a retired CA generation: enroll again
 	}
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	if d.IsRevoked(serial) {
@@ -466,7 +473,7 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler: api.New(api.Config{
 			Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, AdminTokenHash: hash(s.adminToken),
-			Rotation: s.Rotation, CA: s.CA, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
+			Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 			Connected: s.Broker.Connected, Logger: s.log.With("component", "api"),
 		}),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
@@ -529,8 +536,12 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		}
 		// A device says hello once subscribed after each connect: deliver
-		// the secrets it has not acknowledged.
+		// the secrets it has not acknowledged, and during a CA rotation the
+		// trust bundle it may have missed.
 		s.secretSvc.queue(id.DeviceID)
+		if s.CA.Rotating() {
+			s.sendTrustBundle(id.DeviceID)
+		}
 	}
 }
 

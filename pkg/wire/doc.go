@@ -11,4 +11,5 @@
 //	2 (2026-11-22) attestation: request, challenge, evidence, verdict.
 //	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets;
 //	  SSH host certificates (ssh.request, ssh.certs).
+//	4 (2026-11-22) CA rotation: trust.bundle; firmware updates; telemetry.
 package wire

@@ -9,7 +9,31 @@ const (
 	TypeRotate        = "cert.rotate"    // fleet -> device (down "cert"): Rotate — renew now
 	TypeSecretDeliver = "secret.deliver" // fleet -> device (down "secret"): SecretDeliver
 	TypeSecretAck     = "secret.ack"     // device -> fleet (up "secret"): SecretAck
+	TypeTrustBundle   = "trust.bundle"   // fleet -> device (down "trust"): TrustBundle (version 4)
 )
+
+// TrustBundle replaces the roots a device trusts for the fleet, during a CA
+// rotation: the fleet sends it when a new generation is prepared, activated
+// or an old one retired, and after each hello while a rotation is under
+// way. It arrives only over the device's authenticated session on a topic
+// only the fleet may publish to. Roots are DER certificates, the signing
+// generation first.
+type TrustBundle struct {
+	Roots [][]byte `cbor:"1,keyasint"`
+}
+
+// Validate checks sizes.
+func (b *TrustBundle) Validate() error {
+	if len(b.Roots) == 0 || len(b.Roots) > maxChain {
+		return errors.New("roots: want 1 to 8")
+	}
+	for _, c := range b.Roots {
+		if len(c) == 0 || len(c) > maxCertDER {
+			return errors.New("certificate sizes")
+		}
+	}
+	return nil
+}
 
 // RenewRequest asks for a certificate for a new transport key. The device
 // first asks for an attestation challenge (AttestRequest reason "renew");

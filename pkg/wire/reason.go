@@ -39,6 +39,16 @@ const (
 	ReasonQuarantined        Reason = 65 // device is quarantined
 	ReasonRevoked            Reason = 66 // certificate revoked
 	ReasonAttestationFailed  Reason = 67 // renewal refused: the attestation in it did not pass
+	ReasonFirmwareSignature  Reason = 70 // release lacks the threshold of valid signatures from the trusted set
+	ReasonFirmwareExpired    Reason = 71 // release metadata expired
+	ReasonFirmwareModel      Reason = 72 // release not built for this hardware model
+	ReasonFirmwareRollback   Reason = 73 // security version below the device's anti-rollback counter
+	ReasonFirmwareDigest     Reason = 74 // downloaded image does not match the manifest's size or digest
+	ReasonFirmwareDownload   Reason = 75 // image could not be downloaded
+	ReasonFirmwareInstall    Reason = 76 // writing the inactive slot or switching to it failed
+	ReasonFirmwareHealth     Reason = 77 // the new image failed its health check; rolled back
+	ReasonFirmwareTimeout    Reason = 78 // the device did not report within the campaign's per-device timeout
+	ReasonTelemetryDropped   Reason = 80 // telemetry points dropped by the device's bounded outbox
 	ReasonInternal           Reason = 90 // fleet-side failure; retry later
 )
 
@@ -74,6 +84,16 @@ var reasonName = map[Reason]string{
 	ReasonQuarantined:        "quarantined",
 	ReasonRevoked:            "revoked",
 	ReasonAttestationFailed:  "attestation_failed",
+	ReasonFirmwareSignature:  "firmware_signature",
+	ReasonFirmwareExpired:    "firmware_expired",
+	ReasonFirmwareModel:      "firmware_model",
+	ReasonFirmwareRollback:   "firmware_rollback",
+	ReasonFirmwareDigest:     "firmware_digest",
+	ReasonFirmwareDownload:   "firmware_download",
+	ReasonFirmwareInstall:    "firmware_install",
+	ReasonFirmwareHealth:     "firmware_health",
+	ReasonFirmwareTimeout:    "firmware_timeout",
+	ReasonTelemetryDropped:   "telemetry_dropped",
 	ReasonInternal:           "internal",
 }
 
@@ -109,6 +129,16 @@ var reasonText = map[Reason]string{
 	ReasonQuarantined:        "device quarantined",
 	ReasonRevoked:            "certificate revoked",
 	ReasonAttestationFailed:  "attestation did not pass",
+	ReasonFirmwareSignature:  "release not signed by the required number of trusted keys",
+	ReasonFirmwareExpired:    "release metadata expired",
+	ReasonFirmwareModel:      "release not built for this hardware model",
+	ReasonFirmwareRollback:   "release security version below the anti-rollback counter",
+	ReasonFirmwareDigest:     "image does not match the manifest",
+	ReasonFirmwareDownload:   "image download failed",
+	ReasonFirmwareInstall:    "installation failed",
+	ReasonFirmwareHealth:     "health check failed; rolled back",
+	ReasonFirmwareTimeout:    "device did not report in time",
+	ReasonTelemetryDropped:   "telemetry dropped by the bounded outbox",
 	ReasonInternal:           "internal error",
 }
 

@@ -160,6 +160,7 @@ func FuzzDecode(f *testing.F) {
 		{TypeEnrollProof, &EnrollProof{Session: make([]byte, 16), Activation: make([]byte, 32), CertifyInfo: []byte{1}, CertifySig: []byte{2}, Quote: Quote{Attest: []byte{1}, Signature: []byte{2}, PCRs: []int{0}, Values: [][]byte{make([]byte, 32)}}}},
 		{TypeEnrollResult, &EnrollResult{Status: StatusRefused, Reason: ReasonUnknownEK}},
 		{TypeHello, &Hello{Model: "m"}},
+		{TypeTrustBundle, &TrustBundle{Roots: [][]byte{{0x30, 0x03, 0x02, 0x01, 0x01}}}},
 	} {
 		b, err := Encode(m.typ, nil, now, m.body)
 		if err != nil {
@@ -182,6 +183,8 @@ func FuzzDecode(f *testing.F) {
 			v = &EnrollProof{}
 		case TypeEnrollResult:
 			v = &EnrollResult{}
+		case TypeTrustBundle:
+			v = &TrustBundle{}
 		default:
 			v = &Hello{}
 		}

@@ -125,6 +125,31 @@ func TestBinaries(t *testing.T) {
 		out, err := exec.Command(sigil, "rotations", "show", jobID, "--data-dir", data, "--server", base).CombinedOutput()
 		return err == nil && strings.Contains(string(out), " done ") && strings.Contains(string(out), "renewed 1/1")
 	}, "the CLI-started rotation to finish")
+	// CA rotation through the CLI: the running sigild is re-issued by the
+	// new generation and ends up trusting only its root.
+	for _, step := range [][]string{{"ca", "prepare"}, {"ca", "activate", "--rate", "5"}} {
+		out, err := exec.Command(sigil, append(step, "--data-dir", data, "--server", base)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), " G2 ") {
+			t.Fatalf("sigil %v: %v %s", step, err, out)
+		}
+	}
+	waitFor(t, func() bool {
+		out, err := exec.Command(sigild, "status", "--config", devCfg).CombinedOutput()
+		status = string(out)
+		return err == nil && strings.Contains(status, "cert issuer:  Sigil fleet CA sigil.local G2")
+	}, "sigild to be re-issued by CA generation 2")
+	if out, err := exec.Command(sigil, "ca", "retire", "--data-dir", data, "--server", base).CombinedOutput(); err != nil || !strings.Contains(string(out), "retired G1") {
+		t.Fatalf("sigil ca retire: %v %s", err, out)
+	}
+	waitFor(t, func() bool {
+		out, err := exec.Command(sigild, "status", "--config", devCfg).CombinedOutput()
+		status = string(out)
+		return err == nil && strings.Contains(status, "trust roots:  Sigil fleet CA sigil.local G2\n")
+	}, "sigild to drop the retired root")
+	out, err = exec.Command(sigil, "ca", "status", "--data-dir", data, "--server", base).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "G1  retired") || !strings.Contains(string(out), "G2  active") {
+		t.Fatalf("sigil ca status: %v %s", err, out)
+	}
 	// A bad invocation is a usage error with a clear message.
 	cmd := exec.Command(sigil, "devices", "show")
 	out, _ = cmd.CombinedOutput()

@@ -320,3 +320,81 @@ func TestRenewalWhileFleetDown(t *testing.T) {
 		t.Fatalf("inventory %s, device %s", dev.CertSerial, st.CertSerial)
 	}
 }
+
+// TestCARotation: prepare, activate and retire a new CA generation while
+// one device is online and another sleeps through the whole overlap. The
+// online device learns the new root, is re-issued by the new generation and
+// drops the old root; the sleeper, whose certificate and roots are from the
+// retired generation, still authenticates the fleet (cross certificate), is
+// refused, and comes back by re-attestation from its EK.
+func TestCARotation(t *testing.T) {
+	f := startFleet(t, withEKCA(t, nil))
+	noLog := func(c *agentConfig) { c.EventLog = "-" }
+	a := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: noLog})
+	instB, dirB := newTPM(t), t.TempDir()
+	b := startDevice(t, f, instB, harness.DeviceConfig{Dir: dirB, Tweak: noLog})
+	sa, sb := waitConnected(t, a), waitConnected(t, b)
+	b.Stop()
+	c, _ := f.Client()
+	ctx := context.Background()
+	gen1 := sa.CertIssuer
+
+	g, err := c.PrepareCA(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Wait(ctx, 20*time.Second, func(s agent.Status) bool { return len(s.TrustRoots) == 2 }); err != nil {
+		t.Fatalf("online device did not learn the prepared root: %v", err)
+	}
+	if _, err := c.PrepareCA(ctx); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("second prepare: %v", err)
+	}
+
+	act, err := c.ActivateCA(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if act.Generation.N != g.N || act.Rotation == nil || act.Rotation.Progress.Total != 2 {
+		t.Fatalf("activate: %+v", act)
+	}
+	reissued, err := a.Wait(ctx, 30*time.Second, func(s agent.Status) bool {
+		return s.Connected && s.CertSerial != sa.CertSerial && s.CertIssuer == g.Subject
+	})
+	if err != nil {
+		t.Fatalf("online device was not re-issued by the new generation: %v", err)
+	}
+
+	if _, err := c.RetireCA(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Wait(ctx, 20*time.Second, func(s agent.Status) bool {
+		return len(s.TrustRoots) == 1 && s.TrustRoots[0] == g.Subject && s.Connected
+	}); err != nil {
+		t.Fatalf("online device kept the retired root: %v", err)
+	}
+	view, err := c.CA(ctx)
+	if err != nil || len(view.Generations) != 2 || view.Generations[0].State != "retired" || strings.Count(view.BundlePEM, "BEGIN CERTIFICATE") != 1 {
+		t.Fatalf("CA view %+v %v", view, err)
+	}
+
+	// The sleeper wakes up with generation-1 everything.
+	b = startDevice(t, f, instB, harness.DeviceConfig{Dir: dirB, Tweak: noLog})
+	back, err := b.Wait(ctx, 45*time.Second, func(s agent.Status) bool {
+		return s.Connected && s.CertIssuer == g.Subject
+	})
+	if err != nil {
+		t.Fatalf("offline device did not recover after the retirement: %v", err)
+	}
+	if back.DeviceID != sb.DeviceID || sb.CertIssuer != gen1 || back.CertSerial == sb.CertSerial {
+		t.Fatalf("recovered as %+v (was %+v)", back, sb)
+	}
+	if len(back.TrustRoots) != 1 || back.TrustRoots[0] != g.Subject {
+		t.Fatalf("recovered device trusts %v", back.TrustRoots)
+	}
+	if dev, _ := f.Inv.Device(sb.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != back.CertSerial {
+		t.Fatalf("inventory after recovery: %+v", dev)
+	}
+	if dev, _ := f.Inv.Device(sa.DeviceID); dev.CertSerial != reissued.CertSerial {
+		t.Fatalf("online device's inventory: %+v", dev)
+	}
+}
