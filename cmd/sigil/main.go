@@ -4,7 +4,7 @@
 //	sigil demo [--once]                 a fleet and three simulated devices
 //	sigil devices [list|show ID|approve ID]
 //	sigil tokens create [--model M] [--owner O] [--ttl 24h]
-//	sigil secrets [list|put NAME|delete NAME|device ID]
+//	sigil secrets [list|put NAME|schedule NAME|rotate NAME|delete NAME|device ID]
 //	sigil version
 package main
 
@@ -58,6 +58,8 @@ const usage = `usage:
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
   sigil secrets list [-o json] | device ID [-o json] | delete NAME
   sigil secrets put NAME (--device ID | --group G | --model M) [--pcr-bound] [--file F]   (value from F or stdin)
+  sigil secrets schedule NAME --every D [--grace D] [--length N] [--encoding base64url|hex|raw]   (--every 0 clears)
+  sigil secrets rotate NAME
   sigil version
 
 API commands find the server, token and CA from --server/--token/--ca, the

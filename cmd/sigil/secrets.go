@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/secrets"
+	"github.com/sigil-iot/sigil/pkg/config"
 )
 
-// cmdSecrets: sigil secrets list | put NAME | delete NAME | device ID.
+// cmdSecrets: sigil secrets list | put NAME | schedule NAME | rotate NAME |
+// delete NAME | device ID.
 // put reads the value from --file, or from stdin when no file is given
 // (never from a flag, which would leave it in shell history and ps).
 func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
@@ -26,6 +28,10 @@ func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 	group := fs.String("group", "", "target: devices of this group (put)")
 	model := fs.String("model", "", "target: devices of this model (put)")
 	pcrBound := fs.Bool("pcr-bound", false, "seal to the device's attested PCR values (put)")
+	every := fs.Duration("every", 0, "rotate: generate a new random value this often (schedule)")
+	grace := fs.Duration("grace", 0, "keep the replaced version valid this long (schedule)")
+	length := fs.Int("length", 32, "random bytes per generated value (schedule)")
+	encoding := fs.String("encoding", "base64url", "generated value encoding: base64url, hex or raw (schedule)")
 	var arg string
 	if sub != "list" {
 		var err error
@@ -76,6 +82,30 @@ func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 			return err
 		}
 		fmt.Fprintf(stdout, "stored secret %s version %d for %s; delivery: sigil secrets list\n", info.Name, info.Version, targetText(info.Target))
+		return nil
+	case "schedule":
+		if *every == 0 {
+			if err := c.SetSecretRotation(ctx, arg, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "secret %s: rotation schedule cleared\n", arg)
+			return nil
+		}
+		r := &secrets.Rotation{Every: config.Duration(*every), Grace: config.Duration(*grace), Length: *length, Encoding: *encoding}
+		if err := r.Validate(); err != nil {
+			return usageError{err.Error()}
+		}
+		if err := c.SetSecretRotation(ctx, arg, r); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "secret %s: a new random value every %s, the replaced one valid %s more\n", arg, *every, *grace)
+		return nil
+	case "rotate":
+		info, err := c.RotateSecret(ctx, arg)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "secret %s rotated to version %d\n", info.Name, info.Version)
 		return nil
 	case "delete":
 		if err := c.DeleteSecret(ctx, arg); err != nil {

@@ -21,7 +21,7 @@ const exitNoSecret = 4
 // value is unsealed through the TPM in this process, never by the daemon.
 func cmdSecret(args []string) int {
 	if len(args) == 0 || (args[0] != "get" && args[0] != "list") {
-		fmt.Fprint(os.Stderr, "usage: sigild secret get NAME [--config FILE] | sigild secret list [--config FILE] [--json]\n")
+		fmt.Fprint(os.Stderr, "usage: sigild secret get NAME [--version N] [--config FILE] | sigild secret list [--config FILE] [--json]\n")
 		return exitUsage
 	}
 	sub, args := args[0], args[1:]
@@ -35,6 +35,7 @@ func cmdSecret(args []string) int {
 	}
 	fs := flag.NewFlagSet("secret "+sub, flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON (list)")
+	version := fs.Int("version", 0, "version to open (get): 0 the current one, or the replaced one during its grace period")
 	cfg, err := loadConfig(fs, args, false)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sigild:", err)
@@ -53,14 +54,18 @@ func cmdSecret(args []string) int {
 			return exitOK
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tVERSION\tPCR BOUND\tRECEIVED")
+		fmt.Fprintln(tw, "NAME\tVERSION\tPCR BOUND\tRECEIVED\tPREVIOUS")
 		for _, s := range l {
-			fmt.Fprintf(tw, "%s\t%d\t%v\t%s\n", s.Name, s.Version, s.PCRBound, s.Received.Format(time.RFC3339))
+			prev := "-"
+			if s.Previous > 0 {
+				prev = fmt.Sprintf("v%d until %s", s.Previous, s.PreviousUntil.Format(time.RFC3339))
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%v\t%s\t%s\n", s.Name, s.Version, s.PCRBound, s.Received.Format(time.RFC3339), prev)
 		}
 		_ = tw.Flush()
 		return exitOK
 	}
-	v, err := agent.Unseal(cfg, name)
+	v, err := agent.Unseal(cfg, name, *version)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sigild:", err)
 		if errors.Is(err, state.ErrNoSecret) {

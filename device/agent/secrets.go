@@ -87,7 +87,8 @@ func (a *Agent) importSecret(d *wire.SecretDeliver) error {
 	if err != nil {
 		return err
 	}
-	err = a.st.PutSecret(&state.Secret{Name: d.Name, Version: d.Version, Public: blob.Public, Private: blob.Private, PCRs: blob.PCRs, Received: a.now().UTC()})
+	err = a.st.PutSecret(&state.Secret{Name: d.Name, Version: d.Version, Public: blob.Public, Private: blob.Private, PCRs: blob.PCRs, Received: a.now().UTC()},
+		time.Duration(d.Grace)*time.Second)
 	if errors.Is(err, state.ErrOlderSecret) {
 		return nil
 	}
@@ -107,13 +108,18 @@ type SecretInfo struct {
 	Version  int       `json:"version"`
 	PCRBound bool      `json:"pcr_bound"`
 	Received time.Time `json:"received,omitzero"`
+	// Previous is the replaced version still available until
+	// PreviousUntil (a rotation's grace period); 0 when none.
+	Previous      int       `json:"previous,omitempty"`
+	PreviousUntil time.Time `json:"previous_until,omitzero"`
 }
 
 // controlRequest is what a control socket client sends (one JSON object).
 // A client that sends nothing gets the status.
 type controlRequest struct {
-	Op   string `json:"op"`             // "status" (default), "secret", "secrets"
-	Name string `json:"name,omitempty"` // secret name for "secret"
+	Op      string `json:"op"`                // "status" (default), "secret", "secrets"
+	Name    string `json:"name,omitempty"`    // secret name for "secret"
+	Version int    `json:"version,omitempty"` // for "secret": 0 the current one, or the previous during its grace period
 }
 
 // controlSecret is the answer to "secret": the TPM-wrapped blob, never the
@@ -136,7 +142,7 @@ func (a *Agent) answerSecrets(w io.Writer, req controlRequest) {
 		}
 		out.List = l
 	} else {
-		sec, err := a.st.Secret(req.Name)
+		sec, err := a.st.SecretVersion(req.Name, req.Version, a.now())
 		switch {
 		case errors.Is(err, state.ErrNoSecret):
 			out.NotFound = true
@@ -155,7 +161,11 @@ func listSecrets(st *state.Store) ([]SecretInfo, error) {
 	}
 	out := make([]SecretInfo, 0, len(all))
 	for _, s := range all {
-		out = append(out, SecretInfo{Name: s.Name, Version: s.Version, PCRBound: s.PCRs != nil, Received: s.Received})
+		info := SecretInfo{Name: s.Name, Version: s.Version, PCRBound: s.PCRs != nil, Received: s.Received}
+		if p := s.Previous; p != nil && time.Now().Before(p.ValidUntil) {
+			info.Previous, info.PreviousUntil = p.Version, p.ValidUntil
+		}
+		out = append(out, info)
 	}
 	return out, nil
 }
@@ -200,16 +210,17 @@ func withStore(cfg Config, req controlRequest, f func(*state.Store) (*controlSec
 	return f(st)
 }
 
-// SecretBlob returns the stored TPM-wrapped blob of the secret name: from
+// SecretBlob returns the stored TPM-wrapped blob of the secret name (version
+// 0: the current one; or the replaced one during its grace period): from
 // the running daemon over its control socket, or from the state store when
 // no daemon runs. It returns an error wrapping state.ErrNoSecret when the
 // device holds no such secret.
-func SecretBlob(cfg Config, name string) (*state.Secret, error) {
+func SecretBlob(cfg Config, name string, version int) (*state.Secret, error) {
 	if !wire.ValidID(name) {
 		return nil, fmt.Errorf("agent: %q is not a valid secret name", name)
 	}
-	out, err := withStore(cfg, controlRequest{Op: "secret", Name: name}, func(st *state.Store) (*controlSecret, error) {
-		sec, err := st.Secret(name)
+	out, err := withStore(cfg, controlRequest{Op: "secret", Name: name, Version: version}, func(st *state.Store) (*controlSecret, error) {
+		sec, err := st.SecretVersion(name, version, time.Now())
 		if errors.Is(err, state.ErrNoSecret) {
 			return &controlSecret{NotFound: true}, nil
 		}
@@ -245,13 +256,13 @@ func Secrets(cfg Config) ([]SecretInfo, error) {
 	return out.List, nil
 }
 
-// Unseal opens the secret name through the device's TPM (cfg.TPM) in the
+// Unseal opens the secret name (version as in SecretBlob) through the device's TPM (cfg.TPM) in the
 // calling process: it fetches the blob with SecretBlob and unseals it. A
 // PCR-bound secret opens only while the bound PCRs hold the values the
 // fleet sealed it to. The caller owns the returned value; clear it after
 // use.
-func Unseal(cfg Config, name string) ([]byte, error) {
-	sec, err := SecretBlob(cfg, name)
+func Unseal(cfg Config, name string, version int) ([]byte, error) {
+	sec, err := SecretBlob(cfg, name, version)
 	if err != nil {
 		return nil, err
 	}

@@ -30,14 +30,20 @@ type Secret struct {
 	Private  []byte             `cbor:"4,keyasint"` // TPM2B_PRIVATE contents, encrypted by the EK
 	PCRs     *wire.PCRSelection `cbor:"5,keyasint,omitempty"`
 	Received time.Time          `cbor:"6,keyasint,omitempty"`
+	// Previous is the version this one replaced, kept until its
+	// ValidUntil when the fleet rotated the secret with a grace period.
+	Previous   *Secret   `cbor:"7,keyasint,omitempty"`
+	ValidUntil time.Time `cbor:"8,keyasint,omitempty"` // set on a Previous only
 }
 
 var bucketSecrets = []byte("secrets")
 
 // PutSecret stores sec under its name, replacing an older or equal
 // version, in one synced transaction. A version older than the stored one
-// is refused with ErrOlderSecret.
-func (s *Store) PutSecret(sec *Secret) error {
+// is refused with ErrOlderSecret. When keep is positive and sec replaces
+// an older version, that version stays available (SecretVersion) until
+// sec.Received + keep: the grace period of a rotated secret.
+func (s *Store) PutSecret(sec *Secret, keep time.Duration) error {
 	if !wire.ValidID(sec.Name) || sec.Version < 1 || len(sec.Public) == 0 || len(sec.Private) == 0 {
 		return errors.New("state: save secret: name, version or blob missing")
 	}
@@ -52,8 +58,18 @@ func (s *Store) PutSecret(sec *Secret) error {
 		}
 		if old := b.Get([]byte(sec.Name)); old != nil {
 			var prev Secret
-			if err := wire.Unmarshal(old, &prev); err == nil && prev.Version > sec.Version {
+			err := wire.Unmarshal(old, &prev)
+			if err == nil && prev.Version > sec.Version {
 				return ErrOlderSecret
+			}
+			if err == nil && prev.Version < sec.Version && keep > 0 {
+				prev.Previous = nil
+				prev.ValidUntil = sec.Received.Add(keep)
+				kept := *sec
+				kept.Previous = &prev
+				if v, err = wire.Marshal(&kept); err != nil {
+					return err
+				}
 			}
 		}
 		return b.Put([]byte(sec.Name), v)
@@ -89,6 +105,26 @@ func (s *Store) Secret(name string) (*Secret, error) {
 		return nil, fmt.Errorf("state: read secret %s: %w", name, err)
 	}
 	return out, nil
+}
+
+// SecretVersion returns version of the secret name: the current one
+// (version 0 means current), or the previous one while its grace period
+// lasts at now. Anything else is ErrNoSecret.
+func (s *Store) SecretVersion(name string, version int, now time.Time) (*Secret, error) {
+	sec, err := s.Secret(name)
+	if err != nil {
+		return nil, err
+	}
+	switch p := sec.Previous; {
+	case version == 0 || version == sec.Version:
+		sec.Previous = nil
+		return sec, nil
+	case p != nil && p.Version == version && now.Before(p.ValidUntil):
+		return p, nil
+	case p != nil && p.Version == version:
+		return nil, fmt.Errorf("%w: version %d of %s was valid until %s", ErrNoSecret, version, name, p.ValidUntil.Format(time.RFC3339))
+	}
+	return nil, fmt.Errorf("%w: version %d of %s", ErrNoSecret, version, name)
 }
 
 // Secrets returns every stored secret, sorted by name.

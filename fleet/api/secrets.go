@@ -2,11 +2,13 @@ package api
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/secrets"
@@ -27,6 +29,11 @@ type Secrets interface {
 	Delete(name string) error
 	// DeviceSecrets returns a device's delivery state per secret.
 	DeviceSecrets(deviceID string) ([]DeviceSecret, error)
+	// SetRotation sets (nil clears) the secret's rotation schedule.
+	SetRotation(name string, r *secrets.Rotation) error
+	// Rotate stores a new random version now (the secret needs a schedule,
+	// which says how to generate it) and starts delivering it.
+	Rotate(name string) (*secrets.Info, error)
 }
 
 // SecretStatus is a secret in GET /api/v1/secrets: its latest version,
@@ -65,12 +72,19 @@ type SecretRequest struct {
 	ValueB64 string         `json:"value_b64"`
 	Target   secrets.Target `json:"target"`
 	PCRBound bool           `json:"pcr_bound"`
+	// Rotation, when set, schedules new random versions (see
+	// secrets.Rotation); the first version is ValueB64, or a generated one
+	// when ValueB64 is empty.
+	Rotation *secrets.Rotation `json:"rotation,omitempty"`
 }
 
 func (h *handler) routesSecrets() {
 	h.mux.Handle("GET /api/v1/secrets", h.auth(h.listSecrets))
 	h.mux.Handle("PUT /api/v1/secrets/{name}", h.auth(h.putSecret))
 	h.mux.Handle("DELETE /api/v1/secrets/{name}", h.auth(h.deleteSecret))
+	h.mux.Handle("PUT /api/v1/secrets/{name}/rotation", h.auth(h.putSecretRotation))
+	h.mux.Handle("DELETE /api/v1/secrets/{name}/rotation", h.auth(h.putSecretRotation))
+	h.mux.Handle("POST /api/v1/secrets/{name}/rotate", h.auth(h.rotateSecret))
 	h.mux.Handle("GET /api/v1/devices/{id}/secrets", h.auth(h.deviceSecrets))
 }
 
@@ -96,10 +110,22 @@ func (h *handler) putSecret(w http.ResponseWriter, r *http.Request, who string) 
 	if !decode(w, r, &req) {
 		return
 	}
+	if req.Rotation != nil {
+		if err := req.Rotation.Validate(); err != nil {
+			problem(w, http.StatusBadRequest, "bad request", "rotation: "+err.Error())
+			return
+		}
+	}
 	value, err := base64.StdEncoding.DecodeString(req.ValueB64)
 	if err != nil {
 		problem(w, http.StatusBadRequest, "bad request", "value_b64 is not standard base64")
 		return
+	}
+	if len(value) == 0 && req.Rotation != nil {
+		if value, err = req.Rotation.Generate(rand.Reader); err != nil {
+			problem(w, http.StatusInternalServerError, "internal error", "generating the first value failed")
+			return
+		}
 	}
 	defer clear(value)
 	if len(value) == 0 || len(value) > secrets.MaxValue {
@@ -122,8 +148,82 @@ func (h *handler) putSecret(w http.ResponseWriter, r *http.Request, who string) 
 		h.internal(w, err)
 		return
 	}
-	h.log.Info("secret stored", "name", name, "version", info.Version, "pcr_bound", req.PCRBound, "by", who)
+	if req.Rotation != nil {
+		if err := h.cfg.Secrets.SetRotation(name, req.Rotation); err != nil {
+			h.internal(w, err)
+			return
+		}
+	}
+	h.log.Info("secret stored", "name", name, "version", info.Version, "pcr_bound", req.PCRBound, "rotating", req.Rotation != nil, "by", who)
 	writeJSON(w, http.StatusCreated, info)
+}
+
+// putSecretRotation is PUT (a secrets.Rotation body) or DELETE
+// /api/v1/secrets/{name}/rotation.
+func (h *handler) putSecretRotation(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.secretsOn(w) {
+		return
+	}
+	name := r.PathValue("name")
+	var rot *secrets.Rotation
+	if r.Method == http.MethodPut {
+		rot = new(secrets.Rotation)
+		if !decode(w, r, rot) {
+			return
+		}
+		if err := rot.Validate(); err != nil {
+			problem(w, http.StatusBadRequest, "bad request", err.Error())
+			return
+		}
+	}
+	err := h.cfg.Secrets.SetRotation(name, rot)
+	if errors.Is(err, secrets.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no secret with that name")
+		return
+	}
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	h.log.Info("secret rotation schedule set", "name", name, "cleared", rot == nil, "by", who)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// rotateSecret is POST /api/v1/secrets/{name}/rotate: a new random version
+// now, as the secret's schedule generates them.
+func (h *handler) rotateSecret(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.secretsOn(w) {
+		return
+	}
+	name := r.PathValue("name")
+	info, err := h.cfg.Secrets.Rotate(name)
+	switch {
+	case errors.Is(err, secrets.ErrNotFound):
+		problem(w, http.StatusNotFound, "not found", "no secret with that name")
+		return
+	case err != nil && strings.Contains(err.Error(), "no rotation schedule"):
+		problem(w, http.StatusConflict, "conflict", "the secret has no rotation schedule to generate a value with")
+		return
+	case err != nil:
+		h.internal(w, err)
+		return
+	}
+	h.log.Info("secret rotated", "name", name, "version", info.Version, "by", who)
+	writeJSON(w, http.StatusCreated, info)
+}
+
+// SetSecretRotation sets (nil clears) a secret's rotation schedule.
+func (c *Client) SetSecretRotation(ctx context.Context, name string, r *secrets.Rotation) error {
+	if r == nil {
+		return c.Do(ctx, http.MethodDelete, "/api/v1/secrets/"+url.PathEscape(name)+"/rotation", nil, nil)
+	}
+	return c.Do(ctx, http.MethodPut, "/api/v1/secrets/"+url.PathEscape(name)+"/rotation", r, nil)
+}
+
+// RotateSecret stores a new random version of a scheduled secret now.
+func (c *Client) RotateSecret(ctx context.Context, name string) (*secrets.Info, error) {
+	var info secrets.Info
+	return &info, c.Do(ctx, http.MethodPost, "/api/v1/secrets/"+url.PathEscape(name)+"/rotate", struct{}{}, &info)
 }
 
 func (h *handler) listSecrets(w http.ResponseWriter, _ *http.Request, _ string) {

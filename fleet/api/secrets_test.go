@@ -41,6 +41,10 @@ func (f fakeSecrets) List() ([]SecretStatus, error) {
 func (f fakeSecrets) Delete(name string) error { return f.st.Delete(name) }
 
 func (f fakeSecrets) DeviceSecrets(string) ([]DeviceSecret, error) { return nil, nil }
+func (f fakeSecrets) SetRotation(name string, r *secrets.Rotation) error {
+	return f.st.SetRotation(name, r)
+}
+func (f fakeSecrets) Rotate(name string) (*secrets.Info, error) { return f.st.Rotate(name) }
 
 func newSecretsAPI(t *testing.T) (*httptest.Server, *secrets.Store, *inventory.Store) {
 	t.Helper()

@@ -21,6 +21,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -88,6 +89,9 @@ type Info struct {
 	Target   Target    `json:"target"`
 	PCRBound bool      `json:"pcr_bound"` // deliver bound to the device's reference PCR values
 	Created  time.Time `json:"created"`
+	// Grace is how long the version this one replaced stays valid (from
+	// the secret's rotation schedule when it was stored).
+	Grace config.Duration `json:"grace,omitempty"`
 }
 
 // Secret is a version of a secret with its value. It never prints or logs
@@ -113,7 +117,9 @@ func (s Secret) LogValue() slog.Value {
 // Listing is one secret in List: its latest version and the versions kept.
 type Listing struct {
 	Info
-	Versions []int `json:"versions"` // ascending
+	Versions []int         `json:"versions"` // ascending
+	History  []VersionInfo `json:"history"`  // each version's state, ascending
+	Rotation *Rotation     `json:"rotation,omitempty"`
 }
 
 // Store keeps every version of every named secret in a bbolt file,
@@ -150,11 +156,12 @@ const (
 
 // record is a stored version.
 type record struct {
-	Target     Target    `json:"target"`
-	PCRBound   bool      `json:"pcr_bound,omitempty"`
-	Created    time.Time `json:"created"`
-	Nonce      []byte    `json:"nonce"`
-	Ciphertext []byte    `json:"ciphertext"`
+	Target     Target          `json:"target"`
+	PCRBound   bool            `json:"pcr_bound,omitempty"`
+	Grace      config.Duration `json:"grace,omitempty"`
+	Created    time.Time       `json:"created"`
+	Nonce      []byte          `json:"nonce"`
+	Ciphertext []byte          `json:"ciphertext"`
 }
 
 // Open opens or creates the store in cfg.Dir. At first start it creates
@@ -353,7 +360,11 @@ func (s *Store) Put(name string, value []byte, target Target, pcrBound bool) (in
 			return err
 		}
 		n := s.aead.NonceSize()
-		rec, err := json.Marshal(record{Target: target, PCRBound: pcrBound, Created: s.now().UTC(), Nonce: sealed[:n], Ciphertext: sealed[n:]})
+		var grace config.Duration
+		if r := rotationOf(tx, name); r != nil {
+			grace = r.Grace
+		}
+		rec, err := json.Marshal(record{Target: target, PCRBound: pcrBound, Grace: grace, Created: s.now().UTC(), Nonce: sealed[:n], Ciphertext: sealed[n:]})
 		if err != nil {
 			return err
 		}
@@ -419,7 +430,7 @@ func decodeRecord(name string, k, v []byte) (Info, *record, error) {
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return Info{}, nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return Info{Name: name, Version: int(binary.BigEndian.Uint64(k)), Target: rec.Target, PCRBound: rec.PCRBound, Created: rec.Created}, &rec, nil
+	return Info{Name: name, Version: int(binary.BigEndian.Uint64(k)), Target: rec.Target, PCRBound: rec.PCRBound, Created: rec.Created, Grace: rec.Grace}, &rec, nil
 }
 
 // List returns every secret's latest version and the versions kept,
@@ -430,6 +441,7 @@ func (s *Store) List() ([]Listing, error) {
 		return tx.Bucket(bucketSecrets).ForEachBucket(func(name []byte) error {
 			b := tx.Bucket(bucketSecrets).Bucket(name)
 			var l Listing
+			var infos []Info
 			err := b.ForEach(func(k, v []byte) error {
 				info, _, err := decodeRecord(string(name), k, v)
 				if err != nil {
@@ -437,11 +449,14 @@ func (s *Store) List() ([]Listing, error) {
 				}
 				l.Info = info
 				l.Versions = append(l.Versions, info.Version)
+				infos = append(infos, info)
 				return nil
 			})
 			if err != nil {
 				return err
 			}
+			l.History = versionStates(infos, s.now())
+			l.Rotation = rotationOf(tx, string(name))
 			if len(l.Versions) > 0 {
 				out = append(out, l)
 			}
@@ -462,6 +477,11 @@ func (s *Store) Delete(name string) error {
 		root := tx.Bucket(bucketSecrets)
 		if root.Bucket([]byte(name)) == nil {
 			return ErrNotFound
+		}
+		if b := tx.Bucket(bucketRotation); b != nil {
+			if err := b.Delete([]byte(name)); err != nil {
+				return err
+			}
 		}
 		return root.DeleteBucket([]byte(name))
 	})

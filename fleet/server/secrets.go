@@ -108,6 +108,7 @@ func (s *secretService) Run(ctx context.Context) error {
 			return nil
 		case <-s.wake:
 		case <-tick.C:
+			s.rotateDue()
 			s.mu.Lock()
 			for id := range s.waiting {
 				s.pending[id] = struct{}{}
@@ -193,7 +194,9 @@ func (s *secretService) deliverOne(dev *inventory.Device, name string) {
 		s.fail(dev.ID, name, err)
 		return
 	}
-	payload, err := wire.Encode(wire.TypeSecretDeliver, nil, s.now(), blob.Deliver(name, sec.Version))
+	msg := blob.Deliver(name, sec.Version)
+	msg.Grace = uint32(time.Duration(sec.Grace) / time.Second)
+	payload, err := wire.Encode(wire.TypeSecretDeliver, nil, s.now(), msg)
 	if err == nil {
 		err = s.send(dev.ID, "secret", payload)
 	}
@@ -308,6 +311,40 @@ func (s *secretService) Put(name string, value []byte, target secrets.Target, pc
 		s.log.Warn("secrets: finding the targeted devices failed; they receive the secret when they connect", "name", name, "err", err)
 	}
 	return &sec.Info, nil
+}
+
+// rotateDue stores a new random version of every scheduled secret that is
+// due and starts delivering it.
+func (s *secretService) rotateDue() {
+	due, err := s.store.Due(s.now())
+	if err != nil {
+		s.log.Warn("secrets: checking rotation schedules failed", "err", err)
+		return
+	}
+	for _, name := range due {
+		if _, err := s.Rotate(name); err != nil {
+			s.log.Warn("secrets: scheduled rotation failed", "name", name, "err", err)
+		}
+	}
+}
+
+// Rotate implements api.Secrets: a new random version now, delivered to
+// the targeted connected devices.
+func (s *secretService) Rotate(name string) (*secrets.Info, error) {
+	info, err := s.store.Rotate(name)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("secret rotated", "name", name, "version", info.Version)
+	if err := s.queueTarget(info.Target); err != nil {
+		s.log.Warn("secrets: finding the targeted devices failed; they receive the secret when they connect", "name", name, "err", err)
+	}
+	return info, nil
+}
+
+// SetRotation implements api.Secrets.
+func (s *secretService) SetRotation(name string, r *secrets.Rotation) error {
+	return s.store.SetRotation(name, r)
 }
 
 // queueTarget queues the connected devices target matches.

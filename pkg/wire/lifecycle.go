@@ -115,10 +115,20 @@ type SecretDeliver struct {
 	Duplicate []byte        `cbor:"4,keyasint"` // TPM2B_PRIVATE contents: the object wrapped to the EK
 	Seed      []byte        `cbor:"5,keyasint"` // TPM2B_ENCRYPTED_SECRET contents: the wrapping seed encrypted to the EK
 	PCRs      *PCRSelection `cbor:"6,keyasint,omitempty"`
+	// Grace is how long, in seconds, the device keeps the version this
+	// one replaces available to local consumers (version 4); 0: not at
+	// all.
+	Grace uint32 `cbor:"7,keyasint,omitempty"`
 }
+
+// MaxSecretGrace bounds SecretDeliver.Grace: 30 days.
+const MaxSecretGrace = 30 * 24 * 3600
 
 // Validate checks the name and sizes.
 func (s *SecretDeliver) Validate() error {
+	if s.Grace > MaxSecretGrace {
+		return errors.New("grace longer than 30 days")
+	}
 	if !ValidID(s.Name) || s.Version < 1 {
 		return errors.New("name or version")
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/harness"
 	"github.com/sigil-iot/sigil/sim/swtpm"
@@ -122,7 +124,7 @@ func TestSecrets(t *testing.T) {
 		}
 		return kinds["secret-delivered"] && kinds["secret-acknowledged"]
 	}, "the delivery and its acknowledgement to be recorded")
-	got, err := agent.Unseal(devA.Config, "db-password")
+	got, err := agent.Unseal(devA.Config, "db-password", 0)
 	if err != nil || !bytes.Equal(got, v1) {
 		t.Fatalf("unseal v1 through the daemon: %q %v", got, err)
 	}
@@ -132,7 +134,7 @@ func TestSecrets(t *testing.T) {
 		t.Fatalf("put v2: %+v %v", info, err)
 	}
 	waitAcked(t, c, idA, "db-password", 2)
-	if got, err = agent.Unseal(devA.Config, "db-password"); err != nil || !bytes.Equal(got, v2) {
+	if got, err = agent.Unseal(devA.Config, "db-password", 0); err != nil || !bytes.Equal(got, v2) {
 		t.Fatalf("unseal v2: %q %v", got, err)
 	}
 	if l, err := agent.Secrets(devA.Config); err != nil || len(l) != 1 || l[0].Version != 2 || l[0].PCRBound {
@@ -180,26 +182,26 @@ func TestSecrets(t *testing.T) {
 		t.Fatalf("delivery state %+v", ds)
 	}
 	waitAcked(t, c, idB, "disk-key", 1) // the model target reaches B too, wrapped to B's own EK
-	if got, err = agent.Unseal(devB.Config, "disk-key"); err != nil || !bytes.Equal(got, disk) {
+	if got, err = agent.Unseal(devB.Config, "disk-key", 0); err != nil || !bytes.Equal(got, disk) {
 		t.Fatalf("unseal on B: %q %v", got, err)
 	}
-	if got, err = agent.Unseal(devA.Config, "disk-key"); err != nil || !bytes.Equal(got, disk) {
+	if got, err = agent.Unseal(devA.Config, "disk-key", 0); err != nil || !bytes.Equal(got, disk) {
 		t.Fatalf("unseal PCR-bound: %q %v", got, err)
 	}
 	mustRun(t, "tpm2_pcrextend", "-T", instA.TCTI(), "9:sha256="+strings.Repeat("ab", 32))
-	if got, err = agent.Unseal(devA.Config, "disk-key"); err == nil {
+	if got, err = agent.Unseal(devA.Config, "disk-key", 0); err == nil {
 		t.Fatalf("PCR-bound secret opened after PCR 9 changed: %q", got)
 	}
 	if !errors.Is(err, tpm2.TPMRCPolicyFail) {
 		t.Fatalf("unseal after PCR 9 changed: %v, want a policy failure", err)
 	}
-	if got, err = agent.Unseal(devA.Config, "db-password"); err != nil || !bytes.Equal(got, v2) {
+	if got, err = agent.Unseal(devA.Config, "db-password", 0); err != nil || !bytes.Equal(got, v2) {
 		t.Fatalf("an unbound secret must still open: %q %v", got, err)
 	}
 	if err := instA.Reboot(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, err = agent.Unseal(devA.Config, "disk-key"); err != nil || !bytes.Equal(got, disk) {
+	if got, err = agent.Unseal(devA.Config, "disk-key", 0); err != nil || !bytes.Equal(got, disk) {
 		t.Fatalf("unseal after an orderly reboot: %q %v", got, err)
 	}
 
@@ -263,7 +265,7 @@ func TestSecrets(t *testing.T) {
 	if out, err := getSecret("disk-key"); err != nil || !bytes.Equal(out, disk) {
 		t.Fatalf("sigild secret get (daemon stopped): %q %v", out, err)
 	}
-	if _, err := agent.SecretBlob(devA.Config, "nope"); !errors.Is(err, state.ErrNoSecret) {
+	if _, err := agent.SecretBlob(devA.Config, "nope", 0); !errors.Is(err, state.ErrNoSecret) {
 		t.Fatalf("missing secret from the store: %v", err)
 	}
 }
@@ -316,4 +318,77 @@ func buildSigild(t testing.TB) string {
 		t.Fatalf("go build sigild: %v\n%s", err, b)
 	}
 	return out
+}
+
+// TestSecretRotationSchedule: a secret generated and rotated by the fleet
+// on a schedule reaches the device version after version; the replaced
+// version stays openable on the device during its grace period and not
+// after; the API shows each version's state and never a value.
+func TestSecretRotationSchedule(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	id := waitConnected(t, d).DeviceID
+	c, _ := f.Client()
+	ctx := context.Background()
+
+	// A generated first value; every 3 s a new one; the old one valid 4 s more.
+	rot := &secrets.Rotation{Every: config.Duration(3 * time.Second), Grace: config.Duration(4 * time.Second), Length: 24, Encoding: "hex"}
+	var info secrets.Info
+	if err := c.Do(ctx, "PUT", "/api/v1/secrets/svc-token", api.SecretRequest{Target: secrets.Target{Device: id}, Rotation: rot}, &info); err != nil {
+		t.Fatal(err)
+	}
+	waitAcked(t, c, id, "svc-token", 1)
+	v1, err := agent.Unseal(d.Config, "svc-token", 0)
+	if err != nil || len(v1) != 48 {
+		t.Fatalf("generated v1: %d bytes, %v", len(v1), err)
+	}
+	// The scheduler rotates on its own; then the schedule is stopped so
+	// that what follows sees a fixed set of versions.
+	waitAcked(t, c, id, "svc-token", 2)
+	if err := c.SetSecretRotation(ctx, "svc-token", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		l, _ := c.Secrets(ctx)
+		ds, _ := c.DeviceSecrets(ctx, id)
+		return len(l.Secrets) == 1 && len(ds.Secrets) == 1 && ds.Secrets[0].Acked == l.Secrets[0].Version
+	}, "the device to hold the latest version")
+	held, err := agent.Secrets(d.Config)
+	if err != nil || len(held) != 1 || held[0].Version < 2 || held[0].Previous != held[0].Version-1 {
+		t.Fatalf("device holds %+v %v", held, err)
+	}
+	cur, err := agent.Unseal(d.Config, "svc-token", 0)
+	if err != nil || bytes.Equal(cur, v1) || len(cur) != 48 {
+		t.Fatalf("current version after the scheduled rotation: %v", err)
+	}
+	// The replaced version is still there for consumers that have not
+	// switched yet.
+	prev, err := agent.Unseal(d.Config, "svc-token", held[0].Previous)
+	if err != nil || len(prev) != 48 || bytes.Equal(prev, cur) || (held[0].Previous == 1 && !bytes.Equal(prev, v1)) {
+		t.Fatalf("previous version during its grace period: %v", err)
+	}
+	l, err := c.Secrets(ctx)
+	if err != nil || len(l.Secrets) != 1 {
+		t.Fatalf("list %+v %v", l, err)
+	}
+	h := l.Secrets[0].History
+	if len(h) < 2 || h[len(h)-2].State != secrets.VersionGrace || h[len(h)-1].State != secrets.VersionCurrent {
+		t.Fatalf("version history %+v", h)
+	}
+	raw, _ := json.Marshal(l)
+	if bytes.Contains(raw, cur) || bytes.Contains(raw, prev) {
+		t.Fatal("the listing shows a value")
+	}
+	// Once the grace period ran out, the replaced version no longer opens.
+	time.Sleep(time.Until(held[0].PreviousUntil) + 300*time.Millisecond)
+	if _, err := agent.Unseal(d.Config, "svc-token", held[0].Previous); !errors.Is(err, state.ErrNoSecret) {
+		t.Fatalf("the replaced version opened after its grace period: %v", err)
+	}
+	if got, err := agent.Unseal(d.Config, "svc-token", 0); err != nil || !bytes.Equal(got, cur) {
+		t.Fatalf("current version: %v", err)
+	}
+	// An explicit rotation now, and a 409 for a secret without a schedule.
+	if _, err := c.RotateSecret(ctx, "svc-token"); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("rotate without schedule: %v", err)
+	}
 }
