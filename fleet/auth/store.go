@@ -1,0 +1,600 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Errors. Compare with errors.Is. The ones a client may see are named in
+// the doc of Require and the handlers.
+var (
+	// ErrNoCredentials: the request carries neither a bearer token nor a
+	// session cookie.
+	ErrNoCredentials = errors.New("auth: no credentials")
+	// ErrInvalidCredentials: the user name or password is wrong, or the
+	// user is disabled. One error for all three, so that answers do not
+	// reveal which names exist.
+	ErrInvalidCredentials = errors.New("auth: invalid user name or password")
+	// ErrThrottled: too many failed logins; a *ThrottleError says how long
+	// to wait.
+	ErrThrottled = errors.New("auth: too many failed logins")
+	// ErrSessionInvalid: the session cookie names no live session (unknown,
+	// logged out, or ended by a password change or a disabled user).
+	ErrSessionInvalid = errors.New("auth: session invalid")
+	// ErrSessionExpired: the session was idle too long or reached its
+	// absolute lifetime.
+	ErrSessionExpired = errors.New("auth: session expired")
+	// ErrTokenInvalid: the bearer token is malformed, unknown, revoked, or
+	// its owner is disabled or gone.
+	ErrTokenInvalid = errors.New("auth: API token invalid")
+	// ErrTokenExpired: the bearer token is past its expiry.
+	ErrTokenExpired = errors.New("auth: API token expired")
+	// ErrCSRF: a state-changing request with a session cookie lacks the
+	// right CSRF token, or came from another site.
+	ErrCSRF = errors.New("auth: cross-site request refused")
+	// ErrForbidden: the principal lacks a permission.
+	ErrForbidden = errors.New("auth: permission denied")
+	// ErrNotFound: no such user or token.
+	ErrNotFound = errors.New("auth: not found")
+	// ErrExists: a user with that name exists.
+	ErrExists = errors.New("auth: already exists")
+	// ErrInvalid: a malformed name, role, password, lifetime or similar.
+	ErrInvalid = errors.New("auth: invalid")
+	// ErrLastAdmin: the change would leave no enabled admin.
+	ErrLastAdmin = errors.New("auth: the last enabled admin cannot be removed, disabled or demoted")
+	// ErrLocked: the database file is held by another process.
+	ErrLocked = errors.New("auth: database locked by another process")
+)
+
+// ThrottleError is ErrThrottled with the wait before the next attempt.
+type ThrottleError struct {
+	RetryAfter time.Duration
+}
+
+func (e *ThrottleError) Error() string {
+	return fmt.Sprintf("%v: retry in %s", ErrThrottled, e.RetryAfter.Round(time.Second))
+}
+
+// Unwrap returns ErrThrottled.
+func (e *ThrottleError) Unwrap() error { return ErrThrottled }
+
+// Config configures Open.
+type Config struct {
+	// Path is the bbolt file for users, sessions and API tokens (created
+	// with mode 0600). Required.
+	Path string
+	// Params are the argon2id parameters for new password hashes; a stored
+	// hash made with others is replaced at the user's next login. Zero
+	// means DefaultParams().
+	Params Params
+	// MaxConcurrentHashes bounds the password hashes computed at once
+	// (each takes Params.Memory); further logins wait. Zero means 4.
+	MaxConcurrentHashes int
+	// IdleTimeout ends a session not used for this long. Zero means 30
+	// minutes.
+	IdleTimeout time.Duration
+	// MaxSessionAge ends a session this long after login, used or not.
+	// Zero means 12 hours.
+	MaxSessionAge time.Duration
+	// CookieName names the session cookie. Empty means "__Host-sigil-session"
+	// (the __Host- prefix makes browsers insist on Secure, Path=/ and no
+	// Domain).
+	CookieName string
+	// Origins are the origins the console is served from, e.g.
+	// "https://fleet.example.com:8443". A state-changing request with a
+	// session whose Origin header is none of them is refused. Empty means
+	// "https://" + the request's Host.
+	Origins []string
+	// Throttle configures login throttling and lockout; zero fields take
+	// the defaults its doc states.
+	Throttle Throttle
+	// MaxTokenTTL is the longest lifetime of an API token. Zero means 365
+	// days.
+	MaxTokenTTL time.Duration
+	// PruneInterval is how often Run deletes expired sessions. Zero means 10
+	// minutes.
+	PruneInterval time.Duration
+	// Now is the clock for expiries, throttling and timestamps. Nil means
+	// time.Now.
+	Now func() time.Time
+	// Rand supplies salts, session IDs, CSRF tokens, API tokens and
+	// generated passwords. Nil means crypto/rand.
+	Rand io.Reader
+	// Logger receives logins, lockouts and changes (user names and IDs,
+	// never passwords, session IDs or token secrets). Nil discards them.
+	Logger *slog.Logger
+	// LockTimeout bounds the wait for the file lock; a file held by another
+	// process then fails with ErrLocked. Zero means 1 second.
+	LockTimeout time.Duration
+	// NoSync skips fsync on commit: faster, and a power loss may lose recent
+	// commits. For tests.
+	NoSync bool
+}
+
+// Service keeps users, sessions and API tokens and authenticates requests.
+// Its methods are safe for concurrent use.
+type Service struct {
+	cfg      Config
+	db       *bolt.DB
+	log      *slog.Logger
+	throttle *throttle
+	hashSem  chan struct{}
+
+	bootstrapMu sync.Mutex // serializes EnsureAdmin
+
+	dummyOnce sync.Once
+	dummy     string // a hash to verify against for unknown users
+	dummyErr  error
+}
+
+// User is a user without their password hash.
+type User struct {
+	Name            string    `json:"name"`
+	Role            Role      `json:"role"`
+	Disabled        bool      `json:"disabled,omitempty"`
+	Created         time.Time `json:"created"`
+	PasswordChanged time.Time `json:"password_changed"`
+	LastLogin       time.Time `json:"last_login,omitzero"`
+}
+
+// userRecord is a stored user.
+type userRecord struct {
+	User
+	Hash string `json:"hash"` // argon2id PHC string
+	// Generation changes when the password changes; sessions made under
+	// another generation are void.
+	Generation uint64 `json:"generation"`
+}
+
+const (
+	schemaVersion = 1
+	recordVersion = 1
+	maxNameLen    = 64
+)
+
+var (
+	bucketMeta     = []byte("meta")
+	bucketUsers    = []byte("users")     // name -> userRecord
+	bucketSessions = []byte("sessions")  // SHA-256 of session ID -> sessionRecord
+	bucketTokens   = []byte("tokens")    // token ID -> Token
+	bucketTokHash  = []byte("tokenhash") // SHA-256 of secret -> token ID
+	keySchema      = []byte("schema")
+)
+
+// Open opens or creates the database at cfg.Path.
+func Open(cfg Config) (*Service, error) {
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("%w: Config.Path is required", ErrInvalid)
+	}
+	if cfg.Params == (Params{}) {
+		cfg.Params = DefaultParams()
+	}
+	if err := cfg.Params.validate(); err != nil {
+		return nil, fmt.Errorf("%w: argon2id parameters: %w", ErrInvalid, err)
+	}
+	if cfg.MaxConcurrentHashes <= 0 {
+		cfg.MaxConcurrentHashes = 4
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Minute
+	}
+	if cfg.MaxSessionAge <= 0 {
+		cfg.MaxSessionAge = 12 * time.Hour
+	}
+	if cfg.CookieName == "" {
+		cfg.CookieName = "__Host-sigil-session"
+	}
+	if cfg.MaxTokenTTL <= 0 {
+		cfg.MaxTokenTTL = 365 * 24 * time.Hour
+	}
+	if cfg.PruneInterval <= 0 {
+		cfg.PruneInterval = 10 * time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.LockTimeout <= 0 {
+		cfg.LockTimeout = time.Second
+	}
+	cfg.Throttle = cfg.Throttle.withDefaults()
+	cfg.Origins = slices.Clone(cfg.Origins)
+	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.LockTimeout, NoSync: cfg.NoSync})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("auth: open %s: %w", cfg.Path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketUsers, bucketSessions, bucketTokens, bucketTokHash} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keySchema); v != nil {
+			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
+				return fmt.Errorf("unsupported schema version %x", v)
+			}
+			return nil
+		}
+		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("auth: initialize %s: %w", cfg.Path, err)
+	}
+	return &Service{
+		cfg:      cfg,
+		db:       db,
+		log:      cfg.Logger,
+		throttle: newThrottle(cfg.Throttle),
+		hashSem:  make(chan struct{}, cfg.MaxConcurrentHashes),
+	}, nil
+}
+
+// Close closes the database.
+func (s *Service) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("auth: close: %w", err)
+	}
+	return nil
+}
+
+// record wraps stored values with a version.
+type record[T any] struct {
+	V    int `json:"v"`
+	Data T   `json:"data"`
+}
+
+func encode[T any](v *T) ([]byte, error) {
+	b, err := json.Marshal(record[*T]{V: recordVersion, Data: v})
+	if err != nil {
+		return nil, fmt.Errorf("auth: encode: %w", err)
+	}
+	return b, nil
+}
+
+func decode[T any](b []byte) (*T, error) {
+	var r record[*T]
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("auth: decode: %w", err)
+	}
+	if r.V < 1 || r.V > recordVersion || r.Data == nil {
+		return nil, fmt.Errorf("auth: decode: unsupported record version %d", r.V)
+	}
+	return r.Data, nil
+}
+
+func put[T any](b *bolt.Bucket, key []byte, v *T) error {
+	data, err := encode(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, data)
+}
+
+// normalizeName lower-cases a user name; validName checks the result.
+func normalizeName(name string) string { return strings.ToLower(name) }
+
+// validName reports whether name is 1 to 64 characters of a-z, 0-9, and
+// . _ @ - not starting with punctuation.
+func validName(name string) bool {
+	if name == "" || len(name) > maxNameLen {
+		return false
+	}
+	for i, c := range []byte(name) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '@' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func validPassword(pw string) error {
+	switch {
+	case len([]rune(pw)) < MinPasswordLen:
+		return fmt.Errorf("%w: password shorter than %d characters", ErrInvalid, MinPasswordLen)
+	case len(pw) > maxPassword:
+		return fmt.Errorf("%w: password longer than %d bytes", ErrInvalid, maxPassword)
+	}
+	return nil
+}
+
+// hash hashes a password under the configured parameters, waiting for a
+// hashing slot.
+func (s *Service) hash(ctx context.Context, password string) (string, error) {
+	if err := s.acquire(ctx); err != nil {
+		return "", err
+	}
+	defer s.release()
+	return HashPassword(password, s.cfg.Params, s.cfg.Rand)
+}
+
+// verify checks a password against a stored hash, waiting for a hashing
+// slot.
+func (s *Service) verify(ctx context.Context, password, encoded string) (bool, Hash, error) {
+	if err := s.acquire(ctx); err != nil {
+		return false, Hash{}, err
+	}
+	defer s.release()
+	return VerifyPassword(password, encoded)
+}
+
+func (s *Service) acquire(ctx context.Context) error {
+	select {
+	case s.hashSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("auth: waiting to hash a password: %w", ctx.Err())
+	}
+}
+
+func (s *Service) release() { <-s.hashSem }
+
+// dummyHash returns a hash of a random password under the configured
+// parameters: unknown users are verified against it so that they cost the
+// same time as known ones.
+func (s *Service) dummyHash(ctx context.Context) (string, error) {
+	s.dummyOnce.Do(func() {
+		pw := make([]byte, 16)
+		if _, err := io.ReadFull(s.cfg.Rand, pw); err != nil {
+			s.dummyErr = fmt.Errorf("auth: entropy: %w", err)
+			return
+		}
+		s.dummy, s.dummyErr = s.hash(ctx, string(pw))
+	})
+	return s.dummy, s.dummyErr
+}
+
+// CreateUser adds a user with a password (at least MinPasswordLen
+// characters) and a role. Names are lower-cased; ErrExists if taken.
+func (s *Service) CreateUser(ctx context.Context, name, password string, role Role) (User, error) {
+	name = normalizeName(name)
+	if !validName(name) {
+		return User{}, fmt.Errorf("%w: user name %q (1-64 of a-z 0-9 . _ @ -)", ErrInvalid, name)
+	}
+	if !role.Valid() {
+		return User{}, fmt.Errorf("%w: role %q", ErrInvalid, role)
+	}
+	if err := validPassword(password); err != nil {
+		return User{}, err
+	}
+	h, err := s.hash(ctx, password)
+	if err != nil {
+		return User{}, err
+	}
+	now := s.cfg.Now()
+	rec := &userRecord{User: User{Name: name, Role: role, Created: now, PasswordChanged: now}, Hash: h, Generation: 1}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketUsers)
+		if b.Get([]byte(name)) != nil {
+			return fmt.Errorf("%w: user %q", ErrExists, name)
+		}
+		return put(b, []byte(name), rec)
+	})
+	if err != nil {
+		return User{}, err
+	}
+	s.log.Info("user created", "user", name, "role", role)
+	return rec.User, nil
+}
+
+// User returns a user by name.
+func (s *Service) User(name string) (User, error) {
+	var u User
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, err := getUser(tx, normalizeName(name))
+		if err != nil {
+			return err
+		}
+		u = rec.User
+		return nil
+	})
+	return u, err
+}
+
+// Users returns every user in name order.
+func (s *Service) Users() ([]User, error) {
+	var out []User
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
+			rec, err := decode[userRecord](v)
+			if err != nil {
+				return fmt.Errorf("%w (user %q)", err, k)
+			}
+			out = append(out, rec.User)
+			return nil
+		})
+	})
+	return out, err
+}
+
+func getUser(tx *bolt.Tx, name string) (*userRecord, error) {
+	v := tx.Bucket(bucketUsers).Get([]byte(name))
+	if v == nil {
+		return nil, fmt.Errorf("%w: user %q", ErrNotFound, name)
+	}
+	return decode[userRecord](v)
+}
+
+// updateUser applies fn to a user in one transaction, refusing a change
+// that leaves no enabled admin.
+func (s *Service) updateUser(name string, fn func(*userRecord) error) (User, error) {
+	name = normalizeName(name)
+	var out User
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rec, err := getUser(tx, name)
+		if err != nil {
+			return err
+		}
+		wasAdmin := rec.Role == RoleAdmin && !rec.Disabled
+		if err := fn(rec); err != nil {
+			return err
+		}
+		if wasAdmin && (rec.Role != RoleAdmin || rec.Disabled) {
+			if err := requireOtherAdmin(tx, name); err != nil {
+				return err
+			}
+		}
+		out = rec.User
+		return put(tx.Bucket(bucketUsers), []byte(name), rec)
+	})
+	return out, err
+}
+
+// requireOtherAdmin fails with ErrLastAdmin unless an enabled admin other
+// than name exists.
+func requireOtherAdmin(tx *bolt.Tx, name string) error {
+	c := tx.Bucket(bucketUsers).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if string(k) == name {
+			continue
+		}
+		rec, err := decode[userRecord](v)
+		if err != nil {
+			return fmt.Errorf("%w (user %q)", err, k)
+		}
+		if rec.Role == RoleAdmin && !rec.Disabled {
+			return nil
+		}
+	}
+	return ErrLastAdmin
+}
+
+// SetPassword replaces a user's password (an administrator's reset). The
+// user's sessions end; their API tokens stay.
+func (s *Service) SetPassword(ctx context.Context, name, password string) error {
+	if err := validPassword(password); err != nil {
+		return err
+	}
+	h, err := s.hash(ctx, password)
+	if err != nil {
+		return err
+	}
+	_, err = s.updateUser(name, func(rec *userRecord) error {
+		rec.Hash = h
+		rec.Generation++
+		rec.PasswordChanged = s.cfg.Now()
+		return nil
+	})
+	if err == nil {
+		s.log.Info("password set", "user", normalizeName(name))
+	}
+	return err
+}
+
+// ChangePassword replaces a user's password after checking the old one
+// (ErrInvalidCredentials if wrong; the check is throttled like a login).
+// The user's sessions end, so the caller should log them in again.
+func (s *Service) ChangePassword(ctx context.Context, name, old, password string) error {
+	name = normalizeName(name)
+	if err := validPassword(password); err != nil {
+		return err
+	}
+	u, err := s.getUserRecord(name)
+	if err != nil {
+		return err
+	}
+	now := s.cfg.Now()
+	if wait, ok := s.throttle.begin(name, "", now); !ok {
+		return &ThrottleError{RetryAfter: wait}
+	}
+	ok, _, err := s.verify(ctx, old, u.Hash)
+	if err != nil || !ok {
+		s.throttle.fail(name, "", now)
+		if err != nil {
+			return err
+		}
+		return ErrInvalidCredentials
+	}
+	s.throttle.succeed(name)
+	return s.SetPassword(ctx, name, password)
+}
+
+// SetRole changes a user's role; it takes effect on their next request.
+func (s *Service) SetRole(name string, role Role) (User, error) {
+	if !role.Valid() {
+		return User{}, fmt.Errorf("%w: role %q", ErrInvalid, role)
+	}
+	u, err := s.updateUser(name, func(rec *userRecord) error {
+		rec.Role = role
+		return nil
+	})
+	if err == nil {
+		s.log.Info("role set", "user", u.Name, "role", role)
+	}
+	return u, err
+}
+
+// SetDisabled disables or enables a user. A disabled user cannot log in,
+// and their sessions and API tokens stop working at once.
+func (s *Service) SetDisabled(name string, disabled bool) (User, error) {
+	u, err := s.updateUser(name, func(rec *userRecord) error {
+		rec.Disabled = disabled
+		return nil
+	})
+	if err == nil {
+		s.log.Info("user disabled", "user", u.Name, "disabled", disabled)
+	}
+	return u, err
+}
+
+// DeleteUser removes a user, their sessions and their API tokens.
+func (s *Service) DeleteUser(name string) error {
+	name = normalizeName(name)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rec, err := getUser(tx, name)
+		if err != nil {
+			return err
+		}
+		if rec.Role == RoleAdmin && !rec.Disabled {
+			if err := requireOtherAdmin(tx, name); err != nil {
+				return err
+			}
+		}
+		if err := deleteTokensOf(tx, name); err != nil {
+			return err
+		}
+		if err := deleteSessionsOf(tx, name); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketUsers).Delete([]byte(name))
+	})
+	if err == nil {
+		s.log.Info("user deleted", "user", name)
+	}
+	return err
+}
+
+func (s *Service) getUserRecord(name string) (*userRecord, error) {
+	var rec *userRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		rec, err = getUser(tx, name)
+		return err
+	})
+	return rec, err
+}

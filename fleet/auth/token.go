@@ -1,0 +1,272 @@
+package auth
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// TokenPrefix starts every API token secret.
+const TokenPrefix = "sga_"
+
+const (
+	tokenSecretLen = 32 // bytes
+	maxTokenName   = 128
+)
+
+// Token is an API token without its secret, which only CreateToken ever
+// returns.
+type Token struct {
+	ID       string    `json:"id"`   // public handle, "apt_" + 16 hex digits
+	Name     string    `json:"name"` // what it is for
+	Owner    string    `json:"owner"`
+	Role     Role      `json:"role"` // its scope: never more than the owner's role
+	Created  time.Time `json:"created"`
+	Expires  time.Time `json:"expires"`
+	LastUsed time.Time `json:"last_used,omitzero"` // refreshed at most once a minute
+	Revoked  time.Time `json:"revoked,omitzero"`
+}
+
+// Active reports whether t is neither revoked nor expired at now.
+func (t Token) Active(now time.Time) bool { return t.Revoked.IsZero() && now.Before(t.Expires) }
+
+// tokenRecord is a stored token.
+type tokenRecord struct {
+	Token
+	Hash []byte `json:"hash"` // SHA-256 of the secret
+}
+
+// CreateToken makes an API token for owner, scoped to role (which owner's
+// own role must cover) and valid for ttl (at most Config.MaxTokenTTL). The
+// secret ("sga_" + 32 random bytes in base64url) is returned once and never
+// stored.
+func (s *Service) CreateToken(owner, name string, role Role, ttl time.Duration) (string, Token, error) {
+	owner = normalizeName(owner)
+	switch {
+	case ttl <= 0 || ttl > s.cfg.MaxTokenTTL:
+		return "", Token{}, fmt.Errorf("%w: token lifetime must be positive and at most %s", ErrInvalid, s.cfg.MaxTokenTTL)
+	case !role.Valid():
+		return "", Token{}, fmt.Errorf("%w: role %q", ErrInvalid, role)
+	case !validTokenName(name):
+		return "", Token{}, fmt.Errorf("%w: token name must be 1 to %d printable characters", ErrInvalid, maxTokenName)
+	}
+	raw := make([]byte, tokenSecretLen+8)
+	if _, err := io.ReadFull(s.cfg.Rand, raw); err != nil {
+		return "", Token{}, fmt.Errorf("auth: token entropy: %w", err)
+	}
+	secret := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:tokenSecretLen])
+	sum := sha256.Sum256([]byte(secret))
+	now := s.cfg.Now()
+	rec := &tokenRecord{
+		Token: Token{ID: "apt_" + hex.EncodeToString(raw[tokenSecretLen:]), Name: name, Owner: owner, Role: role,
+			Created: now, Expires: now.Add(ttl)},
+		Hash: sum[:],
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		u, err := getUser(tx, owner)
+		if err != nil {
+			return err
+		}
+		if u.Disabled {
+			return fmt.Errorf("%w: user %q is disabled", ErrInvalid, owner)
+		}
+		if !u.Role.Covers(role) {
+			return fmt.Errorf("%w: role %s exceeds the owner's role %s", ErrForbidden, role, u.Role)
+		}
+		if tx.Bucket(bucketTokens).Get([]byte(rec.ID)) != nil || tx.Bucket(bucketTokHash).Get(rec.Hash) != nil {
+			return errors.New("auth: token collision (broken entropy source?)")
+		}
+		if err := put(tx.Bucket(bucketTokens), []byte(rec.ID), rec); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokHash).Put(rec.Hash, []byte(rec.ID))
+	})
+	if err != nil {
+		return "", Token{}, err
+	}
+	s.log.Info("API token created", "token_id", rec.ID, "owner", owner, "role", role, "expires", rec.Expires)
+	return secret, rec.Token, nil
+}
+
+func validTokenName(name string) bool {
+	if name == "" || len(name) > maxTokenName {
+		return false
+	}
+	for _, r := range name {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// Token returns a token by ID.
+func (s *Service) Token(id string) (Token, error) {
+	var t Token
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, err := getToken(tx, id)
+		if err != nil {
+			return err
+		}
+		t = rec.Token
+		return nil
+	})
+	return t, err
+}
+
+func getToken(tx *bolt.Tx, id string) (*tokenRecord, error) {
+	v := tx.Bucket(bucketTokens).Get([]byte(id))
+	if v == nil {
+		return nil, fmt.Errorf("%w: token %q", ErrNotFound, id)
+	}
+	return decode[tokenRecord](v)
+}
+
+// Tokens returns the tokens of owner ("" for every owner), revoked and
+// expired ones included, in ID order.
+func (s *Service) Tokens(owner string) ([]Token, error) {
+	owner = normalizeName(owner)
+	var out []Token
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
+			rec, err := decode[tokenRecord](v)
+			if err != nil {
+				return fmt.Errorf("%w (token %q)", err, k)
+			}
+			if owner == "" || rec.Owner == owner {
+				out = append(out, rec.Token)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// RevokeToken revokes a token at once; revoking it again changes nothing.
+// Whether the caller may (its owner, or PermUsersAdmin) is theirs to check.
+func (s *Service) RevokeToken(id string) (Token, error) {
+	var out Token
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rec, err := getToken(tx, id)
+		if err != nil {
+			return err
+		}
+		if rec.Revoked.IsZero() {
+			rec.Revoked = s.cfg.Now()
+			if err := put(tx.Bucket(bucketTokens), []byte(id), rec); err != nil {
+				return err
+			}
+		}
+		out = rec.Token
+		return nil
+	})
+	if err == nil {
+		s.log.Info("API token revoked", "token_id", id, "owner", out.Owner)
+	}
+	return out, err
+}
+
+// token resolves a bearer secret to its principal and refreshes LastUsed.
+func (s *Service) token(secret string) (Principal, error) {
+	if !strings.HasPrefix(secret, TokenPrefix) ||
+		len(secret) != len(TokenPrefix)+base64.RawURLEncoding.EncodedLen(tokenSecretLen) {
+		return Principal{}, ErrTokenInvalid
+	}
+	sum := sha256.Sum256([]byte(secret))
+	now := s.cfg.Now()
+	var (
+		rec   *tokenRecord
+		owner *userRecord
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketTokHash).Get(sum[:])
+		if id == nil {
+			return ErrTokenInvalid
+		}
+		var err error
+		if rec, err = getToken(tx, string(id)); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				return ErrTokenInvalid
+			}
+			return err
+		}
+		if subtle.ConstantTimeCompare(rec.Hash, sum[:]) != 1 {
+			return ErrTokenInvalid
+		}
+		owner, err = getUser(tx, rec.Owner)
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%w: token %s: its owner is gone", ErrTokenInvalid, rec.ID)
+		}
+		return err
+	})
+	if err != nil {
+		return Principal{}, err
+	}
+	switch {
+	case !rec.Revoked.IsZero():
+		return Principal{}, fmt.Errorf("%w: token %s revoked", ErrTokenInvalid, rec.ID)
+	case !now.Before(rec.Expires):
+		return Principal{}, fmt.Errorf("%w: token %s expired %s", ErrTokenExpired, rec.ID, rec.Expires.UTC().Format(time.RFC3339))
+	case owner.Disabled:
+		return Principal{}, fmt.Errorf("%w: token %s: its owner is disabled", ErrTokenInvalid, rec.ID)
+	}
+	if now.Sub(rec.LastUsed) >= time.Minute {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			cur, err := getToken(tx, rec.ID)
+			if err != nil {
+				return err
+			}
+			if now.After(cur.LastUsed) {
+				cur.LastUsed = now
+			}
+			return put(tx.Bucket(bucketTokens), []byte(rec.ID), cur)
+		})
+		if err != nil {
+			return Principal{}, err
+		}
+	}
+	return Principal{
+		User:      owner.Name,
+		Role:      rec.Role,
+		Method:    MethodToken,
+		TokenID:   rec.ID,
+		Expires:   rec.Expires,
+		ownerRole: owner.Role,
+	}, nil
+}
+
+func deleteTokensOf(tx *bolt.Tx, name string) error {
+	b := tx.Bucket(bucketTokens)
+	var recs []*tokenRecord
+	err := b.ForEach(func(k, v []byte) error {
+		rec, err := decode[tokenRecord](v)
+		if err != nil {
+			return fmt.Errorf("%w (token %q)", err, k)
+		}
+		if rec.Owner == name {
+			recs = append(recs, rec)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		if err := b.Delete([]byte(rec.ID)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketTokHash).Delete(rec.Hash); err != nil {
+			return err
+		}
+	}
+	return nil
+}
