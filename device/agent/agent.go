@@ -153,6 +153,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if a.cfg.SSHTPMHostKey != "" {
+		stop, err := a.serveSSHAgent(ctx)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	a.publishIdentity(id)
 	if id, err = a.enrollUntilDone(ctx, id); err != nil || ctx.Err() != nil {
 		return nil

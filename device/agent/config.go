@@ -83,6 +83,15 @@ type Config struct {
 	// SSHCertDir is where the host certificates are written, named as
 	// OpenSSH expects ("<key>-cert.pub"). Default: next to each key.
 	SSHCertDir string `json:"ssh_cert_dir"`
+	// SSHTPMHostKey, when set, is the path of an OpenSSH public key file
+	// sigild writes for an SSH host key it creates in the TPM (the private
+	// key never leaves it); sshd uses it through SSHAgentSocket
+	// (HostKeyAgent). The key is certified like SSHHostKeys. Default ""
+	// (off).
+	SSHTPMHostKey string `json:"ssh_tpm_host_key"`
+	// SSHAgentSocket is the ssh-agent socket sigild serves the TPM host key
+	// on, mode 0600. Default /run/sigild/ssh-agent.sock.
+	SSHAgentSocket string `json:"ssh_agent_socket"`
 	// SSHReloadPIDFile names a PID file (e.g. /run/sshd.pid) whose process
 	// gets SIGHUP after new certificates are written. Default "" (none).
 	SSHReloadPIDFile string `json:"ssh_reload_pid_file"`
@@ -124,6 +133,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PendingRetry == 0 {
 		c.PendingRetry = Duration(30 * time.Second)
+	}
+	if c.SSHTPMHostKey != "" && c.SSHAgentSocket == "" {
+		c.SSHAgentSocket = "/run/sigild/ssh-agent.sock"
 	}
 	if c.RenewAt == 0 {
 		c.RenewAt = 0.667

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +50,7 @@ const sshAnswerTimeout = 30 * time.Second
 // sshSession starts the SSH certificate worker for one session when
 // ssh_host_keys is configured; the returned stop ends it and waits.
 func (a *Agent) sshSession(ctx context.Context, conn *link.Conn, id *state.Identity) (stop func()) {
-	if len(a.cfg.SSHHostKeys) == 0 {
+	if len(a.sshKeys()) == 0 {
 		return func() {}
 	}
 	r := &sshRun{pass: make(chan struct{}, 1), answers: make(chan *wire.Envelope, 2)}
@@ -176,7 +177,7 @@ func (a *Agent) sshLoop(ctx context.Context, conn *link.Conn, deviceID string, r
 // file; unreadable or malformed files are logged and left out.
 func (a *Agent) readHostKeys() []sshKey {
 	var out []sshKey
-	for _, p := range a.cfg.SSHHostKeys {
+	for _, p := range a.sshKeys() {
 		line, err := firstKeyLine(p)
 		if err != nil {
 			a.log.Warn("ssh: host key unusable", "path", p, "err", err)
@@ -269,8 +270,25 @@ func (c *Config) sshCertPath(pub string) string {
 	return name
 }
 
+// sshKeys are the host public key files to certify: the configured ones
+// and the TPM-born key's.
+func (a *Agent) sshKeys() []string {
+	if a.cfg.SSHTPMHostKey == "" {
+		return a.cfg.SSHHostKeys
+	}
+	return append(slices.Clone(a.cfg.SSHHostKeys), a.cfg.SSHTPMHostKey)
+}
+
 // validateSSH checks the SSH settings.
 func (c *Config) validateSSH() error {
+	if c.SSHTPMHostKey != "" {
+		if !filepath.IsAbs(c.SSHTPMHostKey) || !strings.HasSuffix(c.SSHTPMHostKey, ".pub") {
+			return errors.New("ssh_tpm_host_key must be an absolute path ending in .pub")
+		}
+		if !filepath.IsAbs(c.SSHAgentSocket) {
+			return errors.New("ssh_agent_socket must be an absolute path")
+		}
+	}
 	if len(c.SSHHostKeys) > wire.MaxSSHHostKeys {
 		return fmt.Errorf("ssh_host_keys: at most %d", wire.MaxSSHHostKeys)
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -160,14 +161,80 @@ func TestSSHHostCertificate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		trySSH(t, sshd, sshDir, hostKey, id, known)
+		trySSH(t, sshd, hostKey, hostKey+"-cert.pub", "", id, known)
 	})
 }
 
-// trySSH runs sshd with the device's host key and certificate on a free
-// loopback port, then connects with an ssh client that knows nothing but
-// the known_hosts line.
-func trySSH(t *testing.T, sshd, sshDir, hostKey, id, known string) {
+// TestSSHTPMHostKey: with ssh_tpm_host_key the host key is born in the TPM
+// and never leaves it. sigild writes its public key, gets it certified, and
+// serves it over the ssh-agent protocol; a real sshd configured with
+// HostKeyAgent signs with it, and an ssh client that trusts only the
+// fleet's CA logs in.
+func TestSSHTPMHostKey(t *testing.T) {
+	requireBinary(t, "ssh-keygen", "openssh-client")
+	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
+	dir := t.TempDir()
+	pubFile := filepath.Join(dir, "sigil_host_ecdsa_key.pub")
+	sock := filepath.Join(dir, "ssh-agent.sock")
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Dir: dir, Tweak: func(c *agentConfig) {
+		c.EventLog = "-"
+		c.SSHTPMHostKey = pubFile
+		c.SSHAgentSocket = sock
+	}})
+	id := waitConnected(t, d).DeviceID
+	certFile := filepath.Join(dir, "sigil_host_ecdsa_key-cert.pub")
+	waitFile(t, certFile, 30*time.Second)
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("agent socket: %v %v", fi, err)
+	}
+	out := mustRun(t, "ssh-keygen", "-L", "-f", certFile)
+	if !strings.Contains(out, fingerprint(t, pubFile)) || !strings.Contains(out, `Key ID: "`+id+`"`) {
+		t.Fatalf("certificate is not for the TPM host key:\n%s", out)
+	}
+	// No private key file exists anywhere in the device's directory.
+	filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte("PRIVATE KEY")) {
+				t.Errorf("%s holds a private key", p)
+			}
+		}
+		return nil
+	})
+	// The agent lists exactly the key in the public key file.
+	listed := run0(t, []string{"SSH_AUTH_SOCK=" + sock}, "ssh-add", "-L")
+	pubLine, _ := os.ReadFile(pubFile)
+	if strings.Fields(listed)[1] != strings.Fields(string(pubLine))[1] {
+		t.Fatalf("ssh-add -L lists %q, the public key file holds %q", listed, pubLine)
+	}
+	t.Run("sshd", func(t *testing.T) {
+		sshd := requireBinary(t, "/usr/sbin/sshd", "openssh-server")
+		requireBinary(t, "ssh", "openssh-client")
+		c, _ := f.Client()
+		known, err := c.SSHCAText(context.Background(), "known_hosts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		trySSH(t, sshd, pubFile, certFile, "HostKeyAgent "+sock+"\n", id, known)
+	})
+}
+
+// run0 runs a command with extra environment and returns its output; it
+// fails the test on error.
+func run0(t testing.TB, env []string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// trySSH runs sshd with the device's host key (HostKey value) and
+// certificate on a free loopback port, with extra sshd_config lines, then
+// connects with an ssh client that knows nothing but the known_hosts line.
+func trySSH(t *testing.T, sshd, hostKey, hostCert, extra, id, known string) {
 	me, err := user.Current()
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +257,7 @@ func trySSH(t *testing.T, sshd, sshDir, hostKey, id, known string) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	cfg := filepath.Join(work, "sshd_config")
-	conf := fmt.Sprintf(`ListenAddress 127.0.0.1:%d
+	conf := extra + fmt.Sprintf(`ListenAddress 127.0.0.1:%d
 HostKey %s
 HostCertificate %s
 PidFile %s
@@ -200,7 +267,7 @@ UsePAM no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
-`, port, hostKey, hostKey+"-cert.pub", filepath.Join(work, "sshd.pid"), authKeys)
+`, port, hostKey, hostCert, filepath.Join(work, "sshd.pid"), authKeys)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
