@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	bolt "go.etcd.io/bbolt"
@@ -44,6 +45,7 @@ type Record struct {
 // History keeps verdicts per device in bbolt, newest last, bounded.
 type History struct {
 	db  *bolt.DB
+	w   *groupcommit.Writer
 	max int
 }
 
@@ -56,7 +58,7 @@ func OpenHistory(path string, maxPerDevice int) (*History, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attest: open history: %w", err)
 	}
-	return &History{db: db, max: maxPerDevice}, nil
+	return &History{db: db, w: groupcommit.New(db), max: maxPerDevice}, nil
 }
 
 // Close closes the file.
@@ -64,7 +66,7 @@ func (h *History) Close() error { return h.db.Close() }
 
 // Add appends r to its device's history and sets r.Seq.
 func (h *History) Add(r *Record) error {
-	return h.db.Update(func(tx *bolt.Tx) error {
+	return h.w.Write(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists([]byte(r.DeviceID))
 		if err != nil {
 			return err

@@ -28,6 +28,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -219,6 +220,7 @@ func WithNoSync() Option { return func(o *options) { o.noSync = true } }
 // Store is the bbolt inventory. Its methods are safe for concurrent use.
 type Store struct {
 	db   *bolt.DB
+	w    *groupcommit.Writer // the frequent writes: devices and events
 	opts options
 }
 
@@ -257,7 +259,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("inventory: initialize %s: %w", path, err)
 	}
-	return &Store{db: db, opts: o}, nil
+	return &Store{db: db, w: groupcommit.New(db), opts: o}, nil
 }
 
 // Close closes the file.
@@ -377,7 +379,7 @@ func (s *Store) PutDevice(d *Device) error {
 	if err := validDevice(d); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.w.Write(func(tx *bolt.Tx) error {
 		old, err := getDevice(tx, d.ID)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
@@ -389,8 +391,11 @@ func (s *Store) PutDevice(d *Device) error {
 // Update reads a device, applies fn and writes the result, in one
 // transaction. fn's error aborts and is returned as is. fn may not change
 // the ID, nor an EK fingerprint already set.
+//
+// Concurrent writes share one transaction and fsync (group commit), so fn
+// may run more than once: it must only change the device it is given.
 func (s *Store) Update(id string, fn func(*Device) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.w.Write(func(tx *bolt.Tx) error {
 		old, err := getDevice(tx, id)
 		if err != nil {
 			return err
@@ -572,7 +577,7 @@ func (s *Store) AddEvent(e Event) error {
 	if e.Time.IsZero() {
 		e.Time = s.opts.now()
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.w.Write(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketEvents)
 		seq, err := bk.NextSequence()
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	bolt "go.etcd.io/bbolt"
@@ -136,6 +137,7 @@ func (j *Job) Progress() Progress {
 // renewal looks its device up by key in each running job.
 type Jobs struct {
 	db *bolt.DB
+	w  *groupcommit.Writer // the per-renewal marks
 }
 
 var (
@@ -178,7 +180,7 @@ func OpenJobs(path string) (*Jobs, error) {
 		db.Close()
 		return nil, fmt.Errorf("rotation: open jobs: %w", err)
 	}
-	return &Jobs{db: db}, nil
+	return &Jobs{db: db, w: groupcommit.New(db)}, nil
 }
 
 // migrate converts jobs stored with their devices inline.
@@ -552,7 +554,7 @@ func (j *Jobs) renewed(deviceID string, now time.Time) ([]string, error) {
 		return nil, err
 	}
 	var finished []string
-	err = j.db.Update(func(tx *bolt.Tx) error {
+	err = j.w.Write(func(tx *bolt.Tx) error {
 		finished = finished[:0]
 		for id := range in {
 			h, err := getHeader(tx, id)
