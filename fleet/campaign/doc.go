@@ -1,0 +1,41 @@
+// Package campaign rolls a firmware release out to the fleet in staged
+// campaigns that stop themselves.
+//
+// A Definition names the release, the target devices (a Selector that
+// Targets resolves), how the devices are split into waves (a canary and a
+// growth factor, or explicit sizes), the share of a wave that must commit
+// before the next opens, the share that may fail before the campaign
+// pauses or aborts itself, a per-device timeout, maintenance windows, the
+// most devices in flight at once, and how often a silent device is
+// announced again. Validate reports every problem at once.
+//
+// # Lifecycle
+//
+// Create stores a draft with its devices resolved and its waves planned;
+// Start runs it now or schedules it; Pause, Resume and Abort are operator
+// actions that need an actor and a justification, and every action is
+// passed to the Auditor. Rollback creates a campaign of the previous
+// release for exactly the devices that committed a campaign.
+//
+// The engine (Run) steps every Config.Tick: it times out devices whose
+// deadline passed (a device never stays in flight forever), starts
+// scheduled campaigns, and inside a maintenance window announces the next
+// devices of the open wave through the Announcer. Devices report their
+// steps through Report; a report that makes a wave fail beyond its
+// threshold pauses or aborts the campaign in the same transaction, so no
+// further device is announced after it.
+//
+// # Persistence
+//
+// Everything lives in a bbolt file (Store). A device is marked announced
+// before the Announcer is called, so a restart never announces a device
+// twice: a device whose announcement was lost times out, and is announced
+// again only if Definition.Retries allows. Reports are idempotent. Reports
+// arriving together share one transaction, and an engine step writes one
+// transaction per phase, touching only the devices it moves, so a campaign
+// of many thousand devices costs work in proportion to the devices that
+// move.
+//
+// Manager.Get, List, Devices, Device and InFlight return plain structs for
+// the API.
+package campaign
