@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -98,7 +99,7 @@ func (s *Service) CreateToken(owner, name string, role Role, ttl time.Duration) 
 }
 
 func validTokenName(name string) bool {
-	if name == "" || len(name) > maxTokenName {
+	if name == "" || len(name) > maxTokenName || !utf8.ValidString(name) {
 		return false
 	}
 	for _, r := range name {

@@ -157,7 +157,7 @@ func TestTokenLifetimeBounds(t *testing.T) {
 			t.Errorf("ttl %s: %v", ttl, err)
 		}
 	}
-	for _, name := range []string{"", strings.Repeat("n", 129), "line\nbreak"} {
+	for _, name := range []string{"", strings.Repeat("n", 129), "line\nbreak", "bad \xff utf-8"} {
 		if _, _, err := s.CreateToken("alice", name, RoleViewer, time.Hour); !errors.Is(err, ErrInvalid) {
 			t.Errorf("name %q: %v", name, err)
 		}

@@ -1,0 +1,285 @@
+// Package approval enforces the two-person rule for dangerous fleet
+// actions: a firmware release, a mass revocation or rotation, a CA
+// rotation, a policy change, a secret change.
+//
+// Someone submits a Request (what: a kind, a target and parameters as JSON;
+// why: a justification) that expires unless approved in time. Other people
+// holding the kind's approve permission approve it; the requester never
+// can. When the rule's count of distinct approvers is reached, the
+// Executor registered for the kind runs, once, and its outcome is recorded.
+// A request can be rejected (or withdrawn by its requester) while pending.
+//
+// Exactly once: the approval that completes the count moves the request
+// from pending to executing in the same bbolt transaction, so of any number
+// of concurrent approvals one, and only one, runs the executor. A crash
+// while executing leaves the request "interrupted" at the next Open, never
+// run again: whether the action took effect is for a person to check.
+//
+// Every decision (requested, approved, rejected, expired, executed, failed,
+// interrupted) goes to the Auditor, if one is configured. Decisions are
+// recorded inside the transaction that makes them, so a decision the
+// Auditor could not record does not happen; an execution's outcome is
+// recorded after the fact, and a failure to record it is logged.
+package approval
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/auth"
+)
+
+// Kind names a kind of dangerous action.
+type Kind string
+
+// The dangerous actions Sigil knows.
+const (
+	KindFirmwareRelease Kind = "firmware.release"    // release firmware to a campaign
+	KindMassRevocation  Kind = "devices.mass-revoke" // revoke the credentials of many devices
+	KindMassRotation    Kind = "rotation.mass"       // force-rotate the credentials of many devices
+	KindCARotation      Kind = "ca.rotate"           // rotate the fleet CA
+	KindPolicyChange    Kind = "policy.change"       // change an attestation reference policy
+	KindSecretChange    Kind = "secret.change"       // create, change or delete a secret
+)
+
+// Rule says who may request a kind of action and who must approve it.
+type Rule struct {
+	// Request is the permission needed to submit a request.
+	Request auth.Permission
+	// Approve is the permission needed to approve or reject one.
+	Approve auth.Permission
+	// Approvals is how many distinct people, other than the requester, must
+	// approve. Zero means 1.
+	Approvals int
+	// TTL is how long a request waits for approval when its Draft names no
+	// TTL. Zero means 72 hours.
+	TTL time.Duration
+}
+
+// DefaultRules returns the rules used when Config.Rules is nil: one
+// approval by a release approver for firmware releases, and one by a
+// security admin for everything else.
+func DefaultRules() map[Kind]Rule {
+	return map[Kind]Rule{
+		KindFirmwareRelease: {Request: auth.PermFirmwareWrite, Approve: auth.PermFirmwareApprove, Approvals: 1},
+		KindMassRevocation:  {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindMassRotation:    {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindCARotation:      {Request: auth.PermCAAdmin, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindPolicyChange:    {Request: auth.PermPoliciesWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindSecretChange:    {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
+	}
+}
+
+// State is where a request is in its life.
+type State string
+
+// States. Pending is the only one that changes by approval or rejection;
+// executing becomes executed or failed (or interrupted after a crash); the
+// others are final.
+const (
+	StatePending     State = "pending"     // waiting for approvals
+	StateExecuting   State = "executing"   // approved; the executor is running
+	StateExecuted    State = "executed"    // approved and carried out
+	StateFailed      State = "failed"      // approved; the executor returned an error
+	StateInterrupted State = "interrupted" // the server stopped while executing; outcome unknown
+	StateRejected    State = "rejected"    // rejected by an approver or withdrawn by the requester
+	StateExpired     State = "expired"     // not approved in time
+)
+
+// Decision is one person's approval or rejection.
+type Decision struct {
+	By      string    `json:"by"`
+	At      time.Time `json:"at"`
+	Comment string    `json:"comment,omitempty"`
+}
+
+// Request is a dangerous action waiting for, or past, its approvals.
+type Request struct {
+	ID            string          `json:"id"`
+	Kind          Kind            `json:"kind"`
+	Target        string          `json:"target"`        // what it acts on, e.g. a campaign ID or "group=kiosks"
+	Params        json.RawMessage `json:"params"`        // compact JSON, for the executor
+	Requester     string          `json:"requester"`     // user name
+	Justification string          `json:"justification"` // why
+	Created       time.Time       `json:"created"`
+	Expires       time.Time       `json:"expires"`
+	Approve       auth.Permission `json:"approve"`  // permission an approver needs (from the rule at submission)
+	Required      int             `json:"required"` // approvals needed (from the rule at submission)
+	Approvals     []Decision      `json:"approvals,omitempty"`
+	State         State           `json:"state"`
+	Rejection     *Decision       `json:"rejection,omitempty"`
+	Executed      time.Time       `json:"executed,omitzero"` // when the executor finished
+	Error         string          `json:"error,omitempty"`   // the executor's error (failed), for operators
+}
+
+// StateAt returns r's state at now: a pending request past its expiry is
+// expired even before Expire records it.
+func (r Request) StateAt(now time.Time) State {
+	if r.State == StatePending && !now.Before(r.Expires) {
+		return StateExpired
+	}
+	return r.State
+}
+
+// ApprovedBy reports whether name approved r.
+func (r Request) ApprovedBy(name string) bool {
+	for _, d := range r.Approvals {
+		if d.By == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Draft is what a requester submits.
+type Draft struct {
+	Kind          Kind
+	Target        string          // 1 to 256 characters on one line
+	Params        json.RawMessage // any JSON value up to 64 KiB; empty means {}
+	Justification string          // 1 to 2000 characters; required
+	TTL           time.Duration   // zero means the rule's TTL; at most Config.MaxTTL
+}
+
+// Actor is an authenticated person; auth.Principal is one.
+type Actor interface {
+	// Subject is the person's user name (an API token acts for its owner).
+	Subject() string
+	// Can reports whether the person holds a permission.
+	Can(auth.Permission) bool
+}
+
+// Executor carries out an approved request. It runs once per request, with
+// a context that is not cancelled when the approving client goes away but
+// ends after Config.ExecTimeout.
+type Executor func(ctx context.Context, r Request) error
+
+// Event is a decision or outcome for the audit log.
+type Event struct {
+	Time      time.Time
+	Action    string // requested, approved, rejected, expired, executed, failed, interrupted
+	RequestID string
+	Kind      Kind
+	Target    string
+	Actor     string // who decided; "" for the system (expired, interrupted, outcomes)
+	Detail    string // justification, comment, reason or error
+}
+
+// Auditor records events. Record runs inside the transaction of the
+// decision it records: an error aborts the decision. It must not call back
+// into the Manager.
+type Auditor interface {
+	Record(ctx context.Context, e Event) error
+}
+
+// Errors. Compare with errors.Is.
+var (
+	ErrNotFound        = errors.New("approval: no such request")
+	ErrUnknownKind     = errors.New("approval: no rule or executor for this kind")
+	ErrForbidden       = errors.New("approval: permission denied")
+	ErrSelfApproval    = errors.New("approval: the requester cannot approve their own request")
+	ErrAlreadyApproved = errors.New("approval: already approved by this person")
+	ErrNotPending      = errors.New("approval: request is not pending")
+	ErrExpired         = errors.New("approval: request expired")
+	ErrInvalid         = errors.New("approval: invalid request")
+	ErrExists          = errors.New("approval: executor already registered")
+	ErrLocked          = errors.New("approval: database locked by another process")
+)
+
+// Config configures Open.
+type Config struct {
+	// Path is the bbolt file for requests (created with mode 0600). Required.
+	Path string
+	// Rules maps each kind to its rule. Nil means DefaultRules().
+	Rules map[Kind]Rule
+	// Auditor receives every decision and outcome. Nil means none.
+	Auditor Auditor
+	// ExecTimeout bounds one execution. Zero means 10 minutes.
+	ExecTimeout time.Duration
+	// MaxTTL is the longest a request may wait for approval. Zero means 30
+	// days.
+	MaxTTL time.Duration
+	// SweepInterval is how often Run records expired requests. Zero means 1
+	// minute.
+	SweepInterval time.Duration
+	// Now is the clock for creation, expiry and decisions. Nil means
+	// time.Now.
+	Now func() time.Time
+	// Rand supplies request IDs. Nil means crypto/rand.
+	Rand io.Reader
+	// Logger receives decisions and outcomes. Nil discards them.
+	Logger *slog.Logger
+	// LockTimeout bounds the wait for the file lock; a file held by another
+	// process then fails with ErrLocked. Zero means 1 second.
+	LockTimeout time.Duration
+	// NoSync skips fsync on commit: faster, and a power loss may lose recent
+	// commits. For tests.
+	NoSync bool
+}
+
+const (
+	maxTarget        = 256
+	maxJustification = 2000
+	maxParams        = 64 << 10
+)
+
+func (c *Config) setDefaults() error {
+	if c.Path == "" {
+		return fmt.Errorf("%w: Config.Path is required", ErrInvalid)
+	}
+	if c.Rules == nil {
+		c.Rules = DefaultRules()
+	}
+	rules := make(map[Kind]Rule, len(c.Rules))
+	for k, r := range c.Rules {
+		if k == "" || r.Request == "" || r.Approve == "" || r.Approvals < 0 || r.TTL < 0 {
+			return fmt.Errorf("%w: rule for %q needs a kind, request and approve permissions, and no negative numbers", ErrInvalid, k)
+		}
+		if r.Approvals == 0 {
+			r.Approvals = 1
+		}
+		if r.TTL == 0 {
+			r.TTL = 72 * time.Hour
+		}
+		rules[k] = r
+	}
+	c.Rules = rules
+	if c.ExecTimeout <= 0 {
+		c.ExecTimeout = 10 * time.Minute
+	}
+	if c.MaxTTL <= 0 {
+		c.MaxTTL = 30 * 24 * time.Hour
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.LockTimeout <= 0 {
+		c.LockTimeout = time.Second
+	}
+	return nil
+}
+
+// newID returns "apr_" + 16 hex digits: an increasing sequence number (so
+// that IDs sort by creation) and random bits.
+func newID(seq uint64, rnd io.Reader) (string, error) {
+	var r [4]byte
+	if _, err := io.ReadFull(rnd, r[:]); err != nil {
+		return "", fmt.Errorf("approval: ID entropy: %w", err)
+	}
+	return fmt.Sprintf("apr_%08x%08x", uint32(seq), binary.BigEndian.Uint32(r[:])), nil
+}
