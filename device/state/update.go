@@ -46,6 +46,7 @@ type Update struct {
 	Running  string    `cbor:"14,keyasint,omitempty"` // version running when it finished
 	Started  time.Time `cbor:"15,keyasint,omitempty"`
 	Changed  time.Time `cbor:"16,keyasint,omitempty"`
+	Slot     string    `cbor:"17,keyasint,omitempty"` // slot running when it finished
 }
 
 // Release is the part of a verified manifest the device keeps.

@@ -1,0 +1,93 @@
+// Package update is the device's firmware update engine: it takes an
+// update the fleet announces through verification, download, A/B install,
+// the switch, a health check and commit, or back to the previous slot, and
+// survives kill -9 or power loss at any point.
+//
+// # Phases
+//
+//	announced -> downloading -> verifying -> installing -> switching -> rebooting
+//	    -> health -> committing -> committed
+//	                   \-> rolling_back -> rolled_back
+//	any phase before switching -> failed
+//
+// Each phase is written to the state store (device/state, one synced bbolt
+// transaction) before the engine acts on it, and every action is safe to
+// repeat, so after a crash Resume repeats the recorded phase:
+//
+//   - announced: the manifest and its signature bundle are checked by the
+//     Verifier (trusted keys and threshold, expiry, model); the security
+//     version must not be below the TPM anti-rollback counter. Refusals end
+//     in failed with ReasonFirmwareSignature, Expired, Model or Rollback.
+//   - downloading: the image is fetched over HTTPS with the injected client
+//     (the device's mTLS identity) into Dir/<id>.part, resumed with an
+//     HTTP Range request from what earlier attempts (or an earlier run) left
+//     there, and never past the manifest's size. Repeated failures end in
+//     failed with ReasonFirmwareDownload.
+//   - verifying: size and SHA-256 of the file are compared with the
+//     manifest (streamed, never held in memory), and the counter is checked
+//     again. A mismatch ends in failed with ReasonFirmwareDigest.
+//   - installing: the image is written to the inactive slot; the slot is
+//     recorded as holding no known image first, and as holding the release
+//     once written.
+//   - switching: the backend makes the new slot boot next, once.
+//   - rebooting: the device restarts. A boot ID recorded before tells,
+//     after a restart, whether the reboot happened: the same boot reboots
+//     again; a new boot of the new slot goes on to health; a new boot of the
+//     old slot means the boot loader fell back: rolled_back,
+//     ReasonFirmwareHealth.
+//   - health: the backend's health check. Failure goes to rolling_back.
+//   - committing: the backend makes the new slot permanent; only then is
+//     the anti-rollback counter advanced to the release's security version
+//     (so a rollback before this point still finds the old release
+//     acceptable), and the image digest extended into the firmware PCR.
+//   - rolling_back: the backend makes the previous slot boot next and the
+//     device restarts into it: rolled_back with the reason recorded.
+//
+// Final phases (committed, rolled_back, failed) carry the version that
+// actually runs (the booted slot's, not the intended one) and stay queued
+// in the store until the Reporter accepts them: a final report not yet
+// acknowledged is sent again after a restart. Progress reports are best
+// effort.
+//
+// # Anti-rollback and measurement
+//
+// Counter is the TPM NV counter of device/tpm (SecurityVersionIndex): a
+// release whose security version is below it is refused; it is advanced
+// only after commit. Measurer extends the running image's SHA-256 into a
+// PCR (DefaultPCR, 14, SHA-256 bank) after commit and at start-up, once per
+// TPM boot: the engine records the PCR's value before and the value
+// expected after each extension, so a crash between the two never extends
+// twice. After a real reboot the PCR holds SHA-256(zeros || digest) of the
+// running image, the value the fleet's policy expects from the manifest.
+//
+// # Backends
+//
+// FileBackend keeps two slot files and a boot record in a directory, for
+// the simulator and tests. HookBackend runs a program for each step so that
+// real boards plug in. The hook contract, HOOK being HookConfig.Path:
+//
+//	HOOK booted              print the booted slot, optionally followed by
+//	                         a space and a boot ID (a string that changes at
+//	                         every boot); without one, the engine reads
+//	                         /proc/sys/kernel/random/boot_id
+//	HOOK install SLOT PATH   write the image file PATH into SLOT, which is
+//	                         never the booted slot
+//	HOOK switch SLOT         make SLOT boot next, once: if the device
+//	                         restarts without "commit", the boot loader boots
+//	                         the previous slot (U-Boot: BOOT_ORDER with a
+//	                         try counter; RAUC: "rauc status mark-active")
+//	HOOK reboot              restart the device (may never return)
+//	HOOK health              exit 0 if the running system is healthy
+//	HOOK commit SLOT         make SLOT, the booted one, permanent (RAUC:
+//	                         "rauc status mark-good")
+//	HOOK rollback SLOT       make SLOT, the previous known-good slot, boot
+//	                         next and forget a pending switch (RAUC:
+//	                         "rauc status mark-bad booted" then mark-active)
+//
+// Every command exits 0 on success; anything else is a failure, and the
+// start of its standard error is logged and kept in the error. Every
+// command must be idempotent: after a crash the engine runs the same command
+// again. Slot names are HookConfig.Slots ("a" and "b" unless set). Commands
+// are bounded by HookConfig.Timeout (install by InstallTimeout); the hook
+// runs with sigild's environment plus HookConfig.Env.
+package update

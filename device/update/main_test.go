@@ -1,0 +1,72 @@
+package update_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/sim/swtpm"
+	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
+)
+
+// tpmTemplate is a TPM state manufactured once by TestMain; the tests start
+// copies of it (swtpm.Options.Template) instead of paying for swtpm_setup
+// each time. The copies share endorsement keys, which these tests do not
+// look at. Empty when swtpm is not installed.
+var tpmTemplate string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envChild) == "1" || swtpm.Available() != nil {
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "sigil-update-tpm-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		ca, err := swtpm.NewCA(filepath.Join(dir, "ca"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		inst, err := swtpm.Start(ctx, swtpm.Options{StateDir: filepath.Join(dir, "tpm"), CA: ca})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if err := inst.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		tpmTemplate = inst.StateDir()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// newTPM starts a swtpm for t, a copy of the template when there is one.
+func newTPM(t *testing.T) *swtpm.Instance {
+	t.Helper()
+	if tpmTemplate == "" {
+		return swtpmtest.New(t, nil) // skips, or fails under CI=true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	inst, err := swtpm.Start(ctx, swtpm.Options{StateDir: filepath.Join(t.TempDir(), "tpm"), Template: tpmTemplate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := inst.Stop(); err != nil {
+			t.Errorf("stop swtpm: %v", err)
+		}
+	})
+	return inst
+}
