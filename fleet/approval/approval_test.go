@@ -207,6 +207,9 @@ func TestApprovalCount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if rule := f.m.Rules()[KindCARotation]; rule.Approvals != 2 || rule.TTL != 72*time.Hour {
+		t.Fatalf("rule in force %+v", rule)
+	}
 	if string(r.Params) != "{}" {
 		t.Fatalf("empty params stored as %q", r.Params)
 	}

@@ -39,7 +39,6 @@ var (
 	bucketRequests = []byte("requests") // ID -> Request (IDs sort by creation)
 	bucketPending  = []byte("pending")  // ID -> nothing, for every pending request
 	keySchema      = []byte("schema")
-	keySeq         = []byte("seq")
 )
 
 // Open opens or creates the request file. Requests found executing (the
@@ -105,6 +104,15 @@ func (m *Manager) Register(kind Kind, exec Executor) error {
 	}
 	m.execs[kind] = exec
 	return nil
+}
+
+// Rules returns a copy of the rules in force, defaults applied.
+func (m *Manager) Rules() map[Kind]Rule {
+	out := make(map[Kind]Rule, len(m.cfg.Rules))
+	for k, r := range m.cfg.Rules {
+		out[k] = r
+	}
+	return out
 }
 
 func (m *Manager) executor(kind Kind) Executor {
@@ -512,7 +520,7 @@ func (m *Manager) List(f Filter) ([]Request, string, error) {
 		if f.Before == "" {
 			k, v = c.Last()
 		} else {
-			k, v = c.Seek([]byte(f.Before))
+			k, _ = c.Seek([]byte(f.Before))
 			if k == nil {
 				k, v = c.Last()
 			} else {

@@ -105,6 +105,12 @@ func TestSessionEndsWithPasswordChangeAndDisable(t *testing.T) {
 	if _, err := s.Authenticate(request(s, "GET", "/", "", &a3)); !errors.Is(err, ErrSessionInvalid) {
 		t.Fatalf("session of a disabled user: %v", err)
 	}
+	if _, err := s.SetDisabled("alice", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(request(s, "GET", "/", "", &a3)); !errors.Is(err, ErrSessionInvalid) {
+		t.Fatalf("a disabled user's session came back when she was enabled: %v", err)
+	}
 }
 
 func TestSessionSurvivesRestartAndStoresNoSecret(t *testing.T) {

@@ -442,7 +442,7 @@ func getUser(tx *bolt.Tx, name string) (*userRecord, error) {
 
 // updateUser applies fn to a user in one transaction, refusing a change
 // that leaves no enabled admin.
-func (s *Service) updateUser(name string, fn func(*userRecord) error) (User, error) {
+func (s *Service) updateUser(name string, fn func(*bolt.Tx, *userRecord) error) (User, error) {
 	name = normalizeName(name)
 	var out User
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -451,7 +451,7 @@ func (s *Service) updateUser(name string, fn func(*userRecord) error) (User, err
 			return err
 		}
 		wasAdmin := rec.Role == RoleAdmin && !rec.Disabled
-		if err := fn(rec); err != nil {
+		if err := fn(tx, rec); err != nil {
 			return err
 		}
 		if wasAdmin && (rec.Role != RoleAdmin || rec.Disabled) {
@@ -494,7 +494,7 @@ func (s *Service) SetPassword(ctx context.Context, name, password string) error 
 	if err != nil {
 		return err
 	}
-	_, err = s.updateUser(name, func(rec *userRecord) error {
+	_, err = s.updateUser(name, func(_ *bolt.Tx, rec *userRecord) error {
 		rec.Hash = h
 		rec.Generation++
 		rec.PasswordChanged = s.cfg.Now()
@@ -539,7 +539,7 @@ func (s *Service) SetRole(name string, role Role) (User, error) {
 	if !role.Valid() {
 		return User{}, fmt.Errorf("%w: role %q", ErrInvalid, role)
 	}
-	u, err := s.updateUser(name, func(rec *userRecord) error {
+	u, err := s.updateUser(name, func(_ *bolt.Tx, rec *userRecord) error {
 		rec.Role = role
 		return nil
 	})
@@ -550,10 +550,14 @@ func (s *Service) SetRole(name string, role Role) (User, error) {
 }
 
 // SetDisabled disables or enables a user. A disabled user cannot log in,
-// and their sessions and API tokens stop working at once.
+// their sessions end, and their API tokens stop working until they are
+// enabled again.
 func (s *Service) SetDisabled(name string, disabled bool) (User, error) {
-	u, err := s.updateUser(name, func(rec *userRecord) error {
+	u, err := s.updateUser(name, func(tx *bolt.Tx, rec *userRecord) error {
 		rec.Disabled = disabled
+		if disabled {
+			return deleteSessionsOf(tx, rec.Name)
+		}
 		return nil
 	})
 	if err == nil {
