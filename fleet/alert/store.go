@@ -1,0 +1,501 @@
+package alert
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// The bbolt file's layout. Records are JSON wrapped with a version number.
+var (
+	bucketMeta   = []byte("meta")
+	bucketRules  = []byte("rules")  // rule ID -> Rule
+	bucketAlerts = []byte("alerts") // be64(alert ID) -> Alert
+	bucketOpen   = []byte("open")   // fingerprint -> be64(alert ID), open alerts only
+	bucketByDev  = []byte("bydev")  // device ID 0x00 be64(alert ID) -> empty
+	bucketDead   = []byte("dead")   // be64(dead letter ID) -> DeadLetter
+	bucketState  = []byte("state")  // device ID -> learned state (deviceState)
+	keySchema    = []byte("schema")
+)
+
+const (
+	schemaVersion = 1
+	recordVersion = 1
+)
+
+type store struct {
+	db *bolt.DB
+}
+
+func openStore(path string, timeout time.Duration, noSync bool) (*store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, NoSync: noSync})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("alert: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketRules, bucketAlerts, bucketOpen, bucketByDev, bucketDead, bucketState} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keySchema); v != nil {
+			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
+				return fmt.Errorf("unsupported schema version %x", v)
+			}
+			return nil
+		}
+		return meta.Put(keySchema, be64(schemaVersion))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("alert: initialize %s: %w", path, err)
+	}
+	return &store{db: db}, nil
+}
+
+func (s *store) close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("alert: close: %w", err)
+	}
+	return nil
+}
+
+type record[T any] struct {
+	V    int `json:"v"`
+	Data T   `json:"data"`
+}
+
+func encode[T any](v *T) ([]byte, error) {
+	b, err := json.Marshal(record[*T]{V: recordVersion, Data: v})
+	if err != nil {
+		return nil, fmt.Errorf("alert: encode: %w", err)
+	}
+	return b, nil
+}
+
+func decode[T any](b []byte) (*T, error) {
+	var r record[*T]
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("alert: decode: %w", err)
+	}
+	if r.V < 1 || r.V > recordVersion || r.Data == nil {
+		return nil, fmt.Errorf("alert: decode: unsupported record version %d", r.V)
+	}
+	return r.Data, nil
+}
+
+func be64(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+
+func devKey(deviceID string, id uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(deviceID), 0), id)
+}
+
+// Rules.
+
+func (s *store) putRule(r *Rule) error {
+	v, err := encode(r)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRules).Put([]byte(r.ID), v) })
+}
+
+func (s *store) deleteRule(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRules)
+		if b.Get([]byte(id)) == nil {
+			return fmt.Errorf("%w: rule %q", ErrNotFound, id)
+		}
+		return b.Delete([]byte(id))
+	})
+}
+
+func (s *store) rules() ([]Rule, error) {
+	var out []Rule
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRules).ForEach(func(k, v []byte) error {
+			r, err := decode[Rule](v)
+			if err != nil {
+				return fmt.Errorf("rule %q: %w", k, err)
+			}
+			out = append(out, *r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Alerts.
+
+func getAlert(tx *bolt.Tx, id uint64) (*Alert, error) {
+	v := tx.Bucket(bucketAlerts).Get(be64(id))
+	if v == nil {
+		return nil, fmt.Errorf("%w: alert %d", ErrNotFound, id)
+	}
+	return decode[Alert](v)
+}
+
+func putAlert(tx *bolt.Tx, a *Alert) error {
+	v, err := encode(a)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketAlerts).Put(be64(a.ID), v)
+}
+
+// create stores a new firing alert and indexes it, unless an alert with
+// its fingerprint is already open: then that one absorbs the firing (Count,
+// LastFiredAt, Evidence) and created is false.
+func (s *store) create(a *Alert) (stored *Alert, created bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketOpen).Get([]byte(a.Fingerprint)); len(v) == 8 {
+			old, err := getAlert(tx, binary.BigEndian.Uint64(v))
+			if err != nil {
+				return err
+			}
+			absorb(old, a.LastFiredAt, a.Evidence)
+			stored = old
+			return putAlert(tx, old)
+		}
+		b := tx.Bucket(bucketAlerts)
+		id, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		a.ID = id
+		if err := putAlert(tx, a); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketOpen).Put([]byte(a.Fingerprint), be64(id)); err != nil {
+			return err
+		}
+		created, stored = true, a
+		return tx.Bucket(bucketByDev).Put(devKey(a.DeviceID, id), nil)
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("alert: store alert: %w", err)
+	}
+	return stored, created, nil
+}
+
+func absorb(a *Alert, at time.Time, evidence map[string]string) {
+	a.Count++
+	if at.After(a.LastFiredAt) {
+		a.LastFiredAt = at
+	}
+	if evidence != nil {
+		a.Evidence = evidence
+	}
+}
+
+// update applies f to alert id and stores it; when the alert is no longer
+// open afterwards it leaves the open index.
+func (s *store) update(id uint64, f func(a *Alert) error) (*Alert, error) {
+	var out *Alert
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		a, err := getAlert(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := f(a); err != nil {
+			return err
+		}
+		if !a.State.Open() {
+			open := tx.Bucket(bucketOpen)
+			if v := open.Get([]byte(a.Fingerprint)); len(v) == 8 && binary.BigEndian.Uint64(v) == id {
+				if err := open.Delete([]byte(a.Fingerprint)); err != nil {
+					return err
+				}
+			}
+		}
+		out = a
+		return putAlert(tx, a)
+	})
+	return out, err
+}
+
+func (s *store) alert(id uint64) (*Alert, error) {
+	var a *Alert
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		a, err = getAlert(tx, id)
+		return err
+	})
+	return a, err
+}
+
+// openAlerts returns every open alert.
+func (s *store) openAlerts() ([]Alert, error) {
+	var out []Alert
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOpen).ForEach(func(_, v []byte) error {
+			if len(v) != 8 {
+				return errors.New("alert: corrupt open index")
+			}
+			a, err := getAlert(tx, binary.BigEndian.Uint64(v))
+			if err != nil {
+				return err
+			}
+			out = append(out, *a)
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b Alert) int { return cmpDesc(a.ID, b.ID) })
+	return out, err
+}
+
+func cmpDesc(a, b uint64) int {
+	switch {
+	case a > b:
+		return -1
+	case a < b:
+		return 1
+	}
+	return 0
+}
+
+// query pages alerts newest first.
+func (s *store) query(q Query) ([]Alert, uint64, error) {
+	before := q.Before
+	if before == 0 {
+		before = math.MaxUint64
+	}
+	match := func(a *Alert) bool {
+		return (!q.Open || a.State.Open()) && (q.State == "" || a.State == q.State) &&
+			(q.DeviceID == "" || a.DeviceID == q.DeviceID) && (q.RuleID == "" || a.RuleID == q.RuleID)
+	}
+	var out []Alert
+	if q.Open && q.DeviceID == "" {
+		all, err := s.openAlerts()
+		if err != nil {
+			return nil, 0, err
+		}
+		for i := range all {
+			if all[i].ID < before && match(&all[i]) {
+				out = append(out, all[i])
+				if len(out) == q.Limit {
+					break
+				}
+			}
+		}
+	} else {
+		err := s.db.View(func(tx *bolt.Tx) error {
+			var prefix []byte
+			c := tx.Bucket(bucketAlerts).Cursor()
+			if q.DeviceID != "" {
+				prefix = append([]byte(q.DeviceID), 0)
+				c = tx.Bucket(bucketByDev).Cursor()
+			}
+			start := binary.BigEndian.AppendUint64(bytes.Clone(prefix), before)
+			k, _ := c.Seek(start)
+			if k == nil {
+				k, _ = c.Last()
+			} else {
+				k, _ = c.Prev()
+			}
+			for ; k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Prev() {
+				a, err := getAlert(tx, binary.BigEndian.Uint64(k[len(prefix):]))
+				if err != nil {
+					return err
+				}
+				if match(a) {
+					out = append(out, *a)
+					if len(out) == q.Limit {
+						break
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("alert: query: %w", err)
+		}
+	}
+	var next uint64
+	if len(out) == q.Limit && q.Limit > 0 {
+		next = out[len(out)-1].ID
+	}
+	return out, next, nil
+}
+
+// countAlerts returns how many alerts the file holds.
+func (s *store) countAlerts() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketAlerts).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+// prune deletes the oldest resolved alerts until at most keep remain (open
+// alerts are never deleted) and returns how many it deleted.
+func (s *store) prune(excess int) (int, error) {
+	deleted := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAlerts).Cursor()
+		bydev := tx.Bucket(bucketByDev)
+		for k, v := c.First(); k != nil && deleted < excess; k, v = c.Next() {
+			a, err := decode[Alert](v)
+			if err != nil {
+				return err
+			}
+			if a.State.Open() {
+				continue
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			if err := bydev.Delete(devKey(a.DeviceID, a.ID)); err != nil {
+				return err
+			}
+			deleted++
+		}
+		return nil
+	})
+	return deleted, err
+}
+
+// Dead letters.
+
+// DeadLetter is a notification a route could not deliver: after its
+// attempts ran out, at once for a permanent failure or a full queue, or
+// when the engine stopped before delivering it (Interrupted; those are
+// re-driven automatically at the next Run). Redrive sends one again.
+type DeadLetter struct {
+	ID           uint64       `json:"id"`
+	Route        string       `json:"route"`
+	Notification Notification `json:"notification"`
+	Attempts     int          `json:"attempts"`
+	Error        string       `json:"error"`
+	Interrupted  bool         `json:"interrupted,omitempty"`
+	At           time.Time    `json:"at"`
+}
+
+func (s *store) addDead(d *DeadLetter, max int) (dropped int, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDead)
+		id, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		d.ID = id
+		v, err := encode(d)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(be64(id), v); err != nil {
+			return err
+		}
+		over := b.Stats().KeyN - max
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && over > 0; k, _ = c.Next() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			over--
+			dropped++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("alert: store dead letter: %w", err)
+	}
+	return dropped, nil
+}
+
+func (s *store) deadLetters(before uint64, limit int) ([]DeadLetter, uint64, error) {
+	if before == 0 {
+		before = math.MaxUint64
+	}
+	var out []DeadLetter
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDead).Cursor()
+		k, _ := c.Seek(be64(before))
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		for ; k != nil && len(out) < limit; k, _ = c.Prev() {
+			d, err := decode[DeadLetter](tx.Bucket(bucketDead).Get(k))
+			if err != nil {
+				return err
+			}
+			out = append(out, *d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("alert: dead letters: %w", err)
+	}
+	var next uint64
+	if len(out) == limit {
+		next = out[len(out)-1].ID
+	}
+	return out, next, nil
+}
+
+func (s *store) deadLetter(id uint64) (*DeadLetter, error) {
+	var d *DeadLetter
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketDead).Get(be64(id))
+		if v == nil {
+			return fmt.Errorf("%w: dead letter %d", ErrNotFound, id)
+		}
+		var err error
+		d, err = decode[DeadLetter](v)
+		return err
+	})
+	return d, err
+}
+
+func (s *store) deleteDead(id uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDead).Delete(be64(id)) })
+}
+
+// Learned per-device state.
+
+func (s *store) loadStates(f func(deviceID string, st *deviceState) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketState).ForEach(func(k, v []byte) error {
+			st, err := decode[deviceState](v)
+			if err != nil {
+				return fmt.Errorf("device %q: %w", k, err)
+			}
+			return f(string(k), st)
+		})
+	})
+}
+
+// saveStates writes the given encoded states (nil deletes) in one
+// transaction.
+func (s *store) saveStates(states map[string][]byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketState)
+		for id, v := range states {
+			var err error
+			if v == nil {
+				err = b.Delete([]byte(id))
+			} else {
+				err = b.Put([]byte(id), v)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
