@@ -172,7 +172,7 @@ type imageServer struct {
 	onCut    func() // called after a cut response's bytes were flushed
 }
 
-func newImageServer(t *testing.T) *imageServer {
+func newImageServer(t testing.TB) *imageServer {
 	s := &imageServer{images: map[string][]byte{}, requests: map[string][]string{}, cut: map[string]int{}}
 	s.Server = httptest.NewTLSServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
@@ -225,7 +225,7 @@ func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 
 // env is a device: a state store, a file A/B backend and an engine config.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	store   *state.Store
 	fb      *update.FileBackend
@@ -246,7 +246,7 @@ func unhealthy(_ context.Context, slot, image string) error {
 	return nil
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := state.Open(filepath.Join(dir, "state.db"), state.Options{})
