@@ -13,15 +13,14 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// errWait tells Resume to stop for now: the engine waits for something
-// outside its control (a reboot) and Run will call it again.
-var errWait = errors.New("update: waiting")
-
-// Resume carries the recorded update forward until it is finished or the
-// engine must wait, acting on the phase recorded last: an update stopped
-// before the switch is finished, one stopped after it ends committed if the
-// new slot runs and passes its health check, rolled back otherwise. When no
-// update is in flight it measures the running image (see Config.Measurer).
+// Resume carries the recorded update forward until it is finished, acting
+// on the phase recorded last: an update stopped before the switch is
+// finished, one stopped after it ends committed if the new slot runs and
+// passes its health check, rolled back otherwise. While a reboot it asked
+// for has not happened, it waits (Config.RebootTimeout) and asks again.
+// When no update is in flight it measures the running image (see
+// Config.Measurer). It returns early only for ctx or for errors of the
+// store, the TPM or the backend's Booted; calling it again carries on.
 // Run calls it at start; call it directly only without Run.
 func (e *Engine) Resume(ctx context.Context) error {
 	for {
@@ -39,11 +38,7 @@ func (e *Engine) Resume(ctx context.Context) error {
 			e.removeDownloads("") // a crash may have come before the clean-up
 			return e.measureBooted(ctx)
 		}
-		err = e.step(ctx, u)
-		if errors.Is(err, errWait) {
-			return nil
-		}
-		if err != nil {
+		if err := e.step(ctx, u); err != nil {
 			return err
 		}
 	}
