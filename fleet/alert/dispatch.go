@@ -15,6 +15,15 @@ type Notifier interface {
 	Notify(ctx context.Context, n Notification) error
 }
 
+// BatchNotifier is a Notifier that can also deliver several notifications
+// in one request (an Alertmanager takes an array). A route whose sink
+// implements it sends up to Route.MaxBatch queued notifications at once;
+// they succeed or fail together.
+type BatchNotifier interface {
+	Notifier
+	NotifyBatch(ctx context.Context, ns []Notification) error
+}
+
 // NotifierFunc adapts a function to Notifier.
 type NotifierFunc func(ctx context.Context, n Notification) error
 
@@ -25,7 +34,8 @@ func (f NotifierFunc) Notify(ctx context.Context, n Notification) error { return
 // inputs' path: a bounded queue and one worker. A failed delivery is
 // retried with exponential backoff (Backoff, doubling up to MaxBackoff) up
 // to Attempts times, then recorded as a dead letter; so is a notification
-// that finds the queue full.
+// that finds the queue full — except a repeat, which is skipped (counted in
+// Stats): the next re-send carries it.
 type Route struct {
 	// Name identifies the route in dead letters and logs. Required, unique.
 	Name string
@@ -49,12 +59,16 @@ type Route struct {
 	Timeout time.Duration
 	// QueueSize bounds the notifications waiting. Default 1024.
 	QueueSize int
+	// MaxBatch bounds the notifications sent at once to a BatchNotifier.
+	// Default 64.
+	MaxBatch int
 }
 
 type route struct {
 	Route
 	transitions map[Transition]bool
 	q           chan Notification
+	batcher     BatchNotifier // nil unless the sink batches
 }
 
 func newRoutes(in []Route) ([]*route, error) {
@@ -79,10 +93,12 @@ func newRoutes(in []Route) ([]*route, error) {
 		setDefault(&r.MaxBackoff, time.Minute)
 		setDefault(&r.Timeout, 10*time.Second)
 		setDefault(&r.QueueSize, 1024)
-		if r.Attempts < 1 || r.Backoff < 0 || r.MaxBackoff < r.Backoff || r.Timeout < 0 || r.QueueSize < 1 {
-			return nil, fmt.Errorf("alert: route %q: attempts, backoff, timeout and queue size must be positive (max backoff at least backoff)", r.Name)
+		setDefault(&r.MaxBatch, 64)
+		if r.Attempts < 1 || r.Backoff < 0 || r.MaxBackoff < r.Backoff || r.Timeout < 0 || r.QueueSize < 1 || r.MaxBatch < 1 {
+			return nil, fmt.Errorf("alert: route %q: attempts, backoff, timeout, queue size and batch size must be positive (max backoff at least backoff)", r.Name)
 		}
 		rt := &route{Route: r, transitions: map[Transition]bool{}, q: make(chan Notification, r.QueueSize)}
+		rt.batcher, _ = r.Notifier.(BatchNotifier)
 		for _, t := range r.Transitions {
 			switch t {
 			case TransitionFiring, TransitionAcknowledged, TransitionResolved, TransitionRepeat:
@@ -122,6 +138,10 @@ func (e *Engine) dispatch(n Notification) {
 		select {
 		case rt.q <- n:
 		default:
+			if n.Transition == TransitionRepeat {
+				e.stats.repeatsSkipped.Add(1)
+				continue
+			}
 			e.deadLetter(rt.Name, n, 0, ErrQueueFull, false)
 		}
 	}
@@ -134,39 +154,60 @@ func (e *Engine) work(ctx context.Context, rt *route) {
 		case <-ctx.Done():
 			return
 		case n := <-rt.q:
-			e.deliver(ctx, rt, n)
+			batch := []Notification{n}
+		more:
+			for rt.batcher != nil && len(batch) < rt.MaxBatch {
+				select {
+				case m := <-rt.q:
+					batch = append(batch, m)
+				default:
+					break more
+				}
+			}
+			e.deliver(ctx, rt, batch)
 		}
 	}
 }
 
-// deliver tries n until it is accepted, its attempts run out or the error
-// is permanent; then it is delivered or dead-lettered. When ctx ends first
-// it is dead-lettered as interrupted.
-func (e *Engine) deliver(ctx context.Context, rt *route, n Notification) {
+// deliver tries batch until it is accepted, its attempts run out or the
+// error is permanent; then it is delivered or dead-lettered. When ctx ends
+// first it is dead-lettered as interrupted.
+func (e *Engine) deliver(ctx context.Context, rt *route, batch []Notification) {
+	dead := func(attempt int, err error, interrupted bool) {
+		for _, n := range batch {
+			e.deadLetter(rt.Name, n, attempt, err, interrupted)
+		}
+	}
 	wait := rt.Backoff
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, rt.Timeout)
-		err := rt.Notifier.Notify(actx, n)
+		var err error
+		if len(batch) == 1 {
+			err = rt.Notifier.Notify(actx, batch[0])
+		} else {
+			err = rt.batcher.NotifyBatch(actx, batch)
+		}
 		cancel()
 		if err == nil {
-			e.stats.delivered.Add(1)
+			e.stats.delivered.Add(uint64(len(batch)))
 			return
 		}
 		if ctx.Err() != nil {
-			e.deadLetter(rt.Name, n, attempt, err, true)
+			dead(attempt, err, true)
 			return
 		}
 		if errors.Is(err, ErrPermanent) || attempt >= rt.Attempts {
-			e.deadLetter(rt.Name, n, attempt, err, false)
+			dead(attempt, err, false)
 			return
 		}
 		e.stats.retried.Add(1)
-		e.log.Warn("alert: delivery failed; retrying", "route", rt.Name, "alert_id", n.Alert.ID, "attempt", attempt, "wait", wait, "err", err)
+		e.log.Warn("alert: delivery failed; retrying", "route", rt.Name, "alert_id", batch[0].Alert.ID, "batch", len(batch),
+			"attempt", attempt, "wait", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			e.deadLetter(rt.Name, n, attempt, err, true)
+			dead(attempt, err, true)
 			return
 		case <-t.C:
 		}

@@ -83,11 +83,12 @@ type Stats struct {
 	DeadLettered       uint64 // notifications recorded as dead letters
 	DeadLettersDropped uint64 // dead letters deleted beyond MaxDeadLetters
 	ActionsFailed      uint64 // rule actions that failed or had no Actions
+	RepeatsSkipped     uint64 // re-sends that found a route's queue full
 	Queued             int    // notifications waiting in route queues now
 }
 
 type counters struct {
-	fired, deduplicated, resolved, delivered, retried, deadLettered, deadDropped, actionsFailed atomic.Uint64
+	fired, deduplicated, resolved, delivered, retried, deadLettered, deadDropped, actionsFailed, repeatsSkipped atomic.Uint64
 }
 
 // Engine evaluates rules against device inputs (Observe, Event, Seen),
@@ -124,15 +125,30 @@ func (r *compiled) applies(deviceID string) bool {
 	return !r.Disabled && (r.devices == nil || r.devices[deviceID])
 }
 
-// deviceState is what the engine learned about one device. Exported fields
-// are persisted (flush); the open index is rebuilt from the store.
+// deviceState is what the engine learned about one device. Each rule's
+// state is persisted on its own (flush writes only what changed); the open
+// index is rebuilt from the store.
 type deviceState struct {
-	mu       sync.Mutex
-	id       string
-	LastSeen time.Time             `json:"last_seen,omitzero"`
-	Rules    map[string]*ruleState `json:"rules,omitempty"`
-	open     map[string]uint64     // openKey(rule, key) -> alert ID
-	dirty    bool
+	mu        sync.Mutex
+	id        string
+	LastSeen  time.Time
+	Rules     map[string]*ruleState
+	open      map[string]uint64 // openKey(rule, key) -> alert ID
+	dirty     bool              // something below changed since the last flush
+	seenDirty bool              // LastSeen changed
+	dropped   []string          // rule states to delete from the store
+	gone      bool              // forgotten: callers must look the device up again
+}
+
+// seenRecord is the persisted part of deviceState besides rule states.
+type seenRecord struct {
+	LastSeen time.Time `json:"last_seen"`
+}
+
+// mark records that rs changed.
+func (d *deviceState) mark(rs *ruleState) {
+	rs.dirty = true
+	d.dirty = true
 }
 
 // ruleState is one rule's learned state on one device; which fields are
@@ -156,9 +172,15 @@ type ruleState struct {
 	In   int   `json:"in,omitempty"`
 	// NewMember: members learned, with when each was first seen.
 	Known map[string]time.Time `json:"known,omitempty"`
+
+	dirty bool // changed since the last flush
 }
 
 func openKey(ruleID, key string) string { return ruleID + "\x00" + key }
+
+// stateKey names a device's persisted state: its seenRecord with rule "",
+// else one rule's state.
+func stateKey(deviceID, ruleID string) string { return deviceID + "\x00" + ruleID }
 
 // state returns the device's state for r, reset when r's condition changed.
 // The device must be locked.
@@ -167,7 +189,7 @@ func (d *deviceState) state(r *compiled) *ruleState {
 	if rs == nil || rs.Digest != r.digest {
 		rs = &ruleState{Digest: r.digest}
 		d.Rules[r.ID] = rs
-		d.dirty = true
+		d.mark(rs)
 	}
 	return rs
 }
@@ -246,13 +268,17 @@ func (e *Engine) load() error {
 		list = append(list, compile(r))
 	}
 	e.rules.Store(&list)
-	err = e.st.loadStates(func(id string, st *deviceState) error {
-		d := newDeviceState(id)
-		d.LastSeen = st.LastSeen
-		maps.Copy(d.Rules, st.Rules)
-		e.devices[id] = d
-		return nil
-	})
+	state := func(id string) *deviceState {
+		d := e.devices[id]
+		if d == nil {
+			d = newDeviceState(id)
+			e.devices[id] = d
+		}
+		return d
+	}
+	err = e.st.loadStates(
+		func(id string, s *seenRecord) { state(id).LastSeen = s.LastSeen },
+		func(id, rule string, rs *ruleState) { state(id).Rules[rule] = rs })
 	if err != nil {
 		return fmt.Errorf("alert: load state: %w", err)
 	}
@@ -261,12 +287,7 @@ func (e *Engine) load() error {
 		return fmt.Errorf("alert: load open alerts: %w", err)
 	}
 	for _, a := range open {
-		d := e.devices[a.DeviceID]
-		if d == nil {
-			d = newDeviceState(a.DeviceID)
-			e.devices[a.DeviceID] = d
-		}
-		d.open[openKey(a.RuleID, a.Key)] = a.ID
+		state(a.DeviceID).open[openKey(a.RuleID, a.Key)] = a.ID
 	}
 	n, err := e.st.countAlerts()
 	if err != nil {
@@ -366,6 +387,18 @@ func (e *Engine) device(id string) *deviceState {
 	return d
 }
 
+// lockDevice returns the device's state, created if needed, locked.
+func (e *Engine) lockDevice(id string) *deviceState {
+	for {
+		d := e.device(id)
+		d.mu.Lock()
+		if !d.gone {
+			return d
+		}
+		d.mu.Unlock()
+	}
+}
+
 func (e *Engine) deviceList() []*deviceState {
 	e.devMu.RLock()
 	defer e.devMu.RUnlock()
@@ -384,32 +417,64 @@ func checkDevice(id string) error {
 	return nil
 }
 
-// flush writes the state of devices that changed since the last flush.
+// flush writes the learned state that changed since the last flush, in
+// one transaction.
 func (e *Engine) flush() error {
 	batch := map[string][]byte{}
-	var flushed []*deviceState
+	type written struct {
+		d  *deviceState
+		rs []*ruleState
+	}
+	var done []written
 	for _, d := range e.deviceList() {
 		d.mu.Lock()
-		if d.dirty {
-			v, err := encode(d)
+		if !d.dirty {
+			d.mu.Unlock()
+			continue
+		}
+		w := written{d: d}
+		if d.seenDirty {
+			v, err := encode(&seenRecord{LastSeen: d.LastSeen})
 			if err != nil {
 				d.mu.Unlock()
 				return err
 			}
-			batch[d.id] = v
-			d.dirty = false
-			flushed = append(flushed, d)
+			batch[stateKey(d.id, "")] = v
 		}
+		for id, rs := range d.Rules {
+			if !rs.dirty {
+				continue
+			}
+			v, err := encode(rs)
+			if err != nil {
+				d.mu.Unlock()
+				return err
+			}
+			batch[stateKey(d.id, id)] = v
+			rs.dirty = false
+			w.rs = append(w.rs, rs)
+		}
+		for _, id := range d.dropped {
+			if d.Rules[id] == nil {
+				batch[stateKey(d.id, id)] = nil
+			}
+		}
+		d.dropped, d.dirty, d.seenDirty = nil, false, false
+		done = append(done, w)
 		d.mu.Unlock()
 	}
 	if len(batch) == 0 {
 		return nil
 	}
 	if err := e.st.saveStates(batch); err != nil {
-		for _, d := range flushed {
-			d.mu.Lock()
-			d.dirty = true
-			d.mu.Unlock()
+		// Try again at the next flush.
+		for _, w := range done {
+			w.d.mu.Lock()
+			w.d.dirty, w.d.seenDirty = true, true
+			for _, rs := range w.rs {
+				rs.dirty = true
+			}
+			w.d.mu.Unlock()
 		}
 		return fmt.Errorf("alert: save state: %w", err)
 	}
@@ -424,19 +489,17 @@ func (e *Engine) Forget(deviceID string) error {
 	d := e.devices[deviceID]
 	delete(e.devices, deviceID)
 	e.devMu.Unlock()
-	if d == nil {
-		return nil
+	if d != nil {
+		d.mu.Lock()
+		d.gone = true
+		now := e.cfg.Now()
+		for k := range d.open {
+			rule, key, _ := cutKey(k)
+			e.resolve(d, rule, key, now, "system", "device forgotten")
+		}
+		d.mu.Unlock()
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	now := e.cfg.Now()
-	for k := range d.open {
-		rule, key, _ := cutKey(k)
-		e.resolve(d, rule, key, now, "system", "device forgotten")
-	}
-	d.Rules = map[string]*ruleState{}
-	d.dirty = false
-	if err := e.st.saveStates(map[string][]byte{deviceID: nil}); err != nil {
+	if err := e.st.deleteStates(deviceID); err != nil {
 		return fmt.Errorf("alert: forget %s: %w", deviceID, err)
 	}
 	return nil
@@ -605,6 +668,7 @@ func (e *Engine) Stats() Stats {
 		Fired: e.stats.fired.Load(), Deduplicated: e.stats.deduplicated.Load(), Resolved: e.stats.resolved.Load(),
 		Delivered: e.stats.delivered.Load(), Retried: e.stats.retried.Load(), DeadLettered: e.stats.deadLettered.Load(),
 		DeadLettersDropped: e.stats.deadDropped.Load(), ActionsFailed: e.stats.actionsFailed.Load(),
+		RepeatsSkipped: e.stats.repeatsSkipped.Load(),
 	}
 	for _, rt := range e.routes {
 		s.Queued += len(rt.q)
@@ -675,6 +739,7 @@ func (e *Engine) closeRule(ruleID string, sel func(deviceID string) bool, note s
 		}
 		if forget && d.Rules[ruleID] != nil {
 			delete(d.Rules, ruleID)
+			d.dropped = append(d.dropped, ruleID)
 			d.dirty = true
 		}
 		d.mu.Unlock()

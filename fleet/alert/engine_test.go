@@ -664,3 +664,47 @@ func TestHistoryBound(t *testing.T) {
 		t.Fatalf("after pruning to 5: %d alerts, newest %+v", len(all), all[0])
 	}
 }
+
+func TestRepeatsAreSkippedNotDeadLettered(t *testing.T) {
+	rec := newRecorder()
+	f := newFixture(t, Config{Routes: []Route{{Name: "am", Notifier: rec, QueueSize: 2,
+		Transitions: []Transition{TransitionFiring, TransitionRepeat}}}})
+	f.put(t, Rule{ID: "a", Severity: SeverityCritical, Event: &EventMatch{Kind: "a"}})
+	must(t, f.e.Event("d1", "a", "", f.clock.Now(), nil))
+	f.e.resend() // fills the queue
+	f.e.resend() // finds it full
+	if s := f.e.Stats(); s.RepeatsSkipped != 1 || s.DeadLettered != 0 || s.Queued != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+	f.run(t)
+	if n := rec.next(t); n.Transition != TransitionFiring {
+		t.Fatalf("first %s", n.Transition)
+	}
+	if n := rec.next(t); n.Transition != TransitionRepeat || n.Alert.State != StateFiring {
+		t.Fatalf("second %+v", n)
+	}
+}
+
+func TestForgetDropsLearnedState(t *testing.T) {
+	f := newFixture(t, Config{})
+	f.put(t, Rule{ID: "silent", Severity: SeverityWarning, Absence: &Absence{After: dur(time.Minute)}})
+	f.put(t, Rule{ID: "cpu", Severity: SeverityWarning, Baseline: &Baseline{Metric: "cpu"}})
+	for _, d := range []string{"d1", "d2"} {
+		must(t, f.e.Observe(d, f.clock.Now(), map[string]float64{"cpu": 1}, nil))
+	}
+	must(t, f.e.flush())
+	must(t, f.e.Forget("d1"))
+	must(t, f.e.Close())
+	e, err := Open(Config{Path: f.path, NoSync: true, Now: f.clock.Now})
+	must(t, err)
+	defer e.Close()
+	e.sweep(f.clock.Now().Add(time.Hour))
+	open, _, err := e.Alerts(Query{Open: true})
+	must(t, err)
+	if len(open) != 1 || open[0].DeviceID != "d2" {
+		t.Fatalf("after forgetting d1 and restarting, want only d2 absent: %+v", open)
+	}
+	if d := e.devices["d2"]; d == nil || d.Rules["cpu"] == nil || d.Rules["cpu"].EWMA.N != 1 {
+		t.Fatal("d2's baseline was not kept")
+	}
+}

@@ -26,8 +26,7 @@ func (e *Engine) Observe(deviceID string, at time.Time, metrics map[string]float
 			bad = append(bad, k)
 		}
 	}
-	d := e.device(deviceID)
-	d.mu.Lock()
+	d := e.lockDevice(deviceID)
 	defer d.mu.Unlock()
 	e.touch(d, at)
 	for _, r := range e.ruleList() {
@@ -78,8 +77,7 @@ func (e *Engine) Event(deviceID, kind, severity string, at time.Time, attrs map[
 	if !validToken(kind) {
 		return fmt.Errorf("%w: event kind must be 1-%d printable characters", ErrInvalidInput, maxNameLen)
 	}
-	d := e.device(deviceID)
-	d.mu.Lock()
+	d := e.lockDevice(deviceID)
 	defer d.mu.Unlock()
 	e.touch(d, at)
 	for _, r := range e.ruleList() {
@@ -96,8 +94,7 @@ func (e *Engine) Seen(deviceID string, at time.Time) error {
 	if err := checkDevice(deviceID); err != nil {
 		return err
 	}
-	d := e.device(deviceID)
-	d.mu.Lock()
+	d := e.lockDevice(deviceID)
 	defer d.mu.Unlock()
 	e.touch(d, at)
 	return nil
@@ -108,7 +105,7 @@ func (e *Engine) Seen(deviceID string, at time.Time) error {
 func (e *Engine) touch(d *deviceState, at time.Time) {
 	if at.After(d.LastSeen) {
 		d.LastSeen = at
-		d.dirty = true
+		d.seenDirty, d.dirty = true, true
 	}
 	for _, r := range e.ruleList() {
 		if r.Absence != nil {
@@ -125,14 +122,14 @@ func (e *Engine) threshold(d *deviceState, r *compiled, at time.Time, v float64)
 	if !t.Op.Compare(v, t.Value) {
 		if !rs.Since.IsZero() {
 			rs.Since = time.Time{}
-			d.dirty = true
+			d.mark(rs)
 		}
 		e.resolve(d, r.ID, "", at, "", "")
 		return
 	}
 	if rs.Since.IsZero() || at.Before(rs.Since) {
 		rs.Since = at
-		d.dirty = true
+		d.mark(rs)
 	}
 	held := at.Sub(rs.Since)
 	if d.isOpen(r.ID, "") || held < time.Duration(t.For) {
@@ -156,7 +153,7 @@ func (e *Engine) rate(d *deviceState, r *compiled, at time.Time, v float64) {
 	}
 	prev, prevAt := rs.Prev, rs.PrevAt
 	rs.Prev, rs.PrevAt = v, at
-	d.dirty = true
+	d.mark(rs)
 	if prevAt.IsZero() {
 		return
 	}
@@ -189,7 +186,7 @@ func (e *Engine) baseline(d *deviceState, r *compiled, at time.Time, v float64) 
 	lo, hi := s.band(b)
 	n := s.N
 	s.learn(b, v)
-	d.dirty = true
+	d.mark(rs)
 	if out {
 		rs.Out++
 		rs.In = 0
@@ -234,7 +231,7 @@ func (e *Engine) newMember(d *deviceState, r *compiled, at time.Time, members []
 	}
 	if rs.Since.IsZero() {
 		rs.Since = at
-		d.dirty = true
+		d.mark(rs)
 	}
 	learning := at.Sub(rs.Since) < time.Duration(m.Learn)
 	present := make(map[string]bool, len(members))
@@ -256,7 +253,7 @@ func (e *Engine) newMember(d *deviceState, r *compiled, at time.Time, members []
 		if learning {
 			if len(rs.Known) < m.MaxMembers {
 				rs.Known[mem] = at
-				d.dirty = true
+				d.mark(rs)
 			}
 			continue
 		}
@@ -329,7 +326,7 @@ func (e *Engine) event(d *deviceState, r *compiled, kind string, sev Severity, a
 	if len(rs.Events) > maxEventKeys {
 		dropOldestKey(rs.Events, d, r.ID)
 	}
-	d.dirty = true
+	d.mark(rs)
 	if len(times) < m.Count {
 		return
 	}
@@ -428,6 +425,6 @@ func (e *Engine) sweepEvents(d *deviceState, r *compiled, now time.Time) {
 		default:
 			continue
 		}
-		d.dirty = true
+		d.mark(rs)
 	}
 }

@@ -83,8 +83,7 @@ func (e *Engine) Resolve(id uint64, by, note string) (*Alert, error) {
 	if !cur.State.Open() {
 		return nil, fmt.Errorf("%w: alert %d", ErrResolved, id)
 	}
-	d := e.device(cur.DeviceID)
-	d.mu.Lock()
+	d := e.lockDevice(cur.DeviceID)
 	defer d.mu.Unlock()
 	now := e.cfg.Now()
 	a, err := e.st.update(id, func(a *Alert) error {
@@ -137,5 +136,5 @@ func (e *Engine) afterManualResolve(d *deviceState, a *Alert, now time.Time) {
 			rs.Known[a.Key] = now
 		}
 	}
-	d.dirty = true
+	d.mark(rs)
 }

@@ -22,7 +22,7 @@ var (
 	bucketOpen   = []byte("open")   // fingerprint -> be64(alert ID), open alerts only
 	bucketByDev  = []byte("bydev")  // device ID 0x00 be64(alert ID) -> empty
 	bucketDead   = []byte("dead")   // be64(dead letter ID) -> DeadLetter
-	bucketState  = []byte("state")  // device ID -> learned state (deviceState)
+	bucketState  = []byte("state")  // stateKey(device ID, rule ID) -> learned state
 	keySchema    = []byte("schema")
 )
 
@@ -466,16 +466,30 @@ func (s *store) deleteDead(id uint64) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDead).Delete(be64(id)) })
 }
 
-// Learned per-device state.
+// Learned per-device state: stateKey(device, "") -> seenRecord,
+// stateKey(device, rule) -> ruleState.
 
-func (s *store) loadStates(f func(deviceID string, st *deviceState) error) error {
+func (s *store) loadStates(seen func(deviceID string, r *seenRecord), rule func(deviceID, ruleID string, rs *ruleState)) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketState).ForEach(func(k, v []byte) error {
-			st, err := decode[deviceState](v)
-			if err != nil {
-				return fmt.Errorf("device %q: %w", k, err)
+			dev, ruleID, ok := bytes.Cut(k, []byte{0})
+			if !ok {
+				return fmt.Errorf("state key %q", k)
 			}
-			return f(string(k), st)
+			if len(ruleID) == 0 {
+				r, err := decode[seenRecord](v)
+				if err != nil {
+					return fmt.Errorf("device %q: %w", dev, err)
+				}
+				seen(string(dev), r)
+				return nil
+			}
+			rs, err := decode[ruleState](v)
+			if err != nil {
+				return fmt.Errorf("device %q rule %q: %w", dev, ruleID, err)
+			}
+			rule(string(dev), string(ruleID), rs)
+			return nil
 		})
 	})
 }
@@ -485,14 +499,28 @@ func (s *store) loadStates(f func(deviceID string, st *deviceState) error) error
 func (s *store) saveStates(states map[string][]byte) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketState)
-		for id, v := range states {
+		for k, v := range states {
 			var err error
 			if v == nil {
-				err = b.Delete([]byte(id))
+				err = b.Delete([]byte(k))
 			} else {
-				err = b.Put([]byte(id), v)
+				err = b.Put([]byte(k), v)
 			}
 			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// deleteStates deletes everything learned about a device.
+func (s *store) deleteStates(deviceID string) error {
+	prefix := append([]byte(deviceID), 0)
+	return s.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketState).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+			if err := c.Delete(); err != nil {
 				return err
 			}
 		}

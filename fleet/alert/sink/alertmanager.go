@@ -43,7 +43,7 @@ type Alertmanager struct {
 	endpoint string
 }
 
-var _ alert.Notifier = (*Alertmanager)(nil)
+var _ alert.BatchNotifier = (*Alertmanager)(nil)
 
 // NewAlertmanager returns an Alertmanager sink.
 func NewAlertmanager(cfg AlertmanagerConfig) (*Alertmanager, error) {
@@ -79,6 +79,19 @@ type PostableAlert struct {
 // n.At + EndsAfter.
 func (s *Alertmanager) Notify(ctx context.Context, n alert.Notification) error {
 	body, err := json.Marshal([]PostableAlert{s.Postable(&n)})
+	if err != nil {
+		return fmt.Errorf("%w: sink: alertmanager: encode: %v", alert.ErrPermanent, err)
+	}
+	return post(ctx, "alertmanager", s.cfg.Client, s.endpoint, s.cfg.Header, body)
+}
+
+// NotifyBatch posts several notifications as one array.
+func (s *Alertmanager) NotifyBatch(ctx context.Context, ns []alert.Notification) error {
+	ps := make([]PostableAlert, len(ns))
+	for i := range ns {
+		ps[i] = s.Postable(&ns[i])
+	}
+	body, err := json.Marshal(ps)
 	if err != nil {
 		return fmt.Errorf("%w: sink: alertmanager: encode: %v", alert.ErrPermanent, err)
 	}

@@ -632,3 +632,42 @@ func tlsPair(t *testing.T) (*tls.Config, *x509.CertPool) {
 	pool.AddCert(cert)
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, pool
 }
+
+// Notifications queued while the Alertmanager route was busy go out in one
+// request.
+func TestAlertmanagerBatches(t *testing.T) {
+	var requests atomic.Int32
+	srv, got := amReceiver(t)
+	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		srv.Config.Handler.ServeHTTP(w, r)
+	}))
+	defer counted.Close()
+	am, _ := NewAlertmanager(AlertmanagerConfig{URL: counted.URL})
+	e, err := alert.Open(alert.Config{Path: filepath.Join(t.TempDir(), "alerts.db"), NoSync: true,
+		Routes: []alert.Route{{Name: "am", Notifier: am, MaxBatch: 8}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.PutRule(cloneRule(alert.SeverityCritical)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := e.Event("gw-"+itoa(uint64(i)), alert.EventCloneSuspect, "", time.Now(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- e.Run(ctx) }()
+	devices := map[string]bool{}
+	for range 10 {
+		devices[recv(t, got).Labels["device_id"]] = true
+	}
+	cancel()
+	<-done
+	if len(devices) != 10 || requests.Load() != 2 {
+		t.Fatalf("%d devices in %d requests, want 10 in 2 (batches of at most 8)", len(devices), requests.Load())
+	}
+}
