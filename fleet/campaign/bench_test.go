@@ -18,11 +18,13 @@ import (
 func BenchmarkCampaign10k(b *testing.B) {
 	b.Run("device-goroutines", func(b *testing.B) { benchCampaign(b, 0) })
 	b.Run("32-workers", func(b *testing.B) { benchCampaign(b, 32) })
+	b.Run("submit", func(b *testing.B) { benchCampaign(b, -1) })
 }
 
 // benchCampaign runs the benchmark with the reports sent by a pool of
-// reporters goroutines, or by one goroutine per device (0), as the
-// broker's inline handlers run on each device's connection.
+// reporters goroutines, by one goroutine per device (0), as the broker's
+// inline handlers run on each device's connection, or queued with Submit
+// by the announcing goroutine itself (-1), with Run writing them.
 func benchCampaign(b *testing.B, reporters int) {
 	const n = 10_000
 	ids := make([]string, n)
@@ -62,19 +64,36 @@ func benchCampaign(b *testing.B, reporters int) {
 			Targets: TargetsFunc(func(context.Context, Selector) ([]string, error) { return ids, nil }),
 			Announcer: AnnouncerFunc(func(_ context.Context, a Announcement) error {
 				inflight.Add(1)
-				if reporters == 0 {
+				switch {
+				case reporters == 0:
 					go device(a)
-				} else {
+				case reporters < 0:
+					for i, s := range steps {
+						m.Submit(DeviceReport{DeviceID: a.Device, Campaign: a.Campaign, Step: s}, func(ok bool, err error) {
+							if err != nil || !ok {
+								b.Errorf("report %s %s: %v %v", a.Device, s, ok, err)
+							}
+							reports.Add(1)
+							if i == len(steps)-1 {
+								inflight.Done()
+							}
+						})
+					}
+				default:
 					work <- a
 				}
 				return nil
 			}),
 			Now:   clk.Now,
 			Batch: 2000,
+			Tick:  time.Hour,
 		})
 		if err != nil {
 			b.Fatal(err)
 		}
+		ctx, stop := context.WithCancel(context.Background())
+		ran := make(chan error)
+		go func() { ran <- m.Run(ctx) }() // writes what Submit queues; its ticks are too rare to step
 		b.StartTimer()
 
 		d := def()
@@ -105,6 +124,10 @@ func benchCampaign(b *testing.B, reporters int) {
 		}
 
 		b.StopTimer()
+		stop()
+		if err := <-ran; err != nil {
+			b.Fatal(err)
+		}
 		close(work)
 		workers.Wait()
 		store.Close()

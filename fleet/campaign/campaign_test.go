@@ -759,3 +759,121 @@ func TestResumeAfterTripMovesOn(t *testing.T) {
 		t.Fatalf("a later wave trips again: %s wave %d", c.State, c.Wave)
 	}
 }
+
+// A wave that fails while an operator has the campaign paused trips when
+// the campaign resumes, rather than holding it forever.
+func TestFailureWhilePausedTripsOnResume(t *testing.T) {
+	e := newEnv(t, 4)
+	id := e.started(def(2, 2))
+	e.step()
+	if err := e.m.Pause(id, "bob", "lunch"); err != nil {
+		t.Fatal(err)
+	}
+	e.rollBack(id, "dev-000", "dev-001")
+	if c := e.get(id); c.State != StatePaused || c.ChangedBy != "bob" {
+		t.Fatalf("while paused: %s by %s", c.State, c.ChangedBy)
+	}
+	if err := e.m.Resume(id, "bob", "back"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.get(id)
+	if c.State != StatePaused || c.ChangedBy != SystemActor || !c.Waves[0].Tripped {
+		t.Fatalf("after resume: %s by %s (%s)", c.State, c.ChangedBy, c.Why)
+	}
+}
+
+// An aborted campaign still times out the devices it left in flight, and
+// leaves the engine once none is.
+func TestAbortedCampaignTimesOutDevicesInFlight(t *testing.T) {
+	e := newEnv(t, 2)
+	id := e.started(def(2))
+	e.step()
+	e.report(id, "dev-000", StepDownloading, 0)
+	if err := e.m.Abort(id, "bob", "wrong release"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.active(); len(got) != 1 {
+		t.Fatalf("aborted campaign with devices in flight not active: %v", got)
+	}
+	e.clk.Advance(10 * time.Minute)
+	e.step()
+	c := e.get(id)
+	if c.State != StateAborted || c.Counts.TimedOut != 2 {
+		t.Fatalf("after the timeout: %s %+v", c.State, c.Counts)
+	}
+	if got := e.active(); len(got) != 0 {
+		t.Fatalf("still active: %v", got)
+	}
+}
+
+// Reports submitted from one goroutine are written in order, together,
+// by Run; those still queued when Run stops are written before it
+// returns.
+func TestSubmit(t *testing.T) {
+	const n = 50
+	e := newEnv(t, n)
+	id := e.started(def(n))
+	e.m.cfg.Batch = n
+	e.step()
+
+	var mu sync.Mutex
+	var results []error
+	applied := 0
+	done := func(ok bool, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		results = append(results, err)
+		if ok {
+			applied++
+		}
+	}
+	e.m.Submit(DeviceReport{DeviceID: "dev-000", Campaign: id, Step: "bogus"}, done)
+	if len(results) != 1 || !errors.Is(results[0], ErrInvalidReport) {
+		t.Fatalf("invalid report: %v", results)
+	}
+	results = nil
+	for i := range n {
+		dev := fmt.Sprintf("dev-%03d", i)
+		for _, s := range []Step{StepDownloading, StepInstalling, StepHealth, StepCommitted} {
+			e.m.Submit(DeviceReport{DeviceID: dev, Campaign: id, Step: s}, done)
+		}
+	}
+	if got := e.device(id, "dev-000"); got.Step != StepAnnounced {
+		t.Fatalf("written before Run: %+v", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := e.m.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(results) != 4*n || applied != 4*n {
+		t.Fatalf("%d callbacks, %d applied; want %d each", len(results), applied, 4*n)
+	}
+	for _, err := range results {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := e.get(id); c.State != StateCompleted || c.Counts.Committed != n {
+		t.Fatalf("%s %+v", c.State, c.Counts)
+	}
+}
+
+// Submit refuses reports beyond MaxQueuedReports instead of growing
+// without bound.
+func TestSubmitBounded(t *testing.T) {
+	e := newEnv(t, 1)
+	var busy int
+	for range MaxQueuedReports + 3 {
+		e.m.Submit(DeviceReport{DeviceID: "dev-000", Campaign: "cmp_0001020304050607", Step: StepCommitted}, func(_ bool, err error) {
+			if errors.Is(err, ErrBusy) {
+				busy++
+			}
+		})
+	}
+	if busy != 3 {
+		t.Fatalf("%d refused as busy, want 3", busy)
+	}
+}

@@ -30,11 +30,14 @@
 // Everything lives in a bbolt file (Store). A device is marked announced
 // before the Announcer is called, so a restart never announces a device
 // twice: a device whose announcement was lost times out, and is announced
-// again only if Definition.Retries allows. Reports are idempotent. Reports
-// arriving together share one transaction, and an engine step writes one
-// transaction per phase, touching only the devices it moves, so a campaign
-// of many thousand devices costs work in proportion to the devices that
-// move.
+// again only if Definition.Retries allows. Reports are idempotent.
+//
+// Reports arriving together share one transaction: concurrent Report calls
+// (say, from each device connection's goroutine) are group-committed, and
+// Submit queues a report for Run to write with the others, calling back
+// once it is on disk. An engine step writes one transaction per phase,
+// touching only the devices it moves, so a campaign of many thousand
+// devices costs work in proportion to the devices that move.
 //
 // Manager.Get, List, Devices, Device and InFlight return plain structs for
 // the API.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -137,7 +138,8 @@ type Manager struct {
 	rmu      sync.Mutex
 	rdone    *sync.Cond // on rmu: a batch of reports was written
 	reports  []*pendingReport
-	flushing bool // a Report call is writing the queued reports
+	flushing bool          // a caller is writing the queued reports
+	kick     chan struct{} // Submit queued a report
 }
 
 // New returns a Manager; Run starts its engine.
@@ -163,7 +165,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{cfg: cfg, store: cfg.Store, log: cfg.Logger, plans: map[string]*plan{}}
+	m := &Manager{cfg: cfg, store: cfg.Store, log: cfg.Logger, plans: map[string]*plan{}, kick: make(chan struct{}, 1)}
 	m.rdone = sync.NewCond(&m.rmu)
 	return m, nil
 }
@@ -214,6 +216,9 @@ func (m *Manager) plan(id string, b *bolt.Bucket) (*plan, error) {
 	c, err := compile(&def)
 	if err != nil {
 		return nil, fmt.Errorf("campaign: %s: stored definition: %w", id, err)
+	}
+	if len(mt.Sizes) == 0 || slices.ContainsFunc(mt.Sizes, func(n int) bool { return n < 1 }) {
+		return nil, fmt.Errorf("campaign: %s: stored wave plan %v is not valid", id, mt.Sizes)
 	}
 	c.def.Targets.DeviceIDs = nil // the engine never needs them; Get reads them from the store
 	p = newPlan(c, mt)
@@ -632,8 +637,23 @@ func (t *txc) settle(now time.Time) error {
 
 // Run steps the engine every Config.Tick until ctx ends: it starts
 // scheduled campaigns, times out devices, and announces the open waves
-// inside maintenance windows. It returns nil when ctx ends.
+// inside maintenance windows. It also writes the reports Submit queues,
+// and writes those still queued when ctx ends before it returns nil. Run
+// it once per Manager.
 func (m *Manager) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				m.flush()
+				return
+			case <-m.kick:
+				m.flush()
+			}
+		}
+	})
 	tick := time.NewTicker(m.cfg.Tick)
 	defer tick.Stop()
 	for {

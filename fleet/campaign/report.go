@@ -55,11 +55,20 @@ type pendingReport struct {
 	r       DeviceReport
 	applied bool
 	err     error
-	written bool // under Manager.rmu
+	written bool              // under Manager.rmu
+	done    func(bool, error) // Submit's callback, or nil
 }
 
 // maxReportBatch bounds the reports written in one transaction.
 const maxReportBatch = 4096
+
+// MaxQueuedReports bounds the reports Submit holds before they are
+// written.
+const MaxQueuedReports = 100_000
+
+// ErrBusy is given to Submit's callback when MaxQueuedReports reports
+// are already waiting; the device should report again later.
+var ErrBusy = errors.New("campaign: too many reports waiting to be written")
 
 // Report records a device's report and reports whether it changed
 // anything. Reports are idempotent: a repeated report, one for a step the
@@ -70,10 +79,11 @@ const maxReportBatch = 4096
 // (unknown campaign), ErrNotTarget (the device is not in the campaign), or
 // a storage error.
 //
-// Report returns once the report is on disk. Concurrent reports share one
-// transaction (group commit), so many devices reporting at once cost few
-// disk syncs. A report that finishes a wave may open the next one or trip
-// the failure action at once; the next engine step announces.
+// Report returns once the report is on disk. Reports from concurrent
+// callers share one transaction (group commit), so many devices reporting
+// at once cost few disk syncs; a caller that cannot be concurrent uses
+// Submit. A report that finishes a wave may open the next one or trip the
+// failure action at once; the next engine step announces.
 func (m *Manager) Report(r DeviceReport) (bool, error) {
 	if err := r.validate(); err != nil {
 		return false, err
@@ -85,9 +95,54 @@ func (m *Manager) Report(r DeviceReport) (bool, error) {
 	for m.flushing && !me.written {
 		m.rdone.Wait() // the caller writing now writes this report too
 	}
-	if me.written {
-		return me.applied, me.err
+	if !me.written {
+		m.drain()
 	}
+	return me.applied, me.err
+}
+
+// Submit queues a report and returns at once; the reports queued meanwhile
+// are written together by Run (or by a Report call). done, if not nil, is
+// called with what Report would return once the report is written, on the
+// goroutine that wrote it: it must not block or call Report (it may, say,
+// acknowledge the report to the device, or Submit). Reports submitted from
+// one goroutine are applied in order.
+func (m *Manager) Submit(r DeviceReport, done func(applied bool, err error)) {
+	if err := r.validate(); err != nil {
+		if done != nil {
+			done(false, err)
+		}
+		return
+	}
+	m.rmu.Lock()
+	if len(m.reports) >= MaxQueuedReports {
+		m.rmu.Unlock()
+		if done != nil {
+			done(false, ErrBusy)
+		}
+		return
+	}
+	m.reports = append(m.reports, &pendingReport{r: r, done: done})
+	m.rmu.Unlock()
+	select {
+	case m.kick <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+}
+
+// flush writes the queued reports unless another caller is writing them
+// (which then writes these too).
+func (m *Manager) flush() {
+	m.rmu.Lock()
+	defer m.rmu.Unlock()
+	if !m.flushing {
+		m.drain()
+	}
+}
+
+// drain writes queued reports until none is left. It is called with rmu
+// held and no other writer, and returns with rmu held.
+func (m *Manager) drain() {
 	m.flushing = true
 	for len(m.reports) > 0 {
 		n := min(len(m.reports), maxReportBatch)
@@ -99,7 +154,6 @@ func (m *Manager) Report(r DeviceReport) (bool, error) {
 	}
 	m.flushing = false
 	m.rdone.Broadcast()
-	return me.applied, me.err
 }
 
 // writeReports applies a batch in one transaction and wakes its callers.
@@ -158,6 +212,11 @@ func (m *Manager) writeReports(batch []*pendingReport) {
 	m.rmu.Unlock()
 	if err == nil {
 		m.emit(events)
+	}
+	for _, p := range batch {
+		if p.done != nil {
+			p.done(p.applied, p.err)
+		}
 	}
 }
 

@@ -199,6 +199,9 @@ func (m *Manager) openTx(tx *bolt.Tx, id string) (*txc, error) {
 	if _, err := getJSON(b, keyHead, h); err != nil {
 		return nil, fmt.Errorf("campaign: %s: reading state: %w", id, err)
 	}
+	if h.Wave < 0 || h.Wave >= len(p.sizes) || h.Settled < 0 || h.Settled > len(p.sizes) || h.Next < 0 || h.Next > h.Total {
+		return nil, fmt.Errorf("campaign: %s: stored state does not fit its %d waves", id, len(p.sizes))
+	}
 	t := &txc{id: id, c: p, h: h, b: b, wv: map[int]*waveRec{}, orig: *h}
 	t.devs, t.order, t.waves = b.Bucket(bucketDevices), b.Bucket(bucketOrder), b.Bucket(bucketWaves)
 	t.deadlines, t.retry = b.Bucket(bucketDeadlines), b.Bucket(bucketRetry)
