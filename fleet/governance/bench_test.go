@@ -1,0 +1,87 @@
+package governance_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+)
+
+// Observe on the broker's connection path: one identity repeating, and a
+// flood of distinct identities (bounded by MaxPending, flushed every 1000).
+func BenchmarkObserve(b *testing.B) {
+	b.Run("repeat", func(b *testing.B) {
+		f := newFleet(b, nil)
+		a := governance.Attempt{Kind: governance.AttemptUnknownClient, ClientID: "hammer", Remote: "192.0.2.1:4000", Reason: "bad token"}
+		for b.Loop() {
+			_ = f.svc.Observe(a)
+		}
+	})
+	b.Run("distinct+flush", func(b *testing.B) {
+		f := newFleet(b, nil)
+		i := 0
+		for b.Loop() {
+			_ = f.svc.Observe(governance.Attempt{Kind: governance.AttemptUnknownClient, ClientID: fmt.Sprint("id-", i), Remote: "192.0.2.1:4000"})
+			i++
+			if i%1000 == 0 {
+				if err := f.svc.Flush(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+func BenchmarkIsBlocked(b *testing.B) {
+	f := newFleet(b, nil)
+	for i := range 1000 {
+		if err := f.svc.Block(governance.Block{Kind: governance.BlockClientID, Value: fmt.Sprint("c", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range 16 {
+		if err := f.svc.Block(governance.Block{Kind: governance.BlockAddress, Value: fmt.Sprintf("10.%d.0.0/16", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		if f.svc.IsBlocked("gw-ok", "192.0.2.1:4000", "") {
+			b.Fatal("blocked")
+		}
+	}
+}
+
+// A sweep of 1000 devices with every risk input set.
+func BenchmarkSweep1000(b *testing.B) {
+	rf := newRiskFleet(b, nil)
+	for n := 2; n <= 1000; n++ {
+		d := rf.device(n, func(d *inventory.Device) {
+			if n%7 == 0 {
+				d.Connected, d.LastSeen = false, rf.clock.Now().Add(-40*24*time.Hour)
+			}
+			if n%5 == 0 {
+				d.Attestation = "fail"
+			}
+		})
+		rf.targets[d.ID] = "1.0.0"
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		rep, err := rf.svc.Sweep(b.Context())
+		if err != nil || rep.Scored != 1000 {
+			b.Fatalf("%+v %v", rep, err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "µs/device")
+}
+
+func BenchmarkScore(b *testing.B) {
+	rf := newRiskFleet(b, nil)
+	for b.Loop() {
+		if _, err := rf.svc.Score(rf.dev.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

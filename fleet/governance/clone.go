@@ -1,0 +1,499 @@
+package governance
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/inventory"
+)
+
+// CloneKind says how a clone was detected.
+type CloneKind string
+
+// Clone kinds.
+const (
+	CloneEK          CloneKind = "ek"          // one EK under two identities
+	CloneCertificate CloneKind = "certificate" // one certificate serial used from two places
+)
+
+// Clone is a clone incident: raised once per device and kind until an
+// operator resolves it.
+type Clone struct {
+	DeviceID   string    `json:"device_id"`
+	Kind       CloneKind `json:"kind"`
+	Serial     string    `json:"serial,omitempty"` // the certificate used twice
+	Hosts      []string  `json:"hosts,omitempty"`  // where it was used from
+	Evidence   string    `json:"evidence"`
+	DetectedAt time.Time `json:"detected_at"`
+	// Quarantined reports that the Quarantiner isolated the device;
+	// QuarantineError says why it did not.
+	Quarantined     bool      `json:"quarantined,omitempty"`
+	QuarantineError string    `json:"quarantine_error,omitempty"`
+	Resolved        bool      `json:"resolved,omitempty"`
+	ResolvedBy      string    `json:"resolved_by,omitempty"`
+	ResolvedAt      time.Time `json:"resolved_at,omitzero"`
+	Note            string    `json:"note,omitempty"`
+}
+
+func cloneKey(deviceID string, kind CloneKind) []byte {
+	return []byte(deviceID + "\x00" + string(kind))
+}
+
+func openClones(tx *bolt.Tx, deviceID string) ([]Clone, error) {
+	var out []Clone
+	for _, k := range []CloneKind{CloneEK, CloneCertificate} {
+		c, err := get[Clone](tx, bucketClones, cloneKey(deviceID, k))
+		if err != nil {
+			return nil, err
+		}
+		if c != nil && !c.Resolved {
+			out = append(out, *c)
+		}
+	}
+	return out, nil
+}
+
+// Session is one MQTT connection of a device, as the broker admitted it.
+type Session struct {
+	DeviceID   string
+	CertSerial string // hex, as in the inventory
+	Remote     string // "host:port": identifies the connection
+	Time       time.Time
+}
+
+// SessionOpened records an admitted device connection and checks it for
+// the takeover pattern of a clone (see the package doc). It works in
+// memory only; a detected clone is acted on by the next Flush.
+func (s *Service) SessionOpened(x Session) {
+	if x.CertSerial == "" || x.DeviceID == "" || x.Remote == "" {
+		return
+	}
+	if x.Time.IsZero() {
+		x.Time = s.cfg.Now()
+	}
+	s.sessions.opened(s, x)
+}
+
+// SessionClosed records the end of a connection. An empty Remote ends
+// every session of the serial (a broker reporting only the last
+// connection of a client).
+func (s *Service) SessionClosed(x Session) {
+	if x.CertSerial == "" {
+		return
+	}
+	s.sessions.closed(x)
+}
+
+// EKConflict raises a clone incident at once for a device whose EK was
+// proven by a client claiming another identity (evidence says how).
+func (s *Service) EKConflict(deviceID, evidence string) error {
+	if _, err := s.cfg.Devices.Device(deviceID); err != nil {
+		return fmt.Errorf("governance: EK conflict: %w", err)
+	}
+	_, err := s.raiseClone(Clone{DeviceID: deviceID, Kind: CloneEK, Evidence: clean(evidence), DetectedAt: s.cfg.Now().UTC()})
+	return err
+}
+
+// Clones lists clone incidents in device order, open ones only unless
+// all is set.
+func (s *Service) Clones(all bool) ([]Clone, error) {
+	var out []Clone
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketClones).ForEach(func(_, v []byte) error {
+			c, err := decode[Clone](v)
+			if err != nil {
+				return err
+			}
+			if all || !c.Resolved {
+				out = append(out, *c)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ResolveClone closes an open incident after an operator looked into it
+// (the device stays quarantined: release it through attestation). For an
+// EK incident it clears the inventory's clone-suspect flag. A new signal
+// afterwards raises a new incident.
+func (s *Service) ResolveClone(deviceID string, kind CloneKind, by, note string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c, err := get[Clone](tx, bucketClones, cloneKey(deviceID, kind))
+		if err != nil {
+			return err
+		}
+		if c == nil || c.Resolved {
+			return fmt.Errorf("%w: open %s clone incident for %q", ErrNotFound, kind, clean(deviceID))
+		}
+		c.Resolved, c.ResolvedBy, c.ResolvedAt, c.Note = true, clean(by), s.cfg.Now().UTC(), clean(note)
+		return put(tx, bucketClones, cloneKey(deviceID, kind), c)
+	})
+	if err != nil {
+		return err
+	}
+	if kind == CloneEK {
+		if d, err := s.cfg.Devices.Device(deviceID); err == nil {
+			s.syncFlag(d, FlagCloneSuspect, false)
+		}
+	}
+	s.sessions.forget(deviceID)
+	return nil
+}
+
+// raiseClone records an incident unless one is open for the device and
+// kind, then alerts and quarantines. It reports whether it was new.
+func (s *Service) raiseClone(c Clone) (bool, error) {
+	isNew := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		old, err := get[Clone](tx, bucketClones, cloneKey(c.DeviceID, c.Kind))
+		if err != nil || (old != nil && !old.Resolved) {
+			return err
+		}
+		isNew = true
+		return put(tx, bucketClones, cloneKey(c.DeviceID, c.Kind), &c)
+	})
+	if err != nil || !isNew {
+		return false, err
+	}
+	attrs := map[string]string{"kind": string(c.Kind), "evidence": c.Evidence}
+	if c.Serial != "" {
+		attrs["serial"] = c.Serial
+	}
+	if len(c.Hosts) > 0 {
+		attrs["hosts"] = strings.Join(c.Hosts, ", ")
+	}
+	s.alert(Alert{Time: c.DetectedAt, DeviceID: c.DeviceID, Kind: KindClone, Severity: SeverityCritical,
+		Summary: "cloned identity (" + string(c.Kind) + "): " + c.Evidence, Attrs: attrs})
+	if s.cfg.Quarantiner == nil {
+		return true, nil
+	}
+	qerr := s.cfg.Quarantiner.Quarantine(c.DeviceID, "clone ("+string(c.Kind)+"): "+c.Evidence)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		cur, err := get[Clone](tx, bucketClones, cloneKey(c.DeviceID, c.Kind))
+		if err != nil || cur == nil {
+			return err
+		}
+		cur.Quarantined = qerr == nil
+		if qerr != nil {
+			cur.QuarantineError = clean(qerr.Error())
+		}
+		return put(tx, bucketClones, cloneKey(c.DeviceID, c.Kind), cur)
+	})
+	if qerr != nil {
+		s.log.Error("governance: quarantine of a clone failed", "device_id", c.DeviceID, "err", qerr)
+		return true, fmt.Errorf("governance: quarantine %s: %w", c.DeviceID, qerr)
+	}
+	return true, err
+}
+
+// processDetected acts on clones the session tracker found.
+func (s *Service) processDetected() error {
+	var errs []error
+	for _, c := range s.sessions.take() {
+		if _, err := s.raiseClone(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckSessions looks for sessions from two hosts open together for
+// longer than Config.CloneGrace (acted on by the next Flush), drops
+// sessions of devices Config.Connected says are gone and forgets old
+// takeover history. Run calls it every CloneGrace.
+func (s *Service) CheckSessions() {
+	s.sessions.check(s, s.cfg.Now())
+}
+
+// sessionTracker follows open device sessions per certificate serial.
+type sessionTracker struct {
+	mu       sync.Mutex
+	serials  map[string]*serialState
+	multi    map[string]struct{} // serials open from two or more hosts
+	n        int                 // open sessions
+	detected map[string]Clone    // device ID -> clone waiting for Flush
+	dropped  uint64
+}
+
+type serialState struct {
+	deviceID string
+	conns    map[string]openConn // remote -> connection
+	// displaced are hosts whose session was open when another host
+	// opened one, newest last, within CloneWindow.
+	displaced []displacement
+	takebacks []time.Time // a displaced host taking the serial back, within CloneWindow
+	reported  bool
+}
+
+type openConn struct {
+	host   string
+	opened time.Time
+}
+
+type displacement struct {
+	host string
+	by   string
+	at   time.Time
+}
+
+// maxDisplaced bounds the takeover history per serial.
+const maxDisplaced = 16
+
+func (t *sessionTracker) init() {
+	t.serials = map[string]*serialState{}
+	t.multi = map[string]struct{}{}
+	t.detected = map[string]Clone{}
+}
+
+func (t *sessionTracker) opened(s *Service, x Session) {
+	host := hostOf(x.Remote)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.serials[x.CertSerial]
+	if _, known := st.conn(x.Remote); !known && t.n >= s.cfg.MaxSessions {
+		t.dropped++
+		return
+	}
+	if st == nil {
+		st = &serialState{deviceID: x.DeviceID, conns: map[string]openConn{}}
+		t.serials[x.CertSerial] = st
+	}
+	st.pruneDisplaced(x.Time, s.cfg.CloneWindow)
+	others := st.hosts(host)
+	if len(others) > 0 {
+		for _, d := range st.displaced {
+			if d.host != host {
+				continue
+			}
+			st.takebacks = append(st.takebacks, x.Time)
+			if len(st.takebacks) > maxDisplaced {
+				st.takebacks = slices.Delete(st.takebacks, 0, len(st.takebacks)-maxDisplaced)
+			}
+			if len(st.takebacks) >= s.cfg.CloneTakebacks {
+				t.detect(st, x.CertSerial, []string{host, d.by}, x.Time, fmt.Sprintf(
+					"certificate %s taken back %d times within %s between hosts that kept taking it over (last: %s from %s at %s)",
+					x.CertSerial, len(st.takebacks), s.cfg.CloneWindow, host, strings.Join(others, ", "), x.Time.UTC().Format(time.RFC3339)))
+			}
+			break
+		}
+		if s.cfg.CloneGrace < 0 {
+			t.detect(st, x.CertSerial, append([]string{host}, others...), x.Time, fmt.Sprintf(
+				"certificate %s in use from %s and %s at once", x.CertSerial, host, strings.Join(others, ", ")))
+		}
+		for _, o := range others {
+			st.displaced = append(st.displaced, displacement{host: o, by: host, at: x.Time})
+		}
+		if len(st.displaced) > maxDisplaced {
+			st.displaced = slices.Delete(st.displaced, 0, len(st.displaced)-maxDisplaced)
+		}
+	}
+	if _, ok := st.conns[x.Remote]; !ok {
+		t.n++
+	}
+	st.conns[x.Remote] = openConn{host: host, opened: x.Time}
+	if len(st.hosts("")) >= 2 {
+		t.multi[x.CertSerial] = struct{}{}
+	}
+}
+
+// conn returns the open connection from remote; st may be nil.
+func (st *serialState) conn(remote string) (openConn, bool) {
+	if st == nil {
+		return openConn{}, false
+	}
+	c, ok := st.conns[remote]
+	return c, ok
+}
+
+// hosts returns the distinct hosts with open sessions, except not.
+func (st *serialState) hosts(not string) []string {
+	var out []string
+	for _, c := range st.conns {
+		if c.host != not && !slices.Contains(out, c.host) {
+			out = append(out, c.host)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (st *serialState) pruneDisplaced(now time.Time, window time.Duration) {
+	i := 0
+	for i < len(st.displaced) && now.Sub(st.displaced[i].at) > window {
+		i++
+	}
+	st.displaced = st.displaced[i:]
+	j := 0
+	for j < len(st.takebacks) && now.Sub(st.takebacks[j]) > window {
+		j++
+	}
+	st.takebacks = st.takebacks[j:]
+}
+
+func (t *sessionTracker) detect(st *serialState, serial string, hosts []string, at time.Time, evidence string) {
+	if st.reported {
+		return
+	}
+	st.reported = true
+	slices.Sort(hosts)
+	hosts = slices.Compact(hosts)
+	t.detected[st.deviceID] = Clone{DeviceID: st.deviceID, Kind: CloneCertificate, Serial: serial,
+		Hosts: hosts, Evidence: evidence, DetectedAt: at.UTC()}
+}
+
+func (t *sessionTracker) closed(x Session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.serials[x.CertSerial]
+	if st == nil {
+		return
+	}
+	if x.Remote == "" {
+		t.n -= len(st.conns)
+		clear(st.conns)
+	} else if _, ok := st.conns[x.Remote]; ok {
+		delete(st.conns, x.Remote)
+		t.n--
+	}
+	if len(st.hosts("")) < 2 {
+		delete(t.multi, x.CertSerial)
+	}
+	if len(st.conns) == 0 && len(st.displaced) == 0 && len(st.takebacks) == 0 {
+		delete(t.serials, x.CertSerial)
+	}
+}
+
+// check detects sessions from two hosts open together for longer than
+// CloneGrace, drops sessions of devices the broker says are gone, and
+// forgets serials with no session and no recent takeover.
+func (t *sessionTracker) check(s *Service, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for serial, st := range t.serials {
+		if len(st.conns) > 0 && s.cfg.Connected != nil && !s.cfg.Connected(st.deviceID) {
+			t.n -= len(st.conns)
+			clear(st.conns)
+			delete(t.multi, serial)
+		}
+		st.pruneDisplaced(now, s.cfg.CloneWindow)
+		if len(st.conns) == 0 && len(st.displaced) == 0 && len(st.takebacks) == 0 {
+			delete(t.serials, serial)
+		}
+	}
+	if s.cfg.CloneGrace < 0 {
+		return
+	}
+	for serial := range t.multi {
+		st := t.serials[serial]
+		if st == nil {
+			delete(t.multi, serial)
+			continue
+		}
+		since := map[string]time.Time{} // host -> earliest open session
+		for _, c := range st.conns {
+			if o, ok := since[c.host]; !ok || c.opened.Before(o) {
+				since[c.host] = c.opened
+			}
+		}
+		var long []string
+		for _, h := range slices.Sorted(maps.Keys(since)) {
+			if now.Sub(since[h]) > s.cfg.CloneGrace {
+				long = append(long, h)
+			}
+		}
+		if len(long) >= 2 {
+			t.detect(st, serial, long, now, fmt.Sprintf("certificate %s in use from %s at once for more than %s",
+				serial, strings.Join(long, " and "), s.cfg.CloneGrace))
+		}
+	}
+}
+
+// take returns and forgets the detected clones.
+func (t *sessionTracker) take() []Clone {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := slices.Collect(maps.Values(t.detected))
+	slices.SortFunc(out, func(a, b Clone) int { return strings.Compare(a.DeviceID, b.DeviceID) })
+	clear(t.detected)
+	return out
+}
+
+// forget lets a device's serials be reported again.
+func (t *sessionTracker) forget(deviceID string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, st := range t.serials {
+		if st.deviceID == deviceID {
+			st.reported = false
+		}
+	}
+}
+
+// SessionStats are the session tracker's counters.
+type SessionStats struct {
+	Open    int    // sessions tracked now
+	Dropped uint64 // sessions not tracked because MaxSessions were
+}
+
+// SessionStats returns the session tracker's counters.
+func (s *Service) SessionStats() SessionStats {
+	s.sessions.mu.Lock()
+	defer s.sessions.mu.Unlock()
+	return SessionStats{Open: s.sessions.n, Dropped: s.sessions.dropped}
+}
+
+// InventoryQuarantiner quarantines through the inventory as the
+// attestation service does: the device becomes quarantined (the broker then
+// only lets it prove itself), its current certificate is revoked as
+// certificateHold, the event is recorded and its sessions are closed.
+type InventoryQuarantiner struct {
+	Inventory *inventory.Store
+	// Disconnect closes a device's sessions (broker.Disconnect); nil
+	// leaves them to end on their own.
+	Disconnect func(deviceID string)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+var _ Quarantiner = InventoryQuarantiner{}
+
+// Quarantine isolates deviceID; why is recorded in its events.
+func (q InventoryQuarantiner) Quarantine(deviceID, why string) error {
+	now := time.Now
+	if q.Now != nil {
+		now = q.Now
+	}
+	var serial string
+	var expiry time.Time
+	err := q.Inventory.Update(deviceID, func(d *inventory.Device) error {
+		if d.State == inventory.StateDecommissioned {
+			return fmt.Errorf("governance: device %s is decommissioned", deviceID)
+		}
+		d.State = inventory.StateQuarantined
+		serial, expiry = d.CertSerial, d.CertExpiry
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if serial != "" {
+		err = q.Inventory.Revoke(inventory.Revocation{Serial: serial, DeviceID: deviceID,
+			Reason: inventory.ReasonCertificateHold, Time: now(), Expires: expiry})
+		if err != nil {
+			return err
+		}
+	}
+	if q.Disconnect != nil {
+		q.Disconnect(deviceID)
+	}
+	return q.Inventory.AddEvent(inventory.Event{Time: now(), DeviceID: deviceID, Kind: "quarantined",
+		Detail: "governance: " + why})
+}
