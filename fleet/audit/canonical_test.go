@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,6 +187,23 @@ func TestOpenSSLInterop(t *testing.T) {
 		t.Fatalf("openssl verified a signature over altered bytes: %s", out)
 	}
 
+	// The public key file openssl wrote verifies the export.
+	pubPEM, err := os.ReadFile(pubFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := ParsePublicKey(pubPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exp bytes.Buffer
+	if err := l.Export(&exp, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := Verify(&exp, pub); err != nil || rep.Checkpoints != 1 {
+		t.Fatalf("verify with openssl's public key: %+v, %v", rep, err)
+	}
+
 	// The key ID, as the doc says openssl computes it.
 	der := run("pkey", "-pubin", "-in", pubFile, "-outform", "DER")
 	if sum := sha256.Sum256(der); hex.EncodeToString(sum[:]) != cp.KeyID {
@@ -195,5 +216,31 @@ func TestOpenSSLInterop(t *testing.T) {
 	out := run("dgst", "-sha256", "-r", entryFile)
 	if got := strings.Fields(string(out))[0]; got != e.Hash.String() {
 		t.Fatalf("openssl hashes the entry to %s, the log says %s", got, e.Hash)
+	}
+}
+
+func TestParsePublicKey(t *testing.T) {
+	key := newKey(t)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fleet CA"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	other := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("ignored")})
+	pub, err := ParsePublicKey(append(other, certPEM...))
+	if err != nil || !pub.Equal(&key.PublicKey) {
+		t.Fatalf("ParsePublicKey(certificate) = %v, %v", pub, err)
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spki, _ := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
+	if _, err := ParsePublicKey(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})); err == nil {
+		t.Fatal("RSA key accepted")
+	}
+	if _, err := ParsePublicKey([]byte("not PEM")); err == nil {
+		t.Fatal("non-PEM accepted")
 	}
 }

@@ -126,7 +126,8 @@ func (l *Log) LastCheckpoint() (Checkpoint, bool) {
 // appended since the last one, and a last one when ctx ends. A failed
 // periodic checkpoint is logged and tried again at the next interval; a
 // failed final one is returned. Without Config.Signer it returns
-// ErrNoSigner at once.
+// ErrNoSigner at once. Close the log after Run has returned, so that the
+// final checkpoint is written.
 func (l *Log) Run(ctx context.Context) error {
 	if l.signer == nil {
 		return ErrNoSigner

@@ -216,7 +216,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name:   "checkpoint head not hex",
 			export: func(t *testing.T) []byte { return join(edit(t, f.lines, 6, `"seq":4,"head":"`, `"seq":4,"head":"Z`)) },
-			want:   ErrMalformed, seq: 5, line: 6,
+			want:   ErrMalformed, seq: 0, line: 6,
 		},
 		{
 			name: "forge checkpoint time",
@@ -274,12 +274,12 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name:   "reformatted line",
 			export: func(t *testing.T) []byte { return join(edit(t, f.lines, 5, `"seq":4,`, `"seq": 4,`)) },
-			want:   ErrMalformed, seq: 4, line: 5,
+			want:   ErrMalformed, seq: 0, line: 5,
 		},
 		{
 			name:   "duplicate key",
 			export: func(t *testing.T) []byte { return join(edit(t, f.lines, 5, `"seq":4,`, `"seq":4,"seq":4,`)) },
-			want:   ErrMalformed, seq: 4, line: 5,
+			want:   ErrMalformed, seq: 0, line: 5,
 		},
 		{
 			name:   "no header",

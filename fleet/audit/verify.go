@@ -5,8 +5,10 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -41,7 +43,7 @@ var (
 // VerifyError locates what Verify or VerifyStore found wrong.
 type VerifyError struct {
 	Line   int    // 1-based line of the export; 0 when verifying the store
-	Seq    uint64 // the entry named: the first bad one, as far as can be told (package doc)
+	Seq    uint64 // the entry named: the first bad one, as far as can be told (package doc); 0 for a malformed line
 	Err    error  // ErrEdited, ErrMissing, ErrReordered, ErrBadSignature, ErrTruncated or ErrMalformed
 	Detail string // what exactly, for people
 }
@@ -245,10 +247,15 @@ func newChain(pub crypto.PublicKey) (*chain, error) {
 	return &chain{pub: k, keyID: id}, nil
 }
 
+// fail reports a problem with line at as a whole: a malformed line names
+// no entry, a truncated export the first entry it lacks.
 func (c *chain) fail(at int, err error, format string, args ...any) *VerifyError {
 	seq := c.rep.Last + 1
 	if !c.started {
 		seq = c.first
+	}
+	if err == ErrMalformed {
+		seq = 0
 	}
 	return &VerifyError{Line: at, Seq: seq, Err: err, Detail: fmt.Sprintf(format, args...)}
 }
@@ -428,4 +435,38 @@ func (l *Log) orphanCheckpoints(head uint64) error {
 			return nil
 		})
 	})
+}
+
+// ParsePublicKey returns the ECDSA P-256 public key in PEM data: a
+// CERTIFICATE (such as the fleet CA's ca.crt) or a PUBLIC KEY block. It is
+// how `sigil audit verify` gets the key it passes to Verify.
+func ParsePublicKey(data []byte) (*ecdsa.PublicKey, error) {
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			return nil, errors.New("audit: no CERTIFICATE or PUBLIC KEY in PEM data")
+		}
+		var pub any
+		var err error
+		switch block.Type {
+		case "CERTIFICATE":
+			var cert *x509.Certificate
+			if cert, err = x509.ParseCertificate(block.Bytes); err == nil {
+				pub = cert.PublicKey
+			}
+		case "PUBLIC KEY":
+			pub, err = x509.ParsePKIXPublicKey(block.Bytes)
+		default:
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: parse %s: %w", strings.ToLower(block.Type), err)
+		}
+		k, ok := pub.(*ecdsa.PublicKey)
+		if !ok || k.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("audit: %s holds a %T key, want ECDSA P-256", strings.ToLower(block.Type), pub)
+		}
+		return k, nil
+	}
 }
