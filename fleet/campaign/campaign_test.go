@@ -354,6 +354,9 @@ func TestScheduledStart(t *testing.T) {
 	}
 	e.clk.Advance(time.Hour)
 	wantDevices(t, "at the start time", e.step(), "dev-000")
+	if a := e.audited("campaign.start", SystemActor); len(a) != 1 || a[0].Target != c.ID {
+		t.Fatalf("scheduled start audit: %+v", a)
+	}
 	if err := e.m.Start(c.ID, time.Time{}, "alice", ""); !errors.Is(err, ErrState) {
 		t.Fatalf("second start: %v", err)
 	}

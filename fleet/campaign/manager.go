@@ -721,6 +721,8 @@ func (m *Manager) stepCampaign(ctx context.Context, id string) error {
 				return err
 			}
 			t.h.Changed, t.h.ChangedBy, t.h.Why = now, SystemActor, "start time reached"
+			t.events = append(t.events, event{AuditEvent: AuditEvent{Actor: SystemActor, Action: "campaign.start", Target: id, Outcome: "ok",
+				Justification: t.h.Why}, level: slog.LevelInfo, msg: "campaign started"})
 		}
 		if err := t.settle(now); err != nil {
 			return err
