@@ -149,6 +149,7 @@ func TestGenerateKeyFiles(t *testing.T) {
 func TestCosignEncryptedKey(t *testing.T) {
 	for _, k := range []string{"a", "p384"} {
 		t.Run(k, func(t *testing.T) {
+			t.Parallel() // scrypt with cosign's cost is slow under -race
 			key, err := sign.LoadKeyFile(filepath.Join(vectors, "test-"+k+".key"), []byte(""))
 			if err != nil {
 				t.Fatal(err)
@@ -186,13 +187,16 @@ func TestCosignEncryptedKey(t *testing.T) {
 			}
 		})
 	}
-	b, err := os.ReadFile(filepath.Join(vectors, "test-a.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sign.ParsePrivateKey(b, []byte("wrong")); !errors.Is(err, sign.ErrPassword) {
-		t.Fatalf("wrong password: %v", err)
-	}
+	t.Run("wrong password", func(t *testing.T) {
+		t.Parallel()
+		b, err := os.ReadFile(filepath.Join(vectors, "test-a.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sign.ParsePrivateKey(b, []byte("wrong")); !errors.Is(err, sign.ErrPassword) {
+			t.Fatalf("wrong password: %v", err)
+		}
+	})
 }
 
 func mustParse(t *testing.T, b []byte) *verify.Bundle {

@@ -253,3 +253,30 @@ func TestDeviceSafeImports(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseTrustSet(f *testing.F) {
+	k := signers(f, 2)
+	b, err := set(f, 3, 2, k...).Marshal()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte(`{"type":"sigil.firmware.trust/v1","sequence":1,"threshold":1,"keys":["AAAA"]}`))
+	f.Add([]byte(`{"type":"sigil.firmware.trust/v1","sequence":18446744073709551615,"threshold":-1,"keys":null}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ts, err := verify.ParseTrustSet(data)
+		if err != nil {
+			if !errors.Is(err, verify.ErrTrustSet) && !errors.Is(err, verify.ErrUnsupportedKey) {
+				t.Fatalf("error wraps neither ErrTrustSet nor ErrUnsupportedKey: %v", err)
+			}
+			return
+		}
+		if ts.Threshold() < 1 || ts.Threshold() > len(ts.KeyIDs()) || len(ts.KeyIDs()) > verify.MaxKeys {
+			t.Fatalf("accepted an impossible set: threshold %d of %d keys", ts.Threshold(), len(ts.KeyIDs()))
+		}
+		again, err := ts.Marshal()
+		if err != nil || !bytes.Equal(again, data) {
+			t.Fatalf("accepted non-canonical input (%v):\n%q\n%q", err, data, again)
+		}
+	})
+}

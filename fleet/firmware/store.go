@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -154,7 +155,7 @@ func (r *Release) ImageDigest() string { return hex.EncodeToString(r.Manifest.SH
 type Store struct {
 	db        *bolt.DB
 	dir       string
-	trust     *verify.TrustSet
+	trust     atomic.Pointer[verify.TrustSet]
 	approvals int
 	maxImage  int64
 	now       func() time.Time
@@ -187,8 +188,9 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Trust == nil {
 		return nil, errors.New("firmware: open: no release trust set")
 	}
-	s := &Store{dir: cfg.Dir, trust: cfg.Trust, approvals: cfg.Approvals, maxImage: cfg.MaxImageSize,
+	s := &Store{dir: cfg.Dir, approvals: cfg.Approvals, maxImage: cfg.MaxImageSize,
 		now: cfg.Now, audit: cfg.Auditor, log: cfg.Logger, noSync: cfg.NoSync}
+	s.trust.Store(cfg.Trust)
 	if s.approvals <= 0 {
 		s.approvals = 1
 	}
@@ -265,6 +267,18 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// SetTrust replaces the release trust set, after the fleet's release keys
+// were rotated (verify.Rotate). From then on uploads, approvals, Offerable
+// and downloads check signatures against t.
+func (s *Store) SetTrust(t *verify.TrustSet) error {
+	if t == nil {
+		return errors.New("firmware: SetTrust: nil trust set")
+	}
+	s.trust.Store(t)
+	s.log.Info("firmware: release trust set replaced", "sequence", t.Sequence(), "threshold", t.Threshold(), "keys", len(t.KeyIDs()))
+	return nil
+}
+
 // ReleaseID returns the ID of the release whose manifest is raw.
 func ReleaseID(raw []byte) string {
 	sum := sha256.Sum256(raw)
@@ -290,7 +304,7 @@ func (s *Store) Upload(ctx context.Context, actor string, manifestJSON []byte, b
 	if err := validActor(actor); err != nil {
 		return deny(err)
 	}
-	v, err := verify.Manifest(manifestJSON, bundles, s.trust)
+	v, err := verify.Manifest(manifestJSON, bundles, s.trust.Load())
 	if err != nil {
 		return deny(err)
 	}
@@ -370,7 +384,7 @@ func (s *Store) Approve(ctx context.Context, actor, id string) (*Release, error)
 		case slices.ContainsFunc(r.Approvals, func(a Approval) bool { return a.By == actor }):
 			return fmt.Errorf("%w: %s, %s", ErrAlreadyApproved, actor, id)
 		}
-		if _, err := verify.Manifest(r.ManifestJSON, r.Bundles, s.trust); err != nil {
+		if _, err := verify.Manifest(r.ManifestJSON, r.Bundles, s.trust.Load()); err != nil {
 			return err
 		}
 		if err := s.checkExpiry(r.Manifest); err != nil {
@@ -454,7 +468,7 @@ func (s *Store) offerable(r *Release, now time.Time) error {
 	default:
 		return fmt.Errorf("%w: %s has %d of %d approvals", ErrNotApproved, r.ID, len(r.Approvals), s.approvals)
 	}
-	if _, err := verify.Manifest(r.ManifestJSON, r.Bundles, s.trust); err != nil {
+	if _, err := verify.Manifest(r.ManifestJSON, r.Bundles, s.trust.Load()); err != nil {
 		return err
 	}
 	return expiry(r.Manifest, now)

@@ -356,13 +356,15 @@ func TestOfferable(t *testing.T) {
 
 	// The fleet rotates its release keys: releases signed only by the
 	// removed key are no longer offered.
-	f.store.Close()
-	f.open(t, trustOf(t, 1, newSigner(t)))
+	if err := f.store.SetTrust(trustOf(t, 1, newSigner(t))); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.store.Offerable(r.ID, t0); !errors.Is(err, verify.ErrSignature) {
 		t.Fatalf("after rotation: %v", err)
 	}
-	f.store.Close()
-	f.open(t, f.trust)
+	if err := f.store.SetTrust(f.trust); err != nil {
+		t.Fatal(err)
+	}
 
 	if _, err := f.store.Withdraw(ctx, "dave", r.ID, "bricks gw-100 rev B"); err != nil {
 		t.Fatal(err)
