@@ -172,26 +172,32 @@ func (s *Service) raiseClone(c Clone) (bool, error) {
 	}
 	s.alert(Alert{Time: c.DetectedAt, DeviceID: c.DeviceID, Kind: KindClone, Severity: SeverityCritical,
 		Summary: "cloned identity (" + string(c.Kind) + "): " + c.Evidence, Attrs: attrs})
+	return true, s.quarantineClone(c)
+}
+
+// quarantineClone quarantines the device of an incident and records the
+// outcome; a failure is retried by the next sweep.
+func (s *Service) quarantineClone(c Clone) error {
 	if s.cfg.Quarantiner == nil {
-		return true, nil
+		return nil
 	}
 	qerr := s.cfg.Quarantiner.Quarantine(c.DeviceID, "clone ("+string(c.Kind)+"): "+c.Evidence)
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		cur, err := get[Clone](tx, bucketClones, cloneKey(c.DeviceID, c.Kind))
 		if err != nil || cur == nil {
 			return err
 		}
-		cur.Quarantined = qerr == nil
+		cur.Quarantined, cur.QuarantineError = qerr == nil, ""
 		if qerr != nil {
 			cur.QuarantineError = clean(qerr.Error())
 		}
 		return put(tx, bucketClones, cloneKey(c.DeviceID, c.Kind), cur)
 	})
 	if qerr != nil {
-		s.log.Error("governance: quarantine of a clone failed", "device_id", c.DeviceID, "err", qerr)
-		return true, fmt.Errorf("governance: quarantine %s: %w", c.DeviceID, qerr)
+		s.log.Error("governance: quarantine of a clone failed; retried at the next sweep", "device_id", c.DeviceID, "err", qerr)
+		return fmt.Errorf("governance: quarantine %s: %w", c.DeviceID, qerr)
 	}
-	return true, err
+	return err
 }
 
 // processDetected acts on clones the session tracker found.

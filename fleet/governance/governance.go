@@ -87,6 +87,12 @@ type Quarantiner interface {
 	Quarantine(deviceID, why string) error
 }
 
+// QuarantinerFunc adapts a function to Quarantiner.
+type QuarantinerFunc func(deviceID, why string) error
+
+// Quarantine calls f.
+func (f QuarantinerFunc) Quarantine(deviceID, why string) error { return f(deviceID, why) }
+
 // Attestations reads a device's verdicts, newest first. *attest.History
 // implements it.
 type Attestations interface {

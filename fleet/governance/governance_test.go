@@ -398,3 +398,70 @@ func TestStatePersistsAcrossRestart(t *testing.T) {
 		t.Fatalf("ranking after restart: %+v, %v", r, err)
 	}
 }
+
+// The inventory's Connected flag goes stale when the fleet stops without
+// recording disconnects; with Config.Connected the broker's word counts.
+func TestBrokerPresenceOverridesAStaleConnectedFlag(t *testing.T) {
+	live := map[string]bool{}
+	f := newFleet(t, func(c *governance.Config) {
+		c.Connected = func(id string) bool { return live[id] }
+	})
+	f.owner("plant-a", governance.OwnerActive)
+	d := f.device(1, func(d *inventory.Device) {
+		d.Connected, d.LastSeen, d.CertExpiry = true, t0.Add(-40*24*time.Hour), t0.Add(90*24*time.Hour)
+	})
+	if rep := f.sweep(); rep.Dormant != 1 {
+		t.Fatalf("stale Connected flag hid a dormant device: %+v", rep)
+	}
+	live[d.ID] = true
+	if rep := f.sweep(); rep.Dormant != 0 {
+		t.Fatalf("a device the broker holds is dormant: %+v", rep)
+	}
+
+	// Sessions the broker no longer holds are dropped, so that a later
+	// connection from elsewhere is not taken for concurrent use.
+	f.svc.SessionOpened(session(d, "10.0.0.1:1"))
+	live[d.ID] = false
+	f.svc.CheckSessions()
+	if st := f.svc.SessionStats(); st.Open != 0 {
+		t.Fatalf("%d sessions kept for a device the broker does not hold", st.Open)
+	}
+	live[d.ID] = true
+	f.svc.SessionOpened(session(d, "10.0.0.2:1"))
+	f.clock.Advance(time.Minute)
+	f.svc.CheckSessions()
+	if err := f.svc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.alerts.of(governance.KindClone, "")) != 0 {
+		t.Fatal("a reconnect after a missed close was taken for a clone")
+	}
+}
+
+func TestFailedCloneQuarantineIsRetried(t *testing.T) {
+	calls := 0
+	f := newFleet(t, nil)
+	real := governance.InventoryQuarantiner{Inventory: f.inv, Now: f.clock.Now}
+	f.cfg.Quarantiner = governance.QuarantinerFunc(func(id, why string) error {
+		calls++
+		if calls == 1 {
+			return errors.New("inventory busy")
+		}
+		return real.Quarantine(id, why)
+	})
+	f.reopen()
+	d := f.device(1, func(d *inventory.Device) { d.Flags = []string{governance.FlagCloneSuspect} })
+	f.sweep()
+	c, _ := f.svc.Clones(false)
+	if len(c) != 1 || c[0].Quarantined || c[0].QuarantineError != "inventory busy" || f.get(d.ID).State != inventory.StateActive {
+		t.Fatalf("after a failed quarantine: %+v", c)
+	}
+	f.sweep()
+	c, _ = f.svc.Clones(false)
+	if len(c) != 1 || !c[0].Quarantined || c[0].QuarantineError != "" || f.get(d.ID).State != inventory.StateQuarantined {
+		t.Fatalf("after the retry: %+v", c)
+	}
+	if n := len(f.alerts.of(governance.KindClone, d.ID)); n != 1 {
+		t.Fatalf("%d clone alerts, want 1", n)
+	}
+}
