@@ -245,13 +245,22 @@ func (c *Collector) sockets(p *wire.TelemetryPoint) error {
 		slices.Sort(all)
 		return slices.Compact(all), nil
 	}
-	tcp, err := ports(tcpListen, "net/tcp", "net/tcp6")
-	if err != nil {
-		return err
+	var tcp, udp []uint16
+	var err error
+	if c.cfg.Proc == "/proc" {
+		tcp, udp, err = listeningPorts()
+		if err != nil && !c.failing["sock_diag"] {
+			c.log.Info("telemetry: socket diagnostics over netlink failed; reading /proc/net instead", "err", err)
+		}
+		c.failing["sock_diag"] = err != nil
 	}
-	udp, err := ports(udpClose, "net/udp", "net/udp6")
-	if err != nil {
-		return err
+	if c.cfg.Proc != "/proc" || err != nil {
+		if tcp, err = ports(tcpListen, "net/tcp", "net/tcp6"); err != nil {
+			return err
+		}
+		if udp, err = ports(udpClose, "net/udp", "net/udp6"); err != nil {
+			return err
+		}
 	}
 	p.SetMetric("listen.tcp.count", float64(len(tcp)))
 	p.SetMetric("listen.udp.count", float64(len(udp)))

@@ -253,7 +253,10 @@ func (in *Ingester) Submit(deviceID string, env *wire.Envelope) {
 	}
 }
 
-// Run ingests submitted batches until ctx ends.
+// Run ingests submitted batches until ctx ends. It may run in several
+// goroutines at once to ingest in parallel: a device sends one batch at a
+// time, and the sequence numbers keep the accounting right whatever order
+// redelivered batches are handled in.
 func (in *Ingester) Run(ctx context.Context) error {
 	for {
 		select {
