@@ -451,3 +451,49 @@ func TestConfigRefusesBadChartedName(t *testing.T) {
 		t.Fatal("accepted")
 	}
 }
+
+// FuzzIngest feeds arbitrary payloads from one device: never a panic,
+// every ack valid, and no more points stored than were offered.
+func FuzzIngest(f *testing.F) {
+	enc := func(b *wire.TelemetryBatch, at time.Time) []byte {
+		p, err := wire.Encode(wire.TypeTelemetryBatch, nil, at, b)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return p
+	}
+	f.Add(enc(batch(streamA, 1, 3, 0, 0), t0), enc(batch(streamA, 2, 3, 1, 0), t0))
+	f.Add(enc(batch(streamA, 5, 2, 0, 4), t0.AddDate(-30, 0, 0)), enc(batch(streamB, 1, 1, 0, 0), t0.AddDate(200, 0, 0)))
+	bad := batch(streamA, 1, 2, 0, 0)
+	bad.Points[0].Metrics["x"] = math.NaN()
+	f.Add(enc(bad, t0), []byte{0xa0})
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		in, err := New(Config{Now: func() time.Time { return t0 }, Series: SeriesConfig{Charted: []string{"seq", "cpu.busy"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		offered := uint64(0)
+		for _, p := range [][]byte{a, b, a} {
+			env, err := wire.Decode(p)
+			if err != nil {
+				continue
+			}
+			var peek wire.TelemetryBatch
+			if wire.Unmarshal(env.Body, &peek) == nil {
+				offered += uint64(len(peek.Points))
+			}
+			ack, _ := in.Ingest("dev-1", env)
+			if ack != nil {
+				if err := ack.Validate(); err != nil {
+					t.Fatalf("invalid ack %+v: %v", ack, err)
+				}
+			}
+		}
+		tot := in.Totals()
+		if tot.Ingested+tot.Rejected > offered {
+			t.Fatalf("stored %d and rejected %d of %d points offered", tot.Ingested, tot.Rejected, offered)
+		}
+		in.Series("dev-1", "seq", time.Time{})
+		in.Device("dev-1")
+	})
+}
