@@ -679,8 +679,8 @@ func (e *Engine) Stats() Stats {
 // PutRule validates r (with defaults filled), stores it — replacing a rule
 // with the same ID — and applies it to the next inputs. It returns the rule
 // as stored. Learned state survives changes of anything but the condition.
-// Open alerts of a rule that becomes disabled, or of devices it no longer
-// covers, are resolved by "system".
+// Open alerts of a rule whose condition changed or that becomes disabled,
+// and those on devices it no longer covers, are resolved by "system".
 func (e *Engine) PutRule(r Rule) (*Rule, error) {
 	r = cloneRule(r)
 	r.SetDefaults()
@@ -693,6 +693,12 @@ func (e *Engine) PutRule(r Rule) (*Rule, error) {
 		return nil, fmt.Errorf("alert: store rule: %w", err)
 	}
 	c := compile(&r)
+	changed := false
+	for _, x := range e.ruleList() {
+		if x.ID == r.ID && x.digest != c.digest {
+			changed = true
+		}
+	}
 	list := slices.DeleteFunc(slices.Clone(e.ruleList()), func(x *compiled) bool { return x.ID == r.ID })
 	list = append(list, c)
 	slices.SortFunc(list, func(a, b *compiled) int {
@@ -705,7 +711,11 @@ func (e *Engine) PutRule(r Rule) (*Rule, error) {
 		return 0
 	})
 	e.rules.Store(&list)
-	e.closeRule(r.ID, func(deviceID string) bool { return !c.applies(deviceID) }, "rule disabled or no longer covers the device", false)
+	note := "rule disabled or no longer covers the device"
+	if changed {
+		note = "rule condition changed"
+	}
+	e.closeRule(r.ID, func(deviceID string) bool { return changed || !c.applies(deviceID) }, note, false)
 	out := cloneRule(r)
 	return &out, nil
 }

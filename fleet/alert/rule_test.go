@@ -103,7 +103,7 @@ func TestRuleJSON(t *testing.T) {
 
 func TestPutRuleKeepsStateAcrossCosmeticChange(t *testing.T) {
 	f := newFixture(t, Config{})
-	r := f.put(t, Rule{ID: "cpu", Severity: SeverityInfo, Baseline: &Baseline{Metric: "cpu", Warmup: 5}})
+	r := f.put(t, Rule{ID: "cpu", Severity: SeverityInfo, Baseline: &Baseline{Metric: "cpu", Warmup: 5, Consecutive: 1}})
 	at := f.clock.Now()
 	for i := range 10 {
 		must(t, f.e.Observe("d1", at.Add(time.Duration(i)*time.Second), map[string]float64{"cpu": 10}, nil))
@@ -114,8 +114,15 @@ func TestPutRuleKeepsStateAcrossCosmeticChange(t *testing.T) {
 	if n := d.Rules["cpu"].EWMA.N; n != 10 {
 		t.Fatalf("baseline after a severity change has %d samples, want 10", n)
 	}
+	must(t, f.e.Observe("d1", at.Add(30*time.Second), map[string]float64{"cpu": 99}, nil))
+	if open := f.open(t, "d1"); len(open) != 1 {
+		t.Fatalf("anomaly: %+v", open)
+	}
 	r.Baseline.K = 6
 	f.put(t, *r)
+	if open := f.open(t, "d1"); len(open) != 0 {
+		t.Fatalf("alert of the old condition left open: %+v", open)
+	}
 	must(t, f.e.Observe("d1", at.Add(time.Minute), map[string]float64{"cpu": 10}, nil))
 	if n := d.Rules["cpu"].EWMA.N; n != 1 {
 		t.Fatalf("baseline after a condition change has %d samples, want 1 (relearning)", n)
