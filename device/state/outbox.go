@@ -24,8 +24,11 @@ import (
 // silent. Every method is one synced bbolt transaction.
 
 // Defaults of OutboxOptions.
+// A point as device/telemetry collects it is about 800 bytes, so the byte
+// bound binds first: about 10,000 points, three and a half days of one
+// point every 30 s.
 const (
-	DefaultOutboxPoints = 20000   // a week of one point every 30 s is 20160
+	DefaultOutboxPoints = 20000
 	DefaultOutboxBytes  = 8 << 20 // 8 MiB
 )
 
