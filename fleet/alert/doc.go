@@ -48,14 +48,17 @@
 // # Delivery
 //
 // Each Route has a bounded queue and one worker, so sinks never slow the
-// inputs. A route selects by transition, minimum severity and labels; it
+// inputs; a sink that implements BatchNotifier gets what queued up in one
+// request. A route selects by transition, minimum severity and labels; it
 // retries a failed delivery with exponential backoff for a bounded number
 // of attempts, then records a dead letter in the store — so does a
 // notification that finds the queue full or is still queued when the
 // engine stops (those are sent again by the next Run). Dead letters are
-// listed with DeadLetters and sent again with Redrive. Notifications are
-// never dropped silently: the only loss is a dead letter that cannot be
-// written, and that is logged as an error.
+// listed with DeadLetters and sent again with Redrive. Delivery is at least
+// once. Notifications are never dropped silently: a periodic re-send of an
+// open alert that finds the queue full is skipped and counted (the next
+// re-send carries it), and a dead letter that cannot be written is logged
+// as an error.
 //
 // The store is one bbolt file; each change is one transaction. Learned
 // state (baselines, known members, last-seen times, event windows) is

@@ -217,6 +217,10 @@ func Open(cfg Config) (*Engine, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("alert: Config.Path is required")
 	}
+	if cfg.SweepInterval < 0 || cfg.FlushInterval < 0 || cfg.Resend < 0 || cfg.ActionTimeout < 0 || cfg.LockTimeout < 0 ||
+		cfg.MaxAlerts < 0 || cfg.MaxDeadLetters < 0 {
+		return nil, errors.New("alert: Config intervals and limits must not be negative (zero means the default)")
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

@@ -708,3 +708,29 @@ func TestForgetDropsLearnedState(t *testing.T) {
 		t.Fatal("d2's baseline was not kept")
 	}
 }
+
+func TestOpenRefusesBadConfig(t *testing.T) {
+	path := t.TempDir() + "/alerts.db"
+	for name, cfg := range map[string]Config{
+		"no path":        {},
+		"negative sweep": {Path: path, SweepInterval: -time.Second},
+		"route no name":  {Path: path, Routes: []Route{{Notifier: newRecorder()}}},
+		"route twice":    {Path: path, Routes: []Route{{Name: "a", Notifier: newRecorder()}, {Name: "a", Notifier: newRecorder()}}},
+		"route severity": {Path: path, Routes: []Route{{Name: "a", Notifier: newRecorder(), MinSeverity: "loud"}}},
+		"route backoff":  {Path: path, Routes: []Route{{Name: "a", Notifier: newRecorder(), Backoff: time.Minute, MaxBackoff: time.Second}}},
+		"transition":     {Path: path, Routes: []Route{{Name: "a", Notifier: newRecorder(), Transitions: []Transition{"paged"}}}},
+	} {
+		if e, err := Open(cfg); err == nil {
+			e.Close()
+			t.Errorf("%s: accepted", name)
+		} else if !strings.HasPrefix(err.Error(), "alert: ") {
+			t.Errorf("%s: error %q does not name the package", name, err)
+		}
+	}
+	e, err := Open(Config{Path: path})
+	must(t, err)
+	defer e.Close()
+	if _, err := Open(Config{Path: path, LockTimeout: 50 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open of a held file: %v", err)
+	}
+}
