@@ -8,11 +8,12 @@ declare -A pkg_of=(
   [tpm2_readpublic]=tpm2-tools [tpm2_pcrextend]=tpm2-tools
   [mosquitto]=mosquitto [mosquitto_sub]=mosquitto-clients [mosquitto_pub]=mosquitto-clients
   [openssl]=openssl [gcc]=gcc
-  [ssh-keygen]=openssh-client [ssh]=openssh-client [sshd]=openssh-server
+  [ssh-keygen]=openssh-client [ssh]=openssh-client [ssh-add]=openssh-client [sshd]=openssh-server
+  [argon2]=argon2
 )
 bins=(swtpm swtpm_setup swtpm_ioctl openssl)
 if [ "$want" = test ]; then
-  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh sshd)
+  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh ssh-add sshd argon2)
 fi
 missing=()
 # sshd lives in /usr/sbin, which a non-root PATH may not name.

@@ -4,8 +4,6 @@
 package api
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -46,7 +45,12 @@ type Config struct {
 	Secrets Secrets
 	// SSHCA serves GET /api/v1/ssh/ca; nil answers it with 404.
 	SSHCA *sshca.CA
-	// AdminTokenHash is the SHA-256 of the admin bearer token.
+	// Auth authenticates operators (sessions, API tokens) and holds their
+	// roles. Nil accepts only the bearer token whose SHA-256 is
+	// AdminTokenHash, with every permission (for tests of this package).
+	Auth *auth.Service
+	// AdminTokenHash is the SHA-256 of the admin bearer token when Auth is
+	// nil.
 	AdminTokenHash []byte
 	// Connected reports live broker sessions; nil means unknown.
 	Connected func(deviceID string) bool
@@ -58,10 +62,11 @@ type Config struct {
 const maxBody = 64 << 10
 
 type handler struct {
-	cfg  Config
-	log  *slog.Logger
-	mux  *http.ServeMux
-	crls crlCache
+	cfg    Config
+	log    *slog.Logger
+	mux    *http.ServeMux
+	crls   crlCache
+	routes []route
 }
 
 // New returns the API handler.
@@ -73,19 +78,20 @@ func New(cfg Config) http.Handler {
 		cfg.Now = time.Now
 	}
 	h := &handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
-	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	h.public("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	h.mux.Handle("GET /api/v1/devices", h.auth(h.listDevices))
-	h.mux.Handle("GET /api/v1/devices/{id}", h.auth(h.getDevice))
-	h.mux.Handle("POST /api/v1/devices/{id}/approve", h.auth(h.approve))
-	h.mux.Handle("PATCH /api/v1/devices/{id}", h.auth(h.patchDevice))
-	h.mux.Handle("POST /api/v1/enrollment-tokens", h.auth(h.createToken))
+	h.route("GET /api/v1/devices", auth.PermDevicesRead, h.listDevices)
+	h.route("GET /api/v1/devices/{id}", auth.PermDevicesRead, h.getDevice)
+	h.route("POST /api/v1/devices/{id}/approve", auth.PermDevicesWrite, h.approve)
+	h.route("PATCH /api/v1/devices/{id}", auth.PermDevicesWrite, h.patchDevice)
+	h.route("POST /api/v1/enrollment-tokens", auth.PermDevicesWrite, h.createToken)
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()
 	h.routesSecrets()
 	h.routesCA()
+	h.routesUsers()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})
@@ -98,20 +104,6 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Strict-Transport-Security", "max-age=31536000")
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	h.mux.ServeHTTP(w, r)
-}
-
-// auth checks the bearer token in constant time.
-func (h *handler) auth(next func(http.ResponseWriter, *http.Request, string)) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(tok))
-		if !ok || tok == "" || len(h.cfg.AdminTokenHash) != len(sum) || subtle.ConstantTimeCompare(sum[:], h.cfg.AdminTokenHash) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="sigil"`)
-			problem(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
-			return
-		}
-		next(w, r, "admin")
-	})
 }
 
 // Device is the API's view of an inventory record.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -21,16 +22,16 @@ type Attestation interface {
 }
 
 func (h *handler) routesAttest() {
-	h.mux.Handle("GET /api/v1/devices/{id}/attestations", h.auth(h.attestations))
-	h.mux.Handle("POST /api/v1/devices/{id}/attest", h.auth(h.attestNow))
-	h.mux.Handle("POST /api/v1/devices/{id}/release", h.auth(h.release))
-	h.mux.Handle("GET /api/v1/policies", h.auth(h.listPolicies))
-	h.mux.Handle("POST /api/v1/policies", h.auth(h.putPolicy))
-	h.mux.Handle("POST /api/v1/policies/learn", h.auth(h.learnPolicy))
-	h.mux.Handle("GET /api/v1/policies/{id}", h.auth(h.getPolicy))
-	h.mux.Handle("PUT /api/v1/policies/{id}", h.auth(h.putPolicy))
-	h.mux.Handle("DELETE /api/v1/policies/{id}", h.auth(h.deletePolicy))
-	h.mux.Handle("GET /api/v1/policies/{id}/versions", h.auth(h.policyVersions))
+	h.route("GET /api/v1/devices/{id}/attestations", auth.PermDevicesRead, h.attestations)
+	h.route("POST /api/v1/devices/{id}/attest", auth.PermDevicesWrite, h.attestNow)
+	h.route("POST /api/v1/devices/{id}/release", auth.PermDevicesWrite, h.release)
+	h.route("GET /api/v1/policies", auth.PermPoliciesRead, h.listPolicies)
+	h.route("POST /api/v1/policies", auth.PermPoliciesWrite, h.putPolicy)
+	h.route("POST /api/v1/policies/learn", auth.PermPoliciesWrite, h.learnPolicy)
+	h.route("GET /api/v1/policies/{id}", auth.PermPoliciesRead, h.getPolicy)
+	h.route("PUT /api/v1/policies/{id}", auth.PermPoliciesWrite, h.putPolicy)
+	h.route("DELETE /api/v1/policies/{id}", auth.PermPoliciesWrite, h.deletePolicy)
+	h.route("GET /api/v1/policies/{id}/versions", auth.PermPoliciesRead, h.policyVersions)
 }
 
 // device loads the device named in the path or writes a 404.

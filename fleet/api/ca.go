@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 )
@@ -39,10 +40,10 @@ type CAActivateResponse struct {
 }
 
 func (h *handler) routesCA() {
-	h.mux.Handle("GET /api/v1/ca", h.auth(h.getCA))
-	h.mux.Handle("POST /api/v1/ca/prepare", h.auth(h.prepareCA))
-	h.mux.Handle("POST /api/v1/ca/activate", h.auth(h.activateCA))
-	h.mux.Handle("POST /api/v1/ca/retire", h.auth(h.retireCA))
+	h.route("GET /api/v1/ca", auth.PermDevicesRead, h.getCA)
+	h.route("POST /api/v1/ca/prepare", auth.PermCAAdmin, h.prepareCA)
+	h.route("POST /api/v1/ca/activate", auth.PermCAAdmin, h.activateCA)
+	h.route("POST /api/v1/ca/retire", auth.PermCAAdmin, h.retireCA)
 }
 
 func (h *handler) getCA(w http.ResponseWriter, _ *http.Request, _ string) {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/rotation"
@@ -17,16 +18,16 @@ import (
 const crlValidity = 24 * time.Hour
 
 func (h *handler) routesLifecycle() {
-	h.mux.Handle("POST /api/v1/devices/{id}/revoke", h.auth(h.revoke))
-	h.mux.Handle("POST /api/v1/devices/{id}/decommission", h.auth(h.decommission))
-	h.mux.Handle("POST /api/v1/devices/{id}/rotate", h.auth(h.rotateDevice))
-	h.mux.Handle("GET /api/v1/rotations", h.auth(h.listRotations))
-	h.mux.Handle("POST /api/v1/rotations", h.auth(h.startRotation))
-	h.mux.Handle("GET /api/v1/rotations/{id}", h.auth(h.getRotation))
-	h.mux.Handle("POST /api/v1/rotations/{id}/cancel", h.auth(h.cancelRotation))
-	h.mux.Handle("GET /api/v1/rotations/{id}/devices", h.auth(h.rotationDevices))
-	h.mux.HandleFunc("GET /api/v1/crl", h.crl) // public, like any CRL
-	h.mux.HandleFunc("GET /crl", h.crl)
+	h.route("POST /api/v1/devices/{id}/revoke", auth.PermRotationWrite, h.revoke)
+	h.route("POST /api/v1/devices/{id}/decommission", auth.PermDevicesWrite, h.decommission)
+	h.route("POST /api/v1/devices/{id}/rotate", auth.PermRotationWrite, h.rotateDevice)
+	h.route("GET /api/v1/rotations", auth.PermDevicesRead, h.listRotations)
+	h.route("POST /api/v1/rotations", auth.PermRotationWrite, h.startRotation)
+	h.route("GET /api/v1/rotations/{id}", auth.PermDevicesRead, h.getRotation)
+	h.route("POST /api/v1/rotations/{id}/cancel", auth.PermRotationWrite, h.cancelRotation)
+	h.route("GET /api/v1/rotations/{id}/devices", auth.PermDevicesRead, h.rotationDevices)
+	h.public("GET /api/v1/crl", h.crl) // public, like any CRL
+	h.public("GET /crl", h.crl)
 }
 
 type revokeRequest struct {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -79,13 +80,13 @@ type SecretRequest struct {
 }
 
 func (h *handler) routesSecrets() {
-	h.mux.Handle("GET /api/v1/secrets", h.auth(h.listSecrets))
-	h.mux.Handle("PUT /api/v1/secrets/{name}", h.auth(h.putSecret))
-	h.mux.Handle("DELETE /api/v1/secrets/{name}", h.auth(h.deleteSecret))
-	h.mux.Handle("PUT /api/v1/secrets/{name}/rotation", h.auth(h.putSecretRotation))
-	h.mux.Handle("DELETE /api/v1/secrets/{name}/rotation", h.auth(h.putSecretRotation))
-	h.mux.Handle("POST /api/v1/secrets/{name}/rotate", h.auth(h.rotateSecret))
-	h.mux.Handle("GET /api/v1/devices/{id}/secrets", h.auth(h.deviceSecrets))
+	h.route("GET /api/v1/secrets", auth.PermSecretsRead, h.listSecrets)
+	h.route("PUT /api/v1/secrets/{name}", auth.PermSecretsWrite, h.putSecret)
+	h.route("DELETE /api/v1/secrets/{name}", auth.PermSecretsWrite, h.deleteSecret)
+	h.route("PUT /api/v1/secrets/{name}/rotation", auth.PermSecretsWrite, h.putSecretRotation)
+	h.route("DELETE /api/v1/secrets/{name}/rotation", auth.PermSecretsWrite, h.putSecretRotation)
+	h.route("POST /api/v1/secrets/{name}/rotate", auth.PermSecretsWrite, h.rotateSecret)
+	h.route("GET /api/v1/devices/{id}/secrets", auth.PermSecretsRead, h.deviceSecrets)
 }
 
 // secretsOn writes a 501 when no secrets service is configured.

@@ -21,7 +21,7 @@ type SSHCA struct {
 
 func (h *handler) routesSSH() {
 	// Public, like the CRL: clients need it before they trust anything.
-	h.mux.HandleFunc("GET /api/v1/ssh/ca", h.sshCA)
+	h.public("GET /api/v1/ssh/ca", h.sshCA)
 }
 
 // sshCA serves the SSH host CA's public key: by default as one

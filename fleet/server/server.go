@@ -5,11 +5,8 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -26,6 +23,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
@@ -146,6 +144,8 @@ type Server struct {
 	SSH *sshca.Issuer
 	// Secrets keeps the sealed secrets (encrypted at rest).
 	Secrets *secrets.Store
+	// Auth keeps operators, sessions and API tokens.
+	Auth *auth.Service
 
 	jobs       *rotation.Jobs
 	secretSvc  *secretService
@@ -155,6 +155,7 @@ type Server struct {
 
 	apiLn      net.Listener
 	apiTLS     *tls.Config
+	apiHandler http.Handler
 	serverCert atomic.Pointer[tls.Certificate] // of the active CA generation
 	adminToken string
 	ready      chan struct{}
@@ -188,7 +189,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.adminToken, err = loadOrCreateToken(filepath.Join(cfg.DataDir, AdminTokenFile)); err != nil {
+	if err = s.openAuth(); err != nil {
 		return nil, err
 	}
 	trust := &verifier.EKTrust{}
@@ -315,6 +316,11 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		},
 	})
 	s.apiTLS = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
+	s.apiHandler = api.New(api.Config{
+		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth,
+		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
+		Connected: s.Broker.Connected, Logger: logger.With("component", "api"),
+	})
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		s.closeStores()
 		return nil, fmt.Errorf("server: api listener: %w", err)
@@ -324,6 +330,9 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 
 func (s *Server) closeStores() {
 	s.Inv.Close()
+	if s.Auth != nil {
+		s.Auth.Close()
+	}
 	if s.Policy != nil {
 		s.Policy.Close()
 	}
@@ -434,6 +443,9 @@ func (s *Server) CACertPath() string { return filepath.Join(s.cfg.DataDir, CACer
 // AdminTokenPath is where the admin token is stored.
 func (s *Server) AdminTokenPath() string { return filepath.Join(s.cfg.DataDir, AdminTokenFile) }
 
+// API returns the HTTPS API's handler (for its route table in tests).
+func (s *Server) API() http.Handler { return s.apiHandler }
+
 // Ready is closed once every listener serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
@@ -468,14 +480,11 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Rotation.Run(ctx) })
 	g.Go(func() error { return s.SSH.Run(ctx) })
 	g.Go(func() error { return s.secretSvc.Run(ctx) })
+	g.Go(func() error { return s.Auth.Run(ctx) })
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{
-		Handler: api.New(api.Config{
-			Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, AdminTokenHash: hash(s.adminToken),
-			Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
-			Connected: s.Broker.Connected, Logger: s.log.With("component", "api"),
-		}),
+		Handler:   s.apiHandler,
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -543,35 +552,6 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.sendTrustBundle(id.DeviceID)
 		}
 	}
-}
-
-func hash(s string) []byte {
-	h := sha256.Sum256([]byte(s))
-	return h[:]
-}
-
-// loadOrCreateToken reads the admin token, creating it (0600) at first start.
-func loadOrCreateToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		tok := strings.TrimSpace(string(b))
-		if tok == "" {
-			return "", fmt.Errorf("server: admin token file %s is empty", path)
-		}
-		return tok, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("server: %w", err)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", err
-	}
-	tok := "sga_" + base64.RawURLEncoding.EncodeToString(raw)
-	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("server: write admin token: %w", err)
-	}
-	return tok, nil
 }
 
 func loadAllowList(path string) (map[string]bool, error) {

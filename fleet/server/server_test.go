@@ -1,11 +1,14 @@
 package server
 
 import (
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
@@ -33,19 +36,42 @@ func TestAllowList(t *testing.T) {
 	}
 }
 
-func TestAdminTokenCreatedOnce(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "admin.token")
-	a, err := loadOrCreateToken(p)
-	if err != nil || !strings.HasPrefix(a, "sga_") {
-		t.Fatal(a, err)
+// TestAdminCredentials: first start creates the admin user (password file)
+// and an admin API token file, both 0600; a restart keeps the token; a
+// token file that no longer authenticates is replaced.
+func TestAdminCredentials(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *Server {
+		s := &Server{cfg: Config{DataDir: dir}, log: slog.New(slog.DiscardHandler)}
+		if err := s.openAuth(); err != nil {
+			t.Fatal(err)
+		}
+		return s
 	}
-	st, _ := os.Stat(p)
-	if st.Mode().Perm() != 0o600 {
-		t.Fatalf("mode %v", st.Mode())
+	s := open()
+	a := s.adminToken
+	for _, f := range []string{AdminTokenFile, AdminPasswordFile} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, st, err)
+		}
 	}
-	b, _ := loadOrCreateToken(p)
-	if a != b {
-		t.Fatal("token changed on reload")
+	r, _ := http.NewRequest("GET", "/", nil)
+	r.Header.Set("Authorization", "Bearer "+a)
+	if p, err := s.Auth.Authenticate(r); err != nil || p.Role != auth.RoleAdmin {
+		t.Fatalf("admin token: %+v %v", p, err)
+	}
+	s.Auth.Close()
+	s = open()
+	if s.adminToken != a {
+		t.Fatal("the admin token changed on restart")
+	}
+	s.Auth.Close()
+	os.WriteFile(filepath.Join(dir, AdminTokenFile), []byte("sga_forged\n"), 0o600)
+	s = open()
+	defer s.Auth.Close()
+	if c := s.adminToken; c == a || c == "sga_forged" {
+		t.Fatal("a token file that does not authenticate was kept")
 	}
 }
 

@@ -1,0 +1,61 @@
+package api
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"net/http"
+	"strings"
+
+	"github.com/sigil-iot/sigil/fleet/auth"
+)
+
+// route is one registered API route: its pattern and the permission it
+// requires ("" for a public route).
+type route struct {
+	Pattern string
+	Perm    auth.Permission
+}
+
+// Routes lists the handler's routes with their permissions, for the
+// OpenAPI document and the authorization tests.
+func Routes(h http.Handler) []route {
+	if hh, ok := h.(*handler); ok {
+		return hh.routes
+	}
+	return nil
+}
+
+// route registers an authenticated route that requires perm. The
+// handler gets the principal's user name as who.
+func (h *handler) route(pattern string, perm auth.Permission, fn func(http.ResponseWriter, *http.Request, string)) {
+	h.routes = append(h.routes, route{Pattern: pattern, Perm: perm})
+	h.mux.Handle(pattern, h.authorize(perm, fn))
+}
+
+// public registers a route anyone may call.
+func (h *handler) public(pattern string, fn http.HandlerFunc) {
+	h.routes = append(h.routes, route{Pattern: pattern})
+	h.mux.HandleFunc(pattern, fn)
+}
+
+// authorize authenticates the request (session cookie with CSRF checks, or
+// API token; see auth.Service.Authenticate) and requires perm. Without an
+// auth service (tests of this package), only the admin token is accepted.
+func (h *handler) authorize(perm auth.Permission, fn func(http.ResponseWriter, *http.Request, string)) http.Handler {
+	if h.cfg.Auth != nil {
+		return h.cfg.Auth.Require(perm)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p, _ := auth.PrincipalFrom(r.Context())
+			fn(w, r, p.User)
+		}))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || tok == "" || len(h.cfg.AdminTokenHash) != len(sum) || subtle.ConstantTimeCompare(sum[:], h.cfg.AdminTokenHash) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sigil"`)
+			problem(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
+			return
+		}
+		fn(w, r, "admin")
+	})
+}
