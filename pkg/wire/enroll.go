@@ -196,6 +196,10 @@ type EnrollResult struct {
 	TrustBundle [][]byte `cbor:"7,keyasint,omitempty"` // DER roots the device trusts for the fleet
 	RetryAfter  int      `cbor:"8,keyasint,omitempty"` // seconds, for pending and temporary refusals
 	Session     []byte   `cbor:"9,keyasint,omitempty"`
+	// FirmwareTrust is the fleet's release trust set
+	// (firmware/verify.TrustSet.Marshal), when the fleet has one: the keys
+	// and threshold the device requires on firmware releases (version 4).
+	FirmwareTrust []byte `cbor:"10,keyasint,omitempty"`
 }
 
 // Validate checks the status and sizes.
@@ -219,6 +223,9 @@ func (r *EnrollResult) Validate() error {
 	}
 	if len(r.Message) > 512 {
 		return errors.New("message too long")
+	}
+	if len(r.FirmwareTrust) > MaxFirmwareTrust {
+		return errors.New("firmware trust set too large")
 	}
 	return nil
 }

@@ -161,6 +161,9 @@ func FuzzDecode(f *testing.F) {
 		{TypeEnrollResult, &EnrollResult{Status: StatusRefused, Reason: ReasonUnknownEK}},
 		{TypeHello, &Hello{Model: "m"}},
 		{TypeTrustBundle, &TrustBundle{Roots: [][]byte{{0x30, 0x03, 0x02, 0x01, 0x01}}}},
+		{TypeFirmwareAnnounce, sampleAnnounce()},
+		{TypeFirmwareReport, &FirmwareReport{Update: "cmp_1", Campaign: "cmp_1", Phase: "rolled_back", Final: true, Reason: ReasonFirmwareHealth, Running: "1.0.0"}},
+		{TypeFirmwareTrust, &FirmwareTrust{Trust: []byte(`{"type":"t"}`), Rotations: []TrustRotation{{Statement: []byte("s"), Bundles: [][]byte{[]byte("b")}}}}},
 	} {
 		b, err := Encode(m.typ, nil, now, m.body)
 		if err != nil {
@@ -185,6 +188,12 @@ func FuzzDecode(f *testing.F) {
 			v = &EnrollResult{}
 		case TypeTrustBundle:
 			v = &TrustBundle{}
+		case TypeFirmwareAnnounce:
+			v = &FirmwareAnnounce{}
+		case TypeFirmwareReport:
+			v = &FirmwareReport{}
+		case TypeFirmwareTrust:
+			v = &FirmwareTrust{}
 		default:
 			v = &Hello{}
 		}
