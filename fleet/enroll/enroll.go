@@ -77,6 +77,11 @@ type Config struct {
 	Now    func() time.Time // nil means time.Now
 	Rand   io.Reader        // nil means crypto/rand
 	Logger *slog.Logger
+
+	// FirmwareTrust returns the release trust set enrolled devices get
+	// (firmware/verify.TrustSet.Marshal); nil, or a nil result, gives
+	// them none (the fleet has no firmware releases configured).
+	FirmwareTrust func() []byte
 }
 
 // Policies finds the reference policy for a device (fleet/policy.Store).
@@ -673,9 +678,17 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 	s.log.Info("device enrolled", "device_id", id, "model", d.Model, "state", d.State, "trust_path", d.TrustPath, "cert_serial", serial)
 	s.reply(sess.clientID, env.ID, &wire.EnrollResult{
 		Status: wire.StatusActive, Reason: wire.ReasonOK, DeviceID: id, Certificate: cert.Raw,
-		TrustBundle: s.cfg.CA.TrustBundle(), Session: sess.id,
+		TrustBundle: s.cfg.CA.TrustBundle(), Session: sess.id, FirmwareTrust: s.firmwareTrust(),
 	})
 	return nil
+}
+
+// firmwareTrust is Config.FirmwareTrust's set, or nil.
+func (s *Service) firmwareTrust() []byte {
+	if s.cfg.FirmwareTrust == nil {
+		return nil
+	}
+	return s.cfg.FirmwareTrust()
 }
 
 // ErrNotPending is returned by Approve for a device that is not pending.
