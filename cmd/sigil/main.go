@@ -54,6 +54,8 @@ const usage = `usage:
   sigil rotations list | show ID | cancel ID
   sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
   sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
+  sigil audit list [--actor kind:id] [--action A] [--target T] | export [--out F] | checkpoint
+  sigil audit verify FILE|- [--key audit.pub]   (offline; exit 5 when the log does not verify)
   sigil policies list | show ID | learn --device ID --name NAME [--pcrs 0,1,7] | put FILE | delete ID
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
   sigil secrets list [-o json] | device ID [-o json] | delete NAME
@@ -101,6 +103,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdRotations(ctx, args[1:], stdout)
 	case "ca":
 		err = cmdCA(ctx, args[1:], stdout)
+	case "audit":
+		err = cmdAudit(ctx, args[1:], stdout, stderr)
 	case "policies":
 		err = cmdPolicies(ctx, args[1:], stdout)
 	case "secrets":
@@ -125,6 +129,10 @@ func (e usageError) Error() string { return e.msg }
 func exitCode(err error, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
+	}
+	var ee exitErr
+	if errors.As(err, &ee) {
+		return ee.code
 	}
 	fmt.Fprintln(stderr, "sigil:", err)
 	var ue usageError

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
@@ -49,6 +50,8 @@ type Config struct {
 	// roles. Nil accepts only the bearer token whose SHA-256 is
 	// AdminTokenHash, with every permission (for tests of this package).
 	Auth *auth.Service
+	// Audit records every state-changing request; nil records nothing.
+	Audit *audit.Log
 	// AdminTokenHash is the SHA-256 of the admin bearer token when Auth is
 	// nil.
 	AdminTokenHash []byte
@@ -92,6 +95,7 @@ func New(cfg Config) http.Handler {
 	h.routesSecrets()
 	h.routesCA()
 	h.routesUsers()
+	h.routesAudit()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})

@@ -29,7 +29,7 @@ func Routes(h http.Handler) []route {
 // handler gets the principal's user name as who.
 func (h *handler) route(pattern string, perm auth.Permission, fn func(http.ResponseWriter, *http.Request, string)) {
 	h.routes = append(h.routes, route{Pattern: pattern, Perm: perm})
-	h.mux.Handle(pattern, h.authorize(perm, fn))
+	h.mux.Handle(pattern, h.audited(pattern, h.authorize(perm, fn)))
 }
 
 // public registers a route anyone may call.
@@ -45,6 +45,7 @@ func (h *handler) authorize(perm auth.Permission, fn func(http.ResponseWriter, *
 	if h.cfg.Auth != nil {
 		return h.cfg.Auth.Require(perm)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p, _ := auth.PrincipalFrom(r.Context())
+			noteWho(r, p.User, p.TokenID)
 			fn(w, r, p.User)
 		}))
 	}
@@ -56,6 +57,7 @@ func (h *handler) authorize(perm auth.Permission, fn func(http.ResponseWriter, *
 			problem(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
 			return
 		}
+		noteWho(r, "admin", "")
 		fn(w, r, "admin")
 	})
 }

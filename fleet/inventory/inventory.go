@@ -198,7 +198,13 @@ type options struct {
 	rand      io.Reader
 	maxEvents int
 	noSync    bool
+	onEvent   func(Event)
 }
+
+// WithEventHook calls fn with every lifecycle event once AddEvent stored
+// it (the fleet copies them to its audit log). fn runs on the caller's
+// goroutine and must not call back into the store.
+func WithEventHook(fn func(Event)) Option { return func(o *options) { o.onEvent = fn } }
 
 // WithTimeout bounds the wait for the file lock (default 1s); a file held
 // by another process then fails with ErrLocked.
@@ -577,7 +583,7 @@ func (s *Store) AddEvent(e Event) error {
 	if e.Time.IsZero() {
 		e.Time = s.opts.now()
 	}
-	return s.w.Write(func(tx *bolt.Tx) error {
+	err := s.w.Write(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketEvents)
 		seq, err := bk.NextSequence()
 		if err != nil {
@@ -608,6 +614,10 @@ func (s *Store) AddEvent(e Event) error {
 		}
 		return nil
 	})
+	if err == nil && s.opts.onEvent != nil {
+		s.opts.onEvent(e)
+	}
+	return err
 }
 
 // Events returns a device's events, newest first; limit <= 0 returns all

@@ -23,6 +23,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
@@ -146,6 +147,8 @@ type Server struct {
 	Secrets *secrets.Store
 	// Auth keeps operators, sessions and API tokens.
 	Auth *auth.Service
+	// Audit is the hash-chained audit log of operator and lifecycle actions.
+	Audit *audit.Log
 
 	jobs       *rotation.Jobs
 	secretSvc  *secretService
@@ -203,7 +206,11 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
-	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile))
+	if err = s.openAudit(); err != nil {
+		s.Auth.Close()
+		return nil, err
+	}
+	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile), inventory.WithEventHook(s.auditEvent))
 	if err != nil {
 		return nil, err
 	}
@@ -317,7 +324,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	})
 	s.apiTLS = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
 	s.apiHandler = api.New(api.Config{
-		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth,
+		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"),
 	})
@@ -332,6 +339,9 @@ func (s *Server) closeStores() {
 	s.Inv.Close()
 	if s.Auth != nil {
 		s.Auth.Close()
+	}
+	if s.Audit != nil {
+		s.Audit.Close() // after Run's shutdown checkpoint: closeStores runs when Run returns
 	}
 	if s.Policy != nil {
 		s.Policy.Close()
@@ -481,6 +491,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.SSH.Run(ctx) })
 	g.Go(func() error { return s.secretSvc.Run(ctx) })
 	g.Go(func() error { return s.Auth.Run(ctx) })
+	g.Go(func() error { return s.Audit.Run(ctx) })
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{
