@@ -591,6 +591,49 @@ func truncate(s string, n int) string {
 // and alerts. The broker refuses the revoked serial afterwards; the device
 // can re-enroll from its EK and then reach only its attestation topics.
 func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Time) {
+	_ = s.restrict(dev, "attestation failed ("+rec.Reason+"): "+rec.Message, "attestation failed: "+rec.Message)
+	s.mu.Lock()
+	hook := s.onQuar
+	s.mu.Unlock()
+	if hook != nil {
+		hook(s.cfg.Now().Sub(arrived))
+	}
+}
+
+// ErrNotActive is returned by Quarantine for a device that is neither
+// active nor already quarantined (pending or decommissioned).
+var ErrNotActive = errors.New("attest: device is not active")
+
+// Quarantine restricts a device exactly as a failed attestation does — its
+// state becomes quarantined (it may then only prove itself), its
+// certificate is revoked and its sessions are closed — for another reason,
+// such as an alert rule's action. The reason is recorded in the device's
+// lifecycle events and sent as a "quarantined" Alert. A device already
+// quarantined is left as it is (nil); a passing attestation under a policy
+// with auto-release, or an operator's Release, ends the quarantine.
+func (s *Service) Quarantine(deviceID, reason string) error {
+	dev, err := s.cfg.Inventory.Device(deviceID)
+	if err != nil {
+		return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
+	}
+	switch dev.State {
+	case inventory.StateQuarantined:
+		return nil
+	case inventory.StateActive:
+	default:
+		return fmt.Errorf("%w: %s is %s", ErrNotActive, deviceID, dev.State)
+	}
+	s.log.Warn("quarantining device", "device_id", deviceID, "reason", reason)
+	if err := s.restrict(dev, reason, reason); err != nil {
+		return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
+	}
+	return nil
+}
+
+// restrict quarantines dev: state, revocation, disconnection, lifecycle
+// event and alert. It returns the inventory error that remained after
+// retries; the device is disconnected either way.
+func (s *Service) restrict(dev *inventory.Device, detail, summary string) error {
 	// Fail closed: retry the write before the session is closed, so the
 	// device cannot come back with full access.
 	var err error
@@ -610,14 +653,9 @@ func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Ti
 	}
 	s.cfg.Disconnect(dev.ID)
 	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: dev.ID, Kind: "quarantined",
-		Detail: "attestation failed (" + rec.Reason + "): " + rec.Message + "; certificate " + dev.CertSerial + " revoked"})
-	s.alert(Alert{DeviceID: dev.ID, Kind: "quarantined", Severity: "critical", Summary: "attestation failed: " + rec.Message})
-	s.mu.Lock()
-	hook := s.onQuar
-	s.mu.Unlock()
-	if hook != nil {
-		hook(s.cfg.Now().Sub(arrived))
-	}
+		Detail: detail + "; certificate " + dev.CertSerial + " revoked"})
+	s.alert(Alert{DeviceID: dev.ID, Kind: "quarantined", Severity: "critical", Summary: summary})
+	return err
 }
 
 func (s *Service) alert(a Alert) {
