@@ -21,7 +21,7 @@ import (
 
 // exitTampered is the exit code of `sigil audit verify` when the log does
 // not verify.
-const exitTampered = 5
+const exitTampered = 6
 
 // cmdAudit is `sigil audit list | export | verify | checkpoint`.
 // verify works offline on an export; the others ask the API.

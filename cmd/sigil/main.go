@@ -54,8 +54,10 @@ const usage = `usage:
   sigil rotations list | show ID | cancel ID
   sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
   sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
+  sigil approvals list [--all] | show ID | approve ID [--comment C] | reject ID --reason R
+  (with two_person_rule, dangerous changes exit 7 "pending approval"; pass --justification)
   sigil audit list [--actor kind:id] [--action A] [--target T] | export [--out F] | checkpoint
-  sigil audit verify FILE|- [--key audit.pub]   (offline; exit 5 when the log does not verify)
+  sigil audit verify FILE|- [--key audit.pub]   (offline; exit 6 when the log does not verify)
   sigil policies list | show ID | learn --device ID --name NAME [--pcrs 0,1,7] | put FILE | delete ID
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
   sigil secrets list [-o json] | device ID [-o json] | delete NAME
@@ -76,6 +78,8 @@ const (
 	exitUsage    = 2
 	exitNotFound = 4
 	exitDenied   = 5
+	// exitTampered (6): audit verify found the log altered (audit.go).
+	exitPending = 7 // filed for a second person's approval
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -105,6 +109,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdCA(ctx, args[1:], stdout)
 	case "audit":
 		err = cmdAudit(ctx, args[1:], stdout, stderr)
+	case "approvals":
+		err = cmdApprovals(ctx, args[1:], stdout)
 	case "policies":
 		err = cmdPolicies(ctx, args[1:], stdout)
 	case "secrets":
@@ -133,6 +139,12 @@ func exitCode(err error, stderr io.Writer) int {
 	var ee exitErr
 	if errors.As(err, &ee) {
 		return ee.code
+	}
+	var pe *api.PendingError
+	if errors.As(err, &pe) {
+		fmt.Fprintf(stderr, "sigil: %s needs a second person's approval: request %s filed; approve it with: sigil approvals approve %s\n",
+			pe.Pending.Approval.Kind, pe.Pending.Approval.ID, pe.Pending.Approval.ID)
+		return exitPending
 	}
 	fmt.Fprintln(stderr, "sigil:", err)
 	var ue usageError
@@ -246,7 +258,7 @@ func cmdSimDevice(ctx context.Context, args []string, stderr io.Writer) error {
 
 // apiFlags are the connection flags of API commands.
 type apiFlags struct {
-	server, token, ca, dataDir, output *string
+	server, token, ca, dataDir, output, justification *string
 }
 
 func addAPIFlags(fs *flag.FlagSet) apiFlags {
@@ -256,6 +268,8 @@ func addAPIFlags(fs *flag.FlagSet) apiFlags {
 		ca:      fs.String("ca", os.Getenv("SIGIL_CA"), "CA certificate file for the API's TLS"),
 		dataDir: fs.String("data-dir", "/var/lib/sigil", "fleet data directory to read the token and CA from"),
 		output:  fs.String("o", "table", "output: table or json"),
+		justification: fs.String("justification", os.Getenv("SIGIL_JUSTIFICATION"),
+			"why: sent with every request; changes held for a second person's approval need it"),
 	}
 }
 
@@ -282,7 +296,9 @@ func (f apiFlags) client() (*api.Client, error) {
 	if !roots.AppendCertsFromPEM(pemBytes) {
 		return nil, usageError{"CA file " + caFile + " holds no PEM certificate"}
 	}
-	return api.NewClient(strings.TrimRight(base, "/"), token, roots), nil
+	c := api.NewClient(strings.TrimRight(base, "/"), token, roots)
+	c.Justification = *f.justification
+	return c, nil
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
@@ -50,6 +51,9 @@ type Config struct {
 	// roles. Nil accepts only the bearer token whose SHA-256 is
 	// AdminTokenHash, with every permission (for tests of this package).
 	Auth *auth.Service
+	// Approvals, when set, holds the dangerous routes' calls for a second
+	// person's approval (see approvals.go); nil lets them act at once.
+	Approvals *approval.Manager
 	// Audit records every state-changing request; nil records nothing.
 	Audit *audit.Log
 	// AdminTokenHash is the SHA-256 of the admin bearer token when Auth is
@@ -70,6 +74,7 @@ type handler struct {
 	mux    *http.ServeMux
 	crls   crlCache
 	routes []route
+	gated  gated
 }
 
 // New returns the API handler.
@@ -96,6 +101,7 @@ func New(cfg Config) http.Handler {
 	h.routesCA()
 	h.routesUsers()
 	h.routesAudit()
+	h.routesApprovals()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
@@ -26,11 +27,11 @@ func (h *handler) routesAttest() {
 	h.route("POST /api/v1/devices/{id}/attest", auth.PermDevicesWrite, h.attestNow)
 	h.route("POST /api/v1/devices/{id}/release", auth.PermDevicesWrite, h.release)
 	h.route("GET /api/v1/policies", auth.PermPoliciesRead, h.listPolicies)
-	h.route("POST /api/v1/policies", auth.PermPoliciesWrite, h.putPolicy)
-	h.route("POST /api/v1/policies/learn", auth.PermPoliciesWrite, h.learnPolicy)
+	h.dangerous("POST /api/v1/policies", auth.PermPoliciesWrite, approval.KindPolicyChange, h.putPolicy)
+	h.dangerous("POST /api/v1/policies/learn", auth.PermPoliciesWrite, approval.KindPolicyChange, h.learnPolicy)
 	h.route("GET /api/v1/policies/{id}", auth.PermPoliciesRead, h.getPolicy)
-	h.route("PUT /api/v1/policies/{id}", auth.PermPoliciesWrite, h.putPolicy)
-	h.route("DELETE /api/v1/policies/{id}", auth.PermPoliciesWrite, h.deletePolicy)
+	h.dangerous("PUT /api/v1/policies/{id}", auth.PermPoliciesWrite, approval.KindPolicyChange, h.putPolicy)
+	h.dangerous("DELETE /api/v1/policies/{id}", auth.PermPoliciesWrite, approval.KindPolicyChange, h.deletePolicy)
 	h.route("GET /api/v1/policies/{id}/versions", auth.PermPoliciesRead, h.policyVersions)
 }
 

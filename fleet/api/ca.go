@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/rotation"
@@ -41,9 +42,9 @@ type CAActivateResponse struct {
 
 func (h *handler) routesCA() {
 	h.route("GET /api/v1/ca", auth.PermDevicesRead, h.getCA)
-	h.route("POST /api/v1/ca/prepare", auth.PermCAAdmin, h.prepareCA)
-	h.route("POST /api/v1/ca/activate", auth.PermCAAdmin, h.activateCA)
-	h.route("POST /api/v1/ca/retire", auth.PermCAAdmin, h.retireCA)
+	h.dangerous("POST /api/v1/ca/prepare", auth.PermCAAdmin, approval.KindCARotation, h.prepareCA)
+	h.dangerous("POST /api/v1/ca/activate", auth.PermCAAdmin, approval.KindCARotation, h.activateCA)
+	h.dangerous("POST /api/v1/ca/retire", auth.PermCAAdmin, approval.KindCARotation, h.retireCA)
 }
 
 func (h *handler) getCA(w http.ResponseWriter, _ *http.Request, _ string) {

@@ -20,7 +20,10 @@ import (
 type Client struct {
 	BaseURL string // e.g. https://localhost:8443
 	Token   string
-	HTTP    *http.Client
+	// Justification is sent with every request; the dangerous routes need
+	// it when the two-person rule is on.
+	Justification string
+	HTTP          *http.Client
 }
 
 // NewClient returns a client trusting the given CA pool.
@@ -29,6 +32,14 @@ func NewClient(baseURL, token string, roots *x509.CertPool) *Client {
 		Timeout:   30 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}},
 	}}
+}
+
+// PendingError is returned by Do when the server filed the call for a
+// second person's approval (202) instead of acting.
+type PendingError struct{ Pending Pending }
+
+func (e *PendingError) Error() string {
+	return fmt.Sprintf("api: filed for approval as request %s (%s); another person must approve it", e.Pending.Approval.ID, e.Pending.Approval.Kind)
 }
 
 // StatusError is a non-2xx answer with its problem document.
@@ -57,6 +68,9 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if c.Justification != "" {
+		req.Header.Set(JustificationHeader, c.Justification)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -65,6 +79,12 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("api: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusAccepted {
+		pe := &PendingError{}
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&pe.Pending); err == nil && pe.Pending.Approval.ID != "" {
+			return pe
+		}
+	}
 	if resp.StatusCode/100 != 2 {
 		se := &StatusError{Status: resp.StatusCode}
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&se.Problem)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -22,7 +23,7 @@ func (h *handler) routesLifecycle() {
 	h.route("POST /api/v1/devices/{id}/decommission", auth.PermDevicesWrite, h.decommission)
 	h.route("POST /api/v1/devices/{id}/rotate", auth.PermRotationWrite, h.rotateDevice)
 	h.route("GET /api/v1/rotations", auth.PermDevicesRead, h.listRotations)
-	h.route("POST /api/v1/rotations", auth.PermRotationWrite, h.startRotation)
+	h.dangerous("POST /api/v1/rotations", auth.PermRotationWrite, approval.KindMassRotation, h.startRotation)
 	h.route("GET /api/v1/rotations/{id}", auth.PermDevicesRead, h.getRotation)
 	h.route("POST /api/v1/rotations/{id}/cancel", auth.PermRotationWrite, h.cancelRotation)
 	h.route("GET /api/v1/rotations/{id}/devices", auth.PermDevicesRead, h.rotationDevices)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -81,11 +82,11 @@ type SecretRequest struct {
 
 func (h *handler) routesSecrets() {
 	h.route("GET /api/v1/secrets", auth.PermSecretsRead, h.listSecrets)
-	h.route("PUT /api/v1/secrets/{name}", auth.PermSecretsWrite, h.putSecret)
-	h.route("DELETE /api/v1/secrets/{name}", auth.PermSecretsWrite, h.deleteSecret)
-	h.route("PUT /api/v1/secrets/{name}/rotation", auth.PermSecretsWrite, h.putSecretRotation)
-	h.route("DELETE /api/v1/secrets/{name}/rotation", auth.PermSecretsWrite, h.putSecretRotation)
-	h.route("POST /api/v1/secrets/{name}/rotate", auth.PermSecretsWrite, h.rotateSecret)
+	h.dangerous("PUT /api/v1/secrets/{name}", auth.PermSecretsWrite, approval.KindSecretChange, h.putSecret)
+	h.dangerous("DELETE /api/v1/secrets/{name}", auth.PermSecretsWrite, approval.KindSecretChange, h.deleteSecret)
+	h.dangerous("PUT /api/v1/secrets/{name}/rotation", auth.PermSecretsWrite, approval.KindSecretChange, h.putSecretRotation)
+	h.dangerous("DELETE /api/v1/secrets/{name}/rotation", auth.PermSecretsWrite, approval.KindSecretChange, h.putSecretRotation)
+	h.dangerous("POST /api/v1/secrets/{name}/rotate", auth.PermSecretsWrite, approval.KindSecretChange, h.rotateSecret)
 	h.route("GET /api/v1/devices/{id}/secrets", auth.PermSecretsRead, h.deviceSecrets)
 }
 

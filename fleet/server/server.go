@@ -23,6 +23,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
@@ -64,6 +65,11 @@ type Config struct {
 	// ManualApproval holds EKs no other path trusts as pending until an
 	// operator approves them. Default false (they are refused).
 	ManualApproval bool `json:"manual_approval"`
+	// TwoPersonRule holds dangerous changes (CA rotation, policy and secret
+	// changes, fleet-wide rotation jobs) for a second person's approval
+	// (GET /api/v1/approvals). Default false; turn it on once a second
+	// operator with security.approve exists.
+	TwoPersonRule bool `json:"two_person_rule"`
 	// DeviceLifetime is the device certificate lifetime. Default 24h.
 	DeviceLifetime config.Duration `json:"device_lifetime"`
 	// TopicPrefix is the first MQTT topic level. Default "sigil".
@@ -149,6 +155,9 @@ type Server struct {
 	Auth *auth.Service
 	// Audit is the hash-chained audit log of operator and lifecycle actions.
 	Audit *audit.Log
+	// Approvals holds dangerous changes for a second person (nil unless
+	// Config.TwoPersonRule).
+	Approvals *approval.Manager
 
 	jobs       *rotation.Jobs
 	secretSvc  *secretService
@@ -323,7 +332,13 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		},
 	})
 	s.apiTLS = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
-	s.apiHandler = api.New(api.Config{
+	if cfg.TwoPersonRule {
+		if s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit}, Logger: logger.With("component", "approvals")}); err != nil {
+			s.closeStores()
+			return nil, err
+		}
+	}
+	s.apiHandler = api.New(api.Config{Approvals: s.Approvals,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"),
@@ -339,6 +354,9 @@ func (s *Server) closeStores() {
 	s.Inv.Close()
 	if s.Auth != nil {
 		s.Auth.Close()
+	}
+	if s.Approvals != nil {
+		s.Approvals.Close()
 	}
 	if s.Audit != nil {
 		s.Audit.Close() // after Run's shutdown checkpoint: closeStores runs when Run returns
@@ -492,6 +510,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.secretSvc.Run(ctx) })
 	g.Go(func() error { return s.Auth.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
+	if s.Approvals != nil {
+		g.Go(func() error { return s.Approvals.Run(ctx) })
+	}
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{

@@ -127,7 +127,7 @@ func TestAuditLog(t *testing.T) {
 	reordered[mid], reordered[mid+1] = reordered[mid+1], reordered[mid]
 	for name, ls := range map[string][][]byte{"edited": edited, "deleted": deleted, "reordered": reordered} {
 		out, code := verify(write(ls))
-		if code != 5 || !strings.Contains(out, "does NOT verify") {
+		if code != 6 || !strings.Contains(out, "does NOT verify") {
 			t.Errorf("%s export: exit %d\n%s", name, code, out)
 			continue
 		}
