@@ -18,11 +18,14 @@
 //     Verifier (trusted keys and threshold, expiry, model); the security
 //     version must not be below the TPM anti-rollback counter. Refusals end
 //     in failed with ReasonFirmwareSignature, Expired, Model or Rollback.
-//   - downloading: the image is fetched over HTTPS with the injected client
-//     (the device's mTLS identity) into Dir/<id>.part, resumed with an
-//     HTTP Range request from what earlier attempts (or an earlier run) left
-//     there, and never past the manifest's size. Repeated failures end in
-//     failed with ReasonFirmwareDownload.
+//   - downloading: the image is fetched over HTTPS with the injected
+//     Fetcher (device/fetch, with the device's mTLS identity) into
+//     Dir/<id>.part, resumed with an HTTP Range request from what earlier
+//     attempts (or an earlier run) left there, and never past the
+//     manifest's size. The resume carries If-Range with the validator
+//     (ETag or Last-Modified) of the response the first bytes came from,
+//     kept in Dir/<id>.validator, so that a changed image is taken whole
+//     again. Repeated failures end in failed with ReasonFirmwareDownload.
 //   - verifying: size and SHA-256 of the file are compared with the
 //     manifest (streamed, never held in memory), and the counter is checked
 //     again. A mismatch ends in failed with ReasonFirmwareDigest.

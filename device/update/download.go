@@ -5,21 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
-	"strconv"
-	"strings"
+	"path/filepath"
 
+	"github.com/sigil-iot/sigil/device/fetch"
 	"github.com/sigil-iot/sigil/device/state"
 )
+
+var _ Fetcher = (*fetch.Client)(nil)
 
 // errTooLarge is a download that goes past the manifest's size.
 var errTooLarge = errors.New("update: image larger than the manifest's size")
 
 // download fetches u's image into its part file, resuming what an earlier
-// attempt left there with an HTTP Range request. It stops with errTooLarge
-// at the first byte past the release's size. A nil error means the file
-// has exactly the release's size (its digest is checked in verifying).
+// attempt left there with a range request. The resume carries the
+// validator (ETag or Last-Modified) of the response the part file's first
+// bytes came from, kept next to it, so that a server whose image changed
+// sends the whole image again rather than the tail of another one. It
+// stops with errTooLarge before the first byte past the release's size.
+// A nil error means the file has exactly the release's size (its digest is
+// checked in verifying).
 func (e *Engine) download(ctx context.Context, u *state.Update) error {
 	size := u.Release.Size
 	f, err := os.OpenFile(e.partPath(u.ID), os.O_RDWR|os.O_CREATE, 0o600)
@@ -42,47 +47,43 @@ func (e *Engine) download(ctx context.Context, u *state.Update) error {
 	if off == size {
 		return nil
 	}
+	validator := ""
+	if off > 0 {
+		validator = e.readValidator(u.ID)
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.DownloadTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL, nil)
-	if err != nil {
-		return fmt.Errorf("update: download: %w", err)
-	}
-	if off > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
-	}
-	resp, err := e.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("update: download: %w", err)
-	}
-	defer resp.Body.Close()
+	resp, err := e.cfg.Fetcher.Get(ctx, fetch.Request{URL: u.URL, Offset: off, Validator: validator, MaxSize: size})
 	switch {
-	case resp.StatusCode == http.StatusPartialContent && off > 0:
-		start, err := contentRangeStart(resp.Header.Get("Content-Range"))
-		if err != nil || start != off {
-			return fmt.Errorf("update: download: server answered range %q to a request from byte %d",
-				resp.Header.Get("Content-Range"), off)
-		}
-	case resp.StatusCode == http.StatusOK:
-		if off > 0 {
-			// The server ignored the range: take the whole image again.
-			e.log.Info("update: server does not resume downloads; starting over", "update", u.ID)
-			if err := f.Truncate(0); err != nil {
-				return fmt.Errorf("update: %w", err)
-			}
-			off = 0
-		}
-	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+	case errors.Is(err, fetch.ErrTooLarge):
+		return errTooLarge
+	case errors.Is(err, fetch.ErrRangeNotSatisfiable):
 		// The part file is not a prefix of the image the server has.
 		if err := f.Truncate(0); err != nil {
 			return fmt.Errorf("update: %w", err)
 		}
 		return errors.New("update: download: server refused the range; starting over")
-	default:
-		return fmt.Errorf("update: download: HTTP %s", resp.Status)
+	case err != nil:
+		return fmt.Errorf("update: download: %w", err)
 	}
-	if resp.ContentLength >= 0 && off+resp.ContentLength > size {
+	defer resp.Body.Close()
+	if resp.Offset != off {
+		// The whole image came (the server ignored the range, or the image
+		// changed): take it from the start.
+		e.log.Info("update: server sent the whole image; starting over", "update", u.ID, "had", off)
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("update: %w", err)
+		}
+		off = 0
+	}
+	if off == 0 {
+		// Durable before the bytes it describes.
+		if err := e.writeValidator(u.ID, resp.Validator); err != nil {
+			return err
+		}
+	}
+	if off+resp.Length > size {
 		return errTooLarge
 	}
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
@@ -106,16 +107,50 @@ func (e *Engine) download(ctx context.Context, u *state.Update) error {
 	return nil
 }
 
-// contentRangeStart returns the first byte of a "bytes FIRST-LAST/SIZE"
-// Content-Range.
-func contentRangeStart(h string) (int64, error) {
-	rest, ok := strings.CutPrefix(h, "bytes ")
-	if !ok {
-		return 0, errors.New("not a byte range")
+// validatorPath is where the validator of update id's download is kept.
+func (e *Engine) validatorPath(id string) string {
+	return filepath.Join(e.cfg.Dir, id+".validator")
+}
+
+// readValidator returns the kept validator of id's download; "" if none
+// or if it is not a header value (torn by a crash): the resume is then
+// unconditional, and the digest check follows anyway.
+func (e *Engine) readValidator(id string) string {
+	b, err := os.ReadFile(e.validatorPath(id))
+	if err != nil || len(b) > 1024 {
+		return ""
 	}
-	first, _, ok := strings.Cut(rest, "-")
-	if !ok || first == "" || len(first) > 18 || strings.Trim(first, "0123456789") != "" {
-		return 0, errors.New("not a byte range")
+	for _, c := range b {
+		if (c < 0x20 && c != '\t') || c == 0x7f {
+			return ""
+		}
 	}
-	return strconv.ParseInt(first, 10, 64)
+	return string(b)
+}
+
+// writeValidator keeps v, synced, as the validator of id's download; an
+// empty v removes it.
+func (e *Engine) writeValidator(id, v string) error {
+	p := e.validatorPath(id)
+	if v == "" {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("update: %w", err)
+		}
+		return nil
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("update: %w", err)
+	}
+	_, err = f.WriteString(v)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("update: keep download validator: %w", err)
+	}
+	return nil
 }

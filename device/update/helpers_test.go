@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/fetch"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/update"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -168,12 +171,13 @@ type imageServer struct {
 	mu       sync.Mutex
 	images   map[string][]byte
 	requests map[string][]string // path -> Range header of each request
+	ifRanges map[string][]string // path -> If-Range header of each request
 	cut      map[string]int
 	onCut    func() // called after a cut response's bytes were flushed
 }
 
 func newImageServer(t testing.TB) *imageServer {
-	s := &imageServer{images: map[string][]byte{}, requests: map[string][]string{}, cut: map[string]int{}}
+	s := &imageServer{images: map[string][]byte{}, requests: map[string][]string{}, ifRanges: map[string][]string{}, cut: map[string]int{}}
 	s.Server = httptest.NewTLSServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
@@ -198,10 +202,24 @@ func (s *imageServer) rangesOf(path string) []string {
 	return append([]string(nil), s.requests[path]...)
 }
 
+func (s *imageServer) ifRangesOf(path string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.ifRanges[path]...)
+}
+
+// etag is the ETag the image server gives img, as the fleet does: its
+// digest.
+func etag(img []byte) string {
+	d := sha256.Sum256(img)
+	return `"` + hex.EncodeToString(d[:]) + `"`
+}
+
 func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	img, ok := s.images[r.URL.Path]
 	s.requests[r.URL.Path] = append(s.requests[r.URL.Path], r.Header.Get("Range"))
+	s.ifRanges[r.URL.Path] = append(s.ifRanges[r.URL.Path], r.Header.Get("If-Range"))
 	n, cut := s.cut[r.URL.Path]
 	delete(s.cut, r.URL.Path)
 	onCut := s.onCut
@@ -210,6 +228,7 @@ func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	w.Header().Set("ETag", etag(img))
 	if cut {
 		w.Header().Set("Content-Length", strconv.Itoa(len(img)))
 		w.WriteHeader(http.StatusOK)
@@ -270,7 +289,7 @@ func (e *env) config() update.Config {
 		Dir:        filepath.Join(e.dir, "work"),
 		Version:    "1.0.0",
 		Reporter:   e.rep,
-		HTTPClient: e.srv.Client(),
+		Fetcher:    fetcher(e.srv.Server),
 		Now:        func() time.Time { return testNow },
 		RetryDelay: time.Millisecond,
 	}
@@ -354,6 +373,13 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("condition never held")
+}
+
+// fetcher returns a download client that trusts srv's certificate.
+func fetcher(srv *httptest.Server) *fetch.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	return fetch.New(fetch.Config{TLS: &tls.Config{RootCAs: pool}})
 }
 
 // newPlainServer serves img whole to every request, ignoring Range.

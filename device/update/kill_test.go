@@ -9,7 +9,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/fetch"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/device/update"
@@ -65,10 +65,10 @@ func openDevice(root, tpmURI string) (*device, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	client := fetch.New(fetch.Config{TLS: &tls.Config{RootCAs: pool}})
 	return &device{store: st, fb: fb, tpm: tp, cfg: update.Config{
 		Store: st, Backend: fb, Verifier: testVerifier(), Counter: tp, Measurer: tp,
-		Dir: filepath.Join(root, "work"), Version: "1.0.0", HTTPClient: client,
+		Dir: filepath.Join(root, "work"), Version: "1.0.0", Fetcher: client,
 		Now: func() time.Time { return testNow }, RetryDelay: time.Millisecond,
 	}}, nil
 }
@@ -76,9 +76,6 @@ func openDevice(root, tpmURI string) (*device, error) {
 func (d *device) close() {
 	d.store.Close()
 	d.tpm.Close()
-	if tr, ok := d.cfg.HTTPClient.Transport.(*http.Transport); ok {
-		tr.CloseIdleConnections()
-	}
 }
 
 // killChild is the child process: it announces the update and carries it

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/fetch"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -103,6 +103,21 @@ type Measurer interface {
 	ReadPCRs(sel wire.PCRSelection) ([][]byte, error)
 }
 
+// Fetcher downloads an image, or the rest of one (see device/fetch for
+// the meaning of the request and response fields). *fetch.Client
+// implements it.
+type Fetcher interface {
+	Get(ctx context.Context, req fetch.Request) (*fetch.Response, error)
+}
+
+// FetcherFunc adapts a function to Fetcher.
+type FetcherFunc func(ctx context.Context, req fetch.Request) (*fetch.Response, error)
+
+// Get calls f.
+func (f FetcherFunc) Get(ctx context.Context, req fetch.Request) (*fetch.Response, error) {
+	return f(ctx, req)
+}
+
 // Report is one step of an update as the fleet sees it.
 type Report struct {
 	ID      string
@@ -165,9 +180,11 @@ type Config struct {
 	PCR int
 	// Reporter receives the reports; nil discards them.
 	Reporter Reporter
-	// HTTPClient downloads images; nil means http.DefaultClient, which has
-	// no client certificate (a fleet that requires mTLS refuses it).
-	HTTPClient *http.Client
+	// Fetcher downloads images: a *fetch.Client whose TLS config holds
+	// the device's mTLS identity and the fleet's trust. nil means
+	// fetch.New with an empty config: the system's roots and no client
+	// certificate (a fleet that requires mTLS refuses it).
+	Fetcher Fetcher
 	// Log receives the engine's logs; nil discards them.
 	Log *slog.Logger
 	// Now returns the current time; nil means time.Now.
@@ -241,8 +258,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = http.DefaultClient
+	if cfg.Fetcher == nil {
+		cfg.Fetcher = fetch.New(fetch.Config{})
 	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
@@ -471,11 +488,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 // partPath is where the image of update id is downloaded to.
 func (e *Engine) partPath(id string) string { return filepath.Join(e.cfg.Dir, id+".part") }
 
-// removeDownloads deletes downloaded images except the one of keep.
+// removeDownloads deletes downloaded images, and their validators, except
+// those of keep.
 func (e *Engine) removeDownloads(keep string) {
 	files, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.part"))
-	for _, f := range files {
-		if keep != "" && f == e.partPath(keep) {
+	validators, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.validator"))
+	for _, f := range append(files, validators...) {
+		if keep != "" && (f == e.partPath(keep) || f == e.validatorPath(keep)) {
 			continue
 		}
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -290,8 +290,58 @@ func TestTruncatedDownloadResumes(t *testing.T) {
 	if len(ranges) != 2 || ranges[0] != "" || ranges[1] != want {
 		t.Fatalf("requests' Range headers %q, want [\"\" %q]", ranges, want)
 	}
+	if ifr := e.srv.ifRangesOf("/v2.img"); ifr[1] != etag(img) {
+		t.Fatalf("resume's If-Range %q, want the first response's ETag %q", ifr[1], etag(img))
+	}
 	if got, _ := os.ReadFile(e.fb.Image("b")); !bytes.Equal(got, img) {
 		t.Fatal("resumed image differs")
+	}
+}
+
+// TestChangedImageStartsOver: the partial download left by an earlier run
+// came from another image (the server's file was replaced since). The
+// resume's If-Range no longer matches, the server sends the whole image,
+// and the update commits with it instead of splicing two images. A kept
+// validator torn by a crash resumes unconditionally rather than failing.
+func TestChangedImageStartsOver(t *testing.T) {
+	img := image("v2", 64<<10)
+	for _, c := range []struct {
+		name, validator string
+		part            []byte
+		wantIfRange     string
+		wantRequests    int
+	}{
+		{"replaced image", `"the image before"`, image("v2-old", 20<<10), `"the image before"`, 1},
+		{"torn validator", "\x00\x00\x00", img[:20<<10], "", 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			m, b := release("2.0.0", 1, img)
+			url := e.srv.put("/v2.img", img)
+			work := filepath.Join(e.dir, "work")
+			if err := os.MkdirAll(work, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(work, "u1.part"), c.part, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(work, "u1.validator"), []byte(c.validator), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if rep := e.run(e.engine(), "u1", m, b, url); rep.Phase != update.PhaseCommitted {
+				t.Fatalf("final report: %+v", rep)
+			}
+			if got, _ := os.ReadFile(e.fb.Image("b")); !bytes.Equal(got, img) {
+				t.Fatal("installed image differs")
+			}
+			ranges, ifr := e.srv.rangesOf("/v2.img"), e.srv.ifRangesOf("/v2.img")
+			if len(ranges) != c.wantRequests || ranges[0] != "bytes=20480-" || ifr[0] != c.wantIfRange {
+				t.Fatalf("requests: Range %q, If-Range %q", ranges, ifr)
+			}
+			if files, _ := filepath.Glob(filepath.Join(work, "*")); len(files) != 0 {
+				t.Fatalf("left in the download directory: %v", files)
+			}
+		})
 	}
 }
 
@@ -310,7 +360,7 @@ func TestServerIgnoringRange(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(e.dir, "work", "u1.part"), img[:1000], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rep := e.run(e.engine(func(c *update.Config) { c.HTTPClient = ignoring.Client() }), "u1", m, b, ignoring.URL+"/i")
+	rep := e.run(e.engine(func(c *update.Config) { c.Fetcher = fetcher(ignoring) }), "u1", m, b, ignoring.URL+"/i")
 	if rep.Phase != update.PhaseCommitted {
 		t.Fatalf("final report: %+v", rep)
 	}
