@@ -46,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -463,11 +464,18 @@ type body struct {
 	stop   func() bool
 	remain int64
 	length int64
-	err    error // sticky
+	err    error // sticky; touched by Read only
+	closed atomic.Bool
 	once   sync.Once
 }
 
+// errClosedBody is a read after Close.
+var errClosedBody = errors.New("fetch: read of a closed body")
+
 func (b *body) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, errClosedBody
+	}
 	if b.err != nil {
 		return 0, b.err
 	}
@@ -485,6 +493,8 @@ func (b *body) Read(p []byte) (int, error) {
 		b.err = fmt.Errorf("fetch: body ended at byte %d of %d: %w", b.length-b.remain, b.length, io.ErrUnexpectedEOF)
 	case errors.Is(err, io.EOF):
 		// The last bytes and the end of the connection came together.
+	case b.closed.Load():
+		b.err = errClosedBody
 	default:
 		b.err = b.c.fail(b.ctx, fmt.Sprintf("read body at byte %d of %d", b.length-b.remain, b.length), err)
 	}
@@ -494,14 +504,13 @@ func (b *body) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close closes the connection. Reading after Close fails.
+// Close closes the connection; a Read blocked on it, or any later one,
+// fails. It may be called from another goroutine than the reader's.
 func (b *body) Close() error {
 	b.once.Do(func() {
+		b.closed.Store(true)
 		b.stop()
 		b.raw.Close()
-		if b.err == nil {
-			b.err = errors.New("fetch: read of a closed body")
-		}
 	})
 	return nil
 }

@@ -468,6 +468,23 @@ func TestCancel(t *testing.T) {
 	if _, err := resp.Body.Read(make([]byte, 10)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("read after cancel: %v", err)
 	}
+	// Close from another goroutine unblocks a waiting read too.
+	resp2, err := client(srv).Get(context.Background(), fetch.Request{URL: srv.URL + "/i"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp2.Body, make([]byte, len(img)/2)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := resp2.Body.Read(make([]byte, 10))
+		done <- err
+	}()
+	resp2.Body.Close()
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "closed body") {
+		t.Fatalf("read during Close: %v", err)
+	}
 	// A cancelled context fails a new request at once.
 	if _, err := client(srv).Get(ctx, fetch.Request{URL: srv.URL + "/i"}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Get with a cancelled context: %v", err)
