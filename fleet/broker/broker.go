@@ -106,8 +106,13 @@ const (
 	Connected EventKind = iota + 1
 	// Disconnected: the last connection of a client ID ended.
 	Disconnected
-	// Refused: a CONNECT was refused; Reason says why.
+	// Refused: a CONNECT was refused, or the TLS handshake refused a
+	// client certificate (Presented); Reason says why.
 	Refused
+	// Closed: an admitted connection ended while another connection of
+	// its client ID stays open (a session taken over). With Disconnected,
+	// the end of every admitted connection is reported exactly once.
+	Closed
 )
 
 func (k EventKind) String() string {
@@ -118,6 +123,8 @@ func (k EventKind) String() string {
 		return "disconnected"
 	case Refused:
 		return "refused"
+	case Closed:
+		return "closed"
 	}
 	return fmt.Sprintf("EventKind(%d)", int(k))
 }
@@ -128,6 +135,12 @@ type Event struct {
 	Identity Identity
 	Reason   string // why a connection was refused or ended, for logs
 	Time     time.Time
+	// Remote is the client's address ("host:port").
+	Remote string
+	// Presented is the client certificate a TLS handshake refused (it does
+	// not chain to a trusted CA): unverified, set only in such Refused
+	// events, whose Identity is empty.
+	Presented *x509.Certificate
 }
 
 // Stats are the broker's counters.
@@ -203,8 +216,14 @@ type Config struct {
 	// QoS 1 messages) outlives its connection when it connects without clean
 	// session. Default 24h.
 	SessionExpiry time.Duration
-	// Events, if set, is called for every Connected, Disconnected and
-	// Refused event, on the connection's goroutine: it must not block.
+	// Screen, if set, is asked about every CONNECT before the other
+	// checks: the client ID, the device ID of a device certificate ("" for
+	// bootstrap clients) and the client's address ("host:port"). An error
+	// refuses the client (a Refused event): the fleet's block list. It runs
+	// on the connection's goroutine and must not block.
+	Screen func(clientID, deviceID, remote string) error
+	// Events, if set, is called for every Connected, Disconnected, Closed
+	// and Refused event, on the connection's goroutine: it must not block.
 	Events func(Event)
 	// Logger receives the broker's and mochi's logs; nil discards them.
 	Logger *slog.Logger
@@ -515,9 +534,18 @@ func (b *Broker) Stats() Stats {
 	}
 }
 
-func (b *Broker) emit(kind EventKind, id Identity, reason string) {
+func (b *Broker) emit(kind EventKind, id Identity, reason, remote string) {
 	if b.cfg.Events != nil {
-		b.cfg.Events(Event{Kind: kind, Identity: id, Reason: reason, Time: b.now()})
+		b.cfg.Events(Event{Kind: kind, Identity: id, Reason: reason, Time: b.now(), Remote: remote})
+	}
+}
+
+// refusedCertificate reports a client certificate the TLS handshake
+// refused.
+func (b *Broker) refusedCertificate(cve *tls.CertificateVerificationError, remote string) {
+	if b.cfg.Events != nil {
+		b.cfg.Events(Event{Kind: Refused, Reason: cve.Error(),
+			Time: b.now(), Remote: remote, Presented: cve.UnverifiedCertificates[0]})
 	}
 }
 
@@ -551,7 +579,7 @@ func (b *Broker) admit(c *conn, cl *mqtt.Client, id Identity, gen uint64) bool {
 	b.ids[id.ClientID]++
 	b.connections.Add(1)
 	b.mu.Unlock()
-	b.emit(Connected, id, "")
+	b.emit(Connected, id, "", c.RemoteAddr().String())
 	return true
 }
 
@@ -574,9 +602,11 @@ func (b *Broker) release(c *conn, id Identity) {
 	}
 	b.connections.Add(-1)
 	b.mu.Unlock()
+	kind := Closed
 	if last {
-		b.emit(Disconnected, id, "")
+		kind = Disconnected
 	}
+	b.emit(kind, id, "", c.RemoteAddr().String())
 }
 
 // allowed applies the topic rules to a topic name (write) or a topic filter

@@ -34,7 +34,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	b := h.b
 	c, ok := cl.Net.Conn.(*conn)
 	if !ok {
-		return h.refuse(Identity{ClientID: cl.ID}, errors.New("connection not from the sigil listener"))
+		return h.refuse(cl, Identity{ClientID: cl.ID}, errors.New("connection not from the sigil listener"))
 	}
 	var gen uint64
 	if c.cert != nil {
@@ -42,7 +42,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	id, err := h.authenticate(cl, c, pk)
 	if err != nil {
-		return h.refuse(id, err)
+		return h.refuse(cl, id, err)
 	}
 	if id.Bootstrap() {
 		// Bootstrap sessions never outlive their connection.
@@ -51,7 +51,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		cl.Properties.Props.SessionExpiryIntervalFlag = false
 	}
 	if !b.admit(c, cl, id, gen) {
-		return h.refuse(id, errors.New("disconnected by the fleet during admission"))
+		return h.refuse(cl, id, errors.New("disconnected by the fleet during admission"))
 	}
 	b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
 	return true
@@ -66,6 +66,13 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 	}
 	if c.cert != nil {
 		id.DeviceID, id.Cert = c.deviceID, c.cert
+	}
+	if b.cfg.Screen != nil {
+		if err := b.cfg.Screen(clientID, id.DeviceID, c.RemoteAddr().String()); err != nil {
+			return id, fmt.Errorf("screened out: %w", err)
+		}
+	}
+	if c.cert != nil {
 		if c.idErr != nil {
 			return id, fmt.Errorf("certificate identity: %w", c.idErr)
 		}
@@ -118,10 +125,10 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 	return id, nil
 }
 
-func (h *hook) refuse(id Identity, err error) bool {
+func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	h.b.authRefusals.Add(1)
-	h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "error", err)
-	h.b.emit(Refused, id, err.Error())
+	h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "error", err)
+	h.b.emit(Refused, id, err.Error(), cl.Net.Remote)
 	return false
 }
 

@@ -148,6 +148,11 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		b.handshakeFailures.Add(1)
 		l.log.Debug("broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
 		_ = raw.Close()
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) && len(cve.UnverifiedCertificates) > 0 {
+			// A client certificate from outside the fleet: worth knowing who.
+			b.refusedCertificate(cve, raw.RemoteAddr().String())
+		}
 		return
 	}
 	c := &conn{Conn: tc, b: b}

@@ -40,6 +40,9 @@ const (
 	PathToken     = "token"
 	PathApproval  = "approval"
 	PathKnown     = "re-enrollment"
+	// PathTriage: an operator chose to enroll the EK from governance's
+	// triage list of unknown identities (Config.Identities).
+	PathTriage = "triage"
 )
 
 // FlagApproved marks a pending device an operator approved.
@@ -82,6 +85,31 @@ type Config struct {
 	// (firmware/verify.TrustSet.Marshal); nil, or a nil result, gives
 	// them none (the fleet has no firmware releases configured).
 	FirmwareTrust func() []byte
+
+	// Identities, when set, is the fleet's identity governance: requests
+	// from blocked client IDs or EKs are refused, EKs an operator chose to
+	// enroll from the triage list are trusted (trust path PathTriage),
+	// and unknown EKs and clone suspicions are reported to it.
+	Identities Identities
+}
+
+// Identities is what enrollment asks of and tells identity governance
+// (fleet/governance through the server). Its methods are called on the
+// enrollment workers and must not block for long.
+type Identities interface {
+	// Blocked reports whether a bootstrap client ID or an EK fingerprint
+	// is on the block list.
+	Blocked(clientID, ekFingerprint string) bool
+	// Admitted reports whether an operator decided to enroll this EK.
+	Admitted(ekFingerprint string) bool
+	// UnknownEK records a request refused because no trust path accepts
+	// its EK (reason says why). The EK is well-formed, but the requester
+	// has not proven it holds it.
+	UnknownEK(clientID, ekFingerprint, reason string)
+	// CloneSuspect is told that deviceID was flagged FlagCloneSuspect: a
+	// client proved it holds the device's EK while claiming another
+	// identity (detail says how).
+	CloneSuspect(deviceID, detail string)
 }
 
 // Policies finds the reference policy for a device (fleet/policy.Store).
@@ -326,6 +354,9 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.Identities != nil && s.cfg.Identities.Blocked(clientID, ek.Fingerprint) {
+		return wire.Refuse(wire.ReasonUnknownEK, "this EK or client is blocked by the fleet", nil)
+	}
 	ak, err := verifier.VerifyAK(req.AKPublic)
 	if err != nil {
 		return err
@@ -345,6 +376,10 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 	}
 	path, err := s.trustPath(&req, ek, existing)
 	if err != nil {
+		var we *wire.Error
+		if s.cfg.Identities != nil && errors.As(err, &we) && (we.Reason == wire.ReasonUnknownEK || we.Reason == wire.ReasonUntrustedEK) {
+			s.cfg.Identities.UnknownEK(clientID, ek.Fingerprint, we.Message)
+		}
 		return err
 	}
 	clone := ""
@@ -411,6 +446,8 @@ func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *
 		return PathAllowList, nil
 	case existing != nil && existing.State == inventory.StatePending && existing.HasFlag(FlagApproved):
 		return PathApproval, nil
+	case s.cfg.Identities != nil && s.cfg.Identities.Admitted(ek.Fingerprint):
+		return PathTriage, nil
 	case s.cfg.ManualApproval:
 		return "", nil
 	case ek.Cert != nil && s.cfg.Trust.Roots != nil:
@@ -448,6 +485,9 @@ func (s *Service) flagClone(deviceID, detail string) {
 		s.log.Error("flagging clone failed", "device_id", deviceID, "err", err)
 	}
 	s.log.Warn("possible clone", "device_id", deviceID, "detail", detail)
+	if s.cfg.Identities != nil {
+		s.cfg.Identities.CloneSuspect(deviceID, detail)
+	}
 }
 
 func (s *Service) proof(clientID string, env *wire.Envelope) error {
@@ -655,7 +695,7 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		}
 		stale, oldExpiry = append([]string{cur.CertSerial}, cur.Superseded...), cur.CertExpiry
 		cur.Superseded = nil
-		cur.CertSerial, cur.CertExpiry, cur.EnrolledAt = serial, cert.NotAfter, now
+		cur.CertSerial, cur.CertExpiry, cur.CertIssued, cur.EnrolledAt = serial, cert.NotAfter, cert.NotBefore, now
 		d = *cur
 		return nil
 	})

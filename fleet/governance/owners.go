@@ -317,7 +317,7 @@ func (o ownership) orphanReason() string {
 }
 
 func loadOwnership(tx *bolt.Tx, d *inventory.Device) (ownership, error) {
-	o := ownership{OwnerID: d.Owner}
+	o := ownership{OwnerID: d.Owner, Purpose: d.Purpose}
 	a, err := get[Assignment](tx, bucketAssign, []byte(d.ID))
 	if err != nil {
 		return o, err

@@ -226,7 +226,10 @@ func (s *Service) riskOf(d *inventory.Device, own ownership, now time.Time) (*Ri
 	// Credential hygiene, for a device holding a certificate.
 	if d.CertSerial != "" && (d.State == inventory.StateActive || d.State == inventory.StateQuarantined) && !d.CertExpiry.IsZero() {
 		left := d.CertExpiry.Sub(now)
-		issued := d.CertExpiry.Add(-c.CertLifetime)
+		issued := d.CertIssued
+		if issued.IsZero() { // recorded before the inventory kept issue times
+			issued = d.CertExpiry.Add(-c.CertLifetime)
+		}
 		due := time.Duration(float64(c.CertLifetime) * c.RenewalDue)
 		switch {
 		case left <= 0:

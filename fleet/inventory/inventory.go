@@ -67,11 +67,13 @@ type Device struct {
 	Model         string    `json:"model,omitempty"`
 	Firmware      string    `json:"firmware,omitempty"`
 	Owner         string    `json:"owner,omitempty"`
+	Purpose       string    `json:"purpose,omitempty"` // why the device exists (governance assignment)
 	Serial        string    `json:"serial,omitempty"`
 	State         State     `json:"state"`
 	TrustPath     string    `json:"trust_path,omitempty"`
 	CertSerial    string    `json:"cert_serial,omitempty"` // hex
 	CertExpiry    time.Time `json:"cert_expiry,omitzero"`
+	CertIssued    time.Time `json:"cert_issued,omitzero"` // NotBefore of the current certificate
 	FirstSeen     time.Time `json:"first_seen,omitzero"`
 	LastSeen      time.Time `json:"last_seen,omitzero"`
 	EnrolledAt    time.Time `json:"enrolled_at,omitzero"`

@@ -208,7 +208,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 				d.Superseded = d.Superseded[len(d.Superseded)-8:]
 			}
 		}
-		d.CertSerial, d.CertExpiry = serial, cert.NotAfter
+		d.CertSerial, d.CertExpiry, d.CertIssued = serial, cert.NotAfter, cert.NotBefore
 		return nil
 	})
 	if err != nil {

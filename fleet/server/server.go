@@ -416,7 +416,7 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 // brokerEvent queues a connection event: the broker calls it on its
 // connection goroutines, which must not wait for the inventory's disk.
 func (s *Server) brokerEvent(ev broker.Event) {
-	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused {
+	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused || ev.Kind == broker.Closed {
 		return
 	}
 	select {
