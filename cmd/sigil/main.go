@@ -60,6 +60,12 @@ const usage = `usage:
   sigil audit verify FILE|- [--key audit.pub]   (offline; exit 6 when the log does not verify)
   sigil policies list | show ID | learn --device ID --name NAME [--pcrs 0,1,7] | put FILE | delete ID
   sigil tokens create [--model M] [--owner O] [--ttl 24h] [-o json]
+  sigil firmware keygen [--key F] [--pub F] [--alg A] | trust [--threshold M] [--sequence N] [--out F] PUB...
+  sigil firmware sign --key F (--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] | --manifest F | --statement F) [--bundle F]
+  sigil firmware upload --manifest F --bundle F [--bundle F] [--image IMG] | approve ID | withdraw ID [--reason R] | list [-o json] | show ID
+  sigil campaigns create --release ID (--group G | --model M | --devices ID,ID) [--canary N --growth F | --sizes 1,10] [--failure F] [--timeout D] [--definition FILE] [--justification T]
+  sigil campaigns start ID [--at TIME] | pause ID | resume ID | abort ID   (--justification T)
+  sigil campaigns rollback ID --release ID --justification T | list [-o json] | show ID | devices ID [--step S] [--wave N] [--after ID]
   sigil secrets list [-o json] | device ID [-o json] | delete NAME
   sigil secrets put NAME (--device ID | --group G | --model M) [--pcr-bound] [--file F]   (value from F or stdin)
   sigil secrets schedule NAME --every D [--grace D] [--length N] [--encoding base64url|hex|raw]   (--every 0 clears)
@@ -113,6 +119,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdApprovals(ctx, args[1:], stdout)
 	case "policies":
 		err = cmdPolicies(ctx, args[1:], stdout)
+	case "firmware":
+		err = cmdFirmware(ctx, args[1:], stdout)
+	case "campaigns":
+		err = cmdCampaigns(ctx, args[1:], stdout)
 	case "secrets":
 		err = cmdSecrets(ctx, args[1:], os.Stdin, stdout)
 	case "sim-device":

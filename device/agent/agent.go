@@ -65,6 +65,7 @@ type Agent struct {
 	trust      chan [][]byte            // trust bundles pushed during a CA rotation
 	ssh        sshState                 // hands SSH certificate messages to the session worker (ssh.go)
 	secrets    chan *wire.SecretDeliver // deliveries for the session's secret worker (secrets.go)
+	fw         firmwareState            // firmware updates (update.go)
 
 	mu     sync.Mutex
 	status Status
@@ -161,6 +162,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer stop()
 	}
 	a.publishIdentity(id)
+	defer a.startUpdates(ctx)()
 	if id, err = a.enrollUntilDone(ctx, id); err != nil || ctx.Err() != nil {
 		return nil
 	}
@@ -348,7 +350,7 @@ func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity
 	}
 	req := &wire.EnrollRequest{
 		EKPublic: ek.Public, EKCert: ek.Cert, AKPublic: id.AK.Public, TKPublic: id.TK.Public,
-		CSR: csr, Model: a.cfg.Model, Firmware: a.cfg.Firmware, Serial: a.cfg.Serial, Token: tok,
+		CSR: csr, Model: a.cfg.Model, Firmware: a.runningFirmware(), Serial: a.cfg.Serial, Token: tok,
 	}
 	send := func(typ string, corr []byte, body any) ([]byte, error) {
 		b, err := wire.Encode(typ, corr, a.now(), body)
@@ -467,6 +469,7 @@ func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.
 	if err := verifyIssued(res.Certificate, res.Chain, res.TrustBundle, tkPub, a.now()); err != nil {
 		return id, err
 	}
+	a.storeEnrolledTrust(res.FirmwareTrust)
 	id.Status = state.StatusEnrolled
 	id.DeviceID = res.DeviceID
 	id.Cert = res.Certificate
@@ -695,7 +698,7 @@ func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Co
 		conn.Close()
 		return nil, err
 	}
-	hello, err := wire.Encode(wire.TypeHello, nil, a.now(), &wire.Hello{Model: a.cfg.Model, Firmware: a.cfg.Firmware, Agent: Version})
+	hello, err := wire.Encode(wire.TypeHello, nil, a.now(), &wire.Hello{Model: a.cfg.Model, Firmware: a.runningFirmware(), Agent: Version})
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -704,6 +707,7 @@ func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Co
 		conn.Close()
 		return nil, err
 	}
+	a.setFirmwareLink(conn, deviceID)
 	return conn, nil
 }
 
@@ -757,6 +761,8 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		}
 	case wire.TypeSecretDeliver:
 		a.queueSecret(env)
+	case wire.TypeFirmwareAnnounce, wire.TypeFirmwareTrust:
+		a.queueFirmware(env)
 	case wire.TypeSSHCerts:
 		a.sshCerts(env)
 	case wire.TypeAttestVerdict:

@@ -271,7 +271,7 @@ func (a *Agent) answerChallenge(ctx context.Context, conn *link.Conn, id *state.
 // the logs asked for; a quote that keeps failing is reported in the
 // evidence, not hidden. It returns nil when ctx ended.
 func (a *Agent) evidence(ctx context.Context, id *state.Identity, ch *wire.AttestChallenge) *wire.AttestEvidence {
-	ev := &wire.AttestEvidence{Nonce: ch.Nonce, Firmware: a.cfg.Firmware}
+	ev := &wire.AttestEvidence{Nonce: ch.Nonce, Firmware: a.runningFirmware()}
 	for _, sel := range ch.Selections {
 		var q *wire.Quote
 		var err error

@@ -95,6 +95,24 @@ type Config struct {
 	// SSHReloadPIDFile names a PID file (e.g. /run/sshd.pid) whose process
 	// gets SIGHUP after new certificates are written. Default "" (none).
 	SSHReloadPIDFile string `json:"ssh_reload_pid_file"`
+	// UpdateBackend installs firmware updates: "file:DIR" keeps two slot
+	// files and a boot record in DIR (simulators and tests; it changes no
+	// real firmware), "hook:PATH" runs a program for each step (real
+	// boards; the contract is in device/update's documentation), "-"
+	// turns updates off. Default "file:" + the directory of State +
+	// "/slots".
+	UpdateBackend string `json:"update_backend"`
+	// UpdateDir holds downloaded images and partial downloads. Default
+	// the directory of State + "/update".
+	UpdateDir string `json:"update_dir"`
+	// UpdateServer is HOST:PORT of the fleet's HTTPS listener images are
+	// downloaded from (with the device's mTLS identity). Default the host
+	// of Broker, port 8443.
+	UpdateServer string `json:"update_server"`
+	// UpdateHealth is a program the file backend runs as its health check
+	// after switching, as PROG SLOT IMAGE (exit status 0: healthy).
+	// Default: the new slot's image exists and is not empty.
+	UpdateHealth string `json:"update_health"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `json:"log_level"`
 }
@@ -149,6 +167,7 @@ func (c *Config) setDefaults() {
 	if c.Control == "" {
 		c.Control = "/run/sigild/sigild.sock"
 	}
+	c.setUpdateDefaults()
 	if c.Serial == "" {
 		if b, err := os.ReadFile("/etc/machine-id"); err == nil {
 			c.Serial = strings.TrimSpace(string(b))
@@ -183,6 +202,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("topic_prefix must be one topic level without wildcards"))
 	}
 	if err := c.validateSSH(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.validateUpdate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -56,6 +56,9 @@ type Config struct {
 	Approvals *approval.Manager
 	// Audit records every state-changing request; nil records nothing.
 	Audit *audit.Log
+	// Firmware serves the firmware release and campaign routes; nil
+	// answers them with 501.
+	Firmware Firmware
 	// AdminTokenHash is the SHA-256 of the admin bearer token when Auth is
 	// nil.
 	AdminTokenHash []byte
@@ -102,6 +105,7 @@ func New(cfg Config) http.Handler {
 	h.routesUsers()
 	h.routesAudit()
 	h.routesApprovals()
+	h.routesFirmware()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})
@@ -112,7 +116,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Strict-Transport-Security", "max-age=31536000")
-	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	if n := bodyLimit(r); n > 0 {
+		r.Body = http.MaxBytesReader(w, r.Body, n)
+	}
 	h.mux.ServeHTTP(w, r)
 }
 

@@ -65,6 +65,17 @@ type Config struct {
 	// ManualApproval holds EKs no other path trusts as pending until an
 	// operator approves them. Default false (they are refused).
 	ManualApproval bool `json:"manual_approval"`
+	// ReleaseTrust is the release trust set file (`sigil firmware trust`
+	// writes it): the keys, and how many of them must sign, that firmware
+	// releases need. Enrolled devices get it. Unset, firmware releases and
+	// campaigns are off and their routes answer 501.
+	ReleaseTrust string `json:"release_trust"`
+	// ReleaseTrustRotations are the signed rotations from ReleaseTrust to
+	// the current set, in order; devices get them after each hello.
+	ReleaseTrustRotations []ReleaseRotation `json:"release_trust_rotations"`
+	// FirmwareApprovals is how many people other than the uploader must
+	// approve a release. Default 1.
+	FirmwareApprovals int `json:"firmware_approvals"`
 	// TwoPersonRule holds dangerous changes (CA rotation, policy and secret
 	// changes, fleet-wide rotation jobs) for a second person's approval
 	// (GET /api/v1/approvals). Default false; turn it on once a second
@@ -162,6 +173,7 @@ type Server struct {
 	jobs       *rotation.Jobs
 	secretSvc  *secretService
 	deliveries *deliveries
+	fw         *firmwareService // nil when firmware is off
 
 	history *attest.History
 
@@ -273,6 +285,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Policies: s.Policy, Selection: first,
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
 		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: logger.With("component", "enroll"),
+		FirmwareTrust: s.firmwareTrust,
 		Send: func(clientID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
 		},
@@ -331,7 +344,11 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
 	})
-	s.apiTLS = &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
+	if err = s.openFirmware(); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
 	if cfg.TwoPersonRule {
 		if s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit}, Logger: logger.With("component", "approvals")}); err != nil {
 			s.closeStores()
@@ -341,7 +358,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
-		Connected: s.Broker.Connected, Logger: logger.With("component", "api"),
+		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(),
 	})
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		s.closeStores()
@@ -351,6 +368,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 }
 
 func (s *Server) closeStores() {
+	s.closeFirmware()
 	s.Inv.Close()
 	if s.Auth != nil {
 		s.Auth.Close()
@@ -416,7 +434,7 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 // brokerEvent queues a connection event: the broker calls it on its
 // connection goroutines, which must not wait for the inventory's disk.
 func (s *Server) brokerEvent(ev broker.Event) {
-	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused || ev.Kind == broker.Closed {
+	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused {
 		return
 	}
 	select {
@@ -508,6 +526,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Rotation.Run(ctx) })
 	g.Go(func() error { return s.SSH.Run(ctx) })
 	g.Go(func() error { return s.secretSvc.Run(ctx) })
+	g.Go(func() error { return s.runFirmware(ctx) })
 	g.Go(func() error { return s.Auth.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
 	if s.Approvals != nil {
@@ -516,7 +535,7 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{
-		Handler:   s.apiHandler,
+		Handler:   s.withDownloads(s.apiHandler),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -558,6 +577,8 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.SSH.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
 		s.secretSvc.ack(id.DeviceID, env)
+	case wire.TypeFirmwareReport:
+		s.firmwareReport(id.DeviceID, env)
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
@@ -580,6 +601,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
 		s.secretSvc.queue(id.DeviceID)
+		s.firmwareHello(id.DeviceID)
 		if s.CA.Rotating() {
 			s.sendTrustBundle(id.DeviceID)
 		}

@@ -84,9 +84,13 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	}
 	defer stopTPMs()
 
+	releaseTrust, err := demoReleaseTrust(o.Dir)
+	if err != nil {
+		return err
+	}
 	fleet, err := StartFleet(ctx, server.Config{
 		DataDir: filepath.Join(o.Dir, "fleet"), APIAddr: o.APIAddr, MQTTAddr: o.MQTTAddr, EKCADir: ekCADir,
-		DeviceLifetime: config.Duration(DemoLifetime),
+		DeviceLifetime: config.Duration(DemoLifetime), ReleaseTrust: releaseTrust,
 	}, o.Logger.With("side", "fleet"))
 	if err != nil {
 		return err
@@ -165,6 +169,9 @@ func Demo(ctx context.Context, o DemoOptions) error {
 		return err
 	}
 	if err := demoAttestation(ctx, o, client, list.Devices, insts, curl, fleet.APIURL()); err != nil {
+		return err
+	}
+	if err := demoFirmware(ctx, o, fleet, client, list.Devices); err != nil {
 		return err
 	}
 	if o.Once {

@@ -110,7 +110,7 @@ func (f *Fleet) AgentConfig(dc DeviceConfig) agent.Config {
 		FleetCA: f.CACertPath(), Model: dc.Model, Firmware: dc.Firmware, Serial: dc.Serial, Token: dc.Token,
 		RetryMin: agent.Duration(200 * time.Millisecond), RetryMax: agent.Duration(5 * time.Second),
 		PendingRetry: agent.Duration(5 * time.Second), Control: filepath.Join(dc.Dir, "sigild.sock"),
-		TopicPrefix: f.Config.TopicPrefix,
+		TopicPrefix: f.Config.TopicPrefix, UpdateServer: f.UpdateServer(),
 	}
 	if dc.Tweak != nil {
 		dc.Tweak(&cfg)
