@@ -5,6 +5,8 @@
 //	sigil devices [list|show ID|approve ID]
 //	sigil tokens create [--model M] [--owner O] [--ttl 24h]
 //	sigil secrets [list|put NAME|schedule NAME|rotate NAME|delete NAME|device ID]
+//	sigil alerts [list|show|ack|resolve|rules|deadletters|redrive|sinks]
+//	sigil telemetry DEVICE [--metric M]
 //	sigil version
 package main
 
@@ -70,6 +72,11 @@ const usage = `usage:
   sigil secrets put NAME (--device ID | --group G | --model M) [--pcr-bound] [--file F]   (value from F or stdin)
   sigil secrets schedule NAME --every D [--grace D] [--length N] [--encoding base64url|hex|raw]   (--every 0 clears)
   sigil secrets rotate NAME
+  sigil alerts list [--device ID] [--rule R] [--state firing|acknowledged|resolved|open] [--limit N] [--before ID] [-o json]
+  sigil alerts show ID | ack ID [--note T] | resolve ID [--note T] | sinks
+  sigil alerts rules [put FILE | delete ID]
+  sigil alerts deadletters [--limit N] [--before ID] | redrive (ID | --all [--route SINK])
+  sigil telemetry DEVICE [--metric M [--since 1h]] [-o json]
   sigil version
 
 API commands find the server, token and CA from --server/--token/--ca, the
@@ -125,6 +132,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdCampaigns(ctx, args[1:], stdout)
 	case "secrets":
 		err = cmdSecrets(ctx, args[1:], os.Stdin, stdout)
+	case "alerts":
+		err = cmdAlerts(ctx, args[1:], stdout)
+	case "telemetry":
+		err = cmdTelemetry(ctx, args[1:], stdout)
 	case "sim-device":
 		err = cmdSimDevice(ctx, args[1:], stderr)
 	case "version":

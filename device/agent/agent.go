@@ -65,6 +65,7 @@ type Agent struct {
 	trust      chan [][]byte            // trust bundles pushed during a CA rotation
 	ssh        sshState                 // hands SSH certificate messages to the session worker (ssh.go)
 	secrets    chan *wire.SecretDeliver // deliveries for the session's secret worker (secrets.go)
+	tel        agentTelemetry           // sampler, sender and the session they publish on (telemetry.go)
 	fw         firmwareState            // firmware updates (update.go)
 
 	mu     sync.Mutex
@@ -166,6 +167,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if id, err = a.enrollUntilDone(ctx, id); err != nil || ctx.Err() != nil {
 		return nil
 	}
+	stopTelemetry := a.startTelemetry(ctx)
+	defer stopTelemetry()
 	return a.connectLoop(ctx, id)
 }
 
@@ -567,6 +570,7 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 		var secretWorker sync.WaitGroup
 		deviceID := id.DeviceID
 		secretWorker.Go(func() { a.secretLoop(sess, conn, deviceID) })
+		a.setTelemetrySession(conn, deviceID)
 		var switchNow bool
 		select {
 		case <-ctx.Done():
@@ -578,6 +582,7 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 			switchNow = <-renewed
 		}
 		secretWorker.Wait()
+		a.setTelemetrySession(nil, "")
 		if ctx.Err() != nil {
 			conn.Close()
 			a.setStatus(func(s *Status) { s.Connected = false })
@@ -765,6 +770,8 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		a.queueFirmware(env)
 	case wire.TypeSSHCerts:
 		a.sshCerts(env)
+	case wire.TypeTelemetryAck:
+		a.telemetryAck(env)
 	case wire.TypeAttestVerdict:
 		var v wire.AttestVerdict
 		if err := wire.DecodeBody(env, wire.TypeAttestVerdict, &v); err != nil {

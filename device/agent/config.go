@@ -113,6 +113,21 @@ type Config struct {
 	// after switching, as PROG SLOT IMAGE (exit status 0: healthy).
 	// Default: the new slot's image exists and is not empty.
 	UpdateHealth string `json:"update_health"`
+	// TelemetryInterval is how often a telemetry point (CPU, memory,
+	// disk, network, processes, listening ports, TPM health, certificate
+	// expiry, the daemon's counters) is stored in the durable outbox and
+	// sent to the fleet. Default 60s; a negative value disables telemetry.
+	TelemetryInterval Duration `json:"telemetry_interval"`
+	// TelemetryOutboxPoints and TelemetryOutboxBytes bound the outbox that
+	// holds points until the fleet acknowledges them; beyond either bound
+	// the oldest are dropped, counted and reported. Defaults 20000 points
+	// and 8 MiB.
+	TelemetryOutboxPoints int   `json:"telemetry_outbox_points"`
+	TelemetryOutboxBytes  int64 `json:"telemetry_outbox_bytes"`
+	// TelemetryAuthLog is a log file whose failed-login lines (sshd, PAM,
+	// login, su) are counted as auth.failures. Default /var/log/auth.log
+	// when it exists; "-" disables it.
+	TelemetryAuthLog string `json:"telemetry_auth_log"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `json:"log_level"`
 }
@@ -167,6 +182,9 @@ func (c *Config) setDefaults() {
 	if c.Control == "" {
 		c.Control = "/run/sigild/sigild.sock"
 	}
+	if c.TelemetryInterval == 0 {
+		c.TelemetryInterval = Duration(DefaultTelemetryInterval)
+	}
 	c.setUpdateDefaults()
 	if c.Serial == "" {
 		if b, err := os.ReadFile("/etc/machine-id"); err == nil {
@@ -203,6 +221,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.validateSSH(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.TelemetryOutboxPoints < 0 || c.TelemetryOutboxBytes < 0 {
+		errs = append(errs, errors.New("telemetry_outbox_points and telemetry_outbox_bytes may not be negative"))
 	}
 	if err := c.validateUpdate(); err != nil {
 		errs = append(errs, err)

@@ -62,6 +62,14 @@ type Config struct {
 	// AdminTokenHash is the SHA-256 of the admin bearer token when Auth is
 	// nil.
 	AdminTokenHash []byte
+	// Telemetry serves devices' telemetry, Alerts the alert routes and
+	// AlertSinks lists the configured sinks; nil answers with 501.
+	Telemetry  Telemetry
+	Alerts     Alerts
+	AlertSinks []AlertSink
+	// Metrics is served at GET /metrics (Prometheus text format); nil
+	// answers with 501.
+	Metrics http.Handler
 	// Connected reports live broker sessions; nil means unknown.
 	Connected func(deviceID string) bool
 	Logger    *slog.Logger
@@ -105,6 +113,8 @@ func New(cfg Config) http.Handler {
 	h.routesUsers()
 	h.routesAudit()
 	h.routesApprovals()
+	h.routesTelemetry()
+	h.routesAlerts()
 	h.routesFirmware()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)

@@ -68,6 +68,11 @@ type Config struct {
 	Disconnect func(deviceID string)
 	// Alert receives alerts; nil logs them only.
 	Alert func(Alert)
+	// Verdict, if set, receives every verdict once it is recorded in the
+	// history and acted on — the moment OnVerdict's callback gets it — so
+	// that the fleet's alerting and metrics see each one. It runs on a
+	// worker, must not block for long and must not modify rec. Nil: none.
+	Verdict func(deviceID string, rec *Record)
 	// Selections are the PCR banks and indexes quoted. Default sha256 PCRs
 	// 0-9 and 14 (firmware, boot loader, kernel, command line, shim/MOK).
 	Selections []wire.PCRSelection
@@ -549,6 +554,9 @@ func (s *Service) evidence(j job) *Record {
 		s.mu.Unlock()
 		if hook != nil {
 			hook(dev.ID, rec, s.cfg.Now().Sub(challenged))
+		}
+		if s.cfg.Verdict != nil {
+			s.cfg.Verdict(dev.ID, rec)
 		}
 	}
 	s.log.Info("attestation verdict", "device_id", dev.ID, "result", rec.Result, "reason", rec.Reason, "policy", rec.PolicyID, "action", rec.Action)

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
@@ -51,5 +52,25 @@ func TestQuarantineByRequest(t *testing.T) {
 	}
 	if err := f.svc.Quarantine(other, "x"); !errors.Is(err, ErrNotActive) {
 		t.Fatalf("decommissioned device: %v", err)
+	}
+}
+
+// TestVerdictObserver: Config.Verdict sees every recorded verdict, next to
+// an OnVerdict callback (which benchmarks replace at will), and never
+// evidence refused for its nonce.
+func TestVerdictObserver(t *testing.T) {
+	f := newFixture(t)
+	var results, hooked []string
+	f.svc.cfg.Verdict = func(id string, rec *Record) { results = append(results, id+":"+rec.Result) }
+	f.svc.OnVerdict(func(id string, rec *Record, _ time.Duration) { hooked = append(hooked, rec.Result) })
+
+	b := f.evidence(f.challenge(f.dev), f.ak, nil)
+	f.submit(f.dev, b)
+	f.submit(f.dev, b) // replayed: not recorded
+	ak2, _ := f.tpm.CreateAK()
+	f.submit(f.dev, f.evidence(f.challenge(f.dev), ak2, nil))
+	want := []string{f.dev + ":pass", f.dev + ":fail"}
+	if !slices.Equal(results, want) || len(hooked) != 2 {
+		t.Fatalf("Verdict saw %v, want %v; OnVerdict saw %v", results, want, hooked)
 	}
 }

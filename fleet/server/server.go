@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
@@ -30,10 +31,12 @@ import (
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -112,6 +115,9 @@ type Config struct {
 	// templates with "{id}" (device ID) and "{domain}" (trust domain).
 	// Default ["{id}", "{id}.{domain}"].
 	SSHPrincipals []string `json:"ssh_principals"`
+	// AlertSinks are where alert notifications go (fleet/server
+	// AlertSink). Default none: alerts are kept and served by the API only.
+	AlertSinks []AlertSink `json:"alert_sinks"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 }
@@ -169,6 +175,12 @@ type Server struct {
 	// Approvals holds dangerous changes for a second person (nil unless
 	// Config.TwoPersonRule).
 	Approvals *approval.Manager
+	// Telemetry ingests device telemetry; Alerts judges it and the fleet's
+	// security events; Metrics is the registry /metrics serves.
+	Telemetry *telemetry.Ingester
+	Alerts    *alert.Engine
+	Metrics   *metrics.Registry
+	tel       *telemetryParts
 
 	jobs       *rotation.Jobs
 	secretSvc  *secretService
@@ -231,7 +243,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.Auth.Close()
 		return nil, err
 	}
-	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile), inventory.WithEventHook(s.auditEvent))
+	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +316,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Send: func(deviceID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
-		Disconnect: s.Broker.Disconnect,
+		Disconnect: s.Broker.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
 	})
 	if err != nil {
 		s.closeStores()
@@ -344,6 +356,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
 	})
+	if err = s.openTelemetry(); err != nil {
+		s.closeStores()
+		return nil, err
+	}
 	if err = s.openFirmware(); err != nil {
 		s.closeStores()
 		return nil, err
@@ -359,6 +375,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(),
+		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
 	})
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		s.closeStores()
@@ -368,6 +385,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 }
 
 func (s *Server) closeStores() {
+	s.closeTelemetry()
 	s.closeFirmware()
 	s.Inv.Close()
 	if s.Auth != nil {
@@ -407,8 +425,9 @@ type gate struct {
 
 // quarantinedKinds are what a quarantined device may publish.
 // "ssh" too, so that a device asking for SSH host certificates is told it
-// is quarantined instead of being disconnected for asking.
-var quarantinedKinds = []string{"attest", "hello", "ssh"}
+// is quarantined instead of being disconnected for asking; "telemetry" so
+// that the fleet keeps watching a quarantined device.
+var quarantinedKinds = []string{"attest", "hello", "ssh", wire.KindTelemetry}
 
 func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
 	d, err := g.inv.Device(deviceID)
@@ -529,6 +548,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.runFirmware(ctx) })
 	g.Go(func() error { return s.Auth.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
+	s.goTelemetry(ctx, g)
 	if s.Approvals != nil {
 		g.Go(func() error { return s.Approvals.Run(ctx) })
 	}
@@ -577,6 +597,8 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.SSH.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
 		s.secretSvc.ack(id.DeviceID, env)
+	case wire.TypeTelemetryBatch:
+		s.Telemetry.Submit(id.DeviceID, env)
 	case wire.TypeFirmwareReport:
 		s.firmwareReport(id.DeviceID, env)
 	case wire.TypeHello:
@@ -597,6 +619,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		if err != nil {
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		}
+		s.alertSeen(id.DeviceID)
 		// A device says hello once subscribed after each connect: deliver
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.

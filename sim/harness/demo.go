@@ -88,8 +88,13 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	if err != nil {
 		return err
 	}
+	siem, err := StartDemoSyslog()
+	if err != nil {
+		return err
+	}
+	defer siem.Close()
 	fleet, err := StartFleet(ctx, server.Config{
-		DataDir: filepath.Join(o.Dir, "fleet"), APIAddr: o.APIAddr, MQTTAddr: o.MQTTAddr, EKCADir: ekCADir,
+		DataDir: filepath.Join(o.Dir, "fleet"), APIAddr: o.APIAddr, MQTTAddr: o.MQTTAddr, EKCADir: ekCADir, AlertSinks: siem.Sinks(),
 		DeviceLifetime: config.Duration(DemoLifetime), ReleaseTrust: releaseTrust,
 	}, o.Logger.With("side", "fleet"))
 	if err != nil {
@@ -115,7 +120,9 @@ func Demo(ctx context.Context, o DemoOptions) error {
 		d, err := fleet.StartDevice(ctx, DeviceConfig{
 			TPM: inst.URI(), Dir: filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1)),
 			Model: "demo-gateway", Firmware: "1.0.0", Serial: fmt.Sprintf("DEMO-%04d", i+1),
-			Tweak: func(c *agent.Config) { c.AttestInterval = agent.Duration(time.Minute) },
+			Tweak: func(c *agent.Config) {
+				c.AttestInterval, c.TelemetryInterval = agent.Duration(time.Minute), agent.Duration(DemoTelemetryInterval)
+			},
 		}, o.Logger.With("side", "device", "n", i+1))
 		if err != nil {
 			return err
@@ -169,6 +176,9 @@ func Demo(ctx context.Context, o DemoOptions) error {
 		return err
 	}
 	if err := demoAttestation(ctx, o, client, list.Devices, insts, curl, fleet.APIURL()); err != nil {
+		return err
+	}
+	if err := demoTelemetry(ctx, o, client, list.Devices, siem); err != nil {
 		return err
 	}
 	if err := demoFirmware(ctx, o, fleet, client, list.Devices); err != nil {
@@ -401,6 +411,7 @@ func startSimulatedDevices(ctx context.Context, fleet *Fleet, o DemoOptions) (fu
 		dir := filepath.Join(o.Dir, fmt.Sprintf("device-%d", i+1))
 		cfg := fleet.AgentConfig(DeviceConfig{TPM: "sim://", Dir: dir, Model: "demo-gateway", Firmware: "1.0.0", Serial: fmt.Sprintf("DEMO-%04d", i+1), Token: tok})
 		cfg.EventLog = "-"
+		cfg.TelemetryInterval = agent.Duration(DemoTelemetryInterval)
 		b, err := json.MarshalIndent(cfg, "", "  ")
 		if err == nil {
 			err = os.MkdirAll(dir, 0o700)

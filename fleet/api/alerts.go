@@ -1,0 +1,483 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/auth"
+)
+
+// Alerts is the alert engine as the API uses it (fleet/alert.Engine).
+type Alerts interface {
+	Alerts(q alert.Query) ([]alert.Alert, uint64, error)
+	Alert(id uint64) (*alert.Alert, error)
+	Acknowledge(id uint64, by, note string) (*alert.Alert, error)
+	Resolve(id uint64, by, note string) (*alert.Alert, error)
+	Rules() []alert.Rule
+	Rule(id string) (*alert.Rule, error)
+	PutRule(r alert.Rule) (*alert.Rule, error)
+	DeleteRule(id string) error
+	DeadLetters(before uint64, limit int) ([]alert.DeadLetter, uint64, error)
+	Redrive(id uint64) error
+	RedriveAll(route string) (int, error)
+}
+
+var _ Alerts = (*alert.Engine)(nil)
+
+// AlertSink describes a configured alert sink, without its secrets.
+type AlertSink struct {
+	Name        string `json:"name"`
+	Type        string `json:"type"`   // alertmanager, syslog or webhook
+	Target      string `json:"target"` // URL or host:port
+	MinSeverity string `json:"min_severity,omitempty"`
+	Signed      bool   `json:"signed,omitempty"` // webhook bodies carry an HMAC signature
+}
+
+// AlertList is GET /api/v1/alerts.
+type AlertList struct {
+	Alerts []alert.Alert `json:"alerts"`
+	Next   uint64        `json:"next,omitempty"` // pass as ?before= for older alerts
+}
+
+// AlertRuleList is GET /api/v1/alerts/rules.
+type AlertRuleList struct {
+	Rules []alert.Rule `json:"rules"`
+}
+
+// DeadLetterList is GET /api/v1/alerts/deadletters.
+type DeadLetterList struct {
+	DeadLetters []alert.DeadLetter `json:"dead_letters"`
+	Next        uint64             `json:"next,omitempty"` // pass as ?before= for older ones
+}
+
+// AlertSinkList is GET /api/v1/alerts/sinks.
+type AlertSinkList struct {
+	Sinks []AlertSink `json:"sinks"`
+}
+
+// AlertNote is the optional body of an acknowledgement or resolution.
+type AlertNote struct {
+	Note string `json:"note"`
+}
+
+// Redriven says how many dead letters were queued again.
+type Redriven struct {
+	Queued int `json:"queued"`
+}
+
+// RedriveRequest is the optional body of POST
+// /api/v1/alerts/deadletters/redrive: the route whose dead letters are sent
+// again; empty for every route.
+type RedriveRequest struct {
+	Route string `json:"route"`
+}
+
+func (h *handler) routesAlerts() {
+	h.route("GET /api/v1/alerts", auth.PermAlertsRead, h.listAlerts)
+	h.route("GET /api/v1/alerts/{id}", auth.PermAlertsRead, h.getAlert)
+	h.route("POST /api/v1/alerts/{id}/ack", auth.PermAlertsWrite, h.ackAlert)
+	h.route("POST /api/v1/alerts/{id}/resolve", auth.PermAlertsWrite, h.resolveAlert)
+	h.route("GET /api/v1/alerts/rules", auth.PermAlertsRead, h.listAlertRules)
+	h.route("GET /api/v1/alerts/rules/{id}", auth.PermAlertsRead, h.getAlertRule)
+	h.route("PUT /api/v1/alerts/rules/{id}", auth.PermAlertsWrite, h.putAlertRule)
+	h.route("DELETE /api/v1/alerts/rules/{id}", auth.PermAlertsWrite, h.deleteAlertRule)
+	h.route("GET /api/v1/alerts/deadletters", auth.PermAlertsRead, h.listDeadLetters)
+	h.route("POST /api/v1/alerts/deadletters/{id}/redrive", auth.PermAlertsWrite, h.redrive)
+	h.route("POST /api/v1/alerts/deadletters/redrive", auth.PermAlertsWrite, h.redriveAll)
+	h.route("GET /api/v1/alerts/sinks", auth.PermAlertsRead, h.listSinks)
+}
+
+// alertsOn writes a 501 when no alert engine is configured.
+func (h *handler) alertsOn(w http.ResponseWriter) bool {
+	if h.cfg.Alerts == nil {
+		problem(w, http.StatusNotImplemented, "not implemented", "alerting is not enabled on this server")
+		return false
+	}
+	return true
+}
+
+// uintParam parses an optional non-negative integer query parameter; on
+// failure it has written a 400.
+func uintParam(w http.ResponseWriter, r *http.Request, name string, max uint64) (uint64, bool) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return 0, true
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > max {
+		problem(w, http.StatusBadRequest, "bad request", name+" must be an integer from 0 to "+strconv.FormatUint(max, 10))
+		return 0, false
+	}
+	return n, true
+}
+
+func (h *handler) listAlerts(w http.ResponseWriter, r *http.Request, _ string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	q := r.URL.Query()
+	aq := alert.Query{DeviceID: q.Get("device"), RuleID: q.Get("rule")}
+	switch st := q.Get("state"); st {
+	case "":
+	case "open":
+		aq.Open = true
+	case string(alert.StateFiring), string(alert.StateAcknowledged), string(alert.StateResolved):
+		aq.State = alert.State(st)
+	default:
+		problem(w, http.StatusBadRequest, "bad request", "state must be firing, acknowledged, resolved or open")
+		return
+	}
+	if q.Get("open") == "true" {
+		aq.Open = true
+	}
+	before, ok := uintParam(w, r, "before", 1<<63)
+	if !ok {
+		return
+	}
+	limit, ok := uintParam(w, r, "limit", 1000)
+	if !ok {
+		return
+	}
+	aq.Before, aq.Limit = before, int(limit)
+	list, next, err := h.cfg.Alerts.Alerts(aq)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	if list == nil {
+		list = []alert.Alert{}
+	}
+	writeJSON(w, http.StatusOK, AlertList{Alerts: list, Next: next})
+}
+
+// alertID parses the {id} path value; on failure it has written a 404.
+func alertID(w http.ResponseWriter, r *http.Request, what string) (uint64, bool) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil || id == 0 {
+		problem(w, http.StatusNotFound, "not found", "no "+what+" with that ID")
+		return 0, false
+	}
+	return id, true
+}
+
+// alertError answers an engine error.
+func (h *handler) alertError(w http.ResponseWriter, err error, what string) {
+	switch {
+	case errors.Is(err, alert.ErrNotFound):
+		problem(w, http.StatusNotFound, "not found", "no "+what+" with that ID")
+	case errors.Is(err, alert.ErrResolved):
+		problem(w, http.StatusConflict, "conflict", "the alert is already resolved")
+	case errors.Is(err, alert.ErrQueueFull):
+		problem(w, http.StatusServiceUnavailable, "queue full", "the route's delivery queue is full; try again later")
+	case errors.Is(err, alert.ErrInvalidRule):
+		problem(w, http.StatusBadRequest, "invalid rule", publicRuleError(err))
+	default:
+		h.internal(w, err)
+	}
+}
+
+// publicRuleError lists a rule's problems without the package prefix.
+func publicRuleError(err error) string {
+	var out []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		out = append(out, strings.TrimPrefix(line, alert.ErrInvalidRule.Error()+": "))
+	}
+	return strings.Join(out, "; ")
+}
+
+func (h *handler) getAlert(w http.ResponseWriter, r *http.Request, _ string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	id, ok := alertID(w, r, "alert")
+	if !ok {
+		return
+	}
+	a, err := h.cfg.Alerts.Alert(id)
+	if err != nil {
+		h.alertError(w, err, "alert")
+		return
+	}
+	writeJSON(w, http.StatusOK, a)
+}
+
+// optionalBody decodes a JSON body if there is one.
+func optionalBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	if r.ContentLength == 0 {
+		return true
+	}
+	return decode(w, r, v)
+}
+
+// maxNote bounds an acknowledgement or resolution note.
+const maxNote = 1024
+
+func (h *handler) ackAlert(w http.ResponseWriter, r *http.Request, who string) {
+	h.closeAlert(w, r, who, false)
+}
+
+func (h *handler) resolveAlert(w http.ResponseWriter, r *http.Request, who string) {
+	h.closeAlert(w, r, who, true)
+}
+
+// closeAlert acknowledges or resolves an alert.
+func (h *handler) closeAlert(w http.ResponseWriter, r *http.Request, who string, resolve bool) {
+	if !h.alertsOn(w) {
+		return
+	}
+	act := h.cfg.Alerts.Acknowledge
+	if resolve {
+		act = h.cfg.Alerts.Resolve
+	}
+	var req AlertNote
+	if !optionalBody(w, r, &req) {
+		return
+	}
+	if len(req.Note) > maxNote {
+		problem(w, http.StatusBadRequest, "bad request", "note is at most 1024 bytes")
+		return
+	}
+	id, ok := alertID(w, r, "alert")
+	if !ok {
+		return
+	}
+	a, err := act(id, who, req.Note)
+	if err != nil {
+		h.alertError(w, err, "alert")
+		return
+	}
+	h.log.Info("alert changed by an operator", "alert_id", a.ID, "state", a.State, "by", who)
+	writeJSON(w, http.StatusOK, a)
+}
+
+func (h *handler) listAlertRules(w http.ResponseWriter, _ *http.Request, _ string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	rules := h.cfg.Alerts.Rules()
+	if rules == nil {
+		rules = []alert.Rule{}
+	}
+	writeJSON(w, http.StatusOK, AlertRuleList{Rules: rules})
+}
+
+func (h *handler) getAlertRule(w http.ResponseWriter, r *http.Request, _ string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	rule, err := h.cfg.Alerts.Rule(r.PathValue("id"))
+	if err != nil {
+		h.alertError(w, err, "rule")
+		return
+	}
+	writeJSON(w, http.StatusOK, rule)
+}
+
+func (h *handler) putAlertRule(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	var rule alert.Rule
+	if !decode(w, r, &rule) {
+		return
+	}
+	id := r.PathValue("id")
+	if rule.ID != "" && rule.ID != id {
+		problem(w, http.StatusBadRequest, "bad request", "the body's id differs from the path's")
+		return
+	}
+	rule.ID = id
+	stored, err := h.cfg.Alerts.PutRule(rule)
+	if err != nil {
+		h.alertError(w, err, "rule")
+		return
+	}
+	h.log.Info("alert rule stored", "rule_id", stored.ID, "kind", stored.Kind(), "by", who)
+	writeJSON(w, http.StatusOK, stored)
+}
+
+func (h *handler) deleteAlertRule(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	id := r.PathValue("id")
+	if err := h.cfg.Alerts.DeleteRule(id); err != nil {
+		h.alertError(w, err, "rule")
+		return
+	}
+	h.log.Info("alert rule deleted", "rule_id", id, "by", who)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) listDeadLetters(w http.ResponseWriter, r *http.Request, _ string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	before, ok := uintParam(w, r, "before", 1<<63)
+	if !ok {
+		return
+	}
+	limit, ok := uintParam(w, r, "limit", 1000)
+	if !ok {
+		return
+	}
+	list, next, err := h.cfg.Alerts.DeadLetters(before, int(limit))
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	if list == nil {
+		list = []alert.DeadLetter{}
+	}
+	writeJSON(w, http.StatusOK, DeadLetterList{DeadLetters: list, Next: next})
+}
+
+func (h *handler) redrive(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	id, ok := alertID(w, r, "dead letter")
+	if !ok {
+		return
+	}
+	if err := h.cfg.Alerts.Redrive(id); err != nil {
+		h.alertError(w, err, "dead letter")
+		return
+	}
+	h.log.Info("dead letter sent again", "dead_letter", id, "by", who)
+	writeJSON(w, http.StatusOK, Redriven{Queued: 1})
+}
+
+func (h *handler) redriveAll(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	var req RedriveRequest
+	if !optionalBody(w, r, &req) {
+		return
+	}
+	n, err := h.cfg.Alerts.RedriveAll(req.Route)
+	if err != nil && n == 0 {
+		h.alertError(w, err, "dead letter")
+		return
+	}
+	h.log.Info("dead letters sent again", "route", req.Route, "queued", n, "by", who)
+	writeJSON(w, http.StatusOK, Redriven{Queued: n})
+}
+
+func (h *handler) listSinks(w http.ResponseWriter, _ *http.Request, _ string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	sinks := h.cfg.AlertSinks
+	if sinks == nil {
+		sinks = []AlertSink{}
+	}
+	writeJSON(w, http.StatusOK, AlertSinkList{Sinks: sinks})
+}
+
+// AlertQuery selects alerts for Client.Alerts.
+type AlertQuery struct {
+	DeviceID, RuleID string
+	State            string // firing, acknowledged, resolved or open
+	Before           uint64
+	Limit            int
+}
+
+// Alerts lists alerts, newest first.
+func (c *Client) Alerts(ctx context.Context, q AlertQuery) (*AlertList, error) {
+	v := url.Values{}
+	for k, s := range map[string]string{"device": q.DeviceID, "rule": q.RuleID, "state": q.State} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if q.Before > 0 {
+		v.Set("before", strconv.FormatUint(q.Before, 10))
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	path := "/api/v1/alerts"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out AlertList
+	return &out, c.Do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// Alert fetches one alert.
+func (c *Client) Alert(ctx context.Context, id uint64) (*alert.Alert, error) {
+	var out alert.Alert
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/alerts/"+strconv.FormatUint(id, 10), nil, &out)
+}
+
+// AckAlert acknowledges an open alert.
+func (c *Client) AckAlert(ctx context.Context, id uint64, note string) (*alert.Alert, error) {
+	var out alert.Alert
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/alerts/"+strconv.FormatUint(id, 10)+"/ack", AlertNote{Note: note}, &out)
+}
+
+// ResolveAlert resolves an open alert by hand.
+func (c *Client) ResolveAlert(ctx context.Context, id uint64, note string) (*alert.Alert, error) {
+	var out alert.Alert
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/alerts/"+strconv.FormatUint(id, 10)+"/resolve", AlertNote{Note: note}, &out)
+}
+
+// AlertRules lists the alert rules.
+func (c *Client) AlertRules(ctx context.Context) (*AlertRuleList, error) {
+	var out AlertRuleList
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/alerts/rules", nil, &out)
+}
+
+// PutAlertRule creates or replaces a rule.
+func (c *Client) PutAlertRule(ctx context.Context, r alert.Rule) (*alert.Rule, error) {
+	var out alert.Rule
+	return &out, c.Do(ctx, http.MethodPut, "/api/v1/alerts/rules/"+url.PathEscape(r.ID), r, &out)
+}
+
+// DeleteAlertRule deletes a rule.
+func (c *Client) DeleteAlertRule(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/api/v1/alerts/rules/"+url.PathEscape(id), nil, nil)
+}
+
+// DeadLetters pages the dead letters, newest first (before 0: from the
+// newest).
+func (c *Client) DeadLetters(ctx context.Context, before uint64, limit int) (*DeadLetterList, error) {
+	v := url.Values{}
+	if before > 0 {
+		v.Set("before", strconv.FormatUint(before, 10))
+	}
+	if limit > 0 {
+		v.Set("limit", strconv.Itoa(limit))
+	}
+	path := "/api/v1/alerts/deadletters"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out DeadLetterList
+	return &out, c.Do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// Redrive sends one dead letter again.
+func (c *Client) Redrive(ctx context.Context, id uint64) error {
+	return c.Do(ctx, http.MethodPost, "/api/v1/alerts/deadletters/"+strconv.FormatUint(id, 10)+"/redrive", nil, nil)
+}
+
+// RedriveAll sends every dead letter of a route ("" for all) again.
+func (c *Client) RedriveAll(ctx context.Context, route string) (int, error) {
+	var out Redriven
+	err := c.Do(ctx, http.MethodPost, "/api/v1/alerts/deadletters/redrive", RedriveRequest{Route: route}, &out)
+	return out.Queued, err
+}
+
+// AlertSinks lists the configured sinks.
+func (c *Client) AlertSinks(ctx context.Context) (*AlertSinkList, error) {
+	var out AlertSinkList
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/alerts/sinks", nil, &out)
+}
