@@ -864,7 +864,7 @@ func (p *fleetProc) stop() {
 // as read from its state store.
 func TestTelemetryOutboxExactlyOnce(t *testing.T) {
 	requireTools(t)
-	_, sigild := buildBinaries(t)
+	sigil, sigild := buildBinaries(t)
 	cfg := server.Config{DataDir: t.TempDir(), MQTTAddr: freeAddr(t), APIAddr: freeAddr(t), EKCADir: ekCADir(t, vendorCA(t)),
 		Hostnames: []string{"localhost", "127.0.0.1"}}
 
@@ -939,12 +939,12 @@ func TestTelemetryOutboxExactlyOnce(t *testing.T) {
 
 	// The fleet goes away for longer than the outbox holds (25 points at
 	// 100ms): the oldest points are dropped on the device.
-	var deviceID string
+	var firstID string
 	for _, id := range f1.Telemetry.Devices() {
-		deviceID = id
+		firstID = id
 	}
 	f1.stop()
-	counts1 := deviceCounts(t, f1.Telemetry, deviceID)
+	counts1 := deviceCounts(t, f1.Telemetry, firstID)
 	time.Sleep(4 * time.Second)
 	f2 := runFleet(t, cfg, onBatch)
 	n = stored()
@@ -955,6 +955,39 @@ func TestTelemetryOutboxExactlyOnce(t *testing.T) {
 	start()
 	n = stored()
 	waitFor2(func() bool { return stored() >= n+10 }, "points after the second kill")
+
+	// The operator's view through the real CLI.
+	cli := func(args ...string) (string, int) {
+		cmd := exec.Command(sigil, append(args, "--data-dir", cfg.DataDir, "--server", f2.APIURL())...)
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	var deviceID string
+	for _, id := range f2.Telemetry.Devices() {
+		deviceID = id
+	}
+	if deviceID != firstID {
+		t.Fatalf("device %q after the fleet restart, %q before", deviceID, firstID)
+	}
+	if out, code := cli("telemetry", deviceID); code != 0 || !strings.Contains(out, "points: ") || !strings.Contains(out, "sigild.connected") || !strings.Contains(out, "listen.tcp") {
+		t.Fatalf("sigil telemetry: exit %d\n%s", code, out)
+	}
+	if out, code := cli("telemetry", deviceID, "--metric", "mem.used_ratio", "--since", "10m"); code != 0 || strings.Count(out, "\n") < 3 {
+		t.Fatalf("sigil telemetry --metric: exit %d\n%s", code, out)
+	}
+	if out, code := cli("alerts", "rules"); code != 0 || !strings.Contains(out, "new-listening-port") || !strings.Contains(out, "telemetry-dropped") {
+		t.Fatalf("sigil alerts rules: exit %d\n%s", code, out)
+	}
+	// The outage overflowed the outbox: the default rule says so.
+	if out, code := cli("alerts", "list", "--rule", "telemetry-dropped"); code != 0 || !strings.Contains(out, deviceID) {
+		t.Fatalf("sigil alerts list: exit %d\n%s", code, out)
+	}
+	if out, code := cli("alerts", "redrive"); code != 2 || !strings.Contains(out, "needs a dead letter ID or --all") {
+		t.Fatalf("sigil alerts redrive without an ID: exit %d\n%s", code, out)
+	}
+	if out, code := cli("alerts", "show", "999999"); code != 4 {
+		t.Fatalf("sigil alerts show of a missing alert: exit %d\n%s", code, out)
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
