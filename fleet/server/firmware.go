@@ -249,6 +249,15 @@ func (s *Server) Campaigns() *campaign.Manager {
 	return s.fw.campaigns
 }
 
+// StartCampaign starts a draft campaign as the API does: once its release
+// may be offered, with the release's attestation policies prepared.
+func (s *Server) StartCampaign(id string, at time.Time, who, why string) error {
+	if s.fw == nil {
+		return errFirmwareOff
+	}
+	return s.fw.StartCampaign(id, at, who, why)
+}
+
 // firmwareAPI is the API's view of the firmware service; nil (firmware
 // off) makes the firmware routes answer 501.
 func (s *Server) firmwareAPI() api.Firmware {

@@ -54,6 +54,9 @@ const Usage = `usage:
                                               fleet-side renewal vs crypto floor (go test), then a
                                               forced rotation of N swtpm devices end to end, R times
                                               (N default 20, R default 1); --sizes repeats it per size
+  sigil bench campaign [--devices N] [--sizes N1,N2,...]
+                                              firmware campaign of a 1 MiB image to N swtpm devices,
+                                              staged and in one wave (N default 20)
 Common flags: --dir DIR (keep the working files there), --verbose (log to stderr).
 `
 
@@ -145,6 +148,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		})
 		fmt.Fprintf(stdout, "sigil bench rotate (%s)\n", env)
 		return rotate(ctx, stdout, *benchtime, n, r, work, log)
+	case "campaign":
+		return campaigns(ctx, stdout, env, *devices, *sizes, work, log)
 	case "all":
 		if *devices == 0 {
 			*devices = 5

@@ -1,0 +1,189 @@
+package agent
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+func TestUpdateConfigDefaults(t *testing.T) {
+	c := Config{Broker: "fleet.example:8883", Model: "gw", State: "/var/lib/sigild/dev1/state.db"}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.UpdateBackend != "file:/var/lib/sigild/dev1/slots" || c.UpdateDir != "/var/lib/sigild/dev1/update" || c.UpdateServer != "fleet.example:8443" {
+		t.Fatalf("defaults: backend %q, dir %q, server %q", c.UpdateBackend, c.UpdateDir, c.UpdateServer)
+	}
+	for _, bad := range []Config{
+		{UpdateBackend: "rauc"},
+		{UpdateBackend: "file:"},
+		{UpdateBackend: "hook:"},
+		{UpdateServer: "no-port"},
+	} {
+		bad.Broker, bad.Model = "fleet.example:8883", "gw"
+		bad.setDefaults()
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "update_") {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+	off := Config{Broker: "fleet.example:8883", Model: "gw", UpdateBackend: "-", UpdateServer: "ignored"}
+	off.setDefaults()
+	if err := off.Validate(); err != nil {
+		t.Fatalf("updates off: %v", err)
+	}
+}
+
+type releaseKey struct {
+	pub    crypto.PublicKey
+	signer *sign.Signer
+}
+
+func releaseKeys(t *testing.T, n int) []releaseKey {
+	t.Helper()
+	var out []releaseKey
+	for range n {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := sign.New(sign.Config{Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, releaseKey{k.Public(), s})
+	}
+	return out
+}
+
+func trustSet(t *testing.T, seq uint64, threshold int, keys ...releaseKey) []byte {
+	t.Helper()
+	var pubs []crypto.PublicKey
+	for _, k := range keys {
+		pubs = append(pubs, k.pub)
+	}
+	ts, err := verify.NewTrustSet(seq, threshold, pubs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ts.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func rotation(t *testing.T, stmt []byte, keys ...releaseKey) wire.TrustRotation {
+	t.Helper()
+	r := wire.TrustRotation{Statement: stmt}
+	for _, k := range keys {
+		b, err := k.signer.Sign(stmt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Bundles = append(r.Bundles, b)
+	}
+	return r
+}
+
+func trustAgent(t *testing.T) *Agent {
+	t.Helper()
+	st, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &Agent{st: st, log: slog.New(slog.DiscardHandler)}
+}
+
+func heldSequence(t *testing.T, a *Agent) uint64 {
+	t.Helper()
+	ts, err := a.releaseTrust()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts.Sequence()
+}
+
+// TestReleaseTrustFromEnrollment: the set from an enrollment result is
+// kept unless the device holds one at least as new; a malformed one is
+// ignored.
+func TestReleaseTrustFromEnrollment(t *testing.T) {
+	a := trustAgent(t)
+	k := releaseKeys(t, 2)
+	a.storeEnrolledTrust(nil)
+	if _, err := a.releaseTrust(); !errors.Is(err, state.ErrNoReleaseTrust) {
+		t.Fatalf("no set from an empty field: %v", err)
+	}
+	a.storeEnrolledTrust([]byte(`{"type":"sigil.firmware.trust/v1"}`))
+	if _, err := a.releaseTrust(); !errors.Is(err, state.ErrNoReleaseTrust) {
+		t.Fatalf("malformed set stored: %v", err)
+	}
+	a.storeEnrolledTrust(trustSet(t, 3, 1, k[0]))
+	a.storeEnrolledTrust(trustSet(t, 2, 1, k[1])) // re-enrollment at a fleet with an older set
+	if got := heldSequence(t, a); got != 3 {
+		t.Fatalf("held sequence %d, want 3 (never back to an older set)", got)
+	}
+	a.storeEnrolledTrust(trustSet(t, 4, 2, k[0], k[1]))
+	if got := heldSequence(t, a); got != 4 {
+		t.Fatalf("held sequence %d, want 4", got)
+	}
+}
+
+// TestReleaseTrustRotations: a device without a set takes the fleet's
+// from firmware.trust; one with a set applies only rotations the current
+// keys signed, skipping those it already has and stopping at the first
+// that does not verify.
+func TestReleaseTrustRotations(t *testing.T) {
+	k := releaseKeys(t, 4)
+	s1 := trustSet(t, 1, 1, k[0])
+	s2 := trustSet(t, 2, 2, k[1], k[2])
+	s3 := trustSet(t, 3, 1, k[3])
+	r2 := rotation(t, s2, k[0], k[1], k[2])
+	r3 := rotation(t, s3, k[1], k[2], k[3])
+	forged := rotation(t, s3, k[3]) // only the new key signed
+
+	a := trustAgent(t)
+	a.applyTrust(&wire.FirmwareTrust{Trust: s2, Rotations: []wire.TrustRotation{r2}})
+	if got := heldSequence(t, a); got != 2 {
+		t.Fatalf("device without a set: sequence %d, want the fleet's 2", got)
+	}
+
+	a = trustAgent(t)
+	a.storeEnrolledTrust(s1)
+	a.applyTrust(&wire.FirmwareTrust{Trust: s3, Rotations: []wire.TrustRotation{forged}})
+	if got := heldSequence(t, a); got != 1 {
+		t.Fatalf("forged rotation or the bare set taken: sequence %d", got)
+	}
+	a.applyTrust(&wire.FirmwareTrust{Trust: s3, Rotations: []wire.TrustRotation{r2, forged, r3}})
+	if got := heldSequence(t, a); got != 2 {
+		t.Fatalf("chain with a forged step: sequence %d, want 2 (stop at the forgery)", got)
+	}
+	a.applyTrust(&wire.FirmwareTrust{Trust: s3, Rotations: []wire.TrustRotation{r2, r3}})
+	if got := heldSequence(t, a); got != 3 {
+		t.Fatalf("chain: sequence %d, want 3", got)
+	}
+	a.applyTrust(&wire.FirmwareTrust{Rotations: []wire.TrustRotation{r2}}) // replayed
+	if got := heldSequence(t, a); got != 3 {
+		t.Fatalf("replayed old rotation: sequence %d, want 3", got)
+	}
+}
+
+func TestPackBundles(t *testing.T) {
+	in := [][]byte{[]byte(`{"a":1}`), []byte(`{"b":2}`)}
+	var out [][]byte
+	if err := wire.Unmarshal(packBundles(in), &out); err != nil || len(out) != 2 || string(out[1]) != `{"b":2}` {
+		t.Fatalf("%q %v", out, err)
+	}
+}

@@ -1,0 +1,313 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/firmware/manifest"
+	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/firmware"
+	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+type testKey struct {
+	pub    crypto.PublicKey
+	signer *sign.Signer
+}
+
+func newTestKeys(t *testing.T, n int) []testKey {
+	t.Helper()
+	var out []testKey
+	for range n {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := sign.New(sign.Config{Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, testKey{pub: k.Public(), signer: s})
+	}
+	return out
+}
+
+// writeTrust writes the canonical trust set of keys (with a trailing
+// newline, as editors leave it) and returns its path and bytes.
+func writeTrust(t *testing.T, dir, name string, seq uint64, threshold int, keys ...testKey) (string, []byte) {
+	t.Helper()
+	var pubs []crypto.PublicKey
+	for _, k := range keys {
+		pubs = append(pubs, k.pub)
+	}
+	ts, err := verify.NewTrustSet(seq, threshold, pubs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ts.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p, b
+}
+
+// signFile writes one bundle per key over msg and returns their paths.
+func signFile(t *testing.T, dir, name string, msg []byte, keys ...testKey) []string {
+	t.Helper()
+	var out []string
+	for i, k := range keys {
+		b, err := k.signer.Sign(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name+"."+string(rune('a'+i))+".bundle")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// TestLoadReleaseTrust: the configured set, then each configured rotation
+// verified with verify.Rotate; a rotation the current keys did not sign,
+// or an old one, stops the fleet from starting.
+func TestLoadReleaseTrust(t *testing.T) {
+	dir := t.TempDir()
+	k := newTestKeys(t, 3)
+	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0], k[1])
+	next, nextRaw := writeTrust(t, dir, "trust-2.json", 2, 2, k[1], k[2])
+
+	cur, rots, err := loadReleaseTrust(base, nil)
+	if err != nil || cur.Sequence() != 1 || len(rots) != 0 {
+		t.Fatalf("base alone: %v %v %v", cur, rots, err)
+	}
+	good := ReleaseRotation{Statement: next, Bundles: signFile(t, dir, "trust-2", nextRaw, k[1], k[2])}
+	cur, rots, err = loadReleaseTrust(base, []ReleaseRotation{good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Sequence() != 2 || cur.Threshold() != 2 || len(rots) != 1 || !bytes.Equal(rots[0].Statement, nextRaw) || len(rots[0].Bundles) != 2 {
+		t.Fatalf("after the rotation: sequence %d, threshold %d, %d rotations", cur.Sequence(), cur.Threshold(), len(rots))
+	}
+	// A device holding the base set reaches the same set from the rotation.
+	b0, _ := os.ReadFile(base)
+	held, _ := verify.ParseTrustSet(bytes.TrimSuffix(b0, []byte("\n")))
+	got, err := verify.Rotate(held, rots[0].Statement, rots[0].Bundles)
+	if err != nil || got.Sequence() != 2 {
+		t.Fatalf("device-side rotation: %v", err)
+	}
+
+	for name, rot := range map[string]ReleaseRotation{
+		"new keys only":          {Statement: next, Bundles: signFile(t, dir, "only-new", nextRaw, k[2])},
+		"not the new threshold":  {Statement: next, Bundles: signFile(t, dir, "one-new", nextRaw, k[0])},
+		"missing statement file": {Statement: filepath.Join(dir, "nope.json"), Bundles: good.Bundles},
+	} {
+		if _, _, err := loadReleaseTrust(base, []ReleaseRotation{rot}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, _, err := loadReleaseTrust(base, []ReleaseRotation{good, good}); !errors.Is(err, verify.ErrStale) {
+		t.Errorf("a rotation applied twice: %v, want ErrStale", err)
+	}
+	if _, _, err := loadReleaseTrust(filepath.Join(dir, "missing.json"), nil); err == nil {
+		t.Error("missing trust file accepted")
+	}
+}
+
+func newTestService(t *testing.T, keys ...testKey) *firmwareService {
+	t.Helper()
+	dir := t.TempDir()
+	var pubs []crypto.PublicKey
+	for _, k := range keys {
+		pubs = append(pubs, k.pub)
+	}
+	ts, err := verify.NewTrustSet(1, 1, pubs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := firmware.Open(firmware.Config{Dir: filepath.Join(dir, "fw"), Trust: ts, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f := &firmwareService{store: st, staging: filepath.Join(dir, "staging"), maxImage: 1 << 20, now: time.Now,
+		log: slog.New(slog.DiscardHandler)}
+	if err := os.MkdirAll(f.staging, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func stagedFiles(t *testing.T, f *firmwareService) []string {
+	t.Helper()
+	es, err := os.ReadDir(f.staging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// TestStageImage: an image is kept under its digest only when its SHA-256
+// is the one named; a wrong digest, an empty or oversized body, or a
+// malformed digest leave nothing behind.
+func TestStageImage(t *testing.T) {
+	f := newTestService(t, newTestKeys(t, 1)...)
+	img := bytes.Repeat([]byte("image"), 1000)
+	sum := sha256.Sum256(img)
+	digest := hex.EncodeToString(sum[:])
+	ctx := context.Background()
+	for name, c := range map[string]struct {
+		digest string
+		body   []byte
+		want   error
+	}{
+		"other digest":     {strings.Repeat("ab", 32), img, firmware.ErrInvalid},
+		"empty":            {digest, nil, firmware.ErrInvalid},
+		"too large":        {digest, make([]byte, f.maxImage+1), firmware.ErrTooLarge},
+		"malformed digest": {"../" + digest[:61], img, firmware.ErrInvalid},
+		"upper-case hex":   {strings.ToUpper(digest), img, firmware.ErrInvalid},
+	} {
+		if _, err := f.StageImage(ctx, c.digest, bytes.NewReader(c.body)); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
+	}
+	if left := stagedFiles(t, f); len(left) != 0 {
+		t.Fatalf("refused uploads left %v", left)
+	}
+	n, err := f.StageImage(ctx, digest, bytes.NewReader(img))
+	if err != nil || n != int64(len(img)) {
+		t.Fatalf("stage: %d %v", n, err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(f.staging, digest)); !bytes.Equal(got, img) {
+		t.Fatal("staged file differs from the image")
+	}
+}
+
+// TestUploadTakesStagedImage: a manifest uploaded without an image takes
+// the staged one, which is removed once the release is stored; without a
+// staged image the store refuses it.
+func TestUploadTakesStagedImage(t *testing.T) {
+	k := newTestKeys(t, 1)
+	f := newTestService(t, k...)
+	ctx := context.Background()
+	img := bytes.Repeat([]byte("two-step"), 4096)
+	m := &manifest.Manifest{Name: "gw-os", Version: "2.0.0", SecurityVersion: 2, Models: []string{"gw-1"},
+		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
+	raw, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := k[0].signer.Sign(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, nil); !errors.Is(err, firmware.ErrNoImage) {
+		t.Fatalf("upload without an image: %v, want ErrNoImage", err)
+	}
+	if _, err := f.StageImage(ctx, hex.EncodeToString(m.SHA256[:]), bytes.NewReader(img)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := f.store.OpenImage(r.ImageDigest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	if err := verify.Image(file, m); err != nil {
+		t.Fatalf("stored image: %v", err)
+	}
+	if left := stagedFiles(t, f); len(left) != 0 {
+		t.Fatalf("staged image kept after the upload: %v", left)
+	}
+}
+
+// TestPreparePolicies: a release whose manifest states PCR values gets a
+// policy for its version copied from the model's policy with those values;
+// the next attestation of a device on that version selects it.
+func TestPreparePolicies(t *testing.T) {
+	ps, err := policy.Open(filepath.Join(t.TempDir(), "policies.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	zero, old := strings.Repeat("00", 32), strings.Repeat("11", 32)
+	base, err := ps.Put(policy.Policy{ID: "gw-golden", Name: "golden", Model: "gw-1",
+		PCRs: map[string]map[int]string{"sha256": {0: old, 14: zero}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Repeat("ab", 32)
+	m := &manifest.Manifest{Name: "gw-os", Version: "2.0.0+build.7", SecurityVersion: 2, Models: []string{"gw-1", "gw-2"},
+		Size: 1, SHA256: [32]byte{1}, Expires: time.Now().Add(time.Hour),
+		Measurements: &manifest.Measurements{PCRs: map[string]map[int]string{"sha256": {14: want}}}}
+	f := &firmwareService{policies: ps, log: slog.New(slog.DiscardHandler)}
+	r := &firmware.Release{ID: "rel", Manifest: m}
+	for range 2 { // the second time finds the policy and leaves it
+		if err := f.preparePolicies(r, "ana"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := ps.Select("gw-1", "2.0.0+build.7", "")
+	if err != nil || p == nil {
+		t.Fatalf("no policy for the new version: %v", err)
+	}
+	if p.ID == base.ID || p.Version != 1 || p.Firmware != m.Version || p.PCRs["sha256"][14] != want || p.PCRs["sha256"][0] != old {
+		t.Fatalf("prepared policy: %+v", p)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatalf("prepared policy invalid: %v", err)
+	}
+	if q, _ := ps.Select("gw-1", "1.0.0", ""); q == nil || q.ID != base.ID || q.PCRs["sha256"][14] != zero {
+		t.Fatalf("devices on the old version lost their policy: %+v", q)
+	}
+	if q, _ := ps.Select("gw-2", m.Version, ""); q != nil {
+		t.Fatalf("a model without a policy got one: %+v", q)
+	}
+}
+
+// TestStepOf: every phase a device may report maps to a campaign step, and
+// final phases to finished steps.
+func TestStepOf(t *testing.T) {
+	for _, p := range []string{"announced", "downloading", "verifying", "installing", "switching", "rebooting",
+		"health", "committing", "committed", "rolling_back", "rolled_back", "failed"} {
+		s := stepOf(p)
+		r := wire.FirmwareReport{Update: "cmp_1", Campaign: "cmp_1", Phase: p, Final: wire.FirmwareFinal(p)}
+		if s == "" || r.Validate() != nil || s.Finished() != wire.FirmwareFinal(p) {
+			t.Errorf("phase %s: step %q (finished %v)", p, s, s.Finished())
+		}
+	}
+	if stepOf("done") != "" || stepOf("") != "" {
+		t.Error("unknown phases map to a step")
+	}
+	if stepOf("rolled_back") != campaign.StepRolledBack {
+		t.Error("rolled_back")
+	}
+}
