@@ -1,15 +1,18 @@
 package agent
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/firmware/sign"
@@ -185,5 +188,37 @@ func TestPackBundles(t *testing.T) {
 	var out [][]byte
 	if err := wire.Unmarshal(packBundles(in), &out); err != nil || len(out) != 2 || string(out[1]) != `{"b":2}` {
 		t.Fatalf("%q %v", out, err)
+	}
+}
+
+// TestRunHealth: the file backend's health program, run with the real
+// shell: exit 0 is healthy, another status fails with the start of its
+// output, and a program that hangs is killed when the context ends.
+func TestRunHealth(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ctx := context.Background()
+	if err := runHealth(ctx, script("ok", `test "$1" = b && test "$2" = /slots/slot-b.img`), "b", "/slots/slot-b.img"); err != nil {
+		t.Fatalf("healthy program: %v", err)
+	}
+	err := runHealth(ctx, script("bad", `echo "service gw-uplink did not start on $1" >&2; exit 3`), "b", "x")
+	if err == nil || !strings.Contains(err.Error(), "service gw-uplink did not start on b") || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("failing program: %v", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	// Were it not killed (with the child holding its output open), the
+	// check would wait 1000 s and the test time out.
+	if err := runHealth(short, script("hang", "sleep 1000 & sleep 1000"), "b", "x"); err == nil {
+		t.Fatal("hanging program reported healthy")
+	}
+	if err := runHealth(ctx, filepath.Join(dir, "missing"), "b", "x"); err == nil {
+		t.Fatal("missing program reported healthy")
 	}
 }
