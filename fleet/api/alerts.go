@@ -181,11 +181,17 @@ func (h *handler) alertError(w http.ResponseWriter, err error, what string) {
 	}
 }
 
-// publicRuleError lists a rule's problems without the package prefix.
+// publicRuleError lists a rule's problems without the package's prefix
+// ("alert: invalid rule \"id\": ").
 func publicRuleError(err error) string {
 	var out []string
 	for _, line := range strings.Split(err.Error(), "\n") {
-		out = append(out, strings.TrimPrefix(line, alert.ErrInvalidRule.Error()+": "))
+		if rest, ok := strings.CutPrefix(line, alert.ErrInvalidRule.Error()); ok {
+			if _, after, ok := strings.Cut(rest, ": "); ok {
+				line = after
+			}
+		}
+		out = append(out, line)
 	}
 	return strings.Join(out, "; ")
 }
