@@ -190,6 +190,14 @@ func demoFirmware(ctx context.Context, o DemoOptions, fleet *Fleet, client *api.
 		return fmt.Errorf("sigil demo: campaign %s did not finish (%s): %w", c.ID, c.State, err)
 	}
 	fmt.Fprintf(o.Out, "Campaign %s %s: %d committed, %d failed of %d.\n", c.ID, c.State, c.Counts.Committed, c.Counts.Failures(), c.Total)
+	page, err := client.CampaignDevices(ctx, c.ID, campaign.DeviceFilter{Limit: 1000})
+	if err != nil {
+		return err
+	}
+	ids = ids[:0] // the campaign's devices: those still active when it was created
+	for _, d := range page.Devices {
+		ids = append(ids, d.ID)
+	}
 	var versions []string
 	err = poll(ctx, 30*time.Second, func() bool {
 		versions = versions[:0]
