@@ -506,3 +506,103 @@ func TestFirmwareRoutesAuthorization(t *testing.T) {
 		t.Fatalf("only %d calls checked", checked)
 	}
 }
+
+// TestFirmwareTrustRotation: the fleet's release keys are rotated (a
+// statement signed by the current key and by both new keys, configured in
+// release_trust_rotations); after a restart of the fleet the device, which
+// enrolled trusting only the old key, gets the rotation after its hello,
+// verifies it, and then installs a release signed by the two new keys —
+// which its enrolled trust set alone would refuse.
+func TestFirmwareTrustRotation(t *testing.T) {
+	requireTools(t)
+	dir := t.TempDir()
+	k := newReleaseKit(t).signers // three keys; the kit's own trust file is not used
+	trustFile := func(name string, seq uint64, threshold int, signers ...*sign.Signer) (string, []byte) {
+		var pubs []crypto.PublicKey
+		for _, s := range signers {
+			pubs = append(pubs, s.Public())
+		}
+		ts, err := verify.NewTrustSet(seq, threshold, pubs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := ts.Marshal()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p, b
+	}
+	base, _ := trustFile("trust-1.json", 1, 1, k[0])
+	next, stmt := trustFile("trust-2.json", 2, 2, k[1], k[2])
+	var bundles []string
+	for i, s := range k {
+		b, err := s.Sign(stmt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("trust-2.%d.bundle", i))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		bundles = append(bundles, p)
+	}
+
+	cfg := server.Config{DataDir: t.TempDir(), MQTTAddr: freeAddr(t), APIAddr: freeAddr(t), EKCADir: ekCADir(t, vendorCA(t)), ReleaseTrust: base}
+	f, err := harness.StartFleet(context.Background(), cfg, logger(t).With("side", "fleet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Firmware: "1.0.0", Tweak: func(c *agentConfig) { c.EventLog = "-" }})
+	id := waitConnected(t, d).DeviceID
+	f.Stop()
+	if _, err := d.Wait(context.Background(), 10*time.Second, func(s agentStatus) bool { return !s.Connected }); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.ReleaseTrustRotations = []server.ReleaseRotation{{Statement: next, Bundles: bundles}}
+	f, err = harness.StartFleet(context.Background(), cfg, logger(t).With("side", "fleet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	waitConnected(t, d)
+	admin, _ := f.Client()
+	ana := asUser(t, f, admin, "ana", auth.RoleOperator)
+	bo := asUser(t, f, admin, "bo", auth.RoleReleaseApprover)
+	ctx := context.Background()
+	image := bytes.Repeat([]byte("gw-os 3.0.0 "), 10_000)
+	m := &manifest.Manifest{Name: "gw-os", Version: "3.0.0", SecurityVersion: 3, Models: []string{"gw-1"},
+		Size: int64(len(image)), SHA256: sha256.Sum256(image), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
+	raw, oldOnly, err := harness.SignRelease(m, k[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ana.UploadRelease(ctx, raw, oldOnly, bytes.NewReader(image), int64(len(image))); status(err) != http.StatusUnprocessableEntity {
+		t.Fatalf("release signed by the rotated-out key: %v, want 422", err)
+	}
+	_, newKeys, err := harness.SignRelease(m, k[1], k[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := ana.UploadRelease(ctx, raw, newKeys, bytes.NewReader(image), int64(len(image)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bo.ApproveRelease(ctx, rel.ID); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ana.CreateCampaign(ctx, campaign.Definition{Release: rel.ID, Targets: campaign.Selector{DeviceIDs: []string{id}},
+		DeviceTimeout: config.Duration(20 * time.Second)}, "new keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ana.CampaignAction(ctx, c.ID, "start", "new keys", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	waitCampaign(t, ana, c.ID, 40*time.Second, "finished", func(c *campaign.Campaign) bool { return c.Counts.Finished() == 1 })
+	if dv := campaignDevice(t, ana, c.ID, id); dv.Step != campaign.StepCommitted || dv.RunningVersion != "3.0.0" {
+		t.Fatalf("device after the rotation: %+v (reason %s), want committed on 3.0.0", dv, dv.Reason)
+	}
+	waitFirmware(t, f, id, "3.0.0")
+}
