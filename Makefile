@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.7.0
 
 export GOTOOLCHAIN := local
 
-.PHONY: all build cross test test-deps lint demo demo-deps bench fuzz clean
+.PHONY: all build cross test test-browser test-deps lint demo demo-deps bench fuzz clean
 
 all: build
 
@@ -40,8 +40,16 @@ demo-deps:
 test: test-deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
-	$(GO) test -race -timeout 40m -count=1 ./...
+	$(GO) test -race -timeout 40m -count=1 $$($(GO) list ./... | grep -v '/test/browser$$')
+	$(MAKE) --no-print-directory test-browser
 	$(MAKE) --no-print-directory cross
+
+# The console in the system's Chromium, driven by playwright-core from npm
+# (npm ci from test/browser/package-lock.json; never a browser download).
+# SIGIL_UPDATE_SCREENSHOTS=1 also refreshes docs/screenshots.
+test-browser: test-deps
+	cd test/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+	$(GO) test -race -count=1 -timeout 10m ./test/browser/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }

@@ -10,10 +10,11 @@ declare -A pkg_of=(
   [openssl]=openssl [gcc]=gcc
   [ssh-keygen]=openssh-client [ssh]=openssh-client [ssh-add]=openssh-client [sshd]=openssh-server
   [argon2]=argon2
+  [chromium]=chromium [node]=nodejs [npm]=npm
 )
 bins=(swtpm swtpm_setup swtpm_ioctl openssl)
 if [ "$want" = test ]; then
-  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh ssh-add sshd argon2)
+  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh ssh-add sshd argon2 chromium node npm)
 fi
 missing=()
 # sshd lives in /usr/sbin, which a non-root PATH may not name.

@@ -72,8 +72,11 @@ type Config struct {
 	Metrics http.Handler
 	// Connected reports live broker sessions; nil means unknown.
 	Connected func(deviceID string) bool
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// Quarantiner serves POST /api/v1/devices/{id}/quarantine; nil answers
+	// it with 501.
+	Quarantiner Quarantiner
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -116,6 +119,7 @@ func New(cfg Config) http.Handler {
 	h.routesTelemetry()
 	h.routesAlerts()
 	h.routesFirmware()
+	h.routesQuarantine()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})

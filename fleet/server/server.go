@@ -374,7 +374,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
-		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(),
+		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
 	})
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
@@ -555,7 +555,7 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
 	srv := &http.Server{
-		Handler:   s.withDownloads(s.apiHandler),
+		Handler:   s.withDownloads(s.withConsole(s.apiHandler)),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

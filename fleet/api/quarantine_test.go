@@ -1,0 +1,68 @@
+package api
+
+import (
+	"crypto/sha256"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+)
+
+// TestQuarantineOnRequest: POST /api/v1/devices/{id}/quarantine needs a
+// justification and an active device; it quarantines through the
+// Quarantiner (governance's, over the real inventory: state, revoked
+// certificate, event with who and why); without one it answers 501.
+func TestQuarantineOnRequest(t *testing.T) {
+	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	var disconnected []string
+	sum := sha256.Sum256([]byte(token))
+	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
+		Quarantiner: governance.InventoryQuarantiner{Inventory: inv, Disconnect: func(id string) { disconnected = append(disconnected, id) }}}))
+	t.Cleanup(srv.Close)
+	for _, d := range []*inventory.Device{
+		{ID: "dev-a", State: inventory.StateActive, CertSerial: "0a"},
+		{ID: "dev-p", State: inventory.StatePending},
+	} {
+		if err := inv.PutDevice(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, body := call(t, srv, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"  "}`)
+	wantProblem(t, resp, body, 400, "justification")
+	resp, body = call(t, srv, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"`+strings.Repeat("x", 501)+`"}`)
+	wantProblem(t, resp, body, 400, "justification")
+	resp, body = call(t, srv, "POST", "/api/v1/devices/dev-p/quarantine", token, `{"justification":"odd traffic"}`)
+	wantProblem(t, resp, body, 409, "only an active device")
+	resp, body = call(t, srv, "POST", "/api/v1/devices/nope/quarantine", token, `{"justification":"odd traffic"}`)
+	wantProblem(t, resp, body, 404, "no device")
+	if d, _ := inv.Device("dev-a"); d.State != inventory.StateActive || len(disconnected) != 0 {
+		t.Fatalf("refused requests changed the device: %s, disconnected %v", d.State, disconnected)
+	}
+
+	resp, body = call(t, srv, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"odd   traffic\nto 203.0.113.9"}`)
+	if resp.StatusCode != 200 || !strings.Contains(body, `"state":"quarantined"`) {
+		t.Fatalf("quarantine: %d %s", resp.StatusCode, body)
+	}
+	d, _ := inv.Device("dev-a")
+	if d.State != inventory.StateQuarantined || !d.IsRevoked("0a") || len(disconnected) != 1 {
+		t.Fatalf("after quarantine: %+v, disconnected %v", d, disconnected)
+	}
+	evs, _ := inv.Events("dev-a", 10)
+	if len(evs) == 0 || !strings.Contains(evs[0].Detail, "quarantined by admin: odd traffic to 203.0.113.9") {
+		t.Fatalf("events %+v", evs)
+	}
+	resp, body = call(t, srv, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"again"}`)
+	wantProblem(t, resp, body, 409, "quarantined")
+
+	srv2 := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:]}))
+	t.Cleanup(srv2.Close)
+	resp, body = call(t, srv2, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"odd traffic"}`)
+	wantProblem(t, resp, body, 501, "not available")
+}

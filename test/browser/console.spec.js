@@ -1,0 +1,291 @@
+// The operator scenarios in a real Chromium, driven by playwright-core.
+// Run by browser_test.go, which starts the fleet and passes it in the
+// environment (SIGIL_*). Each step prints "ok - ..." or "not ok - ...";
+// the first failure stops the run (later steps build on earlier ones) and
+// the exit status is non-zero. "RESULT {...}" lines report values for the
+// Go test to check against the fleet's state.
+"use strict";
+
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const https = require("node:https");
+const path = require("node:path");
+const { chromium } = require("playwright-core");
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) {
+    throw new Error(`environment variable ${name} is not set (run through browser_test.go)`);
+  }
+  return v;
+};
+const URL_ = env("SIGIL_URL");
+const CA = fs.readFileSync(env("SIGIL_CA"));
+const SHOTS = env("SIGIL_SCREENSHOTS");
+const CSP =
+  "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+  "frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+let passed = 0;
+let failed = 0;
+const problems = []; // console errors and CSP violations seen in any page
+
+async function step(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok - ${name}`);
+  } catch (err) {
+    failed++;
+    console.log(`not ok - ${name}`);
+    console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
+    throw err;
+  }
+}
+
+function result(obj) {
+  console.log("RESULT " + JSON.stringify(obj));
+}
+
+// api calls the JSON API from node, verifying the server's certificate
+// against the fleet CA: the console is served by that same TLS listener.
+function api(method, p, token) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(URL_ + p, { method, ca: CA, headers: token ? { Authorization: "Bearer " + token } : {} }, (res) => {
+      let body = "";
+      res.on("data", (c) => (body += c));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+async function newPage(browser) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1366, height: 860 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  page.on("dialog", (d) => d.accept()); // the confirmations of dangerous forms
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`${page.url()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`${page.url()}: ${e.message}`));
+  return page;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
+}
+
+// login fills the form with the keyboard only: the user field has focus,
+// Tab moves to the password, Enter submits.
+async function login(page, user, password) {
+  await page.goto(URL_ + "/");
+  assert.match(page.url(), /\/login\?next=/);
+  await page.keyboard.type(user);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(password);
+  await page.keyboard.press("Enter");
+  await page.waitForURL(URL_ + "/");
+}
+
+async function flash(page, text) {
+  const status = page.getByRole("status");
+  await status.waitFor();
+  assert.match(await status.innerText(), text);
+}
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: env("SIGIL_CHROMIUM"),
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+  try {
+    await run(browser);
+  } finally {
+    await browser.close();
+  }
+}
+
+async function run(browser) {
+  const searchID = env("SIGIL_SEARCH_ID");
+  const quarantineID = env("SIGIL_QUARANTINE_ID");
+  const pendingID = env("SIGIL_PENDING_ID");
+  const page = await newPage(browser);
+
+  await step("the console is served over the API's TLS, verified with the fleet CA", async () => {
+    const res = await api("GET", "/login");
+    assert.equal(res.status, 200);
+    assert.match(res.body, /Sigil fleet console/);
+  });
+
+  await step("a visitor is sent to the login page, with the security headers", async () => {
+    const res = await page.goto(URL_ + "/devices");
+    assert.match(page.url(), /\/login\?next=%2Fdevices$/);
+    const h = res.headers();
+    assert.equal(h["content-security-policy"], CSP);
+    assert.equal(h["x-frame-options"], "DENY");
+    assert.equal(h["x-content-type-options"], "nosniff");
+    assert.equal(h["referrer-policy"], "no-referrer");
+    assert.match(h["strict-transport-security"], /max-age=\d+/);
+    await shot(page, "login");
+  });
+
+  await step("a wrong password is refused on the login page", async () => {
+    // (The viewer's name: a failure throttles that name's next attempt.)
+    await page.getByLabel("User name").fill(env("SIGIL_VIEWER"));
+    await page.getByLabel("Password").fill("not the password");
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.getByRole("alert").waitFor();
+    assert.match(await page.getByRole("alert").innerText(), /wrong/);
+  });
+
+  await step("the operator logs in with the keyboard and sees the overview", async () => {
+    await login(page, env("SIGIL_OPERATOR"), env("SIGIL_OPERATOR_PASSWORD"));
+    await page.getByRole("heading", { name: "Fleet overview" }).waitFor();
+    assert.match(await page.locator("header").innerText(), new RegExp(env("SIGIL_OPERATOR")));
+    assert.equal(await page.locator("svg.chart").count(), 1);
+    await shot(page, "overview");
+  });
+
+  await step("finds a device by its serial number and opens it", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Devices" }).click();
+    await page.getByLabel("Search").fill(env("SIGIL_SEARCH_SERIAL"));
+    await page.getByLabel("Search").press("Enter");
+    await page.waitForURL(/\/devices\?q=/);
+    const rows = page.locator("table.devices tbody tr");
+    assert.equal(await rows.count(), 1);
+    await shot(page, "devices");
+    await rows.first().getByRole("link").click();
+    await page.waitForURL(URL_ + "/devices/" + searchID);
+    const identity = await page.locator("section", { has: page.getByRole("heading", { name: "Identity" }) }).innerText();
+    assert.ok(identity.includes(searchID), "the device ID is shown");
+    assert.match(identity, /EK fingerprint\s+([0-9a-f]{8} ){7}[0-9a-f]{8}/);
+    assert.match(identity, /Trust path\s+ek-ca/);
+    await page.getByRole("heading", { name: "Attestation history" }).waitFor();
+    await shot(page, "device");
+  });
+
+  await step("approves the pending device from the enrollment page", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Enrollment" }).click();
+    await shot(page, "enrollment");
+    await page.getByRole("button", { name: "Approve " + pendingID }).click();
+    await page.waitForURL(/\/enrollment\?ok=enrollment\.approve$/);
+    await flash(page, /Approved/);
+  });
+
+  await step("quarantines a device with a justification", async () => {
+    await page.goto(URL_ + "/devices/" + quarantineID);
+    // Without a justification the browser does not even submit.
+    await page.getByRole("button", { name: "Quarantine", exact: true }).click();
+    assert.equal(page.url(), URL_ + "/devices/" + quarantineID);
+    await page.getByLabel("Quarantine: justification").fill("suspicious outbound traffic seen by the IDS");
+    await page.getByRole("button", { name: "Quarantine", exact: true }).click();
+    await page.waitForURL(/\?ok=device\.quarantine$/);
+    await flash(page, /Quarantined/);
+    assert.match(await page.locator("h1").innerText(), /quarantined/);
+    await shot(page, "device-quarantined");
+  });
+
+  await step("releases it with a justification", async () => {
+    await page.getByLabel("Release: justification").fill("traffic was the vendor's update check");
+    await page.getByRole("button", { name: "Release from quarantine" }).click();
+    await page.waitForURL(/\?ok=device\.release$/);
+    await flash(page, /Released/);
+    assert.match(await page.locator("h1").innerText(), /active/);
+    const events = await page.locator("section", { has: page.getByRole("heading", { name: "Lifecycle events" }) }).innerText();
+    assert.ok(events.includes("released by " + env("SIGIL_OPERATOR") + ": traffic was the vendor's update check"));
+  });
+
+  await step("creates an enrollment token, shown once", async () => {
+    await page.goto(URL_ + "/enrollment");
+    await page.getByLabel("Only for model (optional)").fill("gw-1");
+    await page.getByLabel("Valid for").selectOption("24h");
+    await page.getByRole("button", { name: "Create token" }).click();
+    await page.getByRole("heading", { name: "Enrollment token created" }).waitFor();
+    const token = await page.getByLabel("Token").inputValue();
+    assert.match(token, /^sgt_/);
+    await shot(page, "enrollment-token");
+    await page.getByRole("link", { name: "Done" }).click();
+    assert.ok(!(await page.content()).includes(token), "the token is shown only once");
+    result({ enrollment_token: token });
+  });
+
+  await step("creates an API token that works, then revokes it", async () => {
+    const name = "browser-ci";
+    await page.goto(URL_ + "/settings");
+    await page.getByLabel("Name").fill(name);
+    await page.getByLabel("Scope").selectOption("viewer");
+    await page.getByRole("button", { name: "Create API token" }).click();
+    await page.getByRole("heading", { name: "API token created" }).waitFor();
+    const secret = await page.getByLabel("Token").inputValue();
+    assert.match(secret, /^sga_/);
+    let res = await api("GET", "/api/v1/me", secret);
+    assert.equal(res.status, 200, res.body);
+    assert.equal(JSON.parse(res.body).role, "viewer");
+    await page.getByRole("link", { name: "Done" }).click();
+    await page.getByRole("button", { name: "Revoke token " + name }).click();
+    await page.waitForURL(/\/settings\?ok=token\.revoke$/);
+    await flash(page, /revoked/);
+    res = await api("GET", "/api/v1/me", secret);
+    assert.equal(res.status, 401);
+    result({ api_token_name: name });
+  });
+
+  await step("a viewer sees the device but no action buttons", async () => {
+    const viewer = await newPage(browser);
+    await login(viewer, env("SIGIL_VIEWER"), env("SIGIL_VIEWER_PASSWORD"));
+    await viewer.goto(URL_ + "/devices/" + searchID);
+    await viewer.getByRole("heading", { name: "Identity" }).waitFor();
+    assert.equal(await viewer.locator("form[action^='/devices/']").count(), 0);
+    assert.equal(await viewer.getByRole("button", { name: "Quarantine" }).count(), 0);
+    await viewer.context().close();
+  });
+
+  await step("an admin's views of settings, CA and policies", async () => {
+    const admin = await newPage(browser);
+    await login(admin, env("SIGIL_ADMIN"), env("SIGIL_ADMIN_PASSWORD"));
+    for (const [p, heading, name] of [
+      ["/settings", "Users and API tokens", "settings"],
+      ["/ca", "Certificate authority", "ca"],
+      ["/policies", "Reference policies", "policies"],
+    ]) {
+      await admin.goto(URL_ + p);
+      await admin.getByRole("heading", { name: heading, level: 1 }).waitFor();
+      if (name === "settings") {
+        assert.equal(await admin.getByRole("button", { name: "Create user" }).count(), 1);
+      }
+      await shot(admin, name);
+    }
+    await admin.context().close();
+  });
+
+  await step("logs out; the session is over", async () => {
+    await page.goto(URL_ + "/");
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.waitForURL(/\/login\?bye=1$/);
+    await flash(page, /logged out/);
+    await page.goto(URL_ + "/devices");
+    assert.match(page.url(), /\/login\?next=/);
+  });
+
+  await step("no page logged a script error or a Content-Security-Policy violation", async () => {
+    // The only console error expected is the 401 of the wrong password.
+    const unexpected = problems.filter((p) => !/status of 401/.test(p));
+    assert.deepEqual(unexpected, []);
+  });
+}
+
+main()
+  .catch((err) => {
+    if (failed === 0) {
+      failed++;
+      console.log("not ok - setting up the browser");
+      console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
+    }
+  })
+  .finally(() => {
+    console.log(`${passed} passed, ${failed} failed`);
+    process.exit(failed > 0 || passed === 0 ? 1 : 0);
+  });
