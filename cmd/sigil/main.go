@@ -77,6 +77,13 @@ const usage = `usage:
   sigil alerts rules [put FILE | delete ID]
   sigil alerts deadletters [--limit N] [--before ID] | redrive (ID | --all [--route SINK])
   sigil telemetry DEVICE [--metric M [--since 1h]] [-o json]
+  sigil owners list | show ID | put ID [--name N] [--kind person|team] [--contact C] [--status S] | status ID active|inactive|departed
+  sigil owners assign DEVICE OWNER [--purpose P] | orphans
+  sigil triage list [--all] [--kind K] | show KEY | enroll KEY | block KEY | dismiss KEY [--note T]
+  sigil blocks list | add client-id|address|ek VALUE [--reason R] | remove KIND VALUE
+  sigil clones [list [--all]] | resolve DEVICE --kind ek|certificate [--note T]
+  sigil risk [DEVICE] [--limit N] [-o json]
+  sigil governance sweep | dormant
   sigil version
 
 API commands find the server, token and CA from --server/--token/--ca, the
@@ -136,6 +143,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdAlerts(ctx, args[1:], stdout)
 	case "telemetry":
 		err = cmdTelemetry(ctx, args[1:], stdout)
+	case "owners":
+		err = cmdOwners(ctx, args[1:], stdout)
+	case "triage":
+		err = cmdTriage(ctx, args[1:], stdout)
+	case "blocks":
+		err = cmdBlocks(ctx, args[1:], stdout)
+	case "clones":
+		err = cmdClones(ctx, args[1:], stdout)
+	case "risk":
+		err = cmdRisk(ctx, args[1:], stdout)
+	case "governance":
+		err = cmdGovernance(ctx, args[1:], stdout)
 	case "sim-device":
 		err = cmdSimDevice(ctx, args[1:], stderr)
 	case "version":

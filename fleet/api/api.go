@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/rotation"
@@ -75,8 +76,11 @@ type Config struct {
 	// Quarantiner serves POST /api/v1/devices/{id}/quarantine; nil answers
 	// it with 501.
 	Quarantiner Quarantiner
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// Governance serves owners, triage, blocks, clones and risk
+	// (governance.go); nil answers them with 501.
+	Governance *governance.Service
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -120,6 +124,7 @@ func New(cfg Config) http.Handler {
 	h.routesAlerts()
 	h.routesFirmware()
 	h.routesQuarantine()
+	h.routesGovernance()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})
@@ -143,6 +148,7 @@ type Device struct {
 	Model         string    `json:"model"`
 	Firmware      string    `json:"firmware,omitempty"`
 	Owner         string    `json:"owner,omitempty"`
+	Purpose       string    `json:"purpose,omitempty"`
 	Serial        string    `json:"serial,omitempty"`
 	EKFingerprint string    `json:"ek_fingerprint"`
 	TrustPath     string    `json:"trust_path,omitempty"`
@@ -160,7 +166,7 @@ type Device struct {
 
 func (h *handler) view(d *inventory.Device) Device {
 	v := Device{
-		ID: d.ID, State: string(d.State), Model: d.Model, Firmware: d.Firmware, Owner: d.Owner, Serial: d.Serial,
+		ID: d.ID, State: string(d.State), Model: d.Model, Firmware: d.Firmware, Owner: d.Owner, Purpose: d.Purpose, Serial: d.Serial,
 		EKFingerprint: d.EKFingerprint, TrustPath: d.TrustPath, CertSerial: d.CertSerial, CertExpiry: d.CertExpiry,
 		FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, EnrolledAt: d.EnrolledAt, Connected: d.Connected, Flags: d.Flags,
 		Group: d.Group, Attestation: d.Attestation, LastAttested: d.LastAttested,

@@ -30,6 +30,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/policy"
@@ -120,6 +121,9 @@ type Config struct {
 	AlertSinks []AlertSink `json:"alert_sinks"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
+	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
+	// governance_interval (fleet/server/governance.go).
+	GovernanceConfig
 }
 
 func (c *Config) setDefaults() {
@@ -181,6 +185,9 @@ type Server struct {
 	Alerts    *alert.Engine
 	Metrics   *metrics.Registry
 	tel       *telemetryParts
+	// Governance keeps owners, the triage and block lists, dormant and
+	// cloned identities and risk scores (fleet/governance).
+	Governance *governance.Service
 
 	jobs       *rotation.Jobs
 	secretSvc  *secretService
@@ -274,7 +281,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
-		Events: s.brokerEvent,
+		Events: s.brokerEvent, Screen: s.screen,
 	})
 	if err != nil {
 		s.Inv.Close()
@@ -297,6 +304,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Policies: s.Policy, Selection: first,
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
 		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: logger.With("component", "enroll"),
+		Identities:    enrollIdentities{s},
 		FirmwareTrust: s.firmwareTrust,
 		Send: func(clientID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
@@ -364,6 +372,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.closeStores()
 		return nil, err
 	}
+	if err = s.openGovernance(); err != nil {
+		s.closeStores()
+		return nil, err
+	}
 	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
 	if cfg.TwoPersonRule {
 		if s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit}, Logger: logger.With("component", "approvals")}); err != nil {
@@ -376,6 +388,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
+		Governance: s.Governance,
 	})
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		s.closeStores()
@@ -385,6 +398,9 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 }
 
 func (s *Server) closeStores() {
+	if s.Governance != nil {
+		s.Governance.Close()
+	}
 	s.closeTelemetry()
 	s.closeFirmware()
 	s.Inv.Close()
@@ -453,7 +469,8 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 // brokerEvent queues a connection event: the broker calls it on its
 // connection goroutines, which must not wait for the inventory's disk.
 func (s *Server) brokerEvent(ev broker.Event) {
-	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused {
+	s.governanceEvent(ev)
+	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused || ev.Kind == broker.Closed {
 		return
 	}
 	select {
@@ -547,6 +564,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.secretSvc.Run(ctx) })
 	g.Go(func() error { return s.runFirmware(ctx) })
 	g.Go(func() error { return s.Auth.Run(ctx) })
+	g.Go(func() error { return s.Governance.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
 	s.goTelemetry(ctx, g)
 	if s.Approvals != nil {
@@ -710,7 +728,7 @@ func poolCerts(dir string) []*x509.Certificate {
 // the device this client ID names ("e-<first 16 hex of the device ID>-…"),
 // so a known device can re-enroll.
 func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim *x509.Certificate) error {
-	if claim != nil {
+	if claim != nil || s.triageEnrolled(triageKey(governance.AttemptUnknownClient, "client", clientID)) {
 		return nil
 	}
 	if len(password) == 0 {
