@@ -84,6 +84,7 @@ const usage = `usage:
   sigil clones [list [--all]] | resolve DEVICE --kind ek|certificate [--note T]
   sigil risk [DEVICE] [--limit N] [-o json]
   sigil governance sweep | dormant
+  sigil completion bash|zsh   (e.g. source <(sigil completion bash))
   sigil version
 
 API commands find the server, token and CA from --server/--token/--ca, the
@@ -157,6 +158,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdGovernance(ctx, args[1:], stdout)
 	case "sim-device":
 		err = cmdSimDevice(ctx, args[1:], stderr)
+	case "completion":
+		err = cmdCompletion(args[1:], stdout)
 	case "version":
 		fmt.Fprintln(stdout, "sigil", Version)
 	case "help", "-h", "--help":

@@ -90,6 +90,19 @@ func (h *handler) routesAlerts() {
 	h.route("POST /api/v1/alerts/deadletters/{id}/redrive", auth.PermAlertsWrite, h.redrive)
 	h.route("POST /api/v1/alerts/deadletters/redrive", auth.PermAlertsWrite, h.redriveAll)
 	h.route("GET /api/v1/alerts/sinks", auth.PermAlertsRead, h.listSinks)
+
+	h.describe("GET /api/v1/alerts", "List alerts, newest first (device, rule, state or open=true; page with before and limit)", nil, AlertList{})
+	h.describe("GET /api/v1/alerts/{id}", "An alert with its evidence", nil, alert.Alert{})
+	h.describe("POST /api/v1/alerts/{id}/ack", "Acknowledge an open alert (optional note)", AlertNote{}, alert.Alert{})
+	h.describe("POST /api/v1/alerts/{id}/resolve", "Resolve an open alert by hand (optional note)", AlertNote{}, alert.Alert{})
+	h.describe("GET /api/v1/alerts/rules", "List alert rules", nil, AlertRuleList{})
+	h.describe("GET /api/v1/alerts/rules/{id}", "An alert rule", nil, alert.Rule{})
+	h.describe("PUT /api/v1/alerts/rules/{id}", "Create or replace an alert rule", alert.Rule{}, alert.Rule{})
+	h.describe("DELETE /api/v1/alerts/rules/{id}", "Delete an alert rule (its open alerts resolve)", nil, nil, 204)
+	h.describe("GET /api/v1/alerts/deadletters", "Notifications no sink accepted, newest first (page with before and limit)", nil, DeadLetterList{})
+	h.describe("POST /api/v1/alerts/deadletters/{id}/redrive", "Send a dead letter again", nil, Redriven{})
+	h.describe("POST /api/v1/alerts/deadletters/redrive", "Send every dead letter again (optionally of one route)", RedriveRequest{}, Redriven{})
+	h.describe("GET /api/v1/alerts/sinks", "The configured alert sinks (no secrets)", nil, AlertSinkList{})
 }
 
 // alertsOn writes a 501 when no alert engine is configured.

@@ -55,6 +55,11 @@ type Config struct {
 	// Approvals, when set, holds the dangerous routes' calls for a second
 	// person's approval (see approvals.go); nil lets them act at once.
 	Approvals *approval.Manager
+	// RateLimit is the requests per second each client address may make
+	// (bursts of RateBurst); 0 means 50 (bursts of 200), negative means no
+	// limit.
+	RateLimit float64
+	RateBurst int
 	// Audit records every state-changing request; nil records nothing.
 	Audit *audit.Log
 	// Firmware serves the firmware release and campaign routes; nil
@@ -93,6 +98,8 @@ type handler struct {
 	crls   crlCache
 	routes []route
 	gated  gated
+	docState
+	limit *limiter
 }
 
 // New returns the API handler.
@@ -103,7 +110,7 @@ func New(cfg Config) http.Handler {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	h := &handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	h := &handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limit: newLimiter(cfg.RateLimit, cfg.RateBurst, cfg.Now)}
 	h.public("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -125,6 +132,8 @@ func New(cfg Config) http.Handler {
 	h.routesFirmware()
 	h.routesQuarantine()
 	h.routesGovernance()
+	h.public("GET /api/v1/openapi.json", h.openAPI)
+	h.describeCore()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusNotFound, "not found", "no such resource: "+r.URL.Path)
 	})
@@ -135,6 +144,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Strict-Transport-Security", "max-age=31536000")
+	if h.limited(w, r) {
+		return
+	}
 	if n := bodyLimit(r); n > 0 {
 		r.Body = http.MaxBytesReader(w, r.Body, n)
 	}

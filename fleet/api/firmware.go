@@ -93,6 +93,21 @@ func (h *handler) routesFirmware() {
 	}
 	h.route("POST /api/v1/campaigns/{id}/rollback", auth.PermFirmwareWrite, h.withFirmware(h.rollbackCampaign))
 
+	h.describe("PUT /api/v1/firmware/images/{sha256}", "Upload a release's image (raw body, streamed) before its manifest", nil, ImageStaged{}, 201)
+	h.describe("POST /api/v1/firmware", "Upload a signed release: manifest and bundles (base64), image inline or staged", ReleaseUpload{}, Release{}, 201)
+	h.describe("GET /api/v1/firmware", "List releases, newest first", nil, ReleaseList{})
+	h.describe("GET /api/v1/firmware/{id}", "A release with its approvals and whether it may be offered", nil, Release{})
+	h.describe("POST /api/v1/firmware/{id}/approve", "Approve a release (two-person rule: never its uploader)", nil, Release{})
+	h.describe("POST /api/v1/firmware/{id}/withdraw", "Withdraw a release for good", Justification{}, Release{})
+	h.describe("POST /api/v1/campaigns", "Create a draft campaign (targets resolved, waves planned)", CampaignRequest{}, campaign.Campaign{}, 201)
+	h.describe("GET /api/v1/campaigns", "List campaigns", nil, CampaignList{})
+	h.describe("GET /api/v1/campaigns/{id}", "A campaign with every wave's progress", nil, campaign.Campaign{})
+	h.describe("GET /api/v1/campaigns/{id}/devices", "A page of a campaign's devices (filter by step, wave; page with after)", nil, CampaignDevices{})
+	h.describe("POST /api/v1/campaigns/{id}/start", "Start a draft campaign now or at a time", Justification{}, campaign.Campaign{})
+	h.describe("POST /api/v1/campaigns/{id}/pause", "Pause a campaign (justification required)", Justification{}, campaign.Campaign{})
+	h.describe("POST /api/v1/campaigns/{id}/resume", "Resume a paused campaign (justification required)", Justification{}, campaign.Campaign{})
+	h.describe("POST /api/v1/campaigns/{id}/abort", "Abort a campaign (justification required)", Justification{}, campaign.Campaign{})
+	h.describe("POST /api/v1/campaigns/{id}/rollback", "Roll back the devices that committed a campaign to another release", CampaignRequest{}, campaign.Campaign{}, 201)
 }
 
 type firmwareHandler func(w http.ResponseWriter, r *http.Request, who string, fw Firmware)

@@ -154,6 +154,11 @@ func (h *handler) routesGovernance() {
 		{"GET /api/v1/risk", "Devices by risk score of the last sweep, riskiest first (page with after and limit)", auth.PermDevicesRead, h.riskRanking, nil, RiskList{}, 0},
 	} {
 		h.route(r.pattern, r.perm, r.fn)
+		if r.status != 0 {
+			h.describe(r.pattern, r.summary, r.req, r.resp, r.status)
+		} else {
+			h.describe(r.pattern, r.summary, r.req, r.resp)
+		}
 	}
 }
 

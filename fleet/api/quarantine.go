@@ -25,6 +25,7 @@ type QuarantineRequest struct {
 
 func (h *handler) routesQuarantine() {
 	h.route("POST /api/v1/devices/{id}/quarantine", auth.PermDevicesWrite, h.quarantine)
+	h.describe("POST /api/v1/devices/{id}/quarantine", "Quarantine an active device (justification required)", QuarantineRequest{}, Device{})
 }
 
 // quarantine isolates an active device until an operator releases it

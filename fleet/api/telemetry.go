@@ -38,6 +38,10 @@ func (h *handler) routesTelemetry() {
 	// Prometheus scrapes with a bearer API token (bearer_token_file in its
 	// scrape configuration; docs/CONFIG.md). Fleet-level series only.
 	h.route("GET /metrics", auth.PermDevicesRead, h.serveMetrics)
+
+	h.describe("GET /api/v1/devices/{id}/telemetry", "A device's telemetry: latest values, sets, delivery counts", nil, telemetry.DeviceStatus{})
+	h.describe("GET /api/v1/devices/{id}/telemetry/series", "A charted metric's recent series (?metric=cpu.busy&since=1h or RFC 3339)", nil, TelemetrySeries{})
+	h.describe("GET /metrics", "Fleet-level metrics in the Prometheus text format (0.0.4); no per-device labels", nil, nil)
 }
 
 // telemetryOn writes a 501 when no ingester is configured.

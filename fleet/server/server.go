@@ -85,6 +85,11 @@ type Config struct {
 	// (GET /api/v1/approvals). Default false; turn it on once a second
 	// operator with security.approve exists.
 	TwoPersonRule bool `json:"two_person_rule"`
+	// APIRateLimit is the API requests per second each client address may
+	// make, in bursts of APIRateBurst; 0 means 50 (bursts of 200), negative
+	// means no limit.
+	APIRateLimit float64 `json:"api_rate_limit"`
+	APIRateBurst int     `json:"api_rate_burst"`
 	// DeviceLifetime is the device certificate lifetime. Default 24h.
 	DeviceLifetime config.Duration `json:"device_lifetime"`
 	// TopicPrefix is the first MQTT topic level. Default "sigil".
@@ -383,7 +388,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
-	s.apiHandler = api.New(api.Config{Approvals: s.Approvals,
+	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: cfg.APIRateLimit, RateBurst: cfg.APIRateBurst,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),

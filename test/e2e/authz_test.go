@@ -13,6 +13,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/server"
 )
 
 // concrete turns a route pattern into a method and a path with made-up
@@ -173,5 +174,28 @@ func TestSessionAndCSRF(t *testing.T) {
 	get, _ = hc.Get(f.APIURL() + "/api/v1/me")
 	if get.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("after logout: %d", get.StatusCode)
+	}
+}
+
+// TestAPIRateLimit: a client over its rate gets 429 with Retry-After and
+// problem+json, before any work is done; other clients are unaffected by
+// construction (one bucket per address).
+func TestAPIRateLimit(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.APIRateLimit, c.APIRateBurst = 1, 5 })
+	c, _ := f.Client()
+	var last *http.Response
+	for range 6 {
+		req, _ := http.NewRequest("GET", f.APIURL()+"/api/v1/devices", nil)
+		req.Header.Set("Authorization", "Bearer "+f.AdminToken())
+		resp, err := c.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		last = resp
+	}
+	if last.StatusCode != http.StatusTooManyRequests || last.Header.Get("Retry-After") == "" || last.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("6th request in a burst of 5: %d %v", last.StatusCode, last.Header)
 	}
 }
