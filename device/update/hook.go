@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
-	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 )
 
@@ -174,12 +176,50 @@ func (h *HookBackend) run(ctx context.Context, timeout time.Duration, args ...st
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, h.cfg.Path, args...)
-	cmd.Env = append(os.Environ(), h.cfg.Env...)
-	cmd.WaitDelay = 5 * time.Second // children holding the pipes do not hang us
+	// os.StartProcess rather than os/exec, which would cost sigild about
+	// 64 KiB; the hook runs in its own process group so that a timeout
+	// kills its children too.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("update: hook %s: %w", args[0], err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("update: hook %s: %w", args[0], err)
+	}
+	p, err := os.StartProcess(h.cfg.Path, append([]string{h.cfg.Path}, args...), &os.ProcAttr{
+		Env: append(os.Environ(), h.cfg.Env...), Files: []*os.File{nil, outW, errW},
+		Sys: &syscall.SysProcAttr{Setpgid: true},
+	})
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return nil, fmt.Errorf("update: hook %s: %w", args[0], err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = syscall.Kill(-p.Pid, syscall.SIGKILL) })
+	defer stop()
 	var stdout, stderr limitedBuffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = io.Copy(&stdout, outR) })
+	wg.Go(func() { _, _ = io.Copy(&stderr, errR) })
+	st, err := p.Wait()
+	read := make(chan struct{})
+	go func() { wg.Wait(); close(read) }()
+	select {
+	case <-read:
+	case <-time.After(5 * time.Second): // children holding the pipes do not hang us
+	}
+	outR.Close()
+	errR.Close()
+	<-read
+	if err == nil && !st.Success() {
+		err = errors.New(st.String())
+	}
+	if err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", err, ctx.Err())
