@@ -17,14 +17,17 @@ func (s *Server) withConsole(apiHandler http.Handler) http.Handler {
 		Auth: s.Auth, API: apiHandler, Inventory: s.Inv, Attestations: s.Attest, Policies: s.Policy,
 		Secrets: s.secretSvc, CA: s.CA, Connected: s.Broker.Connected,
 		Logger: s.log.With("component", "console"),
-	})
+	}.With(s.consoleExtensions()...))
 	if err != nil {
 		// Only a defect in the embedded templates gets here (the console's
 		// tests parse them): keep the API up.
 		s.log.Error("the console could not be built; serving the API only", "err", err)
 		return apiHandler
 	}
-	s.Attest.OnVerdict(c.ObserveVerdict)
+	// Through the server's verdict hook, not Attest.OnVerdict: that one
+	// callback slot belongs to tests and benchmarks.
+	observe := c.ObserveVerdict
+	s.consoleVerdict.Store(&observe)
 	return c
 }
 

@@ -204,11 +204,14 @@ type Server struct {
 	apiLn      net.Listener
 	apiTLS     *tls.Config
 	apiHandler http.Handler
-	serverCert atomic.Pointer[tls.Certificate] // of the active CA generation
-	adminToken string
-	ready      chan struct{}
-	topics     wire.Topics
-	events     chan broker.Event
+	// consoleVerdict feeds the console's verdict chart (set when the
+	// console is built, read on attestation workers).
+	consoleVerdict atomic.Pointer[func(string, *attest.Record, time.Duration)]
+	serverCert     atomic.Pointer[tls.Certificate] // of the active CA generation
+	adminToken     string
+	ready          chan struct{}
+	topics         wire.Topics
+	events         chan broker.Event
 }
 
 // Files written at first start, relative to DataDir.

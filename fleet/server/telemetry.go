@@ -343,6 +343,9 @@ func (s *Server) alertSeen(deviceID string) {
 // Config.Verdict): a failure as alert.EventAttestationFailed, a pass as
 // alert.EventAttestationPassed, which resolves the failure's alert.
 func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
+	if f := s.consoleVerdict.Load(); f != nil {
+		(*f)(deviceID, rec, 0)
+	}
 	if s.tel == nil {
 		return
 	}
