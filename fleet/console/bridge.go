@@ -39,15 +39,21 @@ func (r *recorder) Write(b []byte) (int, error) {
 	return r.body.Write(b)
 }
 
-// detail returns the problem+json detail of a refusal, or a generic text.
+// detail returns the problem+json detail of a refusal (or the "error" of
+// an answer that reports one, such as a failed audit verification), or a
+// generic text.
 func (r *recorder) detail() string {
 	var p struct {
 		Detail string `json:"detail"`
 		Title  string `json:"title"`
+		Error  string `json:"error"`
 	}
 	if json.Unmarshal(r.body.Bytes(), &p) == nil {
 		if p.Detail != "" {
 			return p.Detail
+		}
+		if p.Error != "" {
+			return p.Error
 		}
 		if p.Title != "" {
 			return p.Title

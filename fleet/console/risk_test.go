@@ -1,0 +1,62 @@
+package console_test
+
+import (
+	"context"
+	"html"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+)
+
+// TestRiskPages: the device page breaks the governance service's score
+// into its factors with their points and evidence; after a sweep, the risk
+// page ranks devices as the service does and the overview names the
+// riskiest.
+func TestRiskPages(t *testing.T) {
+	ff := newFleetFixture(t, fleetOptions{})
+	viewer := ff.login("vera", auth.RoleViewer)
+	now := ff.clock.Now()
+	calm := ff.addDevice(1, inventory.StateActive, func(d *inventory.Device) {
+		d.Attestation, d.LastAttested, d.Owner, d.Connected = "pass", now, "plant-a", true
+	})
+	risky := ff.addDevice(2, inventory.StateActive, func(d *inventory.Device) {
+		d.Attestation, d.LastAttested, d.LastSeen = "fail", now.Add(-50*time.Hour), now.Add(-48*time.Hour)
+		d.CertExpiry = now.Add(time.Hour)
+	})
+
+	mustContain(t, body(t, viewer.get("/"), http.StatusOK), "Highest risk", "no risk sweep yet")
+	for _, d := range []*inventory.Device{calm, risky} {
+		want, err := ff.gov.Score(d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page := body(t, viewer.get("/devices/"+d.ID), http.StatusOK)
+		mustContain(t, page, "<h2>Risk</h2>", `score">`+strconv.Itoa(want.Score)+"</span>")
+		for _, f := range want.Factors {
+			mustContain(t, page, "<tr><td>"+html.EscapeString(f.Name)+"</td>", html.EscapeString(f.Evidence))
+		}
+	}
+	if s1, _ := ff.gov.Score(calm.ID); func() bool { s2, _ := ff.gov.Score(risky.ID); return s2.Score <= s1.Score }() {
+		t.Fatalf("the fixture's risky device does not score above the calm one")
+	}
+
+	if _, err := ff.gov.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ranking, _, err := ff.gov.Ranking("", 10)
+	if err != nil || len(ranking) != 2 {
+		t.Fatalf("ranking: %v %v", ranking, err)
+	}
+	page := body(t, viewer.get("/risk"), http.StatusOK)
+	i, j := strings.Index(page, `href="/devices/`+ranking[0].DeviceID+`"`), strings.Index(page, `href="/devices/`+ranking[1].DeviceID+`"`)
+	if i < 0 || j < i {
+		t.Fatalf("the risk page does not list the ranking in order:\n%s", page)
+	}
+	mustContain(t, body(t, viewer.get("/"), http.StatusOK), `<span class="card-title">Highest risk</span><span class="card-value">`+strconv.Itoa(ranking[0].Score)+"</span>")
+	body(t, viewer.get("/risk?after=nonsense"), http.StatusBadRequest)
+}

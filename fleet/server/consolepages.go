@@ -1,0 +1,34 @@
+package server
+
+import "github.com/sigil-iot/sigil/fleet/console"
+
+// consoleExtensions are the console's pages, overview tiles and device
+// sections for the fleet's subsystems: firmware campaigns and releases
+// (when release_trust is set), alerts, the approvals inbox (with
+// two_person_rule), the audit log, telemetry charts and risk scores.
+func (s *Server) consoleExtensions() []console.Extension {
+	var exts []console.Extension
+	if s.fw != nil {
+		exts = append(exts, console.FirmwarePages{Releases: s.fw.store, Campaigns: s.fw.campaigns}.Extension())
+	}
+	if s.Alerts != nil {
+		ap := console.AlertPages{Alerts: s.Alerts}
+		if s.tel != nil {
+			ap.Sinks = s.tel.sinks
+		}
+		exts = append(exts, ap.Extension())
+	}
+	if s.Approvals != nil {
+		exts = append(exts, console.ApprovalPages{Approvals: s.Approvals}.Extension())
+	}
+	if s.Audit != nil {
+		exts = append(exts, console.AuditPages{Log: s.Audit}.Extension())
+	}
+	if s.Telemetry != nil {
+		exts = append(exts, console.TelemetryCharts{Telemetry: s.Telemetry}.Extension())
+	}
+	if s.Governance != nil {
+		exts = append(exts, console.RiskPages{Risk: s.Governance}.Extension())
+	}
+	return exts
+}
