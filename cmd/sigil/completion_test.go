@@ -49,3 +49,32 @@ func TestCompletionBash(t *testing.T) {
 		t.Error("an unknown shell was accepted")
 	}
 }
+
+// TestEverySubcommandParsesFlags runs each command's flag set with --help:
+// a flag defined twice (a command's own and the shared API flags) panics
+// here rather than in an operator's terminal.
+func TestEverySubcommandParsesFlags(t *testing.T) {
+	for cmd, subs := range commandTree(usage) {
+		if cmd == "serve" || cmd == "demo" || cmd == "bench" || cmd == "sim-device" || cmd == "completion" || cmd == "version" {
+			continue
+		}
+		if len(subs) == 0 {
+			subs = []string{""}
+		}
+		for _, sub := range subs {
+			args := []string{cmd}
+			if sub != "" {
+				args = append(args, sub, "x")
+			}
+			var out, errb bytes.Buffer
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						t.Errorf("sigil %s %s: panic: %v", cmd, sub, r)
+					}
+				}()
+				run(append(args, "--help"), &out, &errb)
+			}()
+		}
+	}
+}

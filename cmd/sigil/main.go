@@ -356,7 +356,6 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 	af := addAPIFlags(fs)
 	state := fs.String("state", "", "filter by state (list)")
 	var id string
-	justification := fs.String("justification", "", "why the device may leave quarantine (release)")
 	reason := fs.String("reason", "", "RFC 5280 reason name (revoke), e.g. keyCompromise")
 	comment := fs.String("comment", "", "note recorded with the action (revoke, decommission)")
 	if sub != "list" {
@@ -429,7 +428,7 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return tw.Flush()
 	case "release":
-		d, err := c.Release(ctx, id, *justification)
+		d, err := c.Release(ctx, id, *af.justification)
 		if err != nil {
 			return err
 		}

@@ -277,7 +277,9 @@ func TestRefuseReplay(t *testing.T) {
 }
 
 // TestRefuseClonedEK: an EK already enrolled is presented under another
-// identity (serial). It is refused and the enrolled device flagged.
+// identity (serial). It is refused, the enrolled device flagged, and —
+// governance's clone rule — quarantined with its certificate revoked;
+// nothing else changes.
 func TestRefuseClonedEK(t *testing.T) {
 	f := startFleet(t, func(c *server.Config) { c.EKCADir = ekCADir(t, vendorCA(t)) })
 	inst := newTPM(t)
@@ -296,10 +298,17 @@ func TestRefuseClonedEK(t *testing.T) {
 	if !slices.Contains(dev.Flags, enroll.FlagCloneSuspect) {
 		t.Fatalf("enrolled device not flagged: %+v", dev.Flags)
 	}
-	dev.Flags = slices.DeleteFunc(dev.Flags, func(s string) bool { return s == enroll.FlagCloneSuspect })
+	waitFor(t, func() bool {
+		d, err := f.Inv.Device(st.DeviceID)
+		return err == nil && d.State == inventory.StateQuarantined && d.IsRevoked(st.CertSerial)
+	}, "the cloned identity's device to be quarantined and its certificate revoked")
 	after := inventorySnapshot(t, f)
 	for i := range after.Devices {
-		after.Devices[i].Flags = slices.DeleteFunc(after.Devices[i].Flags, func(s string) bool { return s == enroll.FlagCloneSuspect })
+		d := &after.Devices[i]
+		d.Flags = slices.DeleteFunc(d.Flags, func(s string) bool { return s == enroll.FlagCloneSuspect })
+		if d.ID == st.DeviceID {
+			d.State, d.Revoked = inventory.StateActive, nil
+		}
 	}
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Fatalf("inventory changed beyond the flag:\n%+v\n%+v", before, after)
