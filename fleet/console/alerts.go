@@ -128,7 +128,7 @@ func (a AlertPages) load(r *http.Request, _ auth.Principal) (any, error) {
 		return nil, badRequestf("view must be open, all, firing, acknowledged or resolved")
 	}
 	if out.Device != "" && !isDeviceID(out.Device) {
-		return nil, badRequestf("device must be a device ID (64 hex digits)")
+		return nil, badRequestf("device must be a device ID")
 	}
 	if s := q.Get("before"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 64)

@@ -99,7 +99,9 @@ type AuditEntry struct {
 }
 
 func auditEntry(e audit.Entry) AuditEntry {
-	out := AuditEntry{Entry: e, TargetIsDevice: isDeviceID(e.Target)}
+	// Device lifecycle events and device routes name a device as target.
+	dev := strings.HasPrefix(e.Action, "device.") || strings.HasPrefix(e.Action, "api.devices.")
+	out := AuditEntry{Entry: e, TargetIsDevice: dev && isDeviceID(e.Target)}
 	switch e.Outcome {
 	case audit.OK:
 		out.Tone = "ok"

@@ -318,7 +318,7 @@ func parseDefinition(form url.Values, targets bool) (campaign.Definition, error)
 		for _, id := range splitList(form.Get("devices")) {
 			id = strings.ToLower(id)
 			if !isDeviceID(id) {
-				bad("device IDs are 64 hex digits; %q is not one", short(id))
+				bad("%q is not a device ID (letters, digits, '.', '_' and '-', as the device list shows them)", short(id))
 				continue
 			}
 			def.Targets.DeviceIDs = append(def.Targets.DeviceIDs, id)

@@ -115,8 +115,8 @@ func TestCampaignLifecycle(t *testing.T) {
 		bad.Del(field)
 		mustContain(t, body(t, op.post("/campaigns/new", bad), http.StatusBadRequest), want)
 	}
-	mustContain(t, body(t, op.post("/campaigns/new", url.Values{"release": {rel.ID}, "devices": {"not-a-device"}, "justification": {"x y z"}}),
-		http.StatusBadRequest), "64 hex digits")
+	mustContain(t, body(t, op.post("/campaigns/new", url.Values{"release": {rel.ID}, "devices": {"Not/A/Device"}, "justification": {"x y z"}}),
+		http.StatusBadRequest), "is not a device ID")
 	if cs, _ := ff.campaigns.List(); len(cs) != 0 {
 		t.Fatalf("refused forms created %d campaigns", len(cs))
 	}

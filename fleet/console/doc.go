@@ -29,8 +29,7 @@
 //
 // # Adding a page
 //
-// Campaigns, alerts, approvals, audit, telemetry and risk pages plug in
-// without touching this package's other files:
+// Pages plug in without touching this package's other files:
 //
 //   - a page of its own: a Page value (path, menu label, the permission to
 //     see it, an html/template source defining "content", a Load function
@@ -41,5 +40,9 @@
 //   - a section of the device page: a Section in Config.DeviceSections
 //     (telemetry charts, firmware history, risk breakdown, audit trail).
 //
-// The built-in pages are made the same way (pages.go).
+// The built-in pages are made the same way (pages.go). A subsystem's
+// pages, tiles and sections travel together as an Extension, which
+// Config.With adds; FirmwarePages (campaigns and releases), AlertPages,
+// ApprovalPages, AuditPages, TelemetryCharts and RiskPages each make one
+// over the small interface they read, and a nil reader makes none.
 package console

@@ -1,13 +1,14 @@
 package console
 
 import (
-	"encoding/hex"
 	"fmt"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // Extension is one subsystem's part of the console: its pages, its tiles
@@ -61,15 +62,9 @@ func pageLink(path string, kv ...string) string {
 	return path + "?" + q.Encode()
 }
 
-// isDeviceID reports whether s looks like a device ID (64 hex digits), to
-// link it to its page.
-func isDeviceID(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	_, err := hex.DecodeString(s)
-	return err == nil
-}
+// isDeviceID reports whether s may be a device ID: what the wire protocol
+// accepts as one (1 to 64 of [a-z0-9._-]).
+func isDeviceID(s string) bool { return wire.ValidID(s) }
 
 // sizeText writes a byte count for people: "812 B", "1.5 KiB", "3.2 MiB".
 func sizeText(n int64) string {

@@ -58,5 +58,5 @@ func TestRiskPages(t *testing.T) {
 		t.Fatalf("the risk page does not list the ranking in order:\n%s", page)
 	}
 	mustContain(t, body(t, viewer.get("/"), http.StatusOK), `<span class="card-title">Highest risk</span><span class="card-value">`+strconv.Itoa(ranking[0].Score)+"</span>")
-	body(t, viewer.get("/risk?after=nonsense"), http.StatusBadRequest)
+	body(t, viewer.get("/risk?after=Not%2FAn%2FID"), http.StatusBadRequest)
 }

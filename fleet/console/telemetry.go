@@ -44,8 +44,9 @@ func chartedMetrics() []ChartedMetric {
 	return []ChartedMetric{{"cpu.busy", "CPU busy"}, {"mem.used_ratio", "Memory used"}}
 }
 
-// chartWindows are the periods a chart may show; the first is the default.
-func chartWindows() []string { return []string{"1h", "15m", "6h"} }
+// chartWindows are the periods a chart may show; the first is the default
+// (the ingester keeps raw points for 15 minutes, coarser buckets beyond).
+func chartWindows() []string { return []string{"15m", "1h", "6h"} }
 
 // Extension returns the device section.
 func (tc TelemetryCharts) Extension() Extension {

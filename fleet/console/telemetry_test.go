@@ -2,7 +2,6 @@ package console_test
 
 import (
 	"bytes"
-	"html"
 	"net/http"
 	"regexp"
 	"strings"
@@ -33,9 +32,9 @@ func TestTelemetryCharts(t *testing.T) {
 	}
 	ff.ingest(d.ID, bytes.Repeat([]byte{7}, 16), 1, points, 30*time.Second)
 
-	for _, window := range []string{"", "15m", "6h"} {
+	for _, window := range []string{"", "1h", "6h"} {
 		path := "/devices/" + d.ID
-		span := time.Hour
+		span := 15 * time.Minute
 		if window != "" {
 			path += "?telemetry=" + window
 			span, _ = time.ParseDuration(window)
@@ -60,5 +59,5 @@ func TestTelemetryCharts(t *testing.T) {
 		}
 	}
 	mustContain(t, body(t, viewer.get("/devices/"+quiet.ID), http.StatusOK), "No telemetry from this device since the fleet started.")
-	mustContain(t, body(t, viewer.get("/devices/"+d.ID+"?telemetry=<x>"), http.StatusOK), html.EscapeString("last 1h"))
+	mustContain(t, body(t, viewer.get("/devices/"+d.ID+"?telemetry=<x>"), http.StatusOK), "last 15m")
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -68,14 +69,21 @@ func logger() *slog.Logger {
 type results struct {
 	EnrollmentToken string `json:"enrollment_token"`
 	APITokenName    string `json:"api_token_name"`
+	CampaignID      string `json:"campaign_id"`
+	AlertNote       string `json:"alert_note"`
 }
 
 // TestConsoleInChromium runs the operator scenarios in a real browser:
-// log in, find a device by search and open it, approve a pending device,
-// quarantine and release with a justification, create an enrollment
-// token, create and revoke an API token, check a viewer's view, log out.
-// The script checks what the browser shows; this test then checks the
-// fleet's state behind it.
+// log in, find a device by search and open it, create a firmware campaign
+// from an approved release and watch it complete on the devices,
+// approve a pending device, quarantine and release with a justification,
+// create an enrollment token, create and revoke an API token, acknowledge
+// an alert, check a viewer's view, and as an admin see the two-person
+// rule on a release they uploaded, approve a request in the approvals
+// inbox, verify the audit log and look at the risk ranking and the device
+// page's telemetry, firmware, risk and audit sections; log out. The
+// script checks what the browser shows; this test then checks the fleet's
+// state behind it.
 func TestConsoleInChromium(t *testing.T) {
 	requireBrowser(t)
 	installPlaywright(t)
@@ -94,7 +102,9 @@ func TestConsoleInChromium(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f, err := harness.StartFleet(ctx, server.Config{DataDir: t.TempDir(), EKCADir: ekDir, ManualApproval: true}, logger())
+	signer, releaseTrust := releaseKey(t)
+	f, err := harness.StartFleet(ctx, server.Config{DataDir: t.TempDir(), EKCADir: ekDir, ManualApproval: true,
+		ReleaseTrust: releaseTrust, TwoPersonRule: true}, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +113,10 @@ func TestConsoleInChromium(t *testing.T) {
 	start := func(inst *swtpm.Instance, serial string) *harness.Device {
 		dir := t.TempDir()
 		d, err := f.StartDevice(ctx, harness.DeviceConfig{TPM: inst.URI(), Dir: dir, Model: "gw-1", Firmware: "1.4.2", Serial: serial,
-			Tweak: func(c *agent.Config) { c.PendingRetry = agent.Duration(time.Minute) }}, logger())
+			Tweak: func(c *agent.Config) {
+				c.PendingRetry = agent.Duration(time.Minute)
+				c.TelemetryInterval = agent.Duration(time.Second) // charts and the alert have points at once
+			}}, logger())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,12 +161,15 @@ func TestConsoleInChromium(t *testing.T) {
 		PCRs: golden, Comment: "learned from " + stSearched.DeviceID}); err != nil {
 		t.Fatal(err)
 	}
-	users := map[string]auth.Role{"olga": auth.RoleOperator, "vera": auth.RoleViewer, "ada": auth.RoleAdmin}
+	users := map[string]auth.Role{"olga": auth.RoleOperator, "vera": auth.RoleViewer, "ada": auth.RoleAdmin,
+		"rita": auth.RoleReleaseApprover, "sam": auth.RoleSecurityAdmin}
 	for name, role := range users {
 		if _, err := f.Auth.CreateUser(ctx, name, "browser test password of "+name, role); err != nil {
 			t.Fatal(err)
 		}
 	}
+
+	prep := preparePages(t, f, signer, stSearched.DeviceID)
 
 	shots := t.ArtifactDir()
 	env := append(os.Environ(),
@@ -163,6 +179,9 @@ func TestConsoleInChromium(t *testing.T) {
 		"SIGIL_ADMIN=ada", "SIGIL_ADMIN_PASSWORD=browser test password of ada",
 		"SIGIL_SEARCH_SERIAL=SN-BROWSER-0001", "SIGIL_SEARCH_ID="+stSearched.DeviceID,
 		"SIGIL_QUARANTINE_ID="+stOther.DeviceID, "SIGIL_PENDING_ID="+pendingID,
+		"SIGIL_RELEASE=gw-os "+releaseVersion, "SIGIL_RELEASE_ID="+prep.release.ID, "SIGIL_UNAPPROVED_ID="+prep.unapproved.ID,
+		"SIGIL_ALERT_RULE="+alertRuleName, "SIGIL_ALERT_ID="+strconv.FormatUint(prep.alert.ID, 10),
+		"SIGIL_APPROVAL_ID="+prep.approval, "SIGIL_APPROVAL_WHY="+approvalWhy,
 	)
 	res := runSpec(t, env)
 
@@ -213,6 +232,8 @@ func TestConsoleInChromium(t *testing.T) {
 	if !found {
 		t.Errorf("no API token %q for olga: %+v", res.APITokenName, toks)
 	}
+
+	checkPages(t, f, prep, res)
 
 	if os.Getenv("SIGIL_UPDATE_SCREENSHOTS") == "1" {
 		updateScreenshots(t, shots)

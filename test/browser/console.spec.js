@@ -43,6 +43,11 @@ async function step(name, fn) {
   }
 }
 
+// section returns the page's panel under a heading.
+function section(page, heading) {
+  return page.locator("section", { has: page.getByRole("heading", { name: heading, exact: true }) });
+}
+
 function result(obj) {
   console.log("RESULT " + JSON.stringify(obj));
 }
@@ -78,10 +83,13 @@ async function shot(page, name) {
 }
 
 // login fills the form with the keyboard only: the user field has focus,
-// Tab moves to the password, Enter submits.
+// Tab moves to the password, Enter submits. It waits for the autofocus to
+// land first: typing before it does loses the user name, and the failed
+// login that follows throttles the next ones.
 async function login(page, user, password) {
   await page.goto(URL_ + "/");
   assert.match(page.url(), /\/login\?next=/);
+  await page.waitForFunction(() => document.activeElement && document.activeElement.id === "user");
   await page.keyboard.type(user);
   await page.keyboard.press("Tab");
   await page.keyboard.type(password);
@@ -167,6 +175,53 @@ async function run(browser) {
     await shot(page, "device");
   });
 
+  await step("creates a campaign from the approved release and watches it complete", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Campaigns" }).click();
+    await page.getByRole("heading", { name: "Firmware campaigns", level: 1 }).waitFor();
+    // Only the approved release is offered; the one waiting for approval is not.
+    const options = await page.getByLabel("Release", { exact: true }).locator("option").allInnerTexts();
+    assert.equal(options.length, 1, options.join(" | "));
+    assert.ok(options[0].startsWith(env("SIGIL_RELEASE")), options[0]);
+    await page.getByLabel("Name (optional)").fill("gateway rollout");
+    await page.getByLabel("Group", { exact: true }).fill("gateways");
+    await page.getByLabel("Device timeout").selectOption("5m");
+    await page.getByLabel("Justification", { exact: true }).fill("monthly gateway update, change 4711");
+    await shot(page, "campaign-new");
+    await page.getByRole("button", { name: "Create campaign" }).click();
+    await page.getByRole("heading", { name: "Campaign created" }).waitFor();
+    await page.getByRole("link", { name: "Done" }).click();
+    await page.waitForURL(/\/campaigns\/cmp_[0-9a-f]+$/);
+    const id = page.url().split("/").pop();
+    assert.equal(await page.locator("#campaign-state").innerText(), "draft");
+    await page.getByLabel("Start: justification").fill("change 4711 approved by the board");
+    await page.getByRole("button", { name: "Start campaign" }).click();
+    await page.waitForURL(/\?ok=campaign\.start$/);
+    await flash(page, /Started/);
+    // Watch the progress: reload the page until the campaign is done.
+    let state = "";
+    for (const deadline = Date.now() + 120000; Date.now() < deadline; ) {
+      state = await page.locator("#campaign-state").innerText();
+      if (["completed", "paused", "aborted"].includes(state)) {
+        break;
+      }
+      await page.waitForTimeout(1000);
+      await page.goto(URL_ + "/campaigns/" + id);
+    }
+    assert.equal(state, "completed", await section(page, "Progress").innerText());
+    const progress = await section(page, "Progress").innerText();
+    assert.match(progress, /Wave 1 \(canary\) · 1 devices/);
+    assert.match(progress, /(\d+) of \1 committed/);
+    const steps = await page.locator("table.campaign-devices tbody tr td:nth-child(3)").allInnerTexts();
+    assert.ok(steps.length >= 2, "devices listed: " + steps.length);
+    assert.ok(steps.every((s) => s.trim() === "committed"), steps.join(", "));
+    await shot(page, "campaign");
+    await page.getByRole("link", { name: "All campaigns" }).click();
+    const row = page.locator("table.campaigns tbody tr", { hasText: "gateway rollout" });
+    assert.match(await row.innerText(), /completed/);
+    await shot(page, "campaigns");
+    result({ campaign_id: id });
+  });
+
   await step("approves the pending device from the enrollment page", async () => {
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Enrollment" }).click();
     await shot(page, "enrollment");
@@ -233,6 +288,24 @@ async function run(browser) {
     result({ api_token_name: name });
   });
 
+  await step("acknowledges an alert with a note", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Alerts" }).click();
+    await page.getByRole("heading", { name: "Alerts", level: 1 }).waitFor();
+    const rule = env("SIGIL_ALERT_RULE");
+    const row = page.locator("table.alerts tbody tr", { hasText: rule });
+    assert.equal(await row.count(), 1);
+    assert.match(await row.innerText(), /firing/);
+    const note = "looking into it: a stray updater process";
+    await row.getByLabel("Note (optional)", { exact: true }).fill(note);
+    await shot(page, "alerts");
+    await row.getByRole("button", { name: "Acknowledge alert " + env("SIGIL_ALERT_ID") }).click();
+    await page.waitForURL(/\/alerts\?ok=alert\.ack$/);
+    await flash(page, /Acknowledged/);
+    const after = await page.locator("table.alerts tbody tr", { hasText: rule }).innerText();
+    assert.ok(after.includes("acknowledged by " + env("SIGIL_OPERATOR") + " just now: " + note), after);
+    result({ alert_note: note });
+  });
+
   await step("a viewer sees the device but no action buttons", async () => {
     const viewer = await newPage(browser);
     await login(viewer, env("SIGIL_VIEWER"), env("SIGIL_VIEWER_PASSWORD"));
@@ -243,7 +316,7 @@ async function run(browser) {
     await viewer.context().close();
   });
 
-  await step("an admin's views of settings, CA and policies", async () => {
+  await step("an admin's views: settings, CA, policies, releases, approvals, audit (verified), risk, device detail", async () => {
     const admin = await newPage(browser);
     await login(admin, env("SIGIL_ADMIN"), env("SIGIL_ADMIN_PASSWORD"));
     for (const [p, heading, name] of [
@@ -258,6 +331,49 @@ async function run(browser) {
       }
       await shot(admin, name);
     }
+
+    // The release its uploader may not approve says so, with no button.
+    await admin.goto(URL_ + "/releases");
+    const mine = admin.getByRole("region", { name: "Release gw-os 2.0.1" });
+    assert.match(await mine.innerText(), /you uploaded this release, so you cannot approve it/);
+    assert.equal(await mine.getByRole("button", { name: /Approve/ }).count(), 0);
+    await shot(admin, "releases");
+
+    // The approvals inbox: what waits and why; approve it.
+    await admin.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Approvals" }).click();
+    const approvalID = env("SIGIL_APPROVAL_ID");
+    const req = admin.getByRole("article", { name: "Request " + approvalID });
+    const text = await req.innerText();
+    assert.ok(text.includes(env("SIGIL_APPROVAL_WHY")) && text.includes("Attestation policy change"), text);
+    await shot(admin, "approvals");
+    await req.getByLabel("Comment (optional)").fill("matches the bench inventory");
+    await req.getByRole("button", { name: "Approve request " + approvalID }).click();
+    await admin.waitForURL(/\/approvals\?ok=approval\.approve$/);
+    await flash(admin, /Approved/);
+    assert.match(await section(admin, "Decided").innerText(), /executed/);
+
+    // The audit log: browse, then verify the chain.
+    await admin.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Audit" }).click();
+    assert.ok((await admin.locator("table.audit tbody tr").count()) > 0);
+    await shot(admin, "audit");
+    await admin.getByRole("button", { name: "Verify the log" }).click();
+    await admin.getByRole("heading", { name: "Audit log verified" }).waitFor();
+    assert.match(await admin.locator("dl.facts").innerText(), /Entries verified\s+[1-9]\d*/);
+    await shot(admin, "audit-verified");
+
+    // Devices by risk, and the device page's new sections.
+    await admin.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Risk" }).click();
+    assert.ok((await admin.locator("table tbody tr").count()) >= 2);
+    await shot(admin, "risk");
+    await admin.goto(URL_ + "/devices/" + searchID);
+    for (const h of ["Telemetry", "Firmware history", "Risk", "Audit trail"]) {
+      await admin.getByRole("heading", { name: h, exact: true }).waitFor();
+    }
+    assert.ok((await admin.locator("svg.chart.line polyline").count()) >= 1, "a telemetry chart is drawn");
+    const history = await section(admin, "Firmware history").innerText();
+    assert.ok(history.includes("gateway rollout") && history.includes("committed"), history);
+    assert.match(await section(admin, "Risk").innerText(), /Score\s+\d+/);
+    await shot(admin, "device-detail");
     await admin.context().close();
   });
 
