@@ -206,7 +206,7 @@ func TestCampaignLifecycle(t *testing.T) {
 	}
 }
 
-func getCampaign(t *testing.T, ff *fleetFixture, id string) *campaign.Campaign {
+func getCampaign(t testing.TB, ff *fleetFixture, id string) *campaign.Campaign {
 	t.Helper()
 	c, err := ff.campaigns.Get(id)
 	if err != nil {
@@ -217,7 +217,7 @@ func getCampaign(t *testing.T, ff *fleetFixture, id string) *campaign.Campaign {
 
 // awaitAnnounced returns the next device the engine announces for the
 // campaign.
-func awaitAnnounced(t *testing.T, ff *fleetFixture, id string) string {
+func awaitAnnounced(t testing.TB, ff *fleetFixture, id string) string {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {

@@ -62,7 +62,7 @@ type fleetOptions struct {
 	noApprovals bool // no two-person rule
 }
 
-func newFleetFixture(t *testing.T, opt fleetOptions) *fleetFixture {
+func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 	t.Helper()
 	ff := &fleetFixture{announced: make(chan campaign.Announcement, 1000),
 		sinks: []api.AlertSink{{Name: "ops-webhook", Type: "webhook", Target: "https://hooks.example/sigil", MinSeverity: "warning", Signed: true}}}
@@ -92,7 +92,7 @@ func newFleetFixture(t *testing.T, opt fleetOptions) *fleetFixture {
 
 // open opens the subsystems in a temporary directory and starts the
 // campaign engine.
-func (ff *fleetFixture) open(t *testing.T, inv *inventory.Store, now func() time.Time, opt fleetOptions) {
+func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time.Time, opt fleetOptions) {
 	t.Helper()
 	dir := t.TempDir()
 	must := func(err error) {
