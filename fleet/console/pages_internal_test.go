@@ -165,3 +165,21 @@ func TestSizeText(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigWith: extensions are appended in order, and the configuration
+// they were added to keeps its own lists.
+func TestConfigWith(t *testing.T) {
+	base := Config{Pages: make([]Page, 1, 4), Cards: make([]CardFunc, 0, 4)}
+	base.Pages[0].Name = "own"
+	got := base.With(Extension{Pages: []Page{{Name: "a"}}, Sections: []Section{{Name: "s"}}}, Extension{Pages: []Page{{Name: "b"}}})
+	if len(got.Pages) != 3 || got.Pages[1].Name != "a" || got.Pages[2].Name != "b" || len(got.DeviceSections) != 1 {
+		t.Fatalf("with: %+v", got)
+	}
+	more := base.With(Extension{Pages: []Page{{Name: "c"}}})
+	if got.Pages[1].Name != "a" || more.Pages[1].Name != "c" || len(base.Pages) != 1 {
+		t.Fatalf("configurations share their lists: %v %v", got.Pages, more.Pages)
+	}
+	if (FirmwarePages{}).Extension().Pages != nil || (AlertPages{}).Extension().Cards != nil || (RiskPages{}).Extension().Sections != nil {
+		t.Fatal("a page set without its reader is not empty")
+	}
+}
