@@ -3,7 +3,6 @@ package alert
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -12,6 +11,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/sigil-iot/sigil/fleet/internal/record"
 )
 
 // The bbolt file's layout. Records are JSON wrapped with a version number.
@@ -72,13 +73,8 @@ func (s *store) close() error {
 	return nil
 }
 
-type record[T any] struct {
-	V    int `json:"v"`
-	Data T   `json:"data"`
-}
-
 func encode[T any](v *T) ([]byte, error) {
-	b, err := json.Marshal(record[*T]{V: recordVersion, Data: v})
+	b, err := record.Encode(recordVersion, v)
 	if err != nil {
 		return nil, fmt.Errorf("alert: encode: %w", err)
 	}
@@ -86,14 +82,11 @@ func encode[T any](v *T) ([]byte, error) {
 }
 
 func decode[T any](b []byte) (*T, error) {
-	var r record[*T]
-	if err := json.Unmarshal(b, &r); err != nil {
+	v, err := record.Decode[T](recordVersion, b)
+	if err != nil {
 		return nil, fmt.Errorf("alert: decode: %w", err)
 	}
-	if r.V < 1 || r.V > recordVersion || r.Data == nil {
-		return nil, fmt.Errorf("alert: decode: unsupported record version %d", r.V)
-	}
-	return r.Data, nil
+	return v, nil
 }
 
 func be64(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }

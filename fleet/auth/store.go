@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/sigil-iot/sigil/fleet/internal/record"
 )
 
 // Errors. Compare with errors.Is. The ones a client may see are named in
@@ -260,14 +261,8 @@ func (s *Service) Close() error {
 	return nil
 }
 
-// record wraps stored values with a version.
-type record[T any] struct {
-	V    int `json:"v"`
-	Data T   `json:"data"`
-}
-
 func encode[T any](v *T) ([]byte, error) {
-	b, err := json.Marshal(record[*T]{V: recordVersion, Data: v})
+	b, err := record.Encode(recordVersion, v)
 	if err != nil {
 		return nil, fmt.Errorf("auth: encode: %w", err)
 	}
@@ -275,14 +270,11 @@ func encode[T any](v *T) ([]byte, error) {
 }
 
 func decode[T any](b []byte) (*T, error) {
-	var r record[*T]
-	if err := json.Unmarshal(b, &r); err != nil {
+	v, err := record.Decode[T](recordVersion, b)
+	if err != nil {
 		return nil, fmt.Errorf("auth: decode: %w", err)
 	}
-	if r.V < 1 || r.V > recordVersion || r.Data == nil {
-		return nil, fmt.Errorf("auth: decode: unsupported record version %d", r.V)
-	}
-	return r.Data, nil
+	return v, nil
 }
 
 func put[T any](b *bolt.Bucket, key []byte, v *T) error {

@@ -2,24 +2,19 @@ package governance
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/internal/record"
 )
 
 const recordVersion = 1
 
-// record wraps stored values with a version.
-type record[T any] struct {
-	V    int `json:"v"`
-	Data T   `json:"data"`
-}
-
 func encode[T any](v *T) ([]byte, error) {
-	b, err := json.Marshal(record[*T]{V: recordVersion, Data: v})
+	b, err := record.Encode(recordVersion, v)
 	if err != nil {
 		return nil, fmt.Errorf("governance: encode: %w", err)
 	}
@@ -27,14 +22,11 @@ func encode[T any](v *T) ([]byte, error) {
 }
 
 func decode[T any](b []byte) (*T, error) {
-	var r record[*T]
-	if err := json.Unmarshal(b, &r); err != nil {
+	v, err := record.Decode[T](recordVersion, b)
+	if err != nil {
 		return nil, fmt.Errorf("governance: decode: %w", err)
 	}
-	if r.V < 1 || r.V > recordVersion || r.Data == nil {
-		return nil, fmt.Errorf("governance: decode: unsupported record version %d", r.V)
-	}
-	return r.Data, nil
+	return v, nil
 }
 
 // get decodes the value at key in bucket, or returns nil when absent.

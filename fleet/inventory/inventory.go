@@ -29,6 +29,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
+	"github.com/sigil-iot/sigil/fleet/internal/record"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -278,14 +279,8 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// record wraps stored values with a version.
-type record[T any] struct {
-	V    int `json:"v"`
-	Data T   `json:"data"`
-}
-
 func encode[T any](v *T) ([]byte, error) {
-	b, err := json.Marshal(record[*T]{V: recordVersion, Data: v})
+	b, err := record.Encode(recordVersion, v)
 	if err != nil {
 		return nil, fmt.Errorf("inventory: encode: %w", err)
 	}
@@ -293,14 +288,11 @@ func encode[T any](v *T) ([]byte, error) {
 }
 
 func decode[T any](b []byte) (*T, error) {
-	var r record[*T]
-	if err := json.Unmarshal(b, &r); err != nil {
+	v, err := record.Decode[T](recordVersion, b)
+	if err != nil {
 		return nil, fmt.Errorf("inventory: decode: %w", err)
 	}
-	if r.V < 1 || r.V > recordVersion || r.Data == nil {
-		return nil, fmt.Errorf("inventory: decode: unsupported record version %d", r.V)
-	}
-	return r.Data, nil
+	return v, nil
 }
 
 // Device returns a device by ID.
