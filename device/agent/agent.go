@@ -760,9 +760,17 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 			a.log.Warn("dropping malformed trust bundle", "err", err)
 			return
 		}
-		select {
-		case a.trust <- b.Roots:
-		default: // one is pending; the fleet sends it again after the next hello
+		// The newest bundle wins: replace one still pending.
+		for {
+			select {
+			case a.trust <- b.Roots:
+				return
+			default:
+				select {
+				case <-a.trust:
+				default:
+				}
+			}
 		}
 	case wire.TypeSecretDeliver:
 		a.queueSecret(env)
