@@ -362,6 +362,7 @@ func cmdCampaigns(ctx context.Context, args []string, stdout io.Writer) error {
 	group := fs.String("group", "", "target: devices of this group (create)")
 	model := fs.String("model", "", "target: devices of this model (create)")
 	devices := fs.String("devices", "", "target: comma-separated device IDs (create)")
+	tags := fs.String("tags", "", "target: devices carrying every one of these comma-separated tags (create)")
 	canary := fs.Int("canary", 0, "size of the first wave (default 1)")
 	growth := fs.Float64("growth", 0, "each wave's size times this gives the next (default 2)")
 	sizes := fs.String("sizes", "", "explicit comma-separated wave sizes instead of --canary/--growth")
@@ -404,6 +405,9 @@ func cmdCampaigns(ctx context.Context, args []string, stdout io.Writer) error {
 		set(&d.Targets.Model, *model)
 		if *devices != "" {
 			d.Targets.DeviceIDs = strings.Split(*devices, ",")
+		}
+		if *tags != "" {
+			d.Targets.Tags = strings.Split(*tags, ",")
 		}
 		if *canary > 0 {
 			d.Waves.Canary = *canary

@@ -65,7 +65,7 @@ const usage = `usage:
   sigil firmware keygen [--key F] [--pub F] [--alg A] | trust [--threshold M] [--sequence N] [--out F] PUB...
   sigil firmware sign --key F (--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] | --manifest F | --statement F) [--bundle F]
   sigil firmware upload --manifest F --bundle F [--bundle F] [--image IMG] | approve ID | withdraw ID [--reason R] | list [-o json] | show ID
-  sigil campaigns create --release ID (--group G | --model M | --devices ID,ID) [--canary N --growth F | --sizes 1,10] [--failure F] [--timeout D] [--definition FILE] [--justification T]
+  sigil campaigns create --release ID (--group G | --model M | --tags T,T | --devices ID,ID) [--canary N --growth F | --sizes 1,10] [--failure F] [--timeout D] [--definition FILE] [--justification T]
   sigil campaigns start ID [--at TIME] | pause ID | resume ID | abort ID   (--justification T)
   sigil campaigns rollback ID --release ID --justification T | list [-o json] | show ID | devices ID [--step S] [--wave N] [--after ID]
   sigil secrets list [-o json] | device ID [-o json] | delete NAME

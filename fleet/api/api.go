@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -172,6 +173,7 @@ type Device struct {
 	Connected     bool      `json:"connected"`
 	Flags         []string  `json:"flags,omitempty"`
 	Group         string    `json:"group,omitempty"`
+	Tags          []string  `json:"tags,omitempty"`
 	Attestation   string    `json:"attestation,omitempty"`
 	LastAttested  time.Time `json:"last_attested,omitzero"`
 }
@@ -181,7 +183,7 @@ func (h *handler) view(d *inventory.Device) Device {
 		ID: d.ID, State: string(d.State), Model: d.Model, Firmware: d.Firmware, Owner: d.Owner, Purpose: d.Purpose, Serial: d.Serial,
 		EKFingerprint: d.EKFingerprint, TrustPath: d.TrustPath, CertSerial: d.CertSerial, CertExpiry: d.CertExpiry,
 		FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, EnrolledAt: d.EnrolledAt, Connected: d.Connected, Flags: d.Flags,
-		Group: d.Group, Attestation: d.Attestation, LastAttested: d.LastAttested,
+		Group: d.Group, Tags: d.Tags, Attestation: d.Attestation, LastAttested: d.LastAttested,
 	}
 	if h.cfg.Connected != nil {
 		v.Connected = h.cfg.Connected(d.ID)
@@ -283,8 +285,9 @@ func (h *handler) approve(w http.ResponseWriter, r *http.Request, who string) {
 
 // devicePatch changes operator-owned fields; absent fields stay.
 type devicePatch struct {
-	Owner *string `json:"owner"`
-	Group *string `json:"group"`
+	Owner *string   `json:"owner"`
+	Group *string   `json:"group"`
+	Tags  *[]string `json:"tags"` // replaces the device's tags
 }
 
 func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string) {
@@ -298,6 +301,18 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 			return
 		}
 	}
+	if p.Tags != nil {
+		if len(*p.Tags) > inventory.MaxTags {
+			problem(w, http.StatusBadRequest, "bad request", fmt.Sprintf("at most %d tags", inventory.MaxTags))
+			return
+		}
+		for _, t := range *p.Tags {
+			if !inventory.ValidTag(t) {
+				problem(w, http.StatusBadRequest, "bad request", "a tag is 1 to 64 characters of a-z, 0-9 and ._:-=, starting with a letter or digit: "+strconv.Quote(t))
+				return
+			}
+		}
+	}
 	id := r.PathValue("id")
 	err := h.cfg.Inventory.Update(id, func(d *inventory.Device) error {
 		if p.Owner != nil {
@@ -305,6 +320,9 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 		}
 		if p.Group != nil {
 			d.Group = *p.Group
+		}
+		if p.Tags != nil {
+			d.Tags = slices.Compact(slices.Sorted(slices.Values(*p.Tags)))
 		}
 		return nil
 	})

@@ -159,3 +159,22 @@ func TestTokensAndDevices(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceTags: PATCH sets a device's tags (sorted, de-duplicated);
+// invalid tags are refused with the offending tag named.
+func TestDeviceTags(t *testing.T) {
+	srv, inv := newAPI(t)
+	if err := inv.PutDevice(&inventory.Device{ID: "dev-1", State: inventory.StateActive}); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := call(t, srv, "PATCH", "/api/v1/devices/dev-1", token, `{"tags":["site:plant-7","canary","canary"]}`)
+	var d Device
+	if json.Unmarshal([]byte(body), &d); resp.StatusCode != 200 || strings.Join(d.Tags, ",") != "canary,site:plant-7" {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	resp, body = call(t, srv, "PATCH", "/api/v1/devices/dev-1", token, `{"tags":["Not OK"]}`)
+	wantProblem(t, resp, body, 400, `"Not OK"`)
+	if got, _ := inv.Device("dev-1"); strings.Join(got.Tags, ",") != "canary,site:plant-7" {
+		t.Fatalf("tags after a refused change: %v", got.Tags)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -84,6 +85,9 @@ type Device struct {
 	EKPublic      []byte    `json:"ek_public,omitempty"` // TPMT_PUBLIC
 	AKPublic      []byte    `json:"ak_public,omitempty"` // TPMT_PUBLIC
 	Group         string    `json:"group,omitempty"`     // policy group
+	// Tags are operator labels (e.g. "site:plant-7", "canary"); at most
+	// MaxTags of ValidTag. Campaigns can target a set of them.
+	Tags []string `json:"tags,omitempty"`
 	// Revoked lists revoked certificate serials (hex), newest last, at most
 	// MaxRevoked; the broker refuses them.
 	Revoked []string `json:"revoked,omitempty"`
@@ -451,10 +455,46 @@ func validDevice(d *Device) error {
 			errs = append(errs, fmt.Errorf("EK fingerprint %q is not 64 lowercase hex digits", fp))
 		}
 	}
+	if len(d.Tags) > MaxTags {
+		errs = append(errs, fmt.Errorf("%d tags, at most %d", len(d.Tags), MaxTags))
+	}
+	for _, t := range d.Tags {
+		if !ValidTag(t) {
+			errs = append(errs, fmt.Errorf("tag %q", t))
+		}
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
 	}
 	return nil
+}
+
+// MaxTags bounds Device.Tags.
+const MaxTags = 32
+
+// ValidTag accepts 1 to 64 characters of a-z, 0-9 and "._:-=", starting
+// with a letter or digit.
+func ValidTag(t string) bool {
+	if t == "" || len(t) > 64 {
+		return false
+	}
+	for i, c := range []byte(t) {
+		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || !strings.ContainsRune("._:-=", rune(c))) {
+			return false
+		}
+	}
+	return true
+}
+
+// HasTags reports whether d carries every tag in want.
+func (d *Device) HasTags(want []string) bool {
+	for _, t := range want {
+		if !slices.Contains(d.Tags, t) {
+			return false
+		}
+	}
+	return true
 }
 
 // CreateToken makes an enrollment token bound to a model ("" for any),

@@ -342,11 +342,8 @@ func (f *firmwareService) authorizeDownload(r *http.Request, digest string) erro
 // resolve is the campaigns' Targets: the active devices a selector
 // matches, in device ID order (explicit device IDs in their given order).
 func (f *firmwareService) resolve(_ context.Context, sel campaign.Selector) ([]string, error) {
-	if len(sel.Tags) > 0 {
-		return nil, errors.New("server: the inventory has no device tags; select by group, model or device IDs")
-	}
 	match := func(d *inventory.Device) bool {
-		return d.State == inventory.StateActive && (sel.Model == "" || d.Model == sel.Model) && (sel.Group == "" || d.Group == sel.Group)
+		return d.State == inventory.StateActive && (sel.Model == "" || d.Model == sel.Model) && (sel.Group == "" || d.Group == sel.Group) && d.HasTags(sel.Tags)
 	}
 	var out []string
 	if len(sel.DeviceIDs) > 0 {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/firmware"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -309,5 +311,42 @@ func TestStepOf(t *testing.T) {
 	}
 	if stepOf("rolled_back") != campaign.StepRolledBack {
 		t.Error("rolled_back")
+	}
+}
+
+// TestCampaignTargetsByTags: a campaign's tag selector matches the active
+// devices carrying every tag, together with model and group.
+func TestCampaignTargetsByTags(t *testing.T) {
+	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	put := func(id, model string, state inventory.State, tags ...string) {
+		if err := inv.PutDevice(&inventory.Device{ID: id, Model: model, State: state, Tags: tags}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("a", "gw-1", inventory.StateActive, "canary", "site:plant-7")
+	put("b", "gw-1", inventory.StateActive, "site:plant-7")
+	put("c", "gw-2", inventory.StateActive, "canary", "site:plant-7")
+	put("d", "gw-1", inventory.StateQuarantined, "canary", "site:plant-7")
+	if err := inv.PutDevice(&inventory.Device{ID: "e", State: inventory.StateActive, Tags: []string{"Bad Tag"}}); err == nil {
+		t.Fatal("an invalid tag was stored")
+	}
+	f := &firmwareService{inv: inv}
+	for _, tc := range []struct {
+		sel  campaign.Selector
+		want []string
+	}{
+		{campaign.Selector{Tags: []string{"site:plant-7"}}, []string{"a", "b", "c"}},
+		{campaign.Selector{Tags: []string{"site:plant-7", "canary"}}, []string{"a", "c"}},
+		{campaign.Selector{Model: "gw-1", Tags: []string{"canary"}}, []string{"a"}},
+		{campaign.Selector{Tags: []string{"nowhere"}}, nil},
+	} {
+		got, err := f.resolve(context.Background(), tc.sel)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("%+v: %v %v, want %v", tc.sel, got, err, tc.want)
+		}
 	}
 }
