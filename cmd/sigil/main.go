@@ -56,6 +56,8 @@ const usage = `usage:
   sigil rotations list | show ID | cancel ID
   sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
   sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
+  sigil users list | create NAME [--role R] | role NAME --role R | disable NAME | enable NAME | delete NAME
+  sigil api-tokens list | create NAME [--role R] [--ttl D] | revoke ID
   sigil approvals list [--all] | show ID | approve ID [--comment C] | reject ID --reason R
   (with two_person_rule, dangerous changes exit 7 "pending approval"; pass --justification)
   sigil audit list [--actor kind:id] [--action A] [--target T] | export [--out F] | checkpoint
@@ -132,6 +134,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdAudit(ctx, args[1:], stdout, stderr)
 	case "approvals":
 		err = cmdApprovals(ctx, args[1:], stdout)
+	case "users":
+		err = cmdUsers(ctx, args[1:], stdout)
+	case "api-tokens":
+		err = cmdAPITokens(ctx, args[1:], stdout)
 	case "policies":
 		err = cmdPolicies(ctx, args[1:], stdout)
 	case "firmware":

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -150,8 +151,28 @@ func TestBinaries(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "G1  retired") || !strings.Contains(string(out), "G2  active") {
 		t.Fatalf("sigil ca status: %v %s", err, out)
 	}
+	// Operators through the CLI: a user with a generated password, shown
+	// once; an API token scoped to viewer that reads but cannot write.
+	if out, err := exec.Command(sigil, "users", "create", "olga", "--role", "operator", "--data-dir", data, "--server", base).CombinedOutput(); err != nil || !strings.Contains(string(out), "password (shown once): ") {
+		t.Fatalf("sigil users create: %v %s", err, out)
+	}
+	if out, err := exec.Command(sigil, "users", "list", "--data-dir", data, "--server", base).CombinedOutput(); err != nil || !strings.Contains(string(out), "olga") || !strings.Contains(string(out), "operator") {
+		t.Fatalf("sigil users list: %v %s", err, out)
+	}
+	out, err = exec.Command(sigil, "api-tokens", "create", "script", "--role", "viewer", "--data-dir", data, "--server", base).CombinedOutput()
+	secret := strings.TrimSpace(string(out[bytes.LastIndex(out, []byte(": "))+2:]))
+	if err != nil || !strings.HasPrefix(secret, "sga_") {
+		t.Fatalf("sigil api-tokens create: %v %s", err, out)
+	}
+	if out, err := exec.Command(sigil, "devices", "list", "--token", secret, "--data-dir", data, "--server", base).CombinedOutput(); err != nil {
+		t.Fatalf("viewer token read: %v %s", err, out)
+	}
+	cmd := exec.Command(sigil, "tokens", "create", "--model", "gw-1", "--token", secret, "--data-dir", data, "--server", base)
+	if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 5 {
+		t.Fatalf("viewer token wrote: exit %d %s", cmd.ProcessState.ExitCode(), out)
+	}
 	// A bad invocation is a usage error with a clear message.
-	cmd := exec.Command(sigil, "devices", "show")
+	cmd = exec.Command(sigil, "devices", "show")
 	out, _ = cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "needs a device ID") {
 		t.Fatalf("usage error: %d %s", cmd.ProcessState.ExitCode(), out)
