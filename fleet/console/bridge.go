@@ -133,7 +133,16 @@ func (c *Console) actionHandler(a *action) http.Handler {
 			c.failBack(w, r, &p, http.StatusInternalServerError, "Server error", "The request could not be encoded.", back)
 			return
 		}
-		req := forward(r, a.method, fill(a.apiPath, r), js)
+		target := fill(a.apiPath, r)
+		if a.Query != nil {
+			q, err := a.Query(r.PostForm)
+			if err != nil {
+				c.failBack(w, r, &p, http.StatusBadRequest, "Check the form", strings.TrimPrefix(err.Error(), "console: "), back)
+				return
+			}
+			target += "?" + q.Encode()
+		}
+		req := forward(r, a.method, target, js)
 		if j := strings.Join(strings.Fields(r.PostForm.Get("justification")), " "); j != "" {
 			req.Header.Set(api.JustificationHeader, j) // dangerous routes file it with their approval request
 		}

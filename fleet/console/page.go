@@ -68,6 +68,10 @@ type Action struct {
 	// Body builds the API request's JSON body from the posted form; nil
 	// sends {}. An error is shown to the operator (400).
 	Body func(form url.Values) (any, error)
+	// Query, when set, builds the API request's query string from the
+	// posted form, for routes that take their arguments there (DELETE
+	// /api/v1/blocks). An error is shown to the operator (400).
+	Query func(form url.Values) (url.Values, error)
 	// Then is where to go after success, with the path's wildcards filled
 	// in ("/devices/{id}"); empty means the page the form was on.
 	Then string

@@ -5,7 +5,8 @@ import "github.com/sigil-iot/sigil/fleet/console"
 // consoleExtensions are the console's pages, overview tiles and device
 // sections for the fleet's subsystems: firmware campaigns and releases
 // (when release_trust is set), alerts, the approvals inbox (with
-// two_person_rule), the audit log, telemetry charts and risk scores.
+// two_person_rule), the audit log, telemetry charts, risk scores and
+// shadow-device triage.
 func (s *Server) consoleExtensions() []console.Extension {
 	var exts []console.Extension
 	if s.fw != nil {
@@ -29,6 +30,7 @@ func (s *Server) consoleExtensions() []console.Extension {
 	}
 	if s.Governance != nil {
 		exts = append(exts, console.RiskPages{Risk: s.Governance}.Extension())
+		exts = append(exts, console.TriagePages{Governance: s.Governance}.Extension())
 	}
 	return exts
 }
