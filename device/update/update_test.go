@@ -228,8 +228,7 @@ func TestBootLoaderFallback(t *testing.T) {
 	m, b := release("2.0.0", 1, img)
 	// Power is lost as soon as the switch is recorded: the try-once boot
 	// of slot b is used up by a boot that never reaches sigild.
-	var eng *update.Engine
-	eng = e.engine(func(c *update.Config) {
+	eng := e.engine(func(c *update.Config) {
 		c.Persisted = func(p update.Phase) {
 			if p == update.PhaseRebooting {
 				ctx := context.Background()

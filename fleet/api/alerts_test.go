@@ -102,7 +102,7 @@ func TestAlertRoutes(t *testing.T) {
 		t.Fatalf("ack: %d %s", resp.StatusCode, body)
 	}
 	resp, body = call(t, srv, "GET", "/api/v1/alerts?state=open&device="+dev1, token, "")
-	if json.Unmarshal([]byte(body), &list) != nil || len(list.Alerts) != 1 {
+	if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &list) != nil || len(list.Alerts) != 1 {
 		t.Fatalf("open alerts: %s", body)
 	}
 	resp, body = call(t, srv, "POST", "/api/v1/alerts/"+id+"/resolve", token, "")

@@ -88,7 +88,7 @@ func TestOwnersAssignAndOrphans(t *testing.T) {
 	}
 	resp, body = call(t, srv, "GET", "/api/v1/governance/orphans", token, "")
 	l := decodeBody[GovernanceStatusList](t, body)
-	if len(l.Devices) != 1 || l.Devices[0].DeviceID != dev || l.Devices[0].OrphanReason != `owner "alice" is departed` {
+	if resp.StatusCode != 200 || len(l.Devices) != 1 || l.Devices[0].DeviceID != dev || l.Devices[0].OrphanReason != `owner "alice" is departed` {
 		t.Fatalf("orphans: %s", body)
 	}
 	resp, body = call(t, srv, "GET", "/api/v1/devices/"+dev+"/risk", token, "")
@@ -97,7 +97,7 @@ func TestOwnersAssignAndOrphans(t *testing.T) {
 		t.Fatalf("risk: %d %s", resp.StatusCode, body)
 	}
 	resp, body = call(t, srv, "GET", "/api/v1/risk?limit=1", token, "")
-	if rl := decodeBody[RiskList](t, body); len(rl.Risks) != 1 || rl.Risks[0].Score != risk.Score {
+	if rl := decodeBody[RiskList](t, body); resp.StatusCode != 200 || len(rl.Risks) != 1 || rl.Risks[0].Score != risk.Score {
 		t.Fatalf("ranking: %s (live score %d)", body, risk.Score)
 	}
 	resp, body = call(t, srv, "GET", "/api/v1/devices/ffffffffffffffffffffffffffffffff/risk", token, "")
@@ -142,7 +142,7 @@ func TestTriageKeysInPathsAndBlocks(t *testing.T) {
 		t.Fatal("client ID not blocked after the decision")
 	}
 	resp, body = call(t, srv, "GET", "/api/v1/triage?undecided=true", token, "")
-	if tl := decodeBody[TriageList](t, body); len(tl.Entries) != 0 {
+	if tl := decodeBody[TriageList](t, body); resp.StatusCode != 200 || len(tl.Entries) != 0 {
 		t.Fatalf("decided entry still undecided: %s", body)
 	}
 
@@ -155,7 +155,7 @@ func TestTriageKeysInPathsAndBlocks(t *testing.T) {
 		t.Fatal("address in the blocked prefix not blocked")
 	}
 	resp, body = call(t, srv, "GET", "/api/v1/blocks", token, "")
-	if bl := decodeBody[BlockList](t, body); len(bl.Blocks) != 2 {
+	if bl := decodeBody[BlockList](t, body); resp.StatusCode != 200 || len(bl.Blocks) != 2 {
 		t.Fatalf("blocks: %s", body)
 	}
 	resp, body = call(t, srv, "DELETE", "/api/v1/blocks?kind=address&value="+url.QueryEscape("10.1.0.0/16"), token, "")

@@ -89,9 +89,8 @@ func TestCampaignLifecycle(t *testing.T) {
 	ff := newFleetFixture(t, fleetOptions{})
 	op := ff.login("olga", auth.RoleOperator)
 	viewer := ff.login("vera", auth.RoleViewer)
-	var ids []string
 	for i := 1; i <= 3; i++ {
-		ids = append(ids, ff.addDevice(i, inventory.StateActive, func(d *inventory.Device) { d.Group, d.Firmware = "kiosks", "1.9.0" }).ID)
+		ff.addDevice(i, inventory.StateActive, func(d *inventory.Device) { d.Group, d.Firmware = "kiosks", "1.9.0" })
 	}
 	ff.addDevice(4, inventory.StateActive, func(d *inventory.Device) { d.Group = "pumps" })
 	old := ff.approved("ada", "rita", "1.9.0", 2)
