@@ -171,6 +171,8 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	curl := fmt.Sprintf("curl --cacert %s -H 'Authorization: Bearer %s'", fleet.CACertPath(), fleet.AdminToken())
 	fmt.Fprintf(o.Out, "\nAPI token: %s\n  (stored in %s)\nTry:\n  %s %s/api/v1/devices\n",
 		fleet.AdminToken(), fleet.AdminTokenPath(), curl, fleet.APIURL())
+	fmt.Fprintf(o.Out, "\nConsole: %s/ — log in as %q with the password in %s\n  (the browser will ask to trust the fleet CA %s)\n",
+		fleet.APIURL(), "admin", filepath.Join(fleet.Config.DataDir, server.AdminPasswordFile), fleet.CACertPath())
 
 	if err := demoLifecycle(ctx, o, client, list.Devices); err != nil {
 		return err

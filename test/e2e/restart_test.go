@@ -118,7 +118,7 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	for _, want := range []string{"3 devices active and connected", "forced rotation of", "acknowledged by 3/3 devices", "learned from device", "attestation: pass", "tpm2_pcrextend -T swtpm:host=127.0.0.1", "action: quarantined; state now quarantined"} {
+	for _, want := range []string{"3 devices active and connected", "Console: https://", "forced rotation of", "acknowledged by 3/3 devices", "learned from device", "attestation: pass", "tpm2_pcrextend -T swtpm:host=127.0.0.1", "action: quarantined; state now quarantined"} {
 		if !bytes.Contains(out.Bytes(), []byte(want)) {
 			t.Fatalf("demo output lacks %q:\n%s", want, out.String())
 		}
