@@ -734,3 +734,26 @@ func TestOpenRefusesBadConfig(t *testing.T) {
 		t.Fatalf("second open of a held file: %v", err)
 	}
 }
+
+// TestEventsDoNotCountAsContact: the fleet's findings about a silent device
+// (dormant, clone, stale attestation) are events, and must not resolve its
+// absence alert; only contact (Seen, Observe) does.
+func TestEventsDoNotCountAsContact(t *testing.T) {
+	f := newFixture(t, Config{})
+	f.put(t, Rule{ID: "silent", Severity: SeverityWarning, Absence: &Absence{After: dur(15 * time.Minute)}})
+	t0 := f.clock.Now()
+	must(t, f.e.Seen("d1", t0))
+	f.e.sweep(t0.Add(16 * time.Minute))
+	if n := len(f.open(t, "d1")); n != 1 {
+		t.Fatalf("%d open alerts after 16 silent minutes", n)
+	}
+	must(t, f.e.Event("d1", "dormant", "warning", t0.Add(17*time.Minute), map[string]string{"detail": "not seen"}))
+	f.e.sweep(t0.Add(18 * time.Minute))
+	if n := len(f.open(t, "d1")); n != 1 {
+		t.Fatal("a fleet event about the silent device resolved its absence alert")
+	}
+	must(t, f.e.Seen("d1", t0.Add(19*time.Minute)))
+	if n := len(f.open(t, "d1")); n != 0 {
+		t.Fatal("contact did not resolve the absence alert")
+	}
+}

@@ -69,7 +69,9 @@ func finite(m map[string]float64, k string) (float64, bool) {
 // reporter's view ("info", "warning", "critical"), used by rules without
 // their own. attrs describe it (a port, a peer address, a detail); they
 // become evidence, and a rule's KeyAttr picks the one that keys its alerts.
-// It also counts as the device being seen.
+// It does not count as the device being seen: many events are the fleet's
+// findings about a device (dormant, clone, stale attestation), and a
+// silent device must stay silent; Observe and Seen record contact.
 func (e *Engine) Event(deviceID, kind, severity string, at time.Time, attrs map[string]string) error {
 	if err := checkDevice(deviceID); err != nil {
 		return err
@@ -79,7 +81,6 @@ func (e *Engine) Event(deviceID, kind, severity string, at time.Time, attrs map[
 	}
 	d := e.lockDevice(deviceID)
 	defer d.mu.Unlock()
-	e.touch(d, at)
 	for _, r := range e.ruleList() {
 		if r.Event != nil && r.applies(deviceID) {
 			e.event(d, r, kind, Severity(severity), at, attrs)
