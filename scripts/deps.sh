@@ -9,12 +9,12 @@ declare -A pkg_of=(
   [mosquitto]=mosquitto [mosquitto_sub]=mosquitto-clients [mosquitto_pub]=mosquitto-clients
   [openssl]=openssl [gcc]=gcc
   [ssh-keygen]=openssh-client [ssh]=openssh-client [ssh-add]=openssh-client [sshd]=openssh-server
-  [argon2]=argon2
+  [argon2]=argon2 [rsyslogd]=rsyslog
   [chromium]=chromium [node]=nodejs [npm]=npm
 )
 bins=(swtpm swtpm_setup swtpm_ioctl openssl)
 if [ "$want" = test ]; then
-  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh ssh-add sshd argon2 chromium node npm)
+  bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh ssh-add sshd argon2 rsyslogd chromium node npm)
 fi
 missing=()
 # sshd lives in /usr/sbin, which a non-root PATH may not name.
@@ -36,6 +36,8 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   systemctl disable --now mosquitto >/dev/null 2>&1 || true
   # Likewise sshd (openssh-server): the SSH test runs its own on a free port.
   systemctl disable --now ssh >/dev/null 2>&1 || true
+  # And rsyslog: the sink test starts its own rsyslogd on a free port.
+  systemctl disable --now rsyslog >/dev/null 2>&1 || true
   exit 0
 fi
 echo "missing: ${missing[*]:-} ${libs[*]:-}" >&2
