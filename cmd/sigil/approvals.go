@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"text/tabwriter"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -30,10 +29,7 @@ func cmdApprovals(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -58,15 +54,11 @@ func cmdApprovals(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := c.Do(ctx, http.MethodGet, path, nil, &l); err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tKIND\tSTATE\tREQUESTER\tTARGET\tWHY")
-		for _, r := range l.Approvals {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, r.State, r.Requester, r.Target, r.Justification)
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "ID\tKIND\tSTATE\tREQUESTER\tTARGET\tWHY", func(tw io.Writer) {
+			for _, r := range l.Approvals {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, r.State, r.Requester, r.Target, r.Justification)
+			}
+		})
 	case "show":
 		var r approval.Request
 		if err := c.Do(ctx, http.MethodGet, "/api/v1/approvals/"+url.PathEscape(id), nil, &r); err != nil {

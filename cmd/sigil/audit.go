@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -65,19 +64,15 @@ func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := c.Do(ctx, http.MethodGet, "/api/v1/audit?"+q.Encode(), nil, &l); err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tTARGET\tOUTCOME")
-		for _, e := range l.Entries {
-			outcome := string(e.Outcome)
-			if e.Reason != "" {
-				outcome += ": " + e.Reason
+		return af.table(stdout, l, "SEQ\tTIME\tACTOR\tACTION\tTARGET\tOUTCOME", func(tw io.Writer) {
+			for _, e := range l.Entries {
+				outcome := string(e.Outcome)
+				if e.Reason != "" {
+					outcome += ": " + e.Reason
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Target, outcome)
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Target, outcome)
-		}
-		return tw.Flush()
+		})
 	case "export":
 		w := stdout
 		if *out != "" {

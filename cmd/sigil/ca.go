@@ -15,10 +15,7 @@ func cmdCA(ctx context.Context, args []string, stdout io.Writer) error {
 	af := addAPIFlags(fs)
 	rate := fs.Float64("rate", 10, "re-issue rate in devices per second after activation (activate); -1 for no re-issue")
 	bundle := fs.Bool("bundle", false, "print the trust bundle PEM (status)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}

@@ -55,10 +55,7 @@ func cmdFirmware(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -131,16 +128,12 @@ func cmdFirmware(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tVERSION\tSECURITY\tSTATE\tAPPROVALS\tOFFERED\tUPLOADED BY\tEXPIRES")
-		for _, r := range l.Releases {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%v\t%s\t%s\n", r.ID, r.Name, r.Version, r.SecurityVersion, r.State,
-				len(r.Approvals), r.Offerable, r.UploadedBy, r.Expires.Format(time.RFC3339))
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "ID\tNAME\tVERSION\tSECURITY\tSTATE\tAPPROVALS\tOFFERED\tUPLOADED BY\tEXPIRES", func(tw io.Writer) {
+			for _, r := range l.Releases {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%v\t%s\t%s\n", r.ID, r.Name, r.Version, r.SecurityVersion, r.State,
+					len(r.Approvals), r.Offerable, r.UploadedBy, r.Expires.Format(time.RFC3339))
+			}
+		})
 	}
 	return usageError{"unknown firmware subcommand " + sub}
 }
@@ -497,16 +490,12 @@ func cmdCampaigns(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tSTATE\tRELEASE\tWAVE\tDEVICES\tCOMMITTED\tFAILED\tIN FLIGHT")
-		for _, x := range l.Campaigns {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", x.ID, x.Definition.Name, x.State, x.Definition.Release, x.Wave,
-				x.Total, x.Counts.Committed, x.Counts.Failures(), x.Counts.InFlight())
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "ID\tNAME\tSTATE\tRELEASE\tWAVE\tDEVICES\tCOMMITTED\tFAILED\tIN FLIGHT", func(tw io.Writer) {
+			for _, x := range l.Campaigns {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", x.ID, x.Definition.Name, x.State, x.Definition.Release, x.Wave,
+					x.Total, x.Counts.Committed, x.Counts.Failures(), x.Counts.InFlight())
+			}
+		})
 	case "devices":
 		page, err := c.CampaignDevices(ctx, id, campaign.DeviceFilter{Step: campaign.Step(*step), Wave: *wave, After: *after, Limit: *limit})
 		if err != nil {

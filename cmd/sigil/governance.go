@@ -52,10 +52,7 @@ func cmdOwners(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -65,15 +62,11 @@ func cmdOwners(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tKIND\tSTATUS\tNAME\tCONTACT")
-		for _, o := range l.Owners {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.ID, o.Kind, o.Status, o.Name, o.Contact)
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "ID\tKIND\tSTATUS\tNAME\tCONTACT", func(tw io.Writer) {
+			for _, o := range l.Owners {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.ID, o.Kind, o.Status, o.Name, o.Contact)
+			}
+		})
 	case "show":
 		o, err := c.Owner(ctx, arg)
 		if err != nil {
@@ -112,15 +105,11 @@ func cmdOwners(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tSINCE\tREASON")
-		for _, st := range l.Devices {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", st.DeviceID, stamp(st.OrphanedSince), st.OrphanReason)
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "DEVICE\tSINCE\tREASON", func(tw io.Writer) {
+			for _, st := range l.Devices {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", st.DeviceID, stamp(st.OrphanedSince), st.OrphanReason)
+			}
+		})
 	}
 	return usageError{"unknown owners subcommand " + sub}
 }
@@ -141,10 +130,7 @@ func cmdTriage(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -209,10 +195,7 @@ func cmdBlocks(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -222,15 +205,11 @@ func cmdBlocks(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "KIND\tVALUE\tBY\tAT\tREASON")
-		for _, b := range l.Blocks {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Kind, b.Value, b.By, stamp(b.At), b.Reason)
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "KIND\tVALUE\tBY\tAT\tREASON", func(tw io.Writer) {
+			for _, b := range l.Blocks {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Kind, b.Value, b.By, stamp(b.At), b.Reason)
+			}
+		})
 	case "add":
 		if err := c.Block(ctx, kind, value, *reason); err != nil {
 			return err
@@ -262,10 +241,7 @@ func cmdClones(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -275,15 +251,11 @@ func cmdClones(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tKIND\tDETECTED\tHOSTS\tQUARANTINED\tRESOLVED\tEVIDENCE")
-		for _, x := range l.Clones {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\n", x.DeviceID, x.Kind, stamp(x.DetectedAt), strings.Join(x.Hosts, ","), x.Quarantined, x.Resolved, x.Evidence)
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "DEVICE\tKIND\tDETECTED\tHOSTS\tQUARANTINED\tRESOLVED\tEVIDENCE", func(tw io.Writer) {
+			for _, x := range l.Clones {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\n", x.DeviceID, x.Kind, stamp(x.DetectedAt), strings.Join(x.Hosts, ","), x.Quarantined, x.Resolved, x.Evidence)
+			}
+		})
 	case "resolve":
 		if *kind == "" {
 			return usageError{"clones resolve needs --kind ek or --kind certificate"}
@@ -307,10 +279,7 @@ func cmdRisk(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("risk", flag.ContinueOnError)
 	af := addAPIFlags(fs)
 	limit := fs.Int("limit", 50, "devices listed (fleet view)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -334,19 +303,15 @@ func cmdRisk(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *af.output == "json" {
-		return printJSON(stdout, l)
-	}
-	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCORE\tDEVICE\tTOP FACTORS\tSCORED")
-	for _, r := range l.Risks {
-		var top []string
-		for _, f := range r.Factors[:min(3, len(r.Factors))] {
-			top = append(top, fmt.Sprintf("%s(%d)", f.Name, f.Points))
+	return af.table(stdout, l, "SCORE\tDEVICE\tTOP FACTORS\tSCORED", func(tw io.Writer) {
+		for _, r := range l.Risks {
+			var top []string
+			for _, f := range r.Factors[:min(3, len(r.Factors))] {
+				top = append(top, fmt.Sprintf("%s(%d)", f.Name, f.Points))
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", r.Score, r.DeviceID, strings.Join(top, " "), stamp(r.At))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", r.Score, r.DeviceID, strings.Join(top, " "), stamp(r.At))
-	}
-	return tw.Flush()
+	})
 }
 
 // cmdGovernance: sigil governance sweep | dormant.
@@ -354,10 +319,7 @@ func cmdGovernance(ctx context.Context, args []string, stdout io.Writer) error {
 	sub, args := subcommand(args, "")
 	fs := flag.NewFlagSet("governance "+sub, flag.ContinueOnError)
 	af := addAPIFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -378,15 +340,11 @@ func cmdGovernance(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tLAST SEEN\tDORMANT SINCE\tREVOKED SERIAL")
-		for _, st := range l.Devices {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", st.DeviceID, stamp(st.LastSeen), stamp(st.DormantSince), st.RevokedSerial)
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "DEVICE\tLAST SEEN\tDORMANT SINCE\tREVOKED SERIAL", func(tw io.Writer) {
+			for _, st := range l.Devices {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", st.DeviceID, stamp(st.LastSeen), stamp(st.DormantSince), st.RevokedSerial)
+			}
+		})
 	}
 	return usageError{"governance needs a subcommand: sweep or dormant"}
 }

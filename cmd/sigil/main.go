@@ -370,10 +370,7 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -383,19 +380,15 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, list)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATE\tMODEL\tOWNER\tTRUST\tCERT EXPIRY\tCONNECTED")
-		for _, d := range list.Devices {
-			exp := ""
-			if !d.CertExpiry.IsZero() {
-				exp = d.CertExpiry.Format(time.RFC3339)
+		return af.table(stdout, list, "ID\tSTATE\tMODEL\tOWNER\tTRUST\tCERT EXPIRY\tCONNECTED", func(tw io.Writer) {
+			for _, d := range list.Devices {
+				exp := ""
+				if !d.CertExpiry.IsZero() {
+					exp = d.CertExpiry.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", d.ID, d.State, d.Model, d.Owner, d.TrustPath, exp, d.Connected)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", d.ID, d.State, d.Model, d.Owner, d.TrustPath, exp, d.Connected)
-		}
-		return tw.Flush()
+		})
 	case "show":
 		d, err := c.Device(ctx, id)
 		if err != nil {
@@ -420,19 +413,15 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "TIME\tRESULT\tREASON\tPOLICY\tACTION\tEXPLANATION")
-		for _, r := range l.Attestations {
-			pol := r.PolicyID
-			if pol != "" {
-				pol += fmt.Sprintf(" v%d", r.PolicyVersion)
+		return af.table(stdout, l, "TIME\tRESULT\tREASON\tPOLICY\tACTION\tEXPLANATION", func(tw io.Writer) {
+			for _, r := range l.Attestations {
+				pol := r.PolicyID
+				if pol != "" {
+					pol += fmt.Sprintf(" v%d", r.PolicyVersion)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), r.Result, r.Reason, pol, r.Action, r.Message)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), r.Result, r.Reason, pol, r.Action, r.Message)
-		}
-		return tw.Flush()
+		})
 	case "release":
 		d, err := c.Release(ctx, id, *af.justification)
 		if err != nil {
@@ -508,10 +497,7 @@ func cmdPolicies(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -521,15 +507,11 @@ func cmdPolicies(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := c.Do(ctx, "GET", "/api/v1/policies", nil, &out); err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, out)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tVERSION\tNAME\tMODEL\tFIRMWARE\tGROUP\tACTION")
-		for _, p := range out.Policies {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Version, p.Name, p.Model, p.Firmware, p.Group, p.EffectiveAction())
-		}
-		return tw.Flush()
+		return af.table(stdout, out, "ID\tVERSION\tNAME\tMODEL\tFIRMWARE\tGROUP\tACTION", func(tw io.Writer) {
+			for _, p := range out.Policies {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Version, p.Name, p.Model, p.Firmware, p.Group, p.EffectiveAction())
+			}
+		})
 	case "show":
 		var p policy.Policy
 		if err := c.Do(ctx, "GET", "/api/v1/policies/"+url.PathEscape(arg), nil, &p); err != nil {
@@ -594,10 +576,7 @@ func cmdRotations(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -663,4 +642,25 @@ func positional(args []string, missing string) (string, []string, error) {
 		return "", args, usageError{missing}
 	}
 	return args[0], args[1:], nil
+}
+
+// table prints v as JSON with -o json, else as a table: the header line,
+// then the rows rows writes (tab-separated).
+func (f apiFlags) table(w io.Writer, v any, header string, rows func(tw io.Writer)) error {
+	if *f.output == "json" {
+		return printJSON(w, v)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	rows(tw)
+	return tw.Flush()
+}
+
+// parse parses a command's flags (a usage error when they are bad) and
+// returns the API client they name.
+func (f apiFlags) parse(fs *flag.FlagSet, args []string) (*api.Client, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, usageError{err.Error()}
+	}
+	return f.client()
 }

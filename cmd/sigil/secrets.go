@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/secrets"
@@ -39,10 +38,7 @@ func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -52,16 +48,12 @@ func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tVERSION\tTARGET\tPCR BOUND\tACKED\tPENDING\tFAILED\tCREATED")
-		for _, s := range l.Secrets {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%s\n", s.Name, s.Version, targetText(s.Target), s.PCRBound,
-				s.Delivery.Acked, s.Delivery.Pending, s.Delivery.Failed, s.Created.Format(time.RFC3339))
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "NAME\tVERSION\tTARGET\tPCR BOUND\tACKED\tPENDING\tFAILED\tCREATED", func(tw io.Writer) {
+			for _, s := range l.Secrets {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%s\n", s.Name, s.Version, targetText(s.Target), s.PCRBound,
+					s.Delivery.Acked, s.Delivery.Pending, s.Delivery.Failed, s.Created.Format(time.RFC3339))
+			}
+		})
 	case "put":
 		var value []byte
 		if *file != "" {
@@ -118,15 +110,11 @@ func cmdSecrets(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 		if err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, l)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tLATEST\tSENT\tACKED\tPCR BOUND\tERROR")
-		for _, s := range l.Secrets {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%s\n", s.Name, s.Latest, s.Sent, s.Acked, s.PCRBound, s.Error)
-		}
-		return tw.Flush()
+		return af.table(stdout, l, "NAME\tLATEST\tSENT\tACKED\tPCR BOUND\tERROR", func(tw io.Writer) {
+			for _, s := range l.Secrets {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%s\n", s.Name, s.Latest, s.Sent, s.Acked, s.PCRBound, s.Error)
+			}
+		})
 	}
 	return usageError{"unknown secrets subcommand " + sub}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"text/tabwriter"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -29,10 +28,7 @@ func cmdUsers(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -45,19 +41,15 @@ func cmdUsers(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := c.Do(ctx, http.MethodGet, "/api/v1/users", nil, &out); err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, out)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tROLE\tDISABLED\tLAST LOGIN")
-		for _, u := range out.Users {
-			last := "-"
-			if !u.LastLogin.IsZero() {
-				last = u.LastLogin.Format(time.RFC3339)
+		return af.table(stdout, out, "NAME\tROLE\tDISABLED\tLAST LOGIN", func(tw io.Writer) {
+			for _, u := range out.Users {
+				last := "-"
+				if !u.LastLogin.IsZero() {
+					last = u.LastLogin.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", u.Name, u.Role, u.Disabled, last)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", u.Name, u.Role, u.Disabled, last)
-		}
-		return tw.Flush()
+		})
 	case "create":
 		u, err := c.CreateUser(ctx, api.UserRequest{Name: name, Role: auth.Role(*role)})
 		if err != nil {
@@ -109,10 +101,7 @@ func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	c, err := af.client()
+	c, err := af.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -124,15 +113,11 @@ func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := c.Do(ctx, http.MethodGet, "/api/v1/tokens", nil, &out); err != nil {
 			return err
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, out)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tROLE\tEXPIRES\tREVOKED")
-		for _, t := range out.Tokens {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", t.ID, t.Name, t.Role, t.Expires.Format(time.RFC3339), !t.Revoked.IsZero())
-		}
-		return tw.Flush()
+		return af.table(stdout, out, "ID\tNAME\tROLE\tEXPIRES\tREVOKED", func(tw io.Writer) {
+			for _, t := range out.Tokens {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", t.ID, t.Name, t.Role, t.Expires.Format(time.RFC3339), !t.Revoked.IsZero())
+			}
+		})
 	case "create":
 		t, err := c.CreateAPIToken(ctx, api.TokenRequest{Name: arg, Role: auth.Role(*role), TTL: config.Duration(*ttl)})
 		if err != nil {
