@@ -583,6 +583,7 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 		}
 		secretWorker.Wait()
 		a.setTelemetrySession(nil, "")
+		a.setFirmwareLink(nil, "") // reports wait for the next session
 		if ctx.Err() != nil {
 			conn.Close()
 			a.setStatus(func(s *Status) { s.Connected = false })

@@ -11,6 +11,7 @@ import (
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/telemetry"
+	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -148,7 +149,7 @@ func (a *Agent) telemetryAck(env *wire.Envelope) {
 //	update.state (info)     the firmware update's phase, when one was ever started
 func (a *Agent) agentSource(_ context.Context, p *wire.TelemetryPoint) error {
 	ok := 0.0
-	if _, err := a.tpm.ReadPCRs(wire.PCRSelection{Hash: sha256Bank, PCRs: []int{0}}); err == nil {
+	if _, err := a.tpm.ReadPCRs(wire.PCRSelection{Hash: uint16(tpm.PCRBank), PCRs: []int{0}}); err == nil {
 		ok = 1
 	}
 	p.SetMetric("tpm.ok", ok)
@@ -169,6 +170,3 @@ func (a *Agent) agentSource(_ context.Context, p *wire.TelemetryPoint) error {
 	}
 	return nil
 }
-
-// sha256Bank is TPM_ALG_SHA256.
-const sha256Bank = 0x000B

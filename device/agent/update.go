@@ -220,13 +220,8 @@ func (a *Agent) verifyRelease(raw, packed []byte) (*update.Release, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A counter that cannot be read now is read again by the engine,
-	// which retries on TPM errors instead of failing the update.
-	if floor, err := a.tpm.SecurityVersion(); err == nil {
-		if err := v.CheckRollback(floor); err != nil {
-			return nil, err
-		}
-	}
+	// The anti-rollback floor (the TPM counter) is the engine's check,
+	// made right after this one.
 	m := v.Manifest
 	return &update.Release{Name: m.Name, Version: m.Version, SecurityVersion: m.SecurityVersion,
 		Size: m.Size, SHA256: bytes.Clone(m.SHA256[:])}, nil

@@ -68,13 +68,12 @@ type Slot struct {
 }
 
 // Measurement is the last image digest the device extended into its
-// firmware PCR: the PCR's value before and (as computed) after. Writing it
-// before extending makes the extension happen once even across a crash:
-// the PCR reads After once the extension happened, Before if not.
+// firmware PCR, and the PCR's value (as computed) after the extension.
+// Writing it before extending makes the extension happen once even across
+// a crash: a PCR that reads After has been extended.
 type Measurement struct {
 	PCR    int    `cbor:"1,keyasint"`
 	Digest []byte `cbor:"2,keyasint"`
-	Before []byte `cbor:"3,keyasint"`
 	After  []byte `cbor:"4,keyasint"`
 }
 

@@ -53,7 +53,7 @@ func TestUpdateRecordsSurviveReopen(t *testing.T) {
 	if err := s.SaveUpdate(second); err != nil {
 		t.Fatal(err)
 	}
-	m := &Measurement{PCR: 14, Digest: rel.SHA256, Before: make([]byte, 32), After: bytes.Repeat([]byte{2}, 32)}
+	m := &Measurement{PCR: 14, Digest: rel.SHA256, After: bytes.Repeat([]byte{2}, 32)}
 	if err := s.SaveMeasurement(m); err != nil {
 		t.Fatal(err)
 	}

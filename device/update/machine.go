@@ -515,7 +515,7 @@ func (e *Engine) measure(ctx context.Context, digest []byte) error {
 	}
 	after := sha256.Sum256(append(bytes.Clone(now), digest...))
 	if err := e.cfg.Store.SaveMeasurement(&state.Measurement{PCR: e.cfg.PCR, Digest: bytes.Clone(digest),
-		Before: now, After: after[:]}); err != nil {
+		After: after[:]}); err != nil {
 		return fmt.Errorf("update: %w", err)
 	}
 	if err := e.cfg.Measurer.ExtendPCR(e.cfg.PCR, digest); err != nil {
