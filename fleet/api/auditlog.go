@@ -77,8 +77,9 @@ func (h *handler) audited(pattern string, next http.Handler) http.Handler {
 		info := &auditInfo{}
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), auditKey{}, info)))
-		if info.who == "" && h.cfg.Auth != nil {
-			// Refused before the handler ran: name who tried, if anyone.
+		if info.who == "" && h.cfg.Auth != nil && rec.status == http.StatusForbidden {
+			// Refused for a missing permission before the handler ran:
+			// name who tried (a 401 has no one to name).
 			if p, err := h.cfg.Auth.Authenticate(r); err == nil {
 				info.who, info.token = p.User, p.TokenID
 			}

@@ -17,7 +17,7 @@ import (
 const (
 	defaultRate  = 50
 	defaultBurst = 200
-	maxBuckets   = 100_000 // beyond it the least recently used are dropped
+	maxBuckets   = 100_000 // beyond it idle (refilled) buckets are dropped, then an arbitrary half
 )
 
 type bucket struct {

@@ -657,6 +657,10 @@ func natural(d *JobDevice) int64 {
 	return d.Sent.Add(resend).UnixNano()
 }
 
+// ErrNoMatch is returned by Start when the selector matches no active
+// device.
+var ErrNoMatch = errors.New("rotation: no active device matches")
+
 // Start creates a forced rotation job over the active devices sel selects.
 func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, error) {
 	if err := sel.Validate(); err != nil {
@@ -688,7 +692,7 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 		after = next
 	}
 	if len(job.Devices) == 0 {
-		return nil, errors.New("rotation: no active device matches")
+		return nil, ErrNoMatch
 	}
 	if err := s.cfg.Jobs.db.Update(func(tx *bolt.Tx) error { return create(tx, job) }); err != nil {
 		return nil, fmt.Errorf("rotation: saving the job: %w", err)

@@ -19,17 +19,6 @@ import (
 // still connected with its certificates are disconnected and come back
 // through re-enrollment from their EK).
 
-// CAStatus is the CA's generations and the current trust bundle.
-type CAStatus struct {
-	Generations []ca.Generation `json:"generations"`
-	BundlePEM   string          `json:"bundle_pem"`
-}
-
-// CAStatus describes the CA.
-func (s *Server) CAStatus() CAStatus {
-	return CAStatus{Generations: s.CA.Generations(), BundlePEM: string(s.CA.CertPEM())}
-}
-
 // PrepareCA creates the next CA generation and pushes the new trust bundle
 // to every connected device.
 func (s *Server) PrepareCA(by string) (ca.Generation, error) {
@@ -51,8 +40,10 @@ func (s *Server) ActivateCA(by string, rate float64) (ca.Generation, *rotation.J
 	if err != nil {
 		return g, nil, err
 	}
+	// The CA has switched: whatever follows fails or not, devices must
+	// get the bundle and be re-issued.
 	if err := s.refreshServerCert(); err != nil {
-		return g, nil, err
+		s.log.Error("CA activated, but the server certificate could not be re-issued; the previous one stays in use", "err", err)
 	}
 	s.log.Info("CA generation activated", "generation", g.N, "by", by)
 	s.pushTrustBundle()
@@ -60,7 +51,7 @@ func (s *Server) ActivateCA(by string, rate float64) (ca.Generation, *rotation.J
 		return g, nil, nil
 	}
 	job, err := s.Rotation.Start(rotation.Selector{All: true}, rate, fmt.Sprintf("CA generation %d activated", g.N), by)
-	if err != nil && err.Error() != "rotation: no active device matches" {
+	if err != nil && !errors.Is(err, rotation.ErrNoMatch) {
 		return g, nil, err
 	}
 	return g, job, nil

@@ -241,29 +241,34 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	if err = s.openAuth(); err != nil {
+		s.closeStores()
 		return nil, err
 	}
 	trust := &verifier.EKTrust{}
 	if cfg.EKCADir != "" {
 		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
+			s.closeStores()
 			return nil, err
 		}
 	}
 	if cfg.EKAllowList != "" {
 		if trust.AllowList, err = loadAllowList(cfg.EKAllowList); err != nil {
+			s.closeStores()
 			return nil, err
 		}
 	}
 	if err = s.openAudit(); err != nil {
-		s.Auth.Close()
+		s.closeStores()
 		return nil, err
 	}
 	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
 	if err != nil {
+		s.closeStores()
 		return nil, err
 	}
 	if err := s.refreshServerCert(); err != nil {
-		s.Inv.Close()
+		s.closeStores()
+		s.closeStores()
 		return nil, err
 	}
 	tlsCfg := &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
@@ -271,13 +276,13 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if cfg.ClaimCADir != "" {
 		roots, inter, err := verifier.LoadCADir(cfg.ClaimCADir)
 		if err != nil {
-			s.Inv.Close()
+			s.closeStores()
 			return nil, err
 		}
 		_ = inter
 		claimCAs = poolCerts(cfg.ClaimCADir)
 		if roots == nil || len(claimCAs) == 0 {
-			s.Inv.Close()
+			s.closeStores()
 			return nil, fmt.Errorf("server: claim_ca_dir %s holds no CA certificate", cfg.ClaimCADir)
 		}
 	}
@@ -292,7 +297,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Events: s.brokerEvent, Screen: s.screen,
 	})
 	if err != nil {
-		s.Inv.Close()
+		s.closeStores()
 		return nil, err
 	}
 	if s.Policy, err = policy.Open(filepath.Join(cfg.DataDir, PolicyFile)); err != nil {
@@ -319,7 +324,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		},
 	})
 	if err != nil {
-		s.Inv.Close()
+		s.closeStores()
 		return nil, err
 	}
 	if s.history, err = attest.OpenHistory(filepath.Join(cfg.DataDir, HistoryFile), 0); err != nil {
@@ -411,7 +416,9 @@ func (s *Server) closeStores() {
 	}
 	s.closeTelemetry()
 	s.closeFirmware()
-	s.Inv.Close()
+	if s.Inv != nil {
+		s.Inv.Close()
+	}
 	if s.Auth != nil {
 		s.Auth.Close()
 	}

@@ -394,8 +394,8 @@ func (s *Server) lifecycleEvent(e inventory.Event) {
 	case "renewed":
 		s.tel.renewals.Add(1)
 		s.alertEvent(e.DeviceID, alert.EventCertRenewed, string(alert.SeverityInfo), e.Time, nil)
-	case "clone-suspect":
-		s.alertEvent(e.DeviceID, alert.EventCloneSuspect, string(alert.SeverityCritical), e.Time, map[string]string{"detail": truncate(e.Detail, 256)})
+	// "clone-suspect" is not alerted here: governance's clone incident
+	// (governanceAlert) raises the one alert for it.
 	case "decommissioned":
 		s.Telemetry.Forget(e.DeviceID)
 		if err := s.Alerts.Forget(e.DeviceID); err != nil {
