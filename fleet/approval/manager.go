@@ -16,6 +16,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/sigil-iot/sigil/fleet/internal/record"
 )
 
 // Manager keeps requests in a bbolt file, takes decisions on them and runs
@@ -121,14 +123,8 @@ func (m *Manager) executor(kind Kind) Executor {
 	return m.execs[kind]
 }
 
-// record wraps stored values with a version.
-type record struct {
-	V    int      `json:"v"`
-	Data *Request `json:"data"`
-}
-
 func encode(r *Request) ([]byte, error) {
-	b, err := json.Marshal(record{V: recordVersion, Data: r})
+	b, err := record.Encode(recordVersion, r)
 	if err != nil {
 		return nil, fmt.Errorf("approval: encode: %w", err)
 	}
@@ -136,14 +132,11 @@ func encode(r *Request) ([]byte, error) {
 }
 
 func decode(b []byte) (*Request, error) {
-	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
+	r, err := record.Decode[Request](recordVersion, b)
+	if err != nil {
 		return nil, fmt.Errorf("approval: decode: %w", err)
 	}
-	if r.V < 1 || r.V > recordVersion || r.Data == nil {
-		return nil, fmt.Errorf("approval: decode: unsupported record version %d", r.V)
-	}
-	return r.Data, nil
+	return r, nil
 }
 
 func getRequest(tx *bolt.Tx, id string) (*Request, error) {

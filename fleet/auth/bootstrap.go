@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/internal/fsutil"
 )
 
 // BootstrapAdmin is the name of the first admin EnsureAdmin creates.
@@ -47,30 +48,10 @@ func (s *Service) EnsureAdmin(ctx context.Context, passwordFile string) (created
 	return true, nil
 }
 
-// writeSecretFile writes data to path with mode 0600 through a temporary
-// file in the same directory, so that a crash leaves the old file or the
-// new one.
+// writeSecretFile writes data to path with mode 0600, atomically and
+// durably (fsutil.WriteFileAtomic).
 func writeSecretFile(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("auth: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	err = f.Chmod(0o600)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
+	if err := fsutil.WriteFileAtomic(path, data, 0o600); err != nil {
 		return fmt.Errorf("auth: write %s: %w", path, err)
 	}
 	return nil

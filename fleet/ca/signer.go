@@ -1,6 +1,8 @@
 package ca
 
 import (
+	"github.com/sigil-iot/sigil/fleet/internal/fsutil"
+
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -96,7 +98,7 @@ func createKey(path string) (crypto.Signer, error) {
 		}
 		return nil, fmt.Errorf("ca: create key: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsutil.SyncDir(dir); err != nil {
 		return nil, fmt.Errorf("ca: create key: %w", err)
 	}
 	return key, nil

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/internal/fsutil"
 )
 
 // Operator files in DataDir.
@@ -61,10 +62,7 @@ func (s *Server) adminAPIToken(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("server: admin API token: %w", err)
 	}
-	if err := os.WriteFile(path+".tmp", []byte(secret+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("server: write admin token: %w", err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
+	if err := fsutil.WriteFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("server: write admin token: %w", err)
 	}
 	return secret, nil
