@@ -308,6 +308,21 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
+	// Nothing of this batch counts until its cursor is stored: the
+	// counters and metrics change with commit, and a failed save puts the
+	// device back as it was, so that the resent batch is counted once.
+	orig, origCounts, origRetired := d.cur, d.counts, len(d.retired)
+	var commit []func()
+	save := func() error {
+		if err := in.saveCursor(d, orig); err != nil {
+			d.counts, d.retired = origCounts, d.retired[:origRetired]
+			return err
+		}
+		for _, f := range commit {
+			f()
+		}
+		return nil
+	}
 	newStream := false
 	if !bytes.Equal(d.cur.Stream, b.Stream) {
 		for _, r := range d.retired {
@@ -322,14 +337,13 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 				d.retired = d.retired[1:]
 			}
 			d.counts.NewStreams++
-			in.m.newStreams.Inc()
+			commit = append(commit, func() { in.m.newStreams.Inc() })
 			newStream = true
 			in.log.Info("device started a new telemetry stream (state store recreated?)", "device_id", deviceID,
 				"old_stream", hex.EncodeToString(d.cur.Stream), "old_through", d.cur.Through, "stream", hex.EncodeToString(b.Stream))
 		}
 		d.cur = Cursor{Stream: bytes.Clone(b.Stream)}
 	}
-	prev := d.cur
 	// Points the device holds an ack for were delivered, whatever this
 	// fleet remembers.
 	d.cur.Through = max(d.cur.Through, b.Acked)
@@ -337,38 +351,42 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	d.lastSeen = now
 	if b.Dropped > d.cur.Reported {
 		d.counts.DeviceReported += b.Dropped - d.cur.Reported
-		in.m.deviceReported.Add(float64(b.Dropped - d.cur.Reported))
+		reported := float64(b.Dropped - d.cur.Reported)
+		commit = append(commit, func() { in.m.deviceReported.Add(reported) })
 		d.cur.Reported = b.Dropped
 	}
 	ack := &wire.TelemetryAck{Stream: d.cur.Stream}
 	if b.Last() <= d.cur.Through {
 		d.counts.Duplicates += uint64(len(b.Points))
-		in.m.duplicates.Add(float64(len(b.Points)))
-		in.m.batches("duplicate").Inc()
+		commit = append(commit, func() { in.m.duplicates.Add(float64(len(b.Points))) })
+		commit = append(commit, func() { in.m.batches("duplicate").Inc() })
 		ack.Through = d.cur.Through
-		return ack, in.saveCursor(d, prev)
+		if err := save(); err != nil {
+			return nil, err
+		}
+		return ack, nil
 	}
 	var gap uint64
 	if b.First > d.cur.Through+1 {
 		gap = b.First - d.cur.Through - 1
 		d.counts.Dropped += gap
-		in.m.dropped.Add(float64(gap))
+		commit = append(commit, func() { in.m.dropped.Add(float64(gap)) })
 		ack.Reason, ack.Dropped = wire.ReasonTelemetryDropped, gap
 		in.log.Warn("device dropped telemetry points from its full outbox", "device_id", deviceID, "dropped", gap,
 			"from", d.cur.Through+1, "to", b.First-1)
 	}
 	skip := int(d.cur.Through + 1 - min(b.First, d.cur.Through+1)) // points already stored
 	d.counts.Duplicates += uint64(skip)
-	in.m.duplicates.Add(float64(skip))
+	commit = append(commit, func() { in.m.duplicates.Add(float64(skip)) })
 
 	if decodeErr != nil {
 		n := uint64(len(b.Points) - skip)
 		d.counts.Rejected += n
-		in.m.rejected.Add(float64(n))
-		in.m.batches("rejected").Inc()
+		commit = append(commit, func() { in.m.rejected.Add(float64(n)) })
+		commit = append(commit, func() { in.m.batches("rejected").Inc() })
 		d.cur.Through = b.Last()
 		ack.Through, ack.Reason, ack.Message = d.cur.Through, wire.ReasonBadRequest, truncate(decodeErr.Error(), 512)
-		if err := in.saveCursor(d, prev); err != nil {
+		if err := save(); err != nil {
 			return nil, err
 		}
 		return ack, fmt.Errorf("telemetry: %d points refused: %w", n, decodeErr)
@@ -383,19 +401,20 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 		if t.After(now) {
 			t = now
 		}
-		pt := Point{Seq: b.First + uint64(i), Time: t, DeviceTime: dt, Metrics: p.Metrics, Sets: p.Sets, Info: p.Info}
-		if in.record(d, &pt) {
-			batch.Reboot = true
-		}
-		batch.Points = append(batch.Points, pt)
+		batch.Points = append(batch.Points, Point{Seq: b.First + uint64(i), Time: t, DeviceTime: dt, Metrics: p.Metrics, Sets: p.Sets, Info: p.Info})
 	}
 	n := uint64(len(batch.Points))
 	d.counts.Ingested += n
-	in.m.ingested.Add(float64(n))
-	in.m.batches("accepted").Inc()
+	commit = append(commit, func() { in.m.ingested.Add(float64(n)) })
+	commit = append(commit, func() { in.m.batches("accepted").Inc() })
 	d.cur.Through = b.Last()
-	if err := in.saveCursor(d, prev); err != nil {
+	if err := save(); err != nil {
 		return nil, err
+	}
+	for i := range batch.Points {
+		if in.record(d, &batch.Points[i]) {
+			batch.Reboot = true
+		}
 	}
 	if in.cfg.OnBatch != nil {
 		in.cfg.OnBatch(batch)

@@ -179,13 +179,21 @@ func TestResumeAfterFleetRestart(t *testing.T) {
 
 	// A cursor that cannot be saved is not acknowledged, and the points
 	// are stored again when the device resends (never lost).
+	before, _ := in2.Device("dev-1")
 	cur.fail = errors.New("disk full")
 	if ack, err := in2.Ingest("dev-1", envelope(t, batch(streamA, 7, 1, 6, 0), t0)); err == nil || ack != nil {
 		t.Fatalf("failed cursor save acknowledged: %+v, %v", ack, err)
 	}
+	if failed, _ := in2.Device("dev-1"); failed.Counts != before.Counts || failed.Through != before.Through {
+		t.Fatalf("a batch whose cursor was not saved was counted: %+v, was %+v", failed.Counts, before.Counts)
+	}
 	cur.fail = nil
 	if ack, err := in2.Ingest("dev-1", envelope(t, batch(streamA, 7, 1, 6, 0), t0)); err != nil || ack.Through != 7 {
 		t.Fatalf("resend after the failure: %+v, %v", ack, err)
+	}
+	// Counted once: the failed attempt left no trace.
+	if st, _ := in2.Device("dev-1"); st.Counts.Ingested != before.Counts.Ingested+1 || st.Counts.Batches != before.Counts.Batches+1 {
+		t.Fatalf("after the resend: %+v, was %+v", st.Counts, before.Counts)
 	}
 }
 
