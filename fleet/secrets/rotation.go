@@ -159,32 +159,41 @@ func (s *Store) Due(now time.Time) ([]string, error) {
 }
 
 // Rotate stores a new random version of the scheduled secret name with
-// the latest version's target and PCR binding, and returns its Info.
+// the latest version's target and PCR binding, and returns its Info. The
+// schedule, the latest version's metadata and the new version are read and
+// written in one transaction, and no stored value is decrypted.
 func (s *Store) Rotate(name string) (*Info, error) {
-	var r *Rotation
-	if err := s.db.View(func(tx *bolt.Tx) error { r = rotationOf(tx, name); return nil }); err != nil {
-		return nil, err
-	}
-	if r == nil {
-		return nil, fmt.Errorf("secrets: rotate %s: no rotation schedule", name)
-	}
-	latest, err := s.Get(name)
+	var info *Info
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		r := rotationOf(tx, name)
+		if r == nil {
+			return fmt.Errorf("secrets: rotate %s: no rotation schedule", name)
+		}
+		b := tx.Bucket(bucketSecrets).Bucket([]byte(name))
+		if b == nil {
+			return ErrNotFound
+		}
+		k, v := b.Cursor().Last()
+		if k == nil {
+			return ErrNotFound
+		}
+		latest, _, err := decodeRecord(name, k, v)
+		if err != nil {
+			return err
+		}
+		value, err := r.Generate(s.rand)
+		if err != nil {
+			return err
+		}
+		defer clear(value)
+		info, err = s.putTx(tx, name, value, latest.Target, latest.PCRBound)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	clear(latest.Value)
-	value, err := r.Generate(s.rand)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(value)
-	v, err := s.Put(name, value, latest.Target, latest.PCRBound)
-	if err != nil {
-		return nil, err
-	}
-	info := latest.Info
-	info.Version, info.Created, info.Grace = v, s.now().UTC(), r.Grace
-	return &info, nil
+	s.log.Info("secrets: rotated", "name", name, "version", info.Version)
+	return info, nil
 }
 
 // Version states in a listing.

@@ -350,38 +350,53 @@ func (s *Store) Put(name string, value []byte, target Target, pcrBound bool) (in
 	}
 	var version int
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		seq := tx.Bucket(bucketVersions)
-		if v := seq.Get([]byte(name)); len(v) == 8 {
-			version = int(binary.BigEndian.Uint64(v))
+		info, err := s.putTx(tx, name, value, target, pcrBound)
+		if err == nil {
+			version = info.Version
 		}
-		version++
-		sealed, err := s.seal(value, aad(name, version))
-		if err != nil {
-			return err
-		}
-		n := s.aead.NonceSize()
-		var grace config.Duration
-		if r := rotationOf(tx, name); r != nil {
-			grace = r.Grace
-		}
-		rec, err := json.Marshal(record{Target: target, PCRBound: pcrBound, Grace: grace, Created: s.now().UTC(), Nonce: sealed[:n], Ciphertext: sealed[n:]})
-		if err != nil {
-			return err
-		}
-		b, err := tx.Bucket(bucketSecrets).CreateBucketIfNotExists([]byte(name))
-		if err != nil {
-			return err
-		}
-		if err := b.Put(versionKey(version), rec); err != nil {
-			return err
-		}
-		return seq.Put([]byte(name), versionKey(version))
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("secrets: put %s: %w", name, err)
 	}
 	s.log.Info("secrets: stored", "name", name, "version", version, "pcr_bound", pcrBound)
 	return version, nil
+}
+
+// putTx stores value as the next version of name inside tx and returns
+// what it stored (without the value).
+func (s *Store) putTx(tx *bolt.Tx, name string, value []byte, target Target, pcrBound bool) (*Info, error) {
+	seq := tx.Bucket(bucketVersions)
+	version := 0
+	if v := seq.Get([]byte(name)); len(v) == 8 {
+		version = int(binary.BigEndian.Uint64(v))
+	}
+	version++
+	sealed, err := s.seal(value, aad(name, version))
+	if err != nil {
+		return nil, err
+	}
+	n := s.aead.NonceSize()
+	var grace config.Duration
+	if r := rotationOf(tx, name); r != nil {
+		grace = r.Grace
+	}
+	created := s.now().UTC()
+	rec, err := json.Marshal(record{Target: target, PCRBound: pcrBound, Grace: grace, Created: created, Nonce: sealed[:n], Ciphertext: sealed[n:]})
+	if err != nil {
+		return nil, err
+	}
+	b, err := tx.Bucket(bucketSecrets).CreateBucketIfNotExists([]byte(name))
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Put(versionKey(version), rec); err != nil {
+		return nil, err
+	}
+	if err := seq.Put([]byte(name), versionKey(version)); err != nil {
+		return nil, err
+	}
+	return &Info{Name: name, Version: version, Target: target, PCRBound: pcrBound, Created: created, Grace: grace}, nil
 }
 
 // Get returns the latest version of the secret name, or ErrNotFound.
