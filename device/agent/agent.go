@@ -676,7 +676,10 @@ func authRefused(err error) bool {
 	return strings.Contains(s, "not authori") || strings.Contains(s, "bad user name or password")
 }
 
-func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Conn, error) {
+// clientTLS is the TLS configuration of a connection to the fleet with
+// the given credentials: its TPM-held key signs, its trust bundle verifies
+// the fleet (the broker and the firmware downloads alike).
+func (a *Agent) clientTLS(c creds) (*tls.Config, error) {
 	signer, err := a.tpm.Signer(blob(c.tk))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -685,16 +688,22 @@ func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Co
 	if err != nil {
 		return nil, fmt.Errorf("agent: stored certificate: %w", err)
 	}
-	chain := append([][]byte{c.cert}, c.chain...)
 	roots := x509.NewCertPool()
 	for _, der := range c.trust {
 		if c, err := x509.ParseCertificate(der); err == nil {
 			roots.AddCert(c)
 		}
 	}
-	tlsCfg := &tls.Config{
+	return &tls.Config{
 		RootCAs: roots, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now,
-		Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: signer, Leaf: leaf}},
+		Certificates: []tls.Certificate{{Certificate: append([][]byte{c.cert}, c.chain...), PrivateKey: signer, Leaf: leaf}},
+	}, nil
+}
+
+func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Conn, error) {
+	tlsCfg, err := a.clientTLS(c)
+	if err != nil {
+		return nil, err
 	}
 	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: deviceID, TLS: tlsCfg, Logger: a.log})
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -418,24 +417,7 @@ func (a *Agent) downloadTLS() (*tls.Config, error) {
 	if id.Status != state.StatusEnrolled {
 		return nil, errors.New("agent: not enrolled")
 	}
-	roots := x509.NewCertPool()
-	for _, der := range id.TrustBundle {
-		if c, err := x509.ParseCertificate(der); err == nil {
-			roots.AddCert(c)
-		}
-	}
-	signer, err := a.tpm.Signer(blob(id.TK))
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	leaf, err := x509.ParseCertificate(id.Cert)
-	if err != nil {
-		return nil, fmt.Errorf("agent: stored certificate: %w", err)
-	}
-	return &tls.Config{
-		RootCAs: roots, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now,
-		Certificates: []tls.Certificate{{Certificate: append([][]byte{id.Cert}, id.Chain...), PrivateKey: signer, Leaf: leaf}},
-	}, nil
+	return a.clientTLS(current(id))
 }
 
 // setUpdateDefaults fills the update settings left empty (after State and
