@@ -7,7 +7,9 @@ LDFLAGS   := -s -w -X $(PKG)/device/agent.Version=$(VERSION) -X main.Version=$(V
 ARM64_MAX := 7340032  # 7 MiB: the sigild budget on arm64
 STATICCHECK_VERSION := v0.7.0
 
-export GOTOOLCHAIN := local
+# Go 1.27.3 (go.mod requires it): the go command fetches it from the module
+# proxy on first use, so a machine with an older Go needs nothing else.
+export GOTOOLCHAIN := go1.27.3
 
 .PHONY: all build cross test test-browser test-deps lint demo demo-deps bench fuzz clean
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
@@ -67,7 +66,6 @@ func goBench(ctx context.Context, o ServerOptions, pkg, pattern string) (*Server
 	o.Logger.Info("running", "cmd", res.Command, "dir", src)
 	cmd := exec.CommandContext(ctx, gobin, args...)
 	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {

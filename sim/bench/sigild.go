@@ -327,7 +327,7 @@ func buildSigild(ctx context.Context, dir string) (string, int64, error) {
 	build := func(out string, env ...string) error {
 		cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/sigild")
 		cmd.Dir = src
-		cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local"), env...)
+		cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0"), env...)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("bench: go build %s: %v\n%s", strings.Join(env, " "), err, b)
 		}
