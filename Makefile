@@ -5,6 +5,12 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKG       := github.com/sigil-iot/sigil
 LDFLAGS   := -s -w -X $(PKG)/device/agent.Version=$(VERSION) -X main.Version=$(VERSION)
 ARM64_MAX := 7340032  # 7 MiB: the sigild budget on arm64
+# sigild is built without inlining outside the runtime and crypto: Go 1.27's
+# encoding/json (now on json/v2, which log/slog pulls in) and ML-DSA cost
+# about 450 KB, and inlining elsewhere buys the daemon little for about
+# 590 KB of code (its cost on the device's own benchmarks is in
+# docs/BENCHMARKS.md). Keep in step with sim/bench (sigildGCFlags).
+SIGILD_GCFLAGS := -gcflags=all=-l -gcflags=runtime/...= -gcflags=crypto/...= -gcflags=internal/...=
 STATICCHECK_VERSION := v0.7.0
 
 # Go 1.27.3 (go.mod requires it): the go command fetches it from the module
@@ -16,7 +22,7 @@ export GOTOOLCHAIN := go1.27.3
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sigild ./cmd/sigild
+	$(GO) build -trimpath $(SIGILD_GCFLAGS) -ldflags '$(LDFLAGS)' -o bin/sigild ./cmd/sigild
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sigil ./cmd/sigil
 
 # sigild for the device architectures: static, stripped, no cgo.
@@ -25,7 +31,7 @@ cross:
 	  os=$${t%%/*}; rest=$${t#*/}; arch=$${rest%%/*}; arm=""; \
 	  [ "$$arch" = arm ] && arm=$${rest#*/}; \
 	  out=bin/sigild-$$os-$$arch$${arm:+v$$arm}; \
-	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out ./cmd/sigild; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath $(SIGILD_GCFLAGS) -ldflags '$(LDFLAGS)' -o $$out ./cmd/sigild; \
 	  size=$$(stat -c %s $$out); \
 	  awk -v o=$$out -v s=$$size 'BEGIN { printf "%-28s %9d bytes (%.2f MiB)\n", o, s, s/1048576 }'; \
 	  if [ "$$arch" = arm64 ] && [ $$size -gt $(ARM64_MAX) ]; then echo "FAIL: arm64 sigild exceeds 7 MiB"; exit 1; fi; \

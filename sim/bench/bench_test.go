@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,4 +136,23 @@ func TestSigild(t *testing.T) {
 	var b strings.Builder
 	r.Print(&b)
 	t.Logf("\n%s", b.String())
+}
+
+// TestSigildFlagsMatchMakefile keeps the flags `sigil bench` builds sigild
+// with equal to those `make cross` uses, so the size it reports is the one
+// the size gate checks.
+func TestSigildFlagsMatchMakefile(t *testing.T) {
+	b, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SIGILD_GCFLAGS :="); ok {
+			if got, want := strings.Fields(v), sigildGCFlags; !slices.Equal(got, want) {
+				t.Fatalf("Makefile SIGILD_GCFLAGS = %q, sim/bench sigildGCFlags = %q", got, want)
+			}
+			return
+		}
+	}
+	t.Fatal("Makefile: no SIGILD_GCFLAGS line")
 }

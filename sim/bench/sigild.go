@@ -315,8 +315,13 @@ func parseStatus(r io.Reader) (rss, hwm int64, err error) {
 	return rss, hwm, nil
 }
 
+// sigildGCFlags are the compiler flags `make cross` builds sigild with
+// (SIGILD_GCFLAGS in the Makefile; a test keeps the two in step): no inlining
+// outside the runtime and crypto.
+var sigildGCFlags = []string{"-gcflags=all=-l", "-gcflags=runtime/...=", "-gcflags=crypto/...=", "-gcflags=internal/...="}
+
 // buildSigild builds sigild as `make cross` does (CGO_ENABLED=0, -trimpath,
-// -ldflags "-s -w") for the host into dir, and for linux/arm64 to report its
+// sigildGCFlags, -ldflags "-s -w") for the host into dir, and for linux/arm64 to report its
 // size. It returns the host binary's path and the arm64 size.
 func buildSigild(ctx context.Context, dir string) (string, int64, error) {
 	src, err := moduleDir(ctx)
@@ -325,7 +330,8 @@ func buildSigild(ctx context.Context, dir string) (string, int64, error) {
 	}
 	gobin, _ := goTool()
 	build := func(out string, env ...string) error {
-		cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/sigild")
+		args := append(append([]string{"build", "-trimpath"}, sigildGCFlags...), "-ldflags", "-s -w", "-o", out, "./cmd/sigild")
+		cmd := exec.CommandContext(ctx, gobin, args...)
 		cmd.Dir = src
 		cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0"), env...)
 		if b, err := cmd.CombinedOutput(); err != nil {
