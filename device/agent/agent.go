@@ -670,10 +670,40 @@ func (a *Agent) connectNext(ctx context.Context, id *state.Identity) (*link.Conn
 	return conn, nil
 }
 
-// authRefused reports a CONNECT the broker refused for the credential.
+// TLS alerts (RFC 8446 section 6) with which a broker refuses a client
+// certificate.
+const (
+	alertBadCertificate      = 42
+	alertCertificateRevoked  = 44
+	alertCertificateExpired  = 45
+	alertCertificateUnknown  = 46
+	alertUnknownCA           = 48
+	alertAccessDenied        = 49
+	alertCertificateRequired = 116 // Go's server, when no certificate of ours is from a CA it accepts
+)
+
+// authRefused reports whether the fleet refused the device's certificate,
+// the one answer after which the device forgets it and enrolls again from
+// its EK. It decides on the types device/link returns, which come only
+// from a broker the TLS handshake authenticated with the fleet's trust
+// bundle: CONNACK 4 or 5 (*link.ConnackError), or a certificate alert the
+// broker sent after the handshake (*link.AlertError). Nothing an
+// unauthenticated peer sends or names counts (a server certificate that
+// does not verify, whatever its names; an alert inside the handshake;
+// bytes that are not TLS), so a network attacker without the fleet's keys
+// cannot make the device drop its credential.
 func authRefused(err error) bool {
-	s := strings.ToLower(err.Error())
-	return strings.Contains(s, "not authori") || strings.Contains(s, "bad user name or password")
+	if c, ok := errors.AsType[*link.ConnackError](err); ok {
+		return c.Code == link.ConnackBadCredentials || c.Code == link.ConnackNotAuthorized
+	}
+	if a, ok := errors.AsType[*link.AlertError](err); ok {
+		switch a.Alert {
+		case alertBadCertificate, alertCertificateRevoked, alertCertificateExpired, alertCertificateUnknown,
+			alertUnknownCA, alertAccessDenied, alertCertificateRequired:
+			return true
+		}
+	}
+	return false
 }
 
 // clientTLS is the TLS configuration of a connection to the fleet with

@@ -3,7 +3,6 @@ package agent
 import (
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,17 +78,6 @@ func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
 	b.reset()
 	if d := b.next(); d > 100*time.Millisecond {
 		t.Fatalf("after reset: %v", d)
-	}
-}
-
-func TestAuthRefused(t *testing.T) {
-	for _, s := range []string{"link: connect x: not Authorized", "bad user name or password"} {
-		if !authRefused(errors.New(s)) {
-			t.Errorf("%q not recognised", s)
-		}
-	}
-	if authRefused(errors.New("connection refused")) {
-		t.Error("network error taken for a credential refusal")
 	}
 }
 
