@@ -268,14 +268,39 @@ func (a *Agent) token() (string, error) {
 	return a.cfg.Token, nil
 }
 
-func (a *Agent) bootstrapTLS() (*tls.Config, error) {
-	pemBytes, err := os.ReadFile(a.cfg.FleetCA)
-	if err != nil {
-		return nil, fmt.Errorf("agent: fleet CA: %w", err)
-	}
+// bootstrapTLS is the TLS configuration of an enrollment connection. It
+// verifies the fleet with the roots the device holds (the trust bundle of
+// its enrollment, renewals and trust.bundle pushes: it follows the fleet's
+// CA rotations) joined with the fleet_ca file when there is one. fleet_ca
+// is what a device that never enrolled trusts; once enrolled the device
+// re-enrolls (refused or expired) whether fleet_ca still names a current
+// root, names one retired by CA rotations, or was removed.
+func (a *Agent) bootstrapTLS(held [][]byte) (*tls.Config, error) {
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("agent: fleet CA %s: no PEM certificates", a.cfg.FleetCA)
+	roots := 0
+	for _, der := range held {
+		if c, err := x509.ParseCertificate(der); err == nil && c.IsCA {
+			pool.AddCert(c)
+			roots++
+		}
+	}
+	if a.cfg.FleetCA != "" {
+		pemBytes, err := os.ReadFile(a.cfg.FleetCA)
+		switch {
+		case err == nil && pool.AppendCertsFromPEM(pemBytes):
+			roots++
+		case roots == 0 && err != nil:
+			return nil, fmt.Errorf("agent: fleet CA: %w", err)
+		case roots == 0:
+			return nil, fmt.Errorf("agent: fleet CA %s: no PEM certificates", a.cfg.FleetCA)
+		case errors.Is(err, os.ErrNotExist):
+			a.log.Debug("fleet_ca absent; verifying the fleet with the trust bundle held", "fleet_ca", a.cfg.FleetCA)
+		default:
+			a.log.Warn("fleet_ca unusable; verifying the fleet with the trust bundle held", "fleet_ca", a.cfg.FleetCA, "err", err)
+		}
+	}
+	if roots == 0 {
+		return nil, errors.New("agent: no fleet trust: fleet_ca is not set and the device holds no trust bundle")
 	}
 	cfg := &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now}
 	if a.cfg.ClaimCert != "" {
@@ -315,7 +340,7 @@ func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity
 	if err != nil {
 		return id, fmt.Errorf("agent: CSR: %w", err)
 	}
-	tlsCfg, err := a.bootstrapTLS()
+	tlsCfg, err := a.bootstrapTLS(id.TrustBundle)
 	if err != nil {
 		return id, err
 	}
