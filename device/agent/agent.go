@@ -497,7 +497,7 @@ func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.
 	if err := verifyIssued(res.Certificate, res.Chain, res.TrustBundle, tkPub, a.now()); err != nil {
 		return id, err
 	}
-	a.storeEnrolledTrust(res.FirmwareTrust)
+	a.adoptReleaseTrust(res.FirmwareTrust, res.FirmwareRotations, "enrollment")
 	id.Status = state.StatusEnrolled
 	id.DeviceID = res.DeviceID
 	id.Cert = res.Certificate
