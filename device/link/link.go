@@ -267,6 +267,14 @@ func (c *Conn) handshake(ctx context.Context, connect []byte) (*packet.Packet, e
 	// The broker is authenticated from here on: in TLS 1.3 it refuses the
 	// client certificate with an alert that arrives now.
 	if _, err := c.conn.Write(connect); err != nil {
+		// A broker that refused the certificate and hung up may have
+		// reset the connection before CONNECT went out; its alert can
+		// still wait in what was received.
+		if _, rerr := c.r.ReadByte(); rerr != nil {
+			if a, ok := errors.AsType[*AlertError](afterHandshake(rerr)); ok {
+				return nil, fmt.Errorf("send CONNECT: %w", a)
+			}
+		}
 		return nil, fmt.Errorf("send CONNECT: %w", afterHandshake(err))
 	}
 	p, err := packet.Read(c.r, MaxPacketSize)
