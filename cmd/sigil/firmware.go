@@ -164,7 +164,7 @@ func firmwareKeygen(args []string, stdout io.Writer) error {
 func firmwareTrust(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("firmware trust", flag.ContinueOnError)
 	threshold := fs.Int("threshold", 1, "how many of the keys must sign a release")
-	sequence := fs.Uint64("sequence", 1, "sequence number; a rotation needs a higher one than the set it replaces")
+	sequence := fs.Uint64("sequence", 1, "sequence number; a rotation's is the replaced set's plus one")
 	out := fs.String("out", "", "file to write (default: standard output)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}

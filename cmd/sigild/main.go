@@ -11,10 +11,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -54,7 +54,7 @@ func run(args []string) int {
 	case "run":
 		return cmdRun(args[1:])
 	case "status":
-		return cmdStatus(args[1:])
+		return cmdStatus(args[1:], os.Stdout)
 	case "secret":
 		return cmdSecret(args[1:])
 	case "version":
@@ -109,7 +109,8 @@ func cmdRun(args []string) int {
 	return exitOK
 }
 
-func cmdStatus(args []string) int {
+// cmdStatus prints the daemon's status to stdout.
+func cmdStatus(args []string, stdout io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON")
 	cfg, err := loadConfig(fs, args, false)
@@ -123,11 +124,14 @@ func cmdStatus(args []string) int {
 		return exitError
 	}
 	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(st)
+		b, err := st.JSON()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sigild:", err)
+			return exitError
+		}
+		_, _ = stdout.Write(b)
 	} else {
-		fmt.Print(st.Text())
+		fmt.Fprint(stdout, st.Text())
 	}
 	if st.Enrollment != "enrolled" || !st.Connected {
 		return exitNotReady

@@ -268,14 +268,39 @@ func (a *Agent) token() (string, error) {
 	return a.cfg.Token, nil
 }
 
-func (a *Agent) bootstrapTLS() (*tls.Config, error) {
-	pemBytes, err := os.ReadFile(a.cfg.FleetCA)
-	if err != nil {
-		return nil, fmt.Errorf("agent: fleet CA: %w", err)
-	}
+// bootstrapTLS is the TLS configuration of an enrollment connection. It
+// verifies the fleet with the roots the device holds (the trust bundle of
+// its enrollment, renewals and trust.bundle pushes: it follows the fleet's
+// CA rotations) joined with the fleet_ca file when there is one. fleet_ca
+// is what a device that never enrolled trusts; once enrolled the device
+// re-enrolls (refused or expired) whether fleet_ca still names a current
+// root, names one retired by CA rotations, or was removed.
+func (a *Agent) bootstrapTLS(held [][]byte) (*tls.Config, error) {
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("agent: fleet CA %s: no PEM certificates", a.cfg.FleetCA)
+	roots := 0
+	for _, der := range held {
+		if c, err := x509.ParseCertificate(der); err == nil && c.IsCA {
+			pool.AddCert(c)
+			roots++
+		}
+	}
+	if a.cfg.FleetCA != "" {
+		pemBytes, err := os.ReadFile(a.cfg.FleetCA)
+		switch {
+		case err == nil && pool.AppendCertsFromPEM(pemBytes):
+			roots++
+		case roots == 0 && err != nil:
+			return nil, fmt.Errorf("agent: fleet CA: %w", err)
+		case roots == 0:
+			return nil, fmt.Errorf("agent: fleet CA %s: no PEM certificates", a.cfg.FleetCA)
+		case errors.Is(err, os.ErrNotExist):
+			a.log.Debug("fleet_ca absent; verifying the fleet with the trust bundle held", "fleet_ca", a.cfg.FleetCA)
+		default:
+			a.log.Warn("fleet_ca unusable; verifying the fleet with the trust bundle held", "fleet_ca", a.cfg.FleetCA, "err", err)
+		}
+	}
+	if roots == 0 {
+		return nil, errors.New("agent: no fleet trust: fleet_ca is not set and the device holds no trust bundle")
 	}
 	cfg := &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now}
 	if a.cfg.ClaimCert != "" {
@@ -315,7 +340,7 @@ func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity
 	if err != nil {
 		return id, fmt.Errorf("agent: CSR: %w", err)
 	}
-	tlsCfg, err := a.bootstrapTLS()
+	tlsCfg, err := a.bootstrapTLS(id.TrustBundle)
 	if err != nil {
 		return id, err
 	}
@@ -472,7 +497,7 @@ func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.
 	if err := verifyIssued(res.Certificate, res.Chain, res.TrustBundle, tkPub, a.now()); err != nil {
 		return id, err
 	}
-	a.storeEnrolledTrust(res.FirmwareTrust)
+	a.adoptReleaseTrust(res.FirmwareTrust, res.FirmwareRotations, "enrollment")
 	id.Status = state.StatusEnrolled
 	id.DeviceID = res.DeviceID
 	id.Cert = res.Certificate
@@ -670,10 +695,40 @@ func (a *Agent) connectNext(ctx context.Context, id *state.Identity) (*link.Conn
 	return conn, nil
 }
 
-// authRefused reports a CONNECT the broker refused for the credential.
+// TLS alerts (RFC 8446 section 6) with which a broker refuses a client
+// certificate.
+const (
+	alertBadCertificate      = 42
+	alertCertificateRevoked  = 44
+	alertCertificateExpired  = 45
+	alertCertificateUnknown  = 46
+	alertUnknownCA           = 48
+	alertAccessDenied        = 49
+	alertCertificateRequired = 116 // Go's server, when no certificate of ours is from a CA it accepts
+)
+
+// authRefused reports whether the fleet refused the device's certificate,
+// the one answer after which the device forgets it and enrolls again from
+// its EK. It decides on the types device/link returns, which come only
+// from a broker the TLS handshake authenticated with the fleet's trust
+// bundle: CONNACK 4 or 5 (*link.ConnackError), or a certificate alert the
+// broker sent after the handshake (*link.AlertError). Nothing an
+// unauthenticated peer sends or names counts (a server certificate that
+// does not verify, whatever its names; an alert inside the handshake;
+// bytes that are not TLS), so a network attacker without the fleet's keys
+// cannot make the device drop its credential.
 func authRefused(err error) bool {
-	s := strings.ToLower(err.Error())
-	return strings.Contains(s, "not authori") || strings.Contains(s, "bad user name or password")
+	if c, ok := errors.AsType[*link.ConnackError](err); ok {
+		return c.Code == link.ConnackBadCredentials || c.Code == link.ConnackNotAuthorized
+	}
+	if a, ok := errors.AsType[*link.AlertError](err); ok {
+		switch a.Alert {
+		case alertBadCertificate, alertCertificateRevoked, alertCertificateExpired, alertCertificateUnknown,
+			alertUnknownCA, alertAccessDenied, alertCertificateRequired:
+			return true
+		}
+	}
+	return false
 }
 
 // clientTLS is the TLS configuration of a connection to the fleet with

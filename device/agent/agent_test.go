@@ -2,7 +2,7 @@ package agent
 
 import (
 	"crypto/rand"
-	"errors"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,13 +81,26 @@ func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
 	}
 }
 
-func TestAuthRefused(t *testing.T) {
-	for _, s := range []string{"link: connect x: not Authorized", "bad user name or password"} {
-		if !authRefused(errors.New(s)) {
-			t.Errorf("%q not recognised", s)
+// TestStatusPrintsUntrustedTextSafely: values with control characters are
+// quoted in Text and \u-escaped in JSON, which still decodes to the same
+// values; printable text (accents, emoji) is left as it is.
+func TestStatusPrintsUntrustedTextSafely(t *testing.T) {
+	st := Status{LastError: "bad \x1b[31m\u009b\u202e\U000E0001 end", CertIssuer: "Flotte Süd 🚚", LastReason: "bad utf-8 \xff\x9b"}
+	text := st.Text()
+	for _, want := range []string{`last error:   "bad \x1b[31m\u009b\u202e\U000e0001 end"`, "cert issuer:  Flotte Süd 🚚\n", `last reason:  "bad utf-8 \xff\x9b"`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("Text lacks %s:\n%s", want, text)
 		}
 	}
-	if authRefused(errors.New("connection refused")) {
-		t.Error("network error taken for a credential refusal")
+	b, err := st.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `\u009b\u202e\udb40\udc01`) || !strings.Contains(string(b), "Süd 🚚") {
+		t.Errorf("JSON escapes:\n%s", b)
+	}
+	var back Status
+	if err := json.Unmarshal(b, &back); err != nil || back.LastError != st.LastError || back.CertIssuer != st.CertIssuer {
+		t.Fatalf("JSON round trip: %+v, %v", back, err)
 	}
 }

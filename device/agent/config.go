@@ -27,8 +27,11 @@ type Config struct {
 	// Default: the host part of Broker.
 	ServerName string `json:"server_name"`
 	// FleetCA is a PEM file with the fleet CA certificate trusted for the
-	// bootstrap connection. After enrollment the trust bundle the fleet
-	// delivered is used. Required until enrolled.
+	// first enrollment's bootstrap connection. Once enrolled the device
+	// trusts the bundle the fleet delivered (and updates it through CA
+	// rotations), for its mTLS session and for re-enrollment alike; a
+	// FleetCA file that still exists is trusted beside it. Required until
+	// enrolled.
 	FleetCA string `json:"fleet_ca"`
 	// Model and Firmware describe the device to the fleet. Model is required.
 	Model    string `json:"model"`

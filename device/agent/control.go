@@ -8,8 +8,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/sigil-iot/sigil/device/state"
 )
@@ -109,12 +112,16 @@ func CurrentStatus(cfg Config) (*Status, error) {
 	return &s, nil
 }
 
-// Text renders the status for people.
+// Text renders the status for people. Most of its strings came from the
+// network (the last error names a server certificate's subjects, the
+// reasons and issuer names are the fleet's): each value is printed as is
+// only when it is valid UTF-8 of printable characters, and otherwise
+// quoted with Go escapes, so no control sequence reaches the terminal.
 func (s *Status) Text() string {
 	var b strings.Builder
 	row := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(&b, "%-13s %s\n", k+":", v)
+			fmt.Fprintf(&b, "%-13s %s\n", k+":", printable(v))
 		}
 	}
 	row("daemon", map[bool]string{true: "running", false: "not running"}[s.Running])
@@ -129,7 +136,11 @@ func (s *Status) Text() string {
 		row("cert expiry", s.CertExpiry.Format(time.RFC3339)+" (in "+time.Until(s.CertExpiry).Round(time.Minute).String()+")")
 	}
 	row("cert issuer", s.CertIssuer)
-	row("trust roots", strings.Join(s.TrustRoots, "; "))
+	roots := make([]string, len(s.TrustRoots))
+	for i, r := range s.TrustRoots {
+		roots[i] = printable(r)
+	}
+	row("trust roots", strings.Join(roots, "; "))
 	if !s.EnrolledAt.IsZero() {
 		row("enrolled at", s.EnrolledAt.Format(time.RFC3339))
 	}
@@ -139,4 +150,46 @@ func (s *Status) Text() string {
 	row("firmware", s.Firmware)
 	row("agent", s.Agent)
 	return b.String()
+}
+
+// JSON renders the status as indented JSON whose text is printable ASCII
+// and line breaks: beyond the control characters encoding/json escapes,
+// every character that is not printable (DEL, the C1 controls such as the
+// 8-bit CSI, bidirectional overrides) is written as a \u escape, so the
+// values decode unchanged but print safely.
+func (s *Status) JSON() ([]byte, error) {
+	raw, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("agent: status: %w", err)
+	}
+	out := make([]byte, 0, len(raw)+1)
+	for _, r := range string(raw) { // valid UTF-8: encoding/json replaced invalid bytes
+		switch {
+		case r == '\n' || (r >= 0x20 && r < 0x7f) || (r > 0x7f && strconv.IsPrint(r)):
+			out = utf8.AppendRune(out, r)
+		case r > 0xffff:
+			hi, lo := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, hi, lo)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+	}
+	return append(out, '\n'), nil
+}
+
+// printable returns s unchanged when it is valid UTF-8 made of printable
+// characters (strconv.IsPrint: letters, marks, numbers, punctuation,
+// symbols and the ASCII space), and otherwise s quoted with Go escapes
+// (strconv.Quote): control characters, escape sequences, bidirectional
+// overrides and invalid bytes become visible text.
+func printable(s string) string {
+	if !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !strconv.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

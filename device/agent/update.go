@@ -235,66 +235,85 @@ func (a *Agent) releaseTrust() (*verify.TrustSet, error) {
 	return verify.ParseTrustSet(b)
 }
 
-// storeEnrolledTrust keeps the release trust set that came with an
-// enrollment result, unless the device holds one at least as new (the
-// set never goes back to a lower sequence number).
-func (a *Agent) storeEnrolledTrust(raw []byte) {
-	if len(raw) == 0 {
-		return
-	}
-	next, err := verify.ParseTrustSet(raw)
-	if err != nil {
-		a.log.Warn("enrollment result carries an unusable release trust set; keeping what the device holds", "err", err)
-		return
-	}
-	if cur, err := a.releaseTrust(); err == nil && cur.Sequence() >= next.Sequence() {
-		return
-	}
-	if err := a.st.SaveReleaseTrust(raw); err != nil {
-		a.log.Error("release trust set not stored", "err", err)
-		return
-	}
-	a.log.Info("release trust set stored", "sequence", next.Sequence(), "threshold", next.Threshold(), "keys", len(next.KeyIDs()))
-}
-
-// applyTrust takes a firmware.trust message: a device without a trust set
-// takes the fleet's (it came over the authenticated session); a device
-// with one applies the rotations above its sequence, in order, each
-// verified by verify.Rotate, and stops at the first that does not verify.
-func (a *Agent) applyTrust(ft *wire.FirmwareTrust) {
+// adoptReleaseTrust takes the fleet's release trust, from an enrollment
+// result or a firmware.trust message (from says which): the fleet's
+// current set and the signed rotations that lead to it.
+//
+// A device without a set takes the fleet's as it is: trust on first
+// enrollment, the one time it has nothing to check it against (it came
+// over the bootstrap session to the fleet the device verified with
+// fleet_ca, or over its mTLS session). A device that holds a set never
+// takes the fleet's as it is, whatever its sequence number: it applies the
+// rotations above its own sequence, in order, each verified by
+// verify.Rotate (signed by the current threshold of the keys it holds and
+// the new threshold of the new keys, and numbered exactly one above), and
+// stops at the first that does not verify. So whoever answers an
+// enrollment cannot choose the keys that sign firmware, and no sequence
+// number can block later rotations.
+func (a *Agent) adoptReleaseTrust(trust []byte, rotations []wire.TrustRotation, from string) {
 	cur, err := a.releaseTrust()
 	if errors.Is(err, state.ErrNoReleaseTrust) {
-		a.storeEnrolledTrust(ft.Trust)
+		a.firstReleaseTrust(trust, from)
 		return
 	}
 	if err != nil {
-		a.log.Error("release trust set unreadable", "err", err)
+		a.log.Error("release trust set unreadable; keeping it", "from", from, "err", err)
 		return
 	}
 	start := cur
-	for i, r := range ft.Rotations {
+	for i, r := range rotations {
 		next, err := verify.Rotate(cur, r.Statement, r.Bundles)
 		if errors.Is(err, verify.ErrStale) {
 			continue
 		}
 		if err != nil {
-			a.log.Warn("release trust rotation refused", "rotation", i, "sequence", cur.Sequence(), "err", err)
+			a.log.Warn("release trust rotation refused", "from", from, "rotation", i, "sequence", cur.Sequence(), "err", err)
 			break
 		}
 		cur = next
 	}
-	if cur == start {
+	if cur != start {
+		raw, err := cur.Marshal()
+		if err == nil {
+			err = a.st.SaveReleaseTrust(raw)
+		}
+		if err != nil {
+			a.log.Error("rotated release trust set not stored", "from", from, "err", err)
+			return
+		}
+		a.log.Info("release trust set rotated", "from", from, "sequence_from", start.Sequence(), "sequence", cur.Sequence(),
+			"threshold", cur.Threshold(), "keys", len(cur.KeyIDs()))
+	}
+	if len(trust) == 0 {
 		return
 	}
-	raw, err := cur.Marshal()
-	if err == nil {
-		err = a.st.SaveReleaseTrust(raw)
+	if held, err := cur.Marshal(); err == nil && !bytes.Equal(held, trust) {
+		a.log.Warn("the fleet's release trust set is not reached by the rotations it sent; keeping the device's",
+			"from", from, "sequence", cur.Sequence())
 	}
+}
+
+// firstReleaseTrust stores the fleet's set on a device that holds none.
+func (a *Agent) firstReleaseTrust(raw []byte, from string) {
+	if len(raw) == 0 {
+		return
+	}
+	next, err := verify.ParseTrustSet(raw)
 	if err != nil {
-		a.log.Error("rotated release trust set not stored", "err", err)
+		a.log.Warn("the fleet's release trust set is unusable; the device holds none", "from", from, "err", err)
 		return
 	}
-	a.log.Info("release trust set rotated", "from", start.Sequence(), "to", cur.Sequence(), "threshold", cur.Threshold(), "keys", len(cur.KeyIDs()))
+	if err := a.st.SaveReleaseTrust(raw); err != nil {
+		a.log.Error("release trust set not stored", "from", from, "err", err)
+		return
+	}
+	a.log.Info("release trust set stored (first one)", "from", from, "sequence", next.Sequence(), "threshold", next.Threshold(),
+		"keys", len(next.KeyIDs()))
+}
+
+// applyTrust takes a firmware.trust message (see adoptReleaseTrust).
+func (a *Agent) applyTrust(ft *wire.FirmwareTrust) {
+	a.adoptReleaseTrust(ft.Trust, ft.Rotations, "firmware.trust")
 }
 
 // firmwareLoop handles firmware messages until ctx ends.

@@ -119,28 +119,28 @@ func heldSequence(t *testing.T, a *Agent) uint64 {
 	return ts.Sequence()
 }
 
-// TestReleaseTrustFromEnrollment: the set from an enrollment result is
-// kept unless the device holds one at least as new; a malformed one is
-// ignored.
+// TestReleaseTrustFromEnrollment: a device without a set takes the one
+// an enrollment result carries (a malformed one is ignored); a device that
+// holds one never takes another as it is, newer or older.
 func TestReleaseTrustFromEnrollment(t *testing.T) {
 	a := trustAgent(t)
 	k := releaseKeys(t, 2)
-	a.storeEnrolledTrust(nil)
+	a.adoptReleaseTrust(nil, nil, "enrollment")
 	if _, err := a.releaseTrust(); !errors.Is(err, state.ErrNoReleaseTrust) {
 		t.Fatalf("no set from an empty field: %v", err)
 	}
-	a.storeEnrolledTrust([]byte(`{"type":"sigil.firmware.trust/v1"}`))
+	a.adoptReleaseTrust([]byte(`{"type":"sigil.firmware.trust/v1"}`), nil, "enrollment")
 	if _, err := a.releaseTrust(); !errors.Is(err, state.ErrNoReleaseTrust) {
 		t.Fatalf("malformed set stored: %v", err)
 	}
-	a.storeEnrolledTrust(trustSet(t, 3, 1, k[0]))
-	a.storeEnrolledTrust(trustSet(t, 2, 1, k[1])) // re-enrollment at a fleet with an older set
+	a.adoptReleaseTrust(trustSet(t, 3, 1, k[0]), nil, "enrollment")
 	if got := heldSequence(t, a); got != 3 {
-		t.Fatalf("held sequence %d, want 3 (never back to an older set)", got)
+		t.Fatalf("first set: sequence %d, want 3", got)
 	}
-	a.storeEnrolledTrust(trustSet(t, 4, 2, k[0], k[1]))
-	if got := heldSequence(t, a); got != 4 {
-		t.Fatalf("held sequence %d, want 4", got)
+	a.adoptReleaseTrust(trustSet(t, 2, 1, k[1]), nil, "enrollment")       // re-enrollment at a fleet with an older set
+	a.adoptReleaseTrust(trustSet(t, 4, 2, k[0], k[1]), nil, "enrollment") // a newer set nobody signed
+	if got := heldSequence(t, a); got != 3 {
+		t.Fatalf("held sequence %d, want 3 (a held set changes only by signed rotations)", got)
 	}
 }
 
@@ -164,7 +164,9 @@ func TestReleaseTrustRotations(t *testing.T) {
 	}
 
 	a = trustAgent(t)
-	a.storeEnrolledTrust(s1)
+	if err := a.st.SaveReleaseTrust(s1); err != nil {
+		t.Fatal(err)
+	}
 	a.applyTrust(&wire.FirmwareTrust{Trust: s3, Rotations: []wire.TrustRotation{forged}})
 	if got := heldSequence(t, a); got != 1 {
 		t.Fatalf("forged rotation or the bare set taken: sequence %d", got)

@@ -25,6 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,19 +68,76 @@ var ErrRefused = errors.New("link: refused by broker")
 // errClosed is the cause of a connection ended by Close.
 var errClosed = errors.New("link: connection closed")
 
-// connackError is a CONNECT the broker refused. Its text names the reason as
-// MQTT 3.1.1 does ("not authorized", "bad user name or password"): the agent
-// recognizes a refused credential by it.
-type connackError byte
+// CONNACK return codes of MQTT 3.1.1 (section 3.2.2.3) that refuse a
+// CONNECT.
+const (
+	ConnackBadProtocol        byte = 1 // unacceptable protocol version
+	ConnackIdentifierRejected byte = 2
+	ConnackServerUnavailable  byte = 3
+	ConnackBadCredentials     byte = 4 // bad user name or password
+	ConnackNotAuthorized      byte = 5
+)
 
-func (e connackError) Error() string {
-	reasons := [...]string{1: "unacceptable protocol version", 2: "identifier rejected",
-		3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
+// ConnackError is a CONNECT the broker refused with a CONNACK return code.
+// Dial returns it only after the TLS handshake completed, that is from a
+// broker that Config.TLS authenticated: callers decide on Code (with
+// errors.As), never on the text.
+type ConnackError struct {
+	Code byte // CONNACK return code, 1 to 255
+}
+
+func (e *ConnackError) Error() string {
+	reasons := [...]string{ConnackBadProtocol: "unacceptable protocol version", ConnackIdentifierRejected: "identifier rejected",
+		ConnackServerUnavailable: "server unavailable", ConnackBadCredentials: "bad user name or password", ConnackNotAuthorized: "not authorized"}
 	r := "refused"
-	if int(e) < len(reasons) && reasons[e] != "" {
-		r = reasons[e]
+	if int(e.Code) < len(reasons) && reasons[e.Code] != "" {
+		r = reasons[e.Code]
 	}
-	return fmt.Sprintf("%s (CONNACK %d)", r, byte(e))
+	return fmt.Sprintf("%s (CONNACK %d)", r, e.Code)
+}
+
+// AlertError is a fatal TLS alert that the broker sent after the TLS
+// handshake completed, while Dial waited for CONNACK: in TLS 1.3 a broker
+// that refuses the client certificate says so then, in a record protected
+// by the keys of the authenticated session, so only the broker Config.TLS
+// verified can send it. An alert received during the handshake is never
+// an AlertError: it is unauthenticated (in TLS 1.2 it is plaintext) and
+// anyone on the path could have sent it.
+type AlertError struct {
+	Alert uint8 // the TLS AlertDescription (RFC 8446 section 6), e.g. 42 bad_certificate
+	Err   error // the error crypto/tls returned
+}
+
+func (e *AlertError) Error() string {
+	return fmt.Sprintf("the broker sent TLS alert %d (%v) after the handshake", e.Alert, tls.AlertError(e.Alert))
+}
+
+func (e *AlertError) Unwrap() error { return e.Err }
+
+// remoteAlert returns the alert in an error of crypto/tls that reports an
+// alert the peer sent. crypto/tls reports one as a *net.OpError whose Op is
+// "remote error" and whose Err is a value of its unexported alert type (a
+// uint8); tls.AlertError is what it uses only for QUIC. The check is on the
+// types and the operation, not on any text the peer chose.
+func remoteAlert(err error) (uint8, bool) {
+	op, ok := errors.AsType[*net.OpError](err)
+	if !ok || op.Op != "remote error" || op.Err == nil {
+		return 0, false
+	}
+	v := reflect.ValueOf(op.Err)
+	if t := v.Type(); t.PkgPath() != "crypto/tls" || t.Name() != "alert" || t.Kind() != reflect.Uint8 {
+		return 0, false
+	}
+	return uint8(v.Uint()), true
+}
+
+// afterHandshake types an error met after the TLS handshake completed: an
+// alert from the broker becomes an *AlertError.
+func afterHandshake(err error) error {
+	if a, ok := remoteAlert(err); ok {
+		return &AlertError{Alert: a, Err: err}
+	}
+	return err
 }
 
 // Conn is a connected session. Its methods are safe for concurrent use.
@@ -119,8 +177,12 @@ type route struct {
 }
 
 // Dial connects once; it does not retry. It returns after the broker
-// accepted the session (CONNACK 0), or with an error: a refusal by the broker
-// reads like "link: connect HOST:PORT: not authorized (CONNACK 5)".
+// accepted the session (CONNACK 0), or with an error. A refusal by the
+// broker that Config.TLS authenticated wraps a *ConnackError (it reads like
+// "link: connect HOST:PORT: not authorized (CONNACK 5)") or an *AlertError;
+// anything that fails before the TLS handshake completes (a server that
+// does not verify, an alert inside the handshake, bytes that are not TLS)
+// is neither.
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 15 * time.Second
@@ -184,7 +246,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	}
 	if ack.ReturnCode != 0 {
 		raw.Close()
-		return fail(connackError(ack.ReturnCode))
+		return fail(&ConnackError{Code: ack.ReturnCode})
 	}
 	if err := raw.SetDeadline(time.Time{}); err != nil {
 		raw.Close()
@@ -202,15 +264,25 @@ func (c *Conn) handshake(ctx context.Context, connect []byte) (*packet.Packet, e
 	if err := c.conn.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
+	// The broker is authenticated from here on: in TLS 1.3 it refuses the
+	// client certificate with an alert that arrives now.
 	if _, err := c.conn.Write(connect); err != nil {
-		return nil, fmt.Errorf("send CONNECT: %w", err)
+		// A broker that refused the certificate and hung up may have
+		// reset the connection before CONNECT went out; its alert can
+		// still wait in what was received.
+		if _, rerr := c.r.ReadByte(); rerr != nil {
+			if a, ok := errors.AsType[*AlertError](afterHandshake(rerr)); ok {
+				return nil, fmt.Errorf("send CONNECT: %w", a)
+			}
+		}
+		return nil, fmt.Errorf("send CONNECT: %w", afterHandshake(err))
 	}
 	p, err := packet.Read(c.r, MaxPacketSize)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("broker closed the connection before CONNACK")
 		}
-		return nil, fmt.Errorf("read CONNACK: %w", err)
+		return nil, fmt.Errorf("read CONNACK: %w", afterHandshake(err))
 	}
 	if p.Type != packet.Connack {
 		return nil, fmt.Errorf("broker sent %v instead of CONNACK", p.Type)

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -25,10 +28,10 @@ func randomBytes(t *testing.T, n int) []byte {
 }
 
 // refusedCredential is the agent's test for a refused CONNECT
-// (device/agent authRefused): the error text is a contract.
+// (device/agent authRefused): a *ConnackError with code 4 or 5.
 func refusedCredential(err error) bool {
-	s := strings.ToLower(err.Error())
-	return strings.Contains(s, "not authori") || strings.Contains(s, "bad user name or password")
+	c, ok := errors.AsType[*ConnackError](err)
+	return ok && (c.Code == ConnackBadCredentials || c.Code == ConnackNotAuthorized)
 }
 
 // TestEmbeddedBroker runs the session against the fleet's own broker
@@ -231,6 +234,18 @@ func TestMosquitto(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "TLS handshake") {
 			t.Fatalf("Dial trusting another CA: %v", err)
 		}
+		if _, ok := errors.AsType[*AlertError](err); ok || refusedCredential(err) {
+			t.Fatalf("an unverified server's answer is typed as a refusal: %v", err)
+		}
+	})
+	t.Run("client certificate from another CA", func(t *testing.T) {
+		// OpenSSL refuses it with an alert after the TLS 1.3 handshake.
+		stranger := newCA(t).device(t, dev)
+		_, err := Dial(ctx, Config{Broker: m.addr, ClientID: dev, TLS: m.ca.clientTLS(&stranger), Timeout: 5 * time.Second})
+		a, ok := errors.AsType[*AlertError](err)
+		if !ok || a.Alert != 48 { // unknown_ca
+			t.Fatalf("Dial with a certificate mosquitto does not trust: %v, want an *AlertError unknown_ca", err)
+		}
 	})
 }
 
@@ -425,6 +440,9 @@ func TestConnackCodes(t *testing.T) {
 		if err == nil || err.Error() != "link: connect "+f.addr()+": "+want {
 			t.Fatalf("CONNACK %d: %v, want %q", code, err, want)
 		}
+		if c, ok := errors.AsType[*ConnackError](err); !ok || c.Code != code {
+			t.Fatalf("CONNACK %d: %v is not a *ConnackError with its code", code, err)
+		}
 		if refusedCredential(err) != (code == 4 || code == 5) {
 			t.Fatalf("CONNACK %d: the agent would misread %q", code, err)
 		}
@@ -508,5 +526,73 @@ func TestMatch(t *testing.T) {
 		if got := match(c.filter, c.topic); got != c.want {
 			t.Errorf("match(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
 		}
+	}
+}
+
+// TestAlertsAfterTheHandshake: a TLS alert is an *AlertError only when the
+// broker sent it after the handshake completed (TLS 1.3 refusing the
+// client certificate); inside the handshake (TLS 1.2), or as plaintext
+// bytes from anyone, it is not.
+func TestAlertsAfterTheHandshake(t *testing.T) {
+	ca, other := newCA(t), newCA(t)
+	srv, dev := ca.server(t), ca.device(t, devA)
+	listen := func(t *testing.T, cfg *tls.Config, plain []byte) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		t.Cleanup(func() { ln.Close(); <-done })
+		go func() {
+			defer close(done)
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if plain != nil {
+				_, _ = c.Write(plain)
+				return
+			}
+			tc := tls.Server(c, cfg)
+			if tc.Handshake() == nil {
+				_, _ = io.Copy(io.Discard, tc)
+			}
+		}()
+		return ln.Addr().String()
+	}
+	refusing := &tls.Config{Certificates: []tls.Certificate{srv.tls}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: other.pool}
+	for _, c := range []struct {
+		name  string
+		cfg   *tls.Config
+		plain []byte
+		max   uint16
+		alert uint8 // 0: no *AlertError
+	}{
+		// The test CAs share a name, so the client presents its
+		// certificate and Go's server answers unknown_ca.
+		{name: "TLS 1.3 unknown CA", cfg: refusing, alert: 48},
+		{name: "TLS 1.2 inside the handshake", cfg: refusing, max: tls.VersionTLS12},
+		{name: "plaintext alert", plain: []byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 48}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := ca.clientTLS(&dev)
+			cfg.MaxVersion = c.max
+			_, err := Dial(context.Background(), Config{Broker: listen(t, c.cfg, c.plain), ClientID: devA, TLS: cfg, Timeout: 5 * time.Second})
+			if err == nil {
+				t.Fatal("Dial succeeded")
+			}
+			a, ok := errors.AsType[*AlertError](err)
+			switch {
+			case c.alert == 0 && ok:
+				t.Fatalf("%v is an *AlertError", err)
+			case c.alert != 0 && (!ok || a.Alert != c.alert):
+				t.Fatalf("%v: want an *AlertError with alert %d", err, c.alert)
+			}
+			if _, ok := remoteAlert(err); !ok && c.alert != 0 {
+				t.Fatalf("%v: no remote alert found", err)
+			}
+		})
 	}
 }

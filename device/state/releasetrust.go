@@ -38,8 +38,9 @@ func (s *Store) ReleaseTrust() ([]byte, error) {
 }
 
 // SaveReleaseTrust replaces the release trust set in one synced
-// transaction. The caller verified it: at enrollment, or as a rotation
-// signed by the set it replaces.
+// transaction. The caller verified it: the device's first set (trust on
+// first enrollment, when it holds none), or one reached by rotations that
+// firmware/verify.Rotate accepted, each signed by the set it replaces.
 func (s *Store) SaveReleaseTrust(trust []byte) error {
 	if len(trust) == 0 {
 		return errors.New("state: save release trust: empty")

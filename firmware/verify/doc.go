@@ -38,10 +38,12 @@
 // A TrustSet is 1 to MaxKeys release keys, a threshold M (default 1; e.g.
 // 2 of 3 in production) and a sequence number. A release needs valid
 // signatures from M distinct keys of the set; the same key signing twice
-// counts once. A device receives its set at enrollment and changes it only
-// through Rotate: a statement, the new set's canonical encoding, signed by
-// the current threshold of the current keys and by the new threshold of
-// the new keys, with a higher sequence number.
+// counts once. A device receives its set at its first enrollment (trust on
+// first enrollment: it has nothing to check the fleet's set against) and
+// changes it only through Rotate, at a later enrollment too: a statement,
+// the new set's canonical encoding, signed by the current threshold of the
+// current keys and by the new threshold of the new keys, whose sequence
+// number is the current one plus one.
 //
 // # Order of the checks
 //

@@ -41,6 +41,12 @@ var ErrTrustSet = errors.New("verify: invalid trust set")
 // is not above the current one (an old statement replayed).
 var ErrStale = errors.New("verify: trust statement not newer than the current trust set")
 
+// ErrSequenceGap is wrapped by Rotate's error when the statement's sequence
+// number is above the current one but not the next (current + 1): each
+// rotation moves the sequence by exactly one, so no statement, however
+// signed, can jump to a number (2^64-1) that blocks every later rotation.
+var ErrSequenceGap = errors.New("verify: trust statement does not follow the current trust set")
+
 // KeyID returns a public key's ID: the standard base64 of the SHA-256 of its
 // PKIX (SubjectPublicKeyInfo) DER encoding. cosign writes the same value as
 // a bundle's publicKey hint.
@@ -251,14 +257,16 @@ func ParseTrustSet(b []byte) (*TrustSet, error) {
 // statement only when all of these hold:
 //
 //   - its sequence number is above current's (an old statement cannot be
-//     replayed; error wraps ErrStale);
+//     replayed; error wraps ErrStale), and is the next one, current's + 1
+//     (a jump could reach 2^64-1 and block every later rotation; error
+//     wraps ErrSequenceGap);
 //   - distinct keys of current, at least current's threshold, signed it;
 //   - distinct keys of the new set, at least the new threshold, signed it,
 //     so that nobody rotates to keys they cannot use or to a mistyped set.
 //
 // Signature failures wrap ErrSignature. Errors are *wire.Error values:
 // ReasonFirmwareSignature, ReasonReplay for a stale statement,
-// ReasonBadRequest for a malformed one.
+// ReasonBadRequest for a malformed one or a sequence gap.
 func Rotate(current *TrustSet, statement []byte, bundles [][]byte) (*TrustSet, error) {
 	if current == nil {
 		return nil, wire.Refuse(wire.ReasonInternal, "no current trust set", errors.New("verify: Rotate with a nil trust set"))
@@ -270,6 +278,10 @@ func Rotate(current *TrustSet, statement []byte, bundles [][]byte) (*TrustSet, e
 	if next.sequence <= current.sequence {
 		return nil, wire.Refuse(wire.ReasonReplay, "trust statement is not newer than the current trust set",
 			fmt.Errorf("%w: sequence %d, current %d", ErrStale, next.sequence, current.sequence))
+	}
+	if next.sequence-1 != current.sequence {
+		return nil, wire.Refuse(wire.ReasonBadRequest, "trust statement does not follow the current trust set",
+			fmt.Errorf("%w: sequence %d, current %d, want %d", ErrSequenceGap, next.sequence, current.sequence, current.sequence+1))
 	}
 	if _, err := current.Signers(statement, bundles); err != nil {
 		return nil, wire.Refuse(wire.ReasonFirmwareSignature, "trust statement lacks the current threshold of signatures",

@@ -82,9 +82,11 @@ type Config struct {
 	Logger *slog.Logger
 
 	// FirmwareTrust returns the release trust set enrolled devices get
-	// (firmware/verify.TrustSet.Marshal); nil, or a nil result, gives
-	// them none (the fleet has no firmware releases configured).
-	FirmwareTrust func() []byte
+	// (firmware/verify.TrustSet.Marshal) and the signed rotations that
+	// lead to it (a device that holds an earlier set follows them, and
+	// never takes the set as it is); nil, or a nil set, gives them none
+	// (the fleet has no firmware releases configured).
+	FirmwareTrust func() (trust []byte, rotations []wire.TrustRotation)
 
 	// Identities, when set, is the fleet's identity governance: requests
 	// from blocked client IDs or EKs are refused, EKs an operator chose to
@@ -716,17 +718,18 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 	s.mu.Unlock()
 	s.stats.Enrolled.Add(1)
 	s.log.Info("device enrolled", "device_id", id, "model", d.Model, "state", d.State, "trust_path", d.TrustPath, "cert_serial", serial)
+	fwTrust, fwRotations := s.firmwareTrust()
 	s.reply(sess.clientID, env.ID, &wire.EnrollResult{
 		Status: wire.StatusActive, Reason: wire.ReasonOK, DeviceID: id, Certificate: cert.Raw,
-		TrustBundle: s.cfg.CA.TrustBundle(), Session: sess.id, FirmwareTrust: s.firmwareTrust(),
+		TrustBundle: s.cfg.CA.TrustBundle(), Session: sess.id, FirmwareTrust: fwTrust, FirmwareRotations: fwRotations,
 	})
 	return nil
 }
 
-// firmwareTrust is Config.FirmwareTrust's set, or nil.
-func (s *Service) firmwareTrust() []byte {
+// firmwareTrust is Config.FirmwareTrust's set and rotations, or nil.
+func (s *Service) firmwareTrust() ([]byte, []wire.TrustRotation) {
 	if s.cfg.FirmwareTrust == nil {
-		return nil
+		return nil, nil
 	}
 	return s.cfg.FirmwareTrust()
 }

@@ -267,13 +267,13 @@ func (s *Server) firmwareAPI() api.Firmware {
 	return s.fw
 }
 
-// firmwareTrust is the release trust set enrolled devices get; nil when
-// firmware is off.
-func (s *Server) firmwareTrust() []byte {
+// firmwareTrust is the release trust set enrolled devices get and the
+// signed rotations that lead to it; nil when firmware is off.
+func (s *Server) firmwareTrust() ([]byte, []wire.TrustRotation) {
 	if s.fw == nil {
-		return nil
+		return nil, nil
 	}
-	return s.fw.trust
+	return s.fw.trust, s.fw.rotations
 }
 
 // firmwareTLS makes the API listener ask for (not require) a client

@@ -12,4 +12,6 @@
 //	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets;
 //	  SSH host certificates (ssh.request, ssh.certs).
 //	4 (2026-11-22) CA rotation: trust.bundle; firmware updates; telemetry.
+//	5 (unreleased) enroll.result carries the signed release trust rotations
+//	  (EnrollResult.FirmwareRotations, field 11).
 package wire

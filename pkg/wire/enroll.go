@@ -199,7 +199,16 @@ type EnrollResult struct {
 	// FirmwareTrust is the fleet's release trust set
 	// (firmware/verify.TrustSet.Marshal), when the fleet has one: the keys
 	// and threshold the device requires on firmware releases (version 4).
+	// A device without a release trust set takes it (trust on first
+	// enrollment); a device that holds one never takes it as is, it
+	// applies FirmwareRotations as it does those of FirmwareTrust
+	// messages.
 	FirmwareTrust []byte `cbor:"10,keyasint,omitempty"`
+	// FirmwareRotations are the signed rotations of the release trust set
+	// that lead to FirmwareTrust, in sequence order, as in
+	// FirmwareTrust.Rotations (version 5). Absent when the fleet has made
+	// none.
+	FirmwareRotations []TrustRotation `cbor:"11,keyasint,omitempty"`
 }
 
 // Validate checks the status and sizes.
@@ -226,6 +235,9 @@ func (r *EnrollResult) Validate() error {
 	}
 	if len(r.FirmwareTrust) > MaxFirmwareTrust {
 		return errors.New("firmware trust set too large")
+	}
+	if err := validRotations(r.FirmwareRotations); err != nil {
+		return fmt.Errorf("firmware rotations: %w", err)
 	}
 	return nil
 }

@@ -14,7 +14,8 @@ import (
 // its own release trust set, downloads the image over HTTPS with its mTLS
 // identity, installs it and reports each step (FirmwareReport). The release
 // trust set reaches the device in EnrollResult.FirmwareTrust and changes
-// only through FirmwareTrust rotations that the current keys signed.
+// only through rotations that the current keys signed (FirmwareTrust, and
+// EnrollResult.FirmwareRotations at a re-enrollment).
 const (
 	TypeFirmwareAnnounce = "firmware.announce" // fleet -> device (down "fw"): FirmwareAnnounce
 	TypeFirmwareReport   = "firmware.report"   // device -> fleet (up "fw"): FirmwareReport
@@ -159,11 +160,17 @@ func (t *FirmwareTrust) Validate() error {
 	if len(t.Trust) > MaxFirmwareTrust {
 		return fmt.Errorf("trust: %d bytes, at most %d", len(t.Trust), MaxFirmwareTrust)
 	}
-	if len(t.Rotations) > MaxFirmwareRotations {
-		return fmt.Errorf("rotations: %d, at most %d", len(t.Rotations), MaxFirmwareRotations)
+	return validRotations(t.Rotations)
+}
+
+// validRotations bounds a list of trust set rotations (FirmwareTrust's and
+// EnrollResult's).
+func validRotations(rots []TrustRotation) error {
+	if len(rots) > MaxFirmwareRotations {
+		return fmt.Errorf("rotations: %d, at most %d", len(rots), MaxFirmwareRotations)
 	}
 	var errs []error
-	for i, r := range t.Rotations {
+	for i, r := range rots {
 		if len(r.Statement) == 0 || len(r.Statement) > MaxFirmwareTrust {
 			errs = append(errs, fmt.Errorf("rotation %d: statement of %d bytes", i, len(r.Statement)))
 		}

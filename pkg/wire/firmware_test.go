@@ -155,4 +155,43 @@ func TestEnrollResultFirmwareTrustBound(t *testing.T) {
 	if err := r.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	r.FirmwareRotations = []TrustRotation{{Statement: []byte("s"), Bundles: [][]byte{{1}}}}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, rots := range map[string][]TrustRotation{
+		"too many":        make([]TrustRotation, MaxFirmwareRotations+1),
+		"empty statement": {{Bundles: [][]byte{{1}}}},
+		"unsigned":        {{Statement: []byte("s")}},
+		"huge statement":  {{Statement: make([]byte, MaxFirmwareTrust+1), Bundles: [][]byte{{1}}}},
+	} {
+		r.FirmwareRotations = rots
+		if err := r.Validate(); err == nil {
+			t.Errorf("rotations %s: accepted", name)
+		}
+	}
+}
+
+// TestEnrollResultRotationsVector pins the field number of
+// EnrollResult.FirmwareRotations (11) and its encoding, the same as
+// FirmwareTrust.Rotations'.
+func TestEnrollResultRotationsVector(t *testing.T) {
+	b, err := Marshal(&EnrollResult{Status: StatusRefused, FirmwareRotations: []TrustRotation{{Statement: []byte("s"), Bundles: [][]byte{{1}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "a30167726566757365640200" + "0b81a2014173028141" + "01"
+	if got := hexs(b); got != want {
+		t.Fatalf("enroll result with rotations\n got %s\nwant %s", got, want)
+	}
+	var back EnrollResult
+	if err := Unmarshal(b, &back); err != nil || len(back.FirmwareRotations) != 1 || string(back.FirmwareRotations[0].Statement) != "s" {
+		t.Fatalf("decode: %+v %v", back, err)
+	}
+	// A result of an older fleet, without the field, still decodes.
+	old, _ := Marshal(&EnrollResult{Status: StatusRefused, FirmwareTrust: []byte("{}")})
+	var older EnrollResult
+	if err := Unmarshal(old, &older); err != nil || older.FirmwareRotations != nil || string(older.FirmwareTrust) != "{}" {
+		t.Fatalf("result without rotations: %+v %v", older, err)
+	}
 }

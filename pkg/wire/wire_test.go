@@ -159,6 +159,7 @@ func FuzzDecode(f *testing.F) {
 		{TypeEnrollChallenge, &EnrollChallenge{Session: make([]byte, 16), Nonce: make([]byte, 32), CredentialBlob: []byte{1}, EncryptedSecret: []byte{2}, Selection: PCRSelection{Hash: 11, PCRs: []int{0, 1}}}},
 		{TypeEnrollProof, &EnrollProof{Session: make([]byte, 16), Activation: make([]byte, 32), CertifyInfo: []byte{1}, CertifySig: []byte{2}, Quote: Quote{Attest: []byte{1}, Signature: []byte{2}, PCRs: []int{0}, Values: [][]byte{make([]byte, 32)}}}},
 		{TypeEnrollResult, &EnrollResult{Status: StatusRefused, Reason: ReasonUnknownEK}},
+		{TypeEnrollResult, &EnrollResult{Status: StatusRefused, FirmwareTrust: []byte("{}"), FirmwareRotations: []TrustRotation{{Statement: []byte("s"), Bundles: [][]byte{[]byte("b")}}}}},
 		{TypeHello, &Hello{Model: "m"}},
 		{TypeTrustBundle, &TrustBundle{Roots: [][]byte{{0x30, 0x03, 0x02, 0x01, 0x01}}}},
 		{TypeFirmwareAnnounce, sampleAnnounce()},
