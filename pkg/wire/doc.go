@@ -12,4 +12,6 @@
 //	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets;
 //	  SSH host certificates (ssh.request, ssh.certs).
 //	4 (2026-11-22) CA rotation: trust.bundle; firmware updates; telemetry.
+//	5 (2026-12-07) firmware.report phase advancing_floor: committed only once the
+//	  TPM anti-rollback counter holds the release's security version.
 package wire
