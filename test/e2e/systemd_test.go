@@ -222,12 +222,12 @@ func newSandbox(t *testing.T, u unit, dir string) *sandbox {
 	if len(sb.argv) == 0 || !filepath.IsAbs(sb.argv[0]) {
 		t.Fatalf("ExecStart=%q: want an absolute program path without prefixes", u.last("ExecStart"))
 	}
-	exec := []string{"exec", "chroot", q(root)}
-	exec = append(exec, setpriv...)
+	line := []string{"exec", "chroot", q(root)}
+	line = append(line, setpriv...)
 	for _, a := range sb.argv {
-		exec = append(exec, q(a))
+		line = append(line, q(a))
 	}
-	sh("%s", strings.Join(exec, " "))
+	sh("%s", strings.Join(line, " "))
 	sb.script = s.String()
 	return sb
 }
