@@ -3,6 +3,7 @@ module github.com/sigil-iot/sigil
 go 1.27.3
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/fxamacker/cbor/v2 v2.10.0
 	github.com/google/go-attestation v0.6.4

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -84,13 +85,18 @@ type Config struct {
 	// passing attestation of a session. Default none: the feature is off.
 	SSHHostKeys []string `json:"ssh_host_keys"`
 	// SSHCertDir is where the host certificates are written, named as
-	// OpenSSH expects ("<key>-cert.pub"). Default: next to each key.
+	// OpenSSH expects ("<key>-cert.pub"); created if missing. Default the
+	// directory of State + "/ssh" (/var/lib/sigild/ssh), which the shipped
+	// systemd unit keeps writable (StateDirectory) while the rest of the
+	// system, /etc/ssh included, is read-only to sigild.
 	SSHCertDir string `json:"ssh_cert_dir"`
 	// SSHTPMHostKey, when set, is the path of an OpenSSH public key file
 	// sigild writes for an SSH host key it creates in the TPM (the private
-	// key never leaves it); sshd uses it through SSHAgentSocket
-	// (HostKeyAgent). The key is certified like SSHHostKeys. Default ""
-	// (off).
+	// key never leaves it); its directory is created if missing. sshd uses
+	// it through SSHAgentSocket (HostKeyAgent). The key is certified like
+	// SSHHostKeys. Under the shipped systemd unit it must be under the
+	// state directory (e.g. /var/lib/sigild/ssh/ssh_host_tpm_key.pub).
+	// Default "" (off).
 	SSHTPMHostKey string `json:"ssh_tpm_host_key"`
 	// SSHAgentSocket is the ssh-agent socket sigild serves the TPM host key
 	// on, mode 0600. Default /run/sigild/ssh-agent.sock.
@@ -169,6 +175,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PendingRetry == 0 {
 		c.PendingRetry = Duration(30 * time.Second)
+	}
+	if c.SSHCertDir == "" {
+		c.SSHCertDir = filepath.Join(filepath.Dir(c.State), "ssh")
 	}
 	if c.SSHTPMHostKey != "" && c.SSHAgentSocket == "" {
 		c.SSHAgentSocket = "/run/sigild/ssh-agent.sock"

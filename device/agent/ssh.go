@@ -227,7 +227,11 @@ func (a *Agent) writeHostCerts(keys []sshKey, certs []wire.SSHCert) int {
 			a.log.Warn("ssh: certificate type does not match the host key", "path", k.pubPath, "type", wire.SSHKeyType(c.Cert), "want", want)
 			continue
 		}
-		if err := writeFileAtomic(k.certPath, []byte(c.Cert+"\n"), 0o644); err != nil {
+		err := os.MkdirAll(filepath.Dir(k.certPath), 0o755)
+		if err == nil {
+			err = writeFileAtomic(k.certPath, []byte(c.Cert+"\n"), 0o644)
+		}
+		if err != nil {
 			a.log.Warn("ssh: writing the host certificate failed", "path", k.certPath, "err", err)
 			continue
 		}
@@ -261,7 +265,8 @@ func (a *Agent) reloadSSHD() {
 
 // sshCertPath is where the certificate for the public key file pub goes:
 // OpenSSH's name for it, "<private key>-cert.pub" (the .pub suffix
-// replaced), next to the key or in ssh_cert_dir.
+// replaced), in ssh_cert_dir (set by setDefaults), or next to the key
+// when that is empty.
 func (c *Config) sshCertPath(pub string) string {
 	name := strings.TrimSuffix(pub, ".pub") + "-cert.pub"
 	if c.SSHCertDir != "" {
@@ -304,7 +309,7 @@ func (c *Config) validateSSH() error {
 		seen[cp] = true
 	}
 	if c.SSHCertDir != "" && !filepath.IsAbs(c.SSHCertDir) {
-		return errors.New("ssh_cert_dir must be an absolute path")
+		return errors.New("ssh_cert_dir (default: the directory of state + /ssh) must be an absolute path")
 	}
 	return nil
 }

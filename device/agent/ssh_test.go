@@ -21,10 +21,12 @@ func TestSSHConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.sshCertPath("/etc/ssh/ssh_host_ecdsa_key.pub"); got != "/etc/ssh/ssh_host_ecdsa_key-cert.pub" {
+	// By default under the state directory, which the systemd unit keeps
+	// writable, not next to the key in the read-only /etc/ssh.
+	if got := c.sshCertPath("/etc/ssh/ssh_host_ecdsa_key.pub"); got != "/var/lib/sigild/ssh/ssh_host_ecdsa_key-cert.pub" {
 		t.Fatal(got)
 	}
-	if got := c.sshCertPath("/keys/host"); got != "/keys/host-cert.pub" {
+	if got := c.sshCertPath("/keys/host"); got != "/var/lib/sigild/ssh/host-cert.pub" {
 		t.Fatal(got)
 	}
 	c.SSHCertDir = "/run/certs"

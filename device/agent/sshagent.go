@@ -81,7 +81,11 @@ func (a *Agent) sshHostKey() (*tpm.KeyBlob, *ecdsa.PublicKey, error) {
 	}
 	line := sshKeyType + " " + base64.StdEncoding.EncodeToString(sshPublicBlob(ec)) + " sigil-tpm-host-key\n"
 	if old, err := os.ReadFile(a.cfg.SSHTPMHostKey); err != nil || !bytes.Equal(old, []byte(line)) {
-		if err := writeFileAtomic(a.cfg.SSHTPMHostKey, []byte(line), 0o644); err != nil {
+		err := os.MkdirAll(filepath.Dir(a.cfg.SSHTPMHostKey), 0o755)
+		if err == nil {
+			err = writeFileAtomic(a.cfg.SSHTPMHostKey, []byte(line), 0o644)
+		}
+		if err != nil {
 			return nil, nil, fmt.Errorf("agent: writing the SSH host public key: %w", err)
 		}
 	}

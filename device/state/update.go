@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -81,6 +82,7 @@ var (
 	bucketUpdate   = []byte("update")
 	keyUpdate      = []byte("current")
 	keyMeasurement = []byte("measurement")
+	keyFloor       = []byte("floor")
 	prefixReport   = []byte("report/") // final updates not yet reported to the fleet
 	prefixSlot     = []byte("slot/")
 )
@@ -251,6 +253,49 @@ func (s *Store) Measurement() (*Measurement, error) {
 		return nil, fmt.Errorf("state: read measurement: %w", err)
 	}
 	return m, nil
+}
+
+// Floor returns the anti-rollback floor device/update recorded (see
+// RaiseFloor); 0 when none was.
+func (s *Store) Floor() (uint64, error) {
+	var v uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := updateValue(tx, keyFloor)
+		if b == nil {
+			return nil
+		}
+		if len(b) != 8 {
+			return fmt.Errorf("%d bytes, want 8", len(b))
+		}
+		v = binary.BigEndian.Uint64(b)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("state: read floor: %w", err)
+	}
+	return v, nil
+}
+
+// RaiseFloor records v as the anti-rollback floor, the lowest security
+// version the device accepts, unless a higher one is recorded: it never
+// lowers it. device/update raises it before it raises the TPM counter, so
+// the floor holds even while the counter cannot be advanced, or after its
+// NV index was deleted.
+func (s *Store) RaiseFloor(v uint64) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketUpdate)
+		if err != nil {
+			return err
+		}
+		if cur := b.Get(keyFloor); len(cur) == 8 && binary.BigEndian.Uint64(cur) >= v {
+			return nil
+		}
+		return b.Put(keyFloor, binary.BigEndian.AppendUint64(nil, v))
+	})
+	if err != nil {
+		return fmt.Errorf("state: raise floor: %w", err)
+	}
+	return nil
 }
 
 // updateValue returns the value of key in the update bucket, nil when absent. The

@@ -113,3 +113,33 @@ func TestUpdateReadsOnStoreWithoutBucket(t *testing.T) {
 		t.Fatal(q, err)
 	}
 }
+
+// TestFloorOnlyRises: the recorded anti-rollback floor starts at 0, never
+// goes down, and survives a reopen.
+func TestFloorOnlyRises(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Floor(); err != nil || v != 0 {
+		t.Fatalf("fresh store: %d, %v", v, err)
+	}
+	for _, step := range []struct{ raise, want uint64 }{{3, 3}, {2, 3}, {0, 3}, {7, 7}} {
+		if err := s.RaiseFloor(step.raise); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := s.Floor(); err != nil || v != step.want {
+			t.Fatalf("after raising to %d: %d, %v; want %d", step.raise, v, err, step.want)
+		}
+	}
+	s.Close()
+	s, err = Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.Floor(); err != nil || v != 7 {
+		t.Fatalf("reopened: %d, %v", v, err)
+	}
+}

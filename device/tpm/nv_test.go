@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sigil-iot/sigil/device/tpm"
@@ -74,10 +75,16 @@ func TestSecurityVersionCounter(t *testing.T) {
 		t.Fatalf("after a refused write: %d", got)
 	}
 
-	// Deleting the index and defining it again starts above the old value.
+	// Deleting the index and defining it again starts above the old value
+	// once incremented. Until then it reads 0: the owner can lower what
+	// the TPM says, which is why device/update also keeps the floor it
+	// raised the counter to.
 	swtpmtest.Run(t, "tpm2_nvundefine", "-T", inst.TCTI(), "-C", "o", idx)
+	if _, err := tp.Counter(tpm.SecurityVersionIndex); !errors.Is(err, tpm.ErrCounterUndefined) {
+		t.Fatalf("deleted index: %v", err)
+	}
 	if v, err := tp.SecurityVersion(); err != nil || v != 0 {
-		t.Fatalf("undefined index: %d, %v", v, err)
+		t.Fatalf("undefined index, defined again: %d, %v", v, err)
 	}
 	v, err = tp.AdvanceSecurityVersion(1)
 	if err != nil || v <= 3 {
@@ -149,5 +156,98 @@ func TestExtendPCR(t *testing.T) {
 	}
 	if got := read(); !bytes.Equal(got, want[:]) {
 		t.Fatal("a refused extend changed the PCR")
+	}
+}
+
+// sigildCounterAttributes is what tpm2_nvreadpublic shows for the counter
+// sigild defines: TPMA_NV_OWNERWRITE | TPM_NT_COUNTER | OWNERREAD |
+// AUTHREAD | NO_DA, before its first increment.
+const sigildCounterAttributes = "value: 0x2060012"
+
+// nvReadPublic returns tpm2_nvreadpublic's description of index, and
+// whether the index is defined.
+func nvReadPublic(t *testing.T, inst *swtpm.Instance, index uint32) (string, bool) {
+	t.Helper()
+	out, err := exec.Command("tpm2_nvreadpublic", "-T", inst.TCTI(), fmt.Sprintf("0x%08x", index)).CombinedOutput()
+	return string(out), err == nil
+}
+
+// TestCounterUndefined: an undefined counter does not read as 0; it reads
+// as 0 only once SecurityVersion (about to use it) has defined it, with
+// sigild's attributes, as tpm2_nvreadpublic shows.
+func TestCounterUndefined(t *testing.T) {
+	swtpmtest.RequireBinaries(t, "tpm2_nvreadpublic")
+	inst := swtpmtest.New(t, nil)
+	tp := open(t, inst)
+
+	if _, ok := nvReadPublic(t, inst, tpm.SecurityVersionIndex); ok {
+		t.Fatal("a fresh TPM has the counter")
+	}
+	if v, err := tp.Counter(tpm.SecurityVersionIndex); !errors.Is(err, tpm.ErrCounterUndefined) {
+		t.Fatalf("undefined counter: %d, %v; want ErrCounterUndefined", v, err)
+	}
+	if v, err := tp.SecurityVersion(); err != nil || v != 0 {
+		t.Fatalf("SecurityVersion on a fresh TPM: %d, %v", v, err)
+	}
+	out, ok := nvReadPublic(t, inst, tpm.SecurityVersionIndex)
+	if !ok || !strings.Contains(out, sigildCounterAttributes) || !strings.Contains(out, "size: 8") || strings.Contains(out, "authorization policy") {
+		t.Fatalf("SecurityVersion did not define the counter as sigild does:\n%s", out)
+	}
+	if v, err := tp.Counter(tpm.SecurityVersionIndex); err != nil || v != 0 {
+		t.Fatalf("defined, never incremented: %d, %v", v, err)
+	}
+}
+
+// TestCounterRefusesForeignIndex: an index that someone with the owner
+// password defined at the counter's handle, with anything but the
+// attributes, size, name algorithm and (empty) policy sigild defines, is
+// refused for reading and for advancing, and is not incremented.
+func TestCounterRefusesForeignIndex(t *testing.T) {
+	swtpmtest.RequireBinaries(t, "tpm2_nvdefine", "tpm2_nvundefine", "tpm2_nvreadpublic")
+	inst := swtpmtest.New(t, nil)
+	tp := open(t, inst)
+	policy := filepath.Join(t.TempDir(), "policy.bin")
+	if err := os.WriteFile(policy, bytes.Repeat([]byte{0x5a}, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const attrs = "nt=counter|ownerwrite|ownerread|authread|no_da"
+	idx := fmt.Sprintf("0x%08x", tpm.SecurityVersionIndex)
+	for _, c := range []struct {
+		name       string
+		args       []string
+		notCounter bool
+	}{
+		{name: "also written with the index password", args: []string{"-s", "8", "-a", attrs + "|authwrite"}},
+		{name: "orderly", args: []string{"-s", "8", "-a", attrs + "|orderly"}},
+		{name: "no owner read", args: []string{"-s", "8", "-a", "nt=counter|ownerwrite|authread|no_da"}},
+		{name: "an authorization policy", args: []string{"-s", "8", "-a", attrs, "-L", policy}},
+		{name: "SHA-384 name algorithm", args: []string{"-s", "8", "-a", attrs, "-g", "sha384"}},
+		{name: "ordinary index", args: []string{"-s", "8", "-a", "ownerread|ownerwrite|authread|no_da"}, notCounter: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			swtpmtest.Run(t, "tpm2_nvdefine", append(append([]string{"-T", inst.TCTI(), "-C", "o"}, c.args...), idx)...)
+			defer swtpmtest.Run(t, "tpm2_nvundefine", "-T", inst.TCTI(), "-C", "o", idx)
+			check := func(op string, err error) {
+				t.Helper()
+				var ie *tpm.CounterIndexError
+				if !errors.Is(err, tpm.ErrCounterAttributes) || !errors.As(err, &ie) || ie.Index != tpm.SecurityVersionIndex {
+					t.Fatalf("%s: %v; want a *CounterIndexError for 0x%08x", op, err, tpm.SecurityVersionIndex)
+				}
+				if errors.Is(err, tpm.ErrNotCounter) != c.notCounter {
+					t.Fatalf("%s: ErrNotCounter is %v, want %v: %v", op, errors.Is(err, tpm.ErrNotCounter), c.notCounter, err)
+				}
+			}
+			_, err := tp.SecurityVersion()
+			check("SecurityVersion", err)
+			_, err = tp.AdvanceSecurityVersion(1)
+			check("AdvanceSecurityVersion", err)
+			if out, _ := nvReadPublic(t, inst, tpm.SecurityVersionIndex); strings.Contains(out, "written") {
+				t.Fatalf("the foreign index was written to:\n%s", out)
+			}
+		})
+	}
+	// With the foreign index gone, sigild defines its own.
+	if v, err := tp.AdvanceSecurityVersion(2); err != nil || v < 2 {
+		t.Fatalf("after the foreign index was deleted: %d, %v", v, err)
 	}
 }

@@ -6,7 +6,7 @@
 // # Phases
 //
 //	announced -> downloading -> verifying -> installing -> switching -> rebooting
-//	    -> health -> committing -> committed
+//	    -> health -> committing -> advancing_floor -> committed
 //	                   \-> rolling_back -> rolled_back
 //	any phase before switching -> failed
 //
@@ -16,8 +16,9 @@
 //
 //   - announced: the manifest and its signature bundle are checked by the
 //     Verifier (trusted keys and threshold, expiry, model); the security
-//     version must not be below the TPM anti-rollback counter. Refusals end
-//     in failed with ReasonFirmwareSignature, Expired, Model or Rollback.
+//     version must not be below the anti-rollback floor (see below).
+//     Refusals end in failed with ReasonFirmwareSignature, Expired, Model
+//     or Rollback.
 //   - downloading: the image is fetched over HTTPS with the injected
 //     Fetcher (device/fetch, with the device's mTLS identity) into
 //     Dir/<id>.part, resumed with an HTTP Range request from what earlier
@@ -40,9 +41,17 @@
 //     ReasonFirmwareHealth.
 //   - health: the backend's health check. Failure goes to rolling_back.
 //   - committing: the backend makes the new slot permanent; only then is
-//     the anti-rollback counter advanced to the release's security version
+//     the release's security version recorded as the floor in the store
 //     (so a rollback before this point still finds the old release
-//     acceptable), and the image digest extended into the firmware PCR.
+//     acceptable).
+//   - advancing_floor: the anti-rollback counter is advanced to the
+//     release's security version and read back; the image digest is
+//     extended into the firmware PCR, and the update is committed only
+//     once the counter holds at least that version. A failure stays in
+//     this phase: it is reported to the fleet (the message says so) and
+//     retried, MaxAttempts times in a row and then at every Resume (Run
+//     backs off between them), never given up; the floor recorded in the
+//     store holds meanwhile, and other announcements are refused as busy.
 //   - rolling_back: the backend makes the previous slot boot next and the
 //     device restarts into it: rolled_back with the reason recorded.
 //
@@ -54,9 +63,15 @@
 //
 // # Anti-rollback and measurement
 //
-// Counter is the TPM NV counter of device/tpm (SecurityVersionIndex): a
-// release whose security version is below it is refused; it is advanced
-// only after commit. Measurer extends the running image's SHA-256 into a
+// Counter is the TPM NV counter of device/tpm (SecurityVersionIndex). The
+// floor is the higher of the counter and the floor recorded in the state
+// store when a release was committed: a release whose security version is
+// below it is refused. The recorded floor covers an advance that failed,
+// and a counter whose NV index a holder of the TPM's owner or platform
+// authorization deleted (it reads 0 until incremented again); a counter
+// that cannot be read (device/tpm refuses an NV index with attributes
+// other than its own) stops updates at the check, retried by Run. The
+// counter is advanced only after commit. Measurer extends the running image's SHA-256 into a
 // PCR (DefaultPCR, 14, SHA-256 bank) after commit and at start-up, once per
 // TPM boot: the engine records the PCR's value before and the value
 // expected after each extension, so a crash between the two never extends

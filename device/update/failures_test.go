@@ -70,11 +70,137 @@ func (f *faulty) Rollback(ctx context.Context, slot string) error {
 	return f.FileBackend.Rollback(ctx, slot)
 }
 
-// failingCounter refuses to advance.
-type failingCounter struct{ memCounter }
+// flakyCounter is an anti-rollback counter whose advances fail while
+// broken is set (and the next failOnce ones), counting the attempts.
+type flakyCounter struct {
+	Counter  update.Counter
+	mu       sync.Mutex
+	broken   bool
+	failOnce int
+	advances int
+}
 
-func (c *failingCounter) AdvanceSecurityVersion(uint64) (uint64, error) {
-	return 0, errors.New("TPM unavailable")
+func (c *flakyCounter) SecurityVersion() (uint64, error) { return c.Counter.SecurityVersion() }
+
+func (c *flakyCounter) AdvanceSecurityVersion(to uint64) (uint64, error) {
+	c.mu.Lock()
+	c.advances++
+	fail := c.broken || c.failOnce > 0
+	if c.failOnce > 0 {
+		c.failOnce--
+	}
+	c.mu.Unlock()
+	if fail {
+		return 0, errors.New("TPM_RC_NV_UNAVAILABLE (injected)")
+	}
+	return c.Counter.AdvanceSecurityVersion(to)
+}
+
+func (c *flakyCounter) set(broken bool) (advances int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.broken = broken
+	return c.advances
+}
+
+// TestCounterAdvanceFails: an update whose anti-rollback counter cannot be
+// advanced is not committed. It stays in advancing_floor, reported to the
+// fleet with what is wrong, retried (MaxAttempts in a row, then at every
+// run), survives a restart, and holds off other updates (a lower release
+// cannot slip in meanwhile); once the counter moves, it commits.
+func TestCounterAdvanceFails(t *testing.T) {
+	e := newEnv(t)
+	e.counter.AdvanceSecurityVersion(1)
+	c := &flakyCounter{Counter: e.counter, broken: true}
+	withFlaky := func(cfg *update.Config) { cfg.Counter = c }
+	img := image("v2", 3000)
+	m, b := release("2.0.0", 4, img)
+	if err := e.engine(withFlaky).Announce(update.Announcement{ID: "u1", Manifest: m, Bundle: b, URL: e.srv.put("/v2", img)}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(wantAdvances int) {
+		t.Helper()
+		err := e.engine(withFlaky).Resume(context.Background()) // a new engine each time: sigild restarted
+		if !errors.Is(err, update.ErrFloorNotAdvanced) {
+			t.Fatalf("Resume: %v, want ErrFloorNotAdvanced", err)
+		}
+		u, err := e.store.Update()
+		if err != nil || u.Phase != string(update.PhaseAdvancingFloor) || u.Final {
+			t.Fatalf("recorded update %+v, %v; want advancing_floor, not final", u, err)
+		}
+		if f := e.rep.finals(); len(f) != 0 {
+			t.Fatalf("final reports %+v while the counter was not advanced", f)
+		}
+		if n := c.set(true); n != wantAdvances {
+			t.Fatalf("%d advances tried, want %d", n, wantAdvances)
+		}
+		if v, _ := e.counter.SecurityVersion(); v != 1 {
+			t.Fatalf("counter %d", v)
+		}
+	}
+	check(update.DefaultMaxAttempts)
+	var reported *update.Report
+	for _, r := range e.rep.reports {
+		if r.ID == "u1" && r.Phase == update.PhaseAdvancingFloor && strings.Contains(r.Message, "anti-rollback counter not advanced") {
+			reported = &r
+		}
+	}
+	if reported == nil || reported.Final || reported.Version != "2.0.0" {
+		t.Fatalf("the fleet was not told: %+v", e.rep.reports)
+	}
+
+	// Meanwhile no other release is taken, lower or not.
+	old := image("v1.5", 3000)
+	m15, b15 := release("1.5.0", 1, old)
+	if err := e.engine(withFlaky).Announce(update.Announcement{ID: "u2", Manifest: m15, Bundle: b15, URL: e.srv.put("/v15", old)}); !errors.Is(err, update.ErrBusy) {
+		t.Fatalf("announcement of a lower release while the floor is pending: %v", err)
+	}
+
+	// sigild restarts: one more attempt per run, still not committed.
+	check(update.DefaultMaxAttempts + 1)
+
+	// The counter works again: the next run commits.
+	c.set(false)
+	if err := e.engine(withFlaky).Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if rep := e.final("u1"); rep.Phase != update.PhaseCommitted || rep.Running != "2.0.0" || rep.Message != "" {
+		t.Fatalf("final report %+v", rep)
+	}
+	if v, _ := e.counter.SecurityVersion(); v != 4 {
+		t.Fatalf("counter %d after commit, want 4", v)
+	}
+}
+
+// TestRunRetriesFloorAdvance: under Run, an advance that fails once is
+// retried by itself and the update commits.
+func TestRunRetriesFloorAdvance(t *testing.T) {
+	e := newEnv(t)
+	c := &flakyCounter{Counter: e.counter, failOnce: 1}
+	eng := e.engine(func(cfg *update.Config) { cfg.Counter = c })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+	img := image("v2", 3000)
+	m, b := release("2.0.0", 2, img)
+	if err := eng.Announce(update.Announcement{ID: "u1", Manifest: m, Bundle: b, URL: e.srv.put("/v2", img)}); err != nil {
+		t.Fatal(err)
+	}
+	rep := <-e.rep.final
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run: %v", err)
+	}
+	if rep.Phase != update.PhaseCommitted || c.set(false) != 2 {
+		t.Fatalf("final %+v after %d advances", rep, c.set(false))
+	}
+	if v, _ := e.counter.SecurityVersion(); v != 2 {
+		t.Fatalf("counter %d", v)
+	}
+	want := phaseList(update.PhaseHealth, update.PhaseCommitting, update.PhaseAdvancingFloor, update.PhaseCommitted)
+	if got := phaseList(e.rep.phases("u1")...); !strings.HasSuffix(got, want) {
+		t.Fatalf("phases %s, want them to end with %s", got, want)
+	}
 }
 
 // TestBackendFailures checks the transitions taken when a step of the
@@ -86,7 +212,6 @@ func TestBackendFailures(t *testing.T) {
 		image        string
 		fail         map[string]int
 		ignoreReboot bool
-		counter      update.Counter
 		want         update.Phase
 		reason       wire.Reason
 		running      string
@@ -105,8 +230,6 @@ func TestBackendFailures(t *testing.T) {
 			want: update.PhaseFailed, reason: wire.ReasonFirmwareInstall, running: "1.0.0", slot: "a"},
 		{name: "commit always fails", image: "v2", fail: map[string]int{"commit": -1},
 			want: update.PhaseRolledBack, reason: wire.ReasonFirmwareInstall, running: "1.0.0", slot: "a"},
-		{name: "counter cannot advance", image: "v2", counter: &failingCounter{},
-			want: update.PhaseCommitted, running: "2.0.0", slot: "b", message: "anti-rollback counter not advanced"},
 		{name: "rollback fails once", image: "v2-unhealthy", fail: map[string]int{"rollback": 1},
 			want: update.PhaseRolledBack, reason: wire.ReasonFirmwareHealth, running: "1.0.0", slot: "a"},
 		// The new image stays: say so, rather than claim a rollback.
@@ -119,9 +242,6 @@ func TestBackendFailures(t *testing.T) {
 			eng := e.engine(func(cfg *update.Config) {
 				cfg.Backend = fb
 				cfg.RebootTimeout = time.Millisecond
-				if c.counter != nil {
-					cfg.Counter = c.counter
-				}
 			})
 			img := image(c.image, 3000)
 			m, b := release("2.0.0", 1, img)

@@ -145,7 +145,7 @@ func killCases() []killCase {
 	}
 	for _, at := range []update.Phase{update.PhaseAnnounced, update.PhaseDownloading, update.PhaseVerifying,
 		update.PhaseInstalling, update.PhaseSwitching, update.PhaseRebooting, update.PhaseHealth,
-		update.PhaseCommitting, update.PhaseCommitted} {
+		update.PhaseCommitting, update.PhaseAdvancingFloor, update.PhaseCommitted} {
 		add("healthy", at, false, committed)
 	}
 	// Power lost once the new slot may be booting: before its commit, the
@@ -154,6 +154,9 @@ func killCases() []killCase {
 	add("healthy", update.PhaseRebooting, true, committed)
 	add("healthy", update.PhaseHealth, true, rolledBack)
 	add("healthy", update.PhaseCommitting, true, rolledBack)
+	// Once the new slot is committed, it boots: the floor is raised after
+	// the restart.
+	add("healthy", update.PhaseAdvancingFloor, true, committed)
 	add("healthy", update.PhaseCommitted, true, committed)
 	for _, at := range []update.Phase{update.PhaseAnnounced, update.PhaseDownloading, update.PhaseVerifying,
 		update.PhaseInstalling, update.PhaseSwitching, update.PhaseRebooting, update.PhaseHealth,

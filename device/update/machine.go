@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -19,8 +20,9 @@ import (
 // passes its health check, rolled back otherwise. While a reboot it asked
 // for has not happened, it waits (Config.RebootTimeout) and asks again.
 // When no update is in flight it measures the running image (see
-// Config.Measurer). It returns early only for ctx or for errors of the
-// store, the TPM or the backend's Booted; calling it again carries on.
+// Config.Measurer). It returns early only for ctx, for errors of the
+// store, the TPM or the backend's Booted, and for an anti-rollback counter
+// it could not advance (ErrFloorNotAdvanced); calling it again carries on.
 // Run calls it at start; call it directly only without Run.
 func (e *Engine) Resume(ctx context.Context) error {
 	for {
@@ -63,6 +65,8 @@ func (e *Engine) step(ctx context.Context, u *state.Update) error {
 		return e.health(ctx, u)
 	case PhaseCommitting:
 		return e.committing(ctx, u)
+	case PhaseAdvancingFloor:
+		return e.advancingFloor(ctx, u)
 	case PhaseRollingBack:
 		return e.rollingBack(ctx, u)
 	}
@@ -190,12 +194,12 @@ func (e *Engine) announced(ctx context.Context, u *state.Update) error {
 	return e.transition(ctx, u, PhaseDownloading)
 }
 
-// checkFloor refuses (ends u) a release below the anti-rollback counter or
+// checkFloor refuses (ends u) a release below the anti-rollback floor or
 // too far above it; refused says whether it did.
 func (e *Engine) checkFloor(ctx context.Context, u *state.Update) (refused bool, err error) {
-	floor, err := e.cfg.Counter.SecurityVersion()
+	floor, err := e.floor()
 	if err != nil {
-		return false, fmt.Errorf("update: read anti-rollback counter: %w", err)
+		return false, err
 	}
 	sv := u.Release.SecurityVersion
 	if sv < floor {
@@ -208,6 +212,27 @@ func (e *Engine) checkFloor(ctx context.Context, u *state.Update) (refused bool,
 			fmt.Sprintf("security version %d is more than %d above the device's %d", sv, e.cfg.MaxSecurityStep, floor))
 	}
 	return false, nil
+}
+
+// floor is the anti-rollback floor: the higher of the counter and the
+// floor recorded in the store (see committing). The counter is below the
+// recorded floor only when an advance failed, or when its NV index was
+// deleted (by a holder of the TPM's owner or platform authorization) and
+// defined again; either way the recorded floor holds.
+func (e *Engine) floor() (uint64, error) {
+	counter, err := e.cfg.Counter.SecurityVersion()
+	if err != nil {
+		return 0, fmt.Errorf("update: read anti-rollback counter: %w", err)
+	}
+	recorded, err := e.cfg.Store.Floor()
+	if err != nil {
+		return 0, fmt.Errorf("update: %w", err)
+	}
+	if counter < recorded {
+		e.log.Error("update: the anti-rollback counter is below the floor this device recorded (an advance failed, or its NV index was deleted); the recorded floor applies",
+			"counter", counter, "recorded", recorded)
+	}
+	return max(counter, recorded), nil
 }
 
 func (e *Engine) downloading(ctx context.Context, u *state.Update) error {
@@ -395,35 +420,74 @@ func (e *Engine) committing(ctx context.Context, u *state.Update) error {
 		return e.transition(ctx, u, PhaseRollingBack)
 	}
 	// The new slot is permanent. Raise the floor only now: a rollback
-	// before this point must still find the old release acceptable.
-	var notes []string
-	rel := u.Release
-	if v, err := e.cfg.Counter.AdvanceSecurityVersion(rel.SecurityVersion); err != nil {
-		more, rerr := e.retry(ctx, u, err)
-		if rerr != nil || more {
-			return rerr
-		}
-		e.log.Error("update: anti-rollback counter not advanced", "update", u.ID, "err", err)
-		notes = append(notes, "anti-rollback counter not advanced")
-	} else {
-		e.log.Info("update: anti-rollback counter", "update", u.ID, "value", v)
+	// before this point must still find the old release acceptable. The
+	// store's floor first, so that it holds while the counter lags.
+	if err := e.cfg.Store.RaiseFloor(u.Release.SecurityVersion); err != nil {
+		return fmt.Errorf("update: %w", err)
 	}
+	return e.transition(ctx, u, PhaseAdvancingFloor)
+}
+
+// advancingFloor raises the anti-rollback counter to the release's
+// security version and commits u only once the counter reads at least
+// that. A failure is recorded and reported to the fleet (the message says
+// so) and retried; after MaxAttempts in a row Resume returns
+// ErrFloorNotAdvanced and the next Resume tries again. The update is never
+// given up: the release runs, and the floor stays recorded in the store
+// meanwhile.
+func (e *Engine) advancingFloor(ctx context.Context, u *state.Update) error {
+	rel := u.Release
+	if err := e.advanceCounter(rel.SecurityVersion); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		u.Attempts++
+		u.Changed = e.cfg.Now()
+		u.Message = fmt.Sprintf("anti-rollback counter not advanced to security version %d (attempt %d); the update is not committed until it is",
+			rel.SecurityVersion, u.Attempts)
+		if err := e.save(u); err != nil {
+			return err
+		}
+		e.log.Error("update: anti-rollback counter not advanced; retrying", "update", u.ID,
+			"security_version", rel.SecurityVersion, "attempt", u.Attempts, "err", err)
+		e.progress(ctx, u)
+		if u.Attempts < e.cfg.MaxAttempts {
+			return sleep(ctx, e.backoff(u.Attempts))
+		}
+		return fmt.Errorf("%w to %d for %s (attempt %d): %w", ErrFloorNotAdvanced, rel.SecurityVersion, u.ID, u.Attempts, err)
+	}
+	var notes []string
 	if err := e.measure(ctx, rel.SHA256); err != nil {
 		e.log.Error("update: measurement failed", "update", u.ID, "err", err)
 		notes = append(notes, "image not measured into the PCR")
 	}
-	u.Reason, u.Running, u.Slot = wire.ReasonOK, rel.Version, b.Slot
-	u.Message = ""
-	for i, n := range notes {
-		if i > 0 {
-			u.Message += "; "
-		}
-		u.Message += n
+	b, err := e.cfg.Backend.Booted(ctx)
+	if err != nil {
+		return fmt.Errorf("update: %w", err)
 	}
+	u.Reason, u.Running, u.Slot = wire.ReasonOK, e.versionOf(b.Slot), b.Slot
+	u.Message = strings.Join(notes, "; ")
 	if err := e.transition(ctx, u, PhaseCommitted); err != nil {
 		return err
 	}
 	e.removeDownloads("")
+	return nil
+}
+
+// advanceCounter raises the anti-rollback counter to at least sv and reads
+// it back.
+func (e *Engine) advanceCounter(sv uint64) error {
+	if _, err := e.cfg.Counter.AdvanceSecurityVersion(sv); err != nil {
+		return err
+	}
+	v, err := e.cfg.Counter.SecurityVersion()
+	if err != nil {
+		return fmt.Errorf("read back: %w", err)
+	}
+	if v < sv {
+		return fmt.Errorf("counter reads %d after advancing to %d", v, sv)
+	}
+	e.log.Info("update: anti-rollback counter", "value", v)
 	return nil
 }
 

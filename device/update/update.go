@@ -22,18 +22,22 @@ type Phase string
 
 // Phases, in the order an update moves through them.
 const (
-	PhaseAnnounced   Phase = "announced"    // manifest received; to be verified
-	PhaseDownloading Phase = "downloading"  // manifest verified; fetching the image
-	PhaseVerifying   Phase = "verifying"    // image downloaded; checking size and digest
-	PhaseInstalling  Phase = "installing"   // writing the inactive slot
-	PhaseSwitching   Phase = "switching"    // making the new slot boot next, once
-	PhaseRebooting   Phase = "rebooting"    // restarting into the new slot
-	PhaseHealth      Phase = "health"       // running the new slot's health check
-	PhaseCommitting  Phase = "committing"   // making the new slot permanent, advancing the counter
-	PhaseCommitted   Phase = "committed"    // final: the new image runs
-	PhaseRollingBack Phase = "rolling_back" // going back to the previous slot
-	PhaseRolledBack  Phase = "rolled_back"  // final: the previous image runs again
-	PhaseFailed      Phase = "failed"       // final: refused or failed; see the reason
+	PhaseAnnounced   Phase = "announced"   // manifest received; to be verified
+	PhaseDownloading Phase = "downloading" // manifest verified; fetching the image
+	PhaseVerifying   Phase = "verifying"   // image downloaded; checking size and digest
+	PhaseInstalling  Phase = "installing"  // writing the inactive slot
+	PhaseSwitching   Phase = "switching"   // making the new slot boot next, once
+	PhaseRebooting   Phase = "rebooting"   // restarting into the new slot
+	PhaseHealth      Phase = "health"      // running the new slot's health check
+	PhaseCommitting  Phase = "committing"  // making the new slot permanent
+	// PhaseAdvancingFloor: the new slot is permanent; the anti-rollback
+	// counter is being raised to the release's security version. The
+	// update stays here, retried and reported, until the counter holds it.
+	PhaseAdvancingFloor Phase = "advancing_floor"
+	PhaseCommitted      Phase = "committed"    // final: the new image runs, the counter holds its security version
+	PhaseRollingBack    Phase = "rolling_back" // going back to the previous slot
+	PhaseRolledBack     Phase = "rolled_back"  // final: the previous image runs again
+	PhaseFailed         Phase = "failed"       // final: refused or failed; see the reason
 )
 
 // Final reports whether p ends an update.
@@ -60,6 +64,12 @@ const (
 var (
 	// ErrBusy is returned by Announce while another update is in flight.
 	ErrBusy = errors.New("update: another update is in progress")
+	// ErrFloorNotAdvanced is wrapped by Resume's error when the
+	// anti-rollback counter could not be raised to a committed release's
+	// security version after MaxAttempts tries in a row: the update stays
+	// in advancing_floor, and every later Resume (Run's retries) tries
+	// again.
+	ErrFloorNotAdvanced = errors.New("update: anti-rollback counter not advanced")
 )
 
 // Release is what a verified manifest says about an image.
@@ -90,7 +100,9 @@ func (f VerifierFunc) Verify(manifest, bundle []byte) (*Release, error) { return
 // Counter is the anti-rollback counter. *device/tpm.TPM implements it with
 // an NV counter.
 type Counter interface {
-	// SecurityVersion returns the lowest security version accepted.
+	// SecurityVersion returns the lowest security version accepted. It
+	// fails rather than report a value it cannot vouch for (device/tpm: an
+	// NV index with attributes other than its own).
 	SecurityVersion() (uint64, error)
 	// AdvanceSecurityVersion raises it to at least to; it never lowers it.
 	AdvanceSecurityVersion(to uint64) (uint64, error)

@@ -25,7 +25,7 @@ func TestCommit(t *testing.T) {
 	rep := e.run(eng, "u1", m, b, e.srv.put("/v2.img", img))
 
 	want := phaseList(update.PhaseAnnounced, update.PhaseDownloading, update.PhaseVerifying, update.PhaseInstalling,
-		update.PhaseSwitching, update.PhaseRebooting, update.PhaseHealth, update.PhaseCommitting, update.PhaseCommitted)
+		update.PhaseSwitching, update.PhaseRebooting, update.PhaseHealth, update.PhaseCommitting, update.PhaseAdvancingFloor, update.PhaseCommitted)
 	if got := phaseList(e.rep.phases("u1")...); got != want {
 		t.Fatalf("phases reported:\n got %s\nwant %s", got, want)
 	}

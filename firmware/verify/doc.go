@@ -45,6 +45,12 @@
 // current keys and by the new threshold of the new keys, whose sequence
 // number is the current one plus one.
 //
+// Ed25519 keys of small order (the identity and the seven other points
+// whose order divides 8) and non-canonical encodings are refused wherever a
+// key is loaded (ParsePublicKey, NewTrustSet, ParseTrustSet and so Rotate)
+// with ErrWeakKey: such a key "verifies" signatures nobody made, which
+// would let M-1 keys satisfy a threshold of M.
+//
 // # Order of the checks
 //
 // Release checks signatures before it interprets the manifest, then

@@ -34,6 +34,12 @@ const (
 // P-384 and Ed25519.
 var ErrUnsupportedKey = errors.New("verify: unsupported key (want ECDSA P-256, ECDSA P-384 or Ed25519)")
 
+// ErrWeakKey is returned for an Ed25519 public key that is a point of small
+// order (the identity among them) or a non-canonical encoding of a point.
+// A key of small order "verifies" signatures nobody made: with the
+// identity, R = identity and S = 0 pass for every message.
+var ErrWeakKey = errors.New("verify: weak Ed25519 public key (small order or non-canonical encoding)")
+
 // ErrTrustSet is wrapped by the errors of NewTrustSet and ParseTrustSet.
 var ErrTrustSet = errors.New("verify: invalid trust set")
 
@@ -88,10 +94,62 @@ func supported(pub crypto.PublicKey) error {
 		}
 	case ed25519.PublicKey:
 		if len(k) == ed25519.PublicKeySize {
-			return nil
+			return checkEd25519(k)
 		}
 	}
 	return fmt.Errorf("%w: %T", ErrUnsupportedKey, pub)
+}
+
+// checkEd25519 refuses, with ErrWeakKey, an Ed25519 public key that is a
+// point of small order (its order divides the cofactor 8: the identity and
+// seven others) or a non-canonical encoding of a point. crypto/ed25519
+// accepts such keys, and a small-order key verifies forged signatures
+// (with the identity, R = identity and S = 0 pass for any message), so in
+// a trust set it would turn M of N into M-1 of N. A key made by any
+// Ed25519 key generation is a multiple of the base point, of large order,
+// and canonically encoded.
+//
+// The check needs no curve arithmetic, which keeps it out of sigild's
+// size budget (filippo.io/edwards25519 costs 64 KiB on arm64; the tests
+// hold this check to it). An encoding is the y-coordinate, little-endian,
+// with the sign of x in the top bit. It is non-canonical exactly when
+// y >= p = 2^255 - 19, or when x = 0 (y = 1 or p-1) and the sign bit is set.
+// The eight small-order points have five y-coordinates: 1 (the identity),
+// p-1 (order 2), 0 (order 4, x and -x) and a pair y8, p-y8 (order 8, x and
+// -x each). So a key is refused when its y is at least p or is one of those
+// five, whatever its sign bit.
+func checkEd25519(k ed25519.PublicKey) error {
+	var y [ed25519.PublicKeySize]byte
+	copy(y[:], k)
+	y[31] &= 0x7f
+	if y[0] >= 0xed && y[31] == 0x7f && allBytes(y[1:31], 0xff) {
+		return fmt.Errorf("%w: non-canonical encoding (y >= p)", ErrWeakKey)
+	}
+	switch string(y[:]) {
+	case smallOrderY0, smallOrderY1, smallOrderYMinus1, smallOrderY8, smallOrderYMinus8:
+		return fmt.Errorf("%w: point of small order", ErrWeakKey)
+	}
+	return nil
+}
+
+// The y-coordinates of Ed25519's points of small order, encoded as keys
+// with the sign bit clear (see checkEd25519).
+const (
+	smallOrderY0      = "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+	smallOrderY1      = "\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+	smallOrderYMinus1 = "\xec\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f"
+	smallOrderY8      = "\x26\xe8\x95\x8f\xc2\xb2\x27\xb0\x45\xc3\xf4\x89\xf2\xef\x98\xf0\xd5\xdf\xac\x05\xd3\xc6\x33\x39\xb1\x38\x02\x88\x6d\x53\xfc\x05"
+	smallOrderYMinus8 = "\xc7\x17\x6a\x70\x3d\x4d\xd8\x4f\xba\x3c\x0b\x76\x0d\x10\x67\x0f\x2a\x20\x53\xfa\x2c\x39\xcc\xc6\x4e\xc7\xfd\x77\x92\xac\x03\x7a"
+)
+
+// allBytes reports whether every byte of b is c.
+func allBytes(b []byte, c byte) bool {
+	for _, x := range b {
+		if x != c {
+			return false
+		}
+	}
+	return true
 }
 
 // TrustSet is the set of release keys a device or the fleet trusts, the

@@ -415,7 +415,7 @@ func stepOf(phase string) campaign.Step {
 		return campaign.StepInstalling
 	case "switching", "rebooting":
 		return campaign.StepSwitching
-	case "health", "committing", "rolling_back":
+	case "health", "committing", "advancing_floor", "rolling_back":
 		return campaign.StepHealth
 	case "committed":
 		return campaign.StepCommitted
@@ -439,6 +439,12 @@ func (s *Server) firmwareReport(deviceID string, env *wire.Envelope) {
 		return
 	}
 	log := s.fw.log
+	if r.Phase == "advancing_floor" && r.Message != "" {
+		// The release runs but the device's TPM anti-rollback counter
+		// lags: it retries, and the campaign times it out if it never
+		// gets there.
+		log.Warn("device cannot advance its anti-rollback counter", "device_id", deviceID, "campaign", r.Campaign, "message", r.Message)
+	}
 	s.fw.campaigns.Submit(campaign.DeviceReport{
 		DeviceID: deviceID, Campaign: r.Campaign, Step: stepOf(r.Phase), Reason: r.Reason,
 		RunningVersion: r.Running, At: env.Timestamp(),

@@ -299,7 +299,7 @@ func TestPreparePolicies(t *testing.T) {
 // final phases to finished steps.
 func TestStepOf(t *testing.T) {
 	for _, p := range []string{"announced", "downloading", "verifying", "installing", "switching", "rebooting",
-		"health", "committing", "committed", "rolling_back", "rolled_back", "failed"} {
+		"health", "committing", "advancing_floor", "committed", "rolling_back", "rolled_back", "failed"} {
 		s := stepOf(p)
 		r := wire.FirmwareReport{Update: "cmp_1", Campaign: "cmp_1", Phase: p, Final: wire.FirmwareFinal(p)}
 		if s == "" || r.Validate() != nil || s.Finished() != wire.FirmwareFinal(p) {

@@ -12,6 +12,8 @@
 //	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets;
 //	  SSH host certificates (ssh.request, ssh.certs).
 //	4 (2026-11-22) CA rotation: trust.bundle; firmware updates; telemetry.
-//	5 (unreleased) enroll.result carries the signed release trust rotations
-//	  (EnrollResult.FirmwareRotations, field 11).
+//	5 (2026-12-07) security fixes (issue 11): enroll.result carries the
+//	  signed release trust rotations (EnrollResult.FirmwareRotations, field
+//	  11); firmware.report phase advancing_floor (committed only once the TPM
+//	  anti-rollback counter holds the release's security version).
 package wire

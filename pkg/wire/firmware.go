@@ -83,7 +83,9 @@ type FirmwareReport struct {
 	Campaign string `cbor:"2,keyasint"`
 	// Phase is one of the phases of device/update: announced,
 	// downloading, verifying, installing, switching, rebooting, health,
-	// committing, committed, rolling_back, rolled_back, failed.
+	// committing, advancing_floor (the new slot is permanent, the
+	// anti-rollback counter not yet raised; Message says why it lags),
+	// committed, rolling_back, rolled_back, failed.
 	Phase string `cbor:"3,keyasint"`
 	// Final is set for committed, rolled_back and failed.
 	Final bool `cbor:"4,keyasint,omitempty"`
@@ -101,7 +103,7 @@ type FirmwareReport struct {
 
 // Firmware phases a FirmwareReport may carry.
 var firmwarePhases = []string{"announced", "downloading", "verifying", "installing", "switching", "rebooting",
-	"health", "committing", "committed", "rolling_back", "rolled_back", "failed"}
+	"health", "committing", "advancing_floor", "committed", "rolling_back", "rolled_back", "failed"}
 
 // FirmwareFinal reports whether phase ends an update.
 func FirmwareFinal(phase string) bool {

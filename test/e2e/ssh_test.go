@@ -77,7 +77,7 @@ func TestSSHHostCertificate(t *testing.T) {
 	}
 	hostKey := filepath.Join(sshDir, "ssh_host_ecdsa_key")
 	mustRun(t, "ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", hostKey)
-	certFile := hostKey + "-cert.pub"
+	certFile := filepath.Join(dir, "ssh", "ssh_host_ecdsa_key-cert.pub") // ssh_cert_dir's default: next to state
 
 	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Dir: dir, Tweak: func(c *agentConfig) {
 		c.EventLog = "-"
@@ -161,7 +161,7 @@ func TestSSHHostCertificate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		trySSH(t, sshd, hostKey, hostKey+"-cert.pub", "", id, known)
+		trySSH(t, sshd, hostKey, certFile, "", id, known)
 	})
 }
 
@@ -182,7 +182,7 @@ func TestSSHTPMHostKey(t *testing.T) {
 		c.SSHAgentSocket = sock
 	}})
 	id := waitConnected(t, d).DeviceID
-	certFile := filepath.Join(dir, "sigil_host_ecdsa_key-cert.pub")
+	certFile := filepath.Join(dir, "ssh", "sigil_host_ecdsa_key-cert.pub")
 	waitFile(t, certFile, 30*time.Second)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("agent socket: %v %v", fi, err)

@@ -1,0 +1,482 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// unitFile is sigild's shipped systemd unit; exampleConfig the example
+// configuration it is documented with.
+const (
+	unitFile      = "../../deploy/systemd/sigild.service"
+	exampleConfig = "../../deploy/sigild.example.json"
+)
+
+// unit is the [Service] section of a systemd unit: each setting with its
+// values, in order (a setting given twice keeps both).
+type unit map[string][]string
+
+// parseUnit reads the [Service] section of a unit file.
+func parseUnit(t *testing.T, path string) unit {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	u := unit{}
+	section := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			section = line
+		case section == "[Service]":
+			k, v, ok := strings.Cut(line, "=")
+			if !ok || strings.HasSuffix(line, "\\") {
+				t.Fatalf("%s: cannot read %q", path, line)
+			}
+			u[strings.TrimSpace(k)] = append(u[strings.TrimSpace(k)], strings.TrimSpace(v))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// last is the value of a setting given once or more (the last wins), ""
+// when not set.
+func (u unit) last(k string) string {
+	if v := u[k]; len(v) > 0 {
+		return v[len(v)-1]
+	}
+	return ""
+}
+
+// list is the space-separated values of a list setting, all occurrences.
+func (u unit) list(k string) []string {
+	var out []string
+	for _, v := range u[k] {
+		out = append(out, strings.Fields(v)...)
+	}
+	return out
+}
+
+// unitSettings says, for every [Service] setting the sandbox below knows,
+// whether it reproduces it or why it need not (it does not decide which
+// paths sigild may write). A setting not listed fails the test: whoever
+// adds it to the unit teaches the sandbox what it means.
+var unitSettings = map[string]string{
+	"ExecStart":               "reproduced",
+	"ProtectSystem":           "reproduced",
+	"ProtectHome":             "reproduced",
+	"PrivateTmp":              "reproduced",
+	"ReadWritePaths":          "reproduced",
+	"ReadOnlyPaths":           "reproduced",
+	"InaccessiblePaths":       "reproduced",
+	"StateDirectory":          "reproduced",
+	"StateDirectoryMode":      "reproduced",
+	"RuntimeDirectory":        "reproduced",
+	"RuntimeDirectoryMode":    "reproduced",
+	"CapabilityBoundingSet":   "reproduced",
+	"NoNewPrivileges":         "reproduced",
+	"Restart":                 "how systemd restarts it: the test fails on the first exit instead",
+	"RestartSec":              "how systemd restarts it",
+	"DeviceAllow":             "device cgroup; the test's TPM is a swtpm over TCP",
+	"DevicePolicy":            "device cgroup; the test's TPM is a swtpm over TCP",
+	"RestrictAddressFamilies": "seccomp on socket families; sigild uses only AF_INET, AF_INET6 and AF_UNIX",
+	"SystemCallArchitectures": "seccomp on foreign system call ABIs",
+}
+
+// sandbox is the file system view a systemd service gets from its unit,
+// reproduced with a mount namespace: an overlay of / (so nothing of the
+// host changes), API file systems bound in, the unit's writable paths
+// bound writable, everything else read-only, then chroot and the unit's
+// capability and privilege settings (setpriv).
+type sandbox struct {
+	upper  string            // the overlay's upper layer: what the test stages in the root
+	script string            // the shell script that builds the namespace and execs the service
+	dirs   map[string]string // StateDirectory and RuntimeDirectory paths -> the test's directories behind them
+	argv   []string          // ExecStart
+}
+
+// newSandbox reproduces u's sandbox in dir.
+func newSandbox(t *testing.T, u unit, dir string) *sandbox {
+	t.Helper()
+	for k := range u {
+		if _, ok := unitSettings[k]; !ok {
+			t.Fatalf("the unit sets %s, which this test does not reproduce: add it to unitSettings", k)
+		}
+	}
+	sb := &sandbox{upper: filepath.Join(dir, "upper"), dirs: map[string]string{}}
+	root, work := filepath.Join(dir, "root"), filepath.Join(dir, "work")
+	for _, d := range []string{sb.upper, root, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var s strings.Builder
+	sh := func(format string, args ...any) { fmt.Fprintf(&s, format+"\n", args...) }
+	q := func(p string) string { return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'" }
+	r := func(p string) string { return q(filepath.Join(root, p)) }
+	sh("set -eu")
+	sh("mount -t overlay sigil-sandbox -o lowerdir=/,upperdir=%s,workdir=%s %s", q(sb.upper), q(work), q(root))
+	for _, api := range []string{"/proc", "/sys", "/dev"} {
+		sh("mount --rbind %s %s", api, r(api))
+	}
+
+	// Writable: StateDirectory= and RuntimeDirectory= (directories systemd
+	// creates and hands over), ReadWritePaths= (existing paths).
+	for _, d := range []struct{ setting, base, mode string }{
+		{"StateDirectory", "/var/lib", u.last("StateDirectoryMode")},
+		{"RuntimeDirectory", "/run", u.last("RuntimeDirectoryMode")},
+	} {
+		for _, name := range u.list(d.setting) {
+			p := filepath.Join(d.base, name)
+			host := filepath.Join(dir, strings.ReplaceAll(strings.TrimPrefix(p, "/"), "/", "_"))
+			if err := os.Mkdir(host, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if d.mode != "" {
+				sh("chmod %s %s", d.mode, q(host))
+			}
+			sb.dirs[p] = host
+			sh("mkdir -p %s", r(p))
+			sh("mount --bind %s %s", q(host), r(p))
+		}
+	}
+	for _, p := range u.list("ReadWritePaths") {
+		optional := strings.HasPrefix(p, "-")
+		p = strings.TrimLeft(p, "-+")
+		if optional {
+			sh("if [ -e %s ]; then mount --bind %s %s; fi", r(p), r(p), r(p))
+		} else {
+			sh("mount --bind %s %s", r(p), r(p))
+		}
+	}
+
+	// PrivateTmp=: fresh /tmp and /var/tmp.
+	if isTrue(u.last("PrivateTmp")) {
+		sh("mount -t tmpfs -o mode=1777 tmpfs %s", r("/tmp"))
+		sh("mount -t tmpfs -o mode=1777 tmpfs %s", r("/var/tmp"))
+	}
+	// ProtectHome=: /home, /root and /run/user empty and inaccessible, or
+	// read-only.
+	switch v := u.last("ProtectHome"); {
+	case v == "" || v == "no" || v == "false":
+	case isTrue(v):
+		for _, h := range []string{"/home", "/root", "/run/user"} {
+			sh("if [ -d %s ]; then mount -t tmpfs -o ro,mode=000 tmpfs %s; fi", r(h), r(h))
+		}
+	case v == "read-only":
+		for _, h := range []string{"/home", "/root", "/run/user"} {
+			sh("if [ -d %s ]; then mount --bind %s %s && mount -o remount,bind,ro %s; fi", r(h), r(h), r(h), r(h))
+		}
+	default:
+		t.Fatalf("ProtectHome=%s is not reproduced", v)
+	}
+	for _, p := range u.list("ReadOnlyPaths") {
+		p = strings.TrimLeft(p, "-+")
+		sh("if [ -e %s ]; then mount --bind %s %s && mount -o remount,bind,ro %s; fi", r(p), r(p), r(p), r(p))
+	}
+	for _, p := range u.list("InaccessiblePaths") {
+		p = strings.TrimLeft(p, "-+")
+		sh("if [ -d %s ]; then mount -t tmpfs -o ro,mode=000 tmpfs %s; fi", r(p), r(p))
+	}
+	// ProtectSystem=strict: the whole hierarchy read-only but the API file
+	// systems and the writable paths above (separate mounts, untouched).
+	switch v := u.last("ProtectSystem"); v {
+	case "strict":
+		sh("mount -o remount,bind,ro %s", q(root))
+	default:
+		t.Fatalf("ProtectSystem=%q is not reproduced (only strict is)", v)
+	}
+
+	// CapabilityBoundingSet= (empty: no capabilities, even as root) and
+	// NoNewPrivileges=.
+	setpriv := []string{"setpriv"}
+	if isTrue(u.last("NoNewPrivileges")) {
+		setpriv = append(setpriv, "--no-new-privs")
+	}
+	switch caps, ok := u["CapabilityBoundingSet"]; {
+	case !ok:
+	case u.last("CapabilityBoundingSet") == "":
+		setpriv = append(setpriv, "--bounding-set", "-all", "--inh-caps", "-all")
+	default:
+		t.Fatalf("CapabilityBoundingSet=%v is not reproduced (only an empty set is)", caps)
+	}
+
+	sb.argv = strings.Fields(u.last("ExecStart"))
+	if len(sb.argv) == 0 || !filepath.IsAbs(sb.argv[0]) {
+		t.Fatalf("ExecStart=%q: want an absolute program path without prefixes", u.last("ExecStart"))
+	}
+	line := []string{"exec", "chroot", q(root)}
+	line = append(line, setpriv...)
+	for _, a := range sb.argv {
+		line = append(line, q(a))
+	}
+	sh("%s", strings.Join(line, " "))
+	sb.script = s.String()
+	return sb
+}
+
+func isTrue(v string) bool { return v == "true" || v == "yes" || v == "on" || v == "1" }
+
+// stage writes a file into the sandbox's root (its overlay's upper layer)
+// before it starts, as an administrator installs it.
+func (sb *sandbox) stage(t *testing.T, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	p := filepath.Join(sb.upper, path)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hostPath is where the test finds a file the service wrote at path: in
+// the directory behind its StateDirectory or RuntimeDirectory.
+func (sb *sandbox) hostPath(t *testing.T, path string) string {
+	t.Helper()
+	for p, host := range sb.dirs {
+		if rel, err := filepath.Rel(p, path); err == nil && !strings.HasPrefix(rel, "..") {
+			return filepath.Join(host, rel)
+		}
+	}
+	t.Fatalf("%s is in none of the service's own directories %v", path, sb.dirs)
+	return ""
+}
+
+// TestSystemdUnitSandbox runs the real sigild under the sandbox of the
+// shipped systemd unit (deploy/systemd/sigild.service: ProtectSystem=strict
+// and the rest, reproduced with a mount namespace because systemd is not
+// PID 1 here) with the shipped example configuration, against a real fleet
+// and swtpm. sigild must stay up with its SSH features on and write the
+// host certificates for both the configured host key (ssh_host_keys) and
+// the TPM-born one (ssh_tpm_host_key) where sshd is told to read them.
+func TestSystemdUnitSandbox(t *testing.T) {
+	requireTools(t)
+	for _, b := range []string{"unshare", "setpriv", "chroot", "mount"} {
+		requireBinary(t, b, "util-linux")
+	}
+	requireBinary(t, "ssh-keygen", "openssh-client")
+	if os.Geteuid() != 0 {
+		msg := "the sandbox needs root (mount namespaces, overlayfs, chroot)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	u := parseUnit(t, unitFile)
+	raw, err := os.ReadFile(exampleConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	stringAt := func(k string) string {
+		s, ok := cfg[k].(string)
+		if !ok || !filepath.IsAbs(s) {
+			t.Fatalf("example config: %s = %v, want an absolute path", k, cfg[k])
+		}
+		return s
+	}
+	var hostKeys []string
+	for _, k := range cfg["ssh_host_keys"].([]any) {
+		hostKeys = append(hostKeys, k.(string))
+	}
+	tpmKey := stringAt("ssh_tpm_host_key")
+	if len(hostKeys) != 1 {
+		t.Fatalf("example config: ssh_host_keys %v, want one key", hostKeys)
+	}
+
+	dir := t.TempDir()
+	sb := newSandbox(t, u, dir)
+	f := startFleet(t, nil)
+	c, err := f.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.CreateToken(context.Background(), cfg["model"].(string), "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(f.CACertPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := newTPM(t)
+
+	// The administrator's files, at the example's paths: the program, the
+	// configuration (with this machine's TPM, broker and quick retries),
+	// the fleet CA, the token, and an OpenSSH host key made by ssh-keygen.
+	sigild := filepath.Join(dir, "sigild")
+	if out, err := exec.Command("go", "build", "-o", sigild, "github.com/sigil-iot/sigil/cmd/sigild").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	bin, err := os.ReadFile(sigild)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.stage(t, sb.argv[0], bin, 0o755)
+	for k, v := range map[string]any{"tpm": inst.URI(), "broker": f.MQTTAddr(), "server_name": "localhost",
+		"retry_min": "200ms", "retry_max": "2s"} {
+		cfg[k] = v
+	}
+	cfgJSON, _ := json.Marshal(cfg)
+	configPath := ""
+	for i, a := range sb.argv {
+		if a == "--config" && i+1 < len(sb.argv) {
+			configPath = sb.argv[i+1]
+		}
+	}
+	if configPath == "" {
+		t.Fatalf("ExecStart %v names no --config", sb.argv)
+	}
+	sb.stage(t, configPath, cfgJSON, 0o600)
+	sb.stage(t, stringAt("fleet_ca"), caPEM, 0o644)
+	sb.stage(t, stringAt("token_file"), []byte(tok.Token+"\n"), 0o600)
+	keyDir := filepath.Join(dir, "keygen")
+	if err := os.Mkdir(keyDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	priv := filepath.Join(keyDir, "host_key")
+	mustRun(t, "ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", priv)
+	for src, dst := range map[string]string{priv: strings.TrimSuffix(hostKeys[0], ".pub"), priv + ".pub": hostKeys[0]} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb.stage(t, dst, b, 0o600)
+	}
+
+	script := filepath.Join(dir, "sandbox.sh")
+	if err := os.WriteFile(script, []byte(sb.script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "sigild.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// unshare runs the script in a new mount namespace; the script execs
+	// chroot, setpriv and then sigild, all in this one process.
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "/bin/sh", script)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	defer stop()
+	sigildLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+
+	// The certificates go where the documentation tells sshd to read them.
+	certOf := func(pub string) string {
+		name := filepath.Base(strings.TrimSuffix(pub, ".pub")) + "-cert.pub"
+		certDir, _ := cfg["ssh_cert_dir"].(string)
+		if certDir == "" {
+			certDir = filepath.Join(filepath.Dir(stringAt("state")), "ssh") // the documented default
+		}
+		return filepath.Join(certDir, name)
+	}
+	want := map[string]string{certOf(hostKeys[0]): hostKeys[0], certOf(tpmKey): tpmKey}
+	deadline := time.Now().Add(90 * time.Second) // a safety net, not a timing assertion
+	for {
+		select {
+		case err := <-exited:
+			stopped = true
+			t.Fatalf("sigild exited under the unit's sandbox: %v\n%s", err, sigildLog())
+		default:
+		}
+		if l := sigildLog(); strings.Contains(l, "writing the host certificate failed") {
+			t.Fatalf("sigild could not write a host certificate under the unit's sandbox:\n%s", l)
+		}
+		done := true
+		for cert := range want {
+			if fi, err := os.Stat(sb.hostPath(t, cert)); err != nil || fi.Size() == 0 {
+				done = false
+			}
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no host certificates at %v after 90 s:\n%s", want, sigildLog())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	for cert, pub := range want {
+		hc := sb.hostPath(t, cert)
+		out := mustRun(t, "ssh-keygen", "-L", "-f", hc)
+		if !strings.Contains(out, "host certificate") {
+			t.Fatalf("%s is not a host certificate:\n%s", cert, out)
+		}
+		pubFile := filepath.Join(sb.upper, pub) // the administrator's key
+		if pub == tpmKey {
+			pubFile = sb.hostPath(t, pub) // the one sigild wrote
+		}
+		if !strings.Contains(out, fingerprint(t, pubFile)) {
+			t.Fatalf("%s does not certify %s:\n%s", cert, pub, out)
+		}
+	}
+	agentSocket, _ := cfg["ssh_agent_socket"].(string)
+	if agentSocket == "" {
+		agentSocket = "/run/sigild/ssh-agent.sock" // the documented default
+	}
+	if fi, err := os.Stat(sb.hostPath(t, agentSocket)); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("ssh-agent socket: %v, %v", fi, err)
+	}
+	select {
+	case err := <-exited:
+		stopped = true
+		t.Fatalf("sigild exited: %v\n%s", err, sigildLog())
+	default:
+	}
+	// Nothing was written outside the service's own directories: the
+	// upper layer holds only what the test staged.
+	var written []string
+	filepath.WalkDir(sb.upper, func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			written = append(written, strings.TrimPrefix(p, sb.upper))
+		}
+		return nil
+	})
+	staged := []string{sb.argv[0], configPath, stringAt("fleet_ca"), stringAt("token_file"), hostKeys[0], strings.TrimSuffix(hostKeys[0], ".pub")}
+	for _, w := range written {
+		if !slices.Contains(staged, w) {
+			t.Errorf("%s written outside the service's directories", w)
+		}
+	}
+}
