@@ -58,7 +58,14 @@ func cmdUsers(ctx context.Context, args []string, stdout io.Writer) error {
 		if *af.output == "json" {
 			return printJSON(stdout, u)
 		}
-		fmt.Fprintf(stdout, "created %s (%s); password (shown once): %s\n", u.Name, u.Role, u.Password)
+		if u.Password != "" {
+			fmt.Fprintf(stdout, "created %s (%s); password (shown once): %s\n", u.Name, u.Role, u.Password)
+		} else {
+			fmt.Fprintf(stdout, "created %s (%s)\n", u.Name, u.Role)
+		}
+		if u.Approval != nil {
+			fmt.Fprintf(stdout, "the account stays disabled until a second person approves request %s (two-person rule)\n", u.Approval.ID)
+		}
 		return nil
 	case "role", "disable", "enable":
 		var p api.UserPatch
@@ -127,6 +134,9 @@ func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
 			return printJSON(stdout, t)
 		}
 		fmt.Fprintf(stdout, "token %s (%s, until %s); secret (shown once): %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), t.Secret)
+		if t.Approval != nil {
+			fmt.Fprintf(stdout, "it works once a second person approves request %s (two-person rule: it may approve)\n", t.Approval.ID)
+		}
 		return nil
 	case "revoke":
 		if err := c.RevokeAPIToken(ctx, arg); err != nil {

@@ -22,8 +22,12 @@ import (
 // holding the kind's approve permission approves it in the inbox
 // (/api/v1/approvals); the request is then carried out once, by running
 // the same handler with the stored method, path values and body, as the
-// requester. Its outcome (the handler's status) is recorded on the
-// request and in the audit log.
+// requester (established again from the credential they filed with, and
+// only if they still hold the route's permission). Its outcome (the
+// handler's status) is recorded on the request and in the audit log. No
+// one approves their own request, nor with an account created or changed
+// after it was filed. User creation, role changes and tokens that may
+// approve fall under the rule too (users.go).
 
 // JustificationHeader carries why a dangerous change is requested.
 const JustificationHeader = "X-Sigil-Justification"
@@ -101,7 +105,10 @@ func (h *handler) requestApproval(w http.ResponseWriter, r *http.Request, patter
 }
 
 // execute carries out an approved call as its requester.
-func (h *handler) execute(ctx context.Context, req approval.Request) error {
+func (h *handler) execute(ctx context.Context, req approval.Request, as approval.Actor) error {
+	if p, ok := as.(auth.Principal); ok {
+		ctx = auth.NewContext(ctx, p)
+	}
 	var call storedCall
 	if err := json.Unmarshal(req.Params, &call); err != nil {
 		return fmt.Errorf("stored call: %w", err)
@@ -132,7 +139,7 @@ func (h *handler) approvalError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, approval.ErrNotFound):
 		problem(w, http.StatusNotFound, "not found", "no such approval request")
-	case errors.Is(err, approval.ErrForbidden), errors.Is(err, approval.ErrSelfApproval):
+	case errors.Is(err, approval.ErrForbidden), errors.Is(err, approval.ErrSelfApproval), errors.Is(err, approval.ErrAccountChanged):
 		problem(w, http.StatusForbidden, "forbidden", publicApprovalError(err))
 	case errors.Is(err, approval.ErrNotPending), errors.Is(err, approval.ErrExpired), errors.Is(err, approval.ErrAlreadyApproved):
 		problem(w, http.StatusConflict, "conflict", publicApprovalError(err))

@@ -16,10 +16,13 @@ import (
 
 // Every state-changing API request is recorded in the audit log: who (the
 // user, or the bootstrap admin), what (the route), the target (the path's
-// ID or name), the outcome from the answer's status (2xx ok; 401 and 403
-// denied; others failed, with the status), and the request ID, which the
-// answer carries in X-Request-ID. Bodies are never recorded: they may hold
-// secrets.
+// ID or name, truncated with a marker past audit.MaxID bytes), the outcome
+// from the answer's status (2xx ok; 401 and 403 denied; others failed,
+// with the status), and the request ID, which the answer carries in
+// X-Request-ID. A read (GET, HEAD) is recorded only when it is refused for
+// a missing permission (403): denied reads by authenticated people, not
+// every read, nor anonymous noise. Bodies are never recorded: they may
+// hold secrets.
 
 // RequestIDHeader names the request ID in answers.
 const RequestIDHeader = "X-Request-ID"
@@ -56,27 +59,35 @@ func (w *statusRecorder) Flush() {
 	}
 }
 
+// Unwrap gives http.ResponseController the underlying writer.
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func newRequestID() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
-// audited wraps a route's handler: it assigns the request ID and, for
-// methods that change state, records the outcome.
+// audited wraps a route's handler: it assigns the request ID and records
+// the outcome of methods that change state, and of reads refused for a
+// missing permission.
 func (h *handler) audited(pattern string, next http.Handler) http.Handler {
 	method, path, _ := strings.Cut(pattern, " ")
 	action := routeAction(method, path)
+	read := method == http.MethodGet || method == http.MethodHead
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := newRequestID()
 		w.Header().Set(RequestIDHeader, id)
-		if h.cfg.Audit == nil || method == http.MethodGet || method == http.MethodHead {
+		if h.cfg.Audit == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
 		info := &auditInfo{}
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), auditKey{}, info)))
+		if read && rec.status != http.StatusForbidden {
+			return
+		}
 		if info.who == "" && h.cfg.Auth != nil && rec.status == http.StatusForbidden {
 			// Refused for a missing permission before the handler ran:
 			// name who tried (a 401 has no one to name).

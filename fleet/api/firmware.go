@@ -262,6 +262,18 @@ func (h *handler) getRelease(w http.ResponseWriter, r *http.Request, _ string, f
 }
 
 func (h *handler) approveRelease(w http.ResponseWriter, r *http.Request, who string, fw Firmware) {
+	// The two-person rule: an account created or changed after the
+	// release was uploaded cannot approve it (one person must not make a
+	// second account to approve their own upload).
+	cur, err := fw.Releases().Release(r.PathValue("id"))
+	if err != nil {
+		h.firmwareError(w, err)
+		return
+	}
+	if since := principal(r).Since(); !since.IsZero() && !since.Before(cur.UploadedAt) {
+		problem(w, http.StatusForbidden, "two-person rule", "an account created or changed after the release was uploaded cannot approve it")
+		return
+	}
 	rel, err := fw.Releases().Approve(r.Context(), who, r.PathValue("id"))
 	if err != nil {
 		h.firmwareError(w, err)

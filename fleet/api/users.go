@@ -4,17 +4,31 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
 // Operators: log in and out (browser sessions), who am I, users (admins),
 // and API tokens (each person their own; admins everyone's).
+//
+// A credential never does more than its own scope: every route here that
+// creates, changes or revokes a user or a token acts through the auth
+// service's *As methods with the request's principal, whose effective
+// permissions are its credential's scope within its user's current role
+// (403 beyond them). Under the two-person rule (Config.Approvals) a new
+// account is created disabled and a role change or re-enabling is filed,
+// until a second person approves (approval.KindUserChange); a token that
+// may approve is created pending until a second person approves
+// (approval.KindApproverToken).
 
 // Me is GET /api/v1/me.
 type Me struct {
@@ -37,6 +51,9 @@ type UserRequest struct {
 type UserCreated struct {
 	auth.User
 	Password string `json:"password,omitempty"` // only when generated
+	// Approval, under the two-person rule, is the request that enables the
+	// account (created disabled) once a second person approves.
+	Approval *approval.Request `json:"approval,omitempty"`
 }
 
 // UserPatch is the body of PATCH /api/v1/users/{name}.
@@ -57,6 +74,10 @@ type TokenRequest struct {
 type TokenCreated struct {
 	auth.Token
 	Secret string `json:"secret"`
+	// Approval, under the two-person rule for a token that may approve, is
+	// the request that lets it authenticate (it is created pending) once a
+	// second person approves.
+	Approval *approval.Request `json:"approval,omitempty"`
 }
 
 func (h *handler) routesUsers() {
@@ -73,6 +94,15 @@ func (h *handler) routesUsers() {
 	h.route("GET /api/v1/tokens", auth.PermDevicesRead, h.listTokens)
 	h.route("POST /api/v1/tokens", auth.PermDevicesRead, h.createAPIToken)
 	h.route("DELETE /api/v1/tokens/{id}", auth.PermDevicesRead, h.revokeAPIToken)
+	if h.cfg.Approvals != nil {
+		for kind, exec := range map[approval.Kind]approval.Executor{
+			approval.KindUserChange: h.executeUserChange, approval.KindApproverToken: h.executeApproverToken,
+		} {
+			if err := h.cfg.Approvals.Register(kind, exec); err != nil {
+				h.log.Error("approvals: registering an executor failed", "kind", kind, "err", err)
+			}
+		}
+	}
 }
 
 func principal(r *http.Request) auth.Principal {
@@ -100,7 +130,9 @@ func (h *handler) authError(w http.ResponseWriter, err error) {
 		problem(w, http.StatusConflict, "conflict", "a user with that name exists")
 	case errors.Is(err, auth.ErrLastAdmin):
 		problem(w, http.StatusConflict, "conflict", "the last enabled admin cannot be removed, disabled or demoted")
-	case errors.Is(err, auth.ErrInvalid), errors.Is(err, auth.ErrForbidden):
+	case errors.Is(err, auth.ErrForbidden):
+		problem(w, http.StatusForbidden, "forbidden", strings.TrimPrefix(err.Error(), "auth: "))
+	case errors.Is(err, auth.ErrInvalid):
 		problem(w, http.StatusBadRequest, "bad request", err.Error())
 	default:
 		h.internal(w, err)
@@ -121,6 +153,7 @@ func (h *handler) createUser(w http.ResponseWriter, r *http.Request, who string)
 	if !decode(w, r, &req) {
 		return
 	}
+	p := principal(r)
 	out := UserCreated{}
 	if req.Password == "" {
 		raw := make([]byte, 18)
@@ -131,14 +164,72 @@ func (h *handler) createUser(w http.ResponseWriter, r *http.Request, who string)
 		req.Password = base64.RawURLEncoding.EncodeToString(raw)
 		out.Password = req.Password
 	}
-	u, err := h.cfg.Auth.CreateUser(r.Context(), req.Name, req.Password, req.Role)
+	held := h.cfg.Approvals != nil
+	u, err := h.cfg.Auth.CreateUserAs(r.Context(), p, auth.NewUser{Name: req.Name, Password: req.Password, Role: req.Role, Disabled: held})
 	if err != nil {
 		h.authError(w, err)
 		return
 	}
 	out.User = u
-	h.log.Info("user created", "user", u.Name, "role", u.Role, "by", who)
+	if held {
+		no := false
+		ar, err := h.fileUserChange(r, p, userChange{User: u.Name, Disabled: &no},
+			fmt.Sprintf("enable the new account %s (%s)", u.Name, u.Role))
+		if err != nil {
+			if derr := h.cfg.Auth.DeleteUser(u.Name); derr != nil {
+				h.log.Error("removing a new account whose approval could not be filed failed", "user", u.Name, "err", derr)
+			}
+			h.approvalError(w, err)
+			return
+		}
+		out.Approval = &ar
+	}
+	h.log.Info("user created", "user", u.Name, "role", u.Role, "disabled", u.Disabled, "by", who)
 	writeJSON(w, http.StatusCreated, out)
+}
+
+// userChange is a change to a user filed for approval (KindUserChange).
+type userChange struct {
+	User     string     `json:"user"`
+	Role     *auth.Role `json:"role,omitempty"`
+	Disabled *bool      `json:"disabled,omitempty"`
+}
+
+// fileUserChange files c for a second person's approval, with the
+// request's justification header or, without one, what.
+func (h *handler) fileUserChange(r *http.Request, p auth.Principal, c userChange, what string) (approval.Request, error) {
+	params, err := json.Marshal(c)
+	if err != nil {
+		return approval.Request{}, err
+	}
+	return h.cfg.Approvals.Submit(r.Context(), p, approval.Draft{Kind: approval.KindUserChange, Target: "user " + c.User,
+		Params: params, Justification: justification(r, what)})
+}
+
+// justification is the request's X-Sigil-Justification, or what.
+func justification(r *http.Request, what string) string {
+	if why := strings.TrimSpace(r.Header.Get(JustificationHeader)); why != "" {
+		return why
+	}
+	return what
+}
+
+// executeUserChange carries out an approved user change as its requester.
+func (h *handler) executeUserChange(_ context.Context, req approval.Request, as approval.Actor) error {
+	p, ok := as.(auth.Principal)
+	if !ok {
+		return fmt.Errorf("the requester is a %T, not a principal", as)
+	}
+	var c userChange
+	if err := json.Unmarshal(req.Params, &c); err != nil {
+		return fmt.Errorf("stored change: %w", err)
+	}
+	u, err := h.cfg.Auth.ChangeUserAs(p, c.User, auth.UserChange{Role: c.Role, Disabled: c.Disabled})
+	if err != nil {
+		return err
+	}
+	h.log.Info("user changed after approval", "user", u.Name, "role", u.Role, "disabled", u.Disabled, "request_id", req.ID, "by", p.User)
+	return nil
 }
 
 func (h *handler) patchUser(w http.ResponseWriter, r *http.Request, who string) {
@@ -147,30 +238,41 @@ func (h *handler) patchUser(w http.ResponseWriter, r *http.Request, who string) 
 		return
 	}
 	name := r.PathValue("name")
-	var u auth.User
-	var err error
 	if req.Role == nil && req.Disabled == nil {
 		problem(w, http.StatusBadRequest, "bad request", "set role or disabled")
 		return
 	}
-	if req.Role != nil {
-		if u, err = h.cfg.Auth.SetRole(name, *req.Role); err != nil {
+	p := principal(r)
+	c := auth.UserChange{Role: req.Role, Disabled: req.Disabled}
+	if h.cfg.Approvals != nil && (req.Role != nil || !*req.Disabled) {
+		// A role change or enabling again waits for a second person;
+		// refuse at once what the requester may not do anyway.
+		if err := h.cfg.Auth.CheckChangeUserAs(p, name, c); err != nil {
 			h.authError(w, err)
 			return
 		}
+		ar, err := h.fileUserChange(r, p, userChange{User: normalizeUser(name), Role: req.Role, Disabled: req.Disabled}, "change user "+name)
+		if err != nil {
+			h.approvalError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, Pending{Approval: ar, Message: "filed for approval by a second person: see /api/v1/approvals/" + ar.ID})
+		return
 	}
-	if req.Disabled != nil {
-		if u, err = h.cfg.Auth.SetDisabled(name, *req.Disabled); err != nil {
-			h.authError(w, err)
-			return
-		}
+	u, err := h.cfg.Auth.ChangeUserAs(p, name, c)
+	if err != nil {
+		h.authError(w, err)
+		return
 	}
 	h.log.Info("user changed", "user", u.Name, "role", u.Role, "disabled", u.Disabled, "by", who)
 	writeJSON(w, http.StatusOK, u)
 }
 
+// normalizeUser is how the auth service spells a user name.
+func normalizeUser(name string) string { return strings.ToLower(name) }
+
 func (h *handler) deleteUser(w http.ResponseWriter, r *http.Request, who string) {
-	if err := h.cfg.Auth.DeleteUser(r.PathValue("name")); err != nil {
+	if err := h.cfg.Auth.DeleteUserAs(principal(r), r.PathValue("name")); err != nil {
 		h.authError(w, err)
 		return
 	}
@@ -195,6 +297,12 @@ func (h *handler) listTokens(w http.ResponseWriter, r *http.Request, who string)
 	writeJSON(w, http.StatusOK, map[string]any{"tokens": ts})
 }
 
+// mayApprove reports whether a token of scope role could approve
+// requests: such a token is held for approval under the two-person rule.
+func mayApprove(role auth.Role) bool {
+	return role.Has(auth.PermSecurityApprove) || role.Has(auth.PermFirmwareApprove)
+}
+
 func (h *handler) createAPIToken(w http.ResponseWriter, r *http.Request, who string) {
 	var req TokenRequest
 	if !decode(w, r, &req) {
@@ -203,26 +311,58 @@ func (h *handler) createAPIToken(w http.ResponseWriter, r *http.Request, who str
 	if req.TTL == 0 {
 		req.TTL = config.Duration(90 * 24 * time.Hour)
 	}
-	secret, tok, err := h.cfg.Auth.CreateToken(who, req.Name, req.Role, time.Duration(req.TTL))
+	p := principal(r)
+	held := h.cfg.Approvals != nil && mayApprove(req.Role)
+	secret, tok, err := h.cfg.Auth.CreateTokenAs(p, auth.TokenSpec{Name: req.Name, Role: req.Role, TTL: time.Duration(req.TTL), Pending: held})
 	if err != nil {
 		h.authError(w, err)
 		return
 	}
-	h.log.Info("API token created", "token_id", tok.ID, "role", tok.Role, "by", who)
-	writeJSON(w, http.StatusCreated, TokenCreated{Token: tok, Secret: secret})
+	out := TokenCreated{Token: tok, Secret: secret}
+	if held {
+		params, _ := json.Marshal(approverToken{Token: tok.ID})
+		ar, err := h.cfg.Approvals.Submit(r.Context(), p, approval.Draft{Kind: approval.KindApproverToken, Target: "token " + tok.ID + " (" + string(tok.Role) + ")",
+			Params: params, Justification: justification(r, fmt.Sprintf("API token %q of %s scoped to %s", tok.Name, tok.Owner, tok.Role))})
+		if err != nil {
+			if _, rerr := h.cfg.Auth.RevokeToken(tok.ID); rerr != nil {
+				h.log.Error("revoking a pending token whose approval could not be filed failed", "token_id", tok.ID, "err", rerr)
+			}
+			h.approvalError(w, err)
+			return
+		}
+		out.Approval = &ar
+	}
+	h.log.Info("API token created", "token_id", tok.ID, "role", tok.Role, "pending", tok.Pending, "by", who)
+	writeJSON(w, http.StatusCreated, out)
+}
+
+// approverToken is a pending token filed for approval (KindApproverToken).
+type approverToken struct {
+	Token string `json:"token"`
+}
+
+// executeApproverToken lets an approved pending token authenticate, as its
+// requester.
+func (h *handler) executeApproverToken(_ context.Context, req approval.Request, as approval.Actor) error {
+	p, ok := as.(auth.Principal)
+	if !ok {
+		return fmt.Errorf("the requester is a %T, not a principal", as)
+	}
+	var a approverToken
+	if err := json.Unmarshal(req.Params, &a); err != nil {
+		return fmt.Errorf("stored token: %w", err)
+	}
+	t, err := h.cfg.Auth.ActivateTokenAs(p, a.Token)
+	if err != nil {
+		return err
+	}
+	h.log.Info("API token activated after approval", "token_id", t.ID, "role", t.Role, "request_id", req.ID)
+	return nil
 }
 
 func (h *handler) revokeAPIToken(w http.ResponseWriter, r *http.Request, who string) {
-	t, err := h.cfg.Auth.Token(r.PathValue("id"))
+	t, err := h.cfg.Auth.RevokeTokenAs(principal(r), r.PathValue("id"))
 	if err != nil {
-		h.authError(w, err)
-		return
-	}
-	if t.Owner != who && !principal(r).Can(auth.PermUsersAdmin) {
-		problem(w, http.StatusNotFound, "not found", "no such user or token")
-		return
-	}
-	if _, err := h.cfg.Auth.RevokeToken(t.ID); err != nil {
 		h.authError(w, err)
 		return
 	}

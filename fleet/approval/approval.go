@@ -5,9 +5,16 @@
 // Someone submits a Request (what: a kind, a target and parameters as JSON;
 // why: a justification) that expires unless approved in time. Other people
 // holding the kind's approve permission approve it; the requester never
-// can. When the rule's count of distinct approvers is reached, the
-// Executor registered for the kind runs, once, and its outcome is recorded.
-// A request can be rejected (or withdrawn by its requester) while pending.
+// can (not with another of their credentials either: people are their user
+// names), nor can an account created or changed (Actor.Since) after the
+// request was filed, so that one person cannot make or take over a second
+// account to approve their own request. When the rule's count of distinct
+// approvers is reached, the Executor registered for the kind runs, once,
+// as the requester established again from the credential they filed with
+// (Config.Requester), and only if they still hold the rule's request
+// permission; its outcome is recorded. A request can be rejected (or
+// withdrawn by its requester, with a credential that could file it) while
+// pending.
 //
 // Exactly once: the approval that completes the count moves the request
 // from pending to executing in the same bbolt transaction, so of any number
@@ -47,6 +54,8 @@ const (
 	KindCARotation      Kind = "ca.rotate"           // rotate the fleet CA
 	KindPolicyChange    Kind = "policy.change"       // change an attestation reference policy
 	KindSecretChange    Kind = "secret.change"       // create, change or delete a secret
+	KindUserChange      Kind = "users.change"        // enable a new account, change a user's role, enable a user again
+	KindApproverToken   Kind = "tokens.approver"     // let an API token that may approve authenticate
 )
 
 // Rule says who may request a kind of action and who must approve it.
@@ -65,9 +74,12 @@ type Rule struct {
 
 // DefaultRules returns the rules used when Config.Rules is nil: one
 // approval by a release approver for firmware releases, and one by a
-// security admin for everything else.
+// security admin (or an admin) for everything else, user and approver
+// token changes included.
 func DefaultRules() map[Kind]Rule {
 	return map[Kind]Rule{
+		KindUserChange:      {Request: auth.PermUsersAdmin, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindApproverToken:   {Request: auth.PermApprovalsRead, Approve: auth.PermSecurityApprove, Approvals: 1},
 		KindFirmwareRelease: {Request: auth.PermFirmwareWrite, Approve: auth.PermFirmwareApprove, Approvals: 1},
 		KindMassRevocation:  {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
 		KindMassRotation:    {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
@@ -117,6 +129,14 @@ type Request struct {
 	Rejection     *Decision       `json:"rejection,omitempty"`
 	Executed      time.Time       `json:"executed,omitzero"` // when the executor finished
 	Error         string          `json:"error,omitempty"`   // the executor's error (failed), for operators
+	// Permission is what the requester needed to file it (the rule's
+	// request permission at submission), and must still hold when it runs.
+	Permission auth.Permission `json:"permission,omitempty"`
+	// Credential is what the requester filed it with (a token's ID and
+	// scope, or a session's role), without secrets: it runs as the
+	// principal this credential names then. Empty in requests filed before
+	// it existed: those run as the requester with their current role.
+	Credential auth.Credential `json:"credential,omitzero"`
 }
 
 // StateAt returns r's state at now: a pending request past its expiry is
@@ -151,14 +171,41 @@ type Draft struct {
 type Actor interface {
 	// Subject is the person's user name (an API token acts for its owner).
 	Subject() string
-	// Can reports whether the person holds a permission.
+	// Can reports whether the person holds a permission (with an API
+	// token: within its scope).
 	Can(auth.Permission) bool
+	// Since is when the person's account was created or last changed
+	// (auth.User.Since); zero when unknown.
+	Since() time.Time
+	// Credential names what the person authenticated with, without
+	// secrets, for Config.Requester.
+	Credential() auth.Credential
 }
 
-// Executor carries out an approved request. It runs once per request, with
-// a context that is not cancelled when the approving client goes away but
-// ends after Config.ExecTimeout.
-type Executor func(ctx context.Context, r Request) error
+// Executor carries out an approved request as its requester (as, which
+// Config.Requester established again and which holds the request's
+// permission). It runs once per request, with a context that is not
+// cancelled when the approving client goes away but ends after
+// Config.ExecTimeout.
+type Executor func(ctx context.Context, r Request, as Actor) error
+
+// PrincipalSource establishes principals again from their credentials;
+// *auth.Service is one.
+type PrincipalSource interface {
+	Principal(auth.Credential) (auth.Principal, error)
+}
+
+// RequesterFrom returns a Config.Requester that establishes requesters
+// with src.
+func RequesterFrom(src PrincipalSource) func(context.Context, auth.Credential) (Actor, error) {
+	return func(_ context.Context, c auth.Credential) (Actor, error) {
+		p, err := src.Principal(c)
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+}
 
 // Event is a decision or outcome for the audit log.
 type Event struct {
@@ -190,6 +237,13 @@ var (
 	ErrInvalid         = errors.New("approval: invalid request")
 	ErrExists          = errors.New("approval: executor already registered")
 	ErrLocked          = errors.New("approval: database locked by another process")
+	// ErrAccountChanged: the approver's account was created or changed
+	// after the request was filed.
+	ErrAccountChanged = errors.New("approval: an account created or changed after the request was filed cannot approve it")
+	// ErrRequesterLacks: when the approved request was to run, its
+	// requester's credential no longer authenticated or no longer held the
+	// request's permission; it did not run.
+	ErrRequesterLacks = errors.New("approval: the requester no longer holds what the request needs")
 )
 
 // Config configures Open.
@@ -200,6 +254,12 @@ type Config struct {
 	Rules map[Kind]Rule
 	// Auditor receives every decision and outcome. Nil means none.
 	Auditor Auditor
+	// Requester establishes a request's requester again from the
+	// credential they filed it with, as their user and credential are when
+	// it is about to run (auth.Service.Principal). An approved request runs
+	// only if this succeeds and the result holds Request.Permission. Nil
+	// refuses to run any.
+	Requester func(ctx context.Context, c auth.Credential) (Actor, error)
 	// ExecTimeout bounds one execution. Zero means 10 minutes.
 	ExecTimeout time.Duration
 	// MaxTTL is the longest a request may wait for approval. Zero means 30

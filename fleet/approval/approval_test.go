@@ -72,12 +72,21 @@ type counter struct {
 	err  error
 }
 
-func (c *counter) exec(_ context.Context, r Request) error {
+func (c *counter) exec(_ context.Context, r Request, as Actor) error {
+	if as.Subject() != r.Requester {
+		return fmt.Errorf("run as %s, requested by %s", as.Subject(), r.Requester)
+	}
 	c.n.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.last = r
 	return c.err
+}
+
+// asFiled is a Config.Requester for tests: the requester exactly as the
+// credential they filed with says.
+func asFiled(_ context.Context, c auth.Credential) (Actor, error) {
+	return auth.Principal{User: c.User, Role: c.Scope}, nil
 }
 
 // People, as auth would authenticate them.
@@ -107,7 +116,7 @@ func newFixture(t testing.TB, mod func(*Config)) *fixture {
 		audit: &memAuditor{},
 		exec:  make(map[Kind]*counter),
 	}
-	cfg := Config{Path: filepath.Join(t.TempDir(), "approvals.db"), Now: f.clk.Now, Auditor: f.audit, NoSync: true}
+	cfg := Config{Path: filepath.Join(t.TempDir(), "approvals.db"), Now: f.clk.Now, Auditor: f.audit, NoSync: true, Requester: asFiled}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -355,12 +364,12 @@ func TestExecutorFailureAndPanicAreRecorded(t *testing.T) {
 		t.Fatalf("audit %v", a)
 	}
 
-	p, err := Open(Config{Path: filepath.Join(t.TempDir(), "p.db"), Now: f.clk.Now, NoSync: true})
+	p, err := Open(Config{Path: filepath.Join(t.TempDir(), "p.db"), Now: f.clk.Now, NoSync: true, Requester: asFiled})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	p.Register(KindSecretChange, func(context.Context, Request) error { panic("nil map") })
+	p.Register(KindSecretChange, func(context.Context, Request, Actor) error { panic("nil map") })
 	r2, err := p.Submit(ctx, sec, Draft{Kind: KindSecretChange, Target: "wifi-psk", Justification: "rotate"})
 	if err != nil {
 		t.Fatal(err)
@@ -375,12 +384,12 @@ func TestExecutorOutlivesTheApproversContext(t *testing.T) {
 	f := newFixture(t, nil)
 	var sawErr error
 	var sawDeadline bool
-	m, err := Open(Config{Path: filepath.Join(t.TempDir(), "x.db"), Now: f.clk.Now, NoSync: true, ExecTimeout: time.Minute})
+	m, err := Open(Config{Path: filepath.Join(t.TempDir(), "x.db"), Now: f.clk.Now, NoSync: true, ExecTimeout: time.Minute, Requester: asFiled})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	m.Register(KindPolicyChange, func(ctx context.Context, r Request) error {
+	m.Register(KindPolicyChange, func(ctx context.Context, r Request, _ Actor) error {
 		sawErr = ctx.Err()
 		_, sawDeadline = ctx.Deadline()
 		return nil
@@ -501,14 +510,14 @@ func TestStateSurvivesRestart(t *testing.T) {
 	f.m.Close()
 
 	audit := &memAuditor{}
-	m, err := Open(Config{Path: path, Now: f.clk.Now, NoSync: true, Auditor: audit,
+	m, err := Open(Config{Path: path, Now: f.clk.Now, NoSync: true, Auditor: audit, Requester: asFiled,
 		Rules: map[Kind]Rule{KindSecretChange: {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 2}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
 	var runs atomic.Int64
-	m.Register(KindSecretChange, func(context.Context, Request) error { runs.Add(1); return nil })
+	m.Register(KindSecretChange, func(context.Context, Request, Actor) error { runs.Add(1); return nil })
 	got, err := m.Get(stuck.ID)
 	if err != nil || got.State != StateInterrupted || got.Error == "" {
 		t.Fatalf("executing at shutdown: %+v %v", got, err)
@@ -565,11 +574,11 @@ func TestSubmitValidation(t *testing.T) {
 	if _, err := m.Submit(ctx, alice, base); !errors.Is(err, ErrUnknownKind) {
 		t.Fatalf("a kind without executor: %v", err)
 	}
-	if err := m.Register("reboot.all", func(context.Context, Request) error { return nil }); !errors.Is(err, ErrUnknownKind) {
+	if err := m.Register("reboot.all", func(context.Context, Request, Actor) error { return nil }); !errors.Is(err, ErrUnknownKind) {
 		t.Fatalf("register a kind without rule: %v", err)
 	}
-	m.Register(KindFirmwareRelease, func(context.Context, Request) error { return nil })
-	if err := m.Register(KindFirmwareRelease, func(context.Context, Request) error { return nil }); !errors.Is(err, ErrExists) {
+	m.Register(KindFirmwareRelease, func(context.Context, Request, Actor) error { return nil })
+	if err := m.Register(KindFirmwareRelease, func(context.Context, Request, Actor) error { return nil }); !errors.Is(err, ErrExists) {
 		t.Fatalf("register twice: %v", err)
 	}
 }
@@ -616,7 +625,7 @@ func TestRunRecordsExpiry(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer m.Close()
-		m.Register(KindFirmwareRelease, func(context.Context, Request) error { return nil })
+		m.Register(KindFirmwareRelease, func(context.Context, Request, Actor) error { return nil })
 		r, err := m.Submit(context.Background(), alice, Draft{Kind: KindFirmwareRelease, Target: "c", Justification: "j", TTL: 10 * time.Minute})
 		if err != nil {
 			t.Fatal(err)

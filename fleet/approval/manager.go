@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 )
 
@@ -246,6 +247,7 @@ func (m *Manager) Submit(ctx context.Context, actor Actor, d Draft) (Request, er
 	r := &Request{
 		Kind: d.Kind, Target: d.Target, Params: json.RawMessage(compact.Bytes()),
 		Requester: actor.Subject(), Justification: d.Justification,
+		Permission: rule.Request, Credential: actor.Credential(),
 		Created: now, Expires: now.Add(ttl), Approve: rule.Approve, Required: rule.Approvals,
 		State: StatePending,
 	}
@@ -273,8 +275,10 @@ func (m *Manager) Submit(ctx context.Context, actor Actor, d Draft) (Request, er
 }
 
 // Approve records actor's approval of a pending request. The requester
-// cannot approve (ErrSelfApproval), nor can anyone without the request's
-// approve permission (ErrForbidden), nor anyone twice (ErrAlreadyApproved).
+// cannot approve (ErrSelfApproval), nor can an account created or changed
+// after the request was filed (ErrAccountChanged), nor anyone without the
+// request's approve permission (ErrForbidden), nor anyone twice
+// (ErrAlreadyApproved).
 // A request past its expiry becomes expired (ErrExpired); one that is not
 // pending fails with ErrNotPending.
 //
@@ -304,6 +308,9 @@ func (m *Manager) Approve(ctx context.Context, actor Actor, id, comment string) 
 			return fmt.Errorf("%w: the approver has no name", ErrForbidden)
 		case who == r.Requester:
 			return ErrSelfApproval
+		case !actor.Since().Before(r.Created):
+			return fmt.Errorf("%w: %s's account changed %s, the request was filed %s", ErrAccountChanged, who,
+				actor.Since().UTC().Format(time.RFC3339), r.Created.UTC().Format(time.RFC3339))
 		case !actor.Can(r.Approve):
 			return fmt.Errorf("%w: approving %s needs %s", ErrForbidden, r.Kind, r.Approve)
 		case r.ApprovedBy(who):
@@ -360,12 +367,56 @@ func (m *Manager) expire(ctx context.Context, tx *bolt.Tx, r *Request, now time.
 	return putRequest(tx, r)
 }
 
+// permission returns what r's requester needs to file it, and to have it
+// run: as recorded, or (requests filed before it was) the rule's.
+func (m *Manager) permission(r *Request) (auth.Permission, bool) {
+	if r.Permission != "" {
+		return r.Permission, true
+	}
+	rule, ok := m.cfg.Rules[r.Kind]
+	return rule.Request, ok
+}
+
+// requester establishes r's requester again (Config.Requester) and checks
+// they still hold the request's permission.
+func (m *Manager) requester(ctx context.Context, r *Request) (Actor, error) {
+	perm, ok := m.permission(r)
+	if !ok {
+		return nil, fmt.Errorf("%w: no rule for %q", ErrRequesterLacks, r.Kind)
+	}
+	if m.cfg.Requester == nil {
+		return nil, fmt.Errorf("%w: the requester cannot be checked (no Config.Requester)", ErrRequesterLacks)
+	}
+	c := r.Credential
+	if c.User == "" {
+		// Filed before requests kept a credential: the requester as their
+		// current role allows.
+		c = auth.Credential{User: r.Requester, Method: auth.MethodSession, Scope: auth.RoleAdmin}
+	}
+	if c.User != r.Requester {
+		return nil, fmt.Errorf("%w: the credential is %s's, the request %s's", ErrRequesterLacks, c.User, r.Requester)
+	}
+	as, err := m.cfg.Requester(ctx, c)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", ErrRequesterLacks, err)
+	case as == nil || as.Subject() != r.Requester:
+		return nil, fmt.Errorf("%w: the credential names someone else", ErrRequesterLacks)
+	case !as.Can(perm):
+		return nil, fmt.Errorf("%w: %s no longer holds %s", ErrRequesterLacks, r.Requester, perm)
+	}
+	return as, nil
+}
+
 // execute runs the executor of a request this caller moved to executing,
-// and records the outcome.
+// as its requester if they still may, and records the outcome.
 func (m *Manager) execute(ctx context.Context, r *Request) (Request, error) {
 	exec := m.executor(r.Kind)
 	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.ExecTimeout)
-	err := safeRun(ectx, exec, *r)
+	as, err := m.requester(ectx, r)
+	if err == nil {
+		err = safeRun(ectx, exec, *r, as)
+	}
 	cancel()
 	now := m.cfg.Now()
 	action := "executed"
@@ -389,17 +440,19 @@ func (m *Manager) execute(ctx context.Context, r *Request) (Request, error) {
 }
 
 // safeRun runs exec, turning a panic into an error.
-func safeRun(ctx context.Context, exec Executor, r Request) (err error) {
+func safeRun(ctx context.Context, exec Executor, r Request, as Actor) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("executor panicked: %v", p)
 		}
 	}()
-	return exec(ctx, r)
+	return exec(ctx, r, as)
 }
 
 // Reject ends a pending request: by someone holding its approve
-// permission, or by its requester (a withdrawal). A reason is required.
+// permission, or by its requester (a withdrawal) with a credential that
+// holds the request's permission (a viewer-scoped token of the requester
+// cannot withdraw what it could not have filed). A reason is required.
 func (m *Manager) Reject(ctx context.Context, actor Actor, id, reason string) (Request, error) {
 	if !text(reason, maxJustification) {
 		return Request{}, fmt.Errorf("%w: a reason of 1 to %d printable characters is required", ErrInvalid, maxJustification)
@@ -418,7 +471,13 @@ func (m *Manager) Reject(ctx context.Context, actor Actor, id, reason string) (R
 		if err := m.checkDecidable(ctx, tx, r, now, &expired); err != nil || expired {
 			return err
 		}
-		if who == "" || (who != r.Requester && !actor.Can(r.Approve)) {
+		perm, _ := m.permission(r)
+		switch {
+		case who == "":
+			return fmt.Errorf("%w: the person has no name", ErrForbidden)
+		case who == r.Requester && !actor.Can(perm) && !actor.Can(r.Approve):
+			return fmt.Errorf("%w: withdrawing %s needs %s", ErrForbidden, r.Kind, perm)
+		case who != r.Requester && !actor.Can(r.Approve):
 			return fmt.Errorf("%w: rejecting %s needs %s", ErrForbidden, r.Kind, r.Approve)
 		}
 		r.State = StateRejected
@@ -473,7 +532,8 @@ func (m *Manager) Pending() ([]Request, error) {
 }
 
 // Inbox returns the pending, unexpired requests actor may approve now: not
-// their own, not yet approved by them, and needing a permission they hold.
+// their own, not yet approved by them, filed after their account last
+// changed, and needing a permission they hold.
 func (m *Manager) Inbox(actor Actor) ([]Request, error) {
 	all, err := m.Pending()
 	if err != nil {
@@ -482,7 +542,7 @@ func (m *Manager) Inbox(actor Actor) ([]Request, error) {
 	who := actor.Subject()
 	var out []Request
 	for _, r := range all {
-		if r.Requester != who && !r.ApprovedBy(who) && actor.Can(r.Approve) {
+		if r.Requester != who && !r.ApprovedBy(who) && actor.Since().Before(r.Created) && actor.Can(r.Approve) {
 			out = append(out, r)
 		}
 	}

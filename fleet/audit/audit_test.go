@@ -345,11 +345,11 @@ func TestAppendRefusesBadEntries(t *testing.T) {
 		"empty word":        New(User("alice"), "device..revoke", ""),
 		"no outcome":        {Actor: User("alice"), Action: "device.revoke"},
 		"bad outcome":       {Actor: User("alice"), Action: "device.revoke", Outcome: "maybe"},
-		"target newline":    New(User("alice"), "device.revoke", "a\nb"),
-		"long target":       New(User("alice"), "device.revoke", strings.Repeat("x", MaxID+1)),
-		"invalid UTF-8":     good.With("note", "\xff"),
+		"target newline":    {Actor: User("alice"), Action: "device.revoke", Target: "a\nb", Outcome: OK},
+		"long target":       {Actor: User("alice"), Action: "device.revoke", Target: strings.Repeat("x", MaxID+1), Outcome: OK},
+		"invalid UTF-8":     {Actor: User("alice"), Action: "device.revoke", Outcome: OK, Details: map[string]string{"note": "\xff"}},
 		"bad detail key":    good.With("Note", "x"),
-		"long detail":       good.With("note", strings.Repeat("x", MaxValue+1)),
+		"long detail":       {Actor: User("alice"), Action: "device.revoke", Outcome: OK, Details: map[string]string{"note": strings.Repeat("x", MaxValue+1)}},
 		"long request ID":   good.Request(strings.Repeat("r", MaxRequest+1)),
 		"reason not UTF-8":  {Actor: User("alice"), Action: "device.revoke", Outcome: Denied, Reason: "\xc3"},
 		"too many details":  manyDetails(good, MaxDetails+1),
@@ -363,7 +363,8 @@ func TestAppendRefusesBadEntries(t *testing.T) {
 	if seq, _ := l.Head(); seq != 0 {
 		t.Fatalf("refused entries were stored: head %d", seq)
 	}
-	// The helpers clip long reasons instead of refusing them.
+	// The helpers clip long reasons (and targets and details, fit_test.go)
+	// instead of refusing them.
 	e := record(t, l, good.Fail(errors.New(strings.Repeat("é", MaxReason))))
 	if len(e.Reason) > MaxReason || e.Outcome != Failed {
 		t.Fatalf("Fail did not clip: %d bytes, outcome %s", len(e.Reason), e.Outcome)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -126,8 +127,53 @@ const (
 // Chain the methods below to say more:
 //
 //	audit.New(audit.User("alice"), "device.revoke", id).Because(justification).Request(reqID)
+//
+// A target too long or unfit for the log (more than MaxID bytes, control
+// characters, invalid UTF-8) is made to fit (Fit) rather than refused: what
+// it records happened either way, and an entry refused would be lost.
 func New(actor Actor, action, target string) Entry {
-	return Entry{Actor: actor, Action: action, Target: target, Outcome: OK}
+	return Entry{Actor: actor, Action: action, Target: Fit(target, MaxID), Outcome: OK}
+}
+
+// Fit returns s made fit for an entry's field of at most max bytes:
+// invalid UTF-8 becomes U+FFFD, control characters become Go escapes
+// (\n, \x00, \u0085), and what is still longer than max is cut at a
+// character boundary and marked "…[truncated N bytes]". A fitting s is
+// returned unchanged.
+func Fit(s string, max int) string {
+	if len(s) <= max && utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if strings.ContainsFunc(s, unicode.IsControl) {
+		var b strings.Builder
+		for _, r := range s {
+			if unicode.IsControl(r) {
+				q := strconv.QuoteRune(r)
+				b.WriteString(q[1 : len(q)-1])
+			} else {
+				b.WriteRune(r)
+			}
+		}
+		s = b.String()
+	}
+	return truncate(s, max)
+}
+
+// truncate cuts s (valid UTF-8) to at most max bytes, if longer, ending it
+// with a marker that says how many bytes were cut.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	for keep := max; keep >= 0; keep-- {
+		kept := clip(s, keep)
+		marker := fmt.Sprintf("…[truncated %d bytes]", len(s)-len(kept))
+		if len(kept)+len(marker) <= max {
+			return kept + marker
+		}
+	}
+	return clip(s, max)
 }
 
 // Because returns e with reason set (for OK, the operator's justification).
@@ -163,16 +209,26 @@ func (e Entry) Request(id string) Entry {
 	return e
 }
 
-// With returns e with a detail added. It does not modify e's map, so one
-// Entry can be a template for several.
+// With returns e with a detail added; a value longer than MaxValue bytes
+// is cut and marked, invalid UTF-8 replaced (the key must be valid). It
+// does not modify e's map, so one Entry can be a template for several.
 func (e Entry) With(key, value string) Entry {
 	d := maps.Clone(e.Details)
 	if d == nil {
 		d = make(map[string]string, 1)
 	}
+	if len(value) > MaxValue || !utf8.ValidString(value) {
+		value = fitValue(value)
+	}
 	d[key] = value
 	e.Details = d
 	return e
+}
+
+// fitValue makes a detail value fit: valid UTF-8, at most MaxValue bytes
+// (control characters are allowed in values).
+func fitValue(v string) string {
+	return truncate(strings.ToValidUTF8(v, "\uFFFD"), MaxValue)
 }
 
 // clip shortens s to at most n bytes without splitting a character.

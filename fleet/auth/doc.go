@@ -23,12 +23,27 @@
 //     stored. Bearer requests are exempt from the CSRF checks: browsers never
 //     attach them on their own.
 //
-// Failed logins are throttled per user name and per source address: each
-// failure doubles the wait before the next attempt, and enough failures lock
-// the name (or the address) out for a period. Unknown user names are
+// A credential never grants more than its own scope: a request's effective
+// permissions are those both its credential's scope and its user's current
+// role grant (Principal.Can), and the *As methods (CreateUserAs,
+// ChangeUserAs, DeleteUserAs, CreateTokenAs, RevokeTokenAs,
+// ActivateTokenAs) check them against every role handed out and every
+// user or token acted on, in the transaction that makes the change
+// (scoped.go). Service.Principal establishes a principal again from its
+// Credential, as its user and token are then: an approved request runs with
+// only what its requester may still do.
+//
+// Failed logins are throttled per user name and source address together:
+// each failure doubles the wait before the next attempt from that address,
+// and enough failures lock the name out from that address for a period, so
+// that someone guessing elsewhere cannot lock the real person out. An
+// address failing for many names is locked out for all; a name failing from
+// many addresses is slowed down (one attempt per Throttle.UserDelay) from
+// addresses it has not logged in from, never locked. Unknown user names are
 // throttled, hashed and answered exactly like known ones, so the answers do
 // not reveal which names exist. Throttling state lives in memory and is lost
-// on restart.
+// on restart. Logins, failed logins, lockouts and slow-downs go to
+// Config.Audit.
 //
 // Service.Require wraps an http.Handler: it answers 401 or 403 as RFC 9457
 // problem+json documents and hands the authenticated Principal to the

@@ -42,20 +42,68 @@ type Principal struct {
 	// expiry.
 	Expires time.Time
 
-	ownerRole Role // the token owner's current role (MethodToken)
+	// ownerRole is the user's current role when Role is a scope that may
+	// be wider than it: a token's owner (MethodToken), or the requester of
+	// an approved action (Service.Principal).
+	ownerRole Role
+	since     time.Time // the user's User.Since
 }
 
-// Can reports whether p holds perm. An API token holds a permission only
-// while both its scope and its owner's current role grant it.
+// Can reports whether p holds perm. An API token (or an approved request
+// carried out for its requester) holds a permission only while both its
+// scope and the user's current role grant it: its effective permissions
+// are the intersection of the two.
 func (p Principal) Can(perm Permission) bool {
 	if !p.Role.Has(perm) {
 		return false
 	}
-	return p.Method != MethodToken || p.ownerRole.Has(perm)
+	if p.Method == MethodToken || p.ownerRole != "" {
+		return p.ownerRole.Has(perm)
+	}
+	return true
+}
+
+// Covers reports whether p holds every permission role grants (false for
+// an unknown role): what p may hand out (a token's scope, a user's role)
+// and whom p may manage (users, tokens) never exceeds p's own effective
+// permissions.
+func (p Principal) Covers(role Role) bool { return role.Valid() && p.coversAll(role.Permissions()) }
+
+func (p Principal) coversAll(perms []Permission) bool {
+	for _, perm := range perms {
+		if !p.Can(perm) {
+			return false
+		}
+	}
+	return true
 }
 
 // Subject returns the person's user name (a token acts for its owner).
 func (p Principal) Subject() string { return p.User }
+
+// Since returns when the person's account last gained authority (see
+// User.Since); the zero time when unknown.
+func (p Principal) Since() time.Time { return p.since }
+
+// Credential names the credential p authenticated with, without its
+// secret (see Service.Principal).
+func (p Principal) Credential() Credential {
+	return Credential{User: p.User, Method: p.Method, Scope: p.Role, TokenID: p.TokenID}
+}
+
+// Credential names what a principal authenticated with, without any
+// secret: enough for Service.Principal to establish the same principal
+// again later, as its user and token are then. An approved request keeps
+// its requester's, so that it runs with only what the requester may still
+// do.
+type Credential struct {
+	User   string `json:"user"`
+	Method Method `json:"method"`
+	// Scope is the role the principal acted with: a session's user role at
+	// the time, or a token's scope.
+	Scope   Role   `json:"scope"`
+	TokenID string `json:"token_id,omitempty"` // MethodToken only
+}
 
 // String names the user, role and method, without secrets.
 func (p Principal) String() string {
@@ -176,10 +224,18 @@ func isForm(r *http.Request) bool {
 
 type principalKey struct{}
 
-// PrincipalFrom returns the principal Require stored in ctx.
+// PrincipalFrom returns the principal Require (or NewContext) stored in
+// ctx.
 func PrincipalFrom(ctx context.Context) (Principal, bool) {
 	p, ok := ctx.Value(principalKey{}).(Principal)
 	return p, ok
+}
+
+// NewContext returns ctx carrying p, for handlers that run outside Require
+// as a principal established otherwise (an approved request carried out
+// for its requester, with Service.Principal).
+func NewContext(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
 }
 
 // Require returns middleware that lets a request through only when it
@@ -208,7 +264,7 @@ func (s *Service) Require(perms ...Permission) func(http.Handler) http.Handler {
 					return
 				}
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+			next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), p)))
 		})
 	}
 }

@@ -264,10 +264,47 @@ func TestThrottleMemoryIsBounded(t *testing.T) {
 	for i := range 100 {
 		s.Login(ctx, fmt.Sprintf("flood%d", i), "wrong password!", fmt.Sprintf("10.0.%d.%d", i/250, i%250))
 	}
-	if n := len(s.throttle.users); n > 8 {
-		t.Fatalf("%d user counters kept; MaxEntries is 8", n)
+	if n, m, k := len(s.throttle.pairs), len(s.throttle.names), len(s.throttle.addrs); n > 8 || m > 8 || k > 8 {
+		t.Fatalf("%d name-and-address, %d name and %d address counters kept; MaxEntries is 8", n, m, k)
 	}
-	if _, err := s.Login(ctx, "alice", alicePW, "203.0.113.1"); !errors.Is(err, ErrThrottled) {
+	if _, err := s.Login(ctx, "alice", alicePW, "192.0.2.1"); !errors.Is(err, ErrThrottled) {
 		t.Fatalf("the flood washed alice's lockout away: %v", err)
 	}
 }
+
+// TestLockoutIsPerUserAndSource: five wrong passwords for the admin from
+// one address lock the admin out from that address only; the admin logs in
+// at once from another, and that address's own failures count apart.
+func TestLockoutIsPerUserAndSource(t *testing.T) {
+	s, clk := newTestService(t, func(c *Config) { c.Throttle = Throttle{Failures: 5, Lockout: 15 * time.Minute} })
+	mustCreate(t, s, "root", alicePW, RoleAdmin)
+	ctx := context.Background()
+	const attacker, operator = "203.0.113.66", "192.0.2.1"
+	for i := range 5 {
+		if i > 0 {
+			clk.Advance(time.Minute) // past each delay
+		}
+		if _, err := s.Login(ctx, "root", fmt.Sprintf("guess number %d", i), attacker); !errors.Is(err, ErrInvalidCredentials) {
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	if got := outcome(mustFail(s.Login(ctx, "root", alicePW, attacker))); got != "throttled 15m0s" {
+		t.Fatalf("the right password from the attacker's address: %s, want throttled 15m0s", got)
+	}
+	if _, err := s.Login(ctx, "root", alicePW, operator); err != nil {
+		t.Fatalf("the admin from another address while the attacker's is locked: %v", err)
+	}
+	// The operator's own typo waits the base delay, no more.
+	if _, err := s.Login(ctx, "root", "a typo in the password", operator); !errors.Is(err, ErrInvalidCredentials) {
+		t.Fatal(err)
+	}
+	if got := outcome(mustFail(s.Login(ctx, "root", alicePW, operator))); got != "throttled 1s" {
+		t.Fatalf("right after a typo: %s", got)
+	}
+	clk.Advance(time.Second)
+	if _, err := s.Login(ctx, "root", alicePW, operator); err != nil {
+		t.Fatalf("after the typo's delay: %v", err)
+	}
+}
+
+func mustFail(_ Session, err error) error { return err }

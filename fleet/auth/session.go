@@ -9,9 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/audit"
 )
 
 // Session is a login. ID is the secret the session cookie carries: it is
@@ -87,21 +90,11 @@ func (s *Service) Login(ctx context.Context, name, password, source string) (Ses
 		s.log.Error("stored password hash is malformed", "user", name, "err", err)
 	}
 	if rec == nil || rec.Disabled || !ok {
-		userLocked, addrLocked := s.throttle.fail(name, source, now)
-		attrs := []any{"source", source, "known_user", rec != nil}
-		if rec != nil {
-			attrs = append(attrs, "user", name, "disabled", rec.Disabled)
-		}
-		s.log.Warn("login failed", attrs...)
-		if userLocked && rec != nil {
-			s.log.Warn("user locked out", "user", name, "for", s.cfg.Throttle.Lockout)
-		}
-		if addrLocked {
-			s.log.Warn("source address locked out", "source", source, "for", s.cfg.Throttle.Lockout)
-		}
+		locked := s.throttle.fail(name, source, now)
+		s.auditFailedLogin(ctx, name, source, rec, locked, now)
 		return Session{}, ErrInvalidCredentials
 	}
-	s.throttle.succeed(name)
+	s.throttle.succeed(name, source, now)
 
 	rehash := ""
 	if h.NeedsRehash(s.cfg.Params) {
@@ -142,6 +135,7 @@ func (s *Service) Login(ctx context.Context, name, password, source string) (Ses
 		s.log.Info("password hash upgraded to the configured parameters", "user", name)
 	}
 	s.log.Info("login", "user", name, "source", source)
+	s.record(ctx, audit.New(audit.User(name), "auth.login", name).With("source", source))
 	return Session{
 		ID:        base64.RawURLEncoding.EncodeToString(raw),
 		User:      name,
@@ -150,6 +144,52 @@ func (s *Service) Login(ctx context.Context, name, password, source string) (Ses
 		Created:   now,
 		Expires:   now.Add(s.cfg.MaxSessionAge),
 	}, nil
+}
+
+// auditFailedLogin logs and audits a failed login and the lockouts it
+// caused. The name tried is recorded only when such a user exists: an
+// unknown name may be a password typed in the wrong field.
+func (s *Service) auditFailedLogin(ctx context.Context, name, source string, rec *userRecord, locked lockouts, now time.Time) {
+	attrs := []any{"source", source, "known_user", rec != nil}
+	target := ""
+	if rec != nil {
+		attrs = append(attrs, "user", name, "disabled", rec.Disabled)
+		target = name
+	}
+	s.log.Warn("login failed", attrs...)
+	e := audit.New(audit.System("auth"), "auth.login", target).Deny("wrong user name or password").
+		With("source", source).With("known_user", strconv.FormatBool(rec != nil))
+	if rec != nil && rec.Disabled {
+		e = e.With("disabled", "true")
+	}
+	s.record(ctx, e)
+	until := now.Add(s.cfg.Throttle.Lockout).UTC().Format(time.RFC3339)
+	lockout := func(scope, reason string) {
+		s.record(ctx, audit.New(audit.System("auth"), "auth.lockout", target).Because(reason).
+			With("source", source).With("scope", scope).With("until", until))
+	}
+	if locked.pair {
+		s.log.Warn("user locked out from a source address", "user", target, "source", source, "for", s.cfg.Throttle.Lockout)
+		lockout("user-source", fmt.Sprintf("%d failed logins for this user from this address", s.cfg.Throttle.Failures))
+	}
+	if locked.addr {
+		s.log.Warn("source address locked out", "source", source, "for", s.cfg.Throttle.Lockout)
+		lockout("source", fmt.Sprintf("%d failed logins from this address", s.cfg.Throttle.AddrFailures))
+	}
+	if locked.name {
+		s.log.Warn("user's logins from unfamiliar addresses slowed down", "user", target, "every", s.cfg.Throttle.UserDelay)
+		s.record(ctx, audit.New(audit.System("auth"), "auth.slowdown", target).
+			Because(fmt.Sprintf("%d failed logins for this user from all addresses", s.cfg.Throttle.UserFailures)).
+			With("every", s.cfg.Throttle.UserDelay.String()))
+	}
+}
+
+// record appends an entry to the audit log; a failure is logged (the
+// answer to the login does not depend on it).
+func (s *Service) record(ctx context.Context, e audit.Entry) {
+	if err := s.cfg.Audit.Record(context.WithoutCancel(ctx), e); err != nil {
+		s.log.Error("audit: recording a login event failed", "action", e.Action, "err", err)
+	}
 }
 
 // csrfToken derives a session's synchronizer token from its ID: it is
@@ -260,6 +300,7 @@ func (s *Service) session(value string, check func(rawID []byte) error) (Princip
 		Method:    MethodSession,
 		CSRFToken: csrfToken(raw),
 		Expires:   minTime(rec.Created.Add(s.cfg.MaxSessionAge), now.Add(s.cfg.IdleTimeout)),
+		since:     user.Since(),
 	}, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 )
 
@@ -102,6 +103,11 @@ type Config struct {
 	// Throttle configures login throttling and lockout; zero fields take
 	// the defaults its doc states.
 	Throttle Throttle
+	// Audit records logins, failed logins and lockouts (user names and
+	// source addresses, never passwords; the name tried is left out when
+	// no such user exists, as it may be a mistyped password). Nil records
+	// nothing.
+	Audit audit.Recorder
 	// MaxTokenTTL is the longest lifetime of an API token. Zero means 365
 	// days.
 	MaxTokenTTL time.Duration
@@ -149,6 +155,23 @@ type User struct {
 	Created         time.Time `json:"created"`
 	PasswordChanged time.Time `json:"password_changed"`
 	LastLogin       time.Time `json:"last_login,omitzero"`
+	// Changed is when the account last gained authority or changed hands:
+	// its creation, a change of role, being enabled again, or a password
+	// set by an administrator (not one the user changed themselves). Zero
+	// in records written before it existed (Since then uses Created).
+	Changed time.Time `json:"changed,omitzero"`
+}
+
+// Since returns when the account last gained authority or changed hands
+// (Changed, or Created for older records). The two-person rule refuses an
+// approval by an account changed after the request was filed: a person
+// cannot create or take over a second account to approve their own
+// request.
+func (u User) Since() time.Time {
+	if u.Changed.IsZero() {
+		return u.Created
+	}
+	return u.Changed
 }
 
 // userRecord is a stored user.
@@ -212,6 +235,9 @@ func Open(cfg Config) (*Service, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Audit == nil {
+		cfg.Audit = audit.Discard{}
 	}
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = time.Second
@@ -362,9 +388,16 @@ func (s *Service) dummyHash(ctx context.Context) (string, error) {
 }
 
 // CreateUser adds a user with a password (at least MinPasswordLen
-// characters) and a role. Names are lower-cased; ErrExists if taken.
+// characters) and a role. Names are lower-cased; ErrExists if taken. It
+// checks no one's authority: CreateUserAs does, for requests.
 func (s *Service) CreateUser(ctx context.Context, name, password string, role Role) (User, error) {
-	name = normalizeName(name)
+	return s.createUser(ctx, NewUser{Name: name, Password: password, Role: role}, nil)
+}
+
+// createUser adds u; with by set, only if by may hand out its role
+// (checkManage, in the transaction that adds it).
+func (s *Service) createUser(ctx context.Context, u NewUser, by *Principal) (User, error) {
+	name, password, role := normalizeName(u.Name), u.Password, u.Role
 	if !validName(name) {
 		return User{}, fmt.Errorf("%w: user name %q (1-64 of a-z 0-9 . _ @ -)", ErrInvalid, name)
 	}
@@ -379,8 +412,13 @@ func (s *Service) CreateUser(ctx context.Context, name, password string, role Ro
 		return User{}, err
 	}
 	now := s.cfg.Now()
-	rec := &userRecord{User: User{Name: name, Role: role, Created: now, PasswordChanged: now}, Hash: h, Generation: 1}
+	rec := &userRecord{User: User{Name: name, Role: role, Disabled: u.Disabled, Created: now, PasswordChanged: now, Changed: now}, Hash: h, Generation: 1}
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if by != nil {
+			if err := by.checkManage(role); err != nil {
+				return err
+			}
+		}
 		b := tx.Bucket(bucketUsers)
 		if b.Get([]byte(name)) != nil {
 			return fmt.Errorf("%w: user %q", ErrExists, name)
@@ -390,7 +428,7 @@ func (s *Service) CreateUser(ctx context.Context, name, password string, role Ro
 	if err != nil {
 		return User{}, err
 	}
-	s.log.Info("user created", "user", name, "role", role)
+	s.log.Info("user created", "user", name, "role", role, "disabled", u.Disabled)
 	return rec.User, nil
 }
 
@@ -476,9 +514,14 @@ func requireOtherAdmin(tx *bolt.Tx, name string) error {
 	return ErrLastAdmin
 }
 
-// SetPassword replaces a user's password (an administrator's reset). The
-// user's sessions end; their API tokens stay.
+// SetPassword replaces a user's password (an administrator's reset, which
+// counts as a change of hands: User.Changed). The user's sessions end;
+// their API tokens stay.
 func (s *Service) SetPassword(ctx context.Context, name, password string) error {
+	return s.setPassword(ctx, name, password, true)
+}
+
+func (s *Service) setPassword(ctx context.Context, name, password string, reset bool) error {
 	if err := validPassword(password); err != nil {
 		return err
 	}
@@ -490,6 +533,9 @@ func (s *Service) SetPassword(ctx context.Context, name, password string) error 
 		rec.Hash = h
 		rec.Generation++
 		rec.PasswordChanged = s.cfg.Now()
+		if reset {
+			rec.Changed = rec.PasswordChanged
+		}
 		return nil
 	})
 	if err == nil {
@@ -522,8 +568,8 @@ func (s *Service) ChangePassword(ctx context.Context, name, old, password string
 		}
 		return ErrInvalidCredentials
 	}
-	s.throttle.succeed(name)
-	return s.SetPassword(ctx, name, password)
+	s.throttle.succeed(name, "", now)
+	return s.setPassword(ctx, name, password, false)
 }
 
 // SetRole changes a user's role; it takes effect on their next request.
@@ -532,7 +578,7 @@ func (s *Service) SetRole(name string, role Role) (User, error) {
 		return User{}, fmt.Errorf("%w: role %q", ErrInvalid, role)
 	}
 	u, err := s.updateUser(name, func(_ *bolt.Tx, rec *userRecord) error {
-		rec.Role = role
+		s.setRole(rec, role)
 		return nil
 	})
 	if err == nil {
@@ -541,16 +587,31 @@ func (s *Service) SetRole(name string, role Role) (User, error) {
 	return u, err
 }
 
+func (s *Service) setRole(rec *userRecord, role Role) {
+	if rec.Role != role {
+		rec.Role, rec.Changed = role, s.cfg.Now()
+	}
+}
+
+// setDisabled disables or enables rec in tx; enabling it again is a
+// change (User.Changed).
+func (s *Service) setDisabled(tx *bolt.Tx, rec *userRecord, disabled bool) error {
+	if rec.Disabled && !disabled {
+		rec.Changed = s.cfg.Now()
+	}
+	rec.Disabled = disabled
+	if disabled {
+		return deleteSessionsOf(tx, rec.Name)
+	}
+	return nil
+}
+
 // SetDisabled disables or enables a user. A disabled user cannot log in,
 // their sessions end, and their API tokens stop working until they are
 // enabled again.
 func (s *Service) SetDisabled(name string, disabled bool) (User, error) {
 	u, err := s.updateUser(name, func(tx *bolt.Tx, rec *userRecord) error {
-		rec.Disabled = disabled
-		if disabled {
-			return deleteSessionsOf(tx, rec.Name)
-		}
-		return nil
+		return s.setDisabled(tx, rec, disabled)
 	})
 	if err == nil {
 		s.log.Info("user disabled", "user", u.Name, "disabled", disabled)
@@ -559,12 +620,20 @@ func (s *Service) SetDisabled(name string, disabled bool) (User, error) {
 }
 
 // DeleteUser removes a user, their sessions and their API tokens.
-func (s *Service) DeleteUser(name string) error {
+func (s *Service) DeleteUser(name string) error { return s.deleteUser(name, nil) }
+
+// deleteUser removes a user; with by set, only if by may manage them.
+func (s *Service) deleteUser(name string, by *Principal) error {
 	name = normalizeName(name)
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		rec, err := getUser(tx, name)
 		if err != nil {
 			return err
+		}
+		if by != nil {
+			if err := by.checkManage(rec.Role); err != nil {
+				return err
+			}
 		}
 		if rec.Role == RoleAdmin && !rec.Disabled {
 			if err := requireOtherAdmin(tx, name); err != nil {

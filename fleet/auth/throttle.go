@@ -4,30 +4,48 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
 
 // Throttle configures how failed logins slow down and lock out.
+//
+// Failures are counted per user name and source address together, so that
+// guessing a name's password from one place locks that place out, not the
+// person who owns the name and logs in from elsewhere. A source address
+// that fails for many names is locked out whatever the name. A name that
+// fails from many addresses at once (a distributed guess) is slowed down,
+// never locked: past UserFailures, attempts for it from addresses it has
+// not logged in from are admitted one per UserDelay, while addresses it
+// logged in from since the server started are not slowed.
 type Throttle struct {
-	// Failures is how many failed logins for one user name lock it out.
-	// Zero means 5.
+	// Failures is how many failed logins for one user name from one source
+	// address lock that name out from that address. Zero means 5.
 	Failures int
-	// Lockout is how long a locked-out user name or address stays locked,
-	// and how long after its last failure a counter is forgotten. Zero
-	// means 15 minutes.
+	// Lockout is how long a locked-out name and address, or address,
+	// stays locked, and how long after its last failure a counter is
+	// forgotten. Zero means 15 minutes.
 	Lockout time.Duration
-	// BaseDelay is the wait after a user name's first failure; each further
-	// failure doubles it, up to MaxDelay. Zero means 1 second.
+	// BaseDelay is the wait after a name's first failure from an address;
+	// each further failure doubles it, up to MaxDelay. Zero means 1 second.
 	BaseDelay time.Duration
 	// MaxDelay caps the wait between attempts. Zero means 1 minute.
 	MaxDelay time.Duration
 	// AddrFailures is how many failed logins from one source address (an
-	// IPv4 address or an IPv6 /64) lock it out. Zero means 50.
+	// IPv4 address or an IPv6 /64), for any names, lock it out. Zero means
+	// 50.
 	AddrFailures int
-	// MaxEntries bounds the counters kept in memory for each of user names
-	// and addresses; past it the stalest counter is dropped. Zero means
-	// 100000.
+	// UserFailures is how many failed logins for one user name, from all
+	// addresses together within Lockout of each other, slow that name
+	// down (see the type's doc). Zero means 100.
+	UserFailures int
+	// UserDelay is the wait between admitted attempts of a slowed-down
+	// name from addresses it has not logged in from. Zero means 5 seconds.
+	UserDelay time.Duration
+	// MaxEntries bounds the counters kept in memory for each of names and
+	// addresses, names, and addresses; past it the stalest counter is
+	// dropped. Zero means 100000.
 	MaxEntries int
 }
 
@@ -47,31 +65,52 @@ func (t Throttle) withDefaults() Throttle {
 	if t.AddrFailures <= 0 {
 		t.AddrFailures = 50
 	}
+	if t.UserFailures <= 0 {
+		t.UserFailures = 100
+	}
+	if t.UserDelay <= 0 {
+		t.UserDelay = 5 * time.Second
+	}
 	if t.MaxEntries <= 0 {
 		t.MaxEntries = 100000
 	}
 	return t
 }
 
-// counter is the failure history of one user name or address.
+// counter is the failure history of one name and address, or one address.
 type counter struct {
 	failures    int       // failed (or still running) attempts since the last reset
 	last        time.Time // the last attempt counted
 	lockedUntil time.Time
 }
 
-// throttle keeps login counters. Attempts for a user name count as
-// failures from the moment they start (until they succeed), so that
+// nameCounter is the failure history of one user name from every address.
+type nameCounter struct {
+	failures int       // failures within Lockout of each other
+	last     time.Time // the last failure
+	next     time.Time // while slowed: the earliest next attempt from an unfamiliar address
+	familiar []string  // addresses the name logged in from, newest last
+}
+
+// maxFamiliar bounds the addresses remembered per name.
+const maxFamiliar = 8
+
+// pairKey is a user name and a source address.
+type pairKey struct{ user, addr string }
+
+// throttle keeps login counters. Attempts count as failures of their name
+// and address from the moment they start (until they succeed), so that
 // parallel guesses wait like sequential ones.
 type throttle struct {
 	cfg   Throttle
 	mu    sync.Mutex
-	users map[string]*counter
+	pairs map[pairKey]*counter
 	addrs map[string]*counter
+	names map[string]*nameCounter
 }
 
 func newThrottle(cfg Throttle) *throttle {
-	return &throttle{cfg: cfg, users: make(map[string]*counter), addrs: make(map[string]*counter)}
+	return &throttle{cfg: cfg, pairs: make(map[pairKey]*counter), addrs: make(map[string]*counter), names: make(map[string]*nameCounter)}
 }
 
 // delay is the wait after n failures.
@@ -103,101 +142,162 @@ func (t *throttle) retryAfter(c *counter, now time.Time, delays bool) time.Durat
 	return 0
 }
 
+// slowed reports whether n is slowed down at now for attempts from addr.
+func (t *throttle) slowed(n *nameCounter, addr string, now time.Time) bool {
+	if n.failures > 0 && now.Sub(n.last) >= t.cfg.Lockout {
+		n.failures, n.next = 0, time.Time{}
+	}
+	return n.failures >= t.cfg.UserFailures && !slices.Contains(n.familiar, addr)
+}
+
 // begin reports whether an attempt for user from addr ("" for none) may
-// run at now; when it may, the attempt counts for user as a failure until
-// succeed.
+// run at now; when it may, the attempt counts for user and addr as a
+// failure until succeed.
 func (t *throttle) begin(user, addr string, now time.Time) (retry time.Duration, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	uc := t.get(t.users, user, now)
-	wait := t.retryAfter(uc, now, true)
+	pc := getCounter(t, t.pairs, pairKey{user, addr}, now)
+	wait := t.retryAfter(pc, now, true)
 	if addr != "" {
-		wait = max(wait, t.retryAfter(t.get(t.addrs, addr, now), now, false))
+		wait = max(wait, t.retryAfter(getCounter(t, t.addrs, addr, now), now, false))
 	}
 	if wait > 0 {
 		return wait, false
 	}
-	uc.failures++
-	uc.last = now
+	nc := t.name(user, now)
+	if t.slowed(nc, addr, now) {
+		if now.Before(nc.next) {
+			return nc.next.Sub(now), false
+		}
+		nc.next = now.Add(t.cfg.UserDelay)
+	}
+	pc.failures++
+	pc.last = now
 	return 0, true
 }
 
-// fail records that an attempt begun at now failed, and reports whether
-// the user name and the address are now locked out.
-func (t *throttle) fail(user, addr string, now time.Time) (userLocked, addrLocked bool) {
+// lockouts says which counters a failure locked out (or slowed down).
+type lockouts struct {
+	pair, addr, name bool
+}
+
+// fail records that an attempt begun at now failed, and reports what it
+// locked out or slowed down.
+func (t *throttle) fail(user, addr string, now time.Time) lockouts {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if uc := t.get(t.users, user, now); uc.failures >= t.cfg.Failures {
-		uc.lockedUntil = now.Add(t.cfg.Lockout)
-		uc.failures = 0
-		userLocked = true
+	var out lockouts
+	if pc := getCounter(t, t.pairs, pairKey{user, addr}, now); pc.failures >= t.cfg.Failures {
+		pc.lockedUntil = now.Add(t.cfg.Lockout)
+		pc.failures = 0
+		out.pair = true
 	}
+	nc := t.name(user, now)
+	if nc.failures > 0 && now.Sub(nc.last) >= t.cfg.Lockout {
+		nc.failures = 0
+	}
+	nc.failures++
+	nc.last = now
+	out.name = nc.failures == t.cfg.UserFailures
 	if addr == "" {
-		return userLocked, false
+		return out
 	}
-	ac := t.get(t.addrs, addr, now)
+	ac := getCounter(t, t.addrs, addr, now)
 	ac.failures++
 	ac.last = now
 	if ac.failures >= t.cfg.AddrFailures {
 		ac.lockedUntil = now.Add(t.cfg.Lockout)
 		ac.failures = 0
-		addrLocked = true
+		out.addr = true
 	}
-	return userLocked, addrLocked
+	return out
 }
 
-// succeed forgets user's failures. The address keeps its own: a valid
-// account must not wash an address's guesses away.
-func (t *throttle) succeed(user string) {
+// succeed forgets user's failures from addr and remembers addr as one user
+// logs in from. The address keeps its own failures (a valid account must
+// not wash an address's guesses away), and so does the name (one
+// successful login does not end a guess from elsewhere).
+func (t *throttle) succeed(user, addr string, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.users, user)
+	delete(t.pairs, pairKey{user, addr})
+	if addr == "" {
+		return
+	}
+	nc := t.name(user, now)
+	nc.familiar = slices.DeleteFunc(nc.familiar, func(a string) bool { return a == addr })
+	if len(nc.familiar) == maxFamiliar {
+		nc.familiar = slices.Delete(nc.familiar, 0, 1)
+	}
+	nc.familiar = append(nc.familiar, addr)
 }
 
-// get returns m's counter for key, creating it (and making room) if needed.
-func (t *throttle) get(m map[string]*counter, key string, now time.Time) *counter {
+// name returns user's name counter, creating it (and making room) if
+// needed.
+func (t *throttle) name(user string, now time.Time) *nameCounter {
+	if n, ok := t.names[user]; ok {
+		return n
+	}
+	if len(t.names) >= t.cfg.MaxEntries {
+		evict(t.names, t.cfg.MaxEntries, func(n *nameCounter) (time.Time, bool, bool) {
+			return n.last, now.Sub(n.last) >= t.cfg.Lockout && len(n.familiar) == 0, n.failures >= t.cfg.UserFailures
+		})
+	}
+	n := &nameCounter{}
+	t.names[user] = n
+	return n
+}
+
+// getCounter returns m's counter for key, creating it (and making room)
+// if needed.
+func getCounter[K comparable](t *throttle, m map[K]*counter, key K, now time.Time) *counter {
 	if c, ok := m[key]; ok {
 		return c
 	}
 	if len(m) >= t.cfg.MaxEntries {
-		t.evict(m, now)
+		evict(m, t.cfg.MaxEntries, func(c *counter) (time.Time, bool, bool) {
+			locked := now.Before(c.lockedUntil)
+			return c.last, !locked && now.Sub(c.last) >= t.cfg.Lockout, locked
+		})
 	}
 	c := &counter{}
 	m[key] = c
 	return c
 }
 
-// evict drops the counters that no longer matter or, if none, the stalest
-// one that is not locked out (so that a flood of new names cannot wash a
-// lockout away), or else the stalest.
-func (t *throttle) evict(m map[string]*counter, now time.Time) {
+// evict makes room in m (limit entries): it drops the entries that no
+// longer matter (stale) or, if none, the stalest one that is not
+// protected (so that a flood of new names cannot wash a lockout away), or
+// else the stalest. judge returns an entry's last use and whether it is
+// stale or protected.
+func evict[K comparable, V any](m map[K]V, limit int, judge func(V) (last time.Time, stale, protected bool)) {
 	type pick struct {
-		key   string
+		key   K
 		at    time.Time
 		found bool
 	}
-	var unlocked, any pick
-	consider := func(p *pick, k string, c *counter) {
-		if !p.found || c.last.Before(p.at) {
-			*p = pick{key: k, at: c.last, found: true}
+	var unprotected, any pick
+	consider := func(p *pick, k K, at time.Time) {
+		if !p.found || at.Before(p.at) {
+			*p = pick{key: k, at: at, found: true}
 		}
 	}
-	for k, c := range m {
-		locked := now.Before(c.lockedUntil)
-		if !locked && now.Sub(c.last) >= t.cfg.Lockout {
+	for k, v := range m {
+		last, stale, protected := judge(v)
+		if stale {
 			delete(m, k)
 			continue
 		}
-		if !locked {
-			consider(&unlocked, k, c)
+		if !protected {
+			consider(&unprotected, k, last)
 		}
-		consider(&any, k, c)
+		consider(&any, k, last)
 	}
-	if len(m) < t.cfg.MaxEntries {
+	if len(m) < limit {
 		return
 	}
-	if unlocked.found {
-		delete(m, unlocked.key)
+	if unprotected.found {
+		delete(m, unprotected.key)
 	} else if any.found {
 		delete(m, any.key)
 	}

@@ -35,10 +35,15 @@ type Token struct {
 	Expires  time.Time `json:"expires"`
 	LastUsed time.Time `json:"last_used,omitzero"` // refreshed at most once a minute
 	Revoked  time.Time `json:"revoked,omitzero"`
+	// Pending: created under the two-person rule, the token authenticates
+	// only once a second person approved it (Service.ActivateTokenAs).
+	Pending bool `json:"pending,omitempty"`
 }
 
-// Active reports whether t is neither revoked nor expired at now.
-func (t Token) Active(now time.Time) bool { return t.Revoked.IsZero() && now.Before(t.Expires) }
+// Active reports whether t is neither revoked, expired nor pending at now.
+func (t Token) Active(now time.Time) bool {
+	return t.Revoked.IsZero() && !t.Pending && now.Before(t.Expires)
+}
 
 // tokenRecord is a stored token.
 type tokenRecord struct {
@@ -49,9 +54,17 @@ type tokenRecord struct {
 // CreateToken makes an API token for owner, scoped to role (which owner's
 // own role must cover) and valid for ttl (at most Config.MaxTokenTTL). The
 // secret ("sga_" + 32 random bytes in base64url) is returned once and never
-// stored.
+// stored. It checks no credential's scope: CreateTokenAs does, for
+// requests.
 func (s *Service) CreateToken(owner, name string, role Role, ttl time.Duration) (string, Token, error) {
+	return s.createToken(owner, TokenSpec{Name: name, Role: role, TTL: ttl}, time.Time{})
+}
+
+// createToken makes a token for owner as spec says, expiring no later than
+// notAfter (unless zero).
+func (s *Service) createToken(owner string, spec TokenSpec, notAfter time.Time) (string, Token, error) {
 	owner = normalizeName(owner)
+	name, role, ttl := spec.Name, spec.Role, spec.TTL
 	switch {
 	case ttl <= 0 || ttl > s.cfg.MaxTokenTTL:
 		return "", Token{}, fmt.Errorf("%w: token lifetime must be positive and at most %s", ErrInvalid, s.cfg.MaxTokenTTL)
@@ -69,8 +82,11 @@ func (s *Service) CreateToken(owner, name string, role Role, ttl time.Duration) 
 	now := s.cfg.Now()
 	rec := &tokenRecord{
 		Token: Token{ID: "apt_" + hex.EncodeToString(raw[tokenSecretLen:]), Name: name, Owner: owner, Role: role,
-			Created: now, Expires: now.Add(ttl)},
+			Created: now, Expires: now.Add(ttl), Pending: spec.Pending},
 		Hash: sum[:],
+	}
+	if !notAfter.IsZero() && rec.Expires.After(notAfter) {
+		rec.Expires = notAfter
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		u, err := getUser(tx, owner)
@@ -94,7 +110,7 @@ func (s *Service) CreateToken(owner, name string, role Role, ttl time.Duration) 
 	if err != nil {
 		return "", Token{}, err
 	}
-	s.log.Info("API token created", "token_id", rec.ID, "owner", owner, "role", role, "expires", rec.Expires)
+	s.log.Info("API token created", "token_id", rec.ID, "owner", owner, "role", role, "expires", rec.Expires, "pending", rec.Pending)
 	return secret, rec.Token, nil
 }
 
@@ -153,13 +169,22 @@ func (s *Service) Tokens(owner string) ([]Token, error) {
 }
 
 // RevokeToken revokes a token at once; revoking it again changes nothing.
-// Whether the caller may (its owner, or PermUsersAdmin) is theirs to check.
-func (s *Service) RevokeToken(id string) (Token, error) {
+// It checks no credential's scope: RevokeTokenAs does, for requests.
+func (s *Service) RevokeToken(id string) (Token, error) { return s.revokeToken(id, nil) }
+
+// revokeToken revokes a token if check (when not nil) allows, in the same
+// transaction.
+func (s *Service) revokeToken(id string, check func(*bolt.Tx, *tokenRecord) error) (Token, error) {
 	var out Token
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		rec, err := getToken(tx, id)
 		if err != nil {
 			return err
+		}
+		if check != nil {
+			if err := check(tx, rec); err != nil {
+				return err
+			}
 		}
 		if rec.Revoked.IsZero() {
 			rec.Revoked = s.cfg.Now()
@@ -215,6 +240,8 @@ func (s *Service) token(secret string) (Principal, error) {
 	switch {
 	case !rec.Revoked.IsZero():
 		return Principal{}, fmt.Errorf("%w: token %s revoked", ErrTokenInvalid, rec.ID)
+	case rec.Pending:
+		return Principal{}, fmt.Errorf("%w: token %s awaits approval", ErrTokenInvalid, rec.ID)
 	case !now.Before(rec.Expires):
 		return Principal{}, fmt.Errorf("%w: token %s expired %s", ErrTokenExpired, rec.ID, rec.Expires.UTC().Format(time.RFC3339))
 	case owner.Disabled:
@@ -242,6 +269,7 @@ func (s *Service) token(secret string) (Principal, error) {
 		TokenID:   rec.ID,
 		Expires:   rec.Expires,
 		ownerRole: owner.Role,
+		since:     owner.Since(),
 	}, nil
 }
 

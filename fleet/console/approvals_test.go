@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
@@ -26,6 +27,7 @@ func TestApprovalsInbox(t *testing.T) {
 	sam := ff.login("sam", auth.RoleSecurityAdmin)
 	sid := ff.login("sid", auth.RoleSecurityAdmin)
 	viewer := ff.login("vera", auth.RoleViewer)
+	ff.clock.Advance(time.Second) // the accounts predate the requests: newer ones may not approve them
 
 	page := body(t, sam.post("/ca/prepare", url.Values{"justification": {"quarterly CA rotation"}}), http.StatusAccepted)
 	mustContain(t, page, "Waiting for a second person&#39;s approval", "filed for approval by a second person")

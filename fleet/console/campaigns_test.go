@@ -27,6 +27,7 @@ func TestReleasesTwoPersonRule(t *testing.T) {
 	rita := ff.login("rita", auth.RoleReleaseApprover)
 	op := ff.login("olga", auth.RoleOperator)
 	viewer := ff.login("vera", auth.RoleViewer)
+	ff.clock.Advance(time.Second) // the accounts predate the uploads: newer ones may not approve them
 	rel := ff.upload("ada", "2.1.0", 3)
 	other := ff.upload("olga", "2.2.0", 3)
 	approve := `action="/releases/` + rel.ID + `/approve"`

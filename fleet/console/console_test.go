@@ -445,7 +445,7 @@ func TestAPITokens(t *testing.T) {
 	// A refusal links back to the page the form was on.
 	mustContain(t, body(t, op.post("/settings/tokens/apt_0000000000000000/revoke", nil), http.StatusNotFound), `<a href="/settings">`)
 	// A scope above one's own role is refused by the API.
-	mustContain(t, body(t, op.post("/settings/tokens", url.Values{"name": {"x"}, "role": {"admin"}}), http.StatusBadRequest), "role")
+	mustContain(t, body(t, op.post("/settings/tokens", url.Values{"name": {"x"}, "role": {"admin"}}), http.StatusForbidden), "scope admin")
 }
 
 // TestUsers: only an admin manages users; a generated password is shown

@@ -69,7 +69,7 @@ func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 	ff.fixture = newFixture(t, func(c *console.Config) {
 		inv := c.Inventory.(*inventory.Store)
 		ff.policies = c.Policies.(*policy.Store)
-		ff.open(t, inv, c.Now, opt)
+		ff.open(t, inv, c.Now, c.Auth, opt)
 		c.API = api.New(api.Config{
 			Inventory: inv, Policies: ff.policies, Auth: c.Auth, Audit: ff.audit, Approvals: ff.approvals,
 			Firmware: fwService{ff.releases, ff.campaigns, c.Now}, Alerts: ff.alerts, AlertSinks: ff.sinks, Telemetry: ff.tel,
@@ -92,7 +92,7 @@ func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 
 // open opens the subsystems in a temporary directory and starts the
 // campaign engine.
-func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time.Time, opt fleetOptions) {
+func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time.Time, operators *auth.Service, opt fleetOptions) {
 	t.Helper()
 	dir := t.TempDir()
 	must := func(err error) {
@@ -140,7 +140,8 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 	t.Cleanup(func() { ff.alerts.Close() })
 
 	if !opt.noApprovals {
-		ff.approvals, err = approval.Open(approval.Config{Path: filepath.Join(dir, "approvals.db"), Now: now, NoSync: true})
+		ff.approvals, err = approval.Open(approval.Config{Path: filepath.Join(dir, "approvals.db"), Now: now, NoSync: true,
+			Requester: approval.RequesterFrom(operators)})
 		must(err)
 		t.Cleanup(func() { ff.approvals.Close() })
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/internal/fsutil"
 )
@@ -27,7 +28,14 @@ const adminTokenTTL = 365 * 24 * time.Hour
 // admin.password, 0600) on first start, and makes sure admin.token holds a
 // live API token of that admin: the credential the CLI and scripts use.
 func (s *Server) openAuth() error {
-	a, err := auth.Open(auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Logger: s.log.With("component", "auth")})
+	// Logins and lockouts go to the audit log, opened after this store.
+	toAudit := audit.RecorderFunc(func(ctx context.Context, e audit.Entry) error {
+		if s.Audit == nil {
+			return nil
+		}
+		return s.Audit.Record(ctx, e)
+	})
+	a, err := auth.Open(auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Audit: toAudit, Logger: s.log.With("component", "auth")})
 	if err != nil {
 		return err
 	}

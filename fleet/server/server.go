@@ -81,7 +81,8 @@ type Config struct {
 	// approve a release. Default 1.
 	FirmwareApprovals int `json:"firmware_approvals"`
 	// TwoPersonRule holds dangerous changes (CA rotation, policy and secret
-	// changes, fleet-wide rotation jobs) for a second person's approval
+	// changes, fleet-wide rotation jobs; user creation, role changes and
+	// API tokens that may approve) for a second person's approval
 	// (GET /api/v1/approvals). Default false; turn it on once a second
 	// operator with security.approve exists.
 	TwoPersonRule bool `json:"two_person_rule"`
@@ -391,7 +392,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
 	if cfg.TwoPersonRule {
-		if s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit}, Logger: logger.With("component", "approvals")}); err != nil {
+		if s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit}, Requester: approval.RequesterFrom(s.Auth), Logger: logger.With("component", "approvals")}); err != nil {
 			s.closeStores()
 			return nil, err
 		}

@@ -131,6 +131,12 @@ func demoFirmware(ctx context.Context, o DemoOptions, fleet *Fleet, client *api.
 	if err := os.WriteFile(filepath.Join(rd, "demo-os-2.0.0.img"), image, 0o644); err != nil {
 		return err
 	}
+	// The second person exists before the upload: an account created after
+	// it could not approve it.
+	approver, err := secondPerson(ctx, fleet, client)
+	if err != nil {
+		return err
+	}
 	rel, err := client.UploadRelease(ctx, raw, bundles, bytes.NewReader(image), int64(len(image)))
 	if err != nil {
 		return err
@@ -142,10 +148,6 @@ func demoFirmware(ctx context.Context, o DemoOptions, fleet *Fleet, client *api.
 		fmt.Fprintf(o.Out, "  approval by the uploader refused: %d %s\n", se.Status, se.Problem.Title)
 	} else if err == nil {
 		return errors.New("sigil demo: the uploader approved their own release")
-	}
-	approver, err := secondPerson(ctx, fleet, client)
-	if err != nil {
-		return err
 	}
 	if rel, err = approver.ApproveRelease(ctx, rel.ID); err != nil {
 		return err

@@ -24,7 +24,9 @@ func TestTwoPersonRule(t *testing.T) {
 	f := startFleet(t, func(c *server.Config) { c.TwoPersonRule = true })
 	admin, _ := f.Client()
 	ctx := context.Background()
-	if _, err := admin.CreateUser(ctx, api.UserRequest{Name: "sam", Role: auth.RoleSecurityAdmin}); err != nil {
+	// Sam existed before the rule was turned on (under it, a new account
+	// waits for a second person: TestOnePersonCannotSatisfyTheTwoPersonRule).
+	if _, err := f.Auth.CreateUser(ctx, "sam", "sam's long password", auth.RoleSecurityAdmin); err != nil {
 		t.Fatal(err)
 	}
 	secret, _, err := f.Auth.CreateToken("sam", "approver", auth.RoleSecurityAdmin, time.Hour)

@@ -27,7 +27,7 @@ func concrete(pattern string) (string, string) {
 }
 
 // TestAuthorizationMatrix: every API route, called by an API token of
-// every role, is refused with 403 exactly when the role lacks the route's
+// every role (and by the admin's token scoped to every role), is refused with 403 exactly when the role lacks the route's
 // permission; without credentials every non-public route answers 401.
 // State-changing calls carry an empty body and made-up IDs, so an allowed
 // call fails on its input (400, 404, 409, 501) rather than doing much.
@@ -35,7 +35,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 	f := startFleet(t, nil)
 	c, _ := f.Client()
 	ctx := context.Background()
+	// For each role: a token of a user holding it, and a token of the admin
+	// scoped down to it. Both hold exactly the role's permissions.
 	tokens := map[auth.Role]string{}
+	scoped := map[auth.Role]string{}
 	for _, role := range auth.Roles() {
 		u, err := c.CreateUser(ctx, api.UserRequest{Name: "u-" + string(role), Role: role})
 		if err != nil || u.Password == "" {
@@ -46,6 +49,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Fatal(err)
 		}
 		tokens[role] = secret
+		if scoped[role], _, err = f.Auth.CreateToken(auth.BootstrapAdmin, "matrix "+string(role), role, time.Hour); err != nil {
+			t.Fatal(err)
+		}
 	}
 	routes := api.Routes(f.API())
 	if len(routes) < 40 {
@@ -75,17 +81,19 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Errorf("%s without credentials: %d, want 401", r.Pattern, got)
 		}
 		for _, role := range auth.Roles() {
-			got := do(method, path, tokens[role])
-			allowed := role.Has(r.Perm)
-			switch {
-			case got == http.StatusUnauthorized:
-				t.Errorf("%s as %s: 401 with a valid token", r.Pattern, role)
-			case allowed && got == http.StatusForbidden:
-				t.Errorf("%s as %s: 403, but the role grants %s", r.Pattern, role, r.Perm)
-			case !allowed && got != http.StatusForbidden:
-				t.Errorf("%s as %s: %d, want 403 (the role lacks %s)", r.Pattern, role, got, r.Perm)
+			for who, tok := range map[string]string{"a " + string(role): tokens[role], "the admin scoped to " + string(role): scoped[role]} {
+				got := do(method, path, tok)
+				allowed := role.Has(r.Perm)
+				switch {
+				case got == http.StatusUnauthorized:
+					t.Errorf("%s as %s: 401 with a valid token", r.Pattern, who)
+				case allowed && got == http.StatusForbidden:
+					t.Errorf("%s as %s: 403, but the role grants %s", r.Pattern, who, r.Perm)
+				case !allowed && got != http.StatusForbidden:
+					t.Errorf("%s as %s: %d, want 403 (the role lacks %s)", r.Pattern, who, got, r.Perm)
+				}
+				checked++
 			}
-			checked++
 		}
 	}
 	t.Logf("%d route × role calls checked over %d routes", checked, len(routes))
