@@ -12,4 +12,7 @@
 //	3 (2026-11-22) credential lifecycle: renew, result, rotate; sealed secrets;
 //	  SSH host certificates (ssh.request, ssh.certs).
 //	4 (2026-11-22) CA rotation: trust.bundle; firmware updates; telemetry.
+//	5 (unreleased) enroll.challenge may ask for the event log (field 7) and
+//	  enroll.proof carries it (field 6): the first quote is judged by
+//	  policies with event rules too.
 package wire
