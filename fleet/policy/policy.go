@@ -11,7 +11,10 @@
 // or event differs, what was expected and what it means.
 //
 // Select picks the policy for a device: the most specific one whose
-// non-empty scope fields (model, firmware, group) all match. Learn drafts
+// non-empty scope fields (model, firmware, group) all match. Choose, which
+// enrollment and attestation both use, adds what a failure asks for and
+// when a device fails closed, so that the firmware a device claims never
+// buys it a milder verdict. Learn drafts
 // a policy from one vouched-for ("golden") device. Store keeps every
 // version of every policy in a bbolt file: Put never overwrites, Delete
 // records a deletion, History lists all versions.
