@@ -456,11 +456,12 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 
 func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "create" {
-		return usageError{"usage: sigil tokens create [--model M] [--owner O] [--ttl 24h]"}
+		return usageError{"usage: sigil tokens create [--model M] [--group G] [--owner O] [--ttl 24h]"}
 	}
 	fs := flag.NewFlagSet("tokens create", flag.ContinueOnError)
 	af := addAPIFlags(fs)
-	model := fs.String("model", "", "bind the token to this model")
+	model := fs.String("model", "", "model assigned to the enrolled device (needs secrets.write)")
+	group := fs.String("group", "", "group assigned to the enrolled device (needs secrets.write)")
 	owner := fs.String("owner", "", "owner assigned to the enrolled device")
 	ttl := fs.Duration("ttl", 24*time.Hour, "token lifetime")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -470,7 +471,7 @@ func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tok, err := c.CreateToken(ctx, *model, *owner, *ttl)
+	tok, err := c.CreateEnrollmentToken(ctx, api.EnrollmentTokenRequest{Model: *model, Group: *group, Owner: *owner, TTL: ttl.String()})
 	if err != nil {
 		return err
 	}

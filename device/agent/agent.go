@@ -488,7 +488,19 @@ func (a *Agent) answer(id *state.Identity, ch *wire.EnrollChallenge) (*wire.Enro
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &wire.EnrollProof{Session: ch.Session, Activation: mac.Sum(nil), CertifyInfo: attest, CertifySig: sig, Quote: *q}, nil
+	proof := &wire.EnrollProof{Session: ch.Session, Activation: mac.Sum(nil), CertifyInfo: attest, CertifySig: sig, Quote: *q}
+	if ch.EventLog && a.cfg.EventLog != "-" {
+		// The fleet's policy judges the boot events too; without the log
+		// the fleet refuses, and says so.
+		log, err := readBounded(a.cfg.EventLog, wire.MaxEventLog)
+		switch {
+		case err == nil:
+			proof.EventLog = log
+		case !errors.Is(err, os.ErrNotExist):
+			a.log.Warn("event log unreadable; enrolling without it", "path", a.cfg.EventLog, "err", err)
+		}
+	}
+	return proof, nil
 }
 
 // accept checks the issued certificate before storing it: it must be for

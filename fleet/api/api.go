@@ -119,7 +119,9 @@ func New(cfg Config) http.Handler {
 	h.route("GET /api/v1/devices/{id}", auth.PermDevicesRead, h.getDevice)
 	h.route("POST /api/v1/devices/{id}/approve", auth.PermDevicesWrite, h.approve)
 	h.route("PATCH /api/v1/devices/{id}", auth.PermDevicesWrite, h.patchDevice)
+	h.fieldsNeed("PATCH /api/v1/devices/{id}", assignPerm, "model", "group")
 	h.route("POST /api/v1/enrollment-tokens", auth.PermDevicesWrite, h.createToken)
+	h.fieldsNeed("POST /api/v1/enrollment-tokens", assignPerm, "model", "group")
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()
@@ -159,6 +161,7 @@ type Device struct {
 	ID            string    `json:"id"`
 	State         string    `json:"state"`
 	Model         string    `json:"model"`
+	ClaimedModel  string    `json:"claimed_model,omitempty"` // what the device said it is; targets nothing
 	Firmware      string    `json:"firmware,omitempty"`
 	Owner         string    `json:"owner,omitempty"`
 	Purpose       string    `json:"purpose,omitempty"`
@@ -180,7 +183,7 @@ type Device struct {
 
 func (h *handler) view(d *inventory.Device) Device {
 	v := Device{
-		ID: d.ID, State: string(d.State), Model: d.Model, Firmware: d.Firmware, Owner: d.Owner, Purpose: d.Purpose, Serial: d.Serial,
+		ID: d.ID, State: string(d.State), Model: d.Model, ClaimedModel: d.ClaimedModel, Firmware: d.Firmware, Owner: d.Owner, Purpose: d.Purpose, Serial: d.Serial,
 		EKFingerprint: d.EKFingerprint, TrustPath: d.TrustPath, CertSerial: d.CertSerial, CertExpiry: d.CertExpiry,
 		FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, EnrolledAt: d.EnrolledAt, Connected: d.Connected, Flags: d.Flags,
 		Group: d.Group, Tags: d.Tags, Attestation: d.Attestation, LastAttested: d.LastAttested,
@@ -283,9 +286,21 @@ func (h *handler) approve(w http.ResponseWriter, r *http.Request, who string) {
 	writeJSON(w, http.StatusOK, h.view(d))
 }
 
-// devicePatch changes operator-owned fields; absent fields stay.
+// assignPerm guards what secrets and policies target a device by: minting
+// an enrollment token that grants a model or group, and changing a
+// device's model or group. Whoever can choose a device's group can have a
+// secret delivered to a TPM of their choosing, so it is a secret-level
+// permission, not devices.write.
+const assignPerm = auth.PermSecretsWrite
+
+// errAssign refuses a change of model or group without assignPerm.
+var errAssign = errors.New("api: changing a device's model or group needs " + string(assignPerm))
+
+// devicePatch changes operator-owned fields; absent fields stay. Changing
+// model or group (to another value) also needs assignPerm.
 type devicePatch struct {
 	Owner *string   `json:"owner"`
+	Model *string   `json:"model"`
 	Group *string   `json:"group"`
 	Tags  *[]string `json:"tags"` // replaces the device's tags
 }
@@ -295,7 +310,7 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 	if !decode(w, r, &p) {
 		return
 	}
-	for name, v := range map[string]*string{"owner": p.Owner, "group": p.Group} {
+	for name, v := range map[string]*string{"owner": p.Owner, "model": p.Model, "group": p.Group} {
 		if v != nil && (len(*v) > 128 || strings.ContainsAny(*v, "\x00\n\r")) {
 			problem(w, http.StatusBadRequest, "bad request", name+" must be at most 128 characters on one line")
 			return
@@ -314,9 +329,16 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 		}
 	}
 	id := r.PathValue("id")
+	mayAssign := h.can(r, assignPerm)
 	err := h.cfg.Inventory.Update(id, func(d *inventory.Device) error {
+		if !mayAssign && ((p.Model != nil && *p.Model != d.Model) || (p.Group != nil && *p.Group != d.Group)) {
+			return errAssign
+		}
 		if p.Owner != nil {
 			d.Owner = *p.Owner
+		}
+		if p.Model != nil {
+			d.Model = *p.Model
 		}
 		if p.Group != nil {
 			d.Group = *p.Group
@@ -328,6 +350,10 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 	})
 	if errors.Is(err, inventory.ErrNotFound) {
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
+		return
+	}
+	if errors.Is(err, errAssign) {
+		problem(w, http.StatusForbidden, "forbidden", "changing a device's model or group decides which secrets it receives: it needs the "+string(assignPerm)+" permission")
 		return
 	}
 	if err != nil {
@@ -343,8 +369,12 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 	writeJSON(w, http.StatusOK, h.view(d))
 }
 
-type tokenRequest struct {
+// EnrollmentTokenRequest is the body of POST /api/v1/enrollment-tokens.
+// A token that grants a model or group (the device enrolled with it gets
+// them) needs assignPerm.
+type EnrollmentTokenRequest struct {
 	Model string `json:"model"`
+	Group string `json:"group"`
 	Owner string `json:"owner"`
 	TTL   string `json:"ttl"`
 }
@@ -354,13 +384,18 @@ type TokenResponse struct {
 	ID      string    `json:"id"`
 	Token   string    `json:"token"`
 	Model   string    `json:"model,omitempty"`
+	Group   string    `json:"group,omitempty"`
 	Owner   string    `json:"owner,omitempty"`
 	Expires time.Time `json:"expires"`
 }
 
 func (h *handler) createToken(w http.ResponseWriter, r *http.Request, _ string) {
-	var req tokenRequest
+	var req EnrollmentTokenRequest
 	if !decode(w, r, &req) {
+		return
+	}
+	if (req.Model != "" || req.Group != "") && !h.can(r, assignPerm) {
+		problem(w, http.StatusForbidden, "forbidden", "a token that grants a model or group decides which secrets a device receives: minting it needs the "+string(assignPerm)+" permission")
 		return
 	}
 	ttl := 24 * time.Hour
@@ -372,17 +407,19 @@ func (h *handler) createToken(w http.ResponseWriter, r *http.Request, _ string) 
 		}
 		ttl = d
 	}
-	if len(req.Model) > 128 || len(req.Owner) > 128 {
-		problem(w, http.StatusBadRequest, "bad request", "model and owner are at most 128 characters")
-		return
+	for _, v := range []string{req.Model, req.Group, req.Owner} {
+		if len(v) > 128 || strings.ContainsAny(v, "\x00\n\r") {
+			problem(w, http.StatusBadRequest, "bad request", "model, group and owner are at most 128 characters on one line")
+			return
+		}
 	}
-	secret, tok, err := h.cfg.Inventory.CreateToken(req.Model, req.Owner, ttl)
+	secret, tok, err := h.cfg.Inventory.CreateToken(inventory.Grant{Model: req.Model, Group: req.Group}, req.Owner, ttl)
 	if err != nil {
 		h.internal(w, err)
 		return
 	}
-	h.log.Info("enrollment token created", "token_id", tok.ID, "model", tok.Model, "owner", tok.Owner, "expires", tok.Expires)
-	writeJSON(w, http.StatusCreated, TokenResponse{ID: tok.ID, Token: secret, Model: tok.Model, Owner: tok.Owner, Expires: tok.Expires})
+	h.log.Info("enrollment token created", "token_id", tok.ID, "model", tok.Model, "group", tok.Group, "owner", tok.Owner, "expires", tok.Expires)
+	writeJSON(w, http.StatusCreated, TokenResponse{ID: tok.ID, Token: secret, Model: tok.Model, Group: tok.Group, Owner: tok.Owner, Expires: tok.Expires})
 }
 
 // decode reads a JSON body strictly; on failure it has written a 4xx.

@@ -128,12 +128,17 @@ func (c *Client) Device(ctx context.Context, id string) (*DeviceDetail, error) {
 	return &out, c.Do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id), nil, &out)
 }
 
-// CreateToken creates an enrollment token.
+// CreateToken creates an enrollment token that grants model ("" for none).
 func (c *Client) CreateToken(ctx context.Context, model, owner string, ttl time.Duration) (*TokenResponse, error) {
-	req := tokenRequest{Model: model, Owner: owner}
+	req := EnrollmentTokenRequest{Model: model, Owner: owner}
 	if ttl > 0 {
 		req.TTL = ttl.String()
 	}
+	return c.CreateEnrollmentToken(ctx, req)
+}
+
+// CreateEnrollmentToken creates an enrollment token as req says.
+func (c *Client) CreateEnrollmentToken(ctx context.Context, req EnrollmentTokenRequest) (*TokenResponse, error) {
 	var out TokenResponse
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/enrollment-tokens", req, &out)
 }

@@ -72,8 +72,8 @@ func (h *handler) describeCore() {
 	}{})
 	h.describe("GET /api/v1/devices/{id}", "A device with its recent lifecycle events", nil, DeviceDetail{})
 	h.describe("POST /api/v1/devices/{id}/approve", "Approve a pending device", nil, Device{})
-	h.describe("PATCH /api/v1/devices/{id}", "Change a device's owner or group", devicePatch{}, Device{})
-	h.describe("POST /api/v1/enrollment-tokens", "Create a single-use enrollment token (shown once)", tokenRequest{}, TokenResponse{}, 201)
+	h.describe("PATCH /api/v1/devices/{id}", "Change a device's owner, tags, model or group (model and group: secrets.write)", devicePatch{}, Device{})
+	h.describe("POST /api/v1/enrollment-tokens", "Create a single-use enrollment token (shown once); granting a model or group needs secrets.write", EnrollmentTokenRequest{}, TokenResponse{}, 201)
 	h.describe("GET /api/v1/devices/{id}/attestations", "A device's attestation verdicts, newest first", nil, AttestationList{})
 	h.describe("POST /api/v1/devices/{id}/attest", "Challenge a device to attest now", nil, map[string]string{}, 202)
 	h.describe("POST /api/v1/devices/{id}/release", "Release a quarantined device (justification required)", releaseRequest{}, Device{})
@@ -178,6 +178,9 @@ func (h *handler) buildOpenAPI() map[string]any {
 		if r.Perm != "" {
 			op["security"] = []any{map[string]any{"bearer": []string{}}, map[string]any{"session": []string{}}}
 			op["x-permission"] = string(r.Perm)
+			if len(r.Fields) > 0 {
+				op["x-field-permissions"] = map[string]any{"fields": r.Fields, "permission": string(r.FieldPerm)}
+			}
 		} else {
 			op["security"] = []any{}
 		}

@@ -14,6 +14,10 @@ import (
 type route struct {
 	Pattern string
 	Perm    auth.Permission
+	// Fields are request body fields whose setting (or change) needs a
+	// further permission, FieldPerm (see fieldsNeed).
+	Fields    []string
+	FieldPerm auth.Permission
 }
 
 // Routes lists the handler's routes with their permissions, for the
@@ -30,6 +34,27 @@ func Routes(h http.Handler) []route {
 func (h *handler) route(pattern string, perm auth.Permission, fn func(http.ResponseWriter, *http.Request, string)) {
 	h.routes = append(h.routes, route{Pattern: pattern, Perm: perm})
 	h.mux.Handle(pattern, h.audited(pattern, h.authorize(perm, fn)))
+}
+
+// fieldsNeed records that setting fields of pattern's body needs perm as
+// well as the route's permission; the handler checks it with can.
+func (h *handler) fieldsNeed(pattern string, perm auth.Permission, fields ...string) {
+	for i := range h.routes {
+		if h.routes[i].Pattern == pattern {
+			h.routes[i].Fields, h.routes[i].FieldPerm = fields, perm
+		}
+	}
+}
+
+// can reports whether the caller of r holds perm (beyond its route's
+// permission). Without an auth service only the admin token gets this far,
+// and it holds every permission.
+func (h *handler) can(r *http.Request, perm auth.Permission) bool {
+	if h.cfg.Auth == nil {
+		return true
+	}
+	p, ok := auth.PrincipalFrom(r.Context())
+	return ok && p.Can(perm)
 }
 
 // public registers a route anyone may call.

@@ -10,8 +10,10 @@
 // costs no signature check); every quote (AK signature, magic and type, the
 // quote's nonce equals that nonce, PCR selection as asked, PCR digest);
 // event-log replay against the quoted PCRs when a log is present; the
-// reference policy for the device's model, firmware and group (fail closed
-// when the model has policies but none for the reported firmware); the
+// reference policy policy.Choose gives for the device's model and group
+// (the inventory's) and the firmware it reports: fail closed when the model
+// has policies but none for the reported firmware, and a failure takes the
+// strictest action of the policies any firmware claim could select; the
 // reset/restart counters against the history (going backwards fails).
 // Devices without an event log are judged by PCR values alone.
 package attest
@@ -41,10 +43,9 @@ const (
 	FlagStale = "stale"
 )
 
-// Policies finds the reference policy that applies to a device.
+// Policies decides how a device is judged (fleet/policy.Store).
 type Policies interface {
-	Select(model, firmware, group string) (*policy.Policy, error) // nil, nil when none applies
-	Covers(model string) (bool, error)                            // whether any policy names the model
+	Choose(model, firmware, group string) (policy.Choice, error)
 }
 
 // Alert is a security event for operators (routed to sinks by the alerting
@@ -422,23 +423,21 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 	if firmware == "" {
 		firmware = dev.Firmware
 	}
-	var pol *policy.Policy
+	var choice policy.Choice
 	if s.cfg.Policies != nil {
-		if pol, err = s.cfg.Policies.Select(dev.Model, firmware, dev.Group); err != nil {
+		if choice, err = s.cfg.Policies.Choose(dev.Model, firmware, dev.Group); err != nil {
 			return fail(err)
 		}
 	}
+	pol := choice.Policy
+	// A failure acts as the strictest policy the device could be judged
+	// by whatever firmware it claims: the claim is not proof.
+	rec.PolicyAction = choice.Action
 	if pol == nil {
 		// Fail closed when the model has policies but none for what the
 		// device reports: its firmware claim is not proof, and must not
 		// buy it a pass.
-		covered := false
-		if s.cfg.Policies != nil {
-			if covered, err = s.cfg.Policies.Covers(dev.Model); err != nil {
-				return fail(err)
-			}
-		}
-		if covered {
+		if choice.FailClosed() {
 			rec.Code, rec.Reason = wire.ReasonNoPolicy, wire.ReasonNoPolicy.String()
 			rec.Message = fmt.Sprintf("no reference policy of model %s matches firmware %q (group %q): the device reports an unexpected firmware", dev.Model, firmware, dev.Group)
 			return rec, iss.issued
@@ -451,7 +450,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 	}
 	v := pol.Evaluate(policy.NewEvidence(dev.Model, firmware, log, quotes...))
 	rec.PolicyID, rec.PolicyVersion, rec.Failures = v.PolicyID, v.PolicyVersion, v.Failures
-	rec.PolicyAction, rec.AutoRelease = pol.EffectiveAction(), pol.AutoRelease
+	rec.AutoRelease = pol.AutoRelease
 	if !v.Pass {
 		rec.Code, rec.Reason = wire.ReasonPolicyViolation, wire.ReasonPolicyViolation.String()
 		rec.Message = summarize(v.Failures)

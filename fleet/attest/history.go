@@ -34,7 +34,9 @@ type Record struct {
 	Clock          uint64                    `json:"clock"`
 	Rebooted       bool                      `json:"rebooted,omitempty"` // reset or restart counter moved since the last verdict
 	Action         string                    `json:"action,omitempty"`   // "quarantined", "released", "alert"
-	// PolicyAction and AutoRelease are those of the policy evaluated.
+	// PolicyAction is what a failure asks for: the strictest action of the
+	// policies the device could be judged by whatever firmware it claims
+	// (policy.Choice.Action). AutoRelease is the evaluated policy's.
 	PolicyAction string `json:"policy_action,omitempty"`
 	AutoRelease  bool   `json:"auto_release,omitempty"`
 	// DeviceError: the device reported it could not quote (not a verdict

@@ -390,10 +390,16 @@ func TestDeviceSearch(t *testing.T) {
 
 // TestEnrollmentTokenShownOnce: creating an enrollment token shows its
 // secret once; the secret works for enrollment and appears nowhere else.
+// Only a user who may change what secrets target (secrets.write) is
+// offered, and may mint, a token that grants a model or group.
 func TestEnrollmentTokenShownOnce(t *testing.T) {
 	f := newFixture(t, nil)
 	op := f.login("olga", auth.RoleOperator)
-	w := op.post("/enrollment/tokens", url.Values{"model": {"gw-1"}, "owner": {"plant-a"}, "ttl": {"1h"}})
+	form := body(t, op.get("/enrollment"), http.StatusOK)
+	mustContain(t, form, `action="/enrollment/tokens"`)
+	mustNotContain(t, form, `name="model"`, `name="group"`)
+	body(t, op.post("/enrollment/tokens", url.Values{"model": {"gw-1"}, "owner": {"plant-a"}, "ttl": {"1h"}}), http.StatusForbidden)
+	w := op.post("/enrollment/tokens", url.Values{"owner": {"plant-a"}, "ttl": {"1h"}})
 	page := body(t, w, http.StatusOK)
 	m := regexp.MustCompile(`value="(sgt_[^"]+)"`).FindStringSubmatch(page)
 	if m == nil {
@@ -404,9 +410,13 @@ func TestEnrollmentTokenShownOnce(t *testing.T) {
 		t.Error("the page with the secret may be cached")
 	}
 	tok, err := f.inv.CheckToken(secret, "gw-1", f.clock.Now())
-	if err != nil || tok.Owner != "plant-a" {
+	if err != nil || tok.Owner != "plant-a" || tok.Model != "" || tok.Group != "" {
 		t.Fatalf("the shown token does not check: %+v %v", tok, err)
 	}
+	sec := f.login("sam", auth.RoleSecurityAdmin)
+	mustContain(t, body(t, sec.get("/enrollment"), http.StatusOK), `name="model"`, `name="group"`)
+	granting := body(t, sec.post("/enrollment/tokens", url.Values{"model": {"gw-1"}, "group": {"pumps"}, "ttl": {"1h"}}), http.StatusOK)
+	mustContain(t, granting, "Model the device gets", "gw-1", "Group the device gets", "pumps")
 	mustNotContain(t, body(t, op.get("/enrollment"), http.StatusOK), secret)
 	viewer := f.login("vera", auth.RoleViewer)
 	mustNotContain(t, body(t, viewer.get("/enrollment"), http.StatusOK), `action="/enrollment/tokens"`)
@@ -540,7 +550,7 @@ func TestExtensionPoints(t *testing.T) {
 			Template: `{{define "content"}}<h1>Campaigns</h1><p id="n">{{.Data}}</p>{{if .Allowed "ext.tag"}}<form method="post" action="/campaigns/tag/{{pathseg "` + devID(1) + `"}}">{{template "csrf" .}}<button>tag</button></form>{{end}}{{end}}`,
 			Load:     func(*http.Request, auth.Principal) (any, error) { return "3 running", nil },
 			Actions: []console.Action{{Name: "ext.tag", Path: "/campaigns/tag/{id}", API: "PATCH /api/v1/devices/{id}",
-				Body: func(url.Values) (any, error) { return map[string]string{"group": "canary"}, nil },
+				Body: func(url.Values) (any, error) { return map[string][]string{"tags": {"canary"}}, nil },
 				Then: "/campaigns", OK: "Tagged."}},
 		}}
 		c.Cards = []console.CardFunc{func(*http.Request, auth.Principal) ([]console.Card, error) {
@@ -562,8 +572,8 @@ func TestExtensionPoints(t *testing.T) {
 	if to := redirect(t, op.post("/campaigns/tag/"+devID(1), nil)); to != "/campaigns?ok=ext.tag" {
 		t.Fatalf("redirect %q", to)
 	}
-	if g := f.device(devID(1)).Group; g != "canary" {
-		t.Fatalf("group %q", g)
+	if tags := f.device(devID(1)).Tags; !slices.Equal(tags, []string{"canary"}) {
+		t.Fatalf("tags %q", tags)
 	}
 
 	// A malformed extension is refused at New.

@@ -104,9 +104,17 @@ func deviceActions() []Action {
 			Then: "/devices/{id}", OK: "Challenge sent: the verdict appears below once the device answers."},
 		{Name: "device.edit", Path: "/devices/{id}/edit", API: "PATCH /api/v1/devices/{id}",
 			Body: func(form url.Values) (any, error) {
-				return map[string]string{"owner": strings.TrimSpace(form.Get("owner")), "group": strings.TrimSpace(form.Get("group"))}, nil
+				// Model and group only when the form has them: they need
+				// secrets.write, and the form shows them only then.
+				body := map[string]string{"owner": strings.TrimSpace(form.Get("owner"))}
+				for _, k := range []string{"model", "group"} {
+					if _, ok := form[k]; ok {
+						body[k] = strings.TrimSpace(form.Get(k))
+					}
+				}
+				return body, nil
 			},
-			Then: "/devices/{id}", OK: "Owner and group saved."},
+			Then: "/devices/{id}", OK: "Saved."},
 		{Name: "device.decommission", Path: "/devices/{id}/decommission", API: "POST /api/v1/devices/{id}/decommission",
 			Body: func(form url.Values) (any, error) {
 				j, err := justification(form)

@@ -128,7 +128,8 @@ func enrollmentActions() []Action {
 				if ttl == "" {
 					ttl = "24h"
 				}
-				return map[string]string{"model": strings.TrimSpace(form.Get("model")), "owner": strings.TrimSpace(form.Get("owner")), "ttl": ttl}, nil
+				return map[string]string{"model": strings.TrimSpace(form.Get("model")), "group": strings.TrimSpace(form.Get("group")),
+					"owner": strings.TrimSpace(form.Get("owner")), "ttl": ttl}, nil
 			},
 			Reveal: func(answer []byte) (Reveal, error) {
 				var t api.TokenResponse
@@ -137,7 +138,10 @@ func enrollmentActions() []Action {
 				}
 				facts := [][2]string{{"Token ID", t.ID}, {"Expires", when(t.Expires)}}
 				if t.Model != "" {
-					facts = append(facts, [2]string{"Only for model", t.Model})
+					facts = append(facts, [2]string{"Model the device gets", t.Model})
+				}
+				if t.Group != "" {
+					facts = append(facts, [2]string{"Group the device gets", t.Group})
 				}
 				if t.Owner != "" {
 					facts = append(facts, [2]string{"Owner of devices", t.Owner})

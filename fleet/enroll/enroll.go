@@ -9,8 +9,22 @@
 // re-enrollment of a known EK, operator approval). Only then is a credential
 // made. The proof is checked in this order: session (known, unused, same
 // client, not expired), credential activation, TPM2_Certify of the transport
-// key, the CSR against the certified key, quote. Every refusal leaves the inventory unchanged,
-// except that a clone attempt flags the enrolled device.
+// key, the CSR against the certified key, quote, and the quote (with the
+// event log when the policy has event rules) against the reference policy.
+// Every refusal leaves the inventory unchanged, except that a clone attempt
+// flags the enrolled device and a failed activation of a known EK is
+// recorded as an anonymous event.
+//
+// A session belongs to the bootstrap client that opened it (the client ID
+// the broker authenticated): only that client's proof answers it, and
+// another client's request with the same EK opens a session of its own
+// instead of ending it. Each client holds at most a few sessions.
+//
+// The model and group a device is judged and targeted by are the fleet's,
+// never the device's claim: the inventory's for a known device, the
+// enrollment token's grant for a new one, none otherwise (an operator
+// allowed to change what secrets target assigns them). The model a
+// request names is recorded as the device's claimed model.
 package enroll
 
 import (
@@ -22,6 +36,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +85,8 @@ type Config struct {
 	// DeviceLifetime is the certificate lifetime; 0 uses the CA's default.
 	DeviceLifetime time.Duration
 	// Policies, when set, holds the first quote to the reference policy of
-	// the device's model and firmware.
+	// the device's model and group (the fleet's) and the firmware it
+	// reports, failing closed as policy.Choose says.
 	Policies Policies
 	// Workers is the number of concurrent handlers; default GOMAXPROCS.
 	Workers int
@@ -114,9 +130,9 @@ type Identities interface {
 	CloneSuspect(deviceID, detail string)
 }
 
-// Policies finds the reference policy for a device (fleet/policy.Store).
+// Policies decides how a device is judged (fleet/policy.Store).
 type Policies interface {
-	Select(model, firmware, group string) (*policy.Policy, error)
+	Choose(model, firmware, group string) (policy.Choice, error)
 }
 
 // Service handles enrollment messages.
@@ -126,11 +142,12 @@ type Service struct {
 	q   chan job
 
 	mu       sync.Mutex
-	sessions map[string]*session  // by session hex
-	byEK     map[string]string    // EK fingerprint -> its open session
-	used     map[string]time.Time // consumed sessions, for replay answers
-	seen     map[string]time.Time // message IDs seen
-	clients  map[string]string    // device ID -> bootstrap client ID of pending devices
+	sessions map[string]*session    // by session hex
+	byClient map[string][]string    // bootstrap client ID -> its open sessions, oldest first
+	used     map[string]time.Time   // consumed sessions, for replay answers
+	seen     map[string]time.Time   // message IDs seen
+	clients  map[string]string      // device ID -> bootstrap client ID of pending devices
+	failed   map[string]*failedNote // device ID -> anonymous activation failures being counted
 
 	stats Stats
 }
@@ -158,6 +175,17 @@ type session struct {
 	path     string            // "" = pending
 	existing *inventory.Device // the record when the request arrived; decisions re-read it
 	clone    string            // why this looks like a clone, decided after activation
+	// model and group are the fleet's for this device: the inventory's
+	// for a known device, else the token's grant.
+	model, group string
+}
+
+// failedNote counts the failed activations of a known EK since the last
+// one recorded, so that a client repeating them cannot flood the
+// device's history or the audit log.
+type failedNote struct {
+	recorded   time.Time
+	suppressed int
 }
 
 // New checks cfg and returns a service; call Run to start its workers.
@@ -188,7 +216,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	return &Service{
 		cfg: cfg, log: cfg.Logger, q: make(chan job, cfg.Queue),
-		sessions: map[string]*session{}, byEK: map[string]string{}, used: map[string]time.Time{}, seen: map[string]time.Time{}, clients: map[string]string{},
+		sessions: map[string]*session{}, byClient: map[string][]string{}, used: map[string]time.Time{}, seen: map[string]time.Time{}, clients: map[string]string{},
+		failed: map[string]*failedNote{},
 	}, nil
 }
 
@@ -265,9 +294,17 @@ func (s *Service) Handle(clientID string, payload []byte) {
 }
 
 // Bounds on what unauthenticated clients can make the service remember.
+// A client holds at most maxClientSessions sessions (its oldest makes room
+// for a new one), so the broker's cap on bootstrap clients (1,000 by
+// default) keeps them all far below maxSessions: strangers cannot fill the
+// table that real devices need.
 const (
-	maxSessions = 10000
-	maxSeen     = 200000
+	maxSessions       = 10000
+	maxClientSessions = 4
+	maxSeen           = 200000
+	// failedEvery is how often a known EK's failed activations are
+	// recorded as an event; the ones between are counted into the next.
+	failedEvery = time.Minute
 )
 
 func (s *Service) firstSighting(id string) bool {
@@ -283,11 +320,59 @@ func (s *Service) firstSighting(id string) bool {
 	return true
 }
 
-// expire drops old sessions and replay records.
+// expire drops old sessions and replay records, and records the failed
+// activations still counted.
 func (s *Service) expire() {
+	now := s.cfg.Now()
+	pending := map[string]int{}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.expireLocked(s.cfg.Now().Add(-time.Hour))
+	for id, n := range s.failed {
+		if n.suppressed > 0 && now.Sub(n.recorded) >= failedEvery {
+			pending[id] = n.suppressed
+			n.recorded, n.suppressed = now, 0
+		}
+	}
+	s.expireLocked(now.Add(-time.Hour))
+	s.mu.Unlock()
+	for id, n := range pending {
+		s.recordFailed(id, fmt.Sprintf("%d more enrollments with this device's EK failed credential activation", n), now)
+	}
+}
+
+// dropLocked forgets an open session.
+func (s *Service) dropLocked(key string, sess *session) {
+	delete(s.sessions, key)
+	keys := slices.DeleteFunc(s.byClient[sess.clientID], func(k string) bool { return k == key })
+	if len(keys) == 0 {
+		delete(s.byClient, sess.clientID)
+	} else {
+		s.byClient[sess.clientID] = keys
+	}
+}
+
+// openLocked stores a new session of its client. The client's earlier
+// session for the same EK ends (it asked again), and so does its oldest
+// when it holds maxClientSessions; other clients' sessions are never
+// touched.
+func (s *Service) openLocked(sess *session) error {
+	for _, k := range slices.Clone(s.byClient[sess.clientID]) {
+		if old := s.sessions[k]; old != nil && old.ek.Fingerprint == sess.ek.Fingerprint {
+			s.dropLocked(k, old)
+		}
+	}
+	if keys := s.byClient[sess.clientID]; len(keys) >= maxClientSessions {
+		s.dropLocked(keys[0], s.sessions[keys[0]])
+	}
+	if len(s.sessions) >= maxSessions {
+		return wire.Refuse(wire.ReasonRateLimited, "too many enrollments in progress", nil)
+	}
+	key := hex.EncodeToString(sess.id)
+	if old := s.sessions[key]; old != nil {
+		s.dropLocked(key, old) // a 128-bit collision: only with a broken or replayed Rand
+	}
+	s.sessions[key] = sess
+	s.byClient[sess.clientID] = append(s.byClient[sess.clientID], key)
+	return nil
 }
 
 // expireLocked drops expired sessions and replay records older than cutoff.
@@ -295,10 +380,12 @@ func (s *Service) expireLocked(cutoff time.Time) {
 	now := s.cfg.Now()
 	for k, v := range s.sessions {
 		if now.After(v.expires) {
-			delete(s.sessions, k)
-			if s.byEK[v.ek.Fingerprint] == k {
-				delete(s.byEK, v.ek.Fingerprint)
-			}
+			s.dropLocked(k, v)
+		}
+	}
+	for id, n := range s.failed {
+		if n.suppressed == 0 && n.recorded.Before(cutoff) { // counts wait for expire to record them
+			delete(s.failed, id)
 		}
 	}
 	for k, t := range s.used {
@@ -376,7 +463,7 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 			return wire.Refuse(wire.ReasonDecommissioned, "device decommissioned", nil)
 		}
 	}
-	path, err := s.trustPath(&req, ek, existing)
+	path, tok, err := s.trustPath(&req, ek, existing)
 	if err != nil {
 		var we *wire.Error
 		if s.cfg.Identities != nil && errors.As(err, &we) && (we.Reason == wire.ReasonUnknownEK || we.Reason == wire.ReasonUntrustedEK) {
@@ -394,6 +481,7 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 		clientID: clientID, id: make([]byte, 16), nonce: make([]byte, 32), secret: make([]byte, 32),
 		expires: s.cfg.Now().Add(s.cfg.ChallengeTTL), req: &req, ek: ek, ak: ak, tk: tk, path: path, existing: existing, clone: clone,
 	}
+	sess.model, sess.group = assignment(existing, tok)
 	for _, b := range [][]byte{sess.id, sess.nonce, sess.secret} {
 		if _, err := io.ReadFull(s.cfg.Rand, b); err != nil {
 			return err
@@ -403,23 +491,19 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 	if err != nil {
 		return err
 	}
+	eventLog, err := s.wantsEventLog(sess)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
-	// One open session per EK, and a bound on all of them: a flood of
-	// requests cannot grow the fleet's memory.
-	if old, ok := s.byEK[ek.Fingerprint]; ok {
-		delete(s.sessions, old)
-	}
-	if len(s.sessions) >= maxSessions {
-		s.mu.Unlock()
-		return wire.Refuse(wire.ReasonRateLimited, "too many enrollments in progress", nil)
-	}
-	key := hex.EncodeToString(sess.id)
-	s.sessions[key] = sess
-	s.byEK[ek.Fingerprint] = key
+	err = s.openLocked(sess)
 	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	ch := &wire.EnrollChallenge{
 		Session: sess.id, CredentialBlob: blob, EncryptedSecret: encSecret, Nonce: sess.nonce,
-		Selection: s.cfg.Selection, Expires: sess.expires.UnixMilli(),
+		Selection: s.cfg.Selection, Expires: sess.expires.UnixMilli(), EventLog: eventLog,
 	}
 	b, err := wire.Encode(wire.TypeEnrollChallenge, env.ID, s.cfg.Now(), ch)
 	if err != nil {
@@ -430,33 +514,53 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 }
 
 // trustPath decides why this EK may enroll; "" means it waits for approval.
-func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *inventory.Device) (string, error) {
+// On the token path it returns the token, whose grant the device gets.
+func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *inventory.Device) (string, *inventory.Token, error) {
 	now := s.cfg.Now()
 	switch {
 	case existing != nil && (existing.State == inventory.StateActive || existing.State == inventory.StateQuarantined):
 		// A known device proving its EK again (lost state, expired or
 		// revoked certificate): no token is spent, even if it sends one.
-		return PathKnown, nil
+		return PathKnown, nil, nil
 	case req.Token != "":
-		if _, err := s.cfg.Inventory.CheckToken(req.Token, req.Model, now); err != nil {
-			return "", tokenRefusal(err)
+		tok, err := s.cfg.Inventory.CheckToken(req.Token, req.Model, now)
+		if err != nil {
+			return "", nil, tokenRefusal(err)
 		}
-		return PathToken, nil
+		return PathToken, tok, nil
 	case ek.ChainVerified:
-		return PathEKCA, nil
+		return PathEKCA, nil, nil
 	case ek.AllowListed:
-		return PathAllowList, nil
+		return PathAllowList, nil, nil
 	case existing != nil && existing.State == inventory.StatePending && existing.HasFlag(FlagApproved):
-		return PathApproval, nil
+		return PathApproval, nil, nil
 	case s.cfg.Identities != nil && s.cfg.Identities.Admitted(ek.Fingerprint):
-		return PathTriage, nil
+		return PathTriage, nil, nil
 	case s.cfg.ManualApproval:
-		return "", nil
+		return "", nil, nil
 	case ek.Cert != nil && s.cfg.Trust.Roots != nil:
-		return "", wire.Refuse(wire.ReasonUntrustedEK, "EK certificate not issued by a trusted manufacturer CA", ek.ChainErr)
+		return "", nil, wire.Refuse(wire.ReasonUntrustedEK, "EK certificate not issued by a trusted manufacturer CA", ek.ChainErr)
 	default:
-		return "", wire.Refuse(wire.ReasonUnknownEK, "unknown EK: enroll with a token or ask an operator", nil)
+		return "", nil, wire.Refuse(wire.ReasonUnknownEK, "unknown EK: enroll with a token or ask an operator", nil)
 	}
+}
+
+// assignment is the model and group the fleet gives a device: the
+// inventory's, overridden by what a token grants. What the device claims
+// plays no part.
+func assignment(existing *inventory.Device, tok *inventory.Token) (model, group string) {
+	if existing != nil {
+		model, group = existing.Model, existing.Group
+	}
+	if tok != nil {
+		if tok.Model != "" {
+			model = tok.Model
+		}
+		if tok.Group != "" {
+			group = tok.Group
+		}
+	}
+	return model, group
 }
 
 func tokenRefusal(err error) error {
@@ -502,13 +606,10 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	s.mu.Lock()
 	sess := s.sessions[key]
 	if sess != nil && sess.clientID == clientID {
-		delete(s.sessions, key)
-		if s.byEK[sess.ek.Fingerprint] == key {
-			delete(s.byEK, sess.ek.Fingerprint)
-		}
+		s.dropLocked(key, sess)
 		s.used[key] = now
 	} else {
-		sess = nil
+		sess = nil // another client's session is not this client's to answer, nor to end
 	}
 	_, used := s.used[key]
 	s.mu.Unlock()
@@ -525,8 +626,7 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 		if sess.existing != nil {
 			// Recorded, not flagged: a wrong answer proves nothing about the
 			// enrolled device, and anyone can send its public EK.
-			_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: sess.existing.ID, Kind: "activation-failed",
-				Detail: "an enrollment with this device's EK failed credential activation (bootstrap client " + sess.clientID + ")"})
+			s.failedActivation(sess.existing.ID, sess.clientID, now)
 		}
 		return err
 	}
@@ -545,7 +645,7 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	if err != nil {
 		return err
 	}
-	if err := s.judgeFirstQuote(sess, vq); err != nil {
+	if err := s.judgeFirstQuote(sess, vq, p.EventLog); err != nil {
 		return err
 	}
 	if sess.path == "" {
@@ -554,22 +654,80 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	return s.issue(env, sess)
 }
 
-// judgeFirstQuote holds the first quote to the reference policy of the
-// device's model and firmware, when one applies and asks only for PCR
-// values (event-log rules are judged by the first attestation).
-func (s *Service) judgeFirstQuote(sess *session, vq *verifier.VerifiedQuote) error {
+// failedActivation records that a client failed to activate a known EK's
+// credential: as an anonymous event (the client proved nothing, so it
+// cannot push the device's history out), at most once per failedEvery per
+// device, the failures in between counted into the next record.
+func (s *Service) failedActivation(deviceID, clientID string, now time.Time) {
+	s.mu.Lock()
+	n := s.failed[deviceID]
+	if n != nil && now.Sub(n.recorded) < failedEvery {
+		n.suppressed++
+		s.mu.Unlock()
+		return
+	}
+	more := 0
+	if n != nil {
+		more = n.suppressed
+	}
+	s.failed[deviceID] = &failedNote{recorded: now}
+	s.mu.Unlock()
+	detail := "an enrollment with this device's EK failed credential activation (bootstrap client " + clientID + ")"
+	if more > 0 {
+		detail += fmt.Sprintf("; %d more failed since the last record", more)
+	}
+	s.recordFailed(deviceID, detail, now)
+}
+
+func (s *Service) recordFailed(deviceID, detail string, now time.Time) {
+	err := s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: deviceID, Kind: "activation-failed", Detail: detail, Anonymous: true})
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		s.log.Error("recording a failed activation failed", "device_id", deviceID, "err", err)
+	}
+}
+
+// choose is how the device of sess is judged: by the fleet's model and
+// group for it and the firmware it reports. Without Policies it is judged
+// by nothing.
+func (s *Service) choose(sess *session) (policy.Choice, error) {
 	if s.cfg.Policies == nil || (sess.existing != nil && sess.existing.State == inventory.StateQuarantined) {
-		return nil // a quarantined device re-enrolls only into a session to prove itself
+		return policy.Choice{}, nil // a quarantined device re-enrolls only into a session to prove itself
 	}
-	group := ""
-	if sess.existing != nil {
-		group = sess.existing.Group
-	}
-	pol, err := s.cfg.Policies.Select(sess.req.Model, sess.req.Firmware, group)
-	if err != nil || pol == nil || pol.Events != nil {
+	return s.cfg.Policies.Choose(sess.model, sess.req.Firmware, sess.group)
+}
+
+// wantsEventLog reports whether the challenge asks for the event log: the
+// policy that will judge the first quote has event rules.
+func (s *Service) wantsEventLog(sess *session) (bool, error) {
+	c, err := s.choose(sess)
+	return c.Policy != nil && c.Policy.Events != nil, err
+}
+
+// judgeFirstQuote holds the first quote, and the event log when the device
+// sent one, to the reference policy that policy.Choose gives for the
+// fleet's model and group of the device and the firmware it reports. With
+// no policy for that firmware where the model has some, it fails closed. A
+// policy with event rules fails a device that sent no log (Evaluate says
+// so); a log that does not replay to the quote is refused.
+func (s *Service) judgeFirstQuote(sess *session, vq *verifier.VerifiedQuote, eventLog []byte) error {
+	c, err := s.choose(sess)
+	if err != nil {
 		return err
 	}
-	v := pol.Evaluate(policy.NewEvidence(sess.req.Model, sess.req.Firmware, nil, vq))
+	if c.FailClosed() {
+		return wire.Refuse(wire.ReasonPolicyViolation, truncate(fmt.Sprintf(
+			"no reference policy applies to firmware %q of this device's model and group: the device reports an unexpected firmware", sess.req.Firmware), 400), nil)
+	}
+	if c.Policy == nil {
+		return nil
+	}
+	var log *verifier.EventLog
+	if len(eventLog) > 0 {
+		if log, err = verifier.VerifyEventLog(eventLog, vq); err != nil {
+			return err
+		}
+	}
+	v := c.Policy.Evaluate(policy.NewEvidence(sess.model, sess.req.Firmware, log, vq))
 	if v.Pass {
 		return nil
 	}
@@ -586,17 +744,20 @@ func truncate(s string, n int) string {
 // errStateChanged refuses a session whose device changed state meanwhile.
 var errStateChanged = wire.Refuse(wire.ReasonChallengeExpired, "the device's state changed during enrollment; ask again", nil)
 
-// apply writes what the session proved onto the current record. Model and
-// serial are set at first enrollment only (the operator owns them after).
-func (s *Service) apply(d *inventory.Device, exists bool, sess *session, now time.Time) error {
+// apply writes what the session proved onto the current record. The serial
+// is set at first enrollment only; the model the device names is kept as
+// its claim. The model and group are the fleet's: what a token grants
+// (grant, nil on other paths), else what the record holds.
+func (s *Service) apply(d *inventory.Device, exists bool, sess *session, grant *inventory.Token, now time.Time) error {
 	if exists && d.EKFingerprint != sess.ek.Fingerprint {
 		return errStateChanged
 	}
 	if !exists {
 		d.FirstSeen = now
-		d.Model = sess.req.Model
 		d.Serial = sess.req.Serial
 	}
+	d.ClaimedModel = sess.req.Model
+	d.Model, d.Group = assignment(d, grant)
 	d.EKFingerprint = sess.ek.Fingerprint
 	d.Firmware = sess.req.Firmware
 	d.LastSeen = now
@@ -628,7 +789,7 @@ func (s *Service) hold(env *wire.Envelope, sess *session) error {
 			return errStateChanged
 		}
 		created = !exists
-		if err := s.apply(d, exists, sess, now); err != nil {
+		if err := s.apply(d, exists, sess, nil, now); err != nil {
 			return err
 		}
 		d.State, d.TrustPath = inventory.StatePending, PathApproval
@@ -659,13 +820,11 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 	if err != nil {
 		return err
 	}
-	var owner string
+	var tok *inventory.Token
 	if sess.path == PathToken {
-		tok, err := s.cfg.Inventory.ConsumeToken(sess.req.Token, id, sess.req.Model, now)
-		if err != nil {
+		if tok, err = s.cfg.Inventory.ConsumeToken(sess.req.Token, id, sess.req.Model, now); err != nil {
 			return tokenRefusal(err)
 		}
-		owner = tok.Owner
 	}
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	var stale []string
@@ -683,7 +842,7 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		case exists && cur.State != inventory.StatePending:
 			kind = "re-enrolled"
 		}
-		if err := s.apply(cur, exists, sess, now); err != nil {
+		if err := s.apply(cur, exists, sess, tok, now); err != nil {
 			return err
 		}
 		if cur.State != inventory.StateQuarantined {
@@ -692,8 +851,8 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		if sess.path != PathKnown {
 			cur.TrustPath = sess.path
 		}
-		if owner != "" {
-			cur.Owner = owner
+		if tok != nil && tok.Owner != "" {
+			cur.Owner = tok.Owner
 		}
 		stale, oldExpiry = append([]string{cur.CertSerial}, cur.Superseded...), cur.CertExpiry
 		cur.Superseded = nil

@@ -66,7 +66,7 @@ const (
 type Device struct {
 	ID            string    `json:"id"`
 	EKFingerprint string    `json:"ek_fingerprint,omitempty"` // identity.Fingerprint, 64 lowercase hex
-	Model         string    `json:"model,omitempty"`
+	Model         string    `json:"model,omitempty"`          // assigned by the fleet (token, operator), never claimed
 	Firmware      string    `json:"firmware,omitempty"`
 	Owner         string    `json:"owner,omitempty"`
 	Purpose       string    `json:"purpose,omitempty"` // why the device exists (governance assignment)
@@ -84,7 +84,7 @@ type Device struct {
 	AKName        []byte    `json:"ak_name,omitempty"`
 	EKPublic      []byte    `json:"ek_public,omitempty"` // TPMT_PUBLIC
 	AKPublic      []byte    `json:"ak_public,omitempty"` // TPMT_PUBLIC
-	Group         string    `json:"group,omitempty"`     // policy group
+	Group         string    `json:"group,omitempty"`     // policy and secret group; assigned like Model
 	// Tags are operator labels (e.g. "site:plant-7", "canary"); at most
 	// MaxTags of ValidTag. Campaigns can target a set of them.
 	Tags []string `json:"tags,omitempty"`
@@ -97,6 +97,9 @@ type Device struct {
 	// Attestation is the last verdict: "pass", "fail" or "" (never).
 	Attestation  string    `json:"attestation,omitempty"`
 	LastAttested time.Time `json:"last_attested,omitzero"`
+	// ClaimedModel is the model the device said it is when it last
+	// enrolled: shown to operators, never used to target anything.
+	ClaimedModel string `json:"claimed_model,omitempty"`
 }
 
 // MaxRevoked bounds Device.Revoked.
@@ -133,8 +136,17 @@ func (d *Device) HasFlag(f string) bool {
 	return false
 }
 
+// Grant is what an enrollment token assigns to the device that enrolls
+// with it: its model and group, which secrets and policies target ("" for
+// none). Minting a token that grants either is a secret-level action.
+type Grant struct {
+	Model string `json:"model,omitempty"`
+	Group string `json:"group,omitempty"`
+}
+
 // Token is an enrollment token. Its secret is shown once, at creation, and
-// only its SHA-256 is kept.
+// only its SHA-256 is kept. Model and Group are what it grants (Grant); a
+// device that claims another model than Model is refused.
 type Token struct {
 	ID      string    `json:"id"`   // public handle
 	Hash    []byte    `json:"hash"` // SHA-256 of the secret
@@ -144,6 +156,7 @@ type Token struct {
 	Created time.Time `json:"created"`
 	UsedBy  string    `json:"used_by,omitempty"`
 	UsedAt  time.Time `json:"used_at,omitzero"`
+	Group   string    `json:"group,omitempty"`
 }
 
 // Event is a lifecycle event of a device (enrolled, refused-clone,
@@ -153,7 +166,15 @@ type Event struct {
 	DeviceID string    `json:"device_id"`
 	Kind     string    `json:"kind"`
 	Detail   string    `json:"detail,omitempty"`
+	// Anonymous marks an event recorded on the word of a client that did
+	// not prove who it is (a failed enrollment with the device's public
+	// EK). Anonymous events are kept apart, at most MaxAnonymousEvents per
+	// device, so that they never push the device's other events out.
+	Anonymous bool `json:"anonymous,omitempty"`
 }
+
+// MaxAnonymousEvents bounds the anonymous events kept per device.
+const MaxAnonymousEvents = 16
 
 // Filter selects devices for ListDevices.
 type Filter struct {
@@ -193,6 +214,7 @@ var (
 	bucketTokens  = []byte("tokens")    // token ID -> token record
 	bucketTokHash = []byte("tokenhash") // SHA-256 of secret -> token ID
 	bucketEvents  = []byte("events")    // device ID 0x00 seq(8) -> event record
+	bucketAnon    = []byte("anonymous") // anonymous events, keyed alike (bucketEvents' sequence)
 	keySchema     = []byte("schema")
 )
 
@@ -254,7 +276,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("inventory: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketDevices, bucketEK, bucketTokens, bucketTokHash, bucketEvents} {
+		for _, name := range [][]byte{bucketMeta, bucketDevices, bucketEK, bucketTokens, bucketTokHash, bucketEvents, bucketAnon} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -497,10 +519,11 @@ func (d *Device) HasTags(want []string) bool {
 	return true
 }
 
-// CreateToken makes an enrollment token bound to a model ("" for any),
-// valid for ttl. The secret ("sgt_" + 32 random bytes, base64url) is
-// returned once and never stored.
-func (s *Store) CreateToken(model, owner string, ttl time.Duration) (string, *Token, error) {
+// CreateToken makes an enrollment token that grants g (its model also
+// binds the token: a device claiming another is refused), valid for ttl.
+// The secret ("sgt_" + 32 random bytes, base64url) is returned once and
+// never stored.
+func (s *Store) CreateToken(g Grant, owner string, ttl time.Duration) (string, *Token, error) {
 	if ttl <= 0 {
 		return "", nil, fmt.Errorf("%w: token lifetime must be positive", ErrInvalid)
 	}
@@ -514,7 +537,8 @@ func (s *Store) CreateToken(model, owner string, ttl time.Duration) (string, *To
 	tok := &Token{
 		ID:      "tok_" + hex.EncodeToString(raw[32:]),
 		Hash:    sum[:],
-		Model:   model,
+		Model:   g.Model,
+		Group:   g.Group,
 		Owner:   owner,
 		Created: now,
 		Expires: now.Add(ttl),
@@ -609,7 +633,8 @@ func checkToken(tx *bolt.Tx, secret, model string, now time.Time) (*Token, error
 }
 
 // AddEvent records a lifecycle event (Time defaults to now) and drops the
-// device's oldest events beyond the limit (WithMaxEvents).
+// device's oldest events beyond the limit (WithMaxEvents); an anonymous
+// event drops only the oldest anonymous events beyond MaxAnonymousEvents.
 func (s *Store) AddEvent(e Event) error {
 	if !wire.ValidID(e.DeviceID) || e.Kind == "" {
 		return fmt.Errorf("%w: event needs a device ID and a kind", ErrInvalid)
@@ -618,10 +643,13 @@ func (s *Store) AddEvent(e Event) error {
 		e.Time = s.opts.now()
 	}
 	err := s.w.Write(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketEvents)
-		seq, err := bk.NextSequence()
+		seq, err := tx.Bucket(bucketEvents).NextSequence()
 		if err != nil {
 			return err
+		}
+		bk, limit := tx.Bucket(bucketEvents), s.opts.maxEvents
+		if e.Anonymous {
+			bk, limit = tx.Bucket(bucketAnon), MaxAnonymousEvents
 		}
 		b, err := encode(&e)
 		if err != nil {
@@ -637,7 +665,7 @@ func (s *Store) AddEvent(e Event) error {
 		var old [][]byte
 		for k, _ := seekLast(c, prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
 			n++
-			if n > s.opts.maxEvents {
+			if n > limit {
 				old = append(old, bytes.Clone(k))
 			}
 		}
@@ -654,16 +682,31 @@ func (s *Store) AddEvent(e Event) error {
 	return err
 }
 
-// Events returns a device's events, newest first; limit <= 0 returns all
-// that are kept.
+// Events returns a device's events, anonymous ones included, newest
+// first; limit <= 0 returns all that are kept.
 func (s *Store) Events(deviceID string, limit int) ([]Event, error) {
 	var out []Event
 	err := s.db.View(func(tx *bolt.Tx) error {
 		prefix := eventPrefix(deviceID)
-		c := tx.Bucket(bucketEvents).Cursor()
-		for k, v := seekLast(c, prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
+		// Merge the two lists by their shared sequence, newest first.
+		c, a := tx.Bucket(bucketEvents).Cursor(), tx.Bucket(bucketAnon).Cursor()
+		ck, cv := seekLast(c, prefix)
+		ak, av := seekLast(a, prefix)
+		for {
 			if limit > 0 && len(out) == limit {
-				break
+				return nil
+			}
+			cOK, aOK := ck != nil && bytes.HasPrefix(ck, prefix), ak != nil && bytes.HasPrefix(ak, prefix)
+			var v []byte
+			switch {
+			case cOK && (!aOK || bytes.Compare(ck, ak) > 0):
+				v = cv
+				ck, cv = c.Prev()
+			case aOK:
+				v = av
+				ak, av = a.Prev()
+			default:
+				return nil
 			}
 			e, err := decode[Event](v)
 			if err != nil {
@@ -671,7 +714,6 @@ func (s *Store) Events(deviceID string, limit int) ([]Event, error) {
 			}
 			out = append(out, *e)
 		}
-		return nil
 	})
 	return out, err
 }

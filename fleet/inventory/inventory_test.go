@@ -37,7 +37,7 @@ func TestReopenKeepsData(t *testing.T) {
 	if err := s.PutDevice(d); err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := s.CreateToken("gw-1", "", time.Hour)
+	secret, _, err := s.CreateToken(inventory.Grant{Model: "gw-1"}, "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestClockAndEntropyAreInjected(t *testing.T) {
 	zero := zeroReader{}
 	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithClock(func() time.Time { return now }), inventory.WithRand(zero))
 	defer s.Close()
-	secret, tok, err := s.CreateToken("", "", time.Minute)
+	secret, tok, err := s.CreateToken(inventory.Grant{}, "", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestClockAndEntropyAreInjected(t *testing.T) {
 		t.Fatalf("secret %q token %+v", secret, tok)
 	}
 	// The same entropy again collides and is refused rather than overwriting.
-	if _, _, err := s.CreateToken("", "", time.Minute); err == nil {
+	if _, _, err := s.CreateToken(inventory.Grant{}, "", time.Minute); err == nil {
 		t.Fatal("colliding token created")
 	}
 }

@@ -11,7 +11,10 @@
 // or event differs, what was expected and what it means.
 //
 // Select picks the policy for a device: the most specific one whose
-// non-empty scope fields (model, firmware, group) all match. Learn drafts
+// non-empty scope fields (model, firmware, group) all match. Choose, which
+// enrollment and attestation both use, adds what a failure asks for and
+// when a device fails closed, so that the firmware a device claims never
+// buys it a milder verdict. Learn drafts
 // a policy from one vouched-for ("golden") device. Store keeps every
 // version of every policy in a bbolt file: Put never overwrites, Delete
 // records a deletion, History lists all versions.
@@ -296,6 +299,100 @@ func Select(policies []Policy, model, firmware, group string) *Policy {
 	}
 	c := policies[best].clone()
 	return &c
+}
+
+// Choice is how a device is judged: the policy its evidence is evaluated
+// against and what a failure asks for. Build it with Choose.
+type Choice struct {
+	// Policy is the policy Select picks for the device's model, firmware
+	// and group; nil when none applies.
+	Policy *Policy
+	// Action is what failing evidence asks for (ActionAlert or
+	// ActionQuarantine): the strictest action of every policy the device
+	// could be judged by whatever firmware it reported ("" when there is
+	// none). A firmware version is the device's claim, not proof: only
+	// evidence that passes the policy it selects vindicates it, so a
+	// failing device never gets a milder action by claiming the firmware
+	// of an alert-only policy.
+	Action string
+	// Covered reports that the device's model has policies: one names the
+	// model, or one would apply to the device's model and group had it
+	// reported another firmware. With no Policy, the device must then fail
+	// closed: its unexpected firmware claim must not leave it unjudged.
+	Covered bool
+}
+
+// FailClosed reports whether a device must fail for want of a policy: none
+// applies to the firmware it reports, though some would to another.
+func (c Choice) FailClosed() bool { return c.Policy == nil && c.Covered }
+
+// Choose decides how a device is judged. model and group are what the
+// fleet assigned to the device (the inventory, the enrollment token or an
+// operator), never what the device says about itself; firmware is what the
+// device reports. The policy is Select's. The reachable policies are the
+// ones Select picks for the same model and group with any firmware (none,
+// or one that a live policy names). Covered is whether there is one, or a
+// live policy names the model whatever its group. Action is the strictest
+// action of the reachable policies (ActionQuarantine outranks
+// ActionAlert), and ActionQuarantine when the device is covered but no
+// policy is reachable: deny by default.
+func Choose(policies []Policy, model, firmware, group string) Choice {
+	c := Choice{Policy: Select(policies, model, firmware, group)}
+	// What Select would pick for each firmware, in one pass: the best
+	// policy without a firmware, and the best for each firmware named.
+	var general *Policy
+	named := map[string]*Policy{}
+	for i := range policies {
+		p := &policies[i]
+		if p.Deleted {
+			continue
+		}
+		if model != "" && p.Model == model {
+			c.Covered = true
+		}
+		if (p.Model != "" && p.Model != model) || (p.Group != "" && p.Group != group) {
+			continue
+		}
+		if p.Firmware == "" {
+			if better(p, general) {
+				general = p
+			}
+		} else if better(p, named[p.Firmware]) {
+			named[p.Firmware] = p
+		}
+	}
+	reach := func(p *Policy) {
+		if p == nil {
+			return
+		}
+		c.Covered = true
+		if c.Action != ActionQuarantine {
+			c.Action = p.action()
+		}
+	}
+	reach(general)
+	for _, p := range named {
+		if better(general, p) {
+			p = general
+		}
+		reach(p)
+	}
+	if c.Covered && c.Action == "" {
+		c.Action = ActionQuarantine
+	}
+	return c
+}
+
+// better reports whether Select prefers p to q (nil loses to any policy).
+func better(p, q *Policy) bool {
+	switch {
+	case p == nil:
+		return false
+	case q == nil:
+		return true
+	}
+	sp, sq := specificity(p), specificity(q)
+	return sp > sq || (sp == sq && p.ID < q.ID)
 }
 
 func specificity(p *Policy) int {

@@ -337,17 +337,12 @@ func Decode(r io.Reader) (*Policy, error) {
 	return &p, nil
 }
 
-// Covers reports whether any live policy names model (a policy for every
-// model does not count): then a device of that model must match one.
-func (s *Store) Covers(model string) (bool, error) {
-	ps, err := s.List()
+// Choose returns how a device is judged by the latest live policies (see
+// the package function Choose).
+func (s *Store) Choose(model, firmware, group string) (Choice, error) {
+	list, err := s.List()
 	if err != nil {
-		return false, err
+		return Choice{}, err
 	}
-	for _, p := range ps {
-		if p.Model == model && model != "" {
-			return true, nil
-		}
-	}
-	return false, nil
+	return Choose(list, model, firmware, group), nil
 }

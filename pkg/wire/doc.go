@@ -14,6 +14,9 @@
 //	4 (2026-11-22) CA rotation: trust.bundle; firmware updates; telemetry.
 //	5 (2026-12-07) security fixes (issue 11): enroll.result carries the
 //	  signed release trust rotations (EnrollResult.FirmwareRotations, field
-//	  11); firmware.report phase advancing_floor (committed only once the TPM
-//	  anti-rollback counter holds the release's security version).
+//	  11); enroll.challenge may ask for the event log (field 7) and
+//	  enroll.proof carries it (field 6), so the first quote is judged by
+//	  policies with event rules too; firmware.report phase advancing_floor
+//	  (committed only once the TPM anti-rollback counter holds the
+//	  release's security version).
 package wire

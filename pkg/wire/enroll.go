@@ -119,6 +119,10 @@ type EnrollChallenge struct {
 	Nonce           []byte       `cbor:"4,keyasint"` // 32 bytes; qualifying data of the quote and the certify
 	Selection       PCRSelection `cbor:"5,keyasint"`
 	Expires         int64        `cbor:"6,keyasint"` // Unix milliseconds
+	// EventLog asks for the measured-boot event log with the proof: the
+	// reference policy that judges the first quote has event rules.
+	// Absent (false) otherwise, so that older devices decode the challenge.
+	EventLog bool `cbor:"7,keyasint,omitempty"`
 }
 
 // Validate checks sizes.
@@ -165,6 +169,9 @@ type EnrollProof struct {
 	CertifyInfo []byte `cbor:"3,keyasint"` // TPMS_ATTEST of TPM2_Certify(TK by AK, nonce)
 	CertifySig  []byte `cbor:"4,keyasint"` // TPMT_SIGNATURE by the AK
 	Quote       Quote  `cbor:"5,keyasint"`
+	// EventLog is the measured-boot event log (TCG PC Client format), sent
+	// only when the challenge asks for it and the device has one.
+	EventLog []byte `cbor:"6,keyasint,omitempty"`
 }
 
 // Validate checks sizes.
@@ -174,6 +181,9 @@ func (p *EnrollProof) Validate() error {
 	}
 	if len(p.CertifyInfo) == 0 || len(p.CertifyInfo) > maxTPMStruct || len(p.CertifySig) == 0 || len(p.CertifySig) > maxTPMStruct {
 		return errors.New("certify size")
+	}
+	if len(p.EventLog) > MaxEventLog {
+		return errors.New("event log too large")
 	}
 	return p.Quote.Validate()
 }

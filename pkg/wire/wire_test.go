@@ -207,3 +207,31 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestEnrollEventLogVectors pins the event-log fields of enrollment
+// (version 5): the challenge's request for the log (field 7) and the log in
+// the proof (field 6); absent when unused, so older peers decode the rest.
+func TestEnrollEventLogVectors(t *testing.T) {
+	for name, c := range map[string]struct {
+		body any
+		want string
+	}{
+		"challenge": {&EnrollChallenge{Session: []byte{1}, CredentialBlob: []byte{2}, EncryptedSecret: []byte{3}, Nonce: []byte{4},
+			Selection: PCRSelection{Hash: 11, PCRs: []int{0}}, Expires: 5, EventLog: true},
+			"a7 014101 024102 034103 044104 05a2010b028100 0605 07f5"},
+		"challenge without log": {&EnrollChallenge{Session: []byte{1}, CredentialBlob: []byte{2}, EncryptedSecret: []byte{3}, Nonce: []byte{4},
+			Selection: PCRSelection{Hash: 11, PCRs: []int{0}}, Expires: 5},
+			"a6 014101 024102 034103 044104 05a2010b028100 0605"},
+		"proof": {&EnrollProof{Session: []byte{1}, Activation: []byte{2}, CertifyInfo: []byte{3}, CertifySig: []byte{4},
+			Quote: Quote{Attest: []byte{5}, Signature: []byte{6}, Hash: 11, PCRs: []int{0}, Values: [][]byte{{7}}}, EventLog: []byte{8}},
+			"a6 014101 024102 034103 044104 05a5014105024106030b048100058141 07 064108"},
+	} {
+		b, err := Marshal(c.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := hexs(b), strings.ReplaceAll(c.want, " ", ""); got != want {
+			t.Errorf("%s vector\n got %s\nwant %s", name, got, want)
+		}
+	}
+}

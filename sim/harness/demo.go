@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-iot/sigil/device/agent"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/server"
@@ -156,8 +157,21 @@ func Demo(ctx context.Context, o DemoOptions) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	// A device's model is the fleet's to assign (it decides which secrets
+	// and policies reach the device): the administrator confirms the model
+	// the devices that enrolled by their EK certificate claim.
 	list, err := client.Devices(ctx, "")
 	if err != nil {
+		return err
+	}
+	for _, d := range list.Devices {
+		if d.Model == "" && d.ClaimedModel != "" {
+			if err := client.Do(ctx, "PATCH", "/api/v1/devices/"+d.ID, map[string]string{"model": d.ClaimedModel}, nil); err != nil {
+				return fmt.Errorf("sigil demo: assigning device %s its model: %w", d.ID, err)
+			}
+		}
+	}
+	if list, err = client.Devices(ctx, ""); err != nil {
 		return err
 	}
 	fmt.Fprintf(o.Out, "\n%d devices active and connected over TPM-backed mTLS after %.1fs (GET %s/api/v1/devices):\n\n",
@@ -405,7 +419,7 @@ func startSimulatedDevices(ctx context.Context, fleet *Fleet, o DemoOptions) (fu
 		}
 	}
 	for i := range o.Devices {
-		tok, _, err := fleet.Inv.CreateToken("demo-gateway", "demo", time.Hour)
+		tok, _, err := fleet.Inv.CreateToken(inventory.Grant{Model: "demo-gateway"}, "demo", time.Hour)
 		if err != nil {
 			stop()
 			return nil, err

@@ -106,6 +106,7 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if first.Result != "pass" || first.Reason != "no_policy" {
 		t.Fatalf("first verdict %+v", first)
 	}
+	assign(t, c, id, "gw-1", "") // the policy is for the model the fleet assigned
 	pol, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: id, Name: "gw-1 golden"})
 	if err != nil {
 		t.Fatal(err)

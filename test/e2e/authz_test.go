@@ -13,6 +13,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
 )
 
@@ -31,6 +32,10 @@ func concrete(pattern string) (string, string) {
 // permission; without credentials every non-public route answers 401.
 // State-changing calls carry an empty body and made-up IDs, so an allowed
 // call fails on its input (400, 404, 409, 501) rather than doing much.
+// A route whose body fields need a further permission (a device's model
+// and group, a token that grants them: secrets.write) is called once more
+// per field, on a real device, and refused with 403 exactly when the role
+// lacks either permission.
 func TestAuthorizationMatrix(t *testing.T) {
 	f := startFleet(t, nil)
 	c, _ := f.Client()
@@ -57,8 +62,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 	if len(routes) < 40 {
 		t.Fatalf("only %d routes registered", len(routes))
 	}
-	do := func(method, path, tok string) int {
-		req, _ := http.NewRequestWithContext(ctx, method, f.APIURL()+path, strings.NewReader("{}"))
+	dev := &inventory.Device{ID: "0123456789abcdef0123456789abcdef", State: inventory.StateActive}
+	if err := f.Inv.PutDevice(dev); err != nil {
+		t.Fatal(err)
+	}
+	doBody := func(method, path, tok, body string) int {
+		req, _ := http.NewRequestWithContext(ctx, method, f.APIURL()+path, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		if tok != "" {
 			req.Header.Set("Authorization", "Bearer "+tok)
@@ -71,7 +80,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	checked := 0
+	do := func(method, path, tok string) int { return doBody(method, path, tok, "{}") }
+	checked, fields := 0, 0
 	for _, r := range routes {
 		method, path := concrete(r.Pattern)
 		if r.Perm == "" {
@@ -95,8 +105,31 @@ func TestAuthorizationMatrix(t *testing.T) {
 				checked++
 			}
 		}
+		for _, field := range r.Fields {
+			method, path := concrete(r.Pattern)
+			path = strings.ReplaceAll(path, "no-such-thing", dev.ID)
+			for _, role := range auth.Roles() {
+				// A value of its own per role: setting what the device
+				// already has changes nothing and needs nothing more.
+				body, _ := json.Marshal(map[string]string{field: "matrix-" + string(role)})
+				got := doBody(method, path, tokens[role], string(body))
+				allowed := role.Has(r.Perm) && role.Has(r.FieldPerm)
+				switch {
+				case got == http.StatusUnauthorized:
+					t.Errorf("%s setting %s as %s: 401 with a valid token", r.Pattern, field, role)
+				case allowed && got/100 != 2:
+					t.Errorf("%s setting %s as %s: %d, but the role grants %s and %s", r.Pattern, field, role, got, r.Perm, r.FieldPerm)
+				case !allowed && got != http.StatusForbidden:
+					t.Errorf("%s setting %s as %s: %d, want 403 (the role lacks %s or %s)", r.Pattern, field, role, got, r.Perm, r.FieldPerm)
+				}
+				fields++
+			}
+		}
 	}
-	t.Logf("%d route × role calls checked over %d routes", checked, len(routes))
+	if fields == 0 {
+		t.Fatal("no route declares fields that need a further permission (model, group)")
+	}
+	t.Logf("%d route × role calls and %d field × role calls checked over %d routes", checked, fields, len(routes))
 }
 
 // TestSessionAndCSRF: a browser session from POST /api/v1/login carries a

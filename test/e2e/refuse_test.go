@@ -65,7 +65,7 @@ func TestRefuseTokens(t *testing.T) {
 	waitConnected(t, first)
 	before := inventorySnapshot(t, f)
 
-	expired, _, err := f.Inv.CreateToken("", "", time.Millisecond)
+	expired, _, err := f.Inv.CreateToken(inventory.Grant{}, "", time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -174,6 +174,8 @@ func TestSecrets(t *testing.T) {
 	// PCR-bound: sealed to A's attested PCR values.
 	waitVerdictAfter(t, c, idA, 0)
 	disk := []byte("luks volume key 0123456789abcdef")
+	assign(t, c, idA, "gw-1", "") // a model target reaches the devices the fleet gave that model
+	assign(t, c, idB, "gw-1", "")
 	if _, err := c.PutSecret(ctx, "disk-key", disk, secrets.Target{Model: "gw-1"}, true); err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ type Store interface {
 	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
 	PutDevice(d *inventory.Device) error
 	Update(id string, fn func(*inventory.Device) error) error
-	CreateToken(model, owner string, ttl time.Duration) (secret string, tok *inventory.Token, err error)
+	CreateToken(g inventory.Grant, owner string, ttl time.Duration) (secret string, tok *inventory.Token, err error)
 	ConsumeToken(secret, deviceID, model string, now time.Time) (*inventory.Token, error)
 	CheckToken(secret, model string, now time.Time) (*inventory.Token, error)
 	AddEvent(e inventory.Event) error
@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"Tokens", testTokens},
 		{"TokenConcurrency", testTokenConcurrency},
 		{"Events", testEvents},
+		{"AnonymousEvents", testAnonymousEvents},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.f(t, open(t)) })
@@ -378,14 +379,14 @@ func testCounts(t *testing.T, s Store) {
 
 func testTokens(t *testing.T, s Store) {
 	now := time.Now()
-	secret, tok, err := s.CreateToken("gw-1", "plant-a", time.Hour)
+	secret, tok, err := s.CreateToken(inventory.Grant{Model: "gw-1", Group: "pumps"}, "plant-a", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(secret, inventory.TokenPrefix) || len(secret) != len(inventory.TokenPrefix)+43 {
 		t.Fatalf("secret %q", secret)
 	}
-	if tok.ID == "" || strings.Contains(tok.ID, secret[len(inventory.TokenPrefix):]) || tok.Model != "gw-1" || tok.Owner != "plant-a" {
+	if tok.ID == "" || strings.Contains(tok.ID, secret[len(inventory.TokenPrefix):]) || tok.Model != "gw-1" || tok.Group != "pumps" || tok.Owner != "plant-a" {
 		t.Fatalf("token %+v", tok)
 	}
 	if sum := sha256.Sum256([]byte(secret)); string(tok.Hash) != string(sum[:]) {
@@ -394,7 +395,7 @@ func testTokens(t *testing.T, s Store) {
 	if tok.Expires.Sub(tok.Created) != time.Hour {
 		t.Fatalf("lifetime %v", tok.Expires.Sub(tok.Created))
 	}
-	secret2, _, _ := s.CreateToken("", "", time.Hour)
+	secret2, _, _ := s.CreateToken(inventory.Grant{}, "", time.Hour)
 	if secret2 == secret {
 		t.Fatal("two tokens share a secret")
 	}
@@ -441,13 +442,13 @@ func testTokens(t *testing.T, s Store) {
 	if _, err := s.ConsumeToken(secret2, ID(2), "anything", now); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.CreateToken("m", "o", 0); err == nil {
+	if _, _, err := s.CreateToken(inventory.Grant{Model: "m"}, "o", 0); err == nil {
 		t.Fatal("token without lifetime created")
 	}
 }
 
 func testTokenConcurrency(t *testing.T, s Store) {
-	secret, _, err := s.CreateToken("gw-1", "", time.Hour)
+	secret, _, err := s.CreateToken(inventory.Grant{Model: "gw-1"}, "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -526,5 +527,44 @@ func testEvents(t *testing.T, s Store) {
 		if err := s.AddEvent(e); !errors.Is(err, inventory.ErrInvalid) {
 			t.Errorf("AddEvent(%+v): err = %v", e, err)
 		}
+	}
+}
+
+// testAnonymousEvents: anonymous events are listed with the others, in
+// order, and bounded apart: however many arrive, the device's other events
+// stay, and at most inventory.MaxAnonymousEvents anonymous ones are kept.
+func testAnonymousEvents(t *testing.T, s Store) {
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+	for i, kind := range []string{"enrolled", "connected"} {
+		if err := s.AddEvent(inventory.Event{Time: at(i), DeviceID: ID(1), Kind: kind}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 10 * inventory.MaxAnonymousEvents
+	for i := range n {
+		if err := s.AddEvent(inventory.Event{Time: at(2 + i), DeviceID: ID(1), Kind: "activation-failed", Anonymous: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddEvent(inventory.Event{Time: at(2 + n), DeviceID: ID(1), Kind: "renewed"}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.Events(ID(1), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ev) != 3+inventory.MaxAnonymousEvents {
+		t.Fatalf("%d events kept, want %d", len(ev), 3+inventory.MaxAnonymousEvents)
+	}
+	if ev[0].Kind != "renewed" || ev[len(ev)-2].Kind != "connected" || ev[len(ev)-1].Kind != "enrolled" {
+		t.Fatalf("events out of order or lost: first %+v, last two %+v", ev[0], ev[len(ev)-2:])
+	}
+	for i, e := range ev[1 : len(ev)-2] {
+		if !e.Anonymous || !e.Time.Equal(at(2+n-1-i)) {
+			t.Fatalf("anonymous event %d = %+v, want the newest ones, newest first", i, e)
+		}
+	}
+	if lim, _ := s.Events(ID(1), 2); len(lim) != 2 || lim[0].Kind != "renewed" || !lim[1].Anonymous {
+		t.Fatalf("limited: %+v", lim)
 	}
 }
