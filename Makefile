@@ -12,12 +12,16 @@ ARM64_MAX := 7340032  # 7 MiB: the sigild budget on arm64
 # docs/BENCHMARKS.md). Keep in step with sim/bench (sigildGCFlags).
 SIGILD_GCFLAGS := -gcflags=all=-l -gcflags=runtime/...= -gcflags=crypto/...= -gcflags=internal/...=
 STATICCHECK_VERSION := v0.7.0
+# make vuln: the vulnerability database is built from this golang.org/x/vulndb
+# module version (served by the module proxy) and read by this govulncheck.
+VULNDB_VERSION      := v0.0.0-20261105234957-e22db6528018
+GOVULNCHECK_VERSION := v1.9.0
 
 # Go 1.27.3 (go.mod requires it): the go command fetches it from the module
 # proxy on first use, so a machine with an older Go needs nothing else.
 export GOTOOLCHAIN := go1.27.3
 
-.PHONY: all build cross test test-browser test-deps lint demo demo-deps bench fuzz clean
+.PHONY: all build cross test test-browser test-deps lint vuln demo demo-deps bench fuzz clean
 
 all: build
 
@@ -48,6 +52,7 @@ demo-deps:
 test: test-deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
+	$(MAKE) --no-print-directory vuln
 	$(GO) test -race -timeout 40m -count=1 $$($(GO) list ./... | grep -v '/test/browser$$')
 	$(MAKE) --no-print-directory test-browser
 	$(MAKE) --no-print-directory cross
@@ -64,6 +69,12 @@ lint:
 	$(GO) vet ./...
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+
+# Known vulnerabilities (docs/VULNERABILITIES.md): govulncheck against a database
+# built offline from the vulndb module, cached per version in the user's cache
+# directory; a reachable vulnerability fails unless listed with its mitigation.
+vuln:
+	$(GO) run ./scripts/vulncheck -vulndb $(VULNDB_VERSION) -govulncheck $(GOVULNCHECK_VERSION) ./...
 
 demo:
 	@scripts/deps.sh demo || echo "(continuing: the demo falls back to the in-process TPM simulator)"

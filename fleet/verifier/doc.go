@@ -34,4 +34,11 @@
 // area is the name the TPM computed. Differential fuzz tests hold the
 // parsers to go-tpm's decoder (Unmarshal, then Marshal back to the same
 // bytes) on what each accepts and on every decoded field.
+//
+// The UEFI signature databases (PK, KEK, db, dbx) that Secure Boot events
+// carry are read by a strict parser of the same kind (efisig.go), and
+// go-attestation's reading of them is trusted only where it agrees
+// (secureboot.go): go-attestation has GO-2026-5298, with no fixed version,
+// and reads signatures the firmware does not hold from inconsistent lists.
+// A differential fuzz test holds the parser to go-attestation's reader.
 package verifier

@@ -49,13 +49,14 @@ type EventLog struct {
 // explaining a state that cannot be established costs a second parse.
 type lazySecureBoot struct {
 	once    sync.Once
-	compute func() (*SecureBootState, string) // from verified events only; nil after the first call
+	events  []Event                                  // the log's verified events
+	compute func() (*attest.SecurebootState, string) // go-attestation's reading of the verified events; nil after the first call
 	state   *SecureBootState
 	err     string
 }
 
-func newLazySecureBoot(compute func() (*SecureBootState, string)) *lazySecureBoot {
-	return &lazySecureBoot{compute: compute}
+func newLazySecureBoot(events []Event, compute func() (*attest.SecurebootState, string)) *lazySecureBoot {
+	return &lazySecureBoot{events: events, compute: compute}
 }
 
 func (l *EventLog) secureBoot() (*SecureBootState, string) {
@@ -63,18 +64,25 @@ func (l *EventLog) secureBoot() (*SecureBootState, string) {
 		return nil, "PCR 7 was not verified"
 	}
 	l.sb.once.Do(func() {
-		l.sb.state, l.sb.err = l.sb.compute()
-		l.sb.compute = nil
+		sb, err := l.sb.compute()
+		if sb != nil {
+			l.sb.state, l.sb.err = secureBootState(l.sb.events, sb)
+		} else {
+			l.sb.err = err
+		}
+		l.sb.compute, l.sb.events = nil, nil
 	})
 	return l.sb.state, l.sb.err
 }
 
 // SecureBoot returns the Secure Boot state established from the verified
 // PCR 7 events (go-attestation's ParseSecurebootState, which checks that
-// each event's data matches its digest), or nil when PCR 7 was not
-// verified or its events do not establish a state; SecureBootErr then says
-// why. It is worked out on the first call (of either), from the events
-// VerifyEventLog verified, and safe for concurrent use.
+// each event's data matches its digest, held to a strict reading of the
+// signature databases PK, KEK, db and dbx: see secureBootState), or nil
+// when PCR 7 was not verified or its events do not establish a state;
+// SecureBootErr then says why. It is worked out on the first call (of
+// either), from the events VerifyEventLog verified, and safe for
+// concurrent use.
 func (l *EventLog) SecureBoot() *SecureBootState {
 	s, _ := l.secureBoot()
 	return s
@@ -131,7 +139,7 @@ type SecureBootState struct {
 	Enabled               bool
 	DMAProtectionDisabled bool     // the platform reported DMA protection supported but disabled
 	Authorities           []string // subjects of the certificates that authorized boot components, in log order
-	ForbiddenHashes       int      // entries in dbx
+	ForbiddenHashes       int      // SHA-256 hashes in dbx
 }
 
 // VerifyEventLog parses raw, a TCG PC Client binary event log (SHA-1 or
@@ -258,19 +266,19 @@ func slowEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, err
 
 	slices.Sort(out.PCRs)
 	if slices.Contains(out.PCRs, 7) { // else sb stays nil: "PCR 7 was not verified"
-		out.sb = newLazySecureBoot(func() (*SecureBootState, string) { return parseSecureBoot(bestEvents) })
+		out.sb = newLazySecureBoot(out.Events, func() (*attest.SecurebootState, string) { return parseSecureBoot(bestEvents) })
 	}
 	return out, nil
 }
 
-// parseSecureBoot establishes the Secure Boot state from verified events
-// as go-attestation returns them, or says why it cannot.
-func parseSecureBoot(events []attest.Event) (*SecureBootState, string) {
+// parseSecureBoot is go-attestation's reading of the Secure Boot state
+// from verified events as its Verify returns them, or why it has none.
+func parseSecureBoot(events []attest.Event) (*attest.SecurebootState, string) {
 	sb, err := attest.ParseSecurebootState(events)
 	if err != nil {
 		return nil, err.Error()
 	}
-	return secureBootState(sb), ""
+	return sb, ""
 }
 
 // Label names the event for people: "event 23 (EV_EFI_BOOT_SERVICES_APPLICATION \EFI\BOOT\BOOTX64.EFI)".
@@ -591,14 +599,6 @@ func utf16String(b []byte) string {
 		out = utf8.AppendRune(out, c)
 	}
 	return string(out)
-}
-
-func secureBootState(sb *attest.SecurebootState) *SecureBootState {
-	s := &SecureBootState{Enabled: sb.Enabled, DMAProtectionDisabled: sb.DMAProtectionDisabled, ForbiddenHashes: len(sb.ForbiddenHashes)}
-	for _, c := range slices.Concat(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority) {
-		s.Authorities = append(s.Authorities, c.Subject.String())
-	}
-	return s
 }
 
 // isCryptoAgile reports whether the log starts with a TCG_EfiSpecIDEvent

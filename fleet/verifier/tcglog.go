@@ -337,14 +337,14 @@ func fastEventLog(raw []byte, quotes []*VerifiedQuote, best int) (*EventLog, boo
 	slices.Sort(out.PCRs)
 	if replays[best][7].extended { // else "PCR 7 was not verified"
 		sb := &fastSecureBoot{log: l, hash: h, bank: best, replay: &replays[best]}
-		out.sb = newLazySecureBoot(sb.state)
+		out.sb = newLazySecureBoot(out.Events, sb.state)
 	}
 	return out, true
 }
 
-// fastSecureBoot establishes the Secure Boot state of a log the fast path
-// decided, from the verified PCR 2 and 7 events of bank, when a caller
-// asks (EventLog.SecureBoot).
+// fastSecureBoot has go-attestation read the Secure Boot state of a log the
+// fast path decided, from the verified PCR 2 and 7 events of bank, when a
+// caller asks (EventLog.SecureBoot, which then holds it to secureBootState).
 type fastSecureBoot struct {
 	log    *fastLog
 	hash   crypto.Hash
@@ -352,7 +352,7 @@ type fastSecureBoot struct {
 	replay *[24]pcrReplay // the bank's replay: which PCRs were extended, to which values
 }
 
-func (s *fastSecureBoot) state() (*SecureBootState, string) {
+func (s *fastSecureBoot) state() (*attest.SecurebootState, string) {
 	var events []attest.Event // as go-attestation's Verify returns them; ParseSecurebootState reads only PCRs 2 and 7
 	for k := range s.log.records {
 		r := &s.log.records[k]
@@ -362,7 +362,7 @@ func (s *fastSecureBoot) state() (*SecureBootState, string) {
 	}
 	state, err := attest.ParseSecurebootState(events)
 	if err == nil {
-		return secureBootState(state), ""
+		return state, ""
 	}
 	// go-attestation's message names the event by its position in the log,
 	// which only events from its own parser carry: have it parse a log of
