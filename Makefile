@@ -11,7 +11,7 @@ ARM64_MAX := 7340032  # 7 MiB: the sigild budget on arm64
 # 590 KB of code (its cost on the device's own benchmarks is in
 # docs/BENCHMARKS.md). Keep in step with sim/bench (sigildGCFlags).
 SIGILD_GCFLAGS := -gcflags=all=-l -gcflags=runtime/...= -gcflags=crypto/...= -gcflags=internal/...=
-STATICCHECK_VERSION := v0.7.0
+STATICCHECK_VERSION := v0.8.2
 # make vuln: the vulnerability database is built from this golang.org/x/vulndb
 # module version (served by the module proxy) and read by this govulncheck.
 VULNDB_VERSION      := v0.0.0-20261105234957-e22db6528018
@@ -67,8 +67,7 @@ test-browser: test-deps
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GO) vet ./...
-	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Known vulnerabilities (docs/VULNERABILITIES.md): govulncheck against a database
 # built offline from the vulndb module, cached per version in the user's cache
