@@ -112,6 +112,11 @@ type Config struct {
 	// flag a device stale. Defaults 10m and 3.
 	AttestInterval config.Duration `json:"attest_interval"`
 	StaleAfter     int             `json:"stale_after"`
+	// VerdictMaxAge bounds the age of the passing attestation on which
+	// SSH host certificates and secrets go out; the pass must also be on
+	// a nonce of the device's current session. Default StaleAfter ×
+	// AttestInterval (30m).
+	VerdictMaxAge config.Duration `json:"verdict_max_age"`
 	// AttestPCRs are the PCRs quoted in each bank. Default 0-9 and 14.
 	AttestPCRs []int `json:"attest_pcrs"`
 	// AttestBanks are the PCR banks quoted, one quote each: "sha256"
@@ -333,7 +338,8 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	s.Attest, err = attest.New(attest.Config{
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
-		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, Logger: logger.With("component", "attest"),
+		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
+		Logger: logger.With("component", "attest"),
 		Send: func(deviceID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
