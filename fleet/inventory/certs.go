@@ -1,6 +1,8 @@
 package inventory
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -51,8 +53,32 @@ func (d *Device) snapshot() Device {
 	return c
 }
 
+// MaxCerts bounds the certificates a device may hold at once (its Certs,
+// revoked or not, until they expire): the fleet refuses to issue more
+// (CanIssue) rather than forget one.
+const MaxCerts = 64
+
+// ErrTooManyCerts is CanIssue's refusal.
+var ErrTooManyCerts = errors.New("inventory: the device holds too many unexpired certificates")
+
+// CanIssue reports whether the fleet may issue d another certificate at
+// now: ErrTooManyCerts while d holds MaxCerts that have not expired (a
+// device renewing or re-enrolling in a loop), nil otherwise.
+func (d *Device) CanIssue(now time.Time) error {
+	n := 0
+	for _, c := range d.Certificates() {
+		if !c.expired(now) {
+			n++
+		}
+	}
+	if n >= MaxCerts {
+		return fmt.Errorf("%w (%d; they leave as they expire)", ErrTooManyCerts, n)
+	}
+	return nil
+}
+
 // Issued records a certificate the fleet just issued to d as its current
-// one. The certificates it had stay as they are: a renewal revokes the
+// one (check CanIssue first). The certificates it had stay as they are: a renewal revokes the
 // one it replaces once the device connected with the new one
 // (RevokeOthers), a re-enrollment at once.
 func (d *Device) Issued(serial string, notBefore, notAfter time.Time) {

@@ -123,10 +123,11 @@ type Cause struct {
 // renewal that committed before is therefore revoked, and one that
 // commits after finds the device quarantined and is refused (rotation
 // checks the state in the transaction that records the new serial). A
-// device already quarantined gains the cause, and the certificates issued
-// to it since (by re-enrollment) are revoked too. A pending or
-// decommissioned device is refused with a *TransitionError and left as it
-// is. It returns the device as written and the serials it revoked.
+// device already quarantined only gains the cause (which an auto-release
+// then has to answer for); the certificate it re-enrolled with to prove
+// itself stays, as restricted as before. A pending or decommissioned
+// device is refused with a *TransitionError and left as it is. It returns
+// the device as written and the serials it revoked.
 func (s *Store) Quarantine(id string, c Cause) (*Device, []string, error) {
 	if c.Time.IsZero() {
 		c.Time = s.opts.now()
@@ -137,11 +138,14 @@ func (s *Store) Quarantine(id string, c Cause) (*Device, []string, error) {
 		if d.State != StateActive && d.State != StateQuarantined {
 			return &TransitionError{DeviceID: id, From: d.State, To: StateQuarantined}
 		}
-		d.State = StateQuarantined
 		if !slices.ContainsFunc(d.Quarantine, func(x Cause) bool { return x.Source == c.Source && x.Policy == c.Policy }) {
 			d.Quarantine = append(d.Quarantine, c)
 		}
-		revoked = d.RevokeAll(ReasonCertificateHold, c.Time)
+		revoked = nil
+		if d.State == StateActive {
+			d.State = StateQuarantined
+			revoked = d.RevokeAll(ReasonCertificateHold, c.Time)
+		}
 		out = d
 		return nil
 	})

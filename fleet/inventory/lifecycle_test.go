@@ -155,13 +155,13 @@ func TestQuarantineRevokesEveryCertificate(t *testing.T) {
 	if len(d.Quarantine) != 1 || d.Quarantine[0].Source != inventory.CauseAlert || d.Quarantine[0].Time.IsZero() {
 		t.Fatalf("causes %+v", d.Quarantine)
 	}
-	// A certificate issued while quarantined (re-enrollment) goes with the
-	// next cause.
+	// Quarantined again: the cause is added; the certificate it
+	// re-enrolled with to prove itself stays.
 	if err := s.Update(id, func(d *inventory.Device) error { d.Issued("0c", *now, now.Add(time.Hour)); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	d, revoked, err = s.Quarantine(id, inventory.Cause{Source: inventory.CauseClone})
-	if err != nil || !slices.Equal(revoked, []string{"0c"}) || len(d.Quarantine) != 2 {
+	if err != nil || len(revoked) != 0 || len(d.Quarantine) != 2 || !d.Admits("0c", *now) {
 		t.Fatalf("second cause: revoked %v, causes %+v, %v", revoked, d, err)
 	}
 
@@ -306,5 +306,28 @@ func TestLegacyRecordCertificates(t *testing.T) {
 	d, revoked, err := s.Quarantine(d.ID, inventory.Cause{Source: inventory.CauseAlert})
 	if err != nil || !slices.Equal(revoked, []string{"0b", "0c"}) || len(d.Superseded) != 0 {
 		t.Fatalf("quarantine of a legacy record: revoked %v, %+v, %v", revoked, d, err)
+	}
+}
+
+// TestIssuanceBounded: a device holding MaxCerts unexpired certificates
+// gets no more (nothing is forgotten to make room) until some expire.
+func TestIssuanceBounded(t *testing.T) {
+	s, now := clocked(t)
+	d := &inventory.Device{ID: inventorytest.ID(1), State: inventory.StateActive}
+	for i := range inventory.MaxCerts {
+		if err := d.CanIssue(*now); err != nil {
+			t.Fatalf("certificate %d: %v", i, err)
+		}
+		d.Issued(fmt.Sprintf("%04x", i+1), *now, now.Add(time.Duration(i+1)*time.Minute))
+	}
+	if err := d.CanIssue(*now); !errors.Is(err, inventory.ErrTooManyCerts) {
+		t.Fatalf("past the bound: %v", err)
+	}
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	*now = now.Add(90 * time.Second) // the first one expires
+	if err := s.Update(d.ID, func(d *inventory.Device) error { return d.CanIssue(*now) }); err != nil {
+		t.Fatalf("after one expired: %v", err)
 	}
 }
