@@ -672,23 +672,18 @@ var ErrNotActive = errors.New("attest: device is not active")
 // certificate it holds is revoked and its sessions are closed — for an
 // alert rule's action (cause inventory.CauseAlert, which no auto-release
 // lifts). The reason is recorded in the device's lifecycle events and sent
-// as a "quarantined" Alert. A device already quarantined gains the cause
-// (and loses a certificate issued to it since, with its session), without
-// a new alert; an operator's Release ends the quarantine.
+// as a "quarantined" Alert. A device already quarantined only gains the
+// cause, without a new alert; an operator's Release ends the quarantine.
 func (s *Service) Quarantine(deviceID, reason string) error {
 	dev, err := s.cfg.Inventory.Device(deviceID)
 	if err != nil {
 		return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
 	}
-	cause := inventory.Cause{Source: inventory.CauseAlert, Reason: reason}
+	cause := inventory.Cause{Source: inventory.CauseAlert, Reason: reason, Time: s.cfg.Now()}
 	switch dev.State {
 	case inventory.StateQuarantined:
-		_, revoked, err := s.cfg.Inventory.Quarantine(deviceID, cause)
-		if err != nil {
+		if _, _, err := s.cfg.Inventory.Quarantine(deviceID, cause); err != nil {
 			return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
-		}
-		if len(revoked) > 0 {
-			s.cfg.Disconnect(deviceID)
 		}
 		return nil
 	case inventory.StateActive:

@@ -705,6 +705,9 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		// A re-enrolled device lost or abandoned its old keys: the new
 		// certificate is its only one (the others revoked and listed in
 		// the CRL in this same transaction).
+		if err := cur.CanIssue(now); err != nil {
+			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding for this device; try again once older ones expired", err)
+		}
 		cur.Issued(serial, cert.NotBefore, cert.NotAfter)
 		cur.RevokeOthers(serial, inventory.ReasonSuperseded, now)
 		cur.EnrolledAt = now

@@ -207,6 +207,9 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 		if d.State != inventory.StateActive {
 			return wire.Refuse(wire.ReasonQuarantined, "only active devices renew", nil)
 		}
+		if err := d.CanIssue(s.cfg.Now()); err != nil {
+			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding; renew once older ones expired", err)
+		}
 		old = d.CertSerial
 		d.Issued(serial, cert.NotBefore, cert.NotAfter)
 		return nil
