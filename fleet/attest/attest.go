@@ -574,7 +574,7 @@ func (s *Service) evidence(j job) *Record {
 		s.alert(Alert{DeviceID: dev.ID, Kind: "attestation-failed", Severity: "critical", Summary: rec.Message})
 	case dev.State == inventory.StateQuarantined && rec.AutoRelease:
 		// Only a quarantine this policy's own failing verdict made.
-		switch err := s.release(dev.ID, rec.PolicyID, "system", "passing attestation under policy "+rec.PolicyID+" (auto-release)"); {
+		switch err := s.release(dev.ID, true, rec.PolicyID, "system", "passing attestation under policy "+rec.PolicyID+" (auto-release)"); {
 		case err == nil:
 			rec.Action = "released"
 		case errors.Is(err, inventory.ErrOtherCause), errors.Is(err, ErrNotQuarantined):
@@ -754,19 +754,19 @@ func (s *Service) Release(deviceID, by, justification string) error {
 	if len(justification) < 3 {
 		return ErrJustification
 	}
-	return s.release(deviceID, "", by, justification)
+	return s.release(deviceID, false, "", by, justification)
 }
 
-// release returns a quarantined device to active: for an operator (policy
-// ""), or for a passing verdict under an auto-release policy, which lifts
+// release returns a quarantined device to active: for an operator, or
+// (auto) for a passing verdict under an auto-release policy, which lifts
 // only a quarantine that policy's own failing verdicts made
 // (inventory.ErrOtherCause otherwise).
-func (s *Service) release(deviceID, policy, by, justification string) error {
+func (s *Service) release(deviceID string, auto bool, policy, by, justification string) error {
 	var err error
-	if policy == "" {
-		_, err = s.cfg.Inventory.Release(deviceID)
-	} else {
+	if auto {
 		_, err = s.cfg.Inventory.AutoRelease(deviceID, policy)
+	} else {
+		_, err = s.cfg.Inventory.Release(deviceID)
 	}
 	if errors.Is(err, inventory.ErrNotQuarantined) {
 		return ErrNotQuarantined
