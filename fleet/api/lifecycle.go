@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -81,8 +82,10 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
 	}
 }
 
-// decommission retires a device for good: its certificate is revoked, its
-// session closed and its EK refused at enrollment.
+// decommission retires a device for good: every certificate it holds that
+// has not expired is revoked with the state change (inventory.Decommission),
+// its sessions are closed whatever was left to revoke, and its EK is
+// refused at enrollment from now on.
 func (h *handler) decommission(w http.ResponseWriter, r *http.Request, who string) {
 	var req revokeRequest
 	if !decode(w, r, &req) {
@@ -92,14 +95,17 @@ func (h *handler) decommission(w http.ResponseWriter, r *http.Request, who strin
 	if !ok {
 		return
 	}
-	if err := h.cfg.Inventory.Update(d.ID, func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
+	_, revoked, err := h.cfg.Inventory.Decommission(d.ID)
+	if err != nil {
 		h.internal(w, err)
 		return
 	}
-	if !h.revokeCurrent(w, d, inventory.ReasonCessationOfOperation, who, req.Comment) {
-		return
+	h.crls.invalidate()
+	if h.cfg.Disconnect != nil {
+		h.cfg.Disconnect(d.ID) // always: a session may hold a serial revoked earlier
 	}
-	_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "decommissioned", Detail: "by " + who + ": " + req.Comment})
+	_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "decommissioned",
+		Detail: "by " + who + ": " + req.Comment + "; certificates revoked (cessationOfOperation): " + strings.Join(revoked, ", ")})
 	d, ok = h.device(w, r)
 	if ok {
 		writeJSON(w, http.StatusOK, h.view(d))

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 
@@ -53,7 +54,10 @@ func (h *handler) quarantine(w http.ResponseWriter, r *http.Request, who string)
 		problem(w, http.StatusConflict, "conflict", "only an active device can be quarantined; this one is "+string(d.State))
 		return
 	}
-	if err := h.cfg.Quarantiner.Quarantine(d.ID, "quarantined by "+who+": "+why); err != nil {
+	if err := h.cfg.Quarantiner.Quarantine(d.ID, "quarantined by "+who+": "+why); errors.Is(err, inventory.ErrTransition) {
+		problem(w, http.StatusConflict, "conflict", "the device's state changed meanwhile; it can no longer be quarantined")
+		return
+	} else if err != nil {
 		h.internal(w, err)
 		return
 	}

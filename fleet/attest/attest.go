@@ -1,13 +1,17 @@
 // Package attest is the fleet's continuous attestation service: it issues
 // single-use nonces, verifies the evidence devices return (quote, event log,
 // counters), judges it against reference policies, keeps each device's
-// verdict history and acts on failures — quarantine revokes the device's
-// certificate and disconnects it at once.
+// verdict history and acts on failures — quarantine revokes every
+// certificate the device holds and disconnects it at once. It also says
+// whether a device's attestation is current enough for credentials to go
+// out (Current).
 //
 // Evidence is checked in this order, each step on the verified output of the
-// one before: envelope; the nonce it names is taken (issued by the fleet to
-// this device, single use, unexpired — a cheap gate, so unsolicited evidence
-// costs no signature check); every quote (AK signature, magic and type, the
+// one before: the device's state accepts it (pending and decommissioned
+// devices' evidence is dropped unjudged); envelope; the nonce it names is
+// taken (issued by the fleet to this device, for this purpose — plain
+// attestation or renewal —, single use, unexpired: a cheap gate, so
+// unsolicited evidence costs no signature check); every quote (AK signature, magic and type, the
 // quote's nonce equals that nonce, PCR selection as asked, PCR digest);
 // event-log replay against the quoted PCRs when a log is present; the
 // reference policy policy.Choose gives for the device's model and group
@@ -29,6 +33,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,10 +91,14 @@ type Config struct {
 	// stale. Defaults 10m and 3.
 	Interval   time.Duration
 	StaleAfter int
-	Workers    int
-	Now        func() time.Time
-	Rand       io.Reader
-	Logger     *slog.Logger
+	// VerdictMaxAge bounds the age of the passing verdict that lets
+	// credentials go out (Current). Default StaleAfter × Interval (30m
+	// with the defaults): the age at which a device is flagged stale.
+	VerdictMaxAge time.Duration
+	Workers       int
+	Now           func() time.Time
+	Rand          io.Reader
+	Logger        *slog.Logger
 }
 
 // Service runs attestation.
@@ -106,6 +115,7 @@ type Service struct {
 	open       map[string][]string  // device -> its nonces, oldest first (some may be gone)
 	unanswered map[string]int       // device -> challenges sent since its last evidence
 	lastSeen   map[string]time.Time // device -> last evidence (or service start)
+	sessions   map[string]*session  // device -> its current broker session
 	started    time.Time
 	onQuar     func(time.Duration)
 	onVerdict  func(deviceID string, rec *Record, latency time.Duration)
@@ -113,13 +123,24 @@ type Service struct {
 
 type nonce struct {
 	deviceID string
+	purpose  string // "" (attestation) or wire.PurposeRenew
 	issued   time.Time
 	expires  time.Time
 	sels     []wire.PCRSelection
 }
 
+// session is what the service knows of a device's current broker session.
+type session struct {
+	start time.Time // admitted at the broker
+	// passIssued is when the fleet issued the nonce of the device's newest
+	// verdict, if that verdict passed (zero otherwise); passAt is when it
+	// was judged.
+	passIssued, passAt time.Time
+}
+
 type job struct {
 	deviceID string
+	purpose  string // the nonce's expected purpose
 	env      *wire.Envelope
 	raw      []byte
 	at       time.Time
@@ -146,6 +167,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.StaleAfter == 0 {
 		cfg.StaleAfter = 3
 	}
+	if cfg.VerdictMaxAge <= 0 {
+		cfg.VerdictMaxAge = time.Duration(cfg.StaleAfter) * cfg.Interval
+	}
 	if cfg.Workers == 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
@@ -164,7 +188,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	return &Service{
 		cfg: cfg, log: cfg.Logger, shards: shards,
-		nonces: map[string]nonce{}, open: map[string][]string{}, unanswered: map[string]int{}, lastSeen: map[string]time.Time{}, started: cfg.Now(),
+		nonces: map[string]nonce{}, open: map[string][]string{}, unanswered: map[string]int{}, lastSeen: map[string]time.Time{},
+		sessions: map[string]*session{}, started: cfg.Now(),
 	}, nil
 }
 
@@ -241,7 +266,7 @@ func (s *Service) challenge(deviceID, purpose string) error {
 	s.mu.Lock()
 	s.dropOldestNonce(deviceID)
 	s.open[deviceID] = append(s.open[deviceID], hex.EncodeToString(n))
-	s.nonces[hex.EncodeToString(n)] = nonce{deviceID: deviceID, issued: now, expires: now.Add(s.cfg.NonceTTL), sels: s.cfg.Selections}
+	s.nonces[hex.EncodeToString(n)] = nonce{deviceID: deviceID, purpose: purpose, issued: now, expires: now.Add(s.cfg.NonceTTL), sels: s.cfg.Selections}
 	s.unanswered[deviceID]++
 	s.mu.Unlock()
 	return s.cfg.Send(deviceID, "attest", b)
@@ -324,8 +349,10 @@ func (s *Service) pruneNonces(deviceID string) []string {
 	return open
 }
 
-// takeNonce consumes a nonce issued to deviceID.
-func (s *Service) takeNonce(deviceID string, n []byte) (nonce, error) {
+// takeNonce consumes a nonce issued to deviceID for purpose ("" for a plain
+// attestation, wire.PurposeRenew for a renewal). A nonce presented for
+// another purpose than it was issued for is consumed and refused.
+func (s *Service) takeNonce(deviceID string, n []byte, purpose string) (nonce, error) {
 	k := hex.EncodeToString(n)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -337,6 +364,9 @@ func (s *Service) takeNonce(deviceID string, n []byte) (nonce, error) {
 	if s.cfg.Now().After(iss.expires) {
 		return nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce expired", nil)
 	}
+	if iss.purpose != purpose {
+		return nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce issued for another purpose", nil)
+	}
 	return iss, nil
 }
 
@@ -344,13 +374,14 @@ func (s *Service) takeNonce(deviceID string, n []byte) (nonce, error) {
 // of the verdict; it changes nothing. A nil error with Result "fail" is a
 // verified failure; an error is evidence that could not be trusted at all.
 func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) *Record {
-	rec, _ := s.verify(dev, env, raw)
+	rec, _ := s.verify(dev, env, raw, "")
 	return rec
 }
 
-// verify is Verify; it also returns when the fleet issued the evidence's
-// nonce (zero when the nonce was refused or never read).
-func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) (*Record, time.Time) {
+// verify is Verify for a nonce issued for purpose; it also returns when
+// the fleet issued the evidence's nonce (zero when the nonce was refused
+// or never read).
+func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, purpose string) (*Record, time.Time) {
 	sum := sha256.Sum256(raw)
 	rec := &Record{Time: s.cfg.Now().UTC(), DeviceID: dev.ID, EvidenceDigest: hex.EncodeToString(sum[:]), Result: wire.VerdictFail}
 	var iss nonce
@@ -370,7 +401,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 	}
 	rec.Firmware = ev.Firmware
 	var err error
-	iss, err = s.takeNonce(dev.ID, ev.Nonce)
+	iss, err = s.takeNonce(dev.ID, ev.Nonce, purpose)
 	if err != nil {
 		return fail(err)
 	}
@@ -493,7 +524,14 @@ func (s *Service) evidence(j job) *Record {
 		s.log.Warn("evidence from a device not in the inventory", "device_id", j.deviceID, "err", err)
 		return nil
 	}
-	rec, challenged := s.verify(dev, j.env, j.raw)
+	if !dev.State.Accepts("attest") {
+		// Pending and decommissioned devices are not attested: dropped
+		// unjudged (a session that outlived a decommissioning must not
+		// move the device anywhere).
+		s.log.Warn("evidence from a device whose state does not accept it; dropped", "device_id", dev.ID, "state", dev.State)
+		return nil
+	}
+	rec, challenged := s.verify(dev, j.env, j.raw, j.purpose)
 	if rec.Code == wire.ReasonNonceInvalid || rec.Code == wire.ReasonBadRequest {
 		// Not fresh evidence bound to a nonce the fleet issued (malformed,
 		// replayed or stale): answer, never act on it — it can neither
@@ -506,6 +544,12 @@ func (s *Service) evidence(j job) *Record {
 		s.mu.Lock()
 		s.unanswered[dev.ID] = 0
 		s.lastSeen[dev.ID] = j.at
+		if ss := s.sessions[dev.ID]; ss != nil {
+			ss.passIssued, ss.passAt = time.Time{}, time.Time{}
+			if rec.Result == wire.VerdictPass {
+				ss.passIssued, ss.passAt = challenged, rec.Time
+			}
+		}
 		s.mu.Unlock()
 	}
 
@@ -520,14 +564,21 @@ func (s *Service) evidence(j job) *Record {
 	case !pass && dev.State == inventory.StateQuarantined:
 		// Already limited to proving itself: record, no new revocation.
 	case !pass && rec.PolicyAction != policy.ActionAlert:
-		rec.Action = "quarantined"
-		s.quarantine(dev, rec, j.at)
+		err := s.quarantine(dev, rec, j.at)
+		if !errors.Is(err, inventory.ErrTransition) && !errors.Is(err, inventory.ErrNotFound) {
+			rec.Action = "quarantined" // restricted, or disconnected while the inventory failed
+		}
 	case !pass:
 		rec.Action = "alert"
 		s.alert(Alert{DeviceID: dev.ID, Kind: "attestation-failed", Severity: "critical", Summary: rec.Message})
 	case dev.State == inventory.StateQuarantined && rec.AutoRelease:
-		rec.Action = "released"
-		if err := s.release(dev.ID, "system", "passing attestation under policy "+rec.PolicyID+" (auto-release)"); err != nil {
+		// Only a quarantine this policy's own failing verdict made.
+		switch err := s.release(dev.ID, true, rec.PolicyID, "system", "passing attestation under policy "+rec.PolicyID+" (auto-release)"); {
+		case err == nil:
+			rec.Action = "released"
+		case errors.Is(err, inventory.ErrOtherCause), errors.Is(err, ErrNotQuarantined):
+			s.log.Info("auto-release declined: the quarantine has another cause", "device_id", dev.ID, "policy", rec.PolicyID, "err", err)
+		default:
 			s.log.Error("auto-release failed", "device_id", dev.ID, "err", err)
 		}
 	}
@@ -563,17 +614,17 @@ func (s *Service) evidence(j job) *Record {
 	return rec
 }
 
-// Judge verifies evidence carried inside another request (a renewal),
-// records and acts on the verdict exactly as for plain evidence — a
-// failure quarantines per policy — and returns the record. It consumes the
-// evidence's nonce.
+// Judge verifies evidence carried inside a renewal request, records and
+// acts on the verdict exactly as for plain evidence — a failure
+// quarantines per policy — and returns the record. It consumes the
+// evidence's nonce, which must have been issued for a renewal.
 func (s *Service) Judge(deviceID string, ev *wire.AttestEvidence) (*Record, error) {
 	body, err := wire.Marshal(ev)
 	if err != nil {
 		return nil, err
 	}
 	env := &wire.Envelope{V: wire.Version, Type: wire.TypeAttestEvidence, ID: wire.NewMessageID(), Time: s.cfg.Now().UnixMilli(), Body: body}
-	rec := s.evidence(job{deviceID: deviceID, env: env, raw: body, at: s.cfg.Now()})
+	rec := s.evidence(job{deviceID: deviceID, purpose: wire.PurposeRenew, env: env, raw: body, at: s.cfg.Now()})
 	if rec == nil {
 		return nil, errors.New("attest: device unknown")
 	}
@@ -594,17 +645,21 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// quarantine revokes the device's certificate, disconnects it now, records
-// and alerts. The broker refuses the revoked serial afterwards; the device
-// can re-enroll from its EK and then reach only its attestation topics.
-func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Time) {
-	_ = s.restrict(dev, "attestation failed ("+rec.Reason+"): "+rec.Message, "attestation failed: "+rec.Message)
+// quarantine restricts dev for a failing verdict: every certificate it
+// holds revoked, disconnected now, recorded and alerted. The broker refuses
+// those serials afterwards; the device can re-enroll from its EK and then
+// reach only its attestation topics. It returns the inventory's refusal
+// (a device no longer active) or failure.
+func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Time) error {
+	cause := inventory.Cause{Source: inventory.CauseAttestation, Policy: rec.PolicyID, Reason: rec.Reason + ": " + rec.Message}
+	err := s.restrict(dev.ID, cause, "attestation failed ("+rec.Reason+"): "+rec.Message, "attestation failed: "+rec.Message)
 	s.mu.Lock()
 	hook := s.onQuar
 	s.mu.Unlock()
-	if hook != nil {
+	if hook != nil && err == nil {
 		hook(s.cfg.Now().Sub(arrived))
 	}
+	return err
 }
 
 // ErrNotActive is returned by Quarantine for a device that is neither
@@ -612,56 +667,64 @@ func (s *Service) quarantine(dev *inventory.Device, rec *Record, arrived time.Ti
 var ErrNotActive = errors.New("attest: device is not active")
 
 // Quarantine restricts a device exactly as a failed attestation does — its
-// state becomes quarantined (it may then only prove itself), its
-// certificate is revoked and its sessions are closed — for another reason,
-// such as an alert rule's action. The reason is recorded in the device's
-// lifecycle events and sent as a "quarantined" Alert. A device already
-// quarantined is left as it is (nil); a passing attestation under a policy
-// with auto-release, or an operator's Release, ends the quarantine.
+// state becomes quarantined (it may then only prove itself), every
+// certificate it holds is revoked and its sessions are closed — for an
+// alert rule's action (cause inventory.CauseAlert, which no auto-release
+// lifts). The reason is recorded in the device's lifecycle events and sent
+// as a "quarantined" Alert. A device already quarantined only gains the
+// cause, without a new alert; an operator's Release ends the quarantine.
 func (s *Service) Quarantine(deviceID, reason string) error {
 	dev, err := s.cfg.Inventory.Device(deviceID)
 	if err != nil {
 		return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
 	}
+	cause := inventory.Cause{Source: inventory.CauseAlert, Reason: reason, Time: s.cfg.Now()}
 	switch dev.State {
 	case inventory.StateQuarantined:
+		if _, _, err := s.cfg.Inventory.Quarantine(deviceID, cause); err != nil {
+			return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
+		}
 		return nil
 	case inventory.StateActive:
 	default:
 		return fmt.Errorf("%w: %s is %s", ErrNotActive, deviceID, dev.State)
 	}
 	s.log.Warn("quarantining device", "device_id", deviceID, "reason", reason)
-	if err := s.restrict(dev, reason, reason); err != nil {
+	if err := s.restrict(deviceID, cause, reason, reason); err != nil {
+		if errors.Is(err, inventory.ErrTransition) {
+			return fmt.Errorf("%w: %s: %w", ErrNotActive, deviceID, err)
+		}
 		return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
 	}
 	return nil
 }
 
-// restrict quarantines dev: state, revocation, disconnection, lifecycle
-// event and alert. It returns the inventory error that remained after
-// retries; the device is disconnected either way.
-func (s *Service) restrict(dev *inventory.Device, detail, summary string) error {
-	// Fail closed: retry the write before the session is closed, so the
-	// device cannot come back with full access.
+// restrict quarantines device id for cause: state, every certificate
+// revoked (one inventory transaction), disconnection, lifecycle event and
+// alert. A device the lifecycle does not let be quarantined (pending,
+// decommissioned meanwhile) is left as it is and its *TransitionError
+// returned. Another inventory failure is retried, and the device is
+// disconnected anyway (fail closed); the error that remained is returned.
+func (s *Service) restrict(id string, cause inventory.Cause, detail, summary string) error {
+	cause.Time = s.cfg.Now()
 	var err error
+	var revoked []string
 	for attempt := range 3 {
-		err = s.cfg.Inventory.Update(dev.ID, func(d *inventory.Device) error {
-			d.State = inventory.StateQuarantined
-			return nil
-		})
-		if err == nil && dev.CertSerial != "" {
-			err = s.cfg.Inventory.Revoke(inventory.Revocation{Serial: dev.CertSerial, DeviceID: dev.ID, Reason: inventory.ReasonCertificateHold, Time: s.cfg.Now(), Expires: dev.CertExpiry})
-		}
-		if err == nil {
+		_, revoked, err = s.cfg.Inventory.Quarantine(id, cause)
+		if err == nil || errors.Is(err, inventory.ErrTransition) || errors.Is(err, inventory.ErrNotFound) {
 			break
 		}
-		s.log.Error("quarantine: inventory update failed", "device_id", dev.ID, "attempt", attempt+1, "err", err)
+		s.log.Error("quarantine: inventory update failed", "device_id", id, "attempt", attempt+1, "err", err)
 		time.Sleep(50 * time.Millisecond)
 	}
-	s.cfg.Disconnect(dev.ID)
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: dev.ID, Kind: "quarantined",
-		Detail: detail + "; certificate " + dev.CertSerial + " revoked"})
-	s.alert(Alert{DeviceID: dev.ID, Kind: "quarantined", Severity: "critical", Summary: summary})
+	if errors.Is(err, inventory.ErrTransition) || errors.Is(err, inventory.ErrNotFound) {
+		s.log.Warn("quarantine refused by the lifecycle", "device_id", id, "err", err)
+		return err
+	}
+	s.cfg.Disconnect(id)
+	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: id, Kind: "quarantined",
+		Detail: detail + "; certificates revoked: " + strings.Join(revoked, ", ")})
+	s.alert(Alert{DeviceID: id, Kind: "quarantined", Severity: "critical", Summary: summary})
 	return err
 }
 
@@ -683,23 +746,30 @@ var ErrNotQuarantined = errors.New("attest: device is not quarantined")
 // ErrJustification is returned by Release without a justification.
 var ErrJustification = errors.New("attest: a justification is required")
 
-// Release lets an operator return a quarantined device to active. Its
-// revoked certificate stays revoked; the device re-enrolls from its EK.
+// Release lets an operator return a quarantined device to active, whatever
+// quarantined it. Its revoked certificates stay revoked; the device
+// re-enrolls from its EK.
 func (s *Service) Release(deviceID, by, justification string) error {
 	if len(justification) < 3 {
 		return ErrJustification
 	}
-	return s.release(deviceID, by, justification)
+	return s.release(deviceID, false, "", by, justification)
 }
 
-func (s *Service) release(deviceID, by, justification string) error {
-	err := s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
-		if d.State != inventory.StateQuarantined {
-			return ErrNotQuarantined
-		}
-		d.State = inventory.StateActive
-		return nil
-	})
+// release returns a quarantined device to active: for an operator, or
+// (auto) for a passing verdict under an auto-release policy, which lifts
+// only a quarantine that policy's own failing verdicts made
+// (inventory.ErrOtherCause otherwise).
+func (s *Service) release(deviceID string, auto bool, policy, by, justification string) error {
+	var err error
+	if auto {
+		_, err = s.cfg.Inventory.AutoRelease(deviceID, policy)
+	} else {
+		_, err = s.cfg.Inventory.Release(deviceID)
+	}
+	if errors.Is(err, inventory.ErrNotQuarantined) {
+		return ErrNotQuarantined
+	}
 	if err != nil {
 		return err
 	}
@@ -708,6 +778,57 @@ func (s *Service) release(deviceID, by, justification string) error {
 	// Its session, if any, was restricted to attestation: make it reconnect
 	// with full access.
 	s.cfg.Disconnect(deviceID)
+	return nil
+}
+
+// ErrNoCurrentVerdict is returned by Current when a device's attestation
+// is not current enough for credentials to go out.
+var ErrNoCurrentVerdict = errors.New("attest: no current passing attestation")
+
+// SessionStarted tells the service that the broker admitted a connection
+// of deviceID at t. Verdicts on nonces issued before t do not count for
+// Current: each session proves itself anew. The fleet calls it for every
+// admitted connection before that connection can publish.
+func (s *Service) SessionStarted(deviceID string, t time.Time) {
+	s.mu.Lock()
+	s.sessions[deviceID] = &session{start: t}
+	s.mu.Unlock()
+}
+
+// SessionEnded tells the service that the device's last connection ended.
+func (s *Service) SessionEnded(deviceID string) {
+	s.mu.Lock()
+	delete(s.sessions, deviceID)
+	s.mu.Unlock()
+}
+
+// Current reports whether credentials (SSH certificates, secrets) may go
+// out to a device now: nil when it is active, its inventory verdict is a
+// pass, and its newest verdict passed on a nonce the fleet issued during
+// the device's current broker session (SessionStarted: so after its
+// enrollment or re-enrollment, and after a reboot, which reconnects) no
+// more than Config.VerdictMaxAge ago. Otherwise an error wrapping
+// ErrNoCurrentVerdict says why.
+func (s *Service) Current(deviceID string) error {
+	d, err := s.cfg.Inventory.Device(deviceID)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNoCurrentVerdict, err)
+	}
+	if d.State != inventory.StateActive || d.Attestation != wire.VerdictPass {
+		return fmt.Errorf("%w: device is %s, last verdict %q", ErrNoCurrentVerdict, d.State, d.Attestation)
+	}
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.sessions[deviceID]
+	switch {
+	case ss == nil:
+		return fmt.Errorf("%w: the device has no session", ErrNoCurrentVerdict)
+	case ss.passAt.IsZero() || ss.passIssued.Before(ss.start):
+		return fmt.Errorf("%w: no passing attestation in the device's current session", ErrNoCurrentVerdict)
+	case now.Sub(ss.passAt) > s.cfg.VerdictMaxAge:
+		return fmt.Errorf("%w: the last passing attestation is %s old (at most %s)", ErrNoCurrentVerdict, now.Sub(ss.passAt).Round(time.Second), s.cfg.VerdictMaxAge)
+	}
 	return nil
 }
 

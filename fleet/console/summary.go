@@ -116,6 +116,7 @@ func keepSoonest(list []inventory.Device, d inventory.Device) []inventory.Device
 		return list
 	}
 	d.Flags, d.Revoked, d.Superseded, d.EKPublic, d.AKPublic, d.AKName = nil, nil, nil, nil, nil, nil
+	d.Certs, d.Quarantine = nil, nil
 	list = slices.Insert(list, i, d)
 	if len(list) > expiringShown {
 		list = list[:expiringShown]

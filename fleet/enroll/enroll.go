@@ -5,8 +5,9 @@
 // A request is checked in this order, and refused with the first failing
 // reason code: envelope (version, replay), body fields, EK (certificate
 // chain, key match), AK attributes, transport key attributes, inventory
-// (decommissioned, clone), trust path (token, manufacturer CA, allow-list,
-// re-enrollment of a known EK, operator approval). Only then is a credential
+// (decommissioned, clone of an enrolled device), trust path (token,
+// manufacturer CA, allow-list, re-enrollment of a known EK — one that
+// enrolled, never a pending record —, operator approval). Only then is a credential
 // made. The proof is checked in this order: session (known, unused, same
 // client, not expired), credential activation, TPM2_Certify of the transport
 // key, the CSR against the certified key, quote, and the quote (with the
@@ -472,9 +473,11 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 		return err
 	}
 	clone := ""
-	if existing != nil && existing.Serial != "" && req.Serial != existing.Serial {
+	if enrolled(existing) && existing.Serial != "" && req.Serial != existing.Serial {
 		// Judged after the device proves it holds this EK: anyone can send
-		// a public EK, and that must not flag the enrolled device.
+		// a public EK, and that must not flag the enrolled device. A
+		// pending record is no enrolled identity to clone: it stays
+		// pending, with the serial it first claimed, until approved.
 		clone = fmt.Sprintf("EK presented with serial %q, enrolled as %q", req.Serial, existing.Serial)
 	}
 	sess := &session{
@@ -513,12 +516,20 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 	return s.cfg.Send(clientID, "challenge", b)
 }
 
+// enrolled reports whether d is a device that enrolled (active or
+// quarantined after an enrollment), as opposed to none, a pending record
+// or a decommissioned one. Only an enrolled device is a known EK, and
+// only its identity can be cloned.
+func enrolled(d *inventory.Device) bool {
+	return d != nil && (d.State == inventory.StateActive || d.State == inventory.StateQuarantined) && !d.EnrolledAt.IsZero()
+}
+
 // trustPath decides why this EK may enroll; "" means it waits for approval.
 // On the token path it returns the token, whose grant the device gets.
 func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *inventory.Device) (string, *inventory.Token, error) {
 	now := s.cfg.Now()
 	switch {
-	case existing != nil && (existing.State == inventory.StateActive || existing.State == inventory.StateQuarantined):
+	case enrolled(existing):
 		// A known device proving its EK again (lost state, expired or
 		// revoked certificate): no token is spent, even if it sends one.
 		return PathKnown, nil, nil
@@ -827,8 +838,6 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		}
 	}
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
-	var stale []string
-	var oldExpiry time.Time
 	kind := "enrolled"
 	var d inventory.Device
 	err = s.cfg.Inventory.Upsert(id, func(cur *inventory.Device, exists bool) error {
@@ -854,22 +863,20 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		if tok != nil && tok.Owner != "" {
 			cur.Owner = tok.Owner
 		}
-		stale, oldExpiry = append([]string{cur.CertSerial}, cur.Superseded...), cur.CertExpiry
-		cur.Superseded = nil
-		cur.CertSerial, cur.CertExpiry, cur.CertIssued, cur.EnrolledAt = serial, cert.NotAfter, cert.NotBefore, now
+		// A re-enrolled device lost or abandoned its old keys: the new
+		// certificate is its only one (the others revoked and listed in
+		// the CRL in this same transaction).
+		if err := cur.CanIssue(now); err != nil {
+			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding for this device; try again once older ones expired", err)
+		}
+		cur.Issued(serial, cert.NotBefore, cert.NotAfter)
+		cur.RevokeOthers(serial, inventory.ReasonSuperseded, now)
+		cur.EnrolledAt = now
 		d = *cur
 		return nil
 	})
 	if err != nil {
 		return err
-	}
-	// A re-enrolled device lost or abandoned its old key: one certificate.
-	for _, old := range stale {
-		if old != "" && !d.IsRevoked(old) {
-			if err := s.cfg.Inventory.Revoke(inventory.Revocation{Serial: old, DeviceID: id, Reason: inventory.ReasonSuperseded, Time: now, Expires: oldExpiry}); err != nil {
-				return err
-			}
-		}
 	}
 	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: id, Kind: kind, Detail: "trust path " + d.TrustPath + ", certificate " + serial})
 	s.mu.Lock()

@@ -91,13 +91,20 @@ func (s *Service) SessionClosed(x Session) {
 	s.sessions.closed(x)
 }
 
-// EKConflict raises a clone incident at once for a device whose EK was
-// proven by a client claiming another identity (evidence says how).
+// EKConflict raises a clone incident at once for an enrolled device
+// (active or quarantined) whose EK was proven by a client claiming another
+// identity (evidence says how). A record that never enrolled (pending) has
+// no identity to clone: it is left alone, and so is a decommissioned one.
 func (s *Service) EKConflict(deviceID, evidence string) error {
-	if _, err := s.cfg.Devices.Device(deviceID); err != nil {
+	d, err := s.cfg.Devices.Device(deviceID)
+	if err != nil {
 		return fmt.Errorf("governance: EK conflict: %w", err)
 	}
-	_, err := s.raiseClone(Clone{DeviceID: deviceID, Kind: CloneEK, Evidence: clean(evidence), DetectedAt: s.cfg.Now().UTC()})
+	if !cloneable(d) {
+		s.log.Info("governance: EK conflict of a device that is not enrolled; no incident", "device_id", deviceID, "state", d.State)
+		return nil
+	}
+	_, err = s.raiseClone(Clone{DeviceID: deviceID, Kind: CloneEK, Evidence: clean(evidence), DetectedAt: s.cfg.Now().UTC()})
 	return err
 }
 
@@ -456,15 +463,28 @@ func (s *Service) SessionStats() SessionStats {
 	return SessionStats{Open: s.sessions.n, Dropped: s.sessions.dropped}
 }
 
+// cloneable reports whether d is an enrolled identity clone handling may
+// act on: active or quarantined.
+func cloneable(d *inventory.Device) bool {
+	return d.State == inventory.StateActive || d.State == inventory.StateQuarantined
+}
+
 // InventoryQuarantiner quarantines through the inventory as the
-// attestation service does: the device becomes quarantined (the broker then
-// only lets it prove itself), its current certificate is revoked as
-// certificateHold, the event is recorded and its sessions are closed.
+// attestation service does (inventory.Store.Quarantine): the device
+// becomes quarantined (the broker then only lets it prove itself), every
+// certificate it holds that has not expired is revoked as certificateHold
+// in the same transaction, the event is recorded and its sessions are
+// closed. Only an enrolled device can be quarantined: a pending or
+// decommissioned one is left as it is (an inventory.ErrTransition).
 type InventoryQuarantiner struct {
 	Inventory *inventory.Store
 	// Disconnect closes a device's sessions (broker.Disconnect); nil
 	// leaves them to end on their own.
 	Disconnect func(deviceID string)
+	// Source is the cause recorded with the quarantine
+	// (inventory.Cause.Source); "" means inventory.CauseClone. No
+	// auto-release lifts it.
+	Source string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -477,29 +497,17 @@ func (q InventoryQuarantiner) Quarantine(deviceID, why string) error {
 	if q.Now != nil {
 		now = q.Now
 	}
-	var serial string
-	var expiry time.Time
-	err := q.Inventory.Update(deviceID, func(d *inventory.Device) error {
-		if d.State == inventory.StateDecommissioned {
-			return fmt.Errorf("governance: device %s is decommissioned", deviceID)
-		}
-		d.State = inventory.StateQuarantined
-		serial, expiry = d.CertSerial, d.CertExpiry
-		return nil
-	})
-	if err != nil {
-		return err
+	source := q.Source
+	if source == "" {
+		source = inventory.CauseClone
 	}
-	if serial != "" {
-		err = q.Inventory.Revoke(inventory.Revocation{Serial: serial, DeviceID: deviceID,
-			Reason: inventory.ReasonCertificateHold, Time: now(), Expires: expiry})
-		if err != nil {
-			return err
-		}
+	_, revoked, err := q.Inventory.Quarantine(deviceID, inventory.Cause{Source: source, Reason: why, Time: now()})
+	if err != nil {
+		return fmt.Errorf("governance: quarantine %s: %w", deviceID, err)
 	}
 	if q.Disconnect != nil {
 		q.Disconnect(deviceID)
 	}
 	return q.Inventory.AddEvent(inventory.Event{Time: now(), DeviceID: deviceID, Kind: "quarantined",
-		Detail: "governance: " + why})
+		Detail: "governance: " + why + "; certificates revoked: " + strings.Join(revoked, ", ")})
 }

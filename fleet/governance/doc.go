@@ -47,7 +47,9 @@
 //
 // Two signals mark a clone, each raised once per device and kind until an
 // operator resolves it (ResolveClone), then acted on: a critical alert and a
-// quarantine through the Quarantiner.
+// quarantine through the Quarantiner. Only an enrolled device (active or
+// quarantined) is a clone's victim: a pending record has no identity to
+// clone and stays pending, and a decommissioned one stays retired.
 //
 //   - CloneEK: the same EK under two identities. The enrollment service
 //     flags the enrolled device clone-suspect when a client proves it holds

@@ -242,7 +242,7 @@ func (s *Service) riskOf(d *inventory.Device, own ownership, now time.Time) (*Ri
 				add(FactorRenewalOverdue, w.RenewalOverdue, "certificate %s not renewed after %.0f%% of its %s lifetime", d.CertSerial, 100*c.RenewalDue, c.CertLifetime)
 			}
 		}
-		if len(d.Revoked) == 0 && len(d.Superseded) == 0 && !d.EnrolledAt.IsZero() && now.Sub(d.EnrolledAt) >= due {
+		if !renewed(d) && !d.EnrolledAt.IsZero() && now.Sub(d.EnrolledAt) >= due {
 			add(FactorNeverRotated, w.NeverRotated, "certificate %s is the one issued at enrollment on %s; no earlier certificate recorded", d.CertSerial, stamp(d.EnrolledAt))
 		}
 	}
@@ -420,4 +420,12 @@ func (s *Service) ranking(after string, limit int) ([]Risk, string, error) {
 		return nil
 	})
 	return out, next, err
+}
+
+// renewed reports whether d's certificate was ever replaced: an earlier
+// certificate is still recorded (until it expires), a revoked serial of an
+// older record is, or the current certificate was issued after the
+// enrollment.
+func renewed(d *inventory.Device) bool {
+	return len(d.Revoked) > 0 || len(d.Certificates()) > 1 || d.CertIssued.After(d.EnrolledAt)
 }

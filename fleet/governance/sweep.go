@@ -119,7 +119,7 @@ func (s *Service) sweepPage(devs []inventory.Device, now time.Time, seen map[str
 		s.applyDormant(d, st, now, rep)
 		// Retry quarantines that failed in an earlier pass.
 		for _, c := range owns[i].Clones {
-			if !c.Quarantined && s.cfg.Quarantiner != nil && d.State != inventory.StateQuarantined {
+			if !c.Quarantined && s.cfg.Quarantiner != nil && d.State == inventory.StateActive {
 				// A failure is logged and recorded on the incident.
 				if s.quarantineClone(c) == nil {
 					if fresh, err := s.cfg.Devices.Device(d.ID); err == nil {
@@ -128,7 +128,7 @@ func (s *Service) sweepPage(devs []inventory.Device, now time.Time, seen map[str
 				}
 			}
 		}
-		if d.HasFlag(FlagCloneSuspect) && len(owns[i].Clones) == 0 {
+		if d.HasFlag(FlagCloneSuspect) && len(owns[i].Clones) == 0 && cloneable(d) {
 			isNew, err := s.raiseClone(Clone{DeviceID: d.ID, Kind: CloneEK, DetectedAt: now,
 				Evidence: "enrollment flagged the device " + FlagCloneSuspect + ": its EK was proven by a client claiming another identity"})
 			if err != nil {

@@ -41,7 +41,7 @@ func TestCrashWriter(t *testing.T) {
 		}
 		// A read-modify-write of an earlier device, and an event, each its own transaction.
 		if i > 0 {
-			if err := s.Update(crashID(i-1), func(d *Device) error { d.State = StatePending; return nil }); err != nil {
+			if err := s.Update(crashID(i-1), func(d *Device) error { d.State = StateQuarantined; return nil }); err != nil {
 				fmt.Println("error", err)
 				os.Exit(2)
 			}
@@ -141,8 +141,8 @@ func checkConsistent(t *testing.T, s *Store, last int) {
 		if err != nil || byEK.ID != d.ID {
 			t.Fatalf("EK index for %s: %v %v", d.ID, byEK, err)
 		}
-		// Every device but the newest one or two was updated to pending.
-		if i < last && d.State != StatePending {
+		// Every device but the newest one or two was updated to quarantined.
+		if i < last && d.State != StateQuarantined {
 			t.Fatalf("device %d state %s: an acknowledged update is lost", i, d.State)
 		}
 		if i <= last {
@@ -176,7 +176,7 @@ func seed(b *testing.B, s *Store, n int) {
 			if i%10 == 0 {
 				d.State = StatePending
 			}
-			if err := putDevice(tx, nil, d); err != nil {
+			if err := putDevice(tx, nil, d, time.Now()); err != nil {
 				return err
 			}
 		}

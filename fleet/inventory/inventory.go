@@ -6,6 +6,12 @@
 // methods are database-neutral so that another implementation (PostgreSQL)
 // can pass the same conformance suite, inventorytest.Run.
 //
+// A device's state follows one lifecycle (State), enforced on every write;
+// its certificates are kept until they expire (Device.Certs), so that the
+// broker admits only a serial issued to the device and still current, and
+// quarantine and decommissioning revoke every one (Store.Quarantine,
+// Store.Decommission) in the transaction that changes the state.
+//
 // Pending approvals are devices in StatePending: list them with
 // ListDevices(Filter{State: StatePending}).
 package inventory
@@ -33,26 +39,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
-
-// State is a device's lifecycle state.
-type State string
-
-// Lifecycle states.
-const (
-	StatePending        State = "pending"        // waiting for operator approval
-	StateActive         State = "active"         // enrolled and trusted
-	StateQuarantined    State = "quarantined"    // failed attestation; restricted
-	StateDecommissioned State = "decommissioned" // retired; refused at the broker
-)
-
-// Valid reports whether s is one of the lifecycle states.
-func (s State) Valid() bool {
-	switch s {
-	case StatePending, StateActive, StateQuarantined, StateDecommissioned:
-		return true
-	}
-	return false
-}
 
 // Trust paths: how a device's EK came to be trusted.
 const (
@@ -88,42 +74,30 @@ type Device struct {
 	// Tags are operator labels (e.g. "site:plant-7", "canary"); at most
 	// MaxTags of ValidTag. Campaigns can target a set of them.
 	Tags []string `json:"tags,omitempty"`
-	// Revoked lists revoked certificate serials (hex), newest last, at most
-	// MaxRevoked; the broker refuses them.
+	// Certs lists every certificate the fleet issued to the device that
+	// has not expired (and the current one always), oldest first, each
+	// with whether it is revoked. The broker admits only these, unrevoked
+	// (Admits); quarantine and decommissioning revoke every one. An entry
+	// leaves only once its certificate expired. Records written before
+	// Certs existed have none: Certificates derives them.
+	Certs []Cert `json:"certs,omitempty"`
+	// Revoked lists revoked serials (hex) that Certs does not hold: those
+	// of records written before Certs existed, or a serial never issued
+	// to the device. Never trimmed.
 	Revoked []string `json:"revoked,omitempty"`
-	// Superseded lists serials replaced by a renewal and not yet revoked:
-	// they are revoked once the device connects with its current one.
+	// Superseded is read from records written before Certs existed
+	// (serials a renewal replaced and not yet revoked); Certificates takes
+	// them over and nothing writes it any more.
 	Superseded []string `json:"superseded,omitempty"`
+	// Quarantine lists why the device is quarantined, one entry per cause,
+	// while it is (Store.Quarantine); empty otherwise.
+	Quarantine []Cause `json:"quarantine,omitempty"`
 	// Attestation is the last verdict: "pass", "fail" or "" (never).
 	Attestation  string    `json:"attestation,omitempty"`
 	LastAttested time.Time `json:"last_attested,omitzero"`
 	// ClaimedModel is the model the device said it is when it last
 	// enrolled: shown to operators, never used to target anything.
 	ClaimedModel string `json:"claimed_model,omitempty"`
-}
-
-// MaxRevoked bounds Device.Revoked.
-const MaxRevoked = 32
-
-// Revoke records serial as revoked.
-func (d *Device) Revoke(serial string) {
-	if serial == "" || d.IsRevoked(serial) {
-		return
-	}
-	d.Revoked = append(d.Revoked, serial)
-	if len(d.Revoked) > MaxRevoked {
-		d.Revoked = d.Revoked[len(d.Revoked)-MaxRevoked:]
-	}
-}
-
-// IsRevoked reports whether serial was revoked.
-func (d *Device) IsRevoked(serial string) bool {
-	for _, s := range d.Revoked {
-		if s == serial {
-			return true
-		}
-	}
-	return false
 }
 
 // HasFlag reports whether the device carries flag f.
@@ -194,6 +168,12 @@ var (
 	ErrTokenUsed    = errors.New("inventory: enrollment token already used")
 	ErrTokenBinding = errors.New("inventory: enrollment token bound to another model")
 	ErrLocked       = errors.New("inventory: database locked by another process")
+	// ErrNotQuarantined is returned by Release and AutoRelease for a
+	// device that is not quarantined.
+	ErrNotQuarantined = errors.New("inventory: device is not quarantined")
+	// ErrOtherCause is returned by AutoRelease when the device is also
+	// quarantined for a cause other than the releasing policy's verdict.
+	ErrOtherCause = errors.New("inventory: quarantined for another cause")
 )
 
 // TokenPrefix starts every token secret.
@@ -400,7 +380,9 @@ func (s *Store) ListDevices(f Filter) ([]Device, string, error) {
 
 // PutDevice inserts or replaces a device and maintains the EK index. A
 // fingerprint held by another device, or a different fingerprint for an
-// existing device, fails with ErrEKConflict.
+// existing device, fails with ErrEKConflict. A new record may be in any
+// state (an import or a restore); replacing one changes its state only as
+// the lifecycle allows (*TransitionError otherwise).
 func (s *Store) PutDevice(d *Device) error {
 	if err := validDevice(d); err != nil {
 		return err
@@ -410,13 +392,14 @@ func (s *Store) PutDevice(d *Device) error {
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
-		return putDevice(tx, old, d)
+		return putDevice(tx, old, d, s.opts.now())
 	})
 }
 
 // Update reads a device, applies fn and writes the result, in one
 // transaction. fn's error aborts and is returned as is. fn may not change
-// the ID, nor an EK fingerprint already set.
+// the ID, nor an EK fingerprint already set, and may change the state only
+// as the lifecycle allows (State.CanMove; *TransitionError otherwise).
 //
 // Concurrent writes share one transaction and fsync (group commit), so fn
 // may run more than once: it must only change the device it is given.
@@ -426,7 +409,7 @@ func (s *Store) Update(id string, fn func(*Device) error) error {
 		if err != nil {
 			return err
 		}
-		prev := *old // putDevice compares with the stored EK fingerprint
+		prev := old.snapshot() // putDevice compares with the stored record
 		d := old
 		if err := fn(d); err != nil {
 			return err
@@ -437,15 +420,28 @@ func (s *Store) Update(id string, fn func(*Device) error) error {
 		if err := validDevice(d); err != nil {
 			return err
 		}
-		return putDevice(tx, &prev, d)
+		return putDevice(tx, &prev, d, s.opts.now())
 	})
 }
 
-func putDevice(tx *bolt.Tx, old, d *Device) error {
+// putDevice writes d over old (nil for a new record). It is the one place
+// every device write goes through, so it enforces what holds for all of
+// them: the EK index, the lifecycle (a state changes only as CanMove
+// allows), the CRL (every certificate d newly marks revoked is recorded
+// in the revocation list in the same transaction) and the expiry of
+// certificate bookkeeping (entries of certificates expired by now leave).
+func putDevice(tx *bolt.Tx, old, d *Device, now time.Time) error {
 	ek := tx.Bucket(bucketEK)
 	if old != nil && old.EKFingerprint != "" && old.EKFingerprint != d.EKFingerprint {
 		return fmt.Errorf("%w: device %q already has another EK", ErrEKConflict, d.ID)
 	}
+	if old != nil && !old.State.CanMove(d.State) {
+		return &TransitionError{DeviceID: d.ID, From: old.State, To: d.State}
+	}
+	if err := recordRevocations(tx, old, d, now); err != nil {
+		return err
+	}
+	d.pruneCerts(now)
 	if d.EKFingerprint != "" {
 		if holder := ek.Get([]byte(d.EKFingerprint)); holder != nil && string(holder) != d.ID {
 			return fmt.Errorf("%w: EK already belongs to device %q", ErrEKConflict, holder)

@@ -79,9 +79,9 @@ func (s *Store) Revoke(r Revocation) error {
 		if err != nil {
 			return err
 		}
-		prev := *old
-		old.Revoke(r.Serial)
-		if err := putDevice(tx, &prev, old); err != nil {
+		prev := old.snapshot()
+		old.RevokeSerial(r.Serial, r.Reason, r.Time)
+		if err := putDevice(tx, &prev, old, s.opts.now()); err != nil {
 			return err
 		}
 		if b.Get([]byte(r.Serial)) != nil {
@@ -120,7 +120,8 @@ func (s *Store) Revocations(now time.Time) ([]Revocation, error) {
 
 // Upsert reads the device with id (exists false and a zero record with only
 // the ID set when there is none), lets fn change it, and stores it, in one
-// transaction: decisions made in fn see the current record.
+// transaction: decisions made in fn see the current record. A state change
+// of an existing record follows the lifecycle (*TransitionError).
 func (s *Store) Upsert(id string, fn func(d *Device, exists bool) error) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		old, err := getDevice(tx, id)
@@ -131,7 +132,7 @@ func (s *Store) Upsert(id string, fn func(d *Device, exists bool) error) error {
 		d := &Device{ID: id}
 		var prev *Device
 		if exists {
-			p := *old
+			p := old.snapshot()
 			prev, d = &p, old
 		}
 		if err := fn(d, exists); err != nil {
@@ -143,7 +144,7 @@ func (s *Store) Upsert(id string, fn func(d *Device, exists bool) error) error {
 		if err := validDevice(d); err != nil {
 			return err
 		}
-		return putDevice(tx, prev, d)
+		return putDevice(tx, prev, d, s.opts.now())
 	})
 }
 

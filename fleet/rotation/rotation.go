@@ -10,9 +10,13 @@
 // failed attestation); the request carries the same nonce; the new key's
 // public area has the attributes of a non-exportable signing key; the AK
 // certified it over that nonce; the CSR is signed by it. Then a certificate
-// is issued. The previous certificate stays valid until the device
-// connects with the new one (so a crash never leaves it without a working
-// identity); then it is revoked as superseded.
+// is issued and recorded among the device's certificates in a transaction
+// that checks again that the device is active: a quarantine that committed
+// first refuses the renewal (the certificate, never recorded, is refused
+// by the broker), and one that commits after revokes it with the others.
+// The previous certificate stays valid until the device connects with the
+// new one (so a crash never leaves it without a working identity); then
+// every certificate the renewals replaced is revoked as superseded.
 package rotation
 
 import (
@@ -198,20 +202,20 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	var old string
 	err = s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+		// Checked in the transaction that records the serial: a quarantine
+		// is ordered before or after it, never in between.
 		if d.State != inventory.StateActive {
 			return wire.Refuse(wire.ReasonQuarantined, "only active devices renew", nil)
 		}
-		old = d.CertSerial
-		if old != "" && !d.IsRevoked(old) {
-			d.Superseded = append(d.Superseded, old)
-			if len(d.Superseded) > 8 {
-				d.Superseded = d.Superseded[len(d.Superseded)-8:]
-			}
+		if err := d.CanIssue(s.cfg.Now()); err != nil {
+			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding; renew once older ones expired", err)
 		}
-		d.CertSerial, d.CertExpiry, d.CertIssued = serial, cert.NotAfter, cert.NotBefore
+		old = d.CertSerial
+		d.Issued(serial, cert.NotBefore, cert.NotAfter)
 		return nil
 	})
 	if err != nil {
+		s.log.Warn("renewal not recorded; its certificate is never admitted", "device_id", deviceID, "cert_serial", serial, "err", err)
 		return nil, err
 	}
 	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "renewed",
@@ -229,22 +233,19 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	return &wire.RenewResult{Status: wire.StatusActive, Certificate: cert.Raw, TrustBundle: s.cfg.CA.TrustBundle()}, nil
 }
 
-// Connected is called when a device connects with a certificate: the
-// serials its renewals replaced are revoked once it uses its current one,
-// and running jobs that found it unreachable ask it at their next step.
+// Connected is called when a device connects with a certificate: every
+// certificate its renewals replaced is revoked once it uses its current
+// one, and running jobs that found it unreachable ask it at their next
+// step.
 func (s *Service) Connected(deviceID, serial string) {
 	if err := s.cfg.Jobs.reachable(deviceID, s.cfg.Now().UTC()); err != nil {
 		s.log.Warn("rotation jobs unreadable", "device_id", deviceID, "err", err)
 	}
-	d, err := s.cfg.Inventory.Device(deviceID)
-	if err != nil || serial != d.CertSerial || len(d.Superseded) == 0 {
-		return
+	revoked, err := s.cfg.Inventory.RevokeSuperseded(deviceID, serial)
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		s.log.Warn("revoking superseded certificates failed", "device_id", deviceID, "err", err)
 	}
-	for _, old := range d.Superseded {
-		if err := s.cfg.Inventory.Revoke(inventory.Revocation{Serial: old, DeviceID: deviceID, Reason: inventory.ReasonSuperseded, Time: s.cfg.Now()}); err != nil {
-			s.log.Warn("revoking a superseded certificate failed", "device_id", deviceID, "serial", old, "err", err)
-			return
-		}
+	if len(revoked) > 0 {
+		s.log.Info("superseded certificates revoked", "device_id", deviceID, "serials", revoked)
 	}
-	_ = s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error { d.Superseded = nil; return nil })
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/console"
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
 // withConsole serves the operators' web console on the API's listener: the
@@ -34,5 +35,5 @@ func (s *Server) withConsole(apiHandler http.Handler) http.Handler {
 // quarantiner quarantines a device on an operator's request (POST
 // /api/v1/devices/{id}/quarantine) the way governance does.
 func (s *Server) quarantiner() api.Quarantiner {
-	return governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.Broker.Disconnect}
+	return governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.Broker.Disconnect, Source: inventory.CauseOperator}
 }

@@ -41,7 +41,10 @@ var errNoAttestation = errors.New("no passing attestation with sha256 PCR values
 // secrets"): to every targeted active device that is connected when a
 // version is stored, and to a device on each connect for every secret
 // whose latest version it has not acknowledged (on its hello, which it
-// sends once subscribed). Each delivery is wrapped
+// sends once subscribed) — each time only once the device's attestation
+// is current (a pass in its present session, recent enough: current, the
+// fleet's attest.Service.Current); until then it waits and is tried again
+// on the next pass and every secretRetry. Each delivery is wrapped
 // to the device's enrolled EK (inventory); a PCR-bound one also to the
 // sha256 values of the quoted PCRs in the device's newest passing
 // attestation. One worker does the wrapping, off the broker's and the
@@ -57,6 +60,10 @@ type secretService struct {
 	rand       io.Reader // nil: crypto/rand
 	now        func() time.Time
 	log        *slog.Logger
+
+	// current is nil when the device's attestation is current enough for
+	// a secret to go out; nil current delivers nothing.
+	current func(deviceID string) error
 
 	mu      sync.Mutex
 	pending map[string]struct{} // devices to check
@@ -147,6 +154,7 @@ func (s *secretService) deliver(deviceID string) {
 		s.log.Warn("secrets: listing failed", "err", err)
 		return
 	}
+	var due []string
 	for _, l := range list {
 		if !l.Target.Matches(dev.ID, dev.Group, dev.Model) {
 			continue
@@ -159,9 +167,37 @@ func (s *secretService) deliver(deviceID string) {
 		if rec.Acked >= l.Version {
 			continue
 		}
-		s.deliverOne(dev, l.Name)
+		due = append(due, l.Name)
+	}
+	if len(due) == 0 {
+		return
+	}
+	cur := errNoCurrentCheck
+	if s.current != nil {
+		cur = s.current(dev.ID)
+	}
+	if cur != nil {
+		// An earlier pass proves nothing about the device now.
+		s.mu.Lock()
+		s.waiting[dev.ID] = struct{}{}
+		s.mu.Unlock()
+		for _, name := range due {
+			s.fail(dev.ID, name, fmt.Errorf("%w (%w)", errNotCurrent, cur))
+		}
+		return
+	}
+	for _, name := range due {
+		s.deliverOne(dev, name)
 	}
 }
+
+var (
+	// errNotCurrent: a delivery waits for a current passing attestation.
+	errNotCurrent = errors.New("waiting for a passing attestation in the device's current session")
+	// errNoCurrentCheck: the service was built without a way to judge
+	// attestations, so it delivers nothing.
+	errNoCurrentCheck = errors.New("no attestation check configured")
+)
 
 // deliverOne wraps the latest version of name to dev's EK and sends it.
 func (s *secretService) deliverOne(dev *inventory.Device, name string) {

@@ -101,8 +101,9 @@ func TestSecretDelivery(t *testing.T) {
 	defer dl.Close()
 	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
 	online := map[string]bool{"dev-a": true, "dev-q": true}
+	current := func(string) error { return nil } // attestation judged current; TestSecretsNeedACurrentVerdict has the other case
 	svc := newSecretService(&secretService{store: st, deliveries: dl, inv: inv, history: hist, pcrs: boundPCRs(nil),
-		send: out.send, connected: func(id string) bool { return online[id] }, log: slog.New(slog.DiscardHandler)})
+		send: out.send, connected: func(id string) bool { return online[id] }, current: current, log: slog.New(slog.DiscardHandler)})
 	for _, d := range []*inventory.Device{
 		{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)},
 		{ID: "dev-off", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)},

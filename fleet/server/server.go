@@ -113,6 +113,11 @@ type Config struct {
 	// flag a device stale. Defaults 10m and 3.
 	AttestInterval config.Duration `json:"attest_interval"`
 	StaleAfter     int             `json:"stale_after"`
+	// VerdictMaxAge bounds the age of the passing attestation on which
+	// SSH host certificates and secrets go out; the pass must also be on
+	// a nonce of the device's current session. Default StaleAfter ×
+	// AttestInterval (30m).
+	VerdictMaxAge config.Duration `json:"verdict_max_age"`
 	// AttestPCRs are the PCRs quoted in each bank. Default 0-9 and 14.
 	AttestPCRs []int `json:"attest_pcrs"`
 	// AttestBanks are the PCR banks quoted, one quote each: "sha256"
@@ -334,7 +339,8 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	s.Attest, err = attest.New(attest.Config{
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
-		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, Logger: logger.With("component", "attest"),
+		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
+		Logger: logger.With("component", "attest"),
 		Send: func(deviceID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
@@ -373,7 +379,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	s.secretSvc = newSecretService(&secretService{
 		store: s.Secrets, deliveries: s.deliveries, inv: s.Inv, history: s.history, pcrs: boundPCRs(sels),
-		connected: s.Broker.Connected, log: logger.With("component", "secrets"),
+		connected: s.Broker.Connected, current: s.Attest.Current, log: logger.With("component", "secrets"),
 		send: func(deviceID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
@@ -447,19 +453,16 @@ func (s *Server) closeStores() {
 }
 
 // gate admits a holder of a fleet certificate (the TLS layer verified the
-// chain and expiry) unless its serial is revoked — re-enrollment and
-// quarantine revoke the serials they replace — and only while the device is
-// active (fully) or quarantined (only to prove itself: attestation topics).
+// chain and expiry) only if the fleet issued that serial to the device and
+// it is still current (inventory.Device.Admits: not revoked — quarantine,
+// decommissioning, re-enrollment and renewal revoke — nor expired; a
+// certificate of the fleet CA never issued to the device is refused), and
+// only while the device is active (fully) or quarantined (only to prove
+// itself: inventory.QuarantinedKinds).
 type gate struct {
 	inv *inventory.Store
 	ca  *ca.CA
 }
-
-// quarantinedKinds are what a quarantined device may publish.
-// "ssh" too, so that a device asking for SSH host certificates is told it
-// is quarantined instead of being disconnected for asking; "telemetry" so
-// that the fleet keeps watching a quarantined device.
-var quarantinedKinds = []string{"attest", "hello", "ssh", wire.KindTelemetry}
 
 func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
 	d, err := g.inv.Device(deviceID)
@@ -470,14 +473,14 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 		return broker.Access{}, err // a retired CA generation: enroll again
 	}
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
-	if d.IsRevoked(serial) {
-		return broker.Access{}, errors.New("certificate revoked")
+	if !d.Admits(serial, time.Now()) {
+		return broker.Access{}, fmt.Errorf("certificate %s not issued to this device, revoked or expired", serial)
 	}
 	switch d.State {
 	case inventory.StateActive:
 		return broker.Access{}, nil
 	case inventory.StateQuarantined:
-		return broker.Access{UpKinds: quarantinedKinds}, nil
+		return broker.Access{UpKinds: inventory.QuarantinedKinds()}, nil
 	}
 	return broker.Access{}, fmt.Errorf("device %s", d.State)
 }
@@ -486,6 +489,15 @@ func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 // connection goroutines, which must not wait for the inventory's disk.
 func (s *Server) brokerEvent(ev broker.Event) {
 	s.governanceEvent(ev)
+	// Synchronously: the session is known before its first message.
+	if id := ev.Identity.DeviceID; id != "" && ev.Identity.Cert != nil && s.Attest != nil {
+		switch ev.Kind {
+		case broker.Connected:
+			s.Attest.SessionStarted(id, ev.Time)
+		case broker.Disconnected:
+			s.Attest.SessionEnded(id)
+		}
+	}
 	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused || ev.Kind == broker.Closed {
 		return
 	}
@@ -611,7 +623,11 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // deviceMessage handles messages from enrolled devices. The device ID is
-// the one the broker authenticated, never one from the payload.
+// the one the broker authenticated, never one from the payload. A message
+// is handled only if its type belongs to the topic kind it came on and
+// the device's state, as the inventory holds it now, accepts that kind
+// (inventory.State.Accepts): whatever the broker admitted earlier, a
+// device quarantined or decommissioned since is not served.
 func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte) {
 	tp, err := s.topics.Parse(topic)
 	if err != nil || id.DeviceID == "" || tp.ID != id.DeviceID {
@@ -620,6 +636,14 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 	env, err := wire.Decode(payload)
 	if err != nil {
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
+		return
+	}
+	if d, err := s.Inv.Device(id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
+		state := inventory.State("unknown")
+		if err == nil {
+			state = d.State
+		}
+		s.log.Info("device message dropped: its state or topic does not allow it", "device_id", id.DeviceID, "type", env.Type, "kind", tp.Kind, "state", state)
 		return
 	}
 	switch env.Type {
@@ -663,6 +687,28 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.sendTrustBundle(id.DeviceID)
 		}
 	}
+}
+
+// upKind is the up-topic kind a device message of type typ travels on
+// ("" for a type devices do not send).
+func upKind(typ string) string {
+	switch typ {
+	case wire.TypeAttestRequest, wire.TypeAttestEvidence:
+		return "attest"
+	case wire.TypeRenewRequest:
+		return "renew"
+	case wire.TypeSSHRequest:
+		return "ssh"
+	case wire.TypeSecretAck:
+		return "secret"
+	case wire.TypeTelemetryBatch:
+		return wire.KindTelemetry
+	case wire.TypeFirmwareReport:
+		return wire.KindFirmware
+	case wire.TypeHello:
+		return "hello"
+	}
+	return ""
 }
 
 func loadAllowList(path string) (map[string]bool, error) {

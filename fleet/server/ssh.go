@@ -23,7 +23,7 @@ func (s *Server) openSSH() error {
 		return err
 	}
 	s.SSH, err = sshca.NewIssuer(sshca.IssuerConfig{
-		CA: c, Devices: s.Inv, Validity: time.Duration(s.cfg.DeviceLifetime), Logger: log,
+		CA: c, Devices: s.Inv, Verdicts: s.Attest, Validity: time.Duration(s.cfg.DeviceLifetime), Logger: log,
 		Send: func(deviceID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},

@@ -346,6 +346,9 @@ func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
 	if f := s.consoleVerdict.Load(); f != nil {
 		(*f)(deviceID, rec, 0)
 	}
+	if rec.Result == wire.VerdictPass && s.secretSvc != nil {
+		s.secretSvc.queue(deviceID) // secrets wait for a current pass (attest.Service.Current)
+	}
 	if s.tel == nil {
 		return
 	}

@@ -20,6 +20,19 @@ type Devices interface {
 	AddEvent(e inventory.Event) error
 }
 
+// Verdicts says whether a device's attestation is current enough for
+// credentials to go out (the fleet's attest.Service.Current): nil when it
+// is.
+type Verdicts interface {
+	Current(deviceID string) error
+}
+
+// VerdictsFunc adapts a function to Verdicts.
+type VerdictsFunc func(deviceID string) error
+
+// Current calls f.
+func (f VerdictsFunc) Current(deviceID string) error { return f(deviceID) }
+
 // DefaultValidity is the certificate lifetime when IssuerConfig.Validity is
 // zero (the fleet passes its device certificate lifetime).
 const DefaultValidity = 24 * time.Hour
@@ -31,6 +44,10 @@ const DefaultMinInterval = 5 * time.Second
 type IssuerConfig struct {
 	CA      *CA
 	Devices Devices
+	// Verdicts is asked before every issuance: certificates go out only
+	// on a passing attestation that is current (made in the device's
+	// present session, recent enough). Required.
+	Verdicts Verdicts
 	// Send publishes to a device's down topic of kind ("ssh"). Required
 	// for Submit and Run.
 	Send func(deviceID, kind string, payload []byte) error
@@ -60,8 +77,8 @@ type request struct {
 
 // NewIssuer returns an issuer; Run starts answering submitted requests.
 func NewIssuer(cfg IssuerConfig) (*Issuer, error) {
-	if cfg.CA == nil || cfg.Devices == nil {
-		return nil, errors.New("sshca: CA and Devices are required")
+	if cfg.CA == nil || cfg.Devices == nil || cfg.Verdicts == nil {
+		return nil, errors.New("sshca: CA, Devices and Verdicts are required")
 	}
 	if cfg.Validity < 0 || cfg.Validity > MaxValidity {
 		return nil, fmt.Errorf("sshca: validity %s out of range", cfg.Validity)
@@ -143,8 +160,9 @@ func (s *Issuer) reply(deviceID string, corr []byte, res *wire.SSHCerts) {
 
 // Issue certifies a device's host keys (authorized_keys lines). The device
 // must be active (not quarantined, pending or decommissioned) and its last
-// attestation must have passed; otherwise the refusal is a *wire.Error
-// (ReasonQuarantined, ReasonAttestationFailed). Keys that do not parse or
+// attestation must have passed and be current (Config.Verdicts: made in
+// the device's present session, not an old pass); otherwise the refusal
+// is a *wire.Error (ReasonQuarantined, ReasonAttestationFailed). Keys that do not parse or
 // that CheckHostKey refuses are left out and named in the answer's
 // message; if none is left the request is refused (ReasonBadRequest).
 func (s *Issuer) Issue(deviceID string, hostKeys []string) (*wire.SSHCerts, error) {
@@ -160,6 +178,9 @@ func (s *Issuer) Issue(deviceID string, hostKeys []string) (*wire.SSHCerts, erro
 		return nil, wire.Refuse(wire.ReasonQuarantined, "only active devices get SSH host certificates (device is "+string(d.State)+")", nil)
 	case d.Attestation != wire.VerdictPass:
 		return nil, wire.Refuse(wire.ReasonAttestationFailed, "SSH host certificates need a passing attestation; ask again after one", nil)
+	}
+	if err := s.cfg.Verdicts.Current(deviceID); err != nil {
+		return nil, wire.Refuse(wire.ReasonAttestationFailed, "SSH host certificates need a passing attestation in this session; ask again after one", err)
 	}
 	now := s.cfg.Now()
 	if s.cfg.MinInterval > 0 {

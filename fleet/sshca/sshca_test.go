@@ -222,7 +222,19 @@ func newFleet(t *testing.T, d inventory.Device) *fleet {
 		t.Fatal(err)
 	}
 	f := &fleet{inv: inv, now: t0}
-	f.issuer, err = NewIssuer(IssuerConfig{CA: openCA(t, t.TempDir()), Devices: inv, Validity: 12 * time.Hour,
+	// Current as the fleet judges it, by age here: a pass at most ten
+	// minutes old.
+	current := VerdictsFunc(func(id string) error {
+		d, err := inv.Device(id)
+		if err != nil {
+			return err
+		}
+		if d.Attestation != wire.VerdictPass || f.now.Sub(d.LastAttested) > 10*time.Minute {
+			return errors.New("no current passing attestation")
+		}
+		return nil
+	})
+	f.issuer, err = NewIssuer(IssuerConfig{CA: openCA(t, t.TempDir()), Devices: inv, Validity: 12 * time.Hour, Verdicts: current,
 		Now: func() time.Time { return f.now },
 		Send: func(deviceID, kind string, payload []byte) error {
 			if deviceID != d.ID || kind != "ssh" {
@@ -240,7 +252,7 @@ func newFleet(t *testing.T, d inventory.Device) *fleet {
 }
 
 func TestIssue(t *testing.T) {
-	f := newFleet(t, inventory.Device{ID: "dev1", State: inventory.StateActive, Attestation: wire.VerdictPass})
+	f := newFleet(t, inventory.Device{ID: "dev1", State: inventory.StateActive, Attestation: wire.VerdictPass, LastAttested: t0})
 	hk := hostKey(t)
 	res, err := f.issuer.Issue("dev1", []string{"ssh-ed25519 AAAAnotakey", authorized(hk), "ssh-dss AAAAB3NzaC1kc3MAAACBAP"})
 	if err != nil {
@@ -311,7 +323,7 @@ func TestIssueRefusals(t *testing.T) {
 			t.Errorf("%s: a refusal recorded %+v", c.dev.State, evs)
 		}
 	}
-	f := newFleet(t, inventory.Device{ID: "dev1", State: inventory.StateActive, Attestation: wire.VerdictPass})
+	f := newFleet(t, inventory.Device{ID: "dev1", State: inventory.StateActive, Attestation: wire.VerdictPass, LastAttested: t0})
 	if _, err := f.issuer.Issue("ghost", []string{hk}); err == nil {
 		t.Fatal("unknown device served")
 	}
@@ -320,7 +332,7 @@ func TestIssueRefusals(t *testing.T) {
 // TestHandle: a request on the wire gets an answer correlated to it; a
 // refusal travels as a refused SSHCerts.
 func TestHandle(t *testing.T) {
-	f := newFleet(t, inventory.Device{ID: "dev1", State: inventory.StateActive, Attestation: wire.VerdictPass})
+	f := newFleet(t, inventory.Device{ID: "dev1", State: inventory.StateActive, Attestation: wire.VerdictPass, LastAttested: t0})
 	b, _ := wire.Encode(wire.TypeSSHRequest, nil, t0, &wire.SSHRequest{HostKeys: []string{authorized(hostKey(t))}})
 	env, _ := wire.Decode(b)
 	f.issuer.Handle("dev1", env)

@@ -86,8 +86,12 @@ func TestBrokerACL(t *testing.T) {
 	dirB := t.TempDir()
 	b := startDevice(t, f, instB, harness.DeviceConfig{Serial: "SN-B", Dir: dirB})
 	idA, idB := waitConnected(t, a).DeviceID, waitConnected(t, b).DeviceID
+	// B's own sigild would fight the clients below for its client ID, and
+	// its messages (verdicts, acks) reach whichever holds it: stopped, the
+	// clients below speak for B alone.
+	b.Stop()
 	up := watchUp(t, f)
-	certB, keyB := softwareIdentity(t, f, idB)
+	certB, keyB := issuedIdentity(t, f, idB)
 	asB := []string{"-i", idB, "--cert", certB, "--key", keyB}
 	downA, downB := "sigil/v1/dev/"+idA+"/down/cmd", "sigil/v1/dev/"+idB+"/down/cmd"
 	upA, upB := "sigil/v1/dev/"+idA+"/up/hello", "sigil/v1/dev/"+idB+"/up/probe"

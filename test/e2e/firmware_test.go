@@ -420,11 +420,11 @@ func TestFirmwareCampaign(t *testing.T) {
 	}
 }
 
-// deviceTLSCert issues a fleet certificate for a device ID over a
+// deviceTLSCert issues a fleet certificate to a device over a
 // software key: what a device in flight presents to download.
 func deviceTLSCert(t *testing.T, f *harness.Fleet, id string) *tls.Certificate {
 	t.Helper()
-	certFile, keyFile := softwareIdentity(t, f, id)
+	certFile, keyFile := issuedIdentity(t, f, id)
 	c, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
@@ -212,6 +213,32 @@ func softwareIdentity(t testing.TB, f *harness.Fleet, id string) (certFile, keyF
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	writePEM(t, certFile, "CERTIFICATE", cert.Raw)
 	writePEM(t, keyFile, "PRIVATE KEY", der)
+	return certFile, keyFile
+}
+
+// issuedIdentity is softwareIdentity recorded in the inventory as a
+// certificate the fleet issued to the device (beside its current one), for
+// clients that cannot use the device's TPM key; the broker admits only
+// certificates issued to the device.
+func issuedIdentity(t testing.TB, f *harness.Fleet, id string) (certFile, keyFile string) {
+	t.Helper()
+	certFile, keyFile = softwareIdentity(t, f, id)
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.Inv.Update(id, func(d *inventory.Device) error {
+		d.Certs = append(d.Certificates(), inventory.Cert{Serial: hex.EncodeToString(cert.SerialNumber.Bytes()), NotAfter: cert.NotAfter})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return certFile, keyFile
 }
 

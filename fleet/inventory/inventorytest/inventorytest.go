@@ -48,6 +48,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"TokenConcurrency", testTokenConcurrency},
 		{"Events", testEvents},
 		{"AnonymousEvents", testAnonymousEvents},
+		{"Lifecycle", testLifecycle},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.f(t, open(t)) })
@@ -566,5 +567,49 @@ func testAnonymousEvents(t *testing.T, s Store) {
 	}
 	if lim, _ := s.Events(ID(1), 2); len(lim) != 2 || lim[0].Kind != "renewed" || !lim[1].Anonymous {
 		t.Fatalf("limited: %+v", lim)
+	}
+}
+
+// testLifecycle: every write path keeps to the lifecycle (a refused state
+// change is an ErrTransition and changes nothing), and a device's
+// certificates round-trip.
+func testLifecycle(t *testing.T, s Store) {
+	d := NewDevice(1)
+	d.State = inventory.StateDecommissioned
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []inventory.State{inventory.StateActive, inventory.StateQuarantined, inventory.StatePending} {
+		if err := s.Update(d.ID, func(x *inventory.Device) error { x.State = to; return nil }); !errors.Is(err, inventory.ErrTransition) {
+			t.Errorf("Update decommissioned -> %s: %v, want ErrTransition", to, err)
+		}
+		again := *d
+		again.State = to
+		if err := s.PutDevice(&again); !errors.Is(err, inventory.ErrTransition) {
+			t.Errorf("PutDevice decommissioned -> %s: %v, want ErrTransition", to, err)
+		}
+	}
+	if got, _ := s.Device(d.ID); got.State != inventory.StateDecommissioned {
+		t.Fatalf("a refused change was stored: %s", got.State)
+	}
+	p := &inventory.Device{ID: ID(2), State: inventory.StatePending}
+	if err := s.PutDevice(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(p.ID, func(x *inventory.Device) error { x.State = inventory.StateQuarantined; return nil }); !errors.Is(err, inventory.ErrTransition) {
+		t.Errorf("Update pending -> quarantined: %v, want ErrTransition", err)
+	}
+	now := time.Now() // the store prunes certificates expired by its own clock
+	if err := s.Update(p.ID, func(x *inventory.Device) error {
+		x.State = inventory.StateActive
+		x.Issued("0a", now, now.Add(time.Hour))
+		x.Issued("0b", now, now.Add(2*time.Hour))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Device(p.ID)
+	if got.State != inventory.StateActive || got.CertSerial != "0b" || len(got.Certs) != 2 || !got.Certs[1].NotAfter.Equal(now.Add(2*time.Hour)) || !got.Admits("0a", now) {
+		t.Fatalf("issued certificates: %+v", got)
 	}
 }

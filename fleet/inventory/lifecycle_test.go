@@ -1,0 +1,333 @@
+package inventory_test
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
+)
+
+// TestStateChangesFollowTheLifecycle: a state changes only from the states
+// that permit it, whatever the write path; a refused change leaves the
+// record as it was.
+func TestStateChangesFollowTheLifecycle(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	defer s.Close()
+	cases := []struct {
+		from, to inventory.State
+		ok       bool
+	}{
+		{inventory.StatePending, inventory.StateQuarantined, false}, // a pending record stays pending
+		{inventory.StateDecommissioned, inventory.StateQuarantined, false},
+		{inventory.StateDecommissioned, inventory.StateActive, false},
+		{inventory.StateDecommissioned, inventory.StatePending, false},
+		{inventory.StateActive, inventory.StatePending, false},
+		{inventory.StateQuarantined, inventory.StatePending, false},
+		{inventory.StatePending, inventory.StateActive, true},
+		{inventory.StateActive, inventory.StateQuarantined, true},
+		{inventory.StateQuarantined, inventory.StateActive, true},
+		{inventory.StateActive, inventory.StateDecommissioned, true},
+		{inventory.StatePending, inventory.StateDecommissioned, true},
+	}
+	for i, c := range cases {
+		id := inventorytest.ID(100 + i)
+		if err := s.PutDevice(&inventory.Device{ID: id, State: c.from}); err != nil {
+			t.Fatal(err)
+		}
+		err := s.Update(id, func(d *inventory.Device) error { d.State = c.to; return nil })
+		d, _ := s.Device(id)
+		switch {
+		case c.ok && (err != nil || d.State != c.to):
+			t.Errorf("%s -> %s refused: %v (state %s)", c.from, c.to, err, d.State)
+		case !c.ok && (!errors.Is(err, inventory.ErrTransition) || d.State != c.from):
+			t.Errorf("%s -> %s: err %v, state %s; want ErrTransition and no change", c.from, c.to, err, d.State)
+		}
+		var te *inventory.TransitionError
+		if !c.ok && (!errors.As(err, &te) || te.From != c.from || te.To != c.to || te.DeviceID != id) {
+			t.Errorf("%s -> %s: error %#v does not name the refused change", c.from, c.to, err)
+		}
+	}
+}
+
+// TestRevokedSerialsAreNotForgotten: however many serials a device had
+// revoked, each stays revoked (the broker used to remember only the last
+// 32).
+func TestRevokedSerialsAreNotForgotten(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	defer s.Close()
+	id := inventorytest.ID(1)
+	if err := s.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if err := s.Revoke(inventory.Revocation{Serial: fmt.Sprintf("%04x", i+1), DeviceID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, _ := s.Device(id)
+	for i := range 40 {
+		if serial := fmt.Sprintf("%04x", i+1); !d.IsRevoked(serial) {
+			t.Errorf("revoked serial %s forgotten", serial)
+		}
+	}
+}
+
+// clocked opens a store whose clock the test sets.
+func clocked(t *testing.T) (*inventory.Store, *time.Time) {
+	t.Helper()
+	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync(), inventory.WithClock(func() time.Time { return now }))
+	t.Cleanup(func() { s.Close() })
+	return s, &now
+}
+
+// enrolled stores an active device holding serials issued one after the
+// other (the last one current), each valid for a day from now.
+func enrolled(t *testing.T, s *inventory.Store, now time.Time, n int, serials ...string) string {
+	t.Helper()
+	d := &inventory.Device{ID: inventorytest.ID(n), State: inventory.StateActive}
+	for _, sr := range serials {
+		d.Issued(sr, now, now.Add(24*time.Hour))
+	}
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	return d.ID
+}
+
+func revocations(t *testing.T, s *inventory.Store) []string {
+	t.Helper()
+	rs, err := s.Revocations(time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.Serial)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestAdmitsOnlyIssuedCurrentSerials: the broker's question — a serial
+// the fleet issued to this device, neither revoked nor expired.
+func TestAdmitsOnlyIssuedCurrentSerials(t *testing.T) {
+	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	d := &inventory.Device{ID: inventorytest.ID(1), State: inventory.StateActive}
+	d.Issued("0a", now.Add(-48*time.Hour), now.Add(-24*time.Hour)) // expired
+	d.Issued("0b", now, now.Add(24*time.Hour))                     // renewed away, not yet revoked
+	d.Issued("0c", now, now.Add(24*time.Hour))                     // current
+	for serial, want := range map[string]bool{"0a": false, "0b": true, "0c": true, "0d": false, "": false} {
+		if got := d.Admits(serial, now); got != want {
+			t.Errorf("Admits(%q) = %v, want %v", serial, got, want)
+		}
+	}
+	if got := d.RevokeOthers("0c", inventory.ReasonSuperseded, now); !slices.Equal(got, []string{"0b"}) {
+		t.Fatalf("RevokeOthers revoked %v, want [0b]", got)
+	}
+	if d.Admits("0b", now) || !d.Admits("0c", now) || d.CertSerial != "0c" {
+		t.Fatalf("after the switch-over: %+v", d.Certs)
+	}
+}
+
+// TestQuarantineRevokesEveryCertificate: quarantine revokes every
+// unexpired certificate in the transaction that changes the state, lists
+// them in the CRL, records the cause, and refuses pending and
+// decommissioned devices.
+func TestQuarantineRevokesEveryCertificate(t *testing.T) {
+	s, now := clocked(t)
+	id := enrolled(t, s, *now, 1, "0a", "0b")
+	d, revoked, err := s.Quarantine(id, inventory.Cause{Source: inventory.CauseAlert, Reason: "rule x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.State != inventory.StateQuarantined || !slices.Equal(revoked, []string{"0a", "0b"}) || d.Admits("0a", *now) || d.Admits("0b", *now) {
+		t.Fatalf("quarantined %s, revoked %v", d.State, revoked)
+	}
+	if got := revocations(t, s); !slices.Equal(got, []string{"0a", "0b"}) {
+		t.Fatalf("CRL lists %v", got)
+	}
+	if len(d.Quarantine) != 1 || d.Quarantine[0].Source != inventory.CauseAlert || d.Quarantine[0].Time.IsZero() {
+		t.Fatalf("causes %+v", d.Quarantine)
+	}
+	// Quarantined again: the cause is added; the certificate it
+	// re-enrolled with to prove itself stays.
+	if err := s.Update(id, func(d *inventory.Device) error { d.Issued("0c", *now, now.Add(time.Hour)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	d, revoked, err = s.Quarantine(id, inventory.Cause{Source: inventory.CauseClone})
+	if err != nil || len(revoked) != 0 || len(d.Quarantine) != 2 || !d.Admits("0c", *now) {
+		t.Fatalf("second cause: revoked %v, causes %+v, %v", revoked, d, err)
+	}
+
+	for _, st := range []inventory.State{inventory.StatePending, inventory.StateDecommissioned} {
+		other := inventorytest.ID(2)
+		if st == inventory.StateDecommissioned {
+			other = inventorytest.ID(3)
+		}
+		if err := s.PutDevice(&inventory.Device{ID: other, State: st}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Quarantine(other, inventory.Cause{Source: inventory.CauseClone}); !errors.Is(err, inventory.ErrTransition) {
+			t.Errorf("quarantine of a %s device: %v, want ErrTransition", st, err)
+		}
+		if d, _ := s.Device(other); d.State != st || len(d.Quarantine) != 0 {
+			t.Errorf("a refused quarantine changed a %s device: %+v", st, d)
+		}
+	}
+}
+
+// TestAutoReleaseOnlyItsOwnCause: a policy's passing verdict lifts only a
+// quarantine every cause of which is that policy's failing verdict; an
+// operator lifts any.
+func TestAutoReleaseOnlyItsOwnCause(t *testing.T) {
+	s, now := clocked(t)
+	id := enrolled(t, s, *now, 1, "0a")
+	if _, _, err := s.Quarantine(id, inventory.Cause{Source: inventory.CauseAttestation, Policy: "p1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AutoRelease(id, "p2"); !errors.Is(err, inventory.ErrOtherCause) {
+		t.Fatalf("another policy released: %v", err)
+	}
+	if _, _, err := s.Quarantine(id, inventory.Cause{Source: inventory.CauseOperator}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AutoRelease(id, "p1"); !errors.Is(err, inventory.ErrOtherCause) {
+		t.Fatalf("an operator's quarantine was lifted by a policy: %v", err)
+	}
+	d, err := s.Release(id)
+	if err != nil || d.State != inventory.StateActive || len(d.Quarantine) != 0 || d.Admits("0a", *now) {
+		t.Fatalf("operator release: %+v %v", d, err)
+	}
+	if _, err := s.Release(id); !errors.Is(err, inventory.ErrNotQuarantined) {
+		t.Fatalf("release of an active device: %v", err)
+	}
+	id2 := enrolled(t, s, *now, 2, "0b")
+	if _, _, err := s.Quarantine(id2, inventory.Cause{Source: inventory.CauseAttestation, Policy: "p1"}); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.AutoRelease(id2, "p1"); err != nil || d.State != inventory.StateActive {
+		t.Fatalf("its own quarantine: %+v %v", d, err)
+	}
+}
+
+// TestDecommissionIsTerminal: decommissioning revokes every unexpired
+// certificate from any state, may be repeated, and nothing leaves it.
+func TestDecommissionIsTerminal(t *testing.T) {
+	s, now := clocked(t)
+	id := enrolled(t, s, *now, 1, "0a", "0b")
+	if _, _, err := s.Quarantine(id, inventory.Cause{Source: inventory.CauseAlert}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(id, func(d *inventory.Device) error { d.Issued("0c", *now, now.Add(time.Hour)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	d, revoked, err := s.Decommission(id)
+	if err != nil || d.State != inventory.StateDecommissioned || !slices.Equal(revoked, []string{"0c"}) || len(d.Quarantine) != 0 {
+		t.Fatalf("decommission: %+v revoked %v %v", d, revoked, err)
+	}
+	if got := revocations(t, s); !slices.Equal(got, []string{"0a", "0b", "0c"}) {
+		t.Fatalf("CRL lists %v", got)
+	}
+	if _, revoked, err := s.Decommission(id); err != nil || len(revoked) != 0 {
+		t.Fatalf("again: %v %v", revoked, err)
+	}
+	if _, _, err := s.Quarantine(id, inventory.Cause{Source: inventory.CauseAttestation}); !errors.Is(err, inventory.ErrTransition) {
+		t.Fatalf("quarantine of a decommissioned device: %v", err)
+	}
+	if _, err := s.Release(id); !errors.Is(err, inventory.ErrNotQuarantined) {
+		t.Fatalf("release of a decommissioned device: %v", err)
+	}
+	if err := s.Upsert(id, func(d *inventory.Device, _ bool) error { d.State = inventory.StateActive; return nil }); !errors.Is(err, inventory.ErrTransition) {
+		t.Fatalf("upsert to active: %v", err)
+	}
+}
+
+// TestCertBookkeepingPrunedByExpiryOnly: however many certificates a
+// device was issued, each is remembered until it expires; then it leaves
+// (the current one never does).
+func TestCertBookkeepingPrunedByExpiryOnly(t *testing.T) {
+	s, now := clocked(t)
+	d := &inventory.Device{ID: inventorytest.ID(1), State: inventory.StateActive}
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for i := range 50 {
+		serial := fmt.Sprintf("%04x", i+1)
+		serials = append(serials, serial)
+		if err := s.Update(d.ID, func(d *inventory.Device) error { d.Issued(serial, *now, now.Add(time.Hour)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := s.Device(d.ID)
+	for _, serial := range serials {
+		if !got.Admits(serial, *now) {
+			t.Fatalf("serial %s forgotten before it expired", serial)
+		}
+	}
+	if _, err := s.RevokeSuperseded(d.ID, "0032"); err != nil {
+		t.Fatal(err)
+	}
+	if got := revocations(t, s); len(got) != 49 {
+		t.Fatalf("%d superseded serials in the CRL, want 49", len(got))
+	}
+	*now = now.Add(2 * time.Hour)
+	if err := s.Update(d.ID, func(*inventory.Device) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Device(d.ID)
+	if len(got.Certs) != 1 || got.Certs[0].Serial != "0032" {
+		t.Fatalf("after expiry: %+v", got.Certs)
+	}
+	if rs, _ := s.Revocations(*now); len(rs) != 0 {
+		t.Fatalf("expired revocations still served: %d", len(rs))
+	}
+}
+
+// TestLegacyRecordCertificates: a record written before Certs existed
+// (current serial, superseded ones, a revoked list) is judged the same.
+func TestLegacyRecordCertificates(t *testing.T) {
+	s, now := clocked(t)
+	legacy := &inventory.Device{ID: inventorytest.ID(1), State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
+		Superseded: []string{"0b"}, Revoked: []string{"0a"}}
+	if err := s.PutDevice(legacy); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := s.Device(legacy.ID)
+	if !d.Admits("0c", *now) || !d.Admits("0b", *now) || d.Admits("0a", *now) || !d.IsRevoked("0a") {
+		t.Fatalf("legacy record judged %+v", d.Certificates())
+	}
+	d, revoked, err := s.Quarantine(d.ID, inventory.Cause{Source: inventory.CauseAlert})
+	if err != nil || !slices.Equal(revoked, []string{"0b", "0c"}) || len(d.Superseded) != 0 {
+		t.Fatalf("quarantine of a legacy record: revoked %v, %+v, %v", revoked, d, err)
+	}
+}
+
+// TestIssuanceBounded: a device holding MaxCerts unexpired certificates
+// gets no more (nothing is forgotten to make room) until some expire.
+func TestIssuanceBounded(t *testing.T) {
+	s, now := clocked(t)
+	d := &inventory.Device{ID: inventorytest.ID(1), State: inventory.StateActive}
+	for i := range inventory.MaxCerts {
+		if err := d.CanIssue(*now); err != nil {
+			t.Fatalf("certificate %d: %v", i, err)
+		}
+		d.Issued(fmt.Sprintf("%04x", i+1), *now, now.Add(time.Duration(i+1)*time.Minute))
+	}
+	if err := d.CanIssue(*now); !errors.Is(err, inventory.ErrTooManyCerts) {
+		t.Fatalf("past the bound: %v", err)
+	}
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	*now = now.Add(90 * time.Second) // the first one expires
+	if err := s.Update(d.ID, func(d *inventory.Device) error { return d.CanIssue(*now) }); err != nil {
+		t.Fatalf("after one expired: %v", err)
+	}
+}

@@ -1,0 +1,138 @@
+package server
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/secrets"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+func openInventory(t *testing.T) *inventory.Store {
+	t.Helper()
+	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	return inv
+}
+
+// TestGateAdmitsOnlyIssuedSerials: a certificate of the fleet CA for an
+// active device is refused unless the fleet issued that serial to it.
+func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
+	inv := openInventory(t)
+	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "test.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	const id = "0123456789abcdef0123456789abcdef"
+	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0a", CertExpiry: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	crafted, err := fleetCA.IssueDevice(id, &key.PublicKey, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (gate{inv, fleetCA}).AdmitDevice(id, crafted); err == nil {
+		t.Fatal("the gate admitted a fleet certificate never issued to the device")
+	}
+}
+
+// TestDeviceMessagesFollowState: messages from a decommissioned device are
+// dropped at the fleet's handler, whatever the broker admitted.
+func TestDeviceMessagesFollowState(t *testing.T) {
+	inv := openInventory(t)
+	hist, err := attest.OpenHistory(filepath.Join(t.TempDir(), "hist.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hist.Close() })
+	var mu sync.Mutex
+	var sent []string
+	svc, err := attest.New(attest.Config{Inventory: inv, History: hist,
+		Send: func(id, kind string, _ []byte) error {
+			mu.Lock()
+			sent = append(sent, id+"/"+kind)
+			mu.Unlock()
+			return nil
+		},
+		Disconnect: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Inv: inv, Attest: svc, log: slog.New(slog.DiscardHandler), topics: wire.Topics{}}
+	const id = "0123456789abcdef0123456789abcdef"
+	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateDecommissioned}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := wire.Encode(wire.TypeAttestRequest, nil, time.Now(), &wire.AttestRequest{Reason: "connect"})
+	s.deviceMessage(broker.Identity{ClientID: id, DeviceID: id}, s.topics.DeviceUp(id, "attest"), b)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sent) != 0 {
+		t.Fatalf("a decommissioned device was answered: %v", sent)
+	}
+}
+
+// TestSecretsNeedACurrentVerdict: a secret goes to an active, connected
+// device only once it passed an attestation in its current session.
+func TestSecretsNeedACurrentVerdict(t *testing.T) {
+	dir := t.TempDir()
+	inv := openInventory(t)
+	hist, err := attest.OpenHistory(filepath.Join(dir, "hist.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	st, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dl, err := openDeliveries(filepath.Join(dir, DeliveriesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.Close()
+	att, err := attest.New(attest.Config{Inventory: inv, History: hist, Send: func(string, string, []byte) error { return nil }, Disconnect: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	att.SessionStarted("dev-a", time.Now())
+	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
+	svc := newSecretService(&secretService{store: st, deliveries: dl, inv: inv, history: hist, pcrs: boundPCRs(nil),
+		send: out.send, connected: func(string) bool { return true }, current: att.Current, log: slog.New(slog.DiscardHandler)})
+	if err := inv.PutDevice(&inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t),
+		Attestation: wire.VerdictPass, LastAttested: time.Now().Add(-48 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Put("api-key", []byte("k"), secrets.Target{Device: "dev-a"}, false); err != nil {
+		t.Fatal(err)
+	}
+	svc.deliver("dev-a")
+	if n := out.count("dev-a"); n != 0 {
+		t.Fatalf("secret sent on a pass from two days ago (%d deliveries)", n)
+	}
+	if ds, err := svc.DeviceSecrets("dev-a"); err != nil || len(ds) != 1 || !strings.Contains(ds[0].Error, "current session") {
+		t.Fatalf("the wait is not recorded: %+v %v", ds, err)
+	}
+	// Without a way to judge attestations, nothing goes out.
+	svc.current = nil
+	svc.deliver("dev-a")
+	if n := out.count("dev-a"); n != 0 {
+		t.Fatalf("secret sent without an attestation check (%d deliveries)", n)
+	}
+}
