@@ -55,6 +55,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -154,6 +155,7 @@ type Stats struct {
 	HandshakeFailures    uint64 // TLS handshakes that failed or timed out
 	AcceptErrors         uint64 // failed accepts (the listener backs off and retries)
 	DroppedInline        uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
+	LogSuppressed        uint64 // log lines about clients without certificate counted instead of written
 }
 
 // Config configures a Broker.
@@ -226,6 +228,10 @@ type Config struct {
 	// and Refused event, on the connection's goroutine: it must not block.
 	Events func(Event)
 	// Logger receives the broker's and mochi's logs; nil discards them.
+	// mochi's records never carry packet contents (see libraryHandler),
+	// and lines that clients without certificate cause (refusals,
+	// malformed packets) are rate-limited per source address: a few per
+	// interval, then one summary line with the count.
 	Logger *slog.Logger
 	// Now is the clock for events and TLS verification; nil means time.Now.
 	Now func() time.Time
@@ -237,6 +243,7 @@ const listenerID = "sigil-tls"
 type Broker struct {
 	cfg    Config
 	log    *slog.Logger
+	anon   *loglimit.Limiter // lines clients without certificate cause
 	now    func() time.Time
 	srv    *mqtt.Server
 	ln     *listener
@@ -313,6 +320,7 @@ func New(cfg Config) (*Broker, error) {
 	if b.now == nil {
 		b.now = time.Now
 	}
+	b.anon = loglimit.New(b.log, loglimit.Config{Now: b.now})
 
 	tc := cfg.TLS.Clone()
 	withClaims := func(p *x509.CertPool) *x509.CertPool {
@@ -371,7 +379,7 @@ func New(cfg Config) (*Broker, error) {
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: cfg.BufferSize,
 		ClientNetReadBufferSize:  cfg.BufferSize,
-		Logger:                   b.log,
+		Logger:                   slog.New(libraryHandler{inner: b.log.Handler(), limit: b.anon}),
 		InlineClient:             true,
 		SysTopicResendInterval:   60,
 	})
@@ -404,8 +412,22 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err := b.Start(); err != nil {
 		return err
 	}
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		_ = b.anon.Run(ctx)
+	}()
 	<-ctx.Done()
-	return b.close()
+	err := b.close()
+	<-flushed
+	return err
+}
+
+// logAnon writes a line that a client without certificate (or a peer
+// before its handshake) caused, through the rate limiter: each message has
+// its own budget per source address.
+func (b *Broker) logAnon(level slog.Level, src, msg string, args ...any) {
+	b.anon.Log(context.Background(), level, msg+"|"+src, msg, args...)
 }
 
 func (b *Broker) close() error {
@@ -531,6 +553,7 @@ func (b *Broker) Stats() Stats {
 		HandshakeFailures:    b.handshakeFailures.Load(),
 		AcceptErrors:         b.acceptErrors.Load(),
 		DroppedInline:        b.droppedInline.Load(),
+		LogSuppressed:        b.anon.Suppressed(),
 	}
 }
 

@@ -146,7 +146,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	cancel()
 	if err != nil {
 		b.handshakeFailures.Add(1)
-		l.log.Debug("broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
+		b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
 		_ = raw.Close()
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) && len(cve.UnverifiedCertificates) > 0 {
@@ -171,7 +171,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		if b.bootstrap.Add(1) > int64(b.cfg.MaxBootstrapClients) {
 			b.bootstrap.Add(-1)
 			b.overCap.Add(1)
-			l.log.Warn("broker: bootstrap connection refused: too many open", "max", b.cfg.MaxBootstrapClients)
+			b.logAnon(slog.LevelWarn, hostOf(raw.RemoteAddr()), "broker: bootstrap connection refused: too many open", "max", b.cfg.MaxBootstrapClients)
 			_ = tc.Close()
 			return
 		}
@@ -182,7 +182,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 			b.bootstrap.Add(-1)
 			c.boot = false
 			b.overCap.Add(1)
-			l.log.Warn("broker: bootstrap connection refused: too many from one address", "remote", c.src, "max", b.cfg.MaxBootstrapPerSource)
+			b.logAnon(slog.LevelWarn, c.src, "broker: bootstrap connection refused: too many from one address", "remote", c.src, "max", b.cfg.MaxBootstrapPerSource)
 			_ = tc.Close()
 			return
 		}
@@ -190,7 +190,11 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	// CONNECT must follow promptly; mochi resets the deadline after it.
 	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if err := establish(l.id, c); err != nil {
-		l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		if c.cert == nil {
+			b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		} else {
+			l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		}
 	}
 	_ = c.Close()
 }
