@@ -617,6 +617,8 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_enroll_enrolled_total             devices enrolled
 //	sigil_enroll_refused_total              enrollments refused
 //	sigil_enroll_pending_total              enrollments held for approval
+//	sigil_enroll_malformed_total            enrollment messages that did not decode
+//	sigil_log_lines_suppressed_total        log lines clients without certificate caused, counted instead of written
 //	sigil_attestation_verdicts_total{result} recorded verdicts, pass or fail
 //	sigil_quarantines_total                 devices quarantined
 //	sigil_renewals_total                    certificates renewed
@@ -652,6 +654,10 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_enroll_enrolled_total", "Devices enrolled.", func() float64 { return float64(e.Enrolled.Load()) }},
 		{"sigil_enroll_refused_total", "Enrollments refused.", func() float64 { return float64(e.Refused.Load()) }},
 		{"sigil_enroll_pending_total", "Enrollments held for an operator's approval.", func() float64 { return float64(e.Pending.Load()) }},
+		{"sigil_enroll_malformed_total", "Enrollment messages that did not decode.", func() float64 { return float64(e.Malformed.Load()) }},
+		{"sigil_log_lines_suppressed_total", "Log lines about clients without certificate (refusals, malformed messages) counted instead of written.", func() float64 {
+			return u(b().LogSuppressed + s.Enroll.LogSuppressed())
+		}},
 		{"sigil_quarantines_total", "Devices quarantined.", func() float64 { return u(s.tel.quarantines.Load()) }},
 		{"sigil_renewals_total", "Device certificates renewed.", func() float64 { return u(s.tel.renewals.Load()) }},
 		{"sigil_alerts_fired_total", "Alerts opened.", func() float64 { return u(a().Fired) }},
