@@ -181,6 +181,9 @@ type Server struct {
 	Auth *auth.Service
 	// Audit is the hash-chained audit log of operator and lifecycle actions.
 	Audit *audit.Log
+	// anonAudit samples the audit entries of API requests without a
+	// credential, so that anyone's requests cannot grow the log at will.
+	anonAudit *audit.Sampler
 	// Approvals holds dangerous changes for a second person (nil unless
 	// Config.TwoPersonRule).
 	Approvals *approval.Manager
@@ -396,8 +399,9 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
+	s.anonAudit = audit.NewSampler(s.Audit, audit.SamplerConfig{})
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: cfg.APIRateLimit, RateBurst: cfg.APIRateBurst,
-		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
+		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
@@ -581,6 +585,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Auth.Run(ctx) })
 	g.Go(func() error { return s.Governance.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
+	g.Go(func() error { return s.anonAudit.Run(ctx) })
 	s.goTelemetry(ctx, g)
 	if s.Approvals != nil {
 		g.Go(func() error { return s.Approvals.Run(ctx) })

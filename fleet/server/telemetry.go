@@ -619,6 +619,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_enroll_pending_total              enrollments held for approval
 //	sigil_enroll_malformed_total            enrollment messages that did not decode
 //	sigil_log_lines_suppressed_total        log lines clients without certificate caused, counted instead of written
+//	sigil_audit_anonymous_left_out_total    audit entries of requests without a credential counted, not recorded one by one
 //	sigil_attestation_verdicts_total{result} recorded verdicts, pass or fail
 //	sigil_quarantines_total                 devices quarantined
 //	sigil_renewals_total                    certificates renewed
@@ -657,6 +658,9 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_enroll_malformed_total", "Enrollment messages that did not decode.", func() float64 { return float64(e.Malformed.Load()) }},
 		{"sigil_log_lines_suppressed_total", "Log lines about clients without certificate (refusals, malformed messages) counted instead of written.", func() float64 {
 			return u(b().LogSuppressed + s.Enroll.LogSuppressed())
+		}},
+		{"sigil_audit_anonymous_left_out_total", "Audit entries of API requests without a credential counted instead of recorded one by one (each interval's count is one audit.sampled entry).", func() float64 {
+			return u(s.anonAudit.Suppressed())
 		}},
 		{"sigil_quarantines_total", "Devices quarantined.", func() float64 { return u(s.tel.quarantines.Load()) }},
 		{"sigil_renewals_total", "Device certificates renewed.", func() float64 { return u(s.tel.renewals.Load()) }},
