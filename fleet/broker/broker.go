@@ -156,6 +156,7 @@ type Stats struct {
 	AcceptErrors         uint64 // failed accepts (the listener backs off and retries)
 	DroppedInline        uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
 	LogSuppressed        uint64 // log lines about clients without certificate counted instead of written
+	MalformedPackets     uint64 // connections ended by a malformed MQTT packet or a protocol violation
 }
 
 // Config configures a Broker.
@@ -267,6 +268,7 @@ type Broker struct {
 	handshakeFailures atomic.Uint64
 	acceptErrors      atomic.Uint64
 	droppedInline     atomic.Uint64
+	malformedPackets  atomic.Uint64
 }
 
 // New checks cfg and builds a broker; Start or Run serves it.
@@ -554,6 +556,7 @@ func (b *Broker) Stats() Stats {
 		AcceptErrors:         b.acceptErrors.Load(),
 		DroppedInline:        b.droppedInline.Load(),
 		LogSuppressed:        b.anon.Suppressed(),
+		MalformedPackets:     b.malformedPackets.Load(),
 	}
 }
 

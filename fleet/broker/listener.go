@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/sigil-iot/sigil/pkg/identity"
 )
@@ -190,6 +191,11 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	// CONNECT must follow promptly; mochi resets the deadline after it.
 	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if err := establish(l.id, c); err != nil {
+		var code packets.Code
+		if errors.As(err, &code) && (code.Code == packets.ErrMalformedPacket.Code ||
+			code.Code == packets.ErrProtocolViolation.Code || code.Code == packets.ErrPacketTooLarge.Code) {
+			b.malformedPackets.Add(1)
+		}
 		if c.cert == nil {
 			b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
 		} else {

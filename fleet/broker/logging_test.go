@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -185,5 +186,35 @@ func TestAnonymousLinesRateLimited(t *testing.T) {
 	}
 	if st.LogSuppressed < n+20-10 {
 		t.Fatalf("LogSuppressed = %d, want the lines not written counted", st.LogSuppressed)
+	}
+}
+
+// TestMalformedPacketsCounted: connections without certificate that send
+// bytes that are not MQTT are counted, and their ends logged only a few
+// times.
+func TestMalformedPacketsCounted(t *testing.T) {
+	var buf syncBuffer
+	e := startBroker(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	const n = 30
+	for i := range n {
+		c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.ca.pool, ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		garbage := []byte{0x10, 0x0c, 0, 4, 'M', 'Q', 'T', 'X', 4, 2, 0, 60, 0, 0} // CONNECT with a bad protocol name
+		if i%2 == 1 {
+			garbage = []byte{0x30, 0x05, 0, 1, 'x', 'y', 'z'} // PUBLISH before CONNECT
+		}
+		if _, err := c.Write(garbage); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = c.Read(make([]byte, 16)) // until the broker closes it
+		c.Close()
+	}
+	eventually(t, "every malformed connection to be counted", func() bool { return e.b.Stats().MalformedPackets == n })
+	if got := countLines(buf.String(), `msg="broker: connection ended"`); got == 0 || got > 5 {
+		t.Fatalf("%d lines for %d malformed connections from one address, want 1 to 5", got, n)
 	}
 }

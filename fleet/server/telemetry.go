@@ -613,6 +613,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_broker_auth_refusals_total        CONNECTs refused
 //	sigil_broker_acl_denials_total          publishes and subscriptions refused
 //	sigil_broker_handshake_failures_total   TLS handshakes that failed
+//	sigil_broker_malformed_packets_total    connections ended by a malformed MQTT packet
 //	sigil_enroll_requests_total             enrollment requests
 //	sigil_enroll_enrolled_total             devices enrolled
 //	sigil_enroll_refused_total              enrollments refused
@@ -651,6 +652,7 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_broker_auth_refusals_total", "MQTT CONNECTs refused.", func() float64 { return u(b().AuthRefusals) }},
 		{"sigil_broker_acl_denials_total", "MQTT publishes and subscriptions refused by the ACL.", func() float64 { return u(b().ACLDenials) }},
 		{"sigil_broker_handshake_failures_total", "TLS handshakes that failed or timed out.", func() float64 { return u(b().HandshakeFailures) }},
+		{"sigil_broker_malformed_packets_total", "MQTT connections ended by a malformed packet or a protocol violation.", func() float64 { return u(b().MalformedPackets) }},
 		{"sigil_enroll_requests_total", "Enrollment requests received.", func() float64 { return float64(e.Requests.Load()) }},
 		{"sigil_enroll_enrolled_total", "Devices enrolled.", func() float64 { return float64(e.Enrolled.Load()) }},
 		{"sigil_enroll_refused_total", "Enrollments refused.", func() float64 { return float64(e.Refused.Load()) }},
