@@ -13,8 +13,11 @@
 //     Config.AllowBootstrap). Its client ID must pass wire.ValidID. It may
 //     publish only to <prefix>/v1/enroll/<client-id>/up/<kind> and subscribe
 //     only under <prefix>/v1/enroll/<client-id>/down/. Its session is always
-//     clean, and at most Config.MaxBootstrapClients such TLS connections are
-//     open at once.
+//     clean and short: it must ask for a keepalive, publish its first
+//     enrollment message promptly, and it is closed after a lifetime. At
+//     most Config.MaxBootstrapClients such TLS connections share a pool
+//     where newcomers displace the least active, and known devices that
+//     re-enroll have a reserve of their own (bootstrap.go).
 //
 // Only the fleet's inline client (Publish, Subscribe) reaches other trees,
 // $SYS included (mochi itself silently drops a client's publish to a topic
@@ -146,17 +149,20 @@ type Event struct {
 
 // Stats are the broker's counters.
 type Stats struct {
-	Connections          int64  // MQTT clients admitted and connected now
-	DeviceConnections    int64  // of which devices
-	BootstrapConnections int64  // TLS connections without certificate open now (admitted or not yet)
-	AuthRefusals         uint64 // CONNECTs refused
-	ACLDenials           uint64 // publishes and subscriptions refused (and deliveries not allowed)
-	BootstrapOverCap     uint64 // bootstrap connections closed because MaxBootstrapClients were open
-	HandshakeFailures    uint64 // TLS handshakes that failed or timed out
-	AcceptErrors         uint64 // failed accepts (the listener backs off and retries)
-	DroppedInline        uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
-	LogSuppressed        uint64 // log lines about clients without certificate counted instead of written
-	MalformedPackets     uint64 // connections ended by a malformed MQTT packet or a protocol violation
+	Connections           int64  // MQTT clients admitted and connected now
+	DeviceConnections     int64  // of which devices
+	BootstrapConnections  int64  // TLS connections without certificate open now (admitted or not yet)
+	AuthRefusals          uint64 // CONNECTs refused
+	ACLDenials            uint64 // publishes and subscriptions refused (and deliveries not allowed)
+	BootstrapOverCap      uint64 // bootstrap connections closed to make room (or refused) because a cap was reached
+	BootstrapReserved     int64  // of BootstrapConnections, reserved sessions of known devices open now
+	BootstrapReservations uint64 // bootstrap sessions given a reserved slot so far
+	BootstrapExpired      uint64 // bootstrap connections closed at BootstrapFirstMessage or BootstrapLifetime
+	HandshakeFailures     uint64 // TLS handshakes that failed or timed out
+	AcceptErrors          uint64 // failed accepts (the listener backs off and retries)
+	DroppedInline         uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
+	LogSuppressed         uint64 // log lines about clients without certificate counted instead of written
+	MalformedPackets      uint64 // connections ended by a malformed MQTT packet or a protocol violation
 }
 
 // Config configures a Broker.
@@ -198,12 +204,39 @@ type Config struct {
 	// server enables it by default.
 	AllowBootstrap bool
 	// MaxBootstrapClients caps concurrent TLS connections without
-	// certificate; further ones are closed after the handshake. Default 1000.
+	// certificate (the bootstrap pool). When it is reached, a new one
+	// closes the least recently active bootstrap connection of the
+	// address that holds most, so that held slots never lock newcomers
+	// out. Default 1000.
 	MaxBootstrapClients int
 	// MaxBootstrapPerSource caps them per source address, so one host
-	// cannot hold the whole allowance. Default 256 (devices behind one NAT
-	// enroll in bursts).
+	// cannot hold the whole allowance; at the cap, a new connection from
+	// that address closes its least recently active one. Default 256
+	// (devices behind one NAT enroll in bursts).
 	MaxBootstrapPerSource int
+	// BootstrapReserve is the bootstrap sessions kept, beyond the pool,
+	// for known devices that re-enroll (KnownDevice), at most one per
+	// device: a reserved session is never closed to make room. Default 64.
+	BootstrapReserve int
+	// KnownDevice, if set, is asked at each bootstrap CONNECT whether the
+	// client ID names a device the fleet knows, and which (sigild names
+	// its bootstrap client "e-<first 16 hex digits of its device
+	// ID>-<random>"). Such a session moves from the pool to the reserve
+	// while the reserve has room and the device holds no other reserved
+	// session. It runs on the connection's goroutine and must not block.
+	KnownDevice func(clientID string) (device string, ok bool)
+	// MaxBootstrapKeepalive bounds the keepalive a bootstrap client asks
+	// for: a CONNECT without keepalive (0) or with a longer one is
+	// refused. Default 2m.
+	MaxBootstrapKeepalive time.Duration
+	// BootstrapFirstMessage is how long a bootstrap client may stay
+	// connected after its CONNECT without publishing to its enrollment
+	// topic; then it is disconnected. Default 30s.
+	BootstrapFirstMessage time.Duration
+	// BootstrapLifetime is the longest a bootstrap connection stays open,
+	// from its TLS handshake, however busy; a device that still needs one
+	// connects again. Default 5m.
+	BootstrapLifetime time.Duration
 	// HandshakeTimeout bounds the TLS handshake and the wait for CONNECT.
 	// Default 10s.
 	HandshakeTimeout time.Duration
@@ -253,11 +286,13 @@ type Broker struct {
 	serr   error
 	closed atomic.Bool
 
-	mu        sync.Mutex
-	devConns  map[string]map[*conn]struct{} // admitted connections per device ID
-	gen       map[string]uint64             // fleet disconnects per device ID (admission race guard)
-	bootBySrc map[string]int                // open bootstrap connections per source address
-	ids       map[string]int                // admitted connections per client ID
+	mu       sync.Mutex
+	devConns map[string]map[*conn]struct{} // admitted connections per device ID
+	gen      map[string]uint64             // fleet disconnects per device ID (admission race guard)
+	bootPool map[string]map[*conn]struct{} // the bootstrap pool by source address (bootstrap.go)
+	poolSize int                           // connections in bootPool
+	reserved map[string]*conn              // reserved bootstrap sessions by device
+	ids      map[string]int                // admitted connections per client ID
 
 	connections       atomic.Int64
 	deviceConnections atomic.Int64
@@ -269,6 +304,9 @@ type Broker struct {
 	acceptErrors      atomic.Uint64
 	droppedInline     atomic.Uint64
 	malformedPackets  atomic.Uint64
+	bootExpired       atomic.Uint64
+	reservations      atomic.Uint64
+	activity          atomic.Uint64 // orders bootstrap connections' activity
 }
 
 // New checks cfg and builds a broker; Start or Run serves it.
@@ -292,6 +330,18 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxBootstrapPerSource <= 0 {
 		cfg.MaxBootstrapPerSource = 256
 	}
+	if cfg.BootstrapReserve <= 0 {
+		cfg.BootstrapReserve = 64
+	}
+	if cfg.MaxBootstrapKeepalive <= 0 {
+		cfg.MaxBootstrapKeepalive = 2 * time.Minute
+	}
+	if cfg.BootstrapFirstMessage <= 0 {
+		cfg.BootstrapFirstMessage = 30 * time.Second
+	}
+	if cfg.BootstrapLifetime <= 0 {
+		cfg.BootstrapLifetime = 5 * time.Minute
+	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
@@ -308,13 +358,14 @@ func New(cfg Config) (*Broker, error) {
 		cfg.SessionExpiry = 24 * time.Hour
 	}
 	b := &Broker{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		devConns:  make(map[string]map[*conn]struct{}),
-		gen:       make(map[string]uint64),
-		bootBySrc: make(map[string]int),
-		ids:       make(map[string]int),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		devConns: make(map[string]map[*conn]struct{}),
+		gen:      make(map[string]uint64),
+		bootPool: make(map[string]map[*conn]struct{}),
+		reserved: make(map[string]*conn),
+		ids:      make(map[string]int),
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
@@ -545,18 +596,24 @@ func (b *Broker) Connected(deviceID string) bool {
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() Stats {
+	b.mu.Lock()
+	reserved := int64(len(b.reserved))
+	b.mu.Unlock()
 	return Stats{
-		Connections:          b.connections.Load(),
-		DeviceConnections:    b.deviceConnections.Load(),
-		BootstrapConnections: b.bootstrap.Load(),
-		AuthRefusals:         b.authRefusals.Load(),
-		ACLDenials:           b.aclDenials.Load(),
-		BootstrapOverCap:     b.overCap.Load(),
-		HandshakeFailures:    b.handshakeFailures.Load(),
-		AcceptErrors:         b.acceptErrors.Load(),
-		DroppedInline:        b.droppedInline.Load(),
-		LogSuppressed:        b.anon.Suppressed(),
-		MalformedPackets:     b.malformedPackets.Load(),
+		BootstrapReserved:     reserved,
+		BootstrapExpired:      b.bootExpired.Load(),
+		BootstrapReservations: b.reservations.Load(),
+		Connections:           b.connections.Load(),
+		DeviceConnections:     b.deviceConnections.Load(),
+		BootstrapConnections:  b.bootstrap.Load(),
+		AuthRefusals:          b.authRefusals.Load(),
+		ACLDenials:            b.aclDenials.Load(),
+		BootstrapOverCap:      b.overCap.Load(),
+		HandshakeFailures:     b.handshakeFailures.Load(),
+		AcceptErrors:          b.acceptErrors.Load(),
+		DroppedInline:         b.droppedInline.Load(),
+		LogSuppressed:         b.anon.Suppressed(),
+		MalformedPackets:      b.malformedPackets.Load(),
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -58,6 +59,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	if id.Bootstrap() {
 		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client", id.ClientID, "remote", cl.Net.Remote)
+		b.bootstrapAdmitted(c, id.ClientID)
 	} else {
 		b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
 	}
@@ -99,6 +101,9 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 		}
 		if !wire.ValidID(clientID) {
 			return id, fmt.Errorf("invalid bootstrap client ID %q", clientID)
+		}
+		if ka := time.Duration(pk.Connect.Keepalive) * time.Second; ka == 0 || ka > b.cfg.MaxBootstrapKeepalive {
+			return id, fmt.Errorf("keepalive %v: a bootstrap client needs one of 1s to %v", ka, b.cfg.MaxBootstrapKeepalive)
 		}
 		if ex, ok := b.srv.Clients.Get(clientID); ok && !ex.Closed() {
 			if eid, ok := identityOf(ex); !ok || !eid.Bootstrap() {
@@ -166,6 +171,9 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	id, ok := identityOf(cl)
 	if ok && h.b.allowed(id, topic, write) {
+		if c, isConn := cl.Net.Conn.(*conn); isConn && c.boot && write {
+			c.bootstrapPublished()
+		}
 		return true
 	}
 	h.b.aclDenials.Add(1)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -169,24 +170,24 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 			_ = tc.Close()
 			return
 		}
-		if b.bootstrap.Add(1) > int64(b.cfg.MaxBootstrapClients) {
-			b.bootstrap.Add(-1)
-			b.overCap.Add(1)
-			b.logAnon(slog.LevelWarn, hostOf(raw.RemoteAddr()), "broker: bootstrap connection refused: too many open", "max", b.cfg.MaxBootstrapClients)
-			_ = tc.Close()
-			return
-		}
-		c.boot = true
-		// One source address may not hold the whole bootstrap allowance.
+		// One source address may not hold the whole bootstrap allowance,
+		// and held slots do not lock newcomers out (bootstrap.go).
 		c.src = hostOf(raw.RemoteAddr())
-		if !b.takeBootstrapSlot(c.src) {
-			b.bootstrap.Add(-1)
-			c.boot = false
+		c.boot = true
+		c.touch()
+		b.bootstrap.Add(1) // before it is in the pool, where Close may find it
+		victim, ok := b.takeBootstrapSlot(c)
+		if !ok {
 			b.overCap.Add(1)
-			b.logAnon(slog.LevelWarn, c.src, "broker: bootstrap connection refused: too many from one address", "remote", c.src, "max", b.cfg.MaxBootstrapPerSource)
-			_ = tc.Close()
+			b.logAnon(slog.LevelWarn, c.src, "broker: bootstrap connection refused: no room", "remote", c.src)
+			_ = c.Close()
 			return
 		}
+		if victim != nil {
+			b.overCap.Add(1)
+			go b.closeBootstrap(victim, "making room for a newer bootstrap connection", codeBootstrapEvicts)
+		}
+		c.startTimer(b.cfg.BootstrapLifetime, func() { b.expire(c, "bootstrap lifetime reached", codeMaxConnectTime) })
 	}
 	// CONNECT must follow promptly; mochi resets the deadline after it.
 	_ = tc.SetDeadline(time.Now().Add(timeout))
@@ -247,10 +248,20 @@ type conn struct {
 	src      string            // source address of a bootstrap connection
 	claim    *x509.Certificate // verified claim certificate of a bootstrap client
 
-	once sync.Once
-	mu   sync.Mutex
-	cl   *mqtt.Client
-	id   *Identity // set when admitted
+	active    atomic.Uint64 // last activity of a bootstrap connection (Broker.activity order)
+	published atomic.Bool   // a bootstrap client published to its enrollment topic
+
+	// Guarded by Broker.mu: bootstrap slot bookkeeping (bootstrap.go).
+	inPool   bool
+	reserved string // device whose reserved slot this is
+
+	once     sync.Once
+	mu       sync.Mutex
+	cl       *mqtt.Client
+	id       *Identity // set when admitted
+	closed   bool
+	timers   []*time.Timer // bootstrap deadlines, stopped on Close
+	firstMsg *time.Timer
 }
 
 func (c *conn) admitted(cl *mqtt.Client, id Identity) {
@@ -269,9 +280,15 @@ func (c *conn) client() *mqtt.Client {
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		for _, t := range c.timers {
+			t.Stop()
+		}
+		c.mu.Unlock()
 		if c.boot {
 			c.b.bootstrap.Add(-1)
-			c.b.releaseBootstrapSlot(c.src)
+			c.b.releaseBootstrapSlot(c)
 		}
 		c.mu.Lock()
 		id := c.id
@@ -292,26 +309,6 @@ func hostOf(a net.Addr) string {
 		return a.String()
 	}
 	return h
-}
-
-// takeBootstrapSlot counts a bootstrap connection from src against
-// MaxBootstrapPerSource.
-func (b *Broker) takeBootstrapSlot(src string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.bootBySrc[src] >= b.cfg.MaxBootstrapPerSource {
-		return false
-	}
-	b.bootBySrc[src]++
-	return true
-}
-
-func (b *Broker) releaseBootstrapSlot(src string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.bootBySrc[src]--; b.bootBySrc[src] <= 0 {
-		delete(b.bootBySrc, src)
-	}
 }
 
 // isClaim reports whether every verified chain ends at a claim CA, so that

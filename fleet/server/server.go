@@ -107,6 +107,10 @@ type Config struct {
 	// ClaimCADir is a directory of claim CA certificates (PEM): batch
 	// credentials a device maker installs for the bootstrap connection.
 	ClaimCADir string `json:"claim_ca_dir"`
+	// BootstrapLimits bound the broker's connections without a device
+	// certificate (fleet/broker bootstrap.go); zero values take the
+	// broker's defaults.
+	BootstrapLimits
 	// AttestInterval is the devices' expected attestation interval (their
 	// attest_interval); StaleAfter missed intervals or unanswered challenges
 	// flag a device stale. Defaults 10m and 3.
@@ -160,6 +164,27 @@ func (c *Config) setDefaults() {
 		t := true
 		c.AllowBootstrap = &t
 	}
+}
+
+// BootstrapLimits are the bootstrap connection bounds of Config.
+type BootstrapLimits struct {
+	// BootstrapClients caps the pool of bootstrap connections (default
+	// 1000) and BootstrapPerSource one address's share (default 256); at
+	// a cap a newcomer displaces the least active connection.
+	BootstrapClients   int `json:"bootstrap_clients"`
+	BootstrapPerSource int `json:"bootstrap_per_source"`
+	// BootstrapReserve is the sessions kept beyond the pool for known
+	// devices that re-enroll, one per device (default 64).
+	BootstrapReserve int `json:"bootstrap_reserve"`
+	// BootstrapKeepaliveMax is the longest keepalive a bootstrap client
+	// may ask for; none (0) is refused. Default 2m.
+	BootstrapKeepaliveMax config.Duration `json:"bootstrap_keepalive_max"`
+	// BootstrapFirstMessage is how long a bootstrap client may wait after
+	// its CONNECT before its first enrollment message (default 30s), and
+	// BootstrapLifetime how long a bootstrap connection lasts at most
+	// (default 5m).
+	BootstrapFirstMessage config.Duration `json:"bootstrap_first_message"`
+	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
 }
 
 // Server is a running fleet manager.
@@ -298,6 +323,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen,
+		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
+		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
+		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
+		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
 	})
 	if err != nil {
 		s.closeStores()
@@ -763,4 +792,29 @@ func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim 
 		return nil
 	}
 	return errors.New("enrollment token not valid")
+}
+
+// knownBootstrap is the broker's KnownDevice: a bootstrap client ID of the
+// form sigild uses, "e-<first 16 hex of the device ID>-<suffix>", that
+// names a device of the inventory which may recover by enrolling again
+// (active or quarantined: a revoked or expired certificate). It is a claim
+// the client makes; it only buys a reserved bootstrap slot.
+func (s *Server) knownBootstrap(clientID string) (string, bool) {
+	rest, ok := strings.CutPrefix(clientID, "e-")
+	if !ok || len(rest) < 17 || rest[16] != '-' {
+		return "", false
+	}
+	prefix := rest[:16]
+	if strings.Trim(prefix, "0123456789abcdef") != "" {
+		return "", false
+	}
+	devs, _, err := s.Inv.ListDevices(inventory.Filter{After: prefix, Limit: 1})
+	if err != nil || len(devs) == 0 || !strings.HasPrefix(devs[0].ID, prefix) {
+		return "", false
+	}
+	switch d := devs[0]; d.State {
+	case inventory.StateActive, inventory.StateQuarantined:
+		return d.ID, true
+	}
+	return "", false
 }
