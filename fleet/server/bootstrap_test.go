@@ -48,3 +48,30 @@ func TestKnownBootstrap(t *testing.T) {
 		}
 	}
 }
+
+// FuzzKnownBootstrap: any client ID (chosen by anonymous clients) gets an
+// answer without a panic, and only sigild's form names a device.
+func FuzzKnownBootstrap(f *testing.F) {
+	inv, err := inventory.Open(filepath.Join(f.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer inv.Close()
+	const id = "0123456789abcdef0000000000000001"
+	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
+		f.Fatal(err)
+	}
+	s := &Server{Inv: inv}
+	for _, seed := range []string{"e-0123456789abcdef-1", "e-", "e-0123456789abcdef", "", "e-\xff\xfe", "e-0123456789abcdef-" + id} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, clientID string) {
+		dev, ok := s.knownBootstrap(clientID)
+		if ok != (dev == id) {
+			t.Fatalf("knownBootstrap(%q) = %q, %v", clientID, dev, ok)
+		}
+		if ok && (len(clientID) < 19 || clientID[:19] != "e-0123456789abcdef-") {
+			t.Fatalf("knownBootstrap(%q) named a device", clientID)
+		}
+	})
+}
