@@ -109,7 +109,7 @@ func TestBootstrapSlotsCannotStarveRecovery(t *testing.T) {
 		idle = append(idle, startHolder(t, "mosquitto_sub", append(mq(src, id), "-t", topics.Filter(wire.SegEnroll, id, wire.Down))...))
 	}
 	st := f.Broker.Stats
-	waitFor(t, func() bool { return st().BootstrapConnections == clients }, "the idle clients to fill the pool")
+	// Each was admitted (the deadline starts at the CONNECT), then cut.
 	waitFor(t, func() bool { return st().BootstrapExpired >= clients }, "the idle clients to be cut at the first-message deadline")
 	for _, h := range idle {
 		h.stop() // mosquitto_sub would reconnect for ever
