@@ -237,6 +237,12 @@ func TestNoSecretInLogs(t *testing.T) {
 	if code, body := curl(created.Secret, "GET", "/api/v1/devices", ""); code != http.StatusOK {
 		t.Fatalf("viewer token: %d %s", code, body)
 	}
+	if code, _ := curl(created.Secret, "POST", "/api/v1/enrollment-tokens", `{"model":"gw-1","ttl":"1h"}`); code != http.StatusForbidden {
+		t.Fatalf("viewer token minting an enrollment token: %d", code)
+	}
+	if code, _ := curl("", "POST", "/api/v1/enrollment-tokens", `{"model":"gw-1","ttl":"1h"}`, "-b", cookies); code != http.StatusForbidden {
+		t.Fatalf("session request without its CSRF token: %d", code)
+	}
 	bogus := use("bogus API token", "sgk_"+randomText(t, 32))
 	if code, _ := curl(bogus, "POST", "/api/v1/devices/"+status.DeviceID+"/revoke", `{"reason":"keyCompromise"}`); code != http.StatusUnauthorized {
 		t.Fatalf("bogus token: %d", code)
