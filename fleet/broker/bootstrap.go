@@ -2,13 +2,15 @@ package broker
 
 import (
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // Bootstrap connections (TLS without a device certificate) are what anyone
-// can open, so none may hold a slot for long or lock others out:
+// can open, so none may hold a slot for long, and known devices that must
+// enroll again are never locked out:
 //
 //   - A bootstrap CONNECT must ask for a keepalive of at most
 //     MaxBootstrapKeepalive (0, no keepalive, is refused): a silent peer is
@@ -16,20 +18,26 @@ import (
 //   - It must publish to its enrollment topic within BootstrapFirstMessage
 //     of its CONNECT, and it is closed BootstrapLifetime after its TLS
 //     handshake whatever it does.
-//   - The pool (MaxBootstrapClients, MaxBootstrapPerSource per address)
-//     never refuses a newcomer: at a cap, the least recently active
-//     connection of the newcomer's address (or, at the fleet-wide cap, of
-//     the address holding most) is closed to make room. Activity is the
-//     TLS handshake, the CONNECT and each enrollment publish; pings are
-//     not activity.
-//   - A known device re-enrolling (Config.KnownDevice recognizes its
-//     client ID at CONNECT) moves to the reserve (BootstrapReserve
-//     sessions, one per device), where nothing closes it to make room, so
-//     that a revoked or expired device recovers however many anonymous
-//     clients compete. The client ID is a claim, not a proof: someone who
+//   - The pool holds MaxBootstrapClients connections, at most
+//     MaxBootstrapPerSource from one source (an IPv4 address, an IPv6
+//     /64). At a cap, a newcomer displaces the least recently active
+//     connection of its own source (or, at the fleet-wide cap, of the
+//     source holding most) if that one has been inactive for
+//     BootstrapDisplaceIdle. Activity is the TLS handshake, the CONNECT
+//     and each enrollment publish; pings are not. Clients that sit on
+//     slots give way; enrollments in progress, which publish, are not cut
+//     short by a crowd of newcomers.
+//   - A newcomer that finds no slot it may take waits in the overflow
+//     (BootstrapReserve connections, the oldest displaced by newer ones)
+//     until its CONNECT, which it keeps only as a known device.
+//   - A known device (Config.KnownDevice recognizes its client ID at
+//     CONNECT) moves from the pool or the overflow to the reserve
+//     (BootstrapReserve sessions, one per device), where nothing displaces
+//     it: a revoked or expired device recovers however many anonymous
+//     clients compete. The client ID is a claim, not a proof: whoever
 //     knows a device's ID can take that device's reserved slot for one
-//     session (bounded by the deadlines above); the device then still
-//     enrolls from the pool, as any new device does.
+//     session (bounded by the deadlines above); the device then enrolls
+//     from the pool like a new one, and enrollment still proves the EK.
 
 // Codes a closed bootstrap session is told (MQTT 5 clients; 3.1.1 clients
 // just see the connection close).
@@ -39,43 +47,76 @@ var (
 	codeBootstrapEvicts = packets.ErrServerBusy
 )
 
-// touch records activity of a bootstrap connection (an ordering, not a
-// time: the least active connection has the smallest mark).
-func (c *conn) touch() { c.active.Store(c.b.activity.Add(1)) }
+// touch records activity of a bootstrap connection: when (for
+// BootstrapDisplaceIdle), and an order that breaks ties.
+func (c *conn) touch() {
+	c.activeAt.Store(int64(time.Since(c.b.epoch)))
+	c.active.Store(c.b.activity.Add(1))
+}
 
-// takeBootstrapSlot puts a new bootstrap connection in the pool. At a cap
-// it returns the connection it displaced (already out of the pool; the
-// caller closes it); ok is false only when nothing could be displaced.
-func (b *Broker) takeBootstrapSlot(c *conn) (victim *conn, ok bool) {
+// idle is how long c has been inactive.
+func (c *conn) idle() time.Duration {
+	return time.Since(c.b.epoch) - time.Duration(c.activeAt.Load())
+}
+
+// sourceOf is the pool's source of an address: the IPv4 address, or the
+// /64 of an IPv6 one (a single host usually holds a whole /64).
+func sourceOf(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta.IP.To4() != nil {
+		return hostOf(a)
+	}
+	return (&net.IPNet{IP: ta.IP.Mask(net.CIDRMask(64, 128)), Mask: net.CIDRMask(64, 128)}).String()
+}
+
+// takeBootstrapSlot places a new bootstrap connection in the pool, or
+// else in the overflow (bootstrap.go doc). It returns the connection it
+// displaced, if any: already out of the pool or overflow, for the caller
+// to close.
+func (b *Broker) takeBootstrapSlot(c *conn) (victim *conn) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	from := b.bootPool[c.src]
+	var cand *conn
 	switch {
 	case len(from) >= b.cfg.MaxBootstrapPerSource:
-		victim = leastActive(from)
+		cand = leastActive(from)
 	case b.poolSize >= b.cfg.MaxBootstrapClients:
 		var heaviest map[*conn]struct{}
 		for _, s := range b.bootPool {
-			if len(s) > len(heaviest) {
+			if len(s) > len(heaviest) || (len(s) == len(heaviest) && leastActive(s).active.Load() < leastActive(heaviest).active.Load()) {
 				heaviest = s
 			}
 		}
-		victim = leastActive(heaviest)
+		cand = leastActive(heaviest)
+	default:
+		b.joinPoolLocked(c)
+		return nil
 	}
-	if victim == nil && (len(from) >= b.cfg.MaxBootstrapPerSource || b.poolSize >= b.cfg.MaxBootstrapClients) {
-		return nil, false
+	if cand != nil && cand.idle() >= b.cfg.BootstrapDisplaceIdle {
+		b.leavePoolLocked(cand)
+		b.joinPoolLocked(c)
+		return cand
 	}
-	if victim != nil {
-		b.leavePoolLocked(victim)
+	if len(b.overflow) >= b.cfg.BootstrapReserve {
+		victim = leastActive(b.overflow)
+		delete(b.overflow, victim)
+		victim.inOverflow = false
 	}
-	if from == nil {
-		from = make(map[*conn]struct{})
-		b.bootPool[c.src] = from
+	b.overflow[c] = struct{}{}
+	c.inOverflow = true
+	return victim
+}
+
+func (b *Broker) joinPoolLocked(c *conn) {
+	s := b.bootPool[c.src]
+	if s == nil {
+		s = make(map[*conn]struct{})
+		b.bootPool[c.src] = s
 	}
-	from[c] = struct{}{}
+	s[c] = struct{}{}
 	c.inPool = true
 	b.poolSize++
-	return victim, true
 }
 
 func leastActive(set map[*conn]struct{}) *conn {
@@ -108,24 +149,37 @@ func (b *Broker) releaseBootstrapSlot(c *conn) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.leavePoolLocked(c)
+	if c.inOverflow {
+		delete(b.overflow, c)
+		c.inOverflow = false
+	}
 	if c.reserved != "" && b.reserved[c.reserved] == c {
 		delete(b.reserved, c.reserved)
 	}
 }
 
-// reserveBootstrap moves c from the pool to the reserve for device, if the
-// reserve has room and the device holds no reserved session yet.
-func (b *Broker) reserveBootstrap(c *conn, device string) bool {
+// placeBootstrap decides, at an authenticated bootstrap CONNECT, where the
+// session stays: in the reserve if KnownDevice names a device that holds
+// no reserved session and the reserve has room; otherwise where it is. It
+// returns false for a session in the overflow that does not get the
+// reserve: it has no slot and must go.
+func (b *Broker) placeBootstrap(c *conn, clientID string) bool {
+	dev, known := "", false
+	if b.cfg.KnownDevice != nil {
+		dev, known = b.cfg.KnownDevice(clientID)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !c.inPool || device == "" || len(b.reserved) >= b.cfg.BootstrapReserve || b.reserved[device] != nil {
-		return false
+	if known && dev != "" && len(b.reserved) < b.cfg.BootstrapReserve && b.reserved[dev] == nil && (c.inPool || c.inOverflow) {
+		b.leavePoolLocked(c)
+		delete(b.overflow, c)
+		c.inOverflow = false
+		b.reserved[dev] = c
+		c.reserved = dev
+		b.reservations.Add(1)
+		return true
 	}
-	b.leavePoolLocked(c)
-	b.reserved[device] = c
-	c.reserved = device
-	b.reservations.Add(1)
-	return true
+	return c.inPool
 }
 
 // closeBootstrap closes a bootstrap connection the broker gave up on.
@@ -157,16 +211,10 @@ func (b *Broker) expire(c *conn, why string, code packets.Code) {
 	b.closeBootstrap(c, why, code)
 }
 
-// bootstrapAdmitted starts what a bootstrap session owes after its CONNECT:
-// its first enrollment message, before BootstrapFirstMessage; and, for a
-// known device, its move to the reserve.
-func (b *Broker) bootstrapAdmitted(c *conn, clientID string) {
+// bootstrapAdmitted starts the wait for the first enrollment message of an
+// admitted bootstrap session.
+func (b *Broker) bootstrapAdmitted(c *conn) {
 	c.touch()
-	if b.cfg.KnownDevice != nil {
-		if dev, ok := b.cfg.KnownDevice(clientID); ok && b.reserveBootstrap(c, dev) {
-			b.logAnon(slog.LevelDebug, c.src, "broker: bootstrap session of a known device reserved", "client", clientID)
-		}
-	}
 	t := c.startTimer(b.cfg.BootstrapFirstMessage, func() {
 		if !c.published.Load() {
 			b.expire(c, "no enrollment message", codeNoEnrollment)

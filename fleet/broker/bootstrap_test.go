@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"os/exec"
@@ -153,12 +154,15 @@ func TestBootstrapLifetime(t *testing.T) {
 }
 
 // TestBootstrapEvictsLeastActive: when one address holds its cap, a new
-// connection from it closes that address's least recently active
+// connection from it displaces that address's least recently active
 // bootstrap connection; when the fleet-wide cap is reached, the least
 // active connection of the address holding most goes. Slots cannot be
-// held to lock newcomers out.
+// held to lock newcomers out. (Here any inactivity is enough:
+// TestBootstrapActiveNotDisplaced has the default.)
 func TestBootstrapEvictsLeastActive(t *testing.T) {
-	e := startBroker(t, func(c *Config) { c.MaxBootstrapPerSource, c.MaxBootstrapClients = 2, 3 })
+	e := startBroker(t, func(c *Config) {
+		c.MaxBootstrapPerSource, c.MaxBootstrapClients, c.BootstrapDisplaceIdle = 2, 3, time.Nanosecond
+	})
 	a := e.mustClient(t, "boot-a", nil)
 	b := e.mustClient(t, "boot-b", nil)
 	wait(t, a.Publish(topics.EnrollUp("boot-a", "enroll"), 1, false, "request")) // a is now the more recent
@@ -185,45 +189,67 @@ func TestBootstrapEvictsLeastActive(t *testing.T) {
 	})
 }
 
+// TestBootstrapActiveNotDisplaced: connections active within
+// BootstrapDisplaceIdle are not displaced (enrollments in progress finish
+// during a rush); a newcomer that finds no slot is closed at its CONNECT.
+func TestBootstrapActiveNotDisplaced(t *testing.T) {
+	e := startBroker(t, func(c *Config) { c.MaxBootstrapPerSource, c.MaxBootstrapClients = 2, 2 })
+	h1 := e.mustClient(t, "boot-h1", nil)
+	h2 := e.mustClient(t, "boot-h2", nil)
+	if _, err := e.client(t, "boot-late", nil, nil); err == nil {
+		t.Fatal("a newcomer was admitted into a pool of active connections")
+	}
+	if !h1.IsConnectionOpen() || !h2.IsConnectionOpen() {
+		t.Fatal("an active connection was displaced")
+	}
+	if st := e.b.Stats(); st.BootstrapOverCap != 1 || st.AuthRefusals != 0 {
+		t.Fatalf("stats = %+v: a full pool is not a refusal of the client", st)
+	}
+}
+
 // TestBootstrapReserveForKnownDevices: a client ID that KnownDevice
-// recognizes (a known device re-enrolling) gets a reserved slot: it is
-// admitted when every slot is held, and newcomers never close it. One
-// reserved slot per device.
+// recognizes (a known device re-enrolling) gets a reserved slot, one per
+// device: it is admitted when every pool slot is held by active clients,
+// and newcomers never displace it.
 func TestBootstrapReserveForKnownDevices(t *testing.T) {
-	e := startBroker(t, func(c *Config) {
-		c.MaxBootstrapPerSource, c.MaxBootstrapClients, c.BootstrapReserve = 2, 2, 1
-		c.KnownDevice = func(clientID string) (string, bool) {
-			if strings.HasPrefix(clientID, "e-known-") {
-				return "dev-known", true
-			}
-			return "", false
+	known := func(clientID string) (string, bool) {
+		if strings.HasPrefix(clientID, "e-known-") {
+			return "dev-known", true
 		}
+		return "", false
+	}
+	e := startBroker(t, func(c *Config) {
+		c.MaxBootstrapPerSource, c.MaxBootstrapClients, c.BootstrapReserve, c.KnownDevice = 2, 2, 1, known
 	})
 	h1 := e.mustClient(t, "boot-h1", nil)
-	e.mustClient(t, "boot-h2", nil)
-	known := e.mustClient(t, "e-known-1", nil)
-	gone(t, h1, "a holder to make room for the known device's handshake")
-	// Churn: unknown clients keep arriving; none of them closes the known
-	// device's session.
-	var churn []paho.Client
-	for i := range 6 {
-		churn = append(churn, e.mustClient(t, "boot-churn-"+string(rune('a'+i)), nil))
+	h2 := e.mustClient(t, "boot-h2", nil)
+	if _, err := e.client(t, "boot-unknown", nil, nil); err == nil {
+		t.Fatal("an unknown newcomer was admitted into a full pool")
 	}
-	if !known.IsConnectionOpen() {
-		t.Fatal("the known device's reserved session was closed by newcomers")
+	k := e.mustClient(t, "e-known-1", nil)
+	if _, err := e.client(t, "e-known-2", nil, nil); err == nil {
+		t.Fatal("a second reserved session for one device")
 	}
-	if st := e.b.Stats(); st.BootstrapReserved != 1 || st.BootstrapReservations != 1 {
+	if !h1.IsConnectionOpen() || !h2.IsConnectionOpen() || !k.IsConnectionOpen() {
+		t.Fatal("a session was closed")
+	}
+	if st := e.b.Stats(); st.BootstrapReserved != 1 || st.BootstrapReservations != 1 || st.BootstrapOverCap != 2 {
 		t.Fatalf("stats = %+v", st)
 	}
-	// A second session for the same device is not reserved: it is evicted
-	// like any other.
-	second := e.mustClient(t, "e-known-2", nil)
-	for i := range 2 {
-		churn = append(churn, e.mustClient(t, "boot-more-"+string(rune('a'+i)), nil))
+
+	// Newcomers that may displace anyone in the pool still never
+	// displace a reserved session.
+	e = startBroker(t, func(c *Config) {
+		c.MaxBootstrapPerSource, c.MaxBootstrapClients, c.BootstrapReserve, c.KnownDevice = 2, 2, 1, known
+		c.BootstrapDisplaceIdle = time.Nanosecond
+	})
+	k = e.mustClient(t, "e-known-1", nil)
+	var churn []paho.Client
+	for i := range 6 {
+		churn = append(churn, e.mustClient(t, fmt.Sprintf("boot-churn-%d", i), nil))
 	}
-	gone(t, second, "the device's second session (not reserved) to be evicted")
-	if !known.IsConnectionOpen() {
-		t.Fatal("the reserved session was closed")
+	gone(t, churn[0], "the oldest newcomer to be displaced")
+	if !k.IsConnectionOpen() {
+		t.Fatal("newcomers displaced the known device's reserved session")
 	}
-	_ = churn
 }

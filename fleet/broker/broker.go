@@ -154,7 +154,7 @@ type Stats struct {
 	BootstrapConnections  int64  // TLS connections without certificate open now (admitted or not yet)
 	AuthRefusals          uint64 // CONNECTs refused
 	ACLDenials            uint64 // publishes and subscriptions refused (and deliveries not allowed)
-	BootstrapOverCap      uint64 // bootstrap connections closed to make room (or refused) because a cap was reached
+	BootstrapOverCap      uint64 // bootstrap connections displaced, or closed at CONNECT without a slot, because a cap was reached
 	BootstrapReserved     int64  // of BootstrapConnections, reserved sessions of known devices open now
 	BootstrapReservations uint64 // bootstrap sessions given a reserved slot so far
 	BootstrapExpired      uint64 // bootstrap connections closed at BootstrapFirstMessage or BootstrapLifetime
@@ -204,19 +204,26 @@ type Config struct {
 	// server enables it by default.
 	AllowBootstrap bool
 	// MaxBootstrapClients caps concurrent TLS connections without
-	// certificate (the bootstrap pool). When it is reached, a new one
-	// closes the least recently active bootstrap connection of the
-	// address that holds most, so that held slots never lock newcomers
-	// out. Default 1000.
+	// certificate (the bootstrap pool, bootstrap.go). At the cap, a new
+	// one displaces the least recently active connection of the source
+	// that holds most, if that one has been inactive for
+	// BootstrapDisplaceIdle. Default 1000.
 	MaxBootstrapClients int
-	// MaxBootstrapPerSource caps them per source address, so one host
-	// cannot hold the whole allowance; at the cap, a new connection from
-	// that address closes its least recently active one. Default 256
-	// (devices behind one NAT enroll in bursts).
+	// MaxBootstrapPerSource caps them per source (IPv4 address, IPv6
+	// /64), so one host cannot hold the whole allowance; at the cap a new
+	// connection from that source displaces its least recently active
+	// one, on the same condition. Default 256 (devices behind one NAT
+	// enroll in bursts).
 	MaxBootstrapPerSource int
+	// BootstrapDisplaceIdle is how long a bootstrap connection must have
+	// been inactive (no handshake, CONNECT or enrollment publish) before
+	// a newcomer may displace it. Default 10s.
+	BootstrapDisplaceIdle time.Duration
 	// BootstrapReserve is the bootstrap sessions kept, beyond the pool,
 	// for known devices that re-enroll (KnownDevice), at most one per
-	// device: a reserved session is never closed to make room. Default 64.
+	// device: a reserved session is never displaced. As many connections
+	// that found no slot may wait for their CONNECT in an overflow, which
+	// they keep only by being a known device. Default 64.
 	BootstrapReserve int
 	// KnownDevice, if set, is asked at each bootstrap CONNECT whether the
 	// client ID names a device the fleet knows, and which (sigild names
@@ -291,7 +298,9 @@ type Broker struct {
 	gen      map[string]uint64             // fleet disconnects per device ID (admission race guard)
 	bootPool map[string]map[*conn]struct{} // the bootstrap pool by source address (bootstrap.go)
 	poolSize int                           // connections in bootPool
+	overflow map[*conn]struct{}            // bootstrap connections waiting for CONNECT without a slot
 	reserved map[string]*conn              // reserved bootstrap sessions by device
+	epoch    time.Time                     // for bootstrap activity times
 	ids      map[string]int                // admitted connections per client ID
 
 	connections       atomic.Int64
@@ -333,6 +342,9 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.BootstrapReserve <= 0 {
 		cfg.BootstrapReserve = 64
 	}
+	if cfg.BootstrapDisplaceIdle <= 0 {
+		cfg.BootstrapDisplaceIdle = 10 * time.Second
+	}
 	if cfg.MaxBootstrapKeepalive <= 0 {
 		cfg.MaxBootstrapKeepalive = 2 * time.Minute
 	}
@@ -364,7 +376,9 @@ func New(cfg Config) (*Broker, error) {
 		devConns: make(map[string]map[*conn]struct{}),
 		gen:      make(map[string]uint64),
 		bootPool: make(map[string]map[*conn]struct{}),
+		overflow: make(map[*conn]struct{}),
 		reserved: make(map[string]*conn),
+		epoch:    time.Now(),
 		ids:      make(map[string]int),
 	}
 	if b.log == nil {

@@ -370,7 +370,7 @@ func TestWillAndRetain(t *testing.T) {
 // connections are open; a new one takes the place of the least active
 // (TestBootstrapEvictsLeastActive). Devices are not capped.
 func TestBootstrapCap(t *testing.T) {
-	e := startBroker(t, func(c *Config) { c.MaxBootstrapClients = 1 })
+	e := startBroker(t, func(c *Config) { c.MaxBootstrapClients, c.BootstrapDisplaceIdle = 1, time.Nanosecond })
 	first := e.mustClient(t, "boot-1", nil)
 	second := e.mustClient(t, "boot-2", nil)
 	gone(t, first, "the first bootstrap client to make room")
@@ -386,7 +386,7 @@ func TestBootstrapCap(t *testing.T) {
 // MaxBootstrapPerSource bootstrap connections, and its newcomers displace
 // its own connections, not other addresses'.
 func TestBootstrapCapPerSource(t *testing.T) {
-	e := startBroker(t, func(c *Config) { c.MaxBootstrapPerSource = 2 })
+	e := startBroker(t, func(c *Config) { c.MaxBootstrapPerSource, c.BootstrapDisplaceIdle = 2, time.Nanosecond })
 	other := e.mustClientWith(t, "boot-other", fromLocal("127.0.0.2"))
 	var mine []paho.Client
 	for i := range 5 {

@@ -54,12 +54,20 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		cl.Properties.Props.SessionExpiryInterval = 0
 		cl.Properties.Props.SessionExpiryIntervalFlag = false
 	}
+	if id.Bootstrap() && !b.placeBootstrap(c, id.ClientID) {
+		// Admitted by every check but without a slot (bootstrap.go): not
+		// a refusal of who it is.
+		b.overCap.Add(1)
+		b.logAnon(slog.LevelInfo, c.src, "broker: bootstrap connection closed: no slot", "client", id.ClientID, "remote", cl.Net.Remote)
+		_ = c.Close()
+		return false
+	}
 	if !b.admit(c, cl, id, gen) {
 		return h.refuse(cl, id, errors.New("disconnected by the fleet during admission"))
 	}
 	if id.Bootstrap() {
 		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client", id.ClientID, "remote", cl.Net.Remote)
-		b.bootstrapAdmitted(c, id.ClientID)
+		b.bootstrapAdmitted(c)
 	} else {
 		b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
 	}

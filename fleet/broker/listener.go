@@ -172,18 +172,11 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		}
 		// One source address may not hold the whole bootstrap allowance,
 		// and held slots do not lock newcomers out (bootstrap.go).
-		c.src = hostOf(raw.RemoteAddr())
+		c.src = sourceOf(raw.RemoteAddr())
 		c.boot = true
 		c.touch()
 		b.bootstrap.Add(1) // before it is in the pool, where Close may find it
-		victim, ok := b.takeBootstrapSlot(c)
-		if !ok {
-			b.overCap.Add(1)
-			b.logAnon(slog.LevelWarn, c.src, "broker: bootstrap connection refused: no room", "remote", c.src)
-			_ = c.Close()
-			return
-		}
-		if victim != nil {
+		if victim := b.takeBootstrapSlot(c); victim != nil {
 			b.overCap.Add(1)
 			go b.closeBootstrap(victim, "making room for a newer bootstrap connection", codeBootstrapEvicts)
 		}
@@ -245,15 +238,17 @@ type conn struct {
 	deviceID string
 	idErr    error
 	boot     bool
-	src      string            // source address of a bootstrap connection
+	src      string            // source of a bootstrap connection (sourceOf)
 	claim    *x509.Certificate // verified claim certificate of a bootstrap client
 
 	active    atomic.Uint64 // last activity of a bootstrap connection (Broker.activity order)
+	activeAt  atomic.Int64  // and its time, since Broker.epoch
 	published atomic.Bool   // a bootstrap client published to its enrollment topic
 
 	// Guarded by Broker.mu: bootstrap slot bookkeeping (bootstrap.go).
-	inPool   bool
-	reserved string // device whose reserved slot this is
+	inPool     bool
+	inOverflow bool
+	reserved   string // device whose reserved slot this is
 
 	once     sync.Once
 	mu       sync.Mutex

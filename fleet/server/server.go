@@ -169,8 +169,9 @@ func (c *Config) setDefaults() {
 // BootstrapLimits are the bootstrap connection bounds of Config.
 type BootstrapLimits struct {
 	// BootstrapClients caps the pool of bootstrap connections (default
-	// 1000) and BootstrapPerSource one address's share (default 256); at
-	// a cap a newcomer displaces the least active connection.
+	// 1000) and BootstrapPerSource one source's share (default 256); at a
+	// cap a newcomer displaces the least active connection if it has been
+	// inactive for 10s.
 	BootstrapClients   int `json:"bootstrap_clients"`
 	BootstrapPerSource int `json:"bootstrap_per_source"`
 	// BootstrapReserve is the sessions kept beyond the pool for known

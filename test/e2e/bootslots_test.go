@@ -78,10 +78,10 @@ func rawConnect(t testing.TB, f *harness.Fleet, clientID string, keepalive uint1
 // clients that never publish, mosquitto_pub clients that publish once and
 // stay, from the device's own address and others, and a stream of new
 // connections — while a device (sigild on swtpm) whose certificate was
-// revoked must re-enroll. The first are refused, the idle ones are cut at
-// the first-message deadline, and the device gets through: the held slots
-// give way to newcomers, and the device's session, recognized as a known
-// device's, is reserved.
+// revoked must re-enroll. The first is refused, the silent ones are cut at
+// the first-message deadline, the newcomers find no slot, and the device
+// gets through: its session, recognized as a known device's, takes a
+// reserved slot that nothing displaces.
 func TestBootstrapSlotsCannotStarveRecovery(t *testing.T) {
 	const perSource, clients = 4, 12
 	f := startFleet(t, func(c *server.Config) {
