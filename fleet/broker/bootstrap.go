@@ -76,14 +76,14 @@ func sourceOf(a net.Addr) string {
 func (b *Broker) takeBootstrapSlot(c *conn) (victim *conn) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	from := b.bootPool[c.src]
+	from := b.bootBySrc[c.src]
 	var cand *conn
 	switch {
 	case len(from) >= b.cfg.MaxBootstrapPerSource:
 		cand = leastActive(from)
 	case b.poolSize >= b.cfg.MaxBootstrapClients:
 		var heaviest map[*conn]struct{}
-		for _, s := range b.bootPool {
+		for _, s := range b.bootBySrc {
 			if len(s) > len(heaviest) || (len(s) == len(heaviest) && leastActive(s).active.Load() < leastActive(heaviest).active.Load()) {
 				heaviest = s
 			}
@@ -109,10 +109,10 @@ func (b *Broker) takeBootstrapSlot(c *conn) (victim *conn) {
 }
 
 func (b *Broker) joinPoolLocked(c *conn) {
-	s := b.bootPool[c.src]
+	s := b.bootBySrc[c.src]
 	if s == nil {
 		s = make(map[*conn]struct{})
-		b.bootPool[c.src] = s
+		b.bootBySrc[c.src] = s
 	}
 	s[c] = struct{}{}
 	c.inPool = true
@@ -136,10 +136,10 @@ func (b *Broker) leavePoolLocked(c *conn) {
 	}
 	c.inPool = false
 	b.poolSize--
-	if s := b.bootPool[c.src]; s != nil {
+	if s := b.bootBySrc[c.src]; s != nil {
 		delete(s, c)
 		if len(s) == 0 {
-			delete(b.bootPool, c.src)
+			delete(b.bootBySrc, c.src)
 		}
 	}
 }

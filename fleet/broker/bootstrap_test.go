@@ -233,7 +233,7 @@ func TestBootstrapReserveForKnownDevices(t *testing.T) {
 	if !h1.IsConnectionOpen() || !h2.IsConnectionOpen() || !k.IsConnectionOpen() {
 		t.Fatal("a session was closed")
 	}
-	if st := e.b.Stats(); st.BootstrapReserved != 1 || st.BootstrapReservations != 1 || st.BootstrapOverCap != 2 {
+	if st := e.b.Stats(); st.BootstrapReserved != 1 || st.BootstrapReserveUsed != 1 || st.BootstrapOverCap != 2 {
 		t.Fatalf("stats = %+v", st)
 	}
 

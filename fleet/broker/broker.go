@@ -149,20 +149,20 @@ type Event struct {
 
 // Stats are the broker's counters.
 type Stats struct {
-	Connections           int64  // MQTT clients admitted and connected now
-	DeviceConnections     int64  // of which devices
-	BootstrapConnections  int64  // TLS connections without certificate open now (admitted or not yet)
-	AuthRefusals          uint64 // CONNECTs refused
-	ACLDenials            uint64 // publishes and subscriptions refused (and deliveries not allowed)
-	BootstrapOverCap      uint64 // bootstrap connections displaced, or closed at CONNECT without a slot, because a cap was reached
-	BootstrapReserved     int64  // of BootstrapConnections, reserved sessions of known devices open now
-	BootstrapReservations uint64 // bootstrap sessions given a reserved slot so far
-	BootstrapExpired      uint64 // bootstrap connections closed at BootstrapFirstMessage or BootstrapLifetime
-	HandshakeFailures     uint64 // TLS handshakes that failed or timed out
-	AcceptErrors          uint64 // failed accepts (the listener backs off and retries)
-	DroppedInline         uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
-	LogSuppressed         uint64 // log lines about clients without certificate counted instead of written
-	MalformedPackets      uint64 // connections ended by a malformed MQTT packet or a protocol violation
+	Connections          int64  // MQTT clients admitted and connected now
+	DeviceConnections    int64  // of which devices
+	BootstrapConnections int64  // TLS connections without certificate open now (admitted or not yet)
+	AuthRefusals         uint64 // CONNECTs refused
+	ACLDenials           uint64 // publishes and subscriptions refused (and deliveries not allowed)
+	BootstrapOverCap     uint64 // bootstrap connections displaced, or closed at CONNECT without a slot, because a cap was reached
+	BootstrapReserved    int64  // of BootstrapConnections, reserved sessions of known devices open now
+	BootstrapReserveUsed uint64 // bootstrap sessions given a reserved slot so far
+	BootstrapExpired     uint64 // bootstrap connections closed at BootstrapFirstMessage or BootstrapLifetime
+	HandshakeFailures    uint64 // TLS handshakes that failed or timed out
+	AcceptErrors         uint64 // failed accepts (the listener backs off and retries)
+	DroppedInline        uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
+	LogSuppressed        uint64 // log lines about clients without certificate counted instead of written
+	MalformedPackets     uint64 // connections ended by a malformed MQTT packet or a protocol violation
 }
 
 // Config configures a Broker.
@@ -293,15 +293,15 @@ type Broker struct {
 	serr   error
 	closed atomic.Bool
 
-	mu       sync.Mutex
-	devConns map[string]map[*conn]struct{} // admitted connections per device ID
-	gen      map[string]uint64             // fleet disconnects per device ID (admission race guard)
-	bootPool map[string]map[*conn]struct{} // the bootstrap pool by source address (bootstrap.go)
-	poolSize int                           // connections in bootPool
-	overflow map[*conn]struct{}            // bootstrap connections waiting for CONNECT without a slot
-	reserved map[string]*conn              // reserved bootstrap sessions by device
-	epoch    time.Time                     // for bootstrap activity times
-	ids      map[string]int                // admitted connections per client ID
+	mu        sync.Mutex
+	devConns  map[string]map[*conn]struct{} // admitted connections per device ID
+	gen       map[string]uint64             // fleet disconnects per device ID (admission race guard)
+	bootBySrc map[string]map[*conn]struct{} // the bootstrap pool by source address (bootstrap.go)
+	poolSize  int                           // connections in bootBySrc
+	overflow  map[*conn]struct{}            // bootstrap connections waiting for CONNECT without a slot
+	reserved  map[string]*conn              // reserved bootstrap sessions by device
+	epoch     time.Time                     // for bootstrap activity times
+	ids       map[string]int                // admitted connections per client ID
 
 	connections       atomic.Int64
 	deviceConnections atomic.Int64
@@ -370,16 +370,16 @@ func New(cfg Config) (*Broker, error) {
 		cfg.SessionExpiry = 24 * time.Hour
 	}
 	b := &Broker{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		now:      cfg.Now,
-		devConns: make(map[string]map[*conn]struct{}),
-		gen:      make(map[string]uint64),
-		bootPool: make(map[string]map[*conn]struct{}),
-		overflow: make(map[*conn]struct{}),
-		reserved: make(map[string]*conn),
-		epoch:    time.Now(),
-		ids:      make(map[string]int),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		devConns:  make(map[string]map[*conn]struct{}),
+		gen:       make(map[string]uint64),
+		bootBySrc: make(map[string]map[*conn]struct{}),
+		overflow:  make(map[*conn]struct{}),
+		reserved:  make(map[string]*conn),
+		epoch:     time.Now(),
+		ids:       make(map[string]int),
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
@@ -614,20 +614,20 @@ func (b *Broker) Stats() Stats {
 	reserved := int64(len(b.reserved))
 	b.mu.Unlock()
 	return Stats{
-		BootstrapReserved:     reserved,
-		BootstrapExpired:      b.bootExpired.Load(),
-		BootstrapReservations: b.reservations.Load(),
-		Connections:           b.connections.Load(),
-		DeviceConnections:     b.deviceConnections.Load(),
-		BootstrapConnections:  b.bootstrap.Load(),
-		AuthRefusals:          b.authRefusals.Load(),
-		ACLDenials:            b.aclDenials.Load(),
-		BootstrapOverCap:      b.overCap.Load(),
-		HandshakeFailures:     b.handshakeFailures.Load(),
-		AcceptErrors:          b.acceptErrors.Load(),
-		DroppedInline:         b.droppedInline.Load(),
-		LogSuppressed:         b.anon.Suppressed(),
-		MalformedPackets:      b.malformedPackets.Load(),
+		BootstrapReserved:    reserved,
+		BootstrapExpired:     b.bootExpired.Load(),
+		BootstrapReserveUsed: b.reservations.Load(),
+		Connections:          b.connections.Load(),
+		DeviceConnections:    b.deviceConnections.Load(),
+		BootstrapConnections: b.bootstrap.Load(),
+		AuthRefusals:         b.authRefusals.Load(),
+		ACLDenials:           b.aclDenials.Load(),
+		BootstrapOverCap:     b.overCap.Load(),
+		HandshakeFailures:    b.handshakeFailures.Load(),
+		AcceptErrors:         b.acceptErrors.Load(),
+		DroppedInline:        b.droppedInline.Load(),
+		LogSuppressed:        b.anon.Suppressed(),
+		MalformedPackets:     b.malformedPackets.Load(),
 	}
 }
 

@@ -156,7 +156,7 @@ func TestBootstrapSlotsCannotStarveRecovery(t *testing.T) {
 	if after.DeviceID != before.DeviceID {
 		t.Fatalf("re-enrolled as %s, want %s", after.DeviceID, before.DeviceID)
 	}
-	if s := st(); s.BootstrapOverCap == 0 || s.BootstrapReservations == 0 {
+	if s := st(); s.BootstrapOverCap == 0 || s.BootstrapReserveUsed == 0 {
 		t.Fatalf("broker stats %+v: want displaced connections and the device's session reserved", s)
 	}
 }
