@@ -614,6 +614,9 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_broker_acl_denials_total          publishes and subscriptions refused
 //	sigil_broker_handshake_failures_total   TLS handshakes that failed
 //	sigil_broker_malformed_packets_total    connections ended by a malformed MQTT packet
+//	sigil_broker_bootstrap_reserved         reserved bootstrap sessions of known devices open now
+//	sigil_broker_bootstrap_over_cap_total   bootstrap connections displaced or left without a slot
+//	sigil_broker_bootstrap_expired_total    bootstrap connections closed at their first-message deadline or lifetime
 //	sigil_enroll_requests_total             enrollment requests
 //	sigil_enroll_enrolled_total             devices enrolled
 //	sigil_enroll_refused_total              enrollments refused
@@ -642,6 +645,7 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_broker_connections", "MQTT clients connected now.", func() float64 { return float64(b().Connections) }},
 		{"sigil_broker_device_connections", "Devices connected now.", func() float64 { return float64(b().DeviceConnections) }},
 		{"sigil_broker_bootstrap_connections", "TLS connections without a device certificate open now.", func() float64 { return float64(b().BootstrapConnections) }},
+		{"sigil_broker_bootstrap_reserved", "Reserved bootstrap sessions of known devices open now.", func() float64 { return float64(b().BootstrapReserved) }},
 		{"sigil_alert_notifications_queued", "Alert notifications waiting for their sinks.", func() float64 { return float64(a().Queued) }},
 		{"sigil_alert_feed_queued", "Telemetry batches waiting for alert evaluation.", func() float64 { return float64(len(s.tel.feed)) }},
 	}
@@ -652,6 +656,8 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_broker_auth_refusals_total", "MQTT CONNECTs refused.", func() float64 { return u(b().AuthRefusals) }},
 		{"sigil_broker_acl_denials_total", "MQTT publishes and subscriptions refused by the ACL.", func() float64 { return u(b().ACLDenials) }},
 		{"sigil_broker_handshake_failures_total", "TLS handshakes that failed or timed out.", func() float64 { return u(b().HandshakeFailures) }},
+		{"sigil_broker_bootstrap_over_cap_total", "Bootstrap connections displaced, or closed without a slot, because a cap was reached.", func() float64 { return u(b().BootstrapOverCap) }},
+		{"sigil_broker_bootstrap_expired_total", "Bootstrap connections closed at their first-message deadline or lifetime.", func() float64 { return u(b().BootstrapExpired) }},
 		{"sigil_broker_malformed_packets_total", "MQTT connections ended by a malformed packet or a protocol violation.", func() float64 { return u(b().MalformedPackets) }},
 		{"sigil_enroll_requests_total", "Enrollment requests received.", func() float64 { return float64(e.Requests.Load()) }},
 		{"sigil_enroll_enrolled_total", "Devices enrolled.", func() float64 { return float64(e.Enrolled.Load()) }},
