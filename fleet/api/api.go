@@ -63,6 +63,11 @@ type Config struct {
 	RateBurst int
 	// Audit records every state-changing request; nil records nothing.
 	Audit *audit.Log
+	// AnonymousAudit records the entries of state-changing requests that
+	// no credential identifies (refused with 401): anyone can send them,
+	// so it should be an audit.Sampler over Audit, which keeps the log
+	// from growing with their number. Nil records them in Audit.
+	AnonymousAudit audit.Recorder
 	// Firmware serves the firmware release and campaign routes; nil
 	// answers them with 501.
 	Firmware Firmware

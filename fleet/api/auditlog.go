@@ -21,8 +21,9 @@ import (
 // with the status), and the request ID, which the answer carries in
 // X-Request-ID. A read (GET, HEAD) is recorded only when it is refused for
 // a missing permission (403): denied reads by authenticated people, not
-// every read, nor anonymous noise. Bodies are never recorded: they may
-// hold secrets.
+// every read. Requests no credential identifies go to
+// Config.AnonymousAudit, which records a sample of them and counts the
+// rest. Bodies are never recorded: they may hold secrets.
 
 // RequestIDHeader names the request ID in answers.
 const RequestIDHeader = "X-Request-ID"
@@ -95,9 +96,12 @@ func (h *handler) audited(pattern string, next http.Handler) http.Handler {
 				info.who, info.token = p.User, p.TokenID
 			}
 		}
-		actor := audit.User(info.who)
+		actor, recorder := audit.User(info.who), audit.Recorder(h.cfg.Audit)
 		if info.who == "" {
 			actor = audit.System("api-anonymous")
+			if h.cfg.AnonymousAudit != nil {
+				recorder = h.cfg.AnonymousAudit
+			}
 		}
 		e := audit.New(actor, action, routeTarget(r)).Request(id).With("route", pattern)
 		if info.token != "" {
@@ -110,7 +114,7 @@ func (h *handler) audited(pattern string, next http.Handler) http.Handler {
 		default:
 			e = e.Fail(errors.New(strconv.Itoa(s) + " " + http.StatusText(s)))
 		}
-		if err := h.cfg.Audit.Record(context.WithoutCancel(r.Context()), e); err != nil {
+		if err := recorder.Record(context.WithoutCancel(r.Context()), e); err != nil {
 			h.log.Error("audit: recording an API request failed", "request_id", id, "err", err)
 		}
 	})

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -405,5 +406,34 @@ func TestDistributedGuessSlowsNeverLocks(t *testing.T) {
 	s.Login(ctx, "ghost", "another guess", "10.4.0.1")
 	if got := outcome(mustFail(s.Login(ctx, "ghost", "yet another", "10.4.0.2"))); got != "throttled 5s" {
 		t.Fatalf("unknown name, slowed: %s", got)
+	}
+}
+
+// TestUnknownNamesGoToTheAnonymousRecorder: failed logins of names that do
+// not exist are anyone's to cause, so they go to Config.Anonymous (the
+// server's sampler), while those of real users stay in the audit log.
+func TestUnknownNamesGoToTheAnonymousRecorder(t *testing.T) {
+	rec, anon := &memRecorder{}, &memRecorder{}
+	s, clk := newTestService(t, func(c *Config) {
+		c.Audit, c.Anonymous = rec, anon
+	})
+	mustCreate(t, s, "root", alicePW, RoleAdmin)
+	ctx := context.Background()
+	for i := range 3 {
+		s.Login(ctx, fmt.Sprintf("nobody-%d", i), "wrong password", "198.51.100.7")
+		clk.Advance(time.Minute)
+	}
+	s.Login(ctx, "root", "wrong password", "198.51.100.8")
+	if got := anon.find("auth.login", audit.Denied, ""); len(got) != 3 {
+		t.Fatalf("anonymous recorder: %d failed logins of unknown names, want 3: %+v", len(got), anon.entries)
+	}
+	if got := rec.find("auth.login", audit.Denied, ""); len(got) != 0 {
+		t.Fatalf("audit log: failed logins of unknown names %+v, want none", got)
+	}
+	if got := rec.find("auth.login", audit.Denied, "root"); len(got) != 1 {
+		t.Fatalf("audit log: failed logins of root %+v, want one", got)
+	}
+	if got := anon.find("auth.login", audit.Denied, "root"); len(got) != 0 {
+		t.Fatalf("anonymous recorder holds a real user's failed login: %+v", got)
 	}
 }

@@ -156,13 +156,22 @@ func (s *Service) auditFailedLogin(ctx context.Context, name, source string, rec
 		attrs = append(attrs, "user", name, "disabled", rec.Disabled)
 		target = name
 	}
-	s.log.Warn("login failed", attrs...)
 	e := audit.New(audit.System("auth"), "auth.login", target).Deny("wrong user name or password").
 		With("source", source).With("known_user", strconv.FormatBool(rec != nil))
-	if rec != nil && rec.Disabled {
-		e = e.With("disabled", "true")
+	if rec == nil {
+		// Anyone can try names that do not exist: a few lines per source
+		// and a sample in the audit log, the rest counted.
+		s.anonLog.Log(ctx, slog.LevelWarn, "login/"+source, "login failed", attrs...)
+		if err := s.cfg.Anonymous.Record(context.WithoutCancel(ctx), e); err != nil {
+			s.log.Error("audit: recording a login event failed", "action", e.Action, "err", err)
+		}
+	} else {
+		s.log.Warn("login failed", attrs...)
+		if rec.Disabled {
+			e = e.With("disabled", "true")
+		}
+		s.record(ctx, e)
 	}
-	s.record(ctx, e)
 	until := now.Add(s.cfg.Throttle.Lockout).UTC().Format(time.RFC3339)
 	lockout := func(scope, reason string) {
 		s.record(ctx, audit.New(audit.System("auth"), "auth.lockout", target).Because(reason).
@@ -418,6 +427,9 @@ func (s *Service) Prune() (int, error) {
 func (s *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.PruneInterval)
 	defer t.Stop()
+	logs := make(chan error, 1)
+	go func() { logs <- s.anonLog.Run(ctx) }()
+	defer func() { <-logs }()
 	for {
 		select {
 		case <-ctx.Done():

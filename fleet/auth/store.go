@@ -17,6 +17,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 )
 
@@ -108,6 +109,10 @@ type Config struct {
 	// no such user exists, as it may be a mistyped password). Nil records
 	// nothing.
 	Audit audit.Recorder
+	// Anonymous records the failed logins of user names that do not exist:
+	// anyone can cause them, so it should bound what they add (an
+	// audit.Sampler). Nil means Audit.
+	Anonymous audit.Recorder
 	// MaxTokenTTL is the longest lifetime of an API token. Zero means 365
 	// days.
 	MaxTokenTTL time.Duration
@@ -139,6 +144,9 @@ type Service struct {
 	log      *slog.Logger
 	throttle *throttle
 	hashSem  chan struct{}
+	// anonLog rate-limits the lines failed logins of unknown names write:
+	// anyone can cause them.
+	anonLog *loglimit.Limiter
 
 	bootstrapMu sync.Mutex // serializes EnsureAdmin
 
@@ -239,6 +247,9 @@ func Open(cfg Config) (*Service, error) {
 	if cfg.Audit == nil {
 		cfg.Audit = audit.Discard{}
 	}
+	if cfg.Anonymous == nil {
+		cfg.Anonymous = cfg.Audit
+	}
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = time.Second
 	}
@@ -276,6 +287,7 @@ func Open(cfg Config) (*Service, error) {
 		log:      cfg.Logger,
 		throttle: newThrottle(cfg.Throttle),
 		hashSem:  make(chan struct{}, cfg.MaxConcurrentHashes),
+		anonLog:  loglimit.New(cfg.Logger, loglimit.Config{Now: cfg.Now}),
 	}, nil
 }
 

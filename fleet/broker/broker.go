@@ -13,8 +13,11 @@
 //     Config.AllowBootstrap). Its client ID must pass wire.ValidID. It may
 //     publish only to <prefix>/v1/enroll/<client-id>/up/<kind> and subscribe
 //     only under <prefix>/v1/enroll/<client-id>/down/. Its session is always
-//     clean, and at most Config.MaxBootstrapClients such TLS connections are
-//     open at once.
+//     clean and short: it must ask for a keepalive, publish its first
+//     enrollment message promptly, and it is closed after a lifetime. At
+//     most Config.MaxBootstrapClients such TLS connections share a pool
+//     where newcomers displace the least active, and known devices that
+//     re-enroll have a reserve of their own (bootstrap.go).
 //
 // Only the fleet's inline client (Publish, Subscribe) reaches other trees,
 // $SYS included (mochi itself silently drops a client's publish to a topic
@@ -55,6 +58,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -150,10 +154,15 @@ type Stats struct {
 	BootstrapConnections int64  // TLS connections without certificate open now (admitted or not yet)
 	AuthRefusals         uint64 // CONNECTs refused
 	ACLDenials           uint64 // publishes and subscriptions refused (and deliveries not allowed)
-	BootstrapOverCap     uint64 // bootstrap connections closed because MaxBootstrapClients were open
+	BootstrapOverCap     uint64 // bootstrap connections displaced, or closed at CONNECT without a slot, because a cap was reached
+	BootstrapReserved    int64  // of BootstrapConnections, reserved sessions of known devices open now
+	BootstrapReserveUsed uint64 // bootstrap sessions given a reserved slot so far
+	BootstrapExpired     uint64 // bootstrap connections closed at BootstrapFirstMessage or BootstrapLifetime
 	HandshakeFailures    uint64 // TLS handshakes that failed or timed out
 	AcceptErrors         uint64 // failed accepts (the listener backs off and retries)
 	DroppedInline        uint64 // messages withheld from fleet subscriptions (sender gone or not allowed)
+	LogSuppressed        uint64 // log lines about clients without certificate counted instead of written
+	MalformedPackets     uint64 // connections ended by a malformed MQTT packet or a protocol violation
 }
 
 // Config configures a Broker.
@@ -195,12 +204,46 @@ type Config struct {
 	// server enables it by default.
 	AllowBootstrap bool
 	// MaxBootstrapClients caps concurrent TLS connections without
-	// certificate; further ones are closed after the handshake. Default 1000.
+	// certificate (the bootstrap pool, bootstrap.go). At the cap, a new
+	// one displaces the least recently active connection of the source
+	// that holds most, if that one has been inactive for
+	// BootstrapDisplaceIdle. Default 1000.
 	MaxBootstrapClients int
-	// MaxBootstrapPerSource caps them per source address, so one host
-	// cannot hold the whole allowance. Default 256 (devices behind one NAT
+	// MaxBootstrapPerSource caps them per source (IPv4 address, IPv6
+	// /64), so one host cannot hold the whole allowance; at the cap a new
+	// connection from that source displaces its least recently active
+	// one, on the same condition. Default 256 (devices behind one NAT
 	// enroll in bursts).
 	MaxBootstrapPerSource int
+	// BootstrapDisplaceIdle is how long a bootstrap connection must have
+	// been inactive (no handshake, CONNECT or enrollment publish) before
+	// a newcomer may displace it. Default 10s.
+	BootstrapDisplaceIdle time.Duration
+	// BootstrapReserve is the bootstrap sessions kept, beyond the pool,
+	// for known devices that re-enroll (KnownDevice), at most one per
+	// device: a reserved session is never displaced. As many connections
+	// that found no slot may wait for their CONNECT in an overflow, which
+	// they keep only by being a known device. Default 64.
+	BootstrapReserve int
+	// KnownDevice, if set, is asked at each bootstrap CONNECT whether the
+	// client ID names a device the fleet knows, and which (sigild names
+	// its bootstrap client "e-<first 16 hex digits of its device
+	// ID>-<random>"). Such a session moves from the pool to the reserve
+	// while the reserve has room and the device holds no other reserved
+	// session. It runs on the connection's goroutine and must not block.
+	KnownDevice func(clientID string) (device string, ok bool)
+	// MaxBootstrapKeepalive bounds the keepalive a bootstrap client asks
+	// for: a CONNECT without keepalive (0) or with a longer one is
+	// refused. Default 2m.
+	MaxBootstrapKeepalive time.Duration
+	// BootstrapFirstMessage is how long a bootstrap client may stay
+	// connected after its CONNECT without publishing to its enrollment
+	// topic; then it is disconnected. Default 30s.
+	BootstrapFirstMessage time.Duration
+	// BootstrapLifetime is the longest a bootstrap connection stays open,
+	// from its TLS handshake, however busy; a device that still needs one
+	// connects again. Default 5m.
+	BootstrapLifetime time.Duration
 	// HandshakeTimeout bounds the TLS handshake and the wait for CONNECT.
 	// Default 10s.
 	HandshakeTimeout time.Duration
@@ -226,6 +269,10 @@ type Config struct {
 	// and Refused event, on the connection's goroutine: it must not block.
 	Events func(Event)
 	// Logger receives the broker's and mochi's logs; nil discards them.
+	// mochi's records never carry packet contents (see libraryHandler),
+	// and lines that clients without certificate cause (refusals,
+	// malformed packets) are rate-limited per source address: a few per
+	// interval, then one summary line with the count.
 	Logger *slog.Logger
 	// Now is the clock for events and TLS verification; nil means time.Now.
 	Now func() time.Time
@@ -237,6 +284,7 @@ const listenerID = "sigil-tls"
 type Broker struct {
 	cfg    Config
 	log    *slog.Logger
+	anon   *loglimit.Limiter // lines clients without certificate cause
 	now    func() time.Time
 	srv    *mqtt.Server
 	ln     *listener
@@ -248,7 +296,11 @@ type Broker struct {
 	mu        sync.Mutex
 	devConns  map[string]map[*conn]struct{} // admitted connections per device ID
 	gen       map[string]uint64             // fleet disconnects per device ID (admission race guard)
-	bootBySrc map[string]int                // open bootstrap connections per source address
+	bootBySrc map[string]map[*conn]struct{} // the bootstrap pool by source address (bootstrap.go)
+	poolSize  int                           // connections in bootBySrc
+	overflow  map[*conn]struct{}            // bootstrap connections waiting for CONNECT without a slot
+	reserved  map[string]*conn              // reserved bootstrap sessions by device
+	epoch     time.Time                     // for bootstrap activity times
 	ids       map[string]int                // admitted connections per client ID
 
 	connections       atomic.Int64
@@ -260,6 +312,10 @@ type Broker struct {
 	handshakeFailures atomic.Uint64
 	acceptErrors      atomic.Uint64
 	droppedInline     atomic.Uint64
+	malformedPackets  atomic.Uint64
+	bootExpired       atomic.Uint64
+	reservations      atomic.Uint64
+	activity          atomic.Uint64 // orders bootstrap connections' activity
 }
 
 // New checks cfg and builds a broker; Start or Run serves it.
@@ -283,6 +339,21 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxBootstrapPerSource <= 0 {
 		cfg.MaxBootstrapPerSource = 256
 	}
+	if cfg.BootstrapReserve <= 0 {
+		cfg.BootstrapReserve = 64
+	}
+	if cfg.BootstrapDisplaceIdle <= 0 {
+		cfg.BootstrapDisplaceIdle = 10 * time.Second
+	}
+	if cfg.MaxBootstrapKeepalive <= 0 {
+		cfg.MaxBootstrapKeepalive = 2 * time.Minute
+	}
+	if cfg.BootstrapFirstMessage <= 0 {
+		cfg.BootstrapFirstMessage = 30 * time.Second
+	}
+	if cfg.BootstrapLifetime <= 0 {
+		cfg.BootstrapLifetime = 5 * time.Minute
+	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
@@ -304,7 +375,10 @@ func New(cfg Config) (*Broker, error) {
 		now:       cfg.Now,
 		devConns:  make(map[string]map[*conn]struct{}),
 		gen:       make(map[string]uint64),
-		bootBySrc: make(map[string]int),
+		bootBySrc: make(map[string]map[*conn]struct{}),
+		overflow:  make(map[*conn]struct{}),
+		reserved:  make(map[string]*conn),
+		epoch:     time.Now(),
 		ids:       make(map[string]int),
 	}
 	if b.log == nil {
@@ -313,6 +387,7 @@ func New(cfg Config) (*Broker, error) {
 	if b.now == nil {
 		b.now = time.Now
 	}
+	b.anon = loglimit.New(b.log, loglimit.Config{Now: b.now})
 
 	tc := cfg.TLS.Clone()
 	withClaims := func(p *x509.CertPool) *x509.CertPool {
@@ -371,7 +446,7 @@ func New(cfg Config) (*Broker, error) {
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: cfg.BufferSize,
 		ClientNetReadBufferSize:  cfg.BufferSize,
-		Logger:                   b.log,
+		Logger:                   slog.New(libraryHandler{inner: b.log.Handler(), limit: b.anon}),
 		InlineClient:             true,
 		SysTopicResendInterval:   60,
 	})
@@ -404,8 +479,22 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err := b.Start(); err != nil {
 		return err
 	}
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		_ = b.anon.Run(ctx)
+	}()
 	<-ctx.Done()
-	return b.close()
+	err := b.close()
+	<-flushed
+	return err
+}
+
+// logAnon writes a line that a client without certificate (or a peer
+// before its handshake) caused, through the rate limiter: each message has
+// its own budget per source address.
+func (b *Broker) logAnon(level slog.Level, src, msg string, args ...any) {
+	b.anon.Log(context.Background(), level, msg+"|"+src, msg, args...)
 }
 
 func (b *Broker) close() error {
@@ -521,7 +610,13 @@ func (b *Broker) Connected(deviceID string) bool {
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() Stats {
+	b.mu.Lock()
+	reserved := int64(len(b.reserved))
+	b.mu.Unlock()
 	return Stats{
+		BootstrapReserved:    reserved,
+		BootstrapExpired:     b.bootExpired.Load(),
+		BootstrapReserveUsed: b.reservations.Load(),
 		Connections:          b.connections.Load(),
 		DeviceConnections:    b.deviceConnections.Load(),
 		BootstrapConnections: b.bootstrap.Load(),
@@ -531,6 +626,8 @@ func (b *Broker) Stats() Stats {
 		HandshakeFailures:    b.handshakeFailures.Load(),
 		AcceptErrors:         b.acceptErrors.Load(),
 		DroppedInline:        b.droppedInline.Load(),
+		LogSuppressed:        b.anon.Suppressed(),
+		MalformedPackets:     b.malformedPackets.Load(),
 	}
 }
 

@@ -366,35 +366,39 @@ func TestWillAndRetain(t *testing.T) {
 	}
 }
 
+// TestBootstrapCap: never more than MaxBootstrapClients bootstrap
+// connections are open; a new one takes the place of the least active
+// (TestBootstrapEvictsLeastActive). Devices are not capped.
 func TestBootstrapCap(t *testing.T) {
-	e := startBroker(t, func(c *Config) { c.MaxBootstrapClients = 1 })
-	e.mustClient(t, "boot-1", nil)
-	if _, err := e.client(t, "boot-2", nil, nil); err == nil {
-		t.Fatal("second bootstrap client accepted over the cap")
-	}
-	st := e.b.Stats()
-	if st.BootstrapOverCap != 1 || st.BootstrapConnections != 1 {
+	e := startBroker(t, func(c *Config) { c.MaxBootstrapClients, c.BootstrapDisplaceIdle = 1, time.Nanosecond })
+	first := e.mustClient(t, "boot-1", nil)
+	second := e.mustClient(t, "boot-2", nil)
+	gone(t, first, "the first bootstrap client to make room")
+	eventually(t, "the first connection's slot to be released", func() bool { return e.b.Stats().BootstrapConnections == 1 })
+	if st := e.b.Stats(); st.BootstrapOverCap != 1 || !second.IsConnectionOpen() {
 		t.Fatalf("stats = %+v", st)
 	}
 	certA := e.ca.device(t, devA)
 	e.mustClient(t, devA, &certA) // devices are not capped
 }
 
+// TestBootstrapCapPerSource: one address holds at most
+// MaxBootstrapPerSource bootstrap connections, and its newcomers displace
+// its own connections, not other addresses'.
 func TestBootstrapCapPerSource(t *testing.T) {
-	e := startBroker(t, func(c *Config) { c.MaxBootstrapPerSource = 2 })
-	a := e.mustClient(t, "boot-1", nil)
-	e.mustClient(t, "boot-2", nil)
-	if _, err := e.client(t, "boot-3", nil, nil); err == nil {
-		t.Fatal("third bootstrap client from one address accepted")
+	e := startBroker(t, func(c *Config) { c.MaxBootstrapPerSource, c.BootstrapDisplaceIdle = 2, time.Nanosecond })
+	other := e.mustClientWith(t, "boot-other", fromLocal("127.0.0.2"))
+	var mine []paho.Client
+	for i := range 5 {
+		mine = append(mine, e.mustClient(t, fmt.Sprintf("boot-%d", i), nil))
 	}
-	a.Disconnect(100)
-	eventually(t, "the slot to be released", func() bool {
-		c, err := e.client(t, "boot-4", nil, nil)
-		if err == nil {
-			c.Disconnect(50)
-		}
-		return err == nil
-	})
+	for i, c := range mine[:3] {
+		gone(t, c, fmt.Sprintf("connection %d of the address to make room", i))
+	}
+	eventually(t, "the displaced connections' slots to be released", func() bool { return e.b.Stats().BootstrapConnections == 3 })
+	if !other.IsConnectionOpen() || !mine[3].IsConnectionOpen() || !mine[4].IsConnectionOpen() {
+		t.Fatal("a connection within the caps was closed")
+	}
 }
 
 func TestBootstrapRefusedWhenDisabled(t *testing.T) {

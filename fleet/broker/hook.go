@@ -2,8 +2,12 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -50,10 +54,23 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		cl.Properties.Props.SessionExpiryInterval = 0
 		cl.Properties.Props.SessionExpiryIntervalFlag = false
 	}
+	if id.Bootstrap() && !b.placeBootstrap(c, id.ClientID) {
+		// Admitted by every check but without a slot (bootstrap.go): not
+		// a refusal of who it is.
+		b.overCap.Add(1)
+		b.logAnon(slog.LevelInfo, c.src, "broker: bootstrap connection closed: no slot", "client", id.ClientID, "remote", cl.Net.Remote)
+		_ = c.Close()
+		return false
+	}
 	if !b.admit(c, cl, id, gen) {
 		return h.refuse(cl, id, errors.New("disconnected by the fleet during admission"))
 	}
-	b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
+	if id.Bootstrap() {
+		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client", id.ClientID, "remote", cl.Net.Remote)
+		b.bootstrapAdmitted(c)
+	} else {
+		b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
+	}
 	return true
 }
 
@@ -93,6 +110,9 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 		if !wire.ValidID(clientID) {
 			return id, fmt.Errorf("invalid bootstrap client ID %q", clientID)
 		}
+		if ka := time.Duration(pk.Connect.Keepalive) * time.Second; ka == 0 || ka > b.cfg.MaxBootstrapKeepalive {
+			return id, fmt.Errorf("keepalive %v: a bootstrap client needs one of 1s to %v", ka, b.cfg.MaxBootstrapKeepalive)
+		}
 		if ex, ok := b.srv.Clients.Get(clientID); ok && !ex.Closed() {
 			if eid, ok := identityOf(ex); !ok || !eid.Bootstrap() {
 				return id, fmt.Errorf("client ID %q is held by a connected device", clientID)
@@ -127,7 +147,11 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 
 func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	h.b.authRefusals.Add(1)
-	h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "error", err)
+	if id.DeviceID == "" {
+		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client", id.ClientID, "remote", cl.Net.Remote, "error", err)
+	} else {
+		h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "error", err)
+	}
 	h.b.emit(Refused, id, err.Error(), cl.Net.Remote)
 	return false
 }
@@ -155,14 +179,25 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	id, ok := identityOf(cl)
 	if ok && h.b.allowed(id, topic, write) {
+		if c, isConn := cl.Net.Conn.(*conn); isConn && c.boot && write {
+			c.bootstrapPublished()
+		}
 		return true
 	}
 	h.b.aclDenials.Add(1)
+	log := h.b.log.Log
+	if id.DeviceID == "" {
+		// A client without certificate may repeat this at will.
+		src := hostPart(cl.Net.Remote)
+		log = func(_ context.Context, level slog.Level, msg string, args ...any) {
+			h.b.logAnon(level, src, msg, args...)
+		}
+	}
 	if write {
-		h.b.log.Warn("broker: publish refused, disconnecting", "client", cl.ID, "device", id.DeviceID, "topic", topic)
+		log(context.Background(), slog.LevelWarn, "broker: publish refused, disconnecting", "client", cl.ID, "device", id.DeviceID, "topic", topic)
 		_ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	} else {
-		h.b.log.Info("broker: subscription refused", "client", cl.ID, "device", id.DeviceID, "filter", topic)
+		log(context.Background(), slog.LevelInfo, "broker: subscription refused", "client", cl.ID, "device", id.DeviceID, "filter", topic)
 	}
 	return false
 }
@@ -173,4 +208,13 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		pk.FixedHeader.Retain = false
 	}
 	return pk, nil
+}
+
+// hostPart is the host of a "host:port" address (the address itself if it
+// has no port).
+func hostPart(remote string) string {
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		return h
+	}
+	return remote
 }

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/sigil-iot/sigil/pkg/identity"
 )
@@ -146,7 +148,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	cancel()
 	if err != nil {
 		b.handshakeFailures.Add(1)
-		l.log.Debug("broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
+		b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
 		_ = raw.Close()
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) && len(cve.UnverifiedCertificates) > 0 {
@@ -168,29 +170,31 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 			_ = tc.Close()
 			return
 		}
-		if b.bootstrap.Add(1) > int64(b.cfg.MaxBootstrapClients) {
-			b.bootstrap.Add(-1)
-			b.overCap.Add(1)
-			l.log.Warn("broker: bootstrap connection refused: too many open", "max", b.cfg.MaxBootstrapClients)
-			_ = tc.Close()
-			return
-		}
+		// One source address may not hold the whole bootstrap allowance,
+		// and held slots do not lock newcomers out (bootstrap.go).
+		c.src = sourceOf(raw.RemoteAddr())
 		c.boot = true
-		// One source address may not hold the whole bootstrap allowance.
-		c.src = hostOf(raw.RemoteAddr())
-		if !b.takeBootstrapSlot(c.src) {
-			b.bootstrap.Add(-1)
-			c.boot = false
+		c.touch()
+		b.bootstrap.Add(1) // before it is in the pool, where Close may find it
+		if victim := b.takeBootstrapSlot(c); victim != nil {
 			b.overCap.Add(1)
-			l.log.Warn("broker: bootstrap connection refused: too many from one address", "remote", c.src, "max", b.cfg.MaxBootstrapPerSource)
-			_ = tc.Close()
-			return
+			go b.closeBootstrap(victim, "making room for a newer bootstrap connection", codeBootstrapEvicts)
 		}
+		c.startTimer(b.cfg.BootstrapLifetime, func() { b.expire(c, "bootstrap lifetime reached", codeMaxConnectTime) })
 	}
 	// CONNECT must follow promptly; mochi resets the deadline after it.
 	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if err := establish(l.id, c); err != nil {
-		l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		var code packets.Code
+		if errors.As(err, &code) && (code.Code == packets.ErrMalformedPacket.Code ||
+			code.Code == packets.ErrProtocolViolation.Code || code.Code == packets.ErrPacketTooLarge.Code) {
+			b.malformedPackets.Add(1)
+		}
+		if c.cert == nil {
+			b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		} else {
+			l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+		}
 	}
 	_ = c.Close()
 }
@@ -234,13 +238,25 @@ type conn struct {
 	deviceID string
 	idErr    error
 	boot     bool
-	src      string            // source address of a bootstrap connection
+	src      string            // source of a bootstrap connection (sourceOf)
 	claim    *x509.Certificate // verified claim certificate of a bootstrap client
 
-	once sync.Once
-	mu   sync.Mutex
-	cl   *mqtt.Client
-	id   *Identity // set when admitted
+	active    atomic.Uint64 // last activity of a bootstrap connection (Broker.activity order)
+	activeAt  atomic.Int64  // and its time, since Broker.epoch
+	published atomic.Bool   // a bootstrap client published to its enrollment topic
+
+	// Guarded by Broker.mu: bootstrap slot bookkeeping (bootstrap.go).
+	inPool     bool
+	inOverflow bool
+	reserved   string // device whose reserved slot this is
+
+	once     sync.Once
+	mu       sync.Mutex
+	cl       *mqtt.Client
+	id       *Identity // set when admitted
+	closed   bool
+	timers   []*time.Timer // bootstrap deadlines, stopped on Close
+	firstMsg *time.Timer
 }
 
 func (c *conn) admitted(cl *mqtt.Client, id Identity) {
@@ -259,9 +275,15 @@ func (c *conn) client() *mqtt.Client {
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		for _, t := range c.timers {
+			t.Stop()
+		}
+		c.mu.Unlock()
 		if c.boot {
 			c.b.bootstrap.Add(-1)
-			c.b.releaseBootstrapSlot(c.src)
+			c.b.releaseBootstrapSlot(c)
 		}
 		c.mu.Lock()
 		id := c.id
@@ -282,26 +304,6 @@ func hostOf(a net.Addr) string {
 		return a.String()
 	}
 	return h
-}
-
-// takeBootstrapSlot counts a bootstrap connection from src against
-// MaxBootstrapPerSource.
-func (b *Broker) takeBootstrapSlot(src string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.bootBySrc[src] >= b.cfg.MaxBootstrapPerSource {
-		return false
-	}
-	b.bootBySrc[src]++
-	return true
-}
-
-func (b *Broker) releaseBootstrapSlot(src string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.bootBySrc[src]--; b.bootBySrc[src] <= 0 {
-		delete(b.bootBySrc, src)
-	}
 }
 
 // isClaim reports whether every verified chain ends at a claim CA, so that

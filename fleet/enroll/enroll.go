@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/verifier"
@@ -141,6 +142,9 @@ type Service struct {
 	cfg Config
 	log *slog.Logger
 	q   chan job
+	// limit rate-limits the lines any client can cause (malformed
+	// messages, refusals): bootstrap clients are anonymous.
+	limit *loglimit.Limiter
 
 	mu       sync.Mutex
 	sessions map[string]*session    // by session hex
@@ -153,9 +157,10 @@ type Service struct {
 	stats Stats
 }
 
-// Stats counts outcomes.
+// Stats counts outcomes. Malformed counts messages that did not decode
+// (also counted in Refused).
 type Stats struct {
-	Requests, Challenges, Enrolled, Pending, Refused atomic.Int64
+	Requests, Challenges, Enrolled, Pending, Refused, Malformed atomic.Int64
 }
 
 type job struct {
@@ -216,7 +221,7 @@ func New(cfg Config) (*Service, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Service{
-		cfg: cfg, log: cfg.Logger, q: make(chan job, cfg.Queue),
+		cfg: cfg, log: cfg.Logger, q: make(chan job, cfg.Queue), limit: loglimit.New(cfg.Logger, loglimit.Config{Now: cfg.Now}),
 		sessions: map[string]*session{}, byClient: map[string][]string{}, used: map[string]time.Time{}, seen: map[string]time.Time{}, clients: map[string]string{},
 		failed: map[string]*failedNote{},
 	}, nil
@@ -225,9 +230,15 @@ func New(cfg Config) (*Service, error) {
 // Stats returns the outcome counters.
 func (s *Service) Stats() *Stats { return &s.stats }
 
+// LogSuppressed is the number of log lines about refused or malformed
+// messages that were counted instead of written (a few per reason and
+// interval are written, then one summary).
+func (s *Service) LogSuppressed() uint64 { return s.limit.Suppressed() }
+
 // Run handles queued messages until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	wg.Go(func() { _ = s.limit.Run(ctx) })
 	for range s.cfg.Workers {
 		wg.Go(func() {
 			for {
@@ -270,7 +281,8 @@ func (s *Service) Handle(clientID string, payload []byte) {
 	env, err := wire.Decode(payload)
 	if err != nil {
 		s.stats.Refused.Add(1)
-		s.log.Warn("enrollment message refused", "client_id", clientID, "err", err)
+		s.stats.Malformed.Add(1)
+		s.limit.Log(context.Background(), slog.LevelWarn, "malformed", "enrollment message refused", "client_id", clientID, "err", err)
 		if errors.Is(err, wire.ErrVersion) {
 			s.refuse(clientID, nil, wire.Refuse(wire.ReasonUnsupportedVersion, fmt.Sprintf("fleet speaks protocol version %d", wire.Version), err))
 		}
@@ -408,7 +420,7 @@ func (s *Service) refuse(clientID string, corr []byte, err error) {
 		we = wire.Refuse(wire.ReasonInternal, "internal error", err)
 	}
 	s.stats.Refused.Add(1)
-	s.log.Info("enrollment refused", "client_id", clientID, "reason", we.Reason.String(), "code", uint16(we.Reason), "cause", errString(we.Err))
+	s.limit.Log(context.Background(), slog.LevelInfo, "refused/"+we.Reason.String(), "enrollment refused", "client_id", clientID, "reason", we.Reason.String(), "code", uint16(we.Reason), "cause", errString(we.Err))
 	res := &wire.EnrollResult{Status: wire.StatusRefused, Reason: we.Reason, Message: we.Message}
 	if we.Reason.Temporary() {
 		res.RetryAfter = 10

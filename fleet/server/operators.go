@@ -35,7 +35,14 @@ func (s *Server) openAuth() error {
 		}
 		return s.Audit.Record(ctx, e)
 	})
-	a, err := auth.Open(auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Audit: toAudit, Logger: s.log.With("component", "auth")})
+	// Failed logins of names that do not exist are anyone's: sampled.
+	anonymous := audit.RecorderFunc(func(ctx context.Context, e audit.Entry) error {
+		if s.anonAudit == nil {
+			return toAudit(ctx, e)
+		}
+		return s.anonAudit.Record(ctx, e)
+	})
+	a, err := auth.Open(auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Audit: toAudit, Anonymous: anonymous, Logger: s.log.With("component", "auth")})
 	if err != nil {
 		return err
 	}

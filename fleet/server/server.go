@@ -108,6 +108,10 @@ type Config struct {
 	// ClaimCADir is a directory of claim CA certificates (PEM): batch
 	// credentials a device maker installs for the bootstrap connection.
 	ClaimCADir string `json:"claim_ca_dir"`
+	// BootstrapLimits bound the broker's connections without a device
+	// certificate (fleet/broker bootstrap.go); zero values take the
+	// broker's defaults.
+	BootstrapLimits
 	// AttestInterval is the devices' expected attestation interval (their
 	// attest_interval); StaleAfter missed intervals or unanswered challenges
 	// flag a device stale. Defaults 10m and 3.
@@ -168,6 +172,28 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// BootstrapLimits are the bootstrap connection bounds of Config.
+type BootstrapLimits struct {
+	// BootstrapClients caps the pool of bootstrap connections (default
+	// 1000) and BootstrapPerSource one source's share (default 256); at a
+	// cap a newcomer displaces the least active connection if it has been
+	// inactive for 10s.
+	BootstrapClients   int `json:"bootstrap_clients"`
+	BootstrapPerSource int `json:"bootstrap_per_source"`
+	// BootstrapReserve is the sessions kept beyond the pool for known
+	// devices that re-enroll, one per device (default 64).
+	BootstrapReserve int `json:"bootstrap_reserve"`
+	// BootstrapKeepaliveMax is the longest keepalive a bootstrap client
+	// may ask for; none (0) is refused. Default 2m.
+	BootstrapKeepaliveMax config.Duration `json:"bootstrap_keepalive_max"`
+	// BootstrapFirstMessage is how long a bootstrap client may wait after
+	// its CONNECT before its first enrollment message (default 30s), and
+	// BootstrapLifetime how long a bootstrap connection lasts at most
+	// (default 5m).
+	BootstrapFirstMessage config.Duration `json:"bootstrap_first_message"`
+	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
+}
+
 // Server is a running fleet manager.
 type Server struct {
 	cfg      Config
@@ -187,6 +213,9 @@ type Server struct {
 	Auth *auth.Service
 	// Audit is the hash-chained audit log of operator and lifecycle actions.
 	Audit *audit.Log
+	// anonAudit samples the audit entries of API requests without a
+	// credential, so that anyone's requests cannot grow the log at will.
+	anonAudit *audit.Sampler
 	// Approvals holds dangerous changes for a second person (nil unless
 	// Config.TwoPersonRule).
 	Approvals *approval.Manager
@@ -301,6 +330,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen,
+		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
+		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
+		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
+		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
 	})
 	if err != nil {
 		s.closeStores()
@@ -403,8 +436,9 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
+	s.anonAudit = audit.NewSampler(s.Audit, audit.SamplerConfig{})
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: cfg.APIRateLimit, RateBurst: cfg.APIRateBurst,
-		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit,
+		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
@@ -594,6 +628,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Auth.Run(ctx) })
 	g.Go(func() error { return s.Governance.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
+	g.Go(func() error { return s.anonAudit.Run(ctx) })
 	s.goTelemetry(ctx, g)
 	if s.Approvals != nil {
 		g.Go(func() error { return s.Approvals.Run(ctx) })
@@ -805,4 +840,29 @@ func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim 
 		return nil
 	}
 	return errors.New("enrollment token not valid")
+}
+
+// knownBootstrap is the broker's KnownDevice: a bootstrap client ID of the
+// form sigild uses, "e-<first 16 hex of the device ID>-<suffix>", that
+// names a device of the inventory which may recover by enrolling again
+// (active or quarantined: a revoked or expired certificate). It is a claim
+// the client makes; it only buys a reserved bootstrap slot.
+func (s *Server) knownBootstrap(clientID string) (string, bool) {
+	rest, ok := strings.CutPrefix(clientID, "e-")
+	if !ok || len(rest) < 17 || rest[16] != '-' {
+		return "", false
+	}
+	prefix := rest[:16]
+	if strings.Trim(prefix, "0123456789abcdef") != "" {
+		return "", false
+	}
+	devs, _, err := s.Inv.ListDevices(inventory.Filter{After: prefix, Limit: 1})
+	if err != nil || len(devs) == 0 || !strings.HasPrefix(devs[0].ID, prefix) {
+		return "", false
+	}
+	switch d := devs[0]; d.State {
+	case inventory.StateActive, inventory.StateQuarantined:
+		return d.ID, true
+	}
+	return "", false
 }

@@ -616,10 +616,17 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_broker_auth_refusals_total        CONNECTs refused
 //	sigil_broker_acl_denials_total          publishes and subscriptions refused
 //	sigil_broker_handshake_failures_total   TLS handshakes that failed
+//	sigil_broker_malformed_packets_total    connections ended by a malformed MQTT packet
+//	sigil_broker_bootstrap_reserved         reserved bootstrap sessions of known devices open now
+//	sigil_broker_bootstrap_over_cap_total   bootstrap connections displaced or left without a slot
+//	sigil_broker_bootstrap_expired_total    bootstrap connections closed at their first-message deadline or lifetime
 //	sigil_enroll_requests_total             enrollment requests
 //	sigil_enroll_enrolled_total             devices enrolled
 //	sigil_enroll_refused_total              enrollments refused
 //	sigil_enroll_pending_total              enrollments held for approval
+//	sigil_enroll_malformed_total            enrollment messages that did not decode
+//	sigil_log_lines_suppressed_total        log lines clients without certificate caused, counted instead of written
+//	sigil_audit_anonymous_left_out_total    audit entries of requests without a credential counted, not recorded one by one
 //	sigil_attestation_verdicts_total{result} recorded verdicts, pass or fail
 //	sigil_quarantines_total                 devices quarantined
 //	sigil_renewals_total                    certificates renewed
@@ -641,6 +648,7 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_broker_connections", "MQTT clients connected now.", func() float64 { return float64(b().Connections) }},
 		{"sigil_broker_device_connections", "Devices connected now.", func() float64 { return float64(b().DeviceConnections) }},
 		{"sigil_broker_bootstrap_connections", "TLS connections without a device certificate open now.", func() float64 { return float64(b().BootstrapConnections) }},
+		{"sigil_broker_bootstrap_reserved", "Reserved bootstrap sessions of known devices open now.", func() float64 { return float64(b().BootstrapReserved) }},
 		{"sigil_alert_notifications_queued", "Alert notifications waiting for their sinks.", func() float64 { return float64(a().Queued) }},
 		{"sigil_alert_feed_queued", "Telemetry batches waiting for alert evaluation.", func() float64 { return float64(len(s.tel.feed)) }},
 	}
@@ -651,10 +659,20 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_broker_auth_refusals_total", "MQTT CONNECTs refused.", func() float64 { return u(b().AuthRefusals) }},
 		{"sigil_broker_acl_denials_total", "MQTT publishes and subscriptions refused by the ACL.", func() float64 { return u(b().ACLDenials) }},
 		{"sigil_broker_handshake_failures_total", "TLS handshakes that failed or timed out.", func() float64 { return u(b().HandshakeFailures) }},
+		{"sigil_broker_bootstrap_over_cap_total", "Bootstrap connections displaced, or closed without a slot, because a cap was reached.", func() float64 { return u(b().BootstrapOverCap) }},
+		{"sigil_broker_bootstrap_expired_total", "Bootstrap connections closed at their first-message deadline or lifetime.", func() float64 { return u(b().BootstrapExpired) }},
+		{"sigil_broker_malformed_packets_total", "MQTT connections ended by a malformed packet or a protocol violation.", func() float64 { return u(b().MalformedPackets) }},
 		{"sigil_enroll_requests_total", "Enrollment requests received.", func() float64 { return float64(e.Requests.Load()) }},
 		{"sigil_enroll_enrolled_total", "Devices enrolled.", func() float64 { return float64(e.Enrolled.Load()) }},
 		{"sigil_enroll_refused_total", "Enrollments refused.", func() float64 { return float64(e.Refused.Load()) }},
 		{"sigil_enroll_pending_total", "Enrollments held for an operator's approval.", func() float64 { return float64(e.Pending.Load()) }},
+		{"sigil_enroll_malformed_total", "Enrollment messages that did not decode.", func() float64 { return float64(e.Malformed.Load()) }},
+		{"sigil_log_lines_suppressed_total", "Log lines about clients without certificate (refusals, malformed messages) counted instead of written.", func() float64 {
+			return u(b().LogSuppressed + s.Enroll.LogSuppressed())
+		}},
+		{"sigil_audit_anonymous_left_out_total", "Audit entries of API requests without a credential counted instead of recorded one by one (each interval's count is one audit.sampled entry).", func() float64 {
+			return u(s.anonAudit.Suppressed())
+		}},
 		{"sigil_quarantines_total", "Devices quarantined.", func() float64 { return u(s.tel.quarantines.Load()) }},
 		{"sigil_renewals_total", "Device certificates renewed.", func() float64 { return u(s.tel.renewals.Load()) }},
 		{"sigil_alerts_fired_total", "Alerts opened.", func() float64 { return u(a().Fired) }},

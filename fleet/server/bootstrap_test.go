@@ -1,0 +1,77 @@
+package server
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/sigil-iot/sigil/fleet/inventory"
+)
+
+// TestKnownBootstrap: the broker's KnownDevice recognizes sigild's
+// bootstrap client IDs of devices that may recover by enrolling again,
+// and nothing else.
+func TestKnownBootstrap(t *testing.T) {
+	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	for id, st := range map[string]inventory.State{
+		"0123456789abcdef0000000000000001": inventory.StateActive,
+		"1111111111111111aaaaaaaaaaaaaaaa": inventory.StateQuarantined,
+		"2222222222222222bbbbbbbbbbbbbbbb": inventory.StateDecommissioned,
+		"3333333333333333cccccccccccccccc": inventory.StatePending,
+	} {
+		if err := inv.PutDevice(&inventory.Device{ID: id, State: st}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &Server{Inv: inv}
+	for _, c := range []struct {
+		clientID, device string
+	}{
+		{"e-0123456789abcdef-1a2b3c4d", "0123456789abcdef0000000000000001"},
+		{"e-1111111111111111-00000000", "1111111111111111aaaaaaaaaaaaaaaa"},
+		{"e-2222222222222222-00000000", ""}, // decommissioned: no recovery
+		{"e-3333333333333333-00000000", ""}, // pending: not a recovery
+		{"e-0123456789abcdee-00000000", ""}, // no such device
+		{"e-0123456789ABCDEF-00000000", ""}, // not sigild's form
+		{"e-0123456789abcdef", ""},
+		{"e-0123456789abcdef0", ""},
+		{"x-0123456789abcdef-0", ""},
+		{"e-0123456789abcde-00000000", ""},
+		{"", ""},
+	} {
+		dev, ok := s.knownBootstrap(c.clientID)
+		if dev != c.device || ok != (c.device != "") {
+			t.Errorf("knownBootstrap(%q) = %q, %v; want %q", c.clientID, dev, ok, c.device)
+		}
+	}
+}
+
+// FuzzKnownBootstrap: any client ID (chosen by anonymous clients) gets an
+// answer without a panic, and only sigild's form names a device.
+func FuzzKnownBootstrap(f *testing.F) {
+	inv, err := inventory.Open(filepath.Join(f.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer inv.Close()
+	const id = "0123456789abcdef0000000000000001"
+	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
+		f.Fatal(err)
+	}
+	s := &Server{Inv: inv}
+	for _, seed := range []string{"e-0123456789abcdef-1", "e-", "e-0123456789abcdef", "", "e-\xff\xfe", "e-0123456789abcdef-" + id} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, clientID string) {
+		dev, ok := s.knownBootstrap(clientID)
+		if ok != (dev == id) {
+			t.Fatalf("knownBootstrap(%q) = %q, %v", clientID, dev, ok)
+		}
+		if ok && (len(clientID) < 19 || clientID[:19] != "e-0123456789abcdef-") {
+			t.Fatalf("knownBootstrap(%q) named a device", clientID)
+		}
+	})
+}
