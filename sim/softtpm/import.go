@@ -77,6 +77,9 @@ func (t *TPM) ImportSecret(public, duplicate, seed []byte, pcrs *wire.PCRSelecti
 	}
 	var blob *tpm.SealedBlob
 	err = t.do("import secret", func() error {
+		if !bytes.Equal(tpm2.Marshal(pub), public) {
+			return paramErr(tpm2.TPMRCSize, 2) // trailing bytes, reserved bits
+		}
 		name, err := tpm2.ObjectName(pub)
 		if err != nil {
 			return paramErr(tpm2.TPMRCHash, 2)
@@ -131,6 +134,9 @@ func (t *TPM) Unseal(b *tpm.SealedBlob) ([]byte, error) {
 	}
 	var secret []byte
 	err = t.do("unseal", func() error {
+		if !bytes.Equal(tpm2.Marshal(pub), b.Public) {
+			return fmt.Errorf("load: %w", paramErr(tpm2.TPMRCSize, 2))
+		}
 		name, err := tpm2.ObjectName(pub)
 		if err != nil {
 			return fmt.Errorf("load: %w", paramErr(tpm2.TPMRCHash, 2))

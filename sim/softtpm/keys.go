@@ -115,6 +115,9 @@ func (t *TPM) load(k *tpm.KeyBlob, what string) (*loadedKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load %s: public area: %w", what, err)
 	}
+	if !bytes.Equal(tpm2.Marshal(pub), k.Public) {
+		return nil, fmt.Errorf("load %s: %w", what, paramErr(tpm2.TPMRCSize, 2)) // trailing bytes, reserved bits
+	}
 	name, err := tpm2.ObjectName(pub)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", what, handleErr(tpm2.TPMRCHash, 1))
