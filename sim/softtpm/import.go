@@ -77,25 +77,22 @@ func (t *TPM) ImportSecret(public, duplicate, seed []byte, pcrs *wire.PCRSelecti
 	}
 	var blob *tpm.SealedBlob
 	err = t.do("import secret", func() error {
-		if !bytes.Equal(tpm2.Marshal(pub), public) {
-			return paramErr(tpm2.TPMRCSize, 2) // trailing bytes, reserved bits
-		}
-		name, err := tpm2.ObjectName(pub)
+		name, err := canonicalName(pub, public)
 		if err != nil {
-			return paramErr(tpm2.TPMRCHash, 2)
+			return paramErr(tpm2.TPMRCSize, 2) // trailing bytes, reserved bits
 		}
 		symSeed, err := t.ek.decapsulate("DUPLICATE", seed, 4)
 		if err != nil {
 			return err
 		}
-		sensitive, err := openOuter(t.ek.nameHash(), symSeed, name.Buffer, duplicate, 3)
+		sensitive, err := openOuter(t.ek.nameHash(), symSeed, name, duplicate, 3)
 		if err != nil {
 			return err
 		}
 		if _, err := sealedData(pub, sensitive, 3); err != nil {
 			return err
 		}
-		private, err := protect(t.rand, t.endorsementSeed(), name.Buffer, sensitive)
+		private, err := protect(t.rand, t.endorsementSeed(), name, sensitive)
 		clear(sensitive)
 		if err != nil {
 			return err
@@ -134,14 +131,11 @@ func (t *TPM) Unseal(b *tpm.SealedBlob) ([]byte, error) {
 	}
 	var secret []byte
 	err = t.do("unseal", func() error {
-		if !bytes.Equal(tpm2.Marshal(pub), b.Public) {
+		name, err := canonicalName(pub, b.Public)
+		if err != nil {
 			return fmt.Errorf("load: %w", paramErr(tpm2.TPMRCSize, 2))
 		}
-		name, err := tpm2.ObjectName(pub)
-		if err != nil {
-			return fmt.Errorf("load: %w", paramErr(tpm2.TPMRCHash, 2))
-		}
-		sensitive, err := unprotect(t.endorsementSeed(), name.Buffer, b.Private)
+		sensitive, err := unprotect(t.endorsementSeed(), name, b.Private)
 		if err != nil {
 			return fmt.Errorf("load: %w", err)
 		}

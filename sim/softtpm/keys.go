@@ -48,7 +48,8 @@ func (t *TPM) createKey(op string, template tpm2.TPMTPublic) (*tpm.KeyBlob, erro
 			return err
 		}
 		pub := eccPublic(template, point)
-		name, err := tpm2.ObjectName(&pub)
+		public := tpm2.Marshal(pub)
+		name, err := objectName(pub.NameAlg, public)
 		if err != nil {
 			return err
 		}
@@ -60,13 +61,13 @@ func (t *TPM) createKey(op string, template tpm2.TPMTPublic) (*tpm.KeyBlob, erro
 			SensitiveType: tpm2.TPMAlgECC,
 			Sensitive:     tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: d}),
 		})
-		private, err := protect(t.rand, t.storageSeed(), name.Buffer, sensitive)
+		private, err := protect(t.rand, t.storageSeed(), name, sensitive)
 		clear(sensitive)
 		clear(d)
 		if err != nil {
 			return err
 		}
-		blob = &tpm.KeyBlob{Public: tpm2.Marshal(pub), Private: private}
+		blob = &tpm.KeyBlob{Public: public, Private: private}
 		return nil
 	})
 	return blob, err
@@ -96,6 +97,29 @@ func (t *TPM) storageSeed() []byte { return t.derive("SRK STORAGE", 256) }
 // holds t.mu.
 func (t *TPM) endorsementSeed() []byte { return t.derive("EK STORAGE", 256) }
 
+// canonicalName returns the name of the object whose public area pub was
+// decoded from raw: nameAlg || H_nameAlg(raw). raw must be the canonical
+// encoding of pub (a TPM refuses trailing bytes and reserved attribute
+// bits), so that the name is the one the TPM computes.
+func canonicalName(pub *tpm2.TPMTPublic, raw []byte) ([]byte, error) {
+	if !bytes.Equal(tpm2.Marshal(pub), raw) {
+		return nil, errors.New("public area is not canonical")
+	}
+	return objectName(pub.NameAlg, raw)
+}
+
+// objectName is nameAlg || H_nameAlg(public), public a marshaled
+// TPMT_PUBLIC.
+func objectName(nameAlg tpm2.TPMIAlgHash, public []byte) ([]byte, error) {
+	h, err := nameAlg.Hash()
+	if err != nil || !h.Available() {
+		return nil, fmt.Errorf("name algorithm 0x%04x not supported", uint16(nameAlg))
+	}
+	d := h.New()
+	d.Write(public)
+	return d.Sum([]byte{byte(nameAlg >> 8), byte(nameAlg)}), nil
+}
+
 // loadedKey is a key blob opened for one operation.
 type loadedKey struct {
 	pub  *tpm2.TPMTPublic
@@ -115,14 +139,11 @@ func (t *TPM) load(k *tpm.KeyBlob, what string) (*loadedKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load %s: public area: %w", what, err)
 	}
-	if !bytes.Equal(tpm2.Marshal(pub), k.Public) {
+	name, err := canonicalName(pub, k.Public)
+	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", what, paramErr(tpm2.TPMRCSize, 2)) // trailing bytes, reserved bits
 	}
-	name, err := tpm2.ObjectName(pub)
-	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", what, handleErr(tpm2.TPMRCHash, 1))
-	}
-	sensitive, err := unprotect(t.storageSeed(), name.Buffer, k.Private)
+	sensitive, err := unprotect(t.storageSeed(), name, k.Private)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", what, err)
 	}
@@ -131,7 +152,7 @@ func (t *TPM) load(k *tpm.KeyBlob, what string) (*loadedKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", what, err)
 	}
-	return &loadedKey{pub: pub, name: name.Buffer, priv: priv}, nil
+	return &loadedKey{pub: pub, name: name, priv: priv}, nil
 }
 
 // eccPrivate checks that a sensitive area holds the private key of an ECC
@@ -227,7 +248,7 @@ func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		if a := s.loaded.pub.ObjectAttributes; a.Restricted {
 			return paramErr(tpm2.TPMRCTicket, 3)
 		} else if !a.SignEncrypt {
-			return handleErr(tpm2.TPMRCKey, 1)
+			return tpm2.TPMRC(uint32(tpm2.TPMRCKey) | 1<<8) // handle 1
 		}
 		var err error
 		der, err = ecdsa.SignASN1(rand.Reader, s.loaded.priv, digest)

@@ -59,9 +59,10 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.now = 
 
 // WithRand sets the source of randomness: the primary seed when WithSeed is
 // not given, the private keys CreateAK and CreateTransportKey generate, and
-// the IVs of key blobs. nil, the default, means crypto/rand. (ECDSA
-// signatures draw their randomness from crypto/rand regardless, as
-// crypto/ecdsa does since Go 1.26.)
+// the IVs of key blobs. nil, the default, means crypto/rand. A TPM reads it
+// only under its mutex; a reader shared by several TPMs must be safe for
+// concurrent use. (ECDSA signatures draw their randomness from crypto/rand
+// regardless, as crypto/ecdsa does since Go 1.26.)
 func WithRand(r io.Reader) Option { return func(o *options) { o.rand = r } }
 
 // WithState restores the state a TPM saved with (*TPM).State: its NV
@@ -254,10 +255,6 @@ func (t *TPM) derive(label string, bits int) []byte {
 // the canonical tpm2.TPMRC and the message reads as device/tpm's does.
 func paramErr(rc tpm2.TPMRC, n int) error {
 	return tpm2.TPMRC(uint32(rc) | 0x040 | uint32(n)<<8)
-}
-
-func handleErr(rc tpm2.TPMRC, n int) error {
-	return tpm2.TPMRC(uint32(rc) | uint32(n)<<8)
 }
 
 func sessionErr(rc tpm2.TPMRC, n int) error {
