@@ -56,7 +56,9 @@
 // the parameter, handle or session a TPM would name, so errors.Is(err,
 // tpm2.TPMRCPolicyFail) and the like hold as they do on swtpm. The
 // conformance suite (package conformance) runs the same checks, with the
-// fleet's verification code, against swtpm and this package.
+// fleet's verification code, against swtpm and this package, and compares
+// their response codes; a cgo test has the TCG reference TPM make
+// credentials and duplicates for this package's ECC and RSA EKs.
 //
 // # What it does not simulate
 //

@@ -31,8 +31,9 @@ type options struct {
 }
 
 // WithSeed sets the TPM's primary seed, SeedSize bytes. Every secret of the
-// TPM is derived from it: the ECC EK, the storage key that wraps key blobs
-// and imported secrets, and the proof that obfuscates clock values. A TPM
+// TPM is derived from it: the ECC EK, the storage root key, the seeds that
+// wrap key blobs and imported secrets, and the proof that obfuscates the
+// counters in attestations. A TPM
 // made again from the same seed has the same EK (and, from the same CA, the
 // same EK certificate) and loads the blobs the earlier one made; this is how
 // a simulated device keeps its identity across a restart of the simulation.
