@@ -131,9 +131,11 @@ func (t *TPM) Unseal(b *tpm.SealedBlob) ([]byte, error) {
 	}
 	var secret []byte
 	err = t.do("unseal", func() error {
-		name, err := canonicalName(pub, b.Public)
+		// As in load: the integrity HMAC of the private area covers the name
+		// of the canonical public area ImportSecret checked.
+		name, err := objectName(pub.NameAlg, b.Public)
 		if err != nil {
-			return fmt.Errorf("load: %w", paramErr(tpm2.TPMRCSize, 2))
+			return fmt.Errorf("load: %w", paramErr(tpm2.TPMRCHash, 2))
 		}
 		sensitive, err := unprotect(t.endorsementSeed(), name, b.Private)
 		if err != nil {

@@ -139,9 +139,13 @@ func (t *TPM) load(k *tpm.KeyBlob, what string) (*loadedKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load %s: public area: %w", what, err)
 	}
-	name, err := canonicalName(pub, k.Public)
+	// The name is computed over the bytes as stored. The private area's
+	// integrity HMAC covers the name createKey computed over the canonical
+	// encoding, so any other encoding of the public area fails the check
+	// below: no need to encode pub again to compare.
+	name, err := objectName(pub.NameAlg, k.Public)
 	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", what, paramErr(tpm2.TPMRCSize, 2)) // trailing bytes, reserved bits
+		return nil, fmt.Errorf("load %s: %w", what, paramErr(tpm2.TPMRCHash, 2))
 	}
 	sensitive, err := unprotect(t.storageSeed(), name, k.Private)
 	if err != nil {
