@@ -12,7 +12,7 @@ import (
 
 // Version is the protocol version this build speaks. A receiver refuses an
 // envelope with a higher version with ReasonUnsupportedVersion.
-const Version = 4
+const Version = 5
 
 // MaxMessageSize bounds an encoded envelope. Enrollment carries certificates
 // and TPM structures, a few KiB; attestation evidence may carry a
