@@ -17,8 +17,11 @@ type nvIndex struct {
 }
 
 // SecurityVersion returns the value of the anti-rollback counter at
-// tpm.SecurityVersionIndex (see Counter).
-func (t *TPM) SecurityVersion() (uint64, error) { return t.Counter(tpm.SecurityVersionIndex) }
+// tpm.SecurityVersionIndex, defining it first when it is not defined (as
+// device/tpm does), so a new TPM reads 0.
+func (t *TPM) SecurityVersion() (uint64, error) {
+	return t.AdvanceCounter(tpm.SecurityVersionIndex, 0)
+}
 
 // AdvanceSecurityVersion raises the anti-rollback counter at
 // tpm.SecurityVersionIndex to at least to (see AdvanceCounter).
@@ -27,9 +30,10 @@ func (t *TPM) AdvanceSecurityVersion(to uint64) (uint64, error) {
 }
 
 // Counter returns the value of the NV counter at index, as device/tpm's
-// Counter does: an index that is not defined reads as 0; an index that
-// holds anything but a counter (the EK certificate) is refused with
-// tpm.ErrNotCounter; a handle that is not an NV index is an error.
+// Counter does: an index that is not defined is tpm.ErrCounterUndefined;
+// an index that holds anything but a counter (the EK certificate) is
+// refused with tpm.ErrNotCounter; a handle that is not an NV index is an
+// error.
 func (t *TPM) Counter(index uint32) (uint64, error) {
 	if err := checkNVIndex(index); err != nil {
 		return 0, fmt.Errorf("softtpm: read counter: %w", err)
@@ -37,10 +41,14 @@ func (t *TPM) Counter(index uint32) (uint64, error) {
 	var v uint64
 	err := t.do(fmt.Sprintf("read counter 0x%08x", index), func() error {
 		n, err := t.counter(index)
-		if n != nil {
-			v = n.value
+		if err != nil {
+			return err
 		}
-		return err
+		if n == nil {
+			return fmt.Errorf("%w: 0x%08x", tpm.ErrCounterUndefined, index)
+		}
+		v = n.value
+		return nil
 	})
 	return v, err
 }
@@ -48,7 +56,7 @@ func (t *TPM) Counter(index uint32) (uint64, error) {
 // AdvanceCounter raises the NV counter at index until its value is at
 // least to and returns its value then, with device/tpm's rules: the counter
 // only goes up (a target at or below its value changes nothing); an
-// undefined index is defined as a counter, unless to is 0; an index that is
+// undefined index is defined as a counter first; an index that is
 // not a counter is refused with tpm.ErrNotCounter; a target more than
 // tpm.MaxCounterAdvance above the value is refused with tpm.ErrCounterJump
 // and changes nothing.
@@ -63,9 +71,6 @@ func (t *TPM) AdvanceCounter(index uint32, to uint64) (uint64, error) {
 			return err
 		}
 		if n == nil {
-			if to == 0 {
-				return nil
-			}
 			n = &nvIndex{counter: true}
 			t.nv[index] = n
 		}

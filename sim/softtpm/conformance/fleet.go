@@ -75,8 +75,9 @@ func encode(t *testing.T, typ string, body any) []byte {
 // pcr16Policy is a reference policy that expects one value of PCR 16.
 type pcr16Policy struct{ p *policy.Policy }
 
-func (p pcr16Policy) Select(string, string, string) (*policy.Policy, error) { return p.p, nil }
-func (p pcr16Policy) Covers(string) (bool, error)                           { return true, nil }
+func (p pcr16Policy) Choose(string, string, string) (policy.Choice, error) {
+	return policy.Choice{Policy: p.p, Action: policy.ActionQuarantine, Covered: true}, nil
+}
 
 // testEnrollAndAttest enrolls device A with the fleet's enrollment service
 // (fleet/enroll: EK chain, AK and transport key checks, credential
@@ -179,9 +180,17 @@ func testEnrollAndAttest(t *testing.T, e *env) {
 	}
 	judge := func(want string) *attest.Record {
 		t.Helper()
-		if err := att.Challenge(res.DeviceID); err != nil {
+		// Judge takes evidence as a renewal carries it: ask for a nonce
+		// for that purpose, as sigild does before renewing.
+		raw, err := wire.Encode(wire.TypeAttestRequest, nil, time.Now(), &wire.AttestRequest{Reason: wire.PurposeRenew})
+		if err != nil {
 			t.Fatal(err)
 		}
+		env, err := wire.Decode(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		att.Submit(res.DeviceID, env, raw)
 		var ch wire.AttestChallenge
 		out.last(t, res.DeviceID, wire.TypeAttestChallenge, &ch)
 		ev := &wire.AttestEvidence{Nonce: ch.Nonce, Firmware: "1.0.0"}
