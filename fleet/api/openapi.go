@@ -88,7 +88,7 @@ func (h *handler) describeCore() {
 	h.describe("POST /api/v1/ca/prepare", "Prepare the next CA generation", nil, ca.Generation{}, 201)
 	h.describe("POST /api/v1/ca/activate", "Activate the prepared generation and re-issue devices", CAActivateRequest{}, CAActivateResponse{})
 	h.describe("POST /api/v1/ca/retire", "Retire superseded generations", nil, list{"retired": []ca.Generation{}})
-	h.describe("POST /api/v1/devices/{id}/revoke", "Revoke a device's certificate (reason)", revokeRequest{}, Device{})
+	h.describe("POST /api/v1/devices/{id}/revoke", "Revoke every unexpired certificate of a device (reason) and close its sessions; it may enroll again from its EK", revokeRequest{}, Device{})
 	h.describe("POST /api/v1/devices/{id}/decommission", "Decommission a device", revokeRequest{}, Device{})
 	h.describe("POST /api/v1/devices/{id}/rotate", "Rotate one device's certificate now", nil, RotationView{}, 201)
 	h.describe("GET /api/v1/rotations", "List rotation jobs", nil, list{"rotations": []RotationView{}})

@@ -10,7 +10,10 @@
 // its certificates are kept until they expire (Device.Certs), so that the
 // broker admits only a serial issued to the device and still current, and
 // quarantine and decommissioning revoke every one (Store.Quarantine,
-// Store.Decommission) in the transaction that changes the state.
+// Store.Decommission) in the transaction that changes the state. Every
+// other revocation of a device revokes every one too (Store.RevokeDevice);
+// only a renewal revokes some: the serials it superseded
+// (Store.RevokeSuperseded).
 //
 // Pending approvals are devices in StatePending: list them with
 // ListDevices(Filter{State: StatePending}).
@@ -77,13 +80,13 @@ type Device struct {
 	// Certs lists every certificate the fleet issued to the device that
 	// has not expired (and the current one always), oldest first, each
 	// with whether it is revoked. The broker admits only these, unrevoked
-	// (Admits); quarantine and decommissioning revoke every one. An entry
-	// leaves only once its certificate expired. Records written before
-	// Certs existed have none: Certificates derives them.
+	// (Admits); quarantine, decommissioning and revocation revoke every
+	// one. An entry leaves only once its certificate expired. Records
+	// written before Certs existed have none: Certificates derives them.
 	Certs []Cert `json:"certs,omitempty"`
 	// Revoked lists revoked serials (hex) that Certs does not hold: those
 	// of records written before Certs existed, or a serial never issued
-	// to the device. Never trimmed.
+	// to the device (Device.RevokeSerial). Never trimmed.
 	Revoked []string `json:"revoked,omitempty"`
 	// Superseded is read from records written before Certs existed
 	// (serials a renewal replaced and not yet revoked); Certificates takes
