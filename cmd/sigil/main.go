@@ -434,7 +434,7 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "revoked the certificate of %s; it may prove itself again from its EK (decommission to shut it out)\n", d.ID)
+		fmt.Fprintf(stdout, "revoked every unexpired certificate of %s; it may prove itself again from its EK (decommission to shut it out)\n", d.ID)
 		return nil
 	case "decommission":
 		d, err := c.Decommission(ctx, id, *comment)
