@@ -434,7 +434,7 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "revoked the certificate of %s; it may prove itself again from its EK (decommission to shut it out)\n", d.ID)
+		fmt.Fprintf(stdout, "revoked every unexpired certificate of %s; it may prove itself again from its EK (decommission to shut it out)\n", d.ID)
 		return nil
 	case "decommission":
 		d, err := c.Decommission(ctx, id, *comment)
@@ -460,8 +460,8 @@ func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fs := flag.NewFlagSet("tokens create", flag.ContinueOnError)
 	af := addAPIFlags(fs)
-	model := fs.String("model", "", "model assigned to the enrolled device (needs secrets.write)")
-	group := fs.String("group", "", "group assigned to the enrolled device (needs secrets.write)")
+	model := fs.String("model", "", "model assigned to the enrolled device (needs secrets.write; a second person's approval under two_person_rule)")
+	group := fs.String("group", "", "group assigned to the enrolled device (needs secrets.write; a second person's approval under two_person_rule)")
 	owner := fs.String("owner", "", "owner assigned to the enrolled device")
 	ttl := fs.Duration("ttl", 24*time.Hour, "token lifetime")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -479,6 +479,9 @@ func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
 		return printJSON(stdout, tok)
 	}
 	fmt.Fprintf(stdout, "token:   %s\nid:      %s\nexpires: %s\n(shown once; single use)\n", tok.Token, tok.ID, tok.Expires.Format(time.RFC3339))
+	if tok.Pending && tok.Approval != nil {
+		fmt.Fprintf(stdout, "pending: no device enrolls with it until a second person approves request %s (sigil approvals)\n", tok.Approval.ID)
+	}
 	return nil
 }
 

@@ -33,7 +33,7 @@ type Action string
 // Actions a rule may carry.
 const (
 	ActionQuarantine Action = "quarantine" // restrict the device as a failed attestation does
-	ActionRevoke     Action = "revoke"     // revoke the device's credential
+	ActionRevoke     Action = "revoke"     // revoke every unexpired certificate of the device
 )
 
 // Op compares a value with a rule's value.

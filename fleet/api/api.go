@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -127,6 +126,7 @@ func New(cfg Config) http.Handler {
 	h.fieldsNeed("PATCH /api/v1/devices/{id}", assignPerm, "model", "group")
 	h.route("POST /api/v1/enrollment-tokens", auth.PermDevicesWrite, h.createToken)
 	h.fieldsNeed("POST /api/v1/enrollment-tokens", assignPerm, "model", "group")
+	h.registerAssignExecutors()
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()
@@ -302,7 +302,8 @@ const assignPerm = auth.PermSecretsWrite
 var errAssign = errors.New("api: changing a device's model or group needs " + string(assignPerm))
 
 // devicePatch changes operator-owned fields; absent fields stay. Changing
-// model or group (to another value) also needs assignPerm.
+// model or group (to another value) also needs assignPerm, and under the
+// two-person rule a second person's approval (assign.go).
 type devicePatch struct {
 	Owner *string   `json:"owner"`
 	Model *string   `json:"model"`
@@ -334,31 +335,18 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 		}
 	}
 	id := r.PathValue("id")
-	mayAssign := h.can(r, assignPerm)
-	err := h.cfg.Inventory.Update(id, func(d *inventory.Device) error {
-		if !mayAssign && ((p.Model != nil && *p.Model != d.Model) || (p.Group != nil && *p.Group != d.Group)) {
-			return errAssign
-		}
-		if p.Owner != nil {
-			d.Owner = *p.Owner
-		}
-		if p.Model != nil {
-			d.Model = *p.Model
-		}
-		if p.Group != nil {
-			d.Group = *p.Group
-		}
-		if p.Tags != nil {
-			d.Tags = slices.Compact(slices.Sorted(slices.Values(*p.Tags)))
-		}
-		return nil
-	})
+	mayAssign, held := h.can(r, assignPerm), h.cfg.Approvals != nil
+	err := h.cfg.Inventory.Update(id, func(d *inventory.Device) error { return p.apply(d, mayAssign, held) })
 	if errors.Is(err, inventory.ErrNotFound) {
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
 		return
 	}
 	if errors.Is(err, errAssign) {
 		problem(w, http.StatusForbidden, "forbidden", "changing a device's model or group decides which secrets it receives: it needs the "+string(assignPerm)+" permission")
+		return
+	}
+	if errors.Is(err, errHeld) {
+		h.fileDeviceAssign(w, r, id, p)
 		return
 	}
 	if err != nil {
@@ -392,6 +380,11 @@ type TokenResponse struct {
 	Group   string    `json:"group,omitempty"`
 	Owner   string    `json:"owner,omitempty"`
 	Expires time.Time `json:"expires"`
+	// Pending, under the two-person rule for a token that grants a model
+	// or group: no device enrolls with it until a second person approves
+	// Approval, the request filed for it.
+	Pending  bool              `json:"pending,omitempty"`
+	Approval *approval.Request `json:"approval,omitempty"`
 }
 
 func (h *handler) createToken(w http.ResponseWriter, r *http.Request, _ string) {
@@ -417,6 +410,10 @@ func (h *handler) createToken(w http.ResponseWriter, r *http.Request, _ string) 
 			problem(w, http.StatusBadRequest, "bad request", "model, group and owner are at most 128 characters on one line")
 			return
 		}
+	}
+	if (req.Model != "" || req.Group != "") && h.cfg.Approvals != nil {
+		h.createHeldToken(w, r, req, ttl)
+		return
 	}
 	secret, tok, err := h.cfg.Inventory.CreateToken(inventory.Grant{Model: req.Model, Group: req.Group}, req.Owner, ttl)
 	if err != nil {

@@ -188,7 +188,7 @@ func (c *Client) PutPolicy(ctx context.Context, p *policy.Policy) (*policy.Polic
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/policies", p, &out)
 }
 
-// Revoke revokes a device's current certificate.
+// Revoke revokes every certificate of a device that has not expired.
 func (c *Client) Revoke(ctx context.Context, id, reason, comment string) (*Device, error) {
 	var out Device
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/revoke", revokeRequest{Reason: reason, Comment: comment}, &out)

@@ -37,28 +37,12 @@ type revokeRequest struct {
 	Comment string `json:"comment"`
 }
 
-// revokeCurrent revokes the device's current certificate and closes its
-// session; it reports false after writing an error.
-func (h *handler) revokeCurrent(w http.ResponseWriter, d *inventory.Device, reason int, who, comment string) bool {
-	if d.CertSerial == "" || d.IsRevoked(d.CertSerial) {
-		return true
-	}
-	if err := h.cfg.Inventory.Revoke(inventory.Revocation{Serial: d.CertSerial, DeviceID: d.ID, Reason: reason, Time: h.cfg.Now(), Expires: d.CertExpiry}); err != nil {
-		h.internal(w, err)
-		return false
-	}
-	h.crls.invalidate()
-	if h.cfg.Disconnect != nil {
-		h.cfg.Disconnect(d.ID)
-	}
-	_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "revoked",
-		Detail: "certificate " + d.CertSerial + " revoked (" + inventory.ReasonName(reason) + ") by " + who + ": " + comment})
-	return true
-}
-
-// revoke revokes the device's current certificate. The device keeps its
-// identity: it can prove itself again from its EK (re-enrollment); to shut
-// it out, decommission it.
+// revoke revokes every certificate of the device that has not expired,
+// with the revocation's CRL entries, in one transaction
+// (inventory.Store.RevokeDevice: a renewed-away certificate is revoked
+// too), and closes its sessions whatever was left to revoke. The device
+// keeps its identity: it can prove itself again from its EK
+// (re-enrollment); to shut it out, decommission it.
 func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
 	var req revokeRequest
 	if !decode(w, r, &req) {
@@ -73,8 +57,21 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
 		}
 	}
 	d, ok := h.device(w, r)
-	if !ok || !h.revokeCurrent(w, d, reason, who, req.Comment) {
+	if !ok {
 		return
+	}
+	_, revoked, err := h.cfg.Inventory.RevokeDevice(d.ID, reason)
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	h.crls.invalidate()
+	if h.cfg.Disconnect != nil {
+		h.cfg.Disconnect(d.ID) // always: a session may hold a serial revoked earlier
+	}
+	if len(revoked) > 0 {
+		_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "revoked",
+			Detail: "certificates " + strings.Join(revoked, ", ") + " revoked (" + inventory.ReasonName(reason) + ") by " + who + ": " + req.Comment})
 	}
 	d, ok = h.device(w, r)
 	if ok {

@@ -25,6 +25,7 @@ type opsFixture struct {
 	srv    *httptest.Server
 	auth   *auth.Service
 	apr    *approval.Manager // nil without the two-person rule
+	inv    *inventory.Store
 	log    *audit.Log
 	scoped map[auth.Role]string // root's tokens, by scope
 	n      int                  // for fresh names
@@ -53,7 +54,7 @@ func newOpsFixture(t testing.TB, twoPerson bool) *opsFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lg.Close() })
-	f := &opsFixture{auth: a, log: lg, scoped: map[auth.Role]string{}}
+	f := &opsFixture{auth: a, inv: inv, log: lg, scoped: map[auth.Role]string{}}
 	ctx := context.Background()
 	if _, err := a.CreateUser(ctx, "root", rootPW, auth.RoleAdmin); err != nil {
 		t.Fatal(err)
@@ -125,7 +126,9 @@ func (f *opsFixture) do(t testing.TB, method, path, tok string, body any, hdr ..
 // revokes users, roles, tokens or approvals, a credential never does more
 // than its own scope: an admin's API token scoped to each role is tried
 // against every target role, and is allowed exactly when its scope covers
-// both the route's permission and the role it hands out or acts on.
+// both the route's permission and the role it hands out or acts on. The
+// same holds for what steers secrets (a device's model and group, a token
+// granting them), which the two-person rule holds for a second person.
 func TestScopeBoundsOperatorRoutes(t *testing.T) {
 	for _, twoPerson := range []bool{false, true} {
 		t.Run(fmt.Sprintf("two_person_rule=%v", twoPerson), func(t *testing.T) {
@@ -191,6 +194,35 @@ func TestScopeBoundsOperatorRoutes(t *testing.T) {
 					check("DELETE /api/v1/tokens/{id}", scope, role, scope.Covers(role), resp.StatusCode, http.StatusNoContent)
 					if got, _ := f.auth.Token(other.ID); got.Revoked.IsZero() == (resp.StatusCode == http.StatusNoContent) {
 						t.Errorf("DELETE token as %s: answered %d but revoked=%v", scope, resp.StatusCode, !got.Revoked.IsZero())
+					}
+				}
+			}
+			// Secret steering: moving a device into another model or group,
+			// and an enrollment token that grants one, need devices.write
+			// and secrets.write; under the two-person rule the move is filed
+			// (202) and the token created pending.
+			moved := http.StatusOK
+			if twoPerson {
+				moved = http.StatusAccepted
+			}
+			steer := func(s auth.Role) bool { return s.Has(auth.PermDevicesWrite) && s.Has(assignPerm) }
+			for i, scope := range auth.Roles() {
+				tok := f.scoped[scope]
+				id := fmt.Sprintf("%032x", 0x5ee700+i)
+				if err := f.inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
+					t.Fatal(err)
+				}
+				for _, field := range []string{"model", "group"} {
+					resp, _ := f.do(t, "PATCH", "/api/v1/devices/"+id, tok, map[string]string{field: "steer-" + string(scope)})
+					check("PATCH /api/v1/devices/{id} ("+field+")", scope, scope, steer(scope), resp.StatusCode, moved)
+					if d, _ := f.inv.Device(id); (resp.StatusCode == http.StatusOK) != (d.Model != "" || d.Group != "") {
+						t.Errorf("PATCH %s with a %s-scoped token answered %d; the device has model %q group %q", field, scope, resp.StatusCode, d.Model, d.Group)
+					}
+					resp, body := f.do(t, "POST", "/api/v1/enrollment-tokens", tok, map[string]string{field: "steer"})
+					check("POST /api/v1/enrollment-tokens ("+field+")", scope, scope, steer(scope), resp.StatusCode, http.StatusCreated)
+					var tr TokenResponse
+					if json.Unmarshal([]byte(body), &tr); resp.StatusCode == http.StatusCreated && (tr.Pending != twoPerson || (tr.Approval != nil) != twoPerson) {
+						t.Errorf("a token granting a %s with a %s-scoped token under two_person_rule=%v: pending=%v approval=%v", field, scope, twoPerson, tr.Pending, tr.Approval != nil)
 					}
 				}
 			}

@@ -1,6 +1,8 @@
 // Package approval enforces the two-person rule for dangerous fleet
 // actions: a firmware release, a mass revocation or rotation, a CA
-// rotation, a policy change, a secret change.
+// rotation, a policy change, a secret change, and what steers a secret to
+// a device (moving it into a model or group, an enrollment token that
+// grants one).
 //
 // Someone submits a Request (what: a kind, a target and parameters as JSON;
 // why: a justification) that expires unless approved in time. Other people
@@ -56,6 +58,8 @@ const (
 	KindSecretChange    Kind = "secret.change"       // create, change or delete a secret
 	KindUserChange      Kind = "users.change"        // enable a new account, change a user's role, enable a user again
 	KindApproverToken   Kind = "tokens.approver"     // let an API token that may approve authenticate
+	KindDeviceAssign    Kind = "devices.assign"      // move a device into a model or group (what secrets and policies target)
+	KindGrantingToken   Kind = "tokens.enrollment"   // let an enrollment token that grants a model or group be used
 )
 
 // Rule says who may request a kind of action and who must approve it.
@@ -75,7 +79,7 @@ type Rule struct {
 // DefaultRules returns the rules used when Config.Rules is nil: one
 // approval by a release approver for firmware releases, and one by a
 // security admin (or an admin) for everything else, user and approver
-// token changes included.
+// token changes, device moves and granting enrollment tokens included.
 func DefaultRules() map[Kind]Rule {
 	return map[Kind]Rule{
 		KindUserChange:      {Request: auth.PermUsersAdmin, Approve: auth.PermSecurityApprove, Approvals: 1},
@@ -86,6 +90,8 @@ func DefaultRules() map[Kind]Rule {
 		KindCARotation:      {Request: auth.PermCAAdmin, Approve: auth.PermSecurityApprove, Approvals: 1},
 		KindPolicyChange:    {Request: auth.PermPoliciesWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
 		KindSecretChange:    {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindDeviceAssign:    {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindGrantingToken:   {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
 	}
 }
 

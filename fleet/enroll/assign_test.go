@@ -1,6 +1,7 @@
 package enroll_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -66,5 +67,38 @@ func TestTokenGrantsModelAndGroup(t *testing.T) {
 	}
 	if d.Model != "bench-gw" || d.Group != "vault" || d.ClaimedModel != "bench-gw" || d.Owner != "ops" || d.TrustPath != "token" {
 		t.Fatalf("enrolled with a granting token: %+v", d)
+	}
+}
+
+// TestPendingTokenRefusedUntilActivated: a token created pending (it
+// grants a group under the two-person rule) enrolls nothing, not even a
+// TPM another path would trust, and says why; once activated it grants
+// what it was created with.
+func TestPendingTokenRefusedUntilActivated(t *testing.T) {
+	rec := record(t)
+	h := sessionHarness(t, rec, 0)
+	g := inventory.Grant{Model: "bench-gw", Group: "vault"}
+	secret, tok, err := h.inv.CreatePendingToken(g, "ops", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := rec.req
+	req.Token = secret
+	res := enrollAs(t, h, rec, "e-pending", &req)
+	if res.Status != wire.StatusRefused || res.Reason != wire.ReasonTokenInvalid || !strings.Contains(res.Message, "approval") {
+		t.Fatalf("enrollment with a pending token: %+v", res)
+	}
+	if n, _ := h.inv.Counts(); n[inventory.StateActive]+n[inventory.StatePending] != 0 {
+		t.Fatalf("a pending token enrolled a device: %v", n)
+	}
+	if _, err := h.inv.ActivateToken(tok.ID, g); err != nil {
+		t.Fatal(err)
+	}
+	res = enrollAs(t, h, rec, "e-approved", &req)
+	if res.Status != wire.StatusActive {
+		t.Fatalf("enrollment with the activated token: %+v", res)
+	}
+	if d, _ := h.inv.Device(res.DeviceID); d.Model != "bench-gw" || d.Group != "vault" {
+		t.Fatalf("enrolled with the activated token: model %q, group %q", d.Model, d.Group)
 	}
 }

@@ -594,6 +594,10 @@ func tokenRefusal(err error) error {
 		return wire.Refuse(wire.ReasonTokenUsed, "enrollment token already used", err)
 	case errors.Is(err, inventory.ErrTokenBinding):
 		return wire.Refuse(wire.ReasonTokenBinding, "enrollment token bound to another model", err)
+	case errors.Is(err, inventory.ErrTokenPending):
+		// Not usable yet: the device asks again, with backoff, until a
+		// second person approved the token (two-person rule).
+		return wire.Refuse(wire.ReasonTokenInvalid, "enrollment token awaits a second person's approval", err)
 	case errors.Is(err, inventory.ErrTokenInvalid):
 		return wire.Refuse(wire.ReasonTokenInvalid, "invalid enrollment token", err)
 	}

@@ -511,3 +511,42 @@ func (q InventoryQuarantiner) Quarantine(deviceID, why string) error {
 	return q.Inventory.AddEvent(inventory.Event{Time: now(), DeviceID: deviceID, Kind: "quarantined",
 		Detail: "governance: " + why + "; certificates revoked: " + strings.Join(revoked, ", ")})
 }
+
+// InventoryRevoker revokes through the inventory
+// (inventory.Store.RevokeDevice): every certificate of the device that has
+// not expired is revoked, and listed for the CRL, in one transaction; the
+// event is recorded when something was revoked, and the device's sessions
+// are closed whatever was (a session may hold a serial revoked earlier).
+// The device keeps its state: it may prove itself again from its EK.
+type InventoryRevoker struct {
+	Inventory *inventory.Store
+	// Disconnect closes a device's sessions (broker.Disconnect); nil
+	// leaves them to end on their own.
+	Disconnect func(deviceID string)
+	// Now is the clock of the recorded event; nil means time.Now.
+	Now func() time.Time
+}
+
+var _ Revoker = InventoryRevoker{}
+
+// Revoke revokes every unexpired certificate of deviceID for reason; why
+// is recorded in its events.
+func (r InventoryRevoker) Revoke(deviceID string, reason int, why string) ([]string, error) {
+	now := time.Now
+	if r.Now != nil {
+		now = r.Now
+	}
+	_, revoked, err := r.Inventory.RevokeDevice(deviceID, reason)
+	if err != nil {
+		return nil, fmt.Errorf("governance: revoke %s: %w", deviceID, err)
+	}
+	if r.Disconnect != nil {
+		r.Disconnect(deviceID)
+	}
+	if len(revoked) == 0 {
+		return nil, nil
+	}
+	err = r.Inventory.AddEvent(inventory.Event{Time: now(), DeviceID: deviceID, Kind: "revoked",
+		Detail: "certificates " + strings.Join(revoked, ", ") + " revoked (" + inventory.ReasonName(reason) + "): " + why})
+	return revoked, err
+}

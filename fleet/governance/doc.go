@@ -39,9 +39,11 @@
 // (not connected, and its inventory LastSeen is older) while it holds a
 // valid credential: a current certificate serial that is neither revoked nor
 // expired. The sweep flags it (FlagDormant), raises KindDormant and, when
-// Config.RevokeDormant is set, revokes the serial through the Revoker
-// (reason cessationOfOperation) and raises KindDormantRevoked. The flag and
-// the alert clear when the device is seen again.
+// Config.RevokeDormant is set, revokes the device through the Revoker
+// (every certificate it holds that has not expired, a renewed-away one
+// too, reason cessationOfOperation; its sessions are closed) and raises
+// KindDormantRevoked. The flag and the alert clear when the device is seen
+// again.
 //
 // # Clones
 //

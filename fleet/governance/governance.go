@@ -76,9 +76,12 @@ type Devices interface {
 	Update(id string, fn func(*inventory.Device) error) error
 }
 
-// Revoker revokes a certificate. *inventory.Store implements it.
+// Revoker revokes a device: every certificate it holds that has not
+// expired, for reason (an inventory reason code), and closes its sessions;
+// why is recorded with it. It returns the serials it revoked.
+// InventoryRevoker implements it.
 type Revoker interface {
-	Revoke(r inventory.Revocation) error
+	Revoke(deviceID string, reason int, why string) ([]string, error)
 }
 
 // Quarantiner isolates a device: afterwards it may only prove itself again.
@@ -159,8 +162,8 @@ type Config struct {
 	Devices Devices
 	// Alerter receives alerts; nil logs them only.
 	Alerter Alerter
-	// Revoker revokes dormant devices' certificates when RevokeDormant is
-	// set; nil with RevokeDormant is an error.
+	// Revoker revokes dormant devices (every unexpired certificate) when
+	// RevokeDormant is set; nil with RevokeDormant is an error.
 	Revoker Revoker
 	// Quarantiner isolates clones; nil alerts only.
 	Quarantiner Quarantiner
@@ -181,7 +184,7 @@ type Config struct {
 	// DormantAfter is how long a device holding a valid credential may go
 	// unseen before it is dormant. Default 30 days.
 	DormantAfter time.Duration
-	// RevokeDormant revokes a dormant device's certificate (policy).
+	// RevokeDormant revokes a dormant device's certificates (policy).
 	RevokeDormant bool
 	// SilentAfter is how long a device may go unseen before silence
 	// counts in its risk. Default 1h.

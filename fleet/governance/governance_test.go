@@ -95,7 +95,7 @@ func TestDormantDeviceIsAlertedAndRevokedByPolicy(t *testing.T) {
 	f := newFleet(t, func(c *governance.Config) {
 		c.DormantAfter = 30 * 24 * time.Hour
 		c.RevokeDormant = true
-		c.Revoker = c.Devices.(*inventory.Store)
+		c.Revoker = governance.InventoryRevoker{Inventory: c.Devices.(*inventory.Store), Now: c.Now}
 	})
 	f.owner("plant-a", governance.OwnerActive)
 	year := 365 * 24 * time.Hour

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -213,17 +214,24 @@ func (s *Service) applyDormant(d *inventory.Device, st *Status, now time.Time, r
 			Attrs:   map[string]string{"last_seen": stamp(seen), "serial": d.CertSerial, "cert_expiry": stamp(d.CertExpiry)}})
 	}
 	if st.Dormant && s.cfg.RevokeDormant && st.RevokedSerial == "" && hasValidCredential(d, now) {
-		err := s.cfg.Revoker.Revoke(inventory.Revocation{Serial: d.CertSerial, DeviceID: d.ID,
-			Reason: inventory.ReasonCessationOfOperation, Time: now, Expires: d.CertExpiry})
+		// Every unexpired certificate, a renewed-away one too: the device
+		// may prove itself again from its EK when it returns.
+		revoked, err := s.cfg.Revoker.Revoke(d.ID, inventory.ReasonCessationOfOperation,
+			"governance: dormant since "+stamp(st.LastSeen)+", revoked by policy")
 		if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 			s.log.Error("governance: revoking a dormant device failed; retried at the next sweep", "device_id", d.ID, "err", err)
 		} else if err == nil {
 			st.RevokedSerial = d.CertSerial
-			d.Revoke(d.CertSerial)
+			if fresh, err := s.cfg.Devices.Device(d.ID); err == nil {
+				*d = *fresh
+			}
+			if len(revoked) == 0 {
+				revoked = []string{st.RevokedSerial} // revoked meanwhile by someone else
+			}
 			rep.Revoked++
 			s.alert(Alert{Time: now, DeviceID: d.ID, Kind: KindDormantRevoked, Severity: SeverityWarning,
-				Summary: fmt.Sprintf("certificate %s of a device dormant since %s revoked by policy", st.RevokedSerial, stamp(st.LastSeen)),
-				Attrs:   map[string]string{"serial": st.RevokedSerial, "last_seen": stamp(st.LastSeen)}})
+				Summary: fmt.Sprintf("certificates %s of a device dormant since %s revoked by policy", strings.Join(revoked, ", "), stamp(st.LastSeen)),
+				Attrs:   map[string]string{"serial": st.RevokedSerial, "serials": strings.Join(revoked, ","), "last_seen": stamp(st.LastSeen)}})
 		}
 	}
 	s.syncFlag(d, FlagDormant, st.Dormant)

@@ -10,7 +10,10 @@
 // its certificates are kept until they expire (Device.Certs), so that the
 // broker admits only a serial issued to the device and still current, and
 // quarantine and decommissioning revoke every one (Store.Quarantine,
-// Store.Decommission) in the transaction that changes the state.
+// Store.Decommission) in the transaction that changes the state. Every
+// other revocation of a device revokes every one too (Store.RevokeDevice);
+// only a renewal revokes some: the serials it superseded
+// (Store.RevokeSuperseded).
 //
 // Pending approvals are devices in StatePending: list them with
 // ListDevices(Filter{State: StatePending}).
@@ -77,13 +80,13 @@ type Device struct {
 	// Certs lists every certificate the fleet issued to the device that
 	// has not expired (and the current one always), oldest first, each
 	// with whether it is revoked. The broker admits only these, unrevoked
-	// (Admits); quarantine and decommissioning revoke every one. An entry
-	// leaves only once its certificate expired. Records written before
-	// Certs existed have none: Certificates derives them.
+	// (Admits); quarantine, decommissioning and revocation revoke every
+	// one. An entry leaves only once its certificate expired. Records
+	// written before Certs existed have none: Certificates derives them.
 	Certs []Cert `json:"certs,omitempty"`
 	// Revoked lists revoked serials (hex) that Certs does not hold: those
 	// of records written before Certs existed, or a serial never issued
-	// to the device. Never trimmed.
+	// to the device (Device.RevokeSerial). Never trimmed.
 	Revoked []string `json:"revoked,omitempty"`
 	// Superseded is read from records written before Certs existed
 	// (serials a renewal replaced and not yet revoked); Certificates takes
@@ -131,6 +134,10 @@ type Token struct {
 	UsedBy  string    `json:"used_by,omitempty"`
 	UsedAt  time.Time `json:"used_at,omitzero"`
 	Group   string    `json:"group,omitempty"`
+	// Pending: created under the two-person rule (CreatePendingToken), the
+	// token is refused (ErrTokenPending) until a second person approved
+	// it (ActivateToken).
+	Pending bool `json:"pending,omitempty"`
 }
 
 // Event is a lifecycle event of a device (enrolled, refused-clone,
@@ -167,6 +174,9 @@ var (
 	ErrTokenExpired = errors.New("inventory: enrollment token expired")
 	ErrTokenUsed    = errors.New("inventory: enrollment token already used")
 	ErrTokenBinding = errors.New("inventory: enrollment token bound to another model")
+	// ErrTokenPending: the token was created pending and no second person
+	// approved it yet (Token.Pending).
+	ErrTokenPending = errors.New("inventory: enrollment token awaits approval")
 	ErrLocked       = errors.New("inventory: database locked by another process")
 	// ErrNotQuarantined is returned by Release and AutoRelease for a
 	// device that is not quarantined.
@@ -520,6 +530,81 @@ func (d *Device) HasTags(want []string) bool {
 // The secret ("sgt_" + 32 random bytes, base64url) is returned once and
 // never stored.
 func (s *Store) CreateToken(g Grant, owner string, ttl time.Duration) (string, *Token, error) {
+	return s.createToken(g, owner, ttl, false)
+}
+
+// CreatePendingToken makes a token as CreateToken does that no device can
+// use (ErrTokenPending, at enrollment and at the bootstrap CONNECT) until
+// ActivateToken lets it: under the two-person rule, a token that grants a
+// model or group waits for a second person's approval. Its secret is
+// returned now, once, and never stored.
+func (s *Store) CreatePendingToken(g Grant, owner string, ttl time.Duration) (string, *Token, error) {
+	return s.createToken(g, owner, ttl, true)
+}
+
+// ActivateToken lets the pending token id be used, once a second person
+// approved it, and returns it. It must grant exactly g, what was approved
+// (ErrInvalid otherwise), be pending (ErrInvalid: not pending, activated
+// or used already) and not have expired (ErrTokenExpired); an unknown ID
+// is ErrNotFound.
+func (s *Store) ActivateToken(id string, g Grant) (*Token, error) {
+	var tok *Token
+	now := s.opts.now()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTokens).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("%w: token %q", ErrNotFound, id)
+		}
+		var err error
+		if tok, err = decode[Token](v); err != nil {
+			return err
+		}
+		switch {
+		case !tok.Pending || tok.UsedBy != "":
+			return fmt.Errorf("%w: token %s is not awaiting approval", ErrInvalid, id)
+		case tok.Model != g.Model || tok.Group != g.Group:
+			return fmt.Errorf("%w: token %s grants model %q, group %q, not what was approved", ErrInvalid, id, tok.Model, tok.Group)
+		case !now.Before(tok.Expires):
+			return fmt.Errorf("%w: token %s expired %s", ErrTokenExpired, id, tok.Expires.UTC().Format(time.RFC3339))
+		}
+		tok.Pending = false
+		b, err := encode(tok)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokens).Put([]byte(id), b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return tok, nil
+}
+
+// DeleteToken removes the pending token id (one whose approval could not
+// be filed); a token that is not pending is ErrInvalid (a used one is
+// kept: its device may present it again when it re-enrolls), an unknown
+// one ErrNotFound.
+func (s *Store) DeleteToken(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTokens).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("%w: token %q", ErrNotFound, id)
+		}
+		tok, err := decode[Token](v)
+		if err != nil {
+			return err
+		}
+		if !tok.Pending {
+			return fmt.Errorf("%w: token %s is not pending", ErrInvalid, id)
+		}
+		if err := tx.Bucket(bucketTokHash).Delete(tok.Hash); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokens).Delete([]byte(id))
+	})
+}
+
+func (s *Store) createToken(g Grant, owner string, ttl time.Duration, pending bool) (string, *Token, error) {
 	if ttl <= 0 {
 		return "", nil, fmt.Errorf("%w: token lifetime must be positive", ErrInvalid)
 	}
@@ -538,6 +623,7 @@ func (s *Store) CreateToken(g Grant, owner string, ttl time.Duration) (string, *
 		Owner:   owner,
 		Created: now,
 		Expires: now.Add(ttl),
+		Pending: pending,
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketTokens).Get([]byte(tok.ID)) != nil || tx.Bucket(bucketTokHash).Get(tok.Hash) != nil {
@@ -585,8 +671,9 @@ func (s *Store) ConsumeToken(secret, deviceID, model string, now time.Time) (*To
 }
 
 // CheckToken reports whether a secret is a usable token for model at now:
-// ErrTokenInvalid if unknown, ErrTokenExpired, ErrTokenUsed, or
-// ErrTokenBinding if it is bound to another model, in that order.
+// ErrTokenInvalid if unknown, ErrTokenExpired, ErrTokenUsed,
+// ErrTokenPending if it awaits approval, or ErrTokenBinding if it is
+// bound to another model, in that order.
 func (s *Store) CheckToken(secret, model string, now time.Time) (*Token, error) {
 	var tok *Token
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -622,6 +709,8 @@ func checkToken(tx *bolt.Tx, secret, model string, now time.Time) (*Token, error
 		return nil, fmt.Errorf("%w: token %s expired %s", ErrTokenExpired, tok.ID, tok.Expires.UTC().Format(time.RFC3339))
 	case tok.UsedBy != "":
 		return nil, fmt.Errorf("%w: token %s", ErrTokenUsed, tok.ID)
+	case tok.Pending:
+		return nil, fmt.Errorf("%w: token %s", ErrTokenPending, tok.ID)
 	case tok.Model != "" && tok.Model != model:
 		return nil, fmt.Errorf("%w: token %s", ErrTokenBinding, tok.ID)
 	}

@@ -127,3 +127,65 @@ func (zeroReader) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// TestPendingTokenWorksOnlyOnceActivated: a token created pending (the
+// two-person rule holds a token that grants a model or group) is refused
+// at enrollment, and at the bootstrap CONNECT, until it is activated for
+// exactly the grant it was created with; it is activated once.
+func TestPendingTokenWorksOnlyOnceActivated(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync(), inventory.WithClock(func() time.Time { return now }))
+	defer s.Close()
+	g := inventory.Grant{Model: "gw-1", Group: "vault"}
+	secret, tok, err := s.CreatePendingToken(g, "ops", time.Hour)
+	if err != nil || !tok.Pending {
+		t.Fatalf("CreatePendingToken: %+v %v", tok, err)
+	}
+	if _, err := s.CheckToken(secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenPending) {
+		t.Fatalf("CheckToken of a pending token: %v", err)
+	}
+	if _, err := s.ConsumeToken(secret, inventorytest.ID(1), "gw-1", now); !errors.Is(err, inventory.ErrTokenPending) {
+		t.Fatalf("ConsumeToken of a pending token: %v", err)
+	}
+	if _, err := s.ActivateToken(tok.ID, inventory.Grant{Model: "gw-1", Group: "other"}); !errors.Is(err, inventory.ErrInvalid) {
+		t.Fatalf("activating for another grant: %v", err)
+	}
+	if _, err := s.ActivateToken("tok_0000000000000000", g); !errors.Is(err, inventory.ErrNotFound) {
+		t.Fatalf("activating an unknown token: %v", err)
+	}
+	got, err := s.ActivateToken(tok.ID, g)
+	if err != nil || got.Pending {
+		t.Fatalf("ActivateToken: %+v %v", got, err)
+	}
+	if _, err := s.ActivateToken(tok.ID, g); !errors.Is(err, inventory.ErrInvalid) {
+		t.Fatalf("activating twice: %v", err)
+	}
+	used, err := s.ConsumeToken(secret, inventorytest.ID(1), "gw-1", now)
+	if err != nil || used.Group != "vault" {
+		t.Fatalf("ConsumeToken once activated: %+v %v", used, err)
+	}
+
+	// Expired before approval: it stays unusable.
+	secret, tok, err = s.CreatePendingToken(g, "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Minute)
+	if _, err := s.ActivateToken(tok.ID, g); !errors.Is(err, inventory.ErrTokenExpired) {
+		t.Fatalf("activating an expired token: %v", err)
+	}
+	if _, err := s.CheckToken(secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenExpired) {
+		t.Fatalf("CheckToken of an expired pending token: %v", err)
+	}
+	// A pending token whose approval could not be filed is deleted.
+	secret, tok, err = s.CreatePendingToken(g, "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteToken(tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CheckToken(secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenInvalid) {
+		t.Fatalf("CheckToken of a deleted token: %v", err)
+	}
+}

@@ -216,6 +216,37 @@ func (s *Store) Decommission(id string) (*Device, []string, error) {
 	return out, revoked, nil
 }
 
+// RevokeDevice revokes every certificate device id holds that has not
+// expired, for reason, in one transaction that also lists each in the CRL:
+// the revocation of a device (an operator's, an alert rule's, the
+// dormant-device policy's), as opposed to a renewal's revocation of the
+// serials it superseded (RevokeSuperseded). The device keeps its state and
+// its identity: it may prove itself again from its EK; to shut it out for
+// good, decommission it. A renewal that commits after it finds the current
+// certificate revoked and is refused (rotation checks it in the
+// transaction that records the new serial); one that committed before is
+// revoked with the others. A device with nothing left to revoke is left as
+// it is. It returns the device as written and the serials it revoked; the
+// caller closes the device's sessions whatever was revoked, as after
+// Decommission. An unknown reason is ErrInvalid.
+func (s *Store) RevokeDevice(id string, reason int) (*Device, []string, error) {
+	if reason != ReasonUnspecified && ReasonName(reason) == ReasonName(ReasonUnspecified) {
+		return nil, nil, fmt.Errorf("%w: revocation reason %d", ErrInvalid, reason)
+	}
+	var out *Device
+	var revoked []string
+	now := s.opts.now()
+	err := s.transition(id, func(d *Device) error {
+		revoked = d.RevokeAll(reason, now)
+		out = d
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, revoked, nil
+}
+
 // RevokeSuperseded revokes (superseded) every certificate of device id
 // other than serial, once the device connected with serial — and only if
 // serial is still its current certificate. It returns what it revoked.

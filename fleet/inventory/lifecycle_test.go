@@ -58,22 +58,61 @@ func TestStateChangesFollowTheLifecycle(t *testing.T) {
 // revoked, each stays revoked (the broker used to remember only the last
 // 32).
 func TestRevokedSerialsAreNotForgotten(t *testing.T) {
-	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	defer s.Close()
-	id := inventorytest.ID(1)
-	if err := s.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
+	s, now := clocked(t)
+	var serials []string
+	for i := range 40 {
+		serials = append(serials, fmt.Sprintf("%04x", i+1))
+	}
+	id := enrolled(t, s, *now, 1, serials...)
+	if _, _, err := s.RevokeDevice(id, inventory.ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 40 {
-		if err := s.Revoke(inventory.Revocation{Serial: fmt.Sprintf("%04x", i+1), DeviceID: id}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	d, _ := s.Device(id)
-	for i := range 40 {
-		if serial := fmt.Sprintf("%04x", i+1); !d.IsRevoked(serial) {
+	for _, serial := range serials {
+		if !d.IsRevoked(serial) {
 			t.Errorf("revoked serial %s forgotten", serial)
 		}
+	}
+}
+
+// TestRevokeDeviceRevokesEverySerial: the revocation of a device revokes
+// every certificate it holds that has not expired (a renewed-away one as
+// well as the current one) and lists each in the CRL, in one
+// transaction, without changing its state; again, it finds nothing left.
+func TestRevokeDeviceRevokesEverySerial(t *testing.T) {
+	s, now := clocked(t)
+	d := &inventory.Device{ID: inventorytest.ID(1), State: inventory.StateActive}
+	d.Issued("0a", now.Add(-48*time.Hour), now.Add(time.Minute)) // expires in a minute
+	d.Issued("0b", *now, now.Add(24*time.Hour))                  // renewed away
+	d.Issued("0c", *now, now.Add(24*time.Hour))                  // current
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	*now = now.Add(2 * time.Minute)
+	got, revoked, err := s.RevokeDevice(d.ID, inventory.ReasonKeyCompromise)
+	if err != nil || !slices.Equal(revoked, []string{"0b", "0c"}) {
+		t.Fatalf("RevokeDevice: revoked %v, %v", revoked, err)
+	}
+	if got.State != inventory.StateActive || got.Admits("0b", *now) || got.Admits("0c", *now) {
+		t.Fatalf("after RevokeDevice: %s %+v", got.State, got.Certs)
+	}
+	if rs := revocations(t, s); !slices.Equal(rs, []string{"0b", "0c"}) {
+		t.Fatalf("CRL entries %v", rs)
+	}
+	rs, _ := s.Revocations(*now)
+	for _, r := range rs {
+		if r.Reason != inventory.ReasonKeyCompromise || r.DeviceID != d.ID || r.Expires.IsZero() {
+			t.Errorf("CRL entry %+v", r)
+		}
+	}
+	if _, revoked, err := s.RevokeDevice(d.ID, inventory.ReasonUnspecified); err != nil || len(revoked) != 0 {
+		t.Fatalf("RevokeDevice again: revoked %v, %v", revoked, err)
+	}
+	if _, _, err := s.RevokeDevice(d.ID, 99); !errors.Is(err, inventory.ErrInvalid) {
+		t.Fatalf("unknown reason: %v", err)
+	}
+	if _, _, err := s.RevokeDevice(inventorytest.ID(9), inventory.ReasonUnspecified); !errors.Is(err, inventory.ErrNotFound) {
+		t.Fatalf("unknown device: %v", err)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sigil-iot/sigil/pkg/wire"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -59,41 +58,6 @@ type Revocation struct {
 }
 
 var bucketRevoked = []byte("revoked") // serial -> revocation record
-
-// Revoke records serial of a device as revoked, in the device's record (the
-// broker refuses it) and in the revocation list (the CRL), in one
-// transaction. Revoking a serial twice keeps the first record.
-func (s *Store) Revoke(r Revocation) error {
-	if !wire.ValidID(r.DeviceID) || r.Serial == "" {
-		return fmt.Errorf("%w: revocation needs a device ID and a serial", ErrInvalid)
-	}
-	if r.Time.IsZero() {
-		r.Time = s.opts.now()
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketRevoked)
-		if err != nil {
-			return err
-		}
-		old, err := getDevice(tx, r.DeviceID)
-		if err != nil {
-			return err
-		}
-		prev := old.snapshot()
-		old.RevokeSerial(r.Serial, r.Reason, r.Time)
-		if err := putDevice(tx, &prev, old, s.opts.now()); err != nil {
-			return err
-		}
-		if b.Get([]byte(r.Serial)) != nil {
-			return nil
-		}
-		v, err := encode(&r)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(r.Serial), v)
-	})
-}
 
 // Revocations lists every recorded revocation whose certificate has not
 // expired before now (zero now: all).

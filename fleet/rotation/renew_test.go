@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -78,6 +79,46 @@ func TestQuarantineDuringRenewal(t *testing.T) {
 	for _, c := range d.Certs {
 		if !c.Revoked {
 			t.Errorf("serial %s survived the quarantine", c.Serial)
+		}
+	}
+}
+
+// TestRevocationDuringRenewal: a revocation of the device that commits
+// while a renewal is between its passing verdict and recording its
+// certificate refuses the renewal (its certificate would have been the
+// only one left unrevoked); one that commits after revokes the renewed
+// certificate with the others.
+func TestRevocationDuringRenewal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("records evidence with the TPM simulator")
+	}
+	rec := record(t)
+	h, err := rec.newHarness(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	if err := h.renewal(encode(wire.TypeRenewRequest, &rec.req)); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := h.inv.Device(benchDevice)
+	h.att.OnVerdict(func(id string, _ *attest.Record, _ time.Duration) {
+		h.att.OnVerdict(nil)
+		if _, _, err := h.inv.RevokeDevice(id, inventory.ReasonKeyCompromise); err != nil {
+			t.Error(err)
+		}
+	})
+	var re *refusedError
+	if err := h.renewal(encode(wire.TypeRenewRequest, &rec.req)); !errors.As(err, &re) || re.res.Reason != wire.ReasonRevoked {
+		t.Fatalf("renewal racing a revocation: %v", err)
+	}
+	d, _ := h.inv.Device(benchDevice)
+	if d.CertSerial != before.CertSerial || len(d.Certs) != len(before.Certs) {
+		t.Fatalf("the refused renewal was recorded: %+v", d.Certs)
+	}
+	for _, c := range d.Certs {
+		if !c.Revoked {
+			t.Errorf("serial %s survived the revocation", c.Serial)
 		}
 	}
 }

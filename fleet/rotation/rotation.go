@@ -203,9 +203,14 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	var old string
 	err = s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
 		// Checked in the transaction that records the serial: a quarantine
-		// is ordered before or after it, never in between.
+		// or a revocation of the device (every unexpired certificate,
+		// inventory.Store.RevokeDevice) is ordered before or after it,
+		// never in between.
 		if d.State != inventory.StateActive {
 			return wire.Refuse(wire.ReasonQuarantined, "only active devices renew", nil)
+		}
+		if d.IsRevoked(d.CertSerial) {
+			return wire.Refuse(wire.ReasonRevoked, "the device's certificates were revoked; enroll again", nil)
 		}
 		if err := d.CanIssue(s.cfg.Now()); err != nil {
 			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding; renew once older ones expired", err)

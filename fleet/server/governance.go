@@ -27,9 +27,9 @@ type GovernanceConfig struct {
 	// DormantAfter is how long a device holding a valid certificate may go
 	// unseen before it is dormant (flagged and alerted). Default 720h.
 	DormantAfter config.Duration `json:"dormant_after"`
-	// DormantRevoke revokes a dormant device's certificate by policy (the
-	// device may prove itself again from its EK when it returns). Default
-	// false.
+	// DormantRevoke revokes a dormant device's certificates by policy
+	// (every one that has not expired; the device may prove itself again
+	// from its EK when it returns). Default false.
 	DormantRevoke bool `json:"dormant_revoke"`
 	// SilentAfter is how long a device may go unseen before silence
 	// counts in its risk score. Default 1h.
@@ -50,7 +50,7 @@ func (s *Server) openGovernance() error {
 	var err error
 	s.Governance, err = governance.Open(governance.Config{
 		Path:    filepath.Join(s.cfg.DataDir, GovernanceFile),
-		Devices: s.Inv, Revoker: s.Inv,
+		Devices: s.Inv, Revoker: s.revoker(),
 		Quarantiner:  governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.Broker.Disconnect},
 		Enroller:     triageEnroller{},
 		Connected:    s.Broker.Connected,
@@ -66,6 +66,13 @@ func (s *Server) openGovernance() error {
 		Logger: s.log.With("component", "governance"),
 	})
 	return err
+}
+
+// revoker revokes a device for governance and for alert rules: every
+// unexpired certificate (inventory.Store.RevokeDevice), its sessions
+// closed.
+func (s *Server) revoker() governance.InventoryRevoker {
+	return governance.InventoryRevoker{Inventory: s.Inv, Disconnect: s.Broker.Disconnect}
 }
 
 // governanceAlert takes governance's findings. A device's finding is

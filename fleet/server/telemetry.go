@@ -416,34 +416,21 @@ func (s *Server) inventoryEvent(e inventory.Event) {
 
 // alertAction carries out a rule's action on the alert's device:
 // quarantine through attestation (as a failed attestation does), or
-// revocation of its current certificate (it may enroll again from its EK).
-// The inventory's lifecycle events record both, and so the audit log.
+// revocation of every certificate it holds that has not expired, a
+// renewed-away one too (it may enroll again from its EK). The inventory's
+// lifecycle events record both, and so the audit log.
 func (s *Server) alertAction(_ context.Context, action alert.Action, a alert.Alert) error {
 	reason := fmt.Sprintf("alert %d (rule %s): %s", a.ID, a.RuleID, a.Summary)
 	switch action {
 	case alert.ActionQuarantine:
 		return s.Attest.Quarantine(a.DeviceID, reason)
 	case alert.ActionRevoke:
-		return s.revokeForAlert(a.DeviceID, reason)
-	}
-	return fmt.Errorf("server: unknown alert action %q", action)
-}
-
-func (s *Server) revokeForAlert(deviceID, reason string) error {
-	d, err := s.Inv.Device(deviceID)
-	if err != nil {
-		return fmt.Errorf("server: revoke %s: %w", deviceID, err)
-	}
-	if d.CertSerial == "" || d.IsRevoked(d.CertSerial) {
+		if _, err := s.revoker().Revoke(a.DeviceID, inventory.ReasonUnspecified, "by "+reason); err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
 		return nil
 	}
-	if err := s.Inv.Revoke(inventory.Revocation{Serial: d.CertSerial, DeviceID: d.ID, Reason: inventory.ReasonUnspecified, Time: time.Now(), Expires: d.CertExpiry}); err != nil {
-		return fmt.Errorf("server: revoke %s: %w", deviceID, err)
-	}
-	s.Broker.Disconnect(d.ID)
-	_ = s.Inv.AddEvent(inventory.Event{Time: time.Now(), DeviceID: d.ID, Kind: "revoked",
-		Detail: "certificate " + d.CertSerial + " revoked by " + reason})
-	return nil
+	return fmt.Errorf("server: unknown alert action %q", action)
 }
 
 // serverRules are installed with alert.DefaultRules at first start.

@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/secrets"
+	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -152,4 +154,116 @@ func TestOperatorCannotSteerSecrets(t *testing.T) {
 func mapKeys[V any](m map[string]V) string {
 	ks := slices.Sorted(maps.Keys(m))
 	return "{" + strings.Join(ks, ",") + "}"
+}
+
+// heldToken is an enrollment token as created under the two-person rule.
+type heldToken struct {
+	ID       string            `json:"id"`
+	Token    string            `json:"token"`
+	Group    string            `json:"group"`
+	Pending  bool              `json:"pending"`
+	Approval *approval.Request `json:"approval"`
+}
+
+// TestTwoPersonRuleHoldsSecretSteering: with two_person_rule on, moving a
+// device into a secret's group and minting a token that grants one are
+// secret-level actions held for a second person, as storing the secret
+// is. A security admin alone files the move (202) and it does nothing:
+// the device stays out of the group and the group's secret never reaches
+// it (a real swtpm device running sigild), and they cannot approve it
+// themselves. A token granting the group is created pending: its secret
+// is shown once, and a device enrolling with it is refused until a
+// second security admin approves. Once the second person approves, the
+// move is carried out and the token works: both devices get the secret.
+func TestTwoPersonRuleHoldsSecretSteering(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.TwoPersonRule = true }) // no manufacturer CA: devices enroll with tokens
+	tap := tapDeliveries(t, f)
+	admin, _ := f.Client()
+	ctx := context.Background()
+	// Two security admins whose accounts predate every request.
+	person := func(name string) *api.Client {
+		if _, err := f.Auth.CreateUser(ctx, name, name+"'s long password", auth.RoleSecurityAdmin); err != nil {
+			t.Fatal(err)
+		}
+		secret, _, err := f.Auth.CreateToken(name, "e2e", auth.RoleSecurityAdmin, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := api.NewClient(f.APIURL(), secret, nil)
+		c.HTTP = admin.HTTP
+		c.Justification = "e2e: steering secrets needs two people"
+		return c
+	}
+	sam, ada := person("sam"), person("ada")
+	approve := func(id string) {
+		t.Helper()
+		var r approval.Request
+		if err := ada.Do(ctx, http.MethodPost, "/api/v1/approvals/"+id+"/approve", api.DecisionRequest{Comment: "checked"}, &r); err != nil || r.State != approval.StateExecuted {
+			t.Fatalf("second person approves %s: %+v %v", id, r, err)
+		}
+	}
+	filed := func(what string, err error, kind approval.Kind) string {
+		t.Helper()
+		var pe *api.PendingError
+		if !errors.As(err, &pe) || pe.Pending.Approval.Kind != kind || pe.Pending.Approval.State != approval.StatePending {
+			t.Fatalf("%s under two_person_rule: %v, want 202 with a pending %s request", what, err, kind)
+		}
+		return pe.Pending.Approval.ID
+	}
+	_, err := sam.PutSecret(ctx, "vault-key", []byte("group secret"), secrets.Target{Group: "vault"}, false)
+	approve(filed("storing the group's secret", err, approval.KindSecretChange))
+
+	// A token that grants nothing is not held; a device enrolls with it.
+	var plain heldToken
+	if err := sam.Do(ctx, http.MethodPost, "/api/v1/enrollment-tokens", map[string]string{"owner": "ops"}, &plain); err != nil || plain.Pending || plain.Approval != nil {
+		t.Fatalf("plain token: %+v %v", plain, err)
+	}
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Token: plain.Token})
+	id := waitConnected(t, d).DeviceID
+
+	// Sam alone moves it into the secret's group: filed, not done.
+	move := filed("moving a device into a group", sam.Do(ctx, http.MethodPatch, "/api/v1/devices/"+id, map[string]any{"group": "vault", "owner": "vault-team"}, nil), approval.KindDeviceAssign)
+	if dev, _ := admin.Device(ctx, id); dev.Group != "" || dev.Owner != "ops" {
+		t.Fatalf("the held move changed the device: group %q owner %q", dev.Group, dev.Owner)
+	}
+	wantStatus(t, "sam approves his own move", sam.Do(ctx, http.MethodPost, "/api/v1/approvals/"+move+"/approve", api.DecisionRequest{}, nil), http.StatusForbidden)
+	// A model is held the same way.
+	filed("giving a device a model", sam.Do(ctx, http.MethodPatch, "/api/v1/devices/"+id, map[string]any{"model": "gw-1"}, nil), approval.KindDeviceAssign)
+	// The device says hello again: what reaches it is its own secret, never the group's.
+	_, err = sam.PutSecret(ctx, "own-key", []byte("its own"), secrets.Target{Device: id}, false)
+	approve(filed("storing the device's secret", err, approval.KindSecretChange))
+	f.Broker.Disconnect(id)
+	waitAcked(t, admin, id, "own-key", 1)
+	for _, m := range tap.to(id) {
+		if m.Name != "own-key" {
+			t.Fatalf("secret %q delivered to a device one person moved", m.Name)
+		}
+	}
+
+	// A token granting the group is created pending: shown once, refused
+	// at enrollment until approved.
+	var granted heldToken
+	if err := sam.Do(ctx, http.MethodPost, "/api/v1/enrollment-tokens", map[string]string{"group": "vault", "owner": "ops"}, &granted); err != nil {
+		t.Fatal(err)
+	}
+	if granted.Token == "" || !granted.Pending || granted.Approval == nil || granted.Approval.Kind != approval.KindGrantingToken ||
+		strings.Contains(string(granted.Approval.Params), granted.Token) {
+		t.Fatalf("a token granting a group under two_person_rule: %+v", granted)
+	}
+	d2 := startDevice(t, f, newTPM(t), harness.DeviceConfig{Token: granted.Token})
+	waitReason(t, d2, "token_invalid")
+
+	// The second person approves: the move is carried out, the token works.
+	approve(move)
+	if dev, _ := admin.Device(ctx, id); dev.Group != "vault" || dev.Owner != "vault-team" || dev.Model != "" {
+		t.Fatalf("after approval: group %q owner %q model %q", dev.Group, dev.Owner, dev.Model)
+	}
+	f.Broker.Disconnect(id)
+	waitAcked(t, admin, id, "vault-key", 1)
+	approve(granted.Approval.ID)
+	id2 := waitConnected(t, d2).DeviceID
+	if dev, _ := admin.Device(ctx, id2); dev.Group != "vault" {
+		t.Fatalf("device enrolled with the approved token: group %q", dev.Group)
+	}
+	waitAcked(t, admin, id2, "vault-key", 1)
 }

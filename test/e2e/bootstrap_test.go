@@ -69,11 +69,17 @@ func TestBootstrapCredential(t *testing.T) {
 	}
 
 	claimed := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) { noLog(c); c.ClaimCert, c.ClaimKey = claimCert, claimKey }})
-	if st := waitConnected(t, claimed); st.DeviceID == "" {
+	cst := waitConnected(t, claimed)
+	if cst.DeviceID == "" {
 		t.Fatal("claimed device not enrolled")
 	}
-
+	// The claim certificate only let it connect: a batch key, not bound to
+	// its TPM, chooses no model or group (an administrator assigns them).
 	c, _ := f.Client()
+	if dev, err := c.Device(ctx, cst.DeviceID); err != nil || dev.Model != "" || dev.Group != "" || dev.ClaimedModel == "" {
+		t.Fatalf("device enrolled with a claim certificate: %+v %v", dev, err)
+	}
+
 	tok, err := c.CreateToken(ctx, "gw-1", "ops", time.Hour)
 	if err != nil {
 		t.Fatal(err)

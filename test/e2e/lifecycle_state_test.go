@@ -123,6 +123,55 @@ func TestRenewedAwayCertificateRefused(t *testing.T) {
 	}
 }
 
+// TestOperatorRevokeRefusesRenewedAwayCertificate: a device renews over
+// its session (the fleet issues a second certificate) and an operator
+// revokes the device through the API before it connects with the new one.
+// Both certificates are revoked and listed in the CRL (read with openssl);
+// the renewed-away one, which used to stay admitted because only the
+// current serial was revoked, is refused by the broker. The device keeps
+// its identity: it proves itself again from its EK and connects with a
+// third certificate.
+func TestOperatorRevokeRefusesRenewedAwayCertificate(t *testing.T) {
+	f := startFleet(t, withEKCA(t, nil))
+	inst, dir := newTPM(t), t.TempDir()
+	noLog := func(c *agentConfig) { c.EventLog = "-" }
+	d := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: noLog})
+	st := waitConnected(t, d)
+	d.Stop()
+	first := readIdentity(t, dir)
+	second := renewRaw(t, f, inst, first)
+
+	c, _ := f.Client()
+	ctx := context.Background()
+	if _, err := c.Revoke(ctx, st.DeviceID, "keyCompromise", "stolen gateway"); err != nil {
+		t.Fatal(err)
+	}
+	der, err := c.CRL(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crlFile := filepath.Join(t.TempDir(), "crl.der")
+	if err := os.WriteFile(crlFile, der, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := mustRun(t, "openssl", "crl", "-inform", "DER", "-in", crlFile, "-CAfile", f.CACertPath(), "-noout", "-text")
+	for _, s := range []string{st.CertSerial, second} {
+		if !strings.Contains(text, strings.ToUpper(s)) {
+			t.Errorf("serial %s of the revoked device is not in the CRL", s)
+		}
+	}
+	if conn, err := dialAs(t, f, inst.URI(), first); err == nil {
+		conn.Close()
+		t.Fatalf("the renewed-away certificate %s connected after the device was revoked", st.CertSerial)
+	}
+
+	d = startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: noLog})
+	again := waitConnected(t, d)
+	if again.DeviceID != st.DeviceID || again.CertSerial == st.CertSerial || again.CertSerial == second {
+		t.Fatalf("after the revocation the device connected as %s with %s (first %s, renewed %s)", again.DeviceID, again.CertSerial, st.CertSerial, second)
+	}
+}
+
 // TestBrokerRefusesUnissuedFleetCertificate: a certificate the fleet CA
 // signed for an active device's ID, but never issued to it, is refused by
 // the broker (mosquitto_pub); the device's own keeps working.
