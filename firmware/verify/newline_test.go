@@ -159,3 +159,34 @@ func TestCosignLegacyBundleVector(t *testing.T) {
 		t.Errorf("public message %q does not name the expected format", msg)
 	}
 }
+
+// FuzzRotateStatement: whatever the statement bytes, Rotate never panics,
+// and a statement it accepts is the new set's canonical encoding followed
+// by at most one newline.
+func FuzzRotateStatement(f *testing.F) {
+	k := signers(f, 1)
+	cur := set(f, 1, 1, k...)
+	canon, err := set(f, 2, 1, k...).Marshal()
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, tail := range []string{"", "\n", "\r\n", "\n\n", "\r", " "} {
+		f.Add(append(append([]byte(nil), canon...), tail...))
+	}
+	f.Fuzz(func(t *testing.T, stmt []byte) {
+		next, err := verify.Rotate(cur, stmt, signAll(t, stmt, k...))
+		if err != nil {
+			if _, ok := err.(*wire.Error); !ok {
+				t.Fatalf("error is not a *wire.Error: %v", err)
+			}
+			return
+		}
+		b, err := next.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rest, ok := strings.CutPrefix(string(stmt), string(b)); !ok || (rest != "" && rest != "\n" && rest != "\r\n") {
+			t.Fatalf("accepted %q for the set %s", stmt, b)
+		}
+	})
+}
