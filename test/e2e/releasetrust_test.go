@@ -24,11 +24,12 @@ import (
 const cosignVectors = "../../firmware/verify/testdata/cosign"
 
 // TestReleaseTrustChangedInPlace runs `sigil serve` as an operator would:
-// with release_trust set, then with the file replaced by a set of new keys
-// (no signed rotation), which devices that hold the old set would never
-// follow. The fleet refuses to start and says what to do; done as it says,
-// with the cosign-signed rotation whose statement file ends in a newline,
-// it starts.
+// with release_trust set (and a release uploaded with `sigil firmware
+// upload`, its cosign bundle in the old format first), then with the file
+// replaced by a set of new keys (no signed rotation), which devices that
+// hold the old set would never follow. The fleet refuses to start and says
+// what to do; done as it says, with the cosign-signed rotation whose
+// statement file ends in a newline, it starts.
 func TestReleaseTrustChangedInPlace(t *testing.T) {
 	sigil, _ := buildBinaries(t)
 	dir, data := t.TempDir(), t.TempDir()
@@ -82,6 +83,24 @@ func TestReleaseTrustChangedInPlace(t *testing.T) {
 	// First start: the fleet serves {test-a} and records it.
 	srv := startProcess(t, sigil, "serve", "--config", writeCfg())
 	waitFor(t, healthy, "sigil serve to answer")
+
+	// A release signed by test-a with cosign's old bundle format (sign-blob
+	// --bundle without --new-bundle-format) is refused with a message that
+	// names the expected format; the same release in the new format is
+	// taken.
+	upload := func(bundle string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, sigil, "firmware", "upload", "--manifest", vec("manifest.json"), "--bundle", vec(bundle),
+			"--image", vec("image.bin"), "--server", "https://"+api, "--data-dir", data).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := upload("manifest.a.legacy-bundle.json"); err == nil || !strings.Contains(out, "--new-bundle-format") {
+		t.Errorf("upload with an old-format cosign bundle: %v\n%s\nwant a refusal that names --new-bundle-format", err, out)
+	}
+	if out, err := upload("manifest.a.bundle.json"); err != nil {
+		t.Errorf("upload with the cosign bundle of the new format: %v\n%s", err, out)
+	}
 	served := filepath.Join(data, server.FirmwareDir, firmware.ServedTrustFile)
 	srv.Process.Signal(os.Interrupt)
 	srv.Wait()
