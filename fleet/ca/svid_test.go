@@ -390,3 +390,29 @@ func TestZlint(t *testing.T) {
 		}
 	}
 }
+
+// TestSigningCertificatesFollowSVIDRules: the roots and the cross
+// certificate follow the SPIFFE X509-SVID rules for signing certificates
+// (sections 3.2, 4.1, 4.3): a CA, keyCertSign in a critical key usage, and
+// no SPIFFE ID with a path.
+func TestSigningCertificatesFollowSVIDRules(t *testing.T) {
+	c := openCA(t, t.TempDir())
+	root1 := c.Certificate()
+	if _, err := c.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	cross := c.gens[1].cross
+	for name, cert := range map[string]*x509.Certificate{"root 1": root1, "root 2": c.gens[1].cert, "cross": cross} {
+		if !cert.BasicConstraintsValid || !cert.IsCA {
+			t.Errorf("%s: not a CA", name)
+		}
+		if ku := extension(cert, oidKeyUsage); !ku.found || !ku.critical || cert.KeyUsage&x509.KeyUsageCertSign == 0 || cert.KeyUsage&x509.KeyUsageDigitalSignature != 0 {
+			t.Errorf("%s: key usage %b (present %v, critical %v)", name, cert.KeyUsage, ku.found, ku.critical)
+		}
+		for _, u := range cert.URIs {
+			if u.Scheme == "spiffe" && u.Path != "" {
+				t.Errorf("%s: SPIFFE ID with a path %s", name, u)
+			}
+		}
+	}
+}
