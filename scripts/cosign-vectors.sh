@@ -6,6 +6,8 @@
 #
 # Usage: scripts/cosign-vectors.sh [output directory]
 #   default output: firmware/verify/testdata/cosign
+#   SIGIL names the sigil binary (go build ./cmd/sigil), for the trust
+#   statement; default: sigil on the PATH.
 #
 # Everything here is test material: the private keys are TEST KEYS with an
 # empty password, committed on purpose, and must never sign a real release.
@@ -13,7 +15,9 @@ set -eu
 
 out=${1:-firmware/verify/testdata/cosign}
 COSIGN=${COSIGN:-cosign}
+SIGIL=${SIGIL:-sigil}
 command -v "$COSIGN" >/dev/null || { echo "cosign not found (set COSIGN=/path/to/cosign)" >&2; exit 1; }
+command -v "$SIGIL" >/dev/null || { echo "sigil not found (set SIGIL=/path/to/sigil)" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "openssl not found" >&2; exit 1; }
 
 mkdir -p "$out"
@@ -56,12 +60,27 @@ for k in a b c p384 untrusted; do
 done
 sign test-a.key other-manifest.json other-manifest.a.bundle.json
 
+# A release trust rotation from {test-a} (sequence 1) to {test-b}: the
+# statement as `sigil firmware trust` prints it (ending in a newline), signed
+# as the file is by the current key and the new one.
+"$SIGIL" firmware trust --sequence 2 --threshold 1 test-b.pub >rotation.json
+sign test-a.key rotation.json rotation.a.bundle.json
+sign test-b.key rotation.json rotation.b.bundle.json
+
+# cosign's old bundle format (sign-blob --bundle without
+# --new-bundle-format), which verify refuses with ErrLegacyBundle.
+"$COSIGN" sign-blob --yes --key test-a.key --tlog-upload=false --bundle manifest.a.legacy-bundle.json manifest.json >/dev/null 2>&1
+
 # cosign's own check of what it wrote (offline: an empty trusted root and
 # no transparency log). P-384 signatures are over SHA-384.
 echo '{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}' >trusted-root.json
 for k in a b c untrusted; do
 	"$COSIGN" verify-blob --key "test-$k.pub" --bundle "manifest.$k.bundle.json" --new-bundle-format \
 		--insecure-ignore-tlog=true --trusted-root trusted-root.json manifest.json >/dev/null 2>&1
+done
+for k in a b; do
+	"$COSIGN" verify-blob --key "test-$k.pub" --bundle "rotation.$k.bundle.json" --new-bundle-format \
+		--insecure-ignore-tlog=true --trusted-root trusted-root.json rotation.json >/dev/null 2>&1
 done
 "$COSIGN" verify-blob --key test-p384.pub --bundle manifest.p384.bundle.json --new-bundle-format \
 	--insecure-ignore-tlog=true --trusted-root trusted-root.json --signature-digest-algorithm sha384 manifest.json >/dev/null 2>&1

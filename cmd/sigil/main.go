@@ -53,6 +53,7 @@ const usage = `usage:
   sigil devices attest ID | attestations ID [-o json]
   sigil devices release ID --justification TEXT
   sigil devices revoke ID [--reason R] [--comment C] | decommission ID [--comment C] | rotate ID
+  sigil devices cert ID [--pem] [-o json]
   sigil rotations list | show ID | cancel ID
   sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
   sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
@@ -364,6 +365,7 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 	var id string
 	reason := fs.String("reason", "", "RFC 5280 reason name (revoke), e.g. keyCompromise")
 	comment := fs.String("comment", "", "note recorded with the action (revoke, decommission)")
+	pemOut := fs.Bool("pem", false, "print the certificate chain as PEM (cert)")
 	if sub != "list" {
 		var err error
 		if id, args, err = positional(args, "devices "+sub+" needs a device ID"); err != nil {
@@ -443,6 +445,8 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "decommissioned %s (state %s)\n", d.ID, d.State)
 		return nil
+	case "cert":
+		return deviceCert(ctx, c, af, id, *pemOut, stdout)
 	case "rotate":
 		var job api.RotationView
 		if err := c.Do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(id)+"/rotate", nil, &job); err != nil {

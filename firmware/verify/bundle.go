@@ -22,6 +22,19 @@ const MaxBundleSize = 64 << 10
 // ErrBundle is wrapped by every error of ParseBundle.
 var ErrBundle = errors.New("verify: malformed or unsupported bundle")
 
+// ErrLegacyBundle is wrapped, besides ErrBundle, by ParseBundle's error for
+// a bundle in cosign's old format: the JSON object that `cosign sign-blob
+// --bundle` writes without --new-bundle-format ("base64Signature", and
+// "cert" and "rekorBundle" when there are). It names neither the key nor
+// the digest of the signed message; sign again with --new-bundle-format.
+// Manifest and Rotate add LegacyBundleHint to their public message when
+// such a bundle is among those that did not count.
+var ErrLegacyBundle = errors.New("verify: cosign bundle in the old format (base64Signature)")
+
+// LegacyBundleHint is the public text that says which bundle format is
+// expected instead of cosign's old one.
+const LegacyBundleHint = "a bundle is in cosign's old format: sign with cosign sign-blob --new-bundle-format (a sigstore bundle, " + MediaTypeV03 + ") or sigil firmware sign"
+
 // Bundle is the part of a sigstore bundle that a key-based signature over a
 // blob needs: the signature, the digest it claims to cover, and the hint
 // that names the signing key. Nothing in it is trusted until a trusted key
@@ -95,6 +108,9 @@ func ParseBundle(b []byte) (*Bundle, error) {
 	dec.DisallowUnknownFields()
 	var j jsonBundle
 	if err := dec.Decode(&j); err != nil {
+		if legacyBundle(b) {
+			return nil, fmt.Errorf("%w: %w; sign with cosign sign-blob --new-bundle-format", ErrBundle, ErrLegacyBundle)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrBundle, err)
 	}
 	if dec.More() {
@@ -133,6 +149,16 @@ func ParseBundle(b []byte) (*Bundle, error) {
 		Digest:          d.Digest,
 		Signature:       j.MessageSignature.Signature,
 	}, nil
+}
+
+// legacyBundle reports whether b is a JSON object in cosign's old bundle
+// format: it has "base64Signature" and no "mediaType".
+func legacyBundle(b []byte) bool {
+	var j struct {
+		MediaType       *string          `json:"mediaType"`
+		Base64Signature *json.RawMessage `json:"base64Signature"`
+	}
+	return json.Unmarshal(b, &j) == nil && j.Base64Signature != nil && j.MediaType == nil
 }
 
 // Marshal encodes the bundle as sigstore bundle JSON of its media type

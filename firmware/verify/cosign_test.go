@@ -360,7 +360,7 @@ func TestParseBundleRefusals(t *testing.T) {
 }
 
 func FuzzParseBundle(f *testing.F) {
-	for _, n := range []string{"manifest.a.bundle.json", "manifest.p384.bundle.json", "other-manifest.a.bundle.json"} {
+	for _, n := range []string{"manifest.a.bundle.json", "manifest.p384.bundle.json", "other-manifest.a.bundle.json", "manifest.a.legacy-bundle.json"} {
 		f.Add(read(f, n))
 	}
 	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"publicKey":{}},"messageSignature":{"messageDigest":{"algorithm":"SHA2_256","digest":""},"signature":"AA=="}}`))

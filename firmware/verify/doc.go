@@ -24,7 +24,10 @@
 //     P-384 with SHA-384, pure Ed25519.
 //
 // The hint (the key ID, see KeyID) only picks which key to try first.
-// Certificate-based (keyless) bundles and DSSE envelopes are refused.
+// Certificate-based (keyless) bundles and DSSE envelopes are refused, and
+// so are bundles in cosign's old format (`cosign sign-blob --bundle`
+// without --new-bundle-format: ErrLegacyBundle), with a public message
+// that names the expected format (LegacyBundleHint).
 // Transparency-log entries and signed timestamps in a bundle are ignored:
 // trust comes from the keys the device was given, with no clock or log
 // needed, and the manifest's own expiry bounds how long a signed release
@@ -41,9 +44,11 @@
 // counts once. A device receives its set at its first enrollment (trust on
 // first enrollment: it has nothing to check the fleet's set against) and
 // changes it only through Rotate, at a later enrollment too: a statement,
-// the new set's canonical encoding, signed by the current threshold of the
-// current keys and by the new threshold of the new keys, whose sequence
-// number is the current one plus one.
+// the new set's canonical encoding (a statement file's one trailing
+// newline allowed: the signatures cover the bytes as they were signed),
+// signed by the current threshold of the current keys and by the new
+// threshold of the new keys, whose sequence number is the current one plus
+// one.
 //
 // Ed25519 keys of small order (the identity and the seven other points
 // whose order divides 8) and non-canonical encodings are refused wherever a

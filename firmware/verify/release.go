@@ -59,7 +59,7 @@ func Manifest(raw []byte, bundles [][]byte, trust *TrustSet) (*Verified, error) 
 	}
 	signers, err := trust.Signers(raw, bundles)
 	if err != nil {
-		return nil, wire.Refuse(wire.ReasonFirmwareSignature, "release not signed by the required number of trusted keys", err)
+		return nil, signatureRefusal("release not signed by the required number of trusted keys", err)
 	}
 	m, err := manifest.Parse(raw)
 	if err != nil {

@@ -311,8 +311,12 @@ func ParseTrustSet(b []byte) (*TrustSet, error) {
 }
 
 // Rotate verifies a rotation statement, the canonical encoding of a new
-// trust set (TrustSet.Marshal), and returns the new set. It accepts the
-// statement only when all of these hold:
+// trust set (TrustSet.Marshal), and returns the new set. The statement may
+// end in one newline ("\n" or "\r\n", nothing else), as a statement file
+// does that an editor or `sigil firmware trust > FILE` wrote; the
+// signatures are checked over exactly the bytes given, newline included,
+// the way cosign sign-blob signs a file. It accepts the statement only
+// when all of these hold:
 //
 //   - its sequence number is above current's (an old statement cannot be
 //     replayed; error wraps ErrStale), and is the next one, current's + 1
@@ -329,7 +333,7 @@ func Rotate(current *TrustSet, statement []byte, bundles [][]byte) (*TrustSet, e
 	if current == nil {
 		return nil, wire.Refuse(wire.ReasonInternal, "no current trust set", errors.New("verify: Rotate with a nil trust set"))
 	}
-	next, err := ParseTrustSet(statement)
+	next, err := parseStatement(statement)
 	if err != nil {
 		return nil, wire.Refuse(wire.ReasonBadRequest, "malformed trust statement", err)
 	}
@@ -342,14 +346,37 @@ func Rotate(current *TrustSet, statement []byte, bundles [][]byte) (*TrustSet, e
 			fmt.Errorf("%w: sequence %d, current %d, want %d", ErrSequenceGap, next.sequence, current.sequence, current.sequence+1))
 	}
 	if _, err := current.Signers(statement, bundles); err != nil {
-		return nil, wire.Refuse(wire.ReasonFirmwareSignature, "trust statement lacks the current threshold of signatures",
-			fmt.Errorf("verify: current set: %w", err))
+		return nil, signatureRefusal("trust statement lacks the current threshold of signatures", fmt.Errorf("verify: current set: %w", err))
 	}
 	if _, err := next.Signers(statement, bundles); err != nil {
-		return nil, wire.Refuse(wire.ReasonFirmwareSignature, "trust statement lacks the new set's threshold of signatures",
-			fmt.Errorf("verify: new set: %w", err))
+		return nil, signatureRefusal("trust statement lacks the new set's threshold of signatures", fmt.Errorf("verify: new set: %w", err))
 	}
 	return next, nil
+}
+
+// parseStatement reads the trust set of a rotation statement: its
+// canonical encoding, optionally followed by one newline ("\n" or "\r\n"),
+// which a statement file keeps when it is signed as it is (cosign sign-blob
+// signs the file's bytes).
+func parseStatement(statement []byte) (*TrustSet, error) {
+	b := statement
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		b = b[:n-1]
+		if n := len(b); n > 0 && b[n-1] == '\r' {
+			b = b[:n-1]
+		}
+	}
+	return ParseTrustSet(b)
+}
+
+// signatureRefusal is the ReasonFirmwareSignature refusal of a message
+// that lacks signatures: public, the message, with LegacyBundleHint when a
+// bundle in cosign's old format is among the causes.
+func signatureRefusal(public string, cause error) *wire.Error {
+	if errors.Is(cause, ErrLegacyBundle) {
+		public += "; " + LegacyBundleHint
+	}
+	return wire.Refuse(wire.ReasonFirmwareSignature, public, cause)
 }
 
 // Signers returns the sorted IDs of the set's keys that signed msg in one of

@@ -121,6 +121,7 @@ func New(cfg Config) http.Handler {
 	})
 	h.route("GET /api/v1/devices", auth.PermDevicesRead, h.listDevices)
 	h.route("GET /api/v1/devices/{id}", auth.PermDevicesRead, h.getDevice)
+	h.routesDeviceCert()
 	h.route("POST /api/v1/devices/{id}/approve", auth.PermDevicesWrite, h.approve)
 	h.route("PATCH /api/v1/devices/{id}", auth.PermDevicesWrite, h.patchDevice)
 	h.fieldsNeed("PATCH /api/v1/devices/{id}", assignPerm, "model", "group")

@@ -31,6 +31,9 @@ type routeDoc struct {
 	Request  any // a value of the request body's type; nil for none
 	Response any // a value of the success body's type; nil for none
 	Status   int // success status; 0 means 200
+	// Also lists other media types of the success body (text such as a
+	// PEM chain), besides application/json.
+	Also []string
 }
 
 // describe documents a route registered with route, public or dangerous.
@@ -42,6 +45,14 @@ func (h *handler) describe(pattern, summary string, req, resp any, status ...int
 	if len(status) > 0 {
 		d.Status = status[0]
 	}
+	h.docs[pattern] = d
+}
+
+// alsoServes documents another media type of a described route's success
+// body.
+func (h *handler) alsoServes(pattern, mediaType string) {
+	d := h.docs[pattern]
+	d.Also = append(d.Also, mediaType)
 	h.docs[pattern] = d
 }
 
@@ -170,7 +181,11 @@ func (h *handler) buildOpenAPI() map[string]any {
 		}
 		resp := map[string]any{"description": http.StatusText(status)}
 		if d.Response != nil {
-			resp["content"] = map[string]any{"application/json": map[string]any{"schema": sg.schema(reflect.TypeOf(d.Response))}}
+			content := map[string]any{"application/json": map[string]any{"schema": sg.schema(reflect.TypeOf(d.Response))}}
+			for _, mt := range d.Also {
+				content[mt] = map[string]any{"schema": map[string]any{"type": "string"}}
+			}
+			resp["content"] = content
 		}
 		responses := map[string]any{itoa(status): resp, "default": map[string]any{
 			"description": "an RFC 9457 problem", "content": map[string]any{"application/problem+json": map[string]any{"schema": sg.schema(reflect.TypeOf(Problem{}))}}}}

@@ -11,8 +11,10 @@ package ca
 import (
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -233,10 +235,15 @@ func (c *CA) active() (*x509.Certificate, crypto.Signer) {
 	return c.cert, c.signer
 }
 
-// IssueDevice issues a client certificate for a device: common name
-// deviceID, a single URI SAN spiffe://<trust domain>/device/<deviceID>,
-// client authentication only, a random 128-bit serial, valid from a minute
-// ago for lifetime (0 means Config.DeviceLifetime), never past the CA's own
+// IssueDevice issues a device certificate, an X509-SVID as the SPIFFE
+// X509-SVID specification defines it: common name deviceID, exactly one
+// URI SAN spiffe://<trust domain>/device/<deviceID> and no other name, not
+// a CA, key usage digitalSignature only (critical), extended key usage
+// serverAuth and clientAuth (the specification requires both when the
+// extension is present; the device's certificate names no host, so no
+// client that checks the server's name accepts it as a server), a subject
+// key identifier, a random 128-bit serial, valid from a minute ago for
+// lifetime (0 means Config.DeviceLifetime), never past the CA's own
 // expiry. IDs that wire.ValidID refuses are refused.
 func (c *CA) IssueDevice(deviceID string, pub crypto.PublicKey, lifetime time.Duration) (*x509.Certificate, error) {
 	if !wire.ValidID(deviceID) {
@@ -249,7 +256,7 @@ func (c *CA) IssueDevice(deviceID string, pub crypto.PublicKey, lifetime time.Du
 		Subject:     pkix.Name{CommonName: deviceID},
 		URIs:        []*url.URL{identity.SPIFFEID(c.cfg.TrustDomain, deviceID)},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	return c.issue(tmpl, pub, lifetime)
 }
@@ -281,7 +288,8 @@ func (c *CA) IssueServer(names []string, pub crypto.PublicKey, lifetime time.Dur
 	return c.issue(tmpl, pub, lifetime)
 }
 
-// issue completes a leaf template and signs it.
+// issue completes a leaf template (serial, validity, basic constraints,
+// subject key identifier) and signs it.
 func (c *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.Duration) (*x509.Certificate, error) {
 	if lifetime < 0 {
 		return nil, errors.New("ca: negative lifetime")
@@ -289,6 +297,11 @@ func (c *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.D
 	if pub == nil {
 		return nil, errors.New("ca: no public key")
 	}
+	ski, err := subjectKeyID(pub)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SubjectKeyId = ski
 	serial, err := c.serial()
 	if err != nil {
 		return nil, err
@@ -307,6 +320,26 @@ func (c *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.D
 		return nil, fmt.Errorf("ca: issue: %w", err)
 	}
 	return x509.ParseCertificate(der)
+}
+
+// subjectKeyID returns the key identifier of pub by method 1 of RFC 7093
+// section 2: the leftmost 160 bits of the SHA-256 of the subjectPublicKey
+// BIT STRING's value. crypto/x509 derives the CA certificates' identifiers
+// the same way.
+func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("ca: public key: %w", err)
+	}
+	var spki struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if rest, err := asn1.Unmarshal(der, &spki); err != nil || len(rest) != 0 {
+		return nil, fmt.Errorf("ca: public key: malformed SubjectPublicKeyInfo: %v", err)
+	}
+	sum := sha256.Sum256(spki.PublicKey.Bytes)
+	return sum[:20], nil
 }
 
 // serial returns a random positive 128-bit serial number.

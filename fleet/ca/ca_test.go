@@ -160,8 +160,10 @@ func TestIssueDevice(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: c.Pool(), CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
-		t.Fatal("device certificate verifies for server authentication")
+	// An X509-SVID: serverAuth as well (the specification wants both), but
+	// for no host name (TestDeviceCertificateIsNoServerForAnyName).
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: c.Pool(), CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Fatalf("device certificate refused for server authentication: %v", err)
 	}
 	got, err := identity.FromCertificate(cert, td)
 	if err != nil || got != id {
@@ -217,7 +219,9 @@ func TestOpenConfig(t *testing.T) {
 }
 
 // TestOpenSSLVerify checks the certificates with an independent
-// implementation.
+// implementation: a device certificate is an X509-SVID, fit for both ends
+// of a TLS connection (sslclient and sslserver), the server certificate
+// for the server end.
 func TestOpenSSLVerify(t *testing.T) {
 	openssl, err := exec.LookPath("openssl")
 	if err != nil {
@@ -241,6 +245,7 @@ func TestOpenSSLVerify(t *testing.T) {
 		der           []byte
 	}{
 		{"dev.pem", "sslclient", dev.Raw},
+		{"dev.pem", "sslserver", dev.Raw},
 		{"srv.pem", "sslserver", srv.Raw},
 	} {
 		p := filepath.Join(dir, tc.name)
@@ -249,7 +254,7 @@ func TestOpenSSLVerify(t *testing.T) {
 		}
 		out, err := exec.Command(openssl, "verify", "-x509_strict", "-purpose", tc.purpose, "-CAfile", filepath.Join(dir, CertFile), p).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), ": OK") {
-			t.Fatalf("openssl verify %s: %v\n%s", tc.name, err, out)
+			t.Errorf("openssl verify -purpose %s %s: %v\n%s", tc.purpose, tc.name, err, out)
 		}
 	}
 	// And it refuses a certificate from another CA, so the check can fail.

@@ -251,6 +251,19 @@ func (c *CA) Rotating() bool {
 func (c *CA) Issuer(cert *x509.Certificate) (Generation, error) {
 	c.gmu.RLock()
 	defer c.gmu.RUnlock()
+	g := c.issuerOf(cert)
+	switch {
+	case g == nil:
+		return Generation{}, ErrUnknownIssuer
+	case g.State == GenRetired:
+		return g.describe(), ErrRetiredGenerator
+	}
+	return g.describe(), nil
+}
+
+// issuerOf returns the generation that issued cert, newest first, or nil.
+// The caller holds c.gmu.
+func (c *CA) issuerOf(cert *x509.Certificate) *generation {
 	for i := len(c.gens) - 1; i >= 0; i-- {
 		g := c.gens[i]
 		// The broker's TLS layer verified the chain against these roots a
@@ -263,12 +276,24 @@ func (c *CA) Issuer(cert *x509.Certificate) (Generation, error) {
 		} else if cert.CheckSignatureFrom(g.cert) != nil {
 			continue
 		}
-		if g.State == GenRetired {
-			return g.describe(), ErrRetiredGenerator
-		}
-		return g.describe(), nil
+		return g
 	}
-	return Generation{}, ErrUnknownIssuer
+	return nil
+}
+
+// IssuerCertificate returns the root certificate of the generation that
+// issued cert, and that generation, retired ones included, after checking
+// cert's signature with it; ErrUnknownIssuer when no generation issued it.
+// It serves exports of certificates the CA issued (the chain to show with
+// one), not authentication: use Issuer for that.
+func (c *CA) IssuerCertificate(cert *x509.Certificate) (*x509.Certificate, Generation, error) {
+	c.gmu.RLock()
+	defer c.gmu.RUnlock()
+	g := c.issuerOf(cert)
+	if g == nil || cert.CheckSignatureFrom(g.cert) != nil {
+		return nil, Generation{}, ErrUnknownIssuer
+	}
+	return g.cert, g.describe(), nil
 }
 
 // Prepare creates the next generation: a new key, a self-signed root named

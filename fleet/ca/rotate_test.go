@@ -231,3 +231,43 @@ func TestGenerationsFileValidated(t *testing.T) {
 		})
 	}
 }
+
+// TestIssuerCertificate: the root of the generation that issued a
+// certificate, retired generations included; a certificate of another CA
+// has none.
+func TestIssuerCertificate(t *testing.T) {
+	c := openCA(t, t.TempDir())
+	root1 := c.Certificate()
+	old, err := c.IssueDevice("dev-1", deviceKey(t).Public(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Activate(); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := c.IssueDevice("dev-1", deviceKey(t).Public(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Retire(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cert  *x509.Certificate
+		root  *x509.Certificate
+		n     int
+		state string
+	}{{old, root1, 1, GenRetired}, {cur, c.Certificate(), 2, GenActive}} {
+		root, g, err := c.IssuerCertificate(tc.cert)
+		if err != nil || !root.Equal(tc.root) || g.N != tc.n || g.State != tc.state {
+			t.Errorf("IssuerCertificate = generation %d %s, %v; want %d %s", g.N, g.State, err, tc.n, tc.state)
+		}
+	}
+	foreign, _ := openCA(t, t.TempDir()).IssueDevice("dev-1", deviceKey(t).Public(), 0)
+	if _, _, err := c.IssuerCertificate(foreign); !errors.Is(err, ErrUnknownIssuer) {
+		t.Errorf("certificate of another CA: %v, want ErrUnknownIssuer", err)
+	}
+}

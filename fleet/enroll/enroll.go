@@ -885,7 +885,7 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		if err := cur.CanIssue(now); err != nil {
 			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding for this device; try again once older ones expired", err)
 		}
-		cur.Issued(serial, cert.NotBefore, cert.NotAfter)
+		cur.IssuedCertificate(cert)
 		cur.RevokeOthers(serial, inventory.ReasonSuperseded, now)
 		cur.EnrolledAt = now
 		d = *cur

@@ -42,6 +42,11 @@
 // the next Open) or an image no record refers to (harmless; same content
 // for the next upload), never a record without its image.
 //
+// ServedTrustFile records the release trust set the fleet serves devices;
+// RememberTrust refuses a configuration that does not reach the configured
+// set from it through signed rotations (TrustChangeError), since devices
+// hold that set and follow nothing else.
+//
 // # Downloads
 //
 // Handler serves GET /firmware/{sha256} with HTTP range requests, so an

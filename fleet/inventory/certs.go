@@ -1,6 +1,8 @@
 package inventory
 
 import (
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -81,10 +83,19 @@ func (d *Device) CanIssue(now time.Time) error {
 // one (check CanIssue first). The certificates it had stay as they are: a renewal revokes the
 // one it replaces once the device connected with the new one
 // (RevokeOthers), a re-enrollment at once.
+// It forgets the DER of the one before (CertDER); IssuedCertificate
+// records a certificate with its DER.
 func (d *Device) Issued(serial string, notBefore, notAfter time.Time) {
 	d.materialize()
 	d.Certs = append(d.Certs, Cert{Serial: serial, NotAfter: notAfter})
-	d.CertSerial, d.CertIssued, d.CertExpiry = serial, notBefore, notAfter
+	d.CertSerial, d.CertIssued, d.CertExpiry, d.CertDER = serial, notBefore, notAfter, nil
+}
+
+// IssuedCertificate is Issued for cert (its serial in hex, its validity)
+// that also keeps cert's DER as CertDER, for export.
+func (d *Device) IssuedCertificate(cert *x509.Certificate) {
+	d.Issued(hex.EncodeToString(cert.SerialNumber.Bytes()), cert.NotBefore, cert.NotAfter)
+	d.CertDER = slices.Clone(cert.Raw)
 }
 
 // Admits reports whether a certificate with serial, presented at now, is

@@ -84,6 +84,10 @@ type Device struct {
 	// one. An entry leaves only once its certificate expired. Records
 	// written before Certs existed have none: Certificates derives them.
 	Certs []Cert `json:"certs,omitempty"`
+	// CertDER is the current certificate (CertSerial), DER, kept for
+	// export (IssuedCertificate); empty for a certificate issued before
+	// the fleet kept them, until the device renews.
+	CertDER []byte `json:"cert_der,omitempty"`
 	// Revoked lists revoked serials (hex) that Certs does not hold: those
 	// of records written before Certs existed, or a serial never issued
 	// to the device (Device.RevokeSerial). Never trimmed.

@@ -216,7 +216,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding; renew once older ones expired", err)
 		}
 		old = d.CertSerial
-		d.Issued(serial, cert.NotBefore, cert.NotAfter)
+		d.IssuedCertificate(cert)
 		return nil
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -96,9 +97,21 @@ func (s *Server) openFirmware() error {
 		s.log.Info("firmware releases off: no release_trust configured")
 		return nil
 	}
-	trust, rotations, err := loadReleaseTrust(s.cfg.ReleaseTrust, s.cfg.ReleaseTrustRotations)
+	chain, rotations, err := loadReleaseTrust(s.cfg.ReleaseTrust, s.cfg.ReleaseTrustRotations)
 	if err != nil {
 		return err
+	}
+	// Devices hold the set served last: refuse a configuration that does
+	// not rotate from it (release_trust changed in place).
+	if err := firmware.RememberTrust(filepath.Join(s.cfg.DataDir, FirmwareDir), chain); err != nil {
+		return err
+	}
+	trust := chain[len(chain)-1]
+	for i, r := range rotations {
+		if bytes.HasSuffix(r.Statement, []byte("\n")) {
+			s.log.Warn("release trust rotation statement ends in a newline, as signed; devices of protocol 5 refuse it (sign the statement without one for them)",
+				"rotation", i, "sequence", chain[i+1].Sequence())
+		}
 	}
 	raw, err := trust.Marshal()
 	if err != nil {
@@ -155,8 +168,16 @@ func (s *Server) openFirmware() error {
 
 // loadReleaseTrust reads the configured release trust set and applies the
 // configured rotations in order, each verified with verify.Rotate. It
-// returns the current set and the rotations devices need to reach it.
-func loadReleaseTrust(path string, rots []ReleaseRotation) (*verify.TrustSet, []wire.TrustRotation, error) {
+// returns the configured set followed by the set each rotation leads to
+// (the last is the current set) and the rotations devices need.
+//
+// A statement is used as its file holds it, byte for byte: the signatures
+// cover those bytes (cosign sign-blob signs the file as it is, a trailing
+// newline included), and devices check them over the bytes they receive.
+// Bundles made over the file without its one trailing newline (what sigil
+// firmware sign signs) count too: the statement then goes to devices in
+// that form, the one its signers signed.
+func loadReleaseTrust(path string, rots []ReleaseRotation) ([]*verify.TrustSet, []wire.TrustRotation, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("server: release_trust: %w", err)
@@ -168,13 +189,13 @@ func loadReleaseTrust(path string, rots []ReleaseRotation) (*verify.TrustSet, []
 	if len(rots) > wire.MaxFirmwareRotations {
 		return nil, nil, fmt.Errorf("server: release_trust_rotations: %d, at most %d", len(rots), wire.MaxFirmwareRotations)
 	}
+	chain := []*verify.TrustSet{cur}
 	var out []wire.TrustRotation
 	for i, r := range rots {
 		stmt, err := os.ReadFile(r.Statement)
 		if err != nil {
 			return nil, nil, fmt.Errorf("server: release_trust_rotations[%d]: %w", i, err)
 		}
-		stmt = trimNewline(stmt)
 		var bundles [][]byte
 		for _, p := range r.Bundles {
 			bb, err := os.ReadFile(p)
@@ -184,13 +205,28 @@ func loadReleaseTrust(path string, rots []ReleaseRotation) (*verify.TrustSet, []
 			bundles = append(bundles, bb)
 		}
 		next, err := verify.Rotate(cur, stmt, bundles)
+		if trimmed := trimNewline(stmt); errors.Is(err, verify.ErrSignature) && len(trimmed) < len(stmt) {
+			if n, err2 := verify.Rotate(cur, trimmed, bundles); err2 == nil {
+				next, stmt, err = n, trimmed, nil
+			}
+		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("server: release_trust_rotations[%d] (%s): %w", i, r.Statement, err)
+			return nil, nil, fmt.Errorf("server: release_trust_rotations[%d] (%s): %w%s", i, r.Statement, err, causeOf(err))
 		}
 		cur = next
+		chain = append(chain, cur)
 		out = append(out, wire.TrustRotation{Statement: stmt, Bundles: bundles})
 	}
-	return cur, out, nil
+	return chain, out, nil
+}
+
+// causeOf is the internal cause of a refusal in parentheses, for the
+// operator who configured what was refused; "" for other errors.
+func causeOf(err error) string {
+	if we, ok := errors.AsType[*wire.Error](err); ok && we.Err != nil {
+		return " (" + we.Err.Error() + ")"
+	}
+	return ""
 }
 
 // trimNewline drops one trailing newline, which editors and `>` add to

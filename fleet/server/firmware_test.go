@@ -100,16 +100,17 @@ func TestLoadReleaseTrust(t *testing.T) {
 	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0], k[1])
 	next, nextRaw := writeTrust(t, dir, "trust-2.json", 2, 2, k[1], k[2])
 
-	cur, rots, err := loadReleaseTrust(base, nil)
-	if err != nil || cur.Sequence() != 1 || len(rots) != 0 {
-		t.Fatalf("base alone: %v %v %v", cur, rots, err)
+	chain, rots, err := loadReleaseTrust(base, nil)
+	if err != nil || len(chain) != 1 || chain[0].Sequence() != 1 || len(rots) != 0 {
+		t.Fatalf("base alone: %v %v %v", chain, rots, err)
 	}
 	good := ReleaseRotation{Statement: next, Bundles: signFile(t, dir, "trust-2", nextRaw, k[1], k[2])}
-	cur, rots, err = loadReleaseTrust(base, []ReleaseRotation{good})
+	chain, rots, err = loadReleaseTrust(base, []ReleaseRotation{good})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cur.Sequence() != 2 || cur.Threshold() != 2 || len(rots) != 1 || !bytes.Equal(rots[0].Statement, nextRaw) || len(rots[0].Bundles) != 2 {
+	cur := chain[len(chain)-1]
+	if len(chain) != 2 || cur.Sequence() != 2 || cur.Threshold() != 2 || len(rots) != 1 || !bytes.Equal(rots[0].Statement, nextRaw) || len(rots[0].Bundles) != 2 {
 		t.Fatalf("after the rotation: sequence %d, threshold %d, %d rotations", cur.Sequence(), cur.Threshold(), len(rots))
 	}
 	// A device holding the base set reaches the same set from the rotation.
@@ -134,6 +135,103 @@ func TestLoadReleaseTrust(t *testing.T) {
 	}
 	if _, _, err := loadReleaseTrust(filepath.Join(dir, "missing.json"), nil); err == nil {
 		t.Error("missing trust file accepted")
+	}
+}
+
+// TestLoadReleaseTrustKeepsSignedBytes: a statement file that ends in a
+// newline and was signed as it is (cosign sign-blob signs the file's
+// bytes) is accepted, and devices get exactly those bytes, whose
+// signatures they check. Bundles made over the statement without its
+// newline (sigil firmware sign trims it) still count.
+func TestLoadReleaseTrustKeepsSignedBytes(t *testing.T) {
+	dir := t.TempDir()
+	k := newTestKeys(t, 2)
+	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0])
+	next, canon := writeTrust(t, dir, "trust-2.json", 2, 1, k[1])
+	file, err := os.ReadFile(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasSuffix(file, []byte("\n")) {
+		t.Fatal("the statement file does not end in a newline")
+	}
+	b0, _ := os.ReadFile(base)
+	held, err := verify.ParseTrustSet(bytes.TrimSuffix(b0, []byte("\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, signed := range map[string][]byte{"the file as it is": file, "the file without its newline": canon} {
+		t.Run(name, func(t *testing.T) {
+			rot := ReleaseRotation{Statement: next, Bundles: signFile(t, t.TempDir(), "trust-2", signed, k[0], k[1])}
+			chain, rots, err := loadReleaseTrust(base, []ReleaseRotation{rot})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if chain[len(chain)-1].Sequence() != 2 || len(rots) != 1 || !bytes.Equal(rots[0].Statement, signed) {
+				t.Fatalf("sequence %d, %d rotations, statement %q; want the signed bytes %q", chain[len(chain)-1].Sequence(), len(rots), rots[0].Statement, signed)
+			}
+			// A device holding the base set verifies what the fleet sends.
+			if got, err := verify.Rotate(held, rots[0].Statement, rots[0].Bundles); err != nil || got.Sequence() != 2 {
+				t.Fatalf("device-side rotation: %v", err)
+			}
+		})
+	}
+}
+
+// TestLoadReleaseTrustCosignStatement: the rotation of firmware/verify's
+// vectors, a statement file as `sigil firmware trust > FILE` wrote it
+// (ending in a newline) that the real cosign signed as it is, configured
+// as release_trust_rotations: the fleet starts with it and sends devices
+// the statement byte for byte.
+func TestLoadReleaseTrustCosignStatement(t *testing.T) {
+	const vectors = "../../firmware/verify/testdata/cosign"
+	pubA, err := os.ReadFile(filepath.Join(vectors, "test-a.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := verify.ParsePublicKey(pubA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, _ := verify.NewTrustSet(1, 1, a)
+	canon, _ := ts.Marshal()
+	base := filepath.Join(t.TempDir(), "trust-1.json")
+	if err := os.WriteFile(base, append(canon, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stmt := filepath.Join(vectors, "rotation.json")
+	file, err := os.ReadFile(stmt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, rots, err := loadReleaseTrust(base, []ReleaseRotation{{Statement: stmt,
+		Bundles: []string{filepath.Join(vectors, "rotation.a.bundle.json"), filepath.Join(vectors, "rotation.b.bundle.json")}}})
+	if err != nil {
+		t.Fatalf("cosign-signed statement ending in a newline: %v", err)
+	}
+	if len(chain) != 2 || chain[1].Sequence() != 2 || len(rots) != 1 || !bytes.Equal(rots[0].Statement, file) {
+		t.Fatalf("chain of %d, %d rotations, statement %q; want the file's bytes %q", len(chain), len(rots), rots[0].Statement, file)
+	}
+	if _, err := verify.Rotate(ts, rots[0].Statement, rots[0].Bundles); err != nil {
+		t.Fatalf("device-side rotation: %v", err)
+	}
+}
+
+// TestLoadReleaseTrustNamesLegacyBundles: a rotation signed with bundles in
+// cosign's old format stops the fleet with a message that says which
+// format is expected.
+func TestLoadReleaseTrustNamesLegacyBundles(t *testing.T) {
+	dir := t.TempDir()
+	k := newTestKeys(t, 1)
+	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0])
+	next, _ := writeTrust(t, dir, "trust-2.json", 2, 1, k[0])
+	legacy := filepath.Join(dir, "trust-2.json.sig.bundle")
+	if err := os.WriteFile(legacy, []byte(`{"base64Signature":"MEUCIQDx"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := loadReleaseTrust(base, []ReleaseRotation{{Statement: next, Bundles: []string{legacy}}})
+	if !errors.Is(err, verify.ErrLegacyBundle) || !strings.Contains(err.Error(), "--new-bundle-format") {
+		t.Fatalf("old-format bundle: %v, want ErrLegacyBundle and the expected format named", err)
 	}
 }
 

@@ -19,4 +19,6 @@
 //	  policies with event rules too; firmware.report phase advancing_floor
 //	  (committed only once the TPM anti-rollback counter holds the
 //	  release's security version).
+//	6 (unreleased) a release trust rotation's statement (TrustRotation.Statement)
+//	  may end in one newline: the bytes as its signers signed the file.
 package wire

@@ -150,7 +150,7 @@ type FirmwareTrust struct {
 
 // TrustRotation is one signed rotation of the release trust set.
 type TrustRotation struct {
-	Statement []byte   `cbor:"1,keyasint"` // the new set, canonical (verify.TrustSet.Marshal)
+	Statement []byte   `cbor:"1,keyasint"` // the new set, canonical (verify.TrustSet.Marshal), optionally followed by one newline (version 6): the bytes as signed
 	Bundles   [][]byte `cbor:"2,keyasint"` // sigstore bundles over Statement
 }
 
