@@ -18,7 +18,7 @@
 //	  enroll.proof carries it (field 6), so the first quote is judged by
 //	  policies with event rules too; firmware.report phase advancing_floor
 //	  (committed only once the TPM anti-rollback counter holds the
-//	  release's security version).
-//	6 (unreleased) a release trust rotation's statement (TrustRotation.Statement)
-//	  may end in one newline: the bytes as its signers signed the file.
+//	  release's security version); a release trust rotation's statement
+//	  (TrustRotation.Statement) may end in one newline: the bytes as its
+//	  signers signed the file.
 package wire
