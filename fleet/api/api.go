@@ -127,6 +127,7 @@ func New(cfg Config) http.Handler {
 	h.fieldsNeed("PATCH /api/v1/devices/{id}", assignPerm, "model", "group")
 	h.route("POST /api/v1/enrollment-tokens", auth.PermDevicesWrite, h.createToken)
 	h.fieldsNeed("POST /api/v1/enrollment-tokens", assignPerm, "model", "group")
+	h.routesEnrollmentTokens()
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()

@@ -146,6 +146,9 @@ var (
 	ErrFull = errors.New("governance: block list full")
 	// ErrNoEnroller: an enroll decision without a Config.Enroller.
 	ErrNoEnroller = errors.New("governance: no enroller configured")
+	// ErrNotEnrollable: an enroll decision on an entry that names no TPM
+	// (Shadow.Enrollable); a *NotEnrollableError says why.
+	ErrNotEnrollable = errors.New("governance: entry cannot be enrolled")
 )
 
 // Config configures a Service. Zero durations and counts take the defaults
