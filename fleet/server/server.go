@@ -567,6 +567,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Warn("inventory update on connection event failed", "err", err)
 	}
+	s.rescore(ev.Identity.DeviceID) // silence counts in the risk score
 }
 
 // AdminToken returns the admin API bearer token.
@@ -712,6 +713,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		if err != nil {
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		}
+		s.rescore(id.DeviceID) // its reported firmware counts in the risk score
 		s.alertSeen(id.DeviceID)
 		// A device says hello once subscribed after each connect: deliver
 		// the secrets it has not acknowledged, and during a CA rotation the

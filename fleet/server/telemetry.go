@@ -134,6 +134,7 @@ func (s *Server) openTelemetry() error {
 	s.Alerts, err = alert.Open(alert.Config{
 		Path: filepath.Join(s.cfg.DataDir, AlertsFile), Routes: routes,
 		Actions: alert.ActionsFunc(s.alertAction), Logger: s.log.With("component", "alert"),
+		OnTransition: func(n alert.Notification) { s.rescore(n.Alert.DeviceID) }, // open alerts count in the risk score
 	})
 	if err != nil {
 		return err
@@ -237,6 +238,16 @@ const maxAuthEvents = 64
 
 func (s *Server) observe(b telemetry.Batch) {
 	id := b.DeviceID
+	for i := range b.Points {
+		if _, ok := b.Points[i].Sets["listen.tcp"]; ok {
+			s.rescore(id) // listening ports count in the risk score
+			break
+		}
+		if _, ok := b.Points[i].Sets["listen.udp"]; ok {
+			s.rescore(id)
+			break
+		}
+	}
 	if b.Dropped > 0 {
 		s.alertEvent(id, EventTelemetryDropped, string(alert.SeverityWarning), time.Now(),
 			map[string]string{"dropped": strconv.FormatUint(b.Dropped, 10)})
@@ -343,6 +354,7 @@ func (s *Server) alertSeen(deviceID string) {
 // Config.Verdict): a failure as alert.EventAttestationFailed, a pass as
 // alert.EventAttestationPassed, which resolves the failure's alert.
 func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
+	s.rescore(deviceID) // verdicts count in the risk score
 	if f := s.consoleVerdict.Load(); f != nil {
 		(*f)(deviceID, rec, 0)
 	}
@@ -412,6 +424,7 @@ func (s *Server) lifecycleEvent(e inventory.Event) {
 func (s *Server) inventoryEvent(e inventory.Event) {
 	s.auditEvent(e)
 	s.lifecycleEvent(e)
+	s.rescore(e.DeviceID) // a lifecycle change (state, certificate, flags) moves the risk score
 }
 
 // alertAction carries out a rule's action on the alert's device:
