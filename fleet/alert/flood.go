@@ -135,10 +135,10 @@ func (fs *floodState) rollover(now time.Time) {
 }
 
 // admit decides whether a new alert of r may open now. When it may not,
-// it records the held alert in the rule's window and returns that window;
-// a window's first held alert also stores its summary (the caller holds
-// the device's lock; the store write happens under mu so that one summary
-// is made per window).
+// it records the held alert in the rule's window, stores the window's
+// summary with the new count (creating it at the first) and returns the
+// window. The caller holds the device's lock; the store write happens
+// under mu so that one summary is made per window.
 func (e *Engine) admit(r *compiled, deviceID, key string, sev Severity, at, now time.Time) *heldWindow {
 	fs := e.flood
 	if !fs.cfg.on() || r.Kind() == KindFlood {
@@ -191,9 +191,9 @@ func (e *Engine) admit(r *compiled, deviceID, key string, sev Severity, at, now 
 	}
 	hw.refs = append(hw.refs, heldRef{device: deviceID, key: openKey(r.ID, key)})
 	hw.dirty = true
-	if hw.summaryID == 0 {
-		e.storeSummary(hw)
-	}
+	// The summary shows the count at once, as an alert absorbing a firing
+	// does: one write per held alert.
+	e.saveSummary(hw, false)
 	return hw
 }
 

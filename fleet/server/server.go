@@ -134,6 +134,10 @@ type Config struct {
 	// AlertSinks are where alert notifications go (fleet/server
 	// AlertSink). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
+	// AlertFlood limits how many new alerts open per window (fleet/server
+	// AlertFlood); the rest are held back and summarized. Default 20 per
+	// rule and 100 fleet-wide per 10 minutes.
+	AlertFlood AlertFlood `json:"alert_flood"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
