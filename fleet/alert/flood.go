@@ -244,7 +244,7 @@ func (hw *heldWindow) summaryOf() *Alert {
 		alerts = "1 new alert"
 	}
 	summary := fmt.Sprintf("flood control held back %s of rule %s from %s between %s and %s (limit: %s per %s)",
-		alerts, hw.rule.ID, devices, h.WindowStart.UTC().Format("15:04"), h.WindowEnd.UTC().Format("15:04 MST"), limit, h.WindowEnd.Sub(h.WindowStart))
+		alerts, hw.rule.ID, devices, h.WindowStart.UTC().Format("15:04"), h.WindowEnd.UTC().Format("15:04 MST"), limit, durText(h.WindowEnd.Sub(h.WindowStart)))
 	names := h.Devices
 	evidence := map[string]string{
 		"held": fmt.Sprint(h.Count), "firings": fmt.Sprint(h.Firings), "devices": fmt.Sprint(h.DeviceCount),
@@ -372,4 +372,16 @@ func (e *Engine) notifyStale(now time.Time) {
 		}
 		e.dispatch(Notification{Transition: TransitionFiring, At: now, Alert: *up})
 	}
+}
+
+// durText writes a window length for people: "10m", "1h", "1h30m".
+func durText(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }

@@ -221,3 +221,24 @@ func TestGroupsAndBulkAcknowledge(t *testing.T) {
 		t.Fatal("an anonymous bulk acknowledgement was accepted")
 	}
 }
+
+// TestFloodSummarySentAfterRestart: a summary whose window the engine did
+// not see close (it stopped) is sent once when the engine runs again.
+func TestFloodSummarySentAfterRestart(t *testing.T) {
+	path := t.TempDir() + "/alerts.db"
+	f := newFixture(t, Config{Path: path, Flood: Flood{Window: time.Hour, PerRule: 1}})
+	f.put(t, Rule{ID: "logins", Severity: SeverityWarning, Event: &EventMatch{Kind: EventAuthFailure}})
+	for i := range 3 {
+		must(t, f.e.Event(floodDevice(i), EventAuthFailure, "", f.clock.Now(), nil))
+	}
+	must(t, f.e.Close())
+
+	rec := newRecorder()
+	g := newFixture(t, Config{Path: path, Flood: Flood{Window: time.Hour, PerRule: 1}, Routes: []Route{{Name: "siem", Notifier: rec}}})
+	g.run(t)
+	n := rec.next(t)
+	if n.Alert.Held == nil || n.Alert.Held.Count != 2 || !n.Alert.Held.Notified {
+		t.Fatalf("after the restart the sink got %+v", n.Alert)
+	}
+	rec.none(t, g.e)
+}
