@@ -270,11 +270,15 @@ func cmdClones(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // cmdRisk: sigil risk [DEVICE]: one device's score now with its factors,
-// or the fleet sorted by the last sweep's scores.
+// or the fleet sorted by the stored scores; sigil risk sweep: judge and
+// score every device now.
 func cmdRisk(ctx context.Context, args []string, stdout io.Writer) error {
 	var id string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		id, args = args[0], args[1:]
+	}
+	if id == "sweep" {
+		return cmdGovernance(ctx, append([]string{"sweep"}, args...), stdout)
 	}
 	fs := flag.NewFlagSet("risk", flag.ContinueOnError)
 	af := addAPIFlags(fs)

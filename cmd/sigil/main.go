@@ -85,7 +85,7 @@ const usage = `usage:
   sigil triage list [--all] [--kind K] | show KEY | enroll KEY | block KEY | dismiss KEY [--note T]
   sigil blocks list | add client-id|address|ek VALUE [--reason R] | remove KIND VALUE
   sigil clones [list [--all]] | resolve DEVICE --kind ek|certificate [--note T]
-  sigil risk [DEVICE] [--limit N] [-o json]
+  sigil risk [DEVICE] [--limit N] [-o json] | sweep
   sigil governance sweep | dormant
   sigil completion bash|zsh   (e.g. source <(sigil completion bash))
   sigil version

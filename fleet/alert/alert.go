@@ -87,6 +87,9 @@ type Alert struct {
 	ResolvedAt  time.Time         `json:"resolved_at,omitzero"`
 	ResolvedBy  string            `json:"resolved_by,omitempty"` // empty when the condition cleared by itself
 	ResolveNote string            `json:"resolve_note,omitempty"`
+	// Held is set on a flood summary (Kind KindFlood, no device): what
+	// flood control held back of the rule in one window (see Flood).
+	Held *Held `json:"held,omitempty"`
 }
 
 // Standard label names every alert carries (LabelsOf); rule labels may not

@@ -127,6 +127,9 @@ func (rt *route) selects(n *Notification, labels map[string]string) bool {
 // dispatch queues n on every route that selects it; a full queue
 // dead-letters it for that route.
 func (e *Engine) dispatch(n Notification) {
+	if e.cfg.OnTransition != nil && n.Transition != TransitionRepeat {
+		e.cfg.OnTransition(n)
+	}
 	if len(e.routes) == 0 {
 		return
 	}

@@ -45,6 +45,18 @@
 // device, rule, state. A rule's Action runs once when an alert opens,
 // through the injected Actions.
 //
+// # Floods, groups and bulk acknowledgement
+//
+// Config.Flood bounds how many new alerts open per window of time, per
+// rule and fleet-wide (see Flood): past a limit a new alert is held back —
+// absorbed while its condition holds, its rule's action still run — and
+// counted in one summary alert per rule and window (Kind KindFlood,
+// Alert.Held: how many, of which severities, from which devices, when),
+// which is listed at once and sent to the routes once, when the window
+// closes. Stats.Fired plus Stats.Held is every alert the rules raised.
+// Groups counts alerts by rule or by device; Query filters by severity;
+// AcknowledgeMany acknowledges a selection or everything a filter selects.
+//
 // # Delivery
 //
 // Each Route has a bounded queue and one worker, so sinks never slow the

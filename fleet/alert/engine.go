@@ -71,6 +71,17 @@ type Config struct {
 	// NoSync skips fsync on commit: faster, and a power loss may lose
 	// recent commits. For tests and benchmarks.
 	NoSync bool
+	// OnTransition, when set, is called after each alert opens, is
+	// acknowledged or resolves (not for re-sends), with the notification
+	// the routes get. It runs on the goroutine that caused the transition,
+	// sometimes with the alert's device locked: it must be quick, must not
+	// block and must not call back into the Engine. The fleet uses it to
+	// score a device's risk again when its open alerts change.
+	OnTransition func(Notification)
+	// Flood limits how many new alerts open per window, per rule and
+	// fleet-wide, holding back and summarizing the rest (see Flood). The
+	// zero value holds nothing back.
+	Flood Flood
 }
 
 // Stats counts what the engine did since Open.
@@ -84,11 +95,12 @@ type Stats struct {
 	DeadLettersDropped uint64 // dead letters deleted beyond MaxDeadLetters
 	ActionsFailed      uint64 // rule actions that failed or had no Actions
 	RepeatsSkipped     uint64 // re-sends that found a route's queue full
+	Held               uint64 // new alerts flood control held back (counted in their summaries)
 	Queued             int    // notifications waiting in route queues now
 }
 
 type counters struct {
-	fired, deduplicated, resolved, delivered, retried, deadLettered, deadDropped, actionsFailed, repeatsSkipped atomic.Uint64
+	fired, deduplicated, resolved, delivered, retried, deadLettered, deadDropped, actionsFailed, repeatsSkipped, held atomic.Uint64
 }
 
 // Engine evaluates rules against device inputs (Observe, Event, Seen),
@@ -112,6 +124,9 @@ type Engine struct {
 	running atomic.Bool
 	closed  atomic.Bool
 	stats   counters
+
+	flood *floodState // flood control (flood.go)
+	stale []uint64    // flood summaries a previous run left unsent
 }
 
 // compiled is a rule ready for evaluation.
@@ -133,7 +148,7 @@ type deviceState struct {
 	id        string
 	LastSeen  time.Time
 	Rules     map[string]*ruleState
-	open      map[string]uint64 // openKey(rule, key) -> alert ID
+	open      map[string]uint64 // openKey(rule, key) -> alert ID; 0 while flood control holds it back
 	dirty     bool              // something below changed since the last flush
 	seenDirty bool              // LastSeen changed
 	dropped   []string          // rule states to delete from the store
@@ -218,7 +233,7 @@ func Open(cfg Config) (*Engine, error) {
 		return nil, errors.New("alert: Config.Path is required")
 	}
 	if cfg.SweepInterval < 0 || cfg.FlushInterval < 0 || cfg.Resend < 0 || cfg.ActionTimeout < 0 || cfg.LockTimeout < 0 ||
-		cfg.MaxAlerts < 0 || cfg.MaxDeadLetters < 0 {
+		cfg.MaxAlerts < 0 || cfg.MaxDeadLetters < 0 || cfg.Flood.Window < 0 || cfg.Flood.MaxDevices < 0 {
 		return nil, errors.New("alert: Config intervals and limits must not be negative (zero means the default)")
 	}
 	if cfg.Now == nil {
@@ -242,7 +257,8 @@ func Open(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger, st: st, started: cfg.Now(), routes: routes, devices: map[string]*deviceState{}}
+	e := &Engine{cfg: cfg, log: cfg.Logger, st: st, started: cfg.Now(), routes: routes, devices: map[string]*deviceState{},
+		flood: newFlood(cfg.Flood)}
 	if err := e.load(); err != nil {
 		st.close()
 		return nil, err
@@ -291,6 +307,12 @@ func (e *Engine) load() error {
 		return fmt.Errorf("alert: load open alerts: %w", err)
 	}
 	for _, a := range open {
+		if a.Held != nil {
+			if !a.Held.Notified {
+				e.stale = append(e.stale, a.ID)
+			}
+			continue // a flood summary: no device's condition
+		}
 		state(a.DeviceID).open[openKey(a.RuleID, a.Key)] = a.ID
 	}
 	n, err := e.st.countAlerts()
@@ -340,6 +362,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if _, err := e.redrive(func(d *DeadLetter) bool { return d.Interrupted }); err != nil {
 		e.log.Error("alert: re-sending interrupted notifications", "err", err)
 	}
+	e.notifyStale(e.cfg.Now())
 	var wg sync.WaitGroup
 	for _, rt := range e.routes {
 		wg.Go(func() { e.work(ctx, rt) })
@@ -522,7 +545,11 @@ func cutKey(k string) (rule, key string, ok bool) {
 // absorb the firing. The device must be locked.
 func (e *Engine) fire(d *deviceState, r *compiled, key string, at time.Time, sev Severity, summary string, evidence map[string]string) {
 	ok := openKey(r.ID, key)
-	if id, open := d.open[ok]; open {
+	if id, open := d.open[ok]; open && id == 0 {
+		e.repeat(r.ID) // held back: absorbed, counted in the summary
+		e.stats.deduplicated.Add(1)
+		return
+	} else if open {
 		_, err := e.st.update(id, func(a *Alert) error {
 			if !a.State.Open() {
 				return ErrResolved
@@ -539,6 +566,14 @@ func (e *Engine) fire(d *deviceState, r *compiled, key string, at time.Time, sev
 			e.log.Error("alert: updating open alert", "alert_id", id, "err", err)
 			return
 		}
+	}
+	if hw := e.admit(r, d.id, key, sev, at, e.cfg.Now()); hw != nil {
+		d.open[ok] = 0
+		e.stats.held.Add(1)
+		if r.Action != "" {
+			e.actHeld(hw, r, d.id, key, sev, summary, evidence, at)
+		}
+		return
 	}
 	a := &Alert{
 		Fingerprint: Fingerprint(r.ID, d.id, key),
@@ -566,6 +601,33 @@ func (e *Engine) fire(d *deviceState, r *compiled, key string, at time.Time, sev
 	e.dispatch(Notification{Transition: TransitionFiring, At: e.cfg.Now(), Alert: *stored})
 }
 
+// actHeld runs the rule's action for an alert flood control held back:
+// a flood must not switch actions off. The action sees the alert as it
+// would have opened, with the summary's ID; the outcome is counted in the
+// summary and logged.
+func (e *Engine) actHeld(hw *heldWindow, r *compiled, deviceID, key string, sev Severity, summary string, evidence map[string]string, at time.Time) {
+	a := Alert{ID: hw.summaryID, Fingerprint: Fingerprint(r.ID, deviceID, key), RuleID: r.ID, RuleName: r.Name, Kind: r.Kind(),
+		DeviceID: deviceID, Key: key, Severity: sev, State: StateFiring, Summary: summary, Description: r.Description,
+		Labels: maps.Clone(r.Labels), Evidence: evidence, Count: 1, StartsAt: at, LastFiredAt: at, Action: r.Action}
+	var err error
+	if e.cfg.Actions == nil {
+		err = errors.New("no actions configured")
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ActionTimeout)
+		err = e.cfg.Actions.Act(ctx, r.Action, a)
+		cancel()
+	}
+	e.heldAction(hw, err != nil)
+	if err != nil {
+		e.stats.actionsFailed.Add(1)
+		e.log.Warn("alert action failed (alert held back by flood control)", "summary_id", hw.summaryID, "rule_id", r.ID,
+			"action", string(r.Action), "device_id", deviceID, "err", truncate(err.Error(), 512))
+		return
+	}
+	e.log.Info("alert action done (alert held back by flood control)", "summary_id", hw.summaryID, "rule_id", r.ID,
+		"action", string(r.Action), "device_id", deviceID)
+}
+
 // act runs a's action and records a failure on the alert.
 func (e *Engine) act(a *Alert) {
 	var msg string
@@ -591,8 +653,8 @@ func (e *Engine) act(a *Alert) {
 	}
 }
 
-// resolve closes the open alert of rule on d for key, if any. The device
-// must be locked.
+// resolve closes the open alert of rule on d for key, if any (a condition
+// flood control held back is only forgotten). The device must be locked.
 func (e *Engine) resolve(d *deviceState, ruleID, key string, at time.Time, by, note string) {
 	ok := openKey(ruleID, key)
 	id, open := d.open[ok]
@@ -600,6 +662,9 @@ func (e *Engine) resolve(d *deviceState, ruleID, key string, at time.Time, by, n
 		return
 	}
 	delete(d.open, ok)
+	if id == 0 {
+		return
+	}
 	a, err := e.st.update(id, func(a *Alert) error {
 		if !a.State.Open() {
 			return ErrResolved
@@ -634,6 +699,7 @@ func (e *Engine) sweep(now time.Time) {
 		}
 		d.mu.Unlock()
 	}
+	e.floodSweep(now)
 }
 
 // prune keeps the history within MaxAlerts.
@@ -662,6 +728,9 @@ func (e *Engine) resend() {
 	}
 	now := e.cfg.Now()
 	for _, a := range open {
+		if a.Held != nil && !a.Held.Notified {
+			continue // a flood summary goes out once, when its window closes
+		}
 		e.dispatch(Notification{Transition: TransitionRepeat, At: now, Alert: a})
 	}
 }
@@ -672,7 +741,7 @@ func (e *Engine) Stats() Stats {
 		Fired: e.stats.fired.Load(), Deduplicated: e.stats.deduplicated.Load(), Resolved: e.stats.resolved.Load(),
 		Delivered: e.stats.delivered.Load(), Retried: e.stats.retried.Load(), DeadLettered: e.stats.deadLettered.Load(),
 		DeadLettersDropped: e.stats.deadDropped.Load(), ActionsFailed: e.stats.actionsFailed.Load(),
-		RepeatsSkipped: e.stats.repeatsSkipped.Load(),
+		RepeatsSkipped: e.stats.repeatsSkipped.Load(), Held: e.stats.held.Load(),
 	}
 	for _, rt := range e.routes {
 		s.Queued += len(rt.q)

@@ -12,6 +12,10 @@ type Query struct {
 	RuleID   string
 	Open     bool  // only firing or acknowledged alerts
 	State    State // only alerts in this state
+	// Severities keeps alerts of any of these severities.
+	Severities []Severity
+	// Kind keeps alerts of this kind (KindFlood: flood summaries).
+	Kind Kind
 	// Before is the page cursor: alerts with smaller IDs (0: from the
 	// newest).
 	Before uint64
@@ -83,6 +87,9 @@ func (e *Engine) Resolve(id uint64, by, note string) (*Alert, error) {
 	if !cur.State.Open() {
 		return nil, fmt.Errorf("%w: alert %d", ErrResolved, id)
 	}
+	if cur.Held != nil {
+		return e.resolveSummary(id, by, note)
+	}
 	d := e.lockDevice(cur.DeviceID)
 	defer d.mu.Unlock()
 	now := e.cfg.Now()
@@ -102,6 +109,26 @@ func (e *Engine) Resolve(id uint64, by, note string) (*Alert, error) {
 	e.afterManualResolve(d, a, now)
 	e.stats.resolved.Add(1)
 	e.log.Info("alert resolved", "alert_id", id, "rule_id", a.RuleID, "device_id", a.DeviceID, "by", by)
+	e.dispatch(Notification{Transition: TransitionResolved, At: now, Alert: *a})
+	return a, nil
+}
+
+// resolveSummary closes a flood summary by hand: it stands for no
+// device's condition, so nothing learned changes.
+func (e *Engine) resolveSummary(id uint64, by, note string) (*Alert, error) {
+	now := e.cfg.Now()
+	a, err := e.st.update(id, func(a *Alert) error {
+		if !a.State.Open() {
+			return fmt.Errorf("%w: alert %d", ErrResolved, id)
+		}
+		a.State, a.ResolvedAt, a.ResolvedBy, a.ResolveNote = StateResolved, now, by, note
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.stats.resolved.Add(1)
+	e.log.Info("flood summary resolved", "alert_id", id, "rule_id", a.RuleID, "by", by)
 	e.dispatch(Notification{Transition: TransitionResolved, At: now, Alert: *a})
 	return a, nil
 }

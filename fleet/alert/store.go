@@ -265,10 +265,7 @@ func (s *store) query(q Query) ([]Alert, uint64, error) {
 	if before == 0 {
 		before = math.MaxUint64
 	}
-	match := func(a *Alert) bool {
-		return (!q.Open || a.State.Open()) && (q.State == "" || a.State == q.State) &&
-			(q.DeviceID == "" || a.DeviceID == q.DeviceID) && (q.RuleID == "" || a.RuleID == q.RuleID)
-	}
+	match := q.matches
 	var out []Alert
 	if q.Open && q.DeviceID == "" {
 		all, err := s.openAlerts()
@@ -321,6 +318,85 @@ func (s *store) query(q Query) ([]Alert, uint64, error) {
 		next = out[len(out)-1].ID
 	}
 	return out, next, nil
+}
+
+// matches reports whether a is selected by q's filters (not its page).
+func (q *Query) matches(a *Alert) bool {
+	return (!q.Open || a.State.Open()) && (q.State == "" || a.State == q.State) &&
+		(q.DeviceID == "" || a.DeviceID == q.DeviceID) && (q.RuleID == "" || a.RuleID == q.RuleID) &&
+		(len(q.Severities) == 0 || slices.Contains(q.Severities, a.Severity)) && (q.Kind == "" || a.Kind == q.Kind)
+}
+
+// each calls fn with every alert q's filters select (its page ignored),
+// newest first, until fn returns false: from the open index for open
+// alerts, else from the device's index or the whole history.
+func (s *store) each(q Query, fn func(*Alert) bool) error {
+	if q.Open && q.DeviceID == "" {
+		all, err := s.openAlerts()
+		if err != nil {
+			return err
+		}
+		for i := range all {
+			if q.matches(&all[i]) && !fn(&all[i]) {
+				return nil
+			}
+		}
+		return nil
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		var prefix []byte
+		c := tx.Bucket(bucketAlerts).Cursor()
+		if q.DeviceID != "" {
+			prefix = append([]byte(q.DeviceID), 0)
+			c = tx.Bucket(bucketByDev).Cursor()
+		}
+		k, _ := c.Seek(binary.BigEndian.AppendUint64(bytes.Clone(prefix), math.MaxUint64))
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Prev() {
+			a, err := getAlert(tx, binary.BigEndian.Uint64(k[len(prefix):]))
+			if err != nil {
+				return err
+			}
+			if q.matches(a) && !fn(a) {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
+// ackMany acknowledges the firing alerts among ids in one transaction and
+// returns them as stored; others are skipped (acknowledged, resolved) or
+// not found.
+func (s *store) ackMany(ids []uint64, by, note string, now time.Time) (acked []Alert, skipped, missing int, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		acked, skipped, missing = nil, 0, 0
+		for _, id := range ids {
+			a, err := getAlert(tx, id)
+			if errors.Is(err, ErrNotFound) {
+				missing++
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if a.State != StateFiring {
+				skipped++
+				continue
+			}
+			a.State, a.AckedBy, a.AckNote, a.AckedAt = StateAcknowledged, by, note, now
+			if err := putAlert(tx, a); err != nil {
+				return err
+			}
+			acked = append(acked, *a)
+		}
+		return nil
+	})
+	return acked, skipped, missing, err
 }
 
 // countAlerts returns how many alerts the file holds.

@@ -25,6 +25,8 @@ type Alerts interface {
 	DeadLetters(before uint64, limit int) ([]alert.DeadLetter, uint64, error)
 	Redrive(id uint64) error
 	RedriveAll(route string) (int, error)
+	Groups(q alert.Query, by alert.GroupBy) ([]alert.Group, bool, error)
+	AcknowledgeMany(ids []uint64, q alert.Query, by, note string) (alert.AckReport, error)
 }
 
 var _ Alerts = (*alert.Engine)(nil)
@@ -38,10 +40,35 @@ type AlertSink struct {
 	Signed      bool   `json:"signed,omitempty"` // webhook bodies carry an HMAC signature
 }
 
-// AlertList is GET /api/v1/alerts.
+// AlertList is GET /api/v1/alerts. With group_by=rule or device it holds
+// Groups (counts of every alert the filters select) instead of Alerts.
 type AlertList struct {
 	Alerts []alert.Alert `json:"alerts"`
 	Next   uint64        `json:"next,omitempty"` // pass as ?before= for older alerts
+	// GroupBy, Groups and Truncated answer group_by (Truncated: more
+	// alerts matched than alert.MaxGrouped, which were counted).
+	GroupBy   string        `json:"group_by,omitempty"`
+	Groups    []alert.Group `json:"groups,omitempty"`
+	Truncated bool          `json:"truncated,omitempty"`
+}
+
+// AlertFilter selects alerts for a bulk acknowledgement: the filters of
+// GET /api/v1/alerts.
+type AlertFilter struct {
+	Rule     string   `json:"rule,omitempty"`
+	Device   string   `json:"device,omitempty"`
+	Severity []string `json:"severity,omitempty"` // any of info, warning, critical
+}
+
+// BulkAckRequest is the body of POST /api/v1/alerts/ack: the alerts to
+// acknowledge by ID (a selection, at most 1000), or every firing alert
+// the filter selects (a group is a filter on its rule or device); All
+// must be set to acknowledge every firing alert with an empty filter.
+type BulkAckRequest struct {
+	IDs    []uint64     `json:"ids,omitempty"`
+	Filter *AlertFilter `json:"filter,omitempty"`
+	All    bool         `json:"all,omitempty"`
+	Note   string       `json:"note,omitempty"`
 }
 
 // AlertRuleList is GET /api/v1/alerts/rules.
@@ -82,6 +109,7 @@ func (h *handler) routesAlerts() {
 	h.route("GET /api/v1/alerts/{id}", auth.PermAlertsRead, h.getAlert)
 	h.route("POST /api/v1/alerts/{id}/ack", auth.PermAlertsWrite, h.ackAlert)
 	h.route("POST /api/v1/alerts/{id}/resolve", auth.PermAlertsWrite, h.resolveAlert)
+	h.route("POST /api/v1/alerts/ack", auth.PermAlertsWrite, h.bulkAck)
 	h.route("GET /api/v1/alerts/rules", auth.PermAlertsRead, h.listAlertRules)
 	h.route("GET /api/v1/alerts/rules/{id}", auth.PermAlertsRead, h.getAlertRule)
 	h.route("PUT /api/v1/alerts/rules/{id}", auth.PermAlertsWrite, h.putAlertRule)
@@ -91,7 +119,8 @@ func (h *handler) routesAlerts() {
 	h.route("POST /api/v1/alerts/deadletters/redrive", auth.PermAlertsWrite, h.redriveAll)
 	h.route("GET /api/v1/alerts/sinks", auth.PermAlertsRead, h.listSinks)
 
-	h.describe("GET /api/v1/alerts", "List alerts, newest first (device, rule, state or open=true; page with before and limit)", nil, AlertList{})
+	h.describe("GET /api/v1/alerts", "List alerts, newest first (device, rule, state or open=true, severity=critical,warning; page with before and limit), or count them with group_by=rule|device", nil, AlertList{})
+	h.describe("POST /api/v1/alerts/ack", "Acknowledge firing alerts in bulk: by IDs, or all that a filter (rule, device, severity) selects", BulkAckRequest{}, alert.AckReport{})
 	h.describe("GET /api/v1/alerts/{id}", "An alert with its evidence", nil, alert.Alert{})
 	h.describe("POST /api/v1/alerts/{id}/ack", "Acknowledge an open alert (optional note)", AlertNote{}, alert.Alert{})
 	h.describe("POST /api/v1/alerts/{id}/resolve", "Resolve an open alert by hand (optional note)", AlertNote{}, alert.Alert{})
@@ -148,6 +177,24 @@ func (h *handler) listAlerts(w http.ResponseWriter, r *http.Request, _ string) {
 	if q.Get("open") == "true" {
 		aq.Open = true
 	}
+	sevs, ok := severities(w, strings.Split(q.Get("severity"), ","))
+	if !ok {
+		return
+	}
+	aq.Severities = sevs
+	if by := q.Get("group_by"); by != "" {
+		if by != string(alert.GroupByRule) && by != string(alert.GroupByDevice) {
+			problem(w, http.StatusBadRequest, "bad request", "group_by must be rule or device")
+			return
+		}
+		groups, truncated, err := h.cfg.Alerts.Groups(aq, alert.GroupBy(by))
+		if err != nil {
+			h.internal(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, AlertList{Alerts: []alert.Alert{}, GroupBy: by, Groups: emptyIfNil(groups), Truncated: truncated})
+		return
+	}
 	before, ok := uintParam(w, r, "before", 1<<63)
 	if !ok {
 		return
@@ -166,6 +213,68 @@ func (h *handler) listAlerts(w http.ResponseWriter, r *http.Request, _ string) {
 		list = []alert.Alert{}
 	}
 	writeJSON(w, http.StatusOK, AlertList{Alerts: list, Next: next})
+}
+
+// severities parses severity names ("" entries ignored); on failure it
+// has written a 400.
+func severities(w http.ResponseWriter, names []string) ([]alert.Severity, bool) {
+	var out []alert.Severity
+	for _, n := range names {
+		if n = strings.TrimSpace(n); n == "" {
+			continue
+		}
+		if !alert.Severity(n).Valid() {
+			problem(w, http.StatusBadRequest, "bad request", "severity must be info, warning or critical (several separated by commas)")
+			return nil, false
+		}
+		out = append(out, alert.Severity(n))
+	}
+	return out, true
+}
+
+// bulkAck acknowledges firing alerts by IDs or by filter.
+func (h *handler) bulkAck(w http.ResponseWriter, r *http.Request, who string) {
+	if !h.alertsOn(w) {
+		return
+	}
+	var req BulkAckRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if len(req.Note) > maxNote {
+		problem(w, http.StatusBadRequest, "bad request", "note is at most 1024 bytes")
+		return
+	}
+	if len(req.IDs) > alert.MaxAckIDs {
+		problem(w, http.StatusBadRequest, "bad request", "at most 1000 alert IDs at once; acknowledge a larger set with a filter")
+		return
+	}
+	var q alert.Query
+	if f := req.Filter; f != nil {
+		sevs, ok := severities(w, f.Severity)
+		if !ok {
+			return
+		}
+		q = alert.Query{RuleID: f.Rule, DeviceID: f.Device, Severities: sevs}
+	}
+	switch {
+	case len(req.IDs) > 0 && req.Filter != nil:
+		problem(w, http.StatusBadRequest, "bad request", "give either ids or a filter, not both")
+		return
+	case len(req.IDs) == 0 && q.RuleID == "" && q.DeviceID == "" && len(q.Severities) == 0 && !req.All:
+		problem(w, http.StatusBadRequest, "bad request", "name the alerts: ids, a filter (rule, device, severity), or all: true for every firing alert")
+		return
+	}
+	rep, err := h.cfg.Alerts.AcknowledgeMany(req.IDs, q, who, req.Note)
+	if err != nil {
+		h.alertError(w, err, "alert")
+		return
+	}
+	if rep.IDs == nil {
+		rep.IDs = []uint64{}
+	}
+	h.log.Info("alerts acknowledged in bulk", "count", rep.Acknowledged, "skipped", rep.Skipped, "by", who)
+	writeJSON(w, http.StatusOK, rep)
 }
 
 // alertID parses the {id} path value; on failure it has written a 404.
@@ -404,14 +513,22 @@ func (h *handler) listSinks(w http.ResponseWriter, _ *http.Request, _ string) {
 type AlertQuery struct {
 	DeviceID, RuleID string
 	State            string // firing, acknowledged, resolved or open
+	Severity         string // info, warning, critical, or several separated by commas
+	GroupBy          string // rule or device: count instead of list
 	Before           uint64
 	Limit            int
+}
+
+// AckAlerts acknowledges firing alerts in bulk.
+func (c *Client) AckAlerts(ctx context.Context, req BulkAckRequest) (*alert.AckReport, error) {
+	var out alert.AckReport
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/alerts/ack", req, &out)
 }
 
 // Alerts lists alerts, newest first.
 func (c *Client) Alerts(ctx context.Context, q AlertQuery) (*AlertList, error) {
 	v := url.Values{}
-	for k, s := range map[string]string{"device": q.DeviceID, "rule": q.RuleID, "state": q.State} {
+	for k, s := range map[string]string{"device": q.DeviceID, "rule": q.RuleID, "state": q.State, "severity": q.Severity, "group_by": q.GroupBy} {
 		if s != "" {
 			v.Set(k, s)
 		}

@@ -128,6 +128,7 @@ func New(cfg Config) http.Handler {
 	h.route("POST /api/v1/enrollment-tokens", auth.PermDevicesWrite, h.createToken)
 	h.fieldsNeed("POST /api/v1/enrollment-tokens", assignPerm, "model", "group")
 	h.registerAssignExecutors()
+	h.routesEnrollmentTokens()
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()

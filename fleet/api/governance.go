@@ -199,7 +199,10 @@ func (h *handler) governanceError(w http.ResponseWriter, err error) {
 		}
 		return s
 	}
+	var ne *governance.NotEnrollableError
 	switch {
+	case errors.As(err, &ne):
+		problem(w, http.StatusConflict, "conflict", "this entry cannot be enrolled: "+ne.Reason)
 	case errors.Is(err, inventory.ErrNotFound):
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
 	case errors.Is(err, governance.ErrNotFound):

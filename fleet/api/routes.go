@@ -29,6 +29,19 @@ func Routes(h http.Handler) []route {
 	return nil
 }
 
+// Handles reports whether h, a handler made by New, has a route for r's
+// path (with any method): the console uses it to leave the API's paths to
+// the API and answer others with its own 404 page. A handler New did not
+// make is assumed to handle everything.
+func Handles(h http.Handler, r *http.Request) bool {
+	hh, ok := h.(*handler)
+	if !ok {
+		return true
+	}
+	_, pattern := hh.mux.Handler(r)
+	return pattern != "/"
+}
+
 // route registers an authenticated route that requires perm. The
 // handler gets the principal's user name as who.
 func (h *handler) route(pattern string, perm auth.Permission, fn func(http.ResponseWriter, *http.Request, string)) {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -254,13 +256,28 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		d.Error = "Enter a user name and a password."
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", rec.header.Get("Retry-After"))
-		d.Error = "Too many failed logins: " + rec.detail() + "."
+		d.Error = throttledMessage(rec.header.Get("Retry-After"))
 	case http.StatusForbidden:
 		d.Error = "Login refused: the form came from another site."
 	default:
 		d.Error = "The server could not log you in; the server log says why."
 	}
 	c.render(w, rec.status, c.loginTemplate(), View{Title: "Log in", c: c, Data: d})
+}
+
+// throttledMessage is the login page's one sentence for a throttled
+// login, from the auth service's Retry-After (whole seconds).
+func throttledMessage(retryAfter string) string {
+	secs, err := strconv.Atoi(retryAfter)
+	switch {
+	case err != nil || secs < 1:
+		return "Too many failed logins: try again later."
+	case secs == 1:
+		return "Too many failed logins: try again in 1 second."
+	case secs < 120:
+		return fmt.Sprintf("Too many failed logins: try again in %d seconds.", secs)
+	}
+	return fmt.Sprintf("Too many failed logins: try again in %d minutes.", (secs+59)/60)
 }
 
 // logout ends the session (the form carries its CSRF token) and returns to

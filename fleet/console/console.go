@@ -128,7 +128,7 @@ type Console struct {
 	sections []*section
 	perms    map[string]auth.Permission // API route pattern -> permission
 	static   http.Handler
-	fixed    struct{ error, login, reveal *template.Template }
+	fixed    struct{ error, login, reveal, notFound *template.Template }
 
 	summaryMu sync.Mutex
 	summary   *Summary
@@ -163,7 +163,7 @@ func New(cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("console: layout: %w", err)
 	}
 	c.layout = base
-	for name, dst := range map[string]**template.Template{"error": &c.fixed.error, "login": &c.fixed.login, "reveal": &c.fixed.reveal} {
+	for name, dst := range map[string]**template.Template{"error": &c.fixed.error, "login": &c.fixed.login, "reveal": &c.fixed.reveal, "notfound": &c.fixed.notFound} {
 		t, err := base.Clone()
 		if err == nil {
 			_, err = t.New(name).Parse(source(name + ".html"))
@@ -198,14 +198,45 @@ func New(cfg Config) (*Console, error) {
 	return c, nil
 }
 
-// ServeHTTP serves the console's paths and hands every other request to
-// Config.API.
+// ServeHTTP serves the console's paths and hands the API's (everything
+// under /api/, and the paths the API serves itself, such as /healthz) to
+// Config.API; any other path gets the console's 404 page.
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, pattern := c.mux.Handler(r); pattern != "/" {
+	if _, pattern := c.mux.Handler(r); pattern == "/" {
+		if strings.HasPrefix(r.URL.Path, "/api/") || api.Handles(c.cfg.API, r) {
+			c.cfg.API.ServeHTTP(w, r)
+			return
+		}
 		setSecurityHeaders(w.Header())
-		r = sameOriginForm(r)
+		c.notFound(w, r)
+		return
 	}
+	setSecurityHeaders(w.Header())
+	r = sameOriginForm(r)
 	c.mux.ServeHTTP(w, r) // sets the path values
+}
+
+// notFoundData is the 404 page's data.
+type notFoundData struct {
+	Path  string
+	Links []navItem // the operator's menu; none without a session
+	Login string    // the login link, back to this path
+}
+
+// notFound answers a path the console does not serve with its 404 page:
+// with the menu for an operator with a session, with a login link for
+// anyone else (nothing else is revealed to them).
+func (c *Console) notFound(w http.ResponseWriter, r *http.Request) {
+	d := notFoundData{Path: r.URL.Path}
+	v := View{Title: "Page not found", c: c}
+	if p, err := c.cfg.Auth.Authenticate(r); err == nil {
+		v = c.view(r, p, "Page not found")
+		d.Links = v.Nav
+	} else {
+		d.Login = "/login?next=" + url.QueryEscape(safeNext(r.URL.RequestURI()))
+	}
+	v.Data = d
+	c.render(w, http.StatusNotFound, c.fixed.notFound, v)
 }
 
 // sameOriginForm drops "Origin: null" from a request the browser itself

@@ -239,7 +239,7 @@ func (c *Console) addAction(a Action) error {
 func (c *Console) pageHandler(pg *page) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if pg.enabled != nil && !pg.enabled() {
-			c.cfg.API.ServeHTTP(w, r) // as if the console had no such page
+			c.notFound(w, r) // as if the console had no such page
 			return
 		}
 		p, ok := c.authenticate(w, r)

@@ -108,16 +108,66 @@ type Enrollment struct {
 	Pending []inventory.Device
 	// More says there are more pending devices than listed.
 	More bool
+	// Tokens are the issued enrollment tokens, newest first, without
+	// their secrets; nil when the inventory cannot list them.
+	Tokens []api.EnrollmentToken
+	// TokenStatus is the list's filter ("" for all), TokenStatuses the
+	// choices, TokensNext the link to the next page and TokensPaged says
+	// the list is not on its first page.
+	TokenStatus   string
+	TokenStatuses []string
+	TokensNext    string
+	TokensPaged   bool
+	Listed        bool // the inventory lists tokens
 }
 
-const pendingShown = 100
+// TokenLister lists issued enrollment tokens. *inventory.Store
+// implements it; an Inventory that does not leaves the list off the
+// enrollment page.
+type TokenLister interface {
+	Tokens(f inventory.TokenFilter) ([]inventory.Token, string, error)
+}
 
-func (c *Console) loadEnrollment(_ *http.Request, _ auth.Principal) (any, error) {
+var _ TokenLister = (*inventory.Store)(nil)
+
+const (
+	pendingShown = 100
+	tokensShown  = 50
+)
+
+func (c *Console) loadEnrollment(r *http.Request, _ auth.Principal) (any, error) {
 	devs, next, err := c.cfg.Inventory.ListDevices(inventory.Filter{State: inventory.StatePending, Limit: pendingShown})
 	if err != nil {
 		return nil, err
 	}
-	return Enrollment{Pending: devs, More: next != ""}, nil
+	out := Enrollment{Pending: devs, More: next != "",
+		TokenStatuses: []string{string(inventory.TokenUnused), string(inventory.TokenUsed), string(inventory.TokenExpired)}}
+	tl, ok := c.cfg.Inventory.(TokenLister)
+	if !ok {
+		return out, nil
+	}
+	q := r.URL.Query()
+	out.Listed, out.TokenStatus = true, q.Get("tokens")
+	if out.TokenStatus != "" && !slices.Contains(out.TokenStatuses, out.TokenStatus) {
+		return nil, badRequestf("tokens must be unused, used or expired")
+	}
+	after := q.Get("after")
+	if !isCursor(after) {
+		return nil, badRequestf("after must be a cursor from this page's links")
+	}
+	now := c.cfg.Now()
+	toks, next, err := tl.Tokens(inventory.TokenFilter{Status: inventory.TokenStatus(out.TokenStatus), After: after, Limit: tokensShown, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	for i := range toks {
+		out.Tokens = append(out.Tokens, api.TokenView(&toks[i], now))
+	}
+	out.TokensPaged = after != ""
+	if next != "" {
+		out.TokensNext = pageLink("/enrollment", "tokens", out.TokenStatus, "after", next)
+	}
+	return out, nil
 }
 
 func enrollmentActions() []Action {

@@ -59,7 +59,8 @@ type fleetFixture struct {
 
 // fleetOptions switch parts off.
 type fleetOptions struct {
-	noApprovals bool // no two-person rule
+	noApprovals bool        // no two-person rule
+	flood       alert.Flood // the alert engine's flood control
 }
 
 func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
@@ -135,7 +136,7 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 	wg.Go(func() { _ = ff.campaigns.Run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	ff.alerts, err = alert.Open(alert.Config{Path: filepath.Join(dir, "alerts.db"), Now: now, NoSync: true})
+	ff.alerts, err = alert.Open(alert.Config{Path: filepath.Join(dir, "alerts.db"), Now: now, NoSync: true, Flood: opt.flood})
 	must(err)
 	t.Cleanup(func() { ff.alerts.Close() })
 

@@ -18,14 +18,15 @@ import (
 type RiskScores interface {
 	// Score rates a device now, from its current inputs.
 	Score(deviceID string) (*governance.Risk, error)
-	// Ranking pages through the scores of the last sweep, riskiest first.
+	// Ranking pages through the stored scores, riskiest first.
 	Ranking(after string, limit int) ([]governance.Risk, string, error)
 }
 
 var _ RiskScores = (*governance.Service)(nil)
 
-// RiskPages are the risk pages: the ranking of the last sweep, the
-// overview's highest-risk tile and the device page's risk breakdown
+// RiskPages are the risk pages: the ranking of the stored scores (kept
+// current as devices' inputs change, and by every sweep) with a "sweep
+// now" button, the overview's highest-risk tile and the device page's risk breakdown
 // (factors with their points and evidence).
 type RiskPages struct {
 	// Risk is the governance service; nil makes an empty Extension.
@@ -46,7 +47,10 @@ func (rp RiskPages) Extension() Extension {
 	}
 	return Extension{
 		Pages: []Page{{Name: "risk", Path: "/risk", Nav: "Risk", Title: "Devices by risk", Perm: auth.PermDevicesRead,
-			Template: source("risk.html"), Load: rp.load}},
+			Template: source("risk.html"), Load: rp.load, Actions: []Action{
+				{Name: "risk.sweep", Path: "/risk/sweep", API: "POST /api/v1/governance/sweep", Then: "/risk",
+					OK: "Swept: every device was judged and scored now."},
+			}}},
 		Cards: []CardFunc{rp.card},
 		Sections: []Section{{Name: "risk", Title: "Risk", Perm: auth.PermDevicesRead,
 			Template: source("section-risk.html"), Load: rp.device}},
@@ -119,7 +123,7 @@ func (rp RiskPages) load(r *http.Request, _ auth.Principal) (any, error) {
 	return out, nil
 }
 
-// card is the overview's tile of the riskiest devices of the last sweep.
+// card is the overview's tile of the riskiest devices.
 func (rp RiskPages) card(_ *http.Request, p auth.Principal) ([]Card, error) {
 	if !p.Can(auth.PermDevicesRead) {
 		return nil, nil
@@ -129,7 +133,7 @@ func (rp RiskPages) card(_ *http.Request, p auth.Principal) ([]Card, error) {
 		return nil, err
 	}
 	if len(risks) == 0 {
-		return []Card{{Title: "Highest risk", Value: "—", Detail: "no risk sweep yet", Link: "/risk", Tone: "muted"}}, nil
+		return []Card{{Title: "Highest risk", Value: "—", Detail: "no device scored yet", Link: "/risk", Tone: "muted"}}, nil
 	}
 	var names []string
 	for _, x := range risks {

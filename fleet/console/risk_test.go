@@ -29,7 +29,7 @@ func TestRiskPages(t *testing.T) {
 		d.CertExpiry = now.Add(time.Hour)
 	})
 
-	mustContain(t, body(t, viewer.get("/"), http.StatusOK), "Highest risk", "no risk sweep yet")
+	mustContain(t, body(t, viewer.get("/"), http.StatusOK), "Highest risk", "no device scored yet")
 	for _, d := range []*inventory.Device{calm, risky} {
 		want, err := ff.gov.Score(d.ID)
 		if err != nil {
@@ -59,4 +59,29 @@ func TestRiskPages(t *testing.T) {
 	}
 	mustContain(t, body(t, viewer.get("/"), http.StatusOK), `<span class="card-title">Highest risk</span><span class="card-value">`+strconv.Itoa(ranking[0].Score)+"</span>")
 	body(t, viewer.get("/risk?after=Not%2FAn%2FID"), http.StatusBadRequest)
+}
+
+// TestRiskSweepNow: an operator sweeps from the risk page and the ranking
+// is there at once; a viewer gets no button and is refused when posting.
+func TestRiskSweepNow(t *testing.T) {
+	ff := newFleetFixture(t, fleetOptions{})
+	viewer := ff.login("vera", auth.RoleViewer)
+	op := ff.login("olga", auth.RoleOperator)
+	d := ff.addDevice(1, inventory.StateActive, func(d *inventory.Device) { d.Attestation = "fail" })
+
+	page := body(t, op.get("/risk"), http.StatusOK)
+	mustContain(t, page, `action="/risk/sweep"`, "Sweep now", "No device is scored yet")
+	checkForms(t, "/risk", page)
+	vpage := body(t, viewer.get("/risk"), http.StatusOK)
+	mustNotContain(t, vpage, `action="/risk/sweep"`)
+	body(t, viewer.post("/risk/sweep", nil), http.StatusForbidden)
+	if r, _, _ := ff.gov.Ranking("", 10); len(r) != 0 {
+		t.Fatalf("a viewer's refused sweep scored %+v", r)
+	}
+
+	if to := redirect(t, op.post("/risk/sweep", nil)); to != "/risk?ok=risk.sweep" {
+		t.Fatalf("redirected to %q", to)
+	}
+	page = body(t, op.get("/risk?ok=risk.sweep"), http.StatusOK)
+	mustContain(t, page, "Swept: every device was judged", `href="/devices/`+d.ID+`"`)
 }

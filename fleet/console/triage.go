@@ -2,6 +2,7 @@ package console
 
 import (
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -89,6 +90,9 @@ type TriageRow struct {
 	governance.Shadow
 	// What names the kind of attempt for people.
 	What string
+	// NoEnroll says why the entry is not offered enroll (a certificate
+	// from another CA names no TPM); empty when it is.
+	NoEnroll string
 }
 
 // TriagePage is the triage page's data.
@@ -136,7 +140,12 @@ func (tp TriagePages) load(r *http.Request, _ auth.Principal) (any, error) {
 		return nil, err
 	}
 	for _, sh := range pending {
-		out.Pending = append(out.Pending, TriageRow{Shadow: sh, What: attemptLabel(sh.Kind)})
+		row := TriageRow{Shadow: sh, What: attemptLabel(sh.Kind)}
+		var ne *governance.NotEnrollableError
+		if errors.As(sh.Enrollable(), &ne) {
+			row.NoEnroll = ne.Reason
+		}
+		out.Pending = append(out.Pending, row)
 	}
 	if next != "" {
 		out.Next = pageLink("/triage", "after", next)

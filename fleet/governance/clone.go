@@ -152,6 +152,7 @@ func (s *Service) ResolveClone(deviceID string, kind CloneKind, by, note string)
 		}
 	}
 	s.sessions.forget(deviceID)
+	s.Rescore(deviceID)
 	return nil
 }
 
@@ -170,6 +171,7 @@ func (s *Service) raiseClone(c Clone) (bool, error) {
 	if err != nil || !isNew {
 		return false, err
 	}
+	s.Rescore(c.DeviceID)
 	attrs := map[string]string{"kind": string(c.Kind), "evidence": c.Evidence}
 	if c.Serial != "" {
 		attrs["serial"] = c.Serial

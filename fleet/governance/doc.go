@@ -79,9 +79,19 @@
 // clock, so the same inputs give the same score. Each sweep stores every
 // device's score; Ranking pages through them, riskiest first.
 //
+// Scores do not wait for the sweep: whoever changes an input of a device
+// (a verdict, an alert, its ports, firmware, state or connection) calls
+// Rescore, and Run scores the marked devices every Config.RescoreDelay —
+// each once per tick however often it was marked, between one and two
+// ticks after its first mark, so that the change has settled. The queue
+// is bounded (Config.MaxRescore); past it a full sweep covers everything.
+// Ownership and clone incidents mark their devices themselves; a change
+// of an owner's status marks them all (RescoreAll).
+//
 // # Running
 //
-// Run sweeps every Config.SweepInterval (and once at start), flushes the
+// Run sweeps every Config.SweepInterval (and once at start), scores the
+// marked devices every Config.RescoreDelay, flushes the
 // triage aggregate every Config.FlushInterval and checks open sessions for
 // concurrent use every Config.CloneGrace, until its context ends.
 package governance

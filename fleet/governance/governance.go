@@ -149,6 +149,9 @@ var (
 	ErrFull = errors.New("governance: block list full")
 	// ErrNoEnroller: an enroll decision without a Config.Enroller.
 	ErrNoEnroller = errors.New("governance: no enroller configured")
+	// ErrNotEnrollable: an enroll decision on an entry that names no TPM
+	// (Shadow.Enrollable); a *NotEnrollableError says why.
+	ErrNotEnrollable = errors.New("governance: entry cannot be enrolled")
 )
 
 // Config configures a Service. Zero durations and counts take the defaults
@@ -206,6 +209,13 @@ type Config struct {
 	AttestStale time.Duration
 	// SweepInterval is how often Run sweeps. Default 1h.
 	SweepInterval time.Duration
+	// RescoreDelay is the tick at which Run scores the devices whose
+	// inputs changed (Rescore): each is scored one to two ticks after its
+	// first mark, once however often it was marked. Default 2s.
+	RescoreDelay time.Duration
+	// MaxRescore bounds the devices waiting to be scored; past it the
+	// next tick sweeps everything instead. Default 10000.
+	MaxRescore int
 	// FlushInterval is how often Run writes the triage aggregate and acts
 	// on detected clones. Default 1s.
 	FlushInterval time.Duration
@@ -251,9 +261,12 @@ type Service struct {
 
 	sessions sessionTracker
 
-	// judgeMu serializes judging devices (a sweep page, Assign), so that
-	// a verdict is never written over a newer one.
+	// judgeMu serializes judging devices (a sweep page, Assign, scoring
+	// changed devices), so that a verdict is never written over a newer
+	// one.
 	judgeMu sync.Mutex
+
+	rescore rescoreQueue // devices whose risk inputs changed (rescore.go)
 }
 
 const schemaVersion = 1
@@ -302,7 +315,8 @@ func Open(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("governance: open %s: %w", cfg.Path, err)
 	}
-	s := &Service{cfg: cfg, w: w, log: cfg.Logger, db: db, pending: map[string]*pendingAttempt{}}
+	s := &Service{cfg: cfg, w: w, log: cfg.Logger, db: db, pending: map[string]*pendingAttempt{},
+		rescore: rescoreQueue{young: map[string]struct{}{}, ripe: map[string]struct{}{}}}
 	s.sessions.init()
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketMeta, bucketOwners, bucketAssign, bucketStatus, bucketTriage,
@@ -347,6 +361,7 @@ func setDefaults(c *Config) {
 	def(&c.NearExpiry, c.CertLifetime/10)
 	def(&c.AttestStale, time.Hour)
 	def(&c.SweepInterval, time.Hour)
+	def(&c.RescoreDelay, 2*time.Second)
 	def(&c.FlushInterval, time.Second)
 	def(&c.CloneGrace, 30*time.Second)
 	def(&c.CloneWindow, 10*time.Minute)
@@ -358,6 +373,7 @@ func setDefaults(c *Config) {
 	defInt(&c.MaxTriage, 10000)
 	defInt(&c.MaxBlocks, 10000)
 	defInt(&c.MaxSessions, 100000)
+	defInt(&c.MaxRescore, 10000)
 	defInt(&c.CloneTakebacks, 2)
 	if c.Now == nil {
 		c.Now = time.Now
@@ -376,8 +392,9 @@ func (s *Service) Close() error {
 	return ferr
 }
 
-// Run sweeps, flushes and checks sessions until ctx ends; it flushes once
-// more before returning. A failing sweep is logged and retried at the next
+// Run sweeps, flushes, checks sessions and scores the devices whose risk
+// inputs changed (Rescore) until ctx ends; it flushes once more before
+// returning. A failing sweep is logged and retried at the next
 // interval: the fleet keeps running without governance findings rather
 // than stopping.
 func (s *Service) Run(ctx context.Context) error {
@@ -391,6 +408,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	sessions := time.NewTicker(check)
 	defer sessions.Stop()
+	rescore := time.NewTicker(s.cfg.RescoreDelay)
+	defer rescore.Stop()
 
 	s.sweepLogged(ctx)
 	for {
@@ -408,6 +427,8 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		case <-sessions.C:
 			s.CheckSessions()
+		case <-rescore.C:
+			s.rescoreTick(ctx)
 		}
 	}
 }

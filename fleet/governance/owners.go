@@ -127,7 +127,7 @@ func (s *Service) SetOwnerStatus(id string, st OwnerStatus) error {
 	if !st.valid() {
 		return fmt.Errorf("%w: owner status %q", ErrInvalid, clean(string(st)))
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		o, err := get[Owner](tx, bucketOwners, []byte(id))
 		if err != nil {
 			return err
@@ -138,6 +138,10 @@ func (s *Service) SetOwnerStatus(id string, st OwnerStatus) error {
 		o.Status, o.Updated = st, s.cfg.Now().UTC()
 		return put(tx, bucketOwners, []byte(id), o)
 	})
+	if err == nil {
+		s.RescoreAll() // owned or orphaned: every device of the owner
+	}
+	return err
 }
 
 // Owner returns an owner.
@@ -221,6 +225,7 @@ func (s *Service) Assign(a Assignment) error {
 	if err != nil {
 		return fmt.Errorf("governance: assign: %w", err)
 	}
+	s.Rescore(d.ID)
 	return s.judgeOwnership(d)
 }
 

@@ -470,8 +470,56 @@ func (s *Service) TriageStats() (TriageStats, error) {
 	return st, err
 }
 
+// NotEnrollableError says why a triage entry cannot be enrolled. Its
+// Reason is meant for operators. It matches ErrNotEnrollable.
+type NotEnrollableError struct {
+	Key    string
+	Reason string
+}
+
+func (e *NotEnrollableError) Error() string {
+	return "governance: " + e.Key + " cannot be enrolled: " + e.Reason
+}
+
+// Is makes errors.Is(err, ErrNotEnrollable) hold.
+func (e *NotEnrollableError) Is(target error) bool { return target == ErrNotEnrollable }
+
+// Enrollable reports whether an operator may decide to enroll the entry,
+// and if not, why (a *NotEnrollableError). Only identities a device can
+// then prove with its own TPM qualify: an unknown EK (enrollment trusts
+// that EK once decided) and an unknown bootstrap client ID (it may open a
+// bootstrap session; its EK still needs a trust path). A certificate
+// issued by another CA — or a fleet certificate of a device the inventory
+// no longer holds — names no TPM: enrolling it would trust a credential
+// the fleet never issued or already forgot, so such entries can only be
+// blocked or dismissed.
+func (sh *Shadow) Enrollable() error {
+	why := ""
+	switch {
+	case sh.Kind == AttemptForeignCert:
+		issuer := "an unknown issuer"
+		if sh.Cert != nil && sh.Cert.Issuer != "" {
+			issuer = sh.Cert.Issuer
+		}
+		why = "its certificate was issued by another CA (" + issuer + "), not by this fleet nor for a TPM the fleet knows; block or dismiss it (a device of yours enrolls with its TPM)"
+	case sh.Kind == AttemptUnknownDevice:
+		why = "it holds a fleet certificate of a device the inventory no longer has; that device enrolls again with its TPM, so block or dismiss this entry"
+	case sh.Kind == AttemptUnknownEK && sh.EKFingerprint == "":
+		why = "it presented no EK to trust"
+	case sh.Kind == AttemptUnknownClient && sh.ClientID == "":
+		why = "it presented no client ID"
+	case sh.Kind != AttemptUnknownEK && sh.Kind != AttemptUnknownClient:
+		why = "entries of kind " + string(sh.Kind) + " cannot be enrolled"
+	}
+	if why == "" {
+		return nil
+	}
+	return &NotEnrollableError{Key: sh.Key, Reason: why}
+}
+
 // Decide records an operator's decision on a triage entry and carries it
-// out: DecisionEnroll hands the entry to the Enroller (its error aborts the
+// out: DecisionEnroll hands the entry to the Enroller if the entry is
+// Enrollable (else a *NotEnrollableError; either error aborts the
 // decision); DecisionBlock puts the entry's client ID and EK on the block
 // list, or its source addresses when it has neither (a foreign
 // certificate); DecisionDismiss only records. It returns the updated entry.
@@ -489,6 +537,9 @@ func (s *Service) Decide(key string, d Decision, by, note string) (*Shadow, erro
 	by, note = clean(by), clean(note)
 	switch d {
 	case DecisionEnroll:
+		if err := sh.Enrollable(); err != nil {
+			return nil, err
+		}
 		if s.cfg.Enroller == nil {
 			return nil, ErrNoEnroller
 		}

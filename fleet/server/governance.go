@@ -75,6 +75,15 @@ func (s *Server) revoker() governance.InventoryRevoker {
 	return governance.InventoryRevoker{Inventory: s.Inv, Disconnect: s.Broker.Disconnect}
 }
 
+// rescore tells governance that a device's risk inputs changed: its
+// score is computed again within seconds (governance.Service.Rescore),
+// not at the next sweep.
+func (s *Server) rescore(deviceID string) {
+	if g := s.Governance; g != nil {
+		g.Rescore(deviceID)
+	}
+}
+
 // governanceAlert takes governance's findings. A device's finding is
 // recorded as a lifecycle event of the device (and so in the audit log)
 // and, when raised, handed to the alert engine as a security event;

@@ -134,6 +134,10 @@ type Config struct {
 	// AlertSinks are where alert notifications go (fleet/server
 	// AlertSink). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
+	// AlertFlood limits how many new alerts open per window (fleet/server
+	// AlertFlood); the rest are held back and summarized. Default 20 per
+	// rule and 100 fleet-wide per 10 minutes.
+	AlertFlood AlertFlood `json:"alert_flood"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
@@ -567,6 +571,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Warn("inventory update on connection event failed", "err", err)
 	}
+	s.rescore(ev.Identity.DeviceID) // silence counts in the risk score
 }
 
 // AdminToken returns the admin API bearer token.
@@ -712,6 +717,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		if err != nil {
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		}
+		s.rescore(id.DeviceID) // its reported firmware counts in the risk score
 		s.alertSeen(id.DeviceID)
 		// A device says hello once subscribed after each connect: deliver
 		// the secrets it has not acknowledged, and during a CA rotation the

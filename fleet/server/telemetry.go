@@ -97,6 +97,38 @@ type AlertSink struct {
 	Backoff config.Duration `json:"backoff"`
 }
 
+// AlertFlood is the alert_flood configuration: flood control of new
+// alerts (fleet/alert Flood). Past a limit, new alerts are held back:
+// counted in one summary alert per rule and window (which names the
+// rule, the count, the devices and the window, and goes to the sinks once,
+// when the window closes); their rules' actions still run.
+type AlertFlood struct {
+	// Window is the length of the windows the limits count in. Default
+	// 10m.
+	Window config.Duration `json:"window"`
+	// PerRule is how many new alerts one rule may open per window.
+	// Default 20; negative means no limit per rule.
+	PerRule int `json:"per_rule"`
+	// Fleet is how many new alerts all rules together may open per
+	// window. Default 100; negative means no fleet-wide limit.
+	Fleet int `json:"fleet"`
+}
+
+// flood is the engine's Flood for the configuration's defaults.
+func (c AlertFlood) flood() alert.Flood {
+	f := alert.Flood{Window: time.Duration(c.Window), PerRule: c.PerRule, Fleet: c.Fleet}
+	if f.Window <= 0 {
+		f.Window = 10 * time.Minute
+	}
+	if f.PerRule == 0 {
+		f.PerRule = 20
+	}
+	if f.Fleet == 0 {
+		f.Fleet = 100
+	}
+	return f
+}
+
 // telemetryParts are the server's telemetry and alerting internals.
 type telemetryParts struct {
 	cursors  *cursorStore
@@ -134,6 +166,8 @@ func (s *Server) openTelemetry() error {
 	s.Alerts, err = alert.Open(alert.Config{
 		Path: filepath.Join(s.cfg.DataDir, AlertsFile), Routes: routes,
 		Actions: alert.ActionsFunc(s.alertAction), Logger: s.log.With("component", "alert"),
+		OnTransition: func(n alert.Notification) { s.rescore(n.Alert.DeviceID) }, // open alerts count in the risk score
+		Flood:        s.cfg.AlertFlood.flood(),
 	})
 	if err != nil {
 		return err
@@ -237,6 +271,16 @@ const maxAuthEvents = 64
 
 func (s *Server) observe(b telemetry.Batch) {
 	id := b.DeviceID
+	for i := range b.Points {
+		if _, ok := b.Points[i].Sets["listen.tcp"]; ok {
+			s.rescore(id) // listening ports count in the risk score
+			break
+		}
+		if _, ok := b.Points[i].Sets["listen.udp"]; ok {
+			s.rescore(id)
+			break
+		}
+	}
 	if b.Dropped > 0 {
 		s.alertEvent(id, EventTelemetryDropped, string(alert.SeverityWarning), time.Now(),
 			map[string]string{"dropped": strconv.FormatUint(b.Dropped, 10)})
@@ -343,6 +387,7 @@ func (s *Server) alertSeen(deviceID string) {
 // Config.Verdict): a failure as alert.EventAttestationFailed, a pass as
 // alert.EventAttestationPassed, which resolves the failure's alert.
 func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
+	s.rescore(deviceID) // verdicts count in the risk score
 	if f := s.consoleVerdict.Load(); f != nil {
 		(*f)(deviceID, rec, 0)
 	}
@@ -412,6 +457,7 @@ func (s *Server) lifecycleEvent(e inventory.Event) {
 func (s *Server) inventoryEvent(e inventory.Event) {
 	s.auditEvent(e)
 	s.lifecycleEvent(e)
+	s.rescore(e.DeviceID) // a lifecycle change (state, certificate, flags) moves the risk score
 }
 
 // alertAction carries out a rule's action on the alert's device:
@@ -617,7 +663,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_attestation_verdicts_total{result} recorded verdicts, pass or fail
 //	sigil_quarantines_total                 devices quarantined
 //	sigil_renewals_total                    certificates renewed
-//	sigil_alerts_fired_total, _deduplicated_total, _resolved_total
+//	sigil_alerts_fired_total, _deduplicated_total, _resolved_total, _held_total
 //	sigil_alert_notifications_delivered_total, _retried_total, _dead_lettered_total
 //	sigil_alert_actions_failed_total
 //	sigil_alert_notifications_queued        notifications waiting for their sinks
@@ -665,6 +711,7 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_alerts_fired_total", "Alerts opened.", func() float64 { return u(a().Fired) }},
 		{"sigil_alerts_deduplicated_total", "Firings absorbed by an open alert.", func() float64 { return u(a().Deduplicated) }},
 		{"sigil_alerts_resolved_total", "Alerts resolved.", func() float64 { return u(a().Resolved) }},
+		{"sigil_alerts_held_total", "New alerts flood control held back (each counted in its rule's summary alert).", func() float64 { return u(a().Held) }},
 		{"sigil_alert_notifications_delivered_total", "Alert notifications a sink accepted.", func() float64 { return u(a().Delivered) }},
 		{"sigil_alert_notifications_retried_total", "Failed alert deliveries that were retried.", func() float64 { return u(a().Retried) }},
 		{"sigil_alert_notifications_dead_lettered_total", "Alert notifications recorded as dead letters.", func() float64 { return u(a().DeadLettered) }},

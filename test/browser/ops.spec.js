@@ -1,0 +1,291 @@
+// The operations scenarios in a real Chromium, driven by playwright-core:
+// the console's 404 page, a throttled login, alerts after a flood
+// (flood summary, severity filter, grouping, bulk acknowledgement), the
+// issued enrollment tokens, triage of a certificate from another CA and
+// "sweep now" on the risk page. axe-core checks every page for serious
+// and critical accessibility violations. Run by ops_test.go, which starts
+// the fleet and passes it in the environment (SIGIL_*). Each step prints
+// "ok - ..." or "not ok - ..."; the first failure stops the run.
+"use strict";
+
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const https = require("node:https");
+const path = require("node:path");
+const { chromium } = require("playwright-core");
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) {
+    throw new Error(`environment variable ${name} is not set (run through ops_test.go)`);
+  }
+  return v;
+};
+const URL_ = env("SIGIL_URL");
+const CA = fs.readFileSync(env("SIGIL_CA"));
+const SHOTS = env("SIGIL_SCREENSHOTS");
+const AXE = fs.readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+
+let passed = 0;
+let failed = 0;
+const problems = []; // console errors and CSP violations seen in any page
+
+async function step(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok - ${name}`);
+  } catch (err) {
+    failed++;
+    console.log(`not ok - ${name}`);
+    console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
+    throw err;
+  }
+}
+
+function section(page, heading) {
+  return page.locator("section", { has: page.getByRole("heading", { name: heading, exact: true }) });
+}
+
+function api(method, p) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(URL_ + p, { method, ca: CA }, (res) => {
+      let body = "";
+      res.on("data", (c) => (body += c));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+async function newPage(browser, width) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: width || 1366, height: 860 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  page.on("dialog", (d) => d.accept());
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`${page.url()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`${page.url()}: ${e.message}`));
+  return page;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
+}
+
+// accessible runs axe-core in the page (evaluated through the DevTools
+// protocol, which the page's CSP does not govern) and fails on serious or
+// critical violations.
+async function accessible(page, what) {
+  await page.evaluate(AXE);
+  const res = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  const bad = res.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  const lines = bad.map((v) => `${v.impact} ${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).slice(0, 3).join("; ")})`);
+  assert.deepEqual(lines, [], `axe on ${what}`);
+}
+
+async function login(page, user, password) {
+  await page.goto(URL_ + "/login");
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForURL(URL_ + "/");
+}
+
+async function flash(page, text) {
+  const status = page.getByRole("status");
+  await status.waitFor();
+  assert.match(await status.innerText(), text);
+}
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: env("SIGIL_CHROMIUM"),
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+  try {
+    await run(browser);
+  } finally {
+    await browser.close();
+  }
+}
+
+async function run(browser) {
+  const page = await newPage(browser);
+
+  await step("a throttled login says why in one sentence", async () => {
+    const user = env("SIGIL_THROTTLED");
+    await page.goto(URL_ + "/login");
+    for (let i = 0; i < 2; i++) {
+      await page.getByLabel("User name").fill(user);
+      await page.getByLabel("Password").fill("not the password " + i);
+      await page.getByRole("button", { name: "Log in" }).click();
+      await page.getByRole("alert").waitFor();
+    }
+    const msg = (await page.getByRole("alert").innerText()).trim();
+    assert.match(msg, /^Too many failed logins: try again in (1 second|\d+ seconds|\d+ minutes?)\.$/);
+    await accessible(page, "the login page");
+  });
+
+  await step("an unknown console URL shows the console's 404 page with the menu", async () => {
+    await login(page, env("SIGIL_OPERATOR"), env("SIGIL_OPERATOR_PASSWORD"));
+    const res = await page.goto(URL_ + "/devcies");
+    assert.equal(res.status(), 404);
+    assert.match(res.headers()["content-type"], /^text\/html/);
+    await page.getByRole("heading", { name: "Page not found", level: 1 }).waitFor();
+    assert.match(await page.locator("main").innerText(), /no console page at \/devcies/);
+    await accessible(page, "the 404 page");
+    await shot(page, "not-found");
+    await section(page, "Where to go").getByRole("link", { name: "Devices" }).click();
+    await page.waitForURL(URL_ + "/devices");
+    // API URLs keep the API's answers.
+    const apiRes = await api("GET", "/api/v1/no-such-route");
+    assert.equal(apiRes.status, 404);
+    assert.match(apiRes.headers["content-type"], /problem\+json/);
+    // Without a session: the page, a login link, no menu.
+    const anon = await api("GET", "/devcies");
+    assert.equal(anon.status, 404);
+    assert.match(anon.body, /Page not found/);
+    assert.match(anon.body, /Log in to the console/);
+    assert.doesNotMatch(anon.body, /aria-label="Main"/);
+  });
+
+  await step("the alerts page says what flood control held back", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Alerts" }).click();
+    const flood = section(page, "Flood control held alerts back");
+    const text = await flood.innerText();
+    assert.match(text, new RegExp(`held back ${env("SIGIL_HELD")} new alerts of rule ops-logins from ${env("SIGIL_HELD")} devices`));
+    assert.match(text, /limit: \d+ new alerts per rule/);
+    assert.match(text, /and \d+ more/);
+    await accessible(page, "the alerts page");
+    await shot(page, "alerts-flood");
+  });
+
+  await step("filters alerts by severity", async () => {
+    await page.getByLabel("Severity").selectOption("critical");
+    await page.getByRole("button", { name: "Show", exact: true }).click();
+    await page.waitForURL(/severity=critical/);
+    const rows = page.locator("table.alerts tbody tr");
+    assert.equal(await rows.count(), 3);
+    for (const t of await rows.allInnerTexts()) {
+      assert.match(t, /critical/);
+    }
+  });
+
+  await step("groups alerts by rule and acknowledges a whole group", async () => {
+    await page.goto(URL_ + "/alerts?group=rule");
+    const table = page.locator("table.alert-groups");
+    const logins = table.locator("tbody tr", { hasText: "Failed logins (ops)" });
+    const opened = Number(env("SIGIL_OPENED"));
+    assert.match(await logins.innerText(), new RegExp(`${opened + 1}\\s+${opened + 1} firing`));
+    assert.match(await logins.innerText(), new RegExp(`\\+ ${env("SIGIL_HELD")} held back`));
+    assert.match(await table.locator("tbody tr", { hasText: "Attestation failed (ops)" }).innerText(), /3 critical/);
+    await accessible(page, "the alerts grouped by rule");
+    await shot(page, "alerts-grouped");
+    await logins.getByRole("button", { name: /^Acknowledge \d+ firing alerts of ops-logins$/ }).click();
+    await page.waitForURL(/\/alerts\?ok=alert\.bulkack$/);
+    await flash(page, /Acknowledged/);
+    await page.goto(URL_ + "/alerts?group=rule&view=firing");
+    assert.equal(await page.locator("table.alert-groups tbody tr", { hasText: "Failed logins (ops)" }).count(), 0);
+    await page.goto(URL_ + "/alerts?group=device");
+    assert.ok((await page.locator("table.alert-groups tbody tr").count()) >= 4);
+    await accessible(page, "the alerts grouped by device");
+  });
+
+  await step("acknowledges a selection of alerts", async () => {
+    await page.goto(URL_ + "/alerts?view=firing&severity=critical");
+    const boxes = page.locator("table.alerts tbody input[type=checkbox]");
+    assert.equal(await boxes.count(), 3);
+    for (let i = 0; i < 3; i++) {
+      await boxes.nth(i).check();
+    }
+    await page.getByLabel("Note for the acknowledgement (optional)").fill("bench rack rebooted");
+    await page.getByRole("button", { name: "Acknowledge selected" }).click();
+    await page.waitForURL(/\/alerts\?ok=alert\.bulkack$/);
+    await flash(page, /Acknowledged/);
+    await page.goto(URL_ + "/alerts?view=firing&severity=critical");
+    assert.match(await section(page, "Alerts firing").innerText(), /No alert matches/);
+    await page.goto(URL_ + "/alerts?view=acknowledged&severity=critical");
+    assert.match(await page.locator("table.alerts").innerText(), /acknowledged by olga just now: bench rack rebooted/);
+  });
+
+  await step("lists the issued enrollment tokens, never their secrets", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Enrollment" }).click();
+    const issued = section(page, "Issued tokens");
+    const text = await issued.innerText();
+    for (const id of [env("SIGIL_TOKEN_UNUSED"), env("SIGIL_TOKEN_USED")]) {
+      assert.ok(text.includes(id), `token ${id} listed`);
+    }
+    assert.match(await issued.locator("tr", { hasText: env("SIGIL_TOKEN_UNUSED") }).innerText(), /unused[\s\S]*plant-a/);
+    assert.match(await issued.locator("tr", { hasText: env("SIGIL_TOKEN_USED") }).innerText(), /used[\s\S]*by /);
+    assert.ok(!(await page.content()).includes("sgt_"), "no token secret on the page");
+    await accessible(page, "the enrollment page");
+    await shot(page, "enrollment-tokens");
+    await page.getByLabel("Show").selectOption("unused");
+    await issued.getByRole("button", { name: "Show" }).click();
+    await page.waitForURL(/tokens=unused/);
+    const unusedOnly = await section(page, "Issued tokens").innerText();
+    assert.ok(unusedOnly.includes(env("SIGIL_TOKEN_UNUSED")) && !unusedOnly.includes(env("SIGIL_TOKEN_USED")), unusedOnly);
+  });
+
+  await step("triage offers no enroll for a certificate from another CA, and says why", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Triage" }).click();
+    const foreign = page.locator("tr", { hasText: "Certificate from another CA" });
+    assert.equal(await foreign.count(), 1);
+    assert.equal(await foreign.getByRole("button", { name: /^Enroll/ }).count(), 0);
+    assert.equal(await foreign.getByRole("button", { name: /^Block/ }).count(), 1);
+    assert.equal(await foreign.getByRole("button", { name: /^Dismiss/ }).count(), 1);
+    assert.match(await foreign.innerText(), /Enroll is not offered: its certificate was issued by another CA \(CN=Acme Plant CA\)/);
+    const tpm = page.locator("tr", { hasText: "Unknown TPM (EK)" });
+    assert.equal(await tpm.getByRole("button", { name: /^Enroll/ }).count(), 1);
+    await accessible(page, "the triage page");
+    await shot(page, "triage");
+  });
+
+  await step("sweeps now from the risk page", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Risk" }).click();
+    await page.getByRole("button", { name: "Sweep now" }).click();
+    await page.waitForURL(/\/risk\?ok=risk\.sweep$/);
+    await flash(page, /Swept/);
+    const row = page.locator("table tbody tr", { has: page.locator(`a[href="/devices/${env("SIGIL_ENROLLED")}"]`) });
+    assert.equal(await row.count(), 1);
+    assert.match(await row.innerText(), /attestation-failing/);
+    await accessible(page, "the risk page");
+    await shot(page, "risk-sweep");
+    await page.goto(URL_ + "/");
+    const tile = page.locator("a.card", { hasText: "Highest risk" });
+    assert.doesNotMatch(await tile.innerText(), /no device scored yet/);
+  });
+
+  await step("a viewer sees no sweep or bulk acknowledgement buttons", async () => {
+    const viewer = await newPage(browser);
+    await login(viewer, env("SIGIL_VIEWER"), env("SIGIL_VIEWER_PASSWORD"));
+    await viewer.goto(URL_ + "/risk");
+    assert.equal(await viewer.getByRole("button", { name: "Sweep now" }).count(), 0);
+    await viewer.goto(URL_ + "/alerts");
+    assert.equal(await viewer.getByRole("button", { name: /^Acknowledge/ }).count(), 0);
+    await viewer.context().close();
+  });
+
+  await step("no page logged a script error or a Content-Security-Policy violation", async () => {
+    // Expected: the 401s and 429 of the throttled logins, and the 404s.
+    const unexpected = problems.filter((p) => !/status of (401|404|429)/.test(p));
+    assert.deepEqual(unexpected, []);
+  });
+}
+
+main()
+  .catch((err) => {
+    if (failed === 0) {
+      failed++;
+      console.log("not ok - setting up the browser");
+      console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
+    }
+  })
+  .finally(() => {
+    console.log(`${passed} passed, ${failed} failed`);
+    process.exit(failed > 0 || passed === 0 ? 1 : 0);
+  });
