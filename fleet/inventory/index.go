@@ -11,6 +11,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // Secondary indexes. The device list of a large fleet sorts and filters
@@ -324,6 +326,9 @@ func (s *Store) Query(q Query) (Page, error) {
 	var after []byte
 	if q.After != "" {
 		if q.Order == FieldID {
+			if !wire.ValidID(q.After) {
+				return Page{}, fmt.Errorf("%w: bad cursor", ErrQuery)
+			}
 			after = []byte(q.After)
 		} else {
 			var err error
