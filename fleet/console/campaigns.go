@@ -652,7 +652,7 @@ func campaignFacts(c CampaignView) [][2]string {
 		sel = append(sel, "tags "+strings.Join(d.Targets.Tags, ", "))
 	}
 	if n := len(d.Targets.DeviceIDs); n > 0 {
-		sel = append(sel, fmt.Sprintf("%d listed devices", n))
+		sel = append(sel, mustPlural(n, "listed device"))
 	}
 	if d.RollbackOf != "" {
 		sel = append(sel, "the devices that committed "+d.RollbackOf)

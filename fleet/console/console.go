@@ -29,6 +29,9 @@ type Inventory interface {
 	DeviceByEK(fingerprint string) (*inventory.Device, error)
 	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
 	Events(deviceID string, limit int) ([]inventory.Event, error)
+	// Query and Count serve the device list from the inventory's indexes.
+	Query(q inventory.Query) (inventory.Page, error)
+	Count(where map[inventory.Field]string) (int, error)
 }
 
 // Attestations reads a device's verdicts, newest first. *attest.Service
