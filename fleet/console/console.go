@@ -34,10 +34,11 @@ type Inventory interface {
 	Count(where map[inventory.Field]string) (int, error)
 }
 
-// Attestations reads a device's verdicts, newest first. *attest.Service
+// Attestations reads a device's verdicts, newest first, a page at a time
+// (older than a sequence number; 0 for the newest). *attest.Service
 // implements it.
 type Attestations interface {
-	History(deviceID string, limit int) ([]attest.Record, error)
+	HistoryBefore(deviceID string, before uint64, limit int) ([]attest.Record, error)
 }
 
 // Policies reads the reference policies. *policy.Store implements it.

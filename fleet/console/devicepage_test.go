@@ -1,9 +1,11 @@
 package console_test
 
 import (
+	"context"
 	"fmt"
 	"html"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
@@ -83,7 +86,8 @@ func historyPages(t *testing.T, s *session, path, anchor string, entryRE *regexp
 		if n > 20 {
 			t.Fatalf("paging %s does not end", anchor)
 		}
-		page := body(t, s.get(path), http.StatusOK)
+		req, _, _ := strings.Cut(path, "#") // browsers keep the fragment to themselves
+		page := body(t, s.get(req), http.StatusOK)
 		start := strings.Index(page, `id="`+anchor+`"`)
 		if start < 0 {
 			t.Fatalf("no section #%s on %s", anchor, path)
@@ -145,4 +149,45 @@ func TestDeviceHistoryPaging(t *testing.T) {
 	}
 	body(t, op.get("/devices/"+d.ID+"?events=-1"), http.StatusBadRequest)
 	body(t, op.get("/devices/"+d.ID+"?attestations=x"), http.StatusBadRequest)
+}
+
+// TestDeviceSectionsPaging: the firmware history (one entry per campaign)
+// and the audit trail page like the built-in histories: 20 entries, then
+// the older ones, each once.
+func TestDeviceSectionsPaging(t *testing.T) {
+	ff := newFleetFixture(t, fleetOptions{noApprovals: true})
+	admin := ff.login("ada", auth.RoleAdmin)
+	d := ff.addDevice(1, inventory.StateActive, func(d *inventory.Device) { d.Group = "g" })
+	rel := ff.approved("rita", "ravi", "2.0.0", 2)
+	for i := range 23 {
+		if _, err := ff.campaigns.Create(context.Background(), campaign.Definition{Name: fmt.Sprintf("camp-%02d", i), Release: rel.ID,
+			Targets: campaign.Selector{Group: "g"}}, "ada", "paging test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 27 {
+		redirect(t, admin.post("/devices/"+d.ID+"/edit", url.Values{"owner": {fmt.Sprint("owner-", i)}}))
+	}
+	count := func(pages [][]string) (sizes []int, all []string) {
+		seen := map[string]bool{}
+		for _, p := range pages {
+			sizes = append(sizes, len(p))
+			for _, e := range p {
+				if seen[e] {
+					t.Errorf("entry %s listed twice", e)
+				}
+				seen[e] = true
+				all = append(all, e)
+			}
+		}
+		return sizes, all
+	}
+	sizes, _ := count(historyPages(t, admin, "/devices/"+d.ID, "firmware-history", regexp.MustCompile(`>(camp-\d\d)</a>`)))
+	if fmt.Sprint(sizes) != "[20 3]" {
+		t.Errorf("firmware history pages of %v, want [20 3]", sizes)
+	}
+	sizes, all := count(historyPages(t, admin, "/devices/"+d.ID, "audit-trail", regexp.MustCompile(`<td class="mono">(\d+)</td>`)))
+	if len(sizes) < 2 || sizes[0] != 20 || len(all) < 27 {
+		t.Errorf("audit trail pages of %v (%d entries), want 20 first and at least 27 in all", sizes, len(all))
+	}
 }
