@@ -150,6 +150,8 @@ type DeviceList struct {
 	From, To int
 	// Filter carries the search to the bulk forms (scope "filter").
 	Filter [][2]string
+	// SortOptions are the orders the search form offers (value, label).
+	SortOptions [][2]string
 }
 
 // findDevices runs a device search: one page of at most limit matches, and
@@ -224,9 +226,11 @@ func (c *Console) loadDevices(r *http.Request) (any, error) {
 	if q.After != "" {
 		out.First = q.link("", 0)
 	}
+	out.SortOptions = [][2]string{{"", "Device ID"}, {"state", "State"}, {"model", "Model"}, {"firmware", "Firmware"}, {"owner", "Owner"},
+		{"group", "Group"}, {"serial", "Serial"}, {"cert_expiry", "Certificate expiry"}, {"last_seen", "Last seen"}}
 	out.Columns = map[string]Column{}
 	for name, label := range map[string]string{"id": "Device", "state": "State", "model": "Model", "firmware": "Firmware", "owner": "Owner",
-		"group": "Group", "serial": "Serial", "cert_expiry": "Certificate expires", "last_seen": "Last seen"} {
+		"group": "Group", "serial": "Serial", "cert_expiry": "Cert. expires", "last_seen": "Last seen"} {
 		col := Column{Label: label}
 		s := q
 		s.After, s.At = "", 0
