@@ -186,7 +186,7 @@ func TestDeviceSectionsPaging(t *testing.T) {
 	if fmt.Sprint(sizes) != "[20 3]" {
 		t.Errorf("firmware history pages of %v, want [20 3]", sizes)
 	}
-	sizes, all := count(historyPages(t, admin, "/devices/"+d.ID, "audit-trail", regexp.MustCompile(`<td class="mono">(\d+)</td>`)))
+	sizes, all := count(historyPages(t, admin, "/devices/"+d.ID, "audit-trail", regexp.MustCompile(`<td class="mono" data-label="#">(\d+)</td>`)))
 	if len(sizes) < 2 || sizes[0] != 20 || len(all) < 27 {
 		t.Errorf("audit trail pages of %v (%d entries), want 20 first and at least 27 in all", sizes, len(all))
 	}

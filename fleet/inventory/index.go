@@ -598,10 +598,12 @@ func (w *walker) cursor(k []byte) string {
 	return base64.RawURLEncoding.EncodeToString(k)
 }
 
-// matches checks a decoded record against the filters (exactly, as the
-// index may have cut a value) and Query.Match.
-func (w *walker) matches(d *Device) bool {
-	for f, v := range w.q.Where {
+func (w *walker) matches(d *Device) bool { return w.q.Matches(d) }
+
+// Matches reports whether d passes q's filters (compared with the record
+// itself) and q.Match: what Query checks on each record it returns.
+func (q *Query) Matches(d *Device) bool {
+	for f, v := range q.Where {
 		if v == "" {
 			continue
 		}
@@ -630,5 +632,5 @@ func (w *walker) matches(d *Device) bool {
 			return false
 		}
 	}
-	return w.q.Match == nil || w.q.Match(d)
+	return q.Match == nil || q.Match(d)
 }
