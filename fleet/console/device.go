@@ -50,6 +50,8 @@ type Anchor struct{ ID, Label string }
 // (empty on the last page), Newer back toward the newest (empty on the
 // first), both returning to the section's anchor.
 type HistoryPage struct {
+	// Name says whose pages they are ("lifecycle events").
+	Name         string
 	Older, Newer string
 	// From numbers the first entry shown (1 on the first page).
 	From int
@@ -134,6 +136,7 @@ func (c *Console) loadDevice(r *http.Request, p auth.Principal) (any, error) {
 		out.Events = evs[from:min(len(evs), from+historyShown)]
 	}
 	out.EventsPage = numberedPage(r, d.ID, "events", "events", n, len(evs) > n*historyShown)
+	out.EventsPage.Name = "lifecycle events"
 	if c.cfg.Attestations != nil {
 		out.HasAttestations = true
 		if err := c.loadAttestations(r, d.ID, &out); err != nil {
@@ -185,6 +188,7 @@ func (c *Console) loadAttestations(r *http.Request, deviceID string, out *Device
 	}
 	more := len(recs) > historyShown
 	out.Attestations = recs[:min(len(recs), historyShown)]
+	out.AttestationsPage.Name = "attestation history"
 	if more {
 		out.AttestationsPage.Older = historyLink(r, deviceID, "attestations", strconv.FormatUint(out.Attestations[len(out.Attestations)-1].Seq, 10), "attestations")
 	}

@@ -42,10 +42,13 @@ func requireBrowser(t *testing.T) {
 }
 
 // installPlaywright runs `npm ci` from the committed package-lock.json when
-// playwright-core is not installed yet (it never downloads a browser).
+// playwright-core or axe-core is not installed yet (it never downloads a
+// browser).
 func installPlaywright(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join("node_modules", "playwright-core", "package.json")); err == nil {
+	_, err1 := os.Stat(filepath.Join("node_modules", "playwright-core", "package.json"))
+	_, err2 := os.Stat(filepath.Join("node_modules", "axe-core", "axe.min.js"))
+	if err1 == nil && err2 == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -249,13 +252,16 @@ func wait(t *testing.T, d *harness.Device, cond func(agent.Status) bool) agent.S
 	return st
 }
 
-// runSpec runs console.spec.js, streams its step lines into the test log
-// and fails the test when it exits non-zero.
-func runSpec(t *testing.T, env []string) results {
+// runSpec runs console.spec.js (runScript).
+func runSpec(t *testing.T, env []string) results { return runScript(t, "console.spec.js", env) }
+
+// runScript runs a script with node, streams its step lines into the test
+// log and fails the test when it exits non-zero.
+func runScript(t *testing.T, script string, env []string) results {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "console.spec.js")
+	cmd := exec.CommandContext(ctx, "node", script)
 	cmd.Env = env
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -279,7 +285,7 @@ func runSpec(t *testing.T, env []string) results {
 		t.Log(line)
 	}
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("console.spec.js: %v\n%s", err, stderr.String())
+		t.Fatalf("%s: %v\n%s", script, err, stderr.String())
 	}
 	return res
 }
