@@ -139,8 +139,9 @@ func (h *handler) bulk(action string, act bulkAction) func(http.ResponseWriter, 
 			return
 		}
 		res.Action = action
+		rid := w.Header().Get(RequestIDHeader) // read once: the workers below share it
 		for _, s := range res.Skipped {
-			h.auditDevice(r, w, action, who, req.Justification, s.ID, s.Reason, nil)
+			h.auditDevice(r, rid, action, who, req.Justification, s.ID, s.Reason, nil)
 		}
 		skips := make([]string, len(devs))
 		errs := make([]error, len(devs))
@@ -150,7 +151,7 @@ func (h *handler) bulk(action string, act bulkAction) func(http.ResponseWriter, 
 			wg.Go(func() {
 				for i := range work {
 					skips[i], errs[i] = act(r, &req, who, &devs[i])
-					h.auditDevice(r, w, action, who, req.Justification, devs[i].ID, skips[i], errs[i])
+					h.auditDevice(r, rid, action, who, req.Justification, devs[i].ID, skips[i], errs[i])
 				}
 			})
 		}
@@ -293,7 +294,7 @@ func (h *handler) connected(d *inventory.Device) bool {
 }
 
 // auditDevice records one device's part of a bulk call.
-func (h *handler) auditDevice(r *http.Request, w http.ResponseWriter, action, who, why, id, skip string, err error) {
+func (h *handler) auditDevice(r *http.Request, rid, action, who, why, id, skip string, err error) {
 	if h.cfg.Audit == nil {
 		return
 	}
@@ -301,7 +302,7 @@ func (h *handler) auditDevice(r *http.Request, w http.ResponseWriter, action, wh
 	if why != "" {
 		e = e.Because(why)
 	}
-	if rid := w.Header().Get(RequestIDHeader); rid != "" {
+	if rid != "" {
 		e = e.Request(rid)
 	}
 	switch {
@@ -379,6 +380,7 @@ func (h *handler) bulkRotate(w http.ResponseWriter, r *http.Request, who string)
 	if reason == "" {
 		reason = "bulk rotation by " + who
 	}
+	rid := w.Header().Get(RequestIDHeader)
 	res := BulkResult{Action: "rotate", Done: []string{}}
 	var sel rotation.Selector
 	if f := req.Filter; f != nil && req.After == "" && f.Firmware == "" && f.Owner == "" && f.Tag == "" && f.Q == "" && f.Connected == nil &&
@@ -406,7 +408,7 @@ func (h *handler) bulkRotate(w http.ResponseWriter, r *http.Request, who string)
 		}
 		if len(sel.DeviceIDs) == 0 {
 			for _, s := range res.Skipped {
-				h.auditDevice(r, w, "rotate", who, req.Reason, s.ID, s.Reason, nil)
+				h.auditDevice(r, rid, "rotate", who, req.Reason, s.ID, s.Reason, nil)
 			}
 			writeJSON(w, http.StatusOK, res)
 			return
@@ -427,10 +429,10 @@ func (h *handler) bulkRotate(w http.ResponseWriter, r *http.Request, who string)
 		res.Done = sel.DeviceIDs
 	}
 	for _, id := range res.Done {
-		h.auditDevice(r, w, "rotate", who, req.Reason, id, "", nil)
+		h.auditDevice(r, rid, "rotate", who, req.Reason, id, "", nil)
 	}
 	for _, s := range res.Skipped {
-		h.auditDevice(r, w, "rotate", who, req.Reason, s.ID, s.Reason, nil)
+		h.auditDevice(r, rid, "rotate", who, req.Reason, s.ID, s.Reason, nil)
 	}
 	h.log.Info("bulk rotation", "by", who, "job", job.ID, "devices", v.Progress.Total)
 	writeJSON(w, http.StatusCreated, res)
