@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"encoding/json"
 	"html"
 	"net/http"
 	"net/url"
@@ -254,4 +255,50 @@ func TestBulkQuarantineByFilter(t *testing.T) {
 			t.Errorf("device %d causes %+v", i, d.Quarantine)
 		}
 	}
+}
+
+// TestBulkRotate: rotating the ticked devices starts one forced rotation
+// job over the active ones among them; rotating the whole fleet's search
+// is one job over every active device (the rotation service's own
+// selector), whatever its size.
+func TestBulkRotate(t *testing.T) {
+	f := newFixture(t, nil)
+	op := f.login("olga", auth.RoleOperator)
+	for i := 1; i <= 5; i++ {
+		state := inventory.StateActive
+		if i == 3 {
+			state = inventory.StatePending
+		}
+		f.addDevice(i, state, nil)
+	}
+	page := body(t, op.post("/devices/bulk/rotate", url.Values{"scope": {"selected"}, "id": {devID(1), devID(2), devID(3)}}), http.StatusOK)
+	mustContain(t, page, "Rotation started", "Skipped "+devID(3)[:12], "only active devices rotate")
+	m := regexp.MustCompile(`<dd>(rot_[0-9a-f]+)</dd>`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no rotation job named:\n%s", page)
+	}
+	job := apiJSON[struct {
+		Devices []struct {
+			ID string `json:"id"`
+		} `json:"devices"`
+	}](t, op, "/api/v1/rotations/"+m[1])
+	var got []string
+	for _, d := range job.Devices {
+		got = append(got, d.ID)
+	}
+	if !slices.Equal(got, ids(1, 2)) {
+		t.Errorf("the job rotates %v, want devices 1 and 2", got)
+	}
+	page = body(t, op.post("/devices/bulk/rotate", url.Values{"scope": {"filter"}, "justification": {"yearly rotation"}}), http.StatusOK)
+	mustContain(t, page, "Rotation started", "<dt>Devices</dt><dd>4</dd>")
+}
+
+// apiJSON reads an API answer as the browser's session.
+func apiJSON[T any](t *testing.T, s *session, path string) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal([]byte(body(t, s.get(path), http.StatusOK)), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
