@@ -141,6 +141,7 @@ func New(cfg Config) http.Handler {
 	h.routesAlerts()
 	h.routesFirmware()
 	h.routesQuarantine()
+	h.routesBulk()
 	h.routesGovernance()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
@@ -217,6 +218,10 @@ func (h *handler) listDevices(w http.ResponseWriter, r *http.Request, _ string) 
 		f.Limit = n
 	}
 	devs, next, err := h.cfg.Inventory.ListDevices(f)
+	if errors.Is(err, inventory.ErrQuery) {
+		problem(w, http.StatusBadRequest, "bad request", "after must be a device ID from a previous page")
+		return
+	}
 	if err != nil {
 		h.internal(w, err)
 		return

@@ -893,3 +893,9 @@ func removeFlag(flags []string, f string) []string {
 func (s *Service) History(deviceID string, limit int) ([]Record, error) {
 	return s.cfg.History.List(deviceID, limit)
 }
+
+// HistoryBefore returns a device's verdicts older than sequence number
+// before (0: from the newest), newest first (History.ListBefore).
+func (s *Service) HistoryBefore(deviceID string, before uint64, limit int) ([]Record, error) {
+	return s.cfg.History.ListBefore(deviceID, before, limit)
+}

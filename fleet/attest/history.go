@@ -103,6 +103,13 @@ func key(seq uint64) []byte {
 
 // List returns up to limit records of a device, newest first.
 func (h *History) List(deviceID string, limit int) ([]Record, error) {
+	return h.ListBefore(deviceID, 0, limit)
+}
+
+// ListBefore returns up to limit records of a device older than sequence
+// number before (0: from the newest), newest first: a page of its
+// history, continued with the last record's Seq.
+func (h *History) ListBefore(deviceID string, before uint64, limit int) ([]Record, error) {
 	var out []Record
 	err := h.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(deviceID))
@@ -110,7 +117,15 @@ func (h *History) List(deviceID string, limit int) ([]Record, error) {
 			return nil
 		}
 		c := b.Cursor()
-		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+		k, v := c.Last()
+		if before > 0 {
+			if k, _ = c.Seek(key(before)); k == nil {
+				k, v = c.Last()
+			} else {
+				k, v = c.Prev()
+			}
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Prev() {
 			var r Record
 			if err := json.Unmarshal(v, &r); err != nil {
 				return err

@@ -113,7 +113,7 @@ func kindLabel(k approval.Kind) string {
 
 func (a ApprovalPages) row(r approval.Request, p auth.Principal, now time.Time) ApprovalRow {
 	row := ApprovalRow{Request: r, What: kindLabel(r.Kind), Mine: r.Requester == p.User,
-		Progress: fmt.Sprintf("%d of %d approvals", len(r.Approvals), r.Required)}
+		Progress: fmt.Sprintf("%d of %s", len(r.Approvals), mustPlural(r.Required, "approval"))}
 	row.Status = r.StateAt(now)
 	switch row.Status {
 	case approval.StateExecuted:

@@ -43,7 +43,7 @@ func TestApprovalsInbox(t *testing.T) {
 	page = body(t, sam.get("/approvals"), http.StatusOK)
 	inbox, waiting := split(t, page, "Waiting for your decision", "Waiting for others")
 	mustContain(t, inbox, "Nothing waits for you.")
-	mustContain(t, waiting, id, "Fleet CA rotation", "quarterly CA rotation", "(you)", `action="/approvals/`+id+`/withdraw"`, "0 of 1 approvals")
+	mustContain(t, waiting, id, "Fleet CA rotation", "quarterly CA rotation", "(you)", `action="/approvals/`+id+`/withdraw"`, "0 of 1 approval")
 	mustNotContain(t, page, `action="/approvals/`+id+`/approve"`)
 
 	page = body(t, sid.get("/approvals"), http.StatusOK)

@@ -196,17 +196,33 @@ func auditTime(s string, end bool) (time.Time, error) {
 // AuditTrail is the device page's audit section.
 type AuditTrail struct {
 	Entries []AuditEntry
-	// More says older entries exist; All links to them.
+	// More says older entries exist; All links to them on the audit page.
 	More bool
 	All  string
+	// Page links the section's own pages (?audit=<before>).
+	Page HistoryPage
 }
 
-func (a AuditPages) trail(_ *http.Request, _ auth.Principal, d *inventory.Device) (any, error) {
-	page, err := a.Log.List(audit.Filter{Target: d.ID, Limit: auditTrailShown})
+func (a AuditPages) trail(r *http.Request, _ auth.Principal, d *inventory.Device) (any, error) {
+	f := audit.Filter{Target: d.ID, Limit: auditTrailShown}
+	if s := r.URL.Query().Get("audit"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || n == 0 {
+			return nil, badRequestf("audit is an entry's sequence number")
+		}
+		f.Before = n
+	}
+	page, err := a.Log.List(f)
 	if err != nil {
 		return nil, err
 	}
 	out := AuditTrail{More: page.Next != 0, All: pageLink("/audit", "target", d.ID)}
+	if page.Next != 0 {
+		out.Page.Older = historyLink(r, d.ID, "audit", strconv.FormatUint(page.Next, 10), "audit-trail")
+	}
+	if f.Before != 0 {
+		out.Page.Newer = historyLink(r, d.ID, "audit", "", "audit-trail")
+	}
 	for _, e := range page.Entries {
 		out.Entries = append(out.Entries, auditEntry(e))
 	}

@@ -3,12 +3,14 @@ package console_test
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/console"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
@@ -39,8 +41,12 @@ func fillInventory(b *testing.B, f *fixture, n int) {
 				}
 				d := &inventory.Device{ID: devID(i), EKFingerprint: ekFP(i), State: state, Model: fmt.Sprintf("gw-%d", i%5),
 					Serial: fmt.Sprintf("SN-%06d", i), Owner: fmt.Sprintf("plant-%d", i%100), Group: fmt.Sprintf("g%d", i%10),
-					TrustPath: inventory.TrustEKCA, CertSerial: fmt.Sprintf("%x", 0xc0000+i), CertExpiry: now.Add(time.Duration(i%48) * time.Hour),
-					FirstSeen: now, LastSeen: now, Attestation: "pass", LastAttested: now, EKPublic: make([]byte, 280), AKPublic: make([]byte, 90)}
+					Firmware: fmt.Sprintf("1.%d.0", i%20), TrustPath: inventory.TrustEKCA, CertSerial: fmt.Sprintf("%x", 0xc0000+i),
+					CertExpiry: now.Add(time.Duration(i%48) * time.Hour), FirstSeen: now, LastSeen: now.Add(-time.Duration(i*7919%100000) * time.Second),
+					Attestation: "pass", LastAttested: now, EKPublic: make([]byte, 280), AKPublic: make([]byte, 90)}
+				if i%1000 == 7 {
+					d.Tags = []string{"canary"}
+				}
 				if err := f.inv.PutDevice(d); err != nil {
 					errs <- err
 					return
@@ -60,7 +66,10 @@ func fillInventory(b *testing.B, f *fixture, n int) {
 // session cookie for the console, an API token for the API), and reports
 // p50 and p99 latencies.
 func BenchmarkDeviceList100k(b *testing.B) {
-	f := newFixture(b, nil)
+	// One device in five holds a broker session.
+	f := newFixture(b, func(c *console.Config) {
+		c.Connected = func(id string) bool { return id[len(id)-1] == '0' || id[len(id)-1] == '5' }
+	})
 	fillInventory(b, f, benchDevices)
 	op := f.login("olga", auth.RoleOperator)
 	token, _, err := f.auth.CreateToken("olga", "bench", auth.RoleOperator, time.Hour)
@@ -97,6 +106,13 @@ func BenchmarkDeviceList100k(b *testing.B) {
 		{"console/exact-ek", consoleGet("/devices?q=" + ekFP(54_321))},
 		{"console/owner+group", consoleGet("/devices?owner=plant-42&group=g2")},
 		{"console/text-rare", consoleGet("/devices?q=SN-099999")},
+		{"console/sort=last_seen-desc", consoleGet("/devices?sort=last_seen&dir=desc")},
+		{"console/sort=cert_expiry-deep", consoleGet("/devices?sort=cert_expiry&after=" + cursorAt(f, "cert_expiry", 60_000))},
+		{"console/firmware=1.7.0", consoleGet("/devices?firmware=1.7.0")},
+		{"console/firmware+state+sort=serial", consoleGet("/devices?firmware=1.7.0&state=active&sort=serial&dir=desc")},
+		{"console/tag=canary", consoleGet("/devices?tag=canary")},
+		{"console/connected=yes", consoleGet("/devices?connected=yes")},
+		{"console/quarantined+sort=last_seen", consoleGet("/devices?state=quarantined&sort=last_seen&dir=desc")},
 		{"console/device-page", consoleGet("/devices/" + devID(54_321))},
 		{"api/first-page", apiGet("/api/v1/devices?limit=50")},
 		{"api/state=quarantined", apiGet("/api/v1/devices?state=quarantined&limit=50")},
@@ -142,4 +158,19 @@ func reportPercentiles(b *testing.B, lat []time.Duration) {
 	}
 	b.ReportMetric(at(0.50), "p50-ms")
 	b.ReportMetric(at(0.99), "p99-ms")
+}
+
+// cursorAt returns the list's cursor after the n-th device in an order
+// (to time a page deep in a sorted list).
+func cursorAt(f *fixture, order inventory.Field, n int) string {
+	f.t.Helper()
+	p, err := f.inv.Query(inventory.Query{Order: order, Limit: 1000})
+	for err == nil && n > 1000 && p.Next != "" {
+		n -= 1000
+		p, err = f.inv.Query(inventory.Query{Order: order, Limit: 1000, After: p.Next})
+	}
+	if err != nil || p.Next == "" {
+		f.t.Fatalf("cursor at %d: %v", n, err)
+	}
+	return url.QueryEscape(p.Next)
 }

@@ -173,8 +173,14 @@ func (c *Console) actionHandler(a *action) http.Handler {
 			}
 		}
 		c.log.Info("console: action done", "action", a.Name, "user", p.User, "path", r.URL.Path)
-		if a.Reveal != nil {
-			rv, err := a.Reveal(rec.body.Bytes())
+		if a.Reveal != nil || a.Result != nil {
+			var rv Reveal
+			var err error
+			if a.Result != nil {
+				rv, err = a.Result(rec.body.Bytes(), r.PostForm)
+			} else {
+				rv, err = a.Reveal(rec.body.Bytes())
+			}
 			if err != nil {
 				c.log.Error("console: reading the API's answer failed", "action", a.Name, "err", err)
 				c.failBack(w, r, &p, http.StatusInternalServerError, "Server error", "The change was made, but its answer could not be shown.", back)

@@ -652,7 +652,7 @@ func campaignFacts(c CampaignView) [][2]string {
 		sel = append(sel, "tags "+strings.Join(d.Targets.Tags, ", "))
 	}
 	if n := len(d.Targets.DeviceIDs); n > 0 {
-		sel = append(sel, fmt.Sprintf("%d listed devices", n))
+		sel = append(sel, mustPlural(n, "listed device"))
 	}
 	if d.RollbackOf != "" {
 		sel = append(sel, "the devices that committed "+d.RollbackOf)
@@ -762,6 +762,8 @@ type FirmwareHistory struct {
 	// Examined counts the campaigns looked into; Skipped those beyond
 	// historyCampaigns.
 	Examined, Skipped int
+	// Page links the pages of Entries (historyShown each).
+	Page HistoryPage
 }
 
 // FirmwareEntry is the device's part in one campaign.
@@ -772,7 +774,11 @@ type FirmwareEntry struct {
 	Why      string
 }
 
-func (f FirmwarePages) loadHistory(_ *http.Request, _ auth.Principal, d *inventory.Device) (any, error) {
+func (f FirmwarePages) loadHistory(r *http.Request, _ auth.Principal, d *inventory.Device) (any, error) {
+	n, err := pageNumber(r, "firmware")
+	if err != nil {
+		return nil, err
+	}
 	cs, err := f.Campaigns.List()
 	if err != nil {
 		return nil, err
@@ -804,5 +810,9 @@ func (f FirmwarePages) loadHistory(_ *http.Request, _ auth.Principal, d *invento
 		}
 		out.Entries = append(out.Entries, e)
 	}
+	more := len(out.Entries) > n*historyShown
+	from := min(len(out.Entries), (n-1)*historyShown)
+	out.Entries = out.Entries[from:min(len(out.Entries), from+historyShown)]
+	out.Page = numberedPage(r, d.ID, "firmware", "firmware-history", n, more)
 	return out, nil
 }

@@ -29,12 +29,16 @@ type Inventory interface {
 	DeviceByEK(fingerprint string) (*inventory.Device, error)
 	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
 	Events(deviceID string, limit int) ([]inventory.Event, error)
+	// Query and Count serve the device list from the inventory's indexes.
+	Query(q inventory.Query) (inventory.Page, error)
+	Count(where map[inventory.Field]string) (int, error)
 }
 
-// Attestations reads a device's verdicts, newest first. *attest.Service
+// Attestations reads a device's verdicts, newest first, a page at a time
+// (older than a sequence number; 0 for the newest). *attest.Service
 // implements it.
 type Attestations interface {
-	History(deviceID string, limit int) ([]attest.Record, error)
+	HistoryBefore(deviceID string, before uint64, limit int) ([]attest.Record, error)
 }
 
 // Policies reads the reference policies. *policy.Store implements it.

@@ -283,7 +283,7 @@ func TestPagesRender(t *testing.T) {
 
 	page := body(t, admin.get("/"), http.StatusOK)
 	mustContain(t, page, "4 devices", `/devices?state=active"><span class="card-title">active</span><span class="card-value">1</span>`,
-		`<span class="card-title">quarantined</span><span class="card-value">1</span>`, "1 active devices; the soonest:", devID(1)[:12],
+		`<span class="card-title">quarantined</span><span class="card-value">1</span>`, "1 active device; the soonest:", devID(1)[:12],
 		"07:00 UTC: 3 passed", "09:00 UTC: 1 failed", "<svg", `<dt>ek-ca</dt><dd>3</dd>`)
 
 	page = body(t, admin.get("/devices/"+failing.ID), http.StatusOK)
@@ -589,9 +589,9 @@ func TestOverviewSummaryIsCached(t *testing.T) {
 	f := newFixture(t, func(c *console.Config) { c.SummaryMaxAge = time.Minute })
 	op := f.login("olga", auth.RoleOperator)
 	f.addDevice(1, inventory.StateActive, nil)
-	mustContain(t, body(t, op.get("/"), http.StatusOK), "1 devices")
+	mustContain(t, body(t, op.get("/"), http.StatusOK), "1 device ·")
 	f.addDevice(2, inventory.StateActive, nil)
-	mustContain(t, body(t, op.get("/"), http.StatusOK), "1 devices")
+	mustContain(t, body(t, op.get("/"), http.StatusOK), "1 device ·")
 	f.clock.Advance(61 * time.Second)
 	mustContain(t, body(t, op.get("/"), http.StatusOK), "2 devices")
 }

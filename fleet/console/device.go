@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -12,8 +13,8 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
-// historyShown is how many attestation verdicts and events the device page
-// lists.
+// historyShown is how many entries each history section of the device
+// page (attestations, events, firmware, audit) lists per page.
 const historyShown = 20
 
 // DevicePage is the device page's data.
@@ -22,21 +23,94 @@ type DevicePage struct {
 	Online bool
 	// CertRevoked says the current certificate is revoked.
 	CertRevoked bool
-	Events      []inventory.Event
+	// Events is a page of the lifecycle events, newest first.
+	Events     []inventory.Event
+	EventsPage HistoryPage
 	// Attestations is nil when the operator may not read them or they are
 	// not configured; HasAttestations tells which.
-	Attestations    []attest.Record
-	HasAttestations bool
-	Secrets         []api.DeviceSecret
-	HasSecrets      bool
-	SecretsError    string
-	Sections        []renderedSection
+	Attestations     []attest.Record
+	AttestationsPage HistoryPage
+	HasAttestations  bool
+	Secrets          []api.DeviceSecret
+	HasSecrets       bool
+	SecretsError     string
+	Sections         []renderedSection
 	// RevokeReasons are the reasons the revoke form offers.
 	RevokeReasons []string
+	// HasActions says the operator may use at least one of the actions.
+	HasActions bool
+	// Contents are the page's sections, for the links at its top.
+	Contents []Anchor
+}
+
+// Anchor is a link to a part of a page.
+type Anchor struct{ ID, Label string }
+
+// HistoryPage links a history section's pages: Older to the next entries
+// (empty on the last page), Newer back toward the newest (empty on the
+// first), both returning to the section's anchor.
+type HistoryPage struct {
+	// Name says whose pages they are ("lifecycle events").
+	Name         string
+	Older, Newer string
+	// From numbers the first entry shown (1 on the first page).
+	From int
 }
 
 // PageTitle names the page after the device.
 func (d DevicePage) PageTitle() string { return "Device " + short(d.Device.ID) }
+
+// historyLink is the device page with one history section's page set and
+// the other sections' pages kept, ending at the section's anchor.
+func historyLink(r *http.Request, deviceID, param, value, anchor string) string {
+	v := r.URL.Query()
+	v.Del("ok")
+	if value == "" {
+		v.Del(param)
+	} else {
+		v.Set(param, value)
+	}
+	link := "/devices/" + url.PathEscape(deviceID)
+	if len(v) > 0 {
+		link += "?" + v.Encode()
+	}
+	return link + "#" + anchor
+}
+
+// pageNumber reads a 1-based page number parameter ("" is 1).
+func pageNumber(r *http.Request, param string) (int, error) {
+	s := r.URL.Query().Get(param)
+	if s == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 10000 {
+		return 0, badRequestf("%s is a page number", param)
+	}
+	return n, nil
+}
+
+// numberedPage is HistoryPage for a section paged by number (n, 1-based)
+// with more saying a next page exists.
+func numberedPage(r *http.Request, deviceID, param, anchor string, n int, more bool) HistoryPage {
+	hp := HistoryPage{From: (n-1)*historyShown + 1}
+	if more {
+		hp.Older = historyLink(r, deviceID, param, strconv.Itoa(n+1), anchor)
+	}
+	switch {
+	case n == 2:
+		hp.Newer = historyLink(r, deviceID, param, "", anchor)
+	case n > 2:
+		hp.Newer = historyLink(r, deviceID, param, strconv.Itoa(n-1), anchor)
+	}
+	return hp
+}
+
+// allowed reports whether p may run the named action.
+func (c *Console) allowed(p auth.Principal, name string) bool {
+	a, ok := c.actions[name]
+	return ok && a.enabled && p.Can(a.perm)
+}
 
 func (c *Console) loadDevice(r *http.Request, p auth.Principal) (any, error) {
 	d, err := c.cfg.Inventory.Device(r.PathValue("id"))
@@ -48,12 +122,24 @@ func (c *Console) loadDevice(r *http.Request, p auth.Principal) (any, error) {
 	}
 	out := DevicePage{Device: *d, Online: c.connected(d), CertRevoked: d.CertSerial != "" && d.IsRevoked(d.CertSerial),
 		RevokeReasons: []string{"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "certificateHold"}}
-	if out.Events, err = c.cfg.Inventory.Events(d.ID, historyShown); err != nil {
+	// Events: paged by number (a device keeps at most its newest 100 or
+	// so); read one more than shown to know whether another page exists.
+	n, err := pageNumber(r, "events")
+	if err != nil {
 		return nil, err
 	}
+	evs, err := c.cfg.Inventory.Events(d.ID, n*historyShown+1)
+	if err != nil {
+		return nil, err
+	}
+	if from := (n - 1) * historyShown; from < len(evs) {
+		out.Events = evs[from:min(len(evs), from+historyShown)]
+	}
+	out.EventsPage = numberedPage(r, d.ID, "events", "events", n, len(evs) > n*historyShown)
+	out.EventsPage.Name = "lifecycle events"
 	if c.cfg.Attestations != nil {
 		out.HasAttestations = true
-		if out.Attestations, err = c.cfg.Attestations.History(d.ID, historyShown); err != nil {
+		if err := c.loadAttestations(r, d.ID, &out); err != nil {
 			return nil, err
 		}
 	}
@@ -65,7 +151,51 @@ func (c *Console) loadDevice(r *http.Request, p auth.Principal) (any, error) {
 		}
 	}
 	out.Sections = c.renderSections(r, c.view(r, p, ""), d)
+	for _, name := range []string{"device.approve", "device.quarantine", "device.release", "device.revoke", "device.rotate", "device.edit", "device.attest", "device.decommission"} {
+		out.HasActions = out.HasActions || c.allowed(p, name)
+	}
+	out.Contents = []Anchor{{"identity", "Identity"}, {"certificate", "Certificate"}}
+	if out.HasActions {
+		out.Contents = append(out.Contents, Anchor{"actions", "Actions"})
+	}
+	if out.HasAttestations {
+		out.Contents = append(out.Contents, Anchor{"attestations", "Attestations"})
+	}
+	if out.HasSecrets {
+		out.Contents = append(out.Contents, Anchor{"secrets", "Secrets"})
+	}
+	for _, s := range out.Sections {
+		out.Contents = append(out.Contents, Anchor{s.Name, s.Title})
+	}
+	out.Contents = append(out.Contents, Anchor{"events", "Events"})
 	return out, nil
+}
+
+// loadAttestations reads a page of the attestation history: the verdicts
+// older than ?attestations=<seq> (the newest without it).
+func (c *Console) loadAttestations(r *http.Request, deviceID string, out *DevicePage) error {
+	var before uint64
+	if s := r.URL.Query().Get("attestations"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || n == 0 {
+			return badRequestf("attestations is a verdict's sequence number")
+		}
+		before = n
+	}
+	recs, err := c.cfg.Attestations.HistoryBefore(deviceID, before, historyShown+1)
+	if err != nil {
+		return err
+	}
+	more := len(recs) > historyShown
+	out.Attestations = recs[:min(len(recs), historyShown)]
+	out.AttestationsPage.Name = "attestation history"
+	if more {
+		out.AttestationsPage.Older = historyLink(r, deviceID, "attestations", strconv.FormatUint(out.Attestations[len(out.Attestations)-1].Seq, 10), "attestations")
+	}
+	if before > 0 {
+		out.AttestationsPage.Newer = historyLink(r, deviceID, "attestations", "", "attestations")
+	}
+	return nil
 }
 
 // justification reads the required justification field.

@@ -53,8 +53,8 @@ func FuzzDeviceQuery(f *testing.F) {
 		for _, s := range []string{d.ID, d.Serial, d.Model, d.Owner, d.Group, d.Firmware} {
 			want = want || strings.Contains(strings.ToLower(s), strings.ToLower(q.Q))
 		}
-		if q.matches(d) != want {
-			t.Fatalf("query %q on %+v: matches %v, want %v", q.Q, d, q.matches(d), want)
+		if d.MatchesText(q.Q) != want {
+			t.Fatalf("query %q on %+v: matches %v, want %v", q.Q, d, d.MatchesText(q.Q), want)
 		}
 	})
 }

@@ -80,6 +80,9 @@ type Action struct {
 	// Reveal, when set, turns the API's answer into a page shown once
 	// instead of redirecting.
 	Reveal func(answer []byte) (Reveal, error)
+	// Result is Reveal for answers read with the posted form (a bulk
+	// action's report, which offers to continue where it stopped).
+	Result func(answer []byte, form url.Values) (Reveal, error)
 }
 
 // Reveal is a page shown once after an action: a secret the API will
@@ -95,6 +98,18 @@ type Reveal struct {
 	Note string
 	// Back is the link to continue with.
 	Back string
+	// Continue, when set, is a form that carries on where the action
+	// stopped (the next batch of a bulk action).
+	Continue *Continue
+}
+
+// Continue is a form on a Reveal page: posted to Action with Fields as
+// hidden inputs (and the CSRF token), its button saying Label.
+type Continue struct {
+	Action string
+	Fields [][2]string
+	Label  string
+	Note   string
 }
 
 // Card is a tile on the overview.

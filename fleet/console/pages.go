@@ -32,7 +32,7 @@ func (c *Console) builtinPages() []Page {
 	return []Page{
 		{Name: "overview", Path: "/{$}", Nav: "Overview", Perm: auth.PermDevicesRead, Template: source("overview.html"), Load: c.loadOverview},
 		{Name: "devices", Path: "/devices", Nav: "Devices", Perm: auth.PermDevicesRead, Template: source("devices.html"),
-			Load: func(r *http.Request, _ auth.Principal) (any, error) { return c.loadDevices(r) }},
+			Load: func(r *http.Request, _ auth.Principal) (any, error) { return c.loadDevices(r) }, Actions: bulkActions()},
 		{Name: "device", Path: "/devices/{id}", Perm: auth.PermDevicesRead, Template: source("device.html"), Load: c.loadDevice,
 			Actions: deviceActions()},
 		{Name: "enrollment", Path: "/enrollment", Nav: "Enrollment", Perm: auth.PermDevicesRead, Template: source("enrollment.html"),

@@ -36,7 +36,7 @@ func TestRiskPages(t *testing.T) {
 			t.Fatal(err)
 		}
 		page := body(t, viewer.get("/devices/"+d.ID), http.StatusOK)
-		mustContain(t, page, "<h2>Risk</h2>", `score">`+strconv.Itoa(want.Score)+"</span>")
+		mustContain(t, page, `id="risk-h">Risk</h2>`, `score">`+strconv.Itoa(want.Score)+"</span>")
 		for _, f := range want.Factors {
 			mustContain(t, page, "<tr><td>"+html.EscapeString(f.Name)+"</td>", html.EscapeString(f.Evidence))
 		}

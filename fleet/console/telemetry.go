@@ -170,7 +170,7 @@ func ratioChart(m ChartedMetric, samples []telemetry.Sample, from, to time.Time)
 		}
 		rng := ""
 		if s.Count > 1 {
-			rng = fmt.Sprintf("%s–%s of %d points", percentText(s.Min), percentText(s.Max), s.Count)
+			rng = fmt.Sprintf("%s–%s of %s", percentText(s.Min), percentText(s.Max), mustPlural(s.Count, "point"))
 		}
 		c.Rows = append(c.Rows, [3]string{s.Time.UTC().Format("15:04:05 UTC"), percentText(s.Value), rng})
 		c.Latest = percentText(s.Value)

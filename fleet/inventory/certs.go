@@ -48,10 +48,11 @@ func (d *Device) materialize() {
 	}
 }
 
-// snapshot is a copy of d whose certificate list is its own.
+// snapshot is a copy of d whose certificate and tag lists are its own.
 func (d *Device) snapshot() Device {
 	c := *d
 	c.Certs = slices.Clone(d.Certs)
+	c.Tags = slices.Clone(d.Tags)
 	return c
 }
 

@@ -27,10 +27,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -194,7 +194,7 @@ var (
 const TokenPrefix = "sgt_"
 
 const (
-	schemaVersion    = 1
+	schemaVersion    = 2 // 2: secondary indexes (index.go)
 	recordVersion    = 1
 	defaultPageSize  = 100
 	maxPageSize      = 1000
@@ -280,7 +280,13 @@ func Open(path string, opts ...Option) (*Store, error) {
 			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
 				return fmt.Errorf("unsupported schema version %x", v)
 			}
-			return nil
+			if binary.BigEndian.Uint64(v) == schemaVersion {
+				return nil
+			}
+		}
+		// A new file, or one written before the indexes (schema 1).
+		if err := buildIndexes(tx); err != nil {
+			return err
 		}
 		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
 	})
@@ -350,46 +356,23 @@ func (s *Store) DeviceByEK(fingerprint string) (*Device, error) {
 }
 
 // ListDevices returns devices in ID order that match f, and the cursor for
-// the next page ("" when there is none).
+// the next page ("" when there is none). State and model filters are
+// served by the indexes (Query); the model is compared exactly.
 func (s *Store) ListDevices(f Filter) ([]Device, string, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = defaultPageSize
+	q := Query{Where: map[Field]string{FieldState: string(f.State), FieldModel: f.Model}, After: f.After, Limit: f.Limit, Budget: math.MaxInt}
+	if f.Model != "" {
+		q.Match = func(d *Device) bool { return d.Model == f.Model }
 	}
-	limit = min(limit, maxPageSize)
-	var out []Device
-	next := ""
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketDevices).Cursor()
-		var k, v []byte
-		if f.After == "" {
-			k, v = c.First()
-		} else {
-			k, v = c.Seek([]byte(f.After))
-			if k != nil && string(k) == f.After {
-				k, v = c.Next()
-			}
-		}
-		for ; k != nil; k, v = c.Next() {
-			if len(out) == limit {
-				next = out[len(out)-1].ID
-				return nil
-			}
-			d, err := decode[Device](v)
-			if err != nil {
-				return fmt.Errorf("%w (device %q)", err, k)
-			}
-			if (f.State != "" && d.State != f.State) || (f.Model != "" && d.Model != f.Model) {
-				continue
-			}
-			out = append(out, *d)
-		}
-		return nil
-	})
+	if f.State != "" {
+		st := f.State
+		prev := q.Match
+		q.Match = func(d *Device) bool { return d.State == st && (prev == nil || prev(d)) }
+	}
+	p, err := s.Query(q)
 	if err != nil {
 		return nil, "", err
 	}
-	return out, next, nil
+	return p.Devices, p.Next, nil
 }
 
 // PutDevice inserts or replaces a device and maintains the EK index. A
@@ -463,6 +446,9 @@ func putDevice(tx *bolt.Tx, old, d *Device, now time.Time) error {
 		if err := ek.Put([]byte(d.EKFingerprint), []byte(d.ID)); err != nil {
 			return err
 		}
+	}
+	if err := updateIndexes(tx, old, d); err != nil {
+		return err
 	}
 	b, err := encode(d)
 	if err != nil {
@@ -827,27 +813,4 @@ func seekLast(c *bolt.Cursor, prefix []byte) ([]byte, []byte) {
 		return nil, nil
 	}
 	return k, v
-}
-
-// Counts returns the number of devices in each state.
-func (s *Store) Counts() (map[State]int, error) {
-	out := make(map[State]int)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-			var r struct {
-				Data struct {
-					State State `json:"state"`
-				} `json:"data"`
-			}
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("inventory: decode device %q: %w", k, err)
-			}
-			out[r.Data.State]++
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }

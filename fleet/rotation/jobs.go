@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
@@ -675,8 +676,23 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 	idb := make([]byte, 8)
 	rand.Read(idb)
 	job := &Job{ID: "rot_" + hex.EncodeToString(idb), Created: s.cfg.Now().UTC(), By: by, Reason: reason, Selector: sel, Rate: rate, State: JobRunning}
+	if len(sel.DeviceIDs) > 0 {
+		// Named devices: look each up rather than scan the fleet.
+		for _, id := range slices.Compact(slices.Sorted(slices.Values(sel.DeviceIDs))) {
+			d, err := s.cfg.Inventory.Device(id)
+			if errors.Is(err, inventory.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			if d.State == inventory.StateActive {
+				job.Devices = append(job.Devices, JobDevice{ID: d.ID, From: d.CertSerial})
+			}
+		}
+	}
 	after := ""
-	for {
+	for len(sel.DeviceIDs) == 0 {
 		devs, next, err := s.cfg.Inventory.ListDevices(inventory.Filter{State: inventory.StateActive, After: after, Limit: 1000})
 		if err != nil {
 			return nil, err

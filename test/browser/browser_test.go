@@ -46,9 +46,9 @@ func requireBrowser(t *testing.T) {
 // browser).
 func installPlaywright(t *testing.T) {
 	t.Helper()
-	_, errPW := os.Stat(filepath.Join("node_modules", "playwright-core", "package.json"))
-	_, errAxe := os.Stat(filepath.Join("node_modules", "axe-core", "axe.min.js"))
-	if errPW == nil && errAxe == nil {
+	_, err1 := os.Stat(filepath.Join("node_modules", "playwright-core", "package.json"))
+	_, err2 := os.Stat(filepath.Join("node_modules", "axe-core", "axe.min.js"))
+	if err1 == nil && err2 == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -252,12 +252,12 @@ func wait(t *testing.T, d *harness.Device, cond func(agent.Status) bool) agent.S
 	return st
 }
 
-// runSpec runs console.spec.js, streams its step lines into the test log
-// and fails the test when it exits non-zero.
-func runSpec(t *testing.T, env []string) results { return runSpecFile(t, "console.spec.js", env) }
+// runSpec runs console.spec.js (runScript).
+func runSpec(t *testing.T, env []string) results { return runScript(t, "console.spec.js", env) }
 
-// runSpecFile runs a spec script as runSpec does.
-func runSpecFile(t *testing.T, script string, env []string) results {
+// runScript runs a script with node, streams its step lines into the test
+// log and fails the test when it exits non-zero.
+func runScript(t *testing.T, script string, env []string) results {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

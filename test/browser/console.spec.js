@@ -209,7 +209,7 @@ async function run(browser) {
     }
     assert.equal(state, "completed", await section(page, "Progress").innerText());
     const progress = await section(page, "Progress").innerText();
-    assert.match(progress, /Wave 1 \(canary\) · 1 devices/);
+    assert.match(progress, /Wave 1 \(canary\) · 1 device\b/);
     assert.match(progress, /(\d+) of \1 committed/);
     const steps = await page.locator("table.campaign-devices tbody tr td:nth-child(3)").allInnerTexts();
     assert.ok(steps.length >= 2, "devices listed: " + steps.length);

@@ -120,7 +120,7 @@ func TestConsoleOpsInChromium(t *testing.T) {
 		fmt.Sprintf("SIGIL_HELD=%d", floodDevices-floodPerRule), fmt.Sprintf("SIGIL_OPENED=%d", floodPerRule),
 		"SIGIL_TOKEN_UNUSED="+unused.ID, "SIGIL_TOKEN_USED="+used.ID, "SIGIL_ENROLLED="+enrolled.ID,
 	)
-	runSpecFile(t, "ops.spec.js", env)
+	runScript(t, "ops.spec.js", env)
 
 	// What the browser did, as the fleet records it: the group of failed
 	// logins acknowledged by the operator, the attestation alerts she

@@ -1,8 +1,11 @@
 // Sigil console: the only script. Everything works without it; it adds a
-// confirmation to dangerous forms and a copy button for secrets shown once.
+// confirmation to dangerous forms and buttons and a copy button for secrets shown once.
 "use strict";
 document.addEventListener("submit", function (ev) {
-  var msg = ev.target.getAttribute("data-confirm");
+  // The button's own confirmation (a form with several actions) or the
+  // form's.
+  var b = ev.submitter;
+  var msg = (b && b.getAttribute("data-confirm")) || ev.target.getAttribute("data-confirm");
   if (msg && !window.confirm(msg)) {
     ev.preventDefault();
   }
