@@ -171,6 +171,9 @@ func (c *Console) actionHandler(a *action) http.Handler {
 			}
 		}
 		c.log.Info("console: action done", "action", a.Name, "user", p.User, "path", r.URL.Path)
+		for _, ck := range rec.header.Values("Set-Cookie") {
+			w.Header().Add("Set-Cookie", ck) // a session the API rotated (a password change)
+		}
 		if a.Reveal != nil {
 			rv, err := a.Reveal(rec.body.Bytes())
 			if err != nil {
