@@ -57,6 +57,7 @@ const usage = `usage:
   sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
   sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
   sigil users list | create NAME [--role R] | role NAME --role R | disable NAME | enable NAME | delete NAME
+  sigil users passwd [--stdin]   (your own password: asked without echo, or two lines on stdin)
   sigil api-tokens list | create NAME [--role R] [--ttl D] | revoke ID
   sigil approvals list [--all] | show ID | approve ID [--comment C] | reject ID --reason R
   (with two_person_rule, dangerous changes exit 7 "pending approval"; pass --justification)
@@ -135,7 +136,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "approvals":
 		err = cmdApprovals(ctx, args[1:], stdout)
 	case "users":
-		err = cmdUsers(ctx, args[1:], stdout)
+		err = cmdUsers(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "api-tokens":
 		err = cmdAPITokens(ctx, args[1:], stdout)
 	case "policies":
