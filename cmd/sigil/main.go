@@ -284,7 +284,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	// The commands the demo prints run this sigil, and the sigild beside
+	// it (or on PATH) if there is one.
+	sigild := filepath.Join(filepath.Dir(self), "sigild")
+	if _, err := os.Stat(sigild); err != nil {
+		sigild, _ = exec.LookPath("sigild")
+	}
 	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, Tamper: *tamper, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log,
+		Sigil: self, Sigild: sigild,
 		SimulatorDevice: func(path string) *exec.Cmd {
 			c := exec.Command(self, "sim-device", "--config", path)
 			if *verbose {
