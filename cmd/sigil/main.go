@@ -58,7 +58,7 @@ const usage = `usage:
   sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
   sigil users list | create NAME [--role R] | role NAME --role R | disable NAME | enable NAME | delete NAME
   sigil users passwd [--stdin]   (your own password: asked without echo, or two lines on stdin)
-  sigil api-tokens list | create NAME [--role R] [--ttl D] | revoke ID
+  sigil api-tokens list | create NAME [--role R] [--ttl D] [--secret-file F] | revoke ID
   sigil approvals list [--all] | show ID | approve ID [--comment C] | reject ID --reason R
   (with two_person_rule, dangerous changes exit 7 "pending approval"; pass --justification)
   sigil audit list [--actor kind:id] [--action A] [--target T] | export [--out F] | checkpoint

@@ -193,6 +193,7 @@ func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
 	af := addAPIFlags(fs)
 	role := fs.String("role", "viewer", "create: the token's role, at most your own")
 	ttl := fs.Duration("ttl", 90*24*time.Hour, "create: lifetime")
+	secretFile := fs.String("secret-file", "", "create: write the secret to this new file (mode 0600) instead of printing it, e.g. a scraper's credentials file")
 	var arg string
 	if sub != "list" {
 		var err error
@@ -218,14 +219,39 @@ func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		})
 	case "create":
+		var sf *os.File
+		if *secretFile != "" {
+			// Created (never overwritten) before the token, so that a bad
+			// path leaves no token behind.
+			if sf, err = os.OpenFile(*secretFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+				return err
+			}
+			defer sf.Close()
+		}
 		t, err := c.CreateAPIToken(ctx, api.TokenRequest{Name: arg, Role: auth.Role(*role), TTL: config.Duration(*ttl)})
 		if err != nil {
+			if sf != nil {
+				os.Remove(*secretFile)
+			}
 			return err
 		}
-		if *af.output == "json" {
+		if sf != nil {
+			if _, err := io.WriteString(sf, t.Secret+"\n"); err != nil {
+				return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
+			}
+			if err := sf.Close(); err != nil {
+				return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
+			}
+			t.Secret = ""
+			if *af.output == "json" {
+				return printJSON(stdout, t)
+			}
+			fmt.Fprintf(stdout, "token %s (%s, until %s); secret written to %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), *secretFile)
+		} else if *af.output == "json" {
 			return printJSON(stdout, t)
+		} else {
+			fmt.Fprintf(stdout, "token %s (%s, until %s); secret (shown once): %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), t.Secret)
 		}
-		fmt.Fprintf(stdout, "token %s (%s, until %s); secret (shown once): %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), t.Secret)
 		if t.Approval != nil {
 			fmt.Fprintf(stdout, "it works once a second person approves request %s (two-person rule: it may approve)\n", t.Approval.ID)
 		}
