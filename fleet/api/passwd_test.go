@@ -175,3 +175,21 @@ func pastThrottle(do func() (*http.Response, string)) (*http.Response, string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestJSONBodyNeedsContentType: a body sent as curl -d sends it (a form's
+// content type) is refused with 415, and the answer says what to send.
+func TestJSONBodyNeedsContentType(t *testing.T) {
+	f := newOpsFixture(t, false)
+	req, _ := http.NewRequest("POST", f.srv.URL+"/api/v1/tokens", strings.NewReader(`{"name":"prometheus","role":"viewer","ttl":"8760h"}`))
+	req.Header.Set("Authorization", "Bearer "+f.scoped[auth.RoleAdmin])
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := f.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(b), "Content-Type: application/json") {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+}
