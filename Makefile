@@ -75,9 +75,10 @@ lint:
 vuln:
 	$(GO) run ./scripts/vulncheck -vulndb $(VULNDB_VERSION) -govulncheck $(GOVULNCHECK_VERSION) ./...
 
-demo:
+# Built first: the commands the demo prints run bin/sigil and bin/sigild.
+demo: build
 	@scripts/deps.sh demo || echo "(continuing: the demo falls back to the in-process TPM simulator)"
-	$(GO) run ./cmd/sigil demo
+	bin/sigil demo
 
 # Benchmarks recorded in docs/BENCHMARKS.md.
 bench: test-deps

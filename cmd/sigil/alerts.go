@@ -55,8 +55,8 @@ func cmdAlerts(ctx context.Context, args []string, stdout io.Writer) error {
 	default:
 		return usageError{"unknown alerts command " + strconv.Quote(sub)}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{"unexpected argument " + strconv.Quote(fs.Arg(0))}
@@ -269,8 +269,8 @@ func cmdTelemetry(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *since <= 0 {
 		return usageError{"--since must be positive"}

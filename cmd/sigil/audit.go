@@ -41,8 +41,8 @@ func cmdAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if sub == "verify" {
 		return auditVerify(file, *key, *af.dataDir, stdout, stderr)

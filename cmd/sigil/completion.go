@@ -1,8 +1,10 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -11,58 +13,44 @@ import (
 // the commands and subcommands in the usage text, which stays the single
 // list of what sigil accepts.
 func cmdCompletion(args []string, stdout io.Writer) error {
-	if len(args) != 1 || (args[0] != "bash" && args[0] != "zsh") {
+	fs := flag.NewFlagSet("completion", flag.ContinueOnError)
+	shell, args, err := positional(args, "sigil completion needs a shell: bash or zsh")
+	if err != nil {
+		return err
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 || (shell != "bash" && shell != "zsh") {
 		return usageError{"sigil completion needs a shell: bash or zsh"}
 	}
 	script := bashCompletion(commandTree(usage))
-	if args[0] == "zsh" {
+	if shell == "zsh" {
 		script = "autoload -U +X bashcompinit && bashcompinit\n" + script
 	}
-	_, err := io.WriteString(stdout, script)
+	_, err = io.WriteString(stdout, script)
 	return err
 }
 
-// commandTree reads "sigil CMD SUB | SUB …" lines of the usage text into
-// commands and their subcommands (lower-case words that are not flags or
-// placeholders).
+// commandTree reads the "sigil CMD SUB | SUB …" lines of the usage text
+// into commands and their subcommands (usageLine).
 func commandTree(text string) map[string][]string {
 	tree := map[string][]string{}
 	for _, line := range strings.Split(text, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 || f[0] != "sigil" {
+		cmd, subs, ok := usageLine(line)
+		if !ok {
 			continue
 		}
-		cmd := f[1]
+		for _, w := range subs {
+			if !slices.Contains(tree[cmd], w) {
+				tree[cmd] = append(tree[cmd], w)
+			}
+		}
 		if _, ok := tree[cmd]; !ok {
 			tree[cmd] = nil
 		}
-		// Subcommands: the word after the command and after each '|'.
-		for i := 2; i < len(f); i++ {
-			w := strings.Trim(f[i], "[]()")
-			if i == 2 || f[i-1] == "|" {
-				if strings.Contains(w, "|") {
-					for _, alt := range strings.Split(w, "|") {
-						addWord(tree, cmd, alt)
-					}
-					continue
-				}
-				addWord(tree, cmd, w)
-			}
-		}
 	}
 	return tree
-}
-
-func addWord(tree map[string][]string, cmd, w string) {
-	if w == "" || strings.HasPrefix(w, "-") || strings.ToLower(w) != w || strings.ContainsAny(w, ".=/") {
-		return
-	}
-	for _, have := range tree[cmd] {
-		if have == w {
-			return
-		}
-	}
-	tree[cmd] = append(tree[cmd], w)
 }
 
 func bashCompletion(tree map[string][]string) string {

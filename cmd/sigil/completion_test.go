@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,34 +54,67 @@ func TestCompletionBash(t *testing.T) {
 	}
 }
 
-// TestEverySubcommandParsesFlags runs each command's flag set with --help:
-// a flag defined twice (a command's own and the shared API flags) panics
-// here rather than in an operator's terminal.
-func TestEverySubcommandParsesFlags(t *testing.T) {
+// TestEverySubcommandHelp runs every command and subcommand of the usage
+// text with --help and -h: each answers exit 0 with its usage on stdout
+// (its usage lines and, when it has flags, its flags) and nothing on
+// stderr, before doing anything else. A flag defined twice (a command's own
+// and the shared API flags) panics here rather than in an operator's
+// terminal.
+func TestEverySubcommandHelp(t *testing.T) {
 	t.Chdir(t.TempDir()) // nothing a command might write lands in the source tree
-	for cmd, subs := range commandTree(usage) {
-		if cmd == "serve" || cmd == "demo" || cmd == "bench" || cmd == "sim-device" || cmd == "completion" || cmd == "version" {
-			continue
-		}
-		if len(subs) == 0 {
-			subs = []string{""}
-		}
-		for _, sub := range subs {
-			// --help first: commands stop at it (or at the missing
-			// positional argument) before doing anything.
-			args := []string{cmd}
-			if sub != "" {
-				args = append(args, sub)
-			}
-			var out, errb bytes.Buffer
-			func() {
-				defer func() {
-					if r := recover(); r != nil {
-						t.Errorf("sigil %s %s: panic: %v", cmd, sub, r)
-					}
+	tree := commandTree(usage)
+	if len(tree) < 20 {
+		t.Fatalf("the usage text names only %d commands", len(tree))
+	}
+	for cmd, subs := range tree {
+		for _, sub := range append([]string{""}, subs...) {
+			for _, help := range []string{"--help", "-h"} {
+				args := []string{cmd}
+				if sub != "" {
+					args = append(args, sub)
+				}
+				args = append(args, help)
+				var out, errb bytes.Buffer
+				code := -1
+				func() {
+					defer func() {
+						if r := recover(); r != nil {
+							t.Errorf("sigil %s: panic: %v", strings.Join(args, " "), r)
+						}
+					}()
+					code = run(args, &out, &errb)
 				}()
-				run(append(args, "--help"), &out, &errb)
-			}()
+				if code != exitOK || !strings.Contains(out.String(), "sigil "+cmd) || errb.Len() != 0 {
+					t.Errorf("sigil %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), code, out.String(), errb.String())
+				}
+			}
 		}
+	}
+}
+
+// TestHelpListsFlags: a subcommand's help names its own flags and the
+// shared API flags, never a token taken from the environment.
+func TestHelpListsFlags(t *testing.T) {
+	t.Setenv("SIGIL_TOKEN", "sga_a-secret-from-the-environment")
+	var out bytes.Buffer
+	if code := run([]string{"audit", "verify", "--help"}, &out, io.Discard); code != exitOK {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"sigil audit verify FILE|-", "-key", "-data-dir"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("sigil audit verify --help lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "a-secret-from-the-environment") {
+		t.Errorf("help shows the token from the environment:\n%s", out.String())
+	}
+	out.Reset()
+	if code := run([]string{"users", "passwd", "-h"}, &out, io.Discard); code != exitOK || !strings.Contains(out.String(), "-stdin") {
+		t.Errorf("sigil users passwd -h: exit %d\n%s", code, out.String())
+	}
+	// A bad flag is still a usage error (exit 2), on stderr.
+	var errb bytes.Buffer
+	if code := run([]string{"devices", "list", "--nope"}, io.Discard, &errb); code != exitUsage || !strings.Contains(errb.String(), "--help") {
+		t.Errorf("a bad flag: exit %d, %s", code, errb.String())
 	}
 }

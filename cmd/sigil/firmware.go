@@ -144,8 +144,8 @@ func firmwareKeygen(args []string, stdout io.Writer) error {
 	key := fs.String("key", "release.key", "private key file to create (mode 0600, PKCS#8 PEM)")
 	pub := fs.String("pub", "", "public key file to create (default: the key file with .pub)")
 	alg := fs.String("alg", sign.ECDSAP256, "ecdsa-p256, ecdsa-p384 or ed25519")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *pub == "" {
 		*pub = strings.TrimSuffix(*key, filepath.Ext(*key)) + ".pub"
@@ -166,8 +166,8 @@ func firmwareTrust(args []string, stdout io.Writer) error {
 	threshold := fs.Int("threshold", 1, "how many of the keys must sign a release")
 	sequence := fs.Uint64("sequence", 1, "sequence number; a rotation's is the replaced set's plus one")
 	out := fs.String("out", "", "file to write (default: standard output)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() == 0 {
 		return usageError{"firmware trust needs the public key files of the release keys"}
@@ -220,8 +220,8 @@ func firmwareSign(args []string, stdout io.Writer) error {
 	manifestOut := fs.String("manifest-out", "", "where to write the built manifest (default: the image + .manifest.json)")
 	var pcrs listFlag
 	fs.Var(&pcrs, "pcr", "expected PCR after install, BANK:INDEX=HEX (build; repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *keyFile == "" {
 		return usageError{"firmware sign needs --key"}
@@ -377,8 +377,8 @@ func cmdCampaigns(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	definition := func() (campaign.Definition, error) {
 		var d campaign.Definition

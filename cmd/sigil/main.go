@@ -46,7 +46,7 @@ var Version = "dev"
 const usage = `usage:
   sigil serve [--config FILE] [--data-dir DIR] [--mqtt-addr ADDR] [--api-addr ADDR]
   sigil demo [--dir DIR] [--devices N] [--once] [--tamper] [--verbose]
-  sigil bench [server|enroll|attest|rotate|sigild] [--devices N] [--sigild PATH]
+  sigil bench [server|enroll|attest|rotate|campaign|sigild] [--devices N] [--sigild PATH]
   sigil devices list [--state S] [-o json]
   sigil devices show ID [-o json]
   sigil devices approve ID
@@ -58,7 +58,8 @@ const usage = `usage:
   sigil rotations start (--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]
   sigil ca status [--bundle] | prepare | activate [--rate N|-1] | retire
   sigil users list | create NAME [--role R] | role NAME --role R | disable NAME | enable NAME | delete NAME
-  sigil api-tokens list | create NAME [--role R] [--ttl D] | revoke ID
+  sigil users passwd [--stdin]   (your own password: asked without echo, or two lines on stdin)
+  sigil api-tokens list | create NAME [--role R] [--ttl D] [--secret-file F] | revoke ID
   sigil approvals list [--all] | show ID | approve ID [--comment C] | reject ID --reason R
   (with two_person_rule, dangerous changes exit 7 "pending approval"; pass --justification)
   sigil audit list [--actor kind:id] [--action A] [--target T] | export [--out F] | checkpoint
@@ -136,7 +137,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "approvals":
 		err = cmdApprovals(ctx, args[1:], stdout)
 	case "users":
-		err = cmdUsers(ctx, args[1:], stdout)
+		err = cmdUsers(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "api-tokens":
 		err = cmdAPITokens(ctx, args[1:], stdout)
 	case "policies":
@@ -168,12 +169,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "completion":
 		err = cmdCompletion(args[1:], stdout)
 	case "version":
-		fmt.Fprintln(stdout, "sigil", Version)
+		if err = parseFlags(flag.NewFlagSet("version", flag.ContinueOnError), args[1:]); err == nil {
+			fmt.Fprintln(stdout, "sigil", Version)
+		}
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "sigil: unknown command %q\n%s", args[0], usage)
 		return exitUsage
+	}
+	var he helpError
+	if errors.As(err, &he) {
+		printHelp(stdout, he.fs)
+		return exitOK
 	}
 	return exitCode(err, stderr)
 }
@@ -224,8 +232,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	dataDir := fs.String("data-dir", "", "data directory (overrides the file)")
 	mqttAddr := fs.String("mqtt-addr", "", "MQTT TLS listen address (overrides the file)")
 	apiAddr := fs.String("api-addr", "", "HTTPS API listen address (overrides the file)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	var cfg server.Config
 	if *path != "" {
@@ -263,8 +271,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	verbose := fs.Bool("verbose", false, "log the fleet and devices to stderr")
 	apiAddr := fs.String("api-addr", "127.0.0.1:8443", "HTTPS API listen address")
 	mqttAddr := fs.String("mqtt-addr", "127.0.0.1:8883", "MQTT listen address")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *n < 1 || *n > 50 {
 		return usageError{"--devices must be from 1 to 50"}
@@ -277,7 +285,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	// The commands the demo prints run this sigil, and the sigild beside
+	// it (or on PATH) if there is one.
+	sigild := filepath.Join(filepath.Dir(self), "sigild")
+	if _, err := os.Stat(sigild); err != nil {
+		sigild, _ = exec.LookPath("sigild")
+	}
 	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, Tamper: *tamper, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log,
+		Sigil: self, Sigild: sigild,
 		SimulatorDevice: func(path string) *exec.Cmd {
 			c := exec.Command(self, "sim-device", "--config", path)
 			if *verbose {
@@ -292,8 +307,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func cmdSimDevice(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sim-device", flag.ContinueOnError)
 	path := fs.String("config", "", "sigild configuration file")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := agent.LoadConfig(*path)
 	if err != nil {
@@ -311,19 +326,28 @@ type apiFlags struct {
 	server, token, ca, dataDir, output, justification *string
 }
 
+// addAPIFlags defines the connection flags. Their environment variables
+// are read by client, not shown as defaults: help must not print a token.
 func addAPIFlags(fs *flag.FlagSet) apiFlags {
 	return apiFlags{
-		server:  fs.String("server", os.Getenv("SIGIL_SERVER"), "API base URL (default https://localhost:8443)"),
-		token:   fs.String("token", os.Getenv("SIGIL_TOKEN"), "API bearer token"),
-		ca:      fs.String("ca", os.Getenv("SIGIL_CA"), "CA certificate file for the API's TLS"),
+		server:  fs.String("server", "", "API base URL (default $SIGIL_SERVER, else https://localhost:8443)"),
+		token:   fs.String("token", "", "API bearer token (default $SIGIL_TOKEN, else <data-dir>/admin.token)"),
+		ca:      fs.String("ca", "", "CA certificate file for the API's TLS (default $SIGIL_CA, else <data-dir>/ca/ca.crt)"),
 		dataDir: fs.String("data-dir", "/var/lib/sigil", "fleet data directory to read the token and CA from"),
 		output:  fs.String("o", "table", "output: table or json"),
-		justification: fs.String("justification", os.Getenv("SIGIL_JUSTIFICATION"),
-			"why: sent with every request; changes held for a second person's approval need it"),
+		justification: fs.String("justification", "",
+			"why: sent with every request; changes held for a second person's approval need it (default $SIGIL_JUSTIFICATION)"),
 	}
 }
 
+// client returns the API client the flags (or their environment
+// variables) name.
 func (f apiFlags) client() (*api.Client, error) {
+	for p, env := range map[*string]string{f.server: "SIGIL_SERVER", f.token: "SIGIL_TOKEN", f.ca: "SIGIL_CA", f.justification: "SIGIL_JUSTIFICATION"} {
+		if *p == "" {
+			*p = os.Getenv(env)
+		}
+	}
 	base, token, caFile := *f.server, *f.token, *f.ca
 	if base == "" {
 		base = "https://localhost:8443"
@@ -459,8 +483,11 @@ func cmdDevices(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "create" {
+	if len(args) == 0 || (args[0] != "create" && !isHelpFlag(args[0])) {
 		return usageError{"usage: sigil tokens create [--model M] [--group G] [--owner O] [--ttl 24h]"}
+	}
+	if args[0] == "create" {
+		args = args[1:]
 	}
 	fs := flag.NewFlagSet("tokens create", flag.ContinueOnError)
 	af := addAPIFlags(fs)
@@ -468,8 +495,8 @@ func cmdTokens(ctx context.Context, args []string, stdout io.Writer) error {
 	group := fs.String("group", "", "group assigned to the enrolled device (needs secrets.write; a second person's approval under two_person_rule)")
 	owner := fs.String("owner", "", "owner assigned to the enrolled device")
 	ttl := fs.Duration("ttl", 24*time.Hour, "token lifetime")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	c, err := af.client()
 	if err != nil {
@@ -644,8 +671,12 @@ func subcommand(args []string, def string) (string, []string) {
 	return def, args
 }
 
-// positional takes the next argument, which must not be a flag.
+// positional takes the next argument, which must not be a flag. A help
+// flag is left for the command's flag parse (which answers it).
 func positional(args []string, missing string) (string, []string, error) {
+	if len(args) > 0 && isHelpFlag(args[0]) {
+		return "", args, nil
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return "", args, usageError{missing}
 	}
@@ -667,8 +698,8 @@ func (f apiFlags) table(w io.Writer, v any, header string, rows func(tw io.Write
 // parse parses a command's flags (a usage error when they are bad) and
 // returns the API client they name.
 func (f apiFlags) parse(fs *flag.FlagSet, args []string) (*api.Client, error) {
-	if err := fs.Parse(args); err != nil {
-		return nil, usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
 	}
 	return f.client()
 }

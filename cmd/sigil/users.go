@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -15,14 +18,16 @@ import (
 )
 
 // cmdUsers is `sigil users list | create | role | disable | enable |
-// delete`: operators and their roles (needs users.admin).
-func cmdUsers(ctx context.Context, args []string, stdout io.Writer) error {
+// delete`: operators and their roles (needs users.admin); and `sigil
+// users passwd`: the caller's own password.
+func cmdUsers(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	sub, args := subcommand(args, "list")
 	fs := flag.NewFlagSet("users "+sub, flag.ContinueOnError)
 	af := addAPIFlags(fs)
 	role := fs.String("role", "viewer", "create, role: viewer, operator, release-approver, security-admin or admin")
+	fromStdin := fs.Bool("stdin", false, "passwd: read the current password and the new one from stdin, one per line, instead of the terminal")
 	var name string
-	if sub != "list" {
+	if sub != "list" && sub != "passwd" {
 		var err error
 		if name, args, err = positional(args, "users "+sub+" needs a user name"); err != nil {
 			return err
@@ -89,8 +94,95 @@ func cmdUsers(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "deleted %s\n", name)
 		return nil
+	case "passwd":
+		if fs.NArg() > 0 {
+			return usageError{"users passwd takes no arguments: passwords are never read from the command line (the terminal, or --stdin)"}
+		}
+		cur, pw, err := readPasswords(stdin, stderr, *fromStdin)
+		if err != nil {
+			return err
+		}
+		res, err := c.ChangePassword(ctx, cur, pw)
+		if err != nil {
+			return err
+		}
+		if *af.output == "json" {
+			return printJSON(stdout, res)
+		}
+		fmt.Fprintf(stdout, "password of %s changed; %s ended; API tokens are not affected (sigil api-tokens list, revoke)\n",
+			res.User, plural(res.SessionsEnded, "console session"))
+		return nil
 	}
 	return usageError{"unknown users subcommand " + sub}
+}
+
+// readPasswords reads the current password and the new one: from stdin,
+// one per line, with --stdin; otherwise from the terminal with its echo
+// turned off, the new one twice. Passwords never come from the command line, where
+// other users and the shell history would see them.
+func readPasswords(stdin io.Reader, stderr io.Writer, fromStdin bool) (current, password string, err error) {
+	if fromStdin {
+		sc := bufio.NewScanner(io.LimitReader(stdin, 4<<10))
+		var lines []string
+		for len(lines) < 2 && sc.Scan() {
+			lines = append(lines, strings.TrimSuffix(sc.Text(), "\r"))
+		}
+		if err := sc.Err(); err != nil {
+			return "", "", err
+		}
+		if len(lines) < 2 || lines[0] == "" || lines[1] == "" {
+			return "", "", usageError{"--stdin needs two lines: the current password, then the new one"}
+		}
+		return lines[0], lines[1], nil
+	}
+	f, ok := stdin.(*os.File)
+	if !ok {
+		return "", "", usageError{"stdin is not a terminal: pass --stdin (current password, then the new one, one per line)"}
+	}
+	restore, err := noEcho(int(f.Fd()))
+	if err != nil {
+		return "", "", usageError{"stdin is not a terminal (" + err.Error() + "): type the passwords in one, or pass --stdin (current password, then the new one, one per line)"}
+	}
+	defer func() {
+		if rerr := restore(); rerr != nil && err == nil {
+			err = fmt.Errorf("restoring the terminal's echo: %w", rerr)
+		}
+	}()
+	in := bufio.NewReader(io.LimitReader(f, 16<<10))
+	ask := func(prompt string) (string, error) {
+		fmt.Fprint(stderr, prompt)
+		line, err := in.ReadString('\n')
+		fmt.Fprintln(stderr) // the Enter typed was not echoed
+		if err != nil {
+			return "", fmt.Errorf("reading the password: %w", err)
+		}
+		return strings.TrimRight(line, "\r\n"), nil
+	}
+	if current, err = ask("Current password: "); err != nil {
+		return "", "", err
+	}
+	if password, err = ask("New password: "); err != nil {
+		return "", "", err
+	}
+	again, err := ask("New password again: ")
+	if err != nil {
+		return "", "", err
+	}
+	if again != password {
+		return "", "", usageError{"the new passwords differ; nothing changed"}
+	}
+	if current == "" || password == "" {
+		return "", "", usageError{"a password is empty; nothing changed"}
+	}
+	return current, password, nil
+}
+
+// plural writes n and the noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // cmdAPITokens is `sigil api-tokens list | create NAME | revoke ID`: the
@@ -101,6 +193,7 @@ func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
 	af := addAPIFlags(fs)
 	role := fs.String("role", "viewer", "create: the token's role, at most your own")
 	ttl := fs.Duration("ttl", 90*24*time.Hour, "create: lifetime")
+	secretFile := fs.String("secret-file", "", "create: write the secret to this new file (mode 0600) instead of printing it, e.g. a scraper's credentials file")
 	var arg string
 	if sub != "list" {
 		var err error
@@ -126,14 +219,39 @@ func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		})
 	case "create":
+		var sf *os.File
+		if *secretFile != "" {
+			// Created (never overwritten) before the token, so that a bad
+			// path leaves no token behind.
+			if sf, err = os.OpenFile(*secretFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+				return err
+			}
+			defer sf.Close()
+		}
 		t, err := c.CreateAPIToken(ctx, api.TokenRequest{Name: arg, Role: auth.Role(*role), TTL: config.Duration(*ttl)})
 		if err != nil {
+			if sf != nil {
+				os.Remove(*secretFile)
+			}
 			return err
 		}
-		if *af.output == "json" {
+		if sf != nil {
+			if _, err := io.WriteString(sf, t.Secret+"\n"); err != nil {
+				return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
+			}
+			if err := sf.Close(); err != nil {
+				return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
+			}
+			t.Secret = ""
+			if *af.output == "json" {
+				return printJSON(stdout, t)
+			}
+			fmt.Fprintf(stdout, "token %s (%s, until %s); secret written to %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), *secretFile)
+		} else if *af.output == "json" {
 			return printJSON(stdout, t)
+		} else {
+			fmt.Fprintf(stdout, "token %s (%s, until %s); secret (shown once): %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), t.Secret)
 		}
-		fmt.Fprintf(stdout, "token %s (%s, until %s); secret (shown once): %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), t.Secret)
 		if t.Approval != nil {
 			fmt.Fprintf(stdout, "it works once a second person approves request %s (two-person rule: it may approve)\n", t.Approval.ID)
 		}

@@ -2,9 +2,9 @@
 // fleet from its TPM's endorsement key and keeps an MQTT session over mutual
 // TLS whose private key never leaves the TPM.
 //
-//	sigild run --config /etc/sigild/config.json
-//	sigild status [--config FILE]
-//	sigild secret get NAME [--config FILE]
+//	sigild run [--config /etc/sigild/config.json]
+//	sigild status [--config FILE] [--json]
+//	sigild secret get NAME [--version N] [--config FILE]
 //	sigild secret list [--config FILE] [--json]
 //	sigild version
 package main
@@ -18,23 +18,28 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/pkg/config"
 )
 
 const usage = `usage:
-  sigild run --config FILE      run the daemon
-  sigild status [--config FILE] print identity, certificate expiry and connection
-  sigild secret get NAME [--config FILE]
+  sigild run [--config FILE]    run the daemon
+  sigild status [--config FILE] [--json]
+                                print identity, certificate expiry, connection and the installed
+                                firmware (from the update record when the daemon is stopped)
+  sigild secret get NAME [--version N] [--config FILE]
                                 unseal a secret the fleet delivered (through the TPM) to stdout
   sigild secret list [--config FILE] [--json]
                                 list the secrets held (names and versions, never values)
   sigild version                print the version
+FILE defaults to /etc/sigild/config.json. Each command answers -h and --help.
 `
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // Exit codes.
@@ -45,39 +50,94 @@ const (
 	exitNotReady = 3 // status: not enrolled or not connected
 )
 
-func run(args []string) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
 	switch args[0] {
 	case "run":
-		return cmdRun(args[1:])
+		return cmdRun(args[1:], stdout, stderr)
 	case "status":
-		return cmdStatus(args[1:], os.Stdout)
+		return cmdStatus(args[1:], stdout, stderr)
 	case "secret":
-		return cmdSecret(args[1:])
+		return cmdSecret(args[1:], stdout, stderr)
 	case "version":
-		fmt.Println("sigild", agent.Version)
+		if code, done := parseFlags(flag.NewFlagSet("version", flag.ContinueOnError), args[1:], stdout, stderr); done {
+			return code
+		}
+		fmt.Fprintln(stdout, "sigild", agent.Version)
 		return exitOK
 	case "-h", "--help", "help":
-		fmt.Print(usage)
+		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "sigild: unknown command %q\n%s", args[0], usage)
+	fmt.Fprintf(stderr, "sigild: unknown command %q\n%s", args[0], usage)
 	return exitUsage
 }
 
-func loadConfig(fs *flag.FlagSet, args []string, required bool) (agent.Config, error) {
+// parseFlags parses a subcommand's flags. It reports done when the
+// command should end with code: after -h or --help (its usage and flags
+// on stdout, exit 0) or a bad flag (exit 2).
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, done bool) {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		printHelp(stdout, fs)
+		return exitOK, true
+	case err != nil:
+		fmt.Fprintf(stderr, "sigild: %v (sigild %s --help lists the flags)\n", err, fs.Name())
+		return exitUsage, true
+	}
+	return 0, false
+}
+
+// printHelp writes the usage lines of fs's command and its flags.
+func printHelp(w io.Writer, fs *flag.FlagSet) {
+	cmd, _, _ := strings.Cut(fs.Name(), " ")
+	fmt.Fprintln(w, "usage:")
+	in := false
+	for _, line := range strings.Split(strings.TrimSuffix(usage, "\n"), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "sigild" {
+			in = f[1] == cmd
+		} else if !strings.HasPrefix(line, "      ") {
+			in = false // only a command's continuation lines follow it
+		}
+		if in {
+			fmt.Fprintln(w, line)
+		}
+	}
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n > 0 {
+		fmt.Fprintln(w, "\nflags:")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+	}
+}
+
+// loadConfig adds --config to fs, parses the arguments and loads the
+// configuration; done reports that the command should end with code
+// (help, a bad flag, or a configuration that does not load: a file that
+// does not exist is named as such).
+func loadConfig(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (cfg agent.Config, code int, done bool) {
 	path := fs.String("config", "/etc/sigild/config.json", "configuration file")
-	if err := fs.Parse(args); err != nil {
-		return agent.Config{}, err
+	if code, done := parseFlags(fs, args, stdout, stderr); done {
+		return agent.Config{}, code, true
 	}
 	cfg, err := agent.LoadConfig(*path)
-	if err != nil && !required && errors.Is(err, os.ErrNotExist) {
-		return agent.Config{}, nil
+	var ne *config.NotExistError
+	switch {
+	case errors.As(err, &ne):
+		fmt.Fprintf(stderr, "sigild: config file %s does not exist (name the device's configuration with --config FILE)\n", ne.Path)
+		return agent.Config{}, exitUsage, true
+	case err != nil:
+		fmt.Fprintln(stderr, "sigild:", err)
+		return agent.Config{}, exitUsage, true
 	}
-	return cfg, err
+	return cfg, 0, false
 }
 
 func logger(level string) *slog.Logger {
@@ -88,16 +148,15 @@ func logger(level string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }
 
-func cmdRun(args []string) int {
-	cfg, err := loadConfig(flag.NewFlagSet("run", flag.ContinueOnError), args, true)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "sigild:", err)
-		return exitUsage
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	cfg, code, done := loadConfig(flag.NewFlagSet("run", flag.ContinueOnError), args, stdout, stderr)
+	if done {
+		return code
 	}
 	log := logger(cfg.LogLevel)
 	a, err := agent.New(cfg, log)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "sigild:", err)
+		fmt.Fprintln(stderr, "sigild:", err)
 		return exitUsage
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -110,23 +169,22 @@ func cmdRun(args []string) int {
 }
 
 // cmdStatus prints the daemon's status to stdout.
-func cmdStatus(args []string, stdout io.Writer) int {
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON")
-	cfg, err := loadConfig(fs, args, false)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "sigild:", err)
-		return exitUsage
+	cfg, code, done := loadConfig(fs, args, stdout, stderr)
+	if done {
+		return code
 	}
 	st, err := agent.CurrentStatus(cfg)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "sigild:", err)
+		fmt.Fprintln(stderr, "sigild:", err)
 		return exitError
 	}
 	if *asJSON {
 		b, err := st.JSON()
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "sigild:", err)
+			fmt.Fprintln(stderr, "sigild:", err)
 			return exitError
 		}
 		_, _ = stdout.Write(b)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -60,7 +61,7 @@ func TestStatusEscapesUntrustedText(t *testing.T) {
 	}
 	for _, args := range [][]string{{"--config", cfg}, {"--config", cfg, "--json"}} {
 		var out bytes.Buffer
-		if code := cmdStatus(args, &out); code != exitNotReady {
+		if code := cmdStatus(args, &out, io.Discard); code != exitNotReady {
 			t.Fatalf("%v: exit %d, want %d (daemon not connected)\n%s", args, code, exitNotReady, out.String())
 		}
 		s := out.String()

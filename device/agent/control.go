@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/device/update"
 )
 
 // serveControl answers each connection on a Unix socket: the client sends
@@ -84,7 +85,9 @@ func ReadStatus(path string) (*Status, error) {
 }
 
 // CurrentStatus asks the running daemon; when none answers it reads the
-// state store directly and reports the daemon as not running.
+// state store directly and reports the daemon as not running, with the
+// firmware version the update record says the device runs
+// (update.RecordedVersion), else the configured one.
 func CurrentStatus(cfg Config) (*Status, error) {
 	cfg.setDefaults()
 	if cfg.Control != "-" {
@@ -105,8 +108,12 @@ func CurrentStatus(cfg Config) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
+	fw, err := update.RecordedVersion(st, cfg.Firmware)
+	if err != nil {
+		return nil, fmt.Errorf("agent: installed firmware: %w", err)
+	}
 	a := &Agent{cfg: cfg}
-	a.status = Status{Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
+	a.status = Status{Broker: cfg.Broker, Model: cfg.Model, Firmware: fw, Agent: Version}
 	a.publishIdentity(id)
 	s := a.Status()
 	return &s, nil

@@ -434,7 +434,7 @@ func (h *handler) createToken(w http.ResponseWriter, r *http.Request, _ string) 
 // decode reads a JSON body strictly; on failure it has written a 4xx.
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		problem(w, http.StatusUnsupportedMediaType, "unsupported media type", "send application/json")
+		problem(w, http.StatusUnsupportedMediaType, "unsupported media type", "send the body as JSON with Content-Type: application/json")
 		return false
 	}
 	dec := json.NewDecoder(r.Body)

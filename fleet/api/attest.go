@@ -165,7 +165,7 @@ func (h *handler) policyVersions(w http.ResponseWriter, r *http.Request, _ strin
 // kept, never overwritten.
 func (h *handler) putPolicy(w http.ResponseWriter, r *http.Request, who string) {
 	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
-		problem(w, http.StatusUnsupportedMediaType, "unsupported media type", "send application/json")
+		problem(w, http.StatusUnsupportedMediaType, "unsupported media type", "send the body as JSON with Content-Type: application/json")
 		return
 	}
 	p, err := policy.Decode(r.Body)

@@ -121,6 +121,7 @@ func (h *handler) describeCore() {
 	h.describe("POST /api/v1/logout", "End the session", nil, nil, 204)
 	h.describe("GET /api/v1/me", "Who the caller is and what they may do", nil, Me{})
 	h.describe("GET /api/v1/users", "List operators", nil, list{"users": []auth.User{}})
+	h.describe("POST /api/v1/users/me/password", "Change your own password (the current one is required; throttled like logins): every session of yours ends, a browser's own continues under a new ID; API tokens are not affected", PasswordRequest{}, PasswordChanged{})
 	h.describe("POST /api/v1/users", "Create an operator with a role the caller covers (a generated password is shown once; under two_person_rule the account stays disabled until a second person approves)", UserRequest{}, UserCreated{}, 201)
 	h.describe("PATCH /api/v1/users/{name}", "Change an operator's role or disable them, within the caller's scope (under two_person_rule a role change or enabling answers 202 with the approval request)", UserPatch{}, auth.User{})
 	h.describe("DELETE /api/v1/users/{name}", "Delete an operator", nil, nil, 204)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,6 +63,26 @@ type UserPatch struct {
 	Disabled *bool      `json:"disabled,omitempty"`
 }
 
+// PasswordRequest is the body of POST /api/v1/users/me/password: the
+// caller's current password and the new one (at least
+// auth.MinPasswordLen characters).
+type PasswordRequest struct {
+	Current string `json:"current_password"`
+	New     string `json:"new_password"`
+}
+
+// PasswordChanged answers POST /api/v1/users/me/password. Every session of
+// the user ended; a browser that made the change with its session gets a
+// new session cookie (a new ID) and its new CSRF token here. API tokens
+// are not affected.
+type PasswordChanged struct {
+	User          string    `json:"user"`
+	SessionsEnded int       `json:"sessions_ended"`
+	CSRFToken     string    `json:"csrf_token,omitempty"`
+	Expires       time.Time `json:"expires,omitzero"` // the new session's
+	Note          string    `json:"note"`
+}
+
 // TokenRequest is the body of POST /api/v1/tokens: a token for the caller,
 // scoped to a role their own covers.
 type TokenRequest struct {
@@ -87,6 +108,7 @@ func (h *handler) routesUsers() {
 	h.public("POST /api/v1/login", h.cfg.Auth.LoginHandler().ServeHTTP)
 	h.public("POST /api/v1/logout", h.cfg.Auth.LogoutHandler().ServeHTTP)
 	h.route("GET /api/v1/me", auth.PermDevicesRead, h.me)
+	h.route("POST /api/v1/users/me/password", auth.PermDevicesRead, h.changePassword)
 	h.route("GET /api/v1/users", auth.PermUsersAdmin, h.listUsers)
 	h.route("POST /api/v1/users", auth.PermUsersAdmin, h.createUser)
 	h.route("PATCH /api/v1/users/{name}", auth.PermUsersAdmin, h.patchUser)
@@ -137,6 +159,53 @@ func (h *handler) authError(w http.ResponseWriter, err error) {
 	default:
 		h.internal(w, err)
 	}
+}
+
+// changePassword changes the caller's own password (any role may): see
+// auth.Service.ChangeOwnPassword. 400 for a new password that breaks the
+// rules, 403 for a wrong current password, 429 with Retry-After when
+// throttled like a login.
+func (h *handler) changePassword(w http.ResponseWriter, r *http.Request, who string) {
+	var req PasswordRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Current == "" || req.New == "" {
+		problem(w, http.StatusBadRequest, "bad request", "current_password and new_password are required")
+		return
+	}
+	p := principal(r)
+	res, err := h.cfg.Auth.ChangeOwnPassword(r.Context(), p, req.Current, req.New, auth.ClientAddr(r))
+	var te *auth.ThrottleError
+	switch {
+	case errors.As(err, &te):
+		secs := int((te.RetryAfter + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		problem(w, http.StatusTooManyRequests, "too many requests",
+			fmt.Sprintf("too many wrong passwords; retry in %d seconds", secs))
+		return
+	case errors.Is(err, auth.ErrInvalidCredentials):
+		problem(w, http.StatusForbidden, "forbidden", "the current password is wrong")
+		return
+	case errors.Is(err, auth.ErrSamePassword):
+		problem(w, http.StatusBadRequest, "bad request", "the new password must differ from the current one")
+		return
+	case errors.Is(err, auth.ErrInvalid):
+		problem(w, http.StatusBadRequest, "bad request",
+			fmt.Sprintf("the new password must be at least %d characters (and at most 1024 bytes)", auth.MinPasswordLen))
+		return
+	case err != nil:
+		h.internal(w, err)
+		return
+	}
+	out := PasswordChanged{User: who, SessionsEnded: res.SessionsEnded,
+		Note: "every session of this user ended; API tokens are not affected (revoke them on their own)"}
+	if res.Session.ID != "" {
+		http.SetCookie(w, h.cfg.Auth.Cookie(res.Session))
+		out.CSRFToken, out.Expires = res.Session.CSRFToken, res.Session.Expires
+		out.Note = "every other session of this user ended; this one continues under a new ID (the cookie sent with this answer); API tokens are not affected (revoke them on their own)"
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (h *handler) listUsers(w http.ResponseWriter, _ *http.Request, _ string) {
@@ -385,6 +454,13 @@ func (c *Client) CreateAPIToken(ctx context.Context, req TokenRequest) (*TokenCr
 // RevokeAPIToken revokes a token by ID.
 func (c *Client) RevokeAPIToken(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(id), nil, nil)
+}
+
+// ChangePassword changes the caller's own password; the current one is
+// required.
+func (c *Client) ChangePassword(ctx context.Context, current, password string) (*PasswordChanged, error) {
+	var out PasswordChanged
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/users/me/password", PasswordRequest{Current: current, New: password}, &out)
 }
 
 // Me returns the caller's identity and permissions.

@@ -45,6 +45,13 @@
 // on restart. Logins, failed logins, lockouts and slow-downs go to
 // Config.Audit.
 //
+// A person changes their own password with ChangeOwnPassword, proving the
+// current one; the check is throttled on the login counters, so a stolen
+// session or token cannot guess faster than a login. Every session of the
+// user ends but the one the change was made with, which continues under a
+// new ID; API tokens are not affected (they are revoked on their own). An
+// administrator's reset (SetPassword) ends every session of the user.
+//
 // Service.Require wraps an http.Handler: it answers 401 or 403 as RFC 9457
 // problem+json documents and hands the authenticated Principal to the
 // handler through the request context (PrincipalFrom).

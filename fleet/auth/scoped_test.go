@@ -180,7 +180,10 @@ func TestSinceMarksAccountChanges(t *testing.T) {
 	step("new role", true, func() error { _, err := s.SetRole("alice", RoleSecurityAdmin); return err })
 	step("disable", false, func() error { _, err := s.SetDisabled("alice", true); return err })
 	step("enable", true, func() error { _, err := s.SetDisabled("alice", false); return err })
-	step("own password change", false, func() error { return s.ChangePassword(ctx, "alice", alicePW, bobPW) })
+	step("own password change", false, func() error {
+		_, err := s.ChangeOwnPassword(ctx, scopedToken(t, s, "alice", RoleViewer), alicePW, bobPW, "192.0.2.9")
+		return err
+	})
 	step("admin's reset", true, func() error { return s.SetPassword(ctx, "alice", alicePW) })
 	p := scopedToken(t, s, "alice", RoleViewer)
 	if !p.Since().Equal(since()) {

@@ -172,6 +172,12 @@ func (s *Service) auditFailedLogin(ctx context.Context, name, source string, rec
 		}
 		s.record(ctx, e)
 	}
+	s.auditLockouts(ctx, target, source, locked, now)
+}
+
+// auditLockouts logs and audits the lockouts and slow-downs a failed
+// password check (a login, or the current password of a change) caused.
+func (s *Service) auditLockouts(ctx context.Context, target, source string, locked lockouts, now time.Time) {
 	until := now.Add(s.cfg.Throttle.Lockout).UTC().Format(time.RFC3339)
 	lockout := func(scope, reason string) {
 		s.record(ctx, audit.New(audit.System("auth"), "auth.lockout", target).Because(reason).

@@ -80,7 +80,11 @@ func TestSessionEndsWithPasswordChangeAndDisable(t *testing.T) {
 	a1 := mustLogin(t, s, "alice", alicePW)
 	a2 := mustLogin(t, s, "alice", alicePW)
 	root := mustLogin(t, s, "root", bobPW)
-	if err := s.ChangePassword(ctx, "alice", "wrong old password", "a brand new password"); !errors.Is(err, ErrInvalidCredentials) {
+	ap, err := s.Authenticate(request(s, "GET", "/", "", &a1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ChangeOwnPassword(ctx, ap, "wrong old password", "a brand new password", "192.0.2.1"); !errors.Is(err, ErrInvalidCredentials) {
 		t.Fatalf("wrong old password: %v", err)
 	}
 	if _, err := s.Authenticate(request(s, "GET", "/", "", &a1)); err != nil {
@@ -97,7 +101,7 @@ func TestSessionEndsWithPasswordChangeAndDisable(t *testing.T) {
 	if _, err := s.Authenticate(request(s, "GET", "/", "", &root)); err != nil {
 		t.Fatalf("another user's session ended: %v", err)
 	}
-	clk.Advance(time.Second) // the wait after the failed ChangePassword
+	clk.Advance(time.Second) // the wait after the failed ChangeOwnPassword
 	a3 := mustLogin(t, s, "alice", "a brand new password")
 	if _, err := s.SetDisabled("alice", true); err != nil {
 		t.Fatal(err)

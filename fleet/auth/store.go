@@ -527,13 +527,10 @@ func requireOtherAdmin(tx *bolt.Tx, name string) error {
 }
 
 // SetPassword replaces a user's password (an administrator's reset, which
-// counts as a change of hands: User.Changed). The user's sessions end;
-// their API tokens stay.
+// counts as a change of hands: User.Changed). The user's sessions end (in
+// the same transaction); their API tokens stay. ChangeOwnPassword is a
+// person changing their own.
 func (s *Service) SetPassword(ctx context.Context, name, password string) error {
-	return s.setPassword(ctx, name, password, true)
-}
-
-func (s *Service) setPassword(ctx context.Context, name, password string, reset bool) error {
 	if err := validPassword(password); err != nil {
 		return err
 	}
@@ -541,47 +538,17 @@ func (s *Service) setPassword(ctx context.Context, name, password string, reset 
 	if err != nil {
 		return err
 	}
-	_, err = s.updateUser(name, func(_ *bolt.Tx, rec *userRecord) error {
+	_, err = s.updateUser(name, func(tx *bolt.Tx, rec *userRecord) error {
 		rec.Hash = h
 		rec.Generation++
 		rec.PasswordChanged = s.cfg.Now()
-		if reset {
-			rec.Changed = rec.PasswordChanged
-		}
-		return nil
+		rec.Changed = rec.PasswordChanged
+		return deleteSessionsOf(tx, rec.Name)
 	})
 	if err == nil {
 		s.log.Info("password set", "user", normalizeName(name))
 	}
 	return err
-}
-
-// ChangePassword replaces a user's password after checking the old one
-// (ErrInvalidCredentials if wrong; the check is throttled like a login).
-// The user's sessions end, so the caller should log them in again.
-func (s *Service) ChangePassword(ctx context.Context, name, old, password string) error {
-	name = normalizeName(name)
-	if err := validPassword(password); err != nil {
-		return err
-	}
-	u, err := s.getUserRecord(name)
-	if err != nil {
-		return err
-	}
-	now := s.cfg.Now()
-	if wait, ok := s.throttle.begin(name, "", now); !ok {
-		return &ThrottleError{RetryAfter: wait}
-	}
-	ok, _, err := s.verify(ctx, old, u.Hash)
-	if err != nil || !ok {
-		s.throttle.fail(name, "", now)
-		if err != nil {
-			return err
-		}
-		return ErrInvalidCredentials
-	}
-	s.throttle.succeed(name, "", now)
-	return s.setPassword(ctx, name, password, false)
 }
 
 // SetRole changes a user's role; it takes effect on their next request.

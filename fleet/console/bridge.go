@@ -173,6 +173,9 @@ func (c *Console) actionHandler(a *action) http.Handler {
 			}
 		}
 		c.log.Info("console: action done", "action", a.Name, "user", p.User, "path", r.URL.Path)
+		for _, ck := range rec.header.Values("Set-Cookie") {
+			w.Header().Add("Set-Cookie", ck) // a session the API rotated (a password change)
+		}
 		if a.Reveal != nil || a.Result != nil {
 			var rv Reveal
 			var err error

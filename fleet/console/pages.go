@@ -314,10 +314,12 @@ type Settings struct {
 	// Users is nil unless the operator manages users.
 	Users []auth.User
 	Now   time.Time
+	// MinPassword is the shortest password accepted.
+	MinPassword int
 }
 
 func (c *Console) loadSettings(_ *http.Request, p auth.Principal) (any, error) {
-	out := Settings{Now: c.cfg.Now(), UserRoles: auth.Roles()}
+	out := Settings{Now: c.cfg.Now(), UserRoles: auth.Roles(), MinPassword: auth.MinPasswordLen}
 	toks, err := c.cfg.Auth.Tokens(p.User)
 	if err != nil {
 		return nil, err
@@ -360,6 +362,14 @@ func settingsActions() []Action {
 					Facts: [][2]string{{"ID", t.ID}, {"Name", t.Name}, {"Scope", string(t.Role)}, {"Expires", when(t.Expires)}},
 					Note:  "Copy it now: it is shown only once. Scripts send it as \"Authorization: Bearer <token>\"."}, nil
 			}},
+		{Name: "user.password", Path: "/settings/password", API: "POST /api/v1/users/me/password", Then: "/settings",
+			Body: func(form url.Values) (any, error) {
+				if form.Get("new_password") != form.Get("confirm_password") {
+					return nil, errUser("the new password and its confirmation differ")
+				}
+				return api.PasswordRequest{Current: form.Get("current_password"), New: form.Get("new_password")}, nil
+			},
+			OK: "Password changed. Your other sessions ended; this one continues. Your API tokens still work: revoke them here if they may be exposed."},
 		{Name: "token.revoke", Path: "/settings/tokens/{id}/revoke", API: "DELETE /api/v1/tokens/{id}", Then: "/settings",
 			OK: "Token revoked: it no longer authenticates."},
 		{Name: "user.create", Path: "/settings/users", API: "POST /api/v1/users",

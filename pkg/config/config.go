@@ -5,7 +5,9 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 )
@@ -30,10 +32,26 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
+// NotExistError reports a configuration file that does not exist.
+// errors.Is(err, fs.ErrNotExist) holds for it.
+type NotExistError struct {
+	Path string
+	Err  error // the cause, from opening the file
+}
+
+func (e *NotExistError) Error() string { return "config: file " + e.Path + " does not exist" }
+
+// Unwrap returns the cause.
+func (e *NotExistError) Unwrap() error { return e.Err }
+
 // Load decodes the JSON file at path into v, refusing unknown keys so that a
-// typo is reported rather than ignored.
+// typo is reported rather than ignored. A file that does not exist fails
+// with a *NotExistError.
 func Load(path string, v any) error {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &NotExistError{Path: path, Err: err}
+	}
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}

@@ -68,8 +68,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		sub, args = args[0], args[1:]
 	}
 	fs := flag.NewFlagSet("bench "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, Usage) }
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	dir := fs.String("dir", "", "working directory (default: a temporary directory, removed afterwards)")
 	verbose := fs.Bool("verbose", false, "log the fleet and devices to stderr")
 	devices := fs.Int("devices", 0, "simulated devices for the enroll and attest figures")
@@ -79,8 +79,14 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	restarts := fs.Int("restarts", 5, "sigild restarts to time")
 	benchtime := fs.String("benchtime", "1s", "go test -benchtime for the server and rotate figures")
 	sizes := fs.String("sizes", "", "device counts for the rotate figure, comma-separated (default: --devices)")
-	if err := fs.Parse(args); err != nil {
-		return err
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		// -h, --help: the usage and the flags, on stdout (exit 0).
+		fmt.Fprint(stdout, Usage+"\nflags:\n")
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("bench: %w\n%s", err, Usage)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("bench: unexpected arguments %q\n%s", fs.Args(), Usage)

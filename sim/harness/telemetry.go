@@ -132,7 +132,8 @@ func (s *DemoSyslog) wait(ctx context.Context, timeout time.Duration, parts ...s
 // opens a TCP port on this host (where the simulated devices run), every
 // device reports it, and the receiver gets the alert as RFC 5424 + CEF;
 // closing the port resolves it.
-func demoTelemetry(ctx context.Context, o DemoOptions, client *api.Client, devs []api.Device, siem *DemoSyslog) error {
+func demoTelemetry(ctx context.Context, sh demoShell, client *api.Client, devs []api.Device, siem *DemoSyslog) error {
+	o := sh.o
 	fmt.Fprintf(o.Out, "\nTelemetry (every %s into each device's durable outbox, sent in order, exactly once or counted as dropped):\n\n", DemoTelemetryInterval)
 	type row struct {
 		id                 string
@@ -171,7 +172,9 @@ func demoTelemetry(ctx context.Context, o DemoOptions, client *api.Client, devs 
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.id, r.cpu, r.mem, r.load, r.procs, r.ports, r.pnts)
 	}
 	tw.Flush()
-	fmt.Fprintf(o.Out, "  sigil telemetry <device> [--metric cpu.busy]; Prometheus: GET %s/metrics with a bearer API token\n", client.BaseURL)
+	fmt.Fprintln(o.Out, "A device's telemetry, and the fleet's metrics as Prometheus scrapes them:")
+	sh.sigil("telemetry", devs[0].ID, "--metric", "cpu.busy")
+	sh.try(append(sh.curl, "-H", "Accept: text/plain;version=0.0.4", sh.api+"/metrics")...)
 
 	learn := 3 * DemoTelemetryInterval
 	rule, err := client.PutAlertRule(ctx, alert.Rule{ID: "demo-new-port", Name: "New listening port (demo)", Severity: alert.SeverityWarning,
@@ -208,7 +211,8 @@ func demoTelemetry(ctx context.Context, o DemoOptions, client *api.Client, devs 
 	}
 	list, err := client.Alerts(ctx, api.AlertQuery{RuleID: rule.ID})
 	if err == nil {
-		fmt.Fprintf(o.Out, "  sigil alerts list --rule %s  (%d alerts; GET %s/api/v1/alerts)\n", rule.ID, len(list.Alerts), client.BaseURL)
+		fmt.Fprintf(o.Out, "Alerts of the rule so far: %d (GET %s/api/v1/alerts):\n", len(list.Alerts), client.BaseURL)
+		sh.sigil("alerts", "list", "--rule", rule.ID)
 	}
 	return nil
 }

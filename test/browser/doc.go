@@ -2,7 +2,9 @@
 // system's, /usr/bin/chromium) with playwright-core from npm, against a
 // real fleet with sigild agents on swtpm TPMs. The Go test starts the fleet
 // and runs console.spec.js with node; the script's steps are the
-// scenarios, its exit status the verdict.
+// scenarios, its exit status the verdict. passwd.spec.js (run by
+// TestPasswordChangeInChromium) changes a password with two browsers
+// logged in as the same person.
 //
 // Screenshots of the main pages are kept as test artifacts (go test
 // -artifacts); SIGIL_UPDATE_SCREENSHOTS=1 also refreshes the copies

@@ -97,9 +97,10 @@ func isText(b []byte) bool {
 // operators, devices and attackers do: enrollment tokens (at enrollment,
 // as the MQTT password, reused, and inside a forbidden and a malformed
 // publish of real mosquitto clients), the admin password and a wrong one,
-// the session cookie and CSRF token, the admin API token, a new API token
-// and a bogus one, and a sealed secret delivered to the device and read
-// back. Then it searches every log the run wrote (fleet with its broker,
+// the session cookie and CSRF token, password changes (a wrong current
+// password, the new ones, the rotated session), the admin API token, a new
+// API token and a bogus one, and a sealed secret delivered to the device
+// and read back. Then it searches every log the run wrote (fleet with its broker,
 // both devices, the CLI's error output, the exported audit log) for every
 // one of those secrets and for the fleet's private keys, in every form:
 // none may appear.
@@ -246,6 +247,36 @@ func TestNoSecretInLogs(t *testing.T) {
 	bogus := use("bogus API token", "sgk_"+randomText(t, 32))
 	if code, _ := curl(bogus, "POST", "/api/v1/devices/"+status.DeviceID+"/revoke", `{"reason":"keyCompromise"}`); code != http.StatusUnauthorized {
 		t.Fatalf("bogus token: %d", code)
+	}
+
+	// The admin changes the password: a wrong current one first, then
+	// with the session (which is rotated), then again with the CLI.
+	newPW := use("new admin password", "N3w-"+randomText(t, 16))
+	wrongCur := use("wrong current password", "Cur-"+randomText(t, 16))
+	change := func(cur string) (int, []byte) {
+		return curl("", "POST", "/api/v1/users/me/password", fmt.Sprintf(`{"current_password":%q,"new_password":%q}`, cur, newPW),
+			"-b", cookies, "-c", cookies, "-H", "X-CSRF-Token: "+login.CSRF)
+	}
+	if code, body := change(wrongCur); code != http.StatusForbidden {
+		t.Fatalf("password change with a wrong current password: %d %s", code, body)
+	}
+	waitFor(t, func() bool { code, body = change(adminPassword); return code != http.StatusTooManyRequests },
+		"the throttle after the wrong current password")
+	var rotated struct {
+		CSRF string `json:"csrf_token"`
+	}
+	if code != http.StatusOK || json.Unmarshal(body, &rotated) != nil || rotated.CSRF == "" {
+		t.Fatalf("password change: %d %s", code, body)
+	}
+	use("rotated CSRF token", rotated.CSRF)
+	for _, c := range readCookies(t, cookies) {
+		use("rotated session cookie "+c.Name, c.Value)
+	}
+	third := use("third admin password", "Thr-"+randomText(t, 16))
+	passwd := exec.Command(sigil, "users", "passwd", "--stdin", "--data-dir", data, "--server", base)
+	passwd.Stdin, passwd.Stderr = strings.NewReader(newPW+"\n"+third+"\n"), &cliErr
+	if out, err := passwd.Output(); err != nil {
+		t.Fatalf("sigil users passwd: %v\n%s%s", err, out, cliErr.String())
 	}
 
 	// A sealed secret is delivered to the device and read back there.
