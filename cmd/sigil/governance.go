@@ -278,7 +278,13 @@ func cmdRisk(ctx context.Context, args []string, stdout io.Writer) error {
 		id, args = args[0], args[1:]
 	}
 	if id == "sweep" {
-		return cmdGovernance(ctx, append([]string{"sweep"}, args...), stdout)
+		fs := flag.NewFlagSet("risk sweep", flag.ContinueOnError)
+		af := addAPIFlags(fs)
+		c, err := af.parse(fs, args)
+		if err != nil {
+			return err
+		}
+		return sweep(ctx, c, af, stdout)
 	}
 	fs := flag.NewFlagSet("risk", flag.ContinueOnError)
 	af := addAPIFlags(fs)
@@ -318,6 +324,20 @@ func cmdRisk(ctx context.Context, args []string, stdout io.Writer) error {
 	})
 }
 
+// sweep judges every device now (sigil governance sweep, sigil risk sweep).
+func sweep(ctx context.Context, c *api.Client, af apiFlags, stdout io.Writer) error {
+	rep, err := c.Sweep(ctx)
+	if err != nil {
+		return err
+	}
+	if *af.output == "json" {
+		return printJSON(stdout, rep)
+	}
+	fmt.Fprintf(stdout, "%d devices judged: %d orphaned, %d dormant (%d certificates revoked now), %d new clone incidents, %d scored, %d failed\n",
+		rep.Devices, rep.Orphaned, rep.Dormant, rep.Revoked, rep.Clones, rep.Scored, rep.Failed)
+	return nil
+}
+
 // cmdGovernance: sigil governance sweep | dormant.
 func cmdGovernance(ctx context.Context, args []string, stdout io.Writer) error {
 	sub, args := subcommand(args, "")
@@ -329,16 +349,7 @@ func cmdGovernance(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	switch sub {
 	case "sweep":
-		rep, err := c.Sweep(ctx)
-		if err != nil {
-			return err
-		}
-		if *af.output == "json" {
-			return printJSON(stdout, rep)
-		}
-		fmt.Fprintf(stdout, "%d devices judged: %d orphaned, %d dormant (%d certificates revoked now), %d new clone incidents, %d scored, %d failed\n",
-			rep.Devices, rep.Orphaned, rep.Dormant, rep.Revoked, rep.Clones, rep.Scored, rep.Failed)
-		return nil
+		return sweep(ctx, c, af, stdout)
 	case "dormant":
 		l, err := c.Dormant(ctx, "", 1000)
 		if err != nil {
