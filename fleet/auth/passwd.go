@@ -66,39 +66,21 @@ func (s *Service) ChangeOwnPassword(ctx context.Context, p Principal, current, p
 		return PasswordChange{}, ErrSamePassword
 	}
 	now := s.cfg.Now()
-	if wait, ok := s.throttle.begin(name, source, now); !ok {
-		s.log.Warn("password change throttled", "user", name, "source", source, "retry_after", wait)
-		return PasswordChange{}, &ThrottleError{RetryAfter: wait}
-	}
-	rec, err := s.getUserRecord(name)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		s.throttle.fail(name, source, now)
-		return PasswordChange{}, err
-	}
-	encoded := ""
-	if rec != nil {
-		encoded = rec.Hash
-	} else if encoded, err = s.dummyHash(ctx); err != nil {
-		s.throttle.fail(name, source, now)
-		return PasswordChange{}, err
-	}
-	ok, _, err := s.verify(ctx, current, encoded)
-	if err != nil && !errors.Is(err, ErrBadHash) {
-		s.throttle.fail(name, source, now)
-		return PasswordChange{}, err
-	}
-	if err != nil {
-		s.log.Error("stored password hash is malformed", "user", name, "err", err)
-	}
-	if rec == nil || rec.Disabled || !ok {
-		locked := s.throttle.fail(name, source, now)
+	rec, _, err := s.checkPassword(ctx, name, current, source, now)
+	var wrong *wrongPassword
+	switch {
+	case errors.As(err, &wrong):
 		s.log.Warn("password change refused: wrong current password", "user", name, "source", source, "method", p.Method)
 		s.record(ctx, audit.New(audit.User(name), "auth.password", name).Deny("wrong current password").
 			With("source", source).With("method", string(p.Method)))
-		s.auditLockouts(ctx, name, source, locked, now)
+		s.auditLockouts(ctx, name, source, wrong.locked, now)
 		return PasswordChange{}, ErrInvalidCredentials
+	case errors.Is(err, ErrThrottled):
+		s.log.Warn("password change throttled", "user", name, "source", source, "err", err)
+		return PasswordChange{}, err
+	case err != nil:
+		return PasswordChange{}, err
 	}
-	s.throttle.succeed(name, source, now)
 
 	h, err := s.hash(ctx, password)
 	if err != nil {

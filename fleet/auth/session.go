@@ -65,36 +65,18 @@ func (s *Service) Login(ctx context.Context, name, password, source string) (Ses
 		name = name[:maxNameLen] // the throttle key; no such user exists
 	}
 	now := s.cfg.Now()
-	if wait, ok := s.throttle.begin(name, source, now); !ok {
-		s.log.Warn("login throttled", "source", source, "retry_after", wait)
-		return Session{}, &ThrottleError{RetryAfter: wait}
-	}
-	rec, err := s.getUserRecord(name)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		s.throttle.fail(name, source, now)
-		return Session{}, err
-	}
-	encoded := ""
-	if rec != nil {
-		encoded = rec.Hash
-	} else if encoded, err = s.dummyHash(ctx); err != nil {
-		s.throttle.fail(name, source, now)
-		return Session{}, err
-	}
-	ok, h, err := s.verify(ctx, password, encoded)
-	if err != nil && !errors.Is(err, ErrBadHash) {
-		s.throttle.fail(name, source, now)
-		return Session{}, err
-	}
-	if err != nil {
-		s.log.Error("stored password hash is malformed", "user", name, "err", err)
-	}
-	if rec == nil || rec.Disabled || !ok {
-		locked := s.throttle.fail(name, source, now)
-		s.auditFailedLogin(ctx, name, source, rec, locked, now)
+	rec, h, err := s.checkPassword(ctx, name, password, source, now)
+	var wrong *wrongPassword
+	switch {
+	case errors.As(err, &wrong):
+		s.auditFailedLogin(ctx, name, source, wrong.rec, wrong.locked, now)
 		return Session{}, ErrInvalidCredentials
+	case errors.Is(err, ErrThrottled):
+		s.log.Warn("login throttled", "source", source, "err", err)
+		return Session{}, err
+	case err != nil:
+		return Session{}, err
 	}
-	s.throttle.succeed(name, source, now)
 
 	rehash := ""
 	if h.NeedsRehash(s.cfg.Params) {
@@ -448,4 +430,54 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// wrongPassword is checkPassword's answer to a wrong password (or an
+// unknown or disabled user): the record, if the user exists, and the
+// lockouts the failure caused. It is ErrInvalidCredentials.
+type wrongPassword struct {
+	rec    *userRecord
+	locked lockouts
+}
+
+func (*wrongPassword) Error() string { return ErrInvalidCredentials.Error() }
+func (*wrongPassword) Unwrap() error { return ErrInvalidCredentials }
+
+// checkPassword checks name's password under the login throttle, in the
+// same time whether the user exists or not (an unknown name is checked
+// against a dummy hash): a *ThrottleError before any check while the
+// throttle holds name or source back; a *wrongPassword when the password is
+// wrong, the user unknown or disabled (the failure counted); otherwise the
+// user's record and its verified hash (the success counted). Login and a
+// password change share it, so a stolen session guesses no faster than a
+// login could.
+func (s *Service) checkPassword(ctx context.Context, name, password, source string, now time.Time) (*userRecord, Hash, error) {
+	if wait, ok := s.throttle.begin(name, source, now); !ok {
+		return nil, Hash{}, &ThrottleError{RetryAfter: wait}
+	}
+	rec, err := s.getUserRecord(name)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		s.throttle.fail(name, source, now)
+		return nil, Hash{}, err
+	}
+	encoded := ""
+	if rec != nil {
+		encoded = rec.Hash
+	} else if encoded, err = s.dummyHash(ctx); err != nil {
+		s.throttle.fail(name, source, now)
+		return nil, Hash{}, err
+	}
+	ok, h, err := s.verify(ctx, password, encoded)
+	if err != nil && !errors.Is(err, ErrBadHash) {
+		s.throttle.fail(name, source, now)
+		return nil, Hash{}, err
+	}
+	if err != nil {
+		s.log.Error("stored password hash is malformed", "user", name, "err", err)
+	}
+	if rec == nil || rec.Disabled || !ok {
+		return nil, Hash{}, &wrongPassword{rec: rec, locked: s.throttle.fail(name, source, now)}
+	}
+	s.throttle.succeed(name, source, now)
+	return rec, h, nil
 }
