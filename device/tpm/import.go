@@ -36,7 +36,7 @@ type SealedBlob struct {
 // Only sealed data objects are accepted: keyed-hash objects without a
 // scheme, neither sign nor decrypt, with fixedTPM and fixedParent clear.
 func (t *TPM) ImportSecret(public, duplicate, seed []byte, pcrs *wire.PCRSelection) (*SealedBlob, error) {
-	if _, err := sealedPublic(public); err != nil {
+	if _, err := SealedPublic(public); err != nil {
 		return nil, fmt.Errorf("tpm: import secret: %w", err)
 	}
 	if len(duplicate) == 0 || len(seed) == 0 {
@@ -85,7 +85,7 @@ func (t *TPM) Unseal(b *SealedBlob) ([]byte, error) {
 	if b == nil || len(b.Private) == 0 {
 		return nil, errors.New("tpm: unseal: empty blob")
 	}
-	pub, err := sealedPublic(b.Public)
+	pub, err := SealedPublic(b.Public)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: unseal: %w", err)
 	}
@@ -143,9 +143,11 @@ func (t *TPM) Unseal(b *SealedBlob) ([]byte, error) {
 	return secret, err
 }
 
-// sealedPublic decodes the public area of a sealed data object and checks
-// that it is one (see ImportSecret).
-func sealedPublic(b []byte) (*tpm2.TPMTPublic, error) {
+// SealedPublic decodes the public area of a sealed data object and checks
+// that it is one that can be imported: a keyed-hash object without a
+// scheme, with an available name algorithm, neither sign nor decrypt nor
+// restricted, fixedTPM and fixedParent clear (see ImportSecret).
+func SealedPublic(b []byte) (*tpm2.TPMTPublic, error) {
 	if len(b) == 0 {
 		return nil, errors.New("empty public area")
 	}

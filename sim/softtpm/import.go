@@ -61,7 +61,7 @@ const maxSealedData = 128
 // belongs to the public area (unique = H(seedValue || data)). The object is
 // then protected under the TPM's endorsement storage seed for Unseal.
 func (t *TPM) ImportSecret(public, duplicate, seed []byte, pcrs *wire.PCRSelection) (*tpm.SealedBlob, error) {
-	pub, err := sealedPublic(public)
+	pub, err := tpm.SealedPublic(public)
 	if err != nil {
 		return nil, fmt.Errorf("softtpm: import secret: %w", err)
 	}
@@ -116,7 +116,7 @@ func (t *TPM) Unseal(b *tpm.SealedBlob) ([]byte, error) {
 	if b == nil || len(b.Private) == 0 {
 		return nil, errors.New("softtpm: unseal: empty blob")
 	}
-	pub, err := sealedPublic(b.Public)
+	pub, err := tpm.SealedPublic(b.Public)
 	if err != nil {
 		return nil, fmt.Errorf("softtpm: unseal: %w", err)
 	}
@@ -175,36 +175,6 @@ func (t *TPM) Unseal(b *tpm.SealedBlob) ([]byte, error) {
 		return nil
 	})
 	return secret, err
-}
-
-// sealedPublic decodes the public area of a sealed data object and checks
-// that it is one that can be imported, as device/tpm does before the TPM
-// sees it: a keyed-hash object without a scheme, with an available name
-// algorithm, neither sign nor decrypt nor restricted, fixedTPM and
-// fixedParent clear.
-func sealedPublic(b []byte) (*tpm2.TPMTPublic, error) {
-	if len(b) == 0 {
-		return nil, errors.New("empty public area")
-	}
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](b)
-	if err != nil {
-		return nil, fmt.Errorf("public area: %w", err)
-	}
-	if pub.Type != tpm2.TPMAlgKeyedHash {
-		return nil, fmt.Errorf("object type 0x%04x is not a sealed data object", uint16(pub.Type))
-	}
-	if h, err := pub.NameAlg.Hash(); err != nil || !h.Available() {
-		return nil, fmt.Errorf("object name algorithm 0x%04x not supported", uint16(pub.NameAlg))
-	}
-	a := pub.ObjectAttributes
-	if a.FixedTPM || a.FixedParent || a.SignEncrypt || a.Decrypt || a.Restricted {
-		return nil, errors.New("object attributes are not those of an imported sealed data object")
-	}
-	parms, err := pub.Parameters.KeyedHashDetail()
-	if err != nil || parms.Scheme.Scheme != tpm2.TPMAlgNull {
-		return nil, errors.New("keyed-hash object with a scheme is not a sealed data object")
-	}
-	return pub, nil
 }
 
 // sealedData checks a marshaled TPMT_SENSITIVE against the public area of
