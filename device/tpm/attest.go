@@ -53,7 +53,7 @@ func (t *TPM) Certify(ak, key *KeyBlob, nonce []byte) (attest, sig []byte, err e
 // values are read right before the quote and checked against the quote's
 // PCR digest; if a PCR changed in between, both are taken again.
 func (t *TPM) Quote(ak *KeyBlob, nonce []byte, sel wire.PCRSelection) (*wire.Quote, error) {
-	alg, pcrs, err := checkSelection(sel)
+	alg, pcrs, err := CheckSelection(sel)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: quote: %w", err)
 	}
@@ -135,7 +135,7 @@ func signingHash(p *tpm2.TPMTPublic) (crypto.Hash, error) {
 // ReadPCRs returns the values of the selected PCRs, in the order of
 // sel.PCRs.
 func (t *TPM) ReadPCRs(sel wire.PCRSelection) ([][]byte, error) {
-	alg, pcrs, err := checkSelection(sel)
+	alg, pcrs, err := CheckSelection(sel)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: read PCRs: %w", err)
 	}
@@ -157,8 +157,9 @@ func (t *TPM) ReadPCRs(sel wire.PCRSelection) ([][]byte, error) {
 	return values, err
 }
 
-// checkSelection validates sel and returns its bank and its PCRs ascending.
-func checkSelection(sel wire.PCRSelection) (tpm2.TPMIAlgHash, []int, error) {
+// CheckSelection validates sel (wire.PCRSelection.Validate and a bank the
+// TPM 2.0 library defines) and returns its bank and its PCRs ascending.
+func CheckSelection(sel wire.PCRSelection) (tpm2.TPMIAlgHash, []int, error) {
 	if err := sel.Validate(); err != nil {
 		return 0, nil, err
 	}

@@ -44,7 +44,7 @@ func (t *TPM) ImportSecret(public, duplicate, seed []byte, pcrs *wire.PCRSelecti
 	}
 	var sel *wire.PCRSelection
 	if pcrs != nil {
-		if _, _, err := checkSelection(*pcrs); err != nil {
+		if _, _, err := CheckSelection(*pcrs); err != nil {
 			return nil, fmt.Errorf("tpm: import secret: %w", err)
 		}
 		sel = &wire.PCRSelection{Hash: pcrs.Hash, PCRs: slices.Clone(pcrs.PCRs)}
@@ -94,7 +94,7 @@ func (t *TPM) Unseal(b *SealedBlob) ([]byte, error) {
 		pcrs []int
 	)
 	if b.PCRs != nil {
-		if alg, pcrs, err = checkSelection(*b.PCRs); err != nil {
+		if alg, pcrs, err = CheckSelection(*b.PCRs); err != nil {
 			return nil, fmt.Errorf("tpm: unseal: %w", err)
 		}
 	}

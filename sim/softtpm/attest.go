@@ -59,7 +59,7 @@ func (t *TPM) Certify(ak, key *tpm.KeyBlob, nonce []byte) (attest, sig []byte, e
 // ascending. The PCR digest is SHA-256 (the AK's scheme hash) over the
 // values in ascending PCR order.
 func (t *TPM) Quote(ak *tpm.KeyBlob, nonce []byte, sel wire.PCRSelection) (*wire.Quote, error) {
-	alg, pcrs, err := checkSelection(sel)
+	alg, pcrs, err := tpm.CheckSelection(sel)
 	if err != nil {
 		return nil, fmt.Errorf("softtpm: quote: %w", err)
 	}
@@ -131,7 +131,7 @@ func (t *TPM) attest(k *loadedKey, typ tpm2.TPMST, nonce []byte, info tpm2.TPMUA
 // sel.PCRs. The TPM has one PCR bank, SHA-256; reading another fails as it
 // does on a TPM where that bank is not allocated.
 func (t *TPM) ReadPCRs(sel wire.PCRSelection) ([][]byte, error) {
-	alg, pcrs, err := checkSelection(sel)
+	alg, pcrs, err := tpm.CheckSelection(sel)
 	if err != nil {
 		return nil, fmt.Errorf("softtpm: read PCRs: %w", err)
 	}
@@ -183,21 +183,6 @@ func (t *TPM) ExtendPCR(pcr int, digest []byte) error {
 		h.Sum(t.pcrs[pcr][:0])
 		return nil
 	})
-}
-
-// checkSelection validates sel as device/tpm does and returns its bank and
-// its PCRs ascending.
-func checkSelection(sel wire.PCRSelection) (tpm2.TPMIAlgHash, []int, error) {
-	if err := sel.Validate(); err != nil {
-		return 0, nil, err
-	}
-	alg := tpm2.TPMIAlgHash(sel.Hash)
-	switch alg {
-	case tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512:
-	default:
-		return 0, nil, fmt.Errorf("PCR bank 0x%x not supported", sel.Hash)
-	}
-	return alg, slices.Sorted(slices.Values(sel.PCRs)), nil
 }
 
 // selection is the TPML_PCR_SELECTION of PCRs of bank alg, with the

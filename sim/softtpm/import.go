@@ -70,7 +70,7 @@ func (t *TPM) ImportSecret(public, duplicate, seed []byte, pcrs *wire.PCRSelecti
 	}
 	var sel *wire.PCRSelection
 	if pcrs != nil {
-		if _, _, err := checkSelection(*pcrs); err != nil {
+		if _, _, err := tpm.CheckSelection(*pcrs); err != nil {
 			return nil, fmt.Errorf("softtpm: import secret: %w", err)
 		}
 		sel = &wire.PCRSelection{Hash: pcrs.Hash, PCRs: slices.Clone(pcrs.PCRs)}
@@ -125,7 +125,7 @@ func (t *TPM) Unseal(b *tpm.SealedBlob) ([]byte, error) {
 		pcrs []int
 	)
 	if b.PCRs != nil {
-		if alg, pcrs, err = checkSelection(*b.PCRs); err != nil {
+		if alg, pcrs, err = tpm.CheckSelection(*b.PCRs); err != nil {
 			return nil, fmt.Errorf("softtpm: unseal: %w", err)
 		}
 	}
