@@ -74,6 +74,9 @@ type Observer interface {
 	// Published reports a publish of payload to topic that the broker
 	// acknowledged (QoS 1 PUBACK). payload must not be kept or modified.
 	Published(topic string, payload []byte)
+	// Received reports a message from the broker, before the handlers
+	// of its subscriptions run. payload must not be kept or modified.
+	Received(topic string, payload []byte)
 	// Ended reports the end of the connection: err is nil when Close
 	// ended it, else why it was lost (Conn.Err).
 	Ended(err error)
@@ -499,6 +502,9 @@ func (c *Conn) handle(p *packet.Packet) error {
 	case packet.Publish:
 		if p.QoS > 1 {
 			return errors.New("link: protocol error: broker sent QoS 2 to a QoS 1 subscription")
+		}
+		if c.observer != nil {
+			c.observer.Received(p.Topic, p.Payload)
 		}
 		c.dispatch(p.Topic, p.Payload)
 		if p.QoS == 1 {

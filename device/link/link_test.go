@@ -603,6 +603,7 @@ func TestAlertsAfterTheHandshake(t *testing.T) {
 type recorder struct {
 	mu        sync.Mutex
 	published []string
+	received  []string
 	ended     []error
 	endedN    int
 }
@@ -611,6 +612,12 @@ func (r *recorder) Published(topic string, payload []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.published = append(r.published, topic+"="+string(payload))
+}
+
+func (r *recorder) Received(topic string, payload []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.received = append(r.received, topic+"="+string(payload))
 }
 
 func (r *recorder) Ended(err error) {
@@ -651,6 +658,20 @@ func TestDialAndObserver(t *testing.T) {
 		if err := expect(t, errc, "Publish"); err != nil {
 			t.Fatal(err)
 		}
+		got := make(chan string, 1)
+		subErr := make(chan error, 1)
+		go func() {
+			subErr <- c.Subscribe(context.Background(), "down/#", func(topic string, payload []byte) { got <- topic + "=" + string(payload) })
+		}()
+		sub := fc.read()
+		fc.send(packet.Packet{Type: packet.Suback, ID: sub.ID, Codes: []byte{1}})
+		if err := expect(t, subErr, "Subscribe"); err != nil {
+			t.Fatal(err)
+		}
+		fc.send(packet.Packet{Type: packet.Publish, Topic: "down/x", Payload: []byte("two")})
+		if m := expect(t, got, "the subscription's message"); m != "down/x=two" {
+			t.Fatalf("handler got %q", m)
+		}
 		if lost {
 			fc.c.Close()
 			expectDone(t, c, 2*time.Second, "the broker closed the connection")
@@ -659,8 +680,8 @@ func TestDialAndObserver(t *testing.T) {
 		}
 		waitStopped(t, c)
 		rec.mu.Lock()
-		if fmt.Sprint(rec.published) != "[a/b=one]" || rec.endedN != 1 || (rec.ended[0] != nil) != lost {
-			t.Errorf("lost %v: published %q, ended %v", lost, rec.published, rec.ended)
+		if fmt.Sprint(rec.published) != "[a/b=one]" || fmt.Sprint(rec.received) != "[down/x=two]" || rec.endedN != 1 || (rec.ended[0] != nil) != lost {
+			t.Errorf("lost %v: published %q, received %q, ended %v", lost, rec.published, rec.received, rec.ended)
 		}
 		rec.mu.Unlock()
 	}
