@@ -42,3 +42,26 @@ func TestDeviceBinaryFence(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceTreeFence fails when a package under device/ (not only what
+// sigild links today) depends on the simulators or the fleet: simulated
+// devices plug their stand-ins in from sim/ (agent options, state
+// engines), never the other way round.
+func TestDeviceTreeFence(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "github.com/sigil-iot/sigil/device/...")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list returned too little to be real: %v", deps)
+	}
+	for _, dep := range deps {
+		for _, f := range []string{"github.com/sigil-iot/sigil/sim", "github.com/sigil-iot/sigil/fleet"} {
+			if dep == f || strings.HasPrefix(dep, f+"/") {
+				t.Errorf("a device package links %s", dep)
+			}
+		}
+	}
+}

@@ -56,8 +56,9 @@ type Agent struct {
 	now    func() time.Time
 	rand   io.Reader
 
-	tpm *tpm.TPM
-	st  *state.Store
+	opts options
+	tpm  TPM
+	st   *state.Store
 
 	challenges chan *wire.AttestChallenge
 	renewals   chan *wire.RenewResult
@@ -98,8 +99,9 @@ type Status struct {
 	LastVerdict  string    `json:"last_verdict,omitempty"`
 }
 
-// New validates cfg. Run does the work.
-func New(cfg Config, logger *slog.Logger) (*Agent, error) {
+// New validates cfg. Run does the work. Options replace what the agent
+// otherwise opens from cfg (a simulator's TPM, state store, slots).
+func New(cfg Config, logger *slog.Logger, opts ...Option) (*Agent, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("agent: config: %w", err)
@@ -111,6 +113,9 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 		challenges: make(chan *wire.AttestChallenge, 4), renewals: make(chan *wire.RenewResult, 2), rotate: make(chan struct{}, 1), trust: make(chan [][]byte, 1),
 		secrets: make(chan *wire.SecretDeliver, secretQueue)}
 	a.status = Status{Enrollment: "new", Broker: cfg.Broker, Model: cfg.Model, Firmware: cfg.Firmware, Agent: Version}
+	for _, o := range opts {
+		o(&a.opts)
+	}
 	return a, nil
 }
 
@@ -129,18 +134,23 @@ func (a *Agent) setStatus(fn func(*Status)) {
 
 // Run enrolls if needed, then keeps the mTLS session up until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	st, err := state.Open(a.cfg.State, state.Options{})
-	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+	a.st, a.tpm = a.opts.state, a.opts.tpm
+	if a.st == nil {
+		st, err := state.Open(a.cfg.State, state.Options{})
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer st.Close()
+		a.st = st
 	}
-	defer st.Close()
-	a.st = st
-	t, err := tpm.Open(a.cfg.TPM, tpm.WithLogger(a.log))
-	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+	if a.tpm == nil {
+		t, err := tpm.Open(a.cfg.TPM, tpm.WithLogger(a.log))
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer t.Close()
+		a.tpm = t
 	}
-	defer t.Close()
-	a.tpm = t
 
 	if a.cfg.Control != "-" {
 		stop, err := a.serveControl(a.cfg.Control)
@@ -351,7 +361,7 @@ func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity
 		return id, err
 	}
 	clientID := "e-" + devID[:16] + "-" + hex.EncodeToString(suffix)
-	lc := link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log}
+	lc := link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log, Dial: a.opts.dial, Observer: a.opts.observer}
 	if tok != "" {
 		lc.Username, lc.Password = "token", []byte(tok) // the fleet may require a credential at connect
 	}
@@ -772,7 +782,8 @@ func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Co
 	if err != nil {
 		return nil, err
 	}
-	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: deviceID, TLS: tlsCfg, Logger: a.log})
+	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: deviceID, TLS: tlsCfg, Logger: a.log,
+		Dial: a.opts.dial, Observer: a.opts.observer})
 	if err != nil {
 		return nil, err
 	}

@@ -75,7 +75,7 @@ func (a *Agent) startTelemetry(ctx context.Context) (stop func()) {
 	if path := a.authLog(); path != "" {
 		sources = append(sources, &telemetry.AuthLog{Path: path})
 	}
-	col, err := telemetry.NewCollector(telemetry.Config{Sources: sources, Now: a.now, Logger: log})
+	col, err := telemetry.NewCollector(telemetry.Config{System: a.opts.system, Sources: sources, Now: a.now, Logger: log})
 	if err == nil {
 		var sampler *telemetry.Sampler
 		sampler, err = telemetry.NewSampler(telemetry.SamplerConfig{Collect: col.Collect, Outbox: outbox, Interval: interval, Appended: sender.Kick, Logger: log})

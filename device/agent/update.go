@@ -144,6 +144,9 @@ func (a *Agent) newUpdateEngine() (*update.Engine, error) {
 // updateBackend opens the configured slot backend; nil, nil when updates
 // are off.
 func (a *Agent) updateBackend() (update.Backend, error) {
+	if a.opts.backend != nil {
+		return a.opts.backend, nil
+	}
 	b := a.cfg.UpdateBackend
 	switch {
 	case b == "-":
@@ -475,7 +478,7 @@ func (a *Agent) imageFetcher() update.Fetcher {
 		if err != nil {
 			return nil, err
 		}
-		return fetch.New(fetch.Config{TLS: tlsCfg, StallTimeout: updateStallTimeout, UserAgent: "sigild/" + Version}).Get(ctx, req)
+		return fetch.New(fetch.Config{TLS: tlsCfg, Dial: a.opts.dial, StallTimeout: updateStallTimeout, UserAgent: "sigild/" + Version}).Get(ctx, req)
 	})
 }
 

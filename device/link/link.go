@@ -60,6 +60,26 @@ type Config struct {
 	// credential at connect. Never logged.
 	Username string
 	Password []byte
+	// Dial opens the TCP connection to Broker; nil means a net.Dialer. A
+	// simulator spreads its devices over local addresses with it.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Observer, if set, is told of the connection's publishes and its
+	// end, for a simulator's or a test's counters.
+	Observer Observer
+}
+
+// Observer follows a connection. Its methods run on the connection's
+// goroutines and must not block.
+type Observer interface {
+	// Published reports a publish of payload to topic that the broker
+	// acknowledged (QoS 1 PUBACK). payload must not be kept or modified.
+	Published(topic string, payload []byte)
+	// Received reports a message from the broker, before the handlers
+	// of its subscriptions run. payload must not be kept or modified.
+	Received(topic string, payload []byte)
+	// Ended reports the end of the connection: err is nil when Close
+	// ended it, else why it was lost (Conn.Err).
+	Ended(err error)
 }
 
 // ErrRefused reports a subscription the broker refused.
@@ -148,6 +168,7 @@ type Conn struct {
 	log       *slog.Logger
 	timeout   time.Duration
 	keepAlive time.Duration
+	observer  Observer
 
 	wlock chan struct{} // held (one element) while a packet is written
 
@@ -156,12 +177,13 @@ type Conn struct {
 	waiting map[uint16]*waiter
 	routes  []*route
 	err     error
+	ping    *time.Timer // the keepalive's next PINGREQ (keepAlive)
 
 	pingPending atomic.Bool
 	closing     atomic.Bool // Close has begun: what fails now is its doing
 	done        chan struct{}
 	once        sync.Once
-	wg          sync.WaitGroup // the reader and keepalive goroutines
+	wg          sync.WaitGroup // the reader goroutine
 }
 
 // waiter is a Publish or Subscribe waiting for the broker's answer.
@@ -223,8 +245,12 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("link: connect %s: %w", cfg.Broker, err)
 	}
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", cfg.Broker)
+	dial := cfg.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	raw, err := dial(ctx, "tcp", cfg.Broker)
 	if err != nil {
 		return fail(err)
 	}
@@ -233,7 +259,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	conn := tls.Client(raw, tc)
 	c := &Conn{
 		conn: conn, raw: raw, r: bufio.NewReaderSize(conn, 4096), log: cfg.Logger,
-		timeout: cfg.Timeout, keepAlive: cfg.KeepAlive,
+		timeout: cfg.Timeout, keepAlive: cfg.KeepAlive, observer: cfg.Observer,
 		wlock: make(chan struct{}, 1), waiting: make(map[uint16]*waiter), done: make(chan struct{}),
 	}
 	ack, err := c.handshake(ctx, connect)
@@ -253,9 +279,11 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		return fail(err)
 	}
 	c.log.Debug("link: connected", "broker", cfg.Broker, "client_id", cfg.ClientID)
-	c.wg.Add(2)
+	c.mu.Lock()
+	c.ping = time.AfterFunc(c.keepAlive, c.keepAliveTick)
+	c.mu.Unlock()
+	c.wg.Add(1)
 	go c.readLoop()
-	go c.keepAliveLoop()
 	return c, nil
 }
 
@@ -299,6 +327,9 @@ func (c *Conn) Publish(ctx context.Context, topic string, payload []byte) error 
 	_, err := c.request(ctx, &packet.Packet{Type: packet.Publish, QoS: 1, Topic: topic, Payload: payload}, packet.Puback)
 	if err != nil {
 		return fmt.Errorf("link: publish %s: %w", topic, err)
+	}
+	if c.observer != nil {
+		c.observer.Published(topic, payload)
 	}
 	return nil
 }
@@ -472,6 +503,9 @@ func (c *Conn) handle(p *packet.Packet) error {
 		if p.QoS > 1 {
 			return errors.New("link: protocol error: broker sent QoS 2 to a QoS 1 subscription")
 		}
+		if c.observer != nil {
+			c.observer.Received(p.Topic, p.Payload)
+		}
 		c.dispatch(p.Topic, p.Payload)
 		if p.QoS == 1 {
 			// The write bound (Config.Timeout) applies; a failure ends the connection.
@@ -554,27 +588,26 @@ func match(filter, topic string) bool {
 	}
 }
 
-// keepAliveLoop sends a PINGREQ keepAlive after the previous one went out
-// and declares the connection lost when that one is still unanswered.
-func (c *Conn) keepAliveLoop() {
-	defer c.wg.Done()
-	t := time.NewTimer(c.keepAlive)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.done:
-			return
-		case <-t.C:
-		}
-		if c.pingPending.Swap(true) {
-			c.fail(fmt.Errorf("link: keepalive: no PINGRESP from broker within %v", c.keepAlive))
-			return
-		}
-		if c.write(context.Background(), nil, &packet.Packet{Type: packet.Pingreq}) != nil {
-			return
-		}
-		t.Reset(c.keepAlive) // from when it went out: a long write before it does not count
+// keepAliveTick sends a PINGREQ keepAlive after the previous one went out
+// and declares the connection lost when that one is still unanswered. It
+// runs on a timer, not on a goroutine of its own: a connection's one
+// long-lived goroutine is its reader.
+func (c *Conn) keepAliveTick() {
+	if c.isDone() {
+		return
 	}
+	if c.pingPending.Swap(true) {
+		c.fail(fmt.Errorf("link: keepalive: no PINGRESP from broker within %v", c.keepAlive))
+		return
+	}
+	if c.write(context.Background(), nil, &packet.Packet{Type: packet.Pingreq}) != nil {
+		return
+	}
+	c.mu.Lock()
+	if c.err == nil {
+		c.ping.Reset(c.keepAlive) // from when it went out: a long write before it does not count
+	}
+	c.mu.Unlock()
 }
 
 // fail ends the connection with err as its cause; only the first call counts.
@@ -585,11 +618,21 @@ func (c *Conn) fail(err error) {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.err = err
+		if c.ping != nil {
+			c.ping.Stop()
+		}
 		c.mu.Unlock()
 		close(c.done)
 		_ = c.raw.Close()
-		if !errors.Is(err, errClosed) {
+		closed := errors.Is(err, errClosed)
+		if !closed {
 			c.log.Debug("link: connection lost", "err", err)
+		}
+		if c.observer != nil {
+			if closed {
+				err = nil
+			}
+			c.observer.Ended(err)
 		}
 	})
 }

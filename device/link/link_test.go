@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -594,5 +596,96 @@ func TestAlertsAfterTheHandshake(t *testing.T) {
 				t.Fatalf("%v: no remote alert found", err)
 			}
 		})
+	}
+}
+
+// recorder is an Observer that keeps what it is told.
+type recorder struct {
+	mu        sync.Mutex
+	published []string
+	received  []string
+	ended     []error
+	endedN    int
+}
+
+func (r *recorder) Published(topic string, payload []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.published = append(r.published, topic+"="+string(payload))
+}
+
+func (r *recorder) Received(topic string, payload []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.received = append(r.received, topic+"="+string(payload))
+}
+
+func (r *recorder) Ended(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ended = append(r.ended, err)
+	r.endedN++
+}
+
+// TestDialAndObserver: Config.Dial opens the connection (here from
+// another loopback source address, as a simulator spreads its devices);
+// the Observer hears of acknowledged publishes only, and of the end: nil
+// for Close, the cause for a connection lost.
+func TestDialAndObserver(t *testing.T) {
+	f := startFake(t)
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}
+	var dialed atomic.Int32
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed.Add(1)
+		return (&net.Dialer{LocalAddr: local}).DialContext(ctx, network, addr)
+	}
+	for _, lost := range []bool{false, true} {
+		rec := &recorder{}
+		c, fc, _ := f.dial(t, Config{ClientID: "obs", Dial: dial, Observer: rec, Timeout: 5 * time.Second})
+		if got := fc.c.RemoteAddr().(*net.TCPAddr).IP; !got.Equal(local.IP) {
+			t.Fatalf("the broker sees the client at %v, want %v", got, local.IP)
+		}
+		errc := make(chan error, 1)
+		go func() { errc <- c.Publish(context.Background(), "a/b", []byte("one")) }()
+		p := fc.read()
+		rec.mu.Lock()
+		early := len(rec.published)
+		rec.mu.Unlock()
+		if early != 0 {
+			t.Fatal("a publish was reported before its PUBACK")
+		}
+		fc.send(packet.Packet{Type: packet.Puback, ID: p.ID})
+		if err := expect(t, errc, "Publish"); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 1)
+		subErr := make(chan error, 1)
+		go func() {
+			subErr <- c.Subscribe(context.Background(), "down/#", func(topic string, payload []byte) { got <- topic + "=" + string(payload) })
+		}()
+		sub := fc.read()
+		fc.send(packet.Packet{Type: packet.Suback, ID: sub.ID, Codes: []byte{1}})
+		if err := expect(t, subErr, "Subscribe"); err != nil {
+			t.Fatal(err)
+		}
+		fc.send(packet.Packet{Type: packet.Publish, Topic: "down/x", Payload: []byte("two")})
+		if m := expect(t, got, "the subscription's message"); m != "down/x=two" {
+			t.Fatalf("handler got %q", m)
+		}
+		if lost {
+			fc.c.Close()
+			expectDone(t, c, 2*time.Second, "the broker closed the connection")
+		} else {
+			c.Close()
+		}
+		waitStopped(t, c)
+		rec.mu.Lock()
+		if fmt.Sprint(rec.published) != "[a/b=one]" || fmt.Sprint(rec.received) != "[down/x=two]" || rec.endedN != 1 || (rec.ended[0] != nil) != lost {
+			t.Errorf("lost %v: published %q, received %q, ended %v", lost, rec.published, rec.received, rec.ended)
+		}
+		rec.mu.Unlock()
+	}
+	if dialed.Load() != 2 {
+		t.Fatalf("Config.Dial called %d times, want 2", dialed.Load())
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -21,7 +19,7 @@ import (
 // else does except the bound: when a new point would exceed MaxPoints or
 // MaxBytes the oldest points are dropped and counted, and the count is
 // persisted and sent with every batch so the loss is reported, never
-// silent. Every method is one synced bbolt transaction.
+// silent. Every method is one transaction (on bbolt, synced).
 
 // Defaults of OutboxOptions.
 // A point as device/telemetry collects it is about 800 bytes, so the byte
@@ -59,7 +57,7 @@ type OutboxOptions struct {
 
 // Outbox is the telemetry outbox in a Store. It is safe for concurrent use.
 type Outbox struct {
-	db   *bolt.DB
+	db   Engine
 	opts OutboxOptions
 }
 
@@ -127,7 +125,7 @@ func (o *Outbox) Append(points ...wire.TelemetryPoint) (dropped int, err error) 
 		}
 		enc[i] = b
 	}
-	err = o.db.Update(func(tx *bolt.Tx) error {
+	err = o.db.Update(func(tx Tx) error {
 		root, pts, m, err := o.open(tx, true)
 		if err != nil {
 			return err
@@ -140,11 +138,10 @@ func (o *Outbox) Append(points ...wire.TelemetryPoint) (dropped int, err error) 
 			m.Points++
 			m.Bytes += int64(len(b))
 		}
-		c := pts.Cursor()
-		for k, v := c.First(); k != nil && (m.Points > o.opts.MaxPoints || m.Bytes > o.opts.MaxBytes); k, v = c.First() {
+		for k, v := pts.First(); k != nil && (m.Points > o.opts.MaxPoints || m.Bytes > o.opts.MaxBytes); k, v = pts.First() {
 			m.Points--
 			m.Bytes -= int64(len(v))
-			if err := c.Delete(); err != nil {
+			if err := pts.Delete(k); err != nil {
 				return err
 			}
 			m.Dropped++
@@ -167,25 +164,27 @@ func (o *Outbox) Pending(maxPoints, maxBytes int) (*wire.TelemetryBatch, error) 
 		maxPoints = wire.MaxTelemetryPoints
 	}
 	var batch *wire.TelemetryBatch
-	err := o.db.View(func(tx *bolt.Tx) error {
+	err := o.db.View(func(tx Tx) error {
 		_, pts, m, err := o.open(tx, false)
 		if err != nil || pts == nil {
 			return err
 		}
 		size := 0
-		c := pts.Cursor()
-		for k, v := c.First(); k != nil && (batch == nil || len(batch.Points) < maxPoints && size+len(v) <= maxBytes); k, v = c.Next() {
+		return pts.Ascend(nil, func(k, v []byte) (bool, error) {
+			if batch != nil && (len(batch.Points) >= maxPoints || size+len(v) > maxBytes) {
+				return false, nil
+			}
 			var p wire.TelemetryPoint
 			if err := wire.Unmarshal(v, &p); err != nil {
-				return fmt.Errorf("point %d: %w", binary.BigEndian.Uint64(k), err)
+				return false, fmt.Errorf("point %d: %w", binary.BigEndian.Uint64(k), err)
 			}
 			if batch == nil {
 				batch = &wire.TelemetryBatch{Stream: bytes.Clone(m.Stream), First: binary.BigEndian.Uint64(k), Acked: m.Acked, Dropped: m.Dropped}
 			}
 			batch.Points = append(batch.Points, p)
 			size += len(v)
-		}
-		return nil
+			return true, nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("state: read telemetry: %w", err)
@@ -197,7 +196,7 @@ func (o *Outbox) Pending(maxPoints, maxBytes int) (*wire.TelemetryBatch, error) 
 // fleet's cursor, and returns how many it deleted. Acks are cumulative and
 // idempotent: a repeated or older ack deletes nothing more.
 func (o *Outbox) Ack(stream []byte, through uint64) (deleted int, err error) {
-	err = o.db.Update(func(tx *bolt.Tx) error {
+	err = o.db.Update(func(tx Tx) error {
 		root, pts, m, err := o.open(tx, false)
 		if err != nil {
 			return err
@@ -211,11 +210,10 @@ func (o *Outbox) Ack(stream []byte, through uint64) (deleted int, err error) {
 		if through <= m.Acked {
 			return nil
 		}
-		c := pts.Cursor()
-		for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) <= through; k, v = c.First() {
+		for k, v := pts.First(); k != nil && binary.BigEndian.Uint64(k) <= through; k, v = pts.First() {
 			m.Points--
 			m.Bytes -= int64(len(v))
-			if err := c.Delete(); err != nil {
+			if err := pts.Delete(k); err != nil {
 				return err
 			}
 			deleted++
@@ -235,7 +233,7 @@ func (o *Outbox) Ack(stream []byte, through uint64) (deleted int, err error) {
 // Stats returns the outbox's bookkeeping.
 func (o *Outbox) Stats() (OutboxStats, error) {
 	var st OutboxStats
-	err := o.db.View(func(tx *bolt.Tx) error {
+	err := o.db.View(func(tx Tx) error {
 		_, pts, m, err := o.open(tx, false)
 		if err != nil || pts == nil {
 			return err
@@ -255,13 +253,13 @@ func (o *Outbox) Stats() (OutboxStats, error) {
 // open returns the outbox's buckets and bookkeeping. With create it makes
 // them (a new stream) if the outbox was never used; without, pts is nil
 // for an outbox never used.
-func (o *Outbox) open(tx *bolt.Tx, create bool) (root, pts *bolt.Bucket, m *outboxMeta, err error) {
+func (o *Outbox) open(tx Tx, create bool) (root, pts Bucket, m *outboxMeta, err error) {
 	root = tx.Bucket(bucketOutbox)
 	if root == nil && !create {
 		return nil, nil, nil, nil
 	}
 	if root == nil {
-		if root, err = tx.CreateBucket(bucketOutbox); err != nil {
+		if root, err = tx.CreateBucketIfNotExists(bucketOutbox); err != nil {
 			return nil, nil, nil, err
 		}
 	}
@@ -273,7 +271,7 @@ func (o *Outbox) open(tx *bolt.Tx, create bool) (root, pts *bolt.Bucket, m *outb
 	}
 	pts = root.Bucket(bucketPoints)
 	if pts == nil && create {
-		if pts, err = root.CreateBucket(bucketPoints); err != nil {
+		if pts, err = root.CreateBucketIfNotExists(bucketPoints); err != nil {
 			return nil, nil, nil, err
 		}
 	}
@@ -290,7 +288,7 @@ func (o *Outbox) open(tx *bolt.Tx, create bool) (root, pts *bolt.Bucket, m *outb
 	return root, pts, m, nil
 }
 
-func putMeta(root *bolt.Bucket, m *outboxMeta) error {
+func putMeta(root Bucket, m *outboxMeta) error {
 	v, err := wire.Marshal(m)
 	if err != nil {
 		return err

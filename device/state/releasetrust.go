@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // ErrNoReleaseTrust is returned by ReleaseTrust before the device got a
@@ -22,7 +20,7 @@ var (
 // It is public data: the keys release signatures are checked against.
 func (s *Store) ReleaseTrust() ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		if b := tx.Bucket(bucketFirmware); b != nil {
 			out = bytes.Clone(b.Get(keyReleaseTrust))
 		}
@@ -45,7 +43,7 @@ func (s *Store) SaveReleaseTrust(trust []byte) error {
 	if len(trust) == 0 {
 		return errors.New("state: save release trust: empty")
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketFirmware)
 		if err != nil {
 			return err

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -51,7 +49,7 @@ func (s *Store) PutSecret(sec *Secret, keep time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("state: encode secret: %w", err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketSecrets)
 		if err != nil {
 			return err
@@ -86,7 +84,7 @@ func (s *Store) PutSecret(sec *Secret, keep time.Duration) error {
 // Secret returns the stored secret name, or ErrNoSecret.
 func (s *Store) Secret(name string) (*Secret, error) {
 	var out *Secret
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		b := tx.Bucket(bucketSecrets)
 		if b == nil {
 			return ErrNoSecret
@@ -130,18 +128,18 @@ func (s *Store) SecretVersion(name string, version int, now time.Time) (*Secret,
 // Secrets returns every stored secret, sorted by name.
 func (s *Store) Secrets() ([]Secret, error) {
 	var out []Secret
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		b := tx.Bucket(bucketSecrets)
 		if b == nil {
 			return nil
 		}
-		return b.ForEach(func(_, v []byte) error {
+		return b.Ascend(nil, func(_, v []byte) (bool, error) {
 			var sec Secret
 			if err := wire.Unmarshal(v, &sec); err != nil {
-				return err
+				return false, err
 			}
 			out = append(out, sec)
-			return nil
+			return true, nil
 		})
 	})
 	if err != nil {

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -21,7 +19,7 @@ var (
 // host key, or ErrNoSSHHostKey.
 func (s *Store) SSHHostKey() (*KeyBlob, error) {
 	var out *KeyBlob
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		b := tx.Bucket(bucketSSH)
 		if b == nil {
 			return ErrNoSSHHostKey
@@ -51,7 +49,7 @@ func (s *Store) PutSSHHostKey(k *KeyBlob) error {
 	if err != nil {
 		return fmt.Errorf("state: encode SSH host key: %w", err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketSSH)
 		if err != nil {
 			return err

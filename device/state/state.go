@@ -1,23 +1,24 @@
 // Package state is the device's crash-safe store (bbolt): its identity, the
-// TPM-wrapped key blobs, certificates, enrollment status and the sealed
-// secrets the fleet delivered.
+// TPM-wrapped key blobs, certificates, enrollment status, the sealed
+// secrets the fleet delivered, the release trust set, the firmware update
+// record and anti-rollback floor, the SSH host key and the telemetry
+// outbox.
 //
 // Nothing stored here is secret on its own: key blobs and sealed secrets are
 // wrapped by the TPM and can be loaded only into the TPM that created or
 // imported them. Every write is one bbolt transaction, synced before it
 // returns, so a crash leaves either the old or the new record.
+//
+// The records and their rules live here; the bytes live in an Engine. Open
+// uses bbolt; New takes any engine (a simulator keeps its devices' state
+// in memory). Package statetest holds the tests every engine must pass.
 package state
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Enrollment statuses, in the order a device moves through them.
@@ -67,57 +68,36 @@ var (
 	keyCurrent     = []byte("current")
 )
 
-// ErrLocked is returned when another process holds the store.
-var ErrLocked = errors.New("state: store is locked by another process (is sigild running?)")
-
-// Store is the device state store.
+// Store is the device state store. Its methods are safe for concurrent
+// use as far as its Engine's transactions are (bbolt's are).
 type Store struct {
-	db *bolt.DB
+	db Engine
 }
 
-// Options for Open.
-type Options struct {
-	ReadOnly bool
-	Timeout  time.Duration // how long to wait for the file lock; 0 means 1s
-}
+// New returns a store over e, which it owns: Close closes e. Open gives a
+// store on a bbolt file; New serves other engines (a simulator's in
+// memory).
+func New(e Engine) *Store { return &Store{db: e} }
 
-// Open opens or creates the store at path (mode 0600, parent 0700).
-func Open(path string, opts Options) (*Store, error) {
-	if opts.Timeout == 0 {
-		opts.Timeout = time.Second
-	}
-	if !opts.ReadOnly {
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, fmt.Errorf("state: %w", err)
-		}
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, ReadOnly: opts.ReadOnly})
+// init creates the identity bucket of a store opened for writing.
+func (s *Store) init() error {
+	err := s.db.Update(func(tx Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketIdentity)
+		return err
+	})
 	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, ErrLocked
-		}
-		return nil, fmt.Errorf("state: open %s: %w", path, err)
+		return fmt.Errorf("state: init: %w", err)
 	}
-	if !opts.ReadOnly {
-		err = db.Update(func(tx *bolt.Tx) error {
-			_, err := tx.CreateBucketIfNotExists(bucketIdentity)
-			return err
-		})
-		if err != nil {
-			db.Close()
-			return nil, fmt.Errorf("state: init: %w", err)
-		}
-	}
-	return &Store{db: db}, nil
+	return nil
 }
 
-// Close closes the store.
+// Close closes the store and its engine.
 func (s *Store) Close() error { return s.db.Close() }
 
 // Identity returns the stored identity, or an empty one (StatusNew).
 func (s *Store) Identity() (*Identity, error) {
 	id := &Identity{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		b := tx.Bucket(bucketIdentity)
 		if b == nil {
 			return nil
@@ -141,7 +121,7 @@ func (s *Store) SaveIdentity(id *Identity) error {
 	if err != nil {
 		return fmt.Errorf("state: encode identity: %w", err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketIdentity)
 		if err != nil {
 			return err

@@ -8,8 +8,6 @@ import (
 	"slices"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -108,7 +106,7 @@ func (s *Store) SaveUpdate(u *Update, slots ...Slot) error {
 			return fmt.Errorf("state: encode slot: %w", err)
 		}
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketUpdate)
 		if err != nil {
 			return err
@@ -137,7 +135,7 @@ func (s *Store) SaveUpdate(u *Update, slots ...Slot) error {
 // Update returns the current update record, or ErrNoUpdate.
 func (s *Store) Update() (*Update, error) {
 	var u *Update
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		v := updateValue(tx, keyUpdate)
 		if v == nil {
 			return ErrNoUpdate
@@ -158,20 +156,22 @@ func (s *Store) Update() (*Update, error) {
 // change first.
 func (s *Store) UnreportedUpdates() ([]Update, error) {
 	var out []Update
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		b := tx.Bucket(bucketUpdate)
 		if b == nil {
 			return nil
 		}
-		c := b.Cursor()
-		for k, v := c.Seek(prefixReport); k != nil && bytes.HasPrefix(k, prefixReport); k, v = c.Next() {
+		return b.Ascend(prefixReport, func(k, v []byte) (bool, error) {
+			if !bytes.HasPrefix(k, prefixReport) {
+				return false, nil
+			}
 			var u Update
 			if err := wire.Unmarshal(v, &u); err != nil {
-				return fmt.Errorf("%s: %w", k, err)
+				return false, fmt.Errorf("%s: %w", k, err)
 			}
 			out = append(out, u)
-		}
-		return nil
+			return true, nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("state: read unreported updates: %w", err)
@@ -183,7 +183,7 @@ func (s *Store) UnreportedUpdates() ([]Update, error) {
 // UpdateReported removes the finished update id from the reporting queue.
 // Removing one that is not queued is not an error.
 func (s *Store) UpdateReported(id string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketUpdate)
 		if err != nil {
 			return err
@@ -199,7 +199,7 @@ func (s *Store) UpdateReported(id string) error {
 // Slot returns what is recorded about slot name, or ErrNoSlot.
 func (s *Store) Slot(name string) (*Slot, error) {
 	var sl *Slot
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		v := updateValue(tx, slotKey(name))
 		if v == nil {
 			return ErrNoSlot
@@ -222,7 +222,7 @@ func (s *Store) SaveMeasurement(m *Measurement) error {
 	if err != nil {
 		return fmt.Errorf("state: encode measurement: %w", err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketUpdate)
 		if err != nil {
 			return err
@@ -238,7 +238,7 @@ func (s *Store) SaveMeasurement(m *Measurement) error {
 // Measurement returns the last measurement recorded, or ErrNoMeasurement.
 func (s *Store) Measurement() (*Measurement, error) {
 	var m *Measurement
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		v := updateValue(tx, keyMeasurement)
 		if v == nil {
 			return ErrNoMeasurement
@@ -259,7 +259,7 @@ func (s *Store) Measurement() (*Measurement, error) {
 // RaiseFloor); 0 when none was.
 func (s *Store) Floor() (uint64, error) {
 	var v uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx Tx) error {
 		b := updateValue(tx, keyFloor)
 		if b == nil {
 			return nil
@@ -282,7 +282,7 @@ func (s *Store) Floor() (uint64, error) {
 // the floor holds even while the counter cannot be advanced, or after its
 // NV index was deleted.
 func (s *Store) RaiseFloor(v uint64) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketUpdate)
 		if err != nil {
 			return err
@@ -300,7 +300,7 @@ func (s *Store) RaiseFloor(v uint64) error {
 
 // updateValue returns the value of key in the update bucket, nil when absent. The
 // slice is valid only inside the transaction.
-func updateValue(tx *bolt.Tx, key []byte) []byte {
+func updateValue(tx Tx, key []byte) []byte {
 	b := tx.Bucket(bucketUpdate)
 	if b == nil {
 		return nil

@@ -160,6 +160,37 @@ func TestSources(t *testing.T) {
 	}
 }
 
+// TestSystemSource: with Config.System the collector reads nothing of the
+// host (a proc root that does not exist costs no error) and the point
+// holds the system source's values, then the agent's sources'.
+func TestSystemSource(t *testing.T) {
+	system := SourceFunc(func(_ context.Context, p *wire.TelemetryPoint) error {
+		p.SetMetric("cpu.busy", 0.25)
+		p.SetMembers("listen.tcp", []string{"22"})
+		return nil
+	})
+	agent := SourceFunc(func(_ context.Context, p *wire.TelemetryPoint) error {
+		p.SetMetric("tpm.ok", 1)
+		return nil
+	})
+	c, err := NewCollector(Config{Proc: filepath.Join(t.TempDir(), "absent"), System: system, Sources: []Source{agent}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Collect(context.Background())
+	if p.Metrics["cpu.busy"] != 0.25 || p.Metrics["tpm.ok"] != 1 || !slices.Equal(p.Sets["listen.tcp"], []string{"22"}) {
+		t.Fatalf("point %v %v, want the system's and the agent's values", p.Metrics, p.Sets)
+	}
+	if _, ok := p.Metrics["mem.total_bytes"]; ok || p.Metrics["telemetry.collect_errors"] != 0 {
+		t.Fatalf("the host was read: %v", p.Metrics)
+	}
+	failing := SourceFunc(func(context.Context, *wire.TelemetryPoint) error { return errors.New("no values") })
+	c, _ = NewCollector(Config{System: failing})
+	if p := c.Collect(context.Background()); p.Metrics["telemetry.collect_errors"] != 1 || len(p.Metrics) != 1 {
+		t.Fatalf("a failing system source: %v", p.Metrics)
+	}
+}
+
 // TestCollectorOnThisMachine reads the real /proc and statfs and checks
 // them against independent tools: ss for listening sockets (with ports
 // this test opens) and df for disk size.

@@ -26,6 +26,10 @@
 // listen.udp, the port numbers (at most wire.MaxSetMembers, the lowest).
 // Info: boot_id (a reboot changes it).
 //
+// A simulated device sets Config.System to a synthetic source in place of
+// all of the above read from /proc and statfs (sim/synthetic), so that
+// thousands of devices in one process do not each scan the host.
+//
 // Sources add what only the agent knows. Suggested names: tpm.ok (1 or 0),
 // cert.expiry_seconds, update.state (info), auth.failures (AuthLog counts
 // failed logins in a log file), sigild.* for the daemon's own counters

@@ -82,8 +82,8 @@ func (d *Device) CanIssue(now time.Time) error {
 
 // Issued records a certificate the fleet just issued to d as its current
 // one (check CanIssue first). The certificates it had stay as they are: a renewal revokes the
-// one it replaces once the device connected with the new one
-// (RevokeOthers), a re-enrollment at once.
+// ones it replaces once the device connected with the new one
+// (RevokeBefore, through Store.RevokeSuperseded), a re-enrollment at once.
 // It forgets the DER of the one before (CertDER); IssuedCertificate
 // records a certificate with its DER.
 func (d *Device) Issued(serial string, notBefore, notAfter time.Time) {
@@ -157,6 +157,27 @@ func (d *Device) RevokeOthers(keep string, reason int, now time.Time) []string {
 	for i := range d.Certs {
 		c := &d.Certs[i]
 		if c.Serial == keep || c.Revoked || c.expired(now) {
+			continue
+		}
+		c.Revoked, c.RevokedAt, c.Reason = true, now, reason
+		out = append(out, c.Serial)
+	}
+	return out
+}
+
+// RevokeBefore revokes for reason, at now, d's certificates issued before
+// serial that are neither revoked nor expired, and returns their serials;
+// nothing when d holds no certificate serial.
+func (d *Device) RevokeBefore(serial string, reason int, now time.Time) []string {
+	i := slices.IndexFunc(d.Certificates(), func(c Cert) bool { return c.Serial == serial })
+	if serial == "" || i <= 0 {
+		return nil
+	}
+	d.materialize()
+	var out []string
+	for j := range d.Certs[:i] {
+		c := &d.Certs[j]
+		if c.Revoked || c.expired(now) {
 			continue
 		}
 		c.Revoked, c.RevokedAt, c.Reason = true, now, reason

@@ -248,17 +248,20 @@ func (s *Store) RevokeDevice(id string, reason int) (*Device, []string, error) {
 }
 
 // RevokeSuperseded revokes (superseded) every certificate of device id
-// other than serial, once the device connected with serial — and only if
-// serial is still its current certificate. It returns what it revoked.
+// issued before serial, once the device connected with serial: a device
+// that switched to a renewed certificate never goes back to an older one
+// (sigild forgets its key). Certificates issued after serial stay
+// admitted: a renewal the device has not switched to yet (it reconnected
+// with the certificate it holds), or a second certificate issued for the
+// same new key when the device asked again while the first answer was on
+// its way (a loaded fleet; the device keeps the first it receives). A
+// serial the device does not hold revokes nothing. It returns what it
+// revoked.
 func (s *Store) RevokeSuperseded(id, serial string) ([]string, error) {
 	var revoked []string
 	now := s.opts.now()
 	err := s.transition(id, func(d *Device) error {
-		revoked = nil
-		if serial == "" || d.CertSerial != serial {
-			return nil
-		}
-		revoked = d.RevokeOthers(serial, ReasonSuperseded, now)
+		revoked = d.RevokeBefore(serial, ReasonSuperseded, now)
 		return nil
 	})
 	return revoked, err

@@ -329,6 +329,44 @@ func TestCertBookkeepingPrunedByExpiryOnly(t *testing.T) {
 	}
 }
 
+// TestSupersededByTheCertificateInUse: a device that connects with a
+// renewed certificate has every older one revoked, even when the fleet
+// issued another one since (the device asked again for the same key while
+// the first answer was on its way, as a loaded fleet makes it do: seen
+// with 200 simulated devices in one rotation); newer ones stay admitted,
+// and connecting with the oldest revokes nothing.
+func TestSupersededByTheCertificateInUse(t *testing.T) {
+	s, now := clocked(t)
+	d := &inventory.Device{ID: inventorytest.ID(1), State: inventory.StateActive}
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	for _, serial := range []string{"0a", "0b", "0c"} {
+		if err := s.Update(d.ID, func(d *inventory.Device) error { d.Issued(serial, *now, now.Add(time.Hour)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.RevokeSuperseded(d.ID, "0a"); err != nil || len(got) != 0 {
+		t.Fatalf("connecting with the oldest certificate revoked %v, %v", got, err)
+	}
+	if got, err := s.RevokeSuperseded(d.ID, "0b"); err != nil || fmt.Sprint(got) != "[0a]" {
+		t.Fatalf("connecting with the second certificate revoked %v, %v; want [0a]", got, err)
+	}
+	got, _ := s.Device(d.ID)
+	if got.Admits("0a", *now) || !got.Admits("0b", *now) || !got.Admits("0c", *now) {
+		t.Fatalf("after connecting with 0b: %+v", got.Certs)
+	}
+	if rs := revocations(t, s); len(rs) != 1 {
+		t.Fatalf("%d serials in the CRL, want 1", len(rs))
+	}
+	if got, err := s.RevokeSuperseded(d.ID, "ff"); err != nil || len(got) != 0 {
+		t.Fatalf("a serial the device does not hold revoked %v, %v", got, err)
+	}
+	if got, err := s.RevokeSuperseded(d.ID, "0c"); err != nil || fmt.Sprint(got) != "[0b]" {
+		t.Fatalf("connecting with the newest certificate revoked %v, %v; want [0b]", got, err)
+	}
+}
+
 // TestLegacyRecordCertificates: a record written before Certs existed
 // (current serial, superseded ones, a revoked list) is judged the same.
 func TestLegacyRecordCertificates(t *testing.T) {
