@@ -140,6 +140,10 @@ type Config struct {
 	AlertFlood AlertFlood `json:"alert_flood"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
+	// DebugAddr, if set, is a loopback address serving Go's profiles
+	// (net/http/pprof, /debug/pprof/) without authentication. Default
+	// off; any other address is refused (debug.go).
+	DebugAddr string `json:"debug_addr"`
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
 	// governance_interval (fleet/server/governance.go).
 	GovernanceConfig
@@ -241,6 +245,7 @@ type Server struct {
 	history *attest.History
 
 	apiLn      net.Listener
+	debugLn    net.Listener // nil unless Config.DebugAddr
 	apiTLS     *tls.Config
 	apiHandler http.Handler
 	// consoleVerdict feeds the console's verdict chart (set when the
@@ -452,6 +457,13 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.closeStores()
 		return nil, fmt.Errorf("server: api listener: %w", err)
 	}
+	if cfg.DebugAddr != "" {
+		if s.debugLn, err = listenDebug(cfg.DebugAddr); err != nil {
+			s.apiLn.Close()
+			s.closeStores()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -619,6 +631,9 @@ func (s *Server) Run(ctx context.Context) error {
 		cancel()
 		_ = s.Broker.Run(cctx) // closes the started broker
 		s.apiLn.Close()
+		if s.debugLn != nil {
+			s.debugLn.Close()
+		}
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
@@ -635,6 +650,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Audit.Run(ctx) })
 	g.Go(func() error { return s.anonAudit.Run(ctx) })
 	s.goTelemetry(ctx, g)
+	s.goDebug(ctx, g)
 	if s.Approvals != nil {
 		g.Go(func() error { return s.Approvals.Run(ctx) })
 	}

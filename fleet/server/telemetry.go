@@ -668,6 +668,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_alert_actions_failed_total
 //	sigil_alert_notifications_queued        notifications waiting for their sinks
 //	sigil_alert_feed_queued                 telemetry batches waiting for alert evaluation
+//	process_*, go_*                         the process's CPU, memory and file descriptors (metrics.RegisterProcess)
 func (s *Server) controlPlaneMetrics() error {
 	r := s.Metrics
 	b := s.Broker.Stats
@@ -717,7 +718,7 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_alert_notifications_dead_lettered_total", "Alert notifications recorded as dead letters.", func() float64 { return u(a().DeadLettered) }},
 		{"sigil_alert_actions_failed_total", "Alert rule actions that failed.", func() float64 { return u(a().ActionsFailed) }},
 	}
-	var errs []error
+	errs := []error{r.RegisterProcess()}
 	for _, g := range gauges {
 		errs = append(errs, r.GaugeFunc(g.name, g.help, g.fn))
 	}
