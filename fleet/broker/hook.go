@@ -156,13 +156,37 @@ func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	return false
 }
 
+// takeoverWait bounds how long a new connection waits for the teardown of
+// the previous connection with its client ID.
+const takeoverWait = 10 * time.Second
+
 // OnSessionEstablish runs just before mochi hands an existing session with
-// the same client ID to the new client: a session of another identity is
-// emptied so that nothing crosses between identities.
+// the same client ID to the new client. The previous connection is closed
+// and its teardown awaited first: mochi's takeover otherwise races that
+// teardown, which, having found its clean session not yet taken over,
+// goes on to delete the client ID from the client table and the topic
+// subscriptions — the new session's by then (a device that reconnects at
+// once, after a renewal or a reboot, had its messages acknowledged yet
+// withheld from the fleet, and got none of the fleet's). A session of
+// another identity is then emptied so that nothing crosses between
+// identities.
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	ex, ok := h.b.srv.Clients.Get(cl.ID)
 	if !ok || ex == cl {
 		return
+	}
+	if prev, isConn := ex.Net.Conn.(*conn); isConn {
+		_ = h.b.srv.DisconnectClient(ex, packets.ErrSessionTakenOver)
+		t := time.NewTimer(takeoverWait)
+		select {
+		case <-prev.ended:
+		case <-t.C:
+			h.b.log.Warn("broker: previous connection of a client ID not torn down in time; taking its session over", "client", cl.ID)
+		}
+		t.Stop()
+		if ex, ok = h.b.srv.Clients.Get(cl.ID); !ok || ex == cl {
+			return // a clean session, gone with its connection
+		}
 	}
 	nid, _ := identityOf(cl)
 	eid, ok := identityOf(ex)

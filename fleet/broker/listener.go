@@ -157,7 +157,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		}
 		return
 	}
-	c := &conn{Conn: tc, b: b}
+	c := &conn{Conn: tc, b: b, ended: make(chan struct{})}
 	st := tc.ConnectionState()
 	if len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 && b.isClaim(st.VerifiedChains) {
 		c.claim = st.PeerCertificates[0] // a bootstrap client with a claim credential
@@ -184,7 +184,9 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	}
 	// CONNECT must follow promptly; mochi resets the deadline after it.
 	_ = tc.SetDeadline(time.Now().Add(timeout))
-	if err := establish(l.id, c); err != nil {
+	err = establish(l.id, c)
+	close(c.ended) // mochi is done with the client, its session's teardown included
+	if err != nil {
 		var code packets.Code
 		if errors.As(err, &code) && (code.Code == packets.ErrMalformedPacket.Code ||
 			code.Code == packets.ErrProtocolViolation.Code || code.Code == packets.ErrPacketTooLarge.Code) {
@@ -249,6 +251,10 @@ type conn struct {
 	inPool     bool
 	inOverflow bool
 	reserved   string // device whose reserved slot this is
+
+	// ended is closed once mochi is done with the connection's client,
+	// its teardown included (hook.OnSessionEstablish waits for it).
+	ended chan struct{}
 
 	once     sync.Once
 	mu       sync.Mutex
