@@ -41,7 +41,7 @@ func TestDebugAddrLoopbackOnly(t *testing.T) {
 // TestDebugProfilesAndProcessMetrics: with debug_addr set, a running fleet
 // serves Go's profiles there (and not on its API); without it, no
 // listener. Its /metrics registry carries the process figures a fleet's
-// cost per device is read from.
+// cost per device is read from, and the messages the broker withheld.
 func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 	s, err := New(Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0"}, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -100,6 +100,12 @@ func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 		if v, ok := f.Value(name); !ok || v <= 0 {
 			t.Errorf("%s = %v", name, v)
 		}
+	}
+
+	// What the broker acknowledged but withheld from the fleet is counted,
+	// so that sent = ingested + counted drops can be checked from outside.
+	if f := fams["sigil_broker_messages_withheld_total"]; f == nil || f.Type != "counter" {
+		t.Errorf("/metrics lacks sigil_broker_messages_withheld_total: %+v", f)
 	}
 
 	off, err := New(Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0"}, nil)

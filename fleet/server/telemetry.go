@@ -653,6 +653,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_broker_bootstrap_reserved         reserved bootstrap sessions of known devices open now
 //	sigil_broker_bootstrap_over_cap_total   bootstrap connections displaced or left without a slot
 //	sigil_broker_bootstrap_expired_total    bootstrap connections closed at their first-message deadline or lifetime
+//	sigil_broker_messages_withheld_total    messages the broker received but withheld from the fleet (sender gone or not allowed)
 //	sigil_enroll_requests_total             enrollment requests
 //	sigil_enroll_enrolled_total             devices enrolled
 //	sigil_enroll_refused_total              enrollments refused
@@ -696,6 +697,7 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_broker_bootstrap_over_cap_total", "Bootstrap connections displaced, or closed without a slot, because a cap was reached.", func() float64 { return u(b().BootstrapOverCap) }},
 		{"sigil_broker_bootstrap_expired_total", "Bootstrap connections closed at their first-message deadline or lifetime.", func() float64 { return u(b().BootstrapExpired) }},
 		{"sigil_broker_malformed_packets_total", "MQTT connections ended by a malformed packet or a protocol violation.", func() float64 { return u(b().MalformedPackets) }},
+		{"sigil_broker_messages_withheld_total", "Messages the broker received but withheld from the fleet: their sender was gone or not allowed.", func() float64 { return u(b().DroppedInline) }},
 		{"sigil_enroll_requests_total", "Enrollment requests received.", func() float64 { return float64(e.Requests.Load()) }},
 		{"sigil_enroll_enrolled_total", "Devices enrolled.", func() float64 { return float64(e.Enrolled.Load()) }},
 		{"sigil_enroll_refused_total", "Enrollments refused.", func() float64 { return float64(e.Refused.Load()) }},

@@ -970,7 +970,8 @@ func sentOf(s ShardSummary, kind string) uint64 {
 }
 
 // kindCounts sets the devices' counts beside the fleet's, for the kinds
-// the fleet counts.
+// the fleet counts, and the messages of any kind the broker acknowledged
+// but withheld from the fleet (counted, but not by kind).
 func kindCounts(dev ShardSummary, m sample) []KindCount {
 	batch := func(res string) float64 { return m[`sigil_telemetry_batches_total{result="`+res+`"}`] }
 	verdicts := m[`sigil_attestation_verdicts_total{result="pass"}`] + m[`sigil_attestation_verdicts_total{result="fail"}`]
@@ -988,8 +989,15 @@ func kindCounts(dev ShardSummary, m sample) []KindCount {
 		k.Sent = sentOf(dev, k.Kind)
 		k.Lost = math.Max(0, float64(k.Sent)-k.Ingested-k.Dropped-k.Refused)
 	}
+	if w, ok := m["sigil_broker_messages_withheld_total"]; ok {
+		ks = append(ks, KindCount{Kind: KindWithheld, Dropped: w, Fleet: "sigil_broker_messages_withheld_total"})
+	}
 	return ks
 }
+
+// KindWithheld is the Kind of the account of the messages the broker
+// acknowledged but withheld from the fleet.
+const KindWithheld = "(any kind, withheld by the broker)"
 
 // reconnect restarts the fleet under its devices and times their return:
 // connected again, and attested again.
