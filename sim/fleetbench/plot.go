@@ -113,7 +113,7 @@ func drawPanel(b *strings.Builder, p panel, ox, oy, xmax float64) {
 			ymax = math.Max(ymax, pt[1])
 		}
 	}
-	xTicks, xTop := ticks(xmax)
+	xTicks, xTop := ticks(xmax * 1.02)
 	yTicks, yTop := ticks(ymax)
 	x0, y0 := ox+marginL, oy+marginT
 	px := func(x float64) float64 { return x0 + x/xTop*plotW }

@@ -22,6 +22,9 @@ type Result struct {
 	Finished time.Time `json:"finished"`
 	Machine  Machine   `json:"machine"`
 	Settings Settings  `json:"settings"`
+	// Floor is the cryptography of each operation, timed here: the fleet's
+	// CPU per operation is set against it (FloorRatio fields).
+	Floor Floor `json:"floor"`
 	// Sizes has one entry per device count the run reached (one without
 	// --sizes): the devices' coming up, the soak and the API during it.
 	Sizes      []SizeResult      `json:"sizes"`
@@ -133,6 +136,8 @@ type EnrollResult struct {
 	CPUPerDeviceMS  float64 `json:"fleet_cpu_per_device_ms"`
 	// Enrolled is the fleet's sigil_enroll_enrolled_total over the span.
 	Enrolled float64 `json:"enrolled"`
+	// FloorRatio is CPUPerDeviceMS against Floor.Enrollment.
+	FloorRatio float64 `json:"floor_ratio"`
 }
 
 // FleetSnapshot is the fleet's process figures at one moment.
@@ -165,15 +170,21 @@ type SoakResult struct {
 	StackPerDeviceKB float64 `json:"stack_per_device_kb"`
 	// MarginalRSSPerDeviceKB is the RSS added per device since the
 	// previous size's soak (none at the first).
-	MarginalRSSPerDeviceKB float64           `json:"marginal_rss_per_device_kb,omitempty"`
-	GoroutinesPerDevice    float64           `json:"goroutines_per_device"`
-	FleetCPUSeconds        float64           `json:"fleet_cpu_s"`
-	CPUPerDevicePerMinMS   float64           `json:"fleet_cpu_per_device_per_minute_ms"`
-	CPUPerMessageMS        float64           `json:"fleet_cpu_per_message_ms"`
-	Sent                   map[string]uint64 `json:"sent"` // by kind, during the soak
-	Verdicts               float64           `json:"verdicts"`
-	TelemetryBatches       float64           `json:"telemetry_batches"`
-	Start, End             FleetSnapshot     `json:"-"`
+	MarginalRSSPerDeviceKB float64 `json:"marginal_rss_per_device_kb,omitempty"`
+	GoroutinesPerDevice    float64 `json:"goroutines_per_device"`
+	FleetCPUSeconds        float64 `json:"fleet_cpu_s"`
+	CPUPerDevicePerMinMS   float64 `json:"fleet_cpu_per_device_per_minute_ms"`
+	CPUPerMessageMS        float64 `json:"fleet_cpu_per_message_ms"`
+	// CPUPerAttestationMS is the soak's fleet CPU over the attestations it
+	// judged: every other cost of the soak (telemetry, keepalives, the
+	// API probe) counted in, so an upper bound; AttestFloorRatio sets it
+	// against Floor.Attestation.
+	CPUPerAttestationMS float64           `json:"fleet_cpu_per_attestation_ms"`
+	AttestFloorRatio    float64           `json:"attestation_floor_ratio"`
+	Sent                map[string]uint64 `json:"sent"` // by kind, during the soak
+	Verdicts            float64           `json:"verdicts"`
+	TelemetryBatches    float64           `json:"telemetry_batches"`
+	Start, End          FleetSnapshot     `json:"-"`
 }
 
 // APIResult is the API's and the console's latency under load.
@@ -199,6 +210,8 @@ type RotationResult struct {
 	PerSecond       float64 `json:"per_second"`
 	FleetCPUSeconds float64 `json:"fleet_cpu_s"`
 	CPUPerRenewalMS float64 `json:"fleet_cpu_per_renewal_ms"`
+	// FloorRatio is CPUPerRenewalMS against Floor.Renewal.
+	FloorRatio float64 `json:"floor_ratio"`
 	// Disconnects are sessions the devices lost (rather than closed to
 	// reconnect on their new certificates) during the rotation.
 	Disconnects uint64 `json:"disconnects"`
@@ -281,13 +294,17 @@ func (r *Result) Print(w io.Writer) {
 		r.Started.Format(time.RFC3339), r.Finished.Format(time.TimeOnly), r.Machine.CPUs, float64(r.Machine.MemoryBytes)/(1<<30),
 		r.Machine.LoadBefore[0], r.Machine.LoadBefore[1], r.Machine.LoadBefore[2], r.Machine.LoadAfter[0], r.Machine.LoadAfter[1], r.Machine.LoadAfter[2],
 		r.Machine.Kernel, r.Machine.Go)
+	f := r.Floor
+	fmt.Fprintf(w, "crypto floor here (µs of CPU): ECDSA P-256 sign %.0f, verify %.0f, ECDH P-256 %.0f, X25519MLKEM768 server share %.0f; TLS handshake %.0f, mTLS %.0f; attestation %.0f, renewal %.0f, enrollment %.0f\n",
+		f.ECDSASign, f.ECDSAVerify, f.ECDHP256, f.KeyExchange, f.Handshake, f.MTLSHandshake, f.Attestation, f.Renewal, f.Enrollment)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	for _, s := range r.Sizes {
 		fmt.Fprintf(w, "\n== %d devices (%d shards)\n", s.Devices, s.Shards)
 		e := s.Enroll
 		fmt.Fprintf(tw, "enrolled and active\t%d of %d started in %.1f s: %.1f/s\n", e.Active, e.Devices, e.WallSeconds, e.PerSecond)
 		fmt.Fprintf(tw, "time to active\t%s\n", e.TimeToActive)
-		fmt.Fprintf(tw, "fleet CPU while they came up\t%.1f s, %.1f ms per device\n", e.FleetCPUSeconds, e.CPUPerDeviceMS)
+		fmt.Fprintf(tw, "fleet CPU while they came up\t%.1f s, %.2f ms per device: %.1f× the crypto floor of an enrollment (%.2f ms)\n",
+			e.FleetCPUSeconds, e.CPUPerDeviceMS, e.FloorRatio, r.Floor.Enrollment/1000)
 		if so := s.Soak; so != nil {
 			fmt.Fprintf(tw, "soak\t%.0f s, %d connected at the end, %d sessions lost\n", so.Seconds, so.Connected, so.Disconnects)
 			fmt.Fprintf(tw, "fleet memory per device\tRSS %.1f KB, Go heap %.1f KB, stacks %.1f KB, %.2f goroutines\n",
@@ -296,6 +313,8 @@ func (r *Result) Print(w io.Writer) {
 				fmt.Fprintf(tw, "RSS added per device since the last size\t%.1f KB\n", so.MarginalRSSPerDeviceKB)
 			}
 			fmt.Fprintf(tw, "fleet CPU\t%.1f s: %.2f ms per device per minute, %.2f ms per message\n", so.FleetCPUSeconds, so.CPUPerDevicePerMinMS, so.CPUPerMessageMS)
+			fmt.Fprintf(tw, "fleet CPU per attestation\tat most %.2f ms (all of the soak's CPU over its %.0f verdicts): %.1f× the floor (%.3f ms)\n",
+				so.CPUPerAttestationMS, so.Verdicts, so.AttestFloorRatio, r.Floor.Attestation/1000)
 			fmt.Fprintf(tw, "messages during the soak\t%s\n", kinds(so.Sent))
 		}
 		if a := s.API; a != nil {
@@ -315,7 +334,7 @@ func (r *Result) Print(w io.Writer) {
 	if x := r.Rotation; x != nil {
 		fmt.Fprintf(w, "\n== forced re-key (%s)\n", x.Job)
 		fmt.Fprintf(tw, "renewed\t%d of %d in %.1f s (%.0f/s); all on new certificates after %.1f s (%d)\n", x.Renewed, x.Devices, x.JobSeconds, x.PerSecond, x.AllNewSeconds, x.OnNewCert)
-		fmt.Fprintf(tw, "fleet CPU\t%.1f s, %.2f ms per renewal\n", x.FleetCPUSeconds, x.CPUPerRenewalMS)
+		fmt.Fprintf(tw, "fleet CPU\t%.1f s, %.2f ms per renewal: %.1f× the crypto floor of a renewal (%.2f ms)\n", x.FleetCPUSeconds, x.CPUPerRenewalMS, x.FloorRatio, r.Floor.Renewal/1000)
 		fmt.Fprintf(tw, "sessions lost\t%d\n", x.Disconnects)
 		tw.Flush()
 	}

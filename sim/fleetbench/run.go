@@ -238,6 +238,7 @@ func (r *run) run(ctx context.Context) error {
 // alert sink and the fleet.
 func (r *run) setup(ctx context.Context) error {
 	o := r.o
+	r.res.Floor = measureFloor() // before anything else runs in this process
 	for _, d := range []string{o.Dir, o.Out} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("fleetbench: %w", err)
@@ -390,6 +391,7 @@ func (r *run) grow(ctx context.Context, n int) (*SizeResult, error) {
 	e.FleetCPUSeconds = m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"]
 	e.CPUPerDeviceMS = e.FleetCPUSeconds * 1000 / float64(e.Devices)
 	e.Enrolled = m1["sigil_enroll_enrolled_total"] - m0["sigil_enroll_enrolled_total"]
+	e.FloorRatio = ratio(e.CPUPerDeviceMS*1000, r.res.Floor.Enrollment)
 	if err != nil {
 		sr.Fleet = snapshotOf(m1)
 		r.res.Sizes = append(r.res.Sizes, *sr)
@@ -654,6 +656,10 @@ func (r *run) soak(ctx context.Context, n int) (*SoakResult, *APIResult, error) 
 	if msgs > 0 {
 		s.CPUPerMessageMS = s.FleetCPUSeconds * 1000 / float64(msgs)
 	}
+	if s.Verdicts > 0 {
+		s.CPUPerAttestationMS = s.FleetCPUSeconds * 1000 / s.Verdicts
+		s.AttestFloorRatio = ratio(s.CPUPerAttestationMS*1000, r.res.Floor.Attestation)
+	}
 	r.progress("soak done: RSS %.1f KB/device, heap %.1f KB/device, CPU %.2f ms/device/min, %d sessions lost", s.RSSPerDeviceKB, s.HeapPerDeviceKB, s.CPUPerDevicePerMinMS, s.Disconnects)
 	var ar *APIResult
 	if probe != nil {
@@ -732,6 +738,7 @@ func (r *run) rotate(ctx context.Context) (*RotationResult, error) {
 	res.FleetCPUSeconds = m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"]
 	if res.Renewed > 0 {
 		res.CPUPerRenewalMS = res.FleetCPUSeconds * 1000 / float64(res.Renewed)
+		res.FloorRatio = ratio(res.CPUPerRenewalMS*1000, r.res.Floor.Renewal)
 		res.PerSecond = float64(res.Renewed) / res.JobSeconds
 	}
 	for {
@@ -1153,6 +1160,14 @@ func (f *fleet) profile(ctx context.Context, which, path string) error {
 		return err
 	}
 	return os.WriteFile(path, b, 0o644)
+}
+
+// ratio is a / b, 0 when b is.
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
 }
 
 // sleep waits d or until ctx ends.
