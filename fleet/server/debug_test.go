@@ -102,10 +102,13 @@ func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 		}
 	}
 
-	// What the broker acknowledged but withheld from the fleet is counted,
-	// so that sent = ingested + counted drops can be checked from outside.
-	if f := fams["sigil_broker_messages_withheld_total"]; f == nil || f.Type != "counter" {
-		t.Errorf("/metrics lacks sigil_broker_messages_withheld_total: %+v", f)
+	// What the broker acknowledged but withheld from the fleet, and
+	// evidence dropped on a full queue, are counted, so that sent =
+	// ingested + counted drops can be checked from outside.
+	for _, name := range []string{"sigil_broker_messages_withheld_total", "sigil_attestation_evidence_dropped_total"} {
+		if f := fams[name]; f == nil || f.Type != "counter" {
+			t.Errorf("/metrics lacks %s: %+v", name, f)
+		}
 	}
 
 	off, err := New(Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0"}, nil)

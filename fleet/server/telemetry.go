@@ -662,6 +662,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_log_lines_suppressed_total        log lines clients without certificate caused, counted instead of written
 //	sigil_audit_anonymous_left_out_total    audit entries of requests without a credential counted, not recorded one by one
 //	sigil_attestation_verdicts_total{result} recorded verdicts, pass or fail
+//	sigil_attestation_evidence_dropped_total evidence dropped, its queue full for too long
 //	sigil_quarantines_total                 devices quarantined
 //	sigil_renewals_total                    certificates renewed
 //	sigil_alerts_fired_total, _deduplicated_total, _resolved_total, _held_total
@@ -708,6 +709,9 @@ func (s *Server) controlPlaneMetrics() error {
 		}},
 		{"sigil_audit_anonymous_left_out_total", "Audit entries of API requests without a credential counted instead of recorded one by one (each interval's count is one audit.sampled entry).", func() float64 {
 			return u(s.anonAudit.Suppressed())
+		}},
+		{"sigil_attestation_evidence_dropped_total", "Attestation evidence dropped: its queue stayed full (the device attests again on its schedule).", func() float64 {
+			return u(s.Attest.Stats().EvidenceDropped)
 		}},
 		{"sigil_quarantines_total", "Devices quarantined.", func() float64 { return u(s.tel.quarantines.Load()) }},
 		{"sigil_renewals_total", "Device certificates renewed.", func() float64 { return u(s.tel.renewals.Load()) }},
