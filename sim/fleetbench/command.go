@@ -64,6 +64,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	debugURL := fs.String("debug", "", "the running fleet's debug listener, http://127.0.0.1:PORT (for --profile)")
 	sigil := fs.String("sigil", "", "the sigil binary to start (default: beside sigil-sim, else on PATH)")
 	fleetConfig := fs.String("fleet-config", "", "JSON object merged into the child fleet's configuration")
+	fleetEnv := fs.String("fleet-env", "", "environment for the child fleet, comma-separated KEY=VALUE (e.g. GOGC=50,GOMEMLIMIT=3GiB)")
 	ekCA := fs.String("ek-ca", "", "the simulated TPM manufacturer's CA directory, created if missing (default: in --dir); a running fleet must trust it as an ek_ca_dir")
 	rate := fs.Float64("rate", 100, "devices started per second (0: all at once)")
 	shardSize := fs.Int("shard-size", 5000, fmt.Sprintf("most devices per shard process (at most %d: 20,000 open files per process)", MaxShardDevices))
@@ -162,6 +163,14 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("--fleet-config: %v", err))
+		}
+	}
+	if *fleetEnv != "" {
+		for _, kv := range strings.Split(*fleetEnv, ",") {
+			if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+				errs = append(errs, fmt.Errorf("--fleet-env: %q is not KEY=VALUE", kv))
+			}
+			o.FleetEnv = append(o.FleetEnv, kv)
 		}
 	}
 	if o.Fleet != "" {

@@ -49,6 +49,7 @@ type fleet struct {
 	proc    *exec.Cmd
 	exited  chan struct{}
 	sigil   string
+	env     []string
 	cfgPath string
 	logPath string
 	dataDir string
@@ -60,7 +61,7 @@ type fleet struct {
 // manufacturer's CA as its ek_ca_dir, the release trust set, the alert
 // sink, fixed loopback ports (a restart keeps them) and a debug listener
 // for profiles. extra, if not nil, is merged over the generated keys.
-func childFleet(ctx context.Context, sigil, work, ekCADir, releaseTrust string, attestInterval time.Duration, as *alertSink, extra map[string]any) (*fleet, error) {
+func childFleet(ctx context.Context, sigil, work, ekCADir, releaseTrust string, attestInterval time.Duration, as *alertSink, extra map[string]any, env []string) (*fleet, error) {
 	if sigil == "" {
 		return nil, errors.New("fleetbench: no sigil binary to run the fleet (build it beside sigil-sim, put it on PATH, or pass --sigil)")
 	}
@@ -95,7 +96,7 @@ func childFleet(ctx context.Context, sigil, work, ekCADir, releaseTrust string, 
 		apiURL: fmt.Sprintf("https://localhost:%d", ports[1]), broker: cfg["mqtt_addr"].(string), serverName: "localhost",
 		caFile: filepath.Join(dataDir, "ca", "ca.crt"), updateServer: cfg["api_addr"].(string),
 		debugURL: "http://" + cfg["debug_addr"].(string), sigil: sigil, cfgPath: cfgPath, logPath: filepath.Join(work, "fleet.log"),
-		dataDir: dataDir, sink: as,
+		dataDir: dataDir, sink: as, env: env,
 	}
 	if v, ok := extra["mqtt_addr"].(string); ok {
 		f.broker = v
@@ -132,6 +133,7 @@ func (f *fleet) start(ctx context.Context) error {
 		return fmt.Errorf("fleetbench: %w", err)
 	}
 	cmd := exec.Command(f.sigil, "serve", "--config", f.cfgPath)
+	cmd.Env = append(os.Environ(), f.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()

@@ -59,6 +59,7 @@ type Settings struct {
 	Devices           int      `json:"devices"`
 	Sizes             []int    `json:"sizes,omitempty"`
 	Fleet             string   `json:"fleet"` // "child" or the external fleet's URL
+	FleetEnv          []string `json:"fleet_env,omitempty"`
 	Rate              float64  `json:"rate"`
 	ShardSize         int      `json:"shard_size"`
 	PerSource         int      `json:"per_source"`

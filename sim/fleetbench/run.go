@@ -74,6 +74,8 @@ type Options struct {
 	Fleet, Broker, ServerName, CAFile, Token, DebugURL string
 	Sigil                                              string
 	FleetConfig                                        map[string]any
+	// FleetEnv is added to the child fleet's environment (KEY=VALUE).
+	FleetEnv []string
 	// EKCADir is the simulated manufacturer's CA directory (created if
 	// missing; default in Dir).
 	EKCADir string
@@ -273,12 +275,12 @@ func (r *run) setup(ctx context.Context) error {
 		}
 		r.note("external fleet: its alert sinks are its own, so the quarantine figure has no alert-at-sink step unless it posts to this run's sink")
 	} else {
-		r.res.Settings.Fleet = "child"
+		r.res.Settings.Fleet, r.res.Settings.FleetEnv = "child", o.FleetEnv
 		if r.sink, err = newAlertSink(); err != nil {
 			return err
 		}
 		r.progress("starting sigil serve (%s)", o.Sigil)
-		if r.fleet, err = childFleet(ctx, o.Sigil, o.Dir, o.EKCADir, r.trust, o.AttestInterval, r.sink, o.FleetConfig); err != nil {
+		if r.fleet, err = childFleet(ctx, o.Sigil, o.Dir, o.EKCADir, r.trust, o.AttestInterval, r.sink, o.FleetConfig, o.FleetEnv); err != nil {
 			return err
 		}
 		r.progress("fleet: API %s, MQTT %s, log %s", r.fleet.apiURL, r.fleet.broker, r.fleet.logPath)
@@ -801,7 +803,20 @@ func (r *run) campaign(ctx context.Context) (*CampaignResult, error) {
 	if _, err := r.approver.client.ApproveRelease(ctx, rel.ID); err != nil {
 		return nil, fmt.Errorf("fleetbench: approve the release: %w", err)
 	}
-	def := campaign.Definition{Name: "fleetbench 2.0.0", Release: rel.ID, Targets: campaign.Selector{DeviceIDs: r.ids[:n]},
+	// The campaign's devices carry a tag (a request body holds at most a
+	// few hundred device IDs).
+	tag := fmt.Sprintf("fleetbench-%d", time.Now().UnixNano()%1e9)
+	for i := 0; i < n; i += api.BulkLimit {
+		req := api.BulkRequest{DeviceIDs: r.ids[i:min(i+api.BulkLimit, n)], Add: []string{tag}}
+		var out api.BulkResult
+		if err := r.fleet.admin.Do(ctx, http.MethodPost, "/api/v1/devices/bulk/tag", req, &out); err != nil {
+			return nil, fmt.Errorf("fleetbench: tag the campaign's devices: %w", err)
+		}
+		if len(out.Skipped) > 0 {
+			return nil, fmt.Errorf("fleetbench: tag the campaign's devices: %d skipped (%s)", len(out.Skipped), out.Skipped[0].Reason)
+		}
+	}
+	def := campaign.Definition{Name: "fleetbench 2.0.0", Release: rel.ID, Targets: campaign.Selector{Tags: []string{tag}},
 		Waves: campaign.Waves{Canary: max(1, n/100), Growth: 2}, DeviceTimeout: config.Duration(10 * time.Minute)}
 	c, err := r.fleet.admin.CreateCampaign(ctx, def, "fleetbench")
 	if err != nil {
@@ -987,7 +1002,8 @@ func kindCounts(dev ShardSummary, m sample) []KindCount {
 			Dropped: m["sigil_telemetry_queue_full_total"], Refused: batch("rejected") + batch("malformed"),
 			Fleet: "sigil_telemetry_batches_total (accepted, duplicate, stale; rejected, malformed), sigil_telemetry_queue_full_total"},
 		{Kind: wire.TypeAttestEvidence + "+" + wire.TypeRenewRequest, Ingested: verdicts + float64(dev.Unjudged),
-			Fleet: "sigil_attestation_verdicts_total, and the verdicts that refused evidence unjudged (counted at the devices)"},
+			Dropped: m["sigil_attestation_evidence_dropped_total"],
+			Fleet:   "sigil_attestation_verdicts_total, the answers that refused evidence unjudged (counted at the devices: stale nonces, renewals refused while the fleet was busy), sigil_attestation_evidence_dropped_total"},
 		{Kind: wire.TypeEnrollRequest, Ingested: m["sigil_enroll_requests_total"], Refused: m["sigil_enroll_malformed_total"],
 			Fleet: "sigil_enroll_requests_total, sigil_enroll_malformed_total"},
 	}

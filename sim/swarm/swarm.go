@@ -342,10 +342,12 @@ type Outcome struct {
 	Sent            map[string]uint64
 	TelemetryPoints uint64
 	// Received counts the messages the fleet sent the device, by type.
-	// Unjudged counts the attestation verdicts that refused evidence
-	// without judging the device's state (a nonce expired, already used
-	// or dropped for a newer one; malformed evidence): the fleet answers
-	// those but keeps them out of the device's attestation history.
+	// Unjudged counts the answers that refused evidence without judging
+	// the device's state — attestation verdicts for a nonce expired,
+	// already used or dropped for a newer one, or for malformed evidence;
+	// renewals refused because the fleet was busy, the request malformed
+	// or stale, or the device not active: the fleet answers those but
+	// keeps them out of the device's attestation history.
 	Received map[string]uint64
 	Unjudged uint64
 	// Dials counts the TCP connections the device opened (sessions and
@@ -464,10 +466,22 @@ func (o *observer) Received(_ string, payload []byte) {
 		return
 	}
 	o.c.received[kind(env.Type)].Add(1)
-	if env.Type == wire.TypeAttestVerdict {
+	switch env.Type {
+	case wire.TypeAttestVerdict:
 		var v wire.AttestVerdict
 		if wire.DecodeBody(env, wire.TypeAttestVerdict, &v) == nil && (v.Reason == wire.ReasonNonceInvalid || v.Reason == wire.ReasonBadRequest) {
 			o.c.unjudged.Add(1)
+		}
+	case wire.TypeRenewResult:
+		// A renewal refused before its evidence was judged: the fleet was
+		// busy (its queue full), the request malformed or on a stale
+		// nonce, or the device not active.
+		var r wire.RenewResult
+		if wire.DecodeBody(env, wire.TypeRenewResult, &r) == nil && r.Status == wire.StatusRefused {
+			switch r.Reason {
+			case wire.ReasonRateLimited, wire.ReasonNonceInvalid, wire.ReasonBadRequest, wire.ReasonQuarantined:
+				o.c.unjudged.Add(1)
+			}
 		}
 	}
 }
