@@ -161,6 +161,9 @@ type Service struct {
 // (also counted in Refused).
 type Stats struct {
 	Requests, Challenges, Enrolled, Pending, Refused, Malformed atomic.Int64
+	// RequestsBusy counts the enrollment requests answered rate_limited,
+	// unhandled, because the queue was full.
+	RequestsBusy atomic.Int64
 }
 
 type job struct {
@@ -271,6 +274,9 @@ func (s *Service) Submit(clientID string, payload []byte) {
 	case s.q <- job{clientID, payload}:
 	default:
 		if env, err := wire.Decode(payload); err == nil {
+			if env.Type == wire.TypeEnrollRequest {
+				s.stats.RequestsBusy.Add(1)
+			}
 			s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonRateLimited, "enrollment queue full", nil))
 		}
 	}
