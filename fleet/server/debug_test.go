@@ -102,10 +102,10 @@ func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 		}
 	}
 
-	// What the broker acknowledged but withheld from the fleet, and
-	// evidence dropped on a full queue, are counted, so that sent =
-	// ingested + counted drops can be checked from outside.
-	for _, name := range []string{"sigil_broker_messages_withheld_total", "sigil_attestation_evidence_dropped_total"} {
+	// What the broker acknowledged but withheld from the fleet, evidence
+	// dropped and enrollment requests refused on a full queue are counted,
+	// so that sent = ingested + counted drops can be checked from outside.
+	for _, name := range []string{"sigil_broker_messages_withheld_total", "sigil_attestation_evidence_dropped_total", "sigil_enroll_busy_total"} {
 		if f := fams[name]; f == nil || f.Type != "counter" {
 			t.Errorf("/metrics lacks %s: %+v", name, f)
 		}

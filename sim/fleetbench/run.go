@@ -1004,8 +1004,8 @@ func kindCounts(dev ShardSummary, m sample) []KindCount {
 		{Kind: wire.TypeAttestEvidence + "+" + wire.TypeRenewRequest, Ingested: verdicts + float64(dev.Unjudged),
 			Dropped: m["sigil_attestation_evidence_dropped_total"],
 			Fleet:   "sigil_attestation_verdicts_total, the answers that refused evidence unjudged (counted at the devices: stale nonces, renewals refused while the fleet was busy), sigil_attestation_evidence_dropped_total"},
-		{Kind: wire.TypeEnrollRequest, Ingested: m["sigil_enroll_requests_total"], Refused: m["sigil_enroll_malformed_total"],
-			Fleet: "sigil_enroll_requests_total, sigil_enroll_malformed_total"},
+		{Kind: wire.TypeEnrollRequest, Ingested: m["sigil_enroll_requests_total"], Dropped: m["sigil_enroll_busy_total"], Refused: m["sigil_enroll_malformed_total"],
+			Fleet: "sigil_enroll_requests_total, sigil_enroll_busy_total, sigil_enroll_malformed_total"},
 	}
 	for i := range ks {
 		k := &ks[i]
