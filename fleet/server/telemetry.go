@@ -208,15 +208,10 @@ func (s *Server) closeTelemetry() {
 	}
 }
 
-// ingestWorkers ingest telemetry batches in parallel: a device sends one
-// batch at a time, and concurrent cursor writes share one commit.
-const ingestWorkers = 4
-
-// goTelemetry starts the ingester, the alert feed and the alert engine in g.
+// goTelemetry starts the ingester (its workers: telemetry.Config.Workers),
+// the alert feed and the alert engine in g.
 func (s *Server) goTelemetry(ctx context.Context, g *errgroup.Group) {
-	for range ingestWorkers {
-		g.Go(func() error { return s.Telemetry.Run(ctx) })
-	}
+	g.Go(func() error { return s.Telemetry.Run(ctx) })
 	g.Go(func() error { return s.Alerts.Run(ctx) })
 	g.Go(func() error { return s.runFeed(ctx) })
 }
