@@ -255,7 +255,7 @@ type Server struct {
 	adminToken     string
 	ready          chan struct{}
 	topics         wire.Topics
-	events         chan broker.Event
+	events         []chan broker.Event // connection events to record, by device (events.go)
 }
 
 // Files written at first start, relative to DataDir.
@@ -278,7 +278,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}, events: make(chan broker.Event, 4096)}
+	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}, events: eventQueues()}
 	var err error
 	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: cfg.TrustDomain, DeviceLifetime: time.Duration(cfg.DeviceLifetime)})
 	if err != nil {
@@ -552,21 +552,9 @@ func (s *Server) brokerEvent(ev broker.Event) {
 		return
 	}
 	select {
-	case s.events <- ev:
+	case s.eventQueue(ev.Identity.DeviceID) <- ev:
 	default:
 		s.log.Warn("connection events arrive faster than the inventory records them; one dropped", "device_id", ev.Identity.DeviceID)
-	}
-}
-
-// recordEvents applies connection events to the inventory until ctx ends.
-func (s *Server) recordEvents(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev := <-s.events:
-			s.connectionEvent(ev)
-		}
 	}
 }
 
