@@ -86,6 +86,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	timeout := fs.Duration("timeout", 0, "bound on each wait (default: 10m plus three times the ramp)")
 	seed := fs.String("seed", "", "hex seed of the devices (default: random)")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
+	plot := fs.String("plot", "", "only draw the plot of this JSON result (a run's "+ResultFile+") into --out")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, Usage+"\nflags:\n")
 		fs.SetOutput(stdout)
@@ -96,6 +97,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", ErrUsage, fs.Args())
+	}
+	if *plot != "" {
+		return replot(*plot, *out, stdout)
 	}
 	o := Options{Devices: *devices, Fleet: *fleetURL, Broker: *broker, ServerName: *serverName, CAFile: *caFile, DebugURL: *debugURL,
 		Sigil: *sigil, EKCADir: *ekCA, Rate: *rate, ShardSize: *shardSize, PerSource: *perSource,
@@ -248,4 +252,30 @@ func (r *Result) Write(dir string) error {
 		return fmt.Errorf("fleetbench: %w", err)
 	}
 	return f.Close()
+}
+
+// replot draws the plot of a JSON result again.
+func replot(path, dir string, stdout io.Writer) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: --plot: %v", ErrUsage, err)
+	}
+	var r Result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%w: --plot: %s is not a result: %v", ErrUsage, path, err)
+	}
+	out := filepath.Join(dir, PlotFile)
+	f, err := os.Create(out)
+	if err != nil {
+		return fmt.Errorf("fleetbench: %w", err)
+	}
+	if err := r.writeSVG(f); err != nil {
+		f.Close()
+		return fmt.Errorf("fleetbench: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("fleetbench: %w", err)
+	}
+	fmt.Fprintf(stdout, "wrote %s\n", out)
+	return nil
 }

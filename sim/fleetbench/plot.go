@@ -24,6 +24,7 @@ type series struct {
 type panel struct {
 	title  string
 	unit   string
+	log    bool // a logarithmic value axis (latencies span decades)
 	series []series
 }
 
@@ -31,7 +32,7 @@ type panel struct {
 func (r *Result) plotPanels() []panel {
 	mem := panel{title: "Fleet memory per connected device", unit: "KB"}
 	cpu := panel{title: "Fleet CPU per device per minute", unit: "ms"}
-	lat := panel{title: "Latency under load (p99)", unit: "ms"}
+	lat := panel{title: "Latency under load (p99)", unit: "ms, log scale", log: true}
 	add := func(p *panel, name, color string, x int, v float64) {
 		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 			return
@@ -113,11 +114,18 @@ func drawPanel(b *strings.Builder, p panel, ox, oy, xmax float64) {
 			ymax = math.Max(ymax, pt[1])
 		}
 	}
-	xTicks, xTop := ticks(xmax * 1.02)
+	xTicks, xTop := ticks(xmax)
 	yTicks, yTop := ticks(ymax)
 	x0, y0 := ox+marginL, oy+marginT
 	px := func(x float64) float64 { return x0 + x/xTop*plotW }
 	py := func(y float64) float64 { return y0 + plotH - y/yTop*plotH }
+	if p.log {
+		yTicks = logTicks(ymax)
+		lo, hi := math.Log10(yTicks[0]), math.Log10(yTicks[len(yTicks)-1])
+		py = func(y float64) float64 {
+			return y0 + plotH - (math.Log10(math.Max(y, yTicks[0]))-lo)/(hi-lo)*plotH
+		}
+	}
 	fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-weight="bold">%s (%s)</text>`+"\n", x0, y0-12, esc(p.title), esc(p.unit))
 	fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%d" height="%d" fill="none" stroke="#444"/>`+"\n", x0, y0, plotW, plotH)
 	for _, t := range xTicks {
@@ -150,13 +158,24 @@ func drawPanel(b *strings.Builder, p panel, ox, oy, xmax float64) {
 	}
 }
 
+// logTicks returns decades from 1 covering max (at least 1 to 100).
+func logTicks(max float64) []float64 {
+	out := []float64{1}
+	for v := 10.0; ; v *= 10 {
+		out = append(out, v)
+		if v >= max && v >= 100 {
+			return out
+		}
+	}
+}
+
 // ticks returns round tick values from 0 covering max, and the top of
 // the axis (the last tick).
 func ticks(max float64) ([]float64, float64) {
 	if !(max > 0) {
 		return []float64{0, 1}, 1
 	}
-	raw := max / 4
+	raw := max / 5
 	mag := math.Pow(10, math.Floor(math.Log10(raw)))
 	step := mag
 	for _, m := range []float64{1, 2, 2.5, 5, 10} {
