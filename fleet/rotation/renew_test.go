@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"testing"
 	"time"
@@ -148,8 +149,9 @@ func (h *harness) renewResult(t *testing.T, req *wire.RenewRequest) *wire.RenewR
 // asked for before (the first answer was slow or lost) gets the
 // certificate already issued for that key, after the same checks (a fresh
 // passing attestation), and no second certificate is issued or recorded;
-// a new key gets a new certificate. Once the certificate for the key is
-// revoked, asking again for that key is refused.
+// after a CA rotation the same key gets a certificate of the new
+// generation; a new key gets a new certificate. Once the certificate for
+// the key is revoked, asking again for that key is refused.
 func TestRenewalIdempotentPerKey(t *testing.T) {
 	if testing.Short() {
 		t.Skip("records evidence with the TPM simulator")
@@ -199,11 +201,29 @@ func TestRenewalIdempotentPerKey(t *testing.T) {
 		t.Fatalf("asking again was not judged: %d attestations, want %d", passes(), judged+1)
 	}
 
+	// The CA rotates: a certificate of the generation being retired is not
+	// current any more; the same key gets one from the new generation.
+	fleetCA := h.svc.cfg.CA
+	if _, err := fleetCA.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fleetCA.Activate(); err != nil {
+		t.Fatal(err)
+	}
+	reissued := h.renewResult(t, &rec.reqs[0])
+	if reissued.Status != wire.StatusActive || bytes.Equal(reissued.Certificate, first.Certificate) || renewals() != 2 {
+		t.Fatalf("the same key after a CA rotation: %s %v %q (%d renewed events), want a certificate of the new generation",
+			reissued.Status, reissued.Reason, reissued.Message, renewals())
+	}
+	if c, err := x509.ParseCertificate(reissued.Certificate); err != nil || c.CheckSignatureFrom(fleetCA.Certificate()) != nil {
+		t.Fatalf("the re-issued certificate is not from the active generation: %v", err)
+	}
+
 	other := h.renewResult(t, &rec.reqs[1])
-	if other.Status != wire.StatusActive || bytes.Equal(other.Certificate, first.Certificate) {
+	if other.Status != wire.StatusActive || bytes.Equal(other.Certificate, reissued.Certificate) {
 		t.Fatalf("a new key: %s %v %q, want a new certificate", other.Status, other.Reason, other.Message)
 	}
-	if d, _ = h.inv.Device(benchDevice); d.CertSerial == after.CertSerial || renewals() != 2 {
+	if d, _ = h.inv.Device(benchDevice); d.CertSerial == after.CertSerial || renewals() != 3 {
 		t.Fatalf("a new key was not recorded: %s (%d renewed events)", d.CertSerial, renewals())
 	}
 

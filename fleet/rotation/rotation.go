@@ -268,8 +268,8 @@ var errIssued = errors.New("rotation: a certificate for this key was issued mean
 // again for the key it asked for before (its answer was slow or lost) gets
 // the certificate already issued for it, never a second one. Current
 // means: d's current certificate, whose DER the fleet kept, for key,
-// admitted (recorded, neither revoked nor expired), and issued by a CA
-// generation in the trust bundle devices get; and d is active.
+// admitted (recorded, neither revoked nor expired), and issued by the
+// active CA generation; and d is active.
 func (s *Service) issuedFor(d *inventory.Device, key *ecdsa.PublicKey) *x509.Certificate {
 	now := s.cfg.Now()
 	if d.State != inventory.StateActive || len(d.CertDER) == 0 || !d.Admits(d.CertSerial, now) {
@@ -282,14 +282,8 @@ func (s *Service) issuedFor(d *inventory.Device, key *ecdsa.PublicKey) *x509.Cer
 	if pub, ok := c.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key) {
 		return nil
 	}
-	roots := x509.NewCertPool()
-	for _, der := range s.cfg.CA.TrustBundle() {
-		if root, err := x509.ParseCertificate(der); err == nil {
-			roots.AddCert(root)
-		}
-	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return nil
+	if c.CheckSignatureFrom(s.cfg.CA.Certificate()) != nil {
+		return nil // from a generation a CA rotation is retiring: issue anew
 	}
 	return c
 }
