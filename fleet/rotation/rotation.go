@@ -17,9 +17,10 @@
 // A renewal is idempotent per key: one for a key the device's current
 // certificate already certifies (the device asked again while the first
 // answer was slow or lost) passes the same checks and is answered with
-// that certificate; no second one is issued. The previous certificate stays valid until the device connects with the
-// new one (so a crash never leaves it without a working identity); then
-// every certificate the renewals replaced is revoked as superseded.
+// that certificate; no second one is issued. The previous certificate
+// stays valid until the device connects with the new one (so a crash
+// never leaves it without a working identity); then every certificate the
+// renewals replaced is revoked as superseded.
 package rotation
 
 import (
