@@ -158,7 +158,15 @@ func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 
 // OnSessionEstablish runs just before mochi hands an existing session with
 // the same client ID to the new client: a session of another identity is
-// emptied so that nothing crosses between identities.
+// emptied so that nothing crosses between identities. Then the existing
+// connection is closed, and the new one waits until mochi is done with it:
+// mochi's own takeover races the old connection's end (when that
+// connection ends by itself while being taken over, it can delete the new
+// client from mochi's client table by their shared ID, and the new session
+// then neither receives nor delivers to the fleet). With the old
+// connection gone first, mochi finds no live client to take over: a clean
+// session starts afresh, a persistent one is inherited from the detached
+// session as usual.
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	ex, ok := h.b.srv.Clients.Get(cl.ID)
 	if !ok || ex == cl {
@@ -166,12 +174,24 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	}
 	nid, _ := identityOf(cl)
 	eid, ok := identityOf(ex)
-	if ok && eid.DeviceID == nid.DeviceID && eid.Bootstrap() == nid.Bootstrap() {
+	if !ok || eid.DeviceID != nid.DeviceID || eid.Bootstrap() != nid.Bootstrap() {
+		h.b.srv.UnsubscribeClient(ex)
+		ex.ClearInflights()
+		h.b.log.Info("broker: dropped session of another identity", "client", cl.ID)
+	}
+	old, ok := ex.Net.Conn.(*conn)
+	if !ok || old.finished == nil {
 		return
 	}
-	h.b.srv.UnsubscribeClient(ex)
-	ex.ClearInflights()
-	h.b.log.Info("broker: dropped session of another identity", "client", cl.ID)
+	_ = h.b.srv.DisconnectClient(ex, packets.ErrSessionTakenOver)
+	_ = old.Close()
+	t := time.NewTimer(h.b.cfg.HandshakeTimeout)
+	defer t.Stop()
+	select {
+	case <-old.finished:
+	case <-t.C:
+		h.b.log.Warn("broker: a taken-over connection did not end in time; mochi takes it over", "client", cl.ID)
+	}
 }
 
 // OnACLCheck applies the topic rules. A refused publish disconnects the

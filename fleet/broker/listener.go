@@ -157,7 +157,8 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		}
 		return
 	}
-	c := &conn{Conn: tc, b: b}
+	c := &conn{Conn: tc, b: b, finished: make(chan struct{})}
+	defer close(c.finished)
 	st := tc.ConnectionState()
 	if len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 && b.isClaim(st.VerifiedChains) {
 		c.claim = st.PeerCertificates[0] // a bootstrap client with a claim credential
@@ -249,6 +250,11 @@ type conn struct {
 	inPool     bool
 	inOverflow bool
 	reserved   string // device whose reserved slot this is
+
+	// finished is closed once mochi is done with the connection (its
+	// session detached, or kept for a persistent session): see
+	// hook.OnSessionEstablish.
+	finished chan struct{}
 
 	once     sync.Once
 	mu       sync.Mutex

@@ -385,7 +385,9 @@ func TestSwarm(t *testing.T) {
 					i, n, st.Dropped, fleet.Counts.Ingested, fleet.Counts.Dropped)
 			}
 			if st.Points != 0 || got != n || fleet.Counts.Dropped != st.Dropped {
-				return false, fmt.Sprintf("device %d: %d appended, %d pending, fleet through %d", i, n, st.Points, got)
+				o := d.Outcome()
+				return false, fmt.Sprintf("device %d (%s): %d appended, %d pending, fleet through %d; batches sent %d, acks received %d, disconnects %d, warnings %d (last %q), connected %v",
+					i, ids[i], n, st.Points, got, o.Sent[wire.TypeTelemetryBatch], o.Received[wire.TypeTelemetryAck], o.Disconnects, o.Warnings, o.LastWarning, o.Connected)
 			}
 			accounted[i] = true
 			appended += n
