@@ -45,16 +45,24 @@ func watchUp(t testing.TB, f *harness.Fleet) *received {
 	return r
 }
 
-// subscribe runs mosquitto_sub while the fleet publishes to publishTopic
-// every 100 ms, and returns what mosquitto_sub printed.
+// fleetSays is what the fleet publishes to a subscriber under test.
+const fleetSays = "fleet-says-hi"
+
+// subscribe runs mosquitto_sub while the fleet publishes fleetSays to
+// publishTopic every 100 ms, and returns what mosquitto_sub printed once
+// the fleet's message reached it, or once it ended (refused, or after 4 s).
+// The fleet may have other messages for the identity in flight — answers
+// to a device session that just ended (a verdict, a telemetry ack) — so the
+// wait is for the fleet's message, not for the first one; whatever came
+// before it stays in the output.
 func subscribe(t testing.TB, f *harness.Fleet, publishTopic string, args ...string) (string, error) {
 	t.Helper()
 	host, port := hostPort(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "mosquitto_sub", append([]string{"-h", host, "-p", port, "--cafile", f.CACertPath(), "-q", "1", "-C", "1", "-W", "4", "-V", "mqttv311"}, args...)...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd := exec.CommandContext(ctx, "mosquitto_sub", append([]string{"-h", host, "-p", port, "--cafile", f.CACertPath(), "-q", "1", "-W", "4", "-V", "mqttv311"}, args...)...)
+	out := &watchedOutput{want: fleetSays, seen: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -66,10 +74,40 @@ func subscribe(t testing.TB, f *harness.Fleet, publishTopic string, args ...stri
 		select {
 		case err := <-done:
 			return out.String(), err
+		case <-out.seen:
+			cancel()
+			<-done
+			return out.String(), nil
 		case <-tick.C:
-			_ = f.Broker.Publish(publishTopic, []byte("fleet-says-hi"), 1)
+			_ = f.Broker.Publish(publishTopic, []byte(fleetSays), 1)
 		}
 	}
+}
+
+// watchedOutput collects a process's output and closes seen once it
+// contains want.
+type watchedOutput struct {
+	mu   sync.Mutex
+	b    strings.Builder
+	want string
+	seen chan struct{}
+}
+
+func (w *watchedOutput) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	had := strings.Contains(w.b.String(), w.want)
+	w.b.Write(p)
+	if !had && strings.Contains(w.b.String(), w.want) {
+		close(w.seen)
+	}
+	return len(p), nil
+}
+
+func (w *watchedOutput) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }
 
 func publish(t testing.TB, f *harness.Fleet, topic string, args ...string) (string, error) {
@@ -86,9 +124,10 @@ func TestBrokerACL(t *testing.T) {
 	dirB := t.TempDir()
 	b := startDevice(t, f, instB, harness.DeviceConfig{Serial: "SN-B", Dir: dirB})
 	idA, idB := waitConnected(t, a).DeviceID, waitConnected(t, b).DeviceID
-	// B's own sigild would fight the clients below for its client ID, and
-	// its messages (verdicts, acks) reach whichever holds it: stopped, the
-	// clients below speak for B alone.
+	// B's own sigild would fight the clients below for its client ID:
+	// stopped, the clients below speak for B alone. The fleet's answers to
+	// its last messages (a verdict, a telemetry ack) may still be in flight
+	// and reach them; subscribe waits past those.
 	b.Stop()
 	up := watchUp(t, f)
 	certB, keyB := issuedIdentity(t, f, idB)
@@ -98,7 +137,7 @@ func TestBrokerACL(t *testing.T) {
 
 	t.Run("own topics work", func(t *testing.T) {
 		out, err := subscribe(t, f, downB, append(asB, "-t", "sigil/v1/dev/"+idB+"/down/#")...)
-		if err != nil || !strings.Contains(out, "fleet-says-hi") {
+		if err != nil || !strings.Contains(out, fleetSays) {
 			t.Fatalf("B on its own down topic: %v %q", err, out)
 		}
 		if out, err := publish(t, f, upB, asB...); err != nil {
@@ -108,7 +147,7 @@ func TestBrokerACL(t *testing.T) {
 	})
 	t.Run("subscribe to another device", func(t *testing.T) {
 		out, _ := subscribe(t, f, downA, append(asB, "-t", "sigil/v1/dev/"+idA+"/down/#")...)
-		if strings.Contains(out, "fleet-says-hi") {
+		if strings.Contains(out, fleetSays) {
 			t.Fatalf("B received A's messages: %q", out)
 		}
 		if !strings.Contains(strings.ToLower(out), "denied") {
@@ -117,7 +156,7 @@ func TestBrokerACL(t *testing.T) {
 	})
 	t.Run("wildcard over all devices", func(t *testing.T) {
 		out, _ := subscribe(t, f, downA, append(asB, "-t", "sigil/v1/dev/+/down/#")...)
-		if strings.Contains(out, "fleet-says-hi") || !strings.Contains(strings.ToLower(out), "denied") {
+		if strings.Contains(out, fleetSays) || !strings.Contains(strings.ToLower(out), "denied") {
 			t.Fatalf("wildcard subscription: %q", out)
 		}
 	})
@@ -136,7 +175,7 @@ func TestBrokerACL(t *testing.T) {
 	})
 	t.Run("client without certificate", func(t *testing.T) {
 		out, _ := subscribe(t, f, downA, "-i", "e-nocert", "-t", "sigil/v1/dev/"+idA+"/down/#")
-		if strings.Contains(out, "fleet-says-hi") || !strings.Contains(strings.ToLower(out), "denied") {
+		if strings.Contains(out, fleetSays) || !strings.Contains(strings.ToLower(out), "denied") {
 			t.Fatalf("no-cert subscription: %q", out)
 		}
 		publish(t, f, upA, "-i", "e-nocert")
