@@ -255,6 +255,9 @@ func (r *EnrollResult) Validate() error {
 // Retry asks a pending device to send its request again now (it was approved).
 type Retry struct{}
 
+// Validate accepts the empty body.
+func (*Retry) Validate() error { return nil }
+
 // Hello is the first message of an enrolled device on each connection.
 type Hello struct {
 	Model    string `cbor:"1,keyasint"`
