@@ -134,7 +134,7 @@ func (f *renewFleet) Publish(_ context.Context, _ string, payload []byte) error 
 				nonce := make([]byte, 32)
 				rand.Read(nonce)
 				f.down(0, wire.TypeAttestChallenge, &wire.AttestChallenge{Nonce: nonce, Purpose: wire.PurposeRenew,
-					Selections: []wire.PCRSelection{{Hash: 0x000B, PCRs: []int{0, 7}}}})
+					Selections: []wire.PCRSelection{{Hash: wire.AlgSHA256, PCRs: []int{0, 7}}}})
 			}
 		}
 	case wire.TypeRenewRequest:

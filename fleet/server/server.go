@@ -772,7 +772,7 @@ func selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
 		banks = []string{"sha256"}
 	}
 	if len(pcrs) == 0 {
-		pcrs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}
+		pcrs = wire.DefaultPCRs()
 	}
 	var out []wire.PCRSelection
 	for _, b := range banks {

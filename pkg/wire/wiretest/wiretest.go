@@ -76,7 +76,7 @@ func nonce() []byte { return bytes.Repeat([]byte{0x11}, 32) }
 
 // quote is a one-PCR SHA-256 quote with shortened TPM structures.
 func quote() wire.Quote {
-	return wire.Quote{Attest: []byte{1}, Signature: []byte{2}, Hash: 11, PCRs: []int{0}, Values: [][]byte{{3}}}
+	return wire.Quote{Attest: []byte{1}, Signature: []byte{2}, Hash: wire.AlgSHA256, PCRs: []int{0}, Values: [][]byte{{3}}}
 }
 
 // Bodies returns the body vectors: at least one for every registered
@@ -95,17 +95,17 @@ func Bodies() []Vector {
 		{Name: "enroll.challenge/event-log", Type: wire.TypeEnrollChallenge,
 			Note: "asks for the event log (field 7, version 5)",
 			Value: &wire.EnrollChallenge{Session: []byte{1}, CredentialBlob: []byte{2}, EncryptedSecret: []byte{3}, Nonce: []byte{4},
-				Selection: wire.PCRSelection{Hash: 11, PCRs: []int{0}}, Expires: 5, EventLog: true},
+				Selection: wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{0}}, Expires: 5, EventLog: true},
 			Hex: "a7014101024102034103044104" + "05a2010b028100" + "0605" + "07f5"},
 		{Name: "enroll.challenge", Type: wire.TypeEnrollChallenge,
 			Note: "without the event log, field 7 is absent: older devices decode the challenge",
 			Value: &wire.EnrollChallenge{Session: []byte{1}, CredentialBlob: []byte{2}, EncryptedSecret: []byte{3}, Nonce: []byte{4},
-				Selection: wire.PCRSelection{Hash: 11, PCRs: []int{0}}, Expires: 5},
+				Selection: wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{0}}, Expires: 5},
 			Hex: "a6014101024102034103044104" + "05a2010b028100" + "0605"},
 		{Name: "enroll.proof/event-log", Type: wire.TypeEnrollProof,
 			Note: "carries the event log (field 6, version 5); absent when not asked for",
 			Value: &wire.EnrollProof{Session: []byte{1}, Activation: []byte{2}, CertifyInfo: []byte{3}, CertifySig: []byte{4},
-				Quote: wire.Quote{Attest: []byte{5}, Signature: []byte{6}, Hash: 11, PCRs: []int{0}, Values: [][]byte{{7}}}, EventLog: []byte{8}},
+				Quote: wire.Quote{Attest: []byte{5}, Signature: []byte{6}, Hash: wire.AlgSHA256, PCRs: []int{0}, Values: [][]byte{{7}}}, EventLog: []byte{8}},
 			Hex: "a6014101024102034103044104" + "05a5014105024106030b048100058141" + "07" + "064108"},
 		{Name: "enroll.result/active", Type: wire.TypeEnrollResult, Valid: true,
 			Value: &wire.EnrollResult{Status: wire.StatusActive, DeviceID: "dev-1", Certificate: []byte{1}, Chain: [][]byte{{2}},
@@ -125,11 +125,11 @@ func Bodies() []Vector {
 		{Name: "attest.request", Type: wire.TypeAttestRequest, Valid: true,
 			Value: &wire.AttestRequest{Reason: "schedule"}, Hex: "a101687363686564756c65"},
 		{Name: "attest.challenge", Type: wire.TypeAttestChallenge, Valid: true,
-			Value: &wire.AttestChallenge{Nonce: nonce(), Selections: []wire.PCRSelection{{Hash: 11, PCRs: []int{0, 7}}, {Hash: 4, PCRs: []int{0, 7}}},
+			Value: &wire.AttestChallenge{Nonce: nonce(), Selections: []wire.PCRSelection{{Hash: wire.AlgSHA256, PCRs: []int{0, 7}}, {Hash: 4, PCRs: []int{0, 7}}},
 				Expires: 1_700_000_060_000, EventLog: true, IMALog: true},
 			Hex: "a501582011111111111111111111111111111111111111111111111111111111111111110282a2010b02820007a2010402820007031b0000018bcfe6526004f505f5"},
 		{Name: "attest.challenge/renew", Type: wire.TypeAttestChallenge, Valid: true, Note: "a nonce for a renewal (version 3)",
-			Value: &wire.AttestChallenge{Nonce: nonce(), Selections: []wire.PCRSelection{{Hash: 11, PCRs: []int{0}}}, Expires: 1_700_000_060_000,
+			Value: &wire.AttestChallenge{Nonce: nonce(), Selections: []wire.PCRSelection{{Hash: wire.AlgSHA256, PCRs: []int{0}}}, Expires: 1_700_000_060_000,
 				Purpose: wire.PurposeRenew},
 			Hex: "a401582011111111111111111111111111111111111111111111111111111111111111110281a2010b028100031b0000018bcfe65260066572656e6577"},
 		{Name: "attest.evidence", Type: wire.TypeAttestEvidence, Valid: true,
@@ -155,7 +155,7 @@ func Bodies() []Vector {
 			Value: &wire.Rotate{Reason: "operator", Job: "job-1"}, Hex: "a201686f70657261746f7202656a6f622d31"},
 		{Name: "secret.deliver", Type: wire.TypeSecretDeliver, Valid: true, Note: "bound to PCR 7, with a grace period (field 7, version 4)",
 			Value: &wire.SecretDeliver{Name: "disk-key", Version: 2, Public: []byte{1}, Duplicate: []byte{2}, Seed: []byte{3},
-				PCRs: &wire.PCRSelection{Hash: 11, PCRs: []int{7}}, Grace: 3600},
+				PCRs: &wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{7}}, Grace: 3600},
 			Hex: "a701686469736b2d6b6579020203410104410205410306a2010b02810707190e10"},
 		{Name: "secret.ack", Type: wire.TypeSecretAck, Valid: true,
 			Value: &wire.SecretAck{Name: "disk-key", Version: 2, OK: true}, Hex: "a301686469736b2d6b6579020203f5"},
