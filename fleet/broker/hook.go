@@ -148,9 +148,9 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	h.b.authRefusals.Add(1)
 	if id.DeviceID == "" {
-		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client", id.ClientID, "remote", cl.Net.Remote, "error", err)
+		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client", id.ClientID, "remote", cl.Net.Remote, "err", err)
 	} else {
-		h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "error", err)
+		h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "err", err)
 	}
 	h.b.emit(Refused, id, err.Error(), cl.Net.Remote)
 	return false
