@@ -12,7 +12,8 @@ import (
 // uses to the one it uses for the same concept. One key per concept lets an
 // operator query the logs of every component alike (err=..., device_id=...).
 var logKeys = map[string]string{
-	"error": "err", // an error value
+	"error":  "err",       // an error value
+	"device": "device_id", // a device ID
 }
 
 // slogMethods are the names of log/slog's logging functions and methods.

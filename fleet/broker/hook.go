@@ -69,7 +69,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client", id.ClientID, "remote", cl.Net.Remote)
 		b.bootstrapAdmitted(c)
 	} else {
-		b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
+		b.log.Debug("broker: client admitted", "client", id.ClientID, "device_id", id.DeviceID, "remote", cl.Net.Remote)
 	}
 	return true
 }
@@ -150,7 +150,7 @@ func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	if id.DeviceID == "" {
 		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client", id.ClientID, "remote", cl.Net.Remote, "err", err)
 	} else {
-		h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "err", err)
+		h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device_id", id.DeviceID, "remote", cl.Net.Remote, "err", err)
 	}
 	h.b.emit(Refused, id, err.Error(), cl.Net.Remote)
 	return false
@@ -214,10 +214,10 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		}
 	}
 	if write {
-		log(context.Background(), slog.LevelWarn, "broker: publish refused, disconnecting", "client", cl.ID, "device", id.DeviceID, "topic", topic)
+		log(context.Background(), slog.LevelWarn, "broker: publish refused, disconnecting", "client", cl.ID, "device_id", id.DeviceID, "topic", topic)
 		_ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	} else {
-		log(context.Background(), slog.LevelInfo, "broker: subscription refused", "client", cl.ID, "device", id.DeviceID, "filter", topic)
+		log(context.Background(), slog.LevelInfo, "broker: subscription refused", "client", cl.ID, "device_id", id.DeviceID, "filter", topic)
 	}
 	return false
 }

@@ -229,7 +229,7 @@ func (s *Swarm) deviceHandler(i int) slog.Handler {
 	if s.cfg.Logger == nil {
 		return nil
 	}
-	return s.cfg.Logger.With("device", i).Handler()
+	return s.cfg.Logger.With("device_index", i).Handler()
 }
 
 // Devices returns the devices, by index.
