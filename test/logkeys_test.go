@@ -14,6 +14,7 @@ import (
 var logKeys = map[string]string{
 	"error":  "err",       // an error value
 	"device": "device_id", // a device ID
+	"client": "client_id", // an MQTT client ID
 }
 
 // slogMethods are the names of log/slog's logging functions and methods.
