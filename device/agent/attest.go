@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,21 +15,21 @@ import (
 	"slices"
 	"time"
 
-	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // sessionLoop runs while a session is up: it asks for an attestation
 // challenge at once and on its schedule, answers challenges, and renews the
-// certificate at RenewAt of its lifetime or when the fleet asks. It returns
-// true when a renewed certificate arrived and the device should reconnect
-// with it now.
-func (a *Agent) sessionLoop(ctx context.Context, conn *link.Conn, id *state.Identity) bool {
+// certificate at RenewAt of its lifetime or when the fleet asks (renew.go
+// paces the renewals). It returns true when a renewed certificate arrived
+// and the device should reconnect with it now.
+func (a *Agent) sessionLoop(ctx context.Context, conn publisher, id *state.Identity) bool {
 	defer a.sshSession(ctx, conn, id)() // SSH host certificates after passing attestations (ssh.go)
 	a.requestAttestation(ctx, conn, id, "connect")
 	every := time.Duration(a.cfg.AttestInterval)
 	var tick <-chan time.Time // nil: no schedule
+	rn := a.newRenewal()
 	renew := time.NewTimer(a.renewDelay(id))
 	defer renew.Stop()
 	var sched *time.Timer
@@ -43,7 +44,9 @@ func (a *Agent) sessionLoop(ctx context.Context, conn *link.Conn, id *state.Iden
 			return false
 		case ch := <-a.challenges:
 			if ch.Purpose == wire.PurposeRenew {
-				a.sendRenewal(ctx, conn, id, ch)
+				if d, ok := a.answerRenewal(ctx, conn, id, rn, ch); ok {
+					renew.Reset(d)
+				}
 			} else {
 				a.answerChallenge(ctx, conn, id, ch)
 			}
@@ -51,14 +54,18 @@ func (a *Agent) sessionLoop(ctx context.Context, conn *link.Conn, id *state.Iden
 			a.requestAttestation(ctx, conn, id, "schedule")
 			sched.Reset(a.jitter(every))
 		case <-a.rotate:
-			a.startRenewal(ctx, conn, id)
-			renew.Reset(a.renewRetry())
+			if d, ok := a.rotateAsked(ctx, conn, id, rn); ok {
+				renew.Reset(d)
+			}
 		case <-renew.C:
-			a.startRenewal(ctx, conn, id)
-			renew.Reset(a.renewRetry())
+			renew.Reset(a.renewDue(ctx, conn, id, rn))
 		case res := <-a.renewals:
-			if a.acceptRenewal(id, res) {
+			d, renewed, ok := a.renewAnswered(id, rn, res)
+			if renewed {
 				return true
+			}
+			if ok {
+				renew.Reset(d)
 			}
 		case roots := <-a.trust:
 			a.acceptTrustBundle(id, roots)
@@ -135,94 +142,111 @@ func (a *Agent) renewDelay(id *state.Identity) time.Duration {
 	return max(at.Sub(a.now()), time.Second)
 }
 
-// renewRetry is how long to wait for a renewal before trying again.
-func (a *Agent) renewRetry() time.Duration {
-	return a.jitter(max(time.Duration(a.cfg.RetryMax)/2, 5*time.Second))
-}
-
 // startRenewal creates the next transport key (stored before it is used)
 // unless a renewal is already under way, then asks for a renewal nonce.
-func (a *Agent) startRenewal(ctx context.Context, conn *link.Conn, id *state.Identity) {
+// It reports whether it asked.
+func (a *Agent) startRenewal(ctx context.Context, conn publisher, id *state.Identity) bool {
 	if id.Next == nil || len(id.Next.Cert) > 0 {
 		tk, err := a.tpm.CreateTransportKey()
 		if err != nil {
 			a.log.Warn("renewal: creating the new transport key failed", "err", err)
-			return
+			return false
 		}
 		id.Next = &state.Renewal{TK: state.KeyBlob{Public: tk.Public, Private: tk.Private}}
 		if err := a.st.SaveIdentity(id); err != nil {
 			a.log.Warn("renewal: saving the new key failed", "err", err)
-			return
+			return false
 		}
 	}
 	a.log.Info("renewing the certificate")
-	a.requestAttestation(ctx, conn, id, wire.PurposeRenew)
+	return a.requestAttestation(ctx, conn, id, wire.PurposeRenew)
 }
 
 // sendRenewal answers a renewal challenge: fresh evidence, the new key
 // certified by the AK over the same nonce, and a CSR signed by the new key.
-func (a *Agent) sendRenewal(ctx context.Context, conn *link.Conn, id *state.Identity, ch *wire.AttestChallenge) {
+// It reports whether the request was sent.
+func (a *Agent) sendRenewal(ctx context.Context, conn publisher, id *state.Identity, ch *wire.AttestChallenge) bool {
 	if id.Next == nil {
-		return
+		return false
 	}
 	ev := a.evidence(ctx, id, ch)
 	if ev == nil {
-		return
+		return false
 	}
 	tk := blob(id.Next.TK)
 	attest, sig, err := a.tpm.Certify(blob(id.AK), tk, ch.Nonce)
 	if err != nil {
 		a.log.Warn("renewal: certify failed", "err", err)
-		return
+		return false
 	}
 	signer, err := a.tpm.Signer(tk)
 	if err != nil {
 		a.log.Warn("renewal: new key unusable", "err", err)
-		return
+		return false
 	}
 	csr, err := x509.CreateCertificateRequest(a.rand, &x509.CertificateRequest{
 		Subject: pkix.Name{CommonName: id.DeviceID}, SignatureAlgorithm: x509.ECDSAWithSHA256}, signer)
 	if err != nil {
 		a.log.Warn("renewal: CSR failed", "err", err)
-		return
+		return false
 	}
 	req := &wire.RenewRequest{Nonce: ch.Nonce, TKPublic: id.Next.TK.Public, CertifyInfo: attest, CertifySig: sig, CSR: csr, Evidence: *ev}
 	b, err := wire.Encode(wire.TypeRenewRequest, nil, a.now(), req)
 	if err == nil {
 		err = conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "renew"), b)
 	}
-	if err != nil && ctx.Err() == nil {
-		a.log.Warn("renewal: sending the request failed", "err", err)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("renewal: sending the request failed", "err", err)
+		}
+		return false
 	}
+	return true
 }
 
-// acceptRenewal stores a renewed certificate after checking it is for the
-// new key and chains to the trust bundle; it reports whether the device
-// should reconnect with it.
-func (a *Agent) acceptRenewal(id *state.Identity, res *wire.RenewResult) bool {
+// acceptRenewal takes the fleet's answer to a renewal. A certificate is
+// stored after checking it is for the new key and chains to the trust
+// bundle (renewAccepted: the device reconnects with it). A certificate
+// for another key is an answer to an older request (renewStale). A
+// refusal, or a certificate for the new key that does not verify, is
+// renewRefused; after the latter the new key is dropped, so that the next
+// attempt asks for another (the fleet answers the same key with the same
+// certificate).
+func (a *Agent) acceptRenewal(id *state.Identity, res *wire.RenewResult) renewOutcome {
 	if res.Status != wire.StatusActive {
-		a.log.Warn("renewal refused", "reason", res.Reason.String(), "message", res.Message)
+		a.log.Warn("renewal refused", "reason", res.Reason.String(), "message", res.Message, "retry_after", res.RetryAfter)
 		a.setStatus(func(s *Status) { s.LastReason = res.Reason.String() + ": " + res.Message })
-		return false
+		return renewRefused
 	}
-	if id.Next == nil {
-		return false
+	if id.Next == nil || len(id.Next.Cert) > 0 {
+		return renewStale
 	}
 	pub, err := a.tpm.PublicKey(blob(id.Next.TK))
 	if err != nil {
-		return false
+		a.log.Warn("renewal: the new key is unusable", "err", err)
+		return renewRefused
+	}
+	if c, err := x509.ParseCertificate(res.Certificate); err == nil {
+		if k, ok := c.PublicKey.(*ecdsa.PublicKey); !ok || !k.Equal(pub) {
+			a.log.Info("renewal: a certificate for another key arrived (an answer to an older request); ignored")
+			return renewStale
+		}
 	}
 	if err := verifyIssued(res.Certificate, res.Chain, res.TrustBundle, pub, a.now()); err != nil {
-		a.log.Warn("renewal: refusing the issued certificate", "err", err)
-		return false
+		a.log.Warn("renewal: refusing the issued certificate; the next attempt uses a new key", "err", err)
+		id.Next = nil
+		if err := a.st.SaveIdentity(id); err != nil {
+			a.log.Warn("renewal: saving the identity failed", "err", err)
+		}
+		return renewRefused
 	}
 	id.Next.Cert, id.Next.Chain, id.Next.TrustBundle = res.Certificate, res.Chain, res.TrustBundle
 	if err := a.st.SaveIdentity(id); err != nil {
 		a.log.Warn("renewal: saving the certificate failed", "err", err)
-		return false
+		return renewRefused
 	}
 	a.log.Info("renewed certificate received; reconnecting with it")
-	return true
+	return renewAccepted
 }
 
 // jitter spreads d by ±10% so a fleet's devices do not attest in lockstep.
@@ -238,7 +262,9 @@ func (a *Agent) jitter(d time.Duration) time.Duration {
 	return d - d/10 + time.Duration(n.Int64())
 }
 
-func (a *Agent) requestAttestation(ctx context.Context, conn *link.Conn, id *state.Identity, reason string) {
+// requestAttestation asks the fleet for a challenge for reason (a
+// schedule, a connection, wire.PurposeRenew); it reports whether it asked.
+func (a *Agent) requestAttestation(ctx context.Context, conn publisher, id *state.Identity, reason string) bool {
 	b, err := wire.Encode(wire.TypeAttestRequest, nil, a.now(), &wire.AttestRequest{Reason: reason})
 	if err == nil {
 		err = conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "attest"), b)
@@ -246,10 +272,11 @@ func (a *Agent) requestAttestation(ctx context.Context, conn *link.Conn, id *sta
 	if err != nil && ctx.Err() == nil {
 		a.log.Warn("asking for an attestation challenge failed", "err", err)
 	}
+	return err == nil
 }
 
 // answerChallenge sends evidence for a challenge.
-func (a *Agent) answerChallenge(ctx context.Context, conn *link.Conn, id *state.Identity, ch *wire.AttestChallenge) {
+func (a *Agent) answerChallenge(ctx context.Context, conn publisher, id *state.Identity, ch *wire.AttestChallenge) {
 	ev := a.evidence(ctx, id, ch)
 	if ev == nil {
 		return

@@ -54,7 +54,9 @@ type Config struct {
 	// TopicPrefix is the first MQTT topic level. Default "sigil".
 	TopicPrefix string `json:"topic_prefix"`
 	// RetryMin and RetryMax bound the jittered exponential backoff between
-	// attempts to enroll or connect. Defaults 1s and 5m.
+	// attempts to enroll, connect or renew (a refused renewal waits at
+	// least the RetryAfter of the fleet's answer too; an unanswered one is
+	// asked again after RetryMax, at least 2m). Defaults 1s and 5m.
 	RetryMin Duration `json:"retry_min"`
 	RetryMax Duration `json:"retry_max"`
 	// PendingRetry is how often a device waiting for approval asks again

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -49,7 +48,7 @@ const sshAnswerTimeout = 30 * time.Second
 
 // sshSession starts the SSH certificate worker for one session when
 // ssh_host_keys is configured; the returned stop ends it and waits.
-func (a *Agent) sshSession(ctx context.Context, conn *link.Conn, id *state.Identity) (stop func()) {
+func (a *Agent) sshSession(ctx context.Context, conn publisher, id *state.Identity) (stop func()) {
 	if len(a.sshKeys()) == 0 {
 		return func() {}
 	}
@@ -104,7 +103,7 @@ type sshKey struct {
 	pubPath, certPath, line string
 }
 
-func (a *Agent) sshLoop(ctx context.Context, conn *link.Conn, deviceID string, r *sshRun) {
+func (a *Agent) sshLoop(ctx context.Context, conn publisher, deviceID string, r *sshRun) {
 	var (
 		pendingID []byte
 		pending   []sshKey

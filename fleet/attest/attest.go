@@ -163,7 +163,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("attest: Inventory, History, Send and Disconnect are required")
 	}
 	if len(cfg.Selections) == 0 {
-		cfg.Selections = []wire.PCRSelection{{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}}
+		cfg.Selections = []wire.PCRSelection{wire.DefaultSelection()}
 	}
 	if cfg.EventLog == nil {
 		t := true

@@ -58,7 +58,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		// Admitted by every check but without a slot (bootstrap.go): not
 		// a refusal of who it is.
 		b.overCap.Add(1)
-		b.logAnon(slog.LevelInfo, c.src, "broker: bootstrap connection closed: no slot", "client", id.ClientID, "remote", cl.Net.Remote)
+		b.logAnon(slog.LevelInfo, c.src, "broker: bootstrap connection closed: no slot", "client_id", id.ClientID, "remote", cl.Net.Remote)
 		_ = c.Close()
 		return false
 	}
@@ -66,10 +66,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return h.refuse(cl, id, errors.New("disconnected by the fleet during admission"))
 	}
 	if id.Bootstrap() {
-		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client", id.ClientID, "remote", cl.Net.Remote)
+		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client_id", id.ClientID, "remote", cl.Net.Remote)
 		b.bootstrapAdmitted(c)
 	} else {
-		b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
+		b.log.Debug("broker: client admitted", "client_id", id.ClientID, "device_id", id.DeviceID, "remote", cl.Net.Remote)
 	}
 	return true
 }
@@ -148,54 +148,50 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	h.b.authRefusals.Add(1)
 	if id.DeviceID == "" {
-		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client", id.ClientID, "remote", cl.Net.Remote, "error", err)
+		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client_id", id.ClientID, "remote", cl.Net.Remote, "err", err)
 	} else {
-		h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "error", err)
+		h.b.log.Warn("broker: connection refused", "client_id", id.ClientID, "device_id", id.DeviceID, "remote", cl.Net.Remote, "err", err)
 	}
 	h.b.emit(Refused, id, err.Error(), cl.Net.Remote)
 	return false
 }
 
-// takeoverWait bounds how long a new connection waits for the teardown of
-// the previous connection with its client ID.
-const takeoverWait = 10 * time.Second
-
 // OnSessionEstablish runs just before mochi hands an existing session with
-// the same client ID to the new client. The previous connection is closed
-// and its teardown awaited first: mochi's takeover otherwise races that
-// teardown, which, having found its clean session not yet taken over,
-// goes on to delete the client ID from the client table and the topic
-// subscriptions — the new session's by then (a device that reconnects at
-// once, after a renewal or a reboot, had its messages acknowledged yet
-// withheld from the fleet, and got none of the fleet's). A session of
-// another identity is then emptied so that nothing crosses between
-// identities.
+// the same client ID to the new client: a session of another identity is
+// emptied so that nothing crosses between identities. Then the existing
+// connection is closed, and the new one waits until mochi is done with it:
+// mochi's own takeover races the old connection's end (when that
+// connection ends by itself while being taken over, it can delete the new
+// client from mochi's client table by their shared ID, and the new session
+// then neither receives nor delivers to the fleet). With the old
+// connection gone first, mochi finds no live client to take over: a clean
+// session starts afresh, a persistent one is inherited from the detached
+// session as usual.
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	ex, ok := h.b.srv.Clients.Get(cl.ID)
 	if !ok || ex == cl {
 		return
 	}
-	if prev, isConn := ex.Net.Conn.(*conn); isConn {
-		_ = h.b.srv.DisconnectClient(ex, packets.ErrSessionTakenOver)
-		t := time.NewTimer(takeoverWait)
-		select {
-		case <-prev.ended:
-		case <-t.C:
-			h.b.log.Warn("broker: previous connection of a client ID not torn down in time; taking its session over", "client", cl.ID)
-		}
-		t.Stop()
-		if ex, ok = h.b.srv.Clients.Get(cl.ID); !ok || ex == cl {
-			return // a clean session, gone with its connection
-		}
-	}
 	nid, _ := identityOf(cl)
 	eid, ok := identityOf(ex)
-	if ok && eid.DeviceID == nid.DeviceID && eid.Bootstrap() == nid.Bootstrap() {
+	if !ok || eid.DeviceID != nid.DeviceID || eid.Bootstrap() != nid.Bootstrap() {
+		h.b.srv.UnsubscribeClient(ex)
+		ex.ClearInflights()
+		h.b.log.Info("broker: dropped session of another identity", "client_id", cl.ID)
+	}
+	old, ok := ex.Net.Conn.(*conn)
+	if !ok || old.finished == nil {
 		return
 	}
-	h.b.srv.UnsubscribeClient(ex)
-	ex.ClearInflights()
-	h.b.log.Info("broker: dropped session of another identity", "client", cl.ID)
+	_ = h.b.srv.DisconnectClient(ex, packets.ErrSessionTakenOver)
+	_ = old.Close()
+	t := time.NewTimer(h.b.cfg.HandshakeTimeout)
+	defer t.Stop()
+	select {
+	case <-old.finished:
+	case <-t.C:
+		h.b.log.Warn("broker: a taken-over connection did not end in time; mochi takes it over", "client_id", cl.ID)
+	}
 }
 
 // OnACLCheck applies the topic rules. A refused publish disconnects the
@@ -218,10 +214,10 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		}
 	}
 	if write {
-		log(context.Background(), slog.LevelWarn, "broker: publish refused, disconnecting", "client", cl.ID, "device", id.DeviceID, "topic", topic)
+		log(context.Background(), slog.LevelWarn, "broker: publish refused, disconnecting", "client_id", cl.ID, "device_id", id.DeviceID, "topic", topic)
 		_ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	} else {
-		log(context.Background(), slog.LevelInfo, "broker: subscription refused", "client", cl.ID, "device", id.DeviceID, "filter", topic)
+		log(context.Background(), slog.LevelInfo, "broker: subscription refused", "client_id", cl.ID, "device_id", id.DeviceID, "filter", topic)
 	}
 	return false
 }

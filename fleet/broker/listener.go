@@ -100,7 +100,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			}
 			l.b.acceptErrors.Add(1)
 			delay = min(max(2*delay, minDelay), maxDelay)
-			l.log.Warn("broker: accept failed, retrying", "error", err, "delay", delay)
+			l.log.Warn("broker: accept failed, retrying", "err", err, "delay", delay)
 			t := time.NewTimer(delay)
 			select {
 			case <-l.done:
@@ -148,7 +148,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	cancel()
 	if err != nil {
 		b.handshakeFailures.Add(1)
-		b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
+		b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
 		_ = raw.Close()
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) && len(cve.UnverifiedCertificates) > 0 {
@@ -157,7 +157,8 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		}
 		return
 	}
-	c := &conn{Conn: tc, b: b, ended: make(chan struct{})}
+	c := &conn{Conn: tc, b: b, finished: make(chan struct{})}
+	defer close(c.finished)
 	st := tc.ConnectionState()
 	if len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 && b.isClaim(st.VerifiedChains) {
 		c.claim = st.PeerCertificates[0] // a bootstrap client with a claim credential
@@ -184,18 +185,16 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	}
 	// CONNECT must follow promptly; mochi resets the deadline after it.
 	_ = tc.SetDeadline(time.Now().Add(timeout))
-	err = establish(l.id, c)
-	close(c.ended) // mochi is done with the client, its session's teardown included
-	if err != nil {
+	if err := establish(l.id, c); err != nil {
 		var code packets.Code
 		if errors.As(err, &code) && (code.Code == packets.ErrMalformedPacket.Code ||
 			code.Code == packets.ErrProtocolViolation.Code || code.Code == packets.ErrPacketTooLarge.Code) {
 			b.malformedPackets.Add(1)
 		}
 		if c.cert == nil {
-			b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+			b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: connection ended", "remote", raw.RemoteAddr().String(), "err", err)
 		} else {
-			l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+			l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "err", err)
 		}
 	}
 	_ = c.Close()
@@ -252,9 +251,10 @@ type conn struct {
 	inOverflow bool
 	reserved   string // device whose reserved slot this is
 
-	// ended is closed once mochi is done with the connection's client,
-	// its teardown included (hook.OnSessionEstablish waits for it).
-	ended chan struct{}
+	// finished is closed once mochi is done with the connection (its
+	// session detached, or kept for a persistent session): see
+	// hook.OnSessionEstablish.
+	finished chan struct{}
 
 	once     sync.Once
 	mu       sync.Mutex

@@ -61,7 +61,7 @@ func benchCampaign(b *testing.B, reporters int) {
 		}
 		m, err = New(Config{
 			Store:   store,
-			Targets: TargetsFunc(func(context.Context, Selector) ([]string, error) { return ids, nil }),
+			Targets: TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return ids, nil }),
 			Announcer: AnnouncerFunc(func(_ context.Context, a Announcement) error {
 				inflight.Add(1)
 				switch {

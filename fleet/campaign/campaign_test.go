@@ -283,6 +283,47 @@ func TestUnreachableDevice(t *testing.T) {
 	}
 }
 
+// TestIneligibleDeviceFailsAtOnce: a device the Announcer refuses for good
+// (its model is not one the release is built for) fails at once with the
+// reason, counted among the wave's failures, and is never announced
+// again, whatever retries, windows or timeouts follow; Targets resolves
+// for the campaign's release.
+func TestIneligibleDeviceFailsAtOnce(t *testing.T) {
+	e := newEnv(t, 3)
+	d := def(3)
+	d.Retries = 2
+	d.FailureThreshold = 1
+	d.SuccessThreshold = 0.5
+	e.fleet.ineligible["dev-001"] = true
+	id := e.started(d)
+	e.mu.Lock()
+	resolved := e.resolvedFor
+	e.mu.Unlock()
+	if resolved != d.Release {
+		t.Fatalf("targets resolved for release %q, want %q", resolved, d.Release)
+	}
+	wantDevices(t, "first step", e.step(), "dev-000", "dev-002")
+	got := e.device(id, "dev-001")
+	if got.Step != StepFailed || got.Reason != wire.ReasonFirmwareModel || got.Attempts != 0 || !got.RetryAt.IsZero() || !got.Deadline.IsZero() {
+		t.Fatalf("ineligible device: %+v", got)
+	}
+	if c := e.get(id); c.Counts.Failed != 1 || c.Waves[0].Counts.Failed != 1 || c.Counts.Announced != 2 {
+		t.Fatalf("counts with an ineligible device: %+v", c.Counts)
+	}
+	e.commit(id, "dev-000", "dev-002")
+	for range 3 {
+		e.clk.Advance(11 * time.Minute)
+		wantDevices(t, "later steps", e.step())
+	}
+	if n := len(e.fleet.refused); n != 1 {
+		t.Fatalf("the ineligible device was offered the release %d times, want 1", n)
+	}
+	if c := e.get(id); c.State != StateCompleted || c.Counts.Committed != 2 || c.Counts.Failed != 1 {
+		t.Fatalf("campaign: %s %+v", c.State, c.Counts)
+	}
+	e.recount(id)
+}
+
 // Announcements wait for a maintenance window: 02:00–04:00 in Berlin
 // (UTC+1 in March before the switch to summer time).
 func TestMaintenanceWindowHoldsAnnouncements(t *testing.T) {

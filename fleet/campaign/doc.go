@@ -2,7 +2,8 @@
 // campaigns that stop themselves.
 //
 // A Definition names the release, the target devices (a Selector that
-// Targets resolves), how the devices are split into waves (a canary and a
+// Targets resolves, for the release: the fleet decides which devices it
+// is for), how the devices are split into waves (a canary and a
 // growth factor, or explicit sizes), the share of a wave that must commit
 // before the next opens, the share that may fail before the campaign
 // pauses or aborts itself, a per-device timeout, maintenance windows, the
@@ -20,10 +21,12 @@
 // The engine (Run) steps every Config.Tick: it times out devices whose
 // deadline passed (a device never stays in flight forever), starts
 // scheduled campaigns, and inside a maintenance window announces the next
-// devices of the open wave through the Announcer. Devices report their
-// steps through Report; a report that makes a wave fail beyond its
-// threshold pauses or aborts the campaign in the same transaction, so no
-// further device is announced after it.
+// devices of the open wave through the Announcer. A device the Announcer
+// refuses for good (IneligibleError: the release is not for it) fails at
+// once with the reason given; one it could not reach is tried again.
+// Devices report their steps through Report; a report that makes a wave
+// fail beyond its threshold pauses or aborts the campaign in the same
+// transaction, so no further device is announced after it.
 //
 // # Persistence
 //

@@ -38,17 +38,23 @@ func (c *clock) Set(t time.Time) {
 	c.t = t
 }
 
-// fakeFleet records announcements and refuses those to unreachable
-// devices.
+// fakeFleet records announcements, refuses those to unreachable devices
+// for now and those to ineligible ones for good.
 type fakeFleet struct {
 	mu          sync.Mutex
 	log         []Announcement
 	unreachable map[string]bool
+	ineligible  map[string]bool
+	refused     []Announcement // to ineligible devices
 }
 
 func (f *fakeFleet) Announce(_ context.Context, a Announcement) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.ineligible[a.Device] {
+		f.refused = append(f.refused, a)
+		return fmt.Errorf("fleet: %w", &IneligibleError{Reason: wire.ReasonFirmwareModel, Message: "model gw-2 is not gw-1"})
+	}
 	if f.unreachable[a.Device] {
 		return errors.New("not connected")
 	}
@@ -86,6 +92,8 @@ type env struct {
 
 	mu    sync.Mutex
 	audit []AuditEvent
+
+	resolvedFor string // the release of Targets' last call (under mu)
 }
 
 // start is a Monday, 12:00 UTC.
@@ -94,7 +102,7 @@ var start = time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC)
 func newEnv(t testing.TB, n int) *env {
 	t.Helper()
 	e := &env{t: t, path: filepath.Join(t.TempDir(), "campaigns.db"), clk: &clock{t: start},
-		fleet: &fakeFleet{unreachable: map[string]bool{}}}
+		fleet: &fakeFleet{unreachable: map[string]bool{}, ineligible: map[string]bool{}}}
 	for i := range n {
 		e.fleetT = append(e.fleetT, fmt.Sprintf("dev-%03d", i))
 	}
@@ -112,7 +120,10 @@ func (e *env) open() {
 	e.store = s
 	m, err := New(Config{
 		Store: s,
-		Targets: TargetsFunc(func(_ context.Context, sel Selector) ([]string, error) {
+		Targets: TargetsFunc(func(_ context.Context, release string, sel Selector) ([]string, error) {
+			e.mu.Lock()
+			e.resolvedFor = release
+			e.mu.Unlock()
 			if len(sel.DeviceIDs) > 0 {
 				return sel.DeviceIDs, nil
 			}

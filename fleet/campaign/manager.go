@@ -19,18 +19,21 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// Targets resolves a selector to device IDs, in an order that is the same
-// each time for the same fleet (the order devices are put in waves).
+// Targets resolves a selector to the IDs of the devices it selects that
+// may run release (the fleet's own knowledge decides: the model it
+// assigned the device among those the release is built for), in an order
+// that is the same each time for the same fleet (the order devices are
+// put in waves).
 type Targets interface {
-	Resolve(ctx context.Context, sel Selector) ([]string, error)
+	Resolve(ctx context.Context, release string, sel Selector) ([]string, error)
 }
 
 // TargetsFunc adapts a function to Targets.
-type TargetsFunc func(ctx context.Context, sel Selector) ([]string, error)
+type TargetsFunc func(ctx context.Context, release string, sel Selector) ([]string, error)
 
 // Resolve calls f.
-func (f TargetsFunc) Resolve(ctx context.Context, sel Selector) ([]string, error) {
-	return f(ctx, sel)
+func (f TargetsFunc) Resolve(ctx context.Context, release string, sel Selector) ([]string, error) {
+	return f(ctx, release, sel)
 }
 
 // Announcement is a release announcement for one device.
@@ -42,9 +45,26 @@ type Announcement struct {
 }
 
 // Announcer queues a release announcement for a device. An error means
-// the announcement was not queued; the device is tried again later.
+// the announcement was not queued: the device is tried again later, unless
+// the error is an *IneligibleError (the device must not get the release:
+// it fails at once).
 type Announcer interface {
 	Announce(ctx context.Context, a Announcement) error
+}
+
+// IneligibleError is an Announcer's refusal of a device that must not get
+// the release at all, say because its model is not one the release is
+// built for (it changed since the campaign was created, or a rollback
+// campaign took it along). The device fails at once with Reason (a wire
+// reason code, 70–77), whatever retries are left, and is never announced
+// again.
+type IneligibleError struct {
+	Reason  wire.Reason
+	Message string // why, for people
+}
+
+func (e *IneligibleError) Error() string {
+	return fmt.Sprintf("campaign: device may not get the release: %s: %s", e.Reason, e.Message)
 }
 
 // AnnouncerFunc adapts a function to Announcer.
@@ -114,8 +134,8 @@ var (
 	ErrNotTarget = errors.New("campaign: device is not a target of the campaign")
 	// ErrState: the action is not possible in the campaign's state.
 	ErrState = errors.New("campaign: not possible in this state")
-	// ErrNoTargets: the selector matched no device, or no device
-	// committed the campaign to roll back.
+	// ErrNoTargets: the selector matched no device the release is for,
+	// or no device committed the campaign to roll back.
 	ErrNoTargets = errors.New("campaign: no target devices")
 	// ErrInvalidReport: a device report is malformed (an unknown step, a
 	// bad ID or version).
@@ -283,7 +303,7 @@ func (m *Manager) create(ctx context.Context, def Definition, ids []string, acto
 		return "", err
 	}
 	if ids == nil {
-		if ids, err = m.cfg.Targets.Resolve(ctx, c.def.Targets); err != nil {
+		if ids, err = m.cfg.Targets.Resolve(ctx, c.def.Release, c.def.Targets); err != nil {
 			return "", fmt.Errorf("campaign: resolving targets: %w", err)
 		}
 		if ids, err = cleanTargets(ids); err != nil {
@@ -748,21 +768,35 @@ func (m *Manager) stepCampaign(ctx context.Context, id string) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	var failed []Announcement
+	var failed []undone
 	for i, a := range batch {
 		if ctx.Err() != nil {
-			failed = append(failed, batch[i:]...)
+			for _, a := range batch[i:] {
+				failed = append(failed, undone{a: a})
+			}
 			break
 		}
-		if err := m.cfg.Announcer.Announce(ctx, a); err != nil {
+		err := m.cfg.Announcer.Announce(ctx, a)
+		if ie, ok := errors.AsType[*IneligibleError](err); ok {
+			m.log.Warn("device may not get the release; failed", "campaign", id, "device_id", a.Device, "release", a.Release,
+				"reason", ie.Reason.String(), "why", ie.Message)
+			failed = append(failed, undone{a: a, ineligible: ie})
+		} else if err != nil {
 			m.log.Info("announcement not queued", "campaign", id, "device_id", a.Device, "err", err)
-			failed = append(failed, a)
+			failed = append(failed, undone{a: a})
 		}
 	}
 	if len(failed) == 0 {
 		return nil
 	}
 	return m.unannounce(id, failed)
+}
+
+// undone is an announcement the Announcer did not queue: to be tried
+// again, or refused for good when ineligible is set.
+type undone struct {
+	a          Announcement
+	ineligible *IneligibleError
 }
 
 // announce marks up to limit devices announced, within MaxInFlight:
@@ -827,8 +861,9 @@ func (t *txc) announce(now time.Time, limit int) ([]Announcement, error) {
 
 // unannounce puts back devices whose announcement was not queued: they
 // are tried again after AnnounceRetry, or time out once they have been
-// unreachable for the device timeout.
-func (m *Manager) unannounce(id string, failed []Announcement) error {
+// unreachable for the device timeout; a device the Announcer refused for
+// good fails with its reason.
+func (m *Manager) unannounce(id string, failed []undone) error {
 	now := m.cfg.Now().UTC()
 	var events []event
 	err := m.store.db.Update(func(tx *bolt.Tx) error {
@@ -836,7 +871,8 @@ func (m *Manager) unannounce(id string, failed []Announcement) error {
 		if err != nil {
 			return err
 		}
-		for _, a := range failed {
+		for _, u := range failed {
+			a := u.a
 			d, err := t.dev(a.Device)
 			if err != nil {
 				return err
@@ -849,13 +885,17 @@ func (m *Manager) unannounce(id string, failed []Announcement) error {
 			}
 			d.Deadline, d.Updated = 0, now
 			d.Attempts--
-			if d.Unreachable.IsZero() {
+			if d.Unreachable.IsZero() && u.ineligible == nil {
 				d.Unreachable = now
 			}
-			if now.Sub(d.Unreachable) >= t.c.timeout {
+			switch {
+			case u.ineligible != nil:
+				d.Reason = u.ineligible.Reason
+				err = t.move(d, StepFailed)
+			case now.Sub(d.Unreachable) >= t.c.timeout:
 				d.Reason = wire.ReasonFirmwareTimeout
 				err = t.move(d, StepTimedOut)
-			} else {
+			default:
 				err = t.wait(a.Device, d, now.Add(m.cfg.AnnounceRetry))
 			}
 			if err != nil {

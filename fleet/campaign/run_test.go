@@ -22,7 +22,7 @@ func TestRunTimesOutSilentDevice(t *testing.T) {
 		fleet := &fakeFleet{}
 		m, err := New(Config{
 			Store:     store,
-			Targets:   TargetsFunc(func(context.Context, Selector) ([]string, error) { return []string{"dev-a", "dev-b"}, nil }),
+			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return []string{"dev-a", "dev-b"}, nil }),
 			Announcer: fleet,
 		})
 		if err != nil {

@@ -122,7 +122,7 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 	must(err)
 	t.Cleanup(func() { cstore.Close() })
 	ff.campaigns, err = campaign.New(campaign.Config{Store: cstore, Now: now, Tick: 5 * time.Millisecond,
-		Targets: campaign.TargetsFunc(func(_ context.Context, sel campaign.Selector) ([]string, error) { return resolve(inv, sel) }),
+		Targets: campaign.TargetsFunc(func(_ context.Context, _ string, sel campaign.Selector) ([]string, error) { return resolve(inv, sel) }),
 		Announcer: campaign.AnnouncerFunc(func(_ context.Context, a campaign.Announcement) error {
 			select {
 			case ff.announced <- a:

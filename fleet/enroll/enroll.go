@@ -203,7 +203,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("enroll: CA, Inventory, Trust and Send are required")
 	}
 	if len(cfg.Selection.PCRs) == 0 {
-		cfg.Selection = wire.PCRSelection{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}
+		cfg.Selection = wire.DefaultSelection()
 	}
 	if cfg.ChallengeTTL == 0 {
 		cfg.ChallengeTTL = time.Minute

@@ -252,20 +252,56 @@ func (s *Store) RevokeDevice(id string, reason int) (*Device, []string, error) {
 // that switched to a renewed certificate never goes back to an older one
 // (sigild forgets its key). Certificates issued after serial stay
 // admitted: a renewal the device has not switched to yet (it reconnected
-// with the certificate it holds), or a second certificate issued for the
-// same new key when the device asked again while the first answer was on
-// its way (a loaded fleet; the device keeps the first it receives). A
-// serial the device does not hold revokes nothing. It returns what it
-// revoked.
+// with the certificate it holds). A serial the device does not hold
+// revokes nothing. It returns what it revoked.
+//
+// It is called on every connection with a certificate, so it is cheap
+// when there is nothing to do: a read finds nothing to revoke and nothing
+// is written. The write, when there is one, is group-committed with the
+// other device writes (Update): the devices that reconnect together after
+// a forced re-key share transactions and fsyncs.
 func (s *Store) RevokeSuperseded(id, serial string) ([]string, error) {
-	var revoked []string
 	now := s.opts.now()
-	err := s.transition(id, func(d *Device) error {
-		revoked = d.RevokeBefore(serial, ReasonSuperseded, now)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		d, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		if len(d.RevokeBefore(serial, ReasonSuperseded, now)) == 0 { // on the copy just read
+			return errNothingToDo
+		}
 		return nil
 	})
-	return revoked, err
+	if errors.Is(err, errNothingToDo) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var revoked []string
+	err = s.w.Write(func(tx *bolt.Tx) error {
+		revoked = nil // a batch may run this again
+		d, err := getDevice(tx, id)
+		if err != nil {
+			return err
+		}
+		prev := d.snapshot()
+		if revoked = d.RevokeBefore(serial, ReasonSuperseded, now); len(revoked) == 0 {
+			return nil // another connection revoked them meanwhile
+		}
+		if err := validDevice(d); err != nil {
+			return err
+		}
+		return putDevice(tx, &prev, d, now)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return revoked, nil
 }
+
+// errNothingToDo ends a read that found nothing to write.
+var errNothingToDo = errors.New("inventory: nothing to do")
 
 // transition applies fn to device id and writes it, in one transaction of
 // its own (not shared by group commit: fn runs once and its results are

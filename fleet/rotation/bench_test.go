@@ -55,11 +55,15 @@ func (r *replayRand) Read(p []byte) (int, error) { return r.r.Read(p) }
 
 const benchDevice = "0123456789abcdef0123456789abcdef"
 
-// recording is one genuine renewal request and what the crypto floor needs.
+// recording is genuine renewal requests and what the crypto floor needs.
 type recording struct {
 	akPublic []byte
-	req      wire.RenewRequest
-	sels     []wire.PCRSelection
+	// reqs are renewals for two new keys over the same nonce: a renewal
+	// for the key the device's current certificate certifies is answered
+	// with that certificate, so renewals that should each issue one
+	// alternate keys.
+	reqs [2]wire.RenewRequest
+	sels []wire.PCRSelection
 }
 
 var (
@@ -78,9 +82,9 @@ func record(tb testing.TB) *recording {
 	return recorded
 }
 
-// newRecording records a renewal: a throwaway fleet issues the renewal
-// challenge, the simulator answers it as sigild's sendRenewal does, and
-// the fleet must accept the answer.
+// newRecording records renewals: a throwaway fleet issues the renewal
+// challenge, the simulator answers it as sigild's sendRenewal does, for
+// each of two new keys, and the fleet must accept each answer.
 func newRecording(dir string) (*recording, error) {
 	t, err := tpm.Open("sim://")
 	if err != nil {
@@ -88,10 +92,6 @@ func newRecording(dir string) (*recording, error) {
 	}
 	defer t.Close() // the TPM is gone before any benchmark loop runs
 	ak, err := t.CreateAK()
-	if err != nil {
-		return nil, err
-	}
-	tk, err := t.CreateTransportKey()
 	if err != nil {
 		return nil, err
 	}
@@ -114,23 +114,35 @@ func newRecording(dir string) (*recording, error) {
 		}
 		ev.Quotes = append(ev.Quotes, *q)
 	}
-	certInfo, sig, err := t.Certify(ak, tk, ch.Nonce)
-	if err != nil {
-		return nil, err
-	}
-	signer, err := t.Signer(tk)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: benchDevice}, SignatureAlgorithm: x509.ECDSAWithSHA256}, signer)
-	if err != nil {
-		return nil, err
-	}
-	rec.req = wire.RenewRequest{Nonce: ch.Nonce, TKPublic: tk.Public, CertifyInfo: certInfo, CertifySig: sig, CSR: csr, Evidence: ev}
 	rec.sels = ch.Selections
-	if err := h.renew(encode(wire.TypeRenewRequest, &rec.req)); err != nil {
-		return nil, fmt.Errorf("recorded renewal refused: %w", err)
+	for i := range rec.reqs {
+		tk, err := t.CreateTransportKey()
+		if err != nil {
+			return nil, err
+		}
+		certInfo, sig, err := t.Certify(ak, tk, ch.Nonce)
+		if err != nil {
+			return nil, err
+		}
+		signer, err := t.Signer(tk)
+		if err != nil {
+			return nil, err
+		}
+		csr, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{
+			Subject: pkix.Name{CommonName: benchDevice}, SignatureAlgorithm: x509.ECDSAWithSHA256}, signer)
+		if err != nil {
+			return nil, err
+		}
+		rec.reqs[i] = wire.RenewRequest{Nonce: ch.Nonce, TKPublic: tk.Public, CertifyInfo: certInfo, CertifySig: sig, CSR: csr, Evidence: ev}
+		if i > 0 {
+			h.rand.rewind()
+			if _, err := h.challenge(); err != nil {
+				return nil, err
+			}
+		}
+		if err := h.renew(encode(wire.TypeRenewRequest, &rec.reqs[i])); err != nil {
+			return nil, fmt.Errorf("recorded renewal %d refused: %w", i, err)
+		}
 	}
 	return rec, nil
 }
@@ -271,11 +283,12 @@ func encode(typ string, body any) []byte {
 	return b
 }
 
-// messages pre-encodes n renewal requests (fresh message IDs).
+// messages pre-encodes n renewal requests (fresh message IDs), the keys
+// alternating, so that each issues a certificate.
 func (rec *recording) messages(n int) [][]byte {
 	out := make([][]byte, n)
 	for i := range out {
-		out[i] = encode(wire.TypeRenewRequest, &rec.req)
+		out[i] = encode(wire.TypeRenewRequest, &rec.reqs[i%2])
 	}
 	return out
 }
@@ -344,7 +357,7 @@ func newFloor(b *testing.B, rec *recording) *floor {
 	if err != nil {
 		b.Fatal(err)
 	}
-	tk, err := verifier.VerifyTransportKeyPublic(rec.req.TKPublic)
+	tk, err := verifier.VerifyTransportKeyPublic(rec.reqs[0].TKPublic)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -356,7 +369,7 @@ func newFloor(b *testing.B, rec *recording) *floor {
 }
 
 func (f *floor) run() error {
-	req := &f.rec.req
+	req := &f.rec.reqs[0]
 	for i, sel := range f.rec.sels {
 		if _, err := verifier.VerifyQuote(f.ak, req.Nonce, sel, &req.Evidence.Quotes[i]); err != nil {
 			return err
@@ -524,8 +537,9 @@ func BenchmarkBoltWrite(b *testing.B) {
 }
 
 // TestRecordingRenews checks the premise of the benchmarks in a normal
-// test run: the recorded request renews under a rewound Rand, again and
-// again, and is refused for a nonce the fleet did not issue.
+// test run: the recorded requests, keys alternating, renew under a rewound
+// Rand, again and again, and are refused for a nonce the fleet did not
+// issue.
 func TestRecordingRenews(t *testing.T) {
 	if testing.Short() {
 		t.Skip("records evidence with the TPM simulator")
@@ -538,7 +552,7 @@ func TestRecordingRenews(t *testing.T) {
 	defer h.close()
 	serials := map[string]bool{}
 	for i := range 3 {
-		if err := h.renewal(encode(wire.TypeRenewRequest, &rec.req)); err != nil {
+		if err := h.renewal(encode(wire.TypeRenewRequest, &rec.reqs[i%2])); err != nil {
 			t.Fatalf("renewal %d: %v", i, err)
 		}
 		d, err := h.inv.Device(benchDevice)
@@ -552,7 +566,7 @@ func TestRecordingRenews(t *testing.T) {
 	}
 	// Without a fresh challenge the nonce was consumed: refused.
 	var re *refusedError
-	if err := h.renew(encode(wire.TypeRenewRequest, &rec.req)); !errors.As(err, &re) || re.res.Reason != wire.ReasonNonceInvalid {
+	if err := h.renew(encode(wire.TypeRenewRequest, &rec.reqs[0])); !errors.As(err, &re) || re.res.Reason != wire.ReasonNonceInvalid {
 		t.Fatalf("a renewal without an issued nonce: %v, want refused with %v", err, wire.ReasonNonceInvalid)
 	}
 }

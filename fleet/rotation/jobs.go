@@ -617,7 +617,10 @@ func (j *Jobs) reachable(deviceID string, now time.Time) error {
 	if !move {
 		return nil
 	}
-	return j.db.Update(func(tx *bolt.Tx) error {
+	// Devices reconnect together (a restarted fleet, a broker that came
+	// back): their writes share a transaction. The function reads what it
+	// changes, so a batch may run it again.
+	return j.w.Write(func(tx *bolt.Tx) error {
 		for id := range in {
 			devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
 			if devs == nil || queue == nil {

@@ -14,14 +14,20 @@
 // that checks again that the device is active: a quarantine that committed
 // first refuses the renewal (the certificate, never recorded, is refused
 // by the broker), and one that commits after revokes it with the others.
-// The previous certificate stays valid until the device connects with the
-// new one (so a crash never leaves it without a working identity); then
-// every certificate the renewals replaced is revoked as superseded.
+// A renewal is idempotent per key: one for a key the device's current
+// certificate already certifies (the device asked again while the first
+// answer was slow or lost) passes the same checks and is answered with
+// that certificate; no second one is issued. The previous certificate
+// stays valid until the device connects with the new one (so a crash
+// never leaves it without a working identity); then every certificate the
+// renewals replaced is revoked as superseded.
 package rotation
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/hmac"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -195,12 +201,20 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	if _, err := verifier.VerifyCSR(req.CSR, ck); err != nil {
 		return nil, err
 	}
+	// Read again: the device may have been quarantined or revoked while
+	// its evidence was judged.
+	if cur, err := s.cfg.Inventory.Device(deviceID); err == nil {
+		if prior := s.issuedFor(cur, ck.Key); prior != nil {
+			return s.again(deviceID, prior), nil
+		}
+	}
 	cert, err := s.cfg.CA.IssueDevice(deviceID, ck.Key, s.cfg.Lifetime)
 	if err != nil {
 		return nil, err
 	}
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	var old string
+	var prior *x509.Certificate
 	err = s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
 		// Checked in the transaction that records the serial: a quarantine
 		// or a revocation of the device (every unexpired certificate,
@@ -212,6 +226,11 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 		if d.IsRevoked(d.CertSerial) {
 			return wire.Refuse(wire.ReasonRevoked, "the device's certificates were revoked; enroll again", nil)
 		}
+		// A renewal for the same key that committed since this one
+		// started: its certificate is the answer, this one is dropped.
+		if prior = s.issuedFor(d, ck.Key); prior != nil {
+			return errIssued
+		}
 		if err := d.CanIssue(s.cfg.Now()); err != nil {
 			return wire.Refuse(wire.ReasonRateLimited, "too many certificates outstanding; renew once older ones expired", err)
 		}
@@ -219,6 +238,9 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 		d.IssuedCertificate(cert)
 		return nil
 	})
+	if errors.Is(err, errIssued) {
+		return s.again(deviceID, prior), nil
+	}
 	if err != nil {
 		s.log.Warn("renewal not recorded; its certificate is never admitted", "device_id", deviceID, "cert_serial", serial, "err", err)
 		return nil, err
@@ -236,6 +258,43 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 		s.log.Info("rotation job done", "job", id)
 	}
 	return &wire.RenewResult{Status: wire.StatusActive, Certificate: cert.Raw, TrustBundle: s.cfg.CA.TrustBundle()}, nil
+}
+
+// errIssued aborts the transaction of a renewal whose key got its
+// certificate meanwhile.
+var errIssued = errors.New("rotation: a certificate for this key was issued meanwhile")
+
+// issuedFor returns the certificate d holds for key if it is still
+// current, else nil. A renewal is idempotent per key: a device that asks
+// again for the key it asked for before (its answer was slow or lost) gets
+// the certificate already issued for it, never a second one. Current
+// means: d's current certificate, whose DER the fleet kept, for key,
+// admitted (recorded, neither revoked nor expired), and issued by the
+// active CA generation; and d is active.
+func (s *Service) issuedFor(d *inventory.Device, key *ecdsa.PublicKey) *x509.Certificate {
+	now := s.cfg.Now()
+	if d.State != inventory.StateActive || len(d.CertDER) == 0 || !d.Admits(d.CertSerial, now) {
+		return nil
+	}
+	c, err := x509.ParseCertificate(d.CertDER)
+	if err != nil || hex.EncodeToString(c.SerialNumber.Bytes()) != d.CertSerial {
+		return nil
+	}
+	if pub, ok := c.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key) {
+		return nil
+	}
+	if c.CheckSignatureFrom(s.cfg.CA.Certificate()) != nil {
+		return nil // from a generation a CA rotation is retiring: issue anew
+	}
+	return c
+}
+
+// again answers a renewal for a key that already has its certificate
+// with that certificate. Nothing is recorded: the first answer did that.
+func (s *Service) again(deviceID string, c *x509.Certificate) *wire.RenewResult {
+	s.log.Info("renewal repeated for a key already certified; answering with its certificate", "device_id", deviceID,
+		"cert_serial", hex.EncodeToString(c.SerialNumber.Bytes()))
+	return &wire.RenewResult{Status: wire.StatusActive, Certificate: c.Raw, TrustBundle: s.cfg.CA.TrustBundle()}
 }
 
 // Connected is called when a device connects with a certificate: every

@@ -376,10 +376,16 @@ func (f *firmwareService) authorizeDownload(r *http.Request, digest string) erro
 }
 
 // resolve is the campaigns' Targets: the active devices a selector
-// matches, in device ID order (explicit device IDs in their given order).
-func (f *firmwareService) resolve(_ context.Context, sel campaign.Selector) ([]string, error) {
+// matches that release is built for (builtFor), in device ID order
+// (explicit device IDs in their given order).
+func (f *firmwareService) resolve(_ context.Context, release string, sel campaign.Selector) ([]string, error) {
+	r, err := f.store.Release(release)
+	if err != nil {
+		return nil, err
+	}
 	match := func(d *inventory.Device) bool {
-		return d.State == inventory.StateActive && (sel.Model == "" || d.Model == sel.Model) && (sel.Group == "" || d.Group == sel.Group) && d.HasTags(sel.Tags)
+		return d.State == inventory.StateActive && builtFor(r, d) && (sel.Model == "" || d.Model == sel.Model) &&
+			(sel.Group == "" || d.Group == sel.Group) && d.HasTags(sel.Tags)
 	}
 	var out []string
 	if len(sel.DeviceIDs) > 0 {
@@ -415,13 +421,48 @@ func (f *firmwareService) resolve(_ context.Context, sel campaign.Selector) ([]s
 	}
 }
 
+// builtFor reports whether release r is for device d: the model the fleet
+// assigned d is among the models of r's manifest. A device the fleet
+// assigned no model (enrolled by its EK certificate, until an operator
+// assigns one) gets no release: the model a device claims decides nothing,
+// and the attestation policies prepared for a release (preparePolicies)
+// are per manifest model.
+func builtFor(r *firmware.Release, d *inventory.Device) bool {
+	return d.Model != "" && slices.Contains(r.Manifest.Models, d.Model)
+}
+
+// eligible checks, at announce time, that release r is for device id (its
+// model may have changed since the campaign resolved it, and a rollback
+// campaign takes the devices that committed another release): an
+// *campaign.IneligibleError (wire.ReasonFirmwareModel) if not, which fails
+// the device for good.
+func (f *firmwareService) eligible(id string, r *firmware.Release) error {
+	d, err := f.inv.Device(id)
+	if err != nil {
+		return err
+	}
+	if !builtFor(r, d) {
+		model := d.Model
+		if model == "" {
+			model = "none (assign the device a model)"
+		}
+		return &campaign.IneligibleError{Reason: wire.ReasonFirmwareModel,
+			Message: fmt.Sprintf("the fleet's model of the device, %s, is not one the release is built for (%s)", model, strings.Join(r.Manifest.Models, ", "))}
+	}
+	return nil
+}
+
 // announce is the campaigns' Announcer: it publishes firmware.announce to
-// the device, only for a release that may be offered now. A device without
-// a session misses it and gets it again when it says hello; one that stays
-// away times out and counts as failed.
+// the device, only for a release that may be offered now and is built for
+// the device's model (eligible). A device without a session misses it and
+// gets it again when it says hello; one that stays away times out and
+// counts as failed.
 func (f *firmwareService) announce(_ context.Context, a campaign.Announcement) error {
 	r, err := f.store.Offerable(a.Release, f.now())
 	if err != nil {
+		return err
+	}
+	if err := f.eligible(a.Device, r); err != nil {
 		return err
 	}
 	return f.sendAnnounce(a.Device, a.Campaign, r)
@@ -535,6 +576,17 @@ func (f *firmwareService) hello(deviceID string) {
 	}
 	for _, a := range as {
 		r, err := f.store.Offerable(a.Release, f.now())
+		if err == nil && a.Step == campaign.StepAnnounced {
+			err = f.eligible(deviceID, r)
+		}
+		if ie, ok := errors.AsType[*campaign.IneligibleError](err); ok {
+			// Its model changed since the announcement, before it started:
+			// the fleet fails it on its behalf.
+			f.campaigns.Submit(campaign.DeviceReport{DeviceID: deviceID, Campaign: a.Campaign, Step: campaign.StepFailed,
+				Reason: ie.Reason, At: f.now()}, nil)
+			f.log.Warn("device may no longer get the release; failed", "device_id", deviceID, "campaign", a.Campaign, "why", ie.Message)
+			continue
+		}
 		if err == nil {
 			err = f.sendAnnounce(deviceID, a.Campaign, r)
 		}

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -412,14 +414,50 @@ func TestStepOf(t *testing.T) {
 	}
 }
 
-// TestCampaignTargetsByTags: a campaign's tag selector matches the active
-// devices carrying every tag, together with model and group.
-func TestCampaignTargetsByTags(t *testing.T) {
+// testRelease uploads and approves a release for models, signed by k.
+func testRelease(t *testing.T, f *firmwareService, k testKey, version string, models ...string) *firmware.Release {
+	t.Helper()
+	img := []byte("image " + version)
+	m := &manifest.Manifest{Name: "gw-os", Version: version, SecurityVersion: 2, Models: models,
+		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
+	raw, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := k.signer.Sign(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, bytes.NewReader(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err = f.store.Approve(ctx, "bo", r.ID); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// testInventory opens an inventory for f.
+func testInventory(t *testing.T, f *firmwareService) *inventory.Store {
+	t.Helper()
 	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer inv.Close()
+	t.Cleanup(func() { inv.Close() })
+	f.inv = inv
+	return inv
+}
+
+// TestCampaignTargetsByTags: a campaign's tag selector matches the active
+// devices carrying every tag, together with model and group.
+func TestCampaignTargetsByTags(t *testing.T) {
+	k := newTestKeys(t, 1)
+	f := newTestService(t, k...)
+	inv := testInventory(t, f)
+	rel := testRelease(t, f, k[0], "2.0.0", "gw-1", "gw-2")
 	put := func(id, model string, state inventory.State, tags ...string) {
 		if err := inv.PutDevice(&inventory.Device{ID: id, Model: model, State: state, Tags: tags}); err != nil {
 			t.Fatal(err)
@@ -432,7 +470,6 @@ func TestCampaignTargetsByTags(t *testing.T) {
 	if err := inv.PutDevice(&inventory.Device{ID: "e", State: inventory.StateActive, Tags: []string{"Bad Tag"}}); err == nil {
 		t.Fatal("an invalid tag was stored")
 	}
-	f := &firmwareService{inv: inv}
 	for _, tc := range []struct {
 		sel  campaign.Selector
 		want []string
@@ -442,9 +479,164 @@ func TestCampaignTargetsByTags(t *testing.T) {
 		{campaign.Selector{Model: "gw-1", Tags: []string{"canary"}}, []string{"a"}},
 		{campaign.Selector{Tags: []string{"nowhere"}}, nil},
 	} {
-		got, err := f.resolve(context.Background(), tc.sel)
+		got, err := f.resolve(context.Background(), rel.ID, tc.sel)
 		if err != nil || !slices.Equal(got, tc.want) {
 			t.Errorf("%+v: %v %v, want %v", tc.sel, got, err, tc.want)
 		}
+	}
+}
+
+// TestCampaignTargetsByFleetModel: a campaign targets only devices whose
+// model, as the fleet assigned it, is among the release's manifest
+// models, whatever the selector (all, a group, a model, explicit IDs): a
+// device of another model, or one enrolled by its EK certificate with no
+// model assigned (whatever it claims), is no target. An unknown release
+// resolves nothing.
+func TestCampaignTargetsByFleetModel(t *testing.T) {
+	k := newTestKeys(t, 1)
+	f := newTestService(t, k...)
+	inv := testInventory(t, f)
+	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
+	for _, d := range []inventory.Device{
+		{ID: "a", Model: "gw-1", Group: "plant"},
+		{ID: "b", Model: "gw-2", Group: "plant"},
+		{ID: "c", ClaimedModel: "gw-1", Group: "plant"}, // enrolled by its EK certificate
+	} {
+		d.State = inventory.StateActive
+		if err := inv.PutDevice(&d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		sel  campaign.Selector
+		want []string
+	}{
+		{campaign.Selector{}, []string{"a"}},
+		{campaign.Selector{Group: "plant"}, []string{"a"}},
+		{campaign.Selector{Model: "gw-2"}, nil},
+		{campaign.Selector{DeviceIDs: []string{"c", "b", "a"}}, []string{"a"}},
+	} {
+		got, err := f.resolve(context.Background(), rel.ID, tc.sel)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("%+v: %v %v, want %v", tc.sel, got, err, tc.want)
+		}
+	}
+	if got, err := f.resolve(context.Background(), "rel_unknown", campaign.Selector{}); err == nil {
+		t.Fatalf("an unknown release resolved %v", got)
+	}
+}
+
+// TestAnnounceRefusesOtherModel: the announcement checks the device's
+// fleet model again (it may have changed since the campaign was created,
+// and rollback campaigns and explicit lists name devices): a device whose
+// model is not among the release's, or that has none, is refused for good
+// (campaign.IneligibleError, firmware_model) and sent nothing.
+func TestAnnounceRefusesOtherModel(t *testing.T) {
+	k := newTestKeys(t, 1)
+	f := newTestService(t, k...)
+	inv := testInventory(t, f)
+	var sent []string
+	f.send = func(deviceID, _ string, _ []byte) error { sent = append(sent, deviceID); return nil }
+	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
+	for _, d := range []inventory.Device{{ID: "a", Model: "gw-1"}, {ID: "b", Model: "gw-2"}, {ID: "c", ClaimedModel: "gw-1"}} {
+		d.State = inventory.StateActive
+		if err := inv.PutDevice(&d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	announce := func(id string) error {
+		return f.announce(ctx, campaign.Announcement{Campaign: "cmp_0001", Device: id, Release: rel.ID, Attempt: 1})
+	}
+	if err := announce("a"); err != nil {
+		t.Fatalf("device of the release's model: %v", err)
+	}
+	for _, id := range []string{"b", "c"} {
+		ie, ok := errors.AsType[*campaign.IneligibleError](announce(id))
+		if !ok || ie.Reason != wire.ReasonFirmwareModel {
+			t.Fatalf("device %s: %v, want an IneligibleError (%v)", id, ie, wire.ReasonFirmwareModel)
+		}
+	}
+	// An operator changes a's model after the campaign resolved it.
+	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := errors.AsType[*campaign.IneligibleError](announce("a")); !ok {
+		t.Fatal("device whose model changed: announced")
+	}
+	if !slices.Equal(sent, []string{"a"}) {
+		t.Fatalf("announcements sent to %v, want [a]", sent)
+	}
+}
+
+// TestHelloRefusesDeviceWhoseModelChanged: a device announced a release
+// and then given another model by an operator is not announced the
+// release again when it says hello: it fails (firmware_model) before it
+// started.
+func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
+	k := newTestKeys(t, 1)
+	f := newTestService(t, k...)
+	inv := testInventory(t, f)
+	var mu sync.Mutex
+	var announced []string
+	f.send = func(deviceID, _ string, payload []byte) error {
+		if env, err := wire.Decode(payload); err == nil && env.Type == wire.TypeFirmwareAnnounce {
+			mu.Lock()
+			announced = append(announced, deviceID)
+			mu.Unlock()
+		}
+		return nil
+	}
+	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
+	if err := inv.PutDevice(&inventory.Device{ID: "a", Model: "gw-1", State: inventory.StateActive}); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := campaign.Open(filepath.Join(t.TempDir(), "campaigns.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if f.campaigns, err = campaign.New(campaign.Config{Store: cs, Targets: campaign.TargetsFunc(f.resolve),
+		Announcer: campaign.AnnouncerFunc(f.announce), Tick: 10 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- f.campaigns.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+	c, err := f.campaigns.Create(ctx, campaign.Definition{Release: rel.ID, Targets: campaign.Selector{DeviceIDs: []string{"a"}},
+		Waves: campaign.Waves{Sizes: []int{1}}, DeviceTimeout: config.Duration(time.Hour)}, "ana", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.campaigns.Start(c.ID, time.Time{}, "ana", "test"); err != nil {
+		t.Fatal(err)
+	}
+	step := func(want campaign.Step) campaign.Device {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			d, err := f.campaigns.Device(c.ID, "a")
+			if err == nil && d.Step == want {
+				return *d
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("device a never reached %s: %+v %v", want, d, err)
+			}
+			time.Sleep(10 * time.Millisecond) // polling the condition
+		}
+	}
+	step(campaign.StepAnnounced)
+	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	f.hello("a")
+	if d := step(campaign.StepFailed); d.Reason != wire.ReasonFirmwareModel {
+		t.Fatalf("device a failed with %v, want %v", d.Reason, wire.ReasonFirmwareModel)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(announced, []string{"a"}) {
+		t.Fatalf("announcements to %v, want one to a (none at its hello)", announced)
 	}
 }

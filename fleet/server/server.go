@@ -735,23 +735,10 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 }
 
 // upKind is the up-topic kind a device message of type typ travels on
-// ("" for a type devices do not send).
+// ("" for a type devices do not send), as the protocol's registry says.
 func upKind(typ string) string {
-	switch typ {
-	case wire.TypeAttestRequest, wire.TypeAttestEvidence:
-		return "attest"
-	case wire.TypeRenewRequest:
-		return "renew"
-	case wire.TypeSSHRequest:
-		return "ssh"
-	case wire.TypeSecretAck:
-		return "secret"
-	case wire.TypeTelemetryBatch:
-		return wire.KindTelemetry
-	case wire.TypeFirmwareReport:
-		return wire.KindFirmware
-	case wire.TypeHello:
-		return "hello"
+	if m, ok := wire.Lookup(typ); ok && m.Segment == wire.SegDevice && m.Dir == wire.Up {
+		return m.Kind
 	}
 	return ""
 }
@@ -789,7 +776,7 @@ func selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
 		banks = []string{"sha256"}
 	}
 	if len(pcrs) == 0 {
-		pcrs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}
+		pcrs = wire.DefaultPCRs()
 	}
 	var out []wire.PCRSelection
 	for _, b := range banks {

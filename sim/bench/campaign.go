@@ -21,6 +21,7 @@ import (
 	"github.com/sigil-iot/sigil/firmware/sign"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
@@ -211,6 +212,14 @@ func campaignFleet(ctx context.Context, o CampaignOptions, trustFile string) (*b
 	if err := waitRecorded(ctx, fleet, b.ids, o.Timeout); err != nil {
 		b.close()
 		return nil, err
+	}
+	// Enrolled by their EK certificates, the devices have no model the
+	// fleet assigned, and campaigns reach only the models of a release.
+	for _, id := range b.ids {
+		if err := fleet.Inv.Update(id, func(d *inventory.Device) error { d.Model = "bench-gw"; return nil }); err != nil {
+			b.close()
+			return nil, err
+		}
 	}
 	return b, nil
 }

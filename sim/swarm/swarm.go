@@ -235,7 +235,7 @@ func (s *Swarm) deviceHandler(i int) slog.Handler {
 	if s.cfg.Logger == nil {
 		return nil
 	}
-	return s.cfg.Logger.With("device", i).Handler()
+	return s.cfg.Logger.With("device_index", i).Handler()
 }
 
 // Devices returns the devices, in the order of their indexes (the first

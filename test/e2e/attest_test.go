@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -22,37 +25,109 @@ import (
 	"github.com/sigil-iot/sigil/sim/swtpm"
 )
 
-// nextVerdict challenges the device and waits for a verdict newer than
-// those already recorded.
-func nextVerdict(t testing.TB, c *api.Client, id string) attest.Record {
+// Waiting for a verdict: a device may have evidence in flight whenever a
+// test changes something — a connect attestation, an earlier challenge's
+// answer — quoted before a PCR was extended or the TPM rebooted, or judged
+// before a policy existed. "The next verdict" can be that one. Tests wait
+// instead for the verdict they mean, described by what the verdict record
+// itself carries (the quoted PCR values, the TPM's reset count, the policy
+// that judged it), and pass over the others.
+
+// verdictMatch says whether a verdict is the one a test waits for.
+type verdictMatch func(attest.Record) bool
+
+// anyVerdict matches every verdict.
+func anyVerdict(attest.Record) bool { return true }
+
+// quotedPCR matches a verdict on evidence whose quote shows PCR pcr of
+// bank at value want (hex, as extendPCR returns it).
+func quotedPCR(bank string, pcr int, want string) verdictMatch {
+	return func(r attest.Record) bool { return r.PCRs[bank][pcr] == want }
+}
+
+// quotedAfterReboot matches a verdict on evidence quoted in another boot of
+// the TPM than the evidence of prev: its reset or restart counter differs
+// (the counters in a quote are obfuscated per key, so only equality means
+// anything to a test).
+func quotedAfterReboot(prev attest.Record) verdictMatch {
+	return func(r attest.Record) bool {
+		return len(r.PCRs) > 0 && (r.ResetCount != prev.ResetCount || r.RestartCount != prev.RestartCount)
+	}
+}
+
+// judgedBy matches a verdict on evidence judged by the policy with the ID.
+func judgedBy(policyID string) verdictMatch {
+	return func(r attest.Record) bool { return r.PolicyID == policyID }
+}
+
+// latestSeq returns the sequence number of the device's newest verdict (0
+// when it has none): verdicts recorded later have a greater one.
+func latestSeq(t testing.TB, c *api.Client, id string) uint64 {
 	t.Helper()
-	ctx := context.Background()
-	before, err := c.Attestations(ctx, id)
+	l, err := c.Attestations(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var seq uint64
-	if len(before.Attestations) > 0 {
-		seq = before.Attestations[0].Seq
+	if len(l.Attestations) == 0 {
+		return 0
 	}
-	if err := c.Attest(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	return waitVerdictAfter(t, c, id, seq)
+	return l.Attestations[0].Seq
 }
 
-func waitVerdictAfter(t testing.TB, c *api.Client, id string, seq uint64) attest.Record {
+// attestAfter challenges the device and waits for the oldest verdict
+// recorded after seq (take it with latestSeq before changing anything)
+// that match describes, passing over verdicts on evidence already in
+// flight.
+func attestAfter(t testing.TB, c *api.Client, id string, seq uint64, what string, match verdictMatch) attest.Record {
+	t.Helper()
+	if err := c.Attest(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	return waitVerdict(t, c, id, seq, what, match)
+}
+
+// waitVerdict waits for the oldest verdict recorded after seq that match
+// describes.
+func waitVerdict(t testing.TB, c *api.Client, id string, seq uint64, what string, match verdictMatch) attest.Record {
 	t.Helper()
 	var got attest.Record
 	waitFor(t, func() bool {
 		l, err := c.Attestations(context.Background(), id)
-		if err != nil || len(l.Attestations) == 0 || l.Attestations[0].Seq <= seq {
+		if err != nil {
 			return false
 		}
-		got = l.Attestations[0]
-		return true
-	}, "a new attestation verdict")
+		for _, r := range slices.Backward(l.Attestations) { // newest first: oldest first here
+			if r.Seq > seq && match(r) {
+				got = r
+				return true
+			}
+		}
+		return false
+	}, what)
 	return got
+}
+
+// firstVerdict waits for the device's first verdict (its connect
+// attestation's).
+func firstVerdict(t testing.TB, c *api.Client, id string) attest.Record {
+	t.Helper()
+	return waitVerdict(t, c, id, 0, "a first attestation verdict", anyVerdict)
+}
+
+// extendPCR extends PCR pcr of bank on the device's swtpm with
+// tpm2_pcrextend (an independent client) and returns the PCR's new value
+// as tpm2_pcrread reads it (hex): the value evidence quoted after the
+// change shows.
+func extendPCR(t testing.TB, inst *swtpm.Instance, bank string, pcr int, digest string) string {
+	t.Helper()
+	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), fmt.Sprintf("%d:%s=%s", pcr, bank, digest))
+	out := filepath.Join(t.TempDir(), "pcr")
+	mustRun(t, "tpm2_pcrread", "-T", inst.TCTI(), fmt.Sprintf("%s:%d", bank, pcr), "-o", out)
+	b, err := os.ReadFile(out)
+	if err != nil || len(b) == 0 {
+		t.Fatalf("tpm2_pcrread wrote %d bytes: %v", len(b), err)
+	}
+	return hex.EncodeToString(b)
 }
 
 func readIdentity(t testing.TB, dir string) *state.Identity {
@@ -102,7 +177,7 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	ctx := context.Background()
 
 	// The device attests on connect; with no policy yet the quote alone is judged.
-	first := waitVerdictAfter(t, c, id, 0)
+	first := firstVerdict(t, c, id)
 	if first.Result != "pass" || first.Reason != "no_policy" {
 		t.Fatalf("first verdict %+v", first)
 	}
@@ -114,14 +189,15 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if len(pol.PCRs["sha256"]) != 11 || pol.Model != "gw-1" {
 		t.Fatalf("learned policy %+v", pol)
 	}
-	if v := nextVerdict(t, c, id); v.Result != "pass" || v.PolicyID != pol.ID {
+	if v := attestAfter(t, c, id, first.Seq, "a verdict under the learned policy", judgedBy(pol.ID)); v.Result != "pass" {
 		t.Fatalf("verdict under the learned policy %+v", v)
 	}
 	before, _ := f.Inv.Device(id)
 
 	sessionBefore := d.Status().ConnectedAt
-	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), "9:sha256="+strings.Repeat("ab", 32))
-	v := nextVerdict(t, c, id)
+	seq := latestSeq(t, c, id)
+	tampered := quotedPCR("sha256", 9, extendPCR(t, inst, "sha256", 9, strings.Repeat("ab", 32)))
+	v := attestAfter(t, c, id, seq, "a verdict on evidence quoting the extended PCR 9", tampered)
 	// The broker closed its session at once: the agent saw it drop.
 	waitFor(t, func() bool { s := d.Status(); return !s.Connected || s.ConnectedAt.After(sessionBefore) }, "the quarantined device's session to be closed")
 	if v.Result != "fail" || v.Reason != "policy_violation" || v.Action != "quarantined" || len(v.Failures) != 1 || v.Failures[0].PCR != 9 {
@@ -155,6 +231,7 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 
 	// sigild comes back: refused, it re-enrolls from its EK and gets a
 	// session limited to attestation; still tampered, it stays quarantined.
+	seq = latestSeq(t, c, id)
 	d2 := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: func(c *agentConfig) { c.EventLog = "-" }})
 	st, err := d2.Wait(ctx, 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != before.CertSerial })
 	if err != nil {
@@ -163,16 +240,17 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateQuarantined || dev.CertSerial != st.CertSerial {
 		t.Fatalf("after re-enrollment: %+v", dev)
 	}
-	if v := nextVerdict(t, c, id); v.Result != "fail" {
+	if v := attestAfter(t, c, id, seq, "a verdict on the re-enrolled device's tampered evidence", tampered); v.Result != "fail" {
 		t.Fatalf("still tampered, verdict %+v", v)
 	}
 	st = waitConnected(t, d2)
 
 	// An orderly reboot resets the PCRs; the reset counter shows it.
+	seq = latestSeq(t, c, id)
 	if err := inst.Reboot(ctx); err != nil {
 		t.Fatal(err)
 	}
-	v = nextVerdict(t, c, id)
+	v = attestAfter(t, c, id, seq, "a verdict on evidence quoted after the reboot", quotedAfterReboot(first))
 	if v.Result != "pass" || !v.Rebooted || v.ResetCount <= first.ResetCount {
 		t.Fatalf("after reboot %+v", v)
 	}
@@ -234,15 +312,16 @@ func TestAttestationTwoBanks(t *testing.T) {
 	d := startDevice(t, f, inst, harness.DeviceConfig{Tweak: func(c *agentConfig) { c.EventLog = "-" }})
 	id := waitConnected(t, d).DeviceID
 	c, _ := f.Client()
-	if v := waitVerdictAfter(t, c, id, 0); v.Result != "pass" || len(v.PCRs["sha1"]) != 11 || len(v.PCRs["sha256"]) != 11 {
+	if v := firstVerdict(t, c, id); v.Result != "pass" || len(v.PCRs["sha1"]) != 11 || len(v.PCRs["sha256"]) != 11 {
 		t.Fatalf("verdict %+v", v)
 	}
 	pol, err := c.LearnPolicy(context.Background(), api.LearnRequest{DeviceID: id, Name: "two banks"})
 	if err != nil || len(pol.PCRs["sha1"]) != 11 {
 		t.Fatalf("policy %+v %v", pol, err)
 	}
-	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), "7:sha1="+strings.Repeat("cd", 20))
-	v := nextVerdict(t, c, id)
+	seq := latestSeq(t, c, id)
+	changed := extendPCR(t, inst, "sha1", 7, strings.Repeat("cd", 20))
+	v := attestAfter(t, c, id, seq, "a verdict on evidence quoting the extended sha1 PCR 7", quotedPCR("sha1", 7, changed))
 	if v.Result != "fail" || len(v.Failures) != 1 || v.Failures[0].Bank != "sha1" || v.Failures[0].PCR != 7 {
 		t.Fatalf("verdict after a sha1-only change %+v", v)
 	}

@@ -139,6 +139,7 @@ func TestSigildStatusAfterUpdate(t *testing.T) {
 	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Dir: dir, Firmware: "1.0.0", Tweak: func(c *agentConfig) { c.EventLog = "-" }})
 	id := waitConnected(t, d).DeviceID
 	waitFirmware(t, f, id, "1.0.0")
+	assign(t, admin, id, "gw-1", "")
 
 	ana := asUser(t, f, admin, "ana", auth.RoleOperator)
 	bo := asUser(t, f, admin, "bo", auth.RoleReleaseApprover)

@@ -290,6 +290,21 @@ func TestFirmwareCampaign(t *testing.T) {
 	relBack := upload("1.0.1", 2, imageOld)
 	relLow := upload("0.9.0", 1, bytes.Repeat([]byte("gw-os 0.9.0 "), 1000))
 
+	// Enrolled by their EK certificates, the devices have no model the
+	// fleet assigned (the gw-1 they claim decides nothing): no release is
+	// for them until an operator assigns one.
+	var all []string
+	for _, v := range devs {
+		all = append(all, v.id)
+	}
+	if _, err := ana.CreateCampaign(ctx, campaign.Definition{Release: rel2.ID, Targets: campaign.Selector{DeviceIDs: all},
+		Waves: campaign.Waves{Canary: 1, Growth: 2}}, "no model yet"); status(err) != http.StatusUnprocessableEntity {
+		t.Fatalf("campaign for devices the fleet assigned no model: %v, want 422 (no targets)", err)
+	}
+	for _, v := range devs {
+		assign(t, admin, v.id, "gw-1", "")
+	}
+
 	// The URL alone grants nothing.
 	if code, _ := download(t, f, rel2.SHA256, nil, ""); code != http.StatusUnauthorized {
 		t.Fatalf("download without a client certificate: %d, want 401", code)
@@ -568,6 +583,7 @@ func TestFirmwareTrustRotation(t *testing.T) {
 	defer f.Stop()
 	waitConnected(t, d)
 	admin, _ := f.Client()
+	assign(t, admin, id, "gw-1", "")
 	ana := asUser(t, f, admin, "ana", auth.RoleOperator)
 	bo := asUser(t, f, admin, "bo", auth.RoleReleaseApprover)
 	ctx := context.Background()

@@ -193,11 +193,12 @@ func TestGovernanceOrphanAndRisk(t *testing.T) {
 	inst, dir := newTPM(t), t.TempDir()
 	d := quietDevice(t, f, inst, dir, "SN-RISK")
 	id := waitConnected(t, d).DeviceID
-	waitVerdictAfter(t, c, id, 0)
-	if _, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: id, Name: "golden"}); err != nil {
+	first := firstVerdict(t, c, id)
+	pol, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: id, Name: "golden"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if v := nextVerdict(t, c, id); v.Result != "pass" {
+	if v := attestAfter(t, c, id, first.Seq, "a verdict under the learned policy", judgedBy(pol.ID)); v.Result != "pass" {
 		t.Fatalf("verdict under the learned policy: %+v", v)
 	}
 	if _, err := c.AssignOwner(ctx, id, "alice", "line 3"); err == nil {
@@ -280,8 +281,11 @@ func TestGovernanceOrphanAndRisk(t *testing.T) {
 	// A failed attestation.
 	{
 		before := riskOf(t, c, id)
-		mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), "9:sha256="+strings.Repeat("ab", 32))
-		if v := nextVerdict(t, c, id); v.Result != "fail" {
+		// The device just reconnected: its connect attestation may be in
+		// flight, quoted before the change.
+		seq := latestSeq(t, c, id)
+		tampered := extendPCR(t, inst, "sha256", 9, strings.Repeat("ab", 32))
+		if v := attestAfter(t, c, id, seq, "a verdict on evidence quoting the extended PCR 9", quotedPCR("sha256", 9, tampered)); v.Result != "fail" {
 			t.Fatalf("verdict after tampering: %+v", v)
 		}
 		after := moved(before, governance.FactorAttestationFailing)

@@ -99,7 +99,7 @@ func TestRenewalRefusedOnFailingAttestation(t *testing.T) {
 	st := waitConnected(t, d)
 	c, _ := f.Client()
 	ctx := context.Background()
-	waitVerdictAfter(t, c, st.DeviceID, 0)
+	firstVerdict(t, c, st.DeviceID)
 	if _, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: st.DeviceID, Name: "alert only", Action: "alert"}); err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ import (
 	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
 )
 
-var tools = []string{"swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_readpublic", "tpm2_pcrextend", "mosquitto_sub", "mosquitto_pub", "openssl"}
+var tools = []string{"swtpm", "swtpm_setup", "swtpm_ioctl", "tpm2_readpublic", "tpm2_pcrextend", "tpm2_pcrread", "mosquitto_sub", "mosquitto_pub", "openssl"}
 
 // requireTools fails (CI=true) or skips when an external client is missing.
 func requireTools(t testing.TB) {

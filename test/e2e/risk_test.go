@@ -40,17 +40,19 @@ func TestRiskScoredWithoutWaitingForTheSweep(t *testing.T) {
 	inst := newTPM(t)
 	d := quietDevice(t, f, inst, t.TempDir(), "SN-RISK-NOW")
 	id := waitConnected(t, d).DeviceID
-	waitVerdictAfter(t, c, id, 0)
+	first := firstVerdict(t, c, id)
 	waitFor(t, func() bool { _, ok := storedRisk(t, c, id); return ok }, "the enrolled device to be in the risk ranking")
 
-	if _, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: id, Name: "golden"}); err != nil {
+	pol, err := c.LearnPolicy(ctx, api.LearnRequest{DeviceID: id, Name: "golden"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if v := nextVerdict(t, c, id); v.Result != "pass" {
+	if v := attestAfter(t, c, id, first.Seq, "a verdict under the learned policy", judgedBy(pol.ID)); v.Result != "pass" {
 		t.Fatalf("verdict under the learned policy: %+v", v)
 	}
-	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), "9:sha256="+strings.Repeat("cd", 32))
-	if v := nextVerdict(t, c, id); v.Result != "fail" {
+	seq := latestSeq(t, c, id)
+	tampered := extendPCR(t, inst, "sha256", 9, strings.Repeat("cd", 32))
+	if v := attestAfter(t, c, id, seq, "a verdict on evidence quoting the extended PCR 9", quotedPCR("sha256", 9, tampered)); v.Result != "fail" {
 		t.Fatalf("verdict after tampering: %+v", v)
 	}
 	var r governance.Risk

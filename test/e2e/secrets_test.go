@@ -172,7 +172,7 @@ func TestSecrets(t *testing.T) {
 	}
 
 	// PCR-bound: sealed to A's attested PCR values.
-	waitVerdictAfter(t, c, idA, 0)
+	firstVerdict(t, c, idA)
 	disk := []byte("luks volume key 0123456789abcdef")
 	assign(t, c, idA, "gw-1", "") // a model target reaches the devices the fleet gave that model
 	assign(t, c, idB, "gw-1", "")
@@ -290,7 +290,7 @@ func TestSecretsPCRBoundNeedsSHA256(t *testing.T) {
 	d := startDevice(t, f, inst, harness.DeviceConfig{Tweak: func(c *agentConfig) { c.EventLog = "-" }})
 	id := waitConnected(t, d).DeviceID
 	c := c0(t, f)
-	waitVerdictAfter(t, c, id, 0) // it attests (sha1), still nothing to bind to
+	firstVerdict(t, c, id) // it attests (sha1), still nothing to bind to
 	if _, err := c.PutSecret(context.Background(), "bound", []byte("x"), secrets.Target{Device: id}, true); err != nil {
 		t.Fatal(err)
 	}

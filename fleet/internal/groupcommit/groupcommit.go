@@ -40,3 +40,7 @@ func (w *Writer) Write(fn func(*bolt.Tx) error) error {
 	}
 	return w.db.Update(fn)
 }
+
+// InFlight reports how many writes are in Write now: running, or waiting
+// to join or commit a batch.
+func (w *Writer) InFlight() int { return int(w.inflight.Load()) }
