@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"io"
 	"maps"
 	"math"
@@ -803,6 +804,12 @@ func (r *run) campaign(ctx context.Context) (*CampaignResult, error) {
 	if _, err := r.approver.client.ApproveRelease(ctx, rel.ID); err != nil {
 		return nil, fmt.Errorf("fleetbench: approve the release: %w", err)
 	}
+	// Devices enrolled by their EK certificate have no model until the
+	// fleet assigns one; a campaign targets only devices of its release's
+	// models.
+	if err := r.assignModel(ctx, r.ids[:n], swarm.DefaultModel); err != nil {
+		return nil, err
+	}
 	// The campaign's devices carry a tag (a request body holds at most a
 	// few hundred device IDs).
 	tag := fmt.Sprintf("fleetbench-%d", time.Now().UnixNano()%1e9)
@@ -1220,4 +1227,20 @@ func loadAvg() [3]float64 {
 		fmt.Sscanf(string(b), "%f %f %f", &l[0], &l[1], &l[2])
 	}
 	return l
+}
+
+// assignModel gives each of ids the fleet model model, as an operator
+// does (PATCH /api/v1/devices/{id}), eight requests at a time.
+func (r *run) assignModel(ctx context.Context, ids []string, model string) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, id := range ids {
+		g.Go(func() error {
+			if err := r.fleet.admin.Do(ctx, http.MethodPatch, "/api/v1/devices/"+id, map[string]string{"model": model}, nil); err != nil {
+				return fmt.Errorf("fleetbench: assign device %s its model: %w", id, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
