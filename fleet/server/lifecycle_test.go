@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -101,56 +99,6 @@ func TestUpKind(t *testing.T) {
 		if got := upKind(typ); got != want {
 			t.Errorf("upKind(%q) = %q, want %q", typ, got, want)
 		}
-	}
-}
-
-// TestSecretsNeedACurrentVerdict: a secret goes to an active, connected
-// device only once it passed an attestation in its current session.
-func TestSecretsNeedACurrentVerdict(t *testing.T) {
-	dir := t.TempDir()
-	inv := openInventory(t)
-	hist, err := attest.OpenHistory(filepath.Join(dir, "hist.db"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hist.Close()
-	st, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	dl, err := openDeliveries(filepath.Join(dir, DeliveriesFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dl.Close()
-	att, err := attest.New(attest.Config{Inventory: inv, History: hist, Send: func(string, string, []byte) error { return nil }, Disconnect: func(string) {}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	att.SessionStarted("dev-a", time.Now())
-	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
-	svc := newSecretService(&secretService{store: st, deliveries: dl, inv: inv, history: hist, pcrs: boundPCRs(nil),
-		send: out.send, connected: func(string) bool { return true }, current: att.Current, log: slog.New(slog.DiscardHandler)})
-	if err := inv.PutDevice(&inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t),
-		Attestation: wire.VerdictPass, LastAttested: time.Now().Add(-48 * time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := svc.Put("api-key", []byte("k"), secrets.Target{Device: "dev-a"}, false); err != nil {
-		t.Fatal(err)
-	}
-	svc.deliver("dev-a")
-	if n := out.count("dev-a"); n != 0 {
-		t.Fatalf("secret sent on a pass from two days ago (%d deliveries)", n)
-	}
-	if ds, err := svc.DeviceSecrets("dev-a"); err != nil || len(ds) != 1 || !strings.Contains(ds[0].Error, "current session") {
-		t.Fatalf("the wait is not recorded: %+v %v", ds, err)
-	}
-	// Without a way to judge attestations, nothing goes out.
-	svc.current = nil
-	svc.deliver("dev-a")
-	if n := out.count("dev-a"); n != 0 {
-		t.Fatalf("secret sent without an attestation check (%d deliveries)", n)
 	}
 }
 

@@ -238,8 +238,8 @@ type Server struct {
 	Governance *governance.Service
 
 	jobs       *rotation.Jobs
-	secretSvc  *secretService
-	deliveries *deliveries
+	secretSvc  *secrets.Service
+	deliveries *secrets.DeliveryStore
 	fw         *firmwareService // nil when firmware is off
 
 	history *attest.History
@@ -415,14 +415,14 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.closeStores()
 		return nil, err
 	}
-	if s.deliveries, err = openDeliveries(filepath.Join(cfg.DataDir, DeliveriesFile)); err != nil {
+	if s.deliveries, err = secrets.OpenDeliveries(filepath.Join(cfg.DataDir, secrets.DeliveriesFile)); err != nil {
 		s.closeStores()
 		return nil, err
 	}
-	s.secretSvc = newSecretService(&secretService{
-		store: s.Secrets, deliveries: s.deliveries, inv: s.Inv, history: s.history, pcrs: boundPCRs(sels),
-		connected: s.Broker.Connected, current: s.Attest.Current, log: logger.With("component", "secrets"),
-		send: func(deviceID, kind string, payload []byte) error {
+	s.secretSvc = secrets.NewService(secrets.ServiceConfig{
+		Store: s.Secrets, Deliveries: s.deliveries, Devices: s.Inv, Attestations: s.history, PCRs: secrets.BoundPCRs(sels),
+		Connected: s.Broker.Connected, Current: s.Attest.Current, Logger: logger.With("component", "secrets"),
+		Send: func(deviceID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 		},
 	})
@@ -698,7 +698,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 	case wire.TypeSSHRequest:
 		s.SSH.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
-		s.secretSvc.ack(id.DeviceID, env)
+		s.secretSvc.Ack(id.DeviceID, env)
 	case wire.TypeTelemetryBatch:
 		s.Telemetry.Submit(id.DeviceID, env)
 	case wire.TypeFirmwareReport:
@@ -726,7 +726,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		// A device says hello once subscribed after each connect: deliver
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
-		s.secretSvc.queue(id.DeviceID)
+		s.secretSvc.Queue(id.DeviceID)
 		s.firmwareHello(id.DeviceID)
 		if s.CA.Rotating() {
 			s.sendTrustBundle(id.DeviceID)

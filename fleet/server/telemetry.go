@@ -387,7 +387,7 @@ func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
 		(*f)(deviceID, rec, 0)
 	}
 	if rec.Result == wire.VerdictPass && s.secretSvc != nil {
-		s.secretSvc.queue(deviceID) // secrets wait for a current pass (attest.Service.Current)
+		s.secretSvc.Queue(deviceID) // secrets wait for a current pass (attest.Service.Current)
 	}
 	if s.tel == nil {
 		return

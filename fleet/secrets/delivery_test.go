@@ -1,10 +1,9 @@
-package server
+package secrets
 
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -89,12 +87,12 @@ func TestSecretDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hist.Close()
-	st, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true})
+	st, err := Open(Config{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	dl, err := openDeliveries(filepath.Join(dir, DeliveriesFile))
+	dl, err := OpenDeliveries(filepath.Join(dir, DeliveriesFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +100,8 @@ func TestSecretDelivery(t *testing.T) {
 	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
 	online := map[string]bool{"dev-a": true, "dev-q": true}
 	current := func(string) error { return nil } // attestation judged current; TestSecretsNeedACurrentVerdict has the other case
-	svc := newSecretService(&secretService{store: st, deliveries: dl, inv: inv, history: hist, pcrs: boundPCRs(nil),
-		send: out.send, connected: func(id string) bool { return online[id] }, current: current, log: slog.New(slog.DiscardHandler)})
+	svc := NewService(ServiceConfig{Store: st, Deliveries: dl, Devices: inv, Attestations: hist, PCRs: BoundPCRs(nil),
+		Send: out.send, Connected: func(id string) bool { return online[id] }, Current: current})
 	for _, d := range []*inventory.Device{
 		{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)},
 		{ID: "dev-off", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)},
@@ -114,7 +112,7 @@ func TestSecretDelivery(t *testing.T) {
 		}
 	}
 
-	if _, err := svc.Put("disk-key", []byte("k"), secrets.Target{Model: "gw-1"}, true); err != nil {
+	if _, err := svc.Put("disk-key", []byte("k"), Target{Model: "gw-1"}, true); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"dev-a", "dev-off", "dev-q"} {
@@ -129,7 +127,7 @@ func TestSecretDelivery(t *testing.T) {
 	}
 
 	pcrs := map[int]string{}
-	for _, p := range boundPCRs(nil) {
+	for _, p := range BoundPCRs(nil) {
 		pcrs[p] = strings.Repeat("0", 62) + "0" + string("0123456789abcdef"[p%16])
 	}
 	for _, r := range []*attest.Record{
@@ -149,11 +147,11 @@ func TestSecretDelivery(t *testing.T) {
 		t.Fatalf("delivery %+v", d)
 	}
 	// An ack for a version never sent is ignored; the right one counts.
-	svc.ack("dev-a", ackEnv(t, &wire.SecretAck{Name: "disk-key", Version: 5, OK: true}))
+	svc.Ack("dev-a", ackEnv(t, &wire.SecretAck{Name: "disk-key", Version: 5, OK: true}))
 	if ds, _ := svc.DeviceSecrets("dev-a"); ds[0].Acked != 0 {
 		t.Fatalf("ack for an unsent version recorded: %+v", ds[0])
 	}
-	svc.ack("dev-a", ackEnv(t, &wire.SecretAck{Name: "disk-key", Version: 1, OK: true}))
+	svc.Ack("dev-a", ackEnv(t, &wire.SecretAck{Name: "disk-key", Version: 1, OK: true}))
 	ds, _ = svc.DeviceSecrets("dev-a")
 	if ds[0].Acked != 1 || ds[0].Sent != 1 || ds[0].Error != "" {
 		t.Fatalf("after ack %+v", ds[0])
@@ -171,14 +169,14 @@ func TestSecretDelivery(t *testing.T) {
 	}
 
 	// A new version goes out again; a failed import is recorded.
-	if _, err := svc.Put("disk-key", []byte("k2"), secrets.Target{Model: "gw-1"}, true); err != nil {
+	if _, err := svc.Put("disk-key", []byte("k2"), Target{Model: "gw-1"}, true); err != nil {
 		t.Fatal(err)
 	}
 	svc.deliver("dev-a")
 	if out.count("dev-a") != 2 || out.msg["dev-a"][1].Version != 2 {
 		t.Fatalf("rotation not sent: %d", out.count("dev-a"))
 	}
-	svc.ack("dev-a", ackEnv(t, &wire.SecretAck{Name: "disk-key", Version: 2, Error: "tpm: import secret: integrity"}))
+	svc.Ack("dev-a", ackEnv(t, &wire.SecretAck{Name: "disk-key", Version: 2, Error: "tpm: import secret: integrity"}))
 	ds, _ = svc.DeviceSecrets("dev-a")
 	if ds[0].Acked != 1 || !strings.HasPrefix(ds[0].Error, "device: ") {
 		t.Fatalf("failed import %+v", ds[0])
@@ -189,10 +187,70 @@ func TestSecretDelivery(t *testing.T) {
 }
 
 func TestBoundPCRs(t *testing.T) {
-	if got := boundPCRs([]wire.PCRSelection{{Hash: 0x0004, PCRs: []int{1}}, {Hash: wire.AlgSHA256, PCRs: []int{7, 14}}}); len(got) != 2 || got[0] != 7 {
+	if got := BoundPCRs([]wire.PCRSelection{{Hash: 0x0004, PCRs: []int{1}}, {Hash: wire.AlgSHA256, PCRs: []int{7, 14}}}); len(got) != 2 || got[0] != 7 {
 		t.Fatalf("%v", got)
 	}
-	if got := boundPCRs([]wire.PCRSelection{{Hash: 0x0004, PCRs: []int{1}}}); got != nil {
+	if got := BoundPCRs([]wire.PCRSelection{{Hash: 0x0004, PCRs: []int{1}}}); got != nil {
 		t.Fatalf("sha1 only: %v", got)
 	}
+}
+
+// TestSecretsNeedACurrentVerdict: a secret goes to an active, connected
+// device only once it passed an attestation in its current session.
+func TestSecretsNeedACurrentVerdict(t *testing.T) {
+	dir := t.TempDir()
+	inv := openInventory(t)
+	hist, err := attest.OpenHistory(filepath.Join(dir, "hist.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	st, err := Open(Config{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dl, err := OpenDeliveries(filepath.Join(dir, DeliveriesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.Close()
+	att, err := attest.New(attest.Config{Inventory: inv, History: hist, Send: func(string, string, []byte) error { return nil }, Disconnect: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	att.SessionStarted("dev-a", time.Now())
+	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
+	svc := NewService(ServiceConfig{Store: st, Deliveries: dl, Devices: inv, Attestations: hist, PCRs: BoundPCRs(nil),
+		Send: out.send, Connected: func(string) bool { return true }, Current: att.Current})
+	if err := inv.PutDevice(&inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t),
+		Attestation: wire.VerdictPass, LastAttested: time.Now().Add(-48 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Put("api-key", []byte("k"), Target{Device: "dev-a"}, false); err != nil {
+		t.Fatal(err)
+	}
+	svc.deliver("dev-a")
+	if n := out.count("dev-a"); n != 0 {
+		t.Fatalf("secret sent on a pass from two days ago (%d deliveries)", n)
+	}
+	if ds, err := svc.DeviceSecrets("dev-a"); err != nil || len(ds) != 1 || !strings.Contains(ds[0].Error, "current session") {
+		t.Fatalf("the wait is not recorded: %+v %v", ds, err)
+	}
+	// Without a way to judge attestations, nothing goes out.
+	svc.current = nil
+	svc.deliver("dev-a")
+	if n := out.count("dev-a"); n != 0 {
+		t.Fatalf("secret sent without an attestation check (%d deliveries)", n)
+	}
+}
+
+func openInventory(t *testing.T) *inventory.Store {
+	t.Helper()
+	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	return inv
 }
