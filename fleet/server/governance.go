@@ -9,11 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/enroll"
-	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
@@ -59,7 +57,7 @@ func (s *Server) openGovernance() error {
 		// Both nil interfaces, not typed nils, when the part is absent.
 		Anomalies:    s.openAlertsOf(),
 		Exposure:     s.exposureOf(),
-		Firmware:     s.firmwareTargetOf(),
+		Firmware:     s.firmwareTarget(),
 		CertLifetime: time.Duration(s.cfg.DeviceLifetime),
 		DormantAfter: time.Duration(c.DormantAfter), RevokeDormant: c.DormantRevoke,
 		SilentAfter: time.Duration(c.SilentAfter), SweepInterval: time.Duration(c.GovernanceInterval),
@@ -333,44 +331,4 @@ func (x telemetryExposure) Ports(deviceID string) (governance.Ports, error) {
 		}
 	}
 	return p, nil
-}
-
-// firmwareTargetOf is governance's Firmware: the version a device should
-// run is the newest approved, unexpired release built for its model. Nil
-// when firmware releases are off.
-func (s *Server) firmwareTargetOf() governance.Firmware {
-	if s.fw == nil {
-		return nil
-	}
-	return firmwareTarget{s.fw.store, s.fw.now}
-}
-
-type firmwareTarget struct {
-	store interface {
-		List() ([]*firmware.Release, error)
-	}
-	now func() time.Time
-}
-
-func (f firmwareTarget) Target(d *inventory.Device) (string, error) {
-	rels, err := f.store.List()
-	if err != nil {
-		return "", err
-	}
-	var best *manifest.Version
-	target := ""
-	for _, r := range rels {
-		m := r.Manifest
-		if r.State != firmware.StateApproved || m == nil || !m.Compatible(d.Model) || m.Expired(f.now()) {
-			continue
-		}
-		v, err := manifest.ParseVersion(m.Version)
-		if err != nil {
-			continue
-		}
-		if best == nil || v.Compare(*best) > 0 {
-			best, target = &v, m.Version
-		}
-	}
-	return target, nil
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/rollout"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
@@ -240,7 +241,7 @@ type Server struct {
 	jobs       *rotation.Jobs
 	secretSvc  *secrets.Service
 	deliveries *secrets.DeliveryStore
-	fw         *firmwareService // nil when firmware is off
+	fw         *rollout.Service // nil when firmware is off
 
 	history *attest.History
 
@@ -382,10 +383,8 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	s.Attest, err = attest.New(attest.Config{
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
 		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
-		Logger: logger.With("component", "attest"),
-		Send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
+		Logger:     logger.With("component", "attest"),
+		Send:       s.sendDevice,
 		Disconnect: s.Broker.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
 	})
 	if err != nil {
@@ -399,9 +398,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	s.Rotation, err = rotation.New(rotation.Config{
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(cfg.DeviceLifetime),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "rotation"),
-		Send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
+		Send: s.sendDevice,
 	})
 	if err != nil {
 		s.closeStores()
@@ -422,9 +419,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	s.secretSvc = secrets.NewService(secrets.ServiceConfig{
 		Store: s.Secrets, Deliveries: s.deliveries, Devices: s.Inv, Attestations: s.history, PCRs: secrets.BoundPCRs(sels),
 		Connected: s.Broker.Connected, Current: s.Attest.Current, Logger: logger.With("component", "secrets"),
-		Send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
+		Send: s.sendDevice,
 	})
 	if err = s.openTelemetry(); err != nil {
 		s.closeStores()
@@ -472,7 +467,9 @@ func (s *Server) closeStores() {
 		s.Governance.Close()
 	}
 	s.closeTelemetry()
-	s.closeFirmware()
+	if s.fw != nil {
+		s.fw.Close()
+	}
 	if s.Inv != nil {
 		s.Inv.Close()
 	}
@@ -574,6 +571,12 @@ func (s *Server) connectionEvent(ev broker.Event) {
 	s.rescore(ev.Identity.DeviceID) // silence counts in the risk score
 }
 
+// sendDevice publishes a message to a device on one of its down kinds
+// (QoS 1): the one way the fleet's services send to a device.
+func (s *Server) sendDevice(deviceID, kind string, payload []byte) error {
+	return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
+}
+
 // AdminToken returns the admin API bearer token.
 func (s *Server) AdminToken() string { return s.adminToken }
 
@@ -632,7 +635,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Rotation.Run(ctx) })
 	g.Go(func() error { return s.SSH.Run(ctx) })
 	g.Go(func() error { return s.secretSvc.Run(ctx) })
-	g.Go(func() error { return s.runFirmware(ctx) })
+	if s.fw != nil {
+		g.Go(func() error { return s.fw.Run(ctx) })
+	}
 	g.Go(func() error { return s.Auth.Run(ctx) })
 	g.Go(func() error { return s.Governance.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
@@ -702,7 +707,9 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 	case wire.TypeTelemetryBatch:
 		s.Telemetry.Submit(id.DeviceID, env)
 	case wire.TypeFirmwareReport:
-		s.firmwareReport(id.DeviceID, env)
+		if s.fw != nil {
+			s.fw.Report(id.DeviceID, env)
+		}
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
@@ -727,7 +734,9 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
 		s.secretSvc.Queue(id.DeviceID)
-		s.firmwareHello(id.DeviceID)
+		if s.fw != nil {
+			s.fw.Hello(id.DeviceID)
+		}
 		if s.CA.Rotating() {
 			s.sendTrustBundle(id.DeviceID)
 		}

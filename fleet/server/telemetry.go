@@ -176,9 +176,7 @@ func (s *Server) openTelemetry() error {
 		return err
 	}
 	s.Telemetry, err = telemetry.New(telemetry.Config{
-		Send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
+		Send:    s.sendDevice,
 		Metrics: s.Metrics, Cursors: t.cursors, OnBatch: s.telemetryBatch,
 		Logger: s.log.With("component", "telemetry"),
 	})

@@ -1,4 +1,4 @@
-package server
+package rollout
 
 import (
 	"bytes"
@@ -102,12 +102,12 @@ func TestLoadReleaseTrust(t *testing.T) {
 	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0], k[1])
 	next, nextRaw := writeTrust(t, dir, "trust-2.json", 2, 2, k[1], k[2])
 
-	chain, rots, err := loadReleaseTrust(base, nil)
+	chain, rots, err := LoadTrust(base, nil)
 	if err != nil || len(chain) != 1 || chain[0].Sequence() != 1 || len(rots) != 0 {
 		t.Fatalf("base alone: %v %v %v", chain, rots, err)
 	}
-	good := ReleaseRotation{Statement: next, Bundles: signFile(t, dir, "trust-2", nextRaw, k[1], k[2])}
-	chain, rots, err = loadReleaseTrust(base, []ReleaseRotation{good})
+	good := Rotation{Statement: next, Bundles: signFile(t, dir, "trust-2", nextRaw, k[1], k[2])}
+	chain, rots, err = LoadTrust(base, []Rotation{good})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,19 +123,19 @@ func TestLoadReleaseTrust(t *testing.T) {
 		t.Fatalf("device-side rotation: %v", err)
 	}
 
-	for name, rot := range map[string]ReleaseRotation{
+	for name, rot := range map[string]Rotation{
 		"new keys only":          {Statement: next, Bundles: signFile(t, dir, "only-new", nextRaw, k[2])},
 		"not the new threshold":  {Statement: next, Bundles: signFile(t, dir, "one-new", nextRaw, k[0])},
 		"missing statement file": {Statement: filepath.Join(dir, "nope.json"), Bundles: good.Bundles},
 	} {
-		if _, _, err := loadReleaseTrust(base, []ReleaseRotation{rot}); err == nil {
+		if _, _, err := LoadTrust(base, []Rotation{rot}); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, _, err := loadReleaseTrust(base, []ReleaseRotation{good, good}); !errors.Is(err, verify.ErrStale) {
+	if _, _, err := LoadTrust(base, []Rotation{good, good}); !errors.Is(err, verify.ErrStale) {
 		t.Errorf("a rotation applied twice: %v, want ErrStale", err)
 	}
-	if _, _, err := loadReleaseTrust(filepath.Join(dir, "missing.json"), nil); err == nil {
+	if _, _, err := LoadTrust(filepath.Join(dir, "missing.json"), nil); err == nil {
 		t.Error("missing trust file accepted")
 	}
 }
@@ -164,8 +164,8 @@ func TestLoadReleaseTrustKeepsSignedBytes(t *testing.T) {
 	}
 	for name, signed := range map[string][]byte{"the file as it is": file, "the file without its newline": canon} {
 		t.Run(name, func(t *testing.T) {
-			rot := ReleaseRotation{Statement: next, Bundles: signFile(t, t.TempDir(), "trust-2", signed, k[0], k[1])}
-			chain, rots, err := loadReleaseTrust(base, []ReleaseRotation{rot})
+			rot := Rotation{Statement: next, Bundles: signFile(t, t.TempDir(), "trust-2", signed, k[0], k[1])}
+			chain, rots, err := LoadTrust(base, []Rotation{rot})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -206,7 +206,7 @@ func TestLoadReleaseTrustCosignStatement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, rots, err := loadReleaseTrust(base, []ReleaseRotation{{Statement: stmt,
+	chain, rots, err := LoadTrust(base, []Rotation{{Statement: stmt,
 		Bundles: []string{filepath.Join(vectors, "rotation.a.bundle.json"), filepath.Join(vectors, "rotation.b.bundle.json")}}})
 	if err != nil {
 		t.Fatalf("cosign-signed statement ending in a newline: %v", err)
@@ -231,13 +231,13 @@ func TestLoadReleaseTrustNamesLegacyBundles(t *testing.T) {
 	if err := os.WriteFile(legacy, []byte(`{"base64Signature":"MEUCIQDx"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := loadReleaseTrust(base, []ReleaseRotation{{Statement: next, Bundles: []string{legacy}}})
+	_, _, err := LoadTrust(base, []Rotation{{Statement: next, Bundles: []string{legacy}}})
 	if !errors.Is(err, verify.ErrLegacyBundle) || !strings.Contains(err.Error(), "--new-bundle-format") {
 		t.Fatalf("old-format bundle: %v, want ErrLegacyBundle and the expected format named", err)
 	}
 }
 
-func newTestService(t *testing.T, keys ...testKey) *firmwareService {
+func newTestService(t *testing.T, keys ...testKey) *Service {
 	t.Helper()
 	dir := t.TempDir()
 	var pubs []crypto.PublicKey
@@ -253,7 +253,7 @@ func newTestService(t *testing.T, keys ...testKey) *firmwareService {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	f := &firmwareService{store: st, staging: filepath.Join(dir, "staging"), maxImage: 1 << 20, now: time.Now,
+	f := &Service{store: st, staging: filepath.Join(dir, "staging"), maxImage: 1 << 20, now: time.Now,
 		log: slog.New(slog.DiscardHandler)}
 	if err := os.MkdirAll(f.staging, 0o700); err != nil {
 		t.Fatal(err)
@@ -261,7 +261,7 @@ func newTestService(t *testing.T, keys ...testKey) *firmwareService {
 	return f
 }
 
-func stagedFiles(t *testing.T, f *firmwareService) []string {
+func stagedFiles(t *testing.T, f *Service) []string {
 	t.Helper()
 	es, err := os.ReadDir(f.staging)
 	if err != nil {
@@ -370,7 +370,7 @@ func TestPreparePolicies(t *testing.T) {
 	m := &manifest.Manifest{Name: "gw-os", Version: "2.0.0+build.7", SecurityVersion: 2, Models: []string{"gw-1", "gw-2"},
 		Size: 1, SHA256: [32]byte{1}, Expires: time.Now().Add(time.Hour),
 		Measurements: &manifest.Measurements{PCRs: map[string]map[int]string{"sha256": {14: want}}}}
-	f := &firmwareService{policies: ps, log: slog.New(slog.DiscardHandler)}
+	f := &Service{policies: ps, log: slog.New(slog.DiscardHandler)}
 	r := &firmware.Release{ID: "rel", Manifest: m}
 	for range 2 { // the second time finds the policy and leaves it
 		if err := f.preparePolicies(r, "ana"); err != nil {
@@ -415,7 +415,7 @@ func TestStepOf(t *testing.T) {
 }
 
 // testRelease uploads and approves a release for models, signed by k.
-func testRelease(t *testing.T, f *firmwareService, k testKey, version string, models ...string) *firmware.Release {
+func testRelease(t *testing.T, f *Service, k testKey, version string, models ...string) *firmware.Release {
 	t.Helper()
 	img := []byte("image " + version)
 	m := &manifest.Manifest{Name: "gw-os", Version: version, SecurityVersion: 2, Models: models,
@@ -440,7 +440,7 @@ func testRelease(t *testing.T, f *firmwareService, k testKey, version string, mo
 }
 
 // testInventory opens an inventory for f.
-func testInventory(t *testing.T, f *firmwareService) *inventory.Store {
+func testInventory(t *testing.T, f *Service) *inventory.Store {
 	t.Helper()
 	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
 	if err != nil {
@@ -638,5 +638,33 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(announced, []string{"a"}) {
 		t.Fatalf("announcements to %v, want one to a (none at its hello)", announced)
+	}
+}
+
+type releaseList []*firmware.Release
+
+func (l releaseList) List() ([]*firmware.Release, error) { return l, nil }
+
+// TestFirmwareTarget: a device's target is the newest approved, unexpired
+// release for its model; withdrawn, unapproved, expired and other models'
+// releases do not count.
+func TestFirmwareTarget(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	rel := func(version string, state firmware.State, expires time.Time, models ...string) *firmware.Release {
+		return &firmware.Release{State: state, Manifest: &manifest.Manifest{Name: "fw", Version: version, Models: models, Expires: expires}}
+	}
+	later := now.Add(24 * time.Hour)
+	rels := releaseList{
+		rel("1.2.0", firmware.StateApproved, later, "gw-1"),
+		rel("1.10.0", firmware.StateApproved, later, "gw-1"),
+		rel("2.0.0", firmware.StateUploaded, later, "gw-1"),
+		rel("3.0.0", firmware.StateApproved, now.Add(-time.Hour), "gw-1"),
+		rel("4.0.0", firmware.StateApproved, later, "gw-2"),
+	}
+	for model, want := range map[string]string{"gw-1": "1.10.0", "gw-2": "4.0.0", "gw-3": ""} {
+		got, err := newestFor(rels, model, now)
+		if err != nil || got != want {
+			t.Errorf("%s: %q %v, want %q", model, got, err, want)
+		}
 	}
 }
