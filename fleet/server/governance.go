@@ -101,18 +101,9 @@ func (s *Server) governanceAlert(a governance.Alert) {
 	if a.Resolved {
 		return
 	}
-	ev := a.Kind
-	switch a.Kind {
-	case governance.KindClone:
-		ev = alert.EventCloneSuspect
-	case governance.KindDormant:
-		ev = alert.EventDormant
+	if s.feed != nil {
+		s.feed.Governance(a)
 	}
-	attrs := map[string]string{"summary": truncate(a.Summary, 256)}
-	for k, v := range a.Attrs {
-		attrs[k] = truncate(v, 256)
-	}
-	s.alertEvent(a.DeviceID, ev, a.Severity, a.Time, attrs)
 }
 
 // governanceEvent feeds broker events to governance: every admitted

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/alert/feed"
+	"github.com/sigil-iot/sigil/fleet/alert/sink"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
@@ -132,8 +134,8 @@ type Config struct {
 	// templates with "{id}" (device ID) and "{domain}" (trust domain).
 	// Default ["{id}", "{id}.{domain}"].
 	SSHPrincipals []string `json:"ssh_principals"`
-	// AlertSinks are where alert notifications go (fleet/server
-	// AlertSink). Default none: alerts are kept and served by the API only.
+	// AlertSinks are where alert notifications go (AlertSink,
+	// sink.Config). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
 	// AlertFlood limits how many new alerts open per window (fleet/server
 	// AlertFlood); the rest are held back and summarized. Default 20 per
@@ -230,10 +232,14 @@ type Server struct {
 	Approvals *approval.Manager
 	// Telemetry ingests device telemetry; Alerts judges it and the fleet's
 	// security events; Metrics is the registry /metrics serves.
-	Telemetry *telemetry.Ingester
-	Alerts    *alert.Engine
-	Metrics   *metrics.Registry
-	tel       *telemetryParts
+	Telemetry  *telemetry.Ingester
+	Alerts     *alert.Engine
+	Metrics    *metrics.Registry
+	feed       *feed.Feed                  // telemetry and security events to Alerts
+	cursors    *telemetry.CursorStore      // the ingester's cursors, the feed's flags
+	sinks      []sink.Info                 // the configured alert sinks, described
+	closeSinks func()                      // releases the sinks' connections
+	verdicts   map[string]*metrics.Counter // by result
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
 	Governance *governance.Service
@@ -445,7 +451,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
-		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
+		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: s.Metrics,
 		Governance: s.Governance,
 	})
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
@@ -642,7 +648,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Governance.Run(ctx) })
 	g.Go(func() error { return s.Audit.Run(ctx) })
 	g.Go(func() error { return s.anonAudit.Run(ctx) })
-	s.goTelemetry(ctx, g)
+	g.Go(func() error { return s.Telemetry.Run(ctx) })
+	g.Go(func() error { return s.Alerts.Run(ctx) })
+	g.Go(func() error { return s.feed.Run(ctx) })
 	s.goDebug(ctx, g)
 	if s.Approvals != nil {
 		g.Go(func() error { return s.Approvals.Run(ctx) })
@@ -729,7 +737,9 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		}
 		s.rescore(id.DeviceID) // its reported firmware counts in the risk score
-		s.alertSeen(id.DeviceID)
+		if s.feed != nil {
+			s.feed.Seen(id.DeviceID) // absence rules
+		}
 		// A device says hello once subscribed after each connect: deliver
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
