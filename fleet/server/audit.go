@@ -25,7 +25,8 @@ const (
 )
 
 // openAudit opens the hash-chained audit log with its checkpoint key
-// (created on first start, 0600) and writes the public key beside it.
+// (created on first start, 0600), writes the public key beside it, and
+// builds the sampler of anonymous requests' entries.
 func (s *Server) openAudit() error {
 	key, err := ca.FileSigner(filepath.Join(s.cfg.DataDir, AuditKeyFile))
 	if err != nil {
@@ -40,7 +41,12 @@ func (s *Server) openAudit() error {
 		return fmt.Errorf("server: audit key: %w", err)
 	}
 	s.Audit, err = audit.Open(audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Logger: s.log.With("component", "audit")})
-	return err
+	if err != nil {
+		return err
+	}
+	s.onClose(s.Audit.Close) // after Run's shutdown checkpoint: the stack unwinds when Run returns
+	s.anonAudit = audit.NewSampler(s.Audit, audit.SamplerConfig{})
+	return nil
 }
 
 // auditEvent copies an inventory lifecycle event into the audit log: the

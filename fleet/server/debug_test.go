@@ -115,7 +115,7 @@ func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { off.apiLn.Close(); off.closeStores() }()
+	defer off.close()
 	if a := off.DebugAddr(); a != "" {
 		t.Fatalf("a debug listener without debug_addr: %s", a)
 	}

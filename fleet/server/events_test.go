@@ -42,7 +42,7 @@ func TestConnectionEventBurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { s.apiLn.Close(); s.closeStores() }()
+	defer s.close()
 	const devices = 8000
 	for i := range devices {
 		id := fmt.Sprintf("%032x", i)

@@ -55,6 +55,9 @@ func (s *Server) openFirmware() (err error) {
 		},
 		Logger: s.log.With("component", "firmware"),
 	})
+	if err == nil {
+		s.onClose(s.fw.Close)
+	}
 	return err
 }
 

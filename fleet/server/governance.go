@@ -15,27 +15,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
-	"github.com/sigil-iot/sigil/pkg/config"
 )
-
-// GovernanceConfig is the identity-governance part of Config. It is
-// embedded, so its keys sit at the top level of the configuration file
-// (docs/CONFIG.md).
-type GovernanceConfig struct {
-	// DormantAfter is how long a device holding a valid certificate may go
-	// unseen before it is dormant (flagged and alerted). Default 720h.
-	DormantAfter config.Duration `json:"dormant_after"`
-	// DormantRevoke revokes a dormant device's certificates by policy
-	// (every one that has not expired; the device may prove itself again
-	// from its EK when it returns). Default false.
-	DormantRevoke bool `json:"dormant_revoke"`
-	// SilentAfter is how long a device may go unseen before silence
-	// counts in its risk score. Default 1h.
-	SilentAfter config.Duration `json:"silent_after"`
-	// GovernanceInterval is how often every device is judged (orphaned,
-	// dormant, clone-suspect) and its risk score stored. Default 1h.
-	GovernanceInterval config.Duration `json:"governance_interval"`
-}
 
 // GovernanceFile holds owners, the triage and block lists, clone incidents
 // and risk scores, relative to DataDir.
@@ -63,6 +43,9 @@ func (s *Server) openGovernance() error {
 		SilentAfter: time.Duration(c.SilentAfter), SweepInterval: time.Duration(c.GovernanceInterval),
 		Logger: s.log.With("component", "governance"),
 	})
+	if err == nil {
+		s.onClose(s.Governance.Close)
+	}
 	return err
 }
 

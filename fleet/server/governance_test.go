@@ -25,10 +25,7 @@ func newTestServer(tb testing.TB) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		s.apiLn.Close()
-		s.closeStores()
-	})
+	tb.Cleanup(s.close)
 	return s
 }
 

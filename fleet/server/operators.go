@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/internal/fsutil"
 )
@@ -28,25 +27,14 @@ const adminTokenTTL = 365 * 24 * time.Hour
 // admin.password, 0600) on first start, and makes sure admin.token holds a
 // live API token of that admin: the credential the CLI and scripts use.
 func (s *Server) openAuth() error {
-	// Logins and lockouts go to the audit log, opened after this store.
-	toAudit := audit.RecorderFunc(func(ctx context.Context, e audit.Entry) error {
-		if s.Audit == nil {
-			return nil
-		}
-		return s.Audit.Record(ctx, e)
-	})
-	// Failed logins of names that do not exist are anyone's: sampled.
-	anonymous := audit.RecorderFunc(func(ctx context.Context, e audit.Entry) error {
-		if s.anonAudit == nil {
-			return toAudit(ctx, e)
-		}
-		return s.anonAudit.Record(ctx, e)
-	})
-	a, err := auth.Open(auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Audit: toAudit, Anonymous: anonymous, Logger: s.log.With("component", "auth")})
+	// Logins and lockouts go to the audit log; failed logins of names
+	// that do not exist are anyone's: sampled.
+	a, err := auth.Open(auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth")})
 	if err != nil {
 		return err
 	}
 	s.Auth = a
+	s.onClose(a.Close)
 	pwFile := filepath.Join(s.cfg.DataDir, AdminPasswordFile)
 	created, err := a.EnsureAdmin(context.Background(), pwFile)
 	if err != nil {

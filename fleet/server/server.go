@@ -18,8 +18,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
@@ -42,168 +45,8 @@ import (
 	"github.com/sigil-iot/sigil/fleet/sshca"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
-	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	"golang.org/x/sync/errgroup"
 )
-
-// Config is sigil serve's configuration; JSON keys are the file's keys
-// (docs/CONFIG.md).
-type Config struct {
-	// DataDir holds the CA, the inventory and the admin token. Default
-	// /var/lib/sigil.
-	DataDir string `json:"data_dir"`
-	// MQTTAddr is the broker's TLS listener. Default ":8883".
-	MQTTAddr string `json:"mqtt_addr"`
-	// APIAddr is the HTTPS API listener. Default ":8443".
-	APIAddr string `json:"api_addr"`
-	// Hostnames are the DNS names and IP addresses on the server
-	// certificate. Default: localhost, 127.0.0.1, ::1 and the host name.
-	Hostnames []string `json:"hostnames"`
-	// TrustDomain is the SPIFFE trust domain of device IDs. Default
-	// "sigil.local".
-	TrustDomain string `json:"trust_domain"`
-	// EKCADir is a directory of trusted TPM manufacturer CA certificates
-	// (PEM or DER, roots and intermediates). Optional.
-	EKCADir string `json:"ek_ca_dir"`
-	// EKAllowList is a file of EK fingerprints (SHA-256 of the PKIX public
-	// key, hex), one per line, '#' comments. Optional.
-	EKAllowList string `json:"ek_allowlist"`
-	// ManualApproval holds EKs no other path trusts as pending until an
-	// operator approves them. Default false (they are refused).
-	ManualApproval bool `json:"manual_approval"`
-	// ReleaseTrust is the release trust set file (`sigil firmware trust`
-	// writes it): the keys, and how many of them must sign, that firmware
-	// releases need. Enrolled devices get it. Unset, firmware releases and
-	// campaigns are off and their routes answer 501.
-	ReleaseTrust string `json:"release_trust"`
-	// ReleaseTrustRotations are the signed rotations from ReleaseTrust to
-	// the current set, in order; devices get them after each hello.
-	ReleaseTrustRotations []ReleaseRotation `json:"release_trust_rotations"`
-	// FirmwareApprovals is how many people other than the uploader must
-	// approve a release. Default 1.
-	FirmwareApprovals int `json:"firmware_approvals"`
-	// TwoPersonRule holds dangerous changes (CA rotation, policy and secret
-	// changes, fleet-wide rotation jobs; user creation, role changes and
-	// API tokens that may approve) for a second person's approval
-	// (GET /api/v1/approvals). Default false; turn it on once a second
-	// operator with security.approve exists.
-	TwoPersonRule bool `json:"two_person_rule"`
-	// APIRateLimit is the API requests per second each client address may
-	// make, in bursts of APIRateBurst; 0 means 50 (bursts of 200), negative
-	// means no limit.
-	APIRateLimit float64 `json:"api_rate_limit"`
-	APIRateBurst int     `json:"api_rate_burst"`
-	// DeviceLifetime is the device certificate lifetime. Default 24h.
-	DeviceLifetime config.Duration `json:"device_lifetime"`
-	// TopicPrefix is the first MQTT topic level. Default "sigil".
-	TopicPrefix string `json:"topic_prefix"`
-	// AllowBootstrap lets clients without a device certificate connect to
-	// their own enrollment topics. Default true; set false once every
-	// device is enrolled.
-	AllowBootstrap *bool `json:"allow_bootstrap"`
-	// BootstrapCredential requires a credential at CONNECT from bootstrap
-	// clients: a claim certificate (ClaimCADir) or an enrollment token as
-	// the MQTT password (valid, or already used by this device, which is
-	// how a known device re-enrolls). Default false: bootstrap clients are
-	// anonymous but limited to their own enrollment topics.
-	BootstrapCredential bool `json:"bootstrap_credential"`
-	// ClaimCADir is a directory of claim CA certificates (PEM): batch
-	// credentials a device maker installs for the bootstrap connection.
-	ClaimCADir string `json:"claim_ca_dir"`
-	// BootstrapLimits bound the broker's connections without a device
-	// certificate (fleet/broker bootstrap.go); zero values take the
-	// broker's defaults.
-	BootstrapLimits
-	// AttestInterval is the devices' expected attestation interval (their
-	// attest_interval); StaleAfter missed intervals or unanswered challenges
-	// flag a device stale. Defaults 10m and 3.
-	AttestInterval config.Duration `json:"attest_interval"`
-	StaleAfter     int             `json:"stale_after"`
-	// VerdictMaxAge bounds the age of the passing attestation on which
-	// SSH host certificates and secrets go out; the pass must also be on
-	// a nonce of the device's current session. Default StaleAfter ×
-	// AttestInterval (30m).
-	VerdictMaxAge config.Duration `json:"verdict_max_age"`
-	// AttestPCRs are the PCRs quoted in each bank. Default 0-9 and 14.
-	AttestPCRs []int `json:"attest_pcrs"`
-	// AttestBanks are the PCR banks quoted, one quote each: "sha256"
-	// (default), "sha1", "sha384". Every device must have them.
-	AttestBanks []string `json:"attest_banks"`
-	// SSHPrincipals are the names on devices' SSH host certificates,
-	// templates with "{id}" (device ID) and "{domain}" (trust domain).
-	// Default ["{id}", "{id}.{domain}"].
-	SSHPrincipals []string `json:"ssh_principals"`
-	// AlertSinks are where alert notifications go (AlertSink,
-	// sink.Config). Default none: alerts are kept and served by the API only.
-	AlertSinks []AlertSink `json:"alert_sinks"`
-	// AlertFlood limits how many new alerts open per window (fleet/server
-	// AlertFlood); the rest are held back and summarized. Default 20 per
-	// rule and 100 fleet-wide per 10 minutes.
-	AlertFlood AlertFlood `json:"alert_flood"`
-	// LogLevel is debug, info, warn or error.
-	LogLevel string `json:"log_level"`
-	// DebugAddr, if set, is a loopback address serving Go's profiles
-	// (net/http/pprof, /debug/pprof/) without authentication. Default
-	// off; any other address is refused (debug.go).
-	DebugAddr string `json:"debug_addr"`
-	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
-	// governance_interval (fleet/server/governance.go).
-	GovernanceConfig
-}
-
-func (c *Config) setDefaults() {
-	if c.DataDir == "" {
-		c.DataDir = "/var/lib/sigil"
-	}
-	if c.MQTTAddr == "" {
-		c.MQTTAddr = ":8883"
-	}
-	if c.APIAddr == "" {
-		c.APIAddr = ":8443"
-	}
-	if len(c.Hostnames) == 0 {
-		c.Hostnames = []string{"localhost", "127.0.0.1", "::1"}
-		if h, err := os.Hostname(); err == nil && h != "" {
-			c.Hostnames = append(c.Hostnames, h)
-		}
-	}
-	if c.TrustDomain == "" {
-		c.TrustDomain = "sigil.local"
-	}
-	if c.DeviceLifetime == 0 {
-		c.DeviceLifetime = config.Duration(24 * time.Hour)
-	}
-	if c.TopicPrefix == "" {
-		c.TopicPrefix = wire.DefaultPrefix
-	}
-	if c.AllowBootstrap == nil {
-		t := true
-		c.AllowBootstrap = &t
-	}
-}
-
-// BootstrapLimits are the bootstrap connection bounds of Config.
-type BootstrapLimits struct {
-	// BootstrapClients caps the pool of bootstrap connections (default
-	// 1000) and BootstrapPerSource one source's share (default 256); at a
-	// cap a newcomer displaces the least active connection if it has been
-	// inactive for 10s.
-	BootstrapClients   int `json:"bootstrap_clients"`
-	BootstrapPerSource int `json:"bootstrap_per_source"`
-	// BootstrapReserve is the sessions kept beyond the pool for known
-	// devices that re-enroll, one per device (default 64).
-	BootstrapReserve int `json:"bootstrap_reserve"`
-	// BootstrapKeepaliveMax is the longest keepalive a bootstrap client
-	// may ask for; none (0) is refused. Default 2m.
-	BootstrapKeepaliveMax config.Duration `json:"bootstrap_keepalive_max"`
-	// BootstrapFirstMessage is how long a bootstrap client may wait after
-	// its CONNECT before its first enrollment message (default 30s), and
-	// BootstrapLifetime how long a bootstrap connection lasts at most
-	// (default 5m).
-	BootstrapFirstMessage config.Duration `json:"bootstrap_first_message"`
-	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
-}
 
 // Server is a running fleet manager.
 type Server struct {
@@ -232,24 +75,22 @@ type Server struct {
 	Approvals *approval.Manager
 	// Telemetry ingests device telemetry; Alerts judges it and the fleet's
 	// security events; Metrics is the registry /metrics serves.
-	Telemetry  *telemetry.Ingester
-	Alerts     *alert.Engine
-	Metrics    *metrics.Registry
-	feed       *feed.Feed                  // telemetry and security events to Alerts
-	cursors    *telemetry.CursorStore      // the ingester's cursors, the feed's flags
-	sinks      []sink.Info                 // the configured alert sinks, described
-	closeSinks func()                      // releases the sinks' connections
-	verdicts   map[string]*metrics.Counter // by result
+	Telemetry *telemetry.Ingester
+	Alerts    *alert.Engine
+	Metrics   *metrics.Registry
+	feed      *feed.Feed                  // telemetry and security events to Alerts
+	cursors   *telemetry.CursorStore      // the ingester's cursors, the feed's flags
+	sinks     []sink.Info                 // the configured alert sinks, described
+	verdicts  map[string]*metrics.Counter // by result
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
 	Governance *governance.Service
 
+	history    *attest.History
 	jobs       *rotation.Jobs
 	secretSvc  *secrets.Service
 	deliveries *secrets.DeliveryStore
 	fw         *rollout.Service // nil when firmware is off
-
-	history *attest.History
 
 	apiLn      net.Listener
 	debugLn    net.Listener // nil unless Config.DebugAddr
@@ -263,6 +104,11 @@ type Server struct {
 	ready          chan struct{}
 	topics         wire.Topics
 	events         []chan broker.Event // connection events to record, by device (events.go)
+
+	// closers is the cleanup stack: what New opened, closed in reverse
+	// order by close (when New fails, or when Run returns).
+	closers   []func() error
+	closeOnce sync.Once
 }
 
 // Files written at first start, relative to DataDir.
@@ -276,8 +122,11 @@ const (
 )
 
 // New opens the data directory (creating the CA and admin token at first
-// start) and binds the listeners; Run serves.
-func New(cfg Config, logger *slog.Logger) (*Server, error) {
+// start), builds every part and wires them together, and binds the
+// listeners; Run serves. Each part is opened by one step, in an order in
+// which every part finds what it uses; what a step opens goes on the
+// cleanup stack, which a failed New unwinds.
+func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	cfg.setDefaults()
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -286,83 +135,119 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}, events: eventQueues()}
-	var err error
-	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: cfg.TrustDomain, DeviceLifetime: time.Duration(cfg.DeviceLifetime)})
-	if err != nil {
-		return nil, err
-	}
-	if err = s.openAuth(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	trust := &verifier.EKTrust{}
-	if cfg.EKCADir != "" {
-		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
-			s.closeStores()
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	for _, open := range []func() error{
+		s.openCA, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy,
+		s.openEnroll, s.openAttest, s.openRotation, s.openSSH, s.openSecrets,
+		s.openTelemetry, s.openFirmware, s.openGovernance, s.openApprovals, s.openAPI, s.listen,
+	} {
+		if err := open(); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.EKAllowList != "" {
-		if trust.AllowList, err = loadAllowList(cfg.EKAllowList); err != nil {
-			s.closeStores()
-			return nil, err
+	return s, nil
+}
+
+// onClose pushes f on the cleanup stack.
+func (s *Server) onClose(f func() error) { s.closers = append(s.closers, f) }
+
+// close unwinds the cleanup stack, last opened first, once; a failure is
+// logged and the rest still close.
+func (s *Server) close() {
+	s.closeOnce.Do(func() {
+		for _, f := range slices.Backward(s.closers) {
+			if err := f(); err != nil {
+				s.log.Error("closing a part of the fleet failed", "err", err)
+			}
 		}
-	}
-	if err = s.openAudit(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	})
+}
+
+// openCA opens the fleet CA (creating it at first start) and issues the
+// server certificate of its active generation.
+func (s *Server) openCA() (err error) {
+	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(s.cfg.DataDir, "ca"), TrustDomain: s.cfg.TrustDomain, DeviceLifetime: time.Duration(s.cfg.DeviceLifetime)})
 	if err != nil {
-		s.closeStores()
-		return nil, err
+		return err
 	}
-	if err := s.refreshServerCert(); err != nil {
-		s.closeStores()
-		s.closeStores()
-		return nil, err
+	return s.refreshServerCert()
+}
+
+// openInventory opens the inventory, whose lifecycle events go to the
+// audit log, the alert feed and the risk scores (inventoryEvent).
+func (s *Server) openInventory() (err error) {
+	s.Inv, err = inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	if err == nil {
+		s.onClose(s.Inv.Close)
 	}
-	tlsCfg := &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
+	return err
+}
+
+// openBroker builds the embedded broker: the TLS listener's certificate,
+// the gate, the bootstrap limits and credentials, the block list's screen
+// and the connection events.
+func (s *Server) openBroker() error {
+	cfg := s.cfg
 	var claimCAs []*x509.Certificate
 	if cfg.ClaimCADir != "" {
-		roots, inter, err := verifier.LoadCADir(cfg.ClaimCADir)
+		roots, _, err := verifier.LoadCADir(cfg.ClaimCADir)
 		if err != nil {
-			s.closeStores()
-			return nil, err
+			return err
 		}
-		_ = inter
 		claimCAs = poolCerts(cfg.ClaimCADir)
 		if roots == nil || len(claimCAs) == 0 {
-			s.closeStores()
-			return nil, fmt.Errorf("server: claim_ca_dir %s holds no CA certificate", cfg.ClaimCADir)
+			return fmt.Errorf("server: claim_ca_dir %s holds no CA certificate", cfg.ClaimCADir)
 		}
 	}
 	var bootstrapAuth func(string, string, []byte, *x509.Certificate) error
 	if cfg.BootstrapCredential {
 		bootstrapAuth = s.bootstrapCredential
 	}
+	var err error
 	s.Broker, err = broker.New(broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
-		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
-		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
+		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
+		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen,
 		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
 		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
 		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
 		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
 	})
-	if err != nil {
-		s.closeStores()
-		return nil, err
+	return err
+}
+
+// openPolicy opens the reference policies.
+func (s *Server) openPolicy() (err error) {
+	if s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile)); err == nil {
+		s.onClose(s.Policy.Close)
 	}
-	if s.Policy, err = policy.Open(filepath.Join(cfg.DataDir, PolicyFile)); err != nil {
-		s.closeStores()
-		return nil, err
+	return err
+}
+
+// openEnroll builds the enrollment service with the EK trust of ek_ca_dir
+// and ek_allowlist.
+func (s *Server) openEnroll() error {
+	cfg := s.cfg
+	trust := &verifier.EKTrust{}
+	var err error
+	if cfg.EKCADir != "" {
+		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
+			return err
+		}
+	}
+	if cfg.EKAllowList != "" {
+		if trust.AllowList, err = loadAllowList(cfg.EKAllowList); err != nil {
+			return err
+		}
 	}
 	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
 	if err != nil {
-		s.closeStores()
-		return nil, err
+		return err
 	}
 	var first wire.PCRSelection
 	if len(sels) > 0 {
@@ -371,137 +256,123 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	s.Enroll, err = enroll.New(enroll.Config{
 		Policies: s.Policy, Selection: first,
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
-		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: logger.With("component", "enroll"),
+		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: s.log.With("component", "enroll"),
 		Identities:    enrollIdentities{s},
 		FirmwareTrust: s.firmwareTrust,
 		Send: func(clientID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
 		},
 	})
-	if err != nil {
-		s.closeStores()
-		return nil, err
-	}
+	return err
+}
+
+// openAttest opens the verdict history and builds continuous attestation.
+func (s *Server) openAttest() error {
+	cfg := s.cfg
+	var err error
 	if s.history, err = attest.OpenHistory(filepath.Join(cfg.DataDir, HistoryFile), 0); err != nil {
-		s.closeStores()
-		return nil, err
+		return err
+	}
+	s.onClose(s.history.Close)
+	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
+	if err != nil {
+		return err
 	}
 	s.Attest, err = attest.New(attest.Config{
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
 		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
-		Logger:     logger.With("component", "attest"),
-		Send:       s.sendDevice,
+		Logger: s.log.With("component", "attest"), Send: s.sendDevice,
 		Disconnect: s.Broker.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
 	})
-	if err != nil {
-		s.closeStores()
-		return nil, err
+	return err
+}
+
+// openRotation opens the rotation jobs and builds certificate renewal.
+func (s *Server) openRotation() (err error) {
+	if s.jobs, err = rotation.OpenJobs(filepath.Join(s.cfg.DataDir, JobsFile)); err != nil {
+		return err
 	}
-	if s.jobs, err = rotation.OpenJobs(filepath.Join(cfg.DataDir, JobsFile)); err != nil {
-		s.closeStores()
-		return nil, err
-	}
+	s.onClose(s.jobs.Close)
 	s.Rotation, err = rotation.New(rotation.Config{
-		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(cfg.DeviceLifetime),
-		Connected: s.Broker.Connected, Logger: logger.With("component", "rotation"),
-		Send: s.sendDevice,
+		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
+		Connected: s.Broker.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
 	})
+	return err
+}
+
+// openSecrets opens the sealed secrets and their delivery records, and
+// builds their delivery (fleet/secrets).
+func (s *Server) openSecrets() error {
+	log := s.log.With("component", "secrets")
+	var err error
+	if s.Secrets, err = secrets.Open(secrets.Config{Dir: s.cfg.DataDir, Logger: log}); err != nil {
+		return err
+	}
+	s.onClose(s.Secrets.Close)
+	if s.deliveries, err = secrets.OpenDeliveries(filepath.Join(s.cfg.DataDir, secrets.DeliveriesFile)); err != nil {
+		return err
+	}
+	s.onClose(s.deliveries.Close)
+	sels, err := selections(s.cfg.AttestBanks, s.cfg.AttestPCRs)
 	if err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if err = s.openSSH(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if s.Secrets, err = secrets.Open(secrets.Config{Dir: cfg.DataDir, Logger: logger.With("component", "secrets")}); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if s.deliveries, err = secrets.OpenDeliveries(filepath.Join(cfg.DataDir, secrets.DeliveriesFile)); err != nil {
-		s.closeStores()
-		return nil, err
+		return err
 	}
 	s.secretSvc = secrets.NewService(secrets.ServiceConfig{
 		Store: s.Secrets, Deliveries: s.deliveries, Devices: s.Inv, Attestations: s.history, PCRs: secrets.BoundPCRs(sels),
-		Connected: s.Broker.Connected, Current: s.Attest.Current, Logger: logger.With("component", "secrets"),
-		Send: s.sendDevice,
+		Connected: s.Broker.Connected, Current: s.Attest.Current, Send: s.sendDevice, Logger: log,
 	})
-	if err = s.openTelemetry(); err != nil {
-		s.closeStores()
-		return nil, err
+	return nil
+}
+
+// openApprovals opens the two-person rule's requests (two_person_rule).
+func (s *Server) openApprovals() (err error) {
+	if !s.cfg.TwoPersonRule {
+		return nil
 	}
-	if err = s.openFirmware(); err != nil {
-		s.closeStores()
-		return nil, err
+	s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit},
+		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")})
+	if err == nil {
+		s.onClose(s.Approvals.Close)
 	}
-	if err = s.openGovernance(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
+	return err
+}
+
+// openAPI builds the HTTPS API over every part.
+func (s *Server) openAPI() error {
 	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
-	if cfg.TwoPersonRule {
-		if s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit}, Requester: approval.RequesterFrom(s.Auth), Logger: logger.With("component", "approvals")}); err != nil {
-			s.closeStores()
-			return nil, err
-		}
-	}
-	s.anonAudit = audit.NewSampler(s.Audit, audit.SamplerConfig{})
-	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: cfg.APIRateLimit, RateBurst: cfg.APIRateBurst,
+	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: s.cfg.APIRateLimit, RateBurst: s.cfg.APIRateBurst,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
-		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
+		Connected: s.Broker.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: s.Metrics,
 		Governance: s.Governance,
 	})
-	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		s.closeStores()
-		return nil, fmt.Errorf("server: api listener: %w", err)
-	}
-	if cfg.DebugAddr != "" {
-		if s.debugLn, err = listenDebug(cfg.DebugAddr); err != nil {
-			s.apiLn.Close()
-			s.closeStores()
-			return nil, err
-		}
-	}
-	return s, nil
+	return nil
 }
 
-func (s *Server) closeStores() {
-	if s.Governance != nil {
-		s.Governance.Close()
+// listen binds the API listener and, with debug_addr, the debug one.
+func (s *Server) listen() (err error) {
+	if s.apiLn, err = net.Listen("tcp", s.cfg.APIAddr); err != nil {
+		return fmt.Errorf("server: api listener: %w", err)
 	}
-	s.closeTelemetry()
-	if s.fw != nil {
-		s.fw.Close()
+	s.onClose(closeListener(s.apiLn))
+	if s.cfg.DebugAddr != "" {
+		if s.debugLn, err = listenDebug(s.cfg.DebugAddr); err != nil {
+			return err
+		}
+		s.onClose(closeListener(s.debugLn))
 	}
-	if s.Inv != nil {
-		s.Inv.Close()
-	}
-	if s.Auth != nil {
-		s.Auth.Close()
-	}
-	if s.Approvals != nil {
-		s.Approvals.Close()
-	}
-	if s.Audit != nil {
-		s.Audit.Close() // after Run's shutdown checkpoint: closeStores runs when Run returns
-	}
-	if s.Policy != nil {
-		s.Policy.Close()
-	}
-	if s.history != nil {
-		s.history.Close()
-	}
-	if s.jobs != nil {
-		s.jobs.Close()
-	}
-	if s.Secrets != nil {
-		s.Secrets.Close()
-	}
-	if s.deliveries != nil {
-		s.deliveries.Close()
+	return nil
+}
+
+// closeListener closes ln; a listener its server closed already is no
+// failure.
+func closeListener(ln net.Listener) func() error {
+	return func() error {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
 	}
 }
 
@@ -607,9 +478,10 @@ func (s *Server) API() http.Handler { return s.apiHandler }
 // Ready is closed once every listener serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// Run serves until ctx ends or a part fails.
+// Run serves until ctx ends or a part fails; then it closes what New
+// opened.
 func (s *Server) Run(ctx context.Context) error {
-	defer s.closeStores()
+	defer s.close()
 	if err := s.Broker.Start(); err != nil {
 		return err
 	}
@@ -627,56 +499,60 @@ func (s *Server) Run(ctx context.Context) error {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
 		_ = s.Broker.Run(cctx) // closes the started broker
-		s.apiLn.Close()
-		if s.debugLn != nil {
-			s.debugLn.Close()
-		}
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.Broker.Run(ctx) })
-	g.Go(func() error { return s.recordEvents(ctx) })
-	g.Go(func() error { return s.Enroll.Run(ctx) })
-	g.Go(func() error { return s.Attest.Run(ctx) })
-	g.Go(func() error { return s.Rotation.Run(ctx) })
-	g.Go(func() error { return s.SSH.Run(ctx) })
-	g.Go(func() error { return s.secretSvc.Run(ctx) })
-	if s.fw != nil {
-		g.Go(func() error { return s.fw.Run(ctx) })
-	}
-	g.Go(func() error { return s.Auth.Run(ctx) })
-	g.Go(func() error { return s.Governance.Run(ctx) })
-	g.Go(func() error { return s.Audit.Run(ctx) })
-	g.Go(func() error { return s.anonAudit.Run(ctx) })
-	g.Go(func() error { return s.Telemetry.Run(ctx) })
-	g.Go(func() error { return s.Alerts.Run(ctx) })
-	g.Go(func() error { return s.feed.Run(ctx) })
-	s.goDebug(ctx, g)
-	if s.Approvals != nil {
-		g.Go(func() error { return s.Approvals.Run(ctx) })
+	for _, task := range s.tasks() {
+		g.Go(func() error { return task(ctx) })
 	}
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
+	return g.Wait()
+}
+
+// tasks are the fleet's long-running parts, each running until its
+// context ends; Run runs them in one errgroup, so the first to fail stops
+// all of them.
+func (s *Server) tasks() []func(context.Context) error {
+	tasks := []func(context.Context) error{
+		s.Broker.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
+		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
+		s.serveAPI,
+	}
+	if s.fw != nil {
+		tasks = append(tasks, s.fw.Run)
+	}
+	if s.Approvals != nil {
+		tasks = append(tasks, s.Approvals.Run)
+	}
+	if s.debugLn != nil {
+		tasks = append(tasks, s.serveDebug)
+	}
+	return tasks
+}
+
+// serveAPI serves the API, the console and the device downloads on the
+// HTTPS listener until ctx ends, then shuts the server down gracefully
+// (5s at most).
+func (s *Server) serveAPI(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:   s.withDownloads(s.withConsole(s.apiHandler)),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	g.Go(func() error {
-		err := srv.ServeTLS(s.apiLn, "", "")
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return err
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
-	return g.Wait()
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(s.apiLn, "", "") }()
+	select {
+	case err := <-served:
+		return err // it failed on its own
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-served // http.ErrServerClosed
+	return err
 }
 
 // deviceMessage handles messages from enrolled devices. The device ID is

@@ -1,13 +1,18 @@
 package server
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -92,4 +97,47 @@ func TestSelections(t *testing.T) {
 	if _, err := selections(nil, []int{24}); err == nil {
 		t.Error("PCR 24 accepted")
 	}
+}
+
+// TestFailedNewReleasesEverything: New failing at its last step (the API
+// address is taken) closes every store it opened, firmware's included,
+// so that the fleet starts again at once from the same data directory
+// (each store's file lock would time out otherwise).
+func TestFailedNewReleasesEverything(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := verify.NewTrustSet(1, 1, key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := ts.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	trust := filepath.Join(t.TempDir(), "trust.json")
+	if err := os.WriteFile(trust, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := Config{DataDir: dir, MQTTAddr: "127.0.0.1:0", APIAddr: taken.Addr().String(), Hostnames: []string{"localhost"},
+		ReleaseTrust: trust, TwoPersonRule: true}
+	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "api listener") {
+		t.Fatalf("New on a taken API address: %v", err)
+	}
+	cfg.APIAddr = "127.0.0.1:0"
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatalf("New after a failed New: %v", err)
+	}
+	if s.fw == nil || s.Approvals == nil {
+		t.Fatal("firmware or approvals off")
+	}
+	s.close()
 }

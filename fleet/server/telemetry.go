@@ -14,7 +14,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
-	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -39,38 +38,6 @@ const (
 	SinkWebhook      = sink.TypeWebhook
 )
 
-// AlertFlood is the alert_flood configuration: flood control of new
-// alerts (fleet/alert Flood). Past a limit, new alerts are held back:
-// counted in one summary alert per rule and window (which names the
-// rule, the count, the devices and the window, and goes to the sinks once,
-// when the window closes); their rules' actions still run.
-type AlertFlood struct {
-	// Window is the length of the windows the limits count in. Default
-	// 10m.
-	Window config.Duration `json:"window"`
-	// PerRule is how many new alerts one rule may open per window.
-	// Default 20; negative means no limit per rule.
-	PerRule int `json:"per_rule"`
-	// Fleet is how many new alerts all rules together may open per
-	// window. Default 100; negative means no fleet-wide limit.
-	Fleet int `json:"fleet"`
-}
-
-// flood is the engine's Flood for the configuration's defaults.
-func (c AlertFlood) flood() alert.Flood {
-	f := alert.Flood{Window: time.Duration(c.Window), PerRule: c.PerRule, Fleet: c.Fleet}
-	if f.Window <= 0 {
-		f.Window = 10 * time.Minute
-	}
-	if f.PerRule == 0 {
-		f.PerRule = 20
-	}
-	if f.Fleet == 0 {
-		f.Fleet = 100
-	}
-	return f
-}
-
 // openTelemetry opens the telemetry ingester (cursors in TelemetryFile),
 // the alert engine (AlertsFile) with routes to the configured sinks, the
 // alert feed between them, the shared metrics registry with the control
@@ -82,11 +49,13 @@ func (s *Server) openTelemetry() error {
 	if s.cursors, err = telemetry.OpenCursors(filepath.Join(s.cfg.DataDir, TelemetryFile)); err != nil {
 		return err
 	}
+	s.onClose(s.cursors.Close)
 	routes, infos, closeSinks, err := sink.Routes(s.cfg.AlertSinks)
 	if err != nil {
 		return err
 	}
-	s.sinks, s.closeSinks = infos, closeSinks
+	s.sinks = infos
+	s.onClose(func() error { closeSinks(); return nil })
 	s.Alerts, err = alert.Open(alert.Config{
 		Path: filepath.Join(s.cfg.DataDir, AlertsFile), Routes: routes,
 		Actions: alert.ActionsFunc(s.alertAction), Logger: s.log.With("component", "alert"),
@@ -96,6 +65,12 @@ func (s *Server) openTelemetry() error {
 	if err != nil {
 		return err
 	}
+	s.onClose(func() error { // after its Run returned: the stack unwinds when Run ends
+		if err := s.Alerts.Close(); err != nil {
+			s.log.Error("closing the alert store failed", "err", err)
+		}
+		return nil
+	})
 	if err := feed.InstallDefaultRules(s.Alerts, s.cursors, s.log); err != nil {
 		return err
 	}
@@ -109,22 +84,6 @@ func (s *Server) openTelemetry() error {
 		return err
 	}
 	return s.controlPlaneMetrics()
-}
-
-// closeTelemetry closes what openTelemetry opened; the engine's Close
-// comes after its Run returned (closeStores runs when Run ends).
-func (s *Server) closeTelemetry() {
-	if s.Alerts != nil {
-		if err := s.Alerts.Close(); err != nil {
-			s.log.Error("closing the alert store failed", "err", err)
-		}
-	}
-	if s.closeSinks != nil {
-		s.closeSinks()
-	}
-	if s.cursors != nil {
-		s.cursors.Close()
-	}
 }
 
 // OnTelemetry registers a callback receiving every accepted telemetry batch

@@ -14,8 +14,7 @@ func testConfig(dir string, sinks ...AlertSink) Config {
 
 // closeUnstarted releases what New opened for a server that never ran.
 func (s *Server) closeUnstarted() {
-	s.closeStores()
-	s.apiLn.Close()
+	s.close()
 }
 
 // TestDefaultRulesOnce: the first start installs the default rules; a rule
