@@ -141,9 +141,9 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, open := range []func() error{
-		s.openCA, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy,
-		s.openEnroll, s.openAttest, s.openRotation, s.openSSH, s.openSecrets,
-		s.openTelemetry, s.openFirmware, s.openGovernance, s.openApprovals, s.openAPI, s.listen,
+		s.openCA, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
+		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
 		if err := open(); err != nil {
 			return nil, err
@@ -257,7 +257,7 @@ func (s *Server) openEnroll() error {
 		Policies: s.Policy, Selection: first,
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
 		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: s.log.With("component", "enroll"),
-		Identities:    enrollIdentities{s},
+		Identities:    governance.Enrollment{S: s.Governance},
 		FirmwareTrust: s.firmwareTrust,
 		Send: func(clientID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
@@ -266,14 +266,17 @@ func (s *Server) openEnroll() error {
 	return err
 }
 
-// openAttest opens the verdict history and builds continuous attestation.
+// openHistory opens the attestation verdicts' history.
+func (s *Server) openHistory() (err error) {
+	if s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0); err == nil {
+		s.onClose(s.history.Close)
+	}
+	return err
+}
+
+// openAttest builds continuous attestation.
 func (s *Server) openAttest() error {
 	cfg := s.cfg
-	var err error
-	if s.history, err = attest.OpenHistory(filepath.Join(cfg.DataDir, HistoryFile), 0); err != nil {
-		return err
-	}
-	s.onClose(s.history.Close)
 	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
 	if err != nil {
 		return err
@@ -717,7 +720,7 @@ func poolCerts(dir string) []*x509.Certificate {
 // the device this client ID names ("e-<first 16 hex of the device ID>-…"),
 // so a known device can re-enroll.
 func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim *x509.Certificate) error {
-	if claim != nil || s.triageEnrolled(triageKey(governance.AttemptUnknownClient, "client", clientID)) {
+	if claim != nil || s.Governance.TriageEnrolled(governance.TriageKey(governance.AttemptUnknownClient, "client", clientID)) {
 		return nil
 	}
 	if len(password) == 0 {

@@ -40,8 +40,9 @@ const (
 
 // openTelemetry opens the telemetry ingester (cursors in TelemetryFile),
 // the alert engine (AlertsFile) with routes to the configured sinks, the
-// alert feed between them, the shared metrics registry with the control
-// plane's metrics, and installs the default alert rules at first start.
+// alert feed between them and the shared metrics registry (the control
+// plane's metrics join it once their parts exist: controlPlaneMetrics),
+// and installs the default alert rules at first start.
 func (s *Server) openTelemetry() error {
 	s.Metrics = metrics.NewRegistry()
 	s.verdicts = map[string]*metrics.Counter{}
@@ -80,10 +81,7 @@ func (s *Server) openTelemetry() error {
 		Send: s.sendDevice, Metrics: s.Metrics, Cursors: s.cursors, OnBatch: s.feed.Batch,
 		Logger: s.log.With("component", "telemetry"),
 	})
-	if err != nil {
-		return err
-	}
-	return s.controlPlaneMetrics()
+	return err
 }
 
 // OnTelemetry registers a callback receiving every accepted telemetry batch
