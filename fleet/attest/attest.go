@@ -33,6 +33,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -941,4 +942,33 @@ func (s *Service) History(deviceID string, limit int) ([]Record, error) {
 // before (0: from the newest), newest first (History.ListBefore).
 func (s *Service) HistoryBefore(deviceID string, before uint64, limit int) ([]Record, error) {
 	return s.cfg.History.ListBefore(deviceID, before, limit)
+}
+
+// Selections builds the PCR selections Config.Selections takes from the
+// configured banks (attest_banks: "sha256", "sha1", "sha384"; none means
+// sha256) and PCRs (attest_pcrs; none means wire.DefaultPCRs); neither
+// means nil, the service's default.
+func Selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
+	if len(banks) == 0 && len(pcrs) == 0 {
+		return nil, nil
+	}
+	if len(banks) == 0 {
+		banks = []string{"sha256"}
+	}
+	if len(pcrs) == 0 {
+		pcrs = wire.DefaultPCRs()
+	}
+	var out []wire.PCRSelection
+	for _, b := range banks {
+		id := verifier.BankID(b)
+		if id == 0 || slices.ContainsFunc(out, func(s wire.PCRSelection) bool { return s.Hash == id }) {
+			return nil, fmt.Errorf("attest: attest_banks: %q is not a supported bank or is repeated", b)
+		}
+		sel := wire.PCRSelection{Hash: id, PCRs: pcrs}
+		if err := sel.Validate(); err != nil {
+			return nil, fmt.Errorf("attest: attest_pcrs: %w", err)
+		}
+		out = append(out, sel)
+	}
+	return out, nil
 }

@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -194,13 +193,9 @@ func (s *Server) openBroker() error {
 	cfg := s.cfg
 	var claimCAs []*x509.Certificate
 	if cfg.ClaimCADir != "" {
-		roots, _, err := verifier.LoadCADir(cfg.ClaimCADir)
-		if err != nil {
+		var err error
+		if claimCAs, err = verifier.LoadClaimCAs(cfg.ClaimCADir); err != nil {
 			return err
-		}
-		claimCAs = poolCerts(cfg.ClaimCADir)
-		if roots == nil || len(claimCAs) == 0 {
-			return fmt.Errorf("server: claim_ca_dir %s holds no CA certificate", cfg.ClaimCADir)
 		}
 	}
 	var bootstrapAuth func(string, string, []byte, *x509.Certificate) error
@@ -241,11 +236,11 @@ func (s *Server) openEnroll() error {
 		}
 	}
 	if cfg.EKAllowList != "" {
-		if trust.AllowList, err = loadAllowList(cfg.EKAllowList); err != nil {
+		if trust.AllowList, err = verifier.LoadAllowList(cfg.EKAllowList); err != nil {
 			return err
 		}
 	}
-	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
+	sels, err := attest.Selections(cfg.AttestBanks, cfg.AttestPCRs)
 	if err != nil {
 		return err
 	}
@@ -277,7 +272,7 @@ func (s *Server) openHistory() (err error) {
 // openAttest builds continuous attestation.
 func (s *Server) openAttest() error {
 	cfg := s.cfg
-	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
+	sels, err := attest.Selections(cfg.AttestBanks, cfg.AttestPCRs)
 	if err != nil {
 		return err
 	}
@@ -316,7 +311,7 @@ func (s *Server) openSecrets() error {
 		return err
 	}
 	s.onClose(s.deliveries.Close)
-	sels, err := selections(s.cfg.AttestBanks, s.cfg.AttestPCRs)
+	sels, err := attest.Selections(s.cfg.AttestBanks, s.cfg.AttestPCRs)
 	if err != nil {
 		return err
 	}
@@ -639,80 +634,6 @@ func upKind(typ string) string {
 		return m.Kind
 	}
 	return ""
-}
-
-func loadAllowList(path string) (map[string]bool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("server: allow-list: %w", err)
-	}
-	out := map[string]bool{}
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if j := strings.IndexByte(line, '#'); j >= 0 {
-			line = strings.TrimSpace(line[:j])
-		}
-		if line == "" {
-			continue
-		}
-		line = strings.ToLower(line)
-		if len(line) != 64 || strings.Trim(line, "0123456789abcdef") != "" {
-			return nil, fmt.Errorf("server: allow-list %s line %d: not a SHA-256 hex fingerprint", path, i+1)
-		}
-		out[line] = true
-	}
-	return out, nil
-}
-
-// selections builds the attestation PCR selections from the configuration;
-// nil means the attestation service's default.
-func selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
-	if len(banks) == 0 && len(pcrs) == 0 {
-		return nil, nil
-	}
-	if len(banks) == 0 {
-		banks = []string{"sha256"}
-	}
-	if len(pcrs) == 0 {
-		pcrs = wire.DefaultPCRs()
-	}
-	var out []wire.PCRSelection
-	for _, b := range banks {
-		id := verifier.BankID(b)
-		if id == 0 || slices.ContainsFunc(out, func(s wire.PCRSelection) bool { return s.Hash == id }) {
-			return nil, fmt.Errorf("server: attest_banks: %q is not a supported bank or is repeated", b)
-		}
-		sel := wire.PCRSelection{Hash: id, PCRs: pcrs}
-		if err := sel.Validate(); err != nil {
-			return nil, fmt.Errorf("server: attest_pcrs: %w", err)
-		}
-		out = append(out, sel)
-	}
-	return out, nil
-}
-
-// poolCerts reads the PEM certificates of a directory (LoadCADir already
-// checked them).
-func poolCerts(dir string) []*x509.Certificate {
-	var out []*x509.Certificate
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		for {
-			var blk *pem.Block
-			blk, b = pem.Decode(b)
-			if blk == nil {
-				break
-			}
-			if c, err := x509.ParseCertificate(blk.Bytes); err == nil && c.IsCA {
-				out = append(out, c)
-			}
-		}
-	}
-	return out
 }
 
 // bootstrapCredential admits a bootstrap CONNECT with a claim certificate,
