@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
-	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -60,23 +58,4 @@ func (s *Server) auditEvent(e inventory.Event) {
 	if err := s.Audit.Record(context.Background(), entry); err != nil {
 		s.log.Error("audit: recording a lifecycle event failed", "device_id", e.DeviceID, "kind", e.Kind, "err", err)
 	}
-}
-
-// approvalAuditor records two-person decisions and outcomes in the audit
-// log (inside the decision's transaction: a failed record refuses it).
-type approvalAuditor struct{ log *audit.Log }
-
-func (a approvalAuditor) Record(ctx context.Context, e approval.Event) error {
-	actor := audit.System("approvals")
-	if e.Actor != "" {
-		actor = audit.User(e.Actor)
-	}
-	entry := audit.New(actor, "approval."+e.Action, e.RequestID).With("kind", string(e.Kind)).With("target", e.Target)
-	if e.Detail != "" {
-		entry = entry.With("detail", e.Detail)
-	}
-	if e.Action == "failed" || e.Action == "interrupted" {
-		entry = entry.Fail(errors.New(e.Detail))
-	}
-	return a.log.Record(ctx, entry)
 }

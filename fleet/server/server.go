@@ -1,6 +1,12 @@
-// Package server is `sigil serve`: it composes the fleet's parts — CA,
-// inventory, embedded broker, enrollment service and HTTPS API — and runs
-// them until its context ends, stopping all of them when one fails.
+// Package server is `sigil serve`, the fleet's composition root: New
+// builds the fleet's parts — CA, audit log, operators, inventory, embedded
+// broker, policies, telemetry and alerting, firmware rollout, governance,
+// enrollment, attestation, rotation, SSH CA, sealed secrets, approvals and
+// the HTTPS API — from the packages that own them and wires them
+// together; Run runs them until its context ends, stopping all of them
+// when one fails. Services live beside their domains; this package holds
+// only the wiring, the dispatch of device messages to them, and the
+// configuration.
 package server
 
 import (
@@ -327,7 +333,7 @@ func (s *Server) openApprovals() (err error) {
 	if !s.cfg.TwoPersonRule {
 		return nil
 	}
-	s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit},
+	s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approval.AuditLog{Log: s.Audit},
 		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")})
 	if err == nil {
 		s.onClose(s.Approvals.Close)
