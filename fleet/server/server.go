@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
@@ -82,11 +83,11 @@ type Server struct {
 	// security events; Metrics is the registry /metrics serves.
 	Telemetry *telemetry.Ingester
 	Alerts    *alert.Engine
-	Metrics   *metrics.Registry
-	feed      *feed.Feed                  // telemetry and security events to Alerts
-	cursors   *telemetry.CursorStore      // the ingester's cursors, the feed's flags
-	sinks     []sink.Info                 // the configured alert sinks, described
-	verdicts  map[string]*metrics.Counter // by result
+	Metrics   *prometheus.Registry
+	feed      *feed.Feed                    // telemetry and security events to Alerts
+	cursors   *telemetry.CursorStore        // the ingester's cursors, the feed's flags
+	sinks     []sink.Info                   // the configured alert sinks, described
+	verdicts  map[string]prometheus.Counter // by result
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
 	Governance *governance.Service
@@ -348,7 +349,7 @@ func (s *Server) openAPI() error {
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
-		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: s.Metrics,
+		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
 		Governance: s.Governance,
 	})
 	return nil

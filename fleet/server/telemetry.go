@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
 	"github.com/sigil-iot/sigil/fleet/alert/sink"
@@ -44,8 +46,8 @@ const (
 // plane's metrics join it once their parts exist: controlPlaneMetrics),
 // and installs the default alert rules at first start.
 func (s *Server) openTelemetry() error {
-	s.Metrics = metrics.NewRegistry()
-	s.verdicts = map[string]*metrics.Counter{}
+	s.Metrics = prometheus.NewRegistry()
+	s.verdicts = map[string]prometheus.Counter{}
 	var err error
 	if s.cursors, err = telemetry.OpenCursors(filepath.Join(s.cfg.DataDir, TelemetryFile)); err != nil {
 		return err
@@ -107,7 +109,9 @@ func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
 	if s.feed == nil {
 		return
 	}
-	s.verdictCounter(rec.Result).Inc()
+	if c := s.verdicts[rec.Result]; c != nil {
+		c.Inc() // an unexpected result is not exported
+	}
 	s.feed.Verdict(deviceID, rec)
 }
 
@@ -179,7 +183,7 @@ func (s *Server) alertAction(_ context.Context, action alert.Action, a alert.Ale
 //	sigil_alert_actions_failed_total
 //	sigil_alert_notifications_queued        notifications waiting for their sinks
 //	sigil_alert_feed_queued                 telemetry batches waiting for alert evaluation
-//	process_*, go_*                         the process's CPU, memory and file descriptors (metrics.RegisterProcess)
+//	process_*, go_*                         the process's CPU, memory, file descriptors and Go runtime (metrics.RegisterProcess)
 func (s *Server) controlPlaneMetrics() error {
 	r := s.Metrics
 	b := s.Broker.Stats
@@ -234,31 +238,20 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_alert_notifications_dead_lettered_total", "Alert notifications recorded as dead letters.", func() float64 { return u(a().DeadLettered) }},
 		{"sigil_alert_actions_failed_total", "Alert rule actions that failed.", func() float64 { return u(a().ActionsFailed) }},
 	}
-	errs := []error{r.RegisterProcess()}
+	errs := []error{metrics.RegisterProcess(r)}
 	for _, g := range gauges {
-		errs = append(errs, r.GaugeFunc(g.name, g.help, g.fn))
+		errs = append(errs, r.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help}, g.fn)))
 	}
 	for _, c := range counters {
-		errs = append(errs, r.CounterFunc(c.name, c.help, c.fn))
+		errs = append(errs, r.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help}, c.fn)))
 	}
-	vec, err := r.CounterVec("sigil_attestation_verdicts_total", "Attestation verdicts recorded, by result.", "result")
-	errs = append(errs, err)
-	if vec != nil {
-		for _, res := range []string{wire.VerdictPass, wire.VerdictFail} {
-			c, err := vec.With(res)
-			errs = append(errs, err)
-			s.verdicts[res] = c
-		}
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sigil_attestation_verdicts_total", Help: "Attestation verdicts recorded, by result."}, []string{"result"})
+	errs = append(errs, r.Register(vec))
+	for _, res := range []string{wire.VerdictPass, wire.VerdictFail} {
+		s.verdicts[res] = vec.WithLabelValues(res)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("server: metrics: %w", err)
 	}
 	return nil
-}
-
-func (s *Server) verdictCounter(result string) *metrics.Counter {
-	if c := s.verdicts[result]; c != nil {
-		return c
-	}
-	return &metrics.Counter{} // an unexpected result: not exported
 }
