@@ -1,17 +1,11 @@
 package governance
 
 import (
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
-
-	"github.com/sigil-iot/sigil/fleet/alert"
-	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
 
-// What the fleet's other parts ask of governance, and the adapters that
-// give governance what it reads of them.
+// What the fleet's other parts ask of governance.
 
 // Screen is the broker's screen: it refuses a CONNECT whose client ID,
 // address, device ID or (for an enrolled device) EK is on the block list.
@@ -97,78 +91,4 @@ func (e Enrollment) CloneSuspect(deviceID, detail string) {
 	if err := e.S.EKConflict(deviceID, detail); err != nil {
 		e.S.log.Error("governance: EK clone incident failed; the next sweep retries it", "device_id", deviceID, "err", err)
 	}
-}
-
-// RuleNewPort is the default alert rule whose alerts are new listening
-// ports: they count as exposure, not as anomalies.
-const RuleNewPort = "new-listening-port"
-
-// AlertQuerier finds alerts (*alert.Engine).
-type AlertQuerier interface {
-	Alerts(q alert.Query) ([]alert.Alert, uint64, error)
-}
-
-// AlertAnomalies is Anomalies over the alert engine's open alerts, but
-// those of RuleNewPort (exposure).
-type AlertAnomalies struct{ Alerts AlertQuerier }
-
-// OpenAlerts implements Anomalies.
-func (a AlertAnomalies) OpenAlerts(deviceID string) ([]OpenAlert, error) {
-	open, _, err := a.Alerts.Alerts(alert.Query{DeviceID: deviceID, Open: true, Limit: 1000})
-	if err != nil {
-		return nil, err
-	}
-	var out []OpenAlert
-	for _, x := range open {
-		kind := x.RuleID
-		switch kind {
-		case RuleNewPort:
-			continue
-		case alert.EventCloneSuspect:
-			kind = KindClone // governance scores clones itself
-		case alert.EventDormant:
-			kind = KindDormant
-		}
-		out = append(out, OpenAlert{Kind: kind, Severity: string(x.Severity)})
-	}
-	return out, nil
-}
-
-// TelemetryDevices reads a device's latest telemetry (*telemetry.Ingester).
-type TelemetryDevices interface {
-	Device(deviceID string) (telemetry.DeviceStatus, error)
-}
-
-// TelemetryExposure is Exposure from telemetry's listening ports and,
-// with Alerts, the ports never seen before (open alerts of RuleNewPort).
-type TelemetryExposure struct {
-	Telemetry TelemetryDevices
-	Alerts    AlertQuerier // nil: no new ports
-}
-
-// Ports implements Exposure.
-func (x TelemetryExposure) Ports(deviceID string) (Ports, error) {
-	var p Ports
-	st, err := x.Telemetry.Device(deviceID)
-	if err == nil {
-		for _, proto := range []string{"tcp", "udp"} {
-			for _, port := range st.Sets["listen."+proto] {
-				if _, err := strconv.Atoi(port); err == nil {
-					p.Listening = append(p.Listening, proto+"/"+port)
-				}
-			}
-		}
-	} else if !errors.Is(err, telemetry.ErrUnknownDevice) {
-		return p, err
-	}
-	if x.Alerts != nil {
-		open, _, err := x.Alerts.Alerts(alert.Query{DeviceID: deviceID, RuleID: RuleNewPort, Open: true, Limit: 1000})
-		if err != nil {
-			return p, err
-		}
-		for _, a := range open {
-			p.New = append(p.New, a.Key)
-		}
-	}
-	return p, nil
 }

@@ -9,9 +9,7 @@
 // revoke a dormant device's certificate, a Quarantiner to isolate a clone.
 // What the rest of the fleet asks of it has a method or a type here: the
 // broker's screen (Screen), enrollment's view (Enrollment), the triage
-// decisions (TriageEnrolled, TriageEnroller); and so have the adapters over
-// the alert engine and telemetry that give it what it reads of them
-// (AlertAnomalies, TelemetryExposure).
+// decisions (TriageEnrolled, TriageEnroller).
 //
 // # Owners and orphans
 //

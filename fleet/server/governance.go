@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/alert/feed"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -28,8 +29,8 @@ func (s *Server) openGovernance() error {
 		Connected:    s.Broker.Connected,
 		Alerter:      governance.AlerterFunc(s.governanceAlert),
 		Attestations: s.history,
-		Anomalies:    governance.AlertAnomalies{Alerts: s.Alerts},
-		Exposure:     governance.TelemetryExposure{Telemetry: s.Telemetry, Alerts: s.Alerts},
+		Anomalies:    feed.Anomalies{Alerts: s.Alerts},
+		Exposure:     feed.Exposure{Telemetry: s.Telemetry, Alerts: s.Alerts},
 		Firmware:     s.firmwareTarget(),
 		CertLifetime: time.Duration(s.cfg.DeviceLifetime),
 		DormantAfter: time.Duration(c.DormantAfter), RevokeDormant: c.DormantRevoke,

@@ -4,7 +4,9 @@
 // telemetry, attestation, the inventory's lifecycle and identity
 // governance show. It counts the quarantines and renewals it sees for the
 // fleet's metrics, and installs the default alert rules once, at the
-// fleet's first start (InstallDefaultRules).
+// fleet's first start (InstallDefaultRules). The other way, it tells
+// governance a device's open alerts and listening ports for its risk score
+// (Anomalies, Exposure).
 package feed
 
 import (
