@@ -391,11 +391,11 @@ func TestCommands(t *testing.T) {
 	writeCommandFiles(t)
 	seen := map[string]bool{}
 	for _, tc := range apiCases {
+		if seen[tc.name] {
+			t.Fatalf("two cases named %s", tc.name)
+		}
+		seen[tc.name] = true
 		t.Run(tc.name, func(t *testing.T) {
-			if seen[tc.name] {
-				t.Fatalf("two cases named %s", tc.name)
-			}
-			seen[tc.name] = true
 			f := newFakeAPI(t, tc.api)
 			stdout, stderr, code := runCLI(t, tc.stdin, tc.args...)
 			checkGolden(t, golden, tc.name, transcript(tc.args, f.requests(), code, stdout, stderr))

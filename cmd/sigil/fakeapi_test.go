@@ -168,23 +168,11 @@ func goldenNames(t *testing.T, dir string) []string {
 // captureOutput collects a command's stdout and stderr.
 type captureOutput struct{ stdout, stderr bytes.Buffer }
 
-// runCLI runs sigil with args and stdin as the process would, and returns
-// its stdout, stderr and exit status.
+// runCLI runs sigil with args and stdin and returns its stdout, stderr
+// and exit status.
 func runCLI(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	in := filepath.Join(t.TempDir(), "stdin")
-	if err := os.WriteFile(in, []byte(stdin), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	old := os.Stdin
-	os.Stdin = f
-	defer func() { os.Stdin = old }()
 	var out captureOutput
-	code = run(args, &out.stdout, &out.stderr)
+	code = run(args, strings.NewReader(stdin), &out.stdout, &out.stderr)
 	return out.stdout.String(), out.stderr.String(), code
 }
