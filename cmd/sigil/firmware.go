@@ -166,7 +166,9 @@ func firmwareTrust(fs *flag.FlagSet) action {
 	threshold := fs.Int("threshold", 1, "how many of the keys must sign a release")
 	sequence := fs.Uint64("sequence", 1, "sequence number; a rotation's is the replaced set's plus one")
 	out := fs.String("out", "", "file to write (default: standard output)")
-	return func(_ context.Context, x *call) error { return writeTrust(x.args, *threshold, *sequence, *out, x.stdout) }
+	return func(_ context.Context, x *call) error {
+		return writeTrust(x.args, *threshold, *sequence, *out, x.stdout)
+	}
 }
 
 func writeTrust(pubs []string, threshold int, sequence uint64, out string, stdout io.Writer) error {
