@@ -148,6 +148,7 @@ var apiCases = []apiCase{
 		api: map[string]string{"POST /api/v1/users/me/password": `{"user":"ana","sessions_ended":2,"note":"ok"}`}},
 	{name: "users-passwd-wrong", args: []string{"users", "passwd", "--stdin"}, stdin: "wrong\nnew password\n",
 		api: map[string]string{"POST /api/v1/users/me/password": `403 {"type":"about:blank","title":"Forbidden","status":403,"detail":"the current password is wrong"}`}},
+	{name: "users-passwd-args", args: []string{"users", "passwd", "old password", "new password"}},
 	{name: "api-tokens-list", args: []string{"api-tokens", "list"},
 		api: map[string]string{"GET /api/v1/tokens": `{"tokens":[{"id":"apt_0011223344556677","name":"scraper","owner":"ana","role":"viewer","created":"2026-12-01T10:00:00Z","expires":"2027-03-01T10:00:00Z"}]}`}},
 	{name: "api-tokens-create", args: []string{"api-tokens", "create", "scraper", "--role", "viewer", "--ttl", "720h"},

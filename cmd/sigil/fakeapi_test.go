@@ -136,7 +136,14 @@ func checkGolden(t *testing.T, dir, name, got string) {
 // sent, its exit status and its output.
 func transcript(args []string, reqs []string, code int, stdout, stderr string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "$ sigil %s\n", strings.Join(args, " "))
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = a
+		if a == "" || strings.ContainsAny(a, " '\"") {
+			quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	fmt.Fprintf(&b, "$ sigil %s\n", strings.Join(quoted, " "))
 	for _, r := range reqs {
 		fmt.Fprintf(&b, "> %s\n", r)
 	}
