@@ -90,53 +90,47 @@ func alertsCommand() *command {
 		{name: "resolve", args: "ID [--note T] [-o json]", summary: "resolve an alert", conn: connClient, pos: []string{id}, setup: alertAction("resolve")},
 		{name: "rules", summary: "the alert rules", def: "list", subs: []*command{
 			{name: "list", args: "[-o json]", summary: "list the alert rules", conn: connClient,
-				setup: func(*flag.FlagSet) action {
-					return func(ctx context.Context, x *call) error {
-						if _, err := alertArgs(x, false); err != nil {
-							return err
-						}
-						l, err := x.client.AlertRules(ctx)
-						if err != nil {
-							return err
-						}
-						return x.table(l, "ID\tKIND\tSEVERITY\tACTION\tENABLED\tNAME", func(tw io.Writer) {
-							for _, r := range l.Rules {
-								fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.ID, r.Kind(), r.Severity, r.Action, !r.Disabled, r.Name)
-							}
-						})
+				run: func(ctx context.Context, x *call) error {
+					if _, err := alertArgs(x, false); err != nil {
+						return err
 					}
+					l, err := x.client.AlertRules(ctx)
+					if err != nil {
+						return err
+					}
+					return x.table(l, "ID\tKIND\tSEVERITY\tACTION\tENABLED\tNAME", func(tw io.Writer) {
+						for _, r := range l.Rules {
+							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.ID, r.Kind(), r.Severity, r.Action, !r.Disabled, r.Name)
+						}
+					})
 				}},
 			{name: "put", args: "FILE [-o json]", summary: "store a rule from a JSON file", conn: connClient, pos: []string{"a rule file (JSON)"},
-				setup: func(*flag.FlagSet) action {
-					return func(ctx context.Context, x *call) error {
-						if len(x.args) > 1 {
-							return usageError{"unexpected argument " + strconv.Quote(x.args[1])}
-						}
-						var r alert.Rule
-						if err := config.Load(x.arg(0), &r); err != nil {
-							return err
-						}
-						stored, err := x.client.PutAlertRule(ctx, r)
-						if err != nil {
-							return err
-						}
-						return x.either(stored, func() {
-							x.printf("rule %s stored (%s, %s)\n", stored.ID, stored.Kind(), stored.Severity)
-						})
+				run: func(ctx context.Context, x *call) error {
+					if len(x.args) > 1 {
+						return usageError{"unexpected argument " + strconv.Quote(x.args[1])}
 					}
+					var r alert.Rule
+					if err := config.Load(x.arg(0), &r); err != nil {
+						return err
+					}
+					stored, err := x.client.PutAlertRule(ctx, r)
+					if err != nil {
+						return err
+					}
+					return x.either(stored, func() {
+						x.printf("rule %s stored (%s, %s)\n", stored.ID, stored.Kind(), stored.Severity)
+					})
 				}},
 			{name: "delete", args: "ID", summary: "delete a rule; its open alerts are resolved", conn: connClient, pos: []string{"a rule ID"},
-				setup: func(*flag.FlagSet) action {
-					return func(ctx context.Context, x *call) error {
-						if len(x.args) > 1 {
-							return usageError{"unexpected argument " + strconv.Quote(x.args[1])}
-						}
-						if err := x.client.DeleteAlertRule(ctx, x.arg(0)); err != nil {
-							return err
-						}
-						x.printf("rule %s deleted; its open alerts are resolved\n", x.arg(0))
-						return nil
+				run: func(ctx context.Context, x *call) error {
+					if len(x.args) > 1 {
+						return usageError{"unexpected argument " + strconv.Quote(x.args[1])}
 					}
+					if err := x.client.DeleteAlertRule(ctx, x.arg(0)); err != nil {
+						return err
+					}
+					x.printf("rule %s deleted; its open alerts are resolved\n", x.arg(0))
+					return nil
 				}},
 		}},
 		{name: "deadletters", args: "[--limit N] [--before ID] [-o json]", summary: "list notifications no sink accepted", conn: connClient,
@@ -190,21 +184,19 @@ func alertsCommand() *command {
 				}
 			}},
 		{name: "sinks", args: "[-o json]", summary: "list where alerts are sent", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					if _, err := alertArgs(x, false); err != nil {
-						return err
-					}
-					l, err := x.client.AlertSinks(ctx)
-					if err != nil {
-						return err
-					}
-					return x.table(l, "NAME\tTYPE\tTARGET\tMIN SEVERITY\tSIGNED", func(tw io.Writer) {
-						for _, s := range l.Sinks {
-							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", s.Name, s.Type, s.Target, s.MinSeverity, s.Signed)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				if _, err := alertArgs(x, false); err != nil {
+					return err
 				}
+				l, err := x.client.AlertSinks(ctx)
+				if err != nil {
+					return err
+				}
+				return x.table(l, "NAME\tTYPE\tTARGET\tMIN SEVERITY\tSIGNED", func(tw io.Writer) {
+					for _, s := range l.Sinks {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", s.Name, s.Type, s.Target, s.MinSeverity, s.Signed)
+					}
+				})
 			}},
 	}}
 }

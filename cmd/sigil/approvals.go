@@ -75,14 +75,12 @@ func approvalsCommand() *command {
 					}
 				}},
 			{name: "show", args: "ID [-o json]", summary: "show a request", conn: connClient, pos: []string{id},
-				setup: func(*flag.FlagSet) action {
-					return func(ctx context.Context, x *call) error {
-						var r approval.Request
-						if err := x.client.Do(ctx, http.MethodGet, "/api/v1/approvals/"+url.PathEscape(x.arg(0)), nil, &r); err != nil {
-							return err
-						}
-						return show(x, &r)
+				run: func(ctx context.Context, x *call) error {
+					var r approval.Request
+					if err := x.client.Do(ctx, http.MethodGet, "/api/v1/approvals/"+url.PathEscape(x.arg(0)), nil, &r); err != nil {
+						return err
 					}
+					return show(x, &r)
 				}},
 			{name: "approve", args: "ID [--comment C] [-o json]", summary: "approve a request (it runs once it has its approvals)", conn: connClient, pos: []string{id},
 				setup: decide("approve")},

@@ -65,15 +65,13 @@ func auditCommand() *command {
 				}
 			}},
 		{name: "checkpoint", summary: "sign a checkpoint of the log now", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var cp audit.Checkpoint
-					if err := x.client.Do(ctx, http.MethodPost, "/api/v1/audit/checkpoint", struct{}{}, &cp); err != nil {
-						return err
-					}
-					x.printf("checkpoint at entry %d, head %s, key %s\n", cp.Seq, cp.Head, cp.KeyID)
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				var cp audit.Checkpoint
+				if err := x.client.Do(ctx, http.MethodPost, "/api/v1/audit/checkpoint", struct{}{}, &cp); err != nil {
+					return err
 				}
+				x.printf("checkpoint at entry %d, head %s, key %s\n", cp.Seq, cp.Head, cp.KeyID)
+				return nil
 			}},
 	}}
 }

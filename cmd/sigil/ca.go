@@ -38,16 +38,14 @@ func caCommand() *command {
 				}
 			}},
 		{name: "prepare", args: "[-o json]", summary: "create the next generation and send its root to the devices", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					g, err := x.client.PrepareCA(ctx)
-					if err != nil {
-						return err
-					}
-					return x.either(g, func() {
-						x.printf("prepared G%d %s; connected devices received the new trust bundle\n", g.N, g.Subject)
-					})
+			run: func(ctx context.Context, x *call) error {
+				g, err := x.client.PrepareCA(ctx)
+				if err != nil {
+					return err
 				}
+				return x.either(g, func() {
+					x.printf("prepared G%d %s; connected devices received the new trust bundle\n", g.N, g.Subject)
+				})
 			}},
 		{name: "activate", args: "[--rate N|-1] [-o json]", summary: "issue from the prepared generation and re-issue every device's certificate", conn: connClient,
 			setup: func(fs *flag.FlagSet) action {
@@ -64,14 +62,12 @@ func caCommand() *command {
 				}
 			}},
 		{name: "retire", args: "[-o json]", summary: "drop the generations older than the active one from the trust bundle", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					gens, err := x.client.RetireCA(ctx)
-					if err != nil {
-						return err
-					}
-					return x.either(gens, func() { printGens(x, gens, "retired") })
+			run: func(ctx context.Context, x *call) error {
+				gens, err := x.client.RetireCA(ctx)
+				if err != nil {
+					return err
 				}
+				return x.either(gens, func() { printGens(x, gens, "retired") })
 			}},
 	}}
 }

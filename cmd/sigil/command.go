@@ -51,9 +51,12 @@ type command struct {
 	// the flags (after pos), e.g. `sigil risk [DEVICE]`.
 	opt bool
 	// setup defines the command's own flags on fs and returns what it
-	// does; nil for a pure group. Help, completion and the reference call
-	// it only to see the flags.
+	// does. Help, completion and the reference call it only to see the
+	// flags.
 	setup func(fs *flag.FlagSet) action
+	// run is what a command without flags of its own does (instead of
+	// setup). A pure group has neither.
+	run action
 }
 
 // action runs a command once its arguments and flags are parsed.
@@ -107,12 +110,15 @@ func (c *command) flagSet(path []string) (*flag.FlagSet, apiFlags, action) {
 	if c.conn != connNone {
 		af = addAPIFlags(fs)
 	}
-	var act action
+	act := c.run
 	if c.setup != nil {
 		act = c.setup(fs)
 	}
 	return fs, af, act
 }
+
+// runs reports whether the command runs (it is not a pure group).
+func (c *command) runs() bool { return c.setup != nil || c.run != nil }
 
 // walk calls fn for c and each command below it, depth first, with its
 // path from the root (the root's path is empty).
@@ -233,7 +239,7 @@ func parse(c *command, path, args []string) (invocation, error) {
 			return parse(s, append(path, s.name), args)
 		case len(path) == 0:
 			return invocation{}, unknownCommand{next}
-		case c.setup != nil:
+		case c.runs():
 			// A command that runs itself unless a subcommand is named.
 		case next == "" || strings.HasPrefix(next, "-"):
 			return invocation{}, usageError{fmt.Sprintf("%s needs a subcommand: %s", strings.Join(path, " "), orList(c.subNames()))}

@@ -15,19 +15,17 @@ import (
 func completionCommand() *command {
 	return &command{name: "completion", args: "bash|zsh", summary: "print a shell completion script (e.g. source <(sigil completion bash))",
 		pos: []string{"a shell: bash or zsh"},
-		setup: func(*flag.FlagSet) action {
-			return func(_ context.Context, x *call) error {
-				shell := x.arg(0)
-				if shell != "bash" && shell != "zsh" {
-					return usageError{"sigil completion needs a shell: bash or zsh"}
-				}
-				script := bashCompletion(x.root)
-				if shell == "zsh" {
-					script = "autoload -U +X bashcompinit && bashcompinit\n" + script
-				}
-				_, err := io.WriteString(x.stdout, script)
-				return err
+		run: func(_ context.Context, x *call) error {
+			shell := x.arg(0)
+			if shell != "bash" && shell != "zsh" {
+				return usageError{"sigil completion needs a shell: bash or zsh"}
 			}
+			script := bashCompletion(x.root)
+			if shell == "zsh" {
+				script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+			}
+			_, err := io.WriteString(x.stdout, script)
+			return err
 		}}
 }
 
@@ -59,7 +57,7 @@ _sigil_words() {
 		subs := c.subNames()
 		sort.Strings(subs)
 		flags := completionFlags(c, path)
-		if d := c.sub(c.def); d != nil && c.setup == nil {
+		if d := c.sub(c.def); d != nil && !c.runs() {
 			flags = completionFlags(d, append(path, d.name)) // `sigil devices -o json` runs devices list
 		}
 		fmt.Fprintf(&b, "    %q) subs=%q flags=%q ;;\n", strings.Join(append([]string{"sigil"}, path...), " "), strings.Join(subs, " "), strings.Join(flags, " "))
@@ -70,7 +68,7 @@ _sigil_words() {
 
 // completionFlags lists a command's flags as typed: -o, --data-dir.
 func completionFlags(c *command, path []string) []string {
-	if c.setup == nil {
+	if !c.runs() {
 		return nil
 	}
 	fs, _, _ := c.flagSet(path)

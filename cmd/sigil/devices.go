@@ -37,64 +37,54 @@ func devicesCommand() *command {
 				}
 			}},
 		{name: "show", args: "ID", summary: "print a device and its events (JSON)", conn: connClient, pos: []string{id},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					d, err := x.client.Device(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					return x.json(d)
+			run: func(ctx context.Context, x *call) error {
+				d, err := x.client.Device(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				return x.json(d)
 			}},
 		{name: "approve", args: "ID", summary: "let a device waiting for approval enroll", conn: connClient, pos: []string{id},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					d, err := x.client.Approve(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					x.printf("approved %s (state %s); it enrolls at its next request\n", d.ID, d.State)
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				d, err := x.client.Approve(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				x.printf("approved %s (state %s); it enrolls at its next request\n", d.ID, d.State)
+				return nil
 			}},
 		{name: "attest", args: "ID", summary: "challenge a device to attest now", conn: connClient, pos: []string{id},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					if err := x.client.Attest(ctx, x.arg(0)); err != nil {
-						return err
-					}
-					x.printf("challenge sent to %s; see: sigil devices attestations %s\n", x.arg(0), x.arg(0))
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.Attest(ctx, x.arg(0)); err != nil {
+					return err
 				}
+				x.printf("challenge sent to %s; see: sigil devices attestations %s\n", x.arg(0), x.arg(0))
+				return nil
 			}},
 		{name: "attestations", args: "ID [-o json]", summary: "list a device's attestation verdicts, newest first", conn: connClient, pos: []string{id},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					l, err := x.client.Attestations(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					return x.table(l, "TIME\tRESULT\tREASON\tPOLICY\tACTION\tEXPLANATION", func(tw io.Writer) {
-						for _, r := range l.Attestations {
-							pol := r.PolicyID
-							if pol != "" {
-								pol += fmt.Sprintf(" v%d", r.PolicyVersion)
-							}
-							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rfc3339(r.Time), r.Result, r.Reason, pol, r.Action, r.Message)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.Attestations(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				return x.table(l, "TIME\tRESULT\tREASON\tPOLICY\tACTION\tEXPLANATION", func(tw io.Writer) {
+					for _, r := range l.Attestations {
+						pol := r.PolicyID
+						if pol != "" {
+							pol += fmt.Sprintf(" v%d", r.PolicyVersion)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rfc3339(r.Time), r.Result, r.Reason, pol, r.Action, r.Message)
+					}
+				})
 			}},
 		{name: "release", args: "ID --justification TEXT", summary: "release a quarantined device", conn: connClient, pos: []string{id},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					d, err := x.client.Release(ctx, x.arg(0), x.justification())
-					if err != nil {
-						return err
-					}
-					x.printf("released %s (state %s)\n", d.ID, d.State)
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				d, err := x.client.Release(ctx, x.arg(0), x.justification())
+				if err != nil {
+					return err
 				}
+				x.printf("released %s (state %s)\n", d.ID, d.State)
+				return nil
 			}},
 		{name: "revoke", args: "ID [--reason R] [--comment C]", summary: "revoke every unexpired certificate of a device", conn: connClient, pos: []string{id},
 			setup: func(fs *flag.FlagSet) action {
@@ -122,15 +112,13 @@ func devicesCommand() *command {
 				}
 			}},
 		{name: "rotate", args: "ID", summary: "renew a device's certificate now", conn: connClient, pos: []string{id},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var job api.RotationView
-					if err := x.client.Do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(x.arg(0))+"/rotate", nil, &job); err != nil {
-						return err
-					}
-					x.printf("rotation %s started for %s; see: sigil rotations show %s\n", job.ID, x.arg(0), job.ID)
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				var job api.RotationView
+				if err := x.client.Do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(x.arg(0))+"/rotate", nil, &job); err != nil {
+					return err
 				}
+				x.printf("rotation %s started for %s; see: sigil rotations show %s\n", job.ID, x.arg(0), job.ID)
+				return nil
 			}},
 		{name: "cert", args: "ID [--pem] [-o json]", summary: "show a device's current certificate (an X509-SVID) with its SPIFFE ID",
 			note: "With --pem: its chain as PEM (the certificate, then its issuing CA root), for openssl and other tools.",
@@ -182,28 +170,24 @@ func tokensCommand() *command {
 func policiesCommand() *command {
 	return &command{name: "policies", summary: "reference policies: the expected PCR values and event-log rules attestation checks", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list the policies", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var out struct{ Policies []policy.Policy }
-					if err := x.client.Do(ctx, "GET", "/api/v1/policies", nil, &out); err != nil {
-						return err
-					}
-					return x.table(out, "ID\tVERSION\tNAME\tMODEL\tFIRMWARE\tGROUP\tACTION", func(tw io.Writer) {
-						for _, p := range out.Policies {
-							fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Version, p.Name, p.Model, p.Firmware, p.Group, p.EffectiveAction())
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				var out struct{ Policies []policy.Policy }
+				if err := x.client.Do(ctx, "GET", "/api/v1/policies", nil, &out); err != nil {
+					return err
 				}
+				return x.table(out, "ID\tVERSION\tNAME\tMODEL\tFIRMWARE\tGROUP\tACTION", func(tw io.Writer) {
+					for _, p := range out.Policies {
+						fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Version, p.Name, p.Model, p.Firmware, p.Group, p.EffectiveAction())
+					}
+				})
 			}},
 		{name: "show", args: "ID", summary: "print a policy (JSON)", conn: connClient, pos: []string{"a policy ID"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var p policy.Policy
-					if err := x.client.Do(ctx, "GET", "/api/v1/policies/"+url.PathEscape(x.arg(0)), nil, &p); err != nil {
-						return err
-					}
-					return x.json(p)
+			run: func(ctx context.Context, x *call) error {
+				var p policy.Policy
+				if err := x.client.Do(ctx, "GET", "/api/v1/policies/"+url.PathEscape(x.arg(0)), nil, &p); err != nil {
+					return err
 				}
+				return x.json(p)
 			}},
 		{name: "learn", args: "--device ID --name NAME [--pcrs 0,1,7] [--action quarantine|alert] [--auto-release]",
 			summary: "store a policy learned from a golden device's last attestation", conn: connClient,
@@ -231,34 +215,30 @@ func policiesCommand() *command {
 				}
 			}},
 		{name: "put", args: "FILE", summary: "store a policy from a JSON file (a new version of its ID)", conn: connClient, pos: []string{"a policy file (JSON)"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					f, err := os.Open(x.arg(0))
-					if err != nil {
-						return err
-					}
-					defer f.Close()
-					p, err := policy.Decode(f)
-					if err != nil {
-						return usageError{err.Error()}
-					}
-					stored, err := x.client.PutPolicy(ctx, p)
-					if err != nil {
-						return err
-					}
-					x.printf("stored policy %s version %d\n", stored.ID, stored.Version)
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				f, err := os.Open(x.arg(0))
+				if err != nil {
+					return err
 				}
+				defer f.Close()
+				p, err := policy.Decode(f)
+				if err != nil {
+					return usageError{err.Error()}
+				}
+				stored, err := x.client.PutPolicy(ctx, p)
+				if err != nil {
+					return err
+				}
+				x.printf("stored policy %s version %d\n", stored.ID, stored.Version)
+				return nil
 			}},
 		{name: "delete", args: "ID", summary: "delete a policy", conn: connClient, pos: []string{"a policy ID"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					if err := x.client.Do(ctx, "DELETE", "/api/v1/policies/"+url.PathEscape(x.arg(0)), nil, nil); err != nil {
-						return err
-					}
-					x.printf("deleted policy %s\n", x.arg(0))
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.Do(ctx, "DELETE", "/api/v1/policies/"+url.PathEscape(x.arg(0)), nil, nil); err != nil {
+					return err
 				}
+				x.printf("deleted policy %s\n", x.arg(0))
+				return nil
 			}},
 	}}
 }
@@ -272,36 +252,30 @@ func rotationsCommand() *command {
 	}
 	return &command{name: "rotations", summary: "certificate rotation jobs: renew many devices' certificates at a bounded rate", def: "list", subs: []*command{
 		{name: "list", summary: "list the rotation jobs (JSON)", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var out struct {
-						Rotations []map[string]any `json:"rotations"`
-					}
-					if err := x.client.Do(ctx, "GET", "/api/v1/rotations", nil, &out); err != nil {
-						return err
-					}
-					return x.json(out)
+			run: func(ctx context.Context, x *call) error {
+				var out struct {
+					Rotations []map[string]any `json:"rotations"`
 				}
+				if err := x.client.Do(ctx, "GET", "/api/v1/rotations", nil, &out); err != nil {
+					return err
+				}
+				return x.json(out)
 			}},
 		{name: "show", args: "ID [-o json]", summary: "show a job's progress", conn: connClient, pos: []string{"a job ID"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					j, err := x.client.Rotation(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					return printJob(x, j)
+			run: func(ctx context.Context, x *call) error {
+				j, err := x.client.Rotation(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				return printJob(x, j)
 			}},
 		{name: "cancel", args: "ID [-o json]", summary: "cancel a job", conn: connClient, pos: []string{"a job ID"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var j api.RotationView
-					if err := x.client.Do(ctx, "POST", "/api/v1/rotations/"+url.PathEscape(x.arg(0))+"/cancel", nil, &j); err != nil {
-						return err
-					}
-					return printJob(x, &j)
+			run: func(ctx context.Context, x *call) error {
+				var j api.RotationView
+				if err := x.client.Do(ctx, "POST", "/api/v1/rotations/"+url.PathEscape(x.arg(0))+"/cancel", nil, &j); err != nil {
+					return err
 				}
+				return printJob(x, &j)
 			}},
 		{name: "start", args: "(--all | --group G | --model M | --devices ID,ID) [--rate N] [--reason R]", summary: "start a rotation job", conn: connClient,
 			setup: func(fs *flag.FlagSet) action {

@@ -20,28 +20,24 @@ func ownersCommand() *command {
 	const id = "an ID"
 	return &command{name: "owners", summary: "owners of devices, assignments and orphaned devices", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list the owners", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					l, err := x.client.Owners(ctx, "", 1000)
-					if err != nil {
-						return err
-					}
-					return x.table(l, "ID\tKIND\tSTATUS\tNAME\tCONTACT", func(tw io.Writer) {
-						for _, o := range l.Owners {
-							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.ID, o.Kind, o.Status, o.Name, o.Contact)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.Owners(ctx, "", 1000)
+				if err != nil {
+					return err
 				}
+				return x.table(l, "ID\tKIND\tSTATUS\tNAME\tCONTACT", func(tw io.Writer) {
+					for _, o := range l.Owners {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.ID, o.Kind, o.Status, o.Name, o.Contact)
+					}
+				})
 			}},
 		{name: "show", args: "ID", summary: "print an owner (JSON)", conn: connClient, pos: []string{id},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					o, err := x.client.Owner(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					return x.json(o)
+			run: func(ctx context.Context, x *call) error {
+				o, err := x.client.Owner(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				return x.json(o)
 			}},
 		{name: "put", args: "ID [--name N] [--kind person|team] [--contact C] [--status S]", summary: "create or change an owner", conn: connClient, pos: []string{id},
 			setup: func(fs *flag.FlagSet) action {
@@ -60,15 +56,13 @@ func ownersCommand() *command {
 			}},
 		{name: "status", args: "ID active|inactive|departed", summary: "change an owner's status; its devices are judged at the next sweep", conn: connClient,
 			pos: []string{id, "a status: active, inactive or departed"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					o, err := x.client.SetOwnerStatus(ctx, x.arg(0), x.arg(1))
-					if err != nil {
-						return err
-					}
-					x.printf("owner %s is %s; its devices are judged at the next sweep (sigil governance sweep)\n", o.ID, o.Status)
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				o, err := x.client.SetOwnerStatus(ctx, x.arg(0), x.arg(1))
+				if err != nil {
+					return err
 				}
+				x.printf("owner %s is %s; its devices are judged at the next sweep (sigil governance sweep)\n", o.ID, o.Status)
+				return nil
 			}},
 		{name: "assign", args: "DEVICE OWNER [--purpose P] [-o json]", summary: "assign a device to an owner", conn: connClient,
 			pos: []string{id, "a device ID and an owner ID"},
@@ -88,18 +82,16 @@ func ownersCommand() *command {
 				}
 			}},
 		{name: "orphans", args: "[-o json]", summary: "list the devices without an active owner", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					l, err := x.client.Orphans(ctx, "", 1000)
-					if err != nil {
-						return err
-					}
-					return x.table(l, "DEVICE\tSINCE\tREASON", func(tw io.Writer) {
-						for _, st := range l.Devices {
-							fmt.Fprintf(tw, "%s\t%s\t%s\n", st.DeviceID, stamp(st.OrphanedSince), st.OrphanReason)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.Orphans(ctx, "", 1000)
+				if err != nil {
+					return err
 				}
+				return x.table(l, "DEVICE\tSINCE\tREASON", func(tw io.Writer) {
+					for _, st := range l.Devices {
+						fmt.Fprintf(tw, "%s\t%s\t%s\n", st.DeviceID, stamp(st.OrphanedSince), st.OrphanReason)
+					}
+				})
 			}},
 	}}
 }
@@ -153,14 +145,12 @@ func triageCommand() *command {
 				}
 			}},
 		{name: "show", args: "KEY", summary: "print an entry (JSON)", conn: connClient, pos: []string{key},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					sh, err := x.client.TriageEntry(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					return x.json(sh)
+			run: func(ctx context.Context, x *call) error {
+				sh, err := x.client.TriageEntry(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				return x.json(sh)
 			}},
 		{name: "enroll", args: "KEY [--note T]", summary: "let the identity enroll", conn: connClient, pos: []string{key}, setup: decide(governance.DecisionEnroll)},
 		{name: "block", args: "KEY [--note T]", summary: "block the identity", conn: connClient, pos: []string{key}, setup: decide(governance.DecisionBlock)},
@@ -174,18 +164,16 @@ func blocksCommand() *command {
 	kindValue := []string{"a kind (client-id, address, ek) and a value", "a value"}
 	return &command{name: "blocks", summary: "the block list: client IDs, addresses and EKs the fleet refuses", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list the blocks", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					l, err := x.client.Blocks(ctx, "", 1000)
-					if err != nil {
-						return err
-					}
-					return x.table(l, "KIND\tVALUE\tBY\tAT\tREASON", func(tw io.Writer) {
-						for _, b := range l.Blocks {
-							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Kind, b.Value, b.By, stamp(b.At), b.Reason)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.Blocks(ctx, "", 1000)
+				if err != nil {
+					return err
 				}
+				return x.table(l, "KIND\tVALUE\tBY\tAT\tREASON", func(tw io.Writer) {
+					for _, b := range l.Blocks {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Kind, b.Value, b.By, stamp(b.At), b.Reason)
+					}
+				})
 			}},
 		{name: "add", args: "client-id|address|ek VALUE [--reason R]", summary: "block an identity or address", conn: connClient, pos: kindValue,
 			setup: func(fs *flag.FlagSet) action {
@@ -199,14 +187,12 @@ func blocksCommand() *command {
 				}
 			}},
 		{name: "remove", args: "KIND VALUE", summary: "lift a block", conn: connClient, pos: kindValue,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					if err := x.client.Unblock(ctx, x.arg(0), x.arg(1)); err != nil {
-						return err
-					}
-					x.printf("unblocked %s %s\n", x.arg(0), x.arg(1))
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.Unblock(ctx, x.arg(0), x.arg(1)); err != nil {
+					return err
 				}
+				x.printf("unblocked %s %s\n", x.arg(0), x.arg(1))
+				return nil
 			}},
 	}}
 }
@@ -294,17 +280,15 @@ func riskCommand() *command {
 // risk sweep).
 func sweepCommand() *command {
 	return &command{name: "sweep", args: "[-o json]", summary: "judge every device now: orphaned, dormant, clones, risk", conn: connClient,
-		setup: func(*flag.FlagSet) action {
-			return func(ctx context.Context, x *call) error {
-				rep, err := x.client.Sweep(ctx)
-				if err != nil {
-					return err
-				}
-				return x.either(rep, func() {
-					x.printf("%d devices judged: %d orphaned, %d dormant (%d certificates revoked now), %d new clone incidents, %d scored, %d failed\n",
-						rep.Devices, rep.Orphaned, rep.Dormant, rep.Revoked, rep.Clones, rep.Scored, rep.Failed)
-				})
+		run: func(ctx context.Context, x *call) error {
+			rep, err := x.client.Sweep(ctx)
+			if err != nil {
+				return err
 			}
+			return x.either(rep, func() {
+				x.printf("%d devices judged: %d orphaned, %d dormant (%d certificates revoked now), %d new clone incidents, %d scored, %d failed\n",
+					rep.Devices, rep.Orphaned, rep.Dormant, rep.Revoked, rep.Clones, rep.Scored, rep.Failed)
+			})
 		}}
 }
 
@@ -313,18 +297,16 @@ func governanceCommand() *command {
 	return &command{name: "governance", summary: "identity governance sweeps and dormant devices", subs: []*command{
 		sweepCommand(),
 		{name: "dormant", args: "[-o json]", summary: "list the dormant devices", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					l, err := x.client.Dormant(ctx, "", 1000)
-					if err != nil {
-						return err
-					}
-					return x.table(l, "DEVICE\tLAST SEEN\tDORMANT SINCE\tREVOKED SERIAL", func(tw io.Writer) {
-						for _, st := range l.Devices {
-							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", st.DeviceID, stamp(st.LastSeen), stamp(st.DormantSince), st.RevokedSerial)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.Dormant(ctx, "", 1000)
+				if err != nil {
+					return err
 				}
+				return x.table(l, "DEVICE\tLAST SEEN\tDORMANT SINCE\tREVOKED SERIAL", func(tw io.Writer) {
+					for _, st := range l.Devices {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", st.DeviceID, stamp(st.LastSeen), stamp(st.DormantSince), st.RevokedSerial)
+					}
+				})
 			}},
 	}}
 }

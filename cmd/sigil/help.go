@@ -45,7 +45,7 @@ func printUsage(w io.Writer, root *command) {
 // below it that runs, each with its summary.
 func synopses(c *command, path []string) (lines, summaries []string) {
 	c.walk(path, func(d *command, p []string) {
-		if d.setup == nil {
+		if !d.runs() {
 			return
 		}
 		lines = append(lines, synopsis(d, p))
@@ -73,7 +73,7 @@ func printHelp(w io.Writer, c *command, path []string) {
 			fmt.Fprintf(w, "      %s\n", summaries[i])
 		}
 	}
-	if len(lines) == 1 || c.setup == nil {
+	if len(lines) == 1 || !c.runs() {
 		fmt.Fprintf(w, "\n%s\n", capitalize(c.summary))
 	}
 	if c.note != "" {
@@ -82,7 +82,7 @@ func printHelp(w io.Writer, c *command, path []string) {
 	if c.def != "" {
 		fmt.Fprintf(w, "\nWith no subcommand (or only flags): sigil %s %s.\n", strings.Join(path, " "), c.def)
 	}
-	if c.setup == nil {
+	if !c.runs() {
 		fmt.Fprintf(w, "\nsigil %s SUBCOMMAND --help shows a subcommand's flags.\n", strings.Join(path, " "))
 		return
 	}
@@ -111,22 +111,20 @@ func capitalize(s string) string {
 // helpCommand is `sigil help [COMMAND [SUBCOMMAND]]`.
 func helpCommand() *command {
 	return &command{name: "help", args: "[COMMAND [SUBCOMMAND]]", summary: "show the usage of sigil or of one of its commands",
-		setup: func(*flag.FlagSet) action {
-			return func(_ context.Context, x *call) error {
-				c, path := x.root, []string(nil)
-				for _, w := range x.args {
-					s := c.sub(w)
-					if s == nil {
-						return usageError{fmt.Sprintf("sigil help: no command %q", strings.Join(append(path, w), " "))}
-					}
-					c, path = s, append(path, w)
+		run: func(_ context.Context, x *call) error {
+			c, path := x.root, []string(nil)
+			for _, w := range x.args {
+				s := c.sub(w)
+				if s == nil {
+					return usageError{fmt.Sprintf("sigil help: no command %q", strings.Join(append(path, w), " "))}
 				}
-				if len(path) == 0 {
-					printUsage(x.stdout, x.root)
-					return nil
-				}
-				printHelp(x.stdout, c, path)
+				c, path = s, append(path, w)
+			}
+			if len(path) == 0 {
+				printUsage(x.stdout, x.root)
 				return nil
 			}
+			printHelp(x.stdout, c, path)
+			return nil
 		}}
 }

@@ -110,10 +110,8 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 
 func versionCommand() *command {
 	return &command{name: "version", summary: "print sigil's version",
-		setup: func(*flag.FlagSet) action {
-			return func(_ context.Context, x *call) error {
-				x.printf("sigil %s\n", Version)
-				return nil
-			}
+		run: func(_ context.Context, x *call) error {
+			x.printf("sigil %s\n", Version)
+			return nil
 		}}
 }

@@ -65,7 +65,7 @@ func TestReferenceNamesEveryCommand(t *testing.T) {
 			t.Errorf("no heading %q", heading)
 			return
 		}
-		if c.setup == nil {
+		if !c.runs() {
 			return
 		}
 		section := ref[i+len(heading):]
@@ -133,7 +133,7 @@ func reference(root *command) string {
 			return
 		}
 		p("\n%s sigil %s\n\n", strings.Repeat("#", min(len(path)+1, 4)), strings.Join(path, " "))
-		if c.setup != nil {
+		if c.runs() {
 			p("`%s`\n\n", synopsis(c, path))
 		}
 		p("%s\n", mdText(capitalize(c.summary)))
@@ -143,11 +143,13 @@ func reference(root *command) string {
 		if c.def != "" {
 			p("\nWith no subcommand, or only flags: `sigil %s %s`.\n", strings.Join(path, " "), c.def)
 		}
-		if c.setup == nil {
+		if !c.runs() {
 			return
 		}
 		fs := flag.NewFlagSet("", flag.ContinueOnError)
-		c.setup(fs)
+		if c.setup != nil {
+			c.setup(fs)
+		}
 		n := 0
 		fs.VisitAll(func(*flag.Flag) { n++ })
 		switch {

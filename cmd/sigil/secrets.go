@@ -21,33 +21,29 @@ func secretsCommand() *command {
 	const name = "a secret name"
 	return &command{name: "secrets", summary: "secrets delivered to devices, sealed to their TPM", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list the secrets and their delivery", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					l, err := x.client.Secrets(ctx)
-					if err != nil {
-						return err
-					}
-					return x.table(l, "NAME\tVERSION\tTARGET\tPCR BOUND\tACKED\tPENDING\tFAILED\tCREATED", func(tw io.Writer) {
-						for _, s := range l.Secrets {
-							fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%s\n", s.Name, s.Version, targetText(s.Target), s.PCRBound,
-								s.Delivery.Acked, s.Delivery.Pending, s.Delivery.Failed, rfc3339(s.Created))
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.Secrets(ctx)
+				if err != nil {
+					return err
 				}
+				return x.table(l, "NAME\tVERSION\tTARGET\tPCR BOUND\tACKED\tPENDING\tFAILED\tCREATED", func(tw io.Writer) {
+					for _, s := range l.Secrets {
+						fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%s\n", s.Name, s.Version, targetText(s.Target), s.PCRBound,
+							s.Delivery.Acked, s.Delivery.Pending, s.Delivery.Failed, rfc3339(s.Created))
+					}
+				})
 			}},
 		{name: "device", args: "ID [-o json]", summary: "list what a device was sent and imported", conn: connClient, pos: []string{"a device ID"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					l, err := x.client.DeviceSecrets(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					return x.table(l, "NAME\tLATEST\tSENT\tACKED\tPCR BOUND\tERROR", func(tw io.Writer) {
-						for _, s := range l.Secrets {
-							fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%s\n", s.Name, s.Latest, s.Sent, s.Acked, s.PCRBound, s.Error)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.DeviceSecrets(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				return x.table(l, "NAME\tLATEST\tSENT\tACKED\tPCR BOUND\tERROR", func(tw io.Writer) {
+					for _, s := range l.Secrets {
+						fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%s\n", s.Name, s.Latest, s.Sent, s.Acked, s.PCRBound, s.Error)
+					}
+				})
 			}},
 		{name: "put", args: "NAME (--device ID | --group G | --model M) [--pcr-bound] [--file F]", summary: "store a new version of a secret (value from F or stdin)",
 			conn: connClient, pos: []string{name},
@@ -109,25 +105,21 @@ func secretsCommand() *command {
 				}
 			}},
 		{name: "rotate", args: "NAME", summary: "rotate a scheduled secret to a new random value now", conn: connClient, pos: []string{name},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					info, err := x.client.RotateSecret(ctx, x.arg(0))
-					if err != nil {
-						return err
-					}
-					x.printf("secret %s rotated to version %d\n", info.Name, info.Version)
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				info, err := x.client.RotateSecret(ctx, x.arg(0))
+				if err != nil {
+					return err
 				}
+				x.printf("secret %s rotated to version %d\n", info.Name, info.Version)
+				return nil
 			}},
 		{name: "delete", args: "NAME", summary: "delete a secret (devices keep what they imported)", conn: connClient, pos: []string{name},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					if err := x.client.DeleteSecret(ctx, x.arg(0)); err != nil {
-						return err
-					}
-					x.printf("deleted secret %s (devices keep what they imported)\n", x.arg(0))
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.DeleteSecret(ctx, x.arg(0)); err != nil {
+					return err
 				}
+				x.printf("deleted secret %s (devices keep what they imported)\n", x.arg(0))
+				return nil
 			}},
 	}}
 }

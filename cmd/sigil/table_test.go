@@ -118,7 +118,7 @@ func TestEverySubcommandHelp(t *testing.T) {
 			if code != exitOK || !strings.HasPrefix(out.String(), "usage:\n  "+name) || errb.Len() != 0 {
 				t.Errorf("%s %s: exit %d, stdout %q, stderr %q", name, help, code, out.String(), errb.String())
 			}
-			if c.setup != nil {
+			if c.runs() {
 				fs, _, _ := c.flagSet(path)
 				fs.VisitAll(func(f *flag.Flag) {
 					if !strings.Contains(out.String(), "  -"+f.Name) {
@@ -204,7 +204,7 @@ func TestEveryCommandTested(t *testing.T) {
 	}
 	root.walk(nil, func(c *command, path []string) {
 		name := strings.Join(path, " ")
-		if c.setup == nil || tested[name] {
+		if !c.runs() || tested[name] {
 			return
 		}
 		if why := testedElsewhere[name]; why == "" {

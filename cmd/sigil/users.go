@@ -48,24 +48,22 @@ func usersCommand() *command {
 	}
 	return &command{name: "users", summary: "operators and their roles; your own password", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list the operators", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var out struct {
-						Users []auth.User `json:"users"`
-					}
-					if err := x.client.Do(ctx, http.MethodGet, "/api/v1/users", nil, &out); err != nil {
-						return err
-					}
-					return x.table(out, "NAME\tROLE\tDISABLED\tLAST LOGIN", func(tw io.Writer) {
-						for _, u := range out.Users {
-							last := "-"
-							if !u.LastLogin.IsZero() {
-								last = rfc3339(u.LastLogin)
-							}
-							fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", u.Name, u.Role, u.Disabled, last)
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				var out struct {
+					Users []auth.User `json:"users"`
 				}
+				if err := x.client.Do(ctx, http.MethodGet, "/api/v1/users", nil, &out); err != nil {
+					return err
+				}
+				return x.table(out, "NAME\tROLE\tDISABLED\tLAST LOGIN", func(tw io.Writer) {
+					for _, u := range out.Users {
+						last := "-"
+						if !u.LastLogin.IsZero() {
+							last = rfc3339(u.LastLogin)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", u.Name, u.Role, u.Disabled, last)
+					}
+				})
 			}},
 		{name: "create", args: "NAME [--role R] [-o json]", summary: "create an operator (a generated password is shown once)", conn: connClient, pos: []string{name},
 			setup: func(fs *flag.FlagSet) action {
@@ -91,14 +89,12 @@ func usersCommand() *command {
 		{name: "disable", args: "NAME", summary: "disable an operator", conn: connClient, pos: []string{name}, setup: patch("disable")},
 		{name: "enable", args: "NAME", summary: "enable an operator again", conn: connClient, pos: []string{name}, setup: patch("enable")},
 		{name: "delete", args: "NAME", summary: "delete an operator", conn: connClient, pos: []string{name},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					if err := x.client.Do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(x.arg(0)), nil, nil); err != nil {
-						return err
-					}
-					x.printf("deleted %s\n", x.arg(0))
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.Do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(x.arg(0)), nil, nil); err != nil {
+					return err
 				}
+				x.printf("deleted %s\n", x.arg(0))
+				return nil
 			}},
 		{name: "passwd", args: "[--stdin] [-o json]", summary: "change your own password: asked without echo, or two lines on stdin", conn: connClient,
 			setup: func(fs *flag.FlagSet) action {
@@ -198,20 +194,18 @@ func plural(n int, noun string) string {
 func apiTokensCommand() *command {
 	return &command{name: "api-tokens", summary: "your API tokens, for scripts and scrapers", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list your API tokens", conn: connClient,
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					var out struct {
-						Tokens []auth.Token `json:"tokens"`
-					}
-					if err := x.client.Do(ctx, http.MethodGet, "/api/v1/tokens", nil, &out); err != nil {
-						return err
-					}
-					return x.table(out, "ID\tNAME\tROLE\tEXPIRES\tREVOKED", func(tw io.Writer) {
-						for _, t := range out.Tokens {
-							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", t.ID, t.Name, t.Role, rfc3339(t.Expires), !t.Revoked.IsZero())
-						}
-					})
+			run: func(ctx context.Context, x *call) error {
+				var out struct {
+					Tokens []auth.Token `json:"tokens"`
 				}
+				if err := x.client.Do(ctx, http.MethodGet, "/api/v1/tokens", nil, &out); err != nil {
+					return err
+				}
+				return x.table(out, "ID\tNAME\tROLE\tEXPIRES\tREVOKED", func(tw io.Writer) {
+					for _, t := range out.Tokens {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", t.ID, t.Name, t.Role, rfc3339(t.Expires), !t.Revoked.IsZero())
+					}
+				})
 			}},
 		{name: "create", args: "NAME [--role R] [--ttl D] [--secret-file F] [-o json]", summary: "create an API token (its secret is shown once)",
 			conn: connClient, pos: []string{"a token name"},
@@ -224,14 +218,12 @@ func apiTokensCommand() *command {
 				}
 			}},
 		{name: "revoke", args: "ID", summary: "revoke an API token", conn: connClient, pos: []string{"a token ID"},
-			setup: func(*flag.FlagSet) action {
-				return func(ctx context.Context, x *call) error {
-					if err := x.client.RevokeAPIToken(ctx, x.arg(0)); err != nil {
-						return err
-					}
-					x.printf("revoked %s\n", x.arg(0))
-					return nil
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.RevokeAPIToken(ctx, x.arg(0)); err != nil {
+					return err
 				}
+				x.printf("revoked %s\n", x.arg(0))
+				return nil
 			}},
 	}}
 }
