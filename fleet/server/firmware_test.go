@@ -627,6 +627,19 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 		}
 	}
 	step(campaign.StepAnnounced)
+	// The step is recorded before the announcement is sent: wait for the
+	// send, so that the model changes after it.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(announced)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("device a was never sent its announcement")
+		}
+	}
 	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
@@ -231,7 +232,7 @@ type Server struct {
 	// security events; Metrics is the registry /metrics serves.
 	Telemetry *telemetry.Ingester
 	Alerts    *alert.Engine
-	Metrics   *metrics.Registry
+	Metrics   *prometheus.Registry
 	tel       *telemetryParts
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
@@ -450,7 +451,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
-		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
+		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: metrics.Handler(s.Metrics, logger.With("component", "metrics")),
 		Governance: s.Governance,
 	})
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
 
@@ -141,7 +142,7 @@ type telemetryParts struct {
 
 	mu          sync.Mutex
 	nearExpiry  map[string]bool // devices reported near certificate expiry
-	verdicts    map[string]*metrics.Counter
+	verdicts    map[string]prometheus.Counter
 	quarantines atomic.Uint64
 	renewals    atomic.Uint64
 }
@@ -151,9 +152,9 @@ type telemetryParts struct {
 // shared metrics registry with the control plane's metrics, and installs
 // the default alert rules at first start.
 func (s *Server) openTelemetry() error {
-	s.Metrics = metrics.NewRegistry()
+	s.Metrics = prometheus.NewRegistry()
 	t := &telemetryParts{feed: make(chan telemetry.Batch, 1024), feedDone: make(chan struct{}),
-		nearExpiry: map[string]bool{}, verdicts: map[string]*metrics.Counter{}}
+		nearExpiry: map[string]bool{}, verdicts: map[string]prometheus.Counter{}}
 	s.tel = t
 	var err error
 	if t.cursors, err = openCursors(filepath.Join(s.cfg.DataDir, TelemetryFile)); err != nil {
@@ -392,7 +393,9 @@ func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
 	if s.tel == nil {
 		return
 	}
-	s.verdictCounter(rec.Result).Inc()
+	if c := s.tel.verdicts[rec.Result]; c != nil {
+		c.Inc() // an unexpected result is not exported
+	}
 	if rec.Result == wire.VerdictPass {
 		s.alertEvent(deviceID, alert.EventAttestationPassed, string(alert.SeverityInfo), rec.Time, nil)
 		return
@@ -666,7 +669,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_alert_actions_failed_total
 //	sigil_alert_notifications_queued        notifications waiting for their sinks
 //	sigil_alert_feed_queued                 telemetry batches waiting for alert evaluation
-//	process_*, go_*                         the process's CPU, memory and file descriptors (metrics.RegisterProcess)
+//	process_*, go_*                         the process's CPU, memory, file descriptors and Go runtime (metrics.RegisterProcess)
 func (s *Server) controlPlaneMetrics() error {
 	r := s.Metrics
 	b := s.Broker.Stats
@@ -721,33 +724,22 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_alert_notifications_dead_lettered_total", "Alert notifications recorded as dead letters.", func() float64 { return u(a().DeadLettered) }},
 		{"sigil_alert_actions_failed_total", "Alert rule actions that failed.", func() float64 { return u(a().ActionsFailed) }},
 	}
-	errs := []error{r.RegisterProcess()}
+	errs := []error{metrics.RegisterProcess(r)}
 	for _, g := range gauges {
-		errs = append(errs, r.GaugeFunc(g.name, g.help, g.fn))
+		errs = append(errs, r.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help}, g.fn)))
 	}
 	for _, c := range counters {
-		errs = append(errs, r.CounterFunc(c.name, c.help, c.fn))
+		errs = append(errs, r.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help}, c.fn)))
 	}
-	vec, err := r.CounterVec("sigil_attestation_verdicts_total", "Attestation verdicts recorded, by result.", "result")
-	errs = append(errs, err)
-	if vec != nil {
-		for _, res := range []string{wire.VerdictPass, wire.VerdictFail} {
-			c, err := vec.With(res)
-			errs = append(errs, err)
-			s.tel.verdicts[res] = c
-		}
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sigil_attestation_verdicts_total", Help: "Attestation verdicts recorded, by result."}, []string{"result"})
+	errs = append(errs, r.Register(vec))
+	for _, res := range []string{wire.VerdictPass, wire.VerdictFail} {
+		s.tel.verdicts[res] = vec.WithLabelValues(res)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("server: metrics: %w", err)
 	}
 	return nil
-}
-
-func (s *Server) verdictCounter(result string) *metrics.Counter {
-	if c := s.tel.verdicts[result]; c != nil {
-		return c
-	}
-	return &metrics.Counter{} // an unexpected result: not exported
 }
 
 func truncate(s string, n int) string {

@@ -276,10 +276,8 @@ func (f *fleet) scrape(ctx context.Context) (sample, error) {
 		return nil, fmt.Errorf("fleetbench: /metrics: %w", err)
 	}
 	out := sample{}
-	for _, fam := range fams {
-		for _, s := range fam.Samples {
-			out[sampleKey(s.Name, s.Labels)] = s.Value
-		}
+	for _, s := range fams.Samples() {
+		out[sampleKey(s.Name, s.Labels)] = s.Value
 	}
 	return out, nil
 }

@@ -137,8 +137,11 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Fatalf("pending devices: %d, %v", len(waiting), err)
 	}
 	pendingID := waiting[0].ID
+	// Enrolled by their EK certificates, the devices have only the model
+	// they claim until the fleet assigns one, as an operator would here:
+	// campaigns and policies go by the fleet's model.
 	for id, owner := range map[string]string{stSearched.DeviceID: "plant-a", stOther.DeviceID: "plant-b"} {
-		if err := f.Inv.Update(id, func(d *inventory.Device) error { d.Owner, d.Group = owner, "gateways"; return nil }); err != nil {
+		if err := f.Inv.Update(id, func(d *inventory.Device) error { d.Owner, d.Group, d.Model = owner, "gateways", "gw-1"; return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}

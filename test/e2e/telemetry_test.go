@@ -734,7 +734,7 @@ func TestFailingSinkDeadLettersAndRedrive(t *testing.T) {
 }
 
 // TestMetricsEndpoint: GET /metrics with a viewer's API token is valid
-// Prometheus text (metricstest.Parse), carries the telemetry aggregates and
+// Prometheus text (read with expfmt, metricstest.Parse), carries the telemetry aggregates and
 // the control plane's metrics, and has no per-device label; without a
 // token it is refused.
 func TestMetricsEndpoint(t *testing.T) {
@@ -779,11 +779,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("not valid Prometheus text: %v\n%s", err, body)
 	}
 	value := func(name string, labels ...string) float64 {
-		fam := fams[name]
-		if fam == nil {
-			t.Fatalf("no family %s", name)
-		}
-		v, ok := fam.Value(name, labels...)
+		v, ok := fams.Value(name, labels...)
 		if !ok {
 			t.Fatalf("no sample %s%v", name, labels)
 		}
@@ -810,12 +806,10 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Errorf("no family %s", name)
 		}
 	}
-	for _, fam := range fams {
-		for _, s := range fam.Samples {
-			for k, v := range s.Labels {
-				if strings.Contains(k, "device") || v == st.DeviceID {
-					t.Errorf("per-device label on %s: %s=%q", s.Name, k, v)
-				}
+	for _, s := range fams.Samples() {
+		for k, v := range s.Labels {
+			if strings.Contains(k, "device") || v == st.DeviceID {
+				t.Errorf("per-device label on %s: %s=%q", s.Name, k, v)
 			}
 		}
 	}
