@@ -152,17 +152,22 @@ const (
 )
 
 // exitCodes describes the exit codes, for the help and the reference.
-var exitCodes = []struct {
+func exitCodes() []struct {
 	code int
 	what string
-}{
-	{exitOK, "done"},
-	{exitError, "failed (the API's reason on stderr)"},
-	{exitUsage, "a mistake in the command line"},
-	{exitNotFound, "the API answered 404: no such device, release, …"},
-	{exitDenied, "the API answered 401 or 403: not signed in, or not allowed"},
-	{exitTampered, "sigil audit verify: the audit log does not verify"},
-	{exitPending, "filed for a second person's approval (two_person_rule); sigil approvals"},
+} {
+	return []struct {
+		code int
+		what string
+	}{
+		{exitOK, "done"},
+		{exitError, "failed (the API's reason on stderr)"},
+		{exitUsage, "a mistake in the command line"},
+		{exitNotFound, "the API answered 404: no such device, release, …"},
+		{exitDenied, "the API answered 401 or 403: not signed in, or not allowed"},
+		{exitTampered, "sigil audit verify: the audit log does not verify"},
+		{exitPending, "filed for a second person's approval (two_person_rule); sigil approvals"},
+	}
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }

@@ -32,7 +32,7 @@ func printUsage(w io.Writer, root *command) {
 	tw.Flush()
 	fmt.Fprintln(w, "\nsigil COMMAND --help lists a command's subcommands; sigil COMMAND SUBCOMMAND --help")
 	fmt.Fprintln(w, "shows one with its flags. Exit status:")
-	for _, e := range exitCodes {
+	for _, e := range exitCodes() {
 		fmt.Fprintf(w, "  %d  %s\n", e.code, e.what)
 	}
 	fmt.Fprintln(w)

@@ -121,7 +121,7 @@ func reference(root *command) string {
 	flagTable(&b, fs)
 	p("\n%s", mdText(strings.TrimSpace(strings.ReplaceAll(apiNote, "\n", " "))))
 	p("\n\n## Exit status\n\n| status | meaning |\n| --- | --- |\n")
-	for _, e := range exitCodes {
+	for _, e := range exitCodes() {
 		p("| %d | %s |\n", e.code, mdCell(e.what))
 	}
 	p("\n## Commands\n\n")
