@@ -340,6 +340,30 @@ func getDevice(tx *bolt.Tx, id string) (*Device, error) {
 	return decode[Device](v)
 }
 
+// State returns a device's lifecycle state, decoding nothing else of its
+// record: for the checks on every message a device sends.
+func (s *Store) State(id string) (State, error) {
+	var st State
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketDevices).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("%w: device %q", ErrNotFound, id)
+		}
+		d, err := decode[stateOnly](v)
+		if err != nil {
+			return err
+		}
+		st = d.State
+		return nil
+	})
+	return st, err
+}
+
+// stateOnly is the part of a Device record State decodes.
+type stateOnly struct {
+	State State `json:"state"`
+}
+
 // DeviceByEK returns the device with an EK fingerprint.
 func (s *Store) DeviceByEK(fingerprint string) (*Device, error) {
 	var d *Device
@@ -401,24 +425,49 @@ func (s *Store) PutDevice(d *Device) error {
 // Concurrent writes share one transaction and fsync (group commit), so fn
 // may run more than once: it must only change the device it is given.
 func (s *Store) Update(id string, fn func(*Device) error) error {
-	return s.w.Write(func(tx *bolt.Tx) error {
-		old, err := getDevice(tx, id)
-		if err != nil {
-			return err
-		}
-		prev := old.snapshot() // putDevice compares with the stored record
-		d := old
-		if err := fn(d); err != nil {
-			return err
-		}
-		if d.ID != id {
-			return fmt.Errorf("%w: Update may not change the device ID", ErrInvalid)
-		}
-		if err := validDevice(d); err != nil {
-			return err
-		}
-		return putDevice(tx, &prev, d, s.opts.now())
-	})
+	return s.w.Write(func(tx *bolt.Tx) error { return s.update(tx, id, fn) })
+}
+
+// Change is one device's update for UpdateAll: fn applied to device ID,
+// as Update applies it.
+type Change struct {
+	ID string
+	Fn func(*Device) error
+}
+
+// UpdateAll applies changes in order, each as Update would, in one
+// transaction and one fsync when none fails, and returns each change's
+// error (nil for those written). A change that fails is left out without
+// keeping the others from being written; every Fn may therefore run more
+// than once, and must only change the device it is given. For updates
+// that a caller gathers on purpose, such as the verdicts of attestations
+// judged within a few milliseconds of each other.
+func (s *Store) UpdateAll(changes []Change) []error {
+	fns := make([]func(*bolt.Tx) error, len(changes))
+	for i, c := range changes {
+		fns[i] = func(tx *bolt.Tx) error { return s.update(tx, c.ID, c.Fn) }
+	}
+	return s.w.WriteAll(fns)
+}
+
+// update is Update's transaction.
+func (s *Store) update(tx *bolt.Tx, id string, fn func(*Device) error) error {
+	old, err := getDevice(tx, id)
+	if err != nil {
+		return err
+	}
+	prev := old.snapshot() // putDevice compares with the stored record
+	d := old
+	if err := fn(d); err != nil {
+		return err
+	}
+	if d.ID != id {
+		return fmt.Errorf("%w: Update may not change the device ID", ErrInvalid)
+	}
+	if err := validDevice(d); err != nil {
+		return err
+	}
+	return putDevice(tx, &prev, d, s.opts.now())
 }
 
 // putDevice writes d over old (nil for a new record). It is the one place
@@ -440,11 +489,15 @@ func putDevice(tx *bolt.Tx, old, d *Device, now time.Time) error {
 	}
 	d.pruneCerts(now)
 	if d.EKFingerprint != "" {
-		if holder := ek.Get([]byte(d.EKFingerprint)); holder != nil && string(holder) != d.ID {
+		// An entry d already holds is left alone: rewriting it would only
+		// dirty a page for the commit to write.
+		switch holder := ek.Get([]byte(d.EKFingerprint)); {
+		case holder == nil:
+			if err := ek.Put([]byte(d.EKFingerprint), []byte(d.ID)); err != nil {
+				return err
+			}
+		case string(holder) != d.ID:
 			return fmt.Errorf("%w: EK already belongs to device %q", ErrEKConflict, holder)
-		}
-		if err := ek.Put([]byte(d.EKFingerprint), []byte(d.ID)); err != nil {
-			return err
 		}
 	}
 	if err := updateIndexes(tx, old, d); err != nil {

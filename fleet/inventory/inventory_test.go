@@ -189,3 +189,71 @@ func TestPendingTokenWorksOnlyOnceActivated(t *testing.T) {
 		t.Fatalf("CheckToken of a deleted token: %v", err)
 	}
 }
+
+// TestUpdateAll: changes gathered into one call land as Update would land
+// each (indexes included), and a failing change — an unknown device, a
+// transition the lifecycle refuses, its function's own error — returns
+// its error without keeping the others out.
+func TestUpdateAll(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	defer s.Close()
+	for n := 1; n <= 3; n++ {
+		d := inventorytest.NewDevice(n)
+		d.State = inventory.StateActive
+		if err := s.PutDevice(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	boom := errors.New("boom")
+	at := time.Date(2026, 12, 7, 18, 0, 0, 0, time.UTC)
+	attested := func(d *inventory.Device) error {
+		d.Attestation, d.LastAttested, d.Firmware = "pass", at, "2.0.0"
+		return nil
+	}
+	errs := s.UpdateAll([]inventory.Change{
+		{ID: inventorytest.ID(1), Fn: attested},
+		{ID: inventorytest.ID(9), Fn: attested},
+		{ID: inventorytest.ID(2), Fn: func(d *inventory.Device) error { d.State = inventory.StatePending; return nil }},
+		{ID: inventorytest.ID(3), Fn: func(d *inventory.Device) error { d.Owner = "x"; return boom }},
+		{ID: inventorytest.ID(2), Fn: attested},
+	})
+	if errs[0] != nil || !errors.Is(errs[1], inventory.ErrNotFound) || !errors.Is(errs[2], inventory.ErrTransition) ||
+		!errors.Is(errs[3], boom) || errs[4] != nil {
+		t.Fatalf("errors %v", errs)
+	}
+	for _, n := range []int{1, 2} {
+		d, err := s.Device(inventorytest.ID(n))
+		if err != nil || d.Attestation != "pass" || !d.LastAttested.Equal(at) || d.Firmware != "2.0.0" || d.State != inventory.StateActive {
+			t.Fatalf("device %d: %+v, %v", n, d, err)
+		}
+	}
+	if d, _ := s.Device(inventorytest.ID(3)); d.Owner != inventorytest.NewDevice(3).Owner {
+		t.Fatalf("a failed change landed: %+v", d)
+	}
+	if n, err := s.Count(map[inventory.Field]string{inventory.FieldFirmware: "2.0.0"}); err != nil || n != 2 {
+		t.Fatalf("firmware index: %d devices, %v", n, err)
+	}
+}
+
+// TestState: State reads a device's lifecycle state as Device does, and
+// an unknown device is ErrNotFound.
+func TestState(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	defer s.Close()
+	d := inventorytest.NewDevice(1)
+	d.State = inventory.StatePending
+	if err := s.PutDevice(d); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []inventory.State{inventory.StatePending, inventory.StateActive, inventory.StateQuarantined, inventory.StateDecommissioned} {
+		if err := s.Update(d.ID, func(d *inventory.Device) error { d.State = st; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.State(d.ID); err != nil || got != st {
+			t.Fatalf("State = %q, %v; want %q", got, err, st)
+		}
+	}
+	if _, err := s.State(inventorytest.ID(2)); !errors.Is(err, inventory.ErrNotFound) {
+		t.Fatalf("unknown device: %v", err)
+	}
+}

@@ -9,6 +9,7 @@
 package groupcommit
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +40,46 @@ func (w *Writer) Write(fn func(*bolt.Tx) error) error {
 		return w.db.Batch(fn)
 	}
 	return w.db.Update(fn)
+}
+
+// WriteAll runs fns, in order, in one read-write transaction — one commit
+// and one fsync for all of them — and returns each one's error (nil for
+// those that landed). A function that fails is left out and the others
+// run again in a new transaction, so that each lands or fails on its own,
+// as if written alone; as with Write, fns must therefore be idempotent. A
+// failed commit fails every function it carried. For writes that a caller
+// gathers on purpose (such as the verdicts of attestations judged within
+// a few milliseconds of each other), where Write batches only writes that
+// happen to overlap.
+func (w *Writer) WriteAll(fns []func(*bolt.Tx) error) []error {
+	w.inflight.Add(1)
+	defer w.inflight.Add(-1)
+	errs := make([]error, len(fns))
+	todo := make([]int, len(fns))
+	for i := range todo {
+		todo[i] = i
+	}
+	for len(todo) > 0 {
+		failed := -1
+		err := w.db.Update(func(tx *bolt.Tx) error {
+			for k, i := range todo {
+				if err := fns[i](tx); err != nil {
+					failed, errs[i] = k, err
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			todo = slices.Delete(todo, failed, failed+1)
+			continue
+		}
+		for _, i := range todo {
+			errs[i] = err
+		}
+		break
+	}
+	return errs
 }
 
 // InFlight reports how many writes are in Write now: running, or waiting

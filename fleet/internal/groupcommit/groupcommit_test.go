@@ -66,6 +66,66 @@ func TestConcurrentWritesAllLand(t *testing.T) {
 	})
 }
 
+// TestWriteAllIsolatesFailures: WriteAll lands every write but the
+// failing ones, each once (a counter read from the transaction), in one
+// transaction when none fails, and returns each write's own error.
+func TestWriteAllIsolatesFailures(t *testing.T) {
+	db := open(t)
+	w := New(db)
+	boom := errors.New("boom")
+	var fns []func(*bolt.Tx) error
+	for i := range 10 {
+		fns = append(fns, func(tx *bolt.Tx) error {
+			if i == 3 || i == 7 {
+				return fmt.Errorf("write %d: %w", i, boom)
+			}
+			b, err := tx.CreateBucketIfNotExists([]byte("c"))
+			if err != nil {
+				return err
+			}
+			var n uint64
+			if v := b.Get([]byte("n")); v != nil {
+				n = binary.BigEndian.Uint64(v)
+			}
+			if err := b.Put([]byte(fmt.Sprint(i)), []byte{1}); err != nil {
+				return err
+			}
+			return b.Put([]byte("n"), binary.BigEndian.AppendUint64(nil, n+1))
+		})
+	}
+	errs := w.WriteAll(fns)
+	for i, err := range errs {
+		if (i == 3 || i == 7) != errors.Is(err, boom) {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("c"))
+		if n := binary.BigEndian.Uint64(b.Get([]byte("n"))); n != 8 {
+			t.Fatalf("counter %d, want 8 (each successful write once)", n)
+		}
+		for _, i := range []int{3, 7} {
+			if b.Get([]byte(fmt.Sprint(i))) != nil {
+				t.Fatalf("failed write %d landed", i)
+			}
+		}
+		return nil
+	})
+	txs := map[int]bool{}
+	var same []func(*bolt.Tx) error
+	for range 5 {
+		same = append(same, func(tx *bolt.Tx) error { txs[tx.ID()] = true; return nil })
+	}
+	for i, err := range w.WriteAll(same) {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if len(txs) != 1 {
+		t.Fatalf("%d transactions for writes that all succeed, want 1", len(txs))
+	}
+}
+
 // BenchmarkWrite compares one fsync per write with group commit, at 1 and
 // 16 concurrent writers: the ratio is what the fleet's renewal path gains
 // when several renewals are in flight.
