@@ -3,7 +3,9 @@ package attest
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
@@ -44,12 +46,26 @@ type Record struct {
 	DeviceError bool `json:"device_error,omitempty"`
 }
 
-// History keeps verdicts per device in bbolt, newest last, bounded.
+// History keeps verdicts per device in bbolt, newest last, bounded. Each
+// device's records live in a bucket named by its ID, keyed by their
+// sequence numbers (consecutive: only the oldest are ever deleted); a
+// summary of each device's newest records — their outcomes and the newest
+// TPM counters, what the checks on every verdict and the risk score read —
+// is kept beside them (bucketSummaries), in the same transaction, so
+// those reads decode no record.
 type History struct {
 	db  *bolt.DB
 	w   *groupcommit.Writer
 	max int
 }
+
+// bucketSummaries holds each device's summary by device ID. Its name
+// starts with a zero byte, which no device ID does (Add refuses one).
+var bucketSummaries = []byte("\x00summaries")
+
+// SummaryOutcomes is how many of a device's newest outcomes its summary
+// keeps: Outcomes for as many as that decodes no record.
+const SummaryOutcomes = 32
 
 // OpenHistory opens (or creates) the history file.
 func OpenHistory(path string, maxPerDevice int) (*History, error) {
@@ -60,6 +76,13 @@ func OpenHistory(path string, maxPerDevice int) (*History, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attest: open history: %w", err)
 	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketSummaries)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("attest: open history: %w", err)
+	}
 	return &History{db: db, w: groupcommit.New(db), max: maxPerDevice}, nil
 }
 
@@ -68,32 +91,73 @@ func (h *History) Close() error { return h.db.Close() }
 
 // Add appends r to its device's history and sets r.Seq.
 func (h *History) Add(r *Record) error {
-	return h.w.Write(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists([]byte(r.DeviceID))
-		if err != nil {
-			return err
-		}
-		seq, _ := b.NextSequence()
-		r.Seq = seq
-		v, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		if err := b.Put(key(seq), v); err != nil {
-			return err
-		}
-		if n := b.Stats().KeyN; n >= h.max {
-			c := b.Cursor()
-			for k, _ := c.First(); k != nil && n >= h.max; k, _ = c.Next() {
-				if err := c.Delete(); err != nil {
-					return err
-				}
-				n--
-			}
-		}
-		return nil
-	})
+	return h.w.Write(func(tx *bolt.Tx) error { return h.add(tx, r) })
 }
+
+// AddAll appends records, in order, in one transaction and one fsync, and
+// returns each one's error (nil for those recorded; Add's otherwise). For
+// records a caller gathers on purpose: the verdicts of attestations
+// judged within a few milliseconds of each other.
+func (h *History) AddAll(rs []*Record) []error {
+	fns := make([]func(*bolt.Tx) error, len(rs))
+	for i, r := range rs {
+		fns[i] = func(tx *bolt.Tx) error { return h.add(tx, r) }
+	}
+	return h.w.WriteAll(fns)
+}
+
+// add is Add's transaction. It may run more than once for r (group
+// commit): it reads everything it changes from tx.
+func (h *History) add(tx *bolt.Tx, r *Record) error {
+	if r.DeviceID == "" || r.DeviceID[0] == 0 {
+		return fmt.Errorf("attest: history: invalid device ID %q", r.DeviceID)
+	}
+	b, err := tx.CreateBucketIfNotExists([]byte(r.DeviceID))
+	if err != nil {
+		return err
+	}
+	sum, err := h.loadSummary(tx, b, r.DeviceID)
+	if err != nil {
+		return err
+	}
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	r.Seq = seq
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := b.Put(key(seq), v); err != nil {
+		return err
+	}
+	n := count(b)
+	for ; n > h.max; n-- {
+		k, _ := b.Cursor().First()
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	sum.add(r, h.keep(), n)
+	return tx.Bucket(bucketSummaries).Put([]byte(r.DeviceID), sum.encode())
+}
+
+// count is how many records bucket b holds: sequence numbers are
+// consecutive and only the oldest records leave, so the oldest and newest
+// keys tell.
+func count(b *bolt.Bucket) int {
+	c := b.Cursor()
+	first, _ := c.First()
+	last, _ := c.Last()
+	if first == nil {
+		return 0
+	}
+	return int(binary.BigEndian.Uint64(last) - binary.BigEndian.Uint64(first) + 1)
+}
+
+// keep is how many outcomes a summary keeps.
+func (h *History) keep() int { return min(SummaryOutcomes, h.max) }
 
 func key(seq uint64) []byte {
 	k := make([]byte, 8)
@@ -112,29 +176,40 @@ func (h *History) List(deviceID string, limit int) ([]Record, error) {
 func (h *History) ListBefore(deviceID string, before uint64, limit int) ([]Record, error) {
 	var out []Record
 	err := h.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(deviceID))
-		if b == nil {
-			return nil
-		}
-		c := b.Cursor()
-		k, v := c.Last()
-		if before > 0 {
-			if k, _ = c.Seek(key(before)); k == nil {
-				k, v = c.Last()
-			} else {
-				k, v = c.Prev()
-			}
-		}
-		for ; k != nil && len(out) < limit; k, v = c.Prev() {
+		return each(tx.Bucket([]byte(deviceID)), before, limit, func(v []byte) error {
 			var r Record
 			if err := json.Unmarshal(v, &r); err != nil {
 				return err
 			}
 			out = append(out, r)
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
+}
+
+// each calls fn with up to limit records of bucket b (nil: none) older
+// than sequence number before (0: from the newest), newest first.
+func each(b *bolt.Bucket, before uint64, limit int, fn func(v []byte) error) error {
+	if b == nil {
+		return nil
+	}
+	c := b.Cursor()
+	k, v := c.Last()
+	if before > 0 {
+		if k, _ = c.Seek(key(before)); k == nil {
+			k, v = c.Last()
+		} else {
+			k, v = c.Prev()
+		}
+	}
+	for n := 0; k != nil && n < limit; k, v = c.Prev() {
+		if err := fn(v); err != nil {
+			return err
+		}
+		n++
+	}
+	return nil
 }
 
 // Last returns the newest record of a device, or nil.
@@ -144,4 +219,243 @@ func (h *History) Last(deviceID string) (*Record, error) {
 		return nil, err
 	}
 	return &rs[0], nil
+}
+
+// Outcome is what a summary of a device's verdicts needs of one record.
+type Outcome struct {
+	Seq         uint64    `json:"seq"`
+	Time        time.Time `json:"time"`
+	Result      string    `json:"result"`
+	Reason      string    `json:"reason"`
+	DeviceError bool      `json:"device_error,omitempty"`
+}
+
+// Outcomes returns the outcomes of up to limit of a device's newest
+// records, newest first, as List would return them. Up to SummaryOutcomes
+// of them come from the device's summary without decoding a record.
+func (h *History) Outcomes(deviceID string, limit int) ([]Outcome, error) {
+	var out []Outcome
+	err := h.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(deviceID))
+		if b == nil || limit <= 0 {
+			return nil
+		}
+		if sum, ok := readSummary(tx, deviceID); ok && (limit <= len(sum.outcomes) || sum.complete) {
+			out = sum.outcomes[:min(limit, len(sum.outcomes))]
+			return nil
+		}
+		var err error
+		out, err = decodeOutcomes(b, limit)
+		return err
+	})
+	return out, err
+}
+
+// counters are a record's TPM counters.
+type counters struct {
+	ResetCount   uint32 `json:"reset_count"`
+	RestartCount uint32 `json:"restart_count"`
+	Clock        uint64 `json:"clock"`
+}
+
+// lastCounters returns the TPM counters of a device's newest record, and
+// whether it has one.
+func (h *History) lastCounters(deviceID string) (counters, bool, error) {
+	var c counters
+	found := false
+	err := h.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(deviceID))
+		if b == nil {
+			return nil
+		}
+		if sum, ok := readSummary(tx, deviceID); ok {
+			c, found = sum.last, len(sum.outcomes) > 0
+			return nil
+		}
+		return each(b, 0, 1, func(v []byte) error {
+			found = true
+			return json.Unmarshal(v, &c)
+		})
+	})
+	return c, found, err
+}
+
+// summary is what a device's newest records tell the checks on every
+// verdict and the risk score: the newest one's TPM counters and the
+// outcomes of the newest SummaryOutcomes, newest first. complete: it
+// holds the outcome of every record the device has.
+type summary struct {
+	last     counters
+	outcomes []Outcome
+	complete bool
+}
+
+const summaryVersion = 1
+
+// readSummary returns a device's summary, if it has one that decodes.
+func readSummary(tx *bolt.Tx, deviceID string) (*summary, bool) {
+	v := tx.Bucket(bucketSummaries).Get([]byte(deviceID))
+	if v == nil {
+		return nil, false
+	}
+	s, err := decodeSummary(v)
+	return s, err == nil
+}
+
+// loadSummary returns the summary of the device whose records are in b,
+// rebuilt from its newest records when it has none (a history written
+// before summaries existed) or one that does not decode.
+func (h *History) loadSummary(tx *bolt.Tx, b *bolt.Bucket, deviceID string) (*summary, error) {
+	if s, ok := readSummary(tx, deviceID); ok {
+		return s, nil
+	}
+	s := &summary{}
+	var err error
+	if s.outcomes, err = decodeOutcomes(b, h.keep()); err != nil {
+		return nil, err
+	}
+	if err := each(b, 0, 1, func(v []byte) error { return json.Unmarshal(v, &s.last) }); err != nil {
+		return nil, err
+	}
+	s.complete = len(s.outcomes) == count(b)
+	return s, nil
+}
+
+// decodeOutcomes decodes the outcomes of up to limit of the newest records
+// in b, newest first.
+func decodeOutcomes(b *bolt.Bucket, limit int) ([]Outcome, error) {
+	var out []Outcome
+	err := each(b, 0, limit, func(v []byte) error {
+		var o Outcome
+		if err := json.Unmarshal(v, &o); err != nil {
+			return err
+		}
+		out = append(out, o)
+		return nil
+	})
+	return out, err
+}
+
+// add takes r, the device's new newest record, into the summary, which
+// keeps the outcomes of the newest keep records; the device now has n.
+func (s *summary) add(r *Record, keep, n int) {
+	s.last = counters{ResetCount: r.ResetCount, RestartCount: r.RestartCount, Clock: r.Clock}
+	o := Outcome{Seq: r.Seq, Time: r.Time, Result: r.Result, Reason: r.Reason, DeviceError: r.DeviceError}
+	s.outcomes = append([]Outcome{o}, s.outcomes[:min(len(s.outcomes), keep-1)]...)
+	s.complete = len(s.outcomes) == n
+}
+
+// encode writes the summary: a version byte, a flags byte (1: complete),
+// the counters and the outcomes as varints and length-prefixed strings.
+func (s *summary) encode() []byte {
+	b := []byte{summaryVersion, 0}
+	if s.complete {
+		b[1] = 1
+	}
+	b = binary.AppendUvarint(b, uint64(s.last.ResetCount))
+	b = binary.AppendUvarint(b, uint64(s.last.RestartCount))
+	b = binary.AppendUvarint(b, s.last.Clock)
+	b = binary.AppendUvarint(b, uint64(len(s.outcomes)))
+	for _, o := range s.outcomes {
+		b = binary.AppendUvarint(b, o.Seq)
+		b = binary.AppendVarint(b, o.Time.Unix())
+		b = binary.AppendUvarint(b, uint64(o.Time.Nanosecond()))
+		flags := byte(0)
+		if o.DeviceError {
+			flags = 1
+		}
+		b = append(b, flags)
+		b = appendString(b, o.Result)
+		b = appendString(b, o.Reason)
+	}
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// errSummary is a summary that does not decode.
+var errSummary = errors.New("attest: malformed history summary")
+
+// decodeSummary reads what encode wrote.
+func decodeSummary(b []byte) (*summary, error) {
+	if len(b) < 2 || b[0] != summaryVersion || b[1] > 1 {
+		return nil, errSummary
+	}
+	s := &summary{complete: b[1] == 1}
+	r := summaryReader{b: b[2:]}
+	s.last.ResetCount = uint32(r.uvarint(math.MaxUint32))
+	s.last.RestartCount = uint32(r.uvarint(math.MaxUint32))
+	s.last.Clock = r.uvarint(math.MaxUint64)
+	n := r.uvarint(SummaryOutcomes)
+	for range n {
+		var o Outcome
+		o.Seq = r.uvarint(math.MaxUint64)
+		sec := r.varint()
+		nsec := r.uvarint(999_999_999)
+		o.Time = time.Unix(sec, int64(nsec)).UTC()
+		switch f := r.byte(); f {
+		case 0, 1:
+			o.DeviceError = f == 1
+		default:
+			r.err = errSummary
+		}
+		o.Result, o.Reason = r.string(), r.string()
+		if r.err != nil {
+			break
+		}
+		s.outcomes = append(s.outcomes, o)
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return nil, errSummary
+	}
+	return s, nil
+}
+
+// summaryReader reads a summary's fields, remembering the first error.
+type summaryReader struct {
+	b   []byte
+	err error
+}
+
+func (r *summaryReader) uvarint(max uint64) uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 || v > max {
+		r.err, r.b = errSummary, nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *summaryReader) varint() int64 {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err, r.b = errSummary, nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *summaryReader) byte() byte {
+	if len(r.b) == 0 {
+		r.err = errSummary
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *summaryReader) string() string {
+	n := r.uvarint(math.MaxUint64)
+	if n > uint64(len(r.b)) {
+		r.err, r.b = errSummary, nil
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
 }

@@ -2,9 +2,11 @@ package governance_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
@@ -79,6 +81,34 @@ func BenchmarkSweep1000(b *testing.B) {
 
 func BenchmarkScore(b *testing.B) {
 	rf := newRiskFleet(b, nil)
+	for b.Loop() {
+		if _, err := rf.svc.Score(rf.dev.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkScoreHistory scores a device whose attestation history holds
+// verdicts as the fleet records them (the quote's PCR values, counters,
+// policy, a failure among them): the risk score reads the outcomes of the
+// newest Config.AttestWindow (10) on every rescore, once per verdict.
+func BenchmarkScoreHistory(b *testing.B) {
+	rf := newRiskFleet(b, nil)
+	for i := range 40 {
+		r := &attest.Record{DeviceID: rf.dev.ID, Time: rf.clock.Now().Add(-time.Duration(40-i) * time.Minute),
+			Result: "pass", Reason: "ok", Message: "evidence verified and matches policy gw-1", PolicyID: "gw-1", PolicyVersion: 3,
+			EvidenceDigest: strings.Repeat("ab", 32), Firmware: "1.0.0", PCRs: map[string]map[int]string{"sha256": {}},
+			ResetCount: 3, Clock: uint64(1000 * i), PolicyAction: "quarantine"}
+		for _, p := range []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14} {
+			r.PCRs["sha256"][p] = strings.Repeat(fmt.Sprintf("%02x", p+i), 32)
+		}
+		if i == 35 {
+			r.Result, r.Reason = "fail", "policy_violation"
+		}
+		if err := rf.history.Add(r); err != nil {
+			b.Fatal(err)
+		}
+	}
 	for b.Loop() {
 		if _, err := rf.svc.Score(rf.dev.ID); err != nil {
 			b.Fatal(err)

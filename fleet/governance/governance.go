@@ -96,10 +96,10 @@ type QuarantinerFunc func(deviceID, why string) error
 // Quarantine calls f.
 func (f QuarantinerFunc) Quarantine(deviceID, why string) error { return f(deviceID, why) }
 
-// Attestations reads a device's verdicts, newest first. *attest.History
-// implements it.
+// Attestations reads the outcomes of a device's newest verdicts, newest
+// first. *attest.History implements it.
 type Attestations interface {
-	List(deviceID string, limit int) ([]attest.Record, error)
+	Outcomes(deviceID string, limit int) ([]attest.Outcome, error)
 }
 
 // Firmware tells which firmware version a device should run.
