@@ -576,10 +576,10 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	if d, err := s.Inv.Device(id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
+	if st, err := s.Inv.State(id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !st.Accepts(tp.Kind) {
 		state := inventory.State("unknown")
 		if err == nil {
-			state = d.State
+			state = st
 		}
 		s.log.Info("device message dropped: its state or topic does not allow it", "device_id", id.DeviceID, "type", env.Type, "kind", tp.Kind, "state", state)
 		return
