@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -107,4 +108,50 @@ func payload(b *testing.B, size int) []byte {
 		b.Fatal(err)
 	}
 	return p
+}
+
+// BenchmarkDeviceMemory reports the heap the ingester keeps per device at
+// steady state (B/device): each device sent a point a minute for six
+// hours, so its charted series hold every coarse bucket (72 of 5
+// minutes) and a full raw window (15 minutes), as a fleet that has run
+// for a while does; its latest values, sets and info are there too.
+func BenchmarkDeviceMemory(b *testing.B) {
+	const devices, minutes = 200, 6 * 60
+	start := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	stream := bytes.Repeat([]byte{7}, wire.TelemetryStreamLen)
+	var perDevice float64
+	for b.Loop() {
+		now := start
+		in, err := New(Config{Now: func() time.Time { return now }, Send: func(string, string, []byte) error { return nil }})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for m := range minutes {
+			now = start.Add(time.Duration(m) * time.Minute)
+			for d := range devices {
+				batch := &wire.TelemetryBatch{Stream: stream, First: uint64(m + 1), Acked: uint64(m),
+					Points: []wire.TelemetryPoint{devicePoint(now, m*devices+d)}}
+				payload, err := wire.Encode(wire.TypeTelemetryBatch, nil, now, batch)
+				if err != nil {
+					b.Fatal(err)
+				}
+				env, err := wire.Decode(payload)
+				if err != nil {
+					b.Fatal(err)
+				}
+				in.Handle(fmt.Sprintf("dev-%04d", d), env)
+			}
+		}
+		if got := in.Totals().Ingested; got != devices*minutes {
+			b.Fatalf("ingested %d of %d points", got, devices*minutes)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perDevice = float64(after.HeapAlloc-before.HeapAlloc) / devices
+		runtime.KeepAlive(in)
+	}
+	b.ReportMetric(perDevice, "B/device")
 }

@@ -1,16 +1,19 @@
 package telemetry
 
 import (
+	"cmp"
 	"math"
+	"slices"
 	"time"
 )
 
 // SeriesConfig bounds the recent series kept per device for the console's
 // charts. Each charted metric of a device keeps its raw points for a short
 // window and coarser buckets (min, max, mean, count) for longer; every
-// point goes into both. Memory per device is about
-// len(Charted) × (RawPoints × 16 + Buckets × 40) bytes: with the defaults,
-// 8 × (120 × 16 + 72 × 40) ≈ 38 KiB.
+// point goes into both. Memory per device grows with what its series hold,
+// up to about len(Charted) × (raw points × 16 + Buckets × 32) bytes: with
+// the defaults and a point a minute (15 raw points), 8 × (15 × 16 + 72 ×
+// 32) ≈ 20 KiB once it has sent for six hours (BenchmarkDeviceMemory).
 type SeriesConfig struct {
 	// Charted names the metrics kept as series; nil means DefaultCharted().
 	// Other metrics keep only their latest value.
@@ -68,50 +71,108 @@ type rawSample struct {
 	v float64
 }
 
+// bucket is one coarse bucket of a series: the points whose time falls in
+// [start, start+width), where start is its number times the width.
 type bucket struct {
-	start         int64 // Unix milliseconds; 0 for an empty bucket
 	min, max, sum float64
-	count         int
+	count         uint32
+	n             int32 // bucket number less the series' base
 }
 
 // series is one charted metric of one device. Its owner's lock guards it.
+// Memory grows with what it holds: the buckets of the newest
+// SeriesConfig.Buckets widths that have points (not a ring allocated
+// whole for its first point), 32 bytes each, and the raw window.
 type series struct {
 	raw     []rawSample // ascending time
-	buckets []bucket    // ring indexed by (start / width) mod len
+	buckets []bucket    // ascending number, none empty, all within the newest Buckets widths
+	base    int64       // the number of buckets[0] (n counts from it)
 }
 
-func newSeries(cfg *SeriesConfig) *series {
-	return &series{buckets: make([]bucket, cfg.Buckets)}
-}
+// empty reports whether the series never had a point (its first makes a
+// bucket, which leaves only for newer ones).
+func (s *series) empty() bool { return len(s.buckets) == 0 }
 
 // add records v at t (Unix ms). Points older than the newest raw point
 // only go into their bucket; points older than the oldest bucket kept are
 // not charted.
 func (s *series) add(cfg *SeriesConfig, t int64, v float64) {
 	if n := len(s.raw); n == 0 || t > s.raw[n-1].t {
-		s.raw = append(s.raw, rawSample{t, v})
+		// Make room first: the points the new one pushes out of the
+		// window or past RawPoints leave before it comes in.
 		cut := 0
-		for cut < len(s.raw) && (len(s.raw)-cut > cfg.RawPoints || s.raw[cut].t < t-cfg.RawWindow.Milliseconds()) {
+		for cut < len(s.raw) && (len(s.raw)+1-cut > cfg.RawPoints || s.raw[cut].t < t-cfg.RawWindow.Milliseconds()) {
 			cut++
 		}
 		if cut > 0 {
 			s.raw = append(s.raw[:0], s.raw[cut:]...)
 		}
+		s.raw = grow(s.raw, cfg.RawPoints)
+		s.raw = append(s.raw, rawSample{t, v})
 	}
 	width := cfg.Bucket.Milliseconds()
-	start := t - mod(t, width)
-	i := int(mod(start/width, int64(len(s.buckets))))
-	b := &s.buckets[i]
-	switch {
-	case b.count > 0 && start < b.start:
-		return // older than the window the ring holds
-	case b.count == 0 || start > b.start:
-		*b = bucket{start: start, min: v, max: v}
+	num := (t - mod(t, width)) / width
+	if len(s.buckets) > 0 {
+		newest := s.number(len(s.buckets) - 1)
+		if num <= newest-int64(cfg.Buckets) {
+			return // older than the window kept
+		}
+		cut := 0
+		for cut < len(s.buckets) && s.number(cut) <= num-int64(cfg.Buckets) {
+			cut++
+		}
+		if cut > 0 { // they leave the window
+			s.buckets = append(s.buckets[:0], s.buckets[cut:]...)
+			s.rebase()
+		}
 	}
-	b.min = math.Min(b.min, v)
-	b.max = math.Max(b.max, v)
-	b.sum += v
-	b.count++
+	i, found := slices.BinarySearchFunc(s.buckets, num, func(b bucket, num int64) int { return cmp.Compare(s.base+int64(b.n), num) })
+	if found {
+		b := &s.buckets[i]
+		b.min = math.Min(b.min, v)
+		b.max = math.Max(b.max, v)
+		b.sum += v
+		b.count++
+		return
+	}
+	if len(s.buckets) == 0 {
+		s.base = num
+	}
+	s.buckets = grow(s.buckets, cfg.Buckets)
+	s.buckets = slices.Insert(s.buckets, i, bucket{min: v, max: v, sum: v, count: 1, n: int32(num - s.base)})
+	if i == 0 {
+		s.rebase()
+	}
+}
+
+// number is the bucket number of buckets[i].
+func (s *series) number(i int) int64 { return s.base + int64(s.buckets[i].n) }
+
+// rebase makes the first bucket's number the base, so that every n stays
+// within [0, Buckets).
+func (s *series) rebase() {
+	if len(s.buckets) == 0 {
+		return
+	}
+	d := s.buckets[0].n
+	if d == 0 {
+		return
+	}
+	s.base += int64(d)
+	for i := range s.buckets {
+		s.buckets[i].n -= d
+	}
+}
+
+// grow makes room for one more element in x, doubling its capacity up to
+// most (which the caller never exceeds): a series holds no more memory
+// than its window needs.
+func grow[T any](x []T, most int) []T {
+	if len(x) < cap(x) {
+		return x
+	}
+	c := min(max(2*cap(x), 2), max(most, len(x)+1))
+	return append(make([]T, 0, c), x...)
 }
 
 // samples returns the coarse buckets that end before the first raw point,
@@ -123,17 +184,15 @@ func (s *series) samples(cfg *SeriesConfig, since int64) []Sample {
 		rawFrom = s.raw[0].t
 	}
 	var out []Sample
-	newest := int64(math.MinInt64)
-	for _, b := range s.buckets {
-		newest = max(newest, b.start)
-	}
-	oldest := newest - int64(len(s.buckets)-1)*width
-	for start := max(oldest, since-mod(since, width)); start <= newest && start+width <= rawFrom; start += width {
-		b := s.buckets[int(mod(start/width, int64(len(s.buckets))))]
-		if b.count == 0 || b.start != start || start < since {
+	for i, b := range s.buckets {
+		start := s.number(i) * width
+		if start+width > rawFrom {
+			break
+		}
+		if start < since {
 			continue
 		}
-		out = append(out, Sample{Time: time.UnixMilli(b.start).UTC(), Value: b.sum / float64(b.count), Min: b.min, Max: b.max, Count: b.count, Downsample: true})
+		out = append(out, Sample{Time: time.UnixMilli(start).UTC(), Value: b.sum / float64(b.count), Min: b.min, Max: b.max, Count: int(b.count), Downsample: true})
 	}
 	for _, r := range s.raw {
 		if r.t >= since {

@@ -161,7 +161,7 @@ type Config struct {
 type Ingester struct {
 	cfg     Config
 	log     *slog.Logger
-	charted map[string]bool
+	charted map[string]int // charted metric -> its index in Config.Series.Charted
 	q       chan submitted
 	m       *instruments
 
@@ -187,7 +187,7 @@ type device struct {
 	latest   map[string]float64
 	sets     map[string][]string
 	info     map[string]string
-	series   map[string]*series
+	series   []series // by index in Config.Series.Charted, once one has a point
 	counts   Counts
 }
 
@@ -234,10 +234,12 @@ func New(cfg Config) (*Ingester, error) {
 			return nil, fmt.Errorf("telemetry: charted metric %q is not a valid metric name", name)
 		}
 	}
-	in := &Ingester{cfg: cfg, log: cfg.Logger, charted: map[string]bool{}, q: make(chan submitted, cfg.QueueSize),
+	in := &Ingester{cfg: cfg, log: cfg.Logger, charted: map[string]int{}, q: make(chan submitted, cfg.QueueSize),
 		devices: map[string]*device{}}
-	for _, name := range cfg.Series.Charted {
-		in.charted[name] = true
+	for i, name := range cfg.Series.Charted {
+		if _, ok := in.charted[name]; !ok {
+			in.charted[name] = i
+		}
 	}
 	m, err := newInstruments(cfg.Metrics, in)
 	if err != nil {
@@ -472,13 +474,11 @@ func (in *Ingester) record(d *device, p *Point) (reboot bool) {
 		if h := in.m.histograms[name]; h != nil {
 			h.Observe(v)
 		}
-		if in.charted[name] {
-			s := d.series[name]
-			if s == nil {
-				s = newSeries(&in.cfg.Series)
-				d.series[name] = s
+		if i, ok := in.charted[name]; ok {
+			if d.series == nil {
+				d.series = make([]series, len(in.cfg.Series.Charted))
 			}
-			s.add(&in.cfg.Series, t, v)
+			d.series[i].add(&in.cfg.Series, t, v)
 		}
 		if !newest {
 			continue
@@ -517,7 +517,7 @@ func (in *Ingester) device(id string) (*device, error) {
 	in.mu.Lock()
 	d := in.devices[id]
 	if d == nil {
-		d = &device{id: id, latest: map[string]float64{}, sets: map[string][]string{}, info: map[string]string{}, series: map[string]*series{}}
+		d = &device{id: id, latest: map[string]float64{}, sets: map[string][]string{}, info: map[string]string{}}
 		in.devices[id] = d
 	}
 	in.mu.Unlock()
@@ -580,7 +580,7 @@ func (in *Ingester) Device(deviceID string) (DeviceStatus, error) {
 	}
 	st := DeviceStatus{DeviceID: d.id, LastSeen: d.lastSeen, LastPoint: d.last, Metrics: maps.Clone(d.latest), Sets: sets,
 		Info: maps.Clone(d.info), BootID: d.bootID, Stream: hex.EncodeToString(d.cur.Stream), Through: d.cur.Through,
-		Counts: d.counts, Charted: slices.Sorted(maps.Keys(d.series))}
+		Counts: d.counts, Charted: in.chartedOf(d)}
 	return st, nil
 }
 
@@ -603,11 +603,24 @@ func (in *Ingester) Series(deviceID, metric string, since time.Time) ([]Sample, 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := d.series[metric]
-	if s == nil {
+	i, ok := in.charted[metric]
+	if !ok || d.series == nil || d.series[i].empty() {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownSeries, metric)
 	}
-	return s.samples(&in.cfg.Series, since.UnixMilli()), nil
+	return d.series[i].samples(&in.cfg.Series, since.UnixMilli()), nil
+}
+
+// chartedOf returns the names of d's series that have points, sorted;
+// d.mu is held.
+func (in *Ingester) chartedOf(d *device) []string {
+	var out []string
+	for name, i := range in.charted {
+		if d.series != nil && !d.series[i].empty() {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Totals returns the fleet's accounting: the sum over devices, including
