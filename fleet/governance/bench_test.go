@@ -2,6 +2,7 @@ package governance_test
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -114,4 +115,33 @@ func BenchmarkScoreHistory(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkSessionMemory reports the heap the clone detector keeps per
+// open device session (B/session): one connection per device, as a
+// connected fleet has.
+func BenchmarkSessionMemory(b *testing.B) {
+	const sessions = 10000
+	ids := make([]governance.Session, sessions)
+	for i := range ids {
+		ids[i] = governance.Session{DeviceID: fmt.Sprintf("%032x", i), CertSerial: fmt.Sprintf("%040x", i),
+			Remote: fmt.Sprintf("127.0.%d.%d:%d", 2+i/60000, i%250, 1024+i%60000)}
+	}
+	var per float64
+	for b.Loop() {
+		f := newFleet(b, nil)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for _, x := range ids {
+			f.svc.SessionOpened(x)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if st := f.svc.SessionStats(); st.Open != sessions {
+			b.Fatalf("%+v", st)
+		}
+		per = float64(after.HeapAlloc-before.HeapAlloc) / sessions
+	}
+	b.ReportMetric(per, "B/session")
 }

@@ -240,7 +240,10 @@ type sessionTracker struct {
 
 type serialState struct {
 	deviceID string
-	conns    map[string]openConn // remote -> connection
+	// conns are the open connections, one per remote address: a slice,
+	// for a serial has one almost always (a map of one entry is about
+	// ten times its size), and hosts visits them all anyway.
+	conns []openConn
 	// displaced are hosts whose session was open when another host
 	// opened one, newest last, within CloneWindow.
 	displaced []displacement
@@ -249,6 +252,7 @@ type serialState struct {
 }
 
 type openConn struct {
+	remote string
 	host   string
 	opened time.Time
 }
@@ -278,7 +282,7 @@ func (t *sessionTracker) opened(s *Service, x Session) {
 		return
 	}
 	if st == nil {
-		st = &serialState{deviceID: x.DeviceID, conns: map[string]openConn{}}
+		st = &serialState{deviceID: x.DeviceID}
 		t.serials[x.CertSerial] = st
 	}
 	st.pruneDisplaced(x.Time, s.cfg.CloneWindow)
@@ -310,10 +314,13 @@ func (t *sessionTracker) opened(s *Service, x Session) {
 			st.displaced = slices.Delete(st.displaced, 0, len(st.displaced)-maxDisplaced)
 		}
 	}
-	if _, ok := st.conns[x.Remote]; !ok {
+	c := openConn{remote: x.Remote, host: host, opened: x.Time}
+	if i := st.index(x.Remote); i >= 0 {
+		st.conns[i] = c
+	} else {
+		st.conns = append(st.conns, c)
 		t.n++
 	}
-	st.conns[x.Remote] = openConn{host: host, opened: x.Time}
 	if len(st.hosts("")) >= 2 {
 		t.multi[x.CertSerial] = struct{}{}
 	}
@@ -324,8 +331,15 @@ func (st *serialState) conn(remote string) (openConn, bool) {
 	if st == nil {
 		return openConn{}, false
 	}
-	c, ok := st.conns[remote]
-	return c, ok
+	if i := st.index(remote); i >= 0 {
+		return st.conns[i], true
+	}
+	return openConn{}, false
+}
+
+// index is the index of the open connection from remote in conns, or -1.
+func (st *serialState) index(remote string) int {
+	return slices.IndexFunc(st.conns, func(c openConn) bool { return c.remote == remote })
 }
 
 // hosts returns the distinct hosts with open sessions, except not.
@@ -373,9 +387,9 @@ func (t *sessionTracker) closed(x Session) {
 	}
 	if x.Remote == "" {
 		t.n -= len(st.conns)
-		clear(st.conns)
-	} else if _, ok := st.conns[x.Remote]; ok {
-		delete(st.conns, x.Remote)
+		st.conns = nil
+	} else if i := st.index(x.Remote); i >= 0 {
+		st.conns = slices.Delete(st.conns, i, i+1)
 		t.n--
 	}
 	if len(st.hosts("")) < 2 {
@@ -395,7 +409,7 @@ func (t *sessionTracker) check(s *Service, now time.Time) {
 	for serial, st := range t.serials {
 		if len(st.conns) > 0 && s.cfg.Connected != nil && !s.cfg.Connected(st.deviceID) {
 			t.n -= len(st.conns)
-			clear(st.conns)
+			st.conns = nil
 			delete(t.multi, serial)
 		}
 		st.pruneDisplaced(now, s.cfg.CloneWindow)
