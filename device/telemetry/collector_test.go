@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/testenv"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
 )
 
 // fakeProc writes a proc tree of fixtures; the collector reads it like
@@ -198,7 +198,7 @@ func TestCollectorOnThisMachine(t *testing.T) {
 	if _, err := os.Stat("/proc/stat"); err != nil {
 		t.Skip("no /proc here")
 	}
-	swtpmtest.RequireBinaries(t, "ss", "df")
+	testenv.RequireBinaries(t, "ss", "df")
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
