@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // oldSerial and newSerial are the serials of device i's certificates
@@ -84,16 +86,12 @@ func TestRevokeSupersededGroupCommits(t *testing.T) {
 	for i, id := range ids {
 		wg.Go(func() { revoked[i], errs[i] = s.RevokeSuperseded(id, newSerial(i)) })
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for s.w.InFlight() < n+1 {
-		if time.Now().After(deadline) {
-			joined := s.w.InFlight() - 1
-			close(release)
-			wg.Wait()
-			t.Fatalf("%d of %d reconnects joined the group commit; the others wrote alone (%d transactions for %d reconnects)",
-				joined, n, txID(t, s)-before-1, n)
-		}
-		time.Sleep(time.Millisecond) // polling the condition, not timing it
+	if !wait.Poll(wait.Timeout, func() bool { return s.w.InFlight() >= n+1 }) {
+		joined := s.w.InFlight() - 1
+		close(release)
+		wg.Wait()
+		t.Fatalf("%d of %d reconnects joined the group commit; the others wrote alone (%d transactions for %d reconnects)",
+			joined, n, txID(t, s)-before-1, n)
 	}
 	close(release)
 	wg.Wait()

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -614,32 +616,27 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 	}
 	step := func(want campaign.Step) campaign.Device {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			d, err := f.campaigns.Device(c.ID, "a")
-			if err == nil && d.Step == want {
-				return *d
+		var d *campaign.Device
+		wait.Until(t, func() error {
+			var err error
+			if d, err = f.campaigns.Device(c.ID, "a"); err != nil {
+				return err
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("device a never reached %s: %+v %v", want, d, err)
+			if d.Step != want {
+				return fmt.Errorf("device a at %s, waiting for %s: %+v", d.Step, want, d)
 			}
-			time.Sleep(10 * time.Millisecond) // polling the condition
-		}
+			return nil
+		})
+		return *d
 	}
 	step(campaign.StepAnnounced)
 	// The step is recorded before the announcement is sent: wait for the
 	// send, so that the model changes after it.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	wait.For(t, "device a to be sent its announcement", func() bool {
 		mu.Lock()
-		n := len(announced)
-		mu.Unlock()
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("device a was never sent its announcement")
-		}
-	}
+		defer mu.Unlock()
+		return len(announced) > 0
+	})
 	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
 		t.Fatal(err)
 	}
