@@ -17,8 +17,9 @@ import (
 const Timeout = time.Minute
 
 // The polling interval starts at minInterval and doubles up to
-// maxInterval: a condition that holds soon is seen soon, one that takes
-// seconds costs few polls.
+// maxInterval, or to a tenth of the time waited so far when that is
+// longer: a condition that holds soon is seen soon, and a long wait (a
+// command run again, a login throttled for seconds) costs few polls.
 const (
 	minInterval = time.Millisecond
 	maxInterval = 50 * time.Millisecond
@@ -48,14 +49,16 @@ func Until(t testing.TB, cond func() error) {
 // last answer: for a wait whose caller decides what a timeout means (a
 // bounded retry, a clean-up before it fails the test).
 func Poll(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for interval := minInterval; ; interval = min(2*interval, maxInterval) {
+	start := time.Now()
+	deadline := start.Add(d)
+	for interval := minInterval; ; interval = min(2*interval, max(maxInterval, time.Since(start)/10)) {
 		if cond() {
 			return true
 		}
-		if time.Now().After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return false
 		}
-		time.Sleep(interval)
+		time.Sleep(min(interval, left)) // the last poll is at the deadline
 	}
 }

@@ -26,13 +26,19 @@ func TestForWaitsForTheCondition(t *testing.T) {
 		start := time.Now()
 		polls := 0
 		For(t, "three seconds", func() bool { polls++; return time.Since(start) >= 3*time.Second })
-		if d := time.Since(start); d < 3*time.Second || d > 3*time.Second+maxInterval {
+		if d := time.Since(start); d < 3*time.Second || d > 3*time.Second+3*time.Second/10 {
 			t.Fatalf("returned after %v", d)
 		}
 		// Doubling from 1 ms to 50 ms: about 6 polls to reach the cap,
-		// then one every 50 ms.
+		// then one every 50 ms until 500 ms, then fewer.
 		if polls > int(3*time.Second/maxInterval)+10 {
 			t.Fatalf("%d polls in 3 s", polls)
+		}
+		// A long wait polls about every tenth of the time waited.
+		start, polls = time.Now(), 0
+		For(t, "a minute", func() bool { polls++; return time.Since(start) >= time.Minute-time.Second })
+		if polls > 80 {
+			t.Fatalf("%d polls in a minute", polls)
 		}
 	})
 }

@@ -136,6 +136,17 @@ func TestBrokerACL(t *testing.T) {
 	asB := []string{"-i", idB, "--cert", certB, "--key", keyB}
 	downA, downB := "sigil/v1/dev/"+idA+"/down/cmd", "sigil/v1/dev/"+idB+"/down/cmd"
 	upA, upB := "sigil/v1/dev/"+idA+"/up/hello", "sigil/v1/dev/"+idB+"/up/probe"
+	// flush publishes as B on its own topic and waits for the fleet to
+	// receive it: a message the broker took before it and passed on has
+	// reached the fleet by then (a barrier, not a time to wait).
+	flush := func(t *testing.T) {
+		t.Helper()
+		n := up.count(upB)
+		if out, err := publish(t, f, upB, asB...); err != nil {
+			t.Fatalf("B on its own up topic: %v %s", err, out)
+		}
+		waitFor(t, func() bool { return up.count(upB) == n+1 }, "B's message after the ones under test")
+	}
 
 	// First: a connection with the software certificate recorded above,
 	// issued after B's TPM one, supersedes (revokes) the TPM one.
@@ -213,7 +224,7 @@ func TestBrokerACL(t *testing.T) {
 	})
 	t.Run("publish as another device", func(t *testing.T) {
 		publish(t, f, upA, asB...)
-		time.Sleep(300 * time.Millisecond)
+		flush(t)
 		if n := up.count(upA); n != 0 {
 			t.Fatalf("fleet received %d forged messages on A's topic", n)
 		}
@@ -234,7 +245,7 @@ func TestBrokerACL(t *testing.T) {
 		if out, err := publish(t, f, upA, "-i", idA); err == nil {
 			t.Fatalf("a client without certificate took device A's client ID: %s", out)
 		}
-		time.Sleep(300 * time.Millisecond)
+		flush(t)
 		if n := up.count(upA); n != 0 {
 			t.Fatalf("fleet received %d messages from clients without certificate", n)
 		}

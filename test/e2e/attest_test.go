@@ -282,8 +282,18 @@ func TestAttestationStale(t *testing.T) {
 		c.EventLog = "-"
 	}})
 	id := waitConnected(t, d).DeviceID
-	// Attesting on schedule, the device is not stale.
-	time.Sleep(1500 * time.Millisecond)
+	// Attesting on schedule, the device is not stale: not after it kept
+	// attesting for longer than the fleet's stale window (2 intervals of
+	// 500 ms, swept every 125 ms).
+	var first time.Time
+	waitFor(t, func() bool {
+		dev, _ := f.Inv.Device(id)
+		if first.IsZero() {
+			first = dev.LastAttested
+			return false
+		}
+		return dev.LastAttested.Sub(first) >= 1500*time.Millisecond
+	}, "the device to attest for 1.5 s")
 	if dev, _ := f.Inv.Device(id); dev.HasFlag(attest.FlagStale) || dev.Attestation != "pass" {
 		t.Fatalf("live device: %+v", dev)
 	}

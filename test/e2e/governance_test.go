@@ -26,6 +26,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
 	"github.com/sigil-iot/sigil/sim/swtpm"
@@ -367,15 +368,13 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		return nil
 	}
 	connects := 0
-	deadline := time.Now().Add(40 * time.Second)
-	for incident() == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("no clone incident after %d connections of the clone", connects)
+	if !wait.Poll(40*time.Second, func() bool {
+		if incident() != nil {
+			return true
 		}
 		cl, lost, err := cloneClient(t, f, ident.Cert, signer, id)
 		if err != nil {
-			time.Sleep(100 * time.Millisecond)
-			continue
+			return false // refused: try again
 		}
 		connects++
 		// The device takes its session back; then the clone tries again.
@@ -384,6 +383,9 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 		cl.Disconnect(0)
+		return incident() != nil
+	}) {
+		t.Fatalf("no clone incident after %d connections of the clone", connects)
 	}
 	inc := incident()
 	t.Logf("incident after %d clone connections: %s", connects, inc.Evidence)

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
@@ -234,7 +236,8 @@ func TestRecoveryAfterExpiry(t *testing.T) {
 	d := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: tweak})
 	st := waitConnected(t, d)
 	d.Stop()
-	time.Sleep(3500 * time.Millisecond) // past NotAfter (+ the CA's one-minute backdating does not extend NotAfter)
+	// sleep: offline past the certificate's NotAfter, on the real clock of sigild and the fleet (the CA's one-minute backdating does not extend NotAfter)
+	time.Sleep(time.Until(st.CertExpiry) + 500*time.Millisecond)
 	d = startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: tweak})
 	again, err := d.Wait(context.Background(), 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != st.CertSerial })
 	if err != nil {
@@ -258,23 +261,28 @@ func TestExpiryStorm(t *testing.T) {
 	for _, d := range devs {
 		first[waitConnected(t, d).CertSerial] = true
 	}
+	// Each device renews every ~1.5 s: wait until each held three
+	// certificates, connected with each.
 	seen := map[*harness.Device]map[string]bool{}
-	deadline := time.Now().Add(12 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, d := range devs {
+	wait.Until(t, func() error {
+		var short []string
+		for i, d := range devs {
 			if seen[d] == nil {
 				seen[d] = map[string]bool{}
 			}
 			if s := d.Status(); s.Connected {
 				seen[d][s.CertSerial] = true
 			}
+			if len(seen[d]) < 3 {
+				short = append(short, fmt.Sprintf("device %d held %d", i, len(seen[d])))
+			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for i, d := range devs {
-		if len(seen[d]) < 3 {
-			t.Errorf("device %d held %d certificates in 12s, want at least 3 (renewal every ~1.5s)", i, len(seen[d]))
+		if len(short) > 0 {
+			return fmt.Errorf("certificates (want 3 each): %s", strings.Join(short, ", "))
 		}
+		return nil
+	})
+	for _, d := range devs {
 		waitConnected(t, d)
 	}
 	if got := f.Enroll.Stats().Requests.Load(); got != n {
@@ -300,7 +308,8 @@ func TestRenewalWhileFleetDown(t *testing.T) {
 	}})
 	first := waitConnected(t, d)
 	f.Stop() // renewal falls due (at 6 s) while the fleet is down
-	time.Sleep(7 * time.Second)
+	// sleep: past the renewal point (half the 12 s lifetime) with the fleet down, on sigild's real clock
+	time.Sleep(time.Until(first.CertExpiry.Add(-5 * time.Second)))
 	if st := d.Status(); st.Connected || st.CertSerial != first.CertSerial {
 		t.Fatalf("while the fleet was down: %+v", st)
 	}

@@ -69,7 +69,7 @@ func TestRefuseTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond)
+	time.Sleep(5 * time.Millisecond) // sleep: past the token's 1 ms lifetime, on the fleet's real clock
 	bound, err := client.CreateToken(ctx, "other-model", "", time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -382,6 +382,7 @@ func TestSecretRotationSchedule(t *testing.T) {
 		t.Fatal("the listing shows a value")
 	}
 	// Once the grace period ran out, the replaced version no longer opens.
+	// sleep: past the end of the grace period, on the device's real clock (what is tested)
 	time.Sleep(time.Until(held[0].PreviousUntil) + 300*time.Millisecond)
 	if _, err := agent.Unseal(d.Config, "svc-token", held[0].Previous); !errors.Is(err, state.ErrNoSecret) {
 		t.Fatalf("the replaced version opened after its grace period: %v", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -38,15 +39,11 @@ func requireBinary(t testing.TB, path, pkg string) string {
 // waitFile waits until path exists and is not empty.
 func waitFile(t testing.TB, path string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", path)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !wait.Poll(timeout, func() bool {
+		fi, err := os.Stat(path)
+		return err == nil && fi.Size() > 0
+	}) {
+		t.Fatalf("timed out waiting for %s", path)
 	}
 }
 
@@ -280,18 +277,13 @@ PermitRootLogin prohibit-password
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); _ = srv.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	wait.Until(t, func() error {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err == nil {
-			c.Close()
-			break
+		if err != nil {
+			return fmt.Errorf("sshd did not listen: %w\n%s", err, logs.String())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd did not listen: %v\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return c.Close()
+	})
 
 	connect := func(knownHosts string) (string, error) {
 		kh := filepath.Join(t.TempDir(), "known_hosts")
