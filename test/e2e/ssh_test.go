@@ -277,13 +277,16 @@ PermitRootLogin prohibit-password
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); _ = srv.Wait() })
-	wait.Until(t, func() error {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err != nil {
-			return fmt.Errorf("sshd did not listen: %w\n%s", err, logs.String())
+	var dialErr error
+	if !wait.Poll(wait.Timeout, func() bool {
+		var c net.Conn
+		if c, dialErr = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); dialErr != nil {
+			return false
 		}
-		return c.Close()
-	})
+		return c.Close() == nil
+	}) {
+		t.Fatalf("sshd did not listen: %v\n%s", dialErr, logs.String())
+	}
 
 	connect := func(knownHosts string) (string, error) {
 		kh := filepath.Join(t.TempDir(), "known_hosts")
