@@ -36,10 +36,9 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
-	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -209,7 +208,6 @@ var (
 	bucketTokHash = []byte("tokenhash") // SHA-256 of secret -> token ID
 	bucketEvents  = []byte("events")    // device ID 0x00 seq(8) -> event record
 	bucketAnon    = []byte("anonymous") // anonymous events, keyed alike (bucketEvents' sequence)
-	keySchema     = []byte("schema")
 )
 
 // Option configures Open.
@@ -248,8 +246,7 @@ func WithNoSync() Option { return func(o *options) { o.noSync = true } }
 
 // Store is the bbolt inventory. Its methods are safe for concurrent use.
 type Store struct {
-	db   *bolt.DB
-	w    *groupcommit.Writer // the frequent writes: devices and events
+	db   *boltdb.DB // group commit (Write) for the frequent writes: devices and events
 	opts options
 }
 
@@ -262,39 +259,16 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if o.maxEvents <= 0 {
 		o.maxEvents = defaultMaxEvents
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.timeout, NoSync: o.noSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("inventory: open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketDevices, bucketEK, bucketTokens, bucketTokHash, bucketEvents, bucketAnon} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			if binary.BigEndian.Uint64(v) == schemaVersion {
-				return nil
-			}
-		}
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketDevices, bucketEK, bucketTokens, bucketTokHash, bucketEvents, bucketAnon},
+		Version: schemaVersion,
 		// A new file, or one written before the indexes (schema 1).
-		if err := buildIndexes(tx); err != nil {
-			return err
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
+		Steps: []boltdb.Step{{Version: 2, Apply: buildIndexes}},
+	}, boltdb.Options{Name: "inventory", Timeout: o.timeout, NoSync: o.noSync, Locked: ErrLocked})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("inventory: initialize %s: %w", path, err)
+		return nil, err
 	}
-	return &Store{db: db, w: groupcommit.New(db), opts: o}, nil
+	return &Store{db: db, opts: o}, nil
 }
 
 // Close closes the file.
@@ -384,7 +358,7 @@ func (s *Store) PutDevice(d *Device) error {
 	if err := validDevice(d); err != nil {
 		return err
 	}
-	return s.w.Write(func(tx *bolt.Tx) error {
+	return s.db.Write(func(tx *bolt.Tx) error {
 		old, err := getDevice(tx, d.ID)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
@@ -401,7 +375,7 @@ func (s *Store) PutDevice(d *Device) error {
 // Concurrent writes share one transaction and fsync (group commit), so fn
 // may run more than once: it must only change the device it is given.
 func (s *Store) Update(id string, fn func(*Device) error) error {
-	return s.w.Write(func(tx *bolt.Tx) error {
+	return s.db.Write(func(tx *bolt.Tx) error {
 		old, err := getDevice(tx, id)
 		if err != nil {
 			return err
@@ -717,7 +691,7 @@ func (s *Store) AddEvent(e Event) error {
 	if e.Time.IsZero() {
 		e.Time = s.opts.now()
 	}
-	err := s.w.Write(func(tx *bolt.Tx) error {
+	err := s.db.Write(func(tx *bolt.Tx) error {
 		seq, err := tx.Bucket(bucketEvents).NextSequence()
 		if err != nil {
 			return err

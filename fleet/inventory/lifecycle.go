@@ -279,7 +279,7 @@ func (s *Store) RevokeSuperseded(id, serial string) ([]string, error) {
 		return nil, err
 	}
 	var revoked []string
-	err = s.w.Write(func(tx *bolt.Tx) error {
+	err = s.db.Write(func(tx *bolt.Tx) error {
 		revoked = nil // a batch may run this again
 		d, err := getDevice(tx, id)
 		if err != nil {

@@ -75,7 +75,7 @@ func TestRevokeSupersededGroupCommits(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	held := make(chan error, 1)
 	go func() {
-		held <- s.w.Write(func(*bolt.Tx) error { close(entered); <-release; return nil })
+		held <- s.db.Write(func(*bolt.Tx) error { close(entered); <-release; return nil })
 	}()
 	<-entered
 	var wg sync.WaitGroup
@@ -85,9 +85,9 @@ func TestRevokeSupersededGroupCommits(t *testing.T) {
 		wg.Go(func() { revoked[i], errs[i] = s.RevokeSuperseded(id, newSerial(i)) })
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for s.w.InFlight() < n+1 {
+	for s.db.InFlight() < n+1 {
 		if time.Now().After(deadline) {
-			joined := s.w.InFlight() - 1
+			joined := s.db.InFlight() - 1
 			close(release)
 			wg.Wait()
 			t.Fatalf("%d of %d reconnects joined the group commit; the others wrote alone (%d transactions for %d reconnects)",

@@ -11,8 +11,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	bolt "go.etcd.io/bbolt"
 )
@@ -137,8 +137,7 @@ func (j *Job) Progress() Progress {
 // step reads the front of the queue and writes only what it touched; a
 // renewal looks its device up by key in each running job.
 type Jobs struct {
-	db *bolt.DB
-	w  *groupcommit.Writer // the per-renewal marks
+	db *boltdb.DB // group commit (Write) for the per-renewal marks
 }
 
 var (
@@ -165,23 +164,14 @@ type devRecord struct {
 // OpenJobs opens the job file. Jobs written by earlier versions (one record
 // with every device) are converted.
 func OpenJobs(path string) (*Jobs, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketJobs, bucketRunning, bucketDevices, bucketQueue},
+		Init:    migrate,
+	}, boltdb.Options{Name: "rotation: jobs"})
 	if err != nil {
-		return nil, fmt.Errorf("rotation: open jobs: %w", err)
+		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketJobs, bucketRunning, bucketDevices, bucketQueue} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return migrate(tx)
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("rotation: open jobs: %w", err)
-	}
-	return &Jobs{db: db, w: groupcommit.New(db)}, nil
+	return &Jobs{db: db}, nil
 }
 
 // migrate converts jobs stored with their devices inline.
@@ -555,7 +545,7 @@ func (j *Jobs) renewed(deviceID string, now time.Time) ([]string, error) {
 		return nil, err
 	}
 	var finished []string
-	err = j.w.Write(func(tx *bolt.Tx) error {
+	err = j.db.Write(func(tx *bolt.Tx) error {
 		finished = finished[:0]
 		for id := range in {
 			h, err := getHeader(tx, id)
@@ -620,7 +610,7 @@ func (j *Jobs) reachable(deviceID string, now time.Time) error {
 	// Devices reconnect together (a restarted fleet, a broker that came
 	// back): their writes share a transaction. The function reads what it
 	// changes, so a batch may run it again.
-	return j.w.Write(func(tx *bolt.Tx) error {
+	return j.db.Write(func(tx *bolt.Tx) error {
 		for id := range in {
 			devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
 			if devs == nil || queue == nil {
