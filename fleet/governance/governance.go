@@ -68,9 +68,9 @@ func (f AlerterFunc) Alert(a Alert) { f(a) }
 // Devices reads the inventory and sets its flags. *inventory.Store
 // implements it.
 type Devices interface {
-	Device(id string) (*inventory.Device, error)
-	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
-	Update(id string, fn func(*inventory.Device) error) error
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
 }
 
 // Revoker revokes a device: every certificate it holds that has not

@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -672,7 +673,7 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 	if len(sel.DeviceIDs) > 0 {
 		// Named devices: look each up rather than scan the fleet.
 		for _, id := range slices.Compact(slices.Sorted(slices.Values(sel.DeviceIDs))) {
-			d, err := s.cfg.Inventory.Device(id)
+			d, err := s.cfg.Inventory.Device(context.TODO(), id)
 			if errors.Is(err, inventory.ErrNotFound) {
 				continue
 			}
@@ -686,7 +687,7 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 	}
 	after := ""
 	for len(sel.DeviceIDs) == 0 {
-		devs, next, err := s.cfg.Inventory.ListDevices(inventory.Filter{State: inventory.StateActive, After: after, Limit: 1000})
+		devs, next, err := s.cfg.Inventory.ListDevices(context.TODO(), inventory.Filter{State: inventory.StateActive, After: after, Limit: 1000})
 		if err != nil {
 			return nil, err
 		}
@@ -787,7 +788,7 @@ func (s *Service) ask(job *Job, now time.Time, budget int, cands []candidate) []
 		if budget == 0 {
 			break
 		}
-		d, err := s.cfg.Inventory.Device(c.rec.ID)
+		d, err := s.cfg.Inventory.Device(context.TODO(), c.rec.ID)
 		switch {
 		case err != nil || d.State != inventory.StateActive || d.CertSerial != c.rec.From:
 			c.outcome = outcomeDone // gone, no longer active, or renewed: nothing to rotate

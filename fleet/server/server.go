@@ -394,7 +394,7 @@ type gate struct {
 }
 
 func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
-	d, err := g.inv.Device(deviceID)
+	d, err := g.inv.Device(context.TODO(), deviceID)
 	if err != nil {
 		return broker.Access{}, fmt.Errorf("unknown device: %w", err)
 	}
@@ -442,7 +442,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 		s.Rotation.Connected(ev.Identity.DeviceID, hex.EncodeToString(ev.Identity.Cert.SerialNumber.Bytes()))
 	}
 	now := time.Now().UTC()
-	err := s.Inv.Update(ev.Identity.DeviceID, func(d *inventory.Device) error {
+	err := s.Inv.Update(context.TODO(), ev.Identity.DeviceID, func(d *inventory.Device) error {
 		d.LastSeen = now
 		d.Connected = ev.Kind == broker.Connected
 		return nil
@@ -576,7 +576,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	if d, err := s.Inv.Device(id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
+	if d, err := s.Inv.Device(context.TODO(), id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
 		state := inventory.State("unknown")
 		if err == nil {
 			state = d.State
@@ -605,7 +605,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("malformed hello", "device_id", id.DeviceID, "err", err)
 			return
 		}
-		err := s.Inv.Update(id.DeviceID, func(d *inventory.Device) error {
+		err := s.Inv.Update(context.TODO(), id.DeviceID, func(d *inventory.Device) error {
 			if h.Firmware != "" && d.Firmware != h.Firmware && d.State == inventory.StateActive {
 				// Reported, not proved: policies judge the measurements.
 				s.log.Info("device reports a new firmware version", "device_id", d.ID, "from", d.Firmware, "to", h.Firmware)
@@ -655,10 +655,10 @@ func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim 
 		return errors.New("no claim certificate and no enrollment token")
 	}
 	secret := string(password)
-	if _, err := s.Inv.CheckToken(secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
+	if _, err := s.Inv.CheckToken(context.TODO(), secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
 		return nil // valid; its model binding is checked at enrollment
 	}
-	usedBy, err := s.Inv.TokenUsedBy(secret)
+	usedBy, err := s.Inv.TokenUsedBy(context.TODO(), secret)
 	if err == nil && len(usedBy) >= 16 && strings.HasPrefix(clientID, "e-"+usedBy[:16]+"-") {
 		return nil
 	}
@@ -679,7 +679,7 @@ func (s *Server) knownBootstrap(clientID string) (string, bool) {
 	if strings.Trim(prefix, "0123456789abcdef") != "" {
 		return "", false
 	}
-	devs, _, err := s.Inv.ListDevices(inventory.Filter{After: prefix, Limit: 1})
+	devs, _, err := s.Inv.ListDevices(context.TODO(), inventory.Filter{After: prefix, Limit: 1})
 	if err != nil || len(devs) == 0 || !strings.HasPrefix(devs[0].ID, prefix) {
 		return "", false
 	}

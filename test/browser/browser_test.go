@@ -132,7 +132,7 @@ func TestConsoleInChromium(t *testing.T) {
 	stSearched := wait(t, searched, harness.Connected)
 	stOther := wait(t, other, harness.Connected)
 	wait(t, pending, func(s agent.Status) bool { return s.Enrollment == "pending" })
-	waiting, _, err := f.Inv.ListDevices(inventory.Filter{State: inventory.StatePending})
+	waiting, _, err := f.Inv.ListDevices(ctx, inventory.Filter{State: inventory.StatePending})
 	if err != nil || len(waiting) != 1 {
 		t.Fatalf("pending devices: %d, %v", len(waiting), err)
 	}
@@ -141,7 +141,7 @@ func TestConsoleInChromium(t *testing.T) {
 	// they claim until the fleet assigns one, as an operator would here:
 	// campaigns and policies go by the fleet's model.
 	for id, owner := range map[string]string{stSearched.DeviceID: "plant-a", stOther.DeviceID: "plant-b"} {
-		if err := f.Inv.Update(id, func(d *inventory.Device) error { d.Owner, d.Group, d.Model = owner, "gateways", "gw-1"; return nil }); err != nil {
+		if err := f.Inv.Update(ctx, id, func(d *inventory.Device) error { d.Owner, d.Group, d.Model = owner, "gateways", "gw-1"; return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -196,11 +196,11 @@ func TestConsoleInChromium(t *testing.T) {
 	if st := wait(t, pending, harness.Connected); st.DeviceID != pendingID {
 		t.Fatalf("the approved device enrolled as %s", st.DeviceID)
 	}
-	if d, _ := f.Inv.Device(pendingID); d.State != inventory.StateActive || d.TrustPath != inventory.TrustApproval {
+	if d, _ := f.Inv.Device(ctx, pendingID); d.State != inventory.StateActive || d.TrustPath != inventory.TrustApproval {
 		t.Fatalf("approved device: %+v", d)
 	}
 	// Quarantined and released with the justifications typed in.
-	evs, err := f.Inv.Events(stOther.DeviceID, 50)
+	evs, err := f.Inv.Events(ctx, stOther.DeviceID, 50)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,11 +214,11 @@ func TestConsoleInChromium(t *testing.T) {
 			t.Errorf("device events lack %q:\n%s", want, all)
 		}
 	}
-	if d, _ := f.Inv.Device(stOther.DeviceID); d.State != inventory.StateActive {
+	if d, _ := f.Inv.Device(ctx, stOther.DeviceID); d.State != inventory.StateActive {
 		t.Errorf("released device is %s", d.State)
 	}
 	// The enrollment token shown once is a valid one.
-	if _, err := f.Inv.CheckToken(res.EnrollmentToken, "gw-1", time.Now()); err != nil {
+	if _, err := f.Inv.CheckToken(ctx, res.EnrollmentToken, "gw-1", time.Now()); err != nil {
 		t.Errorf("the enrollment token the console showed does not check: %v", err)
 	}
 	// The API token was created for the operator, then revoked.

@@ -172,7 +172,7 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 	for _, d := range devs {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			inv, err := f.Inv.Device(d.ID)
+			inv, err := f.Inv.Device(t.Context(), d.ID)
 			if err == nil && inv.Firmware == releaseVersion {
 				break
 			}

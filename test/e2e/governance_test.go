@@ -105,7 +105,7 @@ func openAlert(t *testing.T, f *harness.Fleet, id, rule string) bool {
 func waitDisconnected(t *testing.T, f *harness.Fleet, id string) {
 	t.Helper()
 	waitFor(t, func() bool {
-		d, err := f.Inv.Device(id)
+		d, err := f.Inv.Device(t.Context(), id)
 		return err == nil && !f.Broker.Connected(id) && !d.Connected
 	}, "the device to be disconnected")
 }
@@ -141,7 +141,7 @@ func TestGovernanceDormant(t *testing.T) {
 			if err != nil || len(l.Devices) != 1 || l.Devices[0].DeviceID != id || l.Devices[0].LastSeen.IsZero() {
 				t.Fatalf("dormant list %+v %v", l, err)
 			}
-			dev, _ := f.Inv.Device(id)
+			dev, _ := f.Inv.Device(t.Context(), id)
 			if !dev.HasFlag(governance.FlagDormant) || !slices.Contains(eventKinds(t, c, id), governance.KindDormant) {
 				t.Fatalf("dormant device: flags %v, events %v", dev.Flags, eventKinds(t, c, id))
 			}
@@ -174,7 +174,7 @@ func TestGovernanceDormant(t *testing.T) {
 			if rep := sweepNow(t, c); rep.Dormant != 0 {
 				t.Fatalf("returned device still dormant: %+v", rep)
 			}
-			dev, _ = f.Inv.Device(id)
+			dev, _ = f.Inv.Device(t.Context(), id)
 			if dev.HasFlag(governance.FlagDormant) || !slices.Contains(eventKinds(t, c, id), governance.KindDormant+"-resolved") {
 				t.Fatalf("returned device: flags %v, events %v", dev.Flags, eventKinds(t, c, id))
 			}
@@ -248,7 +248,7 @@ func TestGovernanceOrphanAndRisk(t *testing.T) {
 		if err != nil || len(l.Devices) != 1 || l.Devices[0].OrphanReason != `owner "alice" is departed` {
 			t.Fatalf("orphans %+v %v", l, err)
 		}
-		dev, _ := f.Inv.Device(id)
+		dev, _ := f.Inv.Device(ctx, id)
 		if !dev.HasFlag(governance.FlagOrphaned) || !slices.Contains(eventKinds(t, c, id), governance.KindOrphaned) {
 			t.Fatalf("orphaned device: flags %v events %v", dev.Flags, eventKinds(t, c, id))
 		}
@@ -259,7 +259,7 @@ func TestGovernanceOrphanAndRisk(t *testing.T) {
 		if rep := sweepNow(t, c); rep.Orphaned != 0 {
 			t.Fatalf("sweep after the owner returned: %+v", rep)
 		}
-		dev, _ = f.Inv.Device(id)
+		dev, _ = f.Inv.Device(ctx, id)
 		if dev.HasFlag(governance.FlagOrphaned) || !slices.Contains(eventKinds(t, c, id), governance.KindOrphaned+"-resolved") {
 			t.Fatalf("owned again: flags %v events %v", dev.Flags, eventKinds(t, c, id))
 		}
@@ -391,7 +391,7 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		t.Fatalf("incident %+v, want serial %s from 127.0.0.1 and 127.0.0.2", inc, serial)
 	}
 	waitFor(t, func() bool { x := incident(); return x != nil && x.Quarantined }, "the clone to be quarantined")
-	dev, _ := f.Inv.Device(id)
+	dev, _ := f.Inv.Device(ctx, id)
 	if dev.State != inventory.StateQuarantined || !dev.IsRevoked(serial) {
 		t.Fatalf("cloned device: state %s, revoked %v", dev.State, dev.Revoked)
 	}
@@ -444,7 +444,7 @@ func TestGovernanceEKClone(t *testing.T) {
 	if !strings.Contains(inc.Evidence, "SN-COPY") {
 		t.Fatalf("evidence does not name the other serial: %q", inc.Evidence)
 	}
-	dev, _ := f.Inv.Device(idA)
+	dev, _ := f.Inv.Device(ctx, idA)
 	if dev.State != inventory.StateQuarantined || !dev.HasFlag(governance.FlagCloneSuspect) {
 		t.Fatalf("original device: state %s flags %v", dev.State, dev.Flags)
 	}
@@ -458,7 +458,7 @@ func TestGovernanceEKClone(t *testing.T) {
 	if err := c.ResolveClone(ctx, idA, "ek", "checked"); err != nil {
 		t.Fatal(err)
 	}
-	dev, _ = f.Inv.Device(idA)
+	dev, _ = f.Inv.Device(ctx, idA)
 	if dev.HasFlag(governance.FlagCloneSuspect) {
 		t.Fatalf("flag kept after resolution: %v", dev.Flags)
 	}
@@ -635,7 +635,7 @@ func TestGovernanceTriageEnrollsUnknownEK(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := waitConnected(t, d)
-	dev, err := f.Inv.Device(st.DeviceID)
+	dev, err := f.Inv.Device(ctx, st.DeviceID)
 	if err != nil || dev.TrustPath != "triage" || dev.EKFingerprint != entry.EKFingerprint {
 		t.Fatalf("enrolled %+v %v", dev, err)
 	}

@@ -85,7 +85,7 @@ func TestRestartFleet(t *testing.T) {
 	if !bytes.Equal(caBefore, caAfter) || f.AdminToken() != tokenBefore {
 		t.Fatal("CA or admin token changed across a restart")
 	}
-	dev, err := f.Inv.Device(st.DeviceID)
+	dev, err := f.Inv.Device(t.Context(), st.DeviceID)
 	if err != nil || dev.CertSerial != st.CertSerial || string(dev.State) != "active" {
 		t.Fatalf("inventory after restart: %+v, %v", dev, err)
 	}
