@@ -9,6 +9,8 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 var _ inventorytest.Store = (*inventory.Store)(nil)
@@ -22,7 +24,9 @@ func open(t *testing.T, path string, opts ...inventory.Option) *inventory.Store 
 	return s
 }
 
-// TestConformance runs the conformance suite against the bbolt backend.
+// TestConformance runs the conformance suite against both backends: a
+// bbolt file, and a real PostgreSQL (pgtest; skipped without one unless
+// CI=true).
 func TestConformance(t *testing.T) {
 	t.Run("bbolt", func(t *testing.T) {
 		inventorytest.Run(t, func(t *testing.T, opts ...inventory.Option) inventorytest.Store {
@@ -31,6 +35,27 @@ func TestConformance(t *testing.T) {
 			return s
 		})
 	})
+	t.Run("postgres", func(t *testing.T) {
+		srv := pgtest.Start(t)
+		inventorytest.Run(t, func(t *testing.T, opts ...inventory.Option) inventorytest.Store {
+			return openPostgres(t, srv.NewDatabase(t), opts...)
+		})
+	})
+}
+
+// openPostgres opens the inventory in the database at url.
+func openPostgres(t *testing.T, url string, opts ...inventory.Option) *inventory.Store {
+	t.Helper()
+	db, err := postgres.Open(t.Context(), url, postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	s, err := inventory.OpenPostgres(t.Context(), db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func TestReopenKeepsData(t *testing.T) {
