@@ -49,6 +49,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -111,6 +112,10 @@ type Server struct {
 	topics         wire.Topics
 	events         []chan broker.Event // connection events to record, by device (events.go)
 
+	// db is the PostgreSQL database of the stores that support one
+	// (Config.DatabaseURL); nil keeps every store in DataDir.
+	db *postgres.DB
+
 	// closers is the cleanup stack: what New opened, closed in reverse
 	// order by close (when New fails, or when Run returns).
 	closers   []func() error
@@ -147,7 +152,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, open := range []func() error{
-		s.openCA, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openCA, s.openAudit, s.openAuth, s.openDatabase, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
 		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
@@ -183,10 +188,33 @@ func (s *Server) openCA() (err error) {
 	return s.refreshServerCert()
 }
 
-// openInventory opens the inventory, whose lifecycle events go to the
-// audit log, the alert feed and the risk scores (inventoryEvent).
+// openDatabase connects to the PostgreSQL database when DatabaseURL is
+// set: the stores that support it open in it (openInventory).
+func (s *Server) openDatabase() (err error) {
+	if s.cfg.DatabaseURL == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if s.db, err = postgres.Open(ctx, s.cfg.DatabaseURL, postgres.Options{Logger: s.log.With("component", "database")}); err != nil {
+		return fmt.Errorf("server: database: %w", err)
+	}
+	s.onClose(func() error { s.db.Close(); return nil })
+	return nil
+}
+
+// openInventory opens the inventory, in PostgreSQL when the fleet has a
+// database (openDatabase), else in the data directory's bbolt file. Its
+// lifecycle events go to the audit log, the alert feed and the risk
+// scores (inventoryEvent).
 func (s *Server) openInventory() (err error) {
-	s.Inv, err = inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Inv, err = inventory.OpenPostgres(ctx, s.db, inventory.WithEventHook(s.inventoryEvent))
+	} else {
+		s.Inv, err = inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	}
 	if err == nil {
 		s.onClose(s.Inv.Close)
 	}
