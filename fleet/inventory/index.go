@@ -17,13 +17,16 @@ import (
 // Secondary indexes. The device list of a large fleet sorts and filters
 // by fields other than the ID; reading every record for that costs about
 // 9 µs a record (JSON), 0.9 s for 100,000 devices. So each Field below
-// has its own bucket whose keys are the field's value, a 0x00 byte and
-// the device ID (values empty): a key range is the devices with one
-// value, in ID order, and a walk over the bucket is the devices in the
-// field's order. putDevice keeps them in step with the records in the
-// transaction that writes a record, and keeps a count of devices per
-// state, so a filter or an order never decodes a record it does not
-// return, and totals need no scan.
+// is indexed by its encoded value (indexValue, indexTime) and the device
+// ID: in the bbolt file a bucket per field whose keys are the value, a
+// 0x00 byte and the ID (values empty), so that a key range is the devices
+// with one value, in ID order, and a walk over the bucket is the devices
+// in the field's order (bolt.go); in PostgreSQL a bytea column per field
+// with an index on (column, id), which orders the same (postgres.go).
+// Every device write keeps them in step with the record in its
+// transaction (bbolt also keeps a count of devices per state), so a
+// filter or an order never decodes a record it does not return. Cursors
+// (Page.Next) are the same in both: the ID, or the bbolt key in base64.
 //
 // Strings are indexed in lower case (at most maxIndexValue bytes): filters
 // on them ignore case, and the order is case-insensitive. Times are 8
