@@ -149,4 +149,3 @@ func testBadURL(t *testing.T) {
 		t.Fatalf("error shows the password: %v", err)
 	}
 }
-
