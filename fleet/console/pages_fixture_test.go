@@ -158,7 +158,7 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 // does.
 func resolve(inv *inventory.Store, sel campaign.Selector) ([]string, error) {
 	var out []string
-	devs, _, err := inv.ListDevices(inventory.Filter{Limit: 1000})
+	devs, _, err := inv.ListDevices(context.Background(), inventory.Filter{Limit: 1000})
 	if err != nil {
 		return nil, err
 	}

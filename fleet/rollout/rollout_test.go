@@ -461,7 +461,7 @@ func TestCampaignTargetsByTags(t *testing.T) {
 	inv := testInventory(t, f)
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1", "gw-2")
 	put := func(id, model string, state inventory.State, tags ...string) {
-		if err := inv.PutDevice(&inventory.Device{ID: id, Model: model, State: state, Tags: tags}); err != nil {
+		if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, Model: model, State: state, Tags: tags}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -469,7 +469,7 @@ func TestCampaignTargetsByTags(t *testing.T) {
 	put("b", "gw-1", inventory.StateActive, "site:plant-7")
 	put("c", "gw-2", inventory.StateActive, "canary", "site:plant-7")
 	put("d", "gw-1", inventory.StateQuarantined, "canary", "site:plant-7")
-	if err := inv.PutDevice(&inventory.Device{ID: "e", State: inventory.StateActive, Tags: []string{"Bad Tag"}}); err == nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "e", State: inventory.StateActive, Tags: []string{"Bad Tag"}}); err == nil {
 		t.Fatal("an invalid tag was stored")
 	}
 	for _, tc := range []struct {
@@ -505,7 +505,7 @@ func TestCampaignTargetsByFleetModel(t *testing.T) {
 		{ID: "c", ClaimedModel: "gw-1", Group: "plant"}, // enrolled by its EK certificate
 	} {
 		d.State = inventory.StateActive
-		if err := inv.PutDevice(&d); err != nil {
+		if err := inv.PutDevice(t.Context(), &d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -542,7 +542,7 @@ func TestAnnounceRefusesOtherModel(t *testing.T) {
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
 	for _, d := range []inventory.Device{{ID: "a", Model: "gw-1"}, {ID: "b", Model: "gw-2"}, {ID: "c", ClaimedModel: "gw-1"}} {
 		d.State = inventory.StateActive
-		if err := inv.PutDevice(&d); err != nil {
+		if err := inv.PutDevice(t.Context(), &d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -560,7 +560,7 @@ func TestAnnounceRefusesOtherModel(t *testing.T) {
 		}
 	}
 	// An operator changes a's model after the campaign resolved it.
-	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
+	if err := inv.Update(t.Context(), "a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := errors.AsType[*campaign.IneligibleError](announce("a")); !ok {
@@ -590,7 +590,7 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 		return nil
 	}
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
-	if err := inv.PutDevice(&inventory.Device{ID: "a", Model: "gw-1", State: inventory.StateActive}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "a", Model: "gw-1", State: inventory.StateActive}); err != nil {
 		t.Fatal(err)
 	}
 	cs, err := campaign.Open(filepath.Join(t.TempDir(), "campaigns.db"))
@@ -637,7 +637,7 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 		defer mu.Unlock()
 		return len(announced) > 0
 	})
-	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
+	if err := inv.Update(t.Context(), "a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	f.hello("a")

@@ -133,7 +133,7 @@ func TestConsoleInChromium(t *testing.T) {
 	stSearched := waitStatus(t, searched, harness.Connected)
 	stOther := waitStatus(t, other, harness.Connected)
 	waitStatus(t, pending, func(s agent.Status) bool { return s.Enrollment == "pending" })
-	waiting, _, err := f.Inv.ListDevices(inventory.Filter{State: inventory.StatePending})
+	waiting, _, err := f.Inv.ListDevices(t.Context(), inventory.Filter{State: inventory.StatePending})
 	if err != nil || len(waiting) != 1 {
 		t.Fatalf("pending devices: %d, %v", len(waiting), err)
 	}
@@ -142,7 +142,7 @@ func TestConsoleInChromium(t *testing.T) {
 	// they claim until the fleet assigns one, as an operator would here:
 	// campaigns and policies go by the fleet's model.
 	for id, owner := range map[string]string{stSearched.DeviceID: "plant-a", stOther.DeviceID: "plant-b"} {
-		if err := f.Inv.Update(id, func(d *inventory.Device) error { d.Owner, d.Group, d.Model = owner, "gateways", "gw-1"; return nil }); err != nil {
+		if err := f.Inv.Update(t.Context(), id, func(d *inventory.Device) error { d.Owner, d.Group, d.Model = owner, "gateways", "gw-1"; return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -195,11 +195,11 @@ func TestConsoleInChromium(t *testing.T) {
 	if st := waitStatus(t, pending, harness.Connected); st.DeviceID != pendingID {
 		t.Fatalf("the approved device enrolled as %s", st.DeviceID)
 	}
-	if d, _ := f.Inv.Device(pendingID); d.State != inventory.StateActive || d.TrustPath != inventory.TrustApproval {
+	if d, _ := f.Inv.Device(t.Context(), pendingID); d.State != inventory.StateActive || d.TrustPath != inventory.TrustApproval {
 		t.Fatalf("approved device: %+v", d)
 	}
 	// Quarantined and released with the justifications typed in.
-	evs, err := f.Inv.Events(stOther.DeviceID, 50)
+	evs, err := f.Inv.Events(t.Context(), stOther.DeviceID, 50)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,11 +213,11 @@ func TestConsoleInChromium(t *testing.T) {
 			t.Errorf("device events lack %q:\n%s", want, all)
 		}
 	}
-	if d, _ := f.Inv.Device(stOther.DeviceID); d.State != inventory.StateActive {
+	if d, _ := f.Inv.Device(t.Context(), stOther.DeviceID); d.State != inventory.StateActive {
 		t.Errorf("released device is %s", d.State)
 	}
 	// The enrollment token shown once is a valid one.
-	if _, err := f.Inv.CheckToken(res.EnrollmentToken, "gw-1", time.Now()); err != nil {
+	if _, err := f.Inv.CheckToken(t.Context(), res.EnrollmentToken, "gw-1", time.Now()); err != nil {
 		t.Errorf("the enrollment token the console showed does not check: %v", err)
 	}
 	// The API token was created for the operator, then revoked.

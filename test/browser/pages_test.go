@@ -173,7 +173,7 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 		)
 		if !wait.Poll(20*time.Second, func() bool {
 			var inv *inventory.Device
-			if inv, err = f.Inv.Device(d.ID); err == nil {
+			if inv, err = f.Inv.Device(t.Context(), d.ID); err == nil {
 				firmware = inv.Firmware
 			}
 			return err == nil && firmware == releaseVersion

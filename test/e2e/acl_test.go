@@ -265,7 +265,7 @@ func TestBrokerACL(t *testing.T) {
 		// B connected with the software certificate issued after its TPM
 		// one (the subtests above): the fleet revoked the older one.
 		waitFor(t, func() bool {
-			d, err := f.Inv.Device(idB)
+			d, err := f.Inv.Device(t.Context(), idB)
 			return err == nil && d.IsRevoked(serialB)
 		}, "the TPM certificate to be revoked as superseded")
 		_, err := link.Dial(context.Background(), linkB)

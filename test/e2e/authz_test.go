@@ -64,7 +64,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		t.Fatalf("only %d routes registered", len(routes))
 	}
 	dev := &inventory.Device{ID: "0123456789abcdef0123456789abcdef", State: inventory.StateActive}
-	if err := f.Inv.PutDevice(dev); err != nil {
+	if err := f.Inv.PutDevice(ctx, dev); err != nil {
 		t.Fatal(err)
 	}
 	doBody := func(method, path, tok, body string) int {

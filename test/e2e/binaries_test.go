@@ -221,7 +221,7 @@ func TestKillDuringRenewal(t *testing.T) {
 		}
 		json.Unmarshal(out, &st)
 		serials[st.CertSerial] = true
-		dev, err := f.Inv.Device(st.DeviceID)
+		dev, err := f.Inv.Device(t.Context(), st.DeviceID)
 		if err != nil || dev.State != "active" || dev.IsRevoked(st.CertSerial) {
 			t.Fatalf("after kill %d: device %+v, %v", i, dev, err)
 		}

@@ -149,7 +149,7 @@ func campaignDevice(t *testing.T, c *api.Client, id, device string) campaign.Dev
 func waitFirmware(t *testing.T, f *harness.Fleet, id, version string) {
 	t.Helper()
 	wait.Until(t, func() error {
-		d, err := f.Inv.Device(id)
+		d, err := f.Inv.Device(t.Context(), id)
 		if err != nil {
 			return err
 		}
@@ -375,7 +375,7 @@ func TestFirmwareCampaign(t *testing.T) {
 	if br := bootRecord(t, bad.dir); br.Active != "a" || br.Booted != "a" {
 		t.Fatalf("unhealthy device boots %+v, want slot a", br)
 	}
-	if d, _ := f.Inv.Device(bad.id); d.Firmware != "1.0.0" {
+	if d, _ := f.Inv.Device(t.Context(), bad.id); d.Firmware != "1.0.0" {
 		t.Fatalf("unhealthy device recorded on %q", d.Firmware)
 	}
 

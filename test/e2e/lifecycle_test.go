@@ -69,12 +69,12 @@ func TestRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { dev, _ := f.Inv.Device(st.DeviceID); return dev.IsRevoked(first.CertSerial) }, "the superseded certificate to be revoked")
-	dev, _ := f.Inv.Device(st.DeviceID)
+	waitFor(t, func() bool { dev, _ := f.Inv.Device(t.Context(), st.DeviceID); return dev.IsRevoked(first.CertSerial) }, "the superseded certificate to be revoked")
+	dev, _ := f.Inv.Device(t.Context(), st.DeviceID)
 	if dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
 		t.Fatalf("inventory after renewal: %+v", dev)
 	}
-	evs, _ := f.Inv.Events(st.DeviceID, 20)
+	evs, _ := f.Inv.Events(t.Context(), st.DeviceID, 20)
 	if !slices.ContainsFunc(evs, func(e inventory.Event) bool { return e.Kind == "renewed" }) {
 		t.Fatalf("no renewal event: %+v", evs)
 	}
@@ -114,7 +114,7 @@ func TestRenewalRefusedOnFailingAttestation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, _ := f.Inv.Device(st.DeviceID)
+	dev, _ := f.Inv.Device(ctx, st.DeviceID)
 	if dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
 		t.Fatalf("device after refused renewal: %+v", dev)
 	}
@@ -243,7 +243,7 @@ func TestRecoveryAfterExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dev, _ := f.Inv.Device(st.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != again.CertSerial {
+	if dev, _ := f.Inv.Device(t.Context(), st.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != again.CertSerial {
 		t.Fatalf("after recovery %+v", dev)
 	}
 }
@@ -325,7 +325,7 @@ func TestRenewalWhileFleetDown(t *testing.T) {
 	if n := f.Enroll.Stats().Requests.Load(); n != 0 {
 		t.Fatalf("the device enrolled again (%d requests) instead of renewing", n)
 	}
-	if dev, _ := f.Inv.Device(st.DeviceID); dev.CertSerial != st.CertSerial {
+	if dev, _ := f.Inv.Device(t.Context(), st.DeviceID); dev.CertSerial != st.CertSerial {
 		t.Fatalf("inventory %s, device %s", dev.CertSerial, st.CertSerial)
 	}
 }
@@ -400,10 +400,10 @@ func TestCARotation(t *testing.T) {
 	if len(back.TrustRoots) != 1 || back.TrustRoots[0] != g.Subject {
 		t.Fatalf("recovered device trusts %v", back.TrustRoots)
 	}
-	if dev, _ := f.Inv.Device(sb.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != back.CertSerial {
+	if dev, _ := f.Inv.Device(ctx, sb.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != back.CertSerial {
 		t.Fatalf("inventory after recovery: %+v", dev)
 	}
-	if dev, _ := f.Inv.Device(sa.DeviceID); dev.CertSerial != reissued.CertSerial {
+	if dev, _ := f.Inv.Device(ctx, sa.DeviceID); dev.CertSerial != reissued.CertSerial {
 		t.Fatalf("online device's inventory: %+v", dev)
 	}
 }

@@ -117,7 +117,7 @@ func TestSecrets(t *testing.T) {
 	waitAcked(t, c, idA, "db-password", 1)
 	// Each delivery and acknowledgement is recorded on the device's trail.
 	waitFor(t, func() bool {
-		evs, _ := f.Inv.Events(idA, 50)
+		evs, _ := f.Inv.Events(ctx, idA, 50)
 		kinds := map[string]bool{}
 		for _, e := range evs {
 			kinds[e.Kind] = kinds[e.Kind] || strings.Contains(e.Detail, "db-password version 1")

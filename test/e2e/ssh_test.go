@@ -85,7 +85,7 @@ func TestSSHHostCertificate(t *testing.T) {
 	if fi, _ := os.Stat(certFile); fi.Mode().Perm() != 0o644 {
 		t.Fatalf("certificate mode %o", fi.Mode().Perm())
 	}
-	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateActive || dev.Attestation != "pass" {
+	if dev, _ := f.Inv.Device(t.Context(), id); dev.State != inventory.StateActive || dev.Attestation != "pass" {
 		t.Fatalf("certified device: %s, attestation %q", dev.State, dev.Attestation)
 	}
 
@@ -142,7 +142,7 @@ func TestSSHHostCertificate(t *testing.T) {
 	if err1 != nil || err2 != nil || to.Sub(from) != 24*time.Hour+time.Minute || time.Since(from) < 0 || time.Since(from) > 5*time.Minute {
 		t.Fatalf("validity %s .. %s (%v %v), want the device certificate lifetime from now", valid[1], valid[2], err1, err2)
 	}
-	evs, _ := f.Inv.Events(id, 20)
+	evs, _ := f.Inv.Events(ctx, id, 20)
 	found := false
 	for _, e := range evs {
 		found = found || e.Kind == "ssh-certificates"
