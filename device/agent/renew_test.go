@@ -156,6 +156,7 @@ func (f *renewFleet) Publish(_ context.Context, _ string, payload []byte) error 
 // down hands the device a message after delay.
 func (f *renewFleet) down(delay time.Duration, typ string, body any) {
 	f.wg.Go(func() {
+		// sleep: a fleet slow to answer, on the fake clock of the synctest bubble these tests run in
 		time.Sleep(delay)
 		b, err := wire.Encode(typ, nil, time.Now(), body)
 		if err != nil {

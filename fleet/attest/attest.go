@@ -65,9 +65,25 @@ type Alert struct {
 	Summary  string
 }
 
+// Inventory is what the attestation service reads and changes of the
+// device inventory: verdicts, quarantine and release. *inventory.Store
+// implements it (bbolt or PostgreSQL).
+type Inventory interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
+	UpdateAll(ctx context.Context, changes []inventory.Change) []error
+	AddEvent(ctx context.Context, e inventory.Event) error
+	Quarantine(ctx context.Context, id string, c inventory.Cause) (*inventory.Device, []string, error)
+	Release(ctx context.Context, id string) (*inventory.Device, error)
+	AutoRelease(ctx context.Context, id, policy string) (*inventory.Device, error)
+}
+
+var _ Inventory = (*inventory.Store)(nil)
+
 // Config configures the service.
 type Config struct {
-	Inventory *inventory.Store
+	Inventory Inventory
 	History   *History
 	Policies  Policies
 	// Send publishes a message to a device's down topic of kind.
@@ -592,7 +608,7 @@ func hexPCRs(in map[string]map[int][]byte) map[string]map[int]string {
 
 // evidence verifies, records and acts.
 func (s *Service) evidence(j job) *Record {
-	dev, err := s.cfg.Inventory.Device(j.deviceID)
+	dev, err := s.cfg.Inventory.Device(context.TODO(), j.deviceID)
 	if err != nil {
 		s.log.Warn("evidence from a device not in the inventory", "device_id", j.deviceID, "err", err)
 		return nil
@@ -723,7 +739,7 @@ func (s *Service) record(rec *Record) (invErr, histErr error) {
 		// overlap still share their commits: groupcommit.)
 		r.mu.Unlock()
 		c := attested(rec)
-		return s.cfg.Inventory.Update(c.ID, c.Fn), s.cfg.History.Add(rec)
+		return s.cfg.Inventory.Update(context.TODO(), c.ID, c.Fn), s.cfg.History.Add(rec)
 	}
 	w := &verdictWrite{rec: rec, done: make(chan struct{})}
 	r.pending = append(r.pending, w)
@@ -761,7 +777,7 @@ func (s *Service) flush() {
 	}
 	var invErrs []error
 	var wg sync.WaitGroup
-	wg.Go(func() { invErrs = s.cfg.Inventory.UpdateAll(changes) })
+	wg.Go(func() { invErrs = s.cfg.Inventory.UpdateAll(context.TODO(), changes) })
 	histErrs := s.cfg.History.AddAll(recs)
 	wg.Wait()
 	for i, w := range batch {
@@ -830,14 +846,14 @@ var ErrNotActive = errors.New("attest: device is not active")
 // as a "quarantined" Alert. A device already quarantined only gains the
 // cause, without a new alert; an operator's Release ends the quarantine.
 func (s *Service) Quarantine(deviceID, reason string) error {
-	dev, err := s.cfg.Inventory.Device(deviceID)
+	dev, err := s.cfg.Inventory.Device(context.TODO(), deviceID)
 	if err != nil {
 		return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
 	}
 	cause := inventory.Cause{Source: inventory.CauseAlert, Reason: reason, Time: s.cfg.Now()}
 	switch dev.State {
 	case inventory.StateQuarantined:
-		if _, _, err := s.cfg.Inventory.Quarantine(deviceID, cause); err != nil {
+		if _, _, err := s.cfg.Inventory.Quarantine(context.TODO(), deviceID, cause); err != nil {
 			return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
 		}
 		return nil
@@ -866,7 +882,7 @@ func (s *Service) restrict(id string, cause inventory.Cause, detail, summary str
 	var err error
 	var revoked []string
 	for attempt := range 3 {
-		_, revoked, err = s.cfg.Inventory.Quarantine(id, cause)
+		_, revoked, err = s.cfg.Inventory.Quarantine(context.TODO(), id, cause)
 		if err == nil || errors.Is(err, inventory.ErrTransition) || errors.Is(err, inventory.ErrNotFound) {
 			break
 		}
@@ -878,7 +894,7 @@ func (s *Service) restrict(id string, cause inventory.Cause, detail, summary str
 		return err
 	}
 	s.cfg.Disconnect(id)
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: id, Kind: "quarantined",
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: id, Kind: "quarantined",
 		Detail: detail + "; certificates revoked: " + strings.Join(revoked, ", ")})
 	s.alert(Alert{DeviceID: id, Kind: "quarantined", Severity: "critical", Summary: summary})
 	return err
@@ -889,7 +905,7 @@ func (s *Service) alert(a Alert) {
 		a.Time = s.cfg.Now()
 	}
 	s.log.Warn("alert", "kind", a.Kind, "severity", a.Severity, "device_id", a.DeviceID, "summary", a.Summary)
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: "alert", Detail: a.Kind + ": " + a.Summary})
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: "alert", Detail: a.Kind + ": " + a.Summary})
 	if s.cfg.Alert != nil {
 		s.cfg.Alert(a)
 	}
@@ -919,9 +935,9 @@ func (s *Service) Release(deviceID, by, justification string) error {
 func (s *Service) release(deviceID string, auto bool, policy, by, justification string) error {
 	var err error
 	if auto {
-		_, err = s.cfg.Inventory.AutoRelease(deviceID, policy)
+		_, err = s.cfg.Inventory.AutoRelease(context.TODO(), deviceID, policy)
 	} else {
-		_, err = s.cfg.Inventory.Release(deviceID)
+		_, err = s.cfg.Inventory.Release(context.TODO(), deviceID)
 	}
 	if errors.Is(err, inventory.ErrNotQuarantined) {
 		return ErrNotQuarantined
@@ -929,7 +945,7 @@ func (s *Service) release(deviceID string, auto bool, policy, by, justification 
 	if err != nil {
 		return err
 	}
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "released", Detail: "released by " + by + ": " + justification})
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "released", Detail: "released by " + by + ": " + justification})
 	s.alert(Alert{DeviceID: deviceID, Kind: "released", Severity: "info", Summary: "released from quarantine by " + by + ": " + justification})
 	// Its session, if any, was restricted to attestation: make it reconnect
 	// with full access.
@@ -966,7 +982,7 @@ func (s *Service) SessionEnded(deviceID string) {
 // more than Config.VerdictMaxAge ago. Otherwise an error wrapping
 // ErrNoCurrentVerdict says why.
 func (s *Service) Current(deviceID string) error {
-	d, err := s.cfg.Inventory.Device(deviceID)
+	d, err := s.cfg.Inventory.Device(context.TODO(), deviceID)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNoCurrentVerdict, err)
 	}
@@ -994,7 +1010,7 @@ func (s *Service) sweepStale() error {
 	now := s.cfg.Now()
 	after := ""
 	for {
-		devs, next, err := s.cfg.Inventory.ListDevices(inventory.Filter{After: after, Limit: 1000})
+		devs, next, err := s.cfg.Inventory.ListDevices(context.TODO(), inventory.Filter{After: after, Limit: 1000})
 		if err != nil {
 			return err
 		}
@@ -1016,7 +1032,7 @@ func (s *Service) sweepStale() error {
 				if missed >= s.cfg.StaleAfter {
 					why = fmt.Sprintf("%d attestation challenges unanswered", missed)
 				}
-				err := s.cfg.Inventory.Update(d.ID, func(d *inventory.Device) error {
+				err := s.cfg.Inventory.Update(context.TODO(), d.ID, func(d *inventory.Device) error {
 					if !d.HasFlag(FlagStale) {
 						d.Flags = append(d.Flags, FlagStale)
 					}

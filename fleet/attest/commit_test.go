@@ -69,7 +69,7 @@ func TestVerdictsShareCommits(t *testing.T) {
 		if err != nil || len(recs) != 1 || recs[0].Result != "pass" || recs[0].Seq != 1 {
 			t.Fatalf("device %d: history %+v, %v", i, recs, err)
 		}
-		d, err := f.inv.Device(f.ids[i])
+		d, err := f.inv.Device(t.Context(), f.ids[i])
 		if err != nil || d.Attestation != "pass" || !d.LastAttested.Equal(recs[0].Time) {
 			t.Fatalf("device %d: inventory %+v, %v", i, d, err)
 		}

@@ -8,8 +8,8 @@ import (
 	"math"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	bolt "go.etcd.io/bbolt"
 )
@@ -54,8 +54,7 @@ type Record struct {
 // is kept beside them (bucketSummaries), in the same transaction, so
 // those reads decode no record.
 type History struct {
-	db  *bolt.DB
-	w   *groupcommit.Writer
+	db  *boltdb.DB
 	max int
 }
 
@@ -72,18 +71,11 @@ func OpenHistory(path string, maxPerDevice int) (*History, error) {
 	if maxPerDevice <= 0 {
 		maxPerDevice = 1000
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: [][]byte{bucketSummaries}}, boltdb.Options{Name: "attest: history"})
 	if err != nil {
-		return nil, fmt.Errorf("attest: open history: %w", err)
+		return nil, err
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketSummaries)
-		return err
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("attest: open history: %w", err)
-	}
-	return &History{db: db, w: groupcommit.New(db), max: maxPerDevice}, nil
+	return &History{db: db, max: maxPerDevice}, nil
 }
 
 // Close closes the file.
@@ -91,7 +83,7 @@ func (h *History) Close() error { return h.db.Close() }
 
 // Add appends r to its device's history and sets r.Seq.
 func (h *History) Add(r *Record) error {
-	return h.w.Write(func(tx *bolt.Tx) error { return h.add(tx, r) })
+	return h.db.Write(func(tx *bolt.Tx) error { return h.add(tx, r) })
 }
 
 // AddAll appends records, in order, in one transaction and one fsync, and
@@ -103,7 +95,7 @@ func (h *History) AddAll(rs []*Record) []error {
 	for i, r := range rs {
 		fns[i] = func(tx *bolt.Tx) error { return h.add(tx, r) }
 	}
-	return h.w.WriteAll(fns)
+	return h.db.WriteAll(fns)
 }
 
 // add is Add's transaction. It may run more than once for r (group

@@ -103,7 +103,7 @@ func newSoftFleet(b testing.TB, devices int, configure func(*Config)) *softFleet
 			CertSerial: id[:20], CertExpiry: now.Add(30 * 24 * time.Hour), CertIssued: now, FirstSeen: now, EnrolledAt: now,
 			AKName: seed[:], EKPublic: make([]byte, 120), AKPublic: ak.Public, CertDER: make([]byte, 480),
 			Tags: []string{"site:bench", "canary"}, Certs: []inventory.Cert{{Serial: id[:20], NotAfter: now.Add(30 * 24 * time.Hour)}}}
-		if err := f.inv.PutDevice(d); err != nil {
+		if err := f.inv.PutDevice(b.Context(), d); err != nil {
 			b.Fatal(err)
 		}
 		f.ids, f.tpms, f.aks = append(f.ids, id), append(f.tpms, tp), append(f.aks, ak)

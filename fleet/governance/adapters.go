@@ -1,6 +1,7 @@
 package governance
 
 import (
+	"context"
 	"fmt"
 	"strings"
 )
@@ -19,7 +20,7 @@ func (s *Service) Screen(clientID, deviceID, remote string) error {
 	if b, ok := s.Blocked(deviceID, "", ""); ok {
 		return blockedError(b)
 	}
-	if d, err := s.cfg.Devices.Device(deviceID); err == nil && d.EKFingerprint != "" {
+	if d, err := s.cfg.Devices.Device(context.TODO(), deviceID); err == nil && d.EKFingerprint != "" {
 		if b, ok := s.Blocked("", "", d.EKFingerprint); ok {
 			return blockedError(b)
 		}

@@ -38,8 +38,8 @@ const (
 
 // Devices is what the service reads of the inventory.
 type Devices interface {
-	Device(id string) (*inventory.Device, error)
-	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
 }
 
 // Policies are the reference policies a release's measurements are
@@ -273,7 +273,7 @@ func (s *Service) resolve(_ context.Context, release string, sel campaign.Select
 	var out []string
 	if len(sel.DeviceIDs) > 0 {
 		for _, id := range sel.DeviceIDs {
-			d, err := s.inv.Device(id)
+			d, err := s.inv.Device(context.TODO(), id)
 			if errors.Is(err, inventory.ErrNotFound) {
 				return nil, fmt.Errorf("rollout: no device %q", id)
 			}
@@ -288,7 +288,7 @@ func (s *Service) resolve(_ context.Context, release string, sel campaign.Select
 	}
 	after := ""
 	for {
-		devs, next, err := s.inv.ListDevices(inventory.Filter{State: inventory.StateActive, Model: sel.Model, After: after, Limit: 1000})
+		devs, next, err := s.inv.ListDevices(context.TODO(), inventory.Filter{State: inventory.StateActive, Model: sel.Model, After: after, Limit: 1000})
 		if err != nil {
 			return nil, err
 		}
@@ -320,7 +320,7 @@ func builtFor(r *firmware.Release, d *inventory.Device) bool {
 // *campaign.IneligibleError (wire.ReasonFirmwareModel) if not, which fails
 // the device for good.
 func (s *Service) eligible(id string, r *firmware.Release) error {
-	d, err := s.inv.Device(id)
+	d, err := s.inv.Device(context.TODO(), id)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -459,7 +461,7 @@ func TestCampaignTargetsByTags(t *testing.T) {
 	inv := testInventory(t, f)
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1", "gw-2")
 	put := func(id, model string, state inventory.State, tags ...string) {
-		if err := inv.PutDevice(&inventory.Device{ID: id, Model: model, State: state, Tags: tags}); err != nil {
+		if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, Model: model, State: state, Tags: tags}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -467,7 +469,7 @@ func TestCampaignTargetsByTags(t *testing.T) {
 	put("b", "gw-1", inventory.StateActive, "site:plant-7")
 	put("c", "gw-2", inventory.StateActive, "canary", "site:plant-7")
 	put("d", "gw-1", inventory.StateQuarantined, "canary", "site:plant-7")
-	if err := inv.PutDevice(&inventory.Device{ID: "e", State: inventory.StateActive, Tags: []string{"Bad Tag"}}); err == nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "e", State: inventory.StateActive, Tags: []string{"Bad Tag"}}); err == nil {
 		t.Fatal("an invalid tag was stored")
 	}
 	for _, tc := range []struct {
@@ -503,7 +505,7 @@ func TestCampaignTargetsByFleetModel(t *testing.T) {
 		{ID: "c", ClaimedModel: "gw-1", Group: "plant"}, // enrolled by its EK certificate
 	} {
 		d.State = inventory.StateActive
-		if err := inv.PutDevice(&d); err != nil {
+		if err := inv.PutDevice(t.Context(), &d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -540,7 +542,7 @@ func TestAnnounceRefusesOtherModel(t *testing.T) {
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
 	for _, d := range []inventory.Device{{ID: "a", Model: "gw-1"}, {ID: "b", Model: "gw-2"}, {ID: "c", ClaimedModel: "gw-1"}} {
 		d.State = inventory.StateActive
-		if err := inv.PutDevice(&d); err != nil {
+		if err := inv.PutDevice(t.Context(), &d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -558,7 +560,7 @@ func TestAnnounceRefusesOtherModel(t *testing.T) {
 		}
 	}
 	// An operator changes a's model after the campaign resolved it.
-	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
+	if err := inv.Update(t.Context(), "a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := errors.AsType[*campaign.IneligibleError](announce("a")); !ok {
@@ -588,7 +590,7 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 		return nil
 	}
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
-	if err := inv.PutDevice(&inventory.Device{ID: "a", Model: "gw-1", State: inventory.StateActive}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "a", Model: "gw-1", State: inventory.StateActive}); err != nil {
 		t.Fatal(err)
 	}
 	cs, err := campaign.Open(filepath.Join(t.TempDir(), "campaigns.db"))
@@ -614,33 +616,28 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 	}
 	step := func(want campaign.Step) campaign.Device {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			d, err := f.campaigns.Device(c.ID, "a")
-			if err == nil && d.Step == want {
-				return *d
+		var d *campaign.Device
+		wait.Until(t, func() error {
+			var err error
+			if d, err = f.campaigns.Device(c.ID, "a"); err != nil {
+				return err
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("device a never reached %s: %+v %v", want, d, err)
+			if d.Step != want {
+				return fmt.Errorf("device a at %s, waiting for %s: %+v", d.Step, want, d)
 			}
-			time.Sleep(10 * time.Millisecond) // polling the condition
-		}
+			return nil
+		})
+		return *d
 	}
 	step(campaign.StepAnnounced)
 	// The step is recorded before the announcement is sent: wait for the
 	// send, so that the model changes after it.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	wait.For(t, "device a to be sent its announcement", func() bool {
 		mu.Lock()
-		n := len(announced)
-		mu.Unlock()
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("device a was never sent its announcement")
-		}
-	}
-	if err := inv.Update("a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
+		defer mu.Unlock()
+		return len(announced) > 0
+	})
+	if err := inv.Update(t.Context(), "a", func(d *inventory.Device) error { d.Model = "gw-2"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	f.hello("a")

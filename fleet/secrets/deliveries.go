@@ -2,23 +2,23 @@ package secrets
 
 import (
 	"encoding/json"
-	"fmt"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // DeliveryStore keeps delivery records in bbolt: a bucket per secret name
 // whose keys are device IDs and values JSON Delivery records.
-type DeliveryStore struct{ db *bolt.DB }
+type DeliveryStore struct{ db *boltdb.DB }
 
 var _ Deliveries = (*DeliveryStore)(nil)
 
 // OpenDeliveries opens (creating it) the delivery records at path.
 func OpenDeliveries(path string) (*DeliveryStore, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltdb.Open(path, boltdb.Schema{}, boltdb.Options{Name: "secrets"})
 	if err != nil {
-		return nil, fmt.Errorf("secrets: open %s: %w", path, err)
+		return nil, err
 	}
 	return &DeliveryStore{db: db}, nil
 }

@@ -29,9 +29,9 @@ const retryInterval = 2 * time.Second
 // Devices is what the delivery service reads of the inventory, and where
 // it records delivered and acknowledged secrets as lifecycle events.
 type Devices interface {
-	Device(id string) (*inventory.Device, error)
-	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
-	AddEvent(e inventory.Event) error
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	AddEvent(ctx context.Context, e inventory.Event) error
 }
 
 // Attestations are the recorded verdicts, newest first, whose verified
@@ -235,7 +235,7 @@ func (s *Service) deliver(deviceID string) {
 	if s.connected != nil && !s.connected(deviceID) {
 		return // sent on its next connect
 	}
-	dev, err := s.inv.Device(deviceID)
+	dev, err := s.inv.Device(context.TODO(), deviceID)
 	if err != nil || dev.State != inventory.StateActive || len(dev.EKPublic) == 0 {
 		return
 	}
@@ -341,7 +341,7 @@ func (s *Service) deliverOne(dev *inventory.Device, name string) {
 		s.log.Warn("secrets: recording a delivery failed", "name", name, "device_id", dev.ID, "err", err)
 	}
 	s.log.Info("secret sent", "name", name, "version", sec.Version, "device_id", dev.ID, "pcr_bound", sel != nil)
-	_ = s.inv.AddEvent(inventory.Event{Time: now, DeviceID: dev.ID, Kind: "secret-delivered",
+	_ = s.inv.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: dev.ID, Kind: "secret-delivered",
 		Detail: fmt.Sprintf("secret %s version %d sealed to the EK (PCR-bound: %v)", name, sec.Version, sel != nil)})
 }
 
@@ -417,7 +417,7 @@ func (s *Service) Ack(deviceID string, env *wire.Envelope) {
 	}
 	if a.OK {
 		s.log.Info("secret acknowledged", "name", a.Name, "version", a.Version, "device_id", deviceID)
-		_ = s.inv.AddEvent(inventory.Event{Time: now, DeviceID: deviceID, Kind: "secret-acknowledged",
+		_ = s.inv.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: deviceID, Kind: "secret-acknowledged",
 			Detail: fmt.Sprintf("secret %s version %d imported into the TPM", a.Name, a.Version)})
 	} else {
 		s.log.Warn("device could not import a secret", "name", a.Name, "version", a.Version, "device_id", deviceID, "err", a.Error)
@@ -484,7 +484,7 @@ func (s *Service) queueTarget(t Target) error {
 	}
 	f := inventory.Filter{State: inventory.StateActive, Model: t.Model, Limit: 1000}
 	for {
-		devs, next, err := s.inv.ListDevices(f)
+		devs, next, err := s.inv.ListDevices(context.TODO(), f)
 		if err != nil {
 			return err
 		}
@@ -525,7 +525,7 @@ func (s *Service) Delete(name string) error { return s.store.Delete(name) }
 // DeviceSecrets returns every secret that targets the device or was
 // delivered to it, with its delivery state, by name.
 func (s *Service) DeviceSecrets(deviceID string) ([]DeviceStatus, error) {
-	dev, err := s.inv.Device(deviceID)
+	dev, err := s.inv.Device(context.TODO(), deviceID)
 	if err != nil {
 		return nil, err
 	}

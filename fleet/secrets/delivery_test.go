@@ -107,7 +107,7 @@ func TestSecretDelivery(t *testing.T) {
 		{ID: "dev-off", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)},
 		{ID: "dev-q", State: inventory.StateQuarantined, Model: "gw-1", EKPublic: softEK(t)},
 	} {
-		if err := inv.PutDevice(d); err != nil {
+		if err := inv.PutDevice(t.Context(), d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -223,7 +223,7 @@ func TestSecretsNeedACurrentVerdict(t *testing.T) {
 	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
 	svc := NewService(ServiceConfig{Store: st, Deliveries: dl, Devices: inv, Attestations: hist, PCRs: BoundPCRs(nil),
 		Send: out.send, Connected: func(string) bool { return true }, Current: att.Current})
-	if err := inv.PutDevice(&inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t),
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t),
 		Attestation: wire.VerdictPass, LastAttested: time.Now().Add(-48 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}

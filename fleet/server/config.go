@@ -15,6 +15,13 @@ type Config struct {
 	// DataDir holds the CA, the inventory and the admin token. Default
 	// /var/lib/sigil.
 	DataDir string `json:"data_dir"`
+	// DatabaseURL, when set, keeps the stores that support it in this
+	// PostgreSQL database (postgres://USER@HOST:PORT/DB?sslmode=…; the
+	// password is better given by PGPASSWORD or a .pgpass file than in
+	// the URL), migrated at start. So far: the inventory. The other
+	// stores stay in DataDir. Default "": everything in bbolt files in
+	// DataDir.
+	DatabaseURL string `json:"database_url"`
 	// MQTTAddr is the broker's TLS listener. Default ":8883".
 	MQTTAddr string `json:"mqtt_addr"`
 	// APIAddr is the HTTPS API listener. Default ":8443".

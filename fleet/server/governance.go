@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"path/filepath"
@@ -71,7 +72,7 @@ func (s *Server) governanceAlert(a governance.Alert) {
 	if a.Resolved {
 		kind += "-resolved"
 	}
-	err := s.Inv.AddEvent(inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: kind, Detail: a.Summary})
+	err := s.Inv.AddEvent(context.TODO(), inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: kind, Detail: a.Summary})
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Warn("governance: recording a finding failed", "device_id", a.DeviceID, "kind", kind, "err", err)
 	}
@@ -113,7 +114,7 @@ func (s *Server) governanceEvent(ev broker.Event) {
 			// inventory does not hold the device (refusals of known
 			// devices — revoked, quarantined, retired — are their own
 			// business).
-			if _, err := s.Inv.Device(id.DeviceID); !errors.Is(err, inventory.ErrNotFound) {
+			if _, err := s.Inv.Device(context.TODO(), id.DeviceID); !errors.Is(err, inventory.ErrNotFound) {
 				return
 			}
 			a.Kind, a.Cert = governance.AttemptUnknownDevice, id.Cert

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -55,7 +56,7 @@ const (
 // sessions are opened and closed per connection.
 func TestGovernanceEventClassifies(t *testing.T) {
 	s := newTestServer(t)
-	if err := s.Inv.PutDevice(&inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
+	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
 		t.Fatal(err)
 	}
 	cert := testCert(t, "dev")
@@ -102,7 +103,7 @@ func TestGovernanceEventClassifies(t *testing.T) {
 func TestScreen(t *testing.T) {
 	s := newTestServer(t)
 	ek := strings.Repeat("cd", 32)
-	if err := s.Inv.PutDevice(&inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: ek}); err != nil {
+	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: ek}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.screen(knownDevice, knownDevice, "192.0.2.1:5"); err != nil {
@@ -134,7 +135,7 @@ func TestScreen(t *testing.T) {
 // and 100 prefixes blocked.
 func BenchmarkScreen(b *testing.B) {
 	s := newTestServer(b)
-	if err := s.Inv.PutDevice(&inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
+	if err := s.Inv.PutDevice(context.Background(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
 		b.Fatal(err)
 	}
 	for i := range 1000 {

@@ -39,7 +39,7 @@ func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	const id = "0123456789abcdef0123456789abcdef"
-	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0a", CertExpiry: time.Now().Add(time.Hour)}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0a", CertExpiry: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	crafted, err := fleetCA.IssueDevice(id, &key.PublicKey, time.Hour)
@@ -75,7 +75,7 @@ func TestDeviceMessagesFollowState(t *testing.T) {
 	}
 	s := &Server{Inv: inv, Attest: svc, log: slog.New(slog.DiscardHandler), topics: wire.Topics{}}
 	const id = "0123456789abcdef0123456789abcdef"
-	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateDecommissioned}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateDecommissioned}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := wire.Encode(wire.TypeAttestRequest, nil, time.Now(), &wire.AttestRequest{Reason: "connect"})
@@ -113,20 +113,20 @@ func TestAlertRevokeRevokesEverySerial(t *testing.T) {
 	defer s.closeUnstarted()
 	const id = "0123456789abcdef0123456789abcdef"
 	now := time.Now()
-	if err := s.Inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
+	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
 		Certs: []inventory.Cert{{Serial: "0b", NotAfter: now.Add(30 * time.Minute)}, {Serial: "0c", NotAfter: now.Add(time.Hour)}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.alertAction(context.Background(), alert.ActionRevoke, alert.Alert{ID: 7, RuleID: "odd-port", DeviceID: id, Summary: "port 4444 opened"}); err != nil {
 		t.Fatal(err)
 	}
-	d, _ := s.Inv.Device(id)
+	d, _ := s.Inv.Device(t.Context(), id)
 	for _, serial := range []string{"0b", "0c"} {
 		if d.Admits(serial, now) {
 			t.Errorf("serial %s is still admitted after the alert's revocation", serial)
 		}
 	}
-	revs, err := s.Inv.Revocations(now)
+	revs, err := s.Inv.Revocations(t.Context(), now)
 	if err != nil {
 		t.Fatal(err)
 	}

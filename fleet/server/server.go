@@ -49,6 +49,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -111,6 +112,10 @@ type Server struct {
 	topics         wire.Topics
 	events         []chan broker.Event // connection events to record, by device (events.go)
 
+	// db is the PostgreSQL database of the stores that support one
+	// (Config.DatabaseURL); nil keeps every store in DataDir.
+	db *postgres.DB
+
 	// closers is the cleanup stack: what New opened, closed in reverse
 	// order by close (when New fails, or when Run returns).
 	closers   []func() error
@@ -147,7 +152,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, open := range []func() error{
-		s.openCA, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openCA, s.openAudit, s.openAuth, s.openDatabase, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
 		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
@@ -183,10 +188,33 @@ func (s *Server) openCA() (err error) {
 	return s.refreshServerCert()
 }
 
-// openInventory opens the inventory, whose lifecycle events go to the
-// audit log, the alert feed and the risk scores (inventoryEvent).
+// openDatabase connects to the PostgreSQL database when DatabaseURL is
+// set: the stores that support it open in it (openInventory).
+func (s *Server) openDatabase() (err error) {
+	if s.cfg.DatabaseURL == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if s.db, err = postgres.Open(ctx, s.cfg.DatabaseURL, postgres.Options{Logger: s.log.With("component", "database")}); err != nil {
+		return fmt.Errorf("server: database: %w", err)
+	}
+	s.onClose(func() error { s.db.Close(); return nil })
+	return nil
+}
+
+// openInventory opens the inventory, in PostgreSQL when the fleet has a
+// database (openDatabase), else in the data directory's bbolt file. Its
+// lifecycle events go to the audit log, the alert feed and the risk
+// scores (inventoryEvent).
 func (s *Server) openInventory() (err error) {
-	s.Inv, err = inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Inv, err = inventory.OpenPostgres(ctx, s.db, inventory.WithEventHook(s.inventoryEvent))
+	} else {
+		s.Inv, err = inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	}
 	if err == nil {
 		s.onClose(s.Inv.Close)
 	}
@@ -394,7 +422,7 @@ type gate struct {
 }
 
 func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
-	d, err := g.inv.Device(deviceID)
+	d, err := g.inv.Device(context.TODO(), deviceID)
 	if err != nil {
 		return broker.Access{}, fmt.Errorf("unknown device: %w", err)
 	}
@@ -442,7 +470,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 		s.Rotation.Connected(ev.Identity.DeviceID, hex.EncodeToString(ev.Identity.Cert.SerialNumber.Bytes()))
 	}
 	now := time.Now().UTC()
-	err := s.Inv.Update(ev.Identity.DeviceID, func(d *inventory.Device) error {
+	err := s.Inv.Update(context.TODO(), ev.Identity.DeviceID, func(d *inventory.Device) error {
 		d.LastSeen = now
 		d.Connected = ev.Kind == broker.Connected
 		return nil
@@ -576,7 +604,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	if st, err := s.Inv.State(id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !st.Accepts(tp.Kind) {
+	if st, err := s.Inv.State(context.TODO(), id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !st.Accepts(tp.Kind) {
 		state := inventory.State("unknown")
 		if err == nil {
 			state = st
@@ -605,7 +633,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("malformed hello", "device_id", id.DeviceID, "err", err)
 			return
 		}
-		err := s.Inv.Update(id.DeviceID, func(d *inventory.Device) error {
+		err := s.Inv.Update(context.TODO(), id.DeviceID, func(d *inventory.Device) error {
 			if h.Firmware != "" && d.Firmware != h.Firmware && d.State == inventory.StateActive {
 				// Reported, not proved: policies judge the measurements.
 				s.log.Info("device reports a new firmware version", "device_id", d.ID, "from", d.Firmware, "to", h.Firmware)
@@ -655,10 +683,10 @@ func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim 
 		return errors.New("no claim certificate and no enrollment token")
 	}
 	secret := string(password)
-	if _, err := s.Inv.CheckToken(secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
+	if _, err := s.Inv.CheckToken(context.TODO(), secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
 		return nil // valid; its model binding is checked at enrollment
 	}
-	usedBy, err := s.Inv.TokenUsedBy(secret)
+	usedBy, err := s.Inv.TokenUsedBy(context.TODO(), secret)
 	if err == nil && len(usedBy) >= 16 && strings.HasPrefix(clientID, "e-"+usedBy[:16]+"-") {
 		return nil
 	}
@@ -679,7 +707,7 @@ func (s *Server) knownBootstrap(clientID string) (string, bool) {
 	if strings.Trim(prefix, "0123456789abcdef") != "" {
 		return "", false
 	}
-	devs, _, err := s.Inv.ListDevices(inventory.Filter{After: prefix, Limit: 1})
+	devs, _, err := s.Inv.ListDevices(context.TODO(), inventory.Filter{After: prefix, Limit: 1})
 	if err != nil || len(devs) == 0 || !strings.HasPrefix(devs[0].ID, prefix) {
 		return "", false
 	}

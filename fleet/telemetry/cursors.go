@@ -3,15 +3,16 @@ package telemetry
 import (
 	"encoding/json"
 	"fmt"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // CursorStore keeps telemetry cursors in a bbolt file (Cursors), so that
 // a restarted fleet still ingests every point exactly once, and a few
 // named flags of the fleet's telemetry and alerting (Flag).
-type CursorStore struct{ db *bolt.DB }
+type CursorStore struct{ db *boltdb.DB }
 
 var _ Cursors = (*CursorStore)(nil)
 
@@ -22,21 +23,10 @@ var (
 
 // OpenCursors opens (creating it) the cursor store at path.
 func OpenCursors(path string) (*CursorStore, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: [][]byte{bucketCursors, bucketMeta}},
+		boltdb.Options{Name: "telemetry: cursor store"})
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: cursor store: %w", err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketCursors, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("telemetry: cursor store: %w", err)
+		return nil, err
 	}
 	return &CursorStore{db: db}, nil
 }
@@ -68,7 +58,7 @@ func (c *CursorStore) SetCursor(deviceID string, cur Cursor) error {
 	if err != nil {
 		return err
 	}
-	return c.db.Batch(func(tx *bolt.Tx) error {
+	return c.db.Write(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketCursors).Put([]byte(deviceID), v)
 	})
 }

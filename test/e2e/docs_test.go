@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/metrics/metricstest"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -259,23 +260,22 @@ func TestDocExamples(t *testing.T) {
 // within retry if that is not zero.
 func runExample(t *testing.T, e docExample, script, dir string, env []string, retry time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(retry)
-	for {
+	var (
+		out []byte
+		err error
+	)
+	if wait.Poll(retry, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
 		cmd := exec.CommandContext(ctx, "bash", "-e", "-o", "pipefail", "-c", script)
 		cmd.Dir, cmd.Env = dir, env
-		out, err := cmd.CombinedOutput()
-		cancel()
-		if err == nil {
-			t.Logf("%s: ran", e.where())
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%s: example failed: %v\n--- script\n%s--- output\n%s", e.where(), err, script, out)
-			return
-		}
-		time.Sleep(500 * time.Millisecond)
+		out, err = cmd.CombinedOutput()
+		return err == nil
+	}) {
+		t.Logf("%s: ran", e.where())
+		return
 	}
+	t.Errorf("%s: example failed: %v\n--- script\n%s--- output\n%s", e.where(), err, script, out)
 }
 
 // prometheusAccept is the Accept header Prometheus 3 sends when it scrapes.

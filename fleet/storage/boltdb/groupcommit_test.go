@@ -1,4 +1,4 @@
-package groupcommit
+package boltdb
 
 import (
 	"encoding/binary"
@@ -11,9 +11,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-func open(t testing.TB) *bolt.DB {
+func open(t testing.TB) *DB {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "db"), 0o600, nil)
+	db, err := Open(filepath.Join(t.TempDir(), "db"), Schema{}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +26,7 @@ func open(t testing.TB) *bolt.DB {
 // its own error without losing the others.
 func TestConcurrentWritesAllLand(t *testing.T) {
 	db := open(t)
-	w := New(db)
+	w := db
 	boom := errors.New("boom")
 	var wg sync.WaitGroup
 	errs := make([]error, 64)
@@ -71,7 +71,7 @@ func TestConcurrentWritesAllLand(t *testing.T) {
 // transaction when none fails, and returns each write's own error.
 func TestWriteAllIsolatesFailures(t *testing.T) {
 	db := open(t)
-	w := New(db)
+	w := db
 	boom := errors.New("boom")
 	var fns []func(*bolt.Tx) error
 	for i := range 10 {
@@ -134,7 +134,7 @@ func BenchmarkWrite(b *testing.B) {
 		for _, mode := range []string{"update", "groupcommit"} {
 			b.Run(fmt.Sprintf("%s/writers=%d", mode, writers), func(b *testing.B) {
 				db := open(b)
-				w := New(db)
+				w := db
 				put := func(i int) error {
 					fn := func(tx *bolt.Tx) error {
 						bk, err := tx.CreateBucketIfNotExists([]byte("b"))
