@@ -235,13 +235,16 @@ func (s *Service) deliver(deviceID string) {
 	if s.connected != nil && !s.connected(deviceID) {
 		return // sent on its next connect
 	}
+	list, listErr := s.store.List()
+	if listErr == nil && len(list) == 0 {
+		return // nothing to deliver: no need to read the device
+	}
 	dev, err := s.inv.Device(context.TODO(), deviceID)
 	if err != nil || dev.State != inventory.StateActive || len(dev.EKPublic) == 0 {
 		return
 	}
-	list, err := s.store.List()
-	if err != nil {
-		s.log.Warn("secrets: listing failed", "err", err)
+	if listErr != nil {
+		s.log.Warn("secrets: listing failed", "err", listErr)
 		return
 	}
 	var due []string

@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -253,4 +254,64 @@ func openInventory(t *testing.T) *inventory.Store {
 	}
 	t.Cleanup(func() { inv.Close() })
 	return inv
+}
+
+// countingDevices counts the device records read through it.
+type countingDevices struct {
+	Devices
+	mu    sync.Mutex
+	reads int
+}
+
+func (c *countingDevices) Device(ctx context.Context, id string) (*inventory.Device, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.Devices.Device(ctx, id)
+}
+
+// TestNoSecretsNoDeviceRead: with no secret to deliver, a device's
+// passing verdict (or hello) costs no read of its inventory record — the
+// fleet queues one after every pass — and once there is a secret for it,
+// the device is read and served as before.
+func TestNoSecretsNoDeviceRead(t *testing.T) {
+	dir := t.TempDir()
+	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	hist, err := attest.OpenHistory(filepath.Join(dir, "hist.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	st, err := Open(Config{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dl, err := OpenDeliveries(filepath.Join(dir, DeliveriesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.Close()
+	devs := &countingDevices{Devices: inv}
+	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
+	svc := NewService(ServiceConfig{Store: st, Deliveries: dl, Devices: devs, Attestations: hist, PCRs: BoundPCRs(nil),
+		Send: out.send, Connected: func(string) bool { return true }, Current: func(string) error { return nil }})
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)}); err != nil {
+		t.Fatal(err)
+	}
+	svc.deliver("dev-a")
+	if devs.reads != 0 {
+		t.Fatalf("%d device reads with no secret to deliver", devs.reads)
+	}
+	if _, err := svc.Put("api-key", []byte("k"), Target{Model: "gw-1"}, false); err != nil {
+		t.Fatal(err)
+	}
+	svc.deliver("dev-a")
+	if devs.reads != 1 || out.count("dev-a") != 1 {
+		t.Fatalf("with a secret: %d device reads, %d deliveries", devs.reads, out.count("dev-a"))
+	}
 }
