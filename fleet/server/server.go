@@ -61,7 +61,11 @@ type Server struct {
 	log      *slog.Logger
 	CA       *ca.CA
 	Inv      *inventory.Store
-	Broker   *broker.Broker
+	// Broker is the embedded broker; nil when the fleet talks to its
+	// devices through a pool of external brokers (Config.BrokerPool).
+	Broker *broker.Broker
+	// transport is the MQTT layer every part uses: Broker, or the pool.
+	transport Transport
 	Enroll   *enroll.Service
 	Attest   *attest.Service
 	Policy   *policy.Store
@@ -238,7 +242,7 @@ func (s *Server) openBroker() error {
 		bootstrapAuth = s.bootstrapCredential
 	}
 	var err error
-	s.Broker, err = broker.New(broker.Config{
+	if s.Broker, err = broker.New(broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
@@ -247,8 +251,11 @@ func (s *Server) openBroker() error {
 		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
 		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
 		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
-	})
-	return err
+	}); err != nil {
+		return err
+	}
+	s.transport = s.Broker
+	return nil
 }
 
 // openPolicy opens the reference policies.
@@ -290,7 +297,7 @@ func (s *Server) openEnroll() error {
 		Identities:    governance.Enrollment{S: s.Governance},
 		FirmwareTrust: s.firmwareTrust,
 		Send: func(clientID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
+			return s.transport.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
 		},
 	})
 	return err
@@ -315,7 +322,7 @@ func (s *Server) openAttest() error {
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
 		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
 		Logger: s.log.With("component", "attest"), Send: s.sendDevice,
-		Disconnect: s.Broker.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
+		Disconnect: s.transport.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
 	})
 	return err
 }
@@ -328,7 +335,7 @@ func (s *Server) openRotation() (err error) {
 	s.onClose(s.jobs.Close)
 	s.Rotation, err = rotation.New(rotation.Config{
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
-		Connected: s.Broker.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
+		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
 	})
 	return err
 }
@@ -352,7 +359,7 @@ func (s *Server) openSecrets() error {
 	}
 	s.secretSvc = secrets.NewService(secrets.ServiceConfig{
 		Store: s.Secrets, Deliveries: s.deliveries, Devices: s.Inv, Attestations: s.history, PCRs: secrets.BoundPCRs(sels),
-		Connected: s.Broker.Connected, Current: s.Attest.Current, Send: s.sendDevice, Logger: log,
+		Connected: s.transport.Connected, Current: s.Attest.Current, Send: s.sendDevice, Logger: log,
 	})
 	return nil
 }
@@ -375,8 +382,8 @@ func (s *Server) openAPI() error {
 	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: s.cfg.APIRateLimit, RateBurst: s.cfg.APIRateBurst,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
-		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
-		Connected: s.Broker.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
+		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
+		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
 		Governance: s.Governance,
 	})
@@ -484,7 +491,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 // sendDevice publishes a message to a device on one of its down kinds
 // (QoS 1): the one way the fleet's services send to a device.
 func (s *Server) sendDevice(deviceID, kind string, payload []byte) error {
-	return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
+	return s.transport.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 }
 
 // AdminToken returns the admin API bearer token.
@@ -496,8 +503,8 @@ func (s *Server) APIURL() string {
 	return "https://localhost:" + port
 }
 
-// MQTTAddr returns the broker's bound address (after Ready).
-func (s *Server) MQTTAddr() string { return s.Broker.Addr().String() }
+// MQTTAddr returns the address devices connect to (after Ready).
+func (s *Server) MQTTAddr() string { return s.transport.Addr().String() }
 
 // CACertPath is the fleet CA certificate devices trust at bootstrap.
 func (s *Server) CACertPath() string { return filepath.Join(s.cfg.DataDir, CACertFile) }
@@ -515,10 +522,10 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // opened.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.close()
-	if err := s.Broker.Start(); err != nil {
+	if err := s.transport.Start(); err != nil {
 		return err
 	}
-	err := s.Broker.Subscribe(s.topics.Filter(wire.SegEnroll, "+", wire.Up), func(id broker.Identity, topic string, payload []byte) {
+	err := s.transport.Subscribe(s.topics.Filter(wire.SegEnroll, "+", wire.Up), func(id broker.Identity, topic string, payload []byte) {
 		tp, err := s.topics.Parse(topic)
 		if err != nil || tp.ID != id.ClientID {
 			return // the broker's ACL already forbids this; never trust the topic over the session
@@ -526,12 +533,12 @@ func (s *Server) Run(ctx context.Context) error {
 		s.Enroll.Submit(id.ClientID, payload)
 	})
 	if err == nil {
-		err = s.Broker.Subscribe(s.topics.Filter(wire.SegDevice, "+", wire.Up), s.deviceMessage)
+		err = s.transport.Subscribe(s.topics.Filter(wire.SegDevice, "+", wire.Up), s.deviceMessage)
 	}
 	if err != nil {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		_ = s.Broker.Run(cctx) // closes the started broker
+		_ = s.transport.Run(cctx) // closes the started broker
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
@@ -548,7 +555,7 @@ func (s *Server) Run(ctx context.Context) error {
 // all of them.
 func (s *Server) tasks() []func(context.Context) error {
 	tasks := []func(context.Context) error{
-		s.Broker.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
+		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
 		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
 		s.serveAPI,
 	}
