@@ -57,19 +57,19 @@ import (
 
 // Server is a running fleet manager.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	CA       *ca.CA
-	Inv      *inventory.Store
+	cfg Config
+	log *slog.Logger
+	CA  *ca.CA
+	Inv *inventory.Store
 	// Broker is the embedded broker; nil when the fleet talks to its
 	// devices through a pool of external brokers (Config.BrokerPool).
 	Broker *broker.Broker
 	// transport is the MQTT layer every part uses: Broker, or the pool.
 	transport Transport
-	Enroll   *enroll.Service
-	Attest   *attest.Service
-	Policy   *policy.Store
-	Rotation *rotation.Service
+	Enroll    *enroll.Service
+	Attest    *attest.Service
+	Policy    *policy.Store
+	Rotation  *rotation.Service
 	// SSH issues devices' SSH host certificates (fleet/sshca).
 	SSH *sshca.Issuer
 	// Secrets keeps the sealed secrets (encrypted at rest).
