@@ -57,15 +57,11 @@ import (
 
 // Server is a running fleet manager.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	CA  *ca.CA
-	Inv *inventory.Store
-	// Broker is the embedded broker; nil when the fleet talks to its
-	// devices through a pool of external brokers (Config.BrokerPool).
-	Broker *broker.Broker
-	// transport is the MQTT layer every part uses: Broker, or the pool.
-	transport Transport
+	cfg      Config
+	log      *slog.Logger
+	CA       *ca.CA
+	Inv      *inventory.Store
+	Broker   *broker.Broker // the embedded broker; nil with a broker pool (Config.BrokerPool)
 	Enroll    *enroll.Service
 	Attest    *attest.Service
 	Policy    *policy.Store
@@ -115,6 +111,7 @@ type Server struct {
 	ready          chan struct{}
 	topics         wire.Topics
 	events         []chan broker.Event // connection events to record, by device (events.go)
+	transport      Transport           // the MQTT layer every part uses: Broker, or the pool
 
 	// db is the PostgreSQL database of the stores that support one
 	// (Config.DatabaseURL); nil keeps every store in DataDir.
