@@ -62,10 +62,10 @@ type Server struct {
 	CA       *ca.CA
 	Inv      *inventory.Store
 	Broker   *broker.Broker // the embedded broker; nil with a broker pool (Config.BrokerPool)
-	Enroll    *enroll.Service
-	Attest    *attest.Service
-	Policy    *policy.Store
-	Rotation  *rotation.Service
+	Enroll   *enroll.Service
+	Attest   *attest.Service
+	Policy   *policy.Store
+	Rotation *rotation.Service
 	// SSH issues devices' SSH host certificates (fleet/sshca).
 	SSH *sshca.Issuer
 	// Secrets keeps the sealed secrets (encrypted at rest).
