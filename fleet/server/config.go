@@ -24,6 +24,10 @@ type Config struct {
 	DatabaseURL string `json:"database_url"`
 	// MQTTAddr is the broker's TLS listener. Default ":8883".
 	MQTTAddr string `json:"mqtt_addr"`
+	// BrokerPool, when set, replaces the embedded broker (and MQTTAddr)
+	// with a pool of Mosquitto brokers the fleet connects to
+	// (docs/BROKERS.md). Default: the embedded broker.
+	BrokerPool *BrokerPool `json:"broker_pool"`
 	// APIAddr is the HTTPS API listener. Default ":8443".
 	APIAddr string `json:"api_addr"`
 	// Hostnames are the DNS names and IP addresses on the server

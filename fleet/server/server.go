@@ -227,6 +227,9 @@ func (s *Server) openInventory() (err error) {
 // and the connection events.
 func (s *Server) openBroker() error {
 	cfg := s.cfg
+	if cfg.BrokerPool != nil {
+		return s.openPool()
+	}
 	var claimCAs []*x509.Certificate
 	if cfg.ClaimCADir != "" {
 		var err error

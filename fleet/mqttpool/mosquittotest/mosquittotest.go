@@ -1,0 +1,113 @@
+// Package mosquittotest starts real Mosquitto brokers configured as
+// members of Sigil's broker pool (mqttpool.Member), for tests.
+package mosquittotest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/internal/testenv"
+	"github.com/sigil-iot/sigil/internal/wait"
+)
+
+// Broker is a running Mosquitto.
+type Broker struct {
+	// Addr is the device (or bootstrap) listener; FleetAddr the fleet's.
+	Addr, FleetAddr string
+	// Dir holds its files.
+	Dir string
+	cmd *exec.Cmd
+}
+
+// FreePort returns a loopback port free now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start writes m's files (in a fresh directory; Listen and FleetListen,
+// when empty, on free loopback ports) and starts mosquitto with
+// them; it is killed when the test ends. A missing mosquitto fails the
+// test under CI=true and skips it otherwise.
+func Start(t testing.TB, m mqttpool.Member) *Broker {
+	t.Helper()
+	testenv.RequireBinaries(t, "mosquitto")
+	// Mosquitto started as root drops to its own user, which must read
+	// the files: t.TempDir's parent is private, so make our own.
+	dir, err := os.MkdirTemp("", "mosquittotest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.Dir = dir
+	if m.Listen == "" {
+		m.Listen = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	}
+	if m.FleetListen == "" {
+		m.FleetListen = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	}
+	files, _, err := m.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range files {
+		// Readable by the mosquitto user, whatever owns them here.
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var log strings.Builder
+	out := writer(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(b) })
+	output := func() string { mu.Lock(); defer mu.Unlock(); return log.String() }
+	cmd := exec.Command("mosquitto", "-c", filepath.Join(dir, mqttpool.ConfFile))
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("mosquitto (%s) output:\n%s", m.Role, output())
+		}
+	})
+	b := &Broker{Addr: m.Listen, FleetAddr: m.FleetListen, Dir: dir, cmd: cmd}
+	for _, a := range []string{b.Addr, b.FleetAddr} {
+		wait.Until(t, func() error {
+			select {
+			case <-exited:
+				t.Fatalf("mosquitto exited:\n%s", output())
+			default:
+			}
+			c, err := net.DialTimeout("tcp", a, time.Second)
+			if err != nil {
+				return fmt.Errorf("mosquitto not listening on %s: %w", a, err)
+			}
+			return c.Close()
+		})
+	}
+	return b
+}
+
+type writer func([]byte) (int, error)
+
+func (f writer) Write(b []byte) (int, error) { return f(b) }

@@ -1,0 +1,323 @@
+// Package mqttpool connects the fleet to a pool of independent MQTT
+// brokers (Mosquitto 2.0 configured by `sigil broker-config`) instead of
+// its embedded broker. Every replica of the fleet connects to every
+// broker of the pool and subscribes to the devices' up topics with a
+// shared subscription ($share/<group>/...), so that each message reaches
+// one replica (competing consumers). The brokers bind a device's client ID
+// and topics to its certificate (use_identity_as_username,
+// use_username_as_clientid and a pattern ACL on %u), and a bootstrap
+// client's topics to its client ID (a pattern ACL on %c): the ID in the
+// topic a message arrives on is therefore the sender's authenticated
+// identity, and the pool reports it as such. A message to a device is
+// published to every device broker: only the one holding its session has
+// a subscriber.
+package mqttpool
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Errors of Publish and Run.
+var (
+	// ErrNotConnected: no broker the message should go to is connected.
+	ErrNotConnected = errors.New("mqttpool: no broker of the pool is connected")
+	// ErrConfig: the configuration is incomplete.
+	ErrConfig = errors.New("mqttpool: invalid configuration")
+)
+
+// DefaultGroup is the shared subscription group of the fleet's replicas.
+const DefaultGroup = "sigil"
+
+// Config describes the pool and the fleet's credentials on it.
+type Config struct {
+	// Devices are the brokers enrolled devices connect to ("host:port" of
+	// each broker's fleet listener).
+	Devices []string
+	// Bootstrap are the brokers bootstrap (enrollment) clients connect to
+	// ("host:port" of each one's fleet listener). They are separate
+	// instances: a broker's client IDs are shared by its listeners, and
+	// an anonymous client must never take a device's.
+	Bootstrap []string
+	// Username and Password are the fleet's credentials on its listeners.
+	Username string
+	Password string
+	// TLS verifies the brokers (RootCAs, ServerName if not the host).
+	TLS *tls.Config
+	// Topics names the topic tree; Group the shared subscription group
+	// (DefaultGroup if empty).
+	Topics wire.Topics
+	Group  string
+	// PublishTimeout bounds the wait for a broker's PUBACK (default 5s).
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Message is a message a device or a bootstrap client sent.
+type Message struct {
+	Topic   wire.Topic // parsed; Topic.ID is the sender, as its broker bound it
+	Name    string     // the topic name
+	Payload []byte
+	Broker  string // the broker it came through
+}
+
+// Pool is the fleet's connections to the brokers of a pool.
+type Pool struct {
+	cfg     Config
+	log     *slog.Logger
+	mu      sync.Mutex
+	subs    map[string]func(Message) // by segment
+	clients map[string]mqtt.Client   // by broker address
+	ready   map[string]int           // by broker address: subscriptions granted since its last connect
+	running bool
+}
+
+// New checks cfg; Run connects.
+func New(cfg Config) (*Pool, error) {
+	if len(cfg.Devices) == 0 {
+		return nil, fmt.Errorf("%w: no device broker", ErrConfig)
+	}
+	if cfg.TLS == nil {
+		return nil, fmt.Errorf("%w: no TLS configuration", ErrConfig)
+	}
+	if cfg.Username == "" || cfg.Password == "" {
+		return nil, fmt.Errorf("%w: the fleet's broker credentials are missing", ErrConfig)
+	}
+	for _, a := range append(slicesClone(cfg.Devices), cfg.Bootstrap...) {
+		if !strings.Contains(a, ":") {
+			return nil, fmt.Errorf("%w: broker %q is not host:port", ErrConfig, a)
+		}
+	}
+	if cfg.Group == "" {
+		cfg.Group = DefaultGroup
+	}
+	if strings.ContainsAny(cfg.Group, "/+#") {
+		return nil, fmt.Errorf("%w: group %q", ErrConfig, cfg.Group)
+	}
+	if cfg.PublishTimeout <= 0 {
+		cfg.PublishTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Pool{cfg: cfg, log: cfg.Logger, subs: map[string]func(Message){}, clients: map[string]mqtt.Client{}, ready: map[string]int{}}, nil
+}
+
+func slicesClone(s []string) []string { return append([]string(nil), s...) }
+
+// Subscribe delivers every up message of a segment (wire.SegDevice from
+// the device brokers, wire.SegEnroll from the bootstrap brokers) to
+// handler, on the connection's goroutine. Call it before Run.
+func (p *Pool) Subscribe(segment string, handler func(Message)) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running {
+		return errors.New("mqttpool: subscribe before Run")
+	}
+	if segment != wire.SegDevice && segment != wire.SegEnroll {
+		return fmt.Errorf("%w: segment %q", ErrConfig, segment)
+	}
+	p.subs[segment] = handler
+	return nil
+}
+
+// brokers are the addresses of a segment's brokers.
+func (p *Pool) brokers(segment string) []string {
+	if segment == wire.SegEnroll {
+		return p.cfg.Bootstrap
+	}
+	return p.cfg.Devices
+}
+
+// Run connects to every broker (retrying those that are down) and
+// serves until ctx ends, then disconnects.
+func (p *Pool) Run(ctx context.Context) error {
+	p.mu.Lock()
+	p.running = true
+	for _, seg := range []string{wire.SegDevice, wire.SegEnroll} {
+		for _, addr := range p.brokers(seg) {
+			if _, ok := p.clients[addr]; !ok {
+				p.clients[addr] = p.client(addr)
+			}
+		}
+	}
+	clients := make(map[string]mqtt.Client, len(p.clients))
+	for a, c := range p.clients {
+		clients[a] = c
+	}
+	p.mu.Unlock()
+	for addr, c := range clients {
+		c.Connect() // ConnectRetry: keeps trying in the background
+		p.log.Info("connecting to a broker of the pool", "broker", addr)
+	}
+	<-ctx.Done()
+	for _, c := range clients {
+		c.Disconnect(250)
+	}
+	return nil
+}
+
+// client builds the connection to one broker. Its client ID is random
+// per connection: on the bootstrap brokers, clients choose their own IDs,
+// and one that knew the fleet's could take its session.
+func (p *Pool) client(addr string) mqtt.Client {
+	o := mqtt.NewClientOptions()
+	o.AddBroker("tls://" + addr)
+	o.SetTLSConfig(p.cfg.TLS.Clone())
+	o.SetUsername(p.cfg.Username)
+	o.SetPassword(p.cfg.Password)
+	o.SetClientID(randomID())
+	o.SetCleanSession(true)
+	o.SetProtocolVersion(4)
+	o.SetAutoReconnect(true)
+	o.SetConnectRetry(true)
+	o.SetConnectRetryInterval(time.Second)
+	o.SetMaxReconnectInterval(10 * time.Second)
+	o.SetOrderMatters(false)
+	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		p.mu.Lock()
+		delete(p.ready, addr)
+		p.mu.Unlock()
+		p.log.Warn("connection to a broker of the pool lost", "broker", addr, "err", err)
+	})
+	o.SetOnConnectHandler(func(c mqtt.Client) { p.subscribe(c, addr) })
+	return mqtt.NewClient(o)
+}
+
+// subscribe (re)subscribes a connection to the up topics of the segments
+// its broker serves (the session is clean: after each connect).
+func (p *Pool) subscribe(c mqtt.Client, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.ready, addr)
+	for seg, h := range p.subs {
+		if !contains(p.brokers(seg), addr) {
+			continue
+		}
+		filter := "$share/" + p.cfg.Group + "/" + p.cfg.Topics.Filter(seg, "+", wire.Up)
+		tok := c.Subscribe(filter, 1, p.deliver(seg, addr, h))
+		go func() {
+			tok.Wait()
+			if err := tok.Error(); err != nil {
+				p.log.Error("subscription to a broker of the pool failed", "broker", addr, "err", err)
+				return
+			}
+			p.mu.Lock()
+			p.ready[addr]++
+			p.mu.Unlock()
+			p.log.Info("subscribed to a broker of the pool", "broker", addr, "segment", seg)
+		}()
+	}
+}
+
+// deliver hands a message to h if its topic is one of the segment's up
+// topics: the ID in it is then the one the broker bound to its sender.
+func (p *Pool) deliver(seg, addr string, h func(Message)) mqtt.MessageHandler {
+	return func(_ mqtt.Client, m mqtt.Message) {
+		tp, err := p.cfg.Topics.Parse(m.Topic())
+		if err != nil || tp.Segment != seg || tp.Dir != wire.Up {
+			p.log.Warn("message outside the subscribed topics dropped", "broker", addr)
+			return
+		}
+		h(Message{Topic: tp, Name: m.Topic(), Payload: m.Payload(), Broker: addr})
+	}
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Publish sends a message to every broker of the topic's segment that is
+// connected (only the one holding the recipient's session delivers it)
+// and waits for their PUBACKs; it fails only when no broker took it.
+func (p *Pool) Publish(topic string, payload []byte, qos byte) error {
+	tp, err := p.cfg.Topics.Parse(topic)
+	if err != nil || tp.Dir != wire.Down {
+		return fmt.Errorf("mqttpool: not a down topic: %q", topic)
+	}
+	p.mu.Lock()
+	var targets []mqtt.Client
+	for _, addr := range p.brokers(tp.Segment) {
+		if c := p.clients[addr]; c != nil && c.IsConnectionOpen() {
+			targets = append(targets, c)
+		}
+	}
+	p.mu.Unlock()
+	if len(targets) == 0 {
+		return ErrNotConnected
+	}
+	toks := make([]mqtt.Token, len(targets))
+	for i, c := range targets {
+		toks[i] = c.Publish(topic, qos, false, payload)
+	}
+	var errs []error
+	for _, t := range toks {
+		if !t.WaitTimeout(p.cfg.PublishTimeout) {
+			errs = append(errs, errors.New("mqttpool: no PUBACK in time"))
+		} else if err := t.Error(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == len(toks) {
+		return fmt.Errorf("mqttpool: publish: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Connected reports how many brokers of the pool the fleet is connected
+// to now, of how many.
+func (p *Pool) Connected() (up, all int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.clients {
+		if c.IsConnectionOpen() {
+			up++
+		}
+	}
+	return up, len(p.clients)
+}
+
+// Ready reports whether the fleet is connected to every broker of the
+// pool and holds all its subscriptions there.
+func (p *Pool) Ready() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.clients) == 0 {
+		return false
+	}
+	for addr, c := range p.clients {
+		want := 0
+		for seg := range p.subs {
+			if contains(p.brokers(seg), addr) {
+				want++
+			}
+		}
+		if !c.IsConnectionOpen() || p.ready[addr] < want {
+			return false
+		}
+	}
+	return true
+}
+
+func randomID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return "sigil-fleet-" + hex.EncodeToString(b)
+}

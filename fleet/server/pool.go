@@ -1,0 +1,190 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// BrokerPool is the fleet's pool of Mosquitto brokers (Config.BrokerPool).
+type BrokerPool struct {
+	// Devices are the fleet listeners ("host:port") of the brokers
+	// enrolled devices connect to. Required.
+	Devices []string `json:"devices"`
+	// Bootstrap are the fleet listeners of the brokers bootstrap
+	// (enrollment) clients connect to: separate instances, since a
+	// broker's client IDs are shared by all its listeners. Default none
+	// (no enrollment through the pool).
+	Bootstrap []string `json:"bootstrap"`
+	// ServerName is the name expected on the brokers' certificates.
+	// Default: the host part of each address.
+	ServerName string `json:"server_name"`
+	// Group is the shared subscription group of the fleet's replicas.
+	// Default "sigil".
+	Group string `json:"group"`
+}
+
+// Broker pool credentials: the fleet's user name on the brokers' fleet
+// listeners, and the file in DataDir holding its password (created by
+// the first `sigil broker-config` or pool start).
+const (
+	PoolUsername   = "sigil-fleet"
+	PoolSecretFile = "broker-pool.secret"
+)
+
+// PoolSecret returns the fleet's broker password from dataDir, creating
+// it (256 random bits, mode 0600) the first time.
+func PoolSecret(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, PoolSecretFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return s, nil
+		}
+		return "", fmt.Errorf("server: %s is empty", path)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("server: broker pool secret: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	secret := hex.EncodeToString(raw)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("server: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return PoolSecret(dataDir) // another process made it first
+		}
+		return "", fmt.Errorf("server: broker pool secret: %w", err)
+	}
+	if _, err := f.WriteString(secret + "\n"); err != nil {
+		f.Close()
+		return "", fmt.Errorf("server: broker pool secret: %w", err)
+	}
+	return secret, f.Close()
+}
+
+// openPool connects the fleet to its broker pool instead of building the
+// embedded broker (openBroker).
+func (s *Server) openPool() error {
+	pc := s.cfg.BrokerPool
+	secret, err := PoolSecret(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	p, err := mqttpool.New(mqttpool.Config{
+		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: PoolUsername, Password: secret,
+		TLS:    &tls.Config{RootCAs: s.CA.Pool(), ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
+		Topics: s.topics, Group: pc.Group, Logger: s.log.With("component", "broker_pool"),
+	})
+	if err != nil {
+		return fmt.Errorf("server: broker pool: %w", err)
+	}
+	s.transport = &poolTransport{pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}}
+	return nil
+}
+
+// presenceWindow is how long after its last message a device on the pool
+// counts as connected: Mosquitto tells its clients' connections to no
+// one, so the fleet knows them only by what they send.
+const presenceWindow = 15 * time.Minute
+
+// poolTransport is the Transport of a broker pool. The sender's identity
+// is the ID in the topic, which the brokers bind to the client's
+// certificate (devices) or client ID (bootstrap clients). What the pool
+// cannot tell yet: connection events, ending a session (Disconnect only
+// forgets the device; quarantine and revocation reach the brokers by
+// their ACLs and CRL, docs/BROKERS.md) and the brokers' counters.
+type poolTransport struct {
+	pool   *mqttpool.Pool
+	topics wire.Topics
+	addr   string
+
+	mu    sync.Mutex
+	heard map[string]time.Time // device ID -> its last message
+}
+
+func (t *poolTransport) Start() error                  { return nil }
+func (t *poolTransport) Run(ctx context.Context) error { return t.pool.Run(ctx) }
+func (t *poolTransport) Stats() broker.Stats           { return broker.Stats{} }
+func (t *poolTransport) Addr() net.Addr                { return poolAddr(t.addr) }
+func (t *poolTransport) Publish(topic string, payload []byte, qos byte) error {
+	return t.pool.Publish(topic, payload, qos)
+}
+
+// Subscribe maps the fleet's two filters (every enroll or device up
+// topic) to the pool's shared subscriptions.
+func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity, topic string, payload []byte)) error {
+	for _, seg := range []string{wire.SegEnroll, wire.SegDevice} {
+		if filter != t.topics.Filter(seg, "+", wire.Up) {
+			continue
+		}
+		return t.pool.Subscribe(seg, func(m mqttpool.Message) {
+			id := broker.Identity{ClientID: m.Topic.ID}
+			if seg == wire.SegDevice {
+				id.DeviceID = m.Topic.ID
+				t.mu.Lock()
+				t.heard[id.DeviceID] = time.Now()
+				t.mu.Unlock()
+			}
+			handler(id, m.Name, m.Payload)
+		})
+	}
+	return fmt.Errorf("server: the broker pool serves no subscription %q", filter)
+}
+
+// Disconnect forgets the device's presence; its session on a broker
+// ends when the broker refuses its certificate (CRL) or its ACL changes.
+func (t *poolTransport) Disconnect(deviceID string) {
+	t.mu.Lock()
+	delete(t.heard, deviceID)
+	t.mu.Unlock()
+}
+
+func (t *poolTransport) Connected(deviceID string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.heard[deviceID]
+	return ok && time.Since(at) < presenceWindow
+}
+
+func (t *poolTransport) ConnectedDevices(keep func(string, *x509.Certificate) bool) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var ids []string
+	for id, at := range t.heard {
+		if time.Since(at) >= presenceWindow {
+			delete(t.heard, id)
+			continue
+		}
+		if keep == nil { // the pool knows no device's certificate to filter on
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// poolAddr is a broker address of the pool as a net.Addr.
+type poolAddr string
+
+func (a poolAddr) Network() string { return "tcp" }
+func (a poolAddr) String() string  { return string(a) }
