@@ -186,6 +186,7 @@ var testedElsewhere = map[string]string{
 	"firmware trust":  "TestFirmwareOffline",
 	"firmware sign":   "TestFirmwareOffline",
 	"audit verify":    "TestAuditVerify",
+	"broker-config":   "TestBrokerConfig",
 	"completion":      "TestCompletionBash",
 	"help":            "TestEverySubcommandHelp",
 }

@@ -312,7 +312,7 @@ func (a *Agent) bootstrapTLS(held [][]byte) (*tls.Config, error) {
 	if roots == 0 {
 		return nil, errors.New("agent: no fleet trust: fleet_ca is not set and the device holds no trust bundle")
 	}
-	cfg := &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now}
+	cfg := &tls.Config{RootCAs: pool, ServerName: a.cfg.BootstrapServerName, MinVersion: tls.VersionTLS12, Time: a.now}
 	if a.cfg.ClaimCert != "" {
 		claim, err := tls.LoadX509KeyPair(a.cfg.ClaimCert, a.cfg.ClaimKey)
 		if err != nil {
@@ -361,7 +361,7 @@ func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity
 		return id, err
 	}
 	clientID := "e-" + devID[:16] + "-" + hex.EncodeToString(suffix)
-	lc := link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log, Dial: a.opts.dial, Observer: a.opts.observer}
+	lc := link.Config{Broker: a.cfg.BootstrapBroker, ClientID: clientID, TLS: tlsCfg, Logger: a.log, Dial: a.opts.dial, Observer: a.opts.observer}
 	if tok != "" {
 		lc.Username, lc.Password = "token", []byte(tok) // the fleet may require a credential at connect
 	}

@@ -7,10 +7,16 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // poolCRLValidity is how long the CRL of a new pool member's
@@ -55,4 +61,59 @@ func PoolMember(c *ca.CA, dataDir string, m mqttpool.Member, names []string, rev
 		m.CRLPEM = pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
 	}
 	return m, nil
+}
+
+// BrokerConfig writes the configuration of a broker of the pool into out
+// (`sigil broker-config`): m's role, directory (on the broker's host),
+// listeners and names for its certificate given; the topic tree, CA and
+// fleet credentials from cfg's data directory, which must hold the fleet
+// CA already (`sigil serve` creates it). crl, when not empty, is the
+// fleet's current CRL (DER or PEM, as GET /crl serves it); otherwise the
+// CRL written lists nothing. It returns the names of the files written.
+func BrokerConfig(cfg Config, m mqttpool.Member, names []string, crl []byte, out string) ([]string, error) {
+	cfg.setDefaults()
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, CACertFile)); err != nil {
+		return nil, fmt.Errorf("server: no fleet CA in %s (start sigil serve once first): %w", cfg.DataDir, err)
+	}
+	c, err := ca.Open(ca.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: cfg.TrustDomain})
+	if err != nil {
+		return nil, err
+	}
+	m.Topics = wire.Topics{Prefix: cfg.TopicPrefix}
+	if m, err = PoolMember(c, cfg.DataDir, m, names, nil); err != nil {
+		return nil, err
+	}
+	if len(crl) > 0 && m.Role == mqttpool.RoleDevice {
+		der := crl
+		if b, _ := pem.Decode(crl); b != nil && b.Type == "X509 CRL" {
+			der = b.Bytes
+		}
+		list, err := x509.ParseRevocationList(der)
+		if err != nil {
+			return nil, fmt.Errorf("server: CRL: %w", err)
+		}
+		if err := list.CheckSignatureFrom(c.Certificate()); err != nil {
+			return nil, fmt.Errorf("server: the CRL is not the fleet CA's: %w", err)
+		}
+		m.CRLPEM = pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+	}
+	files, modes, err := m.Files()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	var written []string
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		path := filepath.Join(out, name)
+		if err := os.WriteFile(path, files[name], fs.FileMode(modes[name])); err != nil {
+			return written, fmt.Errorf("server: %w", err)
+		}
+		if err := os.Chmod(path, fs.FileMode(modes[name])); err != nil { // an existing file keeps its mode otherwise
+			return written, fmt.Errorf("server: %w", err)
+		}
+		written = append(written, path)
+	}
+	return written, nil
 }

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"os"
+	"strings"
+
+	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/config"
+)
+
+// brokerConfigCommand is `sigil broker-config`: the configuration of one
+// Mosquitto broker of the fleet's pool (docs/BROKERS.md), written from
+// the fleet's data directory on the fleet's host.
+func brokerConfigCommand() *command {
+	return &command{name: "broker-config",
+		args:    "--role device|bootstrap --name NAME[,NAME…] [--listen ADDR] [--fleet-listen ADDR] [--dir DIR] [--out DIR] [--crl FILE] [--max-queued N] [--config FILE] [--data-dir DIR]",
+		summary: "write the Mosquitto configuration of a broker of the fleet's pool",
+		note: "Run it on the fleet's host (it reads the fleet CA and creates the fleet's broker password in the data directory), " +
+			"then copy --out to --dir on the broker's host and chown its key and password file root:mosquitto.",
+		setup: func(fs *flag.FlagSet) action {
+			role := fs.String("role", "", "device (enrolled devices) or bootstrap (enrollment clients)")
+			names := fs.String("name", "", "comma-separated DNS names or IP addresses of the broker (its certificate's names)")
+			listen := fs.String("listen", ":8883", "listener of the devices or bootstrap clients, HOST:PORT")
+			fleetListen := fs.String("fleet-listen", ":8884", "listener of the fleet's replicas, HOST:PORT (bind it to the fleet's network)")
+			dir := fs.String("dir", "/etc/mosquitto/sigil", "directory of the files on the broker's host")
+			out := fs.String("out", "", "directory to write the files to (default --dir)")
+			crl := fs.String("crl", "", "the fleet's current CRL (DER or PEM, as GET /crl serves it); default an empty one")
+			queued := fs.Int("max-queued", mqttpool.DefaultQueued, "QoS 1 messages queued per client before Mosquitto drops them")
+			path := fs.String("config", "", "sigil serve's configuration file (JSON): data directory, trust domain, topic prefix")
+			dataDir := fs.String("data-dir", "", "data directory (overrides the file)")
+			return func(_ context.Context, x *call) error {
+				var cfg server.Config
+				if *path != "" {
+					if err := config.Load(*path, &cfg); err != nil {
+						return err
+					}
+				}
+				if *dataDir != "" {
+					cfg.DataDir = *dataDir
+				}
+				if *role != mqttpool.RoleDevice && *role != mqttpool.RoleBootstrap {
+					return usageError{"--role must be device or bootstrap"}
+				}
+				if *names == "" {
+					return usageError{"--name is required: the broker's DNS names or IP addresses"}
+				}
+				var crlBytes []byte
+				if *crl != "" {
+					b, err := os.ReadFile(*crl)
+					if err != nil {
+						return err
+					}
+					crlBytes = b
+				}
+				if *out == "" {
+					*out = *dir
+				}
+				m := mqttpool.Member{Role: *role, Dir: *dir, Listen: *listen, FleetListen: *fleetListen, MaxQueued: *queued}
+				files, err := server.BrokerConfig(cfg, m, strings.Split(*names, ","), crlBytes, *out)
+				for _, f := range files {
+					x.printf("wrote %s\n", f)
+				}
+				return err
+			}
+		}}
+}
