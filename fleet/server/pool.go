@@ -103,6 +103,16 @@ func (s *Server) openPool() error {
 	return nil
 }
 
+// BrokersReady reports whether the fleet can reach its devices: always
+// with the embedded broker (once Ready); with a pool, once it is
+// connected to every broker and subscribed there.
+func (s *Server) BrokersReady() bool {
+	if t, ok := s.transport.(*poolTransport); ok {
+		return t.pool.Ready()
+	}
+	return true
+}
+
 // presenceWindow is how long after its last message a device on the pool
 // counts as connected: Mosquitto tells its clients' connections to no
 // one, so the fleet knows them only by what they send.
