@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/testenv"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -34,6 +35,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	testenv.RequireBinaries(t, "mosquitto") // here too: scripts/tiers reads the test files
 	dataDir := t.TempDir()
 	c, err := ca.Open(ca.Config{Dir: filepath.Join(dataDir, "ca"), TrustDomain: "pool.test"})
 	if err != nil {
