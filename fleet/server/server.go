@@ -600,7 +600,8 @@ func (s *Server) serveAPI(ctx context.Context) error {
 // is handled only if its type belongs to the topic kind it came on and
 // the device's state, as the inventory holds it now, accepts that kind
 // (inventory.State.Accepts): whatever the broker admitted earlier, a
-// device quarantined or decommissioned since is not served.
+// device quarantined or decommissioned since is not served; nor, through a
+// broker pool, one without a current certificate (holdsCurrentCert).
 func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte) {
 	tp, err := s.topics.Parse(topic)
 	if err != nil || id.DeviceID == "" || tp.ID != id.DeviceID {
@@ -611,7 +612,8 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	if d, err := s.Inv.Device(context.TODO(), id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
+	if d, err := s.Inv.Device(context.TODO(), id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) ||
+		(id.Cert == nil && !holdsCurrentCert(d, time.Now())) {
 		state := inventory.State("unknown")
 		if err == nil {
 			state = d.State
@@ -667,6 +669,20 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.sendTrustBundle(id.DeviceID)
 		}
 	}
+}
+
+// holdsCurrentCert reports whether a certificate the fleet issued to d is
+// still current. A broker pool reports a sender without its certificate
+// (id.Cert nil), and Mosquitto keeps a session open after its certificate
+// is revoked: a device none of whose certificates is current is not
+// served, whatever session it still holds.
+func holdsCurrentCert(d *inventory.Device, now time.Time) bool {
+	for _, c := range d.Certificates() {
+		if d.Admits(c.Serial, now) {
+			return true
+		}
+	}
+	return false
 }
 
 // upKind is the up-topic kind a device message of type typ travels on
