@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"flag"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
@@ -62,6 +68,55 @@ func brokerConfigCommand() *command {
 				files, err := server.BrokerConfig(cfg, m, strings.Split(*names, ","), crlBytes, *out)
 				for _, f := range files {
 					x.printf("wrote %s\n", f)
+				}
+				return err
+			}
+		}}
+}
+
+// brokerSyncCommand is `sigil broker-sync`: beside a device broker of the
+// pool, it keeps the broker's CRL the fleet's (mqttpool.CRLSync).
+func brokerSyncCommand() *command {
+	return &command{name: "broker-sync",
+		args:    "--fleet URL --reload COMMAND [--dir DIR] [--interval D] [--once]",
+		summary: "keep a device broker's CRL the fleet's, and have it reread it",
+		note: "Run it on the broker's host (deploy/systemd/sigil-broker-sync@.service): it fetches the fleet's CRL (GET /crl), " +
+			"checks it against the broker's ca.pem and that it is newer, writes crl.pem and runs --reload.",
+		setup: func(fs *flag.FlagSet) action {
+			fleet := fs.String("fleet", "", "the fleet's API base URL, https://HOST:8443")
+			reload := fs.String("reload", "", "command that has the broker reread its CRL, e.g. \"systemctl reload sigil-mosquitto@device1\"")
+			dir := fs.String("dir", "/etc/mosquitto/sigil", "the broker's configuration directory (sigil broker-config --dir)")
+			interval := fs.Duration("interval", 10*time.Second, "time between fetches")
+			once := fs.Bool("once", false, "sync once and exit")
+			return func(ctx context.Context, x *call) error {
+				if *fleet == "" || *reload == "" {
+					return usageError{"--fleet and --reload are required"}
+				}
+				argv := strings.Fields(*reload)
+				caPEM, err := os.ReadFile(filepath.Join(*dir, mqttpool.CAFile))
+				if err != nil {
+					return err
+				}
+				roots := x509.NewCertPool()
+				if !roots.AppendCertsFromPEM(caPEM) {
+					return fmt.Errorf("broker-sync: no certificate in %s", filepath.Join(*dir, mqttpool.CAFile))
+				}
+				client := api.NewClient(strings.TrimRight(*fleet, "/"), "", roots)
+				s := &mqttpool.CRLSync{Dir: *dir, Interval: *interval, Logger: newLogger(x.stderr, ""),
+					Fetch: client.CRL,
+					Reload: func() error {
+						out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+						if err != nil {
+							return fmt.Errorf("%s: %w: %s", argv[0], err, strings.TrimSpace(string(out)))
+						}
+						return nil
+					}}
+				if !*once {
+					return s.Run(ctx)
+				}
+				changed, err := s.Once(ctx)
+				if err == nil {
+					x.printf("CRL %s\n", map[bool]string{true: "updated and reloaded", false: "already current"}[changed])
 				}
 				return err
 			}

@@ -32,6 +32,7 @@ func commandTable() *command {
 	return &command{name: "sigil", subs: []*command{
 		serveCommand(),
 		brokerConfigCommand(),
+		brokerSyncCommand(),
 		devicesCommand(),
 		rotationsCommand(),
 		caCommand(),

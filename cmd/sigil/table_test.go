@@ -187,6 +187,7 @@ var testedElsewhere = map[string]string{
 	"firmware sign":   "TestFirmwareOffline",
 	"audit verify":    "TestAuditVerify",
 	"broker-config":   "TestBrokerConfig",
+	"broker-sync":     "test/e2e TestBrokerPoolRevocation (a fleet, a broker and its reload)",
 	"completion":      "TestCompletionBash",
 	"help":            "TestEverySubcommandHelp",
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/sigil-iot/sigil/device/agent"
 	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
 	"github.com/sigil-iot/sigil/fleet/server"
@@ -206,4 +208,93 @@ func TestBrokerPool(t *testing.T) {
 	for _, d := range []*harness.Device{a, b} {
 		waitConnected(t, d)
 	}
+}
+
+// mqttConnects reports whether mosquitto_sub, with a certificate, gets a
+// CONNACK accepting it from the broker at addr (and its output).
+func (p *brokerPool) mqttConnects(t *testing.T, addr, cert, key, clientID string) (bool, string) {
+	t.Helper()
+	host, port := splitAddr(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, "mosquitto_sub", "-h", host, "-p", port, "--cafile", p.f.CACertPath(), "--cert", cert, "--key", key,
+		"-V", "mqttv311", "-q", "1", "-d", "-E", "-i", clientID, "-t", p.topics.Filter(wire.SegDevice, clientID, wire.Down)).CombinedOutput()
+	return strings.Contains(string(out), "received CONNACK (0)"), string(out)
+}
+
+// TestBrokerPoolRevocation: a certificate the fleet issued to a device
+// connects to a device broker of the pool until the device is revoked;
+// then `sigil broker-sync` installs the fleet's new CRL on each broker
+// and has it reread it, and the certificate is refused at the TLS
+// handshake on both brokers, while the real devices stay connected.
+func TestBrokerPoolRevocation(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	sigil := filepath.Join(t.TempDir(), "sigil")
+	if out, err := exec.Command("go", "build", "-o", sigil, "github.com/sigil-iot/sigil/cmd/sigil").CombinedOutput(); err != nil {
+		t.Fatalf("go build sigil: %v\n%s", err, out)
+	}
+	a := p.device(t, 0, "SN-POOL-REV-A")
+	waitConnected(t, a)
+
+	// A device of the inventory holding a certificate the test has the
+	// key of.
+	const id = "feedface00000000feedface00000001"
+	cert, key := p.clientCert(t, id)
+	b, err := os.ReadFile(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	issued, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &inventory.Device{ID: id, State: inventory.StateActive, Model: "gw-1"}
+	d.IssuedCertificate(issued)
+	if err := p.f.Inv.PutDevice(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	for i, br := range p.dev {
+		if ok, out := p.mqttConnects(t, br.Addr, cert, key, id); !ok {
+			t.Fatalf("broker %d refused a current certificate:\n%s", i+1, out)
+		}
+	}
+
+	c, err := p.f.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Revoke(context.Background(), id, "keyCompromise", "e2e: pool revocation"); err != nil {
+		t.Fatal(err)
+	}
+	sync := func(br *mosquittotest.Broker) string {
+		stdout, stderr, code := runBinary(t, sigil, "broker-sync", "--once", "--fleet", p.f.APIURL(), "--dir", br.Dir,
+			"--reload", fmt.Sprintf("kill -HUP %d", br.Pid()))
+		if code != 0 {
+			t.Fatalf("sigil broker-sync: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+		}
+		return stdout
+	}
+	for i, br := range p.dev {
+		if out := sync(br); out != "CRL updated and reloaded\n" {
+			t.Fatalf("broker %d: sigil broker-sync said %q", i+1, out)
+		}
+		if out := sync(br); out != "CRL already current\n" {
+			t.Fatalf("broker %d: a second sigil broker-sync said %q", i+1, out)
+		}
+		// SIGHUP is handled asynchronously: poll until the broker
+		// refuses the certificate.
+		wait.Until(t, func() error {
+			if ok, out := p.mqttConnects(t, br.Addr, cert, key, id); ok {
+				return fmt.Errorf("broker %d still accepts the revoked certificate:\n%s", i+1, out)
+			}
+			return nil
+		})
+		// Refused below MQTT (TLS 1.3 reports the handshake's alert on
+		// the first read): no CONNACK at all.
+		if _, out := p.mqttConnects(t, br.Addr, cert, key, id); strings.Contains(out, "received CONNACK") {
+			t.Errorf("broker %d: the refusal is not the TLS handshake's:\n%s", i+1, out)
+		}
+	}
+	waitConnected(t, a) // the real device is still served
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,6 +108,12 @@ func Start(t testing.TB, m mqttpool.Member) *Broker {
 	}
 	return b
 }
+
+// Pid is the broker's process ID.
+func (b *Broker) Pid() int { return b.cmd.Process.Pid }
+
+// Reload has the broker reread its CRL and ACL file (SIGHUP).
+func (b *Broker) Reload() error { return b.cmd.Process.Signal(syscall.SIGHUP) }
 
 type writer func([]byte) (int, error)
 
