@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -36,6 +37,7 @@ const (
 	CertFile      = "server.pem"
 	KeyFile       = "server.key"
 	CRLFile       = "crl.pem"
+	DynsecFile    = "dynsec.json"
 	PasswordFile  = "passwd"
 	ACLFile       = "acl"
 	FleetACLFile  = "fleet.acl"
@@ -66,6 +68,13 @@ type Member struct {
 	// max_queued_messages; default 1000). Beyond it Mosquitto drops
 	// messages silently.
 	MaxQueued int
+	// DynsecPlugin is the path of Mosquitto's dynamic security plugin
+	// (RoleDevice): with it the fleet can end a device's session
+	// (Pool.Kick). Empty: no plugin, and no kick.
+	DynsecPlugin string
+	// StateDir is where Mosquitto keeps the plugin's state, dynsec.json,
+	// which it rewrites (default Dir).
+	StateDir string
 	// Rand is the salt's entropy (nil: crypto/rand).
 	Rand io.Reader
 }
@@ -97,6 +106,12 @@ func (m Member) Files() (map[string][]byte, map[string]uint32, error) {
 	if len(m.CAPEM) == 0 || len(m.CertPEM) == 0 || len(m.KeyPEM) == 0 || (m.Role == RoleDevice && len(m.CRLPEM) == 0) {
 		return nil, nil, fmt.Errorf("%w: CA, server certificate and key, and (devices) CRL are required", ErrConfig)
 	}
+	if m.StateDir == "" {
+		m.StateDir = m.Dir
+	}
+	if !path.IsAbs(m.StateDir) || strings.ContainsAny(m.StateDir+m.DynsecPlugin, " \t\r\n#") {
+		return nil, nil, fmt.Errorf("%w: state directory %q or plugin %q", ErrConfig, m.StateDir, m.DynsecPlugin)
+	}
 	if m.MaxQueued <= 0 {
 		m.MaxQueued = DefaultQueued
 	}
@@ -124,12 +139,26 @@ func (m Member) Files() (map[string][]byte, map[string]uint32, error) {
 	case RoleDevice:
 		// One set of security settings: device certificates identify on
 		// the device listener, the fleet's password on its own.
-		fmt.Fprintf(&conf, "per_listener_settings false\nallow_anonymous false\npassword_file %s\nacl_file %s\n\n", p(PasswordFile), p(ACLFile))
+		fmt.Fprintf(&conf, "per_listener_settings false\nallow_anonymous false\npassword_file %s\nacl_file %s\n", p(PasswordFile), p(ACLFile))
+		if m.DynsecPlugin != "" {
+			// Devices are unknown to it (it defers to the ACL file); the
+			// fleet is its administrator, to end sessions.
+			fmt.Fprintf(&conf, "plugin %s\nplugin_opt_config_file %s\n", m.DynsecPlugin, path.Join(m.StateDir, DynsecFile))
+			d, err := dynsecConfig(m, prefix)
+			if err != nil {
+				return nil, nil, err
+			}
+			files[DynsecFile], modes[DynsecFile] = d, 0o640
+		}
+		conf.WriteString("\n")
 		fmt.Fprintf(&conf, "# Devices: a certificate of the fleet CA, its CN is the user name and the client ID.\n%s%scafile %s\ncrlfile %s\n"+
 			"require_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n\n", listen, tls, p(CAFile), p(CRLFile))
 		fmt.Fprintf(&conf, "# The fleet: user name and password.\n%s%s", fleetListen, tls)
 		fmt.Fprintf(&acl, "# Each device reads and writes its own topics only.\npattern write %s/v1/dev/%%u/up/+\npattern read %s/v1/dev/%%u/down/+\n\n", prefix, prefix)
 		fmt.Fprintf(&acl, "user %s\ntopic read %s/v1/dev/+/up/+\ntopic write %s/v1/dev/+/down/+\n", m.Username, prefix, prefix)
+		if m.DynsecPlugin != "" {
+			fmt.Fprintf(&acl, "topic readwrite %s/#\n", dynsecTopic)
+		}
 		files[CRLFile] = m.CRLPEM
 		modes[CRLFile] = 0o644
 	case RoleBootstrap:
@@ -146,6 +175,38 @@ func (m Member) Files() (map[string][]byte, map[string]uint32, error) {
 	files[ConfFile] = []byte(conf.String())
 	files[ACLFile] = []byte(acl.String())
 	return files, modes, nil
+}
+
+// dynsecTopic is the dynamic security plugin's control topic.
+const dynsecTopic = "$CONTROL/dynamic-security/v1"
+
+// dynsecConfig is the plugin's initial state: the fleet, by its password,
+// administers it; nobody else is known to it.
+func dynsecConfig(m Member, prefix string) ([]byte, error) {
+	salt, key, iterations, err := pbkdf(m.Password, m.Rand)
+	if err != nil {
+		return nil, err
+	}
+	type acl struct {
+		Type  string `json:"acltype"`
+		Topic string `json:"topic"`
+		Allow bool   `json:"allow"`
+	}
+	type roleRef struct {
+		Name string `json:"rolename"`
+	}
+	cfg := map[string]any{
+		"defaultACLAccess": map[string]bool{"publishClientSend": false, "publishClientReceive": false, "subscribe": false, "unsubscribe": true},
+		"clients": []map[string]any{{"username": m.Username, "password": base64.StdEncoding.EncodeToString(key),
+			"salt": base64.StdEncoding.EncodeToString(salt), "iterations": iterations, "roles": []roleRef{{"sigil-fleet"}}}},
+		"groups": []any{},
+		"roles": []map[string]any{{"rolename": "sigil-fleet", "acls": []acl{
+			{"publishClientSend", dynsecTopic + "/#", true}, {"publishClientReceive", dynsecTopic + "/#", true}, {"subscribePattern", dynsecTopic + "/#", true},
+			{"publishClientReceive", prefix + "/v1/dev/+/up/+", true}, {"subscribePattern", "$share/+/" + prefix + "/v1/dev/+/up/#", true},
+			{"subscribePattern", prefix + "/v1/dev/+/up/#", true}, {"publishClientSend", prefix + "/v1/dev/+/down/+", true},
+		}}},
+	}
+	return json.MarshalIndent(cfg, "", "  ")
 }
 
 // listenLine is the `listener` line of a "host:port" address.
@@ -166,20 +227,29 @@ func listenLine(addr string) (string, error) {
 	return "listener " + port + " " + host + "\n", nil
 }
 
-// passwordHash is a Mosquitto 2.0 password file hash: PBKDF2-SHA512,
-// "$7$<iterations>$<salt>$<hash>" in base64.
-func passwordHash(password string, r io.Reader) (string, error) {
+// pbkdf derives a password's key as Mosquitto 2.0 does (PBKDF2-SHA512,
+// 101 iterations, a 12-byte salt).
+func pbkdf(password string, r io.Reader) (salt, key []byte, iterations int, err error) {
 	if r == nil {
 		r = rand.Reader
 	}
-	const iterations = 101
-	salt := make([]byte, 12)
+	iterations = 101
+	salt = make([]byte, 12)
 	if _, err := io.ReadFull(r, salt); err != nil {
-		return "", fmt.Errorf("mqttpool: salt: %w", err)
+		return nil, nil, 0, fmt.Errorf("mqttpool: salt: %w", err)
 	}
-	key, err := pbkdf2.Key(sha512.New, password, salt, iterations, sha512.Size)
+	if key, err = pbkdf2.Key(sha512.New, password, salt, iterations, sha512.Size); err != nil {
+		return nil, nil, 0, fmt.Errorf("mqttpool: password hash: %w", err)
+	}
+	return salt, key, iterations, nil
+}
+
+// passwordHash is a Mosquitto 2.0 password file hash: PBKDF2-SHA512,
+// "$7$<iterations>$<salt>$<hash>" in base64.
+func passwordHash(password string, r io.Reader) (string, error) {
+	salt, key, iterations, err := pbkdf(password, r)
 	if err != nil {
-		return "", fmt.Errorf("mqttpool: password hash: %w", err)
+		return "", err
 	}
 	return fmt.Sprintf("$7$%d$%s$%s", iterations, base64.StdEncoding.EncodeToString(salt), base64.StdEncoding.EncodeToString(key)), nil
 }

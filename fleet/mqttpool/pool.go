@@ -18,6 +18,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -247,14 +248,21 @@ func contains(s []string, v string) bool {
 // Publish sends a message to every broker of the topic's segment that is
 // connected (only the one holding the recipient's session delivers it)
 // and waits for their PUBACKs; it fails only when no broker took it.
-func (p *Pool) Publish(topic string, payload []byte, qos byte) error {
+// Messages go at QoS 1 whatever qos says: the protocol's are all QoS 1.
+func (p *Pool) Publish(topic string, payload []byte, _ byte) error {
 	tp, err := p.cfg.Topics.Parse(topic)
 	if err != nil || tp.Dir != wire.Down {
 		return fmt.Errorf("mqttpool: not a down topic: %q", topic)
 	}
+	return p.publishTo(tp.Segment, topic, payload)
+}
+
+// publishTo publishes at QoS 1 to every connected broker of a segment.
+func (p *Pool) publishTo(segment, topic string, payload []byte) error {
+	const qos = 1
 	p.mu.Lock()
 	var targets []mqtt.Client
-	for _, addr := range p.brokers(tp.Segment) {
+	for _, addr := range p.brokers(segment) {
 		if c := p.clients[addr]; c != nil && c.IsConnectionOpen() {
 			targets = append(targets, c)
 		}
@@ -279,6 +287,26 @@ func (p *Pool) Publish(topic string, payload []byte, qos byte) error {
 		return fmt.Errorf("mqttpool: publish: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// Kick ends deviceID's session on every device broker that has one,
+// through the dynamic security plugin (Member.DynsecPlugin): the plugin
+// ends the sessions of a client it deletes, so the device is made known
+// to it and deleted at once. The device may connect again, unless its
+// certificate is refused by then (CRL). It fails when no device broker
+// took the command.
+func (p *Pool) Kick(deviceID string) error {
+	if !wire.ValidID(deviceID) {
+		return fmt.Errorf("mqttpool: kick: invalid device ID %q", deviceID)
+	}
+	cmd, err := json.Marshal(map[string]any{"commands": []map[string]string{
+		{"command": "createClient", "username": deviceID},
+		{"command": "deleteClient", "username": deviceID},
+	}})
+	if err != nil {
+		return err
+	}
+	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
 }
 
 // Connected reports how many brokers of the pool the fleet is connected

@@ -43,7 +43,11 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{ca: c, dataDir: dataDir}
 	for _, role := range []string{mqttpool.RoleDevice, mqttpool.RoleBootstrap} {
-		m, err := server.PoolMember(c, dataDir, mqttpool.Member{Role: role, Topics: e.topics}, []string{"127.0.0.1"}, nil)
+		m := mqttpool.Member{Role: role, Topics: e.topics}
+		if role == mqttpool.RoleDevice {
+			m.DynsecPlugin = mosquittotest.DynsecPlugin(t)
+		}
+		m, err := server.PoolMember(c, dataDir, m, []string{"127.0.0.1"}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,6 +274,33 @@ func TestMemberRefusesBadInput(t *testing.T) {
 		if _, _, err := m.Files(); !errors.Is(err, mqttpool.ErrConfig) {
 			t.Errorf("%s: %v, want ErrConfig", name, err)
 		}
+	}
+}
+
+// TestPoolKick: the fleet ends one device's session on its broker
+// through the dynamic security plugin; another device's stays, and the
+// kicked device may connect again with its topics as before.
+func TestPoolKick(t *testing.T) {
+	e := newEnv(t)
+	var devs inbox
+	p := e.pool(t, "", devs.add, nil)
+	wait.For(t, "the pool to subscribe on both brokers", p.Ready)
+	a := e.deviceClient(t, "deva", "deva")
+	b := e.deviceClient(t, "devb", "devb")
+	if err := p.Kick("deva"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "deva's session to end", func() bool { return !a.IsConnectionOpen() })
+	publish(t, b, e.topics.DeviceUp("devb", "hello"), "still here")
+	wait.For(t, "devb's hello at the fleet", func() bool { return devs.has("devb", "hello") })
+	if !b.IsConnectionOpen() {
+		t.Fatal("kicking deva ended devb's session")
+	}
+	again := e.deviceClient(t, "deva", "deva")
+	publish(t, again, e.topics.DeviceUp("deva", "hello"), "back")
+	wait.For(t, "deva's hello after it came back", func() bool { return devs.has("deva", "hello") })
+	if err := p.Kick("not/an-id"); err == nil {
+		t.Fatal("kicked an invalid ID")
 	}
 }
 

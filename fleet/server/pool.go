@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -99,7 +100,7 @@ func (s *Server) openPool() error {
 	if err != nil {
 		return fmt.Errorf("server: broker pool: %w", err)
 	}
-	s.transport = &poolTransport{pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}}
+	s.transport = &poolTransport{pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool")}
 	return nil
 }
 
@@ -121,13 +122,14 @@ const presenceWindow = 15 * time.Minute
 // poolTransport is the Transport of a broker pool. The sender's identity
 // is the ID in the topic, which the brokers bind to the client's
 // certificate (devices) or client ID (bootstrap clients). What the pool
-// cannot tell yet: connection events, ending a session (Disconnect only
-// forgets the device; quarantine and revocation reach the brokers by
-// their ACLs and CRL, docs/BROKERS.md) and the brokers' counters.
+// cannot tell yet: connection events and the brokers' counters.
+// Disconnect ends a device's sessions through the brokers' dynamic
+// security plugin (mqttpool.Pool.Kick).
 type poolTransport struct {
 	pool   *mqttpool.Pool
 	topics wire.Topics
 	addr   string
+	log    *slog.Logger
 
 	mu    sync.Mutex
 	heard map[string]time.Time // device ID -> its last message
@@ -162,12 +164,16 @@ func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity
 	return fmt.Errorf("server: the broker pool serves no subscription %q", filter)
 }
 
-// Disconnect forgets the device's presence; its session on a broker
-// ends when the broker refuses its certificate (CRL) or its ACL changes.
+// Disconnect ends the device's sessions on the brokers and forgets its
+// presence. It may connect again unless its certificate is refused by
+// then (the brokers' CRL, sigil broker-sync).
 func (t *poolTransport) Disconnect(deviceID string) {
 	t.mu.Lock()
 	delete(t.heard, deviceID)
 	t.mu.Unlock()
+	if err := t.pool.Kick(deviceID); err != nil {
+		t.log.Warn("ending a device's session on the broker pool failed", "device_id", deviceID, "err", err)
+	}
 }
 
 func (t *poolTransport) Connected(deviceID string) bool {

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/sigil-iot/sigil/device/agent"
 	"github.com/sigil-iot/sigil/fleet/ca"
@@ -50,7 +53,11 @@ func startBrokerPool(t *testing.T, mutate func(*server.Config)) *brokerPool {
 		t.Fatal(err)
 	}
 	member := func(role string) *mosquittotest.Broker {
-		m, err := server.PoolMember(p.ca, p.dataDir, mqttpool.Member{Role: role, Topics: p.topics}, []string{"localhost", "127.0.0.1"}, nil)
+		m := mqttpool.Member{Role: role, Topics: p.topics}
+		if role == mqttpool.RoleDevice {
+			m.DynsecPlugin = mosquittotest.DynsecPlugin(t)
+		}
+		m, err := server.PoolMember(p.ca, p.dataDir, m, []string{"localhost", "127.0.0.1"}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -223,10 +230,11 @@ func (p *brokerPool) mqttConnects(t *testing.T, addr, cert, key, clientID string
 }
 
 // TestBrokerPoolRevocation: a certificate the fleet issued to a device
-// connects to a device broker of the pool until the device is revoked;
-// then `sigil broker-sync` installs the fleet's new CRL on each broker
-// and has it reread it, and the certificate is refused at the TLS
-// handshake on both brokers, while the real devices stay connected.
+// connects to the device brokers of the pool until the device is revoked;
+// the revocation ends its open session (a kick on every broker), then
+// `sigil broker-sync` installs the fleet's new CRL on each broker and has
+// it reread it, and the certificate is refused at the TLS handshake on
+// both brokers, while the real devices stay connected.
 func TestBrokerPoolRevocation(t *testing.T) {
 	p := startBrokerPool(t, nil)
 	sigil := filepath.Join(t.TempDir(), "sigil")
@@ -259,6 +267,21 @@ func TestBrokerPoolRevocation(t *testing.T) {
 			t.Fatalf("broker %d refused a current certificate:\n%s", i+1, out)
 		}
 	}
+
+	// A session open with it on broker 2 (an MQTT client that does not
+	// reconnect by itself).
+	tlsCert, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(mustRead(t, p.f.CACertPath()))
+	held := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tls://"+p.dev[1].Addr).SetClientID(id).SetProtocolVersion(4).
+		SetAutoReconnect(false).SetTLSConfig(&tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{tlsCert}}))
+	if tok := held.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("a current certificate's session: %v", tok.Error())
+	}
+	t.Cleanup(func() { held.Disconnect(0) })
 
 	c, err := p.f.Client()
 	if err != nil {
@@ -296,5 +319,17 @@ func TestBrokerPoolRevocation(t *testing.T) {
 			t.Errorf("broker %d: the refusal is not the TLS handshake's:\n%s", i+1, out)
 		}
 	}
+	// The revocation ended the open session (the fleet's Disconnect, a
+	// kick through the dynamic security plugin).
+	wait.For(t, "the revoked certificate's session to end", func() bool { return !held.IsConnectionOpen() })
 	waitConnected(t, a) // the real device is still served
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -19,6 +19,19 @@ import (
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
+// DynsecPlugin returns the path of Mosquitto's dynamic security plugin;
+// missing, it fails the test under CI=true and skips it otherwise.
+func DynsecPlugin(t testing.TB) string {
+	t.Helper()
+	for _, g := range []string{"/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so", "/usr/local/lib/mosquitto_dynamic_security.so"} {
+		if m, _ := filepath.Glob(g); len(m) > 0 {
+			return m[0]
+		}
+	}
+	testenv.Unavailable(t, fmt.Errorf("mosquitto_dynamic_security.so not found (install the mosquitto package)"))
+	return ""
+}
+
 // Broker is a running Mosquitto.
 type Broker struct {
 	// Addr is the device (or bootstrap) listener; FleetAddr the fleet's.
@@ -63,13 +76,29 @@ func Start(t testing.TB, m mqttpool.Member) *Broker {
 	if m.FleetListen == "" {
 		m.FleetListen = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	}
+	if m.DynsecPlugin != "" {
+		// The plugin rewrites its state: a directory the mosquitto
+		// user may write to.
+		m.StateDir = filepath.Join(dir, "state")
+		if err := os.Mkdir(m.StateDir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(m.StateDir, 0o777); err != nil { // whatever the umask
+			t.Fatal(err)
+		}
+	}
 	files, _, err := m.Files()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for name, b := range files {
-		// Readable by the mosquitto user, whatever owns them here.
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+		where := dir
+		if name == mqttpool.DynsecFile {
+			where = m.StateDir
+		}
+		// Readable (the plugin's state writable) by the mosquitto user,
+		// whatever owns them here.
+		if err := os.WriteFile(filepath.Join(where, name), b, 0o666); err != nil {
 			t.Fatal(err)
 		}
 	}
