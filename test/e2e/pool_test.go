@@ -276,7 +276,7 @@ func TestBrokerPoolRevocation(t *testing.T) {
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(mustRead(t, p.f.CACertPath()))
-	held := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tls://"+p.dev[1].Addr).SetClientID(id).SetProtocolVersion(4).
+	held := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tls://" + p.dev[1].Addr).SetClientID(id).SetProtocolVersion(4).
 		SetAutoReconnect(false).SetTLSConfig(&tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{tlsCert}}))
 	if tok := held.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
 		t.Fatalf("a current certificate's session: %v", tok.Error())
