@@ -82,6 +82,7 @@ type Pool struct {
 	subs    map[string]func(Message) // by segment
 	clients map[string]mqtt.Client   // by broker address
 	ready   map[string]int           // by broker address: subscriptions granted since its last connect
+	lost    map[string]chan struct{} // by broker address: its connection was lost
 	running bool
 }
 
@@ -113,7 +114,7 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pool{cfg: cfg, log: cfg.Logger, subs: map[string]func(Message){}, clients: map[string]mqtt.Client{}, ready: map[string]int{}}, nil
+	return &Pool{cfg: cfg, log: cfg.Logger, subs: map[string]func(Message){}, clients: map[string]mqtt.Client{}, ready: map[string]int{}, lost: map[string]chan struct{}{}}, nil
 }
 
 func slicesClone(s []string) []string { return append([]string(nil), s...) }
@@ -142,37 +143,90 @@ func (p *Pool) brokers(segment string) []string {
 	return p.cfg.Devices
 }
 
-// Run connects to every broker (retrying those that are down) and
-// serves until ctx ends, then disconnects.
+// Run connects to every broker (retrying, with a growing delay, those
+// that are down or lost) and serves until ctx ends, then disconnects;
+// it returns once every connection is closed.
 func (p *Pool) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.running = true
 	for _, seg := range []string{wire.SegDevice, wire.SegEnroll} {
 		for _, addr := range p.brokers(seg) {
 			if _, ok := p.clients[addr]; !ok {
+				p.lost[addr] = make(chan struct{}, 1)
 				p.clients[addr] = p.client(addr)
 			}
 		}
 	}
-	clients := make(map[string]mqtt.Client, len(p.clients))
+	type conn struct {
+		addr string
+		c    mqtt.Client
+		lost chan struct{}
+	}
+	var conns []conn
 	for a, c := range p.clients {
-		clients[a] = c
+		conns = append(conns, conn{a, c, p.lost[a]})
 	}
 	p.mu.Unlock()
-	for addr, c := range clients {
-		c.Connect() // ConnectRetry: keeps trying in the background
-		p.log.Info("connecting to a broker of the pool", "broker", addr)
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { p.keep(ctx, c.addr, c.c, c.lost) })
 	}
-	<-ctx.Done()
-	for _, c := range clients {
-		c.Disconnect(250)
-	}
+	wg.Wait()
 	return nil
 }
 
+// Retry delays of a broker connection.
+const (
+	retryMin = time.Second
+	retryMax = 10 * time.Second
+)
+
+// keep holds one broker's connection until ctx ends: it connects, and
+// connects again when the connection fails or is lost.
+func (p *Pool) keep(ctx context.Context, addr string, c mqtt.Client, lost chan struct{}) {
+	delay := retryMin
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		select {
+		case <-lost: // of an earlier connection
+		default:
+		}
+		tok := c.Connect()
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			<-tok.Done() // bounded by the connect timeout
+			if c.IsConnectionOpen() {
+				c.Disconnect(250)
+			}
+			return
+		}
+		if err := tok.Error(); err != nil {
+			p.log.Warn("connecting to a broker of the pool failed", "broker", addr, "err", err, "retry_in", delay)
+			retry.Reset(delay)
+			select {
+			case <-ctx.Done():
+				return
+			case <-retry.C:
+			}
+			delay = min(2*delay, retryMax)
+			continue
+		}
+		p.log.Info("connected to a broker of the pool", "broker", addr)
+		delay = retryMin
+		select {
+		case <-ctx.Done():
+			c.Disconnect(250)
+			return
+		case <-lost:
+		}
+	}
+}
+
 // client builds the connection to one broker. Its client ID is random
-// per connection: on the bootstrap brokers, clients choose their own IDs,
-// and one that knew the fleet's could take its session.
+// (per replica and broker): on the bootstrap brokers, clients choose
+// their own IDs, and one that knew the fleet's could take its session.
 func (p *Pool) client(addr string) mqtt.Client {
 	o := mqtt.NewClientOptions()
 	o.AddBroker("tls://" + addr)
@@ -182,16 +236,20 @@ func (p *Pool) client(addr string) mqtt.Client {
 	o.SetClientID(randomID())
 	o.SetCleanSession(true)
 	o.SetProtocolVersion(4)
-	o.SetAutoReconnect(true)
-	o.SetConnectRetry(true)
-	o.SetConnectRetryInterval(time.Second)
-	o.SetMaxReconnectInterval(10 * time.Second)
+	o.SetAutoReconnect(false) // keep reconnects, and stops when Run ends
+	o.SetConnectRetry(false)
+	o.SetConnectTimeout(10 * time.Second)
 	o.SetOrderMatters(false)
+	lost := p.lost[addr]
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		p.mu.Lock()
 		delete(p.ready, addr)
 		p.mu.Unlock()
 		p.log.Warn("connection to a broker of the pool lost", "broker", addr, "err", err)
+		select {
+		case lost <- struct{}{}:
+		default:
+		}
 	})
 	o.SetOnConnectHandler(func(c mqtt.Client) { p.subscribe(c, addr) })
 	return mqtt.NewClient(o)

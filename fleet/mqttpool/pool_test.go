@@ -328,3 +328,28 @@ func TestPoolReplicasCompete(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolStopsWithBrokersDown: Run returns when its context ends even
+// while a broker cannot be reached, and leaves nothing running (TestMain
+// checks): the connection retries stop too.
+func TestPoolStopsWithBrokersDown(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t)) // nothing listens
+	p, err := mqttpool.New(mqttpool.Config{Devices: []string{addr}, Username: "u", Password: "p", TLS: &tls.Config{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	wait.For(t, "the pool to know its broker", func() bool { _, all := p.Connected(); return all == 1 })
+	if p.Ready() {
+		t.Fatal("ready without a broker")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(wire.Topics{}.DeviceDown("deva", "x"), nil, 1); !errors.Is(err, mqttpool.ErrNotConnected) {
+		t.Fatalf("publish with no broker: %v", err)
+	}
+}
