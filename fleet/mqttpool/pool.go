@@ -350,7 +350,8 @@ func (p *Pool) publishTo(segment, topic string, payload []byte) error {
 // Kick ends deviceID's session on every device broker that has one,
 // through the dynamic security plugin (Member.DynsecPlugin): the plugin
 // ends the sessions of a client it deletes, so the device is made known
-// to it and deleted at once. The device may connect again, unless its
+// to it (unless it is, quarantined) and deleted at once. A quarantine
+// (Quarantine) ends with it. The device may connect again, unless its
 // certificate is refused by then (CRL). It fails when no device broker
 // took the command.
 func (p *Pool) Kick(deviceID string) error {
@@ -360,11 +361,60 @@ func (p *Pool) Kick(deviceID string) error {
 	cmd, err := json.Marshal(map[string]any{"commands": []map[string]string{
 		{"command": "createClient", "username": deviceID},
 		{"command": "deleteClient", "username": deviceID},
+		{"command": "deleteRole", "rolename": quarantineRole(deviceID)}, // a quarantine's, if any
 	}})
 	if err != nil {
 		return err
 	}
 	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
+}
+
+// quarantineRole is the dynamic security role of a quarantined device.
+func quarantineRole(deviceID string) string { return "sigil-quarantine-" + deviceID }
+
+// Quarantine limits deviceID, on every device broker, to publishing on
+// the up topics of kinds (and to its down topics), and ends its sessions
+// so that it reconnects under the limit: the dynamic security plugin
+// gets a role for the device and the device as its client (a client it
+// knows, its ACLs decide over the pattern ACL's). Release undoes it.
+func (p *Pool) Quarantine(deviceID string, kinds []string) error {
+	if !wire.ValidID(deviceID) {
+		return fmt.Errorf("mqttpool: quarantine: invalid device ID %q", deviceID)
+	}
+	type acl struct {
+		Type     string `json:"acltype"`
+		Topic    string `json:"topic"`
+		Allow    bool   `json:"allow"`
+		Priority int    `json:"priority"`
+	}
+	acls := []acl{
+		{"publishClientSend", p.cfg.Topics.Filter(wire.SegDevice, deviceID, wire.Up), false, 0},
+		{"subscribePattern", p.cfg.Topics.Filter(wire.SegDevice, deviceID, wire.Down), true, 0},
+		{"publishClientReceive", p.cfg.Topics.Filter(wire.SegDevice, deviceID, wire.Down), true, 0},
+	}
+	for _, k := range kinds {
+		acls = append(acls, acl{"publishClientSend", p.cfg.Topics.DeviceUp(deviceID, k), true, 10})
+	}
+	role := quarantineRole(deviceID)
+	cmd, err := json.Marshal(map[string]any{"commands": []map[string]any{
+		{"command": "deleteClient", "username": deviceID},
+		{"command": "deleteRole", "rolename": role},
+		{"command": "createRole", "rolename": role, "acls": acls},
+		{"command": "createClient", "username": deviceID, "roles": []map[string]any{{"rolename": role}}},
+		// createClient leaves a session open: end it.
+		{"command": "disableClient", "username": deviceID},
+		{"command": "enableClient", "username": deviceID},
+	}})
+	if err != nil {
+		return err
+	}
+	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
+}
+
+// Release lifts Quarantine: the device is deleted from the plugin (which
+// ends its sessions) with its role, and the pattern ACL decides again.
+func (p *Pool) Release(deviceID string) error {
+	return p.Kick(deviceID)
 }
 
 // Connected reports how many brokers of the pool the fleet is connected
