@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -100,7 +101,14 @@ func (s *Server) openPool() error {
 	if err != nil {
 		return fmt.Errorf("server: broker pool: %w", err)
 	}
-	s.transport = &poolTransport{pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool")}
+	s.transport = &poolTransport{pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool"),
+		state: func(id string) (inventory.State, error) {
+			d, err := s.Inv.Device(context.TODO(), id)
+			if err != nil {
+				return "", err
+			}
+			return d.State, nil
+		}}
 	return nil
 }
 
@@ -124,12 +132,15 @@ const presenceWindow = 15 * time.Minute
 // certificate (devices) or client ID (bootstrap clients). What the pool
 // cannot tell yet: connection events and the brokers' counters.
 // Disconnect ends a device's sessions through the brokers' dynamic
-// security plugin (mqttpool.Pool.Kick).
+// security plugin, and sets what the device may publish when it comes
+// back from its state in the inventory: the quarantined kinds only, or
+// what the pattern ACL allows.
 type poolTransport struct {
 	pool   *mqttpool.Pool
 	topics wire.Topics
 	addr   string
 	log    *slog.Logger
+	state  func(deviceID string) (inventory.State, error)
 
 	mu    sync.Mutex
 	heard map[string]time.Time // device ID -> its last message
@@ -166,12 +177,21 @@ func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity
 
 // Disconnect ends the device's sessions on the brokers and forgets its
 // presence. It may connect again unless its certificate is refused by
-// then (the brokers' CRL, sigil broker-sync).
+// then (the brokers' CRL, sigil broker-sync): quarantined (the services
+// disconnect a device after they quarantine it, and after they release
+// it), limited on every broker to inventory.QuarantinedKinds; otherwise
+// as the pattern ACL allows.
 func (t *poolTransport) Disconnect(deviceID string) {
 	t.mu.Lock()
 	delete(t.heard, deviceID)
 	t.mu.Unlock()
-	if err := t.pool.Kick(deviceID); err != nil {
+	var err error
+	if st, serr := t.state(deviceID); serr == nil && st == inventory.StateQuarantined {
+		err = t.pool.Quarantine(deviceID, inventory.QuarantinedKinds())
+	} else {
+		err = t.pool.Kick(deviceID)
+	}
+	if err != nil {
 		t.log.Warn("ending a device's session on the broker pool failed", "device_id", deviceID, "err", err)
 	}
 }

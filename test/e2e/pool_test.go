@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -332,4 +334,122 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// fakeDevice puts a device of the given ID in the inventory, active,
+// holding a certificate of the fleet CA whose key the test has.
+func (p *brokerPool) fakeDevice(t *testing.T, id string) (cert, key string) {
+	t.Helper()
+	cert, key = p.clientCert(t, id)
+	blk, _ := pem.Decode(mustRead(t, cert))
+	issued, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &inventory.Device{ID: id, State: inventory.StateActive, Model: "gw-1"}
+	d.IssuedCertificate(issued)
+	if err := p.f.Inv.PutDevice(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+// mqttClient connects to addr as an MQTT client that does not reconnect
+// by itself, with a certificate, or with the fleet's credentials when
+// cert is empty.
+func (p *brokerPool) mqttClient(t *testing.T, addr, clientID, cert, key string) mqtt.Client {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(mustRead(t, p.f.CACertPath()))
+	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost"}
+	o := mqtt.NewClientOptions().AddBroker("tls://" + addr).SetClientID(clientID).SetProtocolVersion(4).SetAutoReconnect(false)
+	if cert != "" {
+		c, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	} else {
+		o.SetUsername(server.PoolUsername).SetPassword(p.secret)
+	}
+	c := mqtt.NewClient(o.SetTLSConfig(cfg))
+	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect to %s as %s: %v", addr, clientID, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+// upKinds watches, as the fleet (a plain subscription on the broker's
+// fleet listener), the kinds of what a device publishes that its broker
+// lets through, in order.
+type upKinds struct {
+	mu    sync.Mutex
+	kinds []string
+}
+
+func (u *upKinds) add(kind string) { u.mu.Lock(); u.kinds = append(u.kinds, kind); u.mu.Unlock() }
+func (u *upKinds) list() []string  { u.mu.Lock(); defer u.mu.Unlock(); return slices.Clone(u.kinds) }
+
+func (p *brokerPool) watchUp(t *testing.T, br *mosquittotest.Broker, id string) *upKinds {
+	t.Helper()
+	u := &upKinds{}
+	w := p.mqttClient(t, br.FleetAddr, "e2e-watch-"+id, "", "")
+	tok := w.Subscribe(p.topics.Filter(wire.SegDevice, id, wire.Up), 1, func(_ mqtt.Client, m mqtt.Message) {
+		if tp, err := p.topics.Parse(m.Topic()); err == nil {
+			u.add(tp.Kind)
+		}
+	})
+	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("watch: %v", tok.Error())
+	}
+	return u
+}
+
+func mqttPublish(t *testing.T, c mqtt.Client, topic string) {
+	t.Helper()
+	if tok := c.Publish(topic, 1, false, "x"); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+// TestBrokerPoolQuarantine: a device the fleet quarantines is limited on
+// every broker of the pool: its session ends, and when it connects again
+// its broker lets its attestation through but not its firmware report;
+// released, its session ends again and everything passes.
+func TestBrokerPoolQuarantine(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	const id = "feedface00000000feedface00000002"
+	cert, key := p.fakeDevice(t, id)
+	watch := []*upKinds{p.watchUp(t, p.dev[0], id), p.watchUp(t, p.dev[1], id)}
+	held := p.mqttClient(t, p.dev[0].Addr, id, cert, key)
+
+	if err := p.f.Attest.Quarantine(id, "e2e: pool quarantine"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the quarantined device's session to end", func() bool { return !held.IsConnectionOpen() })
+	for i, br := range p.dev {
+		c := p.mqttClient(t, br.Addr, id, cert, key)
+		mqttPublish(t, c, p.topics.DeviceUp(id, "firmware")) // PUBACKed and dropped
+		mqttPublish(t, c, p.topics.DeviceUp(id, "attest"))
+		wait.For(t, fmt.Sprintf("the attestation through broker %d", i+1), func() bool { return slices.Contains(watch[i].list(), "attest") })
+		if got := watch[i].list(); slices.Contains(got, "firmware") {
+			t.Fatalf("broker %d let a quarantined device's firmware report through: %v", i+1, got)
+		}
+		c.Disconnect(0)
+	}
+
+	held = p.mqttClient(t, p.dev[1].Addr, id, cert, key)
+	if err := p.f.Attest.Release(id, "e2e", "e2e: pool release"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the released device's session to end", func() bool { return !held.IsConnectionOpen() })
+	for i, br := range p.dev {
+		c := p.mqttClient(t, br.Addr, id, cert, key)
+		mqttPublish(t, c, p.topics.DeviceUp(id, "firmware"))
+		wait.For(t, fmt.Sprintf("the firmware report through broker %d after the release", i+1), func() bool {
+			return slices.Contains(watch[i].list(), "firmware")
+		})
+		c.Disconnect(0)
+	}
 }
