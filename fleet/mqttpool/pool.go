@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strings"
 	"sync"
@@ -83,6 +84,8 @@ type Pool struct {
 	clients map[string]mqtt.Client   // by broker address
 	ready   map[string]int           // by broker address: subscriptions granted since its last connect
 	lost    map[string]chan struct{} // by broker address: its connection was lost
+	queues  []chan job               // of the workers
+	stop    chan struct{}            // closed when Run ends: workers and waiting deliveries stop
 	running bool
 }
 
@@ -114,7 +117,12 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pool{cfg: cfg, log: cfg.Logger, subs: map[string]func(Message){}, clients: map[string]mqtt.Client{}, ready: map[string]int{}, lost: map[string]chan struct{}{}}, nil
+	p := &Pool{cfg: cfg, log: cfg.Logger, subs: map[string]func(Message){}, clients: map[string]mqtt.Client{}, ready: map[string]int{},
+		lost: map[string]chan struct{}{}, stop: make(chan struct{}), queues: make([]chan job, workers)}
+	for i := range p.queues {
+		p.queues[i] = make(chan job, workerQueue)
+	}
+	return p, nil
 }
 
 func slicesClone(s []string) []string { return append([]string(nil), s...) }
@@ -148,6 +156,10 @@ func (p *Pool) brokers(segment string) []string {
 // it returns once every connection is closed.
 func (p *Pool) Run(ctx context.Context) error {
 	p.mu.Lock()
+	if p.running {
+		p.mu.Unlock()
+		return errors.New("mqttpool: Run called twice")
+	}
 	p.running = true
 	for _, seg := range []string{wire.SegDevice, wire.SegEnroll} {
 		for _, addr := range p.brokers(seg) {
@@ -167,11 +179,17 @@ func (p *Pool) Run(ctx context.Context) error {
 		conns = append(conns, conn{a, c, p.lost[a]})
 	}
 	p.mu.Unlock()
-	var wg sync.WaitGroup
+	var workersWG, wg sync.WaitGroup
+	for _, q := range p.queues {
+		workersWG.Go(func() { p.work(q) })
+	}
 	for _, c := range conns {
 		wg.Go(func() { p.keep(ctx, c.addr, c.c, c.lost) })
 	}
+	<-ctx.Done()
+	close(p.stop) // a delivery waiting for a full queue lets the connection close
 	wg.Wait()
+	workersWG.Wait()
 	return nil
 }
 
@@ -239,7 +257,7 @@ func (p *Pool) client(addr string) mqtt.Client {
 	o.SetAutoReconnect(false) // keep reconnects, and stops when Run ends
 	o.SetConnectRetry(false)
 	o.SetConnectTimeout(10 * time.Second)
-	o.SetOrderMatters(false)
+	o.SetOrderMatters(true) // deliver only queues (workers): a device's messages stay in order
 	lost := p.lost[addr]
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		p.mu.Lock()
@@ -290,7 +308,45 @@ func (p *Pool) deliver(seg, addr string, h func(Message)) mqtt.MessageHandler {
 			p.log.Warn("message outside the subscribed topics dropped", "broker", addr)
 			return
 		}
-		h(Message{Topic: tp, Name: m.Topic(), Payload: m.Payload(), Broker: addr})
+		j := job{h: h, m: Message{Topic: tp, Name: m.Topic(), Payload: m.Payload(), Broker: addr}}
+		select {
+		case p.queue(tp.ID) <- j: // waits when full: the broker holds back
+		case <-p.stop:
+		}
+	}
+}
+
+// job is a message for a handler.
+type job struct {
+	h func(Message)
+	m Message
+}
+
+// Messages are handled by workers, each with its own queue; a sender's
+// messages always go to the same one, so they are handled in the order
+// its broker delivered them, as the embedded broker does, while
+// different senders' are handled side by side.
+const (
+	workers     = 16
+	workerQueue = 1024
+)
+
+// queue is the queue of a sender's messages.
+func (p *Pool) queue(id string) chan job {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return p.queues[h.Sum32()%uint32(len(p.queues))]
+}
+
+// work handles the jobs of q until stop is closed.
+func (p *Pool) work(q chan job) {
+	for {
+		select {
+		case <-p.stop:
+			return
+		case j := <-q:
+			j.h(j.m)
+		}
 	}
 }
 

@@ -396,3 +396,45 @@ func TestPoolQuarantine(t *testing.T) {
 	publish(t, a, e.topics.DeviceUp("deva", "telemetry"), "t2")
 	wait.For(t, "deva's telemetry after its release", func() bool { return devs.has("deva", "telemetry") })
 }
+
+// TestPoolKeepsEachSendersOrder: a device's messages are handled in the
+// order it sent them (as the embedded broker hands them over), however
+// many arrive at once.
+func TestPoolKeepsEachSendersOrder(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	got := map[string][]int{}
+	p := e.pool(t, "", func(m mqttpool.Message) {
+		var n int
+		fmt.Sscan(string(m.Payload), &n)
+		mu.Lock()
+		got[m.Topic.ID] = append(got[m.Topic.ID], n)
+		mu.Unlock()
+	}, nil)
+	wait.For(t, "the pool to subscribe on both brokers", p.Ready)
+	const n = 300
+	var wg sync.WaitGroup
+	for _, id := range []string{"deva", "devb"} {
+		c := e.deviceClient(t, id, id)
+		wg.Go(func() {
+			toks := make([]mqtt.Token, n)
+			for i := range n {
+				toks[i] = c.Publish(e.topics.DeviceUp(id, "telemetry"), 1, false, fmt.Sprint(i))
+			}
+			for _, tok := range toks {
+				tok.Wait()
+			}
+		})
+	}
+	wg.Wait()
+	wait.For(t, "every message at the fleet", func() bool { mu.Lock(); defer mu.Unlock(); return len(got["deva"]) == n && len(got["devb"]) == n })
+	mu.Lock()
+	defer mu.Unlock()
+	for id, seq := range got {
+		for i, v := range seq {
+			if v != i {
+				t.Fatalf("%s's message %d handled at position %d: %v", id, v, i, seq[max(0, i-3):min(len(seq), i+3)])
+			}
+		}
+	}
+}
