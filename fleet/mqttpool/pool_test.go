@@ -438,3 +438,22 @@ func TestPoolKeepsEachSendersOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolReconnects: when a broker restarts, the pool connects to it
+// again and subscribes there again, and a device's messages through it
+// reach the fleet.
+func TestPoolReconnects(t *testing.T) {
+	e := newEnv(t)
+	var devs inbox
+	p := e.pool(t, "", devs.add, nil)
+	wait.For(t, "the pool to subscribe on both brokers", p.Ready)
+	e.dev.Restart(t)
+	a := e.deviceClient(t, "deva", "deva")
+	// Until the pool has subscribed again, the broker drops what deva
+	// sends: send until a hello arrives.
+	wait.For(t, "deva's hello through the restarted broker", func() bool {
+		publish(t, a, e.topics.DeviceUp("deva", "hello"), "after the restart")
+		return devs.has("deva", "hello")
+	})
+	wait.For(t, "the pool to be ready again", p.Ready)
+}

@@ -37,8 +37,13 @@ type Broker struct {
 	// Addr is the device (or bootstrap) listener; FleetAddr the fleet's.
 	Addr, FleetAddr string
 	// Dir holds its files.
-	Dir string
-	cmd *exec.Cmd
+	Dir  string
+	role string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    strings.Builder
 }
 
 // FreePort returns a loopback port free now.
@@ -102,30 +107,36 @@ func Start(t testing.TB, m mqttpool.Member) *Broker {
 			t.Fatal(err)
 		}
 	}
-	var mu sync.Mutex
-	var log strings.Builder
-	out := writer(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(b) })
-	output := func() string { mu.Lock(); defer mu.Unlock(); return log.String() }
-	cmd := exec.Command("mosquitto", "-c", filepath.Join(dir, mqttpool.ConfFile))
-	cmd.Stdout, cmd.Stderr = out, out
+	b := &Broker{Addr: m.Listen, FleetAddr: m.FleetListen, Dir: dir, role: m.Role}
+	b.start(t)
+	t.Cleanup(func() {
+		b.kill()
+		if t.Failed() {
+			t.Logf("mosquitto (%s) output:\n%s", m.Role, b.output())
+		}
+	})
+	return b
+}
+
+// start runs mosquitto on the broker's files and waits until both its
+// listeners accept connections.
+func (b *Broker) start(t testing.TB) {
+	t.Helper()
+	cmd := exec.Command("mosquitto", "-c", filepath.Join(b.Dir, mqttpool.ConfFile))
+	cmd.Stdout, cmd.Stderr = writer(b.write), writer(b.write)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("mosquitto (%s) output:\n%s", m.Role, output())
-		}
-	})
-	b := &Broker{Addr: m.Listen, FleetAddr: m.FleetListen, Dir: dir, cmd: cmd}
+	b.mu.Lock()
+	b.cmd, b.exited = cmd, exited
+	b.mu.Unlock()
 	for _, a := range []string{b.Addr, b.FleetAddr} {
 		wait.Until(t, func() error {
 			select {
 			case <-exited:
-				t.Fatalf("mosquitto exited:\n%s", output())
+				t.Fatalf("mosquitto exited:\n%s", b.output())
 			default:
 			}
 			c, err := net.DialTimeout("tcp", a, time.Second)
@@ -135,14 +146,46 @@ func Start(t testing.TB, m mqttpool.Member) *Broker {
 			return c.Close()
 		})
 	}
-	return b
+}
+
+// kill stops the broker's process and waits for it.
+func (b *Broker) kill() {
+	b.mu.Lock()
+	cmd, exited := b.cmd, b.exited
+	b.mu.Unlock()
+	_ = cmd.Process.Kill()
+	<-exited
+}
+
+// Restart kills the broker (its clients' connections drop) and starts it
+// again on the same files and ports.
+func (b *Broker) Restart(t testing.TB) {
+	t.Helper()
+	b.kill()
+	b.start(t)
+}
+
+func (b *Broker) write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.log.Write(p)
+}
+
+func (b *Broker) output() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.log.String()
 }
 
 // Pid is the broker's process ID.
-func (b *Broker) Pid() int { return b.cmd.Process.Pid }
+func (b *Broker) Pid() int { b.mu.Lock(); defer b.mu.Unlock(); return b.cmd.Process.Pid }
 
 // Reload has the broker reread its CRL and ACL file (SIGHUP).
-func (b *Broker) Reload() error { return b.cmd.Process.Signal(syscall.SIGHUP) }
+func (b *Broker) Reload() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cmd.Process.Signal(syscall.SIGHUP)
+}
 
 type writer func([]byte) (int, error)
 
