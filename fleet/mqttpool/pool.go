@@ -62,6 +62,10 @@ type Config struct {
 	// (DefaultGroup if empty).
 	Topics wire.Topics
 	Group  string
+	// OnConnect, when set, is called with a broker's address after each
+	// connection to it (on that connection's goroutine): to bring a
+	// broker that was down, or new, up to date (Quarantine, QuarantineAt).
+	OnConnect func(broker string)
 	// PublishTimeout bounds the wait for a broker's PUBACK (default 5s).
 	PublishTimeout time.Duration
 	Logger         *slog.Logger
@@ -233,6 +237,9 @@ func (p *Pool) keep(ctx context.Context, addr string, c mqtt.Client, lost chan s
 		}
 		p.log.Info("connected to a broker of the pool", "broker", addr)
 		delay = retryMin
+		if p.cfg.OnConnect != nil {
+			p.cfg.OnConnect(addr)
+		}
 		select {
 		case <-ctx.Done():
 			c.Disconnect(250)
@@ -373,10 +380,15 @@ func (p *Pool) Publish(topic string, payload []byte, _ byte) error {
 
 // publishTo publishes at QoS 1 to every connected broker of a segment.
 func (p *Pool) publishTo(segment, topic string, payload []byte) error {
+	return p.publishAt(p.brokers(segment), topic, payload)
+}
+
+// publishAt publishes at QoS 1 to those of brokers that are connected.
+func (p *Pool) publishAt(brokers []string, topic string, payload []byte) error {
 	const qos = 1
 	p.mu.Lock()
 	var targets []mqtt.Client
-	for _, addr := range p.brokers(segment) {
+	for _, addr := range brokers {
 		if c := p.clients[addr]; c != nil && c.IsConnectionOpen() {
 			targets = append(targets, c)
 		}
@@ -434,8 +446,30 @@ func quarantineRole(deviceID string) string { return "sigil-quarantine-" + devic
 // gets a role for the device and the device as its client (a client it
 // knows, its ACLs decide over the pattern ACL's). Release undoes it.
 func (p *Pool) Quarantine(deviceID string, kinds []string) error {
+	cmd, err := p.quarantineCommand(deviceID, kinds)
+	if err != nil {
+		return err
+	}
+	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
+}
+
+// QuarantineAt is Quarantine on one device broker, by its address in
+// Config.Devices: to bring it up to date after it was down (OnConnect).
+func (p *Pool) QuarantineAt(broker, deviceID string, kinds []string) error {
+	cmd, err := p.quarantineCommand(deviceID, kinds)
+	if err != nil {
+		return err
+	}
+	if !contains(p.cfg.Devices, broker) {
+		return fmt.Errorf("mqttpool: %q is not a device broker of the pool", broker)
+	}
+	return p.publishAt([]string{broker}, dynsecTopic, cmd)
+}
+
+// quarantineCommand is the plugin's commands that quarantine deviceID.
+func (p *Pool) quarantineCommand(deviceID string, kinds []string) ([]byte, error) {
 	if !wire.ValidID(deviceID) {
-		return fmt.Errorf("mqttpool: quarantine: invalid device ID %q", deviceID)
+		return nil, fmt.Errorf("mqttpool: quarantine: invalid device ID %q", deviceID)
 	}
 	type acl struct {
 		Type     string `json:"acltype"`
@@ -452,7 +486,7 @@ func (p *Pool) Quarantine(deviceID string, kinds []string) error {
 		acls = append(acls, acl{"publishClientSend", p.cfg.Topics.DeviceUp(deviceID, k), true, 10})
 	}
 	role := quarantineRole(deviceID)
-	cmd, err := json.Marshal(map[string]any{"commands": []map[string]any{
+	return json.Marshal(map[string]any{"commands": []map[string]any{
 		{"command": "deleteClient", "username": deviceID},
 		{"command": "deleteRole", "rolename": role},
 		{"command": "createRole", "rolename": role, "acls": acls},
@@ -461,10 +495,6 @@ func (p *Pool) Quarantine(deviceID string, kinds []string) error {
 		{"command": "disableClient", "username": deviceID},
 		{"command": "enableClient", "username": deviceID},
 	}})
-	if err != nil {
-		return err
-	}
-	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
 }
 
 // Release lifts Quarantine: the device is deleted from the plugin (which

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -93,7 +94,13 @@ func (s *Server) openPool() error {
 	if err != nil {
 		return err
 	}
+	var t *poolTransport
 	p, err := mqttpool.New(mqttpool.Config{
+		OnConnect: func(broker string) {
+			if slices.Contains(pc.Devices, broker) {
+				t.resyncQuarantines(broker)
+			}
+		},
 		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: PoolUsername, Password: secret,
 		TLS:    &tls.Config{RootCAs: s.CA.Pool(), ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
 		Topics: s.topics, Group: pc.Group, Logger: s.log.With("component", "broker_pool"),
@@ -101,7 +108,7 @@ func (s *Server) openPool() error {
 	if err != nil {
 		return fmt.Errorf("server: broker pool: %w", err)
 	}
-	s.transport = &poolTransport{pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool"),
+	t = &poolTransport{inv: s.Inv, pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool"),
 		state: func(id string) (inventory.State, error) {
 			d, err := s.Inv.Device(context.TODO(), id)
 			if err != nil {
@@ -109,6 +116,7 @@ func (s *Server) openPool() error {
 			}
 			return d.State, nil
 		}}
+	s.transport = t
 	return nil
 }
 
@@ -141,6 +149,7 @@ type poolTransport struct {
 	addr   string
 	log    *slog.Logger
 	state  func(deviceID string) (inventory.State, error)
+	inv    *inventory.Store
 
 	mu    sync.Mutex
 	heard map[string]time.Time // device ID -> its last message
@@ -193,6 +202,37 @@ func (t *poolTransport) Disconnect(deviceID string) {
 	}
 	if err != nil {
 		t.log.Warn("ending a device's session on the broker pool failed", "device_id", deviceID, "err", err)
+	}
+}
+
+// resyncQuarantines quarantines again, on a device broker the fleet has
+// just connected to, every device the inventory holds quarantined: the
+// broker may be new, or may have missed quarantines while it was down.
+// (A release it missed is not undone here: the device stays limited on
+// that broker until its next disconnection by the fleet.)
+func (t *poolTransport) resyncQuarantines(broker string) {
+	ctx := context.TODO()
+	after, n := "", 0
+	for {
+		devs, next, err := t.inv.ListDevices(ctx, inventory.Filter{State: inventory.StateQuarantined, After: after, Limit: 1000})
+		if err != nil {
+			t.log.Error("listing quarantined devices for a broker failed", "broker", broker, "err", err)
+			return
+		}
+		for _, d := range devs {
+			if err := t.pool.QuarantineAt(broker, d.ID, inventory.QuarantinedKinds()); err != nil {
+				t.log.Warn("quarantine on a broker failed", "broker", broker, "device_id", d.ID, "err", err)
+				continue
+			}
+			n++
+		}
+		if next == "" || len(devs) == 0 {
+			break
+		}
+		after = next
+	}
+	if n > 0 {
+		t.log.Info("quarantines brought up to date on a broker", "broker", broker, "devices", n)
 	}
 }
 

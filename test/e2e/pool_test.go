@@ -390,6 +390,7 @@ type upKinds struct {
 
 func (u *upKinds) add(kind string) { u.mu.Lock(); u.kinds = append(u.kinds, kind); u.mu.Unlock() }
 func (u *upKinds) list() []string  { u.mu.Lock(); defer u.mu.Unlock(); return slices.Clone(u.kinds) }
+func (u *upKinds) reset()          { u.mu.Lock(); u.kinds = nil; u.mu.Unlock() }
 
 func (p *brokerPool) watchUp(t *testing.T, br *mosquittotest.Broker, id string) *upKinds {
 	t.Helper()
@@ -452,4 +453,41 @@ func TestBrokerPoolQuarantine(t *testing.T) {
 		})
 		c.Disconnect(0)
 	}
+}
+
+// TestBrokerPoolQuarantineResync: a device broker that comes back without
+// the quarantines it held (a lost state, or a new broker) gets them again
+// from the fleet when the fleet connects to it.
+func TestBrokerPoolQuarantineResync(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	const id = "feedface00000000feedface00000003"
+	cert, key := p.fakeDevice(t, id)
+	if err := p.f.Attest.Quarantine(id, "e2e: pool quarantine resync"); err != nil {
+		t.Fatal(err)
+	}
+	br := p.dev[1]
+	br.ResetState(t)
+	watch := p.watchUp(t, br, id)
+	// Until the fleet is back on the broker, the device publishes what it
+	// likes there: try rounds until one shows the quarantine.
+	round := 0
+	wait.Until(t, func() error {
+		round++
+		watch.reset()
+		c := p.mqttClient(t, br.Addr, id, cert, key)
+		defer c.Disconnect(0)
+		if tok := c.Publish(p.topics.DeviceUp(id, "firmware"), 1, false, "x"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			return fmt.Errorf("round %d: publish: %v", round, tok.Error())
+		}
+		if tok := c.Publish(p.topics.DeviceUp(id, "attest"), 1, false, "x"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			return fmt.Errorf("round %d: publish: %v", round, tok.Error())
+		}
+		if !wait.Poll(2*time.Second, func() bool { return slices.Contains(watch.list(), "attest") }) {
+			return fmt.Errorf("round %d: the attestation did not come through", round)
+		}
+		if got := watch.list(); slices.Contains(got, "firmware") {
+			return fmt.Errorf("round %d: the broker let the quarantined device's firmware report through: %v", round, got)
+		}
+		return nil
+	})
 }

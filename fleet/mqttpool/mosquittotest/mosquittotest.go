@@ -37,8 +37,10 @@ type Broker struct {
 	// Addr is the device (or bootstrap) listener; FleetAddr the fleet's.
 	Addr, FleetAddr string
 	// Dir holds its files.
-	Dir  string
-	role string
+	Dir      string
+	role     string
+	stateDir string
+	files    map[string][]byte
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -107,7 +109,7 @@ func Start(t testing.TB, m mqttpool.Member) *Broker {
 			t.Fatal(err)
 		}
 	}
-	b := &Broker{Addr: m.Listen, FleetAddr: m.FleetListen, Dir: dir, role: m.Role}
+	b := &Broker{Addr: m.Listen, FleetAddr: m.FleetListen, Dir: dir, role: m.Role, stateDir: m.StateDir, files: files}
 	b.start(t)
 	t.Cleanup(func() {
 		b.kill()
@@ -162,6 +164,19 @@ func (b *Broker) kill() {
 func (b *Broker) Restart(t testing.TB) {
 	t.Helper()
 	b.kill()
+	b.start(t)
+}
+
+// ResetState restarts the broker with the dynamic security plugin's
+// state as Start wrote it: a broker that lost its state, or a new one.
+func (b *Broker) ResetState(t testing.TB) {
+	t.Helper()
+	b.kill()
+	if d, ok := b.files[mqttpool.DynsecFile]; ok {
+		if err := os.WriteFile(filepath.Join(b.stateDir, mqttpool.DynsecFile), d, 0o666); err != nil {
+			t.Fatal(err)
+		}
+	}
 	b.start(t)
 }
 
