@@ -76,6 +76,10 @@ func (s *CRLSync) Once(ctx context.Context) (bool, error) {
 	if err := s.checkSigner(crl); err != nil {
 		return false, err
 	}
+	if !crl.NextUpdate.IsZero() && !time.Now().Before(crl.NextUpdate) {
+		// Mosquitto would refuse every client with it.
+		return false, fmt.Errorf("%w: expired at %s", ErrCRL, crl.NextUpdate.UTC().Format(time.RFC3339))
+	}
 	path := filepath.Join(s.Dir, CRLFile)
 	if old, err := os.ReadFile(path); err == nil {
 		if cur, err := parseCRL(old); err == nil && cur.Number != nil && crl.Number != nil {

@@ -15,7 +15,8 @@ import (
 
 // TestCRLSync: a newer CRL of the broker's CA replaces the broker's and
 // reloads it; the same one changes nothing; an older one, one of another
-// CA and garbage are refused with ErrCRL and leave the broker's in place.
+// CA, an expired one (Mosquitto would refuse every client) and garbage
+// are refused with ErrCRL and leave the broker's in place.
 func TestCRLSync(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
@@ -36,7 +37,11 @@ func TestCRLSync(t *testing.T) {
 		for _, s := range serials {
 			rs = append(rs, ca.Revoked{Serial: s, Time: now})
 		}
-		der, err := c.CRL(rs, time.Hour)
+		validity := time.Hour
+		if len(serials) == 1 && serials[0] == "expired" {
+			rs, validity = nil, -time.Minute
+		}
+		der, err := c.CRL(rs, validity)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,7 +75,9 @@ func TestCRLSync(t *testing.T) {
 	if changed, err := s.Once(t.Context()); err != nil || changed || reloads != 1 {
 		t.Fatalf("the same CRL again: changed %v, err %v, reloads %d", changed, err, reloads)
 	}
-	for name, b := range map[string][]byte{"older": first, "another CA's": sign(otherCA, "0b"), "garbage": []byte("not a CRL")} {
+	now = now.Add(time.Second)
+	expired := sign(fleetCA, "expired") // newer, but past its NextUpdate
+	for name, b := range map[string][]byte{"older": first, "another CA's": sign(otherCA, "0b"), "garbage": []byte("not a CRL"), "expired": expired} {
 		serve = b
 		if changed, err := s.Once(t.Context()); !errors.Is(err, mqttpool.ErrCRL) || changed {
 			t.Errorf("%s CRL: changed %v, err %v", name, changed, err)
