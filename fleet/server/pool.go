@@ -108,7 +108,11 @@ func (s *Server) openPool() error {
 	if err != nil {
 		return fmt.Errorf("server: broker pool: %w", err)
 	}
-	t = &poolTransport{inv: s.Inv, pool: p, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool"),
+	t = &poolTransport{inv: s.Inv, pool: p, hello: func(id string, at time.Time) {
+		if s.Attest != nil {
+			s.Attest.SessionStarted(id, at)
+		}
+	}, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool"),
 		state: func(id string) (inventory.State, error) {
 			d, err := s.Inv.Device(context.TODO(), id)
 			if err != nil {
@@ -150,6 +154,11 @@ type poolTransport struct {
 	log    *slog.Logger
 	state  func(deviceID string) (inventory.State, error)
 	inv    *inventory.Store
+	// hello is told of a device's hello, the first message it sends on
+	// each connection: Mosquitto tells no one of connections, so the
+	// hello starts the device's session for the fleet (attest.Service.
+	// SessionStarted: verdicts count from it on).
+	hello func(deviceID string, at time.Time)
 
 	mu    sync.Mutex
 	heard map[string]time.Time // device ID -> its last message
@@ -174,9 +183,13 @@ func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity
 			id := broker.Identity{ClientID: m.Topic.ID}
 			if seg == wire.SegDevice {
 				id.DeviceID = m.Topic.ID
+				now := time.Now()
 				t.mu.Lock()
-				t.heard[id.DeviceID] = time.Now()
+				t.heard[id.DeviceID] = now
 				t.mu.Unlock()
+				if m.Topic.Kind == "hello" {
+					t.hello(id.DeviceID, now)
+				}
 			}
 			handler(id, m.Name, m.Payload)
 		})

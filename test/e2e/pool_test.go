@@ -162,13 +162,18 @@ func TestBrokerPool(t *testing.T) {
 		}
 	}
 	// Another attestation on demand reaches each device on its own
-	// broker (the fleet publishes to every broker).
+	// broker (the fleet publishes to every broker), and its passing
+	// verdict counts for the device's current session (its hello started
+	// it): credentials may go out to it.
 	for _, id := range []string{stA.DeviceID, stB.DeviceID} {
 		seq := latestSeq(t, c, id)
 		if err := c.Attest(context.Background(), id); err != nil {
 			t.Fatal(err)
 		}
 		waitVerdict(t, c, id, seq, "an attestation on demand", anyVerdict)
+		if err := p.f.Attest.Current(id); err != nil {
+			t.Errorf("device %s: %v", id, err)
+		}
 	}
 
 	// An intruder holding a fleet certificate of its own, on each broker.
