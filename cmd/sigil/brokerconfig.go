@@ -22,7 +22,7 @@ import (
 // the fleet's data directory on the fleet's host.
 func brokerConfigCommand() *command {
 	return &command{name: "broker-config",
-		args:    "--role device|bootstrap --name NAME[,NAME…] [--listen ADDR] [--fleet-listen ADDR] [--dir DIR] [--out DIR] [--crl FILE] [--dynsec-plugin PATH] [--state-dir DIR] [--max-queued N] [--config FILE] [--data-dir DIR]",
+		args:    "--role device|bootstrap --name NAME[,NAME…] [--listen ADDR] [--fleet-listen ADDR] [--dir DIR] [--out DIR] [--crl FILE] [--dynsec-plugin PATH] [--state-dir DIR] [--max-queued N] [--max-connections N] [--config FILE] [--data-dir DIR]",
 		summary: "write the Mosquitto configuration of a broker of the fleet's pool",
 		note: "Run it on the fleet's host (it reads the fleet CA and creates the fleet's broker password in the data directory), " +
 			"then copy --out to --dir on the broker's host and chown its key and password file root:mosquitto.",
@@ -36,6 +36,7 @@ func brokerConfigCommand() *command {
 			crl := fs.String("crl", "", "the fleet's current CRL (DER or PEM, as GET /crl serves it); default an empty one")
 			dynsec := fs.String("dynsec-plugin", "", "path of Mosquitto's dynamic security plugin (device brokers; e.g. /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so): lets the fleet end a device's session")
 			stateDir := fs.String("state-dir", "", "directory where Mosquitto keeps the plugin's state, dynsec.json (default --dir)")
+			maxConns := fs.Int("max-connections", 0, "connections the devices' or bootstrap clients' listener takes at most (0: no bound; bound a bootstrap broker's)")
 			queued := fs.Int("max-queued", mqttpool.DefaultQueued, "QoS 1 messages queued per client before Mosquitto drops them")
 			path := fs.String("config", "", "sigil serve's configuration file (JSON): data directory, trust domain, topic prefix")
 			dataDir := fs.String("data-dir", "", "data directory (overrides the file)")
@@ -66,7 +67,7 @@ func brokerConfigCommand() *command {
 				if *out == "" {
 					*out = *dir
 				}
-				m := mqttpool.Member{Role: *role, Dir: *dir, Listen: *listen, FleetListen: *fleetListen, MaxQueued: *queued, DynsecPlugin: *dynsec, StateDir: *stateDir}
+				m := mqttpool.Member{Role: *role, Dir: *dir, Listen: *listen, FleetListen: *fleetListen, MaxQueued: *queued, MaxConnections: *maxConns, DynsecPlugin: *dynsec, StateDir: *stateDir}
 				files, err := server.BrokerConfig(cfg, m, strings.Split(*names, ","), crlBytes, *out)
 				for _, f := range files {
 					x.printf("wrote %s\n", f)

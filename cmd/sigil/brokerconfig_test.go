@@ -41,7 +41,7 @@ func TestBrokerConfig(t *testing.T) {
 	}
 	conf := string(readFile(t, filepath.Join(out, mqttpool.ConfFile)))
 	for _, want := range []string{"listener 8883\n", "listener 8884 10.0.0.7\n", "require_certificate true\n", "use_identity_as_username true\n",
-		"use_username_as_clientid true\n", "crlfile /etc/mosquitto/sigil/crl.pem\n", "acl_file /etc/mosquitto/sigil/acl\n", "allow_anonymous false\n"} {
+		"use_username_as_clientid true\n", "crlfile /etc/mosquitto/sigil/crl.pem\n", "max_packet_size 1052672\n", "acl_file /etc/mosquitto/sigil/acl\n", "allow_anonymous false\n"} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("mosquitto.conf lacks %q:\n%s", want, conf)
 		}

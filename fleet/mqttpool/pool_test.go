@@ -43,7 +43,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{ca: c, dataDir: dataDir}
 	for _, role := range []string{mqttpool.RoleDevice, mqttpool.RoleBootstrap} {
-		m := mqttpool.Member{Role: role, Topics: e.topics}
+		m := mqttpool.Member{Role: role, Topics: e.topics, MaxConnections: 64}
 		if role == mqttpool.RoleDevice {
 			m.DynsecPlugin = mosquittotest.DynsecPlugin(t)
 		}
@@ -268,6 +268,7 @@ func TestMemberRefusesBadInput(t *testing.T) {
 		"no password": func(m *mqttpool.Member) { m.Password = "" },
 		"no crl":      func(m *mqttpool.Member) { m.CRLPEM = nil },
 		"prefix":      func(m *mqttpool.Member) { m.Topics.Prefix = "a/#" },
+		"connections": func(m *mqttpool.Member) { m.MaxConnections = -1 },
 	} {
 		m := ok
 		mut(&m)
