@@ -112,7 +112,7 @@ func (s *Server) openPool() error {
 		if s.Attest != nil {
 			s.Attest.SessionStarted(id, at)
 		}
-	}, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, log: s.log.With("component", "broker_pool"),
+	}, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: s.log.With("component", "broker_pool"),
 		state: func(id string) (inventory.State, error) {
 			d, err := s.Inv.Device(context.TODO(), id)
 			if err != nil {
@@ -132,6 +132,53 @@ func (s *Server) BrokersReady() bool {
 		return t.pool.Ready()
 	}
 	return true
+}
+
+// staleSession handles a message a device sent, through the broker pool,
+// on a session its certificate no longer allows (holdsCurrentCert): the
+// session is ended, at most every staleKickInterval, until its broker
+// refuses the certificate (its CRL updated) and the device enrolls again.
+func (s *Server) staleSession(deviceID string) {
+	s.log.Info("device message dropped: the device holds no current certificate; ending its session", "device_id", deviceID)
+	if t, ok := s.transport.(*poolTransport); ok {
+		t.kickStale(deviceID)
+	}
+}
+
+// staleKickInterval bounds how often a stale session is ended: each end
+// is a command to every broker, which the plugin writes to its disk.
+const staleKickInterval = 2 * time.Second
+
+// kickStale ends a device's sessions now, or, when it did so less than
+// staleKickInterval ago, once that interval has passed (a session the
+// device opened in between must end too).
+func (t *poolTransport) kickStale(deviceID string) {
+	now := time.Now()
+	t.mu.Lock()
+	for id, at := range t.kicked { // bounded: only recent kicks matter
+		if now.Sub(at) >= staleKickInterval && !t.pending[id] {
+			delete(t.kicked, id)
+		}
+	}
+	last, ok := t.kicked[deviceID]
+	if !ok || now.Sub(last) >= staleKickInterval {
+		t.kicked[deviceID] = now
+		t.mu.Unlock()
+		t.Disconnect(deviceID)
+		return
+	}
+	defer t.mu.Unlock()
+	if t.pending[deviceID] {
+		return
+	}
+	t.pending[deviceID] = true
+	time.AfterFunc(last.Add(staleKickInterval).Sub(now), func() {
+		t.mu.Lock()
+		delete(t.pending, deviceID)
+		t.kicked[deviceID] = time.Now()
+		t.mu.Unlock()
+		t.Disconnect(deviceID)
+	})
 }
 
 // presenceWindow is how long after its last message a device on the pool
@@ -160,8 +207,10 @@ type poolTransport struct {
 	// SessionStarted: verdicts count from it on).
 	hello func(deviceID string, at time.Time)
 
-	mu    sync.Mutex
-	heard map[string]time.Time // device ID -> its last message
+	mu      sync.Mutex
+	heard   map[string]time.Time // device ID -> its last message
+	kicked  map[string]time.Time // device ID -> when kickStale last ended its sessions
+	pending map[string]bool      // device ID -> a kickStale is scheduled
 }
 
 func (t *poolTransport) Start() error                  { return nil }

@@ -612,8 +612,12 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	if d, err := s.Inv.Device(context.TODO(), id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) ||
-		(id.Cert == nil && !holdsCurrentCert(d, time.Now())) {
+	d, err := s.Inv.Device(context.TODO(), id.DeviceID)
+	if err == nil && id.Cert == nil && !holdsCurrentCert(d, time.Now()) {
+		s.staleSession(id.DeviceID)
+		return
+	}
+	if err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
 		state := inventory.State("unknown")
 		if err == nil {
 			state = d.State

@@ -496,3 +496,51 @@ func TestBrokerPoolQuarantineResync(t *testing.T) {
 		return nil
 	})
 }
+
+// TestBrokerPoolRevokedDeviceReenrolls: a real device revoked while on a
+// broker of the pool comes back with a new certificate: the revocation
+// ends its session; a session it opens again before its broker has the
+// new CRL is ended at its next message; once `sigil broker-sync` has
+// installed the CRL its broker refuses the certificate at the TLS
+// handshake, and sigild enrolls again from its EK through the bootstrap
+// broker and is attested.
+func TestBrokerPoolRevokedDeviceReenrolls(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	sigil := filepath.Join(t.TempDir(), "sigil")
+	if out, err := exec.Command("go", "build", "-o", sigil, "github.com/sigil-iot/sigil/cmd/sigil").CombinedOutput(); err != nil {
+		t.Fatalf("go build sigil: %v\n%s", err, out)
+	}
+	a := p.device(t, 0, "SN-POOL-REENROLL")
+	st := waitConnected(t, a)
+	c, err := p.f.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstVerdict(t, c, st.DeviceID)
+	if _, err := c.Revoke(context.Background(), st.DeviceID, "keyCompromise", "e2e: pool re-enrollment"); err != nil {
+		t.Fatal(err)
+	}
+	// The device reconnects with its revoked certificate before its
+	// broker has the CRL (the syncs run later).
+	if _, err := a.Wait(context.Background(), 30*time.Second, func(s agent.Status) bool {
+		return harness.Connected(s) && s.CertSerial == st.CertSerial && s.ConnectedAt.After(st.ConnectedAt)
+	}); err != nil {
+		t.Fatalf("the device did not reconnect after its session ended: %v", err)
+	}
+	for i, br := range p.dev {
+		if _, stderr, code := runBinary(t, sigil, "broker-sync", "--once", "--fleet", p.f.APIURL(), "--dir", br.Dir,
+			"--reload", fmt.Sprintf("kill -HUP %d", br.Pid())); code != 0 {
+			t.Fatalf("broker %d: sigil broker-sync: exit %d: %s", i+1, code, stderr)
+		}
+	}
+	back, err := a.Wait(context.Background(), 60*time.Second, func(s agent.Status) bool {
+		return harness.Connected(s) && s.CertSerial != "" && s.CertSerial != st.CertSerial
+	})
+	if err != nil {
+		t.Fatalf("the revoked device did not come back with a new certificate: %v", err)
+	}
+	if back.DeviceID != st.DeviceID {
+		t.Fatalf("came back as %s, was %s", back.DeviceID, st.DeviceID)
+	}
+	waitVerdict(t, c, st.DeviceID, latestSeq(t, c, st.DeviceID), "an attestation with the new certificate", anyVerdict)
+}
