@@ -359,6 +359,24 @@ func (p *brokerPool) fakeDevice(t *testing.T, id string) (cert, key string) {
 	return cert, key
 }
 
+// reissue gives the device of fakeDevice a new current certificate, as
+// its enrollment again from its EK would after a quarantine revoked the
+// one it held (a device without a current certificate is not served
+// through the pool: its sessions are ended).
+func (p *brokerPool) reissue(t *testing.T, id string) (cert, key string) {
+	t.Helper()
+	cert, key = p.clientCert(t, id)
+	blk, _ := pem.Decode(mustRead(t, cert))
+	issued, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.f.Inv.Update(context.Background(), id, func(d *inventory.Device) error { d.IssuedCertificate(issued); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
 // mqttClient connects to addr as an MQTT client that does not reconnect
 // by itself, with a certificate, or with the fleet's credentials when
 // cert is empty.
@@ -434,6 +452,7 @@ func TestBrokerPoolQuarantine(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait.For(t, "the quarantined device's session to end", func() bool { return !held.IsConnectionOpen() })
+	cert, key = p.reissue(t, id)
 	for i, br := range p.dev {
 		c := p.mqttClient(t, br.Addr, id, cert, key)
 		mqttPublish(t, c, p.topics.DeviceUp(id, "firmware")) // PUBACKed and dropped
@@ -470,6 +489,7 @@ func TestBrokerPoolQuarantineResync(t *testing.T) {
 	if err := p.f.Attest.Quarantine(id, "e2e: pool quarantine resync"); err != nil {
 		t.Fatal(err)
 	}
+	cert, key = p.reissue(t, id)
 	br := p.dev[1]
 	br.ResetState(t)
 	watch := p.watchUp(t, br, id)
