@@ -28,6 +28,7 @@ all: build
 build:
 	$(GO) build -trimpath $(SIGILD_GCFLAGS) -ldflags '$(LDFLAGS)' -o bin/sigild ./cmd/sigild
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sigil ./cmd/sigil
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sigil-sim ./cmd/sigil-sim
 
 # sigild for the device architectures: static, stripped, no cgo.
 cross:
@@ -75,16 +76,18 @@ lint:
 vuln:
 	$(GO) run ./scripts/vulncheck -vulndb $(VULNDB_VERSION) -govulncheck $(GOVULNCHECK_VERSION) ./...
 
-# Built first: the commands the demo prints run bin/sigil and bin/sigild.
+# Built first: the demo is bin/sigil-sim's, and the commands it prints run
+# bin/sigil and bin/sigild beside it.
 demo: build
 	@scripts/deps.sh demo || echo "(continuing: the demo falls back to the in-process TPM simulator)"
-	bin/sigil demo
+	bin/sigil-sim demo
 
-# Benchmarks recorded in docs/BENCHMARKS.md.
+# Benchmarks recorded in docs/BENCHMARKS.md (bin/sigil-sim bench fleet, the
+# fleet at scale, runs for tens of minutes: see there).
 bench: test-deps
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./fleet/... ./pkg/... ./device/... | tee bench.out
 	$(MAKE) --no-print-directory cross
-	$(GO) run ./cmd/sigil bench
+	$(GO) run ./cmd/sigil-sim bench
 
 # A short coverage-guided run of every fuzz target.
 fuzz:

@@ -1,13 +1,16 @@
 // Command sigil is Sigil's fleet manager and operator CLI.
 //
 //	sigil serve [--config FILE]         run the fleet manager
-//	sigil demo [--once]                 a fleet and three simulated devices
 //	sigil devices [list|show ID|approve ID]
 //	sigil tokens create [--model M] [--owner O] [--ttl 24h]
 //	sigil secrets [list|put NAME|schedule NAME|rotate NAME|delete NAME|device ID]
 //	sigil alerts [list|show|ack|resolve|rules|deadletters|redrive|sinks]
 //	sigil telemetry DEVICE [--metric M]
 //	sigil version
+//
+// The demo, the benchmarks and the device simulator are another command,
+// sigil-sim (cmd/sigil-sim): this one links no simulator and builds
+// without cgo (fence_test.go).
 package main
 
 import (
@@ -21,7 +24,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -30,14 +32,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sigil-iot/sigil/device/agent"
-	_ "github.com/sigil-iot/sigil/device/tpm/tpmsim" // the in-process TPM simulator for sim:// devices
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
-	"github.com/sigil-iot/sigil/sim/bench"
-	"github.com/sigil-iot/sigil/sim/harness"
 )
 
 // Version is set at build time.
@@ -45,8 +43,6 @@ var Version = "dev"
 
 const usage = `usage:
   sigil serve [--config FILE] [--data-dir DIR] [--mqtt-addr ADDR] [--api-addr ADDR]
-  sigil demo [--dir DIR] [--devices N] [--once] [--tamper] [--verbose]
-  sigil bench [server|enroll|attest|rotate|campaign|sigild] [--devices N] [--sigild PATH]
   sigil devices list [--state S] [-o json]
   sigil devices show ID [-o json]
   sigil devices approve ID
@@ -94,6 +90,9 @@ const usage = `usage:
 API commands find the server, token and CA from --server/--token/--ca, the
 SIGIL_SERVER/SIGIL_TOKEN/SIGIL_CA environment, or --data-dir (default
 /var/lib/sigil, where sigil serve writes admin.token and ca/ca.crt).
+
+The demo, the benchmarks and simulated devices are sigil-sim's
+(sigil-sim demo, sigil-sim bench).
 `
 
 // Exit codes.
@@ -120,10 +119,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
-	case "bench":
-		err = bench.Command(ctx, args[1:], stdout, stderr)
-	case "demo":
-		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "devices":
 		err = cmdDevices(ctx, args[1:], stdout)
 	case "tokens":
@@ -164,8 +159,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdRisk(ctx, args[1:], stdout)
 	case "governance":
 		err = cmdGovernance(ctx, args[1:], stdout)
-	case "sim-device":
-		err = cmdSimDevice(ctx, args[1:], stderr)
 	case "completion":
 		err = cmdCompletion(args[1:], stdout)
 	case "version":
@@ -260,65 +253,6 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}()
 	return srv.Run(ctx)
-}
-
-func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	dir := fs.String("dir", "", "working directory (default: a new temporary directory)")
-	n := fs.Int("devices", 3, "number of simulated devices")
-	once := fs.Bool("once", false, "exit once the devices are active")
-	tamper := fs.Bool("tamper", false, "extend a PCR on the last device (tpm2_pcrextend) and show its quarantine")
-	verbose := fs.Bool("verbose", false, "log the fleet and devices to stderr")
-	apiAddr := fs.String("api-addr", "127.0.0.1:8443", "HTTPS API listen address")
-	mqttAddr := fs.String("mqtt-addr", "127.0.0.1:8883", "MQTT listen address")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if *n < 1 || *n > 50 {
-		return usageError{"--devices must be from 1 to 50"}
-	}
-	log := slog.New(slog.DiscardHandler)
-	if *verbose {
-		log = newLogger(stderr, "info")
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	// The commands the demo prints run this sigil, and the sigild beside
-	// it (or on PATH) if there is one.
-	sigild := filepath.Join(filepath.Dir(self), "sigild")
-	if _, err := os.Stat(sigild); err != nil {
-		sigild, _ = exec.LookPath("sigild")
-	}
-	return harness.Demo(ctx, harness.DemoOptions{Dir: *dir, Devices: *n, Once: *once, Tamper: *tamper, APIAddr: *apiAddr, MQTTAddr: *mqttAddr, Out: stdout, Logger: log,
-		Sigil: self, Sigild: sigild,
-		SimulatorDevice: func(path string) *exec.Cmd {
-			c := exec.Command(self, "sim-device", "--config", path)
-			if *verbose {
-				c.Stderr = stderr
-			}
-			return c
-		}})
-}
-
-// cmdSimDevice runs one device agent with the in-process TPM simulator
-// (the demo's fallback when swtpm is not installed; not for production).
-func cmdSimDevice(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sim-device", flag.ContinueOnError)
-	path := fs.String("config", "", "sigild configuration file")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	cfg, err := agent.LoadConfig(*path)
-	if err != nil {
-		return err
-	}
-	a, err := agent.New(cfg, newLogger(stderr, cfg.LogLevel))
-	if err != nil {
-		return err
-	}
-	return a.Run(ctx)
 }
 
 // apiFlags are the connection flags of API commands.

@@ -384,7 +384,7 @@ func tpmState(t *testing.T, uri string) (uint64, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pcrs, err := tp.ReadPCRs(wire.PCRSelection{Hash: 0x000B, PCRs: []int{14}})
+	pcrs, err := tp.ReadPCRs(wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{14}})
 	if err != nil {
 		t.Fatal(err)
 	}

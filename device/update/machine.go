@@ -561,7 +561,7 @@ func (e *Engine) measure(ctx context.Context, digest []byte) error {
 	if e.cfg.Measurer == nil {
 		return nil
 	}
-	sel := wire.PCRSelection{Hash: sha256Alg, PCRs: []int{e.cfg.PCR}}
+	sel := wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{e.cfg.PCR}}
 	vals, err := e.cfg.Measurer.ReadPCRs(sel)
 	if err != nil {
 		return fmt.Errorf("update: read PCR %d: %w", e.cfg.PCR, err)
@@ -588,6 +588,3 @@ func (e *Engine) measure(ctx context.Context, digest []byte) error {
 	e.log.Info("update: image measured", "pcr", e.cfg.PCR)
 	return nil
 }
-
-// sha256Alg is TPM_ALG_SHA256.
-const sha256Alg = 0x000B

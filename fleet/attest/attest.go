@@ -35,6 +35,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -95,10 +96,18 @@ type Config struct {
 	// credentials go out (Current). Default StaleAfter × Interval (30m
 	// with the defaults): the age at which a device is flagged stale.
 	VerdictMaxAge time.Duration
-	Workers       int
-	Now           func() time.Time
-	Rand          io.Reader
-	Logger        *slog.Logger
+	// Workers is how many goroutines judge evidence, each with its own
+	// queue; a device's evidence always goes to the same one. Default 4 ×
+	// GOMAXPROCS: a judgment waits on its history and inventory writes,
+	// which concurrent judgments share (group commit), so more workers
+	// than CPUs keep the CPUs busy.
+	Workers int
+	// QueueWait bounds how long Submit waits for room in a full queue
+	// before it drops the evidence (counted in Stats). Default 5s.
+	QueueWait time.Duration
+	Now       func() time.Time
+	Rand      io.Reader
+	Logger    *slog.Logger
 }
 
 // Service runs attestation.
@@ -109,6 +118,8 @@ type Service struct {
 	// goes to the same one, so its verdicts are judged one at a time, in
 	// order (counters, quarantine).
 	shards []chan job
+	// queued and dropped count the evidence Submit queued and dropped.
+	queued, dropped atomic.Uint64
 
 	mu         sync.Mutex
 	nonces     map[string]nonce     // hex nonce -> issue
@@ -152,7 +163,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("attest: Inventory, History, Send and Disconnect are required")
 	}
 	if len(cfg.Selections) == 0 {
-		cfg.Selections = []wire.PCRSelection{{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}}
+		cfg.Selections = []wire.PCRSelection{wire.DefaultSelection()}
 	}
 	if cfg.EventLog == nil {
 		t := true
@@ -171,7 +182,10 @@ func New(cfg Config) (*Service, error) {
 		cfg.VerdictMaxAge = time.Duration(cfg.StaleAfter) * cfg.Interval
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = runtime.GOMAXPROCS(0)
+		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = 5 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -273,7 +287,9 @@ func (s *Service) challenge(deviceID, purpose string) error {
 }
 
 // Submit queues a message from an authenticated device (attest.request or
-// attest.evidence); deviceID comes from its certificate.
+// attest.evidence); deviceID comes from its certificate. Evidence that
+// finds its queue full waits up to Config.QueueWait for room, then is
+// dropped and counted (Stats).
 func (s *Service) Submit(deviceID string, env *wire.Envelope, raw []byte) {
 	switch env.Type {
 	case wire.TypeAttestRequest:
@@ -290,12 +306,39 @@ func (s *Service) Submit(deviceID string, env *wire.Envelope, raw []byte) {
 			s.log.Warn("challenge failed", "device_id", deviceID, "err", err)
 		}
 	case wire.TypeAttestEvidence:
+		q, j := s.shard(deviceID), job{deviceID: deviceID, env: env, raw: raw, at: s.cfg.Now()}
 		select {
-		case s.shard(deviceID) <- job{deviceID: deviceID, env: env, raw: raw, at: s.cfg.Now()}:
+		case q <- j:
+			s.queued.Add(1)
+			return
 		default:
+		}
+		// Full: wait for room, holding the device's PUBACK (Submit runs on
+		// its connection's goroutine) rather than drop what the broker is
+		// about to acknowledge; drop only past QueueWait.
+		t := time.NewTimer(s.cfg.QueueWait)
+		defer t.Stop()
+		select {
+		case q <- j:
+			s.queued.Add(1)
+		case <-t.C:
+			s.dropped.Add(1)
 			s.log.Warn("attestation queue full; evidence dropped (the device retries on schedule)", "device_id", deviceID)
 		}
 	}
+}
+
+// Stats are the service's counters.
+type Stats struct {
+	// EvidenceQueued counts the evidence Submit queued for judging;
+	// EvidenceDropped the evidence it dropped, its queue full for longer
+	// than Config.QueueWait.
+	EvidenceQueued, EvidenceDropped uint64
+}
+
+// Stats returns the service's counters.
+func (s *Service) Stats() Stats {
+	return Stats{EvidenceQueued: s.queued.Load(), EvidenceDropped: s.dropped.Load()}
 }
 
 func (s *Service) shard(deviceID string) chan job {

@@ -216,7 +216,7 @@ func TestRefusals(t *testing.T) {
 		{"quote over other PCRs than asked", func(f *fixture) []byte {
 			ch := f.challenge(f.dev)
 			return f.evidence(ch, f.ak, func(ev *wire.AttestEvidence) {
-				q, err := f.tpm.Quote(f.ak, ch.Nonce, wire.PCRSelection{Hash: 0x000B, PCRs: []int{0, 1}})
+				q, err := f.tpm.Quote(f.ak, ch.Nonce, wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{0, 1}})
 				if err != nil {
 					f.t.Fatal(err)
 				}

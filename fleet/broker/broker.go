@@ -579,7 +579,7 @@ func (b *Broker) Disconnect(deviceID string) {
 		_ = c.Close()
 	}
 	if len(cs) > 0 {
-		b.log.Info("broker: device disconnected by fleet", "device", deviceID, "connections", len(cs))
+		b.log.Info("broker: device disconnected by fleet", "device_id", deviceID, "connections", len(cs))
 	}
 }
 

@@ -58,7 +58,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		// Admitted by every check but without a slot (bootstrap.go): not
 		// a refusal of who it is.
 		b.overCap.Add(1)
-		b.logAnon(slog.LevelInfo, c.src, "broker: bootstrap connection closed: no slot", "client", id.ClientID, "remote", cl.Net.Remote)
+		b.logAnon(slog.LevelInfo, c.src, "broker: bootstrap connection closed: no slot", "client_id", id.ClientID, "remote", cl.Net.Remote)
 		_ = c.Close()
 		return false
 	}
@@ -66,10 +66,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return h.refuse(cl, id, errors.New("disconnected by the fleet during admission"))
 	}
 	if id.Bootstrap() {
-		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client", id.ClientID, "remote", cl.Net.Remote)
+		b.logAnon(slog.LevelDebug, hostPart(cl.Net.Remote), "broker: bootstrap client admitted", "client_id", id.ClientID, "remote", cl.Net.Remote)
 		b.bootstrapAdmitted(c)
 	} else {
-		b.log.Debug("broker: client admitted", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote)
+		b.log.Debug("broker: client admitted", "client_id", id.ClientID, "device_id", id.DeviceID, "remote", cl.Net.Remote)
 	}
 	return true
 }
@@ -148,9 +148,9 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	h.b.authRefusals.Add(1)
 	if id.DeviceID == "" {
-		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client", id.ClientID, "remote", cl.Net.Remote, "error", err)
+		h.b.logAnon(slog.LevelWarn, hostPart(cl.Net.Remote), "broker: connection refused", "client_id", id.ClientID, "remote", cl.Net.Remote, "err", err)
 	} else {
-		h.b.log.Warn("broker: connection refused", "client", id.ClientID, "device", id.DeviceID, "remote", cl.Net.Remote, "error", err)
+		h.b.log.Warn("broker: connection refused", "client_id", id.ClientID, "device_id", id.DeviceID, "remote", cl.Net.Remote, "err", err)
 	}
 	h.b.emit(Refused, id, err.Error(), cl.Net.Remote)
 	return false
@@ -177,7 +177,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if !ok || eid.DeviceID != nid.DeviceID || eid.Bootstrap() != nid.Bootstrap() {
 		h.b.srv.UnsubscribeClient(ex)
 		ex.ClearInflights()
-		h.b.log.Info("broker: dropped session of another identity", "client", cl.ID)
+		h.b.log.Info("broker: dropped session of another identity", "client_id", cl.ID)
 	}
 	old, ok := ex.Net.Conn.(*conn)
 	if !ok || old.finished == nil {
@@ -190,7 +190,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	select {
 	case <-old.finished:
 	case <-t.C:
-		h.b.log.Warn("broker: a taken-over connection did not end in time; mochi takes it over", "client", cl.ID)
+		h.b.log.Warn("broker: a taken-over connection did not end in time; mochi takes it over", "client_id", cl.ID)
 	}
 }
 
@@ -214,10 +214,10 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		}
 	}
 	if write {
-		log(context.Background(), slog.LevelWarn, "broker: publish refused, disconnecting", "client", cl.ID, "device", id.DeviceID, "topic", topic)
+		log(context.Background(), slog.LevelWarn, "broker: publish refused, disconnecting", "client_id", cl.ID, "device_id", id.DeviceID, "topic", topic)
 		_ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	} else {
-		log(context.Background(), slog.LevelInfo, "broker: subscription refused", "client", cl.ID, "device", id.DeviceID, "filter", topic)
+		log(context.Background(), slog.LevelInfo, "broker: subscription refused", "client_id", cl.ID, "device_id", id.DeviceID, "filter", topic)
 	}
 	return false
 }

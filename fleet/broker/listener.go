@@ -100,7 +100,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			}
 			l.b.acceptErrors.Add(1)
 			delay = min(max(2*delay, minDelay), maxDelay)
-			l.log.Warn("broker: accept failed, retrying", "error", err, "delay", delay)
+			l.log.Warn("broker: accept failed, retrying", "err", err, "delay", delay)
 			t := time.NewTimer(delay)
 			select {
 			case <-l.done:
@@ -148,7 +148,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	cancel()
 	if err != nil {
 		b.handshakeFailures.Add(1)
-		b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
+		b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: TLS handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
 		_ = raw.Close()
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) && len(cve.UnverifiedCertificates) > 0 {
@@ -192,9 +192,9 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 			b.malformedPackets.Add(1)
 		}
 		if c.cert == nil {
-			b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+			b.logAnon(slog.LevelDebug, hostOf(raw.RemoteAddr()), "broker: connection ended", "remote", raw.RemoteAddr().String(), "err", err)
 		} else {
-			l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "error", err)
+			l.log.Debug("broker: connection ended", "remote", raw.RemoteAddr().String(), "err", err)
 		}
 	}
 	_ = c.Close()

@@ -172,8 +172,8 @@ func TestAnonymousLinesRateLimited(t *testing.T) {
 		t.Fatalf("stats = %+v: every refusal must be counted", st)
 	}
 	log := buf.String()
-	anonSubs := countLines(log, `msg="broker: subscription refused" client=boot-1`)
-	devSubs := countLines(log, `msg="broker: subscription refused" client=`+devA)
+	anonSubs := countLines(log, `msg="broker: subscription refused" client_id=boot-1`)
+	devSubs := countLines(log, `msg="broker: subscription refused" client_id=`+devA)
 	refused := countLines(log, `msg="broker: connection refused"`)
 	if anonSubs > 5 || refused > 5 {
 		t.Fatalf("%d subscription refusals and %d CONNECT refusals of clients without certificate written, want at most 5 each", anonSubs, refused)

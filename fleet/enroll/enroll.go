@@ -161,6 +161,9 @@ type Service struct {
 // (also counted in Refused).
 type Stats struct {
 	Requests, Challenges, Enrolled, Pending, Refused, Malformed atomic.Int64
+	// RequestsBusy counts the enrollment requests answered rate_limited,
+	// unhandled, because the queue was full.
+	RequestsBusy atomic.Int64
 }
 
 type job struct {
@@ -200,7 +203,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("enroll: CA, Inventory, Trust and Send are required")
 	}
 	if len(cfg.Selection.PCRs) == 0 {
-		cfg.Selection = wire.PCRSelection{Hash: 0x000B, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}
+		cfg.Selection = wire.DefaultSelection()
 	}
 	if cfg.ChallengeTTL == 0 {
 		cfg.ChallengeTTL = time.Minute
@@ -271,6 +274,9 @@ func (s *Service) Submit(clientID string, payload []byte) {
 	case s.q <- job{clientID, payload}:
 	default:
 		if env, err := wire.Decode(payload); err == nil {
+			if env.Type == wire.TypeEnrollRequest {
+				s.stats.RequestsBusy.Add(1)
+			}
 			s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonRateLimited, "enrollment queue full", nil))
 		}
 	}

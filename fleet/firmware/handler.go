@@ -57,12 +57,12 @@ func (s *Store) Handler(authorize AuthorizeFunc) http.Handler {
 			return
 		}
 		if err := authorize(r, digest); err != nil {
-			s.log.Info("firmware: download refused", "device", device, "image", digest, "err", err)
+			s.log.Info("firmware: download refused", "device_id", device, "image", digest, "err", err)
 			http.Error(w, "forbidden", http.StatusForbidden)
 			return
 		}
 		if err := s.imageOffered(digest, s.now()); err != nil {
-			s.log.Info("firmware: download of an image not on offer", "device", device, "image", digest, "err", err)
+			s.log.Info("firmware: download of an image not on offer", "device_id", device, "image", digest, "err", err)
 			http.Error(w, "not found", http.StatusNotFound)
 			return
 		}

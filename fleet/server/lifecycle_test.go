@@ -89,6 +89,21 @@ func TestDeviceMessagesFollowState(t *testing.T) {
 	}
 }
 
+// TestUpKind: a device message is accepted only on the up kind the
+// protocol gives its type; fleet-to-device and enrollment types on none.
+func TestUpKind(t *testing.T) {
+	for typ, want := range map[string]string{
+		wire.TypeHello: "hello", wire.TypeAttestRequest: "attest", wire.TypeAttestEvidence: "attest",
+		wire.TypeRenewRequest: "renew", wire.TypeSSHRequest: "ssh", wire.TypeSecretAck: "secret",
+		wire.TypeTelemetryBatch: "telemetry", wire.TypeFirmwareReport: "fw",
+		wire.TypeAttestChallenge: "", wire.TypeSecretDeliver: "", wire.TypeEnrollRequest: "", "no.such": "",
+	} {
+		if got := upKind(typ); got != want {
+			t.Errorf("upKind(%q) = %q, want %q", typ, got, want)
+		}
+	}
+}
+
 // TestSecretsNeedACurrentVerdict: a secret goes to an active, connected
 // device only once it passed an attestation in its current session.
 func TestSecretsNeedACurrentVerdict(t *testing.T) {

@@ -26,9 +26,6 @@ import (
 // themselves are in secrets.DBFile, encrypted under secrets.KeyFile (0600).
 const DeliveriesFile = "secret-deliveries.db"
 
-// sha256Bank is TPM_ALG_SHA256, the bank PCR-bound secrets are sealed to.
-const sha256Bank = 0x000B
-
 // secretRetry is how often devices whose PCR-bound delivery waits for a
 // passing attestation are tried again while connected.
 const secretRetry = 2 * time.Second
@@ -84,10 +81,10 @@ func newSecretService(s *secretService) *secretService {
 // boundPCRs are the sha256 PCRs of the attestation selections.
 func boundPCRs(sels []wire.PCRSelection) []int {
 	if sels == nil { // the attestation service's default
-		return []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}
+		return wire.DefaultPCRs()
 	}
 	for _, s := range sels {
-		if s.Hash == sha256Bank {
+		if s.Hash == wire.AlgSHA256 {
 			return slices.Clone(s.PCRs)
 		}
 	}
@@ -290,7 +287,7 @@ next:
 			}
 			values = append(values, v)
 		}
-		return &wire.PCRSelection{Hash: sha256Bank, PCRs: slices.Clone(s.pcrs)}, values, nil
+		return &wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: slices.Clone(s.pcrs)}, values, nil
 	}
 	return nil, nil, errNoAttestation
 }

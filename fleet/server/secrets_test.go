@@ -145,7 +145,7 @@ func TestSecretDelivery(t *testing.T) {
 		t.Fatalf("sent %d to dev-a", out.count("dev-a"))
 	}
 	d := out.msg["dev-a"][0]
-	if d.Name != "disk-key" || d.Version != 1 || d.PCRs == nil || d.PCRs.Hash != sha256Bank || len(d.PCRs.PCRs) != 11 {
+	if d.Name != "disk-key" || d.Version != 1 || d.PCRs == nil || d.PCRs.Hash != wire.AlgSHA256 || len(d.PCRs.PCRs) != 11 {
 		t.Fatalf("delivery %+v", d)
 	}
 	// An ack for a version never sent is ignored; the right one counts.
@@ -189,7 +189,7 @@ func TestSecretDelivery(t *testing.T) {
 }
 
 func TestBoundPCRs(t *testing.T) {
-	if got := boundPCRs([]wire.PCRSelection{{Hash: 0x0004, PCRs: []int{1}}, {Hash: sha256Bank, PCRs: []int{7, 14}}}); len(got) != 2 || got[0] != 7 {
+	if got := boundPCRs([]wire.PCRSelection{{Hash: 0x0004, PCRs: []int{1}}, {Hash: wire.AlgSHA256, PCRs: []int{7, 14}}}); len(got) != 2 || got[0] != 7 {
 		t.Fatalf("%v", got)
 	}
 	if got := boundPCRs([]wire.PCRSelection{{Hash: 0x0004, PCRs: []int{1}}}); got != nil {

@@ -140,6 +140,10 @@ type Config struct {
 	AlertFlood AlertFlood `json:"alert_flood"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
+	// DebugAddr, if set, is a loopback address serving Go's profiles
+	// (net/http/pprof, /debug/pprof/) without authentication. Default
+	// off; any other address is refused (debug.go).
+	DebugAddr string `json:"debug_addr"`
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
 	// governance_interval (fleet/server/governance.go).
 	GovernanceConfig
@@ -241,6 +245,7 @@ type Server struct {
 	history *attest.History
 
 	apiLn      net.Listener
+	debugLn    net.Listener // nil unless Config.DebugAddr
 	apiTLS     *tls.Config
 	apiHandler http.Handler
 	// consoleVerdict feeds the console's verdict chart (set when the
@@ -250,7 +255,7 @@ type Server struct {
 	adminToken     string
 	ready          chan struct{}
 	topics         wire.Topics
-	events         chan broker.Event
+	events         []chan broker.Event // connection events to record, by device (events.go)
 }
 
 // Files written at first start, relative to DataDir.
@@ -273,7 +278,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}, events: make(chan broker.Event, 4096)}
+	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}, events: eventQueues()}
 	var err error
 	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: cfg.TrustDomain, DeviceLifetime: time.Duration(cfg.DeviceLifetime)})
 	if err != nil {
@@ -452,6 +457,13 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.closeStores()
 		return nil, fmt.Errorf("server: api listener: %w", err)
 	}
+	if cfg.DebugAddr != "" {
+		if s.debugLn, err = listenDebug(cfg.DebugAddr); err != nil {
+			s.apiLn.Close()
+			s.closeStores()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -540,21 +552,9 @@ func (s *Server) brokerEvent(ev broker.Event) {
 		return
 	}
 	select {
-	case s.events <- ev:
+	case s.eventQueue(ev.Identity.DeviceID) <- ev:
 	default:
 		s.log.Warn("connection events arrive faster than the inventory records them; one dropped", "device_id", ev.Identity.DeviceID)
-	}
-}
-
-// recordEvents applies connection events to the inventory until ctx ends.
-func (s *Server) recordEvents(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev := <-s.events:
-			s.connectionEvent(ev)
-		}
 	}
 }
 
@@ -619,6 +619,9 @@ func (s *Server) Run(ctx context.Context) error {
 		cancel()
 		_ = s.Broker.Run(cctx) // closes the started broker
 		s.apiLn.Close()
+		if s.debugLn != nil {
+			s.debugLn.Close()
+		}
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
@@ -635,6 +638,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Audit.Run(ctx) })
 	g.Go(func() error { return s.anonAudit.Run(ctx) })
 	s.goTelemetry(ctx, g)
+	s.goDebug(ctx, g)
 	if s.Approvals != nil {
 		g.Go(func() error { return s.Approvals.Run(ctx) })
 	}
@@ -731,23 +735,10 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 }
 
 // upKind is the up-topic kind a device message of type typ travels on
-// ("" for a type devices do not send).
+// ("" for a type devices do not send), as the protocol's registry says.
 func upKind(typ string) string {
-	switch typ {
-	case wire.TypeAttestRequest, wire.TypeAttestEvidence:
-		return "attest"
-	case wire.TypeRenewRequest:
-		return "renew"
-	case wire.TypeSSHRequest:
-		return "ssh"
-	case wire.TypeSecretAck:
-		return "secret"
-	case wire.TypeTelemetryBatch:
-		return wire.KindTelemetry
-	case wire.TypeFirmwareReport:
-		return wire.KindFirmware
-	case wire.TypeHello:
-		return "hello"
+	if m, ok := wire.Lookup(typ); ok && m.Segment == wire.SegDevice && m.Dir == wire.Up {
+		return m.Kind
 	}
 	return ""
 }
@@ -785,7 +776,7 @@ func selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
 		banks = []string{"sha256"}
 	}
 	if len(pcrs) == 0 {
-		pcrs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}
+		pcrs = wire.DefaultPCRs()
 	}
 	var out []wire.PCRSelection
 	for _, b := range banks {

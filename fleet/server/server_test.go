@@ -10,6 +10,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 func TestExampleConfig(t *testing.T) {
@@ -80,7 +81,7 @@ func TestSelections(t *testing.T) {
 		t.Fatalf("default: %v %v", s, err)
 	}
 	s, err := selections([]string{"sha256", "sha1"}, []int{0, 7})
-	if err != nil || len(s) != 2 || s[0].Hash != 0x000B || s[1].Hash != 0x0004 || len(s[1].PCRs) != 2 {
+	if err != nil || len(s) != 2 || s[0].Hash != wire.AlgSHA256 || s[1].Hash != 0x0004 || len(s[1].PCRs) != 2 {
 		t.Fatalf("%+v %v", s, err)
 	}
 	for _, bad := range [][]string{{"md5"}, {"sha256", "sha256"}} {

@@ -208,15 +208,10 @@ func (s *Server) closeTelemetry() {
 	}
 }
 
-// ingestWorkers ingest telemetry batches in parallel: a device sends one
-// batch at a time, and concurrent cursor writes share one commit.
-const ingestWorkers = 4
-
-// goTelemetry starts the ingester, the alert feed and the alert engine in g.
+// goTelemetry starts the ingester (its workers: telemetry.Config.Workers),
+// the alert feed and the alert engine in g.
 func (s *Server) goTelemetry(ctx context.Context, g *errgroup.Group) {
-	for range ingestWorkers {
-		g.Go(func() error { return s.Telemetry.Run(ctx) })
-	}
+	g.Go(func() error { return s.Telemetry.Run(ctx) })
 	g.Go(func() error { return s.Alerts.Run(ctx) })
 	g.Go(func() error { return s.runFeed(ctx) })
 }
@@ -653,14 +648,17 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_broker_bootstrap_reserved         reserved bootstrap sessions of known devices open now
 //	sigil_broker_bootstrap_over_cap_total   bootstrap connections displaced or left without a slot
 //	sigil_broker_bootstrap_expired_total    bootstrap connections closed at their first-message deadline or lifetime
+//	sigil_broker_messages_withheld_total    messages the broker received but withheld from the fleet (sender gone or not allowed)
 //	sigil_enroll_requests_total             enrollment requests
 //	sigil_enroll_enrolled_total             devices enrolled
 //	sigil_enroll_refused_total              enrollments refused
 //	sigil_enroll_pending_total              enrollments held for approval
 //	sigil_enroll_malformed_total            enrollment messages that did not decode
+//	sigil_enroll_busy_total                 enrollment requests answered rate_limited: the queue was full
 //	sigil_log_lines_suppressed_total        log lines clients without certificate caused, counted instead of written
 //	sigil_audit_anonymous_left_out_total    audit entries of requests without a credential counted, not recorded one by one
 //	sigil_attestation_verdicts_total{result} recorded verdicts, pass or fail
+//	sigil_attestation_evidence_dropped_total evidence dropped, its queue full for too long
 //	sigil_quarantines_total                 devices quarantined
 //	sigil_renewals_total                    certificates renewed
 //	sigil_alerts_fired_total, _deduplicated_total, _resolved_total, _held_total
@@ -668,6 +666,7 @@ func httpClient(roots *x509.CertPool) *http.Client {
 //	sigil_alert_actions_failed_total
 //	sigil_alert_notifications_queued        notifications waiting for their sinks
 //	sigil_alert_feed_queued                 telemetry batches waiting for alert evaluation
+//	process_*, go_*                         the process's CPU, memory and file descriptors (metrics.RegisterProcess)
 func (s *Server) controlPlaneMetrics() error {
 	r := s.Metrics
 	b := s.Broker.Stats
@@ -695,16 +694,21 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_broker_bootstrap_over_cap_total", "Bootstrap connections displaced, or closed without a slot, because a cap was reached.", func() float64 { return u(b().BootstrapOverCap) }},
 		{"sigil_broker_bootstrap_expired_total", "Bootstrap connections closed at their first-message deadline or lifetime.", func() float64 { return u(b().BootstrapExpired) }},
 		{"sigil_broker_malformed_packets_total", "MQTT connections ended by a malformed packet or a protocol violation.", func() float64 { return u(b().MalformedPackets) }},
+		{"sigil_broker_messages_withheld_total", "Messages the broker received but withheld from the fleet: their sender was gone or not allowed.", func() float64 { return u(b().DroppedInline) }},
 		{"sigil_enroll_requests_total", "Enrollment requests received.", func() float64 { return float64(e.Requests.Load()) }},
 		{"sigil_enroll_enrolled_total", "Devices enrolled.", func() float64 { return float64(e.Enrolled.Load()) }},
 		{"sigil_enroll_refused_total", "Enrollments refused.", func() float64 { return float64(e.Refused.Load()) }},
 		{"sigil_enroll_pending_total", "Enrollments held for an operator's approval.", func() float64 { return float64(e.Pending.Load()) }},
 		{"sigil_enroll_malformed_total", "Enrollment messages that did not decode.", func() float64 { return float64(e.Malformed.Load()) }},
+		{"sigil_enroll_busy_total", "Enrollment requests answered rate_limited, unhandled: the queue was full (the device asks again).", func() float64 { return float64(e.RequestsBusy.Load()) }},
 		{"sigil_log_lines_suppressed_total", "Log lines about clients without certificate (refusals, malformed messages) counted instead of written.", func() float64 {
 			return u(b().LogSuppressed + s.Enroll.LogSuppressed())
 		}},
 		{"sigil_audit_anonymous_left_out_total", "Audit entries of API requests without a credential counted instead of recorded one by one (each interval's count is one audit.sampled entry).", func() float64 {
 			return u(s.anonAudit.Suppressed())
+		}},
+		{"sigil_attestation_evidence_dropped_total", "Attestation evidence dropped: its queue stayed full (the device attests again on its schedule).", func() float64 {
+			return u(s.Attest.Stats().EvidenceDropped)
 		}},
 		{"sigil_quarantines_total", "Devices quarantined.", func() float64 { return u(s.tel.quarantines.Load()) }},
 		{"sigil_renewals_total", "Device certificates renewed.", func() float64 { return u(s.tel.renewals.Load()) }},
@@ -717,7 +721,7 @@ func (s *Server) controlPlaneMetrics() error {
 		{"sigil_alert_notifications_dead_lettered_total", "Alert notifications recorded as dead letters.", func() float64 { return u(a().DeadLettered) }},
 		{"sigil_alert_actions_failed_total", "Alert rule actions that failed.", func() float64 { return u(a().ActionsFailed) }},
 	}
-	var errs []error
+	errs := []error{r.RegisterProcess()}
 	for _, g := range gauges {
 		errs = append(errs, r.GaugeFunc(g.name, g.help, g.fn))
 	}

@@ -146,6 +146,11 @@ type Config struct {
 	// QueueSize bounds Submit's queue; 0 means 1024. A batch that finds it
 	// full is not acknowledged, so the device sends it again.
 	QueueSize int
+	// Workers is how many goroutines Run ingests on; 0 means 32. A
+	// batch's cursor write waits for the store's commit (with bbolt,
+	// concurrent writes share one transaction and one fsync), so many
+	// workers keep ingestion going while commits are slow.
+	Workers int
 	// Now is the fleet's clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger // nil means discard
@@ -219,6 +224,9 @@ func New(cfg Config) (*Ingester, error) {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 1024
 	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 32
+	}
 	cfg.Series.defaults()
 	for _, name := range cfg.Series.Charted {
 		if !wire.ValidMetricName(name) {
@@ -253,19 +261,26 @@ func (in *Ingester) Submit(deviceID string, env *wire.Envelope) {
 	}
 }
 
-// Run ingests submitted batches until ctx ends. It may run in several
-// goroutines at once to ingest in parallel: a device sends one batch at a
-// time, and the sequence numbers keep the accounting right whatever order
-// redelivered batches are handled in.
+// Run ingests submitted batches on Config.Workers goroutines until ctx
+// ends, and returns once they stopped. Batches are ingested in parallel: a
+// device sends one batch at a time, and the sequence numbers keep the
+// accounting right whatever order redelivered batches are handled in.
 func (in *Ingester) Run(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case s := <-in.q:
-			in.Handle(s.deviceID, s.env)
-		}
+	var wg sync.WaitGroup
+	for range in.cfg.Workers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case s := <-in.q:
+					in.Handle(s.deviceID, s.env)
+				}
+			}
+		})
 	}
+	wg.Wait()
+	return nil
 }
 
 // Handle ingests one batch and sends the ack, if any.

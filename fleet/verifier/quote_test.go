@@ -90,7 +90,7 @@ func TestVerifyQuoteRefusals(t *testing.T) {
 	}
 
 	// The fleet's own bad selection is an error of the caller, not a refusal.
-	if _, err := VerifyQuote(ak, n, wire.PCRSelection{Hash: 0x000B, PCRs: []int{1, 1}}, good); err == nil {
+	if _, err := VerifyQuote(ak, n, wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{1, 1}}, good); err == nil {
 		t.Fatal("duplicate PCR in the selection asked for accepted")
 	}
 }

@@ -3,7 +3,10 @@
 //
 // Both sides import it; it imports neither. Every decoder here accepts bytes
 // from the network and is fuzzed: malformed input yields an error, never a
-// panic, and sizes are bounded before anything is allocated.
+// panic, and sizes are bounded before anything is allocated. Messages lists
+// every message type with its topic and body; the fuzzer and the pinned
+// vectors (package wiretest) iterate it, so a new type is covered by both
+// as soon as it is registered.
 //
 // Protocol version history (one increasing integer, see Version):
 //

@@ -90,9 +90,23 @@ func label(name, s string, required bool) error {
 
 // PCRSelection names a PCR bank and indexes.
 type PCRSelection struct {
-	Hash uint16 `cbor:"1,keyasint"` // TPM_ALG_ID of the bank, e.g. 0x000B for SHA-256
+	Hash uint16 `cbor:"1,keyasint"` // TPM_ALG_ID of the bank, e.g. AlgSHA256
 	PCRs []int  `cbor:"2,keyasint"`
 }
+
+// AlgSHA256 is TPM_ALG_SHA256, the TPM algorithm ID of the SHA-256 PCR
+// bank (PCRSelection.Hash, Quote.Hash).
+const AlgSHA256 uint16 = 0x000B
+
+// DefaultPCRs returns the PCRs the fleet quotes, and binds PCR-bound
+// secrets to, when its configuration names none (attest_pcrs): 0 to 9, the
+// platform firmware and boot chain, and 14, where the device measures the
+// firmware image it boots.
+func DefaultPCRs() []int { return []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14} }
+
+// DefaultSelection returns DefaultPCRs in the SHA-256 bank: what the fleet
+// asks a device to quote when configured with no selection.
+func DefaultSelection() PCRSelection { return PCRSelection{Hash: AlgSHA256, PCRs: DefaultPCRs()} }
 
 // Validate bounds the selection.
 func (s *PCRSelection) Validate() error {
@@ -254,6 +268,9 @@ func (r *EnrollResult) Validate() error {
 
 // Retry asks a pending device to send its request again now (it was approved).
 type Retry struct{}
+
+// Validate accepts the empty body.
+func (*Retry) Validate() error { return nil }
 
 // Hello is the first message of an enrolled device on each connection.
 type Hello struct {

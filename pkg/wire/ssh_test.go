@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -80,41 +79,4 @@ func TestSSHValidateRefusals(t *testing.T) {
 	if err := (&SSHCerts{Status: StatusRefused, Reason: ReasonQuarantined}).Validate(); err != nil {
 		t.Errorf("plain refusal: %v", err)
 	}
-}
-
-func FuzzSSH(f *testing.F) {
-	now := time.Unix(1700000000, 0)
-	for _, m := range []struct {
-		typ  string
-		body any
-	}{
-		{TypeSSHRequest, &SSHRequest{HostKeys: []string{sampleHostKey}}},
-		{TypeSSHCerts, &SSHCerts{Status: StatusActive, Certs: []SSHCert{{Index: 0, Cert: sampleHostCert}}, Validity: 60}},
-		{TypeSSHCerts, &SSHCerts{Status: StatusRefused, Reason: ReasonAttestationFailed, Message: "attest first"}},
-	} {
-		b, err := Encode(m.typ, nil, now, m.body)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		env, err := Decode(b)
-		if err != nil {
-			return
-		}
-		var v any = &SSHCerts{}
-		if env.Type == TypeSSHRequest {
-			v = &SSHRequest{}
-		}
-		if err := DecodeBody(env, env.Type, v); err != nil {
-			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrInvalidBody) && !errors.Is(err, ErrType) {
-				t.Fatalf("unexpected error class: %v", err)
-			}
-			return
-		}
-		if _, err := Encode(env.Type, env.Corr, now, v); err != nil && !errors.Is(err, ErrTooLarge) {
-			t.Fatalf("re-encode: %v", err)
-		}
-	})
 }

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bytes"
-	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -48,35 +47,6 @@ func TestTelemetryRoundTrip(t *testing.T) {
 	}
 	if gotAck.Through != 7 || gotAck.Dropped != 2 || gotAck.Reason != ReasonTelemetryDropped || !bytes.Equal(env2.Corr, env.ID) {
 		t.Fatalf("ack = %+v", gotAck)
-	}
-}
-
-// TestTelemetryVectors pins the encoding of a batch and an ack: field
-// numbers are what devices in the field send.
-func TestTelemetryVectors(t *testing.T) {
-	p := TelemetryPoint{Time: 1_700_000_000_000}
-	p.SetMetric("cpu.busy", 0.5)
-	p.SetMembers("listen.tcp", []string{"22"})
-	p.SetInfo("boot_id", "b")
-	batch := &TelemetryBatch{Stream: bytes.Repeat([]byte{1}, TelemetryStreamLen), First: 3, Points: []TelemetryPoint{p}, Acked: 2, Dropped: 1}
-	for _, c := range []struct {
-		name string
-		v    any
-		want string
-	}{
-		{"batch", batch, "a5015001010101010101010101010101010101020303" +
-			"81a4011b0000018bcfe5680002a1686370752e627573" + "79f93800" + "03a16a6c697374656e2e74637081623232" +
-			"04a167626f6f745f69646162" + "0402" + "0501"},
-		{"ack", &TelemetryAck{Stream: bytes.Repeat([]byte{2}, TelemetryStreamLen), Through: 9, Reason: ReasonTelemetryDropped, Dropped: 4},
-			"a401500202020202020202020202020202020202090318500404"},
-	} {
-		b, err := Marshal(c.v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := hexs(b); got != c.want {
-			t.Errorf("%s vector\n got %s\nwant %s", c.name, got, c.want)
-		}
 	}
 }
 
@@ -140,60 +110,4 @@ func TestValidMetricName(t *testing.T) {
 			t.Errorf("%q accepted", bad)
 		}
 	}
-}
-
-func FuzzTelemetry(f *testing.F) {
-	now := time.Unix(1700000000, 0)
-	for _, m := range []struct {
-		typ  string
-		body any
-	}{
-		{TypeTelemetryBatch, sampleBatch()},
-		{TypeTelemetryAck, &TelemetryAck{Stream: make([]byte, TelemetryStreamLen), Through: 3}},
-		{TypeTelemetryAck, &TelemetryAck{Stream: make([]byte, TelemetryStreamLen), Through: 3, Reason: ReasonBadRequest, Dropped: 3, Message: "invalid"}},
-	} {
-		b, err := Encode(m.typ, nil, now, m.body)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		env, err := Decode(b)
-		if err != nil {
-			return
-		}
-		var v Validator = &TelemetryAck{}
-		if env.Type == TypeTelemetryBatch {
-			v = &TelemetryBatch{}
-		}
-		if err := DecodeBody(env, env.Type, v); err != nil {
-			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrInvalidBody) && !errors.Is(err, ErrType) {
-				t.Fatalf("unexpected error class: %v", err)
-			}
-			return
-		}
-		if batch, ok := v.(*TelemetryBatch); ok && batch.Last() < batch.First {
-			t.Fatalf("valid batch with last %d < first %d", batch.Last(), batch.First)
-		}
-		// What decodes and validates must encode again and decode to the same.
-		out, err := Encode(env.Type, env.Corr, now, v)
-		if errors.Is(err, ErrTooLarge) {
-			return
-		}
-		if err != nil {
-			t.Fatalf("re-encode: %v", err)
-		}
-		env2, err := Decode(out)
-		if err != nil {
-			t.Fatalf("re-decode: %v", err)
-		}
-		var again Validator = &TelemetryAck{}
-		if env.Type == TypeTelemetryBatch {
-			again = &TelemetryBatch{}
-		}
-		if err := DecodeBody(env2, env2.Type, again); err != nil {
-			t.Fatalf("re-encoded body refused: %v", err)
-		}
-	})
 }

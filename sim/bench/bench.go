@@ -1,4 +1,4 @@
-// Package bench is `sigil bench`, the benchmark suite behind
+// Package bench is `sigil-sim bench`, the benchmark suite behind
 // docs/BENCHMARKS.md. It measures five figures:
 //
 //   - server: the fleet's server-side enrollment cost next to its crypto
@@ -42,25 +42,27 @@ import (
 
 // Usage is the command line Command understands.
 const Usage = `usage:
-  sigil bench [--devices N] [--sigild PATH]   all five figures, quickly (N default 5)
-  sigil bench server [--benchtime 1s]         server-side enrollment vs crypto floor (go test)
-  sigil bench enroll [--devices N]            N swtpm devices enrolling at once (default 20)
-  sigil bench sigild [--sigild PATH] [--idle 5s] [--restarts 5]
-                                              sigild size, idle RSS, restart-to-connected
-  sigil bench attest [--devices N] [--rounds R]
-                                              attestation over MQTT: rate, verdict and quarantine
-                                              latency (N default 20, R default 10)
-  sigil bench rotate [--devices N] [--sizes N1,N2,...] [--rounds R] [--benchtime 1s]
-                                              fleet-side renewal vs crypto floor (go test), then a
-                                              forced rotation of N swtpm devices end to end, R times
-                                              (N default 20, R default 1); --sizes repeats it per size
-  sigil bench campaign [--devices N] [--sizes N1,N2,...]
-                                              firmware campaign of a 1 MiB image to N swtpm devices,
-                                              staged and in one wave (N default 20)
+  sigil-sim bench [--devices N] [--sigild PATH]   all five figures, quickly (N default 5)
+  sigil-sim bench server [--benchtime 1s]         server-side enrollment vs crypto floor (go test)
+  sigil-sim bench enroll [--devices N]            N swtpm devices enrolling at once (default 20)
+  sigil-sim bench sigild [--sigild PATH] [--idle 5s] [--restarts 5]
+                                                  sigild size, idle RSS, restart-to-connected
+  sigil-sim bench attest [--devices N] [--rounds R]
+                                                  attestation over MQTT: rate, verdict and quarantine
+                                                  latency (N default 20, R default 10)
+  sigil-sim bench rotate [--devices N] [--sizes N1,N2,...] [--rounds R] [--benchtime 1s]
+                                                  fleet-side renewal vs crypto floor (go test), then a
+                                                  forced rotation of N swtpm devices end to end, R times
+                                                  (N default 20, R default 1); --sizes repeats it per size
+  sigil-sim bench campaign [--devices N] [--sizes N1,N2,...]
+                                                  firmware campaign of a 1 MiB image to N swtpm devices,
+                                                  staged and in one wave (N default 20)
+  sigil-sim bench fleet --devices N ...           N software-TPM devices against a sigil serve at
+                                                  scale (sigil-sim bench fleet --help)
 Common flags: --dir DIR (keep the working files there), --verbose (log to stderr).
 `
 
-// Command runs `sigil bench` with its arguments (without "bench") and
+// Command runs `sigil-sim bench` with its arguments (without "bench") and
 // prints the results to stdout.
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sub := "all"
@@ -107,7 +109,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "sigil bench server (%s)\n\n", env)
+		fmt.Fprintf(stdout, "sigil-sim bench server (%s)\n\n", env)
 		r.Print(stdout)
 	case "enroll":
 		if *devices == 0 {
@@ -117,14 +119,14 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "sigil bench enroll (%s)\n\n", env)
+		fmt.Fprintf(stdout, "sigil-sim bench enroll (%s)\n\n", env)
 		r.Print(stdout)
 	case "sigild":
 		r, err := Sigild(ctx, SigildOptions{Sigild: *sigild, Dir: work, Idle: *idle, Restarts: *restarts, Logger: log})
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "sigil bench sigild (%s)\n\n", env)
+		fmt.Fprintf(stdout, "sigil-sim bench sigild (%s)\n\n", env)
 		r.Print(stdout)
 	case "attest":
 		if *devices == 0 {
@@ -134,7 +136,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "sigil bench attest (%s)\n\n", env)
+		fmt.Fprintf(stdout, "sigil-sim bench attest (%s)\n\n", env)
 		r.Print(stdout)
 	case "rotate":
 		if *devices == 0 {
@@ -152,7 +154,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 				r = *rounds
 			}
 		})
-		fmt.Fprintf(stdout, "sigil bench rotate (%s)\n", env)
+		fmt.Fprintf(stdout, "sigil-sim bench rotate (%s)\n", env)
 		return rotate(ctx, stdout, *benchtime, n, r, work, log)
 	case "campaign":
 		return campaigns(ctx, stdout, env, *devices, *sizes, work, log)
@@ -171,7 +173,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // that cannot run (no Go toolchain, no swtpm) is reported and the others
 // still run.
 func all(ctx context.Context, out io.Writer, env, benchtime string, devices, rounds int, sigild string, idle time.Duration, restarts int, work string, log *slog.Logger) error {
-	fmt.Fprintf(out, "sigil bench (%s)\n", env)
+	fmt.Fprintf(out, "sigil-sim bench (%s)\n", env)
 	var errs []error
 	fmt.Fprintf(out, "\n== server-side enrollment (go test -bench, benchtime %s)\n\n", benchtime)
 	if r, err := Server(ctx, ServerOptions{Benchtime: benchtime, Logger: log}); err != nil {

@@ -138,7 +138,7 @@ func TestSigild(t *testing.T) {
 	t.Logf("\n%s", b.String())
 }
 
-// TestSigildFlagsMatchMakefile keeps the flags `sigil bench` builds sigild
+// TestSigildFlagsMatchMakefile keeps the flags `sigil-sim bench` builds sigild
 // with equal to those `make cross` uses, so the size it reports is the one
 // the size gate checks.
 func TestSigildFlagsMatchMakefile(t *testing.T) {

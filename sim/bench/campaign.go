@@ -325,7 +325,7 @@ func campaigns(ctx context.Context, out io.Writer, env string, devices int, size
 			return err
 		}
 	}
-	fmt.Fprintf(out, "sigil bench campaign (%s)\n", env)
+	fmt.Fprintf(out, "sigil-sim bench campaign (%s)\n", env)
 	for _, d := range n {
 		r, err := Campaign(ctx, CampaignOptions{Devices: d, Dir: filepath.Join(work, fmt.Sprintf("campaign-%d", d)), Logger: log})
 		if err != nil {

@@ -175,7 +175,7 @@ func rotateRound(ctx context.Context, fleet *harness.Fleet, devices []*harness.D
 		from[i] = d.CertSerial
 	}
 	t0 := time.Now()
-	job, err := fleet.Rotation.Start(rotation.Selector{All: true}, o.Rate, "sigil bench rotate", "bench")
+	job, err := fleet.Rotation.Start(rotation.Selector{All: true}, o.Rate, "sigil-sim bench rotate", "bench")
 	if err != nil {
 		return nil, fmt.Errorf("bench: rotate: %w", err)
 	}

@@ -147,7 +147,7 @@ func demoFirmware(ctx context.Context, o DemoOptions, fleet *Fleet, client *api.
 	if _, err := client.ApproveRelease(ctx, rel.ID); errors.As(err, &se) {
 		fmt.Fprintf(o.Out, "  approval by the uploader refused: %d %s\n", se.Status, se.Problem.Title)
 	} else if err == nil {
-		return errors.New("sigil demo: the uploader approved their own release")
+		return errors.New("sigil-sim demo: the uploader approved their own release")
 	}
 	if rel, err = approver.ApproveRelease(ctx, rel.ID); err != nil {
 		return err
@@ -189,7 +189,7 @@ func demoFirmware(ctx context.Context, o DemoOptions, fleet *Fleet, client *api.
 		return cur.State == campaign.StateCompleted || cur.State == campaign.StatePaused || cur.State == campaign.StateAborted
 	})
 	if err != nil {
-		return fmt.Errorf("sigil demo: campaign %s did not finish (%s): %w", c.ID, c.State, err)
+		return fmt.Errorf("sigil-sim demo: campaign %s did not finish (%s): %w", c.ID, c.State, err)
 	}
 	fmt.Fprintf(o.Out, "Campaign %s %s: %d committed, %d failed of %d.\n", c.ID, c.State, c.Counts.Committed, c.Counts.Failures(), c.Total)
 	page, err := client.CampaignDevices(ctx, c.ID, campaign.DeviceFilter{Limit: 1000})
@@ -216,7 +216,7 @@ func demoFirmware(ctx context.Context, o DemoOptions, fleet *Fleet, client *api.
 	})
 	fmt.Fprintf(o.Out, "Running versions (from each device's hello):\n  %s\n", strings.Join(versions, "\n  "))
 	if err != nil {
-		return fmt.Errorf("sigil demo: devices do not all report %s: %w", m.Version, err)
+		return fmt.Errorf("sigil-sim demo: devices do not all report %s: %w", m.Version, err)
 	}
 	for _, id := range ids {
 		rec, err := challengeAndWait(ctx, client, id)

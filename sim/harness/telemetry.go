@@ -202,7 +202,7 @@ func demoTelemetry(ctx context.Context, sh demoShell, client *api.Client, devs [
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("sigil demo: no alert for %s reached the syslog receiver: %w", key, err)
+		return fmt.Errorf("sigil-sim demo: no alert for %s reached the syslog receiver: %w", key, err)
 	}
 	fmt.Fprintf(o.Out, "The syslog receiver got, %.1fs after the port opened:\n  %s\n", time.Since(opened).Seconds(), msg)
 	ln.Close()

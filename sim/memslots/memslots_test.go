@@ -110,7 +110,7 @@ func TestCommit(t *testing.T) {
 	if v, err := d.tpm.SecurityVersion(); err != nil || v != 3 {
 		t.Fatalf("anti-rollback counter %d, %v", v, err)
 	}
-	pcr, err := d.tpm.ReadPCRs(wire.PCRSelection{Hash: 0x000B, PCRs: []int{14}})
+	pcr, err := d.tpm.ReadPCRs(wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{14}})
 	want := sha256.Sum256(append(make([]byte, 32), sum[:]...))
 	if err != nil || !bytes.Equal(pcr[0], want[:]) {
 		t.Fatalf("PCR 14 = %x, %v; want %x", pcr, err, want)

@@ -53,6 +53,12 @@ const (
 type Config struct {
 	// Devices is how many devices to run. Required.
 	Devices int
+	// FirstIndex is the index of the first device: the swarm runs devices
+	// FirstIndex to FirstIndex+Devices-1. A device's index decides its
+	// TPM and serial (with Seed) and its source address, so swarms in
+	// several processes that share a Seed and take consecutive ranges
+	// make one fleet of distinct devices spread over distinct addresses.
+	FirstIndex int
 	// Broker is HOST:PORT of the fleet's MQTT TLS listener. Required.
 	Broker string
 	// ServerName is the TLS name of the broker and the update server;
@@ -130,8 +136,8 @@ func New(cfg Config) (*Swarm, error) {
 	if cfg.Dir == "" {
 		errs = append(errs, errors.New("swarm: Dir is required"))
 	}
-	if cfg.Rate < 0 || cfg.PerSource < 0 {
-		errs = append(errs, errors.New("swarm: Rate and PerSource may not be negative"))
+	if cfg.Rate < 0 || cfg.PerSource < 0 || cfg.FirstIndex < 0 {
+		errs = append(errs, errors.New("swarm: Rate, PerSource and FirstIndex may not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -153,7 +159,7 @@ func New(cfg Config) (*Swarm, error) {
 	}
 	s := &Swarm{cfg: cfg, devices: make([]*Device, cfg.Devices)}
 	for i := range s.devices {
-		d, err := s.newDevice(i)
+		d, err := s.newDevice(cfg.FirstIndex + i)
 		if err != nil {
 			return nil, err
 		}
@@ -162,9 +168,9 @@ func New(cfg Config) (*Swarm, error) {
 	return s, nil
 }
 
-// Source is the loopback address device i connects from: 127.0.0.2 for
-// the first PerSource devices, then 127.0.0.3, and so on (127.0.0.0/8 is
-// all loopback on Linux).
+// Source is the loopback address the device of index i connects from:
+// 127.0.0.2 for devices 0 to PerSource-1, then 127.0.0.3, and so on
+// (127.0.0.0/8 is all loopback on Linux).
 func (s *Swarm) Source(i int) net.IP {
 	n := 2 + i/s.cfg.PerSource
 	return net.IPv4(127, byte(n>>16), byte(n>>8), byte(n))
@@ -229,10 +235,11 @@ func (s *Swarm) deviceHandler(i int) slog.Handler {
 	if s.cfg.Logger == nil {
 		return nil
 	}
-	return s.cfg.Logger.With("device", i).Handler()
+	return s.cfg.Logger.With("device_index", i).Handler()
 }
 
-// Devices returns the devices, by index.
+// Devices returns the devices, in the order of their indexes (the first
+// is FirstIndex's).
 func (s *Swarm) Devices() []*Device { return s.devices }
 
 // Run starts the devices, Config.Rate per second, and runs them until ctx
@@ -335,16 +342,19 @@ type Outcome struct {
 	Sent            map[string]uint64
 	TelemetryPoints uint64
 	// Received counts the messages the fleet sent the device, by type.
-	// Unjudged counts the attestation verdicts that refused evidence
-	// without judging the device's state (a nonce expired, already used
-	// or dropped for a newer one; malformed evidence): the fleet answers
-	// those but keeps them out of the device's attestation history.
+	// Unjudged counts the answers that refused evidence without judging
+	// the device's state — attestation verdicts for a nonce expired,
+	// already used or dropped for a newer one, or for malformed evidence;
+	// renewals refused because the fleet was busy, the request malformed
+	// or stale, or the device not active: the fleet answers those but
+	// keeps them out of the device's attestation history.
 	Received map[string]uint64
 	Unjudged uint64
 	// Dials counts the TCP connections the device opened (sessions and
 	// image downloads); Disconnects the broker sessions lost rather than
-	// closed by the device.
+	// closed by the device, the last of them at LastDisconnect.
 	Dials, Disconnects uint64
+	LastDisconnect     time.Time
 	// Warnings counts the warnings and errors the agent logged; LastWarning
 	// is the latest, with its err attribute.
 	Warnings    uint64
@@ -367,6 +377,9 @@ func (d *Device) Outcome() Outcome {
 	if t := d.c.active.Load(); t != 0 {
 		o.Active = time.Unix(0, t)
 		o.TimeToActive = o.Active.Sub(o.Started)
+	}
+	if t := d.c.lostAt.Load(); t != 0 {
+		o.LastDisconnect = time.Unix(0, t)
 	}
 	for i := range d.c.sent {
 		if n := d.c.sent[i].Load(); n > 0 {
@@ -416,6 +429,7 @@ func kind(typ string) int {
 // counters are a device's counts, updated from its agent's goroutines.
 type counters struct {
 	started, active atomic.Int64 // Unix nanoseconds
+	lostAt          atomic.Int64 // Unix nanoseconds of the last lost session
 	sent, received  [len(kinds)]atomic.Uint64
 	points          atomic.Uint64
 	unjudged        atomic.Uint64
@@ -452,16 +466,29 @@ func (o *observer) Received(_ string, payload []byte) {
 		return
 	}
 	o.c.received[kind(env.Type)].Add(1)
-	if env.Type == wire.TypeAttestVerdict {
+	switch env.Type {
+	case wire.TypeAttestVerdict:
 		var v wire.AttestVerdict
 		if wire.DecodeBody(env, wire.TypeAttestVerdict, &v) == nil && (v.Reason == wire.ReasonNonceInvalid || v.Reason == wire.ReasonBadRequest) {
 			o.c.unjudged.Add(1)
+		}
+	case wire.TypeRenewResult:
+		// A renewal refused before its evidence was judged: the fleet was
+		// busy (its queue full), the request malformed or on a stale
+		// nonce, or the device not active.
+		var r wire.RenewResult
+		if wire.DecodeBody(env, wire.TypeRenewResult, &r) == nil && r.Status == wire.StatusRefused {
+			switch r.Reason {
+			case wire.ReasonRateLimited, wire.ReasonNonceInvalid, wire.ReasonBadRequest, wire.ReasonQuarantined:
+				o.c.unjudged.Add(1)
+			}
 		}
 	}
 }
 
 func (o *observer) Ended(err error) {
 	if err != nil {
+		o.c.lostAt.Store(time.Now().UnixNano())
 		o.c.lost.Add(1)
 	}
 }

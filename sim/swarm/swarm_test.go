@@ -202,7 +202,7 @@ func TestSwarm(t *testing.T) {
 		dev, err := f.Inv.Device(ids[tampered])
 		o := td.Outcome()
 		return err == nil && dev.State == inventory.StateQuarantined && dev.IsRevoked(serial) && o.Disconnects > 0 &&
-				strings.HasPrefix(o.Verdict, wire.VerdictFail),
+				!o.LastDisconnect.IsZero() && strings.HasPrefix(o.Verdict, wire.VerdictFail),
 			fmt.Sprintf("inventory %s (%v), outcome %+v", dev.State, err, o)
 	})
 	healthy := func(i int) bool { return i != tampered }
@@ -505,5 +505,65 @@ func TestSourceAddresses(t *testing.T) {
 		if got := s.Source(i).String(); got != want {
 			t.Fatalf("Source(%d) = %s, want %s", i, got, want)
 		}
+	}
+}
+
+// TestFirstIndex: swarms that share a seed and take consecutive index
+// ranges (the shards of one simulated fleet in several processes) make
+// the devices one swarm of them all would: the same TPMs, serials and
+// source addresses for the same indexes.
+func TestFirstIndex(t *testing.T) {
+	ca, err := softtpm.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := []byte("one fleet in shards")
+	cfg := swarm.Config{Devices: 5, PerSource: 2, Broker: "127.0.0.1:1", FleetCA: "/nonexistent/ca.pem", CA: ca, Seed: seed, Dir: t.TempDir()}
+	whole, err := swarm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Devices, cfg.FirstIndex = 2, 3
+	shard, err := swarm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(shard.Devices()); n != 2 {
+		t.Fatalf("the shard has %d devices", n)
+	}
+	for k, d := range shard.Devices() {
+		i := 3 + k
+		w := whole.Devices()[i]
+		if d.Index != i || d.Serial != w.Serial || d.Serial != fmt.Sprintf("SIM-%06d", i) {
+			t.Fatalf("shard device %d: index %d serial %s, want %d %s", k, d.Index, d.Serial, i, w.Serial)
+		}
+		ek, err := d.TPM().EK()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wek, err := w.TPM().EK()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(ek.Public, wek.Public) {
+			t.Fatalf("device %d has another EK in the shard", i)
+		}
+		if !shard.Source(i).Equal(whole.Source(i)) {
+			t.Fatalf("device %d connects from %s in the shard, %s in the whole", i, shard.Source(i), whole.Source(i))
+		}
+	}
+	ek0, err := whole.Devices()[0].TPM().EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek3, err := shard.Devices()[0].TPM().EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(ek0.Public, ek3.Public) {
+		t.Fatal("device 0 and device 3 share an EK")
+	}
+	if _, err := swarm.New(swarm.Config{Devices: 1, FirstIndex: -1, CA: ca, Dir: t.TempDir()}); err == nil {
+		t.Fatal("a negative FirstIndex was accepted")
 	}
 }

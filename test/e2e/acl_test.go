@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"os/exec"
 	"path/filepath"
@@ -135,6 +136,55 @@ func TestBrokerACL(t *testing.T) {
 	downA, downB := "sigil/v1/dev/"+idA+"/down/cmd", "sigil/v1/dev/"+idB+"/down/cmd"
 	upA, upB := "sigil/v1/dev/"+idA+"/up/hello", "sigil/v1/dev/"+idB+"/up/probe"
 
+	// First: a connection with the software certificate recorded above,
+	// issued after B's TPM one, supersedes (revokes) the TPM one.
+	// B's TPM key and the certificate it was enrolled with.
+	s, err := state.Open(filepath.Join(dirB, "state.db"), state.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.Identity()
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp, err := tpm.Open(instB.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tp.Close() })
+	signer, err := tp.Signer(&tpm.KeyBlob{Public: id.TK.Public, Private: id.TK.Private})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(f.CA.Certificate())
+	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{{Certificate: [][]byte{id.Cert}, PrivateKey: signer}}}
+	enrolledB, err := x509.ParseCertificate(id.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serialB := hex.EncodeToString(enrolledB.SerialNumber.Bytes())
+	linkB := link.Config{Broker: f.MQTTAddr(), ClientID: idB, TLS: cfg, Timeout: 5 * time.Second}
+	t.Run("second device with its TPM key", func(t *testing.T) {
+		conn, err := link.Dial(context.Background(), linkB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if err := conn.Subscribe(context.Background(), "sigil/v1/dev/"+idA+"/down/#", func(string, []byte) {}); !errors.Is(err, link.ErrRefused) {
+			t.Fatalf("B's subscription to A's topics: %v", err)
+		}
+		_ = conn.Publish(context.Background(), upA, []byte("forged"))
+		select {
+		case <-conn.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("broker kept a device that published on another device's topic")
+		}
+		if n := up.count(upA); n != 0 {
+			t.Fatalf("fleet received %d forged messages", n)
+		}
+	})
 	t.Run("own topics work", func(t *testing.T) {
 		out, err := subscribe(t, f, downB, append(asB, "-t", "sigil/v1/dev/"+idB+"/down/#")...)
 		if err != nil || !strings.Contains(out, fleetSays) {
@@ -198,45 +248,18 @@ func TestBrokerACL(t *testing.T) {
 			}
 		}
 	})
-	t.Run("second device with its TPM key", func(t *testing.T) {
-		b.Stop()
-		s, err := state.Open(filepath.Join(dirB, "state.db"), state.Options{ReadOnly: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, err := s.Identity()
-		s.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tp, err := tpm.Open(instB.URI())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tp.Close()
-		signer, err := tp.Signer(&tpm.KeyBlob{Public: id.TK.Public, Private: id.TK.Private})
-		if err != nil {
-			t.Fatal(err)
-		}
-		roots := x509.NewCertPool()
-		roots.AddCert(f.CA.Certificate())
-		cfg := &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{{Certificate: [][]byte{id.Cert}, PrivateKey: signer}}}
-		conn, err := link.Dial(context.Background(), link.Config{Broker: f.MQTTAddr(), ClientID: idB, TLS: cfg, Timeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if err := conn.Subscribe(context.Background(), "sigil/v1/dev/"+idA+"/down/#", func(string, []byte) {}); !errors.Is(err, link.ErrRefused) {
-			t.Fatalf("B's subscription to A's topics: %v", err)
-		}
-		_ = conn.Publish(context.Background(), upA, []byte("forged"))
-		select {
-		case <-conn.Done():
-		case <-time.After(5 * time.Second):
-			t.Fatal("broker kept a device that published on another device's topic")
-		}
-		if n := up.count(upA); n != 0 {
-			t.Fatalf("fleet received %d forged messages", n)
+
+	t.Run("TPM certificate superseded by the later one", func(t *testing.T) {
+		// B connected with the software certificate issued after its TPM
+		// one (the subtests above): the fleet revoked the older one.
+		waitFor(t, func() bool {
+			d, err := f.Inv.Device(idB)
+			return err == nil && d.IsRevoked(serialB)
+		}, "the TPM certificate to be revoked as superseded")
+		_, err := link.Dial(context.Background(), linkB)
+		var refused *link.ConnackError
+		if !errors.As(err, &refused) || refused.Code != link.ConnackNotAuthorized {
+			t.Fatalf("superseded certificate: %v, want CONNACK %d", err, link.ConnackNotAuthorized)
 		}
 	})
 }

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// TestDemoCommands runs the real `sigil demo` and then every command it
+// TestDemoCommands runs the real `sigil-sim demo` and then every command it
 // printed for people to try (its "  $ " lines), as a person pastes them
 // into a shell while the demo serves: each must exit 0 (curl with
 // --fail-with-body fails on an HTTP error). The demo once printed a
@@ -23,10 +23,16 @@ func TestDemoCommands(t *testing.T) {
 	if filepath.Dir(sigil) != filepath.Dir(sigild) {
 		t.Fatal("sigil and sigild are built into different directories")
 	}
+	// The demo is sigil-sim's; the commands it prints run the sigil and
+	// sigild beside it, as make build leaves them in bin/.
+	sim := filepath.Join(filepath.Dir(sigil), "sigil-sim")
+	if out, err := exec.Command("go", "build", "-o", sim, "github.com/sigil-iot/sigil/cmd/sigil-sim").CombinedOutput(); err != nil {
+		t.Fatalf("go build sigil-sim: %v\n%s", err, out)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	demo := exec.CommandContext(ctx, sigil, "demo", "--dir", filepath.Join(dir, "demo"), "--devices", "2",
+	demo := exec.CommandContext(ctx, sim, "demo", "--dir", filepath.Join(dir, "demo"), "--devices", "2",
 		"--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0")
 	demo.Cancel = func() error { return demo.Process.Signal(os.Interrupt) }
 	demo.WaitDelay = 30 * time.Second

@@ -108,7 +108,7 @@ func docExamples(t *testing.T, path string) []docExample {
 
 // commandWords start the lines of a block that is a shell example even
 // without a language.
-var commandWords = []string{"sigil", "sigild", "curl", "make", "go", "apt", "apt-get", "sudo", "openssl", "cosign",
+var commandWords = []string{"sigil", "sigild", "sigil-sim", "curl", "make", "go", "apt", "apt-get", "sudo", "openssl", "cosign",
 	"systemctl", "docker", "mosquitto_pub", "mosquitto_sub", "swtpm", "swtpm_setup", "export", "cat", "cp"}
 
 func (e docExample) shell() bool {

@@ -110,7 +110,7 @@ func TestRebootTPM(t *testing.T) {
 	}
 }
 
-// TestDemo runs `sigil demo --once` in-process: three devices active.
+// TestDemo runs `sigil-sim demo --once` in-process: three devices active.
 func TestDemo(t *testing.T) {
 	requireTools(t)
 	var out bytes.Buffer

@@ -524,7 +524,7 @@ func (f *Fleet) handle(c *Conn, topic string, env *wire.Envelope) {
 		f.mu.Unlock()
 		for range n {
 			c.send(0, f.topics.DeviceDown(c.clientID, "attest"), wire.TypeAttestChallenge, nil, &wire.AttestChallenge{
-				Nonce: random(32), Purpose: wire.PurposeRenew, Selections: []wire.PCRSelection{{Hash: uint16(tpm2.TPMAlgSHA256), PCRs: []int{0, 7}}}})
+				Nonce: random(32), Purpose: wire.PurposeRenew, Selections: []wire.PCRSelection{{Hash: wire.AlgSHA256, PCRs: []int{0, 7}}}})
 		}
 	case wire.TypeRenewRequest:
 		var r wire.RenewRequest
@@ -601,7 +601,7 @@ func (f *Fleet) enrollRequest(c *Conn, env *wire.Envelope) {
 		return
 	}
 	ch := &wire.EnrollChallenge{Session: e.session, CredentialBlob: credBlob, EncryptedSecret: encSecret, Nonce: e.nonce,
-		Selection: wire.PCRSelection{Hash: uint16(tpm2.TPMAlgSHA256), PCRs: []int{0, 7}}, Expires: time.Now().Add(time.Minute).UnixMilli()}
+		Selection: wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{0, 7}}, Expires: time.Now().Add(time.Minute).UnixMilli()}
 	id := c.send(0, down, wire.TypeEnrollChallenge, env.ID, ch)
 	f.mu.Lock()
 	f.challenges[string(id)] = e

@@ -88,7 +88,7 @@ func secretsNewestWins(t *testing.T, fresh func(*testing.T) Opener) {
 		t.Fatalf("empty store: %v", err)
 	}
 	v2 := &state.Secret{Name: "db-password", Version: 2, Public: []byte{1}, Private: []byte{2},
-		PCRs: &wire.PCRSelection{Hash: 0x000B, PCRs: []int{7}}}
+		PCRs: &wire.PCRSelection{Hash: wire.AlgSHA256, PCRs: []int{7}}}
 	if err := s.PutSecret(v2, 0); err != nil {
 		t.Fatal(err)
 	}
