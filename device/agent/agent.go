@@ -168,8 +168,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.publishIdentity(id)
 	defer a.startUpdates(ctx)()
-	if id, err = a.enrollUntilDone(ctx, id); err != nil || ctx.Err() != nil {
-		return nil
+	if id, err = a.enrollUntilDone(ctx, id); err != nil {
+		return stopped(ctx, err)
 	}
 	stopTelemetry := a.startTelemetry(ctx)
 	defer stopTelemetry()
