@@ -1,5 +1,5 @@
 # Sigil. `make demo` runs the main job; `make test` installs what the tests
-# need (as root) and runs them.
+# need (as root), runs the checks and every test tier.
 GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKG       := github.com/sigil-iot/sigil
@@ -21,7 +21,7 @@ GOVULNCHECK_VERSION := v1.9.0
 # proxy on first use, so a machine with an older Go needs nothing else.
 export GOTOOLCHAIN := go1.27.3
 
-.PHONY: all build cross test test-browser test-deps lint vuln demo demo-deps bench fuzz clean
+.PHONY: all build cross test test-unit test-swtpm test-e2e test-browser test-deps lint vuln demo demo-deps bench fuzz clean
 
 all: build
 
@@ -48,25 +48,47 @@ test-deps:
 demo-deps:
 	@scripts/deps.sh demo
 
-# Unit, integration (real swtpm, broker, mosquitto clients, tpm2-tools, openssl)
-# and end-to-end tests, with the race detector; fuzz targets run their seeds.
-test: test-deps
-	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
-	$(GO) vet ./...
-	$(MAKE) --no-print-directory vuln
-	$(GO) test -race -timeout 40m -count=1 $$($(GO) list ./... | grep -v '/test/browser$$')
+# The test tiers; scripts/tiers computes the packages of each from the tree
+# (README.md, "Tests"), so every package runs in exactly one:
+#   test-unit     tests that need no service (no swtpm, broker, sshd,
+#                 browser): race detector, shuffled order; about a minute
+#   test-swtpm    tests that start swtpm or another service (mosquitto, rsyslogd)
+#   test-e2e      test/e2e: the real binaries end to end
+#   test-browser  test/browser: the console in the system's Chromium
+# Every tier runs with the race detector; fuzz targets run their seeds; the
+# packages with long-running services check for leaked goroutines (goleak).
+# $(call tiers,NAME...) sets the shell variable pkgs to the tiers' packages
+# (and fails when scripts/tiers does).
+tiers = pkgs=$$($(GO) run ./scripts/tiers $(1))
+
+# The checks (gofmt, vet, staticcheck, govulncheck), then every tier. The
+# swtpm and e2e tiers run in one go test, which shares the cores between
+# their packages as one run did before the tiers.
+test: test-deps lint vuln
+	$(MAKE) --no-print-directory test-unit
+	$(call tiers,swtpm e2e) && $(GO) test -race -timeout 40m -count=1 $$pkgs
 	$(MAKE) --no-print-directory test-browser
 	$(MAKE) --no-print-directory cross
+
+test-unit: test-deps
+	$(call tiers,unit) && $(GO) test -race -shuffle=on -timeout 10m -count=1 $$pkgs
+
+test-swtpm: test-deps
+	$(call tiers,swtpm) && $(GO) test -race -timeout 20m -count=1 $$pkgs
+
+test-e2e: test-deps
+	$(call tiers,e2e) && $(GO) test -race -timeout 40m -count=1 $$pkgs
 
 # The console in the system's Chromium, driven by playwright-core from npm
 # (npm ci from test/browser/package-lock.json; never a browser download).
 # SIGIL_UPDATE_SCREENSHOTS=1 also refreshes docs/screenshots.
 test-browser: test-deps
 	cd test/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
-	$(GO) test -race -count=1 -timeout 10m ./test/browser/
+	$(call tiers,browser) && $(GO) test -race -count=1 -timeout 10m $$pkgs
 
+# gofmt, go vet and staticcheck (part of make test).
 lint:
-	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 

@@ -11,6 +11,7 @@ declare -A pkg_of=(
   [ssh-keygen]=openssh-client [ssh]=openssh-client [ssh-add]=openssh-client [sshd]=openssh-server
   [argon2]=argon2 [rsyslogd]=rsyslog
   [chromium]=chromium [node]=nodejs [npm]=npm
+  [initdb]=postgresql
 )
 bins=(swtpm swtpm_setup swtpm_ioctl openssl)
 if [ "$want" = test ]; then
@@ -19,6 +20,11 @@ fi
 missing=()
 # sshd lives in /usr/sbin, which a non-root PATH may not name.
 for b in "${bins[@]}"; do command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || missing+=("$b"); done
+# PostgreSQL's server binaries (the storage conformance suites start their
+# own server) live in /usr/lib/postgresql/N/bin on Debian, off PATH.
+if [ "$want" = test ] && ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  missing+=(initdb)
+fi
 # The cgo TPM simulator links OpenSSL's libcrypto.
 libs=()
 if [ "$want" = test ] && ! { [ -e /usr/include/openssl/evp.h ] || dpkg -s libssl-dev >/dev/null 2>&1; }; then libs+=(libssl-dev); fi
@@ -38,6 +44,8 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   systemctl disable --now ssh >/dev/null 2>&1 || true
   # And rsyslog: the sink test starts its own rsyslogd on a free port.
   systemctl disable --now rsyslog >/dev/null 2>&1 || true
+  # And PostgreSQL's cluster on 5432: the tests start their own (pgtest).
+  systemctl disable --now postgresql >/dev/null 2>&1 || true
   exit 0
 fi
 echo "missing: ${missing[*]:-} ${libs[*]:-}" >&2

@@ -1,77 +1,84 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"sort"
 	"strings"
 )
 
-// cmdCompletion is `sigil completion bash|zsh`: a completion script for
-// the commands and subcommands in the usage text, which stays the single
-// list of what sigil accepts.
-func cmdCompletion(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("completion", flag.ContinueOnError)
-	shell, args, err := positional(args, "sigil completion needs a shell: bash or zsh")
-	if err != nil {
-		return err
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 || (shell != "bash" && shell != "zsh") {
-		return usageError{"sigil completion needs a shell: bash or zsh"}
-	}
-	script := bashCompletion(commandTree(usage))
-	if shell == "zsh" {
-		script = "autoload -U +X bashcompinit && bashcompinit\n" + script
-	}
-	_, err = io.WriteString(stdout, script)
-	return err
-}
-
-// commandTree reads the "sigil CMD SUB | SUB …" lines of the usage text
-// into commands and their subcommands (usageLine).
-func commandTree(text string) map[string][]string {
-	tree := map[string][]string{}
-	for _, line := range strings.Split(text, "\n") {
-		cmd, subs, ok := usageLine(line)
-		if !ok {
-			continue
-		}
-		for _, w := range subs {
-			if !slices.Contains(tree[cmd], w) {
-				tree[cmd] = append(tree[cmd], w)
+// completionCommand is `sigil completion bash|zsh`: a completion script
+// generated from the command table, completing command words, then the
+// flags of the command typed (after a -), then file names.
+func completionCommand() *command {
+	return &command{name: "completion", args: "bash|zsh", summary: "print a shell completion script (e.g. source <(sigil completion bash))",
+		pos: []string{"a shell: bash or zsh"},
+		run: func(_ context.Context, x *call) error {
+			shell := x.arg(0)
+			if shell != "bash" && shell != "zsh" {
+				return usageError{"sigil completion needs a shell: bash or zsh"}
 			}
-		}
-		if _, ok := tree[cmd]; !ok {
-			tree[cmd] = nil
-		}
-	}
-	return tree
+			script := bashCompletion(x.root)
+			if shell == "zsh" {
+				script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+			}
+			_, err := io.WriteString(x.stdout, script)
+			return err
+		}}
 }
 
-func bashCompletion(tree map[string][]string) string {
-	cmds := make([]string, 0, len(tree))
-	for c := range tree {
-		cmds = append(cmds, c)
-	}
-	sort.Strings(cmds)
+// bashCompletion writes the bash completion script of the table: for
+// each command path, its subcommands and its flags.
+func bashCompletion(root *command) string {
 	var b strings.Builder
-	b.WriteString("# bash completion for sigil (sigil completion bash)\n_sigil() {\n")
-	b.WriteString("  local cur=${COMP_WORDS[COMP_CWORD]}\n")
-	fmt.Fprintf(&b, "  if [ \"$COMP_CWORD\" -eq 1 ]; then COMPREPLY=($(compgen -W %q -- \"$cur\")); return; fi\n", strings.Join(cmds, " "))
-	b.WriteString("  if [ \"$COMP_CWORD\" -eq 2 ]; then\n    case ${COMP_WORDS[1]} in\n")
-	for _, c := range cmds {
-		if subs := tree[c]; len(subs) > 0 {
-			sort.Strings(subs)
-			fmt.Fprintf(&b, "      %s) COMPREPLY=($(compgen -W %q -- \"$cur\")) ;;\n", c, strings.Join(subs, " "))
+	b.WriteString(`# bash completion for sigil (sigil completion bash), generated from its command table
+_sigil() {
+  local cur=${COMP_WORDS[COMP_CWORD]} path=sigil subs flags i
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    _sigil_words "$path"
+    [[ " $subs " == *" ${COMP_WORDS[i]} "* ]] || break
+    path="$path ${COMP_WORDS[i]}"
+  done
+  _sigil_words "$path"
+  if [[ $cur == -* ]]; then
+    COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+  elif [ "$i" -eq "$COMP_CWORD" ] && [ -n "$subs" ]; then
+    COMPREPLY=($(compgen -W "$subs" -- "$cur"))
+  fi
+}
+# _sigil_words sets subs and flags to the subcommands and flags of a command path.
+_sigil_words() {
+  subs= flags=
+  case $1 in
+`)
+	root.walk(nil, func(c *command, path []string) {
+		subs := c.subNames()
+		sort.Strings(subs)
+		flags := completionFlags(c, path)
+		if d := c.sub(c.def); d != nil && !c.runs() {
+			flags = completionFlags(d, append(path, d.name)) // `sigil devices -o json` runs devices list
 		}
-	}
-	b.WriteString("    esac\n    return\n  fi\n")
-	b.WriteString("  COMPREPLY=($(compgen -W \"--server --token --ca --data-dir -o --justification\" -- \"$cur\"))\n}\n")
-	b.WriteString("complete -F _sigil sigil\n")
+		fmt.Fprintf(&b, "    %q) subs=%q flags=%q ;;\n", strings.Join(append([]string{"sigil"}, path...), " "), strings.Join(subs, " "), strings.Join(flags, " "))
+	})
+	b.WriteString("  esac\n}\ncomplete -o default -F _sigil sigil\n")
 	return b.String()
+}
+
+// completionFlags lists a command's flags as typed: -o, --data-dir.
+func completionFlags(c *command, path []string) []string {
+	if !c.runs() {
+		return nil
+	}
+	fs, _, _ := c.flagSet(path)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) {
+		if len(f.Name) == 1 {
+			names = append(names, "-"+f.Name)
+		} else {
+			names = append(names, "--"+f.Name)
+		}
+	})
+	return names
 }

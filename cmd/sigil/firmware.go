@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
@@ -22,158 +21,156 @@ import (
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
-// listFlag collects a repeated flag.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
-
-// cmdFirmware: sigil firmware keygen | trust | sign | upload | approve |
-// withdraw | list | show. keygen, trust and sign work offline on files;
-// the others call the API.
-func cmdFirmware(ctx context.Context, args []string, stdout io.Writer) error {
-	sub, args := subcommand(args, "list")
-	switch sub {
-	case "keygen":
-		return firmwareKeygen(args, stdout)
-	case "trust":
-		return firmwareTrust(args, stdout)
-	case "sign":
-		return firmwareSign(args, stdout)
-	}
-	fs := flag.NewFlagSet("firmware "+sub, flag.ContinueOnError)
-	af := addAPIFlags(fs)
-	manifestFile := fs.String("manifest", "", "signed manifest file (upload)")
-	var bundleFiles listFlag
-	fs.Var(&bundleFiles, "bundle", "signature bundle file; repeat for each signer (upload)")
-	imageFile := fs.String("image", "", "image file (upload; omit for a re-signed release of an image the fleet holds)")
-	reason := fs.String("reason", "", "why the release is withdrawn (withdraw)")
-	var id string
-	if sub == "approve" || sub == "withdraw" || sub == "show" {
-		var err error
-		if id, args, err = positional(args, "firmware "+sub+" needs a release ID"); err != nil {
-			return err
-		}
-	}
-	c, err := af.parse(fs, args)
-	if err != nil {
-		return err
-	}
-	printRelease := func(r *api.Release) error {
-		if *af.output == "json" {
-			return printJSON(stdout, r)
-		}
-		fmt.Fprintf(stdout, "release %s: %s %s (security version %d), %s, %d approval(s)", r.ID, r.Name, r.Version, r.SecurityVersion, r.State, len(r.Approvals))
-		if !r.Offerable {
-			fmt.Fprintf(stdout, "; not offered: %s", r.NotOfferable)
-		}
-		fmt.Fprintln(stdout)
-		return nil
-	}
-	switch sub {
-	case "upload":
-		if *manifestFile == "" || len(bundleFiles) == 0 {
-			return usageError{"firmware upload needs --manifest and at least one --bundle"}
-		}
-		raw, err := os.ReadFile(*manifestFile)
-		if err != nil {
-			return err
-		}
-		var bundles [][]byte
-		for _, p := range bundleFiles {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
+// firmwareCommand is `sigil firmware keygen | trust | sign | upload |
+// approve | withdraw | list | show`. keygen, trust and sign work offline
+// on files; the others call the API.
+func firmwareCommand() *command {
+	const id = "a release ID"
+	printRelease := func(x *call, r *api.Release) error {
+		return x.either(r, func() {
+			x.printf("release %s: %s %s (security version %d), %s, %d approval(s)", r.ID, r.Name, r.Version, r.SecurityVersion, r.State, len(r.Approvals))
+			if !r.Offerable {
+				x.printf("; not offered: %s", r.NotOfferable)
 			}
-			bundles = append(bundles, b)
-		}
-		var image io.Reader
-		size := int64(-1)
-		if *imageFile != "" {
-			f, err := os.Open(*imageFile)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if fi, err := f.Stat(); err == nil {
-				size = fi.Size()
-			}
-			image = f
-		}
-		r, err := c.UploadRelease(ctx, raw, bundles, image, size)
-		if err != nil {
-			return err
-		}
-		return printRelease(r)
-	case "approve":
-		r, err := c.ApproveRelease(ctx, id)
-		if err != nil {
-			return err
-		}
-		return printRelease(r)
-	case "withdraw":
-		r, err := c.WithdrawRelease(ctx, id, *reason)
-		if err != nil {
-			return err
-		}
-		return printRelease(r)
-	case "show":
-		r, err := c.FirmwareRelease(ctx, id)
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, r)
-	case "list":
-		l, err := c.Releases(ctx)
-		if err != nil {
-			return err
-		}
-		return af.table(stdout, l, "ID\tNAME\tVERSION\tSECURITY\tSTATE\tAPPROVALS\tOFFERED\tUPLOADED BY\tEXPIRES", func(tw io.Writer) {
-			for _, r := range l.Releases {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%v\t%s\t%s\n", r.ID, r.Name, r.Version, r.SecurityVersion, r.State,
-					len(r.Approvals), r.Offerable, r.UploadedBy, r.Expires.Format(time.RFC3339))
-			}
+			x.printf("\n")
 		})
 	}
-	return usageError{"unknown firmware subcommand " + sub}
+	return &command{name: "firmware", summary: "signed firmware releases: release keys, trust sets, signing, upload, approval", def: "list", subs: []*command{
+		{name: "keygen", args: "[--key F] [--pub F] [--alg A]", summary: "create a release signing key pair (offline)", setup: firmwareKeygen},
+		{name: "trust", args: "[--threshold M] [--sequence N] [--out F] PUB...",
+			summary: "write a release trust set: the keys that sign releases and how many must (offline)",
+			note:    "What the fleet's release_trust names, and the statement a rotation of the release keys signs.", setup: firmwareTrust},
+		{name: "sign", args: "--key F (--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] | --manifest F | --statement F) [--bundle F]",
+			summary: "build and sign a release manifest, or sign a manifest or trust statement (offline)", setup: firmwareSign},
+		{name: "upload", args: "--manifest F --bundle F [--bundle F] [--image IMG] [-o json]", summary: "upload a signed release (and its image)", conn: connClient,
+			setup: func(fs *flag.FlagSet) action {
+				manifestFile := fs.String("manifest", "", "signed manifest file")
+				var bundleFiles listFlag
+				fs.Var(&bundleFiles, "bundle", "signature bundle file; repeat for each signer")
+				imageFile := fs.String("image", "", "image file (omit for a re-signed release of an image the fleet holds)")
+				return func(ctx context.Context, x *call) error {
+					if *manifestFile == "" || len(bundleFiles) == 0 {
+						return usageError{"firmware upload needs --manifest and at least one --bundle"}
+					}
+					r, err := uploadRelease(ctx, x.client, *manifestFile, bundleFiles, *imageFile)
+					if err != nil {
+						return err
+					}
+					return printRelease(x, r)
+				}
+			}},
+		{name: "approve", args: "ID [-o json]", summary: "approve a release (it needs firmware_approvals people other than the uploader)", conn: connClient, pos: []string{id},
+			run: func(ctx context.Context, x *call) error {
+				r, err := x.client.ApproveRelease(ctx, x.arg(0))
+				if err != nil {
+					return err
+				}
+				return printRelease(x, r)
+			}},
+		{name: "withdraw", args: "ID [--reason R] [-o json]", summary: "withdraw a release: no campaign offers it any more", conn: connClient, pos: []string{id},
+			setup: func(fs *flag.FlagSet) action {
+				reason := fs.String("reason", "", "why the release is withdrawn")
+				return func(ctx context.Context, x *call) error {
+					r, err := x.client.WithdrawRelease(ctx, x.arg(0), *reason)
+					if err != nil {
+						return err
+					}
+					return printRelease(x, r)
+				}
+			}},
+		{name: "list", args: "[-o json]", summary: "list the releases", conn: connClient,
+			run: func(ctx context.Context, x *call) error {
+				l, err := x.client.Releases(ctx)
+				if err != nil {
+					return err
+				}
+				return x.table(l, "ID\tNAME\tVERSION\tSECURITY\tSTATE\tAPPROVALS\tOFFERED\tUPLOADED BY\tEXPIRES", func(tw io.Writer) {
+					for _, r := range l.Releases {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%v\t%s\t%s\n", r.ID, r.Name, r.Version, r.SecurityVersion, r.State,
+							len(r.Approvals), r.Offerable, r.UploadedBy, rfc3339(r.Expires))
+					}
+				})
+			}},
+		{name: "show", args: "ID", summary: "print a release (JSON)", conn: connClient, pos: []string{id},
+			run: func(ctx context.Context, x *call) error {
+				r, err := x.client.FirmwareRelease(ctx, x.arg(0))
+				if err != nil {
+					return err
+				}
+				return x.json(r)
+			}},
+	}}
+}
+
+// uploadRelease uploads a signed manifest, its bundles and, when
+// imageFile is set, the image.
+func uploadRelease(ctx context.Context, c *api.Client, manifestFile string, bundleFiles []string, imageFile string) (*api.Release, error) {
+	raw, err := os.ReadFile(manifestFile)
+	if err != nil {
+		return nil, err
+	}
+	var bundles [][]byte
+	for _, p := range bundleFiles {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		bundles = append(bundles, b)
+	}
+	var image io.Reader
+	size := int64(-1)
+	if imageFile != "" {
+		f, err := os.Open(imageFile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err == nil {
+			size = fi.Size()
+		}
+		image = f
+	}
+	return c.UploadRelease(ctx, raw, bundles, image, size)
 }
 
 // firmwareKeygen: sigil firmware keygen --key FILE [--pub FILE] [--alg A].
-func firmwareKeygen(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("firmware keygen", flag.ContinueOnError)
+func firmwareKeygen(fs *flag.FlagSet) action {
 	key := fs.String("key", "release.key", "private key file to create (mode 0600, PKCS#8 PEM)")
 	pub := fs.String("pub", "", "public key file to create (default: the key file with .pub)")
 	alg := fs.String("alg", sign.ECDSAP256, "ecdsa-p256, ecdsa-p384 or ed25519")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	return func(_ context.Context, x *call) error { return keygen(*key, *pub, *alg, x.stdout) }
+}
+
+func keygen(key, pub, alg string, stdout io.Writer) error {
+	if pub == "" {
+		pub = strings.TrimSuffix(key, filepath.Ext(key)) + ".pub"
 	}
-	if *pub == "" {
-		*pub = strings.TrimSuffix(*key, filepath.Ext(*key)) + ".pub"
-	}
-	id, err := sign.GenerateKey(*alg, *key, *pub, nil)
+	id, err := sign.GenerateKey(alg, key, pub, nil)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "release key %s\n  private: %s (keep it offline)\n  public:  %s\n", id, *key, *pub)
+	fmt.Fprintf(stdout, "release key %s\n  private: %s (keep it offline)\n  public:  %s\n", id, key, pub)
 	return nil
 }
 
 // firmwareTrust: sigil firmware trust [--threshold M] [--sequence N]
 // [--out FILE] PUB... writes a release trust set (what the fleet's
 // release_trust names, and the statement a rotation signs).
-func firmwareTrust(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("firmware trust", flag.ContinueOnError)
+func firmwareTrust(fs *flag.FlagSet) action {
 	threshold := fs.Int("threshold", 1, "how many of the keys must sign a release")
 	sequence := fs.Uint64("sequence", 1, "sequence number; a rotation's is the replaced set's plus one")
 	out := fs.String("out", "", "file to write (default: standard output)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	return func(_ context.Context, x *call) error {
+		return writeTrust(x.args, *threshold, *sequence, *out, x.stdout)
 	}
-	if fs.NArg() == 0 {
+}
+
+func writeTrust(pubs []string, threshold int, sequence uint64, out string, stdout io.Writer) error {
+	if len(pubs) == 0 {
 		return usageError{"firmware trust needs the public key files of the release keys"}
 	}
 	var keys []crypto.PublicKey
-	for _, p := range fs.Args() {
+	for _, p := range pubs {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			return err
@@ -184,7 +181,7 @@ func firmwareTrust(args []string, stdout io.Writer) error {
 		}
 		keys = append(keys, k)
 	}
-	ts, err := verify.NewTrustSet(*sequence, *threshold, keys...)
+	ts, err := verify.NewTrustSet(sequence, threshold, keys...)
 	if err != nil {
 		return usageError{err.Error()}
 	}
@@ -192,21 +189,20 @@ func firmwareTrust(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *out == "" {
+	if out == "" {
 		_, err = fmt.Fprintf(stdout, "%s\n", b)
 		return err
 	}
-	if err := os.WriteFile(*out, b, 0o644); err != nil {
+	if err := os.WriteFile(out, b, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "trust set %s: sequence %d, %d of %d keys must sign\n", *out, ts.Sequence(), ts.Threshold(), len(ts.KeyIDs()))
+	fmt.Fprintf(stdout, "trust set %s: sequence %d, %d of %d keys must sign\n", out, ts.Sequence(), ts.Threshold(), len(ts.KeyIDs()))
 	return nil
 }
 
 // firmwareSign: sign an existing manifest (--manifest) or trust statement
 // (--statement), or build the manifest of an image and sign it.
-func firmwareSign(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("firmware sign", flag.ContinueOnError)
+func firmwareSign(fs *flag.FlagSet) action {
 	keyFile := fs.String("key", "", "private key file (PEM; cosign's encrypted keys take the password from $COSIGN_PASSWORD)")
 	manifestFile := fs.String("manifest", "", "sign this manifest (canonical JSON) instead of building one")
 	statement := fs.String("statement", "", "sign this trust statement (`sigil firmware trust` output) for a rotation")
@@ -220,13 +216,29 @@ func firmwareSign(args []string, stdout io.Writer) error {
 	manifestOut := fs.String("manifest-out", "", "where to write the built manifest (default: the image + .manifest.json)")
 	var pcrs listFlag
 	fs.Var(&pcrs, "pcr", "expected PCR after install, BANK:INDEX=HEX (build; repeatable)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	return func(_ context.Context, x *call) error {
+		b := manifestBuild{image: *imageFile, name: *name, version: *version, securityVersion: *sv, models: *models, expires: *expires, pcrs: pcrs, out: *manifestOut}
+		return signFile(*keyFile, *manifestFile, *statement, *bundleOut, b, x.stdout)
 	}
-	if *keyFile == "" {
+}
+
+// manifestBuild is what firmware sign builds a manifest from.
+type manifestBuild struct {
+	image, name, version string
+	securityVersion      uint64
+	models               string
+	expires              time.Duration
+	pcrs                 []string
+	out                  string // where to write the manifest ("": the image + .manifest.json)
+}
+
+// signFile signs the manifest file, or the trust statement file, or a
+// manifest it builds, with the key in keyFile.
+func signFile(keyFile, manifestFile, statement, bundleOut string, build manifestBuild, stdout io.Writer) error {
+	if keyFile == "" {
 		return usageError{"firmware sign needs --key"}
 	}
-	key, err := sign.LoadKeyFile(*keyFile, []byte(os.Getenv("COSIGN_PASSWORD")))
+	key, err := sign.LoadKeyFile(keyFile, []byte(os.Getenv("COSIGN_PASSWORD")))
 	if err != nil {
 		return err
 	}
@@ -237,39 +249,39 @@ func firmwareSign(args []string, stdout io.Writer) error {
 	var msg []byte
 	target := ""
 	switch {
-	case *manifestFile != "" && *statement != "":
+	case manifestFile != "" && statement != "":
 		return usageError{"give --manifest or --statement, not both"}
-	case *manifestFile != "":
-		if msg, err = os.ReadFile(*manifestFile); err != nil {
+	case manifestFile != "":
+		if msg, err = os.ReadFile(manifestFile); err != nil {
 			return err
 		}
 		if _, err := manifest.Parse(msg); err != nil {
 			return err
 		}
-		target = *manifestFile
-	case *statement != "":
-		if msg, err = os.ReadFile(*statement); err != nil {
+		target = manifestFile
+	case statement != "":
+		if msg, err = os.ReadFile(statement); err != nil {
 			return err
 		}
 		msg = []byte(strings.TrimSuffix(string(msg), "\n"))
 		if _, err := verify.ParseTrustSet(msg); err != nil {
 			return err
 		}
-		target = *statement
+		target = statement
 	default:
-		if *imageFile == "" {
+		if build.image == "" {
 			return usageError{"firmware sign needs --manifest, --statement, or --image with the manifest fields"}
 		}
-		m, err := buildManifest(*imageFile, *name, *version, *sv, *models, *expires, pcrs)
+		m, err := buildManifest(build)
 		if err != nil {
 			return err
 		}
 		if msg, err = m.Marshal(); err != nil {
 			return usageError{err.Error()}
 		}
-		target = *manifestOut
+		target = build.out
 		if target == "" {
-			target = *imageFile + ".manifest.json"
+			target = build.image + ".manifest.json"
 		}
 		if err := os.WriteFile(target, msg, 0o644); err != nil {
 			return err
@@ -280,7 +292,7 @@ func firmwareSign(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	out := *bundleOut
+	out := bundleOut
 	if out == "" {
 		out = target + "." + bundleTag(signer.KeyID()) + ".bundle"
 	}
@@ -303,8 +315,8 @@ func bundleTag(keyID string) string {
 }
 
 // buildManifest describes an image file.
-func buildManifest(imageFile, name, version string, sv uint64, models string, expires time.Duration, pcrs []string) (*manifest.Manifest, error) {
-	f, err := os.Open(imageFile)
+func buildManifest(b manifestBuild) (*manifest.Manifest, error) {
+	f, err := os.Open(b.image)
 	if err != nil {
 		return nil, err
 	}
@@ -314,15 +326,15 @@ func buildManifest(imageFile, name, version string, sv uint64, models string, ex
 	if err != nil {
 		return nil, err
 	}
-	m := &manifest.Manifest{Name: name, Version: version, SecurityVersion: sv, Size: n,
-		Expires: time.Now().Add(expires).UTC().Truncate(time.Second)}
+	m := &manifest.Manifest{Name: b.name, Version: b.version, SecurityVersion: b.securityVersion, Size: n,
+		Expires: time.Now().Add(b.expires).UTC().Truncate(time.Second)}
 	copy(m.SHA256[:], h.Sum(nil))
-	for _, s := range strings.Split(models, ",") {
+	for _, s := range strings.Split(b.models, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			m.Models = append(m.Models, s)
 		}
 	}
-	for _, p := range pcrs {
+	for _, p := range b.pcrs {
 		bank, rest, ok1 := strings.Cut(p, ":")
 		idx, value, ok2 := strings.Cut(rest, "=")
 		i, err := strconv.Atoi(idx)
@@ -343,19 +355,130 @@ func buildManifest(imageFile, name, version string, sv uint64, models string, ex
 	return m, nil
 }
 
-// cmdCampaigns: sigil campaigns create | start | pause | resume | abort |
-// rollback | list | show | devices.
-func cmdCampaigns(ctx context.Context, args []string, stdout io.Writer) error {
-	sub, args := subcommand(args, "list")
-	fs := flag.NewFlagSet("campaigns "+sub, flag.ContinueOnError)
-	af := addAPIFlags(fs)
-	defFile := fs.String("definition", "", "campaign definition as JSON (create, rollback); flags below override its fields")
-	release := fs.String("release", "", "release ID to install (create, rollback)")
-	name := fs.String("name", "", "campaign name (create)")
-	group := fs.String("group", "", "target: devices of this group (create)")
-	model := fs.String("model", "", "target: devices of this model (create)")
-	devices := fs.String("devices", "", "target: comma-separated device IDs (create)")
-	tags := fs.String("tags", "", "target: devices carrying every one of these comma-separated tags (create)")
+// campaignsCommand is `sigil campaigns create | start | pause | resume |
+// abort | rollback | list | show | devices`.
+func campaignsCommand() *command {
+	const id = "a campaign ID"
+	// act creates or rolls back a campaign (verb "create", "rollback"),
+	// or changes its state (start, pause, resume, abort).
+	act := func(verb string) func(fs *flag.FlagSet) action {
+		return func(fs *flag.FlagSet) action {
+			var definition func() (campaign.Definition, error)
+			if verb == "create" || verb == "rollback" {
+				definition = definitionFlags(fs)
+			}
+			var at *string
+			if verb == "start" {
+				at = fs.String("at", "", "start time, RFC 3339 (default now)")
+			}
+			return func(ctx context.Context, x *call) error {
+				var cm *campaign.Campaign
+				var err error
+				switch verb {
+				case "create", "rollback":
+					d, err := definition()
+					if err != nil {
+						return err
+					}
+					if verb == "create" {
+						cm, err = x.client.CreateCampaign(ctx, d, x.justification())
+					} else {
+						cm, err = x.client.RollbackCampaign(ctx, x.arg(0), d, x.justification())
+					}
+					if err != nil {
+						return err
+					}
+				default:
+					var when time.Time
+					if at != nil && *at != "" {
+						if when, err = time.Parse(time.RFC3339, *at); err != nil {
+							return usageError{"--at: " + err.Error()}
+						}
+					}
+					if cm, err = x.client.CampaignAction(ctx, x.arg(0), verb, x.justification(), when); err != nil {
+						return err
+					}
+				}
+				return printCampaign(x, cm)
+			}
+		}
+	}
+	return &command{name: "campaigns", summary: "firmware rollout campaigns: waves of devices, thresholds, pause and rollback", def: "list",
+		note: "State changes take --justification (needed under two_person_rule).",
+		subs: []*command{
+			{name: "create", args: "--release ID (--group G | --model M | --tags T,T | --devices ID,ID) [--canary N --growth F | --sizes 1,10] [--failure F] [--timeout D] [--definition FILE] [--justification T]",
+				summary: "create a campaign (it starts with sigil campaigns start)", conn: connClient, setup: act("create")},
+			{name: "start", args: "ID [--at TIME] [--justification T]", summary: "start a campaign, now or at a time", conn: connClient, pos: []string{id}, setup: act("start")},
+			{name: "pause", args: "ID [--justification T]", summary: "pause a campaign: no more devices are announced", conn: connClient, pos: []string{id}, setup: act("pause")},
+			{name: "resume", args: "ID [--justification T]", summary: "resume a paused campaign", conn: connClient, pos: []string{id}, setup: act("resume")},
+			{name: "abort", args: "ID [--justification T]", summary: "abort a campaign for good", conn: connClient, pos: []string{id}, setup: act("abort")},
+			{name: "rollback", args: "ID --release ID --justification T", summary: "roll the devices that committed a campaign back to another release",
+				conn: connClient, pos: []string{id}, setup: act("rollback")},
+			{name: "list", args: "[-o json]", summary: "list the campaigns", conn: connClient,
+				run: func(ctx context.Context, x *call) error {
+					l, err := x.client.Campaigns(ctx)
+					if err != nil {
+						return err
+					}
+					return x.table(l, "ID\tNAME\tSTATE\tRELEASE\tWAVE\tDEVICES\tCOMMITTED\tFAILED\tIN FLIGHT", func(tw io.Writer) {
+						for _, c := range l.Campaigns {
+							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", c.ID, c.Definition.Name, c.State, c.Definition.Release, c.Wave,
+								c.Total, c.Counts.Committed, c.Counts.Failures(), c.Counts.InFlight())
+						}
+					})
+				}},
+			{name: "show", args: "ID [-o json]", summary: "show a campaign and its waves", conn: connClient, pos: []string{id},
+				run: func(ctx context.Context, x *call) error {
+					cm, err := x.client.Campaign(ctx, x.arg(0))
+					if err != nil {
+						return err
+					}
+					return printCampaign(x, cm)
+				}},
+			{name: "devices", args: "ID [--step S] [--wave N] [--after ID] [--limit N] [-o json]", summary: "list a campaign's devices and where each is",
+				conn: connClient, pos: []string{id},
+				setup: func(fs *flag.FlagSet) action {
+					step := fs.String("step", "", "only devices at this step")
+					wave := fs.Int("wave", 0, "only devices of this wave")
+					after := fs.String("after", "", "page after this device ID")
+					limit := fs.Int("limit", 0, "devices per page (default 100)")
+					return func(ctx context.Context, x *call) error {
+						page, err := x.client.CampaignDevices(ctx, x.arg(0), campaign.DeviceFilter{Step: campaign.Step(*step), Wave: *wave, After: *after, Limit: *limit})
+						if err != nil {
+							return err
+						}
+						if x.jsonOut() {
+							return x.json(page)
+						}
+						err = x.plainTable("DEVICE\tWAVE\tSTEP\tREASON\tRUNNING\tATTEMPTS\tUPDATED", func(tw io.Writer) {
+							for _, d := range page.Devices {
+								reason := ""
+								if d.Reason != 0 {
+									reason = d.Reason.String()
+								}
+								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, rfc3339(d.Updated))
+							}
+						})
+						if err == nil && page.Next != "" {
+							x.printf("more: --after %s\n", page.Next)
+						}
+						return err
+					}
+				}},
+		}}
+}
+
+// definitionFlags defines the flags of a campaign definition and returns
+// the function that builds it: from --definition, with the flags given
+// overriding its fields.
+func definitionFlags(fs *flag.FlagSet) func() (campaign.Definition, error) {
+	defFile := fs.String("definition", "", "campaign definition as JSON; the flags below override its fields")
+	release := fs.String("release", "", "release ID to install")
+	name := fs.String("name", "", "campaign name")
+	group := fs.String("group", "", "target: devices of this group")
+	model := fs.String("model", "", "target: devices of this model")
+	devices := fs.String("devices", "", "target: comma-separated device IDs")
+	tags := fs.String("tags", "", "target: devices carrying every one of these comma-separated tags")
 	canary := fs.Int("canary", 0, "size of the first wave (default 1)")
 	growth := fs.Float64("growth", 0, "each wave's size times this gives the next (default 2)")
 	sizes := fs.String("sizes", "", "explicit comma-separated wave sizes instead of --canary/--growth")
@@ -365,22 +488,7 @@ func cmdCampaigns(ctx context.Context, args []string, stdout io.Writer) error {
 	timeout := fs.Duration("timeout", 0, "per-device timeout (default 1h)")
 	retries := fs.Int("retries", -1, "announce a silent device again this many times (default 0)")
 	maxInFlight := fs.Int("max-in-flight", 0, "most devices in flight at once (default no bound)")
-	at := fs.String("at", "", "start time, RFC 3339 (start; default now)")
-	step := fs.String("step", "", "only devices at this step (devices)")
-	wave := fs.Int("wave", 0, "only devices of this wave (devices)")
-	after := fs.String("after", "", "page after this device ID (devices)")
-	limit := fs.Int("limit", 0, "devices per page (devices; default 100)")
-	var id string
-	if sub != "list" && sub != "create" {
-		var err error
-		if id, args, err = positional(args, "campaigns "+sub+" needs a campaign ID"); err != nil {
-			return err
-		}
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	definition := func() (campaign.Definition, error) {
+	return func() (campaign.Definition, error) {
 		var d campaign.Definition
 		if *defFile != "" {
 			if err := config.Load(*defFile, &d); err != nil {
@@ -435,93 +543,22 @@ func cmdCampaigns(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return d, nil
 	}
-	c, err := af.client()
-	if err != nil {
-		return err
+}
+
+// printCampaign writes a campaign and its waves.
+func printCampaign(x *call, cm *campaign.Campaign) error {
+	if x.jsonOut() {
+		return x.json(cm)
 	}
-	printCampaign := func(cm *campaign.Campaign) error {
-		if *af.output == "json" {
-			return printJSON(stdout, cm)
-		}
-		fmt.Fprintf(stdout, "campaign %s (%s): %s, release %s, %d devices\n", cm.ID, cm.Definition.Name, cm.State, cm.Definition.Release, cm.Total)
-		if cm.Why != "" {
-			fmt.Fprintf(stdout, "  last change by %s: %s\n", cm.ChangedBy, cm.Why)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  WAVE\tSIZE\tNEED\tMAX FAIL\tIN FLIGHT\tCOMMITTED\tFAILED\tROLLED BACK\tTIMED OUT\tTRIPPED")
+	x.printf("campaign %s (%s): %s, release %s, %d devices\n", cm.ID, cm.Definition.Name, cm.State, cm.Definition.Release, cm.Total)
+	if cm.Why != "" {
+		x.printf("  last change by %s: %s\n", cm.ChangedBy, cm.Why)
+	}
+	return x.plainTable("  WAVE\tSIZE\tNEED\tMAX FAIL\tIN FLIGHT\tCOMMITTED\tFAILED\tROLLED BACK\tTIMED OUT\tTRIPPED", func(tw io.Writer) {
 		for _, w := range cm.Waves {
 			k := w.Counts
 			fmt.Fprintf(tw, "  %d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%v\n", w.Number, w.Size, w.Need, w.MaxFailures, k.InFlight(),
 				k.Committed, k.Failed, k.RolledBack, k.TimedOut, w.Tripped)
 		}
-		return tw.Flush()
-	}
-	var cm *campaign.Campaign
-	switch sub {
-	case "create", "rollback":
-		d, err := definition()
-		if err != nil {
-			return err
-		}
-		if sub == "create" {
-			cm, err = c.CreateCampaign(ctx, d, *af.justification)
-		} else {
-			cm, err = c.RollbackCampaign(ctx, id, d, *af.justification)
-		}
-		if err != nil {
-			return err
-		}
-	case "start", "pause", "resume", "abort":
-		var when time.Time
-		if *at != "" {
-			if when, err = time.Parse(time.RFC3339, *at); err != nil {
-				return usageError{"--at: " + err.Error()}
-			}
-		}
-		if cm, err = c.CampaignAction(ctx, id, sub, *af.justification, when); err != nil {
-			return err
-		}
-	case "show":
-		if cm, err = c.Campaign(ctx, id); err != nil {
-			return err
-		}
-	case "list":
-		l, err := c.Campaigns(ctx)
-		if err != nil {
-			return err
-		}
-		return af.table(stdout, l, "ID\tNAME\tSTATE\tRELEASE\tWAVE\tDEVICES\tCOMMITTED\tFAILED\tIN FLIGHT", func(tw io.Writer) {
-			for _, x := range l.Campaigns {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", x.ID, x.Definition.Name, x.State, x.Definition.Release, x.Wave,
-					x.Total, x.Counts.Committed, x.Counts.Failures(), x.Counts.InFlight())
-			}
-		})
-	case "devices":
-		page, err := c.CampaignDevices(ctx, id, campaign.DeviceFilter{Step: campaign.Step(*step), Wave: *wave, After: *after, Limit: *limit})
-		if err != nil {
-			return err
-		}
-		if *af.output == "json" {
-			return printJSON(stdout, page)
-		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tWAVE\tSTEP\tREASON\tRUNNING\tATTEMPTS\tUPDATED")
-		for _, d := range page.Devices {
-			reason := ""
-			if d.Reason != 0 {
-				reason = d.Reason.String()
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, d.Updated.Format(time.RFC3339))
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		if page.Next != "" {
-			fmt.Fprintf(stdout, "more: --after %s\n", page.Next)
-		}
-		return nil
-	default:
-		return usageError{"unknown campaigns subcommand " + sub}
-	}
-	return printCampaign(cm)
+	})
 }

@@ -1,75 +1,92 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
+	"text/tabwriter"
 )
 
-// Help: every command and subcommand answers -h and --help with its usage
-// on stdout and exit status 0, before doing anything else. A command's
-// flag parse (parseFlags) meets the help flag and returns a helpError with
-// the command's flag set; run prints the command's lines of the usage text
-// (the one list of what sigil accepts) and its flags.
+// Help, generated from the command table: `sigil`, `sigil help` and
+// `sigil --help` list the commands; `sigil CMD --help` a command's
+// subcommands with their synopses; `sigil CMD SUB --help` (-h, or `sigil
+// help CMD SUB`) one command's synopsis and flags. Help goes to stdout
+// and exits 0.
 
-// helpError is a request for a command's help, met by its flag parse.
-type helpError struct{ fs *flag.FlagSet }
+// apiNote is what the help of every API command ends with.
+const apiNote = `API commands find the server, token and CA from --server/--token/--ca, the
+SIGIL_SERVER/SIGIL_TOKEN/SIGIL_CA environment, or --data-dir (default
+/var/lib/sigil, where sigil serve writes admin.token and ca/ca.crt).
+`
 
-func (helpError) Error() string { return "help requested" }
-
-// parseFlags parses a command's flags: -h or --help yields a helpError,
-// other mistakes a usage error that points to the help.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	fs.SetOutput(io.Discard) // run prints the help, on stdout
-	fs.Usage = func() {}
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return helpError{fs}
-	case err != nil:
-		return usageError{fmt.Sprintf("%v (sigil %s --help lists the flags)", err, fs.Name())}
+// printUsage writes the list of commands.
+func printUsage(w io.Writer, root *command) {
+	fmt.Fprintln(w, "usage: sigil COMMAND [SUBCOMMAND] [ARGUMENTS] [FLAGS]")
+	fmt.Fprintln(w, "\ncommands:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range root.subs {
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
 	}
-	return nil
+	tw.Flush()
+	fmt.Fprintln(w, "\nsigil COMMAND --help lists a command's subcommands; sigil COMMAND SUBCOMMAND --help")
+	fmt.Fprintln(w, "shows one with its flags. Exit status:")
+	for _, e := range exitCodes() {
+		fmt.Fprintf(w, "  %d  %s\n", e.code, e.what)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprint(w, apiNote)
+	fmt.Fprintln(w, "\nThe demo, the benchmarks and simulated devices are sigil-sim's")
+	fmt.Fprintln(w, "(sigil-sim demo, sigil-sim bench).")
 }
 
-// isHelpFlag reports whether arg asks for help, as the flag package
-// understands it.
-func isHelpFlag(arg string) bool {
-	switch arg {
-	case "-h", "--h", "-help", "--help":
-		return true
-	}
-	return false
+// synopses returns the usage lines of c (at path) and of every command
+// below it that runs, each with its summary.
+func synopses(c *command, path []string) (lines, summaries []string) {
+	c.walk(path, func(d *command, p []string) {
+		if !d.runs() {
+			return
+		}
+		lines = append(lines, synopsis(d, p))
+		summaries = append(summaries, d.summary)
+	})
+	return lines, summaries
 }
 
-// printHelp writes the help of the command whose flag set is fs (named
-// "cmd" or "cmd sub"): its lines of the usage text, and its flags.
-func printHelp(w io.Writer, fs *flag.FlagSet) {
-	cmd, sub, _ := strings.Cut(fs.Name(), " ")
-	var all, matched []string
-	for _, line := range strings.Split(usage, "\n") {
-		c, subs, ok := usageLine(line)
-		if !ok || c != cmd {
-			continue
-		}
-		all = append(all, line)
-		if sub != "" && slices.Contains(subs, sub) {
-			matched = append(matched, line)
-		}
+// synopsis is a command's usage line: "sigil devices show ID [-o json]".
+func synopsis(c *command, path []string) string {
+	s := "sigil " + strings.Join(path, " ")
+	if c.args != "" {
+		s += " " + c.args
 	}
-	if len(matched) == 0 {
-		matched = all
-	}
+	return s
+}
+
+// printHelp writes the help of the command at path.
+func printHelp(w io.Writer, c *command, path []string) {
+	lines, summaries := synopses(c, path)
 	fmt.Fprintln(w, "usage:")
-	for _, line := range matched {
-		fmt.Fprintln(w, line)
+	for i, line := range lines {
+		fmt.Fprintf(w, "  %s\n", line)
+		if len(lines) > 1 {
+			fmt.Fprintf(w, "      %s\n", summaries[i])
+		}
 	}
-	if len(matched) == 0 {
-		fmt.Fprintf(w, "  sigil %s\n", fs.Name())
+	if len(lines) == 1 || !c.runs() {
+		fmt.Fprintf(w, "\n%s\n", capitalize(c.summary))
 	}
+	if c.note != "" {
+		fmt.Fprintf(w, "\n%s\n", c.note)
+	}
+	if c.def != "" {
+		fmt.Fprintf(w, "\nWith no subcommand (or only flags): sigil %s %s.\n", strings.Join(path, " "), c.def)
+	}
+	if !c.runs() {
+		fmt.Fprintf(w, "\nsigil %s SUBCOMMAND --help shows a subcommand's flags.\n", strings.Join(path, " "))
+		return
+	}
+	fs, _, _ := c.flagSet(path)
 	n := 0
 	fs.VisitAll(func(*flag.Flag) { n++ })
 	if n > 0 {
@@ -77,34 +94,37 @@ func printHelp(w io.Writer, fs *flag.FlagSet) {
 		fs.SetOutput(w)
 		fs.PrintDefaults()
 	}
-	if fs.Lookup("token") != nil {
-		_, note, _ := strings.Cut(usage, "\n\nAPI commands")
-		fmt.Fprint(w, "\nAPI commands"+note)
+	if c.conn != connNone {
+		fmt.Fprintf(w, "\n%s", apiNote)
 	}
 }
 
-// usageLine reads a "sigil CMD SUB ... | SUB ..." line of the usage text:
-// the command and its subcommands (lower-case words that are not flags or
-// placeholders, first and after each '|' outside brackets).
-func usageLine(line string) (cmd string, subs []string, ok bool) {
-	f := strings.Fields(line)
-	if len(f) < 2 || f[0] != "sigil" {
-		return "", nil, false
+// capitalize upper-cases the first letter of a summary and ends it with a
+// period, for a sentence of its own.
+func capitalize(s string) string {
+	if s == "" {
+		return s
 	}
-	add := func(w string) {
-		if w == "" || strings.HasPrefix(w, "-") || strings.ToLower(w) != w || strings.ContainsAny(w, ".=/") || slices.Contains(subs, w) {
-			return
-		}
-		subs = append(subs, w)
-	}
-	depth := 0 // of brackets and parentheses: a '|' inside them separates a subcommand's own alternatives
-	for i := 2; i < len(f); i++ {
-		if i == 2 || (f[i-1] == "|" && depth == 0) {
-			for _, alt := range strings.Split(strings.Trim(f[i], "[]()"), "|") {
-				add(alt)
+	return strings.ToUpper(s[:1]) + s[1:] + "."
+}
+
+// helpCommand is `sigil help [COMMAND [SUBCOMMAND]]`.
+func helpCommand() *command {
+	return &command{name: "help", args: "[COMMAND [SUBCOMMAND]]", summary: "show the usage of sigil or of one of its commands",
+		run: func(_ context.Context, x *call) error {
+			c, path := x.root, []string(nil)
+			for _, w := range x.args {
+				s := c.sub(w)
+				if s == nil {
+					return usageError{fmt.Sprintf("sigil help: no command %q", strings.Join(append(path, w), " "))}
+				}
+				c, path = s, append(path, w)
 			}
-		}
-		depth += strings.Count(f[i], "[") + strings.Count(f[i], "(") - strings.Count(f[i], "]") - strings.Count(f[i], ")")
-	}
-	return f[1], subs, true
+			if len(path) == 0 {
+				printUsage(x.stdout, x.root)
+				return nil
+			}
+			printHelp(x.stdout, c, path)
+			return nil
+		}}
 }

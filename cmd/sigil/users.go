@@ -17,103 +17,107 @@ import (
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
-// cmdUsers is `sigil users list | create | role | disable | enable |
+// usersCommand is `sigil users list | create | role | disable | enable |
 // delete`: operators and their roles (needs users.admin); and `sigil
 // users passwd`: the caller's own password.
-func cmdUsers(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	sub, args := subcommand(args, "list")
-	fs := flag.NewFlagSet("users "+sub, flag.ContinueOnError)
-	af := addAPIFlags(fs)
-	role := fs.String("role", "viewer", "create, role: viewer, operator, release-approver, security-admin or admin")
-	fromStdin := fs.Bool("stdin", false, "passwd: read the current password and the new one from stdin, one per line, instead of the terminal")
-	var name string
-	if sub != "list" && sub != "passwd" {
-		var err error
-		if name, args, err = positional(args, "users "+sub+" needs a user name"); err != nil {
-			return err
-		}
-	}
-	c, err := af.parse(fs, args)
-	if err != nil {
-		return err
-	}
-	path := "/api/v1/users/" + url.PathEscape(name)
-	switch sub {
-	case "list":
-		var out struct {
-			Users []auth.User `json:"users"`
-		}
-		if err := c.Do(ctx, http.MethodGet, "/api/v1/users", nil, &out); err != nil {
-			return err
-		}
-		return af.table(stdout, out, "NAME\tROLE\tDISABLED\tLAST LOGIN", func(tw io.Writer) {
-			for _, u := range out.Users {
-				last := "-"
-				if !u.LastLogin.IsZero() {
-					last = u.LastLogin.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", u.Name, u.Role, u.Disabled, last)
+func usersCommand() *command {
+	const name = "a user name"
+	patch := func(verb string) func(fs *flag.FlagSet) action {
+		return func(fs *flag.FlagSet) action {
+			var role *string
+			if verb == "role" {
+				role = fs.String("role", "viewer", "viewer, operator, release-approver, security-admin or admin")
 			}
-		})
-	case "create":
-		u, err := c.CreateUser(ctx, api.UserRequest{Name: name, Role: auth.Role(*role)})
-		if err != nil {
-			return err
+			return func(ctx context.Context, x *call) error {
+				var p api.UserPatch
+				if role != nil {
+					r := auth.Role(*role)
+					p.Role = &r
+				} else {
+					d := verb == "disable"
+					p.Disabled = &d
+				}
+				var u auth.User
+				if err := x.client.Do(ctx, http.MethodPatch, "/api/v1/users/"+url.PathEscape(x.arg(0)), p, &u); err != nil {
+					return err
+				}
+				x.printf("%s: role %s, disabled %v\n", u.Name, u.Role, u.Disabled)
+				return nil
+			}
 		}
-		if *af.output == "json" {
-			return printJSON(stdout, u)
-		}
-		if u.Password != "" {
-			fmt.Fprintf(stdout, "created %s (%s); password (shown once): %s\n", u.Name, u.Role, u.Password)
-		} else {
-			fmt.Fprintf(stdout, "created %s (%s)\n", u.Name, u.Role)
-		}
-		if u.Approval != nil {
-			fmt.Fprintf(stdout, "the account stays disabled until a second person approves request %s (two-person rule)\n", u.Approval.ID)
-		}
-		return nil
-	case "role", "disable", "enable":
-		var p api.UserPatch
-		switch sub {
-		case "role":
-			r := auth.Role(*role)
-			p.Role = &r
-		default:
-			d := sub == "disable"
-			p.Disabled = &d
-		}
-		var u auth.User
-		if err := c.Do(ctx, http.MethodPatch, path, p, &u); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: role %s, disabled %v\n", u.Name, u.Role, u.Disabled)
-		return nil
-	case "delete":
-		if err := c.Do(ctx, http.MethodDelete, path, nil, nil); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "deleted %s\n", name)
-		return nil
-	case "passwd":
-		if fs.NArg() > 0 {
-			return usageError{"users passwd takes no arguments: passwords are never read from the command line (the terminal, or --stdin)"}
-		}
-		cur, pw, err := readPasswords(stdin, stderr, *fromStdin)
-		if err != nil {
-			return err
-		}
-		res, err := c.ChangePassword(ctx, cur, pw)
-		if err != nil {
-			return err
-		}
-		if *af.output == "json" {
-			return printJSON(stdout, res)
-		}
-		fmt.Fprintf(stdout, "password of %s changed; %s ended; API tokens are not affected (sigil api-tokens list, revoke)\n",
-			res.User, plural(res.SessionsEnded, "console session"))
-		return nil
 	}
-	return usageError{"unknown users subcommand " + sub}
+	return &command{name: "users", summary: "operators and their roles; your own password", def: "list", subs: []*command{
+		{name: "list", args: "[-o json]", summary: "list the operators", conn: connClient,
+			run: func(ctx context.Context, x *call) error {
+				var out struct {
+					Users []auth.User `json:"users"`
+				}
+				if err := x.client.Do(ctx, http.MethodGet, "/api/v1/users", nil, &out); err != nil {
+					return err
+				}
+				return x.table(out, "NAME\tROLE\tDISABLED\tLAST LOGIN", func(tw io.Writer) {
+					for _, u := range out.Users {
+						last := "-"
+						if !u.LastLogin.IsZero() {
+							last = rfc3339(u.LastLogin)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", u.Name, u.Role, u.Disabled, last)
+					}
+				})
+			}},
+		{name: "create", args: "NAME [--role R] [-o json]", summary: "create an operator (a generated password is shown once)", conn: connClient, pos: []string{name},
+			setup: func(fs *flag.FlagSet) action {
+				role := fs.String("role", "viewer", "viewer, operator, release-approver, security-admin or admin")
+				return func(ctx context.Context, x *call) error {
+					u, err := x.client.CreateUser(ctx, api.UserRequest{Name: x.arg(0), Role: auth.Role(*role)})
+					if err != nil {
+						return err
+					}
+					return x.either(u, func() {
+						if u.Password != "" {
+							x.printf("created %s (%s); password (shown once): %s\n", u.Name, u.Role, u.Password)
+						} else {
+							x.printf("created %s (%s)\n", u.Name, u.Role)
+						}
+						if u.Approval != nil {
+							x.printf("the account stays disabled until a second person approves request %s (two-person rule)\n", u.Approval.ID)
+						}
+					})
+				}
+			}},
+		{name: "role", args: "NAME --role R", summary: "change an operator's role", conn: connClient, pos: []string{name}, setup: patch("role")},
+		{name: "disable", args: "NAME", summary: "disable an operator", conn: connClient, pos: []string{name}, setup: patch("disable")},
+		{name: "enable", args: "NAME", summary: "enable an operator again", conn: connClient, pos: []string{name}, setup: patch("enable")},
+		{name: "delete", args: "NAME", summary: "delete an operator", conn: connClient, pos: []string{name},
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.Do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(x.arg(0)), nil, nil); err != nil {
+					return err
+				}
+				x.printf("deleted %s\n", x.arg(0))
+				return nil
+			}},
+		{name: "passwd", args: "[--stdin] [-o json]", summary: "change your own password: asked without echo, or two lines on stdin", conn: connClient,
+			setup: func(fs *flag.FlagSet) action {
+				fromStdin := fs.Bool("stdin", false, "read the current password and the new one from stdin, one per line, instead of the terminal")
+				return func(ctx context.Context, x *call) error {
+					if len(x.args) > 0 {
+						return usageError{"users passwd takes no arguments: passwords are never read from the command line (the terminal, or --stdin)"}
+					}
+					cur, pw, err := readPasswords(x.stdin, x.stderr, *fromStdin)
+					if err != nil {
+						return err
+					}
+					res, err := x.client.ChangePassword(ctx, cur, pw)
+					if err != nil {
+						return err
+					}
+					return x.either(res, func() {
+						x.printf("password of %s changed; %s ended; API tokens are not affected (sigil api-tokens list, revoke)\n",
+							res.User, plural(res.SessionsEnded, "console session"))
+					})
+				}
+			}},
+	}}
 }
 
 // readPasswords reads the current password and the new one: from stdin,
@@ -185,83 +189,83 @@ func plural(n int, noun string) string {
 	return fmt.Sprintf("%d %ss", n, noun)
 }
 
-// cmdAPITokens is `sigil api-tokens list | create NAME | revoke ID`: the
-// caller's API tokens (a secret is shown once).
-func cmdAPITokens(ctx context.Context, args []string, stdout io.Writer) error {
-	sub, args := subcommand(args, "list")
-	fs := flag.NewFlagSet("api-tokens "+sub, flag.ContinueOnError)
-	af := addAPIFlags(fs)
-	role := fs.String("role", "viewer", "create: the token's role, at most your own")
-	ttl := fs.Duration("ttl", 90*24*time.Hour, "create: lifetime")
-	secretFile := fs.String("secret-file", "", "create: write the secret to this new file (mode 0600) instead of printing it, e.g. a scraper's credentials file")
-	var arg string
-	if sub != "list" {
+// apiTokensCommand is `sigil api-tokens list | create NAME | revoke ID`:
+// the caller's API tokens (a secret is shown once).
+func apiTokensCommand() *command {
+	return &command{name: "api-tokens", summary: "your API tokens, for scripts and scrapers", def: "list", subs: []*command{
+		{name: "list", args: "[-o json]", summary: "list your API tokens", conn: connClient,
+			run: func(ctx context.Context, x *call) error {
+				var out struct {
+					Tokens []auth.Token `json:"tokens"`
+				}
+				if err := x.client.Do(ctx, http.MethodGet, "/api/v1/tokens", nil, &out); err != nil {
+					return err
+				}
+				return x.table(out, "ID\tNAME\tROLE\tEXPIRES\tREVOKED", func(tw io.Writer) {
+					for _, t := range out.Tokens {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", t.ID, t.Name, t.Role, rfc3339(t.Expires), !t.Revoked.IsZero())
+					}
+				})
+			}},
+		{name: "create", args: "NAME [--role R] [--ttl D] [--secret-file F] [-o json]", summary: "create an API token (its secret is shown once)",
+			conn: connClient, pos: []string{"a token name"},
+			setup: func(fs *flag.FlagSet) action {
+				role := fs.String("role", "viewer", "the token's role, at most your own")
+				ttl := fs.Duration("ttl", 90*24*time.Hour, "lifetime")
+				secretFile := fs.String("secret-file", "", "write the secret to this new file (mode 0600) instead of printing it, e.g. a scraper's credentials file")
+				return func(ctx context.Context, x *call) error {
+					return createAPIToken(ctx, x, api.TokenRequest{Name: x.arg(0), Role: auth.Role(*role), TTL: config.Duration(*ttl)}, *secretFile)
+				}
+			}},
+		{name: "revoke", args: "ID", summary: "revoke an API token", conn: connClient, pos: []string{"a token ID"},
+			run: func(ctx context.Context, x *call) error {
+				if err := x.client.RevokeAPIToken(ctx, x.arg(0)); err != nil {
+					return err
+				}
+				x.printf("revoked %s\n", x.arg(0))
+				return nil
+			}},
+	}}
+}
+
+// createAPIToken creates a token and shows its secret once: printed, or
+// written to secretFile (created before the token, never overwritten, so
+// that a bad path leaves no token behind).
+func createAPIToken(ctx context.Context, x *call, req api.TokenRequest, secretFile string) error {
+	var sf *os.File
+	if secretFile != "" {
 		var err error
-		if arg, args, err = positional(args, "api-tokens "+sub+" needs an argument"); err != nil {
+		if sf, err = os.OpenFile(secretFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
 			return err
 		}
+		defer sf.Close()
 	}
-	c, err := af.parse(fs, args)
+	t, err := x.client.CreateAPIToken(ctx, req)
 	if err != nil {
+		if sf != nil {
+			os.Remove(secretFile)
+		}
 		return err
 	}
-	switch sub {
-	case "list":
-		var out struct {
-			Tokens []auth.Token `json:"tokens"`
+	if sf != nil {
+		if _, err := io.WriteString(sf, t.Secret+"\n"); err != nil {
+			return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
 		}
-		if err := c.Do(ctx, http.MethodGet, "/api/v1/tokens", nil, &out); err != nil {
-			return err
+		if err := sf.Close(); err != nil {
+			return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
 		}
-		return af.table(stdout, out, "ID\tNAME\tROLE\tEXPIRES\tREVOKED", func(tw io.Writer) {
-			for _, t := range out.Tokens {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", t.ID, t.Name, t.Role, t.Expires.Format(time.RFC3339), !t.Revoked.IsZero())
-			}
-		})
-	case "create":
-		var sf *os.File
-		if *secretFile != "" {
-			// Created (never overwritten) before the token, so that a bad
-			// path leaves no token behind.
-			if sf, err = os.OpenFile(*secretFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
-				return err
-			}
-			defer sf.Close()
+		t.Secret = ""
+		if x.jsonOut() {
+			return x.json(t)
 		}
-		t, err := c.CreateAPIToken(ctx, api.TokenRequest{Name: arg, Role: auth.Role(*role), TTL: config.Duration(*ttl)})
-		if err != nil {
-			if sf != nil {
-				os.Remove(*secretFile)
-			}
-			return err
-		}
-		if sf != nil {
-			if _, err := io.WriteString(sf, t.Secret+"\n"); err != nil {
-				return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
-			}
-			if err := sf.Close(); err != nil {
-				return fmt.Errorf("token %s created, but its secret could not be written (revoke it: sigil api-tokens revoke %s): %w", t.ID, t.ID, err)
-			}
-			t.Secret = ""
-			if *af.output == "json" {
-				return printJSON(stdout, t)
-			}
-			fmt.Fprintf(stdout, "token %s (%s, until %s); secret written to %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), *secretFile)
-		} else if *af.output == "json" {
-			return printJSON(stdout, t)
-		} else {
-			fmt.Fprintf(stdout, "token %s (%s, until %s); secret (shown once): %s\n", t.ID, t.Role, t.Expires.Format(time.RFC3339), t.Secret)
-		}
-		if t.Approval != nil {
-			fmt.Fprintf(stdout, "it works once a second person approves request %s (two-person rule: it may approve)\n", t.Approval.ID)
-		}
-		return nil
-	case "revoke":
-		if err := c.RevokeAPIToken(ctx, arg); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "revoked %s\n", arg)
-		return nil
+		x.printf("token %s (%s, until %s); secret written to %s\n", t.ID, t.Role, rfc3339(t.Expires), secretFile)
+	} else if x.jsonOut() {
+		return x.json(t)
+	} else {
+		x.printf("token %s (%s, until %s); secret (shown once): %s\n", t.ID, t.Role, rfc3339(t.Expires), t.Secret)
 	}
-	return usageError{"unknown api-tokens subcommand " + sub}
+	if t.Approval != nil {
+		x.printf("it works once a second person approves request %s (two-person rule: it may approve)\n", t.Approval.ID)
+	}
+	return nil
 }

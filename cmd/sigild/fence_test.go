@@ -28,6 +28,8 @@ func TestDeviceBinaryFence(t *testing.T) {
 			"golang.org/x/crypto/ssh",             // SSH host certificates: the device only moves text lines
 			"net/http",                            // device/fetch downloads firmware (about 1.1 MiB on arm64)
 			"os/exec",                             // 64 KiB: update hooks start with os.StartProcess
+			"github.com/prometheus",               // the fleet's /metrics (client_golang, expfmt); the device reports telemetry over MQTT
+			"github.com/getkin/kin-openapi",       // the e2e OpenAPI check
 		}
 		var deps []string
 		for _, dep := range strings.Fields(string(out)) {

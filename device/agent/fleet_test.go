@@ -96,7 +96,8 @@ func (d *testDevice) run(t *testing.T) (stop func() error) {
 }
 
 // connected waits, in fake time, for the agent to be connected; it fails
-// the test after limit.
+// the test after limit. It runs in a synctest bubble (synctest.Wait
+// panics elsewhere).
 func (d *testDevice) connected(t *testing.T, limit time.Duration) Status {
 	t.Helper()
 	deadline := time.Now().Add(limit)
@@ -108,6 +109,7 @@ func (d *testDevice) connected(t *testing.T, limit time.Duration) Status {
 		if time.Now().After(deadline) {
 			t.Fatalf("not connected after %v: %+v", limit, d.a.Status())
 		}
+		// sleep: the bubble's fake clock moves on to the agent's next timer (its backoff, a renewal)
 		time.Sleep(100 * time.Millisecond)
 	}
 }

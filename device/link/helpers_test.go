@@ -27,6 +27,7 @@ import (
 
 	"github.com/sigil-iot/sigil/device/link/internal/packet"
 	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -362,14 +363,8 @@ func startMosquitto(t *testing.T, devices ...string) *mosquittoEnv {
 		}
 	})
 	e := &mosquittoEnv{ca: ca, addr: fmt.Sprintf("127.0.0.1:%d", port), anonAddr: fmt.Sprintf("127.0.0.1:%d", anon)}
-	deadline := time.Now().Add(10 * time.Second)
 	for _, a := range []string{e.addr, e.anonAddr} {
-		for {
-			c, err := net.DialTimeout("tcp", a, time.Second)
-			if err == nil {
-				c.Close()
-				break
-			}
+		wait.Until(t, func() error {
 			select {
 			case <-exited:
 				mu.Lock()
@@ -378,11 +373,12 @@ func startMosquitto(t *testing.T, devices ...string) *mosquittoEnv {
 				t.Fatalf("mosquitto exited:\n%s", out)
 			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("mosquitto not listening on %s: %v", a, err)
+			c, err := net.DialTimeout("tcp", a, time.Second)
+			if err != nil {
+				return fmt.Errorf("mosquitto not listening on %s: %w", a, err)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return c.Close()
+		})
 	}
 	return e
 }

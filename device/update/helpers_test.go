@@ -362,19 +362,6 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
-// waitFor polls cond until it holds; it fails the test if it never does
-// (a safety net, not a timing assertion).
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for range 3000 {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("condition never held")
-}
-
 // fetcher returns a download client that trusts srv's certificate.
 func fetcher(srv *httptest.Server) *fetch.Client {
 	pool := x509.NewCertPool()

@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/device/update"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -295,13 +296,12 @@ func TestKillDuringDownload(t *testing.T) {
 		envURL+"="+url, envManifest+"="+manifest)
 	started := make(chan *os.Process, 1)
 	srv.cutNext("/v2.img", len(img)/2, func() {
-		// Once some of the image is on disk, pull the plug.
-		for range 3000 {
-			if fi, err := os.Stat(part); err == nil && fi.Size() > 0 {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		// Once some of the image is on disk, pull the plug (or after
+		// wait.Timeout without it: the partial download check then fails).
+		wait.Poll(wait.Timeout, func() bool {
+			fi, err := os.Stat(part)
+			return err == nil && fi.Size() > 0
+		})
 		(<-started).Kill()
 	})
 	var out bytes.Buffer

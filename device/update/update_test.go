@@ -12,6 +12,7 @@ import (
 
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/update"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -264,7 +265,7 @@ func TestTruncatedDownloadResumes(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- eng.Resume(ctx) }()
 	// The first attempt fails; the engine then waits an hour to retry.
-	waitFor(t, func() bool {
+	wait.For(t, "the first attempt to fail", func() bool {
 		u, err := e.store.Update()
 		return err == nil && u.Attempts == 1
 	})

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
@@ -87,13 +88,7 @@ func (r *recorder) none(t *testing.T, e *Engine) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	wait.For(t, "the condition", cond)
 }
 
 type fixture struct {

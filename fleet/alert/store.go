@@ -10,9 +10,9 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sigil-iot/sigil/fleet/internal/record"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // The bbolt file's layout. Records are JSON wrapped with a version number.
@@ -24,7 +24,6 @@ var (
 	bucketByDev  = []byte("bydev")  // device ID 0x00 be64(alert ID) -> empty
 	bucketDead   = []byte("dead")   // be64(dead letter ID) -> DeadLetter
 	bucketState  = []byte("state")  // stateKey(device ID, rule ID) -> learned state
-	keySchema    = []byte("schema")
 )
 
 const (
@@ -33,35 +32,16 @@ const (
 )
 
 type store struct {
-	db *bolt.DB
+	db *boltdb.DB
 }
 
 func openStore(path string, timeout time.Duration, noSync bool) (*store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, NoSync: noSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
-	}
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketRules, bucketAlerts, bucketOpen, bucketByDev, bucketDead, bucketState},
+		Version: schemaVersion,
+	}, boltdb.Options{Name: "alert", Timeout: timeout, NoSync: noSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("alert: open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketRules, bucketAlerts, bucketOpen, bucketByDev, bucketDead, bucketState} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, be64(schemaVersion))
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("alert: initialize %s: %w", path, err)
+		return nil, err
 	}
 	return &store{db: db}, nil
 }

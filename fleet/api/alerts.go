@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/alert/sink"
 	"github.com/sigil-iot/sigil/fleet/auth"
 )
 
@@ -31,14 +32,9 @@ type Alerts interface {
 
 var _ Alerts = (*alert.Engine)(nil)
 
-// AlertSink describes a configured alert sink, without its secrets.
-type AlertSink struct {
-	Name        string `json:"name"`
-	Type        string `json:"type"`   // alertmanager, syslog or webhook
-	Target      string `json:"target"` // URL or host:port
-	MinSeverity string `json:"min_severity,omitempty"`
-	Signed      bool   `json:"signed,omitempty"` // webhook bodies carry an HMAC signature
-}
+// AlertSink describes a configured alert sink, without its secrets
+// (sink.Info).
+type AlertSink = sink.Info
 
 // AlertList is GET /api/v1/alerts. With group_by=rule or device it holds
 // Groups (counts of every alert the filters select) instead of Alerts.

@@ -32,13 +32,12 @@ func newAlertAPI(t *testing.T) (*httptest.Server, *alert.Engine, *telemetry.Inge
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	reg := metrics.NewRegistry()
-	in, err := telemetry.New(telemetry.Config{Metrics: reg})
+	in, err := telemetry.New(telemetry.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, AdminTokenHash: sum[:], Alerts: e, Telemetry: in, Metrics: reg,
+	srv := httptest.NewServer(New(Config{Inventory: inv, AdminTokenHash: sum[:], Alerts: e, Telemetry: in, Metrics: metrics.Handler(in.Metrics(), nil),
 		AlertSinks: []AlertSink{{Name: "siem", Type: "syslog", Target: "127.0.0.1:6514"}}}))
 	t.Cleanup(srv.Close)
 	return srv, e, in

@@ -4,6 +4,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,9 +32,30 @@ type Approver interface {
 	Approve(deviceID, by string) error
 }
 
+// Inventory is what the API reads and changes of the device inventory.
+// *inventory.Store implements it (bbolt or PostgreSQL).
+type Inventory interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	Query(ctx context.Context, q inventory.Query) (inventory.Page, error)
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
+	Events(ctx context.Context, deviceID string, limit int) ([]inventory.Event, error)
+	AddEvent(ctx context.Context, e inventory.Event) error
+	RevokeDevice(ctx context.Context, id string, reason int) (*inventory.Device, []string, error)
+	Decommission(ctx context.Context, id string) (*inventory.Device, []string, error)
+	Revocations(ctx context.Context, now time.Time) ([]inventory.Revocation, error)
+	CreateToken(ctx context.Context, g inventory.Grant, owner string, ttl time.Duration) (string, *inventory.Token, error)
+	CreatePendingToken(ctx context.Context, g inventory.Grant, owner string, ttl time.Duration) (string, *inventory.Token, error)
+	ActivateToken(ctx context.Context, id string, g inventory.Grant) (*inventory.Token, error)
+	DeleteToken(ctx context.Context, id string) error
+	Tokens(ctx context.Context, f inventory.TokenFilter) ([]inventory.Token, string, error)
+}
+
+var _ Inventory = (*inventory.Store)(nil)
+
 // Config configures the handler.
 type Config struct {
-	Inventory *inventory.Store
+	Inventory Inventory
 	Approver  Approver
 	// Attestation and Policies serve the attestation routes.
 	Attestation Attestation
@@ -217,7 +239,7 @@ func (h *handler) listDevices(w http.ResponseWriter, r *http.Request, _ string) 
 		}
 		f.Limit = n
 	}
-	devs, next, err := h.cfg.Inventory.ListDevices(f)
+	devs, next, err := h.cfg.Inventory.ListDevices(r.Context(), f)
 	if errors.Is(err, inventory.ErrQuery) {
 		problem(w, http.StatusBadRequest, "bad request", "after must be a device ID from a previous page")
 		return
@@ -252,7 +274,7 @@ type Event struct {
 }
 
 func (h *handler) getDevice(w http.ResponseWriter, r *http.Request, _ string) {
-	d, err := h.cfg.Inventory.Device(r.PathValue("id"))
+	d, err := h.cfg.Inventory.Device(r.Context(), r.PathValue("id"))
 	if errors.Is(err, inventory.ErrNotFound) {
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
 		return
@@ -261,7 +283,7 @@ func (h *handler) getDevice(w http.ResponseWriter, r *http.Request, _ string) {
 		h.internal(w, err)
 		return
 	}
-	evs, err := h.cfg.Inventory.Events(d.ID, 50)
+	evs, err := h.cfg.Inventory.Events(r.Context(), d.ID, 50)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -290,7 +312,7 @@ func (h *handler) approve(w http.ResponseWriter, r *http.Request, who string) {
 		h.internal(w, err)
 		return
 	}
-	d, err := h.cfg.Inventory.Device(id)
+	d, err := h.cfg.Inventory.Device(r.Context(), id)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -343,7 +365,7 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 	}
 	id := r.PathValue("id")
 	mayAssign, held := h.can(r, assignPerm), h.cfg.Approvals != nil
-	err := h.cfg.Inventory.Update(id, func(d *inventory.Device) error { return p.apply(d, mayAssign, held) })
+	err := h.cfg.Inventory.Update(r.Context(), id, func(d *inventory.Device) error { return p.apply(d, mayAssign, held) })
 	if errors.Is(err, inventory.ErrNotFound) {
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
 		return
@@ -361,7 +383,7 @@ func (h *handler) patchDevice(w http.ResponseWriter, r *http.Request, who string
 		return
 	}
 	h.log.Info("device updated", "device_id", id, "by", who)
-	d, err := h.cfg.Inventory.Device(id)
+	d, err := h.cfg.Inventory.Device(r.Context(), id)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -422,7 +444,7 @@ func (h *handler) createToken(w http.ResponseWriter, r *http.Request, _ string) 
 		h.createHeldToken(w, r, req, ttl)
 		return
 	}
-	secret, tok, err := h.cfg.Inventory.CreateToken(inventory.Grant{Model: req.Model, Group: req.Group}, req.Owner, ttl)
+	secret, tok, err := h.cfg.Inventory.CreateToken(r.Context(), inventory.Grant{Model: req.Model, Group: req.Group}, req.Owner, ttl)
 	if err != nil {
 		h.internal(w, err)
 		return

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"io"
@@ -18,7 +19,7 @@ import (
 type approver struct{ inv *inventory.Store }
 
 func (a approver) Approve(id, _ string) error {
-	return a.inv.Update(id, func(d *inventory.Device) error {
+	return a.inv.Update(context.Background(), id, func(d *inventory.Device) error {
 		if d.State != inventory.StatePending {
 			return enroll.ErrNotPending
 		}
@@ -120,13 +121,13 @@ func TestTokensAndDevices(t *testing.T) {
 	if !strings.HasPrefix(tr.Token, "sgt_") || tr.Model != "gw-1" || time.Until(tr.Expires) > time.Hour {
 		t.Fatalf("token %+v", tr)
 	}
-	if _, err := inv.CheckToken(tr.Token, "gw-1", time.Now()); err != nil {
+	if _, err := inv.CheckToken(t.Context(), tr.Token, "gw-1", time.Now()); err != nil {
 		t.Fatalf("created token unusable: %v", err)
 	}
 	now := time.Now().UTC()
 	for i, st := range []inventory.State{inventory.StateActive, inventory.StatePending} {
 		d := &inventory.Device{ID: strings.Repeat(string(rune('a'+i)), 32), EKFingerprint: strings.Repeat(string(rune('a'+i)), 64), Model: "gw-1", State: st, FirstSeen: now}
-		if err := inv.PutDevice(d); err != nil {
+		if err := inv.PutDevice(t.Context(), d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -164,7 +165,7 @@ func TestTokensAndDevices(t *testing.T) {
 // invalid tags are refused with the offending tag named.
 func TestDeviceTags(t *testing.T) {
 	srv, inv := newAPI(t)
-	if err := inv.PutDevice(&inventory.Device{ID: "dev-1", State: inventory.StateActive}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-1", State: inventory.StateActive}); err != nil {
 		t.Fatal(err)
 	}
 	resp, body := call(t, srv, "PATCH", "/api/v1/devices/dev-1", token, `{"tags":["site:plant-7","canary","canary"]}`)
@@ -174,7 +175,7 @@ func TestDeviceTags(t *testing.T) {
 	}
 	resp, body = call(t, srv, "PATCH", "/api/v1/devices/dev-1", token, `{"tags":["Not OK"]}`)
 	wantProblem(t, resp, body, 400, `"Not OK"`)
-	if got, _ := inv.Device("dev-1"); strings.Join(got.Tags, ",") != "canary,site:plant-7" {
+	if got, _ := inv.Device(t.Context(), "dev-1"); strings.Join(got.Tags, ",") != "canary,site:plant-7" {
 		t.Fatalf("tags after a refused change: %v", got.Tags)
 	}
 }

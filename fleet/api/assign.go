@@ -146,7 +146,7 @@ func (h *handler) executeDeviceAssign(_ context.Context, req approval.Request, a
 	if err := json.Unmarshal(req.Params, &a); err != nil {
 		return fmt.Errorf("stored change: %w", err)
 	}
-	if err := h.cfg.Inventory.Update(a.Device, func(d *inventory.Device) error { return a.Patch.apply(d, true, false) }); err != nil {
+	if err := h.cfg.Inventory.Update(context.TODO(), a.Device, func(d *inventory.Device) error { return a.Patch.apply(d, true, false) }); err != nil {
 		return err
 	}
 	h.log.Info("device updated after approval", "device_id", a.Device, "request_id", req.ID, "by", as.Subject())
@@ -158,7 +158,7 @@ func (h *handler) executeDeviceAssign(_ context.Context, req approval.Request, a
 // secret (shown once) and the request.
 func (h *handler) createHeldToken(w http.ResponseWriter, r *http.Request, req EnrollmentTokenRequest, ttl time.Duration) {
 	g := inventory.Grant{Model: req.Model, Group: req.Group}
-	secret, tok, err := h.cfg.Inventory.CreatePendingToken(g, req.Owner, ttl)
+	secret, tok, err := h.cfg.Inventory.CreatePendingToken(r.Context(), g, req.Owner, ttl)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -178,7 +178,7 @@ func (h *handler) createHeldToken(w http.ResponseWriter, r *http.Request, req En
 			Justification: justification(r, "enrollment token "+tok.ID+" granting"+grantText(model, group))})
 	}
 	if err != nil {
-		if derr := h.cfg.Inventory.DeleteToken(tok.ID); derr != nil {
+		if derr := h.cfg.Inventory.DeleteToken(r.Context(), tok.ID); derr != nil {
 			h.log.Error("deleting a pending enrollment token whose approval could not be filed failed", "token_id", tok.ID, "err", derr)
 		}
 		h.approvalError(w, err)
@@ -199,7 +199,7 @@ func (h *handler) executeGrantingToken(_ context.Context, req approval.Request, 
 	if err := json.Unmarshal(req.Params, &g); err != nil {
 		return fmt.Errorf("stored token: %w", err)
 	}
-	tok, err := h.cfg.Inventory.ActivateToken(g.Token, inventory.Grant{Model: g.Model, Group: g.Group})
+	tok, err := h.cfg.Inventory.ActivateToken(context.TODO(), g.Token, inventory.Grant{Model: g.Model, Group: g.Group})
 	if err != nil {
 		return err
 	}

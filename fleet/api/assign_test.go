@@ -29,7 +29,7 @@ func newSteerFixture(t *testing.T) *steerFixture {
 	t.Helper()
 	f := newOpsFixture(t, true)
 	inv := f.inv
-	if err := inv.PutDevice(&inventory.Device{ID: steerDevice, State: inventory.StateActive}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: steerDevice, State: inventory.StateActive}); err != nil {
 		t.Fatal(err)
 	}
 	return &steerFixture{opsFixture: f, inv: inv, sec: f.scopedOf(t, "sec", auth.RoleSecurityAdmin), root: f.scoped[auth.RoleAdmin]}
@@ -50,7 +50,7 @@ func (f *steerFixture) decide(t *testing.T, tok, id, verb string) (int, approval
 
 func (f *steerFixture) device(t *testing.T) *inventory.Device {
 	t.Helper()
-	d, err := f.inv.Device(steerDevice)
+	d, err := f.inv.Device(t.Context(), steerDevice)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestGrantingTokenNeedsASecondPerson(t *testing.T) {
 	if strings.Contains(string(tok.Approval.Params), tok.Token) || strings.Contains(tok.Approval.Target, tok.Token) {
 		t.Fatal("the token's secret is kept in the approval request")
 	}
-	if _, err := f.inv.CheckToken(tok.Token, "gw-1", time.Now()); !errors.Is(err, inventory.ErrTokenPending) {
+	if _, err := f.inv.CheckToken(t.Context(), tok.Token, "gw-1", time.Now()); !errors.Is(err, inventory.ErrTokenPending) {
 		t.Fatalf("the pending token before approval: %v", err)
 	}
 	if code, _ := f.decide(t, f.sec, tok.Approval.ID, "approve"); code != http.StatusForbidden {
@@ -145,7 +145,7 @@ func TestGrantingTokenNeedsASecondPerson(t *testing.T) {
 	if code, r := f.decide(t, f.root, tok.Approval.ID, "approve"); code != http.StatusOK || r.State != approval.StateExecuted {
 		t.Fatalf("a second person approves: %d %+v", code, r)
 	}
-	got, err := f.inv.CheckToken(tok.Token, "gw-1", time.Now())
+	got, err := f.inv.CheckToken(t.Context(), tok.Token, "gw-1", time.Now())
 	if err != nil || got.Group != "vault" || got.Model != "gw-1" {
 		t.Fatalf("the approved token: %+v %v", got, err)
 	}
@@ -156,7 +156,7 @@ func TestGrantingTokenNeedsASecondPerson(t *testing.T) {
 	if err := json.Unmarshal([]byte(b), &plain); resp.StatusCode != http.StatusCreated || err != nil || plain.Pending || plain.Approval != nil {
 		t.Fatalf("a plain token under two_person_rule: %d %s", resp.StatusCode, b)
 	}
-	if _, err := f.inv.CheckToken(plain.Token, "", time.Now()); err != nil {
+	if _, err := f.inv.CheckToken(t.Context(), plain.Token, "", time.Now()); err != nil {
 		t.Fatalf("the plain token: %v", err)
 	}
 }

@@ -37,7 +37,7 @@ func (h *handler) routesAttest() {
 
 // device loads the device named in the path or writes a 404.
 func (h *handler) device(w http.ResponseWriter, r *http.Request) (*inventory.Device, bool) {
-	d, err := h.cfg.Inventory.Device(r.PathValue("id"))
+	d, err := h.cfg.Inventory.Device(r.Context(), r.PathValue("id"))
 	if errors.Is(err, inventory.ErrNotFound) {
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
 		return nil, false
@@ -233,7 +233,7 @@ func (h *handler) learnPolicy(w http.ResponseWriter, r *http.Request, who string
 		problem(w, http.StatusBadRequest, "bad request", "device_id and name are required")
 		return
 	}
-	d, err := h.cfg.Inventory.Device(req.DeviceID)
+	d, err := h.cfg.Inventory.Device(r.Context(), req.DeviceID)
 	if errors.Is(err, inventory.ErrNotFound) {
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
 		return

@@ -246,7 +246,7 @@ func (h *handler) selectBulk(w http.ResponseWriter, req *BulkRequest, extra func
 				continue
 			}
 			seen[id] = true
-			d, err := h.cfg.Inventory.Device(id)
+			d, err := h.cfg.Inventory.Device(context.TODO(), id)
 			if errors.Is(err, inventory.ErrNotFound) {
 				res.Skipped = append(res.Skipped, BulkSkip{ID: id, Reason: "no such device"})
 				continue
@@ -271,7 +271,7 @@ func (h *handler) selectBulk(w http.ResponseWriter, req *BulkRequest, extra func
 			return d.MatchesText(f.Q) && (extra == nil || extra(d))
 		},
 	}
-	page, err := h.cfg.Inventory.Query(q)
+	page, err := h.cfg.Inventory.Query(context.TODO(), q)
 	if errors.Is(err, inventory.ErrQuery) {
 		problem(w, http.StatusBadRequest, "bad request", "after is not a cursor this filter returned")
 		return nil, res, false
@@ -318,7 +318,7 @@ func (h *handler) auditDevice(r *http.Request, rid, action, who, why, id, skip s
 
 func (h *handler) bulkTag(_ *http.Request, req *BulkRequest, _ string, d *inventory.Device) (string, error) {
 	var tooMany bool
-	err := h.cfg.Inventory.Update(d.ID, func(x *inventory.Device) error {
+	err := h.cfg.Inventory.Update(context.TODO(), d.ID, func(x *inventory.Device) error {
 		tags := slices.DeleteFunc(slices.Clone(x.Tags), func(t string) bool { return slices.Contains(req.Remove, t) })
 		tags = slices.Compact(slices.Sorted(slices.Values(append(tags, req.Add...))))
 		if tooMany = len(tags) > inventory.MaxTags; tooMany {

@@ -108,7 +108,7 @@ func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 		if i == 5 {
 			d.State, d.CertSerial = inventory.StatePending, ""
 		}
-		if err := inv.PutDevice(d); err != nil {
+		if err := inv.PutDevice(t.Context(), d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -150,7 +150,7 @@ func TestBulkPermissions(t *testing.T) {
 			}
 		}
 	}
-	if d, _ := f.inv.Device(bulkID(1)); d.State != inventory.StateActive || len(d.Tags) != 0 || len(f.att.ids()) != 0 {
+	if d, _ := f.inv.Device(t.Context(), bulkID(1)); d.State != inventory.StateActive || len(d.Tags) != 0 || len(f.att.ids()) != 0 {
 		t.Fatalf("refused calls changed the device: %+v, challenges %v", d, f.att.ids())
 	}
 }
@@ -174,7 +174,7 @@ func TestBulkTagAndAttestSelection(t *testing.T) {
 		t.Fatalf("untag: %d %s", resp.StatusCode, body)
 	}
 	for i, want := range map[int][]string{0: nil, 1: {"canary", "lab"}, 2: {"canary"}, 3: nil} {
-		if d, _ := f.inv.Device(bulkID(i)); !slices.Equal(d.Tags, want) {
+		if d, _ := f.inv.Device(t.Context(), bulkID(i)); !slices.Equal(d.Tags, want) {
 			t.Errorf("%s tags %v, want %v", d.ID, d.Tags, want)
 		}
 	}
@@ -221,7 +221,7 @@ func TestBulkTagAndAttestSelection(t *testing.T) {
 func TestBulkQuarantineFilterInBatches(t *testing.T) {
 	f := newBulkFixture(t, false)
 	for i := 30; i < 30+BulkLimit+20; i++ {
-		if err := f.inv.PutDevice(&inventory.Device{ID: bulkID(i), State: inventory.StateActive, Group: "pumps"}); err != nil {
+		if err := f.inv.PutDevice(t.Context(), &inventory.Device{ID: bulkID(i), State: inventory.StateActive, Group: "pumps"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -253,13 +253,13 @@ func TestBulkQuarantineFilterInBatches(t *testing.T) {
 		t.Fatalf("quarantined %d devices, want %d", len(done), want)
 	}
 	for _, id := range []string{bulkID(0), bulkID(27), bulkID(30 + BulkLimit + 19)} {
-		d, _ := f.inv.Device(id)
+		d, _ := f.inv.Device(t.Context(), id)
 		if d.State != inventory.StateQuarantined || len(d.Quarantine) != 1 || d.Quarantine[0].Source != inventory.CauseOperator ||
 			d.Quarantine[0].Reason != "quarantined by u-operator: pump firmware recalled" {
 			t.Errorf("%s: %s %+v", id, d.State, d.Quarantine)
 		}
 	}
-	if d, _ := f.inv.Device(bulkID(1)); d.State != inventory.StateActive {
+	if d, _ := f.inv.Device(t.Context(), bulkID(1)); d.State != inventory.StateActive {
 		t.Errorf("a device outside the filter was quarantined")
 	}
 	if au := f.deviceAudit(t, "quarantine"); len(au) != len(done) {

@@ -28,10 +28,10 @@ func TestDecommissionShutsEverySessionAndSerial(t *testing.T) {
 	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
 		Disconnect: func(id string) { disconnected = append(disconnected, id) }}))
 	t.Cleanup(srv.Close)
-	if err := inv.PutDevice(&inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0b", Superseded: []string{"0a"}}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0b", Superseded: []string{"0a"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := inv.Update("dev-a", func(d *inventory.Device) error {
+	if err := inv.Update(t.Context(), "dev-a", func(d *inventory.Device) error {
 		d.RevokeSerial("0b", inventory.ReasonCertificateHold, time.Now())
 		return nil
 	}); err != nil {
@@ -41,7 +41,7 @@ func TestDecommissionShutsEverySessionAndSerial(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("decommission: %d %s", resp.StatusCode, body)
 	}
-	d, _ := inv.Device("dev-a")
+	d, _ := inv.Device(t.Context(), "dev-a")
 	if d.State != inventory.StateDecommissioned || !d.IsRevoked("0a") || !d.IsRevoked("0b") {
 		t.Fatalf("after decommission: state %s, 0a revoked %v, 0b revoked %v", d.State, d.IsRevoked("0a"), d.IsRevoked("0b"))
 	}
@@ -71,7 +71,7 @@ func TestRevokeRevokesEverySerial(t *testing.T) {
 		Disconnect: func(id string) { disconnected = append(disconnected, id) }}))
 	t.Cleanup(srv.Close)
 	now := time.Now()
-	if err := inv.PutDevice(&inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
 		Certs: []inventory.Cert{{Serial: "0a", NotAfter: now.Add(-time.Minute)}, {Serial: "0b", NotAfter: now.Add(30 * time.Minute)}, {Serial: "0c", NotAfter: now.Add(time.Hour)}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestRevokeRevokesEverySerial(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("revoke: %d %s", resp.StatusCode, body)
 	}
-	d, _ := inv.Device("dev-a")
+	d, _ := inv.Device(t.Context(), "dev-a")
 	if !d.IsRevoked("0b") || !d.IsRevoked("0c") {
 		t.Fatalf("after the revocation: renewed-away 0b revoked %v, current 0c revoked %v", d.IsRevoked("0b"), d.IsRevoked("0c"))
 	}

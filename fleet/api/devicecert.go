@@ -72,7 +72,7 @@ func (h *handler) deviceCertificate(w http.ResponseWriter, r *http.Request, _ st
 		problem(w, http.StatusNotImplemented, "not implemented", "no CA configured")
 		return
 	}
-	d, err := h.cfg.Inventory.Device(r.PathValue("id"))
+	d, err := h.cfg.Inventory.Device(r.Context(), r.PathValue("id"))
 	if errors.Is(err, inventory.ErrNotFound) {
 		problem(w, http.StatusNotFound, "not found", "no device with that ID")
 		return

@@ -51,7 +51,7 @@ func TestDeviceCertificateExport(t *testing.T) {
 	}
 	d := &inventory.Device{ID: id, State: inventory.StateActive}
 	d.IssuedCertificate(cert)
-	if err := inv.PutDevice(d); err != nil {
+	if err := inv.PutDevice(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
 
@@ -123,7 +123,7 @@ func TestDeviceCertificateExport(t *testing.T) {
 	old.Issued("0a1b", time.Now(), time.Now().Add(time.Hour))
 	pending := &inventory.Device{ID: "00000000000000000000000000000002", State: inventory.StatePending}
 	for _, x := range []*inventory.Device{old, pending} {
-		if err := inv.PutDevice(x); err != nil {
+		if err := inv.PutDevice(t.Context(), x); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,7 +137,7 @@ func TestDeviceCertificateExport(t *testing.T) {
 	wantProblem(t, resp, body, 400, "format")
 
 	// Revoked shows.
-	if err := inv.Update(id, func(x *inventory.Device) error { x.Revoke(x.CertSerial); return nil }); err != nil {
+	if err := inv.Update(t.Context(), id, func(x *inventory.Device) error { x.Revoke(x.CertSerial); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	_, body = call(t, srv, "GET", "/api/v1/devices/"+id+"/certificate", token, "")

@@ -51,7 +51,7 @@ func (h *handler) listEnrollmentTokens(w http.ResponseWriter, r *http.Request, _
 		return
 	}
 	now := h.cfg.Now()
-	toks, next, err := h.cfg.Inventory.Tokens(inventory.TokenFilter{Status: inventory.TokenStatus(r.URL.Query().Get("status")),
+	toks, next, err := h.cfg.Inventory.Tokens(r.Context(), inventory.TokenFilter{Status: inventory.TokenStatus(r.URL.Query().Get("status")),
 		After: after, Limit: limit, Now: now})
 	if errors.Is(err, inventory.ErrInvalid) {
 		problem(w, http.StatusBadRequest, "bad request", "status must be unused, used or expired, and after a cursor from a previous page")

@@ -18,13 +18,13 @@ func TestEnrollmentTokenList(t *testing.T) {
 	var secrets, hashes []string
 	var ids []string
 	for i, g := range []inventory.Grant{{Model: "gw-1", Group: "line-3"}, {}} {
-		secret, tok, err := inv.CreateToken(g, "plant-"+string(rune('a'+i)), time.Hour)
+		secret, tok, err := inv.CreateToken(t.Context(), g, "plant-"+string(rune('a'+i)), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
 		secrets, hashes, ids = append(secrets, secret), append(hashes, hex.EncodeToString(tok.Hash)), append(ids, tok.ID)
 	}
-	if _, err := inv.ConsumeToken(secrets[1], "0123456789abcdef0123456789abcdef", "", time.Now()); err != nil {
+	if _, err := inv.ConsumeToken(t.Context(), secrets[1], "0123456789abcdef0123456789abcdef", "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	resp, body := call(t, srv, "GET", "/api/v1/enrollment-tokens", token, "")

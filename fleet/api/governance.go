@@ -295,7 +295,7 @@ func (h *handler) setOwnerStatus(w http.ResponseWriter, r *http.Request, who str
 
 // ownership builds a device's DeviceOwnership.
 func (h *handler) ownership(id string) (*DeviceOwnership, error) {
-	d, err := h.cfg.Inventory.Device(id)
+	d, err := h.cfg.Inventory.Device(context.TODO(), id)
 	if err != nil {
 		return nil, err
 	}
@@ -353,7 +353,7 @@ func (h *handler) assignOwner(w http.ResponseWriter, r *http.Request, who string
 		h.governanceError(w, err)
 		return
 	}
-	err := h.cfg.Inventory.Update(id, func(d *inventory.Device) error {
+	err := h.cfg.Inventory.Update(r.Context(), id, func(d *inventory.Device) error {
 		d.Owner, d.Purpose = req.Owner, req.Purpose
 		return nil
 	})

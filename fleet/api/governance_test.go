@@ -47,7 +47,7 @@ func decodeBody[T any](t *testing.T, body string) T {
 func TestOwnersAssignAndOrphans(t *testing.T) {
 	srv, inv, _ := newGovernanceAPI(t)
 	const dev = "0123456789abcdef0123456789abcdef"
-	if err := inv.PutDevice(&inventory.Device{ID: dev, State: inventory.StateActive, Owner: "from-token"}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: dev, State: inventory.StateActive, Owner: "from-token"}); err != nil {
 		t.Fatal(err)
 	}
 	resp, body := call(t, srv, "PUT", "/api/v1/devices/"+dev+"/owner", token, `{"owner":"alice","purpose":"line 3 gateway"}`)
@@ -67,7 +67,7 @@ func TestOwnersAssignAndOrphans(t *testing.T) {
 	if own.Status == nil || own.Status.Orphaned {
 		t.Fatalf("assigned device judged orphaned: %s", body)
 	}
-	d, _ := inv.Device(dev)
+	d, _ := inv.Device(t.Context(), dev)
 	if d.Owner != "alice" || d.Purpose != "line 3 gateway" {
 		t.Fatalf("inventory owner %q purpose %q", d.Owner, d.Purpose)
 	}

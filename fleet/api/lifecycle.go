@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -60,7 +61,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
 	if !ok {
 		return
 	}
-	_, revoked, err := h.cfg.Inventory.RevokeDevice(d.ID, reason)
+	_, revoked, err := h.cfg.Inventory.RevokeDevice(r.Context(), d.ID, reason)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -70,7 +71,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
 		h.cfg.Disconnect(d.ID) // always: a session may hold a serial revoked earlier
 	}
 	if len(revoked) > 0 {
-		_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "revoked",
+		_ = h.cfg.Inventory.AddEvent(r.Context(), inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "revoked",
 			Detail: "certificates " + strings.Join(revoked, ", ") + " revoked (" + inventory.ReasonName(reason) + ") by " + who + ": " + req.Comment})
 	}
 	d, ok = h.device(w, r)
@@ -92,7 +93,7 @@ func (h *handler) decommission(w http.ResponseWriter, r *http.Request, who strin
 	if !ok {
 		return
 	}
-	_, revoked, err := h.cfg.Inventory.Decommission(d.ID)
+	_, revoked, err := h.cfg.Inventory.Decommission(r.Context(), d.ID)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -101,7 +102,7 @@ func (h *handler) decommission(w http.ResponseWriter, r *http.Request, who strin
 	if h.cfg.Disconnect != nil {
 		h.cfg.Disconnect(d.ID) // always: a session may hold a serial revoked earlier
 	}
-	_ = h.cfg.Inventory.AddEvent(inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "decommissioned",
+	_ = h.cfg.Inventory.AddEvent(r.Context(), inventory.Event{Time: h.cfg.Now(), DeviceID: d.ID, Kind: "decommissioned",
 		Detail: "by " + who + ": " + req.Comment + "; certificates revoked (cessationOfOperation): " + strings.Join(revoked, ", ")})
 	d, ok = h.device(w, r)
 	if ok {
@@ -239,7 +240,7 @@ func (h *handler) crl(w http.ResponseWriter, _ *http.Request) {
 	h.crls.mu.Lock()
 	defer h.crls.mu.Unlock()
 	now := h.cfg.Now()
-	all, err := h.cfg.Inventory.Revocations(time.Time{})
+	all, err := h.cfg.Inventory.Revocations(context.TODO(), time.Time{})
 	if err != nil {
 		h.internal(w, err)
 		return

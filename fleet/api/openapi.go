@@ -23,7 +23,8 @@ import (
 // summary and the Go types of its request and response bodies, whose JSON
 // schemas are derived by reflection from the same structs the handlers
 // encode. A test fails when a route lacks a description, and the e2e suite
-// checks live answers against the schemas.
+// (TestOpenAPI) validates the document and real requests and answers
+// against it with an independent implementation, kin-openapi.
 
 // routeDoc describes one route for the OpenAPI document.
 type routeDoc struct {
@@ -159,11 +160,12 @@ type docState struct {
 
 func (h *handler) buildOpenAPI() map[string]any {
 	sg := &schemaGen{defs: map[string]any{}}
+	in := &schemaGen{defs: sg.defs, input: true}
 	paths := map[string]map[string]any{}
 	for _, r := range h.routes {
 		method, path, _ := strings.Cut(r.Pattern, " ")
 		d := h.docs[r.Pattern]
-		op := map[string]any{"summary": d.Summary, "operationId": routeAction(method, path)}
+		op := map[string]any{"summary": d.Summary, "operationId": operationID(method, path)}
 		var params []any
 		for _, seg := range strings.Split(path, "/") {
 			if strings.HasPrefix(seg, "{") {
@@ -174,7 +176,7 @@ func (h *handler) buildOpenAPI() map[string]any {
 			op["parameters"] = params
 		}
 		if d.Request != nil {
-			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": sg.schema(reflect.TypeOf(d.Request))}}}
+			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": in.schema(reflect.TypeOf(d.Request))}}}
 		}
 		status := d.Status
 		if status == 0 {
@@ -219,14 +221,41 @@ func (h *handler) buildOpenAPI() map[string]any {
 	}
 }
 
+// operationID names a route uniquely, as OpenAPI requires: like its
+// audit action (routeAction), which leaves path values out, with each path
+// value's name in its place ("api.devices.by_id.get"); routes outside
+// /api/v1 are named by their path alone ("crl.get").
+func operationID(method, path string) string {
+	var words []string
+	if rest, ok := strings.CutPrefix(path, "/api/v1/"); ok {
+		words, path = []string{"api"}, rest
+	}
+	for _, seg := range strings.Split(path, "/") {
+		switch {
+		case seg == "":
+		case strings.HasPrefix(seg, "{"):
+			words = append(words, "by_"+strings.Trim(seg, "{}."))
+		default:
+			words = append(words, strings.ToLower(seg))
+		}
+	}
+	return strings.Join(append(words, strings.ToLower(method)), ".")
+}
+
 func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
 }
 
 // schemaGen derives JSON schemas from Go types the way encoding/json
-// encodes them; named struct types become components.
-type schemaGen struct{ defs map[string]any }
+// encodes them; named struct types become components. An input schema,
+// of a request body, requires no property: encoding/json decodes any
+// subset, and a handler that needs a field refuses its absence with a
+// problem that says so. Its components are named with an ".input" suffix.
+type schemaGen struct {
+	defs  map[string]any
+	input bool
+}
 
 var (
 	timeType    = reflect.TypeOf(time.Time{})
@@ -271,6 +300,9 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 		name := t.Name()
 		if name != "" {
 			key := strings.ReplaceAll(t.PkgPath()[strings.LastIndexByte(t.PkgPath(), '/')+1:]+"."+name, "/", ".")
+			if g.input {
+				key += ".input"
+			}
 			if _, ok := g.defs[key]; !ok {
 				g.defs[key] = map[string]any{} // recursion guard
 				g.defs[key] = g.object(t)
@@ -283,8 +315,8 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 }
 
 // object is the schema of a struct's JSON object: its exported fields by
-// their JSON names, embedded structs flattened; fields without omitempty
-// or omitzero are required.
+// their JSON names, embedded structs flattened; in an output schema,
+// fields without omitempty or omitzero are required.
 func (g *schemaGen) object(t reflect.Type) map[string]any {
 	props := map[string]any{}
 	var required []string
@@ -314,7 +346,7 @@ func (g *schemaGen) object(t reflect.Type) map[string]any {
 				name = f.Name
 			}
 			props[name] = g.schema(f.Type)
-			if !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero") {
+			if !g.input && !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero") {
 				required = append(required, name)
 			}
 		}

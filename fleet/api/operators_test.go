@@ -209,13 +209,13 @@ func TestScopeBoundsOperatorRoutes(t *testing.T) {
 			for i, scope := range auth.Roles() {
 				tok := f.scoped[scope]
 				id := fmt.Sprintf("%032x", 0x5ee700+i)
-				if err := f.inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
+				if err := f.inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
 					t.Fatal(err)
 				}
 				for _, field := range []string{"model", "group"} {
 					resp, _ := f.do(t, "PATCH", "/api/v1/devices/"+id, tok, map[string]string{field: "steer-" + string(scope)})
 					check("PATCH /api/v1/devices/{id} ("+field+")", scope, scope, steer(scope), resp.StatusCode, moved)
-					if d, _ := f.inv.Device(id); (resp.StatusCode == http.StatusOK) != (d.Model != "" || d.Group != "") {
+					if d, _ := f.inv.Device(t.Context(), id); (resp.StatusCode == http.StatusOK) != (d.Model != "" || d.Group != "") {
 						t.Errorf("PATCH %s with a %s-scoped token answered %d; the device has model %q group %q", field, scope, resp.StatusCode, d.Model, d.Group)
 					}
 					resp, body := f.do(t, "POST", "/api/v1/enrollment-tokens", tok, map[string]string{field: "steer"})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // browser is a logged-in session as the console's browser holds it.
@@ -166,14 +167,15 @@ func TestChangeOwnPasswordAPI(t *testing.T) {
 // pastThrottle calls do until it answers something else than 429 (the
 // throttle's wait after a failure is a second), for at most 10 s.
 func pastThrottle(do func() (*http.Response, string)) (*http.Response, string) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, body := do()
-		if resp.StatusCode != http.StatusTooManyRequests || time.Now().After(deadline) {
-			return resp, body
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var (
+		resp *http.Response
+		body string
+	)
+	wait.Poll(10*time.Second, func() bool {
+		resp, body = do()
+		return resp.StatusCode != http.StatusTooManyRequests
+	})
+	return resp, body
 }
 
 // TestJSONBodyNeedsContentType: a body sent as curl -d sends it (a form's

@@ -30,7 +30,7 @@ func TestQuarantineOnRequest(t *testing.T) {
 		{ID: "dev-a", State: inventory.StateActive, CertSerial: "0a"},
 		{ID: "dev-p", State: inventory.StatePending},
 	} {
-		if err := inv.PutDevice(d); err != nil {
+		if err := inv.PutDevice(t.Context(), d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -42,7 +42,7 @@ func TestQuarantineOnRequest(t *testing.T) {
 	wantProblem(t, resp, body, 409, "only an active device")
 	resp, body = call(t, srv, "POST", "/api/v1/devices/nope/quarantine", token, `{"justification":"odd traffic"}`)
 	wantProblem(t, resp, body, 404, "no device")
-	if d, _ := inv.Device("dev-a"); d.State != inventory.StateActive || len(disconnected) != 0 {
+	if d, _ := inv.Device(t.Context(), "dev-a"); d.State != inventory.StateActive || len(disconnected) != 0 {
 		t.Fatalf("refused requests changed the device: %s, disconnected %v", d.State, disconnected)
 	}
 
@@ -50,11 +50,11 @@ func TestQuarantineOnRequest(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(body, `"state":"quarantined"`) {
 		t.Fatalf("quarantine: %d %s", resp.StatusCode, body)
 	}
-	d, _ := inv.Device("dev-a")
+	d, _ := inv.Device(t.Context(), "dev-a")
 	if d.State != inventory.StateQuarantined || !d.IsRevoked("0a") || len(disconnected) != 1 {
 		t.Fatalf("after quarantine: %+v, disconnected %v", d, disconnected)
 	}
-	evs, _ := inv.Events("dev-a", 10)
+	evs, _ := inv.Events(t.Context(), "dev-a", 10)
 	if len(evs) == 0 || !strings.Contains(evs[0].Detail, "quarantined by admin: odd traffic to 203.0.113.9") {
 		t.Fatalf("events %+v", evs)
 	}

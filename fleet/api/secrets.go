@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
@@ -17,9 +16,8 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// Secrets is the sealed-secrets service as the API uses it (fleet/server
-// composes it from fleet/secrets and its delivery state). No method
-// returns a value.
+// Secrets is the sealed-secrets service as the API uses it
+// (secrets.Service). No method returns a value.
 type Secrets interface {
 	// Put stores value as a new version of name and starts delivering it
 	// to the targeted devices that are connected.
@@ -38,34 +36,16 @@ type Secrets interface {
 	Rotate(name string) (*secrets.Info, error)
 }
 
-// SecretStatus is a secret in GET /api/v1/secrets: its latest version,
-// target and versions kept, and how far the latest version got. Never its
-// value.
-type SecretStatus struct {
-	secrets.Listing
-	Delivery DeliverySummary `json:"delivery"`
-}
+// SecretStatus is a secret in GET /api/v1/secrets (secrets.Status).
+type SecretStatus = secrets.Status
 
-// DeliverySummary counts the devices the fleet tried to deliver a secret's
-// latest version to.
-type DeliverySummary struct {
-	Acked   int `json:"acked"`   // imported into the device's TPM
-	Pending int `json:"pending"` // sent, not acknowledged yet
-	Failed  int `json:"failed"`  // the last attempt failed (see the device's secrets)
-}
+// DeliverySummary counts the devices the fleet tried to deliver a
+// secret's latest version to (secrets.DeliverySummary).
+type DeliverySummary = secrets.DeliverySummary
 
-// DeviceSecret is one device's delivery state of one secret.
-type DeviceSecret struct {
-	Name     string    `json:"name"`
-	Latest   int       `json:"latest"` // latest version for this device; 0 when the secret was deleted or no longer targets it
-	PCRBound bool      `json:"pcr_bound"`
-	Sent     int       `json:"sent,omitempty"` // last version sent
-	SentAt   time.Time `json:"sent_at,omitzero"`
-	Acked    int       `json:"acked,omitempty"` // last version the device imported
-	AckedAt  time.Time `json:"acked_at,omitzero"`
-	Error    string    `json:"error,omitempty"` // why the last attempt failed
-	ErrorAt  time.Time `json:"error_at,omitzero"`
-}
+// DeviceSecret is one device's delivery state of one secret
+// (secrets.DeviceStatus).
+type DeviceSecret = secrets.DeviceStatus
 
 // SecretRequest is the body of PUT /api/v1/secrets/{name}. The value is
 // always base64 (standard alphabet, padded), so that any bytes can be

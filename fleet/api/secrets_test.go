@@ -124,7 +124,7 @@ func TestSecretsAPI(t *testing.T) {
 
 	resp, b = call(t, srv, "GET", "/api/v1/devices/nope/secrets", token, "")
 	wantProblem(t, resp, b, 404, "no device")
-	if err := inv.PutDevice(&inventory.Device{ID: "dev1", State: inventory.StateActive}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev1", State: inventory.StateActive}); err != nil {
 		t.Fatal(err)
 	}
 	if resp, b = call(t, srv, "GET", "/api/v1/devices/dev1/secrets", token, ""); resp.StatusCode != 200 || !strings.Contains(b, `"secrets":[]`) {

@@ -3,7 +3,6 @@ package approval
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,17 +14,17 @@ import (
 	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // Manager keeps requests in a bbolt file, takes decisions on them and runs
 // the executors. Its methods are safe for concurrent use.
 type Manager struct {
 	cfg Config
-	db  *bolt.DB
+	db  *boltdb.DB
 	log *slog.Logger
 
 	mu    sync.RWMutex
@@ -41,7 +40,6 @@ var (
 	bucketMeta     = []byte("meta")
 	bucketRequests = []byte("requests") // ID -> Request (IDs sort by creation)
 	bucketPending  = []byte("pending")  // ID -> nothing, for every pending request
-	keySchema      = []byte("schema")
 )
 
 // Open opens or creates the request file. Requests found executing (the
@@ -50,33 +48,15 @@ func Open(cfg Config) (*Manager, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.LockTimeout, NoSync: cfg.NoSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Path)
-	}
+	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketRequests, bucketPending},
+		Version: schemaVersion,
+	}, boltdb.Options{Name: "approval", Timeout: cfg.LockTimeout, NoSync: cfg.NoSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("approval: open %s: %w", cfg.Path, err)
+		return nil, err
 	}
 	m := &Manager{cfg: cfg, db: db, log: cfg.Logger, execs: make(map[Kind]Executor)}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketRequests, bucketPending} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
-	if err == nil {
-		err = m.interrupt()
-	}
-	if err != nil {
+	if err := m.interrupt(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("approval: initialize %s: %w", cfg.Path, err)
 	}

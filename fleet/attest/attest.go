@@ -33,6 +33,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,9 +65,24 @@ type Alert struct {
 	Summary  string
 }
 
+// Inventory is what the attestation service reads and changes of the
+// device inventory: verdicts, quarantine and release. *inventory.Store
+// implements it (bbolt or PostgreSQL).
+type Inventory interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
+	AddEvent(ctx context.Context, e inventory.Event) error
+	Quarantine(ctx context.Context, id string, c inventory.Cause) (*inventory.Device, []string, error)
+	Release(ctx context.Context, id string) (*inventory.Device, error)
+	AutoRelease(ctx context.Context, id, policy string) (*inventory.Device, error)
+}
+
+var _ Inventory = (*inventory.Store)(nil)
+
 // Config configures the service.
 type Config struct {
-	Inventory *inventory.Store
+	Inventory Inventory
 	History   *History
 	Policies  Policies
 	// Send publishes a message to a device's down topic of kind.
@@ -562,7 +578,7 @@ func hexPCRs(in map[string]map[int][]byte) map[string]map[int]string {
 
 // evidence verifies, records and acts.
 func (s *Service) evidence(j job) *Record {
-	dev, err := s.cfg.Inventory.Device(j.deviceID)
+	dev, err := s.cfg.Inventory.Device(context.TODO(), j.deviceID)
 	if err != nil {
 		s.log.Warn("evidence from a device not in the inventory", "device_id", j.deviceID, "err", err)
 		return nil
@@ -625,7 +641,7 @@ func (s *Service) evidence(j job) *Record {
 			s.log.Error("auto-release failed", "device_id", dev.ID, "err", err)
 		}
 	}
-	err = s.cfg.Inventory.Update(dev.ID, func(d *inventory.Device) error {
+	err = s.cfg.Inventory.Update(context.TODO(), dev.ID, func(d *inventory.Device) error {
 		d.Attestation = rec.Result
 		d.LastAttested = rec.Time
 		if pass {
@@ -717,14 +733,14 @@ var ErrNotActive = errors.New("attest: device is not active")
 // as a "quarantined" Alert. A device already quarantined only gains the
 // cause, without a new alert; an operator's Release ends the quarantine.
 func (s *Service) Quarantine(deviceID, reason string) error {
-	dev, err := s.cfg.Inventory.Device(deviceID)
+	dev, err := s.cfg.Inventory.Device(context.TODO(), deviceID)
 	if err != nil {
 		return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
 	}
 	cause := inventory.Cause{Source: inventory.CauseAlert, Reason: reason, Time: s.cfg.Now()}
 	switch dev.State {
 	case inventory.StateQuarantined:
-		if _, _, err := s.cfg.Inventory.Quarantine(deviceID, cause); err != nil {
+		if _, _, err := s.cfg.Inventory.Quarantine(context.TODO(), deviceID, cause); err != nil {
 			return fmt.Errorf("attest: quarantine %s: %w", deviceID, err)
 		}
 		return nil
@@ -753,7 +769,7 @@ func (s *Service) restrict(id string, cause inventory.Cause, detail, summary str
 	var err error
 	var revoked []string
 	for attempt := range 3 {
-		_, revoked, err = s.cfg.Inventory.Quarantine(id, cause)
+		_, revoked, err = s.cfg.Inventory.Quarantine(context.TODO(), id, cause)
 		if err == nil || errors.Is(err, inventory.ErrTransition) || errors.Is(err, inventory.ErrNotFound) {
 			break
 		}
@@ -765,7 +781,7 @@ func (s *Service) restrict(id string, cause inventory.Cause, detail, summary str
 		return err
 	}
 	s.cfg.Disconnect(id)
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: id, Kind: "quarantined",
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: id, Kind: "quarantined",
 		Detail: detail + "; certificates revoked: " + strings.Join(revoked, ", ")})
 	s.alert(Alert{DeviceID: id, Kind: "quarantined", Severity: "critical", Summary: summary})
 	return err
@@ -776,7 +792,7 @@ func (s *Service) alert(a Alert) {
 		a.Time = s.cfg.Now()
 	}
 	s.log.Warn("alert", "kind", a.Kind, "severity", a.Severity, "device_id", a.DeviceID, "summary", a.Summary)
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: "alert", Detail: a.Kind + ": " + a.Summary})
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: "alert", Detail: a.Kind + ": " + a.Summary})
 	if s.cfg.Alert != nil {
 		s.cfg.Alert(a)
 	}
@@ -806,9 +822,9 @@ func (s *Service) Release(deviceID, by, justification string) error {
 func (s *Service) release(deviceID string, auto bool, policy, by, justification string) error {
 	var err error
 	if auto {
-		_, err = s.cfg.Inventory.AutoRelease(deviceID, policy)
+		_, err = s.cfg.Inventory.AutoRelease(context.TODO(), deviceID, policy)
 	} else {
-		_, err = s.cfg.Inventory.Release(deviceID)
+		_, err = s.cfg.Inventory.Release(context.TODO(), deviceID)
 	}
 	if errors.Is(err, inventory.ErrNotQuarantined) {
 		return ErrNotQuarantined
@@ -816,7 +832,7 @@ func (s *Service) release(deviceID string, auto bool, policy, by, justification 
 	if err != nil {
 		return err
 	}
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "released", Detail: "released by " + by + ": " + justification})
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "released", Detail: "released by " + by + ": " + justification})
 	s.alert(Alert{DeviceID: deviceID, Kind: "released", Severity: "info", Summary: "released from quarantine by " + by + ": " + justification})
 	// Its session, if any, was restricted to attestation: make it reconnect
 	// with full access.
@@ -853,7 +869,7 @@ func (s *Service) SessionEnded(deviceID string) {
 // more than Config.VerdictMaxAge ago. Otherwise an error wrapping
 // ErrNoCurrentVerdict says why.
 func (s *Service) Current(deviceID string) error {
-	d, err := s.cfg.Inventory.Device(deviceID)
+	d, err := s.cfg.Inventory.Device(context.TODO(), deviceID)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNoCurrentVerdict, err)
 	}
@@ -881,7 +897,7 @@ func (s *Service) sweepStale() error {
 	now := s.cfg.Now()
 	after := ""
 	for {
-		devs, next, err := s.cfg.Inventory.ListDevices(inventory.Filter{After: after, Limit: 1000})
+		devs, next, err := s.cfg.Inventory.ListDevices(context.TODO(), inventory.Filter{After: after, Limit: 1000})
 		if err != nil {
 			return err
 		}
@@ -903,7 +919,7 @@ func (s *Service) sweepStale() error {
 				if missed >= s.cfg.StaleAfter {
 					why = fmt.Sprintf("%d attestation challenges unanswered", missed)
 				}
-				err := s.cfg.Inventory.Update(d.ID, func(d *inventory.Device) error {
+				err := s.cfg.Inventory.Update(context.TODO(), d.ID, func(d *inventory.Device) error {
 					if !d.HasFlag(FlagStale) {
 						d.Flags = append(d.Flags, FlagStale)
 					}
@@ -941,4 +957,33 @@ func (s *Service) History(deviceID string, limit int) ([]Record, error) {
 // before (0: from the newest), newest first (History.ListBefore).
 func (s *Service) HistoryBefore(deviceID string, before uint64, limit int) ([]Record, error) {
 	return s.cfg.History.ListBefore(deviceID, before, limit)
+}
+
+// Selections builds the PCR selections Config.Selections takes from the
+// configured banks (attest_banks: "sha256", "sha1", "sha384"; none means
+// sha256) and PCRs (attest_pcrs; none means wire.DefaultPCRs); neither
+// means nil, the service's default.
+func Selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
+	if len(banks) == 0 && len(pcrs) == 0 {
+		return nil, nil
+	}
+	if len(banks) == 0 {
+		banks = []string{"sha256"}
+	}
+	if len(pcrs) == 0 {
+		pcrs = wire.DefaultPCRs()
+	}
+	var out []wire.PCRSelection
+	for _, b := range banks {
+		id := verifier.BankID(b)
+		if id == 0 || slices.ContainsFunc(out, func(s wire.PCRSelection) bool { return s.Hash == id }) {
+			return nil, fmt.Errorf("attest: attest_banks: %q is not a supported bank or is repeated", b)
+		}
+		sel := wire.PCRSelection{Hash: id, PCRs: pcrs}
+		if err := sel.Validate(); err != nil {
+			return nil, fmt.Errorf("attest: attest_pcrs: %w", err)
+		}
+		out = append(out, sel)
+	}
+	return out, nil
 }

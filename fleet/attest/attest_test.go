@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"context"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -67,7 +68,7 @@ func newFixture(t testing.TB) *fixture {
 	for i, id := range []string{f.dev, "fedcba9876543210fedcba9876543210"} {
 		fp := []byte("0000000000000000000000000000000000000000000000000000000000000000")
 		fp[0] = byte('1' + i)
-		if err := f.inv.PutDevice(&inventory.Device{ID: id, EKFingerprint: string(fp), Model: "gw-1", State: inventory.StateActive,
+		if err := f.inv.PutDevice(t.Context(), &inventory.Device{ID: id, EKFingerprint: string(fp), Model: "gw-1", State: inventory.StateActive,
 			CertSerial: "c0ffee0" + string(rune('0'+i)), AKPublic: f.ak.Public}); err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +153,7 @@ func (f *fixture) submit(id string, b []byte) *Record {
 }
 
 func (f *fixture) state(id string) inventory.State {
-	d, err := f.inv.Device(id)
+	d, err := f.inv.Device(context.Background(), id)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestHonestEvidencePasses(t *testing.T) {
 	if rec.Result != wire.VerdictPass || rec.Code != wire.ReasonNoPolicy || len(rec.PCRs["sha256"]) != 11 || rec.EvidenceDigest == "" {
 		t.Fatalf("record %+v", rec)
 	}
-	d, _ := f.inv.Device(f.dev)
+	d, _ := f.inv.Device(t.Context(), f.dev)
 	if d.Attestation != "pass" || d.LastAttested.IsZero() || d.Firmware != "1.0.0" {
 		t.Fatalf("inventory %+v", d)
 	}
@@ -245,7 +246,7 @@ func TestRefusals(t *testing.T) {
 				t.Fatalf("quarantined = %v, want %v", quarantined, c.quarantine)
 			}
 			if c.quarantine {
-				d, _ := f.inv.Device(f.dev)
+				d, _ := f.inv.Device(t.Context(), f.dev)
 				if !d.IsRevoked(d.CertSerial) || !slices.Contains(f.kicked, f.dev) {
 					t.Fatalf("quarantine incomplete: revoked %v, kicked %v", d.Revoked, f.kicked)
 				}
@@ -293,7 +294,7 @@ func TestReleaseNeedsJustification(t *testing.T) {
 	if err := f.svc.Release(f.dev, "alice", "again"); err != ErrNotQuarantined {
 		t.Fatalf("second release: %v", err)
 	}
-	evs, _ := f.inv.Events(f.dev, 10)
+	evs, _ := f.inv.Events(t.Context(), f.dev, 10)
 	if len(evs) == 0 || evs[0].Kind != "alert" && evs[0].Kind != "released" {
 		t.Fatalf("events %+v", evs)
 	}
@@ -305,14 +306,14 @@ func TestStale(t *testing.T) {
 	if err := f.svc.sweepStale(); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := f.inv.Device(f.dev); d.HasFlag(FlagStale) {
+	if d, _ := f.inv.Device(t.Context(), f.dev); d.HasFlag(FlagStale) {
 		t.Fatal("fresh device flagged stale")
 	}
 	f.advance(3 * time.Minute) // StaleAfter 2 × Interval 1m
 	if err := f.svc.sweepStale(); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := f.inv.Device(f.dev); !d.HasFlag(FlagStale) {
+	if d, _ := f.inv.Device(t.Context(), f.dev); !d.HasFlag(FlagStale) {
 		t.Fatal("silent device not flagged stale")
 	}
 	n := len(f.alerts)
@@ -322,7 +323,7 @@ func TestStale(t *testing.T) {
 	}
 	// Evidence again clears it.
 	f.submit(f.dev, f.evidence(f.challenge(f.dev), f.ak, nil))
-	if d, _ := f.inv.Device(f.dev); d.HasFlag(FlagStale) {
+	if d, _ := f.inv.Device(t.Context(), f.dev); d.HasFlag(FlagStale) {
 		t.Fatal("stale flag kept after a passing attestation")
 	}
 	// Unanswered challenges also make a device stale.
@@ -330,7 +331,7 @@ func TestStale(t *testing.T) {
 	f.challenge(other)
 	f.challenge(other)
 	f.svc.sweepStale()
-	if d, _ := f.inv.Device(other); !d.HasFlag(FlagStale) {
+	if d, _ := f.inv.Device(t.Context(), other); !d.HasFlag(FlagStale) {
 		t.Fatal("device ignoring challenges not flagged stale")
 	}
 }

@@ -3,11 +3,10 @@ package attest
 import (
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	bolt "go.etcd.io/bbolt"
 )
@@ -46,8 +45,7 @@ type Record struct {
 
 // History keeps verdicts per device in bbolt, newest last, bounded.
 type History struct {
-	db  *bolt.DB
-	w   *groupcommit.Writer
+	db  *boltdb.DB
 	max int
 }
 
@@ -56,11 +54,11 @@ func OpenHistory(path string, maxPerDevice int) (*History, error) {
 	if maxPerDevice <= 0 {
 		maxPerDevice = 1000
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltdb.Open(path, boltdb.Schema{}, boltdb.Options{Name: "attest: history"})
 	if err != nil {
-		return nil, fmt.Errorf("attest: open history: %w", err)
+		return nil, err
 	}
-	return &History{db: db, w: groupcommit.New(db), max: maxPerDevice}, nil
+	return &History{db: db, max: maxPerDevice}, nil
 }
 
 // Close closes the file.
@@ -68,7 +66,7 @@ func (h *History) Close() error { return h.db.Close() }
 
 // Add appends r to its device's history and sets r.Seq.
 func (h *History) Add(r *Record) error {
-	return h.w.Write(func(tx *bolt.Tx) error {
+	return h.db.Write(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists([]byte(r.DeviceID))
 		if err != nil {
 			return err

@@ -33,7 +33,7 @@ func TestHooks(t *testing.T) {
 	})
 	f.svc.OnQuarantine(func(d time.Duration) {
 		// By now the device is revoked, disconnected and alerted.
-		dev, err := f.inv.Device(f.dev)
+		dev, err := f.inv.Device(t.Context(), f.dev)
 		if err != nil || dev.State != inventory.StateQuarantined || !dev.IsRevoked(dev.CertSerial) {
 			t.Errorf("quarantine hook before the quarantine was complete: %+v %v", dev, err)
 		}

@@ -55,7 +55,7 @@ func pinned(id, pcr0 string, autoRelease bool) *policy.Policy {
 func TestEvidenceNeverUndoesDecommission(t *testing.T) {
 	f := newFixture(t)
 	ch := f.challenge(f.dev)
-	if err := f.inv.Update(f.dev, func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
+	if err := f.inv.Update(t.Context(), f.dev, func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	ak2, err := f.tpm.CreateAK()
@@ -77,13 +77,13 @@ func TestQuarantineRevokesEveryUnexpiredSerial(t *testing.T) {
 	if err := f.svc.Quarantine(f.dev, "alert rule: odd port"); err != nil {
 		t.Fatal(err)
 	}
-	d, _ := f.inv.Device(f.dev)
+	d, _ := f.inv.Device(t.Context(), f.dev)
 	for _, s := range []string{"c0ffee00", "5e1a11"} {
 		if !d.IsRevoked(s) {
 			t.Errorf("quarantine left serial %s unrevoked", s)
 		}
 	}
-	crl, err := f.inv.Revocations(f.now())
+	crl, err := f.inv.Revocations(t.Context(), f.now())
 	if err != nil || len(crl) != 2 {
 		t.Fatalf("CRL entries %+v %v, want both serials", crl, err)
 	}
@@ -103,7 +103,7 @@ func TestQuarantineRacingRenewal(t *testing.T) {
 	if rec.Result != wire.VerdictFail || rec.Action != "quarantined" {
 		t.Fatalf("verdict %+v", rec)
 	}
-	d, _ := f.inv.Device(f.dev)
+	d, _ := f.inv.Device(t.Context(), f.dev)
 	if d.State != inventory.StateQuarantined || !d.IsRevoked("5e1a11") || !d.IsRevoked("c0ffee00") {
 		t.Fatalf("after the race: state %s, current %s revoked %v, old revoked %v", d.State, d.CertSerial, d.IsRevoked("5e1a11"), d.IsRevoked("c0ffee00"))
 	}
@@ -176,7 +176,7 @@ func TestNoncePurpose(t *testing.T) {
 // serial stays valid until the device connects with the new one.
 func renewAway(t *testing.T, inv *inventory.Store, id, serial string) {
 	t.Helper()
-	err := inv.Update(id, func(d *inventory.Device) error {
+	err := inv.Update(t.Context(), id, func(d *inventory.Device) error {
 		d.Issued(serial, time.Now(), time.Now().Add(time.Hour))
 		return nil
 	})

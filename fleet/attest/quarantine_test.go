@@ -16,18 +16,18 @@ import (
 // quarantined device alone, and refuses unknown and inactive devices.
 func TestQuarantineByRequest(t *testing.T) {
 	f := newFixture(t)
-	before, _ := f.inv.Device(f.dev)
+	before, _ := f.inv.Device(t.Context(), f.dev)
 	if err := f.svc.Quarantine(f.dev, "alert rule new-listening-port: tcp/4444"); err != nil {
 		t.Fatal(err)
 	}
-	dev, _ := f.inv.Device(f.dev)
+	dev, _ := f.inv.Device(t.Context(), f.dev)
 	if dev.State != inventory.StateQuarantined || !dev.IsRevoked(before.CertSerial) {
 		t.Fatalf("device %+v: want quarantined with %s revoked", dev, before.CertSerial)
 	}
 	if !slices.Contains(f.kicked, f.dev) {
 		t.Fatal("the device's session was not closed")
 	}
-	evs, _ := f.inv.Events(f.dev, 10)
+	evs, _ := f.inv.Events(t.Context(), f.dev, 10)
 	found := false
 	for _, e := range evs {
 		found = found || e.Kind == "quarantined" && strings.Contains(e.Detail, "tcp/4444")
@@ -47,7 +47,7 @@ func TestQuarantineByRequest(t *testing.T) {
 		t.Fatalf("unknown device: %v", err)
 	}
 	other := "fedcba9876543210fedcba9876543210"
-	if err := f.inv.Update(other, func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
+	if err := f.inv.Update(t.Context(), other, func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.svc.Quarantine(other, "x"); !errors.Is(err, ErrNotActive) {

@@ -3,9 +3,11 @@ package attest
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -75,13 +77,12 @@ func TestEvidenceWaitsForRoom(t *testing.T) {
 	go func() { ran <- svc.Run(ctx) }()
 	defer func() { cancel(); <-ran }()
 	<-submitted
-	deadline := time.Now().Add(30 * time.Second)
-	for f.answers() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d pieces of evidence answered", f.answers(), n)
+	wait.Until(t, func() error {
+		if a := f.answers(); a < n {
+			return fmt.Errorf("%d of %d pieces of evidence answered", a, n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	if st := svc.Stats(); st.EvidenceDropped != 0 || st.EvidenceQueued != uint64(n) {
 		t.Fatalf("stats %+v, want %d queued and none dropped", st, n)
 	}

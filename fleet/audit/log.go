@@ -23,7 +23,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // File is the log's file name in the fleet data directory.
@@ -79,7 +80,7 @@ type Config struct {
 // buckets "by_actor" (kind NUL id NUL seq) and "by_target" (target NUL seq)
 // index entries for List; bucket "meta" holds the schema version.
 type Log struct {
-	db       *bolt.DB
+	db       *boltdb.DB
 	signer   crypto.Signer
 	pub      *ecdsa.PublicKey // signer's, nil without a signer
 	keyID    string
@@ -109,7 +110,6 @@ var (
 	bucketByActor     = []byte("by_actor")
 	bucketByTarget    = []byte("by_target")
 	bucketMeta        = []byte("meta")
-	keySchema         = []byte("schema")
 )
 
 const (
@@ -166,18 +166,16 @@ func Open(cfg Config) (*Log, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("audit: open: %w", err)
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: cfg.NoSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Path)
-	}
+	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
+		Buckets:     [][]byte{bucketEntries, bucketCheckpoints, bucketByActor, bucketByTarget, bucketMeta},
+		Version:     schemaVersion,
+		ByteVersion: true,
+		Init:        l.load,
+	}, boltdb.Options{Name: "audit", NoSync: cfg.NoSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, err)
+		return nil, err
 	}
 	l.db = db
-	if err := l.init(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, err)
-	}
 	if l.lastCP.Seq > l.seq {
 		// Someone removed signed entries from the end of the file. Keep
 		// going so that the fleet can still record and the evidence can be
@@ -187,39 +185,23 @@ func Open(cfg Config) (*Log, error) {
 	return l, nil
 }
 
-// init creates the buckets and loads the head of the chain and the last
-// checkpoint.
-func (l *Log) init() error {
-	return l.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketEntries, bucketCheckpoints, bucketByActor, bucketByTarget, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
+// load reads the head of the chain and the last checkpoint.
+func (l *Log) load(tx *bolt.Tx) error {
+	if k, v := tx.Bucket(bucketEntries).Cursor().Last(); k != nil {
+		e, err := decodeStored(k, v)
+		if err != nil {
+			return err
 		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v == nil {
-			if err := meta.Put(keySchema, []byte{schemaVersion}); err != nil {
-				return err
-			}
-		} else if len(v) != 1 || v[0] != schemaVersion {
-			return fmt.Errorf("schema version %v, this build reads %d", v, schemaVersion)
+		l.seq, l.head, l.last = e.Seq, e.Hash, e.Time
+	}
+	if k, v := tx.Bucket(bucketCheckpoints).Cursor().Last(); k != nil {
+		var cp Checkpoint
+		if err := json.Unmarshal(v, &cp); err != nil {
+			return fmt.Errorf("checkpoint %d: %w", binary.BigEndian.Uint64(k), err)
 		}
-		if k, v := tx.Bucket(bucketEntries).Cursor().Last(); k != nil {
-			e, err := decodeStored(k, v)
-			if err != nil {
-				return err
-			}
-			l.seq, l.head, l.last = e.Seq, e.Hash, e.Time
-		}
-		if k, v := tx.Bucket(bucketCheckpoints).Cursor().Last(); k != nil {
-			var cp Checkpoint
-			if err := json.Unmarshal(v, &cp); err != nil {
-				return fmt.Errorf("checkpoint %d: %w", binary.BigEndian.Uint64(k), err)
-			}
-			l.lastCP = cp
-		}
-		return nil
-	})
+		l.lastCP = cp
+	}
+	return nil
 }
 
 // Close waits for appends in progress, then closes the file. Appends after

@@ -3,9 +3,13 @@ package auth
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -55,4 +59,34 @@ func writeSecretFile(path string, data []byte) error {
 		return fmt.Errorf("auth: write %s: %w", path, err)
 	}
 	return nil
+}
+
+// AdminTokenTTL is the lifetime of the API token EnsureAdminToken issues.
+const AdminTokenTTL = 365 * 24 * time.Hour
+
+// EnsureAdminToken returns the API token in path if it still
+// authenticates, or issues a new one for BootstrapAdmin (role admin,
+// AdminTokenTTL) and writes it to path, followed by a newline, with mode
+// 0600: the credential the CLI and scripts on the fleet's host use. The
+// token is never logged.
+func (s *Service) EnsureAdminToken(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		tok := strings.TrimSpace(string(b))
+		r, _ := http.NewRequest(http.MethodGet, "/", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		if _, err := s.Authenticate(r); err == nil {
+			return tok, nil
+		}
+		s.log.Warn("the admin token file no longer authenticates; issuing a new one", "file", path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("auth: %w", err)
+	}
+	secret, _, err := s.CreateToken(BootstrapAdmin, "admin-token-file", RoleAdmin, AdminTokenTTL)
+	if err != nil {
+		return "", fmt.Errorf("auth: admin API token: %w", err)
+	}
+	if err := writeSecretFile(path, []byte(secret+"\n")); err != nil {
+		return "", err
+	}
+	return secret, nil
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
+	"github.com/sigil-iot/sigil/internal/testenv"
 )
 
 func TestPasswordRoundTrip(t *testing.T) {
@@ -49,7 +49,7 @@ func TestPasswordRoundTrip(t *testing.T) {
 // TestHashMatchesReferenceCLI checks our PHC strings against the argon2
 // reference implementation's command-line tool (Debian package argon2).
 func TestHashMatchesReferenceCLI(t *testing.T) {
-	swtpmtest.RequireBinaries(t, "argon2")
+	testenv.RequireBinaries(t, "argon2")
 	salt := "sigilsaltsigilsa" // the CLI takes the salt as an argument: keep it printable
 	for _, p := range []Params{
 		{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32},

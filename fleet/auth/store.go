@@ -3,7 +3,6 @@ package auth
 import (
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,11 +13,11 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // Errors. Compare with errors.Is. The ones a client may see are named in
@@ -140,7 +139,7 @@ type Config struct {
 // Its methods are safe for concurrent use.
 type Service struct {
 	cfg      Config
-	db       *bolt.DB
+	db       *boltdb.DB
 	log      *slog.Logger
 	throttle *throttle
 	hashSem  chan struct{}
@@ -203,7 +202,6 @@ var (
 	bucketSessions = []byte("sessions")  // SHA-256 of session ID -> sessionRecord
 	bucketTokens   = []byte("tokens")    // token ID -> Token
 	bucketTokHash  = []byte("tokenhash") // SHA-256 of secret -> token ID
-	keySchema      = []byte("schema")
 )
 
 // Open opens or creates the database at cfg.Path.
@@ -255,31 +253,12 @@ func Open(cfg Config) (*Service, error) {
 	}
 	cfg.Throttle = cfg.Throttle.withDefaults()
 	cfg.Origins = slices.Clone(cfg.Origins)
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.LockTimeout, NoSync: cfg.NoSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Path)
-	}
+	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketUsers, bucketSessions, bucketTokens, bucketTokHash},
+		Version: schemaVersion,
+	}, boltdb.Options{Name: "auth", Timeout: cfg.LockTimeout, NoSync: cfg.NoSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("auth: open %s: %w", cfg.Path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketUsers, bucketSessions, bucketTokens, bucketTokHash} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("auth: initialize %s: %w", cfg.Path, err)
+		return nil, err
 	}
 	return &Service{
 		cfg:      cfg,

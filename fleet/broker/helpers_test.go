@@ -24,6 +24,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
 	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -303,13 +304,7 @@ func expectNone[T any](t *testing.T, ch <-chan T, d time.Duration, what string) 
 
 func eventually(t *testing.T, what string, f func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	polling.For(t, what, f)
 }
 
 // needTool finds an external binary: missing fails under CI=true, skips otherwise.

@@ -202,7 +202,7 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 
 // Close stops accepting, closes every connection and waits for their
 // goroutines, so that mochi's client wait group sees no late Add.
-func (l *listener) Close(closeClients listeners.CloseFn) {
+func (l *listener) Close(listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -220,7 +220,7 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		_ = l.ln.Close()
 	}
-	closeClients(l.id)
+	l.disconnectClients()
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
@@ -331,4 +331,19 @@ func (b *Broker) isClaim(chains [][]*x509.Certificate) bool {
 		}
 	}
 	return true
+}
+
+// disconnectClients sends every client of l still connected the server's
+// goodbye (DISCONNECT "server shutting down" where the protocol has one).
+// It does what mochi's own close function (Server.closeListenerClients)
+// does, without its client-table lookup: that one takes the table's read
+// lock twice (Clients.GetByListener calls Len under its own RLock), and a
+// client leaving at that moment — its Delete waiting for the write lock
+// between the two — deadlocks the shutdown.
+func (l *listener) disconnectClients() {
+	for _, cl := range l.b.srv.Clients.GetAll() {
+		if cl.Net.Listener == l.id && !cl.Closed() {
+			_ = l.b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }

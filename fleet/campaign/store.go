@@ -9,8 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -29,7 +29,7 @@ import (
 // An engine step and a batch of reports each read and write only the
 // records they touch, in one transaction.
 type Store struct {
-	db *bolt.DB
+	db *boltdb.DB
 }
 
 // ErrLocked is returned by Open when another process holds the file.
@@ -50,24 +50,10 @@ var (
 
 // Open opens or creates the store file at path.
 func Open(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
-	}
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: [][]byte{bucketCampaigns, bucketActive}},
+		boltdb.Options{Name: "campaign", Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("campaign: open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketCampaigns, bucketActive} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("campaign: open %s: %w", path, err)
+		return nil, err
 	}
 	return &Store{db: db}, nil
 }

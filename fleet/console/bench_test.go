@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -47,7 +48,7 @@ func fillInventory(b *testing.B, f *fixture, n int) {
 				if i%1000 == 7 {
 					d.Tags = []string{"canary"}
 				}
-				if err := f.inv.PutDevice(d); err != nil {
+				if err := f.inv.PutDevice(context.Background(), d); err != nil {
 					errs <- err
 					return
 				}
@@ -164,10 +165,10 @@ func reportPercentiles(b *testing.B, lat []time.Duration) {
 // (to time a page deep in a sorted list).
 func cursorAt(f *fixture, order inventory.Field, n int) string {
 	f.t.Helper()
-	p, err := f.inv.Query(inventory.Query{Order: order, Limit: 1000})
+	p, err := f.inv.Query(context.Background(), inventory.Query{Order: order, Limit: 1000})
 	for err == nil && n > 1000 && p.Next != "" {
 		n -= 1000
-		p, err = f.inv.Query(inventory.Query{Order: order, Limit: 1000, After: p.Next})
+		p, err = f.inv.Query(context.Background(), inventory.Query{Order: order, Limit: 1000, After: p.Next})
 	}
 	if err != nil || p.Next == "" {
 		f.t.Fatalf("cursor at %d: %v", n, err)

@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"errors"
 	"fmt"
@@ -25,13 +26,13 @@ import (
 // Inventory is what the console reads from the device inventory.
 // *inventory.Store implements it.
 type Inventory interface {
-	Device(id string) (*inventory.Device, error)
-	DeviceByEK(fingerprint string) (*inventory.Device, error)
-	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
-	Events(deviceID string, limit int) ([]inventory.Event, error)
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	DeviceByEK(ctx context.Context, fingerprint string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	Events(ctx context.Context, deviceID string, limit int) ([]inventory.Event, error)
 	// Query and Count serve the device list from the inventory's indexes.
-	Query(q inventory.Query) (inventory.Page, error)
-	Count(where map[inventory.Field]string) (int, error)
+	Query(ctx context.Context, q inventory.Query) (inventory.Page, error)
+	Count(ctx context.Context, where map[inventory.Field]string) (int, error)
 }
 
 // Attestations reads a device's verdicts, newest first, a page at a time

@@ -409,7 +409,7 @@ func TestEnrollmentTokenShownOnce(t *testing.T) {
 	if w.Header().Get("Cache-Control") != "no-store" {
 		t.Error("the page with the secret may be cached")
 	}
-	tok, err := f.inv.CheckToken(secret, "gw-1", f.clock.Now())
+	tok, err := f.inv.CheckToken(t.Context(), secret, "gw-1", f.clock.Now())
 	if err != nil || tok.Owner != "plant-a" || tok.Model != "" || tok.Group != "" {
 		t.Fatalf("the shown token does not check: %+v %v", tok, err)
 	}

@@ -113,7 +113,7 @@ func (c *Console) allowed(p auth.Principal, name string) bool {
 }
 
 func (c *Console) loadDevice(r *http.Request, p auth.Principal) (any, error) {
-	d, err := c.cfg.Inventory.Device(r.PathValue("id"))
+	d, err := c.cfg.Inventory.Device(r.Context(), r.PathValue("id"))
 	if errors.Is(err, inventory.ErrNotFound) {
 		return nil, ErrNotFound
 	}
@@ -128,7 +128,7 @@ func (c *Console) loadDevice(r *http.Request, p auth.Principal) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	evs, err := c.cfg.Inventory.Events(d.ID, n*historyShown+1)
+	evs, err := c.cfg.Inventory.Events(r.Context(), d.ID, n*historyShown+1)
 	if err != nil {
 		return nil, err
 	}

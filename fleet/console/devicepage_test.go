@@ -55,11 +55,11 @@ func TestQuarantineReasonBanner(t *testing.T) {
 	f := newFixture(t, nil)
 	op := f.login("olga", auth.RoleOperator)
 	d := f.addDevice(1, inventory.StateActive, nil)
-	if _, _, err := f.inv.Quarantine(d.ID, inventory.Cause{Source: inventory.CauseAttestation, Policy: "gw-base",
+	if _, _, err := f.inv.Quarantine(t.Context(), d.ID, inventory.Cause{Source: inventory.CauseAttestation, Policy: "gw-base",
 		Reason: "PCR 4 differs from policy gw-base", Time: f.clock.Now().Add(-time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.inv.Quarantine(d.ID, inventory.Cause{Source: inventory.CauseOperator, Reason: "quarantined by olga: <odd> traffic"}); err != nil {
+	if _, _, err := f.inv.Quarantine(t.Context(), d.ID, inventory.Cause{Source: inventory.CauseOperator, Reason: "quarantined by olga: <odd> traffic"}); err != nil {
 		t.Fatal(err)
 	}
 	page := body(t, op.get("/devices/"+d.ID), http.StatusOK)
@@ -119,7 +119,7 @@ func TestDeviceHistoryPaging(t *testing.T) {
 	d := f.addDevice(1, inventory.StateActive, nil)
 	start := f.clock.Now().Add(-10 * time.Hour)
 	for i := range 47 {
-		if err := f.inv.AddEvent(inventory.Event{DeviceID: d.ID, Time: start.Add(time.Duration(i) * time.Minute), Kind: "note", Detail: fmt.Sprintf("event-%02d", i)}); err != nil {
+		if err := f.inv.AddEvent(t.Context(), inventory.Event{DeviceID: d.ID, Time: start.Add(time.Duration(i) * time.Minute), Kind: "note", Detail: fmt.Sprintf("event-%02d", i)}); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.hist.Add(&attest.Record{DeviceID: d.ID, Time: start.Add(time.Duration(i) * time.Minute), Result: "pass", Message: fmt.Sprintf("verdict-%02d", i)}); err != nil {

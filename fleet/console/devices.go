@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -163,9 +164,9 @@ func (c *Console) findDevices(q DeviceQuery, limit int) (rows []inventory.Device
 	}
 	// A whole device ID or EK fingerprint names one device: no scan.
 	if q.Q != "" && q.After == "" {
-		d, err := c.cfg.Inventory.Device(q.Q)
+		d, err := c.cfg.Inventory.Device(context.TODO(), q.Q)
 		if errors.Is(err, inventory.ErrNotFound) && len(q.Q) == 64 {
-			d, err = c.cfg.Inventory.DeviceByEK(strings.ToLower(q.Q))
+			d, err = c.cfg.Inventory.DeviceByEK(context.TODO(), strings.ToLower(q.Q))
 		}
 		switch {
 		case err == nil:
@@ -177,7 +178,7 @@ func (c *Console) findDevices(q DeviceQuery, limit int) (rows []inventory.Device
 			return nil, "", 0, false, err
 		}
 	}
-	page, err := c.cfg.Inventory.Query(iq)
+	page, err := c.cfg.Inventory.Query(context.TODO(), iq)
 	if errors.Is(err, inventory.ErrQuery) {
 		return nil, "", 0, false, badRequest{"the page link is not one this list made; start again from the first page"}
 	}
@@ -207,11 +208,11 @@ func (c *Console) loadDevices(r *http.Request) (any, error) {
 	}
 	out := DeviceList{Query: q, Scanned: scanned, Partial: partial,
 		States: []string{"pending", "active", "quarantined", "decommissioned"}}
-	if out.Fleet, err = c.cfg.Inventory.Count(nil); err != nil {
+	if out.Fleet, err = c.cfg.Inventory.Count(r.Context(), nil); err != nil {
 		return nil, err
 	}
 	if q.Q == "" && q.Connected == "" {
-		if out.Total, err = c.cfg.Inventory.Count(q.where()); err != nil {
+		if out.Total, err = c.cfg.Inventory.Count(r.Context(), q.where()); err != nil {
 			return nil, err
 		}
 		out.Counted = true

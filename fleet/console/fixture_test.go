@@ -166,7 +166,7 @@ func (f *fixture) addDevice(i int, state inventory.State, mod func(*inventory.De
 	if mod != nil {
 		mod(d)
 	}
-	if err := f.inv.PutDevice(d); err != nil {
+	if err := f.inv.PutDevice(context.Background(), d); err != nil {
 		f.t.Fatal(err)
 	}
 	return d
@@ -174,7 +174,7 @@ func (f *fixture) addDevice(i int, state inventory.State, mod func(*inventory.De
 
 func (f *fixture) device(id string) *inventory.Device {
 	f.t.Helper()
-	d, err := f.inv.Device(id)
+	d, err := f.inv.Device(context.Background(), id)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -96,21 +96,21 @@ func TestLoginThrottleMessage(t *testing.T) {
 // sees the list too.
 func TestEnrollmentTokensListed(t *testing.T) {
 	f := newFixture(t, nil)
-	unusedSecret, unused, err := f.inv.CreateToken(inventory.Grant{Model: "gw-1", Group: "line-3"}, "plant-a", 24*time.Hour)
+	unusedSecret, unused, err := f.inv.CreateToken(t.Context(), inventory.Grant{Model: "gw-1", Group: "line-3"}, "plant-a", 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(time.Minute)
-	usedSecret, used, err := f.inv.CreateToken(inventory.Grant{}, "plant-b", 24*time.Hour)
+	usedSecret, used, err := f.inv.CreateToken(t.Context(), inventory.Grant{}, "plant-b", 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dev := f.addDevice(1, inventory.StateActive, nil)
-	if _, err := f.inv.ConsumeToken(usedSecret, dev.ID, "", f.clock.Now()); err != nil {
+	if _, err := f.inv.ConsumeToken(t.Context(), usedSecret, dev.ID, "", f.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(time.Minute)
-	expiredSecret, expired, err := f.inv.CreateToken(inventory.Grant{}, "plant-c", time.Hour)
+	expiredSecret, expired, err := f.inv.CreateToken(t.Context(), inventory.Grant{}, "plant-c", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

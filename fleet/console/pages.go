@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"html/template"
@@ -125,7 +126,7 @@ type Enrollment struct {
 // implements it; an Inventory that does not leaves the list off the
 // enrollment page.
 type TokenLister interface {
-	Tokens(f inventory.TokenFilter) ([]inventory.Token, string, error)
+	Tokens(ctx context.Context, f inventory.TokenFilter) ([]inventory.Token, string, error)
 }
 
 var _ TokenLister = (*inventory.Store)(nil)
@@ -136,7 +137,7 @@ const (
 )
 
 func (c *Console) loadEnrollment(r *http.Request, _ auth.Principal) (any, error) {
-	devs, next, err := c.cfg.Inventory.ListDevices(inventory.Filter{State: inventory.StatePending, Limit: pendingShown})
+	devs, next, err := c.cfg.Inventory.ListDevices(r.Context(), inventory.Filter{State: inventory.StatePending, Limit: pendingShown})
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +157,7 @@ func (c *Console) loadEnrollment(r *http.Request, _ auth.Principal) (any, error)
 		return nil, badRequestf("after must be a cursor from this page's links")
 	}
 	now := c.cfg.Now()
-	toks, next, err := tl.Tokens(inventory.TokenFilter{Status: inventory.TokenStatus(out.TokenStatus), After: after, Limit: tokensShown, Now: now})
+	toks, next, err := tl.Tokens(r.Context(), inventory.TokenFilter{Status: inventory.TokenStatus(out.TokenStatus), After: after, Limit: tokensShown, Now: now})
 	if err != nil {
 		return nil, err
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -157,7 +158,7 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 // does.
 func resolve(inv *inventory.Store, sel campaign.Selector) ([]string, error) {
 	var out []string
-	devs, _, err := inv.ListDevices(inventory.Filter{Limit: 1000})
+	devs, _, err := inv.ListDevices(context.Background(), inventory.Filter{Limit: 1000})
 	if err != nil {
 		return nil, err
 	}
@@ -237,11 +238,7 @@ func (ff *fleetFixture) approved(who, approver, version string, sv uint64) *firm
 // stuck engine, not a slow one).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached", what)
-		}
-	}
+	wait.For(t, what, cond)
 }
 
 // report has a device report a step of a campaign, as its connection

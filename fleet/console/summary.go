@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"time"
@@ -61,7 +62,7 @@ func (c *Console) summarize(now time.Time) (*Summary, error) {
 	soon := now.Add(24 * time.Hour)
 	after := ""
 	for {
-		devs, next, err := c.cfg.Inventory.ListDevices(inventory.Filter{After: after, Limit: summaryPage})
+		devs, next, err := c.cfg.Inventory.ListDevices(context.TODO(), inventory.Filter{After: after, Limit: summaryPage})
 		if err != nil {
 			return nil, err
 		}

@@ -64,7 +64,7 @@ func TestManualApprovalNotBypassedBySecondSerial(t *testing.T) {
 			t.Fatalf("request %d (%s) of a never-approved TPM: %s %v %q", i+2, serial, res.Status, res.Reason, res.Message)
 		}
 	}
-	d, err := h.inv.Device(first.DeviceID)
+	d, err := h.inv.Device(t.Context(), first.DeviceID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ func TestModelIsTheFleets(t *testing.T) {
 	if res.Status != wire.StatusActive {
 		t.Fatalf("enrollment: %+v", res)
 	}
-	d, err := h.inv.Device(res.DeviceID)
+	d, err := h.inv.Device(t.Context(), res.DeviceID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func TestModelIsTheFleets(t *testing.T) {
 
 	// An operator allowed to assign it does; re-enrolling with another
 	// claim changes the claim only.
-	if err := h.inv.Update(d.ID, func(d *inventory.Device) error { d.Model, d.Group = "gw-real", "lab"; return nil }); err != nil {
+	if err := h.inv.Update(t.Context(), d.ID, func(d *inventory.Device) error { d.Model, d.Group = "gw-real", "lab"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	other := rec.req
@@ -40,7 +40,7 @@ func TestModelIsTheFleets(t *testing.T) {
 	if res := enrollAs(t, h, rec, "e-again", &other); res.Status != wire.StatusActive {
 		t.Fatalf("re-enrollment: %+v", res)
 	}
-	if d, _ = h.inv.Device(d.ID); d.Model != "gw-real" || d.Group != "lab" || d.ClaimedModel != "vault-reader" {
+	if d, _ = h.inv.Device(t.Context(), d.ID); d.Model != "gw-real" || d.Group != "lab" || d.ClaimedModel != "vault-reader" {
 		t.Fatalf("re-enrolled claiming another model: model %q, group %q, claimed %q", d.Model, d.Group, d.ClaimedModel)
 	}
 }
@@ -51,7 +51,7 @@ func TestModelIsTheFleets(t *testing.T) {
 func TestTokenGrantsModelAndGroup(t *testing.T) {
 	rec := record(t)
 	h := sessionHarness(t, rec, 0)
-	secret, _, err := h.inv.CreateToken(inventory.Grant{Model: "bench-gw", Group: "vault"}, "ops", time.Hour)
+	secret, _, err := h.inv.CreateToken(t.Context(), inventory.Grant{Model: "bench-gw", Group: "vault"}, "ops", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestTokenGrantsModelAndGroup(t *testing.T) {
 	if res.Status != wire.StatusActive {
 		t.Fatalf("enrollment: %+v", res)
 	}
-	d, err := h.inv.Device(res.DeviceID)
+	d, err := h.inv.Device(t.Context(), res.DeviceID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestPendingTokenRefusedUntilActivated(t *testing.T) {
 	rec := record(t)
 	h := sessionHarness(t, rec, 0)
 	g := inventory.Grant{Model: "bench-gw", Group: "vault"}
-	secret, tok, err := h.inv.CreatePendingToken(g, "ops", time.Hour)
+	secret, tok, err := h.inv.CreatePendingToken(t.Context(), g, "ops", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,17 +88,17 @@ func TestPendingTokenRefusedUntilActivated(t *testing.T) {
 	if res.Status != wire.StatusRefused || res.Reason != wire.ReasonTokenInvalid || !strings.Contains(res.Message, "approval") {
 		t.Fatalf("enrollment with a pending token: %+v", res)
 	}
-	if n, _ := h.inv.Counts(); n[inventory.StateActive]+n[inventory.StatePending] != 0 {
+	if n, _ := h.inv.Counts(t.Context()); n[inventory.StateActive]+n[inventory.StatePending] != 0 {
 		t.Fatalf("a pending token enrolled a device: %v", n)
 	}
-	if _, err := h.inv.ActivateToken(tok.ID, g); err != nil {
+	if _, err := h.inv.ActivateToken(t.Context(), tok.ID, g); err != nil {
 		t.Fatal(err)
 	}
 	res = enrollAs(t, h, rec, "e-approved", &req)
 	if res.Status != wire.StatusActive {
 		t.Fatalf("enrollment with the activated token: %+v", res)
 	}
-	if d, _ := h.inv.Device(res.DeviceID); d.Model != "bench-gw" || d.Group != "vault" {
+	if d, _ := h.inv.Device(t.Context(), res.DeviceID); d.Model != "bench-gw" || d.Group != "vault" {
 		t.Fatalf("enrolled with the activated token: model %q, group %q", d.Model, d.Group)
 	}
 }

@@ -69,10 +69,26 @@ const FlagApproved = "approved"
 // identity or by a TPM that could not activate its credential.
 const FlagCloneSuspect = "clone-suspect"
 
+// Inventory is what enrollment reads and writes of the device inventory:
+// identities by EK, token consumption and the device records it creates.
+// *inventory.Store implements it (bbolt or PostgreSQL).
+type Inventory interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	DeviceByEK(ctx context.Context, fingerprint string) (*inventory.Device, error)
+	Counts(ctx context.Context) (map[inventory.State]int, error)
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
+	Upsert(ctx context.Context, id string, fn func(d *inventory.Device, exists bool) error) error
+	CheckToken(ctx context.Context, secret, model string, now time.Time) (*inventory.Token, error)
+	ConsumeToken(ctx context.Context, secret, deviceID, model string, now time.Time) (*inventory.Token, error)
+	AddEvent(ctx context.Context, e inventory.Event) error
+}
+
+var _ Inventory = (*inventory.Store)(nil)
+
 // Config configures the service.
 type Config struct {
 	CA        *ca.CA
-	Inventory *inventory.Store
+	Inventory Inventory
 	Trust     *verifier.EKTrust
 	// Send publishes a message to a bootstrap client's down topic of kind.
 	Send func(clientID, kind string, payload []byte) error
@@ -473,7 +489,7 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 	if err != nil {
 		return err
 	}
-	existing, err := s.cfg.Inventory.DeviceByEK(ek.Fingerprint)
+	existing, err := s.cfg.Inventory.DeviceByEK(context.TODO(), ek.Fingerprint)
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		return err
 	}
@@ -552,7 +568,7 @@ func (s *Service) trustPath(req *wire.EnrollRequest, ek *verifier.EK, existing *
 		// revoked certificate): no token is spent, even if it sends one.
 		return PathKnown, nil, nil
 	case req.Token != "":
-		tok, err := s.cfg.Inventory.CheckToken(req.Token, req.Model, now)
+		tok, err := s.cfg.Inventory.CheckToken(context.TODO(), req.Token, req.Model, now)
 		if err != nil {
 			return "", nil, tokenRefusal(err)
 		}
@@ -611,14 +627,14 @@ func tokenRefusal(err error) error {
 }
 
 func (s *Service) flagClone(deviceID, detail string) {
-	err := s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+	err := s.cfg.Inventory.Update(context.TODO(), deviceID, func(d *inventory.Device) error {
 		if !d.HasFlag(FlagCloneSuspect) {
 			d.Flags = append(d.Flags, FlagCloneSuspect)
 		}
 		return nil
 	})
 	if err == nil {
-		err = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "clone-suspect", Detail: detail})
+		err = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "clone-suspect", Detail: detail})
 	}
 	if err != nil {
 		s.log.Error("flagging clone failed", "device_id", deviceID, "err", err)
@@ -713,7 +729,7 @@ func (s *Service) failedActivation(deviceID, clientID string, now time.Time) {
 }
 
 func (s *Service) recordFailed(deviceID, detail string, now time.Time) {
-	err := s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: deviceID, Kind: "activation-failed", Detail: detail, Anonymous: true})
+	err := s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: deviceID, Kind: "activation-failed", Detail: detail, Anonymous: true})
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Error("recording a failed activation failed", "device_id", deviceID, "err", err)
 	}
@@ -808,7 +824,7 @@ const maxPending = 10000
 func (s *Service) hold(env *wire.Envelope, sess *session) error {
 	now := s.cfg.Now().UTC()
 	if sess.existing == nil {
-		counts, err := s.cfg.Inventory.Counts()
+		counts, err := s.cfg.Inventory.Counts(context.TODO())
 		if err != nil {
 			return err
 		}
@@ -817,7 +833,7 @@ func (s *Service) hold(env *wire.Envelope, sess *session) error {
 		}
 	}
 	created := false
-	err := s.cfg.Inventory.Upsert(sess.ek.DeviceID, func(d *inventory.Device, exists bool) error {
+	err := s.cfg.Inventory.Upsert(context.TODO(), sess.ek.DeviceID, func(d *inventory.Device, exists bool) error {
 		if exists && d.State != inventory.StatePending {
 			return errStateChanged
 		}
@@ -832,7 +848,7 @@ func (s *Service) hold(env *wire.Envelope, sess *session) error {
 		return err
 	}
 	if created {
-		_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: sess.ek.DeviceID, Kind: "pending", Detail: "verified; waiting for operator approval"})
+		_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: sess.ek.DeviceID, Kind: "pending", Detail: "verified; waiting for operator approval"})
 	}
 	s.mu.Lock()
 	s.clients[sess.ek.DeviceID] = sess.clientID
@@ -855,14 +871,14 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 	}
 	var tok *inventory.Token
 	if sess.path == PathToken {
-		if tok, err = s.cfg.Inventory.ConsumeToken(sess.req.Token, id, sess.req.Model, now); err != nil {
+		if tok, err = s.cfg.Inventory.ConsumeToken(context.TODO(), sess.req.Token, id, sess.req.Model, now); err != nil {
 			return tokenRefusal(err)
 		}
 	}
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	kind := "enrolled"
 	var d inventory.Device
-	err = s.cfg.Inventory.Upsert(id, func(cur *inventory.Device, exists bool) error {
+	err = s.cfg.Inventory.Upsert(context.TODO(), id, func(cur *inventory.Device, exists bool) error {
 		switch {
 		case !exists && (sess.path == PathKnown || sess.path == PathApproval):
 			return errStateChanged
@@ -900,7 +916,7 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 	if err != nil {
 		return err
 	}
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: now, DeviceID: id, Kind: kind, Detail: "trust path " + d.TrustPath + ", certificate " + serial})
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: id, Kind: kind, Detail: "trust path " + d.TrustPath + ", certificate " + serial})
 	s.mu.Lock()
 	delete(s.clients, id)
 	s.mu.Unlock()
@@ -928,7 +944,7 @@ var ErrNotPending = errors.New("enroll: device is not pending")
 // Approve lets a pending device enroll; the device is told to ask again now
 // if it is connected, and otherwise enrolls at its next request.
 func (s *Service) Approve(deviceID, by string) error {
-	err := s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+	err := s.cfg.Inventory.Update(context.TODO(), deviceID, func(d *inventory.Device) error {
 		if d.State != inventory.StatePending {
 			return ErrNotPending
 		}
@@ -940,7 +956,7 @@ func (s *Service) Approve(deviceID, by string) error {
 	if err != nil {
 		return err
 	}
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "approved", Detail: "approved by " + by})
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "approved", Detail: "approved by " + by})
 	s.mu.Lock()
 	clientID := s.clients[deviceID]
 	s.mu.Unlock()

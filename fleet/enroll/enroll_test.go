@@ -80,7 +80,7 @@ func TestRefusesGarbageWithReason(t *testing.T) {
 	if r := out.last(t); r.Reason != wire.ReasonChallengeExpired {
 		t.Fatalf("unknown session: %+v", r)
 	}
-	if devs, _, err := inv.ListDevices(inventory.Filter{}); err != nil || len(devs) != 0 {
+	if devs, _, err := inv.ListDevices(t.Context(), inventory.Filter{}); err != nil || len(devs) != 0 {
 		t.Fatalf("inventory changed: %v %v", devs, err)
 	}
 }
@@ -111,7 +111,7 @@ func FuzzHandle(f *testing.F) {
 	s, inv, _ := newService(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s.Handle("e-fuzz", b)
-		devs, _, err := inv.ListDevices(inventory.Filter{})
+		devs, _, err := inv.ListDevices(t.Context(), inventory.Filter{})
 		if err != nil || len(devs) != 0 {
 			t.Fatalf("fuzz input enrolled a device: %v %v", devs, err)
 		}

@@ -76,7 +76,7 @@ func knownDevice(t *testing.T, h *harness, rec *recording) string {
 	if res.Status != wire.StatusActive {
 		t.Fatalf("first enrollment: %+v", res)
 	}
-	if err := h.inv.Update(res.DeviceID, func(d *inventory.Device) error { d.Model = "gw-real"; return nil }); err != nil {
+	if err := h.inv.Update(t.Context(), res.DeviceID, func(d *inventory.Device) error { d.Model = "gw-real"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return res.DeviceID

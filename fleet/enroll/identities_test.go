@@ -129,7 +129,7 @@ func TestIdentitiesUnknownBlockedAdmitted(t *testing.T) {
 	if res.Status != wire.StatusActive {
 		t.Fatalf("admitted EK: %+v", res)
 	}
-	d, err := h.inv.Device(res.DeviceID)
+	d, err := h.inv.Device(t.Context(), res.DeviceID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -115,7 +115,7 @@ func TestAnonymousFailuresKeepLifecycleEvents(t *testing.T) {
 			t.Fatalf("guess %d: %+v", i, r)
 		}
 	}
-	evs, err := h.inv.Events(res.DeviceID, 0)
+	evs, err := h.inv.Events(t.Context(), res.DeviceID, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestFailedActivationsCounted(t *testing.T) {
 		h.svc.Handle("e-thief", encode(wire.TypeEnrollProof, guess(rec, ch)))
 	}
 	failures := func() []inventory.Event {
-		evs, err := h.inv.Events(res.DeviceID, 0)
+		evs, err := h.inv.Events(t.Context(), res.DeviceID, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

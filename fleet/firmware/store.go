@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,10 +18,10 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -153,7 +152,7 @@ func (r *Release) ImageDigest() string { return hex.EncodeToString(r.Manifest.SH
 
 // Store is the release store. Its methods are safe for concurrent use.
 type Store struct {
-	db        *bolt.DB
+	db        *boltdb.DB
 	dir       string
 	trust     atomic.Pointer[verify.TrustSet]
 	approvals int
@@ -168,7 +167,6 @@ var (
 	bucketMeta     = []byte("meta")
 	bucketReleases = []byte("releases") // release ID -> record
 	bucketByImage  = []byte("byimage")  // image SHA-256 (32 bytes) || release ID -> empty
-	keySchema      = []byte("schema")
 )
 
 const (
@@ -214,31 +212,12 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	path := filepath.Join(cfg.Dir, DBFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: cfg.NoSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
-	}
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketReleases, bucketByImage},
+		Version: schemaVersion,
+	}, boltdb.Options{Name: "firmware", NoSync: cfg.NoSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("firmware: open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketReleases, bucketByImage} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("firmware: initialize %s: %w", path, err)
+		return nil, err
 	}
 	s.db = db
 	return s, nil

@@ -1,6 +1,7 @@
 package governance
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -96,7 +97,7 @@ func (s *Service) SessionClosed(x Session) {
 // identity (evidence says how). A record that never enrolled (pending) has
 // no identity to clone: it is left alone, and so is a decommissioned one.
 func (s *Service) EKConflict(deviceID, evidence string) error {
-	d, err := s.cfg.Devices.Device(deviceID)
+	d, err := s.cfg.Devices.Device(context.TODO(), deviceID)
 	if err != nil {
 		return fmt.Errorf("governance: EK conflict: %w", err)
 	}
@@ -147,7 +148,7 @@ func (s *Service) ResolveClone(deviceID string, kind CloneKind, by, note string)
 		return err
 	}
 	if kind == CloneEK {
-		if d, err := s.cfg.Devices.Device(deviceID); err == nil {
+		if d, err := s.cfg.Devices.Device(context.TODO(), deviceID); err == nil {
 			s.syncFlag(d, FlagCloneSuspect, false)
 		}
 	}
@@ -479,7 +480,10 @@ func cloneable(d *inventory.Device) bool {
 // closed. Only an enrolled device can be quarantined: a pending or
 // decommissioned one is left as it is (an inventory.ErrTransition).
 type InventoryQuarantiner struct {
-	Inventory *inventory.Store
+	Inventory interface {
+		Quarantine(ctx context.Context, id string, c inventory.Cause) (*inventory.Device, []string, error)
+		AddEvent(ctx context.Context, e inventory.Event) error
+	}
 	// Disconnect closes a device's sessions (broker.Disconnect); nil
 	// leaves them to end on their own.
 	Disconnect func(deviceID string)
@@ -503,14 +507,14 @@ func (q InventoryQuarantiner) Quarantine(deviceID, why string) error {
 	if source == "" {
 		source = inventory.CauseClone
 	}
-	_, revoked, err := q.Inventory.Quarantine(deviceID, inventory.Cause{Source: source, Reason: why, Time: now()})
+	_, revoked, err := q.Inventory.Quarantine(context.TODO(), deviceID, inventory.Cause{Source: source, Reason: why, Time: now()})
 	if err != nil {
 		return fmt.Errorf("governance: quarantine %s: %w", deviceID, err)
 	}
 	if q.Disconnect != nil {
 		q.Disconnect(deviceID)
 	}
-	return q.Inventory.AddEvent(inventory.Event{Time: now(), DeviceID: deviceID, Kind: "quarantined",
+	return q.Inventory.AddEvent(context.TODO(), inventory.Event{Time: now(), DeviceID: deviceID, Kind: "quarantined",
 		Detail: "governance: " + why + "; certificates revoked: " + strings.Join(revoked, ", ")})
 }
 
@@ -521,7 +525,10 @@ func (q InventoryQuarantiner) Quarantine(deviceID, why string) error {
 // are closed whatever was (a session may hold a serial revoked earlier).
 // The device keeps its state: it may prove itself again from its EK.
 type InventoryRevoker struct {
-	Inventory *inventory.Store
+	Inventory interface {
+		RevokeDevice(ctx context.Context, id string, reason int) (*inventory.Device, []string, error)
+		AddEvent(ctx context.Context, e inventory.Event) error
+	}
 	// Disconnect closes a device's sessions (broker.Disconnect); nil
 	// leaves them to end on their own.
 	Disconnect func(deviceID string)
@@ -538,7 +545,7 @@ func (r InventoryRevoker) Revoke(deviceID string, reason int, why string) ([]str
 	if r.Now != nil {
 		now = r.Now
 	}
-	_, revoked, err := r.Inventory.RevokeDevice(deviceID, reason)
+	_, revoked, err := r.Inventory.RevokeDevice(context.TODO(), deviceID, reason)
 	if err != nil {
 		return nil, fmt.Errorf("governance: revoke %s: %w", deviceID, err)
 	}
@@ -548,7 +555,7 @@ func (r InventoryRevoker) Revoke(deviceID string, reason int, why string) ([]str
 	if len(revoked) == 0 {
 		return nil, nil
 	}
-	err = r.Inventory.AddEvent(inventory.Event{Time: now(), DeviceID: deviceID, Kind: "revoked",
+	err = r.Inventory.AddEvent(context.TODO(), inventory.Event{Time: now(), DeviceID: deviceID, Kind: "revoked",
 		Detail: "certificates " + strings.Join(revoked, ", ") + " revoked (" + inventory.ReasonName(reason) + "): " + why})
 	return revoked, err
 }

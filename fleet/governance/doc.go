@@ -7,6 +7,9 @@
 // through the small Devices interface (*inventory.Store implements it). It
 // acts only through injected interfaces: an Alerter for alerts, a Revoker to
 // revoke a dormant device's certificate, a Quarantiner to isolate a clone.
+// What the rest of the fleet asks of it has a method or a type here: the
+// broker's screen (Screen), enrollment's view (Enrollment), the triage
+// decisions (TriageEnrolled, TriageEnroller).
 //
 // # Owners and orphans
 //

@@ -2,18 +2,15 @@ package governance
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
-
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // Inventory flags the sweep sets and clears.
@@ -71,9 +68,9 @@ func (f AlerterFunc) Alert(a Alert) { f(a) }
 // Devices reads the inventory and sets its flags. *inventory.Store
 // implements it.
 type Devices interface {
-	Device(id string) (*inventory.Device, error)
-	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
-	Update(id string, fn func(*inventory.Device) error) error
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
 }
 
 // Revoker revokes a device: every certificate it holds that has not
@@ -250,7 +247,7 @@ type Service struct {
 	cfg Config
 	w   Weights
 	log *slog.Logger
-	db  *bolt.DB
+	db  *boltdb.DB
 
 	blocks blockSet   // in memory, for IsBlocked
 	blockW sync.Mutex // serializes changes to the block list
@@ -282,7 +279,6 @@ var (
 	bucketClones   = []byte("clones")   // device ID 0x00 kind -> Clone
 	bucketRisk     = []byte("risk")     // device ID -> Risk
 	bucketRiskIdx  = []byte("riskidx")  // rank key -> device ID
-	keySchema      = []byte("schema")
 	keyTriageN     = []byte("triage-n")
 	keyDropped     = []byte("dropped")
 	keyEvicted     = []byte("evicted")
@@ -308,36 +304,18 @@ func Open(cfg Config) (*Service, error) {
 			return nil, err
 		}
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: cfg.NoSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Path)
-	}
+	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketOwners, bucketAssign, bucketStatus, bucketTriage,
+			bucketTriageLR, bucketBlocks, bucketClones, bucketRisk, bucketRiskIdx},
+		Version: schemaVersion,
+	}, boltdb.Options{Name: "governance", NoSync: cfg.NoSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("governance: open %s: %w", cfg.Path, err)
+		return nil, err
 	}
 	s := &Service{cfg: cfg, w: w, log: cfg.Logger, db: db, pending: map[string]*pendingAttempt{},
 		rescore: rescoreQueue{young: map[string]struct{}{}, ripe: map[string]struct{}{}}}
 	s.sessions.init()
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketOwners, bucketAssign, bucketStatus, bucketTriage,
-			bucketTriageLR, bucketBlocks, bucketClones, bucketRisk, bucketRiskIdx} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
-	if err == nil {
-		err = s.loadBlocks()
-	}
-	if err != nil {
+	if err := s.loadBlocks(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("governance: initialize %s: %w", cfg.Path, err)
 	}

@@ -125,7 +125,7 @@ func TestDormantDeviceIsAlertedAndRevokedByPolicy(t *testing.T) {
 	if !got.IsRevoked(sleeper.CertSerial) || !hasFlag(got, governance.FlagDormant) {
 		t.Fatalf("dormant device: revoked %v, flags %v", got.IsRevoked(sleeper.CertSerial), got.Flags)
 	}
-	revs, err := f.inv.Revocations(time.Time{})
+	revs, err := f.inv.Revocations(t.Context(), time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package governance_test
 
 import (
+	"context"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -130,7 +131,7 @@ func (f *fleet) device(n int, change func(*inventory.Device)) *inventory.Device 
 	if change != nil {
 		change(d)
 	}
-	if err := f.inv.PutDevice(d); err != nil {
+	if err := f.inv.PutDevice(context.Background(), d); err != nil {
 		f.t.Fatal(err)
 	}
 	return d
@@ -138,7 +139,7 @@ func (f *fleet) device(n int, change func(*inventory.Device)) *inventory.Device 
 
 func (f *fleet) get(id string) *inventory.Device {
 	f.t.Helper()
-	d, err := f.inv.Device(id)
+	d, err := f.inv.Device(context.Background(), id)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func (f *fleet) get(id string) *inventory.Device {
 
 func (f *fleet) update(id string, fn func(*inventory.Device)) {
 	f.t.Helper()
-	err := f.inv.Update(id, func(d *inventory.Device) error {
+	err := f.inv.Update(context.Background(), id, func(d *inventory.Device) error {
 		fn(d)
 		return nil
 	})

@@ -69,7 +69,7 @@ func TestDormantRevokeRevokesEverySerial(t *testing.T) {
 			t.Errorf("serial %s of the dormant device is still admitted", s)
 		}
 	}
-	revs, err := f.inv.Revocations(time.Time{})
+	revs, err := f.inv.Revocations(t.Context(), time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package governance
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -206,7 +207,7 @@ func (s *Service) page(bucket []byte, after string, limit int, fn func(k, v []by
 // Assign gives a device an owner (who must exist) and a purpose, and
 // re-judges whether the device is orphaned at once.
 func (s *Service) Assign(a Assignment) error {
-	d, err := s.cfg.Devices.Device(a.DeviceID)
+	d, err := s.cfg.Devices.Device(context.TODO(), a.DeviceID)
 	if err != nil {
 		return fmt.Errorf("governance: assign: %w", err)
 	}
@@ -392,7 +393,7 @@ func (s *Service) syncFlag(d *inventory.Device, flag string, want bool) {
 	if d.HasFlag(flag) == want {
 		return
 	}
-	err := s.cfg.Devices.Update(d.ID, func(x *inventory.Device) error {
+	err := s.cfg.Devices.Update(context.TODO(), d.ID, func(x *inventory.Device) error {
 		x.Flags = withFlag(x.Flags, flag, want)
 		return nil
 	})

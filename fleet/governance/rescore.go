@@ -161,7 +161,7 @@ func (s *Service) scoreDevices(ids []string) (int, error) {
 	var risks []*Risk
 	var gone []string
 	for _, id := range ids {
-		d, err := s.cfg.Devices.Device(id)
+		d, err := s.cfg.Devices.Device(context.TODO(), id)
 		if errors.Is(err, inventory.ErrNotFound) || (err == nil && d.State == inventory.StateDecommissioned) {
 			gone = append(gone, id)
 			continue

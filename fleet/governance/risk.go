@@ -2,6 +2,7 @@ package governance
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"reflect"
 	"slices"
@@ -137,7 +138,7 @@ func (r *Risk) Factor(name string) (Factor, bool) {
 // Score rates a device now from its current inputs. It reads but never
 // changes anything.
 func (s *Service) Score(deviceID string) (*Risk, error) {
-	d, err := s.cfg.Devices.Device(deviceID)
+	d, err := s.cfg.Devices.Device(context.TODO(), deviceID)
 	if err != nil {
 		return nil, fmt.Errorf("governance: score: %w", err)
 	}

@@ -39,7 +39,7 @@ func (s *Service) Sweep(ctx context.Context) (SweepReport, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		devs, next, err := s.cfg.Devices.ListDevices(inventory.Filter{After: after, Limit: sweepPage})
+		devs, next, err := s.cfg.Devices.ListDevices(ctx, inventory.Filter{After: after, Limit: sweepPage})
 		if err != nil {
 			return rep, fmt.Errorf("governance: sweep: list devices: %w", err)
 		}
@@ -123,7 +123,7 @@ func (s *Service) sweepPage(devs []inventory.Device, now time.Time, seen map[str
 			if !c.Quarantined && s.cfg.Quarantiner != nil && d.State == inventory.StateActive {
 				// A failure is logged and recorded on the incident.
 				if s.quarantineClone(c) == nil {
-					if fresh, err := s.cfg.Devices.Device(d.ID); err == nil {
+					if fresh, err := s.cfg.Devices.Device(context.TODO(), d.ID); err == nil {
 						*d = *fresh
 					}
 				}
@@ -139,7 +139,7 @@ func (s *Service) sweepPage(devs []inventory.Device, now time.Time, seen map[str
 				rep.Clones++
 			}
 			// The quarantine changed the device: judge its risk as it is now.
-			if fresh, err := s.cfg.Devices.Device(d.ID); err == nil {
+			if fresh, err := s.cfg.Devices.Device(context.TODO(), d.ID); err == nil {
 				*d = *fresh
 			}
 			err = s.db.View(func(tx *bolt.Tx) error {
@@ -222,7 +222,7 @@ func (s *Service) applyDormant(d *inventory.Device, st *Status, now time.Time, r
 			s.log.Error("governance: revoking a dormant device failed; retried at the next sweep", "device_id", d.ID, "err", err)
 		} else if err == nil {
 			st.RevokedSerial = d.CertSerial
-			if fresh, err := s.cfg.Devices.Device(d.ID); err == nil {
+			if fresh, err := s.cfg.Devices.Device(context.TODO(), d.ID); err == nil {
 				*d = *fresh
 			}
 			if len(revoked) == 0 {

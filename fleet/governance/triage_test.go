@@ -26,8 +26,8 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/internal/testenv"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
 )
 
 // selfSigned makes a certificate that no fleet CA issued.
@@ -332,7 +332,7 @@ func TestTriageIsBoundedUnderFlood(t *testing.T) {
 // A real broker consults the block list at CONNECT and reports refused
 // clients into the triage list; mosquitto_pub is the independent client.
 func TestBrokerConsultsBlockList(t *testing.T) {
-	swtpmtest.RequireBinaries(t, "mosquitto_pub")
+	testenv.RequireBinaries(t, "mosquitto_pub")
 	f := newFleet(t, func(c *governance.Config) { c.Now = nil }) // TLS needs the real clock
 	dir := t.TempDir()
 	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), TrustDomain: "fleet.test"})

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Cert is a certificate the fleet issued to a device.
@@ -200,7 +198,7 @@ func (d *Device) pruneCerts(now time.Time) {
 
 // recordRevocations lists in the CRL bucket every certificate d marks
 // revoked that old did not (the first record of a serial is kept).
-func recordRevocations(tx *bolt.Tx, old, d *Device, now time.Time) error {
+func recordRevocations(tx tx, old, d *Device, now time.Time) error {
 	was := map[string]bool{}
 	if old != nil {
 		for _, c := range old.Certificates() {
@@ -209,29 +207,21 @@ func recordRevocations(tx *bolt.Tx, old, d *Device, now time.Time) error {
 			}
 		}
 	}
-	var b *bolt.Bucket
 	for _, c := range d.Certs {
 		if !c.Revoked || was[c.Serial] {
 			continue
 		}
-		if b == nil {
-			var err error
-			if b, err = tx.CreateBucketIfNotExists(bucketRevoked); err != nil {
+		if ok, err := tx.revoked(c.Serial); err != nil || ok {
+			if err != nil {
 				return err
 			}
-		}
-		if b.Get([]byte(c.Serial)) != nil {
 			continue
 		}
 		at := c.RevokedAt
 		if at.IsZero() {
 			at = now
 		}
-		v, err := encode(&Revocation{Serial: c.Serial, DeviceID: d.ID, Reason: c.Reason, Time: at, Expires: c.NotAfter})
-		if err != nil {
-			return err
-		}
-		if err := b.Put([]byte(c.Serial), v); err != nil {
+		if err := tx.putRevocation(&Revocation{Serial: c.Serial, DeviceID: d.ID, Reason: c.Reason, Time: at, Expires: c.NotAfter}); err != nil {
 			return err
 		}
 	}

@@ -35,18 +35,18 @@ func TestCrashWriter(t *testing.T) {
 	}
 	for i := 0; ; i++ {
 		d := &Device{ID: crashID(i), EKFingerprint: crashEK(i), State: StateActive, Model: "m", Flags: []string{strings.Repeat("x", 200)}}
-		if err := s.PutDevice(d); err != nil {
+		if err := s.PutDevice(t.Context(), d); err != nil {
 			fmt.Println("error", err)
 			os.Exit(2)
 		}
 		// A read-modify-write of an earlier device, and an event, each its own transaction.
 		if i > 0 {
-			if err := s.Update(crashID(i-1), func(d *Device) error { d.State = StateQuarantined; return nil }); err != nil {
+			if err := s.Update(t.Context(), crashID(i-1), func(d *Device) error { d.State = StateQuarantined; return nil }); err != nil {
 				fmt.Println("error", err)
 				os.Exit(2)
 			}
 		}
-		if err := s.AddEvent(Event{DeviceID: crashID(i), Kind: "enrolled"}); err != nil {
+		if err := s.AddEvent(t.Context(), Event{DeviceID: crashID(i), Kind: "enrolled"}); err != nil {
 			fmt.Println("error", err)
 			os.Exit(2)
 		}
@@ -117,7 +117,7 @@ func TestCrashSafety(t *testing.T) {
 
 func checkConsistent(t *testing.T, s *Store, last int) {
 	t.Helper()
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.boltDB().View(func(tx *bolt.Tx) error {
 		for err := range tx.Check() {
 			return fmt.Errorf("bolt check: %w", err)
 		}
@@ -126,7 +126,7 @@ func checkConsistent(t *testing.T, s *Store, last int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all, next, err := s.ListDevices(Filter{Limit: 1000})
+	all, next, err := s.ListDevices(t.Context(), Filter{Limit: 1000})
 	if err != nil || next != "" {
 		t.Fatalf("list: %v %q", err, next)
 	}
@@ -137,7 +137,7 @@ func checkConsistent(t *testing.T, s *Store, last int) {
 		if d.ID != crashID(i) {
 			t.Fatalf("device %d has ID %s: a gap", i, d.ID)
 		}
-		byEK, err := s.DeviceByEK(crashEK(i))
+		byEK, err := s.DeviceByEK(t.Context(), crashEK(i))
 		if err != nil || byEK.ID != d.ID {
 			t.Fatalf("EK index for %s: %v %v", d.ID, byEK, err)
 		}
@@ -146,14 +146,14 @@ func checkConsistent(t *testing.T, s *Store, last int) {
 			t.Fatalf("device %d state %s: an acknowledged update is lost", i, d.State)
 		}
 		if i <= last {
-			if ev, err := s.Events(d.ID, 0); err != nil || len(ev) != 1 {
+			if ev, err := s.Events(t.Context(), d.ID, 0); err != nil || len(ev) != 1 {
 				t.Fatalf("events of %d: %v %v", i, ev, err)
 			}
 		}
 	}
 	// The index holds nothing else.
 	n := 0
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.boltDB().View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketEK).ForEach(func(k, v []byte) error {
 			n++
 			if _, err := getDevice(tx, string(v)); err != nil {
@@ -169,14 +169,14 @@ func checkConsistent(t *testing.T, s *Store, last int) {
 
 func seed(b *testing.B, s *Store, n int) {
 	b.Helper()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.boltDB().Update(func(tx *bolt.Tx) error {
 		for i := range n {
 			d := &Device{ID: crashID(i), EKFingerprint: crashEK(i), State: StateActive, Model: "gw-1", Owner: "plant-a",
 				CertSerial: "0a1b2c3d", EKPublic: make([]byte, 90), AKPublic: make([]byte, 90), FirstSeen: time.Now()}
 			if i%10 == 0 {
 				d.State = StatePending
 			}
-			if err := putDevice(tx, nil, d, time.Now()); err != nil {
+			if err := putDevice(boltTx{tx}, nil, d, time.Now()); err != nil {
 				return err
 			}
 		}
@@ -196,7 +196,7 @@ func BenchmarkPutDevice(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		d := &Device{ID: crashID(i), EKFingerprint: crashEK(i), State: StateActive, Model: "gw-1", EKPublic: make([]byte, 90)}
-		if err := s.PutDevice(d); err != nil {
+		if err := s.PutDevice(b.Context(), d); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -212,7 +212,7 @@ func BenchmarkListDevices10k(b *testing.B) {
 	b.Run("page100", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if page, _, err := s.ListDevices(Filter{After: crashID(5000), Limit: 100}); err != nil || len(page) != 100 {
+			if page, _, err := s.ListDevices(b.Context(), Filter{After: crashID(5000), Limit: 100}); err != nil || len(page) != 100 {
 				b.Fatal(err, len(page))
 			}
 		}
@@ -222,7 +222,7 @@ func BenchmarkListDevices10k(b *testing.B) {
 		for b.Loop() {
 			n, cursor := 0, ""
 			for {
-				page, next, err := s.ListDevices(Filter{State: StatePending, After: cursor, Limit: 1000})
+				page, next, err := s.ListDevices(b.Context(), Filter{State: StatePending, After: cursor, Limit: 1000})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -239,7 +239,7 @@ func BenchmarkListDevices10k(b *testing.B) {
 	})
 	b.Run("counts", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := s.Counts(); err != nil {
+			if _, err := s.Counts(b.Context()); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -1,10 +1,12 @@
 // Package inventory keeps the fleet's devices, enrollment tokens and
-// per-device lifecycle events in a bbolt file.
+// per-device lifecycle events, in a bbolt file (Open, the default) or in
+// PostgreSQL (OpenPostgres).
 //
-// Every method runs in one bbolt transaction, so a crash leaves either the
-// whole change or none of it. Records are JSON with a version number; the
-// methods are database-neutral so that another implementation (PostgreSQL)
-// can pass the same conformance suite, inventorytest.Run.
+// Every method runs in one transaction, so a crash leaves either the
+// whole change or none of it; PostgreSQL's transactions are serializable,
+// as bbolt's single writer is. Records are JSON with a version number,
+// the same in both backends. Both pass one conformance suite,
+// inventorytest.Run.
 //
 // A device's state follows one lifecycle (State), enforced on every write;
 // its certificates are kept until they expire (Device.Certs), so that the
@@ -20,12 +22,11 @@
 package inventory
 
 import (
-	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -35,10 +36,6 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
-
-	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -194,25 +191,13 @@ var (
 const TokenPrefix = "sgt_"
 
 const (
-	schemaVersion    = 2 // 2: secondary indexes (index.go)
 	recordVersion    = 1
 	defaultPageSize  = 100
 	maxPageSize      = 1000
 	defaultMaxEvents = 100
 )
 
-var (
-	bucketMeta    = []byte("meta")
-	bucketDevices = []byte("devices")   // device ID -> device record
-	bucketEK      = []byte("ek")        // EK fingerprint -> device ID
-	bucketTokens  = []byte("tokens")    // token ID -> token record
-	bucketTokHash = []byte("tokenhash") // SHA-256 of secret -> token ID
-	bucketEvents  = []byte("events")    // device ID 0x00 seq(8) -> event record
-	bucketAnon    = []byte("anonymous") // anonymous events, keyed alike (bucketEvents' sequence)
-	keySchema     = []byte("schema")
-)
-
-// Option configures Open.
+// Option configures Open and OpenPostgres.
 type Option func(*options)
 
 type options struct {
@@ -230,7 +215,7 @@ type options struct {
 func WithEventHook(fn func(Event)) Option { return func(o *options) { o.onEvent = fn } }
 
 // WithTimeout bounds the wait for the file lock (default 1s); a file held
-// by another process then fails with ErrLocked.
+// by another process then fails with ErrLocked. bbolt only.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
 // WithClock sets the clock for token creation and event times (default time.Now).
@@ -243,18 +228,24 @@ func WithRand(r io.Reader) Option { return func(o *options) { o.rand = r } }
 func WithMaxEvents(n int) Option { return func(o *options) { o.maxEvents = n } }
 
 // WithNoSync skips fsync on commit: faster, and a power loss may lose
-// recent commits (never consistency). For tests and benchmarks.
+// recent commits (never consistency). For tests and benchmarks; bbolt
+// only.
 func WithNoSync() Option { return func(o *options) { o.noSync = true } }
 
-// Store is the bbolt inventory. Its methods are safe for concurrent use.
+// Store is the inventory. Its methods are safe for concurrent use and
+// take a context: a call whose context ends first fails with its error
+// (PostgreSQL stops waiting; bbolt checks it before it starts).
+//
+// The rules live here (validation, the lifecycle, the CRL bookkeeping,
+// token checks), the storage in an engine (bbolt: Open; PostgreSQL:
+// OpenPostgres), so that both backends enforce the same rules in one
+// transaction each.
 type Store struct {
-	db   *bolt.DB
-	w    *groupcommit.Writer // the frequent writes: devices and events
+	e    engine
 	opts options
 }
 
-// Open opens or creates the inventory file (mode 0600).
-func Open(path string, opts ...Option) (*Store, error) {
+func newStore(opts []Option) options {
 	o := options{timeout: time.Second, now: time.Now, rand: rand.Reader, maxEvents: defaultMaxEvents}
 	for _, f := range opts {
 		f(&o)
@@ -262,44 +253,12 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if o.maxEvents <= 0 {
 		o.maxEvents = defaultMaxEvents
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.timeout, NoSync: o.noSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("inventory: open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketDevices, bucketEK, bucketTokens, bucketTokHash, bucketEvents, bucketAnon} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			if binary.BigEndian.Uint64(v) == schemaVersion {
-				return nil
-			}
-		}
-		// A new file, or one written before the indexes (schema 1).
-		if err := buildIndexes(tx); err != nil {
-			return err
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("inventory: initialize %s: %w", path, err)
-	}
-	return &Store{db: db, w: groupcommit.New(db), opts: o}, nil
+	return o
 }
 
-// Close closes the file.
+// Close closes the file or the database connections the store holds.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
+	if err := s.e.close(); err != nil {
 		return fmt.Errorf("inventory: close: %w", err)
 	}
 	return nil
@@ -322,34 +281,28 @@ func decode[T any](b []byte) (*T, error) {
 }
 
 // Device returns a device by ID.
-func (s *Store) Device(id string) (*Device, error) {
+func (s *Store) Device(ctx context.Context, id string) (*Device, error) {
 	var d *Device
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.e.view(ctx, func(tx tx) error {
 		var err error
-		d, err = getDevice(tx, id)
+		d, err = tx.device(id)
 		return err
 	})
 	return d, err
 }
 
-func getDevice(tx *bolt.Tx, id string) (*Device, error) {
-	v := tx.Bucket(bucketDevices).Get([]byte(id))
-	if v == nil {
-		return nil, fmt.Errorf("%w: device %q", ErrNotFound, id)
-	}
-	return decode[Device](v)
-}
-
 // DeviceByEK returns the device with an EK fingerprint.
-func (s *Store) DeviceByEK(fingerprint string) (*Device, error) {
+func (s *Store) DeviceByEK(ctx context.Context, fingerprint string) (*Device, error) {
 	var d *Device
-	err := s.db.View(func(tx *bolt.Tx) error {
-		id := tx.Bucket(bucketEK).Get([]byte(fingerprint))
-		if id == nil {
+	err := s.e.view(ctx, func(tx tx) error {
+		id, err := tx.ekHolder(fingerprint)
+		if err != nil {
+			return err
+		}
+		if id == "" {
 			return fmt.Errorf("%w: EK %q", ErrNotFound, fingerprint)
 		}
-		var err error
-		d, err = getDevice(tx, string(id))
+		d, err = tx.device(id)
 		return err
 	})
 	return d, err
@@ -358,7 +311,7 @@ func (s *Store) DeviceByEK(fingerprint string) (*Device, error) {
 // ListDevices returns devices in ID order that match f, and the cursor for
 // the next page ("" when there is none). State and model filters are
 // served by the indexes (Query); the model is compared exactly.
-func (s *Store) ListDevices(f Filter) ([]Device, string, error) {
+func (s *Store) ListDevices(ctx context.Context, f Filter) ([]Device, string, error) {
 	q := Query{Where: map[Field]string{FieldState: string(f.State), FieldModel: f.Model}, After: f.After, Limit: f.Limit, Budget: math.MaxInt}
 	if f.Model != "" {
 		q.Match = func(d *Device) bool { return d.Model == f.Model }
@@ -368,7 +321,7 @@ func (s *Store) ListDevices(f Filter) ([]Device, string, error) {
 		prev := q.Match
 		q.Match = func(d *Device) bool { return d.State == st && (prev == nil || prev(d)) }
 	}
-	p, err := s.Query(q)
+	p, err := s.Query(ctx, q)
 	if err != nil {
 		return nil, "", err
 	}
@@ -380,12 +333,12 @@ func (s *Store) ListDevices(f Filter) ([]Device, string, error) {
 // existing device, fails with ErrEKConflict. A new record may be in any
 // state (an import or a restore); replacing one changes its state only as
 // the lifecycle allows (*TransitionError otherwise).
-func (s *Store) PutDevice(d *Device) error {
+func (s *Store) PutDevice(ctx context.Context, d *Device) error {
 	if err := validDevice(d); err != nil {
 		return err
 	}
-	return s.w.Write(func(tx *bolt.Tx) error {
-		old, err := getDevice(tx, d.ID)
+	return s.e.write(ctx, func(tx tx) error {
+		old, err := tx.device(d.ID)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
@@ -398,11 +351,13 @@ func (s *Store) PutDevice(d *Device) error {
 // the ID, nor an EK fingerprint already set, and may change the state only
 // as the lifecycle allows (State.CanMove; *TransitionError otherwise).
 //
-// Concurrent writes share one transaction and fsync (group commit), so fn
-// may run more than once: it must only change the device it is given.
-func (s *Store) Update(id string, fn func(*Device) error) error {
-	return s.w.Write(func(tx *bolt.Tx) error {
-		old, err := getDevice(tx, id)
+// Concurrent writes share one transaction and fsync (bbolt's group
+// commit), and PostgreSQL runs again a transaction that failed to
+// serialize, so fn may run more than once: it must only change the device
+// it is given.
+func (s *Store) Update(ctx context.Context, id string, fn func(*Device) error) error {
+	return s.e.write(ctx, func(tx tx) error {
+		old, err := tx.device(id)
 		if err != nil {
 			return err
 		}
@@ -427,8 +382,7 @@ func (s *Store) Update(id string, fn func(*Device) error) error {
 // allows), the CRL (every certificate d newly marks revoked is recorded
 // in the revocation list in the same transaction) and the expiry of
 // certificate bookkeeping (entries of certificates expired by now leave).
-func putDevice(tx *bolt.Tx, old, d *Device, now time.Time) error {
-	ek := tx.Bucket(bucketEK)
+func putDevice(tx tx, old, d *Device, now time.Time) error {
 	if old != nil && old.EKFingerprint != "" && old.EKFingerprint != d.EKFingerprint {
 		return fmt.Errorf("%w: device %q already has another EK", ErrEKConflict, d.ID)
 	}
@@ -440,21 +394,15 @@ func putDevice(tx *bolt.Tx, old, d *Device, now time.Time) error {
 	}
 	d.pruneCerts(now)
 	if d.EKFingerprint != "" {
-		if holder := ek.Get([]byte(d.EKFingerprint)); holder != nil && string(holder) != d.ID {
-			return fmt.Errorf("%w: EK already belongs to device %q", ErrEKConflict, holder)
-		}
-		if err := ek.Put([]byte(d.EKFingerprint), []byte(d.ID)); err != nil {
+		holder, err := tx.ekHolder(d.EKFingerprint)
+		if err != nil {
 			return err
 		}
+		if holder != "" && holder != d.ID {
+			return fmt.Errorf("%w: EK already belongs to device %q", ErrEKConflict, holder)
+		}
 	}
-	if err := updateIndexes(tx, old, d); err != nil {
-		return err
-	}
-	b, err := encode(d)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketDevices).Put([]byte(d.ID), b)
+	return tx.putDevice(old, d)
 }
 
 func validDevice(d *Device) error {
@@ -519,8 +467,8 @@ func (d *Device) HasTags(want []string) bool {
 // binds the token: a device claiming another is refused), valid for ttl.
 // The secret ("sgt_" + 32 random bytes, base64url) is returned once and
 // never stored.
-func (s *Store) CreateToken(g Grant, owner string, ttl time.Duration) (string, *Token, error) {
-	return s.createToken(g, owner, ttl, false)
+func (s *Store) CreateToken(ctx context.Context, g Grant, owner string, ttl time.Duration) (string, *Token, error) {
+	return s.createToken(ctx, g, owner, ttl, false)
 }
 
 // CreatePendingToken makes a token as CreateToken does that no device can
@@ -528,8 +476,8 @@ func (s *Store) CreateToken(g Grant, owner string, ttl time.Duration) (string, *
 // ActivateToken lets it: under the two-person rule, a token that grants a
 // model or group waits for a second person's approval. Its secret is
 // returned now, once, and never stored.
-func (s *Store) CreatePendingToken(g Grant, owner string, ttl time.Duration) (string, *Token, error) {
-	return s.createToken(g, owner, ttl, true)
+func (s *Store) CreatePendingToken(ctx context.Context, g Grant, owner string, ttl time.Duration) (string, *Token, error) {
+	return s.createToken(ctx, g, owner, ttl, true)
 }
 
 // ActivateToken lets the pending token id be used, once a second person
@@ -537,17 +485,16 @@ func (s *Store) CreatePendingToken(g Grant, owner string, ttl time.Duration) (st
 // (ErrInvalid otherwise), be pending (ErrInvalid: not pending, activated
 // or used already) and not have expired (ErrTokenExpired); an unknown ID
 // is ErrNotFound.
-func (s *Store) ActivateToken(id string, g Grant) (*Token, error) {
+func (s *Store) ActivateToken(ctx context.Context, id string, g Grant) (*Token, error) {
 	var tok *Token
 	now := s.opts.now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketTokens).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("%w: token %q", ErrNotFound, id)
-		}
+	err := s.e.update(ctx, func(tx tx) error {
 		var err error
-		if tok, err = decode[Token](v); err != nil {
+		if tok, err = tx.token(id); err != nil {
 			return err
+		}
+		if tok == nil {
+			return fmt.Errorf("%w: token %q", ErrNotFound, id)
 		}
 		switch {
 		case !tok.Pending || tok.UsedBy != "":
@@ -558,11 +505,7 @@ func (s *Store) ActivateToken(id string, g Grant) (*Token, error) {
 			return fmt.Errorf("%w: token %s expired %s", ErrTokenExpired, id, tok.Expires.UTC().Format(time.RFC3339))
 		}
 		tok.Pending = false
-		b, err := encode(tok)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketTokens).Put([]byte(id), b)
+		return tx.putToken(tok)
 	})
 	if err != nil {
 		return nil, err
@@ -574,27 +517,23 @@ func (s *Store) ActivateToken(id string, g Grant) (*Token, error) {
 // be filed); a token that is not pending is ErrInvalid (a used one is
 // kept: its device may present it again when it re-enrolls), an unknown
 // one ErrNotFound.
-func (s *Store) DeleteToken(id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketTokens).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("%w: token %q", ErrNotFound, id)
-		}
-		tok, err := decode[Token](v)
+func (s *Store) DeleteToken(ctx context.Context, id string) error {
+	return s.e.update(ctx, func(tx tx) error {
+		tok, err := tx.token(id)
 		if err != nil {
 			return err
+		}
+		if tok == nil {
+			return fmt.Errorf("%w: token %q", ErrNotFound, id)
 		}
 		if !tok.Pending {
 			return fmt.Errorf("%w: token %s is not pending", ErrInvalid, id)
 		}
-		if err := tx.Bucket(bucketTokHash).Delete(tok.Hash); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketTokens).Delete([]byte(id))
+		return tx.deleteToken(tok)
 	})
 }
 
-func (s *Store) createToken(g Grant, owner string, ttl time.Duration, pending bool) (string, *Token, error) {
+func (s *Store) createToken(ctx context.Context, g Grant, owner string, ttl time.Duration, pending bool) (string, *Token, error) {
 	if ttl <= 0 {
 		return "", nil, fmt.Errorf("%w: token lifetime must be positive", ErrInvalid)
 	}
@@ -615,18 +554,19 @@ func (s *Store) createToken(g Grant, owner string, ttl time.Duration, pending bo
 		Expires: now.Add(ttl),
 		Pending: pending,
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketTokens).Get([]byte(tok.ID)) != nil || tx.Bucket(bucketTokHash).Get(tok.Hash) != nil {
-			return fmt.Errorf("inventory: token collision (broken entropy source?)")
-		}
-		b, err := encode(tok)
+	err := s.e.update(ctx, func(tx tx) error {
+		byID, err := tx.token(tok.ID)
 		if err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketTokens).Put([]byte(tok.ID), b); err != nil {
+		byHash, err := tx.tokenByHash(tok.Hash)
+		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucketTokHash).Put(tok.Hash, []byte(tok.ID))
+		if byID != nil || byHash != nil {
+			return fmt.Errorf("inventory: token collision (broken entropy source?)")
+		}
+		return tx.putToken(tok)
 	})
 	if err != nil {
 		return "", nil, err
@@ -636,23 +576,19 @@ func (s *Store) createToken(g Grant, owner string, ttl time.Duration, pending bo
 
 // ConsumeToken checks a token secret as CheckToken does and marks it used
 // by deviceID, atomically: of concurrent calls with one secret, one wins.
-func (s *Store) ConsumeToken(secret, deviceID, model string, now time.Time) (*Token, error) {
+func (s *Store) ConsumeToken(ctx context.Context, secret, deviceID, model string, now time.Time) (*Token, error) {
 	if deviceID == "" {
 		return nil, fmt.Errorf("%w: device ID required", ErrInvalid)
 	}
 	var tok *Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.e.update(ctx, func(tx tx) error {
 		var err error
 		tok, err = checkToken(tx, secret, model, now)
 		if err != nil {
 			return err
 		}
 		tok.UsedBy, tok.UsedAt = deviceID, now
-		b, err := encode(tok)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketTokens).Put([]byte(tok.ID), b)
+		return tx.putToken(tok)
 	})
 	if err != nil {
 		return nil, err
@@ -664,9 +600,9 @@ func (s *Store) ConsumeToken(secret, deviceID, model string, now time.Time) (*To
 // ErrTokenInvalid if unknown, ErrTokenExpired, ErrTokenUsed,
 // ErrTokenPending if it awaits approval, or ErrTokenBinding if it is
 // bound to another model, in that order.
-func (s *Store) CheckToken(secret, model string, now time.Time) (*Token, error) {
+func (s *Store) CheckToken(ctx context.Context, secret, model string, now time.Time) (*Token, error) {
 	var tok *Token
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.e.view(ctx, func(tx tx) error {
 		var err error
 		tok, err = checkToken(tx, secret, model, now)
 		return err
@@ -674,25 +610,27 @@ func (s *Store) CheckToken(secret, model string, now time.Time) (*Token, error) 
 	return tok, err
 }
 
-func checkToken(tx *bolt.Tx, secret, model string, now time.Time) (*Token, error) {
+// lookupToken returns the token whose secret is secret, or
+// ErrTokenInvalid.
+func lookupToken(tx tx, secret string) (*Token, error) {
 	if !strings.HasPrefix(secret, TokenPrefix) || len(secret) > 128 {
 		return nil, ErrTokenInvalid
 	}
 	sum := sha256.Sum256([]byte(secret))
-	id := tx.Bucket(bucketTokHash).Get(sum[:])
-	if id == nil {
-		return nil, ErrTokenInvalid
-	}
-	v := tx.Bucket(bucketTokens).Get(id)
-	if v == nil {
-		return nil, ErrTokenInvalid
-	}
-	tok, err := decode[Token](v)
+	tok, err := tx.tokenByHash(sum[:])
 	if err != nil {
 		return nil, err
 	}
-	if subtle.ConstantTimeCompare(tok.Hash, sum[:]) != 1 {
+	if tok == nil || subtle.ConstantTimeCompare(tok.Hash, sum[:]) != 1 {
 		return nil, ErrTokenInvalid
+	}
+	return tok, nil
+}
+
+func checkToken(tx tx, secret, model string, now time.Time) (*Token, error) {
+	tok, err := lookupToken(tx, secret)
+	if err != nil {
+		return nil, err
 	}
 	switch {
 	case !now.Before(tok.Expires):
@@ -710,47 +648,18 @@ func checkToken(tx *bolt.Tx, secret, model string, now time.Time) (*Token, error
 // AddEvent records a lifecycle event (Time defaults to now) and drops the
 // device's oldest events beyond the limit (WithMaxEvents); an anonymous
 // event drops only the oldest anonymous events beyond MaxAnonymousEvents.
-func (s *Store) AddEvent(e Event) error {
+func (s *Store) AddEvent(ctx context.Context, e Event) error {
 	if !wire.ValidID(e.DeviceID) || e.Kind == "" {
 		return fmt.Errorf("%w: event needs a device ID and a kind", ErrInvalid)
 	}
 	if e.Time.IsZero() {
 		e.Time = s.opts.now()
 	}
-	err := s.w.Write(func(tx *bolt.Tx) error {
-		seq, err := tx.Bucket(bucketEvents).NextSequence()
-		if err != nil {
-			return err
-		}
-		bk, limit := tx.Bucket(bucketEvents), s.opts.maxEvents
-		if e.Anonymous {
-			bk, limit = tx.Bucket(bucketAnon), MaxAnonymousEvents
-		}
-		b, err := encode(&e)
-		if err != nil {
-			return err
-		}
-		prefix := eventPrefix(e.DeviceID)
-		if err := bk.Put(binary.BigEndian.AppendUint64(prefix, seq), b); err != nil {
-			return err
-		}
-		// Count from the newest; delete what is past the limit.
-		c := bk.Cursor()
-		n := 0
-		var old [][]byte
-		for k, _ := seekLast(c, prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
-			n++
-			if n > limit {
-				old = append(old, bytes.Clone(k))
-			}
-		}
-		for _, k := range old {
-			if err := bk.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	limit := s.opts.maxEvents
+	if e.Anonymous {
+		limit = MaxAnonymousEvents
+	}
+	err := s.e.write(ctx, func(tx tx) error { return tx.addEvent(&e, limit) })
 	if err == nil && s.opts.onEvent != nil {
 		s.opts.onEvent(e)
 	}
@@ -759,58 +668,6 @@ func (s *Store) AddEvent(e Event) error {
 
 // Events returns a device's events, anonymous ones included, newest
 // first; limit <= 0 returns all that are kept.
-func (s *Store) Events(deviceID string, limit int) ([]Event, error) {
-	var out []Event
-	err := s.db.View(func(tx *bolt.Tx) error {
-		prefix := eventPrefix(deviceID)
-		// Merge the two lists by their shared sequence, newest first.
-		c, a := tx.Bucket(bucketEvents).Cursor(), tx.Bucket(bucketAnon).Cursor()
-		ck, cv := seekLast(c, prefix)
-		ak, av := seekLast(a, prefix)
-		for {
-			if limit > 0 && len(out) == limit {
-				return nil
-			}
-			cOK, aOK := ck != nil && bytes.HasPrefix(ck, prefix), ak != nil && bytes.HasPrefix(ak, prefix)
-			var v []byte
-			switch {
-			case cOK && (!aOK || bytes.Compare(ck, ak) > 0):
-				v = cv
-				ck, cv = c.Prev()
-			case aOK:
-				v = av
-				ak, av = a.Prev()
-			default:
-				return nil
-			}
-			e, err := decode[Event](v)
-			if err != nil {
-				return err
-			}
-			out = append(out, *e)
-		}
-	})
-	return out, err
-}
-
-func eventPrefix(deviceID string) []byte {
-	return append([]byte(deviceID), 0)
-}
-
-// seekLast positions c on the last key with prefix (whose last byte is
-// 0x00), or returns nil.
-func seekLast(c *bolt.Cursor, prefix []byte) ([]byte, []byte) {
-	end := bytes.Clone(prefix)
-	end[len(end)-1] = 1 // the first key past every key with prefix
-	k, _ := c.Seek(end)
-	var v []byte
-	if k == nil {
-		k, v = c.Last()
-	} else {
-		k, v = c.Prev()
-	}
-	if k == nil || !bytes.HasPrefix(k, prefix) {
-		return nil, nil
-	}
-	return k, v
+func (s *Store) Events(ctx context.Context, deviceID string, limit int) ([]Event, error) {
+	return s.e.events(ctx, deviceID, limit)
 }

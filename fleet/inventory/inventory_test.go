@@ -9,6 +9,8 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 var _ inventorytest.Store = (*inventory.Store)(nil)
@@ -22,26 +24,52 @@ func open(t *testing.T, path string, opts ...inventory.Option) *inventory.Store 
 	return s
 }
 
+// TestConformance runs the conformance suite against both backends: a
+// bbolt file, and a real PostgreSQL (pgtest; skipped without one unless
+// CI=true).
 func TestConformance(t *testing.T) {
-	inventorytest.Run(t, func(t *testing.T) inventorytest.Store {
-		s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-		t.Cleanup(func() { s.Close() })
-		return s
+	t.Run("bbolt", func(t *testing.T) {
+		inventorytest.Run(t, func(t *testing.T, opts ...inventory.Option) inventorytest.Store {
+			s := open(t, filepath.Join(t.TempDir(), "inv.db"), append([]inventory.Option{inventory.WithNoSync()}, opts...)...)
+			t.Cleanup(func() { s.Close() })
+			return s
+		})
 	})
+	t.Run("postgres", func(t *testing.T) {
+		srv := pgtest.Start(t)
+		inventorytest.Run(t, func(t *testing.T, opts ...inventory.Option) inventorytest.Store {
+			return openPostgres(t, srv.NewDatabase(t), opts...)
+		})
+	})
+}
+
+// openPostgres opens the inventory in the database at url.
+func openPostgres(t *testing.T, url string, opts ...inventory.Option) *inventory.Store {
+	t.Helper()
+	db, err := postgres.Open(t.Context(), url, postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	s, err := inventory.OpenPostgres(t.Context(), db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func TestReopenKeepsData(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "inv.db")
 	s := open(t, path)
 	d := inventorytest.NewDevice(1)
-	if err := s.PutDevice(d); err != nil {
+	if err := s.PutDevice(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := s.CreateToken(inventory.Grant{Model: "gw-1"}, "", time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), inventory.Grant{Model: "gw-1"}, "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddEvent(inventory.Event{DeviceID: d.ID, Kind: "enrolled"}); err != nil {
+	if err := s.AddEvent(t.Context(), inventory.Event{DeviceID: d.ID, Kind: "enrolled"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -57,13 +85,13 @@ func TestReopenKeepsData(t *testing.T) {
 
 	s = open(t, path)
 	defer s.Close()
-	if got, err := s.DeviceByEK(d.EKFingerprint); err != nil || got.ID != d.ID || got.Serial != d.Serial {
+	if got, err := s.DeviceByEK(t.Context(), d.EKFingerprint); err != nil || got.ID != d.ID || got.Serial != d.Serial {
 		t.Fatalf("after reopen: %+v, %v", got, err)
 	}
-	if _, err := s.ConsumeToken(secret, d.ID, "gw-1", time.Now()); err != nil {
+	if _, err := s.ConsumeToken(t.Context(), secret, d.ID, "gw-1", time.Now()); err != nil {
 		t.Fatalf("token after reopen: %v", err)
 	}
-	if ev, _ := s.Events(d.ID, 0); len(ev) != 1 || ev[0].Kind != "enrolled" {
+	if ev, _ := s.Events(t.Context(), d.ID, 0); len(ev) != 1 || ev[0].Kind != "enrolled" {
 		t.Fatalf("events after reopen: %v", ev)
 	}
 }
@@ -79,113 +107,5 @@ func TestSecondOpenIsLocked(t *testing.T) {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Fatal("second open did not time out promptly")
-	}
-}
-
-func TestEventsAreBounded(t *testing.T) {
-	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithMaxEvents(3), inventory.WithNoSync())
-	defer s.Close()
-	id := inventorytest.ID(1)
-	for i := range 10 {
-		if err := s.AddEvent(inventory.Event{DeviceID: id, Kind: "k", Detail: string(rune('a' + i))}); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.AddEvent(inventory.Event{DeviceID: inventorytest.ID(2), Kind: "other"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ev, err := s.Events(id, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ev) != 3 || ev[0].Detail != "j" || ev[2].Detail != "h" {
-		t.Fatalf("events = %+v", ev)
-	}
-}
-
-func TestClockAndEntropyAreInjected(t *testing.T) {
-	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	zero := zeroReader{}
-	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithClock(func() time.Time { return now }), inventory.WithRand(zero))
-	defer s.Close()
-	secret, tok, err := s.CreateToken(inventory.Grant{}, "", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if secret != "sgt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" || !tok.Created.Equal(now) || !tok.Expires.Equal(now.Add(time.Minute)) {
-		t.Fatalf("secret %q token %+v", secret, tok)
-	}
-	// The same entropy again collides and is refused rather than overwriting.
-	if _, _, err := s.CreateToken(inventory.Grant{}, "", time.Minute); err == nil {
-		t.Fatal("colliding token created")
-	}
-}
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
-}
-
-// TestPendingTokenWorksOnlyOnceActivated: a token created pending (the
-// two-person rule holds a token that grants a model or group) is refused
-// at enrollment, and at the bootstrap CONNECT, until it is activated for
-// exactly the grant it was created with; it is activated once.
-func TestPendingTokenWorksOnlyOnceActivated(t *testing.T) {
-	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync(), inventory.WithClock(func() time.Time { return now }))
-	defer s.Close()
-	g := inventory.Grant{Model: "gw-1", Group: "vault"}
-	secret, tok, err := s.CreatePendingToken(g, "ops", time.Hour)
-	if err != nil || !tok.Pending {
-		t.Fatalf("CreatePendingToken: %+v %v", tok, err)
-	}
-	if _, err := s.CheckToken(secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenPending) {
-		t.Fatalf("CheckToken of a pending token: %v", err)
-	}
-	if _, err := s.ConsumeToken(secret, inventorytest.ID(1), "gw-1", now); !errors.Is(err, inventory.ErrTokenPending) {
-		t.Fatalf("ConsumeToken of a pending token: %v", err)
-	}
-	if _, err := s.ActivateToken(tok.ID, inventory.Grant{Model: "gw-1", Group: "other"}); !errors.Is(err, inventory.ErrInvalid) {
-		t.Fatalf("activating for another grant: %v", err)
-	}
-	if _, err := s.ActivateToken("tok_0000000000000000", g); !errors.Is(err, inventory.ErrNotFound) {
-		t.Fatalf("activating an unknown token: %v", err)
-	}
-	got, err := s.ActivateToken(tok.ID, g)
-	if err != nil || got.Pending {
-		t.Fatalf("ActivateToken: %+v %v", got, err)
-	}
-	if _, err := s.ActivateToken(tok.ID, g); !errors.Is(err, inventory.ErrInvalid) {
-		t.Fatalf("activating twice: %v", err)
-	}
-	used, err := s.ConsumeToken(secret, inventorytest.ID(1), "gw-1", now)
-	if err != nil || used.Group != "vault" {
-		t.Fatalf("ConsumeToken once activated: %+v %v", used, err)
-	}
-
-	// Expired before approval: it stays unusable.
-	secret, tok, err = s.CreatePendingToken(g, "", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now = now.Add(2 * time.Minute)
-	if _, err := s.ActivateToken(tok.ID, g); !errors.Is(err, inventory.ErrTokenExpired) {
-		t.Fatalf("activating an expired token: %v", err)
-	}
-	if _, err := s.CheckToken(secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenExpired) {
-		t.Fatalf("CheckToken of an expired pending token: %v", err)
-	}
-	// A pending token whose approval could not be filed is deleted.
-	secret, tok, err = s.CreatePendingToken(g, "", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteToken(tok.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.CheckToken(secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenInvalid) {
-		t.Fatalf("CheckToken of a deleted token: %v", err)
 	}
 }

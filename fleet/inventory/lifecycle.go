@@ -1,13 +1,13 @@
 package inventory
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
-	bolt "go.etcd.io/bbolt"
 )
 
 // State is a device's lifecycle state.
@@ -128,13 +128,13 @@ type Cause struct {
 // itself stays, as restricted as before. A pending or decommissioned
 // device is refused with a *TransitionError and left as it is. It returns
 // the device as written and the serials it revoked.
-func (s *Store) Quarantine(id string, c Cause) (*Device, []string, error) {
+func (s *Store) Quarantine(ctx context.Context, id string, c Cause) (*Device, []string, error) {
 	if c.Time.IsZero() {
 		c.Time = s.opts.now()
 	}
 	var out *Device
 	var revoked []string
-	err := s.transition(id, func(d *Device) error {
+	err := s.transition(ctx, id, func(d *Device) error {
 		if d.State != StateActive && d.State != StateQuarantined {
 			return &TransitionError{DeviceID: id, From: d.State, To: StateQuarantined}
 		}
@@ -158,8 +158,8 @@ func (s *Store) Quarantine(id string, c Cause) (*Device, []string, error) {
 // Release returns a quarantined device to active (an operator's decision)
 // and forgets the causes of its quarantine. Its revoked certificates stay
 // revoked. A device that is not quarantined: ErrNotQuarantined.
-func (s *Store) Release(id string) (*Device, error) {
-	return s.release(id, func(*Device) error { return nil })
+func (s *Store) Release(ctx context.Context, id string) (*Device, error) {
+	return s.release(ctx, id, func(*Device) error { return nil })
 }
 
 // AutoRelease returns a quarantined device to active for a passing
@@ -167,8 +167,8 @@ func (s *Store) Release(id string) (*Device, error) {
 // quarantine is a failing verdict under that same policy (ErrOtherCause
 // otherwise: a quarantine for an alert, a clone, an operator or another
 // policy is lifted by an operator only).
-func (s *Store) AutoRelease(id, policy string) (*Device, error) {
-	return s.release(id, func(d *Device) error {
+func (s *Store) AutoRelease(ctx context.Context, id, policy string) (*Device, error) {
+	return s.release(ctx, id, func(d *Device) error {
 		for _, c := range d.Quarantine {
 			if c.Source != CauseAttestation || c.Policy != policy || policy == "" {
 				return fmt.Errorf("%w: %s", ErrOtherCause, c.Source)
@@ -178,9 +178,9 @@ func (s *Store) AutoRelease(id, policy string) (*Device, error) {
 	})
 }
 
-func (s *Store) release(id string, allow func(*Device) error) (*Device, error) {
+func (s *Store) release(ctx context.Context, id string, allow func(*Device) error) (*Device, error) {
 	var out *Device
-	err := s.transition(id, func(d *Device) error {
+	err := s.transition(ctx, id, func(d *Device) error {
 		if d.State != StateQuarantined {
 			return ErrNotQuarantined
 		}
@@ -200,11 +200,11 @@ func (s *Store) release(id string, allow func(*Device) error) (*Device, error) {
 // is revoked (cessationOfOperation) and listed in the CRL. It returns the
 // device as written and the serials it revoked. The caller closes the
 // device's sessions whatever was revoked.
-func (s *Store) Decommission(id string) (*Device, []string, error) {
+func (s *Store) Decommission(ctx context.Context, id string) (*Device, []string, error) {
 	var out *Device
 	var revoked []string
 	now := s.opts.now()
-	err := s.transition(id, func(d *Device) error {
+	err := s.transition(ctx, id, func(d *Device) error {
 		d.State, d.Quarantine = StateDecommissioned, nil
 		revoked = d.RevokeAll(ReasonCessationOfOperation, now)
 		out = d
@@ -229,14 +229,14 @@ func (s *Store) Decommission(id string) (*Device, []string, error) {
 // it is. It returns the device as written and the serials it revoked; the
 // caller closes the device's sessions whatever was revoked, as after
 // Decommission. An unknown reason is ErrInvalid.
-func (s *Store) RevokeDevice(id string, reason int) (*Device, []string, error) {
+func (s *Store) RevokeDevice(ctx context.Context, id string, reason int) (*Device, []string, error) {
 	if reason != ReasonUnspecified && ReasonName(reason) == ReasonName(ReasonUnspecified) {
 		return nil, nil, fmt.Errorf("%w: revocation reason %d", ErrInvalid, reason)
 	}
 	var out *Device
 	var revoked []string
 	now := s.opts.now()
-	err := s.transition(id, func(d *Device) error {
+	err := s.transition(ctx, id, func(d *Device) error {
 		revoked = d.RevokeAll(reason, now)
 		out = d
 		return nil
@@ -260,10 +260,10 @@ func (s *Store) RevokeDevice(id string, reason int) (*Device, []string, error) {
 // is written. The write, when there is one, is group-committed with the
 // other device writes (Update): the devices that reconnect together after
 // a forced re-key share transactions and fsyncs.
-func (s *Store) RevokeSuperseded(id, serial string) ([]string, error) {
+func (s *Store) RevokeSuperseded(ctx context.Context, id, serial string) ([]string, error) {
 	now := s.opts.now()
-	err := s.db.View(func(tx *bolt.Tx) error {
-		d, err := getDevice(tx, id)
+	err := s.e.view(ctx, func(tx tx) error {
+		d, err := tx.device(id)
 		if err != nil {
 			return err
 		}
@@ -279,9 +279,9 @@ func (s *Store) RevokeSuperseded(id, serial string) ([]string, error) {
 		return nil, err
 	}
 	var revoked []string
-	err = s.w.Write(func(tx *bolt.Tx) error {
+	err = s.e.write(ctx, func(tx tx) error {
 		revoked = nil // a batch may run this again
-		d, err := getDevice(tx, id)
+		d, err := tx.device(id)
 		if err != nil {
 			return err
 		}
@@ -304,11 +304,12 @@ func (s *Store) RevokeSuperseded(id, serial string) ([]string, error) {
 var errNothingToDo = errors.New("inventory: nothing to do")
 
 // transition applies fn to device id and writes it, in one transaction of
-// its own (not shared by group commit: fn runs once and its results are
-// final).
-func (s *Store) transition(id string, fn func(*Device) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		d, err := getDevice(tx, id)
+// its own (not shared by group commit). fn may run again if PostgreSQL
+// could not serialize the transaction: it sets its results, never adds
+// to them, so that the last run's are the ones returned.
+func (s *Store) transition(ctx context.Context, id string, fn func(*Device) error) error {
+	return s.e.update(ctx, func(tx tx) error {
+		d, err := tx.device(id)
 		if err != nil {
 			return err
 		}

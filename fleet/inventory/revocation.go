@@ -1,14 +1,10 @@
 package inventory
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
+	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Revocation reasons (RFC 5280 CRLReason codes).
@@ -57,22 +53,13 @@ type Revocation struct {
 	Expires  time.Time `json:"expires,omitzero"` // the certificate's NotAfter, when known: CRLs may drop it after
 }
 
-var bucketRevoked = []byte("revoked") // serial -> revocation record
-
 // Revocations lists every recorded revocation whose certificate has not
-// expired before now (zero now: all).
-func (s *Store) Revocations(now time.Time) ([]Revocation, error) {
+// expired before now (zero now: all), in serial order.
+func (s *Store) Revocations(ctx context.Context, now time.Time) ([]Revocation, error) {
 	var out []Revocation
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRevoked)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(_, v []byte) error {
-			r, err := decode[Revocation](v)
-			if err != nil {
-				return err
-			}
+	err := s.e.view(ctx, func(tx tx) error {
+		out = nil
+		return tx.eachRevocation(func(r *Revocation) error {
 			if now.IsZero() || r.Expires.IsZero() || r.Expires.After(now) {
 				out = append(out, *r)
 			}
@@ -86,9 +73,12 @@ func (s *Store) Revocations(now time.Time) ([]Revocation, error) {
 // the ID set when there is none), lets fn change it, and stores it, in one
 // transaction: decisions made in fn see the current record. A state change
 // of an existing record follows the lifecycle (*TransitionError).
-func (s *Store) Upsert(id string, fn func(d *Device, exists bool) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		old, err := getDevice(tx, id)
+//
+// PostgreSQL may run fn more than once (a transaction that failed to
+// serialize runs again): it must only change the device it is given.
+func (s *Store) Upsert(ctx context.Context, id string, fn func(d *Device, exists bool) error) error {
+	return s.e.update(ctx, func(tx tx) error {
+		old, err := tx.device(id)
 		exists := err == nil
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
@@ -115,27 +105,12 @@ func (s *Store) Upsert(id string, fn func(d *Device, exists bool) error) error {
 // TokenUsedBy returns the device that used a token ("" when unused), or
 // ErrTokenInvalid for an unknown secret. Expiry is not checked: a known
 // device may present the token it enrolled with when it re-enrolls.
-func (s *Store) TokenUsedBy(secret string) (string, error) {
+func (s *Store) TokenUsedBy(ctx context.Context, secret string) (string, error) {
 	var usedBy string
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if !strings.HasPrefix(secret, TokenPrefix) || len(secret) > 128 {
-			return ErrTokenInvalid
-		}
-		sum := sha256.Sum256([]byte(secret))
-		id := tx.Bucket(bucketTokHash).Get(sum[:])
-		if id == nil {
-			return ErrTokenInvalid
-		}
-		v := tx.Bucket(bucketTokens).Get(id)
-		if v == nil {
-			return ErrTokenInvalid
-		}
-		tok, err := decode[Token](v)
+	err := s.e.view(ctx, func(tx tx) error {
+		tok, err := lookupToken(tx, secret)
 		if err != nil {
 			return err
-		}
-		if subtle.ConstantTimeCompare(tok.Hash, sum[:]) != 1 {
-			return ErrTokenInvalid
 		}
 		usedBy = tok.UsedBy
 		return nil

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // oldSerial and newSerial are the serials of device i's certificates
@@ -24,13 +26,13 @@ func renewed(tb testing.TB, s *Store, n int) []string {
 	tb.Helper()
 	now := time.Now()
 	ids := make([]string, n)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.boltDB().Update(func(tx *bolt.Tx) error {
 		for i := range ids {
 			ids[i] = crashID(i + 1)
 			d := &Device{ID: ids[i], EKFingerprint: crashEK(i + 1), State: StateActive, Model: "gw-1"}
 			d.Issued(oldSerial(i), now, now.Add(24*time.Hour))
 			d.Issued(newSerial(i), now, now.Add(24*time.Hour))
-			if err := putDevice(tx, nil, d, now); err != nil {
+			if err := putDevice(boltTx{tx}, nil, d, now); err != nil {
 				return err
 			}
 		}
@@ -46,7 +48,7 @@ func renewed(tb testing.TB, s *Store, n int) []string {
 func txID(tb testing.TB, s *Store) int {
 	tb.Helper()
 	var id int
-	if err := s.db.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil }); err != nil {
+	if err := s.boltDB().View(func(tx *bolt.Tx) error { id = tx.ID(); return nil }); err != nil {
 		tb.Fatal(err)
 	}
 	return id
@@ -70,30 +72,26 @@ func TestRevokeSupersededGroupCommits(t *testing.T) {
 	// A write in flight holds the writer; the reconnects arrive meanwhile
 	// and, batched, wait for one another (the batch runs when all n have
 	// joined, however slowly they arrive).
-	s.db.MaxBatchSize, s.db.MaxBatchDelay = n, time.Hour
+	s.boltDB().MaxBatchSize, s.boltDB().MaxBatchDelay = n, time.Hour
 	before := txID(t, s)
 	entered, release := make(chan struct{}), make(chan struct{})
 	held := make(chan error, 1)
 	go func() {
-		held <- s.w.Write(func(*bolt.Tx) error { close(entered); <-release; return nil })
+		held <- s.boltDB().Write(func(*bolt.Tx) error { close(entered); <-release; return nil })
 	}()
 	<-entered
 	var wg sync.WaitGroup
 	revoked := make([][]string, n)
 	errs := make([]error, n)
 	for i, id := range ids {
-		wg.Go(func() { revoked[i], errs[i] = s.RevokeSuperseded(id, newSerial(i)) })
+		wg.Go(func() { revoked[i], errs[i] = s.RevokeSuperseded(t.Context(), id, newSerial(i)) })
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for s.w.InFlight() < n+1 {
-		if time.Now().After(deadline) {
-			joined := s.w.InFlight() - 1
-			close(release)
-			wg.Wait()
-			t.Fatalf("%d of %d reconnects joined the group commit; the others wrote alone (%d transactions for %d reconnects)",
-				joined, n, txID(t, s)-before-1, n)
-		}
-		time.Sleep(time.Millisecond) // polling the condition, not timing it
+	if !wait.Poll(wait.Timeout, func() bool { return s.boltDB().InFlight() >= n+1 }) {
+		joined := s.boltDB().InFlight() - 1
+		close(release)
+		wg.Wait()
+		t.Fatalf("%d of %d reconnects joined the group commit; the others wrote alone (%d transactions for %d reconnects)",
+			joined, n, txID(t, s)-before-1, n)
 	}
 	close(release)
 	wg.Wait()
@@ -109,12 +107,12 @@ func TestRevokeSupersededGroupCommits(t *testing.T) {
 		t.Fatalf("%d transactions for one write and %d reconnects, want 2", got, n)
 	}
 	for i, id := range ids {
-		d, err := s.Device(id)
+		d, err := s.Device(t.Context(), id)
 		if err != nil || !d.IsRevoked(oldSerial(i)) || !d.Admits(newSerial(i), time.Now()) {
 			t.Fatalf("device %s after reconnecting: %+v, %v", id, d, err)
 		}
 	}
-	rs, err := s.Revocations(time.Now())
+	rs, err := s.Revocations(t.Context(), time.Now())
 	if err != nil || len(rs) != n {
 		t.Fatalf("%d revocations listed, want %d (%v)", len(rs), n, err)
 	}
@@ -122,14 +120,14 @@ func TestRevokeSupersededGroupCommits(t *testing.T) {
 	// Reconnecting again: nothing left to revoke, nothing written.
 	before = txID(t, s)
 	for i, id := range ids {
-		if got, err := s.RevokeSuperseded(id, newSerial(i)); err != nil || len(got) != 0 {
+		if got, err := s.RevokeSuperseded(t.Context(), id, newSerial(i)); err != nil || len(got) != 0 {
 			t.Fatalf("second reconnect of %s revoked %v, %v", id, got, err)
 		}
 	}
 	if got := txID(t, s) - before; got != 0 {
 		t.Fatalf("%d transactions for %d reconnects with nothing to revoke, want 0", got, n)
 	}
-	if _, err := s.RevokeSuperseded(crashID(n+1), newSerial(n)); err == nil {
+	if _, err := s.RevokeSuperseded(t.Context(), crashID(n+1), newSerial(n)); err == nil {
 		t.Fatal("an unknown device's reconnect succeeded")
 	}
 }
@@ -157,7 +155,7 @@ func BenchmarkRevokeSuperseded(b *testing.B) {
 			for range conc {
 				wg.Go(func() {
 					for i := next.Add(1) - 1; i < int64(len(ids)); i = next.Add(1) - 1 {
-						if got, err := s.RevokeSuperseded(ids[i], newSerial(int(i))); err != nil || len(got) != 1 {
+						if got, err := s.RevokeSuperseded(b.Context(), ids[i], newSerial(int(i))); err != nil || len(got) != 1 {
 							b.Errorf("reconnect %d revoked %v, %v", i, got, err)
 							return
 						}
@@ -177,11 +175,11 @@ func BenchmarkRevokeSuperseded(b *testing.B) {
 		}
 		defer s.Close()
 		ids := renewed(b, s, 1)
-		if _, err := s.RevokeSuperseded(ids[0], newSerial(0)); err != nil {
+		if _, err := s.RevokeSuperseded(b.Context(), ids[0], newSerial(0)); err != nil {
 			b.Fatal(err)
 		}
 		for b.Loop() {
-			if got, err := s.RevokeSuperseded(ids[0], newSerial(0)); err != nil || len(got) != 0 {
+			if got, err := s.RevokeSuperseded(b.Context(), ids[0], newSerial(0)); err != nil || len(got) != 0 {
 				b.Fatalf("revoked %v, %v", got, err)
 			}
 		}

@@ -2,13 +2,12 @@ package inventory
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"slices"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // TokenStatus is where an enrollment token is in its life.
@@ -56,7 +55,7 @@ func tokenCursor(t *Token) string {
 // hash, never the secret; callers showing tokens to people show neither.
 // It reads every token record (tokens are never deleted), keeping only
 // one page in memory.
-func (s *Store) Tokens(f TokenFilter) ([]Token, string, error) {
+func (s *Store) Tokens(ctx context.Context, f TokenFilter) ([]Token, string, error) {
 	switch f.Status {
 	case "", TokenUnused, TokenUsed, TokenExpired:
 	default:
@@ -80,12 +79,9 @@ func (s *Store) Tokens(f TokenFilter) ([]Token, string, error) {
 		tok Token
 	}
 	var page []entry // sorted by key, at most limit+1
-	err = s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
-			tok, err := decode[Token](v)
-			if err != nil {
-				return err
-			}
+	err = s.e.view(ctx, func(tx tx) error {
+		page = page[:0]
+		return tx.eachToken(func(tok *Token) error {
 			if f.Status != "" && tok.Status(now) != f.Status {
 				return nil
 			}

@@ -10,7 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
 // Errors of the store.
@@ -41,14 +42,12 @@ func WithNoSync() StoreOption { return func(o *storeOptions) { o.noSync = true }
 // versions keyed by the big-endian version number; a version is JSON and
 // is never rewritten. Its methods are safe for concurrent use.
 type Store struct {
-	db  *bolt.DB
+	db  *boltdb.DB
 	now func() time.Time
 }
 
 var (
 	bucketPolicies = []byte("policies")
-	bucketMeta     = []byte("meta")
-	keySchema      = []byte("schema")
 )
 
 const (
@@ -63,32 +62,10 @@ func Open(path string, opts ...StoreOption) (*Store, error) {
 	for _, f := range opts {
 		f(&o)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.timeout, NoSync: o.noSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
-	}
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: [][]byte{bucketPolicies}, Version: schemaVersion},
+		boltdb.Options{Name: "policy", Timeout: o.timeout, NoSync: o.noSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("policy: open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucketPolicies); err != nil {
-			return err
-		}
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion {
-				return fmt.Errorf("unsupported schema version %x", v)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("policy: initialize %s: %w", path, err)
+		return nil, err
 	}
 	return &Store{db: db, now: o.now}, nil
 }

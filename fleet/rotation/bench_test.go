@@ -16,6 +16,7 @@ package rotation
 // happen every time (fsync'd unless the name says nosync).
 
 import (
+	"context"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -202,7 +203,7 @@ func (rec *recording) newHarness(dir string, noSync bool) (*harness, error) {
 		h.close()
 		return nil, err
 	}
-	err = h.inv.PutDevice(&inventory.Device{ID: benchDevice, EKFingerprint: "1111111111111111111111111111111111111111111111111111111111111111",
+	err = h.inv.PutDevice(context.Background(), &inventory.Device{ID: benchDevice, EKFingerprint: "1111111111111111111111111111111111111111111111111111111111111111",
 		Model: "bench-gw", Firmware: "1.0.0", State: inventory.StateActive, CertSerial: "c0ffee", AKPublic: rec.akPublic})
 	if err != nil {
 		h.close()
@@ -459,7 +460,7 @@ func BenchmarkJobStep(b *testing.B) {
 			ids := make([]string, n)
 			for i := range ids {
 				ids[i] = fmt.Sprintf("%032x", i+1)
-				err := inv.PutDevice(&inventory.Device{ID: ids[i], EKFingerprint: fmt.Sprintf("%064x", i+1), Model: "bench-gw",
+				err := inv.PutDevice(context.Background(), &inventory.Device{ID: ids[i], EKFingerprint: fmt.Sprintf("%064x", i+1), Model: "bench-gw",
 					State: inventory.StateActive, CertSerial: "01"})
 				if err != nil {
 					b.Fatal(err)
@@ -555,7 +556,7 @@ func TestRecordingRenews(t *testing.T) {
 		if err := h.renewal(encode(wire.TypeRenewRequest, &rec.reqs[i%2])); err != nil {
 			t.Fatalf("renewal %d: %v", i, err)
 		}
-		d, err := h.inv.Device(benchDevice)
+		d, err := h.inv.Device(t.Context(), benchDevice)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -11,8 +12,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/internal/groupcommit"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	bolt "go.etcd.io/bbolt"
 )
@@ -137,8 +138,7 @@ func (j *Job) Progress() Progress {
 // step reads the front of the queue and writes only what it touched; a
 // renewal looks its device up by key in each running job.
 type Jobs struct {
-	db *bolt.DB
-	w  *groupcommit.Writer // the per-renewal marks
+	db *boltdb.DB // group commit (Write) for the per-renewal marks
 }
 
 var (
@@ -165,23 +165,14 @@ type devRecord struct {
 // OpenJobs opens the job file. Jobs written by earlier versions (one record
 // with every device) are converted.
 func OpenJobs(path string) (*Jobs, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketJobs, bucketRunning, bucketDevices, bucketQueue},
+		Init:    migrate,
+	}, boltdb.Options{Name: "rotation: jobs"})
 	if err != nil {
-		return nil, fmt.Errorf("rotation: open jobs: %w", err)
+		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketJobs, bucketRunning, bucketDevices, bucketQueue} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return migrate(tx)
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("rotation: open jobs: %w", err)
-	}
-	return &Jobs{db: db, w: groupcommit.New(db)}, nil
+	return &Jobs{db: db}, nil
 }
 
 // migrate converts jobs stored with their devices inline.
@@ -555,7 +546,7 @@ func (j *Jobs) renewed(deviceID string, now time.Time) ([]string, error) {
 		return nil, err
 	}
 	var finished []string
-	err = j.w.Write(func(tx *bolt.Tx) error {
+	err = j.db.Write(func(tx *bolt.Tx) error {
 		finished = finished[:0]
 		for id := range in {
 			h, err := getHeader(tx, id)
@@ -620,7 +611,7 @@ func (j *Jobs) reachable(deviceID string, now time.Time) error {
 	// Devices reconnect together (a restarted fleet, a broker that came
 	// back): their writes share a transaction. The function reads what it
 	// changes, so a batch may run it again.
-	return j.w.Write(func(tx *bolt.Tx) error {
+	return j.db.Write(func(tx *bolt.Tx) error {
 		for id := range in {
 			devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
 			if devs == nil || queue == nil {
@@ -682,7 +673,7 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 	if len(sel.DeviceIDs) > 0 {
 		// Named devices: look each up rather than scan the fleet.
 		for _, id := range slices.Compact(slices.Sorted(slices.Values(sel.DeviceIDs))) {
-			d, err := s.cfg.Inventory.Device(id)
+			d, err := s.cfg.Inventory.Device(context.TODO(), id)
 			if errors.Is(err, inventory.ErrNotFound) {
 				continue
 			}
@@ -696,7 +687,7 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 	}
 	after := ""
 	for len(sel.DeviceIDs) == 0 {
-		devs, next, err := s.cfg.Inventory.ListDevices(inventory.Filter{State: inventory.StateActive, After: after, Limit: 1000})
+		devs, next, err := s.cfg.Inventory.ListDevices(context.TODO(), inventory.Filter{State: inventory.StateActive, After: after, Limit: 1000})
 		if err != nil {
 			return nil, err
 		}
@@ -797,7 +788,7 @@ func (s *Service) ask(job *Job, now time.Time, budget int, cands []candidate) []
 		if budget == 0 {
 			break
 		}
-		d, err := s.cfg.Inventory.Device(c.rec.ID)
+		d, err := s.cfg.Inventory.Device(context.TODO(), c.rec.ID)
 		switch {
 		case err != nil || d.State != inventory.StateActive || d.CertSerial != c.rec.From:
 			c.outcome = outcomeDone // gone, no longer active, or renewed: nothing to rotate

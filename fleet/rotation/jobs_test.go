@@ -39,7 +39,7 @@ func newJobFixture(t *testing.T, n int) (*jobFixture, []string) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%032x", i+1)
 		f.connected[ids[i]] = true
-		if err := f.inv.PutDevice(&inventory.Device{ID: ids[i], EKFingerprint: fmt.Sprintf("%064x", i+1), State: inventory.StateActive, CertSerial: "01"}); err != nil {
+		if err := f.inv.PutDevice(t.Context(), &inventory.Device{ID: ids[i], EKFingerprint: fmt.Sprintf("%064x", i+1), State: inventory.StateActive, CertSerial: "01"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -80,7 +80,7 @@ func TestJobSteps(t *testing.T) {
 	if done, err := f.jobs.renewed(ids[0], f.now); err != nil || len(done) != 0 {
 		t.Fatalf("renewed: %v %v", done, err)
 	}
-	if err := f.inv.Update(ids[3], func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
+	if err := f.inv.Update(t.Context(), ids[3], func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if p := f.progress(t, job.ID); p != (Progress{Total: 5, Sent: 1, Renewed: 1, Waiting: 3}) {
@@ -103,7 +103,7 @@ func TestJobSteps(t *testing.T) {
 		t.Fatalf("not asked after connecting: %v", f.sent)
 	}
 	// ids[1] renewed through another path (the serial changed): seen at its resend.
-	if err := f.inv.Update(ids[1], func(d *inventory.Device) error { d.CertSerial = "02"; return nil }); err != nil {
+	if err := f.inv.Update(t.Context(), ids[1], func(d *inventory.Device) error { d.CertSerial = "02"; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	f.now = f.now.Add(resend)

@@ -27,15 +27,15 @@ func TestSupersededSerialsAreNotForgotten(t *testing.T) {
 	defer h.close()
 	var old []string
 	for i := range 10 {
-		d, _ := h.inv.Device(benchDevice)
+		d, _ := h.inv.Device(t.Context(), benchDevice)
 		old = append(old, d.CertSerial)
 		if err := h.renewal(encode(wire.TypeRenewRequest, &rec.reqs[i%2])); err != nil {
 			t.Fatalf("renewal %d: %v", i, err)
 		}
 	}
-	d, _ := h.inv.Device(benchDevice)
+	d, _ := h.inv.Device(t.Context(), benchDevice)
 	h.svc.Connected(benchDevice, d.CertSerial)
-	d, _ = h.inv.Device(benchDevice)
+	d, _ = h.inv.Device(t.Context(), benchDevice)
 	for _, s := range old {
 		if !d.IsRevoked(s) {
 			t.Errorf("superseded serial %s not revoked", s)
@@ -63,7 +63,7 @@ func TestQuarantineDuringRenewal(t *testing.T) {
 	if err := h.renewal(encode(wire.TypeRenewRequest, &rec.reqs[0])); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := h.inv.Device(benchDevice)
+	before, _ := h.inv.Device(t.Context(), benchDevice)
 	h.att.OnVerdict(func(id string, _ *attest.Record, _ time.Duration) {
 		h.att.OnVerdict(nil)
 		if err := h.att.Quarantine(id, "alert rule: racing the renewal"); err != nil {
@@ -74,7 +74,7 @@ func TestQuarantineDuringRenewal(t *testing.T) {
 	if err := h.renewal(encode(wire.TypeRenewRequest, &rec.reqs[1])); !errors.As(err, &re) || re.res.Reason != wire.ReasonQuarantined {
 		t.Fatalf("renewal racing a quarantine: %v", err)
 	}
-	d, _ := h.inv.Device(benchDevice)
+	d, _ := h.inv.Device(t.Context(), benchDevice)
 	if d.CertSerial != before.CertSerial || len(d.Certs) != len(before.Certs) {
 		t.Fatalf("the refused renewal was recorded: %+v", d.Certs)
 	}
@@ -103,10 +103,10 @@ func TestRevocationDuringRenewal(t *testing.T) {
 	if err := h.renewal(encode(wire.TypeRenewRequest, &rec.reqs[0])); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := h.inv.Device(benchDevice)
+	before, _ := h.inv.Device(t.Context(), benchDevice)
 	h.att.OnVerdict(func(id string, _ *attest.Record, _ time.Duration) {
 		h.att.OnVerdict(nil)
-		if _, _, err := h.inv.RevokeDevice(id, inventory.ReasonKeyCompromise); err != nil {
+		if _, _, err := h.inv.RevokeDevice(t.Context(), id, inventory.ReasonKeyCompromise); err != nil {
 			t.Error(err)
 		}
 	})
@@ -114,7 +114,7 @@ func TestRevocationDuringRenewal(t *testing.T) {
 	if err := h.renewal(encode(wire.TypeRenewRequest, &rec.reqs[1])); !errors.As(err, &re) || re.res.Reason != wire.ReasonRevoked {
 		t.Fatalf("renewal racing a revocation: %v", err)
 	}
-	d, _ := h.inv.Device(benchDevice)
+	d, _ := h.inv.Device(t.Context(), benchDevice)
 	if d.CertSerial != before.CertSerial || len(d.Certs) != len(before.Certs) {
 		t.Fatalf("the refused renewal was recorded: %+v", d.Certs)
 	}
@@ -163,7 +163,7 @@ func TestRenewalIdempotentPerKey(t *testing.T) {
 	}
 	defer h.close()
 	renewals := func() int {
-		evs, err := h.inv.Events(benchDevice, 100)
+		evs, err := h.inv.Events(t.Context(), benchDevice, 100)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +180,7 @@ func TestRenewalIdempotentPerKey(t *testing.T) {
 	if first.Status != wire.StatusActive {
 		t.Fatalf("first renewal: %+v", first)
 	}
-	after, _ := h.inv.Device(benchDevice)
+	after, _ := h.inv.Device(t.Context(), benchDevice)
 	passes := func() int {
 		recs, err := h.att.History(benchDevice, 100)
 		if err != nil {
@@ -193,7 +193,7 @@ func TestRenewalIdempotentPerKey(t *testing.T) {
 	if again.Status != wire.StatusActive || !bytes.Equal(again.Certificate, first.Certificate) || len(again.TrustBundle) == 0 {
 		t.Fatalf("the same key again: %s %v %q, want the certificate already issued", again.Status, again.Reason, again.Message)
 	}
-	d, _ := h.inv.Device(benchDevice)
+	d, _ := h.inv.Device(t.Context(), benchDevice)
 	if d.CertSerial != after.CertSerial || len(d.Certs) != len(after.Certs) || renewals() != 1 {
 		t.Fatalf("asking again recorded another certificate: %+v (%d renewed events)", d.Certs, renewals())
 	}
@@ -223,11 +223,11 @@ func TestRenewalIdempotentPerKey(t *testing.T) {
 	if other.Status != wire.StatusActive || bytes.Equal(other.Certificate, reissued.Certificate) {
 		t.Fatalf("a new key: %s %v %q, want a new certificate", other.Status, other.Reason, other.Message)
 	}
-	if d, _ = h.inv.Device(benchDevice); d.CertSerial == after.CertSerial || renewals() != 3 {
+	if d, _ = h.inv.Device(t.Context(), benchDevice); d.CertSerial == after.CertSerial || renewals() != 3 {
 		t.Fatalf("a new key was not recorded: %s (%d renewed events)", d.CertSerial, renewals())
 	}
 
-	if _, _, err := h.inv.RevokeDevice(benchDevice, inventory.ReasonKeyCompromise); err != nil {
+	if _, _, err := h.inv.RevokeDevice(t.Context(), benchDevice, inventory.ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
 	}
 	if res := h.renewResult(t, &rec.reqs[1]); res.Status != wire.StatusRefused || res.Reason != wire.ReasonRevoked {

@@ -43,10 +43,22 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
+// Inventory is what renewal reads and writes of the device inventory.
+// *inventory.Store implements it (bbolt or PostgreSQL).
+type Inventory interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
+	RevokeSuperseded(ctx context.Context, id, serial string) ([]string, error)
+	AddEvent(ctx context.Context, e inventory.Event) error
+}
+
+var _ Inventory = (*inventory.Store)(nil)
+
 // Config configures the service.
 type Config struct {
 	CA        *ca.CA
-	Inventory *inventory.Store
+	Inventory Inventory
 	Attest    *attest.Service
 	Jobs      *Jobs
 	// Send publishes to a device's down topic of kind.
@@ -166,7 +178,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	if err := wire.DecodeBody(env, wire.TypeRenewRequest, &req); err != nil {
 		return nil, wire.Refuse(wire.ReasonBadRequest, "malformed renewal request", err)
 	}
-	dev, err := s.cfg.Inventory.Device(deviceID)
+	dev, err := s.cfg.Inventory.Device(context.TODO(), deviceID)
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +215,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	}
 	// Read again: the device may have been quarantined or revoked while
 	// its evidence was judged.
-	if cur, err := s.cfg.Inventory.Device(deviceID); err == nil {
+	if cur, err := s.cfg.Inventory.Device(context.TODO(), deviceID); err == nil {
 		if prior := s.issuedFor(cur, ck.Key); prior != nil {
 			return s.again(deviceID, prior), nil
 		}
@@ -215,7 +227,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	var old string
 	var prior *x509.Certificate
-	err = s.cfg.Inventory.Update(deviceID, func(d *inventory.Device) error {
+	err = s.cfg.Inventory.Update(context.TODO(), deviceID, func(d *inventory.Device) error {
 		// Checked in the transaction that records the serial: a quarantine
 		// or a revocation of the device (every unexpired certificate,
 		// inventory.Store.RevokeDevice) is ordered before or after it,
@@ -245,7 +257,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 		s.log.Warn("renewal not recorded; its certificate is never admitted", "device_id", deviceID, "cert_serial", serial, "err", err)
 		return nil, err
 	}
-	_ = s.cfg.Inventory.AddEvent(inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "renewed",
+	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "renewed",
 		Detail: fmt.Sprintf("certificate %s for a new TPM key (attestation #%d passed); replaces %s", serial, rec.Seq, old)})
 	s.log.Info("certificate renewed", "device_id", deviceID, "cert_serial", serial, "replaces", old)
 	// Counted in the running jobs now; if this fails, the job's next
@@ -305,7 +317,7 @@ func (s *Service) Connected(deviceID, serial string) {
 	if err := s.cfg.Jobs.reachable(deviceID, s.cfg.Now().UTC()); err != nil {
 		s.log.Warn("rotation jobs unreadable", "device_id", deviceID, "err", err)
 	}
-	revoked, err := s.cfg.Inventory.RevokeSuperseded(deviceID, serial)
+	revoked, err := s.cfg.Inventory.RevokeSuperseded(context.TODO(), deviceID, serial)
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Warn("revoking superseded certificates failed", "device_id", deviceID, "err", err)
 	}

@@ -1,7 +1,8 @@
 // Package secrets is the fleet's half of sealed secrets: it keeps named
-// secrets encrypted at rest (Store) and wraps a secret to one device's TPM
+// secrets encrypted at rest (Store), wraps a secret to one device's TPM
 // (Wrap) so that only that TPM can import it and, optionally, only while
-// chosen PCRs hold the values the fleet expects.
+// chosen PCRs hold the values the fleet expects, and delivers them to the
+// devices they target (Service, with its records in a DeliveryStore).
 //
 // # The wrapped object
 //
@@ -39,4 +40,14 @@
 // first start with mode 0600. The name and version are the additional
 // authenticated data, so a ciphertext copied to another record does not
 // decrypt. Values never appear in List, in errors or in logs.
+//
+// # Delivery
+//
+// Service sends each targeted active device the latest version of each
+// secret it has not acknowledged, once the device's attestation is current
+// (a pass in its present session), and records what was sent, acknowledged
+// or failed per device (DeliveryStore, a bbolt file of its own). What it
+// needs of the rest of the fleet it names in small interfaces: Devices (the
+// inventory), Attestations (the verdict history PCR-bound secrets are
+// sealed to) and a Send function (the broker).
 package secrets

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -133,7 +133,7 @@ type Listing struct {
 // check (a constant encrypted under the key) that detects a wrong key
 // file.
 type Store struct {
-	db   *bolt.DB
+	db   *boltdb.DB
 	aead cipher.AEAD
 	rand io.Reader
 	now  func() time.Time
@@ -144,7 +144,6 @@ var (
 	bucketSecrets  = []byte("secrets")
 	bucketVersions = []byte("versions")
 	bucketMeta     = []byte("meta")
-	keySchema      = []byte("schema")
 	keyCheck       = []byte("keycheck")
 )
 
@@ -187,64 +186,47 @@ func Open(cfg Config) (*Store, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	path := filepath.Join(cfg.Dir, DBFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: cfg.NoSync})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
-	}
+	keyPath := filepath.Join(cfg.Dir, KeyFile)
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketSecrets, bucketVersions},
+		Version: schemaVersion,
+		Init:    func(tx *bolt.Tx) error { return s.initKey(tx, keyPath) },
+	}, boltdb.Options{Name: "secrets", NoSync: cfg.NoSync, Locked: ErrLocked})
 	if err != nil {
-		return nil, fmt.Errorf("secrets: open %s: %w", path, err)
-	}
-	s.db = db
-	if err := s.init(filepath.Join(cfg.Dir, KeyFile)); err != nil {
-		db.Close()
 		return nil, err
 	}
+	s.db = db
 	return s, nil
 }
 
-func (s *Store) init(keyPath string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return fmt.Errorf("secrets: initialize: %w", err)
+// initKey loads the key (creating it with a new store) and checks it
+// against the store's key check.
+func (s *Store) initKey(tx *bolt.Tx, keyPath string) error {
+	meta := tx.Bucket(bucketMeta)
+	check := meta.Get(keyCheck)
+	key, err := loadKey(keyPath, check == nil, s.rand)
+	if err != nil {
+		return err
+	}
+	block, err := aes.NewCipher(key)
+	clear(key)
+	if err != nil {
+		return fmt.Errorf("secrets: key: %w", err)
+	}
+	if s.aead, err = cipher.NewGCM(block); err != nil {
+		return fmt.Errorf("secrets: key: %w", err)
+	}
+	if check != nil {
+		if _, err := s.open(check, []byte(checkText)); err != nil {
+			return fmt.Errorf("secrets: %s is not the key this store was created with", keyPath)
 		}
-		if _, err := tx.CreateBucketIfNotExists(bucketSecrets); err != nil {
-			return fmt.Errorf("secrets: initialize: %w", err)
-		}
-		if _, err := tx.CreateBucketIfNotExists(bucketVersions); err != nil {
-			return fmt.Errorf("secrets: initialize: %w", err)
-		}
-		if v := meta.Get(keySchema); v != nil && (len(v) != 8 || binary.BigEndian.Uint64(v) > schemaVersion) {
-			return fmt.Errorf("secrets: unsupported schema version %x", v)
-		}
-		check := meta.Get(keyCheck)
-		key, err := loadKey(keyPath, check == nil, s.rand)
-		if err != nil {
-			return err
-		}
-		block, err := aes.NewCipher(key)
-		clear(key)
-		if err != nil {
-			return fmt.Errorf("secrets: key: %w", err)
-		}
-		if s.aead, err = cipher.NewGCM(block); err != nil {
-			return fmt.Errorf("secrets: key: %w", err)
-		}
-		if check != nil {
-			if _, err := s.open(check, []byte(checkText)); err != nil {
-				return fmt.Errorf("secrets: %s is not the key this store was created with", keyPath)
-			}
-			return nil
-		}
-		sealed, err := s.seal([]byte(checkText), []byte(checkText))
-		if err != nil {
-			return err
-		}
-		if err := meta.Put(keyCheck, sealed); err != nil {
-			return err
-		}
-		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
-	})
+		return nil
+	}
+	sealed, err := s.seal([]byte(checkText), []byte(checkText))
+	if err != nil {
+		return err
+	}
+	return meta.Put(keyCheck, sealed)
 }
 
 // loadKey reads the key file, or creates it when create is set (a new

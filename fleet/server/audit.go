@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
-	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -25,7 +23,8 @@ const (
 )
 
 // openAudit opens the hash-chained audit log with its checkpoint key
-// (created on first start, 0600) and writes the public key beside it.
+// (created on first start, 0600), writes the public key beside it, and
+// builds the sampler of anonymous requests' entries.
 func (s *Server) openAudit() error {
 	key, err := ca.FileSigner(filepath.Join(s.cfg.DataDir, AuditKeyFile))
 	if err != nil {
@@ -40,7 +39,12 @@ func (s *Server) openAudit() error {
 		return fmt.Errorf("server: audit key: %w", err)
 	}
 	s.Audit, err = audit.Open(audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Logger: s.log.With("component", "audit")})
-	return err
+	if err != nil {
+		return err
+	}
+	s.onClose(s.Audit.Close) // after Run's shutdown checkpoint: the stack unwinds when Run returns
+	s.anonAudit = audit.NewSampler(s.Audit, audit.SamplerConfig{})
+	return nil
 }
 
 // auditEvent copies an inventory lifecycle event into the audit log: the
@@ -54,23 +58,4 @@ func (s *Server) auditEvent(e inventory.Event) {
 	if err := s.Audit.Record(context.Background(), entry); err != nil {
 		s.log.Error("audit: recording a lifecycle event failed", "device_id", e.DeviceID, "kind", e.Kind, "err", err)
 	}
-}
-
-// approvalAuditor records two-person decisions and outcomes in the audit
-// log (inside the decision's transaction: a failed record refuses it).
-type approvalAuditor struct{ log *audit.Log }
-
-func (a approvalAuditor) Record(ctx context.Context, e approval.Event) error {
-	actor := audit.System("approvals")
-	if e.Actor != "" {
-		actor = audit.User(e.Actor)
-	}
-	entry := audit.New(actor, "approval."+e.Action, e.RequestID).With("kind", string(e.Kind)).With("target", e.Target)
-	if e.Detail != "" {
-		entry = entry.With("detail", e.Detail)
-	}
-	if e.Action == "failed" || e.Action == "interrupted" {
-		entry = entry.Fail(errors.New(e.Detail))
-	}
-	return a.log.Record(ctx, entry)
 }

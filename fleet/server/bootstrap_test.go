@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 
@@ -22,7 +23,7 @@ func TestKnownBootstrap(t *testing.T) {
 		"2222222222222222bbbbbbbbbbbbbbbb": inventory.StateDecommissioned,
 		"3333333333333333cccccccccccccccc": inventory.StatePending,
 	} {
-		if err := inv.PutDevice(&inventory.Device{ID: id, State: st}); err != nil {
+		if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: st}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -58,7 +59,7 @@ func FuzzKnownBootstrap(f *testing.F) {
 	}
 	defer inv.Close()
 	const id = "0123456789abcdef0000000000000001"
-	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
+	if err := inv.PutDevice(context.Background(), &inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
 		f.Fatal(err)
 	}
 	s := &Server{Inv: inv}

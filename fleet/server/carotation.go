@@ -93,7 +93,7 @@ func (s *Server) sendTrustBundle(deviceID string) {
 		s.log.Error("encoding trust bundle", "err", err)
 		return
 	}
-	if err := s.Broker.Publish(s.topics.DeviceDown(deviceID, "trust"), b, 1); err != nil {
+	if err := s.sendDevice(deviceID, "trust", b); err != nil {
 		s.log.Warn("sending trust bundle", "device_id", deviceID, "err", err)
 	}
 }

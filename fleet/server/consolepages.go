@@ -10,14 +10,10 @@ import "github.com/sigil-iot/sigil/fleet/console"
 func (s *Server) consoleExtensions() []console.Extension {
 	var exts []console.Extension
 	if s.fw != nil {
-		exts = append(exts, console.FirmwarePages{Releases: s.fw.store, Campaigns: s.fw.campaigns}.Extension())
+		exts = append(exts, console.FirmwarePages{Releases: s.fw.Releases(), Campaigns: s.fw.Campaigns()}.Extension())
 	}
 	if s.Alerts != nil {
-		ap := console.AlertPages{Alerts: s.Alerts}
-		if s.tel != nil {
-			ap.Sinks = s.tel.sinks
-		}
-		exts = append(exts, ap.Extension())
+		exts = append(exts, console.AlertPages{Alerts: s.Alerts, Sinks: s.sinks}.Extension())
 	}
 	if s.Approvals != nil {
 		exts = append(exts, console.ApprovalPages{Approvals: s.Approvals}.Extension())

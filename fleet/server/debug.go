@@ -9,8 +9,6 @@ import (
 	"net/http/pprof"
 	"strings"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // Go's profiles (net/http/pprof) on Config.DebugAddr: CPU, heap, goroutine
@@ -54,22 +52,15 @@ func debugHandler() http.Handler {
 	return mux
 }
 
-// goDebug serves the debug listener, if there is one, until ctx ends.
-func (s *Server) goDebug(ctx context.Context, g *errgroup.Group) {
-	if s.debugLn == nil {
-		return
-	}
+// serveDebug serves the debug listener until ctx ends.
+func (s *Server) serveDebug(ctx context.Context) error {
 	srv := &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
-	g.Go(func() error {
-		if err := srv.Serve(s.debugLn); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("server: debug listener: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		return srv.Close()
-	})
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	if err := srv.Serve(s.debugLn); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("server: debug listener: %w", err)
+	}
+	return nil
 }
 
 // DebugAddr is the debug listener's bound address, "" when it is off.

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/metrics/metricstest"
 )
 
@@ -84,21 +87,10 @@ func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 		t.Fatalf("the debug listener serves the API: %d", code)
 	}
 
-	var buf strings.Builder
-	if _, err := s.Metrics.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	fams, err := metricstest.Parse(strings.NewReader(buf.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fams, _ := metricstest.Scrape(t, metrics.Handler(s.Metrics, nil))
 	for _, name := range []string{"process_resident_memory_bytes", "process_cpu_seconds_total", "go_memstats_heap_inuse_bytes", "go_goroutines"} {
-		f := fams[name]
-		if f == nil {
-			t.Fatalf("/metrics lacks %s", name)
-		}
-		if v, ok := f.Value(name); !ok || v <= 0 {
-			t.Errorf("%s = %v", name, v)
+		if v, ok := fams.Value(name); !ok || v <= 0 {
+			t.Errorf("/metrics: %s = %v (present %v)", name, v, ok)
 		}
 	}
 
@@ -106,7 +98,7 @@ func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 	// dropped and enrollment requests refused on a full queue are counted,
 	// so that sent = ingested + counted drops can be checked from outside.
 	for _, name := range []string{"sigil_broker_messages_withheld_total", "sigil_attestation_evidence_dropped_total", "sigil_enroll_busy_total"} {
-		if f := fams[name]; f == nil || f.Type != "counter" {
+		if f := fams[name]; f == nil || f.GetType() != dto.MetricType_COUNTER {
 			t.Errorf("/metrics lacks %s: %+v", name, f)
 		}
 	}
@@ -115,7 +107,7 @@ func TestDebugProfilesAndProcessMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { off.apiLn.Close(); off.closeStores() }()
+	defer off.close()
 	if a := off.DebugAddr(); a != "" {
 		t.Fatalf("a debug listener without debug_addr: %s", a)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // dropCounter counts the warnings about dropped connection events.
@@ -42,7 +43,7 @@ func TestConnectionEventBurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { s.apiLn.Close(); s.closeStores() }()
+	defer s.close()
 	const devices = 8000
 	for i := range devices {
 		id := fmt.Sprintf("%032x", i)
@@ -64,20 +65,16 @@ func TestConnectionEventBurst(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.recordEvents(ctx) }()
-	deadline := time.Now().Add(time.Minute)
-	for {
+	wait.Until(t, func() error {
 		left := 0
 		for _, q := range s.events {
 			left += len(q)
 		}
-		if left == 0 {
-			break
+		if left > 0 {
+			return fmt.Errorf("%d events not recorded", left)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d events not recorded after a minute", left)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -1,43 +1,17 @@
 package server
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/sigil-iot/sigil/firmware/manifest"
-	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/alert/feed"
 	"github.com/sigil-iot/sigil/fleet/broker"
-	"github.com/sigil-iot/sigil/fleet/enroll"
-	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/fleet/telemetry"
-	"github.com/sigil-iot/sigil/pkg/config"
 )
-
-// GovernanceConfig is the identity-governance part of Config. It is
-// embedded, so its keys sit at the top level of the configuration file
-// (docs/CONFIG.md).
-type GovernanceConfig struct {
-	// DormantAfter is how long a device holding a valid certificate may go
-	// unseen before it is dormant (flagged and alerted). Default 720h.
-	DormantAfter config.Duration `json:"dormant_after"`
-	// DormantRevoke revokes a dormant device's certificates by policy
-	// (every one that has not expired; the device may prove itself again
-	// from its EK when it returns). Default false.
-	DormantRevoke bool `json:"dormant_revoke"`
-	// SilentAfter is how long a device may go unseen before silence
-	// counts in its risk score. Default 1h.
-	SilentAfter config.Duration `json:"silent_after"`
-	// GovernanceInterval is how often every device is judged (orphaned,
-	// dormant, clone-suspect) and its risk score stored. Default 1h.
-	GovernanceInterval config.Duration `json:"governance_interval"`
-}
 
 // GovernanceFile holds owners, the triage and block lists, clone incidents
 // and risk scores, relative to DataDir.
@@ -52,19 +26,21 @@ func (s *Server) openGovernance() error {
 		Path:    filepath.Join(s.cfg.DataDir, GovernanceFile),
 		Devices: s.Inv, Revoker: s.revoker(),
 		Quarantiner:  governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.Broker.Disconnect},
-		Enroller:     triageEnroller{},
+		Enroller:     governance.TriageEnroller{},
 		Connected:    s.Broker.Connected,
 		Alerter:      governance.AlerterFunc(s.governanceAlert),
 		Attestations: s.history,
-		// Both nil interfaces, not typed nils, when the part is absent.
-		Anomalies:    s.openAlertsOf(),
-		Exposure:     s.exposureOf(),
-		Firmware:     s.firmwareTargetOf(),
+		Anomalies:    feed.Anomalies{Alerts: s.Alerts},
+		Exposure:     feed.Exposure{Telemetry: s.Telemetry, Alerts: s.Alerts},
+		Firmware:     s.firmwareTarget(),
 		CertLifetime: time.Duration(s.cfg.DeviceLifetime),
 		DormantAfter: time.Duration(c.DormantAfter), RevokeDormant: c.DormantRevoke,
 		SilentAfter: time.Duration(c.SilentAfter), SweepInterval: time.Duration(c.GovernanceInterval),
 		Logger: s.log.With("component", "governance"),
 	})
+	if err == nil {
+		s.onClose(s.Governance.Close)
+	}
 	return err
 }
 
@@ -96,25 +72,16 @@ func (s *Server) governanceAlert(a governance.Alert) {
 	if a.Resolved {
 		kind += "-resolved"
 	}
-	err := s.Inv.AddEvent(inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: kind, Detail: a.Summary})
+	err := s.Inv.AddEvent(context.TODO(), inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: kind, Detail: a.Summary})
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Warn("governance: recording a finding failed", "device_id", a.DeviceID, "kind", kind, "err", err)
 	}
 	if a.Resolved {
 		return
 	}
-	ev := a.Kind
-	switch a.Kind {
-	case governance.KindClone:
-		ev = alert.EventCloneSuspect
-	case governance.KindDormant:
-		ev = alert.EventDormant
+	if s.feed != nil {
+		s.feed.Governance(a)
 	}
-	attrs := map[string]string{"summary": truncate(a.Summary, 256)}
-	for k, v := range a.Attrs {
-		attrs[k] = truncate(v, 256)
-	}
-	s.alertEvent(a.DeviceID, ev, a.Severity, a.Time, attrs)
 }
 
 // governanceEvent feeds broker events to governance: every admitted
@@ -147,7 +114,7 @@ func (s *Server) governanceEvent(ev broker.Event) {
 			// inventory does not hold the device (refusals of known
 			// devices — revoked, quarantined, retired — are their own
 			// business).
-			if _, err := s.Inv.Device(id.DeviceID); !errors.Is(err, inventory.ErrNotFound) {
+			if _, err := s.Inv.Device(context.TODO(), id.DeviceID); !errors.Is(err, inventory.ErrNotFound) {
 				return
 			}
 			a.Kind, a.Cert = governance.AttemptUnknownDevice, id.Cert
@@ -162,215 +129,11 @@ func (s *Server) governanceEvent(ev broker.Event) {
 
 func certSerial(id broker.Identity) string { return hex.EncodeToString(id.Cert.SerialNumber.Bytes()) }
 
-// screen is the broker's Screen: it refuses a CONNECT whose client ID,
-// address, device ID or (for an enrolled device) EK is on the block list.
+// screen is the broker's Screen (governance.Service.Screen): the broker
+// is built before governance.
 func (s *Server) screen(clientID, deviceID, remote string) error {
-	g := s.Governance
-	if g == nil {
-		return nil
-	}
-	if b, ok := g.Blocked(clientID, remote, ""); ok {
-		return blockedError(b)
-	}
-	if deviceID == "" {
-		return nil
-	}
-	if b, ok := g.Blocked(deviceID, "", ""); ok {
-		return blockedError(b)
-	}
-	if d, err := s.Inv.Device(deviceID); err == nil && d.EKFingerprint != "" {
-		if b, ok := g.Blocked("", "", d.EKFingerprint); ok {
-			return blockedError(b)
-		}
+	if g := s.Governance; g != nil {
+		return g.Screen(clientID, deviceID, remote)
 	}
 	return nil
-}
-
-func blockedError(b governance.Block) error {
-	return fmt.Errorf("on the block list (%s %s)", b.Kind, b.Value)
-}
-
-// triageKey is the key of governance's triage entry for an identity of
-// the kind: "<kind>/<what>:<value>", as governance.Shadow.Key names them.
-func triageKey(kind governance.AttemptKind, what, value string) string {
-	return string(kind) + "/" + what + ":" + value
-}
-
-// triageEnrolled reports whether an operator decided to enroll the triage
-// entry key.
-func (s *Server) triageEnrolled(key string) bool {
-	g := s.Governance
-	if g == nil {
-		return false
-	}
-	sh, err := g.Shadow(key)
-	return err == nil && sh.Decision == governance.DecisionEnroll
-}
-
-// triageEnroller carries out an operator's decision to enroll a shadow
-// device: the decision itself, recorded by governance, is what the fleet
-// consults afterwards — enrollment trusts an unknown EK so decided
-// (trust path "triage"), and with bootstrap_credential a client ID so
-// decided may open a bootstrap session without a credential (its
-// enrollment still needs a trust path for its EK).
-type triageEnroller struct{}
-
-var _ governance.Enroller = triageEnroller{}
-
-func (triageEnroller) Enroll(sh governance.Shadow) error {
-	switch {
-	case sh.Kind == governance.AttemptUnknownEK && sh.EKFingerprint != "":
-		return nil
-	case sh.Kind == governance.AttemptUnknownClient && sh.ClientID != "":
-		return nil
-	}
-	return fmt.Errorf("%w: a %s entry cannot be enrolled: the device must enroll with its TPM (token, EK CA, allow-list or approval); block or dismiss it",
-		governance.ErrInvalid, sh.Kind)
-}
-
-// enrollIdentities is enrollment's view of governance (enroll.Identities).
-type enrollIdentities struct{ s *Server }
-
-var _ enroll.Identities = enrollIdentities{}
-
-func (e enrollIdentities) Blocked(clientID, ek string) bool {
-	g := e.s.Governance
-	return g != nil && g.IsBlocked(clientID, "", ek)
-}
-
-func (e enrollIdentities) Admitted(ek string) bool {
-	return e.s.triageEnrolled(triageKey(governance.AttemptUnknownEK, "ek", strings.ToLower(ek)))
-}
-
-func (e enrollIdentities) UnknownEK(clientID, ek, reason string) {
-	if g := e.s.Governance; g != nil {
-		if err := g.Observe(governance.Attempt{Kind: governance.AttemptUnknownEK, ClientID: clientID, EKFingerprint: ek, Reason: reason}); err != nil {
-			e.s.log.Debug("governance: attempt not recorded", "err", err)
-		}
-	}
-}
-
-func (e enrollIdentities) CloneSuspect(deviceID, detail string) {
-	if g := e.s.Governance; g != nil {
-		if err := g.EKConflict(deviceID, detail); err != nil {
-			e.s.log.Error("governance: EK clone incident failed; the next sweep retries it", "device_id", deviceID, "err", err)
-		}
-	}
-}
-
-// openAlertsOf feeds the alert engine's open alerts into risk scores;
-// nil without an engine.
-func (s *Server) openAlertsOf() governance.Anomalies {
-	if s.Alerts == nil {
-		return nil
-	}
-	return alertAnomalies{s.Alerts}
-}
-
-// ruleNewPort is the default rule whose alerts are new listening ports:
-// they count as exposure, not as anomalies.
-const ruleNewPort = "new-listening-port"
-
-type alertAnomalies struct{ e *alert.Engine }
-
-func (a alertAnomalies) OpenAlerts(deviceID string) ([]governance.OpenAlert, error) {
-	open, _, err := a.e.Alerts(alert.Query{DeviceID: deviceID, Open: true, Limit: 1000})
-	if err != nil {
-		return nil, err
-	}
-	var out []governance.OpenAlert
-	for _, x := range open {
-		kind := x.RuleID
-		switch kind {
-		case ruleNewPort:
-			continue
-		case alert.EventCloneSuspect:
-			kind = governance.KindClone // governance scores clones itself
-		case alert.EventDormant:
-			kind = governance.KindDormant
-		}
-		out = append(out, governance.OpenAlert{Kind: kind, Severity: string(x.Severity)})
-	}
-	return out, nil
-}
-
-// exposureOf feeds listening ports (telemetry) and ports never seen
-// before (open alerts of the new-port rule) into risk scores; nil without
-// telemetry.
-func (s *Server) exposureOf() governance.Exposure {
-	if s.Telemetry == nil {
-		return nil
-	}
-	return telemetryExposure{in: s.Telemetry, alerts: s.Alerts}
-}
-
-type telemetryExposure struct {
-	in     *telemetry.Ingester
-	alerts *alert.Engine
-}
-
-func (x telemetryExposure) Ports(deviceID string) (governance.Ports, error) {
-	var p governance.Ports
-	st, err := x.in.Device(deviceID)
-	if err == nil {
-		for _, proto := range []string{"tcp", "udp"} {
-			for _, port := range st.Sets["listen."+proto] {
-				if _, err := strconv.Atoi(port); err == nil {
-					p.Listening = append(p.Listening, proto+"/"+port)
-				}
-			}
-		}
-	} else if !errors.Is(err, telemetry.ErrUnknownDevice) {
-		return p, err
-	}
-	if x.alerts != nil {
-		open, _, err := x.alerts.Alerts(alert.Query{DeviceID: deviceID, RuleID: ruleNewPort, Open: true, Limit: 1000})
-		if err != nil {
-			return p, err
-		}
-		for _, a := range open {
-			p.New = append(p.New, a.Key)
-		}
-	}
-	return p, nil
-}
-
-// firmwareTargetOf is governance's Firmware: the version a device should
-// run is the newest approved, unexpired release built for its model. Nil
-// when firmware releases are off.
-func (s *Server) firmwareTargetOf() governance.Firmware {
-	if s.fw == nil {
-		return nil
-	}
-	return firmwareTarget{s.fw.store, s.fw.now}
-}
-
-type firmwareTarget struct {
-	store interface {
-		List() ([]*firmware.Release, error)
-	}
-	now func() time.Time
-}
-
-func (f firmwareTarget) Target(d *inventory.Device) (string, error) {
-	rels, err := f.store.List()
-	if err != nil {
-		return "", err
-	}
-	var best *manifest.Version
-	target := ""
-	for _, r := range rels {
-		m := r.Manifest
-		if r.State != firmware.StateApproved || m == nil || !m.Compatible(d.Model) || m.Expired(f.now()) {
-			continue
-		}
-		v, err := manifest.ParseVersion(m.Version)
-		if err != nil {
-			continue
-		}
-		if best == nil || v.Compare(*best) > 0 {
-			best, target = &v, m.Version
-		}
-	}
-	return target, nil
 }

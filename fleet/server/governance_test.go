@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/fleet/broker"
-	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
@@ -27,10 +26,7 @@ func newTestServer(tb testing.TB) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		s.apiLn.Close()
-		s.closeStores()
-	})
+	tb.Cleanup(s.close)
 	return s
 }
 
@@ -60,7 +56,7 @@ const (
 // sessions are opened and closed per connection.
 func TestGovernanceEventClassifies(t *testing.T) {
 	s := newTestServer(t)
-	if err := s.Inv.PutDevice(&inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
+	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
 		t.Fatal(err)
 	}
 	cert := testCert(t, "dev")
@@ -107,7 +103,7 @@ func TestGovernanceEventClassifies(t *testing.T) {
 func TestScreen(t *testing.T) {
 	s := newTestServer(t)
 	ek := strings.Repeat("cd", 32)
-	if err := s.Inv.PutDevice(&inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: ek}); err != nil {
+	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: ek}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.screen(knownDevice, knownDevice, "192.0.2.1:5"); err != nil {
@@ -139,7 +135,7 @@ func TestScreen(t *testing.T) {
 // and 100 prefixes blocked.
 func BenchmarkScreen(b *testing.B) {
 	s := newTestServer(b)
-	if err := s.Inv.PutDevice(&inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
+	if err := s.Inv.PutDevice(context.Background(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
 		b.Fatal(err)
 	}
 	for i := range 1000 {
@@ -169,33 +165,5 @@ func BenchmarkSessionEvents(b *testing.B) {
 	for b.Loop() {
 		s.governanceEvent(broker.Event{Kind: broker.Connected, Identity: id, Remote: "192.0.2.1:1", Time: now})
 		s.governanceEvent(broker.Event{Kind: broker.Disconnected, Identity: id, Remote: "192.0.2.1:1", Time: now})
-	}
-}
-
-type releaseList []*firmware.Release
-
-func (l releaseList) List() ([]*firmware.Release, error) { return l, nil }
-
-// TestFirmwareTarget: a device's target is the newest approved, unexpired
-// release for its model; withdrawn, unapproved, expired and other models'
-// releases do not count.
-func TestFirmwareTarget(t *testing.T) {
-	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
-	rel := func(version string, state firmware.State, expires time.Time, models ...string) *firmware.Release {
-		return &firmware.Release{State: state, Manifest: &manifest.Manifest{Name: "fw", Version: version, Models: models, Expires: expires}}
-	}
-	later := now.Add(24 * time.Hour)
-	f := firmwareTarget{store: releaseList{
-		rel("1.2.0", firmware.StateApproved, later, "gw-1"),
-		rel("1.10.0", firmware.StateApproved, later, "gw-1"),
-		rel("2.0.0", firmware.StateUploaded, later, "gw-1"),
-		rel("3.0.0", firmware.StateApproved, now.Add(-time.Hour), "gw-1"),
-		rel("4.0.0", firmware.StateApproved, later, "gw-2"),
-	}, now: func() time.Time { return now }}
-	for model, want := range map[string]string{"gw-1": "1.10.0", "gw-2": "4.0.0", "gw-3": ""} {
-		got, err := f.Target(&inventory.Device{Model: model})
-		if err != nil || got != want {
-			t.Errorf("%s: %q %v, want %q", model, got, err, want)
-		}
 	}
 }

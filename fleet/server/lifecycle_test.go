@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -41,7 +39,7 @@ func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	const id = "0123456789abcdef0123456789abcdef"
-	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0a", CertExpiry: time.Now().Add(time.Hour)}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0a", CertExpiry: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	crafted, err := fleetCA.IssueDevice(id, &key.PublicKey, time.Hour)
@@ -77,7 +75,7 @@ func TestDeviceMessagesFollowState(t *testing.T) {
 	}
 	s := &Server{Inv: inv, Attest: svc, log: slog.New(slog.DiscardHandler), topics: wire.Topics{}}
 	const id = "0123456789abcdef0123456789abcdef"
-	if err := inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateDecommissioned}); err != nil {
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateDecommissioned}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := wire.Encode(wire.TypeAttestRequest, nil, time.Now(), &wire.AttestRequest{Reason: "connect"})
@@ -104,56 +102,6 @@ func TestUpKind(t *testing.T) {
 	}
 }
 
-// TestSecretsNeedACurrentVerdict: a secret goes to an active, connected
-// device only once it passed an attestation in its current session.
-func TestSecretsNeedACurrentVerdict(t *testing.T) {
-	dir := t.TempDir()
-	inv := openInventory(t)
-	hist, err := attest.OpenHistory(filepath.Join(dir, "hist.db"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hist.Close()
-	st, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	dl, err := openDeliveries(filepath.Join(dir, DeliveriesFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dl.Close()
-	att, err := attest.New(attest.Config{Inventory: inv, History: hist, Send: func(string, string, []byte) error { return nil }, Disconnect: func(string) {}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	att.SessionStarted("dev-a", time.Now())
-	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
-	svc := newSecretService(&secretService{store: st, deliveries: dl, inv: inv, history: hist, pcrs: boundPCRs(nil),
-		send: out.send, connected: func(string) bool { return true }, current: att.Current, log: slog.New(slog.DiscardHandler)})
-	if err := inv.PutDevice(&inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t),
-		Attestation: wire.VerdictPass, LastAttested: time.Now().Add(-48 * time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := svc.Put("api-key", []byte("k"), secrets.Target{Device: "dev-a"}, false); err != nil {
-		t.Fatal(err)
-	}
-	svc.deliver("dev-a")
-	if n := out.count("dev-a"); n != 0 {
-		t.Fatalf("secret sent on a pass from two days ago (%d deliveries)", n)
-	}
-	if ds, err := svc.DeviceSecrets("dev-a"); err != nil || len(ds) != 1 || !strings.Contains(ds[0].Error, "current session") {
-		t.Fatalf("the wait is not recorded: %+v %v", ds, err)
-	}
-	// Without a way to judge attestations, nothing goes out.
-	svc.current = nil
-	svc.deliver("dev-a")
-	if n := out.count("dev-a"); n != 0 {
-		t.Fatalf("secret sent without an attestation check (%d deliveries)", n)
-	}
-}
-
 // TestAlertRevokeRevokesEverySerial: an alert rule's revoke action revokes
 // every certificate of the device that has not expired (a renewed-away
 // one too, which used to stay admitted) and lists each for the CRL.
@@ -165,20 +113,20 @@ func TestAlertRevokeRevokesEverySerial(t *testing.T) {
 	defer s.closeUnstarted()
 	const id = "0123456789abcdef0123456789abcdef"
 	now := time.Now()
-	if err := s.Inv.PutDevice(&inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
+	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
 		Certs: []inventory.Cert{{Serial: "0b", NotAfter: now.Add(30 * time.Minute)}, {Serial: "0c", NotAfter: now.Add(time.Hour)}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.alertAction(context.Background(), alert.ActionRevoke, alert.Alert{ID: 7, RuleID: "odd-port", DeviceID: id, Summary: "port 4444 opened"}); err != nil {
 		t.Fatal(err)
 	}
-	d, _ := s.Inv.Device(id)
+	d, _ := s.Inv.Device(t.Context(), id)
 	for _, serial := range []string{"0b", "0c"} {
 		if d.Admits(serial, now) {
 			t.Errorf("serial %s is still admitted after the alert's revocation", serial)
 		}
 	}
-	revs, err := s.Inv.Revocations(now)
+	revs, err := s.Inv.Revocations(t.Context(), now)
 	if err != nil {
 		t.Fatal(err)
 	}

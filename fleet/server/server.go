@@ -1,6 +1,12 @@
-// Package server is `sigil serve`: it composes the fleet's parts — CA,
-// inventory, embedded broker, enrollment service and HTTPS API — and runs
-// them until its context ends, stopping all of them when one fails.
+// Package server is `sigil serve`, the fleet's composition root: New
+// builds the fleet's parts — CA, audit log, operators, inventory, embedded
+// broker, policies, telemetry and alerting, firmware rollout, governance,
+// enrollment, attestation, rotation, SSH CA, sealed secrets, approvals and
+// the HTTPS API — from the packages that own them and wires them
+// together; Run runs them until its context ends, stopping all of them
+// when one fails. Services live beside their domains; this package holds
+// only the wiring, the dispatch of device messages to them, and the
+// configuration.
 package server
 
 import (
@@ -8,7 +14,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,10 +23,16 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/alert/feed"
+	"github.com/sigil-iot/sigil/fleet/alert/sink"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
@@ -34,173 +45,15 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/rollout"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
-	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	"golang.org/x/sync/errgroup"
 )
-
-// Config is sigil serve's configuration; JSON keys are the file's keys
-// (docs/CONFIG.md).
-type Config struct {
-	// DataDir holds the CA, the inventory and the admin token. Default
-	// /var/lib/sigil.
-	DataDir string `json:"data_dir"`
-	// MQTTAddr is the broker's TLS listener. Default ":8883".
-	MQTTAddr string `json:"mqtt_addr"`
-	// APIAddr is the HTTPS API listener. Default ":8443".
-	APIAddr string `json:"api_addr"`
-	// Hostnames are the DNS names and IP addresses on the server
-	// certificate. Default: localhost, 127.0.0.1, ::1 and the host name.
-	Hostnames []string `json:"hostnames"`
-	// TrustDomain is the SPIFFE trust domain of device IDs. Default
-	// "sigil.local".
-	TrustDomain string `json:"trust_domain"`
-	// EKCADir is a directory of trusted TPM manufacturer CA certificates
-	// (PEM or DER, roots and intermediates). Optional.
-	EKCADir string `json:"ek_ca_dir"`
-	// EKAllowList is a file of EK fingerprints (SHA-256 of the PKIX public
-	// key, hex), one per line, '#' comments. Optional.
-	EKAllowList string `json:"ek_allowlist"`
-	// ManualApproval holds EKs no other path trusts as pending until an
-	// operator approves them. Default false (they are refused).
-	ManualApproval bool `json:"manual_approval"`
-	// ReleaseTrust is the release trust set file (`sigil firmware trust`
-	// writes it): the keys, and how many of them must sign, that firmware
-	// releases need. Enrolled devices get it. Unset, firmware releases and
-	// campaigns are off and their routes answer 501.
-	ReleaseTrust string `json:"release_trust"`
-	// ReleaseTrustRotations are the signed rotations from ReleaseTrust to
-	// the current set, in order; devices get them after each hello.
-	ReleaseTrustRotations []ReleaseRotation `json:"release_trust_rotations"`
-	// FirmwareApprovals is how many people other than the uploader must
-	// approve a release. Default 1.
-	FirmwareApprovals int `json:"firmware_approvals"`
-	// TwoPersonRule holds dangerous changes (CA rotation, policy and secret
-	// changes, fleet-wide rotation jobs; user creation, role changes and
-	// API tokens that may approve) for a second person's approval
-	// (GET /api/v1/approvals). Default false; turn it on once a second
-	// operator with security.approve exists.
-	TwoPersonRule bool `json:"two_person_rule"`
-	// APIRateLimit is the API requests per second each client address may
-	// make, in bursts of APIRateBurst; 0 means 50 (bursts of 200), negative
-	// means no limit.
-	APIRateLimit float64 `json:"api_rate_limit"`
-	APIRateBurst int     `json:"api_rate_burst"`
-	// DeviceLifetime is the device certificate lifetime. Default 24h.
-	DeviceLifetime config.Duration `json:"device_lifetime"`
-	// TopicPrefix is the first MQTT topic level. Default "sigil".
-	TopicPrefix string `json:"topic_prefix"`
-	// AllowBootstrap lets clients without a device certificate connect to
-	// their own enrollment topics. Default true; set false once every
-	// device is enrolled.
-	AllowBootstrap *bool `json:"allow_bootstrap"`
-	// BootstrapCredential requires a credential at CONNECT from bootstrap
-	// clients: a claim certificate (ClaimCADir) or an enrollment token as
-	// the MQTT password (valid, or already used by this device, which is
-	// how a known device re-enrolls). Default false: bootstrap clients are
-	// anonymous but limited to their own enrollment topics.
-	BootstrapCredential bool `json:"bootstrap_credential"`
-	// ClaimCADir is a directory of claim CA certificates (PEM): batch
-	// credentials a device maker installs for the bootstrap connection.
-	ClaimCADir string `json:"claim_ca_dir"`
-	// BootstrapLimits bound the broker's connections without a device
-	// certificate (fleet/broker bootstrap.go); zero values take the
-	// broker's defaults.
-	BootstrapLimits
-	// AttestInterval is the devices' expected attestation interval (their
-	// attest_interval); StaleAfter missed intervals or unanswered challenges
-	// flag a device stale. Defaults 10m and 3.
-	AttestInterval config.Duration `json:"attest_interval"`
-	StaleAfter     int             `json:"stale_after"`
-	// VerdictMaxAge bounds the age of the passing attestation on which
-	// SSH host certificates and secrets go out; the pass must also be on
-	// a nonce of the device's current session. Default StaleAfter ×
-	// AttestInterval (30m).
-	VerdictMaxAge config.Duration `json:"verdict_max_age"`
-	// AttestPCRs are the PCRs quoted in each bank. Default 0-9 and 14.
-	AttestPCRs []int `json:"attest_pcrs"`
-	// AttestBanks are the PCR banks quoted, one quote each: "sha256"
-	// (default), "sha1", "sha384". Every device must have them.
-	AttestBanks []string `json:"attest_banks"`
-	// SSHPrincipals are the names on devices' SSH host certificates,
-	// templates with "{id}" (device ID) and "{domain}" (trust domain).
-	// Default ["{id}", "{id}.{domain}"].
-	SSHPrincipals []string `json:"ssh_principals"`
-	// AlertSinks are where alert notifications go (fleet/server
-	// AlertSink). Default none: alerts are kept and served by the API only.
-	AlertSinks []AlertSink `json:"alert_sinks"`
-	// AlertFlood limits how many new alerts open per window (fleet/server
-	// AlertFlood); the rest are held back and summarized. Default 20 per
-	// rule and 100 fleet-wide per 10 minutes.
-	AlertFlood AlertFlood `json:"alert_flood"`
-	// LogLevel is debug, info, warn or error.
-	LogLevel string `json:"log_level"`
-	// DebugAddr, if set, is a loopback address serving Go's profiles
-	// (net/http/pprof, /debug/pprof/) without authentication. Default
-	// off; any other address is refused (debug.go).
-	DebugAddr string `json:"debug_addr"`
-	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
-	// governance_interval (fleet/server/governance.go).
-	GovernanceConfig
-}
-
-func (c *Config) setDefaults() {
-	if c.DataDir == "" {
-		c.DataDir = "/var/lib/sigil"
-	}
-	if c.MQTTAddr == "" {
-		c.MQTTAddr = ":8883"
-	}
-	if c.APIAddr == "" {
-		c.APIAddr = ":8443"
-	}
-	if len(c.Hostnames) == 0 {
-		c.Hostnames = []string{"localhost", "127.0.0.1", "::1"}
-		if h, err := os.Hostname(); err == nil && h != "" {
-			c.Hostnames = append(c.Hostnames, h)
-		}
-	}
-	if c.TrustDomain == "" {
-		c.TrustDomain = "sigil.local"
-	}
-	if c.DeviceLifetime == 0 {
-		c.DeviceLifetime = config.Duration(24 * time.Hour)
-	}
-	if c.TopicPrefix == "" {
-		c.TopicPrefix = wire.DefaultPrefix
-	}
-	if c.AllowBootstrap == nil {
-		t := true
-		c.AllowBootstrap = &t
-	}
-}
-
-// BootstrapLimits are the bootstrap connection bounds of Config.
-type BootstrapLimits struct {
-	// BootstrapClients caps the pool of bootstrap connections (default
-	// 1000) and BootstrapPerSource one source's share (default 256); at a
-	// cap a newcomer displaces the least active connection if it has been
-	// inactive for 10s.
-	BootstrapClients   int `json:"bootstrap_clients"`
-	BootstrapPerSource int `json:"bootstrap_per_source"`
-	// BootstrapReserve is the sessions kept beyond the pool for known
-	// devices that re-enroll, one per device (default 64).
-	BootstrapReserve int `json:"bootstrap_reserve"`
-	// BootstrapKeepaliveMax is the longest keepalive a bootstrap client
-	// may ask for; none (0) is refused. Default 2m.
-	BootstrapKeepaliveMax config.Duration `json:"bootstrap_keepalive_max"`
-	// BootstrapFirstMessage is how long a bootstrap client may wait after
-	// its CONNECT before its first enrollment message (default 30s), and
-	// BootstrapLifetime how long a bootstrap connection lasts at most
-	// (default 5m).
-	BootstrapFirstMessage config.Duration `json:"bootstrap_first_message"`
-	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
-}
 
 // Server is a running fleet manager.
 type Server struct {
@@ -231,18 +84,20 @@ type Server struct {
 	// security events; Metrics is the registry /metrics serves.
 	Telemetry *telemetry.Ingester
 	Alerts    *alert.Engine
-	Metrics   *metrics.Registry
-	tel       *telemetryParts
+	Metrics   *prometheus.Registry
+	feed      *feed.Feed                    // telemetry and security events to Alerts
+	cursors   *telemetry.CursorStore        // the ingester's cursors, the feed's flags
+	sinks     []sink.Info                   // the configured alert sinks, described
+	verdicts  map[string]prometheus.Counter // by result
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
 	Governance *governance.Service
 
+	history    *attest.History
 	jobs       *rotation.Jobs
-	secretSvc  *secretService
-	deliveries *deliveries
-	fw         *firmwareService // nil when firmware is off
-
-	history *attest.History
+	secretSvc  *secrets.Service
+	deliveries *secrets.DeliveryStore
+	fw         *rollout.Service // nil when firmware is off
 
 	apiLn      net.Listener
 	debugLn    net.Listener // nil unless Config.DebugAddr
@@ -256,6 +111,15 @@ type Server struct {
 	ready          chan struct{}
 	topics         wire.Topics
 	events         []chan broker.Event // connection events to record, by device (events.go)
+
+	// db is the PostgreSQL database of the stores that support one
+	// (Config.DatabaseURL); nil keeps every store in DataDir.
+	db *postgres.DB
+
+	// closers is the cleanup stack: what New opened, closed in reverse
+	// order by close (when New fails, or when Run returns).
+	closers   []func() error
+	closeOnce sync.Once
 }
 
 // Files written at first start, relative to DataDir.
@@ -269,8 +133,11 @@ const (
 )
 
 // New opens the data directory (creating the CA and admin token at first
-// start) and binds the listeners; Run serves.
-func New(cfg Config, logger *slog.Logger) (*Server, error) {
+// start), builds every part and wires them together, and binds the
+// listeners; Run serves. Each part is opened by one step, in an order in
+// which every part finds what it uses; what a step opens goes on the
+// cleanup stack, which a failed New unwinds.
+func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	cfg.setDefaults()
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -279,83 +146,138 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s := &Server{cfg: cfg, log: logger, ready: make(chan struct{}), topics: wire.Topics{Prefix: cfg.TopicPrefix}, events: eventQueues()}
-	var err error
-	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: cfg.TrustDomain, DeviceLifetime: time.Duration(cfg.DeviceLifetime)})
-	if err != nil {
-		return nil, err
-	}
-	if err = s.openAuth(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	trust := &verifier.EKTrust{}
-	if cfg.EKCADir != "" {
-		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
-			s.closeStores()
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	for _, open := range []func() error{
+		s.openCA, s.openAudit, s.openAuth, s.openDatabase, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
+		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
+	} {
+		if err := open(); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.EKAllowList != "" {
-		if trust.AllowList, err = loadAllowList(cfg.EKAllowList); err != nil {
-			s.closeStores()
-			return nil, err
+	return s, nil
+}
+
+// onClose pushes f on the cleanup stack.
+func (s *Server) onClose(f func() error) { s.closers = append(s.closers, f) }
+
+// close unwinds the cleanup stack, last opened first, once; a failure is
+// logged and the rest still close.
+func (s *Server) close() {
+	s.closeOnce.Do(func() {
+		for _, f := range slices.Backward(s.closers) {
+			if err := f(); err != nil {
+				s.log.Error("closing a part of the fleet failed", "err", err)
+			}
 		}
-	}
-	if err = s.openAudit(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	s.Inv, err = inventory.Open(filepath.Join(cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	})
+}
+
+// openCA opens the fleet CA (creating it at first start) and issues the
+// server certificate of its active generation.
+func (s *Server) openCA() (err error) {
+	s.CA, err = ca.Open(ca.Config{Dir: filepath.Join(s.cfg.DataDir, "ca"), TrustDomain: s.cfg.TrustDomain, DeviceLifetime: time.Duration(s.cfg.DeviceLifetime)})
 	if err != nil {
-		s.closeStores()
-		return nil, err
+		return err
 	}
-	if err := s.refreshServerCert(); err != nil {
-		s.closeStores()
-		s.closeStores()
-		return nil, err
+	return s.refreshServerCert()
+}
+
+// openDatabase connects to the PostgreSQL database when DatabaseURL is
+// set: the stores that support it open in it (openInventory).
+func (s *Server) openDatabase() (err error) {
+	if s.cfg.DatabaseURL == "" {
+		return nil
 	}
-	tlsCfg := &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if s.db, err = postgres.Open(ctx, s.cfg.DatabaseURL, postgres.Options{Logger: s.log.With("component", "database")}); err != nil {
+		return fmt.Errorf("server: database: %w", err)
+	}
+	s.onClose(func() error { s.db.Close(); return nil })
+	return nil
+}
+
+// openInventory opens the inventory, in PostgreSQL when the fleet has a
+// database (openDatabase), else in the data directory's bbolt file. Its
+// lifecycle events go to the audit log, the alert feed and the risk
+// scores (inventoryEvent).
+func (s *Server) openInventory() (err error) {
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Inv, err = inventory.OpenPostgres(ctx, s.db, inventory.WithEventHook(s.inventoryEvent))
+	} else {
+		s.Inv, err = inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
+	}
+	if err == nil {
+		s.onClose(s.Inv.Close)
+	}
+	return err
+}
+
+// openBroker builds the embedded broker: the TLS listener's certificate,
+// the gate, the bootstrap limits and credentials, the block list's screen
+// and the connection events.
+func (s *Server) openBroker() error {
+	cfg := s.cfg
 	var claimCAs []*x509.Certificate
 	if cfg.ClaimCADir != "" {
-		roots, inter, err := verifier.LoadCADir(cfg.ClaimCADir)
-		if err != nil {
-			s.closeStores()
-			return nil, err
-		}
-		_ = inter
-		claimCAs = poolCerts(cfg.ClaimCADir)
-		if roots == nil || len(claimCAs) == 0 {
-			s.closeStores()
-			return nil, fmt.Errorf("server: claim_ca_dir %s holds no CA certificate", cfg.ClaimCADir)
+		var err error
+		if claimCAs, err = verifier.LoadClaimCAs(cfg.ClaimCADir); err != nil {
+			return err
 		}
 	}
 	var bootstrapAuth func(string, string, []byte, *x509.Certificate) error
 	if cfg.BootstrapCredential {
 		bootstrapAuth = s.bootstrapCredential
 	}
+	var err error
 	s.Broker, err = broker.New(broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
-		Addr: cfg.MQTTAddr, TLS: tlsCfg.Clone(), ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
-		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: logger.With("component", "broker"),
+		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
+		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen,
 		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
 		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
 		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
 		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
 	})
-	if err != nil {
-		s.closeStores()
-		return nil, err
+	return err
+}
+
+// openPolicy opens the reference policies.
+func (s *Server) openPolicy() (err error) {
+	if s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile)); err == nil {
+		s.onClose(s.Policy.Close)
 	}
-	if s.Policy, err = policy.Open(filepath.Join(cfg.DataDir, PolicyFile)); err != nil {
-		s.closeStores()
-		return nil, err
+	return err
+}
+
+// openEnroll builds the enrollment service with the EK trust of ek_ca_dir
+// and ek_allowlist.
+func (s *Server) openEnroll() error {
+	cfg := s.cfg
+	trust := &verifier.EKTrust{}
+	var err error
+	if cfg.EKCADir != "" {
+		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
+			return err
+		}
 	}
-	sels, err := selections(cfg.AttestBanks, cfg.AttestPCRs)
+	if cfg.EKAllowList != "" {
+		if trust.AllowList, err = verifier.LoadAllowList(cfg.EKAllowList); err != nil {
+			return err
+		}
+	}
+	sels, err := attest.Selections(cfg.AttestBanks, cfg.AttestPCRs)
 	if err != nil {
-		s.closeStores()
-		return nil, err
+		return err
 	}
 	var first wire.PCRSelection
 	if len(sels) > 0 {
@@ -364,141 +286,126 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	s.Enroll, err = enroll.New(enroll.Config{
 		Policies: s.Policy, Selection: first,
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
-		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: logger.With("component", "enroll"),
-		Identities:    enrollIdentities{s},
+		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: s.log.With("component", "enroll"),
+		Identities:    governance.Enrollment{S: s.Governance},
 		FirmwareTrust: s.firmwareTrust,
 		Send: func(clientID, kind string, payload []byte) error {
 			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
 		},
 	})
-	if err != nil {
-		s.closeStores()
-		return nil, err
+	return err
+}
+
+// openHistory opens the attestation verdicts' history.
+func (s *Server) openHistory() (err error) {
+	if s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0); err == nil {
+		s.onClose(s.history.Close)
 	}
-	if s.history, err = attest.OpenHistory(filepath.Join(cfg.DataDir, HistoryFile), 0); err != nil {
-		s.closeStores()
-		return nil, err
+	return err
+}
+
+// openAttest builds continuous attestation.
+func (s *Server) openAttest() error {
+	cfg := s.cfg
+	sels, err := attest.Selections(cfg.AttestBanks, cfg.AttestPCRs)
+	if err != nil {
+		return err
 	}
 	s.Attest, err = attest.New(attest.Config{
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
 		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
-		Logger: logger.With("component", "attest"),
-		Send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
+		Logger: s.log.With("component", "attest"), Send: s.sendDevice,
 		Disconnect: s.Broker.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
 	})
-	if err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if s.jobs, err = rotation.OpenJobs(filepath.Join(cfg.DataDir, JobsFile)); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	s.Rotation, err = rotation.New(rotation.Config{
-		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(cfg.DeviceLifetime),
-		Connected: s.Broker.Connected, Logger: logger.With("component", "rotation"),
-		Send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
-	})
-	if err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if err = s.openSSH(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if s.Secrets, err = secrets.Open(secrets.Config{Dir: cfg.DataDir, Logger: logger.With("component", "secrets")}); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if s.deliveries, err = openDeliveries(filepath.Join(cfg.DataDir, DeliveriesFile)); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	s.secretSvc = newSecretService(&secretService{
-		store: s.Secrets, deliveries: s.deliveries, inv: s.Inv, history: s.history, pcrs: boundPCRs(sels),
-		connected: s.Broker.Connected, current: s.Attest.Current, log: logger.With("component", "secrets"),
-		send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
-	})
-	if err = s.openTelemetry(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if err = s.openFirmware(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	if err = s.openGovernance(); err != nil {
-		s.closeStores()
-		return nil, err
-	}
-	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
-	if cfg.TwoPersonRule {
-		if s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(cfg.DataDir, ApprovalsFile), Auditor: approvalAuditor{s.Audit}, Requester: approval.RequesterFrom(s.Auth), Logger: logger.With("component", "approvals")}); err != nil {
-			s.closeStores()
-			return nil, err
-		}
-	}
-	s.anonAudit = audit.NewSampler(s.Audit, audit.SamplerConfig{})
-	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: cfg.APIRateLimit, RateBurst: cfg.APIRateBurst,
-		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
-		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
-		Connected: s.Broker.Connected, Logger: logger.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
-		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.tel.sinks, Metrics: s.Metrics,
-		Governance: s.Governance,
-	})
-	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		s.closeStores()
-		return nil, fmt.Errorf("server: api listener: %w", err)
-	}
-	if cfg.DebugAddr != "" {
-		if s.debugLn, err = listenDebug(cfg.DebugAddr); err != nil {
-			s.apiLn.Close()
-			s.closeStores()
-			return nil, err
-		}
-	}
-	return s, nil
+	return err
 }
 
-func (s *Server) closeStores() {
-	if s.Governance != nil {
-		s.Governance.Close()
+// openRotation opens the rotation jobs and builds certificate renewal.
+func (s *Server) openRotation() (err error) {
+	if s.jobs, err = rotation.OpenJobs(filepath.Join(s.cfg.DataDir, JobsFile)); err != nil {
+		return err
 	}
-	s.closeTelemetry()
-	s.closeFirmware()
-	if s.Inv != nil {
-		s.Inv.Close()
+	s.onClose(s.jobs.Close)
+	s.Rotation, err = rotation.New(rotation.Config{
+		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
+		Connected: s.Broker.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
+	})
+	return err
+}
+
+// openSecrets opens the sealed secrets and their delivery records, and
+// builds their delivery (fleet/secrets).
+func (s *Server) openSecrets() error {
+	log := s.log.With("component", "secrets")
+	var err error
+	if s.Secrets, err = secrets.Open(secrets.Config{Dir: s.cfg.DataDir, Logger: log}); err != nil {
+		return err
 	}
-	if s.Auth != nil {
-		s.Auth.Close()
+	s.onClose(s.Secrets.Close)
+	if s.deliveries, err = secrets.OpenDeliveries(filepath.Join(s.cfg.DataDir, secrets.DeliveriesFile)); err != nil {
+		return err
 	}
-	if s.Approvals != nil {
-		s.Approvals.Close()
+	s.onClose(s.deliveries.Close)
+	sels, err := attest.Selections(s.cfg.AttestBanks, s.cfg.AttestPCRs)
+	if err != nil {
+		return err
 	}
-	if s.Audit != nil {
-		s.Audit.Close() // after Run's shutdown checkpoint: closeStores runs when Run returns
+	s.secretSvc = secrets.NewService(secrets.ServiceConfig{
+		Store: s.Secrets, Deliveries: s.deliveries, Devices: s.Inv, Attestations: s.history, PCRs: secrets.BoundPCRs(sels),
+		Connected: s.Broker.Connected, Current: s.Attest.Current, Send: s.sendDevice, Logger: log,
+	})
+	return nil
+}
+
+// openApprovals opens the two-person rule's requests (two_person_rule).
+func (s *Server) openApprovals() (err error) {
+	if !s.cfg.TwoPersonRule {
+		return nil
 	}
-	if s.Policy != nil {
-		s.Policy.Close()
+	s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approval.AuditLog{Log: s.Audit},
+		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")})
+	if err == nil {
+		s.onClose(s.Approvals.Close)
 	}
-	if s.history != nil {
-		s.history.Close()
+	return err
+}
+
+// openAPI builds the HTTPS API over every part.
+func (s *Server) openAPI() error {
+	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
+	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: s.cfg.APIRateLimit, RateBurst: s.cfg.APIRateBurst,
+		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
+		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
+		Connected: s.Broker.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
+		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
+		Governance: s.Governance,
+	})
+	return nil
+}
+
+// listen binds the API listener and, with debug_addr, the debug one.
+func (s *Server) listen() (err error) {
+	if s.apiLn, err = net.Listen("tcp", s.cfg.APIAddr); err != nil {
+		return fmt.Errorf("server: api listener: %w", err)
 	}
-	if s.jobs != nil {
-		s.jobs.Close()
+	s.onClose(closeListener(s.apiLn))
+	if s.cfg.DebugAddr != "" {
+		if s.debugLn, err = listenDebug(s.cfg.DebugAddr); err != nil {
+			return err
+		}
+		s.onClose(closeListener(s.debugLn))
 	}
-	if s.Secrets != nil {
-		s.Secrets.Close()
-	}
-	if s.deliveries != nil {
-		s.deliveries.Close()
+	return nil
+}
+
+// closeListener closes ln; a listener its server closed already is no
+// failure.
+func closeListener(ln net.Listener) func() error {
+	return func() error {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
 	}
 }
 
@@ -515,7 +422,7 @@ type gate struct {
 }
 
 func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
-	d, err := g.inv.Device(deviceID)
+	d, err := g.inv.Device(context.TODO(), deviceID)
 	if err != nil {
 		return broker.Access{}, fmt.Errorf("unknown device: %w", err)
 	}
@@ -563,7 +470,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 		s.Rotation.Connected(ev.Identity.DeviceID, hex.EncodeToString(ev.Identity.Cert.SerialNumber.Bytes()))
 	}
 	now := time.Now().UTC()
-	err := s.Inv.Update(ev.Identity.DeviceID, func(d *inventory.Device) error {
+	err := s.Inv.Update(context.TODO(), ev.Identity.DeviceID, func(d *inventory.Device) error {
 		d.LastSeen = now
 		d.Connected = ev.Kind == broker.Connected
 		return nil
@@ -572,6 +479,12 @@ func (s *Server) connectionEvent(ev broker.Event) {
 		s.log.Warn("inventory update on connection event failed", "err", err)
 	}
 	s.rescore(ev.Identity.DeviceID) // silence counts in the risk score
+}
+
+// sendDevice publishes a message to a device on one of its down kinds
+// (QoS 1): the one way the fleet's services send to a device.
+func (s *Server) sendDevice(deviceID, kind string, payload []byte) error {
+	return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 }
 
 // AdminToken returns the admin API bearer token.
@@ -598,9 +511,10 @@ func (s *Server) API() http.Handler { return s.apiHandler }
 // Ready is closed once every listener serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// Run serves until ctx ends or a part fails.
+// Run serves until ctx ends or a part fails; then it closes what New
+// opened.
 func (s *Server) Run(ctx context.Context) error {
-	defer s.closeStores()
+	defer s.close()
 	if err := s.Broker.Start(); err != nil {
 		return err
 	}
@@ -618,52 +532,60 @@ func (s *Server) Run(ctx context.Context) error {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
 		_ = s.Broker.Run(cctx) // closes the started broker
-		s.apiLn.Close()
-		if s.debugLn != nil {
-			s.debugLn.Close()
-		}
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.Broker.Run(ctx) })
-	g.Go(func() error { return s.recordEvents(ctx) })
-	g.Go(func() error { return s.Enroll.Run(ctx) })
-	g.Go(func() error { return s.Attest.Run(ctx) })
-	g.Go(func() error { return s.Rotation.Run(ctx) })
-	g.Go(func() error { return s.SSH.Run(ctx) })
-	g.Go(func() error { return s.secretSvc.Run(ctx) })
-	g.Go(func() error { return s.runFirmware(ctx) })
-	g.Go(func() error { return s.Auth.Run(ctx) })
-	g.Go(func() error { return s.Governance.Run(ctx) })
-	g.Go(func() error { return s.Audit.Run(ctx) })
-	g.Go(func() error { return s.anonAudit.Run(ctx) })
-	s.goTelemetry(ctx, g)
-	s.goDebug(ctx, g)
-	if s.Approvals != nil {
-		g.Go(func() error { return s.Approvals.Run(ctx) })
+	for _, task := range s.tasks() {
+		g.Go(func() error { return task(ctx) })
 	}
 	close(s.ready)
 	s.log.Info("fleet ready", "mqtt", s.MQTTAddr(), "api", s.APIURL(), "ca", s.CACertPath(), "admin_token_file", s.AdminTokenPath())
+	return g.Wait()
+}
+
+// tasks are the fleet's long-running parts, each running until its
+// context ends; Run runs them in one errgroup, so the first to fail stops
+// all of them.
+func (s *Server) tasks() []func(context.Context) error {
+	tasks := []func(context.Context) error{
+		s.Broker.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
+		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
+		s.serveAPI,
+	}
+	if s.fw != nil {
+		tasks = append(tasks, s.fw.Run)
+	}
+	if s.Approvals != nil {
+		tasks = append(tasks, s.Approvals.Run)
+	}
+	if s.debugLn != nil {
+		tasks = append(tasks, s.serveDebug)
+	}
+	return tasks
+}
+
+// serveAPI serves the API, the console and the device downloads on the
+// HTTPS listener until ctx ends, then shuts the server down gracefully
+// (5s at most).
+func (s *Server) serveAPI(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:   s.withDownloads(s.withConsole(s.apiHandler)),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	g.Go(func() error {
-		err := srv.ServeTLS(s.apiLn, "", "")
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return err
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
-	return g.Wait()
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(s.apiLn, "", "") }()
+	select {
+	case err := <-served:
+		return err // it failed on its own
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-served // http.ErrServerClosed
+	return err
 }
 
 // deviceMessage handles messages from enrolled devices. The device ID is
@@ -682,7 +604,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	if d, err := s.Inv.Device(id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
+	if d, err := s.Inv.Device(context.TODO(), id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !d.State.Accepts(tp.Kind) {
 		state := inventory.State("unknown")
 		if err == nil {
 			state = d.State
@@ -698,18 +620,20 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 	case wire.TypeSSHRequest:
 		s.SSH.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
-		s.secretSvc.ack(id.DeviceID, env)
+		s.secretSvc.Ack(id.DeviceID, env)
 	case wire.TypeTelemetryBatch:
 		s.Telemetry.Submit(id.DeviceID, env)
 	case wire.TypeFirmwareReport:
-		s.firmwareReport(id.DeviceID, env)
+		if s.fw != nil {
+			s.fw.Report(id.DeviceID, env)
+		}
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
 			s.log.Warn("malformed hello", "device_id", id.DeviceID, "err", err)
 			return
 		}
-		err := s.Inv.Update(id.DeviceID, func(d *inventory.Device) error {
+		err := s.Inv.Update(context.TODO(), id.DeviceID, func(d *inventory.Device) error {
 			if h.Firmware != "" && d.Firmware != h.Firmware && d.State == inventory.StateActive {
 				// Reported, not proved: policies judge the measurements.
 				s.log.Info("device reports a new firmware version", "device_id", d.ID, "from", d.Firmware, "to", h.Firmware)
@@ -722,12 +646,16 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		}
 		s.rescore(id.DeviceID) // its reported firmware counts in the risk score
-		s.alertSeen(id.DeviceID)
+		if s.feed != nil {
+			s.feed.Seen(id.DeviceID) // absence rules
+		}
 		// A device says hello once subscribed after each connect: deliver
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
-		s.secretSvc.queue(id.DeviceID)
-		s.firmwareHello(id.DeviceID)
+		s.secretSvc.Queue(id.DeviceID)
+		if s.fw != nil {
+			s.fw.Hello(id.DeviceID)
+		}
 		if s.CA.Rotating() {
 			s.sendTrustBundle(id.DeviceID)
 		}
@@ -743,96 +671,22 @@ func upKind(typ string) string {
 	return ""
 }
 
-func loadAllowList(path string) (map[string]bool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("server: allow-list: %w", err)
-	}
-	out := map[string]bool{}
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if j := strings.IndexByte(line, '#'); j >= 0 {
-			line = strings.TrimSpace(line[:j])
-		}
-		if line == "" {
-			continue
-		}
-		line = strings.ToLower(line)
-		if len(line) != 64 || strings.Trim(line, "0123456789abcdef") != "" {
-			return nil, fmt.Errorf("server: allow-list %s line %d: not a SHA-256 hex fingerprint", path, i+1)
-		}
-		out[line] = true
-	}
-	return out, nil
-}
-
-// selections builds the attestation PCR selections from the configuration;
-// nil means the attestation service's default.
-func selections(banks []string, pcrs []int) ([]wire.PCRSelection, error) {
-	if len(banks) == 0 && len(pcrs) == 0 {
-		return nil, nil
-	}
-	if len(banks) == 0 {
-		banks = []string{"sha256"}
-	}
-	if len(pcrs) == 0 {
-		pcrs = wire.DefaultPCRs()
-	}
-	var out []wire.PCRSelection
-	for _, b := range banks {
-		id := verifier.BankID(b)
-		if id == 0 || slices.ContainsFunc(out, func(s wire.PCRSelection) bool { return s.Hash == id }) {
-			return nil, fmt.Errorf("server: attest_banks: %q is not a supported bank or is repeated", b)
-		}
-		sel := wire.PCRSelection{Hash: id, PCRs: pcrs}
-		if err := sel.Validate(); err != nil {
-			return nil, fmt.Errorf("server: attest_pcrs: %w", err)
-		}
-		out = append(out, sel)
-	}
-	return out, nil
-}
-
-// poolCerts reads the PEM certificates of a directory (LoadCADir already
-// checked them).
-func poolCerts(dir string) []*x509.Certificate {
-	var out []*x509.Certificate
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		for {
-			var blk *pem.Block
-			blk, b = pem.Decode(b)
-			if blk == nil {
-				break
-			}
-			if c, err := x509.ParseCertificate(blk.Bytes); err == nil && c.IsCA {
-				out = append(out, c)
-			}
-		}
-	}
-	return out
-}
-
 // bootstrapCredential admits a bootstrap CONNECT with a claim certificate,
 // or with an enrollment token as the password that is valid, or was used by
 // the device this client ID names ("e-<first 16 hex of the device ID>-…"),
 // so a known device can re-enroll.
 func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim *x509.Certificate) error {
-	if claim != nil || s.triageEnrolled(triageKey(governance.AttemptUnknownClient, "client", clientID)) {
+	if claim != nil || s.Governance.TriageEnrolled(governance.TriageKey(governance.AttemptUnknownClient, "client", clientID)) {
 		return nil
 	}
 	if len(password) == 0 {
 		return errors.New("no claim certificate and no enrollment token")
 	}
 	secret := string(password)
-	if _, err := s.Inv.CheckToken(secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
+	if _, err := s.Inv.CheckToken(context.TODO(), secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
 		return nil // valid; its model binding is checked at enrollment
 	}
-	usedBy, err := s.Inv.TokenUsedBy(secret)
+	usedBy, err := s.Inv.TokenUsedBy(context.TODO(), secret)
 	if err == nil && len(usedBy) >= 16 && strings.HasPrefix(clientID, "e-"+usedBy[:16]+"-") {
 		return nil
 	}
@@ -853,7 +707,7 @@ func (s *Server) knownBootstrap(clientID string) (string, bool) {
 	if strings.Trim(prefix, "0123456789abcdef") != "" {
 		return "", false
 	}
-	devs, _, err := s.Inv.ListDevices(inventory.Filter{After: prefix, Limit: 1})
+	devs, _, err := s.Inv.ListDevices(context.TODO(), inventory.Filter{After: prefix, Limit: 1})
 	if err != nil || len(devs) == 0 || !strings.HasPrefix(devs[0].ID, prefix) {
 		return "", false
 	}

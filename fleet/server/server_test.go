@@ -1,16 +1,20 @@
 package server
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/pkg/config"
-	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 func TestExampleConfig(t *testing.T) {
@@ -20,20 +24,6 @@ func TestExampleConfig(t *testing.T) {
 	}
 	if c.TrustDomain == "" || !c.ManualApproval {
 		t.Fatalf("example config %+v", c)
-	}
-}
-
-func TestAllowList(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "allow")
-	fp := strings.Repeat("ab", 32)
-	os.WriteFile(p, []byte("# comment\n"+strings.ToUpper(fp)+"  # trailing\n\n"), 0o644)
-	m, err := loadAllowList(p)
-	if err != nil || !m[fp] || len(m) != 1 {
-		t.Fatalf("%v %v", m, err)
-	}
-	os.WriteFile(p, []byte("not-a-fingerprint\n"), 0o644)
-	if _, err := loadAllowList(p); err == nil || !strings.Contains(err.Error(), "line 1") {
-		t.Fatalf("bad line: %v", err)
 	}
 }
 
@@ -76,20 +66,45 @@ func TestAdminCredentials(t *testing.T) {
 	}
 }
 
-func TestSelections(t *testing.T) {
-	if s, err := selections(nil, nil); s != nil || err != nil {
-		t.Fatalf("default: %v %v", s, err)
+// TestFailedNewReleasesEverything: New failing at its last step (the API
+// address is taken) closes every store it opened, firmware's included,
+// so that the fleet starts again at once from the same data directory
+// (each store's file lock would time out otherwise).
+func TestFailedNewReleasesEverything(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
 	}
-	s, err := selections([]string{"sha256", "sha1"}, []int{0, 7})
-	if err != nil || len(s) != 2 || s[0].Hash != wire.AlgSHA256 || s[1].Hash != 0x0004 || len(s[1].PCRs) != 2 {
-		t.Fatalf("%+v %v", s, err)
+	ts, err := verify.NewTrustSet(1, 1, key.Public())
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range [][]string{{"md5"}, {"sha256", "sha256"}} {
-		if _, err := selections(bad, nil); err == nil {
-			t.Errorf("%v accepted", bad)
-		}
+	raw, err := ts.Marshal()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := selections(nil, []int{24}); err == nil {
-		t.Error("PCR 24 accepted")
+	dir := t.TempDir()
+	trust := filepath.Join(t.TempDir(), "trust.json")
+	if err := os.WriteFile(trust, raw, 0o644); err != nil {
+		t.Fatal(err)
 	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := Config{DataDir: dir, MQTTAddr: "127.0.0.1:0", APIAddr: taken.Addr().String(), Hostnames: []string{"localhost"},
+		ReleaseTrust: trust, TwoPersonRule: true}
+	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "api listener") {
+		t.Fatalf("New on a taken API address: %v", err)
+	}
+	cfg.APIAddr = "127.0.0.1:0"
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatalf("New after a failed New: %v", err)
+	}
+	if s.fw == nil || s.Approvals == nil {
+		t.Fatal("firmware or approvals off")
+	}
+	s.close()
 }

@@ -24,9 +24,7 @@ func (s *Server) openSSH() error {
 	}
 	s.SSH, err = sshca.NewIssuer(sshca.IssuerConfig{
 		CA: c, Devices: s.Inv, Verdicts: s.Attest, Validity: time.Duration(s.cfg.DeviceLifetime), Logger: log,
-		Send: func(deviceID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
-		},
+		Send: s.sendDevice,
 	})
 	return err
 }

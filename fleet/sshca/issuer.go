@@ -16,8 +16,8 @@ import (
 
 // Devices is what the issuer needs from the inventory.
 type Devices interface {
-	Device(id string) (*inventory.Device, error)
-	AddEvent(e inventory.Event) error
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	AddEvent(ctx context.Context, e inventory.Event) error
 }
 
 // Verdicts says whether a device's attestation is current enough for
@@ -169,7 +169,7 @@ func (s *Issuer) Issue(deviceID string, hostKeys []string) (*wire.SSHCerts, erro
 	if len(hostKeys) == 0 || len(hostKeys) > wire.MaxSSHHostKeys {
 		return nil, wire.Refuse(wire.ReasonBadRequest, "1 to 8 host keys", nil)
 	}
-	d, err := s.cfg.Devices.Device(deviceID)
+	d, err := s.cfg.Devices.Device(context.TODO(), deviceID)
 	if err != nil {
 		return nil, fmt.Errorf("sshca: %w", err)
 	}
@@ -221,7 +221,7 @@ func (s *Issuer) Issue(deviceID string, hostKeys []string) (*wire.SSHCerts, erro
 	if len(skipped) > 0 {
 		res.Message = truncate("not certified: "+strings.Join(skipped, "; "), 512)
 	}
-	_ = s.cfg.Devices.AddEvent(inventory.Event{Time: now, DeviceID: deviceID, Kind: "ssh-certificates",
+	_ = s.cfg.Devices.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: deviceID, Kind: "ssh-certificates",
 		Detail: fmt.Sprintf("SSH host certificates for %s (serials %s), valid %s", strings.Join(types, ", "), strings.Join(serials, ", "), s.cfg.Validity)})
 	s.log.Info("SSH host certificates issued", "device_id", deviceID, "keys", len(res.Certs), "skipped", len(skipped))
 	return res, nil

@@ -216,14 +216,14 @@ func newFleet(t *testing.T, d inventory.Device) *fleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { inv.Close() })
-	if err := inv.PutDevice(&d); err != nil {
+	if err := inv.PutDevice(t.Context(), &d); err != nil {
 		t.Fatal(err)
 	}
 	f := &fleet{inv: inv, now: t0}
 	// Current as the fleet judges it, by age here: a pass at most ten
 	// minutes old.
 	current := VerdictsFunc(func(id string) error {
-		d, err := inv.Device(id)
+		d, err := inv.Device(t.Context(), id)
 		if err != nil {
 			return err
 		}
@@ -274,7 +274,7 @@ func TestIssue(t *testing.T) {
 		cert.ValidBefore != uint64(t0.Add(12*time.Hour).Unix()) {
 		t.Fatalf("issued %T %+v", pub, cert)
 	}
-	evs, _ := f.inv.Events("dev1", 5)
+	evs, _ := f.inv.Events(t.Context(), "dev1", 5)
 	if len(evs) == 0 || evs[0].Kind != "ssh-certificates" {
 		t.Fatalf("events %+v", evs)
 	}
@@ -317,7 +317,7 @@ func TestIssueRefusals(t *testing.T) {
 		if !isReason(err, c.want) || res != nil {
 			t.Errorf("%s/%q: got %v, %+v; want %s", c.dev.State, c.dev.Attestation, err, res, c.want)
 		}
-		if evs, _ := f.inv.Events("dev1", 5); len(evs) != 0 {
+		if evs, _ := f.inv.Events(t.Context(), "dev1", 5); len(evs) != 0 {
 			t.Errorf("%s: a refusal recorded %+v", c.dev.State, evs)
 		}
 	}

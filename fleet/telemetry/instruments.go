@@ -1,9 +1,11 @@
 package telemetry
 
 import (
+	"errors"
 	"fmt"
+	"sync/atomic"
 
-	"github.com/sigil-iot/sigil/fleet/metrics"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The fleet-level aggregates on /metrics. None has a per-device label: the
@@ -25,52 +27,53 @@ import (
 //	sigil_telemetry_disk_used_ratio              histogram of disk.root.used_ratio
 
 type instruments struct {
-	ingested, duplicates, dropped, rejected *metrics.Counter
-	deviceReported, reboots, newStreams     *metrics.Counter
-	queueFull                               *metrics.Counter
-	byResult                                map[string]*metrics.Counter
-	histograms                              map[string]*metrics.Histogram // by device metric name
+	ingested, duplicates, dropped, rejected atomic.Uint64
+	deviceReported, reboots, newStreams     atomic.Uint64
+	queueFull                               atomic.Uint64
+	byResult                                map[string]*atomic.Uint64
+	histograms                              map[string]prometheus.Histogram // by device metric name
 }
 
-func (m *instruments) batches(result string) *metrics.Counter { return m.byResult[result] }
+// batchResults are the values of sigil_telemetry_batches_total's result
+// label.
+var batchResults = []string{"accepted", "duplicate", "rejected", "malformed", "stale"}
+
+func (m *instruments) batches(result string) *atomic.Uint64 { return m.byResult[result] }
 
 func (m *instruments) totals() Counts {
-	u := func(c *metrics.Counter) uint64 { return uint64(c.Value()) }
 	return Counts{
-		Batches:  u(m.byResult["accepted"]) + u(m.byResult["duplicate"]) + u(m.byResult["rejected"]),
-		Ingested: u(m.ingested), Duplicates: u(m.duplicates), Dropped: u(m.dropped), Rejected: u(m.rejected),
-		DeviceReported: u(m.deviceReported), Reboots: u(m.reboots), NewStreams: u(m.newStreams),
+		Batches:  m.byResult["accepted"].Load() + m.byResult["duplicate"].Load() + m.byResult["rejected"].Load(),
+		Ingested: m.ingested.Load(), Duplicates: m.duplicates.Load(), Dropped: m.dropped.Load(), Rejected: m.rejected.Load(),
+		DeviceReported: m.deviceReported.Load(), Reboots: m.reboots.Load(), NewStreams: m.newStreams.Load(),
 	}
 }
 
-func newInstruments(r *metrics.Registry, in *Ingester) (*instruments, error) {
-	m := &instruments{byResult: map[string]*metrics.Counter{}, histograms: map[string]*metrics.Histogram{}}
-	var errs []error
-	counter := func(name, help string) *metrics.Counter {
-		c, err := r.Counter(name, help)
-		errs = append(errs, err)
-		if c == nil {
-			c = &metrics.Counter{}
-		}
-		return c
+// newInstruments registers the aggregates in r: the counters read the
+// ingester's own totals (Totals) at each scrape.
+func newInstruments(r prometheus.Registerer, in *Ingester) (*instruments, error) {
+	m := &instruments{byResult: map[string]*atomic.Uint64{}, histograms: map[string]prometheus.Histogram{}}
+	counter := func(n *atomic.Uint64, name, help string, labels prometheus.Labels) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(n.Load()) })
 	}
-	m.ingested = counter("sigil_telemetry_points_ingested_total", "Telemetry points stored, each exactly once.")
-	m.duplicates = counter("sigil_telemetry_points_duplicate_total", "Duplicate telemetry points skipped (redeliveries and resends).")
-	m.dropped = counter("sigil_telemetry_points_dropped_total", "Telemetry points dropped by devices' full outboxes, from sequence gaps.")
-	m.rejected = counter("sigil_telemetry_points_rejected_total", "Telemetry points of batches refused as invalid.")
-	m.deviceReported = counter("sigil_telemetry_device_reported_drops_total", "Telemetry drops as devices report them.")
-	m.reboots = counter("sigil_telemetry_reboots_total", "Device reboots seen as a new boot_id.")
-	m.newStreams = counter("sigil_telemetry_stream_restarts_total", "Devices that started a new telemetry stream (state store recreated).")
-	m.queueFull = counter("sigil_telemetry_queue_full_total", "Telemetry batches left unacknowledged because the ingestion queue was full.")
-	vec, err := r.CounterVec("sigil_telemetry_batches_total", "Telemetry batches by result.", "result")
-	errs = append(errs, err)
-	for _, res := range []string{"accepted", "duplicate", "rejected", "malformed", "stale"} {
-		c := &metrics.Counter{}
-		if vec != nil {
-			c, err = vec.With(res)
-			errs = append(errs, err)
-		}
-		m.byResult[res] = c
+	cs := []prometheus.Collector{
+		counter(&m.ingested, "sigil_telemetry_points_ingested_total", "Telemetry points stored, each exactly once.", nil),
+		counter(&m.duplicates, "sigil_telemetry_points_duplicate_total", "Duplicate telemetry points skipped (redeliveries and resends).", nil),
+		counter(&m.dropped, "sigil_telemetry_points_dropped_total", "Telemetry points dropped by devices' full outboxes, from sequence gaps.", nil),
+		counter(&m.rejected, "sigil_telemetry_points_rejected_total", "Telemetry points of batches refused as invalid.", nil),
+		counter(&m.deviceReported, "sigil_telemetry_device_reported_drops_total", "Telemetry drops as devices report them.", nil),
+		counter(&m.reboots, "sigil_telemetry_reboots_total", "Device reboots seen as a new boot_id.", nil),
+		counter(&m.newStreams, "sigil_telemetry_stream_restarts_total", "Devices that started a new telemetry stream (state store recreated).", nil),
+		counter(&m.queueFull, "sigil_telemetry_queue_full_total", "Telemetry batches left unacknowledged because the ingestion queue was full.", nil),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sigil_telemetry_devices", Help: "Devices with telemetry since the fleet started."},
+			func() float64 { return float64(len(in.Devices())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sigil_telemetry_devices_reporting", Help: "Devices whose last telemetry batch is within the reporting window."},
+			func() float64 { return float64(in.reporting()) }),
+	}
+	for _, res := range batchResults {
+		n := new(atomic.Uint64)
+		m.byResult[res] = n
+		cs = append(cs, counter(n, "sigil_telemetry_batches_total", "Telemetry batches by result.", prometheus.Labels{"result": res}))
 	}
 	ratios := []float64{0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1}
 	for metric, name := range map[string]string{
@@ -78,23 +81,16 @@ func newInstruments(r *metrics.Registry, in *Ingester) (*instruments, error) {
 		"mem.used_ratio":       "sigil_telemetry_memory_used_ratio",
 		"disk.root.used_ratio": "sigil_telemetry_disk_used_ratio",
 	} {
-		h, err := r.Histogram(name, "Distribution of "+metric+" over the fleet's telemetry points.", ratios)
-		errs = append(errs, err)
-		if h != nil {
-			m.histograms[metric] = h
-		}
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: "Distribution of " + metric + " over the fleet's telemetry points.", Buckets: ratios})
+		m.histograms[metric] = h
+		cs = append(cs, h)
 	}
-	errs = append(errs,
-		r.GaugeFunc("sigil_telemetry_devices", "Devices with telemetry since the fleet started.", func() float64 {
-			return float64(len(in.Devices()))
-		}),
-		r.GaugeFunc("sigil_telemetry_devices_reporting", "Devices whose last telemetry batch is within the reporting window.", func() float64 {
-			return float64(in.reporting())
-		}))
-	for _, err := range errs {
-		if err != nil {
-			return nil, fmt.Errorf("telemetry: register metrics: %w", err)
-		}
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, r.Register(c))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("telemetry: register metrics: %w", err)
 	}
 	return m, nil
 }

@@ -2,7 +2,7 @@
 // validates the batches devices send from their outboxes, stores each point
 // exactly once or counts it as dropped, acknowledges, keeps recent series per
 // device (bounded and downsampled) for the console, exports fleet-level
-// aggregates through fleet/metrics and hands accepted points to observers
+// aggregates to Prometheus (client_golang) and hands accepted points to observers
 // such as the alert engine.
 //
 // # Exactly once or counted as dropped
@@ -44,7 +44,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -131,7 +132,7 @@ type Config struct {
 	// Metrics is the registry the fleet-level aggregates are registered
 	// in, shared with the fleet's other components; nil means a private
 	// registry (see Ingester.Metrics).
-	Metrics *metrics.Registry
+	Metrics *prometheus.Registry
 	// Cursors keeps cursors across restarts; nil means in memory.
 	Cursors Cursors
 	// OnBatch, if set, is called for each accepted batch after its points
@@ -216,7 +217,7 @@ func New(cfg Config) (*Ingester, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.NewRegistry()
+		cfg.Metrics = prometheus.NewRegistry()
 	}
 	if cfg.ReportingWindow <= 0 {
 		cfg.ReportingWindow = 5 * time.Minute
@@ -247,7 +248,7 @@ func New(cfg Config) (*Ingester, error) {
 }
 
 // Metrics returns the registry the ingester's aggregates are in.
-func (in *Ingester) Metrics() *metrics.Registry { return in.cfg.Metrics }
+func (in *Ingester) Metrics() *prometheus.Registry { return in.cfg.Metrics }
 
 // Submit queues a batch from an authenticated device (the ID the broker
 // authenticated, never one from the payload) for Run. When the queue is
@@ -256,7 +257,7 @@ func (in *Ingester) Submit(deviceID string, env *wire.Envelope) {
 	select {
 	case in.q <- submitted{deviceID, env}:
 	default:
-		in.m.queueFull.Inc()
+		in.m.queueFull.Add(1)
 		in.log.Warn("telemetry queue full; batch left for the device to resend", "device_id", deviceID)
 	}
 }
@@ -312,7 +313,7 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	var b wire.TelemetryBatch
 	decodeErr := wire.DecodeBody(env, wire.TypeTelemetryBatch, &b)
 	if decodeErr != nil && (!errors.Is(decodeErr, wire.ErrInvalidBody) || !sequenced(&b)) {
-		in.m.batches("malformed").Inc()
+		in.m.batches("malformed").Add(1)
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, decodeErr)
 	}
 	now := in.cfg.Now()
@@ -342,7 +343,7 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	if !bytes.Equal(d.cur.Stream, b.Stream) {
 		for _, r := range d.retired {
 			if bytes.Equal(r, b.Stream) {
-				in.m.batches("stale").Inc()
+				in.m.batches("stale").Add(1)
 				return nil, ErrStaleStream
 			}
 		}
@@ -352,7 +353,7 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 				d.retired = d.retired[1:]
 			}
 			d.counts.NewStreams++
-			commit = append(commit, func() { in.m.newStreams.Inc() })
+			commit = append(commit, func() { in.m.newStreams.Add(1) })
 			newStream = true
 			in.log.Info("device started a new telemetry stream (state store recreated?)", "device_id", deviceID,
 				"old_stream", hex.EncodeToString(d.cur.Stream), "old_through", d.cur.Through, "stream", hex.EncodeToString(b.Stream))
@@ -366,15 +367,15 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	d.lastSeen = now
 	if b.Dropped > d.cur.Reported {
 		d.counts.DeviceReported += b.Dropped - d.cur.Reported
-		reported := float64(b.Dropped - d.cur.Reported)
+		reported := b.Dropped - d.cur.Reported
 		commit = append(commit, func() { in.m.deviceReported.Add(reported) })
 		d.cur.Reported = b.Dropped
 	}
 	ack := &wire.TelemetryAck{Stream: d.cur.Stream}
 	if b.Last() <= d.cur.Through {
 		d.counts.Duplicates += uint64(len(b.Points))
-		commit = append(commit, func() { in.m.duplicates.Add(float64(len(b.Points))) })
-		commit = append(commit, func() { in.m.batches("duplicate").Inc() })
+		commit = append(commit, func() { in.m.duplicates.Add(uint64(len(b.Points))) })
+		commit = append(commit, func() { in.m.batches("duplicate").Add(1) })
 		ack.Through = d.cur.Through
 		if err := save(); err != nil {
 			return nil, err
@@ -385,20 +386,20 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	if b.First > d.cur.Through+1 {
 		gap = b.First - d.cur.Through - 1
 		d.counts.Dropped += gap
-		commit = append(commit, func() { in.m.dropped.Add(float64(gap)) })
+		commit = append(commit, func() { in.m.dropped.Add(gap) })
 		ack.Reason, ack.Dropped = wire.ReasonTelemetryDropped, gap
 		in.log.Warn("device dropped telemetry points from its full outbox", "device_id", deviceID, "dropped", gap,
 			"from", d.cur.Through+1, "to", b.First-1)
 	}
 	skip := int(d.cur.Through + 1 - min(b.First, d.cur.Through+1)) // points already stored
 	d.counts.Duplicates += uint64(skip)
-	commit = append(commit, func() { in.m.duplicates.Add(float64(skip)) })
+	commit = append(commit, func() { in.m.duplicates.Add(uint64(skip)) })
 
 	if decodeErr != nil {
 		n := uint64(len(b.Points) - skip)
 		d.counts.Rejected += n
-		commit = append(commit, func() { in.m.rejected.Add(float64(n)) })
-		commit = append(commit, func() { in.m.batches("rejected").Inc() })
+		commit = append(commit, func() { in.m.rejected.Add(n) })
+		commit = append(commit, func() { in.m.batches("rejected").Add(1) })
 		d.cur.Through = b.Last()
 		ack.Through, ack.Reason, ack.Message = d.cur.Through, wire.ReasonBadRequest, truncate(decodeErr.Error(), 512)
 		if err := save(); err != nil {
@@ -420,8 +421,8 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	}
 	n := uint64(len(batch.Points))
 	d.counts.Ingested += n
-	commit = append(commit, func() { in.m.ingested.Add(float64(n)) })
-	commit = append(commit, func() { in.m.batches("accepted").Inc() })
+	commit = append(commit, func() { in.m.ingested.Add(n) })
+	commit = append(commit, func() { in.m.batches("accepted").Add(1) })
 	d.cur.Through = b.Last()
 	if err := save(); err != nil {
 		return nil, err
@@ -504,7 +505,7 @@ func (in *Ingester) record(d *device, p *Point) (reboot bool) {
 		d.bootID = id
 		if reboot {
 			d.counts.Reboots++
-			in.m.reboots.Inc()
+			in.m.reboots.Add(1)
 		}
 	}
 	return reboot

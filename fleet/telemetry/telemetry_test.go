@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/metrics/metricstest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -362,20 +366,13 @@ func TestSeriesDownsampled(t *testing.T) {
 // TestFleetMetrics checks the exposition parses strictly, counts what was
 // ingested, and has the same series for one device as for many.
 func TestFleetMetrics(t *testing.T) {
-	in, clk := newIngester(t, Config{ReportingWindow: time.Minute})
-	scrapeCount := func() (int, map[string]*metricstest.Family) {
-		var buf strings.Builder
-		if _, err := in.Metrics().WriteTo(&buf); err != nil {
-			t.Fatal(err)
-		}
-		fams, err := metricstest.Parse(strings.NewReader(buf.String()))
-		if err != nil {
-			t.Fatalf("%v\n%s", err, buf.String())
-		}
-		if strings.Contains(buf.String(), "dev-") {
+	in, clk := newIngester(t, Config{ReportingWindow: time.Minute, Metrics: prometheus.NewPedanticRegistry()})
+	scrapeCount := func() (int, metricstest.Families) {
+		fams, text := metricstest.Scrape(t, metrics.Handler(in.Metrics(), nil))
+		if strings.Contains(text, "dev-") {
 			t.Fatal("a device ID appears in the metrics")
 		}
-		return strings.Count(buf.String(), "\n"), fams
+		return len(fams.Samples()), fams
 	}
 	in.Ingest("dev-0", envelope(t, batch(streamA, 1, 4, 0, 0), t0))
 	lines1, _ := scrapeCount()
@@ -387,32 +384,39 @@ func TestFleetMetrics(t *testing.T) {
 		t.Fatalf("exposition grew from %d to %d lines with 50 devices", lines1, lines50)
 	}
 	for _, c := range []struct {
-		fam, name string
-		labels    []string
-		want      float64
+		name   string
+		typ    dto.MetricType
+		labels []string
+		want   float64
 	}{
-		{"sigil_telemetry_points_ingested_total", "sigil_telemetry_points_ingested_total", nil, 200},
-		{"sigil_telemetry_points_dropped_total", "sigil_telemetry_points_dropped_total", nil, 98},
-		{"sigil_telemetry_device_reported_drops_total", "sigil_telemetry_device_reported_drops_total", nil, 98},
-		{"sigil_telemetry_batches_total", "sigil_telemetry_batches_total", []string{"result", "accepted"}, 50},
-		{"sigil_telemetry_devices", "sigil_telemetry_devices", nil, 50},
-		{"sigil_telemetry_devices_reporting", "sigil_telemetry_devices_reporting", nil, 50},
-		{"sigil_telemetry_cpu_busy_ratio", "sigil_telemetry_cpu_busy_ratio_count", nil, 200},
-		{"sigil_telemetry_cpu_busy_ratio", "sigil_telemetry_cpu_busy_ratio_bucket", []string{"le", "0.2"}, 0},
-		{"sigil_telemetry_cpu_busy_ratio", "sigil_telemetry_cpu_busy_ratio_bucket", []string{"le", "0.3"}, 200},
+		{"sigil_telemetry_points_ingested_total", dto.MetricType_COUNTER, nil, 200},
+		{"sigil_telemetry_points_dropped_total", dto.MetricType_COUNTER, nil, 98},
+		{"sigil_telemetry_device_reported_drops_total", dto.MetricType_COUNTER, nil, 98},
+		{"sigil_telemetry_points_duplicate_total", dto.MetricType_COUNTER, nil, 0},
+		{"sigil_telemetry_batches_total", dto.MetricType_COUNTER, []string{"result", "accepted"}, 50},
+		{"sigil_telemetry_batches_total", dto.MetricType_COUNTER, []string{"result", "stale"}, 0},
+		{"sigil_telemetry_devices", dto.MetricType_GAUGE, nil, 50},
+		{"sigil_telemetry_devices_reporting", dto.MetricType_GAUGE, nil, 50},
+		{"sigil_telemetry_cpu_busy_ratio_count", dto.MetricType_HISTOGRAM, nil, 200},
+		{"sigil_telemetry_cpu_busy_ratio_bucket", dto.MetricType_HISTOGRAM, []string{"le", "0.2"}, 0},
+		{"sigil_telemetry_cpu_busy_ratio_bucket", dto.MetricType_HISTOGRAM, []string{"le", "0.3"}, 200},
+		{"sigil_telemetry_cpu_busy_ratio_bucket", dto.MetricType_HISTOGRAM, []string{"le", "+Inf"}, 200},
 	} {
-		f := fams[c.fam]
-		if f == nil {
-			t.Fatalf("no family %s", c.fam)
+		fam := strings.TrimSuffix(strings.TrimSuffix(c.name, "_count"), "_bucket")
+		if f := fams[fam]; f == nil || f.GetType() != c.typ || f.GetHelp() == "" {
+			t.Fatalf("family %s: %v, want a %v with help", fam, f, c.typ)
 		}
-		if v, ok := f.Value(c.name, c.labels...); !ok || v != c.want {
+		if v, ok := fams.Value(c.name, c.labels...); !ok || v != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
 		}
+	}
+	if tot := in.Totals(); tot.Ingested != 200 || tot.Dropped != 98 || tot.Batches != 50 {
+		t.Errorf("totals %+v disagree with the metrics", tot)
 	}
 	clk.Add(2 * time.Minute)
 	in.Ingest("dev-7", envelope(t, batch(streamA, 7, 1, 6, 2), t0))
 	_, fams = scrapeCount()
-	if v, _ := fams["sigil_telemetry_devices_reporting"].Value("sigil_telemetry_devices_reporting"); v != 1 {
+	if v, _ := fams.Value("sigil_telemetry_devices_reporting"); v != 1 {
 		t.Fatalf("reporting after 2 minutes: %v", v)
 	}
 }
@@ -430,7 +434,7 @@ func TestSubmitRunAndAck(t *testing.T) {
 	env := envelope(t, batch(streamA, 1, 2, 0, 0), t0)
 	in.Submit("dev-1", env)
 	in.Submit("dev-1", env) // the queue holds one: this one waits for a resend
-	if v := in.m.queueFull.Value(); v != 1 {
+	if v := in.m.queueFull.Load(); v != 1 {
 		t.Fatalf("queue full counted %v", v)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -229,7 +229,7 @@ func Attest(ctx context.Context, o AttestOptions) (*AttestResult, error) {
 	// Quarantine latency.
 	serials := map[string]string{}
 	for _, id := range ids {
-		dev, err := fleet.Inv.Device(id)
+		dev, err := fleet.Inv.Device(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -282,11 +282,11 @@ func Attest(ctx context.Context, o AttestOptions) (*AttestResult, error) {
 // quarantined reports whether the inventory shows the device quarantined,
 // its old certificate serial revoked, and a quarantine alert recorded.
 func quarantined(f *harness.Fleet, id, serial string) (bool, error) {
-	dev, err := f.Inv.Device(id)
+	dev, err := f.Inv.Device(context.TODO(), id)
 	if err != nil {
 		return false, err
 	}
-	evs, err := f.Inv.Events(id, 50)
+	evs, err := f.Inv.Events(context.TODO(), id, 50)
 	if err != nil {
 		return false, err
 	}

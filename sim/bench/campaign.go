@@ -216,7 +216,7 @@ func campaignFleet(ctx context.Context, o CampaignOptions, trustFile string) (*b
 	// Enrolled by their EK certificates, the devices have no model the
 	// fleet assigned, and campaigns reach only the models of a release.
 	for _, id := range b.ids {
-		if err := fleet.Inv.Update(id, func(d *inventory.Device) error { d.Model = "bench-gw"; return nil }); err != nil {
+		if err := fleet.Inv.Update(ctx, id, func(d *inventory.Device) error { d.Model = "bench-gw"; return nil }); err != nil {
 			b.close()
 			return nil, err
 		}

@@ -140,7 +140,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*EnrollResult, error) {
 	res.PerSecond = float64(o.Devices) / res.Wall.Seconds()
 	res.Min, res.Max = slices.Min(res.ToActive), slices.Max(res.ToActive)
 	res.P50, res.P99 = percentile(res.ToActive, 50), percentile(res.ToActive, 99)
-	n, err := fleet.Inv.Counts()
+	n, err := fleet.Inv.Counts(ctx)
 	if err != nil {
 		return nil, err
 	}

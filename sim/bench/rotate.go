@@ -168,7 +168,7 @@ func Rotate(ctx context.Context, o RotateOptions) (*RotateResult, error) {
 func rotateRound(ctx context.Context, fleet *harness.Fleet, devices []*harness.Device, ids []string, o RotateOptions) (*RotateRound, error) {
 	from := make([]string, len(ids))
 	for i, id := range ids {
-		d, err := fleet.Inv.Device(id)
+		d, err := fleet.Inv.Device(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -213,7 +213,7 @@ func rotateRound(ctx context.Context, fleet *harness.Fleet, devices []*harness.D
 			if !st.Connected || st.CertSerial == from[i] || st.CertSerial == "" {
 				continue
 			}
-			dev, err := fleet.Inv.Device(ids[i])
+			dev, err := fleet.Inv.Device(ctx, ids[i])
 			if err != nil {
 				return false, err
 			}
@@ -286,7 +286,7 @@ func rotateRound(ctx context.Context, fleet *harness.Fleet, devices []*harness.D
 	err = poll(ctx, o.Timeout, 10*time.Millisecond, func() (bool, error) {
 		r.Revoked = 0
 		for i, id := range ids {
-			d, err := fleet.Inv.Device(id)
+			d, err := fleet.Inv.Device(ctx, id)
 			if err != nil {
 				return false, err
 			}
@@ -320,7 +320,7 @@ func rotateRound(ctx context.Context, fleet *harness.Fleet, devices []*harness.D
 
 // renewedAt is the time of the device's "renewed" event after t.
 func renewedAt(fleet *harness.Fleet, id string, after time.Time) (time.Time, error) {
-	evs, err := fleet.Inv.Events(id, 20)
+	evs, err := fleet.Inv.Events(context.TODO(), id, 20)
 	if err != nil {
 		return time.Time{}, err
 	}

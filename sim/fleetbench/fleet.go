@@ -276,10 +276,8 @@ func (f *fleet) scrape(ctx context.Context) (sample, error) {
 		return nil, fmt.Errorf("fleetbench: /metrics: %w", err)
 	}
 	out := sample{}
-	for _, fam := range fams {
-		for _, s := range fam.Samples {
-			out[sampleKey(s.Name, s.Labels)] = s.Value
-		}
+	for _, s := range fams.Samples() {
+		out[sampleKey(s.Name, s.Labels)] = s.Value
 	}
 	return out, nil
 }
@@ -358,7 +356,6 @@ type alertSink struct {
 	mu    sync.Mutex
 	first map[string]sinkArrival // by device ID, since the last watch
 	watch map[string]bool
-	total int
 }
 
 // sinkArrival is the first alert about a watched device.
@@ -390,7 +387,6 @@ func (s *alertSink) receive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	s.total++
 	id := p.Alert.DeviceID
 	if _, seen := s.first[id]; s.watch[id] && !seen && p.Transition == alert.TransitionFiring {
 		s.first[id] = sinkArrival{At: now, Rule: p.Alert.RuleID}
@@ -413,11 +409,4 @@ func (s *alertSink) arrival(id string) (sinkArrival, bool) {
 	defer s.mu.Unlock()
 	a, ok := s.first[id]
 	return a, ok
-}
-
-// received is how many notifications arrived in all.
-func (s *alertSink) received() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.total
 }

@@ -502,7 +502,7 @@ func startSimulatedDevices(ctx context.Context, fleet *Fleet, o DemoOptions) (fu
 		}
 	}
 	for i := range o.Devices {
-		tok, _, err := fleet.Inv.CreateToken(inventory.Grant{Model: "demo-gateway"}, "demo", time.Hour)
+		tok, _, err := fleet.Inv.CreateToken(ctx, inventory.Grant{Model: "demo-gateway"}, "demo", time.Hour)
 		if err != nil {
 			stop()
 			return nil, err

@@ -155,7 +155,7 @@ func TestSwarm(t *testing.T) {
 			if o.Active.IsZero() || !o.Connected {
 				return false, fmt.Sprintf("device %d: %+v", d.Index, o)
 			}
-			dev, err := f.Inv.Device(o.DeviceID)
+			dev, err := f.Inv.Device(ctx, o.DeviceID)
 			if err != nil || dev.State != inventory.StateActive || dev.CertSerial != o.CertSerial {
 				return false, fmt.Sprintf("device %d in the inventory: %+v %v", d.Index, dev, err)
 			}
@@ -173,7 +173,7 @@ func TestSwarm(t *testing.T) {
 		}
 	}
 	for i, id := range ids {
-		if d, err := f.Inv.Device(id); err != nil || d.Model != swarm.DefaultModel {
+		if d, err := f.Inv.Device(ctx, id); err != nil || d.Model != swarm.DefaultModel {
 			t.Fatalf("device %d has model %q (%v)", i, d.Model, err)
 		}
 	}
@@ -199,7 +199,7 @@ func TestSwarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll(t, 30*time.Second, "the tampered device quarantined", func() (bool, string) {
-		dev, err := f.Inv.Device(ids[tampered])
+		dev, err := f.Inv.Device(ctx, ids[tampered])
 		o := td.Outcome()
 		return err == nil && dev.State == inventory.StateQuarantined && dev.IsRevoked(serial) && o.Disconnects > 0 &&
 				!o.LastDisconnect.IsZero() && strings.HasPrefix(o.Verdict, wire.VerdictFail),
@@ -240,7 +240,7 @@ func TestSwarm(t *testing.T) {
 				continue
 			}
 			o := d.Outcome()
-			dev, err := f.Inv.Device(ids[i])
+			dev, err := f.Inv.Device(ctx, ids[i])
 			if err != nil || !o.Connected || o.CertSerial == before[ids[i]] || !dev.Admits(o.CertSerial, now) || !dev.IsRevoked(before[ids[i]]) {
 				return false, fmt.Sprintf("device %d: agent on %s (connected %v), inventory on %s, previous %s revoked %v (%v)",
 					i, o.CertSerial, o.Connected, dev.CertSerial, before[ids[i]], dev.IsRevoked(before[ids[i]]), err)
@@ -307,7 +307,7 @@ func TestSwarm(t *testing.T) {
 			if o := devs[i].Outcome(); o.Firmware != "2.0.0" {
 				return false, fmt.Sprintf("device %d runs %q", i, o.Firmware)
 			}
-			if d, err := f.Inv.Device(ids[i]); err != nil || d.Firmware != "2.0.0" {
+			if d, err := f.Inv.Device(ctx, ids[i]); err != nil || d.Firmware != "2.0.0" {
 				return false, fmt.Sprintf("device %d recorded on %q (%v)", i, d.Firmware, err)
 			}
 		}

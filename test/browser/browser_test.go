@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 	"github.com/sigil-iot/sigil/sim/swtpm"
 	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
@@ -129,23 +130,26 @@ func TestConsoleInChromium(t *testing.T) {
 	searched := start(trusted[0], "SN-BROWSER-0001")
 	other := start(trusted[1], "SN-BROWSER-0002")
 	pending := start(untrusted, "SN-BROWSER-0003")
-	stSearched := wait(t, searched, harness.Connected)
-	stOther := wait(t, other, harness.Connected)
-	wait(t, pending, func(s agent.Status) bool { return s.Enrollment == "pending" })
-	waiting, _, err := f.Inv.ListDevices(inventory.Filter{State: inventory.StatePending})
+	stSearched := waitStatus(t, searched, harness.Connected)
+	stOther := waitStatus(t, other, harness.Connected)
+	waitStatus(t, pending, func(s agent.Status) bool { return s.Enrollment == "pending" })
+	waiting, _, err := f.Inv.ListDevices(t.Context(), inventory.Filter{State: inventory.StatePending})
 	if err != nil || len(waiting) != 1 {
 		t.Fatalf("pending devices: %d, %v", len(waiting), err)
 	}
 	pendingID := waiting[0].ID
+	// Enrolled by their EK certificates, the devices have only the model
+	// they claim until the fleet assigns one, as an operator would here:
+	// campaigns and policies go by the fleet's model.
 	for id, owner := range map[string]string{stSearched.DeviceID: "plant-a", stOther.DeviceID: "plant-b"} {
-		if err := f.Inv.Update(id, func(d *inventory.Device) error { d.Owner, d.Group = owner, "gateways"; return nil }); err != nil {
+		if err := f.Inv.Update(t.Context(), id, func(d *inventory.Device) error { d.Owner, d.Group, d.Model = owner, "gateways", "gw-1"; return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A reference policy learned from the first device's passing
 	// attestation, for the policies page and the verdicts that cite it.
 	var golden map[string]map[int]string
-	for deadline := time.Now().Add(30 * time.Second); golden == nil; time.Sleep(100 * time.Millisecond) {
+	wait.For(t, "a passing attestation to learn a policy from", func() bool {
 		recs, err := f.Attest.History(stSearched.DeviceID, 10)
 		if err != nil {
 			t.Fatal(err)
@@ -153,13 +157,11 @@ func TestConsoleInChromium(t *testing.T) {
 		for _, r := range recs {
 			if r.Result == "pass" && len(r.PCRs) > 0 {
 				golden = r.PCRs
-				break
+				return true
 			}
 		}
-		if golden == nil && time.Now().After(deadline) {
-			t.Fatal("no passing attestation to learn a policy from")
-		}
-	}
+		return false
+	})
 	if _, err := f.Policy.Put(policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1", Action: policy.ActionAlert,
 		PCRs: golden, Comment: "learned from " + stSearched.DeviceID}); err != nil {
 		t.Fatal(err)
@@ -190,14 +192,14 @@ func TestConsoleInChromium(t *testing.T) {
 
 	// What the browser did, as the fleet records it.
 	// The approved device enrolls (it is nudged at once) and connects.
-	if st := wait(t, pending, harness.Connected); st.DeviceID != pendingID {
+	if st := waitStatus(t, pending, harness.Connected); st.DeviceID != pendingID {
 		t.Fatalf("the approved device enrolled as %s", st.DeviceID)
 	}
-	if d, _ := f.Inv.Device(pendingID); d.State != inventory.StateActive || d.TrustPath != inventory.TrustApproval {
+	if d, _ := f.Inv.Device(t.Context(), pendingID); d.State != inventory.StateActive || d.TrustPath != inventory.TrustApproval {
 		t.Fatalf("approved device: %+v", d)
 	}
 	// Quarantined and released with the justifications typed in.
-	evs, err := f.Inv.Events(stOther.DeviceID, 50)
+	evs, err := f.Inv.Events(t.Context(), stOther.DeviceID, 50)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,11 +213,11 @@ func TestConsoleInChromium(t *testing.T) {
 			t.Errorf("device events lack %q:\n%s", want, all)
 		}
 	}
-	if d, _ := f.Inv.Device(stOther.DeviceID); d.State != inventory.StateActive {
+	if d, _ := f.Inv.Device(t.Context(), stOther.DeviceID); d.State != inventory.StateActive {
 		t.Errorf("released device is %s", d.State)
 	}
 	// The enrollment token shown once is a valid one.
-	if _, err := f.Inv.CheckToken(res.EnrollmentToken, "gw-1", time.Now()); err != nil {
+	if _, err := f.Inv.CheckToken(t.Context(), res.EnrollmentToken, "gw-1", time.Now()); err != nil {
 		t.Errorf("the enrollment token the console showed does not check: %v", err)
 	}
 	// The API token was created for the operator, then revoked.
@@ -243,7 +245,8 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 }
 
-func wait(t *testing.T, d *harness.Device, cond func(agent.Status) bool) agent.Status {
+// waitStatus waits until d's status satisfies cond.
+func waitStatus(t *testing.T, d *harness.Device, cond func(agent.Status) bool) agent.Status {
 	t.Helper()
 	st, err := d.Wait(context.Background(), 60*time.Second, cond)
 	if err != nil {

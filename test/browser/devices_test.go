@@ -49,20 +49,20 @@ func TestDevicePagesInChromium(t *testing.T) {
 			Group: []string{"gateways", "cameras"}[i%2], TrustPath: inventory.TrustEKCA, CertSerial: fmt.Sprintf("%x", 0xc0000+i),
 			CertExpiry: now.Add(time.Duration(i+1) * 7 * time.Hour), FirstSeen: now.Add(-72 * time.Hour), EnrolledAt: now.Add(-72 * time.Hour),
 			LastSeen: now.Add(-time.Duration(i) * 13 * time.Minute), Attestation: "pass", LastAttested: now.Add(-time.Duration(i) * time.Minute)}
-		if err := f.Inv.PutDevice(d); err != nil {
+		if err := f.Inv.PutDevice(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The device whose history pages: 45 events (20 + 20 + 5).
 	paged := id(1)
 	for i := range 45 {
-		if err := f.Inv.AddEvent(inventory.Event{DeviceID: paged, Time: now.Add(-time.Duration(45-i) * time.Hour), Kind: "renewed",
+		if err := f.Inv.AddEvent(ctx, inventory.Event{DeviceID: paged, Time: now.Add(-time.Duration(45-i) * time.Hour), Kind: "renewed",
 			Detail: fmt.Sprintf("event %02d: certificate %064x for a new TPM key; replaces %064x", i, i+1, i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	quarantined := id(2)
-	if _, _, err := f.Inv.Quarantine(quarantined, inventory.Cause{Source: inventory.CauseAttestation, Policy: "gw-base", Reason: quarantineReason,
+	if _, _, err := f.Inv.Quarantine(ctx, quarantined, inventory.Cause{Source: inventory.CauseAttestation, Policy: "gw-base", Reason: quarantineReason,
 		Time: now.Add(-20 * time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestDevicePagesInChromium(t *testing.T) {
 	// The tag the browser added, as the inventory has it: on the two
 	// devices ticked, on no other.
 	for i := range 75 {
-		d, err := f.Inv.Device(id(i))
+		d, err := f.Inv.Device(ctx, id(i))
 		if err != nil {
 			t.Fatal(err)
 		}

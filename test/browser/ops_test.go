@@ -81,20 +81,20 @@ func TestConsoleOpsInChromium(t *testing.T) {
 	}
 
 	// Issued enrollment tokens: one unused, one used by an enrolled device.
-	_, unused, err := f.Inv.CreateToken(inventory.Grant{}, "plant-a", 24*time.Hour)
+	_, unused, err := f.Inv.CreateToken(ctx, inventory.Grant{}, "plant-a", 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	usedSecret, used, err := f.Inv.CreateToken(inventory.Grant{}, "plant-b", 24*time.Hour)
+	usedSecret, used, err := f.Inv.CreateToken(ctx, inventory.Grant{}, "plant-b", 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	enrolled := inventorytest.NewDevice(7)
 	enrolled.Attestation = "fail"
-	if err := f.Inv.PutDevice(enrolled); err != nil {
+	if err := f.Inv.PutDevice(ctx, enrolled); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Inv.ConsumeToken(usedSecret, enrolled.ID, "", time.Now()); err != nil {
+	if _, err := f.Inv.ConsumeToken(ctx, usedSecret, enrolled.ID, "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 

@@ -23,7 +23,9 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -120,21 +122,16 @@ func preparePages(t *testing.T, f *harness.Fleet, signer *sign.Signer, searchedI
 		Threshold: &alert.Threshold{Metric: "proc.count", Op: ">", Value: 1}}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	wait.For(t, "the alert rule to fire on the device's telemetry", func() bool {
 		open, _, err := f.Alerts.Alerts(alert.Query{RuleID: "proc-count", Open: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(open) == 1 {
 			p.alert = open[0]
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the alert rule did not fire on the device's telemetry")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return len(open) == 1
+	})
 
 	sam := clientAs(t, f, "sam", auth.RoleSecurityAdmin)
 	sam.Justification = approvalWhy
@@ -170,17 +167,18 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 		t.Fatal(err)
 	}
 	for _, d := range devs {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			inv, err := f.Inv.Device(d.ID)
-			if err == nil && inv.Firmware == releaseVersion {
-				break
+		var (
+			firmware string
+			err      error
+		)
+		if !wait.Poll(20*time.Second, func() bool {
+			var inv *inventory.Device
+			if inv, err = f.Inv.Device(t.Context(), d.ID); err == nil {
+				firmware = inv.Firmware
 			}
-			if time.Now().After(deadline) {
-				t.Errorf("device %s runs %q after the campaign, want %s (%v)", d.ID, inv.Firmware, releaseVersion, err)
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
+			return err == nil && firmware == releaseVersion
+		}) {
+			t.Errorf("device %s runs %q after the campaign, want %s (%v)", d.ID, firmware, releaseVersion, err)
 		}
 	}
 	// The alert was acknowledged by the operator with the note typed in.

@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -135,6 +136,17 @@ func TestBrokerACL(t *testing.T) {
 	asB := []string{"-i", idB, "--cert", certB, "--key", keyB}
 	downA, downB := "sigil/v1/dev/"+idA+"/down/cmd", "sigil/v1/dev/"+idB+"/down/cmd"
 	upA, upB := "sigil/v1/dev/"+idA+"/up/hello", "sigil/v1/dev/"+idB+"/up/probe"
+	// flush publishes as B on its own topic and waits for the fleet to
+	// receive it: a message the broker took before it and passed on has
+	// reached the fleet by then (a barrier, not a time to wait).
+	flush := func(t *testing.T) {
+		t.Helper()
+		n := up.count(upB)
+		if out, err := publish(t, f, upB, asB...); err != nil {
+			t.Fatalf("B on its own up topic: %v %s", err, out)
+		}
+		waitFor(t, func() bool { return up.count(upB) == n+1 }, "B's message after the ones under test")
+	}
 
 	// First: a connection with the software certificate recorded above,
 	// issued after B's TPM one, supersedes (revokes) the TPM one.
@@ -212,7 +224,7 @@ func TestBrokerACL(t *testing.T) {
 	})
 	t.Run("publish as another device", func(t *testing.T) {
 		publish(t, f, upA, asB...)
-		time.Sleep(300 * time.Millisecond)
+		flush(t)
 		if n := up.count(upA); n != 0 {
 			t.Fatalf("fleet received %d forged messages on A's topic", n)
 		}
@@ -233,7 +245,7 @@ func TestBrokerACL(t *testing.T) {
 		if out, err := publish(t, f, upA, "-i", idA); err == nil {
 			t.Fatalf("a client without certificate took device A's client ID: %s", out)
 		}
-		time.Sleep(300 * time.Millisecond)
+		flush(t)
 		if n := up.count(upA); n != 0 {
 			t.Fatalf("fleet received %d messages from clients without certificate", n)
 		}
@@ -253,7 +265,7 @@ func TestBrokerACL(t *testing.T) {
 		// B connected with the software certificate issued after its TPM
 		// one (the subtests above): the fleet revoked the older one.
 		waitFor(t, func() bool {
-			d, err := f.Inv.Device(idB)
+			d, err := f.Inv.Device(t.Context(), idB)
 			return err == nil && d.IsRevoked(serialB)
 		}, "the TPM certificate to be revoked as superseded")
 		_, err := link.Dial(context.Background(), linkB)
@@ -266,11 +278,5 @@ func TestBrokerACL(t *testing.T) {
 
 func waitFor(t testing.TB, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.For(t, what, cond)
 }

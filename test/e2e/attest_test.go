@@ -192,7 +192,7 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if v := attestAfter(t, c, id, first.Seq, "a verdict under the learned policy", judgedBy(pol.ID)); v.Result != "pass" {
 		t.Fatalf("verdict under the learned policy %+v", v)
 	}
-	before, _ := f.Inv.Device(id)
+	before, _ := f.Inv.Device(t.Context(), id)
 
 	sessionBefore := d.Status().ConnectedAt
 	seq := latestSeq(t, c, id)
@@ -206,11 +206,11 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if !strings.Contains(v.Failures[0].Message, "PCR 9") {
 		t.Fatalf("explanation does not name the PCR: %q", v.Failures[0].Message)
 	}
-	dev, _ := f.Inv.Device(id)
+	dev, _ := f.Inv.Device(t.Context(), id)
 	if dev.State != inventory.StateQuarantined || !dev.IsRevoked(before.CertSerial) {
 		t.Fatalf("after failure: state %s revoked %v", dev.State, dev.Revoked)
 	}
-	evs, _ := f.Inv.Events(id, 20)
+	evs, _ := f.Inv.Events(t.Context(), id, 20)
 	kinds := []string{}
 	for _, e := range evs {
 		kinds = append(kinds, e.Kind)
@@ -237,7 +237,7 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateQuarantined || dev.CertSerial != st.CertSerial {
+	if dev, _ := f.Inv.Device(t.Context(), id); dev.State != inventory.StateQuarantined || dev.CertSerial != st.CertSerial {
 		t.Fatalf("after re-enrollment: %+v", dev)
 	}
 	if v := attestAfter(t, c, id, seq, "a verdict on the re-enrolled device's tampered evidence", tampered); v.Result != "fail" {
@@ -254,7 +254,7 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if v.Result != "pass" || !v.Rebooted || v.ResetCount <= first.ResetCount {
 		t.Fatalf("after reboot %+v", v)
 	}
-	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateQuarantined {
+	if dev, _ := f.Inv.Device(t.Context(), id); dev.State != inventory.StateQuarantined {
 		t.Fatal("released without an operator although the policy does not auto-release")
 	}
 	if _, err := c.Release(ctx, id, ""); err == nil {
@@ -263,7 +263,7 @@ func TestAttestationTamperQuarantine(t *testing.T) {
 	if _, err := c.Release(ctx, id, "PCR 9 tampering was a test; TPM rebooted and verified"); err != nil {
 		t.Fatal(err)
 	}
-	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateActive {
+	if dev, _ := f.Inv.Device(t.Context(), id); dev.State != inventory.StateActive {
 		t.Fatalf("after release: %s", dev.State)
 	}
 	waitFor(t, func() bool { s := d2.Status(); return s.Connected && s.ConnectedAt.After(st.ConnectedAt) }, "the released device to reconnect with full access")
@@ -282,15 +282,25 @@ func TestAttestationStale(t *testing.T) {
 		c.EventLog = "-"
 	}})
 	id := waitConnected(t, d).DeviceID
-	// Attesting on schedule, the device is not stale.
-	time.Sleep(1500 * time.Millisecond)
-	if dev, _ := f.Inv.Device(id); dev.HasFlag(attest.FlagStale) || dev.Attestation != "pass" {
+	// Attesting on schedule, the device is not stale: not after it kept
+	// attesting for longer than the fleet's stale window (2 intervals of
+	// 500 ms, swept every 125 ms).
+	var first time.Time
+	waitFor(t, func() bool {
+		dev, _ := f.Inv.Device(t.Context(), id)
+		if first.IsZero() {
+			first = dev.LastAttested
+			return false
+		}
+		return dev.LastAttested.Sub(first) >= 1500*time.Millisecond
+	}, "the device to attest for 1.5 s")
+	if dev, _ := f.Inv.Device(t.Context(), id); dev.HasFlag(attest.FlagStale) || dev.Attestation != "pass" {
 		t.Fatalf("live device: %+v", dev)
 	}
 	d.Stop()
 	waitFor(t, func() bool {
-		dev, _ := f.Inv.Device(id)
-		evs, _ := f.Inv.Events(id, 10)
+		dev, _ := f.Inv.Device(t.Context(), id)
+		evs, _ := f.Inv.Events(t.Context(), id, 10)
 		return dev.HasFlag(attest.FlagStale) &&
 			slices.ContainsFunc(evs, func(e inventory.Event) bool { return e.Kind == "alert" && strings.HasPrefix(e.Detail, "stale") })
 	}, "the stopped device to be flagged stale with an alert")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		t.Fatalf("only %d routes registered", len(routes))
 	}
 	dev := &inventory.Device{ID: "0123456789abcdef0123456789abcdef", State: inventory.StateActive}
-	if err := f.Inv.PutDevice(dev); err != nil {
+	if err := f.Inv.PutDevice(ctx, dev); err != nil {
 		t.Fatal(err)
 	}
 	doBody := func(method, path, tok, body string) int {
@@ -168,7 +169,12 @@ func TestSessionAndCSRF(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("login right after a failure: %d, want 429", resp.StatusCode)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	after, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || after < 1 {
+		t.Fatalf("429 with Retry-After %q", resp.Header.Get("Retry-After"))
+	}
+	// sleep: the client waits as long as the throttle's Retry-After says; then it is admitted
+	time.Sleep(time.Duration(after) * time.Second)
 	resp = post("/api/v1/login", "", map[string]string{"user": "olga", "password": "correct horse battery staple"})
 	var login auth.LoginResponse
 	json.NewDecoder(resp.Body).Decode(&login)

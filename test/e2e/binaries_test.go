@@ -205,6 +205,7 @@ func TestKillDuringRenewal(t *testing.T) {
 	waitFor(t, connected, "sigild to enroll and connect")
 	serials := map[string]bool{}
 	for i := range 10 {
+		// sleep: each kill lands at another point of the ~1.2 s renewal cycle (the moment varies; nothing is awaited)
 		time.Sleep(time.Duration(150+i*137%1300) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -220,7 +221,7 @@ func TestKillDuringRenewal(t *testing.T) {
 		}
 		json.Unmarshal(out, &st)
 		serials[st.CertSerial] = true
-		dev, err := f.Inv.Device(st.DeviceID)
+		dev, err := f.Inv.Device(t.Context(), st.DeviceID)
 		if err != nil || dev.State != "active" || dev.IsRevoked(st.CertSerial) {
 			t.Fatalf("after kill %d: device %+v, %v", i, dev, err)
 		}

@@ -38,7 +38,7 @@ func runBinary(t *testing.T, bin string, args ...string) (stdout, stderr string,
 }
 
 // TestEveryCommandHelp runs the real binaries: every sigil command and
-// subcommand its completion script offers, and every sigild command its
+// subcommand its completion script offers (asked in bash, word by word), and every sigild command its
 // usage names, answers --help and -h with exit 0 and its usage on stdout
 // (`sigil audit verify --help` exited 2).
 func TestEveryCommandHelp(t *testing.T) {
@@ -48,21 +48,30 @@ func TestEveryCommandHelp(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("sigil completion bash: exit %d", code)
 	}
-	top := regexp.MustCompile(`-eq 1 \]; then COMPREPLY=\(\$\(compgen -W "([^"]+)"`).FindStringSubmatch(script)
-	if top == nil {
-		t.Fatalf("no command list in the completion script:\n%s", script)
+	scriptFile := filepath.Join(dir, "sigil.bash")
+	if err := os.WriteFile(scriptFile, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	subs := map[string][]string{}
-	for _, m := range regexp.MustCompile(`(?m)^\s+([a-z-]+)\) COMPREPLY=\(\$\(compgen -W "([^"]+)"`).FindAllStringSubmatch(script, -1) {
-		subs[m[1]] = strings.Fields(m[2])
+	// complete asks the completion script, in bash, what follows words.
+	complete := func(words ...string) []string {
+		t.Helper()
+		args := append([]string{"-c", `source "$0"; COMP_WORDS=(sigil "$@" ""); COMP_CWORD=$(( $# + 1 )); _sigil; printf '%s\n' "${COMPREPLY[@]}"`, scriptFile}, words...)
+		out, err := exec.Command("bash", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bash: %v\n%s", err, out)
+		}
+		return strings.Fields(string(out))
 	}
 	var invocations [][]string
-	for _, cmd := range strings.Fields(top[1]) {
-		invocations = append(invocations, []string{cmd})
-		for _, sub := range subs[cmd] {
-			invocations = append(invocations, []string{cmd, sub})
+	var walk func(words []string)
+	walk = func(words []string) {
+		for _, w := range complete(words...) {
+			next := append(append([]string{}, words...), w)
+			invocations = append(invocations, next)
+			walk(next)
 		}
 	}
+	walk(nil)
 	if len(invocations) < 100 {
 		t.Fatalf("only %d sigil invocations found", len(invocations))
 	}

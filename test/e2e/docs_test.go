@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/metrics/metricstest"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -257,23 +260,22 @@ func TestDocExamples(t *testing.T) {
 // within retry if that is not zero.
 func runExample(t *testing.T, e docExample, script, dir string, env []string, retry time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(retry)
-	for {
+	var (
+		out []byte
+		err error
+	)
+	if wait.Poll(retry, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
 		cmd := exec.CommandContext(ctx, "bash", "-e", "-o", "pipefail", "-c", script)
 		cmd.Dir, cmd.Env = dir, env
-		out, err := cmd.CombinedOutput()
-		cancel()
-		if err == nil {
-			t.Logf("%s: ran", e.where())
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%s: example failed: %v\n--- script\n%s--- output\n%s", e.where(), err, script, out)
-			return
-		}
-		time.Sleep(500 * time.Millisecond)
+		out, err = cmd.CombinedOutput()
+		return err == nil
+	}) {
+		t.Logf("%s: ran", e.where())
+		return
 	}
+	t.Errorf("%s: example failed: %v\n--- script\n%s--- output\n%s", e.where(), err, script, out)
 }
 
 // prometheusAccept is the Accept header Prometheus 3 sends when it scrapes.
@@ -283,8 +285,9 @@ const prometheusAccept = "application/openmetrics-text;version=1.0.0;escaping=un
 
 // scrapeAsPrometheus reads a scrape configuration (the fields the example
 // uses) and scrapes the target with curl as Prometheus would: its Accept
-// header, the bearer token from credentials_file, the CA from ca_file. The
-// answer must be 200 in the text exposition format.
+// header, gzip accepted, the bearer token from credentials_file, the CA
+// from ca_file. The answer must be 200, gzip-compressed, in the text
+// exposition format as expfmt reads it (metricstest.Parse).
 func scrapeAsPrometheus(t *testing.T, e docExample, yaml, dir string) {
 	t.Helper()
 	field := func(name string) string {
@@ -307,7 +310,7 @@ func scrapeAsPrometheus(t *testing.T, e docExample, yaml, dir string) {
 		t.Fatalf("%s: credentials_file: %v (the example before it should have written it)", e.where(), err)
 	}
 	headers := filepath.Join(dir, "scrape.headers")
-	cmd := exec.Command("curl", "-sS", "--fail-with-body", "--cacert", field("ca_file"), "-D", headers,
+	cmd := exec.Command("curl", "-sS", "--fail-with-body", "--compressed", "--cacert", field("ca_file"), "-D", headers,
 		"-H", "Authorization: Bearer "+strings.TrimSpace(string(token)), "-H", "Accept: "+prometheusAccept,
 		"-H", "User-Agent: Prometheus/3.5.0", "-H", "X-Prometheus-Scrape-Timeout-Seconds: 10", target)
 	body, err := cmd.Output()
@@ -318,18 +321,14 @@ func scrapeAsPrometheus(t *testing.T, e docExample, yaml, dir string) {
 	if !regexp.MustCompile(`(?im)^content-type: text/plain; version=0\.0\.4`).Match(h) {
 		t.Errorf("%s: the scrape's answer is not the text format 0.0.4:\n%s", e.where(), h)
 	}
-	sample := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? ([-+0-9.eE]+|NaN|[+-]Inf)( -?[0-9]+)?$`)
-	n := 0
-	for _, line := range strings.Split(strings.TrimSpace(string(body)), "\n") {
-		switch {
-		case strings.HasPrefix(line, "# HELP ") || strings.HasPrefix(line, "# TYPE "):
-		case sample.MatchString(line):
-			n++
-		default:
-			t.Errorf("%s: not a line of the text exposition format: %q", e.where(), line)
-		}
+	if !regexp.MustCompile(`(?im)^content-encoding: gzip`).Match(h) {
+		t.Errorf("%s: the scrape's answer is not gzip-compressed, though Prometheus accepts it:\n%s", e.where(), h)
 	}
-	if n == 0 {
+	fams, err := metricstest.Parse(bytes.NewReader(body))
+	if err != nil {
+		t.Errorf("%s: the scrape's answer is not valid text exposition: %v", e.where(), err)
+	}
+	if len(fams.Samples()) == 0 {
 		t.Errorf("%s: the scrape returned no samples", e.where())
 	}
 }

@@ -7,12 +7,13 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"github.com/sigil-iot/sigil/device/agent"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/device/agent"
 
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/tpm"
@@ -126,7 +127,7 @@ func TestEnrollByAllowList(t *testing.T) {
 	// No EK CA: only the allow-list can admit this EK.
 	f := startFleet(t, func(c *server.Config) { c.EKAllowList = list })
 	st := waitConnected(t, startDevice(t, f, inst, harness.DeviceConfig{}))
-	dev, err := f.Inv.Device(st.DeviceID)
+	dev, err := f.Inv.Device(t.Context(), st.DeviceID)
 	if err != nil || dev.TrustPath != "allowlist" || dev.State != inventory.StateActive || dev.EKFingerprint != fp {
 		t.Fatalf("device = %+v, %v", dev, err)
 	}
@@ -143,7 +144,7 @@ func TestEnrollByToken(t *testing.T) {
 	os.WriteFile(tokenFile, []byte(tok.Token+"\n"), 0o600)
 	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{Tweak: func(c *agentConfig) { c.TokenFile = tokenFile }})
 	st := waitConnected(t, d)
-	dev, err := f.Inv.Device(st.DeviceID)
+	dev, err := f.Inv.Device(t.Context(), st.DeviceID)
 	if err != nil || dev.TrustPath != "token" || dev.Owner != "plant-a" || dev.State != inventory.StateActive {
 		t.Fatalf("device = %+v, %v", dev, err)
 	}
@@ -179,7 +180,7 @@ func TestEnrollByApproval(t *testing.T) {
 	}
 	// PendingRetry is a minute: enrolling now proves the fleet's retry nudge works.
 	st = waitConnected(t, d)
-	dev, _ := f.Inv.Device(st.DeviceID)
+	dev, _ := f.Inv.Device(t.Context(), st.DeviceID)
 	if st.DeviceID != id || dev.State != inventory.StateActive || dev.TrustPath != "approval" {
 		t.Fatalf("after approval: status %+v, device %+v", st, dev)
 	}

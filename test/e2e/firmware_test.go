@@ -32,6 +32,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/harness"
@@ -115,17 +116,17 @@ func status(err error) int {
 // waitCampaign polls a campaign until cond holds.
 func waitCampaign(t *testing.T, c *api.Client, id string, timeout time.Duration, what string, cond func(*campaign.Campaign) bool) *campaign.Campaign {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		cur, err := c.Campaign(context.Background(), id)
-		if err == nil && cond(cur) {
-			return cur
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("campaign %s: %s not reached in %v: %+v (err %v)", id, what, timeout, cur, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var (
+		cur *campaign.Campaign
+		err error
+	)
+	if !wait.Poll(timeout, func() bool {
+		cur, err = c.Campaign(context.Background(), id)
+		return err == nil && cond(cur)
+	}) {
+		t.Fatalf("campaign %s: %s not reached in %v: %+v (err %v)", id, what, timeout, cur, err)
 	}
+	return cur
 }
 
 func campaignDevice(t *testing.T, c *api.Client, id, device string) campaign.Device {
@@ -147,17 +148,16 @@ func campaignDevice(t *testing.T, c *api.Client, id, device string) campaign.Dev
 // device said it runs in its hello.
 func waitFirmware(t *testing.T, f *harness.Fleet, id, version string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		d, err := f.Inv.Device(id)
-		if err == nil && d.Firmware == version {
-			return
+	wait.Until(t, func() error {
+		d, err := f.Inv.Device(t.Context(), id)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("device %s: fleet records firmware %q, want %q (err %v)", id, d.Firmware, version, err)
+		if d.Firmware != version {
+			return fmt.Errorf("device %s: fleet records firmware %q, want %q", id, d.Firmware, version)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // bootRecord reads a device's file-backend boot record.
@@ -375,7 +375,7 @@ func TestFirmwareCampaign(t *testing.T) {
 	if br := bootRecord(t, bad.dir); br.Active != "a" || br.Booted != "a" {
 		t.Fatalf("unhealthy device boots %+v, want slot a", br)
 	}
-	if d, _ := f.Inv.Device(bad.id); d.Firmware != "1.0.0" {
+	if d, _ := f.Inv.Device(t.Context(), bad.id); d.Firmware != "1.0.0" {
 		t.Fatalf("unhealthy device recorded on %q", d.Firmware)
 	}
 

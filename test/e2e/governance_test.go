@@ -26,6 +26,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
 	"github.com/sigil-iot/sigil/sim/swtpm"
@@ -105,7 +106,7 @@ func openAlert(t *testing.T, f *harness.Fleet, id, rule string) bool {
 func waitDisconnected(t *testing.T, f *harness.Fleet, id string) {
 	t.Helper()
 	waitFor(t, func() bool {
-		d, err := f.Inv.Device(id)
+		d, err := f.Inv.Device(t.Context(), id)
 		return err == nil && !f.Broker.Connected(id) && !d.Connected
 	}, "the device to be disconnected")
 }
@@ -141,7 +142,7 @@ func TestGovernanceDormant(t *testing.T) {
 			if err != nil || len(l.Devices) != 1 || l.Devices[0].DeviceID != id || l.Devices[0].LastSeen.IsZero() {
 				t.Fatalf("dormant list %+v %v", l, err)
 			}
-			dev, _ := f.Inv.Device(id)
+			dev, _ := f.Inv.Device(t.Context(), id)
 			if !dev.HasFlag(governance.FlagDormant) || !slices.Contains(eventKinds(t, c, id), governance.KindDormant) {
 				t.Fatalf("dormant device: flags %v, events %v", dev.Flags, eventKinds(t, c, id))
 			}
@@ -174,7 +175,7 @@ func TestGovernanceDormant(t *testing.T) {
 			if rep := sweepNow(t, c); rep.Dormant != 0 {
 				t.Fatalf("returned device still dormant: %+v", rep)
 			}
-			dev, _ = f.Inv.Device(id)
+			dev, _ = f.Inv.Device(t.Context(), id)
 			if dev.HasFlag(governance.FlagDormant) || !slices.Contains(eventKinds(t, c, id), governance.KindDormant+"-resolved") {
 				t.Fatalf("returned device: flags %v, events %v", dev.Flags, eventKinds(t, c, id))
 			}
@@ -248,7 +249,7 @@ func TestGovernanceOrphanAndRisk(t *testing.T) {
 		if err != nil || len(l.Devices) != 1 || l.Devices[0].OrphanReason != `owner "alice" is departed` {
 			t.Fatalf("orphans %+v %v", l, err)
 		}
-		dev, _ := f.Inv.Device(id)
+		dev, _ := f.Inv.Device(ctx, id)
 		if !dev.HasFlag(governance.FlagOrphaned) || !slices.Contains(eventKinds(t, c, id), governance.KindOrphaned) {
 			t.Fatalf("orphaned device: flags %v events %v", dev.Flags, eventKinds(t, c, id))
 		}
@@ -259,7 +260,7 @@ func TestGovernanceOrphanAndRisk(t *testing.T) {
 		if rep := sweepNow(t, c); rep.Orphaned != 0 {
 			t.Fatalf("sweep after the owner returned: %+v", rep)
 		}
-		dev, _ = f.Inv.Device(id)
+		dev, _ = f.Inv.Device(ctx, id)
 		if dev.HasFlag(governance.FlagOrphaned) || !slices.Contains(eventKinds(t, c, id), governance.KindOrphaned+"-resolved") {
 			t.Fatalf("owned again: flags %v events %v", dev.Flags, eventKinds(t, c, id))
 		}
@@ -367,15 +368,13 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		return nil
 	}
 	connects := 0
-	deadline := time.Now().Add(40 * time.Second)
-	for incident() == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("no clone incident after %d connections of the clone", connects)
+	if !wait.Poll(40*time.Second, func() bool {
+		if incident() != nil {
+			return true
 		}
 		cl, lost, err := cloneClient(t, f, ident.Cert, signer, id)
 		if err != nil {
-			time.Sleep(100 * time.Millisecond)
-			continue
+			return false // refused: try again
 		}
 		connects++
 		// The device takes its session back; then the clone tries again.
@@ -384,6 +383,9 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 		cl.Disconnect(0)
+		return incident() != nil
+	}) {
+		t.Fatalf("no clone incident after %d connections of the clone", connects)
 	}
 	inc := incident()
 	t.Logf("incident after %d clone connections: %s", connects, inc.Evidence)
@@ -391,7 +393,7 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		t.Fatalf("incident %+v, want serial %s from 127.0.0.1 and 127.0.0.2", inc, serial)
 	}
 	waitFor(t, func() bool { x := incident(); return x != nil && x.Quarantined }, "the clone to be quarantined")
-	dev, _ := f.Inv.Device(id)
+	dev, _ := f.Inv.Device(ctx, id)
 	if dev.State != inventory.StateQuarantined || !dev.IsRevoked(serial) {
 		t.Fatalf("cloned device: state %s, revoked %v", dev.State, dev.Revoked)
 	}
@@ -444,7 +446,7 @@ func TestGovernanceEKClone(t *testing.T) {
 	if !strings.Contains(inc.Evidence, "SN-COPY") {
 		t.Fatalf("evidence does not name the other serial: %q", inc.Evidence)
 	}
-	dev, _ := f.Inv.Device(idA)
+	dev, _ := f.Inv.Device(ctx, idA)
 	if dev.State != inventory.StateQuarantined || !dev.HasFlag(governance.FlagCloneSuspect) {
 		t.Fatalf("original device: state %s flags %v", dev.State, dev.Flags)
 	}
@@ -458,7 +460,7 @@ func TestGovernanceEKClone(t *testing.T) {
 	if err := c.ResolveClone(ctx, idA, "ek", "checked"); err != nil {
 		t.Fatal(err)
 	}
-	dev, _ = f.Inv.Device(idA)
+	dev, _ = f.Inv.Device(ctx, idA)
 	if dev.HasFlag(governance.FlagCloneSuspect) {
 		t.Fatalf("flag kept after resolution: %v", dev.Flags)
 	}
@@ -635,7 +637,7 @@ func TestGovernanceTriageEnrollsUnknownEK(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := waitConnected(t, d)
-	dev, err := f.Inv.Device(st.DeviceID)
+	dev, err := f.Inv.Device(ctx, st.DeviceID)
 	if err != nil || dev.TrustPath != "triage" || dev.EKFingerprint != entry.EKFingerprint {
 		t.Fatalf("enrolled %+v %v", dev, err)
 	}

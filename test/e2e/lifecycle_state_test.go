@@ -47,7 +47,7 @@ func TestManualApprovalSecondSerial(t *testing.T) {
 			t.Fatalf("request %d (%s) of a never-approved TPM: %s %s %q", i+1, serial, res.Status, res.Reason, res.Message)
 		}
 	}
-	d, err := f.Inv.Device(k.id)
+	d, err := f.Inv.Device(t.Context(), k.id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestRenewedAwayCertificateRefused(t *testing.T) {
 	d.Stop()
 	first := readIdentity(t, dir)
 	second := renewRaw(t, f, inst, first)
-	dev, _ := f.Inv.Device(st.DeviceID)
+	dev, _ := f.Inv.Device(t.Context(), st.DeviceID)
 	if dev.CertSerial != second || second == st.CertSerial {
 		t.Fatalf("after the raw renewal the fleet holds %s (renewed %s, first %s)", dev.CertSerial, second, st.CertSerial)
 	}
@@ -118,7 +118,7 @@ func TestRenewedAwayCertificateRefused(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the decommissioned device was not refused as decommissioned: %v (%+v)", err, d.Status())
 	}
-	if dev, _ := f.Inv.Device(st.DeviceID); dev.State != inventory.StateDecommissioned {
+	if dev, _ := f.Inv.Device(ctx, st.DeviceID); dev.State != inventory.StateDecommissioned {
 		t.Fatalf("the decommissioned device is %s again", dev.State)
 	}
 }
@@ -183,7 +183,7 @@ func TestBrokerRefusesUnissuedFleetCertificate(t *testing.T) {
 	if out, err := publish(t, f, "sigil/v1/dev/"+id+"/up/hello", "-i", id, "--cert", certFile, "--key", keyFile); err == nil {
 		t.Fatalf("a fleet certificate never issued to %s connected: %s", id, out)
 	}
-	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateActive {
+	if dev, _ := f.Inv.Device(t.Context(), id); dev.State != inventory.StateActive {
 		t.Fatalf("device %s", dev.State)
 	}
 	waitConnected(t, d)

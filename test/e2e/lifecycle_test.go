@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
@@ -67,12 +69,12 @@ func TestRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { dev, _ := f.Inv.Device(st.DeviceID); return dev.IsRevoked(first.CertSerial) }, "the superseded certificate to be revoked")
-	dev, _ := f.Inv.Device(st.DeviceID)
+	waitFor(t, func() bool { dev, _ := f.Inv.Device(t.Context(), st.DeviceID); return dev.IsRevoked(first.CertSerial) }, "the superseded certificate to be revoked")
+	dev, _ := f.Inv.Device(t.Context(), st.DeviceID)
 	if dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
 		t.Fatalf("inventory after renewal: %+v", dev)
 	}
-	evs, _ := f.Inv.Events(st.DeviceID, 20)
+	evs, _ := f.Inv.Events(t.Context(), st.DeviceID, 20)
 	if !slices.ContainsFunc(evs, func(e inventory.Event) bool { return e.Kind == "renewed" }) {
 		t.Fatalf("no renewal event: %+v", evs)
 	}
@@ -112,7 +114,7 @@ func TestRenewalRefusedOnFailingAttestation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, _ := f.Inv.Device(st.DeviceID)
+	dev, _ := f.Inv.Device(ctx, st.DeviceID)
 	if dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
 		t.Fatalf("device after refused renewal: %+v", dev)
 	}
@@ -234,13 +236,14 @@ func TestRecoveryAfterExpiry(t *testing.T) {
 	d := startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: tweak})
 	st := waitConnected(t, d)
 	d.Stop()
-	time.Sleep(3500 * time.Millisecond) // past NotAfter (+ the CA's one-minute backdating does not extend NotAfter)
+	// sleep: offline past the certificate's NotAfter, on the real clock of sigild and the fleet (the CA's one-minute backdating does not extend NotAfter)
+	time.Sleep(time.Until(st.CertExpiry) + 500*time.Millisecond)
 	d = startDevice(t, f, inst, harness.DeviceConfig{Dir: dir, Tweak: tweak})
 	again, err := d.Wait(context.Background(), 30*time.Second, func(s agent.Status) bool { return s.Connected && s.CertSerial != st.CertSerial })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dev, _ := f.Inv.Device(st.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != again.CertSerial {
+	if dev, _ := f.Inv.Device(t.Context(), st.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != again.CertSerial {
 		t.Fatalf("after recovery %+v", dev)
 	}
 }
@@ -258,23 +261,28 @@ func TestExpiryStorm(t *testing.T) {
 	for _, d := range devs {
 		first[waitConnected(t, d).CertSerial] = true
 	}
+	// Each device renews every ~1.5 s: wait until each held three
+	// certificates, connected with each.
 	seen := map[*harness.Device]map[string]bool{}
-	deadline := time.Now().Add(12 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, d := range devs {
+	wait.Until(t, func() error {
+		var short []string
+		for i, d := range devs {
 			if seen[d] == nil {
 				seen[d] = map[string]bool{}
 			}
 			if s := d.Status(); s.Connected {
 				seen[d][s.CertSerial] = true
 			}
+			if len(seen[d]) < 3 {
+				short = append(short, fmt.Sprintf("device %d held %d", i, len(seen[d])))
+			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for i, d := range devs {
-		if len(seen[d]) < 3 {
-			t.Errorf("device %d held %d certificates in 12s, want at least 3 (renewal every ~1.5s)", i, len(seen[d]))
+		if len(short) > 0 {
+			return fmt.Errorf("certificates (want 3 each): %s", strings.Join(short, ", "))
 		}
+		return nil
+	})
+	for _, d := range devs {
 		waitConnected(t, d)
 	}
 	if got := f.Enroll.Stats().Requests.Load(); got != n {
@@ -300,7 +308,8 @@ func TestRenewalWhileFleetDown(t *testing.T) {
 	}})
 	first := waitConnected(t, d)
 	f.Stop() // renewal falls due (at 6 s) while the fleet is down
-	time.Sleep(7 * time.Second)
+	// sleep: past the renewal point (half the 12 s lifetime) with the fleet down, on sigild's real clock
+	time.Sleep(time.Until(first.CertExpiry.Add(-5 * time.Second)))
 	if st := d.Status(); st.Connected || st.CertSerial != first.CertSerial {
 		t.Fatalf("while the fleet was down: %+v", st)
 	}
@@ -316,7 +325,7 @@ func TestRenewalWhileFleetDown(t *testing.T) {
 	if n := f.Enroll.Stats().Requests.Load(); n != 0 {
 		t.Fatalf("the device enrolled again (%d requests) instead of renewing", n)
 	}
-	if dev, _ := f.Inv.Device(st.DeviceID); dev.CertSerial != st.CertSerial {
+	if dev, _ := f.Inv.Device(t.Context(), st.DeviceID); dev.CertSerial != st.CertSerial {
 		t.Fatalf("inventory %s, device %s", dev.CertSerial, st.CertSerial)
 	}
 }
@@ -391,10 +400,10 @@ func TestCARotation(t *testing.T) {
 	if len(back.TrustRoots) != 1 || back.TrustRoots[0] != g.Subject {
 		t.Fatalf("recovered device trusts %v", back.TrustRoots)
 	}
-	if dev, _ := f.Inv.Device(sb.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != back.CertSerial {
+	if dev, _ := f.Inv.Device(ctx, sb.DeviceID); dev.State != inventory.StateActive || dev.CertSerial != back.CertSerial {
 		t.Fatalf("inventory after recovery: %+v", dev)
 	}
-	if dev, _ := f.Inv.Device(sa.DeviceID); dev.CertSerial != reissued.CertSerial {
+	if dev, _ := f.Inv.Device(ctx, sa.DeviceID); dev.CertSerial != reissued.CertSerial {
 		t.Fatalf("online device's inventory: %+v", dev)
 	}
 }

@@ -176,7 +176,7 @@ type snapshot struct {
 
 func inventorySnapshot(t testing.TB, f *harness.Fleet) snapshot {
 	t.Helper()
-	devs, _, err := f.Inv.ListDevices(inventory.Filter{Limit: 1000})
+	devs, _, err := f.Inv.ListDevices(t.Context(), inventory.Filter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func issuedIdentity(t testing.TB, f *harness.Fleet, id string) (certFile, keyFil
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = f.Inv.Update(id, func(d *inventory.Device) error {
+	err = f.Inv.Update(t.Context(), id, func(d *inventory.Device) error {
 		d.Certs = append(d.Certificates(), inventory.Cert{Serial: hex.EncodeToString(cert.SerialNumber.Bytes()), NotAfter: cert.NotAfter})
 		return nil
 	})

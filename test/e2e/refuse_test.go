@@ -65,11 +65,11 @@ func TestRefuseTokens(t *testing.T) {
 	waitConnected(t, first)
 	before := inventorySnapshot(t, f)
 
-	expired, _, err := f.Inv.CreateToken(inventory.Grant{}, "", time.Millisecond)
+	expired, _, err := f.Inv.CreateToken(ctx, inventory.Grant{}, "", time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond)
+	time.Sleep(5 * time.Millisecond) // sleep: past the token's 1 ms lifetime, on the fleet's real clock
 	bound, err := client.CreateToken(ctx, "other-model", "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +291,7 @@ func TestRefuseClonedEK(t *testing.T) {
 	// The same TPM under a new identity claim (state wiped, serial changed).
 	clone := startDevice(t, f, inst, harness.DeviceConfig{Serial: "SN-CLONE"})
 	waitReason(t, clone, "clone")
-	dev, err := f.Inv.Device(st.DeviceID)
+	dev, err := f.Inv.Device(t.Context(), st.DeviceID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func TestRefuseClonedEK(t *testing.T) {
 		t.Fatalf("enrolled device not flagged: %+v", dev.Flags)
 	}
 	waitFor(t, func() bool {
-		d, err := f.Inv.Device(st.DeviceID)
+		d, err := f.Inv.Device(t.Context(), st.DeviceID)
 		return err == nil && d.State == inventory.StateQuarantined && d.IsRevoked(st.CertSerial)
 	}, "the cloned identity's device to be quarantined and its certificate revoked")
 	after := inventorySnapshot(t, f)
@@ -316,7 +316,7 @@ func TestRefuseClonedEK(t *testing.T) {
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Fatalf("inventory changed beyond the flag:\n%+v\n%+v", before, after)
 	}
-	evs, _ := f.Inv.Events(st.DeviceID, 10)
+	evs, _ := f.Inv.Events(t.Context(), st.DeviceID, 10)
 	found := false
 	for _, e := range evs {
 		found = found || e.Kind == "clone-suspect"
@@ -338,14 +338,14 @@ func TestQuarantineDuringEnrollmentHolds(t *testing.T) {
 	k := newKit(t, inst)
 	r := dialRaw(t, f, "e-racer")
 	ch := r.challenge(r.send(wire.TypeEnrollRequest, nil, k.request("SN-Q", "")))
-	if err := f.Inv.Update(id, func(d *inventory.Device) error { d.State = inventory.StateQuarantined; return nil }); err != nil {
+	if err := f.Inv.Update(t.Context(), id, func(d *inventory.Device) error { d.State = inventory.StateQuarantined; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	res := r.result(r.send(wire.TypeEnrollProof, nil, k.answer(ch)))
 	if res.Status != wire.StatusActive {
 		t.Fatalf("result %+v", res)
 	}
-	dev, _ := f.Inv.Device(id)
+	dev, _ := f.Inv.Device(t.Context(), id)
 	if dev.State != inventory.StateQuarantined {
 		t.Fatalf("re-enrollment during quarantine made the device %s", dev.State)
 	}

@@ -3,14 +3,21 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -85,7 +92,7 @@ func TestRestartFleet(t *testing.T) {
 	if !bytes.Equal(caBefore, caAfter) || f.AdminToken() != tokenBefore {
 		t.Fatal("CA or admin token changed across a restart")
 	}
-	dev, err := f.Inv.Device(st.DeviceID)
+	dev, err := f.Inv.Device(t.Context(), st.DeviceID)
 	if err != nil || dev.CertSerial != st.CertSerial || string(dev.State) != "active" {
 		t.Fatalf("inventory after restart: %+v, %v", dev, err)
 	}
@@ -124,4 +131,56 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	t.Logf("\n%s", out.String())
+}
+
+// TestRestartFleetOnPostgres: a fleet whose inventory lives in PostgreSQL
+// (database_url; a real server started for the test) enrolls a swtpm
+// device, keeps it across a restart (the device reconnects with the
+// certificate it holds), and writes no inventory file in its data
+// directory: the device, its revocation and the CRL are in the database.
+func TestRestartFleetOnPostgres(t *testing.T) {
+	requireTools(t)
+	pg := pgtest.Start(t)
+	dataDir := t.TempDir()
+	cfg := server.Config{DataDir: dataDir, DatabaseURL: pg.NewDatabase(t), MQTTAddr: freeAddr(t), APIAddr: freeAddr(t), EKCADir: ekCADir(t, vendorCA(t))}
+	f, err := harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDevice(t, f, newTPM(t), harness.DeviceConfig{})
+	st := waitConnected(t, d)
+	f.Stop()
+	if _, err := d.Wait(context.Background(), 10*time.Second, func(s agent.Status) bool { return !s.Connected }); err != nil {
+		t.Fatal(err)
+	}
+	f, err = harness.StartFleet(context.Background(), cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	again := waitConnected(t, d)
+	if !again.ConnectedAt.After(st.ConnectedAt) || again.CertSerial != st.CertSerial {
+		t.Fatalf("reconnect: %+v", again)
+	}
+	dev, err := f.Inv.Device(t.Context(), st.DeviceID)
+	if err != nil || dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
+		t.Fatalf("inventory after restart: %+v, %v", dev, err)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, server.InventoryFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("%s in the data directory (%v): the inventory is not in PostgreSQL", server.InventoryFile, err)
+	}
+	_, revoked, err := f.Inv.RevokeDevice(t.Context(), st.DeviceID, inventory.ReasonKeyCompromise)
+	if err != nil || !slices.Contains(revoked, st.CertSerial) {
+		t.Fatalf("revoke: %v, %v", revoked, err)
+	}
+	conn, err := pgx.Connect(t.Context(), cfg.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var devices, crl int
+	if err := conn.QueryRow(t.Context(), "SELECT (SELECT count(*) FROM inventory_devices WHERE id = $1), (SELECT count(*) FROM inventory_revocations WHERE serial = $2)",
+		st.DeviceID, st.CertSerial).Scan(&devices, &crl); err != nil || devices != 1 || crl != 1 {
+		t.Fatalf("in the database: %d device rows, %d CRL rows, %v; want 1 and 1", devices, crl, err)
+	}
 }

@@ -79,7 +79,7 @@ func TestRiskSweepCLI(t *testing.T) {
 	f, c := governedFleet(t, nil)
 	dev := inventorytest.NewDevice(1)
 	dev.Attestation = "fail"
-	if err := f.Inv.PutDevice(dev); err != nil {
+	if err := f.Inv.PutDevice(t.Context(), dev); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := storedRisk(t, c, dev.ID); ok {

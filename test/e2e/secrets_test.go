@@ -117,7 +117,7 @@ func TestSecrets(t *testing.T) {
 	waitAcked(t, c, idA, "db-password", 1)
 	// Each delivery and acknowledgement is recorded on the device's trail.
 	waitFor(t, func() bool {
-		evs, _ := f.Inv.Events(idA, 50)
+		evs, _ := f.Inv.Events(ctx, idA, 50)
 		kinds := map[string]bool{}
 		for _, e := range evs {
 			kinds[e.Kind] = kinds[e.Kind] || strings.Contains(e.Detail, "db-password version 1")
@@ -382,6 +382,7 @@ func TestSecretRotationSchedule(t *testing.T) {
 		t.Fatal("the listing shows a value")
 	}
 	// Once the grace period ran out, the replaced version no longer opens.
+	// sleep: past the end of the grace period, on the device's real clock (what is tested)
 	time.Sleep(time.Until(held[0].PreviousUntil) + 300*time.Millisecond)
 	if _, err := agent.Unseal(d.Config, "svc-token", held[0].Previous); !errors.Is(err, state.ErrNoSecret) {
 		t.Fatalf("the replaced version opened after its grace period: %v", err)

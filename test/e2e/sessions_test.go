@@ -69,7 +69,7 @@ func TestEnrollSessionBoundToClient(t *testing.T) {
 			t.Fatalf("guess %d: %+v", i, res)
 		}
 	}
-	evs, err := f.Inv.Events(first.DeviceID, 0)
+	evs, err := f.Inv.Events(t.Context(), first.DeviceID, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -38,15 +39,11 @@ func requireBinary(t testing.TB, path, pkg string) string {
 // waitFile waits until path exists and is not empty.
 func waitFile(t testing.TB, path string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", path)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !wait.Poll(timeout, func() bool {
+		fi, err := os.Stat(path)
+		return err == nil && fi.Size() > 0
+	}) {
+		t.Fatalf("timed out waiting for %s", path)
 	}
 }
 
@@ -88,7 +85,7 @@ func TestSSHHostCertificate(t *testing.T) {
 	if fi, _ := os.Stat(certFile); fi.Mode().Perm() != 0o644 {
 		t.Fatalf("certificate mode %o", fi.Mode().Perm())
 	}
-	if dev, _ := f.Inv.Device(id); dev.State != inventory.StateActive || dev.Attestation != "pass" {
+	if dev, _ := f.Inv.Device(t.Context(), id); dev.State != inventory.StateActive || dev.Attestation != "pass" {
 		t.Fatalf("certified device: %s, attestation %q", dev.State, dev.Attestation)
 	}
 
@@ -145,7 +142,7 @@ func TestSSHHostCertificate(t *testing.T) {
 	if err1 != nil || err2 != nil || to.Sub(from) != 24*time.Hour+time.Minute || time.Since(from) < 0 || time.Since(from) > 5*time.Minute {
 		t.Fatalf("validity %s .. %s (%v %v), want the device certificate lifetime from now", valid[1], valid[2], err1, err2)
 	}
-	evs, _ := f.Inv.Events(id, 20)
+	evs, _ := f.Inv.Events(ctx, id, 20)
 	found := false
 	for _, e := range evs {
 		found = found || e.Kind == "ssh-certificates"
@@ -280,17 +277,15 @@ PermitRootLogin prohibit-password
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); _ = srv.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err == nil {
-			c.Close()
-			break
+	var dialErr error
+	if !wait.Poll(wait.Timeout, func() bool {
+		var c net.Conn
+		if c, dialErr = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); dialErr != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd did not listen: %v\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+		return c.Close() == nil
+	}) {
+		t.Fatalf("sshd did not listen: %v\n%s", dialErr, logs.String())
 	}
 
 	connect := func(knownHosts string) (string, error) {

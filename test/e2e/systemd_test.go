@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // unitFile is sigild's shipped systemd unit; exampleConfig the example
@@ -411,8 +413,8 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		return filepath.Join(certDir, name)
 	}
 	want := map[string]string{certOf(hostKeys[0]): hostKeys[0], certOf(tpmKey): tpmKey}
-	deadline := time.Now().Add(90 * time.Second) // a safety net, not a timing assertion
-	for {
+	// A safety net, not a timing assertion.
+	if !wait.Poll(90*time.Second, func() bool {
 		select {
 		case err := <-exited:
 			stopped = true
@@ -422,19 +424,14 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		if l := sigildLog(); strings.Contains(l, "writing the host certificate failed") {
 			t.Fatalf("sigild could not write a host certificate under the unit's sandbox:\n%s", l)
 		}
-		done := true
 		for cert := range want {
 			if fi, err := os.Stat(sb.hostPath(t, cert)); err != nil || fi.Size() == 0 {
-				done = false
+				return false
 			}
 		}
-		if done {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no host certificates at %v after 90 s:\n%s", want, sigildLog())
-		}
-		time.Sleep(100 * time.Millisecond)
+		return true
+	}) {
+		t.Fatalf("no host certificates at %v after 90 s:\n%s", want, sigildLog())
 	}
 
 	for cert, pub := range want {

@@ -34,6 +34,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/metrics/metricstest"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
@@ -141,21 +142,19 @@ func (r *syslogReceiver) fail(err error) {
 
 // wait returns the first message matching ok, waiting up to timeout.
 func (r *syslogReceiver) wait(timeout time.Duration, ok func(syslogMessage) bool) (syslogMessage, bool) {
-	deadline := time.Now().Add(timeout)
-	for {
+	var found syslogMessage
+	held := wait.Poll(timeout, func() bool {
 		r.mu.Lock()
+		defer r.mu.Unlock()
 		for _, m := range r.msgs {
 			if ok(m) {
-				r.mu.Unlock()
-				return m, true
+				found = m
+				return true
 			}
 		}
-		r.mu.Unlock()
-		if time.Now().After(deadline) {
-			return syslogMessage{}, false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
+	return found, held
 }
 
 // parseRFC5424 parses "<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG".
@@ -358,21 +357,19 @@ func newAMReceiver(t testing.TB) *amReceiver {
 }
 
 func (r *amReceiver) wait(timeout time.Duration, ok func(amAlert) bool) (amAlert, bool) {
-	deadline := time.Now().Add(timeout)
-	for {
+	var found amAlert
+	held := wait.Poll(timeout, func() bool {
 		r.mu.Lock()
+		defer r.mu.Unlock()
 		for _, a := range r.alerts {
 			if ok(a) {
-				r.mu.Unlock()
-				return a, true
+				found = a
+				return true
 			}
 		}
-		r.mu.Unlock()
-		if time.Now().After(deadline) {
-			return amAlert{}, false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
+	return found, held
 }
 
 // telemetryDevice starts an in-process device whose telemetry is sampled
@@ -403,22 +400,27 @@ func waitTelemetry(t testing.TB, f *harness.Fleet, deviceID string, n uint64) te
 // waitAlert polls the API for an alert matching ok.
 func waitAlert(t testing.TB, c *api.Client, q api.AlertQuery, timeout time.Duration, ok func(alert.Alert) bool) alert.Alert {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	var (
+		found alert.Alert
+		last  []alert.Alert
+	)
+	if !wait.Poll(timeout, func() bool {
 		list, err := c.Alerts(context.Background(), q)
 		if err != nil {
 			t.Fatal(err)
 		}
+		last = list.Alerts
 		for _, a := range list.Alerts {
 			if ok(a) {
-				return a
+				found = a
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no alert matching within %v; alerts: %+v", timeout, list.Alerts)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("no alert matching within %v; alerts: %+v", timeout, last)
 	}
+	return found
 }
 
 func appendLines(t testing.TB, path string, lines ...string) {
@@ -531,9 +533,13 @@ func TestNewListeningPortAlert(t *testing.T) {
 		NewMember: &alert.NewMember{Set: alert.SetPorts, Learn: config.Duration(2 * time.Second)}}); err != nil {
 		t.Fatal(err)
 	}
-	// Every port the device reports while learning, to pick one it never had.
-	var mu sync.Mutex
-	learned := map[string]bool{}
+	// Every port the device reports while learning, to pick one it never
+	// had, and the span of the points' clock.
+	var (
+		mu              sync.Mutex
+		learned         = map[string]bool{}
+		firstAt, lastAt time.Time // the points' clock
+	)
 	f.OnTelemetry(func(b telemetry.Batch) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -541,12 +547,24 @@ func TestNewListeningPortAlert(t *testing.T) {
 			for _, port := range p.Sets["listen.tcp"] {
 				learned[port] = true
 			}
+			if firstAt.IsZero() || p.Time.Before(firstAt) {
+				firstAt = p.Time
+			}
+			if p.Time.After(lastAt) {
+				lastAt = p.Time
+			}
 		}
 	})
 	_, st := telemetryDevice(t, f, 150*time.Millisecond, "-")
-	first := waitTelemetry(t, f, st.DeviceID, 1)
-	time.Sleep(2500 * time.Millisecond) // the learning period, on the points' clock
-	waitTelemetry(t, f, st.DeviceID, first.Counts.Ingested+2)
+	// The learning period ends on the points' clock: wait for a point
+	// past it.
+	waitFor(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return !firstAt.IsZero() && lastAt.Sub(firstAt) >= 2500*time.Millisecond
+	}, "a point 2.5 s after the first, past the learning period")
+	cur := waitTelemetry(t, f, st.DeviceID, 1)
+	waitTelemetry(t, f, st.DeviceID, cur.Counts.Ingested+2)
 
 	var ln net.Listener
 	for range 20 {
@@ -734,7 +752,7 @@ func TestFailingSinkDeadLettersAndRedrive(t *testing.T) {
 }
 
 // TestMetricsEndpoint: GET /metrics with a viewer's API token is valid
-// Prometheus text (metricstest.Parse), carries the telemetry aggregates and
+// Prometheus text (read with expfmt, metricstest.Parse), carries the telemetry aggregates and
 // the control plane's metrics, and has no per-device label; without a
 // token it is refused.
 func TestMetricsEndpoint(t *testing.T) {
@@ -779,11 +797,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("not valid Prometheus text: %v\n%s", err, body)
 	}
 	value := func(name string, labels ...string) float64 {
-		fam := fams[name]
-		if fam == nil {
-			t.Fatalf("no family %s", name)
-		}
-		v, ok := fam.Value(name, labels...)
+		v, ok := fams.Value(name, labels...)
 		if !ok {
 			t.Fatalf("no sample %s%v", name, labels)
 		}
@@ -810,12 +824,10 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Errorf("no family %s", name)
 		}
 	}
-	for _, fam := range fams {
-		for _, s := range fam.Samples {
-			for k, v := range s.Labels {
-				if strings.Contains(k, "device") || v == st.DeviceID {
-					t.Errorf("per-device label on %s: %s=%q", s.Name, k, v)
-				}
+	for _, s := range fams.Samples() {
+		for k, v := range s.Labels {
+			if strings.Contains(k, "device") || v == st.DeviceID {
+				t.Errorf("per-device label on %s: %s=%q", s.Name, k, v)
 			}
 		}
 	}
@@ -921,23 +933,13 @@ func TestTelemetryOutboxExactlyOnce(t *testing.T) {
 			kill()
 		}
 	})
-	waitFor2 := func(cond func() bool, what string) {
-		t.Helper()
-		deadline := time.Now().Add(40 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitFor2(func() bool { return stored() >= 10 }, "10 points from sigild")
+	waitFor(t, func() bool { return stored() >= 10 }, "10 points from sigild")
 
 	// SIGKILL mid-stream: the outbox survives in the state store.
 	kill()
 	start()
 	n := stored()
-	waitFor2(func() bool { return stored() >= n+10 }, "points after sigild was killed")
+	waitFor(t, func() bool { return stored() >= n+10 }, "points after sigild was killed")
 
 	// The fleet goes away for longer than the outbox holds (25 points at
 	// 100ms): the oldest points are dropped on the device.
@@ -947,16 +949,16 @@ func TestTelemetryOutboxExactlyOnce(t *testing.T) {
 	}
 	f1.stop()
 	counts1 := deviceCounts(t, f1.Telemetry, firstID)
+	// sleep: the outage under test: sigild samples 40 points at 100 ms while its outbox holds 25
 	time.Sleep(4 * time.Second)
 	f2 := runFleet(t, cfg, onBatch)
 	n = stored()
-	waitFor2(func() bool { return stored() >= n+30 }, "points after the fleet came back")
+	waitFor(t, func() bool { return stored() >= n+30 }, "points after the fleet came back")
 
 	kill()
-	time.Sleep(300 * time.Millisecond)
 	start()
 	n = stored()
-	waitFor2(func() bool { return stored() >= n+10 }, "points after the second kill")
+	waitFor(t, func() bool { return stored() >= n+10 }, "points after the second kill")
 
 	// The operator's view through the real CLI.
 	cli := func(args ...string) (string, int) {
@@ -994,12 +996,19 @@ func TestTelemetryOutboxExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Wait()
-	// What was delivered is settled once sigild is gone.
-	time.Sleep(200 * time.Millisecond)
-	st2, err := f2.Telemetry.Device(deviceID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The fleet ingests and passes on batches on its own goroutines: wait
+	// until its counts account for what it passed on (if they never do,
+	// the checks below say how they differ).
+	var st2 telemetry.DeviceStatus
+	wait.Poll(10*time.Second, func() bool {
+		var err error
+		if st2, err = f2.Telemetry.Device(deviceID); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return counts1.Ingested+st2.Counts.Ingested == uint64(len(points)) && counts1.Dropped+st2.Counts.Dropped == dropped
+	})
 	counts2 := st2.Counts
 	through := st2.Through
 

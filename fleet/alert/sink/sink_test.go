@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // engine opens an alert engine routing to one notifier and runs it until
@@ -63,13 +64,7 @@ const tricky = "EK a|b\\c=d\nsecond line\r]\"end"
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	wait.For(t, "the condition", cond)
 }
 
 func recv[T any](t *testing.T, ch <-chan T) T {

@@ -1,8 +1,9 @@
 // Package inventorytest is the conformance suite every inventory
-// implementation (bbolt, PostgreSQL) must pass.
+// backend (bbolt, PostgreSQL) must pass: Run, given a constructor.
 package inventorytest
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -15,25 +16,43 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
-// Store is what the fleet needs from an inventory.
+// Store is the inventory as the suite uses it: every method of
+// *inventory.Store.
 type Store interface {
-	Device(id string) (*inventory.Device, error)
-	DeviceByEK(fingerprint string) (*inventory.Device, error)
-	ListDevices(f inventory.Filter) ([]inventory.Device, string, error)
-	PutDevice(d *inventory.Device) error
-	Update(id string, fn func(*inventory.Device) error) error
-	CreateToken(g inventory.Grant, owner string, ttl time.Duration) (secret string, tok *inventory.Token, err error)
-	ConsumeToken(secret, deviceID, model string, now time.Time) (*inventory.Token, error)
-	CheckToken(secret, model string, now time.Time) (*inventory.Token, error)
-	AddEvent(e inventory.Event) error
-	Events(deviceID string, limit int) ([]inventory.Event, error)
-	Counts() (map[inventory.State]int, error)
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	DeviceByEK(ctx context.Context, fingerprint string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+	PutDevice(ctx context.Context, d *inventory.Device) error
+	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
+	Upsert(ctx context.Context, id string, fn func(d *inventory.Device, exists bool) error) error
+	Query(ctx context.Context, q inventory.Query) (inventory.Page, error)
+	Count(ctx context.Context, where map[inventory.Field]string) (int, error)
+	Counts(ctx context.Context) (map[inventory.State]int, error)
+	Quarantine(ctx context.Context, id string, c inventory.Cause) (*inventory.Device, []string, error)
+	Release(ctx context.Context, id string) (*inventory.Device, error)
+	AutoRelease(ctx context.Context, id, policy string) (*inventory.Device, error)
+	Decommission(ctx context.Context, id string) (*inventory.Device, []string, error)
+	RevokeDevice(ctx context.Context, id string, reason int) (*inventory.Device, []string, error)
+	RevokeSuperseded(ctx context.Context, id, serial string) ([]string, error)
+	Revocations(ctx context.Context, now time.Time) ([]inventory.Revocation, error)
+	CreateToken(ctx context.Context, g inventory.Grant, owner string, ttl time.Duration) (secret string, tok *inventory.Token, err error)
+	CreatePendingToken(ctx context.Context, g inventory.Grant, owner string, ttl time.Duration) (secret string, tok *inventory.Token, err error)
+	ActivateToken(ctx context.Context, id string, g inventory.Grant) (*inventory.Token, error)
+	DeleteToken(ctx context.Context, id string) error
+	ConsumeToken(ctx context.Context, secret, deviceID, model string, now time.Time) (*inventory.Token, error)
+	CheckToken(ctx context.Context, secret, model string, now time.Time) (*inventory.Token, error)
+	TokenUsedBy(ctx context.Context, secret string) (string, error)
+	Tokens(ctx context.Context, f inventory.TokenFilter) ([]inventory.Token, string, error)
+	AddEvent(ctx context.Context, e inventory.Event) error
+	Events(ctx context.Context, deviceID string, limit int) ([]inventory.Event, error)
 }
 
-// Run runs the suite; open returns a new, empty store for each subtest and
-// arranges its closing with t.Cleanup. The store must keep at least 10
-// events per device.
-func Run(t *testing.T, open func(t *testing.T) Store) {
+// Opener returns a new, empty store configured with opts (clock,
+// entropy, event limit) and arranges its closing with t.Cleanup.
+type Opener func(t *testing.T, opts ...inventory.Option) Store
+
+// Run runs the suite against the stores open returns, one per subtest.
+func Run(t *testing.T, open Opener) {
 	tests := []struct {
 		name string
 		f    func(*testing.T, Store)
@@ -46,12 +65,40 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"Counts", testCounts},
 		{"Tokens", testTokens},
 		{"TokenConcurrency", testTokenConcurrency},
+		{"ConcurrentUpdates", testConcurrentUpdates},
+		{"ConcurrentEKClaims", testConcurrentEKClaims},
+		{"ConcurrentRevocation", testConcurrentRevocation},
 		{"Events", testEvents},
 		{"AnonymousEvents", testAnonymousEvents},
 		{"Lifecycle", testLifecycle},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.f(t, open(t)) })
+	}
+	withOptions := []struct {
+		name string
+		f    func(*testing.T, Opener)
+	}{
+		{"StateChangesFollowTheLifecycle", testStateChangesFollowTheLifecycle},
+		{"RevokedSerialsAreNotForgotten", testRevokedSerialsAreNotForgotten},
+		{"RevokeDeviceRevokesEverySerial", testRevokeDeviceRevokesEverySerial},
+		{"AdmitsOnlyIssuedCurrentSerials", testAdmitsOnlyIssuedCurrentSerials},
+		{"QuarantineRevokesEveryCertificate", testQuarantineRevokesEveryCertificate},
+		{"AutoReleaseOnlyItsOwnCause", testAutoReleaseOnlyItsOwnCause},
+		{"DecommissionIsTerminal", testDecommissionIsTerminal},
+		{"CertBookkeepingPrunedByExpiryOnly", testCertBookkeepingPrunedByExpiryOnly},
+		{"SupersededByTheCertificateInUse", testSupersededByTheCertificateInUse},
+		{"LegacyRecordCertificates", testLegacyRecordCertificates},
+		{"IssuanceBounded", testIssuanceBounded},
+		{"IssuedCertificateKeepsDER", testIssuedCertificateKeepsDER},
+		{"EventsAreBounded", testEventsAreBounded},
+		{"ClockAndEntropyAreInjected", testClockAndEntropyAreInjected},
+		{"PendingTokenWorksOnlyOnceActivated", testPendingTokenWorksOnlyOnceActivated},
+		{"TokensNewestFirst", testTokensNewestFirst},
+		{"QueryMatchesBruteForce", testQueryMatchesBruteForce},
+	}
+	for _, tc := range withOptions {
+		t.Run(tc.name, func(t *testing.T) { tc.f(t, open) })
 	}
 }
 
@@ -104,41 +151,41 @@ func equalDevice(t *testing.T, got, want *inventory.Device) {
 }
 
 func testCRUD(t *testing.T, s Store) {
-	if _, err := s.Device(ID(1)); !errors.Is(err, inventory.ErrNotFound) {
+	if _, err := s.Device(t.Context(), ID(1)); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatalf("missing device: err = %v, want ErrNotFound", err)
 	}
 	d := NewDevice(1)
-	if err := s.PutDevice(d); err != nil {
+	if err := s.PutDevice(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Device(d.ID)
+	got, err := s.Device(t.Context(), d.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	equalDevice(t, got, d)
-	got, err = s.DeviceByEK(d.EKFingerprint)
+	got, err = s.DeviceByEK(t.Context(), d.EKFingerprint)
 	if err != nil {
 		t.Fatal(err)
 	}
 	equalDevice(t, got, d)
-	if _, err := s.DeviceByEK(EK(2)); !errors.Is(err, inventory.ErrNotFound) {
+	if _, err := s.DeviceByEK(t.Context(), EK(2)); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatalf("unknown EK: err = %v", err)
 	}
 	// Upsert replaces.
 	d.State, d.Firmware, d.Flags = inventory.StateQuarantined, "1.1.0", nil
-	if err := s.PutDevice(d); err != nil {
+	if err := s.PutDevice(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
-	got, _ = s.Device(d.ID)
+	got, _ = s.Device(t.Context(), d.ID)
 	equalDevice(t, got, d)
 	// The caller's copy is not aliased.
 	got.Model = "changed"
-	again, _ := s.Device(d.ID)
+	again, _ := s.Device(t.Context(), d.ID)
 	if again.Model != "gw-1" {
 		t.Fatal("store returned an aliased record")
 	}
 	// A device without EK (not yet known) is allowed.
-	if err := s.PutDevice(&inventory.Device{ID: ID(3), State: inventory.StatePending}); err != nil {
+	if err := s.PutDevice(t.Context(), &inventory.Device{ID: ID(3), State: inventory.StatePending}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -154,81 +201,81 @@ func testValidation(t *testing.T, s Store) {
 		{ID: ID(1), State: inventory.StateActive, EKFingerprint: "not-hex"},
 		{ID: ID(1), State: inventory.StateActive, EKFingerprint: strings.ToUpper(EK(1))},
 	} {
-		if err := s.PutDevice(d); !errors.Is(err, inventory.ErrInvalid) {
+		if err := s.PutDevice(t.Context(), d); !errors.Is(err, inventory.ErrInvalid) {
 			t.Errorf("PutDevice(%+v): err = %v, want ErrInvalid", d, err)
 		}
 	}
-	if _, _, err := s.ListDevices(inventory.Filter{}); err != nil {
+	if _, _, err := s.ListDevices(t.Context(), inventory.Filter{}); err != nil {
 		t.Fatal(err)
 	}
-	if c, _ := s.Counts(); len(c) != 0 {
+	if c, _ := s.Counts(t.Context()); len(c) != 0 {
 		t.Fatalf("invalid devices were stored: %v", c)
 	}
 }
 
 func testEKIndex(t *testing.T, s Store) {
 	a := NewDevice(1)
-	if err := s.PutDevice(a); err != nil {
+	if err := s.PutDevice(t.Context(), a); err != nil {
 		t.Fatal(err)
 	}
 	// Another ID with the same EK: a clone or a re-keyed ID.
 	b := NewDevice(2)
 	b.EKFingerprint = a.EKFingerprint
-	if err := s.PutDevice(b); !errors.Is(err, inventory.ErrEKConflict) {
+	if err := s.PutDevice(t.Context(), b); !errors.Is(err, inventory.ErrEKConflict) {
 		t.Fatalf("duplicate EK: err = %v, want ErrEKConflict", err)
 	}
-	if _, err := s.Device(b.ID); !errors.Is(err, inventory.ErrNotFound) {
+	if _, err := s.Device(t.Context(), b.ID); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatal("refused device was stored")
 	}
 	// The EK of an existing device cannot change.
 	a2 := NewDevice(1)
 	a2.EKFingerprint = EK(9)
-	if err := s.PutDevice(a2); !errors.Is(err, inventory.ErrEKConflict) {
+	if err := s.PutDevice(t.Context(), a2); !errors.Is(err, inventory.ErrEKConflict) {
 		t.Fatalf("changed EK: err = %v, want ErrEKConflict", err)
 	}
-	if _, err := s.DeviceByEK(EK(9)); !errors.Is(err, inventory.ErrNotFound) {
+	if _, err := s.DeviceByEK(t.Context(), EK(9)); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatal("index changed by a refused put")
 	}
 	// Setting the EK of a device that had none is fine, and indexed.
 	c := &inventory.Device{ID: ID(3), State: inventory.StatePending}
-	if err := s.PutDevice(c); err != nil {
+	if err := s.PutDevice(t.Context(), c); err != nil {
 		t.Fatal(err)
 	}
 	c.EKFingerprint = EK(3)
-	if err := s.PutDevice(c); err != nil {
+	if err := s.PutDevice(t.Context(), c); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := s.DeviceByEK(EK(3)); err != nil || got.ID != c.ID {
+	if got, err := s.DeviceByEK(t.Context(), EK(3)); err != nil || got.ID != c.ID {
 		t.Fatalf("DeviceByEK = %v, %v", got, err)
 	}
-	if got, err := s.DeviceByEK(a.EKFingerprint); err != nil || got.ID != a.ID {
+	if got, err := s.DeviceByEK(t.Context(), a.EKFingerprint); err != nil || got.ID != a.ID {
 		t.Fatalf("DeviceByEK = %v, %v", got, err)
 	}
 }
 
 func testUpdate(t *testing.T, s Store) {
-	if err := s.Update(ID(1), func(*inventory.Device) error { return nil }); !errors.Is(err, inventory.ErrNotFound) {
+	if err := s.Update(t.Context(), ID(1), func(*inventory.Device) error { return nil }); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatalf("Update missing: err = %v", err)
 	}
 	d := NewDevice(1)
-	if err := s.PutDevice(d); err != nil {
+	if err := s.PutDevice(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
 	seen := t0.Add(time.Hour)
-	if err := s.Update(d.ID, func(x *inventory.Device) error {
+	if err := s.Update(t.Context(), d.ID, func(x *inventory.Device) error {
 		x.LastSeen, x.Connected = seen, false
 		x.Flags = append(x.Flags, "late")
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := s.Device(d.ID)
+	got, _ := s.Device(t.Context(), d.ID)
 	if !got.LastSeen.Equal(seen) || got.Connected || !slices.Equal(got.Flags, []string{"clone-suspect", "late"}) {
 		t.Fatalf("after update: %+v", got)
 	}
 	// fn's error aborts the write and comes back unchanged.
 	boom := errors.New("boom")
-	if err := s.Update(d.ID, func(x *inventory.Device) error { x.Owner = "x"; return boom }); err != boom {
+	if err := s.Update(t.Context(), d.ID, func(x *inventory.Device) error { x.Owner = "x"; return boom }); err != boom {
 		t.Fatalf("err = %v, want fn's error", err)
 	}
 	for name, fn := range map[string]func(*inventory.Device){
@@ -236,15 +283,15 @@ func testUpdate(t *testing.T, s Store) {
 		"EK":    func(x *inventory.Device) { x.EKFingerprint = EK(7) },
 		"State": func(x *inventory.Device) { x.State = "bogus" },
 	} {
-		if err := s.Update(d.ID, func(x *inventory.Device) error { x.Owner = "x"; fn(x); return nil }); err == nil {
+		if err := s.Update(t.Context(), d.ID, func(x *inventory.Device) error { x.Owner = "x"; fn(x); return nil }); err == nil {
 			t.Errorf("Update changing %s succeeded", name)
 		}
 	}
-	got, _ = s.Device(d.ID)
+	got, _ = s.Device(t.Context(), d.ID)
 	if got.Owner != d.Owner || got.ID != d.ID || got.EKFingerprint != d.EKFingerprint {
 		t.Fatalf("aborted updates left changes: %+v", got)
 	}
-	if _, err := s.Device(ID(7)); !errors.Is(err, inventory.ErrNotFound) {
+	if _, err := s.Device(t.Context(), ID(7)); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatal("aborted ID change created a device")
 	}
 	// Concurrent read-modify-write loses nothing.
@@ -253,7 +300,7 @@ func testUpdate(t *testing.T, s Store) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.Update(d.ID, func(x *inventory.Device) error {
+			if err := s.Update(t.Context(), d.ID, func(x *inventory.Device) error {
 				x.Flags = append(x.Flags, fmt.Sprint("f", i))
 				return nil
 			}); err != nil {
@@ -262,7 +309,7 @@ func testUpdate(t *testing.T, s Store) {
 		}()
 	}
 	wg.Wait()
-	got, _ = s.Device(d.ID)
+	got, _ = s.Device(t.Context(), d.ID)
 	if len(got.Flags) != 12 {
 		t.Fatalf("flags after concurrent updates: %v", got.Flags)
 	}
@@ -278,7 +325,7 @@ func testList(t *testing.T, s Store) {
 		if i%5 == 0 {
 			d.Model = "gw-2"
 		}
-		if err := s.PutDevice(d); err != nil {
+		if err := s.PutDevice(t.Context(), d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -286,7 +333,7 @@ func testList(t *testing.T, s Store) {
 	var ids []string
 	cursor, pages := "", 0
 	for {
-		page, next, err := s.ListDevices(inventory.Filter{After: cursor, Limit: 7})
+		page, next, err := s.ListDevices(t.Context(), inventory.Filter{After: cursor, Limit: 7})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -316,7 +363,7 @@ func testList(t *testing.T, s Store) {
 		t.Fatalf("%d pages, want 4", pages)
 	}
 	// Filters.
-	all, next, err := s.ListDevices(inventory.Filter{State: inventory.StatePending, Limit: 1000})
+	all, next, err := s.ListDevices(t.Context(), inventory.Filter{State: inventory.StatePending, Limit: 1000})
 	if err != nil || next != "" {
 		t.Fatal(err, next)
 	}
@@ -328,7 +375,7 @@ func testList(t *testing.T, s Store) {
 	if len(all) != 9 {
 		t.Fatalf("%d pending, want 9", len(all))
 	}
-	both, _, _ := s.ListDevices(inventory.Filter{State: inventory.StatePending, Model: "gw-2"})
+	both, _, _ := s.ListDevices(t.Context(), inventory.Filter{State: inventory.StatePending, Model: "gw-2"})
 	if len(both) != 2 || both[0].ID != ID(0) || both[1].ID != ID(15) {
 		t.Fatalf("pending gw-2: %v", both)
 	}
@@ -336,7 +383,7 @@ func testList(t *testing.T, s Store) {
 	var got []string
 	cursor = ""
 	for {
-		page, next, err := s.ListDevices(inventory.Filter{State: inventory.StatePending, After: cursor, Limit: 2})
+		page, next, err := s.ListDevices(t.Context(), inventory.Filter{State: inventory.StatePending, After: cursor, Limit: 2})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -352,10 +399,10 @@ func testList(t *testing.T, s Store) {
 		t.Fatalf("filtered pagination returned %d", len(got))
 	}
 	// A cursor past the end, and the default limit.
-	if page, next, err := s.ListDevices(inventory.Filter{After: ID(999)}); err != nil || len(page) != 0 || next != "" {
+	if page, next, err := s.ListDevices(t.Context(), inventory.Filter{After: ID(999)}); err != nil || len(page) != 0 || next != "" {
 		t.Fatalf("past the end: %v %q %v", page, next, err)
 	}
-	if page, _, _ := s.ListDevices(inventory.Filter{}); len(page) != n {
+	if page, _, _ := s.ListDevices(t.Context(), inventory.Filter{}); len(page) != n {
 		t.Fatalf("default limit returned %d", len(page))
 	}
 }
@@ -365,11 +412,11 @@ func testCounts(t *testing.T, s Store) {
 	for i, st := range states {
 		d := NewDevice(i)
 		d.State = st
-		if err := s.PutDevice(d); err != nil {
+		if err := s.PutDevice(t.Context(), d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c, err := s.Counts()
+	c, err := s.Counts(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +427,7 @@ func testCounts(t *testing.T, s Store) {
 
 func testTokens(t *testing.T, s Store) {
 	now := time.Now()
-	secret, tok, err := s.CreateToken(inventory.Grant{Model: "gw-1", Group: "pumps"}, "plant-a", time.Hour)
+	secret, tok, err := s.CreateToken(t.Context(), inventory.Grant{Model: "gw-1", Group: "pumps"}, "plant-a", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +443,7 @@ func testTokens(t *testing.T, s Store) {
 	if tok.Expires.Sub(tok.Created) != time.Hour {
 		t.Fatalf("lifetime %v", tok.Expires.Sub(tok.Created))
 	}
-	secret2, _, _ := s.CreateToken(inventory.Grant{}, "", time.Hour)
+	secret2, _, _ := s.CreateToken(t.Context(), inventory.Grant{}, "", time.Hour)
 	if secret2 == secret {
 		t.Fatal("two tokens share a secret")
 	}
@@ -413,43 +460,43 @@ func testTokens(t *testing.T, s Store) {
 		{secret, "gw-1", now.Add(2 * time.Hour), inventory.ErrTokenExpired},
 		{secret, "gw-9", now, inventory.ErrTokenBinding},
 	} {
-		if _, err := s.CheckToken(c.secret, c.model, c.at); !errors.Is(err, c.want) {
+		if _, err := s.CheckToken(t.Context(), c.secret, c.model, c.at); !errors.Is(err, c.want) {
 			t.Errorf("CheckToken(%q, %q): err = %v, want %v", c.secret, c.model, err, c.want)
 		}
-		if _, err := s.ConsumeToken(c.secret, ID(1), c.model, c.at); !errors.Is(err, c.want) {
+		if _, err := s.ConsumeToken(t.Context(), c.secret, ID(1), c.model, c.at); !errors.Is(err, c.want) {
 			t.Errorf("ConsumeToken(%q, %q): err = %v, want %v", c.secret, c.model, err, c.want)
 		}
 	}
-	if _, err := s.CheckToken(secret, "gw-1", now); err != nil {
+	if _, err := s.CheckToken(t.Context(), secret, "gw-1", now); err != nil {
 		t.Fatalf("CheckToken: %v", err)
 	}
-	if _, err := s.CheckToken(secret, "gw-1", now); err != nil {
+	if _, err := s.CheckToken(t.Context(), secret, "gw-1", now); err != nil {
 		t.Fatalf("CheckToken consumed the token: %v", err)
 	}
-	used, err := s.ConsumeToken(secret, ID(1), "gw-1", now)
+	used, err := s.ConsumeToken(t.Context(), secret, ID(1), "gw-1", now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if used.UsedBy != ID(1) || !used.UsedAt.Equal(now) || used.ID != tok.ID {
 		t.Fatalf("consumed token %+v", used)
 	}
-	if _, err := s.ConsumeToken(secret, ID(2), "gw-1", now); !errors.Is(err, inventory.ErrTokenUsed) {
+	if _, err := s.ConsumeToken(t.Context(), secret, ID(2), "gw-1", now); !errors.Is(err, inventory.ErrTokenUsed) {
 		t.Fatalf("reuse: err = %v, want ErrTokenUsed", err)
 	}
-	if _, err := s.CheckToken(secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenUsed) {
+	if _, err := s.CheckToken(t.Context(), secret, "gw-1", now); !errors.Is(err, inventory.ErrTokenUsed) {
 		t.Fatalf("check after use: err = %v, want ErrTokenUsed", err)
 	}
 	// An unbound token fits any model.
-	if _, err := s.ConsumeToken(secret2, ID(2), "anything", now); err != nil {
+	if _, err := s.ConsumeToken(t.Context(), secret2, ID(2), "anything", now); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.CreateToken(inventory.Grant{Model: "m"}, "o", 0); err == nil {
+	if _, _, err := s.CreateToken(t.Context(), inventory.Grant{Model: "m"}, "o", 0); err == nil {
 		t.Fatal("token without lifetime created")
 	}
 }
 
 func testTokenConcurrency(t *testing.T, s Store) {
-	secret, _, err := s.CreateToken(inventory.Grant{Model: "gw-1"}, "", time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), inventory.Grant{Model: "gw-1"}, "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +510,7 @@ func testTokenConcurrency(t *testing.T, s Store) {
 		go func() {
 			defer wg.Done()
 			<-start
-			toks[i], errs[i] = s.ConsumeToken(secret, ID(i), "gw-1", time.Now())
+			toks[i], errs[i] = s.ConsumeToken(t.Context(), secret, ID(i), "gw-1", time.Now())
 		}()
 	}
 	close(start)
@@ -481,7 +528,7 @@ func testTokenConcurrency(t *testing.T, s Store) {
 	if wins != 1 {
 		t.Fatalf("%d goroutines consumed the token, want 1", wins)
 	}
-	_, err = s.CheckToken(secret, "gw-1", time.Now())
+	_, err = s.CheckToken(t.Context(), secret, "gw-1", time.Now())
 	if !errors.Is(err, inventory.ErrTokenUsed) {
 		t.Fatalf("after race: %v", err)
 	}
@@ -491,17 +538,17 @@ func testTokenConcurrency(t *testing.T, s Store) {
 }
 
 func testEvents(t *testing.T, s Store) {
-	if ev, err := s.Events(ID(1), 0); err != nil || len(ev) != 0 {
+	if ev, err := s.Events(t.Context(), ID(1), 0); err != nil || len(ev) != 0 {
 		t.Fatalf("no events: %v %v", ev, err)
 	}
 	for i := range 5 {
 		for _, id := range []string{ID(1), ID(2), ID(1) + "0"} {
-			if err := s.AddEvent(inventory.Event{Time: t0.Add(time.Duration(i) * time.Second), DeviceID: id, Kind: fmt.Sprint("k", i), Detail: id}); err != nil {
+			if err := s.AddEvent(t.Context(), inventory.Event{Time: t0.Add(time.Duration(i) * time.Second), DeviceID: id, Kind: fmt.Sprint("k", i), Detail: id}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	ev, err := s.Events(ID(1), 0)
+	ev, err := s.Events(t.Context(), ID(1), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,19 +560,19 @@ func testEvents(t *testing.T, s Store) {
 			t.Fatalf("event %d = %+v (want newest first, this device only)", i, e)
 		}
 	}
-	ev, _ = s.Events(ID(2), 2)
+	ev, _ = s.Events(t.Context(), ID(2), 2)
 	if len(ev) != 2 || ev[0].Kind != "k4" || ev[1].Kind != "k3" {
 		t.Fatalf("limited: %v", ev)
 	}
 	// A missing time is filled in.
-	if err := s.AddEvent(inventory.Event{DeviceID: ID(3), Kind: "enrolled"}); err != nil {
+	if err := s.AddEvent(t.Context(), inventory.Event{DeviceID: ID(3), Kind: "enrolled"}); err != nil {
 		t.Fatal(err)
 	}
-	if ev, _ := s.Events(ID(3), 1); len(ev) != 1 || ev[0].Time.IsZero() {
+	if ev, _ := s.Events(t.Context(), ID(3), 1); len(ev) != 1 || ev[0].Time.IsZero() {
 		t.Fatalf("event time not set: %v", ev)
 	}
 	for _, e := range []inventory.Event{{Kind: "x"}, {DeviceID: ID(1)}, {DeviceID: "a/b", Kind: "x"}} {
-		if err := s.AddEvent(e); !errors.Is(err, inventory.ErrInvalid) {
+		if err := s.AddEvent(t.Context(), e); !errors.Is(err, inventory.ErrInvalid) {
 			t.Errorf("AddEvent(%+v): err = %v", e, err)
 		}
 	}
@@ -537,20 +584,20 @@ func testEvents(t *testing.T, s Store) {
 func testAnonymousEvents(t *testing.T, s Store) {
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
 	for i, kind := range []string{"enrolled", "connected"} {
-		if err := s.AddEvent(inventory.Event{Time: at(i), DeviceID: ID(1), Kind: kind}); err != nil {
+		if err := s.AddEvent(t.Context(), inventory.Event{Time: at(i), DeviceID: ID(1), Kind: kind}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	n := 10 * inventory.MaxAnonymousEvents
 	for i := range n {
-		if err := s.AddEvent(inventory.Event{Time: at(2 + i), DeviceID: ID(1), Kind: "activation-failed", Anonymous: true}); err != nil {
+		if err := s.AddEvent(t.Context(), inventory.Event{Time: at(2 + i), DeviceID: ID(1), Kind: "activation-failed", Anonymous: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.AddEvent(inventory.Event{Time: at(2 + n), DeviceID: ID(1), Kind: "renewed"}); err != nil {
+	if err := s.AddEvent(t.Context(), inventory.Event{Time: at(2 + n), DeviceID: ID(1), Kind: "renewed"}); err != nil {
 		t.Fatal(err)
 	}
-	ev, err := s.Events(ID(1), 0)
+	ev, err := s.Events(t.Context(), ID(1), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +612,7 @@ func testAnonymousEvents(t *testing.T, s Store) {
 			t.Fatalf("anonymous event %d = %+v, want the newest ones, newest first", i, e)
 		}
 	}
-	if lim, _ := s.Events(ID(1), 2); len(lim) != 2 || lim[0].Kind != "renewed" || !lim[1].Anonymous {
+	if lim, _ := s.Events(t.Context(), ID(1), 2); len(lim) != 2 || lim[0].Kind != "renewed" || !lim[1].Anonymous {
 		t.Fatalf("limited: %+v", lim)
 	}
 }
@@ -576,31 +623,31 @@ func testAnonymousEvents(t *testing.T, s Store) {
 func testLifecycle(t *testing.T, s Store) {
 	d := NewDevice(1)
 	d.State = inventory.StateDecommissioned
-	if err := s.PutDevice(d); err != nil {
+	if err := s.PutDevice(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
 	for _, to := range []inventory.State{inventory.StateActive, inventory.StateQuarantined, inventory.StatePending} {
-		if err := s.Update(d.ID, func(x *inventory.Device) error { x.State = to; return nil }); !errors.Is(err, inventory.ErrTransition) {
+		if err := s.Update(t.Context(), d.ID, func(x *inventory.Device) error { x.State = to; return nil }); !errors.Is(err, inventory.ErrTransition) {
 			t.Errorf("Update decommissioned -> %s: %v, want ErrTransition", to, err)
 		}
 		again := *d
 		again.State = to
-		if err := s.PutDevice(&again); !errors.Is(err, inventory.ErrTransition) {
+		if err := s.PutDevice(t.Context(), &again); !errors.Is(err, inventory.ErrTransition) {
 			t.Errorf("PutDevice decommissioned -> %s: %v, want ErrTransition", to, err)
 		}
 	}
-	if got, _ := s.Device(d.ID); got.State != inventory.StateDecommissioned {
+	if got, _ := s.Device(t.Context(), d.ID); got.State != inventory.StateDecommissioned {
 		t.Fatalf("a refused change was stored: %s", got.State)
 	}
 	p := &inventory.Device{ID: ID(2), State: inventory.StatePending}
-	if err := s.PutDevice(p); err != nil {
+	if err := s.PutDevice(t.Context(), p); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Update(p.ID, func(x *inventory.Device) error { x.State = inventory.StateQuarantined; return nil }); !errors.Is(err, inventory.ErrTransition) {
+	if err := s.Update(t.Context(), p.ID, func(x *inventory.Device) error { x.State = inventory.StateQuarantined; return nil }); !errors.Is(err, inventory.ErrTransition) {
 		t.Errorf("Update pending -> quarantined: %v, want ErrTransition", err)
 	}
 	now := time.Now() // the store prunes certificates expired by its own clock
-	if err := s.Update(p.ID, func(x *inventory.Device) error {
+	if err := s.Update(t.Context(), p.ID, func(x *inventory.Device) error {
 		x.State = inventory.StateActive
 		x.Issued("0a", now, now.Add(time.Hour))
 		x.Issued("0b", now, now.Add(2*time.Hour))
@@ -608,7 +655,7 @@ func testLifecycle(t *testing.T, s Store) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := s.Device(p.ID)
+	got, _ := s.Device(t.Context(), p.ID)
 	if got.State != inventory.StateActive || got.CertSerial != "0b" || len(got.Certs) != 2 || !got.Certs[1].NotAfter.Equal(now.Add(2*time.Hour)) || !got.Admits("0a", now) {
 		t.Fatalf("issued certificates: %+v", got)
 	}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/testenv"
 	"github.com/sigil-iot/sigil/sim/swtpm"
 )
 
@@ -31,26 +32,16 @@ func Require(t testing.TB) {
 }
 
 // RequireBinaries skips t (or fails it under CI=true) unless every named
-// binary is on PATH.
+// binary is on PATH (testenv.RequireBinaries; a test that needs no swtpm
+// calls that one, so as not to link this package).
 func RequireBinaries(t testing.TB, names ...string) {
 	t.Helper()
-	var miss []string
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			miss = append(miss, n)
-		}
-	}
-	if len(miss) > 0 {
-		missing(t, fmt.Errorf("missing binaries: %s", strings.Join(miss, ", ")))
-	}
+	testenv.RequireBinaries(t, names...)
 }
 
 func missing(t testing.TB, err error) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("swtpmtest: %v (CI=true: external tools are required)", err)
-	}
-	t.Skipf("swtpmtest: %v", err)
+	testenv.Unavailable(t, fmt.Errorf("swtpmtest: %w", err))
 }
 
 // NewCA returns a private swtpm CA in a temporary directory of t. Its

@@ -1,0 +1,226 @@
+package server
+
+import (
+	"os"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Config is sigil serve's configuration; JSON keys are the file's keys
+// (docs/CONFIG.md).
+type Config struct {
+	// DataDir holds the CA, the inventory and the admin token. Default
+	// /var/lib/sigil.
+	DataDir string `json:"data_dir"`
+	// DatabaseURL, when set, keeps the stores that support it in this
+	// PostgreSQL database (postgres://USER@HOST:PORT/DB?sslmode=…; the
+	// password is better given by PGPASSWORD or a .pgpass file than in
+	// the URL), migrated at start. So far: the inventory. The other
+	// stores stay in DataDir. Default "": everything in bbolt files in
+	// DataDir.
+	DatabaseURL string `json:"database_url"`
+	// MQTTAddr is the broker's TLS listener. Default ":8883".
+	MQTTAddr string `json:"mqtt_addr"`
+	// APIAddr is the HTTPS API listener. Default ":8443".
+	APIAddr string `json:"api_addr"`
+	// Hostnames are the DNS names and IP addresses on the server
+	// certificate. Default: localhost, 127.0.0.1, ::1 and the host name.
+	Hostnames []string `json:"hostnames"`
+	// TrustDomain is the SPIFFE trust domain of device IDs. Default
+	// "sigil.local".
+	TrustDomain string `json:"trust_domain"`
+	// EKCADir is a directory of trusted TPM manufacturer CA certificates
+	// (PEM or DER, roots and intermediates). Optional.
+	EKCADir string `json:"ek_ca_dir"`
+	// EKAllowList is a file of EK fingerprints (SHA-256 of the PKIX public
+	// key, hex), one per line, '#' comments. Optional.
+	EKAllowList string `json:"ek_allowlist"`
+	// ManualApproval holds EKs no other path trusts as pending until an
+	// operator approves them. Default false (they are refused).
+	ManualApproval bool `json:"manual_approval"`
+	// ReleaseTrust is the release trust set file (`sigil firmware trust`
+	// writes it): the keys, and how many of them must sign, that firmware
+	// releases need. Enrolled devices get it. Unset, firmware releases and
+	// campaigns are off and their routes answer 501.
+	ReleaseTrust string `json:"release_trust"`
+	// ReleaseTrustRotations are the signed rotations from ReleaseTrust to
+	// the current set, in order; devices get them after each hello.
+	ReleaseTrustRotations []ReleaseRotation `json:"release_trust_rotations"`
+	// FirmwareApprovals is how many people other than the uploader must
+	// approve a release. Default 1.
+	FirmwareApprovals int `json:"firmware_approvals"`
+	// TwoPersonRule holds dangerous changes (CA rotation, policy and secret
+	// changes, fleet-wide rotation jobs; user creation, role changes and
+	// API tokens that may approve) for a second person's approval
+	// (GET /api/v1/approvals). Default false; turn it on once a second
+	// operator with security.approve exists.
+	TwoPersonRule bool `json:"two_person_rule"`
+	// APIRateLimit is the API requests per second each client address may
+	// make, in bursts of APIRateBurst; 0 means 50 (bursts of 200), negative
+	// means no limit.
+	APIRateLimit float64 `json:"api_rate_limit"`
+	APIRateBurst int     `json:"api_rate_burst"`
+	// DeviceLifetime is the device certificate lifetime. Default 24h.
+	DeviceLifetime config.Duration `json:"device_lifetime"`
+	// TopicPrefix is the first MQTT topic level. Default "sigil".
+	TopicPrefix string `json:"topic_prefix"`
+	// AllowBootstrap lets clients without a device certificate connect to
+	// their own enrollment topics. Default true; set false once every
+	// device is enrolled.
+	AllowBootstrap *bool `json:"allow_bootstrap"`
+	// BootstrapCredential requires a credential at CONNECT from bootstrap
+	// clients: a claim certificate (ClaimCADir) or an enrollment token as
+	// the MQTT password (valid, or already used by this device, which is
+	// how a known device re-enrolls). Default false: bootstrap clients are
+	// anonymous but limited to their own enrollment topics.
+	BootstrapCredential bool `json:"bootstrap_credential"`
+	// ClaimCADir is a directory of claim CA certificates (PEM): batch
+	// credentials a device maker installs for the bootstrap connection.
+	ClaimCADir string `json:"claim_ca_dir"`
+	// BootstrapLimits bound the broker's connections without a device
+	// certificate (fleet/broker bootstrap.go); zero values take the
+	// broker's defaults.
+	BootstrapLimits
+	// AttestInterval is the devices' expected attestation interval (their
+	// attest_interval); StaleAfter missed intervals or unanswered challenges
+	// flag a device stale. Defaults 10m and 3.
+	AttestInterval config.Duration `json:"attest_interval"`
+	StaleAfter     int             `json:"stale_after"`
+	// VerdictMaxAge bounds the age of the passing attestation on which
+	// SSH host certificates and secrets go out; the pass must also be on
+	// a nonce of the device's current session. Default StaleAfter ×
+	// AttestInterval (30m).
+	VerdictMaxAge config.Duration `json:"verdict_max_age"`
+	// AttestPCRs are the PCRs quoted in each bank. Default 0-9 and 14.
+	AttestPCRs []int `json:"attest_pcrs"`
+	// AttestBanks are the PCR banks quoted, one quote each: "sha256"
+	// (default), "sha1", "sha384". Every device must have them.
+	AttestBanks []string `json:"attest_banks"`
+	// SSHPrincipals are the names on devices' SSH host certificates,
+	// templates with "{id}" (device ID) and "{domain}" (trust domain).
+	// Default ["{id}", "{id}.{domain}"].
+	SSHPrincipals []string `json:"ssh_principals"`
+	// AlertSinks are where alert notifications go (AlertSink,
+	// sink.Config). Default none: alerts are kept and served by the API only.
+	AlertSinks []AlertSink `json:"alert_sinks"`
+	// AlertFlood limits how many new alerts open per window (fleet/server
+	// AlertFlood); the rest are held back and summarized. Default 20 per
+	// rule and 100 fleet-wide per 10 minutes.
+	AlertFlood AlertFlood `json:"alert_flood"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"log_level"`
+	// DebugAddr, if set, is a loopback address serving Go's profiles
+	// (net/http/pprof, /debug/pprof/) without authentication. Default
+	// off; any other address is refused (debug.go).
+	DebugAddr string `json:"debug_addr"`
+	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
+	// governance_interval (fleet/server/governance.go).
+	GovernanceConfig
+}
+
+func (c *Config) setDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "/var/lib/sigil"
+	}
+	if c.MQTTAddr == "" {
+		c.MQTTAddr = ":8883"
+	}
+	if c.APIAddr == "" {
+		c.APIAddr = ":8443"
+	}
+	if len(c.Hostnames) == 0 {
+		c.Hostnames = []string{"localhost", "127.0.0.1", "::1"}
+		if h, err := os.Hostname(); err == nil && h != "" {
+			c.Hostnames = append(c.Hostnames, h)
+		}
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "sigil.local"
+	}
+	if c.DeviceLifetime == 0 {
+		c.DeviceLifetime = config.Duration(24 * time.Hour)
+	}
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = wire.DefaultPrefix
+	}
+	if c.AllowBootstrap == nil {
+		t := true
+		c.AllowBootstrap = &t
+	}
+}
+
+// BootstrapLimits are the bootstrap connection bounds of Config.
+type BootstrapLimits struct {
+	// BootstrapClients caps the pool of bootstrap connections (default
+	// 1000) and BootstrapPerSource one source's share (default 256); at a
+	// cap a newcomer displaces the least active connection if it has been
+	// inactive for 10s.
+	BootstrapClients   int `json:"bootstrap_clients"`
+	BootstrapPerSource int `json:"bootstrap_per_source"`
+	// BootstrapReserve is the sessions kept beyond the pool for known
+	// devices that re-enroll, one per device (default 64).
+	BootstrapReserve int `json:"bootstrap_reserve"`
+	// BootstrapKeepaliveMax is the longest keepalive a bootstrap client
+	// may ask for; none (0) is refused. Default 2m.
+	BootstrapKeepaliveMax config.Duration `json:"bootstrap_keepalive_max"`
+	// BootstrapFirstMessage is how long a bootstrap client may wait after
+	// its CONNECT before its first enrollment message (default 30s), and
+	// BootstrapLifetime how long a bootstrap connection lasts at most
+	// (default 5m).
+	BootstrapFirstMessage config.Duration `json:"bootstrap_first_message"`
+	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
+}
+
+// GovernanceConfig is the identity-governance part of Config. It is
+// embedded, so its keys sit at the top level of the configuration file
+// (docs/CONFIG.md).
+type GovernanceConfig struct {
+	// DormantAfter is how long a device holding a valid certificate may go
+	// unseen before it is dormant (flagged and alerted). Default 720h.
+	DormantAfter config.Duration `json:"dormant_after"`
+	// DormantRevoke revokes a dormant device's certificates by policy
+	// (every one that has not expired; the device may prove itself again
+	// from its EK when it returns). Default false.
+	DormantRevoke bool `json:"dormant_revoke"`
+	// SilentAfter is how long a device may go unseen before silence
+	// counts in its risk score. Default 1h.
+	SilentAfter config.Duration `json:"silent_after"`
+	// GovernanceInterval is how often every device is judged (orphaned,
+	// dormant, clone-suspect) and its risk score stored. Default 1h.
+	GovernanceInterval config.Duration `json:"governance_interval"`
+}
+
+// AlertFlood is the alert_flood configuration: flood control of new
+// alerts (fleet/alert Flood). Past a limit, new alerts are held back:
+// counted in one summary alert per rule and window (which names the
+// rule, the count, the devices and the window, and goes to the sinks once,
+// when the window closes); their rules' actions still run.
+type AlertFlood struct {
+	// Window is the length of the windows the limits count in. Default
+	// 10m.
+	Window config.Duration `json:"window"`
+	// PerRule is how many new alerts one rule may open per window.
+	// Default 20; negative means no limit per rule.
+	PerRule int `json:"per_rule"`
+	// Fleet is how many new alerts all rules together may open per
+	// window. Default 100; negative means no fleet-wide limit.
+	Fleet int `json:"fleet"`
+}
+
+// flood is the engine's Flood for the configuration's defaults.
+func (c AlertFlood) flood() alert.Flood {
+	f := alert.Flood{Window: time.Duration(c.Window), PerRule: c.PerRule, Fleet: c.Fleet}
+	if f.Window <= 0 {
+		f.Window = 10 * time.Minute
+	}
+	if f.PerRule == 0 {
+		f.PerRule = 20
+	}
+	if f.Fleet == 0 {
+		f.Fleet = 100
+	}
+	return f
+}
