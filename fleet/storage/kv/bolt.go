@@ -1,0 +1,53 @@
+package kv
+
+import (
+	"context"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+)
+
+// Bolt returns db as a DB; Close closes the file.
+func Bolt(db *boltdb.DB) DB { return boltDB{db} }
+
+type boltDB struct{ db *boltdb.DB }
+
+func (b boltDB) View(ctx context.Context, fn func(Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+func (b boltDB) Update(ctx context.Context, fn func(Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+func (b boltDB) Write(ctx context.Context, fn func(Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Write(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+func (b boltDB) Close() error { return b.db.Close() }
+
+type boltTx struct{ tx *bolt.Tx }
+
+func (t boltTx) Bucket(name []byte) Bucket {
+	b := t.tx.Bucket(name)
+	if b == nil {
+		return nil
+	}
+	return boltBucket{b}
+}
+
+func (boltTx) Lock(string) error { return nil }
+
+type boltBucket struct{ *bolt.Bucket }
+
+func (b boltBucket) Cursor() Cursor { return b.Bucket.Cursor() }
