@@ -96,7 +96,7 @@ func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 		if _, err := a.CreateUser(context.Background(), name, "a long enough password", role); err != nil {
 			t.Fatal(err)
 		}
-		if f.tokens[role], _, err = a.CreateToken(name, "t", role, time.Hour); err != nil {
+		if f.tokens[role], _, err = a.CreateToken(t.Context(), name, "t", role, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -84,7 +84,7 @@ func TestChangeOwnPasswordAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	here, elsewhere := f.login(t, "alice", alicePW), f.login(t, "alice", alicePW)
-	tok, _, err := f.auth.CreateToken("alice", "cli", auth.RoleViewer, time.Hour)
+	tok, _, err := f.auth.CreateToken(t.Context(), "alice", "cli", auth.RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

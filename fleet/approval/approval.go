@@ -198,14 +198,14 @@ type Executor func(ctx context.Context, r Request, as Actor) error
 // PrincipalSource establishes principals again from their credentials;
 // *auth.Service is one.
 type PrincipalSource interface {
-	Principal(auth.Credential) (auth.Principal, error)
+	Principal(context.Context, auth.Credential) (auth.Principal, error)
 }
 
 // RequesterFrom returns a Config.Requester that establishes requesters
 // with src.
 func RequesterFrom(src PrincipalSource) func(context.Context, auth.Credential) (Actor, error) {
-	return func(_ context.Context, c auth.Credential) (Actor, error) {
-		p, err := src.Principal(c)
+	return func(ctx context.Context, c auth.Credential) (Actor, error) {
+		p, err := src.Principal(ctx, c)
 		if err != nil {
 			return nil, err
 		}

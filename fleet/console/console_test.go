@@ -441,7 +441,7 @@ func TestAPITokens(t *testing.T) {
 	if c := me(); c != http.StatusOK {
 		t.Fatalf("new token: %d", c)
 	}
-	toks, err := f.auth.Tokens("olga")
+	toks, err := f.auth.Tokens(t.Context(), "olga")
 	if err != nil || len(toks) != 1 || toks[0].Role != auth.RoleViewer {
 		t.Fatalf("tokens %+v %v", toks, err)
 	}
@@ -474,15 +474,15 @@ func TestUsers(t *testing.T) {
 		t.Fatalf("the shown password does not log in: %v", err)
 	}
 	redirect(t, admin.post("/settings/users/bob/disable", nil))
-	if u, _ := f.auth.User("bob"); !u.Disabled {
+	if u, _ := f.auth.User(t.Context(), "bob"); !u.Disabled {
 		t.Fatal("disable did not disable")
 	}
 	redirect(t, admin.post("/settings/users/bob/role", url.Values{"role": {"viewer"}}))
-	if u, _ := f.auth.User("bob"); u.Role != auth.RoleViewer {
+	if u, _ := f.auth.User(t.Context(), "bob"); u.Role != auth.RoleViewer {
 		t.Fatalf("role %s", u.Role)
 	}
 	redirect(t, admin.post("/settings/users/bob/delete", nil))
-	if _, err := f.auth.User("bob"); err == nil {
+	if _, err := f.auth.User(t.Context(), "bob"); err == nil {
 		t.Fatal("delete did not delete")
 	}
 	mustContain(t, body(t, admin.post("/settings/users/ada/delete", nil), http.StatusConflict), "last enabled admin")
@@ -528,7 +528,7 @@ func TestFallbackToAPI(t *testing.T) {
 func TestBearerTokenIsNotALogin(t *testing.T) {
 	f := newFixture(t, nil)
 	f.login("olga", auth.RoleOperator)
-	secret, _, err := f.auth.CreateToken("olga", "script", auth.RoleOperator, time.Hour)
+	secret, _, err := f.auth.CreateToken(t.Context(), "olga", "script", auth.RoleOperator, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

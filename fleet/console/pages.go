@@ -321,7 +321,7 @@ type Settings struct {
 
 func (c *Console) loadSettings(_ *http.Request, p auth.Principal) (any, error) {
 	out := Settings{Now: c.cfg.Now(), UserRoles: auth.Roles(), MinPassword: auth.MinPasswordLen}
-	toks, err := c.cfg.Auth.Tokens(p.User)
+	toks, err := c.cfg.Auth.Tokens(context.Background(), p.User)
 	if err != nil {
 		return nil, err
 	}
@@ -333,7 +333,7 @@ func (c *Console) loadSettings(_ *http.Request, p auth.Principal) (any, error) {
 		}
 	}
 	if p.Can(auth.PermUsersAdmin) {
-		if out.Users, err = c.cfg.Auth.Users(); err != nil {
+		if out.Users, err = c.cfg.Auth.Users(context.Background()); err != nil {
 			return nil, err
 		}
 	}

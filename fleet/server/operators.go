@@ -33,6 +33,6 @@ func (s *Server) openAuth() error {
 	if created {
 		s.log.Info("first admin created", "user", auth.BootstrapAdmin, "password_file", pwFile)
 	}
-	s.adminToken, err = a.EnsureAdminToken(filepath.Join(s.cfg.DataDir, AdminTokenFile))
+	s.adminToken, err = a.EnsureAdminToken(context.Background(), filepath.Join(s.cfg.DataDir, AdminTokenFile))
 	return err
 }

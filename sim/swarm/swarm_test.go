@@ -269,7 +269,7 @@ func TestSwarm(t *testing.T) {
 	if _, err := admin.CreateUser(ctx, api.UserRequest{Name: "rita", Role: auth.RoleReleaseApprover}); err != nil {
 		t.Fatal(err)
 	}
-	token, _, err := f.Auth.CreateToken("rita", "swarm test", auth.RoleReleaseApprover, time.Hour)
+	token, _, err := f.Auth.CreateToken(t.Context(), "rita", "swarm test", auth.RoleReleaseApprover, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -221,7 +221,7 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("the enrollment token the console showed does not check: %v", err)
 	}
 	// The API token was created for the operator, then revoked.
-	toks, err := f.Auth.Tokens("olga")
+	toks, err := f.Auth.Tokens(ctx, "olga")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,7 +71,7 @@ func clientAs(t *testing.T, f *harness.Fleet, user string, role auth.Role) *api.
 	if err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := f.Auth.CreateToken(user, "browser-test", role, time.Hour)
+	secret, _, err := f.Auth.CreateToken(t.Context(), user, "browser-test", role, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
