@@ -126,7 +126,7 @@ func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 // deviceAudit returns the per-device audit entries of an action.
 func (f *bulkFixture) deviceAudit(t *testing.T, action string) map[string]audit.Entry {
 	t.Helper()
-	page, err := f.log.List(audit.Filter{Action: "api.devices.bulk." + action + ".device", Limit: 1000})
+	page, err := f.log.List(t.Context(), audit.Filter{Action: "api.devices.bulk." + action + ".device", Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -351,7 +351,7 @@ func TestDeniedReadsAndLongTargetsAudited(t *testing.T) {
 	if resp, _ := f.do(t, "PATCH", "/api/v1/devices/"+long, f.scoped[auth.RoleAdmin], map[string]string{"owner": "ops"}); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("patch a long device ID: %d", resp.StatusCode)
 	}
-	page, err := f.log.List(audit.Filter{Limit: 100})
+	page, err := f.log.List(t.Context(), audit.Filter{Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -148,7 +148,7 @@ func TestChangeOwnPasswordAPI(t *testing.T) {
 		t.Errorf("a token with the old password: %d %s", resp.StatusCode, body)
 	}
 
-	page, err := f.log.List(audit.Filter{Action: "api.users.me.password.post", Limit: 100})
+	page, err := f.log.List(t.Context(), audit.Filter{Action: "api.users.me.password.post", Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -199,7 +199,7 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 		t.Errorf("release %s: %+v (%v)", p.unapproved.ID, r, err)
 	}
 	// The verification the admin ran is in the audit log.
-	page, err := f.Audit.List(audit.Filter{Actor: audit.User("ada"), Action: "api.audit.verify"})
+	page, err := f.Audit.List(t.Context(), audit.Filter{Actor: audit.User("ada"), Action: "api.audit.verify"})
 	if err != nil || len(page.Entries) == 0 || page.Entries[0].Outcome != audit.OK {
 		t.Errorf("no successful verification by ada in the audit log: %+v (%v)", page.Entries, err)
 	}
