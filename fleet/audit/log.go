@@ -175,9 +175,9 @@ var Buckets = [][]byte{bucketEntries, bucketCheckpoints, bucketByActor, bucketBy
 
 // OpenPostgres opens the log in the PostgreSQL database db, bringing its
 // tables up to date first (cfg.Path and NoSync are unused). Logs of
-// several replicas on one database append to one chain: an append takes
-// the chain's lock and continues from the head it reads in its
-// transaction. Close leaves db open.
+// several replicas on one database append to one chain: appends are
+// serialized by the log's lock and continue from the head they read in
+// their transaction. Close leaves db open.
 func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Log, error) {
 	l, err := newLog(cfg)
 	if err != nil {
@@ -186,7 +186,7 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Log, error
 	if err := db.Migrate(ctx, "audit", migrations); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	k, err := kv.Postgres(db, Table)
+	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}

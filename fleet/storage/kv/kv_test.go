@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
@@ -32,7 +33,7 @@ func openBolt(t *testing.T) kv.DB {
 	return d
 }
 
-func openPostgres(t *testing.T, srv *pgtest.Server) kv.DB {
+func openPostgres(t *testing.T, srv *pgtest.Server, o ...kv.Options) kv.DB {
 	t.Helper()
 	pg, err := postgres.Open(t.Context(), srv.NewDatabase(t), postgres.Options{})
 	if err != nil {
@@ -42,7 +43,7 @@ func openPostgres(t *testing.T, srv *pgtest.Server) kv.DB {
 	if _, err := pg.Pool().Exec(t.Context(), kv.Schema("kv_test")); err != nil {
 		t.Fatal(err)
 	}
-	d, err := kv.Postgres(pg, "kv_test")
+	d, err := kv.Postgres(pg, "kv_test", o...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,15 +57,17 @@ func TestConformance(t *testing.T) {
 	for _, b := range []struct {
 		name string
 		open func(t *testing.T) kv.DB
+		once bool // a write's function runs exactly once
 	}{
-		{"bbolt", openBolt},
-		{"postgres", func(t *testing.T) kv.DB { return openPostgres(t, srv) }},
+		{"bbolt", openBolt, true},
+		{"postgres", func(t *testing.T) kv.DB { return openPostgres(t, srv) }, false},
+		{"postgres-serialized", func(t *testing.T) kv.DB { return openPostgres(t, srv, kv.Options{Serialized: true}) }, true},
 	} {
 		t.Run(b.name, func(t *testing.T) {
 			t.Run("order", func(t *testing.T) { testOrder(t, b.open(t)) })
 			t.Run("rollback", func(t *testing.T) { testRollback(t, b.open(t)) })
 			t.Run("sequence", func(t *testing.T) { testSequence(t, b.open(t)) })
-			t.Run("concurrent", func(t *testing.T) { testConcurrent(t, b.open(t)) })
+			t.Run("concurrent", func(t *testing.T) { testConcurrent(t, b.open(t), b.once) })
 		})
 	}
 	t.Run("copy", func(t *testing.T) { testCopy(t, openBolt(t), openPostgres(t, srv)) })
@@ -190,16 +193,21 @@ func testSequence(t *testing.T, db kv.DB) {
 	})
 }
 
-// testConcurrent: concurrent read-modify-writes of one key all land.
-func testConcurrent(t *testing.T, db kv.DB) {
+// testConcurrent: concurrent read-modify-writes of one key all land
+// (once: without a lock of their own, each function running once).
+func testConcurrent(t *testing.T, db kv.DB, once bool) {
 	const n = 16
 	var wg sync.WaitGroup
+	var runs atomic.Int64
 	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = db.Write(t.Context(), func(tx kv.Tx) error {
-				if err := tx.Lock("counter"); err != nil {
-					return err
+			errs[i] = db.Update(t.Context(), func(tx kv.Tx) error {
+				runs.Add(1)
+				if !once {
+					if err := tx.Lock("counter"); err != nil {
+						return err
+					}
 				}
 				b := tx.Bucket(bucketA)
 				v := append(bytes.Clone(b.Get([]byte("n"))), 'x')
@@ -219,6 +227,9 @@ func testConcurrent(t *testing.T, db kv.DB) {
 		}
 		return nil
 	})
+	if once && runs.Load() != n {
+		t.Errorf("%d runs of %d writes' functions, want each once", runs.Load(), n)
+	}
 }
 
 func testCopy(t *testing.T, src, dst kv.DB) {

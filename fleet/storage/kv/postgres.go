@@ -15,18 +15,33 @@ import (
 // SQL text).
 var validTable = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
 
+// Options configures Postgres.
+type Options struct {
+	// Serialized makes the store's writes one at a time, as bbolt's are:
+	// each Update takes the store's lock and runs exactly once
+	// (postgres.DB.Serialized), for stores whose transactions have
+	// effects outside the database. Otherwise writes are serializable
+	// transactions run again when they fail to serialize.
+	Serialized bool
+}
+
 // Postgres returns the buckets kept in table (and table_seq) of db, which
 // the store's migrations created (Schema). Close leaves db open.
-func Postgres(db *postgres.DB, table string) (DB, error) {
+func Postgres(db *postgres.DB, table string, o ...Options) (DB, error) {
 	if !validTable.MatchString(table) {
 		return nil, fmt.Errorf("kv: invalid table name %q", table)
 	}
-	return &pgDB{db: db, table: table, seq: table + "_seq"}, nil
+	p := &pgDB{db: db, table: table, seq: table + "_seq"}
+	for _, o := range o {
+		p.serialized = p.serialized || o.Serialized
+	}
+	return p, nil
 }
 
 type pgDB struct {
 	db         *postgres.DB
 	table, seq string
+	serialized bool
 }
 
 func (p *pgDB) Close() error { return nil }
@@ -36,6 +51,9 @@ func (p *pgDB) View(ctx context.Context, fn func(Tx) error) error {
 }
 
 func (p *pgDB) Update(ctx context.Context, fn func(Tx) error) error {
+	if p.serialized {
+		return p.db.Serialized(ctx, "kv/"+p.table, func(t pgx.Tx) error { return p.run(ctx, t, fn) })
+	}
 	return p.db.Tx(ctx, func(t pgx.Tx) error { return p.run(ctx, t, fn) })
 }
 
