@@ -254,7 +254,8 @@ var (
 
 // Config configures Open.
 type Config struct {
-	// Path is the bbolt file for requests (created with mode 0600). Required.
+	// Path is the bbolt file for requests (created with mode 0600). Required
+	// by Open; OpenPostgres does not use it.
 	Path string
 	// Rules maps each kind to its rule. Nil means DefaultRules().
 	Rules map[Kind]Rule
@@ -296,9 +297,6 @@ const (
 )
 
 func (c *Config) setDefaults() error {
-	if c.Path == "" {
-		return fmt.Errorf("%w: Config.Path is required", ErrInvalid)
-	}
 	if c.Rules == nil {
 		c.Rules = DefaultRules()
 	}

@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/storage/kv"
-
 	"github.com/sigil-iot/sigil/fleet/internal/fsutil"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // BootstrapAdmin is the name of the first admin EnsureAdmin creates.

@@ -10,9 +10,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/storage/kv"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // ErrSamePassword: a new password equal to the current one.

@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/storage/kv"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 const newPW = "a brand new long password"

@@ -12,9 +12,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/storage/kv"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // Session is a login. ID is the secret the session cookie carries: it is

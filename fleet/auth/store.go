@@ -13,12 +13,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/storage/kv"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 

@@ -187,7 +187,7 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 		t.Errorf("alert after the browser: %+v (%v), note typed %q", a, err, res.AlertNote)
 	}
 	// The approval was given by the admin and the change carried out.
-	req, err := f.Approvals.Get(p.approval)
+	req, err := f.Approvals.Get(t.Context(), p.approval)
 	if err != nil || req.State != approval.StateExecuted || len(req.Approvals) != 1 || req.Approvals[0].By != "ada" {
 		t.Errorf("approval after the browser: %+v (%v)", req, err)
 	}

@@ -8,29 +8,22 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
-// Bolt returns db as a DB; Close closes the file.
+// Bolt returns db as a DB; Close closes the file. bbolt transactions
+// cannot be canceled: the contexts are ignored, as the stores ignored
+// them before.
 func Bolt(db *boltdb.DB) DB { return boltDB{db} }
 
 type boltDB struct{ db *boltdb.DB }
 
-func (b boltDB) View(ctx context.Context, fn func(Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+func (b boltDB) View(_ context.Context, fn func(Tx) error) error {
 	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }
 
-func (b boltDB) Update(ctx context.Context, fn func(Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+func (b boltDB) Update(_ context.Context, fn func(Tx) error) error {
 	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }
 
-func (b boltDB) Write(ctx context.Context, fn func(Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+func (b boltDB) Write(_ context.Context, fn func(Tx) error) error {
 	return b.db.Write(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }
 
