@@ -236,3 +236,35 @@ func Copy(ctx context.Context, dst, src DB, buckets [][]byte) (Stats, error) {
 	}
 	return Digest(ctx, src, buckets)
 }
+
+// Clear deletes every key of buckets in db (the sequences stay), in
+// transactions of copyBatch keys.
+func Clear(ctx context.Context, db DB, buckets [][]byte) error {
+	for _, name := range buckets {
+		for more := true; more; {
+			err := db.Update(ctx, func(tx Tx) error {
+				b := tx.Bucket(name)
+				if b == nil {
+					more = false
+					return nil
+				}
+				var keys [][]byte
+				c := b.Cursor()
+				for k, _ := c.First(); k != nil && len(keys) < copyBatch; k, _ = c.Next() {
+					keys = append(keys, bytes.Clone(k))
+				}
+				more = len(keys) == copyBatch
+				for _, k := range keys {
+					if err := b.Delete(k); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("kv: clear %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
