@@ -463,3 +463,16 @@ func (t *pgTx) eachEvent(fn func(*Event) error) error {
 	}
 	return nil
 }
+
+// ClearPostgres deletes every record of the inventory in db (sigil
+// migrate --force), in one transaction.
+func ClearPostgres(ctx context.Context, db *postgres.DB) error {
+	err := db.Tx(ctx, func(t pgx.Tx) error {
+		_, err := t.Exec(ctx, "TRUNCATE inventory_device_tags, inventory_devices, inventory_revocations, inventory_tokens, inventory_events")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("inventory: clear: %w", err)
+	}
+	return nil
+}
