@@ -74,6 +74,11 @@ type Observer interface {
 	// Published reports a publish of payload to topic that the broker
 	// acknowledged (QoS 1 PUBACK). payload must not be kept or modified.
 	Published(topic string, payload []byte)
+	// Unacknowledged reports a publish of payload to topic that got no
+	// PUBACK (the wait timed out, the connection ended): the broker may
+	// have it all the same, as QoS 1 allows. payload must not be kept or
+	// modified.
+	Unacknowledged(topic string, payload []byte)
 	// Received reports a message from the broker, before the handlers
 	// of its subscriptions run. payload must not be kept or modified.
 	Received(topic string, payload []byte)
@@ -326,6 +331,9 @@ func (c *Conn) Publish(ctx context.Context, topic string, payload []byte) error 
 	}
 	_, err := c.request(ctx, &packet.Packet{Type: packet.Publish, QoS: 1, Topic: topic, Payload: payload}, packet.Puback)
 	if err != nil {
+		if c.observer != nil {
+			c.observer.Unacknowledged(topic, payload)
+		}
 		return fmt.Errorf("link: publish %s: %w", topic, err)
 	}
 	if c.observer != nil {

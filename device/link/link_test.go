@@ -603,6 +603,7 @@ func TestAlertsAfterTheHandshake(t *testing.T) {
 type recorder struct {
 	mu        sync.Mutex
 	published []string
+	unacked   []string
 	received  []string
 	ended     []error
 	endedN    int
@@ -612,6 +613,12 @@ func (r *recorder) Published(topic string, payload []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.published = append(r.published, topic+"="+string(payload))
+}
+
+func (r *recorder) Unacknowledged(topic string, payload []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unacked = append(r.unacked, topic+"="+string(payload))
 }
 
 func (r *recorder) Received(topic string, payload []byte) {
@@ -629,7 +636,8 @@ func (r *recorder) Ended(err error) {
 
 // TestDialAndObserver: Config.Dial opens the connection (here from
 // another loopback source address, as a simulator spreads its devices);
-// the Observer hears of acknowledged publishes only, and of the end: nil
+// the Observer hears of acknowledged publishes as published, of one
+// without PUBACK as unacknowledged, and of the end: nil
 // for Close, the cause for a connection lost.
 func TestDialAndObserver(t *testing.T) {
 	f := startFake(t)
@@ -673,7 +681,13 @@ func TestDialAndObserver(t *testing.T) {
 			t.Fatalf("handler got %q", m)
 		}
 		if lost {
+			// A publish the broker received but never acknowledged.
+			go func() { errc <- c.Publish(context.Background(), "a/c", []byte("three")) }()
+			fc.read()
 			fc.c.Close()
+			if err := expect(t, errc, "Publish"); err == nil {
+				t.Fatal("a publish without PUBACK succeeded")
+			}
 			expectDone(t, c, 2*time.Second, "the broker closed the connection")
 		} else {
 			c.Close()
@@ -682,6 +696,9 @@ func TestDialAndObserver(t *testing.T) {
 		rec.mu.Lock()
 		if fmt.Sprint(rec.published) != "[a/b=one]" || fmt.Sprint(rec.received) != "[down/x=two]" || rec.endedN != 1 || (rec.ended[0] != nil) != lost {
 			t.Errorf("lost %v: published %q, received %q, ended %v", lost, rec.published, rec.received, rec.ended)
+		}
+		if want := map[bool]string{false: "[]", true: "[a/c=three]"}[lost]; fmt.Sprint(rec.unacked) != want {
+			t.Errorf("lost %v: unacknowledged %q, want %s", lost, rec.unacked, want)
 		}
 		rec.mu.Unlock()
 	}

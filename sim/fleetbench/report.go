@@ -266,17 +266,20 @@ type ReconnectResult struct {
 
 // KindCount accounts for one kind of message: what the devices sent (the
 // broker acknowledged) against what the fleet counted. Sent is read
-// before the fleet's counters and SentAfter after them, so with nothing
-// lost Sent <= Fleet <= SentAfter.
+// before the fleet's counters and SentAfter after them; UnackedAfter
+// counts, after them too, the publishes the broker did not acknowledge
+// (a session lost while waiting), which the fleet may have received: with
+// nothing lost Sent <= Fleet <= SentAfter + UnackedAfter.
 type KindCount struct {
-	Kind      string  `json:"kind"`
-	Sent      uint64  `json:"sent"`
-	SentAfter uint64  `json:"sent_after"`
-	Ingested  float64 `json:"ingested"`
-	Dropped   float64 `json:"dropped"` // counted drops
-	Refused   float64 `json:"refused,omitempty"`
-	Lost      float64 `json:"lost"` // max(0, Sent - Ingested - Dropped - Refused)
-	Fleet     string  `json:"fleet_counters"`
+	Kind         string  `json:"kind"`
+	Sent         uint64  `json:"sent"`
+	SentAfter    uint64  `json:"sent_after"`
+	UnackedAfter uint64  `json:"unacknowledged_after,omitempty"`
+	Ingested     float64 `json:"ingested"`
+	Dropped      float64 `json:"dropped"` // counted drops
+	Refused      float64 `json:"refused,omitempty"`
+	Lost         float64 `json:"lost"` // max(0, Sent - Ingested - Dropped - Refused)
+	Fleet        string  `json:"fleet_counters"`
 }
 
 // writeJSON writes r to path.

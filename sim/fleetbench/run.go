@@ -508,7 +508,7 @@ func (r *run) shardOf(i int) *shardProc {
 
 // addSummaries adds shard summaries up.
 func addSummaries(sums []*ShardSummary) ShardSummary {
-	t := ShardSummary{Sent: map[string]uint64{}, Received: map[string]uint64{}}
+	t := ShardSummary{Sent: map[string]uint64{}, Received: map[string]uint64{}, Unacknowledged: map[string]uint64{}}
 	for _, s := range sums {
 		if s == nil {
 			continue
@@ -526,6 +526,9 @@ func addSummaries(sums []*ShardSummary) ShardSummary {
 		}
 		for k, v := range s.Sent {
 			t.Sent[k] += v
+		}
+		for k, v := range s.Unacknowledged {
+			t.Unacknowledged[k] += v
 		}
 		for k, v := range s.Received {
 			t.Received[k] += v
@@ -986,15 +989,19 @@ func (r *run) account(ctx context.Context) ([]KindCount, error) {
 	ks := kindCounts(before, m)
 	for i := range ks {
 		ks[i].SentAfter = sentOf(after, ks[i].Kind)
+		ks[i].UnackedAfter = countOf(after.Unacknowledged, ks[i].Kind)
 	}
 	return ks, nil
 }
 
 // sentOf is what the devices sent of a kind ("a+b": both).
-func sentOf(s ShardSummary, kind string) uint64 {
+func sentOf(s ShardSummary, kind string) uint64 { return countOf(s.Sent, kind) }
+
+// countOf is counts' total of a kind ("a+b": both).
+func countOf(counts map[string]uint64, kind string) uint64 {
 	var n uint64
 	for _, k := range strings.Split(kind, "+") {
-		n += s.Sent[k]
+		n += counts[k]
 	}
 	return n
 }

@@ -125,6 +125,9 @@ type ShardSummary struct {
 	// Sent and Received are the messages by wire type.
 	Sent     map[string]uint64 `json:"sent"`
 	Received map[string]uint64 `json:"received"`
+	// Unacknowledged are the publishes without PUBACK, by wire type
+	// (swarm.Outcome.Unacknowledged).
+	Unacknowledged map[string]uint64 `json:"unacknowledged,omitempty"`
 	// TelemetryPoints, Unjudged, Dials, Disconnects and Warnings are
 	// summed over the devices (swarm.Outcome).
 	TelemetryPoints uint64 `json:"telemetry_points"`
@@ -328,7 +331,7 @@ func (sh *shard) summary(times, outbox bool) ShardSummary {
 	outcomes := sh.swarm.Outcomes()
 	s := swarm.Summarize(outcomes)
 	out := ShardSummary{Devices: s.Devices, Started: s.Started, Active: s.Active, Connected: s.Connected, Exited: s.Exited,
-		Sent: s.Sent, Received: s.Received, TelemetryPoints: s.TelemetryPoints, Unjudged: s.Unjudged, Dials: s.Dials,
+		Sent: s.Sent, Received: s.Received, Unacknowledged: s.Unacknowledged, TelemetryPoints: s.TelemetryPoints, Unjudged: s.Unjudged, Dials: s.Dials,
 		Disconnects: s.Disconnects, Warnings: s.Warnings}
 	for _, o := range outcomes {
 		if !o.Started.IsZero() && (out.FirstStart.IsZero() || o.Started.Before(out.FirstStart)) {

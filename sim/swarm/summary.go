@@ -15,6 +15,8 @@ type Summary struct {
 	// Sent and Received are the messages by type (Outcome.Sent,
 	// Outcome.Received), summed.
 	Sent, Received map[string]uint64
+	// Unacknowledged is Outcome.Unacknowledged, summed.
+	Unacknowledged map[string]uint64
 	// TelemetryPoints, Unjudged, Dials, Disconnects and Warnings are the
 	// outcomes' counts, summed.
 	TelemetryPoints, Unjudged, Dials, Disconnects, Warnings uint64
@@ -30,7 +32,7 @@ type Distribution struct {
 
 // Summarize adds outcomes up.
 func Summarize(outcomes []Outcome) Summary {
-	s := Summary{Devices: len(outcomes), Sent: map[string]uint64{}, Received: map[string]uint64{}}
+	s := Summary{Devices: len(outcomes), Sent: map[string]uint64{}, Unacknowledged: map[string]uint64{}, Received: map[string]uint64{}}
 	var toActive []time.Duration
 	for _, o := range outcomes {
 		if !o.Started.IsZero() {
@@ -48,6 +50,9 @@ func Summarize(outcomes []Outcome) Summary {
 		}
 		for k, n := range o.Sent {
 			s.Sent[k] += n
+		}
+		for k, n := range o.Unacknowledged {
+			s.Unacknowledged[k] += n
 		}
 		for k, n := range o.Received {
 			s.Received[k] += n

@@ -341,6 +341,11 @@ type Outcome struct {
 	// again).
 	Sent            map[string]uint64
 	TelemetryPoints uint64
+	// Unacknowledged counts, by type, the publishes the broker did not
+	// acknowledge (timed out, connection lost): the fleet may have
+	// received them all the same, so what it counts lies between Sent and
+	// Sent + Unacknowledged.
+	Unacknowledged map[string]uint64
 	// Received counts the messages the fleet sent the device, by type.
 	// Unjudged counts the answers that refused evidence without judging
 	// the device's state — attestation verdicts for a nonce expired,
@@ -369,7 +374,7 @@ func (d *Device) Outcome() Outcome {
 	st := d.agent.Status()
 	o := Outcome{Index: d.Index, DeviceID: st.DeviceID, Enrollment: st.Enrollment, Connected: st.Connected,
 		CertSerial: st.CertSerial, Firmware: st.Firmware, Verdict: st.LastVerdict,
-		Sent: map[string]uint64{}, Received: map[string]uint64{}, TelemetryPoints: d.c.points.Load(), Unjudged: d.c.unjudged.Load(), Dials: d.c.dials.Load(), Disconnects: d.c.lost.Load(),
+		Sent: map[string]uint64{}, Unacknowledged: map[string]uint64{}, Received: map[string]uint64{}, TelemetryPoints: d.c.points.Load(), Unjudged: d.c.unjudged.Load(), Dials: d.c.dials.Load(), Disconnects: d.c.lost.Load(),
 		Warnings: d.c.warnings.Load()}
 	if t := d.c.started.Load(); t != 0 {
 		o.Started = time.Unix(0, t)
@@ -384,6 +389,9 @@ func (d *Device) Outcome() Outcome {
 	for i := range d.c.sent {
 		if n := d.c.sent[i].Load(); n > 0 {
 			o.Sent[kinds[i]] = n
+		}
+		if n := d.c.unacked[i].Load(); n > 0 {
+			o.Unacknowledged[kinds[i]] = n
 		}
 		if n := d.c.received[i].Load(); n > 0 {
 			o.Received[kinds[i]] = n
@@ -431,6 +439,7 @@ type counters struct {
 	started, active atomic.Int64 // Unix nanoseconds
 	lostAt          atomic.Int64 // Unix nanoseconds of the last lost session
 	sent, received  [len(kinds)]atomic.Uint64
+	unacked         [len(kinds)]atomic.Uint64
 	points          atomic.Uint64
 	unjudged        atomic.Uint64
 	dials, lost     atomic.Uint64
@@ -484,6 +493,14 @@ func (o *observer) Received(_ string, payload []byte) {
 			}
 		}
 	}
+}
+
+func (o *observer) Unacknowledged(_ string, payload []byte) {
+	typ := "other"
+	if env, err := wire.Decode(payload); err == nil {
+		typ = env.Type
+	}
+	o.c.unacked[kind(typ)].Add(1)
 }
 
 func (o *observer) Ended(err error) {
