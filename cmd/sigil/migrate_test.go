@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -91,6 +92,17 @@ func TestMigrateToPostgres(t *testing.T) {
 	}
 	m.Close()
 
+	h, err := attest.OpenHistory(filepath.Join(dir, server.HistoryFile), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 7 {
+		if err := h.Add(ctx, &attest.Record{DeviceID: inventorytest.ID(i % 2), Result: "pass"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Close()
+
 	inv, err := inventory.Open(filepath.Join(dir, server.InventoryFile), inventory.WithNoSync())
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +119,7 @@ func TestMigrateToPostgres(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
 	}
-	for _, want := range []string{"audit ", "entries 30", "checkpoints 1", "operators", "users 1", "sessions 1", "tokens 1", "approvals", "requests 1", "inventory", "devices 4", "the audit chain verifies"} {
+	for _, want := range []string{"audit ", "entries 30", "checkpoints 1", "operators", "users 1", "sessions 1", "tokens 1", "approvals", "requests 1", "inventory", "devices 4", "attestations", "devices 2, records 7", "the audit chain verifies"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("migrate output lacks %q:\n%s", want, out)
 		}
@@ -142,6 +154,19 @@ func TestMigrateToPostgres(t *testing.T) {
 	}
 	if r, err := pm.Get(ctx, req.ID); err != nil || r.State != approval.StatePending {
 		t.Fatalf("approval in the database: %+v, %v", r, err)
+	}
+	ph, err := attest.OpenHistoryPostgres(ctx, db, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := ph.List(ctx, inventorytest.ID(0), 10); err != nil || len(recs) != 4 || recs[0].Seq != 4 {
+		t.Fatalf("attestation history in the database: %+v, %v", recs, err)
+	}
+	if err := ph.Add(ctx, &attest.Record{DeviceID: inventorytest.ID(1), Result: "fail"}); err != nil {
+		t.Fatal(err)
+	}
+	if last, err := ph.Last(ctx, inventorytest.ID(1)); err != nil || last.Seq != 4 {
+		t.Fatalf("a verdict added after the copy: %+v, %v (the sequence must continue)", last, err)
 	}
 	pi, err := inventory.OpenPostgres(ctx, db)
 	if err != nil {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"net/http"
@@ -19,7 +20,7 @@ import (
 type Attestation interface {
 	Challenge(deviceID string) error
 	Release(deviceID, by, justification string) error
-	History(deviceID string, limit int) ([]attest.Record, error)
+	History(ctx context.Context, deviceID string, limit int) ([]attest.Record, error)
 }
 
 func (h *handler) routesAttest() {
@@ -63,7 +64,7 @@ func (h *handler) attestations(w http.ResponseWriter, r *http.Request, _ string)
 		}
 		limit = n
 	}
-	recs, err := h.cfg.Attestation.History(d.ID, limit)
+	recs, err := h.cfg.Attestation.History(r.Context(), d.ID, limit)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -242,7 +243,7 @@ func (h *handler) learnPolicy(w http.ResponseWriter, r *http.Request, who string
 		h.internal(w, err)
 		return
 	}
-	recs, err := h.cfg.Attestation.History(d.ID, 50)
+	recs, err := h.cfg.Attestation.History(r.Context(), d.ID, 50)
 	if err != nil {
 		h.internal(w, err)
 		return

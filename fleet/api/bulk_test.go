@@ -34,8 +34,8 @@ func (c *challenges) Challenge(id string) error {
 	c.sent = append(c.sent, id)
 	return nil
 }
-func (c *challenges) Release(string, string, string) error         { return nil }
-func (c *challenges) History(string, int) ([]attest.Record, error) { return nil, nil }
+func (c *challenges) Release(string, string, string) error                          { return nil }
+func (c *challenges) History(context.Context, string, int) ([]attest.Record, error) { return nil, nil }
 func (c *challenges) ids() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

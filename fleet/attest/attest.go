@@ -497,7 +497,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 	}
 	// Last, as the issue orders it: the counters against the history.
 	counters := func() error {
-		last, err := s.cfg.History.Last(dev.ID)
+		last, err := s.cfg.History.Last(context.Background(), dev.ID)
 		if err != nil || last == nil || last.Clock == 0 {
 			return err
 		}
@@ -655,7 +655,7 @@ func (s *Service) evidence(j job) *Record {
 	if err != nil {
 		s.log.Error("inventory update failed", "device_id", dev.ID, "err", err)
 	}
-	if err := s.cfg.History.Add(rec); err != nil {
+	if err := s.cfg.History.Add(context.Background(), rec); err != nil {
 		s.log.Error("recording verdict failed", "device_id", dev.ID, "err", err)
 	} else {
 		s.mu.Lock()
@@ -949,14 +949,14 @@ func removeFlag(flags []string, f string) []string {
 }
 
 // History returns a device's verdicts, newest first.
-func (s *Service) History(deviceID string, limit int) ([]Record, error) {
-	return s.cfg.History.List(deviceID, limit)
+func (s *Service) History(ctx context.Context, deviceID string, limit int) ([]Record, error) {
+	return s.cfg.History.List(ctx, deviceID, limit)
 }
 
 // HistoryBefore returns a device's verdicts older than sequence number
 // before (0: from the newest), newest first (History.ListBefore).
-func (s *Service) HistoryBefore(deviceID string, before uint64, limit int) ([]Record, error) {
-	return s.cfg.History.ListBefore(deviceID, before, limit)
+func (s *Service) HistoryBefore(ctx context.Context, deviceID string, before uint64, limit int) ([]Record, error) {
+	return s.cfg.History.ListBefore(ctx, deviceID, before, limit)
 }
 
 // Selections builds the PCR selections Config.Selections takes from the

@@ -39,7 +39,7 @@ type Inventory interface {
 // (older than a sequence number; 0 for the newest). *attest.Service
 // implements it.
 type Attestations interface {
-	HistoryBefore(deviceID string, before uint64, limit int) ([]attest.Record, error)
+	HistoryBefore(ctx context.Context, deviceID string, before uint64, limit int) ([]attest.Record, error)
 }
 
 // Policies reads the reference policies. *policy.Store implements it.

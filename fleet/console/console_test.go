@@ -268,7 +268,7 @@ func TestPagesRender(t *testing.T) {
 	rec := &attest.Record{Time: now.Add(-time.Hour), DeviceID: failing.ID, Result: "fail", Reason: "policy", Message: "PCR 4 differs from policy gw-base",
 		PolicyID: "gw-base", PolicyVersion: 2, Firmware: "1.4.2", Failures: []policy.Failure{{Kind: "pcr", Bank: "sha256", PCR: 4, EventIndex: -1,
 			Expected: "aa11", Actual: "bb22", Message: "boot loader measurement changed: an unapproved boot loader ran"}}}
-	if err := f.hist.Add(rec); err != nil {
+	if err := f.hist.Add(t.Context(), rec); err != nil {
 		t.Fatal(err)
 	}
 	f.secrets[failing.ID] = sampleSecrets(now)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -50,7 +51,7 @@ type MigratedStore struct {
 // writes, and its PostgreSQL backend.
 type kvStore struct {
 	name, file string
-	buckets    [][]byte
+	buckets    [][]byte // nil: every bucket of the file
 	// create makes a new file at path with the store's own Open (the
 	// schema version this build writes, compared with the file's).
 	create func(path string) error
@@ -93,6 +94,22 @@ func kvStores() []kvStore {
 				a.Close()
 				return kv.Postgres(db, auth.Table)
 			}},
+		{name: "attestations", file: HistoryFile, buckets: nil, // a bucket per device: every one
+			create: func(path string) error {
+				h, err := attest.OpenHistory(path, 0)
+				if err == nil {
+					err = h.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				h, err := attest.OpenHistoryPostgres(ctx, db, 0)
+				if err != nil {
+					return nil, err
+				}
+				h.Close()
+				return kv.Postgres(db, attest.HistoryTable)
+			}},
 		{name: "approvals", file: ApprovalsFile, buckets: approval.Buckets,
 			create: func(path string) error {
 				m, err := approval.Open(approval.Config{Path: path})
@@ -113,8 +130,8 @@ func kvStores() []kvStore {
 }
 
 // Migrate copies the stores of the data directory dataDir that have a
-// PostgreSQL backend (the inventory, the audit log, operators and
-// approvals) into the database at url, as `sigil migrate` does. The fleet
+// PostgreSQL backend (the inventory, the audit log, operators, the
+// attestation history and approvals) into the database at url, as `sigil migrate` does. The fleet
 // must be stopped: a file a running fleet holds fails with its store's
 // ErrLocked. Each store's tables are created or migrated first; a store
 // whose tables already hold records is refused unless o.Force. Each copy
@@ -196,19 +213,32 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 				return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
 			}
 		}
-		want, err := kv.Copy(ctx, p.dst, p.src, p.st.buckets)
+		buckets := p.st.buckets
+		if buckets == nil {
+			if buckets, err = kv.Buckets(ctx, p.src); err != nil {
+				return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+			}
+		}
+		want, err := kv.Copy(ctx, p.dst, p.src, buckets)
 		if err != nil {
 			return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
 		}
-		got, err := kv.Digest(ctx, p.dst, p.st.buckets)
+		got, err := kv.Digest(ctx, p.dst, buckets)
 		if err != nil {
 			return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
 		}
 		if got.Digest != want.Digest {
 			return nil, fmt.Errorf("%w: %s: %v in the file, %v in the database", ErrMismatch, p.st.name, want.Keys, got.Keys)
 		}
-		log.Info("store migrated", "store", p.st.name, "records", want.Keys)
-		out = append(out, MigratedStore{Name: p.st.name, File: p.st.file, Records: want.Keys})
+		records := want.Keys
+		if p.st.buckets == nil { // a bucket per device
+			records = map[string]int{"devices": len(want.Keys)}
+			for _, n := range want.Keys {
+				records["records"] += n
+			}
+		}
+		log.Info("store migrated", "store", p.st.name, "records", records)
+		out = append(out, MigratedStore{Name: p.st.name, File: p.st.file, Records: records})
 	}
 	if inv != nil {
 		if o.Force {

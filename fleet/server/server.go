@@ -190,7 +190,7 @@ func (s *Server) openCA() (err error) {
 
 // openDatabase connects to the PostgreSQL database when DatabaseURL is
 // set: the stores that support it open in it (openAudit, openAuth,
-// openInventory, openApprovals).
+// openInventory, openHistory, openApprovals).
 func (s *Server) openDatabase() (err error) {
 	if s.cfg.DatabaseURL == "" {
 		return nil
@@ -299,7 +299,14 @@ func (s *Server) openEnroll() error {
 
 // openHistory opens the attestation verdicts' history.
 func (s *Server) openHistory() (err error) {
-	if s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0); err == nil {
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.history, err = attest.OpenHistoryPostgres(ctx, s.db, 0)
+	} else {
+		s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0)
+	}
+	if err == nil {
 		s.onClose(s.history.Close)
 	}
 	return err

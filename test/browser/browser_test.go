@@ -150,7 +150,7 @@ func TestConsoleInChromium(t *testing.T) {
 	// attestation, for the policies page and the verdicts that cite it.
 	var golden map[string]map[int]string
 	wait.For(t, "a passing attestation to learn a policy from", func() bool {
-		recs, err := f.Attest.History(stSearched.DeviceID, 10)
+		recs, err := f.Attest.History(ctx, stSearched.DeviceID, 10)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -41,6 +41,20 @@ func (t boltTx) Bucket(name []byte) Bucket {
 
 func (boltTx) Lock(string) error { return nil }
 
+func (t boltTx) CreateBucketIfNotExists(name []byte) (Bucket, error) {
+	b, err := t.tx.CreateBucketIfNotExists(name)
+	if err != nil {
+		return nil, err
+	}
+	return boltBucket{b}, nil
+}
+
+func (t boltTx) ForEachBucket(fn func(name []byte) error) error {
+	return t.tx.ForEach(func(name []byte, _ *bolt.Bucket) error { return fn(name) })
+}
+
 type boltBucket struct{ *bolt.Bucket }
 
 func (b boltBucket) Cursor() Cursor { return b.Bucket.Cursor() }
+
+func (b boltBucket) Len() int { return b.Stats().KeyN }

@@ -50,6 +50,12 @@ type Tx interface {
 	// Bucket returns the bucket name; nil when a bbolt file has no such
 	// bucket (PostgreSQL buckets always exist, empty until written).
 	Bucket(name []byte) Bucket
+	// CreateBucketIfNotExists returns the bucket name, creating it in a
+	// bbolt file.
+	CreateBucketIfNotExists(name []byte) (Bucket, error)
+	// ForEachBucket calls fn with the name of every bucket, in order (in
+	// PostgreSQL: every bucket holding a key or a sequence).
+	ForEachBucket(fn func(name []byte) error) error
 	// Lock holds the lock name until the transaction ends: transactions
 	// taking the same lock run one after the other across every process
 	// sharing the database (an advisory lock). bbolt has one writer: it
@@ -67,6 +73,8 @@ type Bucket interface {
 	// bucket.
 	ForEach(fn func(k, v []byte) error) error
 	Cursor() Cursor
+	// Len returns how many keys the bucket holds.
+	Len() int
 	// NextSequence increments and returns the bucket's sequence.
 	NextSequence() (uint64, error)
 	// Sequence returns the bucket's sequence.
@@ -112,6 +120,22 @@ type Stats struct {
 	Digest [32]byte       // SHA-256 over the buckets' names, keys, values and sequences in order
 }
 
+// Buckets returns the names of db's buckets (Tx.ForEachBucket).
+func Buckets(ctx context.Context, db DB) ([][]byte, error) {
+	var out [][]byte
+	err := db.View(ctx, func(tx Tx) error {
+		out = nil
+		return tx.ForEachBucket(func(name []byte) error {
+			out = append(out, bytes.Clone(name))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv: buckets: %w", err)
+	}
+	return out, nil
+}
+
 // Digest reads buckets in one read transaction of db and returns their
 // key counts and a digest of their contents, equal on both backends for
 // equal contents.
@@ -123,24 +147,30 @@ func Digest(ctx context.Context, db DB, buckets [][]byte) (Stats, error) {
 		h.Write(b)
 	}
 	err := db.View(ctx, func(tx Tx) error {
+		h.Reset()
+		clear(st.Keys)
 		for _, name := range buckets {
-			n := 0
-			field(name)
+			// A missing bucket, and an empty one whose sequence is 0,
+			// digest as nothing: bbolt keeps empty buckets, PostgreSQL
+			// has no rows for them.
 			b := tx.Bucket(name)
 			if b == nil {
-				h.Write([]byte{0})
 				continue
 			}
-			h.Write([]byte{1})
-			if err := b.ForEach(func(k, v []byte) error {
+			seq := b.Sequence()
+			c := b.Cursor()
+			k, v := c.First()
+			if k == nil && seq == 0 {
+				continue
+			}
+			n := 0
+			field(name)
+			for ; k != nil; k, v = c.Next() {
 				n++
 				field(k)
 				field(v)
-				return nil
-			}); err != nil {
-				return err
 			}
-			h.Write(binary.BigEndian.AppendUint64(nil, b.Sequence()))
+			h.Write(binary.BigEndian.AppendUint64(nil, seq))
 			st.Keys[string(name)] = n
 		}
 		return nil
@@ -152,8 +182,15 @@ func Digest(ctx context.Context, db DB, buckets [][]byte) (Stats, error) {
 	return st, nil
 }
 
-// Empty reports whether every one of buckets is empty (or missing) in db.
+// Empty reports whether every one of buckets is empty (or missing) in db
+// (buckets nil: every bucket of db).
 func Empty(ctx context.Context, db DB, buckets [][]byte) (bool, error) {
+	if buckets == nil {
+		var err error
+		if buckets, err = Buckets(ctx, db); err != nil {
+			return false, err
+		}
+	}
 	empty := true
 	err := db.View(ctx, func(tx Tx) error {
 		for _, name := range buckets {
@@ -173,9 +210,17 @@ const copyBatch = 1000
 
 // Copy copies buckets from src to dst: every key, replacing what dst
 // holds under the same key (what dst holds under other keys stays), and
-// each bucket's sequence. It returns the digest of what it read from src
+// each bucket's sequence (dst's is set to src's). It returns the digest of what it read from src
 // (Digest); compare it with Digest of dst to verify the copy.
+//
+// buckets nil copies every bucket of src (Buckets).
 func Copy(ctx context.Context, dst, src DB, buckets [][]byte) (Stats, error) {
+	if buckets == nil {
+		var err error
+		if buckets, err = Buckets(ctx, src); err != nil {
+			return Stats{}, err
+		}
+	}
 	for _, name := range buckets {
 		var after []byte
 		first := true
@@ -206,9 +251,9 @@ func Copy(ctx context.Context, dst, src DB, buckets [][]byte) (Stats, error) {
 				return Stats{}, fmt.Errorf("kv: copy %s: read: %w", name, err)
 			}
 			err = dst.Update(ctx, func(tx Tx) error {
-				b := tx.Bucket(name)
-				if b == nil {
-					return fmt.Errorf("no bucket %s in the target", name)
+				b, err := tx.CreateBucketIfNotExists(name)
+				if err != nil {
+					return err
 				}
 				for _, p := range page {
 					v := p.v
@@ -219,7 +264,7 @@ func Copy(ctx context.Context, dst, src DB, buckets [][]byte) (Stats, error) {
 						return err
 					}
 				}
-				if first && seq > b.Sequence() {
+				if first && seq != b.Sequence() {
 					return b.SetSequence(seq)
 				}
 				return nil
@@ -237,10 +282,33 @@ func Copy(ctx context.Context, dst, src DB, buckets [][]byte) (Stats, error) {
 	return Digest(ctx, src, buckets)
 }
 
-// Clear deletes every key of buckets in db (the sequences stay), in
-// transactions of copyBatch keys.
+// DigestAll is Digest of every bucket of db.
+func DigestAll(ctx context.Context, db DB) (Stats, error) {
+	buckets, err := Buckets(ctx, db)
+	if err != nil {
+		return Stats{}, err
+	}
+	return Digest(ctx, db, buckets)
+}
+
+// Clear deletes every key of buckets in db (buckets nil: every bucket of
+// db) and sets their sequences to 0, in transactions of copyBatch keys.
 func Clear(ctx context.Context, db DB, buckets [][]byte) error {
+	if buckets == nil {
+		var err error
+		if buckets, err = Buckets(ctx, db); err != nil {
+			return err
+		}
+	}
 	for _, name := range buckets {
+		if err := db.Update(ctx, func(tx Tx) error {
+			if b := tx.Bucket(name); b != nil && b.Sequence() != 0 {
+				return b.SetSequence(0)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("kv: clear %s: %w", name, err)
+		}
 		for more := true; more; {
 			err := db.Update(ctx, func(tx Tx) error {
 				b := tx.Bucket(name)

@@ -71,6 +71,7 @@ func TestConformance(t *testing.T) {
 		})
 	}
 	t.Run("copy", func(t *testing.T) { testCopy(t, openBolt(t), openPostgres(t, srv)) })
+	t.Run("copy-all", func(t *testing.T) { testCopyAll(t, openBolt(t), openPostgres(t, srv)) })
 }
 
 // keys are stored out of order; bbolt orders them bytewise.
@@ -262,4 +263,46 @@ func testCopy(t *testing.T, src, dst kv.DB) {
 	if got, _ = kv.Digest(t.Context(), dst, buckets); got.Digest == st.Digest {
 		t.Fatal("digest unchanged after a value changed")
 	}
+}
+
+// testCopyAll: buckets made as records arrive (one per device) copy
+// without naming them, sequences and counts included.
+func testCopyAll(t *testing.T, src, dst kv.DB) {
+	for i := range 3 {
+		if err := src.Update(t.Context(), func(tx kv.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(fmt.Appendf(nil, "dev-%d", i))
+			if err != nil {
+				return err
+			}
+			for range i + 1 {
+				seq, err := b.NextSequence()
+				if err != nil {
+					return err
+				}
+				if err := b.Put(fmt.Appendf(nil, "%08d", seq), []byte("r")); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := kv.Copy(t.Context(), dst, src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := kv.DigestAll(t.Context(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest != want.Digest || got.Keys["dev-2"] != 3 {
+		t.Fatalf("copy of every bucket: source %v, target %v", want.Keys, got.Keys)
+	}
+	dst.View(t.Context(), func(tx kv.Tx) error {
+		if b := tx.Bucket([]byte("dev-2")); b.Len() != 3 || b.Sequence() != 3 {
+			t.Errorf("dev-2 in the target: %d keys, sequence %d", b.Len(), b.Sequence())
+		}
+		return nil
+	})
 }

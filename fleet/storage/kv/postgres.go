@@ -97,6 +97,25 @@ func (t *pgTx) Lock(name string) error {
 	return nil
 }
 
+func (t *pgTx) CreateBucketIfNotExists(name []byte) (Bucket, error) { return t.Bucket(name), nil }
+
+func (t *pgTx) ForEachBucket(fn func(name []byte) error) error {
+	rows, err := t.tx.Query(t.ctx, "SELECT bucket FROM "+t.db.table+" UNION SELECT bucket FROM "+t.db.seq+" ORDER BY 1")
+	if err != nil {
+		return fmt.Errorf("kv: %s: buckets: %w", t.db.table, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return fmt.Errorf("kv: %s: buckets: %w", t.db.table, err)
+	}
+	for _, n := range names {
+		if err := fn(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 type pgBucket struct {
 	tx   *pgTx
 	name []byte
@@ -152,6 +171,13 @@ func (b *pgBucket) ForEach(fn func(k, v []byte) error) error {
 		}
 	}
 	return b.tx.err
+}
+
+func (b *pgBucket) Len() int {
+	var n int
+	err := b.tx.tx.QueryRow(b.tx.ctx, "SELECT count(*) FROM "+b.tx.db.table+" WHERE bucket = $1", b.name).Scan(&n)
+	b.tx.fail(err)
+	return n
 }
 
 func (b *pgBucket) NextSequence() (uint64, error) {
