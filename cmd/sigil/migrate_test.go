@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
+	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -103,6 +104,19 @@ func TestMigrateToPostgres(t *testing.T) {
 	}
 	h.Close()
 
+	ps, err := policy.Open(filepath.Join(dir, server.PolicyFile), policy.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := policy.Policy{ID: "gw", Name: "gw", Model: "gw", Firmware: "1.0", CreatedBy: "alice",
+		PCRs: map[string]map[int]string{"sha256": {7: strings.Repeat("aa", 32)}}}
+	for range 2 {
+		if _, err := ps.Put(ctx, pol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps.Close()
+
 	inv, err := inventory.Open(filepath.Join(dir, server.InventoryFile), inventory.WithNoSync())
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +133,7 @@ func TestMigrateToPostgres(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
 	}
-	for _, want := range []string{"audit ", "entries 30", "checkpoints 1", "operators", "users 1", "sessions 1", "tokens 1", "approvals", "requests 1", "inventory", "devices 4", "attestations", "devices 2, records 7", "the audit chain verifies"} {
+	for _, want := range []string{"audit ", "entries 30", "checkpoints 1", "operators", "users 1", "sessions 1", "tokens 1", "approvals", "requests 1", "inventory", "devices 4", "attestations", "devices 2, records 7", "policies", "versions 2", "the audit chain verifies"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("migrate output lacks %q:\n%s", want, out)
 		}
@@ -167,6 +181,13 @@ func TestMigrateToPostgres(t *testing.T) {
 	}
 	if last, err := ph.Last(ctx, inventorytest.ID(1)); err != nil || last.Seq != 4 {
 		t.Fatalf("a verdict added after the copy: %+v, %v (the sequence must continue)", last, err)
+	}
+	pp, err := policy.OpenPostgres(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := pp.Get(ctx, "gw"); err != nil || got.Version != 2 || got.Model != "gw" {
+		t.Fatalf("policy in the database: %+v, %v", got, err)
 	}
 	pi, err := inventory.OpenPostgres(ctx, db)
 	if err != nil {

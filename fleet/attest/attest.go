@@ -52,7 +52,7 @@ const (
 
 // Policies decides how a device is judged (fleet/policy.Store).
 type Policies interface {
-	Choose(model, firmware, group string) (policy.Choice, error)
+	Choose(ctx context.Context, model, firmware, group string) (policy.Choice, error)
 }
 
 // Alert is a security event for operators (routed to sinks by the alerting
@@ -515,7 +515,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 	}
 	var choice policy.Choice
 	if s.cfg.Policies != nil {
-		if choice, err = s.cfg.Policies.Choose(dev.Model, firmware, dev.Group); err != nil {
+		if choice, err = s.cfg.Policies.Choose(context.Background(), dev.Model, firmware, dev.Group); err != nil {
 			return fail(err)
 		}
 	}

@@ -85,7 +85,7 @@ func TestApprovalsInbox(t *testing.T) {
 	if r, _ := ff.approvals.Get(t.Context(), pid); r.State != approval.StateRejected || r.Rejection.By != "sam" {
 		t.Fatalf("after withdrawal: %+v", r)
 	}
-	if _, err := ff.policies.Get("gw-new"); err == nil {
+	if _, err := ff.policies.Get(t.Context(), "gw-new"); err == nil {
 		t.Fatal("a withdrawn policy change was made")
 	}
 	mustContain(t, body(t, sid.get("/approvals"), http.StatusOK), "withdrawn by sam", "wrong PCR values")

@@ -44,9 +44,9 @@ type Attestations interface {
 
 // Policies reads the reference policies. *policy.Store implements it.
 type Policies interface {
-	List() ([]policy.Policy, error)
-	Get(id string) (policy.Policy, error)
-	History(id string) ([]policy.Policy, error)
+	List(ctx context.Context) ([]policy.Policy, error)
+	Get(ctx context.Context, id string) (policy.Policy, error)
+	History(ctx context.Context, id string) ([]policy.Policy, error)
 }
 
 // DeviceSecrets reads which secrets a device received (names and versions,

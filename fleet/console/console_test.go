@@ -272,7 +272,7 @@ func TestPagesRender(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.secrets[failing.ID] = sampleSecrets(now)
-	if _, err := f.pol.Put(policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1",
+	if _, err := f.pol.Put(t.Context(), policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1",
 		PCRs: map[string]map[int]string{"sha256": {4: strings.Repeat("ab", 32)}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ type Config struct {
 	// password is better given by PGPASSWORD or a .pgpass file than in
 	// the URL), migrated at start. So far: the inventory, the audit log,
 	// operators (users, sessions, API tokens, login throttling), the
-	// attestation history and approvals. The other stores stay in DataDir. Default "": everything
+	// attestation history, the reference policies and approvals. The other stores stay in DataDir. Default "": everything
 	// in bbolt files in DataDir.
 	DatabaseURL string `json:"database_url"`
 	// MQTTAddr is the broker's TLS listener. Default ":8883".

@@ -15,6 +15,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -131,7 +132,7 @@ func kvStores() []kvStore {
 
 // Migrate copies the stores of the data directory dataDir that have a
 // PostgreSQL backend (the inventory, the audit log, operators, the
-// attestation history and approvals) into the database at url, as `sigil migrate` does. The fleet
+// attestation history, policies and approvals) into the database at url, as `sigil migrate` does. The fleet
 // must be stopped: a file a running fleet holds fails with its store's
 // ErrLocked. Each store's tables are created or migrated first; a store
 // whose tables already hold records is refused unless o.Force. Each copy
@@ -207,6 +208,18 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 		out = append(out, MigratedStore{Name: "inventory", File: InventoryFile, Absent: true})
 	}
 
+	if _, err := os.Stat(filepath.Join(dataDir, PolicyFile)); err == nil && !o.Force {
+		dst, err := policy.OpenPostgres(ctx, db)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate policies: %w", err)
+		}
+		if n, _, err := dst.Digest(ctx); err != nil {
+			return nil, fmt.Errorf("server: migrate policies: %w", err)
+		} else if n > 0 {
+			return nil, fmt.Errorf("%w: policies", ErrNotEmpty)
+		}
+	}
+
 	for _, p := range plans {
 		if o.Force {
 			if err := kv.Clear(ctx, p.dst, p.st.buckets); err != nil {
@@ -264,6 +277,11 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 		out = append(out, MigratedStore{Name: "inventory", File: InventoryFile, Records: map[string]int{
 			"devices": want.Devices, "revocations": want.Revocations, "tokens": want.Tokens, "events": want.Events}})
 	}
+	pst, err := migratePolicies(ctx, db, dataDir, o.Force)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, pst)
 	if err := verifyMigratedAudit(ctx, db, dataDir); err != nil {
 		return nil, err
 	}
@@ -337,4 +355,52 @@ func verifyMigratedAudit(ctx context.Context, db *postgres.DB, dataDir string) e
 		return fmt.Errorf("server: migrate: the audit log does not verify in the database: %w", err)
 	}
 	return nil
+}
+
+// migratePolicies copies the reference policies (every version) into the
+// database and verifies the copy.
+func migratePolicies(ctx context.Context, db *postgres.DB, dataDir string, force bool) (MigratedStore, error) {
+	path := filepath.Join(dataDir, PolicyFile)
+	st := MigratedStore{Name: "policies", File: PolicyFile}
+	if _, err := os.Stat(path); err != nil {
+		st.Absent = true
+		return st, nil
+	}
+	fail := func(err error) (MigratedStore, error) {
+		return MigratedStore{}, fmt.Errorf("server: migrate policies: %w", err)
+	}
+	src, err := policy.Open(path)
+	if err != nil {
+		return fail(err)
+	}
+	defer src.Close()
+	dst, err := policy.OpenPostgres(ctx, db)
+	if err != nil {
+		return fail(err)
+	}
+	if n, _, err := dst.Digest(ctx); err != nil {
+		return fail(err)
+	} else if n > 0 && !force {
+		return MigratedStore{}, fmt.Errorf("%w: policies", ErrNotEmpty)
+	} else if n > 0 {
+		if err := policy.ClearPostgres(ctx, dst); err != nil {
+			return fail(err)
+		}
+	}
+	if err := policy.Copy(ctx, dst, src); err != nil {
+		return fail(err)
+	}
+	n, want, err := src.Digest(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	m, got, err := dst.Digest(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if got != want {
+		return MigratedStore{}, fmt.Errorf("%w: policies: %d versions in the file, %d in the database", ErrMismatch, n, m)
+	}
+	st.Records = map[string]int{"versions": n}
+	return st, nil
 }

@@ -190,7 +190,7 @@ func (s *Server) openCA() (err error) {
 
 // openDatabase connects to the PostgreSQL database when DatabaseURL is
 // set: the stores that support it open in it (openAudit, openAuth,
-// openInventory, openHistory, openApprovals).
+// openInventory, openPolicy, openHistory, openApprovals).
 func (s *Server) openDatabase() (err error) {
 	if s.cfg.DatabaseURL == "" {
 		return nil
@@ -254,7 +254,14 @@ func (s *Server) openBroker() error {
 
 // openPolicy opens the reference policies.
 func (s *Server) openPolicy() (err error) {
-	if s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile)); err == nil {
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Policy, err = policy.OpenPostgres(ctx, s.db)
+	} else {
+		s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile))
+	}
+	if err == nil {
 		s.onClose(s.Policy.Close)
 	}
 	return err

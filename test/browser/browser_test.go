@@ -162,7 +162,7 @@ func TestConsoleInChromium(t *testing.T) {
 		}
 		return false
 	})
-	if _, err := f.Policy.Put(policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1", Action: policy.ActionAlert,
+	if _, err := f.Policy.Put(ctx, policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1", Action: policy.ActionAlert,
 		PCRs: golden, Comment: "learned from " + stSearched.DeviceID}); err != nil {
 		t.Fatal(err)
 	}

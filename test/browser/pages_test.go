@@ -191,7 +191,7 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 	if err != nil || req.State != approval.StateExecuted || len(req.Approvals) != 1 || req.Approvals[0].By != "ada" {
 		t.Errorf("approval after the browser: %+v (%v)", req, err)
 	}
-	if _, err := f.Policy.Get("lab-bench"); err != nil {
+	if _, err := f.Policy.Get(t.Context(), "lab-bench"); err != nil {
 		t.Errorf("the approved policy change was not made: %v", err)
 	}
 	// The release its uploader could not approve is still waiting.

@@ -144,7 +144,7 @@ func TestDemo(t *testing.T) {
 // directory: the device, its revocation and the CRL are in the database.
 // So do the audit log (its chain verifies after the restart), the
 // operators (the admin token made at first start still works), the
-// attestation history and the approvals.
+// attestation history, the policies and the approvals.
 func TestRestartFleetOnPostgres(t *testing.T) {
 	requireTools(t)
 	pg := pgtest.Start(t)
@@ -173,7 +173,7 @@ func TestRestartFleetOnPostgres(t *testing.T) {
 	if err != nil || dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
 		t.Fatalf("inventory after restart: %+v, %v", dev, err)
 	}
-	for _, file := range []string{server.InventoryFile, audit.File, server.OperatorsFile, server.HistoryFile, server.ApprovalsFile} {
+	for _, file := range []string{server.InventoryFile, audit.File, server.OperatorsFile, server.HistoryFile, server.PolicyFile, server.ApprovalsFile} {
 		if _, err := os.Stat(filepath.Join(dataDir, file)); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("%s in the data directory (%v): the store is not in PostgreSQL", file, err)
 		}
