@@ -19,7 +19,7 @@ import (
 // reboot) met in the scale runs.
 type teardownGate struct {
 	mqtt.HookBase
-	first       *mqtt.Client
+	first       atomic.Pointer[mqtt.Client] // set by the test while the broker runs
 	held        atomic.Bool
 	inTeardown  chan struct{}
 	established chan struct{}
@@ -32,7 +32,7 @@ func (h *teardownGate) Provides(b byte) bool {
 }
 
 func (h *teardownGate) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
-	if cl != h.first {
+	if cl != h.first.Load() {
 		return
 	}
 	if h.held.Swap(true) {
@@ -46,7 +46,7 @@ func (h *teardownGate) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
 }
 
 func (h *teardownGate) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	if h.first != nil && cl.ID == h.first.ID && cl != h.first {
+	if first := h.first.Load(); first != nil && cl.ID == first.ID && cl != first {
 		close(h.established)
 	}
 }
@@ -74,7 +74,7 @@ func TestReconnectDuringTeardown(t *testing.T) {
 	if !ok {
 		t.Fatal("no session for the first connection")
 	}
-	gate.first = first
+	gate.first.Store(first)
 	a.Disconnect(0)
 	expectMsg(t, gate.inTeardown, "the first connection's teardown")
 

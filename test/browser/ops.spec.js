@@ -119,11 +119,14 @@ async function run(browser) {
   await step("a throttled login says why in one sentence", async () => {
     const user = env("SIGIL_THROTTLED");
     await page.goto(URL_ + "/login");
+    // Each attempt answers with a new page: wait for that page's alert,
+    // not for the one the previous page still shows.
+    const alerts = [/^The user name or password is wrong\.$/, /^Too many failed logins/];
     for (let i = 0; i < 2; i++) {
       await page.getByLabel("User name").fill(user);
       await page.getByLabel("Password").fill("not the password " + i);
-      await page.getByRole("button", { name: "Log in" }).click();
-      await page.getByRole("alert").waitFor();
+      await Promise.all([page.waitForNavigation(), page.getByRole("button", { name: "Log in" }).click()]);
+      await page.getByRole("alert").filter({ hasText: alerts[i] }).waitFor();
     }
     const msg = (await page.getByRole("alert").innerText()).trim();
     assert.match(msg, /^Too many failed logins: try again in (1 second|\d+ seconds|\d+ minutes?)\.$/);
