@@ -52,7 +52,7 @@ const (
 
 // Policies decides how a device is judged (fleet/policy.Store).
 type Policies interface {
-	Choose(model, firmware, group string) (policy.Choice, error)
+	Choose(ctx context.Context, model, firmware, group string) (policy.Choice, error)
 }
 
 // Alert is a security event for operators (routed to sinks by the alerting
@@ -497,7 +497,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 	}
 	// Last, as the issue orders it: the counters against the history.
 	counters := func() error {
-		last, err := s.cfg.History.Last(dev.ID)
+		last, err := s.cfg.History.Last(context.Background(), dev.ID)
 		if err != nil || last == nil || last.Clock == 0 {
 			return err
 		}
@@ -515,7 +515,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 	}
 	var choice policy.Choice
 	if s.cfg.Policies != nil {
-		if choice, err = s.cfg.Policies.Choose(dev.Model, firmware, dev.Group); err != nil {
+		if choice, err = s.cfg.Policies.Choose(context.Background(), dev.Model, firmware, dev.Group); err != nil {
 			return fail(err)
 		}
 	}
@@ -655,7 +655,7 @@ func (s *Service) evidence(j job) *Record {
 	if err != nil {
 		s.log.Error("inventory update failed", "device_id", dev.ID, "err", err)
 	}
-	if err := s.cfg.History.Add(rec); err != nil {
+	if err := s.cfg.History.Add(context.Background(), rec); err != nil {
 		s.log.Error("recording verdict failed", "device_id", dev.ID, "err", err)
 	} else {
 		s.mu.Lock()
@@ -949,14 +949,14 @@ func removeFlag(flags []string, f string) []string {
 }
 
 // History returns a device's verdicts, newest first.
-func (s *Service) History(deviceID string, limit int) ([]Record, error) {
-	return s.cfg.History.List(deviceID, limit)
+func (s *Service) History(ctx context.Context, deviceID string, limit int) ([]Record, error) {
+	return s.cfg.History.List(ctx, deviceID, limit)
 }
 
 // HistoryBefore returns a device's verdicts older than sequence number
 // before (0: from the newest), newest first (History.ListBefore).
-func (s *Service) HistoryBefore(deviceID string, before uint64, limit int) ([]Record, error) {
-	return s.cfg.History.ListBefore(deviceID, before, limit)
+func (s *Service) HistoryBefore(ctx context.Context, deviceID string, before uint64, limit int) ([]Record, error) {
+	return s.cfg.History.ListBefore(ctx, deviceID, before, limit)
 }
 
 // Selections builds the PCR selections Config.Selections takes from the

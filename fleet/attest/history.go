@@ -1,14 +1,19 @@
 package attest
 
 import (
+	"bytes"
+	"context"
+	"embed"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Record is one verdict in a device's attestation history.
@@ -43,9 +48,11 @@ type Record struct {
 	DeviceError bool `json:"device_error,omitempty"`
 }
 
-// History keeps verdicts per device in bbolt, newest last, bounded.
+// History keeps verdicts per device, newest last, bounded: a bucket per
+// device (named by its ID) of records keyed by their sequence number, in
+// a bbolt file (OpenHistory) or in PostgreSQL (OpenHistoryPostgres).
 type History struct {
-	db  *boltdb.DB
+	db  kv.DB
 	max int
 }
 
@@ -58,20 +65,50 @@ func OpenHistory(path string, maxPerDevice int) (*History, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &History{db: db, max: maxPerDevice}, nil
+	return &History{db: kv.Bolt(db), max: maxPerDevice}, nil
+}
+
+// historyMigrations are the history's tables in PostgreSQL (component
+// "attest_history" in schema_migrations).
+//
+//go:embed migrations/*.sql
+var historyMigrations embed.FS
+
+// HistoryTable is the PostgreSQL table holding the history (kv.Postgres);
+// every bucket of the bbolt file is a device's (sigil migrate copies them
+// all).
+const HistoryTable = "attest_history_kv"
+
+// OpenHistoryPostgres opens the history in the PostgreSQL database db,
+// bringing its tables up to date first. Close leaves db open.
+func OpenHistoryPostgres(ctx context.Context, db *postgres.DB, maxPerDevice int) (*History, error) {
+	if maxPerDevice <= 0 {
+		maxPerDevice = 1000
+	}
+	if err := db.Migrate(ctx, "attest_history", historyMigrations); err != nil {
+		return nil, fmt.Errorf("attest: history: %w", err)
+	}
+	k, err := kv.Postgres(db, HistoryTable)
+	if err != nil {
+		return nil, fmt.Errorf("attest: history: %w", err)
+	}
+	return &History{db: k, max: maxPerDevice}, nil
 }
 
 // Close closes the file.
 func (h *History) Close() error { return h.db.Close() }
 
 // Add appends r to its device's history and sets r.Seq.
-func (h *History) Add(r *Record) error {
-	return h.db.Write(func(tx *bolt.Tx) error {
+func (h *History) Add(ctx context.Context, r *Record) error {
+	return h.db.Write(ctx, func(tx kv.Tx) error {
 		b, err := tx.CreateBucketIfNotExists([]byte(r.DeviceID))
 		if err != nil {
 			return err
 		}
-		seq, _ := b.NextSequence()
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
 		r.Seq = seq
 		v, err := json.Marshal(r)
 		if err != nil {
@@ -80,13 +117,16 @@ func (h *History) Add(r *Record) error {
 		if err := b.Put(key(seq), v); err != nil {
 			return err
 		}
-		if n := b.Stats().KeyN; n >= h.max {
+		// Keep the newest max: sequence numbers are consecutive (each
+		// taken with its record), so the older ones are those before
+		// seq-max+1.
+		if seq > uint64(h.max) {
+			keep := key(seq - uint64(h.max) + 1)
 			c := b.Cursor()
-			for k, _ := c.First(); k != nil && n >= h.max; k, _ = c.Next() {
+			for k, _ := c.First(); k != nil && bytes.Compare(k, keep) < 0; k, _ = c.Next() {
 				if err := c.Delete(); err != nil {
 					return err
 				}
-				n--
 			}
 		}
 		return nil
@@ -100,16 +140,17 @@ func key(seq uint64) []byte {
 }
 
 // List returns up to limit records of a device, newest first.
-func (h *History) List(deviceID string, limit int) ([]Record, error) {
-	return h.ListBefore(deviceID, 0, limit)
+func (h *History) List(ctx context.Context, deviceID string, limit int) ([]Record, error) {
+	return h.ListBefore(ctx, deviceID, 0, limit)
 }
 
 // ListBefore returns up to limit records of a device older than sequence
 // number before (0: from the newest), newest first: a page of its
 // history, continued with the last record's Seq.
-func (h *History) ListBefore(deviceID string, before uint64, limit int) ([]Record, error) {
+func (h *History) ListBefore(ctx context.Context, deviceID string, before uint64, limit int) ([]Record, error) {
 	var out []Record
-	err := h.db.View(func(tx *bolt.Tx) error {
+	err := h.db.View(ctx, func(tx kv.Tx) error {
+		out = nil // a transaction may run again
 		b := tx.Bucket([]byte(deviceID))
 		if b == nil {
 			return nil
@@ -136,8 +177,8 @@ func (h *History) ListBefore(deviceID string, before uint64, limit int) ([]Recor
 }
 
 // Last returns the newest record of a device, or nil.
-func (h *History) Last(deviceID string) (*Record, error) {
-	rs, err := h.List(deviceID, 1)
+func (h *History) Last(ctx context.Context, deviceID string) (*Record, error) {
+	rs, err := h.List(ctx, deviceID, 1)
 	if err != nil || len(rs) == 0 {
 		return nil, err
 	}

@@ -96,7 +96,7 @@ func (f QuarantinerFunc) Quarantine(deviceID, why string) error { return f(devic
 // Attestations reads a device's verdicts, newest first. *attest.History
 // implements it.
 type Attestations interface {
-	List(deviceID string, limit int) ([]attest.Record, error)
+	List(ctx context.Context, deviceID string, limit int) ([]attest.Record, error)
 }
 
 // Firmware tells which firmware version a device should run.

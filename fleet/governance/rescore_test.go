@@ -19,7 +19,7 @@ type countingHistory struct {
 	reads map[string]int
 }
 
-func (h *countingHistory) List(id string, _ int) ([]attest.Record, error) {
+func (h *countingHistory) List(_ context.Context, id string, _ int) ([]attest.Record, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.reads[id]++

@@ -153,7 +153,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, open := range []func() error{
-		s.openCA, s.openAudit, s.openAuth, s.openDatabase, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
 		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
@@ -190,7 +190,8 @@ func (s *Server) openCA() (err error) {
 }
 
 // openDatabase connects to the PostgreSQL database when DatabaseURL is
-// set: the stores that support it open in it (openInventory).
+// set: the stores that support it open in it (openAudit, openAuth,
+// openInventory, openPolicy, openHistory, openApprovals).
 func (s *Server) openDatabase() (err error) {
 	if s.cfg.DatabaseURL == "" {
 		return nil
@@ -260,7 +261,14 @@ func (s *Server) openBroker() error {
 
 // openPolicy opens the reference policies.
 func (s *Server) openPolicy() (err error) {
-	if s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile)); err == nil {
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Policy, err = policy.OpenPostgres(ctx, s.db)
+	} else {
+		s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile))
+	}
+	if err == nil {
 		s.onClose(s.Policy.Close)
 	}
 	return err
@@ -305,7 +313,14 @@ func (s *Server) openEnroll() error {
 
 // openHistory opens the attestation verdicts' history.
 func (s *Server) openHistory() (err error) {
-	if s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0); err == nil {
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.history, err = attest.OpenHistoryPostgres(ctx, s.db, 0)
+	} else {
+		s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0)
+	}
+	if err == nil {
 		s.onClose(s.history.Close)
 	}
 	return err
@@ -369,8 +384,15 @@ func (s *Server) openApprovals() (err error) {
 	if !s.cfg.TwoPersonRule {
 		return nil
 	}
-	s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approval.AuditLog{Log: s.Audit},
-		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")})
+	cfg := approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approval.AuditLog{Log: s.Audit},
+		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")}
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Approvals, err = approval.OpenPostgres(ctx, s.db, cfg)
+	} else {
+		s.Approvals, err = approval.Open(cfg)
+	}
 	if err == nil {
 		s.onClose(s.Approvals.Close)
 	}
