@@ -31,6 +31,9 @@ var Version = "dev"
 func commandTable() *command {
 	return &command{name: "sigil", subs: []*command{
 		serveCommand(),
+		migrateCommand(),
+		brokerConfigCommand(),
+		brokerSyncCommand(),
 		devicesCommand(),
 		rotationsCommand(),
 		caCommand(),

@@ -124,7 +124,7 @@ func TestAuditVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := log.Export(f, 0, 0); err != nil {
+	if err := log.Export(ctx, f, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()

@@ -182,10 +182,13 @@ func TestHelpListsFlags(t *testing.T) {
 // the test that does.
 var testedElsewhere = map[string]string{
 	"serve":           "test/e2e TestBinaries (a fleet manager, not an API call)",
+	"migrate":         "TestMigrateToPostgres (a data directory and a database, not an API call)",
 	"firmware keygen": "TestFirmwareOffline",
 	"firmware trust":  "TestFirmwareOffline",
 	"firmware sign":   "TestFirmwareOffline",
 	"audit verify":    "TestAuditVerify",
+	"broker-config":   "TestBrokerConfig",
+	"broker-sync":     "test/e2e TestBrokerPoolRevocation (a fleet, a broker and its reload)",
 	"completion":      "TestCompletionBash",
 	"help":            "TestEverySubcommandHelp",
 }

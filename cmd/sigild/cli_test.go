@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +124,25 @@ func TestStatusStoppedReportsInstalledFirmware(t *testing.T) {
 		Running: "2.0.0", Slot: "b", Started: now, Changed: now})
 	if got := status(); got != "2.0.0" {
 		t.Errorf("after a rollback: firmware %q, want 2.0.0", got)
+	}
+}
+
+// TestRunTunesGC: sigild run collects garbage at GOGC 50, not Go's 100,
+// unless the environment sets GOGC (then it is left alone).
+func TestRunTunesGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	for _, c := range []struct {
+		env  map[string]string
+		want int
+	}{
+		{map[string]string{}, 50},
+		{map[string]string{"GOGC": "100"}, 100},
+		{map[string]string{"GOGC": "off"}, 100}, // what the runtime read stays
+	} {
+		debug.SetGCPercent(100)
+		tuneGC(func(k string) (string, bool) { v, ok := c.env[k]; return v, ok })
+		if got := debug.SetGCPercent(100); got != c.want {
+			t.Errorf("environment %v: GC percent %d, want %d", c.env, got, c.want)
+		}
 	}
 }

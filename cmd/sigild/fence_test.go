@@ -2,6 +2,7 @@ package main
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,6 +65,28 @@ func TestDeviceTreeFence(t *testing.T) {
 			if dep == f || strings.HasPrefix(dep, f+"/") {
 				t.Errorf("a device package links %s", dep)
 			}
+		}
+	}
+}
+
+// TestMemdebugOnlyByTag fails when the memory-debugging hooks
+// (memdebug.go: heap profiles and paging on signals) reach a default
+// build of sigild, or when the memdebug build no longer carries them.
+func TestMemdebugOnlyByTag(t *testing.T) {
+	for _, c := range []struct {
+		tags  []string
+		pprof bool
+	}{{nil, false}, {[]string{"-tags", "memdebug"}, true}} {
+		args := append(append([]string{"list", "-deps"}, c.tags...), ".")
+		cmd := exec.Command("go", args...)
+		cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go %v: %v", args, err)
+		}
+		deps := strings.Fields(string(out))
+		if got := slices.Contains(deps, "runtime/pprof"); got != c.pprof {
+			t.Errorf("go %v: runtime/pprof linked: %v, want %v", args, got, c.pprof)
 		}
 	}
 }

@@ -1,47 +1,41 @@
-// Package agent is sigild: it owns the device's TPM session and state store,
-// enrolls with the fleet over MQTT, then keeps an mTLS session whose private
-// key never leaves the TPM.
+// Package agent is sigild: it owns the device's TPM session and state
+// store, and composes the device's jobs into one daemon (Config, New, Run):
 //
-// The enrollment sequence (docs/PROTOCOL.md):
+//   - enrollment from the TPM's endorsement key (device/enroll), once, and
+//     again when the fleet refuses the certificate or it expired while
+//     the device was offline;
+//   - the mTLS session whose private key never leaves the TPM, kept up
+//     by the connection loop with backoff (connectLoop), and the session
+//     loop (sessionLoop) that routes the fleet's messages: attestation,
+//     certificate renewal (device/renew), trust bundle pushes, SSH host
+//     certificates, secret deliveries, firmware updates (device/update)
+//     and telemetry (device/telemetry);
+//   - the SSH host key born in the TPM, served to sshd (device/sshagent);
+//   - the status socket `sigild status` reads.
 //
-//  1. create, once, an attestation key (AK) and a transport key (TK) in the
-//     TPM and persist their wrapped blobs;
-//  2. on a bootstrap TLS connection, send the EK, AK and TK public areas, a
-//     CSR signed by the TK, model, firmware and an optional token;
-//  3. answer the fleet's challenge: activate the credential with the EK,
-//     certify the TK with the AK and quote the PCRs, both over the fleet's
-//     nonce;
-//  4. store the certificate and the fleet trust bundle, then reconnect with
-//     mutual TLS, signing the handshake with the TK inside the TPM.
-//
-// A restart resumes from the stored status and never enrolls twice.
+// A renewed certificate is used once it arrives and kept only once a
+// connection with it succeeded. A restart resumes from the stored
+// identity and never enrolls twice.
 package agent
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/enroll"
+	"github.com/sigil-iot/sigil/device/internal/retry"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/tpm"
-	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -174,31 +168,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.publishIdentity(id)
 	defer a.startUpdates(ctx)()
-	if id, err = a.enrollUntilDone(ctx, id); err != nil || ctx.Err() != nil {
-		return nil
+	if id, err = a.enrollUntilDone(ctx, id); err != nil {
+		return stopped(ctx, err)
 	}
 	stopTelemetry := a.startTelemetry(ctx)
 	defer stopTelemetry()
 	return a.connectLoop(ctx, id)
 }
 
-// enrollUntilDone enrolls, backing off between attempts, until enrolled or
-// ctx ends (then it returns ctx's error).
+// enrollUntilDone enrolls (device/enroll), backing off between attempts,
+// until enrolled or ctx ends (then it returns ctx's error).
 func (a *Agent) enrollUntilDone(ctx context.Context, id *state.Identity) (*state.Identity, error) {
-	bo := a.backoff()
-	for id.Status != state.StatusEnrolled {
-		var err error
-		id, err = a.enroll(ctx, id)
-		if ctx.Err() != nil {
-			return id, ctx.Err()
-		}
-		if err != nil {
-			a.log.Warn("enrollment attempt failed", "err", err)
-			a.setStatus(func(s *Status) { s.LastError = err.Error() })
-			if !sleep(ctx, bo.next()) {
-				return id, ctx.Err()
-			}
-		}
+	c, err := enroll.New(a.enrollConfig())
+	if err != nil {
+		return id, fmt.Errorf("agent: %w", err)
+	}
+	if id, err = c.Enroll(ctx, id); err != nil {
+		return id, err
 	}
 	a.publishIdentity(id)
 	return id, nil
@@ -257,313 +243,32 @@ func (a *Agent) publishIdentity(id *state.Identity) {
 	})
 }
 
-// refusal is a non-temporary answer from the fleet.
-type refusal struct {
-	reason wire.Reason
-	msg    string
-}
-
-func (r *refusal) Error() string {
-	return fmt.Sprintf("agent: enrollment refused: %s (code %d): %s", r.reason, r.reason, r.msg)
-}
-
-func (a *Agent) token() (string, error) {
-	if a.cfg.TokenFile != "" {
-		b, err := os.ReadFile(a.cfg.TokenFile)
-		if err != nil {
-			return "", fmt.Errorf("agent: token file: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-	return a.cfg.Token, nil
-}
-
-// bootstrapTLS is the TLS configuration of an enrollment connection. It
-// verifies the fleet with the roots the device holds (the trust bundle of
-// its enrollment, renewals and trust.bundle pushes: it follows the fleet's
-// CA rotations) joined with the fleet_ca file when there is one. fleet_ca
-// is what a device that never enrolled trusts; once enrolled the device
-// re-enrolls (refused or expired) whether fleet_ca still names a current
-// root, names one retired by CA rotations, or was removed.
-func (a *Agent) bootstrapTLS(held [][]byte) (*tls.Config, error) {
-	pool := x509.NewCertPool()
-	roots := 0
-	for _, der := range held {
-		if c, err := x509.ParseCertificate(der); err == nil && c.IsCA {
-			pool.AddCert(c)
-			roots++
-		}
-	}
-	if a.cfg.FleetCA != "" {
-		pemBytes, err := os.ReadFile(a.cfg.FleetCA)
-		switch {
-		case err == nil && pool.AppendCertsFromPEM(pemBytes):
-			roots++
-		case roots == 0 && err != nil:
-			return nil, fmt.Errorf("agent: fleet CA: %w", err)
-		case roots == 0:
-			return nil, fmt.Errorf("agent: fleet CA %s: no PEM certificates", a.cfg.FleetCA)
-		case errors.Is(err, os.ErrNotExist):
-			a.log.Debug("fleet_ca absent; verifying the fleet with the trust bundle held", "fleet_ca", a.cfg.FleetCA)
-		default:
-			a.log.Warn("fleet_ca unusable; verifying the fleet with the trust bundle held", "fleet_ca", a.cfg.FleetCA, "err", err)
-		}
-	}
-	if roots == 0 {
-		return nil, errors.New("agent: no fleet trust: fleet_ca is not set and the device holds no trust bundle")
-	}
-	cfg := &tls.Config{RootCAs: pool, ServerName: a.cfg.ServerName, MinVersion: tls.VersionTLS12, Time: a.now}
-	if a.cfg.ClaimCert != "" {
-		claim, err := tls.LoadX509KeyPair(a.cfg.ClaimCert, a.cfg.ClaimKey)
-		if err != nil {
-			return nil, fmt.Errorf("agent: claim credential: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{claim}
-	}
-	return cfg, nil
-}
-
-// enroll runs one enrollment session: it returns the updated identity when
-// the device is enrolled, or an error after which the caller backs off.
-// While the fleet keeps the device pending it stays connected and asks again
-// every PendingRetry or when told it was approved.
-func (a *Agent) enroll(ctx context.Context, id *state.Identity) (*state.Identity, error) {
-	ek, err := a.tpm.EK()
-	if err != nil {
-		return id, fmt.Errorf("agent: %w", err)
-	}
-	devID, err := identity.DeviceID(ek.Key)
-	if err != nil {
-		return id, err
-	}
-	tok, err := a.token()
-	if err != nil {
-		return id, err
-	}
-	signer, err := a.tpm.Signer(blob(id.TK))
-	if err != nil {
-		return id, fmt.Errorf("agent: %w", err)
-	}
-	csr, err := x509.CreateCertificateRequest(a.rand, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: devID}, SignatureAlgorithm: x509.ECDSAWithSHA256,
-	}, signer)
-	if err != nil {
-		return id, fmt.Errorf("agent: CSR: %w", err)
-	}
-	tlsCfg, err := a.bootstrapTLS(id.TrustBundle)
-	if err != nil {
-		return id, err
-	}
-	// A fresh bootstrap client ID per attempt: a predictable one could be
-	// taken over by another client to cut this enrollment off.
-	suffix := make([]byte, 4)
-	if _, err := io.ReadFull(a.rand, suffix); err != nil {
-		return id, err
-	}
-	clientID := "e-" + devID[:16] + "-" + hex.EncodeToString(suffix)
-	lc := link.Config{Broker: a.cfg.Broker, ClientID: clientID, TLS: tlsCfg, Logger: a.log, Dial: a.opts.dial, Observer: a.opts.observer}
-	if tok != "" {
-		lc.Username, lc.Password = "token", []byte(tok) // the fleet may require a credential at connect
-	}
-	conn, err := link.Dial(ctx, lc)
-	if err != nil {
-		return id, err
-	}
-	defer conn.Close()
-
-	inbox := make(chan *wire.Envelope, 8)
-	err = conn.Subscribe(ctx, a.topics.Filter(wire.SegEnroll, clientID, wire.Down), func(_ string, payload []byte) {
-		env, err := wire.Decode(payload)
-		if err != nil {
-			a.log.Warn("dropping malformed message from fleet", "err", err)
-			return
-		}
-		select {
-		case inbox <- env:
-		default:
-		}
-	})
-	if err != nil {
-		return id, err
-	}
-	req := &wire.EnrollRequest{
-		EKPublic: ek.Public, EKCert: ek.Cert, AKPublic: id.AK.Public, TKPublic: id.TK.Public,
-		CSR: csr, Model: a.cfg.Model, Firmware: a.runningFirmware(), Serial: a.cfg.Serial, Token: tok,
-	}
-	send := func(typ string, corr []byte, body any) ([]byte, error) {
-		b, err := wire.Encode(typ, corr, a.now(), body)
-		if err != nil {
-			return nil, err
-		}
-		env, _ := wire.Decode(b)
-		return env.ID, conn.Publish(ctx, a.topics.EnrollUp(clientID, "enroll"), b)
-	}
-	reqID, err := send(wire.TypeEnrollRequest, nil, req)
-	if err != nil {
-		return id, err
-	}
-	id.Attempts++
-	a.log.Info("enrollment request sent", "device_id", devID, "model", a.cfg.Model)
-
-	const answerTimeout = 30 * time.Second
-	timer := time.NewTimer(answerTimeout)
-	defer timer.Stop()
-	var proofID []byte
-	pending := false
-	for {
-		select {
-		case <-ctx.Done():
-			return id, ctx.Err()
-		case <-conn.Done():
-			return id, fmt.Errorf("agent: bootstrap connection lost: %v", conn.Err())
-		case <-timer.C:
-			if pending {
-				if reqID, err = send(wire.TypeEnrollRequest, nil, req); err != nil {
-					return id, err
-				}
-				proofID = nil
-				timer.Reset(answerTimeout)
-				continue
-			}
-			return id, errors.New("agent: no answer from the fleet")
-		case env := <-inbox:
-			switch env.Type {
-			case wire.TypeEnrollChallenge:
-				if !hmac.Equal(env.Corr, reqID) {
-					continue // an answer to an earlier request
-				}
-				var ch wire.EnrollChallenge
-				if err := wire.DecodeBody(env, wire.TypeEnrollChallenge, &ch); err != nil {
-					return id, err
-				}
-				proof, err := a.answer(id, &ch)
-				if err != nil {
-					return id, err
-				}
-				if proofID, err = send(wire.TypeEnrollProof, env.ID, proof); err != nil {
-					return id, err
-				}
-				timer.Reset(answerTimeout)
-			case wire.TypeEnrollResult:
-				if !hmac.Equal(env.Corr, reqID) && (proofID == nil || !hmac.Equal(env.Corr, proofID)) {
-					continue
-				}
-				var res wire.EnrollResult
-				if err := wire.DecodeBody(env, wire.TypeEnrollResult, &res); err != nil {
-					return id, err
-				}
-				switch res.Status {
-				case wire.StatusActive:
-					return a.accept(id, &res, signer.Public())
-				case wire.StatusPending:
-					if !pending {
-						a.log.Info("enrollment pending operator approval", "device_id", devID)
-					}
-					pending = true
-					id.Status = state.StatusPending
-					id.LastReason = res.Reason.String()
-					if err := a.st.SaveIdentity(id); err != nil {
-						return id, err
-					}
-					a.publishIdentity(id)
-					timer.Reset(time.Duration(a.cfg.PendingRetry))
-				default:
-					id.LastReason = fmt.Sprintf("%s: %s", res.Reason, res.Message)
-					a.publishIdentity(id)
-					return id, &refusal{reason: res.Reason, msg: res.Message}
-				}
-			case wire.TypeEnrollRetry:
-				if pending {
-					timer.Reset(0)
-				}
-			}
-		}
+// enrollConfig is the configuration of the agent's enrollment client
+// (device/enroll): the agent's TPM, state store, broker and identity
+// claims, with the agent's status as its observer.
+func (a *Agent) enrollConfig() enroll.Config {
+	return enroll.Config{
+		TPM: a.tpm, Store: a.st,
+		Link:   link.Config{Broker: a.cfg.BootstrapBroker, Logger: a.log, Dial: a.opts.dial, Observer: a.opts.observer},
+		Dial:   func(ctx context.Context, cfg link.Config) (enroll.Conn, error) { return a.dialLink(ctx, cfg) },
+		Topics: a.topics, ServerName: a.cfg.BootstrapServerName, FleetCA: a.cfg.FleetCA, ClaimCert: a.cfg.ClaimCert, ClaimKey: a.cfg.ClaimKey,
+		Token: a.cfg.Token, TokenFile: a.cfg.TokenFile, Model: a.cfg.Model, Serial: a.cfg.Serial, Firmware: a.runningFirmware,
+		EventLog: a.cfg.EventLog, PendingRetry: time.Duration(a.cfg.PendingRetry),
+		RetryMin: time.Duration(a.cfg.RetryMin), RetryMax: time.Duration(a.cfg.RetryMax),
+		ReleaseTrust: func(trust []byte, rotations []wire.TrustRotation) {
+			a.adoptReleaseTrust(trust, rotations, "enrollment")
+		},
+		Observer: enrollObserver{a}, Now: a.now, Rand: a.rand, Logger: a.log,
 	}
 }
 
-// answer activates the credential and certifies and quotes over the nonce.
-func (a *Agent) answer(id *state.Identity, ch *wire.EnrollChallenge) (*wire.EnrollProof, error) {
-	secret, err := a.tpm.ActivateCredential(blob(id.AK), ch.CredentialBlob, ch.EncryptedSecret)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	mac := hmac.New(sha256.New, secret)
-	mac.Write(ch.Session)
-	mac.Write(ch.Nonce)
-	attest, sig, err := a.tpm.Certify(blob(id.AK), blob(id.TK), ch.Nonce)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	q, err := a.tpm.Quote(blob(id.AK), ch.Nonce, ch.Selection)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	proof := &wire.EnrollProof{Session: ch.Session, Activation: mac.Sum(nil), CertifyInfo: attest, CertifySig: sig, Quote: *q}
-	if ch.EventLog && a.cfg.EventLog != "-" {
-		// The fleet's policy judges the boot events too; without the log
-		// the fleet refuses, and says so.
-		log, err := readBounded(a.cfg.EventLog, wire.MaxEventLog)
-		switch {
-		case err == nil:
-			proof.EventLog = log
-		case !errors.Is(err, os.ErrNotExist):
-			a.log.Warn("event log unreadable; enrolling without it", "path", a.cfg.EventLog, "err", err)
-		}
-	}
-	return proof, nil
-}
+// enrollObserver shows enrollment's progress in the agent's status.
+type enrollObserver struct{ a *Agent }
 
-// accept checks the issued certificate before storing it: it must be for
-// the transport key and chain to the trust bundle it came with.
-func (a *Agent) accept(id *state.Identity, res *wire.EnrollResult, tkPub crypto.PublicKey) (*state.Identity, error) {
-	if err := verifyIssued(res.Certificate, res.Chain, res.TrustBundle, tkPub, a.now()); err != nil {
-		return id, err
-	}
-	a.adoptReleaseTrust(res.FirmwareTrust, res.FirmwareRotations, "enrollment")
-	id.Status = state.StatusEnrolled
-	id.DeviceID = res.DeviceID
-	id.Cert = res.Certificate
-	id.Chain = res.Chain
-	id.TrustBundle = res.TrustBundle
-	id.EnrolledAt = a.now().UTC()
-	id.LastReason = ""
-	if err := a.st.SaveIdentity(id); err != nil {
-		return id, err
-	}
-	a.log.Info("enrolled", "device_id", id.DeviceID)
-	return id, nil
-}
+func (o enrollObserver) Identity(id *state.Identity) { o.a.publishIdentity(id) }
 
-// verifyIssued checks a certificate the fleet issued: for key, a client
-// certificate chaining to the trust bundle it came with.
-func verifyIssued(der []byte, chain, trust [][]byte, key crypto.PublicKey, now time.Time) error {
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return fmt.Errorf("agent: issued certificate: %w", err)
-	}
-	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
-	if !ok || !pub.Equal(key) {
-		return errors.New("agent: issued certificate is not for the transport key")
-	}
-	roots := x509.NewCertPool()
-	for _, b := range trust {
-		c, err := x509.ParseCertificate(b)
-		if err != nil {
-			return fmt.Errorf("agent: trust bundle: %w", err)
-		}
-		roots.AddCert(c)
-	}
-	inter := x509.NewCertPool()
-	for _, b := range chain {
-		if c, err := x509.ParseCertificate(b); err == nil {
-			inter.AddCert(c)
-		}
-	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return fmt.Errorf("agent: issued certificate does not verify: %w", err)
-	}
-	return nil
+func (o enrollObserver) Failed(err error) {
+	o.a.setStatus(func(s *Status) { s.LastError = err.Error() })
 }
 
 // connectLoop keeps the mTLS session up, reconnecting with backoff. A
@@ -573,7 +278,7 @@ func verifyIssued(der []byte, chain, trust [][]byte, key crypto.PublicKey, now t
 // offline, the device enrolls again from its EK.
 func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 	bo := a.backoff()
-	refused := 0
+	refused := 0 // consecutive refusals of the current certificate
 	for {
 		conn, err := a.connectNext(ctx, id)
 		if conn == nil && err == nil {
@@ -602,13 +307,13 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 					continue
 				}
 			}
-			if !sleep(ctx, bo.next()) {
+			if !retry.Sleep(ctx, bo.Next()) {
 				return nil
 			}
 			continue
 		}
 		refused = 0
-		bo.reset()
+		bo.Reset()
 		a.setStatus(func(s *Status) { s.Connected = true; s.ConnectedAt = a.now(); s.LastError = "" })
 		a.log.Info("connected with TPM-backed mTLS", "device_id", id.DeviceID, "broker", a.cfg.Broker)
 		sess, cancel := context.WithCancel(ctx)
@@ -643,7 +348,7 @@ func (a *Agent) connectLoop(ctx context.Context, id *state.Identity) error {
 		}
 		a.setStatus(func(s *Status) { s.Connected = false; s.LastError = fmt.Sprint("connection lost: ", conn.Err()) })
 		a.log.Warn("connection lost", "err", conn.Err())
-		if !sleep(ctx, bo.next()) {
+		if !retry.Sleep(ctx, bo.Next()) {
 			return nil
 		}
 	}
@@ -688,7 +393,7 @@ func current(id *state.Identity) creds {
 // device switches to it for good (and the old key blob is forgotten); on a
 // refusal the renewal is dropped and the current identity stays. It
 // returns nil, nil when there is nothing to try or it should fall back.
-func (a *Agent) connectNext(ctx context.Context, id *state.Identity) (*link.Conn, error) {
+func (a *Agent) connectNext(ctx context.Context, id *state.Identity) (session, error) {
 	n := id.Next
 	if n == nil || len(n.Cert) == 0 {
 		return nil, nil
@@ -777,12 +482,12 @@ func (a *Agent) clientTLS(c creds) (*tls.Config, error) {
 	}, nil
 }
 
-func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (*link.Conn, error) {
+func (a *Agent) connect(ctx context.Context, deviceID string, c creds) (session, error) {
 	tlsCfg, err := a.clientTLS(c)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := link.Dial(ctx, link.Config{Broker: a.cfg.Broker, ClientID: deviceID, TLS: tlsCfg, Logger: a.log,
+	conn, err := a.dialLink(ctx, link.Config{Broker: a.cfg.Broker, ClientID: deviceID, TLS: tlsCfg, Logger: a.log,
 		Dial: a.opts.dial, Observer: a.opts.observer})
 	if err != nil {
 		return nil, err
@@ -887,43 +592,33 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 	}
 }
 
-// backoff is jittered exponential backoff between RetryMin and RetryMax.
-type backoff struct {
-	min, max, cur time.Duration
-	rand          io.Reader
+// backoff is the jittered exponential backoff between RetryMin and
+// RetryMax of the agent's retries.
+func (a *Agent) backoff() *retry.Backoff {
+	return &retry.Backoff{Min: time.Duration(a.cfg.RetryMin), Max: time.Duration(a.cfg.RetryMax), Rand: a.rand}
 }
 
-func (a *Agent) backoff() *backoff {
-	return &backoff{min: time.Duration(a.cfg.RetryMin), max: time.Duration(a.cfg.RetryMax), rand: a.rand}
+// session is a connection to the fleet's broker: *link.Conn, or the
+// in-memory fleet of the agent's tests.
+type session interface {
+	Publish(ctx context.Context, topic string, payload []byte) error
+	Subscribe(ctx context.Context, filter string, handler func(topic string, payload []byte)) error
+	Done() <-chan struct{}
+	Err() error
+	Close()
 }
 
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
+var _ session = (*link.Conn)(nil)
+
+// dialLink opens a session: with link.Dial, or the dialer an in-package
+// test gave.
+func (a *Agent) dialLink(ctx context.Context, cfg link.Config) (session, error) {
+	if a.opts.link != nil {
+		return a.opts.link(ctx, cfg)
 	}
-	// Full jitter in [cur/2, cur].
-	half := int64(b.cur / 2)
-	if half <= 0 {
-		return b.cur
-	}
-	n, err := rand.Int(b.rand, big.NewInt(half))
+	c, err := link.Dial(ctx, cfg)
 	if err != nil {
-		return b.cur
+		return nil, err // not a nil *link.Conn inside a session
 	}
-	return time.Duration(half + n.Int64())
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return c, nil
 }

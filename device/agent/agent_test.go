@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -56,28 +55,6 @@ func TestExampleConfig(t *testing.T) {
 	c.setDefaults()
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
-	b := &backoff{min: 100 * time.Millisecond, max: time.Second, rand: rand.Reader}
-	prev := time.Duration(0)
-	for i := range 10 {
-		d := b.next()
-		if d < b.cur/2 || d > b.cur || d > time.Second {
-			t.Fatalf("step %d: %v outside [%v, %v]", i, d, b.cur/2, b.cur)
-		}
-		if i < 3 && d < prev/2 {
-			t.Fatalf("backoff shrank: %v after %v", d, prev)
-		}
-		prev = d
-	}
-	if b.cur != time.Second {
-		t.Fatalf("cap: %v", b.cur)
-	}
-	b.reset()
-	if d := b.next(); d > 100*time.Millisecond {
-		t.Fatalf("after reset: %v", d)
 	}
 }
 

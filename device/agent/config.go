@@ -27,6 +27,14 @@ type Config struct {
 	// ServerName is the TLS name expected on the broker's certificate.
 	// Default: the host part of Broker.
 	ServerName string `json:"server_name"`
+	// BootstrapBroker is HOST:PORT of the listener the device enrolls
+	// through, when the fleet's bootstrap clients have brokers of their
+	// own (a pool of Mosquitto brokers, docs/BROKERS.md). Default: Broker.
+	BootstrapBroker string `json:"bootstrap_broker"`
+	// BootstrapServerName is the TLS name expected on BootstrapBroker's
+	// certificate. Default: ServerName when BootstrapBroker is unset,
+	// else the host part of BootstrapBroker.
+	BootstrapServerName string `json:"bootstrap_server_name"`
 	// FleetCA is a PEM file with the fleet CA certificate trusted for the
 	// first enrollment's bootstrap connection. Once enrolled the device
 	// trusts the bundle the fleet delivered (and updates it through CA
@@ -166,6 +174,16 @@ func (c *Config) setDefaults() {
 			c.ServerName = h
 		}
 	}
+	if c.BootstrapBroker == "" {
+		c.BootstrapBroker = c.Broker
+		if c.BootstrapServerName == "" {
+			c.BootstrapServerName = c.ServerName
+		}
+	} else if c.BootstrapServerName == "" {
+		if h, _, err := net.SplitHostPort(c.BootstrapBroker); err == nil {
+			c.BootstrapServerName = h
+		}
+	}
 	if c.TopicPrefix == "" {
 		c.TopicPrefix = wire.DefaultPrefix
 	}
@@ -214,6 +232,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("broker is required"))
 	} else if _, _, err := net.SplitHostPort(c.Broker); err != nil {
 		errs = append(errs, fmt.Errorf("broker: %w", err))
+	}
+	if c.BootstrapBroker != "" {
+		if _, _, err := net.SplitHostPort(c.BootstrapBroker); err != nil {
+			errs = append(errs, fmt.Errorf("bootstrap_broker: %w", err))
+		}
 	}
 	if c.Model == "" {
 		errs = append(errs, errors.New("model is required"))

@@ -53,6 +53,9 @@ type options struct {
 	system   telemetry.Source
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	observer link.Observer
+	// link opens the agent's broker sessions in place of link.Dial: the
+	// in-memory fleet of the package's tests (device/internal/fakefleet).
+	link func(ctx context.Context, cfg link.Config) (session, error)
 }
 
 // WithTPM makes the agent use t instead of opening Config.TPM. The agent

@@ -8,13 +8,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -173,42 +170,5 @@ func TestOnlyTheAuthenticatedFleetRefusesTheCredential(t *testing.T) {
 				t.Fatalf("authRefused(%v) = %v, want %v", err, got, c.refused)
 			}
 		})
-	}
-}
-
-// TestBootstrapTrust: the bootstrap connection trusts the roots the device
-// holds, with fleet_ca beside them when it exists; without either it
-// refuses to start.
-func TestBootstrapTrust(t *testing.T) {
-	held, stale := newPKI(t, "Sigil fleet CA G3"), newPKI(t, "Sigil fleet CA")
-	dir := t.TempDir()
-	fleetCA := dir + "/fleet-ca.pem"
-	if err := os.WriteFile(fleetCA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: stale.cert.Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	a := &Agent{cfg: Config{FleetCA: fleetCA, ServerName: "localhost"}, log: slog.New(slog.DiscardHandler), now: time.Now}
-	verifies := func(cfg *tls.Config, p *pki) bool {
-		leaf, _ := x509.ParseCertificate(p.server(t, "localhost").Certificate[0])
-		_, err := leaf.Verify(x509.VerifyOptions{Roots: cfg.RootCAs, DNSName: cfg.ServerName})
-		return err == nil
-	}
-	cfg, err := a.bootstrapTLS([][]byte{held.cert.Raw})
-	if err != nil || !verifies(cfg, held) || !verifies(cfg, stale) {
-		t.Fatalf("held bundle and fleet_ca: %v", err)
-	}
-	os.Remove(fleetCA)
-	cfg, err = a.bootstrapTLS([][]byte{held.cert.Raw})
-	if err != nil || !verifies(cfg, held) || verifies(cfg, stale) {
-		t.Fatalf("held bundle without fleet_ca: %v", err)
-	}
-	if _, err := a.bootstrapTLS(nil); err == nil {
-		t.Fatal("no trust at all accepted")
-	}
-	if err := os.WriteFile(fleetCA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: stale.cert.Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err = a.bootstrapTLS(nil)
-	if err != nil || !verifies(cfg, stale) || verifies(cfg, held) {
-		t.Fatalf("first enrollment with fleet_ca only: %v", err)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -52,7 +51,7 @@ func (a *Agent) queueSecret(env *wire.Envelope) {
 
 // secretLoop imports queued deliveries while a session is up, one at a
 // time, and acknowledges each on conn.
-func (a *Agent) secretLoop(ctx context.Context, conn *link.Conn, deviceID string) {
+func (a *Agent) secretLoop(ctx context.Context, conn publisher, deviceID string) {
 	for {
 		select {
 		case <-ctx.Done():

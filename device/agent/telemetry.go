@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/telemetry"
 	"github.com/sigil-iot/sigil/device/tpm"
@@ -41,7 +40,7 @@ type agentTelemetry struct {
 
 // telemetrySession is the connection the sender publishes on.
 type telemetrySession struct {
-	conn  *link.Conn
+	conn  publisher
 	topic string
 }
 
@@ -107,7 +106,7 @@ func (a *Agent) authLog() string {
 
 // setTelemetrySession tells the sender about the session it publishes on
 // (nil when it ended); a new session ends the sender's backoff.
-func (a *Agent) setTelemetrySession(conn *link.Conn, deviceID string) {
+func (a *Agent) setTelemetrySession(conn publisher, deviceID string) {
 	t := &a.tel
 	if conn == nil {
 		t.session.Store(nil)

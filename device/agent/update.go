@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/device/fetch"
-	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/device/update"
 	"github.com/sigil-iot/sigil/firmware/verify"
@@ -49,13 +48,13 @@ type firmwareState struct {
 	mu      sync.Mutex
 	engine  *update.Engine // nil when updates are off
 	why     string         // why updates are off
-	conn    *link.Conn     // the current session, for reports
+	conn    publisher      // the current session, for reports
 	device  string
 	running string // version of the running image
 }
 
 // setFirmwareLink gives the firmware worker the session just connected.
-func (a *Agent) setFirmwareLink(conn *link.Conn, deviceID string) {
+func (a *Agent) setFirmwareLink(conn publisher, deviceID string) {
 	a.fw.mu.Lock()
 	a.fw.conn, a.fw.device = conn, deviceID
 	a.fw.mu.Unlock()
@@ -417,7 +416,7 @@ func (a *Agent) reportUpdate(ctx context.Context, r update.Report) error {
 
 // sayHello publishes a hello on conn; a failure is logged (the next
 // connection says hello anyway).
-func (a *Agent) sayHello(ctx context.Context, conn *link.Conn, deviceID string) {
+func (a *Agent) sayHello(ctx context.Context, conn publisher, deviceID string) {
 	hello, err := wire.Encode(wire.TypeHello, nil, a.now(), &wire.Hello{Model: a.cfg.Model, Firmware: a.runningFirmware(), Agent: Version})
 	if err == nil {
 		err = conn.Publish(ctx, a.topics.DeviceUp(deviceID, "hello"), hello)

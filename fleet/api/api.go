@@ -22,7 +22,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/sshca"
 )
@@ -59,7 +58,7 @@ type Config struct {
 	Approver  Approver
 	// Attestation and Policies serve the attestation routes.
 	Attestation Attestation
-	Policies    *policy.Store
+	Policies    Policies
 	// Rotation, CA and Disconnect serve the credential lifecycle routes.
 	Rotation   *rotation.Service
 	CA         *ca.CA

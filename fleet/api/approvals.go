@@ -179,9 +179,9 @@ func (h *handler) listApprovals(w http.ResponseWriter, r *http.Request, _ string
 	var out ApprovalList
 	var err error
 	if r.URL.Query().Has("all") {
-		out.Approvals, out.Next, err = h.cfg.Approvals.List(approval.Filter{State: approval.State(r.URL.Query().Get("state")), Before: r.URL.Query().Get("before")})
+		out.Approvals, out.Next, err = h.cfg.Approvals.List(r.Context(), approval.Filter{State: approval.State(r.URL.Query().Get("state")), Before: r.URL.Query().Get("before")})
 	} else {
-		out.Approvals, err = h.cfg.Approvals.Inbox(p)
+		out.Approvals, err = h.cfg.Approvals.Inbox(r.Context(), p)
 	}
 	if err != nil {
 		h.approvalError(w, err)
@@ -194,7 +194,7 @@ func (h *handler) listApprovals(w http.ResponseWriter, r *http.Request, _ string
 }
 
 func (h *handler) getApproval(w http.ResponseWriter, r *http.Request, _ string) {
-	req, err := h.cfg.Approvals.Get(r.PathValue("id"))
+	req, err := h.cfg.Approvals.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.approvalError(w, err)
 		return

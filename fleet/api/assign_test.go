@@ -109,7 +109,7 @@ func TestDeviceMoveNeedsASecondPerson(t *testing.T) {
 	// The requester loses secrets.write before the approval: it fails.
 	req = file(map[string]any{"model": "gw-2"})
 	operator := auth.RoleOperator
-	if _, err := f.auth.ChangeUserAs(authenticate(t, f.auth, f.root), "sec", auth.UserChange{Role: &operator}); err != nil {
+	if _, err := f.auth.ChangeUserAs(t.Context(), authenticate(t, f.auth, f.root), "sec", auth.UserChange{Role: &operator}); err != nil {
 		t.Fatal(err)
 	}
 	if code, r := f.decide(t, f.root, req.ID, "approve"); code != http.StatusOK || r.State != approval.StateFailed {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"net/http"
@@ -15,11 +16,21 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
+// Policies are the reference policies the policy routes read and
+// change. *policy.Store implements it.
+type Policies interface {
+	List(ctx context.Context) ([]policy.Policy, error)
+	Get(ctx context.Context, id string) (policy.Policy, error)
+	History(ctx context.Context, id string) ([]policy.Policy, error)
+	Put(ctx context.Context, p policy.Policy) (policy.Policy, error)
+	Delete(ctx context.Context, id, by, comment string) error
+}
+
 // Attestation is the attestation service as the API uses it.
 type Attestation interface {
 	Challenge(deviceID string) error
 	Release(deviceID, by, justification string) error
-	History(deviceID string, limit int) ([]attest.Record, error)
+	History(ctx context.Context, deviceID string, limit int) ([]attest.Record, error)
 }
 
 func (h *handler) routesAttest() {
@@ -63,7 +74,7 @@ func (h *handler) attestations(w http.ResponseWriter, r *http.Request, _ string)
 		}
 		limit = n
 	}
-	recs, err := h.cfg.Attestation.History(d.ID, limit)
+	recs, err := h.cfg.Attestation.History(r.Context(), d.ID, limit)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -120,8 +131,8 @@ func (h *handler) release(w http.ResponseWriter, r *http.Request, who string) {
 	}
 }
 
-func (h *handler) listPolicies(w http.ResponseWriter, _ *http.Request, _ string) {
-	ps, err := h.cfg.Policies.List()
+func (h *handler) listPolicies(w http.ResponseWriter, r *http.Request, _ string) {
+	ps, err := h.cfg.Policies.List(r.Context())
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -144,7 +155,7 @@ func (h *handler) policyError(w http.ResponseWriter, err error) {
 }
 
 func (h *handler) getPolicy(w http.ResponseWriter, r *http.Request, _ string) {
-	p, err := h.cfg.Policies.Get(r.PathValue("id"))
+	p, err := h.cfg.Policies.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.policyError(w, err)
 		return
@@ -153,7 +164,7 @@ func (h *handler) getPolicy(w http.ResponseWriter, r *http.Request, _ string) {
 }
 
 func (h *handler) policyVersions(w http.ResponseWriter, r *http.Request, _ string) {
-	ps, err := h.cfg.Policies.History(r.PathValue("id"))
+	ps, err := h.cfg.Policies.History(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.policyError(w, err)
 		return
@@ -184,13 +195,13 @@ func (h *handler) putPolicy(w http.ResponseWriter, r *http.Request, who string) 
 			return
 		}
 		p.ID = id
-		if _, err := h.cfg.Policies.Get(id); err != nil {
+		if _, err := h.cfg.Policies.Get(r.Context(), id); err != nil {
 			h.policyError(w, err)
 			return
 		}
 	}
 	p.CreatedBy = who
-	stored, err := h.cfg.Policies.Put(*p)
+	stored, err := h.cfg.Policies.Put(r.Context(), *p)
 	if err != nil {
 		h.policyError(w, err)
 		return
@@ -204,7 +215,7 @@ func (h *handler) putPolicy(w http.ResponseWriter, r *http.Request, who string) 
 }
 
 func (h *handler) deletePolicy(w http.ResponseWriter, r *http.Request, who string) {
-	if err := h.cfg.Policies.Delete(r.PathValue("id"), who, r.URL.Query().Get("comment")); err != nil {
+	if err := h.cfg.Policies.Delete(r.Context(), r.PathValue("id"), who, r.URL.Query().Get("comment")); err != nil {
 		h.policyError(w, err)
 		return
 	}
@@ -242,7 +253,7 @@ func (h *handler) learnPolicy(w http.ResponseWriter, r *http.Request, who string
 		h.internal(w, err)
 		return
 	}
-	recs, err := h.cfg.Attestation.History(d.ID, 50)
+	recs, err := h.cfg.Attestation.History(r.Context(), d.ID, 50)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -287,7 +298,7 @@ func (h *handler) learnPolicy(w http.ResponseWriter, r *http.Request, who string
 		problem(w, http.StatusBadRequest, "invalid policy", err.Error())
 		return
 	}
-	stored, err := h.cfg.Policies.Put(*p)
+	stored, err := h.cfg.Policies.Put(r.Context(), *p)
 	if err != nil {
 		h.policyError(w, err)
 		return

@@ -207,7 +207,7 @@ func (h *handler) listAudit(w http.ResponseWriter, r *http.Request, _ string) {
 			*dst = t
 		}
 	}
-	page, err := h.cfg.Audit.List(f)
+	page, err := h.cfg.Audit.List(r.Context(), f)
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -227,13 +227,13 @@ func (h *handler) exportAudit(w http.ResponseWriter, r *http.Request, _ string) 
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Content-Disposition", `attachment; filename="sigil-audit.jsonl"`)
-	if err := h.cfg.Audit.Export(w, 0, 0); err != nil {
+	if err := h.cfg.Audit.Export(r.Context(), w, 0, 0); err != nil {
 		h.log.Error("audit export failed midway", "err", err)
 	}
 }
 
-func (h *handler) verifyAudit(w http.ResponseWriter, _ *http.Request, _ string) {
-	rep, err := h.cfg.Audit.VerifyStore(nil)
+func (h *handler) verifyAudit(w http.ResponseWriter, r *http.Request, _ string) {
+	rep, err := h.cfg.Audit.VerifyStore(r.Context(), nil)
 	if err != nil {
 		var ve *audit.VerifyError
 		if errors.As(err, &ve) {

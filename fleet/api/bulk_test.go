@@ -34,8 +34,8 @@ func (c *challenges) Challenge(id string) error {
 	c.sent = append(c.sent, id)
 	return nil
 }
-func (c *challenges) Release(string, string, string) error         { return nil }
-func (c *challenges) History(string, int) ([]attest.Record, error) { return nil, nil }
+func (c *challenges) Release(string, string, string) error                          { return nil }
+func (c *challenges) History(context.Context, string, int) ([]attest.Record, error) { return nil, nil }
 func (c *challenges) ids() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -96,7 +96,7 @@ func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 		if _, err := a.CreateUser(context.Background(), name, "a long enough password", role); err != nil {
 			t.Fatal(err)
 		}
-		if f.tokens[role], _, err = a.CreateToken(name, "t", role, time.Hour); err != nil {
+		if f.tokens[role], _, err = a.CreateToken(t.Context(), name, "t", role, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -126,7 +126,7 @@ func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 // deviceAudit returns the per-device audit entries of an action.
 func (f *bulkFixture) deviceAudit(t *testing.T, action string) map[string]audit.Entry {
 	t.Helper()
-	page, err := f.log.List(audit.Filter{Action: "api.devices.bulk." + action + ".device", Limit: 1000})
+	page, err := f.log.List(t.Context(), audit.Filter{Action: "api.devices.bulk." + action + ".device", Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

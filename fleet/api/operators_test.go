@@ -63,7 +63,7 @@ func newOpsFixture(t testing.TB, twoPerson bool) *opsFixture {
 		t.Fatal(err)
 	}
 	for _, role := range auth.Roles() {
-		secret, _, err := a.CreateToken("root", "scoped "+string(role), role, time.Hour)
+		secret, _, err := a.CreateToken(ctx, "root", "scoped "+string(role), role, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,13 +186,13 @@ func TestScopeBoundsOperatorRoutes(t *testing.T) {
 
 					// DELETE /api/v1/tokens/{id}: another token of the same
 					// owner, scoped to role.
-					_, other, err := f.auth.CreateToken("root", "victim", role, time.Hour)
+					_, other, err := f.auth.CreateToken(t.Context(), "root", "victim", role, time.Hour)
 					if err != nil {
 						t.Fatal(err)
 					}
 					resp, _ = f.do(t, "DELETE", "/api/v1/tokens/"+other.ID, tok, nil)
 					check("DELETE /api/v1/tokens/{id}", scope, role, scope.Covers(role), resp.StatusCode, http.StatusNoContent)
-					if got, _ := f.auth.Token(other.ID); got.Revoked.IsZero() == (resp.StatusCode == http.StatusNoContent) {
+					if got, _ := f.auth.Token(t.Context(), other.ID); got.Revoked.IsZero() == (resp.StatusCode == http.StatusNoContent) {
 						t.Errorf("DELETE token as %s: answered %d but revoked=%v", scope, resp.StatusCode, !got.Revoked.IsZero())
 					}
 				}
@@ -271,7 +271,7 @@ func TestScopeBoundsOperatorRoutes(t *testing.T) {
 func TestTokenRevokesItself(t *testing.T) {
 	f := newOpsFixture(t, false)
 	other := f.user(t, auth.RoleOperator)
-	secret, theirs, err := f.auth.CreateToken(other, "theirs", auth.RoleViewer, time.Hour)
+	secret, theirs, err := f.auth.CreateToken(t.Context(), other, "theirs", auth.RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestTokenRevokesItself(t *testing.T) {
 // scopedOf returns a new API token of user scoped to role.
 func (f *opsFixture) scopedOf(t testing.TB, user string, role auth.Role) string {
 	t.Helper()
-	secret, _, err := f.auth.CreateToken(user, "scoped", role, time.Hour)
+	secret, _, err := f.auth.CreateToken(t.Context(), user, "scoped", role, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +351,7 @@ func TestDeniedReadsAndLongTargetsAudited(t *testing.T) {
 	if resp, _ := f.do(t, "PATCH", "/api/v1/devices/"+long, f.scoped[auth.RoleAdmin], map[string]string{"owner": "ops"}); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("patch a long device ID: %d", resp.StatusCode)
 	}
-	page, err := f.log.List(audit.Filter{Limit: 100})
+	page, err := f.log.List(t.Context(), audit.Filter{Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

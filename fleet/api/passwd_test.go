@@ -84,7 +84,7 @@ func TestChangeOwnPasswordAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	here, elsewhere := f.login(t, "alice", alicePW), f.login(t, "alice", alicePW)
-	tok, _, err := f.auth.CreateToken("alice", "cli", auth.RoleViewer, time.Hour)
+	tok, _, err := f.auth.CreateToken(t.Context(), "alice", "cli", auth.RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestChangeOwnPasswordAPI(t *testing.T) {
 		t.Errorf("a token with the old password: %d %s", resp.StatusCode, body)
 	}
 
-	page, err := f.log.List(audit.Filter{Action: "api.users.me.password.post", Limit: 100})
+	page, err := f.log.List(t.Context(), audit.Filter{Action: "api.users.me.password.post", Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,7 +209,7 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request, who str
 }
 
 func (h *handler) listUsers(w http.ResponseWriter, _ *http.Request, _ string) {
-	us, err := h.cfg.Auth.Users()
+	us, err := h.cfg.Auth.Users(context.Background())
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -245,7 +245,7 @@ func (h *handler) createUser(w http.ResponseWriter, r *http.Request, who string)
 		ar, err := h.fileUserChange(r, p, userChange{User: u.Name, Disabled: &no},
 			fmt.Sprintf("enable the new account %s (%s)", u.Name, u.Role))
 		if err != nil {
-			if derr := h.cfg.Auth.DeleteUser(u.Name); derr != nil {
+			if derr := h.cfg.Auth.DeleteUser(r.Context(), u.Name); derr != nil {
 				h.log.Error("removing a new account whose approval could not be filed failed", "user", u.Name, "err", derr)
 			}
 			h.approvalError(w, err)
@@ -293,7 +293,7 @@ func (h *handler) executeUserChange(_ context.Context, req approval.Request, as 
 	if err := json.Unmarshal(req.Params, &c); err != nil {
 		return fmt.Errorf("stored change: %w", err)
 	}
-	u, err := h.cfg.Auth.ChangeUserAs(p, c.User, auth.UserChange{Role: c.Role, Disabled: c.Disabled})
+	u, err := h.cfg.Auth.ChangeUserAs(context.Background(), p, c.User, auth.UserChange{Role: c.Role, Disabled: c.Disabled})
 	if err != nil {
 		return err
 	}
@@ -316,7 +316,7 @@ func (h *handler) patchUser(w http.ResponseWriter, r *http.Request, who string) 
 	if h.cfg.Approvals != nil && (req.Role != nil || !*req.Disabled) {
 		// A role change or enabling again waits for a second person;
 		// refuse at once what the requester may not do anyway.
-		if err := h.cfg.Auth.CheckChangeUserAs(p, name, c); err != nil {
+		if err := h.cfg.Auth.CheckChangeUserAs(r.Context(), p, name, c); err != nil {
 			h.authError(w, err)
 			return
 		}
@@ -328,7 +328,7 @@ func (h *handler) patchUser(w http.ResponseWriter, r *http.Request, who string) 
 		writeJSON(w, http.StatusAccepted, Pending{Approval: ar, Message: "filed for approval by a second person: see /api/v1/approvals/" + ar.ID})
 		return
 	}
-	u, err := h.cfg.Auth.ChangeUserAs(p, name, c)
+	u, err := h.cfg.Auth.ChangeUserAs(r.Context(), p, name, c)
 	if err != nil {
 		h.authError(w, err)
 		return
@@ -341,7 +341,7 @@ func (h *handler) patchUser(w http.ResponseWriter, r *http.Request, who string) 
 func normalizeUser(name string) string { return strings.ToLower(name) }
 
 func (h *handler) deleteUser(w http.ResponseWriter, r *http.Request, who string) {
-	if err := h.cfg.Auth.DeleteUserAs(principal(r), r.PathValue("name")); err != nil {
+	if err := h.cfg.Auth.DeleteUserAs(r.Context(), principal(r), r.PathValue("name")); err != nil {
 		h.authError(w, err)
 		return
 	}
@@ -358,7 +358,7 @@ func (h *handler) listTokens(w http.ResponseWriter, r *http.Request, who string)
 		}
 		owner = o
 	}
-	ts, err := h.cfg.Auth.Tokens(owner)
+	ts, err := h.cfg.Auth.Tokens(r.Context(), owner)
 	if err != nil {
 		h.authError(w, err)
 		return
@@ -382,7 +382,7 @@ func (h *handler) createAPIToken(w http.ResponseWriter, r *http.Request, who str
 	}
 	p := principal(r)
 	held := h.cfg.Approvals != nil && mayApprove(req.Role)
-	secret, tok, err := h.cfg.Auth.CreateTokenAs(p, auth.TokenSpec{Name: req.Name, Role: req.Role, TTL: time.Duration(req.TTL), Pending: held})
+	secret, tok, err := h.cfg.Auth.CreateTokenAs(r.Context(), p, auth.TokenSpec{Name: req.Name, Role: req.Role, TTL: time.Duration(req.TTL), Pending: held})
 	if err != nil {
 		h.authError(w, err)
 		return
@@ -393,7 +393,7 @@ func (h *handler) createAPIToken(w http.ResponseWriter, r *http.Request, who str
 		ar, err := h.cfg.Approvals.Submit(r.Context(), p, approval.Draft{Kind: approval.KindApproverToken, Target: "token " + tok.ID + " (" + string(tok.Role) + ")",
 			Params: params, Justification: justification(r, fmt.Sprintf("API token %q of %s scoped to %s", tok.Name, tok.Owner, tok.Role))})
 		if err != nil {
-			if _, rerr := h.cfg.Auth.RevokeToken(tok.ID); rerr != nil {
+			if _, rerr := h.cfg.Auth.RevokeToken(r.Context(), tok.ID); rerr != nil {
 				h.log.Error("revoking a pending token whose approval could not be filed failed", "token_id", tok.ID, "err", rerr)
 			}
 			h.approvalError(w, err)
@@ -421,7 +421,7 @@ func (h *handler) executeApproverToken(_ context.Context, req approval.Request, 
 	if err := json.Unmarshal(req.Params, &a); err != nil {
 		return fmt.Errorf("stored token: %w", err)
 	}
-	t, err := h.cfg.Auth.ActivateTokenAs(p, a.Token)
+	t, err := h.cfg.Auth.ActivateTokenAs(context.Background(), p, a.Token)
 	if err != nil {
 		return err
 	}
@@ -430,7 +430,7 @@ func (h *handler) executeApproverToken(_ context.Context, req approval.Request, 
 }
 
 func (h *handler) revokeAPIToken(w http.ResponseWriter, r *http.Request, who string) {
-	t, err := h.cfg.Auth.RevokeTokenAs(principal(r), r.PathValue("id"))
+	t, err := h.cfg.Auth.RevokeTokenAs(r.Context(), principal(r), r.PathValue("id"))
 	if err != nil {
 		h.authError(w, err)
 		return

@@ -198,14 +198,14 @@ type Executor func(ctx context.Context, r Request, as Actor) error
 // PrincipalSource establishes principals again from their credentials;
 // *auth.Service is one.
 type PrincipalSource interface {
-	Principal(auth.Credential) (auth.Principal, error)
+	Principal(context.Context, auth.Credential) (auth.Principal, error)
 }
 
 // RequesterFrom returns a Config.Requester that establishes requesters
 // with src.
 func RequesterFrom(src PrincipalSource) func(context.Context, auth.Credential) (Actor, error) {
-	return func(_ context.Context, c auth.Credential) (Actor, error) {
-		p, err := src.Principal(c)
+	return func(ctx context.Context, c auth.Credential) (Actor, error) {
+		p, err := src.Principal(ctx, c)
 		if err != nil {
 			return nil, err
 		}
@@ -254,7 +254,8 @@ var (
 
 // Config configures Open.
 type Config struct {
-	// Path is the bbolt file for requests (created with mode 0600). Required.
+	// Path is the bbolt file for requests (created with mode 0600). Required
+	// by Open; OpenPostgres does not use it.
 	Path string
 	// Rules maps each kind to its rule. Nil means DefaultRules().
 	Rules map[Kind]Rule
@@ -296,9 +297,6 @@ const (
 )
 
 func (c *Config) setDefaults() error {
-	if c.Path == "" {
-		return fmt.Errorf("%w: Config.Path is required", ErrInvalid)
-	}
 	if c.Rules == nil {
 		c.Rules = DefaultRules()
 	}

@@ -13,9 +13,8 @@ import (
 	"testing/synctest"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 type fakeClock struct {
@@ -120,7 +119,7 @@ func newFixture(t testing.TB, mod func(*Config)) *fixture {
 	if mod != nil {
 		mod(&cfg)
 	}
-	m, err := Open(cfg)
+	m, err := openBackend(t, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +187,7 @@ func TestTwoPersonRule(t *testing.T) {
 	if got := f.audit.actions(r.ID); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("audit %v, want %v", got, want)
 	}
-	stored, err := f.m.Get(r.ID)
+	stored, err := f.m.Get(ctx, r.ID)
 	if err != nil || stored.State != StateExecuted {
 		t.Fatalf("stored: %+v %v", stored, err)
 	}
@@ -278,7 +277,7 @@ func TestExecutesOnceUnderConcurrentApprovals(t *testing.T) {
 		if n := f.exec[KindMassRevocation].n.Load(); n != int64(i+1) {
 			t.Fatalf("after %d requests the executor ran %d times", i+1, n)
 		}
-		got, _ := f.m.Get(r.ID)
+		got, _ := f.m.Get(ctx, r.ID)
 		if got.State != StateExecuted || len(got.Approvals) != 2 {
 			t.Fatalf("request %d: %+v", i, got)
 		}
@@ -296,11 +295,11 @@ func TestExpiredCannotBeApproved(t *testing.T) {
 		t.Fatalf("expires %v", r.Expires)
 	}
 	f.clk.Advance(59 * time.Minute)
-	if in, _ := f.m.Inbox(dave); len(in) != 1 {
+	if in, _ := f.m.Inbox(ctx, dave); len(in) != 1 {
 		t.Fatalf("inbox before expiry: %d", len(in))
 	}
 	f.clk.Advance(time.Minute)
-	if in, _ := f.m.Inbox(dave); len(in) != 0 {
+	if in, _ := f.m.Inbox(ctx, dave); len(in) != 0 {
 		t.Fatalf("inbox lists an expired request")
 	}
 	got, err := f.m.Approve(ctx, dave, r.ID, "")
@@ -364,7 +363,7 @@ func TestExecutorFailureAndPanicAreRecorded(t *testing.T) {
 		t.Fatalf("audit %v", a)
 	}
 
-	p, err := Open(Config{Path: filepath.Join(t.TempDir(), "p.db"), Now: f.clk.Now, NoSync: true, Requester: asFiled})
+	p, err := openBackend(t, Config{Path: filepath.Join(t.TempDir(), "p.db"), Now: f.clk.Now, NoSync: true, Requester: asFiled})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +383,7 @@ func TestExecutorOutlivesTheApproversContext(t *testing.T) {
 	f := newFixture(t, nil)
 	var sawErr error
 	var sawDeadline bool
-	m, err := Open(Config{Path: filepath.Join(t.TempDir(), "x.db"), Now: f.clk.Now, NoSync: true, ExecTimeout: time.Minute, Requester: asFiled})
+	m, err := openBackend(t, Config{Path: filepath.Join(t.TempDir(), "x.db"), Now: f.clk.Now, NoSync: true, ExecTimeout: time.Minute, Requester: asFiled})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +415,7 @@ func TestAuditorFailureBlocksTheDecision(t *testing.T) {
 	if _, err := f.m.Approve(ctx, dave, r.ID, ""); err == nil {
 		t.Fatal("an approval the audit log could not record went through")
 	}
-	got, _ := f.m.Get(r.ID)
+	got, _ := f.m.Get(ctx, r.ID)
 	if got.State != StatePending || len(got.Approvals) != 0 || f.exec[KindFirmwareRelease].n.Load() != 0 {
 		t.Fatalf("after a failed audit: %+v", got)
 	}
@@ -424,7 +423,7 @@ func TestAuditorFailureBlocksTheDecision(t *testing.T) {
 	if _, err := f.m.Submit(ctx, alice, Draft{Kind: KindFirmwareRelease, Target: "c", Justification: "j"}); err == nil {
 		t.Fatal("a request the audit log could not record was stored")
 	}
-	if all, _ := f.m.Pending(); len(all) != 1 {
+	if all, _ := f.m.Pending(ctx); len(all) != 1 {
 		t.Fatalf("%d pending, want 1", len(all))
 	}
 	f.audit.fail = ""
@@ -464,7 +463,7 @@ func TestInbox(t *testing.T) {
 		{alice, ""},                  // her own release; no approve permission
 		{viewer, ""},
 	} {
-		got, err := f.m.Inbox(tc.who)
+		got, err := f.m.Inbox(ctx, tc.who)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -475,11 +474,11 @@ func TestInbox(t *testing.T) {
 	if _, err := f.m.Approve(ctx, dave, fw.ID, ""); err != nil {
 		t.Fatal(err)
 	}
-	in, _ := f.m.Inbox(dave)
+	in, _ := f.m.Inbox(ctx, dave)
 	if len(in) != 0 {
 		t.Fatalf("dave's inbox still lists what he approved")
 	}
-	in, _ = f.m.Inbox(erin)
+	in, _ = f.m.Inbox(ctx, erin)
 	if len(in) != 1 || in[0].Justification == "" || in[0].Target != "campaign-42" || len(in[0].Approvals) != 1 {
 		t.Fatalf("erin's inbox does not say what and why: %+v", in)
 	}
@@ -503,14 +502,14 @@ func TestStateSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	stuck.State = StateExecuting
-	if err := f.m.db.Update(func(tx *bolt.Tx) error { return putRequest(tx, &stuck) }); err != nil {
+	if err := f.m.db.Update(ctx, func(tx kv.Tx) error { return putRequest(tx, &stuck) }); err != nil {
 		t.Fatal(err)
 	}
 	path := f.m.cfg.Path
 	f.m.Close()
 
 	audit := &memAuditor{}
-	m, err := Open(Config{Path: path, Now: f.clk.Now, NoSync: true, Auditor: audit, Requester: asFiled,
+	m, err := openBackend(t, Config{Path: path, Now: f.clk.Now, NoSync: true, Auditor: audit, Requester: asFiled,
 		Rules: map[Kind]Rule{KindSecretChange: {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 2}}})
 	if err != nil {
 		t.Fatal(err)
@@ -518,7 +517,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	defer m.Close()
 	var runs atomic.Int64
 	m.Register(KindSecretChange, func(context.Context, Request, Actor) error { runs.Add(1); return nil })
-	got, err := m.Get(stuck.ID)
+	got, err := m.Get(ctx, stuck.ID)
 	if err != nil || got.State != StateInterrupted || got.Error == "" {
 		t.Fatalf("executing at shutdown: %+v %v", got, err)
 	}
@@ -563,10 +562,10 @@ func TestSubmitValidation(t *testing.T) {
 			t.Errorf("%s: %v, want %v", name, err, tc.want)
 		}
 	}
-	if all, _ := f.m.Pending(); len(all) != 0 {
+	if all, _ := f.m.Pending(ctx); len(all) != 0 {
 		t.Fatalf("refused drafts were stored: %d", len(all))
 	}
-	m, err := Open(Config{Path: filepath.Join(t.TempDir(), "n.db"), NoSync: true})
+	m, err := openBackend(t, Config{Path: filepath.Join(t.TempDir(), "n.db"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,7 +593,7 @@ func TestListPages(t *testing.T) {
 	var seen []string
 	cursor := ""
 	for {
-		page, next, err := f.m.List(Filter{Before: cursor, Limit: 3})
+		page, next, err := f.m.List(t.Context(), Filter{Before: cursor, Limit: 3})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -611,7 +610,7 @@ func TestListPages(t *testing.T) {
 			t.Fatalf("List order %v, want newest first of %v", seen, ids)
 		}
 	}
-	rej, _, _ := f.m.List(Filter{State: StateRejected})
+	rej, _, _ := f.m.List(t.Context(), Filter{State: StateRejected})
 	if len(rej) != 1 || rej[0].ID != ids[2] {
 		t.Fatalf("filter by state: %+v", rej)
 	}
@@ -620,7 +619,7 @@ func TestListPages(t *testing.T) {
 func TestRunRecordsExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		audit := &memAuditor{}
-		m, err := Open(Config{Path: filepath.Join(t.TempDir(), "r.db"), NoSync: true, Auditor: audit, SweepInterval: time.Minute})
+		m, err := openBackend(t, Config{Path: filepath.Join(t.TempDir(), "r.db"), NoSync: true, Auditor: audit, SweepInterval: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -635,12 +634,12 @@ func TestRunRecordsExpiry(t *testing.T) {
 		go func() { done <- m.Run(ctx) }()
 		time.Sleep(9 * time.Minute)
 		synctest.Wait()
-		if got, _ := m.Get(r.ID); got.State != StatePending {
+		if got, _ := m.Get(t.Context(), r.ID); got.State != StatePending {
 			t.Fatalf("before expiry: %s", got.State)
 		}
 		time.Sleep(2 * time.Minute)
 		synctest.Wait()
-		if got, _ := m.Get(r.ID); got.State != StateExpired {
+		if got, _ := m.Get(t.Context(), r.ID); got.State != StateExpired {
 			t.Fatalf("after expiry and a sweep: %s", got.State)
 		}
 		if a := audit.actions(r.ID); len(a) != 2 || a[1] != "expired:" {
@@ -671,7 +670,7 @@ func FuzzSubmit(f *testing.F) {
 			}
 			return
 		}
-		got, err := fx.m.Get(r.ID)
+		got, err := fx.m.Get(t.Context(), r.ID)
 		if err != nil {
 			t.Fatal(err)
 		}

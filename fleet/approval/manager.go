@@ -3,6 +3,7 @@ package approval
 import (
 	"bytes"
 	"context"
+	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,18 +14,18 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// Manager keeps requests in a bbolt file, takes decisions on them and runs
+// Manager keeps requests in a bbolt file or in PostgreSQL, takes decisions on them and runs
 // the executors. Its methods are safe for concurrent use.
 type Manager struct {
 	cfg Config
-	db  *boltdb.DB
+	db  kv.DB
 	log *slog.Logger
 
 	mu    sync.RWMutex
@@ -45,20 +46,63 @@ var (
 // Open opens or creates the request file. Requests found executing (the
 // server stopped during an execution) become interrupted.
 func Open(cfg Config) (*Manager, error) {
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("%w: Config.Path is required", ErrInvalid)
+	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
 	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
-		Buckets: [][]byte{bucketMeta, bucketRequests, bucketPending},
+		Buckets: append([][]byte{bucketMeta}, Buckets...),
 		Version: schemaVersion,
 	}, boltdb.Options{Name: "approval", Timeout: cfg.LockTimeout, NoSync: cfg.NoSync, Locked: ErrLocked})
 	if err != nil {
 		return nil, err
 	}
+	return start(cfg, kv.Bolt(db), cfg.Path)
+}
+
+// migrations are the requests' tables in PostgreSQL (component
+// "approval" in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Table is the PostgreSQL table holding the buckets (kv.Postgres).
+const Table = "approval_kv"
+
+// Buckets are the buckets of the requests, in the bbolt file and in
+// PostgreSQL: what sigil migrate copies.
+var Buckets = [][]byte{bucketRequests, bucketPending}
+
+// OpenPostgres opens the requests in the PostgreSQL database db, bringing
+// its tables up to date first (cfg.Path, LockTimeout and NoSync are
+// unused). Its writes run one at a time across the replicas sharing db,
+// each once (kv.Options.Serialized): a decision records its audit entry
+// in its transaction. Requests found executing become interrupted: start
+// it once per database (not on every replica), or a replica starting
+// while another executes marks that execution interrupted. Close leaves
+// db open.
+func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Manager, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, "approval", migrations); err != nil {
+		return nil, fmt.Errorf("approval: %w", err)
+	}
+	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	if err != nil {
+		return nil, fmt.Errorf("approval: %w", err)
+	}
+	return start(cfg, k, "database")
+}
+
+// start marks interrupted executions and returns the manager.
+func start(cfg Config, db kv.DB, where string) (*Manager, error) {
 	m := &Manager{cfg: cfg, db: db, log: cfg.Logger, execs: make(map[Kind]Executor)}
-	if err := m.interrupt(); err != nil {
+	if err := m.interrupt(context.Background()); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("approval: initialize %s: %w", cfg.Path, err)
+		return nil, fmt.Errorf("approval: initialize %s: %w", where, err)
 	}
 	return m, nil
 }
@@ -120,7 +164,7 @@ func decode(b []byte) (*Request, error) {
 	return r, nil
 }
 
-func getRequest(tx *bolt.Tx, id string) (*Request, error) {
+func getRequest(tx kv.Tx, id string) (*Request, error) {
 	v := tx.Bucket(bucketRequests).Get([]byte(id))
 	if v == nil {
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
@@ -129,7 +173,7 @@ func getRequest(tx *bolt.Tx, id string) (*Request, error) {
 }
 
 // putRequest stores r and keeps the pending index.
-func putRequest(tx *bolt.Tx, r *Request) error {
+func putRequest(tx kv.Tx, r *Request) error {
 	b, err := encode(r)
 	if err != nil {
 		return err
@@ -231,7 +275,7 @@ func (m *Manager) Submit(ctx context.Context, actor Actor, d Draft) (Request, er
 		Created: now, Expires: now.Add(ttl), Approve: rule.Approve, Required: rule.Approvals,
 		State: StatePending,
 	}
-	err := m.db.Update(func(tx *bolt.Tx) error {
+	err := m.db.Update(ctx, func(tx kv.Tx) error {
 		seq, err := tx.Bucket(bucketRequests).NextSequence()
 		if err != nil {
 			return err
@@ -275,7 +319,8 @@ func (m *Manager) Approve(ctx context.Context, actor Actor, id, comment string) 
 		r       *Request
 		expired bool
 	)
-	err := m.db.Update(func(tx *bolt.Tx) error {
+	// A decision taken goes through when its client leaves.
+	err := m.db.Update(context.WithoutCancel(ctx), func(tx kv.Tx) error {
 		var err error
 		if r, err = getRequest(tx, id); err != nil {
 			return err
@@ -327,7 +372,7 @@ func (m *Manager) Approve(ctx context.Context, actor Actor, id, comment string) 
 
 // checkDecidable fails unless r is pending; a pending request past its
 // expiry is marked expired in tx and *expired set (the caller commits).
-func (m *Manager) checkDecidable(ctx context.Context, tx *bolt.Tx, r *Request, now time.Time, expired *bool) error {
+func (m *Manager) checkDecidable(ctx context.Context, tx kv.Tx, r *Request, now time.Time, expired *bool) error {
 	if r.State != StatePending {
 		return fmt.Errorf("%w: %s is %s", ErrNotPending, r.ID, r.State)
 	}
@@ -338,7 +383,7 @@ func (m *Manager) checkDecidable(ctx context.Context, tx *bolt.Tx, r *Request, n
 	return m.expire(ctx, tx, r, now)
 }
 
-func (m *Manager) expire(ctx context.Context, tx *bolt.Tx, r *Request, now time.Time) error {
+func (m *Manager) expire(ctx context.Context, tx kv.Tx, r *Request, now time.Time) error {
 	r.State = StateExpired
 	if err := m.audit(ctx, "expired", r, "", fmt.Sprintf("%d of %d approvals", len(r.Approvals), r.Required), now); err != nil {
 		return err
@@ -408,7 +453,7 @@ func (m *Manager) execute(ctx context.Context, r *Request) (Request, error) {
 	if aerr := m.audit(ctx, action, r, "", r.Error, now); aerr != nil {
 		m.log.Error("approval outcome not audited", "request_id", r.ID, "err", aerr)
 	}
-	if derr := m.db.Update(func(tx *bolt.Tx) error { return putRequest(tx, r) }); derr != nil {
+	if derr := m.db.Update(context.WithoutCancel(ctx), func(tx kv.Tx) error { return putRequest(tx, r) }); derr != nil {
 		return *r, fmt.Errorf("approval: recording the outcome of %s (%s): %w", r.ID, action, derr)
 	}
 	if err != nil {
@@ -443,7 +488,7 @@ func (m *Manager) Reject(ctx context.Context, actor Actor, id, reason string) (R
 		r       *Request
 		expired bool
 	)
-	err := m.db.Update(func(tx *bolt.Tx) error {
+	err := m.db.Update(ctx, func(tx kv.Tx) error {
 		var err error
 		if r, err = getRequest(tx, id); err != nil {
 			return err
@@ -478,9 +523,9 @@ func (m *Manager) Reject(ctx context.Context, actor Actor, id, reason string) (R
 }
 
 // Get returns a request by ID.
-func (m *Manager) Get(id string) (Request, error) {
+func (m *Manager) Get(ctx context.Context, id string) (Request, error) {
 	var out Request
-	err := m.db.View(func(tx *bolt.Tx) error {
+	err := m.db.View(ctx, func(tx kv.Tx) error {
 		r, err := getRequest(tx, id)
 		if err != nil {
 			return err
@@ -493,10 +538,10 @@ func (m *Manager) Get(id string) (Request, error) {
 
 // Pending returns the pending, unexpired requests, oldest first: what is
 // waiting and why.
-func (m *Manager) Pending() ([]Request, error) {
+func (m *Manager) Pending(ctx context.Context) ([]Request, error) {
 	now := m.cfg.Now()
 	var out []Request
-	err := m.db.View(func(tx *bolt.Tx) error {
+	err := m.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketPending).ForEach(func(k, _ []byte) error {
 			r, err := getRequest(tx, string(k))
 			if err != nil {
@@ -514,8 +559,8 @@ func (m *Manager) Pending() ([]Request, error) {
 // Inbox returns the pending, unexpired requests actor may approve now: not
 // their own, not yet approved by them, filed after their account last
 // changed, and needing a permission they hold.
-func (m *Manager) Inbox(actor Actor) ([]Request, error) {
-	all, err := m.Pending()
+func (m *Manager) Inbox(ctx context.Context, actor Actor) ([]Request, error) {
+	all, err := m.Pending(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -539,7 +584,7 @@ type Filter struct {
 
 // List returns requests newest first that match f, and the cursor for the
 // next page ("" when there is none).
-func (m *Manager) List(f Filter) ([]Request, string, error) {
+func (m *Manager) List(ctx context.Context, f Filter) ([]Request, string, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 50
@@ -547,7 +592,7 @@ func (m *Manager) List(f Filter) ([]Request, string, error) {
 	limit = min(limit, 500)
 	var out []Request
 	next := ""
-	err := m.db.View(func(tx *bolt.Tx) error {
+	err := m.db.View(ctx, func(tx kv.Tx) error {
 		c := tx.Bucket(bucketRequests).Cursor()
 		var k, v []byte
 		if f.Before == "" {
@@ -586,7 +631,7 @@ func (m *Manager) List(f Filter) ([]Request, string, error) {
 func (m *Manager) Expire(ctx context.Context) (int, error) {
 	now := m.cfg.Now()
 	n := 0
-	err := m.db.Update(func(tx *bolt.Tx) error {
+	err := m.db.Update(ctx, func(tx kv.Tx) error {
 		n = 0
 		var ids []string
 		if err := tx.Bucket(bucketPending).ForEach(func(k, _ []byte) error {
@@ -613,9 +658,9 @@ func (m *Manager) Expire(ctx context.Context) (int, error) {
 }
 
 // interrupt marks requests left executing by a previous run as interrupted.
-func (m *Manager) interrupt() error {
+func (m *Manager) interrupt(ctx context.Context) error {
 	now := m.cfg.Now()
-	return m.db.Update(func(tx *bolt.Tx) error {
+	return m.db.Update(ctx, func(tx kv.Tx) error {
 		var stuck []*Request
 		err := tx.Bucket(bucketRequests).ForEach(func(k, v []byte) error {
 			r, err := decode(v)

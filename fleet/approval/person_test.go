@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // person is an actor whose account changed at since.
@@ -36,15 +35,15 @@ func TestAccountChangedAfterTheRequestCannotApprove(t *testing.T) {
 		if _, err := f.m.Approve(ctx, shadow, r.ID, ""); !errors.Is(err, ErrAccountChanged) {
 			t.Fatalf("an account %s the request: %v", name, err)
 		}
-		if in, err := f.m.Inbox(shadow); err != nil || len(in) != 0 {
+		if in, err := f.m.Inbox(ctx, shadow); err != nil || len(in) != 0 {
 			t.Fatalf("inbox of an account %s the request: %+v %v", name, in, err)
 		}
 	}
-	if got, _ := f.m.Get(r.ID); got.State != StatePending || len(got.Approvals) != 0 {
+	if got, _ := f.m.Get(ctx, r.ID); got.State != StatePending || len(got.Approvals) != 0 {
 		t.Fatalf("after refused approvals: %+v", got)
 	}
 	older := person{Principal: dave, since: filed.Add(-time.Hour)}
-	if in, err := f.m.Inbox(older); err != nil || len(in) != 1 {
+	if in, err := f.m.Inbox(ctx, older); err != nil || len(in) != 1 {
 		t.Fatalf("inbox of an older account: %+v %v", in, err)
 	}
 	if got, err := f.m.Approve(ctx, older, r.ID, ""); err != nil || got.State != StateExecuted {
@@ -144,7 +143,7 @@ func TestOlderRequestsRunAsTheRequestersRole(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.Requester = ppl.requester })
 	r := f.release(t, alice)
 	r.Permission, r.Credential = "", auth.Credential{}
-	if err := f.m.db.Update(func(tx *bolt.Tx) error { return putRequest(tx, &r) }); err != nil {
+	if err := f.m.db.Update(t.Context(), func(tx kv.Tx) error { return putRequest(tx, &r) }); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := f.m.Approve(context.Background(), dave, r.ID, ""); err != nil || got.State != StateExecuted {

@@ -52,7 +52,7 @@ const (
 
 // Policies decides how a device is judged (fleet/policy.Store).
 type Policies interface {
-	Choose(model, firmware, group string) (policy.Choice, error)
+	Choose(ctx context.Context, model, firmware, group string) (policy.Choice, error)
 }
 
 // Alert is a security event for operators (routed to sinks by the alerting
@@ -527,7 +527,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 	}
 	// Last, as the issue orders it: the counters against the history.
 	counters := func() error {
-		last, ok, err := s.cfg.History.lastCounters(dev.ID)
+		last, ok, err := s.cfg.History.lastCounters(context.Background(), dev.ID)
 		if err != nil || !ok || last.Clock == 0 {
 			return err
 		}
@@ -545,7 +545,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 	}
 	var choice policy.Choice
 	if s.cfg.Policies != nil {
-		if choice, err = s.cfg.Policies.Choose(dev.Model, firmware, dev.Group); err != nil {
+		if choice, err = s.cfg.Policies.Choose(context.Background(), dev.Model, firmware, dev.Group); err != nil {
 			return fail(err)
 		}
 	}
@@ -739,7 +739,7 @@ func (s *Service) record(rec *Record) (invErr, histErr error) {
 		// overlap still share their commits: groupcommit.)
 		r.mu.Unlock()
 		c := attested(rec)
-		return s.cfg.Inventory.Update(context.TODO(), c.ID, c.Fn), s.cfg.History.Add(rec)
+		return s.cfg.Inventory.Update(context.TODO(), c.ID, c.Fn), s.cfg.History.Add(context.Background(), rec)
 	}
 	w := &verdictWrite{rec: rec, done: make(chan struct{})}
 	r.pending = append(r.pending, w)
@@ -778,7 +778,7 @@ func (s *Service) flush() {
 	var invErrs []error
 	var wg sync.WaitGroup
 	wg.Go(func() { invErrs = s.cfg.Inventory.UpdateAll(context.TODO(), changes) })
-	histErrs := s.cfg.History.AddAll(recs)
+	histErrs := s.cfg.History.AddAll(context.Background(), recs)
 	wg.Wait()
 	for i, w := range batch {
 		w.invErr, w.histErr = invErrs[i], histErrs[i]
@@ -1062,14 +1062,14 @@ func removeFlag(flags []string, f string) []string {
 }
 
 // History returns a device's verdicts, newest first.
-func (s *Service) History(deviceID string, limit int) ([]Record, error) {
-	return s.cfg.History.List(deviceID, limit)
+func (s *Service) History(ctx context.Context, deviceID string, limit int) ([]Record, error) {
+	return s.cfg.History.List(ctx, deviceID, limit)
 }
 
 // HistoryBefore returns a device's verdicts older than sequence number
 // before (0: from the newest), newest first (History.ListBefore).
-func (s *Service) HistoryBefore(deviceID string, before uint64, limit int) ([]Record, error) {
-	return s.cfg.History.ListBefore(deviceID, before, limit)
+func (s *Service) HistoryBefore(ctx context.Context, deviceID string, before uint64, limit int) ([]Record, error) {
+	return s.cfg.History.ListBefore(ctx, deviceID, before, limit)
 }
 
 // Selections builds the PCR selections Config.Selections takes from the

@@ -144,7 +144,7 @@ func (f *fixture) submit(id string, b []byte) *Record {
 	if err := wire.DecodeBody(last, wire.TypeAttestVerdict, &v); err != nil {
 		f.t.Fatalf("no verdict sent: %v", err)
 	}
-	recs, _ := f.svc.History(id, 1)
+	recs, _ := f.svc.History(context.Background(), id, 1)
 	if len(recs) == 0 || recs[0].Code != v.Reason {
 		// refused-nonce evidence is not recorded; build the record from the verdict
 		return &Record{Result: v.Result, Code: v.Reason, Reason: v.Reason.String(), Message: v.Message}
@@ -266,7 +266,7 @@ func TestCounterRollback(t *testing.T) {
 	f := newFixture(t)
 	first := f.submit(f.dev, f.evidence(f.challenge(f.dev), f.ak, nil))
 	// A history that saw a later TPM boot than the TPM now reports.
-	if err := f.svc.cfg.History.Add(&Record{DeviceID: f.dev, Time: f.now(), Result: "pass", ResetCount: first.ResetCount + 5, Clock: first.Clock + 1}); err != nil {
+	if err := f.svc.cfg.History.Add(t.Context(), &Record{DeviceID: f.dev, Time: f.now(), Result: "pass", ResetCount: first.ResetCount + 5, Clock: first.Clock + 1}); err != nil {
 		t.Fatal(err)
 	}
 	rec := f.submit(f.dev, f.evidence(f.challenge(f.dev), f.ak, nil))

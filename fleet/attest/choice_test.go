@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"context"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,7 +20,7 @@ func (f *fixture) withPolicies(ps ...policy.Policy) {
 	}
 	f.t.Cleanup(func() { store.Close() })
 	for _, p := range ps {
-		if _, err := store.Put(p); err != nil {
+		if _, err := store.Put(context.Background(), p); err != nil {
 			f.t.Fatal(err)
 		}
 	}

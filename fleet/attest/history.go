@@ -1,6 +1,9 @@
 package attest
 
 import (
+	"bytes"
+	"context"
+	"embed"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -10,8 +13,9 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Record is one verdict in a device's attestation history.
@@ -46,15 +50,15 @@ type Record struct {
 	DeviceError bool `json:"device_error,omitempty"`
 }
 
-// History keeps verdicts per device in bbolt, newest last, bounded. Each
-// device's records live in a bucket named by its ID, keyed by their
-// sequence numbers (consecutive: only the oldest are ever deleted); a
+// History keeps verdicts per device, newest last, bounded: a bucket per
+// device (named by its ID) of records keyed by their sequence number, in
+// a bbolt file (OpenHistory) or in PostgreSQL (OpenHistoryPostgres). A
 // summary of each device's newest records — their outcomes and the newest
 // TPM counters, what the checks on every verdict and the risk score read —
 // is kept beside them (bucketSummaries), in the same transaction, so
 // those reads decode no record.
 type History struct {
-	db  *boltdb.DB
+	db  kv.DB
 	max int
 }
 
@@ -75,32 +79,61 @@ func OpenHistory(path string, maxPerDevice int) (*History, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &History{db: db, max: maxPerDevice}, nil
+	return &History{db: kv.Bolt(db), max: maxPerDevice}, nil
+}
+
+// historyMigrations are the history's tables in PostgreSQL (component
+// "attest_history" in schema_migrations).
+//
+//go:embed migrations/*.sql
+var historyMigrations embed.FS
+
+// HistoryTable is the PostgreSQL table holding the history (kv.Postgres);
+// every bucket of the bbolt file is a device's but the summaries'
+// (bucketSummaries), and sigil migrate copies them all.
+const HistoryTable = "attest_history_kv"
+
+// OpenHistoryPostgres opens the history in the PostgreSQL database db,
+// bringing its tables up to date first. Close leaves db open.
+func OpenHistoryPostgres(ctx context.Context, db *postgres.DB, maxPerDevice int) (*History, error) {
+	if maxPerDevice <= 0 {
+		maxPerDevice = 1000
+	}
+	if err := db.Migrate(ctx, "attest_history", historyMigrations); err != nil {
+		return nil, fmt.Errorf("attest: history: %w", err)
+	}
+	k, err := kv.Postgres(db, HistoryTable)
+	if err != nil {
+		return nil, fmt.Errorf("attest: history: %w", err)
+	}
+	return &History{db: k, max: maxPerDevice}, nil
 }
 
 // Close closes the file.
 func (h *History) Close() error { return h.db.Close() }
 
 // Add appends r to its device's history and sets r.Seq.
-func (h *History) Add(r *Record) error {
-	return h.db.Write(func(tx *bolt.Tx) error { return h.add(tx, r) })
+func (h *History) Add(ctx context.Context, r *Record) error {
+	return h.db.Write(ctx, func(tx kv.Tx) error { return h.add(tx, r) })
 }
 
-// AddAll appends records, in order, in one transaction and one fsync, and
-// returns each one's error (nil for those recorded; Add's otherwise). For
-// records a caller gathers on purpose: the verdicts of attestations
+// AddAll appends records, in order, in one transaction (one fsync in a
+// bbolt file), and returns each one's error (nil for those recorded;
+// Add's otherwise; a failing one is left out of the others' transaction).
+// For records a caller gathers on purpose: the verdicts of attestations
 // judged within a few milliseconds of each other.
-func (h *History) AddAll(rs []*Record) []error {
-	fns := make([]func(*bolt.Tx) error, len(rs))
+func (h *History) AddAll(ctx context.Context, rs []*Record) []error {
+	fns := make([]func(kv.Tx) error, len(rs))
 	for i, r := range rs {
-		fns[i] = func(tx *bolt.Tx) error { return h.add(tx, r) }
+		fns[i] = func(tx kv.Tx) error { return h.add(tx, r) }
 	}
-	return h.db.WriteAll(fns)
+	return kv.WriteAll(ctx, h.db, fns)
 }
 
 // add is Add's transaction. It may run more than once for r (group
-// commit): it reads everything it changes from tx.
-func (h *History) add(tx *bolt.Tx, r *Record) error {
+// commit, a retried PostgreSQL transaction): it reads everything it
+// changes from tx.
+func (h *History) add(tx kv.Tx, r *Record) error {
 	if r.DeviceID == "" || r.DeviceID[0] == 0 {
 		return fmt.Errorf("attest: history: invalid device ID %q", r.DeviceID)
 	}
@@ -108,7 +141,11 @@ func (h *History) add(tx *bolt.Tx, r *Record) error {
 	if err != nil {
 		return err
 	}
-	sum, err := h.loadSummary(tx, b, r.DeviceID)
+	sums, err := tx.CreateBucketIfNotExists(bucketSummaries)
+	if err != nil {
+		return err
+	}
+	sum, err := h.loadSummary(sums, b, r.DeviceID)
 	if err != nil {
 		return err
 	}
@@ -124,21 +161,26 @@ func (h *History) add(tx *bolt.Tx, r *Record) error {
 	if err := b.Put(key(seq), v); err != nil {
 		return err
 	}
-	n := count(b)
-	for ; n > h.max; n-- {
-		k, _ := b.Cursor().First()
-		if err := b.Delete(k); err != nil {
-			return err
+	// Keep the newest max: sequence numbers are consecutive (each
+	// taken with its record), so the older ones are those before
+	// seq-max+1.
+	if seq > uint64(h.max) {
+		keep := key(seq - uint64(h.max) + 1)
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && bytes.Compare(k, keep) < 0; k, _ = c.Next() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
 		}
 	}
-	sum.add(r, h.keep(), n)
-	return tx.Bucket(bucketSummaries).Put([]byte(r.DeviceID), sum.encode())
+	sum.add(r, h.keep(), count(b))
+	return sums.Put([]byte(r.DeviceID), sum.encode())
 }
 
 // count is how many records bucket b holds: sequence numbers are
 // consecutive and only the oldest records leave, so the oldest and newest
 // keys tell.
-func count(b *bolt.Bucket) int {
+func count(b kv.Bucket) int {
 	c := b.Cursor()
 	first, _ := c.First()
 	last, _ := c.Last()
@@ -158,16 +200,17 @@ func key(seq uint64) []byte {
 }
 
 // List returns up to limit records of a device, newest first.
-func (h *History) List(deviceID string, limit int) ([]Record, error) {
-	return h.ListBefore(deviceID, 0, limit)
+func (h *History) List(ctx context.Context, deviceID string, limit int) ([]Record, error) {
+	return h.ListBefore(ctx, deviceID, 0, limit)
 }
 
 // ListBefore returns up to limit records of a device older than sequence
 // number before (0: from the newest), newest first: a page of its
 // history, continued with the last record's Seq.
-func (h *History) ListBefore(deviceID string, before uint64, limit int) ([]Record, error) {
+func (h *History) ListBefore(ctx context.Context, deviceID string, before uint64, limit int) ([]Record, error) {
 	var out []Record
-	err := h.db.View(func(tx *bolt.Tx) error {
+	err := h.db.View(ctx, func(tx kv.Tx) error {
+		out = nil // a transaction may run again
 		return each(tx.Bucket([]byte(deviceID)), before, limit, func(v []byte) error {
 			var r Record
 			if err := json.Unmarshal(v, &r); err != nil {
@@ -182,7 +225,7 @@ func (h *History) ListBefore(deviceID string, before uint64, limit int) ([]Recor
 
 // each calls fn with up to limit records of bucket b (nil: none) older
 // than sequence number before (0: from the newest), newest first.
-func each(b *bolt.Bucket, before uint64, limit int, fn func(v []byte) error) error {
+func each(b kv.Bucket, before uint64, limit int, fn func(v []byte) error) error {
 	if b == nil {
 		return nil
 	}
@@ -205,8 +248,8 @@ func each(b *bolt.Bucket, before uint64, limit int, fn func(v []byte) error) err
 }
 
 // Last returns the newest record of a device, or nil.
-func (h *History) Last(deviceID string) (*Record, error) {
-	rs, err := h.List(deviceID, 1)
+func (h *History) Last(ctx context.Context, deviceID string) (*Record, error) {
+	rs, err := h.List(ctx, deviceID, 1)
 	if err != nil || len(rs) == 0 {
 		return nil, err
 	}
@@ -225,9 +268,10 @@ type Outcome struct {
 // Outcomes returns the outcomes of up to limit of a device's newest
 // records, newest first, as List would return them. Up to SummaryOutcomes
 // of them come from the device's summary without decoding a record.
-func (h *History) Outcomes(deviceID string, limit int) ([]Outcome, error) {
+func (h *History) Outcomes(ctx context.Context, deviceID string, limit int) ([]Outcome, error) {
 	var out []Outcome
-	err := h.db.View(func(tx *bolt.Tx) error {
+	err := h.db.View(ctx, func(tx kv.Tx) error {
+		out = nil // a transaction may run again
 		b := tx.Bucket([]byte(deviceID))
 		if b == nil || limit <= 0 {
 			return nil
@@ -252,10 +296,11 @@ type counters struct {
 
 // lastCounters returns the TPM counters of a device's newest record, and
 // whether it has one.
-func (h *History) lastCounters(deviceID string) (counters, bool, error) {
+func (h *History) lastCounters(ctx context.Context, deviceID string) (counters, bool, error) {
 	var c counters
 	found := false
-	err := h.db.View(func(tx *bolt.Tx) error {
+	err := h.db.View(ctx, func(tx kv.Tx) error {
+		c, found = counters{}, false // a transaction may run again
 		b := tx.Bucket([]byte(deviceID))
 		if b == nil {
 			return nil
@@ -285,8 +330,12 @@ type summary struct {
 const summaryVersion = 1
 
 // readSummary returns a device's summary, if it has one that decodes.
-func readSummary(tx *bolt.Tx, deviceID string) (*summary, bool) {
-	v := tx.Bucket(bucketSummaries).Get([]byte(deviceID))
+func readSummary(tx kv.Tx, deviceID string) (*summary, bool) {
+	b := tx.Bucket(bucketSummaries)
+	if b == nil {
+		return nil, false
+	}
+	v := b.Get([]byte(deviceID))
 	if v == nil {
 		return nil, false
 	}
@@ -294,12 +343,14 @@ func readSummary(tx *bolt.Tx, deviceID string) (*summary, bool) {
 	return s, err == nil
 }
 
-// loadSummary returns the summary of the device whose records are in b,
-// rebuilt from its newest records when it has none (a history written
-// before summaries existed) or one that does not decode.
-func (h *History) loadSummary(tx *bolt.Tx, b *bolt.Bucket, deviceID string) (*summary, error) {
-	if s, ok := readSummary(tx, deviceID); ok {
-		return s, nil
+// loadSummary returns the summary (in sums) of the device whose records
+// are in b, rebuilt from its newest records when it has none (a history
+// written before summaries existed) or one that does not decode.
+func (h *History) loadSummary(sums, b kv.Bucket, deviceID string) (*summary, error) {
+	if v := sums.Get([]byte(deviceID)); v != nil {
+		if s, err := decodeSummary(v); err == nil {
+			return s, nil
+		}
 	}
 	s := &summary{}
 	var err error
@@ -315,7 +366,7 @@ func (h *History) loadSummary(tx *bolt.Tx, b *bolt.Bucket, deviceID string) (*su
 
 // decodeOutcomes decodes the outcomes of up to limit of the newest records
 // in b, newest first.
-func decodeOutcomes(b *bolt.Bucket, limit int) ([]Outcome, error) {
+func decodeOutcomes(b kv.Bucket, limit int) ([]Outcome, error) {
 	var out []Outcome
 	err := each(b, 0, limit, func(v []byte) error {
 		var o Outcome

@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -18,7 +19,7 @@ type onePolicy struct {
 	before func()
 }
 
-func (p *onePolicy) Choose(_, _, _ string) (policy.Choice, error) {
+func (p *onePolicy) Choose(_ context.Context, _, _, _ string) (policy.Choice, error) {
 	if p.before != nil {
 		p.before()
 	}

@@ -109,7 +109,7 @@ func newSoftFleet(b testing.TB, devices int, configure func(*Config)) *softFleet
 		f.ids, f.tpms, f.aks = append(f.ids, id), append(f.tpms, tp), append(f.aks, ak)
 	}
 	// Every device's PCRs extend alike, so one policy pins them all.
-	if _, err := pols.Put(policy.Policy{ID: "gw", Name: "gw", Model: "gw-1", Action: policy.ActionQuarantine,
+	if _, err := pols.Put(b.Context(), policy.Policy{ID: "gw", Name: "gw", Model: "gw-1", Action: policy.ActionQuarantine,
 		PCRs: map[string]map[int]string{"sha256": pcrs}}); err != nil {
 		b.Fatal(err)
 	}

@@ -7,8 +7,40 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
+
+// eachBackend runs f with a history opener on each backend: a bbolt file
+// and a real PostgreSQL (pgtest; skipped without one unless CI=true).
+func eachBackend(t *testing.T, f func(t *testing.T, open func(t *testing.T, max int) *History)) {
+	t.Run("bbolt", func(t *testing.T) {
+		f(t, func(t *testing.T, max int) *History {
+			h, err := OpenHistory(filepath.Join(t.TempDir(), "h.db"), max)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { h.Close() })
+			return h
+		})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		srv := pgtest.Start(t)
+		f(t, func(t *testing.T, max int) *History {
+			db, err := postgres.Open(t.Context(), srv.NewDatabase(t), postgres.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(db.Close)
+			h, err := OpenHistoryPostgres(t.Context(), db, max)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return h
+		})
+	})
+}
 
 // outcomesOf is what Outcomes must return for records as List returns
 // them.
@@ -39,12 +71,12 @@ func verdict(id string, i int, at time.Time) *Record {
 // records themselves.
 func checkSummary(t *testing.T, h *History, id string) {
 	t.Helper()
-	all, err := h.List(id, 10000)
+	all, err := h.List(t.Context(), id, 10000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for limit := 0; limit <= len(all)+2; limit++ {
-		got, err := h.Outcomes(id, limit)
+		got, err := h.Outcomes(t.Context(), id, limit)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,7 +84,7 @@ func checkSummary(t *testing.T, h *History, id string) {
 			t.Fatalf("%s: Outcomes(%d) = %+v\nwant %+v", id, limit, got, want)
 		}
 	}
-	c, ok, err := h.lastCounters(id)
+	c, ok, err := h.lastCounters(t.Context(), id)
 	if err != nil || ok != (len(all) > 0) {
 		t.Fatalf("%s: lastCounters: %v, %v", id, ok, err)
 	}
@@ -67,17 +99,17 @@ func checkSummary(t *testing.T, h *History, id string) {
 // shorter and longer than it and bounded below it, records added one by
 // one and together.
 func TestSummaryMatchesRecords(t *testing.T) {
+	eachBackend(t, testSummaryMatchesRecords)
+}
+
+func testSummaryMatchesRecords(t *testing.T, open func(*testing.T, int) *History) {
 	at := time.Date(2026, 12, 7, 18, 0, 0, 123456789, time.UTC)
 	for _, max := range []int{3, SummaryOutcomes, 100} {
 		t.Run(fmt.Sprint("max=", max), func(t *testing.T) {
-			h, err := OpenHistory(filepath.Join(t.TempDir(), "h.db"), max)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
+			h := open(t, max)
 			checkSummary(t, h, "dev-a")
 			for i := range 2*SummaryOutcomes + 5 {
-				if err := h.Add(verdict("dev-a", i, at)); err != nil {
+				if err := h.Add(t.Context(), verdict("dev-a", i, at)); err != nil {
 					t.Fatal(err)
 				}
 				checkSummary(t, h, "dev-a")
@@ -86,14 +118,14 @@ func TestSummaryMatchesRecords(t *testing.T) {
 			for i := range 40 {
 				batch = append(batch, verdict("dev-b", i, at), verdict("dev-c", i, at))
 			}
-			for i, err := range h.AddAll(batch) {
+			for i, err := range h.AddAll(t.Context(), batch) {
 				if err != nil {
 					t.Fatalf("record %d: %v", i, err)
 				}
 			}
 			for _, id := range []string{"dev-a", "dev-b", "dev-c"} {
 				checkSummary(t, h, id)
-				if rs, _ := h.List(id, 10000); len(rs) != min(max, len(rs)) || len(rs) == 0 {
+				if rs, _ := h.List(t.Context(), id, 10000); len(rs) != min(max, len(rs)) || len(rs) == 0 {
 					t.Fatalf("%s: %d records, bound %d", id, len(rs), max)
 				}
 			}
@@ -104,22 +136,20 @@ func TestSummaryMatchesRecords(t *testing.T) {
 // TestSummaryRebuilt: a history written before summaries existed (or with
 // a summary that does not decode) is read from its records, and the next
 // Add rebuilds the summary from them.
-func TestSummaryRebuilt(t *testing.T) {
+func TestSummaryRebuilt(t *testing.T) { eachBackend(t, testSummaryRebuilt) }
+
+func testSummaryRebuilt(t *testing.T, open func(*testing.T, int) *History) {
 	at := time.Date(2026, 12, 7, 18, 0, 0, 0, time.UTC)
-	h, err := OpenHistory(filepath.Join(t.TempDir(), "h.db"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := open(t, 0)
 	for i := range 40 {
-		if err := h.Add(verdict("old", i, at)); err != nil {
+		if err := h.Add(t.Context(), verdict("old", i, at)); err != nil {
 			t.Fatal(err)
 		}
-		if err := h.Add(verdict("torn", i, at)); err != nil {
+		if err := h.Add(t.Context(), verdict("torn", i, at)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.db.Update(func(tx *bolt.Tx) error {
+	if err := h.db.Update(t.Context(), func(tx kv.Tx) error {
 		b := tx.Bucket(bucketSummaries)
 		if err := b.Delete([]byte("old")); err != nil {
 			return err
@@ -130,10 +160,10 @@ func TestSummaryRebuilt(t *testing.T) {
 	}
 	for _, id := range []string{"old", "torn"} {
 		checkSummary(t, h, id)
-		if err := h.Add(verdict(id, 40, at)); err != nil {
+		if err := h.Add(t.Context(), verdict(id, 40, at)); err != nil {
 			t.Fatal(err)
 		}
-		h.db.View(func(tx *bolt.Tx) error {
+		h.db.View(t.Context(), func(tx kv.Tx) error {
 			if _, ok := readSummary(tx, id); !ok {
 				t.Errorf("%s: no summary after Add", id)
 			}
@@ -152,7 +182,7 @@ func TestHistoryRefusesSummaryName(t *testing.T) {
 	}
 	defer h.Close()
 	for _, id := range []string{"", string(bucketSummaries)} {
-		if err := h.Add(&Record{DeviceID: id, Result: "pass"}); err == nil {
+		if err := h.Add(t.Context(), &Record{DeviceID: id, Result: "pass"}); err == nil {
 			t.Errorf("device ID %q accepted", id)
 		}
 	}

@@ -51,7 +51,7 @@ func openLog(t testing.TB, path string, key *ecdsa.PrivateKey, now func() time.T
 	if key != nil {
 		cfg.Signer = key
 	}
-	l, err := Open(cfg)
+	l, err := openBackend(t, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func sample(i int) Entry {
 func exportAll(t testing.TB, l *Log) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	if err := l.Export(&b, 0, 0); err != nil {
+	if err := l.Export(t.Context(), &b, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -115,7 +115,7 @@ func TestChainVerifies(t *testing.T) {
 		if i > 0 && e.Prev != stored[i-1].Hash || i == 0 && !e.Prev.IsZero() {
 			t.Fatalf("entry %d does not link to its predecessor", e.Seq)
 		}
-		if got, err := l.Get(e.Seq); err != nil || got.Hash != e.Hash || got.Target != e.Target {
+		if got, err := l.Get(t.Context(), e.Seq); err != nil || got.Hash != e.Hash || got.Target != e.Target {
 			t.Fatalf("Get(%d) = %+v, %v; want %+v", e.Seq, got, err, e)
 		}
 	}
@@ -135,7 +135,7 @@ func TestChainVerifies(t *testing.T) {
 		t.Fatalf("last checkpoint %d %s, want 20 %s", cp.Seq, cp.Head, stored[19].Hash)
 	}
 	// The live store verifies the same way.
-	srep, err := l.VerifyStore(nil)
+	srep, err := l.VerifyStore(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestChainVerifies(t *testing.T) {
 	}
 	// A partial export verifies from its first entry.
 	var part bytes.Buffer
-	if err := l.Export(&part, 8, 12); err != nil {
+	if err := l.Export(t.Context(), &part, 8, 12); err != nil {
 		t.Fatal(err)
 	}
 	prep, err := Verify(&part, &key.PublicKey)
@@ -167,7 +167,7 @@ func TestEmptyLog(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(rep, Report{}) {
 		t.Fatalf("empty export: %+v, %v", rep, err)
 	}
-	if _, err := l.Get(1); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Get(t.Context(), 1); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get on an empty log: %v", err)
 	}
 }
@@ -176,7 +176,7 @@ func TestRestartContinuesChain(t *testing.T) {
 	key := newKey(t)
 	path := filepath.Join(t.TempDir(), File)
 	clk := newClock()
-	l, err := Open(Config{Path: path, Signer: key, Now: clk.Now})
+	l, err := openBackend(t, Config{Path: path, Signer: key, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestConcurrentAppendsKeepOneChain(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	rep, err := l.VerifyStore(nil)
+	rep, err := l.VerifyStore(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func TestConcurrentAppendsKeepOneChain(t *testing.T) {
 	// Every append is there exactly once.
 	seen := map[string]int{}
 	for seq := uint64(1); seq <= rep.Last; seq++ {
-		e, err := l.Get(seq)
+		e, err := l.Get(t.Context(), seq)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -307,13 +307,13 @@ func TestCanceledAppends(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	rep, err := l.VerifyStore(nil)
+	rep, err := l.VerifyStore(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stored := map[string]bool{}
 	for seq := uint64(1); seq <= rep.Last; seq++ {
-		e, err := l.Get(seq)
+		e, err := l.Get(t.Context(), seq)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -434,7 +434,7 @@ func TestNoSigner(t *testing.T) {
 		t.Fatalf("Run without signer: %v", err)
 	}
 	// The chain still verifies against a key (no checkpoints to check).
-	rep, err := l.VerifyStore(&newKey(t).PublicKey)
+	rep, err := l.VerifyStore(t.Context(), &newKey(t).PublicKey)
 	if err != nil || rep.Unsigned != 1 {
 		t.Fatalf("VerifyStore: %+v, %v", rep, err)
 	}

@@ -79,7 +79,7 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 	var exp bytes.Buffer
-	if err := l.Export(&exp, 0, 0); err != nil {
+	if err := l.Export(ctx, &exp, 0, 0); err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(exp.Len()))
@@ -116,7 +116,7 @@ func BenchmarkList(b *testing.B) {
 	}{{"actor", Filter{Actor: User("user-3")}}, {"action", Filter{Action: "token"}}, {"target", Filter{Target: "dev-7"}}} {
 		b.Run(f.name, func(b *testing.B) {
 			for b.Loop() {
-				p, err := l.List(f.f)
+				p, err := l.List(ctx, f.f)
 				if err != nil || len(p.Entries) == 0 {
 					b.Fatal(p, err)
 				}

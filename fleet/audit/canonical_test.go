@@ -197,7 +197,7 @@ func TestOpenSSLInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	var exp bytes.Buffer
-	if err := l.Export(&exp, 0, 0); err != nil {
+	if err := l.Export(t.Context(), &exp, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if rep, err := Verify(&exp, pub); err != nil || rep.Checkpoints != 1 {

@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // MaxSignature bounds a checkpoint's signature (an ASN.1 DER ECDSA P-256
@@ -67,9 +67,30 @@ func (l *Log) Checkpoint(ctx context.Context) (Checkpoint, error) {
 	l.mu.Lock()
 	closed, seq, head, last, prev := l.closed, l.seq, l.head, l.last, l.lastCP
 	l.mu.Unlock()
-	switch {
-	case closed:
+	if closed {
 		return Checkpoint{}, ErrClosed
+	}
+	// Replicas sharing a database append to one chain: sign the head
+	// stored, which may be past the last entry this one appended.
+	err := l.db.View(ctx, func(tx kv.Tx) error {
+		k, v := tx.Bucket(bucketEntries).Cursor().Last()
+		if k == nil || binary.BigEndian.Uint64(k) <= seq {
+			return nil
+		}
+		e, err := decodeStored(k, v)
+		if err != nil {
+			return err
+		}
+		seq, head, last = e.Seq, e.Hash, e.Time
+		if cp := tx.Bucket(bucketCheckpoints).Get(k); cp != nil {
+			return json.Unmarshal(cp, &prev)
+		}
+		return nil
+	})
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	switch {
 	case seq == 0:
 		return Checkpoint{}, ErrEmpty
 	case prev.Seq == seq && prev.Head == head:
@@ -95,9 +116,14 @@ func (l *Log) Checkpoint(ctx context.Context) (Checkpoint, error) {
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("audit: checkpoint %d: %w", seq, err)
 	}
-	err = l.db.Update(func(tx *bolt.Tx) error {
+	err = l.db.Update(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket(bucketCheckpoints)
-		if b.Get(seqKey(seq)) != nil {
+		if v := b.Get(seqKey(seq)); v != nil {
+			var other Checkpoint
+			if json.Unmarshal(v, &other) == nil && other.Seq == seq && other.Head == head && other.VerifySignature(l.pub) == nil {
+				cp = other // another replica signed this head meanwhile
+				return nil
+			}
 			// Only possible when entries were removed from the end of the
 			// log and new ones appended: keep the evidence.
 			return fmt.Errorf("a checkpoint for entry %d is already stored: entries it covered were removed from the log", seq)

@@ -108,12 +108,12 @@ func TestCrashSafety(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: reopen: %v", round, err)
 		}
-		rep, err := l.VerifyStore(newKey(t).Public())
+		rep, err := l.VerifyStore(t.Context(), newKey(t).Public())
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		for seq, target := range acked {
-			e, err := l.Get(seq)
+			e, err := l.Get(t.Context(), seq)
 			if err != nil || e.Target != target {
 				t.Fatalf("round %d: acknowledged entry %d (%s) reads back as %q, %v", round, seq, target, e.Target, err)
 			}

@@ -34,7 +34,7 @@ func Example() {
 	log.Checkpoint(ctx) // Run does this every interval and on shutdown
 
 	var export bytes.Buffer
-	log.Export(&export, 0, 0)
+	log.Export(ctx, &export, 0, 0)
 	tampered := bytes.Replace(export.Bytes(), []byte(`"id":"alice"`), []byte(`"id":"bob"`), 1)
 
 	rep, err := audit.Verify(&export, &key.PublicKey)

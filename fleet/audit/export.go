@@ -3,13 +3,14 @@ package audit
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // ExportFormat names the export format in its header line.
@@ -42,8 +43,11 @@ const exportChunk = 1000
 // Entries appended while it runs are not included. The output is what
 // Verify reads; to have every exported entry covered by a signature, call
 // Checkpoint first.
-func (l *Log) Export(w io.Writer, from, to uint64) error {
-	head, _ := l.Head()
+func (l *Log) Export(ctx context.Context, w io.Writer, from, to uint64) error {
+	head, err := l.storedHead(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: export: %w", err)
+	}
 	from = max(from, 1)
 	if to == 0 || to > head {
 		to = head
@@ -56,7 +60,7 @@ func (l *Log) Export(w io.Writer, from, to uint64) error {
 	}
 	bw.Write(hdr)
 	bw.WriteByte('\n')
-	err = l.walk(from, to, func(kind byte, _ uint64, raw []byte) error {
+	err = l.walk(ctx, from, to, func(kind byte, _ uint64, raw []byte) error {
 		if kind == 'e' {
 			bw.WriteString(`{"entry":`)
 		} else {
@@ -79,9 +83,9 @@ func (l *Log) Export(w io.Writer, from, to uint64) error {
 // (kind 'e') and of the checkpoint covering it, if any, right after it
 // (kind 'c'), with the key each is stored under. raw is valid only during
 // the call.
-func (l *Log) walk(from, to uint64, fn func(kind byte, key uint64, raw []byte) error) error {
+func (l *Log) walk(ctx context.Context, from, to uint64, fn func(kind byte, key uint64, raw []byte) error) error {
 	for next := from; next <= to && next != 0; {
-		err := l.db.View(func(tx *bolt.Tx) error {
+		err := l.db.View(ctx, func(tx kv.Tx) error {
 			cps := tx.Bucket(bucketCheckpoints)
 			c := tx.Bucket(bucketEntries).Cursor()
 			n := 0

@@ -8,6 +8,7 @@ import (
 	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"embed"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -22,9 +23,9 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // File is the log's file name in the fleet data directory.
@@ -64,7 +65,9 @@ type Config struct {
 	NoSync bool
 }
 
-// Log is the append-only, hash-chained audit log in a bbolt file. Its
+// Log is the append-only, hash-chained audit log in a bbolt file (Open)
+// or in PostgreSQL (OpenPostgres; the same records, so the chain and its
+// checkpoints verify alike). Its
 // methods are safe for concurrent use.
 //
 // Appends are group-committed: concurrent Append and Record calls queue
@@ -80,7 +83,7 @@ type Config struct {
 // buckets "by_actor" (kind NUL id NUL seq) and "by_target" (target NUL seq)
 // index entries for List; bucket "meta" holds the schema version.
 type Log struct {
-	db       *boltdb.DB
+	db       kv.DB
 	signer   crypto.Signer
 	pub      *ecdsa.PublicKey // signer's, nil without a signer
 	keyID    string
@@ -138,6 +141,60 @@ func Open(cfg Config) (*Log, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("audit: open: no path")
 	}
+	l, err := newLog(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
+		Buckets:     append([][]byte{bucketMeta}, Buckets...),
+		Version:     schemaVersion,
+		ByteVersion: true,
+	}, boltdb.Options{Name: "audit", NoSync: cfg.NoSync, Locked: ErrLocked})
+	if err != nil {
+		return nil, err
+	}
+	return l.start(kv.Bolt(db))
+}
+
+// migrations are the log's tables in PostgreSQL (component "audit" in
+// schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Table is the PostgreSQL table holding the log's buckets (kv.Postgres).
+const Table = "audit_kv"
+
+// Buckets are the buckets of the log, in its bbolt file and in
+// PostgreSQL: what sigil migrate copies (the bbolt file's "meta" holds
+// its format version).
+var Buckets = [][]byte{bucketEntries, bucketCheckpoints, bucketByActor, bucketByTarget}
+
+// OpenPostgres opens the log in the PostgreSQL database db, bringing its
+// tables up to date first (cfg.Path and NoSync are unused). Logs of
+// several replicas on one database append to one chain: appends are
+// serialized by the log's lock and continue from the head they read in
+// their transaction. Close leaves db open.
+func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Log, error) {
+	l, err := newLog(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, "audit", migrations); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	return l.start(k)
+}
+
+// newLog checks cfg and applies its defaults.
+func newLog(cfg Config) (*Log, error) {
 	l := &Log{signer: cfg.Signer, interval: cfg.CheckpointInterval, now: cfg.Now, rand: cfg.Rand, log: cfg.Logger}
 	if l.interval <= 0 {
 		l.interval = defaultInterval
@@ -163,17 +220,14 @@ func Open(cfg Config) (*Log, error) {
 		}
 		l.pub, l.keyID = pub, id
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+	return l, nil
+}
+
+// start reads the head of the chain from db and keeps db.
+func (l *Log) start(db kv.DB) (*Log, error) {
+	if err := db.View(context.Background(), l.load); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("audit: open: %w", err)
-	}
-	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
-		Buckets:     [][]byte{bucketEntries, bucketCheckpoints, bucketByActor, bucketByTarget, bucketMeta},
-		Version:     schemaVersion,
-		ByteVersion: true,
-		Init:        l.load,
-	}, boltdb.Options{Name: "audit", NoSync: cfg.NoSync, Locked: ErrLocked})
-	if err != nil {
-		return nil, err
 	}
 	l.db = db
 	if l.lastCP.Seq > l.seq {
@@ -186,7 +240,7 @@ func Open(cfg Config) (*Log, error) {
 }
 
 // load reads the head of the chain and the last checkpoint.
-func (l *Log) load(tx *bolt.Tx) error {
+func (l *Log) load(tx kv.Tx) error {
 	if k, v := tx.Bucket(bucketEntries).Cursor().Last(); k != nil {
 		e, err := decodeStored(k, v)
 		if err != nil {
@@ -322,16 +376,32 @@ func (l *Log) lead() {
 // commit writes batch after the entry (seq, head, last) in one
 // transaction and returns the stored entries.
 func (l *Log) commit(batch []*pending, seq uint64, head Hash, last time.Time) ([]Entry, error) {
-	now := l.now().Round(0).UTC()
-	if now.Before(last) {
-		now = last // a clock stepping back does not reorder the log
-	}
-	if !validTime(now) {
-		return nil, fmt.Errorf("clock reads %v, outside 1970-2261", now)
-	}
 	out := make([]Entry, len(batch))
-	err := l.db.Update(func(tx *bolt.Tx) error {
+	// The transaction finishes once started, whatever the callers' contexts.
+	err := l.db.Update(context.Background(), func(tx kv.Tx) error {
+		// Appends are serialized across the processes sharing a database
+		// (bbolt: one writer already).
+		if err := tx.Lock("chain"); err != nil {
+			return err
+		}
+		seq, head, last := seq, head, last
 		entries, byActor, byTarget := tx.Bucket(bucketEntries), tx.Bucket(bucketByActor), tx.Bucket(bucketByTarget)
+		// Another replica sharing the database may have appended since
+		// this one last did: continue from the head stored.
+		if k, v := entries.Cursor().Last(); k != nil && binary.BigEndian.Uint64(k) != seq {
+			e, err := decodeStored(k, v)
+			if err != nil {
+				return err
+			}
+			seq, head, last = e.Seq, e.Hash, e.Time
+		}
+		now := l.now().Round(0).UTC()
+		if now.Before(last) {
+			now = last // a clock stepping back does not reorder the log
+		}
+		if !validTime(now) {
+			return fmt.Errorf("clock reads %v, outside 1970-2261", now)
+		}
 		for i, p := range batch {
 			e := p.e
 			seq++
@@ -409,10 +479,23 @@ func (l *Log) Head() (uint64, Hash) {
 	return l.seq, l.head
 }
 
+// storedHead returns the sequence number of the last entry stored: past
+// Head when replicas sharing the database appended since this one did.
+func (l *Log) storedHead(ctx context.Context) (uint64, error) {
+	seq, _ := l.Head()
+	err := l.db.View(ctx, func(tx kv.Tx) error {
+		if k, _ := tx.Bucket(bucketEntries).Cursor().Last(); len(k) == 8 {
+			seq = max(seq, binary.BigEndian.Uint64(k))
+		}
+		return nil
+	})
+	return seq, err
+}
+
 // Get returns entry seq.
-func (l *Log) Get(seq uint64) (Entry, error) {
+func (l *Log) Get(ctx context.Context, seq uint64) (Entry, error) {
 	var e Entry
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.db.View(ctx, func(tx kv.Tx) error {
 		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
 		if v == nil {
 			return fmt.Errorf("%w: %d", ErrNotFound, seq)

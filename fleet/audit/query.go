@@ -2,12 +2,13 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // Filter selects entries for List. Zero fields match every entry.
@@ -52,7 +53,7 @@ const (
 // otherwise reads the log backwards from the newest entry before Until.
 // Entry times never decrease along the log, so a Since bound ends the
 // scan.
-func (l *Log) List(f Filter) (Page, error) {
+func (l *Log) List(ctx context.Context, f Filter) (Page, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = defaultLimit
@@ -67,7 +68,8 @@ func (l *Log) List(f Filter) (Page, error) {
 			(f.Until.IsZero() || e.Time.Before(f.Until))
 	}
 	var page Page
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.db.View(ctx, func(tx kv.Tx) error {
+		page = Page{} // a transaction may run again
 		entries := tx.Bucket(bucketEntries)
 		budget := limit * scanPerEntry
 		// visit examines entry seq; it reports whether to go on.
@@ -92,7 +94,7 @@ func (l *Log) List(f Filter) (Page, error) {
 			return len(page.Entries) < limit && budget > 0, nil
 		}
 		var prefix []byte
-		var idx *bolt.Bucket
+		var idx kv.Bucket
 		switch {
 		case f.Actor.Kind != "" && f.Actor.ID != "":
 			prefix, idx = actorPrefix(f.Actor.Kind, f.Actor.ID), tx.Bucket(bucketByActor)
@@ -135,7 +137,7 @@ func (l *Log) List(f Filter) (Page, error) {
 
 // scanIndex visits the sequence numbers under prefix in idx, newest first,
 // below before (0: all).
-func scanIndex(idx *bolt.Bucket, prefix []byte, before uint64, visit func(uint64) (bool, error), page *Page) error {
+func scanIndex(idx kv.Bucket, prefix []byte, before uint64, visit func(uint64) (bool, error), page *Page) error {
 	c := idx.Cursor()
 	var k []byte
 	if before != 0 {
@@ -169,7 +171,7 @@ func scanIndex(idx *bolt.Bucket, prefix []byte, before uint64, visit func(uint64
 
 // hasOlder reports whether the index has another key under prefix before
 // the cursor's position.
-func hasOlder(c *bolt.Cursor, prefix []byte) bool {
+func hasOlder(c kv.Cursor, prefix []byte) bool {
 	k, _ := c.Prev()
 	return k != nil && bytes.HasPrefix(k, prefix)
 }
@@ -177,7 +179,7 @@ func hasOlder(c *bolt.Cursor, prefix []byte) bool {
 // lastBefore returns the newest entry whose time is before until (the
 // newest entry when until is zero), by binary search: entry times never
 // decrease along the log.
-func (l *Log) lastBefore(tx *bolt.Tx, until time.Time) uint64 {
+func (l *Log) lastBefore(tx kv.Tx, until time.Time) uint64 {
 	entries := tx.Bucket(bucketEntries)
 	k, _ := entries.Cursor().Last()
 	if k == nil {

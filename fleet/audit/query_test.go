@@ -83,7 +83,7 @@ func TestList(t *testing.T) {
 				if pages > 1000 {
 					t.Fatal("paging does not end")
 				}
-				p, err := l.List(g)
+				p, err := l.List(t.Context(), g)
 				if err != nil {
 					t.Fatal(err)
 				}

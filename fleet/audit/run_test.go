@@ -50,7 +50,7 @@ func TestRunCheckpoints(t *testing.T) {
 			t.Fatalf("shutdown checkpoint covers entry %d, want 5", cp.Seq)
 		}
 		var b bytes.Buffer
-		if err := l.Export(&b, 0, 0); err != nil {
+		if err := l.Export(t.Context(), &b, 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		rep, err := Verify(&b, &key.PublicKey)

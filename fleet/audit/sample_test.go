@@ -78,7 +78,7 @@ func TestSamplerBoundsAnonymousEntries(t *testing.T) {
 	if seq != 21 {
 		t.Fatalf("head %d after the interval, want 21 (one summary)", seq)
 	}
-	sum, err := l.Get(21)
+	sum, err := l.Get(ctx, 21)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestSamplerBoundsAnonymousEntries(t *testing.T) {
 		sum.Details["api.devices.revoke.post"] != fmt.Sprint(n/2-10) || sum.Details["api.enrollment-tokens.post"] != fmt.Sprint(n/2-10) {
 		t.Fatalf("summary %+v", sum)
 	}
-	if _, err := l.VerifyStore(nil); err != nil {
+	if _, err := l.VerifyStore(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	// A new interval records a fresh burst; an interval that left nothing

@@ -26,6 +26,7 @@ import (
 type tamperFixture struct {
 	key   *ecdsa.PrivateKey
 	log   *Log
+	path  string   // the log's file
 	lines []string // without newlines; lines[0] is line 1
 }
 
@@ -33,7 +34,8 @@ func newTamperFixture(t *testing.T) *tamperFixture {
 	t.Helper()
 	key := newKey(t)
 	clk := newClock()
-	l := openLog(t, filepath.Join(t.TempDir(), File), key, clk.Now)
+	path := filepath.Join(t.TempDir(), File)
+	l := openLog(t, path, key, clk.Now)
 	for i := range 10 {
 		record(t, l, sample(i))
 		clk.Add(time.Minute)
@@ -47,7 +49,7 @@ func newTamperFixture(t *testing.T) *tamperFixture {
 	if len(lines) != 13 || !strings.HasPrefix(lines[5], `{"checkpoint":{"seq":4,`) || !strings.HasPrefix(lines[10], `{"checkpoint":{"seq":8,`) {
 		t.Fatalf("unexpected fixture layout:\n%s", strings.Join(lines, "\n"))
 	}
-	return &tamperFixture{key: key, log: l, lines: lines}
+	return &tamperFixture{key: key, log: l, path: path, lines: lines}
 }
 
 func join(lines []string) []byte { return []byte(strings.Join(lines, "\n") + "\n") }
@@ -382,7 +384,7 @@ func TestVerifyStoreDetectsTampering(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newTamperFixture(t)
-			path := f.log.db.Path()
+			path := f.path
 			if err := f.log.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -399,13 +401,13 @@ func TestVerifyStoreDetectsTampering(t *testing.T) {
 				// The reopened log's head is entry 9: VerifyStore checks up
 				// to it and passes; the tail is gone without a trace, as
 				// the package doc says, unless a checkpoint covered it.
-				rep, err := l.VerifyStore(nil)
+				rep, err := l.VerifyStore(t.Context(), nil)
 				if err != nil || rep.Last != 9 {
 					t.Fatalf("report %+v, %v", rep, err)
 				}
 				return
 			}
-			_, err = l.VerifyStore(nil)
+			_, err = l.VerifyStore(t.Context(), nil)
 			var ve *VerifyError
 			if !errors.As(err, &ve) || !errors.Is(err, tc.want) || ve.Seq != tc.seq || ve.Line != 0 {
 				t.Fatalf("VerifyStore: %v, want %v at entry %d", err, tc.want, tc.seq)
@@ -420,7 +422,7 @@ func TestVerifyStoreDetectsTampering(t *testing.T) {
 // their place does not hide it.
 func TestSignedTailRemoved(t *testing.T) {
 	f := newTamperFixture(t)
-	path := f.log.db.Path()
+	path := f.path
 	if err := f.log.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +443,7 @@ func TestSignedTailRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := openLog(t, path, f.key, nil)
-	_, err = l.VerifyStore(nil)
+	_, err = l.VerifyStore(t.Context(), nil)
 	var ve *VerifyError
 	if !errors.As(err, &ve) || ve.Err != ErrMissing || ve.Seq != 7 {
 		t.Fatalf("VerifyStore after removing signed entries: %v, want entry 7 missing", err)

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,7 +15,7 @@ import (
 	"io"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // What verification found wrong; a *VerifyError wraps one of them.
@@ -364,7 +365,7 @@ func (c *chain) end(at int) error {
 // and checkpoint up to the head when it starts) and returns what it
 // verified. pub nil means the public key of Config.Signer. Errors are
 // *VerifyError with Line 0.
-func (l *Log) VerifyStore(pub crypto.PublicKey) (Report, error) {
+func (l *Log) VerifyStore(ctx context.Context, pub crypto.PublicKey) (Report, error) {
 	if pub == nil {
 		if l.pub == nil {
 			return Report{}, ErrNoSigner
@@ -375,9 +376,12 @@ func (l *Log) VerifyStore(pub crypto.PublicKey) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	head, _ := l.Head()
+	head, err := l.storedHead(ctx)
+	if err != nil {
+		return Report{}, fmt.Errorf("audit: verify store: %w", err)
+	}
 	c.begin(Header{First: 1, Last: head})
-	err = l.walk(1, head, func(kind byte, key uint64, raw []byte) error {
+	err = l.walk(ctx, 1, head, func(kind byte, key uint64, raw []byte) error {
 		bad := func(format string, args ...any) error {
 			return &VerifyError{Seq: key, Err: ErrMalformed, Detail: fmt.Sprintf(format, args...)}
 		}
@@ -404,7 +408,7 @@ func (l *Log) VerifyStore(pub crypto.PublicKey) (Report, error) {
 		err = c.end(0)
 	}
 	if err == nil {
-		err = l.orphanCheckpoints(head)
+		err = l.orphanCheckpoints(ctx, head)
 	}
 	var ve *VerifyError
 	if err != nil && !errors.As(err, &ve) {
@@ -419,8 +423,8 @@ func (l *Log) VerifyStore(pub crypto.PublicKey) (Report, error) {
 // orphanCheckpoints fails when a checkpoint is stored for an entry that is
 // not: entries it covered were removed from the end of the log (walk
 // visits only checkpoints of existing entries).
-func (l *Log) orphanCheckpoints(head uint64) error {
-	return l.db.View(func(tx *bolt.Tx) error {
+func (l *Log) orphanCheckpoints(ctx context.Context, head uint64) error {
+	return l.db.View(ctx, func(tx kv.Tx) error {
 		entries := tx.Bucket(bucketEntries)
 		return tx.Bucket(bucketCheckpoints).ForEach(func(k, _ []byte) error {
 			if len(k) != 8 {

@@ -22,7 +22,7 @@ func BenchmarkHashDefaultParams(b *testing.B) {
 func BenchmarkAuthenticateToken(b *testing.B) {
 	s, _ := newTestService(b, nil)
 	mustCreate(b, s, "alice", alicePW, RoleOperator)
-	secret, _, err := s.CreateToken("alice", "bench", RoleOperator, time.Hour)
+	secret, _, err := s.CreateToken(b.Context(), "alice", "bench", RoleOperator, time.Hour)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/internal/fsutil"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // BootstrapAdmin is the name of the first admin EnsureAdmin creates.
@@ -28,7 +27,7 @@ func (s *Service) EnsureAdmin(ctx context.Context, passwordFile string) (created
 	s.bootstrapMu.Lock()
 	defer s.bootstrapMu.Unlock()
 	empty := false
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(ctx, func(tx kv.Tx) error {
 		k, _ := tx.Bucket(bucketUsers).Cursor().First()
 		empty = k == nil
 		return nil
@@ -69,10 +68,10 @@ const AdminTokenTTL = 365 * 24 * time.Hour
 // AdminTokenTTL) and writes it to path, followed by a newline, with mode
 // 0600: the credential the CLI and scripts on the fleet's host use. The
 // token is never logged.
-func (s *Service) EnsureAdminToken(path string) (string, error) {
+func (s *Service) EnsureAdminToken(ctx context.Context, path string) (string, error) {
 	if b, err := os.ReadFile(path); err == nil {
 		tok := strings.TrimSpace(string(b))
-		r, _ := http.NewRequest(http.MethodGet, "/", nil)
+		r, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
 		r.Header.Set("Authorization", "Bearer "+tok)
 		if _, err := s.Authenticate(r); err == nil {
 			return tok, nil
@@ -81,7 +80,7 @@ func (s *Service) EnsureAdminToken(path string) (string, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("auth: %w", err)
 	}
-	secret, _, err := s.CreateToken(BootstrapAdmin, "admin-token-file", RoleAdmin, AdminTokenTTL)
+	secret, _, err := s.CreateToken(ctx, BootstrapAdmin, "admin-token-file", RoleAdmin, AdminTokenTTL)
 	if err != nil {
 		return "", fmt.Errorf("auth: admin API token: %w", err)
 	}

@@ -58,7 +58,7 @@ func TestEnsureAdminUnwritableFile(t *testing.T) {
 	if err == nil {
 		t.Fatal("EnsureAdmin succeeded without writing its password file")
 	}
-	if users, _ := s.Users(); len(users) != 0 {
+	if users, _ := s.Users(t.Context()); len(users) != 0 {
 		t.Fatalf("an admin nobody knows the password of was created: %+v", users)
 	}
 }
@@ -66,20 +66,20 @@ func TestEnsureAdminUnwritableFile(t *testing.T) {
 func TestLastAdminStays(t *testing.T) {
 	s, _ := newTestService(t, nil)
 	mustCreate(t, s, "root", alicePW, RoleAdmin)
-	if _, err := s.SetRole("root", RoleSecurityAdmin); !errors.Is(err, ErrLastAdmin) {
+	if _, err := s.SetRole(t.Context(), "root", RoleSecurityAdmin); !errors.Is(err, ErrLastAdmin) {
 		t.Fatalf("demote the last admin: %v", err)
 	}
-	if _, err := s.SetDisabled("root", true); !errors.Is(err, ErrLastAdmin) {
+	if _, err := s.SetDisabled(t.Context(), "root", true); !errors.Is(err, ErrLastAdmin) {
 		t.Fatalf("disable the last admin: %v", err)
 	}
-	if err := s.DeleteUser("root"); !errors.Is(err, ErrLastAdmin) {
+	if err := s.DeleteUser(t.Context(), "root"); !errors.Is(err, ErrLastAdmin) {
 		t.Fatalf("delete the last admin: %v", err)
 	}
 	mustCreate(t, s, "second", alicePW, RoleAdmin)
-	if _, err := s.SetRole("root", RoleSecurityAdmin); err != nil {
+	if _, err := s.SetRole(t.Context(), "root", RoleSecurityAdmin); err != nil {
 		t.Fatalf("demote one of two admins: %v", err)
 	}
-	if u, _ := s.User("root"); u.Role != RoleSecurityAdmin {
+	if u, _ := s.User(t.Context(), "root"); u.Role != RoleSecurityAdmin {
 		t.Fatalf("role %s", u.Role)
 	}
 }
@@ -105,7 +105,7 @@ func TestUserValidation(t *testing.T) {
 		t.Errorf("same name in another case: %v", err)
 	}
 	mustLogin(t, s, "ALICE@example.com", alicePW)
-	users, err := s.Users()
+	users, err := s.Users(ctx)
 	if err != nil || len(users) != 1 || users[0].Name != "alice@example.com" {
 		t.Fatalf("Users: %+v %v", users, err)
 	}
@@ -118,7 +118,7 @@ func FuzzAuthenticate(f *testing.F) {
 	s, _ := newTestService(f, func(c *Config) { c.Params = testParams })
 	mustCreate(f, s, "alice", alicePW, RoleAdmin)
 	sess := mustLogin(f, s, "alice", alicePW)
-	secret, _, err := s.CreateToken("alice", "fuzz", RoleAdmin, time.Hour)
+	secret, _, err := s.CreateToken(f.Context(), "alice", "fuzz", RoleAdmin, time.Hour)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -23,7 +23,7 @@ func TestCSRF(t *testing.T) {
 	mustCreate(t, s, "bob", bobPW, RoleOperator)
 	sess := mustLogin(t, s, "alice", alicePW)
 	other := mustLogin(t, s, "bob", bobPW)
-	secret, _, err := s.CreateToken("alice", "ci", RoleOperator, time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), "alice", "ci", RoleOperator, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,7 @@
 // problem+json documents and hands the authenticated Principal to the
 // handler through the request context (PrincipalFrom).
 //
-// Users, sessions and API tokens are kept in one bbolt file; every change is
-// one transaction.
+// Users, sessions and API tokens are kept in one bbolt file (Open), or in
+// PostgreSQL (OpenPostgres), shared by the replicas of the fleet with the
+// login throttle's counters; every change is one transaction.
 package auth

@@ -55,7 +55,7 @@ func newTestService(t testing.TB, mod func(*Config)) (*Service, *fakeClock) {
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := Open(cfg)
+	s, err := openBackend(t, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -148,6 +148,7 @@ const (
 //
 // A session's idle timer restarts only once these checks pass.
 func (s *Service) Authenticate(r *http.Request) (Principal, error) {
+	ctx := r.Context()
 	if hs := r.Header.Values("Authorization"); len(hs) > 0 {
 		if len(hs) > 1 {
 			return Principal{}, fmt.Errorf("%w: several Authorization headers", ErrTokenInvalid)
@@ -156,7 +157,7 @@ func (s *Service) Authenticate(r *http.Request) (Principal, error) {
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			return Principal{}, fmt.Errorf("%w: not a bearer token", ErrTokenInvalid)
 		}
-		return s.token(strings.TrimSpace(tok))
+		return s.token(ctx, strings.TrimSpace(tok))
 	}
 	c, err := r.Cookie(s.cfg.CookieName)
 	if err != nil {
@@ -166,7 +167,7 @@ func (s *Service) Authenticate(r *http.Request) (Principal, error) {
 	if !safeMethod(r.Method) {
 		check = func(raw []byte) error { return s.checkCSRF(r, raw) }
 	}
-	return s.session(c.Value, check)
+	return s.session(ctx, c.Value, check)
 }
 
 func safeMethod(m string) bool {

@@ -159,7 +159,7 @@ func TestDisabledUserGetsTheSameAnswer(t *testing.T) {
 	s, clk := newTestService(t, nil)
 	mustCreate(t, s, "root", alicePW, RoleAdmin)
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
-	if _, err := s.SetDisabled("alice", true); err != nil {
+	if _, err := s.SetDisabled(t.Context(), "alice", true); err != nil {
 		t.Fatal(err)
 	}
 	_, err := s.Login(context.Background(), "alice", alicePW, "192.0.2.1")
@@ -167,7 +167,7 @@ func TestDisabledUserGetsTheSameAnswer(t *testing.T) {
 		t.Fatalf("disabled user with the right password: %v", err)
 	}
 	clk.Advance(time.Second)
-	if _, err := s.SetDisabled("alice", false); err != nil {
+	if _, err := s.SetDisabled(t.Context(), "alice", false); err != nil {
 		t.Fatal(err)
 	}
 	mustLogin(t, s, "alice", alicePW)
@@ -264,7 +264,8 @@ func TestThrottleMemoryIsBounded(t *testing.T) {
 	for i := range 100 {
 		s.Login(ctx, fmt.Sprintf("flood%d", i), "wrong password!", fmt.Sprintf("10.0.%d.%d", i/250, i%250))
 	}
-	if n, m, k := len(s.throttle.pairs), len(s.throttle.names), len(s.throttle.addrs); n > 8 || m > 8 || k > 8 {
+	mt := s.throttle.(memThrottle)
+	if n, m, k := len(mt.pairs), len(mt.names), len(mt.addrs); n > 8 || m > 8 || k > 8 {
 		t.Fatalf("%d name-and-address, %d name and %d address counters kept; MaxEntries is 8", n, m, k)
 	}
 	if _, err := s.Login(ctx, "alice", alicePW, "192.0.2.1"); !errors.Is(err, ErrThrottled) {

@@ -10,9 +10,8 @@ import (
 	"strconv"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // ErrSamePassword: a new password equal to the current one.
@@ -96,7 +95,7 @@ func (s *Service) ChangeOwnPassword(ctx context.Context, p Principal, current, p
 			return PasswordChange{}, fmt.Errorf("auth: session entropy: %w", err)
 		}
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(ctx, func(tx kv.Tx) error {
 		cur, err := getUser(tx, name)
 		if err != nil {
 			return err
@@ -148,7 +147,7 @@ func (s *Service) ChangeOwnPassword(ctx context.Context, p Principal, current, p
 
 // liveSessionsOf counts the sessions of a user that are live at now
 // under the user's password generation gen.
-func (s *Service) liveSessionsOf(tx *bolt.Tx, name string, gen uint64, now time.Time) (int, error) {
+func (s *Service) liveSessionsOf(tx kv.Tx, name string, gen uint64, now time.Time) (int, error) {
 	n := 0
 	err := tx.Bucket(bucketSessions).ForEach(func(_, v []byte) error {
 		rec, err := decode[sessionRecord](v)

@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 const newPW = "a brand new long password"
@@ -38,7 +37,7 @@ func TestChangeOwnPasswordEndsOtherSessions(t *testing.T) {
 	here := mustLogin(t, s, "alice", alicePW)
 	elsewhere := mustLogin(t, s, "alice", alicePW)
 	root := mustLogin(t, s, "root", bobPW)
-	tokSecret, _, err := s.CreateToken("alice", "ci", RoleViewer, time.Hour)
+	tokSecret, _, err := s.CreateToken(ctx, "alice", "ci", RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +77,7 @@ func TestChangeOwnPasswordEndsOtherSessions(t *testing.T) {
 	}
 	clk.Advance(time.Second)
 	mustLogin(t, s, "alice", newPW)
-	u, err := s.User("alice")
+	u, err := s.User(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +109,7 @@ func TestChangeOwnPasswordWithToken(t *testing.T) {
 	ctx := context.Background()
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
 	sess := mustLogin(t, s, "alice", alicePW)
-	secret, _, err := s.CreateToken("alice", "cli", RoleViewer, time.Hour)
+	secret, _, err := s.CreateToken(ctx, "alice", "cli", RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,14 +190,14 @@ func TestSetPasswordEndsSessions(t *testing.T) {
 	s, _ := newTestService(t, nil)
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
 	mustLogin(t, s, "alice", alicePW)
-	secret, _, err := s.CreateToken("alice", "ci", RoleViewer, time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), "alice", "ci", RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SetPassword(context.Background(), "alice", newPW); err != nil {
 		t.Fatal(err)
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(t.Context(), func(tx kv.Tx) error {
 		n, err := countStored(tx, "alice")
 		if err == nil && n != 0 {
 			t.Errorf("%d sessions of alice stored after the reset", n)
@@ -212,7 +211,7 @@ func TestSetPasswordEndsSessions(t *testing.T) {
 }
 
 // countStored counts the stored sessions of a user, live or not.
-func countStored(tx *bolt.Tx, name string) (int, error) {
+func countStored(tx kv.Tx, name string) (int, error) {
 	n := 0
 	err := tx.Bucket(bucketSessions).ForEach(func(_, v []byte) error {
 		rec, err := decode[sessionRecord](v)

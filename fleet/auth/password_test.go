@@ -123,19 +123,19 @@ func TestRehashOnLogin(t *testing.T) {
 
 	stronger := Params{Memory: 128, Time: 2, Threads: 1, SaltLen: 16, KeyLen: 32}
 	s2, clk := newTestService(t, func(c *Config) { c.Path, c.Params = path, stronger })
-	before, _ := s2.getUserRecord("alice")
+	before, _ := s2.getUserRecord(t.Context(), "alice")
 	if h, _ := ParseHash(before.Hash); !h.NeedsRehash(stronger) {
 		t.Fatal("test set-up: the stored hash already has the new parameters")
 	}
 	if _, err := s2.Login(context.Background(), "alice", "wrong password here", "192.0.2.1"); !errors.Is(err, ErrInvalidCredentials) {
 		t.Fatalf("wrong password: %v", err)
 	}
-	if rec, _ := s2.getUserRecord("alice"); rec.Hash != before.Hash {
+	if rec, _ := s2.getUserRecord(t.Context(), "alice"); rec.Hash != before.Hash {
 		t.Fatal("a failed login replaced the hash")
 	}
 	clk.Advance(time.Second) // the wait after one failure
 	mustLogin(t, s2, "alice", alicePW)
-	after, _ := s2.getUserRecord("alice")
+	after, _ := s2.getUserRecord(t.Context(), "alice")
 	h, err := ParseHash(after.Hash)
 	if err != nil {
 		t.Fatal(err)

@@ -47,7 +47,7 @@ func TestPermissionMatrix(t *testing.T) {
 	for _, role := range Roles() {
 		user := "u-" + string(role)
 		mustCreate(t, s, user, alicePW, role)
-		secret, _, err := s.CreateToken(user, "matrix", role, time.Hour)
+		secret, _, err := s.CreateToken(t.Context(), user, "matrix", role, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // What a principal may do to users and API tokens. A credential never
@@ -70,11 +70,11 @@ type UserChange struct {
 // behalf: p must hold PermUsersAdmin and cover both the user's current
 // role and the new one (ErrForbidden). Disabling ends the user's sessions;
 // a change that leaves no enabled admin fails with ErrLastAdmin.
-func (s *Service) ChangeUserAs(p Principal, name string, c UserChange) (User, error) {
+func (s *Service) ChangeUserAs(ctx context.Context, p Principal, name string, c UserChange) (User, error) {
 	if c.Role != nil && !c.Role.Valid() {
 		return User{}, fmt.Errorf("%w: role %q", ErrInvalid, *c.Role)
 	}
-	u, err := s.updateUser(name, func(tx *bolt.Tx, rec *userRecord) error {
+	u, err := s.updateUser(ctx, name, func(tx kv.Tx, rec *userRecord) error {
 		if err := p.checkChange(rec, c); err != nil {
 			return err
 		}
@@ -96,11 +96,11 @@ func (s *Service) ChangeUserAs(p Principal, name string, c UserChange) (User, er
 // (the errors of ChangeUserAs but ErrLastAdmin), changing nothing: a
 // change held for approval is refused at once when its requester could
 // not make it.
-func (s *Service) CheckChangeUserAs(p Principal, name string, c UserChange) error {
+func (s *Service) CheckChangeUserAs(ctx context.Context, p Principal, name string, c UserChange) error {
 	if c.Role != nil && !c.Role.Valid() {
 		return fmt.Errorf("%w: role %q", ErrInvalid, *c.Role)
 	}
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.db.View(ctx, func(tx kv.Tx) error {
 		rec, err := getUser(tx, normalizeName(name))
 		if err != nil {
 			return err
@@ -124,8 +124,8 @@ func (p Principal) checkChange(rec *userRecord, c UserChange) error {
 // DeleteUserAs removes a user, their sessions and their API tokens on p's
 // behalf: p must hold PermUsersAdmin and cover the user's role
 // (ErrForbidden).
-func (s *Service) DeleteUserAs(p Principal, name string) error {
-	return s.deleteUser(name, &p)
+func (s *Service) DeleteUserAs(ctx context.Context, p Principal, name string) error {
+	return s.deleteUser(ctx, name, &p)
 }
 
 // TokenSpec describes an API token for CreateTokenAs.
@@ -145,7 +145,7 @@ type TokenSpec struct {
 // which p must cover (ErrForbidden; the owner's current role must cover it
 // too). A token created with an API token expires no later than that
 // token. The secret is returned once and never stored.
-func (s *Service) CreateTokenAs(p Principal, spec TokenSpec) (string, Token, error) {
+func (s *Service) CreateTokenAs(ctx context.Context, p Principal, spec TokenSpec) (string, Token, error) {
 	if !spec.Role.Valid() {
 		return "", Token{}, fmt.Errorf("%w: role %q", ErrInvalid, spec.Role)
 	}
@@ -156,15 +156,15 @@ func (s *Service) CreateTokenAs(p Principal, spec TokenSpec) (string, Token, err
 	if p.Method == MethodToken {
 		notAfter = p.Expires
 	}
-	return s.createToken(p.User, spec, notAfter)
+	return s.createToken(ctx, p.User, spec, notAfter)
 }
 
 // RevokeTokenAs revokes a token on p's behalf: a token may revoke itself;
 // otherwise p must be its owner or hold PermUsersAdmin (else ErrNotFound),
 // and cover what the token may do: its scope within its owner's current
 // role (else ErrForbidden). Revoking it again changes nothing.
-func (s *Service) RevokeTokenAs(p Principal, id string) (Token, error) {
-	return s.revokeToken(id, func(tx *bolt.Tx, rec *tokenRecord) error {
+func (s *Service) RevokeTokenAs(ctx context.Context, p Principal, id string) (Token, error) {
+	return s.revokeToken(ctx, id, func(tx kv.Tx, rec *tokenRecord) error {
 		if p.Method == MethodToken && rec.ID == p.TokenID {
 			return nil
 		}
@@ -202,9 +202,9 @@ func effective(role Role, owner *userRecord) []Permission {
 // scope (ErrForbidden), and the token must be pending and not revoked
 // (ErrInvalid). The two-person rule calls it, as the token's requester,
 // once a second person approved.
-func (s *Service) ActivateTokenAs(p Principal, id string) (Token, error) {
+func (s *Service) ActivateTokenAs(ctx context.Context, p Principal, id string) (Token, error) {
 	var out Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		rec, err := getToken(tx, id)
 		if err != nil {
 			return err
@@ -242,14 +242,14 @@ var ErrCredentialGone = errors.New("auth: the credential no longer authenticates
 // malformed credential. An approved request is carried out with the
 // principal its requester's credential names then: if they have lost the
 // permission it needs, it does not run.
-func (s *Service) Principal(c Credential) (Principal, error) {
+func (s *Service) Principal(ctx context.Context, c Credential) (Principal, error) {
 	name := normalizeName(c.User)
 	now := s.cfg.Now()
 	var (
 		u   *userRecord
 		tok *tokenRecord
 	)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		var err error
 		if u, err = getUser(tx, name); err != nil {
 			return err

@@ -29,7 +29,7 @@ func principalOf(t testing.TB, s *Service, secret string) Principal {
 // scopedToken returns the principal of a new token of owner scoped to role.
 func scopedToken(t testing.TB, s *Service, owner string, role Role) Principal {
 	t.Helper()
-	secret, _, err := s.CreateToken(owner, "scoped "+string(role), role, time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), owner, "scoped "+string(role), role, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestCreateTokenAsStaysInScope(t *testing.T) {
 	for _, scope := range Roles() {
 		p := scopedToken(t, s, "root", scope)
 		for _, role := range Roles() {
-			_, tok, err := s.CreateTokenAs(p, TokenSpec{Name: "child", Role: role, TTL: 24 * time.Hour})
+			_, tok, err := s.CreateTokenAs(t.Context(), p, TokenSpec{Name: "child", Role: role, TTL: 24 * time.Hour})
 			switch {
 			case scope.Covers(role) && err != nil:
 				t.Errorf("%s-scoped token creating a %s token: %v", scope, role, err)
@@ -57,15 +57,15 @@ func TestCreateTokenAsStaysInScope(t *testing.T) {
 		}
 	}
 	sess := mustLogin(t, s, "root", alicePW)
-	p, err := s.session(sess.ID, nil)
+	p, err := s.session(t.Context(), sess.ID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, tok, err := s.CreateTokenAs(p, TokenSpec{Name: "ci", Role: RoleAdmin, TTL: 24 * time.Hour})
+	_, tok, err := s.CreateTokenAs(t.Context(), p, TokenSpec{Name: "ci", Role: RoleAdmin, TTL: 24 * time.Hour})
 	if err != nil || !tok.Expires.Equal(clk.Now().Add(24*time.Hour)) {
 		t.Fatalf("a session creating a day-long admin token: %+v %v", tok, err)
 	}
-	if _, _, err := s.CreateTokenAs(p, TokenSpec{Name: "ci", Role: "root", TTL: time.Hour}); !errors.Is(err, ErrInvalid) {
+	if _, _, err := s.CreateTokenAs(t.Context(), p, TokenSpec{Name: "ci", Role: "root", TTL: time.Hour}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("unknown role: %v", err)
 	}
 }
@@ -81,31 +81,31 @@ func TestRevokeTokenAs(t *testing.T) {
 	wide := scopedToken(t, s, "root", RoleAdmin)
 	narrow := scopedToken(t, s, "root", RoleViewer)
 	theirs := scopedToken(t, s, "alice", RoleOperator)
-	if _, err := s.RevokeTokenAs(viewer, wide.TokenID); !errors.Is(err, ErrForbidden) {
+	if _, err := s.RevokeTokenAs(t.Context(), viewer, wide.TokenID); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("viewer token revoking its owner's admin token: %v", err)
 	}
-	if _, err := s.RevokeTokenAs(viewer, theirs.TokenID); !errors.Is(err, ErrNotFound) {
+	if _, err := s.RevokeTokenAs(t.Context(), viewer, theirs.TokenID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("viewer token revoking another user's token: %v", err)
 	}
-	if _, err := s.RevokeTokenAs(viewer, narrow.TokenID); err != nil {
+	if _, err := s.RevokeTokenAs(t.Context(), viewer, narrow.TokenID); err != nil {
 		t.Fatalf("viewer token revoking its owner's viewer token: %v", err)
 	}
-	if _, err := s.RevokeTokenAs(viewer, viewer.TokenID); err != nil {
+	if _, err := s.RevokeTokenAs(t.Context(), viewer, viewer.TokenID); err != nil {
 		t.Fatalf("a token revoking itself: %v", err)
 	}
 	// An operator token whose owner was demoted to viewer now does what a
 	// viewer does: a viewer-scoped credential of that owner may revoke it.
 	demoted := scopedToken(t, s, "alice", RoleViewer)
-	if _, err := s.SetRole("alice", RoleViewer); err != nil {
+	if _, err := s.SetRole(t.Context(), "alice", RoleViewer); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.RevokeTokenAs(demoted, theirs.TokenID); err != nil {
+	if _, err := s.RevokeTokenAs(t.Context(), demoted, theirs.TokenID); err != nil {
 		t.Fatalf("revoking a demoted owner's operator token: %v", err)
 	}
-	if _, err := s.RevokeTokenAs(wide, scopedToken(t, s, "alice", RoleViewer).TokenID); err != nil {
+	if _, err := s.RevokeTokenAs(t.Context(), wide, scopedToken(t, s, "alice", RoleViewer).TokenID); err != nil {
 		t.Fatalf("an admin token revoking another user's token: %v", err)
 	}
-	if tok, _ := s.Token(wide.TokenID); !tok.Revoked.IsZero() {
+	if tok, _ := s.Token(t.Context(), wide.TokenID); !tok.Revoked.IsZero() {
 		t.Fatal("the admin token was revoked")
 	}
 }
@@ -127,21 +127,21 @@ func TestUserChangesAsStayInScope(t *testing.T) {
 		t.Fatalf("create disabled: %+v %v", u, err)
 	}
 	admins := RoleAdmin
-	if _, err := s.ChangeUserAs(sec, "bob", UserChange{Role: &admins}); !errors.Is(err, ErrForbidden) {
+	if _, err := s.ChangeUserAs(ctx, sec, "bob", UserChange{Role: &admins}); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("promote without users.admin: %v", err)
 	}
 	no := false
-	if u, err := s.ChangeUserAs(admin, "bob", UserChange{Role: &admins, Disabled: &no}); err != nil || u.Role != RoleAdmin || u.Disabled {
+	if u, err := s.ChangeUserAs(ctx, admin, "bob", UserChange{Role: &admins, Disabled: &no}); err != nil || u.Role != RoleAdmin || u.Disabled {
 		t.Fatalf("promote and enable: %+v %v", u, err)
 	}
-	if err := s.DeleteUserAs(sec, "bob"); !errors.Is(err, ErrForbidden) {
+	if err := s.DeleteUserAs(ctx, sec, "bob"); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("delete without users.admin: %v", err)
 	}
-	if err := s.DeleteUserAs(admin, "bob"); err != nil {
+	if err := s.DeleteUserAs(ctx, admin, "bob"); err != nil {
 		t.Fatal(err)
 	}
 	bad := Role("superuser")
-	if _, err := s.ChangeUserAs(admin, "root2", UserChange{Role: &bad}); !errors.Is(err, ErrInvalid) {
+	if _, err := s.ChangeUserAs(ctx, admin, "root2", UserChange{Role: &bad}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("unknown role: %v", err)
 	}
 }
@@ -155,7 +155,7 @@ func TestSinceMarksAccountChanges(t *testing.T) {
 	mustCreate(t, s, "root", alicePW, RoleAdmin)
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
 	since := func() time.Time {
-		u, err := s.User("alice")
+		u, err := s.User(ctx, "alice")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,10 +176,10 @@ func TestSinceMarksAccountChanges(t *testing.T) {
 			t.Errorf("%s: Since %v (now %v), want moved=%v", what, got, clk.Now(), moves)
 		}
 	}
-	step("same role", false, func() error { _, err := s.SetRole("alice", RoleOperator); return err })
-	step("new role", true, func() error { _, err := s.SetRole("alice", RoleSecurityAdmin); return err })
-	step("disable", false, func() error { _, err := s.SetDisabled("alice", true); return err })
-	step("enable", true, func() error { _, err := s.SetDisabled("alice", false); return err })
+	step("same role", false, func() error { _, err := s.SetRole(ctx, "alice", RoleOperator); return err })
+	step("new role", true, func() error { _, err := s.SetRole(ctx, "alice", RoleSecurityAdmin); return err })
+	step("disable", false, func() error { _, err := s.SetDisabled(ctx, "alice", true); return err })
+	step("enable", true, func() error { _, err := s.SetDisabled(ctx, "alice", false); return err })
 	step("own password change", false, func() error {
 		_, err := s.ChangeOwnPassword(ctx, scopedToken(t, s, "alice", RoleViewer), alicePW, bobPW, "192.0.2.9")
 		return err
@@ -200,53 +200,53 @@ func TestPrincipalFromCredential(t *testing.T) {
 	mustCreate(t, s, "alice", alicePW, RoleSecurityAdmin)
 	tokP := scopedToken(t, s, "alice", RoleSecurityAdmin)
 	sess := mustLogin(t, s, "alice", alicePW)
-	sessP, err := s.session(sess.ID, nil)
+	sessP, err := s.session(t.Context(), sess.ID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []Credential{tokP.Credential(), sessP.Credential()} {
-		p, err := s.Principal(c)
+		p, err := s.Principal(t.Context(), c)
 		if err != nil || !p.Can(PermSecretsWrite) || p.User != "alice" {
 			t.Fatalf("%+v: %+v %v", c, p, err)
 		}
 	}
-	if _, err := s.SetRole("alice", RoleOperator); err != nil {
+	if _, err := s.SetRole(t.Context(), "alice", RoleOperator); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []Credential{tokP.Credential(), sessP.Credential()} {
-		p, err := s.Principal(c)
+		p, err := s.Principal(t.Context(), c)
 		if err != nil || p.Can(PermSecretsWrite) || p.Can(PermFirmwareWrite) || !p.Can(PermDevicesWrite) {
 			t.Fatalf("after a demotion to operator, %s acts as %+v (%v)", c.Method, p, err)
 		}
 	}
-	if _, err := s.RevokeToken(tokP.TokenID); err != nil {
+	if _, err := s.RevokeToken(t.Context(), tokP.TokenID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Principal(tokP.Credential()); !errors.Is(err, ErrCredentialGone) {
+	if _, err := s.Principal(t.Context(), tokP.Credential()); !errors.Is(err, ErrCredentialGone) {
 		t.Fatalf("revoked token: %v", err)
 	}
 	expiring := scopedToken(t, s, "alice", RoleViewer)
 	clk.Advance(2 * time.Hour)
-	if _, err := s.Principal(expiring.Credential()); !errors.Is(err, ErrCredentialGone) {
+	if _, err := s.Principal(t.Context(), expiring.Credential()); !errors.Is(err, ErrCredentialGone) {
 		t.Fatalf("expired token: %v", err)
 	}
-	_, pending, err := s.CreateTokenAs(sessP, TokenSpec{Name: "held", Role: RoleViewer, TTL: time.Hour, Pending: true})
+	_, pending, err := s.CreateTokenAs(t.Context(), sessP, TokenSpec{Name: "held", Role: RoleViewer, TTL: time.Hour, Pending: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Principal(Credential{User: "alice", Method: MethodToken, Scope: RoleViewer, TokenID: pending.ID}); !errors.Is(err, ErrCredentialGone) {
+	if _, err := s.Principal(t.Context(), Credential{User: "alice", Method: MethodToken, Scope: RoleViewer, TokenID: pending.ID}); !errors.Is(err, ErrCredentialGone) {
 		t.Fatalf("pending token: %v", err)
 	}
-	if _, err := s.SetDisabled("alice", true); err != nil {
+	if _, err := s.SetDisabled(t.Context(), "alice", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Principal(sessP.Credential()); !errors.Is(err, ErrCredentialGone) {
+	if _, err := s.Principal(t.Context(), sessP.Credential()); !errors.Is(err, ErrCredentialGone) {
 		t.Fatalf("disabled user: %v", err)
 	}
-	if _, err := s.Principal(Credential{User: "nobody", Method: MethodSession, Scope: RoleViewer}); !errors.Is(err, ErrCredentialGone) {
+	if _, err := s.Principal(t.Context(), Credential{User: "nobody", Method: MethodSession, Scope: RoleViewer}); !errors.Is(err, ErrCredentialGone) {
 		t.Fatalf("unknown user: %v", err)
 	}
-	if _, err := s.Principal(Credential{User: "root", Method: "magic", Scope: RoleViewer}); !errors.Is(err, ErrInvalid) {
+	if _, err := s.Principal(t.Context(), Credential{User: "root", Method: "magic", Scope: RoleViewer}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("unknown method: %v", err)
 	}
 }
@@ -258,7 +258,7 @@ func TestPendingTokenActivation(t *testing.T) {
 	mustCreate(t, s, "root", alicePW, RoleAdmin)
 	mustCreate(t, s, "sam", alicePW, RoleSecurityAdmin)
 	root := scopedToken(t, s, "root", RoleAdmin)
-	secret, tok, err := s.CreateTokenAs(root, TokenSpec{Name: "approver", Role: RoleSecurityAdmin, TTL: time.Hour, Pending: true})
+	secret, tok, err := s.CreateTokenAs(t.Context(), root, TokenSpec{Name: "approver", Role: RoleSecurityAdmin, TTL: time.Hour, Pending: true})
 	if err != nil || !tok.Pending {
 		t.Fatalf("%+v %v", tok, err)
 	}
@@ -267,19 +267,19 @@ func TestPendingTokenActivation(t *testing.T) {
 	if _, err := s.Authenticate(r); !errors.Is(err, ErrTokenInvalid) {
 		t.Fatalf("a pending token authenticated: %v", err)
 	}
-	if _, err := s.ActivateTokenAs(scopedToken(t, s, "sam", RoleSecurityAdmin), tok.ID); !errors.Is(err, ErrForbidden) {
+	if _, err := s.ActivateTokenAs(t.Context(), scopedToken(t, s, "sam", RoleSecurityAdmin), tok.ID); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("someone else activating it: %v", err)
 	}
-	if _, err := s.ActivateTokenAs(scopedToken(t, s, "root", RoleViewer), tok.ID); !errors.Is(err, ErrForbidden) {
+	if _, err := s.ActivateTokenAs(t.Context(), scopedToken(t, s, "root", RoleViewer), tok.ID); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("a viewer credential of its owner activating it: %v", err)
 	}
-	if got, err := s.ActivateTokenAs(root, tok.ID); err != nil || got.Pending {
+	if got, err := s.ActivateTokenAs(t.Context(), root, tok.ID); err != nil || got.Pending {
 		t.Fatalf("activate: %+v %v", got, err)
 	}
 	if p := principalOf(t, s, secret); p.Role != RoleSecurityAdmin {
 		t.Fatalf("activated token: %+v", p)
 	}
-	if _, err := s.ActivateTokenAs(root, tok.ID); !errors.Is(err, ErrInvalid) {
+	if _, err := s.ActivateTokenAs(t.Context(), root, tok.ID); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("activating twice: %v", err)
 	}
 }

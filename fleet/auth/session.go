@@ -12,9 +12,8 @@ import (
 	"strconv"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // Session is a login. ID is the secret the session cookie carries: it is
@@ -89,7 +88,7 @@ func (s *Service) Login(ctx context.Context, name, password, source string) (Ses
 		return Session{}, fmt.Errorf("auth: session entropy: %w", err)
 	}
 	key := sha256.Sum256(raw)
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(ctx, func(tx kv.Tx) error {
 		cur, err := getUser(tx, name)
 		if err != nil {
 			return err
@@ -220,7 +219,7 @@ func (s *Service) touchEvery() time.Duration {
 // session resolves a session cookie's value to its principal. It ends a
 // session found expired, runs check (if not nil) on the raw session ID, and
 // only then refreshes LastSeen.
-func (s *Service) session(value string, check func(rawID []byte) error) (Principal, error) {
+func (s *Service) session(ctx context.Context, value string, check func(rawID []byte) error) (Principal, error) {
 	raw, ok := parseSessionID(value)
 	if !ok {
 		return Principal{}, ErrSessionInvalid
@@ -231,7 +230,7 @@ func (s *Service) session(value string, check func(rawID []byte) error) (Princip
 		rec  *sessionRecord
 		user *userRecord
 	)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		v := tx.Bucket(bucketSessions).Get(key[:])
 		if v == nil {
 			return ErrSessionInvalid
@@ -261,7 +260,7 @@ func (s *Service) session(value string, check func(rawID []byte) error) (Princip
 		return Principal{}, fmt.Errorf("%w: user disabled", ErrSessionInvalid)
 	}
 	if expired != nil {
-		if err := s.deleteSession(key[:]); err != nil {
+		if err := s.deleteSession(ctx, key[:]); err != nil {
 			return Principal{}, err
 		}
 		return Principal{}, expired
@@ -272,7 +271,7 @@ func (s *Service) session(value string, check func(rawID []byte) error) (Princip
 		}
 	}
 	if now.Sub(rec.LastSeen) >= s.touchEvery() {
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(ctx, func(tx kv.Tx) error {
 			b := tx.Bucket(bucketSessions)
 			v := b.Get(key[:])
 			if v == nil {
@@ -308,13 +307,14 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
-func (s *Service) deleteSession(key []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSessions).Delete(key) })
+func (s *Service) deleteSession(ctx context.Context, key []byte) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error { return tx.Bucket(bucketSessions).Delete(key) })
 }
 
 // Logout ends the session whose cookie r carries, if any; the caller
 // should also send ClearCookie.
 func (s *Service) Logout(r *http.Request) error {
+	ctx := r.Context()
 	c, err := r.Cookie(s.cfg.CookieName)
 	if err != nil {
 		return ErrNoCredentials
@@ -324,15 +324,15 @@ func (s *Service) Logout(r *http.Request) error {
 		return ErrSessionInvalid
 	}
 	key := sha256.Sum256(raw)
-	return s.deleteSession(key[:])
+	return s.deleteSession(ctx, key[:])
 }
 
 // EndSessions ends every session of a user (API tokens stay).
-func (s *Service) EndSessions(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return deleteSessionsOf(tx, normalizeName(name)) })
+func (s *Service) EndSessions(ctx context.Context, name string) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error { return deleteSessionsOf(tx, normalizeName(name)) })
 }
 
-func deleteSessionsOf(tx *bolt.Tx, name string) error {
+func deleteSessionsOf(tx kv.Tx, name string) error {
 	b := tx.Bucket(bucketSessions)
 	var keys [][]byte
 	err := b.ForEach(func(k, v []byte) error {
@@ -382,11 +382,12 @@ func (s *Service) ClearCookie() *http.Cookie {
 	}
 }
 
-// Prune deletes expired sessions and returns how many.
-func (s *Service) Prune() (int, error) {
+// Prune deletes expired sessions and returns how many; on PostgreSQL it
+// also forgets the login throttle's stale counters.
+func (s *Service) Prune(ctx context.Context) (int, error) {
 	now := s.cfg.Now()
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket(bucketSessions)
 		var dead [][]byte
 		err := b.ForEach(func(k, v []byte) error {
@@ -407,7 +408,11 @@ func (s *Service) Prune() (int, error) {
 		n = len(dead)
 		return nil
 	})
-	return n, err
+	if err != nil {
+		return n, err
+	}
+	// The shared login throttle's stale counters go too.
+	return n, s.throttle.prune(ctx, now)
 }
 
 // Run prunes expired sessions every Config.PruneInterval until ctx ends;
@@ -423,7 +428,7 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if n, err := s.Prune(); err != nil {
+			if n, err := s.Prune(ctx); err != nil {
 				s.log.Error("pruning sessions", "err", err)
 			} else if n > 0 {
 				s.log.Debug("pruned sessions", "count", n)
@@ -452,32 +457,45 @@ func (*wrongPassword) Unwrap() error { return ErrInvalidCredentials }
 // password change share it, so a stolen session guesses no faster than a
 // login could.
 func (s *Service) checkPassword(ctx context.Context, name, password, source string, now time.Time) (*userRecord, Hash, error) {
-	if wait, ok := s.throttle.begin(name, source, now); !ok {
+	wait, ok, err := s.throttle.begin(ctx, name, source, now)
+	if err != nil {
+		return nil, Hash{}, err
+	}
+	if !ok {
 		return nil, Hash{}, &ThrottleError{RetryAfter: wait}
 	}
-	rec, err := s.getUserRecord(name)
+	fail := func() lockouts {
+		l, err := s.throttle.fail(ctx, name, source, now)
+		if err != nil {
+			s.log.Error("login throttle: counting a failure failed", "user", name, "source", source, "err", err)
+		}
+		return l
+	}
+	rec, err := s.getUserRecord(ctx, name)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		s.throttle.fail(name, source, now)
+		fail()
 		return nil, Hash{}, err
 	}
 	encoded := ""
 	if rec != nil {
 		encoded = rec.Hash
 	} else if encoded, err = s.dummyHash(ctx); err != nil {
-		s.throttle.fail(name, source, now)
+		fail()
 		return nil, Hash{}, err
 	}
 	ok, h, err := s.verify(ctx, password, encoded)
 	if err != nil && !errors.Is(err, ErrBadHash) {
-		s.throttle.fail(name, source, now)
+		fail()
 		return nil, Hash{}, err
 	}
 	if err != nil {
 		s.log.Error("stored password hash is malformed", "user", name, "err", err)
 	}
 	if rec == nil || rec.Disabled || !ok {
-		return nil, Hash{}, &wrongPassword{rec: rec, locked: s.throttle.fail(name, source, now)}
+		return nil, Hash{}, &wrongPassword{rec: rec, locked: fail()}
 	}
-	s.throttle.succeed(name, source, now)
+	if err := s.throttle.succeed(ctx, name, source, now); err != nil {
+		s.log.Error("login throttle: counting a success failed", "user", name, "source", source, "err", err)
+	}
 	return rec, h, nil
 }

@@ -16,7 +16,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 func TestSessionIdleExpiry(t *testing.T) {
@@ -103,13 +103,13 @@ func TestSessionEndsWithPasswordChangeAndDisable(t *testing.T) {
 	}
 	clk.Advance(time.Second) // the wait after the failed ChangeOwnPassword
 	a3 := mustLogin(t, s, "alice", "a brand new password")
-	if _, err := s.SetDisabled("alice", true); err != nil {
+	if _, err := s.SetDisabled(ctx, "alice", true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Authenticate(request(s, "GET", "/", "", &a3)); !errors.Is(err, ErrSessionInvalid) {
 		t.Fatalf("session of a disabled user: %v", err)
 	}
-	if _, err := s.SetDisabled("alice", false); err != nil {
+	if _, err := s.SetDisabled(ctx, "alice", false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Authenticate(request(s, "GET", "/", "", &a3)); !errors.Is(err, ErrSessionInvalid) {
@@ -298,9 +298,8 @@ func TestPruneAndRun(t *testing.T) {
 
 func countSessions(s *Service) (int, error) {
 	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketSessions).Stats().KeyN
-		return nil
+	err := s.db.View(context.Background(), func(tx kv.Tx) error {
+		return tx.Bucket(bucketSessions).ForEach(func(_, _ []byte) error { n++; return nil })
 	})
 	return n, err
 }

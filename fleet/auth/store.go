@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/rand"
+	"embed"
 	"errors"
 	"fmt"
 	"io"
@@ -12,12 +13,12 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // Errors. Compare with errors.Is. The ones a client may see are named in
@@ -139,9 +140,9 @@ type Config struct {
 // Its methods are safe for concurrent use.
 type Service struct {
 	cfg      Config
-	db       *boltdb.DB
+	db       kv.DB
 	log      *slog.Logger
-	throttle *throttle
+	throttle throttler
 	hashSem  chan struct{}
 	// anonLog rate-limits the lines failed logins of unknown names write:
 	// anyone can cause them.
@@ -196,12 +197,22 @@ const (
 	maxNameLen    = 64
 )
 
+// Buckets are the buckets holding the store's records, in its bbolt file
+// and in PostgreSQL: what sigil migrate copies (the bbolt file's "meta"
+// has its schema version; PostgreSQL's "throttle" the shared login
+// counters).
+var Buckets = [][]byte{bucketUsers, bucketSessions, bucketTokens, bucketTokHash}
+
 var (
 	bucketMeta     = []byte("meta")
 	bucketUsers    = []byte("users")     // name -> userRecord
 	bucketSessions = []byte("sessions")  // SHA-256 of session ID -> sessionRecord
 	bucketTokens   = []byte("tokens")    // token ID -> Token
 	bucketTokHash  = []byte("tokenhash") // SHA-256 of secret -> token ID
+	// bucketThrottle holds the login throttle's counters in PostgreSQL
+	// (shared by replicas); with bbolt they stay in memory and the
+	// bucket stays empty.
+	bucketThrottle = []byte("throttle")
 )
 
 // Open opens or creates the database at cfg.Path.
@@ -209,11 +220,55 @@ func Open(cfg Config) (*Service, error) {
 	if cfg.Path == "" {
 		return nil, fmt.Errorf("%w: Config.Path is required", ErrInvalid)
 	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
+		Buckets: append([][]byte{bucketMeta}, Buckets...),
+		Version: schemaVersion,
+	}, boltdb.Options{Name: "auth", Timeout: cfg.LockTimeout, NoSync: cfg.NoSync, Locked: ErrLocked})
+	if err != nil {
+		return nil, err
+	}
+	return newService(cfg, kv.Bolt(db), memThrottle{newThrottle(cfg.Throttle)}), nil
+}
+
+// migrations are the tables of users, sessions, API tokens and login
+// throttling in PostgreSQL (component "auth" in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Table is the PostgreSQL table holding the buckets (kv.Postgres).
+const Table = "auth_kv"
+
+// OpenPostgres opens users, sessions and API tokens in the PostgreSQL
+// database db, bringing its tables up to date first (cfg.Path, LockTimeout
+// and NoSync are unused). Replicas sharing db share them, and the login
+// throttle's counters too. Close leaves db open.
+func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Service, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, "auth", migrations); err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	k, err := kv.Postgres(db, Table)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	return newService(cfg, k, &sharedThrottle{cfg: cfg.Throttle, db: k}), nil
+}
+
+// withDefaults checks cfg and fills in its defaults.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Params == (Params{}) {
 		cfg.Params = DefaultParams()
 	}
 	if err := cfg.Params.validate(); err != nil {
-		return nil, fmt.Errorf("%w: argon2id parameters: %w", ErrInvalid, err)
+		return cfg, fmt.Errorf("%w: argon2id parameters: %w", ErrInvalid, err)
 	}
 	if cfg.MaxConcurrentHashes <= 0 {
 		cfg.MaxConcurrentHashes = 4
@@ -253,21 +308,18 @@ func Open(cfg Config) (*Service, error) {
 	}
 	cfg.Throttle = cfg.Throttle.withDefaults()
 	cfg.Origins = slices.Clone(cfg.Origins)
-	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
-		Buckets: [][]byte{bucketMeta, bucketUsers, bucketSessions, bucketTokens, bucketTokHash},
-		Version: schemaVersion,
-	}, boltdb.Options{Name: "auth", Timeout: cfg.LockTimeout, NoSync: cfg.NoSync, Locked: ErrLocked})
-	if err != nil {
-		return nil, err
-	}
+	return cfg, nil
+}
+
+func newService(cfg Config, db kv.DB, t throttler) *Service {
 	return &Service{
 		cfg:      cfg,
 		db:       db,
 		log:      cfg.Logger,
-		throttle: newThrottle(cfg.Throttle),
+		throttle: t,
 		hashSem:  make(chan struct{}, cfg.MaxConcurrentHashes),
 		anonLog:  loglimit.New(cfg.Logger, loglimit.Config{Now: cfg.Now}),
-	}, nil
+	}
 }
 
 // Close closes the database.
@@ -294,7 +346,7 @@ func decode[T any](b []byte) (*T, error) {
 	return v, nil
 }
 
-func put[T any](b *bolt.Bucket, key []byte, v *T) error {
+func put[T any](b kv.Bucket, key []byte, v *T) error {
 	data, err := encode(v)
 	if err != nil {
 		return err
@@ -404,7 +456,7 @@ func (s *Service) createUser(ctx context.Context, u NewUser, by *Principal) (Use
 	}
 	now := s.cfg.Now()
 	rec := &userRecord{User: User{Name: name, Role: role, Disabled: u.Disabled, Created: now, PasswordChanged: now, Changed: now}, Hash: h, Generation: 1}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(ctx, func(tx kv.Tx) error {
 		if by != nil {
 			if err := by.checkManage(role); err != nil {
 				return err
@@ -424,9 +476,9 @@ func (s *Service) createUser(ctx context.Context, u NewUser, by *Principal) (Use
 }
 
 // User returns a user by name.
-func (s *Service) User(name string) (User, error) {
+func (s *Service) User(ctx context.Context, name string) (User, error) {
 	var u User
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		rec, err := getUser(tx, normalizeName(name))
 		if err != nil {
 			return err
@@ -438,9 +490,10 @@ func (s *Service) User(name string) (User, error) {
 }
 
 // Users returns every user in name order.
-func (s *Service) Users() ([]User, error) {
+func (s *Service) Users(ctx context.Context) ([]User, error) {
 	var out []User
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		out = nil // a transaction may run again
 		return tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
 			rec, err := decode[userRecord](v)
 			if err != nil {
@@ -453,7 +506,7 @@ func (s *Service) Users() ([]User, error) {
 	return out, err
 }
 
-func getUser(tx *bolt.Tx, name string) (*userRecord, error) {
+func getUser(tx kv.Tx, name string) (*userRecord, error) {
 	v := tx.Bucket(bucketUsers).Get([]byte(name))
 	if v == nil {
 		return nil, fmt.Errorf("%w: user %q", ErrNotFound, name)
@@ -463,10 +516,10 @@ func getUser(tx *bolt.Tx, name string) (*userRecord, error) {
 
 // updateUser applies fn to a user in one transaction, refusing a change
 // that leaves no enabled admin.
-func (s *Service) updateUser(name string, fn func(*bolt.Tx, *userRecord) error) (User, error) {
+func (s *Service) updateUser(ctx context.Context, name string, fn func(kv.Tx, *userRecord) error) (User, error) {
 	name = normalizeName(name)
 	var out User
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		rec, err := getUser(tx, name)
 		if err != nil {
 			return err
@@ -488,7 +541,7 @@ func (s *Service) updateUser(name string, fn func(*bolt.Tx, *userRecord) error) 
 
 // requireOtherAdmin fails with ErrLastAdmin unless an enabled admin other
 // than name exists.
-func requireOtherAdmin(tx *bolt.Tx, name string) error {
+func requireOtherAdmin(tx kv.Tx, name string) error {
 	c := tx.Bucket(bucketUsers).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if string(k) == name {
@@ -517,7 +570,7 @@ func (s *Service) SetPassword(ctx context.Context, name, password string) error 
 	if err != nil {
 		return err
 	}
-	_, err = s.updateUser(name, func(tx *bolt.Tx, rec *userRecord) error {
+	_, err = s.updateUser(ctx, name, func(tx kv.Tx, rec *userRecord) error {
 		rec.Hash = h
 		rec.Generation++
 		rec.PasswordChanged = s.cfg.Now()
@@ -531,11 +584,11 @@ func (s *Service) SetPassword(ctx context.Context, name, password string) error 
 }
 
 // SetRole changes a user's role; it takes effect on their next request.
-func (s *Service) SetRole(name string, role Role) (User, error) {
+func (s *Service) SetRole(ctx context.Context, name string, role Role) (User, error) {
 	if !role.Valid() {
 		return User{}, fmt.Errorf("%w: role %q", ErrInvalid, role)
 	}
-	u, err := s.updateUser(name, func(_ *bolt.Tx, rec *userRecord) error {
+	u, err := s.updateUser(ctx, name, func(_ kv.Tx, rec *userRecord) error {
 		s.setRole(rec, role)
 		return nil
 	})
@@ -553,7 +606,7 @@ func (s *Service) setRole(rec *userRecord, role Role) {
 
 // setDisabled disables or enables rec in tx; enabling it again is a
 // change (User.Changed).
-func (s *Service) setDisabled(tx *bolt.Tx, rec *userRecord, disabled bool) error {
+func (s *Service) setDisabled(tx kv.Tx, rec *userRecord, disabled bool) error {
 	if rec.Disabled && !disabled {
 		rec.Changed = s.cfg.Now()
 	}
@@ -567,8 +620,8 @@ func (s *Service) setDisabled(tx *bolt.Tx, rec *userRecord, disabled bool) error
 // SetDisabled disables or enables a user. A disabled user cannot log in,
 // their sessions end, and their API tokens stop working until they are
 // enabled again.
-func (s *Service) SetDisabled(name string, disabled bool) (User, error) {
-	u, err := s.updateUser(name, func(tx *bolt.Tx, rec *userRecord) error {
+func (s *Service) SetDisabled(ctx context.Context, name string, disabled bool) (User, error) {
+	u, err := s.updateUser(ctx, name, func(tx kv.Tx, rec *userRecord) error {
 		return s.setDisabled(tx, rec, disabled)
 	})
 	if err == nil {
@@ -578,12 +631,14 @@ func (s *Service) SetDisabled(name string, disabled bool) (User, error) {
 }
 
 // DeleteUser removes a user, their sessions and their API tokens.
-func (s *Service) DeleteUser(name string) error { return s.deleteUser(name, nil) }
+func (s *Service) DeleteUser(ctx context.Context, name string) error {
+	return s.deleteUser(ctx, name, nil)
+}
 
 // deleteUser removes a user; with by set, only if by may manage them.
-func (s *Service) deleteUser(name string, by *Principal) error {
+func (s *Service) deleteUser(ctx context.Context, name string, by *Principal) error {
 	name = normalizeName(name)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		rec, err := getUser(tx, name)
 		if err != nil {
 			return err
@@ -612,9 +667,9 @@ func (s *Service) deleteUser(name string, by *Principal) error {
 	return err
 }
 
-func (s *Service) getUserRecord(name string) (*userRecord, error) {
+func (s *Service) getUserRecord(ctx context.Context, name string) (*userRecord, error) {
 	var rec *userRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		var err error
 		rec, err = getUser(tx, name)
 		return err

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -13,7 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // TokenPrefix starts every API token secret.
@@ -56,13 +57,13 @@ type tokenRecord struct {
 // secret ("sga_" + 32 random bytes in base64url) is returned once and never
 // stored. It checks no credential's scope: CreateTokenAs does, for
 // requests.
-func (s *Service) CreateToken(owner, name string, role Role, ttl time.Duration) (string, Token, error) {
-	return s.createToken(owner, TokenSpec{Name: name, Role: role, TTL: ttl}, time.Time{})
+func (s *Service) CreateToken(ctx context.Context, owner, name string, role Role, ttl time.Duration) (string, Token, error) {
+	return s.createToken(ctx, owner, TokenSpec{Name: name, Role: role, TTL: ttl}, time.Time{})
 }
 
 // createToken makes a token for owner as spec says, expiring no later than
 // notAfter (unless zero).
-func (s *Service) createToken(owner string, spec TokenSpec, notAfter time.Time) (string, Token, error) {
+func (s *Service) createToken(ctx context.Context, owner string, spec TokenSpec, notAfter time.Time) (string, Token, error) {
 	owner = normalizeName(owner)
 	name, role, ttl := spec.Name, spec.Role, spec.TTL
 	switch {
@@ -88,7 +89,7 @@ func (s *Service) createToken(owner string, spec TokenSpec, notAfter time.Time) 
 	if !notAfter.IsZero() && rec.Expires.After(notAfter) {
 		rec.Expires = notAfter
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		u, err := getUser(tx, owner)
 		if err != nil {
 			return err
@@ -127,9 +128,9 @@ func validTokenName(name string) bool {
 }
 
 // Token returns a token by ID.
-func (s *Service) Token(id string) (Token, error) {
+func (s *Service) Token(ctx context.Context, id string) (Token, error) {
 	var t Token
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		rec, err := getToken(tx, id)
 		if err != nil {
 			return err
@@ -140,7 +141,7 @@ func (s *Service) Token(id string) (Token, error) {
 	return t, err
 }
 
-func getToken(tx *bolt.Tx, id string) (*tokenRecord, error) {
+func getToken(tx kv.Tx, id string) (*tokenRecord, error) {
 	v := tx.Bucket(bucketTokens).Get([]byte(id))
 	if v == nil {
 		return nil, fmt.Errorf("%w: token %q", ErrNotFound, id)
@@ -150,10 +151,11 @@ func getToken(tx *bolt.Tx, id string) (*tokenRecord, error) {
 
 // Tokens returns the tokens of owner ("" for every owner), revoked and
 // expired ones included, in ID order.
-func (s *Service) Tokens(owner string) ([]Token, error) {
+func (s *Service) Tokens(ctx context.Context, owner string) ([]Token, error) {
 	owner = normalizeName(owner)
 	var out []Token
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		out = nil // a transaction may run again
 		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
 			rec, err := decode[tokenRecord](v)
 			if err != nil {
@@ -170,13 +172,15 @@ func (s *Service) Tokens(owner string) ([]Token, error) {
 
 // RevokeToken revokes a token at once; revoking it again changes nothing.
 // It checks no credential's scope: RevokeTokenAs does, for requests.
-func (s *Service) RevokeToken(id string) (Token, error) { return s.revokeToken(id, nil) }
+func (s *Service) RevokeToken(ctx context.Context, id string) (Token, error) {
+	return s.revokeToken(ctx, id, nil)
+}
 
 // revokeToken revokes a token if check (when not nil) allows, in the same
 // transaction.
-func (s *Service) revokeToken(id string, check func(*bolt.Tx, *tokenRecord) error) (Token, error) {
+func (s *Service) revokeToken(ctx context.Context, id string, check func(kv.Tx, *tokenRecord) error) (Token, error) {
 	var out Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		rec, err := getToken(tx, id)
 		if err != nil {
 			return err
@@ -202,7 +206,7 @@ func (s *Service) revokeToken(id string, check func(*bolt.Tx, *tokenRecord) erro
 }
 
 // token resolves a bearer secret to its principal and refreshes LastUsed.
-func (s *Service) token(secret string) (Principal, error) {
+func (s *Service) token(ctx context.Context, secret string) (Principal, error) {
 	if !strings.HasPrefix(secret, TokenPrefix) ||
 		len(secret) != len(TokenPrefix)+base64.RawURLEncoding.EncodedLen(tokenSecretLen) {
 		return Principal{}, ErrTokenInvalid
@@ -213,7 +217,7 @@ func (s *Service) token(secret string) (Principal, error) {
 		rec   *tokenRecord
 		owner *userRecord
 	)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		id := tx.Bucket(bucketTokHash).Get(sum[:])
 		if id == nil {
 			return ErrTokenInvalid
@@ -248,7 +252,7 @@ func (s *Service) token(secret string) (Principal, error) {
 		return Principal{}, fmt.Errorf("%w: token %s: its owner is disabled", ErrTokenInvalid, rec.ID)
 	}
 	if now.Sub(rec.LastUsed) >= time.Minute {
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(ctx, func(tx kv.Tx) error {
 			cur, err := getToken(tx, rec.ID)
 			if err != nil {
 				return err
@@ -273,7 +277,7 @@ func (s *Service) token(secret string) (Principal, error) {
 	}, nil
 }
 
-func deleteTokensOf(tx *bolt.Tx, name string) error {
+func deleteTokensOf(tx kv.Tx, name string) error {
 	b := tx.Bucket(bucketTokens)
 	var recs []*tokenRecord
 	err := b.ForEach(func(k, v []byte) error {

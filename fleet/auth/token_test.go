@@ -18,7 +18,7 @@ func bearer(s *Service, method, path, secret string) *http.Request {
 func TestTokenShownOnceAndScoped(t *testing.T) {
 	s, clk := newTestService(t, nil)
 	mustCreate(t, s, "root", alicePW, RoleAdmin)
-	secret, tok, err := s.CreateToken("root", "read-only dashboard", RoleViewer, 24*time.Hour)
+	secret, tok, err := s.CreateToken(t.Context(), "root", "read-only dashboard", RoleViewer, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func TestTokenShownOnceAndScoped(t *testing.T) {
 		t.Fatalf("token %+v", tok)
 	}
 	// Shown once: no listing or lookup returns it, and the file lacks it.
-	list, err := s.Tokens("root")
+	list, err := s.Tokens(t.Context(), "root")
 	if err != nil || len(list) != 1 || list[0].ID != tok.ID {
 		t.Fatalf("Tokens: %+v %v", list, err)
 	}
@@ -57,23 +57,23 @@ func TestTokenShownOnceAndScoped(t *testing.T) {
 func TestTokenExpiryRevocationAndLastUsed(t *testing.T) {
 	s, clk := newTestService(t, nil)
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
-	secret, tok, err := s.CreateToken("alice", "ci", RoleOperator, time.Hour)
+	secret, tok, err := s.CreateToken(t.Context(), "alice", "ci", RoleOperator, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	secret2, tok2, err := s.CreateToken("alice", "ci 2", RoleOperator, 48*time.Hour)
+	secret2, tok2, err := s.CreateToken(t.Context(), "alice", "ci 2", RoleOperator, 48*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := testMux(s)
-	if got, _ := s.Token(tok.ID); !got.LastUsed.IsZero() {
+	if got, _ := s.Token(t.Context(), tok.ID); !got.LastUsed.IsZero() {
 		t.Fatal("a new token has been used")
 	}
 	clk.Advance(10 * time.Minute)
 	if w := serve(mux, bearer(s, "POST", "/devices", secret)); w.Code != http.StatusOK {
 		t.Fatalf("operator token writes: %d %s", w.Code, w.Body)
 	}
-	if got, _ := s.Token(tok.ID); !got.LastUsed.Equal(clk.Now()) {
+	if got, _ := s.Token(t.Context(), tok.ID); !got.LastUsed.Equal(clk.Now()) {
 		t.Fatalf("LastUsed = %v, want %v", got.LastUsed, clk.Now())
 	}
 	clk.Advance(50 * time.Minute)
@@ -91,13 +91,13 @@ func TestTokenExpiryRevocationAndLastUsed(t *testing.T) {
 	if w := serve(mux, bearer(s, "GET", "/devices", secret2)); w.Code != http.StatusOK {
 		t.Fatalf("second token: %d", w.Code)
 	}
-	if _, err := s.RevokeToken(tok2.ID); err != nil {
+	if _, err := s.RevokeToken(t.Context(), tok2.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Authenticate(bearer(s, "GET", "/", secret2)); !errors.Is(err, ErrTokenInvalid) {
 		t.Fatalf("revoked: %v", err)
 	}
-	if got, _ := s.Token(tok2.ID); got.Revoked.IsZero() || got.Active(clk.Now()) {
+	if got, _ := s.Token(t.Context(), tok2.ID); got.Revoked.IsZero() || got.Active(clk.Now()) {
 		t.Fatalf("revoked token %+v", got)
 	}
 }
@@ -106,10 +106,10 @@ func TestTokenFollowsItsOwner(t *testing.T) {
 	s, _ := newTestService(t, nil)
 	mustCreate(t, s, "root", alicePW, RoleAdmin)
 	mustCreate(t, s, "alice", alicePW, RoleAdmin)
-	if _, _, err := s.CreateToken("root", "x", Role("superuser"), time.Hour); !errors.Is(err, ErrInvalid) {
+	if _, _, err := s.CreateToken(t.Context(), "root", "x", Role("superuser"), time.Hour); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("unknown role: %v", err)
 	}
-	secret, _, err := s.CreateToken("alice", "admin script", RoleAdmin, time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), "alice", "admin script", RoleAdmin, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestTokenFollowsItsOwner(t *testing.T) {
 	}
 	// Demoted: the token keeps only what both its scope and the owner's new
 	// role grant.
-	if _, err := s.SetRole("alice", RoleViewer); err != nil {
+	if _, err := s.SetRole(t.Context(), "alice", RoleViewer); err != nil {
 		t.Fatal(err)
 	}
 	if w := serve(mux, bearer(s, "POST", "/perm/users.admin", secret)); w.Code != 403 {
@@ -129,19 +129,19 @@ func TestTokenFollowsItsOwner(t *testing.T) {
 		t.Fatalf("token of a demoted owner: %d", w.Code)
 	}
 	// A viewer cannot mint an operator token.
-	if _, _, err := s.CreateToken("alice", "escalate", RoleOperator, time.Hour); !errors.Is(err, ErrForbidden) {
+	if _, _, err := s.CreateToken(t.Context(), "alice", "escalate", RoleOperator, time.Hour); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("token above the owner's role: %v", err)
 	}
-	if _, err := s.SetDisabled("alice", true); err != nil {
+	if _, err := s.SetDisabled(t.Context(), "alice", true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Authenticate(bearer(s, "GET", "/", secret)); !errors.Is(err, ErrTokenInvalid) {
 		t.Fatalf("token of a disabled owner: %v", err)
 	}
-	if err := s.DeleteUser("alice"); err != nil {
+	if err := s.DeleteUser(t.Context(), "alice"); err != nil {
 		t.Fatal(err)
 	}
-	if list, _ := s.Tokens("alice"); len(list) != 0 {
+	if list, _ := s.Tokens(t.Context(), "alice"); len(list) != 0 {
 		t.Fatalf("tokens of a deleted user remain: %+v", list)
 	}
 	if _, err := s.Authenticate(bearer(s, "GET", "/", secret)); !errors.Is(err, ErrTokenInvalid) {
@@ -153,16 +153,16 @@ func TestTokenLifetimeBounds(t *testing.T) {
 	s, _ := newTestService(t, func(c *Config) { c.MaxTokenTTL = 30 * 24 * time.Hour })
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
 	for _, ttl := range []time.Duration{0, -time.Hour, 31 * 24 * time.Hour} {
-		if _, _, err := s.CreateToken("alice", "x", RoleViewer, ttl); !errors.Is(err, ErrInvalid) {
+		if _, _, err := s.CreateToken(t.Context(), "alice", "x", RoleViewer, ttl); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ttl %s: %v", ttl, err)
 		}
 	}
 	for _, name := range []string{"", strings.Repeat("n", 129), "line\nbreak", "bad \xff utf-8"} {
-		if _, _, err := s.CreateToken("alice", name, RoleViewer, time.Hour); !errors.Is(err, ErrInvalid) {
+		if _, _, err := s.CreateToken(t.Context(), "alice", name, RoleViewer, time.Hour); !errors.Is(err, ErrInvalid) {
 			t.Errorf("name %q: %v", name, err)
 		}
 	}
-	if _, _, err := s.CreateToken("nobody", "x", RoleViewer, time.Hour); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.CreateToken(t.Context(), "nobody", "x", RoleViewer, time.Hour); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown owner: %v", err)
 	}
 }
@@ -171,7 +171,7 @@ func TestMalformedCredentials(t *testing.T) {
 	s, _ := newTestService(t, nil)
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
 	sess := mustLogin(t, s, "alice", alicePW)
-	secret, _, err := s.CreateToken("alice", "ci", RoleOperator, time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), "alice", "ci", RoleOperator, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestMalformedCredentials(t *testing.T) {
 func TestStoreFailureIsNotLeaked(t *testing.T) {
 	s, _ := newTestService(t, nil)
 	mustCreate(t, s, "alice", alicePW, RoleOperator)
-	secret, _, err := s.CreateToken("alice", "ci", RoleOperator, time.Hour)
+	secret, _, err := s.CreateToken(t.Context(), "alice", "ci", RoleOperator, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

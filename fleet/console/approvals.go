@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -15,9 +16,9 @@ import (
 // Approvals reads the two-person rule's requests. *approval.Manager
 // implements it.
 type Approvals interface {
-	Inbox(actor approval.Actor) ([]approval.Request, error)
-	Pending() ([]approval.Request, error)
-	List(f approval.Filter) ([]approval.Request, string, error)
+	Inbox(ctx context.Context, actor approval.Actor) ([]approval.Request, error)
+	Pending(ctx context.Context) ([]approval.Request, error)
+	List(ctx context.Context, f approval.Filter) ([]approval.Request, string, error)
 }
 
 var _ Approvals = (*approval.Manager)(nil)
@@ -144,7 +145,7 @@ func (a ApprovalPages) row(r approval.Request, p auth.Principal, now time.Time) 
 func (a ApprovalPages) load(r *http.Request, p auth.Principal) (any, error) {
 	now := a.Now()
 	out := ApprovalsPage{}
-	inbox, err := a.Approvals.Inbox(p)
+	inbox, err := a.Approvals.Inbox(r.Context(), p)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +154,7 @@ func (a ApprovalPages) load(r *http.Request, p auth.Principal) (any, error) {
 		mine[req.ID] = true
 		out.Inbox = append(out.Inbox, a.row(req, p, now))
 	}
-	pending, err := a.Approvals.Pending()
+	pending, err := a.Approvals.Pending(r.Context())
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +167,7 @@ func (a ApprovalPages) load(r *http.Request, p auth.Principal) (any, error) {
 	if len(before) > 128 || strings.ContainsAny(before, "\x00/") {
 		return nil, badRequestf("before must be a request ID")
 	}
-	hist, next, err := a.Approvals.List(approval.Filter{Before: before, Limit: approvalsHistoryShown})
+	hist, next, err := a.Approvals.List(r.Context(), approval.Filter{Before: before, Limit: approvalsHistoryShown})
 	if err != nil {
 		return nil, err
 	}

@@ -59,7 +59,7 @@ func TestApprovalsInbox(t *testing.T) {
 	if to := redirect(t, sid.post("/approvals/"+id+"/approve", url.Values{"comment": {"matches the change ticket"}})); to != "/approvals?ok=approval.approve" {
 		t.Fatalf("redirected to %q", to)
 	}
-	req, err := ff.approvals.Get(id)
+	req, err := ff.approvals.Get(t.Context(), id)
 	if err != nil || req.State != approval.StateExecuted || req.Approvals[0].By != "sid" {
 		t.Fatalf("after approval: %+v %v", req, err)
 	}
@@ -75,17 +75,17 @@ func TestApprovalsInbox(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("policy change: %d", resp.StatusCode)
 	}
-	pending, err := ff.approvals.Pending()
+	pending, err := ff.approvals.Pending(t.Context())
 	if err != nil || len(pending) != 1 {
 		t.Fatalf("pending: %v %v", pending, err)
 	}
 	pid := pending[0].ID
 	mustContain(t, body(t, sam.get("/approvals"), http.StatusOK), "Attestation policy change", "new baseline", "PUT /api/v1/policies/{id} gw-new")
 	redirect(t, sam.post("/approvals/"+pid+"/withdraw", url.Values{"reason": {"wrong PCR values"}}))
-	if r, _ := ff.approvals.Get(pid); r.State != approval.StateRejected || r.Rejection.By != "sam" {
+	if r, _ := ff.approvals.Get(t.Context(), pid); r.State != approval.StateRejected || r.Rejection.By != "sam" {
 		t.Fatalf("after withdrawal: %+v", r)
 	}
-	if _, err := ff.policies.Get("gw-new"); err == nil {
+	if _, err := ff.policies.Get(t.Context(), "gw-new"); err == nil {
 		t.Fatal("a withdrawn policy change was made")
 	}
 	mustContain(t, body(t, sid.get("/approvals"), http.StatusOK), "withdrawn by sam", "wrong PCR values")

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"maps"
@@ -17,7 +18,7 @@ import (
 
 // AuditLog reads the fleet's audit log. *audit.Log implements it.
 type AuditLog interface {
-	List(f audit.Filter) (audit.Page, error)
+	List(ctx context.Context, f audit.Filter) (audit.Page, error)
 }
 
 var _ AuditLog = (*audit.Log)(nil)
@@ -157,7 +158,7 @@ func (a AuditPages) load(r *http.Request, _ auth.Principal) (any, error) {
 		f.Before = n
 		out.First = pageLink("/audit", "actor", out.Actor, "action", out.Action, "target", out.Target, "since", out.Since, "until", out.Until)
 	}
-	page, err := a.Log.List(f)
+	page, err := a.Log.List(r.Context(), f)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +213,7 @@ func (a AuditPages) trail(r *http.Request, _ auth.Principal, d *inventory.Device
 		}
 		f.Before = n
 	}
-	page, err := a.Log.List(f)
+	page, err := a.Log.List(r.Context(), f)
 	if err != nil {
 		return nil, err
 	}

@@ -59,7 +59,7 @@ func TestAuditPage(t *testing.T) {
 
 	// Verify: the API recomputes the chain; the page says what it found.
 	redirect(t, sam.post("/audit/checkpoint", nil))
-	rep, err := ff.audit.VerifyStore(nil) // what the API's verification will find
+	rep, err := ff.audit.VerifyStore(t.Context(), nil) // what the API's verification will find
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestAuditPage(t *testing.T) {
 	body(t, op.get("/audit"), http.StatusForbidden)
 	mustNotContain(t, body(t, op.get("/devices/"+d.ID), http.StatusOK), "Audit trail")
 	body(t, op.post("/audit/verify", nil), http.StatusForbidden)
-	if e, _ := ff.audit.List(audit.Filter{Limit: 1}); e.Entries[0].Outcome != audit.Denied || e.Entries[0].Actor.ID != "olga" {
+	if e, _ := ff.audit.List(t.Context(), audit.Filter{Limit: 1}); e.Entries[0].Outcome != audit.Denied || e.Entries[0].Actor.ID != "olga" {
 		t.Errorf("the refused verification was not recorded as denied: %+v", e.Entries[0])
 	}
 }

@@ -73,7 +73,7 @@ func BenchmarkDeviceList100k(b *testing.B) {
 	})
 	fillInventory(b, f, benchDevices)
 	op := f.login("olga", auth.RoleOperator)
-	token, _, err := f.auth.CreateToken("olga", "bench", auth.RoleOperator, time.Hour)
+	token, _, err := f.auth.CreateToken(b.Context(), "olga", "bench", auth.RoleOperator, time.Hour)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -39,14 +39,14 @@ type Inventory interface {
 // (older than a sequence number; 0 for the newest). *attest.Service
 // implements it.
 type Attestations interface {
-	HistoryBefore(deviceID string, before uint64, limit int) ([]attest.Record, error)
+	HistoryBefore(ctx context.Context, deviceID string, before uint64, limit int) ([]attest.Record, error)
 }
 
 // Policies reads the reference policies. *policy.Store implements it.
 type Policies interface {
-	List() ([]policy.Policy, error)
-	Get(id string) (policy.Policy, error)
-	History(id string) ([]policy.Policy, error)
+	List(ctx context.Context) ([]policy.Policy, error)
+	Get(ctx context.Context, id string) (policy.Policy, error)
+	History(ctx context.Context, id string) ([]policy.Policy, error)
 }
 
 // DeviceSecrets reads which secrets a device received (names and versions,

@@ -268,11 +268,11 @@ func TestPagesRender(t *testing.T) {
 	rec := &attest.Record{Time: now.Add(-time.Hour), DeviceID: failing.ID, Result: "fail", Reason: "policy", Message: "PCR 4 differs from policy gw-base",
 		PolicyID: "gw-base", PolicyVersion: 2, Firmware: "1.4.2", Failures: []policy.Failure{{Kind: "pcr", Bank: "sha256", PCR: 4, EventIndex: -1,
 			Expected: "aa11", Actual: "bb22", Message: "boot loader measurement changed: an unapproved boot loader ran"}}}
-	if err := f.hist.Add(rec); err != nil {
+	if err := f.hist.Add(t.Context(), rec); err != nil {
 		t.Fatal(err)
 	}
 	f.secrets[failing.ID] = sampleSecrets(now)
-	if _, err := f.pol.Put(policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1",
+	if _, err := f.pol.Put(t.Context(), policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1",
 		PCRs: map[string]map[int]string{"sha256": {4: strings.Repeat("ab", 32)}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +441,7 @@ func TestAPITokens(t *testing.T) {
 	if c := me(); c != http.StatusOK {
 		t.Fatalf("new token: %d", c)
 	}
-	toks, err := f.auth.Tokens("olga")
+	toks, err := f.auth.Tokens(t.Context(), "olga")
 	if err != nil || len(toks) != 1 || toks[0].Role != auth.RoleViewer {
 		t.Fatalf("tokens %+v %v", toks, err)
 	}
@@ -474,15 +474,15 @@ func TestUsers(t *testing.T) {
 		t.Fatalf("the shown password does not log in: %v", err)
 	}
 	redirect(t, admin.post("/settings/users/bob/disable", nil))
-	if u, _ := f.auth.User("bob"); !u.Disabled {
+	if u, _ := f.auth.User(t.Context(), "bob"); !u.Disabled {
 		t.Fatal("disable did not disable")
 	}
 	redirect(t, admin.post("/settings/users/bob/role", url.Values{"role": {"viewer"}}))
-	if u, _ := f.auth.User("bob"); u.Role != auth.RoleViewer {
+	if u, _ := f.auth.User(t.Context(), "bob"); u.Role != auth.RoleViewer {
 		t.Fatalf("role %s", u.Role)
 	}
 	redirect(t, admin.post("/settings/users/bob/delete", nil))
-	if _, err := f.auth.User("bob"); err == nil {
+	if _, err := f.auth.User(t.Context(), "bob"); err == nil {
 		t.Fatal("delete did not delete")
 	}
 	mustContain(t, body(t, admin.post("/settings/users/ada/delete", nil), http.StatusConflict), "last enabled admin")
@@ -528,7 +528,7 @@ func TestFallbackToAPI(t *testing.T) {
 func TestBearerTokenIsNotALogin(t *testing.T) {
 	f := newFixture(t, nil)
 	f.login("olga", auth.RoleOperator)
-	secret, _, err := f.auth.CreateToken("olga", "script", auth.RoleOperator, time.Hour)
+	secret, _, err := f.auth.CreateToken(t.Context(), "olga", "script", auth.RoleOperator, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -182,7 +182,7 @@ func (c *Console) loadAttestations(r *http.Request, deviceID string, out *Device
 		}
 		before = n
 	}
-	recs, err := c.cfg.Attestations.HistoryBefore(deviceID, before, historyShown+1)
+	recs, err := c.cfg.Attestations.HistoryBefore(r.Context(), deviceID, before, historyShown+1)
 	if err != nil {
 		return err
 	}

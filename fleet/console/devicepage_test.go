@@ -122,7 +122,7 @@ func TestDeviceHistoryPaging(t *testing.T) {
 		if err := f.inv.AddEvent(t.Context(), inventory.Event{DeviceID: d.ID, Time: start.Add(time.Duration(i) * time.Minute), Kind: "note", Detail: fmt.Sprintf("event-%02d", i)}); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.hist.Add(&attest.Record{DeviceID: d.ID, Time: start.Add(time.Duration(i) * time.Minute), Result: "pass", Message: fmt.Sprintf("verdict-%02d", i)}); err != nil {
+		if err := f.hist.Add(t.Context(), &attest.Record{DeviceID: d.ID, Time: start.Add(time.Duration(i) * time.Minute), Result: "pass", Message: fmt.Sprintf("verdict-%02d", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -208,8 +208,8 @@ func enrollmentActions() []Action {
 // PolicyList is the policies page's data.
 type PolicyList struct{ Policies []policy.Policy }
 
-func (c *Console) loadPolicies(_ *http.Request, _ auth.Principal) (any, error) {
-	ps, err := c.cfg.Policies.List()
+func (c *Console) loadPolicies(r *http.Request, _ auth.Principal) (any, error) {
+	ps, err := c.cfg.Policies.List(r.Context())
 	if err != nil {
 		return nil, err
 	}
@@ -235,14 +235,14 @@ type PCRValue struct {
 func (p PolicyPage) PageTitle() string { return "Policy " + p.Policy.ID }
 
 func (c *Console) loadPolicy(r *http.Request, _ auth.Principal) (any, error) {
-	p, err := c.cfg.Policies.Get(r.PathValue("id"))
+	p, err := c.cfg.Policies.Get(r.Context(), r.PathValue("id"))
 	if errors.Is(err, policy.ErrNotFound) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, err
 	}
-	vs, err := c.cfg.Policies.History(p.ID)
+	vs, err := c.cfg.Policies.History(r.Context(), p.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -321,7 +321,7 @@ type Settings struct {
 
 func (c *Console) loadSettings(_ *http.Request, p auth.Principal) (any, error) {
 	out := Settings{Now: c.cfg.Now(), UserRoles: auth.Roles(), MinPassword: auth.MinPasswordLen}
-	toks, err := c.cfg.Auth.Tokens(p.User)
+	toks, err := c.cfg.Auth.Tokens(context.Background(), p.User)
 	if err != nil {
 		return nil, err
 	}
@@ -333,7 +333,7 @@ func (c *Console) loadSettings(_ *http.Request, p auth.Principal) (any, error) {
 		}
 	}
 	if p.Can(auth.PermUsersAdmin) {
-		if out.Users, err = c.cfg.Auth.Users(); err != nil {
+		if out.Users, err = c.cfg.Auth.Users(context.Background()); err != nil {
 			return nil, err
 		}
 	}

@@ -278,7 +278,7 @@ func (ff *fleetFixture) ingest(deviceID string, stream []byte, first uint64, poi
 // optional justification.
 func (ff *fleetFixture) apiAs(user string, role auth.Role, method, path string, body []byte, why string) *http.Response {
 	ff.t.Helper()
-	secret, _, err := ff.auth.CreateToken(user, "test", role, time.Hour)
+	secret, _, err := ff.auth.CreateToken(context.Background(), user, "test", role, time.Hour)
 	if err != nil {
 		ff.t.Fatal(err)
 	}

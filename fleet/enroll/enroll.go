@@ -150,7 +150,7 @@ type Identities interface {
 
 // Policies decides how a device is judged (fleet/policy.Store).
 type Policies interface {
-	Choose(model, firmware, group string) (policy.Choice, error)
+	Choose(ctx context.Context, model, firmware, group string) (policy.Choice, error)
 }
 
 // Service handles enrollment messages.
@@ -742,7 +742,7 @@ func (s *Service) choose(sess *session) (policy.Choice, error) {
 	if s.cfg.Policies == nil || (sess.existing != nil && sess.existing.State == inventory.StateQuarantined) {
 		return policy.Choice{}, nil // a quarantined device re-enrolls only into a session to prove itself
 	}
-	return s.cfg.Policies.Choose(sess.model, sess.req.Firmware, sess.group)
+	return s.cfg.Policies.Choose(context.Background(), sess.model, sess.req.Firmware, sess.group)
 }
 
 // wantsEventLog reports whether the challenge asks for the event log: the

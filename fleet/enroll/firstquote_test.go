@@ -87,7 +87,7 @@ func put(t *testing.T, pols *policy.Store, p policy.Policy) {
 	if p.Name == "" {
 		p.Name = p.ID
 	}
-	if _, err := pols.Put(p); err != nil {
+	if _, err := pols.Put(t.Context(), p); err != nil {
 		t.Fatal(err)
 	}
 }

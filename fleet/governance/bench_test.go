@@ -106,7 +106,7 @@ func BenchmarkScoreHistory(b *testing.B) {
 		if i == 35 {
 			r.Result, r.Reason = "fail", "policy_violation"
 		}
-		if err := rf.history.Add(r); err != nil {
+		if err := rf.history.Add(b.Context(), r); err != nil {
 			b.Fatal(err)
 		}
 	}

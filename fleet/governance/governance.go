@@ -96,7 +96,7 @@ func (f QuarantinerFunc) Quarantine(deviceID, why string) error { return f(devic
 // Attestations reads the outcomes of a device's newest verdicts, newest
 // first. *attest.History implements it.
 type Attestations interface {
-	Outcomes(deviceID string, limit int) ([]attest.Outcome, error)
+	Outcomes(ctx context.Context, deviceID string, limit int) ([]attest.Outcome, error)
 }
 
 // Firmware tells which firmware version a device should run.

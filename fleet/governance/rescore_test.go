@@ -19,7 +19,7 @@ type countingHistory struct {
 	reads map[string]int
 }
 
-func (h *countingHistory) Outcomes(id string, _ int) ([]attest.Outcome, error) {
+func (h *countingHistory) Outcomes(_ context.Context, id string, _ int) ([]attest.Outcome, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.reads[id]++

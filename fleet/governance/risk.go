@@ -205,7 +205,7 @@ func (s *Service) riskOf(d *inventory.Device, own ownership, now time.Time) (*Ri
 		add(FactorAttestationStale, w.AttestationStale, "last attestation at %s (%s), older than %s", stamp(d.LastAttested), ago(now, d.LastAttested), c.AttestStale)
 	}
 	if c.Attestations != nil {
-		recs, err := c.Attestations.Outcomes(d.ID, c.AttestWindow)
+		recs, err := c.Attestations.Outcomes(context.Background(), d.ID, c.AttestWindow)
 		if err != nil {
 			return nil, fmt.Errorf("governance: attestation history of %s: %w", d.ID, err)
 		}

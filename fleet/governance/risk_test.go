@@ -1,6 +1,7 @@
 package governance_test
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"reflect"
@@ -68,7 +69,7 @@ func newRiskFleet(t testing.TB, configure func(*governance.Config)) *riskFleet {
 // attest adds a verdict from ago before now to the device's history.
 func (rf *riskFleet) attest(result string, ago time.Duration) {
 	rf.t.Helper()
-	err := rf.history.Add(&attest.Record{DeviceID: rf.dev.ID, Time: rf.clock.Now().Add(-ago), Result: result, Reason: "pcr-mismatch"})
+	err := rf.history.Add(context.Background(), &attest.Record{DeviceID: rf.dev.ID, Time: rf.clock.Now().Add(-ago), Result: result, Reason: "pcr-mismatch"})
 	if err != nil {
 		rf.t.Fatal(err)
 	}

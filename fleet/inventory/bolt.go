@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
@@ -656,4 +657,50 @@ func (w *walker) cursor(k []byte) string {
 		return string(k)
 	}
 	return base64.RawURLEncoding.EncodeToString(k)
+}
+
+func (b boltTx) eachDevice(fn func(*Device) error) error {
+	return b.tx.Bucket(bucketDevices).ForEach(func(_, v []byte) error {
+		d, err := decode[Device](v)
+		if err != nil {
+			return err
+		}
+		return fn(d)
+	})
+}
+
+// eachEvent merges the two event buckets by their shared sequence, the
+// last 8 bytes of each key.
+func (b boltTx) eachEvent(fn func(*Event) error) error {
+	type rec struct {
+		seq uint64
+		v   []byte
+	}
+	var all []rec
+	for _, name := range [][]byte{bucketEvents, bucketAnon} {
+		bk := b.tx.Bucket(name)
+		if bk == nil {
+			continue
+		}
+		if err := bk.ForEach(func(k, v []byte) error {
+			if len(k) < 8 {
+				return fmt.Errorf("event key %x", k)
+			}
+			all = append(all, rec{binary.BigEndian.Uint64(k[len(k)-8:]), v})
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	slices.SortStableFunc(all, func(a, b rec) int { return cmp.Compare(a.seq, b.seq) })
+	for _, r := range all {
+		e, err := decode[Event](r.v)
+		if err != nil {
+			return err
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -65,4 +65,9 @@ type tx interface {
 	// addEvent appends e to its device's events (anonymous ones apart)
 	// and drops the oldest beyond limit of the same kind.
 	addEvent(e *Event, limit int) error
+	// eachDevice calls fn with every device, in ID order (Copy).
+	eachDevice(fn func(*Device) error) error
+	// eachEvent calls fn with every event, anonymous ones included, in
+	// the order they were added (Copy).
+	eachEvent(fn func(*Event) error) error
 }

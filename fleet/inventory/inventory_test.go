@@ -109,3 +109,67 @@ func TestSecondOpenIsLocked(t *testing.T) {
 		t.Fatal("second open did not time out promptly")
 	}
 }
+
+// TestCopyToPostgres: Copy moves a bbolt inventory's devices, revocations,
+// enrollment tokens and events (anonymous ones too) into PostgreSQL,
+// where they digest alike and keep working (EK lookup, tokens, queries).
+func TestCopyToPostgres(t *testing.T) {
+	src := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	defer src.Close()
+	ctx := t.Context()
+	for i := range 5 {
+		if err := src.PutDevice(ctx, inventorytest.NewDevice(i)); err != nil {
+			t.Fatal(err)
+		}
+		for _, kind := range []string{"enrolled", "attested"} {
+			if err := src.AddEvent(ctx, inventory.Event{DeviceID: inventorytest.ID(i), Kind: kind}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := src.AddEvent(ctx, inventory.Event{DeviceID: inventorytest.ID(1), Kind: "enroll_failed", Anonymous: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := src.RevokeDevice(ctx, inventorytest.ID(2), inventory.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	secret, _, err := src.CreateToken(ctx, inventory.Grant{Model: "gw-1"}, "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := src.Digest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Devices != 5 || want.Revocations == 0 || want.Tokens != 1 || want.Events < 11 {
+		t.Fatalf("source %+v", want)
+	}
+
+	dst := openPostgres(t, pgtest.Start(t).NewDatabase(t))
+	if err := inventory.Copy(ctx, dst, src); err != nil {
+		t.Fatal(err)
+	}
+	got, err := dst.Digest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("after the copy: %+v, source %+v", got, want)
+	}
+	if d, err := dst.DeviceByEK(ctx, inventorytest.EK(3)); err != nil || d.ID != inventorytest.ID(3) {
+		t.Fatalf("DeviceByEK in the copy: %v, %v", d, err)
+	}
+	if _, err := dst.ConsumeToken(ctx, secret, inventorytest.ID(9), "gw-1", time.Now()); err != nil {
+		t.Fatalf("token in the copy: %v", err)
+	}
+	if ev, _ := dst.Events(ctx, inventorytest.ID(1), 0); len(ev) != 3 || ev[0].Kind != "enroll_failed" {
+		t.Fatalf("events in the copy: %+v", ev)
+	}
+	// A change shows in the digest.
+	if err := dst.AddEvent(ctx, inventory.Event{DeviceID: inventorytest.ID(4), Kind: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = dst.Digest(ctx); got.Digest == want.Digest {
+		t.Fatal("digest unchanged by a new event")
+	}
+}

@@ -452,3 +452,50 @@ func (t *pgTx) addEvent(e *Event, limit int) error {
 		e.DeviceID, e.Anonymous, limit)
 	return err
 }
+
+func (t *pgTx) eachDevice(fn func(*Device) error) error {
+	recs, err := t.records("SELECT record FROM inventory_devices ORDER BY id")
+	if err != nil {
+		return err
+	}
+	for _, v := range recs {
+		d, err := decode[Device](v)
+		if err != nil {
+			return err
+		}
+		if err := fn(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *pgTx) eachEvent(fn func(*Event) error) error {
+	recs, err := t.records("SELECT record FROM inventory_events ORDER BY seq")
+	if err != nil {
+		return err
+	}
+	for _, v := range recs {
+		e, err := decode[Event](v)
+		if err != nil {
+			return err
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClearPostgres deletes every record of the inventory in db (sigil
+// migrate --force), in one transaction.
+func ClearPostgres(ctx context.Context, db *postgres.DB) error {
+	err := db.Tx(ctx, func(t pgx.Tx) error {
+		_, err := t.Exec(ctx, "TRUNCATE inventory_device_tags, inventory_devices, inventory_revocations, inventory_tokens, inventory_events")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("inventory: clear: %w", err)
+	}
+	return nil
+}

@@ -288,11 +288,11 @@ func TestLearnRoundTrip(t *testing.T) {
 	}
 	// Survives a store round trip.
 	s := openStore(t, filepath.Join(t.TempDir(), "policies.db"))
-	stored, err := s.Put(*p)
+	stored, err := s.Put(t.Context(), *p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Get(stored.ID)
+	got, err := s.Get(t.Context(), stored.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

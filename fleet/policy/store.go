@@ -2,14 +2,12 @@ package policy
 
 import (
 	"bytes"
-	"encoding/binary"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
@@ -37,12 +35,14 @@ func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) 
 // recent commits (never consistency). For tests.
 func WithNoSync() StoreOption { return func(o *storeOptions) { o.noSync = true } }
 
-// Store keeps every version of every policy in a bbolt file (policies.db in
-// the fleet data directory, by convention). Each policy has a bucket of
-// versions keyed by the big-endian version number; a version is JSON and
-// is never rewritten. Its methods are safe for concurrent use.
+// Store keeps every version of every policy: in a bbolt file
+// (policies.db in the fleet data directory, by convention; Open) where
+// each policy has a bucket of versions keyed by the big-endian version
+// number, or in PostgreSQL (OpenPostgres) where each version is a row. A
+// version is JSON and is never rewritten. Its methods are safe for
+// concurrent use.
 type Store struct {
-	db  *boltdb.DB
+	e   engine
 	now func() time.Time
 }
 
@@ -67,12 +67,12 @@ func Open(path string, opts ...StoreOption) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, now: o.now}, nil
+	return &Store{e: boltEngine{db}, now: o.now}, nil
 }
 
-// Close closes the file.
+// Close closes the file (a PostgreSQL store leaves the database open).
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
+	if err := s.e.close(); err != nil {
 		return fmt.Errorf("policy: close: %w", err)
 	}
 	return nil
@@ -83,7 +83,7 @@ func (s *Store) Close() error {
 // CreatedAt the store's clock; p.Version and p.CreatedAt are ignored. It
 // returns what was stored. Put refuses (ErrConflict) a policy whose model,
 // firmware and group equal those of another live policy.
-func (s *Store) Put(p Policy) (Policy, error) {
+func (s *Store) Put(ctx context.Context, p Policy) (Policy, error) {
 	if p.Deleted {
 		return Policy{}, errors.New("policy: put: use Delete to delete")
 	}
@@ -92,17 +92,9 @@ func (s *Store) Put(p Policy) (Policy, error) {
 		return Policy{}, err
 	}
 	p = p.clone()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		root := tx.Bucket(bucketPolicies)
-		err := root.ForEachBucket(func(id []byte) error {
-			if string(id) == p.ID {
-				return nil
-			}
-			o, err := latest(root.Bucket(id))
-			if err != nil {
-				return err
-			}
-			if !o.Deleted && o.Model == p.Model && o.Firmware == p.Firmware && o.Group == p.Group {
+	err := s.e.update(ctx, func(t tx) error {
+		err := t.eachLatest(func(o *Policy) error {
+			if o.ID != p.ID && !o.Deleted && o.Model == p.Model && o.Firmware == p.Firmware && o.Group == p.Group {
 				return fmt.Errorf("%w: %q", ErrConflict, o.ID)
 			}
 			return nil
@@ -110,11 +102,11 @@ func (s *Store) Put(p Policy) (Policy, error) {
 		if err != nil {
 			return err
 		}
-		b, err := root.CreateBucketIfNotExists([]byte(p.ID))
+		last, err := t.latest(p.ID)
 		if err != nil {
 			return err
 		}
-		return s.append(b, &p)
+		return s.append(t, last, &p)
 	})
 	if err != nil {
 		return Policy{}, fmt.Errorf("policy: put %s: %w", p.ID, err)
@@ -122,38 +114,35 @@ func (s *Store) Put(p Policy) (Policy, error) {
 	return p, nil
 }
 
-// append stores p as the next version in b.
-func (s *Store) append(b *bolt.Bucket, p *Policy) error {
+// append stores p as the version after last (nil: none).
+func (s *Store) append(t tx, last, p *Policy) error {
 	p.Version = 1
-	if k, _ := b.Cursor().Last(); k != nil {
-		p.Version = int(binary.BigEndian.Uint32(k)) + 1
+	if last != nil {
+		p.Version = last.Version + 1
 	}
 	p.CreatedAt = s.now().UTC()
 	v, err := json.Marshal(record{V: recordVersion, Policy: p})
 	if err != nil {
 		return err
 	}
-	return b.Put(binary.BigEndian.AppendUint32(nil, uint32(p.Version)), v)
+	return t.put(p.ID, p.Version, v)
 }
 
 // Delete records a deletion of id as a new version (a copy of the latest
 // with Deleted set, by and comment replaced). Get and List no longer
 // return it; History still does. Deleting a deleted policy is ErrNotFound.
-func (s *Store) Delete(id, by, comment string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
-		if b == nil {
-			return ErrNotFound
-		}
-		p, err := latest(b)
+func (s *Store) Delete(ctx context.Context, id, by, comment string) error {
+	err := s.e.update(ctx, func(t tx) error {
+		p, err := t.latest(id)
 		if err != nil {
 			return err
 		}
-		if p.Deleted {
+		if p == nil || p.Deleted {
 			return ErrNotFound
 		}
+		last := *p
 		p.Deleted, p.CreatedBy, p.Comment = true, by, comment
-		return s.append(b, p)
+		return s.append(t, &last, p)
 	})
 	if err != nil {
 		return fmt.Errorf("policy: delete %s: %w", id, err)
@@ -163,18 +152,14 @@ func (s *Store) Delete(id, by, comment string) error {
 
 // Get returns the latest version of id; ErrNotFound if there is none or it
 // is deleted.
-func (s *Store) Get(id string) (Policy, error) {
+func (s *Store) Get(ctx context.Context, id string) (Policy, error) {
 	var p *Policy
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
-		if b == nil {
-			return ErrNotFound
-		}
+	err := s.e.view(ctx, func(t tx) error {
 		var err error
-		if p, err = latest(b); err != nil {
+		if p, err = t.latest(id); err != nil {
 			return err
 		}
-		if p.Deleted {
+		if p == nil || p.Deleted {
 			return ErrNotFound
 		}
 		return nil
@@ -186,19 +171,16 @@ func (s *Store) Get(id string) (Policy, error) {
 }
 
 // GetVersion returns one version of id, deleted or not.
-func (s *Store) GetVersion(id string, version int) (Policy, error) {
+func (s *Store) GetVersion(ctx context.Context, id string, version int) (Policy, error) {
 	var p *Policy
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
-		if b == nil || version < 1 {
-			return ErrNotFound
-		}
-		v := b.Get(binary.BigEndian.AppendUint32(nil, uint32(version)))
-		if v == nil {
+	err := s.e.view(ctx, func(t tx) error {
+		if version < 1 {
 			return ErrNotFound
 		}
 		var err error
-		p, err = decodeRecord(v)
+		if p, err = t.version(id, version); err == nil && p == nil {
+			err = ErrNotFound
+		}
 		return err
 	})
 	if err != nil {
@@ -208,21 +190,17 @@ func (s *Store) GetVersion(id string, version int) (Policy, error) {
 }
 
 // History returns every version of id, oldest first, deletions included.
-func (s *Store) History(id string) ([]Policy, error) {
+func (s *Store) History(ctx context.Context, id string) ([]Policy, error) {
 	var out []Policy
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPolicies).Bucket([]byte(id))
-		if b == nil {
+	err := s.e.view(ctx, func(t tx) error {
+		out = nil // a transaction may run again
+		if err := t.history(id, func(p *Policy) error { out = append(out, *p); return nil }); err != nil {
+			return err
+		}
+		if out == nil {
 			return ErrNotFound
 		}
-		return b.ForEach(func(_, v []byte) error {
-			p, err := decodeRecord(v)
-			if err != nil {
-				return err
-			}
-			out = append(out, *p)
-			return nil
-		})
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("policy: history %s: %w", id, err)
@@ -232,15 +210,11 @@ func (s *Store) History(id string) ([]Policy, error) {
 
 // List returns the latest version of every policy that is not deleted,
 // ordered by ID: the input of Select.
-func (s *Store) List() ([]Policy, error) {
+func (s *Store) List(ctx context.Context) ([]Policy, error) {
 	var out []Policy
-	err := s.db.View(func(tx *bolt.Tx) error {
-		root := tx.Bucket(bucketPolicies)
-		return root.ForEachBucket(func(id []byte) error {
-			p, err := latest(root.Bucket(id))
-			if err != nil {
-				return err
-			}
+	err := s.e.view(ctx, func(t tx) error {
+		out = nil
+		return t.eachLatest(func(p *Policy) error {
 			if !p.Deleted {
 				out = append(out, *p)
 			}
@@ -255,8 +229,8 @@ func (s *Store) List() ([]Policy, error) {
 
 // Select returns the latest live policy that applies to a device (see the
 // package function Select), or nil, nil when none does.
-func (s *Store) Select(model, firmware, group string) (*Policy, error) {
-	list, err := s.List()
+func (s *Store) Select(ctx context.Context, model, firmware, group string) (*Policy, error) {
+	list, err := s.List(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -267,14 +241,6 @@ func (s *Store) Select(model, firmware, group string) (*Policy, error) {
 type record struct {
 	V      int     `json:"v"`
 	Policy *Policy `json:"policy"`
-}
-
-func latest(b *bolt.Bucket) (*Policy, error) {
-	_, v := b.Cursor().Last()
-	if v == nil {
-		return nil, ErrNotFound
-	}
-	return decodeRecord(v)
 }
 
 func decodeRecord(v []byte) (*Policy, error) {
@@ -316,8 +282,8 @@ func Decode(r io.Reader) (*Policy, error) {
 
 // Choose returns how a device is judged by the latest live policies (see
 // the package function Choose).
-func (s *Store) Choose(model, firmware, group string) (Choice, error) {
-	list, err := s.List()
+func (s *Store) Choose(ctx context.Context, model, firmware, group string) (Choice, error) {
+	list, err := s.List(ctx)
 	if err != nil {
 		return Choice{}, err
 	}

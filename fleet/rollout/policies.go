@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -46,14 +47,14 @@ func (s *Service) preparePolicies(r *firmware.Release, who string) error {
 		return nil
 	}
 	for _, model := range m.Models {
-		base, err := s.policies.Select(model, "", "")
+		base, err := s.policies.Select(context.Background(), model, "", "")
 		if err != nil {
 			return err
 		}
 		if base == nil {
 			continue
 		}
-		if cur, err := s.policies.Select(model, m.Version, ""); err != nil {
+		if cur, err := s.policies.Select(context.Background(), model, m.Version, ""); err != nil {
 			return err
 		} else if cur != nil && cur.Firmware == m.Version {
 			continue
@@ -83,7 +84,7 @@ func (s *Service) preparePolicies(r *firmware.Release, who string) error {
 				}
 			}
 		}
-		if _, err := s.policies.Put(p); err != nil && !errors.Is(err, policy.ErrConflict) {
+		if _, err := s.policies.Put(context.Background(), p); err != nil && !errors.Is(err, policy.ErrConflict) {
 			return fmt.Errorf("rollout: policy for %s %s: %w", model, m.Version, err)
 		}
 		s.log.Info("attestation policy prepared for a release", "policy", p.ID, "model", model, "version", m.Version, "from", base.ID)

@@ -45,8 +45,8 @@ type Devices interface {
 // Policies are the reference policies a release's measurements are
 // prepared in (policy.Store).
 type Policies interface {
-	Select(model, firmware, group string) (*policy.Policy, error)
-	Put(p policy.Policy) (policy.Policy, error)
+	Select(ctx context.Context, model, firmware, group string) (*policy.Policy, error)
+	Put(ctx context.Context, p policy.Policy) (policy.Policy, error)
 }
 
 // Config configures Open. Every field without a default is required,

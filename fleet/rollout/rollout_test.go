@@ -363,7 +363,7 @@ func TestPreparePolicies(t *testing.T) {
 	}
 	defer ps.Close()
 	zero, old := strings.Repeat("00", 32), strings.Repeat("11", 32)
-	base, err := ps.Put(policy.Policy{ID: "gw-golden", Name: "golden", Model: "gw-1",
+	base, err := ps.Put(t.Context(), policy.Policy{ID: "gw-golden", Name: "golden", Model: "gw-1",
 		PCRs: map[string]map[int]string{"sha256": {0: old, 14: zero}}})
 	if err != nil {
 		t.Fatal(err)
@@ -379,7 +379,7 @@ func TestPreparePolicies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p, err := ps.Select("gw-1", "2.0.0+build.7", "")
+	p, err := ps.Select(t.Context(), "gw-1", "2.0.0+build.7", "")
 	if err != nil || p == nil {
 		t.Fatalf("no policy for the new version: %v", err)
 	}
@@ -389,10 +389,10 @@ func TestPreparePolicies(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatalf("prepared policy invalid: %v", err)
 	}
-	if q, _ := ps.Select("gw-1", "1.0.0", ""); q == nil || q.ID != base.ID || q.PCRs["sha256"][14] != zero {
+	if q, _ := ps.Select(t.Context(), "gw-1", "1.0.0", ""); q == nil || q.ID != base.ID || q.PCRs["sha256"][14] != zero {
 		t.Fatalf("devices on the old version lost their policy: %+v", q)
 	}
-	if q, _ := ps.Select("gw-2", m.Version, ""); q != nil {
+	if q, _ := ps.Select(t.Context(), "gw-2", m.Version, ""); q != nil {
 		t.Fatalf("a model without a policy got one: %+v", q)
 	}
 }

@@ -182,7 +182,7 @@ func TestRenewalIdempotentPerKey(t *testing.T) {
 	}
 	after, _ := h.inv.Device(t.Context(), benchDevice)
 	passes := func() int {
-		recs, err := h.att.History(benchDevice, 100)
+		recs, err := h.att.History(t.Context(), benchDevice, 100)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -37,7 +37,7 @@ type Devices interface {
 // Attestations are the recorded verdicts, newest first, whose verified
 // sha256 PCR values a PCR-bound secret is sealed to (attest.History).
 type Attestations interface {
-	List(deviceID string, limit int) ([]attest.Record, error)
+	List(ctx context.Context, deviceID string, limit int) ([]attest.Record, error)
 }
 
 // Deliveries keeps the delivery state of each secret at each device
@@ -368,7 +368,7 @@ func (s *Service) attestedPCRs(deviceID string) (*wire.PCRSelection, [][]byte, e
 	if len(s.pcrs) == 0 {
 		return nil, nil, errors.New("the fleet does not quote the sha256 PCR bank (attest_banks), so it cannot bind secrets to PCRs")
 	}
-	recs, err := s.history.List(deviceID, 100)
+	recs, err := s.history.List(context.Background(), deviceID, 100)
 	if err != nil {
 		return nil, nil, fmt.Errorf("attestation history: %w", err)
 	}

@@ -135,7 +135,7 @@ func TestSecretDelivery(t *testing.T) {
 		{DeviceID: "dev-a", Result: "pass", PCRs: map[string]map[int]string{"sha256": pcrs}},
 		{DeviceID: "dev-a", Result: "fail", PCRs: map[string]map[int]string{"sha256": {0: strings.Repeat("ff", 32)}}},
 	} {
-		if err := hist.Add(r); err != nil {
+		if err := hist.Add(t.Context(), r); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/ca"
@@ -38,7 +39,14 @@ func (s *Server) openAudit() error {
 	if err := os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
 		return fmt.Errorf("server: audit key: %w", err)
 	}
-	s.Audit, err = audit.Open(audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Logger: s.log.With("component", "audit")})
+	cfg := audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Logger: s.log.With("component", "audit")}
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Audit, err = audit.OpenPostgres(ctx, s.db, cfg)
+	} else {
+		s.Audit, err = audit.Open(cfg)
+	}
 	if err != nil {
 		return err
 	}

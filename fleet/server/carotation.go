@@ -67,12 +67,12 @@ func (s *Server) RetireCA(by string) ([]ca.Generation, error) {
 	}
 	s.log.Info("CA generations retired", "generations", len(gens), "by", by)
 	s.pushTrustBundle()
-	stale := s.Broker.ConnectedDevices(func(_ string, cert *x509.Certificate) bool {
+	stale := s.transport.ConnectedDevices(func(_ string, cert *x509.Certificate) bool {
 		_, err := s.CA.Issuer(cert)
 		return errors.Is(err, ca.ErrRetiredGenerator)
 	})
 	for _, id := range stale {
-		s.Broker.Disconnect(id)
+		s.transport.Disconnect(id)
 	}
 	if len(stale) > 0 {
 		s.log.Info("disconnected devices holding retired-generation certificates", "devices", len(stale))
@@ -82,7 +82,7 @@ func (s *Server) RetireCA(by string) ([]ca.Generation, error) {
 
 // pushTrustBundle sends the current bundle to every connected device.
 func (s *Server) pushTrustBundle() {
-	for _, id := range s.Broker.ConnectedDevices(nil) {
+	for _, id := range s.transport.ConnectedDevices(nil) {
 		s.sendTrustBundle(id)
 	}
 }

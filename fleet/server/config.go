@@ -18,12 +18,17 @@ type Config struct {
 	// DatabaseURL, when set, keeps the stores that support it in this
 	// PostgreSQL database (postgres://USER@HOST:PORT/DB?sslmode=…; the
 	// password is better given by PGPASSWORD or a .pgpass file than in
-	// the URL), migrated at start. So far: the inventory. The other
-	// stores stay in DataDir. Default "": everything in bbolt files in
-	// DataDir.
+	// the URL), migrated at start. So far: the inventory, the audit log,
+	// operators (users, sessions, API tokens, login throttling), the
+	// attestation history, the reference policies and approvals. The other stores stay in DataDir. Default "": everything
+	// in bbolt files in DataDir.
 	DatabaseURL string `json:"database_url"`
 	// MQTTAddr is the broker's TLS listener. Default ":8883".
 	MQTTAddr string `json:"mqtt_addr"`
+	// BrokerPool, when set, replaces the embedded broker (and MQTTAddr)
+	// with a pool of Mosquitto brokers the fleet connects to
+	// (docs/BROKERS.md). Default: the embedded broker.
+	BrokerPool *BrokerPool `json:"broker_pool"`
 	// APIAddr is the HTTPS API listener. Default ":8443".
 	APIAddr string `json:"api_addr"`
 	// Hostnames are the DNS names and IP addresses on the server

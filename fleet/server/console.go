@@ -16,7 +16,7 @@ import (
 func (s *Server) withConsole(apiHandler http.Handler) http.Handler {
 	c, err := console.New(console.Config{
 		Auth: s.Auth, API: apiHandler, Inventory: s.Inv, Attestations: s.Attest, Policies: s.Policy,
-		Secrets: s.secretSvc, CA: s.CA, Connected: s.Broker.Connected,
+		Secrets: s.secretSvc, CA: s.CA, Connected: s.transport.Connected,
 		Logger: s.log.With("component", "console"),
 	}.With(s.consoleExtensions()...))
 	if err != nil {
@@ -35,5 +35,5 @@ func (s *Server) withConsole(apiHandler http.Handler) http.Handler {
 // quarantiner quarantines a device on an operator's request (POST
 // /api/v1/devices/{id}/quarantine) the way governance does.
 func (s *Server) quarantiner() api.Quarantiner {
-	return governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.Broker.Disconnect, Source: inventory.CauseOperator}
+	return governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.transport.Disconnect, Source: inventory.CauseOperator}
 }

@@ -25,9 +25,9 @@ func (s *Server) openGovernance() error {
 	s.Governance, err = governance.Open(governance.Config{
 		Path:    filepath.Join(s.cfg.DataDir, GovernanceFile),
 		Devices: s.Inv, Revoker: s.revoker(),
-		Quarantiner:  governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.Broker.Disconnect},
+		Quarantiner:  governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.transport.Disconnect},
 		Enroller:     governance.TriageEnroller{},
-		Connected:    s.Broker.Connected,
+		Connected:    s.transport.Connected,
 		Alerter:      governance.AlerterFunc(s.governanceAlert),
 		Attestations: s.history,
 		Anomalies:    feed.Anomalies{Alerts: s.Alerts},
@@ -48,7 +48,7 @@ func (s *Server) openGovernance() error {
 // unexpired certificate (inventory.Store.RevokeDevice), its sessions
 // closed.
 func (s *Server) revoker() governance.InventoryRevoker {
-	return governance.InventoryRevoker{Inventory: s.Inv, Disconnect: s.Broker.Disconnect}
+	return governance.InventoryRevoker{Inventory: s.Inv, Disconnect: s.transport.Disconnect}
 }
 
 // rescore tells governance that a device's risk inputs changed: its

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"path/filepath"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/auth"
 )
@@ -19,7 +20,16 @@ const (
 func (s *Server) openAuth() error {
 	// Logins and lockouts go to the audit log; failed logins of names
 	// that do not exist are anyone's: sampled.
-	a, err := auth.Open(auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth")})
+	cfg := auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth")}
+	var a *auth.Service
+	var err error
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		a, err = auth.OpenPostgres(ctx, s.db, cfg)
+	} else {
+		a, err = auth.Open(cfg)
+	}
 	if err != nil {
 		return err
 	}
@@ -33,6 +43,6 @@ func (s *Server) openAuth() error {
 	if created {
 		s.log.Info("first admin created", "user", auth.BootstrapAdmin, "password_file", pwFile)
 	}
-	s.adminToken, err = a.EnsureAdminToken(filepath.Join(s.cfg.DataDir, AdminTokenFile))
+	s.adminToken, err = a.EnsureAdminToken(context.Background(), filepath.Join(s.cfg.DataDir, AdminTokenFile))
 	return err
 }

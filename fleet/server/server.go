@@ -61,7 +61,7 @@ type Server struct {
 	log      *slog.Logger
 	CA       *ca.CA
 	Inv      *inventory.Store
-	Broker   *broker.Broker
+	Broker   *broker.Broker // the embedded broker; nil with a broker pool (Config.BrokerPool)
 	Enroll   *enroll.Service
 	Attest   *attest.Service
 	Policy   *policy.Store
@@ -111,6 +111,7 @@ type Server struct {
 	ready          chan struct{}
 	topics         wire.Topics
 	events         []chan broker.Event // connection events to record, by device (events.go)
+	transport      Transport           // the MQTT layer every part uses: Broker, or the pool
 
 	// db is the PostgreSQL database of the stores that support one
 	// (Config.DatabaseURL); nil keeps every store in DataDir.
@@ -152,7 +153,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, open := range []func() error{
-		s.openCA, s.openAudit, s.openAuth, s.openDatabase, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
 		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
@@ -189,7 +190,8 @@ func (s *Server) openCA() (err error) {
 }
 
 // openDatabase connects to the PostgreSQL database when DatabaseURL is
-// set: the stores that support it open in it (openInventory).
+// set: the stores that support it open in it (openAudit, openAuth,
+// openInventory, openPolicy, openHistory, openApprovals).
 func (s *Server) openDatabase() (err error) {
 	if s.cfg.DatabaseURL == "" {
 		return nil
@@ -226,6 +228,9 @@ func (s *Server) openInventory() (err error) {
 // and the connection events.
 func (s *Server) openBroker() error {
 	cfg := s.cfg
+	if cfg.BrokerPool != nil {
+		return s.openPool()
+	}
 	var claimCAs []*x509.Certificate
 	if cfg.ClaimCADir != "" {
 		var err error
@@ -238,7 +243,7 @@ func (s *Server) openBroker() error {
 		bootstrapAuth = s.bootstrapCredential
 	}
 	var err error
-	s.Broker, err = broker.New(broker.Config{
+	if s.Broker, err = broker.New(broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
@@ -247,13 +252,23 @@ func (s *Server) openBroker() error {
 		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
 		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
 		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
-	})
-	return err
+	}); err != nil {
+		return err
+	}
+	s.transport = s.Broker
+	return nil
 }
 
 // openPolicy opens the reference policies.
 func (s *Server) openPolicy() (err error) {
-	if s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile)); err == nil {
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Policy, err = policy.OpenPostgres(ctx, s.db)
+	} else {
+		s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile))
+	}
+	if err == nil {
 		s.onClose(s.Policy.Close)
 	}
 	return err
@@ -290,7 +305,7 @@ func (s *Server) openEnroll() error {
 		Identities:    governance.Enrollment{S: s.Governance},
 		FirmwareTrust: s.firmwareTrust,
 		Send: func(clientID, kind string, payload []byte) error {
-			return s.Broker.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
+			return s.transport.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
 		},
 	})
 	return err
@@ -298,7 +313,14 @@ func (s *Server) openEnroll() error {
 
 // openHistory opens the attestation verdicts' history.
 func (s *Server) openHistory() (err error) {
-	if s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0); err == nil {
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.history, err = attest.OpenHistoryPostgres(ctx, s.db, 0)
+	} else {
+		s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0)
+	}
+	if err == nil {
 		s.onClose(s.history.Close)
 	}
 	return err
@@ -315,7 +337,7 @@ func (s *Server) openAttest() error {
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
 		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
 		Logger: s.log.With("component", "attest"), Send: s.sendDevice,
-		Disconnect: s.Broker.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
+		Disconnect: s.transport.Disconnect, Alert: s.attestAlert, Verdict: s.attestVerdict,
 	})
 	return err
 }
@@ -328,7 +350,7 @@ func (s *Server) openRotation() (err error) {
 	s.onClose(s.jobs.Close)
 	s.Rotation, err = rotation.New(rotation.Config{
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
-		Connected: s.Broker.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
+		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
 	})
 	return err
 }
@@ -352,7 +374,7 @@ func (s *Server) openSecrets() error {
 	}
 	s.secretSvc = secrets.NewService(secrets.ServiceConfig{
 		Store: s.Secrets, Deliveries: s.deliveries, Devices: s.Inv, Attestations: s.history, PCRs: secrets.BoundPCRs(sels),
-		Connected: s.Broker.Connected, Current: s.Attest.Current, Send: s.sendDevice, Logger: log,
+		Connected: s.transport.Connected, Current: s.Attest.Current, Send: s.sendDevice, Logger: log,
 	})
 	return nil
 }
@@ -362,8 +384,15 @@ func (s *Server) openApprovals() (err error) {
 	if !s.cfg.TwoPersonRule {
 		return nil
 	}
-	s.Approvals, err = approval.Open(approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approval.AuditLog{Log: s.Audit},
-		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")})
+	cfg := approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approval.AuditLog{Log: s.Audit},
+		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")}
+	if s.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s.Approvals, err = approval.OpenPostgres(ctx, s.db, cfg)
+	} else {
+		s.Approvals, err = approval.Open(cfg)
+	}
 	if err == nil {
 		s.onClose(s.Approvals.Close)
 	}
@@ -375,8 +404,8 @@ func (s *Server) openAPI() error {
 	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: s.cfg.APIRateLimit, RateBurst: s.cfg.APIRateBurst,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
-		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.Broker.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
-		Connected: s.Broker.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
+		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
+		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
 		Governance: s.Governance,
 	})
@@ -484,7 +513,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 // sendDevice publishes a message to a device on one of its down kinds
 // (QoS 1): the one way the fleet's services send to a device.
 func (s *Server) sendDevice(deviceID, kind string, payload []byte) error {
-	return s.Broker.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
+	return s.transport.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
 }
 
 // AdminToken returns the admin API bearer token.
@@ -496,8 +525,8 @@ func (s *Server) APIURL() string {
 	return "https://localhost:" + port
 }
 
-// MQTTAddr returns the broker's bound address (after Ready).
-func (s *Server) MQTTAddr() string { return s.Broker.Addr().String() }
+// MQTTAddr returns the address devices connect to (after Ready).
+func (s *Server) MQTTAddr() string { return s.transport.Addr().String() }
 
 // CACertPath is the fleet CA certificate devices trust at bootstrap.
 func (s *Server) CACertPath() string { return filepath.Join(s.cfg.DataDir, CACertFile) }
@@ -515,10 +544,10 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // opened.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.close()
-	if err := s.Broker.Start(); err != nil {
+	if err := s.transport.Start(); err != nil {
 		return err
 	}
-	err := s.Broker.Subscribe(s.topics.Filter(wire.SegEnroll, "+", wire.Up), func(id broker.Identity, topic string, payload []byte) {
+	err := s.transport.Subscribe(s.topics.Filter(wire.SegEnroll, "+", wire.Up), func(id broker.Identity, topic string, payload []byte) {
 		tp, err := s.topics.Parse(topic)
 		if err != nil || tp.ID != id.ClientID {
 			return // the broker's ACL already forbids this; never trust the topic over the session
@@ -526,12 +555,12 @@ func (s *Server) Run(ctx context.Context) error {
 		s.Enroll.Submit(id.ClientID, payload)
 	})
 	if err == nil {
-		err = s.Broker.Subscribe(s.topics.Filter(wire.SegDevice, "+", wire.Up), s.deviceMessage)
+		err = s.transport.Subscribe(s.topics.Filter(wire.SegDevice, "+", wire.Up), s.deviceMessage)
 	}
 	if err != nil {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		_ = s.Broker.Run(cctx) // closes the started broker
+		_ = s.transport.Run(cctx) // closes the started broker
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
@@ -548,7 +577,7 @@ func (s *Server) Run(ctx context.Context) error {
 // all of them.
 func (s *Server) tasks() []func(context.Context) error {
 	tasks := []func(context.Context) error{
-		s.Broker.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
+		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
 		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
 		s.serveAPI,
 	}
@@ -593,7 +622,8 @@ func (s *Server) serveAPI(ctx context.Context) error {
 // is handled only if its type belongs to the topic kind it came on and
 // the device's state, as the inventory holds it now, accepts that kind
 // (inventory.State.Accepts): whatever the broker admitted earlier, a
-// device quarantined or decommissioned since is not served.
+// device quarantined or decommissioned since is not served; nor, through a
+// broker pool, one without a current certificate (holdsCurrentCert).
 func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte) {
 	tp, err := s.topics.Parse(topic)
 	if err != nil || id.DeviceID == "" || tp.ID != id.DeviceID {
@@ -604,7 +634,12 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	if st, err := s.Inv.State(context.TODO(), id.DeviceID); err != nil || upKind(env.Type) != tp.Kind || !st.Accepts(tp.Kind) {
+	st, err := s.messageState(id)
+	if errors.Is(err, errStaleSession) {
+		s.staleSession(id.DeviceID)
+		return
+	}
+	if err != nil || upKind(env.Type) != tp.Kind || !st.Accepts(tp.Kind) {
 		state := inventory.State("unknown")
 		if err == nil {
 			state = st
@@ -660,6 +695,44 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.sendTrustBundle(id.DeviceID)
 		}
 	}
+}
+
+// holdsCurrentCert reports whether a certificate the fleet issued to d is
+// still current. A broker pool reports a sender without its certificate
+// (id.Cert nil), and Mosquitto keeps a session open after its certificate
+// is revoked: a device none of whose certificates is current is not
+// served, whatever session it still holds.
+func holdsCurrentCert(d *inventory.Device, now time.Time) bool {
+	for _, c := range d.Certificates() {
+		if d.Admits(c.Serial, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// errStaleSession: a session through a broker pool whose device no longer
+// holds a current certificate (messageState).
+var errStaleSession = errors.New("server: the session's certificate is no longer current")
+
+// messageState is the state of the device of a session, for the check on
+// each of its messages: the state alone, decoding nothing else of the
+// record, for a session whose certificate the broker verified; for one
+// through a broker pool (no certificate here), the whole record, to
+// check that the device still holds a current certificate
+// (errStaleSession otherwise).
+func (s *Server) messageState(id broker.Identity) (inventory.State, error) {
+	if id.Cert != nil {
+		return s.Inv.State(context.TODO(), id.DeviceID)
+	}
+	d, err := s.Inv.Device(context.TODO(), id.DeviceID)
+	if err != nil {
+		return "", err
+	}
+	if !holdsCurrentCert(d, time.Now()) {
+		return "", errStaleSession
+	}
+	return d.State, nil
 }
 
 // upKind is the up-topic kind a device message of type typ travels on

@@ -186,7 +186,7 @@ func (s *Server) alertAction(_ context.Context, action alert.Action, a alert.Ale
 //	process_*, go_*                         the process's CPU, memory, file descriptors and Go runtime (metrics.RegisterProcess)
 func (s *Server) controlPlaneMetrics() error {
 	r := s.Metrics
-	b := s.Broker.Stats
+	b := s.transport.Stats
 	e := s.Enroll.Stats()
 	a := s.Alerts.Stats
 	u := func(v uint64) float64 { return float64(v) }

@@ -330,7 +330,7 @@ func waitConnected(ctx context.Context, devices []*harness.Device, timeout time.
 func waitRecorded(ctx context.Context, f *harness.Fleet, ids []string, timeout time.Duration) error {
 	return poll(ctx, timeout, 10*time.Millisecond, func() (bool, error) {
 		for _, id := range ids {
-			recs, err := f.Attest.History(id, 1)
+			recs, err := f.Attest.History(ctx, id, 1)
 			if err != nil {
 				return false, err
 			}

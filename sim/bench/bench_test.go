@@ -78,20 +78,23 @@ ok  	github.com/sigil-iot/sigil/fleet/enroll	12.378s
 }
 
 func TestParseStatus(t *testing.T) {
-	rss, hwm, err := parseStatus(strings.NewReader("Name:\tsigild\nVmHWM:\t   10240 kB\nVmRSS:\t    9000 kB\nThreads:\t7\n"))
-	if err != nil || rss != 9000*1024 || hwm != 10240*1024 {
-		t.Fatalf("rss %d hwm %d err %v", rss, hwm, err)
+	m, err := parseStatus(strings.NewReader("Name:\tsigild\nVmHWM:\t   10240 kB\nVmRSS:\t    9000 kB\nRssAnon:\t    2500 kB\nRssFile:\t    6400 kB\nRssShmem:\t 100 kB\nThreads:\t7\n"))
+	if want := (Memory{RSS: 9000 << 10, Peak: 10240 << 10, Anon: 2500 << 10, File: 6400 << 10}); err != nil || m != want {
+		t.Fatalf("parsed %+v, %v; want %+v", m, err, want)
 	}
-	if _, _, err := parseStatus(strings.NewReader("Name:\tx\n")); err == nil {
-		t.Error("status without VmRSS accepted")
-	}
-	if _, _, err := parseStatus(strings.NewReader("VmRSS:\t9 MB\nVmHWM:\t1 kB\n")); err == nil {
-		t.Error("unexpected unit accepted")
+	for _, bad := range []string{
+		"Name:\tx\n",
+		"VmRSS:\t9 MB\nVmHWM:\t1 kB\nRssAnon:\t1 kB\nRssFile:\t1 kB\n",
+		"VmRSS:\t9 kB\nVmHWM:\t9 kB\n", // no split into anonymous and file-backed
+	} {
+		if m, err := parseStatus(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q parsed as %+v", bad, m)
+		}
 	}
 	// This process's own status parses.
-	rss, hwm, err = memory(os.Getpid())
-	if err != nil || rss <= 0 || hwm < rss {
-		t.Fatalf("own memory: rss %d hwm %d err %v", rss, hwm, err)
+	m, err = memory(os.Getpid())
+	if err != nil || m.RSS <= 0 || m.Peak < m.RSS || m.Anon <= 0 || m.File <= 0 || m.Anon+m.File > m.RSS {
+		t.Fatalf("own memory: %+v, %v", m, err)
 	}
 }
 
@@ -130,8 +133,11 @@ func TestSigild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.StatusExit != 0 || r.IdleRSS <= 0 || r.PeakRSS < r.IdleRSS || r.Size <= 0 || r.Arm64Size <= 0 || len(r.Restarts) != 1 || r.FirstConnect <= 0 {
+	if r.StatusExit != 0 || r.Idle.RSS <= 0 || r.Idle.Peak < r.Idle.RSS || r.Size <= 0 || r.Arm64Size <= 0 || len(r.Restarts) != 1 || r.FirstConnect <= 0 {
 		t.Fatalf("result %+v", r)
+	}
+	if r.Idle.Anon <= 0 || r.Idle.File <= 0 || r.Restarted.RSS <= 0 || r.Restarted.Anon+r.Restarted.File > r.Restarted.RSS {
+		t.Fatalf("memory after connecting %+v, after the restart %+v", r.Idle, r.Restarted)
 	}
 	var b strings.Builder
 	r.Print(&b)

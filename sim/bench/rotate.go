@@ -303,7 +303,7 @@ func rotateRound(ctx context.Context, fleet *harness.Fleet, devices []*harness.D
 	}
 	err = poll(ctx, o.Timeout, 10*time.Millisecond, func() (bool, error) {
 		for i, id := range ids {
-			recs, err := fleet.Attest.History(id, 1)
+			recs, err := fleet.Attest.History(ctx, id, 1)
 			if err != nil {
 				return false, err
 			}

@@ -240,7 +240,7 @@ func secondPerson(ctx context.Context, fleet *Fleet, admin *api.Client) (*api.Cl
 	if u != nil && u.Name != "" {
 		name = u.Name
 	}
-	secret, _, err := fleet.Auth.CreateToken(name, "demo", auth.RoleReleaseApprover, time.Hour)
+	secret, _, err := fleet.Auth.CreateToken(ctx, name, "demo", auth.RoleReleaseApprover, time.Hour)
 	if err != nil {
 		return nil, err
 	}

@@ -180,7 +180,7 @@ func TestSwarm(t *testing.T) {
 
 	// A policy learned from one device: they all run the same image.
 	poll(t, 30*time.Second, "device 0 attested", func() (bool, string) {
-		recs, err := f.Attest.History(ids[0], 1)
+		recs, err := f.Attest.History(t.Context(), ids[0], 1)
 		return err == nil && len(recs) == 1 && recs[0].Result == wire.VerdictPass, fmt.Sprint(recs, err)
 	})
 	if _, err := admin.LearnPolicy(ctx, api.LearnRequest{DeviceID: ids[0], Name: "swarm golden", AnyFirmware: true}); err != nil {
@@ -269,7 +269,7 @@ func TestSwarm(t *testing.T) {
 	if _, err := admin.CreateUser(ctx, api.UserRequest{Name: "rita", Role: auth.RoleReleaseApprover}); err != nil {
 		t.Fatal(err)
 	}
-	token, _, err := f.Auth.CreateToken("rita", "swarm test", auth.RoleReleaseApprover, time.Hour)
+	token, _, err := f.Auth.CreateToken(t.Context(), "rita", "swarm test", auth.RoleReleaseApprover, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +324,7 @@ func TestSwarm(t *testing.T) {
 	}
 	poll(t, 30*time.Second, "the updated devices attested on 2.0.0", func() (bool, string) {
 		for i := 20; i < 32; i++ {
-			recs, err := f.Attest.History(ids[i], 1)
+			recs, err := f.Attest.History(t.Context(), ids[i], 1)
 			if err != nil || len(recs) != 1 || recs[0].Firmware != "2.0.0" || recs[0].Result != wire.VerdictPass || recs[0].PolicyID == "swarm-golden" {
 				return false, fmt.Sprintf("device %d: %+v %v", i, recs, err)
 			}
@@ -344,7 +344,7 @@ func TestSwarm(t *testing.T) {
 			}
 			o := d.Outcome()
 			sent := o.Sent[wire.TypeAttestEvidence] + o.Sent[wire.TypeRenewRequest]
-			recs, err := f.Attest.History(ids[i], 1000)
+			recs, err := f.Attest.History(t.Context(), ids[i], 1000)
 			if err != nil || uint64(len(recs)) != sent-o.Unjudged {
 				return false, fmt.Sprintf("device %d sent %d evidence (%d refused unjudged), the fleet judged %d (%v)", i, sent, o.Unjudged, len(recs), err)
 			}

@@ -150,7 +150,7 @@ func TestConsoleInChromium(t *testing.T) {
 	// attestation, for the policies page and the verdicts that cite it.
 	var golden map[string]map[int]string
 	wait.For(t, "a passing attestation to learn a policy from", func() bool {
-		recs, err := f.Attest.History(stSearched.DeviceID, 10)
+		recs, err := f.Attest.History(ctx, stSearched.DeviceID, 10)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,7 +162,7 @@ func TestConsoleInChromium(t *testing.T) {
 		}
 		return false
 	})
-	if _, err := f.Policy.Put(policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1", Action: policy.ActionAlert,
+	if _, err := f.Policy.Put(ctx, policy.Policy{ID: "gw-base", Name: "Gateway baseline", Model: "gw-1", Action: policy.ActionAlert,
 		PCRs: golden, Comment: "learned from " + stSearched.DeviceID}); err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("the enrollment token the console showed does not check: %v", err)
 	}
 	// The API token was created for the operator, then revoked.
-	toks, err := f.Auth.Tokens("olga")
+	toks, err := f.Auth.Tokens(ctx, "olga")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,7 +71,7 @@ func clientAs(t *testing.T, f *harness.Fleet, user string, role auth.Role) *api.
 	if err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := f.Auth.CreateToken(user, "browser-test", role, time.Hour)
+	secret, _, err := f.Auth.CreateToken(t.Context(), user, "browser-test", role, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,11 +187,11 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 		t.Errorf("alert after the browser: %+v (%v), note typed %q", a, err, res.AlertNote)
 	}
 	// The approval was given by the admin and the change carried out.
-	req, err := f.Approvals.Get(p.approval)
+	req, err := f.Approvals.Get(t.Context(), p.approval)
 	if err != nil || req.State != approval.StateExecuted || len(req.Approvals) != 1 || req.Approvals[0].By != "ada" {
 		t.Errorf("approval after the browser: %+v (%v)", req, err)
 	}
-	if _, err := f.Policy.Get("lab-bench"); err != nil {
+	if _, err := f.Policy.Get(t.Context(), "lab-bench"); err != nil {
 		t.Errorf("the approved policy change was not made: %v", err)
 	}
 	// The release its uploader could not approve is still waiting.
@@ -199,7 +199,7 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 		t.Errorf("release %s: %+v (%v)", p.unapproved.ID, r, err)
 	}
 	// The verification the admin ran is in the audit log.
-	page, err := f.Audit.List(audit.Filter{Actor: audit.User("ada"), Action: "api.audit.verify"})
+	page, err := f.Audit.List(t.Context(), audit.Filter{Actor: audit.User("ada"), Action: "api.audit.verify"})
 	if err != nil || len(page.Entries) == 0 || page.Entries[0].Outcome != audit.OK {
 		t.Errorf("no successful verification by ada in the audit log: %+v (%v)", page.Entries, err)
 	}

@@ -29,7 +29,7 @@ func TestTwoPersonRule(t *testing.T) {
 	if _, err := f.Auth.CreateUser(ctx, "sam", "sam's long password", auth.RoleSecurityAdmin); err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := f.Auth.CreateToken("sam", "approver", auth.RoleSecurityAdmin, time.Hour)
+	secret, _, err := f.Auth.CreateToken(ctx, "sam", "approver", auth.RoleSecurityAdmin, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func roleClient(t testing.TB, f *harness.Fleet, admin *api.Client, name string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := f.Auth.CreateToken(u.Name, "e2e", role, time.Hour)
+	secret, _, err := f.Auth.CreateToken(t.Context(), u.Name, "e2e", role, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestTwoPersonRuleHoldsSecretSteering(t *testing.T) {
 		if _, err := f.Auth.CreateUser(ctx, name, name+"'s long password", auth.RoleSecurityAdmin); err != nil {
 			t.Fatal(err)
 		}
-		secret, _, err := f.Auth.CreateToken(name, "e2e", auth.RoleSecurityAdmin, time.Hour)
+		secret, _, err := f.Auth.CreateToken(ctx, name, "e2e", auth.RoleSecurityAdmin, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

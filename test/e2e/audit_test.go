@@ -41,7 +41,7 @@ func TestAuditLog(t *testing.T) {
 	if _, err := c.CreateUser(ctx, api.UserRequest{Name: "vera", Role: auth.RoleViewer}); err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := f.Auth.CreateToken("vera", "audit-test", auth.RoleViewer, time.Hour)
+	secret, _, err := f.Auth.CreateToken(ctx, "vera", "audit-test", auth.RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

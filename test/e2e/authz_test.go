@@ -50,12 +50,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 		if err != nil || u.Password == "" {
 			t.Fatalf("create %s: %+v %v", role, u, err)
 		}
-		secret, _, err := f.Auth.CreateToken(u.Name, "matrix", role, time.Hour)
+		secret, _, err := f.Auth.CreateToken(ctx, u.Name, "matrix", role, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
 		tokens[role] = secret
-		if scoped[role], _, err = f.Auth.CreateToken(auth.BootstrapAdmin, "matrix "+string(role), role, time.Hour); err != nil {
+		if scoped[role], _, err = f.Auth.CreateToken(ctx, auth.BootstrapAdmin, "matrix "+string(role), role, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -96,7 +96,7 @@ func asUser(t *testing.T, f *harness.Fleet, admin *api.Client, name string, role
 	if _, err := admin.CreateUser(context.Background(), api.UserRequest{Name: name, Role: role}); err != nil {
 		t.Fatal(err)
 	}
-	secret, _, err := f.Auth.CreateToken(name, "e2e", role, time.Hour)
+	secret, _, err := f.Auth.CreateToken(t.Context(), name, "e2e", role, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,7 +486,7 @@ func TestFirmwareRoutesAuthorization(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tokens[role], _, err = f.Auth.CreateToken(u.Name, "matrix", role, time.Hour); err != nil {
+		if tokens[role], _, err = f.Auth.CreateToken(ctx, u.Name, "matrix", role, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -180,7 +180,7 @@ func TestAnonymousRequestsSampledInAudit(t *testing.T) {
 		t.Fatalf("%d of %d requests answered 401:\n%s", got, n, out)
 	}
 	anon := audit.Filter{Actor: audit.System("api-anonymous"), Limit: 1000}
-	page, err := f.Audit.List(anon)
+	page, err := f.Audit.List(t.Context(), anon)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestAnonymousRequestsSampledInAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	page, err = l.List(audit.Filter{Action: audit.SampledAction})
+	page, err = l.List(t.Context(), audit.Filter{Action: audit.SampledAction})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestAnonymousRequestsSampledInAudit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.VerifyStore(key); err != nil {
+	if _, err := l.VerifyStore(t.Context(), key); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -85,7 +85,7 @@ func TestScopedTokenCannotMintAboveItsScope(t *testing.T) {
 	if code != http.StatusForbidden {
 		t.Errorf("viewer-scoped token creating an admin user: %d %s, want 403", code, body)
 	}
-	if _, err := f.Auth.User("mallory"); !errors.Is(err, auth.ErrNotFound) {
+	if _, err := f.Auth.User(ctx, "mallory"); !errors.Is(err, auth.ErrNotFound) {
 		t.Errorf("mallory exists: %v", err)
 	}
 	// The owner's other tokens: the admin token file's among them.
@@ -136,7 +136,7 @@ func TestOnePersonCannotSatisfyTheTwoPersonRule(t *testing.T) {
 	if _, err := f.Auth.CreateUser(ctx, "sam", "sam's long password", auth.RoleSecurityAdmin); err != nil {
 		t.Fatal(err)
 	}
-	samTok, _, err := f.Auth.CreateToken("sam", "approver", auth.RoleSecurityAdmin, time.Hour)
+	samTok, _, err := f.Auth.CreateToken(ctx, "sam", "approver", auth.RoleSecurityAdmin, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestOnePersonCannotSatisfyTheTwoPersonRule(t *testing.T) {
 	if _, err := f.Auth.CreateUser(ctx, "olga", "olga's long password", auth.RoleSecurityAdmin); err != nil {
 		t.Fatal(err)
 	}
-	olgaTok, _, err := f.Auth.CreateToken("olga", "cli", auth.RoleSecurityAdmin, time.Hour)
+	olgaTok, _, err := f.Auth.CreateToken(ctx, "olga", "cli", auth.RoleSecurityAdmin, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestOnePersonCannotSatisfyTheTwoPersonRule(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Pending.Approval.Kind != "users.change" {
 		t.Fatalf("demoting olga: %v", err)
 	}
-	if u, _ := f.Auth.User("olga"); u.Role != auth.RoleSecurityAdmin {
+	if u, _ := f.Auth.User(ctx, "olga"); u.Role != auth.RoleSecurityAdmin {
 		t.Fatalf("olga's role changed before approval: %s", u.Role)
 	}
 	if err := sam.Do(ctx, "POST", "/api/v1/approvals/"+pe.Pending.Approval.ID+"/approve", api.DecisionRequest{}, &r); err != nil || r.State != approval.StateExecuted {
@@ -378,7 +378,7 @@ func TestLoginLockoutIsPerSource(t *testing.T) {
 	if _, err := admin.CreateUser(ctx, api.UserRequest{Name: "vera", Role: auth.RoleViewer}); err != nil {
 		t.Fatal(err)
 	}
-	vera, _, err := f.Auth.CreateToken("vera", "reader", auth.RoleViewer, time.Hour)
+	vera, _, err := f.Auth.CreateToken(ctx, "vera", "reader", auth.RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func TestUsersPasswd(t *testing.T) {
 	if _, err := f.Auth.CreateUser(ctx, "carol", pw1, auth.RoleOperator); err != nil {
 		t.Fatal(err)
 	}
-	token, _, err := f.Auth.CreateToken("carol", "laptop", auth.RoleViewer, time.Hour)
+	token, _, err := f.Auth.CreateToken(ctx, "carol", "laptop", auth.RoleViewer, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

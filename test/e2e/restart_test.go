@@ -6,15 +6,19 @@ import (
 	"errors"
 	"io/fs"
 	"net"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
@@ -138,6 +142,9 @@ func TestDemo(t *testing.T) {
 // device, keeps it across a restart (the device reconnects with the
 // certificate it holds), and writes no inventory file in its data
 // directory: the device, its revocation and the CRL are in the database.
+// So do the audit log (its chain verifies after the restart), the
+// operators (the admin token made at first start still works), the
+// attestation history, the policies and the approvals.
 func TestRestartFleetOnPostgres(t *testing.T) {
 	requireTools(t)
 	pg := pgtest.Start(t)
@@ -166,8 +173,22 @@ func TestRestartFleetOnPostgres(t *testing.T) {
 	if err != nil || dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
 		t.Fatalf("inventory after restart: %+v, %v", dev, err)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, server.InventoryFile)); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("%s in the data directory (%v): the inventory is not in PostgreSQL", server.InventoryFile, err)
+	for _, file := range []string{server.InventoryFile, audit.File, server.OperatorsFile, server.HistoryFile, server.PolicyFile, server.ApprovalsFile} {
+		if _, err := os.Stat(filepath.Join(dataDir, file)); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s in the data directory (%v): the store is not in PostgreSQL", file, err)
+		}
+	}
+	if rep, err := f.Audit.VerifyStore(t.Context(), nil); err != nil || rep.Entries == 0 {
+		t.Fatalf("audit log after restart: %+v, %v", rep, err)
+	}
+	token, err := os.ReadFile(filepath.Join(dataDir, server.AdminTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequestWithContext(t.Context(), "GET", "/api/v1/devices", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	if p, err := f.Auth.Authenticate(req); err != nil || p.User != auth.BootstrapAdmin {
+		t.Fatalf("admin token after restart: %+v, %v", p, err)
 	}
 	_, revoked, err := f.Inv.RevokeDevice(t.Context(), st.DeviceID, inventory.ReasonKeyCompromise)
 	if err != nil || !slices.Contains(revoked, st.CertSerial) {
@@ -178,9 +199,9 @@ func TestRestartFleetOnPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	var devices, crl int
-	if err := conn.QueryRow(t.Context(), "SELECT (SELECT count(*) FROM inventory_devices WHERE id = $1), (SELECT count(*) FROM inventory_revocations WHERE serial = $2)",
-		st.DeviceID, st.CertSerial).Scan(&devices, &crl); err != nil || devices != 1 || crl != 1 {
-		t.Fatalf("in the database: %d device rows, %d CRL rows, %v; want 1 and 1", devices, crl, err)
+	var devices, crl, entries, users int
+	if err := conn.QueryRow(t.Context(), "SELECT (SELECT count(*) FROM inventory_devices WHERE id = $1), (SELECT count(*) FROM inventory_revocations WHERE serial = $2), (SELECT count(*) FROM audit_kv WHERE bucket = 'entries'), (SELECT count(*) FROM auth_kv WHERE bucket = 'users')",
+		st.DeviceID, st.CertSerial).Scan(&devices, &crl, &entries, &users); err != nil || devices != 1 || crl != 1 || entries == 0 || users != 1 {
+		t.Fatalf("in the database: %d device rows, %d CRL rows, %d audit entries, %d users, %v; want 1, 1, some and 1", devices, crl, entries, users, err)
 	}
 }

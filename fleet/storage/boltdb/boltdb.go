@@ -22,6 +22,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -208,4 +209,31 @@ func (s Schema) VersionOf(tx *bolt.Tx) (uint64, error) {
 		return 0, nil
 	}
 	return s.decode(v)
+}
+
+// OpenReadOnly opens the existing file at path for reading only (View),
+// sharing its lock with other readers: it fails with o.Locked while a
+// process holds the file for writing (a running fleet), and with an
+// error wrapping fs.ErrNotExist when there is no file.
+func OpenReadOnly(path string, o Options) (*DB, error) {
+	if o.Name == "" {
+		o.Name = "boltdb"
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = time.Second
+	}
+	if o.Locked == nil {
+		o.Locked = ErrLocked
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("%s: open %s: %w", o.Name, path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.Timeout, ReadOnly: true})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", o.Locked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: open %s: %w", o.Name, path, err)
+	}
+	return &DB{DB: db}, nil
 }

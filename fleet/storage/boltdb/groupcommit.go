@@ -40,17 +40,19 @@ func (db *DB) WriteAll(fns []func(*bolt.Tx) error) []error {
 		todo[i] = i
 	}
 	for len(todo) > 0 {
-		failed := -1
+		failed, ferr := -1, error(nil)
 		err := db.Update(func(tx *bolt.Tx) error {
+			failed, ferr = -1, nil
 			for k, i := range todo {
 				if err := fns[i](tx); err != nil {
-					failed, errs[i] = k, err
+					failed, ferr = k, err
 					return err
 				}
 			}
 			return nil
 		})
 		if failed >= 0 {
+			errs[todo[failed]] = ferr
 			todo = slices.Delete(todo, failed, failed+1)
 			continue
 		}

@@ -113,6 +113,22 @@ func (db *DB) ReadTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return db.run(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
 }
 
+// Serialized runs fn in a read-committed transaction that first takes
+// the advisory lock key: the transactions that take the same key run one
+// at a time across every process sharing the database, each seeing what
+// the previous ones committed, so fn runs exactly once (there is no
+// serialization failure to retry). It is bbolt's single writer, for a
+// store whose transactions have effects outside the database (an audit
+// entry recorded before the commit) or that contend on one row.
+func (db *DB) Serialized(ctx context.Context, key string, fn func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key); err != nil {
+			return fmt.Errorf("postgres: lock %s: %w", key, err)
+		}
+		return fn(tx)
+	})
+}
+
 func (db *DB) run(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
 	for attempt := 1; ; attempt++ {
 		err := pgx.BeginTxFunc(ctx, db.pool, opts, fn)

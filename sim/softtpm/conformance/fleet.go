@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/hmac"
 	"crypto/rand"
@@ -75,7 +76,7 @@ func encode(t *testing.T, typ string, body any) []byte {
 // pcr16Policy is a reference policy that expects one value of PCR 16.
 type pcr16Policy struct{ p *policy.Policy }
 
-func (p pcr16Policy) Choose(string, string, string) (policy.Choice, error) {
+func (p pcr16Policy) Choose(context.Context, string, string, string) (policy.Choice, error) {
 	return policy.Choice{Policy: p.p, Action: policy.ActionQuarantine, Covered: true}, nil
 }
 

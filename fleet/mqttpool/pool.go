@@ -1,0 +1,545 @@
+// Package mqttpool connects the fleet to a pool of independent MQTT
+// brokers (Mosquitto 2.0 configured by `sigil broker-config`) instead of
+// its embedded broker. Every replica of the fleet connects to every
+// broker of the pool and subscribes to the devices' up topics with a
+// shared subscription ($share/<group>/...), so that each message reaches
+// one replica (competing consumers). The brokers bind a device's client ID
+// and topics to its certificate (use_identity_as_username,
+// use_username_as_clientid and a pattern ACL on %u), and a bootstrap
+// client's topics to its client ID (a pattern ACL on %c): the ID in the
+// topic a message arrives on is therefore the sender's authenticated
+// identity, and the pool reports it as such. A message to a device is
+// published to every device broker: only the one holding its session has
+// a subscriber.
+package mqttpool
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// Errors of Publish and Run.
+var (
+	// ErrNotConnected: no broker the message should go to is connected.
+	ErrNotConnected = errors.New("mqttpool: no broker of the pool is connected")
+	// ErrConfig: the configuration is incomplete.
+	ErrConfig = errors.New("mqttpool: invalid configuration")
+)
+
+// DefaultGroup is the shared subscription group of the fleet's replicas.
+const DefaultGroup = "sigil"
+
+// Config describes the pool and the fleet's credentials on it.
+type Config struct {
+	// Devices are the brokers enrolled devices connect to ("host:port" of
+	// each broker's fleet listener).
+	Devices []string
+	// Bootstrap are the brokers bootstrap (enrollment) clients connect to
+	// ("host:port" of each one's fleet listener). They are separate
+	// instances: a broker's client IDs are shared by its listeners, and
+	// an anonymous client must never take a device's.
+	Bootstrap []string
+	// Username and Password are the fleet's credentials on its listeners.
+	Username string
+	Password string
+	// TLS verifies the brokers (RootCAs, ServerName if not the host).
+	TLS *tls.Config
+	// Topics names the topic tree; Group the shared subscription group
+	// (DefaultGroup if empty).
+	Topics wire.Topics
+	Group  string
+	// OnConnect, when set, is called with a broker's address after each
+	// connection to it (on that connection's goroutine): to bring a
+	// broker that was down, or new, up to date (Quarantine, QuarantineAt).
+	OnConnect func(broker string)
+	// PublishTimeout bounds the wait for a broker's PUBACK (default 5s).
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Message is a message a device or a bootstrap client sent.
+type Message struct {
+	Topic   wire.Topic // parsed; Topic.ID is the sender, as its broker bound it
+	Name    string     // the topic name
+	Payload []byte
+	Broker  string // the broker it came through
+}
+
+// Pool is the fleet's connections to the brokers of a pool.
+type Pool struct {
+	cfg     Config
+	log     *slog.Logger
+	mu      sync.Mutex
+	subs    map[string]func(Message) // by segment
+	clients map[string]mqtt.Client   // by broker address
+	ready   map[string]int           // by broker address: subscriptions granted since its last connect
+	lost    map[string]chan struct{} // by broker address: its connection was lost
+	queues  []chan job               // of the workers
+	stop    chan struct{}            // closed when Run ends: workers and waiting deliveries stop
+	running bool
+}
+
+// New checks cfg; Run connects.
+func New(cfg Config) (*Pool, error) {
+	if len(cfg.Devices) == 0 {
+		return nil, fmt.Errorf("%w: no device broker", ErrConfig)
+	}
+	if cfg.TLS == nil {
+		return nil, fmt.Errorf("%w: no TLS configuration", ErrConfig)
+	}
+	if cfg.Username == "" || cfg.Password == "" {
+		return nil, fmt.Errorf("%w: the fleet's broker credentials are missing", ErrConfig)
+	}
+	for _, a := range append(slicesClone(cfg.Devices), cfg.Bootstrap...) {
+		if !strings.Contains(a, ":") {
+			return nil, fmt.Errorf("%w: broker %q is not host:port", ErrConfig, a)
+		}
+	}
+	if cfg.Group == "" {
+		cfg.Group = DefaultGroup
+	}
+	if strings.ContainsAny(cfg.Group, "/+#") {
+		return nil, fmt.Errorf("%w: group %q", ErrConfig, cfg.Group)
+	}
+	if cfg.PublishTimeout <= 0 {
+		cfg.PublishTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Pool{cfg: cfg, log: cfg.Logger, subs: map[string]func(Message){}, clients: map[string]mqtt.Client{}, ready: map[string]int{},
+		lost: map[string]chan struct{}{}, stop: make(chan struct{}), queues: make([]chan job, workers)}
+	for i := range p.queues {
+		p.queues[i] = make(chan job, workerQueue)
+	}
+	return p, nil
+}
+
+func slicesClone(s []string) []string { return append([]string(nil), s...) }
+
+// Subscribe delivers every up message of a segment (wire.SegDevice from
+// the device brokers, wire.SegEnroll from the bootstrap brokers) to
+// handler, on the connection's goroutine. Call it before Run.
+func (p *Pool) Subscribe(segment string, handler func(Message)) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running {
+		return errors.New("mqttpool: subscribe before Run")
+	}
+	if segment != wire.SegDevice && segment != wire.SegEnroll {
+		return fmt.Errorf("%w: segment %q", ErrConfig, segment)
+	}
+	p.subs[segment] = handler
+	return nil
+}
+
+// brokers are the addresses of a segment's brokers.
+func (p *Pool) brokers(segment string) []string {
+	if segment == wire.SegEnroll {
+		return p.cfg.Bootstrap
+	}
+	return p.cfg.Devices
+}
+
+// Run connects to every broker (retrying, with a growing delay, those
+// that are down or lost) and serves until ctx ends, then disconnects;
+// it returns once every connection is closed.
+func (p *Pool) Run(ctx context.Context) error {
+	p.mu.Lock()
+	if p.running {
+		p.mu.Unlock()
+		return errors.New("mqttpool: Run called twice")
+	}
+	p.running = true
+	for _, seg := range []string{wire.SegDevice, wire.SegEnroll} {
+		for _, addr := range p.brokers(seg) {
+			if _, ok := p.clients[addr]; !ok {
+				p.lost[addr] = make(chan struct{}, 1)
+				p.clients[addr] = p.client(addr)
+			}
+		}
+	}
+	type conn struct {
+		addr string
+		c    mqtt.Client
+		lost chan struct{}
+	}
+	var conns []conn
+	for a, c := range p.clients {
+		conns = append(conns, conn{a, c, p.lost[a]})
+	}
+	p.mu.Unlock()
+	var workersWG, wg sync.WaitGroup
+	for _, q := range p.queues {
+		workersWG.Go(func() { p.work(q) })
+	}
+	for _, c := range conns {
+		wg.Go(func() { p.keep(ctx, c.addr, c.c, c.lost) })
+	}
+	<-ctx.Done()
+	close(p.stop) // a delivery waiting for a full queue lets the connection close
+	wg.Wait()
+	workersWG.Wait()
+	return nil
+}
+
+// Retry delays of a broker connection.
+const (
+	retryMin = time.Second
+	retryMax = 10 * time.Second
+)
+
+// keep holds one broker's connection until ctx ends: it connects, and
+// connects again when the connection fails or is lost.
+func (p *Pool) keep(ctx context.Context, addr string, c mqtt.Client, lost chan struct{}) {
+	delay := retryMin
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		select {
+		case <-lost: // of an earlier connection
+		default:
+		}
+		tok := c.Connect()
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			<-tok.Done() // bounded by the connect timeout
+			if c.IsConnectionOpen() {
+				c.Disconnect(250)
+			}
+			return
+		}
+		if err := tok.Error(); err != nil {
+			p.log.Warn("connecting to a broker of the pool failed", "broker", addr, "err", err, "retry_in", delay)
+			retry.Reset(delay)
+			select {
+			case <-ctx.Done():
+				return
+			case <-retry.C:
+			}
+			delay = min(2*delay, retryMax)
+			continue
+		}
+		p.log.Info("connected to a broker of the pool", "broker", addr)
+		delay = retryMin
+		if p.cfg.OnConnect != nil {
+			p.cfg.OnConnect(addr)
+		}
+		select {
+		case <-ctx.Done():
+			c.Disconnect(250)
+			return
+		case <-lost:
+		}
+	}
+}
+
+// client builds the connection to one broker. Its client ID is random
+// (per replica and broker): on the bootstrap brokers, clients choose
+// their own IDs, and one that knew the fleet's could take its session.
+func (p *Pool) client(addr string) mqtt.Client {
+	o := mqtt.NewClientOptions()
+	o.AddBroker("tls://" + addr)
+	o.SetTLSConfig(p.cfg.TLS.Clone())
+	o.SetUsername(p.cfg.Username)
+	o.SetPassword(p.cfg.Password)
+	o.SetClientID(randomID())
+	o.SetCleanSession(true)
+	o.SetProtocolVersion(4)
+	o.SetAutoReconnect(false) // keep reconnects, and stops when Run ends
+	o.SetConnectRetry(false)
+	o.SetConnectTimeout(10 * time.Second)
+	o.SetOrderMatters(true) // deliver only queues (workers): a device's messages stay in order
+	lost := p.lost[addr]
+	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		p.mu.Lock()
+		delete(p.ready, addr)
+		p.mu.Unlock()
+		p.log.Warn("connection to a broker of the pool lost", "broker", addr, "err", err)
+		select {
+		case lost <- struct{}{}:
+		default:
+		}
+	})
+	o.SetOnConnectHandler(func(c mqtt.Client) { p.subscribe(c, addr) })
+	return mqtt.NewClient(o)
+}
+
+// subscribe (re)subscribes a connection to the up topics of the segments
+// its broker serves (the session is clean: after each connect).
+func (p *Pool) subscribe(c mqtt.Client, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.ready, addr)
+	for seg, h := range p.subs {
+		if !contains(p.brokers(seg), addr) {
+			continue
+		}
+		filter := "$share/" + p.cfg.Group + "/" + p.cfg.Topics.Filter(seg, "+", wire.Up)
+		tok := c.Subscribe(filter, 1, p.deliver(seg, addr, h))
+		go func() {
+			tok.Wait()
+			if err := tok.Error(); err != nil {
+				p.log.Error("subscription to a broker of the pool failed", "broker", addr, "err", err)
+				return
+			}
+			p.mu.Lock()
+			p.ready[addr]++
+			p.mu.Unlock()
+			p.log.Info("subscribed to a broker of the pool", "broker", addr, "segment", seg)
+		}()
+	}
+}
+
+// deliver hands a message to h if its topic is one of the segment's up
+// topics: the ID in it is then the one the broker bound to its sender.
+func (p *Pool) deliver(seg, addr string, h func(Message)) mqtt.MessageHandler {
+	return func(_ mqtt.Client, m mqtt.Message) {
+		tp, err := p.cfg.Topics.Parse(m.Topic())
+		if err != nil || tp.Segment != seg || tp.Dir != wire.Up {
+			p.log.Warn("message outside the subscribed topics dropped", "broker", addr)
+			return
+		}
+		j := job{h: h, m: Message{Topic: tp, Name: m.Topic(), Payload: m.Payload(), Broker: addr}}
+		select {
+		case p.queue(tp.ID) <- j: // waits when full: the broker holds back
+		case <-p.stop:
+		}
+	}
+}
+
+// job is a message for a handler.
+type job struct {
+	h func(Message)
+	m Message
+}
+
+// Messages are handled by workers, each with its own queue; a sender's
+// messages always go to the same one, so they are handled in the order
+// its broker delivered them, as the embedded broker does, while
+// different senders' are handled side by side.
+const (
+	workers     = 16
+	workerQueue = 1024
+)
+
+// queue is the queue of a sender's messages.
+func (p *Pool) queue(id string) chan job {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return p.queues[h.Sum32()%uint32(len(p.queues))]
+}
+
+// work handles the jobs of q until stop is closed.
+func (p *Pool) work(q chan job) {
+	for {
+		select {
+		case <-p.stop:
+			return
+		case j := <-q:
+			j.h(j.m)
+		}
+	}
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Publish sends a message to every broker of the topic's segment that is
+// connected (only the one holding the recipient's session delivers it)
+// and waits for their PUBACKs; it fails only when no broker took it.
+// Messages go at QoS 1 whatever qos says: the protocol's are all QoS 1.
+func (p *Pool) Publish(topic string, payload []byte, _ byte) error {
+	tp, err := p.cfg.Topics.Parse(topic)
+	if err != nil || tp.Dir != wire.Down {
+		return fmt.Errorf("mqttpool: not a down topic: %q", topic)
+	}
+	return p.publishTo(tp.Segment, topic, payload)
+}
+
+// publishTo publishes at QoS 1 to every connected broker of a segment.
+func (p *Pool) publishTo(segment, topic string, payload []byte) error {
+	return p.publishAt(p.brokers(segment), topic, payload)
+}
+
+// publishAt publishes at QoS 1 to those of brokers that are connected.
+func (p *Pool) publishAt(brokers []string, topic string, payload []byte) error {
+	const qos = 1
+	p.mu.Lock()
+	var targets []mqtt.Client
+	for _, addr := range brokers {
+		if c := p.clients[addr]; c != nil && c.IsConnectionOpen() {
+			targets = append(targets, c)
+		}
+	}
+	p.mu.Unlock()
+	if len(targets) == 0 {
+		return ErrNotConnected
+	}
+	toks := make([]mqtt.Token, len(targets))
+	for i, c := range targets {
+		toks[i] = c.Publish(topic, qos, false, payload)
+	}
+	var errs []error
+	for _, t := range toks {
+		if !t.WaitTimeout(p.cfg.PublishTimeout) {
+			errs = append(errs, errors.New("mqttpool: no PUBACK in time"))
+		} else if err := t.Error(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == len(toks) {
+		return fmt.Errorf("mqttpool: publish: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Kick ends deviceID's session on every device broker that has one,
+// through the dynamic security plugin (Member.DynsecPlugin): the plugin
+// ends the sessions of a client it deletes, so the device is made known
+// to it (unless it is, quarantined) and deleted at once. A quarantine
+// (Quarantine) ends with it. The device may connect again, unless its
+// certificate is refused by then (CRL). It fails when no device broker
+// took the command.
+func (p *Pool) Kick(deviceID string) error {
+	if !wire.ValidID(deviceID) {
+		return fmt.Errorf("mqttpool: kick: invalid device ID %q", deviceID)
+	}
+	cmd, err := json.Marshal(map[string]any{"commands": []map[string]string{
+		{"command": "createClient", "username": deviceID},
+		{"command": "deleteClient", "username": deviceID},
+		{"command": "deleteRole", "rolename": quarantineRole(deviceID)}, // a quarantine's, if any
+	}})
+	if err != nil {
+		return err
+	}
+	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
+}
+
+// quarantineRole is the dynamic security role of a quarantined device.
+func quarantineRole(deviceID string) string { return "sigil-quarantine-" + deviceID }
+
+// Quarantine limits deviceID, on every device broker, to publishing on
+// the up topics of kinds (and to its down topics), and ends its sessions
+// so that it reconnects under the limit: the dynamic security plugin
+// gets a role for the device and the device as its client (a client it
+// knows, its ACLs decide over the pattern ACL's). Release undoes it.
+func (p *Pool) Quarantine(deviceID string, kinds []string) error {
+	cmd, err := p.quarantineCommand(deviceID, kinds)
+	if err != nil {
+		return err
+	}
+	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
+}
+
+// QuarantineAt is Quarantine on one device broker, by its address in
+// Config.Devices: to bring it up to date after it was down (OnConnect).
+func (p *Pool) QuarantineAt(broker, deviceID string, kinds []string) error {
+	cmd, err := p.quarantineCommand(deviceID, kinds)
+	if err != nil {
+		return err
+	}
+	if !contains(p.cfg.Devices, broker) {
+		return fmt.Errorf("mqttpool: %q is not a device broker of the pool", broker)
+	}
+	return p.publishAt([]string{broker}, dynsecTopic, cmd)
+}
+
+// quarantineCommand is the plugin's commands that quarantine deviceID.
+func (p *Pool) quarantineCommand(deviceID string, kinds []string) ([]byte, error) {
+	if !wire.ValidID(deviceID) {
+		return nil, fmt.Errorf("mqttpool: quarantine: invalid device ID %q", deviceID)
+	}
+	type acl struct {
+		Type     string `json:"acltype"`
+		Topic    string `json:"topic"`
+		Allow    bool   `json:"allow"`
+		Priority int    `json:"priority"`
+	}
+	acls := []acl{
+		{"publishClientSend", p.cfg.Topics.Filter(wire.SegDevice, deviceID, wire.Up), false, 0},
+		{"subscribePattern", p.cfg.Topics.Filter(wire.SegDevice, deviceID, wire.Down), true, 0},
+		{"publishClientReceive", p.cfg.Topics.Filter(wire.SegDevice, deviceID, wire.Down), true, 0},
+	}
+	for _, k := range kinds {
+		acls = append(acls, acl{"publishClientSend", p.cfg.Topics.DeviceUp(deviceID, k), true, 10})
+	}
+	role := quarantineRole(deviceID)
+	return json.Marshal(map[string]any{"commands": []map[string]any{
+		{"command": "deleteClient", "username": deviceID},
+		{"command": "deleteRole", "rolename": role},
+		{"command": "createRole", "rolename": role, "acls": acls},
+		{"command": "createClient", "username": deviceID, "roles": []map[string]any{{"rolename": role}}},
+		// createClient leaves a session open: end it.
+		{"command": "disableClient", "username": deviceID},
+		{"command": "enableClient", "username": deviceID},
+	}})
+}
+
+// Release lifts Quarantine: the device is deleted from the plugin (which
+// ends its sessions) with its role, and the pattern ACL decides again.
+func (p *Pool) Release(deviceID string) error {
+	return p.Kick(deviceID)
+}
+
+// Connected reports how many brokers of the pool the fleet is connected
+// to now, of how many.
+func (p *Pool) Connected() (up, all int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.clients {
+		if c.IsConnectionOpen() {
+			up++
+		}
+	}
+	return up, len(p.clients)
+}
+
+// Ready reports whether the fleet is connected to every broker of the
+// pool and holds all its subscriptions there.
+func (p *Pool) Ready() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.clients) == 0 {
+		return false
+	}
+	for addr, c := range p.clients {
+		want := 0
+		for seg := range p.subs {
+			if contains(p.brokers(seg), addr) {
+				want++
+			}
+		}
+		if !c.IsConnectionOpen() || p.ready[addr] < want {
+			return false
+		}
+	}
+	return true
+}
+
+func randomID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return "sigil-fleet-" + hex.EncodeToString(b)
+}

@@ -1,0 +1,406 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/sigil-iot/sigil/fleet/approval"
+	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+)
+
+// Errors of Migrate. Compare with errors.Is.
+var (
+	// ErrNotEmpty: a store already holds records in the database.
+	ErrNotEmpty = errors.New("server: migrate: the database already holds records of this store (--force replaces them)")
+	// ErrMismatch: what the database holds after the copy differs from
+	// the file.
+	ErrMismatch = errors.New("server: migrate: the copy differs from the file")
+)
+
+// MigrateOptions configures Migrate.
+type MigrateOptions struct {
+	// Force replaces what the database holds: each store's records there
+	// are deleted before the copy. Without it a store that holds any is
+	// refused (ErrNotEmpty) before anything is copied.
+	Force bool
+	// Logger receives each store's progress (nil: discard).
+	Logger *slog.Logger
+}
+
+// MigratedStore says what Migrate did with one store.
+type MigratedStore struct {
+	Name    string         // "inventory", "audit", "operators", "approvals"
+	File    string         // in the data directory
+	Absent  bool           // no such file: nothing to copy
+	Records map[string]int // copied, by bucket (the inventory: by kind)
+}
+
+// kvStore is a store kept in kv buckets: its file, what its bbolt Open
+// writes, and its PostgreSQL backend.
+type kvStore struct {
+	name, file string
+	buckets    [][]byte // nil: every bucket of the file
+	// create makes a new file at path with the store's own Open (the
+	// schema version this build writes, compared with the file's).
+	create func(path string) error
+	// open opens the store in the database (migrating its tables) and
+	// returns its buckets there.
+	open func(ctx context.Context, db *postgres.DB) (kv.DB, error)
+}
+
+func kvStores() []kvStore {
+	return []kvStore{
+		{name: "audit", file: audit.File, buckets: audit.Buckets,
+			create: func(path string) error {
+				l, err := audit.Open(audit.Config{Path: path})
+				if err == nil {
+					err = l.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				l, err := audit.OpenPostgres(ctx, db, audit.Config{})
+				if err != nil {
+					return nil, err
+				}
+				l.Close()
+				return kv.Postgres(db, audit.Table)
+			}},
+		{name: "operators", file: OperatorsFile, buckets: auth.Buckets,
+			create: func(path string) error {
+				a, err := auth.Open(auth.Config{Path: path})
+				if err == nil {
+					err = a.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				a, err := auth.OpenPostgres(ctx, db, auth.Config{})
+				if err != nil {
+					return nil, err
+				}
+				a.Close()
+				return kv.Postgres(db, auth.Table)
+			}},
+		{name: "attestations", file: HistoryFile, buckets: nil, // a bucket per device: every one
+			create: func(path string) error {
+				h, err := attest.OpenHistory(path, 0)
+				if err == nil {
+					err = h.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				h, err := attest.OpenHistoryPostgres(ctx, db, 0)
+				if err != nil {
+					return nil, err
+				}
+				h.Close()
+				return kv.Postgres(db, attest.HistoryTable)
+			}},
+		{name: "approvals", file: ApprovalsFile, buckets: approval.Buckets,
+			create: func(path string) error {
+				m, err := approval.Open(approval.Config{Path: path})
+				if err == nil {
+					err = m.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				m, err := approval.OpenPostgres(ctx, db, approval.Config{})
+				if err != nil {
+					return nil, err
+				}
+				m.Close()
+				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
+			}},
+	}
+}
+
+// Migrate copies the stores of the data directory dataDir that have a
+// PostgreSQL backend (the inventory, the audit log, operators, the
+// attestation history, policies and approvals) into the database at url, as `sigil migrate` does. The fleet
+// must be stopped: a file a running fleet holds fails with its store's
+// ErrLocked. Each store's tables are created or migrated first; a store
+// whose tables already hold records is refused unless o.Force. Each copy
+// is verified: the same records in the database as in the file (counts
+// and a digest of the contents); then the audit chain is verified in the
+// database, with its signed checkpoints against dataDir's audit.pub.
+// The files are left as they were.
+func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]MigratedStore, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	db, err := postgres.Open(ctx, url, postgres.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("server: migrate: %w", err)
+	}
+	defer db.Close()
+
+	// Open every source and target first, and check the targets, so that
+	// a refusal copies nothing.
+	type plan struct {
+		st       kvStore
+		src, dst kv.DB
+	}
+	var plans []plan
+	defer func() {
+		for _, p := range plans {
+			p.src.Close()
+		}
+	}()
+	var out []MigratedStore
+	for _, st := range kvStores() {
+		path := filepath.Join(dataDir, st.file)
+		src, err := openSource(path, st)
+		if errors.Is(err, fs.ErrNotExist) {
+			out = append(out, MigratedStore{Name: st.name, File: st.file, Absent: true})
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		plans = append(plans, plan{st: st, src: src})
+		p := &plans[len(plans)-1]
+		if p.dst, err = st.open(ctx, db); err != nil {
+			return nil, fmt.Errorf("server: migrate %s: %w", st.name, err)
+		}
+		empty, err := kv.Empty(ctx, p.dst, st.buckets)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate %s: %w", st.name, err)
+		}
+		if !empty && !o.Force {
+			return nil, fmt.Errorf("%w: %s", ErrNotEmpty, st.name)
+		}
+	}
+	var inv, invDst *inventory.Store
+	invPath := filepath.Join(dataDir, InventoryFile)
+	if _, err := os.Stat(invPath); err == nil {
+		if inv, err = inventory.Open(invPath); err != nil {
+			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+		}
+		defer inv.Close()
+		if invDst, err = inventory.OpenPostgres(ctx, db); err != nil {
+			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+		}
+		c, err := invDst.Digest(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+		}
+		if c.Devices+c.Revocations+c.Tokens+c.Events > 0 && !o.Force {
+			return nil, fmt.Errorf("%w: inventory", ErrNotEmpty)
+		}
+	} else {
+		out = append(out, MigratedStore{Name: "inventory", File: InventoryFile, Absent: true})
+	}
+
+	if _, err := os.Stat(filepath.Join(dataDir, PolicyFile)); err == nil && !o.Force {
+		dst, err := policy.OpenPostgres(ctx, db)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate policies: %w", err)
+		}
+		if n, _, err := dst.Digest(ctx); err != nil {
+			return nil, fmt.Errorf("server: migrate policies: %w", err)
+		} else if n > 0 {
+			return nil, fmt.Errorf("%w: policies", ErrNotEmpty)
+		}
+	}
+
+	for _, p := range plans {
+		if o.Force {
+			if err := kv.Clear(ctx, p.dst, p.st.buckets); err != nil {
+				return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+			}
+		}
+		buckets := p.st.buckets
+		if buckets == nil {
+			if buckets, err = kv.Buckets(ctx, p.src); err != nil {
+				return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+			}
+		}
+		want, err := kv.Copy(ctx, p.dst, p.src, buckets)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+		}
+		got, err := kv.Digest(ctx, p.dst, buckets)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+		}
+		if got.Digest != want.Digest {
+			return nil, fmt.Errorf("%w: %s: %v in the file, %v in the database", ErrMismatch, p.st.name, want.Keys, got.Keys)
+		}
+		records := want.Keys
+		if p.st.buckets == nil { // a bucket per device
+			records = map[string]int{"devices": len(want.Keys)}
+			for _, n := range want.Keys {
+				records["records"] += n
+			}
+		}
+		log.Info("store migrated", "store", p.st.name, "records", records)
+		out = append(out, MigratedStore{Name: p.st.name, File: p.st.file, Records: records})
+	}
+	if inv != nil {
+		if o.Force {
+			if err := inventory.ClearPostgres(ctx, db); err != nil {
+				return nil, fmt.Errorf("server: migrate inventory: %w", err)
+			}
+		}
+		if err := inventory.Copy(ctx, invDst, inv); err != nil {
+			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+		}
+		want, err := inv.Digest(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+		}
+		got, err := invDst.Digest(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+		}
+		if got != want {
+			return nil, fmt.Errorf("%w: inventory: %+v in the file, %+v in the database", ErrMismatch, want, got)
+		}
+		log.Info("store migrated", "store", "inventory", "devices", want.Devices)
+		out = append(out, MigratedStore{Name: "inventory", File: InventoryFile, Records: map[string]int{
+			"devices": want.Devices, "revocations": want.Revocations, "tokens": want.Tokens, "events": want.Events}})
+	}
+	pst, err := migratePolicies(ctx, db, dataDir, o.Force)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, pst)
+	if err := verifyMigratedAudit(ctx, db, dataDir); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// openSource opens a store's file for reading, after checking that it
+// holds the schema version this build writes (the store's own Open
+// upgrades an older file: start the fleet on it once first).
+func openSource(path string, st kvStore) (kv.DB, error) {
+	name := func(err error) error { return fmt.Errorf("server: migrate %s: %w", st.name, err) }
+	src, err := boltdb.OpenReadOnly(path, boltdb.Options{Name: st.name})
+	if err != nil {
+		return nil, name(err)
+	}
+	srcKV := kv.Bolt(src)
+	tmp, err := os.MkdirTemp("", "sigil-migrate-")
+	if err != nil {
+		srcKV.Close()
+		return nil, name(err)
+	}
+	defer os.RemoveAll(tmp)
+	fresh := filepath.Join(tmp, st.file)
+	if err := st.create(fresh); err != nil {
+		srcKV.Close()
+		return nil, name(err)
+	}
+	ref, err := boltdb.OpenReadOnly(fresh, boltdb.Options{Name: st.name})
+	if err != nil {
+		srcKV.Close()
+		return nil, name(err)
+	}
+	refKV := kv.Bolt(ref)
+	defer refKV.Close()
+	schema := func(db kv.DB) (v []byte) {
+		db.View(context.Background(), func(tx kv.Tx) error {
+			if b := tx.Bucket([]byte("meta")); b != nil {
+				v = bytes.Clone(b.Get([]byte("schema")))
+			}
+			return nil
+		})
+		return v
+	}
+	if have, want := schema(srcKV), schema(refKV); !bytes.Equal(have, want) {
+		srcKV.Close()
+		return nil, name(fmt.Errorf("%s has schema version %x, this build writes %x: start the fleet on it once with this build first", path, have, want))
+	}
+	return srcKV, nil
+}
+
+// verifyMigratedAudit verifies the audit chain in the database with the
+// data directory's audit public key.
+func verifyMigratedAudit(ctx context.Context, db *postgres.DB, dataDir string) error {
+	l, err := audit.OpenPostgres(ctx, db, audit.Config{})
+	if err != nil {
+		return fmt.Errorf("server: migrate: audit: %w", err)
+	}
+	defer l.Close()
+	if seq, _ := l.Head(); seq == 0 {
+		return nil
+	}
+	pem, err := os.ReadFile(filepath.Join(dataDir, AuditPubFile))
+	if err != nil {
+		return fmt.Errorf("server: migrate: verifying the audit log needs its public key: %w", err)
+	}
+	pub, err := audit.ParsePublicKey(pem)
+	if err != nil {
+		return fmt.Errorf("server: migrate: %w", err)
+	}
+	if _, err := l.VerifyStore(ctx, pub); err != nil {
+		return fmt.Errorf("server: migrate: the audit log does not verify in the database: %w", err)
+	}
+	return nil
+}
+
+// migratePolicies copies the reference policies (every version) into the
+// database and verifies the copy.
+func migratePolicies(ctx context.Context, db *postgres.DB, dataDir string, force bool) (MigratedStore, error) {
+	path := filepath.Join(dataDir, PolicyFile)
+	st := MigratedStore{Name: "policies", File: PolicyFile}
+	if _, err := os.Stat(path); err != nil {
+		st.Absent = true
+		return st, nil
+	}
+	fail := func(err error) (MigratedStore, error) {
+		return MigratedStore{}, fmt.Errorf("server: migrate policies: %w", err)
+	}
+	src, err := policy.Open(path)
+	if err != nil {
+		return fail(err)
+	}
+	defer src.Close()
+	dst, err := policy.OpenPostgres(ctx, db)
+	if err != nil {
+		return fail(err)
+	}
+	if n, _, err := dst.Digest(ctx); err != nil {
+		return fail(err)
+	} else if n > 0 && !force {
+		return MigratedStore{}, fmt.Errorf("%w: policies", ErrNotEmpty)
+	} else if n > 0 {
+		if err := policy.ClearPostgres(ctx, dst); err != nil {
+			return fail(err)
+		}
+	}
+	if err := policy.Copy(ctx, dst, src); err != nil {
+		return fail(err)
+	}
+	n, want, err := src.Digest(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	m, got, err := dst.Digest(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if got != want {
+		return MigratedStore{}, fmt.Errorf("%w: policies: %d versions in the file, %d in the database", ErrMismatch, n, m)
+	}
+	st.Records = map[string]int{"versions": n}
+	return st, nil
+}

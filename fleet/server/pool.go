@@ -1,0 +1,328 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// BrokerPool is the fleet's pool of Mosquitto brokers (Config.BrokerPool).
+type BrokerPool struct {
+	// Devices are the fleet listeners ("host:port") of the brokers
+	// enrolled devices connect to. Required.
+	Devices []string `json:"devices"`
+	// Bootstrap are the fleet listeners of the brokers bootstrap
+	// (enrollment) clients connect to: separate instances, since a
+	// broker's client IDs are shared by all its listeners. Default none
+	// (no enrollment through the pool).
+	Bootstrap []string `json:"bootstrap"`
+	// ServerName is the name expected on the brokers' certificates.
+	// Default: the host part of each address.
+	ServerName string `json:"server_name"`
+	// Group is the shared subscription group of the fleet's replicas.
+	// Default "sigil".
+	Group string `json:"group"`
+}
+
+// Broker pool credentials: the fleet's user name on the brokers' fleet
+// listeners, and the file in DataDir holding its password (created by
+// the first `sigil broker-config` or pool start).
+const (
+	PoolUsername   = "sigil-fleet"
+	PoolSecretFile = "broker-pool.secret"
+)
+
+// PoolSecret returns the fleet's broker password from dataDir, creating
+// it (256 random bits, mode 0600) the first time.
+func PoolSecret(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, PoolSecretFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return s, nil
+		}
+		return "", fmt.Errorf("server: %s is empty", path)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("server: broker pool secret: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	secret := hex.EncodeToString(raw)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("server: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return PoolSecret(dataDir) // another process made it first
+		}
+		return "", fmt.Errorf("server: broker pool secret: %w", err)
+	}
+	if _, err := f.WriteString(secret + "\n"); err != nil {
+		f.Close()
+		return "", fmt.Errorf("server: broker pool secret: %w", err)
+	}
+	return secret, f.Close()
+}
+
+// openPool connects the fleet to its broker pool instead of building the
+// embedded broker (openBroker).
+func (s *Server) openPool() error {
+	pc := s.cfg.BrokerPool
+	secret, err := PoolSecret(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	var t *poolTransport
+	p, err := mqttpool.New(mqttpool.Config{
+		OnConnect: func(broker string) {
+			if slices.Contains(pc.Devices, broker) {
+				t.resyncQuarantines(broker)
+			}
+		},
+		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: PoolUsername, Password: secret,
+		TLS:    &tls.Config{RootCAs: s.CA.Pool(), ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
+		Topics: s.topics, Group: pc.Group, Logger: s.log.With("component", "broker_pool"),
+	})
+	if err != nil {
+		return fmt.Errorf("server: broker pool: %w", err)
+	}
+	t = &poolTransport{inv: s.Inv, pool: p, hello: func(id string, at time.Time) {
+		if s.Attest != nil {
+			s.Attest.SessionStarted(id, at)
+		}
+	}, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: s.log.With("component", "broker_pool"),
+		state: func(id string) (inventory.State, error) {
+			d, err := s.Inv.Device(context.TODO(), id)
+			if err != nil {
+				return "", err
+			}
+			return d.State, nil
+		}}
+	s.transport = t
+	return nil
+}
+
+// BrokersReady reports whether the fleet can reach its devices: always
+// with the embedded broker (once Ready); with a pool, once it is
+// connected to every broker and subscribed there.
+func (s *Server) BrokersReady() bool {
+	if t, ok := s.transport.(*poolTransport); ok {
+		return t.pool.Ready()
+	}
+	return true
+}
+
+// staleSession handles a message a device sent, through the broker pool,
+// on a session its certificate no longer allows (holdsCurrentCert): the
+// session is ended, at most every staleKickInterval, until its broker
+// refuses the certificate (its CRL updated) and the device enrolls again.
+func (s *Server) staleSession(deviceID string) {
+	s.log.Info("device message dropped: the device holds no current certificate; ending its session", "device_id", deviceID)
+	if t, ok := s.transport.(*poolTransport); ok {
+		t.kickStale(deviceID)
+	}
+}
+
+// staleKickInterval bounds how often a stale session is ended: each end
+// is a command to every broker, which the plugin writes to its disk.
+const staleKickInterval = 2 * time.Second
+
+// kickStale ends a device's sessions now, or, when it did so less than
+// staleKickInterval ago, once that interval has passed (a session the
+// device opened in between must end too).
+func (t *poolTransport) kickStale(deviceID string) {
+	now := time.Now()
+	t.mu.Lock()
+	for id, at := range t.kicked { // bounded: only recent kicks matter
+		if now.Sub(at) >= staleKickInterval && !t.pending[id] {
+			delete(t.kicked, id)
+		}
+	}
+	last, ok := t.kicked[deviceID]
+	if !ok || now.Sub(last) >= staleKickInterval {
+		t.kicked[deviceID] = now
+		t.mu.Unlock()
+		t.Disconnect(deviceID)
+		return
+	}
+	defer t.mu.Unlock()
+	if t.pending[deviceID] {
+		return
+	}
+	t.pending[deviceID] = true
+	time.AfterFunc(last.Add(staleKickInterval).Sub(now), func() {
+		t.mu.Lock()
+		delete(t.pending, deviceID)
+		t.kicked[deviceID] = time.Now()
+		t.mu.Unlock()
+		t.Disconnect(deviceID)
+	})
+}
+
+// presenceWindow is how long after its last message a device on the pool
+// counts as connected: Mosquitto tells its clients' connections to no
+// one, so the fleet knows them only by what they send.
+const presenceWindow = 15 * time.Minute
+
+// poolTransport is the Transport of a broker pool. The sender's identity
+// is the ID in the topic, which the brokers bind to the client's
+// certificate (devices) or client ID (bootstrap clients). What the pool
+// cannot tell yet: connection events and the brokers' counters.
+// Disconnect ends a device's sessions through the brokers' dynamic
+// security plugin, and sets what the device may publish when it comes
+// back from its state in the inventory: the quarantined kinds only, or
+// what the pattern ACL allows.
+type poolTransport struct {
+	pool   *mqttpool.Pool
+	topics wire.Topics
+	addr   string
+	log    *slog.Logger
+	state  func(deviceID string) (inventory.State, error)
+	inv    *inventory.Store
+	// hello is told of a device's hello, the first message it sends on
+	// each connection: Mosquitto tells no one of connections, so the
+	// hello starts the device's session for the fleet (attest.Service.
+	// SessionStarted: verdicts count from it on).
+	hello func(deviceID string, at time.Time)
+
+	mu      sync.Mutex
+	heard   map[string]time.Time // device ID -> its last message
+	kicked  map[string]time.Time // device ID -> when kickStale last ended its sessions
+	pending map[string]bool      // device ID -> a kickStale is scheduled
+}
+
+func (t *poolTransport) Start() error                  { return nil }
+func (t *poolTransport) Run(ctx context.Context) error { return t.pool.Run(ctx) }
+func (t *poolTransport) Stats() broker.Stats           { return broker.Stats{} }
+func (t *poolTransport) Addr() net.Addr                { return poolAddr(t.addr) }
+func (t *poolTransport) Publish(topic string, payload []byte, qos byte) error {
+	return t.pool.Publish(topic, payload, qos)
+}
+
+// Subscribe maps the fleet's two filters (every enroll or device up
+// topic) to the pool's shared subscriptions.
+func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity, topic string, payload []byte)) error {
+	for _, seg := range []string{wire.SegEnroll, wire.SegDevice} {
+		if filter != t.topics.Filter(seg, "+", wire.Up) {
+			continue
+		}
+		return t.pool.Subscribe(seg, func(m mqttpool.Message) {
+			id := broker.Identity{ClientID: m.Topic.ID}
+			if seg == wire.SegDevice {
+				id.DeviceID = m.Topic.ID
+				now := time.Now()
+				t.mu.Lock()
+				t.heard[id.DeviceID] = now
+				t.mu.Unlock()
+				if m.Topic.Kind == "hello" {
+					t.hello(id.DeviceID, now)
+				}
+			}
+			handler(id, m.Name, m.Payload)
+		})
+	}
+	return fmt.Errorf("server: the broker pool serves no subscription %q", filter)
+}
+
+// Disconnect ends the device's sessions on the brokers and forgets its
+// presence. It may connect again unless its certificate is refused by
+// then (the brokers' CRL, sigil broker-sync): quarantined (the services
+// disconnect a device after they quarantine it, and after they release
+// it), limited on every broker to inventory.QuarantinedKinds; otherwise
+// as the pattern ACL allows.
+func (t *poolTransport) Disconnect(deviceID string) {
+	t.mu.Lock()
+	delete(t.heard, deviceID)
+	t.mu.Unlock()
+	var err error
+	if st, serr := t.state(deviceID); serr == nil && st == inventory.StateQuarantined {
+		err = t.pool.Quarantine(deviceID, inventory.QuarantinedKinds())
+	} else {
+		err = t.pool.Kick(deviceID)
+	}
+	if err != nil {
+		t.log.Warn("ending a device's session on the broker pool failed", "device_id", deviceID, "err", err)
+	}
+}
+
+// resyncQuarantines quarantines again, on a device broker the fleet has
+// just connected to, every device the inventory holds quarantined: the
+// broker may be new, or may have missed quarantines while it was down.
+// (A release it missed is not undone here: the device stays limited on
+// that broker until its next disconnection by the fleet.)
+func (t *poolTransport) resyncQuarantines(broker string) {
+	ctx := context.TODO()
+	after, n := "", 0
+	for {
+		devs, next, err := t.inv.ListDevices(ctx, inventory.Filter{State: inventory.StateQuarantined, After: after, Limit: 1000})
+		if err != nil {
+			t.log.Error("listing quarantined devices for a broker failed", "broker", broker, "err", err)
+			return
+		}
+		for _, d := range devs {
+			if err := t.pool.QuarantineAt(broker, d.ID, inventory.QuarantinedKinds()); err != nil {
+				t.log.Warn("quarantine on a broker failed", "broker", broker, "device_id", d.ID, "err", err)
+				continue
+			}
+			n++
+		}
+		if next == "" || len(devs) == 0 {
+			break
+		}
+		after = next
+	}
+	if n > 0 {
+		t.log.Info("quarantines brought up to date on a broker", "broker", broker, "devices", n)
+	}
+}
+
+func (t *poolTransport) Connected(deviceID string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.heard[deviceID]
+	return ok && time.Since(at) < presenceWindow
+}
+
+func (t *poolTransport) ConnectedDevices(keep func(string, *x509.Certificate) bool) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var ids []string
+	for id, at := range t.heard {
+		if time.Since(at) >= presenceWindow {
+			delete(t.heard, id)
+			continue
+		}
+		if keep == nil { // the pool knows no device's certificate to filter on
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// poolAddr is a broker address of the pool as a net.Addr.
+type poolAddr string
+
+func (a poolAddr) Network() string { return "tcp" }
+func (a poolAddr) String() string  { return string(a) }

@@ -1,0 +1,304 @@
+package kv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+)
+
+// validTable is what Postgres accepts as a table name (it is put in the
+// SQL text).
+var validTable = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
+
+// Options configures Postgres.
+type Options struct {
+	// Serialized makes the store's writes one at a time, as bbolt's are:
+	// each Update takes the store's lock and runs exactly once
+	// (postgres.DB.Serialized), for stores whose transactions have
+	// effects outside the database. Otherwise writes are serializable
+	// transactions run again when they fail to serialize.
+	Serialized bool
+}
+
+// Postgres returns the buckets kept in table (and table_seq) of db, which
+// the store's migrations created (Schema). Close leaves db open.
+func Postgres(db *postgres.DB, table string, o ...Options) (DB, error) {
+	if !validTable.MatchString(table) {
+		return nil, fmt.Errorf("kv: invalid table name %q", table)
+	}
+	p := &pgDB{db: db, table: table, seq: table + "_seq"}
+	for _, o := range o {
+		p.serialized = p.serialized || o.Serialized
+	}
+	return p, nil
+}
+
+type pgDB struct {
+	db         *postgres.DB
+	table, seq string
+	serialized bool
+}
+
+func (p *pgDB) Close() error { return nil }
+
+func (p *pgDB) View(ctx context.Context, fn func(Tx) error) error {
+	return p.db.ReadTx(ctx, func(t pgx.Tx) error { return p.run(ctx, t, fn) })
+}
+
+func (p *pgDB) Update(ctx context.Context, fn func(Tx) error) error {
+	if p.serialized {
+		return p.db.Serialized(ctx, "kv/"+p.table, func(t pgx.Tx) error { return p.run(ctx, t, fn) })
+	}
+	return p.db.Tx(ctx, func(t pgx.Tx) error { return p.run(ctx, t, fn) })
+}
+
+func (p *pgDB) Write(ctx context.Context, fn func(Tx) error) error { return p.Update(ctx, fn) }
+
+// run calls fn and returns the first database error its reads met, which
+// Get and the cursor moves cannot return themselves: the transaction is
+// then rolled back whatever fn made of the missing value.
+func (p *pgDB) run(ctx context.Context, t pgx.Tx, fn func(Tx) error) error {
+	tx := &pgTx{ctx: ctx, tx: t, db: p}
+	err := fn(tx)
+	if tx.err != nil {
+		return tx.err
+	}
+	return err
+}
+
+type pgTx struct {
+	ctx    context.Context
+	tx     pgx.Tx
+	db     *pgDB
+	err    error // the first failed read
+	writes int   // changes made (cursors drop what they read ahead)
+}
+
+func (t *pgTx) fail(err error) {
+	if t.err == nil && err != nil {
+		t.err = fmt.Errorf("kv: %s: %w", t.db.table, err)
+	}
+}
+
+func (t *pgTx) Bucket(name []byte) Bucket {
+	return &pgBucket{tx: t, name: append([]byte{}, name...)}
+}
+
+func (t *pgTx) Lock(name string) error {
+	_, err := t.tx.Exec(t.ctx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", t.db.table+"/"+name)
+	if err != nil {
+		return fmt.Errorf("kv: %s: lock %s: %w", t.db.table, name, err)
+	}
+	return nil
+}
+
+func (t *pgTx) CreateBucketIfNotExists(name []byte) (Bucket, error) { return t.Bucket(name), nil }
+
+func (t *pgTx) ForEachBucket(fn func(name []byte) error) error {
+	rows, err := t.tx.Query(t.ctx, "SELECT bucket FROM "+t.db.table+" UNION SELECT bucket FROM "+t.db.seq+" ORDER BY 1")
+	if err != nil {
+		return fmt.Errorf("kv: %s: buckets: %w", t.db.table, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return fmt.Errorf("kv: %s: buckets: %w", t.db.table, err)
+	}
+	for _, n := range names {
+		if err := fn(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type pgBucket struct {
+	tx   *pgTx
+	name []byte
+}
+
+// value makes a stored value non-nil (an empty bytea may scan as nil).
+func value(v []byte) []byte {
+	if v == nil {
+		return []byte{}
+	}
+	return v
+}
+
+func (b *pgBucket) Get(key []byte) []byte {
+	var v []byte
+	err := b.tx.tx.QueryRow(b.tx.ctx, "SELECT value FROM "+b.tx.db.table+" WHERE bucket = $1 AND key = $2", b.name, key).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		b.tx.fail(err)
+		return nil
+	}
+	return value(v)
+}
+
+func (b *pgBucket) Put(key, v []byte) error {
+	if len(key) == 0 {
+		return errors.New("kv: empty key")
+	}
+	b.tx.writes++
+	_, err := b.tx.tx.Exec(b.tx.ctx, "INSERT INTO "+b.tx.db.table+" (bucket, key, value) VALUES ($1, $2, $3) ON CONFLICT (bucket, key) DO UPDATE SET value = EXCLUDED.value", b.name, key, value(v))
+	if err != nil {
+		return fmt.Errorf("kv: %s: put: %w", b.tx.db.table, err)
+	}
+	return nil
+}
+
+func (b *pgBucket) Delete(key []byte) error {
+	b.tx.writes++
+	_, err := b.tx.tx.Exec(b.tx.ctx, "DELETE FROM "+b.tx.db.table+" WHERE bucket = $1 AND key = $2", b.name, key)
+	if err != nil {
+		return fmt.Errorf("kv: %s: delete: %w", b.tx.db.table, err)
+	}
+	return nil
+}
+
+func (b *pgBucket) ForEach(fn func(k, v []byte) error) error {
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return b.tx.err
+}
+
+func (b *pgBucket) Len() int {
+	var n int
+	err := b.tx.tx.QueryRow(b.tx.ctx, "SELECT count(*) FROM "+b.tx.db.table+" WHERE bucket = $1", b.name).Scan(&n)
+	b.tx.fail(err)
+	return n
+}
+
+func (b *pgBucket) NextSequence() (uint64, error) {
+	var n int64
+	err := b.tx.tx.QueryRow(b.tx.ctx, "INSERT INTO "+b.tx.db.seq+" AS s (bucket, seq) VALUES ($1, 1) ON CONFLICT (bucket) DO UPDATE SET seq = s.seq + 1 RETURNING seq", b.name).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("kv: %s: sequence: %w", b.tx.db.table, err)
+	}
+	return uint64(n), nil
+}
+
+func (b *pgBucket) Sequence() uint64 {
+	var n int64
+	err := b.tx.tx.QueryRow(b.tx.ctx, "SELECT seq FROM "+b.tx.db.seq+" WHERE bucket = $1", b.name).Scan(&n)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0
+	}
+	b.tx.fail(err)
+	return uint64(n)
+}
+
+func (b *pgBucket) SetSequence(n uint64) error {
+	_, err := b.tx.tx.Exec(b.tx.ctx, "INSERT INTO "+b.tx.db.seq+" (bucket, seq) VALUES ($1, $2) ON CONFLICT (bucket) DO UPDATE SET seq = EXCLUDED.seq", b.name, int64(n))
+	if err != nil {
+		return fmt.Errorf("kv: %s: sequence: %w", b.tx.db.table, err)
+	}
+	return nil
+}
+
+func (b *pgBucket) Cursor() Cursor { return &pgCursor{b: b} }
+
+// readAhead is how many keys a cursor moving forward reads at once.
+const readAhead = 256
+
+type pair struct{ k, v []byte }
+
+// pgCursor moves with queries; moving forward, it reads ahead and serves
+// Next from what it read until the transaction changes something.
+type pgCursor struct {
+	b      *pgBucket
+	cur    []byte // the key it is on; nil before the first move or past the end
+	ahead  []pair // the keys after cur, read when writes was
+	writes int
+}
+
+func (c *pgCursor) query(where string, desc bool, limit int, args ...any) []pair {
+	t := c.b.tx
+	order := "ASC"
+	if desc {
+		order = "DESC"
+	}
+	sql := "SELECT key, value FROM " + t.db.table + " WHERE bucket = $1" + where + " ORDER BY key " + order + fmt.Sprintf(" LIMIT %d", limit)
+	rows, err := t.tx.Query(t.ctx, sql, append([]any{c.b.name}, args...)...)
+	if err != nil {
+		t.fail(err)
+		return nil
+	}
+	var out []pair
+	for rows.Next() {
+		var p pair
+		if err := rows.Scan(&p.k, &p.v); err != nil {
+			rows.Close()
+			t.fail(err)
+			return nil
+		}
+		p.v = value(p.v)
+		out = append(out, p)
+	}
+	t.fail(rows.Err())
+	return out
+}
+
+// land puts the cursor on the first of ps (forward: the rest are read
+// ahead).
+func (c *pgCursor) land(ps []pair, forward bool) ([]byte, []byte) {
+	c.ahead = nil
+	if len(ps) == 0 {
+		c.cur = nil
+		return nil, nil
+	}
+	c.cur = ps[0].k
+	if forward {
+		c.ahead, c.writes = ps[1:], c.b.tx.writes
+	}
+	return ps[0].k, ps[0].v
+}
+
+func (c *pgCursor) First() ([]byte, []byte) {
+	return c.land(c.query("", false, readAhead), true)
+}
+
+func (c *pgCursor) Last() ([]byte, []byte) {
+	return c.land(c.query("", true, 1), false)
+}
+
+func (c *pgCursor) Seek(key []byte) ([]byte, []byte) {
+	return c.land(c.query(" AND key >= $2", false, readAhead, key), true)
+}
+
+func (c *pgCursor) Next() ([]byte, []byte) {
+	if c.cur == nil {
+		return nil, nil
+	}
+	if len(c.ahead) > 0 && c.writes == c.b.tx.writes {
+		p := c.ahead[0]
+		c.ahead, c.cur = c.ahead[1:], p.k
+		return p.k, p.v
+	}
+	return c.land(c.query(" AND key > $2", false, readAhead, c.cur), true)
+}
+
+func (c *pgCursor) Prev() ([]byte, []byte) {
+	if c.cur == nil {
+		return nil, nil
+	}
+	return c.land(c.query(" AND key < $2", true, 1, c.cur), false)
+}
+
+func (c *pgCursor) Delete() error {
+	if c.cur == nil {
+		return errors.New("kv: cursor delete: not on a key")
+	}
+	return c.b.Delete(c.cur)
+}
