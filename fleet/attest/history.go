@@ -62,9 +62,12 @@ type History struct {
 	max int
 }
 
-// bucketSummaries holds each device's summary by device ID. Its name
-// starts with a zero byte, which no device ID does (Add refuses one).
-var bucketSummaries = []byte("\x00summaries")
+// SummariesBucket names the bucket holding each device's summary by
+// device ID: the one bucket of the history that is not a device's. Its
+// name starts with a zero byte, which no device ID does (Add refuses one).
+const SummariesBucket = "\x00summaries"
+
+var bucketSummaries = []byte(SummariesBucket)
 
 // SummaryOutcomes is how many of a device's newest outcomes its summary
 // keeps: Outcomes for as many as that decodes no record.

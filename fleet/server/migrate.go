@@ -95,7 +95,7 @@ func kvStores() []kvStore {
 				a.Close()
 				return kv.Postgres(db, auth.Table)
 			}},
-		{name: "attestations", file: HistoryFile, buckets: nil, // a bucket per device: every one
+		{name: "attestations", file: HistoryFile, buckets: nil, // a bucket per device, and the summaries: every one
 			create: func(path string) error {
 				h, err := attest.OpenHistory(path, 0)
 				if err == nil {
@@ -244,9 +244,14 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 			return nil, fmt.Errorf("%w: %s: %v in the file, %v in the database", ErrMismatch, p.st.name, want.Keys, got.Keys)
 		}
 		records := want.Keys
-		if p.st.buckets == nil { // a bucket per device
-			records = map[string]int{"devices": len(want.Keys)}
-			for _, n := range want.Keys {
+		if p.st.buckets == nil { // a bucket per device, and the devices' summaries
+			records = map[string]int{"devices": 0}
+			for name, n := range want.Keys {
+				if name == attest.SummariesBucket {
+					records["summaries"] = n
+					continue
+				}
+				records["devices"]++
 				records["records"] += n
 			}
 		}
