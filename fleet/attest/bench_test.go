@@ -48,7 +48,7 @@ func BenchmarkEvidence(b *testing.B) {
 				go func() {
 					next := time.Now()
 					for i := range b.N {
-						time.Sleep(time.Until(next))
+						time.Sleep(time.Until(next)) // sleep: paces arrivals at the benchmark's rate, not a wait for a condition
 						f.attest(b, i%c.devices, raws[i])
 						next = next.Add(c.every)
 					}
