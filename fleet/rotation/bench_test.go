@@ -33,9 +33,9 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	bolt "go.etcd.io/bbolt"
 )
 
 // replayRand is a deterministic entropy source that rewind restarts. It is
@@ -484,14 +484,14 @@ func BenchmarkJobStep(b *testing.B) {
 						job, k = start(b), 0
 						b.StartTimer()
 					}
-					done, err := jobs.renewed(ids[k], now)
+					done, err := jobs.renewed(context.Background(), ids[k], now)
 					if err != nil || (len(done) == 1) != (k == n-1) {
 						b.Fatalf("renewed %d of %d: done %v, %v", k, n, done, err)
 					}
 					k++
 				}
 				b.StopTimer()
-				got, err := jobs.Get(job.ID)
+				got, err := jobs.Get(context.Background(), job.ID)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -504,10 +504,10 @@ func BenchmarkJobStep(b *testing.B) {
 				job := start(b)
 				for b.Loop() {
 					now = now.Add(resend + time.Second)
-					svc.step()
+					svc.step(context.Background())
 				}
 				b.StopTimer()
-				got, err := jobs.Get(job.ID)
+				got, err := jobs.Get(context.Background(), job.ID)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -530,7 +530,7 @@ func BenchmarkBoltWrite(b *testing.B) {
 	defer jobs.Close()
 	h := &header{Job: &Job{ID: "rot_bench", Created: time.Now().UTC(), Selector: Selector{All: true}, State: JobRunning}, Total: 1}
 	for b.Loop() {
-		if err := jobs.db.Update(func(tx *bolt.Tx) error { return putHeader(tx, h) }); err != nil {
+		if err := jobs.db.Update(context.Background(), func(tx kv.Tx) error { return putHeader(tx, h) }); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"embed"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -14,8 +15,9 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Job states.
@@ -127,7 +129,9 @@ func (j *Job) Progress() Progress {
 	return p
 }
 
-// Jobs persists rotation jobs (bbolt) so a restarted fleet resumes them.
+// Jobs persists rotation jobs so a restarted fleet resumes them: in a
+// bbolt file (OpenJobs) or in PostgreSQL (OpenJobsPostgres), where
+// several replicas share them.
 //
 // Layout: bucket "jobs" maps a job ID to its header (the Job without its
 // devices, with the counts); bucket "running" holds the IDs of running
@@ -136,10 +140,28 @@ func (j *Job) Progress() Progress {
 // are a device's next send time (8 bytes, big-endian Unix nanoseconds; 0
 // for never asked) followed by its ID, for the devices not yet renewed. A
 // step reads the front of the queue and writes only what it touched; a
-// renewal looks its device up by key in each running job.
+// renewal looks its device up by key in each running job. In PostgreSQL
+// the same buckets are rows of the table JobsTable (fleet/storage/kv).
 type Jobs struct {
-	db *boltdb.DB // group commit (Write) for the per-renewal marks
+	db kv.DB // group commit (Write) for the per-renewal marks
 }
+
+// JobsFile is the jobs' bbolt file in the fleet's data directory.
+const JobsFile = "rotations.db"
+
+// JobsTable is the PostgreSQL table holding the jobs' buckets
+// (kv.Postgres).
+const JobsTable = "rotation_kv"
+
+// JobsBuckets are the jobs' buckets, in the bbolt file and in PostgreSQL
+// (with the buckets nested in them): what sigil migrate copies.
+var JobsBuckets = [][]byte{bucketJobs, bucketRunning, bucketDevices, bucketQueue}
+
+// migrations are the jobs' tables in PostgreSQL (component "rotation" in
+// schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
 
 var (
 	bucketJobs    = []byte("jobs")
@@ -165,25 +187,47 @@ type devRecord struct {
 // OpenJobs opens the job file. Jobs written by earlier versions (one record
 // with every device) are converted.
 func OpenJobs(path string) (*Jobs, error) {
-	db, err := boltdb.Open(path, boltdb.Schema{
-		Buckets: [][]byte{bucketJobs, bucketRunning, bucketDevices, bucketQueue},
-		Init:    migrate,
-	}, boltdb.Options{Name: "rotation: jobs"})
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: JobsBuckets}, boltdb.Options{Name: "rotation: jobs"})
 	if err != nil {
 		return nil, err
+	}
+	return start(context.Background(), kv.Bolt(db), path)
+}
+
+// OpenJobsPostgres opens the jobs in the PostgreSQL database db, bringing
+// its tables up to date first. Replicas sharing db share the jobs: a
+// step claims the devices it asks (Service.Run on every replica asks each
+// device once), and writes run one at a time across them
+// (kv.Options.Serialized). Close leaves db open.
+func OpenJobsPostgres(ctx context.Context, db *postgres.DB) (*Jobs, error) {
+	if err := db.Migrate(ctx, "rotation", migrations); err != nil {
+		return nil, fmt.Errorf("rotation: %w", err)
+	}
+	k, err := kv.Postgres(db, JobsTable, kv.Options{Serialized: true})
+	if err != nil {
+		return nil, fmt.Errorf("rotation: %w", err)
+	}
+	return start(ctx, k, "database")
+}
+
+// start converts the jobs of earlier versions and returns the store.
+func start(ctx context.Context, db kv.DB, where string) (*Jobs, error) {
+	if err := db.Update(ctx, migrate); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("rotation: jobs: initialize %s: %w", where, err)
 	}
 	return &Jobs{db: db}, nil
 }
 
 // migrate converts jobs stored with their devices inline.
-func migrate(tx *bolt.Tx) error {
+func migrate(tx kv.Tx) error {
 	var old []*Job
 	err := tx.Bucket(bucketJobs).ForEach(func(_, v []byte) error {
 		job := &Job{}
 		if err := json.Unmarshal(v, job); err != nil {
 			return err
 		}
-		if len(job.Devices) > 0 && tx.Bucket(bucketDevices).Bucket([]byte(job.ID)) == nil {
+		if len(job.Devices) > 0 && empty(tx.Bucket(bucketDevices).Bucket([]byte(job.ID))) {
 			old = append(old, job)
 		}
 		return nil
@@ -199,7 +243,17 @@ func migrate(tx *bolt.Tx) error {
 	return nil
 }
 
-// Close closes the file.
+// empty reports whether b is missing or holds no key (PostgreSQL has no
+// empty buckets: a missing one reads as empty).
+func empty(b kv.Bucket) bool {
+	if b == nil {
+		return true
+	}
+	k, _ := b.Cursor().First()
+	return k == nil
+}
+
+// Close closes the file (a PostgreSQL store leaves its database open).
 func (j *Jobs) Close() error { return j.db.Close() }
 
 func dueKey(due int64, id string) []byte {
@@ -210,7 +264,7 @@ func dueKey(due int64, id string) []byte {
 }
 
 // create stores a job with its devices (and their progress as given).
-func create(tx *bolt.Tx, job *Job) error {
+func create(tx kv.Tx, job *Job) error {
 	devs, err := tx.Bucket(bucketDevices).CreateBucketIfNotExists([]byte(job.ID))
 	if err != nil {
 		return err
@@ -241,7 +295,7 @@ func create(tx *bolt.Tx, job *Job) error {
 	return putHeader(tx, &h)
 }
 
-func putDev(b *bolt.Bucket, r *devRecord) error {
+func putDev(b kv.Bucket, r *devRecord) error {
 	v, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -249,7 +303,7 @@ func putDev(b *bolt.Bucket, r *devRecord) error {
 	return b.Put([]byte(r.ID), v)
 }
 
-func getDev(b *bolt.Bucket, id string) (*devRecord, error) {
+func getDev(b kv.Bucket, id string) (*devRecord, error) {
 	v := b.Get([]byte(id))
 	if v == nil {
 		return nil, nil
@@ -258,7 +312,7 @@ func getDev(b *bolt.Bucket, id string) (*devRecord, error) {
 	return r, json.Unmarshal(v, r)
 }
 
-func putHeader(tx *bolt.Tx, h *header) error {
+func putHeader(tx kv.Tx, h *header) error {
 	devices := h.Devices
 	h.Devices = nil
 	v, err := json.Marshal(h)
@@ -277,7 +331,7 @@ func putHeader(tx *bolt.Tx, h *header) error {
 	return tx.Bucket(bucketJobs).Put([]byte(h.ID), v)
 }
 
-func getHeader(tx *bolt.Tx, id string) (*header, error) {
+func getHeader(tx kv.Tx, id string) (*header, error) {
 	v := tx.Bucket(bucketJobs).Get([]byte(id))
 	if v == nil {
 		return nil, ErrNotFound
@@ -296,9 +350,9 @@ var ErrNotFound = errors.New("rotation: no such job")
 
 // Get returns a job with its counts, and its devices if it has at most
 // InlineDevices.
-func (j *Jobs) Get(id string) (*Job, error) {
+func (j *Jobs) Get(ctx context.Context, id string) (*Job, error) {
 	var job *Job
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.db.View(ctx, func(tx kv.Tx) error {
 		h, err := getHeader(tx, id)
 		if err != nil {
 			return err
@@ -328,13 +382,13 @@ func (j *Jobs) Get(id string) (*Job, error) {
 
 // Devices returns up to limit devices of a job in ID order, starting after
 // the ID after, and the ID to continue after ("" at the end).
-func (j *Jobs) Devices(id, after string, limit int) ([]JobDevice, string, error) {
+func (j *Jobs) Devices(ctx context.Context, id, after string, limit int) ([]JobDevice, string, error) {
 	if limit <= 0 || limit > 10000 {
 		limit = 1000
 	}
 	var out []JobDevice
 	next := ""
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.db.View(ctx, func(tx kv.Tx) error {
 		if tx.Bucket(bucketJobs).Get([]byte(id)) == nil {
 			return ErrNotFound
 		}
@@ -368,9 +422,9 @@ func (j *Jobs) Devices(id, after string, limit int) ([]JobDevice, string, error)
 
 // List returns every job with its counts, without devices, oldest ID
 // first.
-func (j *Jobs) List() ([]Job, error) {
+func (j *Jobs) List(ctx context.Context) ([]Job, error) {
 	var out []Job
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketJobs).ForEach(func(k, _ []byte) error {
 			h, err := getHeader(tx, string(k))
 			if err != nil {
@@ -384,9 +438,9 @@ func (j *Jobs) List() ([]Job, error) {
 }
 
 // running returns the IDs of the running jobs.
-func (j *Jobs) running() ([]string, error) {
+func (j *Jobs) running(ctx context.Context) ([]string, error) {
 	var ids []string
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketRunning).ForEach(func(k, _ []byte) error {
 			ids = append(ids, string(k))
 			return nil
@@ -396,8 +450,8 @@ func (j *Jobs) running() ([]string, error) {
 }
 
 // cancel ends a running job.
-func (j *Jobs) cancel(id string, now time.Time) error {
-	return j.db.Update(func(tx *bolt.Tx) error {
+func (j *Jobs) cancel(ctx context.Context, id string, now time.Time) error {
+	return j.db.Update(ctx, func(tx kv.Tx) error {
 		h, err := getHeader(tx, id)
 		if err != nil {
 			return err
@@ -417,6 +471,7 @@ const (
 	outcomeSent     outcome = iota // asked to rotate
 	outcomeDone                    // renewed or no longer to be rotated
 	outcomeDeferred                // unreachable: try again after resend
+	outcomeUnasked                 // claimed by due, not reached by the step's budget
 )
 
 // candidate is a device due to be asked.
@@ -425,13 +480,17 @@ type candidate struct {
 	outcome outcome
 }
 
-// due returns the job's header and, if it is running, up to its rate plus
-// scanSlack of its devices whose send time has come, front of the queue
-// first.
-func (j *Jobs) due(id string, now time.Time) (*header, []candidate, error) {
+// due returns the job's header and, if it is running, claims up to its
+// rate plus scanSlack of its devices whose send time has come, front of
+// the queue first: they move back in the queue by resend, so that a step
+// running at the same time (another replica's) passes over them, until
+// record writes what was done with each. A claimed device whose step
+// ends without recording it is asked after resend.
+func (j *Jobs) due(ctx context.Context, id string, now time.Time) (*header, []candidate, error) {
 	var h *header
 	var out []candidate
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.db.Update(ctx, func(tx kv.Tx) error {
+		out = out[:0]
 		var err error
 		if h, err = getHeader(tx, id); err != nil || h.State != JobRunning {
 			return err
@@ -452,6 +511,20 @@ func (j *Jobs) due(id string, now time.Time) (*header, []candidate, error) {
 				out = append(out, candidate{rec: *r})
 			}
 		}
+		claimed := now.Add(resend).UnixNano()
+		for _, c := range out {
+			r := c.rec
+			if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
+				return err
+			}
+			r.Due = claimed
+			if err := queue.Put(dueKey(r.Due, r.ID), nil); err != nil {
+				return err
+			}
+			if err := putDev(devs, &r); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	return h, out, err
@@ -459,8 +532,8 @@ func (j *Jobs) due(id string, now time.Time) (*header, []candidate, error) {
 
 // record applies a step's outcomes to a job and reports whether the job
 // is now done. Devices renewed since due read them are left alone.
-func (j *Jobs) record(id string, now time.Time, cands []candidate) (done bool, err error) {
-	err = j.db.Update(func(tx *bolt.Tx) error {
+func (j *Jobs) record(ctx context.Context, id string, now time.Time, cands []candidate) (done bool, err error) {
+	err = j.db.Update(ctx, func(tx kv.Tx) error {
 		done = false
 		h, err := getHeader(tx, id)
 		if err != nil || h.State != JobRunning {
@@ -474,6 +547,24 @@ func (j *Jobs) record(id string, now time.Time, cands []candidate) (done bool, e
 				return err
 			}
 			if r == nil || !r.DoneAt.IsZero() {
+				continue
+			}
+			if c.outcome == outcomeUnasked {
+				// Claimed and not asked: back to its place, unless it
+				// moved meanwhile (reachable).
+				if r.Due != now.Add(resend).UnixNano() {
+					continue
+				}
+				if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
+					return err
+				}
+				r.Due = c.rec.Due
+				if err := queue.Put(dueKey(r.Due, r.ID), nil); err != nil {
+					return err
+				}
+				if err := putDev(devs, r); err != nil {
+					return err
+				}
 				continue
 			}
 			if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
@@ -515,9 +606,9 @@ func (j *Jobs) record(id string, now time.Time, cands []candidate) (done bool, e
 
 // jobsOf returns the running jobs in which the device is not done yet,
 // with its record in each.
-func (j *Jobs) jobsOf(deviceID string) (map[string]devRecord, error) {
+func (j *Jobs) jobsOf(ctx context.Context, deviceID string) (map[string]devRecord, error) {
 	var out map[string]devRecord
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketRunning).ForEach(func(k, _ []byte) error {
 			devs := tx.Bucket(bucketDevices).Bucket(k)
 			if devs == nil {
@@ -540,13 +631,13 @@ func (j *Jobs) jobsOf(deviceID string) (map[string]devRecord, error) {
 // renewed marks the device renewed in every running job that still waits
 // for it (one write, none if no running job holds it), and returns the
 // jobs that are done with it.
-func (j *Jobs) renewed(deviceID string, now time.Time) ([]string, error) {
-	in, err := j.jobsOf(deviceID)
+func (j *Jobs) renewed(ctx context.Context, deviceID string, now time.Time) ([]string, error) {
+	in, err := j.jobsOf(ctx, deviceID)
 	if err != nil || len(in) == 0 {
 		return nil, err
 	}
 	var finished []string
-	err = j.db.Write(func(tx *bolt.Tx) error {
+	err = j.db.Write(ctx, func(tx kv.Tx) error {
 		finished = finished[:0]
 		for id := range in {
 			h, err := getHeader(tx, id)
@@ -594,8 +685,8 @@ func (j *Jobs) renewed(deviceID string, now time.Time) ([]string, error) {
 // reachable moves the device to the front of the queue in every running
 // job that deferred it as unreachable: it is asked at the next step, or
 // when its resend time comes if it was asked already.
-func (j *Jobs) reachable(deviceID string, now time.Time) error {
-	in, err := j.jobsOf(deviceID)
+func (j *Jobs) reachable(ctx context.Context, deviceID string, now time.Time) error {
+	in, err := j.jobsOf(ctx, deviceID)
 	if err != nil || len(in) == 0 {
 		return err
 	}
@@ -611,7 +702,7 @@ func (j *Jobs) reachable(deviceID string, now time.Time) error {
 	// Devices reconnect together (a restarted fleet, a broker that came
 	// back): their writes share a transaction. The function reads what it
 	// changes, so a batch may run it again.
-	return j.db.Write(func(tx *bolt.Tx) error {
+	return j.db.Write(ctx, func(tx kv.Tx) error {
 		for id := range in {
 			devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
 			if devs == nil || queue == nil {
@@ -704,7 +795,7 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 	if len(job.Devices) == 0 {
 		return nil, ErrNoMatch
 	}
-	if err := s.cfg.Jobs.db.Update(func(tx *bolt.Tx) error { return create(tx, job) }); err != nil {
+	if err := s.cfg.Jobs.db.Update(context.TODO(), func(tx kv.Tx) error { return create(tx, job) }); err != nil {
 		return nil, fmt.Errorf("rotation: saving the job: %w", err)
 	}
 	n := len(job.Devices)
@@ -717,18 +808,20 @@ func (s *Service) Start(sel Selector, rate float64, reason, by string) (*Job, er
 }
 
 // Job returns a job with its progress; see InlineDevices.
-func (s *Service) Job(id string) (*Job, error) { return s.cfg.Jobs.Get(id) }
+func (s *Service) Job(id string) (*Job, error) { return s.cfg.Jobs.Get(context.TODO(), id) }
 
 // JobDevices pages through a job's devices; see Jobs.Devices.
 func (s *Service) JobDevices(id, after string, limit int) ([]JobDevice, string, error) {
-	return s.cfg.Jobs.Devices(id, after, limit)
+	return s.cfg.Jobs.Devices(context.TODO(), id, after, limit)
 }
 
 // Jobs lists every job with its progress, without devices.
-func (s *Service) Jobs() ([]Job, error) { return s.cfg.Jobs.List() }
+func (s *Service) Jobs() ([]Job, error) { return s.cfg.Jobs.List(context.TODO()) }
 
 // Cancel stops a running job.
-func (s *Service) Cancel(id string) error { return s.cfg.Jobs.cancel(id, s.cfg.Now().UTC()) }
+func (s *Service) Cancel(id string) error {
+	return s.cfg.Jobs.cancel(context.TODO(), id, s.cfg.Now().UTC())
+}
 
 // resend is how long a device that was asked may take before it is asked
 // again; a device that was not reachable is tried again after as long,
@@ -742,15 +835,15 @@ const resend = time.Minute
 // otherwise counted as Renew issues them). A device not connected, or
 // whose message could not be sent, is tried again after resend or when it
 // connects. The work is bounded by the rate, not the job's size.
-func (s *Service) step() {
-	ids, err := s.cfg.Jobs.running()
+func (s *Service) step(ctx context.Context) {
+	ids, err := s.cfg.Jobs.running(ctx)
 	if err != nil {
 		s.log.Warn("rotation jobs unreadable", "err", err)
 		return
 	}
 	now := s.cfg.Now().UTC()
 	for _, id := range ids {
-		s.stepJob(id, now)
+		s.stepJob(ctx, id, now)
 	}
 }
 
@@ -758,10 +851,10 @@ func (s *Service) step() {
 // over in addition to its rate.
 const scanSlack = 256
 
-func (s *Service) stepJob(id string, now time.Time) {
-	h, cands, err := s.cfg.Jobs.due(id, now)
+func (s *Service) stepJob(ctx context.Context, id string, now time.Time) {
+	h, cands, err := s.cfg.Jobs.due(ctx, id, now)
 	if err == nil && h.State == JobRunning {
-		cands = s.ask(h.Job, now, max(1, int(h.Rate)), cands)
+		cands = s.ask(ctx, h.Job, now, max(1, int(h.Rate)), cands)
 	}
 	if err != nil {
 		s.log.Warn("rotation job unreadable", "job", id, "err", err)
@@ -770,7 +863,7 @@ func (s *Service) stepJob(id string, now time.Time) {
 	if h.State != JobRunning || len(cands) == 0 && h.Renewed < h.Total {
 		return
 	}
-	done, err := s.cfg.Jobs.record(id, now, cands)
+	done, err := s.cfg.Jobs.record(ctx, id, now, cands)
 	if err != nil {
 		s.log.Warn("saving rotation job failed", "job", id, "err", err)
 		return
@@ -781,14 +874,17 @@ func (s *Service) stepJob(id string, now time.Time) {
 }
 
 // ask sends the rotate message to up to budget of the candidates and
-// returns those it decided about, with their outcomes.
-func (s *Service) ask(job *Job, now time.Time, budget int, cands []candidate) []candidate {
+// returns them with their outcomes (outcomeUnasked for those past the
+// budget).
+func (s *Service) ask(ctx context.Context, job *Job, now time.Time, budget int, cands []candidate) []candidate {
 	out := cands[:0]
 	for _, c := range cands {
 		if budget == 0 {
-			break
+			c.outcome = outcomeUnasked
+			out = append(out, c)
+			continue
 		}
-		d, err := s.cfg.Inventory.Device(context.TODO(), c.rec.ID)
+		d, err := s.cfg.Inventory.Device(ctx, c.rec.ID)
 		switch {
 		case err != nil || d.State != inventory.StateActive || d.CertSerial != c.rec.From:
 			c.outcome = outcomeDone // gone, no longer active, or renewed: nothing to rotate

@@ -31,7 +31,7 @@ func newJobFixture(t *testing.T, n int) (*jobFixture, []string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.inv.Close() })
-	if f.jobs, err = OpenJobs(filepath.Join(dir, "rotations.db")); err != nil {
+	if f.jobs, err = openJobs(t, filepath.Join(dir, "rotations.db")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.jobs.Close() })
@@ -72,12 +72,12 @@ func TestJobSteps(t *testing.T) {
 	if p := job.Progress(); p != (Progress{Total: 5, Waiting: 5}) || len(job.Devices) != 5 {
 		t.Fatalf("started: %+v, %d devices", p, len(job.Devices))
 	}
-	f.svc.step()
+	f.svc.step(t.Context())
 	if p := f.progress(t, job.ID); p.Sent != 2 || p.Waiting != 3 || len(f.sent) != 2 {
 		t.Fatalf("after one step at rate 2: %+v, sent to %v", p, f.sent)
 	}
 	// ids[0] renews; ids[3] is decommissioned.
-	if done, err := f.jobs.renewed(ids[0], f.now); err != nil || len(done) != 0 {
+	if done, err := f.jobs.renewed(t.Context(), ids[0], f.now); err != nil || len(done) != 0 {
 		t.Fatalf("renewed: %v %v", done, err)
 	}
 	if err := f.inv.Update(t.Context(), ids[3], func(d *inventory.Device) error { d.State = inventory.StateDecommissioned; return nil }); err != nil {
@@ -87,18 +87,18 @@ func TestJobSteps(t *testing.T) {
 		t.Fatalf("after a renewal: %+v", p)
 	}
 	f.now = f.now.Add(time.Second)
-	f.svc.step() // asks ids[2]; ids[3] done; ids[4] unreachable, deferred
+	f.svc.step(t.Context()) // asks ids[2]; ids[3] done; ids[4] unreachable, deferred
 	if p := f.progress(t, job.ID); p != (Progress{Total: 5, Sent: 2, Renewed: 2, Waiting: 1}) || f.sent[ids[3]] != 0 || f.sent[ids[4]] != 0 {
 		t.Fatalf("second step: %+v, sent %v", p, f.sent)
 	}
 	f.now = f.now.Add(time.Second)
-	f.svc.step()
+	f.svc.step(t.Context())
 	if f.sent[ids[4]] != 0 || f.sent[ids[1]] != 1 {
 		t.Fatalf("asked again before resend or while offline: %v", f.sent)
 	}
 	f.connected[ids[4]] = true
 	f.svc.Connected(ids[4], "01")
-	f.svc.step()
+	f.svc.step(t.Context())
 	if f.sent[ids[4]] != 1 {
 		t.Fatalf("not asked after connecting: %v", f.sent)
 	}
@@ -107,12 +107,12 @@ func TestJobSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.now = f.now.Add(resend)
-	f.svc.step()
+	f.svc.step(t.Context())
 	if f.sent[ids[2]] != 2 || f.sent[ids[1]] != 1 {
 		t.Fatalf("resend: %v", f.sent)
 	}
 	for _, id := range []string{ids[2], ids[4]} {
-		if _, err := f.jobs.renewed(id, f.now); err != nil {
+		if _, err := f.jobs.renewed(t.Context(), id, f.now); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -123,7 +123,7 @@ func TestJobSteps(t *testing.T) {
 	if got.State != JobDone || got.Progress() != (Progress{Total: 5, Renewed: 5}) || got.Finished.IsZero() {
 		t.Fatalf("job %+v %+v", got, got.Progress())
 	}
-	if ids, _ := f.jobs.running(); len(ids) != 0 {
+	if ids, _ := f.jobs.running(t.Context()); len(ids) != 0 {
 		t.Fatalf("still running: %v", ids)
 	}
 }
@@ -157,7 +157,7 @@ func TestJobCancelAndPaging(t *testing.T) {
 	if err := f.svc.Cancel(job.ID); err != nil {
 		t.Fatal(err)
 	}
-	f.svc.step()
+	f.svc.step(t.Context())
 	if len(f.sent) != 0 {
 		t.Fatalf("a cancelled job asked %d devices", len(f.sent))
 	}
@@ -196,17 +196,17 @@ func TestJobsMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer jobs.Close()
-	j, err := jobs.Get("rot_old")
+	j, err := jobs.Get(t.Context(), "rot_old")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p := j.Progress(); p != (Progress{Total: 3, Sent: 1, Renewed: 1, Waiting: 1}) || len(j.Devices) != 3 {
 		t.Fatalf("migrated: %+v, %d devices", p, len(j.Devices))
 	}
-	if done, err := jobs.renewed("a1", now); err != nil || len(done) != 0 {
+	if done, err := jobs.renewed(t.Context(), "a1", now); err != nil || len(done) != 0 {
 		t.Fatal(done, err)
 	}
-	if done, err := jobs.renewed("a3", now); err != nil || len(done) != 1 {
+	if done, err := jobs.renewed(t.Context(), "a3", now); err != nil || len(done) != 1 {
 		t.Fatal(done, err)
 	}
 }

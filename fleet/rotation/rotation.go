@@ -137,7 +137,7 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			s.step()
+			s.step(ctx)
 		}
 	}
 }
@@ -262,7 +262,7 @@ func (s *Service) renew(deviceID string, env *wire.Envelope) (*wire.RenewResult,
 	s.log.Info("certificate renewed", "device_id", deviceID, "cert_serial", serial, "replaces", old)
 	// Counted in the running jobs now; if this fails, the job's next
 	// attempt to ask the device sees the new serial.
-	done, err := s.cfg.Jobs.renewed(deviceID, s.cfg.Now().UTC())
+	done, err := s.cfg.Jobs.renewed(context.TODO(), deviceID, s.cfg.Now().UTC())
 	if err != nil {
 		s.log.Warn("recording a renewal in rotation jobs failed", "device_id", deviceID, "err", err)
 	}
@@ -314,7 +314,7 @@ func (s *Service) again(deviceID string, c *x509.Certificate) *wire.RenewResult 
 // one, and running jobs that found it unreachable ask it at their next
 // step.
 func (s *Service) Connected(deviceID, serial string) {
-	if err := s.cfg.Jobs.reachable(deviceID, s.cfg.Now().UTC()); err != nil {
+	if err := s.cfg.Jobs.reachable(context.TODO(), deviceID, s.cfg.Now().UTC()); err != nil {
 		s.log.Warn("rotation jobs unreadable", "device_id", deviceID, "err", err)
 	}
 	revoked, err := s.cfg.Inventory.RevokeSuperseded(context.TODO(), deviceID, serial)

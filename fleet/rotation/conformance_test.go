@@ -1,0 +1,117 @@
+package rotation
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+)
+
+// openJobs opens the jobs at path in bbolt, or in PostgreSQL under
+// TestConformance/postgres.
+func openJobs(t testing.TB, path string) (*Jobs, error) {
+	db, ok := pgtest.Database(t, path)
+	if !ok {
+		return OpenJobs(path)
+	}
+	return OpenJobsPostgres(context.Background(), db)
+}
+
+// conformanceTests are the jobs' tests run against both backends.
+var conformanceTests = []pgtest.Test{
+	{Name: "JobSteps", Fn: TestJobSteps},
+	{Name: "JobCancelAndPaging", Fn: TestJobCancelAndPaging},
+}
+
+// TestConformance runs the jobs' tests on PostgreSQL (pgtest: skipped
+// without one unless CI=true); the package's tests run them on bbolt.
+func TestConformance(t *testing.T) {
+	srv := pgtest.Conformance(t, conformanceTests)
+	t.Run("ReplicasAskEachDeviceOnce", func(t *testing.T) { testReplicasAskOnce(t, srv) })
+}
+
+// TestMigrationIsKVSchema: the jobs' table is a kv table.
+func TestMigrationIsKVSchema(t *testing.T) {
+	b, err := os.ReadFile("migrations/0001_rotation.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sql []string
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if !strings.HasPrefix(l, "--") {
+			sql = append(sql, l)
+		}
+	}
+	if got := strings.Join(sql, ""); got != kv.Schema(JobsTable) {
+		t.Fatalf("migration:\n%s\nwant kv.Schema(%q):\n%s", got, JobsTable, kv.Schema(JobsTable))
+	}
+}
+
+// testReplicasAskOnce: two replicas sharing the database step the same
+// job at the same moment: every device is asked once, not once per
+// replica, and the job's counts hold.
+func testReplicasAskOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	dir := t.TempDir()
+	inv, err := inventory.Open(dir+"/inventory.db", inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	const n = 40
+	for i := range n {
+		if err := inv.PutDevice(t.Context(), &inventory.Device{ID: fmt.Sprintf("%032x", i+1), EKFingerprint: fmt.Sprintf("%064x", i+1), State: inventory.StateActive, CertSerial: "01"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	sent := map[string]int{}
+	replica := func() *Service {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		jobs, err := OpenJobsPostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { jobs.Close() })
+		return &Service{cfg: Config{Inventory: inv, Jobs: jobs, Now: func() time.Time { return now },
+			Send: func(id, _ string, _ []byte) error { mu.Lock(); sent[id]++; mu.Unlock(); return nil }}, log: slog.New(slog.DiscardHandler)}
+	}
+	a, b := replica(), replica()
+	job, err := a.Start(Selector{All: true}, n, "test", "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		var wg sync.WaitGroup
+		for _, r := range []*Service{a, b, a, b} {
+			wg.Go(func() { r.step(t.Context()) })
+		}
+		wg.Wait()
+	}
+	for id, k := range sent {
+		if k != 1 {
+			t.Errorf("device %s asked %d times", id, k)
+		}
+	}
+	got, err := b.Job(job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sent) != n || got.Progress() != (Progress{Total: n, Sent: n}) {
+		t.Fatalf("%d devices asked, progress %+v (want %d asked, all sent)", len(sent), got.Progress(), n)
+	}
+}
