@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -18,11 +19,11 @@ import (
 type fakeSecrets struct{ st *secrets.Store }
 
 func (f fakeSecrets) Put(name string, value []byte, t secrets.Target, pcr bool) (*secrets.Info, error) {
-	v, err := f.st.Put(name, value, t, pcr)
+	v, err := f.st.Put(context.Background(), name, value, t, pcr)
 	if err != nil {
 		return nil, err
 	}
-	s, err := f.st.GetVersion(name, v)
+	s, err := f.st.GetVersion(context.Background(), name, v)
 	if err != nil {
 		return nil, err
 	}
@@ -30,7 +31,7 @@ func (f fakeSecrets) Put(name string, value []byte, t secrets.Target, pcr bool) 
 }
 
 func (f fakeSecrets) List() ([]SecretStatus, error) {
-	l, err := f.st.List()
+	l, err := f.st.List(context.Background())
 	out := []SecretStatus{}
 	for _, x := range l {
 		out = append(out, SecretStatus{Listing: x, Delivery: DeliverySummary{Pending: 1}})
@@ -38,13 +39,15 @@ func (f fakeSecrets) List() ([]SecretStatus, error) {
 	return out, err
 }
 
-func (f fakeSecrets) Delete(name string) error { return f.st.Delete(name) }
+func (f fakeSecrets) Delete(name string) error { return f.st.Delete(context.Background(), name) }
 
 func (f fakeSecrets) DeviceSecrets(string) ([]DeviceSecret, error) { return nil, nil }
 func (f fakeSecrets) SetRotation(name string, r *secrets.Rotation) error {
-	return f.st.SetRotation(name, r)
+	return f.st.SetRotation(context.Background(), name, r)
 }
-func (f fakeSecrets) Rotate(name string) (*secrets.Info, error) { return f.st.Rotate(name) }
+func (f fakeSecrets) Rotate(name string) (*secrets.Info, error) {
+	return f.st.Rotate(context.Background(), name)
+}
 
 func newSecretsAPI(t *testing.T) (*httptest.Server, *secrets.Store, *inventory.Store) {
 	t.Helper()
@@ -76,7 +79,7 @@ func TestSecretsAPI(t *testing.T) {
 		resp, b := call(t, srv, c.method, c.path, "wrong", c.body)
 		wantProblem(t, resp, b, 401, "bearer token")
 	}
-	if _, err := st.Get("db"); !errors.Is(err, secrets.ErrNotFound) {
+	if _, err := st.Get(t.Context(), "db"); !errors.Is(err, secrets.ErrNotFound) {
 		t.Fatal("an unauthenticated PUT stored a secret")
 	}
 
@@ -88,7 +91,7 @@ func TestSecretsAPI(t *testing.T) {
 	if err := json.Unmarshal([]byte(b), &info); err != nil || info.Version != 1 || !info.PCRBound || info.Target.Model != "gw-1" {
 		t.Fatalf("put answer %s", b)
 	}
-	if s, err := st.Get("db"); err != nil || string(s.Value) != value {
+	if s, err := st.Get(t.Context(), "db"); err != nil || string(s.Value) != value {
 		t.Fatalf("stored %v %v", s, err)
 	}
 	resp, b = call(t, srv, "PUT", "/api/v1/secrets/db", token, body)
@@ -118,7 +121,7 @@ func TestSecretsAPI(t *testing.T) {
 			t.Fatalf("a problem echoes the value: %s", b)
 		}
 	}
-	if s, _ := st.Get("db"); s.Version != 2 {
+	if s, _ := st.Get(t.Context(), "db"); s.Version != 2 {
 		t.Fatalf("bad input stored version %d", s.Version)
 	}
 

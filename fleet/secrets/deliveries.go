@@ -1,18 +1,35 @@
 package secrets
 
 import (
+	"context"
+	"embed"
 	"encoding/json"
-
-	bolt "go.etcd.io/bbolt"
+	"fmt"
 
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// DeliveryStore keeps delivery records in bbolt: a bucket per secret name
-// whose keys are device IDs and values JSON Delivery records.
-type DeliveryStore struct{ db *boltdb.DB }
+// DeliveryStore keeps delivery records in a bbolt file (OpenDeliveries)
+// or in PostgreSQL (OpenDeliveriesPostgres): a bucket per secret name
+// whose keys are device IDs and values JSON Delivery records. In
+// PostgreSQL the buckets are rows of the table DeliveriesTable
+// (fleet/storage/kv).
+type DeliveryStore struct{ db kv.DB }
 
 var _ Deliveries = (*DeliveryStore)(nil)
+
+// DeliveriesTable is the PostgreSQL table holding the delivery records'
+// buckets (kv.Postgres). Its buckets are the secrets' names: sigil
+// migrate copies every one.
+const DeliveriesTable = "secret_deliveries_kv"
+
+// deliveryMigrations are the delivery records' tables in PostgreSQL
+// (component "secret_deliveries" in schema_migrations).
+//
+//go:embed deliverymigrations/*.sql
+var deliveryMigrations embed.FS
 
 // OpenDeliveries opens (creating it) the delivery records at path.
 func OpenDeliveries(path string) (*DeliveryStore, error) {
@@ -20,16 +37,32 @@ func OpenDeliveries(path string) (*DeliveryStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DeliveryStore{db: db}, nil
+	return &DeliveryStore{db: kv.Bolt(db)}, nil
 }
 
-// Close closes the file.
+// OpenDeliveriesPostgres opens the delivery records in the PostgreSQL
+// database db, bringing its tables up to date first. Each change is one
+// serializable transaction that reads the record it changes, so changes
+// of one record from several replicas apply one after the other. Close
+// leaves db open.
+func OpenDeliveriesPostgres(ctx context.Context, db *postgres.DB) (*DeliveryStore, error) {
+	if err := db.Migrate(ctx, "secret_deliveries", deliveryMigrations); err != nil {
+		return nil, fmt.Errorf("secrets: deliveries: %w", err)
+	}
+	k, err := kv.Postgres(db, DeliveriesTable)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: deliveries: %w", err)
+	}
+	return &DeliveryStore{db: k}, nil
+}
+
+// Close closes the file (a PostgreSQL store leaves its database open).
 func (d *DeliveryStore) Close() error { return d.db.Close() }
 
 // Get implements Deliveries.
-func (d *DeliveryStore) Get(name, deviceID string) (Delivery, error) {
+func (d *DeliveryStore) Get(ctx context.Context, name, deviceID string) (Delivery, error) {
 	var r Delivery
-	err := d.db.View(func(tx *bolt.Tx) error {
+	err := d.db.View(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket([]byte(name))
 		if b == nil {
 			return nil
@@ -43,17 +76,19 @@ func (d *DeliveryStore) Get(name, deviceID string) (Delivery, error) {
 }
 
 // Update implements Deliveries.
-func (d *DeliveryStore) Update(name, deviceID string, fn func(*Delivery)) error {
-	return d.modify(name, deviceID, true, fn)
+func (d *DeliveryStore) Update(ctx context.Context, name, deviceID string, fn func(*Delivery)) error {
+	return d.modify(ctx, name, deviceID, true, fn)
 }
 
 // UpdateExisting implements Deliveries.
-func (d *DeliveryStore) UpdateExisting(name, deviceID string, fn func(*Delivery)) error {
-	return d.modify(name, deviceID, false, fn)
+func (d *DeliveryStore) UpdateExisting(ctx context.Context, name, deviceID string, fn func(*Delivery)) error {
+	return d.modify(ctx, name, deviceID, false, fn)
 }
 
-func (d *DeliveryStore) modify(name, deviceID string, create bool, fn func(*Delivery)) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
+// modify changes a record in one transaction; fn may run more than once
+// (a retried PostgreSQL transaction), each time on the record as stored.
+func (d *DeliveryStore) modify(ctx context.Context, name, deviceID string, create bool, fn func(*Delivery)) error {
+	return d.db.Update(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket([]byte(name))
 		if b == nil && !create {
 			return nil
@@ -82,11 +117,12 @@ func (d *DeliveryStore) modify(name, deviceID string, create bool, fn func(*Deli
 }
 
 // ForDevice implements Deliveries.
-func (d *DeliveryStore) ForDevice(deviceID string) (map[string]Delivery, error) {
+func (d *DeliveryStore) ForDevice(ctx context.Context, deviceID string) (map[string]Delivery, error) {
 	out := map[string]Delivery{}
-	err := d.db.View(func(tx *bolt.Tx) error {
-		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if v := b.Get([]byte(deviceID)); v != nil {
+	err := d.db.View(ctx, func(tx kv.Tx) error {
+		clear(out)
+		return tx.ForEachBucket(func(name []byte) error {
+			if v := tx.Bucket(name).Get([]byte(deviceID)); v != nil {
 				var r Delivery
 				if err := json.Unmarshal(v, &r); err != nil {
 					return err
@@ -100,9 +136,10 @@ func (d *DeliveryStore) ForDevice(deviceID string) (map[string]Delivery, error) 
 }
 
 // Summary implements Deliveries.
-func (d *DeliveryStore) Summary(name string, version int) (DeliverySummary, error) {
+func (d *DeliveryStore) Summary(ctx context.Context, name string, version int) (DeliverySummary, error) {
 	var sum DeliverySummary
-	err := d.db.View(func(tx *bolt.Tx) error {
+	err := d.db.View(ctx, func(tx kv.Tx) error {
+		sum = DeliverySummary{}
 		b := tx.Bucket([]byte(name))
 		if b == nil {
 			return nil

@@ -44,15 +44,16 @@ type Attestations interface {
 // (*DeliveryStore).
 type Deliveries interface {
 	// Get returns the state of name at deviceID (zero when none).
-	Get(name, deviceID string) (Delivery, error)
+	Get(ctx context.Context, name, deviceID string) (Delivery, error)
 	// Update changes the state of name at deviceID, creating it.
-	Update(name, deviceID string, fn func(*Delivery)) error
+	// fn may run more than once, each time on the state as stored.
+	Update(ctx context.Context, name, deviceID string, fn func(*Delivery)) error
 	// UpdateExisting changes the state only when one exists.
-	UpdateExisting(name, deviceID string, fn func(*Delivery)) error
+	UpdateExisting(ctx context.Context, name, deviceID string, fn func(*Delivery)) error
 	// ForDevice returns a device's states by secret name.
-	ForDevice(deviceID string) (map[string]Delivery, error)
+	ForDevice(ctx context.Context, deviceID string) (map[string]Delivery, error)
 	// Summary counts the devices by where version of name got.
-	Summary(name string, version int) (DeliverySummary, error)
+	Summary(ctx context.Context, name string, version int) (DeliverySummary, error)
 }
 
 // Delivery is the state of one secret at one device.
@@ -205,7 +206,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		case <-s.wake:
 		case <-tick.C:
-			s.rotateDue()
+			s.rotateDue(ctx)
 			s.mu.Lock()
 			for id := range s.waiting {
 				s.pending[id] = struct{}{}
@@ -224,18 +225,18 @@ func (s *Service) Run(ctx context.Context) error {
 			if id == "" {
 				break
 			}
-			s.deliver(id)
+			s.deliver(ctx, id)
 		}
 	}
 }
 
 // deliver sends a connected active device every secret that targets it
 // and whose latest version it has not acknowledged.
-func (s *Service) deliver(deviceID string) {
+func (s *Service) deliver(ctx context.Context, deviceID string) {
 	if s.connected != nil && !s.connected(deviceID) {
 		return // sent on its next connect
 	}
-	list, listErr := s.store.List()
+	list, listErr := s.store.List(ctx)
 	if listErr == nil && len(list) == 0 {
 		return // nothing to deliver: no need to read the device
 	}
@@ -252,7 +253,7 @@ func (s *Service) deliver(deviceID string) {
 		if !l.Target.Matches(dev.ID, dev.Group, dev.Model) {
 			continue
 		}
-		rec, err := s.deliveries.Get(l.Name, dev.ID)
+		rec, err := s.deliveries.Get(ctx, l.Name, dev.ID)
 		if err != nil {
 			s.log.Warn("secrets: delivery state unreadable", "name", l.Name, "device_id", dev.ID, "err", err)
 			continue
@@ -275,12 +276,12 @@ func (s *Service) deliver(deviceID string) {
 		s.waiting[dev.ID] = struct{}{}
 		s.mu.Unlock()
 		for _, name := range due {
-			s.fail(dev.ID, name, fmt.Errorf("%w (%w)", errNotCurrent, cur))
+			s.fail(ctx, dev.ID, name, fmt.Errorf("%w (%w)", errNotCurrent, cur))
 		}
 		return
 	}
 	for _, name := range due {
-		s.deliverOne(dev, name)
+		s.deliverOne(ctx, dev, name)
 	}
 }
 
@@ -296,13 +297,13 @@ var (
 )
 
 // deliverOne wraps the latest version of name to dev's EK and sends it.
-func (s *Service) deliverOne(dev *inventory.Device, name string) {
-	sec, err := s.store.Get(name)
+func (s *Service) deliverOne(ctx context.Context, dev *inventory.Device, name string) {
+	sec, err := s.store.Get(ctx, name)
 	if errors.Is(err, ErrNotFound) {
 		return // deleted meanwhile
 	}
 	if err != nil {
-		s.fail(dev.ID, name, err)
+		s.fail(ctx, dev.ID, name, err)
 		return
 	}
 	defer clear(sec.Value)
@@ -317,13 +318,13 @@ func (s *Service) deliverOne(dev *inventory.Device, name string) {
 				s.waiting[dev.ID] = struct{}{}
 				s.mu.Unlock()
 			}
-			s.fail(dev.ID, name, err)
+			s.fail(ctx, dev.ID, name, err)
 			return
 		}
 	}
 	blob, err := Wrap(s.rand, dev.EKPublic, sec.Value, sel, values)
 	if err != nil {
-		s.fail(dev.ID, name, err)
+		s.fail(ctx, dev.ID, name, err)
 		return
 	}
 	msg := blob.Deliver(name, sec.Version)
@@ -333,11 +334,11 @@ func (s *Service) deliverOne(dev *inventory.Device, name string) {
 		err = s.send(dev.ID, "secret", payload)
 	}
 	if err != nil {
-		s.fail(dev.ID, name, err)
+		s.fail(ctx, dev.ID, name, err)
 		return
 	}
 	now := s.now().UTC()
-	err = s.deliveries.Update(name, dev.ID, func(r *Delivery) {
+	err = s.deliveries.Update(ctx, name, dev.ID, func(r *Delivery) {
 		r.Sent, r.SentAt, r.Error, r.ErrorAt = sec.Version, now, "", time.Time{}
 	})
 	if err != nil {
@@ -349,14 +350,14 @@ func (s *Service) deliverOne(dev *inventory.Device, name string) {
 }
 
 // fail records why a delivery could not be made.
-func (s *Service) fail(deviceID, name string, cause error) {
+func (s *Service) fail(ctx context.Context, deviceID, name string, cause error) {
 	msg := cause.Error()
-	if r, err := s.deliveries.Get(name, deviceID); err == nil && r.Error == msg {
+	if r, err := s.deliveries.Get(ctx, name, deviceID); err == nil && r.Error == msg {
 		return // already recorded (a retry while waiting for an attestation)
 	}
 	s.log.Warn("secret not delivered", "name", name, "device_id", deviceID, "err", cause)
 	now := s.now().UTC()
-	if err := s.deliveries.Update(name, deviceID, func(r *Delivery) { r.Error, r.ErrorAt = msg, now }); err != nil {
+	if err := s.deliveries.Update(ctx, name, deviceID, func(r *Delivery) { r.Error, r.ErrorAt = msg, now }); err != nil {
 		s.log.Warn("secrets: recording a failure failed", "name", name, "device_id", deviceID, "err", err)
 	}
 }
@@ -399,7 +400,7 @@ func (s *Service) Ack(deviceID string, env *wire.Envelope) {
 		return
 	}
 	now := s.now().UTC()
-	err := s.deliveries.UpdateExisting(a.Name, deviceID, func(r *Delivery) {
+	err := s.deliveries.UpdateExisting(context.TODO(), a.Name, deviceID, func(r *Delivery) {
 		if a.Version > r.Sent {
 			return // never sent: not the device's to acknowledge
 		}
@@ -430,11 +431,11 @@ func (s *Service) Ack(deviceID string, env *wire.Envelope) {
 // Put stores value as a new version of name, then delivers it to the
 // targeted connected devices.
 func (s *Service) Put(name string, value []byte, target Target, pcrBound bool) (*Info, error) {
-	version, err := s.store.Put(name, value, target, pcrBound)
+	version, err := s.store.Put(context.TODO(), name, value, target, pcrBound)
 	if err != nil {
 		return nil, err
 	}
-	sec, err := s.store.GetVersion(name, version)
+	sec, err := s.store.GetVersion(context.TODO(), name, version)
 	if err != nil {
 		return nil, err
 	}
@@ -447,15 +448,21 @@ func (s *Service) Put(name string, value []byte, target Target, pcrBound bool) (
 
 // rotateDue stores a new random version of every scheduled secret that is
 // due and starts delivering it.
-func (s *Service) rotateDue() {
-	due, err := s.store.Due(s.now())
+func (s *Service) rotateDue(ctx context.Context) {
+	now := s.now()
+	due, err := s.store.Due(ctx, now)
 	if err != nil {
 		s.log.Warn("secrets: checking rotation schedules failed", "err", err)
 		return
 	}
 	for _, name := range due {
-		if _, err := s.Rotate(name); err != nil {
+		info, err := s.store.RotateDue(ctx, name, now)
+		if err != nil {
 			s.log.Warn("secrets: scheduled rotation failed", "name", name, "err", err)
+			continue
+		}
+		if info != nil { // nil: another replica rotated it
+			s.rotated(info)
 		}
 	}
 }
@@ -463,20 +470,25 @@ func (s *Service) rotateDue() {
 // Rotate stores a new random version now (the secret needs a schedule),
 // delivered to the targeted connected devices.
 func (s *Service) Rotate(name string) (*Info, error) {
-	info, err := s.store.Rotate(name)
+	info, err := s.store.Rotate(context.TODO(), name)
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("secret rotated", "name", name, "version", info.Version)
-	if err := s.queueTarget(info.Target); err != nil {
-		s.log.Warn("secrets: finding the targeted devices failed; they receive the secret when they connect", "name", name, "err", err)
-	}
+	s.rotated(info)
 	return info, nil
+}
+
+// rotated starts delivering a new version a rotation stored.
+func (s *Service) rotated(info *Info) {
+	s.log.Info("secret rotated", "name", info.Name, "version", info.Version)
+	if err := s.queueTarget(info.Target); err != nil {
+		s.log.Warn("secrets: finding the targeted devices failed; they receive the secret when they connect", "name", info.Name, "err", err)
+	}
 }
 
 // SetRotation sets (nil clears) the secret's rotation schedule.
 func (s *Service) SetRotation(name string, r *Rotation) error {
-	return s.store.SetRotation(name, r)
+	return s.store.SetRotation(context.TODO(), name, r)
 }
 
 // queueTarget queues the connected devices target matches.
@@ -506,13 +518,13 @@ func (s *Service) queueTarget(t Target) error {
 
 // List returns every secret with its delivery summary.
 func (s *Service) List() ([]Status, error) {
-	list, err := s.store.List()
+	list, err := s.store.List(context.TODO())
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Status, 0, len(list))
 	for _, l := range list {
-		sum, err := s.deliveries.Summary(l.Name, l.Version)
+		sum, err := s.deliveries.Summary(context.TODO(), l.Name, l.Version)
 		if err != nil {
 			return nil, err
 		}
@@ -523,7 +535,7 @@ func (s *Service) List() ([]Status, error) {
 
 // Delete removes every version of name. Delivery records stay: the device
 // still holds what it acknowledged.
-func (s *Service) Delete(name string) error { return s.store.Delete(name) }
+func (s *Service) Delete(name string) error { return s.store.Delete(context.TODO(), name) }
 
 // DeviceSecrets returns every secret that targets the device or was
 // delivered to it, with its delivery state, by name.
@@ -532,11 +544,11 @@ func (s *Service) DeviceSecrets(deviceID string) ([]DeviceStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	list, err := s.store.List()
+	list, err := s.store.List(context.TODO())
 	if err != nil {
 		return nil, err
 	}
-	recs, err := s.deliveries.ForDevice(deviceID)
+	recs, err := s.deliveries.ForDevice(context.TODO(), deviceID)
 	if err != nil {
 		return nil, err
 	}

@@ -88,12 +88,12 @@ func TestSecretDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hist.Close()
-	st, err := Open(Config{Dir: dir, NoSync: true})
+	st, err := openStoreBackend(t, Config{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	dl, err := OpenDeliveries(filepath.Join(dir, DeliveriesFile))
+	dl, err := openDeliveriesBackend(t, filepath.Join(dir, DeliveriesFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestSecretDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"dev-a", "dev-off", "dev-q"} {
-		svc.deliver(id)
+		svc.deliver(t.Context(), id)
 	}
 	if out.count("dev-a")+out.count("dev-off")+out.count("dev-q") != 0 {
 		t.Fatalf("sent before any attestation: %v", out.msg)
@@ -139,7 +139,7 @@ func TestSecretDelivery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	svc.deliver("dev-a")
+	svc.deliver(t.Context(), "dev-a")
 	if out.count("dev-a") != 1 {
 		t.Fatalf("sent %d to dev-a", out.count("dev-a"))
 	}
@@ -157,7 +157,7 @@ func TestSecretDelivery(t *testing.T) {
 	if ds[0].Acked != 1 || ds[0].Sent != 1 || ds[0].Error != "" {
 		t.Fatalf("after ack %+v", ds[0])
 	}
-	svc.deliver("dev-a")
+	svc.deliver(t.Context(), "dev-a")
 	if out.count("dev-a") != 1 {
 		t.Fatal("an acknowledged version was sent again")
 	}
@@ -173,7 +173,7 @@ func TestSecretDelivery(t *testing.T) {
 	if _, err := svc.Put("disk-key", []byte("k2"), Target{Model: "gw-1"}, true); err != nil {
 		t.Fatal(err)
 	}
-	svc.deliver("dev-a")
+	svc.deliver(t.Context(), "dev-a")
 	if out.count("dev-a") != 2 || out.msg["dev-a"][1].Version != 2 {
 		t.Fatalf("rotation not sent: %d", out.count("dev-a"))
 	}
@@ -206,12 +206,12 @@ func TestSecretsNeedACurrentVerdict(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hist.Close()
-	st, err := Open(Config{Dir: dir, NoSync: true})
+	st, err := openStoreBackend(t, Config{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	dl, err := OpenDeliveries(filepath.Join(dir, DeliveriesFile))
+	dl, err := openDeliveriesBackend(t, filepath.Join(dir, DeliveriesFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +231,7 @@ func TestSecretsNeedACurrentVerdict(t *testing.T) {
 	if _, err := svc.Put("api-key", []byte("k"), Target{Device: "dev-a"}, false); err != nil {
 		t.Fatal(err)
 	}
-	svc.deliver("dev-a")
+	svc.deliver(t.Context(), "dev-a")
 	if n := out.count("dev-a"); n != 0 {
 		t.Fatalf("secret sent on a pass from two days ago (%d deliveries)", n)
 	}
@@ -240,7 +240,7 @@ func TestSecretsNeedACurrentVerdict(t *testing.T) {
 	}
 	// Without a way to judge attestations, nothing goes out.
 	svc.current = nil
-	svc.deliver("dev-a")
+	svc.deliver(t.Context(), "dev-a")
 	if n := out.count("dev-a"); n != 0 {
 		t.Fatalf("secret sent without an attestation check (%d deliveries)", n)
 	}
@@ -286,12 +286,12 @@ func TestNoSecretsNoDeviceRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hist.Close()
-	st, err := Open(Config{Dir: dir, NoSync: true})
+	st, err := openStoreBackend(t, Config{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	dl, err := OpenDeliveries(filepath.Join(dir, DeliveriesFile))
+	dl, err := openDeliveriesBackend(t, filepath.Join(dir, DeliveriesFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,14 +303,14 @@ func TestNoSecretsNoDeviceRead(t *testing.T) {
 	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)}); err != nil {
 		t.Fatal(err)
 	}
-	svc.deliver("dev-a")
+	svc.deliver(t.Context(), "dev-a")
 	if devs.reads != 0 {
 		t.Fatalf("%d device reads with no secret to deliver", devs.reads)
 	}
 	if _, err := svc.Put("api-key", []byte("k"), Target{Model: "gw-1"}, false); err != nil {
 		t.Fatal(err)
 	}
-	svc.deliver("dev-a")
+	svc.deliver(t.Context(), "dev-a")
 	if devs.reads != 1 || out.count("dev-a") != 1 {
 		t.Fatalf("with a secret: %d device reads, %d deliveries", devs.reads, out.count("dev-a"))
 	}

@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -11,7 +12,7 @@ import (
 
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -74,14 +75,14 @@ var bucketRotation = []byte("rotation")
 
 // SetRotation sets (or with nil clears) the rotation schedule of the
 // secret name, which must exist.
-func (s *Store) SetRotation(name string, r *Rotation) error {
+func (s *Store) SetRotation(ctx context.Context, name string, r *Rotation) error {
 	if r != nil {
 		if err := r.Validate(); err != nil {
 			return fmt.Errorf("secrets: rotation of %s: %w", name, err)
 		}
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketSecrets).Bucket([]byte(name)) == nil {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		if secretBucket(tx, name) == nil {
 			return ErrNotFound
 		}
 		b, err := tx.CreateBucketIfNotExists(bucketRotation)
@@ -104,7 +105,7 @@ func (s *Store) SetRotation(name string, r *Rotation) error {
 }
 
 // rotationOf reads the schedule of name inside tx (nil when none).
-func rotationOf(tx *bolt.Tx, name string) *Rotation {
+func rotationOf(tx kv.Tx, name string) *Rotation {
 	b := tx.Bucket(bucketRotation)
 	if b == nil {
 		return nil
@@ -122,9 +123,9 @@ func rotationOf(tx *bolt.Tx, name string) *Rotation {
 
 // Due returns the names of scheduled secrets whose latest version is at
 // least their Every old at now.
-func (s *Store) Due(now time.Time) ([]string, error) {
+func (s *Store) Due(ctx context.Context, now time.Time) ([]string, error) {
 	var due []string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket(bucketRotation)
 		if b == nil {
 			return nil
@@ -162,9 +163,23 @@ func (s *Store) Due(now time.Time) ([]string, error) {
 // the latest version's target and PCR binding, and returns its Info. The
 // schedule, the latest version's metadata and the new version are read and
 // written in one transaction, and no stored value is decrypted.
-func (s *Store) Rotate(name string) (*Info, error) {
+func (s *Store) Rotate(ctx context.Context, name string) (*Info, error) {
+	return s.rotate(ctx, name, time.Time{})
+}
+
+// RotateDue is Rotate for a scheduled rotation: it rotates name only if
+// it is still due at now, checked in the rotation's transaction, and
+// returns nil otherwise. Replicas that all find the secret due (Due)
+// rotate it once.
+func (s *Store) RotateDue(ctx context.Context, name string, now time.Time) (*Info, error) {
+	return s.rotate(ctx, name, now)
+}
+
+// rotate rotates name; when due is set, only if it is due then.
+func (s *Store) rotate(ctx context.Context, name string, due time.Time) (*Info, error) {
 	var info *Info
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		info = nil
 		r := rotationOf(tx, name)
 		if r == nil {
 			return fmt.Errorf("secrets: rotate %s: no rotation schedule", name)
@@ -181,6 +196,9 @@ func (s *Store) Rotate(name string) (*Info, error) {
 		if err != nil {
 			return err
 		}
+		if !due.IsZero() && due.Before(latest.Created.Add(time.Duration(r.Every))) {
+			return nil // rotated meanwhile
+		}
 		value, err := r.Generate(s.rand)
 		if err != nil {
 			return err
@@ -189,7 +207,7 @@ func (s *Store) Rotate(name string) (*Info, error) {
 		info, err = s.putTx(tx, name, value, latest.Target, latest.PCRBound)
 		return err
 	})
-	if err != nil {
+	if err != nil || info == nil {
 		return nil, err
 	}
 	s.log.Info("secrets: rotated", "name", name, "version", info.Version)

@@ -18,50 +18,53 @@ import (
 // "expired".
 func TestRotationSchedule(t *testing.T) {
 	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
-	s, err := secrets.Open(secrets.Config{Dir: t.TempDir(), NoSync: true, Now: func() time.Time { return now }})
+	s, err := openBackend(t, secrets.Config{Dir: t.TempDir(), NoSync: true, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	target := secrets.Target{Group: "plant-7"}
-	if _, err := s.Put("mqtt-bridge", []byte("first"), target, true); err != nil {
+	if _, err := s.Put(t.Context(), "mqtt-bridge", []byte("first"), target, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetRotation("nope", &secrets.Rotation{Every: config.Duration(time.Hour)}); !errors.Is(err, secrets.ErrNotFound) {
+	if err := s.SetRotation(t.Context(), "nope", &secrets.Rotation{Every: config.Duration(time.Hour)}); !errors.Is(err, secrets.ErrNotFound) {
 		t.Fatalf("schedule for a missing secret: %v", err)
 	}
 	rot := &secrets.Rotation{Every: config.Duration(24 * time.Hour), Grace: config.Duration(2 * time.Hour), Length: 16, Encoding: "hex"}
-	if err := s.SetRotation("mqtt-bridge", rot); err != nil {
+	if err := s.SetRotation(t.Context(), "mqtt-bridge", rot); err != nil {
 		t.Fatal(err)
 	}
-	if due, _ := s.Due(now.Add(23 * time.Hour)); len(due) != 0 {
+	if due, _ := s.Due(t.Context(), now.Add(23*time.Hour)); len(due) != 0 {
 		t.Fatalf("due too early: %v", due)
 	}
 	now = now.Add(24 * time.Hour)
-	due, err := s.Due(now)
+	due, err := s.Due(t.Context(), now)
 	if err != nil || len(due) != 1 || due[0] != "mqtt-bridge" {
 		t.Fatalf("due %v %v", due, err)
 	}
-	info, err := s.Rotate("mqtt-bridge")
+	info, err := s.Rotate(t.Context(), "mqtt-bridge")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.Version != 2 || info.Target != target || !info.PCRBound || info.Grace != rot.Grace {
 		t.Fatalf("rotated %+v", info)
 	}
-	got, err := s.Get("mqtt-bridge")
+	got, err := s.Get(t.Context(), "mqtt-bridge")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b, err := hex.DecodeString(string(got.Value)); err != nil || len(b) != 16 {
 		t.Fatalf("generated value %q is not 16 hex-encoded bytes", got.Value)
 	}
-	if due, _ := s.Due(now); len(due) != 0 {
+	if info, err := s.RotateDue(t.Context(), "mqtt-bridge", now); info != nil || err != nil {
+		t.Fatalf("a scheduled rotation that is no longer due rotated: %+v %v", info, err)
+	}
+	if due, _ := s.Due(t.Context(), now); len(due) != 0 {
 		t.Fatalf("still due after rotating: %v", due)
 	}
 	state := func(at time.Time) []secrets.VersionInfo {
 		now = at
-		l, err := s.List()
+		l, err := s.List(t.Context())
 		if err != nil || len(l) != 1 {
 			t.Fatalf("list %v %v", l, err)
 		}
@@ -78,13 +81,13 @@ func TestRotationSchedule(t *testing.T) {
 		t.Fatalf("after grace: %+v", h)
 	}
 	// Clearing the schedule stops rotation; deleting the secret drops it.
-	if err := s.SetRotation("mqtt-bridge", nil); err != nil {
+	if err := s.SetRotation(t.Context(), "mqtt-bridge", nil); err != nil {
 		t.Fatal(err)
 	}
-	if due, _ := s.Due(now.Add(100 * 24 * time.Hour)); len(due) != 0 {
+	if due, _ := s.Due(t.Context(), now.Add(100*24*time.Hour)); len(due) != 0 {
 		t.Fatalf("cleared schedule still due: %v", due)
 	}
-	if _, err := s.Rotate("mqtt-bridge"); err == nil || !strings.Contains(err.Error(), "no rotation schedule") {
+	if _, err := s.Rotate(t.Context(), "mqtt-bridge"); err == nil || !strings.Contains(err.Error(), "no rotation schedule") {
 		t.Fatalf("rotate without schedule: %v", err)
 	}
 }

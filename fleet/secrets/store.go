@@ -2,9 +2,11 @@ package secrets
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	cryptorand "crypto/rand"
+	"embed"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -21,6 +23,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -122,8 +126,10 @@ type Listing struct {
 	Rotation *Rotation     `json:"rotation,omitempty"`
 }
 
-// Store keeps every version of every named secret in a bbolt file,
-// encrypted with AES-256-GCM. Its methods are safe for concurrent use.
+// Store keeps every version of every named secret in a bbolt file (Open)
+// or in PostgreSQL (OpenPostgres), encrypted with AES-256-GCM under the
+// key in KeyFile, which never leaves the data directory. Its methods are
+// safe for concurrent use.
 //
 // Layout: bucket "secrets" holds a bucket per name whose keys are
 // big-endian version numbers and whose values are JSON records (metadata
@@ -131,9 +137,10 @@ type Listing struct {
 // last version issued per name, which survives Delete so that a version
 // number is never reused; bucket "meta" holds the schema version and a key
 // check (a constant encrypted under the key) that detects a wrong key
-// file.
+// file. In PostgreSQL the same buckets are rows of the table Table
+// (fleet/storage/kv).
 type Store struct {
-	db   *boltdb.DB
+	db   kv.DB
 	aead cipher.AEAD
 	rand io.Reader
 	now  func() time.Time
@@ -146,6 +153,21 @@ var (
 	bucketMeta     = []byte("meta")
 	keyCheck       = []byte("keycheck")
 )
+
+// Table is the PostgreSQL table holding the secrets' buckets (kv.Postgres).
+const Table = "secrets_kv"
+
+// Buckets are the secrets' buckets, in the bbolt file and in PostgreSQL
+// (with the buckets nested in them): what sigil migrate copies. The key
+// check in "meta" is not among them: OpenPostgres writes it for the key
+// file it is given.
+var Buckets = [][]byte{bucketSecrets, bucketVersions, bucketRotation}
+
+// migrations are the secrets' tables in PostgreSQL (component "secrets"
+// in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
 
 const (
 	schemaVersion = 1
@@ -175,6 +197,56 @@ func Open(cfg Config) (*Store, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("secrets: open: %w", err)
 	}
+	s := newStore(cfg)
+	path := filepath.Join(cfg.Dir, DBFile)
+	keyPath := filepath.Join(cfg.Dir, KeyFile)
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketSecrets, bucketVersions},
+		Version: schemaVersion,
+		Init:    func(tx *bolt.Tx) error { return s.initKey(kv.BoltTx(tx), keyPath) },
+	}, boltdb.Options{Name: "secrets", NoSync: cfg.NoSync, Locked: ErrLocked})
+	if err != nil {
+		return nil, err
+	}
+	s.db = kv.Bolt(db)
+	return s, nil
+}
+
+// OpenPostgres opens the secrets in the PostgreSQL database db, bringing
+// its tables up to date first; the key stays in cfg.Dir's KeyFile, as
+// with Open (replicas sharing db each need a copy of that file: a
+// replica with another key is refused). Writes run one at a time across
+// the replicas (kv.Options.Serialized), so that a scheduled rotation
+// that is due is done by one of them (RotateDue). cfg.NoSync is unused.
+// Close leaves db open.
+func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Store, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("secrets: open: no directory for the key file")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("secrets: open: %w", err)
+	}
+	k, err := PostgresBuckets(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	return newStore(cfg).start(ctx, k, filepath.Join(cfg.Dir, KeyFile), "database")
+}
+
+// PostgresBuckets brings the secrets' tables in db up to date and returns
+// their buckets (sigil migrate copies into them).
+func PostgresBuckets(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+	if err := db.Migrate(ctx, "secrets", migrations); err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	if err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	return k, nil
+}
+
+func newStore(cfg Config) *Store {
 	s := &Store{rand: cfg.Rand, now: cfg.Now, log: cfg.Logger}
 	if s.rand == nil {
 		s.rand = cryptorand.Reader
@@ -185,15 +257,15 @@ func Open(cfg Config) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	path := filepath.Join(cfg.Dir, DBFile)
-	keyPath := filepath.Join(cfg.Dir, KeyFile)
-	db, err := boltdb.Open(path, boltdb.Schema{
-		Buckets: [][]byte{bucketMeta, bucketSecrets, bucketVersions},
-		Version: schemaVersion,
-		Init:    func(tx *bolt.Tx) error { return s.initKey(tx, keyPath) },
-	}, boltdb.Options{Name: "secrets", NoSync: cfg.NoSync, Locked: ErrLocked})
-	if err != nil {
-		return nil, err
+	return s
+}
+
+// start checks the key against the store's key check (writing one in a
+// new store) and returns the store on db.
+func (s *Store) start(ctx context.Context, db kv.DB, keyPath, where string) (*Store, error) {
+	if err := db.Update(ctx, func(tx kv.Tx) error { return s.initKey(tx, keyPath) }); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("secrets: initialize %s: %w", where, err)
 	}
 	s.db = db
 	return s, nil
@@ -201,8 +273,11 @@ func Open(cfg Config) (*Store, error) {
 
 // initKey loads the key (creating it with a new store) and checks it
 // against the store's key check.
-func (s *Store) initKey(tx *bolt.Tx, keyPath string) error {
-	meta := tx.Bucket(bucketMeta)
+func (s *Store) initKey(tx kv.Tx, keyPath string) error {
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+	if err != nil {
+		return err
+	}
 	check := meta.Get(keyCheck)
 	key, err := loadKey(keyPath, check == nil, s.rand)
 	if err != nil {
@@ -320,7 +395,7 @@ func versionKey(v int) []byte { return binary.BigEndian.AppendUint64(nil, uint64
 // name (a wire.ValidID) for target, and returns the version: one more than
 // the last version ever issued for name, so numbers are not reused after
 // Delete.
-func (s *Store) Put(name string, value []byte, target Target, pcrBound bool) (int, error) {
+func (s *Store) Put(ctx context.Context, name string, value []byte, target Target, pcrBound bool) (int, error) {
 	if !wire.ValidID(name) {
 		return 0, fmt.Errorf("secrets: put: name %q is not a valid ID", name)
 	}
@@ -331,7 +406,7 @@ func (s *Store) Put(name string, value []byte, target Target, pcrBound bool) (in
 		return 0, fmt.Errorf("secrets: put %s: %w", name, err)
 	}
 	var version int
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		info, err := s.putTx(tx, name, value, target, pcrBound)
 		if err == nil {
 			version = info.Version
@@ -347,7 +422,7 @@ func (s *Store) Put(name string, value []byte, target Target, pcrBound bool) (in
 
 // putTx stores value as the next version of name inside tx and returns
 // what it stored (without the value).
-func (s *Store) putTx(tx *bolt.Tx, name string, value []byte, target Target, pcrBound bool) (*Info, error) {
+func (s *Store) putTx(tx kv.Tx, name string, value []byte, target Target, pcrBound bool) (*Info, error) {
 	seq := tx.Bucket(bucketVersions)
 	version := 0
 	if v := seq.Get([]byte(name)); len(v) == 8 {
@@ -382,13 +457,15 @@ func (s *Store) putTx(tx *bolt.Tx, name string, value []byte, target Target, pcr
 }
 
 // Get returns the latest version of the secret name, or ErrNotFound.
-func (s *Store) Get(name string) (*Secret, error) { return s.GetVersion(name, 0) }
+func (s *Store) Get(ctx context.Context, name string) (*Secret, error) {
+	return s.GetVersion(ctx, name, 0)
+}
 
 // GetVersion returns a version of the secret name (0: the latest), or
 // ErrNotFound. A record that does not decrypt is refused with ErrCorrupt.
-func (s *Store) GetVersion(name string, version int) (*Secret, error) {
+func (s *Store) GetVersion(ctx context.Context, name string, version int) (*Secret, error) {
 	var out *Secret
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket(bucketSecrets).Bucket([]byte(name))
 		if b == nil {
 			return ErrNotFound
@@ -432,9 +509,9 @@ func decodeRecord(name string, k, v []byte) (Info, *record, error) {
 
 // List returns every secret's latest version and the versions kept,
 // sorted by name. It never decrypts or returns values.
-func (s *Store) List() ([]Listing, error) {
+func (s *Store) List(ctx context.Context) ([]Listing, error) {
 	var out []Listing
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketSecrets).ForEachBucket(func(name []byte) error {
 			b := tx.Bucket(bucketSecrets).Bucket(name)
 			var l Listing
@@ -469,10 +546,10 @@ func (s *Store) List() ([]Listing, error) {
 
 // Delete removes every version of the secret name, or returns ErrNotFound.
 // Devices keep what they imported; the fleet stops delivering it.
-func (s *Store) Delete(name string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+func (s *Store) Delete(ctx context.Context, name string) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		root := tx.Bucket(bucketSecrets)
-		if root.Bucket([]byte(name)) == nil {
+		if secretBucket(tx, name) == nil {
 			return ErrNotFound
 		}
 		if b := tx.Bucket(bucketRotation); b != nil {
@@ -487,4 +564,17 @@ func (s *Store) Delete(name string) error {
 	}
 	s.log.Info("secrets: deleted", "name", name)
 	return nil
+}
+
+// secretBucket returns the versions of name in tx, nil when there are
+// none (PostgreSQL has no empty buckets: a missing one reads as empty).
+func secretBucket(tx kv.Tx, name string) kv.Bucket {
+	b := tx.Bucket(bucketSecrets).Bucket([]byte(name))
+	if b == nil {
+		return nil
+	}
+	if k, _ := b.Cursor().First(); k == nil {
+		return nil
+	}
+	return b
 }

@@ -19,7 +19,7 @@ import (
 
 func openStore(t *testing.T, dir string, log *slog.Logger) *secrets.Store {
 	t.Helper()
-	s, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true, Logger: log,
+	s, err := openBackend(t, secrets.Config{Dir: dir, NoSync: true, Logger: log,
 		Now: func() time.Time { return time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC) }})
 	if err != nil {
 		t.Fatal(err)
@@ -34,22 +34,22 @@ func TestStore(t *testing.T) {
 	plain := []byte("PLAINTEXT-wifi-psk-0123456789")
 	dev := secrets.Target{Device: "dev-1"}
 
-	v1, err := s.Put("wifi", plain, dev, false)
+	v1, err := s.Put(t.Context(), "wifi", plain, dev, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v2, err := s.Put("wifi", append(bytes.Clone(plain), '2'), secrets.Target{Group: "line-3", Model: "gw"}, true)
+	v2, err := s.Put(t.Context(), "wifi", append(bytes.Clone(plain), '2'), secrets.Target{Group: "line-3", Model: "gw"}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if v1 != 1 || v2 != 2 {
 		t.Fatalf("versions %d, %d", v1, v2)
 	}
-	if _, err := s.Put("db", []byte("x"), dev, false); err != nil {
+	if _, err := s.Put(t.Context(), "db", []byte("x"), dev, false); err != nil {
 		t.Fatal(err)
 	}
 
-	got, err := s.Get("wifi")
+	got, err := s.Get(t.Context(), "wifi")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,14 +57,14 @@ func TestStore(t *testing.T) {
 		got.Target.Group != "line-3" || got.Created.IsZero() {
 		t.Fatalf("latest: %+v", got.Info)
 	}
-	old, err := s.GetVersion("wifi", 1)
+	old, err := s.GetVersion(t.Context(), "wifi", 1)
 	if err != nil || !bytes.Equal(old.Value, plain) || old.PCRBound || old.Target != dev {
 		t.Fatalf("version 1: %v %v", old, err)
 	}
-	if _, err := s.GetVersion("wifi", 3); !errors.Is(err, secrets.ErrNotFound) {
+	if _, err := s.GetVersion(t.Context(), "wifi", 3); !errors.Is(err, secrets.ErrNotFound) {
 		t.Fatalf("missing version: %v", err)
 	}
-	if _, err := s.Get("nope"); !errors.Is(err, secrets.ErrNotFound) {
+	if _, err := s.Get(t.Context(), "nope"); !errors.Is(err, secrets.ErrNotFound) {
 		t.Fatalf("missing secret: %v", err)
 	}
 
@@ -76,7 +76,7 @@ func TestStore(t *testing.T) {
 	}
 	slog.New(slog.NewTextHandler(&logs, nil)).Info("x", "secret", *got)
 
-	list, err := s.List()
+	list, err := s.List(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,27 +89,25 @@ func TestStore(t *testing.T) {
 	}
 
 	// Delete, then Put: the version number is not reused.
-	if err := s.Delete("wifi"); err != nil {
+	if err := s.Delete(t.Context(), "wifi"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Delete("wifi"); !errors.Is(err, secrets.ErrNotFound) {
+	if err := s.Delete(t.Context(), "wifi"); !errors.Is(err, secrets.ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
 	}
-	if _, err := s.Get("wifi"); !errors.Is(err, secrets.ErrNotFound) {
+	if _, err := s.Get(t.Context(), "wifi"); !errors.Is(err, secrets.ErrNotFound) {
 		t.Fatalf("get after delete: %v", err)
 	}
-	if v, err := s.Put("wifi", plain, dev, false); err != nil || v != 3 {
+	if v, err := s.Put(t.Context(), "wifi", plain, dev, false); err != nil || v != 3 {
 		t.Fatalf("put after delete: version %d, %v", v, err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	// Encrypted at rest: the plaintext is nowhere in the files.
-	raw, err := os.ReadFile(filepath.Join(dir, secrets.DBFile))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Encrypted at rest: the plaintext is nowhere in the files (or the
+	// database).
+	raw := stored(t, dir)
 	if bytes.Contains(raw, []byte("PLAINTEXT")) {
 		t.Fatal("plaintext in the database file")
 	}
@@ -132,7 +130,7 @@ func TestStore(t *testing.T) {
 
 	// Reopened with the same key: the values are back.
 	s = openStore(t, dir, nil)
-	if got, err := s.Get("wifi"); err != nil || !bytes.Equal(got.Value, plain) || got.Version != 3 {
+	if got, err := s.Get(t.Context(), "wifi"); err != nil || !bytes.Equal(got.Value, plain) || got.Version != 3 {
 		t.Fatalf("after reopen: %v %v", got, err)
 	}
 	s.Close()
@@ -141,10 +139,10 @@ func TestStore(t *testing.T) {
 func TestStoreRefusesCorruption(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir, nil)
-	if _, err := s.Put("a", []byte("secret-a"), secrets.Target{Device: "d"}, false); err != nil {
+	if _, err := s.Put(t.Context(), "a", []byte("secret-a"), secrets.Target{Device: "d"}, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Put("b", []byte("secret-b"), secrets.Target{Device: "d"}, false); err != nil {
+	if _, err := s.Put(t.Context(), "b", []byte("secret-b"), secrets.Target{Device: "d"}, false); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -189,17 +187,17 @@ func TestStoreRefusesCorruption(t *testing.T) {
 		a["ciphertext"] = string(c)
 	})
 	s = openStore(t, dir, nil)
-	if _, err := s.Get("a"); !errors.Is(err, secrets.ErrCorrupt) {
+	if _, err := s.Get(t.Context(), "a"); !errors.Is(err, secrets.ErrCorrupt) {
 		t.Fatalf("flipped ciphertext: %v", err)
 	}
-	if got, err := s.Get("b"); err != nil || string(got.Value) != "secret-b" {
+	if got, err := s.Get(t.Context(), "b"); err != nil || string(got.Value) != "secret-b" {
 		t.Fatalf("intact record: %v %v", got, err)
 	}
 	s.Close()
 	// b's ciphertext moved to a's record: bound to its name, refused.
 	edit(func(a, b map[string]any) { a["nonce"], a["ciphertext"] = b["nonce"], b["ciphertext"] })
 	s = openStore(t, dir, nil)
-	if _, err := s.Get("a"); !errors.Is(err, secrets.ErrCorrupt) {
+	if _, err := s.Get(t.Context(), "a"); !errors.Is(err, secrets.ErrCorrupt) {
 		t.Fatalf("swapped ciphertext: %v", err)
 	}
 	s.Close()
@@ -208,7 +206,7 @@ func TestStoreRefusesCorruption(t *testing.T) {
 func TestStoreKeyFile(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir, nil)
-	if _, err := s.Put("a", []byte("v"), secrets.Target{Model: "m"}, false); err != nil {
+	if _, err := s.Put(t.Context(), "a", []byte("v"), secrets.Target{Model: "m"}, false); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -218,7 +216,7 @@ func TestStoreKeyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	open := func() error {
-		s, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true})
+		s, err := openBackend(t, secrets.Config{Dir: dir, NoSync: true})
 		if err == nil {
 			s.Close()
 		}
@@ -272,17 +270,17 @@ func TestStorePutRefusals(t *testing.T) {
 	defer s.Close()
 	dev := secrets.Target{Device: "d"}
 	for name, put := range map[string]func() (int, error){
-		"bad name":    func() (int, error) { return s.Put("Bad/Name", []byte("v"), dev, false) },
-		"empty value": func() (int, error) { return s.Put("n", nil, dev, false) },
-		"large value": func() (int, error) { return s.Put("n", make([]byte, secrets.MaxValue+1), dev, false) },
-		"no target":   func() (int, error) { return s.Put("n", []byte("v"), secrets.Target{}, false) },
-		"bad target":  func() (int, error) { return s.Put("n", []byte("v"), secrets.Target{Group: "a b"}, false) },
+		"bad name":    func() (int, error) { return s.Put(t.Context(), "Bad/Name", []byte("v"), dev, false) },
+		"empty value": func() (int, error) { return s.Put(t.Context(), "n", nil, dev, false) },
+		"large value": func() (int, error) { return s.Put(t.Context(), "n", make([]byte, secrets.MaxValue+1), dev, false) },
+		"no target":   func() (int, error) { return s.Put(t.Context(), "n", []byte("v"), secrets.Target{}, false) },
+		"bad target":  func() (int, error) { return s.Put(t.Context(), "n", []byte("v"), secrets.Target{Group: "a b"}, false) },
 	} {
 		if _, err := put(); err == nil || !strings.HasPrefix(err.Error(), "secrets: ") {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if v, err := s.Put("n", make([]byte, secrets.MaxValue), dev, false); err != nil || v != 1 {
+	if v, err := s.Put(t.Context(), "n", make([]byte, secrets.MaxValue), dev, false); err != nil || v != 1 {
 		t.Fatalf("largest value: %d %v", v, err)
 	}
 }

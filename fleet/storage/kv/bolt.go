@@ -85,3 +85,7 @@ func (b boltBucket) CreateBucketIfNotExists(name []byte) (Bucket, error) {
 	}
 	return boltBucket{n}, nil
 }
+
+// BoltTx returns tx as a Tx, for code that runs in a transaction boltdb
+// opened (boltdb.Schema.Init) and is written against Tx.
+func BoltTx(tx *bolt.Tx) Tx { return boltTx{tx} }
