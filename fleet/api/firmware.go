@@ -163,7 +163,7 @@ func (h *handler) releaseView(fw Firmware, r *firmware.Release) Release {
 		WithdrawnBy: r.WithdrawnBy, WithdrawnAt: r.WithdrawnAt, WithdrawReason: r.WithdrawReason,
 		Manifest: r.ManifestJSON, Bundles: r.Bundles,
 	}
-	if _, err := fw.Releases().Offerable(r.ID, h.cfg.Now()); err != nil {
+	if _, err := fw.Releases().Offerable(context.TODO(), r.ID, h.cfg.Now()); err != nil {
 		v.NotOfferable = publicFirmwareError(err)
 	} else {
 		v.Offerable = true
@@ -239,8 +239,8 @@ type ReleaseList struct {
 	Releases []Release `json:"releases"`
 }
 
-func (h *handler) listReleases(w http.ResponseWriter, _ *http.Request, _ string, fw Firmware) {
-	rs, err := fw.Releases().List()
+func (h *handler) listReleases(w http.ResponseWriter, r *http.Request, _ string, fw Firmware) {
+	rs, err := fw.Releases().List(r.Context())
 	if err != nil {
 		h.internal(w, err)
 		return
@@ -253,7 +253,7 @@ func (h *handler) listReleases(w http.ResponseWriter, _ *http.Request, _ string,
 }
 
 func (h *handler) getRelease(w http.ResponseWriter, r *http.Request, _ string, fw Firmware) {
-	rel, err := fw.Releases().Release(r.PathValue("id"))
+	rel, err := fw.Releases().Release(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.firmwareError(w, err)
 		return
@@ -265,7 +265,7 @@ func (h *handler) approveRelease(w http.ResponseWriter, r *http.Request, who str
 	// The two-person rule: an account created or changed after the
 	// release was uploaded cannot approve it (one person must not make a
 	// second account to approve their own upload).
-	cur, err := fw.Releases().Release(r.PathValue("id"))
+	cur, err := fw.Releases().Release(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.firmwareError(w, err)
 		return
@@ -316,7 +316,7 @@ func (h *handler) createCampaign(w http.ResponseWriter, r *http.Request, who str
 	if !decode(w, r, &req) {
 		return
 	}
-	if _, err := fw.Releases().Release(req.Definition.Release); err != nil {
+	if _, err := fw.Releases().Release(r.Context(), req.Definition.Release); err != nil {
 		h.firmwareError(w, err)
 		return
 	}
@@ -421,7 +421,7 @@ func (h *handler) rollbackCampaign(w http.ResponseWriter, r *http.Request, who s
 	if !decode(w, r, &req) {
 		return
 	}
-	if _, err := fw.Releases().Release(req.Definition.Release); err != nil {
+	if _, err := fw.Releases().Release(r.Context(), req.Definition.Release); err != nil {
 		h.firmwareError(w, err)
 		return
 	}

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,8 +24,8 @@ import (
 // Releases reads the firmware release store. *firmware.Store implements
 // it.
 type Releases interface {
-	List() ([]*firmware.Release, error)
-	Offerable(id string, now time.Time) (*firmware.Release, error)
+	List(ctx context.Context) ([]*firmware.Release, error)
+	Offerable(ctx context.Context, id string, now time.Time) (*firmware.Release, error)
 }
 
 // Campaigns reads firmware campaigns. *campaign.Manager implements it.
@@ -119,7 +120,7 @@ type ReleasesPage struct{ Releases []ReleaseView }
 // releases reads every release, newest first, with what the operator may
 // do with it.
 func (f FirmwarePages) releases(p auth.Principal) ([]ReleaseView, error) {
-	rs, err := f.Releases.List()
+	rs, err := f.Releases.List(context.TODO())
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +134,7 @@ func (f FirmwarePages) releases(p auth.Principal) ([]ReleaseView, error) {
 		for _, a := range r.Approvals {
 			v.ApprovedByMe = v.ApprovedByMe || a.By == p.User
 		}
-		if _, err := f.Releases.Offerable(r.ID, now); err != nil {
+		if _, err := f.Releases.Offerable(context.TODO(), r.ID, now); err != nil {
 			v.NotOfferable = notOfferable(err)
 		} else {
 			v.Offerable = true
@@ -230,7 +231,7 @@ func campaignTone(c campaign.Campaign) string {
 
 // releaseLabels maps release IDs to their labels.
 func (f FirmwarePages) releaseLabels() (map[string]string, error) {
-	rs, err := f.Releases.List()
+	rs, err := f.Releases.List(context.TODO())
 	if err != nil {
 		return nil, err
 	}

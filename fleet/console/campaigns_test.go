@@ -64,7 +64,7 @@ func TestReleasesTwoPersonRule(t *testing.T) {
 
 func release(t *testing.T, ff *fleetFixture, id string) *firmware.Release {
 	t.Helper()
-	rs, err := ff.releases.List()
+	rs, err := ff.releases.List(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}

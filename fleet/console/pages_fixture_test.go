@@ -196,7 +196,7 @@ func (f fwService) StartCampaign(id string, at time.Time, who, why string) error
 	if err != nil {
 		return err
 	}
-	if _, err := f.store.Offerable(c.Definition.Release, f.now()); err != nil {
+	if _, err := f.store.Offerable(context.TODO(), c.Definition.Release, f.now()); err != nil {
 		return err
 	}
 	return f.mgr.Start(id, at, who, why)

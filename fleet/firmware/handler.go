@@ -1,6 +1,7 @@
 package firmware
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"net/http"
@@ -61,7 +62,7 @@ func (s *Store) Handler(authorize AuthorizeFunc) http.Handler {
 			http.Error(w, "forbidden", http.StatusForbidden)
 			return
 		}
-		if err := s.imageOffered(digest, s.now()); err != nil {
+		if err := s.imageOffered(r.Context(), digest, s.now()); err != nil {
 			s.log.Info("firmware: download of an image not on offer", "device_id", device, "image", digest, "err", err)
 			http.Error(w, "not found", http.StatusNotFound)
 			return
@@ -82,12 +83,12 @@ func (s *Store) Handler(authorize AuthorizeFunc) http.Handler {
 }
 
 // imageOffered reports whether some offerable release names the image.
-func (s *Store) imageOffered(digest string, now time.Time) error {
+func (s *Store) imageOffered(ctx context.Context, digest string, now time.Time) error {
 	var d [32]byte
 	if _, err := hex.Decode(d[:], []byte(digest)); err != nil {
 		return ErrInvalid
 	}
-	rs, err := s.releasesOfImage(d)
+	rs, err := s.releasesOfImage(ctx, d)
 	if err != nil {
 		return err
 	}

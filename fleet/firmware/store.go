@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -17,11 +18,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -150,9 +151,11 @@ type Release struct {
 // file and of its download URL.
 func (r *Release) ImageDigest() string { return hex.EncodeToString(r.Manifest.SHA256[:]) }
 
-// Store is the release store. Its methods are safe for concurrent use.
+// Store is the release store: records in a bbolt file (Open) or in
+// PostgreSQL (OpenPostgres), images in files. Its methods are safe for
+// concurrent use.
 type Store struct {
-	db        *boltdb.DB
+	db        kv.DB
 	dir       string
 	trust     atomic.Pointer[verify.TrustSet]
 	approvals int
@@ -169,6 +172,20 @@ var (
 	bucketByImage  = []byte("byimage")  // image SHA-256 (32 bytes) || release ID -> empty
 )
 
+// Table is the PostgreSQL table holding the records' buckets
+// (kv.Postgres).
+const Table = "firmware_kv"
+
+// Buckets are the records' buckets, in the bbolt file and in PostgreSQL:
+// what sigil migrate copies.
+var Buckets = [][]byte{bucketReleases, bucketByImage}
+
+// migrations are the records' tables in PostgreSQL (component
+// "firmware" in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
 const (
 	schemaVersion = 1
 	recordVersion = 1
@@ -180,6 +197,46 @@ const (
 // Open opens or creates the store in cfg.Dir and removes temporary image
 // files a crash left behind.
 func Open(cfg Config) (*Store, error) {
+	s, err := newStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(cfg.Dir, DBFile)
+	db, err := boltdb.Open(path, boltdb.Schema{
+		Buckets: [][]byte{bucketMeta, bucketReleases, bucketByImage},
+		Version: schemaVersion,
+	}, boltdb.Options{Name: "firmware", NoSync: cfg.NoSync, Locked: ErrLocked})
+	if err != nil {
+		return nil, err
+	}
+	s.db = kv.Bolt(db)
+	return s, nil
+}
+
+// OpenPostgres opens the release records in the PostgreSQL database db,
+// bringing its tables up to date first; the images stay in cfg.Dir's
+// ImagesDir, which replicas sharing db must share too (a network file
+// system), or each holds the images uploaded through it only. Changes
+// run one at a time across the replicas, each exactly once
+// (kv.Options.Serialized): a change records its audit entry in its
+// transaction. cfg.NoSync applies to the images. Close leaves db open.
+func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Store, error) {
+	s, err := newStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, "firmware", migrations); err != nil {
+		return nil, fmt.Errorf("firmware: %w", err)
+	}
+	if s.db, err = kv.Postgres(db, Table, kv.Options{Serialized: true}); err != nil {
+		return nil, fmt.Errorf("firmware: %w", err)
+	}
+	return s, nil
+}
+
+// newStore checks cfg, applies its defaults, and prepares the images
+// directory.
+func newStore(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("firmware: open: no directory")
 	}
@@ -211,15 +268,6 @@ func Open(cfg Config) (*Store, error) {
 	if err := removeTemps(images); err != nil {
 		return nil, err
 	}
-	path := filepath.Join(cfg.Dir, DBFile)
-	db, err := boltdb.Open(path, boltdb.Schema{
-		Buckets: [][]byte{bucketMeta, bucketReleases, bucketByImage},
-		Version: schemaVersion,
-	}, boltdb.Options{Name: "firmware", NoSync: cfg.NoSync, Locked: ErrLocked})
-	if err != nil {
-		return nil, err
-	}
-	s.db = db
 	return s, nil
 }
 
@@ -238,7 +286,7 @@ func removeTemps(dir string) error {
 	return nil
 }
 
-// Close closes the database.
+// Close closes the database (a PostgreSQL store leaves it open).
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("firmware: close: %w", err)
@@ -294,7 +342,7 @@ func (s *Store) Upload(ctx context.Context, actor string, manifestJSON []byte, b
 	if m.Size > s.maxImage {
 		return deny(fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, m.Size, s.maxImage))
 	}
-	if _, err := s.Release(id); err == nil {
+	if _, err := s.Release(ctx, id); err == nil {
 		return deny(fmt.Errorf("%w: %s", ErrExists, id))
 	}
 	digest := hex.EncodeToString(m.SHA256[:])
@@ -314,7 +362,7 @@ func (s *Store) Upload(ctx context.Context, actor string, manifestJSON []byte, b
 		ID: id, Manifest: m, ManifestJSON: manifestJSON, Bundles: bundles, Signers: v.Signers,
 		State: StateUploaded, UploadedBy: actor, UploadedAt: s.now().UTC(),
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(ctx, func(tx kv.Tx) error {
 		if tx.Bucket(bucketReleases).Get([]byte(id)) != nil {
 			return fmt.Errorf("%w: %s", ErrExists, id)
 		}
@@ -345,7 +393,7 @@ func (s *Store) Upload(ctx context.Context, actor string, manifestJSON []byte, b
 // StateApproved.
 func (s *Store) Approve(ctx context.Context, actor, id string) (*Release, error) {
 	var out *Release
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		r, err := getRelease(tx, id)
 		if err != nil {
 			return err
@@ -396,7 +444,7 @@ func (s *Store) Approve(ctx context.Context, actor, id string) (*Release, error)
 // reason is kept on the release and in the audit record.
 func (s *Store) Withdraw(ctx context.Context, actor, id, reason string) (*Release, error) {
 	var out *Release
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		r, err := getRelease(tx, id)
 		if err != nil {
 			return err
@@ -431,8 +479,8 @@ func (s *Store) Withdraw(ctx context.Context, actor, id, reason string) (*Releas
 // it is approved (ErrNotApproved), not withdrawn (ErrWithdrawn), still
 // signed by the threshold of the current trust set (verify.ErrSignature)
 // and not expired (verify.ErrExpired).
-func (s *Store) Offerable(id string, now time.Time) (*Release, error) {
-	r, err := s.Release(id)
+func (s *Store) Offerable(ctx context.Context, id string, now time.Time) (*Release, error) {
+	r, err := s.Release(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -454,9 +502,9 @@ func (s *Store) offerable(r *Release, now time.Time) error {
 }
 
 // Release returns release id.
-func (s *Store) Release(id string) (*Release, error) {
+func (s *Store) Release(ctx context.Context, id string) (*Release, error) {
 	var r *Release
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		var err error
 		r, err = getRelease(tx, id)
 		return err
@@ -465,9 +513,9 @@ func (s *Store) Release(id string) (*Release, error) {
 }
 
 // List returns every release, newest upload first.
-func (s *Store) List() ([]*Release, error) {
+func (s *Store) List(ctx context.Context) ([]*Release, error) {
 	var out []*Release
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketReleases).ForEach(func(k, v []byte) error {
 			r, err := decode(v)
 			if err != nil {
@@ -490,9 +538,9 @@ func (s *Store) List() ([]*Release, error) {
 }
 
 // releasesOfImage returns the releases whose manifest names the image.
-func (s *Store) releasesOfImage(digest [32]byte) ([]*Release, error) {
+func (s *Store) releasesOfImage(ctx context.Context, digest [32]byte) ([]*Release, error) {
 	var out []*Release
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		c := tx.Bucket(bucketByImage).Cursor()
 		for k, _ := c.Seek(digest[:]); k != nil && bytes.HasPrefix(k, digest[:]); k, _ = c.Next() {
 			r, err := getRelease(tx, string(k[len(digest):]))
@@ -640,7 +688,7 @@ type record struct {
 	Manifest []byte   `json:"manifest"`
 }
 
-func putRelease(tx *bolt.Tx, r *Release) error {
+func putRelease(tx kv.Tx, r *Release) error {
 	rc := *r
 	rc.ManifestJSON = nil
 	b, err := json.Marshal(record{V: recordVersion, Release: &rc, Manifest: r.ManifestJSON})
@@ -650,7 +698,7 @@ func putRelease(tx *bolt.Tx, r *Release) error {
 	return tx.Bucket(bucketReleases).Put([]byte(r.ID), b)
 }
 
-func getRelease(tx *bolt.Tx, id string) (*Release, error) {
+func getRelease(tx kv.Tx, id string) (*Release, error) {
 	v := tx.Bucket(bucketReleases).Get([]byte(id))
 	if v == nil {
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, id)

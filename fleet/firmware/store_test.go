@@ -148,7 +148,7 @@ func newFixture(t *testing.T, approvals, threshold, nkeys int) *fixture {
 
 func (f *fixture) open(t *testing.T, trust *verify.TrustSet) {
 	t.Helper()
-	s, err := firmware.Open(firmware.Config{Dir: f.dir, Trust: trust, Approvals: f.approvals, Now: f.clock.Now, Auditor: f.audit})
+	s, err := openBackend(t, firmware.Config{Dir: f.dir, Trust: trust, Approvals: f.approvals, Now: f.clock.Now, Auditor: f.audit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestUploadStoresVerifiedRelease(t *testing.T) {
 	// The signed bytes come back exactly, after a restart too.
 	f.store.Close()
 	f.open(t, f.trust)
-	again, err := f.store.Release(r.ID)
+	again, err := f.store.Release(t.Context(), r.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestUploadRefusals(t *testing.T) {
 			}
 		})
 	}
-	if rs, _ := f.store.List(); len(rs) != 0 {
+	if rs, _ := f.store.List(t.Context()); len(rs) != 0 {
 		t.Fatalf("refused uploads left %d records", len(rs))
 	}
 	if names := f.imageFiles(t); len(names) != 0 {
@@ -300,7 +300,7 @@ func TestTwoPersonRule(t *testing.T) {
 	if r.State != firmware.StateUploaded {
 		t.Fatalf("one of two approvals made it %s", r.State)
 	}
-	if _, err := f.store.Offerable(r.ID, f.clock.Now()); !errors.Is(err, firmware.ErrNotApproved) {
+	if _, err := f.store.Offerable(t.Context(), r.ID, f.clock.Now()); !errors.Is(err, firmware.ErrNotApproved) {
 		t.Fatalf("half-approved release offerable: %v", err)
 	}
 	if _, err := f.store.Approve(ctx, "bob", r.ID); !errors.Is(err, firmware.ErrAlreadyApproved) {
@@ -319,7 +319,7 @@ func TestTwoPersonRule(t *testing.T) {
 	if e := f.audit.last(); e != (entry{"carol", firmware.ActionApprove, r.ID, firmware.OutcomeOK, e.reason}) {
 		t.Fatalf("approval not audited: %+v", e)
 	}
-	if _, err := f.store.Offerable(r.ID, f.clock.Now()); err != nil {
+	if _, err := f.store.Offerable(t.Context(), r.ID, f.clock.Now()); err != nil {
 		t.Fatalf("approved release not offerable: %v", err)
 	}
 	if _, err := f.store.Approve(ctx, "dave", r.ID); !errors.Is(err, firmware.ErrInvalid) {
@@ -336,7 +336,7 @@ func TestOfferable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.store.Offerable(r.ID, t0); !errors.Is(err, firmware.ErrNotApproved) {
+	if _, err := f.store.Offerable(t.Context(), r.ID, t0); !errors.Is(err, firmware.ErrNotApproved) {
 		t.Fatalf("unapproved: %v", err)
 	}
 	for _, who := range []string{"bob", "carol"} {
@@ -344,13 +344,13 @@ func TestOfferable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := f.store.Offerable(r.ID, exp.Add(-time.Second)); err != nil {
+	if _, err := f.store.Offerable(t.Context(), r.ID, exp.Add(-time.Second)); err != nil {
 		t.Fatalf("approved: %v", err)
 	}
-	if _, err := f.store.Offerable(r.ID, exp); !errors.Is(err, verify.ErrExpired) {
+	if _, err := f.store.Offerable(t.Context(), r.ID, exp); !errors.Is(err, verify.ErrExpired) {
 		t.Fatalf("expired: %v", err)
 	}
-	if _, err := f.store.Offerable("0123456789abcdef0123456789abcdef", t0); !errors.Is(err, firmware.ErrNotFound) {
+	if _, err := f.store.Offerable(t.Context(), "0123456789abcdef0123456789abcdef", t0); !errors.Is(err, firmware.ErrNotFound) {
 		t.Fatalf("unknown: %v", err)
 	}
 
@@ -359,7 +359,7 @@ func TestOfferable(t *testing.T) {
 	if err := f.store.SetTrust(trustOf(t, 1, newSigner(t))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.store.Offerable(r.ID, t0); !errors.Is(err, verify.ErrSignature) {
+	if _, err := f.store.Offerable(t.Context(), r.ID, t0); !errors.Is(err, verify.ErrSignature) {
 		t.Fatalf("after rotation: %v", err)
 	}
 	if err := f.store.SetTrust(f.trust); err != nil {
@@ -369,10 +369,10 @@ func TestOfferable(t *testing.T) {
 	if _, err := f.store.Withdraw(ctx, "dave", r.ID, "bricks gw-100 rev B"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.store.Offerable(r.ID, t0); !errors.Is(err, firmware.ErrWithdrawn) {
+	if _, err := f.store.Offerable(t.Context(), r.ID, t0); !errors.Is(err, firmware.ErrWithdrawn) {
 		t.Fatalf("withdrawn: %v", err)
 	}
-	got, _ := f.store.Release(r.ID)
+	got, _ := f.store.Release(t.Context(), r.ID)
 	if got.WithdrawnBy != "dave" || got.WithdrawReason != "bricks gw-100 rev B" || !got.WithdrawnAt.Equal(t0) {
 		t.Fatalf("withdrawal not recorded: %+v", got)
 	}
@@ -400,7 +400,7 @@ func TestAuditFailureChangesNothing(t *testing.T) {
 	if _, err := f.store.Approve(ctx, "bob", r.ID); !errors.Is(err, firmware.ErrAudit) {
 		t.Fatalf("Approve = %v, want ErrAudit", err)
 	}
-	got, _ := f.store.Release(r.ID)
+	got, _ := f.store.Release(t.Context(), r.ID)
 	if len(got.Approvals) != 0 {
 		t.Fatalf("unaudited approval stored: %+v", got.Approvals)
 	}
@@ -408,7 +408,7 @@ func TestAuditFailureChangesNothing(t *testing.T) {
 	if _, err := f.store.Upload(ctx, "alice", other.manifest, other.bundles, bytes.NewReader(other.image)); !errors.Is(err, firmware.ErrAudit) {
 		t.Fatalf("Upload = %v, want ErrAudit", err)
 	}
-	if _, err := f.store.Release(firmware.ReleaseID(other.manifest)); !errors.Is(err, firmware.ErrNotFound) {
+	if _, err := f.store.Release(t.Context(), firmware.ReleaseID(other.manifest)); !errors.Is(err, firmware.ErrNotFound) {
 		t.Fatalf("unaudited upload stored: %v", err)
 	}
 }

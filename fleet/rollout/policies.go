@@ -22,7 +22,7 @@ func (s *Service) StartCampaign(id string, at time.Time, who, why string) error 
 	if err != nil {
 		return err
 	}
-	r, err := s.store.Offerable(c.Definition.Release, s.now())
+	r, err := s.store.Offerable(context.TODO(), c.Definition.Release, s.now())
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -78,6 +79,10 @@ type Config struct {
 	Send func(deviceID, kind string, payload []byte) error
 	// Audit records release and campaign actions; nil logs them only.
 	Audit audit.Recorder
+	// Database, when set, keeps the release records in PostgreSQL
+	// (firmware.OpenPostgres: the images stay in Dir, which replicas
+	// must share); nil keeps them in Dir's bbolt file.
+	Database *postgres.DB
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -144,10 +149,15 @@ func Open(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("rollout: firmware staging: %w", err)
 	}
 	s.removeOldStaged()
-	s.store, err = firmware.Open(firmware.Config{
+	fcfg := firmware.Config{
 		Dir: cfg.Dir, Trust: trust, Approvals: cfg.Approvals,
 		Auditor: releaseAuditor(cfg.Audit, log), Logger: log,
-	})
+	}
+	if cfg.Database != nil {
+		s.store, err = firmware.OpenPostgres(context.Background(), cfg.Database, fcfg)
+	} else {
+		s.store, err = firmware.Open(fcfg)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +260,7 @@ func (s *Service) authorizeDownload(r *http.Request, digest string) error {
 		return err
 	}
 	for _, a := range as {
-		rel, err := s.store.Release(a.Release)
+		rel, err := s.store.Release(context.TODO(), a.Release)
 		if err == nil && rel.ImageDigest() == digest {
 			return nil
 		}
@@ -261,8 +271,8 @@ func (s *Service) authorizeDownload(r *http.Request, digest string) error {
 // resolve is the campaigns' Targets: the active devices a selector
 // matches that release is built for (builtFor), in device ID order
 // (explicit device IDs in their given order).
-func (s *Service) resolve(_ context.Context, release string, sel campaign.Selector) ([]string, error) {
-	r, err := s.store.Release(release)
+func (s *Service) resolve(ctx context.Context, release string, sel campaign.Selector) ([]string, error) {
+	r, err := s.store.Release(ctx, release)
 	if err != nil {
 		return nil, err
 	}
@@ -340,8 +350,8 @@ func (s *Service) eligible(id string, r *firmware.Release) error {
 // the device's model (eligible). A device without a session misses it and
 // gets it again when it says hello; one that stays away times out and
 // counts as failed.
-func (s *Service) announce(_ context.Context, a campaign.Announcement) error {
-	r, err := s.store.Offerable(a.Release, s.now())
+func (s *Service) announce(ctx context.Context, a campaign.Announcement) error {
+	r, err := s.store.Offerable(ctx, a.Release, s.now())
 	if err != nil {
 		return err
 	}
@@ -452,7 +462,7 @@ func (s *Service) hello(deviceID string) {
 		return
 	}
 	for _, a := range as {
-		r, err := s.store.Offerable(a.Release, s.now())
+		r, err := s.store.Offerable(context.TODO(), a.Release, s.now())
 		if err == nil && a.Step == campaign.StepAnnounced {
 			err = s.eligible(deviceID, r)
 		}
@@ -481,13 +491,13 @@ func (s *Service) Target(d *inventory.Device) (string, error) {
 
 // releaseLister lists the releases (firmware.Store).
 type releaseLister interface {
-	List() ([]*firmware.Release, error)
+	List(ctx context.Context) ([]*firmware.Release, error)
 }
 
 // newestFor is the version of the newest approved release for model that
 // has not expired at now; "" when there is none.
 func newestFor(rels releaseLister, model string, now time.Time) (string, error) {
-	list, err := rels.List()
+	list, err := rels.List(context.TODO())
 	if err != nil {
 		return "", err
 	}

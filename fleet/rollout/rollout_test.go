@@ -653,7 +653,7 @@ func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
 
 type releaseList []*firmware.Release
 
-func (l releaseList) List() ([]*firmware.Release, error) { return l, nil }
+func (l releaseList) List(context.Context) ([]*firmware.Release, error) { return l, nil }
 
 // TestFirmwareTarget: a device's target is the newest approved, unexpired
 // release for its model; withdrawn, unapproved, expired and other models'

@@ -195,7 +195,7 @@ func checkPages(t *testing.T, f *harness.Fleet, p prepared, res results) {
 		t.Errorf("the approved policy change was not made: %v", err)
 	}
 	// The release its uploader could not approve is still waiting.
-	if r, err := f.Releases().Release(p.unapproved.ID); err != nil || len(r.Approvals) != 0 {
+	if r, err := f.Releases().Release(t.Context(), p.unapproved.ID); err != nil || len(r.Approvals) != 0 {
 		t.Errorf("release %s: %+v (%v)", p.unapproved.ID, r, err)
 	}
 	// The verification the admin ran is in the audit log.
