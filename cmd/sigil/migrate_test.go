@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"os"
@@ -13,23 +15,34 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/firmware/manifest"
+	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/rotation"
+	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/pkg/config"
 )
 
 // TestMigrateToPostgres runs `sigil migrate` on a data directory whose
 // stores hold records, against a real PostgreSQL (pgtest): the records
 // are in the database afterwards and work there (a login, a token, the
 // audit chain and its checkpoint verifying against audit.pub, a pending
-// approval, devices); a second run is refused, and --force replaces.
+// approval, devices, a rotation job with its devices, sealed secrets and
+// their deliveries, an approved firmware release); a second run is
+// refused, and --force replaces.
 func TestMigrateToPostgres(t *testing.T) {
 	srv := pgtest.Start(t)
 	dir := t.TempDir()
@@ -128,12 +141,47 @@ func TestMigrateToPostgres(t *testing.T) {
 	}
 	inv.Close()
 
+	seedRotationJob(t, filepath.Join(dir, server.JobsFile))
+	sec, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"psk-1", "psk-2"} {
+		if _, err := sec.Put(ctx, "wifi", []byte(v), secrets.Target{Group: "plant-7"}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := sec.Put(ctx, "api", []byte("token"), secrets.Target{Model: "gw"}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := sec.SetRotation(ctx, "wifi", &secrets.Rotation{Every: config.Duration(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	sec.Close()
+	dl, err := secrets.OpenDeliveries(filepath.Join(dir, secrets.DeliveriesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{inventorytest.ID(0), inventorytest.ID(1)} {
+		if err := dl.Update(ctx, "wifi", id, func(d *secrets.Delivery) { d.Sent, d.Acked = 2, 2 }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dl.Update(ctx, "api", inventorytest.ID(0), func(d *secrets.Delivery) { d.Sent, d.Error = 1, "not attested" }); err != nil {
+		t.Fatal(err)
+	}
+	dl.Close()
+	fwDir := filepath.Join(dir, server.FirmwareDir)
+	trust, releaseID := seedRelease(t, fwDir)
+
 	url := srv.NewDatabase(t)
 	out, errOut, code := runCLI(t, "", "migrate", "--data-dir", dir, "--database-url", url)
 	if code != 0 {
 		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
 	}
-	for _, want := range []string{"audit ", "entries 30", "checkpoints 1", "operators", "users 1", "sessions 1", "tokens 1", "approvals", "requests 1", "inventory", "devices 4", "attestations", "devices 2, records 7", "policies", "versions 2", "the audit chain verifies"} {
+	for _, want := range []string{"audit ", "entries 30", "checkpoints 1", "operators", "users 1", "sessions 1", "tokens 1", "approvals", "requests 1", "inventory", "devices 4", "attestations", "devices 2, records 7", "policies", "versions 2",
+		"rotations", "devices 3, jobs 1", "secrets", "names 2, schedules 1, versions 3", "deliveries", "deliveries 3, secrets 2", "firmware", "releases 1",
+		"the audit chain verifies"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("migrate output lacks %q:\n%s", want, out)
 		}
@@ -197,6 +245,47 @@ func TestMigrateToPostgres(t *testing.T) {
 		t.Fatalf("device in the database: %v, %v", d, err)
 	}
 
+	pj, err := rotation.OpenJobsPostgres(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j, err := pj.Get(ctx, "rot_old"); err != nil || j.Progress() != (rotation.Progress{Total: 3, Sent: 1, Renewed: 1, Waiting: 1}) || len(j.Devices) != 3 {
+		t.Fatalf("rotation job in the database: %+v, %v", j, err)
+	}
+	if devs, _, err := pj.Devices(ctx, "rot_old", "", 2); err != nil || len(devs) != 2 || devs[0].ID != "a1" {
+		t.Fatalf("rotation job's devices in the database: %+v, %v", devs, err)
+	}
+	ps2, err := secrets.OpenPostgres(ctx, db, secrets.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ps2.Get(ctx, "wifi"); err != nil || string(got.Value) != "psk-2" || got.Version != 2 {
+		t.Fatalf("secret in the database: %v, %v", got, err)
+	}
+	if l, err := ps2.List(ctx); err != nil || len(l) != 2 || l[1].Rotation == nil {
+		t.Fatalf("secrets listed in the database: %+v, %v", l, err)
+	}
+	if v, err := ps2.Put(ctx, "wifi", []byte("psk-3"), secrets.Target{Group: "plant-7"}, false); err != nil || v != 3 {
+		t.Fatalf("a version stored after the copy: %d, %v (the numbers must continue)", v, err)
+	}
+	if _, err := secrets.OpenPostgres(ctx, db, secrets.Config{Dir: t.TempDir()}); err == nil {
+		t.Fatal("the secrets in the database opened with another key file")
+	}
+	pd, err := secrets.OpenDeliveriesPostgres(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := pd.ForDevice(ctx, inventorytest.ID(0)); err != nil || len(got) != 2 || got["wifi"].Acked != 2 || got["api"].Error == "" {
+		t.Fatalf("deliveries in the database: %+v, %v", got, err)
+	}
+	pf, err := firmware.OpenPostgres(ctx, db, firmware.Config{Dir: fwDir, Trust: trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pf.Offerable(ctx, releaseID, time.Now()); err != nil {
+		t.Fatalf("firmware release in the database: %v", err)
+	}
+
 	// The database holds records now: refused, nothing copied; --force
 	// replaces them.
 	if _, err := pa.CreateUser(ctx, "bob", pw, auth.RoleViewer); err != nil {
@@ -211,4 +300,76 @@ func TestMigrateToPostgres(t *testing.T) {
 	if _, err := pa.User(ctx, "bob"); err == nil {
 		t.Fatal("migrate --force kept a user the file does not have")
 	}
+}
+
+// seedRotationJob writes a job as an earlier version stored it (devices
+// inline) and opens the file, which converts it to the layout of nested
+// buckets sigil migrate copies.
+func seedRotationJob(t *testing.T, path string) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	old := `{"id":"rot_old","created":"2026-01-01T00:00:00Z","selector":{"all":true},"rate":5,"state":"running","devices":[` +
+		`{"id":"a1","from":"01","sent":"` + now + `","attempts":1},{"id":"a2","from":"01","done_at":"` + now + `"},{"id":"a3","from":"01"}]}`
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("jobs"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("rot_old"), []byte(old))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := rotation.OpenJobs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+}
+
+// seedRelease uploads a signed release to the store in dir and has it
+// approved; it returns the trust set and the release's ID.
+func seedRelease(t *testing.T, dir string) (*verify.TrustSet, string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := sign.New(sign.Config{Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := verify.NewTrustSet(1, 1, signer.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := bytes.Repeat([]byte("firmware "), 100)
+	m := &manifest.Manifest{Name: "gateway-os", Version: "1.0.0", SecurityVersion: 1, Models: []string{"gw"},
+		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().AddDate(1, 0, 0)}
+	raw, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := signer.Sign(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := firmware.Open(firmware.Config{Dir: dir, Trust: trust, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r, err := st.Upload(t.Context(), "alice", raw, [][]byte{bundle}, bytes.NewReader(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Approve(t.Context(), "bob", r.ID); err != nil {
+		t.Fatal(err)
+	}
+	return trust, r.ID
 }

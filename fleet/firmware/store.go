@@ -26,6 +26,10 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
+// DataDir is the store's directory (Config.Dir) in the fleet's data
+// directory.
+const DataDir = "firmware"
+
 // Names inside Config.Dir.
 const (
 	DBFile    = "firmware.db" // bbolt file with the release records
@@ -225,13 +229,23 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Store, err
 	if err != nil {
 		return nil, err
 	}
+	if s.db, err = PostgresBuckets(ctx, db); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// PostgresBuckets brings the records' tables in db up to date and
+// returns their buckets (sigil migrate copies into them).
+func PostgresBuckets(ctx context.Context, db *postgres.DB) (kv.DB, error) {
 	if err := db.Migrate(ctx, "firmware", migrations); err != nil {
 		return nil, fmt.Errorf("firmware: %w", err)
 	}
-	if s.db, err = kv.Postgres(db, Table, kv.Options{Serialized: true}); err != nil {
+	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	if err != nil {
 		return nil, fmt.Errorf("firmware: %w", err)
 	}
-	return s, nil
+	return k, nil
 }
 
 // newStore checks cfg, applies its defaults, and prepares the images

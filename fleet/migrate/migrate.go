@@ -6,6 +6,9 @@ package migrate
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,12 +16,16 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/rotation"
+	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -45,7 +52,7 @@ type Options struct {
 
 // Store says what Run did with one store.
 type Store struct {
-	Name    string         // "inventory", "audit", "operators", "approvals"
+	Name    string         // "inventory", "audit", "operators", "approvals", "rotations", …
 	File    string         // in the data directory
 	Absent  bool           // no such file: nothing to copy
 	Records map[string]int // copied, by bucket (the inventory: by kind)
@@ -62,6 +69,9 @@ type kvStore struct {
 	// open opens the store in the database (migrating its tables) and
 	// returns its buckets there.
 	open func(ctx context.Context, db *postgres.DB) (kv.DB, error)
+	// records names what was copied, from the keys copied per bucket
+	// (nil: the buckets' names).
+	records func(keys map[string]int) map[string]int
 }
 
 func kvStores() []kvStore {
@@ -113,6 +123,18 @@ func kvStores() []kvStore {
 				}
 				h.Close()
 				return kv.Postgres(db, attest.HistoryTable)
+			},
+			records: func(keys map[string]int) map[string]int { // a bucket per device, and the devices' summaries
+				out := map[string]int{"devices": 0}
+				for name, n := range keys {
+					if name == attest.SummariesBucket {
+						out["summaries"] = n
+						continue
+					}
+					out["devices"]++
+					out["records"] += n
+				}
+				return out
 			}},
 		{name: "approvals", file: approval.File, buckets: approval.Buckets,
 			create: func(path string) error {
@@ -130,12 +152,90 @@ func kvStores() []kvStore {
 				m.Close()
 				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
 			}},
+		{name: "rotations", file: rotation.JobsFile, buckets: rotation.JobsBuckets, // a job's devices and queue nested
+			create: func(path string) error {
+				j, err := rotation.OpenJobs(path)
+				if err == nil {
+					err = j.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				j, err := rotation.OpenJobsPostgres(ctx, db)
+				if err != nil {
+					return nil, err
+				}
+				j.Close()
+				return kv.Postgres(db, rotation.JobsTable, kv.Options{Serialized: true})
+			},
+			records: func(keys map[string]int) map[string]int {
+				return map[string]int{"jobs": keys["jobs"], "devices": keys["devices"]}
+			}},
+		{name: "secrets", file: secrets.DBFile, buckets: secrets.Buckets, // a bucket per name, nested
+			create: func(path string) error {
+				s, err := secrets.Open(secrets.Config{Dir: filepath.Dir(path)})
+				if err == nil {
+					err = s.Close()
+				}
+				return err
+			},
+			open: secrets.PostgresBuckets,
+			records: func(keys map[string]int) map[string]int {
+				return map[string]int{"names": keys["versions"], "versions": keys["secrets"], "schedules": keys["rotation"]}
+			}},
+		{name: "deliveries", file: secrets.DeliveriesFile, buckets: nil, // a bucket per secret: every one
+			create: func(path string) error {
+				d, err := secrets.OpenDeliveries(path)
+				if err == nil {
+					err = d.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				d, err := secrets.OpenDeliveriesPostgres(ctx, db)
+				if err != nil {
+					return nil, err
+				}
+				d.Close()
+				return kv.Postgres(db, secrets.DeliveriesTable)
+			},
+			records: func(keys map[string]int) map[string]int {
+				out := map[string]int{"secrets": len(keys), "deliveries": 0}
+				for _, n := range keys {
+					out["deliveries"] += n
+				}
+				return out
+			}},
+		{name: "firmware", file: filepath.Join(firmware.DataDir, firmware.DBFile), buckets: firmware.Buckets,
+			create: func(path string) error {
+				// The records' file needs no trust set; Open wants one.
+				k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+				if err != nil {
+					return err
+				}
+				trust, err := verify.NewTrustSet(1, 1, &k.PublicKey)
+				if err != nil {
+					return err
+				}
+				s, err := firmware.Open(firmware.Config{Dir: filepath.Dir(path), Trust: trust})
+				if err == nil {
+					err = s.Close()
+				}
+				return err
+			},
+			open: firmware.PostgresBuckets,
+			records: func(keys map[string]int) map[string]int {
+				return map[string]int{"releases": keys["releases"]}
+			}},
 	}
 }
 
 // Run copies the stores of the data directory dataDir that have a
 // PostgreSQL backend (the inventory, the audit log, operators, the
-// attestation history, policies and approvals) into the database at url, as `sigil migrate` does. The fleet
+// attestation history, policies, approvals, rotation jobs, secrets and
+// their deliveries, firmware release records) into the database at url,
+// as `sigil migrate` does (firmware images stay files: copy the data
+// directory's firmware/images where the replicas share them). The fleet
 // must be stopped: a file a running fleet holds fails with its store's
 // ErrLocked. Each store's tables are created or migrated first; a store
 // whose tables already hold records is refused unless o.Force. Each copy
@@ -247,16 +347,8 @@ func Run(ctx context.Context, dataDir, url string, o Options) ([]Store, error) {
 			return nil, fmt.Errorf("%w: %s: %v in the file, %v in the database", ErrMismatch, p.st.name, want.Keys, got.Keys)
 		}
 		records := want.Keys
-		if p.st.buckets == nil { // a bucket per device, and the devices' summaries
-			records = map[string]int{"devices": 0}
-			for name, n := range want.Keys {
-				if name == attest.SummariesBucket {
-					records["summaries"] = n
-					continue
-				}
-				records["devices"]++
-				records["records"] += n
-			}
+		if p.st.records != nil {
+			records = p.st.records(want.Keys)
 		}
 		log.Info("store migrated", "store", p.st.name, "records", records)
 		out = append(out, Store{Name: p.st.name, File: p.st.file, Records: records})

@@ -158,10 +158,10 @@ var (
 const Table = "secrets_kv"
 
 // Buckets are the secrets' buckets, in the bbolt file and in PostgreSQL
-// (with the buckets nested in them): what sigil migrate copies. The key
-// check in "meta" is not among them: OpenPostgres writes it for the key
-// file it is given.
-var Buckets = [][]byte{bucketSecrets, bucketVersions, bucketRotation}
+// (with the buckets nested in them): what sigil migrate copies. "meta"
+// holds the key check, so that the database refuses another key file
+// than the one its secrets are sealed with.
+var Buckets = [][]byte{bucketMeta, bucketSecrets, bucketVersions, bucketRotation}
 
 // migrations are the secrets' tables in PostgreSQL (component "secrets"
 // in schema_migrations).
