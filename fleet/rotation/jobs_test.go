@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -208,5 +209,55 @@ func TestJobsMigrate(t *testing.T) {
 	}
 	if done, err := jobs.renewed(t.Context(), "a3", now); err != nil || len(done) != 1 {
 		t.Fatal(done, err)
+	}
+}
+
+// TestJobsFileLayout: in bbolt the jobs keep the layout earlier builds
+// wrote and read (files written by them open unchanged): a job's devices
+// and queue are bbolt buckets nested in "devices" and "queue", the queue's
+// keys 8 bytes of big-endian send time then the device ID.
+func TestJobsFileLayout(t *testing.T) {
+	f, ids := newJobFixture(t, 3)
+	path := filepath.Join(t.TempDir(), "rotations.db")
+	jobs, err := OpenJobs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.jobs, f.svc.cfg.Jobs = jobs, jobs
+	job, err := f.svc.Start(Selector{All: true}, 1, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc.step(t.Context())
+	jobs.Close()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketJobs, bucketRunning} {
+			if tx.Bucket(b).Get([]byte(job.ID)) == nil {
+				t.Errorf("%s holds no %s", b, job.ID)
+			}
+		}
+		devs := tx.Bucket(bucketDevices).Bucket([]byte(job.ID))
+		queue := tx.Bucket(bucketQueue).Bucket([]byte(job.ID))
+		if devs == nil || queue == nil {
+			t.Fatal("the job's devices and queue are not nested bbolt buckets")
+		}
+		if devs.Stats().KeyN != 3 || devs.Get([]byte(ids[2])) == nil {
+			t.Errorf("devices bucket: %d keys", devs.Stats().KeyN)
+		}
+		sent := f.now.Add(resend).UnixNano()
+		for _, want := range [][]byte{dueKey(sent, ids[0]), dueKey(0, ids[1]), dueKey(0, ids[2])} {
+			if k, _ := queue.Cursor().Seek(want); !bytes.Equal(k, want) {
+				t.Errorf("queue lacks %x", want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
