@@ -47,9 +47,9 @@ func TestConsoleOpsInChromium(t *testing.T) {
 	ctx := context.Background()
 	f, err := harness.StartFleet(ctx, server.Config{DataDir: t.TempDir(),
 		AlertFlood: server.AlertFlood{PerRule: floodPerRule, Fleet: -1},
-		// A failure's wait outlasts the browser's second attempt however
+		// A failure's wait (a minute) outlasts the browser's second attempt however
 		// slow the machine: that attempt is the throttled one.
-		LoginThrottle: server.LoginThrottle{BaseDelay: config.Duration(time.Hour)}}, logger())
+		LoginThrottle: server.LoginThrottle{BaseDelay: config.Duration(time.Minute)}}, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
