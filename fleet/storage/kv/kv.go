@@ -35,6 +35,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/sigil-iot/sigil/fleet/storage/internal/batch"
 )
