@@ -1,0 +1,73 @@
+package rollout
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/firmware/manifest"
+	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/fleet/firmware"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+)
+
+// TestOpenKeepsReleasesInTheDatabase: with Config.Database the release
+// records are in PostgreSQL, where another replica's store reads them,
+// and no bbolt file is written; the images stay in Dir.
+func TestOpenKeepsReleasesInTheDatabase(t *testing.T) {
+	srv := pgtest.Start(t)
+	db, err := postgres.Open(t.Context(), srv.NewDatabase(t), postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	dir := t.TempDir()
+	k := newTestKeys(t, 1)
+	trustFile, _ := writeTrust(t, dir, "trust.json", 1, 1, k...)
+	cfg := Config{Dir: filepath.Join(dir, "fw"), StagingDir: filepath.Join(dir, "staging"), CampaignsPath: filepath.Join(dir, "campaigns.db"),
+		TrustFile: trustFile, Database: db}
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := bytes.Repeat([]byte("pg"), 2048)
+	m := &manifest.Manifest{Name: "gw-os", Version: "3.0.0", SecurityVersion: 3, Models: []string{"gw-1"},
+		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
+	raw, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := k[0].signer.Sign(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Upload(t.Context(), "ana", raw, [][]byte{bundle}, bytes.NewReader(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, firmware.DBFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a bbolt file beside the database: %v", err)
+	}
+	ts, err := verify.NewTrustSet(1, 1, k[0].pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := firmware.OpenPostgres(t.Context(), db, firmware.Config{Dir: cfg.Dir, Trust: ts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	got, err := other.Release(t.Context(), r.ID)
+	if err != nil || got.UploadedBy != "ana" {
+		t.Fatalf("the release read from the database: %+v, %v", got, err)
+	}
+}
