@@ -22,6 +22,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
 
 // Errors of Run. Compare with errors.Is.
@@ -129,6 +130,22 @@ func kvStores() []kvStore {
 				}
 				m.Close()
 				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
+			}},
+		{name: "telemetry", file: telemetry.File, buckets: telemetry.Buckets,
+			create: func(path string) error {
+				c, err := telemetry.OpenCursors(path)
+				if err == nil {
+					err = c.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				c, err := telemetry.OpenCursorsPostgres(ctx, db)
+				if err != nil {
+					return nil, err
+				}
+				c.Close()
+				return kv.Postgres(db, telemetry.Table)
 			}},
 	}
 }
