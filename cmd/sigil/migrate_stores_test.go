@@ -5,7 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
@@ -50,6 +52,42 @@ var moreMigratedStores = []migratedStore{
 			}
 			if set, err := c.Flag(ctx, "default_rules_installed"); err != nil || !set {
 				t.Fatalf("telemetry flag in the database: %v %v", set, err)
+			}
+		}},
+	{name: "alerts",
+		seed: func(t *testing.T, dir string) {
+			e, err := alert.Open(alert.Config{Path: filepath.Join(dir, alert.File), NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			if _, err := e.PutRule(alert.Rule{ID: "hot", Severity: alert.SeverityWarning,
+				Threshold: &alert.Threshold{Metric: "temp", Op: alert.OpGE, Value: 80}}); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range []string{"dev-1", "dev-2"} {
+				if err := e.Observe(id, time.Now(), map[string]float64{"temp": 90}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		},
+		want: []string{"alerts ", "alerts 2, bydev 2, open 2, rules 1"},
+		check: func(t *testing.T, ctx context.Context, db *postgres.DB) {
+			e, err := alert.OpenPostgres(ctx, db, alert.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			open, _, err := e.Alerts(alert.Query{Open: true})
+			if err != nil || len(open) != 2 || open[0].RuleID != "hot" {
+				t.Fatalf("alerts in the database: %+v, %v", open, err)
+			}
+			// The alert IDs' sequence was copied: the next alert is the third.
+			if err := e.Observe("dev-3", time.Now(), map[string]float64{"temp": 90}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if open, _, err := e.Alerts(alert.Query{DeviceID: "dev-3", Open: true}); err != nil || len(open) != 1 || open[0].ID != 3 {
+				t.Fatalf("an alert opened after the copy: %+v, %v", open, err)
 			}
 		}},
 }

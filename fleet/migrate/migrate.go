@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
@@ -146,6 +147,22 @@ func kvStores() []kvStore {
 				}
 				c.Close()
 				return kv.Postgres(db, telemetry.Table)
+			}},
+		{name: "alerts", file: alert.File, buckets: alert.Buckets,
+			create: func(path string) error {
+				e, err := alert.Open(alert.Config{Path: path})
+				if err == nil {
+					err = e.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				e, err := alert.OpenPostgres(ctx, db, alert.Config{})
+				if err != nil {
+					return nil, err
+				}
+				e.Close()
+				return kv.Postgres(db, alert.Table)
 			}},
 	}
 }
