@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
@@ -88,6 +90,46 @@ var moreMigratedStores = []migratedStore{
 			}
 			if open, _, err := e.Alerts(alert.Query{DeviceID: "dev-3", Open: true}); err != nil || len(open) != 1 || open[0].ID != 3 {
 				t.Fatalf("an alert opened after the copy: %+v, %v", open, err)
+			}
+		}},
+	{name: "governance",
+		seed: func(t *testing.T, dir string) {
+			inv, err := inventory.Open(filepath.Join(t.TempDir(), inventory.File), inventory.WithNoSync())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer inv.Close()
+			g, err := governance.Open(governance.Config{Path: filepath.Join(dir, governance.File), Devices: inv, NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			for _, id := range []string{"plant-a", "plant-b"} {
+				if _, err := g.PutOwner(governance.Owner{ID: id, Name: "Plant"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := g.Block(governance.Block{Kind: governance.BlockClientID, Value: "rogue-1", Reason: "probing", By: "alice"}); err != nil {
+				t.Fatal(err)
+			}
+		},
+		want: []string{"governance ", "blocks 1", "owners 2"},
+		check: func(t *testing.T, ctx context.Context, db *postgres.DB) {
+			inv, err := inventory.Open(filepath.Join(t.TempDir(), inventory.File), inventory.WithNoSync())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer inv.Close()
+			g, err := governance.OpenPostgres(ctx, db, governance.Config{Devices: inv})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			if o, err := g.Owner("plant-b"); err != nil || o.Name != "Plant" {
+				t.Fatalf("owner in the database: %+v, %v", o, err)
+			}
+			if b, blocked := g.Blocked("rogue-1", "", ""); !blocked || b.Reason != "probing" {
+				t.Fatalf("block in the database: %+v, %v", b, blocked)
 			}
 		}},
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
@@ -164,7 +165,39 @@ func kvStores() []kvStore {
 				e.Close()
 				return kv.Postgres(db, alert.Table)
 			}},
+		{name: "governance", file: governance.File, buckets: governance.Buckets,
+			create: func(path string) error {
+				g, err := governance.Open(governance.Config{Path: path, Devices: noDevices{}})
+				if err == nil {
+					err = g.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				g, err := governance.OpenPostgres(ctx, db, governance.Config{Devices: noDevices{}})
+				if err != nil {
+					return nil, err
+				}
+				g.Close()
+				return kv.Postgres(db, governance.Table, kv.Options{Serialized: true})
+			}},
 	}
+}
+
+// noDevices is an empty inventory, for opening the governance store
+// (governance.Config.Devices) only to create or migrate it.
+type noDevices struct{}
+
+func (noDevices) Device(context.Context, string) (*inventory.Device, error) {
+	return nil, inventory.ErrNotFound
+}
+
+func (noDevices) ListDevices(context.Context, inventory.Filter) ([]inventory.Device, string, error) {
+	return nil, "", nil
+}
+
+func (noDevices) Update(context.Context, string, func(*inventory.Device) error) error {
+	return inventory.ErrNotFound
 }
 
 // Run copies the stores of the data directory dataDir that have a
