@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -132,4 +133,56 @@ var moreMigratedStores = []migratedStore{
 				t.Fatalf("block in the database: %+v, %v", b, blocked)
 			}
 		}},
+	{name: "campaigns",
+		seed: func(t *testing.T, dir string) {
+			s, err := campaign.Open(filepath.Join(dir, campaign.File))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			m := newCampaigns(t, s)
+			c, err := m.Create(t.Context(), campaign.Definition{Release: "rel-1", Targets: campaign.Selector{Group: "g"},
+				Waves: campaign.Waves{Sizes: []int{1, 2}}}, "alice", "fleet update")
+			if err != nil {
+				t.Fatal(err)
+			}
+			migratedCampaign = c.ID
+		},
+		// campaigns: the campaign's def, meta, head, 3 devices, 3
+		// positions, 2 waves; active: none (a draft).
+		want: []string{"campaigns ", "campaigns 11"},
+		check: func(t *testing.T, ctx context.Context, db *postgres.DB) {
+			s, err := campaign.OpenPostgres(ctx, db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			m := newCampaigns(t, s)
+			c, err := m.Get(migratedCampaign)
+			if err != nil || c.Total != 3 || c.State != campaign.StateDraft || len(c.Waves) != 2 {
+				t.Fatalf("campaign in the database: %+v, %v", c, err)
+			}
+			if err := m.Start(c.ID, time.Time{}, "alice", ""); err != nil {
+				t.Fatalf("starting the copied campaign: %v", err)
+			}
+		}},
+}
+
+// migratedCampaign is the ID of the campaign the campaigns store is
+// seeded with.
+var migratedCampaign string
+
+// newCampaigns is a campaign engine on s targeting three devices.
+func newCampaigns(t *testing.T, s *campaign.Store) *campaign.Manager {
+	t.Helper()
+	m, err := campaign.New(campaign.Config{Store: s,
+		Targets: campaign.TargetsFunc(func(context.Context, string, campaign.Selector) ([]string, error) {
+			return []string{"dev-1", "dev-2", "dev-3"}, nil
+		}),
+		Announcer: campaign.AnnouncerFunc(func(context.Context, campaign.Announcement) error { return nil }),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

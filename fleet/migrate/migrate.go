@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
@@ -132,6 +133,22 @@ func kvStores() []kvStore {
 				}
 				m.Close()
 				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
+			}},
+		{name: "campaigns", file: campaign.File, buckets: campaign.Buckets, // a bucket per campaign in "campaigns"
+			create: func(path string) error {
+				s, err := campaign.Open(path)
+				if err == nil {
+					err = s.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				s, err := campaign.OpenPostgres(ctx, db)
+				if err != nil {
+					return nil, err
+				}
+				s.Close()
+				return kv.Postgres(db, campaign.Table, kv.Options{Serialized: true})
 			}},
 		{name: "telemetry", file: telemetry.File, buckets: telemetry.Buckets,
 			create: func(path string) error {
