@@ -49,7 +49,7 @@ type Options struct {
 
 // Store says what Run did with one store.
 type Store struct {
-	Name    string         // "inventory", "audit", "operators", "approvals"
+	Name    string         // "inventory", "audit", "operators", "approvals", "campaigns", …
 	File    string         // in the data directory
 	Absent  bool           // no such file: nothing to copy
 	Records map[string]int // copied, by bucket (the inventory: by kind)
@@ -219,7 +219,9 @@ func (noDevices) Update(context.Context, string, func(*inventory.Device) error) 
 
 // Run copies the stores of the data directory dataDir that have a
 // PostgreSQL backend (the inventory, the audit log, operators, the
-// attestation history, policies and approvals) into the database at url, as `sigil migrate` does. The fleet
+// attestation history, policies, approvals, campaigns, telemetry
+// cursors, alerts and governance) into the database at url, as `sigil
+// migrate` does. The fleet
 // must be stopped: a file a running fleet holds fails with its store's
 // ErrLocked. Each store's tables are created or migrated first; a store
 // whose tables already hold records is refused unless o.Force. Each copy
