@@ -82,19 +82,22 @@ func testReplicasFireOnce(t *testing.T, srv *pgtest.Server) {
 		t.Fatal(err)
 	}
 	replicas := []*Engine{a, open()} // the second loads the rule
-	const devices, rounds = 5, 4
+	const devices, rounds = 20, 4
+	var start, wg sync.WaitGroup
+	start.Add(1)
 	for d := range devices {
-		var wg sync.WaitGroup
 		for i := range 2 * rounds {
 			wg.Go(func() {
+				start.Wait()
 				id := fmt.Sprintf("d%d", d)
 				if err := replicas[i%2].Observe(id, clk.Now(), map[string]float64{"temp": 90}, nil); err != nil {
 					t.Error(err)
 				}
 			})
 		}
-		wg.Wait()
 	}
+	start.Done() // every firing at once
+	wg.Wait()
 	all, _, err := a.Alerts(Query{Limit: 100})
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +117,6 @@ func testReplicasFireOnce(t *testing.T, srv *pgtest.Server) {
 		t.Errorf("%d alerts reported opened by the replicas, want %d (one per device)", fired, devices)
 	}
 
-	var wg sync.WaitGroup
 	for i := range 10 {
 		wg.Go(func() {
 			replicas[i%2].deadLetter("hook", Notification{Transition: TransitionFiring, Alert: all[0]}, 1, errDown, false)
