@@ -110,14 +110,17 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 		if round > 4*n {
 			t.Fatalf("after %d rounds %d of %d devices announced", round, len(announced), n)
 		}
-		var wg sync.WaitGroup
-		for _, m := range replicas {
+		var gate, wg sync.WaitGroup
+		gate.Add(1)
+		for i := range 6 { // three steps on each replica, at once
 			wg.Go(func() {
-				if err := m.step(t.Context()); err != nil {
+				gate.Wait()
+				if err := replicas[i%2].step(t.Context()); err != nil {
 					t.Error(err)
 				}
 			})
 		}
+		gate.Done()
 		wg.Wait()
 		var fresh []string
 		for _, a := range fleet.take() {
