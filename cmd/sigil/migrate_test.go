@@ -140,6 +140,9 @@ func TestMigrateToPostgres(t *testing.T) {
 		}
 	}
 	inv.Close()
+	for _, st := range moreMigratedStores {
+		st.seed(t, dir)
+	}
 
 	seedRotationJob(t, filepath.Join(dir, server.JobsFile))
 	sec, err := secrets.Open(secrets.Config{Dir: dir, NoSync: true})
@@ -184,6 +187,13 @@ func TestMigrateToPostgres(t *testing.T) {
 		"the audit chain verifies"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("migrate output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, st := range moreMigratedStores {
+		for _, want := range st.want {
+			if !strings.Contains(out, want) {
+				t.Errorf("migrate output lacks %q (%s):\n%s", want, st.name, out)
+			}
 		}
 	}
 
@@ -243,6 +253,9 @@ func TestMigrateToPostgres(t *testing.T) {
 	}
 	if d, err := pi.DeviceByEK(ctx, inventorytest.EK(2)); err != nil || d.ID != inventorytest.ID(2) {
 		t.Fatalf("device in the database: %v, %v", d, err)
+	}
+	for _, st := range moreMigratedStores {
+		st.check(t, ctx, db)
 	}
 
 	pj, err := rotation.OpenJobsPostgres(ctx, db)
