@@ -18,8 +18,8 @@ import (
 )
 
 // TestOpenKeepsReleasesInTheDatabase: with Config.Database the release
-// records are in PostgreSQL, where another replica's store reads them,
-// and no bbolt file is written; the images stay in Dir.
+// records and the campaigns are in PostgreSQL, where another replica's
+// stores read them, and no bbolt file is written; the images stay in Dir.
 func TestOpenKeepsReleasesInTheDatabase(t *testing.T) {
 	srv := pgtest.Start(t)
 	db, err := postgres.Open(t.Context(), srv.NewDatabase(t), postgres.Options{})
@@ -54,8 +54,10 @@ func TestOpenKeepsReleasesInTheDatabase(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.Dir, firmware.DBFile)); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("a bbolt file beside the database: %v", err)
+	for _, f := range []string{filepath.Join(cfg.Dir, firmware.DBFile), cfg.CampaignsPath} {
+		if _, err := os.Stat(f); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("a bbolt file beside the database: %v", err)
+		}
 	}
 	ts, err := verify.NewTrustSet(1, 1, k[0].pub)
 	if err != nil {

@@ -79,9 +79,10 @@ type Config struct {
 	Send func(deviceID, kind string, payload []byte) error
 	// Audit records release and campaign actions; nil logs them only.
 	Audit audit.Recorder
-	// Database, when set, keeps the release records in PostgreSQL
-	// (firmware.OpenPostgres: the images stay in Dir, which replicas
-	// must share); nil keeps them in Dir's bbolt file.
+	// Database, when set, keeps the release records and the campaigns in
+	// PostgreSQL (firmware.OpenPostgres: the images stay in Dir, which
+	// replicas must share; campaign.OpenPostgres, CampaignsPath unused);
+	// nil keeps them in bbolt files.
 	Database *postgres.DB
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
@@ -161,7 +162,12 @@ func Open(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.cstore, err = campaign.Open(cfg.CampaignsPath); err != nil {
+	if cfg.Database != nil {
+		s.cstore, err = campaign.OpenPostgres(context.Background(), cfg.Database)
+	} else {
+		s.cstore, err = campaign.Open(cfg.CampaignsPath)
+	}
+	if err != nil {
 		s.store.Close()
 		return nil, err
 	}
