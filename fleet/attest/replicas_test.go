@@ -153,6 +153,25 @@ func TestReplicasShareNonces(t *testing.T) {
 	if rec := r.judge(t, 0, raw); rec.Code != wire.ReasonNonceInvalid {
 		t.Errorf("a renewal nonce from B presented as plain evidence on A: %s %s", rec.Reason, rec.Message)
 	}
+	// A renewal: the device asks replica A for a renewal nonce, and its
+	// renewal request, with the evidence, reaches replica B (rotation
+	// calls Judge there).
+	raw = r.evidence(t, r.challenge(t, 0, wire.PurposeRenew))
+	env, err := wire.Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev wire.AttestEvidence
+	if err := wire.DecodeBody(env, wire.TypeAttestEvidence, &ev); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := r.svcs[1].Judge(r.dev, &ev)
+	if err != nil || rec.Result != wire.VerdictPass {
+		t.Fatalf("renewal evidence for A's nonce judged on B: %+v, %v", rec, err)
+	}
+	if rec, err := r.svcs[0].Judge(r.dev, &ev); err != nil || rec.Code != wire.ReasonNonceInvalid {
+		t.Errorf("the renewal evidence replayed to A: %+v, %v", rec, err)
+	}
 }
 
 // TestReplicasShareSessions: the session a replica started (the device's
