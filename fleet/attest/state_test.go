@@ -3,7 +3,9 @@ package attest
 import (
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,4 +168,58 @@ func stateSuite(t *testing.T, open func(*testing.T) State) {
 		}
 		not("the session ended")
 	})
+}
+
+// TestStateNonceTakenOnceAcrossReplicas: replicas racing to take the same
+// nonces (a device's evidence delivered twice, to two replicas) each get
+// a nonce at most once, and every nonce is taken.
+func TestStateNonceTakenOnceAcrossReplicas(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	var states []State
+	for range 2 {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		st, err := OpenStatePostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		states = append(states, st)
+	}
+	const n = 50
+	nonces := make([][]byte, n)
+	for i := range nonces {
+		nonces[i] = make([]byte, 32)
+		rand.Read(nonces[i])
+		dev := fmt.Sprintf("d%d", i) // one each: a device keeps only a few open
+		if err := states[i%2].Issue(t.Context(), &Nonce{Value: nonces[i], DeviceID: dev, Issued: time.Now()}, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	taken := make([]int, n)
+	var wg sync.WaitGroup
+	for _, st := range states {
+		wg.Go(func() {
+			for i, v := range nonces {
+				_, err := st.Take(t.Context(), fmt.Sprintf("d%d", i), v)
+				switch {
+				case err == nil:
+					mu.Lock()
+					taken[i]++
+					mu.Unlock()
+				case err != errNonceUnknown:
+					t.Errorf("take: %v", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, c := range taken {
+		if c != 1 {
+			t.Errorf("nonce %d taken %d times, want once", i, c)
+		}
+	}
 }
