@@ -111,8 +111,8 @@ type Config struct {
 	// AlertSinks are where alert notifications go (AlertSink,
 	// sink.Config). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
-	// AlertFlood limits how many new alerts open per window (fleet/server
-	// AlertFlood); the rest are held back and summarized. Default 20 per
+	// AlertFlood limits how many new alerts open per window
+	// (alert.FloodConfig); the rest are held back and summarized. Default 20 per
 	// rule and 100 fleet-wide per 10 minutes.
 	AlertFlood AlertFlood `json:"alert_flood"`
 	// LogLevel is debug, info, warn or error.
@@ -198,34 +198,5 @@ type GovernanceConfig struct {
 	GovernanceInterval config.Duration `json:"governance_interval"`
 }
 
-// AlertFlood is the alert_flood configuration: flood control of new
-// alerts (fleet/alert Flood). Past a limit, new alerts are held back:
-// counted in one summary alert per rule and window (which names the
-// rule, the count, the devices and the window, and goes to the sinks once,
-// when the window closes); their rules' actions still run.
-type AlertFlood struct {
-	// Window is the length of the windows the limits count in. Default
-	// 10m.
-	Window config.Duration `json:"window"`
-	// PerRule is how many new alerts one rule may open per window.
-	// Default 20; negative means no limit per rule.
-	PerRule int `json:"per_rule"`
-	// Fleet is how many new alerts all rules together may open per
-	// window. Default 100; negative means no fleet-wide limit.
-	Fleet int `json:"fleet"`
-}
-
-// flood is the engine's Flood for the configuration's defaults.
-func (c AlertFlood) flood() alert.Flood {
-	f := alert.Flood{Window: time.Duration(c.Window), PerRule: c.PerRule, Fleet: c.Fleet}
-	if f.Window <= 0 {
-		f.Window = 10 * time.Minute
-	}
-	if f.PerRule == 0 {
-		f.PerRule = 20
-	}
-	if f.Fleet == 0 {
-		f.Fleet = 100
-	}
-	return f
-}
+// AlertFlood is the alert_flood configuration (alert.FloodConfig).
+type AlertFlood = alert.FloodConfig

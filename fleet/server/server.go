@@ -86,7 +86,6 @@ type Server struct {
 	Alerts    *alert.Engine
 	Metrics   *prometheus.Registry
 	feed      *feed.Feed                    // telemetry and security events to Alerts
-	cursors   *telemetry.CursorStore        // the ingester's cursors, the feed's flags
 	sinks     []sink.Info                   // the configured alert sinks, described
 	verdicts  map[string]prometheus.Counter // by result
 	// Governance keeps owners, the triage and block lists, dormant and
