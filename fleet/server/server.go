@@ -105,7 +105,8 @@ type Server struct {
 	// consoleVerdict feeds the console's verdict chart (set when the
 	// console is built, read on attestation workers).
 	consoleVerdict atomic.Pointer[func(string, *attest.Record, time.Duration)]
-	serverCert     atomic.Pointer[tls.Certificate] // of the active CA generation
+	serverCert     *ca.ServerCert       // of the active CA generation
+	caRotation     *rotation.CARotation // the operators' CA rotation
 	adminToken     string
 	ready          chan struct{}
 	topics         wire.Topics
@@ -185,7 +186,8 @@ func (s *Server) openCA() (err error) {
 	if err != nil {
 		return err
 	}
-	return s.refreshServerCert()
+	s.serverCert, err = ca.NewServerCert(s.CA, s.cfg.Hostnames)
+	return err
 }
 
 // openDatabase connects to the PostgreSQL database when DatabaseURL is
@@ -244,7 +246,7 @@ func (s *Server) openBroker() error {
 	var err error
 	if s.Broker, err = broker.New(broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
-		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
+		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen,
 		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
@@ -351,6 +353,8 @@ func (s *Server) openRotation() (err error) {
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
 	})
+	s.caRotation = rotation.NewCARotation(rotation.CARotationConfig{CA: s.CA, ServerCert: s.serverCert, Jobs: s.Rotation,
+		Sessions: s.transport, Send: s.sendDevice, Logger: s.log})
 	return err
 }
 
@@ -400,10 +404,10 @@ func (s *Server) openApprovals() (err error) {
 
 // openAPI builds the HTTPS API over every part.
 func (s *Server) openAPI() error {
-	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
+	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12})
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: s.cfg.APIRateLimit, RateBurst: s.cfg.APIRateBurst,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
-		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
+		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
 		Governance: s.Governance,
@@ -690,9 +694,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		if s.fw != nil {
 			s.fw.Hello(id.DeviceID)
 		}
-		if s.CA.Rotating() {
-			s.sendTrustBundle(id.DeviceID)
-		}
+		s.caRotation.Hello(id.DeviceID)
 	}
 }
 
