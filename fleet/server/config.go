@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -122,7 +123,7 @@ type Config struct {
 	// off; any other address is refused (debug.go).
 	DebugAddr string `json:"debug_addr"`
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
-	// governance_interval (fleet/server/governance.go).
+	// governance_interval (governance.Settings).
 	GovernanceConfig
 }
 
@@ -179,24 +180,10 @@ type BootstrapLimits struct {
 	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
 }
 
-// GovernanceConfig is the identity-governance part of Config. It is
-// embedded, so its keys sit at the top level of the configuration file
-// (docs/CONFIG.md).
-type GovernanceConfig struct {
-	// DormantAfter is how long a device holding a valid certificate may go
-	// unseen before it is dormant (flagged and alerted). Default 720h.
-	DormantAfter config.Duration `json:"dormant_after"`
-	// DormantRevoke revokes a dormant device's certificates by policy
-	// (every one that has not expired; the device may prove itself again
-	// from its EK when it returns). Default false.
-	DormantRevoke bool `json:"dormant_revoke"`
-	// SilentAfter is how long a device may go unseen before silence
-	// counts in its risk score. Default 1h.
-	SilentAfter config.Duration `json:"silent_after"`
-	// GovernanceInterval is how often every device is judged (orphaned,
-	// dormant, clone-suspect) and its risk score stored. Default 1h.
-	GovernanceInterval config.Duration `json:"governance_interval"`
-}
+// GovernanceConfig is the identity-governance part of Config
+// (governance.Settings). It is embedded, so its keys sit at the top level
+// of the configuration file (docs/CONFIG.md).
+type GovernanceConfig = governance.Settings
 
 // AlertFlood is the alert_flood configuration (alert.FloodConfig).
 type AlertFlood = alert.FloodConfig
