@@ -120,7 +120,7 @@ type Config struct {
 	LogLevel string `json:"log_level"`
 	// DebugAddr, if set, is a loopback address serving Go's profiles
 	// (net/http/pprof, /debug/pprof/) without authentication. Default
-	// off; any other address is refused (debug.go).
+	// off; any other address is refused (fleet/profile).
 	DebugAddr string `json:"debug_addr"`
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
 	// governance_interval (governance.Settings).

@@ -22,7 +22,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +44,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/profile"
 	"github.com/sigil-iot/sigil/fleet/rollout"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
@@ -241,7 +241,7 @@ func (s *Server) openBroker() error {
 	}
 	var bootstrapAuth func(string, string, []byte, *x509.Certificate) error
 	if cfg.BootstrapCredential {
-		bootstrapAuth = s.bootstrapCredential
+		bootstrapAuth = s.bootstrap().Credential
 	}
 	var err error
 	if s.Broker, err = broker.New(broker.Config{
@@ -250,7 +250,7 @@ func (s *Server) openBroker() error {
 		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen,
 		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
-		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
+		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.bootstrap().Known,
 		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
 		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
 	}); err != nil {
@@ -422,7 +422,7 @@ func (s *Server) listen() (err error) {
 	}
 	s.onClose(closeListener(s.apiLn))
 	if s.cfg.DebugAddr != "" {
-		if s.debugLn, err = listenDebug(s.cfg.DebugAddr); err != nil {
+		if s.debugLn, err = profile.Listen(s.cfg.DebugAddr); err != nil {
 			return err
 		}
 		s.onClose(closeListener(s.debugLn))
@@ -540,6 +540,15 @@ func (s *Server) AdminTokenPath() string { return filepath.Join(s.cfg.DataDir, A
 // API returns the HTTPS API's handler (for its route table in tests).
 func (s *Server) API() http.Handler { return s.apiHandler }
 
+// DebugAddr is the debug listener's bound address (fleet/profile), ""
+// when it is off.
+func (s *Server) DebugAddr() string {
+	if s.debugLn == nil {
+		return ""
+	}
+	return s.debugLn.Addr().String()
+}
+
 // Ready is closed once every listener serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
@@ -591,7 +600,7 @@ func (s *Server) tasks() []func(context.Context) error {
 		tasks = append(tasks, s.Approvals.Run)
 	}
 	if s.debugLn != nil {
-		tasks = append(tasks, s.serveDebug)
+		tasks = append(tasks, func(ctx context.Context) error { return profile.Serve(ctx, s.debugLn) })
 	}
 	return tasks
 }
@@ -745,49 +754,11 @@ func upKind(typ string) string {
 	return ""
 }
 
-// bootstrapCredential admits a bootstrap CONNECT with a claim certificate,
-// or with an enrollment token as the password that is valid, or was used by
-// the device this client ID names ("e-<first 16 hex of the device ID>-…"),
-// so a known device can re-enroll.
-func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim *x509.Certificate) error {
-	if claim != nil || s.Governance.TriageEnrolled(governance.TriageKey(governance.AttemptUnknownClient, "client", clientID)) {
-		return nil
-	}
-	if len(password) == 0 {
-		return errors.New("no claim certificate and no enrollment token")
-	}
-	secret := string(password)
-	if _, err := s.Inv.CheckToken(context.TODO(), secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
-		return nil // valid; its model binding is checked at enrollment
-	}
-	usedBy, err := s.Inv.TokenUsedBy(context.TODO(), secret)
-	if err == nil && len(usedBy) >= 16 && strings.HasPrefix(clientID, "e-"+usedBy[:16]+"-") {
-		return nil
-	}
-	return errors.New("enrollment token not valid")
-}
-
-// knownBootstrap is the broker's KnownDevice: a bootstrap client ID of the
-// form sigild uses, "e-<first 16 hex of the device ID>-<suffix>", that
-// names a device of the inventory which may recover by enrolling again
-// (active or quarantined: a revoked or expired certificate). It is a claim
-// the client makes; it only buys a reserved bootstrap slot.
-func (s *Server) knownBootstrap(clientID string) (string, bool) {
-	rest, ok := strings.CutPrefix(clientID, "e-")
-	if !ok || len(rest) < 17 || rest[16] != '-' {
-		return "", false
-	}
-	prefix := rest[:16]
-	if strings.Trim(prefix, "0123456789abcdef") != "" {
-		return "", false
-	}
-	devs, _, err := s.Inv.ListDevices(context.TODO(), inventory.Filter{After: prefix, Limit: 1})
-	if err != nil || len(devs) == 0 || !strings.HasPrefix(devs[0].ID, prefix) {
-		return "", false
-	}
-	switch d := devs[0]; d.State {
-	case inventory.StateActive, inventory.StateQuarantined:
-		return d.ID, true
-	}
-	return "", false
+// bootstrap admits bootstrap clients at the broker (enroll.Bootstrap):
+// a client ID operators decided to enroll from governance's triage list
+// needs no credential.
+func (s *Server) bootstrap() enroll.Bootstrap {
+	return enroll.Bootstrap{Devices: s.Inv, TriageEnrolled: func(clientID string) bool {
+		return s.Governance.TriageEnrolled(governance.TriageKey(governance.AttemptUnknownClient, "client", clientID))
+	}}
 }

@@ -1,14 +1,15 @@
-package server
+package enroll_test
 
 import (
 	"context"
 	"path/filepath"
 	"testing"
 
+	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
-// TestKnownBootstrap: the broker's KnownDevice recognizes sigild's
+// TestKnownBootstrap: the broker's KnownDevice (Bootstrap.Known) recognizes sigild's
 // bootstrap client IDs of devices that may recover by enrolling again,
 // and nothing else.
 func TestKnownBootstrap(t *testing.T) {
@@ -27,7 +28,7 @@ func TestKnownBootstrap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := &Server{Inv: inv}
+	b := enroll.Bootstrap{Devices: inv}
 	for _, c := range []struct {
 		clientID, device string
 	}{
@@ -43,9 +44,9 @@ func TestKnownBootstrap(t *testing.T) {
 		{"e-0123456789abcde-00000000", ""},
 		{"", ""},
 	} {
-		dev, ok := s.knownBootstrap(c.clientID)
+		dev, ok := b.Known(c.clientID)
 		if dev != c.device || ok != (c.device != "") {
-			t.Errorf("knownBootstrap(%q) = %q, %v; want %q", c.clientID, dev, ok, c.device)
+			t.Errorf("Known(%q) = %q, %v; want %q", c.clientID, dev, ok, c.device)
 		}
 	}
 }
@@ -62,17 +63,17 @@ func FuzzKnownBootstrap(f *testing.F) {
 	if err := inv.PutDevice(context.Background(), &inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
 		f.Fatal(err)
 	}
-	s := &Server{Inv: inv}
+	b := enroll.Bootstrap{Devices: inv}
 	for _, seed := range []string{"e-0123456789abcdef-1", "e-", "e-0123456789abcdef", "", "e-\xff\xfe", "e-0123456789abcdef-" + id} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, clientID string) {
-		dev, ok := s.knownBootstrap(clientID)
+		dev, ok := b.Known(clientID)
 		if ok != (dev == id) {
-			t.Fatalf("knownBootstrap(%q) = %q, %v", clientID, dev, ok)
+			t.Fatalf("Known(%q) = %q, %v", clientID, dev, ok)
 		}
 		if ok && (len(clientID) < 19 || clientID[:19] != "e-0123456789abcdef-") {
-			t.Fatalf("knownBootstrap(%q) named a device", clientID)
+			t.Fatalf("Known(%q) named a device", clientID)
 		}
 	})
 }
