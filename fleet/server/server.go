@@ -304,7 +304,7 @@ func (s *Server) openEnroll() error {
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
 		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: s.log.With("component", "enroll"),
 		Identities:    governance.Enrollment{S: s.Governance},
-		FirmwareTrust: s.firmwareTrust,
+		FirmwareTrust: s.fw.Trust,
 		Send: func(clientID, kind string, payload []byte) error {
 			return s.transport.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
 		},
@@ -404,7 +404,7 @@ func (s *Server) openApprovals() (err error) {
 
 // openAPI builds the HTTPS API over every part.
 func (s *Server) openAPI() error {
-	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12})
+	s.apiTLS = s.fw.ListenerTLS(&tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, s.CA.Pool)
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: s.cfg.APIRateLimit, RateBurst: s.cfg.APIRateBurst,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
@@ -610,7 +610,7 @@ func (s *Server) tasks() []func(context.Context) error {
 // (5s at most).
 func (s *Server) serveAPI(ctx context.Context) error {
 	srv := &http.Server{
-		Handler:   s.withDownloads(s.withConsole(s.apiHandler)),
+		Handler:   s.fw.WithDownloads(s.withConsole(s.apiHandler)),
 		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
