@@ -41,6 +41,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/internal/shard"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/policy"
@@ -110,8 +111,8 @@ type Server struct {
 	adminToken     string
 	ready          chan struct{}
 	topics         wire.Topics
-	events         []chan broker.Event // connection events to record, by device (events.go)
-	transport      Transport           // the MQTT layer every part uses: Broker, or the pool
+	events         *shard.Queues[broker.Event] // connection events to record, by device (events.go)
+	transport      Transport                   // the MQTT layer every part uses: Broker, or the pool
 
 	// db is the PostgreSQL database of the stores that support one
 	// (Config.DatabaseURL); nil keeps every store in DataDir.
@@ -490,9 +491,7 @@ func (s *Server) brokerEvent(ev broker.Event) {
 	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused || ev.Kind == broker.Closed {
 		return
 	}
-	select {
-	case s.eventQueue(ev.Identity.DeviceID) <- ev:
-	default:
+	if !s.events.Put(ev.Identity.DeviceID, ev) {
 		s.log.Warn("connection events arrive faster than the inventory records them; one dropped", "device_id", ev.Identity.DeviceID)
 	}
 }
