@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sigil-iot/sigil/fleet/migrate"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
@@ -52,8 +53,8 @@ func migrateCommand() *command {
 				if cfg.DatabaseURL == "" {
 					return usageError{"migrate needs a database: --database-url, database_url in --config, or $SIGIL_DATABASE_URL"}
 				}
-				stores, err := server.Migrate(ctx, cfg.DataDir, cfg.DatabaseURL, server.MigrateOptions{Force: *force})
-				if errors.Is(err, server.ErrNotEmpty) {
+				stores, err := migrate.Run(ctx, cfg.DataDir, cfg.DatabaseURL, migrate.Options{Force: *force})
+				if errors.Is(err, migrate.ErrNotEmpty) {
 					return fmt.Errorf("%w; nothing was copied", err)
 				}
 				if err != nil {
@@ -66,7 +67,7 @@ func migrateCommand() *command {
 }
 
 // printMigrated lists what each store copied.
-func printMigrated(w io.Writer, stores []server.MigratedStore) {
+func printMigrated(w io.Writer, stores []migrate.Store) {
 	for _, st := range stores {
 		if st.Absent {
 			fmt.Fprintf(w, "%-10s %s: no file, nothing to copy\n", st.Name, st.File)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,83 +13,44 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// conformance holds, for the runs of TestConformance on PostgreSQL, the
-// server and the database each Config.Path stands for (a test that
-// reopens a path reopens its database).
-var conformance sync.Map // test name prefix -> *pgBackend
-
-type pgBackend struct {
-	srv *pgtest.Server
-	mu  sync.Mutex
-	dbs map[string]string // Config.Path -> database URL
-}
-
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openBackend(t testing.TB, cfg Config) (*Manager, error) {
-	var be *pgBackend
-	conformance.Range(func(k, v any) bool {
-		if strings.HasPrefix(t.Name(), k.(string)) {
-			be = v.(*pgBackend)
-		}
-		return be == nil
-	})
-	if be == nil {
+	db, ok := pgtest.Database(t, cfg.Path)
+	if !ok {
 		return Open(cfg)
 	}
-	be.mu.Lock()
-	url, ok := be.dbs[cfg.Path]
-	if !ok {
-		url = be.srv.NewDatabase(t)
-		be.dbs[cfg.Path] = url
-	}
-	be.mu.Unlock()
-	db, err := postgres.Open(context.Background(), url, postgres.Options{})
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(db.Close)
 	return OpenPostgres(context.Background(), db, cfg)
 }
 
 // conformanceTests are the store's tests run against both backends.
-var conformanceTests = []struct {
-	name string
-	fn   func(*testing.T)
-}{
-	{"TwoPersonRule", TestTwoPersonRule},
-	{"SelfApprovalThroughAToken", TestSelfApprovalThroughAToken},
-	{"ApprovalCount", TestApprovalCount},
-	{"ExecutesOnceUnderConcurrentApprovals", TestExecutesOnceUnderConcurrentApprovals},
-	{"ExpiredCannotBeApproved", TestExpiredCannotBeApproved},
-	{"RejectedCannotBeExecuted", TestRejectedCannotBeExecuted},
-	{"ExecutorFailureAndPanicAreRecorded", TestExecutorFailureAndPanicAreRecorded},
-	{"ExecutorOutlivesTheApproversContext", TestExecutorOutlivesTheApproversContext},
-	{"AuditorFailureBlocksTheDecision", TestAuditorFailureBlocksTheDecision},
-	{"Inbox", TestInbox},
-	{"StateSurvivesRestart", TestStateSurvivesRestart},
-	{"SubmitValidation", TestSubmitValidation},
-	{"ListPages", TestListPages},
-	{"RunRecordsExpiry", TestRunRecordsExpiry},
-	{"AccountChangedAfterTheRequestCannotApprove", TestAccountChangedAfterTheRequestCannotApprove},
-	{"RequesterCheckedWhenItRuns", TestRequesterCheckedWhenItRuns},
-	{"NoRequesterNoRun", TestNoRequesterNoRun},
-	{"OlderRequestsRunAsTheRequestersRole", TestOlderRequestsRunAsTheRequestersRole},
-	{"WithdrawNeedsTheRequestPermission", TestWithdrawNeedsTheRequestPermission},
+var conformanceTests = []pgtest.Test{
+	{Name: "TwoPersonRule", Fn: TestTwoPersonRule},
+	{Name: "SelfApprovalThroughAToken", Fn: TestSelfApprovalThroughAToken},
+	{Name: "ApprovalCount", Fn: TestApprovalCount},
+	{Name: "ExecutesOnceUnderConcurrentApprovals", Fn: TestExecutesOnceUnderConcurrentApprovals},
+	{Name: "ExpiredCannotBeApproved", Fn: TestExpiredCannotBeApproved},
+	{Name: "RejectedCannotBeExecuted", Fn: TestRejectedCannotBeExecuted},
+	{Name: "ExecutorFailureAndPanicAreRecorded", Fn: TestExecutorFailureAndPanicAreRecorded},
+	{Name: "ExecutorOutlivesTheApproversContext", Fn: TestExecutorOutlivesTheApproversContext},
+	{Name: "AuditorFailureBlocksTheDecision", Fn: TestAuditorFailureBlocksTheDecision},
+	{Name: "Inbox", Fn: TestInbox},
+	{Name: "StateSurvivesRestart", Fn: TestStateSurvivesRestart},
+	{Name: "SubmitValidation", Fn: TestSubmitValidation},
+	{Name: "ListPages", Fn: TestListPages},
+	{Name: "RunRecordsExpiry", Fn: TestRunRecordsExpiry},
+	{Name: "AccountChangedAfterTheRequestCannotApprove", Fn: TestAccountChangedAfterTheRequestCannotApprove},
+	{Name: "RequesterCheckedWhenItRuns", Fn: TestRequesterCheckedWhenItRuns},
+	{Name: "NoRequesterNoRun", Fn: TestNoRequesterNoRun},
+	{Name: "OlderRequestsRunAsTheRequestersRole", Fn: TestOlderRequestsRunAsTheRequestersRole},
+	{Name: "WithdrawNeedsTheRequestPermission", Fn: TestWithdrawNeedsTheRequestPermission},
 }
 
 // TestConformance runs the store's tests on PostgreSQL (pgtest: skipped
 // without one unless CI=true); the package's tests run them on bbolt.
 func TestConformance(t *testing.T) {
-	srv := pgtest.Start(t)
-	conformance.Store(t.Name()+"/postgres/", &pgBackend{srv: srv, dbs: map[string]string{}})
-	t.Cleanup(func() { conformance.Delete(t.Name() + "/postgres/") })
-	t.Run("postgres", func(t *testing.T) {
-		for _, c := range conformanceTests {
-			t.Run(c.name, c.fn)
-		}
-		t.Run("ReplicasExecuteOnce", func(t *testing.T) { testReplicasExecuteOnce(t, srv) })
-	})
+	srv := pgtest.Conformance(t, conformanceTests)
+	t.Run("ReplicasExecuteOnce", func(t *testing.T) { testReplicasExecuteOnce(t, srv) })
 }
 
 // testReplicasExecuteOnce: approvals of one request arriving at once on

@@ -21,6 +21,9 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
+// File is the approvals' bbolt file in the fleet's data directory.
+const File = "approvals.db"
+
 // Manager keeps requests in a bbolt file or in PostgreSQL, takes decisions on them and runs
 // the executors. Its methods are safe for concurrent use.
 type Manager struct {

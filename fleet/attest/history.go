@@ -18,6 +18,10 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
+// HistoryFile is the attestation history's bbolt file in the fleet's
+// data directory.
+const HistoryFile = "attestations.db"
+
 // Record is one verdict in a device's attestation history.
 type Record struct {
 	Seq            uint64                    `json:"seq"`

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 
@@ -13,76 +12,37 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// conformance holds, for the runs of TestConformance on PostgreSQL, the
-// server and the database each Config.Path stands for (a test that
-// reopens a path reopens its database).
-var conformance sync.Map // test name prefix -> *pgBackend
-
-type pgBackend struct {
-	srv *pgtest.Server
-	mu  sync.Mutex
-	dbs map[string]string // Config.Path -> database URL
-}
-
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openBackend(t testing.TB, cfg Config) (*Log, error) {
-	var be *pgBackend
-	conformance.Range(func(k, v any) bool {
-		if strings.HasPrefix(t.Name(), k.(string)) {
-			be = v.(*pgBackend)
-		}
-		return be == nil
-	})
-	if be == nil {
+	db, ok := pgtest.Database(t, cfg.Path)
+	if !ok {
 		return Open(cfg)
 	}
-	be.mu.Lock()
-	url, ok := be.dbs[cfg.Path]
-	if !ok {
-		url = be.srv.NewDatabase(t)
-		be.dbs[cfg.Path] = url
-	}
-	be.mu.Unlock()
-	db, err := postgres.Open(context.Background(), url, postgres.Options{})
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(db.Close)
 	return OpenPostgres(context.Background(), db, cfg)
 }
 
 // conformanceTests are the log's tests run against both backends (the
 // others read or change the bbolt file itself).
-var conformanceTests = []struct {
-	name string
-	fn   func(*testing.T)
-}{
-	{"ChainVerifies", TestChainVerifies},
-	{"EmptyLog", TestEmptyLog},
-	{"RestartContinuesChain", TestRestartContinuesChain},
-	{"ConcurrentAppendsKeepOneChain", TestConcurrentAppendsKeepOneChain},
-	{"CanceledAppends", TestCanceledAppends},
-	{"AppendRefusesBadEntries", TestAppendRefusesBadEntries},
-	{"NoSigner", TestNoSigner},
-	{"LongLines", TestLongLines},
-	{"List", TestList},
-	{"VerifyDetectsTampering", TestVerifyDetectsTampering},
-	{"VerifyCannotSeeUnsignedTail", TestVerifyCannotSeeUnsignedTail},
+var conformanceTests = []pgtest.Test{
+	{Name: "ChainVerifies", Fn: TestChainVerifies},
+	{Name: "EmptyLog", Fn: TestEmptyLog},
+	{Name: "RestartContinuesChain", Fn: TestRestartContinuesChain},
+	{Name: "ConcurrentAppendsKeepOneChain", Fn: TestConcurrentAppendsKeepOneChain},
+	{Name: "CanceledAppends", Fn: TestCanceledAppends},
+	{Name: "AppendRefusesBadEntries", Fn: TestAppendRefusesBadEntries},
+	{Name: "NoSigner", Fn: TestNoSigner},
+	{Name: "LongLines", Fn: TestLongLines},
+	{Name: "List", Fn: TestList},
+	{Name: "VerifyDetectsTampering", Fn: TestVerifyDetectsTampering},
+	{Name: "VerifyCannotSeeUnsignedTail", Fn: TestVerifyCannotSeeUnsignedTail},
 }
 
 // TestConformance runs the log's tests on PostgreSQL (pgtest: skipped
 // without one unless CI=true); the package's tests run them on bbolt.
 func TestConformance(t *testing.T) {
-	srv := pgtest.Start(t)
-	conformance.Store(t.Name()+"/postgres/", &pgBackend{srv: srv, dbs: map[string]string{}})
-	t.Cleanup(func() { conformance.Delete(t.Name() + "/postgres/") })
-	t.Run("postgres", func(t *testing.T) {
-		for _, c := range conformanceTests {
-			t.Run(c.name, c.fn)
-		}
-		t.Run("ReplicasShareOneChain", func(t *testing.T) { testReplicasShareOneChain(t, srv) })
-	})
+	srv := pgtest.Conformance(t, conformanceTests)
+	t.Run("ReplicasShareOneChain", func(t *testing.T) { testReplicasShareOneChain(t, srv) })
 }
 
 // testReplicasShareOneChain: logs of two replicas on one database,

@@ -31,6 +31,10 @@ import (
 // File is the log's file name in the fleet data directory.
 const File = "audit.db"
 
+// PubFile is the audit public key's file name in the fleet data directory:
+// what `sigil audit verify --key` takes.
+const PubFile = "audit.pub"
+
 // Errors of the log. Verification errors are in verify.go.
 var (
 	ErrClosed   = errors.New("audit: log closed")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,42 +11,13 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// conformance holds, for the runs of TestConformance on PostgreSQL, the
-// server and the database each Config.Path stands for (a test that
-// reopens a path reopens its database).
-var conformance sync.Map // test name prefix -> *pgBackend
-
-type pgBackend struct {
-	srv *pgtest.Server
-	mu  sync.Mutex
-	dbs map[string]string // Config.Path -> database URL
-}
-
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openBackend(t testing.TB, cfg Config) (*Service, error) {
-	var be *pgBackend
-	conformance.Range(func(k, v any) bool {
-		if strings.HasPrefix(t.Name(), k.(string)) {
-			be = v.(*pgBackend)
-		}
-		return be == nil
-	})
-	if be == nil {
+	db, ok := pgtest.Database(t, cfg.Path)
+	if !ok {
 		return Open(cfg)
 	}
-	be.mu.Lock()
-	url, ok := be.dbs[cfg.Path]
-	if !ok {
-		url = be.srv.NewDatabase(t)
-		be.dbs[cfg.Path] = url
-	}
-	be.mu.Unlock()
-	db, err := postgres.Open(context.Background(), url, postgres.Options{})
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(db.Close)
 	return OpenPostgres(context.Background(), db, cfg)
 }
 
@@ -56,61 +26,51 @@ func openBackend(t testing.TB, cfg Config) (*Service, error) {
 // throttle's eviction (PostgreSQL prunes instead), the file-reading part
 // of TestTokenShownOnceAndScoped is checked on the table by
 // testSharedByReplicas.
-var conformanceTests = []struct {
-	name string
-	fn   func(*testing.T)
-}{
-	{"EnsureAdmin", TestEnsureAdmin},
-	{"LastAdminStays", TestLastAdminStays},
-	{"UserValidation", TestUserValidation},
-	{"CSRF", TestCSRF},
-	{"CSRFRefusalDoesNotKeepSessionAlive", TestCSRFRefusalDoesNotKeepSessionAlive},
-	{"LoginThrottleAndLockout", TestLoginThrottleAndLockout},
-	{"LoginSuccessResetsUserCounter", TestLoginSuccessResetsUserCounter},
-	{"AddressLockout", TestAddressLockout},
-	{"ParallelGuessesWait", TestParallelGuessesWait},
-	{"DisabledUserGetsTheSameAnswer", TestDisabledUserGetsTheSameAnswer},
-	{"LoginHandlerAnswers", TestLoginHandlerAnswers},
-	{"LockoutIsPerUserAndSource", TestLockoutIsPerUserAndSource},
-	{"ChangeOwnPasswordEndsOtherSessions", TestChangeOwnPasswordEndsOtherSessions},
-	{"ChangeOwnPasswordWithToken", TestChangeOwnPasswordWithToken},
-	{"ChangeOwnPasswordRules", TestChangeOwnPasswordRules},
-	{"ChangeOwnPasswordThrottled", TestChangeOwnPasswordThrottled},
-	{"SetPasswordEndsSessions", TestSetPasswordEndsSessions},
-	{"RehashOnLogin", TestRehashOnLogin},
-	{"PermissionMatrix", TestPermissionMatrix},
-	{"CreateTokenAsStaysInScope", TestCreateTokenAsStaysInScope},
-	{"RevokeTokenAs", TestRevokeTokenAs},
-	{"UserChangesAsStayInScope", TestUserChangesAsStayInScope},
-	{"SinceMarksAccountChanges", TestSinceMarksAccountChanges},
-	{"PrincipalFromCredential", TestPrincipalFromCredential},
-	{"PendingTokenActivation", TestPendingTokenActivation},
-	{"LoginsAudited", TestLoginsAudited},
-	{"DistributedGuessSlowsNeverLocks", TestDistributedGuessSlowsNeverLocks},
-	{"UnknownNamesGoToTheAnonymousRecorder", TestUnknownNamesGoToTheAnonymousRecorder},
-	{"SessionIdleExpiry", TestSessionIdleExpiry},
-	{"SessionAbsoluteExpiry", TestSessionAbsoluteExpiry},
-	{"SessionEndsWithPasswordChangeAndDisable", TestSessionEndsWithPasswordChangeAndDisable},
-	{"BrowserFlow", TestBrowserFlow},
-	{"PruneAndRun", TestPruneAndRun},
-	{"TokenExpiryRevocationAndLastUsed", TestTokenExpiryRevocationAndLastUsed},
-	{"TokenFollowsItsOwner", TestTokenFollowsItsOwner},
-	{"TokenLifetimeBounds", TestTokenLifetimeBounds},
-	{"MalformedCredentials", TestMalformedCredentials},
+var conformanceTests = []pgtest.Test{
+	{Name: "EnsureAdmin", Fn: TestEnsureAdmin},
+	{Name: "LastAdminStays", Fn: TestLastAdminStays},
+	{Name: "UserValidation", Fn: TestUserValidation},
+	{Name: "CSRF", Fn: TestCSRF},
+	{Name: "CSRFRefusalDoesNotKeepSessionAlive", Fn: TestCSRFRefusalDoesNotKeepSessionAlive},
+	{Name: "LoginThrottleAndLockout", Fn: TestLoginThrottleAndLockout},
+	{Name: "LoginSuccessResetsUserCounter", Fn: TestLoginSuccessResetsUserCounter},
+	{Name: "AddressLockout", Fn: TestAddressLockout},
+	{Name: "ParallelGuessesWait", Fn: TestParallelGuessesWait},
+	{Name: "DisabledUserGetsTheSameAnswer", Fn: TestDisabledUserGetsTheSameAnswer},
+	{Name: "LoginHandlerAnswers", Fn: TestLoginHandlerAnswers},
+	{Name: "LockoutIsPerUserAndSource", Fn: TestLockoutIsPerUserAndSource},
+	{Name: "ChangeOwnPasswordEndsOtherSessions", Fn: TestChangeOwnPasswordEndsOtherSessions},
+	{Name: "ChangeOwnPasswordWithToken", Fn: TestChangeOwnPasswordWithToken},
+	{Name: "ChangeOwnPasswordRules", Fn: TestChangeOwnPasswordRules},
+	{Name: "ChangeOwnPasswordThrottled", Fn: TestChangeOwnPasswordThrottled},
+	{Name: "SetPasswordEndsSessions", Fn: TestSetPasswordEndsSessions},
+	{Name: "RehashOnLogin", Fn: TestRehashOnLogin},
+	{Name: "PermissionMatrix", Fn: TestPermissionMatrix},
+	{Name: "CreateTokenAsStaysInScope", Fn: TestCreateTokenAsStaysInScope},
+	{Name: "RevokeTokenAs", Fn: TestRevokeTokenAs},
+	{Name: "UserChangesAsStayInScope", Fn: TestUserChangesAsStayInScope},
+	{Name: "SinceMarksAccountChanges", Fn: TestSinceMarksAccountChanges},
+	{Name: "PrincipalFromCredential", Fn: TestPrincipalFromCredential},
+	{Name: "PendingTokenActivation", Fn: TestPendingTokenActivation},
+	{Name: "LoginsAudited", Fn: TestLoginsAudited},
+	{Name: "DistributedGuessSlowsNeverLocks", Fn: TestDistributedGuessSlowsNeverLocks},
+	{Name: "UnknownNamesGoToTheAnonymousRecorder", Fn: TestUnknownNamesGoToTheAnonymousRecorder},
+	{Name: "SessionIdleExpiry", Fn: TestSessionIdleExpiry},
+	{Name: "SessionAbsoluteExpiry", Fn: TestSessionAbsoluteExpiry},
+	{Name: "SessionEndsWithPasswordChangeAndDisable", Fn: TestSessionEndsWithPasswordChangeAndDisable},
+	{Name: "BrowserFlow", Fn: TestBrowserFlow},
+	{Name: "PruneAndRun", Fn: TestPruneAndRun},
+	{Name: "TokenExpiryRevocationAndLastUsed", Fn: TestTokenExpiryRevocationAndLastUsed},
+	{Name: "TokenFollowsItsOwner", Fn: TestTokenFollowsItsOwner},
+	{Name: "TokenLifetimeBounds", Fn: TestTokenLifetimeBounds},
+	{Name: "MalformedCredentials", Fn: TestMalformedCredentials},
 }
 
 // TestConformance runs the store's tests on PostgreSQL (pgtest: skipped
 // without one unless CI=true); the package's tests run them on bbolt.
 func TestConformance(t *testing.T) {
-	srv := pgtest.Start(t)
-	conformance.Store(t.Name()+"/postgres/", &pgBackend{srv: srv, dbs: map[string]string{}})
-	t.Cleanup(func() { conformance.Delete(t.Name() + "/postgres/") })
-	t.Run("postgres", func(t *testing.T) {
-		for _, c := range conformanceTests {
-			t.Run(c.name, c.fn)
-		}
-		t.Run("SharedByReplicas", func(t *testing.T) { testSharedByReplicas(t, srv) })
-	})
+	srv := pgtest.Conformance(t, conformanceTests)
+	t.Run("SharedByReplicas", func(t *testing.T) { testSharedByReplicas(t, srv) })
 }
 
 // testSharedByReplicas: two services on one database (two replicas)

@@ -21,6 +21,10 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
+// File is the operators' bbolt file (users, sessions, API tokens) in
+// the fleet's data directory.
+const File = "operators.db"
+
 // Errors. Compare with errors.Is. The ones a client may see are named in
 // the doc of Require and the handlers.
 var (

@@ -14,6 +14,9 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
+// File is the inventory's bbolt file in the fleet's data directory.
+const File = "inventory.db"
+
 // The bbolt file's layout. Records are the versioned JSON of
 // fleet/internal/record.
 const schemaVersion = 2 // 2: secondary indexes (see below)

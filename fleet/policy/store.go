@@ -12,6 +12,9 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 )
 
+// File is the policies' bbolt file in the fleet's data directory.
+const File = "policies.db"
+
 // Errors of the store.
 var (
 	ErrNotFound = errors.New("policy: not found")                                             // no such policy or version, or it is deleted

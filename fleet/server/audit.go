@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -19,8 +20,8 @@ import (
 // verified with; audit.pub is what `sigil audit verify --key` takes.
 const (
 	AuditKeyFile  = "audit.key"
-	AuditPubFile  = "audit.pub"
-	ApprovalsFile = "approvals.db"
+	AuditPubFile  = audit.PubFile
+	ApprovalsFile = approval.File
 )
 
 // openAudit opens the hash-chained audit log with its checkpoint key

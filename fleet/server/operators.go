@@ -10,7 +10,7 @@ import (
 
 // Operator files in DataDir.
 const (
-	OperatorsFile     = "operators.db"
+	OperatorsFile     = auth.File
 	AdminPasswordFile = "admin.password"
 )
 

@@ -128,9 +128,9 @@ type Server struct {
 const (
 	AdminTokenFile = "admin.token"
 	CACertFile     = "ca/ca.crt"
-	InventoryFile  = "inventory.db"
-	PolicyFile     = "policies.db"
-	HistoryFile    = "attestations.db"
+	InventoryFile  = inventory.File
+	PolicyFile     = policy.File
+	HistoryFile    = attest.HistoryFile
 	JobsFile       = "rotations.db"
 )
 

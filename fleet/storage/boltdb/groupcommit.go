@@ -1,9 +1,9 @@
 package boltdb
 
 import (
-	"slices"
-
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigil-iot/sigil/fleet/storage/internal/batch"
 )
 
 // Write runs fn in a read-write transaction, sharing fsyncs between
@@ -34,34 +34,7 @@ func (db *DB) Write(fn func(*bolt.Tx) error) error {
 func (db *DB) WriteAll(fns []func(*bolt.Tx) error) []error {
 	db.inflight.Add(1)
 	defer db.inflight.Add(-1)
-	errs := make([]error, len(fns))
-	todo := make([]int, len(fns))
-	for i := range todo {
-		todo[i] = i
-	}
-	for len(todo) > 0 {
-		failed, ferr := -1, error(nil)
-		err := db.Update(func(tx *bolt.Tx) error {
-			failed, ferr = -1, nil
-			for k, i := range todo {
-				if err := fns[i](tx); err != nil {
-					failed, ferr = k, err
-					return err
-				}
-			}
-			return nil
-		})
-		if failed >= 0 {
-			errs[todo[failed]] = ferr
-			todo = slices.Delete(todo, failed, failed+1)
-			continue
-		}
-		for _, i := range todo {
-			errs[i] = err
-		}
-		break
-	}
-	return errs
+	return batch.Each(db.Update, fns)
 }
 
 // InFlight reports how many writes are in Write now: running, or waiting

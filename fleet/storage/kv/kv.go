@@ -28,7 +28,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"slices"
+
+	"github.com/sigil-iot/sigil/fleet/storage/internal/batch"
 )
 
 // DB is a store's buckets.
@@ -107,34 +108,7 @@ type Cursor interface {
 // attestations judged within a few milliseconds of each other), where
 // Write batches only writes that happen to overlap.
 func WriteAll(ctx context.Context, db DB, fns []func(Tx) error) []error {
-	errs := make([]error, len(fns))
-	todo := make([]int, len(fns))
-	for i := range todo {
-		todo[i] = i
-	}
-	for len(todo) > 0 {
-		failed, ferr := -1, error(nil)
-		err := db.Update(ctx, func(tx Tx) error {
-			failed, ferr = -1, nil // a transaction may run again
-			for k, i := range todo {
-				if err := fns[i](tx); err != nil {
-					failed, ferr = k, err
-					return err
-				}
-			}
-			return nil
-		})
-		if failed >= 0 {
-			errs[todo[failed]] = ferr
-			todo = slices.Delete(todo, failed, failed+1)
-			continue
-		}
-		for _, i := range todo {
-			errs[i] = err
-		}
-		break
-	}
-	return errs
+	return batch.Each(func(fn func(Tx) error) error { return db.Update(ctx, fn) }, fns)
 }
 
 // Schema returns the statements that create the tables of a kv store in

@@ -1,4 +1,7 @@
-package server
+// Package migrate copies a data directory's bbolt stores into PostgreSQL
+// and verifies the copy (`sigil migrate`): the same records (counts and a
+// digest of the contents) and an audit chain that still verifies.
+package migrate
 
 import (
 	"bytes"
@@ -21,17 +24,17 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// Errors of Migrate. Compare with errors.Is.
+// Errors of Run. Compare with errors.Is.
 var (
 	// ErrNotEmpty: a store already holds records in the database.
-	ErrNotEmpty = errors.New("server: migrate: the database already holds records of this store (--force replaces them)")
+	ErrNotEmpty = errors.New("migrate: the database already holds records of this store (--force replaces them)")
 	// ErrMismatch: what the database holds after the copy differs from
 	// the file.
-	ErrMismatch = errors.New("server: migrate: the copy differs from the file")
+	ErrMismatch = errors.New("migrate: the copy differs from the file")
 )
 
-// MigrateOptions configures Migrate.
-type MigrateOptions struct {
+// Options configures Run.
+type Options struct {
 	// Force replaces what the database holds: each store's records there
 	// are deleted before the copy. Without it a store that holds any is
 	// refused (ErrNotEmpty) before anything is copied.
@@ -40,8 +43,8 @@ type MigrateOptions struct {
 	Logger *slog.Logger
 }
 
-// MigratedStore says what Migrate did with one store.
-type MigratedStore struct {
+// Store says what Run did with one store.
+type Store struct {
 	Name    string         // "inventory", "audit", "operators", "approvals"
 	File    string         // in the data directory
 	Absent  bool           // no such file: nothing to copy
@@ -79,7 +82,7 @@ func kvStores() []kvStore {
 				l.Close()
 				return kv.Postgres(db, audit.Table)
 			}},
-		{name: "operators", file: OperatorsFile, buckets: auth.Buckets,
+		{name: "operators", file: auth.File, buckets: auth.Buckets,
 			create: func(path string) error {
 				a, err := auth.Open(auth.Config{Path: path})
 				if err == nil {
@@ -95,7 +98,7 @@ func kvStores() []kvStore {
 				a.Close()
 				return kv.Postgres(db, auth.Table)
 			}},
-		{name: "attestations", file: HistoryFile, buckets: nil, // a bucket per device, and the summaries: every one
+		{name: "attestations", file: attest.HistoryFile, buckets: nil, // a bucket per device, and the summaries: every one
 			create: func(path string) error {
 				h, err := attest.OpenHistory(path, 0)
 				if err == nil {
@@ -111,7 +114,7 @@ func kvStores() []kvStore {
 				h.Close()
 				return kv.Postgres(db, attest.HistoryTable)
 			}},
-		{name: "approvals", file: ApprovalsFile, buckets: approval.Buckets,
+		{name: "approvals", file: approval.File, buckets: approval.Buckets,
 			create: func(path string) error {
 				m, err := approval.Open(approval.Config{Path: path})
 				if err == nil {
@@ -130,7 +133,7 @@ func kvStores() []kvStore {
 	}
 }
 
-// Migrate copies the stores of the data directory dataDir that have a
+// Run copies the stores of the data directory dataDir that have a
 // PostgreSQL backend (the inventory, the audit log, operators, the
 // attestation history, policies and approvals) into the database at url, as `sigil migrate` does. The fleet
 // must be stopped: a file a running fleet holds fails with its store's
@@ -140,14 +143,14 @@ func kvStores() []kvStore {
 // and a digest of the contents); then the audit chain is verified in the
 // database, with its signed checkpoints against dataDir's audit.pub.
 // The files are left as they were.
-func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]MigratedStore, error) {
+func Run(ctx context.Context, dataDir, url string, o Options) ([]Store, error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	db, err := postgres.Open(ctx, url, postgres.Options{Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("server: migrate: %w", err)
+		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	defer db.Close()
 
@@ -163,12 +166,12 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 			p.src.Close()
 		}
 	}()
-	var out []MigratedStore
+	var out []Store
 	for _, st := range kvStores() {
 		path := filepath.Join(dataDir, st.file)
 		src, err := openSource(path, st)
 		if errors.Is(err, fs.ErrNotExist) {
-			out = append(out, MigratedStore{Name: st.name, File: st.file, Absent: true})
+			out = append(out, Store{Name: st.name, File: st.file, Absent: true})
 			continue
 		}
 		if err != nil {
@@ -177,44 +180,44 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 		plans = append(plans, plan{st: st, src: src})
 		p := &plans[len(plans)-1]
 		if p.dst, err = st.open(ctx, db); err != nil {
-			return nil, fmt.Errorf("server: migrate %s: %w", st.name, err)
+			return nil, fmt.Errorf("migrate: %s: %w", st.name, err)
 		}
 		empty, err := kv.Empty(ctx, p.dst, st.buckets)
 		if err != nil {
-			return nil, fmt.Errorf("server: migrate %s: %w", st.name, err)
+			return nil, fmt.Errorf("migrate: %s: %w", st.name, err)
 		}
 		if !empty && !o.Force {
 			return nil, fmt.Errorf("%w: %s", ErrNotEmpty, st.name)
 		}
 	}
 	var inv, invDst *inventory.Store
-	invPath := filepath.Join(dataDir, InventoryFile)
+	invPath := filepath.Join(dataDir, inventory.File)
 	if _, err := os.Stat(invPath); err == nil {
 		if inv, err = inventory.Open(invPath); err != nil {
-			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+			return nil, fmt.Errorf("migrate: inventory: %w", err)
 		}
 		defer inv.Close()
 		if invDst, err = inventory.OpenPostgres(ctx, db); err != nil {
-			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+			return nil, fmt.Errorf("migrate: inventory: %w", err)
 		}
 		c, err := invDst.Digest(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+			return nil, fmt.Errorf("migrate: inventory: %w", err)
 		}
 		if c.Devices+c.Revocations+c.Tokens+c.Events > 0 && !o.Force {
 			return nil, fmt.Errorf("%w: inventory", ErrNotEmpty)
 		}
 	} else {
-		out = append(out, MigratedStore{Name: "inventory", File: InventoryFile, Absent: true})
+		out = append(out, Store{Name: "inventory", File: inventory.File, Absent: true})
 	}
 
-	if _, err := os.Stat(filepath.Join(dataDir, PolicyFile)); err == nil && !o.Force {
+	if _, err := os.Stat(filepath.Join(dataDir, policy.File)); err == nil && !o.Force {
 		dst, err := policy.OpenPostgres(ctx, db)
 		if err != nil {
-			return nil, fmt.Errorf("server: migrate policies: %w", err)
+			return nil, fmt.Errorf("migrate: policies: %w", err)
 		}
 		if n, _, err := dst.Digest(ctx); err != nil {
-			return nil, fmt.Errorf("server: migrate policies: %w", err)
+			return nil, fmt.Errorf("migrate: policies: %w", err)
 		} else if n > 0 {
 			return nil, fmt.Errorf("%w: policies", ErrNotEmpty)
 		}
@@ -223,22 +226,22 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 	for _, p := range plans {
 		if o.Force {
 			if err := kv.Clear(ctx, p.dst, p.st.buckets); err != nil {
-				return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+				return nil, fmt.Errorf("migrate: %s: %w", p.st.name, err)
 			}
 		}
 		buckets := p.st.buckets
 		if buckets == nil {
 			if buckets, err = kv.Buckets(ctx, p.src); err != nil {
-				return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+				return nil, fmt.Errorf("migrate: %s: %w", p.st.name, err)
 			}
 		}
 		want, err := kv.Copy(ctx, p.dst, p.src, buckets)
 		if err != nil {
-			return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+			return nil, fmt.Errorf("migrate: %s: %w", p.st.name, err)
 		}
 		got, err := kv.Digest(ctx, p.dst, buckets)
 		if err != nil {
-			return nil, fmt.Errorf("server: migrate %s: %w", p.st.name, err)
+			return nil, fmt.Errorf("migrate: %s: %w", p.st.name, err)
 		}
 		if got.Digest != want.Digest {
 			return nil, fmt.Errorf("%w: %s: %v in the file, %v in the database", ErrMismatch, p.st.name, want.Keys, got.Keys)
@@ -256,30 +259,30 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 			}
 		}
 		log.Info("store migrated", "store", p.st.name, "records", records)
-		out = append(out, MigratedStore{Name: p.st.name, File: p.st.file, Records: records})
+		out = append(out, Store{Name: p.st.name, File: p.st.file, Records: records})
 	}
 	if inv != nil {
 		if o.Force {
 			if err := inventory.ClearPostgres(ctx, db); err != nil {
-				return nil, fmt.Errorf("server: migrate inventory: %w", err)
+				return nil, fmt.Errorf("migrate: inventory: %w", err)
 			}
 		}
 		if err := inventory.Copy(ctx, invDst, inv); err != nil {
-			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+			return nil, fmt.Errorf("migrate: inventory: %w", err)
 		}
 		want, err := inv.Digest(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+			return nil, fmt.Errorf("migrate: inventory: %w", err)
 		}
 		got, err := invDst.Digest(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("server: migrate inventory: %w", err)
+			return nil, fmt.Errorf("migrate: inventory: %w", err)
 		}
 		if got != want {
 			return nil, fmt.Errorf("%w: inventory: %+v in the file, %+v in the database", ErrMismatch, want, got)
 		}
 		log.Info("store migrated", "store", "inventory", "devices", want.Devices)
-		out = append(out, MigratedStore{Name: "inventory", File: InventoryFile, Records: map[string]int{
+		out = append(out, Store{Name: "inventory", File: inventory.File, Records: map[string]int{
 			"devices": want.Devices, "revocations": want.Revocations, "tokens": want.Tokens, "events": want.Events}})
 	}
 	pst, err := migratePolicies(ctx, db, dataDir, o.Force)
@@ -297,7 +300,7 @@ func Migrate(ctx context.Context, dataDir, url string, o MigrateOptions) ([]Migr
 // holds the schema version this build writes (the store's own Open
 // upgrades an older file: start the fleet on it once first).
 func openSource(path string, st kvStore) (kv.DB, error) {
-	name := func(err error) error { return fmt.Errorf("server: migrate %s: %w", st.name, err) }
+	name := func(err error) error { return fmt.Errorf("migrate: %s: %w", st.name, err) }
 	src, err := boltdb.OpenReadOnly(path, boltdb.Options{Name: st.name})
 	if err != nil {
 		return nil, name(err)
@@ -342,37 +345,37 @@ func openSource(path string, st kvStore) (kv.DB, error) {
 func verifyMigratedAudit(ctx context.Context, db *postgres.DB, dataDir string) error {
 	l, err := audit.OpenPostgres(ctx, db, audit.Config{})
 	if err != nil {
-		return fmt.Errorf("server: migrate: audit: %w", err)
+		return fmt.Errorf("migrate: audit: %w", err)
 	}
 	defer l.Close()
 	if seq, _ := l.Head(); seq == 0 {
 		return nil
 	}
-	pem, err := os.ReadFile(filepath.Join(dataDir, AuditPubFile))
+	pem, err := os.ReadFile(filepath.Join(dataDir, audit.PubFile))
 	if err != nil {
-		return fmt.Errorf("server: migrate: verifying the audit log needs its public key: %w", err)
+		return fmt.Errorf("migrate: verifying the audit log needs its public key: %w", err)
 	}
 	pub, err := audit.ParsePublicKey(pem)
 	if err != nil {
-		return fmt.Errorf("server: migrate: %w", err)
+		return fmt.Errorf("migrate: %w", err)
 	}
 	if _, err := l.VerifyStore(ctx, pub); err != nil {
-		return fmt.Errorf("server: migrate: the audit log does not verify in the database: %w", err)
+		return fmt.Errorf("migrate: the audit log does not verify in the database: %w", err)
 	}
 	return nil
 }
 
 // migratePolicies copies the reference policies (every version) into the
 // database and verifies the copy.
-func migratePolicies(ctx context.Context, db *postgres.DB, dataDir string, force bool) (MigratedStore, error) {
-	path := filepath.Join(dataDir, PolicyFile)
-	st := MigratedStore{Name: "policies", File: PolicyFile}
+func migratePolicies(ctx context.Context, db *postgres.DB, dataDir string, force bool) (Store, error) {
+	path := filepath.Join(dataDir, policy.File)
+	st := Store{Name: "policies", File: policy.File}
 	if _, err := os.Stat(path); err != nil {
 		st.Absent = true
 		return st, nil
 	}
-	fail := func(err error) (MigratedStore, error) {
-		return MigratedStore{}, fmt.Errorf("server: migrate policies: %w", err)
+	fail := func(err error) (Store, error) {
+		return Store{}, fmt.Errorf("migrate: policies: %w", err)
 	}
 	src, err := policy.Open(path)
 	if err != nil {
@@ -386,7 +389,7 @@ func migratePolicies(ctx context.Context, db *postgres.DB, dataDir string, force
 	if n, _, err := dst.Digest(ctx); err != nil {
 		return fail(err)
 	} else if n > 0 && !force {
-		return MigratedStore{}, fmt.Errorf("%w: policies", ErrNotEmpty)
+		return Store{}, fmt.Errorf("%w: policies", ErrNotEmpty)
 	} else if n > 0 {
 		if err := policy.ClearPostgres(ctx, dst); err != nil {
 			return fail(err)
@@ -404,7 +407,7 @@ func migratePolicies(ctx context.Context, db *postgres.DB, dataDir string, force
 		return fail(err)
 	}
 	if got != want {
-		return MigratedStore{}, fmt.Errorf("%w: policies: %d versions in the file, %d in the database", ErrMismatch, n, m)
+		return Store{}, fmt.Errorf("%w: policies: %d versions in the file, %d in the database", ErrMismatch, n, m)
 	}
 	st.Records = map[string]int{"versions": n}
 	return st, nil

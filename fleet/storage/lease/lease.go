@@ -1,0 +1,240 @@
+// Package lease runs the fleet's work that must happen at one place at a
+// time — sweeps, schedules, checkpoints, waves — under named leases, so
+// that several `sigil serve` replicas sharing a PostgreSQL database do it
+// once, and another replica takes it over when its holder dies.
+//
+// A lease is a row of the table lease: its holder, an expiry on the
+// database's clock (replicas' clocks never compare with each other), and
+// an epoch that grows with each new holder. The holder renews it every
+// third of its time to live; a holder that cannot renew in time (dead,
+// cut off from the database, or paused) loses it, and the context of the
+// work it runs under the lease is canceled before another replica can
+// take it, provided its clock runs at most a little faster than the
+// database's (the work stops at two thirds of the lease's time to live
+// after the last renewal that succeeded, a third before it expires).
+//
+// Local is the single-process default: every lease is granted at once.
+package lease
+
+import (
+	"context"
+	"crypto/rand"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+)
+
+// ErrLost: the lease was taken by another holder, or expired, before it
+// was renewed.
+var ErrLost = errors.New("lease: lost")
+
+// Lease is one holding of a named lease.
+type Lease struct {
+	Name   string
+	Holder string
+	// Epoch grows by one with each new holder: work that writes
+	// elsewhere can carry it as a fencing token.
+	Epoch int64
+}
+
+// Holder runs work under leases.
+type Holder interface {
+	// Hold runs fn while it holds the lease name, until ctx ends. fn's
+	// context ends when the lease is lost; Hold then waits to get it
+	// again and runs fn again. Hold returns when ctx ends (nil) or when
+	// fn fails while still holding the lease (fn's error).
+	Hold(ctx context.Context, name string, fn func(ctx context.Context) error) error
+}
+
+// Local grants every lease at once: one process, nothing to share.
+type Local struct{}
+
+var _ Holder = Local{}
+
+// Hold runs fn with ctx; a nil error when ctx ends.
+func (Local) Hold(ctx context.Context, _ string, fn func(context.Context) error) error {
+	err := fn(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// DefaultTTL is a lease's time to live when Config.TTL is zero.
+const DefaultTTL = 15 * time.Second
+
+// Config configures Open.
+type Config struct {
+	// Holder names this replica in the table (default: a random name;
+	// one per process, so that two processes never share a holding).
+	Holder string
+	// TTL is how long a lease outlives its holder's last renewal
+	// (default DefaultTTL): how long the work waits for another replica
+	// after its holder dies.
+	TTL time.Duration
+	// Now is the local clock that times renewals (default time.Now).
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Postgres hands out leases kept in a PostgreSQL database.
+type Postgres struct {
+	db  *postgres.DB
+	cfg Config
+	log *slog.Logger
+}
+
+var _ Holder = (*Postgres)(nil)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Open creates or migrates the lease table in db.
+func Open(ctx context.Context, db *postgres.DB, cfg Config) (*Postgres, error) {
+	if err := db.Migrate(ctx, "lease", migrations); err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	if cfg.Holder == "" {
+		var b [8]byte
+		rand.Read(b[:])
+		cfg.Holder = "replica-" + hex.EncodeToString(b[:])
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Postgres{db: db, cfg: cfg, log: log.With("holder", cfg.Holder)}, nil
+}
+
+// HolderName is the name this replica holds leases under.
+func (p *Postgres) HolderName() string { return p.cfg.Holder }
+
+// TryAcquire takes the lease name if it is free (never held, expired, or
+// already this holder's: then it is renewed under a new epoch). ok is
+// false when another holder has it.
+func (p *Postgres) TryAcquire(ctx context.Context, name string) (l Lease, ok bool, err error) {
+	var epoch int64
+	err = p.db.Pool().QueryRow(ctx, `
+		INSERT INTO lease (name, holder, expires, epoch)
+		VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1)
+		ON CONFLICT (name) DO UPDATE
+		SET holder = EXCLUDED.holder, expires = EXCLUDED.expires, epoch = lease.epoch + 1
+		WHERE lease.expires < now() OR lease.holder = EXCLUDED.holder
+		RETURNING epoch`, name, p.cfg.Holder, p.cfg.TTL.Milliseconds()).Scan(&epoch)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Lease{}, false, nil
+	}
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("lease: acquire %s: %w", name, err)
+	}
+	return Lease{Name: name, Holder: p.cfg.Holder, Epoch: epoch}, true, nil
+}
+
+// Renew extends l by the time to live; ErrLost if it is no longer held
+// (taken over after it expired).
+func (p *Postgres) Renew(ctx context.Context, l Lease) error {
+	tag, err := p.db.Pool().Exec(ctx, `
+		UPDATE lease SET expires = now() + $4 * interval '1 millisecond'
+		WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires >= now()`,
+		l.Name, l.Holder, l.Epoch, p.cfg.TTL.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("lease: renew %s: %w", l.Name, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: %s (epoch %d)", ErrLost, l.Name, l.Epoch)
+	}
+	return nil
+}
+
+// Release gives l up at once, so another replica need not wait for it
+// to expire. Releasing a lease no longer held does nothing.
+func (p *Postgres) Release(ctx context.Context, l Lease) error {
+	_, err := p.db.Pool().Exec(ctx, `
+		UPDATE lease SET expires = now() - interval '1 millisecond'
+		WHERE name = $1 AND holder = $2 AND epoch = $3`, l.Name, l.Holder, l.Epoch)
+	if err != nil {
+		return fmt.Errorf("lease: release %s: %w", l.Name, err)
+	}
+	return nil
+}
+
+// Hold runs fn under the lease name (Holder). It tries to take the lease
+// every third of the time to live; while held, it renews it as often, and
+// ends fn's context when a renewal fails or when two thirds of the time
+// to live have passed since the last renewal that succeeded. After fn
+// returns the lease is released.
+func (p *Postgres) Hold(ctx context.Context, name string, fn func(context.Context) error) error {
+	every := p.cfg.TTL / 3
+	for {
+		l, ok, err := p.TryAcquire(ctx, name)
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("lease not taken: the database failed", "lease", name, "err", err)
+		}
+		if ok {
+			p.log.Info("lease taken", "lease", name, "epoch", l.Epoch)
+			if err := p.run(ctx, l, fn); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
+}
+
+// run runs fn while l is held; nil when the lease was lost or ctx ended.
+func (p *Postgres) run(ctx context.Context, l Lease, fn func(context.Context) error) error {
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan error, 1)
+	go func() { done <- fn(fctx) }()
+	every := p.cfg.TTL / 3
+	renewed := p.cfg.Now()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), every)
+			if rerr := p.Release(rctx, l); rerr != nil {
+				p.log.Warn("lease not released: it expires on its own", "lease", l.Name, "err", rerr)
+			}
+			rcancel()
+			if ctx.Err() != nil || errors.Is(context.Cause(fctx), ErrLost) {
+				return nil
+			}
+			return err
+		case <-t.C:
+			if context.Cause(fctx) != nil {
+				continue // lost: waiting for fn to return
+			}
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			err := p.Renew(rctx, l)
+			rcancel()
+			switch {
+			case err == nil:
+				renewed = p.cfg.Now()
+			case errors.Is(err, ErrLost) || p.cfg.Now().Sub(renewed) >= 2*every:
+				p.log.Warn("lease lost: its work stops", "lease", l.Name, "epoch", l.Epoch, "err", err)
+				cancel(fmt.Errorf("%w: %s", ErrLost, l.Name))
+			default:
+				p.log.Warn("lease not renewed: the database failed; retrying", "lease", l.Name, "err", err)
+			}
+		}
+	}
+}
