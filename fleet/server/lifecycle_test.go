@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
@@ -99,43 +97,6 @@ func TestUpKind(t *testing.T) {
 		if got := upKind(typ); got != want {
 			t.Errorf("upKind(%q) = %q, want %q", typ, got, want)
 		}
-	}
-}
-
-// TestAlertRevokeRevokesEverySerial: an alert rule's revoke action revokes
-// every certificate of the device that has not expired (a renewed-away
-// one too, which used to stay admitted) and lists each for the CRL.
-func TestAlertRevokeRevokesEverySerial(t *testing.T) {
-	s, err := New(testConfig(t.TempDir()), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.closeUnstarted()
-	const id = "0123456789abcdef0123456789abcdef"
-	now := time.Now()
-	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
-		Certs: []inventory.Cert{{Serial: "0b", NotAfter: now.Add(30 * time.Minute)}, {Serial: "0c", NotAfter: now.Add(time.Hour)}}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.alertAction(context.Background(), alert.ActionRevoke, alert.Alert{ID: 7, RuleID: "odd-port", DeviceID: id, Summary: "port 4444 opened"}); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := s.Inv.Device(t.Context(), id)
-	for _, serial := range []string{"0b", "0c"} {
-		if d.Admits(serial, now) {
-			t.Errorf("serial %s is still admitted after the alert's revocation", serial)
-		}
-	}
-	revs, err := s.Inv.Revocations(t.Context(), now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listed := map[string]bool{}
-	for _, r := range revs {
-		listed[r.Serial] = true
-	}
-	if !listed["0b"] || !listed["0c"] {
-		t.Fatalf("revocations for the CRL: %+v", revs)
 	}
 }
 

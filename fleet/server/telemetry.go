@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -39,7 +38,7 @@ const (
 func (s *Server) openTelemetry() error {
 	s.Metrics = prometheus.NewRegistry()
 	p, err := feed.OpenPipeline(feed.PipelineConfig{
-		Dir: s.cfg.DataDir, Sinks: s.cfg.AlertSinks, Flood: s.cfg.AlertFlood.Flood(), Actions: alert.ActionsFunc(s.alertAction),
+		Dir: s.cfg.DataDir, Sinks: s.cfg.AlertSinks, Flood: s.cfg.AlertFlood.Flood(), Actions: s.alertActions(),
 		OnTransition: func(n alert.Notification) { s.rescore(n.Alert.DeviceID) }, // open alerts count in the risk score
 		CertLifetime: time.Duration(s.cfg.DeviceLifetime), Rescore: s.rescore, Send: s.sendDevice, Metrics: s.Metrics, Logger: s.log,
 	})
@@ -97,23 +96,10 @@ func (s *Server) inventoryEvent(e inventory.Event) {
 	s.rescore(e.DeviceID) // a lifecycle change (state, certificate, flags) moves the risk score
 }
 
-// alertAction carries out a rule's action on the alert's device:
-// quarantine through attestation (as a failed attestation does), or
-// revocation of every certificate it holds that has not expired, a
-// renewed-away one too (it may enroll again from its EK). The inventory's
-// lifecycle events record both, and so the audit log.
-func (s *Server) alertAction(_ context.Context, action alert.Action, a alert.Alert) error {
-	reason := fmt.Sprintf("alert %d (rule %s): %s", a.ID, a.RuleID, a.Summary)
-	switch action {
-	case alert.ActionQuarantine:
-		return s.Attest.Quarantine(a.DeviceID, reason)
-	case alert.ActionRevoke:
-		if _, err := s.revoker().Revoke(a.DeviceID, inventory.ReasonUnspecified, "by "+reason); err != nil {
-			return fmt.Errorf("server: %w", err)
-		}
-		return nil
-	}
-	return fmt.Errorf("server: unknown alert action %q", action)
+// alertActions carries out alert rules' actions (feed.Actions):
+// quarantine through attestation, revocation as governance revokes.
+func (s *Server) alertActions() feed.Actions {
+	return feed.Actions{Quarantine: func(id, reason string) error { return s.Attest.Quarantine(id, reason) }, Revoker: s.revoker()}
 }
 
 // controlPlaneMetrics registers the fleet's own metrics on the shared
