@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/admission"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/firmware"
@@ -41,7 +42,7 @@ func (s *Server) openFirmware() (err error) {
 		TrustFile:     s.cfg.ReleaseTrust, Rotations: s.cfg.ReleaseTrustRotations, Approvals: s.cfg.FirmwareApprovals,
 		TrustDomain: s.cfg.TrustDomain, Devices: s.Inv, Policies: s.Policy, Audit: s.Audit, Send: s.sendDevice,
 		Admit: func(id string, c *x509.Certificate) error {
-			acc, err := gate{s.Inv, s.CA}.AdmitDevice(id, c)
+			acc, err := admission.Gate{Devices: s.Inv, CA: s.CA}.AdmitDevice(id, c)
 			if err == nil && acc.UpKinds != nil {
 				err = errors.New("device quarantined")
 			}

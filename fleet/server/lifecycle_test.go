@@ -1,9 +1,6 @@
 package server
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -12,7 +9,6 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/broker"
-	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -25,28 +21,6 @@ func openInventory(t *testing.T) *inventory.Store {
 	}
 	t.Cleanup(func() { inv.Close() })
 	return inv
-}
-
-// TestGateAdmitsOnlyIssuedSerials: a certificate of the fleet CA for an
-// active device is refused unless the fleet issued that serial to it.
-func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
-	inv := openInventory(t)
-	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "test.local"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	const id = "0123456789abcdef0123456789abcdef"
-	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0a", CertExpiry: time.Now().Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	crafted, err := fleetCA.IssueDevice(id, &key.PublicKey, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := (gate{inv, fleetCA}).AdmitDevice(id, crafted); err == nil {
-		t.Fatal("the gate admitted a fleet certificate never issued to the device")
-	}
 }
 
 // TestDeviceMessagesFollowState: messages from a decommissioned device are
@@ -82,21 +56,6 @@ func TestDeviceMessagesFollowState(t *testing.T) {
 	defer mu.Unlock()
 	if len(sent) != 0 {
 		t.Fatalf("a decommissioned device was answered: %v", sent)
-	}
-}
-
-// TestUpKind: a device message is accepted only on the up kind the
-// protocol gives its type; fleet-to-device and enrollment types on none.
-func TestUpKind(t *testing.T) {
-	for typ, want := range map[string]string{
-		wire.TypeHello: "hello", wire.TypeAttestRequest: "attest", wire.TypeAttestEvidence: "attest",
-		wire.TypeRenewRequest: "renew", wire.TypeSSHRequest: "ssh", wire.TypeSecretAck: "secret",
-		wire.TypeTelemetryBatch: "telemetry", wire.TypeFirmwareReport: "fw",
-		wire.TypeAttestChallenge: "", wire.TypeSecretDeliver: "", wire.TypeEnrollRequest: "", "no.such": "",
-	} {
-		if got := upKind(typ); got != want {
-			t.Errorf("upKind(%q) = %q, want %q", typ, got, want)
-		}
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sigil-iot/sigil/fleet/admission"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
 	"github.com/sigil-iot/sigil/fleet/alert/sink"
@@ -248,7 +249,7 @@ func (s *Server) openBroker() error {
 	if s.Broker, err = broker.New(broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
-		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
+		Topics: s.topics, Gate: admission.Gate{Devices: s.Inv, CA: s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen,
 		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
 		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.bootstrap().Known,
@@ -442,39 +443,6 @@ func closeListener(ln net.Listener) func() error {
 	}
 }
 
-// gate admits a holder of a fleet certificate (the TLS layer verified the
-// chain and expiry) only if the fleet issued that serial to the device and
-// it is still current (inventory.Device.Admits: not revoked — quarantine,
-// decommissioning, re-enrollment and renewal revoke — nor expired; a
-// certificate of the fleet CA never issued to the device is refused), and
-// only while the device is active (fully) or quarantined (only to prove
-// itself: inventory.QuarantinedKinds).
-type gate struct {
-	inv *inventory.Store
-	ca  *ca.CA
-}
-
-func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
-	d, err := g.inv.Device(context.TODO(), deviceID)
-	if err != nil {
-		return broker.Access{}, fmt.Errorf("unknown device: %w", err)
-	}
-	if _, err := g.ca.Issuer(cert); err != nil {
-		return broker.Access{}, err // a retired CA generation: enroll again
-	}
-	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
-	if !d.Admits(serial, time.Now()) {
-		return broker.Access{}, fmt.Errorf("certificate %s not issued to this device, revoked or expired", serial)
-	}
-	switch d.State {
-	case inventory.StateActive:
-		return broker.Access{}, nil
-	case inventory.StateQuarantined:
-		return broker.Access{UpKinds: inventory.QuarantinedKinds()}, nil
-	}
-	return broker.Access{}, fmt.Errorf("device %s", d.State)
-}
-
 // brokerEvent queues a connection event: the broker calls it on its
 // connection goroutines, which must not wait for the inventory's disk.
 func (s *Server) brokerEvent(ev broker.Event) {
@@ -630,11 +598,10 @@ func (s *Server) serveAPI(ctx context.Context) error {
 
 // deviceMessage handles messages from enrolled devices. The device ID is
 // the one the broker authenticated, never one from the payload. A message
-// is handled only if its type belongs to the topic kind it came on and
-// the device's state, as the inventory holds it now, accepts that kind
-// (inventory.State.Accepts): whatever the broker admitted earlier, a
-// device quarantined or decommissioned since is not served; nor, through a
-// broker pool, one without a current certificate (holdsCurrentCert).
+// is handled only if admission.Check allows it: its type belongs to the
+// topic kind it came on and the device's state, as the inventory holds it
+// now, accepts that kind; through a broker pool, only while the device
+// holds a current certificate.
 func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte) {
 	tp, err := s.topics.Parse(topic)
 	if err != nil || id.DeviceID == "" || tp.ID != id.DeviceID {
@@ -645,14 +612,14 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	st, err := s.messageState(id)
-	if errors.Is(err, errStaleSession) {
+	st, err := admission.Check(context.TODO(), s.Inv, id, env.Type, tp.Kind)
+	if errors.Is(err, admission.ErrStaleSession) {
 		s.staleSession(id.DeviceID)
 		return
 	}
-	if err != nil || upKind(env.Type) != tp.Kind || !st.Accepts(tp.Kind) {
+	if err != nil {
 		state := inventory.State("unknown")
-		if err == nil {
+		if errors.Is(err, admission.ErrRefused) {
 			state = st
 		}
 		s.log.Info("device message dropped: its state or topic does not allow it", "device_id", id.DeviceID, "type", env.Type, "kind", tp.Kind, "state", state)
@@ -704,53 +671,6 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		}
 		s.caRotation.Hello(id.DeviceID)
 	}
-}
-
-// holdsCurrentCert reports whether a certificate the fleet issued to d is
-// still current. A broker pool reports a sender without its certificate
-// (id.Cert nil), and Mosquitto keeps a session open after its certificate
-// is revoked: a device none of whose certificates is current is not
-// served, whatever session it still holds.
-func holdsCurrentCert(d *inventory.Device, now time.Time) bool {
-	for _, c := range d.Certificates() {
-		if d.Admits(c.Serial, now) {
-			return true
-		}
-	}
-	return false
-}
-
-// errStaleSession: a session through a broker pool whose device no longer
-// holds a current certificate (messageState).
-var errStaleSession = errors.New("server: the session's certificate is no longer current")
-
-// messageState is the state of the device of a session, for the check on
-// each of its messages: the state alone, decoding nothing else of the
-// record, for a session whose certificate the broker verified; for one
-// through a broker pool (no certificate here), the whole record, to
-// check that the device still holds a current certificate
-// (errStaleSession otherwise).
-func (s *Server) messageState(id broker.Identity) (inventory.State, error) {
-	if id.Cert != nil {
-		return s.Inv.State(context.TODO(), id.DeviceID)
-	}
-	d, err := s.Inv.Device(context.TODO(), id.DeviceID)
-	if err != nil {
-		return "", err
-	}
-	if !holdsCurrentCert(d, time.Now()) {
-		return "", errStaleSession
-	}
-	return d.State, nil
-}
-
-// upKind is the up-topic kind a device message of type typ travels on
-// ("" for a type devices do not send), as the protocol's registry says.
-func upKind(typ string) string {
-	if m, ok := wire.Lookup(typ); ok && m.Segment == wire.SegDevice && m.Dir == wire.Up {
-		return m.Kind
-	}
-	return ""
 }
 
 // bootstrap admits bootstrap clients at the broker (enroll.Bootstrap):
