@@ -281,17 +281,9 @@ func (s *Server) openPolicy() (err error) {
 // and ek_allowlist.
 func (s *Server) openEnroll() error {
 	cfg := s.cfg
-	trust := &verifier.EKTrust{}
-	var err error
-	if cfg.EKCADir != "" {
-		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
-			return err
-		}
-	}
-	if cfg.EKAllowList != "" {
-		if trust.AllowList, err = verifier.LoadAllowList(cfg.EKAllowList); err != nil {
-			return err
-		}
+	trust, err := verifier.LoadEKTrust(cfg.EKCADir, cfg.EKAllowList)
+	if err != nil {
+		return err
 	}
 	sels, err := attest.Selections(cfg.AttestBanks, cfg.AttestPCRs)
 	if err != nil {
@@ -468,12 +460,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 	if ev.Kind == broker.Connected && ev.Identity.Cert != nil {
 		s.Rotation.Connected(ev.Identity.DeviceID, hex.EncodeToString(ev.Identity.Cert.SerialNumber.Bytes()))
 	}
-	now := time.Now().UTC()
-	err := s.Inv.Update(context.TODO(), ev.Identity.DeviceID, func(d *inventory.Device) error {
-		d.LastSeen = now
-		d.Connected = ev.Kind == broker.Connected
-		return nil
-	})
+	err := s.Inv.SetConnected(context.TODO(), ev.Identity.DeviceID, ev.Kind == broker.Connected, time.Now().UTC())
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Warn("inventory update on connection event failed", "err", err)
 	}
@@ -646,17 +633,10 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("malformed hello", "device_id", id.DeviceID, "err", err)
 			return
 		}
-		err := s.Inv.Update(context.TODO(), id.DeviceID, func(d *inventory.Device) error {
-			if h.Firmware != "" && d.Firmware != h.Firmware && d.State == inventory.StateActive {
-				// Reported, not proved: policies judge the measurements.
-				s.log.Info("device reports a new firmware version", "device_id", d.ID, "from", d.Firmware, "to", h.Firmware)
-				d.Firmware = h.Firmware
-			}
-			d.LastSeen = time.Now().UTC()
-			return nil
-		})
-		if err != nil {
+		if from, changed, err := s.Inv.Hello(context.TODO(), id.DeviceID, h.Firmware, time.Now().UTC()); err != nil {
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
+		} else if changed {
+			s.log.Info("device reports a new firmware version", "device_id", id.DeviceID, "from", from, "to", h.Firmware)
 		}
 		s.rescore(id.DeviceID) // its reported firmware counts in the risk score
 		if s.feed != nil {
