@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -158,27 +159,9 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// BootstrapLimits are the bootstrap connection bounds of Config.
-type BootstrapLimits struct {
-	// BootstrapClients caps the pool of bootstrap connections (default
-	// 1000) and BootstrapPerSource one source's share (default 256); at a
-	// cap a newcomer displaces the least active connection if it has been
-	// inactive for 10s.
-	BootstrapClients   int `json:"bootstrap_clients"`
-	BootstrapPerSource int `json:"bootstrap_per_source"`
-	// BootstrapReserve is the sessions kept beyond the pool for known
-	// devices that re-enroll, one per device (default 64).
-	BootstrapReserve int `json:"bootstrap_reserve"`
-	// BootstrapKeepaliveMax is the longest keepalive a bootstrap client
-	// may ask for; none (0) is refused. Default 2m.
-	BootstrapKeepaliveMax config.Duration `json:"bootstrap_keepalive_max"`
-	// BootstrapFirstMessage is how long a bootstrap client may wait after
-	// its CONNECT before its first enrollment message (default 30s), and
-	// BootstrapLifetime how long a bootstrap connection lasts at most
-	// (default 5m).
-	BootstrapFirstMessage config.Duration `json:"bootstrap_first_message"`
-	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
-}
+// BootstrapLimits are the bootstrap connection bounds of Config
+// (broker.BootstrapLimits).
+type BootstrapLimits = broker.BootstrapLimits
 
 // GovernanceConfig is the identity-governance part of Config
 // (governance.Settings). It is embedded, so its keys sit at the top level

@@ -245,17 +245,15 @@ func (s *Server) openBroker() error {
 	if cfg.BootstrapCredential {
 		bootstrapAuth = s.bootstrap().Credential
 	}
-	var err error
-	if s.Broker, err = broker.New(broker.Config{
+	bc := broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
 		Topics: s.topics, Gate: admission.Gate{Devices: s.Inv, CA: s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
-		Events: s.brokerEvent, Screen: s.screen,
-		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
-		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.bootstrap().Known,
-		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
-		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
-	}); err != nil {
+		Events: s.brokerEvent, Screen: s.screen, KnownDevice: s.bootstrap().Known,
+	}
+	cfg.BootstrapLimits.Apply(&bc)
+	var err error
+	if s.Broker, err = broker.New(bc); err != nil {
 		return err
 	}
 	s.transport = s.Broker
@@ -560,27 +558,9 @@ func (s *Server) tasks() []func(context.Context) error {
 }
 
 // serveAPI serves the API, the console and the device downloads on the
-// HTTPS listener until ctx ends, then shuts the server down gracefully
-// (5s at most).
+// HTTPS listener until ctx ends (api.Serve).
 func (s *Server) serveAPI(ctx context.Context) error {
-	srv := &http.Server{
-		Handler:   s.fw.WithDownloads(s.withConsole(s.apiHandler)),
-		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(s.apiLn, "", "") }()
-	select {
-	case err := <-served:
-		return err // it failed on its own
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	<-served // http.ErrServerClosed
-	return err
+	return api.Serve(ctx, s.apiLn, s.fw.WithDownloads(s.withConsole(s.apiHandler)), s.apiTLS, s.log)
 }
 
 // deviceMessage handles messages from enrolled devices. The device ID is
