@@ -70,6 +70,16 @@ func (g Gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Acces
 	return broker.Access{}, fmt.Errorf("device %s", d.State)
 }
 
+// AdmitActive admits only a device the gate gives full access: a fleet
+// certificate it holds, and active, not quarantined (firmware downloads).
+func (g Gate) AdmitActive(deviceID string, cert *x509.Certificate) error {
+	acc, err := g.AdmitDevice(deviceID, cert)
+	if err == nil && acc.UpKinds != nil {
+		err = errors.New("device quarantined")
+	}
+	return err
+}
+
 // Errors of Check.
 var (
 	// ErrStaleSession: a session through a broker pool whose device no

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -45,6 +46,41 @@ func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
 	}
 	if _, err := (admission.Gate{Devices: inv, CA: fleetCA}).AdmitDevice(id, crafted); err == nil {
 		t.Fatal("the gate admitted a fleet certificate never issued to the device")
+	}
+}
+
+// TestAdmitActive: firmware downloads admit a device holding a certificate
+// the fleet issued it while it is active, not once it is quarantined.
+func TestAdmitActive(t *testing.T) {
+	inv := openInventory(t)
+	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "test.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	const id = "0123456789abcdef0123456789abcdef"
+	cert, err := fleetCA.IssueDevice(id, &key.PublicKey, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
+	d := &inventory.Device{ID: id, State: inventory.StateActive, Certs: []inventory.Cert{{Serial: serial, NotAfter: cert.NotAfter}}}
+	if err := inv.PutDevice(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	g := admission.Gate{Devices: inv, CA: fleetCA}
+	if err := g.AdmitActive(id, cert); err != nil {
+		t.Fatalf("an active device: %v", err)
+	}
+	d.State = inventory.StateQuarantined
+	if err := inv.PutDevice(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if acc, err := g.AdmitDevice(id, cert); err != nil || acc.UpKinds == nil {
+		t.Fatalf("the gate for a quarantined device: %+v, %v", acc, err)
+	}
+	if err := g.AdmitActive(id, cert); err == nil {
+		t.Fatal("a quarantined device was admitted to downloads")
 	}
 }
 

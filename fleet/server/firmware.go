@@ -1,8 +1,6 @@
 package server
 
 import (
-	"crypto/x509"
-	"errors"
 	"path/filepath"
 	"time"
 
@@ -41,14 +39,7 @@ func (s *Server) openFirmware() (err error) {
 		CampaignsPath: filepath.Join(s.cfg.DataDir, CampaignsFile),
 		TrustFile:     s.cfg.ReleaseTrust, Rotations: s.cfg.ReleaseTrustRotations, Approvals: s.cfg.FirmwareApprovals,
 		TrustDomain: s.cfg.TrustDomain, Devices: s.Inv, Policies: s.Policy, Audit: s.Audit, Send: s.sendDevice,
-		Admit: func(id string, c *x509.Certificate) error {
-			acc, err := admission.Gate{Devices: s.Inv, CA: s.CA}.AdmitDevice(id, c)
-			if err == nil && acc.UpKinds != nil {
-				err = errors.New("device quarantined")
-			}
-			return err
-		},
-		Logger: s.log.With("component", "firmware"),
+		Admit: admission.Gate{Devices: s.Inv, CA: s.CA}.AdmitActive, Logger: s.log.With("component", "firmware"),
 	})
 	if err == nil {
 		s.onClose(s.fw.Close)
