@@ -42,7 +42,7 @@ func (b Bootstrap) Credential(clientID, _ string, password []byte, claim *x509.C
 		return nil
 	}
 	if len(password) == 0 {
-		return errors.New("no claim certificate and no enrollment token")
+		return errors.New("enroll: no claim certificate and no enrollment token")
 	}
 	secret := string(password)
 	if _, err := b.Devices.CheckToken(context.TODO(), secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
@@ -52,7 +52,7 @@ func (b Bootstrap) Credential(clientID, _ string, password []byte, claim *x509.C
 	if err == nil && len(usedBy) >= 16 && strings.HasPrefix(clientID, "e-"+usedBy[:16]+"-") {
 		return nil
 	}
-	return errors.New("enrollment token not valid")
+	return errors.New("enroll: enrollment token not valid")
 }
 
 // Known is the broker's KnownDevice: a bootstrap client ID of the form

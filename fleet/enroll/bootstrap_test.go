@@ -2,8 +2,10 @@ package enroll_test
 
 import (
 	"context"
+	"crypto/x509"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -76,4 +78,49 @@ func FuzzKnownBootstrap(f *testing.F) {
 			t.Fatalf("Known(%q) named a device", clientID)
 		}
 	})
+}
+
+// TestBootstrapCredential: a bootstrap CONNECT is admitted with a claim
+// certificate, a valid enrollment token, a used token from the client ID
+// of the device that used it, or a client ID operators decided to enroll;
+// nothing else.
+func TestBootstrapCredential(t *testing.T) {
+	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	valid, _, err := inv.CreateToken(t.Context(), inventory.Grant{}, "ops", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, _, err := inv.CreateToken(t.Context(), inventory.Grant{}, "ops", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dev = "0123456789abcdef0000000000000001"
+	if _, err := inv.ConsumeToken(t.Context(), used, dev, "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	b := enroll.Bootstrap{Devices: inv, TriageEnrolled: func(clientID string) bool { return clientID == "e-decided" }}
+	for _, c := range []struct {
+		clientID, password string
+		claim, ok          bool
+	}{
+		{"e-any", "", true, true},
+		{"e-any", valid, false, true},
+		{"e-0123456789abcdef-1", used, false, true},
+		{"e-decided", "", false, true},
+		{"e-any", "", false, false},
+		{"e-any", "not a token", false, false},
+		{"e-fedcba9876543210-1", used, false, false}, // another device's used token
+	} {
+		var claim *x509.Certificate
+		if c.claim {
+			claim = &x509.Certificate{}
+		}
+		if err := b.Credential(c.clientID, "", []byte(c.password), claim); (err == nil) != c.ok {
+			t.Errorf("Credential(%q, claim %v, token %q) = %v, want ok %v", c.clientID, c.claim, c.password, err, c.ok)
+		}
+	}
 }
