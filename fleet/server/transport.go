@@ -82,8 +82,9 @@ func (s *Server) BrokersReady() bool {
 }
 
 // staleSession handles a message a device sent, through the broker pool,
-// on a session its certificate no longer allows (holdsCurrentCert): the
-// session is ended (mqttpool.Transport.KickStale).
+// on a session its certificate no longer allows
+// (admission.ErrStaleSession): the session is ended
+// (mqttpool.Transport.KickStale).
 func (s *Server) staleSession(deviceID string) {
 	s.log.Info("device message dropped: the device holds no current certificate; ending its session", "device_id", deviceID)
 	if t, ok := s.transport.(*mqttpool.Transport); ok {
