@@ -127,6 +127,9 @@ func TestMigrateToPostgres(t *testing.T) {
 		}
 	}
 	inv.Close()
+	for _, st := range moreMigratedStores {
+		st.seed(t, dir)
+	}
 
 	url := srv.NewDatabase(t)
 	out, errOut, code := runCLI(t, "", "migrate", "--data-dir", dir, "--database-url", url)
@@ -136,6 +139,13 @@ func TestMigrateToPostgres(t *testing.T) {
 	for _, want := range []string{"audit ", "entries 30", "checkpoints 1", "operators", "users 1", "sessions 1", "tokens 1", "approvals", "requests 1", "inventory", "devices 4", "attestations", "devices 2, records 7", "policies", "versions 2", "the audit chain verifies"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("migrate output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, st := range moreMigratedStores {
+		for _, want := range st.want {
+			if !strings.Contains(out, want) {
+				t.Errorf("migrate output lacks %q (%s):\n%s", want, st.name, out)
+			}
 		}
 	}
 
@@ -195,6 +205,9 @@ func TestMigrateToPostgres(t *testing.T) {
 	}
 	if d, err := pi.DeviceByEK(ctx, inventorytest.EK(2)); err != nil || d.ID != inventorytest.ID(2) {
 		t.Fatalf("device in the database: %v, %v", d, err)
+	}
+	for _, st := range moreMigratedStores {
+		st.check(t, ctx, db)
 	}
 
 	// The database holds records now: refused, nothing copied; --force

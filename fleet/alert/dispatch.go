@@ -232,7 +232,7 @@ func (e *Engine) drain(rt *route) {
 
 func (e *Engine) deadLetter(routeName string, n Notification, attempts int, cause error, interrupted bool) {
 	d := &DeadLetter{Route: routeName, Notification: n, Attempts: attempts, Error: truncate(cause.Error(), 1024), Interrupted: interrupted, At: e.cfg.Now()}
-	dropped, err := e.st.addDead(d, e.cfg.MaxDeadLetters)
+	dropped, err := e.st.addDead(context.Background(), d, e.cfg.MaxDeadLetters)
 	if err != nil {
 		// Nowhere left to keep it: say so loudly.
 		e.log.Error("alert: notification lost: could not record dead letter", "route", routeName, "alert_id", n.Alert.ID, "transition", string(n.Transition), "err", err)
@@ -251,14 +251,14 @@ func (e *Engine) deadLetter(routeName string, n Notification, attempts int, caus
 // before (0: from the newest), at most limit (default 100, at most 1000).
 // next is the cursor for the following page, 0 at the end.
 func (e *Engine) DeadLetters(before uint64, limit int) (letters []DeadLetter, next uint64, err error) {
-	return e.st.deadLetters(before, pageSize(limit))
+	return e.st.deadLetters(context.Background(), before, pageSize(limit))
 }
 
 // Redrive queues dead letter id again on its route and deletes it; if it
 // fails again it becomes a new dead letter. ErrQueueFull leaves it in
 // place.
 func (e *Engine) Redrive(id uint64) error {
-	d, err := e.st.deadLetter(id)
+	d, err := e.st.deadLetter(context.Background(), id)
 	if err != nil {
 		return err
 	}
@@ -275,7 +275,7 @@ func (e *Engine) redrive(sel func(*DeadLetter) bool) (int, error) {
 	var picked []DeadLetter
 	var before uint64
 	for {
-		page, next, err := e.st.deadLetters(before, maxPageSize)
+		page, next, err := e.st.deadLetters(context.Background(), before, maxPageSize)
 		if err != nil {
 			return 0, err
 		}
@@ -315,7 +315,7 @@ func (e *Engine) requeue(d *DeadLetter) error {
 	default:
 		return ErrQueueFull
 	}
-	if err := e.st.deleteDead(d.ID); err != nil {
+	if err := e.st.deleteDead(context.Background(), d.ID); err != nil {
 		return fmt.Errorf("alert: delete dead letter %d: %w", d.ID, err)
 	}
 	e.log.Info("alert: dead letter re-driven", "dead_letter_id", d.ID, "route", d.Route, "alert_id", d.Notification.Alert.ID)

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // Actions carries out rule actions (Rule.Action) when an alert opens. The
@@ -32,7 +34,8 @@ func (f ActionsFunc) Act(ctx context.Context, action Action, a Alert) error { re
 // their comment names.
 type Config struct {
 	// Path is the bbolt file holding rules, alerts, dead letters and the
-	// learned baselines (created with mode 0600). Required.
+	// learned baselines (created with mode 0600). Required by Open;
+	// OpenPostgres does not use it.
 	Path string
 	// Routes deliver notifications to sinks; each has its own queue and
 	// worker. Names must be unique.
@@ -232,6 +235,20 @@ func Open(cfg Config) (*Engine, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("alert: Config.Path is required")
 	}
+	return open(cfg, func(cfg Config) (*store, error) { return openStore(cfg.Path, cfg.LockTimeout, cfg.NoSync) })
+}
+
+// OpenPostgres is Open with the store in the PostgreSQL database db,
+// whose tables it brings up to date first (cfg.Path, LockTimeout and
+// NoSync are unused). Close leaves db open. The store is shared by the
+// replicas on db (an alert fired at once on two of them is stored once);
+// each engine keeps its own learned state and open-alert index in
+// memory, loaded here.
+func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Engine, error) {
+	return open(cfg, func(Config) (*store, error) { return openPostgresStore(ctx, db) })
+}
+
+func open(cfg Config, openSt func(Config) (*store, error)) (*Engine, error) {
 	if cfg.SweepInterval < 0 || cfg.FlushInterval < 0 || cfg.Resend < 0 || cfg.ActionTimeout < 0 || cfg.LockTimeout < 0 ||
 		cfg.MaxAlerts < 0 || cfg.MaxDeadLetters < 0 || cfg.Flood.Window < 0 || cfg.Flood.MaxDevices < 0 {
 		return nil, errors.New("alert: Config intervals and limits must not be negative (zero means the default)")
@@ -253,7 +270,7 @@ func Open(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStore(cfg.Path, cfg.LockTimeout, cfg.NoSync)
+	st, err := openSt(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -274,7 +291,7 @@ func setDefault[T comparable](v *T, def T) {
 }
 
 func (e *Engine) load() error {
-	rules, err := e.st.rules()
+	rules, err := e.st.rules(context.Background())
 	if err != nil {
 		return fmt.Errorf("alert: load rules: %w", err)
 	}
@@ -296,13 +313,13 @@ func (e *Engine) load() error {
 		}
 		return d
 	}
-	err = e.st.loadStates(
+	err = e.st.loadStates(context.Background(),
 		func(id string, s *seenRecord) { state(id).LastSeen = s.LastSeen },
 		func(id, rule string, rs *ruleState) { state(id).Rules[rule] = rs })
 	if err != nil {
 		return fmt.Errorf("alert: load state: %w", err)
 	}
-	open, err := e.st.openAlerts()
+	open, err := e.st.openAlerts(context.Background())
 	if err != nil {
 		return fmt.Errorf("alert: load open alerts: %w", err)
 	}
@@ -315,7 +332,7 @@ func (e *Engine) load() error {
 		}
 		state(a.DeviceID).open[openKey(a.RuleID, a.Key)] = a.ID
 	}
-	n, err := e.st.countAlerts()
+	n, err := e.st.countAlerts(context.Background())
 	if err != nil {
 		return fmt.Errorf("alert: count alerts: %w", err)
 	}
@@ -493,7 +510,7 @@ func (e *Engine) flush() error {
 	if len(batch) == 0 {
 		return nil
 	}
-	if err := e.st.saveStates(batch); err != nil {
+	if err := e.st.saveStates(context.Background(), batch); err != nil {
 		// Try again at the next flush.
 		for _, w := range done {
 			w.d.mu.Lock()
@@ -526,7 +543,7 @@ func (e *Engine) Forget(deviceID string) error {
 		}
 		d.mu.Unlock()
 	}
-	if err := e.st.deleteStates(deviceID); err != nil {
+	if err := e.st.deleteStates(context.Background(), deviceID); err != nil {
 		return fmt.Errorf("alert: forget %s: %w", deviceID, err)
 	}
 	return nil
@@ -550,7 +567,7 @@ func (e *Engine) fire(d *deviceState, r *compiled, key string, at time.Time, sev
 		e.stats.deduplicated.Add(1)
 		return
 	} else if open {
-		_, err := e.st.update(id, func(a *Alert) error {
+		_, err := e.st.update(context.Background(), id, func(a *Alert) error {
 			if !a.State.Open() {
 				return ErrResolved
 			}
@@ -582,7 +599,7 @@ func (e *Engine) fire(d *deviceState, r *compiled, key string, at time.Time, sev
 		Labels: maps.Clone(r.Labels), Evidence: evidence,
 		Count: 1, StartsAt: at, LastFiredAt: at, Action: r.Action,
 	}
-	stored, created, err := e.st.create(a)
+	stored, created, err := e.st.create(context.Background(), a)
 	if err != nil {
 		e.log.Error("alert: could not record alert", "rule_id", r.ID, "device_id", d.id, "err", err)
 		return
@@ -648,7 +665,7 @@ func (e *Engine) act(a *Alert) {
 	e.stats.actionsFailed.Add(1)
 	e.log.Warn("alert action failed", "alert_id", a.ID, "action", string(a.Action), "device_id", a.DeviceID, "err", msg)
 	a.ActionError = msg
-	if _, err := e.st.update(a.ID, func(s *Alert) error { s.ActionError = msg; return nil }); err != nil {
+	if _, err := e.st.update(context.Background(), a.ID, func(s *Alert) error { s.ActionError = msg; return nil }); err != nil {
 		e.log.Error("alert: recording action failure", "alert_id", a.ID, "err", err)
 	}
 }
@@ -665,7 +682,7 @@ func (e *Engine) resolve(d *deviceState, ruleID, key string, at time.Time, by, n
 	if id == 0 {
 		return
 	}
-	a, err := e.st.update(id, func(a *Alert) error {
+	a, err := e.st.update(context.Background(), id, func(a *Alert) error {
 		if !a.State.Open() {
 			return ErrResolved
 		}
@@ -708,7 +725,7 @@ func (e *Engine) prune() {
 	if excess <= 0 {
 		return
 	}
-	n, err := e.st.prune(excess)
+	n, err := e.st.prune(context.Background(), excess)
 	if err != nil {
 		e.log.Error("alert: pruning history", "err", err)
 		return
@@ -721,7 +738,7 @@ func (e *Engine) resend() {
 	if !slices.ContainsFunc(e.routes, func(rt *route) bool { return rt.transitions[TransitionRepeat] }) {
 		return
 	}
-	open, err := e.st.openAlerts()
+	open, err := e.st.openAlerts(context.Background())
 	if err != nil {
 		e.log.Error("alert: listing open alerts", "err", err)
 		return
@@ -762,7 +779,7 @@ func (e *Engine) PutRule(r Rule) (*Rule, error) {
 	}
 	e.rulesMu.Lock()
 	defer e.rulesMu.Unlock()
-	if err := e.st.putRule(&r); err != nil {
+	if err := e.st.putRule(context.Background(), &r); err != nil {
 		return nil, fmt.Errorf("alert: store rule: %w", err)
 	}
 	c := compile(&r)
@@ -798,7 +815,7 @@ func (e *Engine) PutRule(r Rule) (*Rule, error) {
 func (e *Engine) DeleteRule(id string) error {
 	e.rulesMu.Lock()
 	defer e.rulesMu.Unlock()
-	if err := e.st.deleteRule(id); err != nil {
+	if err := e.st.deleteRule(context.Background(), id); err != nil {
 		return err
 	}
 	list := slices.DeleteFunc(slices.Clone(e.ruleList()), func(x *compiled) bool { return x.ID == id })

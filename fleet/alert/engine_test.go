@@ -444,7 +444,7 @@ func TestPersistAcrossRestart(t *testing.T) {
 	}
 	must(t, f.e.Close())
 
-	e, err := Open(Config{Path: f.path, Now: f.clock.Now, NoSync: true})
+	e, err := openBackend(t, Config{Path: f.path, Now: f.clock.Now, NoSync: true})
 	must(t, err)
 	defer e.Close()
 	if rs := e.Rules(); len(rs) != 3 || rs[0].ID != "cpu" {
@@ -567,7 +567,7 @@ func TestQueueFullAndShutdownDeadLetter(t *testing.T) {
 	}
 	// Closing with two queued: both become interrupted dead letters ...
 	must(t, f.e.Close())
-	e, err := Open(Config{Path: f.path, NoSync: true, Routes: []Route{{Name: "hook", Notifier: rec}}})
+	e, err := openBackend(t, Config{Path: f.path, NoSync: true, Routes: []Route{{Name: "hook", Notifier: rec}}})
 	must(t, err)
 	defer e.Close()
 	dls, _, err = e.DeadLetters(0, 0)
@@ -695,7 +695,7 @@ func TestForgetDropsLearnedState(t *testing.T) {
 	must(t, f.e.flush())
 	must(t, f.e.Forget("d1"))
 	must(t, f.e.Close())
-	e, err := Open(Config{Path: f.path, NoSync: true, Now: f.clock.Now})
+	e, err := openBackend(t, Config{Path: f.path, NoSync: true, Now: f.clock.Now})
 	must(t, err)
 	defer e.Close()
 	e.sweep(f.clock.Now().Add(time.Hour))

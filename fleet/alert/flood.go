@@ -1,6 +1,7 @@
 package alert
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -268,7 +269,7 @@ func (hw *heldWindow) summaryOf() *Alert {
 // storeSummary stores a window's summary for the first time. The caller
 // holds mu. A failure is logged; the next sweep tries again.
 func (e *Engine) storeSummary(hw *heldWindow) {
-	a, _, err := e.st.create(hw.summaryOf())
+	a, _, err := e.st.create(context.Background(), hw.summaryOf())
 	if err != nil {
 		e.log.Error("alert: could not record a flood summary", "rule_id", hw.rule.ID, "err", err)
 		return
@@ -332,7 +333,7 @@ func (e *Engine) saveSummary(hw *heldWindow, final bool) *Alert {
 		}
 	}
 	fresh := hw.summaryOf()
-	a, err := e.st.update(hw.summaryID, func(a *Alert) error {
+	a, err := e.st.update(context.Background(), hw.summaryID, func(a *Alert) error {
 		if a.Held != nil && a.Held.Notified {
 			return ErrResolved // already sent (cannot happen twice; be safe)
 		}
@@ -358,7 +359,7 @@ func (e *Engine) notifyStale(now time.Time) {
 	stale := e.stale
 	e.stale = nil
 	for _, id := range stale {
-		up, err := e.st.update(id, func(x *Alert) error {
+		up, err := e.st.update(context.Background(), id, func(x *Alert) error {
 			if x.Held == nil || x.Held.Notified {
 				return ErrResolved
 			}

@@ -2,6 +2,7 @@ package alert
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -54,7 +55,7 @@ func (e *Engine) Groups(q Query, by GroupBy) (groups []Group, truncated bool, er
 	index := map[string]*Group{}
 	members := map[string]map[string]struct{}{}
 	n := 0
-	err = e.st.each(q, func(a *Alert) bool {
+	err = e.st.each(context.Background(), q, func(a *Alert) bool {
 		if n++; n > MaxGrouped {
 			truncated = true
 			return false
@@ -128,7 +129,7 @@ func (e *Engine) AcknowledgeMany(ids []uint64, q Query, by, note string) (AckRep
 	}
 	if len(ids) == 0 {
 		q.Open, q.State = true, StateFiring
-		err := e.st.each(q, func(a *Alert) bool {
+		err := e.st.each(context.Background(), q, func(a *Alert) bool {
 			ids = append(ids, a.ID)
 			return true
 		})
@@ -143,7 +144,7 @@ func (e *Engine) AcknowledgeMany(ids []uint64, q Query, by, note string) (AckRep
 	for len(ids) > 0 {
 		part := ids[:min(len(ids), chunk)]
 		ids = ids[len(part):]
-		acked, skipped, missing, err := e.st.ackMany(part, by, note, now)
+		acked, skipped, missing, err := e.st.ackMany(context.Background(), part, by, note, now)
 		if err != nil {
 			return rep, fmt.Errorf("alert: acknowledge: %w", err)
 		}

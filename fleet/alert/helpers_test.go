@@ -110,7 +110,7 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 	}
 	cfg.NoSync = true
 	f.path = cfg.Path
-	e, err := Open(cfg)
+	e, err := openBackend(t, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

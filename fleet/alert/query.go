@@ -1,6 +1,7 @@
 package alert
 
 import (
+	"context"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -27,12 +28,12 @@ type Query struct {
 // cursor for the next page (0 when there is none).
 func (e *Engine) Alerts(q Query) (alerts []Alert, next uint64, err error) {
 	q.Limit = pageSize(q.Limit)
-	return e.st.query(q)
+	return e.st.query(context.Background(), q)
 }
 
 // Alert returns one alert.
 func (e *Engine) Alert(id uint64) (*Alert, error) {
-	a, err := e.st.alert(id)
+	a, err := e.st.alert(context.Background(), id)
 	if err != nil {
 		return nil, fmt.Errorf("alert: %w", err)
 	}
@@ -57,7 +58,7 @@ func (e *Engine) Acknowledge(id uint64, by, note string) (*Alert, error) {
 		return nil, err
 	}
 	now := e.cfg.Now()
-	a, err := e.st.update(id, func(a *Alert) error {
+	a, err := e.st.update(context.Background(), id, func(a *Alert) error {
 		if !a.State.Open() {
 			return fmt.Errorf("%w: alert %d", ErrResolved, id)
 		}
@@ -80,7 +81,7 @@ func (e *Engine) Resolve(id uint64, by, note string) (*Alert, error) {
 	if err := checkOperator(by, note); err != nil {
 		return nil, err
 	}
-	cur, err := e.st.alert(id)
+	cur, err := e.st.alert(context.Background(), id)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +94,7 @@ func (e *Engine) Resolve(id uint64, by, note string) (*Alert, error) {
 	d := e.lockDevice(cur.DeviceID)
 	defer d.mu.Unlock()
 	now := e.cfg.Now()
-	a, err := e.st.update(id, func(a *Alert) error {
+	a, err := e.st.update(context.Background(), id, func(a *Alert) error {
 		if !a.State.Open() {
 			return fmt.Errorf("%w: alert %d", ErrResolved, id)
 		}
@@ -117,7 +118,7 @@ func (e *Engine) Resolve(id uint64, by, note string) (*Alert, error) {
 // device's condition, so nothing learned changes.
 func (e *Engine) resolveSummary(id uint64, by, note string) (*Alert, error) {
 	now := e.cfg.Now()
-	a, err := e.st.update(id, func(a *Alert) error {
+	a, err := e.st.update(context.Background(), id, func(a *Alert) error {
 		if !a.State.Open() {
 			return fmt.Errorf("%w: alert %d", ErrResolved, id)
 		}

@@ -2,6 +2,8 @@ package alert
 
 import (
 	"bytes"
+	"context"
+	"embed"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,13 +11,14 @@ import (
 	"slices"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/internal/record"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// The bbolt file's layout. Records are JSON wrapped with a version number.
+// The store's layout (the bbolt file's buckets; in PostgreSQL the same
+// buckets in table Table). Records are JSON wrapped with a version number.
 var (
 	bucketMeta   = []byte("meta")
 	bucketRules  = []byte("rules")  // rule ID -> Rule
@@ -31,19 +34,49 @@ const (
 	recordVersion = 1
 )
 
+// File is the alert store's file in the fleet's data directory.
+const File = "alerts.db"
+
+// Buckets are the store's buckets, in the bbolt file and in PostgreSQL:
+// what sigil migrate copies.
+var Buckets = [][]byte{bucketRules, bucketAlerts, bucketOpen, bucketByDev, bucketDead, bucketState}
+
+// Table is the PostgreSQL table holding the buckets (kv.Postgres).
+const Table = "alert_kv"
+
+// migrations are the store's tables in PostgreSQL (component "alert" in
+// schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
 type store struct {
-	db *boltdb.DB
+	db kv.DB
 }
 
 func openStore(path string, timeout time.Duration, noSync bool) (*store, error) {
 	db, err := boltdb.Open(path, boltdb.Schema{
-		Buckets: [][]byte{bucketMeta, bucketRules, bucketAlerts, bucketOpen, bucketByDev, bucketDead, bucketState},
+		Buckets: append([][]byte{bucketMeta}, Buckets...),
 		Version: schemaVersion,
 	}, boltdb.Options{Name: "alert", Timeout: timeout, NoSync: noSync, Locked: ErrLocked})
 	if err != nil {
 		return nil, err
 	}
-	return &store{db: db}, nil
+	return &store{db: kv.Bolt(db)}, nil
+}
+
+// openPostgresStore opens the buckets in db, bringing its tables up to
+// date first. Transactions are serializable and retried: an alert fired
+// at once on two replicas is created once (the second absorbs it).
+func openPostgresStore(ctx context.Context, db *postgres.DB) (*store, error) {
+	if err := db.Migrate(ctx, "alert", migrations); err != nil {
+		return nil, fmt.Errorf("alert: %w", err)
+	}
+	k, err := kv.Postgres(db, Table)
+	if err != nil {
+		return nil, fmt.Errorf("alert: %w", err)
+	}
+	return &store{db: k}, nil
 }
 
 func (s *store) close() error {
@@ -77,16 +110,16 @@ func devKey(deviceID string, id uint64) []byte {
 
 // Rules.
 
-func (s *store) putRule(r *Rule) error {
+func (s *store) putRule(ctx context.Context, r *Rule) error {
 	v, err := encode(r)
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRules).Put([]byte(r.ID), v) })
+	return s.db.Update(ctx, func(tx kv.Tx) error { return tx.Bucket(bucketRules).Put([]byte(r.ID), v) })
 }
 
-func (s *store) deleteRule(id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+func (s *store) deleteRule(ctx context.Context, id string) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket(bucketRules)
 		if b.Get([]byte(id)) == nil {
 			return fmt.Errorf("%w: rule %q", ErrNotFound, id)
@@ -95,9 +128,10 @@ func (s *store) deleteRule(id string) error {
 	})
 }
 
-func (s *store) rules() ([]Rule, error) {
+func (s *store) rules(ctx context.Context) ([]Rule, error) {
 	var out []Rule
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		out = nil
 		return tx.Bucket(bucketRules).ForEach(func(k, v []byte) error {
 			r, err := decode[Rule](v)
 			if err != nil {
@@ -112,7 +146,7 @@ func (s *store) rules() ([]Rule, error) {
 
 // Alerts.
 
-func getAlert(tx *bolt.Tx, id uint64) (*Alert, error) {
+func getAlert(tx kv.Tx, id uint64) (*Alert, error) {
 	v := tx.Bucket(bucketAlerts).Get(be64(id))
 	if v == nil {
 		return nil, fmt.Errorf("%w: alert %d", ErrNotFound, id)
@@ -120,7 +154,7 @@ func getAlert(tx *bolt.Tx, id uint64) (*Alert, error) {
 	return decode[Alert](v)
 }
 
-func putAlert(tx *bolt.Tx, a *Alert) error {
+func putAlert(tx kv.Tx, a *Alert) error {
 	v, err := encode(a)
 	if err != nil {
 		return err
@@ -131,8 +165,9 @@ func putAlert(tx *bolt.Tx, a *Alert) error {
 // create stores a new firing alert and indexes it, unless an alert with
 // its fingerprint is already open: then that one absorbs the firing (Count,
 // LastFiredAt, Evidence) and created is false.
-func (s *store) create(a *Alert) (stored *Alert, created bool, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+func (s *store) create(ctx context.Context, a *Alert) (stored *Alert, created bool, err error) {
+	err = s.db.Update(ctx, func(tx kv.Tx) error {
+		created = false
 		if v := tx.Bucket(bucketOpen).Get([]byte(a.Fingerprint)); len(v) == 8 {
 			old, err := getAlert(tx, binary.BigEndian.Uint64(v))
 			if err != nil {
@@ -175,9 +210,9 @@ func absorb(a *Alert, at time.Time, evidence map[string]string) {
 
 // update applies f to alert id and stores it; when the alert is no longer
 // open afterwards it leaves the open index.
-func (s *store) update(id uint64, f func(a *Alert) error) (*Alert, error) {
+func (s *store) update(ctx context.Context, id uint64, f func(a *Alert) error) (*Alert, error) {
 	var out *Alert
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		a, err := getAlert(tx, id)
 		if err != nil {
 			return err
@@ -199,9 +234,9 @@ func (s *store) update(id uint64, f func(a *Alert) error) (*Alert, error) {
 	return out, err
 }
 
-func (s *store) alert(id uint64) (*Alert, error) {
+func (s *store) alert(ctx context.Context, id uint64) (*Alert, error) {
 	var a *Alert
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		var err error
 		a, err = getAlert(tx, id)
 		return err
@@ -210,9 +245,10 @@ func (s *store) alert(id uint64) (*Alert, error) {
 }
 
 // openAlerts returns every open alert.
-func (s *store) openAlerts() ([]Alert, error) {
+func (s *store) openAlerts(ctx context.Context) ([]Alert, error) {
 	var out []Alert
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		out = nil
 		return tx.Bucket(bucketOpen).ForEach(func(_, v []byte) error {
 			if len(v) != 8 {
 				return errors.New("alert: corrupt open index")
@@ -240,7 +276,7 @@ func cmpDesc(a, b uint64) int {
 }
 
 // query pages alerts newest first.
-func (s *store) query(q Query) ([]Alert, uint64, error) {
+func (s *store) query(ctx context.Context, q Query) ([]Alert, uint64, error) {
 	before := q.Before
 	if before == 0 {
 		before = math.MaxUint64
@@ -248,7 +284,7 @@ func (s *store) query(q Query) ([]Alert, uint64, error) {
 	match := q.matches
 	var out []Alert
 	if q.Open && q.DeviceID == "" {
-		all, err := s.openAlerts()
+		all, err := s.openAlerts(ctx)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -261,7 +297,8 @@ func (s *store) query(q Query) ([]Alert, uint64, error) {
 			}
 		}
 	} else {
-		err := s.db.View(func(tx *bolt.Tx) error {
+		err := s.db.View(ctx, func(tx kv.Tx) error {
+			out = nil
 			var prefix []byte
 			c := tx.Bucket(bucketAlerts).Cursor()
 			if q.DeviceID != "" {
@@ -310,9 +347,9 @@ func (q *Query) matches(a *Alert) bool {
 // each calls fn with every alert q's filters select (its page ignored),
 // newest first, until fn returns false: from the open index for open
 // alerts, else from the device's index or the whole history.
-func (s *store) each(q Query, fn func(*Alert) bool) error {
+func (s *store) each(ctx context.Context, q Query, fn func(*Alert) bool) error {
 	if q.Open && q.DeviceID == "" {
-		all, err := s.openAlerts()
+		all, err := s.openAlerts(ctx)
 		if err != nil {
 			return err
 		}
@@ -323,7 +360,7 @@ func (s *store) each(q Query, fn func(*Alert) bool) error {
 		}
 		return nil
 	}
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.db.View(ctx, func(tx kv.Tx) error {
 		var prefix []byte
 		c := tx.Bucket(bucketAlerts).Cursor()
 		if q.DeviceID != "" {
@@ -352,8 +389,8 @@ func (s *store) each(q Query, fn func(*Alert) bool) error {
 // ackMany acknowledges the firing alerts among ids in one transaction and
 // returns them as stored; others are skipped (acknowledged, resolved) or
 // not found.
-func (s *store) ackMany(ids []uint64, by, note string, now time.Time) (acked []Alert, skipped, missing int, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+func (s *store) ackMany(ctx context.Context, ids []uint64, by, note string, now time.Time) (acked []Alert, skipped, missing int, err error) {
+	err = s.db.Update(ctx, func(tx kv.Tx) error {
 		acked, skipped, missing = nil, 0, 0
 		for _, id := range ids {
 			a, err := getAlert(tx, id)
@@ -380,10 +417,10 @@ func (s *store) ackMany(ids []uint64, by, note string, now time.Time) (acked []A
 }
 
 // countAlerts returns how many alerts the file holds.
-func (s *store) countAlerts() (int, error) {
+func (s *store) countAlerts(ctx context.Context) (int, error) {
 	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketAlerts).Stats().KeyN
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		n = tx.Bucket(bucketAlerts).Len()
 		return nil
 	})
 	return n, err
@@ -391,9 +428,10 @@ func (s *store) countAlerts() (int, error) {
 
 // prune deletes the oldest resolved alerts until at most keep remain (open
 // alerts are never deleted) and returns how many it deleted.
-func (s *store) prune(excess int) (int, error) {
+func (s *store) prune(ctx context.Context, excess int) (int, error) {
 	deleted := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
+		deleted = 0
 		c := tx.Bucket(bucketAlerts).Cursor()
 		bydev := tx.Bucket(bucketByDev)
 		for k, v := c.First(); k != nil && deleted < excess; k, v = c.Next() {
@@ -433,8 +471,9 @@ type DeadLetter struct {
 	At           time.Time    `json:"at"`
 }
 
-func (s *store) addDead(d *DeadLetter, max int) (dropped int, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+func (s *store) addDead(ctx context.Context, d *DeadLetter, max int) (dropped int, err error) {
+	err = s.db.Update(ctx, func(tx kv.Tx) error {
+		dropped = 0
 		b := tx.Bucket(bucketDead)
 		id, err := b.NextSequence()
 		if err != nil {
@@ -448,7 +487,7 @@ func (s *store) addDead(d *DeadLetter, max int) (dropped int, err error) {
 		if err := b.Put(be64(id), v); err != nil {
 			return err
 		}
-		over := b.Stats().KeyN - max
+		over := b.Len() - max
 		c := b.Cursor()
 		for k, _ := c.First(); k != nil && over > 0; k, _ = c.Next() {
 			if err := c.Delete(); err != nil {
@@ -465,12 +504,13 @@ func (s *store) addDead(d *DeadLetter, max int) (dropped int, err error) {
 	return dropped, nil
 }
 
-func (s *store) deadLetters(before uint64, limit int) ([]DeadLetter, uint64, error) {
+func (s *store) deadLetters(ctx context.Context, before uint64, limit int) ([]DeadLetter, uint64, error) {
 	if before == 0 {
 		before = math.MaxUint64
 	}
 	var out []DeadLetter
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		out = nil
 		c := tx.Bucket(bucketDead).Cursor()
 		k, _ := c.Seek(be64(before))
 		if k == nil {
@@ -497,9 +537,9 @@ func (s *store) deadLetters(before uint64, limit int) ([]DeadLetter, uint64, err
 	return out, next, nil
 }
 
-func (s *store) deadLetter(id uint64) (*DeadLetter, error) {
+func (s *store) deadLetter(ctx context.Context, id uint64) (*DeadLetter, error) {
 	var d *DeadLetter
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(ctx, func(tx kv.Tx) error {
 		v := tx.Bucket(bucketDead).Get(be64(id))
 		if v == nil {
 			return fmt.Errorf("%w: dead letter %d", ErrNotFound, id)
@@ -511,15 +551,15 @@ func (s *store) deadLetter(id uint64) (*DeadLetter, error) {
 	return d, err
 }
 
-func (s *store) deleteDead(id uint64) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDead).Delete(be64(id)) })
+func (s *store) deleteDead(ctx context.Context, id uint64) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error { return tx.Bucket(bucketDead).Delete(be64(id)) })
 }
 
 // Learned per-device state: stateKey(device, "") -> seenRecord,
 // stateKey(device, rule) -> ruleState.
 
-func (s *store) loadStates(seen func(deviceID string, r *seenRecord), rule func(deviceID, ruleID string, rs *ruleState)) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+func (s *store) loadStates(ctx context.Context, seen func(deviceID string, r *seenRecord), rule func(deviceID, ruleID string, rs *ruleState)) error {
+	return s.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketState).ForEach(func(k, v []byte) error {
 			dev, ruleID, ok := bytes.Cut(k, []byte{0})
 			if !ok {
@@ -545,8 +585,8 @@ func (s *store) loadStates(seen func(deviceID string, r *seenRecord), rule func(
 
 // saveStates writes the given encoded states (nil deletes) in one
 // transaction.
-func (s *store) saveStates(states map[string][]byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+func (s *store) saveStates(ctx context.Context, states map[string][]byte) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error {
 		b := tx.Bucket(bucketState)
 		for k, v := range states {
 			var err error
@@ -564,9 +604,9 @@ func (s *store) saveStates(states map[string][]byte) error {
 }
 
 // deleteStates deletes everything learned about a device.
-func (s *store) deleteStates(deviceID string) error {
+func (s *store) deleteStates(ctx context.Context, deviceID string) error {
 	prefix := append([]byte(deviceID), 0)
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(ctx, func(tx kv.Tx) error {
 		c := tx.Bucket(bucketState).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
 			if err := c.Delete(); err != nil {

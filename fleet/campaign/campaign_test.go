@@ -9,8 +9,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -160,7 +159,7 @@ func TestFailureThresholdAborts(t *testing.T) {
 func (e *env) active() []string {
 	e.t.Helper()
 	var ids []string
-	err := e.store.db.View(func(tx *bolt.Tx) error {
+	err := e.store.db.View(context.Background(), func(tx kv.Tx) error {
 		return tx.Bucket(bucketActive).ForEach(func(k, _ []byte) error {
 			ids = append(ids, string(k))
 			return nil
@@ -600,7 +599,7 @@ func TestCrashBeforeAnnouncing(t *testing.T) {
 	d := def(2)
 	d.Retries = 1
 	id := e.started(d)
-	err := e.store.db.Update(func(tx *bolt.Tx) error {
+	err := e.store.db.Update(context.Background(), func(tx kv.Tx) error {
 		tc, err := e.m.openTx(tx, id)
 		if err != nil {
 			return err

@@ -30,10 +30,11 @@
 //
 // # Persistence
 //
-// Everything lives in a bbolt file (Store). A device is marked announced
-// before the Announcer is called, so a restart never announces a device
-// twice: a device whose announcement was lost times out, and is announced
-// again only if Definition.Retries allows. Reports are idempotent.
+// Everything lives in a bbolt file or in PostgreSQL (Store). A device is
+// marked announced before the Announcer is called, so a restart never
+// announces a device twice: a device whose announcement was lost times
+// out, and is announced again only if Definition.Retries allows. Reports
+// are idempotent.
 //
 // Reports arriving together share one transaction: concurrent Report calls
 // (say, from each device connection's goroutine) are group-committed, and

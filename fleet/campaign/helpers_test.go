@@ -113,7 +113,7 @@ func newEnv(t testing.TB, n int) *env {
 
 func (e *env) open() {
 	e.t.Helper()
-	s, err := Open(e.path)
+	s, err := openStore(e.t, e.path)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -14,8 +14,7 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -218,7 +217,7 @@ func newPlan(c *compiled, mt meta) *plan {
 func (p *plan) waveEnd(i int) int { return p.starts[i] + p.sizes[i] }
 
 // plan returns a campaign's plan from the cache or its bucket.
-func (m *Manager) plan(id string, b *bolt.Bucket) (*plan, error) {
+func (m *Manager) plan(id string, b kv.Bucket) (*plan, error) {
 	m.mu.Lock()
 	p := m.plans[id]
 	m.mu.Unlock()
@@ -325,8 +324,12 @@ func (m *Manager) create(ctx context.Context, def Definition, ids []string, acto
 	now := m.cfg.Now().UTC()
 	mt := meta{Created: now, CreatedBy: actor, Justification: justification, Sizes: sizes}
 	h := &header{State: StateDraft, Total: len(ids), Counts: Counts{Pending: len(ids)}, Changed: now, ChangedBy: actor, Why: justification}
-	err = m.store.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.Bucket(bucketCampaigns).CreateBucket([]byte(id))
+	err = m.store.db.Update(ctx, func(tx kv.Tx) error {
+		root := tx.Bucket(bucketCampaigns)
+		if campaignBucket(tx, id) != nil {
+			return fmt.Errorf("campaign: %s exists", id)
+		}
+		b, err := root.CreateBucketIfNotExists([]byte(id))
 		if err != nil {
 			return err
 		}
@@ -339,9 +342,9 @@ func (m *Manager) create(ctx context.Context, def Definition, ids []string, acto
 		if err := putJSON(b, keyHead, h); err != nil {
 			return err
 		}
-		var bs [5]*bolt.Bucket
+		var bs [5]kv.Bucket
 		for i, name := range [][]byte{bucketDevices, bucketOrder, bucketWaves, bucketDeadlines, bucketRetry} {
-			if bs[i], err = b.CreateBucket(name); err != nil {
+			if bs[i], err = b.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
@@ -488,7 +491,7 @@ func (m *Manager) operate(action, id, actor, justification string, fn func(*txc)
 func (m *Manager) change(action, id, actor, justification string, fn func(*txc) error) error {
 	now := m.cfg.Now().UTC()
 	var events []event
-	err := m.store.db.Update(func(tx *bolt.Tx) error {
+	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -531,7 +534,7 @@ func (m *Manager) Rollback(ctx context.Context, id string, def Definition, actor
 	var ids []string
 	var events []event
 	now := m.cfg.Now().UTC()
-	err := m.store.db.Update(func(tx *bolt.Tx) error {
+	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
 		ids = ids[:0]
 		t, err := m.openTx(tx, id)
 		if err != nil {
@@ -691,7 +694,7 @@ func (m *Manager) Run(ctx context.Context) error {
 // step visits every active campaign once.
 func (m *Manager) step(ctx context.Context) error {
 	var ids []string
-	err := m.store.db.View(func(tx *bolt.Tx) error {
+	err := m.store.db.View(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketActive).ForEach(func(k, _ []byte) error {
 			ids = append(ids, string(k))
 			return nil
@@ -730,7 +733,7 @@ func (m *Manager) stepCampaign(ctx context.Context, id string) error {
 	now := m.cfg.Now().UTC()
 	var batch []Announcement
 	var events []event
-	err := m.store.db.Update(func(tx *bolt.Tx) error {
+	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
 		batch = batch[:0]
 		t, err := m.openTx(tx, id)
 		if err != nil {
@@ -866,7 +869,7 @@ func (t *txc) announce(now time.Time, limit int) ([]Announcement, error) {
 func (m *Manager) unannounce(id string, failed []undone) error {
 	now := m.cfg.Now().UTC()
 	var events []event
-	err := m.store.db.Update(func(tx *bolt.Tx) error {
+	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -935,7 +938,7 @@ func (m *Manager) timeouts(id string) (int, error) {
 	now := m.cfg.Now().UTC()
 	var events []event
 	n := 0
-	err := m.store.db.Update(func(tx *bolt.Tx) error {
+	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -993,7 +996,7 @@ func binaryTime(k []byte) int64 { return int64(binary.BigEndian.Uint64(k[:8])) }
 // Get returns a campaign with every wave's progress.
 func (m *Manager) Get(id string) (*Campaign, error) {
 	var out *Campaign
-	err := m.store.db.View(func(tx *bolt.Tx) error {
+	err := m.store.db.View(context.Background(), func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -1008,8 +1011,8 @@ func (m *Manager) Get(id string) (*Campaign, error) {
 func (m *Manager) List() ([]Campaign, error) {
 	var out []Campaign
 	now := m.cfg.Now()
-	err := m.store.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketCampaigns).ForEach(func(k, _ []byte) error {
+	err := m.store.db.View(context.Background(), func(tx kv.Tx) error {
+		return tx.Bucket(bucketCampaigns).ForEachBucket(func(k []byte) error {
 			t, err := m.openTx(tx, string(k))
 			if err != nil {
 				return err
@@ -1071,7 +1074,7 @@ func (m *Manager) Devices(id string, f DeviceFilter) ([]Device, string, error) {
 	f.Limit = min(f.Limit, 1000)
 	var out []Device
 	next := ""
-	err := m.store.db.View(func(tx *bolt.Tx) error {
+	err := m.store.db.View(context.Background(), func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -1106,7 +1109,7 @@ func (m *Manager) Devices(id string, f DeviceFilter) ([]Device, string, error) {
 // Device returns one device's progress in a campaign.
 func (m *Manager) Device(id, deviceID string) (*Device, error) {
 	var out *Device
-	err := m.store.db.View(func(tx *bolt.Tx) error {
+	err := m.store.db.View(context.Background(), func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -1141,7 +1144,7 @@ func (d *devRec) public(id string) Device {
 // has not finished: what it may download now.
 func (m *Manager) InFlight(deviceID string) ([]Assignment, error) {
 	var out []Assignment
-	err := m.store.db.View(func(tx *bolt.Tx) error {
+	err := m.store.db.View(context.Background(), func(tx kv.Tx) error {
 		return tx.Bucket(bucketActive).ForEach(func(k, _ []byte) error {
 			t, err := m.openTx(tx, string(k))
 			if err != nil {

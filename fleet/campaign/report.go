@@ -1,12 +1,12 @@
 package campaign
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -160,7 +160,7 @@ func (m *Manager) drain() {
 func (m *Manager) writeReports(batch []*pendingReport) {
 	now := m.cfg.Now().UTC()
 	var events []event
-	err := m.store.db.Update(func(tx *bolt.Tx) error {
+	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
 		events = events[:0]
 		open := map[string]*txc{}
 		var order []*txc

@@ -2,20 +2,22 @@ package campaign
 
 import (
 	"bytes"
+	"context"
+	"embed"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// Store keeps campaigns in a bbolt file so that a restarted fleet resumes
-// them where they were.
+// Store keeps campaigns in a bbolt file (Open) or in PostgreSQL
+// (OpenPostgres) so that a restarted fleet resumes them where they were.
 //
 // Layout: bucket "campaigns" holds one bucket per campaign ID with the keys
 // "def" (the Definition as created, never changed), "meta" (creation and
@@ -27,10 +29,18 @@ import (
 // "retry" (the same keys, for devices waiting to be announced again).
 // Bucket "active" holds the IDs of the campaigns the engine must visit.
 // An engine step and a batch of reports each read and write only the
-// records they touch, in one transaction.
+// records they touch, in one transaction. In PostgreSQL the buckets are
+// kept in table Table (fleet/storage/kv: a nested bucket's rows under its
+// path).
 type Store struct {
-	db *boltdb.DB
+	db kv.DB
 }
+
+// File is the store's file in the fleet's data directory.
+const File = "campaigns.db"
+
+// Table is the PostgreSQL table holding the buckets (kv.Postgres).
+const Table = "campaign_kv"
 
 // ErrLocked is returned by Open when another process holds the file.
 var ErrLocked = errors.New("campaign: store is in use by another process")
@@ -48,14 +58,40 @@ var (
 	keyHead         = []byte("head")
 )
 
+// Buckets are the store's buckets (with those nested in them), in the
+// bbolt file and in PostgreSQL: what sigil migrate copies.
+var Buckets = [][]byte{bucketCampaigns, bucketActive}
+
+// migrations are the store's tables in PostgreSQL (component "campaign"
+// in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
 // Open opens or creates the store file at path.
 func Open(path string) (*Store, error) {
-	db, err := boltdb.Open(path, boltdb.Schema{Buckets: [][]byte{bucketCampaigns, bucketActive}},
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: Buckets},
 		boltdb.Options{Name: "campaign", Locked: ErrLocked})
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	return &Store{db: kv.Bolt(db)}, nil
+}
+
+// OpenPostgres opens the store in the PostgreSQL database db, bringing
+// its tables up to date first. Its writes run one at a time across the
+// replicas sharing db, each once (kv.Options.Serialized), as they do in
+// the bbolt file: an engine step on two replicas at once announces each
+// device once, and a report is counted once. Close leaves db open.
+func OpenPostgres(ctx context.Context, db *postgres.DB) (*Store, error) {
+	if err := db.Migrate(ctx, "campaign", migrations); err != nil {
+		return nil, fmt.Errorf("campaign: %w", err)
+	}
+	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	if err != nil {
+		return nil, fmt.Errorf("campaign: %w", err)
+	}
+	return &Store{db: k}, nil
 }
 
 // Close closes the file.
@@ -130,7 +166,7 @@ func timeKey(t int64, id string) []byte {
 	return append(k, id...)
 }
 
-func putJSON(b *bolt.Bucket, k []byte, v any) error {
+func putJSON(b kv.Bucket, k []byte, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -138,7 +174,7 @@ func putJSON(b *bolt.Bucket, k []byte, v any) error {
 	return b.Put(k, data)
 }
 
-func getJSON(b *bolt.Bucket, k []byte, v any) (bool, error) {
+func getJSON(b kv.Bucket, k []byte, v any) (bool, error) {
 	data := b.Get(k)
 	if data == nil {
 		return false, nil
@@ -152,7 +188,7 @@ type txc struct {
 	id                                      string
 	c                                       *plan
 	h                                       *header
-	b, devs, order, waves, deadlines, retry *bolt.Bucket
+	b, devs, order, waves, deadlines, retry kv.Bucket
 	wv                                      map[int]*waveRec
 	events                                  []event
 	orig                                    header // as read
@@ -171,9 +207,20 @@ func (t *txc) changed() bool {
 		a.Counts != b.Counts || !a.Changed.Equal(b.Changed) || !a.Finished.Equal(b.Finished)
 }
 
-// openTx loads a campaign in tx (writable or not).
-func (m *Manager) openTx(tx *bolt.Tx, id string) (*txc, error) {
+// campaignBucket returns campaign id's bucket in tx, nil when there is
+// no such campaign (in PostgreSQL a nested bucket always exists: a
+// campaign's has its head).
+func campaignBucket(tx kv.Tx, id string) kv.Bucket {
 	b := tx.Bucket(bucketCampaigns).Bucket([]byte(id))
+	if b == nil || b.Get(keyHead) == nil {
+		return nil
+	}
+	return b
+}
+
+// openTx loads a campaign in tx (writable or not).
+func (m *Manager) openTx(tx kv.Tx, id string) (*txc, error) {
+	b := campaignBucket(tx, id)
 	if b == nil {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, clip(id))
 	}
@@ -248,7 +295,7 @@ func (t *txc) finished(i int) (bool, error) {
 }
 
 // flush writes the header and the touched waves, and keeps the active set.
-func (t *txc) flush(tx *bolt.Tx) error {
+func (t *txc) flush(tx kv.Tx) error {
 	for i, w := range t.wv {
 		if err := putJSON(t.waves, posKey(i), w); err != nil {
 			return err
@@ -266,7 +313,7 @@ func (t *txc) flush(tx *bolt.Tx) error {
 
 // due returns up to limit keys of b whose time is at or before now, in
 // order, copied.
-func due(b *bolt.Bucket, now time.Time, limit int) [][]byte {
+func due(b kv.Bucket, now time.Time, limit int) [][]byte {
 	var out [][]byte
 	end := timeKey(now.UnixNano(), "\xff")
 	c := b.Cursor()

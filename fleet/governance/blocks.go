@@ -1,6 +1,7 @@
 package governance
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -9,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // BlockKind says what a block entry matches.
@@ -114,7 +115,7 @@ func (bs *blockSet) remove(kind BlockKind, value string) {
 
 func (s *Service) loadBlocks() error {
 	s.blocks.exact = map[string]Block{}
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.db.View(context.TODO(), func(tx kv.Tx) error {
 		return tx.Bucket(bucketBlocks).ForEach(func(_, v []byte) error {
 			b, err := decode[Block](v)
 			if err != nil {
@@ -142,9 +143,9 @@ func (s *Service) Block(b Block) error {
 	s.blockW.Lock()
 	defer s.blockW.Unlock()
 	key := blockKey(b.Kind, b.Value)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		bk := tx.Bucket(bucketBlocks)
-		if bk.Get(key) == nil && bk.Stats().KeyN >= s.cfg.MaxBlocks {
+		if bk.Get(key) == nil && bk.Len() >= s.cfg.MaxBlocks {
 			return fmt.Errorf("%w (%d entries)", ErrFull, s.cfg.MaxBlocks)
 		}
 		return put(tx, bucketBlocks, key, &b)
@@ -168,7 +169,7 @@ func (s *Service) Unblock(kind BlockKind, value string) error {
 	s.blockW.Lock()
 	defer s.blockW.Unlock()
 	key := blockKey(b.Kind, b.Value)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		bk := tx.Bucket(bucketBlocks)
 		if bk.Get(key) == nil {
 			return fmt.Errorf("%w: block %s %q", ErrNotFound, b.Kind, b.Value)

@@ -10,9 +10,8 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // CloneKind says how a clone was detected.
@@ -47,7 +46,7 @@ func cloneKey(deviceID string, kind CloneKind) []byte {
 	return []byte(deviceID + "\x00" + string(kind))
 }
 
-func openClones(tx *bolt.Tx, deviceID string) ([]Clone, error) {
+func openClones(tx kv.Tx, deviceID string) ([]Clone, error) {
 	var out []Clone
 	for _, k := range []CloneKind{CloneEK, CloneCertificate} {
 		c, err := get[Clone](tx, bucketClones, cloneKey(deviceID, k))
@@ -113,7 +112,7 @@ func (s *Service) EKConflict(deviceID, evidence string) error {
 // all is set.
 func (s *Service) Clones(all bool) ([]Clone, error) {
 	var out []Clone
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		return tx.Bucket(bucketClones).ForEach(func(_, v []byte) error {
 			c, err := decode[Clone](v)
 			if err != nil {
@@ -133,7 +132,7 @@ func (s *Service) Clones(all bool) ([]Clone, error) {
 // EK incident it clears the inventory's clone-suspect flag. A new signal
 // afterwards raises a new incident.
 func (s *Service) ResolveClone(deviceID string, kind CloneKind, by, note string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		c, err := get[Clone](tx, bucketClones, cloneKey(deviceID, kind))
 		if err != nil {
 			return err
@@ -161,7 +160,8 @@ func (s *Service) ResolveClone(deviceID string, kind CloneKind, by, note string)
 // kind, then alerts and quarantines. It reports whether it was new.
 func (s *Service) raiseClone(c Clone) (bool, error) {
 	isNew := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
+		isNew = false
 		old, err := get[Clone](tx, bucketClones, cloneKey(c.DeviceID, c.Kind))
 		if err != nil || (old != nil && !old.Resolved) {
 			return err
@@ -192,7 +192,7 @@ func (s *Service) quarantineClone(c Clone) error {
 		return nil
 	}
 	qerr := s.cfg.Quarantiner.Quarantine(c.DeviceID, "clone ("+string(c.Kind)+"): "+c.Evidence)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		cur, err := get[Clone](tx, bucketClones, cloneKey(c.DeviceID, c.Kind))
 		if err != nil || cur == nil {
 			return err

@@ -2,6 +2,7 @@ package governance
 
 import (
 	"context"
+	"embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // Inventory flags the sweep sets and clears.
@@ -154,7 +157,8 @@ var (
 // Config configures a Service. Zero durations and counts take the defaults
 // given with each field.
 type Config struct {
-	// Path is the bbolt file for governance records (mode 0600). Required.
+	// Path is the bbolt file for governance records (mode 0600). Required
+	// by Open; OpenPostgres does not use it.
 	Path string
 	// NoSync skips fsync on commit (tests and benchmarks only).
 	NoSync bool
@@ -247,7 +251,7 @@ type Service struct {
 	cfg Config
 	w   Weights
 	log *slog.Logger
-	db  *boltdb.DB
+	db  kv.DB
 
 	blocks blockSet   // in memory, for IsBlocked
 	blockW sync.Mutex // serializes changes to the block list
@@ -284,10 +288,60 @@ var (
 	keyEvicted     = []byte("evicted")
 )
 
+// File is the governance store's file in the fleet's data directory.
+const File = "governance.db"
+
+// Buckets are the store's buckets, in the bbolt file and in PostgreSQL:
+// what sigil migrate copies.
+var Buckets = [][]byte{bucketMeta, bucketOwners, bucketAssign, bucketStatus, bucketTriage,
+	bucketTriageLR, bucketBlocks, bucketClones, bucketRisk, bucketRiskIdx}
+
+// Table is the PostgreSQL table holding the buckets (kv.Postgres).
+const Table = "governance_kv"
+
+// migrations are the store's tables in PostgreSQL (component
+// "governance" in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
 // Open checks cfg, opens the state file and returns the service; Run
 // starts its periodic work.
 func Open(cfg Config) (*Service, error) {
-	if cfg.Path == "" || cfg.Devices == nil {
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("%w: Path and Devices are required", ErrInvalid)
+	}
+	return open(cfg, func() (kv.DB, error) {
+		db, err := boltdb.Open(cfg.Path, boltdb.Schema{Buckets: Buckets, Version: schemaVersion},
+			boltdb.Options{Name: "governance", NoSync: cfg.NoSync, Locked: ErrLocked})
+		if err != nil {
+			return nil, err
+		}
+		return kv.Bolt(db), nil
+	}, cfg.Path)
+}
+
+// OpenPostgres is Open with the records in the PostgreSQL database db,
+// whose tables it brings up to date first (cfg.Path and NoSync are
+// unused). Its writes run one at a time across the replicas sharing db,
+// each once (kv.Options.Serialized): a clone incident raised at once on
+// two replicas is opened, alerted and quarantined once. Close leaves db
+// open.
+func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Service, error) {
+	return open(cfg, func() (kv.DB, error) {
+		if err := db.Migrate(ctx, "governance", migrations); err != nil {
+			return nil, fmt.Errorf("governance: %w", err)
+		}
+		k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+		if err != nil {
+			return nil, fmt.Errorf("governance: %w", err)
+		}
+		return k, nil
+	}, "database")
+}
+
+func open(cfg Config, openDB func() (kv.DB, error), where string) (*Service, error) {
+	if cfg.Devices == nil {
 		return nil, fmt.Errorf("%w: Path and Devices are required", ErrInvalid)
 	}
 	if cfg.RevokeDormant && cfg.Revoker == nil {
@@ -304,11 +358,7 @@ func Open(cfg Config) (*Service, error) {
 			return nil, err
 		}
 	}
-	db, err := boltdb.Open(cfg.Path, boltdb.Schema{
-		Buckets: [][]byte{bucketMeta, bucketOwners, bucketAssign, bucketStatus, bucketTriage,
-			bucketTriageLR, bucketBlocks, bucketClones, bucketRisk, bucketRiskIdx},
-		Version: schemaVersion,
-	}, boltdb.Options{Name: "governance", NoSync: cfg.NoSync, Locked: ErrLocked})
+	db, err := openDB()
 	if err != nil {
 		return nil, err
 	}
@@ -317,7 +367,7 @@ func Open(cfg Config) (*Service, error) {
 	s.sessions.init()
 	if err := s.loadBlocks(); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("governance: initialize %s: %w", cfg.Path, err)
+		return nil, fmt.Errorf("governance: initialize %s: %w", where, err)
 	}
 	return s, nil
 }

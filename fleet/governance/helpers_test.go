@@ -95,7 +95,7 @@ func newFleet(t testing.TB, configure func(*governance.Config)) *fleet {
 
 func (f *fleet) open() {
 	f.t.Helper()
-	svc, err := governance.Open(f.cfg)
+	svc, err := openBackend(f.t, f.cfg)
 	if err != nil {
 		f.t.Fatal(err)
 	}

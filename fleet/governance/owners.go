@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // OwnerKind says whether an owner is a person or a team.
@@ -104,7 +103,7 @@ func (s *Service) PutOwner(o Owner) (*Owner, error) {
 	}
 	o.Name, o.Contact = clean(o.Name), clean(o.Contact)
 	now := s.cfg.Now().UTC()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		old, err := get[Owner](tx, bucketOwners, []byte(o.ID))
 		if err != nil {
 			return err
@@ -128,7 +127,7 @@ func (s *Service) SetOwnerStatus(id string, st OwnerStatus) error {
 	if !st.valid() {
 		return fmt.Errorf("%w: owner status %q", ErrInvalid, clean(string(st)))
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		o, err := get[Owner](tx, bucketOwners, []byte(id))
 		if err != nil {
 			return err
@@ -148,7 +147,7 @@ func (s *Service) SetOwnerStatus(id string, st OwnerStatus) error {
 // Owner returns an owner.
 func (s *Service) Owner(id string) (*Owner, error) {
 	var o *Owner
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		var err error
 		o, err = get[Owner](tx, bucketOwners, []byte(id))
 		return err
@@ -178,7 +177,7 @@ func (s *Service) Owners(after string, limit int) ([]Owner, string, error) {
 // returns the last key when more follow.
 func (s *Service) page(bucket []byte, after string, limit int, fn func(k, v []byte) error) (string, error) {
 	next := ""
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		c := tx.Bucket(bucket).Cursor()
 		k, v := c.First()
 		if after != "" {
@@ -213,7 +212,7 @@ func (s *Service) Assign(a Assignment) error {
 	}
 	a.Purpose, a.By = clean(a.Purpose), clean(a.By)
 	a.At = s.cfg.Now().UTC()
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		o, err := get[Owner](tx, bucketOwners, []byte(a.Owner))
 		if err != nil {
 			return err
@@ -233,7 +232,7 @@ func (s *Service) Assign(a Assignment) error {
 // Assignment returns a device's assignment.
 func (s *Service) Assignment(deviceID string) (*Assignment, error) {
 	var a *Assignment
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		var err error
 		a, err = get[Assignment](tx, bucketAssign, []byte(deviceID))
 		return err
@@ -247,7 +246,7 @@ func (s *Service) Assignment(deviceID string) (*Assignment, error) {
 // Status returns what the sweep last concluded about a device.
 func (s *Service) Status(deviceID string) (*Status, error) {
 	var st *Status
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		var err error
 		st, err = get[Status](tx, bucketStatus, []byte(deviceID))
 		return err
@@ -273,7 +272,7 @@ func (s *Service) statuses(after string, limit int, keep func(*Status) bool) ([]
 	limit = pageLimit(limit)
 	var out []Status
 	next := ""
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		c := tx.Bucket(bucketStatus).Cursor()
 		k, v := c.First()
 		if after != "" {
@@ -322,7 +321,7 @@ func (o ownership) orphanReason() string {
 	return ""
 }
 
-func loadOwnership(tx *bolt.Tx, d *inventory.Device) (ownership, error) {
+func loadOwnership(tx kv.Tx, d *inventory.Device) (ownership, error) {
 	o := ownership{OwnerID: d.Owner, Purpose: d.Purpose}
 	a, err := get[Assignment](tx, bucketAssign, []byte(d.ID))
 	if err != nil {
@@ -349,7 +348,7 @@ func (s *Service) judgeOwnership(d *inventory.Device) error {
 	defer s.judgeMu.Unlock()
 	var own ownership
 	var st *Status
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		var err error
 		if own, err = loadOwnership(tx, d); err != nil {
 			return err
@@ -366,7 +365,7 @@ func (s *Service) judgeOwnership(d *inventory.Device) error {
 	now := s.cfg.Now().UTC()
 	s.applyOrphan(d, st, own.orphanReason(), now)
 	st.Checked = now
-	return s.db.Update(func(tx *bolt.Tx) error { return put(tx, bucketStatus, []byte(d.ID), st) })
+	return s.db.Update(context.TODO(), func(tx kv.Tx) error { return put(tx, bucketStatus, []byte(d.ID), st) })
 }
 
 // applyOrphan moves st to the orphan verdict reason ("" = owned), alerting

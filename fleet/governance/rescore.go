@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // rescoreQueue holds the devices whose risk inputs changed, in two
@@ -170,7 +169,7 @@ func (s *Service) scoreDevices(ids []string) (int, error) {
 			return 0, fmt.Errorf("governance: score %s: %w", id, err)
 		}
 		var own ownership
-		err = s.db.View(func(tx *bolt.Tx) error {
+		err = s.db.View(context.TODO(), func(tx kv.Tx) error {
 			own, err = loadOwnership(tx, d)
 			return err
 		})
@@ -184,7 +183,7 @@ func (s *Service) scoreDevices(ids []string) (int, error) {
 		}
 		risks = append(risks, r)
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		for _, r := range risks {
 			if err := putRisk(tx, r); err != nil {
 				return err

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // Risk factor names.
@@ -143,7 +142,7 @@ func (s *Service) Score(deviceID string) (*Risk, error) {
 		return nil, fmt.Errorf("governance: score: %w", err)
 	}
 	var own ownership
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(context.TODO(), func(tx kv.Tx) error {
 		own, err = loadOwnership(tx, d)
 		return err
 	})
@@ -360,7 +359,7 @@ func rankKey(score int, deviceID string) []byte {
 }
 
 // putRisk stores r and its rank, replacing the device's previous one.
-func putRisk(tx *bolt.Tx, r *Risk) error {
+func putRisk(tx kv.Tx, r *Risk) error {
 	if err := deleteRisk(tx, r.DeviceID); err != nil {
 		return err
 	}
@@ -370,7 +369,7 @@ func putRisk(tx *bolt.Tx, r *Risk) error {
 	return tx.Bucket(bucketRiskIdx).Put(rankKey(r.Score, r.DeviceID), []byte(r.DeviceID))
 }
 
-func deleteRisk(tx *bolt.Tx, deviceID string) error {
+func deleteRisk(tx kv.Tx, deviceID string) error {
 	old, err := get[Risk](tx, bucketRisk, []byte(deviceID))
 	if err != nil || old == nil {
 		return err
@@ -391,7 +390,7 @@ func (s *Service) Ranking(after string, limit int) ([]Risk, string, error) {
 func (s *Service) ranking(after string, limit int) ([]Risk, string, error) {
 	var out []Risk
 	next := ""
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		rb := tx.Bucket(bucketRisk)
 		c := tx.Bucket(bucketRiskIdx).Cursor()
 		k, id := c.First()

@@ -6,9 +6,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/internal/record"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 const recordVersion = 1
@@ -30,7 +29,7 @@ func decode[T any](b []byte) (*T, error) {
 }
 
 // get decodes the value at key in bucket, or returns nil when absent.
-func get[T any](tx *bolt.Tx, bucket, key []byte) (*T, error) {
+func get[T any](tx kv.Tx, bucket, key []byte) (*T, error) {
 	v := tx.Bucket(bucket).Get(key)
 	if v == nil {
 		return nil, nil
@@ -38,7 +37,7 @@ func get[T any](tx *bolt.Tx, bucket, key []byte) (*T, error) {
 	return decode[T](v)
 }
 
-func put[T any](tx *bolt.Tx, bucket, key []byte, v *T) error {
+func put[T any](tx kv.Tx, bucket, key []byte, v *T) error {
 	b, err := encode(v)
 	if err != nil {
 		return err
@@ -46,7 +45,7 @@ func put[T any](tx *bolt.Tx, bucket, key []byte, v *T) error {
 	return tx.Bucket(bucket).Put(key, b)
 }
 
-func getCounter(tx *bolt.Tx, key []byte) uint64 {
+func getCounter(tx kv.Tx, key []byte) uint64 {
 	v := tx.Bucket(bucketMeta).Get(key)
 	if len(v) != 8 {
 		return 0
@@ -54,7 +53,7 @@ func getCounter(tx *bolt.Tx, key []byte) uint64 {
 	return binary.BigEndian.Uint64(v)
 }
 
-func addCounter(tx *bolt.Tx, key []byte, delta int64) error {
+func addCounter(tx kv.Tx, key []byte, delta int64) error {
 	n := int64(getCounter(tx, key)) + delta
 	if n < 0 {
 		n = 0

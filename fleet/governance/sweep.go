@@ -7,9 +7,8 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // SweepReport says what a sweep found.
@@ -54,7 +53,7 @@ func (s *Service) Sweep(ctx context.Context) (SweepReport, error) {
 	// Forget devices no longer judged.
 	s.judgeMu.Lock()
 	defer s.judgeMu.Unlock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(ctx, func(tx kv.Tx) error {
 		var gone [][]byte
 		for _, b := range [][]byte{bucketStatus, bucketRisk} {
 			err := tx.Bucket(b).ForEach(func(k, _ []byte) error {
@@ -88,7 +87,7 @@ func (s *Service) sweepPage(devs []inventory.Device, now time.Time, seen map[str
 	defer s.judgeMu.Unlock()
 	owns := make([]ownership, len(devs))
 	sts := make([]*Status, len(devs))
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		for i := range devs {
 			var err error
 			if owns[i], err = loadOwnership(tx, &devs[i]); err != nil {
@@ -142,7 +141,7 @@ func (s *Service) sweepPage(devs []inventory.Device, now time.Time, seen map[str
 			if fresh, err := s.cfg.Devices.Device(context.TODO(), d.ID); err == nil {
 				*d = *fresh
 			}
-			err = s.db.View(func(tx *bolt.Tx) error {
+			err = s.db.View(context.TODO(), func(tx kv.Tx) error {
 				owns[i].Clones, err = openClones(tx, d.ID)
 				return err
 			})
@@ -165,7 +164,7 @@ func (s *Service) sweepPage(devs []inventory.Device, now time.Time, seen map[str
 		}
 		risks[i] = r
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		for i := range devs {
 			if _, ok := seen[devs[i].ID]; !ok || sts[i] == nil {
 				continue

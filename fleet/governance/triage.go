@@ -1,6 +1,7 @@
 package governance
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
@@ -12,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 )
 
 // AttemptKind says why a connection attempt came from an unknown identity.
@@ -264,7 +265,7 @@ func (s *Service) Flush() error {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(context.TODO(), func(tx kv.Tx) error {
 			fresh, evicted = nil, 0
 			if dropped > 0 {
 				if err := addCounter(tx, keyDropped, int64(dropped)); err != nil {
@@ -305,7 +306,7 @@ func (s *Service) Flush() error {
 
 // storeAttempts merges p into the stored entry (creating it, evicting the
 // least recently seen entry when the list is full).
-func (s *Service) storeAttempts(tx *bolt.Tx, p *Shadow) (isNew bool, evicted int, err error) {
+func (s *Service) storeAttempts(tx kv.Tx, p *Shadow) (isNew bool, evicted int, err error) {
 	tb, lb := tx.Bucket(bucketTriage), tx.Bucket(bucketTriageLR)
 	old, err := get[Shadow](tx, bucketTriage, []byte(p.Key))
 	if err != nil {
@@ -375,7 +376,7 @@ func (s *Service) alertShadows(fresh []string, dropped uint64, evicted int) {
 // Shadow returns one triage entry (after a flush).
 func (s *Service) Shadow(key string) (*Shadow, error) {
 	var sh *Shadow
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		var err error
 		sh, err = get[Shadow](tx, bucketTriage, []byte(key))
 		return err
@@ -407,7 +408,7 @@ func (s *Service) Triage(f TriageFilter) ([]Shadow, string, error) {
 	}
 	var out []Shadow
 	next := ""
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		tb := tx.Bucket(bucketTriage)
 		c := tx.Bucket(bucketTriageLR).Cursor()
 		var k []byte
@@ -461,7 +462,7 @@ func (s *Service) TriageStats() (TriageStats, error) {
 	s.pmu.Lock()
 	st.Pending, st.Dropped = len(s.pending), s.dropped
 	s.pmu.Unlock()
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		st.Entries = getCounter(tx, keyTriageN)
 		st.Dropped += getCounter(tx, keyDropped)
 		st.Evicted = getCounter(tx, keyEvicted)
@@ -571,7 +572,7 @@ func (s *Service) Decide(key string, d Decision, by, note string) (*Shadow, erro
 			}
 		}
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(context.TODO(), func(tx kv.Tx) error {
 		cur, err := get[Shadow](tx, bucketTriage, []byte(key))
 		if err != nil {
 			return err

@@ -13,15 +13,19 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
 
 // Errors of Run. Compare with errors.Is.
@@ -45,7 +49,7 @@ type Options struct {
 
 // Store says what Run did with one store.
 type Store struct {
-	Name    string         // "inventory", "audit", "operators", "approvals"
+	Name    string         // "inventory", "audit", "operators", "approvals", "campaigns", …
 	File    string         // in the data directory
 	Absent  bool           // no such file: nothing to copy
 	Records map[string]int // copied, by bucket (the inventory: by kind)
@@ -130,12 +134,94 @@ func kvStores() []kvStore {
 				m.Close()
 				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
 			}},
+		{name: "campaigns", file: campaign.File, buckets: campaign.Buckets, // a bucket per campaign in "campaigns"
+			create: func(path string) error {
+				s, err := campaign.Open(path)
+				if err == nil {
+					err = s.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				s, err := campaign.OpenPostgres(ctx, db)
+				if err != nil {
+					return nil, err
+				}
+				s.Close()
+				return kv.Postgres(db, campaign.Table, kv.Options{Serialized: true})
+			}},
+		{name: "telemetry", file: telemetry.File, buckets: telemetry.Buckets,
+			create: func(path string) error {
+				c, err := telemetry.OpenCursors(path)
+				if err == nil {
+					err = c.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				c, err := telemetry.OpenCursorsPostgres(ctx, db)
+				if err != nil {
+					return nil, err
+				}
+				c.Close()
+				return kv.Postgres(db, telemetry.Table)
+			}},
+		{name: "alerts", file: alert.File, buckets: alert.Buckets,
+			create: func(path string) error {
+				e, err := alert.Open(alert.Config{Path: path})
+				if err == nil {
+					err = e.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				e, err := alert.OpenPostgres(ctx, db, alert.Config{})
+				if err != nil {
+					return nil, err
+				}
+				e.Close()
+				return kv.Postgres(db, alert.Table)
+			}},
+		{name: "governance", file: governance.File, buckets: governance.Buckets,
+			create: func(path string) error {
+				g, err := governance.Open(governance.Config{Path: path, Devices: noDevices{}})
+				if err == nil {
+					err = g.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				g, err := governance.OpenPostgres(ctx, db, governance.Config{Devices: noDevices{}})
+				if err != nil {
+					return nil, err
+				}
+				g.Close()
+				return kv.Postgres(db, governance.Table, kv.Options{Serialized: true})
+			}},
 	}
+}
+
+// noDevices is an empty inventory, for opening the governance store
+// (governance.Config.Devices) only to create or migrate it.
+type noDevices struct{}
+
+func (noDevices) Device(context.Context, string) (*inventory.Device, error) {
+	return nil, inventory.ErrNotFound
+}
+
+func (noDevices) ListDevices(context.Context, inventory.Filter) ([]inventory.Device, string, error) {
+	return nil, "", nil
+}
+
+func (noDevices) Update(context.Context, string, func(*inventory.Device) error) error {
+	return inventory.ErrNotFound
 }
 
 // Run copies the stores of the data directory dataDir that have a
 // PostgreSQL backend (the inventory, the audit log, operators, the
-// attestation history, policies and approvals) into the database at url, as `sigil migrate` does. The fleet
+// attestation history, policies, approvals, campaigns, telemetry
+// cursors, alerts and governance) into the database at url, as `sigil
+// migrate` does. The fleet
 // must be stopped: a file a running fleet holds fails with its store's
 // ErrLocked. Each store's tables are created or migrated first; a store
 // whose tables already hold records is refused unless o.Force. Each copy

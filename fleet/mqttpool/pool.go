@@ -35,6 +35,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -74,8 +75,37 @@ type Config struct {
 	OnConnect func(broker string)
 	// PublishTimeout bounds the wait for a broker's PUBACK (default 5s).
 	PublishTimeout time.Duration
-	Logger         *slog.Logger
+	// Sessions, when set, gives this replica a persistent session on the
+	// device brokers, held under a lease for as long as it runs, and lets
+	// it drain the sessions of replicas that died (see Sessions). Nil:
+	// clean sessions, as one process needs (what is in flight to a
+	// replica when it stops is lost with it).
+	Sessions Sessions
+	// DrainEvery is how often a replica looks for dead replicas' sessions
+	// to drain (default 10s); DrainQuiet how long a drained session stays
+	// silent before it is taken to be empty (default 1s).
+	DrainEvery, DrainQuiet time.Duration
+	Logger                 *slog.Logger
 }
+
+// Sessions are the leases behind the replicas' persistent sessions
+// (fleet/storage/lease.Postgres). Each replica holds the lease of its own
+// session while it runs and names its session on the device brokers
+// after it. A replica that dies stops renewing it; another one then
+// takes the lease over, connects as the dead one's session to receive
+// what the brokers kept for it (the messages queued for it and those it
+// had not acknowledged, which they send again), disconnects, removes the
+// session and retires the lease. Every device message is therefore
+// handled by some replica: acknowledged only once handled, never lost
+// with a replica.
+type Sessions interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+	TryAcquire(ctx context.Context, name string) (lease.Lease, bool, error)
+	Expired(ctx context.Context, prefix string) ([]string, error)
+	Retire(ctx context.Context, l lease.Lease) error
+}
+
+var _ Sessions = (*lease.Postgres)(nil)
 
 // Message is a message a device or a bootstrap client sent.
 type Message struct {
@@ -97,6 +127,7 @@ type Pool struct {
 	queues  []chan job               // of the workers
 	stop    chan struct{}            // closed when Run ends: workers and waiting deliveries stop
 	running bool
+	session string // the suffix of this replica's device-broker client ID and its lease (Sessions set)
 }
 
 // New checks cfg; Run connects.
@@ -132,8 +163,29 @@ func New(cfg Config) (*Pool, error) {
 	for i := range p.queues {
 		p.queues[i] = make(chan job, workerQueue)
 	}
+	if cfg.Sessions != nil {
+		b := make([]byte, 12)
+		_, _ = rand.Read(b)
+		p.session = hex.EncodeToString(b)
+	}
+	if p.cfg.DrainEvery <= 0 {
+		p.cfg.DrainEvery = 10 * time.Second
+	}
+	if p.cfg.DrainQuiet <= 0 {
+		p.cfg.DrainQuiet = time.Second
+	}
 	return p, nil
 }
+
+// sessionPrefix is the lease name of the replicas' sessions, before each
+// one's ID.
+func (p *Pool) sessionPrefix() string { return "mqttpool/" + p.cfg.Group + "/session/" }
+
+// sessionClientID is the client ID of a replica's persistent session on
+// the device brokers (id: its session's ID, random hex). Devices' client
+// IDs are their certificates' names, which the fleet issues: never one of
+// these.
+func (p *Pool) sessionClientID(id string) string { return p.cfg.Username + "-session-" + id }
 
 func slicesClone(s []string) []string { return append([]string(nil), s...) }
 
@@ -193,8 +245,33 @@ func (p *Pool) Run(ctx context.Context) error {
 	for _, q := range p.queues {
 		workersWG.Go(func() { p.work(q) })
 	}
+	var persistent []conn
 	for _, c := range conns {
+		if p.session != "" && contains(p.cfg.Devices, c.addr) {
+			persistent = append(persistent, c)
+			continue
+		}
 		wg.Go(func() { p.keep(ctx, c.addr, c.c, c.lost) })
+	}
+	if len(persistent) > 0 {
+		// The session is this replica's while it holds its lease: lost
+		// (cut off from the database longer than the lease lives), the
+		// connections end before another replica may drain the session,
+		// and come back once the lease is held again.
+		wg.Go(func() {
+			err := p.cfg.Sessions.Hold(ctx, p.sessionPrefix()+p.session, func(ctx context.Context) error {
+				var cw sync.WaitGroup
+				for _, c := range persistent {
+					cw.Go(func() { p.keep(ctx, c.addr, c.c, c.lost) })
+				}
+				cw.Wait()
+				return nil
+			})
+			if err != nil {
+				p.log.Error("the replica's session lease failed", "err", err)
+			}
+		})
+		wg.Go(func() { p.drainLoop(ctx) })
 	}
 	<-ctx.Done()
 	close(p.stop) // a delivery waiting for a full queue lets the connection close
@@ -258,19 +335,21 @@ func (p *Pool) keep(ctx context.Context, addr string, c mqtt.Client, lost chan s
 // client builds the connection to one broker. Its client ID is random
 // (per replica and broker): on the bootstrap brokers, clients choose
 // their own IDs, and one that knew the fleet's could take its session.
+// With Sessions, a device broker's connection is this replica's
+// persistent session instead (sessionClientID): only the fleet's
+// credentials reach that listener, and devices' IDs are bound to their
+// certificates.
 func (p *Pool) client(addr string) mqtt.Client {
-	o := mqtt.NewClientOptions()
-	o.AddBroker("tls://" + addr)
-	o.SetTLSConfig(p.cfg.TLS.Clone())
-	o.SetUsername(p.cfg.Username)
-	o.SetPassword(p.cfg.Password)
-	o.SetClientID(randomID())
-	o.SetCleanSession(true)
-	o.SetProtocolVersion(4)
-	o.SetAutoReconnect(false) // keep reconnects, and stops when Run ends
-	o.SetConnectRetry(false)
-	o.SetConnectTimeout(10 * time.Second)
-	o.SetOrderMatters(true) // deliver only queues (workers): a device's messages stay in order
+	o := p.options(addr, randomID())
+	if p.session != "" && contains(p.cfg.Devices, addr) {
+		o.SetClientID(p.sessionClientID(p.session))
+		o.SetCleanSession(false)
+		// What the kept session sends before this connection subscribes
+		// again goes where the subscription would take it.
+		if h := p.subs[wire.SegDevice]; h != nil {
+			o.SetDefaultPublishHandler(p.deliver(wire.SegDevice, addr, h))
+		}
+	}
 	lost := p.lost[addr]
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		p.mu.Lock()
@@ -286,8 +365,29 @@ func (p *Pool) client(addr string) mqtt.Client {
 	return mqtt.NewClient(o)
 }
 
+// options are a connection's to the broker at addr as clientID: a clean
+// session, acknowledged by the pool once each message is handled (work),
+// reconnected by keep.
+func (p *Pool) options(addr, clientID string) *mqtt.ClientOptions {
+	o := mqtt.NewClientOptions()
+	o.AddBroker("tls://" + addr)
+	o.SetTLSConfig(p.cfg.TLS.Clone())
+	o.SetUsername(p.cfg.Username)
+	o.SetPassword(p.cfg.Password)
+	o.SetClientID(clientID)
+	o.SetCleanSession(true)
+	o.SetAutoAckDisabled(true)
+	o.SetProtocolVersion(4)
+	o.SetAutoReconnect(false) // keep reconnects, and stops when Run ends
+	o.SetConnectRetry(false)
+	o.SetConnectTimeout(10 * time.Second)
+	o.SetOrderMatters(true) // deliver only queues (workers): a device's messages stay in order
+	return o
+}
+
 // subscribe (re)subscribes a connection to the up topics of the segments
-// its broker serves (the session is clean: after each connect).
+// its broker serves, after each connect (a clean session has none; a
+// persistent one keeps them, and subscribing again changes nothing).
 func (p *Pool) subscribe(c mqtt.Client, addr string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -319,9 +419,10 @@ func (p *Pool) deliver(seg, addr string, h func(Message)) mqtt.MessageHandler {
 		tp, err := p.cfg.Topics.Parse(m.Topic())
 		if err != nil || tp.Segment != seg || tp.Dir != wire.Up {
 			p.log.Warn("message outside the subscribed topics dropped", "broker", addr)
+			m.Ack()
 			return
 		}
-		j := job{h: h, m: Message{Topic: tp, Name: m.Topic(), Payload: m.Payload(), Broker: addr}}
+		j := job{h: h, m: Message{Topic: tp, Name: m.Topic(), Payload: m.Payload(), Broker: addr}, ack: m.Ack}
 		select {
 		case p.queue(tp.ID) <- j: // waits when full: the broker holds back
 		case <-p.stop:
@@ -329,10 +430,11 @@ func (p *Pool) deliver(seg, addr string, h func(Message)) mqtt.MessageHandler {
 	}
 }
 
-// job is a message for a handler.
+// job is a message for a handler, and its acknowledgement to the broker.
 type job struct {
-	h func(Message)
-	m Message
+	h   func(Message)
+	m   Message
+	ack func()
 }
 
 // Messages are handled by workers, each with its own queue; a sender's
@@ -359,6 +461,7 @@ func (p *Pool) work(q chan job) {
 			return
 		case j := <-q:
 			j.h(j.m)
+			j.ack() // once handled: a replica that dies before leaves it to its broker to send again
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/pkg/config"
@@ -117,6 +118,9 @@ type Config struct {
 	// (alert.FloodConfig); the rest are held back and summarized. Default 20 per
 	// rule and 100 fleet-wide per 10 minutes.
 	AlertFlood AlertFlood `json:"alert_flood"`
+	// LoginThrottle tunes the operators' login throttle; zero fields keep
+	// its defaults.
+	LoginThrottle LoginThrottle `json:"login_throttle"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 	// DebugAddr, if set, is a loopback address serving Go's profiles
@@ -170,3 +174,21 @@ type GovernanceConfig = governance.Settings
 
 // AlertFlood is the alert_flood configuration (alert.FloodConfig).
 type AlertFlood = alert.FloodConfig
+
+// LoginThrottle is the login_throttle configuration: how failed logins
+// slow down and lock out further attempts (fleet/auth Throttle).
+type LoginThrottle struct {
+	// Failures is how many failed logins for one user name from one source
+	// address lock that pair out for Lockout. Default 5.
+	Failures int `json:"failures"`
+	// Lockout is how long a locked-out pair waits. Default 15m.
+	Lockout config.Duration `json:"lockout"`
+	// BaseDelay is the wait after a name's first failure from an address,
+	// doubled by each further one (up to a minute). Default 1s.
+	BaseDelay config.Duration `json:"base_delay"`
+}
+
+// throttle is the auth service's Throttle (its defaults for zero fields).
+func (c LoginThrottle) throttle() auth.Throttle {
+	return auth.Throttle{Failures: c.Failures, Lockout: time.Duration(c.Lockout), BaseDelay: time.Duration(c.BaseDelay)}
+}

@@ -1,18 +1,24 @@
 package telemetry
 
 import (
+	"context"
+	"embed"
 	"encoding/json"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// CursorStore keeps telemetry cursors in a bbolt file (Cursors), so that
-// a restarted fleet still ingests every point exactly once, and a few
-// named flags of the fleet's telemetry and alerting (Flag).
-type CursorStore struct{ db *boltdb.DB }
+// File is the cursor store's file in the fleet's data directory.
+const File = "telemetry.db"
+
+// CursorStore keeps telemetry cursors (Cursors), so that a restarted
+// fleet still ingests every point exactly once, and a few named flags of
+// the fleet's telemetry and alerting (Flag): in a bbolt file
+// (OpenCursors) or in PostgreSQL (OpenCursorsPostgres).
+type CursorStore struct{ db kv.DB }
 
 var _ Cursors = (*CursorStore)(nil)
 
@@ -21,24 +27,52 @@ var (
 	bucketMeta    = []byte("meta")
 )
 
+// Buckets are the store's buckets, in the bbolt file and in PostgreSQL:
+// what sigil migrate copies.
+var Buckets = [][]byte{bucketCursors, bucketMeta}
+
+// Table is the PostgreSQL table holding the buckets (kv.Postgres).
+const Table = "telemetry_kv"
+
+// migrations are the store's tables in PostgreSQL (component "telemetry"
+// in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
 // OpenCursors opens (creating it) the cursor store at path.
 func OpenCursors(path string) (*CursorStore, error) {
-	db, err := boltdb.Open(path, boltdb.Schema{Buckets: [][]byte{bucketCursors, bucketMeta}},
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: Buckets},
 		boltdb.Options{Name: "telemetry: cursor store"})
 	if err != nil {
 		return nil, err
 	}
-	return &CursorStore{db: db}, nil
+	return &CursorStore{db: kv.Bolt(db)}, nil
+}
+
+// OpenCursorsPostgres opens the cursor store in the PostgreSQL database
+// db, bringing its tables up to date first. Each write is one key: the
+// replicas sharing db need no lock. Close leaves db open.
+func OpenCursorsPostgres(ctx context.Context, db *postgres.DB) (*CursorStore, error) {
+	if err := db.Migrate(ctx, "telemetry", migrations); err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	k, err := kv.Postgres(db, Table)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	return &CursorStore{db: k}, nil
 }
 
 // Close closes the file.
 func (c *CursorStore) Close() error { return c.db.Close() }
 
 // Cursor returns a device's stored cursor.
-func (c *CursorStore) Cursor(deviceID string) (Cursor, bool, error) {
+func (c *CursorStore) Cursor(ctx context.Context, deviceID string) (Cursor, bool, error) {
 	var cur Cursor
 	var ok bool
-	err := c.db.View(func(tx *bolt.Tx) error {
+	err := c.db.View(ctx, func(tx kv.Tx) error {
+		cur, ok = Cursor{}, false
 		v := tx.Bucket(bucketCursors).Get([]byte(deviceID))
 		if v == nil {
 			return nil
@@ -53,20 +87,20 @@ func (c *CursorStore) Cursor(deviceID string) (Cursor, bool, error) {
 }
 
 // SetCursor stores a device's cursor; concurrent calls share one commit.
-func (c *CursorStore) SetCursor(deviceID string, cur Cursor) error {
+func (c *CursorStore) SetCursor(ctx context.Context, deviceID string, cur Cursor) error {
 	v, err := json.Marshal(cur)
 	if err != nil {
 		return err
 	}
-	return c.db.Write(func(tx *bolt.Tx) error {
+	return c.db.Write(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketCursors).Put([]byte(deviceID), v)
 	})
 }
 
 // Flag reports whether the flag name was set.
-func (c *CursorStore) Flag(name string) (bool, error) {
+func (c *CursorStore) Flag(ctx context.Context, name string) (bool, error) {
 	var set bool
-	err := c.db.View(func(tx *bolt.Tx) error {
+	err := c.db.View(ctx, func(tx kv.Tx) error {
 		set = tx.Bucket(bucketMeta).Get([]byte(name)) != nil
 		return nil
 	})
@@ -74,8 +108,8 @@ func (c *CursorStore) Flag(name string) (bool, error) {
 }
 
 // SetFlag sets the flag name for good.
-func (c *CursorStore) SetFlag(name string) error {
-	return c.db.Update(func(tx *bolt.Tx) error {
+func (c *CursorStore) SetFlag(ctx context.Context, name string) error {
+	return c.db.Update(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketMeta).Put([]byte(name), []byte{1})
 	})
 }

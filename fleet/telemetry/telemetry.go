@@ -89,9 +89,9 @@ type Cursor struct {
 type Cursors interface {
 	// Cursor returns the device's cursor; ok is false for a device
 	// without one.
-	Cursor(deviceID string) (c Cursor, ok bool, err error)
+	Cursor(ctx context.Context, deviceID string) (c Cursor, ok bool, err error)
 	// SetCursor stores the device's cursor.
-	SetCursor(deviceID string, c Cursor) error
+	SetCursor(ctx context.Context, deviceID string, c Cursor) error
 }
 
 // Point is an accepted point as observers and queries see it.
@@ -455,7 +455,7 @@ func (in *Ingester) saveCursor(d *device, prev Cursor) error {
 	if in.cfg.Cursors == nil || (bytes.Equal(prev.Stream, d.cur.Stream) && prev.Through == d.cur.Through && prev.Reported == d.cur.Reported) {
 		return nil
 	}
-	if err := in.cfg.Cursors.SetCursor(d.id, d.cur); err != nil {
+	if err := in.cfg.Cursors.SetCursor(context.Background(), d.id, d.cur); err != nil {
 		d.cur = prev
 		return fmt.Errorf("telemetry: save cursor of %s: %w", d.id, err)
 	}
@@ -527,7 +527,7 @@ func (in *Ingester) device(id string) (*device, error) {
 		d.loaded = true
 		return d, nil
 	}
-	c, ok, err := in.cfg.Cursors.Cursor(id)
+	c, ok, err := in.cfg.Cursors.Cursor(context.Background(), id)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: load cursor of %s: %w", id, err)
 	}

@@ -207,14 +207,14 @@ type memCursors struct {
 	fail error
 }
 
-func (c *memCursors) Cursor(id string) (Cursor, bool, error) {
+func (c *memCursors) Cursor(_ context.Context, id string) (Cursor, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	v, ok := c.m[id]
 	return v, ok, nil
 }
 
-func (c *memCursors) SetCursor(id string, v Cursor) error {
+func (c *memCursors) SetCursor(_ context.Context, id string, v Cursor) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fail != nil {

@@ -19,9 +19,11 @@ type barrierCursors struct {
 	stop    <-chan struct{}
 }
 
-func (b *barrierCursors) Cursor(string) (Cursor, bool, error) { return Cursor{}, false, nil }
+func (b *barrierCursors) Cursor(context.Context, string) (Cursor, bool, error) {
+	return Cursor{}, false, nil
+}
 
-func (b *barrierCursors) SetCursor(string, Cursor) error {
+func (b *barrierCursors) SetCursor(context.Context, string, Cursor) error {
 	b.mu.Lock()
 	b.waiting++
 	if b.waiting == b.n {

@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -45,7 +46,10 @@ func TestConsoleOpsInChromium(t *testing.T) {
 	installPlaywright(t)
 	ctx := context.Background()
 	f, err := harness.StartFleet(ctx, server.Config{DataDir: t.TempDir(),
-		AlertFlood: server.AlertFlood{PerRule: floodPerRule, Fleet: -1}}, logger())
+		AlertFlood: server.AlertFlood{PerRule: floodPerRule, Fleet: -1},
+		// A failure's wait (a minute) outlasts the browser's second attempt however
+		// slow the machine: that attempt is the throttled one.
+		LoginThrottle: server.LoginThrottle{BaseDelay: config.Duration(time.Minute)}}, logger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package feed
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -36,8 +37,8 @@ type RuleStore interface {
 
 // Flags remember that the rules were installed (telemetry.CursorStore).
 type Flags interface {
-	Flag(name string) (bool, error)
-	SetFlag(name string) error
+	Flag(ctx context.Context, name string) (bool, error)
+	SetFlag(ctx context.Context, name string) error
 }
 
 // flagRulesInstalled marks that the default alert rules were installed.
@@ -46,7 +47,8 @@ const flagRulesInstalled = "default_rules_installed"
 // InstallDefaultRules puts alert.DefaultRules and Rules once, at the
 // fleet's first start; rules the operators delete later stay deleted.
 func InstallDefaultRules(rules RuleStore, flags Flags, log *slog.Logger) error {
-	done, err := flags.Flag(flagRulesInstalled)
+	ctx := context.Background()
+	done, err := flags.Flag(ctx, flagRulesInstalled)
 	if err != nil || done {
 		return err
 	}
@@ -59,5 +61,5 @@ func InstallDefaultRules(rules RuleStore, flags Flags, log *slog.Logger) error {
 		}
 	}
 	log.Info("default alert rules installed", "rules", len(rules.Rules()))
-	return flags.SetFlag(flagRulesInstalled)
+	return flags.SetFlag(ctx, flagRulesInstalled)
 }

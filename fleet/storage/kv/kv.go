@@ -18,6 +18,13 @@
 // bbolt batch): they must read what they change from the transaction and
 // keep no state between runs other than what they overwrite.
 //
+// Buckets nest (Bucket.Bucket): in bbolt a nested bucket is a bbolt
+// bucket in its parent, listed by the parent's ForEach and cursors as a
+// key with a nil value; in PostgreSQL its rows are kept under its path
+// (the names joined with a 0 byte), and its parent's ForEach and cursors
+// do not list it. A store therefore keeps keys and nested buckets in
+// different buckets, and bucket names hold no 0 byte.
+//
 // The store's PostgreSQL tables come from its own migrations (Schema
 // gives the statements every kv table needs).
 package kv
@@ -28,6 +35,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/sigil-iot/sigil/fleet/storage/internal/batch"
 )
@@ -83,6 +91,20 @@ type Bucket interface {
 	Sequence() uint64
 	// SetSequence sets it (sigil migrate).
 	SetSequence(uint64) error
+
+	// Bucket returns the nested bucket name; nil when a bbolt bucket
+	// holds no such bucket (in PostgreSQL a nested bucket always exists,
+	// empty until written).
+	Bucket(name []byte) Bucket
+	// CreateBucketIfNotExists returns the nested bucket name, creating it
+	// in a bbolt file.
+	CreateBucketIfNotExists(name []byte) (Bucket, error)
+	// DeleteBucket deletes the nested bucket name with its keys and the
+	// buckets nested in it (bbolt: an error when there is none).
+	DeleteBucket(name []byte) error
+	// ForEachBucket calls fn with the name of every nested bucket, in
+	// order (in PostgreSQL: every one holding a key or a sequence).
+	ForEachBucket(fn func(name []byte) error) error
 }
 
 // Cursor moves over a bucket's keys in order. Each move returns the key
@@ -152,8 +174,9 @@ func Buckets(ctx context.Context, db DB) ([][]byte, error) {
 }
 
 // Digest reads buckets in one read transaction of db and returns their
-// key counts and a digest of their contents, equal on both backends for
-// equal contents.
+// key counts (a bucket's count includes the keys of the buckets nested in
+// it) and a digest of their contents, equal on both backends for equal
+// contents.
 func Digest(ctx context.Context, db DB, buckets [][]byte) (Stats, error) {
 	st := Stats{Keys: map[string]int{}}
 	h := sha256.New()
@@ -161,32 +184,57 @@ func Digest(ctx context.Context, db DB, buckets [][]byte) (Stats, error) {
 		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(b))))
 		h.Write(b)
 	}
+	// visit digests the bucket b at path, then the buckets nested in it.
+	var visit func(top string, path []byte, b Bucket) error
+	visit = func(top string, path []byte, b Bucket) error {
+		children, err := nested(b)
+		if err != nil {
+			return err
+		}
+		// A missing bucket, and an empty one whose sequence is 0, digest
+		// as nothing: bbolt keeps empty buckets, PostgreSQL has no rows
+		// for them.
+		seq := b.Sequence()
+		n := 0
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if v == nil && children.has(k) {
+				continue // a nested bucket (bbolt), digested below
+			}
+			if n == 0 {
+				field(path)
+			}
+			n++
+			field(k)
+			field(v)
+		}
+		if n > 0 || seq != 0 {
+			if n == 0 {
+				field(path)
+			}
+			h.Write(binary.BigEndian.AppendUint64(nil, seq))
+			st.Keys[top] += n
+		}
+		for _, name := range children {
+			if sub := b.Bucket(name); sub != nil {
+				if err := visit(top, append(append(bytes.Clone(path), 0), name...), sub); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
 	err := db.View(ctx, func(tx Tx) error {
 		h.Reset()
 		clear(st.Keys)
 		for _, name := range buckets {
-			// A missing bucket, and an empty one whose sequence is 0,
-			// digest as nothing: bbolt keeps empty buckets, PostgreSQL
-			// has no rows for them.
 			b := tx.Bucket(name)
 			if b == nil {
 				continue
 			}
-			seq := b.Sequence()
-			c := b.Cursor()
-			k, v := c.First()
-			if k == nil && seq == 0 {
-				continue
+			if err := visit(string(name), name, b); err != nil {
+				return err
 			}
-			n := 0
-			field(name)
-			for ; k != nil; k, v = c.Next() {
-				n++
-				field(k)
-				field(v)
-			}
-			h.Write(binary.BigEndian.AppendUint64(nil, seq))
-			st.Keys[string(name)] = n
 		}
 		return nil
 	})
@@ -197,8 +245,49 @@ func Digest(ctx context.Context, db DB, buckets [][]byte) (Stats, error) {
 	return st, nil
 }
 
+// names are bucket names.
+type names [][]byte
+
+func (ns names) has(name []byte) bool {
+	_, ok := slices.BinarySearchFunc(ns, name, bytes.Compare)
+	return ok
+}
+
+// nested returns the names of the buckets nested in b, in order.
+func nested(b Bucket) (names, error) {
+	var out names
+	err := b.ForEachBucket(func(name []byte) error {
+		out = append(out, bytes.Clone(name))
+		return nil
+	})
+	return out, err
+}
+
+// at returns the bucket at path (top-level name, then nested names) in
+// tx, creating it when create is set; nil when it does not exist.
+func at(tx Tx, path [][]byte, create bool) (Bucket, error) {
+	var b Bucket
+	for i, name := range path {
+		var err error
+		switch {
+		case i == 0 && create:
+			b, err = tx.CreateBucketIfNotExists(name)
+		case i == 0:
+			b = tx.Bucket(name)
+		case create:
+			b, err = b.CreateBucketIfNotExists(name)
+		default:
+			b = b.Bucket(name)
+		}
+		if err != nil || b == nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
 // Empty reports whether every one of buckets is empty (or missing) in db
-// (buckets nil: every bucket of db).
+// (buckets nil: every bucket of db), nested buckets included.
 func Empty(ctx context.Context, db DB, buckets [][]byte) (bool, error) {
 	if buckets == nil {
 		var err error
@@ -209,10 +298,19 @@ func Empty(ctx context.Context, db DB, buckets [][]byte) (bool, error) {
 	empty := true
 	err := db.View(ctx, func(tx Tx) error {
 		for _, name := range buckets {
-			if b := tx.Bucket(name); b != nil {
-				if k, _ := b.Cursor().First(); k != nil {
-					empty = false
-				}
+			b := tx.Bucket(name)
+			if b == nil {
+				continue
+			}
+			if k, _ := b.Cursor().First(); k != nil {
+				empty = false
+			}
+			children, err := nested(b)
+			if err != nil {
+				return err
+			}
+			if len(children) > 0 {
+				empty = false
 			}
 		}
 		return nil
@@ -223,10 +321,11 @@ func Empty(ctx context.Context, db DB, buckets [][]byte) (bool, error) {
 // copyBatch bounds the keys Copy writes per transaction.
 const copyBatch = 1000
 
-// Copy copies buckets from src to dst: every key, replacing what dst
-// holds under the same key (what dst holds under other keys stays), and
-// each bucket's sequence (dst's is set to src's). It returns the digest of what it read from src
-// (Digest); compare it with Digest of dst to verify the copy.
+// Copy copies buckets from src to dst, with the buckets nested in them:
+// every key, replacing what dst holds under the same key (what dst holds
+// under other keys stays), and each bucket's sequence (dst's is set to
+// src's). It returns the digest of what it read from src (Digest);
+// compare it with Digest of dst to verify the copy.
 //
 // buckets nil copies every bucket of src (Buckets).
 func Copy(ctx context.Context, dst, src DB, buckets [][]byte) (Stats, error) {
@@ -237,64 +336,92 @@ func Copy(ctx context.Context, dst, src DB, buckets [][]byte) (Stats, error) {
 		}
 	}
 	for _, name := range buckets {
-		var after []byte
-		first := true
-		for {
-			type kvp struct{ k, v []byte }
-			var page []kvp
-			var seq uint64
-			err := src.View(ctx, func(tx Tx) error {
-				page = page[:0]
-				b := tx.Bucket(name)
-				if b == nil {
-					return nil
-				}
-				seq = b.Sequence()
-				c := b.Cursor()
-				var k, v []byte
-				if first {
-					k, v = c.First()
-				} else if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
-					k, v = c.Next()
-				}
-				for ; k != nil && len(page) < copyBatch; k, v = c.Next() {
-					page = append(page, kvp{bytes.Clone(k), bytes.Clone(v)})
-				}
-				return nil
-			})
-			if err != nil {
-				return Stats{}, fmt.Errorf("kv: copy %s: read: %w", name, err)
-			}
-			err = dst.Update(ctx, func(tx Tx) error {
-				b, err := tx.CreateBucketIfNotExists(name)
-				if err != nil {
-					return err
-				}
-				for _, p := range page {
-					v := p.v
-					if v == nil {
-						v = []byte{}
-					}
-					if err := b.Put(p.k, v); err != nil {
-						return err
-					}
-				}
-				if first && seq != b.Sequence() {
-					return b.SetSequence(seq)
-				}
-				return nil
-			})
-			if err != nil {
-				return Stats{}, fmt.Errorf("kv: copy %s: write: %w", name, err)
-			}
-			first = false
-			if len(page) < copyBatch {
-				break
-			}
-			after = page[len(page)-1].k
+		if err := copyBucket(ctx, dst, src, [][]byte{name}); err != nil {
+			return Stats{}, err
 		}
 	}
 	return Digest(ctx, src, buckets)
+}
+
+// copyBucket copies the bucket at path, then the buckets nested in it.
+func copyBucket(ctx context.Context, dst, src DB, path [][]byte) error {
+	var after []byte
+	var children names
+	first := true
+	for {
+		type kvp struct{ k, v []byte }
+		var page []kvp
+		var seq uint64
+		more := false
+		err := src.View(ctx, func(tx Tx) error {
+			page, more = page[:0], false
+			b, err := at(tx, path, false)
+			if err != nil || b == nil {
+				return err
+			}
+			if first {
+				if children, err = nested(b); err != nil {
+					return err
+				}
+			}
+			seq = b.Sequence()
+			c := b.Cursor()
+			var k, v []byte
+			if first {
+				k, v = c.First()
+			} else if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+			for read := 0; k != nil; k, v = c.Next() {
+				if read == copyBatch {
+					more = true
+					break
+				}
+				read++
+				after = bytes.Clone(k)
+				if v == nil && children.has(k) {
+					continue // a nested bucket (bbolt), copied below
+				}
+				page = append(page, kvp{bytes.Clone(k), bytes.Clone(v)})
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("kv: copy %s: read: %w", bytes.Join(path, []byte("/")), err)
+		}
+		err = dst.Update(ctx, func(tx Tx) error {
+			b, err := at(tx, path, true)
+			if err != nil {
+				return err
+			}
+			for _, p := range page {
+				v := p.v
+				if v == nil {
+					v = []byte{}
+				}
+				if err := b.Put(p.k, v); err != nil {
+					return err
+				}
+			}
+			if first && seq != b.Sequence() {
+				return b.SetSequence(seq)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("kv: copy %s: write: %w", bytes.Join(path, []byte("/")), err)
+		}
+		first = false
+		if !more {
+			break
+		}
+	}
+	for _, name := range children {
+		if err := copyBucket(ctx, dst, src, append(slices.Clip(path), name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DigestAll is Digest of every bucket of db.
@@ -306,8 +433,8 @@ func DigestAll(ctx context.Context, db DB) (Stats, error) {
 	return Digest(ctx, db, buckets)
 }
 
-// Clear deletes every key of buckets in db (buckets nil: every bucket of
-// db) and sets their sequences to 0, in transactions of copyBatch keys.
+// Clear deletes every key and nested bucket of buckets in db (buckets
+// nil: every bucket of db) and sets their sequences to 0, in transactions of copyBatch keys.
 func Clear(ctx context.Context, db DB, buckets [][]byte) error {
 	if buckets == nil {
 		var err error
@@ -317,7 +444,20 @@ func Clear(ctx context.Context, db DB, buckets [][]byte) error {
 	}
 	for _, name := range buckets {
 		if err := db.Update(ctx, func(tx Tx) error {
-			if b := tx.Bucket(name); b != nil && b.Sequence() != 0 {
+			b := tx.Bucket(name)
+			if b == nil {
+				return nil
+			}
+			children, err := nested(b)
+			if err != nil {
+				return err
+			}
+			for _, c := range children {
+				if err := b.DeleteBucket(c); err != nil {
+					return err
+				}
+			}
+			if b.Sequence() != 0 {
 				return b.SetSequence(0)
 			}
 			return nil

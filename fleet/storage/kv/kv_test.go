@@ -70,10 +70,12 @@ func TestConformance(t *testing.T) {
 			t.Run("sequence", func(t *testing.T) { testSequence(t, b.open(t)) })
 			t.Run("concurrent", func(t *testing.T) { testConcurrent(t, b.open(t), b.once) })
 			t.Run("write-all", func(t *testing.T) { testWriteAll(t, b.open(t)) })
+			t.Run("nested", func(t *testing.T) { testNested(t, b.open(t)) })
 		})
 	}
 	t.Run("copy", func(t *testing.T) { testCopy(t, openBolt(t), openPostgres(t, srv)) })
 	t.Run("copy-all", func(t *testing.T) { testCopyAll(t, openBolt(t), openPostgres(t, srv)) })
+	t.Run("copy-nested", func(t *testing.T) { testCopyNested(t, openBolt(t), openPostgres(t, srv)) })
 }
 
 // keys are stored out of order; bbolt orders them bytewise.
@@ -347,4 +349,138 @@ func testCopyAll(t *testing.T, src, dst kv.DB) {
 		}
 		return nil
 	})
+}
+
+// fillNested makes buckets nested in a (a/j1, a/j2 holding a/j2/x) and
+// in b (b/j3, with more keys than a copy batch), beside a's own keys.
+func fillNested(t *testing.T, db kv.DB) {
+	t.Helper()
+	err := db.Update(t.Context(), func(tx kv.Tx) error {
+		a := tx.Bucket(bucketA)
+		if err := a.Put([]byte("own"), []byte("v")); err != nil {
+			return err
+		}
+		for _, j := range []string{"j2", "j1"} {
+			n, err := a.CreateBucketIfNotExists([]byte(j))
+			if err != nil {
+				return err
+			}
+			if err := n.Put([]byte("k-"+j), []byte(j)); err != nil {
+				return err
+			}
+		}
+		x, err := a.Bucket([]byte("j2")).CreateBucketIfNotExists([]byte("x"))
+		if err != nil {
+			return err
+		}
+		if err := x.Put([]byte("deep"), []byte("1")); err != nil {
+			return err
+		}
+		if _, err := x.NextSequence(); err != nil {
+			return err
+		}
+		j3, err := tx.Bucket(bucketB).CreateBucketIfNotExists([]byte("j3"))
+		if err != nil {
+			return err
+		}
+		for i := range 1500 {
+			if err := j3.Put(fmt.Appendf(nil, "k%05d", i), []byte{byte(i)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testNested: nested buckets list in order, keep their keys apart from
+// their parent's and delete with what they hold.
+func testNested(t *testing.T, db kv.DB) {
+	fillNested(t, db)
+	err := db.View(t.Context(), func(tx kv.Tx) error {
+		a := tx.Bucket(bucketA)
+		var got []string
+		if err := a.ForEachBucket(func(n []byte) error { got = append(got, string(n)); return nil }); err != nil {
+			return err
+		}
+		if fmt.Sprint(got) != "[j1 j2]" {
+			t.Errorf("nested in a: %v, want [j1 j2]", got)
+		}
+		if v := a.Bucket([]byte("j1")).Get([]byte("k-j1")); string(v) != "j1" {
+			t.Errorf("a/j1 k-j1 = %q", v)
+		}
+		if v := a.Get([]byte("k-j1")); v != nil {
+			t.Errorf("a/j1's key read in a: %q", v)
+		}
+		x := a.Bucket([]byte("j2")).Bucket([]byte("x"))
+		if string(x.Get([]byte("deep"))) != "1" || x.Sequence() != 1 {
+			t.Errorf("a/j2/x: %q, sequence %d", x.Get([]byte("deep")), x.Sequence())
+		}
+		var top []string
+		if err := tx.ForEachBucket(func(n []byte) error { top = append(top, string(n)); return nil }); err != nil {
+			return err
+		}
+		if fmt.Sprint(top) != "[a b]" {
+			t.Errorf("top-level buckets: %v, want [a b]", top)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(t.Context(), func(tx kv.Tx) error { return tx.Bucket(bucketA).DeleteBucket([]byte("j2")) }); err != nil {
+		t.Fatal(err)
+	}
+	db.View(t.Context(), func(tx kv.Tx) error {
+		a := tx.Bucket(bucketA)
+		var got []string
+		a.ForEachBucket(func(n []byte) error { got = append(got, string(n)); return nil })
+		if fmt.Sprint(got) != "[j1]" {
+			t.Errorf("nested in a after deleting j2: %v", got)
+		}
+		if j2 := a.Bucket([]byte("j2")); j2 != nil && (j2.Get([]byte("k-j2")) != nil || j2.Bucket([]byte("x")).Get([]byte("deep")) != nil) {
+			t.Error("a/j2 kept keys after DeleteBucket")
+		}
+		if string(a.Get([]byte("own"))) != "v" {
+			t.Error("a lost its own key")
+		}
+		return nil
+	})
+}
+
+// testCopyNested: Copy and Digest follow nested buckets; Clear and Empty
+// see them.
+func testCopyNested(t *testing.T, src, dst kv.DB) {
+	fillNested(t, src)
+	want, err := kv.Copy(t.Context(), dst, src, buckets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := kv.Digest(t.Context(), dst, buckets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest != want.Digest || want.Keys["a"] != 4 || want.Keys["b"] != 1500 {
+		t.Fatalf("copy: source %v, target %v (want a 4, b 1500)", want.Keys, got.Keys)
+	}
+	dst.Update(t.Context(), func(tx kv.Tx) error {
+		return tx.Bucket(bucketA).Bucket([]byte("j2")).Bucket([]byte("x")).Put([]byte("deep"), []byte("2"))
+	})
+	if got, _ = kv.Digest(t.Context(), dst, buckets); got.Digest == want.Digest {
+		t.Fatal("digest unchanged after a nested value changed")
+	}
+	if err := dst.Update(t.Context(), func(tx kv.Tx) error { return tx.Bucket(bucketA).Delete([]byte("own")) }); err != nil {
+		t.Fatal(err)
+	}
+	if empty, err := kv.Empty(t.Context(), dst, [][]byte{bucketA}); err != nil || empty {
+		t.Fatalf("a holding only nested buckets: empty %v, %v", empty, err)
+	}
+	if err := kv.Clear(t.Context(), dst, buckets); err != nil {
+		t.Fatal(err)
+	}
+	if empty, err := kv.Empty(t.Context(), dst, buckets); err != nil || !empty {
+		t.Fatalf("after Clear: empty %v, %v", empty, err)
+	}
 }

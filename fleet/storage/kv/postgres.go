@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -100,7 +101,23 @@ func (t *pgTx) Lock(name string) error {
 func (t *pgTx) CreateBucketIfNotExists(name []byte) (Bucket, error) { return t.Bucket(name), nil }
 
 func (t *pgTx) ForEachBucket(fn func(name []byte) error) error {
-	rows, err := t.tx.Query(t.ctx, "SELECT bucket FROM "+t.db.table+" UNION SELECT bucket FROM "+t.db.seq+" ORDER BY 1")
+	return t.forEachBucket(nil, fn)
+}
+
+// forEachBucket calls fn with the name of every bucket nested directly
+// in the bucket at path (nil: the top-level buckets): the names that
+// follow path's prefix up to the next 0 byte, once each, in order.
+func (t *pgTx) forEachBucket(path []byte, fn func(name []byte) error) error {
+	sql := "SELECT bucket FROM " + t.db.table + " UNION SELECT bucket FROM " + t.db.seq + " ORDER BY 1"
+	var args []any
+	prefix := []byte{}
+	if path != nil {
+		prefix = append(append(prefix, path...), 0)
+		end := append(append([]byte{}, path...), 1)
+		sql = "SELECT bucket FROM " + t.db.table + " WHERE bucket > $1 AND bucket < $2 UNION SELECT bucket FROM " + t.db.seq + " WHERE bucket > $1 AND bucket < $2 ORDER BY 1"
+		args = []any{prefix, end}
+	}
+	rows, err := t.tx.Query(t.ctx, sql, args...)
 	if err != nil {
 		return fmt.Errorf("kv: %s: buckets: %w", t.db.table, err)
 	}
@@ -108,7 +125,19 @@ func (t *pgTx) ForEachBucket(fn func(name []byte) error) error {
 	if err != nil {
 		return fmt.Errorf("kv: %s: buckets: %w", t.db.table, err)
 	}
+	// A nested bucket's rows sort right after its parent's path and
+	// before the parent's next sibling (0 is the smallest byte): cutting
+	// each name at its first 0 keeps them in order.
+	var last []byte
 	for _, n := range names {
+		n = n[len(prefix):]
+		if i := bytes.IndexByte(n, 0); i >= 0 {
+			n = n[:i]
+		}
+		if last != nil && bytes.Equal(n, last) {
+			continue
+		}
+		last = n
 		if err := fn(n); err != nil {
 			return err
 		}
@@ -208,6 +237,37 @@ func (b *pgBucket) SetSequence(n uint64) error {
 }
 
 func (b *pgBucket) Cursor() Cursor { return &pgCursor{b: b} }
+
+// child is the path of the bucket name nested in b.
+func (b *pgBucket) child(name []byte) []byte {
+	return append(append(append([]byte{}, b.name...), 0), name...)
+}
+
+func (b *pgBucket) Bucket(name []byte) Bucket {
+	return &pgBucket{tx: b.tx, name: b.child(name)}
+}
+
+func (b *pgBucket) CreateBucketIfNotExists(name []byte) (Bucket, error) {
+	return b.Bucket(name), nil
+}
+
+func (b *pgBucket) DeleteBucket(name []byte) error {
+	path := b.child(name)
+	sub := append(append([]byte{}, path...), 0)
+	end := append(append([]byte{}, path...), 1)
+	b.tx.writes++
+	for _, table := range []string{b.tx.db.table, b.tx.db.seq} {
+		_, err := b.tx.tx.Exec(b.tx.ctx, "DELETE FROM "+table+" WHERE bucket = $1 OR (bucket >= $2 AND bucket < $3)", path, sub, end)
+		if err != nil {
+			return fmt.Errorf("kv: %s: delete bucket: %w", b.tx.db.table, err)
+		}
+	}
+	return nil
+}
+
+func (b *pgBucket) ForEachBucket(fn func(name []byte) error) error {
+	return b.tx.forEachBucket(b.name, fn)
+}
 
 // readAhead is how many keys a cursor moving forward reads at once.
 const readAhead = 256

@@ -238,3 +238,32 @@ func (p *Postgres) run(ctx context.Context, l Lease, fn func(context.Context) er
 		}
 	}
 }
+
+// Expired returns the names of the leases under prefix that have expired
+// (their holder stopped renewing them), for a replica that takes over
+// what their holders left.
+func (p *Postgres) Expired(ctx context.Context, prefix string) ([]string, error) {
+	rows, err := p.db.Pool().Query(ctx, `SELECT name FROM lease WHERE starts_with(name, $1) AND expires < now() ORDER BY name`, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("lease: expired: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("lease: expired: %w", err)
+	}
+	return names, nil
+}
+
+// Retire deletes l once what it guarded is gone for good (a dead
+// replica's session, drained): it is then no longer listed by Expired.
+// ErrLost if l is no longer held.
+func (p *Postgres) Retire(ctx context.Context, l Lease) error {
+	tag, err := p.db.Pool().Exec(ctx, `DELETE FROM lease WHERE name = $1 AND holder = $2 AND epoch = $3`, l.Name, l.Holder, l.Epoch)
+	if err != nil {
+		return fmt.Errorf("lease: retire %s: %w", l.Name, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: %s (epoch %d)", ErrLost, l.Name, l.Epoch)
+	}
+	return nil
+}

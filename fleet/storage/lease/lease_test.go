@@ -181,3 +181,43 @@ func TestHoldReturnsTheWorksFailure(t *testing.T) {
 		t.Errorf("after the failed holder released it: ok %v, err %v (an hour's lease must not wait to expire)", ok, err)
 	}
 }
+
+// TestExpiredAndRetire: Expired lists the leases under a prefix whose
+// holder stopped renewing them; one taken over and retired is gone.
+func TestExpiredAndRetire(t *testing.T) {
+	r, url := replicas(t, 2, time.Hour)
+	ctx := t.Context()
+	for _, name := range []string{"session/a", "session/b", "other/c"} {
+		if _, ok, err := r[0].TryAcquire(ctx, name); err != nil || !ok {
+			t.Fatalf("acquire %s: ok %v, err %v", name, ok, err)
+		}
+	}
+	if got, err := r[1].Expired(ctx, "session/"); err != nil || len(got) != 0 {
+		t.Fatalf("Expired with every lease held = %v, %v", got, err)
+	}
+	db, err := postgres.Open(ctx, url, postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Pool().Exec(ctx, `UPDATE lease SET expires = now() - interval '1 second' WHERE name IN ('session/a', 'other/c')`); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r[1].Expired(ctx, "session/")
+	if err != nil || len(got) != 1 || got[0] != "session/a" {
+		t.Fatalf("Expired = %v, %v; want [session/a]", got, err)
+	}
+	l, ok, err := r[1].TryAcquire(ctx, "session/a")
+	if err != nil || !ok {
+		t.Fatalf("take over: ok %v, err %v", ok, err)
+	}
+	if err := r[1].Retire(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := r[1].Retire(ctx, l); !errors.Is(err, lease.ErrLost) {
+		t.Errorf("second Retire = %v, want ErrLost", err)
+	}
+	if got, err := r[1].Expired(ctx, "session/"); err != nil || len(got) != 0 {
+		t.Errorf("Expired after Retire = %v, %v", got, err)
+	}
+}

@@ -1,0 +1,137 @@
+package alert
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+)
+
+// openBackend opens cfg in bbolt, or in PostgreSQL under
+// TestConformance/postgres.
+func openBackend(t testing.TB, cfg Config) (*Engine, error) {
+	db, ok := pgtest.Database(t, cfg.Path)
+	if !ok {
+		return Open(cfg)
+	}
+	return OpenPostgres(context.Background(), db, cfg)
+}
+
+// conformanceTests are the engine's tests run against both backends (the
+// others run in a synctest bubble, check the file lock or need no store).
+var conformanceTests = []pgtest.Test{
+	{Name: "ThresholdFiresAndResolves", Fn: TestThresholdFiresAndResolves},
+	{Name: "RateFiresAndResolves", Fn: TestRateFiresAndResolves},
+	{Name: "EventCountWithinWindowAndClearAfter", Fn: TestEventCountWithinWindowAndClearAfter},
+	{Name: "EventClearOnAndKeys", Fn: TestEventClearOnAndKeys},
+	{Name: "AbsenceCountsFromEngineStart", Fn: TestAbsenceCountsFromEngineStart},
+	{Name: "NewListeningPort", Fn: TestNewListeningPort},
+	{Name: "AckResolveDedupe", Fn: TestAckResolveDedupe},
+	{Name: "QueryPaging", Fn: TestQueryPaging},
+	{Name: "QuarantineAction", Fn: TestQuarantineAction},
+	{Name: "PersistAcrossRestart", Fn: TestPersistAcrossRestart},
+	{Name: "Routing", Fn: TestRouting},
+	{Name: "RetryThenDeadLetterThenRedrive", Fn: TestRetryThenDeadLetterThenRedrive},
+	{Name: "PermanentFailureIsNotRetried", Fn: TestPermanentFailureIsNotRetried},
+	{Name: "QueueFullAndShutdownDeadLetter", Fn: TestQueueFullAndShutdownDeadLetter},
+	{Name: "DeleteRuleAndForget", Fn: TestDeleteRuleAndForget},
+	{Name: "BadInput", Fn: TestBadInput},
+	{Name: "HistoryBound", Fn: TestHistoryBound},
+	{Name: "RepeatsAreSkippedNotDeadLettered", Fn: TestRepeatsAreSkippedNotDeadLettered},
+	{Name: "ForgetDropsLearnedState", Fn: TestForgetDropsLearnedState},
+	{Name: "EventsDoNotCountAsContact", Fn: TestEventsDoNotCountAsContact},
+	{Name: "FloodControl", Fn: TestFloodControl},
+	{Name: "GroupsAndBulkAcknowledge", Fn: TestGroupsAndBulkAcknowledge},
+	{Name: "FloodSummarySentAfterRestart", Fn: TestFloodSummarySentAfterRestart},
+	{Name: "BaselineCatchesCPUJump", Fn: TestBaselineCatchesCPUJump},
+	{Name: "PutRuleKeepsStateAcrossCosmeticChange", Fn: TestPutRuleKeepsStateAcrossCosmeticChange},
+}
+
+// TestConformance runs the engine's tests on PostgreSQL (pgtest: skipped
+// without one unless CI=true); the package's tests run them on bbolt.
+func TestConformance(t *testing.T) {
+	srv := pgtest.Conformance(t, conformanceTests)
+	t.Run("ReplicasFireOnce", func(t *testing.T) { testReplicasFireOnce(t, srv) })
+}
+
+// testReplicasFireOnce: the same condition seen at once by two engines
+// sharing the database opens one alert per device, which absorbs the
+// other replica's firing; the dead letters the replicas record each get their own
+// ID.
+func testReplicasFireOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	clk := newClock()
+	open := func() *Engine {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	a := open()
+	if _, err := a.PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {
+		t.Fatal(err)
+	}
+	replicas := []*Engine{a, open()} // the second loads the rule
+	const devices, rounds = 20, 4
+	var start, wg sync.WaitGroup
+	start.Add(1)
+	for d := range devices {
+		for i := range 2 * rounds {
+			wg.Go(func() {
+				start.Wait()
+				id := fmt.Sprintf("d%d", d)
+				if err := replicas[i%2].Observe(id, clk.Now(), map[string]float64{"temp": 90}, nil); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	start.Done() // every firing at once
+	wg.Wait()
+	all, _, err := a.Alerts(Query{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != devices {
+		t.Fatalf("%d alerts for %d devices: %+v", len(all), devices, all)
+	}
+	for _, al := range all {
+		// Each replica fires once (its own state then holds the
+		// condition as firing): one opens the alert, the other's
+		// firing is absorbed.
+		if al.Count != 2 || al.State != StateFiring {
+			t.Errorf("alert of %s: count %d (want 2: one firing per replica), state %s", al.DeviceID, al.Count, al.State)
+		}
+	}
+	if fired := a.Stats().Fired + replicas[1].Stats().Fired; fired != devices {
+		t.Errorf("%d alerts reported opened by the replicas, want %d (one per device)", fired, devices)
+	}
+
+	for i := range 10 {
+		wg.Go(func() {
+			replicas[i%2].deadLetter("hook", Notification{Transition: TransitionFiring, Alert: all[0]}, 1, errDown, false)
+		})
+	}
+	wg.Wait()
+	dls, _, err := replicas[1].DeadLetters(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[uint64]bool{}
+	for _, d := range dls {
+		ids[d.ID] = true
+	}
+	if len(dls) != 10 || len(ids) != 10 {
+		t.Fatalf("%d dead letters with %d IDs, want 10 each", len(dls), len(ids))
+	}
+}

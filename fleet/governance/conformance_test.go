@@ -1,0 +1,120 @@
+package governance_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+)
+
+// openBackend opens cfg in bbolt, or in PostgreSQL under
+// TestConformance/postgres (the inventory stays in bbolt).
+func openBackend(t testing.TB, cfg governance.Config) (*governance.Service, error) {
+	db, ok := pgtest.Database(t, cfg.Path)
+	if !ok {
+		return governance.Open(cfg)
+	}
+	return governance.OpenPostgres(context.Background(), db, cfg)
+}
+
+// conformanceTests are the service's tests run against both backends
+// (the others run in a synctest bubble or need no store).
+var conformanceTests = []pgtest.Test{
+	{Name: "EnrollOnlyWhatATPMCanProve", Fn: TestEnrollOnlyWhatATPMCanProve},
+	{Name: "OrphanedDevicesAreFlaggedAndCleared", Fn: TestOrphanedDevicesAreFlaggedAndCleared},
+	{Name: "DormantDeviceIsAlertedAndRevokedByPolicy", Fn: TestDormantDeviceIsAlertedAndRevokedByPolicy},
+	{Name: "DormantWithoutPolicyOnlyAlerts", Fn: TestDormantWithoutPolicyOnlyAlerts},
+	{Name: "CloneByEKIsQuarantined", Fn: TestCloneByEKIsQuarantined},
+	{Name: "CloneByConcurrentCertificateUse", Fn: TestCloneByConcurrentCertificateUse},
+	{Name: "CloneByTakeoverPingPong", Fn: TestCloneByTakeoverPingPong},
+	{Name: "MovingDeviceIsNotAClone", Fn: TestMovingDeviceIsNotAClone},
+	{Name: "StrictCloneGraceCountsAnyOverlap", Fn: TestStrictCloneGraceCountsAnyOverlap},
+	{Name: "StatePersistsAcrossRestart", Fn: TestStatePersistsAcrossRestart},
+	{Name: "BrokerPresenceOverridesAStaleConnectedFlag", Fn: TestBrokerPresenceOverridesAStaleConnectedFlag},
+	{Name: "FailedCloneQuarantineIsRetried", Fn: TestFailedCloneQuarantineIsRetried},
+	{Name: "RiskUsesRecordedIssueTimeAndPurpose", Fn: TestRiskUsesRecordedIssueTimeAndPurpose},
+	{Name: "ClonePendingStaysPending", Fn: TestClonePendingStaysPending},
+	{Name: "CloneQuarantineRevokesEverySerial", Fn: TestCloneQuarantineRevokesEverySerial},
+	{Name: "DormantRevokeRevokesEverySerial", Fn: TestDormantRevokeRevokesEverySerial},
+	{Name: "ScorePending", Fn: TestScorePending},
+	{Name: "RiskMovesWithEachFactor", Fn: TestRiskMovesWithEachFactor},
+	{Name: "RiskEvidenceNamesTheInputs", Fn: TestRiskEvidenceNamesTheInputs},
+	{Name: "RiskIsDeterministicCappedAndWeighted", Fn: TestRiskIsDeterministicCappedAndWeighted},
+	{Name: "RankingSortsTheFleetByRisk", Fn: TestRankingSortsTheFleetByRisk},
+	{Name: "ShadowDevicesAreRecordedAndAggregated", Fn: TestShadowDevicesAreRecordedAndAggregated},
+	{Name: "TriageDecisions", Fn: TestTriageDecisions},
+	{Name: "BlockListIsBounded", Fn: TestBlockListIsBounded},
+	{Name: "TriageIsBoundedUnderFlood", Fn: TestTriageIsBoundedUnderFlood},
+}
+
+// TestConformance runs the service's tests on PostgreSQL (pgtest:
+// skipped without one unless CI=true); the package's tests run them on
+// bbolt.
+func TestConformance(t *testing.T) {
+	srv := pgtest.Conformance(t, conformanceTests)
+	t.Run("ReplicasRaiseACloneOnce", func(t *testing.T) { testReplicasRaiseACloneOnce(t, srv) })
+}
+
+// countingQuarantiner counts the quarantines it passes on.
+type countingQuarantiner struct {
+	next governance.Quarantiner
+	n    atomic.Int64
+}
+
+func (q *countingQuarantiner) Quarantine(deviceID, reason string) error {
+	q.n.Add(1)
+	return q.next.Quarantine(deviceID, reason)
+}
+
+// testReplicasRaiseACloneOnce: an EK conflict reported at once to two
+// services sharing the database opens one incident, alerted and
+// quarantined once.
+func testReplicasRaiseACloneOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	f := newFleet(t, nil) // the inventory, and a service on bbolt left idle
+	q := &countingQuarantiner{next: governance.InventoryQuarantiner{Inventory: f.inv, Now: f.clock.Now}}
+	open := func() *governance.Service {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		cfg := f.cfg
+		cfg.Path, cfg.Quarantiner = "", q
+		s, err := governance.OpenPostgres(t.Context(), db, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	replicas := []*governance.Service{open(), open()}
+	const devices = 4
+	for n := range devices {
+		d := f.device(n+1, nil)
+		var wg sync.WaitGroup
+		for i := range 6 {
+			wg.Go(func() {
+				if err := replicas[i%2].EKConflict(d.ID, "EK proven by a client claiming another identity"); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if a := f.alerts.of(governance.KindClone, d.ID); len(a) != 1 {
+			t.Fatalf("device %d: %d clone alerts, want 1", n, len(a))
+		}
+	}
+	if q.n.Load() != devices {
+		t.Fatalf("%d quarantines for %d devices, want one each", q.n.Load(), devices)
+	}
+	for _, r := range replicas {
+		if clones, err := r.Clones(false); err != nil || len(clones) != devices {
+			t.Fatalf("incidents: %d, %v; want %d", len(clones), err, devices)
+		}
+	}
+}
