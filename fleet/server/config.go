@@ -175,20 +175,5 @@ type GovernanceConfig = governance.Settings
 // AlertFlood is the alert_flood configuration (alert.FloodConfig).
 type AlertFlood = alert.FloodConfig
 
-// LoginThrottle is the login_throttle configuration: how failed logins
-// slow down and lock out further attempts (fleet/auth Throttle).
-type LoginThrottle struct {
-	// Failures is how many failed logins for one user name from one source
-	// address lock that pair out for Lockout. Default 5.
-	Failures int `json:"failures"`
-	// Lockout is how long a locked-out pair waits. Default 15m.
-	Lockout config.Duration `json:"lockout"`
-	// BaseDelay is the wait after a name's first failure from an address,
-	// doubled by each further one (up to a minute). Default 1s.
-	BaseDelay config.Duration `json:"base_delay"`
-}
-
-// throttle is the auth service's Throttle (its defaults for zero fields).
-func (c LoginThrottle) throttle() auth.Throttle {
-	return auth.Throttle{Failures: c.Failures, Lockout: time.Duration(c.Lockout), BaseDelay: time.Duration(c.BaseDelay)}
-}
+// LoginThrottle is the login_throttle configuration (auth.ThrottleConfig).
+type LoginThrottle = auth.ThrottleConfig
