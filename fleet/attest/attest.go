@@ -136,9 +136,14 @@ type Config struct {
 	// QueueWait bounds how long Submit waits for room in a full queue
 	// before it drops the evidence (counted in Stats). Default 5s.
 	QueueWait time.Duration
-	Now       func() time.Time
-	Rand      io.Reader
-	Logger    *slog.Logger
+	// State holds what spans several messages of a device — nonces,
+	// unanswered challenges, sessions and their verdicts — where every
+	// replica sharing it sees it (OpenStatePostgres). Nil: in this
+	// process's memory.
+	State  State
+	Now    func() time.Time
+	Rand   io.Reader
+	Logger *slog.Logger
 }
 
 // queueTotal is how much evidence the shards' queues hold together, each
@@ -160,33 +165,12 @@ type Service struct {
 	queued, dropped atomic.Uint64
 	// rec gathers verdicts for their writes (CommitDelay).
 	rec recorder
+	// state holds what spans messages (Config.State).
+	state State
 
-	mu         sync.Mutex
-	nonces     map[string]nonce     // hex nonce -> issue
-	open       map[string][]string  // device -> its nonces, oldest first (some may be gone)
-	unanswered map[string]int       // device -> challenges sent since its last evidence
-	lastSeen   map[string]time.Time // device -> last evidence (or service start)
-	sessions   map[string]*session  // device -> its current broker session
-	started    time.Time
-	onQuar     func(time.Duration)
-	onVerdict  func(deviceID string, rec *Record, latency time.Duration)
-}
-
-type nonce struct {
-	deviceID string
-	purpose  string // "" (attestation) or wire.PurposeRenew
-	issued   time.Time
-	expires  time.Time
-	sels     []wire.PCRSelection
-}
-
-// session is what the service knows of a device's current broker session.
-type session struct {
-	start time.Time // admitted at the broker
-	// passIssued is when the fleet issued the nonce of the device's newest
-	// verdict, if that verdict passed (zero otherwise); passAt is when it
-	// was judged.
-	passIssued, passAt time.Time
+	mu        sync.Mutex
+	onQuar    func(time.Duration)
+	onVerdict func(deviceID string, rec *Record, latency time.Duration)
 }
 
 type job struct {
@@ -242,15 +226,14 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.State == nil {
+		cfg.State = newMemState(cfg.Now)
+	}
 	shards := make([]chan job, cfg.Workers)
 	for i := range shards {
 		shards[i] = make(chan job, max(queueTotal/cfg.Workers, minQueue))
 	}
-	return &Service{
-		cfg: cfg, log: cfg.Logger, shards: shards,
-		nonces: map[string]nonce{}, open: map[string][]string{}, unanswered: map[string]int{}, lastSeen: map[string]time.Time{},
-		sessions: map[string]*session{}, started: cfg.Now(),
-	}, nil
+	return &Service{cfg: cfg, log: cfg.Logger, shards: shards, state: cfg.State}, nil
 }
 
 // OnQuarantine registers a callback receiving the time from the failing
@@ -300,7 +283,9 @@ func (s *Service) Run(ctx context.Context) error {
 			wg.Wait()
 			return nil
 		case <-tick.C:
-			s.expireNonces()
+			if err := s.state.Expire(ctx); err != nil {
+				s.log.Warn("expiring nonces failed", "err", err)
+			}
 			if err := s.sweepStale(); err != nil {
 				s.log.Warn("stale sweep failed", "err", err)
 			}
@@ -323,12 +308,9 @@ func (s *Service) challenge(deviceID, purpose string) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.dropOldestNonce(deviceID)
-	s.open[deviceID] = append(s.open[deviceID], hex.EncodeToString(n))
-	s.nonces[hex.EncodeToString(n)] = nonce{deviceID: deviceID, purpose: purpose, issued: now, expires: now.Add(s.cfg.NonceTTL), sels: s.cfg.Selections}
-	s.unanswered[deviceID]++
-	s.mu.Unlock()
+	if err := s.state.Issue(context.TODO(), &Nonce{Value: n, DeviceID: deviceID, Purpose: purpose, Issued: now, Selections: s.cfg.Selections}, s.cfg.NonceTTL); err != nil {
+		return fmt.Errorf("attest: challenge: %w", err)
+	}
 	return s.cfg.Send(deviceID, "attest", b)
 }
 
@@ -393,68 +375,16 @@ func (s *Service) shard(deviceID string) chan job {
 	return s.shards[int(h.Sum32())%len(s.shards)]
 }
 
-// maxOpenNonces bounds the challenges a device may have outstanding; the
-// oldest is dropped beyond it.
-const maxOpenNonces = 4
-
-func (s *Service) expireNonces() {
-	now := s.cfg.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, n := range s.nonces {
-		if now.After(n.expires) {
-			delete(s.nonces, k)
-		}
-	}
-	for id := range s.open {
-		s.pruneNonces(id)
-	}
-}
-
-// dropOldestNonce keeps a device's open nonces under maxOpenNonces; s.mu
-// is held.
-func (s *Service) dropOldestNonce(deviceID string) {
-	open := s.pruneNonces(deviceID)
-	for len(open) >= maxOpenNonces {
-		delete(s.nonces, open[0])
-		open = open[1:]
-	}
-	s.open[deviceID] = open
-}
-
-// pruneNonces forgets a device's used or expired nonces; s.mu is held.
-func (s *Service) pruneNonces(deviceID string) []string {
-	open := s.open[deviceID][:0]
-	for _, k := range s.open[deviceID] {
-		if _, ok := s.nonces[k]; ok {
-			open = append(open, k)
-		}
-	}
-	if len(open) == 0 {
-		delete(s.open, deviceID)
-		return nil
-	}
-	s.open[deviceID] = open
-	return open
-}
-
 // takeNonce consumes a nonce issued to deviceID for purpose ("" for a plain
 // attestation, wire.PurposeRenew for a renewal). A nonce presented for
 // another purpose than it was issued for is consumed and refused.
-func (s *Service) takeNonce(deviceID string, n []byte, purpose string) (nonce, error) {
-	k := hex.EncodeToString(n)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	iss, ok := s.nonces[k]
-	if !ok || iss.deviceID != deviceID {
-		return nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce unknown, already used or issued to another device", nil)
+func (s *Service) takeNonce(deviceID string, n []byte, purpose string) (Nonce, error) {
+	iss, err := s.state.Take(context.TODO(), deviceID, n)
+	if err != nil {
+		return Nonce{}, err
 	}
-	delete(s.nonces, k)
-	if s.cfg.Now().After(iss.expires) {
-		return nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce expired", nil)
-	}
-	if iss.purpose != purpose {
-		return nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce issued for another purpose", nil)
+	if iss.Purpose != purpose {
+		return Nonce{}, wire.Refuse(wire.ReasonNonceInvalid, "nonce issued for another purpose", nil)
 	}
 	return iss, nil
 }
@@ -473,7 +403,7 @@ func (s *Service) Verify(dev *inventory.Device, env *wire.Envelope, raw []byte) 
 func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, purpose string) (*Record, time.Time) {
 	sum := sha256.Sum256(raw)
 	rec := &Record{Time: s.cfg.Now().UTC(), DeviceID: dev.ID, EvidenceDigest: hex.EncodeToString(sum[:]), Result: wire.VerdictFail}
-	var iss nonce
+	var iss Nonce
 	fail := func(err error) (*Record, time.Time) {
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -482,7 +412,7 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 			rec.Code, rec.Reason, rec.Message = wire.ReasonInternal, wire.ReasonInternal.String(), "internal error"
 			s.log.Error("attestation check failed internally", "device_id", dev.ID, "err", err)
 		}
-		return rec, iss.issued
+		return rec, iss.Issued
 	}
 	var ev wire.AttestEvidence
 	if err := wire.DecodeBody(env, wire.TypeAttestEvidence, &ev); err != nil {
@@ -502,12 +432,12 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 	if err != nil {
 		return fail(err)
 	}
-	if len(ev.Quotes) != len(iss.sels) {
-		return fail(wire.Refuse(wire.ReasonQuoteInvalid, fmt.Sprintf("%d quotes for %d requested banks", len(ev.Quotes), len(iss.sels)), nil))
+	if len(ev.Quotes) != len(iss.Selections) {
+		return fail(wire.Refuse(wire.ReasonQuoteInvalid, fmt.Sprintf("%d quotes for %d requested banks", len(ev.Quotes), len(iss.Selections)), nil))
 	}
 	pcrs := map[string]map[int][]byte{}
 	var quotes []*verifier.VerifiedQuote
-	for i, sel := range iss.sels {
+	for i, sel := range iss.Selections {
 		vq, err := verifier.VerifyQuote(ak, ev.Nonce, sel, &ev.Quotes[i])
 		if err != nil {
 			return fail(err)
@@ -560,13 +490,13 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 		if choice.FailClosed() {
 			rec.Code, rec.Reason = wire.ReasonNoPolicy, wire.ReasonNoPolicy.String()
 			rec.Message = fmt.Sprintf("no reference policy of model %s matches firmware %q (group %q): the device reports an unexpected firmware", dev.Model, firmware, dev.Group)
-			return rec, iss.issued
+			return rec, iss.Issued
 		}
 		if err := counters(); err != nil {
 			return fail(err)
 		}
 		rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonNoPolicy, wire.ReasonNoPolicy.String(), "evidence verified; no reference policy applies to this model and firmware"
-		return rec, iss.issued
+		return rec, iss.Issued
 	}
 	v := pol.Evaluate(policy.NewEvidence(dev.Model, firmware, log, quotes...))
 	rec.PolicyID, rec.PolicyVersion, rec.Failures = v.PolicyID, v.PolicyVersion, v.Failures
@@ -575,13 +505,13 @@ func (s *Service) verify(dev *inventory.Device, env *wire.Envelope, raw []byte, 
 		rec.Code, rec.Reason = wire.ReasonPolicyViolation, wire.ReasonPolicyViolation.String()
 		rec.Message = summarize(v.Failures)
 		_ = counters() // still note a reboot; the policy failure is the verdict
-		return rec, iss.issued
+		return rec, iss.Issued
 	}
 	if err := counters(); err != nil {
 		return fail(err)
 	}
 	rec.Result, rec.Code, rec.Reason, rec.Message = wire.VerdictPass, wire.ReasonOK, wire.ReasonOK.String(), "evidence verified and matches policy "+pol.Name
-	return rec, iss.issued
+	return rec, iss.Issued
 }
 
 func summarize(fs []policy.Failure) string {
@@ -621,25 +551,19 @@ func (s *Service) evidence(j job) *Record {
 		return nil
 	}
 	rec, challenged := s.verify(dev, j.env, j.raw, j.purpose)
-	if rec.Code == wire.ReasonNonceInvalid || rec.Code == wire.ReasonBadRequest {
+	if rec.Code == wire.ReasonNonceInvalid || rec.Code == wire.ReasonBadRequest || challenged.IsZero() {
 		// Not fresh evidence bound to a nonce the fleet issued (malformed,
-		// replayed or stale): answer, never act on it — it can neither
-		// release nor condemn the device.
+		// replayed or stale), or a nonce the state could not look up:
+		// answer, never act on it — it can neither release nor condemn
+		// the device.
 		s.log.Warn("attestation evidence refused", "device_id", dev.ID, "reason", rec.Reason, "message", rec.Message)
 		s.verdict(dev.ID, rec)
 		return rec
 	}
 	if !rec.DeviceError {
-		s.mu.Lock()
-		s.unanswered[dev.ID] = 0
-		s.lastSeen[dev.ID] = j.at
-		if ss := s.sessions[dev.ID]; ss != nil {
-			ss.passIssued, ss.passAt = time.Time{}, time.Time{}
-			if rec.Result == wire.VerdictPass {
-				ss.passIssued, ss.passAt = challenged, rec.Time
-			}
+		if err := s.state.Answered(context.TODO(), dev.ID, j.at, rec.Result == wire.VerdictPass, challenged, rec.Time); err != nil {
+			s.log.Error("recording the device's answer failed", "device_id", dev.ID, "err", err)
 		}
-		s.mu.Unlock()
 	}
 
 	// Act on the policy that was evaluated (not one selected again).
@@ -961,17 +885,22 @@ var ErrNoCurrentVerdict = errors.New("attest: no current passing attestation")
 // of deviceID at t. Verdicts on nonces issued before t do not count for
 // Current: each session proves itself anew. The fleet calls it for every
 // admitted connection before that connection can publish.
+//
+// With a shared State, the session starts at the database's time of the
+// call instead of t, the clock the nonces' issue times come from too.
 func (s *Service) SessionStarted(deviceID string, t time.Time) {
-	s.mu.Lock()
-	s.sessions[deviceID] = &session{start: t}
-	s.mu.Unlock()
+	if err := s.state.SessionStarted(context.TODO(), deviceID, t); err != nil {
+		// Fail closed: the earlier session's pass may still count until
+		// the next verdict, which the device is asked for at once.
+		s.log.Error("starting the device's session failed", "device_id", deviceID, "err", err)
+	}
 }
 
 // SessionEnded tells the service that the device's last connection ended.
 func (s *Service) SessionEnded(deviceID string) {
-	s.mu.Lock()
-	delete(s.sessions, deviceID)
-	s.mu.Unlock()
+	if err := s.state.SessionEnded(context.TODO(), deviceID); err != nil {
+		s.log.Error("ending the device's session failed", "device_id", deviceID, "err", err)
+	}
 }
 
 // Current reports whether credentials (SSH certificates, secrets) may go
@@ -989,17 +918,11 @@ func (s *Service) Current(deviceID string) error {
 	if d.State != inventory.StateActive || d.Attestation != wire.VerdictPass {
 		return fmt.Errorf("%w: device is %s, last verdict %q", ErrNoCurrentVerdict, d.State, d.Attestation)
 	}
-	now := s.cfg.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ss := s.sessions[deviceID]
-	switch {
-	case ss == nil:
-		return fmt.Errorf("%w: the device has no session", ErrNoCurrentVerdict)
-	case ss.passAt.IsZero() || ss.passIssued.Before(ss.start):
-		return fmt.Errorf("%w: no passing attestation in the device's current session", ErrNoCurrentVerdict)
-	case now.Sub(ss.passAt) > s.cfg.VerdictMaxAge:
-		return fmt.Errorf("%w: the last passing attestation is %s old (at most %s)", ErrNoCurrentVerdict, now.Sub(ss.passAt).Round(time.Second), s.cfg.VerdictMaxAge)
+	if err := s.state.Current(context.TODO(), deviceID, s.cfg.VerdictMaxAge); err != nil {
+		if !errors.Is(err, ErrNoCurrentVerdict) {
+			return fmt.Errorf("%w: %w", ErrNoCurrentVerdict, err)
+		}
+		return err
 	}
 	return nil
 }
@@ -1007,28 +930,34 @@ func (s *Service) Current(deviceID string) error {
 // sweepStale flags devices that missed StaleAfter intervals or left
 // StaleAfter challenges unanswered.
 func (s *Service) sweepStale() error {
-	now := s.cfg.Now()
 	after := ""
 	for {
 		devs, next, err := s.cfg.Inventory.ListDevices(context.TODO(), inventory.Filter{After: after, Limit: 1000})
 		if err != nil {
 			return err
 		}
+		ids := make([]string, 0, len(devs))
+		for i := range devs {
+			if devs[i].State == inventory.StateActive || devs[i].State == inventory.StateQuarantined {
+				ids = append(ids, devs[i].ID)
+			}
+		}
+		live, err := s.state.Liveness(context.TODO(), ids)
+		if err != nil {
+			return err
+		}
+		k := 0
 		for i := range devs {
 			d := &devs[i]
 			if d.State != inventory.StateActive && d.State != inventory.StateQuarantined {
 				continue
 			}
-			s.mu.Lock()
-			last, ok := s.lastSeen[d.ID]
-			if !ok {
-				last = s.started
-			}
-			missed := s.unanswered[d.ID]
-			s.mu.Unlock()
-			silent := now.Sub(last) > time.Duration(s.cfg.StaleAfter)*s.cfg.Interval
+			l := live[k]
+			k++
+			missed := l.Unanswered
+			silent := l.Silent > time.Duration(s.cfg.StaleAfter)*s.cfg.Interval
 			if (silent || missed >= s.cfg.StaleAfter) && !d.HasFlag(FlagStale) {
-				why := fmt.Sprintf("no attestation for %s", now.Sub(last).Round(time.Second))
+				why := fmt.Sprintf("no attestation for %s", l.Silent.Round(time.Second))
 				if missed >= s.cfg.StaleAfter {
 					why = fmt.Sprintf("%d attestation challenges unanswered", missed)
 				}

@@ -31,13 +31,13 @@ package enroll
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,6 +127,12 @@ type Config struct {
 	// enroll from the triage list are trusted (trust path PathTriage),
 	// and unknown EKs and clone suspicions are reported to it.
 	Identities Identities
+
+	// Sessions holds what spans a device's messages — open and used
+	// sessions, the clients pending devices wait on — where every replica
+	// sharing it sees it (OpenSessionsPostgres). Nil: in this process's
+	// memory.
+	Sessions Sessions
 }
 
 // Identities is what enrollment asks of and tells identity governance
@@ -162,13 +168,12 @@ type Service struct {
 	// messages, refusals): bootstrap clients are anonymous.
 	limit *loglimit.Limiter
 
-	mu       sync.Mutex
-	sessions map[string]*session    // by session hex
-	byClient map[string][]string    // bootstrap client ID -> its open sessions, oldest first
-	used     map[string]time.Time   // consumed sessions, for replay answers
-	seen     map[string]time.Time   // message IDs seen
-	clients  map[string]string      // device ID -> bootstrap client ID of pending devices
-	failed   map[string]*failedNote // device ID -> anonymous activation failures being counted
+	// sessions holds what spans messages (Config.Sessions).
+	sessions Sessions
+
+	mu     sync.Mutex
+	seen   map[string]time.Time   // message IDs seen
+	failed map[string]*failedNote // device ID -> anonymous activation failures being counted
 
 	stats Stats
 }
@@ -185,24 +190,6 @@ type Stats struct {
 type job struct {
 	clientID string
 	payload  []byte
-}
-
-type session struct {
-	clientID string
-	id       []byte
-	nonce    []byte
-	secret   []byte
-	expires  time.Time
-	req      *wire.EnrollRequest
-	ek       *verifier.EK
-	ak       *verifier.AK
-	tk       *verifier.TransportKey
-	path     string            // "" = pending
-	existing *inventory.Device // the record when the request arrived; decisions re-read it
-	clone    string            // why this looks like a clone, decided after activation
-	// model and group are the fleet's for this device: the inventory's
-	// for a known device, else the token's grant.
-	model, group string
 }
 
 // failedNote counts the failed activations of a known EK since the last
@@ -239,10 +226,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Sessions == nil {
+		cfg.Sessions = newMemSessions(cfg.Now)
+	}
 	return &Service{
 		cfg: cfg, log: cfg.Logger, q: make(chan job, cfg.Queue), limit: loglimit.New(cfg.Logger, loglimit.Config{Now: cfg.Now}),
-		sessions: map[string]*session{}, byClient: map[string][]string{}, used: map[string]time.Time{}, seen: map[string]time.Time{}, clients: map[string]string{},
-		failed: map[string]*failedNote{},
+		sessions: cfg.Sessions, seen: map[string]time.Time{}, failed: map[string]*failedNote{},
 	}, nil
 }
 
@@ -369,63 +358,20 @@ func (s *Service) expire() {
 	}
 	s.expireLocked(now.Add(-time.Hour))
 	s.mu.Unlock()
+	if err := s.sessions.Expire(context.TODO(), time.Hour); err != nil {
+		s.log.Warn("expiring enrollment sessions failed", "err", err)
+	}
 	for id, n := range pending {
 		s.recordFailed(id, fmt.Sprintf("%d more enrollments with this device's EK failed credential activation", n), now)
 	}
 }
 
-// dropLocked forgets an open session.
-func (s *Service) dropLocked(key string, sess *session) {
-	delete(s.sessions, key)
-	keys := slices.DeleteFunc(s.byClient[sess.clientID], func(k string) bool { return k == key })
-	if len(keys) == 0 {
-		delete(s.byClient, sess.clientID)
-	} else {
-		s.byClient[sess.clientID] = keys
-	}
-}
-
-// openLocked stores a new session of its client. The client's earlier
-// session for the same EK ends (it asked again), and so does its oldest
-// when it holds maxClientSessions; other clients' sessions are never
-// touched.
-func (s *Service) openLocked(sess *session) error {
-	for _, k := range slices.Clone(s.byClient[sess.clientID]) {
-		if old := s.sessions[k]; old != nil && old.ek.Fingerprint == sess.ek.Fingerprint {
-			s.dropLocked(k, old)
-		}
-	}
-	if keys := s.byClient[sess.clientID]; len(keys) >= maxClientSessions {
-		s.dropLocked(keys[0], s.sessions[keys[0]])
-	}
-	if len(s.sessions) >= maxSessions {
-		return wire.Refuse(wire.ReasonRateLimited, "too many enrollments in progress", nil)
-	}
-	key := hex.EncodeToString(sess.id)
-	if old := s.sessions[key]; old != nil {
-		s.dropLocked(key, old) // a 128-bit collision: only with a broken or replayed Rand
-	}
-	s.sessions[key] = sess
-	s.byClient[sess.clientID] = append(s.byClient[sess.clientID], key)
-	return nil
-}
-
-// expireLocked drops expired sessions and replay records older than cutoff.
+// expireLocked drops the failure counts and message IDs older than
+// cutoff (sessions: Sessions.Expire).
 func (s *Service) expireLocked(cutoff time.Time) {
-	now := s.cfg.Now()
-	for k, v := range s.sessions {
-		if now.After(v.expires) {
-			s.dropLocked(k, v)
-		}
-	}
 	for id, n := range s.failed {
 		if n.suppressed == 0 && n.recorded.Before(cutoff) { // counts wait for expire to record them
 			delete(s.failed, id)
-		}
-	}
-	for k, t := range s.used {
-		if t.Before(cutoff) {
-			delete(s.used, k)
 		}
 	}
 	for k, t := range s.seen {
@@ -514,28 +460,28 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 		// pending, with the serial it first claimed, until approved.
 		clone = fmt.Sprintf("EK presented with serial %q, enrolled as %q", req.Serial, existing.Serial)
 	}
-	sess := &session{
-		clientID: clientID, id: make([]byte, 16), nonce: make([]byte, 32), secret: make([]byte, 32),
+	sess := &Session{
+		clientID: clientID, id: make([]byte, 16), nonce: make([]byte, 32),
 		expires: s.cfg.Now().Add(s.cfg.ChallengeTTL), req: &req, ek: ek, ak: ak, tk: tk, path: path, existing: existing, clone: clone,
 	}
+	secret := make([]byte, 32)
 	sess.model, sess.group = assignment(existing, tok)
-	for _, b := range [][]byte{sess.id, sess.nonce, sess.secret} {
+	for _, b := range [][]byte{sess.id, sess.nonce, secret} {
 		if _, err := io.ReadFull(s.cfg.Rand, b); err != nil {
 			return err
 		}
 	}
-	blob, encSecret, err := verifier.MakeCredential(s.cfg.Rand, ek, ak, sess.secret)
+	blob, encSecret, err := verifier.MakeCredential(s.cfg.Rand, ek, ak, secret)
 	if err != nil {
 		return err
 	}
+	proof := verifier.ActivationProof(secret, sess.id, sess.nonce)
+	sess.digest = activationDigest(proof)
 	eventLog, err := s.wantsEventLog(sess)
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	err = s.openLocked(sess)
-	s.mu.Unlock()
-	if err != nil {
+	if err := s.sessions.Open(context.TODO(), sess, proof, s.cfg.ChallengeTTL); err != nil {
 		return err
 	}
 	ch := &wire.EnrollChallenge{
@@ -650,28 +596,13 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	if err := wire.DecodeBody(env, wire.TypeEnrollProof, &p); err != nil {
 		return bad(err)
 	}
-	key := hex.EncodeToString(p.Session)
 	now := s.cfg.Now()
-	s.mu.Lock()
-	sess := s.sessions[key]
-	if sess != nil && sess.clientID == clientID {
-		s.dropLocked(key, sess)
-		s.used[key] = now
-	} else {
-		sess = nil // another client's session is not this client's to answer, nor to end
+	sess, err := s.sessions.Take(context.TODO(), p.Session, clientID, p.Activation)
+	if err != nil {
+		return err
 	}
-	_, used := s.used[key]
-	s.mu.Unlock()
-	if sess == nil {
-		if used {
-			return wire.Refuse(wire.ReasonReplay, "enrollment session already used", nil)
-		}
-		return wire.Refuse(wire.ReasonChallengeExpired, "unknown enrollment session", nil)
-	}
-	if now.After(sess.expires) {
-		return wire.Refuse(wire.ReasonChallengeExpired, "enrollment session expired", nil)
-	}
-	if err := verifier.CheckActivation(sess.secret, sess.id, sess.nonce, p.Activation); err != nil {
+	if subtle.ConstantTimeCompare(activationDigest(p.Activation), sess.digest) != 1 {
+		err := wire.Refuse(wire.ReasonActivationFailed, "credential activation proof is wrong", nil)
 		if sess.existing != nil {
 			// Recorded, not flagged: a wrong answer proves nothing about the
 			// enrolled device, and anyone can send its public EK.
@@ -738,7 +669,7 @@ func (s *Service) recordFailed(deviceID, detail string, now time.Time) {
 // choose is how the device of sess is judged: by the fleet's model and
 // group for it and the firmware it reports. Without Policies it is judged
 // by nothing.
-func (s *Service) choose(sess *session) (policy.Choice, error) {
+func (s *Service) choose(sess *Session) (policy.Choice, error) {
 	if s.cfg.Policies == nil || (sess.existing != nil && sess.existing.State == inventory.StateQuarantined) {
 		return policy.Choice{}, nil // a quarantined device re-enrolls only into a session to prove itself
 	}
@@ -747,7 +678,7 @@ func (s *Service) choose(sess *session) (policy.Choice, error) {
 
 // wantsEventLog reports whether the challenge asks for the event log: the
 // policy that will judge the first quote has event rules.
-func (s *Service) wantsEventLog(sess *session) (bool, error) {
+func (s *Service) wantsEventLog(sess *Session) (bool, error) {
 	c, err := s.choose(sess)
 	return c.Policy != nil && c.Policy.Events != nil, err
 }
@@ -758,7 +689,7 @@ func (s *Service) wantsEventLog(sess *session) (bool, error) {
 // no policy for that firmware where the model has some, it fails closed. A
 // policy with event rules fails a device that sent no log (Evaluate says
 // so); a log that does not replay to the quote is refused.
-func (s *Service) judgeFirstQuote(sess *session, vq *verifier.VerifiedQuote, eventLog []byte) error {
+func (s *Service) judgeFirstQuote(sess *Session, vq *verifier.VerifiedQuote, eventLog []byte) error {
 	c, err := s.choose(sess)
 	if err != nil {
 		return err
@@ -797,7 +728,7 @@ var errStateChanged = wire.Refuse(wire.ReasonChallengeExpired, "the device's sta
 // is set at first enrollment only; the model the device names is kept as
 // its claim. The model and group are the fleet's: what a token grants
 // (grant, nil on other paths), else what the record holds.
-func (s *Service) apply(d *inventory.Device, exists bool, sess *session, grant *inventory.Token, now time.Time) error {
+func (s *Service) apply(d *inventory.Device, exists bool, sess *Session, grant *inventory.Token, now time.Time) error {
 	if exists && d.EKFingerprint != sess.ek.Fingerprint {
 		return errStateChanged
 	}
@@ -821,7 +752,7 @@ func (s *Service) apply(d *inventory.Device, exists bool, sess *session, grant *
 const maxPending = 10000
 
 // hold records a verified device that waits for approval.
-func (s *Service) hold(env *wire.Envelope, sess *session) error {
+func (s *Service) hold(env *wire.Envelope, sess *Session) error {
 	now := s.cfg.Now().UTC()
 	if sess.existing == nil {
 		counts, err := s.cfg.Inventory.Counts(context.TODO())
@@ -850,9 +781,9 @@ func (s *Service) hold(env *wire.Envelope, sess *session) error {
 	if created {
 		_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: sess.ek.DeviceID, Kind: "pending", Detail: "verified; waiting for operator approval"})
 	}
-	s.mu.Lock()
-	s.clients[sess.ek.DeviceID] = sess.clientID
-	s.mu.Unlock()
+	if err := s.sessions.Waiting(context.TODO(), sess.ek.DeviceID, sess.clientID); err != nil {
+		s.log.Warn("recording the client a pending device waits on failed", "device_id", sess.ek.DeviceID, "err", err)
+	}
 	s.stats.Pending.Add(1)
 	s.reply(sess.clientID, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending,
 		Message: "verified; waiting for operator approval", DeviceID: sess.ek.DeviceID, RetryAfter: 30, Session: sess.id})
@@ -862,7 +793,7 @@ func (s *Service) hold(env *wire.Envelope, sess *session) error {
 // issue signs the certificate and records the device, deciding on the
 // record as it is now: a device quarantined or decommissioned since the
 // request keeps that state.
-func (s *Service) issue(env *wire.Envelope, sess *session) error {
+func (s *Service) issue(env *wire.Envelope, sess *Session) error {
 	now := s.cfg.Now().UTC()
 	id := sess.ek.DeviceID
 	cert, err := s.cfg.CA.IssueDevice(id, sess.tk.Key, s.cfg.DeviceLifetime)
@@ -917,9 +848,9 @@ func (s *Service) issue(env *wire.Envelope, sess *session) error {
 		return err
 	}
 	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: id, Kind: kind, Detail: "trust path " + d.TrustPath + ", certificate " + serial})
-	s.mu.Lock()
-	delete(s.clients, id)
-	s.mu.Unlock()
+	if err := s.sessions.Enrolled(context.TODO(), id); err != nil {
+		s.log.Warn("forgetting the client an enrolled device waited on failed", "device_id", id, "err", err)
+	}
 	s.stats.Enrolled.Add(1)
 	s.log.Info("device enrolled", "device_id", id, "model", d.Model, "state", d.State, "trust_path", d.TrustPath, "cert_serial", serial)
 	fwTrust, fwRotations := s.firmwareTrust()
@@ -957,9 +888,10 @@ func (s *Service) Approve(deviceID, by string) error {
 		return err
 	}
 	_ = s.cfg.Inventory.AddEvent(context.TODO(), inventory.Event{Time: s.cfg.Now(), DeviceID: deviceID, Kind: "approved", Detail: "approved by " + by})
-	s.mu.Lock()
-	clientID := s.clients[deviceID]
-	s.mu.Unlock()
+	clientID, err := s.sessions.Client(context.TODO(), deviceID)
+	if err != nil {
+		s.log.Warn("looking up the client a pending device waits on failed", "device_id", deviceID, "err", err)
+	}
 	if clientID != "" {
 		if b, err := wire.Encode(wire.TypeEnrollRetry, nil, s.cfg.Now(), &wire.Retry{}); err == nil {
 			_ = s.cfg.Send(clientID, "retry", b)

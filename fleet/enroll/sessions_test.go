@@ -32,7 +32,7 @@ func sessionHarness(t *testing.T, rec *recording, maxEvents int) *harness {
 	}
 	h := &harness{inv: inv, ca: fleetCA, rand: newReplayRand()}
 	if h.svc, err = enroll.New(enroll.Config{
-		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand,
+		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Sessions: testSessions(t),
 		Send: func(_, _ string, payload []byte) error {
 			h.mu.Lock()
 			h.sent = payload
@@ -159,7 +159,7 @@ func TestClientSessionsBounded(t *testing.T) {
 	h := sessionHarness(t, rec, 0)
 	var err error
 	if h.svc, err = enroll.New(enroll.Config{
-		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, ManualApproval: true,
+		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Sessions: testSessions(t), ManualApproval: true,
 		Send: func(_, _ string, payload []byte) error {
 			h.mu.Lock()
 			h.sent = payload
@@ -208,7 +208,7 @@ func TestFailedActivationsCounted(t *testing.T) {
 	now := time.Now()
 	var err error
 	if h.svc, err = enroll.New(enroll.Config{
-		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Now: func() time.Time { return now },
+		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Sessions: testSessions(t), Now: func() time.Time { return now },
 		Send: func(_, _ string, payload []byte) error {
 			h.mu.Lock()
 			h.sent = payload

@@ -1,0 +1,235 @@
+package attest
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/tpm"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/pkg/wire"
+	"github.com/sigil-iot/sigil/sim/softtpm"
+)
+
+// replicaSet is n attestation services on one PostgreSQL database, as n
+// `sigil serve` replicas run them, and one device on a software TPM that
+// they all know. Each replica's messages to the device are kept apart, so
+// that a test can take a challenge from one and answer another.
+type replicaSet struct {
+	svcs []*Service
+	inv  *inventory.Store
+	dev  string
+	tpm  *softtpm.TPM
+	ak   *tpm.KeyBlob
+
+	mu  sync.Mutex
+	out [][]*wire.Envelope // per replica, the messages it sent
+}
+
+func newReplicaSet(t *testing.T, n int) *replicaSet {
+	t.Helper()
+	url := pgtest.Start(t).NewDatabase(t)
+	r := &replicaSet{out: make([][]*wire.Envelope, n)}
+	seed := sha256.Sum256([]byte("replica device"))
+	var err error
+	if r.tpm, err = softtpm.New(softtpm.WithSeed(seed[:])); err != nil {
+		t.Fatal(err)
+	}
+	if r.ak, err = r.tpm.CreateAK(); err != nil {
+		t.Fatal(err)
+	}
+	r.dev = fmt.Sprintf("%x", seed[:16])
+	for i := range n {
+		// One pool per replica, as separate processes would have.
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		inv, err := inventory.OpenPostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { inv.Close() })
+		h, err := OpenHistoryPostgres(t.Context(), db, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		if i == 0 {
+			r.inv = inv
+			if err := inv.PutDevice(t.Context(), &inventory.Device{ID: r.dev, EKFingerprint: fmt.Sprintf("%x", seed), Model: "gw-1",
+				State: inventory.StateActive, CertSerial: "c0ffee01", AKPublic: r.ak.Public}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg := Config{Inventory: inv, History: h, Interval: time.Minute, StaleAfter: 2, CommitDelay: -1,
+			Send: func(_, _ string, b []byte) error {
+				env, err := wire.Decode(b)
+				if err != nil {
+					return err
+				}
+				r.mu.Lock()
+				r.out[i] = append(r.out[i], env)
+				r.mu.Unlock()
+				return nil
+			},
+			Disconnect: func(string) {}}
+		shareState(t, db, &cfg)
+		svc, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.svcs = append(r.svcs, svc)
+	}
+	return r
+}
+
+// challenge has replica i challenge the device and returns the nonce.
+func (r *replicaSet) challenge(t *testing.T, i int, purpose string) []byte {
+	t.Helper()
+	if err := r.svcs[i].challenge(r.dev, purpose); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	env := r.out[i][len(r.out[i])-1]
+	r.mu.Unlock()
+	var ch wire.AttestChallenge
+	if err := wire.DecodeBody(env, wire.TypeAttestChallenge, &ch); err != nil {
+		t.Fatal(err)
+	}
+	return ch.Nonce
+}
+
+// evidence is the device's answer to nonce.
+func (r *replicaSet) evidence(t *testing.T, nonce []byte) []byte {
+	t.Helper()
+	q, err := r.tpm.Quote(r.ak, nonce, wire.DefaultSelection())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := wire.Encode(wire.TypeAttestEvidence, nil, time.Now(), &wire.AttestEvidence{Nonce: nonce, Firmware: "1.0.0", Quotes: []wire.Quote{*q}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// judge has replica i judge raw, as its worker does once the evidence
+// reached it through the broker pool.
+func (r *replicaSet) judge(t *testing.T, i int, raw []byte) *Record {
+	t.Helper()
+	env, err := wire.Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := r.svcs[i].evidence(job{deviceID: r.dev, env: env, raw: raw, at: time.Now()})
+	if rec == nil {
+		t.Fatal("evidence dropped")
+	}
+	return rec
+}
+
+// TestReplicasShareNonces: a challenge one replica issued is answered on
+// another and passes; the nonce is then used up on every replica.
+func TestReplicasShareNonces(t *testing.T) {
+	r := newReplicaSet(t, 2)
+	raw := r.evidence(t, r.challenge(t, 0, ""))
+	if rec := r.judge(t, 1, raw); rec.Result != wire.VerdictPass {
+		t.Fatalf("evidence answering replica A's challenge, judged on B: %s %s (%s)", rec.Result, rec.Reason, rec.Message)
+	}
+	for i := range r.svcs {
+		if rec := r.judge(t, i, raw); rec.Code != wire.ReasonNonceInvalid {
+			t.Errorf("the same evidence replayed to replica %d: %s %s (%s), want nonce_invalid", i, rec.Result, rec.Reason, rec.Message)
+		}
+	}
+	// A renewal's nonce is not a plain attestation's, on any replica.
+	raw = r.evidence(t, r.challenge(t, 1, wire.PurposeRenew))
+	if rec := r.judge(t, 0, raw); rec.Code != wire.ReasonNonceInvalid {
+		t.Errorf("a renewal nonce from B presented as plain evidence on A: %s %s", rec.Reason, rec.Message)
+	}
+	// A renewal: the device asks replica A for a renewal nonce, and its
+	// renewal request, with the evidence, reaches replica B (rotation
+	// calls Judge there).
+	raw = r.evidence(t, r.challenge(t, 0, wire.PurposeRenew))
+	env, err := wire.Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev wire.AttestEvidence
+	if err := wire.DecodeBody(env, wire.TypeAttestEvidence, &ev); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := r.svcs[1].Judge(r.dev, &ev)
+	if err != nil || rec.Result != wire.VerdictPass {
+		t.Fatalf("renewal evidence for A's nonce judged on B: %+v, %v", rec, err)
+	}
+	if rec, err := r.svcs[0].Judge(r.dev, &ev); err != nil || rec.Code != wire.ReasonNonceInvalid {
+		t.Errorf("the renewal evidence replayed to A: %+v, %v", rec, err)
+	}
+}
+
+// TestReplicasShareSessions: the session a replica started (the device's
+// hello reached it) and the pass another judged make Current hold on every
+// replica; a new session, or its end, anywhere makes it fail everywhere.
+func TestReplicasShareSessions(t *testing.T) {
+	r := newReplicaSet(t, 2)
+	a, b := r.svcs[0], r.svcs[1]
+	a.SessionStarted(r.dev, time.Now())
+	if err := b.Current(r.dev); !errors.Is(err, ErrNoCurrentVerdict) {
+		t.Fatalf("Current before any attestation: %v", err)
+	}
+	if rec := r.judge(t, 1, r.evidence(t, r.challenge(t, 1, ""))); rec.Result != wire.VerdictPass {
+		t.Fatalf("pass on B: %s %s", rec.Reason, rec.Message)
+	}
+	for i, s := range r.svcs {
+		if err := s.Current(r.dev); err != nil {
+			t.Errorf("replica %d: Current after a pass in the session replica A started: %v", i, err)
+		}
+	}
+	// The device reconnects (its hello reaches A): the earlier pass no
+	// longer counts anywhere.
+	a.SessionStarted(r.dev, time.Now())
+	if err := b.Current(r.dev); !errors.Is(err, ErrNoCurrentVerdict) {
+		t.Errorf("B: Current after a new session started on A: %v, want ErrNoCurrentVerdict", err)
+	}
+	if rec := r.judge(t, 0, r.evidence(t, r.challenge(t, 1, ""))); rec.Result != wire.VerdictPass {
+		t.Fatalf("pass on A of B's challenge: %s %s", rec.Reason, rec.Message)
+	}
+	if err := b.Current(r.dev); err != nil {
+		t.Errorf("B: Current after a pass in the new session: %v", err)
+	}
+	a.SessionEnded(r.dev)
+	if err := b.Current(r.dev); !errors.Is(err, ErrNoCurrentVerdict) {
+		t.Errorf("B: Current after the session ended on A: %v, want ErrNoCurrentVerdict", err)
+	}
+}
+
+// TestReplicasShareLiveness: challenges one replica sent and evidence
+// another received count together: the device answered, so no replica's
+// stale sweep flags it.
+func TestReplicasShareLiveness(t *testing.T) {
+	r := newReplicaSet(t, 2)
+	var nonce []byte
+	for range 2 { // StaleAfter unanswered challenges from A
+		nonce = r.challenge(t, 0, "")
+	}
+	if rec := r.judge(t, 1, r.evidence(t, nonce)); rec.Result != wire.VerdictPass {
+		t.Fatalf("pass on B: %s %s", rec.Reason, rec.Message)
+	}
+	if err := r.svcs[0].sweepStale(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.inv.Device(t.Context(), r.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.HasFlag(FlagStale) {
+		t.Error("replica A flagged stale a device that answered on replica B")
+	}
+}
