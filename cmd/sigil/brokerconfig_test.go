@@ -8,7 +8,6 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
-	"github.com/sigil-iot/sigil/fleet/server"
 )
 
 // TestBrokerConfig runs `sigil broker-config` on a data directory with a
@@ -46,12 +45,12 @@ func TestBrokerConfig(t *testing.T) {
 			t.Errorf("mosquitto.conf lacks %q:\n%s", want, conf)
 		}
 	}
-	secret, err := server.PoolSecret(data)
+	secret, err := mqttpool.Secret(data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	passwd := string(readFile(t, filepath.Join(out, mqttpool.PasswordFile)))
-	if !strings.HasPrefix(passwd, server.PoolUsername+":$7$101$") || strings.Contains(passwd, secret) {
+	if !strings.HasPrefix(passwd, mqttpool.Username+":$7$101$") || strings.Contains(passwd, secret) {
 		t.Errorf("password file: %q", passwd)
 	}
 	for _, f := range []string{mqttpool.KeyFile, mqttpool.PasswordFile} {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sigil-iot/sigil/pkg/config"
 )
 
 // KindFlood is the Kind of a flood summary: the alert that stands for the
@@ -385,4 +387,36 @@ func durText(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// FloodConfig is the alert_flood configuration of `sigil serve`: flood
+// control of new alerts (Flood). Past a limit, new alerts are held back:
+// counted in one summary alert per rule and window (which names the
+// rule, the count, the devices and the window, and goes to the sinks once,
+// when the window closes); their rules' actions still run.
+type FloodConfig struct {
+	// Window is the length of the windows the limits count in. Default
+	// 10m.
+	Window config.Duration `json:"window"`
+	// PerRule is how many new alerts one rule may open per window.
+	// Default 20; negative means no limit per rule.
+	PerRule int `json:"per_rule"`
+	// Fleet is how many new alerts all rules together may open per
+	// window. Default 100; negative means no fleet-wide limit.
+	Fleet int `json:"fleet"`
+}
+
+// Flood is the engine's Flood for the configuration, with its defaults.
+func (c FloodConfig) Flood() Flood {
+	f := Flood{Window: time.Duration(c.Window), PerRule: c.PerRule, Fleet: c.Fleet}
+	if f.Window <= 0 {
+		f.Window = 10 * time.Minute
+	}
+	if f.PerRule == 0 {
+		f.PerRule = 20
+	}
+	if f.Fleet == 0 {
+		f.Fleet = 100
+	}
+	return f
 }

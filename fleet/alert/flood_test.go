@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/pkg/config"
 )
 
 // floodDevice names device i of a flood.
@@ -241,4 +243,16 @@ func TestFloodSummarySentAfterRestart(t *testing.T) {
 		t.Fatalf("after the restart the sink got %+v", n.Alert)
 	}
 	rec.none(t, g.e)
+}
+
+// TestFloodConfigDefaults: alert_flood's zero fields take 10 minutes, 20
+// per rule and 100 fleet-wide; a negative limit (no limit) is kept.
+func TestFloodConfigDefaults(t *testing.T) {
+	if f := (FloodConfig{}).Flood(); f.Window != 10*time.Minute || f.PerRule != 20 || f.Fleet != 100 {
+		t.Errorf("defaults: %+v", f)
+	}
+	f := FloodConfig{Window: config.Duration(time.Minute), PerRule: -1, Fleet: 7}.Flood()
+	if f.Window != time.Minute || f.PerRule != -1 || f.Fleet != 7 {
+		t.Errorf("configured: %+v", f)
+	}
 }

@@ -11,6 +11,12 @@
 // identity, and the pool reports it as such. A message to a device is
 // published to every device broker: only the one holding its session has
 // a subscriber.
+//
+// Transport (NewTransport) is the fleet's MQTT layer on the pool in place
+// of the embedded broker: presence from what devices send, stale sessions
+// ended, quarantines kept in step with the inventory on every broker.
+// Complete and WriteConfig generate a broker's configuration from the
+// fleet CA and the fleet's credentials (Secret).
 package mqttpool
 
 import (

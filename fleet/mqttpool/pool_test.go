@@ -18,14 +18,13 @@ import (
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
-	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/internal/testenv"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // env is a fleet CA and data directory, a device broker and a bootstrap
-// broker configured by server.PoolMember.
+// broker configured by mqttpool.Complete.
 type env struct {
 	ca        *ca.CA
 	dataDir   string
@@ -47,7 +46,7 @@ func newEnv(t *testing.T) *env {
 		if role == mqttpool.RoleDevice {
 			m.DynsecPlugin = mosquittotest.DynsecPlugin(t)
 		}
-		m, err := server.PoolMember(c, dataDir, m, []string{"127.0.0.1"}, nil)
+		m, err := mqttpool.Complete(c, dataDir, m, []string{"127.0.0.1"}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +64,7 @@ func newEnv(t *testing.T) *env {
 // (password overrides them when set) until the test ends.
 func (e *env) pool(t *testing.T, password string, onDev, onEnroll func(mqttpool.Message)) *mqttpool.Pool {
 	t.Helper()
-	secret, err := server.PoolSecret(e.dataDir)
+	secret, err := mqttpool.Secret(e.dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +72,7 @@ func (e *env) pool(t *testing.T, password string, onDev, onEnroll func(mqttpool.
 		secret = password
 	}
 	p, err := mqttpool.New(mqttpool.Config{Devices: []string{e.dev.FleetAddr}, Bootstrap: []string{e.boot.FleetAddr},
-		Username: server.PoolUsername, Password: secret, TLS: &tls.Config{RootCAs: e.ca.Pool()}, Topics: e.topics})
+		Username: mqttpool.Username, Password: secret, TLS: &tls.Config{RootCAs: e.ca.Pool()}, Topics: e.topics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +156,7 @@ func subscribe(t *testing.T, c mqtt.Client, filter string, got chan<- string) {
 }
 
 // TestPoolIdentityFromTheBroker: through real Mosquitto brokers configured
-// by server.PoolMember, the pool receives a device's messages on its own
+// by mqttpool.Complete, the pool receives a device's messages on its own
 // topics with the ID its certificate names, whatever client ID it asked
 // for; a message on another device's topic never reaches the fleet; a
 // message the fleet publishes reaches the device it names only; a
@@ -227,7 +226,7 @@ func mustPublish(t *testing.T, p *mqttpool.Pool, topic string) {
 func TestPoolRefusesWrongPassword(t *testing.T) {
 	e := newEnv(t)
 	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tls://" + e.dev.FleetAddr).SetClientID("x").
-		SetUsername(server.PoolUsername).SetPassword("wrong").SetTLSConfig(&tls.Config{RootCAs: e.ca.Pool()}).SetProtocolVersion(4))
+		SetUsername(mqttpool.Username).SetPassword("wrong").SetTLSConfig(&tls.Config{RootCAs: e.ca.Pool()}).SetProtocolVersion(4))
 	tok := c.Connect()
 	if !tok.WaitTimeout(10 * time.Second) {
 		t.Fatal("no CONNACK")
@@ -236,13 +235,13 @@ func TestPoolRefusesWrongPassword(t *testing.T) {
 		c.Disconnect(0)
 		t.Fatal("the device broker's fleet listener took a wrong password")
 	}
-	secret, err := server.PoolSecret(e.dataDir)
+	secret, err := mqttpool.Secret(e.dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, addr := range []string{e.dev.FleetAddr, e.boot.FleetAddr} {
 		c = mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tls://" + addr).SetClientID("y").
-			SetUsername(server.PoolUsername).SetPassword(secret).SetTLSConfig(&tls.Config{RootCAs: e.ca.Pool()}).SetProtocolVersion(4))
+			SetUsername(mqttpool.Username).SetPassword(secret).SetTLSConfig(&tls.Config{RootCAs: e.ca.Pool()}).SetProtocolVersion(4))
 		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("fleet credentials refused by %s: %v", addr, tok.Error())
 		}

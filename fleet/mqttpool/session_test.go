@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
-	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -47,7 +47,7 @@ func sessionPool(url, broker, caFile, password string, ttl time.Duration) (*mqtt
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
-	p, err := mqttpool.New(mqttpool.Config{Devices: []string{broker}, Username: server.PoolUsername, Password: password,
+	p, err := mqttpool.New(mqttpool.Config{Devices: []string{broker}, Username: mqttpool.Username, Password: password,
 		TLS: &tls.Config{RootCAs: roots}, Sessions: ls, DrainEvery: ttl / 3, DrainQuiet: 300 * time.Millisecond})
 	if err != nil {
 		db.Close()
@@ -97,11 +97,11 @@ func TestPoolDeadReplicaIsDrained(t *testing.T) {
 	e := newEnv(t)
 	srv := pgtest.Start(t)
 	url := srv.NewDatabase(t)
-	password, err := server.PoolSecret(e.dataDir)
+	password, err := mqttpool.Secret(e.dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	caFile := filepath.Join(e.dataDir, server.CACertFile)
+	caFile := filepath.Join(e.dataDir, "ca", ca.CertFile)
 
 	child := exec.Command(os.Args[0], "-test.run=^TestHelperReplica$", "-test.count=1")
 	child.Env = append(os.Environ(), replicaEnv+"="+strings.Join([]string{url, e.dev.FleetAddr, caFile, password}, "\n"))

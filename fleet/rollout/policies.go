@@ -18,6 +18,9 @@ import (
 // after preparing the attestation policies of the release (see
 // preparePolicies).
 func (s *Service) StartCampaign(id string, at time.Time, who, why string) error {
+	if s == nil {
+		return ErrOff
+	}
 	c, err := s.campaigns.Get(id)
 	if err != nil {
 		return err

@@ -208,21 +208,46 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
+// A nil *Service is firmware off (no release_trust): Releases and
+// Campaigns are nil, Trust is empty, StartCampaign fails with ErrOff, and
+// ListenerTLS and WithDownloads leave the listener as it is.
+
+// ErrOff: the fleet has no release_trust, so no firmware service.
+var ErrOff = errors.New("rollout: firmware releases are not configured (release_trust)")
+
 // Releases is the release store.
-func (s *Service) Releases() *firmware.Store { return s.store }
+func (s *Service) Releases() *firmware.Store {
+	if s == nil {
+		return nil
+	}
+	return s.store
+}
 
 // Campaigns is the campaign engine.
-func (s *Service) Campaigns() *campaign.Manager { return s.campaigns }
+func (s *Service) Campaigns() *campaign.Manager {
+	if s == nil {
+		return nil
+	}
+	return s.campaigns
+}
 
 // Trust is the release trust set enrolled devices get and the signed
 // rotations that lead to it.
-func (s *Service) Trust() ([]byte, []wire.TrustRotation) { return s.trust, s.rotations }
+func (s *Service) Trust() ([]byte, []wire.TrustRotation) {
+	if s == nil {
+		return nil, nil
+	}
+	return s.trust, s.rotations
+}
 
 // ListenerTLS makes the API listener ask for (not require) a client
 // certificate, verified against clientCAs at each handshake (a CA rotation
 // swaps the pool), so that devices download images with their mTLS
 // identity. Operators' requests carry none.
 func (s *Service) ListenerTLS(base *tls.Config, clientCAs func() *x509.CertPool) *tls.Config {
+	if s == nil {
+		return base
+	}
 	withPool := func() *tls.Config {
 		c := base.Clone()
 		c.ClientAuth = tls.VerifyClientCertIfGiven
@@ -237,6 +262,9 @@ func (s *Service) ListenerTLS(base *tls.Config, clientCAs func() *x509.CertPool)
 // WithDownloads mounts the device download endpoint (GET
 // /firmware/{sha256}) beside next on the HTTPS listener.
 func (s *Service) WithDownloads(next http.Handler) http.Handler {
+	if s == nil {
+		return next
+	}
 	downloads := s.store.Handler(s.authorizeDownload)
 	mux := http.NewServeMux()
 	mux.Handle(firmware.DownloadPrefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

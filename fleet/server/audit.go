@@ -2,24 +2,19 @@ package server
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
-	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
-// Audit files in DataDir. The checkpoint key is the audit log's own (not
-// the CA's), so that CA rotation never changes the key an exported log is
-// verified with; audit.pub is what `sigil audit verify --key` takes.
+// Audit files in DataDir: the checkpoint key and its public key
+// (audit.OpenKey).
 const (
-	AuditKeyFile  = "audit.key"
+	AuditKeyFile  = audit.KeyFile
 	AuditPubFile  = audit.PubFile
 	ApprovalsFile = approval.File
 )
@@ -28,17 +23,9 @@ const (
 // (created on first start, 0600), writes the public key beside it, and
 // builds the sampler of anonymous requests' entries.
 func (s *Server) openAudit() error {
-	key, err := ca.FileSigner(filepath.Join(s.cfg.DataDir, AuditKeyFile))
+	key, err := audit.OpenKey(s.cfg.DataDir)
 	if err != nil {
-		return fmt.Errorf("server: audit key: %w", err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		return fmt.Errorf("server: audit key: %w", err)
-	}
-	pubPath := filepath.Join(s.cfg.DataDir, AuditPubFile)
-	if err := os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
-		return fmt.Errorf("server: audit key: %w", err)
+		return fmt.Errorf("server: %w", err)
 	}
 	cfg := audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Logger: s.log.With("component", "audit")}
 	if s.db != nil {

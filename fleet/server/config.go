@@ -6,6 +6,8 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -112,8 +114,8 @@ type Config struct {
 	// AlertSinks are where alert notifications go (AlertSink,
 	// sink.Config). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
-	// AlertFlood limits how many new alerts open per window (fleet/server
-	// AlertFlood); the rest are held back and summarized. Default 20 per
+	// AlertFlood limits how many new alerts open per window
+	// (alert.FloodConfig); the rest are held back and summarized. Default 20 per
 	// rule and 100 fleet-wide per 10 minutes.
 	AlertFlood AlertFlood `json:"alert_flood"`
 	// LoginThrottle tunes the operators' login throttle; zero fields keep
@@ -123,10 +125,10 @@ type Config struct {
 	LogLevel string `json:"log_level"`
 	// DebugAddr, if set, is a loopback address serving Go's profiles
 	// (net/http/pprof, /debug/pprof/) without authentication. Default
-	// off; any other address is refused (debug.go).
+	// off; any other address is refused (fleet/profile).
 	DebugAddr string `json:"debug_addr"`
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
-	// governance_interval (fleet/server/governance.go).
+	// governance_interval (governance.Settings).
 	GovernanceConfig
 }
 
@@ -161,93 +163,17 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// BootstrapLimits are the bootstrap connection bounds of Config.
-type BootstrapLimits struct {
-	// BootstrapClients caps the pool of bootstrap connections (default
-	// 1000) and BootstrapPerSource one source's share (default 256); at a
-	// cap a newcomer displaces the least active connection if it has been
-	// inactive for 10s.
-	BootstrapClients   int `json:"bootstrap_clients"`
-	BootstrapPerSource int `json:"bootstrap_per_source"`
-	// BootstrapReserve is the sessions kept beyond the pool for known
-	// devices that re-enroll, one per device (default 64).
-	BootstrapReserve int `json:"bootstrap_reserve"`
-	// BootstrapKeepaliveMax is the longest keepalive a bootstrap client
-	// may ask for; none (0) is refused. Default 2m.
-	BootstrapKeepaliveMax config.Duration `json:"bootstrap_keepalive_max"`
-	// BootstrapFirstMessage is how long a bootstrap client may wait after
-	// its CONNECT before its first enrollment message (default 30s), and
-	// BootstrapLifetime how long a bootstrap connection lasts at most
-	// (default 5m).
-	BootstrapFirstMessage config.Duration `json:"bootstrap_first_message"`
-	BootstrapLifetime     config.Duration `json:"bootstrap_lifetime"`
-}
+// BootstrapLimits are the bootstrap connection bounds of Config
+// (broker.BootstrapLimits).
+type BootstrapLimits = broker.BootstrapLimits
 
-// GovernanceConfig is the identity-governance part of Config. It is
-// embedded, so its keys sit at the top level of the configuration file
-// (docs/CONFIG.md).
-type GovernanceConfig struct {
-	// DormantAfter is how long a device holding a valid certificate may go
-	// unseen before it is dormant (flagged and alerted). Default 720h.
-	DormantAfter config.Duration `json:"dormant_after"`
-	// DormantRevoke revokes a dormant device's certificates by policy
-	// (every one that has not expired; the device may prove itself again
-	// from its EK when it returns). Default false.
-	DormantRevoke bool `json:"dormant_revoke"`
-	// SilentAfter is how long a device may go unseen before silence
-	// counts in its risk score. Default 1h.
-	SilentAfter config.Duration `json:"silent_after"`
-	// GovernanceInterval is how often every device is judged (orphaned,
-	// dormant, clone-suspect) and its risk score stored. Default 1h.
-	GovernanceInterval config.Duration `json:"governance_interval"`
-}
+// GovernanceConfig is the identity-governance part of Config
+// (governance.Settings). It is embedded, so its keys sit at the top level
+// of the configuration file (docs/CONFIG.md).
+type GovernanceConfig = governance.Settings
 
-// AlertFlood is the alert_flood configuration: flood control of new
-// alerts (fleet/alert Flood). Past a limit, new alerts are held back:
-// counted in one summary alert per rule and window (which names the
-// rule, the count, the devices and the window, and goes to the sinks once,
-// when the window closes); their rules' actions still run.
-type AlertFlood struct {
-	// Window is the length of the windows the limits count in. Default
-	// 10m.
-	Window config.Duration `json:"window"`
-	// PerRule is how many new alerts one rule may open per window.
-	// Default 20; negative means no limit per rule.
-	PerRule int `json:"per_rule"`
-	// Fleet is how many new alerts all rules together may open per
-	// window. Default 100; negative means no fleet-wide limit.
-	Fleet int `json:"fleet"`
-}
+// AlertFlood is the alert_flood configuration (alert.FloodConfig).
+type AlertFlood = alert.FloodConfig
 
-// LoginThrottle is the login_throttle configuration: how failed logins
-// slow down and lock out further attempts (fleet/auth Throttle).
-type LoginThrottle struct {
-	// Failures is how many failed logins for one user name from one source
-	// address lock that pair out for Lockout. Default 5.
-	Failures int `json:"failures"`
-	// Lockout is how long a locked-out pair waits. Default 15m.
-	Lockout config.Duration `json:"lockout"`
-	// BaseDelay is the wait after a name's first failure from an address,
-	// doubled by each further one (up to a minute). Default 1s.
-	BaseDelay config.Duration `json:"base_delay"`
-}
-
-// throttle is the auth service's Throttle (its defaults for zero fields).
-func (c LoginThrottle) throttle() auth.Throttle {
-	return auth.Throttle{Failures: c.Failures, Lockout: time.Duration(c.Lockout), BaseDelay: time.Duration(c.BaseDelay)}
-}
-
-// flood is the engine's Flood for the configuration's defaults.
-func (c AlertFlood) flood() alert.Flood {
-	f := alert.Flood{Window: time.Duration(c.Window), PerRule: c.PerRule, Fleet: c.Fleet}
-	if f.Window <= 0 {
-		f.Window = 10 * time.Minute
-	}
-	if f.PerRule == 0 {
-		f.PerRule = 20
-	}
-	if f.Fleet == 0 {
-		f.Fleet = 100
-	}
-	return f
-}
+// LoginThrottle is the login_throttle configuration (auth.ThrottleConfig).
+type LoginThrottle = auth.ThrottleConfig

@@ -52,25 +52,17 @@ func TestConnectionEventBurst(t *testing.T) {
 	if n := drops.Load(); n != 0 {
 		t.Fatalf("%d of %d connection events dropped", n, devices)
 	}
-	queued := 0
-	for _, q := range s.events {
-		queued += len(q)
-	}
-	if queued != devices {
+	if queued := s.events.Len(); queued != devices {
 		t.Fatalf("%d events queued, want %d", queued, devices)
 	}
-	if len(s.events) < 2 {
-		t.Fatalf("%d event workers", len(s.events))
+	if s.events.Workers() < 2 {
+		t.Fatalf("%d event workers", s.events.Workers())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.recordEvents(ctx) }()
 	wait.Until(t, func() error {
-		left := 0
-		for _, q := range s.events {
-			left += len(q)
-		}
-		if left > 0 {
+		if left := s.events.Len(); left > 0 {
 			return fmt.Errorf("%d events not recorded", left)
 		}
 		return nil

@@ -1,19 +1,15 @@
 package server
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
-	"net/http"
 	"path/filepath"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/admission"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/rollout"
-	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // Firmware files, relative to DataDir.
@@ -26,9 +22,6 @@ const (
 // ReleaseRotation names one rotation of the release trust set in the
 // configuration (rollout.Rotation).
 type ReleaseRotation = rollout.Rotation
-
-// errFirmwareOff: the fleet has no release_trust.
-var errFirmwareOff = errors.New("server: firmware releases are not configured (release_trust)")
 
 // var _ guards the API's view of the firmware service.
 var _ api.Firmware = (*rollout.Service)(nil)
@@ -46,14 +39,7 @@ func (s *Server) openFirmware() (err error) {
 		CampaignsPath: filepath.Join(s.cfg.DataDir, CampaignsFile),
 		TrustFile:     s.cfg.ReleaseTrust, Rotations: s.cfg.ReleaseTrustRotations, Approvals: s.cfg.FirmwareApprovals,
 		TrustDomain: s.cfg.TrustDomain, Devices: s.Inv, Policies: s.Policy, Audit: s.Audit, Send: s.sendDevice,
-		Admit: func(id string, c *x509.Certificate) error {
-			acc, err := gate{s.Inv, s.CA}.AdmitDevice(id, c)
-			if err == nil && acc.UpKinds != nil {
-				err = errors.New("device quarantined")
-			}
-			return err
-		},
-		Logger: s.log.With("component", "firmware"),
+		Admit: admission.Gate{Devices: s.Inv, CA: s.CA}.AdmitActive, Logger: s.log.With("component", "firmware"),
 	})
 	if err == nil {
 		s.onClose(s.fw.Close)
@@ -62,27 +48,15 @@ func (s *Server) openFirmware() (err error) {
 }
 
 // Releases returns the release store, or nil when firmware is off.
-func (s *Server) Releases() *firmware.Store {
-	if s.fw == nil {
-		return nil
-	}
-	return s.fw.Releases()
-}
+func (s *Server) Releases() *firmware.Store { return s.fw.Releases() }
 
 // Campaigns returns the campaign manager, or nil when firmware is off.
-func (s *Server) Campaigns() *campaign.Manager {
-	if s.fw == nil {
-		return nil
-	}
-	return s.fw.Campaigns()
-}
+func (s *Server) Campaigns() *campaign.Manager { return s.fw.Campaigns() }
 
 // StartCampaign starts a draft campaign as the API does: once its release
-// may be offered, with the release's attestation policies prepared.
+// may be offered, with the release's attestation policies prepared
+// (rollout.ErrOff when firmware is off).
 func (s *Server) StartCampaign(id string, at time.Time, who, why string) error {
-	if s.fw == nil {
-		return errFirmwareOff
-	}
 	return s.fw.StartCampaign(id, at, who, why)
 }
 
@@ -101,31 +75,4 @@ func (s *Server) firmwareTarget() governance.Firmware {
 		return nil
 	}
 	return s.fw
-}
-
-// firmwareTrust is the release trust set enrolled devices get and the
-// signed rotations that lead to it; nil when firmware is off.
-func (s *Server) firmwareTrust() ([]byte, []wire.TrustRotation) {
-	if s.fw == nil {
-		return nil, nil
-	}
-	return s.fw.Trust()
-}
-
-// firmwareTLS makes the API listener ask for client certificates of the
-// fleet CA, for device downloads (rollout.Service.ListenerTLS); with
-// firmware off it asks for nothing.
-func (s *Server) firmwareTLS(base *tls.Config) *tls.Config {
-	if s.fw == nil {
-		return base
-	}
-	return s.fw.ListenerTLS(base, s.CA.Pool)
-}
-
-// withDownloads mounts the device download endpoint beside the API.
-func (s *Server) withDownloads(apiHandler http.Handler) http.Handler {
-	if s.fw == nil {
-		return apiHandler
-	}
-	return s.fw.WithDownloads(apiHandler)
 }

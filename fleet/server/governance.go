@@ -1,16 +1,12 @@
 package server
 
 import (
-	"context"
-	"encoding/hex"
-	"errors"
 	"path/filepath"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/governance"
-	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
 // GovernanceFile holds owners, the triage and block lists, clone incidents
@@ -28,7 +24,7 @@ func (s *Server) openGovernance() error {
 		Quarantiner:  governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.transport.Disconnect},
 		Enroller:     governance.TriageEnroller{},
 		Connected:    s.transport.Connected,
-		Alerter:      governance.AlerterFunc(s.governanceAlert),
+		Alerter:      governance.Findings{Events: s.Inv, Raise: s.feed.Governance, Logger: s.log},
 		Attestations: s.history,
 		Anomalies:    feed.Anomalies{Alerts: s.Alerts},
 		Exposure:     feed.Exposure{Telemetry: s.Telemetry, Alerts: s.Alerts},
@@ -60,74 +56,13 @@ func (s *Server) rescore(deviceID string) {
 	}
 }
 
-// governanceAlert takes governance's findings. A device's finding is
-// recorded as a lifecycle event of the device (and so in the audit log)
-// and, when raised, handed to the alert engine as a security event;
-// fleet-wide findings (shadow devices) are only logged, by governance.
-func (s *Server) governanceAlert(a governance.Alert) {
-	if a.DeviceID == "" {
-		return
-	}
-	kind := a.Kind
-	if a.Resolved {
-		kind += "-resolved"
-	}
-	err := s.Inv.AddEvent(context.TODO(), inventory.Event{Time: a.Time, DeviceID: a.DeviceID, Kind: kind, Detail: a.Summary})
-	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
-		s.log.Warn("governance: recording a finding failed", "device_id", a.DeviceID, "kind", kind, "err", err)
-	}
-	if a.Resolved {
-		return
-	}
-	if s.feed != nil {
-		s.feed.Governance(a)
-	}
-}
-
-// governanceEvent feeds broker events to governance: every admitted
-// device connection opens and closes a session (certificate clones), and
-// refused connections from identities the fleet does not know go to the
-// triage list. It runs on the broker's connection goroutines: governance
-// works in memory here, and the inventory is only read.
+// governanceEvent feeds broker events to governance
+// (governance.Service.BrokerEvent) once it exists.
 func (s *Server) governanceEvent(ev broker.Event) {
-	g := s.Governance
-	if g == nil || ev.Identity.Fleet {
-		return
-	}
-	id := ev.Identity
-	switch ev.Kind {
-	case broker.Connected:
-		if id.DeviceID != "" && id.Cert != nil {
-			g.SessionOpened(governance.Session{DeviceID: id.DeviceID, CertSerial: certSerial(id), Remote: ev.Remote, Time: ev.Time})
-		}
-	case broker.Disconnected, broker.Closed:
-		if id.DeviceID != "" && id.Cert != nil {
-			g.SessionClosed(governance.Session{DeviceID: id.DeviceID, CertSerial: certSerial(id), Remote: ev.Remote, Time: ev.Time})
-		}
-	case broker.Refused:
-		a := governance.Attempt{ClientID: id.ClientID, Remote: ev.Remote, Reason: ev.Reason, Time: ev.Time}
-		switch {
-		case ev.Presented != nil:
-			a.Kind, a.Cert = governance.AttemptForeignCert, ev.Presented
-		case id.DeviceID != "":
-			// A device certificate of this fleet: a shadow only when the
-			// inventory does not hold the device (refusals of known
-			// devices — revoked, quarantined, retired — are their own
-			// business).
-			if _, err := s.Inv.Device(context.TODO(), id.DeviceID); !errors.Is(err, inventory.ErrNotFound) {
-				return
-			}
-			a.Kind, a.Cert = governance.AttemptUnknownDevice, id.Cert
-		default:
-			a.Kind = governance.AttemptUnknownClient
-		}
-		if err := g.Observe(a); err != nil {
-			s.log.Debug("governance: attempt not recorded", "err", err)
-		}
+	if g := s.Governance; g != nil {
+		g.BrokerEvent(ev)
 	}
 }
-
-func certSerial(id broker.Identity) string { return hex.EncodeToString(id.Cert.SerialNumber.Bytes()) }
 
 // screen is the broker's Screen (governance.Service.Screen): the broker
 // is built before governance.

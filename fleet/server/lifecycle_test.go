@@ -1,20 +1,14 @@
 package server
 
 import (
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"log/slog"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/broker"
-	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -27,28 +21,6 @@ func openInventory(t *testing.T) *inventory.Store {
 	}
 	t.Cleanup(func() { inv.Close() })
 	return inv
-}
-
-// TestGateAdmitsOnlyIssuedSerials: a certificate of the fleet CA for an
-// active device is refused unless the fleet issued that serial to it.
-func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
-	inv := openInventory(t)
-	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "test.local"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	const id = "0123456789abcdef0123456789abcdef"
-	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0a", CertExpiry: time.Now().Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	crafted, err := fleetCA.IssueDevice(id, &key.PublicKey, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := (gate{inv, fleetCA}).AdmitDevice(id, crafted); err == nil {
-		t.Fatal("the gate admitted a fleet certificate never issued to the device")
-	}
 }
 
 // TestDeviceMessagesFollowState: messages from a decommissioned device are
@@ -84,58 +56,6 @@ func TestDeviceMessagesFollowState(t *testing.T) {
 	defer mu.Unlock()
 	if len(sent) != 0 {
 		t.Fatalf("a decommissioned device was answered: %v", sent)
-	}
-}
-
-// TestUpKind: a device message is accepted only on the up kind the
-// protocol gives its type; fleet-to-device and enrollment types on none.
-func TestUpKind(t *testing.T) {
-	for typ, want := range map[string]string{
-		wire.TypeHello: "hello", wire.TypeAttestRequest: "attest", wire.TypeAttestEvidence: "attest",
-		wire.TypeRenewRequest: "renew", wire.TypeSSHRequest: "ssh", wire.TypeSecretAck: "secret",
-		wire.TypeTelemetryBatch: "telemetry", wire.TypeFirmwareReport: "fw",
-		wire.TypeAttestChallenge: "", wire.TypeSecretDeliver: "", wire.TypeEnrollRequest: "", "no.such": "",
-	} {
-		if got := upKind(typ); got != want {
-			t.Errorf("upKind(%q) = %q, want %q", typ, got, want)
-		}
-	}
-}
-
-// TestAlertRevokeRevokesEverySerial: an alert rule's revoke action revokes
-// every certificate of the device that has not expired (a renewed-away
-// one too, which used to stay admitted) and lists each for the CRL.
-func TestAlertRevokeRevokesEverySerial(t *testing.T) {
-	s, err := New(testConfig(t.TempDir()), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.closeUnstarted()
-	const id = "0123456789abcdef0123456789abcdef"
-	now := time.Now()
-	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
-		Certs: []inventory.Cert{{Serial: "0b", NotAfter: now.Add(30 * time.Minute)}, {Serial: "0c", NotAfter: now.Add(time.Hour)}}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.alertAction(context.Background(), alert.ActionRevoke, alert.Alert{ID: 7, RuleID: "odd-port", DeviceID: id, Summary: "port 4444 opened"}); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := s.Inv.Device(t.Context(), id)
-	for _, serial := range []string{"0b", "0c"} {
-		if d.Admits(serial, now) {
-			t.Errorf("serial %s is still admitted after the alert's revocation", serial)
-		}
-	}
-	revs, err := s.Inv.Revocations(t.Context(), now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listed := map[string]bool{}
-	for _, r := range revs {
-		listed[r.Serial] = true
-	}
-	if !listed["0b"] || !listed["0c"] {
-		t.Fatalf("revocations for the CRL: %+v", revs)
 	}
 }
 

@@ -20,7 +20,7 @@ const (
 func (s *Server) openAuth() error {
 	// Logins and lockouts go to the audit log; failed logins of names
 	// that do not exist are anyone's: sampled.
-	cfg := auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Throttle: s.cfg.LoginThrottle.throttle(), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth")}
+	cfg := auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Throttle: s.cfg.LoginThrottle.Throttle(), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth")}
 	var a *auth.Service
 	var err error
 	if s.db != nil {

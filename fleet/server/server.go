@@ -22,7 +22,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sigil-iot/sigil/fleet/admission"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
 	"github.com/sigil-iot/sigil/fleet/alert/sink"
@@ -42,9 +42,11 @@ import (
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/internal/shard"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/profile"
 	"github.com/sigil-iot/sigil/fleet/rollout"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
@@ -86,7 +88,6 @@ type Server struct {
 	Alerts    *alert.Engine
 	Metrics   *prometheus.Registry
 	feed      *feed.Feed                    // telemetry and security events to Alerts
-	cursors   *telemetry.CursorStore        // the ingester's cursors, the feed's flags
 	sinks     []sink.Info                   // the configured alert sinks, described
 	verdicts  map[string]prometheus.Counter // by result
 	// Governance keeps owners, the triage and block lists, dormant and
@@ -106,12 +107,13 @@ type Server struct {
 	// consoleVerdict feeds the console's verdict chart (set when the
 	// console is built, read on attestation workers).
 	consoleVerdict atomic.Pointer[func(string, *attest.Record, time.Duration)]
-	serverCert     atomic.Pointer[tls.Certificate] // of the active CA generation
+	serverCert     *ca.ServerCert       // of the active CA generation
+	caRotation     *rotation.CARotation // the operators' CA rotation
 	adminToken     string
 	ready          chan struct{}
 	topics         wire.Topics
-	events         []chan broker.Event // connection events to record, by device (events.go)
-	transport      Transport           // the MQTT layer every part uses: Broker, or the pool
+	events         *shard.Queues[broker.Event] // connection events to record, by device (events.go)
+	transport      Transport                   // the MQTT layer every part uses: Broker, or the pool
 
 	// db is the PostgreSQL database of the stores that support one
 	// (Config.DatabaseURL); nil keeps every store in DataDir.
@@ -186,7 +188,8 @@ func (s *Server) openCA() (err error) {
 	if err != nil {
 		return err
 	}
-	return s.refreshServerCert()
+	s.serverCert, err = ca.NewServerCert(s.CA, s.cfg.Hostnames)
+	return err
 }
 
 // openDatabase connects to the PostgreSQL database when DatabaseURL is
@@ -240,19 +243,17 @@ func (s *Server) openBroker() error {
 	}
 	var bootstrapAuth func(string, string, []byte, *x509.Certificate) error
 	if cfg.BootstrapCredential {
-		bootstrapAuth = s.bootstrapCredential
+		bootstrapAuth = s.bootstrap().Credential
 	}
-	var err error
-	if s.Broker, err = broker.New(broker.Config{
+	bc := broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
-		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
-		Topics: s.topics, Gate: gate{s.Inv, s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
-		Events: s.brokerEvent, Screen: s.screen,
-		MaxBootstrapClients: cfg.BootstrapClients, MaxBootstrapPerSource: cfg.BootstrapPerSource,
-		BootstrapReserve: cfg.BootstrapReserve, KnownDevice: s.knownBootstrap,
-		MaxBootstrapKeepalive: time.Duration(cfg.BootstrapKeepaliveMax),
-		BootstrapFirstMessage: time.Duration(cfg.BootstrapFirstMessage), BootstrapLifetime: time.Duration(cfg.BootstrapLifetime),
-	}); err != nil {
+		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
+		Topics: s.topics, Gate: admission.Gate{Devices: s.Inv, CA: s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
+		Events: s.brokerEvent, Screen: s.screen, KnownDevice: s.bootstrap().Known,
+	}
+	cfg.BootstrapLimits.Apply(&bc)
+	var err error
+	if s.Broker, err = broker.New(bc); err != nil {
 		return err
 	}
 	s.transport = s.Broker
@@ -278,17 +279,9 @@ func (s *Server) openPolicy() (err error) {
 // and ek_allowlist.
 func (s *Server) openEnroll() error {
 	cfg := s.cfg
-	trust := &verifier.EKTrust{}
-	var err error
-	if cfg.EKCADir != "" {
-		if trust.Roots, trust.Intermediates, err = verifier.LoadCADir(cfg.EKCADir); err != nil {
-			return err
-		}
-	}
-	if cfg.EKAllowList != "" {
-		if trust.AllowList, err = verifier.LoadAllowList(cfg.EKAllowList); err != nil {
-			return err
-		}
+	trust, err := verifier.LoadEKTrust(cfg.EKCADir, cfg.EKAllowList)
+	if err != nil {
+		return err
 	}
 	sels, err := attest.Selections(cfg.AttestBanks, cfg.AttestPCRs)
 	if err != nil {
@@ -303,7 +296,7 @@ func (s *Server) openEnroll() error {
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
 		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: s.log.With("component", "enroll"),
 		Identities:    governance.Enrollment{S: s.Governance},
-		FirmwareTrust: s.firmwareTrust,
+		FirmwareTrust: s.fw.Trust,
 		Send: func(clientID, kind string, payload []byte) error {
 			return s.transport.Publish(s.topics.EnrollDown(clientID, kind), payload, 1)
 		},
@@ -352,6 +345,8 @@ func (s *Server) openRotation() (err error) {
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
 	})
+	s.caRotation = rotation.NewCARotation(rotation.CARotationConfig{CA: s.CA, ServerCert: s.serverCert, Jobs: s.Rotation,
+		Sessions: s.transport, Send: s.sendDevice, Logger: s.log})
 	return err
 }
 
@@ -401,10 +396,10 @@ func (s *Server) openApprovals() (err error) {
 
 // openAPI builds the HTTPS API over every part.
 func (s *Server) openAPI() error {
-	s.apiTLS = s.firmwareTLS(&tls.Config{GetCertificate: s.getCertificate, MinVersion: tls.VersionTLS12})
+	s.apiTLS = s.fw.ListenerTLS(&tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, s.CA.Pool)
 	s.apiHandler = api.New(api.Config{Approvals: s.Approvals, RateLimit: s.cfg.APIRateLimit, RateBurst: s.cfg.APIRateBurst,
 		Inventory: s.Inv, Approver: s.Enroll, Attestation: s.Attest, Policies: s.Policy, Auth: s.Auth, Audit: s.Audit, AnonymousAudit: s.anonAudit,
-		Rotation: s.Rotation, CA: s.CA, CARotation: s, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
+		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
 		Governance: s.Governance,
@@ -419,7 +414,7 @@ func (s *Server) listen() (err error) {
 	}
 	s.onClose(closeListener(s.apiLn))
 	if s.cfg.DebugAddr != "" {
-		if s.debugLn, err = listenDebug(s.cfg.DebugAddr); err != nil {
+		if s.debugLn, err = profile.Listen(s.cfg.DebugAddr); err != nil {
 			return err
 		}
 		s.onClose(closeListener(s.debugLn))
@@ -438,39 +433,6 @@ func closeListener(ln net.Listener) func() error {
 	}
 }
 
-// gate admits a holder of a fleet certificate (the TLS layer verified the
-// chain and expiry) only if the fleet issued that serial to the device and
-// it is still current (inventory.Device.Admits: not revoked — quarantine,
-// decommissioning, re-enrollment and renewal revoke — nor expired; a
-// certificate of the fleet CA never issued to the device is refused), and
-// only while the device is active (fully) or quarantined (only to prove
-// itself: inventory.QuarantinedKinds).
-type gate struct {
-	inv *inventory.Store
-	ca  *ca.CA
-}
-
-func (g gate) AdmitDevice(deviceID string, cert *x509.Certificate) (broker.Access, error) {
-	d, err := g.inv.Device(context.TODO(), deviceID)
-	if err != nil {
-		return broker.Access{}, fmt.Errorf("unknown device: %w", err)
-	}
-	if _, err := g.ca.Issuer(cert); err != nil {
-		return broker.Access{}, err // a retired CA generation: enroll again
-	}
-	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
-	if !d.Admits(serial, time.Now()) {
-		return broker.Access{}, fmt.Errorf("certificate %s not issued to this device, revoked or expired", serial)
-	}
-	switch d.State {
-	case inventory.StateActive:
-		return broker.Access{}, nil
-	case inventory.StateQuarantined:
-		return broker.Access{UpKinds: inventory.QuarantinedKinds()}, nil
-	}
-	return broker.Access{}, fmt.Errorf("device %s", d.State)
-}
-
 // brokerEvent queues a connection event: the broker calls it on its
 // connection goroutines, which must not wait for the inventory's disk.
 func (s *Server) brokerEvent(ev broker.Event) {
@@ -487,9 +449,7 @@ func (s *Server) brokerEvent(ev broker.Event) {
 	if ev.Identity.DeviceID == "" || ev.Kind == broker.Refused || ev.Kind == broker.Closed {
 		return
 	}
-	select {
-	case s.eventQueue(ev.Identity.DeviceID) <- ev:
-	default:
+	if !s.events.Put(ev.Identity.DeviceID, ev) {
 		s.log.Warn("connection events arrive faster than the inventory records them; one dropped", "device_id", ev.Identity.DeviceID)
 	}
 }
@@ -498,12 +458,7 @@ func (s *Server) connectionEvent(ev broker.Event) {
 	if ev.Kind == broker.Connected && ev.Identity.Cert != nil {
 		s.Rotation.Connected(ev.Identity.DeviceID, hex.EncodeToString(ev.Identity.Cert.SerialNumber.Bytes()))
 	}
-	now := time.Now().UTC()
-	err := s.Inv.Update(context.TODO(), ev.Identity.DeviceID, func(d *inventory.Device) error {
-		d.LastSeen = now
-		d.Connected = ev.Kind == broker.Connected
-		return nil
-	})
+	err := s.Inv.SetConnected(context.TODO(), ev.Identity.DeviceID, ev.Kind == broker.Connected, time.Now().UTC())
 	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
 		s.log.Warn("inventory update on connection event failed", "err", err)
 	}
@@ -536,6 +491,15 @@ func (s *Server) AdminTokenPath() string { return filepath.Join(s.cfg.DataDir, A
 
 // API returns the HTTPS API's handler (for its route table in tests).
 func (s *Server) API() http.Handler { return s.apiHandler }
+
+// DebugAddr is the debug listener's bound address (fleet/profile), ""
+// when it is off.
+func (s *Server) DebugAddr() string {
+	if s.debugLn == nil {
+		return ""
+	}
+	return s.debugLn.Addr().String()
+}
 
 // Ready is closed once every listener serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -588,42 +552,23 @@ func (s *Server) tasks() []func(context.Context) error {
 		tasks = append(tasks, s.Approvals.Run)
 	}
 	if s.debugLn != nil {
-		tasks = append(tasks, s.serveDebug)
+		tasks = append(tasks, func(ctx context.Context) error { return profile.Serve(ctx, s.debugLn) })
 	}
 	return tasks
 }
 
 // serveAPI serves the API, the console and the device downloads on the
-// HTTPS listener until ctx ends, then shuts the server down gracefully
-// (5s at most).
+// HTTPS listener until ctx ends (api.Serve).
 func (s *Server) serveAPI(ctx context.Context) error {
-	srv := &http.Server{
-		Handler:   s.withDownloads(s.withConsole(s.apiHandler)),
-		TLSConfig: s.apiTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(s.apiLn, "", "") }()
-	select {
-	case err := <-served:
-		return err // it failed on its own
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	<-served // http.ErrServerClosed
-	return err
+	return api.Serve(ctx, s.apiLn, s.fw.WithDownloads(s.withConsole(s.apiHandler)), s.apiTLS, s.log)
 }
 
 // deviceMessage handles messages from enrolled devices. The device ID is
 // the one the broker authenticated, never one from the payload. A message
-// is handled only if its type belongs to the topic kind it came on and
-// the device's state, as the inventory holds it now, accepts that kind
-// (inventory.State.Accepts): whatever the broker admitted earlier, a
-// device quarantined or decommissioned since is not served; nor, through a
-// broker pool, one without a current certificate (holdsCurrentCert).
+// is handled only if admission.Check allows it: its type belongs to the
+// topic kind it came on and the device's state, as the inventory holds it
+// now, accepts that kind; through a broker pool, only while the device
+// holds a current certificate.
 func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte) {
 	tp, err := s.topics.Parse(topic)
 	if err != nil || id.DeviceID == "" || tp.ID != id.DeviceID {
@@ -634,14 +579,14 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.log.Warn("malformed device message", "device_id", id.DeviceID, "err", err)
 		return
 	}
-	st, err := s.messageState(id)
-	if errors.Is(err, errStaleSession) {
+	st, err := admission.Check(context.TODO(), s.Inv, id, env.Type, tp.Kind)
+	if errors.Is(err, admission.ErrStaleSession) {
 		s.staleSession(id.DeviceID)
 		return
 	}
-	if err != nil || upKind(env.Type) != tp.Kind || !st.Accepts(tp.Kind) {
+	if err != nil {
 		state := inventory.State("unknown")
-		if err == nil {
+		if errors.Is(err, admission.ErrRefused) {
 			state = st
 		}
 		s.log.Info("device message dropped: its state or topic does not allow it", "device_id", id.DeviceID, "type", env.Type, "kind", tp.Kind, "state", state)
@@ -668,17 +613,10 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("malformed hello", "device_id", id.DeviceID, "err", err)
 			return
 		}
-		err := s.Inv.Update(context.TODO(), id.DeviceID, func(d *inventory.Device) error {
-			if h.Firmware != "" && d.Firmware != h.Firmware && d.State == inventory.StateActive {
-				// Reported, not proved: policies judge the measurements.
-				s.log.Info("device reports a new firmware version", "device_id", d.ID, "from", d.Firmware, "to", h.Firmware)
-				d.Firmware = h.Firmware
-			}
-			d.LastSeen = time.Now().UTC()
-			return nil
-		})
-		if err != nil {
+		if from, changed, err := s.Inv.Hello(context.TODO(), id.DeviceID, h.Firmware, time.Now().UTC()); err != nil {
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
+		} else if changed {
+			s.log.Info("device reports a new firmware version", "device_id", id.DeviceID, "from", from, "to", h.Firmware)
 		}
 		s.rescore(id.DeviceID) // its reported firmware counts in the risk score
 		if s.feed != nil {
@@ -691,102 +629,15 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		if s.fw != nil {
 			s.fw.Hello(id.DeviceID)
 		}
-		if s.CA.Rotating() {
-			s.sendTrustBundle(id.DeviceID)
-		}
+		s.caRotation.Hello(id.DeviceID)
 	}
 }
 
-// holdsCurrentCert reports whether a certificate the fleet issued to d is
-// still current. A broker pool reports a sender without its certificate
-// (id.Cert nil), and Mosquitto keeps a session open after its certificate
-// is revoked: a device none of whose certificates is current is not
-// served, whatever session it still holds.
-func holdsCurrentCert(d *inventory.Device, now time.Time) bool {
-	for _, c := range d.Certificates() {
-		if d.Admits(c.Serial, now) {
-			return true
-		}
-	}
-	return false
-}
-
-// errStaleSession: a session through a broker pool whose device no longer
-// holds a current certificate (messageState).
-var errStaleSession = errors.New("server: the session's certificate is no longer current")
-
-// messageState is the state of the device of a session, for the check on
-// each of its messages: the state alone, decoding nothing else of the
-// record, for a session whose certificate the broker verified; for one
-// through a broker pool (no certificate here), the whole record, to
-// check that the device still holds a current certificate
-// (errStaleSession otherwise).
-func (s *Server) messageState(id broker.Identity) (inventory.State, error) {
-	if id.Cert != nil {
-		return s.Inv.State(context.TODO(), id.DeviceID)
-	}
-	d, err := s.Inv.Device(context.TODO(), id.DeviceID)
-	if err != nil {
-		return "", err
-	}
-	if !holdsCurrentCert(d, time.Now()) {
-		return "", errStaleSession
-	}
-	return d.State, nil
-}
-
-// upKind is the up-topic kind a device message of type typ travels on
-// ("" for a type devices do not send), as the protocol's registry says.
-func upKind(typ string) string {
-	if m, ok := wire.Lookup(typ); ok && m.Segment == wire.SegDevice && m.Dir == wire.Up {
-		return m.Kind
-	}
-	return ""
-}
-
-// bootstrapCredential admits a bootstrap CONNECT with a claim certificate,
-// or with an enrollment token as the password that is valid, or was used by
-// the device this client ID names ("e-<first 16 hex of the device ID>-…"),
-// so a known device can re-enroll.
-func (s *Server) bootstrapCredential(clientID, _ string, password []byte, claim *x509.Certificate) error {
-	if claim != nil || s.Governance.TriageEnrolled(governance.TriageKey(governance.AttemptUnknownClient, "client", clientID)) {
-		return nil
-	}
-	if len(password) == 0 {
-		return errors.New("no claim certificate and no enrollment token")
-	}
-	secret := string(password)
-	if _, err := s.Inv.CheckToken(context.TODO(), secret, "", time.Now()); err == nil || errors.Is(err, inventory.ErrTokenBinding) {
-		return nil // valid; its model binding is checked at enrollment
-	}
-	usedBy, err := s.Inv.TokenUsedBy(context.TODO(), secret)
-	if err == nil && len(usedBy) >= 16 && strings.HasPrefix(clientID, "e-"+usedBy[:16]+"-") {
-		return nil
-	}
-	return errors.New("enrollment token not valid")
-}
-
-// knownBootstrap is the broker's KnownDevice: a bootstrap client ID of the
-// form sigild uses, "e-<first 16 hex of the device ID>-<suffix>", that
-// names a device of the inventory which may recover by enrolling again
-// (active or quarantined: a revoked or expired certificate). It is a claim
-// the client makes; it only buys a reserved bootstrap slot.
-func (s *Server) knownBootstrap(clientID string) (string, bool) {
-	rest, ok := strings.CutPrefix(clientID, "e-")
-	if !ok || len(rest) < 17 || rest[16] != '-' {
-		return "", false
-	}
-	prefix := rest[:16]
-	if strings.Trim(prefix, "0123456789abcdef") != "" {
-		return "", false
-	}
-	devs, _, err := s.Inv.ListDevices(context.TODO(), inventory.Filter{After: prefix, Limit: 1})
-	if err != nil || len(devs) == 0 || !strings.HasPrefix(devs[0].ID, prefix) {
-		return "", false
-	}
-	switch d := devs[0]; d.State {
-	case inventory.StateActive, inventory.StateQuarantined:
-		return d.ID, true
-	}
-	return "", false
+// bootstrap admits bootstrap clients at the broker (enroll.Bootstrap):
+// a client ID operators decided to enroll from governance's triage list
+// needs no credential.
+func (s *Server) bootstrap() enroll.Bootstrap {
+	return enroll.Bootstrap{Devices: s.Inv, TriageEnrolled: func(clientID string) bool {
+		return s.Governance.TriageEnrolled(governance.TriageKey(governance.AttemptUnknownClient, "client", clientID))
+	}}
 }

@@ -12,6 +12,25 @@ import (
 // Files of trust the fleet's configuration names: the EK allow-list and
 // the claim CAs.
 
+// LoadEKTrust builds the EK trust of the fleet's configuration: the
+// manufacturer CAs of caDir (LoadCADir: ek_ca_dir) and the allow-list
+// file (LoadAllowList: ek_allowlist); either may be "" (none).
+func LoadEKTrust(caDir, allowList string) (*EKTrust, error) {
+	trust := &EKTrust{}
+	var err error
+	if caDir != "" {
+		if trust.Roots, trust.Intermediates, err = LoadCADir(caDir); err != nil {
+			return nil, err
+		}
+	}
+	if allowList != "" {
+		if trust.AllowList, err = LoadAllowList(allowList); err != nil {
+			return nil, err
+		}
+	}
+	return trust, nil
+}
+
 // LoadAllowList reads an EK allow-list file (EKTrust.AllowList): SHA-256
 // fingerprints of EK public keys (PKIX, hex, any case), one per line, '#'
 // comments; a line that is not a fingerprint is an error naming it.

@@ -32,7 +32,7 @@ import (
 )
 
 // brokerPool is a fleet in pool mode with two device brokers and a
-// bootstrap broker, real Mosquitto configured by server.PoolMember (what
+// bootstrap broker, real Mosquitto configured by mqttpool.Complete (what
 // `sigil broker-config` writes).
 type brokerPool struct {
 	f         *harness.Fleet
@@ -59,7 +59,7 @@ func startBrokerPool(t *testing.T, mutate func(*server.Config)) *brokerPool {
 		if role == mqttpool.RoleDevice {
 			m.DynsecPlugin = mosquittotest.DynsecPlugin(t)
 		}
-		m, err := server.PoolMember(p.ca, p.dataDir, m, []string{"localhost", "127.0.0.1"}, nil)
+		m, err := mqttpool.Complete(p.ca, p.dataDir, m, []string{"localhost", "127.0.0.1"}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +67,7 @@ func startBrokerPool(t *testing.T, mutate func(*server.Config)) *brokerPool {
 	}
 	p.dev = []*mosquittotest.Broker{member(mqttpool.RoleDevice), member(mqttpool.RoleDevice)}
 	p.boot = member(mqttpool.RoleBootstrap)
-	if p.secret, err = server.PoolSecret(p.dataDir); err != nil {
+	if p.secret, err = mqttpool.Secret(p.dataDir); err != nil {
 		t.Fatal(err)
 	}
 	cfg := server.Config{DataDir: p.dataDir, APIRateLimit: -1, EKCADir: ekCADir(t, vendorCA(t)), BrokerPool: &server.BrokerPool{
@@ -125,7 +125,7 @@ func (p *brokerPool) fleetPublish(t *testing.T, b *mosquittotest.Broker, topic, 
 	t.Helper()
 	host, port := splitAddr(t, b.FleetAddr)
 	mustRun(t, "mosquitto_pub", "-h", host, "-p", port, "--cafile", p.f.CACertPath(), "--insecure", "-V", "mqttv311", "-q", "1",
-		"-u", server.PoolUsername, "-P", p.secret, "-i", "e2e-fleet-pub", "-t", topic, "-m", msg)
+		"-u", mqttpool.Username, "-P", p.secret, "-i", "e2e-fleet-pub", "-t", topic, "-m", msg)
 }
 
 func splitAddr(t *testing.T, addr string) (string, string) {
@@ -393,7 +393,7 @@ func (p *brokerPool) mqttClient(t *testing.T, addr, clientID, cert, key string) 
 		}
 		cfg.Certificates = []tls.Certificate{c}
 	} else {
-		o.SetUsername(server.PoolUsername).SetPassword(p.secret)
+		o.SetUsername(mqttpool.Username).SetPassword(p.secret)
 	}
 	c := mqtt.NewClient(o.SetTLSConfig(cfg))
 	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {

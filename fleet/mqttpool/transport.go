@@ -1,4 +1,4 @@
-package server
+package mqttpool
 
 import (
 	"context"
@@ -20,12 +20,12 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// BrokerPool is the fleet's pool of Mosquitto brokers (Config.BrokerPool).
-type BrokerPool struct {
+// Settings are the broker_pool configuration of `sigil serve`: the
+// fleet's pool of Mosquitto brokers.
+type Settings struct {
 	// Devices are the fleet listeners ("host:port") of the brokers
 	// enrolled devices connect to. Required.
 	Devices []string `json:"devices"`
@@ -42,27 +42,27 @@ type BrokerPool struct {
 	Group string `json:"group"`
 }
 
-// Broker pool credentials: the fleet's user name on the brokers' fleet
-// listeners, and the file in DataDir holding its password (created by
-// the first `sigil broker-config` or pool start).
+// The fleet's credentials on the pool: its user name on the brokers'
+// fleet listeners, and the file in the fleet's data directory holding its
+// password (created by the first `sigil broker-config` or pool start).
 const (
-	PoolUsername   = "sigil-fleet"
-	PoolSecretFile = "broker-pool.secret"
+	Username   = "sigil-fleet"
+	SecretFile = "broker-pool.secret"
 )
 
-// PoolSecret returns the fleet's broker password from dataDir, creating
-// it (256 random bits, mode 0600) the first time.
-func PoolSecret(dataDir string) (string, error) {
-	path := filepath.Join(dataDir, PoolSecretFile)
+// Secret returns the fleet's broker password from dataDir, creating it
+// (256 random bits, mode 0600) the first time.
+func Secret(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, SecretFile)
 	b, err := os.ReadFile(path)
 	if err == nil {
 		if s := strings.TrimSpace(string(b)); s != "" {
 			return s, nil
 		}
-		return "", fmt.Errorf("server: %s is empty", path)
+		return "", fmt.Errorf("mqttpool: %s is empty", path)
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("server: broker pool secret: %w", err)
+		return "", fmt.Errorf("mqttpool: broker pool secret: %w", err)
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
@@ -70,89 +70,99 @@ func PoolSecret(dataDir string) (string, error) {
 	}
 	secret := hex.EncodeToString(raw)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return "", fmt.Errorf("server: %w", err)
+		return "", fmt.Errorf("mqttpool: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return PoolSecret(dataDir) // another process made it first
+			return Secret(dataDir) // another process made it first
 		}
-		return "", fmt.Errorf("server: broker pool secret: %w", err)
+		return "", fmt.Errorf("mqttpool: broker pool secret: %w", err)
 	}
 	if _, err := f.WriteString(secret + "\n"); err != nil {
 		f.Close()
-		return "", fmt.Errorf("server: broker pool secret: %w", err)
+		return "", fmt.Errorf("mqttpool: broker pool secret: %w", err)
 	}
 	return secret, f.Close()
 }
 
-// openPool connects the fleet to its broker pool instead of building the
-// embedded broker (openBroker).
-func (s *Server) openPool() error {
-	pc := s.cfg.BrokerPool
-	secret, err := PoolSecret(s.cfg.DataDir)
+// Inventory is what a Transport reads of the fleet's inventory
+// (inventory.Store).
+type Inventory interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
+	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
+}
+
+// TransportConfig is what NewTransport builds the fleet's side of a pool
+// from.
+type TransportConfig struct {
+	Settings Settings
+	// DataDir is the fleet's data directory, which holds its password
+	// (Secret).
+	DataDir string
+	// Roots verify the brokers' certificates: the fleet CA's.
+	Roots  *x509.CertPool
+	Topics wire.Topics
+	// Inventory gives a device's state at Disconnect and the quarantined
+	// devices a broker is brought up to date with when the fleet connects
+	// to it.
+	Inventory Inventory
+	// Hello, when set, is told of each device's hello, the first message
+	// it sends on each connection (Transport.hello).
+	Hello  func(deviceID string, at time.Time)
+	Logger *slog.Logger
+}
+
+// NewTransport builds the fleet's connections to its broker pool (the
+// replacement of the embedded broker); Run connects.
+func NewTransport(cfg TransportConfig) (*Transport, error) {
+	pc := cfg.Settings
+	secret, err := Secret(cfg.DataDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var t *poolTransport
-	p, err := mqttpool.New(mqttpool.Config{
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var t *Transport
+	p, err := New(Config{
 		OnConnect: func(broker string) {
 			if slices.Contains(pc.Devices, broker) {
 				t.resyncQuarantines(broker)
 			}
 		},
-		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: PoolUsername, Password: secret,
-		TLS:    &tls.Config{RootCAs: s.CA.Pool(), ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
-		Topics: s.topics, Group: pc.Group, Logger: s.log.With("component", "broker_pool"),
+		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: Username, Password: secret,
+		TLS:    &tls.Config{RootCAs: cfg.Roots, ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
+		Topics: cfg.Topics, Group: pc.Group, Logger: log,
 	})
 	if err != nil {
-		return fmt.Errorf("server: broker pool: %w", err)
+		return nil, fmt.Errorf("mqttpool: broker pool: %w", err)
 	}
-	t = &poolTransport{inv: s.Inv, pool: p, hello: func(id string, at time.Time) {
-		if s.Attest != nil {
-			s.Attest.SessionStarted(id, at)
-		}
-	}, topics: s.topics, addr: pc.Devices[0], heard: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: s.log.With("component", "broker_pool"),
-		state: func(id string) (inventory.State, error) {
-			d, err := s.Inv.Device(context.TODO(), id)
-			if err != nil {
-				return "", err
-			}
-			return d.State, nil
-		}}
-	s.transport = t
-	return nil
+	hello := cfg.Hello
+	if hello == nil {
+		hello = func(string, time.Time) {}
+	}
+	t = &Transport{inv: cfg.Inventory, pool: p, hello: hello, topics: cfg.Topics, addr: pc.Devices[0],
+		heard: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: log}
+	return t, nil
 }
 
-// BrokersReady reports whether the fleet can reach its devices: always
-// with the embedded broker (once Ready); with a pool, once it is
+// Ready reports whether the fleet can reach its devices: once it is
 // connected to every broker and subscribed there.
-func (s *Server) BrokersReady() bool {
-	if t, ok := s.transport.(*poolTransport); ok {
-		return t.pool.Ready()
-	}
-	return true
-}
-
-// staleSession handles a message a device sent, through the broker pool,
-// on a session its certificate no longer allows (holdsCurrentCert): the
-// session is ended, at most every staleKickInterval, until its broker
-// refuses the certificate (its CRL updated) and the device enrolls again.
-func (s *Server) staleSession(deviceID string) {
-	s.log.Info("device message dropped: the device holds no current certificate; ending its session", "device_id", deviceID)
-	if t, ok := s.transport.(*poolTransport); ok {
-		t.kickStale(deviceID)
-	}
-}
+func (t *Transport) Ready() bool { return t.pool.Ready() }
 
 // staleKickInterval bounds how often a stale session is ended: each end
 // is a command to every broker, which the plugin writes to its disk.
 const staleKickInterval = 2 * time.Second
 
-// kickStale ends a device's sessions now, or, when it did so less than
-// staleKickInterval ago, once that interval has passed (a session the
-// device opened in between must end too).
-func (t *poolTransport) kickStale(deviceID string) {
+// KickStale handles a message a device sent on a session its
+// certificate no longer allows: it ends the device's sessions now, or,
+// when it did so less than staleKickInterval ago, once that interval has
+// passed (a session the device opened in between must end too), until
+// its broker refuses the certificate (its CRL updated) and the device
+// enrolls again.
+func (t *Transport) KickStale(deviceID string) {
 	now := time.Now()
 	t.mu.Lock()
 	for id, at := range t.kicked { // bounded: only recent kicks matter
@@ -186,7 +196,8 @@ func (t *poolTransport) kickStale(deviceID string) {
 // one, so the fleet knows them only by what they send.
 const presenceWindow = 15 * time.Minute
 
-// poolTransport is the Transport of a broker pool. The sender's identity
+// Transport is the fleet's MQTT layer on a broker pool, in place of the
+// embedded broker (the Transport of fleet/server). The sender's identity
 // is the ID in the topic, which the brokers bind to the client's
 // certificate (devices) or client ID (bootstrap clients). What the pool
 // cannot tell yet: connection events and the brokers' counters.
@@ -194,13 +205,12 @@ const presenceWindow = 15 * time.Minute
 // security plugin, and sets what the device may publish when it comes
 // back from its state in the inventory: the quarantined kinds only, or
 // what the pattern ACL allows.
-type poolTransport struct {
-	pool   *mqttpool.Pool
+type Transport struct {
+	pool   *Pool
 	topics wire.Topics
 	addr   string
 	log    *slog.Logger
-	state  func(deviceID string) (inventory.State, error)
-	inv    *inventory.Store
+	inv    Inventory
 	// hello is told of a device's hello, the first message it sends on
 	// each connection: Mosquitto tells no one of connections, so the
 	// hello starts the device's session for the fleet (attest.Service.
@@ -209,26 +219,26 @@ type poolTransport struct {
 
 	mu      sync.Mutex
 	heard   map[string]time.Time // device ID -> its last message
-	kicked  map[string]time.Time // device ID -> when kickStale last ended its sessions
-	pending map[string]bool      // device ID -> a kickStale is scheduled
+	kicked  map[string]time.Time // device ID -> when KickStale last ended its sessions
+	pending map[string]bool      // device ID -> a KickStale is scheduled
 }
 
-func (t *poolTransport) Start() error                  { return nil }
-func (t *poolTransport) Run(ctx context.Context) error { return t.pool.Run(ctx) }
-func (t *poolTransport) Stats() broker.Stats           { return broker.Stats{} }
-func (t *poolTransport) Addr() net.Addr                { return poolAddr(t.addr) }
-func (t *poolTransport) Publish(topic string, payload []byte, qos byte) error {
+func (t *Transport) Start() error                  { return nil }
+func (t *Transport) Run(ctx context.Context) error { return t.pool.Run(ctx) }
+func (t *Transport) Stats() broker.Stats           { return broker.Stats{} }
+func (t *Transport) Addr() net.Addr                { return poolAddr(t.addr) }
+func (t *Transport) Publish(topic string, payload []byte, qos byte) error {
 	return t.pool.Publish(topic, payload, qos)
 }
 
 // Subscribe maps the fleet's two filters (every enroll or device up
 // topic) to the pool's shared subscriptions.
-func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity, topic string, payload []byte)) error {
+func (t *Transport) Subscribe(filter string, handler func(id broker.Identity, topic string, payload []byte)) error {
 	for _, seg := range []string{wire.SegEnroll, wire.SegDevice} {
 		if filter != t.topics.Filter(seg, "+", wire.Up) {
 			continue
 		}
-		return t.pool.Subscribe(seg, func(m mqttpool.Message) {
+		return t.pool.Subscribe(seg, func(m Message) {
 			id := broker.Identity{ClientID: m.Topic.ID}
 			if seg == wire.SegDevice {
 				id.DeviceID = m.Topic.ID
@@ -243,7 +253,7 @@ func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity
 			handler(id, m.Name, m.Payload)
 		})
 	}
-	return fmt.Errorf("server: the broker pool serves no subscription %q", filter)
+	return fmt.Errorf("mqttpool: the broker pool serves no subscription %q", filter)
 }
 
 // Disconnect ends the device's sessions on the brokers and forgets its
@@ -252,12 +262,12 @@ func (t *poolTransport) Subscribe(filter string, handler func(id broker.Identity
 // disconnect a device after they quarantine it, and after they release
 // it), limited on every broker to inventory.QuarantinedKinds; otherwise
 // as the pattern ACL allows.
-func (t *poolTransport) Disconnect(deviceID string) {
+func (t *Transport) Disconnect(deviceID string) {
 	t.mu.Lock()
 	delete(t.heard, deviceID)
 	t.mu.Unlock()
 	var err error
-	if st, serr := t.state(deviceID); serr == nil && st == inventory.StateQuarantined {
+	if d, serr := t.inv.Device(context.TODO(), deviceID); serr == nil && d.State == inventory.StateQuarantined {
 		err = t.pool.Quarantine(deviceID, inventory.QuarantinedKinds())
 	} else {
 		err = t.pool.Kick(deviceID)
@@ -272,7 +282,7 @@ func (t *poolTransport) Disconnect(deviceID string) {
 // broker may be new, or may have missed quarantines while it was down.
 // (A release it missed is not undone here: the device stays limited on
 // that broker until its next disconnection by the fleet.)
-func (t *poolTransport) resyncQuarantines(broker string) {
+func (t *Transport) resyncQuarantines(broker string) {
 	ctx := context.TODO()
 	after, n := "", 0
 	for {
@@ -298,14 +308,14 @@ func (t *poolTransport) resyncQuarantines(broker string) {
 	}
 }
 
-func (t *poolTransport) Connected(deviceID string) bool {
+func (t *Transport) Connected(deviceID string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	at, ok := t.heard[deviceID]
 	return ok && time.Since(at) < presenceWindow
 }
 
-func (t *poolTransport) ConnectedDevices(keep func(string, *x509.Certificate) bool) []string {
+func (t *Transport) ConnectedDevices(keep func(string, *x509.Certificate) bool) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var ids []string

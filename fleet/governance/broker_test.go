@@ -1,4 +1,4 @@
-package server
+package governance_test
 
 import (
 	"context"
@@ -17,18 +17,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
-
-// newTestServer builds a server in a temporary directory without running
-// it; its stores close when the test ends.
-func newTestServer(tb testing.TB) *Server {
-	tb.Helper()
-	s, err := New(Config{DataDir: tb.TempDir(), MQTTAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0"}, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(s.close)
-	return s
-}
 
 func testCert(tb testing.TB, cn string) *x509.Certificate {
 	tb.Helper()
@@ -51,12 +39,12 @@ const (
 	unknownDevice = "fedcba9876543210fedcba9876543210"
 )
 
-// TestGovernanceEventClassifies: refused connections go to the triage
+// TestBrokerEventClassifies: refused connections go to the triage
 // list by what they presented — a known device's refusal does not; device
 // sessions are opened and closed per connection.
-func TestGovernanceEventClassifies(t *testing.T) {
-	s := newTestServer(t)
-	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
+func TestBrokerEventClassifies(t *testing.T) {
+	f := newFleet(t, nil)
+	if err := f.inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
 		t.Fatal(err)
 	}
 	cert := testCert(t, "dev")
@@ -67,12 +55,12 @@ func TestGovernanceEventClassifies(t *testing.T) {
 		{Kind: broker.Refused, Identity: broker.Identity{ClientID: "e-intruder"}, Reason: "bootstrap credential: none", Remote: "192.0.2.3:1000", Time: now},
 		{Kind: broker.Refused, Presented: testCert(t, "rogue"), Reason: "tls: bad certificate", Remote: "192.0.2.4:1000", Time: now},
 	} {
-		s.governanceEvent(ev)
+		f.svc.BrokerEvent(ev)
 	}
-	if err := s.Governance.Flush(); err != nil {
+	if err := f.svc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	l, _, err := s.Governance.Triage(governance.TriageFilter{})
+	l, _, err := f.svc.Triage(governance.TriageFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,31 +74,31 @@ func TestGovernanceEventClassifies(t *testing.T) {
 	}
 
 	id := broker.Identity{ClientID: knownDevice, DeviceID: knownDevice, Cert: cert}
-	s.governanceEvent(broker.Event{Kind: broker.Connected, Identity: id, Remote: "192.0.2.1:1", Time: now})
-	s.governanceEvent(broker.Event{Kind: broker.Connected, Identity: id, Remote: "192.0.2.9:2", Time: now})
-	if n := s.Governance.SessionStats().Open; n != 2 {
+	f.svc.BrokerEvent(broker.Event{Kind: broker.Connected, Identity: id, Remote: "192.0.2.1:1", Time: now})
+	f.svc.BrokerEvent(broker.Event{Kind: broker.Connected, Identity: id, Remote: "192.0.2.9:2", Time: now})
+	if n := f.svc.SessionStats().Open; n != 2 {
 		t.Fatalf("open sessions %d, want 2", n)
 	}
-	s.governanceEvent(broker.Event{Kind: broker.Closed, Identity: id, Remote: "192.0.2.1:1", Time: now})
-	s.governanceEvent(broker.Event{Kind: broker.Disconnected, Identity: id, Remote: "192.0.2.9:2", Time: now})
-	if n := s.Governance.SessionStats().Open; n != 0 {
+	f.svc.BrokerEvent(broker.Event{Kind: broker.Closed, Identity: id, Remote: "192.0.2.1:1", Time: now})
+	f.svc.BrokerEvent(broker.Event{Kind: broker.Disconnected, Identity: id, Remote: "192.0.2.9:2", Time: now})
+	if n := f.svc.SessionStats().Open; n != 0 {
 		t.Fatalf("open sessions %d after both ended", n)
 	}
 }
 
-// TestScreen: the broker's screen refuses blocked client IDs, addresses,
+// TestScreen: the broker's screen (Service.Screen) refuses blocked client IDs, addresses,
 // device IDs and enrolled devices' EKs, and nothing else.
 func TestScreen(t *testing.T) {
-	s := newTestServer(t)
+	f := newFleet(t, nil)
 	ek := strings.Repeat("cd", 32)
-	if err := s.Inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: ek}); err != nil {
+	if err := f.inv.PutDevice(t.Context(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: ek}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.screen(knownDevice, knownDevice, "192.0.2.1:5"); err != nil {
+	if err := f.svc.Screen(knownDevice, knownDevice, "192.0.2.1:5"); err != nil {
 		t.Fatalf("nothing blocked: %v", err)
 	}
 	for _, b := range []governance.Block{{Kind: governance.BlockEK, Value: ek}, {Kind: governance.BlockAddress, Value: "198.51.100.0/24"}, {Kind: governance.BlockClientID, Value: "e-bad"}} {
-		if err := s.Governance.Block(b); err != nil {
+		if err := f.svc.Block(b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -124,7 +112,7 @@ func TestScreen(t *testing.T) {
 		{"e-ok", "", "192.0.2.1:5", false},
 		{unknownDevice, unknownDevice, "192.0.2.1:5", false},
 	} {
-		if err := s.screen(c.client, c.device, c.remote); (err != nil) != c.blocked {
+		if err := f.svc.Screen(c.client, c.device, c.remote); (err != nil) != c.blocked {
 			t.Errorf("screen(%s, %s, %s) = %v, want blocked %v", c.client, c.device, c.remote, err, c.blocked)
 		}
 	}
@@ -134,36 +122,64 @@ func TestScreen(t *testing.T) {
 // three block-list lookups and one inventory read, with 1,000 client IDs
 // and 100 prefixes blocked.
 func BenchmarkScreen(b *testing.B) {
-	s := newTestServer(b)
-	if err := s.Inv.PutDevice(context.Background(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
+	f := newFleet(b, nil)
+	if err := f.inv.PutDevice(context.Background(), &inventory.Device{ID: knownDevice, State: inventory.StateActive, EKFingerprint: strings.Repeat("ab", 32)}); err != nil {
 		b.Fatal(err)
 	}
 	for i := range 1000 {
-		if err := s.Governance.Block(governance.Block{Kind: governance.BlockClientID, Value: fmt.Sprintf("e-%d", i)}); err != nil {
+		if err := f.svc.Block(governance.Block{Kind: governance.BlockClientID, Value: fmt.Sprintf("e-%d", i)}); err != nil {
 			b.Fatal(err)
 		}
 	}
 	for i := range 100 {
-		if err := s.Governance.Block(governance.Block{Kind: governance.BlockAddress, Value: fmt.Sprintf("10.%d.0.0/16", i)}); err != nil {
+		if err := f.svc.Block(governance.Block{Kind: governance.BlockAddress, Value: fmt.Sprintf("10.%d.0.0/16", i)}); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		if err := s.screen(knownDevice, knownDevice, "192.0.2.1:4000"); err != nil {
+		if err := f.svc.Screen(knownDevice, knownDevice, "192.0.2.1:4000"); err != nil {
 			b.Fatal(err)
 		}
 	}
 }
 
 // BenchmarkSessionEvents is what governance adds to each device
-// connection: a session opened and closed.
+// connection: a session opened and closed (Service.BrokerEvent).
 func BenchmarkSessionEvents(b *testing.B) {
-	s := newTestServer(b)
+	f := newFleet(b, nil)
 	id := broker.Identity{ClientID: knownDevice, DeviceID: knownDevice, Cert: testCert(b, "dev")}
 	now := time.Now()
 	for b.Loop() {
-		s.governanceEvent(broker.Event{Kind: broker.Connected, Identity: id, Remote: "192.0.2.1:1", Time: now})
-		s.governanceEvent(broker.Event{Kind: broker.Disconnected, Identity: id, Remote: "192.0.2.1:1", Time: now})
+		f.svc.BrokerEvent(broker.Event{Kind: broker.Connected, Identity: id, Remote: "192.0.2.1:1", Time: now})
+		f.svc.BrokerEvent(broker.Event{Kind: broker.Disconnected, Identity: id, Remote: "192.0.2.1:1", Time: now})
+	}
+}
+
+// TestFindingsRecordAndRaise: a device's finding becomes a lifecycle event
+// of the device ("-resolved" when it ends) and only a raised one goes on
+// to the alert feed; a fleet-wide finding (no device) does neither.
+func TestFindingsRecordAndRaise(t *testing.T) {
+	f := newFleet(t, nil)
+	d := f.device(1, nil)
+	var raised []governance.Alert
+	fs := governance.Findings{Events: f.inv, Raise: func(a governance.Alert) { raised = append(raised, a) }}
+	now := time.Now()
+	fs.Alert(governance.Alert{Kind: "dormant", DeviceID: d.ID, Summary: "unseen for 31 days", Time: now})
+	fs.Alert(governance.Alert{Kind: "dormant", DeviceID: d.ID, Resolved: true, Time: now})
+	fs.Alert(governance.Alert{Kind: "shadow", Summary: "fleet-wide", Time: now})
+	evs, err := f.inv.Events(t.Context(), d.ID, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, e := range evs {
+		kinds[e.Kind] = true
+	}
+	if !kinds["dormant"] || !kinds["dormant-resolved"] {
+		t.Errorf("lifecycle events %+v, want dormant and dormant-resolved", evs)
+	}
+	if len(raised) != 1 || raised[0].Kind != "dormant" || raised[0].Resolved {
+		t.Errorf("raised %+v, want the one dormant finding", raised)
 	}
 }

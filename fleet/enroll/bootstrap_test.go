@@ -1,14 +1,17 @@
-package server
+package enroll_test
 
 import (
 	"context"
+	"crypto/x509"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
-// TestKnownBootstrap: the broker's KnownDevice recognizes sigild's
+// TestKnownBootstrap: the broker's KnownDevice (Bootstrap.Known) recognizes sigild's
 // bootstrap client IDs of devices that may recover by enrolling again,
 // and nothing else.
 func TestKnownBootstrap(t *testing.T) {
@@ -27,7 +30,7 @@ func TestKnownBootstrap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := &Server{Inv: inv}
+	b := enroll.Bootstrap{Devices: inv}
 	for _, c := range []struct {
 		clientID, device string
 	}{
@@ -43,9 +46,9 @@ func TestKnownBootstrap(t *testing.T) {
 		{"e-0123456789abcde-00000000", ""},
 		{"", ""},
 	} {
-		dev, ok := s.knownBootstrap(c.clientID)
+		dev, ok := b.Known(c.clientID)
 		if dev != c.device || ok != (c.device != "") {
-			t.Errorf("knownBootstrap(%q) = %q, %v; want %q", c.clientID, dev, ok, c.device)
+			t.Errorf("Known(%q) = %q, %v; want %q", c.clientID, dev, ok, c.device)
 		}
 	}
 }
@@ -62,17 +65,62 @@ func FuzzKnownBootstrap(f *testing.F) {
 	if err := inv.PutDevice(context.Background(), &inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
 		f.Fatal(err)
 	}
-	s := &Server{Inv: inv}
+	b := enroll.Bootstrap{Devices: inv}
 	for _, seed := range []string{"e-0123456789abcdef-1", "e-", "e-0123456789abcdef", "", "e-\xff\xfe", "e-0123456789abcdef-" + id} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, clientID string) {
-		dev, ok := s.knownBootstrap(clientID)
+		dev, ok := b.Known(clientID)
 		if ok != (dev == id) {
-			t.Fatalf("knownBootstrap(%q) = %q, %v", clientID, dev, ok)
+			t.Fatalf("Known(%q) = %q, %v", clientID, dev, ok)
 		}
 		if ok && (len(clientID) < 19 || clientID[:19] != "e-0123456789abcdef-") {
-			t.Fatalf("knownBootstrap(%q) named a device", clientID)
+			t.Fatalf("Known(%q) named a device", clientID)
 		}
 	})
+}
+
+// TestBootstrapCredential: a bootstrap CONNECT is admitted with a claim
+// certificate, a valid enrollment token, a used token from the client ID
+// of the device that used it, or a client ID operators decided to enroll;
+// nothing else.
+func TestBootstrapCredential(t *testing.T) {
+	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	valid, _, err := inv.CreateToken(t.Context(), inventory.Grant{}, "ops", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, _, err := inv.CreateToken(t.Context(), inventory.Grant{}, "ops", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dev = "0123456789abcdef0000000000000001"
+	if _, err := inv.ConsumeToken(t.Context(), used, dev, "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	b := enroll.Bootstrap{Devices: inv, TriageEnrolled: func(clientID string) bool { return clientID == "e-decided" }}
+	for _, c := range []struct {
+		clientID, password string
+		claim, ok          bool
+	}{
+		{"e-any", "", true, true},
+		{"e-any", valid, false, true},
+		{"e-0123456789abcdef-1", used, false, true},
+		{"e-decided", "", false, true},
+		{"e-any", "", false, false},
+		{"e-any", "not a token", false, false},
+		{"e-fedcba9876543210-1", used, false, false}, // another device's used token
+	} {
+		var claim *x509.Certificate
+		if c.claim {
+			claim = &x509.Certificate{}
+		}
+		if err := b.Credential(c.clientID, "", []byte(c.password), claim); (err == nil) != c.ok {
+			t.Errorf("Credential(%q, claim %v, token %q) = %v, want ok %v", c.clientID, c.claim, c.password, err, c.ok)
+		}
+	}
 }

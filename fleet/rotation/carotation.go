@@ -1,0 +1,149 @@
+package rotation
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/pkg/wire"
+)
+
+// CA rotation as the operator drives it (see fleet/ca for the generations):
+// prepare, activate (server certificate re-issued with the cross
+// certificate, trust bundle pushed, every active device re-issued by a
+// forced rotation job), retire (old generation out of the bundle; devices
+// still connected with its certificates are disconnected and come back
+// through re-enrollment from their EK).
+
+// Sessions is what CA rotation needs of the MQTT layer: the connected
+// devices, by the certificate they connected with, and a way to end a
+// session.
+type Sessions interface {
+	ConnectedDevices(keep func(deviceID string, cert *x509.Certificate) bool) []string
+	Disconnect(deviceID string)
+}
+
+// CARotationConfig configures NewCARotation. CA, Jobs, Sessions and Send
+// are required.
+type CARotationConfig struct {
+	CA *ca.CA
+	// ServerCert re-issues the fleet's server certificate once a new
+	// generation signs (ca.ServerCert).
+	ServerCert interface{ Refresh() error }
+	// Jobs starts the forced rotation that re-issues every device.
+	Jobs     *Service
+	Sessions Sessions
+	// Send publishes a message to a device on one of its down kinds.
+	Send   func(deviceID, kind string, payload []byte) error
+	Logger *slog.Logger
+}
+
+// CARotation drives the fleet CA's generations for the operators (the
+// API's CARotation): each step pushes the trust bundle to the connected
+// devices.
+type CARotation struct {
+	cfg CARotationConfig
+	log *slog.Logger
+}
+
+// NewCARotation builds CA rotation.
+func NewCARotation(cfg CARotationConfig) *CARotation {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &CARotation{cfg: cfg, log: log}
+}
+
+// PrepareCA creates the next CA generation and pushes the new trust bundle
+// to every connected device.
+func (r *CARotation) PrepareCA(by string) (ca.Generation, error) {
+	g, err := r.cfg.CA.Prepare()
+	if err != nil {
+		return g, err
+	}
+	r.log.Info("CA generation prepared", "generation", g.N, "by", by)
+	r.pushTrustBundle()
+	return g, nil
+}
+
+// ActivateCA makes the prepared generation the signing one, presents a new
+// server certificate, pushes the bundle and, when rate > 0, starts a forced
+// rotation of every active device at that rate (per second) so each gets a
+// certificate of the new generation. It returns the job (nil without one).
+func (r *CARotation) ActivateCA(by string, rate float64) (ca.Generation, *Job, error) {
+	g, err := r.cfg.CA.Activate()
+	if err != nil {
+		return g, nil, err
+	}
+	// The CA has switched: whatever follows fails or not, devices must
+	// get the bundle and be re-issued.
+	if r.cfg.ServerCert != nil {
+		if err := r.cfg.ServerCert.Refresh(); err != nil {
+			r.log.Error("CA activated, but the server certificate could not be re-issued; the previous one stays in use", "err", err)
+		}
+	}
+	r.log.Info("CA generation activated", "generation", g.N, "by", by)
+	r.pushTrustBundle()
+	if rate <= 0 {
+		return g, nil, nil
+	}
+	job, err := r.cfg.Jobs.Start(Selector{All: true}, rate, fmt.Sprintf("CA generation %d activated", g.N), by)
+	if err != nil && !errors.Is(err, ErrNoMatch) {
+		return g, nil, err
+	}
+	return g, job, nil
+}
+
+// RetireCA retires the superseded generations, pushes the reduced bundle
+// and disconnects devices still connected with a certificate they issued:
+// the broker refuses those from now on, and the devices enroll again.
+func (r *CARotation) RetireCA(by string) ([]ca.Generation, error) {
+	gens, err := r.cfg.CA.Retire()
+	if err != nil {
+		return nil, err
+	}
+	r.log.Info("CA generations retired", "generations", len(gens), "by", by)
+	r.pushTrustBundle()
+	stale := r.cfg.Sessions.ConnectedDevices(func(_ string, cert *x509.Certificate) bool {
+		_, err := r.cfg.CA.Issuer(cert)
+		return errors.Is(err, ca.ErrRetiredGenerator)
+	})
+	for _, id := range stale {
+		r.cfg.Sessions.Disconnect(id)
+	}
+	if len(stale) > 0 {
+		r.log.Info("disconnected devices holding retired-generation certificates", "devices", len(stale))
+	}
+	return gens, nil
+}
+
+// Hello is told of a device's hello, after each connect: during a
+// rotation it sends the device the trust bundle it may have missed.
+func (r *CARotation) Hello(deviceID string) {
+	if r.cfg.CA.Rotating() {
+		r.SendTrustBundle(deviceID)
+	}
+}
+
+// pushTrustBundle sends the current bundle to every connected device.
+func (r *CARotation) pushTrustBundle() {
+	for _, id := range r.cfg.Sessions.ConnectedDevices(nil) {
+		r.SendTrustBundle(id)
+	}
+}
+
+// SendTrustBundle sends the CA's current trust bundle to a device.
+func (r *CARotation) SendTrustBundle(deviceID string) {
+	b, err := wire.Encode(wire.TypeTrustBundle, nil, time.Now(), &wire.TrustBundle{Roots: r.cfg.CA.TrustBundle()})
+	if err != nil {
+		r.log.Error("encoding trust bundle", "err", err)
+		return
+	}
+	if err := r.cfg.Send(deviceID, "trust", b); err != nil {
+		r.log.Warn("sending trust bundle", "device_id", deviceID, "err", err)
+	}
+}
