@@ -109,8 +109,12 @@ type TransportConfig struct {
 	Inventory Inventory
 	// Hello, when set, is told of each device's hello, the first message
 	// it sends on each connection (Transport.hello).
-	Hello  func(deviceID string, at time.Time)
-	Logger *slog.Logger
+	Hello func(deviceID string, at time.Time)
+	// Sessions, when set, makes the replica's device-broker connections a
+	// persistent session under a lease, drained by another replica if it
+	// dies (Config.Sessions).
+	Sessions Sessions
+	Logger   *slog.Logger
 }
 
 // NewTransport builds the fleet's connections to its broker pool (the
@@ -134,7 +138,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 		},
 		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: Username, Password: secret,
 		TLS:    &tls.Config{RootCAs: cfg.Roots, ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
-		Topics: cfg.Topics, Group: pc.Group, Logger: log,
+		Topics: cfg.Topics, Group: pc.Group, Sessions: cfg.Sessions, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mqttpool: broker pool: %w", err)

@@ -14,9 +14,9 @@ import (
 
 // Firmware files, relative to DataDir.
 const (
-	FirmwareDir   = "firmware"     // the release store (fleet/firmware): firmware.db and images/
-	StagingDir    = "firmware/new" // images uploaded ahead of their release (two-step upload)
-	CampaignsFile = "campaigns.db" // campaigns (fleet/campaign)
+	FirmwareDir   = firmware.DataDir // the release store (fleet/firmware): firmware.db and images/
+	StagingDir    = "firmware/new"   // images uploaded ahead of their release (two-step upload)
+	CampaignsFile = campaign.File    // campaigns (fleet/campaign)
 )
 
 // ReleaseRotation names one rotation of the release trust set in the
@@ -36,8 +36,8 @@ func (s *Server) openFirmware() (err error) {
 	}
 	s.fw, err = rollout.Open(rollout.Config{
 		Dir: filepath.Join(s.cfg.DataDir, FirmwareDir), StagingDir: filepath.Join(s.cfg.DataDir, StagingDir),
-		CampaignsPath: filepath.Join(s.cfg.DataDir, CampaignsFile),
-		TrustFile:     s.cfg.ReleaseTrust, Rotations: s.cfg.ReleaseTrustRotations, Approvals: s.cfg.FirmwareApprovals,
+		CampaignsPath: filepath.Join(s.cfg.DataDir, CampaignsFile), Database: s.db,
+		TrustFile: s.cfg.ReleaseTrust, Rotations: s.cfg.ReleaseTrustRotations, Approvals: s.cfg.FirmwareApprovals,
 		TrustDomain: s.cfg.TrustDomain, Devices: s.Inv, Policies: s.Policy, Audit: s.Audit, Send: s.sendDevice,
 		Admit: admission.Gate{Devices: s.Inv, CA: s.CA}.AdmitActive, Logger: s.log.With("component", "firmware"),
 	})

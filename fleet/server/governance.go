@@ -1,24 +1,25 @@
 package server
 
 import (
+	"context"
 	"path/filepath"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // GovernanceFile holds owners, the triage and block lists, clone incidents
 // and risk scores, relative to DataDir.
-const GovernanceFile = "governance.db"
+const GovernanceFile = governance.File
 
 // openGovernance opens identity governance over the inventory, the broker
 // and the attestation history; it is called once these exist.
 func (s *Server) openGovernance() error {
 	c := s.cfg.GovernanceConfig
-	var err error
-	s.Governance, err = governance.Open(governance.Config{
+	gcfg := governance.Config{
 		Path:    filepath.Join(s.cfg.DataDir, GovernanceFile),
 		Devices: s.Inv, Revoker: s.revoker(),
 		Quarantiner:  governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.transport.Disconnect},
@@ -33,10 +34,12 @@ func (s *Server) openGovernance() error {
 		DormantAfter: time.Duration(c.DormantAfter), RevokeDormant: c.DormantRevoke,
 		SilentAfter: time.Duration(c.SilentAfter), SweepInterval: time.Duration(c.GovernanceInterval),
 		Logger: s.log.With("component", "governance"),
-	})
-	if err == nil {
-		s.onClose(s.Governance.Close)
 	}
+	var err error
+	s.Governance, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*governance.Service, error) {
+		return governance.OpenPostgres(ctx, db, gcfg)
+	},
+		func() (*governance.Service, error) { return governance.Open(gcfg) })
 	return err
 }
 

@@ -132,7 +132,7 @@ const (
 	InventoryFile  = inventory.File
 	PolicyFile     = policy.File
 	HistoryFile    = attest.HistoryFile
-	JobsFile       = "rotations.db"
+	JobsFile       = rotation.JobsFile
 )
 
 // New opens the data directory (creating the CA and admin token at first
@@ -195,6 +195,30 @@ func (s *Server) openCA() (err error) {
 // openDatabase connects to the PostgreSQL database when DatabaseURL is
 // set: the stores that support it open in it (openAudit, openAuth,
 // openInventory, openPolicy, openHistory, openApprovals).
+// startup bounds the opening of a store in the database.
+func startup() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), time.Minute)
+}
+
+// openStore opens a store in the fleet's database when it has one
+// (inDB), else in the data directory (inFile), and puts its Close on the
+// cleanup stack.
+func openStore[T interface{ Close() error }](s *Server, inDB func(context.Context, *postgres.DB) (T, error), inFile func() (T, error)) (T, error) {
+	var st T
+	var err error
+	if s.db != nil {
+		ctx, cancel := startup()
+		defer cancel()
+		st, err = inDB(ctx, s.db)
+	} else {
+		st, err = inFile()
+	}
+	if err == nil {
+		s.onClose(st.Close)
+	}
+	return st, err
+}
+
 func (s *Server) openDatabase() (err error) {
 	if s.cfg.DatabaseURL == "" {
 		return nil
@@ -213,16 +237,13 @@ func (s *Server) openDatabase() (err error) {
 // lifecycle events go to the audit log, the alert feed and the risk
 // scores (inventoryEvent).
 func (s *Server) openInventory() (err error) {
-	if s.db != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		s.Inv, err = inventory.OpenPostgres(ctx, s.db, inventory.WithEventHook(s.inventoryEvent))
-	} else {
-		s.Inv, err = inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), inventory.WithEventHook(s.inventoryEvent))
-	}
-	if err == nil {
-		s.onClose(s.Inv.Close)
-	}
+	hook := inventory.WithEventHook(s.inventoryEvent)
+	s.Inv, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*inventory.Store, error) {
+		return inventory.OpenPostgres(ctx, db, hook)
+	},
+		func() (*inventory.Store, error) {
+			return inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), hook)
+		})
 	return err
 }
 
@@ -262,16 +283,8 @@ func (s *Server) openBroker() error {
 
 // openPolicy opens the reference policies.
 func (s *Server) openPolicy() (err error) {
-	if s.db != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		s.Policy, err = policy.OpenPostgres(ctx, s.db)
-	} else {
-		s.Policy, err = policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile))
-	}
-	if err == nil {
-		s.onClose(s.Policy.Close)
-	}
+	s.Policy, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*policy.Store, error) { return policy.OpenPostgres(ctx, db) },
+		func() (*policy.Store, error) { return policy.Open(filepath.Join(s.cfg.DataDir, PolicyFile)) })
 	return err
 }
 
@@ -291,7 +304,18 @@ func (s *Server) openEnroll() error {
 	if len(sels) > 0 {
 		first = sels[0]
 	}
+	var sessions enroll.Sessions // nil: in memory, one process
+	if s.db != nil {             // replicas: a request and its proof may reach different ones
+		ctx, cancel := startup()
+		defer cancel()
+		pg, err := enroll.OpenSessionsPostgres(ctx, s.db)
+		if err != nil {
+			return err
+		}
+		sessions = pg
+	}
 	s.Enroll, err = enroll.New(enroll.Config{
+		Sessions: sessions,
 		Policies: s.Policy, Selection: first,
 		CA: s.CA, Inventory: s.Inv, Trust: trust, ManualApproval: cfg.ManualApproval,
 		DeviceLifetime: time.Duration(cfg.DeviceLifetime), Logger: s.log.With("component", "enroll"),
@@ -306,16 +330,12 @@ func (s *Server) openEnroll() error {
 
 // openHistory opens the attestation verdicts' history.
 func (s *Server) openHistory() (err error) {
-	if s.db != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		s.history, err = attest.OpenHistoryPostgres(ctx, s.db, 0)
-	} else {
-		s.history, err = attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0)
-	}
-	if err == nil {
-		s.onClose(s.history.Close)
-	}
+	s.history, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*attest.History, error) {
+		return attest.OpenHistoryPostgres(ctx, db, 0)
+	},
+		func() (*attest.History, error) {
+			return attest.OpenHistory(filepath.Join(s.cfg.DataDir, HistoryFile), 0)
+		})
 	return err
 }
 
@@ -326,7 +346,18 @@ func (s *Server) openAttest() error {
 	if err != nil {
 		return err
 	}
+	var state attest.State // nil: in memory, one process
+	if s.db != nil {       // replicas: a challenge and its evidence may reach different ones
+		ctx, cancel := startup()
+		defer cancel()
+		pg, err := attest.OpenStatePostgres(ctx, s.db)
+		if err != nil {
+			return err
+		}
+		state = pg
+	}
 	s.Attest, err = attest.New(attest.Config{
+		State:     state,
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
 		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
 		Logger: s.log.With("component", "attest"), Send: s.sendDevice,
@@ -337,10 +368,11 @@ func (s *Server) openAttest() error {
 
 // openRotation opens the rotation jobs and builds certificate renewal.
 func (s *Server) openRotation() (err error) {
-	if s.jobs, err = rotation.OpenJobs(filepath.Join(s.cfg.DataDir, JobsFile)); err != nil {
+	if s.jobs, err = openStore(s, rotation.OpenJobsPostgres, func() (*rotation.Jobs, error) {
+		return rotation.OpenJobs(filepath.Join(s.cfg.DataDir, JobsFile))
+	}); err != nil {
 		return err
 	}
-	s.onClose(s.jobs.Close)
 	s.Rotation, err = rotation.New(rotation.Config{
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
@@ -355,14 +387,18 @@ func (s *Server) openRotation() (err error) {
 func (s *Server) openSecrets() error {
 	log := s.log.With("component", "secrets")
 	var err error
-	if s.Secrets, err = secrets.Open(secrets.Config{Dir: s.cfg.DataDir, Logger: log}); err != nil {
+	scfg := secrets.Config{Dir: s.cfg.DataDir, Logger: log} // Dir holds secrets.key on both backends
+	if s.Secrets, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*secrets.Store, error) {
+		return secrets.OpenPostgres(ctx, db, scfg)
+	},
+		func() (*secrets.Store, error) { return secrets.Open(scfg) }); err != nil {
 		return err
 	}
-	s.onClose(s.Secrets.Close)
-	if s.deliveries, err = secrets.OpenDeliveries(filepath.Join(s.cfg.DataDir, secrets.DeliveriesFile)); err != nil {
+	if s.deliveries, err = openStore(s, secrets.OpenDeliveriesPostgres, func() (*secrets.DeliveryStore, error) {
+		return secrets.OpenDeliveries(filepath.Join(s.cfg.DataDir, secrets.DeliveriesFile))
+	}); err != nil {
 		return err
 	}
-	s.onClose(s.deliveries.Close)
 	sels, err := attest.Selections(s.cfg.AttestBanks, s.cfg.AttestPCRs)
 	if err != nil {
 		return err
@@ -381,16 +417,10 @@ func (s *Server) openApprovals() (err error) {
 	}
 	cfg := approval.Config{Path: filepath.Join(s.cfg.DataDir, ApprovalsFile), Auditor: approval.AuditLog{Log: s.Audit},
 		Requester: approval.RequesterFrom(s.Auth), Logger: s.log.With("component", "approvals")}
-	if s.db != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		s.Approvals, err = approval.OpenPostgres(ctx, s.db, cfg)
-	} else {
-		s.Approvals, err = approval.Open(cfg)
-	}
-	if err == nil {
-		s.onClose(s.Approvals.Close)
-	}
+	s.Approvals, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*approval.Manager, error) {
+		return approval.OpenPostgres(ctx, db, cfg)
+	},
+		func() (*approval.Manager, error) { return approval.Open(cfg) })
 	return err
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -56,7 +57,18 @@ type BrokerPool = mqttpool.Settings
 // openPool connects the fleet to its broker pool instead of building the
 // embedded broker (openBroker).
 func (s *Server) openPool() (err error) {
+	var sessions mqttpool.Sessions // nil: clean sessions, one process
+	if s.db != nil {
+		ctx, cancel := startup()
+		defer cancel()
+		ls, err := lease.Open(ctx, s.db, lease.Config{Logger: s.log.With("component", "lease")})
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		sessions = ls
+	}
 	s.transport, err = mqttpool.NewTransport(mqttpool.TransportConfig{
+		Sessions: sessions,
 		Settings: *s.cfg.BrokerPool, DataDir: s.cfg.DataDir, Roots: s.CA.Pool(), Topics: s.topics, Inventory: s.Inv,
 		Hello: func(id string, at time.Time) {
 			if s.Attest != nil {

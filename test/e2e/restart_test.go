@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/sim/harness"
@@ -144,7 +145,9 @@ func TestDemo(t *testing.T) {
 // directory: the device, its revocation and the CRL are in the database.
 // So do the audit log (its chain verifies after the restart), the
 // operators (the admin token made at first start still works), the
-// attestation history, the policies and the approvals.
+// attestation history, the policies and the approvals, the rotation
+// jobs, the secrets and their deliveries, the telemetry cursors, the
+// alerts and governance.
 func TestRestartFleetOnPostgres(t *testing.T) {
 	requireTools(t)
 	pg := pgtest.Start(t)
@@ -173,7 +176,8 @@ func TestRestartFleetOnPostgres(t *testing.T) {
 	if err != nil || dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
 		t.Fatalf("inventory after restart: %+v, %v", dev, err)
 	}
-	for _, file := range []string{server.InventoryFile, audit.File, server.OperatorsFile, server.HistoryFile, server.PolicyFile, server.ApprovalsFile} {
+	for _, file := range []string{server.InventoryFile, audit.File, server.OperatorsFile, server.HistoryFile, server.PolicyFile, server.ApprovalsFile,
+		server.JobsFile, secrets.DBFile, secrets.DeliveriesFile, server.TelemetryFile, server.AlertsFile, server.GovernanceFile} {
 		if _, err := os.Stat(filepath.Join(dataDir, file)); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("%s in the data directory (%v): the store is not in PostgreSQL", file, err)
 		}

@@ -1,6 +1,7 @@
 package feed
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/sink"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
 
@@ -19,16 +21,19 @@ const (
 	// sequence up to which every point was stored or counted), so that a
 	// restarted fleet still ingests every point exactly once, and the
 	// feed's flags (the default rules installed).
-	TelemetryFile = "telemetry.db"
+	TelemetryFile = telemetry.File
 	// AlertsFile holds the alert rules, alerts, dead letters and learned
 	// baselines (fleet/alert).
-	AlertsFile = "alerts.db"
+	AlertsFile = alert.File
 )
 
 // PipelineConfig configures OpenPipeline. Dir and Metrics are required.
 type PipelineConfig struct {
 	// Dir is the fleet's data directory: TelemetryFile and AlertsFile.
 	Dir string
+	// Database, when set, keeps the telemetry cursors and the alerts in
+	// PostgreSQL instead of Dir's files.
+	Database *postgres.DB
 	// Sinks are the alert sinks (the alert_sinks configuration), each
 	// built into a route of the engine (sink.Routes).
 	Sinks []sink.Config
@@ -83,7 +88,14 @@ func OpenPipeline(cfg PipelineConfig) (_ *Pipeline, err error) {
 			p.Close()
 		}
 	}()
-	cursors, err := telemetry.OpenCursors(filepath.Join(cfg.Dir, TelemetryFile))
+	var cursors *telemetry.CursorStore
+	if cfg.Database != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cursors, err = telemetry.OpenCursorsPostgres(ctx, cfg.Database)
+	} else {
+		cursors, err = telemetry.OpenCursors(filepath.Join(cfg.Dir, TelemetryFile))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -94,11 +106,18 @@ func OpenPipeline(cfg PipelineConfig) (_ *Pipeline, err error) {
 	}
 	p.Sinks = infos
 	p.closers = append(p.closers, func() error { closeSinks(); return nil })
-	p.Alerts, err = alert.Open(alert.Config{
+	acfg := alert.Config{
 		Path: filepath.Join(cfg.Dir, AlertsFile), Routes: routes,
 		Actions: cfg.Actions, Logger: log.With("component", "alert"),
 		OnTransition: cfg.OnTransition, Flood: cfg.Flood,
-	})
+	}
+	if cfg.Database != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		p.Alerts, err = alert.OpenPostgres(ctx, cfg.Database, acfg)
+	} else {
+		p.Alerts, err = alert.Open(acfg)
+	}
 	if err != nil {
 		return nil, err
 	}
