@@ -154,6 +154,15 @@ var (
 	ErrNotEnrollable = errors.New("governance: entry cannot be enrolled")
 )
 
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseSweep is the lease under which Run sweeps.
+const LeaseSweep = "governance_sweep"
+
 // Config configures a Service. Zero durations and counts take the defaults
 // given with each field.
 type Config struct {
@@ -210,6 +219,12 @@ type Config struct {
 	AttestStale time.Duration
 	// SweepInterval is how often Run sweeps. Default 1h.
 	SweepInterval time.Duration
+	// Leases runs the sweep (orphaned, dormant and clone-suspect
+	// judgement, dormant revocation, stored risk scores) under the lease
+	// LeaseSweep, so that replicas sharing the database sweep once
+	// (fleet/storage/lease: Holder). Nil: Run sweeps itself, as one
+	// process does.
+	Leases Leases
 	// RescoreDelay is the tick at which Run scores the devices whose
 	// inputs changed (Rescore): each is scored one to two ticks after its
 	// first mark, once however often it was marked. Default 2s.
@@ -424,10 +439,23 @@ func (s *Service) Close() error {
 // inputs changed (Rescore) until ctx ends; it flushes once more before
 // returning. A failing sweep is logged and retried at the next
 // interval: the fleet keeps running without governance findings rather
-// than stopping.
+// than stopping. With Config.Leases the sweep runs under the lease
+// LeaseSweep, on one replica at a time.
 func (s *Service) Run(ctx context.Context) error {
-	sweep := time.NewTicker(s.cfg.SweepInterval)
-	defer sweep.Stop()
+	var sweepC <-chan time.Time // the sweep's ticker, when it runs here
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if s.cfg.Leases == nil {
+		sweep := time.NewTicker(s.cfg.SweepInterval)
+		defer sweep.Stop()
+		sweepC = sweep.C
+	} else {
+		wg.Go(func() {
+			if err := s.cfg.Leases.Hold(ctx, LeaseSweep, s.sweepLoop); err != nil {
+				s.log.Error("governance: sweeps stopped", "err", err)
+			}
+		})
+	}
 	flush := time.NewTicker(s.cfg.FlushInterval)
 	defer flush.Stop()
 	check := s.cfg.CloneGrace
@@ -439,7 +467,9 @@ func (s *Service) Run(ctx context.Context) error {
 	rescore := time.NewTicker(s.cfg.RescoreDelay)
 	defer rescore.Stop()
 
-	s.sweepLogged(ctx)
+	if sweepC != nil {
+		s.sweepLogged(ctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -447,7 +477,7 @@ func (s *Service) Run(ctx context.Context) error {
 				s.log.Error("governance: final flush failed", "err", err)
 			}
 			return nil
-		case <-sweep.C:
+		case <-sweepC:
 			s.sweepLogged(ctx)
 		case <-flush.C:
 			if err := s.Flush(); err != nil {
@@ -457,6 +487,22 @@ func (s *Service) Run(ctx context.Context) error {
 			s.CheckSessions()
 		case <-rescore.C:
 			s.rescoreTick(ctx)
+		}
+	}
+}
+
+// sweepLoop sweeps at once and then every SweepInterval until ctx ends
+// (the lease LeaseSweep is lost, or Run ends).
+func (s *Service) sweepLoop(ctx context.Context) error {
+	sweep := time.NewTicker(s.cfg.SweepInterval)
+	defer sweep.Stop()
+	s.sweepLogged(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sweep.C:
+			s.sweepLogged(ctx)
 		}
 	}
 }
