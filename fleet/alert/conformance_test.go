@@ -2,12 +2,15 @@ package alert
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
@@ -55,6 +58,7 @@ var conformanceTests = []pgtest.Test{
 func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasFireOnce", func(t *testing.T) { testReplicasFireOnce(t, srv) })
+	t.Run("ReplicasShareRules", func(t *testing.T) { testReplicasShareRules(t, srv) })
 }
 
 // testReplicasFireOnce: the same condition seen at once by two engines
@@ -133,5 +137,74 @@ func testReplicasFireOnce(t *testing.T, srv *pgtest.Server) {
 	}
 	if len(dls) != 10 || len(ids) != 10 {
 		t.Fatalf("%d dead letters with %d IDs, want 10 each", len(dls), len(ids))
+	}
+}
+
+// testReplicasShareRules: a rule put on replica A is used by replica B's
+// engine at once, a change of its condition resolves B's alert of it on
+// B, and its deletion removes it from B.
+func testReplicasShareRules(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	clk := newClock()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	open := func() *Engine {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		bus := notify.NewPostgres(db, nil)
+		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Bus: bus})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		wg.Go(func() {
+			if err := bus.Run(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+		return e
+	}
+	a, b := open(), open()
+	hot := Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}
+	if _, err := a.PutRule(hot); err != nil {
+		t.Fatal(err)
+	}
+	wait.Until(t, func() error { _, err := b.Rule("hot"); return err })
+	if err := b.Observe("d1", clk.Now(), map[string]float64{"temp": 90}, nil); err != nil {
+		t.Fatal(err)
+	}
+	open1, _, err := b.Alerts(Query{RuleID: "hot", Open: true})
+	if err != nil || len(open1) != 1 || open1[0].DeviceID != "d1" {
+		t.Fatalf("B's alerts of A's rule: %+v, %v", open1, err)
+	}
+	// A changes the condition: B resolves the alert it opened.
+	hot.Threshold.Value = 95
+	if _, err := a.PutRule(hot); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to resolve its alert of the changed rule", func() bool {
+		al, err := b.Alert(open1[0].ID)
+		return err == nil && al.State == StateResolved
+	})
+	if r, err := b.Rule("hot"); err != nil || r.Threshold.Value != 95 {
+		t.Fatalf("B's rule after the change: %+v, %v", r, err)
+	}
+	if err := a.DeleteRule("hot"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to drop the deleted rule", func() bool {
+		_, err := b.Rule("hot")
+		return errors.Is(err, ErrNotFound)
+	})
+	if err := b.Observe("d1", clk.Now(), map[string]float64{"temp": 99}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if al, _, err := b.Alerts(Query{Open: true}); err != nil || len(al) != 0 {
+		t.Fatalf("B fired a deleted rule: %+v, %v", al, err)
 	}
 }
