@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -59,6 +62,7 @@ func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasFireOnce", func(t *testing.T) { testReplicasFireOnce(t, srv) })
 	t.Run("ReplicasShareRules", func(t *testing.T) { testReplicasShareRules(t, srv) })
+	t.Run("ReplicasRepeatOnce", func(t *testing.T) { testReplicasRepeatOnce(t, srv) })
 }
 
 // testReplicasFireOnce: the same condition seen at once by two engines
@@ -207,4 +211,70 @@ func testReplicasShareRules(t *testing.T, srv *pgtest.Server) {
 	if al, _, err := b.Alerts(Query{Open: true}); err != nil || len(al) != 0 {
 		t.Fatalf("B fired a deleted rule: %+v, %v", al, err)
 	}
+}
+
+// testReplicasRepeatOnce: two engines sharing the store run at once; the
+// open alert is re-sent by the holder of the lease LeaseRepeat only, so
+// that the sinks get each repeat once; when it stops, the other engine
+// re-sends.
+func testReplicasRepeatOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	clk := newClock()
+	var repeats [2]atomic.Int64
+	open := func(i int) *Engine {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink := NotifierFunc(func(_ context.Context, n Notification) error {
+			if n.Transition == TransitionRepeat {
+				repeats[i].Add(1)
+			}
+			return nil
+		})
+		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: ls, Resend: 10 * time.Millisecond,
+			Routes: []Route{{Name: "am", Notifier: sink, Transitions: []Transition{TransitionFiring, TransitionRepeat}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	a := open(0)
+	if _, err := a.PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Observe("d1", clk.Now(), map[string]float64{"temp": 90}, nil); err != nil {
+		t.Fatal(err)
+	}
+	engines := []*Engine{a, open(1)}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	cancels := make([]context.CancelFunc, 2)
+	for i, e := range engines {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[i] = cancel
+		defer cancel()
+		wg.Go(func() {
+			if err := e.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	wait.For(t, "ten repeats", func() bool { return repeats[0].Load()+repeats[1].Load() >= 10 })
+	holder := 0
+	if repeats[1].Load() > 0 {
+		holder = 1
+	}
+	other := 1 - holder
+	if repeats[other].Load() != 0 {
+		t.Fatalf("both replicas re-sent the open alert: %d and %d repeats", repeats[0].Load(), repeats[1].Load())
+	}
+	cancels[holder]()
+	wait.For(t, "the other replica to re-send", func() bool { return repeats[other].Load() > 0 })
 }

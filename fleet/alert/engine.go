@@ -105,7 +105,23 @@ type Config struct {
 	// replica) or a resync. Open subscribes; nil: one process, nothing to
 	// tell.
 	Bus Bus
+	// Leases runs the work on the shared store — re-sends of open alerts
+	// (TransitionRepeat) and the history's bound — under the lease
+	// LeaseRepeat, so that replicas sharing the store re-send each alert
+	// once per Resend between them (fleet/storage/lease: Holder). Nil:
+	// Run does it itself, as one process does.
+	Leases Leases
 }
+
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseRepeat is the lease under which Run re-sends open alerts and
+// prunes the history.
+const LeaseRepeat = "alert_repeat"
 
 // Stats counts what the engine did since Open.
 type Stats struct {
@@ -398,6 +414,8 @@ func (e *Engine) Close() error {
 // Run delivers notifications and runs the sweeps (absence, clear-after,
 // re-sends, history bound, state flush) until ctx ends. Dead letters left
 // Interrupted by the previous run are sent first. It may be called once.
+// With Config.Leases the re-sends and the history bound run under the
+// lease LeaseRepeat, on one replica at a time.
 func (e *Engine) Run(ctx context.Context) error {
 	if !e.running.CompareAndSwap(false, true) {
 		return errors.New("alert: Run called twice")
@@ -412,22 +430,35 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	sweep := time.NewTicker(e.cfg.SweepInterval)
 	flush := time.NewTicker(e.cfg.FlushInterval)
-	resend := time.NewTicker(e.cfg.Resend)
 	defer sweep.Stop()
 	defer flush.Stop()
-	defer resend.Stop()
+	var resendC <-chan time.Time // the re-sends' ticker, when they run here
+	here := e.cfg.Leases == nil
+	if here {
+		resend := time.NewTicker(e.cfg.Resend)
+		defer resend.Stop()
+		resendC = resend.C
+	} else {
+		wg.Go(func() {
+			if err := e.cfg.Leases.Hold(ctx, LeaseRepeat, e.repeats); err != nil {
+				e.log.Error("alert: re-sends stopped", "err", err)
+			}
+		})
+	}
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			done = true
 		case <-sweep.C:
 			e.sweep(e.cfg.Now())
-			e.prune()
+			if here {
+				e.prune()
+			}
 		case <-flush.C:
 			if err := e.flush(); err != nil {
 				e.log.Error("alert: writing learned state", "err", err)
 			}
-		case <-resend.C:
+		case <-resendC:
 			e.resend()
 		}
 	}
@@ -436,6 +467,25 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.Error("alert: writing learned state", "err", err)
 	}
 	return nil
+}
+
+// repeats re-sends open alerts every Resend and bounds the history every
+// SweepInterval until ctx ends (Run ends, or the lease is lost).
+func (e *Engine) repeats(ctx context.Context) error {
+	prune := time.NewTicker(e.cfg.SweepInterval)
+	resend := time.NewTicker(e.cfg.Resend)
+	defer prune.Stop()
+	defer resend.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-prune.C:
+			e.prune()
+		case <-resend.C:
+			e.resend()
+		}
+	}
 }
 
 func (e *Engine) ruleList() []*compiled { return *e.rules.Load() }
