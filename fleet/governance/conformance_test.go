@@ -11,6 +11,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
@@ -63,6 +64,7 @@ func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasRaiseACloneOnce", func(t *testing.T) { testReplicasRaiseACloneOnce(t, srv) })
 	t.Run("ReplicasSweepOnce", func(t *testing.T) { testReplicasSweepOnce(t, srv) })
+	t.Run("ReplicasShareBlocks", func(t *testing.T) { testReplicasShareBlocks(t, srv) })
 }
 
 // countingQuarantiner counts the quarantines it passes on.
@@ -201,5 +203,53 @@ func testReplicasSweepOnce(t *testing.T, srv *pgtest.Server) {
 	wait.For(t, "the other replica to sweep", func() bool { return sweeps(other) > 0 })
 	if a := f.alerts.of(governance.KindDormant, d.ID); len(a) != 1 {
 		t.Fatalf("%d dormant alerts after the takeover, want 1", len(a))
+	}
+}
+
+// testReplicasShareBlocks: a client blocked on replica A is refused by
+// replica B's screen at once, and let in again once A unblocks it.
+func testReplicasShareBlocks(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	f := newFleet(t, nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	open := func() *governance.Service {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		bus := notify.NewPostgres(db, nil)
+		cfg := f.cfg
+		cfg.Path, cfg.Bus = "", bus
+		s, err := governance.OpenPostgres(t.Context(), db, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		wg.Go(func() {
+			if err := bus.Run(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+		return s
+	}
+	a, b := open(), open()
+	if err := a.Block(governance.Block{Kind: governance.BlockClientID, Value: "intruder", Reason: "test", By: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to refuse the client A blocked", func() bool { return b.IsBlocked("intruder", "", "") })
+	if err := a.Block(governance.Block{Kind: governance.BlockAddress, Value: "192.0.2.0/24", Reason: "test", By: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to refuse the prefix A blocked", func() bool { return b.IsBlocked("", "192.0.2.7:1883", "") })
+	if err := a.Unblock(governance.BlockClientID, "intruder"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to let the client A unblocked in", func() bool { return !b.IsBlocked("intruder", "", "") })
+	if !b.IsBlocked("", "192.0.2.7:1883", "") {
+		t.Error("B forgot the prefix still blocked")
 	}
 }

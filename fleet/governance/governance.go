@@ -13,6 +13,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
@@ -160,6 +161,17 @@ type Leases interface {
 	Hold(ctx context.Context, name string, fn func(context.Context) error) error
 }
 
+// Bus tells the services of every replica sharing the database that the
+// block list changed (fleet/storage/notify: Bus).
+type Bus interface {
+	Subscribe(topic string, fn func(notify.Event)) error
+	Notify(ctx context.Context, topic, payload string) error
+}
+
+// TopicBlocks is the notification a block list change sends (its payload
+// the entry's kind): every replica then reads the list again.
+const TopicBlocks = "governance_blocks"
+
 // LeaseSweep is the lease under which Run sweeps.
 const LeaseSweep = "governance_sweep"
 
@@ -225,6 +237,13 @@ type Config struct {
 	// (fleet/storage/lease: Holder). Nil: Run sweeps itself, as one
 	// process does.
 	Leases Leases
+	// Bus, when set, carries block list changes between the replicas
+	// sharing the database: Block and Unblock send TopicBlocks once
+	// stored, and the service reads the list again when it gets one (from
+	// any replica) or a resync, so that every replica's broker screen
+	// refuses a blocked client at once (fleet/storage/notify: Bus). Open
+	// subscribes; nil: one process, nothing to tell.
+	Bus Bus
 	// RescoreDelay is the tick at which Run scores the devices whose
 	// inputs changed (Rescore): each is scored one to two ticks after its
 	// first mark, once however often it was marked. Default 2s.
@@ -383,6 +402,12 @@ func open(cfg Config, openDB func() (kv.DB, error), where string) (*Service, err
 	if err := s.loadBlocks(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("governance: initialize %s: %w", where, err)
+	}
+	if cfg.Bus != nil {
+		if err := cfg.Bus.Subscribe(TopicBlocks, s.blocksChanged); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("governance: %w", err)
+		}
 	}
 	return s, nil
 }

@@ -121,7 +121,8 @@ type Server struct {
 	// (Config.DatabaseURL); nil keeps every store in DataDir.
 	db *postgres.DB
 	// leases run what must happen once across replicas (Postgres with
-	// db, else Local); bus tells them of rule changes (nil without db).
+	// db, else Local); bus tells them of changes to alert rules and the
+	// block list (nil without db).
 	leases lease.Holder
 	bus    notify.Bus
 
