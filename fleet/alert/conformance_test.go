@@ -63,6 +63,7 @@ func TestConformance(t *testing.T) {
 	t.Run("ReplicasFireOnce", func(t *testing.T) { testReplicasFireOnce(t, srv) })
 	t.Run("ReplicasShareRules", func(t *testing.T) { testReplicasShareRules(t, srv) })
 	t.Run("ReplicasRepeatOnce", func(t *testing.T) { testReplicasRepeatOnce(t, srv) })
+	t.Run("ReplicasBoundTheHistory", func(t *testing.T) { testReplicasBoundTheHistory(t, srv) })
 }
 
 // testReplicasFireOnce: the same condition seen at once by two engines
@@ -277,4 +278,70 @@ func testReplicasRepeatOnce(t *testing.T, srv *pgtest.Server) {
 	}
 	cancels[holder]()
 	wait.For(t, "the other replica to re-send", func() bool { return repeats[other].Load() > 0 })
+}
+
+// testReplicasBoundTheHistory: alerts opened and resolved on both
+// replicas count in the history's bound, which the holder of the lease
+// LeaseRepeat keeps: the history shrinks to MaxAlerts.
+func testReplicasBoundTheHistory(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	clk := newClock()
+	const maxAlerts = 2
+	open := func(i int) *Engine {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: ls, MaxAlerts: maxAlerts, SweepInterval: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	engines := []*Engine{open(0), open(1)}
+	if _, err := engines[0].PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := engines[1].reloadRules(); err != nil { // no bus here
+		t.Fatal(err)
+	}
+	// Five alerts opened and resolved on each replica, before Run.
+	for i, e := range engines {
+		for k := range 5 {
+			id := fmt.Sprintf("d%d-%d", i, k)
+			for _, v := range []float64{90, 50} {
+				if err := e.Observe(id, clk.Now(), map[string]float64{"temp": v}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	count := func() int {
+		n, err := engines[0].st.countAlerts(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 10 {
+		t.Fatalf("%d alerts stored, want 10", n)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	for i, e := range engines {
+		wg.Go(func() {
+			if err := e.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	wait.For(t, "the history bound to MaxAlerts", func() bool { return count() <= maxAlerts })
 }

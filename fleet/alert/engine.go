@@ -481,6 +481,15 @@ func (e *Engine) repeats(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-prune.C:
+			// The other replicas open alerts too: count them all.
+			n, err := e.st.countAlerts(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.log.Error("alert: counting alerts", "err", err)
+				}
+				continue
+			}
+			e.alerts.Store(int64(n))
 			e.prune()
 		case <-resend.C:
 			e.resend()
