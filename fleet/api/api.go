@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -107,6 +108,9 @@ type Config struct {
 	// Quarantiner serves POST /api/v1/devices/{id}/quarantine; nil answers
 	// it with 501.
 	Quarantiner Quarantiner
+	// CRL serves GET /crl; nil signs it with CA from Inventory's
+	// revocations, told of the changes this handler makes only.
+	CRL *crl.Publisher
 	// Governance serves owners, triage, blocks, clones and risk
 	// (governance.go); nil answers them with 501.
 	Governance *governance.Service
@@ -121,7 +125,7 @@ type handler struct {
 	cfg    Config
 	log    *slog.Logger
 	mux    *http.ServeMux
-	crls   crlCache
+	crls   *crl.Publisher
 	routes []route
 	gated  gated
 	docState
@@ -136,7 +140,14 @@ func New(cfg Config) http.Handler {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	h := &handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limit: newLimiter(cfg.RateLimit, cfg.RateBurst, cfg.Now)}
+	h := &handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limit: newLimiter(cfg.RateLimit, cfg.RateBurst, cfg.Now), crls: cfg.CRL}
+	if h.crls == nil {
+		c := crl.Config{Revocations: cfg.Inventory, Now: cfg.Now}
+		if cfg.CA != nil {
+			c.Signer = cfg.CA
+		}
+		h.crls = crl.New(c)
+	}
 	h.public("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

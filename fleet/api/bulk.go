@@ -173,7 +173,7 @@ func (h *handler) bulk(action string, act bulkAction) func(http.ResponseWriter, 
 			}
 		}
 		if action == "quarantine" && len(res.Done) > 0 {
-			h.crls.invalidate()
+			h.crls.Changed()
 		}
 		h.log.Info("bulk action", "action", action, "by", who, "done", len(res.Done), "skipped", len(res.Skipped), "more", res.Next != "")
 		writeJSON(w, http.StatusOK, res)

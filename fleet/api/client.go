@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
 	"time"
@@ -230,4 +231,33 @@ func (c *Client) CRL(ctx context.Context) ([]byte, error) {
 		return nil, &StatusError{Status: resp.StatusCode}
 	}
 	return io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+}
+
+// CRLAfter waits for the fleet's CRL whose number is greater than after
+// (GET /crl?after=N; nil after: the current one at once) and returns it
+// (DER), or nil when the fleet held the request until its hold ended with
+// none. The wait is bounded by ctx, not by c.HTTP's timeout.
+func (c *Client) CRLAfter(ctx context.Context, after *big.Int) ([]byte, error) {
+	u := c.BaseURL + "/crl"
+	if after != nil {
+		u += "?after=" + after.String()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	hc := *c.HTTP
+	hc.Timeout = 0 // the fleet holds the request for up to a minute
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	case http.StatusNotModified:
+		return nil, nil
+	}
+	return nil, &StatusError{Status: resp.StatusCode}
 }

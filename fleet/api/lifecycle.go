@@ -1,24 +1,19 @@
 package api
 
 import (
-	"context"
 	"errors"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
-	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 )
-
-// crlValidity is how long a served CRL is valid (its NextUpdate); it is
-// re-signed when a revocation happens or half of it has passed.
-const crlValidity = 24 * time.Hour
 
 func (h *handler) routesLifecycle() {
 	h.route("POST /api/v1/devices/{id}/revoke", auth.PermRotationWrite, h.revoke)
@@ -66,7 +61,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
 		h.internal(w, err)
 		return
 	}
-	h.crls.invalidate()
+	h.crls.Changed()
 	if h.cfg.Disconnect != nil {
 		h.cfg.Disconnect(d.ID) // always: a session may hold a serial revoked earlier
 	}
@@ -98,7 +93,7 @@ func (h *handler) decommission(w http.ResponseWriter, r *http.Request, who strin
 		h.internal(w, err)
 		return
 	}
-	h.crls.invalidate()
+	h.crls.Changed()
 	if h.cfg.Disconnect != nil {
 		h.cfg.Disconnect(d.ID) // always: a session may hold a serial revoked earlier
 	}
@@ -222,46 +217,54 @@ func (h *handler) rotationDevices(w http.ResponseWriter, r *http.Request, _ stri
 	writeJSON(w, http.StatusOK, map[string]any{"devices": devs, "next": next})
 }
 
-// crlCache holds the signed CRL until a revocation or half its validity.
-type crlCache struct {
-	mu     sync.Mutex
-	der    []byte
-	signed time.Time
-	total  int // revocations recorded when it was signed
-}
-
-func (c *crlCache) invalidate() {
-	c.mu.Lock()
-	c.der = nil
-	c.mu.Unlock()
-}
-
-func (h *handler) crl(w http.ResponseWriter, _ *http.Request) {
-	h.crls.mu.Lock()
-	defer h.crls.mu.Unlock()
-	now := h.cfg.Now()
-	all, err := h.cfg.Inventory.Revocations(context.TODO(), time.Time{})
-	if err != nil {
-		h.internal(w, err)
-		return
-	}
-	// Re-sign after any revocation (quarantine, re-enrollment and renewal
-	// revoke too) or when half the validity has passed.
-	if h.crls.der == nil || len(all) != h.crls.total || now.Sub(h.crls.signed) > crlValidity/2 {
-		entries := make([]ca.Revoked, 0, len(all))
-		for _, r := range all {
-			if r.Expires.IsZero() || r.Expires.After(now) {
-				entries = append(entries, ca.Revoked{Serial: r.Serial, Time: r.Time, Reason: r.Reason})
-			}
-		}
-		der, err := h.cfg.CA.CRL(entries, crlValidity)
+// crl serves the fleet's CRL (crl.Publisher). With ?after=N (a CRL
+// number) it waits, up to the publisher's hold, for a CRL whose number is
+// greater and answers 304 when none came: a broker's sync (`sigil
+// broker-sync`) learns of a revocation the moment it is recorded. The
+// waiting requests are bounded per client address (429) and in all (503).
+func (h *handler) crl(w http.ResponseWriter, r *http.Request) {
+	q, hold := r.URL.Query(), h.crls.Hold()
+	if !q.Has("after") {
+		l, err := h.crls.Current(r.Context())
 		if err != nil {
 			h.internal(w, err)
 			return
 		}
-		h.crls.der, h.crls.signed, h.crls.total = der, now, len(all)
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Header().Set("Cache-Control", "max-age=300")
+		_, _ = w.Write(l.DER)
+		return
 	}
-	w.Header().Set("Content-Type", "application/pkix-crl")
-	w.Header().Set("Cache-Control", "max-age=300")
-	_, _ = w.Write(h.crls.der)
+	after, err := crl.ParseNumber(q.Get("after"))
+	if err != nil {
+		problem(w, http.StatusBadRequest, "bad request", "after must be a CRL number in decimal")
+		return
+	}
+	// The server's read and write timeouts are shorter than the hold: a
+	// read deadline that passes while the handler runs ends its context.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(hold + 15*time.Second))
+	_ = rc.SetWriteDeadline(time.Now().Add(hold + 15*time.Second))
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	l, err := h.crls.Wait(r.Context(), host, after)
+	switch {
+	case errors.Is(err, crl.ErrSourceBusy):
+		w.Header().Set("Retry-After", strconv.Itoa(int(hold.Seconds())))
+		problem(w, http.StatusTooManyRequests, "too many requests", "this client already has as many CRL requests waiting as it may")
+	case errors.Is(err, crl.ErrBusy):
+		w.Header().Set("Retry-After", strconv.Itoa(int(hold.Seconds())))
+		problem(w, http.StatusServiceUnavailable, "busy", "too many CRL requests are waiting; retry later")
+	case r.Context().Err() != nil:
+		// The client left.
+	case err != nil:
+		h.internal(w, err)
+	case l == nil:
+		w.WriteHeader(http.StatusNotModified)
+	default:
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		_, _ = w.Write(l.DER)
+	}
 }

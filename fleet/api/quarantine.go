@@ -61,7 +61,7 @@ func (h *handler) quarantine(w http.ResponseWriter, r *http.Request, who string)
 		h.internal(w, err)
 		return
 	}
-	h.crls.invalidate()
+	h.crls.Changed()
 	h.log.Info("device quarantined on request", "device_id", d.ID, "by", who)
 	if d, ok = h.device(w, r); ok {
 		writeJSON(w, http.StatusOK, h.view(d))

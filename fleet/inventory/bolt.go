@@ -44,12 +44,13 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{e: &boltEngine{db: db}, opts: o}, nil
+	return &Store{e: &boltEngine{db: db, onRevoke: o.onRevoke}, opts: o}, nil
 }
 
 // boltEngine keeps the inventory in a bbolt file.
 type boltEngine struct {
-	db *boltdb.DB // group commit (Write) for the frequent writes: devices and events
+	db       *boltdb.DB // group commit (Write) for the frequent writes: devices and events
+	onRevoke func()     // WithRevocationHook
 }
 
 var _ engine = (*boltEngine)(nil)
@@ -60,21 +61,21 @@ func (b *boltEngine) view(ctx context.Context, fn func(tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.View(func(t *bolt.Tx) error { return fn(boltTx{t}) })
+	return b.db.View(func(t *bolt.Tx) error { return fn(boltTx{tx: t}) })
 }
 
 func (b *boltEngine) update(ctx context.Context, fn func(tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.Update(func(t *bolt.Tx) error { return fn(boltTx{t}) })
+	return b.db.Update(func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke}) })
 }
 
 func (b *boltEngine) write(ctx context.Context, fn func(tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.Write(func(t *bolt.Tx) error { return fn(boltTx{t}) })
+	return b.db.Write(func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke}) })
 }
 
 func (b *boltEngine) writeAll(ctx context.Context, fns []func(tx) error) []error {
@@ -87,7 +88,7 @@ func (b *boltEngine) writeAll(ctx context.Context, fns []func(tx) error) []error
 	}
 	bfns := make([]func(*bolt.Tx) error, len(fns))
 	for i, fn := range fns {
-		bfns[i] = func(t *bolt.Tx) error { return fn(boltTx{t}) }
+		bfns[i] = func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke}) }
 	}
 	return b.db.WriteAll(bfns)
 }
@@ -204,7 +205,10 @@ func seekLast(c *bolt.Cursor, prefix []byte) ([]byte, []byte) {
 }
 
 // boltTx is a transaction of the bbolt file.
-type boltTx struct{ tx *bolt.Tx }
+type boltTx struct {
+	tx       *bolt.Tx
+	onRevoke func() // called once a transaction that put a revocation commits
+}
 
 var _ tx = boltTx{}
 
@@ -265,6 +269,9 @@ func (b boltTx) putRevocation(r *Revocation) error {
 	v, err := encode(r)
 	if err != nil {
 		return err
+	}
+	if b.onRevoke != nil {
+		b.tx.OnCommit(b.onRevoke)
 	}
 	return bk.Put([]byte(r.Serial), v)
 }

@@ -176,7 +176,7 @@ func seed(b *testing.B, s *Store, n int) {
 			if i%10 == 0 {
 				d.State = StatePending
 			}
-			if err := putDevice(boltTx{tx}, nil, d, time.Now()); err != nil {
+			if err := putDevice(boltTx{tx: tx}, nil, d, time.Now()); err != nil {
 				return err
 			}
 		}

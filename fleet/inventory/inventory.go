@@ -207,12 +207,26 @@ type options struct {
 	maxEvents int
 	noSync    bool
 	onEvent   func(Event)
+	onRevoke  func()
 }
 
 // WithEventHook calls fn with every lifecycle event once AddEvent stored
 // it (the fleet copies them to its audit log). fn runs on the caller's
 // goroutine and must not call back into the store.
 func WithEventHook(fn func(Event)) Option { return func(o *options) { o.onEvent = fn } }
+
+// WithRevocationHook calls fn on this process once a transaction that
+// recorded a revocation (a certificate for the CRL) committed, whatever
+// the change was (a revocation, a quarantine, a renewal, a
+// re-enrollment): the fleet's CRL publisher signs again and wakes the
+// brokers' syncs waiting for it. fn must not block or call back into the
+// store. With PostgreSQL the transaction also sends TopicRevocations
+// (fleet/storage/notify), which tells every replica listening.
+func WithRevocationHook(fn func()) Option { return func(o *options) { o.onRevoke = fn } }
+
+// TopicRevocations is the notification (fleet/storage/notify) a
+// PostgreSQL transaction that recorded a revocation sends on commit.
+const TopicRevocations = "revocations"
 
 // WithTimeout bounds the wait for the file lock (default 1s); a file held
 // by another process then fails with ErrLocked. bbolt only.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
@@ -29,7 +30,8 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, opts ...Option) (*Store,
 	if err := db.Migrate(ctx, "inventory", migrations); err != nil {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
-	return &Store{e: &pgEngine{db: db}, opts: newStore(opts)}, nil
+	o := newStore(opts)
+	return &Store{e: &pgEngine{db: db, onRevoke: o.onRevoke}, opts: o}, nil
 }
 
 // pgEngine keeps the inventory in PostgreSQL. Its write transactions are
@@ -37,7 +39,8 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, opts ...Option) (*Store,
 // device and token rows they read, so that a read-modify-write is as
 // atomic as in bbolt's single writer.
 type pgEngine struct {
-	db *postgres.DB
+	db       *postgres.DB
+	onRevoke func() // WithRevocationHook
 }
 
 var _ engine = (*pgEngine)(nil)
@@ -49,7 +52,17 @@ func (p *pgEngine) view(ctx context.Context, fn func(tx) error) error {
 }
 
 func (p *pgEngine) update(ctx context.Context, fn func(tx) error) error {
-	return p.db.Tx(ctx, func(t pgx.Tx) error { return fn(&pgTx{ctx: ctx, tx: t, write: true}) })
+	revoked := false
+	err := p.db.Tx(ctx, func(t pgx.Tx) error {
+		pt := &pgTx{ctx: ctx, tx: t, write: true}
+		err := fn(pt)
+		revoked = pt.revokedAny // of the run that commits
+		return err
+	})
+	if err == nil && revoked && p.onRevoke != nil {
+		p.onRevoke()
+	}
+	return err
 }
 
 func (p *pgEngine) write(ctx context.Context, fn func(tx) error) error { return p.update(ctx, fn) }
@@ -245,6 +258,8 @@ type pgTx struct {
 	ctx   context.Context
 	tx    pgx.Tx
 	write bool // lock the rows read (SELECT … FOR UPDATE)
+	// revokedAny: putRevocation added a revocation.
+	revokedAny bool
 }
 
 var _ tx = (*pgTx)(nil)
@@ -358,9 +373,15 @@ func (t *pgTx) putRevocation(r *Revocation) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.tx.Exec(t.ctx, "INSERT INTO inventory_revocations (serial, device_id, record) VALUES ($1, $2, $3) ON CONFLICT (serial) DO NOTHING",
+	tag, err := t.tx.Exec(t.ctx, "INSERT INTO inventory_revocations (serial, device_id, record) VALUES ($1, $2, $3) ON CONFLICT (serial) DO NOTHING",
 		r.Serial, r.DeviceID, v)
-	return err
+	if err != nil || tag.RowsAffected() == 0 {
+		return err
+	}
+	t.revokedAny = true
+	// Every replica listening learns of it when (and only if) this
+	// transaction commits.
+	return notify.NotifyTx(t.ctx, t.tx, TopicRevocations, "")
 }
 
 // records returns the records a query lists.

@@ -32,7 +32,7 @@ func renewed(tb testing.TB, s *Store, n int) []string {
 			d := &Device{ID: ids[i], EKFingerprint: crashEK(i + 1), State: StateActive, Model: "gw-1"}
 			d.Issued(oldSerial(i), now, now.Add(24*time.Hour))
 			d.Issued(newSerial(i), now, now.Add(24*time.Hour))
-			if err := putDevice(boltTx{tx}, nil, d, now); err != nil {
+			if err := putDevice(boltTx{tx: tx}, nil, d, now); err != nil {
 				return err
 			}
 		}

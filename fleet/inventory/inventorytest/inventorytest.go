@@ -86,6 +86,7 @@ func Run(t *testing.T, open Opener) {
 		{"StateChangesFollowTheLifecycle", testStateChangesFollowTheLifecycle},
 		{"RevokedSerialsAreNotForgotten", testRevokedSerialsAreNotForgotten},
 		{"RevokeDeviceRevokesEverySerial", testRevokeDeviceRevokesEverySerial},
+		{"RevocationHookOnCommit", testRevocationHookOnCommit},
 		{"AdmitsOnlyIssuedCurrentSerials", testAdmitsOnlyIssuedCurrentSerials},
 		{"QuarantineRevokesEveryCertificate", testQuarantineRevokesEveryCertificate},
 		{"AutoReleaseOnlyItsOwnCause", testAutoReleaseOnlyItsOwnCause},

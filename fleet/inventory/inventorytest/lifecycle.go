@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,6 +119,39 @@ func testRevokeDeviceRevokesEverySerial(t *testing.T, open Opener) {
 	}
 	if _, _, err := s.RevokeDevice(t.Context(), ID(9), inventory.ReasonUnspecified); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatalf("unknown device: %v", err)
+	}
+}
+
+// testRevocationHookOnCommit: WithRevocationHook's function is called
+// once a transaction that recorded a revocation committed, and not for
+// one that recorded none or failed.
+func testRevocationHookOnCommit(t *testing.T, open Opener) {
+	var calls atomic.Int32
+	s := open(t, inventory.WithRevocationHook(func() { calls.Add(1) }))
+	now := time.Now()
+	d := &inventory.Device{ID: ID(1), State: inventory.StateActive}
+	d.Issued("0a", now, now.Add(time.Hour))
+	if err := s.PutDevice(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("%d calls for a transaction without revocations", n)
+	}
+	failed := errors.New("test: fails")
+	if err := s.Update(t.Context(), d.ID, func(d *inventory.Device) error {
+		d.RevokeSerial("0a", inventory.ReasonKeyCompromise, now)
+		return failed
+	}); !errors.Is(err, failed) {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("%d calls for a failed transaction", n)
+	}
+	if _, _, err := s.RevokeDevice(t.Context(), d.ID, inventory.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n < 1 {
+		t.Fatal("no call once a revocation committed")
 	}
 }
 

@@ -1,0 +1,63 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/sigil-iot/sigil/internal/wait"
+)
+
+// TestBrokerPoolRevocationPushed runs `sigil broker-sync` beside each
+// device broker of a pool with an interval of an hour: a revocation made
+// after the syncs' first round reaches every broker at once (the fleet
+// answers the syncs' waiting GET /crl?after=N), so the revoked
+// certificate is refused at the TLS handshake long before any interval
+// could explain it.
+func TestBrokerPoolRevocationPushed(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	sigil := filepath.Join(t.TempDir(), "sigil")
+	if out, err := exec.Command("go", "build", "-o", sigil, "github.com/sigil-iot/sigil/cmd/sigil").CombinedOutput(); err != nil {
+		t.Fatalf("go build sigil: %v\n%s", err, out)
+	}
+	first, firstKey := p.fakeDevice(t, "feedface00000000feedface000000a1")
+	second, secondKey := p.fakeDevice(t, "feedface00000000feedface000000a2")
+	c, err := p.f.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first revocation is made before the syncs start: their first
+	// round installs it, which tells that round is over.
+	if _, err := c.Revoke(context.Background(), "feedface00000000feedface000000a1", "keyCompromise", "e2e: before the sync"); err != nil {
+		t.Fatal(err)
+	}
+	for _, br := range p.dev {
+		startProcess(t, sigil, "broker-sync", "--fleet", p.f.APIURL(), "--dir", br.Dir, "--interval", "1h",
+			"--reload", fmt.Sprintf("kill -HUP %d", br.Pid()))
+	}
+	refused := func(cert, key, id string) {
+		t.Helper()
+		for i, br := range p.dev {
+			wait.Until(t, func() error {
+				if ok, out := p.mqttConnects(t, br.Addr, cert, key, id); ok {
+					return fmt.Errorf("broker %d still accepts the revoked certificate of %s:\n%s", i+1, id, out)
+				}
+				return nil
+			})
+		}
+	}
+	refused(first, firstKey, "feedface00000000feedface000000a1")
+	for i, br := range p.dev {
+		if ok, out := p.mqttConnects(t, br.Addr, second, secondKey, "feedface00000000feedface000000a2"); !ok {
+			t.Fatalf("broker %d refused a current certificate:\n%s", i+1, out)
+		}
+	}
+	// The syncs now wait for a newer CRL; their next interval is an hour
+	// away.
+	if _, err := c.Revoke(context.Background(), "feedface00000000feedface000000a2", "keyCompromise", "e2e: pushed"); err != nil {
+		t.Fatal(err)
+	}
+	refused(second, secondKey, "feedface00000000feedface000000a2")
+}
