@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,13 +84,14 @@ func brokerSyncCommand() *command {
 	return &command{name: "broker-sync",
 		args:    "--fleet URL --reload COMMAND [--dir DIR] [--interval D] [--once]",
 		summary: "keep a device broker's CRL the fleet's, and have it reread it",
-		note: "Run it on the broker's host (deploy/systemd/sigil-broker-sync@.service): it fetches the fleet's CRL (GET /crl), " +
-			"checks it against the broker's ca.pem and that it is newer, writes crl.pem and runs --reload.",
+		note: "Run it on the broker's host (deploy/systemd/sigil-broker-sync@.service): it keeps a request waiting for a CRL newer than " +
+			"the broker's (GET /crl?after=N, answered as soon as a revocation is recorded) and fetches the fleet's CRL every --interval " +
+			"as the fallback; each CRL is checked against the broker's ca.pem and that it is newer, written to crl.pem, and --reload run.",
 		setup: func(fs *flag.FlagSet) action {
 			fleet := fs.String("fleet", "", "the fleet's API base URL, https://HOST:8443")
 			reload := fs.String("reload", "", "command that has the broker reread its CRL, e.g. \"systemctl reload sigil-mosquitto@device1\"")
 			dir := fs.String("dir", "/etc/mosquitto/sigil", "the broker's configuration directory (sigil broker-config --dir)")
-			interval := fs.Duration("interval", 10*time.Second, "time between fetches")
+			interval := fs.Duration("interval", 10*time.Second, "time between fetches of the CRL, the fallback of the fleet's push")
 			once := fs.Bool("once", false, "sync once and exit")
 			return func(ctx context.Context, x *call) error {
 				if *fleet == "" || *reload == "" {
@@ -107,6 +109,12 @@ func brokerSyncCommand() *command {
 				client := api.NewClient(strings.TrimRight(*fleet, "/"), "", roots)
 				s := &mqttpool.CRLSync{Dir: *dir, Interval: *interval, Logger: newLogger(x.stderr, ""),
 					Fetch: client.CRL,
+					Watch: func(ctx context.Context, after *big.Int) ([]byte, error) {
+						// The fleet holds the request for up to a minute.
+						ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+						defer cancel()
+						return client.CRLAfter(ctx, after)
+					},
 					Reload: func() error {
 						out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 						if err != nil {

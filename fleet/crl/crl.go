@@ -23,6 +23,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 )
 
 // Revocations lists the revocations a CRL holds (*inventory.Store).
@@ -112,6 +113,25 @@ func New(cfg Config) *Publisher {
 		cfg.Now = time.Now
 	}
 	return &Publisher{cfg: cfg, wake: make(chan struct{}), bySource: map[string]int{}}
+}
+
+// Bus tells the replicas sharing a database of changes
+// (fleet/storage/notify).
+type Bus interface {
+	Subscribe(topic string, fn func(notify.Event)) error
+}
+
+// Listen has bus call Changed for each inventory.TopicRevocations (a
+// revocation recorded on any replica) and each resync of the bus. A nil
+// bus (one process) does nothing: WithRevocationHook tells it all.
+func (p *Publisher) Listen(bus Bus) error {
+	if bus == nil {
+		return nil
+	}
+	if err := bus.Subscribe(inventory.TopicRevocations, func(notify.Event) { p.Changed() }); err != nil {
+		return fmt.Errorf("crl: %w", err)
+	}
+	return nil
 }
 
 // Hold is how long Wait waits at most.

@@ -40,6 +40,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/internal/shard"
@@ -125,6 +126,7 @@ type Server struct {
 	// block list (nil without db).
 	leases lease.Holder
 	bus    notify.Bus
+	crls   *crl.Publisher // the CRL of GET /crl, which brokers' syncs wait on
 
 	// closers is the cleanup stack: what New opened, closed in reverse
 	// order by close (when New fails, or when Run returns).
@@ -251,12 +253,18 @@ func (s *Server) openDatabase() (err error) {
 // scores (inventoryEvent).
 func (s *Server) openInventory() (err error) {
 	hook := inventory.WithEventHook(s.inventoryEvent)
+	// A revocation wakes the syncs waiting on GET /crl (crl.Publisher).
+	revoked := inventory.WithRevocationHook(func() { s.crls.Changed() })
 	s.Inv, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*inventory.Store, error) {
-		return inventory.OpenPostgres(ctx, db, hook)
+		return inventory.OpenPostgres(ctx, db, hook, revoked)
 	},
 		func() (*inventory.Store, error) {
-			return inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), hook)
+			return inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), hook, revoked)
 		})
+	if err == nil {
+		s.crls = crl.New(crl.Config{Revocations: s.Inv, Signer: s.CA})
+		err = s.crls.Listen(s.bus)
+	}
 	return err
 }
 
@@ -445,7 +453,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance,
+		Governance: s.Governance, CRL: s.crls,
 	})
 	return nil
 }
