@@ -87,8 +87,8 @@ type result struct {
 	at  time.Time
 }
 
-// wait starts p.Wait and returns where its result will arrive.
-func wait(ctx context.Context, p *Publisher, source string, after *big.Int) <-chan result {
+// waitFor starts p.Wait and returns where its result will arrive.
+func waitFor(ctx context.Context, p *Publisher, source string, after *big.Int) <-chan result {
 	out := make(chan result, 1)
 	go func() {
 		l, err := p.Wait(ctx, source, after)
@@ -138,7 +138,7 @@ func TestWaitAnswersWhenChanged(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		res := wait(t.Context(), p, "a", cur.Number)
+		res := waitFor(t.Context(), p, "a", cur.Number)
 		synctest.Wait()
 		select {
 		case r := <-res:
@@ -172,7 +172,7 @@ func TestWaitTimesOut(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		r := <-wait(t.Context(), p, "a", cur.Number)
+		r := <-waitFor(t.Context(), p, "a", cur.Number)
 		if r.err != nil || r.l != nil {
 			t.Fatalf("Wait = %v, %v; want nothing at the hold's end", r.l, r.err)
 		}
@@ -188,7 +188,7 @@ func TestWaitTimesOut(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res := wait(t.Context(), p, "a", l.Number)
+		res := waitFor(t.Context(), p, "a", l.Number)
 		synctest.Wait()
 		select {
 		case r := <-res:
@@ -196,7 +196,7 @@ func TestWaitTimesOut(t *testing.T) {
 		default:
 		}
 		ctx, cancel := context.WithCancel(t.Context())
-		res2 := wait(ctx, p, "b", l.Number)
+		res2 := waitFor(ctx, p, "b", l.Number)
 		synctest.Wait()
 		cancel()
 		if r := <-res2; !errors.Is(r.err, context.Canceled) {
@@ -215,7 +215,7 @@ func TestWaitBounded(t *testing.T) {
 		}
 		var held []<-chan result
 		for _, src := range []string{"a", "a", "b"} {
-			held = append(held, wait(t.Context(), p, src, cur.Number))
+			held = append(held, waitFor(t.Context(), p, src, cur.Number))
 		}
 		synctest.Wait()
 		if p.Waiting() != 3 {
@@ -254,7 +254,7 @@ func TestCurrentSeesUnnotifiedRevocations(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res := wait(t.Context(), p, "a", cur.Number)
+		res := waitFor(t.Context(), p, "a", cur.Number)
 		synctest.Wait()
 		f.revoke("02")
 		l, err := p.Current(t.Context())
