@@ -42,6 +42,7 @@ const (
 	DefaultHold         = 50 * time.Second
 	DefaultMaxWaiting   = 1024
 	DefaultMaxPerSource = 4
+	DefaultMinInterval  = time.Second
 )
 
 // Errors of Wait. Compare with errors.Is.
@@ -64,6 +65,11 @@ type Config struct {
 	// Hold bounds how long Wait waits for a newer CRL; 0 means
 	// DefaultHold.
 	Hold time.Duration
+	// MinInterval bounds how often Changed has the waiting requests sign
+	// a new CRL: a burst of revocations (a mass re-key revokes every
+	// superseded certificate) is one CRL per MinInterval, not one each;
+	// 0 means DefaultMinInterval.
+	MinInterval time.Duration
 	// MaxWaiting bounds the requests waiting at once, MaxPerSource those
 	// of one source (a client address); 0 means the defaults.
 	MaxWaiting, MaxPerSource int
@@ -108,6 +114,9 @@ func New(cfg Config) *Publisher {
 	}
 	if cfg.MaxPerSource <= 0 {
 		cfg.MaxPerSource = DefaultMaxPerSource
+	}
+	if cfg.MinInterval <= 0 {
+		cfg.MinInterval = DefaultMinInterval
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -161,27 +170,35 @@ func (p *Publisher) signal() <-chan struct{} {
 // Current returns the CRL to serve now. It reads the revocations each
 // time and signs again when their number changed, when Changed was
 // called since it signed, or when half its validity has passed.
-func (p *Publisher) Current(ctx context.Context) (List, error) { return p.list(ctx, true) }
+func (p *Publisher) Current(ctx context.Context) (List, error) {
+	l, _, err := p.list(ctx, true)
+	return l, err
+}
 
 // list returns the CRL, reading the revocations when count is set or the
-// one it keeps is stale.
-func (p *Publisher) list(ctx context.Context, count bool) (List, error) {
+// one it keeps is stale. Without count, a CRL made stale by Changed less
+// than MinInterval after it was signed is kept, and due says when it is
+// to be signed again.
+func (p *Publisher) list(ctx context.Context, count bool) (l List, due time.Duration, err error) {
 	if p.cfg.Signer == nil {
-		return List{}, ErrNoSigner
+		return List{}, 0, ErrNoSigner
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now, gen := p.cfg.Now(), p.gen.Load()
 	stale := p.cur.DER == nil || p.at != gen || now.Sub(p.signed) > p.cfg.Validity/2
+	if stale && !count && p.cur.DER != nil && now.Sub(p.signed) < p.cfg.MinInterval {
+		return p.cur, p.cfg.MinInterval - now.Sub(p.signed), nil
+	}
 	if !stale && !count {
-		return p.cur, nil
+		return p.cur, 0, nil
 	}
 	all, err := p.cfg.Revocations.Revocations(ctx, time.Time{})
 	if err != nil {
-		return List{}, fmt.Errorf("crl: %w", err)
+		return List{}, 0, fmt.Errorf("crl: %w", err)
 	}
 	if !stale && len(all) == p.total {
-		return p.cur, nil
+		return p.cur, 0, nil
 	}
 	entries := make([]ca.Revoked, 0, len(all))
 	for _, r := range all {
@@ -191,26 +208,26 @@ func (p *Publisher) list(ctx context.Context, count bool) (List, error) {
 	}
 	der, err := p.cfg.Signer.CRL(entries, p.cfg.Validity)
 	if err != nil {
-		return List{}, fmt.Errorf("crl: %w", err)
+		return List{}, 0, fmt.Errorf("crl: %w", err)
 	}
 	parsed, err := x509.ParseRevocationList(der)
 	if err != nil {
-		return List{}, fmt.Errorf("crl: %w", err)
+		return List{}, 0, fmt.Errorf("crl: %w", err)
 	}
 	p.cur, p.signed, p.total, p.at = List{DER: der, Number: parsed.Number}, now, len(all), gen
 	p.broadcast()
-	return p.cur, nil
+	return p.cur, 0, nil
 }
 
 // Wait returns the CRL as soon as its number is greater than after (at
 // once when it already is, or after is nil), signing a new one when
-// Changed is called. When none is within Hold it returns nil and no
-// error. Only the requests that must wait count against the bounds: at
-// most MaxPerSource per source (ErrSourceBusy) and MaxWaiting in all
-// (ErrBusy).
+// Changed is called (at most one per MinInterval). When none is within
+// Hold it returns nil and no error. Only the requests that must wait
+// count against the bounds: at most MaxPerSource per source
+// (ErrSourceBusy) and MaxWaiting in all (ErrBusy).
 func (p *Publisher) Wait(ctx context.Context, source string, after *big.Int) (*List, error) {
 	ch := p.signal()
-	l, err := p.list(ctx, false)
+	l, due, err := p.list(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -221,18 +238,23 @@ func (p *Publisher) Wait(ctx context.Context, source string, after *big.Int) (*L
 		return nil, err
 	}
 	defer p.leave(source)
-	timer := time.NewTimer(p.cfg.Hold)
-	defer timer.Stop()
+	hold := time.NewTimer(p.cfg.Hold)
+	defer hold.Stop()
 	for {
+		var retry <-chan time.Time
+		if due > 0 {
+			retry = time.After(due)
+		}
 		select {
 		case <-ch:
-		case <-timer.C:
+		case <-retry:
+		case <-hold.C:
 			return nil, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 		ch = p.signal()
-		if l, err = p.list(ctx, false); err != nil {
+		if l, due, err = p.list(ctx, false); err != nil {
 			return nil, err
 		}
 		if l.Number.Cmp(after) > 0 {

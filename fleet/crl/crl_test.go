@@ -292,3 +292,47 @@ func FuzzParseNumber(f *testing.F) {
 		}
 	})
 }
+
+// TestChangesCoalesced: a burst of revocations signs one CRL per
+// MinInterval for the waiting requests, which get every revocation of
+// the burst.
+func TestChangesCoalesced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, f := newPublisher(t, Config{MinInterval: time.Second})
+		cur, err := p.Current(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		res := waitFor(t.Context(), p, "a", cur.Number)
+		synctest.Wait()
+		for _, serial := range []string{"01", "02", "03"} {
+			f.revoke(serial)
+			p.Changed()
+			synctest.Wait()
+		}
+		r := <-res
+		if r.err != nil || r.l == nil || len(serials(t, r.l)) != 3 {
+			t.Fatalf("Wait = %v, %v; want one CRL listing the burst", r.l, r.err)
+		}
+		if r.at.Sub(start) != time.Second {
+			t.Fatalf("answered after %v, want MinInterval after the last signature (1s)", r.at.Sub(start))
+		}
+		f.mu.Lock()
+		signed := f.n
+		f.mu.Unlock()
+		if signed != 2 {
+			t.Fatalf("%d CRLs signed, want 2 (before and after the burst)", signed)
+		}
+		// Long after, a revocation is answered at once.
+		time.Sleep(time.Minute) // sleep: fake time passing (synctest)
+		res = waitFor(t.Context(), p, "a", r.l.Number)
+		synctest.Wait()
+		start = time.Now()
+		f.revoke("04")
+		p.Changed()
+		if r := <-res; r.err != nil || r.l == nil || len(serials(t, r.l)) != 4 || r.at.Sub(start) != 0 {
+			t.Fatalf("Wait = %v, %v after %v; want the CRL at once", r.l, r.err, r.at.Sub(start))
+		}
+	})
+}
