@@ -33,7 +33,7 @@ func TestCRLLongPoll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := crl.New(crl.Config{Revocations: inv, Signer: fleetCA, Hold: time.Second, MaxPerSource: 1})
+	pub := crl.New(crl.Config{Revocations: inv, Signer: fleetCA, Hold: time.Second, MinInterval: time.Millisecond, MaxPerSource: 1})
 	sum := sha256.Sum256([]byte(token))
 	srv := httptest.NewUnstartedServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:], CA: fleetCA, CRL: pub}))
 	// Shorter than the hold, as api.Serve's are.
