@@ -12,7 +12,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -74,11 +73,7 @@ func testReplicasFireOnce(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	clk := newClock()
 	open := func() *Engine {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now})
 		if err != nil {
 			t.Fatal(err)
@@ -156,11 +151,7 @@ func testReplicasShareRules(t *testing.T, srv *pgtest.Server) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	open := func() *Engine {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		bus := notify.NewPostgres(db, nil)
 		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Bus: bus})
 		if err != nil {
@@ -223,11 +214,7 @@ func testReplicasRepeatOnce(t *testing.T, srv *pgtest.Server) {
 	clk := newClock()
 	var repeats [2]atomic.Int64
 	open := func(i int) *Engine {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -288,11 +275,7 @@ func testReplicasBoundTheHistory(t *testing.T, srv *pgtest.Server) {
 	clk := newClock()
 	const maxAlerts = 2
 	open := func(i int) *Engine {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
 		if err != nil {
 			t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
@@ -59,11 +58,7 @@ func testReplicasExecuteOnce(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	var runs atomic.Int64
 	open := func() *Manager {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		m, err := OpenPostgres(t.Context(), db, Config{Requester: asFiled,
 			Rules: map[Kind]Rule{KindMassRevocation: {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 2}}})
 		if err != nil {

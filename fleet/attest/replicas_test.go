@@ -50,11 +50,7 @@ func newReplicaSet(t *testing.T, n int, opts ...func(i int, db *postgres.DB, cfg
 	r.dev = fmt.Sprintf("%x", seed[:16])
 	for i := range n {
 		// One pool per replica, as separate processes would have.
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		inv, err := inventory.OpenPostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)

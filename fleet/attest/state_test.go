@@ -177,11 +177,7 @@ func TestStateNonceTakenOnceAcrossReplicas(t *testing.T) {
 	url := pgtest.Start(t).NewDatabase(t)
 	var states []State
 	for range 2 {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		st, err := OpenStatePostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -60,11 +59,7 @@ func testReplicasShareOneChain(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	key := newKey(t)
 	open := func() *Log {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		l, err := OpenPostgres(t.Context(), db, Config{Signer: key})
 		if err != nil {
 			t.Fatal(err)
@@ -151,11 +146,7 @@ func testReplicasCheckpointOnce(t *testing.T, srv *pgtest.Server) {
 	var signers []*countingSigner
 	var logs []*Log
 	for i := range 2 {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
 		if err != nil {
 			t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
@@ -79,22 +78,14 @@ func testSharedByReplicas(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	clk := newClock()
 	open := func() *Service {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		s, err := OpenPostgres(t.Context(), db, Config{Params: testParams, Now: clk.Now, Throttle: Throttle{Failures: 3, Lockout: time.Hour}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
-	db, err := postgres.Open(t.Context(), url, postgres.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db := pgtest.Open(t, url)
 	a, b := open(), open()
 	mustCreate(t, a, "alice", alicePW, RoleOperator)
 	if u, err := b.User(t.Context(), "alice"); err != nil || u.Role != RoleOperator {

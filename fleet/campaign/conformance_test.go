@@ -9,7 +9,6 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -74,11 +73,7 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 	var amu sync.Mutex
 	var audit []AuditEvent
 	open := func() *Manager {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		s, err := OpenPostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)
@@ -183,11 +178,7 @@ func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
 	clk := &clock{t: start}
 	fleets := []*fakeFleet{{}, {}}
 	open := func(i int) *Manager {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		s, err := OpenPostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)

@@ -22,11 +22,7 @@ func TestWaitWokenByAnotherReplica(t *testing.T) {
 	srv := pgtest.Start(t)
 	url := srv.NewDatabase(t)
 	replica := func() (*postgres.DB, *inventory.Store) {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		inv, err := inventory.OpenPostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)

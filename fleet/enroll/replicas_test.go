@@ -34,11 +34,7 @@ func newReplicas(t *testing.T, rec *recording, n int, trust func() *verifier.EKT
 	}
 	r := &replicas{kinds: make([][]string, n)}
 	for i := range n {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		if i == 0 {
 			r.db = db
 		}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // openBackend opens the store of cfg.Dir in bbolt, or its records in
@@ -54,11 +53,7 @@ func testReplicasApproveOnce(t *testing.T, srv *pgtest.Server) {
 	f.trust = trustOf(t, 1, f.keys...)
 	var replicas []*firmware.Store
 	for range 2 {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		s, err := firmware.OpenPostgres(t.Context(), db, firmware.Config{Dir: f.dir, Trust: f.trust, Approvals: f.approvals, Now: f.clock.Now, Auditor: f.audit})
 		if err != nil {
 			t.Fatal(err)

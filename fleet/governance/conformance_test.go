@@ -13,7 +13,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -86,11 +85,7 @@ func testReplicasRaiseACloneOnce(t *testing.T, srv *pgtest.Server) {
 	f := newFleet(t, nil) // the inventory, and a service on bbolt left idle
 	q := &countingQuarantiner{next: governance.InventoryQuarantiner{Inventory: f.inv, Now: f.clock.Now}}
 	open := func() *governance.Service {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		cfg := f.cfg
 		cfg.Path, cfg.Quarantiner = "", q
 		s, err := governance.OpenPostgres(t.Context(), db, cfg)
@@ -151,11 +146,7 @@ func testReplicasSweepOnce(t *testing.T, srv *pgtest.Server) {
 	})
 	var counters []*sweepCounter
 	open := func(i int) *governance.Service {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -216,11 +207,7 @@ func testReplicasShareBlocks(t *testing.T, srv *pgtest.Server) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	open := func() *governance.Service {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		bus := notify.NewPostgres(db, nil)
 		cfg := f.cfg
 		cfg.Path, cfg.Bus = "", bus

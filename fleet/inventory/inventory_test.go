@@ -10,7 +10,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 var _ inventorytest.Store = (*inventory.Store)(nil)
@@ -46,11 +45,7 @@ func TestConformance(t *testing.T) {
 // openPostgres opens the inventory in the database at url.
 func openPostgres(t *testing.T, url string, opts ...inventory.Option) *inventory.Store {
 	t.Helper()
-	db, err := postgres.Open(t.Context(), url, postgres.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db := pgtest.Open(t, url)
 	s, err := inventory.OpenPostgres(t.Context(), db, opts...)
 	if err != nil {
 		t.Fatal(err)

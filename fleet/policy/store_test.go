@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // clock is a fake clock that advances a second per reading.
@@ -25,11 +24,7 @@ func (c *clock) now() time.Time {
 func openStore(t *testing.T, path string, opts ...StoreOption) *Store {
 	t.Helper()
 	if url := pgDatabase(t, path); url != "" {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		s, err := OpenPostgres(t.Context(), db, opts...)
 		if err != nil {
 			t.Fatal(err)

@@ -15,7 +15,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -81,11 +80,7 @@ func testReplicasAskOnce(t *testing.T, srv *pgtest.Server) {
 	var mu sync.Mutex
 	sent := map[string]int{}
 	replica := func() *Service {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		jobs, err := OpenJobsPostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)
@@ -139,11 +134,7 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 	}
 	var sent [2]atomic.Int64
 	replica := func(i int) *Service {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		jobs, err := OpenJobsPostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)

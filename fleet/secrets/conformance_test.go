@@ -72,11 +72,7 @@ func testReplicasRotateOnce(t *testing.T, srv *pgtest.Server) {
 	clock.Store(&now)
 	var replicas []*secrets.Store
 	for range 3 {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		s, err := secrets.OpenPostgres(t.Context(), db, secrets.Config{Dir: dir, Now: func() time.Time { return *clock.Load() }})
 		if err != nil {
 			t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // openStoreBackend opens the store of cfg.Dir in bbolt, or in PostgreSQL
@@ -53,11 +52,7 @@ func testReplicasLoseNoChange(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	var replicas []*DeliveryStore
 	for range 2 {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		d, err := OpenDeliveriesPostgres(t.Context(), db)
 		if err != nil {
 			t.Fatal(err)

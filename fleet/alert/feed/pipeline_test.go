@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -19,11 +18,7 @@ import (
 func TestPipelinesOnOneDatabaseIngestOnce(t *testing.T) {
 	url := pgtest.Start(t).NewDatabase(t)
 	open := func() *Pipeline {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		p, err := OpenPipeline(PipelineConfig{Dir: t.TempDir(), Database: db, Metrics: prometheus.NewRegistry()})
 		if err != nil {
 			t.Fatal(err)

@@ -26,11 +26,7 @@ func replicas(t *testing.T, n int, ttl time.Duration) ([]*lease.Postgres, string
 	url := srv.NewDatabase(t)
 	var out []*lease.Postgres
 	for i := range n {
-		db, err := postgres.Open(t.Context(), url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(db.Close)
+		db := pgtest.Open(t, url)
 		p, err := lease.Open(t.Context(), db, lease.Config{Holder: string(rune('a' + i)), TTL: ttl})
 		if err != nil {
 			t.Fatal(err)

@@ -78,3 +78,16 @@ func Database(t testing.TB, key string) (*postgres.DB, bool) {
 	t.Cleanup(db.Close)
 	return db, true
 }
+
+// Open connects to the database at url (one of NewDatabase's) as one more
+// replica would, failing t if it cannot; the connection is closed when t
+// ends.
+func Open(t testing.TB, url string) *postgres.DB {
+	t.Helper()
+	db, err := postgres.Open(context.Background(), url, postgres.Options{})
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(db.Close)
+	return db
+}
