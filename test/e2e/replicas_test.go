@@ -1,0 +1,433 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
+	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/internal/wait"
+	"github.com/sigil-iot/sigil/pkg/wire"
+	"github.com/sigil-iot/sigil/sim/harness"
+	"github.com/sigil-iot/sigil/sim/swtpm"
+)
+
+// replicaFleet is the scale-out deployment of issue 14: one PostgreSQL,
+// a pool of three Mosquitto device brokers and a bootstrap broker, and
+// three `sigil serve` replicas sharing both. Replica 0 runs in the test's
+// process (it creates the key files and gives the test its inventory);
+// replicas 1 and 2 are `sigil serve` processes, each in its own data
+// directory holding copies of replica 0's key files (docs/CONFIG.md,
+// "Several replicas"), so that one can be killed with SIGKILL.
+type replicaFleet struct {
+	f       *harness.Fleet // replica 0
+	dbURL   string
+	dev     []*mosquittotest.Broker
+	boot    *mosquittotest.Broker
+	front   *frontDoor // the devices' address for the device brokers
+	topics  wire.Topics
+	sigil   string // the built binary
+	ekCA    string
+	procs   []*replicaProc // replicas 1 and 2
+	roots   *x509.CertPool
+	token   string
+	replog  *lockedBuffer // replica 0's log
+	dataDir string
+}
+
+// replicaProc is a `sigil serve` process.
+type replicaProc struct {
+	name    string
+	dataDir string
+	config  string
+	api     string // https://127.0.0.1:port
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	log     *lockedBuffer
+}
+
+// lockedBuffer collects a log written from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// replicaKeyFiles are the files of a replica's data directory the other
+// replicas hold copies of (docs/CONFIG.md, "Several replicas").
+var replicaKeyFiles = []string{"ca", "audit.key", "ssh_ca.key", "secrets.key", mqttpool.SecretFile}
+
+func startReplicaFleet(t *testing.T) *replicaFleet {
+	t.Helper()
+	requireTools(t)
+	pg := pgtest.Start(t)
+	r := &replicaFleet{dbURL: pg.NewDatabase(t), dataDir: t.TempDir(), ekCA: ekCADir(t, vendorCA(t)), replog: &lockedBuffer{}}
+	build := make(chan error, 1)
+	r.sigil = filepath.Join(t.TempDir(), "sigil")
+	go func() {
+		out, err := exec.Command("go", "build", "-o", r.sigil, "github.com/sigil-iot/sigil/cmd/sigil").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("go build sigil: %v\n%s", err, out)
+		}
+		build <- err
+	}()
+	// The CA first, as `sigil serve` leaves it before `sigil broker-config`.
+	fca, err := ca.Open(ca.Config{Dir: filepath.Join(r.dataDir, "ca"), TrustDomain: "sigil.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	member := func(role string) *mosquittotest.Broker {
+		m := mqttpool.Member{Role: role, Topics: r.topics}
+		if role == mqttpool.RoleDevice {
+			m.DynsecPlugin = mosquittotest.DynsecPlugin(t)
+		}
+		m, err := mqttpool.Complete(fca, r.dataDir, m, []string{"localhost", "127.0.0.1"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mosquittotest.Start(t, m)
+	}
+	r.dev = []*mosquittotest.Broker{member(mqttpool.RoleDevice), member(mqttpool.RoleDevice), member(mqttpool.RoleDevice)}
+	r.boot = member(mqttpool.RoleBootstrap)
+	if _, err := mqttpool.Secret(r.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	pool := &server.BrokerPool{ServerName: "localhost", Bootstrap: []string{r.boot.FleetAddr}}
+	for _, b := range r.dev {
+		pool.Devices = append(pool.Devices, b.FleetAddr)
+	}
+	cfg := server.Config{DataDir: r.dataDir, DatabaseURL: r.dbURL, APIRateLimit: -1, EKCADir: r.ekCA, BrokerPool: pool}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(r.replog, logSink()), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if r.f, err = harness.StartFleet(context.Background(), cfg, log.With("side", "replica-0")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.f.Stop() })
+	wait.For(t, "replica 0 to subscribe on every broker of the pool", r.f.BrokersReady)
+	r.token = r.f.AdminToken()
+	b, err := os.ReadFile(r.f.CACertPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.roots = x509.NewCertPool()
+	r.roots.AppendCertsFromPEM(b)
+
+	if err := <-build; err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		p := &replicaProc{name: fmt.Sprintf("replica-%d", i), dataDir: t.TempDir(), api: freeAddr(t), log: &lockedBuffer{}}
+		for _, name := range replicaKeyFiles {
+			copyTree(t, filepath.Join(r.dataDir, name), filepath.Join(p.dataDir, name))
+		}
+		c := map[string]any{
+			"data_dir": p.dataDir, "database_url": r.dbURL, "api_addr": p.api, "mqtt_addr": freeAddr(t),
+			"hostnames": []string{"localhost", "127.0.0.1"}, "ek_ca_dir": r.ekCA, "api_rate_limit": -1,
+			"broker_pool": pool, "log_level": "debug",
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.config = filepath.Join(t.TempDir(), "serve.json")
+		if err := os.WriteFile(p.config, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p.api = "https://localhost" + p.api[strings.LastIndexByte(p.api, ':'):]
+		r.procs = append(r.procs, p)
+		r.startProc(t, p)
+	}
+	for _, p := range r.procs {
+		r.waitAPI(t, p.api)
+	}
+	r.front = startFrontDoor(t, r.dev[0].Addr, r.dev[1].Addr, r.dev[2].Addr)
+	return r
+}
+
+// logSink is where the replicas' logs go besides the test's buffers:
+// stderr with SIGIL_E2E_LOG set.
+func logSink() io.Writer {
+	if os.Getenv("SIGIL_E2E_LOG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
+}
+
+// startProc starts `sigil serve` for p; it is killed when the test ends
+// and its log shown if the test failed.
+func (r *replicaFleet) startProc(t *testing.T, p *replicaProc) {
+	t.Helper()
+	cmd := exec.Command(r.sigil, "serve", "--config", p.config)
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(p.log, logSink()), io.MultiWriter(p.log, logSink())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd, p.exited = cmd, make(chan struct{})
+	exited := p.exited
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("%s log:\n%s", p.name, p.log.String())
+		}
+	})
+}
+
+// kill ends p with SIGKILL and waits for it.
+func (p *replicaProc) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+}
+
+// client is an API client of the replica at base with the admin token.
+func (r *replicaFleet) client(base string) *api.Client {
+	return api.NewClient(base, r.token, r.roots)
+}
+
+// clients are API clients of every replica still running.
+func (r *replicaFleet) clients() []*api.Client {
+	cs := []*api.Client{r.client(r.f.APIURL())}
+	for _, p := range r.procs {
+		select {
+		case <-p.exited:
+		default:
+			cs = append(cs, r.client(p.api))
+		}
+	}
+	return cs
+}
+
+// waitAPI waits until the replica at base answers the API with the
+// admin token replica 0 made (the operators are shared).
+func (r *replicaFleet) waitAPI(t *testing.T, base string) {
+	t.Helper()
+	c := r.client(base)
+	wait.Until(t, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := c.Devices(ctx, "")
+		return err
+	})
+}
+
+// device starts sigild on an swtpm, enrolling through the bootstrap
+// broker and connecting to the device brokers through the front door.
+func (r *replicaFleet) device(t *testing.T, inst *swtpm.Instance, serial string) *harness.Device {
+	t.Helper()
+	return startDevice(t, r.f, inst, harness.DeviceConfig{Serial: serial, Tweak: func(c *agent.Config) {
+		c.Broker, c.BootstrapBroker = r.front.addr, r.boot.Addr
+	}})
+}
+
+// copyTree copies a file or a directory tree, keeping the modes.
+func copyTree(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(from, path)
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(to, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(dst, info.Mode().Perm())
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// frontDoor is the devices' entry to the device brokers, as a TCP load
+// balancer in front of a pool is: each connection goes to the first
+// broker of its list that accepts it. sigild names one broker address;
+// when that broker dies, its devices reconnect through the front door to
+// another broker.
+type frontDoor struct {
+	addr     string
+	backends []string
+	mu       sync.Mutex
+	conns    map[string]int // connections accepted per backend
+}
+
+func startFrontDoor(t *testing.T, backends ...string) *frontDoor {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := &frontDoor{addr: l.Addr().String(), backends: backends, conns: map[string]int{}}
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	var open sync.Map
+	t.Cleanup(func() {
+		close(done)
+		l.Close()
+		open.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fd.serve(c, &open, done)
+			}()
+		}
+	}()
+	return fd
+}
+
+// serve pipes c to the first backend that accepts a connection, in the
+// order of the list, starting with the one after the least used (so that
+// devices spread over the brokers).
+func (fd *frontDoor) serve(c net.Conn, open *sync.Map, done chan struct{}) {
+	defer c.Close()
+	fd.mu.Lock()
+	start, least := 0, -1
+	for i, b := range fd.backends {
+		if least < 0 || fd.conns[b] < least {
+			start, least = i, fd.conns[b]
+		}
+	}
+	fd.mu.Unlock()
+	var up net.Conn
+	var backend string
+	for i := range fd.backends {
+		b := fd.backends[(start+i)%len(fd.backends)]
+		u, err := net.DialTimeout("tcp", b, time.Second)
+		if err == nil {
+			up, backend = u, b
+			break
+		}
+	}
+	if up == nil {
+		return
+	}
+	defer up.Close()
+	fd.mu.Lock()
+	fd.conns[backend]++
+	fd.mu.Unlock()
+	open.Store(c, nil)
+	open.Store(up, nil)
+	defer open.Delete(c)
+	defer open.Delete(up)
+	ended := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); ended <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); ended <- struct{}{} }()
+	select {
+	case <-ended:
+	case <-done:
+	}
+	// Either side gone: end both, as a load balancer does.
+	c.Close()
+	up.Close()
+	<-ended
+}
+
+// handledBy reports whether a replica's log shows it handled a message
+// of the device (a line with its device ID).
+func handledBy(log, id string) bool {
+	return strings.Contains(log, "device_id="+id)
+}
+
+// TestReplicas: three `sigil serve` replicas (one in the test's process,
+// two real processes) on one PostgreSQL and a pool of three Mosquitto
+// device brokers and a bootstrap broker. swtpm devices enroll through the
+// pool and attest; their messages are spread over the replicas by the
+// brokers' shared subscriptions, so each protocol (enrollment,
+// attestation) crosses replicas, and every replica's API answers the
+// same.
+func TestReplicas(t *testing.T) {
+	r := startReplicaFleet(t)
+	a := r.device(t, newTPM(t), "SN-REP-A")
+	b := r.device(t, newTPM(t), "SN-REP-B")
+	stA, stB := waitConnected(t, a), waitConnected(t, b)
+	ids := []string{stA.DeviceID, stB.DeviceID}
+	c := r.client(r.f.APIURL())
+	for _, id := range ids {
+		if v := firstVerdict(t, c, id); v.Result != wire.VerdictPass {
+			t.Fatalf("device %s: verdict %+v", id, v)
+		}
+	}
+	// Every replica answers the API alike.
+	for i, c := range r.clients() {
+		for _, id := range ids {
+			d, err := c.Device(context.Background(), id)
+			if err != nil {
+				t.Fatalf("replica %d: device %s: %v", i, id, err)
+			}
+			if d.State != "active" {
+				t.Fatalf("replica %d: device %s: %+v", i, id, d)
+			}
+		}
+	}
+	// The devices' messages were handled by more than one replica.
+	handlers := 0
+	for _, log := range []string{r.replog.String(), r.procs[0].log.String(), r.procs[1].log.String()} {
+		for _, id := range ids {
+			if handledBy(log, id) {
+				handlers++
+				break
+			}
+		}
+	}
+	if handlers < 2 {
+		t.Fatalf("the devices' messages were handled by %d replica(s), want at least 2", handlers)
+	}
+}
