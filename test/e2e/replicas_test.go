@@ -23,11 +23,13 @@ import (
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
+	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/harness"
+	"github.com/sigil-iot/sigil/sim/softtpm"
 	"github.com/sigil-iot/sigil/sim/swtpm"
 )
 
@@ -52,6 +54,7 @@ type replicaFleet struct {
 	token   string
 	replog  *lockedBuffer // replica 0's log
 	dataDir string
+	softCA  *softtpm.CA // the software TPMs' manufacturer
 }
 
 // replicaProc is a `sigil serve` process.
@@ -92,6 +95,17 @@ func startReplicaFleet(t *testing.T) *replicaFleet {
 	requireTools(t)
 	pg := pgtest.Start(t)
 	r := &replicaFleet{dbURL: pg.NewDatabase(t), dataDir: t.TempDir(), ekCA: ekCADir(t, vendorCA(t)), replog: &lockedBuffer{}}
+	// The fleet trusts both manufacturers: swtpm's vendor CA and the
+	// software TPMs' CA.
+	var err error
+	if r.softCA, err = softtpm.OpenCA(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"softtpm-root.pem": r.softCA.RootCertPEM(), "softtpm-intermediate.pem": r.softCA.IntermediateCertPEM()} {
+		if err := os.WriteFile(filepath.Join(r.ekCA, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	build := make(chan error, 1)
 	r.sigil = filepath.Join(t.TempDir(), "sigil")
 	go func() {
@@ -255,6 +269,88 @@ func (r *replicaFleet) device(t *testing.T, inst *swtpm.Instance, serial string)
 	return startDevice(t, r.f, inst, harness.DeviceConfig{Serial: serial, Tweak: func(c *agent.Config) {
 		c.Broker, c.BootstrapBroker = r.front.addr, r.boot.Addr
 	}})
+}
+
+// softDevice starts sigild on a software TPM (sim/softtpm) of the
+// simulated manufacturer the fleet trusts, like device.
+func (r *replicaFleet) softDevice(t *testing.T, serial string) *harness.Device {
+	t.Helper()
+	tp, err := softtpm.New(softtpm.WithCA(r.softCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.f.StartDevice(context.Background(), harness.DeviceConfig{TPM: "softtpm", Dir: t.TempDir(), Model: "gw-1", Serial: serial, Tweak: func(c *agent.Config) {
+		c.Broker, c.BootstrapBroker, c.EventLog = r.front.addr, r.boot.Addr, "-"
+	}}, logger(t).With("side", "device", "serial", serial), agent.WithTPM(tp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop() })
+	return d
+}
+
+// apiWatch calls the API of every running replica, round after round,
+// while a scenario kills replicas and brokers: a round in which no
+// replica answered, or replica 0 (never killed) did not, is recorded.
+type apiWatch struct {
+	mu     sync.Mutex
+	rounds int
+	fails  []string
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func (r *replicaFleet) watchAPI(t *testing.T) *apiWatch {
+	w := &apiWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(100 * time.Millisecond): // sleep: the pace of the calls, not a wait
+			}
+			answered, zero := 0, error(nil)
+			for i, c := range r.clients() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := c.Devices(ctx, "")
+				cancel()
+				if err == nil {
+					answered++
+				} else if i == 0 {
+					zero = err
+				}
+			}
+			w.mu.Lock()
+			w.rounds++
+			if answered == 0 || zero != nil {
+				w.fails = append(w.fails, fmt.Sprintf("round %d: %d replica(s) answered; replica 0: %v", w.rounds, answered, zero))
+			}
+			w.mu.Unlock()
+		}
+	}()
+	t.Cleanup(w.end)
+	return w
+}
+
+func (w *apiWatch) end() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+// check ends the watch and fails t if a round went unanswered.
+func (w *apiWatch) check(t *testing.T) {
+	t.Helper()
+	w.end()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rounds == 0 || len(w.fails) > 0 {
+		t.Fatalf("the API did not answer throughout (%d rounds): %v", w.rounds, w.fails)
+	}
 }
 
 // copyTree copies a file or a directory tree, keeping the modes.
@@ -430,4 +526,74 @@ func TestReplicas(t *testing.T) {
 	if handlers < 2 {
 		t.Fatalf("the devices' messages were handled by %d replica(s), want at least 2", handlers)
 	}
+
+	// Software-TPM devices join them.
+	devs := []*harness.Device{a, b}
+	for i := range 8 {
+		devs = append(devs, r.softDevice(t, fmt.Sprintf("SN-REP-SOFT-%d", i)))
+	}
+	for _, d := range devs[2:] {
+		id := waitConnected(t, d).DeviceID
+		ids = append(ids, id)
+		if v := firstVerdict(t, c, id); v.Result != wire.VerdictPass {
+			t.Fatalf("device %s: verdict %+v", id, v)
+		}
+	}
+	watch := r.watchAPI(t)
+
+	// A forced rotation of every device, started on replica 1; replica
+	// 1 is killed with SIGKILL while the job runs. The job finishes on
+	// the others: every device renewed exactly once.
+	before := map[string]int{}
+	serials := map[string]string{}
+	for _, id := range ids {
+		d, err := r.f.Inv.Device(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[id], serials[id] = len(d.Certs), d.CertSerial
+	}
+	job, err := r.client(r.procs[0].api).StartRotation(context.Background(), api.RotationRequest{
+		Selector: rotation.Selector{DeviceIDs: ids}, Rate: 1, Reason: "e2e: replicas"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the rotation to renew a first device", func() bool {
+		j, err := c.Rotation(context.Background(), job.ID)
+		return err == nil && j.Progress.Renewed >= 1
+	})
+	r.procs[0].kill(t)
+	if j, err := c.Rotation(context.Background(), job.ID); err != nil || j.State != rotation.JobRunning {
+		t.Fatalf("the rotation was not running when replica 1 was killed: %+v, %v", j, err)
+	}
+	if !wait.Poll(wait.Timeout, func() bool {
+		j, err := r.client(r.procs[1].api).Rotation(context.Background(), job.ID)
+		return err == nil && j.State == rotation.JobDone
+	}) {
+		j, err := c.Rotation(context.Background(), job.ID)
+		b, _ := json.Marshal(j)
+		t.Fatalf("the rotation did not finish on the surviving replicas: %s, %v\nreplica-0 log:\n%s", b, err, r.replog.String())
+	}
+	j, err := c.Rotation(context.Background(), job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Progress.Renewed != len(ids) || j.Progress.Total != len(ids) {
+		t.Fatalf("rotation progress %+v, want %d renewed", j.Progress, len(ids))
+	}
+	for i, id := range ids {
+		d, err := r.f.Inv.Device(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Certs) != before[id]+1 || d.CertSerial == serials[id] {
+			t.Errorf("device %s: %d certificates (had %d), current %s (was %s): want exactly one renewal", id, len(d.Certs), before[id], d.CertSerial, serials[id])
+		}
+		if st, err := devs[i].Wait(context.Background(), 30*time.Second, func(s agent.Status) bool {
+			return harness.Connected(s) && s.CertSerial == d.CertSerial
+		}); err != nil {
+			t.Errorf("device %s does not hold its new certificate: %+v, %v", id, st, err)
+		}
+	}
+	watch.check(t)
 }
