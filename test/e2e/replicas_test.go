@@ -393,6 +393,14 @@ type frontDoor struct {
 	backends []string
 	mu       sync.Mutex
 	conns    map[string]int // connections accepted per backend
+	active   map[string]int // connections open per backend
+}
+
+// open is how many connections to backend are open.
+func (fd *frontDoor) open(backend string) int {
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	return fd.active[backend]
 }
 
 func startFrontDoor(t *testing.T, backends ...string) *frontDoor {
@@ -401,7 +409,7 @@ func startFrontDoor(t *testing.T, backends ...string) *frontDoor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fd := &frontDoor{addr: l.Addr().String(), backends: backends, conns: map[string]int{}}
+	fd := &frontDoor{addr: l.Addr().String(), backends: backends, conns: map[string]int{}, active: map[string]int{}}
 	var wg sync.WaitGroup
 	done := make(chan struct{})
 	var open sync.Map
@@ -458,7 +466,9 @@ func (fd *frontDoor) serve(c net.Conn, open *sync.Map, done chan struct{}) {
 	defer up.Close()
 	fd.mu.Lock()
 	fd.conns[backend]++
+	fd.active[backend]++
 	fd.mu.Unlock()
+	defer func() { fd.mu.Lock(); fd.active[backend]--; fd.mu.Unlock() }()
 	open.Store(c, nil)
 	open.Store(up, nil)
 	defer open.Delete(c)
@@ -594,6 +604,34 @@ func TestReplicas(t *testing.T) {
 		}); err != nil {
 			t.Errorf("device %s does not hold its new certificate: %+v, %v", id, st, err)
 		}
+	}
+
+	// Device broker 1 is killed (SIGKILL): its devices come back through
+	// the front door on the other brokers, and the fleet reaches each
+	// device where it is now (an attestation on demand, asked through
+	// replica 2, answered).
+	if r.front.open(r.dev[0].Addr) == 0 {
+		t.Fatal("no device on broker 1 to move")
+	}
+	killedAt := time.Now()
+	if err := syscall.Kill(r.dev[0].Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c2 := r.client(r.procs[1].api)
+	for i, id := range ids {
+		if _, err := devs[i].Wait(context.Background(), 30*time.Second, func(s agent.Status) bool {
+			return harness.Connected(s) && (s.ConnectedAt.After(killedAt) || r.front.open(r.dev[0].Addr) == 0)
+		}); err != nil {
+			t.Fatalf("device %s after broker 1 died: %v", id, err)
+		}
+		seq := latestSeq(t, c2, id)
+		if err := c2.Attest(context.Background(), id); err != nil {
+			t.Fatalf("attest %s through replica 2: %v", id, err)
+		}
+		waitVerdict(t, c2, id, seq, "an attestation on demand after broker 1 died", anyVerdict)
+	}
+	if n := r.front.open(r.dev[0].Addr); n != 0 {
+		t.Fatalf("%d connections still on the dead broker", n)
 	}
 	watch.check(t)
 }
