@@ -22,7 +22,9 @@ import (
 
 	"github.com/sigil-iot/sigil/device/agent"
 	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
 	"github.com/sigil-iot/sigil/fleet/rotation"
@@ -30,6 +32,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/internal/wait"
+	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/harness"
 	"github.com/sigil-iot/sigil/sim/softtpm"
@@ -58,6 +61,7 @@ type replicaFleet struct {
 	replog  *lockedBuffer // replica 0's log
 	dataDir string
 	softCA  *softtpm.CA // the software TPMs' manufacturer
+	kit     *releaseKit // the release keys the replicas trust
 	ca      *ca.CA      // the fleet CA, as replica 0's data directory holds it
 	secret  string      // the fleet's password on the brokers
 }
@@ -153,7 +157,8 @@ func startReplicaFleet(t *testing.T) *replicaFleet {
 	for _, b := range r.dev {
 		pool.Devices = append(pool.Devices, b.FleetAddr)
 	}
-	cfg := server.Config{DataDir: r.dataDir, DatabaseURL: r.dbURL, APIRateLimit: -1, EKCADir: r.ekCA, BrokerPool: pool}
+	r.kit = newReleaseKit(t)
+	cfg := server.Config{DataDir: r.dataDir, DatabaseURL: r.dbURL, APIRateLimit: -1, EKCADir: r.ekCA, BrokerPool: pool, ReleaseTrust: r.kit.trustFile}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(r.replog, logSink()), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if r.f, err = harness.StartFleet(context.Background(), cfg, log.With("side", "replica-0")); err != nil {
 		t.Fatal(err)
@@ -181,10 +186,15 @@ func startReplicaFleet(t *testing.T) *replicaFleet {
 		for _, name := range replicaKeyFiles {
 			copyTree(t, filepath.Join(r.dataDir, name), filepath.Join(p.dataDir, name))
 		}
+		// The firmware images are shared (a network file system between
+		// machines; here replica 0's directory).
+		if err := os.Symlink(filepath.Join(r.dataDir, server.FirmwareDir), filepath.Join(p.dataDir, server.FirmwareDir)); err != nil {
+			t.Fatal(err)
+		}
 		c := map[string]any{
 			"data_dir": p.dataDir, "database_url": r.dbURL, "api_addr": p.api, "mqtt_addr": freeAddr(t),
 			"hostnames": []string{"localhost", "127.0.0.1"}, "ek_ca_dir": r.ekCA, "api_rate_limit": -1,
-			"broker_pool": pool, "log_level": "debug",
+			"broker_pool": pool, "log_level": "debug", "release_trust": r.kit.trustFile,
 		}
 		b, err := json.Marshal(c)
 		if err != nil {
@@ -297,7 +307,7 @@ func (r *replicaFleet) softDevice(t *testing.T, serial string) *harness.Device {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := r.f.StartDevice(context.Background(), harness.DeviceConfig{TPM: "softtpm", Dir: t.TempDir(), Model: "gw-1", Serial: serial, Tweak: func(c *agent.Config) {
+	d, err := r.f.StartDevice(context.Background(), harness.DeviceConfig{TPM: "softtpm", Dir: t.TempDir(), Model: "gw-1", Firmware: "1.0.0", Serial: serial, Tweak: func(c *agent.Config) {
 		c.Broker, c.BootstrapBroker, c.EventLog = r.front.addr, r.boot.Addr, "-"
 	}}, logger(t).With("side", "device", "serial", serial), agent.WithTPM(tp))
 	if err != nil {
@@ -753,6 +763,56 @@ func TestReplicas(t *testing.T) {
 	}
 	if n := r.front.open(r.dev[0].Addr); n != 0 {
 		t.Fatalf("%d connections still on the dead broker", n)
+	}
+
+	// A firmware campaign over the software-TPM devices, with replica 1
+	// back (restarted) and replica 2 killed with SIGKILL once the
+	// campaign is under way: it completes on the others, each device
+	// counted committed once, running the new release.
+	r.startProc(t, r.procs[0])
+	r.waitAPI(t, r.procs[0].api)
+	c1 = r.client(r.procs[0].api)
+	soft := ids[2:]
+	for _, id := range soft {
+		assign(t, c1, id, "gw-1", "")
+	}
+	ana := asUser(t, r.f, c1, "ana", auth.RoleOperator)
+	bo := asUser(t, r.f, c1, "bo", auth.RoleReleaseApprover)
+	image := bytes.Repeat([]byte("gw-os 2.0.0 replicas "), 10_000)
+	raw, bundles := r.kit.release(t, "2.0.0", 2, image, 2)
+	rel, err := ana.UploadRelease(ctx, raw, bundles, bytes.NewReader(image), int64(len(image)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bo2 := *bo
+	bo2.BaseURL = r.procs[1].api
+	if _, err := bo2.ApproveRelease(ctx, rel.ID); err != nil {
+		t.Fatal(err)
+	}
+	camp, err := ana.CreateCampaign(ctx, campaign.Definition{Release: rel.ID, Targets: campaign.Selector{DeviceIDs: soft},
+		Waves: campaign.Waves{Canary: 1, Growth: 2}, DeviceTimeout: config.Duration(time.Minute)}, "e2e replicas rollout")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ana.CampaignAction(ctx, camp.ID, "start", "e2e replicas rollout", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	waitCampaign(t, ana, camp.ID, time.Minute, "a first device committed", func(c *campaign.Campaign) bool { return c.Counts.Committed >= 1 })
+	r.procs[1].kill(t)
+	if cur, err := ana.Campaign(ctx, camp.ID); err != nil || cur.State == campaign.StateCompleted {
+		t.Fatalf("the campaign was not under way when replica 2 was killed: %+v, %v", cur, err)
+	}
+	done := waitCampaign(t, ana, camp.ID, 3*time.Minute, "completed on the surviving replicas", func(c *campaign.Campaign) bool {
+		return c.State == campaign.StateCompleted
+	})
+	if done.Counts.Committed != len(soft) || done.Total != len(soft) || done.Counts.Finished() != len(soft) {
+		t.Fatalf("campaign counts %+v of %d, want each of %d devices committed once", done.Counts, done.Total, len(soft))
+	}
+	for _, id := range soft {
+		if d := campaignDevice(t, c1, camp.ID, id); d.Step != campaign.StepCommitted || d.RunningVersion != "2.0.0" {
+			t.Errorf("device %s: %+v", id, d)
+		}
+		waitFirmware(t, r.f, id, "2.0.0")
 	}
 	watch.check(t)
 }
