@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -143,6 +144,25 @@ func TestRunTunesGC(t *testing.T) {
 		tuneGC(func(k string) (string, bool) { v, ok := c.env[k]; return v, ok })
 		if got := debug.SetGCPercent(100); got != c.want {
 			t.Errorf("environment %v: GC percent %d, want %d", c.env, got, c.want)
+		}
+	}
+}
+
+// TestRunTunesProcs: sigild run uses one processor (GOMAXPROCS 1), unless
+// the environment sets GOMAXPROCS (then it is left alone).
+func TestRunTunesProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for _, c := range []struct {
+		env  map[string]string
+		want int
+	}{
+		{map[string]string{}, 1},
+		{map[string]string{"GOMAXPROCS": "3"}, 3}, // what the test set stands for what the runtime read
+	} {
+		runtime.GOMAXPROCS(3)
+		tuneProcs(func(k string) (string, bool) { v, ok := c.env[k]; return v, ok })
+		if got := runtime.GOMAXPROCS(0); got != c.want {
+			t.Errorf("environment %v: GOMAXPROCS %d, want %d", c.env, got, c.want)
 		}
 	}
 }

@@ -2,12 +2,18 @@ package alert
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
@@ -55,6 +61,9 @@ var conformanceTests = []pgtest.Test{
 func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasFireOnce", func(t *testing.T) { testReplicasFireOnce(t, srv) })
+	t.Run("ReplicasShareRules", func(t *testing.T) { testReplicasShareRules(t, srv) })
+	t.Run("ReplicasRepeatOnce", func(t *testing.T) { testReplicasRepeatOnce(t, srv) })
+	t.Run("ReplicasBoundTheHistory", func(t *testing.T) { testReplicasBoundTheHistory(t, srv) })
 }
 
 // testReplicasFireOnce: the same condition seen at once by two engines
@@ -134,4 +143,205 @@ func testReplicasFireOnce(t *testing.T, srv *pgtest.Server) {
 	if len(dls) != 10 || len(ids) != 10 {
 		t.Fatalf("%d dead letters with %d IDs, want 10 each", len(dls), len(ids))
 	}
+}
+
+// testReplicasShareRules: a rule put on replica A is used by replica B's
+// engine at once, a change of its condition resolves B's alert of it on
+// B, and its deletion removes it from B.
+func testReplicasShareRules(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	clk := newClock()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	open := func() *Engine {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		bus := notify.NewPostgres(db, nil)
+		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Bus: bus})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		wg.Go(func() {
+			if err := bus.Run(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+		return e
+	}
+	a, b := open(), open()
+	hot := Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}
+	if _, err := a.PutRule(hot); err != nil {
+		t.Fatal(err)
+	}
+	wait.Until(t, func() error { _, err := b.Rule("hot"); return err })
+	if err := b.Observe("d1", clk.Now(), map[string]float64{"temp": 90}, nil); err != nil {
+		t.Fatal(err)
+	}
+	open1, _, err := b.Alerts(Query{RuleID: "hot", Open: true})
+	if err != nil || len(open1) != 1 || open1[0].DeviceID != "d1" {
+		t.Fatalf("B's alerts of A's rule: %+v, %v", open1, err)
+	}
+	// A changes the condition: B resolves the alert it opened.
+	hot.Threshold.Value = 95
+	if _, err := a.PutRule(hot); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to resolve its alert of the changed rule", func() bool {
+		al, err := b.Alert(open1[0].ID)
+		return err == nil && al.State == StateResolved
+	})
+	if r, err := b.Rule("hot"); err != nil || r.Threshold.Value != 95 {
+		t.Fatalf("B's rule after the change: %+v, %v", r, err)
+	}
+	if err := a.DeleteRule("hot"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to drop the deleted rule", func() bool {
+		_, err := b.Rule("hot")
+		return errors.Is(err, ErrNotFound)
+	})
+	if err := b.Observe("d1", clk.Now(), map[string]float64{"temp": 99}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if al, _, err := b.Alerts(Query{Open: true}); err != nil || len(al) != 0 {
+		t.Fatalf("B fired a deleted rule: %+v, %v", al, err)
+	}
+}
+
+// testReplicasRepeatOnce: two engines sharing the store run at once; the
+// open alert is re-sent by the holder of the lease LeaseRepeat only, so
+// that the sinks get each repeat once; when it stops, the other engine
+// re-sends.
+func testReplicasRepeatOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	clk := newClock()
+	var repeats [2]atomic.Int64
+	open := func(i int) *Engine {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink := NotifierFunc(func(_ context.Context, n Notification) error {
+			if n.Transition == TransitionRepeat {
+				repeats[i].Add(1)
+			}
+			return nil
+		})
+		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: ls, Resend: 10 * time.Millisecond,
+			Routes: []Route{{Name: "am", Notifier: sink, Transitions: []Transition{TransitionFiring, TransitionRepeat}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	a := open(0)
+	if _, err := a.PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Observe("d1", clk.Now(), map[string]float64{"temp": 90}, nil); err != nil {
+		t.Fatal(err)
+	}
+	engines := []*Engine{a, open(1)}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	cancels := make([]context.CancelFunc, 2)
+	for i, e := range engines {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[i] = cancel
+		defer cancel()
+		wg.Go(func() {
+			if err := e.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	wait.For(t, "ten repeats", func() bool { return repeats[0].Load()+repeats[1].Load() >= 10 })
+	holder := 0
+	if repeats[1].Load() > 0 {
+		holder = 1
+	}
+	other := 1 - holder
+	if repeats[other].Load() != 0 {
+		t.Fatalf("both replicas re-sent the open alert: %d and %d repeats", repeats[0].Load(), repeats[1].Load())
+	}
+	cancels[holder]()
+	wait.For(t, "the other replica to re-send", func() bool { return repeats[other].Load() > 0 })
+}
+
+// testReplicasBoundTheHistory: alerts opened and resolved on both
+// replicas count in the history's bound, which the holder of the lease
+// LeaseRepeat keeps: the history shrinks to MaxAlerts.
+func testReplicasBoundTheHistory(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	clk := newClock()
+	const maxAlerts = 2
+	open := func(i int) *Engine {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: ls, MaxAlerts: maxAlerts, SweepInterval: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	engines := []*Engine{open(0), open(1)}
+	if _, err := engines[0].PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := engines[1].reloadRules(); err != nil { // no bus here
+		t.Fatal(err)
+	}
+	// Five alerts opened and resolved on each replica, before Run.
+	for i, e := range engines {
+		for k := range 5 {
+			id := fmt.Sprintf("d%d-%d", i, k)
+			for _, v := range []float64{90, 50} {
+				if err := e.Observe(id, clk.Now(), map[string]float64{"temp": v}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	count := func() int {
+		n, err := engines[0].st.countAlerts(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 10 {
+		t.Fatalf("%d alerts stored, want 10", n)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	for i, e := range engines {
+		wg.Go(func() {
+			if err := e.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	wait.For(t, "the history bound to MaxAlerts", func() bool { return count() <= maxAlerts })
 }

@@ -7,14 +7,28 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
+
+// Bus tells the engines of every replica sharing the store that the rules
+// changed (fleet/storage/notify: Bus).
+type Bus interface {
+	Subscribe(topic string, fn func(notify.Event)) error
+	Notify(ctx context.Context, topic, payload string) error
+}
+
+// TopicRules is the notification a rule's change sends (its payload the
+// rule's ID): every replica's engine then reads the rules again.
+const TopicRules = "alert_rules"
 
 // Actions carries out rule actions (Rule.Action) when an alert opens. The
 // fleet server wires it to attestation's quarantine and the inventory's
@@ -85,7 +99,29 @@ type Config struct {
 	// fleet-wide, holding back and summarizing the rest (see Flood). The
 	// zero value holds nothing back.
 	Flood Flood
+	// Bus, when set, carries rule changes between replicas sharing
+	// the store: PutRule and DeleteRule send TopicRules once stored, and
+	// the engine reads the rules again when it gets one (from any
+	// replica) or a resync. Open subscribes; nil: one process, nothing to
+	// tell.
+	Bus Bus
+	// Leases runs the work on the shared store — re-sends of open alerts
+	// (TransitionRepeat) and the history's bound — under the lease
+	// LeaseRepeat, so that replicas sharing the store re-send each alert
+	// once per Resend between them (fleet/storage/lease: Holder). Nil:
+	// Run does it itself, as one process does.
+	Leases Leases
 }
+
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseRepeat is the lease under which Run re-sends open alerts and
+// prunes the history.
+const LeaseRepeat = "alert_repeat"
 
 // Stats counts what the engine did since Open.
 type Stats struct {
@@ -280,6 +316,12 @@ func open(cfg Config, openSt func(Config) (*store, error)) (*Engine, error) {
 		st.close()
 		return nil, err
 	}
+	if cfg.Bus != nil {
+		if err := cfg.Bus.Subscribe(TopicRules, e.rulesChanged); err != nil {
+			st.close()
+			return nil, fmt.Errorf("alert: %w", err)
+		}
+	}
 	return e, nil
 }
 
@@ -372,6 +414,8 @@ func (e *Engine) Close() error {
 // Run delivers notifications and runs the sweeps (absence, clear-after,
 // re-sends, history bound, state flush) until ctx ends. Dead letters left
 // Interrupted by the previous run are sent first. It may be called once.
+// With Config.Leases the re-sends and the history bound run under the
+// lease LeaseRepeat, on one replica at a time.
 func (e *Engine) Run(ctx context.Context) error {
 	if !e.running.CompareAndSwap(false, true) {
 		return errors.New("alert: Run called twice")
@@ -386,22 +430,35 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	sweep := time.NewTicker(e.cfg.SweepInterval)
 	flush := time.NewTicker(e.cfg.FlushInterval)
-	resend := time.NewTicker(e.cfg.Resend)
 	defer sweep.Stop()
 	defer flush.Stop()
-	defer resend.Stop()
+	var resendC <-chan time.Time // the re-sends' ticker, when they run here
+	here := e.cfg.Leases == nil
+	if here {
+		resend := time.NewTicker(e.cfg.Resend)
+		defer resend.Stop()
+		resendC = resend.C
+	} else {
+		wg.Go(func() {
+			if err := e.cfg.Leases.Hold(ctx, LeaseRepeat, e.repeats); err != nil {
+				e.log.Error("alert: re-sends stopped", "err", err)
+			}
+		})
+	}
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			done = true
 		case <-sweep.C:
 			e.sweep(e.cfg.Now())
-			e.prune()
+			if here {
+				e.prune()
+			}
 		case <-flush.C:
 			if err := e.flush(); err != nil {
 				e.log.Error("alert: writing learned state", "err", err)
 			}
-		case <-resend.C:
+		case <-resendC:
 			e.resend()
 		}
 	}
@@ -410,6 +467,34 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.Error("alert: writing learned state", "err", err)
 	}
 	return nil
+}
+
+// repeats re-sends open alerts every Resend and bounds the history every
+// SweepInterval until ctx ends (Run ends, or the lease is lost).
+func (e *Engine) repeats(ctx context.Context) error {
+	prune := time.NewTicker(e.cfg.SweepInterval)
+	resend := time.NewTicker(e.cfg.Resend)
+	defer prune.Stop()
+	defer resend.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-prune.C:
+			// The other replicas open alerts too: count them all.
+			n, err := e.st.countAlerts(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.log.Error("alert: counting alerts", "err", err)
+				}
+				continue
+			}
+			e.alerts.Store(int64(n))
+			e.prune()
+		case <-resend.C:
+			e.resend()
+		}
+	}
 }
 
 func (e *Engine) ruleList() []*compiled { return *e.rules.Load() }
@@ -771,48 +856,72 @@ func (e *Engine) Stats() Stats {
 // as stored. Learned state survives changes of anything but the condition.
 // Open alerts of a rule whose condition changed or that becomes disabled,
 // and those on devices it no longer covers, are resolved by "system".
+// With Config.Bus the other replicas are told (TopicRules).
 func (e *Engine) PutRule(r Rule) (*Rule, error) {
 	r = cloneRule(r)
 	r.SetDefaults()
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
-	e.rulesMu.Lock()
-	defer e.rulesMu.Unlock()
-	if err := e.st.putRule(context.Background(), &r); err != nil {
-		return nil, fmt.Errorf("alert: store rule: %w", err)
+	if err := e.putRule(&r); err != nil {
+		return nil, err
 	}
-	c := compile(&r)
-	changed := false
-	for _, x := range e.ruleList() {
-		if x.ID == r.ID && x.digest != c.digest {
-			changed = true
-		}
-	}
-	list := slices.DeleteFunc(slices.Clone(e.ruleList()), func(x *compiled) bool { return x.ID == r.ID })
-	list = append(list, c)
-	slices.SortFunc(list, func(a, b *compiled) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
-	e.rules.Store(&list)
-	note := "rule disabled or no longer covers the device"
-	if changed {
-		note = "rule condition changed"
-	}
-	e.closeRule(r.ID, func(deviceID string) bool { return changed || !c.applies(deviceID) }, note, false)
+	e.tell(r.ID)
 	out := cloneRule(r)
 	return &out, nil
 }
 
+func (e *Engine) putRule(r *Rule) error {
+	e.rulesMu.Lock()
+	defer e.rulesMu.Unlock()
+	if err := e.st.putRule(context.Background(), r); err != nil {
+		return fmt.Errorf("alert: store rule: %w", err)
+	}
+	c := compile(r)
+	old := e.ruleList()
+	list := slices.DeleteFunc(slices.Clone(old), func(x *compiled) bool { return x.ID == r.ID })
+	list = append(list, c)
+	slices.SortFunc(list, func(a, b *compiled) int { return strings.Compare(a.ID, b.ID) })
+	e.rules.Store(&list)
+	e.ruleChanged(ruleByID(old, r.ID), c)
+	return nil
+}
+
+// ruleByID returns the rule id of list, nil if none.
+func ruleByID(list []*compiled, id string) *compiled {
+	for _, x := range list {
+		if x.ID == id {
+			return x
+		}
+	}
+	return nil
+}
+
+// ruleChanged resolves what a rule's change ends: with the condition
+// changed, its open alerts; else those on devices c no longer covers
+// (disabled, or its device list changed). old is nil for a new rule.
+// rulesMu must be held.
+func (e *Engine) ruleChanged(old, c *compiled) {
+	changed := old != nil && old.digest != c.digest
+	note := "rule disabled or no longer covers the device"
+	if changed {
+		note = "rule condition changed"
+	}
+	e.closeRule(c.ID, func(deviceID string) bool { return changed || !c.applies(deviceID) }, note, false)
+}
+
 // DeleteRule deletes a rule, resolves its open alerts (by "system") and
-// forgets what it learned.
+// forgets what it learned. With Config.Bus the other replicas are
+// told (TopicRules).
 func (e *Engine) DeleteRule(id string) error {
+	if err := e.deleteRule(id); err != nil {
+		return err
+	}
+	e.tell(id)
+	return nil
+}
+
+func (e *Engine) deleteRule(id string) error {
 	e.rulesMu.Lock()
 	defer e.rulesMu.Unlock()
 	if err := e.st.deleteRule(context.Background(), id); err != nil {
@@ -821,6 +930,63 @@ func (e *Engine) DeleteRule(id string) error {
 	list := slices.DeleteFunc(slices.Clone(e.ruleList()), func(x *compiled) bool { return x.ID == id })
 	e.rules.Store(&list)
 	e.closeRule(id, func(string) bool { return true }, "rule deleted", true)
+	return nil
+}
+
+// tell sends TopicRules for rule id once its change is stored. A failure
+// is logged: the other replicas then see the change at their next resync.
+func (e *Engine) tell(id string) {
+	if e.cfg.Bus == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.cfg.Bus.Notify(ctx, TopicRules, id); err != nil {
+		e.log.Error("alert: telling the other replicas of a rule change failed", "rule_id", id, "err", err)
+	}
+}
+
+// rulesChanged reads the rules again on a notification or a resync.
+func (e *Engine) rulesChanged(ev notify.Event) {
+	if err := e.reloadRules(); err != nil {
+		e.log.Error("alert: reading the rules again failed", "rule_id", ev.Payload, "resync", ev.Resync, "err", err)
+	}
+}
+
+// reloadRules replaces the rules with those stored (another replica
+// changed them) and, as PutRule and DeleteRule do, resolves the open
+// alerts that a change or a deletion ends and forgets what a deleted
+// rule learned. An alert another replica already resolved is not
+// resolved again.
+func (e *Engine) reloadRules() error {
+	e.rulesMu.Lock()
+	defer e.rulesMu.Unlock()
+	rules, err := e.st.rules(context.Background())
+	if err != nil {
+		return fmt.Errorf("alert: load rules: %w", err)
+	}
+	list := make([]*compiled, 0, len(rules))
+	for i := range rules {
+		r := &rules[i]
+		r.SetDefaults()
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("alert: stored rule: %w", err)
+		}
+		list = append(list, compile(r))
+	}
+	slices.SortFunc(list, func(a, b *compiled) int { return strings.Compare(a.ID, b.ID) })
+	old := e.ruleList()
+	e.rules.Store(&list)
+	for _, o := range old {
+		if ruleByID(list, o.ID) == nil {
+			e.closeRule(o.ID, func(string) bool { return true }, "rule deleted", true)
+		}
+	}
+	for _, c := range list {
+		if o := ruleByID(old, c.ID); o == nil || !reflect.DeepEqual(o.Rule, c.Rule) {
+			e.ruleChanged(o, c)
+		}
+	}
 	return nil
 }
 

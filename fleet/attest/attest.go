@@ -140,11 +140,25 @@ type Config struct {
 	// unanswered challenges, sessions and their verdicts — where every
 	// replica sharing it sees it (OpenStatePostgres). Nil: in this
 	// process's memory.
-	State  State
+	State State
+	// Leases runs the stale sweep and the nonces' expiry under the lease
+	// LeaseSweep, so that replicas sharing State run them once (lease.Holder).
+	// Nil: they run here, as in one process.
+	Leases Leases
 	Now    func() time.Time
 	Rand   io.Reader
 	Logger *slog.Logger
 }
+
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseSweep is the lease under which Run sweeps for stale devices and
+// expires nonces.
+const LeaseSweep = "attest_sweep"
 
 // queueTotal is how much evidence the shards' queues hold together, each
 // at least minQueue.
@@ -161,8 +175,9 @@ type Service struct {
 	// goes to the same one, so its verdicts are judged one at a time, in
 	// order (counters, quarantine).
 	shards []chan job
-	// queued and dropped count the evidence Submit queued and dropped.
-	queued, dropped atomic.Uint64
+	// queued and dropped count the evidence Submit queued and dropped;
+	// sweeps the stale sweeps run here.
+	queued, dropped, sweeps atomic.Uint64
 	// rec gathers verdicts for their writes (CommitDelay).
 	rec recorder
 	// state holds what spans messages (Config.State).
@@ -259,7 +274,8 @@ func (s *Service) OnVerdict(f func(deviceID string, rec *Record, latency time.Du
 	s.mu.Unlock()
 }
 
-// Run processes evidence and sweeps for stale devices until ctx ends.
+// Run processes evidence and sweeps for stale devices until ctx ends. The
+// sweep runs under the lease LeaseSweep (Config.Leases).
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, q := range s.shards {
@@ -274,19 +290,31 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		})
 	}
+	var err error
+	if s.cfg.Leases == nil {
+		err = s.sweepLoop(ctx)
+	} else {
+		err = s.cfg.Leases.Hold(ctx, LeaseSweep, s.sweepLoop)
+	}
+	wg.Wait()
+	return err
+}
+
+// sweepLoop expires nonces and sweeps for stale devices every quarter
+// interval (at most 30s) until ctx ends.
+func (s *Service) sweepLoop(ctx context.Context) error {
 	period := min(s.cfg.Interval/4, 30*time.Second)
 	tick := time.NewTicker(max(period, 50*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			wg.Wait()
 			return nil
 		case <-tick.C:
-			if err := s.state.Expire(ctx); err != nil {
+			if err := s.state.Expire(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("expiring nonces failed", "err", err)
 			}
-			if err := s.sweepStale(); err != nil {
+			if err := s.sweepStale(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("stale sweep failed", "err", err)
 			}
 		}
@@ -362,11 +390,14 @@ type Stats struct {
 	// EvidenceDropped the evidence it dropped, its queue full for longer
 	// than Config.QueueWait.
 	EvidenceQueued, EvidenceDropped uint64
+	// StaleSweeps counts the stale sweeps this service ran (under the
+	// lease LeaseSweep, when replicas share it, only its holder sweeps).
+	StaleSweeps uint64
 }
 
 // Stats returns the service's counters.
 func (s *Service) Stats() Stats {
-	return Stats{EvidenceQueued: s.queued.Load(), EvidenceDropped: s.dropped.Load()}
+	return Stats{EvidenceQueued: s.queued.Load(), EvidenceDropped: s.dropped.Load(), StaleSweeps: s.sweeps.Load()}
 }
 
 func (s *Service) shard(deviceID string) chan job {
@@ -943,10 +974,11 @@ func (s *Service) Current(deviceID string) error {
 
 // sweepStale flags devices that missed StaleAfter intervals or left
 // StaleAfter challenges unanswered.
-func (s *Service) sweepStale() error {
+func (s *Service) sweepStale(ctx context.Context) error {
+	s.sweeps.Add(1)
 	after := ""
 	for {
-		devs, next, err := s.cfg.Inventory.ListDevices(context.TODO(), inventory.Filter{After: after, Limit: 1000})
+		devs, next, err := s.cfg.Inventory.ListDevices(ctx, inventory.Filter{After: after, Limit: 1000})
 		if err != nil {
 			return err
 		}
@@ -956,7 +988,7 @@ func (s *Service) sweepStale() error {
 				ids = append(ids, devs[i].ID)
 			}
 		}
-		live, err := s.state.Liveness(context.TODO(), ids)
+		live, err := s.state.Liveness(ctx, ids)
 		if err != nil {
 			return err
 		}
@@ -975,7 +1007,7 @@ func (s *Service) sweepStale() error {
 				if missed >= s.cfg.StaleAfter {
 					why = fmt.Sprintf("%d attestation challenges unanswered", missed)
 				}
-				err := s.cfg.Inventory.Update(context.TODO(), d.ID, func(d *inventory.Device) error {
+				err := s.cfg.Inventory.Update(ctx, d.ID, func(d *inventory.Device) error {
 					if !d.HasFlag(FlagStale) {
 						d.Flags = append(d.Flags, FlagStale)
 					}

@@ -303,21 +303,21 @@ func TestReleaseNeedsJustification(t *testing.T) {
 func TestStale(t *testing.T) {
 	f := newFixture(t)
 	f.submit(f.dev, f.evidence(f.challenge(f.dev), f.ak, nil))
-	if err := f.svc.sweepStale(); err != nil {
+	if err := f.svc.sweepStale(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if d, _ := f.inv.Device(t.Context(), f.dev); d.HasFlag(FlagStale) {
 		t.Fatal("fresh device flagged stale")
 	}
 	f.advance(3 * time.Minute) // StaleAfter 2 × Interval 1m
-	if err := f.svc.sweepStale(); err != nil {
+	if err := f.svc.sweepStale(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if d, _ := f.inv.Device(t.Context(), f.dev); !d.HasFlag(FlagStale) {
 		t.Fatal("silent device not flagged stale")
 	}
 	n := len(f.alerts)
-	f.svc.sweepStale()
+	f.svc.sweepStale(t.Context())
 	if len(f.alerts) != n {
 		t.Fatal("stale alert repeated")
 	}
@@ -330,7 +330,7 @@ func TestStale(t *testing.T) {
 	other := "fedcba9876543210fedcba9876543210"
 	f.challenge(other)
 	f.challenge(other)
-	f.svc.sweepStale()
+	f.svc.sweepStale(t.Context())
 	if d, _ := f.inv.Device(t.Context(), other); !d.HasFlag(FlagStale) {
 		t.Fatal("device ignoring challenges not flagged stale")
 	}

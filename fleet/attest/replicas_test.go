@@ -1,17 +1,21 @@
 package attest
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/softtpm"
 )
@@ -31,7 +35,7 @@ type replicaSet struct {
 	out [][]*wire.Envelope // per replica, the messages it sent
 }
 
-func newReplicaSet(t *testing.T, n int) *replicaSet {
+func newReplicaSet(t *testing.T, n int, opts ...func(i int, db *postgres.DB, cfg *Config)) *replicaSet {
 	t.Helper()
 	url := pgtest.Start(t).NewDatabase(t)
 	r := &replicaSet{out: make([][]*wire.Envelope, n)}
@@ -81,6 +85,9 @@ func newReplicaSet(t *testing.T, n int) *replicaSet {
 			},
 			Disconnect: func(string) {}}
 		shareState(t, db, &cfg)
+		for _, o := range opts {
+			o(i, db, &cfg)
+		}
 		svc, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -222,7 +229,7 @@ func TestReplicasShareLiveness(t *testing.T) {
 	if rec := r.judge(t, 1, r.evidence(t, nonce)); rec.Result != wire.VerdictPass {
 		t.Fatalf("pass on B: %s %s", rec.Reason, rec.Message)
 	}
-	if err := r.svcs[0].sweepStale(); err != nil {
+	if err := r.svcs[0].sweepStale(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	d, err := r.inv.Device(t.Context(), r.dev)
@@ -271,5 +278,69 @@ func TestReplicasHelloAfterVerdict(t *testing.T) {
 		if err := s.Current(r.dev); err != nil {
 			t.Errorf("replica %d: Current after the pass on the hello's challenge: %v", i, err)
 		}
+	}
+}
+
+// TestReplicasSweepOnce: two replicas run at once on one database; the
+// stale sweep runs on one of them only (the lease's holder), which flags
+// the device that left its challenges unanswered and alerts once; when it
+// stops, the other takes the sweep over.
+func TestReplicasSweepOnce(t *testing.T) {
+	var alerts atomic.Int64
+	r := newReplicaSet(t, 2, func(i int, db *postgres.DB, cfg *Config) {
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Leases = ls
+		cfg.Interval = 200 * time.Millisecond // a sweep every 50ms
+		cfg.Alert = func(a Alert) {
+			if a.Kind == "stale" {
+				alerts.Add(1)
+			}
+		}
+	})
+	for range 2 { // StaleAfter unanswered challenges
+		r.challenge(t, 0, "")
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cancels := make([]context.CancelFunc, len(r.svcs))
+	for i, s := range r.svcs {
+		sctx, scancel := context.WithCancel(ctx)
+		cancels[i] = scancel
+		wg.Go(func() {
+			if err := s.Run(sctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	sweeps := func(i int) uint64 { return r.svcs[i].Stats().StaleSweeps }
+	wait.For(t, "ten sweeps", func() bool { return sweeps(0)+sweeps(1) >= 10 })
+	holder := 0
+	if sweeps(1) > 0 {
+		holder = 1
+	}
+	if other := 1 - holder; sweeps(other) != 0 {
+		t.Fatalf("both replicas swept: %d and %d sweeps", sweeps(0), sweeps(1))
+	}
+	d, err := r.inv.Device(t.Context(), r.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.HasFlag(FlagStale) {
+		t.Error("the device that left its challenges unanswered is not flagged stale")
+	}
+	if n := alerts.Load(); n != 1 {
+		t.Errorf("%d stale alerts, want 1", n)
+	}
+	// The holder stops: the other replica takes the sweep over.
+	cancels[holder]()
+	other := 1 - holder
+	wait.For(t, "the other replica to sweep", func() bool { return sweeps(other) > 0 })
+	if n := alerts.Load(); n != 1 {
+		t.Errorf("%d stale alerts after the takeover, want 1", n)
 	}
 }

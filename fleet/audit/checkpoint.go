@@ -152,20 +152,37 @@ func (l *Log) LastCheckpoint() (Checkpoint, bool) {
 // appended since the last one, and a last one when ctx ends. A failed
 // periodic checkpoint is logged and tried again at the next interval; a
 // failed final one is returned. Without Config.Signer it returns
-// ErrNoSigner at once. Close the log after Run has returned, so that the
-// final checkpoint is written.
+// ErrNoSigner at once. With Config.Leases the periodic checkpoints are
+// signed under the lease LeaseCheckpoint, by one replica at a time; each
+// replica still signs its final one. Close the log after Run has
+// returned, so that the final checkpoint is written.
 func (l *Log) Run(ctx context.Context) error {
 	if l.signer == nil {
 		return ErrNoSigner
 	}
+	var err error
+	if l.leases == nil {
+		err = l.checkpoints(ctx)
+	} else {
+		err = l.leases.Hold(ctx, LeaseCheckpoint, l.checkpoints)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := l.Checkpoint(context.WithoutCancel(ctx)); err != nil && !errors.Is(err, ErrEmpty) {
+		return fmt.Errorf("audit: final checkpoint: %w", err)
+	}
+	return nil
+}
+
+// checkpoints signs a checkpoint every interval until ctx ends (Run ends,
+// or the lease is lost).
+func (l *Log) checkpoints(ctx context.Context) error {
 	tick := time.NewTicker(l.interval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			if _, err := l.Checkpoint(context.WithoutCancel(ctx)); err != nil && !errors.Is(err, ErrEmpty) {
-				return fmt.Errorf("audit: final checkpoint: %w", err)
-			}
 			return nil
 		case <-tick.C:
 			if _, err := l.Checkpoint(ctx); err != nil && !errors.Is(err, ErrEmpty) && ctx.Err() == nil {

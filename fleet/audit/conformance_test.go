@@ -3,13 +3,20 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
@@ -43,6 +50,7 @@ var conformanceTests = []pgtest.Test{
 func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasShareOneChain", func(t *testing.T) { testReplicasShareOneChain(t, srv) })
+	t.Run("ReplicasCheckpointOnce", func(t *testing.T) { testReplicasCheckpointOnce(t, srv) })
 }
 
 // testReplicasShareOneChain: logs of two replicas on one database,
@@ -120,5 +128,85 @@ func testReplicasShareOneChain(t *testing.T, srv *pgtest.Server) {
 	}
 	if len(seen) != n {
 		t.Fatalf("%d distinct entries of %d appended", len(seen), n)
+	}
+}
+
+// countingSigner counts the checkpoints a replica signs.
+type countingSigner struct {
+	*ecdsa.PrivateKey
+	n atomic.Int64
+}
+
+func (c *countingSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	c.n.Add(1)
+	return c.PrivateKey.Sign(r, digest, opts)
+}
+
+// testReplicasCheckpointOnce: two replicas' logs on one database run at
+// once; each new head is signed by the holder of the checkpoint lease
+// only, never by both; when it stops, the other one signs.
+func testReplicasCheckpointOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	key := newKey(t)
+	var signers []*countingSigner
+	var logs []*Log
+	for i := range 2 {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &countingSigner{PrivateKey: key}
+		signers = append(signers, s)
+		l, err := OpenPostgres(t.Context(), db, Config{Signer: s, CheckpointInterval: 10 * time.Millisecond, Leases: ls})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		logs = append(logs, l)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	cancels := make([]context.CancelFunc, len(logs))
+	done := make([]chan struct{}, len(logs))
+	for i, l := range logs {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[i], done[i] = cancel, make(chan struct{})
+		defer cancel()
+		wg.Go(func() {
+			defer close(done[i])
+			if err := l.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	signed := func() int64 { return signers[0].n.Load() + signers[1].n.Load() }
+	const heads = 20
+	for i := range heads {
+		record(t, logs[i%2], sample(i))
+		wait.For(t, "the new head's checkpoint", func() bool { return signed() > int64(i) })
+	}
+	holder := 0
+	if signers[1].n.Load() > 0 {
+		holder = 1
+	}
+	other := 1 - holder
+	if n := signers[other].n.Load(); n != 0 {
+		t.Fatalf("both replicas signed periodic checkpoints: %d and %d", signers[0].n.Load(), signers[1].n.Load())
+	}
+	if n := signed(); n != heads {
+		t.Fatalf("%d checkpoints signed for %d heads", n, heads)
+	}
+	cancels[holder]()
+	<-done[holder] // its final checkpoint signed nothing new: the head was signed
+	before := signers[other].n.Load()
+	record(t, logs[other], sample(heads))
+	wait.For(t, "the other replica to sign", func() bool { return signers[other].n.Load() > before })
+	if rep, err := logs[other].VerifyStore(t.Context(), &key.PublicKey); err != nil || rep.Unsigned != 0 {
+		t.Fatalf("after the takeover: %+v, %v", rep, err)
 	}
 }

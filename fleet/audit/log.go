@@ -44,6 +44,16 @@ var (
 	ErrNoSigner = errors.New("audit: no signer for checkpoints") // Config.Signer is nil
 )
 
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseCheckpoint is the lease under which Run signs the periodic
+// checkpoints.
+const LeaseCheckpoint = "audit_checkpoint"
+
 // Config configures Open.
 type Config struct {
 	// Path of the bbolt file (File in the fleet data directory). Required;
@@ -57,6 +67,11 @@ type Config struct {
 	// CheckpointInterval is how often Run signs a checkpoint when entries
 	// were appended since the last one. Zero means 5 minutes.
 	CheckpointInterval time.Duration
+	// Leases runs the periodic checkpoints under the lease
+	// LeaseCheckpoint, so that replicas sharing the database sign one
+	// checkpoint per interval between them (fleet/storage/lease: Holder).
+	// Nil: Run signs them itself, as one process does.
+	Leases Leases
 	// Now stamps entries and checkpoints. Nil means time.Now.
 	Now func() time.Time
 	// Rand is passed to Signer.Sign. Nil means crypto/rand.
@@ -92,6 +107,7 @@ type Log struct {
 	pub      *ecdsa.PublicKey // signer's, nil without a signer
 	keyID    string
 	interval time.Duration
+	leases   Leases // Config.Leases
 	now      func() time.Time
 	rand     io.Reader
 	log      *slog.Logger
@@ -199,7 +215,7 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Log, error
 
 // newLog checks cfg and applies its defaults.
 func newLog(cfg Config) (*Log, error) {
-	l := &Log{signer: cfg.Signer, interval: cfg.CheckpointInterval, now: cfg.Now, rand: cfg.Rand, log: cfg.Logger}
+	l := &Log{signer: cfg.Signer, interval: cfg.CheckpointInterval, leases: cfg.Leases, now: cfg.Now, rand: cfg.Rand, log: cfg.Logger}
 	if l.interval <= 0 {
 		l.interval = defaultInterval
 	}

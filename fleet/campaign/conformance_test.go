@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openStore opens the store at path in bbolt, or in PostgreSQL under
@@ -53,6 +56,7 @@ var conformanceTests = []pgtest.Test{
 func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasStepOnce", func(t *testing.T) { testReplicasStepOnce(t, srv) })
+	t.Run("ReplicasRunOneStepper", func(t *testing.T) { testReplicasRunOneStepper(t, srv) })
 }
 
 // testReplicasStepOnce: two engines sharing the database step one
@@ -163,4 +167,85 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 	if completed != 1 {
 		t.Fatalf("campaign completed %d times", completed)
 	}
+}
+
+// testReplicasRunOneStepper: two engines sharing the database run at once;
+// only the holder of the lease LeaseStep steps the campaign, so that it
+// announces one Batch per Tick, not one per replica; when the holder
+// stops, the other one steps it.
+func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	const n = 40
+	var targets []string
+	for i := range n {
+		targets = append(targets, fmt.Sprintf("dev-%03d", i))
+	}
+	clk := &clock{t: start}
+	fleets := []*fakeFleet{{}, {}}
+	open := func(i int) *Manager {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		s, err := OpenPostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(Config{
+			Store:     s,
+			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
+			Announcer: fleets[i],
+			Now:       clk.Now,
+			Batch:     1,
+			Tick:      10 * time.Millisecond,
+			Leases:    ls,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	replicas := []*Manager{open(0), open(1)}
+	c, err := replicas[0].Create(t.Context(), def(n), "alice", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replicas[1].Start(c.ID, start, "alice", ""); err != nil {
+		t.Fatal(err)
+	}
+	count := func(i int) int {
+		fleets[i].mu.Lock()
+		defer fleets[i].mu.Unlock()
+		return len(fleets[i].log)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	cancels := make([]context.CancelFunc, 2)
+	for i, m := range replicas {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[i] = cancel
+		defer cancel()
+		wg.Go(func() {
+			if err := m.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	wait.For(t, "ten announcements", func() bool { return count(0)+count(1) >= 10 })
+	holder := 0
+	if count(1) > 0 {
+		holder = 1
+	}
+	other := 1 - holder
+	if count(other) != 0 {
+		t.Fatalf("both replicas stepped the campaign: %d and %d announcements", count(0), count(1))
+	}
+	cancels[holder]()
+	wait.For(t, "the other replica to step the campaign", func() bool { return count(other) > 0 })
 }

@@ -97,6 +97,15 @@ func (f AuditorFunc) Record(e AuditEvent) { f(e) }
 // SystemActor is the actor of the engine's own actions.
 const SystemActor = "system"
 
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseStep is the lease under which Run steps the campaigns.
+const LeaseStep = "campaign_step"
+
 // Config configures a Manager.
 type Config struct {
 	// Store keeps the campaigns; required.
@@ -114,6 +123,11 @@ type Config struct {
 	Rand io.Reader
 	// Tick is how often Run steps the engine; 0 means one second.
 	Tick time.Duration
+	// Leases runs the stepping under the lease LeaseStep, so that
+	// replicas sharing the store step the campaigns once, at one Batch
+	// per Tick between them (fleet/storage/lease: Holder). Nil: Run steps
+	// them itself, as one process does.
+	Leases Leases
 	// Batch bounds the devices one step announces per campaign and the
 	// devices one transaction times out; 0 means 1000.
 	Batch int
@@ -660,9 +674,10 @@ func (t *txc) settle(now time.Time) error {
 
 // Run steps the engine every Config.Tick until ctx ends: it starts
 // scheduled campaigns, times out devices, and announces the open waves
-// inside maintenance windows. It also writes the reports Submit queues,
-// and writes those still queued when ctx ends before it returns nil. Run
-// it once per Manager.
+// inside maintenance windows (under the lease LeaseStep with
+// Config.Leases). It also writes the reports Submit queues, and writes
+// those still queued when ctx ends before it returns nil. Run it once per
+// Manager.
 func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -677,10 +692,18 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		}
 	})
+	if m.cfg.Leases == nil {
+		return m.steps(ctx)
+	}
+	return m.cfg.Leases.Hold(ctx, LeaseStep, m.steps)
+}
+
+// steps steps the engine at once and then every Tick until ctx ends.
+func (m *Manager) steps(ctx context.Context) error {
 	tick := time.NewTicker(m.cfg.Tick)
 	defer tick.Stop()
 	for {
-		if err := m.step(ctx); err != nil {
+		if err := m.step(ctx); err != nil && ctx.Err() == nil {
 			m.log.Warn("campaign step failed", "err", err)
 		}
 		select {

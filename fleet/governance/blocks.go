@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 )
 
 // BlockKind says what a block entry matches.
@@ -113,9 +114,10 @@ func (bs *blockSet) remove(kind BlockKind, value string) {
 	}
 }
 
+// loadBlocks replaces the block list in memory with the stored one.
 func (s *Service) loadBlocks() error {
-	s.blocks.exact = map[string]Block{}
-	return s.db.View(context.TODO(), func(tx kv.Tx) error {
+	fresh := &blockSet{exact: map[string]Block{}}
+	err := s.db.View(context.TODO(), func(tx kv.Tx) error {
 		return tx.Bucket(bucketBlocks).ForEach(func(_, v []byte) error {
 			b, err := decode[Block](v)
 			if err != nil {
@@ -124,18 +126,58 @@ func (s *Service) loadBlocks() error {
 			if err := normalizeBlock(b); err != nil {
 				return fmt.Errorf("stored block: %w", err)
 			}
-			s.blocks.add(*b)
+			fresh.add(*b)
 			return nil
 		})
 	})
+	if err != nil {
+		return err
+	}
+	s.blocks.mu.Lock()
+	s.blocks.exact, s.blocks.prefixes, s.blocks.prefix = fresh.exact, fresh.prefixes, fresh.prefix
+	s.blocks.mu.Unlock()
+	return nil
+}
+
+// blocksChanged reads the block list again on a notification (another
+// replica changed it) or a resync.
+func (s *Service) blocksChanged(ev notify.Event) {
+	s.blockW.Lock()
+	defer s.blockW.Unlock()
+	if err := s.loadBlocks(); err != nil {
+		s.log.Error("governance: reading the block list again failed", "kind", ev.Payload, "resync", ev.Resync, "err", err)
+	}
+}
+
+// tellBlocks sends TopicBlocks once a change of the block list is stored.
+// A failure is logged: the other replicas then see the change at their
+// next resync.
+func (s *Service) tellBlocks(kind BlockKind) {
+	if s.cfg.Bus == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.cfg.Bus.Notify(ctx, TopicBlocks, string(kind)); err != nil {
+		s.log.Error("governance: telling the other replicas of a block list change failed", "kind", kind, "err", err)
+	}
 }
 
 // Block adds an entry to the block list (replacing one with the same kind
 // and value). The list holds at most Config.MaxBlocks entries (ErrFull).
+// With Config.Bus the other replicas are told (TopicBlocks).
 func (s *Service) Block(b Block) error {
 	if err := normalizeBlock(&b); err != nil {
 		return err
 	}
+	if err := s.block(b); err != nil {
+		return err
+	}
+	s.tellBlocks(b.Kind)
+	return nil
+}
+
+func (s *Service) block(b Block) error {
 	b.Reason, b.By, b.Source = clean(b.Reason), clean(b.By), clean(b.Source)
 	if b.At.IsZero() {
 		b.At = s.cfg.Now().UTC()
@@ -160,12 +202,21 @@ func (s *Service) Block(b Block) error {
 	return nil
 }
 
-// Unblock removes an entry; value is normalized as Block does.
+// Unblock removes an entry; value is normalized as Block does. With
+// Config.Bus the other replicas are told (TopicBlocks).
 func (s *Service) Unblock(kind BlockKind, value string) error {
 	b := Block{Kind: kind, Value: value}
 	if err := normalizeBlock(&b); err != nil {
 		return err
 	}
+	if err := s.unblock(b); err != nil {
+		return err
+	}
+	s.tellBlocks(b.Kind)
+	return nil
+}
+
+func (s *Service) unblock(b Block) error {
 	s.blockW.Lock()
 	defer s.blockW.Unlock()
 	key := blockKey(b.Kind, b.Value)

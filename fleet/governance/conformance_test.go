@@ -2,13 +2,19 @@ package governance_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
@@ -57,6 +63,8 @@ var conformanceTests = []pgtest.Test{
 func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasRaiseACloneOnce", func(t *testing.T) { testReplicasRaiseACloneOnce(t, srv) })
+	t.Run("ReplicasSweepOnce", func(t *testing.T) { testReplicasSweepOnce(t, srv) })
+	t.Run("ReplicasShareBlocks", func(t *testing.T) { testReplicasShareBlocks(t, srv) })
 }
 
 // countingQuarantiner counts the quarantines it passes on.
@@ -116,5 +124,132 @@ func testReplicasRaiseACloneOnce(t *testing.T, srv *pgtest.Server) {
 		if clones, err := r.Clones(false); err != nil || len(clones) != devices {
 			t.Fatalf("incidents: %d, %v; want %d", len(clones), err, devices)
 		}
+	}
+}
+
+// sweepCounter counts the sweeps of one service (each lists the devices).
+type sweepCounter struct {
+	governance.Devices
+	n atomic.Int64
+}
+
+func (c *sweepCounter) ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error) {
+	if f.After == "" {
+		c.n.Add(1)
+	}
+	return c.Devices.ListDevices(ctx, f)
+}
+
+// testReplicasSweepOnce: two services sharing the database run at once;
+// only the holder of the sweep's lease sweeps, so a dormant device is
+// alerted once; when the holder stops, the other one sweeps.
+func testReplicasSweepOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	f := newFleet(t, nil) // the inventory, and a service on bbolt left idle
+	d := f.device(1, func(d *inventory.Device) {
+		d.Connected, d.LastSeen, d.CertExpiry = false, t0.Add(-31*24*time.Hour), t0.Add(90*24*time.Hour)
+	})
+	var counters []*sweepCounter
+	open := func(i int) *governance.Service {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &sweepCounter{Devices: f.inv}
+		counters = append(counters, c)
+		cfg := f.cfg
+		cfg.Path, cfg.Devices, cfg.Leases = "", c, ls
+		cfg.SweepInterval = 20 * time.Millisecond
+		s, err := governance.OpenPostgres(t.Context(), db, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	replicas := []*governance.Service{open(0), open(1)}
+	cancels := make([]context.CancelFunc, len(replicas))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i, r := range replicas {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[i] = cancel
+		defer cancel()
+		wg.Go(func() {
+			if err := r.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	sweeps := func(i int) int64 { return counters[i].n.Load() }
+	wait.For(t, "ten sweeps", func() bool { return sweeps(0)+sweeps(1) >= 10 })
+	holder := 0
+	if sweeps(1) > 0 {
+		holder = 1
+	}
+	other := 1 - holder
+	if sweeps(other) != 0 {
+		t.Fatalf("both replicas swept: %d and %d sweeps", sweeps(0), sweeps(1))
+	}
+	if a := f.alerts.of(governance.KindDormant, d.ID); len(a) != 1 {
+		t.Fatalf("%d dormant alerts, want 1", len(a))
+	}
+	cancels[holder]()
+	wait.For(t, "the other replica to sweep", func() bool { return sweeps(other) > 0 })
+	if a := f.alerts.of(governance.KindDormant, d.ID); len(a) != 1 {
+		t.Fatalf("%d dormant alerts after the takeover, want 1", len(a))
+	}
+}
+
+// testReplicasShareBlocks: a client blocked on replica A is refused by
+// replica B's screen at once, and let in again once A unblocks it.
+func testReplicasShareBlocks(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	f := newFleet(t, nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	open := func() *governance.Service {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		bus := notify.NewPostgres(db, nil)
+		cfg := f.cfg
+		cfg.Path, cfg.Bus = "", bus
+		s, err := governance.OpenPostgres(t.Context(), db, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		wg.Go(func() {
+			if err := bus.Run(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+		return s
+	}
+	a, b := open(), open()
+	if err := a.Block(governance.Block{Kind: governance.BlockClientID, Value: "intruder", Reason: "test", By: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to refuse the client A blocked", func() bool { return b.IsBlocked("intruder", "", "") })
+	if err := a.Block(governance.Block{Kind: governance.BlockAddress, Value: "192.0.2.0/24", Reason: "test", By: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to refuse the prefix A blocked", func() bool { return b.IsBlocked("", "192.0.2.7:1883", "") })
+	if err := a.Unblock(governance.BlockClientID, "intruder"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "B to let the client A unblocked in", func() bool { return !b.IsBlocked("intruder", "", "") })
+	if !b.IsBlocked("", "192.0.2.7:1883", "") {
+		t.Error("B forgot the prefix still blocked")
 	}
 }

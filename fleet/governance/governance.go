@@ -13,6 +13,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
@@ -154,6 +155,26 @@ var (
 	ErrNotEnrollable = errors.New("governance: entry cannot be enrolled")
 )
 
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// Bus tells the services of every replica sharing the database that the
+// block list changed (fleet/storage/notify: Bus).
+type Bus interface {
+	Subscribe(topic string, fn func(notify.Event)) error
+	Notify(ctx context.Context, topic, payload string) error
+}
+
+// TopicBlocks is the notification a block list change sends (its payload
+// the entry's kind): every replica then reads the list again.
+const TopicBlocks = "governance_blocks"
+
+// LeaseSweep is the lease under which Run sweeps.
+const LeaseSweep = "governance_sweep"
+
 // Config configures a Service. Zero durations and counts take the defaults
 // given with each field.
 type Config struct {
@@ -210,6 +231,19 @@ type Config struct {
 	AttestStale time.Duration
 	// SweepInterval is how often Run sweeps. Default 1h.
 	SweepInterval time.Duration
+	// Leases runs the sweep (orphaned, dormant and clone-suspect
+	// judgement, dormant revocation, stored risk scores) under the lease
+	// LeaseSweep, so that replicas sharing the database sweep once
+	// (fleet/storage/lease: Holder). Nil: Run sweeps itself, as one
+	// process does.
+	Leases Leases
+	// Bus, when set, carries block list changes between the replicas
+	// sharing the database: Block and Unblock send TopicBlocks once
+	// stored, and the service reads the list again when it gets one (from
+	// any replica) or a resync, so that every replica's broker screen
+	// refuses a blocked client at once (fleet/storage/notify: Bus). Open
+	// subscribes; nil: one process, nothing to tell.
+	Bus Bus
 	// RescoreDelay is the tick at which Run scores the devices whose
 	// inputs changed (Rescore): each is scored one to two ticks after its
 	// first mark, once however often it was marked. Default 2s.
@@ -369,6 +403,12 @@ func open(cfg Config, openDB func() (kv.DB, error), where string) (*Service, err
 		db.Close()
 		return nil, fmt.Errorf("governance: initialize %s: %w", where, err)
 	}
+	if cfg.Bus != nil {
+		if err := cfg.Bus.Subscribe(TopicBlocks, s.blocksChanged); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("governance: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -424,10 +464,23 @@ func (s *Service) Close() error {
 // inputs changed (Rescore) until ctx ends; it flushes once more before
 // returning. A failing sweep is logged and retried at the next
 // interval: the fleet keeps running without governance findings rather
-// than stopping.
+// than stopping. With Config.Leases the sweep runs under the lease
+// LeaseSweep, on one replica at a time.
 func (s *Service) Run(ctx context.Context) error {
-	sweep := time.NewTicker(s.cfg.SweepInterval)
-	defer sweep.Stop()
+	var sweepC <-chan time.Time // the sweep's ticker, when it runs here
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if s.cfg.Leases == nil {
+		sweep := time.NewTicker(s.cfg.SweepInterval)
+		defer sweep.Stop()
+		sweepC = sweep.C
+	} else {
+		wg.Go(func() {
+			if err := s.cfg.Leases.Hold(ctx, LeaseSweep, s.sweepLoop); err != nil {
+				s.log.Error("governance: sweeps stopped", "err", err)
+			}
+		})
+	}
 	flush := time.NewTicker(s.cfg.FlushInterval)
 	defer flush.Stop()
 	check := s.cfg.CloneGrace
@@ -439,7 +492,9 @@ func (s *Service) Run(ctx context.Context) error {
 	rescore := time.NewTicker(s.cfg.RescoreDelay)
 	defer rescore.Stop()
 
-	s.sweepLogged(ctx)
+	if sweepC != nil {
+		s.sweepLogged(ctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -447,7 +502,7 @@ func (s *Service) Run(ctx context.Context) error {
 				s.log.Error("governance: final flush failed", "err", err)
 			}
 			return nil
-		case <-sweep.C:
+		case <-sweepC:
 			s.sweepLogged(ctx)
 		case <-flush.C:
 			if err := s.Flush(); err != nil {
@@ -457,6 +512,22 @@ func (s *Service) Run(ctx context.Context) error {
 			s.CheckSessions()
 		case <-rescore.C:
 			s.rescoreTick(ctx)
+		}
+	}
+}
+
+// sweepLoop sweeps at once and then every SweepInterval until ctx ends
+// (the lease LeaseSweep is lost, or Run ends).
+func (s *Service) sweepLoop(ctx context.Context) error {
+	sweep := time.NewTicker(s.cfg.SweepInterval)
+	defer sweep.Stop()
+	s.sweepLogged(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sweep.C:
+			s.sweepLogged(ctx)
 		}
 	}
 }

@@ -84,6 +84,9 @@ type Config struct {
 	// replicas must share; campaign.OpenPostgres, CampaignsPath unused);
 	// nil keeps them in bbolt files.
 	Database *postgres.DB
+	// Leases runs the campaigns' stepping under a lease, once across the
+	// replicas sharing Database (campaign.Config.Leases); nil: here.
+	Leases campaign.Leases
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -173,7 +176,7 @@ func Open(cfg Config) (*Service, error) {
 	}
 	s.campaigns, err = campaign.New(campaign.Config{
 		Store: s.cstore, Targets: campaign.TargetsFunc(s.resolve), Announcer: campaign.AnnouncerFunc(s.announce),
-		Auditor: campaignAuditor(cfg.Audit, log), Logger: log.With("component", "campaign"),
+		Auditor: campaignAuditor(cfg.Audit, log), Logger: log.With("component", "campaign"), Leases: cfg.Leases,
 	})
 	if err != nil {
 		s.Close()

@@ -4,7 +4,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/ca"
@@ -47,6 +49,11 @@ type CARotationConfig struct {
 type CARotation struct {
 	cfg CARotationConfig
 	log *slog.Logger
+	// sending orders a device's trust bundles: the bundle is read and
+	// sent under its device's lock, so that a bundle read before a change
+	// (at a hello) is never sent after the one read after it (the push of
+	// that change), which the device would then replace with the stale one.
+	sending [64]sync.Mutex
 }
 
 // NewCARotation builds CA rotation.
@@ -121,8 +128,9 @@ func (r *CARotation) RetireCA(by string) ([]ca.Generation, error) {
 	return gens, nil
 }
 
-// Hello is told of a device's hello, after each connect: during a
-// rotation it sends the device the trust bundle it may have missed.
+// Hello is told of a device's hello, after each connect: once the CA
+// has rotated (Rotating: more than one generation, retired ones
+// included) it sends the device the trust bundle it may have missed.
 func (r *CARotation) Hello(deviceID string) {
 	if r.cfg.CA.Rotating() {
 		r.SendTrustBundle(deviceID)
@@ -136,8 +144,14 @@ func (r *CARotation) pushTrustBundle() {
 	}
 }
 
-// SendTrustBundle sends the CA's current trust bundle to a device.
+// SendTrustBundle sends the CA's current trust bundle to a device; a
+// device's bundles are sent in the order they were read.
 func (r *CARotation) SendTrustBundle(deviceID string) {
+	h := fnv.New32a()
+	h.Write([]byte(deviceID))
+	mu := &r.sending[h.Sum32()%uint32(len(r.sending))]
+	mu.Lock()
+	defer mu.Unlock()
 	b, err := wire.Encode(wire.TypeTrustBundle, nil, time.Now(), &wire.TrustBundle{Roots: r.cfg.CA.TrustBundle()})
 	if err != nil {
 		r.log.Error("encoding trust bundle", "err", err)

@@ -7,13 +7,16 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openJobs opens the jobs at path in bbolt, or in PostgreSQL under
@@ -38,6 +41,7 @@ var conformanceTests = []pgtest.Test{
 func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasAskEachDeviceOnce", func(t *testing.T) { testReplicasAskOnce(t, srv) })
+	t.Run("ReplicasStepJobsOnce", func(t *testing.T) { testReplicasStepOnce(t, srv) })
 }
 
 // TestMigrationIsKVSchema: the jobs' table is a kv table.
@@ -115,4 +119,70 @@ func testReplicasAskOnce(t *testing.T, srv *pgtest.Server) {
 	if len(sent) != n || got.Progress() != (Progress{Total: n, Sent: n}) {
 		t.Fatalf("%d devices asked, progress %+v (want %d asked, all sent)", len(sent), got.Progress(), n)
 	}
+}
+
+// testReplicasStepOnce: two replicas run at once on one database; only
+// the holder of the lease LeaseJobs steps the job, so that it keeps its
+// rate (one device a second, not one per replica); when the holder
+// stops, the other one steps it.
+func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	inv, err := inventory.Open(t.TempDir()+"/inventory.db", inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	const n = 20
+	for i := range n {
+		if err := inv.PutDevice(t.Context(), &inventory.Device{ID: fmt.Sprintf("%032x", i+1), EKFingerprint: fmt.Sprintf("%064x", i+1), State: inventory.StateActive, CertSerial: "01"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sent [2]atomic.Int64
+	replica := func(i int) *Service {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		jobs, err := OpenJobsPostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { jobs.Close() })
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &Service{cfg: Config{Inventory: inv, Jobs: jobs, Now: time.Now, Leases: ls,
+			Send: func(string, string, []byte) error { sent[i].Add(1); return nil }}, log: slog.New(slog.DiscardHandler)}
+	}
+	replicas := []*Service{replica(0), replica(1)}
+	if _, err := replicas[0].Start(Selector{All: true}, 1, "test", "tester"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	cancels := make([]context.CancelFunc, 2)
+	for i, r := range replicas {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[i] = cancel
+		defer cancel()
+		wg.Go(func() {
+			if err := r.Run(ctx); err != nil {
+				t.Errorf("replica %d: Run: %v", i, err)
+			}
+		})
+	}
+	wait.For(t, "three devices asked", func() bool { return sent[0].Load()+sent[1].Load() >= 3 })
+	holder := 0
+	if sent[1].Load() > 0 {
+		holder = 1
+	}
+	other := 1 - holder
+	if sent[other].Load() != 0 {
+		t.Fatalf("both replicas stepped the job: %d and %d devices asked", sent[0].Load(), sent[1].Load())
+	}
+	cancels[holder]()
+	wait.For(t, "the other replica to step the job", func() bool { return sent[other].Load() > 0 })
 }

@@ -71,9 +71,23 @@ type Config struct {
 	// GOMAXPROCS: a renewal waits on fsync'd writes, and concurrent ones
 	// share them (group commit), so more workers than CPUs pay off.
 	Workers int
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// Leases runs the rotation jobs' stepping under the lease LeaseJobs,
+	// so that replicas sharing the jobs ask each device once and keep
+	// each job's rate (fleet/storage/lease: Holder). Nil: Run steps
+	// them itself, as one process does.
+	Leases Leases
+	Now    func() time.Time
+	Logger *slog.Logger
 }
+
+// Leases runs work under named leases (fleet/storage/lease: Holder):
+// fn's context ends when the lease is lost.
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseJobs is the lease under which Run steps the rotation jobs.
+const LeaseJobs = "rotation_jobs"
 
 // Service handles renewals and runs rotation jobs.
 type Service struct {
@@ -114,7 +128,8 @@ func (s *Service) Submit(deviceID string, env *wire.Envelope) {
 }
 
 // Run handles renewals on Config.Workers goroutines and drives rotation
-// jobs once a second until ctx ends; it returns when they have stopped.
+// jobs once a second (under the lease LeaseJobs with Config.Leases) until
+// ctx ends; it returns when they have stopped.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -130,6 +145,14 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		})
 	}
+	if s.cfg.Leases == nil {
+		return s.stepJobs(ctx)
+	}
+	return s.cfg.Leases.Hold(ctx, LeaseJobs, s.stepJobs)
+}
+
+// stepJobs steps the running jobs once a second until ctx ends.
+func (s *Service) stepJobs(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

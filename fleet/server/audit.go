@@ -27,7 +27,7 @@ func (s *Server) openAudit() error {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	cfg := audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Logger: s.log.With("component", "audit")}
+	cfg := audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Leases: s.leases, Logger: s.log.With("component", "audit")}
 	if s.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

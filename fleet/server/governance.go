@@ -21,7 +21,7 @@ func (s *Server) openGovernance() error {
 	c := s.cfg.GovernanceConfig
 	gcfg := governance.Config{
 		Path:    filepath.Join(s.cfg.DataDir, GovernanceFile),
-		Devices: s.Inv, Revoker: s.revoker(),
+		Devices: s.Inv, Revoker: s.revoker(), Leases: s.leases, Bus: s.bus,
 		Quarantiner:  governance.InventoryQuarantiner{Inventory: s.Inv, Disconnect: s.transport.Disconnect},
 		Enroller:     governance.TriageEnroller{},
 		Connected:    s.transport.Connected,

@@ -51,6 +51,8 @@ import (
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
+	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
@@ -118,6 +120,11 @@ type Server struct {
 	// db is the PostgreSQL database of the stores that support one
 	// (Config.DatabaseURL); nil keeps every store in DataDir.
 	db *postgres.DB
+	// leases run what must happen once across replicas (Postgres with
+	// db, else Local); bus tells them of changes to alert rules and the
+	// block list (nil without db).
+	leases lease.Holder
+	bus    notify.Bus
 
 	// closers is the cleanup stack: what New opened, closed in reverse
 	// order by close (when New fails, or when Run returns).
@@ -220,6 +227,7 @@ func openStore[T interface{ Close() error }](s *Server, inDB func(context.Contex
 }
 
 func (s *Server) openDatabase() (err error) {
+	s.leases = lease.Local{}
 	if s.cfg.DatabaseURL == "" {
 		return nil
 	}
@@ -229,6 +237,11 @@ func (s *Server) openDatabase() (err error) {
 		return fmt.Errorf("server: database: %w", err)
 	}
 	s.onClose(func() error { s.db.Close(); return nil })
+	ls, err := lease.Open(ctx, s.db, lease.Config{Logger: s.log.With("component", "lease")})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.leases, s.bus = ls, notify.NewPostgres(s.db, s.log.With("component", "notify"))
 	return nil
 }
 
@@ -357,7 +370,7 @@ func (s *Server) openAttest() error {
 		state = pg
 	}
 	s.Attest, err = attest.New(attest.Config{
-		State:     state,
+		State: state, Leases: s.leases,
 		Inventory: s.Inv, History: s.history, Policies: s.Policy, Selections: sels,
 		Interval: time.Duration(cfg.AttestInterval), StaleAfter: cfg.StaleAfter, VerdictMaxAge: time.Duration(cfg.VerdictMaxAge),
 		Logger: s.log.With("component", "attest"), Send: s.sendDevice,
@@ -375,7 +388,7 @@ func (s *Server) openRotation() (err error) {
 	}
 	s.Rotation, err = rotation.New(rotation.Config{
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
-		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice,
+		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice, Leases: s.leases,
 	})
 	s.caRotation = rotation.NewCARotation(rotation.CARotationConfig{CA: s.CA, ServerCert: s.serverCert, Jobs: s.Rotation,
 		Sessions: s.transport, Send: s.sendDevice, Logger: s.log})
@@ -580,6 +593,9 @@ func (s *Server) tasks() []func(context.Context) error {
 	}
 	if s.Approvals != nil {
 		tasks = append(tasks, s.Approvals.Run)
+	}
+	if s.bus != nil {
+		tasks = append(tasks, s.bus.Run)
 	}
 	if s.debugLn != nil {
 		tasks = append(tasks, func(ctx context.Context) error { return profile.Serve(ctx, s.debugLn) })

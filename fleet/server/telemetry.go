@@ -38,7 +38,7 @@ const (
 func (s *Server) openTelemetry() error {
 	s.Metrics = prometheus.NewRegistry()
 	p, err := feed.OpenPipeline(feed.PipelineConfig{
-		Dir: s.cfg.DataDir, Database: s.db, Sinks: s.cfg.AlertSinks, Flood: s.cfg.AlertFlood.Flood(), Actions: s.alertActions(),
+		Dir: s.cfg.DataDir, Database: s.db, Leases: s.leases, Bus: s.bus, Sinks: s.cfg.AlertSinks, Flood: s.cfg.AlertFlood.Flood(), Actions: s.alertActions(),
 		OnTransition: func(n alert.Notification) { s.rescore(n.Alert.DeviceID) }, // open alerts count in the risk score
 		CertLifetime: time.Duration(s.cfg.DeviceLifetime), Rescore: s.rescore, Send: s.sendDevice, Metrics: s.Metrics, Logger: s.log,
 	})

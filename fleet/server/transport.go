@@ -58,14 +58,8 @@ type BrokerPool = mqttpool.Settings
 // embedded broker (openBroker).
 func (s *Server) openPool() (err error) {
 	var sessions mqttpool.Sessions // nil: clean sessions, one process
-	if s.db != nil {
-		ctx, cancel := startup()
-		defer cancel()
-		ls, err := lease.Open(ctx, s.db, lease.Config{Logger: s.log.With("component", "lease")})
-		if err != nil {
-			return fmt.Errorf("server: %w", err)
-		}
-		sessions = ls
+	if ls, ok := s.leases.(*lease.Postgres); ok {
+		sessions = ls // replicas: each one's session under a lease, drained if it dies
 	}
 	s.transport, err = mqttpool.NewTransport(mqttpool.TransportConfig{
 		Sessions: sessions,

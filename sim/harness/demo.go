@@ -102,6 +102,11 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	fleet, err := StartFleet(ctx, server.Config{
 		DataDir: filepath.Join(o.Dir, "fleet"), APIAddr: o.APIAddr, MQTTAddr: o.MQTTAddr, EKCADir: ekCADir, AlertSinks: siem.Sinks(),
 		DeviceLifetime: config.Duration(DemoLifetime), ReleaseTrust: releaseTrust,
+		// Every simulated device reports this host's listening ports, which
+		// other programs open and close: the demo's new-port rule may fire
+		// for many of them, and flood control would hold back the alert the
+		// demo opens a port for. A demo fleet of three devices needs none.
+		AlertFlood: server.AlertFlood{PerRule: -1, Fleet: -1},
 	}, o.Logger.With("side", "fleet"))
 	if err != nil {
 		return err

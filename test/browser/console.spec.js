@@ -178,6 +178,7 @@ async function run(browser) {
   await step("creates a campaign from the approved release and watches it complete", async () => {
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Campaigns" }).click();
     await page.getByRole("heading", { name: "Firmware campaigns", level: 1 }).waitFor();
+    await page.waitForLoadState(); // the whole page, not only its first bytes
     // Only the approved release is offered; the one waiting for approval is not.
     const options = await page.getByLabel("Release", { exact: true }).locator("option").allInnerTexts();
     assert.equal(options.length, 1, options.join(" | "));
@@ -189,6 +190,7 @@ async function run(browser) {
     await shot(page, "campaign-new");
     await page.getByRole("button", { name: "Create campaign" }).click();
     await page.getByRole("heading", { name: "Campaign created" }).waitFor();
+    await page.waitForLoadState(); // the whole page, not only its first bytes
     await page.getByRole("link", { name: "Done" }).click();
     await page.waitForURL(/\/campaigns\/cmp_[0-9a-f]+$/);
     const id = page.url().split("/").pop();
@@ -260,6 +262,7 @@ async function run(browser) {
     await page.getByLabel("Valid for").selectOption("24h");
     await page.getByRole("button", { name: "Create token" }).click();
     await page.getByRole("heading", { name: "Enrollment token created" }).waitFor();
+    await page.waitForLoadState(); // the whole page, not only its first bytes
     const token = await page.getByLabel("Token").inputValue();
     assert.match(token, /^sgt_/);
     await shot(page, "enrollment-token");
@@ -275,6 +278,7 @@ async function run(browser) {
     await page.getByLabel("Scope").selectOption("viewer");
     await page.getByRole("button", { name: "Create API token" }).click();
     await page.getByRole("heading", { name: "API token created" }).waitFor();
+    await page.waitForLoadState(); // the whole page, not only its first bytes
     const secret = await page.getByLabel("Token").inputValue();
     assert.match(secret, /^sga_/);
     let res = await api("GET", "/api/v1/me", secret);
@@ -292,6 +296,7 @@ async function run(browser) {
   await step("acknowledges an alert with a note", async () => {
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Alerts" }).click();
     await page.getByRole("heading", { name: "Alerts", level: 1 }).waitFor();
+    await page.waitForLoadState(); // the whole page, not only its first bytes
     const rule = env("SIGIL_ALERT_RULE");
     const row = page.locator("table.alerts tbody tr", { hasText: rule });
     assert.equal(await row.count(), 1);
@@ -359,6 +364,7 @@ async function run(browser) {
     await shot(admin, "audit");
     await admin.getByRole("button", { name: "Verify the log" }).click();
     await admin.getByRole("heading", { name: "Audit log verified" }).waitFor();
+    await admin.waitForLoadState(); // the whole page, not only its first bytes
     assert.match(await admin.locator("dl.facts").innerText(), /Entries verified\s+[1-9]\d*/);
     await shot(admin, "audit-verified");
 

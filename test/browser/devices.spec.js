@@ -246,6 +246,7 @@ async function run(browser) {
     await page.getByLabel("Add tags").fill("browser-canary");
     await page.getByRole("button", { name: "Tag", exact: true }).click();
     await page.getByRole("heading", { name: "Tagged 2 devices" }).waitFor();
+    await page.waitForLoadState(); // the whole page, not only its first bytes
     await noOverflow(page, "bulk result");
     await shot(page, "devices-bulk-tagged");
     await page.getByRole("link", { name: "Done" }).click();

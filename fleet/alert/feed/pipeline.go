@@ -34,6 +34,10 @@ type PipelineConfig struct {
 	// Database, when set, keeps the telemetry cursors and the alerts in
 	// PostgreSQL instead of Dir's files.
 	Database *postgres.DB
+	// Leases and Bus are the engine's (alert.Config): the replicas
+	// sharing Database re-send once and see each other's rule changes.
+	Leases alert.Leases
+	Bus    alert.Bus
 	// Sinks are the alert sinks (the alert_sinks configuration), each
 	// built into a route of the engine (sink.Routes).
 	Sinks []sink.Config
@@ -109,7 +113,7 @@ func OpenPipeline(cfg PipelineConfig) (_ *Pipeline, err error) {
 	acfg := alert.Config{
 		Path: filepath.Join(cfg.Dir, AlertsFile), Routes: routes,
 		Actions: cfg.Actions, Logger: log.With("component", "alert"),
-		OnTransition: cfg.OnTransition, Flood: cfg.Flood,
+		OnTransition: cfg.OnTransition, Flood: cfg.Flood, Leases: cfg.Leases, Bus: cfg.Bus,
 	}
 	if cfg.Database != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
