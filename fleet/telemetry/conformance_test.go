@@ -23,6 +23,10 @@ var conformanceTests = []pgtest.Test{
 	{Name: "CursorStore", Fn: TestCursorStore},
 	{Name: "CursorFlags", Fn: TestCursorFlags},
 	{Name: "ResumeWithStoredCursors", Fn: TestResumeWithStoredCursors},
+	{Name: "CursorSwap", Fn: TestCursorSwap},
+	{Name: "RetiredStreamsStored", Fn: TestRetiredStreamsStored},
+	{Name: "ReplicasIngestOnce", Fn: TestReplicasIngestOnce},
+	{Name: "ReplicasIngestConcurrently", Fn: TestReplicasIngestConcurrently},
 }
 
 // TestConformance runs the cursor store's tests on PostgreSQL (pgtest:

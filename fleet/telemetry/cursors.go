@@ -51,8 +51,10 @@ func OpenCursors(path string) (*CursorStore, error) {
 }
 
 // OpenCursorsPostgres opens the cursor store in the PostgreSQL database
-// db, bringing its tables up to date first. Each write is one key: the
-// replicas sharing db need no lock. Close leaves db open.
+// db, bringing its tables up to date first. Each write is one key in a
+// serializable transaction: the replicas sharing db need no lock, and
+// their ingesters compare and set each cursor (SwapCursor,
+// Config.SharedCursors). Close leaves db open.
 func OpenCursorsPostgres(ctx context.Context, db *postgres.DB) (*CursorStore, error) {
 	if err := db.Migrate(ctx, "telemetry", migrations); err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
@@ -95,6 +97,52 @@ func (c *CursorStore) SetCursor(ctx context.Context, deviceID string, cur Cursor
 	return c.db.Write(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bucketCursors).Put([]byte(deviceID), v)
 	})
+}
+
+var _ CursorSwapper = (*CursorStore)(nil)
+
+// SwapCursor stores next as a device's cursor if the stored one is old
+// (a device without one has the zero Cursor), in one transaction (on
+// PostgreSQL a serializable one: of the replicas swapping from the same
+// cursor at once, one succeeds and the others find its cursor), and
+// returns next and true; otherwise it returns the stored cursor and
+// false. When next is old it only reads.
+func (c *CursorStore) SwapCursor(ctx context.Context, deviceID string, old, next Cursor) (Cursor, bool, error) {
+	v, err := json.Marshal(next)
+	if err != nil {
+		return Cursor{}, false, err
+	}
+	unchanged := old.equal(next)
+	var found Cursor
+	var swapped bool
+	fn := func(tx kv.Tx) error {
+		found, swapped = Cursor{}, false
+		if raw := tx.Bucket(bucketCursors).Get([]byte(deviceID)); raw != nil {
+			if err := json.Unmarshal(raw, &found); err != nil {
+				return err
+			}
+		}
+		if !found.equal(old) {
+			return nil
+		}
+		swapped = true
+		if unchanged {
+			return nil
+		}
+		return tx.Bucket(bucketCursors).Put([]byte(deviceID), v)
+	}
+	if unchanged {
+		err = c.db.View(ctx, fn)
+	} else {
+		err = c.db.Write(ctx, fn)
+	}
+	if err != nil {
+		return Cursor{}, false, fmt.Errorf("telemetry: swap cursor of %s: %w", deviceID, err)
+	}
+	if swapped {
+		return next, true, nil
+	}
+	return found, false, nil
 }
 
 // Flag reports whether the flag name was set.

@@ -18,9 +18,12 @@
 //     dropped: the device sends its oldest point first, so a point it no
 //     longer holds and the fleet never stored was dropped by its bounded
 //     outbox (the device reports its own drop count too);
-//   - stores the rest, hands them to OnBatch, advances the cursor and only
-//     then acknowledges the cursor, so the device deletes only what the
-//     fleet has.
+//   - advances the cursor in the store (Cursors), then keeps the rest in
+//     the device's series and hands them to OnBatch, and only then
+//     acknowledges the cursor, so the device deletes only what the fleet
+//     has. A point is handed to OnBatch after its cursor is committed:
+//     never twice, but a process that stops between the commit and OnBatch
+//     has handed that batch to no observer.
 //
 // A batch that decodes but fails validation is refused as a whole: its
 // points are counted as rejected and acknowledged, so one bad batch cannot
@@ -29,6 +32,23 @@
 // replaced are ignored. A fleet that lost its cursors (in memory, after a
 // restart) resumes from the Acked sequence each batch carries instead of
 // counting delivered points as dropped.
+//
+// # Several replicas
+//
+// `sigil serve` replicas sharing one PostgreSQL database consume a
+// device's batches from a broker pool through shared subscriptions, so
+// consecutive batches of one device, or two copies of one batch, may reach
+// different replicas at once. With Config.SharedCursors the cursor kept in
+// memory is only a guess: each batch's cursor is compared and set in the
+// store (CursorSwapper), and a batch decided against a cursor another
+// replica has since moved is decided again against the stored one. Of two
+// replicas ingesting the same batch, one commits it and hands it to
+// OnBatch; the other finds its range covered and acknowledges it as a
+// duplicate. A gap is counted dropped, and a replaced stream retired, by
+// the replica whose commit records it; the retired streams are kept with
+// the cursor, so a replica that did not see the stream replaced still
+// refuses its batches. The counts and series are each replica's own: of
+// what it ingested.
 package telemetry
 
 import (
@@ -79,6 +99,15 @@ type Cursor struct {
 	Through uint64 // every point up to this sequence is stored or counted
 	// Reported is the device's own cumulative drop count as last seen.
 	Reported uint64
+	// Retired are the streams the device replaced, oldest first (at most
+	// four): their batches are refused (ErrStaleStream).
+	Retired [][]byte `json:",omitempty"`
+}
+
+// equal reports whether c and o are the same cursor.
+func (c Cursor) equal(o Cursor) bool {
+	return bytes.Equal(c.Stream, o.Stream) && c.Through == o.Through && c.Reported == o.Reported &&
+		slices.EqualFunc(c.Retired, o.Retired, bytes.Equal)
 }
 
 // Cursors keeps the cursors across fleet restarts. Without one (nil in
@@ -92,6 +121,17 @@ type Cursors interface {
 	Cursor(ctx context.Context, deviceID string) (c Cursor, ok bool, err error)
 	// SetCursor stores the device's cursor.
 	SetCursor(ctx context.Context, deviceID string, c Cursor) error
+}
+
+// CursorSwapper is what Cursors shared by several ingesters
+// (Config.SharedCursors) must also do.
+type CursorSwapper interface {
+	// SwapCursor stores next as the device's cursor if the stored one is
+	// old (a device without a cursor has the zero Cursor), reading and
+	// writing it in one transaction, and returns next and true; otherwise
+	// it stores nothing and returns the stored cursor and false. Of
+	// concurrent swaps from the same cursor, one succeeds.
+	SwapCursor(ctx context.Context, deviceID string, old, next Cursor) (stored Cursor, swapped bool, err error)
 }
 
 // Point is an accepted point as observers and queries see it.
@@ -135,9 +175,18 @@ type Config struct {
 	Metrics *prometheus.Registry
 	// Cursors keeps cursors across restarts; nil means in memory.
 	Cursors Cursors
-	// OnBatch, if set, is called for each accepted batch after its points
-	// are stored and before it is acknowledged, one device's batches in
-	// order. It must not block for long (hand work to a queue).
+	// SharedCursors says that other ingesters (replicas on one database)
+	// share Cursors and may ingest the same devices' batches: each batch's
+	// cursor is then compared and set in Cursors, which must be a
+	// CursorSwapper, and the cursor this ingester keeps in memory is never
+	// trusted over the stored one (see the package doc). false means this
+	// ingester is the only one writing Cursors (the bbolt file).
+	SharedCursors bool
+	// OnBatch, if set, is called for each accepted batch after its cursor
+	// is committed and its points are stored and before it is
+	// acknowledged, one device's batches in order. With SharedCursors it
+	// gets the batches this ingester committed; another replica's OnBatch
+	// gets the others. It must not block for long (hand work to a queue).
 	OnBatch func(Batch)
 	// Series bounds the recent series kept per device.
 	Series SeriesConfig
@@ -164,6 +213,7 @@ type Ingester struct {
 	charted map[string]int // charted metric -> its index in Config.Series.Charted
 	q       chan submitted
 	m       *instruments
+	swap    CursorSwapper // Cursors when shared, else nil
 
 	mu      sync.Mutex
 	devices map[string]*device
@@ -180,7 +230,6 @@ type device struct {
 	id       string
 	loaded   bool // cursor read from Cursors
 	cur      Cursor
-	retired  [][]byte
 	lastSeen time.Time // fleet clock of the last accepted batch
 	last     time.Time // fleet time of the newest point
 	bootID   string
@@ -229,13 +278,20 @@ func New(cfg Config) (*Ingester, error) {
 		cfg.Workers = 32
 	}
 	cfg.Series.defaults()
+	var swap CursorSwapper
+	if cfg.SharedCursors {
+		var ok bool
+		if swap, ok = cfg.Cursors.(CursorSwapper); !ok {
+			return nil, fmt.Errorf("telemetry: shared cursors need a store that compares and sets them (CursorSwapper), not %T", cfg.Cursors)
+		}
+	}
 	for _, name := range cfg.Series.Charted {
 		if !wire.ValidMetricName(name) {
 			return nil, fmt.Errorf("telemetry: charted metric %q is not a valid metric name", name)
 		}
 	}
 	in := &Ingester{cfg: cfg, log: cfg.Logger, charted: map[string]int{}, q: make(chan submitted, cfg.QueueSize),
-		devices: map[string]*device{}}
+		swap: swap, devices: map[string]*device{}}
 	for i, name := range cfg.Series.Charted {
 		if _, ok := in.charted[name]; !ok {
 			in.charted[name] = i
@@ -325,15 +381,41 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for attempt := 1; ; attempt++ {
+		ack, err := in.ingest(d, env, &b, decodeErr, now)
+		if !errors.Is(err, errCursorMoved) {
+			return ack, err
+		}
+		// Another replica moved the cursor: d.cur is now the stored one,
+		// and the batch is decided again against it.
+		if attempt == maxSwaps {
+			return nil, fmt.Errorf("telemetry: cursor of %s moved under %d attempts to advance it: %w", deviceID, attempt, err)
+		}
+	}
+}
 
+// errCursorMoved is returned by ingest when the shared store's cursor was
+// not the one the batch was decided against (Config.SharedCursors).
+var errCursorMoved = errors.New("telemetry: cursor moved by another replica")
+
+// maxSwaps bounds the decisions of one batch whose shared cursor keeps
+// moving; the batch is then left unacknowledged for the device to resend.
+const maxSwaps = 8
+
+// ingest decides b against d's cursor and stores the new one (Ingest);
+// d.mu is held. It returns errCursorMoved, having changed nothing but
+// d.cur (now the stored cursor), when a shared store's cursor moved.
+func (in *Ingester) ingest(d *device, env *wire.Envelope, b *wire.TelemetryBatch, decodeErr error, now time.Time) (*wire.TelemetryAck, error) {
+	deviceID := d.id
 	// Nothing of this batch counts until its cursor is stored: the
-	// counters and metrics change with commit, and a failed save puts the
-	// device back as it was, so that the resent batch is counted once.
-	orig, origCounts, origRetired := d.cur, d.counts, len(d.retired)
+	// counters, metrics and logs change with commit, and a failed save
+	// puts the device back as it was, so that the resent batch (or the
+	// batch decided again) is counted once.
+	orig, origCounts := d.cur, d.counts
 	var commit []func()
 	save := func() error {
 		if err := in.saveCursor(d, orig); err != nil {
-			d.counts, d.retired = origCounts, d.retired[:origRetired]
+			d.counts = origCounts
 			return err
 		}
 		for _, f := range commit {
@@ -343,24 +425,27 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	}
 	newStream := false
 	if !bytes.Equal(d.cur.Stream, b.Stream) {
-		for _, r := range d.retired {
+		// A retired stream stays retired: a replica may refuse it on what
+		// it keeps in memory.
+		for _, r := range d.cur.Retired {
 			if bytes.Equal(r, b.Stream) {
 				in.m.batches("stale").Add(1)
 				return nil, ErrStaleStream
 			}
 		}
-		if d.cur.Stream != nil {
-			d.retired = append(d.retired, d.cur.Stream)
-			if len(d.retired) > retiredStreams {
-				d.retired = d.retired[1:]
-			}
+		var retired [][]byte
+		if old := d.cur; old.Stream != nil {
+			retired = append(slices.Clone(old.Retired), old.Stream)
+			retired = retired[max(0, len(retired)-retiredStreams):]
 			d.counts.NewStreams++
-			commit = append(commit, func() { in.m.newStreams.Add(1) })
+			commit = append(commit, func() {
+				in.m.newStreams.Add(1)
+				in.log.Info("device started a new telemetry stream (state store recreated?)", "device_id", deviceID,
+					"old_stream", hex.EncodeToString(old.Stream), "old_through", old.Through, "stream", hex.EncodeToString(b.Stream))
+			})
 			newStream = true
-			in.log.Info("device started a new telemetry stream (state store recreated?)", "device_id", deviceID,
-				"old_stream", hex.EncodeToString(d.cur.Stream), "old_through", d.cur.Through, "stream", hex.EncodeToString(b.Stream))
 		}
-		d.cur = Cursor{Stream: bytes.Clone(b.Stream)}
+		d.cur = Cursor{Stream: bytes.Clone(b.Stream), Retired: retired}
 	}
 	// Points the device holds an ack for were delivered, whatever this
 	// fleet remembers.
@@ -388,10 +473,13 @@ func (in *Ingester) Ingest(deviceID string, env *wire.Envelope) (*wire.Telemetry
 	if b.First > d.cur.Through+1 {
 		gap = b.First - d.cur.Through - 1
 		d.counts.Dropped += gap
-		commit = append(commit, func() { in.m.dropped.Add(gap) })
+		from := d.cur.Through + 1
+		commit = append(commit, func() {
+			in.m.dropped.Add(gap)
+			in.log.Warn("device dropped telemetry points from its full outbox", "device_id", deviceID, "dropped", gap,
+				"from", from, "to", b.First-1)
+		})
 		ack.Reason, ack.Dropped = wire.ReasonTelemetryDropped, gap
-		in.log.Warn("device dropped telemetry points from its full outbox", "device_id", deviceID, "dropped", gap,
-			"from", d.cur.Through+1, "to", b.First-1)
 	}
 	skip := int(d.cur.Through + 1 - min(b.First, d.cur.Through+1)) // points already stored
 	d.counts.Duplicates += uint64(skip)
@@ -450,9 +538,24 @@ func sequenced(b *wire.TelemetryBatch) bool {
 }
 
 // saveCursor persists d's cursor if it changed; on failure it restores
-// prev so that nothing is acknowledged that is not recorded.
+// prev so that nothing is acknowledged that is not recorded. With shared
+// cursors it compares and sets it, changed or not (the store's cursor is
+// the one to trust), and returns errCursorMoved with d.cur set to the
+// stored cursor when that was not prev.
 func (in *Ingester) saveCursor(d *device, prev Cursor) error {
-	if in.cfg.Cursors == nil || (bytes.Equal(prev.Stream, d.cur.Stream) && prev.Through == d.cur.Through && prev.Reported == d.cur.Reported) {
+	if in.swap != nil {
+		stored, swapped, err := in.swap.SwapCursor(context.Background(), d.id, prev, d.cur)
+		if err != nil {
+			d.cur = prev
+			return fmt.Errorf("telemetry: save cursor of %s: %w", d.id, err)
+		}
+		if !swapped {
+			d.cur = stored
+			return errCursorMoved
+		}
+		return nil
+	}
+	if in.cfg.Cursors == nil || prev.equal(d.cur) {
 		return nil
 	}
 	if err := in.cfg.Cursors.SetCursor(context.Background(), d.id, d.cur); err != nil {

@@ -32,7 +32,8 @@ type PipelineConfig struct {
 	// Dir is the fleet's data directory: TelemetryFile and AlertsFile.
 	Dir string
 	// Database, when set, keeps the telemetry cursors and the alerts in
-	// PostgreSQL instead of Dir's files.
+	// PostgreSQL instead of Dir's files; the replicas sharing it ingest
+	// each telemetry batch once (telemetry.Config.SharedCursors).
 	Database *postgres.DB
 	// Leases and Bus are the engine's (alert.Config): the replicas
 	// sharing Database re-send once and see each other's rule changes.
@@ -137,7 +138,7 @@ func OpenPipeline(cfg PipelineConfig) (_ *Pipeline, err error) {
 	p.Feed = New(Config{Engine: p.Alerts, CertLifetime: cfg.CertLifetime, Rescore: cfg.Rescore,
 		Forget: func(id string) { p.Telemetry.Forget(id) }, Logger: log})
 	p.Telemetry, err = telemetry.New(telemetry.Config{
-		Send: cfg.Send, Metrics: cfg.Metrics, Cursors: cursors, OnBatch: p.Feed.Batch,
+		Send: cfg.Send, Metrics: cfg.Metrics, Cursors: cursors, SharedCursors: cfg.Database != nil, OnBatch: p.Feed.Batch,
 		Logger: log.With("component", "telemetry"),
 	})
 	if err != nil {
