@@ -927,6 +927,20 @@ func (s *Service) SessionStarted(deviceID string, t time.Time) {
 	}
 }
 
+// Hello starts the device's session at its hello, for transports that
+// learn of a connection only from the device's first message on it (a
+// broker pool), and challenges the device at once. There the hello may be
+// handled after the evidence the device sent next (its messages are
+// spread over the replicas), and the pass judged on that evidence then
+// counts no more (it may be the previous session's): the challenge gets
+// the device a verdict on a nonce issued within the session.
+func (s *Service) Hello(deviceID string, at time.Time) {
+	s.SessionStarted(deviceID, at)
+	if err := s.Challenge(deviceID); err != nil {
+		s.log.Warn("challenging a device at its hello failed", "device_id", deviceID, "err", err)
+	}
+}
+
 // SessionEnded tells the service that the device's last connection ended.
 func (s *Service) SessionEnded(deviceID string) {
 	if err := s.state.SessionEnded(context.TODO(), deviceID); err != nil {

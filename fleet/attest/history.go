@@ -186,12 +186,13 @@ func (h *History) add(tx kv.Tx, r *Record) error {
 
 // count is how many records bucket b holds: sequence numbers are
 // consecutive and only the oldest records leave, so the oldest and newest
-// keys tell.
+// keys tell. A read that failed (in PostgreSQL: the transaction then
+// fails at its end, kv's contract) finds no key: 0.
 func count(b kv.Bucket) int {
 	c := b.Cursor()
 	first, _ := c.First()
 	last, _ := c.Last()
-	if first == nil {
+	if len(first) != 8 || len(last) != 8 {
 		return 0
 	}
 	return int(binary.BigEndian.Uint64(last) - binary.BigEndian.Uint64(first) + 1)

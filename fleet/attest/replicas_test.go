@@ -237,6 +237,46 @@ func TestReplicasShareLiveness(t *testing.T) {
 	}
 }
 
+// TestReplicasHelloAfterVerdict: a broker pool's shared subscriptions
+// spread a device's messages over the replicas, so its hello (the start
+// of its session) may be handled after the evidence it sent next was
+// judged on another replica. That pass no longer counts (it may belong to
+// the previous session); Hello asks the device for evidence at once, and
+// the pass on that nonce, judged anywhere, makes Current hold everywhere.
+func TestReplicasHelloAfterVerdict(t *testing.T) {
+	r := newReplicaSet(t, 2)
+	a, b := r.svcs[0], r.svcs[1]
+	a.SessionStarted(r.dev, time.Now()) // the device's previous connection
+	if rec := r.judge(t, 1, r.evidence(t, r.challenge(t, 1, ""))); rec.Result != wire.VerdictPass {
+		t.Fatalf("pass on B: %s %s", rec.Reason, rec.Message)
+	}
+	r.mu.Lock()
+	sent := len(r.out[0])
+	r.mu.Unlock()
+	a.Hello(r.dev, time.Now()) // the new connection's hello, handled late on A
+	if err := b.Current(r.dev); !errors.Is(err, ErrNoCurrentVerdict) {
+		t.Fatalf("B: Current after the hello on A: %v, want ErrNoCurrentVerdict", err)
+	}
+	r.mu.Lock()
+	out := r.out[0][sent:]
+	r.mu.Unlock()
+	if len(out) != 1 || out[0].Type != wire.TypeAttestChallenge {
+		t.Fatalf("A sent %d messages at the hello, want one challenge", len(out))
+	}
+	var ch wire.AttestChallenge
+	if err := wire.DecodeBody(out[0], wire.TypeAttestChallenge, &ch); err != nil {
+		t.Fatal(err)
+	}
+	if rec := r.judge(t, 1, r.evidence(t, ch.Nonce)); rec.Result != wire.VerdictPass {
+		t.Fatalf("pass on B of A's challenge at the hello: %s %s", rec.Reason, rec.Message)
+	}
+	for i, s := range r.svcs {
+		if err := s.Current(r.dev); err != nil {
+			t.Errorf("replica %d: Current after the pass on the hello's challenge: %v", i, err)
+		}
+	}
+}
+
 // TestReplicasSweepOnce: two replicas run at once on one database; the
 // stale sweep runs on one of them only (the lease's holder), which flags
 // the device that left its challenges unanswered and alerts once; when it

@@ -32,7 +32,10 @@ type State interface {
 	// Answered records that deviceID's evidence arrived at at: its
 	// unanswered challenges count from zero again, and its current
 	// session, if any, holds this verdict — a pass (on a nonce the fleet
-	// issued at issued, judged at judged) or none.
+	// issued at issued, judged at judged) or none. A pass on a nonce
+	// issued before the recorded pass's leaves that one (verdicts judged
+	// at once on several replicas are recorded in any order); a failure
+	// always clears it.
 	Answered(ctx context.Context, deviceID string, at time.Time, pass bool, issued, judged time.Time) error
 	// SessionStarted starts deviceID's session, admitted at at; the
 	// passes judged before count no more.
@@ -189,10 +192,14 @@ func (m *memState) Answered(_ context.Context, deviceID string, at time.Time, pa
 	m.unanswered[deviceID] = 0
 	m.lastSeen[deviceID] = at
 	if ss := m.sessions[deviceID]; ss != nil {
-		ss.passIssued, ss.passAt = time.Time{}, time.Time{}
-		if pass {
+		switch {
+		case !pass:
+			ss.passIssued, ss.passAt = time.Time{}, time.Time{}
+		case ss.passAt.IsZero() || !issued.Before(ss.passIssued):
 			ss.passIssued, ss.passAt = issued, judged
 		}
+		// A pass on a nonce older than the recorded pass's (judged
+		// later on another worker or replica) leaves it be.
 	}
 	m.mu.Unlock()
 	return nil

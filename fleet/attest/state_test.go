@@ -160,6 +160,25 @@ func stateSuite(t *testing.T, open func(*testing.T) State) {
 		if err := st.Current(ctx, "d2", time.Hour); !errors.Is(err, ErrNoCurrentVerdict) {
 			t.Errorf("another device: %v", err)
 		}
+		// Two passes judged on two replicas at once: the one on the
+		// nonce issued before the session (the device's own request,
+		// overtaken by its hello) is recorded after the one on the
+		// nonce issued within it (the hello's challenge); the latter
+		// still counts.
+		before := issue(t, st, "d1", "", time.Minute)
+		if err := st.SessionStarted(ctx, "d1", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		pass(issue(t, st, "d1", "", time.Minute), true)
+		pass(before, true)
+		if err := st.Current(ctx, "d1", time.Hour); err != nil {
+			t.Errorf("a pass in the session, then one on an older nonce: %v", err)
+		}
+		older := issue(t, st, "d1", "", time.Minute)
+		pass(issue(t, st, "d1", "", time.Minute), true)
+		pass(older, false)
+		not("a failing verdict, even on an older nonce, after the pass")
+		pass(issue(t, st, "d1", "", time.Minute), true)
 		pass(issue(t, st, "d1", "", time.Minute), false)
 		not("a failing verdict after the pass")
 		pass(issue(t, st, "d1", "", time.Minute), true)

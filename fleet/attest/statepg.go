@@ -94,12 +94,17 @@ func (s *StatePostgres) Take(ctx context.Context, deviceID string, value []byte)
 
 // Answered records the evidence at the database's now; judged is too.
 // issued is the nonce's issue time as Take returned it (the database's).
+// A pass on a nonce older than the recorded pass's leaves it (State).
 func (s *StatePostgres) Answered(ctx context.Context, deviceID string, _ time.Time, pass bool, issued, _ time.Time) error {
 	_, err := s.db.Pool().Exec(ctx, `
 		INSERT INTO attest_device (device_id, last_seen) VALUES ($1, now())
 		ON CONFLICT (device_id) DO UPDATE SET unanswered = 0, last_seen = now(),
-			pass_issued = CASE WHEN attest_device.session_start IS NOT NULL AND $2 THEN $3::timestamptz END,
-			pass_at = CASE WHEN attest_device.session_start IS NOT NULL AND $2 THEN now() END`,
+			pass_issued = CASE WHEN attest_device.session_start IS NULL OR NOT $2 THEN NULL
+				WHEN attest_device.pass_at IS NOT NULL AND $3::timestamptz < attest_device.pass_issued THEN attest_device.pass_issued
+				ELSE $3::timestamptz END,
+			pass_at = CASE WHEN attest_device.session_start IS NULL OR NOT $2 THEN NULL
+				WHEN attest_device.pass_at IS NOT NULL AND $3::timestamptz < attest_device.pass_issued THEN attest_device.pass_at
+				ELSE now() END`,
 		deviceID, pass, issued)
 	if err != nil {
 		return fmt.Errorf("attest: state: answered: %w", err)

@@ -62,20 +62,25 @@ func (p *Pool) drainLoop(ctx context.Context) {
 // drain receives, on every device broker, what it kept for the session id
 // of a replica that died, hands it to the device handler like any
 // message (acknowledged once handled), then removes the session. It
-// returns how many messages it handled.
+// returns how many messages it handled. A broker that cannot be drained
+// (down) does not hold up the others, which go on queuing for the dead
+// session until it is removed there: each is drained, and the error
+// names those that were not (a later round drains them again; draining
+// one whose session is already removed finds nothing).
 func (p *Pool) drain(ctx context.Context, id string) (int64, error) {
 	p.mu.Lock()
 	h := p.subs[wire.SegDevice]
 	p.mu.Unlock()
 	var total int64
+	var errs []error
 	for _, addr := range p.cfg.Devices {
 		n, err := p.drainAt(ctx, addr, id, h)
 		total += n
 		if err != nil {
-			return total, fmt.Errorf("mqttpool: drain %s at %s: %w", id, addr, err)
+			errs = append(errs, fmt.Errorf("mqttpool: drain %s at %s: %w", id, addr, err))
 		}
 	}
-	return total, nil
+	return total, errors.Join(errs...)
 }
 
 // drainAt drains one broker's session id: connected as it (the broker

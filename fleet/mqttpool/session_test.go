@@ -16,6 +16,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -27,9 +28,9 @@ import (
 // connects to.
 const replicaEnv = "MQTTPOOL_TEST_REPLICA"
 
-// sessionPool is a pool with persistent sessions under leases in the
-// database at url (ttl: the leases' time to live).
-func sessionPool(url, broker, caFile, password string, ttl time.Duration) (*mqttpool.Pool, func(), error) {
+// sessionPool is a pool of the device brokers with persistent sessions
+// under leases in the database at url (ttl: the leases' time to live).
+func sessionPool(url string, brokers []string, caFile, password string, ttl time.Duration) (*mqttpool.Pool, func(), error) {
 	ctx := context.Background()
 	db, err := postgres.Open(ctx, url, postgres.Options{})
 	if err != nil {
@@ -47,7 +48,7 @@ func sessionPool(url, broker, caFile, password string, ttl time.Duration) (*mqtt
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
-	p, err := mqttpool.New(mqttpool.Config{Devices: []string{broker}, Username: mqttpool.Username, Password: password,
+	p, err := mqttpool.New(mqttpool.Config{Devices: brokers, Username: mqttpool.Username, Password: password,
 		TLS: &tls.Config{RootCAs: roots}, Sessions: ls, DrainEvery: ttl / 3, DrainQuiet: 300 * time.Millisecond})
 	if err != nil {
 		db.Close()
@@ -64,7 +65,7 @@ func TestHelperReplica(t *testing.T) {
 	if len(args) != 4 {
 		return
 	}
-	p, closeDB, err := sessionPool(args[0], args[1], args[2], args[3], 600*time.Millisecond)
+	p, closeDB, err := sessionPool(args[0], []string{args[1]}, args[2], args[3], 600*time.Millisecond)
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(1)
@@ -94,6 +95,21 @@ func TestHelperReplica(t *testing.T) {
 // session over once its lease expires: every message is handled, each
 // once, those the dead one had received among them.
 func TestPoolDeadReplicaIsDrained(t *testing.T) {
+	testDeadReplicaIsDrained(t, nil)
+}
+
+// TestPoolDrainsPastADeadBroker: as TestPoolDeadReplicaIsDrained, with a
+// device broker of the pool down (listed first) while the survivor
+// drains the dead replica's session: what the live broker kept for the
+// session is still handled, once, rather than waiting behind the broker
+// that is down.
+func TestPoolDrainsPastADeadBroker(t *testing.T) {
+	testDeadReplicaIsDrained(t, []string{fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t))}) // nothing listens
+}
+
+// testDeadReplicaIsDrained runs the dead replica test; the survivor's
+// pool holds the brokers down (never reachable) before the live one.
+func testDeadReplicaIsDrained(t *testing.T, down []string) {
 	e := newEnv(t)
 	srv := pgtest.Start(t)
 	url := srv.NewDatabase(t)
@@ -138,7 +154,7 @@ func TestPoolDeadReplicaIsDrained(t *testing.T) {
 	}
 
 	handled := map[string]int{}
-	p, closeDB, err := sessionPool(url, e.dev.FleetAddr, caFile, password, 600*time.Millisecond)
+	p, closeDB, err := sessionPool(url, append(down, e.dev.FleetAddr), caFile, password, 600*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +164,9 @@ func TestPoolDeadReplicaIsDrained(t *testing.T) {
 	done := make(chan struct{})
 	go func() { _ = p.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	wait.For(t, "the surviving replica to subscribe", p.Ready)
+	// Ready once subscribed on every broker: with one down, once
+	// connected to the live one.
+	wait.For(t, "the surviving replica to subscribe", func() bool { n, _ := p.Connected(); return p.Ready() || len(down) > 0 && n == 1 })
 
 	dev := e.deviceClient(t, "deva", "deva")
 	const n = 40

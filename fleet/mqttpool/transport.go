@@ -148,7 +148,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 		hello = func(string, time.Time) {}
 	}
 	t = &Transport{inv: cfg.Inventory, pool: p, hello: hello, topics: cfg.Topics, addr: pc.Devices[0],
-		heard: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: log}
+		heard: map[string]time.Time{}, gone: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: log}
 	return t, nil
 }
 
@@ -223,6 +223,8 @@ type Transport struct {
 
 	mu      sync.Mutex
 	heard   map[string]time.Time // device ID -> its last message
+	gone    map[string]time.Time // device ID -> when this replica ended its sessions (within presenceWindow)
+	pruned  time.Time            // when gone was last pruned
 	kicked  map[string]time.Time // device ID -> when KickStale last ended its sessions
 	pending map[string]bool      // device ID -> a KickStale is scheduled
 }
@@ -267,9 +269,7 @@ func (t *Transport) Subscribe(filter string, handler func(id broker.Identity, to
 // it), limited on every broker to inventory.QuarantinedKinds; otherwise
 // as the pattern ACL allows.
 func (t *Transport) Disconnect(deviceID string) {
-	t.mu.Lock()
-	delete(t.heard, deviceID)
-	t.mu.Unlock()
+	t.forget(deviceID)
 	var err error
 	if d, serr := t.inv.Device(context.TODO(), deviceID); serr == nil && d.State == inventory.StateQuarantined {
 		err = t.pool.Quarantine(deviceID, inventory.QuarantinedKinds())
@@ -278,6 +278,25 @@ func (t *Transport) Disconnect(deviceID string) {
 	}
 	if err != nil {
 		t.log.Warn("ending a device's session on the broker pool failed", "device_id", deviceID, "err", err)
+	}
+}
+
+// forget drops the device's presence: this replica ended its sessions
+// now, so what the replicas recorded of it before does not count
+// (Connected).
+func (t *Transport) forget(deviceID string) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.heard, deviceID)
+	t.gone[deviceID] = now
+	if now.Sub(t.pruned) >= time.Minute { // bounded: only the window matters
+		t.pruned = now
+		for id, at := range t.gone {
+			if now.Sub(at) >= presenceWindow {
+				delete(t.gone, id)
+			}
+		}
 	}
 }
 
@@ -312,11 +331,34 @@ func (t *Transport) resyncQuarantines(broker string) {
 	}
 }
 
+// Connected reports whether the device sent a message within the
+// presence window. The brokers' shared subscriptions spread a device's
+// messages over the replicas, so a replica that did not hear it asks what
+// they share: the inventory's record of its last hello (LastSeen) or
+// verdict (LastAttested), unless this replica ended its sessions since.
 func (t *Transport) Connected(deviceID string) bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	at, ok := t.heard[deviceID]
-	return ok && time.Since(at) < presenceWindow
+	gone, ended := t.gone[deviceID]
+	t.mu.Unlock()
+	if ok && time.Since(at) < presenceWindow {
+		return true
+	}
+	if t.inv == nil {
+		return false
+	}
+	d, err := t.inv.Device(context.TODO(), deviceID)
+	if err != nil {
+		return false
+	}
+	seen := d.LastSeen
+	if d.LastAttested.After(seen) {
+		seen = d.LastAttested
+	}
+	if ended && !seen.After(gone) {
+		return false
+	}
+	return time.Since(seen) < presenceWindow
 }
 
 func (t *Transport) ConnectedDevices(keep func(string, *x509.Certificate) bool) []string {

@@ -32,6 +32,7 @@ func openJobs(t testing.TB, path string) (*Jobs, error) {
 var conformanceTests = []pgtest.Test{
 	{Name: "JobSteps", Fn: TestJobSteps},
 	{Name: "JobCancelAndPaging", Fn: TestJobCancelAndPaging},
+	{Name: "DeadStepsClaimsExpire", Fn: TestDeadStepsClaimsExpire},
 }
 
 // TestConformance runs the jobs' tests on PostgreSQL (pgtest: skipped

@@ -482,10 +482,10 @@ type candidate struct {
 
 // due returns the job's header and, if it is running, claims up to its
 // rate plus scanSlack of its devices whose send time has come, front of
-// the queue first: they move back in the queue by resend, so that a step
-// running at the same time (another replica's) passes over them, until
-// record writes what was done with each. A claimed device whose step
-// ends without recording it is asked after resend.
+// the queue first: they move back in the queue by claimFor, so that a
+// step running at the same time (another replica's) passes over them,
+// until record writes what was done with each. A claimed device whose
+// step ends without recording it is asked after claimFor.
 func (j *Jobs) due(ctx context.Context, id string, now time.Time) (*header, []candidate, error) {
 	var h *header
 	var out []candidate
@@ -511,7 +511,7 @@ func (j *Jobs) due(ctx context.Context, id string, now time.Time) (*header, []ca
 				out = append(out, candidate{rec: *r})
 			}
 		}
-		claimed := now.Add(resend).UnixNano()
+		claimed := now.Add(claimFor).UnixNano()
 		for _, c := range out {
 			r := c.rec
 			if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
@@ -552,7 +552,7 @@ func (j *Jobs) record(ctx context.Context, id string, now time.Time, cands []can
 			if c.outcome == outcomeUnasked {
 				// Claimed and not asked: back to its place, unless it
 				// moved meanwhile (reachable).
-				if r.Due != now.Add(resend).UnixNano() {
+				if r.Due != now.Add(claimFor).UnixNano() {
 					continue
 				}
 				if err := queue.Delete(dueKey(r.Due, r.ID)); err != nil {
@@ -827,6 +827,13 @@ func (s *Service) Cancel(id string) error {
 // again; a device that was not reachable is tried again after as long,
 // or as soon as it connects.
 const resend = time.Minute
+
+// claimFor is how long a step's claim on the devices it read holds
+// (due): long enough for a step to ask its rate of them and record it,
+// short enough that the devices a step claimed and never recorded (its
+// replica died between due and record) are asked by another replica's
+// step soon, not after resend.
+const claimFor = 15 * time.Second
 
 // step advances every running job by one tick: it asks up to Rate devices
 // from the front of the job's queue whose time has come. Before asking a

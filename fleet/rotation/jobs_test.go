@@ -129,6 +129,43 @@ func TestJobSteps(t *testing.T) {
 	}
 }
 
+// TestDeadStepsClaimsExpire: a step that claimed devices and never
+// recorded what it did with them (its replica was killed between the
+// two) holds them for claimFor (15 s), not for resend (a minute):
+// another replica's step asks them once the claim expired, so a job does not stall for a
+// minute behind a dead replica.
+func TestDeadStepsClaimsExpire(t *testing.T) {
+	f, ids := newJobFixture(t, 3)
+	job, err := f.svc.Start(Selector{All: true}, 1, "test", "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The dead replica's step: it claimed every due device and died.
+	if _, cands, err := f.jobs.due(t.Context(), job.ID, f.now); err != nil || len(cands) != 3 {
+		t.Fatalf("claimed %d devices: %v", len(cands), err)
+	}
+	// While the claim holds, another step passes over them.
+	f.now = f.now.Add(time.Second)
+	f.svc.step(t.Context())
+	if len(f.sent) != 0 {
+		t.Fatalf("devices claimed by a running step were asked by another: %v", f.sent)
+	}
+	f.now = f.now.Add(20 * time.Second) // well before resend
+	f.svc.step(t.Context())
+	if p := f.progress(t, job.ID); p.Sent != 1 || len(f.sent) != 1 {
+		t.Fatalf("after the dead step's claim expired: %+v, sent %v", p, f.sent)
+	}
+	for range 2 {
+		f.now = f.now.Add(time.Second)
+		f.svc.step(t.Context())
+	}
+	for _, id := range ids {
+		if f.sent[id] != 1 {
+			t.Fatalf("each device asked once after the claim expired: %v", f.sent)
+		}
+	}
+}
+
 // TestJobCancelAndPaging: a cancelled job asks no one; a job larger than
 // InlineDevices lists no devices but pages them.
 func TestJobCancelAndPaging(t *testing.T) {

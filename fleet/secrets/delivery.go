@@ -330,19 +330,35 @@ func (s *Service) deliverOne(ctx context.Context, dev *inventory.Device, name st
 	msg := blob.Deliver(name, sec.Version)
 	msg.Grace = uint32(time.Duration(sec.Grace) / time.Second)
 	payload, err := wire.Encode(wire.TypeSecretDeliver, nil, s.now(), msg)
-	if err == nil {
-		err = s.send(dev.ID, "secret", payload)
-	}
 	if err != nil {
 		s.fail(ctx, dev.ID, name, err)
 		return
 	}
+	// Recorded as sent before it is: the device's ack may be handled
+	// (by another replica of a broker pool) before the publish returns,
+	// and an ack counts only for a version sent. Undone if the publish
+	// fails.
 	now := s.now().UTC()
+	var prevSent int
+	var prevAt time.Time
 	err = s.deliveries.Update(ctx, name, dev.ID, func(r *Delivery) {
+		prevSent, prevAt = r.Sent, r.SentAt
 		r.Sent, r.SentAt, r.Error, r.ErrorAt = sec.Version, now, "", time.Time{}
 	})
 	if err != nil {
-		s.log.Warn("secrets: recording a delivery failed", "name", name, "device_id", dev.ID, "err", err)
+		s.fail(ctx, dev.ID, name, fmt.Errorf("recording the delivery: %w", err))
+		return
+	}
+	if err := s.send(dev.ID, "secret", payload); err != nil {
+		if uerr := s.deliveries.Update(ctx, name, dev.ID, func(r *Delivery) {
+			if r.Sent == sec.Version && r.Acked < sec.Version {
+				r.Sent, r.SentAt = prevSent, prevAt
+			}
+		}); uerr != nil {
+			s.log.Warn("secrets: undoing a delivery record failed", "name", name, "device_id", dev.ID, "err", uerr)
+		}
+		s.fail(ctx, dev.ID, name, err)
+		return
 	}
 	s.log.Info("secret sent", "name", name, "version", sec.Version, "device_id", dev.ID, "pcr_bound", sel != nil)
 	_ = s.inv.AddEvent(context.TODO(), inventory.Event{Time: now, DeviceID: dev.ID, Kind: "secret-delivered",

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"errors"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -313,5 +314,67 @@ func TestNoSecretsNoDeviceRead(t *testing.T) {
 	svc.deliver(t.Context(), "dev-a")
 	if devs.reads != 1 || out.count("dev-a") != 1 {
 		t.Fatalf("with a secret: %d device reads, %d deliveries", devs.reads, out.count("dev-a"))
+	}
+}
+
+// TestAckBeforeSendReturns: the device's acknowledgement may be handled
+// (on another replica of a broker pool, or another goroutine) before the
+// publish that carried the secret has returned; it counts. A secret whose
+// publish failed is not recorded as sent.
+func TestAckBeforeSendReturns(t *testing.T) {
+	dir := t.TempDir()
+	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	st, err := openStoreBackend(t, Config{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dl, err := openDeliveriesBackend(t, filepath.Join(dir, DeliveriesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dl.Close()
+	var svc *Service
+	failing := false
+	send := func(deviceID, _ string, payload []byte) error {
+		if failing {
+			return errors.New("publish: no broker")
+		}
+		env, err := wire.Decode(payload)
+		if err != nil {
+			return err
+		}
+		var d wire.SecretDeliver
+		if err := wire.DecodeBody(env, wire.TypeSecretDeliver, &d); err != nil {
+			return err
+		}
+		svc.Ack(deviceID, ackEnv(t, &wire.SecretAck{Name: d.Name, Version: d.Version, OK: true})) // the device answered first
+		return nil
+	}
+	svc = NewService(ServiceConfig{Store: st, Deliveries: dl, Devices: inv, Send: send,
+		Connected: func(string) bool { return true }, Current: func(string) error { return nil }})
+	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, Model: "gw-1", EKPublic: softEK(t)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Put("api-key", []byte("k"), Target{Device: "dev-a"}, false); err != nil {
+		t.Fatal(err)
+	}
+	svc.deliver(t.Context(), "dev-a")
+	ds, err := svc.DeviceSecrets("dev-a")
+	if err != nil || len(ds) != 1 || ds[0].Sent != 1 || ds[0].Acked != 1 || ds[0].Error != "" {
+		t.Fatalf("an ack handled before the publish returned: %+v, %v", ds, err)
+	}
+	failing = true
+	if _, err := svc.Put("api-key", []byte("k2"), Target{Device: "dev-a"}, false); err != nil {
+		t.Fatal(err)
+	}
+	svc.deliver(t.Context(), "dev-a")
+	ds, err = svc.DeviceSecrets("dev-a")
+	if err != nil || len(ds) != 1 || ds[0].Sent != 1 || ds[0].Acked != 1 || !strings.Contains(ds[0].Error, "no broker") {
+		t.Fatalf("a publish that failed: %+v, %v", ds, err)
 	}
 }

@@ -66,7 +66,7 @@ func (s *Server) openPool() (err error) {
 		Settings: *s.cfg.BrokerPool, DataDir: s.cfg.DataDir, Roots: s.CA.Pool(), Topics: s.topics, Inventory: s.Inv,
 		Hello: func(id string, at time.Time) {
 			if s.Attest != nil {
-				s.Attest.SessionStarted(id, at)
+				s.Attest.Hello(id, at)
 			}
 		},
 		Logger: s.log.With("component", "broker_pool"),

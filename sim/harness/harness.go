@@ -118,14 +118,15 @@ func (f *Fleet) AgentConfig(dc DeviceConfig) agent.Config {
 	return cfg
 }
 
-// StartDevice starts an agent for the device.
-func (f *Fleet) StartDevice(ctx context.Context, dc DeviceConfig, log *slog.Logger) (*Device, error) {
-	return StartAgent(ctx, f.AgentConfig(dc), log)
+// StartDevice starts an agent for the device; opts are the agent's (a
+// software TPM: agent.WithTPM).
+func (f *Fleet) StartDevice(ctx context.Context, dc DeviceConfig, log *slog.Logger, opts ...agent.Option) (*Device, error) {
+	return StartAgent(ctx, f.AgentConfig(dc), log, opts...)
 }
 
 // StartAgent starts an agent with a full configuration.
-func StartAgent(ctx context.Context, cfg agent.Config, log *slog.Logger) (*Device, error) {
-	a, err := agent.New(cfg, log)
+func StartAgent(ctx context.Context, cfg agent.Config, log *slog.Logger, opts ...agent.Option) (*Device, error) {
+	a, err := agent.New(cfg, log, opts...)
 	if err != nil {
 		return nil, err
 	}
