@@ -25,7 +25,7 @@ type replicas struct {
 	mu    sync.Mutex
 }
 
-func newReplicas(t *testing.T, rec *recording, n int, trust func() *verifier.EKTrust, manual bool) *replicas {
+func newReplicas(t *testing.T, rec *recording, n int, trust func() *verifier.EKTrust, manual bool, keys ...[]byte) *replicas {
 	t.Helper()
 	url := pgtest.Start(t).NewDatabase(t)
 	fleetCA, err := newCA(t.TempDir())
@@ -54,7 +54,11 @@ func newReplicas(t *testing.T, rec *recording, n int, trust func() *verifier.EKT
 				r.mu.Unlock()
 				return nil
 			}}
-		shareSessions(t, db, &cfg)
+		key := fleetKey
+		if i < len(keys) {
+			key = keys[i] // a party without the fleet's key
+		}
+		shareSessions(t, db, &cfg, key)
 		if h.svc, err = enroll.New(cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -192,6 +196,25 @@ func TestReplicasSealSessions(t *testing.T) {
 	}
 	if used, err := b.inv.TokenUsedBy(t.Context(), secret); err != nil || used != res.DeviceID {
 		t.Errorf("token used by %q (%v), want %s", used, err, res.DeviceID)
+	}
+}
+
+// TestSessionsNeedTheFleetKey: what a session row seals opens only with
+// the fleet's key: a party that can write the database but does not hold
+// the key (here replica B with another one) cannot complete, or make, a
+// session the fleet would turn into a certificate.
+func TestSessionsNeedTheFleetKey(t *testing.T) {
+	rec := record(t)
+	r := newReplicas(t, rec, 2, rec.trust, false, fleetKey, bytes.Repeat([]byte{9}, 32))
+	a, b := r.h[0], r.h[1]
+	a.rand.rewind()
+	challengeFor(t, a, "e-device", &rec.req)
+	b.svc.Handle("e-device", encode(wire.TypeEnrollProof, &rec.proof))
+	if res := result(t, b); res.Status == wire.StatusActive || len(res.Certificate) != 0 {
+		t.Fatalf("a session sealed under the fleet's key was completed with another key: %+v", res)
+	}
+	if n, err := b.inv.Count(t.Context(), nil); err != nil || n != 0 {
+		t.Errorf("%d devices enrolled (%v), want none", n, err)
 	}
 }
 

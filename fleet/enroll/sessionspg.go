@@ -1,9 +1,11 @@
 package enroll
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -29,21 +31,29 @@ var migrations embed.FS
 // session is taken once across the replicas (DELETE ... RETURNING);
 // expiry is on the database's clock. What the proof completes (the
 // request with its token, the fleet's decisions) is sealed with
-// AES-256-GCM under a key derived from the activation proof that answers
-// the session, of which the row keeps only a digest: someone who reads
-// the database can neither answer a session nor use its token.
+// AES-256-GCM under a key derived from the fleet's key and the activation
+// proof that answers the session, of which the row keeps only a digest:
+// someone who reads the database can neither answer a session nor use its
+// token, and someone who writes it cannot make a session the fleet would
+// complete (without the fleet's key, a row it did not seal does not open).
 type SessionsPostgres struct {
-	db *postgres.DB
+	db  *postgres.DB
+	key []byte // the fleet's, shared by its replicas
 }
 
 var _ Sessions = (*SessionsPostgres)(nil)
 
-// OpenSessionsPostgres creates or migrates the tables in db.
-func OpenSessionsPostgres(ctx context.Context, db *postgres.DB) (*SessionsPostgres, error) {
+// OpenSessionsPostgres creates or migrates the tables in db. key (32
+// bytes, the same on every replica and never stored in the database)
+// seals the sessions with each one's activation proof.
+func OpenSessionsPostgres(ctx context.Context, db *postgres.DB, key []byte) (*SessionsPostgres, error) {
+	if len(key) != 32 {
+		return nil, fmt.Errorf("enroll: sessions: the sealing key has %d bytes, want 32", len(key))
+	}
 	if err := db.Migrate(ctx, "enroll", migrations); err != nil {
 		return nil, fmt.Errorf("enroll: sessions: %w", err)
 	}
-	return &SessionsPostgres{db: db}, nil
+	return &SessionsPostgres{db: db, key: bytes.Clone(key)}, nil
 }
 
 // sealedSession is what a row seals of a Session.
@@ -59,17 +69,18 @@ type sealedSession struct {
 	Group         string            `json:"group,omitempty"`
 }
 
-// sealKey is the AES-256 key of a session's sealed fields: derived from
-// the activation proof that answers it (the row keeps activationDigest).
-func sealKey(proof []byte) []byte {
-	h := sha256.New()
+// sealKey is the AES-256 key of a session's sealed fields: an HMAC under
+// the fleet's key of the activation proof that answers it (the row keeps
+// activationDigest).
+func (p *SessionsPostgres) sealKey(proof []byte) []byte {
+	h := hmac.New(sha256.New, p.key)
 	h.Write([]byte("sigil enroll session seal\x00"))
 	h.Write(proof)
 	return h.Sum(nil)
 }
 
-func sessionAEAD(proof []byte) (cipher.AEAD, error) {
-	b, err := aes.NewCipher(sealKey(proof))
+func (p *SessionsPostgres) sessionAEAD(proof []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(p.sealKey(proof))
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +102,7 @@ func (p *SessionsPostgres) Open(ctx context.Context, sess *Session, proof []byte
 	if err != nil {
 		return fmt.Errorf("enroll: sessions: %w", err)
 	}
-	aead, err := sessionAEAD(proof)
+	aead, err := p.sessionAEAD(proof)
 	if err != nil {
 		return fmt.Errorf("enroll: sessions: %w", err)
 	}
@@ -172,7 +183,7 @@ func (p *SessionsPostgres) Take(ctx context.Context, id []byte, clientID string,
 	if subtle.ConstantTimeCompare(activationDigest(proof), digest) != 1 {
 		return sess, nil // the service refuses the proof
 	}
-	aead, err := sessionAEAD(proof)
+	aead, err := p.sessionAEAD(proof)
 	if err != nil {
 		return nil, fmt.Errorf("enroll: sessions: %w", err)
 	}

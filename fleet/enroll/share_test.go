@@ -1,6 +1,7 @@
 package enroll_test
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/sigil-iot/sigil/fleet/enroll"
@@ -8,10 +9,13 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
+// fleetKey seals the sessions of the tests' replicas.
+var fleetKey = bytes.Repeat([]byte{7}, 32)
+
 // shareSessions gives a replica the sessions every replica on db shares.
-func shareSessions(t *testing.T, db *postgres.DB, cfg *enroll.Config) {
+func shareSessions(t *testing.T, db *postgres.DB, cfg *enroll.Config, key []byte) {
 	t.Helper()
-	s, err := enroll.OpenSessionsPostgres(t.Context(), db)
+	s, err := enroll.OpenSessionsPostgres(t.Context(), db, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +31,7 @@ func testSessions(t *testing.T) enroll.Sessions {
 	if !ok {
 		return nil
 	}
-	s, err := enroll.OpenSessionsPostgres(t.Context(), db)
+	s, err := enroll.OpenSessionsPostgres(t.Context(), db, fleetKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
 	cryptorand "crypto/rand"
+	"crypto/sha256"
 	"embed"
 	"encoding/binary"
 	"encoding/json"
@@ -302,6 +304,22 @@ func (s *Store) initKey(tx kv.Tx, keyPath string) error {
 		return err
 	}
 	return meta.Put(keyCheck, sealed)
+}
+
+// DerivedKey returns a 32-byte key for purpose derived (HKDF-SHA256) from
+// the secrets key in dir, created there if missing: for what the fleet's
+// replicas must seal alike, with the one key file they all hold (a
+// replica with another key file is refused by the store).
+func DerivedKey(dir, purpose string) ([]byte, error) {
+	key, err := loadKey(filepath.Join(dir, KeyFile), true, cryptorand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	k, err := hkdf.Key(sha256.New, key, nil, "sigil secrets key: "+purpose, 32)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: derive key: %w", err)
+	}
+	return k, nil
 }
 
 // loadKey reads the key file, or creates it when create is set (a new

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // Audit files in DataDir: the checkpoint key and its public key
@@ -28,17 +28,13 @@ func (s *Server) openAudit() error {
 		return fmt.Errorf("server: %w", err)
 	}
 	cfg := audit.Config{Path: filepath.Join(s.cfg.DataDir, audit.File), Signer: key, Leases: s.leases, Logger: s.log.With("component", "audit")}
-	if s.db != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		s.Audit, err = audit.OpenPostgres(ctx, s.db, cfg)
-	} else {
-		s.Audit, err = audit.Open(cfg)
-	}
-	if err != nil {
+	// Closed after Run's shutdown checkpoint: the stack unwinds when Run returns.
+	if s.Audit, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*audit.Log, error) {
+		return audit.OpenPostgres(ctx, db, cfg)
+	},
+		func() (*audit.Log, error) { return audit.Open(cfg) }); err != nil {
 		return err
 	}
-	s.onClose(s.Audit.Close) // after Run's shutdown checkpoint: the stack unwinds when Run returns
 	s.anonAudit = audit.NewSampler(s.Audit, audit.SamplerConfig{})
 	return nil
 }

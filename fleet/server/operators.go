@@ -3,9 +3,9 @@ package server
 import (
 	"context"
 	"path/filepath"
-	"time"
 
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // Operator files in DataDir.
@@ -21,20 +21,14 @@ func (s *Server) openAuth() error {
 	// Logins and lockouts go to the audit log; failed logins of names
 	// that do not exist are anyone's: sampled.
 	cfg := auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Throttle: s.cfg.LoginThrottle.Throttle(), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth")}
-	var a *auth.Service
-	var err error
-	if s.db != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		a, err = auth.OpenPostgres(ctx, s.db, cfg)
-	} else {
-		a, err = auth.Open(cfg)
-	}
+	a, err := openStore(s, func(ctx context.Context, db *postgres.DB) (*auth.Service, error) {
+		return auth.OpenPostgres(ctx, db, cfg)
+	},
+		func() (*auth.Service, error) { return auth.Open(cfg) })
 	if err != nil {
 		return err
 	}
 	s.Auth = a
-	s.onClose(a.Close)
 	pwFile := filepath.Join(s.cfg.DataDir, AdminPasswordFile)
 	created, err := a.EnsureAdmin(context.Background(), pwFile)
 	if err != nil {

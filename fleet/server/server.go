@@ -329,7 +329,11 @@ func (s *Server) openEnroll() error {
 	if s.db != nil {             // replicas: a request and its proof may reach different ones
 		ctx, cancel := startup()
 		defer cancel()
-		pg, err := enroll.OpenSessionsPostgres(ctx, s.db)
+		key, err := secrets.DerivedKey(s.cfg.DataDir, "enroll sessions")
+		if err != nil {
+			return err
+		}
+		pg, err := enroll.OpenSessionsPostgres(ctx, s.db, key)
 		if err != nil {
 			return err
 		}
