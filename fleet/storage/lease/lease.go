@@ -179,13 +179,14 @@ func (p *Postgres) Release(ctx context.Context, l Lease) error {
 func (p *Postgres) Hold(ctx context.Context, name string, fn func(context.Context) error) error {
 	every := p.cfg.TTL / 3
 	for {
+		sent := p.cfg.Now()
 		l, ok, err := p.TryAcquire(ctx, name)
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn("lease not taken: the database failed", "lease", name, "err", err)
 		}
 		if ok {
 			p.log.Info("lease taken", "lease", name, "epoch", l.Epoch)
-			if err := p.run(ctx, l, fn); err != nil {
+			if err := p.run(ctx, l, sent, fn); err != nil {
 				return err
 			}
 		}
@@ -197,14 +198,18 @@ func (p *Postgres) Hold(ctx context.Context, name string, fn func(context.Contex
 	}
 }
 
-// run runs fn while l is held; nil when the lease was lost or ctx ended.
-func (p *Postgres) run(ctx context.Context, l Lease, fn func(context.Context) error) error {
+// errRenewLate: no time was left to renew before the work must stop.
+var errRenewLate = errors.New("lease: not renewed in time")
+
+// run runs fn while l is held (taken by a request sent at acquired); nil
+// when the lease was lost or ctx ended.
+func (p *Postgres) run(ctx context.Context, l Lease, acquired time.Time, fn func(context.Context) error) error {
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan error, 1)
 	go func() { done <- fn(fctx) }()
 	every := p.cfg.TTL / 3
-	renewed := p.cfg.Now()
+	renewed := acquired
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -223,13 +228,22 @@ func (p *Postgres) run(ctx context.Context, l Lease, fn func(context.Context) er
 			if context.Cause(fctx) != nil {
 				continue // lost: waiting for fn to return
 			}
-			rctx, rcancel := context.WithTimeout(ctx, every)
-			err := p.Renew(rctx, l)
-			rcancel()
+			// The lease lives TTL from the database's time of the last
+			// renewal that succeeded, which came after it was sent: the
+			// work stops two thirds of the TTL after that send, so a
+			// renewal that hangs cannot carry it past the expiry.
+			deadline := renewed.Add(2 * every)
+			sent := p.cfg.Now()
+			err := errRenewLate
+			if left := deadline.Sub(sent); left > 0 {
+				rctx, rcancel := context.WithTimeout(ctx, min(every, left))
+				err = p.Renew(rctx, l)
+				rcancel()
+			}
 			switch {
 			case err == nil:
-				renewed = p.cfg.Now()
-			case errors.Is(err, ErrLost) || p.cfg.Now().Sub(renewed) >= 2*every:
+				renewed = sent
+			case errors.Is(err, ErrLost) || !p.cfg.Now().Before(deadline):
 				p.log.Warn("lease lost: its work stops", "lease", l.Name, "epoch", l.Epoch, "err", err)
 				cancel(fmt.Errorf("%w: %s", ErrLost, l.Name))
 			default:
