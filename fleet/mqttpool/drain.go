@@ -10,13 +10,18 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// drainMax bounds the drain of one broker's session: well under a
-// lease's default time to live, so that the drain ends before its lease,
-// which it does not renew, could pass to another replica.
-const drainMax = 10 * time.Second
+// drainMax bounds each wait of a broker's drain (its CONNACKs, the
+// session going quiet); the drain renews its lease every drainRenew
+// meanwhile, and stops, leaving the session as it is, once it no longer
+// holds it: another replica (or the session's owner, back) has it.
+const (
+	drainMax   = 10 * time.Second
+	drainRenew = 2 * time.Second
+)
 
 // drainLoop drains, every DrainEvery until ctx ends, the sessions of the
 // replicas whose lease expired.
@@ -45,7 +50,7 @@ func (p *Pool) drainLoop(ctx context.Context) {
 			if err != nil || !ok {
 				continue // another replica drains it
 			}
-			n, err := p.drain(ctx, id)
+			n, err := p.drain(ctx, id, func() error { return p.cfg.Sessions.Renew(ctx, l) })
 			if err != nil {
 				// Its lease expires again: a later round retries.
 				p.log.Warn("draining a dead replica's session failed", "session", id, "err", err)
@@ -67,15 +72,18 @@ func (p *Pool) drainLoop(ctx context.Context) {
 // session until it is removed there: each is drained, and the error
 // names those that were not (a later round drains them again; draining
 // one whose session is already removed finds nothing).
-func (p *Pool) drain(ctx context.Context, id string) (int64, error) {
+func (p *Pool) drain(ctx context.Context, id string, hold func() error) (int64, error) {
 	p.mu.Lock()
 	h := p.subs[wire.SegDevice]
 	p.mu.Unlock()
 	var total int64
 	var errs []error
 	for _, addr := range p.cfg.Devices {
-		n, err := p.drainAt(ctx, addr, id, h)
+		n, err := p.drainAt(ctx, addr, id, h, hold)
 		total += n
+		if errors.Is(err, lease.ErrLost) {
+			return total, fmt.Errorf("mqttpool: drain %s: %w", id, err)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("mqttpool: drain %s at %s: %w", id, addr, err))
 		}
@@ -87,8 +95,13 @@ func (p *Pool) drain(ctx context.Context, id string) (int64, error) {
 // sends what it queued for it and, again, what it sent and had no
 // acknowledgement for), it waits until the session has been silent for
 // DrainQuiet and every message received was handled and acknowledged;
-// then it connects with a clean session, which removes it.
-func (p *Pool) drainAt(ctx context.Context, addr, id string, h func(Message)) (int64, error) {
+// then it connects with a clean session, which removes it. hold renews the
+// drain's lease: it is called before each step and every drainRenew, and
+// its failure stops the drain with the session left as it is.
+func (p *Pool) drainAt(ctx context.Context, addr, id string, h func(Message), hold func() error) (int64, error) {
+	if err := hold(); err != nil {
+		return 0, err
+	}
 	var received, acked atomic.Int64
 	var last atomic.Int64 // unix nanoseconds of the last message
 	o := p.options(addr, p.sessionClientID(id))
@@ -111,6 +124,7 @@ func (p *Pool) drainAt(ctx context.Context, addr, id string, h func(Message)) (i
 	c := mqtt.NewClient(o)
 	tok := c.Connect()
 	if !tok.WaitTimeout(drainMax) {
+		c.Disconnect(0) // a late CONNACK must not leave a connection holding the session
 		return 0, errors.New("no CONNACK in time")
 	}
 	if err := tok.Error(); err != nil {
@@ -118,9 +132,17 @@ func (p *Pool) drainAt(ctx context.Context, addr, id string, h func(Message)) (i
 	}
 	last.Store(time.Now().UnixNano())
 	deadline := time.Now().Add(drainMax)
+	renewed := time.Now()
 	t := time.NewTicker(p.cfg.DrainQuiet / 10)
 	defer t.Stop()
 	for {
+		if time.Since(renewed) >= drainRenew {
+			if err := hold(); err != nil {
+				c.Disconnect(250)
+				return acked.Load(), err
+			}
+			renewed = time.Now()
+		}
 		quiet := time.Since(time.Unix(0, last.Load())) >= p.cfg.DrainQuiet
 		if quiet && acked.Load() == received.Load() {
 			break
@@ -138,11 +160,17 @@ func (p *Pool) drainAt(ctx context.Context, addr, id string, h func(Message)) (i
 	}
 	c.Disconnect(250)
 	// A clean session ends the kept one: the broker forgets its
-	// subscription, and stops queuing for a replica that is gone.
+	// subscription, and stops queuing for a replica that is gone. Only
+	// while the lease is still the drain's: the session may be its
+	// owner's again.
+	if err := hold(); err != nil {
+		return acked.Load(), err
+	}
 	o = p.options(addr, p.sessionClientID(id))
 	o.SetCleanSession(true)
 	c = mqtt.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(drainMax) || tok.Error() != nil {
+		c.Disconnect(0)
 		return acked.Load(), fmt.Errorf("removing the session: %v", tok.Error())
 	}
 	c.Disconnect(250)

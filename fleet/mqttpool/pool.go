@@ -101,6 +101,7 @@ type Config struct {
 type Sessions interface {
 	Hold(ctx context.Context, name string, fn func(context.Context) error) error
 	TryAcquire(ctx context.Context, name string) (lease.Lease, bool, error)
+	Renew(ctx context.Context, l lease.Lease) error
 	Expired(ctx context.Context, prefix string) ([]string, error)
 	Retire(ctx context.Context, l lease.Lease) error
 }
