@@ -19,6 +19,12 @@ type Revoked struct {
 // now + validity). Its number increases with time, so a newer CRL always
 // has a higher number.
 func (c *CA) CRL(entries []Revoked, validity time.Duration) ([]byte, error) {
+	return c.CRLNumbered(big.NewInt(c.cfg.Now().UnixNano()), entries, validity)
+}
+
+// CRLNumbered is CRL with the CRL number given (several replicas number
+// their CRLs from one sequence: fleet/crl Numbers).
+func (c *CA) CRLNumbered(number *big.Int, entries []Revoked, validity time.Duration) ([]byte, error) {
 	now := c.cfg.Now()
 	caCert, signer := c.active()
 	list := make([]x509.RevocationListEntry, 0, len(entries))
@@ -30,7 +36,7 @@ func (c *CA) CRL(entries []Revoked, validity time.Duration) ([]byte, error) {
 		list = append(list, x509.RevocationListEntry{SerialNumber: new(big.Int).SetBytes(b), RevocationTime: e.Time.UTC(), ReasonCode: e.Reason})
 	}
 	der, err := x509.CreateRevocationList(c.cfg.Rand, &x509.RevocationList{
-		Number:                    big.NewInt(now.UnixNano()),
+		Number:                    number,
 		ThisUpdate:                now.Add(-time.Minute),
 		NextUpdate:                now.Add(validity),
 		RevokedCertificateEntries: list,

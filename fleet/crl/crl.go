@@ -31,9 +31,9 @@ type Revocations interface {
 	Revocations(ctx context.Context, now time.Time) ([]inventory.Revocation, error)
 }
 
-// Signer signs a CRL (*ca.CA).
+// Signer signs a CRL with the number given (*ca.CA).
 type Signer interface {
-	CRL(entries []ca.Revoked, validity time.Duration) ([]byte, error)
+	CRLNumbered(number *big.Int, entries []ca.Revoked, validity time.Duration) ([]byte, error)
 }
 
 // Defaults of Config.
@@ -73,6 +73,10 @@ type Config struct {
 	// MaxWaiting bounds the requests waiting at once, MaxPerSource those
 	// of one source (a client address); 0 means the defaults.
 	MaxWaiting, MaxPerSource int
+	// Numbers, when set, numbers the CRLs (replicas: OpenNumbers); nil
+	// numbers each by the clock (Now, in nanoseconds), which one process
+	// keeps increasing.
+	Numbers Numbers
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 }
@@ -206,7 +210,13 @@ func (p *Publisher) list(ctx context.Context, count bool) (l List, due time.Dura
 			entries = append(entries, ca.Revoked{Serial: r.Serial, Time: r.Time, Reason: r.Reason})
 		}
 	}
-	der, err := p.cfg.Signer.CRL(entries, p.cfg.Validity)
+	number := now.UnixNano()
+	if p.cfg.Numbers != nil {
+		if number, err = p.cfg.Numbers.Next(ctx, number); err != nil {
+			return List{}, 0, err
+		}
+	}
+	der, err := p.cfg.Signer.CRLNumbered(big.NewInt(number), entries, p.cfg.Validity)
 	if err != nil {
 		return List{}, 0, fmt.Errorf("crl: %w", err)
 	}

@@ -26,9 +26,12 @@ func TestMain(m *testing.M) { leaktest.Main(m) }
 type fakeFleet struct {
 	mu      sync.Mutex
 	revoked []inventory.Revocation
-	n       int64
-	key     *ecdsa.PrivateKey
-	cert    *x509.Certificate
+	n       int64 // CRLs signed
+	// numbered: the CRLs carry the number the Publisher gives (else
+	// their count).
+	numbered bool
+	key      *ecdsa.PrivateKey
+	cert     *x509.Certificate
 }
 
 func newFakeFleet(t *testing.T) *fakeFleet {
@@ -62,12 +65,15 @@ func (f *fakeFleet) revoke(serial string) {
 	f.revoked = append(f.revoked, inventory.Revocation{Serial: serial, Time: time.Now()})
 }
 
-func (f *fakeFleet) CRL(entries []ca.Revoked, validity time.Duration) ([]byte, error) {
+func (f *fakeFleet) CRLNumbered(number *big.Int, entries []ca.Revoked, validity time.Duration) ([]byte, error) {
 	f.mu.Lock()
 	f.n++
-	n := f.n
+	n := big.NewInt(f.n)
 	f.mu.Unlock()
-	list := &x509.RevocationList{Number: big.NewInt(n), ThisUpdate: time.Now(), NextUpdate: time.Now().Add(validity)}
+	if f.numbered {
+		n = number
+	}
+	list := &x509.RevocationList{Number: n, ThisUpdate: time.Now(), NextUpdate: time.Now().Add(validity)}
 	for _, e := range entries {
 		s, _ := new(big.Int).SetString(e.Serial, 16)
 		list.RevokedCertificateEntries = append(list.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: s, RevocationTime: e.Time})

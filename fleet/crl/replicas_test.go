@@ -86,3 +86,38 @@ func TestWaitWokenByAnotherReplica(t *testing.T) {
 		t.Fatalf("the CRL of the second replica: %v, %v; want 0c listed", l, err)
 	}
 }
+
+// TestNumbersIncreaseAcrossReplicas: replicas sharing the database number
+// their CRLs from one sequence: a replica whose clock is an hour behind
+// another's, signing after it, still signs a CRL with a greater number
+// (by its own clock it would be older, and brokers would refuse it).
+func TestNumbersIncreaseAcrossReplicas(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	f := newFakeFleet(t)
+	f.numbered = true
+	publisher := func(now func() time.Time) *Publisher {
+		nums, err := OpenNumbers(t.Context(), pgtest.Open(t, url))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return New(Config{Revocations: f, Signer: f, Numbers: nums, Now: now})
+	}
+	ahead := publisher(time.Now)
+	behind := publisher(func() time.Time { return time.Now().Add(-time.Hour) })
+	first, err := ahead.Current(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.revoke("0a")
+	behind.Changed()
+	second, err := behind.Current(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Number.Cmp(first.Number) <= 0 {
+		t.Fatalf("the CRL signed after is numbered %v, not above the first's %v", second.Number, first.Number)
+	}
+	if first.Number.Int64() < time.Now().Add(-time.Minute).UnixNano() {
+		t.Errorf("number %v is below the signer's clock: a broker holding a clock-numbered CRL would refuse it", first.Number)
+	}
+}

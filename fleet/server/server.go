@@ -261,11 +261,15 @@ func (s *Server) openInventory() (err error) {
 		func() (*inventory.Store, error) {
 			return inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), hook, revoked)
 		})
-	if err == nil {
-		s.crls = crl.New(crl.Config{Revocations: s.Inv, Signer: s.CA})
-		err = s.crls.Listen(s.bus)
+	if err != nil {
+		return err
 	}
-	return err
+	ctx, cancel := startup()
+	defer cancel()
+	if s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.db); err != nil {
+		return err
+	}
+	return s.crls.Listen(s.bus)
 }
 
 // openBroker builds the embedded broker: the TLS listener's certificate,
