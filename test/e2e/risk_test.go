@@ -82,9 +82,9 @@ func TestRiskSweepCLI(t *testing.T) {
 	if err := f.Inv.PutDevice(t.Context(), dev); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := storedRisk(t, c, dev.ID); ok {
-		t.Fatal("scored before the sweep")
-	}
+	// The new device is also scored on its own 2–4 s after this (a
+	// lifecycle event marks it): whether it already is says nothing, so
+	// the sweep's own report says it judged it, and the score is stored.
 	base := "https://localhost" + f.APIURL()[strings.LastIndexByte(f.APIURL(), ':'):]
 	out, err := exec.Command(sigil, "risk", "sweep", "--data-dir", f.Config.DataDir, "--server", base).CombinedOutput()
 	if err != nil || !regexp.MustCompile(`\b1 devices? judged`).Match(out) {
