@@ -73,32 +73,42 @@ func ackEnv(t *testing.T, a *wire.SecretAck) *wire.Envelope {
 	return env
 }
 
-// TestSecretDelivery drives the delivery service on real stores: PCR
-// binding waits for a passing attestation and uses its sha256 values, an
-// ack stops redelivery, and disconnected or quarantined devices get
-// nothing.
-func TestSecretDelivery(t *testing.T) {
+// deliveryStores opens what the delivery service reads and writes, in a
+// test directory: the inventory, the attestation history, the secrets and
+// their delivery records (the last two on the backend the test runs on);
+// each is closed when t ends.
+func deliveryStores(t *testing.T) (*inventory.Store, *attest.History, *Store, Deliveries) {
+	t.Helper()
 	dir := t.TempDir()
 	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer inv.Close()
+	t.Cleanup(func() { inv.Close() })
 	hist, err := attest.OpenHistory(filepath.Join(dir, "hist.db"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer hist.Close()
+	t.Cleanup(func() { hist.Close() })
 	st, err := openStoreBackend(t, Config{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	dl, err := openDeliveriesBackend(t, filepath.Join(dir, DeliveriesFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dl.Close()
+	t.Cleanup(func() { dl.Close() })
+	return inv, hist, st, dl
+}
+
+// TestSecretDelivery drives the delivery service on real stores: PCR
+// binding waits for a passing attestation and uses its sha256 values, an
+// ack stops redelivery, and disconnected or quarantined devices get
+// nothing.
+func TestSecretDelivery(t *testing.T) {
+	inv, hist, st, dl := deliveryStores(t)
 	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
 	online := map[string]bool{"dev-a": true, "dev-q": true}
 	current := func(string) error { return nil } // attestation judged current; TestSecretsNeedACurrentVerdict has the other case
@@ -276,27 +286,7 @@ func (c *countingDevices) Device(ctx context.Context, id string) (*inventory.Dev
 // fleet queues one after every pass — and once there is a secret for it,
 // the device is read and served as before.
 func TestNoSecretsNoDeviceRead(t *testing.T) {
-	dir := t.TempDir()
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inv.Close()
-	hist, err := attest.OpenHistory(filepath.Join(dir, "hist.db"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hist.Close()
-	st, err := openStoreBackend(t, Config{Dir: dir, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	dl, err := openDeliveriesBackend(t, filepath.Join(dir, DeliveriesFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dl.Close()
+	inv, hist, st, dl := deliveryStores(t)
 	devs := &countingDevices{Devices: inv}
 	out := &sent{msg: map[string][]*wire.SecretDeliver{}}
 	svc := NewService(ServiceConfig{Store: st, Deliveries: dl, Devices: devs, Attestations: hist, PCRs: BoundPCRs(nil),
@@ -322,22 +312,7 @@ func TestNoSecretsNoDeviceRead(t *testing.T) {
 // publish that carried the secret has returned; it counts. A secret whose
 // publish failed is not recorded as sent.
 func TestAckBeforeSendReturns(t *testing.T) {
-	dir := t.TempDir()
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inv.Close()
-	st, err := openStoreBackend(t, Config{Dir: dir, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	dl, err := openDeliveriesBackend(t, filepath.Join(dir, DeliveriesFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dl.Close()
+	inv, _, st, dl := deliveryStores(t)
 	var svc *Service
 	failing := false
 	send := func(deviceID, _ string, payload []byte) error {
