@@ -79,9 +79,18 @@ type replicaProc struct {
 	dataDir string
 	config  string
 	api     string // https://127.0.0.1:port
-	cmd     *exec.Cmd
-	exited  chan struct{}
 	log     *lockedBuffer
+
+	mu     sync.Mutex // guards cmd and exited: a restart replaces them while the API watcher reads them
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd exits
+}
+
+// running returns p's process and the channel closed when it exits.
+func (p *replicaProc) running() (*exec.Cmd, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd, p.exited
 }
 
 // lockedBuffer collects a log written from several goroutines.
@@ -233,8 +242,10 @@ func (r *replicaFleet) startProc(t *testing.T, p *replicaProc) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd, p.exited = cmd, make(chan struct{})
-	exited := p.exited
+	exited := make(chan struct{})
+	p.mu.Lock()
+	p.cmd, p.exited = cmd, exited
+	p.mu.Unlock()
 	go func() { _ = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
@@ -253,10 +264,11 @@ func (r *replicaFleet) startProc(t *testing.T, p *replicaProc) {
 // kill ends p with SIGKILL and waits for it.
 func (p *replicaProc) kill(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	cmd, exited := p.running()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	<-p.exited
+	<-exited
 }
 
 // client is an API client of the replica at base with the admin token.
@@ -268,8 +280,9 @@ func (r *replicaFleet) client(base string) *api.Client {
 func (r *replicaFleet) clients() []*api.Client {
 	cs := []*api.Client{r.client(r.f.APIURL())}
 	for _, p := range r.procs {
+		_, exited := p.running()
 		select {
-		case <-p.exited:
+		case <-exited:
 		default:
 			cs = append(cs, r.client(p.api))
 		}
