@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/sim/harness"
@@ -42,6 +43,14 @@ func TestDevicePagesInChromium(t *testing.T) {
 
 	now := time.Now().UTC()
 	id := func(i int) string { return fmt.Sprintf("%064x", 0xb0000+i) }
+	// The devices' owners are registered: governance's sweep, which runs
+	// while the test adds the devices, then has no orphan to record in
+	// their lifecycle events (the pages below count those events).
+	for _, o := range []string{"plant-a", "plant-b", "warehouse-north-17"} {
+		if _, err := f.Governance.PutOwner(governance.Owner{ID: o, Kind: governance.OwnerTeam}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i := range 75 {
 		d := &inventory.Device{ID: id(i), EKFingerprint: fmt.Sprintf("%064x", 0xe0000+i), State: inventory.StateActive,
 			Model: []string{"gw-1", "cam-2"}[i%2], Firmware: []string{"1.4.2", "2.0.0", "2.1.0-rc.1"}[i%3],
