@@ -34,6 +34,15 @@ device, a firmware campaign in staged waves, tampered devices quarantined
 under load, sigil serve restarted under its devices. It writes
 fleet-bench.json and fleet-bench.svg to --out.
 
+With --brokers N the fleet runs in its scale-out mode (docs/BROKERS.md):
+N Mosquitto device brokers and a bootstrap broker configured by sigil
+broker-config, --replicas M sigil serve processes sharing them and, with
+--postgres, a PostgreSQL (fsync on) holding their stores; the devices are
+spread evenly over the device brokers. Mosquitto and PostgreSQL must be
+installed. --postgres alone keeps the embedded broker (the stores' cost
+against bbolt). The brokers' and the database's CPU and memory are read
+from /proc beside the replicas' own.
+
 With --sizes the fleet grows through the given counts and soaks at each (the
 cost-growth figure); the other phases, if --phases names them, run at the
 last size.
@@ -65,6 +74,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	sigil := fs.String("sigil", "", "the sigil binary to start (default: beside sigil-sim, else on PATH)")
 	fleetConfig := fs.String("fleet-config", "", "JSON object merged into the child fleet's configuration")
 	fleetEnv := fs.String("fleet-env", "", "environment for the child fleet, comma-separated KEY=VALUE (e.g. GOGC=50,GOMEMLIMIT=3GiB)")
+	pgFlag := fs.Bool("postgres", false, "start a PostgreSQL (its binaries required: initdb, pg_ctl, postgres) and keep the child fleet's stores in it")
+	brokers := fs.Int("brokers", 0, fmt.Sprintf("start this many Mosquitto device brokers and a bootstrap broker (mosquitto required), configured by sigil broker-config, instead of the embedded broker, and spread the devices over them (at most %d each)", MaxBrokerDevices))
+	replicas := fs.Int("replicas", 1, "sigil serve replicas sharing the brokers and the database (more than one needs --postgres and --brokers)")
+	maxQueued := fs.Int("broker-max-queued", 1000, "the brokers' max_queued_messages (sigil broker-config --max-queued)")
+	rotateFor := fs.Duration("rotate-for", 0, "time-box the forced re-key: stop waiting after this long and report the renewals done by then (0: wait for the job)")
 	ekCA := fs.String("ek-ca", "", "the simulated TPM manufacturer's CA directory, created if missing (default: in --dir); a running fleet must trust it as an ek_ca_dir")
 	rate := fs.Float64("rate", 100, "devices started per second (0: all at once)")
 	shardSize := fs.Int("shard-size", 5000, fmt.Sprintf("most devices per shard process (at most %d: 20,000 open files per process)", MaxShardDevices))
@@ -104,6 +118,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	o := Options{Devices: *devices, Fleet: *fleetURL, Broker: *broker, ServerName: *serverName, CAFile: *caFile, DebugURL: *debugURL,
 		Sigil: *sigil, EKCADir: *ekCA, Rate: *rate, ShardSize: *shardSize, PerSource: *perSource,
 		AttestInterval: *attest, TelemetryInterval: *telemetry, RetryMin: *retryMin, RetryMax: *retryMax,
+		Postgres: *pgFlag, Brokers: *brokers, Replicas: *replicas, BrokerMaxQueued: *maxQueued, RotateFor: *rotateFor,
 		Soak: *soak, APIRate: *apiRate, RotateRate: *rotateRate, CampaignDevices: *campaignDevices, ImageSize: *imageSize,
 		QuarantineSamples: *samples, Profile: *profile, Out: *out, Timeout: *timeout, Shard: env.Shard,
 		Command: "sigil-sim bench fleet " + strings.Join(args, " ")}
@@ -146,6 +161,19 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	}
 	if o.Rate < 0 || o.PerSource < 1 || o.APIRate < 0 || o.RotateRate <= 0 || o.ImageSize < 1 || o.QuarantineSamples < 0 || o.CampaignDevices < 1 {
 		errs = append(errs, errors.New("--rate, --api-rate and --quarantine-samples may not be negative; --per-source, --rotate-rate, --image-size and --campaign-devices must be positive"))
+	}
+	if o.Replicas < 1 || o.Brokers < 0 || o.BrokerMaxQueued < 1 || o.RotateFor < 0 {
+		errs = append(errs, errors.New("--replicas and --broker-max-queued must be positive; --brokers and --rotate-for may not be negative"))
+	}
+	if o.Replicas > 1 && (!o.Postgres || o.Brokers == 0) {
+		errs = append(errs, errors.New("--replicas above 1 needs --postgres (shared stores) and --brokers (a shared broker pool)"))
+	}
+	if o.Brokers > 0 && (o.Devices+o.Brokers-1)/o.Brokers > MaxBrokerDevices {
+		errs = append(errs, fmt.Errorf("--brokers %d: %d devices would put more than %d on a broker (each process may open 20,000 files): give at least %d",
+			o.Brokers, o.Devices, MaxBrokerDevices, (o.Devices+MaxBrokerDevices-1)/MaxBrokerDevices))
+	}
+	if *fleetURL != "" && (o.Postgres || o.Brokers > 0 || o.Replicas > 1) {
+		errs = append(errs, errors.New("--postgres, --brokers and --replicas start the fleet: not with --fleet"))
 	}
 	if o.AttestInterval <= 0 || o.TelemetryInterval <= 0 || o.Soak <= 0 {
 		errs = append(errs, errors.New("--attest-interval, --telemetry-interval and --soak must be positive"))

@@ -54,6 +54,16 @@ type fleet struct {
 	logPath string
 	dataDir string
 	sink    *alertSink
+
+	// In the scale-out mode: the other replicas (this one is the first,
+	// whose API the run drives), and the database and brokers.
+	replicas []*fleet
+	pool     *poolDeployment
+	// brokers are the devices' broker addresses (one, the fleet's own,
+	// without a pool); bootstrap the enrollment broker's ("" without a
+	// pool: the device broker's bootstrap listener).
+	brokers   []string
+	bootstrap string
 }
 
 // childFleet writes a configuration for `sigil serve` and starts it:
@@ -62,6 +72,18 @@ type fleet struct {
 // sink, fixed loopback ports (a restart keeps them) and a debug listener
 // for profiles. extra, if not nil, is merged over the generated keys.
 func childFleet(ctx context.Context, sigil, work, ekCADir, releaseTrust string, attestInterval time.Duration, as *alertSink, extra map[string]any, env []string) (*fleet, error) {
+	f, err := prepareChild(sigil, work, ekCADir, releaseTrust, attestInterval, as, extra, env)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.start(ctx); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// prepareChild writes childFleet's configuration without starting it.
+func prepareChild(sigil, work, ekCADir, releaseTrust string, attestInterval time.Duration, as *alertSink, extra map[string]any, env []string) (*fleet, error) {
 	if sigil == "" {
 		return nil, errors.New("fleetbench: no sigil binary to run the fleet (build it beside sigil-sim, put it on PATH, or pass --sigil)")
 	}
@@ -101,9 +123,7 @@ func childFleet(ctx context.Context, sigil, work, ekCADir, releaseTrust string, 
 	if v, ok := extra["mqtt_addr"].(string); ok {
 		f.broker = v
 	}
-	if err := f.start(ctx); err != nil {
-		return nil, err
-	}
+	f.brokers = []string{f.broker}
 	return f, nil
 }
 
@@ -119,7 +139,8 @@ func externalFleet(apiURL, broker, serverName, caFile, token, debugURL string) (
 	if serverName == "" {
 		serverName, _, _ = net.SplitHostPort(broker)
 	}
-	f := &fleet{apiURL: strings.TrimRight(apiURL, "/"), broker: broker, serverName: serverName, caFile: caFile, updateServer: u.Host, debugURL: debugURL}
+	f := &fleet{apiURL: strings.TrimRight(apiURL, "/"), broker: broker, serverName: serverName, caFile: caFile, updateServer: u.Host, debugURL: debugURL,
+		brokers: []string{broker}}
 	if err := f.connect(token); err != nil {
 		return nil, err
 	}
@@ -212,8 +233,12 @@ func (f *fleet) restart(ctx context.Context) (stopped time.Time, err error) {
 	return stopped, f.start(ctx)
 }
 
-// stop ends a child fleet.
+// stop ends a child fleet: its replicas, then its brokers and database.
 func (f *fleet) stop() {
+	defer f.pool.stop()
+	for _, o := range f.replicas {
+		o.stop()
+	}
 	if f.proc == nil {
 		return
 	}
@@ -256,8 +281,33 @@ func freePorts(n int) ([]int, error) {
 // and labels ("name" or `name{k="v",…}`, labels sorted).
 type sample map[string]float64
 
-// scrape reads the fleet's /metrics.
+// scrape reads the fleet's /metrics: with several replicas, every
+// replica's samples added up (the counters are each replica's share of
+// the work, the memory and CPU its own), with the brokers' and the
+// database's CPU and memory from /proc.
 func (f *fleet) scrape(ctx context.Context) (sample, error) {
+	m, err := f.scrapeOne(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range f.replicas {
+		mo, err := o.scrapeOne(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range mo {
+			m[k] += v
+		}
+	}
+	if f.pool != nil {
+		m[keyReplicas] = float64(1 + len(f.replicas))
+		f.pool.addProcesses(m)
+	}
+	return m, nil
+}
+
+// scrapeOne reads one replica's /metrics.
+func (f *fleet) scrapeOne(ctx context.Context) (sample, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.apiURL+"/metrics", nil)
 	if err != nil {
 		return nil, err

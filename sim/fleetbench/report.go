@@ -67,6 +67,11 @@ type Settings struct {
 	TelemetryInterval Duration `json:"telemetry_interval"`
 	Soak              Duration `json:"soak"`
 	Phases            []string `json:"phases"`
+	// The scale-out mode: Replicas `sigil serve` processes, Brokers
+	// Mosquitto device brokers (and a bootstrap broker), PostgreSQL.
+	Replicas int  `json:"replicas,omitempty"`
+	Brokers  int  `json:"brokers,omitempty"`
+	Postgres bool `json:"postgres,omitempty"`
 }
 
 // Dist is the median, 99th percentile and maximum of latencies, in
@@ -139,6 +144,10 @@ type EnrollResult struct {
 	Enrolled float64 `json:"enrolled"`
 	// FloorRatio is CPUPerDeviceMS against Floor.Enrollment.
 	FloorRatio float64 `json:"floor_ratio"`
+	// Outside the fleet's replicas (scale-out mode): the database's and
+	// the device brokers' CPU over the same span, per device.
+	DatabaseCPUPerDeviceMS float64 `json:"database_cpu_per_device_ms,omitempty"`
+	BrokerCPUPerDeviceMS   float64 `json:"broker_cpu_per_device_ms,omitempty"`
 }
 
 // FleetSnapshot is the fleet's process figures at one moment.
@@ -150,12 +159,38 @@ type FleetSnapshot struct {
 	OpenFDs          float64 `json:"open_fds"`
 	CPUSeconds       float64 `json:"cpu_s"`
 	DeviceConnection float64 `json:"device_connections"`
+	// The scale-out mode: the replicas (the figures above are their
+	// sums), the device brokers' resident memory and CPU, the
+	// database's (its server and backends).
+	Replicas       float64 `json:"replicas,omitempty"`
+	Brokers        float64 `json:"brokers,omitempty"`
+	BrokerRSSBytes float64 `json:"broker_rss_bytes,omitempty"`
+	BrokerCPU      float64 `json:"broker_cpu_s,omitempty"`
+	DatabaseRSS    float64 `json:"database_pss_bytes,omitempty"` // proportional: shared buffers counted once
+	DatabaseCPU    float64 `json:"database_cpu_s,omitempty"`
+	// BrokerOpenFiles are each device broker's open files: its
+	// connections and a few of its own.
+	BrokerOpenFiles []float64 `json:"broker_open_files,omitempty"`
 }
 
 func snapshotOf(m sample) FleetSnapshot {
 	return FleetSnapshot{RSSBytes: m["process_resident_memory_bytes"], HeapInuseBytes: m["go_memstats_heap_inuse_bytes"],
 		StackInuseBytes: m["go_memstats_stack_inuse_bytes"], Goroutines: m["go_goroutines"], OpenFDs: m["process_open_fds"],
-		CPUSeconds: m["process_cpu_seconds_total"], DeviceConnection: m["sigil_broker_device_connections"]}
+		CPUSeconds: m["process_cpu_seconds_total"], DeviceConnection: m["sigil_broker_device_connections"],
+		Replicas: m[keyReplicas], Brokers: m[keyBrokerConns], BrokerRSSBytes: m[keyBrokerRSS], BrokerCPU: m[keyBrokerCPU],
+		DatabaseRSS: m[keyDBRSS], DatabaseCPU: m[keyDBCPU], BrokerOpenFiles: brokerFiles(m)}
+}
+
+// brokerFiles lists the device brokers' open files from a scrape.
+func brokerFiles(m sample) []float64 {
+	var out []float64
+	for i := 0; ; i++ {
+		v, ok := m[brokerFilesKey(i)]
+		if !ok {
+			return out
+		}
+		out = append(out, v)
+	}
 }
 
 // SoakResult is the fleet holding its devices for a while.
@@ -180,12 +215,22 @@ type SoakResult struct {
 	// judged: every other cost of the soak (telemetry, keepalives, the
 	// API probe) counted in, so an upper bound; AttestFloorRatio sets it
 	// against Floor.Attestation.
-	CPUPerAttestationMS float64           `json:"fleet_cpu_per_attestation_ms"`
-	AttestFloorRatio    float64           `json:"attestation_floor_ratio"`
-	Sent                map[string]uint64 `json:"sent"` // by kind, during the soak
-	Verdicts            float64           `json:"verdicts"`
-	TelemetryBatches    float64           `json:"telemetry_batches"`
-	Start, End          FleetSnapshot     `json:"-"`
+	CPUPerAttestationMS float64 `json:"fleet_cpu_per_attestation_ms"`
+	AttestFloorRatio    float64 `json:"attestation_floor_ratio"`
+	// The scale-out mode: the device brokers' resident memory per
+	// connected device (above the brokers' own before any device
+	// connected), each replica's RSS and Go heap per device (the sums
+	// above over the replicas), and the database's and brokers' CPU per
+	// attestation (over the same verdicts) and per message.
+	BrokerRSSPerDeviceKB        float64           `json:"broker_rss_per_device_kb,omitempty"`
+	ReplicaRSSPerDeviceKB       float64           `json:"replica_rss_per_device_kb,omitempty"`
+	ReplicaHeapPerDeviceKB      float64           `json:"replica_heap_per_device_kb,omitempty"`
+	DatabaseCPUPerAttestationMS float64           `json:"database_cpu_per_attestation_ms,omitempty"`
+	BrokerCPUPerMessageMS       float64           `json:"broker_cpu_per_message_ms,omitempty"`
+	Sent                        map[string]uint64 `json:"sent"` // by kind, during the soak
+	Verdicts                    float64           `json:"verdicts"`
+	TelemetryBatches            float64           `json:"telemetry_batches"`
+	Start, End                  FleetSnapshot     `json:"-"`
 }
 
 // APIResult is the API's and the console's latency under load.
@@ -213,6 +258,12 @@ type RotationResult struct {
 	CPUPerRenewalMS float64 `json:"fleet_cpu_per_renewal_ms"`
 	// FloorRatio is CPUPerRenewalMS against Floor.Renewal.
 	FloorRatio float64 `json:"floor_ratio"`
+	// The database's and device brokers' CPU per renewal (scale-out).
+	DatabaseCPUPerRenewalMS float64 `json:"database_cpu_per_renewal_ms,omitempty"`
+	BrokerCPUPerRenewalMS   float64 `json:"broker_cpu_per_renewal_ms,omitempty"`
+	// TimeBoxed is set when the run stopped waiting for the job at
+	// --rotate-for: the figures are those of the renewals done by then.
+	TimeBoxed bool `json:"time_boxed,omitempty"`
 	// Disconnects are sessions the devices lost (rather than closed to
 	// reconnect on their new certificates) during the rotation.
 	Disconnects uint64 `json:"disconnects"`
@@ -309,6 +360,9 @@ func (r *Result) Print(w io.Writer) {
 		fmt.Fprintf(tw, "time to active\t%s\n", e.TimeToActive)
 		fmt.Fprintf(tw, "fleet CPU while they came up\t%.1f s, %.2f ms per device: %.1f× the crypto floor of an enrollment (%.2f ms)\n",
 			e.FleetCPUSeconds, e.CPUPerDeviceMS, e.FloorRatio, r.Floor.Enrollment/1000)
+		if e.DatabaseCPUPerDeviceMS+e.BrokerCPUPerDeviceMS > 0 {
+			fmt.Fprintf(tw, "database and brokers while they came up	PostgreSQL %.2f ms, Mosquitto %.2f ms of CPU per device\n", e.DatabaseCPUPerDeviceMS, e.BrokerCPUPerDeviceMS)
+		}
 		if so := s.Soak; so != nil {
 			fmt.Fprintf(tw, "soak\t%.0f s, %d connected at the end, %d sessions lost\n", so.Seconds, so.Connected, so.Disconnects)
 			fmt.Fprintf(tw, "fleet memory per device\tRSS %.1f KB, Go heap %.1f KB, stacks %.1f KB, %.2f goroutines\n",
@@ -320,6 +374,15 @@ func (r *Result) Print(w io.Writer) {
 			fmt.Fprintf(tw, "fleet CPU per attestation\tat most %.2f ms (all of the soak's CPU over its %.0f verdicts): %.1f× the floor (%.3f ms)\n",
 				so.CPUPerAttestationMS, so.Verdicts, so.AttestFloorRatio, r.Floor.Attestation/1000)
 			fmt.Fprintf(tw, "messages during the soak\t%s\n", kinds(so.Sent))
+			if so.ReplicaRSSPerDeviceKB > 0 {
+				fmt.Fprintf(tw, "each replica's memory per device\tRSS %.1f KB, Go heap %.1f KB\n", so.ReplicaRSSPerDeviceKB, so.ReplicaHeapPerDeviceKB)
+			}
+			if so.BrokerRSSPerDeviceKB > 0 {
+				fmt.Fprintf(tw, "device brokers' memory per device\tRSS %.1f KB (Mosquitto, above their RSS before the devices)\n", so.BrokerRSSPerDeviceKB)
+			}
+			if so.DatabaseCPUPerAttestationMS+so.BrokerCPUPerMessageMS > 0 {
+				fmt.Fprintf(tw, "database and brokers during the soak\tPostgreSQL %.2f ms of CPU per attestation, Mosquitto %.3f ms per message\n", so.DatabaseCPUPerAttestationMS, so.BrokerCPUPerMessageMS)
+			}
 		}
 		if a := s.API; a != nil {
 			fmt.Fprintf(tw, "API device list\t%s\n", a.DeviceList)
@@ -333,12 +396,22 @@ func (r *Result) Print(w io.Writer) {
 		f := s.Fleet
 		fmt.Fprintf(tw, "fleet at the end\tRSS %.0f MB, heap %.0f MB, %.0f goroutines, %.0f open files, %.0f device connections\n",
 			f.RSSBytes/1e6, f.HeapInuseBytes/1e6, f.Goroutines, f.OpenFDs, f.DeviceConnection)
+		if f.Replicas > 0 {
+			fmt.Fprintf(tw, "scale-out at the end\t%.0f replicas (the figures above are their sums), %.0f device brokers: RSS %.0f MB, open files %v; PostgreSQL: PSS %.0f MB\n",
+				f.Replicas, f.Brokers, f.BrokerRSSBytes/1e6, f.BrokerOpenFiles, f.DatabaseRSS/1e6)
+		}
 		tw.Flush()
 	}
 	if x := r.Rotation; x != nil {
 		fmt.Fprintf(w, "\n== forced re-key (%s)\n", x.Job)
 		fmt.Fprintf(tw, "renewed\t%d of %d in %.1f s (%.0f/s); all on new certificates after %.1f s (%d)\n", x.Renewed, x.Devices, x.JobSeconds, x.PerSecond, x.AllNewSeconds, x.OnNewCert)
 		fmt.Fprintf(tw, "fleet CPU\t%.1f s, %.2f ms per renewal: %.1f× the crypto floor of a renewal (%.2f ms)\n", x.FleetCPUSeconds, x.CPUPerRenewalMS, x.FloorRatio, r.Floor.Renewal/1000)
+		if x.DatabaseCPUPerRenewalMS+x.BrokerCPUPerRenewalMS > 0 {
+			fmt.Fprintf(tw, "database and brokers\tPostgreSQL %.2f ms, Mosquitto %.2f ms of CPU per renewal\n", x.DatabaseCPUPerRenewalMS, x.BrokerCPUPerRenewalMS)
+		}
+		if x.TimeBoxed {
+			fmt.Fprintf(tw, "time-boxed\tthe job was still running when the run stopped waiting: the figures are the renewals done by then\n")
+		}
 		fmt.Fprintf(tw, "sessions lost\t%d\n", x.Disconnects)
 		tw.Flush()
 	}

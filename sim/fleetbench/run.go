@@ -81,6 +81,15 @@ type Options struct {
 	// EKCADir is the simulated manufacturer's CA directory (created if
 	// missing; default in Dir).
 	EKCADir string
+	// The scale-out mode (pool.go): Postgres starts a PostgreSQL the
+	// child fleet keeps its stores in; Brokers > 0 starts that many
+	// Mosquitto device brokers and a bootstrap broker (BrokerMaxQueued
+	// their max_queued_messages) in place of the embedded broker, and
+	// Replicas `sigil serve` processes share them.
+	Postgres        bool
+	Brokers         int
+	Replicas        int
+	BrokerMaxQueued int
 
 	// Rate is how many devices start per second; ShardSize the most
 	// devices per shard process; PerSource the devices per loopback
@@ -99,8 +108,11 @@ type Options struct {
 	// second the latency probe makes during it.
 	Soak    time.Duration
 	APIRate float64
-	// RotateRate is the forced rotation job's requests per second.
+	// RotateRate is the forced rotation job's requests per second;
+	// RotateFor, if set, time-boxes the wait for the job: the figures
+	// are then those of the renewals done by then.
 	RotateRate float64
+	RotateFor  time.Duration
 	// CampaignDevices is how many devices the campaign targets (at most
 	// the devices); ImageSize its image's size.
 	CampaignDevices int
@@ -153,7 +165,8 @@ type run struct {
 func Run(ctx context.Context, o Options) (*Result, error) {
 	r := &run{o: o, quarantined: map[int]bool{}, res: &Result{Command: o.Command, Started: time.Now().UTC(),
 		Settings: Settings{Devices: o.Devices, Sizes: o.Sizes, Rate: o.Rate, ShardSize: o.ShardSize, PerSource: o.PerSource,
-			AttestInterval: Duration(o.AttestInterval), TelemetryInterval: Duration(o.TelemetryInterval), Soak: Duration(o.Soak), Phases: o.Phases}}}
+			AttestInterval: Duration(o.AttestInterval), TelemetryInterval: Duration(o.TelemetryInterval), Soak: Duration(o.Soak), Phases: o.Phases,
+			Replicas: o.Replicas, Brokers: o.Brokers, Postgres: o.Postgres}}}
 	r.res.Machine = machine()
 	err := r.run(ctx)
 	if err != nil {
@@ -231,6 +244,8 @@ func (r *run) run(ctx context.Context) error {
 	if r.phase(PhaseReconnect) {
 		if r.fleet.proc == nil {
 			r.note("reconnect storm not run: it restarts the fleet, and this run did not start it")
+		} else if r.o.Brokers > 0 {
+			r.note("reconnect storm not run: with a broker pool, restarting a replica ends no device's session (the brokers hold them)")
 		} else if r.res.Reconnect, err = r.reconnect(ctx); err != nil {
 			return err
 		}
@@ -281,9 +296,15 @@ func (r *run) setup(ctx context.Context) error {
 		if r.sink, err = newAlertSink(); err != nil {
 			return err
 		}
-		r.progress("starting sigil serve (%s)", o.Sigil)
-		if r.fleet, err = childFleet(ctx, o.Sigil, o.Dir, o.EKCADir, r.trust, o.AttestInterval, r.sink, o.FleetConfig, o.FleetEnv); err != nil {
-			return err
+		if o.Postgres || o.Brokers > 0 {
+			if r.fleet, err = r.scaleOut(ctx); err != nil {
+				return err
+			}
+		} else {
+			r.progress("starting sigil serve (%s)", o.Sigil)
+			if r.fleet, err = childFleet(ctx, o.Sigil, o.Dir, o.EKCADir, r.trust, o.AttestInterval, r.sink, o.FleetConfig, o.FleetEnv); err != nil {
+				return err
+			}
 		}
 		r.progress("fleet: API %s, MQTT %s, log %s", r.fleet.apiURL, r.fleet.broker, r.fleet.logPath)
 	}
@@ -355,27 +376,47 @@ func (r *run) grow(ctx context.Context, n int) (*SizeResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The new devices are spread evenly over the device brokers, each
+	// broker's share in shards of at most ShardSize.
 	var fresh []*shardProc
-	for first := have; first < n; first += r.o.ShardSize {
-		count := min(r.o.ShardSize, n-first)
-		rate := r.o.Rate * float64(count) / float64(n-have)
-		cfg := ShardConfig{FirstIndex: first, Devices: count, Seed: r.o.Seed, Broker: r.fleet.broker, ServerName: r.fleet.serverName,
+	brokers := r.fleet.brokers
+	for b, broker := range brokers {
+		lo, hi := have+(n-have)*b/len(brokers), have+(n-have)*(b+1)/len(brokers)
+		if err := r.startShards(lo, hi, n-have, broker, &fresh); err != nil {
+			return nil, err
+		}
+	}
+	sr := &SizeResult{Devices: n, Shards: len(r.shards), Enroll: EnrollResult{Devices: n - have}}
+	return r.grown(ctx, n, have, m0, fresh, sr)
+}
+
+// startShards starts shards for devices lo to hi-1 of the total just
+// added, on broker.
+func (r *run) startShards(lo, hi, added int, broker string, fresh *[]*shardProc) error {
+	for first := lo; first < hi; first += r.o.ShardSize {
+		count := min(r.o.ShardSize, hi-first)
+		rate := r.o.Rate * float64(count) / float64(added)
+		cfg := ShardConfig{FirstIndex: first, Devices: count, Seed: r.o.Seed, Broker: broker, BootstrapBroker: r.fleet.bootstrap, ServerName: r.fleet.serverName,
 			FleetCA: r.fleet.caFile, UpdateServer: r.fleet.updateServer, EKCADir: r.o.EKCADir, Dir: shardDir(r.o.Dir, first),
 			Rate: rate, PerSource: r.o.PerSource, AttestInterval: Duration(r.o.AttestInterval), TelemetryInterval: Duration(r.o.TelemetryInterval),
 			RetryMin: Duration(r.o.RetryMin), RetryMax: Duration(r.o.RetryMax)}
 		cmd, err := r.o.Shard()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		p, err := startShard(cmd, cfg, filepath.Join(r.o.Dir, fmt.Sprintf("shard-%06d.log", first)))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		r.shards = append(r.shards, p)
-		fresh = append(fresh, p)
+		*fresh = append(*fresh, p)
 	}
-	sr := &SizeResult{Devices: n, Shards: len(r.shards), Enroll: EnrollResult{Devices: n - have}}
-	err = r.waitShards(ctx, fresh, "devices active", func(s ShardSummary) (int, int) { return min(s.Active, s.Connected), s.Devices })
+	return nil
+}
+
+// grown finishes grow once the shards started.
+func (r *run) grown(ctx context.Context, n, have int, m0 sample, fresh []*shardProc, sr *SizeResult) (*SizeResult, error) {
+	err := r.waitShards(ctx, fresh, "devices active", func(s ShardSummary) (int, int) { return min(s.Active, s.Connected), s.Devices })
 	sums, serr := r.summaries(ctx, fresh, shardRequest{Op: opSummary, Times: true})
 	if serr != nil {
 		return nil, serr
@@ -396,6 +437,8 @@ func (r *run) grow(ctx context.Context, n int) (*SizeResult, error) {
 	e.CPUPerDeviceMS = e.FleetCPUSeconds * 1000 / float64(e.Devices)
 	e.Enrolled = m1["sigil_enroll_enrolled_total"] - m0["sigil_enroll_enrolled_total"]
 	e.FloorRatio = ratio(e.CPUPerDeviceMS*1000, r.res.Floor.Enrollment)
+	e.DatabaseCPUPerDeviceMS = (m1[keyDBCPU] - m0[keyDBCPU]) * 1000 / float64(e.Devices)
+	e.BrokerCPUPerDeviceMS = (m1[keyBrokerCPU] - m0[keyBrokerCPU]) * 1000 / float64(e.Devices)
 	if err != nil {
 		sr.Fleet = snapshotOf(m1)
 		r.res.Sizes = append(r.res.Sizes, *sr)
@@ -666,6 +709,17 @@ func (r *run) soak(ctx context.Context, n int) (*SoakResult, *APIResult, error) 
 	if s.Verdicts > 0 {
 		s.CPUPerAttestationMS = s.FleetCPUSeconds * 1000 / s.Verdicts
 		s.AttestFloorRatio = ratio(s.CPUPerAttestationMS*1000, r.res.Floor.Attestation)
+		s.DatabaseCPUPerAttestationMS = (s.End.DatabaseCPU - s.Start.DatabaseCPU) * 1000 / s.Verdicts
+	}
+	if msgs > 0 {
+		s.BrokerCPUPerMessageMS = (s.End.BrokerCPU - s.Start.BrokerCPU) * 1000 / float64(msgs)
+	}
+	if s.End.Replicas > 0 {
+		s.ReplicaRSSPerDeviceKB = s.RSSPerDeviceKB / s.End.Replicas
+		s.ReplicaHeapPerDeviceKB = s.HeapPerDeviceKB / s.End.Replicas
+	}
+	if s.End.Brokers > 0 {
+		s.BrokerRSSPerDeviceKB = (s.End.BrokerRSSBytes - r.empty.BrokerRSSBytes) / c / 1e3
 	}
 	r.progress("soak done: RSS %.1f KB/device, heap %.1f KB/device, CPU %.2f ms/device/min, %d sessions lost", s.RSSPerDeviceKB, s.HeapPerDeviceKB, s.CPUPerDevicePerMinMS, s.Disconnects)
 	var ar *APIResult
@@ -730,6 +784,10 @@ func (r *run) rotate(ctx context.Context) (*RotationResult, error) {
 				lastLog = time.Now()
 			}
 		}
+		if r.o.RotateFor > 0 && time.Since(start) >= r.o.RotateFor {
+			res.JobSeconds, res.TimeBoxed = time.Since(start).Seconds(), true
+			break
+		}
 		if time.Now().After(deadline) {
 			return res, fmt.Errorf("fleetbench: rotation %s not done after %v (renewed %d of %d)", job.ID, r.o.Timeout, res.Renewed, res.Devices)
 		}
@@ -747,6 +805,13 @@ func (r *run) rotate(ctx context.Context) (*RotationResult, error) {
 		res.CPUPerRenewalMS = res.FleetCPUSeconds * 1000 / float64(res.Renewed)
 		res.FloorRatio = ratio(res.CPUPerRenewalMS*1000, r.res.Floor.Renewal)
 		res.PerSecond = float64(res.Renewed) / res.JobSeconds
+		res.DatabaseCPUPerRenewalMS = (m1[keyDBCPU] - m0[keyDBCPU]) * 1000 / float64(res.Renewed)
+		res.BrokerCPUPerRenewalMS = (m1[keyBrokerCPU] - m0[keyBrokerCPU]) * 1000 / float64(res.Renewed)
+	}
+	if res.TimeBoxed {
+		r.note("forced re-key time-boxed at %v: %d of %d renewed by then; the rate and CPU per renewal are over those", r.o.RotateFor, res.Renewed, res.Devices)
+		r.progress("rotation time-boxed: %d renewed in %.1f s (%.0f/s), %.2f ms fleet CPU per renewal", res.Renewed, res.JobSeconds, res.PerSecond, res.CPUPerRenewalMS)
+		return res, nil
 	}
 	for {
 		c, err := r.since()

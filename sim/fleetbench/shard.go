@@ -44,6 +44,9 @@ type ShardConfig struct {
 	FleetCA      string `json:"fleet_ca"`
 	UpdateServer string `json:"update_server"`
 	TopicPrefix  string `json:"topic_prefix,omitempty"`
+	// BootstrapBroker is the broker the devices enroll through ("": the
+	// device broker's bootstrap listener), a pool's bootstrap broker.
+	BootstrapBroker string `json:"bootstrap_broker,omitempty"`
 	// EKCADir is the simulated manufacturer's CA directory
 	// (softtpm.OpenCA), which the fleet trusts as an ek_ca_dir.
 	EKCADir string `json:"ek_ca_dir"`
@@ -213,7 +216,7 @@ func Shard(ctx context.Context, in io.Reader, out io.Writer, stderr io.Writer) e
 		CA: ca, Dir: cfg.Dir, Rate: cfg.Rate, PerSource: cfg.PerSource,
 		AttestInterval: time.Duration(cfg.AttestInterval), TelemetryInterval: time.Duration(cfg.TelemetryInterval),
 		RetryMin: time.Duration(cfg.RetryMin), RetryMax: time.Duration(cfg.RetryMax), Logger: log,
-		Tweak: func(_ int, c *agent.Config) { c.LogLevel = "error" },
+		Tweak: func(_ int, c *agent.Config) { c.LogLevel, c.BootstrapBroker = "error", cfg.BootstrapBroker },
 	})
 	if err != nil {
 		return err

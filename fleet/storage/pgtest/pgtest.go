@@ -32,7 +32,10 @@ import (
 // Server is a PostgreSQL server a test started.
 type Server struct {
 	bin  string // directory of the binaries
+	base string // the temporary directory holding dir
 	dir  string // data directory (also the socket directory)
+	uid  int    // the postgres user's, when run as root; else -1
+	gid  int
 	port int
 	n    atomic.Int64 // databases created
 }
@@ -92,81 +95,142 @@ func RequireBinaries(t testing.TB) string {
 // ends. It takes about a second.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := RequireBinaries(t)
-	base, err := os.MkdirTemp("", "sigil-pgtest-")
+	RequireBinaries(t)
+	s, err := Launch(LaunchOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	s := &Server{bin: bin, dir: filepath.Join(base, "data")}
-	// initdb refuses to run as root: as root, run the server as the
-	// postgres user, which must reach and own the data directory.
-	var uid, gid int = -1, -1
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("pgtest: running as root needs a postgres user to run the server: %v", err)
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-		if err := os.Chmod(base, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Mkdir(s.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if uid >= 0 {
-		if err := os.Chown(s.dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run := func(name string, args ...string) error {
-		cmd := exec.Command(filepath.Join(bin, name), args...)
-		if uid >= 0 {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
-		}
-		cmd.Dir = s.dir
-		cmd.Env = append(os.Environ(), "LC_ALL=C")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %w\n%s", name, err, out)
-		}
-		return nil
-	}
-	if err := run("initdb", "-D", s.dir, "-A", "trust", "-U", superuser, "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
-		t.Fatalf("pgtest: %v", err)
-	}
-	// A port free now may be taken before the server binds it: try a
-	// few.
-	var startErr error
-	for range 5 {
-		s.port = freePort(t)
-		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", s.port, s.dir)
-		startErr = run("pg_ctl", "-D", s.dir, "-w", "-t", "60", "-l", filepath.Join(s.dir, "server.log"), "-o", opts, "start")
-		if startErr == nil {
-			break
-		}
-	}
-	if startErr != nil {
-		log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
-		t.Fatalf("pgtest: %v\n%s", startErr, log)
-	}
 	t.Cleanup(func() {
-		if err := run("pg_ctl", "-D", s.dir, "-w", "-m", "immediate", "stop"); err != nil {
-			t.Logf("pgtest: stop: %v", err)
+		if err := s.Stop(); err != nil {
+			t.Logf("%v", err)
 		}
 	})
 	return s
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+// LaunchOptions are Launch's choices.
+type LaunchOptions struct {
+	// Durable keeps PostgreSQL's fsync, synchronous commit and full page
+	// writes on (a benchmark's figures then include them); tests turn
+	// them off.
+	Durable bool
+	// Settings are more "name=value" server settings (-c).
+	Settings []string
+}
+
+// Launch starts a server in a new temporary directory, outside any test
+// (a benchmark's): Stop stops it and removes its files. It fails, naming
+// where it looked, when the binaries are missing (Binaries).
+func Launch(o LaunchOptions) (*Server, error) {
+	bin, err := Binaries()
+	if err != nil {
+		return nil, err
+	}
+	base, err := os.MkdirTemp("", "sigil-pgtest-")
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	s := &Server{bin: bin, base: base, dir: filepath.Join(base, "data"), uid: -1, gid: -1}
+	if err := s.launch(o); err != nil {
+		os.RemoveAll(base)
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) launch(o LaunchOptions) error {
+	// initdb refuses to run as root: as root, run the server as the
+	// postgres user, which must reach and own the data directory.
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return fmt.Errorf("pgtest: running as root needs a postgres user to run the server: %w", err)
+		}
+		s.uid, _ = strconv.Atoi(u.Uid)
+		s.gid, _ = strconv.Atoi(u.Gid)
+		if err := os.Chmod(s.base, 0o711); err != nil {
+			return fmt.Errorf("pgtest: %w", err)
+		}
+	}
+	if err := os.Mkdir(s.dir, 0o700); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	if s.uid >= 0 {
+		if err := os.Chown(s.dir, s.uid, s.gid); err != nil {
+			return fmt.Errorf("pgtest: %w", err)
+		}
+	}
+	if err := s.run("initdb", "-D", s.dir, "-A", "trust", "-U", superuser, "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	settings := []string{"listen_addresses=127.0.0.1", "max_connections=200"}
+	if !o.Durable {
+		settings = append(settings, "fsync=off", "synchronous_commit=off", "full_page_writes=off")
+	}
+	settings = append(settings, o.Settings...)
+	// A port free now may be taken before the server binds it: try a
+	// few.
+	var startErr error
+	for range 5 {
+		if s.port, startErr = freePort(); startErr != nil {
+			return startErr
+		}
+		opts := fmt.Sprintf("-p %d -k %s", s.port, s.dir)
+		for _, kv := range settings {
+			opts += " -c " + kv
+		}
+		startErr = s.run("pg_ctl", "-D", s.dir, "-w", "-t", "60", "-l", filepath.Join(s.dir, "server.log"), "-o", opts, "start")
+		if startErr == nil {
+			return nil
+		}
+	}
+	log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+	return fmt.Errorf("pgtest: %w\n%s", startErr, log)
+}
+
+// run runs one of the server's binaries (as the postgres user when this
+// process is root).
+func (s *Server) run(name string, args ...string) error {
+	cmd := exec.Command(filepath.Join(s.bin, name), args...)
+	if s.uid >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(s.uid), Gid: uint32(s.gid)}}
+	}
+	cmd.Dir = s.dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w\n%s", name, err, out)
+	}
+	return nil
+}
+
+// Stop stops the server at once and removes its files.
+func (s *Server) Stop() error {
+	err := s.run("pg_ctl", "-D", s.dir, "-w", "-m", "immediate", "stop")
+	os.RemoveAll(s.base)
+	if err != nil {
+		return fmt.Errorf("pgtest: stop: %w", err)
+	}
+	return nil
+}
+
+// Pid is the server's main process (postmaster) ID, 0 when unknown.
+func (s *Server) Pid() int {
+	b, err := os.ReadFile(filepath.Join(s.dir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, _ := strconv.Atoi(strings.TrimSpace(line))
+	return pid
+}
+
+func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, fmt.Errorf("pgtest: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // URL returns the URL of database name on s.
@@ -179,15 +243,9 @@ func (s *Server) URL(name string) string {
 func (s *Server) NewDatabase(t testing.TB) string {
 	t.Helper()
 	name := fmt.Sprintf("t%d", s.n.Add(1))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, s.URL("postgres"))
+	url, err := s.CreateDatabase(context.Background(), name)
 	if err != nil {
-		t.Fatalf("pgtest: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("pgtest: create database: %v", err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -201,5 +259,21 @@ func (s *Server) NewDatabase(t testing.TB) string {
 			t.Logf("pgtest: drop database %s: %v", name, strings.TrimSpace(err.Error()))
 		}
 	})
-	return s.URL(name)
+	return url
+}
+
+// CreateDatabase creates an empty database name (a plain identifier) and
+// returns its URL.
+func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.URL("postgres"))
+	if err != nil {
+		return "", fmt.Errorf("pgtest: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", fmt.Errorf("pgtest: create database: %w", err)
+	}
+	return s.URL(name), nil
 }
