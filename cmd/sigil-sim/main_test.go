@@ -25,7 +25,9 @@ func TestHelp(t *testing.T) {
 			t.Errorf("sigil-sim %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), code, out.String(), errb.String())
 		}
 	}
-	for _, args := range [][]string{{"demo", "--nope"}, {"bench", "fleet", "--shard-size", "20000"}, {"bench", "fleet", "--phases", "soak,nap"}, {"nope"}} {
+	for _, args := range [][]string{{"demo", "--nope"}, {"bench", "fleet", "--shard-size", "20000"}, {"bench", "fleet", "--phases", "soak,nap"}, {"nope"},
+		{"bench", "fleet", "--replicas", "2", "--brokers", "2"}, {"bench", "fleet", "--devices", "40000", "--brokers", "2", "--postgres"},
+		{"bench", "fleet", "--fleet", "https://localhost:8443", "--ek-ca", "x", "--postgres"}} {
 		var errb bytes.Buffer
 		if code := run(args, nil, io.Discard, &errb); code != exitUsage || errb.Len() == 0 {
 			t.Errorf("sigil-sim %s: exit %d, stderr %q", strings.Join(args, " "), code, errb.String())

@@ -7,6 +7,10 @@
 // then the newest /usr/lib/postgresql/*/bin, then PATH. Without them a
 // test is skipped with a message saying so; with CI=true it fails, so
 // that a CI machine missing PostgreSQL cannot pass by skipping.
+//
+// Launch starts the same server outside a test, for a benchmark
+// (`sigil-sim bench fleet --postgres`), optionally durable (fsync and
+// synchronous commit on, as a production server runs).
 package pgtest
 
 import (
