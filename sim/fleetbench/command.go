@@ -79,6 +79,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	replicas := fs.Int("replicas", 1, "sigil serve replicas sharing the brokers and the database (more than one needs --postgres and --brokers)")
 	maxQueued := fs.Int("broker-max-queued", 1000, "the brokers' max_queued_messages (sigil broker-config --max-queued)")
 	rotateFor := fs.Duration("rotate-for", 0, "time-box the forced re-key: stop waiting after this long and report the renewals done by then (0: wait for the job)")
+	rotateUntil := fs.String("rotate-until", "", "time-box the forced re-key at this time (RFC 3339), as --rotate-for")
 	ekCA := fs.String("ek-ca", "", "the simulated TPM manufacturer's CA directory, created if missing (default: in --dir); a running fleet must trust it as an ek_ca_dir")
 	rate := fs.Float64("rate", 100, "devices started per second (0: all at once)")
 	shardSize := fs.Int("shard-size", 5000, fmt.Sprintf("most devices per shard process (at most %d: 20,000 open files per process)", MaxShardDevices))
@@ -161,6 +162,13 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, env E
 	}
 	if o.Rate < 0 || o.PerSource < 1 || o.APIRate < 0 || o.RotateRate <= 0 || o.ImageSize < 1 || o.QuarantineSamples < 0 || o.CampaignDevices < 1 {
 		errs = append(errs, errors.New("--rate, --api-rate and --quarantine-samples may not be negative; --per-source, --rotate-rate, --image-size and --campaign-devices must be positive"))
+	}
+	if *rotateUntil != "" {
+		t, err := time.Parse(time.RFC3339, *rotateUntil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--rotate-until: %v", err))
+		}
+		o.RotateUntil = t
 	}
 	if o.Replicas < 1 || o.Brokers < 0 || o.BrokerMaxQueued < 1 || o.RotateFor < 0 {
 		errs = append(errs, errors.New("--replicas and --broker-max-queued must be positive; --brokers and --rotate-for may not be negative"))

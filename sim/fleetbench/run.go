@@ -111,8 +111,9 @@ type Options struct {
 	// RotateRate is the forced rotation job's requests per second;
 	// RotateFor, if set, time-boxes the wait for the job: the figures
 	// are then those of the renewals done by then.
-	RotateRate float64
-	RotateFor  time.Duration
+	RotateRate  float64
+	RotateFor   time.Duration
+	RotateUntil time.Time
 	// CampaignDevices is how many devices the campaign targets (at most
 	// the devices); ImageSize its image's size.
 	CampaignDevices int
@@ -784,7 +785,7 @@ func (r *run) rotate(ctx context.Context) (*RotationResult, error) {
 				lastLog = time.Now()
 			}
 		}
-		if r.o.RotateFor > 0 && time.Since(start) >= r.o.RotateFor {
+		if (r.o.RotateFor > 0 && time.Since(start) >= r.o.RotateFor) || (!r.o.RotateUntil.IsZero() && time.Now().After(r.o.RotateUntil)) {
 			res.JobSeconds, res.TimeBoxed = time.Since(start).Seconds(), true
 			break
 		}
@@ -809,7 +810,7 @@ func (r *run) rotate(ctx context.Context) (*RotationResult, error) {
 		res.BrokerCPUPerRenewalMS = (m1[keyBrokerCPU] - m0[keyBrokerCPU]) * 1000 / float64(res.Renewed)
 	}
 	if res.TimeBoxed {
-		r.note("forced re-key time-boxed at %v: %d of %d renewed by then; the rate and CPU per renewal are over those", r.o.RotateFor, res.Renewed, res.Devices)
+		r.note("forced re-key time-boxed after %.0f s: %d of %d renewed by then; the rate and CPU per renewal are over those", res.JobSeconds, res.Renewed, res.Devices)
 		r.progress("rotation time-boxed: %d renewed in %.1f s (%.0f/s), %.2f ms fleet CPU per renewal", res.Renewed, res.JobSeconds, res.PerSecond, res.CPUPerRenewalMS)
 		return res, nil
 	}
