@@ -110,10 +110,17 @@ type Config struct {
 	Workers int
 	// Queue bounds waiting messages; beyond it requests are answered with
 	// ReasonRateLimited. Default 1024.
-	Queue  int
-	Now    func() time.Time // nil means time.Now
-	Rand   io.Reader        // nil means crypto/rand
-	Logger *slog.Logger
+	Queue int
+	// MaxWait bounds how long a message waits in the queue: one that
+	// waited longer is answered ReasonRateLimited, unhandled, as if the
+	// queue had been full. Its device has stopped waiting for the answer
+	// (device/enroll waits DefaultAnswerTimeout, 30 s, for each) and
+	// asked again, so handling it would spend a signature, a credential
+	// and a stored session on nobody. Default 20s.
+	MaxWait time.Duration
+	Now     func() time.Time // nil means time.Now
+	Rand    io.Reader        // nil means crypto/rand
+	Logger  *slog.Logger
 
 	// FirmwareTrust returns the release trust set enrolled devices get
 	// (firmware/verify.TrustSet.Marshal) and the signed rotations that
@@ -183,13 +190,15 @@ type Service struct {
 type Stats struct {
 	Requests, Challenges, Enrolled, Pending, Refused, Malformed atomic.Int64
 	// RequestsBusy counts the enrollment requests answered rate_limited,
-	// unhandled, because the queue was full.
+	// unhandled, because the queue was full or they waited in it longer
+	// than Config.MaxWait.
 	RequestsBusy atomic.Int64
 }
 
 type job struct {
 	clientID string
 	payload  []byte
+	queued   time.Time
 }
 
 // failedNote counts the failed activations of a known EK since the last
@@ -216,6 +225,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.Queue == 0 {
 		cfg.Queue = 1024
+	}
+	if cfg.MaxWait == 0 {
+		cfg.MaxWait = 20 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -254,6 +266,10 @@ func (s *Service) Run(ctx context.Context) error {
 				case <-ctx.Done():
 					return
 				case j := <-s.q:
+					if s.cfg.Now().Sub(j.queued) > s.cfg.MaxWait {
+						s.busy(j.clientID, j.payload, "enrollment queue too slow")
+						continue
+					}
 					s.Handle(j.clientID, j.payload)
 				}
 			}
@@ -276,14 +292,20 @@ func (s *Service) Run(ctx context.Context) error {
 // broker; when the queue is full the device is told to retry later.
 func (s *Service) Submit(clientID string, payload []byte) {
 	select {
-	case s.q <- job{clientID, payload}:
+	case s.q <- job{clientID, payload, s.cfg.Now()}:
 	default:
-		if env, err := wire.Decode(payload); err == nil {
-			if env.Type == wire.TypeEnrollRequest {
-				s.stats.RequestsBusy.Add(1)
-			}
-			s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonRateLimited, "enrollment queue full", nil))
+		s.busy(clientID, payload, "enrollment queue full")
+	}
+}
+
+// busy answers a message ReasonRateLimited without handling it, and
+// counts an enrollment request so answered (Stats.RequestsBusy).
+func (s *Service) busy(clientID string, payload []byte, why string) {
+	if env, err := wire.Decode(payload); err == nil {
+		if env.Type == wire.TypeEnrollRequest {
+			s.stats.RequestsBusy.Add(1)
 		}
+		s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonRateLimited, why, nil))
 	}
 }
 

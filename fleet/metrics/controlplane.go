@@ -54,7 +54,7 @@ type Feed interface {
 //	sigil_enroll_refused_total              enrollments refused
 //	sigil_enroll_pending_total              enrollments held for approval
 //	sigil_enroll_malformed_total            enrollment messages that did not decode
-//	sigil_enroll_busy_total                 enrollment requests answered rate_limited: the queue was full
+//	sigil_enroll_busy_total                 enrollment requests answered rate_limited: the queue was full or too slow
 //	sigil_log_lines_suppressed_total        log lines clients without certificate caused, counted instead of written
 //	sigil_audit_anonymous_left_out_total    audit entries of requests without a credential counted, not recorded one by one
 //	sigil_attestation_verdicts_total{result} recorded verdicts, pass or fail
@@ -97,7 +97,7 @@ func RegisterControlPlane(r prometheus.Registerer, c ControlPlane) (map[string]p
 		{"sigil_enroll_refused_total", "Enrollments refused.", func() float64 { return float64(e.Refused.Load()) }},
 		{"sigil_enroll_pending_total", "Enrollments held for an operator's approval.", func() float64 { return float64(e.Pending.Load()) }},
 		{"sigil_enroll_malformed_total", "Enrollment messages that did not decode.", func() float64 { return float64(e.Malformed.Load()) }},
-		{"sigil_enroll_busy_total", "Enrollment requests answered rate_limited, unhandled: the queue was full (the device asks again).", func() float64 { return float64(e.RequestsBusy.Load()) }},
+		{"sigil_enroll_busy_total", "Enrollment requests answered rate_limited, unhandled: the queue was full, or they waited in it too long (the device asks again).", func() float64 { return float64(e.RequestsBusy.Load()) }},
 		{"sigil_log_lines_suppressed_total", "Log lines about clients without certificate (refusals, malformed messages) counted instead of written.", func() float64 {
 			return u(b().LogSuppressed + c.EnrollLogSuppressed())
 		}},
