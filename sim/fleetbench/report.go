@@ -258,6 +258,14 @@ type RotationResult struct {
 	CPUPerRenewalMS float64 `json:"fleet_cpu_per_renewal_ms"`
 	// FloorRatio is CPUPerRenewalMS against Floor.Renewal.
 	FloorRatio float64 `json:"floor_ratio"`
+	// NetCPUPerRenewalMS is CPUPerRenewalMS less the fleet's CPU of the
+	// steady state (the last soak's CPU per second, over the job's time):
+	// the devices' attestations and telemetry that went on during the
+	// re-key; NetFloorRatio sets it against Floor.Renewal;
+	// NetDatabaseCPUPerRenewalMS does the same for the database.
+	NetCPUPerRenewalMS         float64 `json:"net_fleet_cpu_per_renewal_ms,omitempty"`
+	NetFloorRatio              float64 `json:"net_floor_ratio,omitempty"`
+	NetDatabaseCPUPerRenewalMS float64 `json:"net_database_cpu_per_renewal_ms,omitempty"`
 	// The database's and device brokers' CPU per renewal (scale-out).
 	DatabaseCPUPerRenewalMS float64 `json:"database_cpu_per_renewal_ms,omitempty"`
 	BrokerCPUPerRenewalMS   float64 `json:"broker_cpu_per_renewal_ms,omitempty"`
@@ -406,6 +414,9 @@ func (r *Result) Print(w io.Writer) {
 		fmt.Fprintf(w, "\n== forced re-key (%s)\n", x.Job)
 		fmt.Fprintf(tw, "renewed\t%d of %d in %.1f s (%.0f/s); all on new certificates after %.1f s (%d)\n", x.Renewed, x.Devices, x.JobSeconds, x.PerSecond, x.AllNewSeconds, x.OnNewCert)
 		fmt.Fprintf(tw, "fleet CPU\t%.1f s, %.2f ms per renewal: %.1f× the crypto floor of a renewal (%.2f ms)\n", x.FleetCPUSeconds, x.CPUPerRenewalMS, x.FloorRatio, r.Floor.Renewal/1000)
+		if x.NetCPUPerRenewalMS > 0 {
+			fmt.Fprintf(tw, "less the steady state's CPU\t%.2f ms per renewal: %.1f× the floor (PostgreSQL %.2f ms)\n", x.NetCPUPerRenewalMS, x.NetFloorRatio, x.NetDatabaseCPUPerRenewalMS)
+		}
 		if x.DatabaseCPUPerRenewalMS+x.BrokerCPUPerRenewalMS > 0 {
 			fmt.Fprintf(tw, "database and brokers\tPostgreSQL %.2f ms, Mosquitto %.2f ms of CPU per renewal\n", x.DatabaseCPUPerRenewalMS, x.BrokerCPUPerRenewalMS)
 		}

@@ -808,6 +808,13 @@ func (r *run) rotate(ctx context.Context) (*RotationResult, error) {
 		res.PerSecond = float64(res.Renewed) / res.JobSeconds
 		res.DatabaseCPUPerRenewalMS = (m1[keyDBCPU] - m0[keyDBCPU]) * 1000 / float64(res.Renewed)
 		res.BrokerCPUPerRenewalMS = (m1[keyBrokerCPU] - m0[keyBrokerCPU]) * 1000 / float64(res.Renewed)
+		if k := len(r.res.Sizes); k > 0 && r.res.Sizes[k-1].Soak != nil && r.res.Sizes[k-1].Soak.Seconds > 0 {
+			so := r.res.Sizes[k-1].Soak
+			span := res.JobSeconds / so.Seconds
+			res.NetCPUPerRenewalMS = max(0, res.FleetCPUSeconds-so.FleetCPUSeconds*span) * 1000 / float64(res.Renewed)
+			res.NetFloorRatio = ratio(res.NetCPUPerRenewalMS*1000, r.res.Floor.Renewal)
+			res.NetDatabaseCPUPerRenewalMS = max(0, (m1[keyDBCPU]-m0[keyDBCPU])-(so.End.DatabaseCPU-so.Start.DatabaseCPU)*span) * 1000 / float64(res.Renewed)
+		}
 	}
 	if res.TimeBoxed {
 		r.note("forced re-key time-boxed after %.0f s: %d of %d renewed by then; the rate and CPU per renewal are over those", res.JobSeconds, res.Renewed, res.Devices)
