@@ -14,5 +14,11 @@
 // (the same program re-executed, commanded over its standard input and
 // output: Shard), none holding more than MaxShardDevices connections.
 //
+// In its scale-out mode (pool.go; docs/BENCHMARKS.md §12) the fleet is
+// several `sigil serve` replicas on a PostgreSQL, with a pool of
+// Mosquitto brokers written by `sigil broker-config` in place of the
+// embedded broker, all child processes; the brokers' and the database's
+// CPU and memory are read from /proc beside the replicas' /metrics.
+//
 // It is for simulation only and never reaches sigil or sigild.
 package fleetbench
