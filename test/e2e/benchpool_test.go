@@ -27,11 +27,14 @@ func TestBenchFleetPool(t *testing.T) {
 	pgtest.RequireBinaries(t)
 	testenv.RequireBinaries(t, "mosquitto")
 	mosquittotest.DynsecPlugin(t)
-	sigil, _ := buildBinaries(t)
-	sim := filepath.Join(filepath.Dir(sigil), "sigil-sim")
-	if out, err := exec.Command("go", "build", "-o", sim, "github.com/sigil-iot/sigil/cmd/sigil-sim").CombinedOutput(); err != nil {
-		t.Fatalf("go build sigil-sim: %v\n%s", err, out)
+	// sigil-sim starts the sigil beside it.
+	bin := t.TempDir()
+	for _, c := range []string{"sigil", "sigil-sim"} {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, c), "github.com/sigil-iot/sigil/cmd/"+c).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", c, err, out)
+		}
 	}
+	sim := filepath.Join(bin, "sigil-sim")
 	const devices, brokers, replicas = 300, 2, 2
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
