@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -41,6 +42,7 @@ func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasAskEachDeviceOnce", func(t *testing.T) { testReplicasAskOnce(t, srv) })
 	t.Run("ReplicasStepJobsOnce", func(t *testing.T) { testReplicasStepOnce(t, srv) })
+	t.Run("PausedHolderIsFenced", func(t *testing.T) { testPausedHolderIsFenced(t, srv) })
 }
 
 // TestMigrationIsKVSchema: the jobs' table is a kv table.
@@ -176,4 +178,91 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 	}
 	cancels[holder]()
 	wait.For(t, "the other replica to step the job", func() bool { return sent[other].Load() > 0 })
+}
+
+// testPausedHolderIsFenced: replica A steps the jobs under the lease
+// LeaseJobs, then pauses (a long GC, SIGSTOP) past the lease's expiry,
+// and replica B takes the lease over. A's record of the step it began
+// and its next step are refused (lease.ErrFenced) in their transactions:
+// A neither overwrites B's progress nor claims and asks devices B asks.
+func testPausedHolderIsFenced(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	inv, err := inventory.Open(t.TempDir()+"/inventory.db", inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	const n = 2 + scanSlack + 4 // A's claim leaves devices for B to ask
+	for i := range n {
+		if err := inv.PutDevice(t.Context(), &inventory.Device{ID: fmt.Sprintf("%032x", i+1), EKFingerprint: fmt.Sprintf("%064x", i+1), State: inventory.StateActive, CertSerial: "01"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sent [2]atomic.Int64
+	type replica struct {
+		svc    *Service
+		leases *lease.Postgres
+	}
+	open := func(i int) replica {
+		db := pgtest.Open(t, url)
+		jobs, err := OpenJobsPostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { jobs.Close() })
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 300 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return replica{&Service{cfg: Config{Inventory: inv, Jobs: jobs, Now: time.Now,
+			Send: func(string, string, []byte) error { sent[i].Add(1); return nil }}, log: slog.New(slog.DiscardHandler)}, ls}
+	}
+	a, b := open(0), open(1)
+	job, err := a.svc.Start(Selector{All: true}, 2, "test", "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	la, ok, err := a.leases.TryAcquire(t.Context(), LeaseJobs)
+	if err != nil || !ok {
+		t.Fatalf("A's lease: ok %v, err %v", ok, err)
+	}
+	actx := a.leases.Fenced(t.Context(), la)
+	// A claims the first devices, and pauses before it records them.
+	now := time.Now().UTC()
+	_, cands, err := a.svc.cfg.Jobs.due(actx, job.ID, now)
+	if err != nil || len(cands) == 0 {
+		t.Fatalf("A's claim while it holds the lease: %d devices, %v", len(cands), err)
+	}
+	var lb lease.Lease
+	wait.For(t, "B to take the lease over once A's expired", func() bool {
+		lb, ok, err = b.leases.TryAcquire(t.Context(), LeaseJobs)
+		return err == nil && ok
+	})
+	if err := b.svc.step(b.leases.Fenced(t.Context(), lb)); err != nil {
+		t.Fatalf("B's step: %v", err)
+	}
+	before, err := b.svc.Job(job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A resumes: its record and its next step are refused.
+	for i := range cands {
+		cands[i].outcome = outcomeSent
+	}
+	if _, err := a.svc.cfg.Jobs.record(actx, job.ID, now, cands); !errors.Is(err, lease.ErrFenced) {
+		t.Errorf("A's record after B took the lease over = %v, want lease.ErrFenced", err)
+	}
+	if err := a.svc.step(actx); !errors.Is(err, lease.ErrLost) {
+		t.Errorf("A's step after B took the lease over = %v, want lease.ErrLost", err)
+	}
+	if k := sent[0].Load(); k != 0 {
+		t.Errorf("A asked %d devices after it lost the lease", k)
+	}
+	after, err := b.svc.Job(job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Progress() != before.Progress() || sent[1].Load() != 2 {
+		t.Errorf("progress %+v after A resumed, %+v before; B asked %d (want 2, and A changing nothing)", after.Progress(), before.Progress(), sent[1].Load())
+	}
 }

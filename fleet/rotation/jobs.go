@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -841,43 +842,51 @@ const claimFor = 15 * time.Second
 // another certificate than when the job started is done (renewals are
 // otherwise counted as Renew issues them). A device not connected, or
 // whose message could not be sent, is tried again after resend or when it
-// connects. The work is bounded by the rate, not the job's size.
-func (s *Service) step(ctx context.Context) {
+// connects. The work is bounded by the rate, not the job's size. Under a
+// lease (Config.Leases) the step's writes are fenced: once another
+// replica took the lease over, its claims and records are refused and it
+// returns the error (lease.ErrLost); other failures are logged.
+func (s *Service) step(ctx context.Context) error {
 	ids, err := s.cfg.Jobs.running(ctx)
 	if err != nil {
 		s.log.Warn("rotation jobs unreadable", "err", err)
-		return
+		return nil
 	}
 	now := s.cfg.Now().UTC()
 	for _, id := range ids {
-		s.stepJob(ctx, id, now)
+		if err := s.stepJob(ctx, id, now); errors.Is(err, lease.ErrLost) {
+			s.log.Warn("rotation jobs: the lease was taken over; this replica stops stepping them", "err", err)
+			return err
+		}
 	}
+	return nil
 }
 
 // scanSlack is how many unreachable or finished devices a step may pass
 // over in addition to its rate.
 const scanSlack = 256
 
-func (s *Service) stepJob(ctx context.Context, id string, now time.Time) {
+func (s *Service) stepJob(ctx context.Context, id string, now time.Time) error {
 	h, cands, err := s.cfg.Jobs.due(ctx, id, now)
 	if err == nil && h.State == JobRunning {
 		cands = s.ask(ctx, h.Job, now, max(1, int(h.Rate)), cands)
 	}
 	if err != nil {
 		s.log.Warn("rotation job unreadable", "job", id, "err", err)
-		return
+		return err
 	}
 	if h.State != JobRunning || len(cands) == 0 && h.Renewed < h.Total {
-		return
+		return nil
 	}
 	done, err := s.cfg.Jobs.record(ctx, id, now, cands)
 	if err != nil {
 		s.log.Warn("saving rotation job failed", "job", id, "err", err)
-		return
+		return err
 	}
 	if done {
 		s.log.Info("rotation job done", "job", id, "devices", h.Total)
 	}
+	return nil
 }
 
 // ask sends the rotate message to up to budget of the candidates and

@@ -151,7 +151,9 @@ func (s *Service) Run(ctx context.Context) error {
 	return s.cfg.Leases.Hold(ctx, LeaseJobs, s.stepJobs)
 }
 
-// stepJobs steps the running jobs once a second until ctx ends.
+// stepJobs steps the running jobs once a second until ctx ends, or until
+// a step's write is refused because the lease it runs under was taken
+// over (lease.ErrLost, returned: the holder stops the work).
 func (s *Service) stepJobs(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -160,7 +162,9 @@ func (s *Service) stepJobs(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			s.step(ctx)
+			if err := s.step(ctx); err != nil {
+				return err
+			}
 		}
 	}
 }
