@@ -2,6 +2,7 @@ package campaign
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -56,6 +57,7 @@ func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasStepOnce", func(t *testing.T) { testReplicasStepOnce(t, srv) })
 	t.Run("ReplicasRunOneStepper", func(t *testing.T) { testReplicasRunOneStepper(t, srv) })
+	t.Run("PausedStepperIsFenced", func(t *testing.T) { testPausedStepperIsFenced(t, srv) })
 }
 
 // testReplicasStepOnce: two engines sharing the database step one
@@ -239,4 +241,95 @@ func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
 	}
 	cancels[holder]()
 	wait.For(t, "the other replica to step the campaign", func() bool { return count(other) > 0 })
+}
+
+// testPausedStepperIsFenced: replica A steps a campaign under the lease
+// LeaseStep, then pauses (a long GC, SIGSTOP) past the lease's expiry
+// and replica B takes the lease over and steps it. When A resumes, its
+// step is refused in its first transaction (lease.ErrFenced): it marks
+// and announces nothing, and every device is announced once.
+func testPausedStepperIsFenced(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	const n = 6
+	var targets []string
+	for i := range n {
+		targets = append(targets, fmt.Sprintf("dev-%03d", i))
+	}
+	clk := &clock{t: start}
+	fleets := []*fakeFleet{{}, {}}
+	type replica struct {
+		m      *Manager
+		leases *lease.Postgres
+	}
+	open := func(i int) replica {
+		db := pgtest.Open(t, url)
+		s, err := OpenPostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 300 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(Config{
+			Store:     s,
+			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
+			Announcer: fleets[i],
+			Now:       clk.Now,
+			Batch:     2,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return replica{m, ls}
+	}
+	a, b := open(0), open(1)
+	c, err := a.m.Create(t.Context(), def(n), "alice", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.Start(c.ID, start, "alice", ""); err != nil {
+		t.Fatal(err)
+	}
+	la, ok, err := a.leases.TryAcquire(t.Context(), LeaseStep)
+	if err != nil || !ok {
+		t.Fatalf("A's lease: ok %v, err %v", ok, err)
+	}
+	actx := a.leases.Fenced(t.Context(), la)
+	if err := a.m.step(actx); err != nil {
+		t.Fatalf("A's step while it holds the lease: %v", err)
+	}
+	var lb lease.Lease
+	wait.For(t, "B to take the lease over once A's expired", func() bool {
+		lb, ok, err = b.leases.TryAcquire(t.Context(), LeaseStep)
+		return err == nil && ok
+	})
+	if err := b.m.step(b.leases.Fenced(t.Context(), lb)); err != nil {
+		t.Fatalf("B's step: %v", err)
+	}
+	if err := a.m.step(actx); !errors.Is(err, lease.ErrFenced) || !errors.Is(err, lease.ErrLost) {
+		t.Errorf("A's step after B took the lease over = %v, want lease.ErrFenced (and ErrLost)", err)
+	}
+	if err := b.m.step(b.leases.Fenced(t.Context(), lb)); err != nil {
+		t.Fatalf("B's step: %v", err)
+	}
+	announced := map[string]int{}
+	for i, f := range fleets {
+		as := f.take()
+		if want := map[int]int{0: 2, 1: 4}[i]; len(as) != want {
+			t.Errorf("replica %d announced %d devices, want %d", i, len(as), want)
+		}
+		for _, a := range as {
+			announced[a.Device]++
+		}
+	}
+	for dev, k := range announced {
+		if k != 1 {
+			t.Errorf("%s announced %d times", dev, k)
+		}
+	}
+	if len(announced) != n {
+		t.Errorf("%d devices announced, want %d", len(announced), n)
+	}
 }
