@@ -20,13 +20,19 @@ import (
 )
 
 // openJobs opens the jobs at path in bbolt, or in PostgreSQL under
-// TestConformance/postgres.
+// TestConformance/postgres. These tests move a fake clock (Service's
+// Now): the PostgreSQL store uses it as bbolt does rather than the
+// database's clock (testSkewedReplicas covers that one).
 func openJobs(t testing.TB, path string) (*Jobs, error) {
 	db, ok := pgtest.Database(t, path)
 	if !ok {
 		return OpenJobs(path)
 	}
-	return OpenJobsPostgres(context.Background(), db)
+	j, err := OpenJobsPostgres(context.Background(), db)
+	if err == nil {
+		j.shared = false
+	}
+	return j, err
 }
 
 // conformanceTests are the jobs' tests run against both backends.
@@ -43,6 +49,11 @@ func TestConformance(t *testing.T) {
 	t.Run("ReplicasAskEachDeviceOnce", func(t *testing.T) { testReplicasAskOnce(t, srv) })
 	t.Run("ReplicasStepJobsOnce", func(t *testing.T) { testReplicasStepOnce(t, srv) })
 	t.Run("PausedHolderIsFenced", func(t *testing.T) { testPausedHolderIsFenced(t, srv) })
+	for _, skew := range []time.Duration{5 * time.Minute, -5 * time.Minute} {
+		for _, first := range []bool{false, true} {
+			t.Run(fmt.Sprintf("SkewedReplica%v/first=%v", skew, first), func(t *testing.T) { testSkewedReplicas(t, srv, skew, first) })
+		}
+	}
 }
 
 // TestMigrationIsKVSchema: the jobs' table is a kv table.
@@ -228,8 +239,7 @@ func testPausedHolderIsFenced(t *testing.T, srv *pgtest.Server) {
 	}
 	actx := a.leases.Fenced(t.Context(), la)
 	// A claims the first devices, and pauses before it records them.
-	now := time.Now().UTC()
-	_, cands, err := a.svc.cfg.Jobs.due(actx, job.ID, now)
+	_, cands, now, err := a.svc.cfg.Jobs.due(actx, job.ID, time.Now().UTC())
 	if err != nil || len(cands) == 0 {
 		t.Fatalf("A's claim while it holds the lease: %d devices, %v", len(cands), err)
 	}
@@ -264,5 +274,59 @@ func testPausedHolderIsFenced(t *testing.T, srv *pgtest.Server) {
 	}
 	if after.Progress() != before.Progress() || sent[1].Load() != 2 {
 		t.Errorf("progress %+v after A resumed, %+v before; B asked %d (want 2, and A changing nothing)", after.Progress(), before.Progress(), sent[1].Load())
+	}
+}
+
+// testSkewedReplicas: two replicas share the jobs, one of them with its
+// clock off by skew (review N4). A device asked by one is due again a
+// minute later on the database's clock, whichever replica's clock runs
+// ahead or behind: a step of the other replica right after asks it no
+// second time (a clock ahead took it as due at once; a clock behind
+// claimed and re-queued it in the past, where the other replica's next
+// step found it due).
+func testSkewedReplicas(t *testing.T, srv *pgtest.Server, skew time.Duration, skewedFirst bool) {
+	url := srv.NewDatabase(t)
+	inv, err := inventory.Open(t.TempDir()+"/inventory.db", inventory.WithNoSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	const n = 4
+	for i := range n {
+		if err := inv.PutDevice(t.Context(), &inventory.Device{ID: fmt.Sprintf("%032x", i+1), EKFingerprint: fmt.Sprintf("%064x", i+1), State: inventory.StateActive, CertSerial: "01"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	sent := map[string]int{}
+	replica := func(skew time.Duration) *Service {
+		jobs, err := OpenJobsPostgres(t.Context(), pgtest.Open(t, url))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { jobs.Close() })
+		return &Service{cfg: Config{Inventory: inv, Jobs: jobs, Now: func() time.Time { return time.Now().Add(skew) },
+			Send: func(id, _ string, _ []byte) error { mu.Lock(); sent[id]++; mu.Unlock(); return nil }}, log: slog.New(slog.DiscardHandler)}
+	}
+	skewed, right := replica(skew), replica(0)
+	order := []*Service{right, skewed, right}
+	if skewedFirst {
+		order = []*Service{skewed, right, skewed}
+	}
+	if _, err := order[0].Start(Selector{All: true}, n, "test", "tester"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range order {
+		if err := r.step(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, k := range sent {
+		if k != 1 {
+			t.Errorf("device %s asked %d times within a minute (a replica's clock off by %v)", id, k, skew)
+		}
+	}
+	if len(sent) != n {
+		t.Errorf("%d devices asked, want %d", len(sent), n)
 	}
 }
