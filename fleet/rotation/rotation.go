@@ -91,14 +91,26 @@ const LeaseJobs = "rotation_jobs"
 
 // Service handles renewals and runs rotation jobs.
 type Service struct {
-	cfg Config
-	log *slog.Logger
-	q   chan request
+	cfg     Config
+	log     *slog.Logger
+	q       chan request
+	stopped chan struct{} // closed when Run returns: Submit waits no more
+	once    sync.Once
+}
+
+// stop tells Submit that Run returned.
+func (s *Service) stop() {
+	s.once.Do(func() {
+		if s.stopped != nil {
+			close(s.stopped)
+		}
+	})
 }
 
 type request struct {
 	deviceID string
 	env      *wire.Envelope
+	done     chan struct{} // closed once handled
 }
 
 // New returns a service; Run starts it.
@@ -115,15 +127,35 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
-	return &Service{cfg: cfg, log: cfg.Logger, q: make(chan request, 1024)}, nil
+	return &Service{cfg: cfg, log: cfg.Logger, q: make(chan request, 1024), stopped: make(chan struct{})}, nil
 }
 
-// Submit queues a renewal request from an authenticated device.
+// SubmitWait bounds how long Submit waits for its request to be handled.
+const SubmitWait = 30 * time.Second
+
+// Submit queues a renewal request from an authenticated device and
+// returns once it was handled (answered), Run stopped, or SubmitWait
+// passed. The transports acknowledge a device's message when their
+// handler returns: the broker pool's persistent sessions then keep a
+// renewal request that its replica had not handled when it died, and
+// another replica handles it once it drains them, instead of the device
+// waiting for its rotation job to ask it again. A full queue refuses the
+// request at once (rate limited).
 func (s *Service) Submit(deviceID string, env *wire.Envelope) {
+	r := request{deviceID, env, make(chan struct{})}
 	select {
-	case s.q <- request{deviceID, env}:
+	case s.q <- r:
 	default:
 		s.reply(deviceID, &wire.RenewResult{Status: wire.StatusRefused, Reason: wire.ReasonRateLimited, Message: "renewal queue full", RetryAfter: 30})
+		return
+	}
+	t := time.NewTimer(SubmitWait)
+	defer t.Stop()
+	select {
+	case <-r.done:
+	case <-s.stopped:
+	case <-t.C:
+		s.log.Warn("renewal request still queued: acknowledged before it is handled", "device_id", deviceID)
 	}
 }
 
@@ -133,6 +165,7 @@ func (s *Service) Submit(deviceID string, env *wire.Envelope) {
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer s.stop()
 	for range s.cfg.Workers {
 		wg.Go(func() {
 			for {
@@ -141,6 +174,7 @@ func (s *Service) Run(ctx context.Context) error {
 					return
 				case r := <-s.q:
 					s.Renew(r.deviceID, r.env)
+					close(r.done)
 				}
 			}
 		})
