@@ -76,8 +76,16 @@ type Config struct {
 	// each job's rate (fleet/storage/lease: Holder). Nil: Run steps
 	// them itself, as one process does.
 	Leases Leases
-	Now    func() time.Time
-	Logger *slog.Logger
+	// WaitHandled makes Submit return only once its request was answered
+	// (at most SubmitWait): for a transport that acknowledges a device's
+	// message when the handler returns, and gives it to another replica
+	// when this one dies first (the broker pool's persistent sessions).
+	// The embedded broker acknowledges before its handlers run (and a
+	// process that dies takes every session with it): there Submit queues
+	// the request and returns.
+	WaitHandled bool
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
 
 // Leases runs work under named leases (fleet/storage/lease: Holder):
@@ -133,20 +141,23 @@ func New(cfg Config) (*Service, error) {
 // SubmitWait bounds how long Submit waits for its request to be handled.
 const SubmitWait = 30 * time.Second
 
-// Submit queues a renewal request from an authenticated device and
-// returns once it was handled (answered), Run stopped, or SubmitWait
-// passed. The transports acknowledge a device's message when their
-// handler returns: the broker pool's persistent sessions then keep a
-// renewal request that its replica had not handled when it died, and
-// another replica handles it once it drains them, instead of the device
-// waiting for its rotation job to ask it again. A full queue refuses the
-// request at once (rate limited).
+// Submit queues a renewal request from an authenticated device. With
+// Config.WaitHandled it returns once the request was handled (answered),
+// Run stopped, or SubmitWait passed: the broker pool acknowledges a
+// device's message when its handler returns, so that its persistent
+// sessions keep a renewal request that its replica had not handled when
+// it died, and another replica handles it once it drains them, instead of
+// the device waiting for its rotation job to ask it again. A full queue
+// refuses the request at once (rate limited).
 func (s *Service) Submit(deviceID string, env *wire.Envelope) {
 	r := request{deviceID, env, make(chan struct{})}
 	select {
 	case s.q <- r:
 	default:
 		s.reply(deviceID, &wire.RenewResult{Status: wire.StatusRefused, Reason: wire.ReasonRateLimited, Message: "renewal queue full", RetryAfter: 30})
+		return
+	}
+	if !s.cfg.WaitHandled {
 		return
 	}
 	t := time.NewTimer(SubmitWait)

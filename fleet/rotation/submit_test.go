@@ -19,8 +19,8 @@ func (idleLeases) Hold(ctx context.Context, _ string, _ func(context.Context) er
 	return nil
 }
 
-// TestSubmitReturnsOnceHandled: Submit returns only once its renewal
-// request was handled and answered. The broker pool acknowledges a
+// TestSubmitReturnsOnceHandled: with WaitHandled (the broker pool),
+// Submit returns only once its renewal request was handled and answered. The broker pool acknowledges a
 // device's message when the handler returns: a Submit that returned with
 // the request still queued in memory let a replica killed at that moment
 // lose it, acknowledged, and the device's renewal waited for its rotation
@@ -29,7 +29,7 @@ func (idleLeases) Hold(ctx context.Context, _ string, _ func(context.Context) er
 func TestSubmitReturnsOnceHandled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var answers atomic.Int64
-		s := &Service{cfg: Config{Workers: 1, Now: time.Now, Leases: idleLeases{},
+		s := &Service{cfg: Config{Workers: 1, Now: time.Now, Leases: idleLeases{}, WaitHandled: true,
 			Send: func(string, string, []byte) error { answers.Add(1); return nil }},
 			log: slog.New(slog.DiscardHandler), q: make(chan request, 4), stopped: make(chan struct{})}
 		b, err := wire.Encode(wire.TypeHello, nil, time.Now(), &wire.Hello{})

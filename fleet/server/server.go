@@ -404,7 +404,7 @@ func (s *Server) openRotation() (err error) {
 	}
 	s.Rotation, err = rotation.New(rotation.Config{
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
-		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice, Leases: s.leases,
+		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice, Leases: s.leases, WaitHandled: s.cfg.BrokerPool != nil,
 	})
 	s.caRotation = rotation.NewCARotation(rotation.CARotationConfig{CA: s.CA, ServerCert: s.serverCert, Jobs: s.Rotation,
 		Sessions: s.transport, Send: s.sendDevice, Logger: s.log})
