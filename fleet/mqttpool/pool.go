@@ -85,7 +85,12 @@ type Config struct {
 	// to drain (default 10s); DrainQuiet how long a drained session stays
 	// silent before it is taken to be empty (default 1s).
 	DrainEvery, DrainQuiet time.Duration
-	Logger                 *slog.Logger
+	// OnSession, when set, is told of each device session a device broker
+	// opens or closes, read from the broker's connection log (see
+	// SessionEvent; Member configures the brokers to publish it). It runs
+	// on the connection's goroutine: it must not block.
+	OnSession func(SessionEvent)
+	Logger    *slog.Logger
 }
 
 // Sessions are the leases behind the replicas' persistent sessions
@@ -129,6 +134,7 @@ type Pool struct {
 	stop    chan struct{}            // closed when Run ends: workers and waiting deliveries stop
 	running bool
 	session string // the suffix of this replica's device-broker client ID and its lease (Sessions set)
+	sessLog sessionLog
 }
 
 // New checks cfg; Run connects.
@@ -356,6 +362,12 @@ func (p *Pool) client(addr string) mqtt.Client {
 		p.mu.Lock()
 		delete(p.ready, addr)
 		p.mu.Unlock()
+		if p.cfg.OnSession != nil {
+			// Their end will not be heard of.
+			for _, ev := range p.sessLog.lost(addr, time.Now()) {
+				p.cfg.OnSession(ev)
+			}
+		}
 		p.log.Warn("connection to a broker of the pool lost", "broker", addr, "err", err)
 		select {
 		case lost <- struct{}{}:
@@ -363,7 +375,18 @@ func (p *Pool) client(addr string) mqtt.Client {
 		}
 	})
 	o.SetOnConnectHandler(func(c mqtt.Client) { p.subscribe(c, addr) })
-	return mqtt.NewClient(o)
+	c := mqtt.NewClient(o)
+	if p.cfg.OnSession != nil && contains(p.cfg.Devices, addr) {
+		// Routed before the subscription is made again: a persistent
+		// session may deliver first.
+		c.AddRoute(logNotice, func(_ mqtt.Client, m mqtt.Message) {
+			for _, ev := range p.sessLog.line(addr, m.Payload(), time.Now()) {
+				p.cfg.OnSession(ev)
+			}
+			m.Ack()
+		})
+	}
+	return c
 }
 
 // options are a connection's to the broker at addr as clientID: a clean
@@ -393,6 +416,14 @@ func (p *Pool) subscribe(c mqtt.Client, addr string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.ready, addr)
+	if p.cfg.OnSession != nil && contains(p.cfg.Devices, addr) {
+		tok := c.Subscribe(logNotice, 0, nil) // routed in client
+		go func() {
+			if tok.Wait(); tok.Error() != nil {
+				p.log.Error("subscription to a device broker's connection log failed: clones on it go unseen", "broker", addr, "err", tok.Error())
+			}
+		}()
+	}
 	for seg, h := range p.subs {
 		if !contains(p.brokers(seg), addr) {
 			continue

@@ -114,7 +114,14 @@ type TransportConfig struct {
 	// persistent session under a lease, drained by another replica if it
 	// dies (Config.Sessions).
 	Sessions Sessions
-	Logger   *slog.Logger
+	// Events, when set, is told of each device session a device broker
+	// opens or closes (Config.OnSession), as the embedded broker's
+	// connection events: Connected and Disconnected, with the device's
+	// address and an identity without certificate (the log does not name
+	// it). For the fleet's clone detection (governance.Service.BrokerEvent);
+	// it must not block.
+	Events func(broker.Event)
+	Logger *slog.Logger
 }
 
 // NewTransport builds the fleet's connections to its broker pool (the
@@ -139,6 +146,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: Username, Password: secret,
 		TLS:    &tls.Config{RootCAs: cfg.Roots, ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
 		Topics: cfg.Topics, Group: pc.Group, Sessions: cfg.Sessions, Logger: log,
+		OnSession: sessionEvents(cfg.Events),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mqttpool: broker pool: %w", err)
@@ -150,6 +158,21 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 	t = &Transport{inv: cfg.Inventory, pool: p, hello: hello, topics: cfg.Topics, addr: pc.Devices[0],
 		heard: map[string]time.Time{}, gone: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: log}
 	return t, nil
+}
+
+// sessionEvents gives the pool's session events to events as the
+// embedded broker's connection events (nil: none).
+func sessionEvents(events func(broker.Event)) func(SessionEvent) {
+	if events == nil {
+		return nil
+	}
+	return func(ev SessionEvent) {
+		kind := broker.Disconnected
+		if ev.Opened {
+			kind = broker.Connected
+		}
+		events(broker.Event{Kind: kind, Identity: broker.Identity{ClientID: ev.DeviceID, DeviceID: ev.DeviceID}, Remote: ev.Remote, Time: ev.Time})
+	}
 }
 
 // Ready reports whether the fleet can reach its devices: once it is
