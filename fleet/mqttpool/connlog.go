@@ -76,6 +76,9 @@ func parseLogLine(payload []byte) (l logLine, ok bool) {
 		// broker made its client ID too (use_username_as_clientid): the
 		// fleet's own connections log another user name, or none.
 		_, user, ok := strings.Cut(params, "u'")
+		if !ok {
+			return logLine{}, false
+		}
 		if user, _, ok = strings.Cut(user, "'"); !ok || user != id {
 			return logLine{}, false
 		}
