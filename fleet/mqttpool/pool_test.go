@@ -506,8 +506,26 @@ func TestPoolSessionsFromTheConnectionLog(t *testing.T) {
 	})
 	wait.For(t, "the probe's session closed", func() bool { return seen("probe", "127.0.0.4", false) })
 
+	// A device may not read the log: its subscription is granted (as
+	// Mosquitto does) and delivers nothing. The fleet's message to the
+	// device, published once the pool saw a later connection, comes
+	// after any line the broker would have sent it.
+	watcher := e.deviceClientFrom(t, "dev-watch", "127.0.0.5")
+	got := make(chan string, 16)
+	subscribe(t, watcher, "$SYS/broker/log/#", got)
+	subscribe(t, watcher, e.topics.DeviceDown("dev-watch", "probe"), got)
+
 	a := e.deviceClientFrom(t, "dev-clone", "127.0.0.2")
 	wait.For(t, "the first holder's session", func() bool { return seen("dev-clone", "127.0.0.2", true) })
+	mustPublish(t, p, e.topics.DeviceDown("dev-watch", "probe"))
+	select {
+	case topic := <-got:
+		if topic != e.topics.DeviceDown("dev-watch", "probe") {
+			t.Fatalf("a device received %s: the connection log is the fleet's alone", topic)
+		}
+	case <-time.After(wait.Timeout):
+		t.Fatal("the fleet's message never reached the device")
+	}
 	b := e.deviceClientFrom(t, "dev-clone", "127.0.0.3") // takes the session over
 	wait.For(t, "the takeover: the second holder's session, then the first one's end", func() bool {
 		return seen("dev-clone", "127.0.0.3", true) && seen("dev-clone", "127.0.0.2", false)
