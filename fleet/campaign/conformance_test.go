@@ -268,7 +268,7 @@ func testPausedStepperIsFenced(t *testing.T, srv *pgtest.Server) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 300 * time.Millisecond})
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -300,11 +300,15 @@ func testPausedStepperIsFenced(t *testing.T, srv *pgtest.Server) {
 	if err := a.m.step(actx); err != nil {
 		t.Fatalf("A's step while it holds the lease: %v", err)
 	}
-	var lb lease.Lease
-	wait.For(t, "B to take the lease over once A's expired", func() bool {
-		lb, ok, err = b.leases.TryAcquire(t.Context(), LeaseStep)
-		return err == nil && ok
-	})
+	// A pauses past its lease's time to live (made instant: the expiry
+	// set as the hour would), and B takes the lease over.
+	if _, err := pgtest.Open(t, url).Pool().Exec(t.Context(), `UPDATE lease SET expires = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	lb, ok, err := b.leases.TryAcquire(t.Context(), LeaseStep)
+	if err != nil || !ok {
+		t.Fatalf("B's takeover: ok %v, err %v", ok, err)
+	}
 	if err := b.m.step(b.leases.Fenced(t.Context(), lb)); err != nil {
 		t.Fatalf("B's step: %v", err)
 	}

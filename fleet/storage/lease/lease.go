@@ -17,12 +17,14 @@
 // past the expiry: a long GC, SIGSTOP, a VM frozen) must not write over
 // its successor's work: Hold gives the work a context that fences every
 // PostgreSQL transaction run with it (postgres.WithFence). The
-// transaction first locks the lease's row (FOR SHARE) and checks that it
-// still has the holder, the epoch and an unexpired lease; otherwise it
+// transaction first locks the lease's row (FOR KEY SHARE) and checks that
+// it still has the holder, the epoch and an unexpired lease; otherwise it
 // fails with ErrFenced before writing anything. The row stays locked
-// until the commit, so no other holder takes the lease in between: a
-// fenced write commits entirely before the lease changes hands, or not
-// at all.
+// until the commit, and a takeover locks it FOR UPDATE first, so no other
+// holder takes the lease in between: a fenced write commits entirely
+// before the lease changes hands, or not at all. The holder's own
+// renewals do not wait for its fenced transactions (an UPDATE of the
+// expiry does not conflict with that lock).
 //
 // Work that fails (a transient database error) is run again after a
 // backoff, as long as the caller's context lasts: Hold never gives up on
@@ -236,16 +238,23 @@ func (p *Postgres) HolderName() string { return p.cfg.Holder }
 
 // TryAcquire takes the lease name if it is free (never held, expired, or
 // already this holder's: then it is renewed under a new epoch). ok is
-// false when another holder has it.
+// false when another holder has it. It first locks the lease's row FOR
+// UPDATE, so that it waits for the transactions fenced by the current
+// holding (Fenced) to end: none commits after the lease changed hands.
 func (p *Postgres) TryAcquire(ctx context.Context, name string) (l Lease, ok bool, err error) {
 	var epoch int64
-	err = p.db.Pool().QueryRow(ctx, `
+	err = pgx.BeginFunc(ctx, p.db.Pool(), func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM lease WHERE name = $1 FOR UPDATE`, name); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `
 		INSERT INTO lease (name, holder, expires, epoch)
-		VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1)
+		VALUES ($1, $2, statement_timestamp() + $3 * interval '1 millisecond', 1)
 		ON CONFLICT (name) DO UPDATE
 		SET holder = EXCLUDED.holder, expires = EXCLUDED.expires, epoch = lease.epoch + 1
-		WHERE lease.expires < now() OR lease.holder = EXCLUDED.holder
+		WHERE lease.expires < statement_timestamp() OR lease.holder = EXCLUDED.holder
 		RETURNING epoch`, name, p.cfg.Holder, p.cfg.TTL.Milliseconds()).Scan(&epoch)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Lease{}, false, nil
 	}
@@ -327,7 +336,9 @@ func (p *Postgres) Fenced(ctx context.Context, l Lease) context.Context {
 		var holder string
 		var epoch int64
 		var live bool
-		err := tx.QueryRow(ctx, `SELECT holder, epoch, expires >= now() FROM lease WHERE name = $1 FOR SHARE`, l.Name).Scan(&holder, &epoch, &live)
+		// FOR KEY SHARE: a renewal (an UPDATE of expires) goes on, a
+		// takeover (TryAcquire: FOR UPDATE) waits for the commit.
+		err := tx.QueryRow(ctx, `SELECT holder, epoch, expires >= statement_timestamp() FROM lease WHERE name = $1 FOR KEY SHARE`, l.Name).Scan(&holder, &epoch, &live)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("%w: %s (epoch %d): retired", ErrFenced, l.Name, l.Epoch)
 		}

@@ -315,7 +315,7 @@ func TestExpiredAndRetire(t *testing.T) {
 // in a serialized one alike. A's writes before the takeover land, and so
 // do B's after it.
 func TestFencedWritesAfterATakeover(t *testing.T) {
-	r, url := replicas(t, 2, 300*time.Millisecond)
+	r, url := replicas(t, 2, time.Hour)
 	ctx := t.Context()
 	db := pgtest.Open(t, url)
 	if _, err := db.Pool().Exec(ctx, `CREATE TABLE steps (by text NOT NULL)`); err != nil {
@@ -338,12 +338,10 @@ func TestFencedWritesAfterATakeover(t *testing.T) {
 			t.Fatalf("A's write while it holds the lease: %v", err)
 		}
 	}
-	// A pauses: its lease expires, and a write then is refused even
-	// before anyone took it over.
-	wait.For(t, "A's lease to expire", func() bool {
-		got, err := r[1].Expired(ctx, "rotation_jobs")
-		return err == nil && len(got) == 1
-	})
+	// A pauses past its lease's time to live (the expiry set as the
+	// hour would): a write then is refused even before anyone took it
+	// over.
+	expire(t, db, "rotation_jobs")
 	for _, err := range write(actx, "a") {
 		if !errors.Is(err, lease.ErrFenced) {
 			t.Fatalf("A's write after its lease expired = %v, want ErrFenced", err)
@@ -412,5 +410,70 @@ func TestHoldFencesTheWork(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Hold = %v, want nil", err)
+	}
+}
+
+// TestFencedTransactionHoldsOffATakeoverNotRenewals: while a transaction
+// fenced by a holding is open, the holder renews its lease as usual, and
+// another holder's takeover of the expired lease waits until it ends:
+// the fenced write commits before the lease changes hands.
+func TestFencedTransactionHoldsOffATakeoverNotRenewals(t *testing.T) {
+	r, url := replicas(t, 2, time.Hour)
+	db := pgtest.Open(t, url)
+	la, ok, err := r[0].TryAcquire(t.Context(), "campaign_step")
+	if err != nil || !ok {
+		t.Fatalf("acquire: ok %v, err %v", ok, err)
+	}
+	inside, release := make(chan struct{}), make(chan struct{})
+	let := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(let) // before the pools close, whatever failed
+	txDone := make(chan error, 1)
+	go func() {
+		txDone <- db.Tx(r[0].Fenced(t.Context(), la), func(tx pgx.Tx) error {
+			close(inside)
+			<-release
+			return nil
+		})
+	}()
+	<-inside
+	ctx, cancel := context.WithTimeout(t.Context(), wait.Timeout) // a safety net, not a timing
+	defer cancel()
+	if err := r[0].Renew(ctx, la); err != nil {
+		t.Fatalf("the holder's renewal while its fenced transaction is open: %v", err)
+	}
+	// The holder stops renewing (it paused): its lease expires.
+	expire(t, db, "campaign_step")
+	taken := make(chan bool, 1)
+	go func() {
+		_, ok, err := r[1].TryAcquire(t.Context(), "campaign_step")
+		taken <- err == nil && ok
+	}()
+	wait.For(t, "the takeover to wait for the fenced transaction's lock", func() bool {
+		var waiting bool
+		err := db.Pool().QueryRow(t.Context(), `SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`).Scan(&waiting)
+		return err == nil && waiting
+	})
+	select {
+	case <-taken:
+		t.Fatal("another holder took the lease over while a transaction fenced by the old holding was open")
+	case <-txDone:
+		t.Fatal("the fenced transaction ended before it was let go")
+	default:
+	}
+	let()
+	if err := <-txDone; err != nil {
+		t.Fatalf("the fenced transaction, begun while the lease was held: %v", err)
+	}
+	if !<-taken {
+		t.Fatal("the takeover failed once the fenced transaction ended")
+	}
+}
+
+// expire ends the lease name as if its holder had stopped renewing it for
+// longer than its time to live (a pause, made instant).
+func expire(t *testing.T, db *postgres.DB, name string) {
+	t.Helper()
+	if _, err := db.Pool().Exec(t.Context(), `UPDATE lease SET expires = now() - interval '1 second' WHERE name = $1`, name); err != nil {
+		t.Fatal(err)
 	}
 }
