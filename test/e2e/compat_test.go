@@ -356,9 +356,10 @@ func testOldFleet(t *testing.T, old releaseBinaries) {
 	if out := mustRun(t, sigil, "audit", "verify", file("audit.jsonl"), "--key", filepath.Join(data, "audit.pub")); !strings.Contains(out, "verif") {
 		t.Fatalf("sigil audit verify: %s", out)
 	}
-	for _, want := range []string{"policies.learn", "secrets.put", "firmware.upload", "users.create"} {
-		if out := cli(sigil, "audit", "list"); !strings.Contains(out, want) {
-			t.Errorf("audit list after the upgrade lacks %q:\n%s", want, out)
+	out := cli(sigil, "audit", "list")
+	for _, want := range []string{"device.enrolled", "api.policies.learn.post", "api.secrets.put", "firmware.upload", "api.users.post"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("audit list after the upgrade lacks the previous release's %q:\n%s", want, out)
 		}
 	}
 	// Attestation goes on: a verdict on demand through the current fleet.
