@@ -1,13 +1,11 @@
 package inventory_test
 
 import (
-	"errors"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // TestPresence: a connection event sets the connected flag and last seen;
@@ -47,31 +45,5 @@ func TestPresence(t *testing.T) {
 	}
 	if _, _, err := s.Hello(t.Context(), "ffffffffffffffffffffffffffffffff", "1", 5, at); err == nil {
 		t.Error("a hello of an unknown device was recorded")
-	}
-}
-
-// TestProtocol: the fleet speaks to a device the protocol version of its
-// last hello, up or down (a daemon upgraded or rolled back), and the
-// oldest it speaks to a record written before it kept one.
-func TestProtocol(t *testing.T) {
-	s := open(t, filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	defer s.Close()
-	const id = "0123456789abcdef0123456789abcde1"
-	if err := s.PutDevice(t.Context(), &inventory.Device{ID: id, State: inventory.StateActive}); err != nil {
-		t.Fatal(err)
-	}
-	if v, err := s.Protocol(t.Context(), id); err != nil || v != wire.OldestVersion {
-		t.Fatalf("record without a version: %d, %v; want %d", v, err, wire.OldestVersion)
-	}
-	for _, v := range []int{5, 4, 5} {
-		if _, _, err := s.Hello(t.Context(), id, "", v, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		if got, err := s.Protocol(t.Context(), id); err != nil || got != v {
-			t.Fatalf("after a hello of version %d: %d, %v", v, got, err)
-		}
-	}
-	if _, err := s.Protocol(t.Context(), "ffffffffffffffffffffffffffffffff"); !errors.Is(err, inventory.ErrNotFound) {
-		t.Fatalf("unknown device: %v", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // previousTag names the previous release; previousCommit is the commit it
@@ -79,6 +80,7 @@ func buildPreviousRelease(t *testing.T) releaseBinaries {
 // oldDevice is the previous release's sigild running on its own swtpm.
 type oldDevice struct {
 	sigild, cfg, dir string
+	proc             *exec.Cmd
 }
 
 // startOldDevice writes a configuration for the previous release's sigild
@@ -96,7 +98,7 @@ func startOldDevice(t *testing.T, sigild, broker, fleetCA, updateServer string) 
 	if err := os.WriteFile(d.cfg, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startProcess(t, sigild, "run", "--config", d.cfg)
+	d.proc = startProcess(t, sigild, "run", "--config", d.cfg)
 	return d
 }
 
@@ -371,6 +373,29 @@ func testOldFleet(t *testing.T, old releaseBinaries) {
 		}
 		return err == nil && json.Unmarshal([]byte(out), &l) == nil && len(l.Attestations) > 1 && l.Attestations[0].Result == "pass"
 	}, "a verdict by the current fleet on the old device")
+
+	// Then the device: the current sigild on the previous one's state and
+	// configuration connects with the certificate it holds, and the fleet
+	// speaks version 5 to it from its hello on.
+	stopProcess(t, d.proc)
+	up := &oldDevice{sigild: sigild, cfg: d.cfg, dir: d.dir}
+	up.proc = startProcess(t, sigild, "run", "--config", d.cfg)
+	if st3 := up.waitStatus(t, "the upgraded sigild to connect", func(s deviceStatus) bool { return s.Connected }); st3.CertSerial != st.CertSerial || st3.DeviceID != id {
+		t.Fatalf("the upgraded device: %+v; it had device %s, certificate %s", st3, id, st.CertSerial)
+	}
+	waitFor(t, func() bool {
+		out, err := run(t, sigil, "devices", "show", id, "-o", "json", "--data-dir", data, "--server", base)
+		if err != nil {
+			return false
+		}
+		after = deviceJSON(t, out)
+		return after.Connected && after.Protocol == wire.Version
+	}, "the fleet to speak the current version to the upgraded device")
+	if after.CertSerial != before.CertSerial || !after.EnrolledAt.Equal(before.EnrolledAt) {
+		t.Fatalf("the upgraded device: %+v, before %+v (it must not enroll again)", after, before)
+	}
+	cli(sigil, "devices", "attest", id)
+	up.waitStatus(t, "the upgraded device's verdict", func(s deviceStatus) bool { return s.LastVerdict == "pass" })
 }
 
 // apiDevice is what `sigil devices show -o json` prints of a device.
