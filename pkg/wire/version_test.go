@@ -189,3 +189,42 @@ func TestNeeds(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDowngrade re-encodes arbitrary bytes for each version: an error of
+// the package, the bytes unchanged for a peer of the current version, or
+// else a message that decodes in an envelope of the peer's version; never
+// a panic.
+func FuzzDowngrade(f *testing.F) {
+	now := time.Unix(1_700_000_000, 0)
+	for _, v := range wiretest.Bodies() {
+		b, err := wire.Encode(v.Type, nil, now, v.Value)
+		if err != nil {
+			f.Fatalf("%s: %v", v.Name, err)
+		}
+		f.Add(b, uint8(4))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, peer uint8) {
+		out, err := wire.Downgrade(b, int(peer))
+		if err != nil {
+			for _, e := range []error{wire.ErrMalformed, wire.ErrTooLarge, wire.ErrVersion, wire.ErrNeedsVersion} {
+				if errors.Is(err, e) {
+					return
+				}
+			}
+			t.Fatalf("unexpected error class: %v", err)
+		}
+		if int(peer) >= wire.Version {
+			if !bytes.Equal(out, b) {
+				t.Fatal("Downgrade changed a message for a peer of the current version")
+			}
+			return
+		}
+		env, err := wire.Decode(out)
+		if err != nil {
+			t.Fatalf("Downgrade made a message that does not decode: %v", err)
+		}
+		if env.V != min(int(peer), wire.Version) {
+			t.Fatalf("envelope version %d for a peer of %d", env.V, peer)
+		}
+	})
+}
