@@ -172,4 +172,11 @@ func TestVersion4EventRulesRefused(t *testing.T) {
 	if err := h.last(wire.TypeEnrollChallenge, &ch); err != nil || !ch.EventLog {
 		t.Fatalf("version 5: challenge %+v, %v", ch, err)
 	}
+	// Its proof in version 4, without the log, fails the policy: a lower
+	// version after the challenge skips nothing either.
+	h.svc.Handle("e-v5", encodeAt(t, 4, wire.TypeEnrollProof, &rec.proof))
+	wantPolicyRefusal(t, result(t, h), "a version 4 proof answering a challenge that asked for the event log")
+	if v := sentVersion(t, h); v != 4 {
+		t.Fatalf("refusal in version %d, want 4", v)
+	}
 }
