@@ -124,6 +124,11 @@ var unitSettings = map[string]string{
 	"RemoveIPC":               "System V IPC cleanup at stop",
 	"KeyringMode":             "kernel keyring of the service (sigild uses none)",
 	"PrivateMounts":           "the sandbox is a private mount namespace already",
+	"PrivateDevices":          "reproduced",
+	"ProtectProc":             "reproduced",
+	"ProcSubset":              "reproduced",
+	"PrivateUsers":            "a user namespace mapping only the service's user and root: the test runs it as that user directly",
+	"LimitNOFILE":             "the open-file limit (this machine caps every process at 20,000)",
 }
 
 // sandbox is the file system view a systemd service gets from its unit,
@@ -192,8 +197,38 @@ func newSandbox(t *testing.T, u unit, dir string) *sandbox {
 	r := func(p string) string { return q(filepath.Join(root, p)) }
 	sh("set -eu")
 	sh("mount -t overlay sigil-sandbox -o lowerdir=/,upperdir=%s,workdir=%s %s", q(sb.upper), q(work), q(root))
-	for _, api := range []string{"/proc", "/sys", "/dev"} {
-		sh("mount --rbind %s %s", api, r(api))
+	sh("mount --rbind /sys %s", r("/sys"))
+	// ProtectProc= and ProcSubset=: a proc of its own with hidepid= and
+	// subset=, as systemd mounts it; else the host's.
+	var procOpts []string
+	switch v := u.last("ProtectProc"); v {
+	case "", "default":
+	case "invisible", "noaccess", "ptraceable":
+		procOpts = append(procOpts, "hidepid="+v)
+	default:
+		t.Fatalf("ProtectProc=%s is not reproduced", v)
+	}
+	switch v := u.last("ProcSubset"); v {
+	case "", "all":
+	case "pid":
+		procOpts = append(procOpts, "subset=pid")
+	default:
+		t.Fatalf("ProcSubset=%s is not reproduced", v)
+	}
+	if len(procOpts) > 0 {
+		sh("mount -t proc -o %s proc %s", strings.Join(procOpts, ","), r("/proc"))
+	} else {
+		sh("mount --rbind /proc %s", r("/proc"))
+	}
+	// PrivateDevices=: a /dev of its own with the pseudo devices only.
+	if isTrue(u.last("PrivateDevices")) {
+		sh("mount -t tmpfs -o mode=0755,nosuid tmpfs %s", r("/dev"))
+		for _, d := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+			sh("touch %s && mount --bind /dev/%s %s", r("/dev/"+d), d, r("/dev/"+d))
+		}
+		sh("mkdir %s %s && mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs %s", r("/dev/shm"), r("/dev/pts"), r("/dev/shm"))
+	} else {
+		sh("mount --rbind /dev %s", r("/dev"))
 	}
 
 	// Writable: StateDirectory= and RuntimeDirectory= (directories systemd
