@@ -52,8 +52,10 @@ type entry struct {
 // other file fails the test (directories only where listed).
 var contents = map[string]map[string]entry{
 	"sigild": {
-		"/usr/bin/sigild":                           {mode: 0o755, owner: "root", group: "root"},
-		"/lib/systemd/system/sigild.service":        {mode: 0o644, owner: "root", group: "root"},
+		"/usr/bin/sigild":                                {mode: 0o755, owner: "root", group: "root"},
+		"/lib/systemd/system/sigild.service":             {mode: 0o644, owner: "root", group: "root"},
+		"/lib/systemd/system/sigild-sshd-reload.path":    {mode: 0o644, owner: "root", group: "root"},
+		"/lib/systemd/system/sigild-sshd-reload.service": {mode: 0o644, owner: "root", group: "root"},
 		"/etc/sigild":                               {mode: 0o755, dir: true, owner: "root", group: "root"},
 		"/etc/sigild/config.json":                   {mode: 0o644, owner: "root", group: "root"},
 		"/usr/share/doc/sigild/copyright":           {mode: 0o644, owner: "root", group: "root"},
@@ -313,7 +315,7 @@ func checkInstalled(t *testing.T, r *throwaway, name string) {
 	// The installed units verify (systemd-analyze prints nothing for a
 	// sound unit; the broken one proves it reads them).
 	units := map[string][]string{
-		"sigild": {"sigild.service"},
+		"sigild": {"sigild.service", "sigild-sshd-reload.path", "sigild-sshd-reload.service"},
 		"sigil":  {"sigil.service", "sigil-mosquitto@pool1.service", "sigil-broker-sync@pool1.service"},
 	}[name]
 	if out := r.sh(t, "cd /lib/systemd/system && systemd-analyze verify "+strings.Join(units, " ")+" 2>&1"); strings.TrimSpace(out) != "" {
