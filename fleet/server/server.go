@@ -266,10 +266,8 @@ func (s *Server) openInventory() (err error) {
 	}
 	ctx, cancel := startup()
 	defer cancel()
-	if s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.db); err != nil {
-		return err
-	}
-	return s.crls.Listen(s.bus)
+	s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	return err
 }
 
 // openBroker builds the embedded broker: the TLS listener's certificate,
