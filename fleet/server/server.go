@@ -244,7 +244,7 @@ func (s *Server) openDatabase() (err error) {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.leases, s.bus = ls, notify.NewPostgres(s.db, s.log.With("component", "notify"))
-	return nil
+	return s.CA.Share(ctx, s.db, s.bus, s.serverCert.Refresh) // a rotation on any replica reaches this one
 }
 
 // openInventory opens the inventory, in PostgreSQL when the fleet has a

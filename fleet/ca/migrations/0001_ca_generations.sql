@@ -1,0 +1,9 @@
+-- The fleet CA's generations shared by the replicas (fleet/ca Share): one
+-- row, a JSON document of every generation (state, root and cross
+-- certificates, and each key sealed with a key every replica derives from
+-- its copy of ca.key), and a version that each change increases.
+CREATE TABLE ca_generations (
+	id      boolean PRIMARY KEY DEFAULT true CHECK (id),
+	version bigint NOT NULL,
+	doc     bytea NOT NULL
+);
