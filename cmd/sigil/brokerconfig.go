@@ -37,7 +37,7 @@ func brokerConfigCommand() *command {
 			crl := fs.String("crl", "", "the fleet's current CRL (DER or PEM, as GET /crl serves it); default an empty one")
 			dynsec := fs.String("dynsec-plugin", "", "path of Mosquitto's dynamic security plugin (device brokers; e.g. /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so): lets the fleet end a device's session")
 			stateDir := fs.String("state-dir", "", "directory where Mosquitto keeps the plugin's state, dynsec.json (default --dir)")
-			maxConns := fs.Int("max-connections", 0, "connections the devices' or bootstrap clients' listener takes at most (0: no bound; bound a bootstrap broker's)")
+			maxConns := fs.Int("max-connections", 0, "connections the devices' or bootstrap clients' listener takes at most (0: no bound for a device broker, 1000 for a bootstrap broker, whose clients are anonymous)")
 			queued := fs.Int("max-queued", mqttpool.DefaultQueued, "QoS 1 messages queued per client before Mosquitto drops them")
 			path := fs.String("config", "", "sigil serve's configuration file (JSON): data directory, trust domain, topic prefix")
 			dataDir := fs.String("data-dir", "", "data directory (overrides the file)")
