@@ -6,6 +6,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/x509"
 	"embed"
@@ -36,8 +37,13 @@ import (
 // a key every replica derives (HKDF-SHA256) from its copy of ca.key,
 // generation 1's key, which replicas copy once and never leaves their
 // data directories; the seal is bound to the generation's number and
-// root. A CA whose key is external (Config.Signer) stores no keys: each
-// replica gets a generation's key from its own Config.NewSigner.
+// root, and the whole document (states included) carries a MAC under a
+// second key derived so: a writer of the database without ca.key can
+// change nothing a replica adopts. A CA whose key is external
+// (Config.Signer) stores no keys and no MAC: each replica gets a
+// generation's key from its own Config.NewSigner, and adopts only roots
+// whose key that gives and cross certificates an earlier generation
+// signed.
 
 // TopicGenerations is the notify topic of a change of the CA's
 // generations.
@@ -63,7 +69,8 @@ var migrations embed.FS
 // sharing is the state of a CA shared through a database.
 type sharing struct {
 	db       *postgres.DB
-	kek      []byte // nil with an external key
+	kek      []byte // seals the keys; nil with an external key
+	mack     []byte // authenticates the document; nil with an external key
 	version  int64  // of the generations c.gens holds
 	onChange []func() error
 }
@@ -117,6 +124,9 @@ func (c *CA) Share(ctx context.Context, db *postgres.DB, bus Bus, onChange ...fu
 		if sh.kek, err = hkdf.Key(sha256.New, der, nil, "sigil ca generations: key seal v1", 32); err != nil {
 			return fmt.Errorf("ca: %w", err)
 		}
+		if sh.mack, err = hkdf.Key(sha256.New, der, nil, "sigil ca generations: document mac v1", 32); err != nil {
+			return fmt.Errorf("ca: %w", err)
+		}
 	}
 	c.mu.Lock()
 	c.shared = sh
@@ -164,8 +174,8 @@ func (c *CA) sync(ctx context.Context, publish bool) error {
 func (c *CA) syncLocked(ctx context.Context, publish bool) (bool, error) {
 	sh := c.shared
 	var version int64
-	var raw []byte
-	err := sh.db.Pool().QueryRow(ctx, `SELECT version, doc FROM ca_generations`).Scan(&version, &raw)
+	var raw, mac []byte
+	err := sh.db.Pool().QueryRow(ctx, `SELECT version, doc, mac FROM ca_generations`).Scan(&version, &raw, &mac)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		if !publish {
@@ -182,6 +192,13 @@ func (c *CA) syncLocked(ctx context.Context, publish bool) (bool, error) {
 		return false, fmt.Errorf("ca: the shared generations: %w", err)
 	}
 	mine := c.generationsNow()
+	if len(doc) == 0 || fingerprint(mine[0].cert) != fingerprintDER(doc[0].Cert) {
+		return false, fmt.Errorf("%w: generation 1 has another root: this replica's ca/ is not the fleet's", ErrDiverged)
+	}
+	if sh.mack != nil && !hmac.Equal(mac, sh.docMAC(version, raw)) {
+		// Written by someone without this fleet's ca.key.
+		return false, fmt.Errorf("%w: the shared generations' MAC does not verify with this replica's ca.key", ErrSealed)
+	}
 	for i, g := range doc {
 		if i < len(mine) && fingerprint(mine[i].cert) != fingerprintDER(g.Cert) {
 			return false, fmt.Errorf("%w: generation %d has another root", ErrDiverged, g.N)
@@ -365,8 +382,8 @@ func (c *CA) publishLocked(ctx context.Context, gens []*generation) error {
 			return ErrStale
 		}
 		version = cur + 1
-		if _, err := tx.Exec(ctx, `INSERT INTO ca_generations (id, version, doc) VALUES (true, $1, $2)
-			ON CONFLICT (id) DO UPDATE SET version = $1, doc = $2`, version, raw); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO ca_generations (id, version, doc, mac) VALUES (true, $1, $2, $3)
+			ON CONFLICT (id) DO UPDATE SET version = $1, doc = $2, mac = $3`, version, raw, sh.docMAC(version, raw)); err != nil {
 			return err
 		}
 		return notify.NotifyTx(ctx, tx, TopicGenerations, strconv.FormatInt(version, 10))
@@ -393,6 +410,18 @@ func (c *CA) commit(next []*generation) error {
 		}
 	}
 	return c.saveGenerations(next)
+}
+
+// docMAC authenticates the shared document of a version (empty with an
+// external key: no secret every replica holds).
+func (sh *sharing) docMAC(version int64, doc []byte) []byte {
+	if sh.mack == nil {
+		return []byte{}
+	}
+	m := hmac.New(sha256.New, sh.mack)
+	m.Write([]byte(strconv.FormatInt(version, 10) + "\n"))
+	m.Write(doc)
+	return m.Sum(nil)
 }
 
 // sealAAD binds a sealed key to its generation and root.

@@ -143,6 +143,28 @@ func TestRotationReachesOtherReplicas(t *testing.T) {
 		t.Fatalf("a refused prepare left %d generations", n)
 	}
 
+	// A writer of the database without ca.key cannot change what the
+	// replicas adopt.
+	db := pgtest.Open(t, url)
+	var version int64
+	var saved []byte
+	if err := db.Pool().QueryRow(t.Context(), `SELECT version, doc FROM ca_generations`).Scan(&version, &saved); err != nil {
+		t.Fatal(err)
+	}
+	forged := bytes.Replace(saved, []byte(`"state":"active"`), []byte(`"state":"retired"`), 1)
+	if bytes.Equal(forged, saved) {
+		t.Fatal("no active generation in the shared document")
+	}
+	if _, err := db.Pool().Exec(t.Context(), `UPDATE ca_generations SET version = $1, doc = $2`, version+1, forged); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ca.sync(t.Context(), false); !errors.Is(err, ErrSealed) {
+		t.Fatalf("adopting a document changed without ca.key: %v, want ErrSealed", err)
+	}
+	if _, err := db.Pool().Exec(t.Context(), `UPDATE ca_generations SET version = $1, doc = $2`, version, saved); err != nil {
+		t.Fatal(err)
+	}
+
 	// A replica that was down through it all adopts the rotation at its
 	// start.
 	dirC := t.TempDir()
