@@ -90,7 +90,8 @@ type CA struct {
 	gens   []*generation // every generation, oldest first
 	pool   *x509.CertPool
 
-	shared *sharing // set by Share; guarded by mu
+	shared  *sharing // set by Share; guarded by mu
+	adopted []func() // OnAdopt's; guarded by mu
 }
 
 // Open loads the CA from cfg.Dir, or creates it on first start: the key

@@ -166,7 +166,22 @@ func (c *CA) sync(ctx context.Context, publish bool) error {
 			c.log.Error("ca: after adopting the shared CA generations", "err", err)
 		}
 	}
+	c.mu.Lock()
+	hooks := append([]func(){}, c.adopted...)
+	c.mu.Unlock()
+	for _, fn := range hooks {
+		fn()
+	}
 	return nil
+}
+
+// OnAdopt has fn called each time c adopts generations another replica
+// changed (Share), after the Share's onChange: e.g. to push the new trust
+// bundle to the devices this replica serves.
+func (c *CA) OnAdopt(fn func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.adopted = append(c.adopted, fn)
 }
 
 // syncLocked is sync with c.mu held; it reports whether c's generations

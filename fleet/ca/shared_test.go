@@ -20,11 +20,13 @@ import (
 type replica struct {
 	ca      *CA
 	changes atomic.Int32 // onChange calls
+	adopted atomic.Int32 // OnAdopt calls
 }
 
 func startReplica(t *testing.T, dir, url string) *replica {
 	t.Helper()
 	r := &replica{ca: openCA(t, dir)}
+	r.ca.OnAdopt(func() { r.adopted.Add(1) })
 	db := pgtest.Open(t, url)
 	bus := notify.NewPostgres(db, nil)
 	if err := r.ca.Share(t.Context(), db, bus, func() error { r.changes.Add(1); return nil }); err != nil {
@@ -79,8 +81,11 @@ func TestRotationReachesOtherReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait.For(t, "the second replica to trust the prepared generation", func() bool { return len(b.ca.TrustBundle()) == 2 })
-	if !bytes.Equal(b.ca.TrustBundle()[1], a.ca.TrustBundle()[1]) || b.changes.Load() == 0 {
-		t.Fatalf("the second replica's bundle differs from the first's, or it was not told (%d)", b.changes.Load())
+	if !bytes.Equal(b.ca.TrustBundle()[1], a.ca.TrustBundle()[1]) || b.changes.Load() == 0 || b.adopted.Load() == 0 {
+		t.Fatalf("the second replica's bundle differs from the first's, or it was not told (%d, %d)", b.changes.Load(), b.adopted.Load())
+	}
+	if a.adopted.Load() != 0 {
+		t.Fatalf("the replica that prepared adopted its own change %d times", a.adopted.Load())
 	}
 	if _, err := b.ca.Prepare(); !errors.Is(err, ErrAlreadyPrepared) {
 		t.Fatalf("prepare on the second replica after the first's: %v", err)
