@@ -245,7 +245,7 @@ func (s *Server) openDatabase() (err error) {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.leases, s.bus = ls, notify.NewPostgres(s.db, s.log.With("component", "notify"))
-	return nil
+	return s.CA.Share(ctx, s.db, s.bus, s.serverCert.Refresh) // a rotation on any replica reaches this one
 }
 
 // openInventory opens the inventory, in PostgreSQL when the fleet has a
@@ -267,10 +267,8 @@ func (s *Server) openInventory() (err error) {
 	}
 	ctx, cancel := startup()
 	defer cancel()
-	if s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.db); err != nil {
-		return err
-	}
-	return s.crls.Listen(s.bus)
+	s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	return err
 }
 
 // openBroker builds the embedded broker: the TLS listener's certificate,
