@@ -190,8 +190,12 @@ func restoreCommand() *command {
 				}
 				defer f.Close()
 				res, err := backup.Restore(ctx, f, *dataDir, ids...)
+				if errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrAudit) {
+					fmt.Fprintf(x.stderr, "sigil: %v; nothing was restored\n", err)
+					return exitErr{code: exitTampered}
+				}
 				if err != nil {
-					return err
+					return fmt.Errorf("%w; nothing was restored", err)
 				}
 				m := res.Manifest
 				fmt.Fprintf(x.stdout, "restored %s from %s (backup of %s", plural(len(m.Files), "file"), x.arg(0), m.Created.Format("2006-01-02T15:04:05Z"))

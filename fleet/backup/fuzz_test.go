@@ -5,6 +5,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -25,9 +29,32 @@ func tarOf(t testing.TB, files map[string]string, m *Manifest) []byte {
 	return buf.Bytes()
 }
 
-// FuzzExtract: the reader of a decrypted archive never panics, writes
-// nothing outside its directory, and any error it returns is one of the
-// documented ones or an I/O error of its own directory.
+// memSink keeps the files in memory and fails the test on a name that
+// would leave the directory.
+type memSink struct {
+	t     *testing.T
+	files map[string]*bytes.Buffer
+}
+
+type nopCloser struct{ *bytes.Buffer }
+
+func (nopCloser) Close() error { return nil }
+
+func (m memSink) create(name string, _ fs.FileMode) (io.WriteCloser, error) {
+	if !filepath.IsLocal(filepath.FromSlash(name)) || strings.Contains(name, "\\") {
+		m.t.Fatalf("extract created %q", name)
+	}
+	if _, ok := m.files[name]; ok {
+		return nil, fs.ErrExist
+	}
+	b := &bytes.Buffer{}
+	m.files[name] = b
+	return nopCloser{b}, nil
+}
+
+// FuzzExtract: the reader of a decrypted archive never panics, creates
+// only local names, and any error it returns is one of the documented
+// ones; what it accepts matches the manifest it returns.
 func FuzzExtract(f *testing.F) {
 	ok := &Manifest{Version: Version, Files: []File{{Path: "a/b.key", Size: 3, SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}}}
 	f.Add(tarOf(f, map[string]string{"a/b.key": "abc"}, ok))
@@ -36,11 +63,10 @@ func FuzzExtract(f *testing.F) {
 	f.Add(tarOf(f, map[string]string{"a/b.key": "abc"}, nil))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		parent := t.TempDir()
-		dir := parent + "/in"
-		m, err := extract(bytes.NewReader(data), dir)
-		if err == nil && m.Version != Version {
-			t.Fatalf("accepted version %d", m.Version)
+		out := memSink{t: t, files: map[string]*bytes.Buffer{}}
+		m, err := extract(bytes.NewReader(data), out)
+		if err == nil && (m.Version != Version || len(m.Files) != len(out.files)) {
+			t.Fatalf("accepted %+v with files %v", m, out.files)
 		}
 		if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrVersion) {
 			t.Fatalf("undocumented error: %v", err)
@@ -71,9 +97,10 @@ func TestExtractChecks(t *testing.T) {
 		"unlisted file": {map[string]string{"k": "abc", "x": ""}, good(), ErrCorrupt},
 		"missing file":  {map[string]string{"k": "abc"}, extra, ErrCorrupt},
 		"version":       {map[string]string{"k": "abc"}, other, ErrVersion},
+		"file and dir":  {map[string]string{"k": "abc", "k/x": ""}, good(), ErrCorrupt},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := extract(bytes.NewReader(tarOf(t, c.files, c.m)), t.TempDir())
+			_, err := extract(bytes.NewReader(tarOf(t, c.files, c.m)), dirSink(t.TempDir()))
 			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
 				t.Fatalf("extract: %v, want %v", err, c.want)
 			}

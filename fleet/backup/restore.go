@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"filippo.io/age"
 
@@ -63,7 +64,7 @@ func Restore(ctx context.Context, r io.Reader, target string, ids ...age.Identit
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	m, err := extract(dec, tmp)
+	m, err := extract(dec, dirSink(tmp))
 	if err != nil {
 		return Result{}, err
 	}
@@ -99,10 +100,28 @@ func checkTarget(target string) error {
 	return nil
 }
 
-// extract reads the decrypted tar stream r into dir (which it fills, and
-// which the caller removes on error) and returns the verified manifest.
-// r is untrusted: every name, type, size and hash is checked.
-func extract(r io.Reader, dir string) (Manifest, error) {
+// sink receives the files extract reads.
+type sink interface {
+	// create makes the new file name (valid, slash-separated) with mode.
+	create(name string, mode fs.FileMode) (io.WriteCloser, error)
+}
+
+// dirSink writes the files under a directory, parents 0700; a name that
+// exists already is an error.
+type dirSink string
+
+func (d dirSink) create(name string, mode fs.FileMode) (io.WriteCloser, error) {
+	p := filepath.Join(string(d), filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+}
+
+// extract reads the decrypted tar stream r into out (which the caller
+// discards on error) and returns the verified manifest. r is untrusted:
+// every name, type, size and hash is checked.
+func extract(r io.Reader, out sink) (Manifest, error) {
 	corrupt := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
 	}
@@ -142,7 +161,7 @@ func extract(r io.Reader, dir string) (Manifest, error) {
 		if len(got) >= maxFiles {
 			return Manifest{}, corrupt("more than %d files", maxFiles)
 		}
-		f, err := writeFile(dir, h, tr)
+		f, err := writeFile(out, h, tr)
 		if err != nil {
 			return Manifest{}, err
 		}
@@ -192,23 +211,22 @@ func validName(name string) bool {
 	return filepath.IsLocal(filepath.FromSlash(name))
 }
 
-// writeFile writes one entry under dir (parents 0700, the file with the
-// entry's read bits, never write or execute for others) and hashes it.
-func writeFile(dir string, h *tar.Header, r io.Reader) (File, error) {
-	p := filepath.Join(dir, filepath.FromSlash(h.Name))
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return File{}, fmt.Errorf("backup: restore: %w", err)
-	}
+// writeFile writes one entry to out (the entry's read bits, never write
+// or execute for others) and hashes it.
+func writeFile(out sink, h *tar.Header, r io.Reader) (File, error) {
 	mode := fs.FileMode(h.Mode)&0o644 | 0o600
-	out, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		// Only a name that collides with a directory made for another
-		// entry ("a" and "a/b") gets here: the archive is malformed.
+	w, err := out.create(h.Name, mode)
+	if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTDIR) {
+		// The name collides with a directory made for another entry
+		// ("a" and "a/b"): the archive is malformed.
 		return File{}, fmt.Errorf("%w: %q: %v", ErrCorrupt, h.Name, err)
 	}
+	if err != nil {
+		return File{}, fmt.Errorf("backup: restore: %w", err)
+	}
 	sum := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, sum), r)
-	if cerr := out.Close(); err == nil && cerr != nil {
+	n, err := io.Copy(io.MultiWriter(w, sum), r)
+	if cerr := w.Close(); err == nil && cerr != nil {
 		return File{}, fmt.Errorf("backup: restore: %w", cerr)
 	}
 	if err != nil {

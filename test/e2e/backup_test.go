@@ -122,8 +122,17 @@ func backupRestore(t *testing.T, pg *pgtest.Server) {
 	}
 	wrong := filepath.Join(root, "wrong")
 	os.WriteFile(wrong, []byte("not the passphrase\n"), 0o600)
-	if out, err := exec.Command(sigil, "restore", archive, "--data-dir", newDir, "--passphrase-file", wrong).CombinedOutput(); err == nil {
+	if out, err := exec.Command(sigil, "restore", archive, "--data-dir", newDir, "--passphrase-file", wrong).CombinedOutput(); err == nil || !strings.Contains(string(out), "not encrypted to this key") {
 		t.Fatalf("restore with the wrong passphrase: %s", out)
+	}
+	if _, err := os.Stat(newDir); err == nil {
+		t.Fatal("a refused restore left the data directory")
+	}
+	tampered := filepath.Join(root, "tampered")
+	os.WriteFile(tampered, append(raw[:len(raw)-1:len(raw)-1], raw[len(raw)-1]^1), 0o600)
+	cmd := exec.Command(sigil, "restore", tampered, "--data-dir", newDir, "--passphrase-file", pass)
+	if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 6 /* does not verify */ || !strings.Contains(string(out), "tampered") {
+		t.Fatalf("restore of a tampered archive: exit %d\n%s", cmd.ProcessState.ExitCode(), out)
 	}
 	if _, err := os.Stat(newDir); err == nil {
 		t.Fatal("a refused restore left the data directory")
