@@ -564,7 +564,7 @@ func TestAlertsAfterTheHandshake(t *testing.T) {
 		}()
 		return ln.Addr().String()
 	}
-	refusing := &tls.Config{Certificates: []tls.Certificate{srv.tls}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: other.pool}
+	refusing := &tls.Config{Certificates: []tls.Certificate{srv.tls}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: other.Pool}
 	for _, c := range []struct {
 		name  string
 		cfg   *tls.Config

@@ -76,7 +76,7 @@ func TestBootstrapKeepaliveBounds(t *testing.T) {
 // and returns the CONNACK return code.
 func rawConnect(t *testing.T, e *env, clientID string, keepalive uint16) byte {
 	t.Helper()
-	c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.ca.pool, ServerName: "127.0.0.1"})
+	c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.ca.Pool, ServerName: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}

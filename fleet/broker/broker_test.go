@@ -429,7 +429,7 @@ func TestAcceptLoopSurvivesErrors(t *testing.T) {
 	b, err := New(Config{
 		Addr:           "127.0.0.1:0",
 		TLS:            &tls.Config{Certificates: []tls.Certificate{srv.tls}},
-		ClientCAs:      ca.pool,
+		ClientCAs:      ca.Pool,
 		TrustDomain:    trustDomain,
 		AllowBootstrap: true,
 	})
@@ -586,7 +586,7 @@ func TestClaimAndBootstrapCredential(t *testing.T) {
 		claims []string
 	}
 	e := startBroker(t, func(c *Config) {
-		c.ClaimCAs = []*x509.Certificate{claimCA.cert}
+		c.ClaimCAs = []*x509.Certificate{claimCA.Cert}
 		c.BootstrapAuth = func(clientID, user string, pass []byte, claim *x509.Certificate) error {
 			seen.Lock()
 			defer seen.Unlock()
