@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -16,6 +14,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/internal/devicetest"
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
@@ -49,24 +48,11 @@ func withFleet(f *fakefleet.Fleet) Option {
 
 func newTestDevice(t *testing.T, tweak func(*Config)) *testDevice {
 	t.Helper()
-	dir := t.TempDir()
 	f := fakefleet.New(t, wire.Topics{Prefix: "sigil"})
-	fleetCA := filepath.Join(dir, "fleet-ca.pem")
-	if err := os.WriteFile(fleetCA, f.CAPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tp, err := softtpm.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tp.Close() })
-	st, err := state.Open(filepath.Join(dir, "state.db"), state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cfg := Config{Broker: fakefleet.Broker, ServerName: fakefleet.ServerName, FleetCA: fleetCA, Model: "gw-1", Serial: "SN-1",
-		State: filepath.Join(dir, "state.db"), Control: "-", EventLog: "-", UpdateBackend: "-", TelemetryInterval: -1,
+	dev := devicetest.New(t)
+	tp, st := dev.TPM, dev.Store
+	cfg := Config{Broker: fakefleet.Broker, ServerName: fakefleet.ServerName, FleetCA: f.WriteCA(t), Model: "gw-1", Serial: "SN-1",
+		State: dev.Path, Control: "-", EventLog: "-", UpdateBackend: "-", TelemetryInterval: -1,
 		AttestInterval: -1, RetryMin: Duration(time.Second), RetryMax: Duration(10 * time.Second)}
 	if tweak != nil {
 		tweak(&cfg)
