@@ -286,7 +286,7 @@ func TestAckResolveDedupe(t *testing.T) {
 	if _, err := f.e.Acknowledge(id, "", "x"); !errors.Is(err, ErrInvalidInput) {
 		t.Fatalf("anonymous acknowledgement: %v", err)
 	}
-	f.clock.Add(time.Minute)
+	f.clock.Advance(time.Minute)
 	a, err := f.e.Acknowledge(id, "alice", "looking")
 	must(t, err)
 	if a.State != StateAcknowledged || a.AckedBy != "alice" || a.AckNote != "looking" || !a.AckedAt.Equal(f.clock.Now()) {

@@ -8,30 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/clocktest"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
-// clock is a settable clock for Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-	return c.t
-}
+func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
 // recorder is a sink that keeps what it receives; fail, when set, decides
 // an attempt's outcome.
@@ -93,7 +75,7 @@ func waitFor(t *testing.T, cond func() bool) {
 
 type fixture struct {
 	e     *Engine
-	clock *clock
+	clock *clocktest.Clock
 	path  string
 }
 

@@ -15,24 +15,8 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // memAuditor keeps events in memory; fail makes Record fail for an action.
 type memAuditor struct {
@@ -103,7 +87,7 @@ var (
 
 type fixture struct {
 	m     *Manager
-	clk   *fakeClock
+	clk   *clocktest.Clock
 	audit *memAuditor
 	exec  map[Kind]*counter
 }
@@ -111,7 +95,7 @@ type fixture struct {
 func newFixture(t testing.TB, mod func(*Config)) *fixture {
 	t.Helper()
 	f := &fixture{
-		clk:   &fakeClock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)},
+		clk:   clocktest.New(time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)),
 		audit: &memAuditor{},
 		exec:  make(map[Kind]*counter),
 	}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
@@ -25,25 +27,7 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
-// clock is a settable clock for tests.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)) }
 
 func openLog(t testing.TB, path string, key *ecdsa.PrivateKey, now func() time.Time) *Log {
 	t.Helper()
@@ -101,7 +85,7 @@ func TestChainVerifies(t *testing.T) {
 	var stored []Entry
 	for i := range 25 {
 		stored = append(stored, record(t, l, sample(i)))
-		clk.Add(time.Second)
+		clk.Advance(time.Second)
 		if i == 9 || i == 19 {
 			if _, err := l.Checkpoint(context.Background()); err != nil {
 				t.Fatal(err)
@@ -196,7 +180,7 @@ func TestRestartContinuesChain(t *testing.T) {
 	}
 
 	// The clock went back while the fleet was down: times must not.
-	clk.Add(-time.Hour)
+	clk.Advance(-time.Hour)
 	l = openLog(t, path, key, clk.Now)
 	if seq, head := l.Head(); seq != 6 || head != last.Hash {
 		t.Fatalf("head after reopen %d %s, want 6 %s", seq, head, last.Hash)

@@ -10,6 +10,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // openStore opens the store at path in bbolt, or in PostgreSQL under
@@ -66,7 +67,7 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 	for i := range n {
 		targets = append(targets, fmt.Sprintf("dev-%03d", i))
 	}
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	fleet := &fakeFleet{}
 	var amu sync.Mutex
 	var audit []AuditEvent
@@ -167,7 +168,7 @@ func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
 	for i := range n {
 		targets = append(targets, fmt.Sprintf("dev-%03d", i))
 	}
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	fleets := []*fakeFleet{{}, {}}
 	open := func(i int) *Manager {
 		var ls *lease.Postgres

@@ -9,6 +9,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // openBackend opens the store of cfg.Dir in bbolt, or its records in
@@ -44,7 +45,7 @@ func TestConformance(t *testing.T) {
 // lost, and each is audited once.
 func testReplicasApproveOnce(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
-	f := &fixture{approvals: 3, dir: t.TempDir(), clock: &clock{t: t0}, audit: &auditLog{}}
+	f := &fixture{approvals: 3, dir: t.TempDir(), clock: clocktest.New(t0), audit: &auditLog{}}
 	f.keys = append(f.keys, newSigner(t))
 	f.trust = trustOf(t, 1, f.keys...)
 	var replicas []*firmware.Store

@@ -22,17 +22,10 @@ import (
 	"github.com/sigil-iot/sigil/firmware/sign"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/firmware"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 var t0 = time.Date(2027, 3, 1, 9, 0, 0, 0, time.UTC)
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
 
 // entry is one audit record.
 type entry struct{ actor, action, target, outcome, reason string }
@@ -129,7 +122,7 @@ type fixture struct {
 	approvals int
 	store     *firmware.Store
 	dir       string
-	clock     *clock
+	clock     *clocktest.Clock
 	audit     *auditLog
 	keys      []*sign.Signer
 	trust     *verify.TrustSet
@@ -137,7 +130,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, approvals, threshold, nkeys int) *fixture {
 	t.Helper()
-	f := &fixture{approvals: approvals, dir: t.TempDir(), clock: &clock{t: t0}, audit: &auditLog{}}
+	f := &fixture{approvals: approvals, dir: t.TempDir(), clock: clocktest.New(t0), audit: &auditLog{}}
 	for range nkeys {
 		f.keys = append(f.keys, newSigner(t))
 	}
