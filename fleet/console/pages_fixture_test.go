@@ -20,6 +20,7 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -103,12 +104,8 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 			t.Fatal(err)
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(err)
-	ff.signer, err = sign.New(sign.Config{Key: key})
-	must(err)
-	trust, err := verify.NewTrustSet(1, 1, key.Public())
-	must(err)
+	var trust *verify.TrustSet
+	ff.signer, trust = signtest.Key(t)
 
 	auditKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	must(err)

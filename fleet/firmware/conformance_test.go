@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -46,8 +47,8 @@ func TestConformance(t *testing.T) {
 func testReplicasApproveOnce(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	f := &fixture{approvals: 3, dir: t.TempDir(), clock: clocktest.New(t0), audit: &auditLog{}}
-	f.keys = append(f.keys, newSigner(t))
-	f.trust = trustOf(t, 1, f.keys...)
+	f.keys = append(f.keys, signtest.Signer(t))
+	f.trust = signtest.Trust(t, 1, 1, f.keys...)
 	var replicas []*firmware.Store
 	for range 2 {
 		replicas = append(replicas, pgtest.Replica(t, url, func(db *postgres.DB) (*firmware.Store, error) {

@@ -3,10 +3,6 @@ package firmware_test
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -20,6 +16,7 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/internal/clocktest"
@@ -54,32 +51,6 @@ func (a *auditLog) last() entry {
 		return entry{}
 	}
 	return a.entries[len(a.entries)-1]
-}
-
-func newSigner(t testing.TB) *sign.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := sign.New(sign.Config{Key: k})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func trustOf(t testing.TB, threshold int, ss ...*sign.Signer) *verify.TrustSet {
-	t.Helper()
-	var keys []crypto.PublicKey
-	for _, s := range ss {
-		keys = append(keys, s.Public())
-	}
-	ts, err := verify.NewTrustSet(1, threshold, keys...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ts
 }
 
 // release builds an image, its manifest and the bundles of the signers.
@@ -132,9 +103,9 @@ func newFixture(t *testing.T, approvals, threshold, nkeys int) *fixture {
 	t.Helper()
 	f := &fixture{approvals: approvals, dir: t.TempDir(), clock: clocktest.New(t0), audit: &auditLog{}}
 	for range nkeys {
-		f.keys = append(f.keys, newSigner(t))
+		f.keys = append(f.keys, signtest.Signer(t))
 	}
-	f.trust = trustOf(t, threshold, f.keys...)
+	f.trust = signtest.Trust(t, 1, threshold, f.keys...)
 	f.open(t, f.trust)
 	return f
 }
@@ -198,7 +169,7 @@ func TestUploadStoresVerifiedRelease(t *testing.T) {
 // mismatched is stored, and every refusal is audited.
 func TestUploadRefusals(t *testing.T) {
 	f := newFixture(t, 2, 2, 3)
-	untrusted := newSigner(t)
+	untrusted := signtest.Signer(t)
 	img := image(5000, "v2")
 	exp := t0.Add(time.Hour)
 	good := makeRelease(t, "2.0.0", exp, img, f.keys[0], f.keys[1])
@@ -349,7 +320,7 @@ func TestOfferable(t *testing.T) {
 
 	// The fleet rotates its release keys: releases signed only by the
 	// removed key are no longer offered.
-	if err := f.store.SetTrust(trustOf(t, 1, newSigner(t))); err != nil {
+	if err := f.store.SetTrust(signtest.Trust(t, 1, 1, signtest.Signer(t))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.store.Offerable(t.Context(), r.ID, t0); !errors.Is(err, verify.ErrSignature) {
