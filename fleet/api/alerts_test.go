@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
-	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -22,11 +22,7 @@ import (
 // and ingester.
 func newAlertAPI(t *testing.T) (*httptest.Server, *alert.Engine, *telemetry.Ingester) {
 	t.Helper()
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	e, err := alert.Open(alert.Config{Path: filepath.Join(t.TempDir(), "alerts.db"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)

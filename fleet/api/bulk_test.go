@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 // challenges is an attestation service that records the challenges sent.
@@ -74,31 +74,19 @@ type bulkFixture struct {
 // group "pumps", dev-005 pending.
 func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 	t.Helper()
-	dir := t.TempDir()
-	a, err := auth.Open(auth.Config{Path: filepath.Join(dir, "operators.db"), Params: cheapParams, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
-	lg, err := audit.Open(audit.Config{Path: filepath.Join(dir, "audit.db"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lg.Close() })
+	a, lg := openOperators(t)
+	inv := inventorytest.Open(t)
 	f := &bulkFixture{inv: inv, log: lg, att: &challenges{}, tokens: map[auth.Role]string{}}
 	for _, role := range auth.Roles() {
 		name := "u-" + string(role)
 		if _, err := a.CreateUser(context.Background(), name, "a long enough password", role); err != nil {
 			t.Fatal(err)
 		}
-		if f.tokens[role], _, err = a.CreateToken(t.Context(), name, "t", role, time.Hour); err != nil {
+		token, _, err := a.CreateToken(t.Context(), name, "t", role, time.Hour)
+		if err != nil {
 			t.Fatal(err)
 		}
+		f.tokens[role] = token
 	}
 	for i := range 30 {
 		d := &inventory.Device{ID: bulkID(i), State: inventory.StateActive, CertSerial: fmt.Sprintf("c%03d", i), Model: "gw-1"}
@@ -116,7 +104,7 @@ func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 		Quarantiner: governance.InventoryQuarantiner{Inventory: inv, Source: inventory.CauseOperator},
 		Connected:   func(id string) bool { var n int; fmt.Sscanf(id, "dev-%d", &n); return n%2 == 0 }}
 	if twoPerson {
-		cfg.Approvals = openApprovals(t, dir, a)
+		cfg.Approvals = openApprovals(t, t.TempDir(), a)
 	}
 	f.srv = httptest.NewServer(New(cfg))
 	t.Cleanup(f.srv.Close)

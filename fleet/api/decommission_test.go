@@ -12,17 +12,14 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 // TestDecommissionShutsEverySessionAndSerial: decommissioning closes the
 // device's sessions even when its current serial was revoked already, and
 // revokes every serial it still holds (a renewed-away one too).
 func TestDecommissionShutsEverySessionAndSerial(t *testing.T) {
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	var disconnected []string
 	sum := sha256.Sum256([]byte(token))
 	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
@@ -56,11 +53,7 @@ func TestDecommissionShutsEverySessionAndSerial(t *testing.T) {
 // the device's sessions; an expired certificate is left as it is.
 func TestRevokeRevokesEverySerial(t *testing.T) {
 	dir := t.TempDir()
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), TrustDomain: "test.local"})
 	if err != nil {
 		t.Fatal(err)

@@ -11,16 +11,13 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 func newGovernanceAPI(t *testing.T) (*httptest.Server, *inventory.Store, *governance.Service) {
 	t.Helper()
 	dir := t.TempDir()
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	gov, err := governance.Open(governance.Config{Path: filepath.Join(dir, "gov.db"), NoSync: true, Devices: inv})
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 // opsFixture is an API with real operators (auth), optionally the
@@ -36,7 +37,9 @@ var cheapParams = auth.Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyL
 
 const rootPW = "root's long password"
 
-func newOpsFixture(t testing.TB, twoPerson bool) *opsFixture {
+// openOperators opens the operators' store (with cheapParams) and an
+// audit log in a temporary directory; both are closed when t ends.
+func openOperators(t testing.TB) (*auth.Service, *audit.Log) {
 	t.Helper()
 	dir := t.TempDir()
 	a, err := auth.Open(auth.Config{Path: filepath.Join(dir, "operators.db"), Params: cheapParams, NoSync: true})
@@ -44,16 +47,18 @@ func newOpsFixture(t testing.TB, twoPerson bool) *opsFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
 	lg, err := audit.Open(audit.Config{Path: filepath.Join(dir, "audit.db"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lg.Close() })
+	return a, lg
+}
+
+func newOpsFixture(t testing.TB, twoPerson bool) *opsFixture {
+	t.Helper()
+	a, lg := openOperators(t)
+	inv := inventorytest.Open(t)
 	f := &opsFixture{auth: a, inv: inv, log: lg, scoped: map[auth.Role]string{}}
 	ctx := context.Background()
 	if _, err := a.CreateUser(ctx, "root", rootPW, auth.RoleAdmin); err != nil {
@@ -71,7 +76,7 @@ func newOpsFixture(t testing.TB, twoPerson bool) *opsFixture {
 	}
 	cfg := Config{Inventory: inv, Approver: approver{inv}, Auth: a, Audit: lg, RateLimit: -1}
 	if twoPerson {
-		f.apr = openApprovals(t, dir, a)
+		f.apr = openApprovals(t, t.TempDir(), a)
 		cfg.Approvals = f.apr
 	}
 	f.srv = httptest.NewServer(New(cfg))

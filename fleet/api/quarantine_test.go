@@ -3,12 +3,12 @@ package api
 import (
 	"crypto/sha256"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 // TestQuarantineOnRequest: POST /api/v1/devices/{id}/quarantine needs a
@@ -16,11 +16,7 @@ import (
 // Quarantiner (governance's, over the real inventory: state, revoked
 // certificate, event with who and why); without one it answers 501.
 func TestQuarantineOnRequest(t *testing.T) {
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	var disconnected []string
 	sum := sha256.Sum256([]byte(token))
 	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
