@@ -10,7 +10,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -450,23 +449,15 @@ func deviceTLSCert(t *testing.T, f *harness.Fleet, id string) *tls.Certificate {
 // nvCounter reads the anti-rollback counter with tpm2_nvread.
 func nvCounter(t *testing.T, inst *swtpm.Instance) uint64 {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "nv.bin")
-	swtpmtest.Run(t, "tpm2_nvread", "-T", inst.TCTI(), "-C", "o", "-s", "8", "-o", out, fmt.Sprintf("0x%08x", tpm.SecurityVersionIndex))
-	b, err := os.ReadFile(out)
-	if err != nil || len(b) != 8 {
-		t.Fatalf("tpm2_nvread: %d bytes, %v", len(b), err)
-	}
-	return binary.BigEndian.Uint64(b)
+	return swtpmtest.ReadNVCounter(t, inst, tpm.SecurityVersionIndex)
 }
 
-// pcr14 reads SHA-256 PCR 14 with tpm2_pcrread.
+// pcr14 reads PCR 14 of the SHA-256 bank with tpm2_pcrread.
 func pcr14(t *testing.T, inst *swtpm.Instance) []byte {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "pcr.bin")
-	swtpmtest.Run(t, "tpm2_pcrread", "-T", inst.TCTI(), "sha256:14", "-o", out)
-	b, err := os.ReadFile(out)
-	if err != nil || len(b) != 32 {
-		t.Fatalf("tpm2_pcrread: %d bytes, %v", len(b), err)
+	b := swtpmtest.ReadPCR(t, inst, "sha256", 14)
+	if len(b) != 32 {
+		t.Fatalf("tpm2_pcrread: %d bytes for a SHA-256 PCR", len(b))
 	}
 	return b
 }
