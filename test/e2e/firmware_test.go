@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -26,6 +23,7 @@ import (
 	"github.com/sigil-iot/sigil/device/update"
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/auth"
@@ -49,24 +47,8 @@ type releaseKit struct {
 func newReleaseKit(t *testing.T) *releaseKit {
 	t.Helper()
 	k := &releaseKit{}
-	var pubs []crypto.PublicKey
-	for range 3 {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := sign.New(sign.Config{Key: key})
-		if err != nil {
-			t.Fatal(err)
-		}
-		k.signers = append(k.signers, s)
-		pubs = append(pubs, key.Public())
-	}
-	ts, err := verify.NewTrustSet(1, 2, pubs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ts.Marshal()
+	k.signers = signtest.Signers(t, 3)
+	b, err := signtest.Trust(t, 1, 2, k.signers...).Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
