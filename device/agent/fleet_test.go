@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/softtpm"
 )
@@ -68,17 +69,7 @@ func newTestDevice(t *testing.T, tweak func(*Config)) *testDevice {
 // ends); stop reports what Run returned.
 func (d *testDevice) run(t *testing.T) (stop func() error) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- d.a.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() { cancel(); err = <-done })
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	return stop
+	return runtest.Start(t, d.a.Run)
 }
 
 // connected waits, in fake time, for the agent to be connected; it fails

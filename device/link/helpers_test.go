@@ -21,6 +21,7 @@ import (
 	"github.com/sigil-iot/sigil/device/link/internal/packet"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/internal/pkitest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -131,18 +132,6 @@ func waitStopped(t *testing.T, c *Conn) {
 	}
 }
 
-func expect[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
-	var zero T
-	return zero
-}
-
 func expectDone(t *testing.T, c *Conn, within time.Duration, what string) {
 	t.Helper()
 	select {
@@ -198,20 +187,7 @@ func startFleetBroker(t *testing.T) *fleetEnv {
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("broker Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("broker did not stop")
-		}
-	})
+	runtest.Start(t, b.Run)
 	e.b, e.addr = b, b.Addr().String()
 	return e
 }
@@ -391,7 +367,7 @@ func (f *fakeBroker) addr() string { return f.ln.Addr().String() }
 // accept takes the next connection and answers its CONNECT with code.
 func (f *fakeBroker) accept(t *testing.T, code byte) (*fakeConn, *packet.Packet) {
 	t.Helper()
-	fc := expect(t, f.conns, "a connection")
+	fc := wait.Recv(t, f.conns, "a connection")
 	t.Cleanup(func() { fc.c.Close() })
 	p := fc.read()
 	if p.Type != packet.Connect {
@@ -451,7 +427,7 @@ func (f *fakeBroker) dial(t *testing.T, cfg Config) (*Conn, *fakeConn, *packet.P
 		ch <- result{c, err}
 	}()
 	fc, connect := f.accept(t, 0)
-	r := expect(t, ch, "Dial")
+	r := wait.Recv(t, ch, "Dial")
 	if r.err != nil {
 		t.Fatalf("Dial: %v", r.err)
 	}

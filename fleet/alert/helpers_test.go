@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/internal/clocktest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
@@ -104,15 +105,7 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 // run starts the engine until the test ends.
 func (f *fixture) run(t *testing.T) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	runtest.Start(t, f.e.Run)
 }
 
 func (f *fixture) put(t *testing.T, r Rule) *Rule {

@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/internal/clocktest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 )
 
 // memAuditor keeps events in memory; fail makes Record fail for an action.
@@ -613,9 +614,7 @@ func TestRunRecordsExpiry(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error)
-		go func() { done <- m.Run(ctx) }()
+		stop := runtest.Start(t, m.Run)
 		time.Sleep(9 * time.Minute)
 		synctest.Wait()
 		if got, _ := m.Get(t.Context(), r.ID); got.State != StatePending {
@@ -629,8 +628,7 @@ func TestRunRecordsExpiry(t *testing.T) {
 		if a := audit.actions(r.ID); len(a) != 2 || a[1] != "expired:" {
 			t.Fatalf("audit %v", a)
 		}
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 	})

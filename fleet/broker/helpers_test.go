@@ -1,20 +1,19 @@
 package broker
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
-	"runtime/pprof"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/sigil-iot/sigil/internal/pkitest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -100,21 +99,7 @@ func startBroker(t *testing.T, mod func(*Config)) *env {
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
-			t.Error("broker did not stop")
-		}
-	})
+	runtest.Start(t, b.Run)
 	e.b = b
 	e.addr = b.Addr().String()
 	return e
@@ -198,18 +183,6 @@ func (e *env) fleetSub(t *testing.T, filter string) chan received {
 		t.Fatal(err)
 	}
 	return ch
-}
-
-func expectMsg[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
-	var zero T
-	return zero
 }
 
 func expectNone[T any](t *testing.T, ch <-chan T, d time.Duration, what string) {

@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/metrics/metricstest"
 	"github.com/sigil-iot/sigil/internal/clocktest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -425,12 +426,9 @@ func TestSubmitRunAndAck(t *testing.T) {
 	if v := in.m.queueFull.Load(); v != 1 {
 		t.Fatalf("queue full counted %v", v)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- in.Run(ctx) }()
+	stop := runtest.Start(t, in.Run)
 	s := <-out
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	ackEnv, err := wire.Decode(s.payload)
