@@ -38,7 +38,10 @@ func newAPI(t *testing.T) (*httptest.Server, *inventory.Store) {
 	return srv, inv
 }
 
-func call(t *testing.T, srv *httptest.Server, method, path, tok, body string) (*http.Response, string) {
+// call calls the API at srv with a bearer token (if tok is not empty), a
+// JSON body (if not empty) and the header pairs in hdr; it returns the
+// response and its body.
+func call(t testing.TB, srv *httptest.Server, method, path, tok, body string, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
 	if tok != "" {
@@ -46,6 +49,9 @@ func call(t *testing.T, srv *httptest.Server, method, path, tok, body string) (*
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := srv.Client().Do(req)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -45,19 +44,7 @@ func bulkID(i int) string { return fmt.Sprintf("dev-%03d", i) }
 func (f *bulkFixture) post(t *testing.T, action string, role auth.Role, body any, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	raw, _ := json.Marshal(body)
-	req, _ := http.NewRequest("POST", f.srv.URL+"/api/v1/devices/bulk/"+action, strings.NewReader(string(raw)))
-	req.Header.Set("Authorization", "Bearer "+f.tokens[role])
-	req.Header.Set("Content-Type", "application/json")
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := f.srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp, string(b)
+	return call(t, f.srv, "POST", "/api/v1/devices/bulk/"+action, f.tokens[role], string(raw), hdr...)
 }
 
 type bulkFixture struct {

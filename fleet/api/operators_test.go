@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -108,23 +107,7 @@ func (f *opsFixture) do(t testing.TB, method, path, tok string, body any, hdr ..
 		raw, _ := json.Marshal(body)
 		b = string(raw)
 	}
-	req, _ := http.NewRequest(method, f.srv.URL+path, strings.NewReader(b))
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	if b != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := f.srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp, string(sb)
+	return call(t, f.srv, method, path, tok, b, hdr...)
 }
 
 // TestScopeBoundsOperatorRoutes: on every route that creates, changes or
