@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -84,10 +83,6 @@ func (ca *testCA) files(t *testing.T, c tls.Certificate) leaf {
 	n := new(atomic.Int64)
 	c.PrivateKey = countingSigner{c.PrivateKey.(crypto.Signer), n}
 	return leaf{tls: c, signs: n, certPath: certPath, keyPath: keyPath}
-}
-
-func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) leaf {
-	return ca.files(t, ca.Issue(t, tmpl))
 }
 
 func (ca *testCA) server(t *testing.T) leaf { return ca.files(t, ca.Server(t)) }

@@ -11,8 +11,10 @@ import (
 func TestClock(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	c := New(t0)
-	if !c.Now().Equal(t0) || !c.Now().Equal(t0) {
-		t.Fatalf("a new clock reads %v, want %v", c.Now(), t0)
+	for range 2 { // it stands still
+		if !c.Now().Equal(t0) {
+			t.Fatalf("a new clock reads %v, want %v", c.Now(), t0)
+		}
 	}
 	if got := c.Advance(time.Minute); !got.Equal(t0.Add(time.Minute)) || !c.Now().Equal(got) {
 		t.Fatalf("after Advance: %v and %v, want %v", got, c.Now(), t0.Add(time.Minute))
