@@ -353,20 +353,13 @@ func seedRelease(t *testing.T, dir string) (*verify.TrustSet, string) {
 	img := bytes.Repeat([]byte("firmware "), 100)
 	m := &manifest.Manifest{Name: "gateway-os", Version: "1.0.0", SecurityVersion: 1, Models: []string{"gw"},
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().AddDate(1, 0, 0)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := signer.Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, bundles := signtest.Release(t, m, signer)
 	st, err := firmware.Open(firmware.Config{Dir: dir, Trust: trust, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	r, err := st.Upload(t.Context(), "alice", raw, [][]byte{bundle}, bytes.NewReader(img))
+	r, err := st.Upload(t.Context(), "alice", raw, bundles, bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -205,15 +205,8 @@ func (ff *fleetFixture) upload(who, version string, sv uint64) *firmware.Release
 	image := bytes.Repeat([]byte("gw-os "+version+"\n"), 500)
 	m := &manifest.Manifest{Name: "gw-os", Version: version, SecurityVersion: sv, Models: []string{"gw-1"},
 		Size: int64(len(image)), SHA256: sha256.Sum256(image), Expires: ff.clock.Now().Add(30 * 24 * time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		ff.t.Fatal(err)
-	}
-	bundle, err := ff.signer.Sign(raw)
-	if err != nil {
-		ff.t.Fatal(err)
-	}
-	r, err := ff.releases.Upload(context.Background(), who, raw, [][]byte{bundle}, bytes.NewReader(image))
+	raw, bundles := signtest.Release(ff.t, m, ff.signer)
+	r, err := ff.releases.Upload(context.Background(), who, raw, bundles, bytes.NewReader(image))
 	if err != nil {
 		ff.t.Fatal(err)
 	}

@@ -66,19 +66,8 @@ func makeRelease(t testing.TB, version string, expires time.Time, image []byte, 
 		Name: "gateway-os", Version: version, SecurityVersion: 5, Models: []string{"gw-100"},
 		Size: int64(len(image)), SHA256: sha256.Sum256(image), Expires: expires,
 	}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := release{image: image, manifest: raw}
-	for _, s := range ss {
-		b, err := s.Sign(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.bundles = append(r.bundles, b)
-	}
-	return r
+	raw, bundles := signtest.Release(t, m, ss...)
+	return release{image: image, manifest: raw, bundles: bundles}
 }
 
 func image(n int, seed string) []byte {

@@ -40,15 +40,8 @@ func TestOpenKeepsReleasesInTheDatabase(t *testing.T) {
 	img := bytes.Repeat([]byte("pg"), 2048)
 	m := &manifest.Manifest{Name: "gw-os", Version: "3.0.0", SecurityVersion: 3, Models: []string{"gw-1"},
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := k[0].Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := s.Upload(t.Context(), "ana", raw, [][]byte{bundle}, bytes.NewReader(img))
+	raw, bundles := signtest.Release(t, m, k[0])
+	r, err := s.Upload(t.Context(), "ana", raw, bundles, bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}

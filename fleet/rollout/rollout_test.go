@@ -282,21 +282,14 @@ func TestUploadTakesStagedImage(t *testing.T) {
 	img := bytes.Repeat([]byte("two-step"), 4096)
 	m := &manifest.Manifest{Name: "gw-os", Version: "2.0.0", SecurityVersion: 2, Models: []string{"gw-1"},
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := k[0].Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, nil); !errors.Is(err, firmware.ErrNoImage) {
+	raw, bundles := signtest.Release(t, m, k[0])
+	if _, err := f.Upload(ctx, "ana", raw, bundles, nil); !errors.Is(err, firmware.ErrNoImage) {
 		t.Fatalf("upload without an image: %v, want ErrNoImage", err)
 	}
 	if _, err := f.StageImage(ctx, hex.EncodeToString(m.SHA256[:]), bytes.NewReader(img)); err != nil {
 		t.Fatal(err)
 	}
-	r, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, nil)
+	r, err := f.Upload(ctx, "ana", raw, bundles, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,16 +375,9 @@ func testRelease(t *testing.T, f *Service, k *sign.Signer, version string, model
 	img := []byte("image " + version)
 	m := &manifest.Manifest{Name: "gw-os", Version: version, SecurityVersion: 2, Models: models,
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := k.Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, bundles := signtest.Release(t, m, k)
 	ctx := context.Background()
-	r, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, bytes.NewReader(img))
+	r, err := f.Upload(ctx, "ana", raw, bundles, bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}

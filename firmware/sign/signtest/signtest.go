@@ -11,6 +11,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
 	"github.com/sigil-iot/sigil/firmware/verify"
 )
@@ -76,4 +77,22 @@ func TrustFile(t testing.TB, path string) *sign.Signer {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// Release marshals m and signs it with each of signers: the manifest and
+// the bundles a release upload carries.
+func Release(t testing.TB, m *manifest.Manifest, signers ...*sign.Signer) (raw []byte, bundles [][]byte) {
+	t.Helper()
+	raw, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range signers {
+		b, err := s.Sign(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundles = append(bundles, b)
+	}
+	return raw, bundles
 }
