@@ -1,7 +1,6 @@
 package api
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -32,10 +31,8 @@ func newAlertAPI(t *testing.T) (*httptest.Server, *alert.Engine, *telemetry.Inge
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, AdminTokenHash: sum[:], Alerts: e, Telemetry: in, Metrics: metrics.Handler(in.Metrics(), nil),
-		AlertSinks: []AlertSink{{Name: "siem", Type: "syslog", Target: "127.0.0.1:6514"}}}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Alerts: e, Telemetry: in, Metrics: metrics.Handler(in.Metrics(), nil),
+		AlertSinks: []AlertSink{{Name: "siem", Type: "syslog", Target: "127.0.0.1:6514"}}})
 	return srv, e, in
 }
 

@@ -32,10 +32,18 @@ const token = "sga_test-token"
 func newAPI(t *testing.T) (*httptest.Server, *inventory.Store) {
 	t.Helper()
 	inv := inventorytest.Open(t)
+	return serve(t, Config{Inventory: inv, Approver: approver{inv}}), inv
+}
+
+// serve serves the API of cfg, with token as its admin token, until the
+// test ends.
+func serve(t testing.TB, cfg Config) *httptest.Server {
+	t.Helper()
 	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:]}))
+	cfg.AdminTokenHash = sum[:]
+	srv := httptest.NewServer(New(cfg))
 	t.Cleanup(srv.Close)
-	return srv, inv
+	return srv
 }
 
 // call calls the API at srv with a bearer token (if tok is not empty), a

@@ -1,10 +1,8 @@
 package api
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -21,10 +19,7 @@ import (
 func TestDecommissionShutsEverySessionAndSerial(t *testing.T) {
 	inv := inventorytest.Open(t)
 	var disconnected []string
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
-		Disconnect: func(id string) { disconnected = append(disconnected, id) }}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Disconnect: func(id string) { disconnected = append(disconnected, id) }})
 	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0b", Superseded: []string{"0a"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -59,10 +54,8 @@ func TestRevokeRevokesEverySerial(t *testing.T) {
 		t.Fatal(err)
 	}
 	var disconnected []string
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:], CA: fleetCA,
-		Disconnect: func(id string) { disconnected = append(disconnected, id) }}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, CA: fleetCA,
+		Disconnect: func(id string) { disconnected = append(disconnected, id) }})
 	now := time.Now()
 	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
 		Certs: []inventory.Cert{{Serial: "0a", NotAfter: now.Add(-time.Minute)}, {Serial: "0b", NotAfter: now.Add(30 * time.Minute)}, {Serial: "0c", NotAfter: now.Add(time.Hour)}}}); err != nil {

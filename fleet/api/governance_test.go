@@ -1,7 +1,6 @@
 package api
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"net/http/httptest"
 	"net/url"
@@ -23,9 +22,7 @@ func newGovernanceAPI(t *testing.T) (*httptest.Server, *inventory.Store, *govern
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { gov.Close() })
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:], Governance: gov}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Governance: gov})
 	return srv, inv, gov
 }
 

@@ -1,8 +1,6 @@
 package api
 
 import (
-	"crypto/sha256"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -18,10 +16,7 @@ import (
 func TestQuarantineOnRequest(t *testing.T) {
 	inv := inventorytest.Open(t)
 	var disconnected []string
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
-		Quarantiner: governance.InventoryQuarantiner{Inventory: inv, Disconnect: func(id string) { disconnected = append(disconnected, id) }}}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Quarantiner: governance.InventoryQuarantiner{Inventory: inv, Disconnect: func(id string) { disconnected = append(disconnected, id) }}})
 	for _, d := range []*inventory.Device{
 		{ID: "dev-a", State: inventory.StateActive, CertSerial: "0a"},
 		{ID: "dev-p", State: inventory.StatePending},
@@ -57,8 +52,7 @@ func TestQuarantineOnRequest(t *testing.T) {
 	resp, body = call(t, srv, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"again"}`)
 	wantProblem(t, resp, body, 409, "quarantined")
 
-	srv2 := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:]}))
-	t.Cleanup(srv2.Close)
+	srv2 := serve(t, Config{Inventory: inv, Approver: approver{inv}})
 	resp, body = call(t, srv2, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"odd traffic"}`)
 	wantProblem(t, resp, body, 501, "not available")
 }

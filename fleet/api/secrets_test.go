@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -57,9 +56,7 @@ func newSecretsAPI(t *testing.T) (*httptest.Server, *secrets.Store, *inventory.S
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:], Secrets: fakeSecrets{st}}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Secrets: fakeSecrets{st}})
 	return srv, st, inv
 }
 
