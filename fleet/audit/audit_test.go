@@ -204,32 +204,43 @@ func TestRestartContinuesChain(t *testing.T) {
 	}
 }
 
-func TestConcurrentAppendsKeepOneChain(t *testing.T) {
-	key := newKey(t)
-	l := openLog(t, filepath.Join(t.TempDir(), File), key, nil)
-	const workers, each = 8, 60
+// appendConcurrently records, from workers goroutines on each of logs,
+// each entries per goroutine (targets "log/worker/i"), and has each
+// goroutine checkpoint after every checkpointEvery of its entries; it
+// fails t on any error.
+func appendConcurrently(t *testing.T, logs []*Log, workers, each, checkpointEvery int) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, workers*each)
-	for w := range workers {
-		wg.Go(func() {
-			for i := range each {
-				e := New(User(fmt.Sprintf("user-%d", w)), "device.tag", fmt.Sprintf("%d/%d", w, i))
-				if err := l.Record(context.Background(), e); err != nil {
-					errs <- err
-				}
-				if i%20 == 0 {
-					if _, err := l.Checkpoint(context.Background()); err != nil && !errors.Is(err, ErrEmpty) {
+	errs := make(chan error, len(logs)*workers*each)
+	for r, l := range logs {
+		for w := range workers {
+			wg.Go(func() {
+				for i := range each {
+					e := New(User(fmt.Sprintf("user-%d", w)), "device.tag", fmt.Sprintf("%d/%d/%d", r, w, i))
+					if err := l.Record(context.Background(), e); err != nil {
 						errs <- err
 					}
+					if i%checkpointEvery == 0 {
+						if _, err := l.Checkpoint(context.Background()); err != nil && !errors.Is(err, ErrEmpty) {
+							errs <- err
+						}
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+func TestConcurrentAppendsKeepOneChain(t *testing.T) {
+	key := newKey(t)
+	l := openLog(t, filepath.Join(t.TempDir(), File), key, nil)
+	const workers, each = 8, 60
+	appendConcurrently(t, []*Log{l}, workers, each, 20)
 	rep, err := l.VerifyStore(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +259,7 @@ func TestConcurrentAppendsKeepOneChain(t *testing.T) {
 	}
 	for w := range workers {
 		for i := range each {
-			if n := seen[fmt.Sprintf("%d/%d", w, i)]; n != 1 {
+			if n := seen[fmt.Sprintf("0/%d/%d", w, i)]; n != 1 {
 				t.Fatalf("append %d/%d stored %d times", w, i, n)
 			}
 		}

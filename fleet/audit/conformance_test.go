@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"errors"
-	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -61,30 +59,7 @@ func testReplicasShareOneChain(t *testing.T, srv *pgtest.Server) {
 	}
 	logs := []*Log{open(), open()}
 	const workers, each = 6, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, 2*workers*each)
-	for r, l := range logs {
-		for w := range workers {
-			wg.Go(func() {
-				for i := range each {
-					e := New(User(fmt.Sprintf("user-%d", w)), "device.tag", fmt.Sprintf("%d/%d/%d", r, w, i))
-					if err := l.Record(context.Background(), e); err != nil {
-						errs <- err
-					}
-					if i%10 == 0 {
-						if _, err := l.Checkpoint(context.Background()); err != nil && !errors.Is(err, ErrEmpty) {
-							errs <- err
-						}
-					}
-				}
-			})
-		}
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	appendConcurrently(t, logs, workers, each, 10)
 	if _, err := logs[1].Checkpoint(t.Context()); err != nil {
 		t.Fatal(err)
 	}
