@@ -238,6 +238,33 @@ func TestEnrollRefused(t *testing.T) {
 	})
 }
 
+// TestEnrollRefusedByOlderFleet: a fleet older than the device cannot
+// decode its request and refuses it with unsupported_version without
+// naming it; the device takes that refusal (and shows its reason), and no
+// other uncorrelated answer.
+func TestEnrollRefusedByOlderFleet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDevice(t)
+		d.fleet.OnEnroll(func(int, *wire.EnrollRequest) fakefleet.EnrollAnswer {
+			return fakefleet.EnrollAnswer{Refuse: wire.ReasonUnsupportedVersion, Message: "fleet speaks protocol version 4", Uncorrelated: true}
+		})
+		_, err := d.client(t).Attempt(t.Context(), d.id)
+		var refused *RefusedError
+		if !errors.As(err, &refused) || refused.Reason != wire.ReasonUnsupportedVersion {
+			t.Fatalf("Attempt = %v, want the older fleet's refusal", err)
+		}
+		if st := d.stored(t); st.Status != state.StatusKeys {
+			t.Fatalf("stored %s after a refusal", st.Status)
+		}
+		d.fleet.OnEnroll(func(int, *wire.EnrollRequest) fakefleet.EnrollAnswer {
+			return fakefleet.EnrollAnswer{Refuse: wire.ReasonUnknownEK, Uncorrelated: true}
+		})
+		if _, err := d.client(t).Attempt(t.Context(), d.id); !errors.Is(err, ErrNoAnswer) {
+			t.Fatalf("Attempt after an uncorrelated refusal of another reason = %v, want ErrNoAnswer", err)
+		}
+	})
+}
+
 // TestEnrollRefusesWrongCertificate: an active result whose certificate
 // is not for the transport key, or does not chain to the trust bundle it
 // came with, is not stored.

@@ -42,6 +42,10 @@ const (
 	ACLFile       = "acl"
 	FleetACLFile  = "fleet.acl"
 	DefaultQueued = 1000
+	// DefaultBootstrapConnections bounds a bootstrap broker's anonymous
+	// listener when Member.MaxConnections is 0: the embedded broker's
+	// bootstrap_clients.
+	DefaultBootstrapConnections = 1000
 )
 
 // Member describes one Mosquitto 2.0 broker of the pool.
@@ -69,7 +73,9 @@ type Member struct {
 	// messages silently.
 	MaxQueued int
 	// MaxConnections bounds the connections of the devices' or bootstrap
-	// clients' listener (Mosquitto's max_connections); 0: unbounded.
+	// clients' listener (Mosquitto's max_connections); 0: unbounded for a
+	// device broker, DefaultBootstrapConnections for a bootstrap broker
+	// (its clients are anonymous: it is always bounded).
 	MaxConnections int
 	// DynsecPlugin is the path of Mosquitto's dynamic security plugin
 	// (RoleDevice): with it the fleet can end a device's session
@@ -139,6 +145,9 @@ func (m Member) Files() (map[string][]byte, map[string]uint32, error) {
 	fmt.Fprintf(&conf, "persistence false\nmax_queued_messages %d\nmax_packet_size %d\nconnection_messages true\n", m.MaxQueued, wire.MaxMessageSize+4<<10)
 	if m.MaxConnections < 0 {
 		return nil, nil, fmt.Errorf("%w: max connections %d", ErrConfig, m.MaxConnections)
+	}
+	if m.MaxConnections == 0 && m.Role == RoleBootstrap {
+		m.MaxConnections = DefaultBootstrapConnections
 	}
 	if m.MaxConnections > 0 {
 		listen += fmt.Sprintf("max_connections %d\n", m.MaxConnections)

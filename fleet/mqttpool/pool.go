@@ -128,7 +128,8 @@ type Pool struct {
 	queues  []chan job               // of the workers
 	stop    chan struct{}            // closed when Run ends: workers and waiting deliveries stop
 	running bool
-	session string // the suffix of this replica's device-broker client ID and its lease (Sessions set)
+	dynsec  sync.Mutex // one QuarantinedAt at a time: its subscription's handler is the pool's
+	session string     // the suffix of this replica's device-broker client ID and its lease (Sessions set)
 }
 
 // New checks cfg; Run connects.
@@ -533,22 +534,32 @@ func (p *Pool) publishAt(brokers []string, topic string, payload []byte) error {
 // certificate is refused by then (CRL). It fails when no device broker
 // took the command.
 func (p *Pool) Kick(deviceID string) error {
-	if !wire.ValidID(deviceID) {
-		return fmt.Errorf("mqttpool: kick: invalid device ID %q", deviceID)
-	}
-	cmd, err := json.Marshal(map[string]any{"commands": []map[string]string{
-		{"command": "createClient", "username": deviceID},
-		{"command": "deleteClient", "username": deviceID},
-		{"command": "deleteRole", "rolename": quarantineRole(deviceID)}, // a quarantine's, if any
-	}})
+	cmd, err := kickCommand(deviceID)
 	if err != nil {
 		return err
 	}
 	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
 }
 
+// kickCommand is the plugin's commands that end deviceID's sessions and
+// its quarantine.
+func kickCommand(deviceID string) ([]byte, error) {
+	if !wire.ValidID(deviceID) {
+		return nil, fmt.Errorf("mqttpool: kick: invalid device ID %q", deviceID)
+	}
+	return json.Marshal(map[string]any{"commands": []map[string]string{
+		{"command": "createClient", "username": deviceID},
+		{"command": "deleteClient", "username": deviceID},
+		{"command": "deleteRole", "rolename": quarantineRole(deviceID)}, // a quarantine's, if any
+	}})
+}
+
+// quarantineRolePrefix names the dynamic security roles of quarantined
+// devices.
+const quarantineRolePrefix = "sigil-quarantine-"
+
 // quarantineRole is the dynamic security role of a quarantined device.
-func quarantineRole(deviceID string) string { return "sigil-quarantine-" + deviceID }
+func quarantineRole(deviceID string) string { return quarantineRolePrefix + deviceID }
 
 // Quarantine limits deviceID, on every device broker, to publishing on
 // the up topics of kinds (and to its down topics), and ends its sessions

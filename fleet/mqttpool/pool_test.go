@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -396,6 +397,38 @@ func TestPoolQuarantine(t *testing.T) {
 	publish(t, a, e.topics.DeviceUp("deva", "telemetry"), "t2")
 	wait.For(t, "deva's telemetry after its release", func() bool { return devs.has("deva", "telemetry") })
 }
+
+// TestPoolQuarantinedAt: the pool reads the quarantines a device broker
+// holds from its dynamic security plugin, and ReleaseAt undoes one on
+// that broker only.
+func TestPoolQuarantinedAt(t *testing.T) {
+	e := newEnv(t)
+	p := e.pool(t, "", func(mqttpool.Message) {}, nil)
+	wait.For(t, "the pool to subscribe on both brokers", p.Ready)
+	if _, err := p.QuarantinedAt(t.Context(), e.boot.FleetAddr); err == nil {
+		t.Fatal("QuarantinedAt on a bootstrap broker")
+	}
+	held, err := p.QuarantinedAt(t.Context(), e.dev.FleetAddr)
+	if err != nil || len(held) != 0 {
+		t.Fatalf("a new broker holds %v quarantined (%v)", held, err)
+	}
+	for _, id := range []string{"deva", "devb"} {
+		if err := p.Quarantine(id, []string{"attest"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if held, err = p.QuarantinedAt(t.Context(), e.dev.FleetAddr); err != nil || !slices.Equal(sorted(held), []string{"deva", "devb"}) {
+		t.Fatalf("the broker holds %v quarantined (%v), want deva and devb", held, err)
+	}
+	if err := p.ReleaseAt(e.dev.FleetAddr, "deva"); err != nil {
+		t.Fatal(err)
+	}
+	if held, err = p.QuarantinedAt(t.Context(), e.dev.FleetAddr); err != nil || !slices.Equal(held, []string{"devb"}) {
+		t.Fatalf("after releasing deva the broker holds %v quarantined (%v), want devb", held, err)
+	}
+}
+
+func sorted(s []string) []string { slices.Sort(s); return s }
 
 // TestPoolKeepsEachSendersOrder: a device's messages are handled in the
 // order it sent them (as the embedded broker hands them over), however

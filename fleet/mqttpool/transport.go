@@ -300,14 +300,17 @@ func (t *Transport) forget(deviceID string) {
 	}
 }
 
-// resyncQuarantines quarantines again, on a device broker the fleet has
-// just connected to, every device the inventory holds quarantined: the
-// broker may be new, or may have missed quarantines while it was down.
-// (A release it missed is not undone here: the device stays limited on
-// that broker until its next disconnection by the fleet.)
+// resyncQuarantines brings a device broker the fleet has just connected
+// to to the fleet's full quarantine state (the broker may be new, or may
+// have missed quarantines and releases while it was down): every device
+// the inventory holds quarantined is quarantined there again, and every
+// device the broker holds quarantined that the inventory no longer does
+// is released there (its state read again first: a quarantine made
+// meanwhile stays).
 func (t *Transport) resyncQuarantines(broker string) {
 	ctx := context.TODO()
 	after, n := "", 0
+	quarantined := map[string]bool{}
 	for {
 		devs, next, err := t.inv.ListDevices(ctx, inventory.Filter{State: inventory.StateQuarantined, After: after, Limit: 1000})
 		if err != nil {
@@ -315,6 +318,7 @@ func (t *Transport) resyncQuarantines(broker string) {
 			return
 		}
 		for _, d := range devs {
+			quarantined[d.ID] = true
 			if err := t.pool.QuarantineAt(broker, d.ID, inventory.QuarantinedKinds()); err != nil {
 				t.log.Warn("quarantine on a broker failed", "broker", broker, "device_id", d.ID, "err", err)
 				continue
@@ -328,6 +332,31 @@ func (t *Transport) resyncQuarantines(broker string) {
 	}
 	if n > 0 {
 		t.log.Info("quarantines brought up to date on a broker", "broker", broker, "devices", n)
+	}
+	held, err := t.pool.QuarantinedAt(ctx, broker)
+	if err != nil {
+		t.log.Warn("listing a broker's quarantines failed: releases it missed are not undone until it is connected again", "broker", broker, "err", err)
+		return
+	}
+	released := 0
+	for _, id := range held {
+		if quarantined[id] {
+			continue
+		}
+		if d, err := t.inv.Device(ctx, id); err == nil && d.State == inventory.StateQuarantined {
+			continue // quarantined since the list was read
+		} else if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+			t.log.Warn("reading a device a broker holds quarantined failed", "broker", broker, "device_id", id, "err", err)
+			continue
+		}
+		if err := t.pool.ReleaseAt(broker, id); err != nil {
+			t.log.Warn("release on a broker failed", "broker", broker, "device_id", id, "err", err)
+			continue
+		}
+		released++
+	}
+	if released > 0 {
+		t.log.Info("releases a broker missed undone", "broker", broker, "devices", released)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -512,6 +513,60 @@ func TestBrokerPoolQuarantineResync(t *testing.T) {
 		}
 		if got := watch.list(); slices.Contains(got, "firmware") {
 			return fmt.Errorf("round %d: the broker let the quarantined device's firmware report through: %v", round, got)
+		}
+		return nil
+	})
+}
+
+// TestBrokerPoolReleaseResync: a device broker that was down when the
+// fleet released a quarantined device (it kept the quarantine in its
+// plugin's state) is brought to the fleet's state when the fleet
+// connects to it again: the device is no longer limited there.
+func TestBrokerPoolReleaseResync(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	const id = "feedface00000000feedface00000004"
+	cert, key := p.fakeDevice(t, id)
+	if err := p.f.Attest.Quarantine(id, "e2e: pool release resync"); err != nil {
+		t.Fatal(err)
+	}
+	cert, key = p.reissue(t, id)
+	br := p.dev[1]
+	// The broker holds the quarantine: its attestation passes, its
+	// firmware report does not.
+	watch := p.watchUp(t, br, id)
+	wait.Until(t, func() error {
+		watch.reset()
+		c := p.mqttClient(t, br.Addr, id, cert, key)
+		defer c.Disconnect(0)
+		mqttPublish(t, c, p.topics.DeviceUp(id, "firmware"))
+		mqttPublish(t, c, p.topics.DeviceUp(id, "attest"))
+		if !wait.Poll(2*time.Second, func() bool { return slices.Contains(watch.list(), "attest") }) {
+			return errors.New("the attestation did not come through")
+		}
+		if slices.Contains(watch.list(), "firmware") {
+			return errors.New("the broker does not hold the quarantine yet")
+		}
+		return nil
+	})
+	br.Stop()
+	if err := p.f.Attest.Release(id, "e2e", "e2e: pool release resync"); err != nil {
+		t.Fatal(err)
+	}
+	br.Resume(t)
+	watch = p.watchUp(t, br, id)
+	// Until the fleet is back on the broker, the quarantine holds there:
+	// try rounds until the firmware report comes through.
+	round := 0
+	wait.Until(t, func() error {
+		round++
+		watch.reset()
+		c := p.mqttClient(t, br.Addr, id, cert, key)
+		defer c.Disconnect(0)
+		if tok := c.Publish(p.topics.DeviceUp(id, "firmware"), 1, false, "x"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			return fmt.Errorf("round %d: publish: %v", round, tok.Error())
+		}
+		if !wait.Poll(2*time.Second, func() bool { return slices.Contains(watch.list(), "firmware") }) {
+			return fmt.Errorf("round %d: the released device's firmware report did not come through the broker that missed the release", round)
 		}
 		return nil
 	})

@@ -74,6 +74,9 @@ type EnrollAnswer struct {
 	Refuse  wire.Reason // nonzero: refuse with this reason
 	Message string      // the refusal's public message
 	Silent  bool        // answer nothing
+	// Uncorrelated sends the refusal without naming the request, as a
+	// fleet that could not decode it does (an older one).
+	Uncorrelated bool
 	// Edit, if set, changes the active result before it is sent.
 	Edit func(res *wire.EnrollResult)
 }
@@ -580,7 +583,11 @@ func (f *Fleet) enrollRequest(c *Conn, env *wire.Envelope) {
 	case ans.Silent:
 		return
 	case ans.Refuse != 0:
-		c.send(0, down, wire.TypeEnrollResult, env.ID, &wire.EnrollResult{Status: wire.StatusRefused, Reason: ans.Refuse, Message: ans.Message})
+		corr := env.ID
+		if ans.Uncorrelated {
+			corr = nil
+		}
+		c.send(0, down, wire.TypeEnrollResult, corr, &wire.EnrollResult{Status: wire.StatusRefused, Reason: ans.Refuse, Message: ans.Message})
 		return
 	case ans.Pending:
 		c.send(0, down, wire.TypeEnrollResult, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending, RetryAfter: 30})
