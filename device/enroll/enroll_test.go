@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/device/credential"
+	"github.com/sigil-iot/sigil/device/internal/devicetest"
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
@@ -53,33 +54,12 @@ func newDevice(t *testing.T) *device {
 	t.Helper()
 	topics := wire.Topics{Prefix: "sigil"}
 	f := fakefleet.New(t, topics)
-	tp, err := softtpm.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tp.Close() })
-	st, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ak, err := tp.CreateAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tk, err := tp.CreateTransportKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := &state.Identity{Status: state.StatusKeys, AK: state.KeyBlob{Public: ak.Public, Private: ak.Private},
-		TK: state.KeyBlob{Public: tk.Public, Private: tk.Private}}
+	dev := devicetest.New(t)
+	tp, st, id := dev.TPM, dev.Store, dev.Keys(t)
 	if err := st.SaveIdentity(id); err != nil {
 		t.Fatal(err)
 	}
-	fleetCA := filepath.Join(t.TempDir(), "fleet-ca.pem")
-	if err := os.WriteFile(fleetCA, f.CAPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fleetCA := f.WriteCA(t)
 	d := &device{fleet: f, tpm: tp, st: st, id: id}
 	d.cfg = Config{TPM: tp, Store: st, Link: link.Config{Broker: fakefleet.Broker}, Topics: topics,
 		Dial: func(ctx context.Context, cfg link.Config) (Conn, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -27,11 +28,7 @@ import (
 // requests waiting per client address.
 func TestCRLLongPoll(t *testing.T) {
 	dir := t.TempDir()
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), TrustDomain: "test.local"})
 	if err != nil {
 		t.Fatal(err)

@@ -10,17 +10,16 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/internal/wait"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // openStore opens the store at path in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openStore(t testing.TB, path string) (*Store, error) {
-	db, ok := pgtest.Database(t, path)
-	if !ok {
-		return Open(path)
-	}
-	return OpenPostgres(context.Background(), db)
+	return pgtest.OpenBackend(t, path, path, Open, func(ctx context.Context, db *postgres.DB, _ string) (*Store, error) {
+		return OpenPostgres(ctx, db)
+	})
 }
 
 // conformanceTests are the engine's tests run against both backends (the
@@ -70,19 +69,13 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 	for i := range n {
 		targets = append(targets, fmt.Sprintf("dev-%03d", i))
 	}
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	fleet := &fakeFleet{}
 	var amu sync.Mutex
 	var audit []AuditEvent
 	open := func() *Manager {
-		db := pgtest.Open(t, url)
-		s, err := OpenPostgres(t.Context(), db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
 		m, err := New(Config{
-			Store:     s,
+			Store:     pgtest.Replica(t, url, func(db *postgres.DB) (*Store, error) { return OpenPostgres(t.Context(), db) }),
 			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
 			Announcer: fleet,
 			Auditor: AuditorFunc(func(a AuditEvent) {
@@ -177,19 +170,14 @@ func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
 	for i := range n {
 		targets = append(targets, fmt.Sprintf("dev-%03d", i))
 	}
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	fleets := []*fakeFleet{{}, {}}
 	open := func(i int) *Manager {
-		db := pgtest.Open(t, url)
-		s, err := OpenPostgres(t.Context(), db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
+		var ls *lease.Postgres
+		s := pgtest.Replica(t, url, func(db *postgres.DB) (*Store, error) {
+			ls = pgtest.Lease(t, db, i)
+			return OpenPostgres(t.Context(), db)
+		})
 		m, err := New(Config{
 			Store:     s,
 			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
@@ -212,35 +200,16 @@ func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
 	if err := replicas[1].Start(c.ID, start, "alice", ""); err != nil {
 		t.Fatal(err)
 	}
-	count := func(i int) int {
+	count := func(i int) int64 {
 		fleets[i].mu.Lock()
 		defer fleets[i].mu.Unlock()
-		return len(fleets[i].log)
+		return int64(len(fleets[i].log))
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	cancels := make([]context.CancelFunc, 2)
-	for i, m := range replicas {
-		ctx, cancel := context.WithCancel(t.Context())
-		cancels[i] = cancel
-		defer cancel()
-		wg.Go(func() {
-			if err := m.Run(ctx); err != nil {
-				t.Errorf("replica %d: Run: %v", i, err)
-			}
-		})
-	}
-	wait.For(t, "ten announcements", func() bool { return count(0)+count(1) >= 10 })
-	holder := 0
-	if count(1) > 0 {
-		holder = 1
-	}
-	other := 1 - holder
-	if count(other) != 0 {
-		t.Fatalf("both replicas stepped the campaign: %d and %d announcements", count(0), count(1))
-	}
-	cancels[holder]()
-	wait.For(t, "the other replica to step the campaign", func() bool { return count(other) > 0 })
+	pgtest.OneHolder(t, pgtest.Leased{
+		Run:    []func(context.Context) error{replicas[0].Run, replicas[1].Run},
+		Done:   count,
+		Enough: 10, Work: "stepped the campaign", Unit: "announcements",
+	}, nil)
 }
 
 // testPausedStepperIsFenced: replica A steps a campaign under the lease

@@ -42,6 +42,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -175,6 +177,17 @@ func (f *Fleet) CA() *x509.Certificate { return f.ca }
 // CAPEM is the CA certificate in PEM, as a fleet_ca file holds it.
 func (f *Fleet) CAPEM() []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.ca.Raw})
+}
+
+// WriteCA writes the fleet CA's certificate (CAPEM) to a file in a
+// temporary directory, the device's FleetCA setting, and returns its path.
+func (f *Fleet) WriteCA(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "fleet-ca.pem")
+	if err := os.WriteFile(p, f.CAPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // OnEnroll makes fn answer each enrollment request (n from 1).

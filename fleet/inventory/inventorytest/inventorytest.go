@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -764,4 +765,16 @@ func testLifecycle(t *testing.T, s Store) {
 	if got.State != inventory.StateActive || got.CertSerial != "0b" || len(got.Certs) != 2 || !got.Certs[1].NotAfter.Equal(now.Add(2*time.Hour)) || !got.Admits("0a", now) {
 		t.Fatalf("issued certificates: %+v", got)
 	}
+}
+
+// Open opens an inventory in bbolt, in a temporary directory, without
+// fsync (WithNoSync) and with opts; it is closed when t ends.
+func Open(t testing.TB, opts ...inventory.Option) *inventory.Store {
+	t.Helper()
+	s, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), append([]inventory.Option{inventory.WithNoSync()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
