@@ -224,7 +224,7 @@ func testPausedStepperIsFenced(t *testing.T, srv *pgtest.Server) {
 	for i := range n {
 		targets = append(targets, fmt.Sprintf("dev-%03d", i))
 	}
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	fleets := []*fakeFleet{{}, {}}
 	type replica struct {
 		m      *Manager
