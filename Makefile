@@ -21,7 +21,7 @@ GOVULNCHECK_VERSION := v1.9.0
 # proxy on first use, so a machine with an older Go needs nothing else.
 export GOTOOLCHAIN := go1.27.3
 
-.PHONY: all build cross test test-unit test-swtpm test-e2e test-browser test-deps lint vuln demo demo-deps bench fuzz clean
+.PHONY: all build cross cross-sigil package test test-unit test-swtpm test-e2e test-browser test-deps lint vuln demo demo-deps bench fuzz clean
 
 all: build
 
@@ -41,6 +41,22 @@ cross:
 	  awk -v o=$$out -v s=$$size 'BEGIN { printf "%-28s %9d bytes (%.2f MiB)\n", o, s, s/1048576 }'; \
 	  if [ "$$arch" = arm64 ] && [ $$size -gt $(ARM64_MAX) ]; then echo "FAIL: arm64 sigild exceeds 7 MiB"; exit 1; fi; \
 	done
+
+# sigil (the fleet and its client) for the server architectures: static,
+# stripped, no cgo, no size budget.
+cross-sigil:
+	@set -e; for arch in amd64 arm64; do \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sigil-linux-$$arch ./cmd/sigil; \
+	done
+
+# Debian packages (docs/DEPLOY.md, "Packages"): sigild for amd64, arm64 and
+# armhf, sigil for amd64 and arm64, built with nfpm (NFPM_VERSION, from the
+# Go module proxy, outside go.mod) into $(DIST). deploy/package_test.go
+# lints and installs them.
+DIST         ?= bin/dist
+NFPM_VERSION := v2.48.0
+package: cross cross-sigil
+	@NFPM_VERSION=$(NFPM_VERSION) scripts/package.sh $(DIST)
 
 test-deps:
 	@scripts/deps.sh test
@@ -64,11 +80,12 @@ tiers = pkgs=$$($(GO) run ./scripts/tiers $(1))
 # The checks (gofmt, vet, staticcheck, govulncheck), then every tier. The
 # swtpm and e2e tiers run in one go test, which shares the cores between
 # their packages as one run did before the tiers.
+# The cross builds come first: deploy's package test reuses them.
 test: test-deps lint vuln
+	$(MAKE) --no-print-directory cross cross-sigil
 	$(MAKE) --no-print-directory test-unit
 	$(call tiers,swtpm e2e) && $(GO) test -race -timeout 40m -count=1 $$pkgs
 	$(MAKE) --no-print-directory test-browser
-	$(MAKE) --no-print-directory cross
 
 test-unit: test-deps
 	$(call tiers,unit) && $(GO) test -race -shuffle=on -timeout 10m -count=1 $$pkgs

@@ -12,10 +12,14 @@ declare -A pkg_of=(
   [argon2]=argon2 [rsyslogd]=rsyslog
   [chromium]=chromium [node]=nodejs [npm]=npm
   [initdb]=postgresql
+  [lintian]=lintian [systemd-analyze]=systemd [dpkg-deb]=dpkg [unshare]=util-linux
 )
 bins=(swtpm swtpm_setup swtpm_ioctl openssl)
 if [ "$want" = test ]; then
   bins+=(tpm2_readpublic tpm2_pcrextend mosquitto mosquitto_sub mosquitto_pub gcc ssh-keygen ssh ssh-add sshd argon2 rsyslogd chromium node npm)
+  # The packages' tests (deploy/): lint, install into a throwaway root,
+  # rate the systemd units.
+  bins+=(lintian systemd-analyze dpkg-deb unshare)
 fi
 missing=()
 # sshd lives in /usr/sbin, which a non-root PATH may not name.
@@ -28,6 +32,9 @@ fi
 # The cgo TPM simulator links OpenSSL's libcrypto.
 libs=()
 if [ "$want" = test ] && ! { [ -e /usr/include/openssl/evp.h ] || dpkg -s libssl-dev >/dev/null 2>&1; }; then libs+=(libssl-dev); fi
+# sigild's package depends on tpm-udev (the tss group owns /dev/tpmrm0):
+# its install test needs it installed to satisfy dpkg.
+if [ "$want" = test ] && ! dpkg -s tpm-udev >/dev/null 2>&1; then libs+=(tpm-udev); fi
 [ ${#missing[@]} -eq 0 ] && [ ${#libs[@]} -eq 0 ] && exit 0
 
 pkgs=("${libs[@]}")

@@ -37,7 +37,7 @@ func brokerConfigCommand() *command {
 			crl := fs.String("crl", "", "the fleet's current CRL (DER or PEM, as GET /crl serves it); default an empty one")
 			dynsec := fs.String("dynsec-plugin", "", "path of Mosquitto's dynamic security plugin (device brokers; e.g. /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so): lets the fleet end a device's session")
 			stateDir := fs.String("state-dir", "", "directory where Mosquitto keeps the plugin's state, dynsec.json (default --dir)")
-			maxConns := fs.Int("max-connections", 0, "connections the devices' or bootstrap clients' listener takes at most (0: no bound; bound a bootstrap broker's)")
+			maxConns := fs.Int("max-connections", 0, "connections the devices' or bootstrap clients' listener takes at most (0: no bound for a device broker, 1000 for a bootstrap broker, whose clients are anonymous)")
 			queued := fs.Int("max-queued", mqttpool.DefaultQueued, "QoS 1 messages queued per client before Mosquitto drops them")
 			path := fs.String("config", "", "sigil serve's configuration file (JSON): data directory, trust domain, topic prefix")
 			dataDir := fs.String("data-dir", "", "data directory (overrides the file)")
@@ -82,15 +82,17 @@ func brokerConfigCommand() *command {
 // pool, it keeps the broker's CRL the fleet's (mqttpool.CRLSync).
 func brokerSyncCommand() *command {
 	return &command{name: "broker-sync",
-		args:    "--fleet URL --reload COMMAND [--dir DIR] [--interval D] [--once]",
+		args:    "--fleet URL --reload COMMAND [--token-file FILE] [--dir DIR] [--interval D] [--once]",
 		summary: "keep a device broker's CRL the fleet's, and have it reread it",
 		note: "Run it on the broker's host (deploy/systemd/sigil-broker-sync@.service): it keeps a request waiting for a CRL newer than " +
 			"the broker's (GET /crl?after=N, answered as soon as a revocation is recorded) and fetches the fleet's CRL every --interval " +
-			"as the fallback; each CRL is checked against the broker's ca.pem and that it is newer, written to crl.pem, and --reload run.",
+			"as the fallback; each CRL is checked against the broker's ca.pem and that it is newer, written to crl.pem, and --reload run. " +
+			"With --token-file (an API token of scope broker-sync) its request waits in the slots the fleet keeps for the brokers' syncs.",
 		setup: func(fs *flag.FlagSet) action {
 			fleet := fs.String("fleet", "", "the fleet's API base URL, https://HOST:8443")
 			reload := fs.String("reload", "", "command that has the broker reread its CRL, e.g. \"systemctl reload sigil-mosquitto@device1\"")
 			dir := fs.String("dir", "/etc/mosquitto/sigil", "the broker's configuration directory (sigil broker-config --dir)")
+			tokenFile := fs.String("token-file", "", "file holding an API token of scope broker-sync: the push waits in the slots kept for brokers' syncs")
 			interval := fs.Duration("interval", 10*time.Second, "time between fetches of the CRL, the fallback of the fleet's push")
 			once := fs.Bool("once", false, "sync once and exit")
 			return func(ctx context.Context, x *call) error {
@@ -106,7 +108,17 @@ func brokerSyncCommand() *command {
 				if !roots.AppendCertsFromPEM(caPEM) {
 					return fmt.Errorf("broker-sync: no certificate in %s", filepath.Join(*dir, mqttpool.CAFile))
 				}
-				client := api.NewClient(strings.TrimRight(*fleet, "/"), "", roots)
+				token := ""
+				if *tokenFile != "" {
+					b, err := os.ReadFile(*tokenFile)
+					if err != nil {
+						return err
+					}
+					if token = strings.TrimSpace(string(b)); token == "" {
+						return fmt.Errorf("broker-sync: %s holds no token", *tokenFile)
+					}
+				}
+				client := api.NewClient(strings.TrimRight(*fleet, "/"), token, roots)
 				s := &mqttpool.CRLSync{Dir: *dir, Interval: *interval, Logger: newLogger(x.stderr, ""),
 					Fetch: client.CRL,
 					Watch: func(ctx context.Context, after *big.Int) ([]byte, error) {

@@ -165,7 +165,7 @@ func exitCodes() []struct {
 		{exitUsage, "a mistake in the command line"},
 		{exitNotFound, "the API answered 404: no such device, release, …"},
 		{exitDenied, "the API answered 401 or 403: not signed in, or not allowed"},
-		{exitTampered, "sigil audit verify: the audit log does not verify"},
+		{exitTampered, "sigil audit verify, sigil restore: the audit log (or the backup archive) does not verify"},
 		{exitPending, "filed for a second person's approval (two_person_rule); sigil approvals"},
 	}
 }

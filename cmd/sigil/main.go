@@ -32,6 +32,8 @@ func commandTable() *command {
 	return &command{name: "sigil", subs: []*command{
 		serveCommand(),
 		migrateCommand(),
+		backupCommand(),
+		restoreCommand(),
 		brokerConfigCommand(),
 		brokerSyncCommand(),
 		devicesCommand(),

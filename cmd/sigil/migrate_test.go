@@ -18,7 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
-	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
@@ -349,35 +349,17 @@ func seedRotationJob(t *testing.T, path string) {
 // approved; it returns the trust set and the release's ID.
 func seedRelease(t *testing.T, dir string) (*verify.TrustSet, string) {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := sign.New(sign.Config{Key: k})
-	if err != nil {
-		t.Fatal(err)
-	}
-	trust, err := verify.NewTrustSet(1, 1, signer.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, trust := signtest.Key(t)
 	img := bytes.Repeat([]byte("firmware "), 100)
 	m := &manifest.Manifest{Name: "gateway-os", Version: "1.0.0", SecurityVersion: 1, Models: []string{"gw"},
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().AddDate(1, 0, 0)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := signer.Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, bundles := signtest.Release(t, m, signer)
 	st, err := firmware.Open(firmware.Config{Dir: dir, Trust: trust, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	r, err := st.Upload(t.Context(), "alice", raw, [][]byte{bundle}, bytes.NewReader(img))
+	r, err := st.Upload(t.Context(), "alice", raw, bundles, bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}

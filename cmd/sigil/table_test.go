@@ -183,6 +183,8 @@ func TestHelpListsFlags(t *testing.T) {
 var testedElsewhere = map[string]string{
 	"serve":           "test/e2e TestBinaries (a fleet manager, not an API call)",
 	"migrate":         "TestMigrateToPostgres (a data directory and a database, not an API call)",
+	"backup":          "TestBackupRestoreOffline (a data directory, not an API call)",
+	"restore":         "TestBackupRestoreOffline (a data directory, not an API call)",
 	"firmware keygen": "TestFirmwareOffline",
 	"firmware trust":  "TestFirmwareOffline",
 	"firmware sign":   "TestFirmwareOffline",

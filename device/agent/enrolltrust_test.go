@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -39,7 +40,7 @@ func enrollWithTrust(t *testing.T, held, trust []byte, rotations []wire.TrustRot
 // the device keeps the set it holds, and a rotation its keys signed still
 // applies afterwards.
 func TestRogueEnrollmentAnswerKeepsTheReleaseTrust(t *testing.T) {
-	k := releaseKeys(t, 3)
+	k := signtest.Signers(t, 3)
 	s1 := trustSet(t, 1, 1, k[0])
 	rogue := trustSet(t, math.MaxUint64, 1, k[2]) // the attacker's key
 	s2 := trustSet(t, 2, 1, k[1])
@@ -62,7 +63,7 @@ func TestRogueEnrollmentAnswerKeepsTheReleaseTrust(t *testing.T) {
 // forged step stops before it, and a chain that skips a sequence number is
 // not followed. A device that holds no set takes the fleet's.
 func TestEnrollmentRotatesTheReleaseTrust(t *testing.T) {
-	k := releaseKeys(t, 4)
+	k := signtest.Signers(t, 4)
 	s1, s2, s3 := trustSet(t, 1, 1, k[0]), trustSet(t, 2, 2, k[1], k[2]), trustSet(t, 3, 1, k[3])
 	r2, r3 := rotation(t, s2, k[0], k[1], k[2]), rotation(t, s3, k[1], k[2], k[3])
 	forged := rotation(t, s3, k[3])

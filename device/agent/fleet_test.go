@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -16,9 +14,11 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/internal/devicetest"
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/softtpm"
 )
@@ -49,24 +49,11 @@ func withFleet(f *fakefleet.Fleet) Option {
 
 func newTestDevice(t *testing.T, tweak func(*Config)) *testDevice {
 	t.Helper()
-	dir := t.TempDir()
 	f := fakefleet.New(t, wire.Topics{Prefix: "sigil"})
-	fleetCA := filepath.Join(dir, "fleet-ca.pem")
-	if err := os.WriteFile(fleetCA, f.CAPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tp, err := softtpm.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tp.Close() })
-	st, err := state.Open(filepath.Join(dir, "state.db"), state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cfg := Config{Broker: fakefleet.Broker, ServerName: fakefleet.ServerName, FleetCA: fleetCA, Model: "gw-1", Serial: "SN-1",
-		State: filepath.Join(dir, "state.db"), Control: "-", EventLog: "-", UpdateBackend: "-", TelemetryInterval: -1,
+	dev := devicetest.New(t)
+	tp, st := dev.TPM, dev.Store
+	cfg := Config{Broker: fakefleet.Broker, ServerName: fakefleet.ServerName, FleetCA: f.WriteCA(t), Model: "gw-1", Serial: "SN-1",
+		State: dev.Path, Control: "-", EventLog: "-", UpdateBackend: "-", TelemetryInterval: -1,
 		AttestInterval: -1, RetryMin: Duration(time.Second), RetryMax: Duration(10 * time.Second)}
 	if tweak != nil {
 		tweak(&cfg)
@@ -82,17 +69,7 @@ func newTestDevice(t *testing.T, tweak func(*Config)) *testDevice {
 // ends); stop reports what Run returned.
 func (d *testDevice) run(t *testing.T) (stop func() error) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- d.a.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() { cancel(); err = <-done })
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	return stop
+	return runtest.Start(t, d.a.Run)
 }
 
 // connected waits, in fake time, for the agent to be connected; it fails

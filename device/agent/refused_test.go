@@ -2,15 +2,10 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -18,60 +13,8 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/device/link"
+	"github.com/sigil-iot/sigil/internal/pkitest"
 )
-
-// pki is a throwaway CA for the refusal tests.
-type pki struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newPKI(t *testing.T, name string) *pki {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return &pki{cert: c, key: key, pool: pool}
-}
-
-func (p *pki) issue(t *testing.T, tmpl *x509.Certificate) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl.SerialNumber = n
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func (p *pki) server(t *testing.T, names ...string) tls.Certificate {
-	return p.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-}
-
-func (p *pki) client(t *testing.T) tls.Certificate {
-	return p.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "0123456789abcdef0123456789abcdef"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-}
 
 // serve accepts connections on a loopback port until the test ends and
 // hands each to handle.
@@ -123,17 +66,17 @@ func connackAfterTLS(cfg *tls.Config, code byte) func(net.Conn) {
 // without the fleet's keys, whatever the names in its certificate or the
 // bytes it sends, causes a connection failure and nothing more.
 func TestOnlyTheAuthenticatedFleetRefusesTheCredential(t *testing.T) {
-	fleet, attacker, other := newPKI(t, "Sigil fleet CA"), newPKI(t, "not authorized"), newPKI(t, "another CA")
-	device := fleet.client(t)
+	fleet, attacker, other := pkitest.NewCA(t, "Sigil fleet CA"), pkitest.NewCA(t, "not authorized"), pkitest.NewCA(t, "another CA")
+	device := fleet.Client(t, "0123456789abcdef0123456789abcdef")
 	deviceTLS := func(max uint16) *tls.Config {
-		return &tls.Config{RootCAs: fleet.pool, ServerName: "localhost", MinVersion: tls.VersionTLS12, MaxVersion: max,
+		return &tls.Config{RootCAs: fleet.Pool, ServerName: "localhost", MinVersion: tls.VersionTLS12, MaxVersion: max,
 			Certificates: []tls.Certificate{device}}
 	}
-	fleetServer := fleet.server(t, "localhost")
-	rogue := attacker.server(t, "not authorized (CONNACK 5)") // its name reaches the error: "certificate is valid for …, not localhost"
+	fleetServer := fleet.Server(t, "localhost")
+	rogue := attacker.Server(t, "not authorized (CONNACK 5)") // its name reaches the error: "certificate is valid for …, not localhost"
 	fakeFleetTLS := &tls.Config{Certificates: []tls.Certificate{fleetServer}}
-	refusingFleet := &tls.Config{Certificates: []tls.Certificate{fleetServer}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: other.pool}
-	revokingFleet := &tls.Config{Certificates: []tls.Certificate{fleetServer}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: fleet.pool,
+	refusingFleet := &tls.Config{Certificates: []tls.Certificate{fleetServer}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: other.Pool}
+	revokingFleet := &tls.Config{Certificates: []tls.Certificate{fleetServer}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: fleet.Pool,
 		VerifyPeerCertificate: func([][]byte, [][]*x509.Certificate) error { return errors.New("revoked") }}
 
 	for _, c := range []struct {

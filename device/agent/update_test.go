@@ -2,10 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"errors"
 	"log/slog"
 	"os"
@@ -16,7 +12,7 @@ import (
 
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/firmware/sign"
-	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -48,50 +44,21 @@ func TestUpdateConfigDefaults(t *testing.T) {
 	}
 }
 
-type releaseKey struct {
-	pub    crypto.PublicKey
-	signer *sign.Signer
-}
-
-func releaseKeys(t *testing.T, n int) []releaseKey {
+// trustSet is the marshaled trust set of the keys (signtest.Trust).
+func trustSet(t *testing.T, seq uint64, threshold int, keys ...*sign.Signer) []byte {
 	t.Helper()
-	var out []releaseKey
-	for range n {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := sign.New(sign.Config{Key: k})
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, releaseKey{k.Public(), s})
-	}
-	return out
-}
-
-func trustSet(t *testing.T, seq uint64, threshold int, keys ...releaseKey) []byte {
-	t.Helper()
-	var pubs []crypto.PublicKey
-	for _, k := range keys {
-		pubs = append(pubs, k.pub)
-	}
-	ts, err := verify.NewTrustSet(seq, threshold, pubs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ts.Marshal()
+	b, err := signtest.Trust(t, seq, threshold, keys...).Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
-func rotation(t *testing.T, stmt []byte, keys ...releaseKey) wire.TrustRotation {
+func rotation(t *testing.T, stmt []byte, keys ...*sign.Signer) wire.TrustRotation {
 	t.Helper()
 	r := wire.TrustRotation{Statement: stmt}
 	for _, k := range keys {
-		b, err := k.signer.Sign(stmt)
+		b, err := k.Sign(stmt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +91,7 @@ func heldSequence(t *testing.T, a *Agent) uint64 {
 // holds one never takes another as it is, newer or older.
 func TestReleaseTrustFromEnrollment(t *testing.T) {
 	a := trustAgent(t)
-	k := releaseKeys(t, 2)
+	k := signtest.Signers(t, 2)
 	a.adoptReleaseTrust(nil, nil, "enrollment")
 	if _, err := a.releaseTrust(); !errors.Is(err, state.ErrNoReleaseTrust) {
 		t.Fatalf("no set from an empty field: %v", err)
@@ -149,7 +116,7 @@ func TestReleaseTrustFromEnrollment(t *testing.T) {
 // keys signed, skipping those it already has and stopping at the first
 // that does not verify.
 func TestReleaseTrustRotations(t *testing.T) {
-	k := releaseKeys(t, 4)
+	k := signtest.Signers(t, 4)
 	s1 := trustSet(t, 1, 1, k[0])
 	s2 := trustSet(t, 2, 2, k[1], k[2])
 	s3 := trustSet(t, 3, 1, k[3])

@@ -7,39 +7,21 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/pkitest"
 )
 
-type ca struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
+// ca issues the certificates of these tests.
+type ca struct{ *pkitest.CA }
 
-func newCA(t *testing.T, name string) *ca {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return &ca{cert: c, key: key}
-}
+func newCA(t *testing.T, name string) *ca { return &ca{pkitest.NewCA(t, name)} }
 
+// issue certifies pub as the device "dev" for eku, valid until notAfter.
 func (c *ca) issue(t *testing.T, pub any, eku x509.ExtKeyUsage, notAfter time.Time) []byte {
 	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "dev"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{eku}}, c.cert, pub, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
+	return c.Sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: "dev"}, NotAfter: notAfter, ExtKeyUsage: []x509.ExtKeyUsage{eku}}, pub)
 }
 
 // TestVerify: only a client certificate for the transport key, chaining
@@ -48,7 +30,7 @@ func TestVerify(t *testing.T) {
 	fleet, rogue := newCA(t, "fleet"), newCA(t, "rogue")
 	tk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	trust := [][]byte{fleet.cert.Raw}
+	trust := [][]byte{fleet.Cert.Raw}
 	later := time.Now().Add(time.Hour)
 	good := fleet.issue(t, tk.Public(), x509.ExtKeyUsageClientAuth, later)
 	if c, err := Verify(good, nil, trust, tk.Public(), time.Now()); err != nil || c.Subject.CommonName != "dev" {

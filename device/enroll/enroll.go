@@ -390,7 +390,7 @@ func (c *Client) Attempt(ctx context.Context, id *state.Identity) (*state.Identi
 				}
 				timer.Reset(c.cfg.AnswerTimeout)
 			case wire.TypeEnrollResult:
-				if !hmac.Equal(env.Corr, reqID) && (proofID == nil || !hmac.Equal(env.Corr, proofID)) {
+				if !hmac.Equal(env.Corr, reqID) && (proofID == nil || !hmac.Equal(env.Corr, proofID)) && !olderFleet(env, proofID) {
 					continue
 				}
 				var res wire.EnrollResult
@@ -424,6 +424,19 @@ func (c *Client) Attempt(ctx context.Context, id *state.Identity) (*state.Identi
 			}
 		}
 	}
+}
+
+// olderFleet reports whether env is the refusal of a fleet older than the
+// device, which cannot read its request (unsupported_version): not having
+// decoded the request, it cannot name it, and its answer carries no
+// correlation. Taken only while no challenge was answered; it ends the
+// attempt as any refusal does, with the reason the device shows.
+func olderFleet(env *wire.Envelope, proofID []byte) bool {
+	if len(env.Corr) != 0 || proofID != nil {
+		return false
+	}
+	var res wire.EnrollResult
+	return wire.DecodeBody(env, wire.TypeEnrollResult, &res) == nil && res.Status == wire.StatusRefused && res.Reason == wire.ReasonUnsupportedVersion
 }
 
 func (c *Client) observe(id *state.Identity) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/device/credential"
+	"github.com/sigil-iot/sigil/device/internal/devicetest"
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
@@ -53,33 +54,12 @@ func newDevice(t *testing.T) *device {
 	t.Helper()
 	topics := wire.Topics{Prefix: "sigil"}
 	f := fakefleet.New(t, topics)
-	tp, err := softtpm.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tp.Close() })
-	st, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ak, err := tp.CreateAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tk, err := tp.CreateTransportKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := &state.Identity{Status: state.StatusKeys, AK: state.KeyBlob{Public: ak.Public, Private: ak.Private},
-		TK: state.KeyBlob{Public: tk.Public, Private: tk.Private}}
+	dev := devicetest.New(t)
+	tp, st, id := dev.TPM, dev.Store, dev.Keys(t)
 	if err := st.SaveIdentity(id); err != nil {
 		t.Fatal(err)
 	}
-	fleetCA := filepath.Join(t.TempDir(), "fleet-ca.pem")
-	if err := os.WriteFile(fleetCA, f.CAPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fleetCA := f.WriteCA(t)
 	d := &device{fleet: f, tpm: tp, st: st, id: id}
 	d.cfg = Config{TPM: tp, Store: st, Link: link.Config{Broker: fakefleet.Broker}, Topics: topics,
 		Dial: func(ctx context.Context, cfg link.Config) (Conn, error) {
@@ -254,6 +234,33 @@ func TestEnrollRefused(t *testing.T) {
 		defer d.mu.Unlock()
 		if len(d.failures) != 1 || !errors.As(d.failures[0], &refused) {
 			t.Fatalf("failures observed: %v", d.failures)
+		}
+	})
+}
+
+// TestEnrollRefusedByOlderFleet: a fleet older than the device cannot
+// decode its request and refuses it with unsupported_version without
+// naming it; the device takes that refusal (and shows its reason), and no
+// other uncorrelated answer.
+func TestEnrollRefusedByOlderFleet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDevice(t)
+		d.fleet.OnEnroll(func(int, *wire.EnrollRequest) fakefleet.EnrollAnswer {
+			return fakefleet.EnrollAnswer{Refuse: wire.ReasonUnsupportedVersion, Message: "fleet speaks protocol version 4", Uncorrelated: true}
+		})
+		_, err := d.client(t).Attempt(t.Context(), d.id)
+		var refused *RefusedError
+		if !errors.As(err, &refused) || refused.Reason != wire.ReasonUnsupportedVersion {
+			t.Fatalf("Attempt = %v, want the older fleet's refusal", err)
+		}
+		if st := d.stored(t); st.Status != state.StatusKeys {
+			t.Fatalf("stored %s after a refusal", st.Status)
+		}
+		d.fleet.OnEnroll(func(int, *wire.EnrollRequest) fakefleet.EnrollAnswer {
+			return fakefleet.EnrollAnswer{Refuse: wire.ReasonUnknownEK, Uncorrelated: true}
+		})
+		if _, err := d.client(t).Attempt(t.Context(), d.id); !errors.Is(err, ErrNoAnswer) {
+			t.Fatalf("Attempt after an uncorrelated refusal of another reason = %v, want ErrNoAnswer", err)
 		}
 	})
 }

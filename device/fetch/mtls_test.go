@@ -4,15 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"io"
 	"log"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -22,6 +18,7 @@ import (
 
 	"github.com/sigil-iot/sigil/device/fetch"
 	"github.com/sigil-iot/sigil/device/tpm"
+	"github.com/sigil-iot/sigil/internal/pkitest"
 	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
 )
 
@@ -45,26 +42,9 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fleet CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	devDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2),
-		Subject: pkix.Name{CommonName: "dev-1"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
-		caCert, signer.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := pkitest.NewCA(t, "fleet CA")
+	devDER := ca.Sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, signer.Public())
 
 	img := image(150_000)
 	var (
@@ -83,9 +63,7 @@ func TestMutualTLS(t *testing.T) {
 		w.Header().Set("ETag", etagOf(img))
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(img))
 	}))
-	clients := x509.NewCertPool()
-	clients.AddCert(caCert)
-	srv.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clients}
+	srv.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)

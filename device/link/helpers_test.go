@@ -4,18 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,8 +19,9 @@ import (
 
 	"github.com/sigil-iot/sigil/device/link/internal/packet"
 	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/internal/pkitest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/internal/wait"
-	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -40,35 +33,16 @@ const (
 
 var topics = wire.Topics{}
 
-// testCA is a throwaway certificate authority; it writes PEM files for
-// mosquitto into a directory that the mosquitto user can read.
+// testCA is a throwaway certificate authority (pkitest); it writes PEM
+// files for mosquitto into a directory that the mosquitto user can read.
 type testCA struct {
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	pool   *x509.CertPool
-	pem    string
-	dir    string
-	serial atomic.Int64
+	*pkitest.CA
+	pem string
+	dir string
 }
 
 func newCA(t *testing.T) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "link test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
 	// mosquitto started as root drops to its own user, which must read
 	// these files: t.TempDir's parent is private, so make our own.
 	dir, err := os.MkdirTemp("", "linktest-")
@@ -79,17 +53,8 @@ func newCA(t *testing.T) *testCA {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ca := &testCA{cert: cert, key: key, pool: pool, dir: dir, pem: filepath.Join(dir, "ca.pem")}
-	ca.serial.Store(100)
-	writePEM(t, ca.pem, "CERTIFICATE", der)
-	return ca
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	ca := pkitest.NewCA(t, "link test CA")
+	return &testCA{CA: ca, dir: dir, pem: ca.WriteCA(t, dir, "ca.pem", 0o644)}
 }
 
 // leaf is an issued certificate; its key is reachable only as a
@@ -111,52 +76,25 @@ func (s countingSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts)
 	return s.Signer.Sign(r, digest, opts)
 }
 
-func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) leaf {
+// files writes c for mosquitto and hides its key behind a counting signer.
+func (ca *testCA) files(t *testing.T, c tls.Certificate) leaf {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.SerialNumber = big.NewInt(ca.serial.Add(1))
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(ca.dir, tmpl.SerialNumber.String())
-	writePEM(t, base+".crt", "CERTIFICATE", der)
-	writePEM(t, base+".key", "PRIVATE KEY", kder)
-	c, _ := x509.ParseCertificate(der)
+	certPath, keyPath := pkitest.WriteFiles(t, ca.dir, c, 0o644)
 	n := new(atomic.Int64)
-	return leaf{
-		tls:   tls.Certificate{Certificate: [][]byte{der}, PrivateKey: countingSigner{key, n}, Leaf: c},
-		signs: n, certPath: base + ".crt", keyPath: base + ".key",
-	}
+	c.PrivateKey = countingSigner{c.PrivateKey.(crypto.Signer), n}
+	return leaf{tls: c, signs: n, certPath: certPath, keyPath: keyPath}
 }
 
-func (ca *testCA) server(t *testing.T) leaf {
-	return ca.issue(t, &x509.Certificate{
-		Subject: pkix.Name{CommonName: "broker"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames: []string{"localhost"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
-}
+func (ca *testCA) server(t *testing.T) leaf { return ca.files(t, ca.Server(t)) }
 
 func (ca *testCA) device(t *testing.T, id string) leaf {
-	return ca.issue(t, &x509.Certificate{
-		Subject: pkix.Name{CommonName: id}, URIs: []*url.URL{identity.SPIFFEID(trustDomain, id)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	return ca.files(t, ca.Device(t, trustDomain, id))
 }
 
 // clientTLS trusts the CA and presents cert (if any), as the agent does:
 // no ServerName, so Dial derives it from the broker address.
 func (ca *testCA) clientTLS(cert *leaf) *tls.Config {
-	c := &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}
+	c := &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		c.Certificates = []tls.Certificate{cert.tls}
 	}
@@ -187,18 +125,6 @@ func waitStopped(t *testing.T, c *Conn) {
 	case <-time.After(5 * time.Second):
 		t.Error("connection goroutines still running after Close")
 	}
-}
-
-func expect[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
-	var zero T
-	return zero
 }
 
 func expectDone(t *testing.T, c *Conn, within time.Duration, what string) {
@@ -242,7 +168,7 @@ func startFleetBroker(t *testing.T) *fleetEnv {
 	e := &fleetEnv{ca: ca, events: make(chan broker.Event, 100)}
 	b, err := broker.New(broker.Config{
 		Addr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{srv.tls}},
-		ClientCAs: ca.pool, TrustDomain: trustDomain, AllowBootstrap: true,
+		ClientCAs: ca.Pool, TrustDomain: trustDomain, AllowBootstrap: true,
 		Events: func(ev broker.Event) {
 			select {
 			case e.events <- ev:
@@ -256,20 +182,7 @@ func startFleetBroker(t *testing.T) *fleetEnv {
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("broker Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("broker did not stop")
-		}
-	})
+	runtest.Start(t, b.Run)
 	e.b, e.addr = b, b.Addr().String()
 	return e
 }
@@ -449,7 +362,7 @@ func (f *fakeBroker) addr() string { return f.ln.Addr().String() }
 // accept takes the next connection and answers its CONNECT with code.
 func (f *fakeBroker) accept(t *testing.T, code byte) (*fakeConn, *packet.Packet) {
 	t.Helper()
-	fc := expect(t, f.conns, "a connection")
+	fc := wait.Recv(t, f.conns, "a connection")
 	t.Cleanup(func() { fc.c.Close() })
 	p := fc.read()
 	if p.Type != packet.Connect {
@@ -509,7 +422,7 @@ func (f *fakeBroker) dial(t *testing.T, cfg Config) (*Conn, *fakeConn, *packet.P
 		ch <- result{c, err}
 	}()
 	fc, connect := f.accept(t, 0)
-	r := expect(t, ch, "Dial")
+	r := wait.Recv(t, ch, "Dial")
 	if r.err != nil {
 		t.Fatalf("Dial: %v", r.err)
 	}

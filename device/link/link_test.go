@@ -17,6 +17,7 @@ import (
 
 	"github.com/sigil-iot/sigil/device/link/internal/packet"
 	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -67,7 +68,7 @@ func TestEmbeddedBroker(t *testing.T) {
 		if err := c.Publish(ctx, topics.DeviceUp(devA, "hello"), []byte("hi")); err != nil {
 			t.Fatal(err)
 		}
-		m := expect(t, up, "the device's message at the fleet")
+		m := wait.Recv(t, up, "the device's message at the fleet")
 		if m.topic != topics.DeviceUp(devA, "hello") || string(m.payload) != "hi" {
 			t.Fatalf("fleet got %s %q", m.topic, m.payload)
 		}
@@ -77,7 +78,7 @@ func TestEmbeddedBroker(t *testing.T) {
 			if err := e.b.Publish(topics.DeviceDown(devA, "cmd"), []byte{'q', '0' + qos}, qos); err != nil {
 				t.Fatal(err)
 			}
-			m := expect(t, down, "the fleet's message at the device")
+			m := wait.Recv(t, down, "the fleet's message at the device")
 			if m.topic != topics.DeviceDown(devA, "cmd") || string(m.payload) != string([]byte{'q', '0' + qos}) {
 				t.Fatalf("device got %s %q", m.topic, m.payload)
 			}
@@ -88,13 +89,13 @@ func TestEmbeddedBroker(t *testing.T) {
 		if err := c.Publish(ctx, topics.DeviceUp(devA, "attest"), big); err != nil {
 			t.Fatal(err)
 		}
-		if m := expect(t, up, "512 KiB at the fleet"); !bytes.Equal(m.payload, big) {
+		if m := wait.Recv(t, up, "512 KiB at the fleet"); !bytes.Equal(m.payload, big) {
 			t.Fatalf("fleet got %d bytes, not the 512 KiB sent", len(m.payload))
 		}
 		if err := e.b.Publish(topics.DeviceDown(devA, "big"), big, 1); err != nil {
 			t.Fatal(err)
 		}
-		if m := expect(t, down, "512 KiB at the device"); !bytes.Equal(m.payload, big) {
+		if m := wait.Recv(t, down, "512 KiB at the device"); !bytes.Equal(m.payload, big) {
 			t.Fatalf("device got %d bytes, not the 512 KiB sent", len(m.payload))
 		}
 	})
@@ -111,7 +112,7 @@ func TestEmbeddedBroker(t *testing.T) {
 		if err := c.Publish(ctx, topics.DeviceUp(devA, "hello"), []byte("still here")); err != nil {
 			t.Fatalf("publish after a refused subscription: %v", err)
 		}
-		expect(t, up, "message after refusal")
+		wait.Recv(t, up, "message after refusal")
 		select {
 		case m := <-other:
 			t.Fatalf("refused subscription received %s", m.topic)
@@ -165,7 +166,7 @@ func TestEmbeddedBrokerRefusals(t *testing.T) {
 			t.Fatalf("after Close: Connected=%v Err=%v", c.Connected(), c.Err())
 		}
 		for {
-			ev := expect(t, e.events, "the broker's Disconnected event")
+			ev := wait.Recv(t, e.events, "the broker's Disconnected event")
 			if ev.Kind == broker.Disconnected {
 				break
 			}
@@ -202,7 +203,7 @@ func TestMosquitto(t *testing.T) {
 		if err := c.Publish(ctx, topics.DeviceDown(dev, "echo"), []byte("ping")); err != nil {
 			t.Fatal(err)
 		}
-		if m := expect(t, got, "own message back"); m.topic != topics.DeviceDown(dev, "echo") || string(m.payload) != "ping" {
+		if m := wait.Recv(t, got, "own message back"); m.topic != topics.DeviceDown(dev, "echo") || string(m.payload) != "ping" {
 			t.Fatalf("got %s %q", m.topic, m.payload)
 		}
 	})
@@ -211,7 +212,7 @@ func TestMosquitto(t *testing.T) {
 		if err := c.Publish(ctx, topics.DeviceDown(dev, "big"), big); err != nil {
 			t.Fatal(err)
 		}
-		if m := expect(t, got, "512 KiB back"); !bytes.Equal(m.payload, big) {
+		if m := wait.Recv(t, got, "512 KiB back"); !bytes.Equal(m.payload, big) {
 			t.Fatalf("got %d bytes back, not the 512 KiB sent", len(m.payload))
 		}
 	})
@@ -300,7 +301,7 @@ func TestBrokerClosesConnection(t *testing.T) {
 	start := time.Now()
 	fc.c.Close()
 	expectDone(t, c, 2*time.Second, "the broker closed the connection")
-	if err := expect(t, errc, "Publish to return"); err == nil || time.Since(start) > 2*time.Second {
+	if err := wait.Recv(t, errc, "Publish to return"); err == nil || time.Since(start) > 2*time.Second {
 		t.Fatalf("Publish = %v after %v", err, time.Since(start))
 	}
 	if !strings.Contains(c.Err().Error(), "closed the connection") {
@@ -334,12 +335,12 @@ func TestIncomingPublish(t *testing.T) {
 		t.Fatalf("got %+v, want SUBSCRIBE d/# QoS 1", sub)
 	}
 	fc.send(packet.Packet{Type: packet.Suback, ID: sub.ID, Codes: []byte{1}})
-	if err := expect(t, errc, "Subscribe"); err != nil {
+	if err := wait.Recv(t, errc, "Subscribe"); err != nil {
 		t.Fatal(err)
 	}
 
 	fc.send(packet.Packet{Type: packet.Publish, QoS: 1, ID: 7, Topic: "d/1", Payload: []byte("hold")})
-	if m := expect(t, got, "QoS 1 message"); m.topic != "d/1" {
+	if m := wait.Recv(t, got, "QoS 1 message"); m.topic != "d/1" {
 		t.Fatalf("handler got %s", m.topic)
 	}
 	if p, err := fc.readWithin(200 * time.Millisecond); err == nil {
@@ -352,7 +353,7 @@ func TestIncomingPublish(t *testing.T) {
 
 	fc.send(packet.Packet{Type: packet.Publish, Topic: "d/2", Payload: []byte("q0")})
 	fc.send(packet.Packet{Type: packet.Publish, QoS: 1, ID: 8, Topic: "elsewhere", Payload: []byte("nobody")})
-	if m := expect(t, got, "QoS 0 message"); m.topic != "d/2" || string(m.payload) != "q0" {
+	if m := wait.Recv(t, got, "QoS 0 message"); m.topic != "d/2" || string(m.payload) != "q0" {
 		t.Fatalf("handler got %s %q", m.topic, m.payload)
 	}
 	if p := fc.read(); p.Type != packet.Puback || p.ID != 8 {
@@ -397,7 +398,7 @@ func TestRequestTimeouts(t *testing.T) {
 		t.Fatal("packet identifier reused at once")
 	}
 	fc.send(packet.Packet{Type: packet.Puback, ID: p.ID})
-	if err := expect(t, errc, "Publish"); err != nil {
+	if err := wait.Recv(t, errc, "Publish"); err != nil {
 		t.Fatalf("Publish after late PUBACK: %v", err)
 	}
 	if !c.Connected() {
@@ -438,7 +439,7 @@ func TestConnackCodes(t *testing.T) {
 			errc <- err
 		}()
 		f.accept(t, code)
-		err := expect(t, errc, "Dial")
+		err := wait.Recv(t, errc, "Dial")
 		if err == nil || err.Error() != "link: connect "+f.addr()+": "+want {
 			t.Fatalf("CONNACK %d: %v, want %q", code, err, want)
 		}
@@ -564,7 +565,7 @@ func TestAlertsAfterTheHandshake(t *testing.T) {
 		}()
 		return ln.Addr().String()
 	}
-	refusing := &tls.Config{Certificates: []tls.Certificate{srv.tls}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: other.pool}
+	refusing := &tls.Config{Certificates: []tls.Certificate{srv.tls}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: other.Pool}
 	for _, c := range []struct {
 		name  string
 		cfg   *tls.Config
@@ -663,7 +664,7 @@ func TestDialAndObserver(t *testing.T) {
 			t.Fatal("a publish was reported before its PUBACK")
 		}
 		fc.send(packet.Packet{Type: packet.Puback, ID: p.ID})
-		if err := expect(t, errc, "Publish"); err != nil {
+		if err := wait.Recv(t, errc, "Publish"); err != nil {
 			t.Fatal(err)
 		}
 		got := make(chan string, 1)
@@ -673,11 +674,11 @@ func TestDialAndObserver(t *testing.T) {
 		}()
 		sub := fc.read()
 		fc.send(packet.Packet{Type: packet.Suback, ID: sub.ID, Codes: []byte{1}})
-		if err := expect(t, subErr, "Subscribe"); err != nil {
+		if err := wait.Recv(t, subErr, "Subscribe"); err != nil {
 			t.Fatal(err)
 		}
 		fc.send(packet.Packet{Type: packet.Publish, Topic: "down/x", Payload: []byte("two")})
-		if m := expect(t, got, "the subscription's message"); m != "down/x=two" {
+		if m := wait.Recv(t, got, "the subscription's message"); m != "down/x=two" {
 			t.Fatalf("handler got %q", m)
 		}
 		if lost {
@@ -685,7 +686,7 @@ func TestDialAndObserver(t *testing.T) {
 			go func() { errc <- c.Publish(context.Background(), "a/c", []byte("three")) }()
 			fc.read()
 			fc.c.Close()
-			if err := expect(t, errc, "Publish"); err == nil {
+			if err := wait.Recv(t, errc, "Publish"); err == nil {
 				t.Fatal("a publish without PUBACK succeeded")
 			}
 			expectDone(t, c, 2*time.Second, "the broker closed the connection")

@@ -5,15 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"path/filepath"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/sigil-iot/sigil/device/internal/devicetest"
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
-	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/softtpm"
 )
@@ -33,29 +32,12 @@ var topics = wire.Topics{Prefix: "sigil"}
 func newDevice(t *testing.T) *device {
 	t.Helper()
 	f := fakefleet.New(t, topics)
-	tp, err := softtpm.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tp.Close() })
-	st, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ak, err := tp.CreateAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tk, err := tp.CreateTransportKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, _ := tp.PublicKey(tk)
+	dev := devicetest.New(t)
+	tp, st, id := dev.TPM, dev.Store, dev.Keys(t)
+	pub, _ := tp.PublicKey(blob(id.TK))
 	const deviceID = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"
-	id := &state.Identity{Status: state.StatusEnrolled, DeviceID: deviceID,
-		AK: state.KeyBlob{Public: ak.Public, Private: ak.Private}, TK: state.KeyBlob{Public: tk.Public, Private: tk.Private},
-		Cert: f.IssueCert(deviceID, pub, time.Now().Add(-2*time.Hour), 3*time.Hour), TrustBundle: [][]byte{f.CA().Raw}}
+	id.Status, id.DeviceID = state.StatusEnrolled, deviceID
+	id.Cert, id.TrustBundle = f.IssueCert(deviceID, pub, time.Now().Add(-2*time.Hour), 3*time.Hour), [][]byte{f.CA().Raw}
 	if err := st.SaveIdentity(id); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +46,7 @@ func newDevice(t *testing.T) *device {
 		Attester: AttesterFunc(func(_ context.Context, id *state.Identity, ch *wire.AttestChallenge) *wire.AttestEvidence {
 			ev := &wire.AttestEvidence{Nonce: ch.Nonce}
 			for _, sel := range ch.Selections {
-				q, err := tp.Quote(&tpm.KeyBlob{Public: id.AK.Public, Private: id.AK.Private}, ch.Nonce, sel)
+				q, err := tp.Quote(blob(id.AK), ch.Nonce, sel)
 				if err != nil {
 					t.Errorf("quote: %v", err)
 					return nil

@@ -4,17 +4,14 @@ package state
 // this is bbolt's crash safety.
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/crashtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -38,37 +35,26 @@ const outboxCrashEnv = "SIGIL_OUTBOX_CRASH_WRITER"
 // TestOutboxCrashWriter is the helper process of TestOutboxCrash: it
 // appends and acknowledges until killed, reporting each commit.
 func TestOutboxCrashWriter(t *testing.T) {
-	path := os.Getenv(outboxCrashEnv)
-	if path == "" {
+	path, ok := crashtest.Arg(outboxCrashEnv)
+	if !ok {
 		t.Skip("helper process for TestOutboxCrash")
 	}
 	s, err := Open(path, Options{Timeout: 5 * time.Second})
-	if err != nil {
-		fmt.Println("error", err)
-		os.Exit(2)
-	}
+	crashtest.Check(err)
 	o := s.Outbox(OutboxOptions{MaxPoints: 50})
 	st, err := o.Stats()
-	if err != nil {
-		fmt.Println("error", err)
-		os.Exit(2)
-	}
+	crashtest.Check(err)
 	// The metric "seq" of each point is its sequence number.
 	for i := int(st.Next); ; i++ {
-		if _, err := o.Append(point(i)); err != nil {
-			fmt.Println("error", err)
-			os.Exit(2)
-		}
+		_, err := o.Append(point(i))
+		crashtest.Check(err)
 		fmt.Println("appended", i)
 		if i%7 == 0 {
 			b, err := o.Pending(3, 1<<20)
 			if err == nil && b != nil {
 				_, err = o.Ack(b.Stream, b.Last())
 			}
-			if err != nil {
-				fmt.Println("error", err)
-				os.Exit(2)
-			}
+			crashtest.Check(err)
 		}
 	}
 }
@@ -77,40 +63,19 @@ func TestOutboxCrashWriter(t *testing.T) {
 // every reported point is held, acknowledged or counted as dropped, and
 // that the bookkeeping matches the points held.
 func TestOutboxCrash(t *testing.T) {
-	if os.Getenv(outboxCrashEnv) != "" {
+	if _, ok := crashtest.Arg(outboxCrashEnv); ok {
 		t.Skip("in helper")
 	}
 	path := filepath.Join(t.TempDir(), "state.db")
 	for round := range 2 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestOutboxCrashWriter$", "-test.count=1")
-		cmd.Env = append(os.Environ(), outboxCrashEnv+"="+path)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(out)
 		last, lines := 0, 0
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "error") {
-				t.Fatalf("writer: %s", line)
-			}
+		crashtest.Kill(t, "TestOutboxCrashWriter", outboxCrashEnv, path, func(line string) bool {
 			if n, ok := strings.CutPrefix(line, "appended "); ok {
 				last, _ = strconv.Atoi(n)
 				lines++
 			}
-			if lines >= 80 {
-				break
-			}
-		}
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		cmd.Wait()
+			return lines >= 80
+		})
 		if last == 0 {
 			t.Fatal("writer committed nothing")
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/device/state"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -97,13 +98,11 @@ func (f *fleet) seen() (attempts []time.Time, got, sizes []int) {
 	return slices.Clone(f.attempts), slices.Clone(f.got), slices.Clone(f.sizes)
 }
 
+// run runs s until the returned stop, which fails t if Run failed.
 func run(t *testing.T, s interface{ Run(context.Context) error }) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- s.Run(ctx) }()
+	halt := runtest.Start(t, s.Run)
 	return func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := halt(); err != nil {
 			t.Error(err)
 		}
 	}

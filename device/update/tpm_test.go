@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,23 +22,15 @@ import (
 // independent client.
 func nvCounter(t *testing.T, inst *swtpm.Instance) uint64 {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "nv.bin")
-	swtpmtest.Run(t, "tpm2_nvread", "-T", inst.TCTI(), "-C", "o", "-s", "8", "-o", out, fmt.Sprintf("0x%08x", tpm.SecurityVersionIndex))
-	b, err := os.ReadFile(out)
-	if err != nil || len(b) != 8 {
-		t.Fatalf("tpm2_nvread: %x, %v", b, err)
-	}
-	return binary.BigEndian.Uint64(b)
+	return swtpmtest.ReadNVCounter(t, inst, tpm.SecurityVersionIndex)
 }
 
 // pcr14 reads PCR 14 of the SHA-256 bank with tpm2_pcrread.
 func pcr14(t *testing.T, inst *swtpm.Instance) []byte {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "pcr.bin")
-	swtpmtest.Run(t, "tpm2_pcrread", "-T", inst.TCTI(), "sha256:14", "-o", out)
-	b, err := os.ReadFile(out)
-	if err != nil || len(b) != 32 {
-		t.Fatalf("tpm2_pcrread: %x, %v", b, err)
+	b := swtpmtest.ReadPCR(t, inst, "sha256", 14)
+	if len(b) != 32 {
+		t.Fatalf("tpm2_pcrread: %d bytes for a SHA-256 PCR", len(b))
 	}
 	return b
 }

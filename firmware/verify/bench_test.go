@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 )
 
@@ -16,7 +17,7 @@ import (
 // manifest parsing), the figure for docs/BENCHMARKS.md.
 func BenchmarkRelease(b *testing.B) {
 	m := testManifest(b)
-	p256 := signers(b, 3)
+	p256 := signtest.Signers(b, 3)
 	p384, ed := newSigner(b, elliptic.P384()), newSigner(b, nil)
 	for _, c := range []struct {
 		name    string
@@ -25,9 +26,9 @@ func BenchmarkRelease(b *testing.B) {
 		raw     []byte
 	}{
 		{"cosign-p256-1of1", trust(b, 1, "a"), bundles(b, "manifest.a.bundle.json"), read(b, "manifest.json")},
-		{"p256-2of3", set(b, 1, 2, p256...), signAll(b, m, p256[2], p256[0]), m},
-		{"p384-1of1", set(b, 1, 1, p384), signAll(b, m, p384), m},
-		{"ed25519-1of1", set(b, 1, 1, ed), signAll(b, m, ed), m},
+		{"p256-2of3", signtest.Trust(b, 1, 2, p256...), signAll(b, m, p256[2], p256[0]), m},
+		{"p384-1of1", signtest.Trust(b, 1, 1, p384), signAll(b, m, p384), m},
+		{"ed25519-1of1", signtest.Trust(b, 1, 1, ed), signAll(b, m, ed), m},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -22,10 +23,10 @@ import (
 // allowed; a signature over other bytes (the statement without its
 // newline) does not count, and anything else after the set is refused.
 func TestRotateStatementEndingInNewline(t *testing.T) {
-	old := signers(t, 1)
-	cur := set(t, 1, 1, old...)
-	fresh := signers(t, 1)
-	next := set(t, 2, 1, fresh...)
+	old := signtest.Signers(t, 1)
+	cur := signtest.Trust(t, 1, 1, old...)
+	fresh := signtest.Signers(t, 1)
+	next := signtest.Trust(t, 2, 1, fresh...)
 	canon, err := next.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +98,7 @@ func TestLegacyCosignBundle(t *testing.T) {
 			if msg := err.(*wire.Error).Message; !strings.Contains(msg, "--new-bundle-format") || !strings.Contains(msg, verify.MediaTypeV03) {
 				t.Errorf("public message %q does not say which format is expected", msg)
 			}
-			stmt, _ := set(t, 2, 1, signers(t, 1)...).Marshal()
+			stmt, _ := signtest.Trust(t, 2, 1, signtest.Signers(t, 1)...).Marshal()
 			_, err = verify.Rotate(ts, stmt, [][]byte{b})
 			refused(t, err, wire.ReasonFirmwareSignature, verify.ErrLegacyBundle)
 			if msg := err.(*wire.Error).Message; !strings.Contains(msg, "--new-bundle-format") {
@@ -108,12 +109,12 @@ func TestLegacyCosignBundle(t *testing.T) {
 	// Enough signatures in the expected format win over an old-format
 	// bundle beside them, and a refusal for other reasons does not blame
 	// the format.
-	good := signers(t, 1)[0]
+	good := signtest.Signers(t, 1)[0]
 	ts2, _ := verify.NewTrustSet(1, 1, good.Public())
 	if _, err := verify.Manifest(m, [][]byte{legacyBundle(t, key, m), signAll(t, m, good)[0]}, ts2); err != nil {
 		t.Fatalf("a good bundle beside an old-format one: %v", err)
 	}
-	_, err = verify.Manifest(m, signAll(t, m, signers(t, 1)...), ts2)
+	_, err = verify.Manifest(m, signAll(t, m, signtest.Signers(t, 1)...), ts2)
 	refused(t, err, wire.ReasonFirmwareSignature, verify.ErrSignature)
 	if errors.Is(err, verify.ErrLegacyBundle) || strings.Contains(err.(*wire.Error).Message, "new-bundle-format") {
 		t.Errorf("a refusal without an old-format bundle mentions the format: %v", err)
@@ -164,9 +165,9 @@ func TestCosignLegacyBundleVector(t *testing.T) {
 // and a statement it accepts is the new set's canonical encoding followed
 // by at most one newline.
 func FuzzRotateStatement(f *testing.F) {
-	k := signers(f, 1)
-	cur := set(f, 1, 1, k...)
-	canon, err := set(f, 2, 1, k...).Marshal()
+	k := signtest.Signers(f, 1)
+	cur := signtest.Trust(f, 1, 1, k...)
+	canon, err := signtest.Trust(f, 2, 1, k...).Marshal()
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -39,27 +40,6 @@ func newSigner(t testing.TB, curve elliptic.Curve) *sign.Signer {
 	return s
 }
 
-func signers(t testing.TB, n int) []*sign.Signer {
-	out := make([]*sign.Signer, n)
-	for i := range out {
-		out[i] = newSigner(t, elliptic.P256())
-	}
-	return out
-}
-
-func set(t testing.TB, seq uint64, threshold int, ss ...*sign.Signer) *verify.TrustSet {
-	t.Helper()
-	var keys []crypto.PublicKey
-	for _, s := range ss {
-		keys = append(keys, s.Public())
-	}
-	ts, err := verify.NewTrustSet(seq, threshold, keys...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ts
-}
-
 func signAll(t testing.TB, msg []byte, ss ...*sign.Signer) [][]byte {
 	t.Helper()
 	var out [][]byte
@@ -74,8 +54,8 @@ func signAll(t testing.TB, msg []byte, ss ...*sign.Signer) [][]byte {
 }
 
 func TestTrustSetEncoding(t *testing.T) {
-	k := signers(t, 3)
-	ts := set(t, 7, 2, k...)
+	k := signtest.Signers(t, 3)
+	ts := signtest.Trust(t, 7, 2, k...)
 	b, err := ts.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +68,7 @@ func TestTrustSetEncoding(t *testing.T) {
 		t.Fatalf("round trip: seq %d threshold %d keys %v", got.Sequence(), got.Threshold(), got.KeyIDs())
 	}
 	// The order of keys given does not matter: one set, one encoding.
-	rev := set(t, 7, 2, k[2], k[0], k[1])
+	rev := signtest.Trust(t, 7, 2, k[2], k[0], k[1])
 	if b2, _ := rev.Marshal(); !bytes.Equal(b, b2) {
 		t.Fatal("the same set encodes differently")
 	}
@@ -122,10 +102,10 @@ func TestTrustSetEncoding(t *testing.T) {
 // current threshold of current keys and the new threshold of new keys
 // signed it, with a higher sequence; afterwards only the new keys count.
 func TestRotate(t *testing.T) {
-	old := signers(t, 3)
-	cur := set(t, 1, 2, old...)
-	fresh := signers(t, 2)
-	next := set(t, 2, 2, old[0], fresh[0], fresh[1])
+	old := signtest.Signers(t, 3)
+	cur := signtest.Trust(t, 1, 2, old...)
+	fresh := signtest.Signers(t, 2)
+	next := signtest.Trust(t, 2, 2, old[0], fresh[0], fresh[1])
 	stmt, err := next.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +137,7 @@ func TestRotate(t *testing.T) {
 	}
 
 	// Replaying an older or equal statement fails even when well signed.
-	same := set(t, 1, 1, old[0])
+	same := signtest.Trust(t, 1, 1, old[0])
 	sameStmt, _ := same.Marshal()
 	_, err = verify.Rotate(cur, sameStmt, signAll(t, sameStmt, old...))
 	refused(t, err, wire.ReasonReplay, verify.ErrStale)
@@ -191,9 +171,9 @@ func testManifest(t testing.TB) []byte {
 // not a signature over a manifest, and each parser refuses the other's
 // bytes, so one signed message has one meaning.
 func TestManifestAndStatementDoNotMix(t *testing.T) {
-	k := signers(t, 1)
-	ts := set(t, 1, 1, k...)
-	stmt, _ := set(t, 2, 1, k...).Marshal()
+	k := signtest.Signers(t, 1)
+	ts := signtest.Trust(t, 1, 1, k...)
+	stmt, _ := signtest.Trust(t, 2, 1, k...).Marshal()
 	_, err := verify.Release(stmt, signAll(t, stmt, k...), ts, now, model)
 	refused(t, err, wire.ReasonBadRequest, manifest.ErrInvalid)
 	m := testManifest(t)
@@ -204,7 +184,7 @@ func TestManifestAndStatementDoNotMix(t *testing.T) {
 func TestEd25519AndP384Releases(t *testing.T) {
 	m := testManifest(t)
 	for name, s := range map[string]*sign.Signer{"ed25519": newSigner(t, nil), "p384": newSigner(t, elliptic.P384())} {
-		ts := set(t, 1, 1, s)
+		ts := signtest.Trust(t, 1, 1, s)
 		if _, err := verify.Release(m, signAll(t, m, s), ts, now, model); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
@@ -215,13 +195,13 @@ func TestEd25519AndP384Releases(t *testing.T) {
 }
 
 func TestTooManyBundles(t *testing.T) {
-	k := signers(t, 1)
+	k := signtest.Signers(t, 1)
 	m := testManifest(t)
 	bs := signAll(t, m, k...)
 	for len(bs) <= verify.MaxBundles {
 		bs = append(bs, bs[0])
 	}
-	_, err := verify.Release(m, bs, set(t, 1, 1, k...), now, model)
+	_, err := verify.Release(m, bs, signtest.Trust(t, 1, 1, k...), now, model)
 	refused(t, err, wire.ReasonFirmwareSignature, verify.ErrSignature)
 }
 
@@ -255,8 +235,8 @@ func TestDeviceSafeImports(t *testing.T) {
 }
 
 func FuzzParseTrustSet(f *testing.F) {
-	k := signers(f, 2)
-	b, err := set(f, 3, 2, k...).Marshal()
+	k := signtest.Signers(f, 2)
+	b, err := signtest.Trust(f, 3, 2, k...).Marshal()
 	if err != nil {
 		f.Fatal(err)
 	}

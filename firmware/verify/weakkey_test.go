@@ -15,6 +15,7 @@ import (
 
 	"filippo.io/edwards25519"
 
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -209,7 +210,7 @@ func TestWeakKeyTwoOfTwo(t *testing.T) {
 		t.Fatalf("2-of-2 set with the identity key: %v, want ErrWeakKey", err)
 	}
 	// Rotating to it is refused as malformed, whoever signed it.
-	cur := set(t, 1, 1, k)
+	cur := signtest.Trust(t, 1, 1, k)
 	idID, err := verify.KeyID(identity)
 	if err != nil {
 		t.Fatal(err)

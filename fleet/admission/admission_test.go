@@ -14,23 +14,14 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
-
-func openInventory(t *testing.T) *inventory.Store {
-	t.Helper()
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
-	return inv
-}
 
 // TestGateAdmitsOnlyIssuedSerials: a certificate of the fleet CA for an
 // active device is refused unless the fleet issued that serial to it.
 func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
-	inv := openInventory(t)
+	inv := inventorytest.Open(t)
 	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "test.local"})
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +43,7 @@ func TestGateAdmitsOnlyIssuedSerials(t *testing.T) {
 // TestAdmitActive: firmware downloads admit a device holding a certificate
 // the fleet issued it while it is active, not once it is quarantined.
 func TestAdmitActive(t *testing.T) {
-	inv := openInventory(t)
+	inv := inventorytest.Open(t)
 	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "test.local"})
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +94,7 @@ func TestUpKind(t *testing.T) {
 // that accepts the kind; through a broker pool (no certificate reported)
 // only while the device holds a current certificate.
 func TestCheck(t *testing.T) {
-	inv := openInventory(t)
+	inv := inventorytest.Open(t)
 	now := time.Now()
 	const active, quarantined, revoked = "0123456789abcdef0123456789abcde1", "0123456789abcdef0123456789abcde2", "0123456789abcdef0123456789abcde3"
 	for id, d := range map[string]inventory.Device{

@@ -9,20 +9,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openBackend(t testing.TB, cfg Config) (*Engine, error) {
-	db, ok := pgtest.Database(t, cfg.Path)
-	if !ok {
-		return Open(cfg)
-	}
-	return OpenPostgres(context.Background(), db, cfg)
+	return pgtest.OpenBackend(t, cfg.Path, cfg, Open, OpenPostgres)
 }
 
 // conformanceTests are the engine's tests run against both backends (the
@@ -73,13 +69,9 @@ func testReplicasFireOnce(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	clk := newClock()
 	open := func() *Engine {
-		db := pgtest.Open(t, url)
-		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { e.Close() })
-		return e
+		return pgtest.Replica(t, url, func(db *postgres.DB) (*Engine, error) {
+			return OpenPostgres(t.Context(), db, Config{Now: clk.Now})
+		})
 	}
 	a := open()
 	if _, err := a.PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {
@@ -151,13 +143,11 @@ func testReplicasShareRules(t *testing.T, srv *pgtest.Server) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	open := func() *Engine {
-		db := pgtest.Open(t, url)
-		bus := notify.NewPostgres(db, nil)
-		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Bus: bus})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { e.Close() })
+		var bus *notify.Postgres
+		e := pgtest.Replica(t, url, func(db *postgres.DB) (*Engine, error) {
+			bus = notify.NewPostgres(db, nil)
+			return OpenPostgres(t.Context(), db, Config{Now: clk.Now, Bus: bus})
+		})
 		wg.Go(func() {
 			if err := bus.Run(ctx); err != nil {
 				t.Error(err)
@@ -214,24 +204,16 @@ func testReplicasRepeatOnce(t *testing.T, srv *pgtest.Server) {
 	clk := newClock()
 	var repeats [2]atomic.Int64
 	open := func(i int) *Engine {
-		db := pgtest.Open(t, url)
-		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
 		sink := NotifierFunc(func(_ context.Context, n Notification) error {
 			if n.Transition == TransitionRepeat {
 				repeats[i].Add(1)
 			}
 			return nil
 		})
-		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: ls, Resend: 10 * time.Millisecond,
-			Routes: []Route{{Name: "am", Notifier: sink, Transitions: []Transition{TransitionFiring, TransitionRepeat}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { e.Close() })
-		return e
+		return pgtest.Replica(t, url, func(db *postgres.DB) (*Engine, error) {
+			return OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: pgtest.Lease(t, db, i), Resend: 10 * time.Millisecond,
+				Routes: []Route{{Name: "am", Notifier: sink, Transitions: []Transition{TransitionFiring, TransitionRepeat}}}})
+		})
 	}
 	a := open(0)
 	if _, err := a.PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {
@@ -240,31 +222,11 @@ func testReplicasRepeatOnce(t *testing.T, srv *pgtest.Server) {
 	if err := a.Observe("d1", clk.Now(), map[string]float64{"temp": 90}, nil); err != nil {
 		t.Fatal(err)
 	}
-	engines := []*Engine{a, open(1)}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	cancels := make([]context.CancelFunc, 2)
-	for i, e := range engines {
-		ctx, cancel := context.WithCancel(t.Context())
-		cancels[i] = cancel
-		defer cancel()
-		wg.Go(func() {
-			if err := e.Run(ctx); err != nil {
-				t.Errorf("replica %d: Run: %v", i, err)
-			}
-		})
-	}
-	wait.For(t, "ten repeats", func() bool { return repeats[0].Load()+repeats[1].Load() >= 10 })
-	holder := 0
-	if repeats[1].Load() > 0 {
-		holder = 1
-	}
-	other := 1 - holder
-	if repeats[other].Load() != 0 {
-		t.Fatalf("both replicas re-sent the open alert: %d and %d repeats", repeats[0].Load(), repeats[1].Load())
-	}
-	cancels[holder]()
-	wait.For(t, "the other replica to re-send", func() bool { return repeats[other].Load() > 0 })
+	pgtest.OneHolder(t, pgtest.Leased{
+		Run:    []func(context.Context) error{a.Run, open(1).Run},
+		Done:   func(i int) int64 { return repeats[i].Load() },
+		Enough: 10, Work: "re-sent the open alert", Unit: "repeats",
+	}, nil)
 }
 
 // testReplicasBoundTheHistory: alerts opened and resolved on both
@@ -275,17 +237,9 @@ func testReplicasBoundTheHistory(t *testing.T, srv *pgtest.Server) {
 	clk := newClock()
 	const maxAlerts = 2
 	open := func(i int) *Engine {
-		db := pgtest.Open(t, url)
-		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: ls, MaxAlerts: maxAlerts, SweepInterval: 10 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { e.Close() })
-		return e
+		return pgtest.Replica(t, url, func(db *postgres.DB) (*Engine, error) {
+			return OpenPostgres(t.Context(), db, Config{Now: clk.Now, Leases: pgtest.Lease(t, db, i), MaxAlerts: maxAlerts, SweepInterval: 10 * time.Millisecond})
+		})
 	}
 	engines := []*Engine{open(0), open(1)}
 	if _, err := engines[0].PutRule(Rule{ID: "hot", Severity: SeverityWarning, Threshold: &Threshold{Metric: "temp", Op: OpGE, Value: 80}}); err != nil {

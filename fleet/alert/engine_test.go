@@ -10,6 +10,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/runtest"
 )
 
 func TestThresholdFiresAndResolves(t *testing.T) {
@@ -170,9 +172,7 @@ func TestAbsenceFiresAndResolves(t *testing.T) {
 		defer e.Close()
 		_, err = e.PutRule(Rule{ID: "silent", Severity: SeverityWarning, Absence: &Absence{After: dur(15 * time.Minute)}})
 		must(t, err)
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error)
-		go func() { done <- e.Run(ctx) }()
+		stop := runtest.Start(t, e.Run)
 
 		must(t, e.Seen("d1", time.Now()))
 		must(t, e.Observe("d2", time.Now(), map[string]float64{"cpu": 1}, nil))
@@ -196,8 +196,7 @@ func TestAbsenceFiresAndResolves(t *testing.T) {
 		if len(open) != 0 {
 			t.Fatalf("still open after the device was seen: %+v", open)
 		}
-		cancel()
-		must(t, <-done)
+		must(t, stop())
 	})
 }
 
@@ -286,7 +285,7 @@ func TestAckResolveDedupe(t *testing.T) {
 	if _, err := f.e.Acknowledge(id, "", "x"); !errors.Is(err, ErrInvalidInput) {
 		t.Fatalf("anonymous acknowledgement: %v", err)
 	}
-	f.clock.Add(time.Minute)
+	f.clock.Advance(time.Minute)
 	a, err := f.e.Acknowledge(id, "alice", "looking")
 	must(t, err)
 	if a.State != StateAcknowledged || a.AckedBy != "alice" || a.AckNote != "looking" || !a.AckedAt.Equal(f.clock.Now()) {
@@ -577,9 +576,7 @@ func TestQueueFullAndShutdownDeadLetter(t *testing.T) {
 	}
 	// ... which the next Run sends, oldest first; the overflow one waits
 	// for an operator.
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error)
-	go func() { done <- e.Run(ctx) }()
+	stop := runtest.Start(t, e.Run)
 	for _, key := range []string{"0", "1"} {
 		if n := rec.next(t); n.Alert.Key != key {
 			t.Fatalf("re-sent key %q, want %q", n.Alert.Key, key)
@@ -595,8 +592,7 @@ func TestQueueFullAndShutdownDeadLetter(t *testing.T) {
 	if n != 1 || rec.next(t).Alert.Key != "2" {
 		t.Fatalf("RedriveAll sent %d", n)
 	}
-	cancel()
-	must(t, <-done)
+	must(t, stop())
 }
 
 func TestDeleteRuleAndForget(t *testing.T) {

@@ -34,7 +34,7 @@ func TestFloodControl(t *testing.T) {
 			return nil
 		}),
 	})
-	f.clock.t = f.clock.t.Truncate(10 * time.Minute) // the window starts now
+	f.clock.Set(f.clock.Now().Truncate(10 * time.Minute)) // the window starts now
 	f.put(t, Rule{ID: "logins", Severity: SeverityWarning, Event: &EventMatch{Kind: EventAuthFailure}})
 	f.put(t, Rule{ID: "attest", Severity: SeverityCritical, Action: ActionQuarantine, Event: &EventMatch{Kind: EventAttestationFailed}})
 	f.run(t)
@@ -75,7 +75,7 @@ func TestFloodControl(t *testing.T) {
 	}
 
 	// The window closes: each summary goes out once with its final counts.
-	f.clock.Add(10 * time.Minute)
+	f.clock.Advance(10 * time.Minute)
 	f.e.sweep(f.clock.Now())
 	got := map[string]Notification{}
 	for range 2 {
@@ -137,7 +137,7 @@ func TestFloodControl(t *testing.T) {
 // selection, by group and by filter — only firing ones, each once.
 func TestGroupsAndBulkAcknowledge(t *testing.T) {
 	f := newFixture(t, Config{Flood: Flood{Window: time.Hour, PerRule: 5}})
-	f.clock.t = f.clock.t.Truncate(time.Hour)
+	f.clock.Set(f.clock.Now().Truncate(time.Hour))
 	f.put(t, Rule{ID: "logins", Severity: SeverityWarning, Event: &EventMatch{Kind: EventAuthFailure}})
 	f.put(t, Rule{ID: "attest", Severity: SeverityCritical, Event: &EventMatch{Kind: EventAttestationFailed}})
 	f.put(t, Rule{ID: "reboot", Severity: SeverityInfo, Event: &EventMatch{Kind: "reboot"}})

@@ -8,30 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/clocktest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
-// clock is a settable clock for Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-	return c.t
-}
+func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
 // recorder is a sink that keeps what it receives; fail, when set, decides
 // an attempt's outcome.
@@ -93,7 +76,7 @@ func waitFor(t *testing.T, cond func() bool) {
 
 type fixture struct {
 	e     *Engine
-	clock *clock
+	clock *clocktest.Clock
 	path  string
 }
 
@@ -122,15 +105,7 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 // run starts the engine until the test ends.
 func (f *fixture) run(t *testing.T) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	runtest.Start(t, f.e.Run)
 }
 
 func (f *fixture) put(t *testing.T, r Rule) *Rule {

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -12,7 +11,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
-	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -22,11 +21,7 @@ import (
 // and ingester.
 func newAlertAPI(t *testing.T) (*httptest.Server, *alert.Engine, *telemetry.Ingester) {
 	t.Helper()
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	e, err := alert.Open(alert.Config{Path: filepath.Join(t.TempDir(), "alerts.db"), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -36,10 +31,8 @@ func newAlertAPI(t *testing.T) (*httptest.Server, *alert.Engine, *telemetry.Inge
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, AdminTokenHash: sum[:], Alerts: e, Telemetry: in, Metrics: metrics.Handler(in.Metrics(), nil),
-		AlertSinks: []AlertSink{{Name: "siem", Type: "syslog", Target: "127.0.0.1:6514"}}}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Alerts: e, Telemetry: in, Metrics: metrics.Handler(in.Metrics(), nil),
+		AlertSinks: []AlertSink{{Name: "siem", Type: "syslog", Target: "127.0.0.1:6514"}}})
 	return srv, e, in
 }
 

@@ -219,6 +219,7 @@ type Device struct {
 	Tags          []string  `json:"tags,omitempty"`
 	Attestation   string    `json:"attestation,omitempty"`
 	LastAttested  time.Time `json:"last_attested,omitzero"`
+	Protocol      int       `json:"protocol,omitempty"` // the wire protocol version the fleet speaks to it (its last)
 }
 
 func (h *handler) view(d *inventory.Device) Device {
@@ -226,7 +227,7 @@ func (h *handler) view(d *inventory.Device) Device {
 		ID: d.ID, State: string(d.State), Model: d.Model, ClaimedModel: d.ClaimedModel, Firmware: d.Firmware, Owner: d.Owner, Purpose: d.Purpose, Serial: d.Serial,
 		EKFingerprint: d.EKFingerprint, TrustPath: d.TrustPath, CertSerial: d.CertSerial, CertExpiry: d.CertExpiry,
 		FirstSeen: d.FirstSeen, LastSeen: d.LastSeen, EnrolledAt: d.EnrolledAt, Connected: d.Connected, Flags: d.Flags,
-		Group: d.Group, Tags: d.Tags, Attestation: d.Attestation, LastAttested: d.LastAttested,
+		Group: d.Group, Tags: d.Tags, Attestation: d.Attestation, LastAttested: d.LastAttested, Protocol: d.Protocol,
 	}
 	if h.cfg.Connected != nil {
 		v.Connected = h.cfg.Connected(d.ID)

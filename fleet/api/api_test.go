@@ -7,13 +7,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 type approver struct{ inv *inventory.Store }
@@ -31,18 +31,25 @@ const token = "sga_test-token"
 
 func newAPI(t *testing.T) (*httptest.Server, *inventory.Store) {
 	t.Helper()
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:]}))
-	t.Cleanup(srv.Close)
-	return srv, inv
+	inv := inventorytest.Open(t)
+	return serve(t, Config{Inventory: inv, Approver: approver{inv}}), inv
 }
 
-func call(t *testing.T, srv *httptest.Server, method, path, tok, body string) (*http.Response, string) {
+// serve serves the API of cfg, with token as its admin token, until the
+// test ends.
+func serve(t testing.TB, cfg Config) *httptest.Server {
+	t.Helper()
+	sum := sha256.Sum256([]byte(token))
+	cfg.AdminTokenHash = sum[:]
+	srv := httptest.NewServer(New(cfg))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// call calls the API at srv with a bearer token (if tok is not empty), a
+// JSON body (if not empty) and the header pairs in hdr; it returns the
+// response and its body.
+func call(t testing.TB, srv *httptest.Server, method, path, tok, body string, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
 	if tok != "" {
@@ -50,6 +57,9 @@ func call(t *testing.T, srv *httptest.Server, method, path, tok, body string) (*
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := srv.Client().Do(req)
 	if err != nil {

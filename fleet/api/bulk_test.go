@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +18,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 // challenges is an attestation service that records the challenges sent.
@@ -45,19 +44,7 @@ func bulkID(i int) string { return fmt.Sprintf("dev-%03d", i) }
 func (f *bulkFixture) post(t *testing.T, action string, role auth.Role, body any, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	raw, _ := json.Marshal(body)
-	req, _ := http.NewRequest("POST", f.srv.URL+"/api/v1/devices/bulk/"+action, strings.NewReader(string(raw)))
-	req.Header.Set("Authorization", "Bearer "+f.tokens[role])
-	req.Header.Set("Content-Type", "application/json")
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := f.srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp, string(b)
+	return call(t, f.srv, "POST", "/api/v1/devices/bulk/"+action, f.tokens[role], string(raw), hdr...)
 }
 
 type bulkFixture struct {
@@ -74,31 +61,19 @@ type bulkFixture struct {
 // group "pumps", dev-005 pending.
 func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 	t.Helper()
-	dir := t.TempDir()
-	a, err := auth.Open(auth.Config{Path: filepath.Join(dir, "operators.db"), Params: cheapParams, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
-	lg, err := audit.Open(audit.Config{Path: filepath.Join(dir, "audit.db"), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lg.Close() })
+	a, lg := openOperators(t)
+	inv := inventorytest.Open(t)
 	f := &bulkFixture{inv: inv, log: lg, att: &challenges{}, tokens: map[auth.Role]string{}}
 	for _, role := range auth.Roles() {
 		name := "u-" + string(role)
 		if _, err := a.CreateUser(context.Background(), name, "a long enough password", role); err != nil {
 			t.Fatal(err)
 		}
-		if f.tokens[role], _, err = a.CreateToken(t.Context(), name, "t", role, time.Hour); err != nil {
+		token, _, err := a.CreateToken(t.Context(), name, "t", role, time.Hour)
+		if err != nil {
 			t.Fatal(err)
 		}
+		f.tokens[role] = token
 	}
 	for i := range 30 {
 		d := &inventory.Device{ID: bulkID(i), State: inventory.StateActive, CertSerial: fmt.Sprintf("c%03d", i), Model: "gw-1"}
@@ -116,7 +91,7 @@ func newBulkFixture(t *testing.T, twoPerson bool) *bulkFixture {
 		Quarantiner: governance.InventoryQuarantiner{Inventory: inv, Source: inventory.CauseOperator},
 		Connected:   func(id string) bool { var n int; fmt.Sscanf(id, "dev-%d", &n); return n%2 == 0 }}
 	if twoPerson {
-		cfg.Approvals = openApprovals(t, dir, a)
+		cfg.Approvals = openApprovals(t, t.TempDir(), a)
 	}
 	f.srv = httptest.NewServer(New(cfg))
 	t.Cleanup(f.srv.Close)

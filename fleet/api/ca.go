@@ -57,7 +57,7 @@ func (h *handler) getCA(w http.ResponseWriter, _ *http.Request, _ string) {
 
 // caConflict maps the CA's state errors to 409 and anything else to 500.
 func (h *handler) caError(w http.ResponseWriter, op string, err error) {
-	for _, e := range []error{ca.ErrAlreadyPrepared, ca.ErrNothingPrepared, ca.ErrNothingToRetire, ca.ErrExternalSigner} {
+	for _, e := range []error{ca.ErrAlreadyPrepared, ca.ErrNothingPrepared, ca.ErrNothingToRetire, ca.ErrExternalSigner, ca.ErrStale} {
 		if errors.Is(err, e) {
 			problem(w, http.StatusConflict, "conflict", err.Error())
 			return

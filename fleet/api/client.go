@@ -236,7 +236,9 @@ func (c *Client) CRL(ctx context.Context) ([]byte, error) {
 // CRLAfter waits for the fleet's CRL whose number is greater than after
 // (GET /crl?after=N; nil after: the current one at once) and returns it
 // (DER), or nil when the fleet held the request until its hold ended with
-// none. The wait is bounded by ctx, not by c.HTTP's timeout.
+// none. The wait is bounded by ctx, not by c.HTTP's timeout. With a Token
+// (a broker sync's, scope broker-sync) it waits in the slots the fleet
+// keeps for the brokers' syncs.
 func (c *Client) CRLAfter(ctx context.Context, after *big.Int) ([]byte, error) {
 	u := c.BaseURL + "/crl"
 	if after != nil {
@@ -245,6 +247,9 @@ func (c *Client) CRLAfter(ctx context.Context, after *big.Int) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	hc := *c.HTTP
 	hc.Timeout = 0 // the fleet holds the request for up to a minute

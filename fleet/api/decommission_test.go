@@ -1,10 +1,8 @@
 package api
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -12,22 +10,16 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 // TestDecommissionShutsEverySessionAndSerial: decommissioning closes the
 // device's sessions even when its current serial was revoked already, and
 // revokes every serial it still holds (a renewed-away one too).
 func TestDecommissionShutsEverySessionAndSerial(t *testing.T) {
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	var disconnected []string
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
-		Disconnect: func(id string) { disconnected = append(disconnected, id) }}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Disconnect: func(id string) { disconnected = append(disconnected, id) }})
 	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0b", Superseded: []string{"0a"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -56,20 +48,14 @@ func TestDecommissionShutsEverySessionAndSerial(t *testing.T) {
 // the device's sessions; an expired certificate is left as it is.
 func TestRevokeRevokesEverySerial(t *testing.T) {
 	dir := t.TempDir()
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), TrustDomain: "test.local"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var disconnected []string
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:], CA: fleetCA,
-		Disconnect: func(id string) { disconnected = append(disconnected, id) }}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, CA: fleetCA,
+		Disconnect: func(id string) { disconnected = append(disconnected, id) }})
 	now := time.Now()
 	if err := inv.PutDevice(t.Context(), &inventory.Device{ID: "dev-a", State: inventory.StateActive, CertSerial: "0c", CertExpiry: now.Add(time.Hour),
 		Certs: []inventory.Cert{{Serial: "0a", NotAfter: now.Add(-time.Minute)}, {Serial: "0b", NotAfter: now.Add(30 * time.Minute)}, {Serial: "0c", NotAfter: now.Add(time.Hour)}}}); err != nil {

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"net/http/httptest"
 	"net/url"
@@ -11,24 +10,19 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 func newGovernanceAPI(t *testing.T) (*httptest.Server, *inventory.Store, *governance.Service) {
 	t.Helper()
 	dir := t.TempDir()
-	inv, err := inventory.Open(filepath.Join(dir, "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	gov, err := governance.Open(governance.Config{Path: filepath.Join(dir, "gov.db"), NoSync: true, Devices: inv})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { gov.Close() })
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:], Governance: gov}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Governance: gov})
 	return srv, inv, gov
 }
 

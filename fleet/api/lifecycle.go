@@ -2,7 +2,6 @@ package api
 
 import (
 	"errors"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -221,9 +220,13 @@ func (h *handler) rotationDevices(w http.ResponseWriter, r *http.Request, _ stri
 // number) it waits, up to the publisher's hold, for a CRL whose number is
 // greater and answers 304 when none came: a broker's sync (`sigil
 // broker-sync`) learns of a revocation the moment it is recorded. The
-// waiting requests are bounded per client address (429) and in all (503).
+// waiting requests are bounded per source (an IPv4 address or an IPv6
+// /64: 429) and in all (503). A request that presents a credential is a
+// broker sync's: it must hold auth.PermBrokersSync (else 401 or 403, never
+// the anonymous slots as a fallback), and may take the slots kept for
+// the syncs, which no anonymous request can fill.
 func (h *handler) crl(w http.ResponseWriter, r *http.Request) {
-	q, hold := r.URL.Query(), h.crls.Hold()
+	q := r.URL.Query()
 	if !q.Has("after") {
 		l, err := h.crls.Current(r.Context())
 		if err != nil {
@@ -235,6 +238,19 @@ func (h *handler) crl(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(l.DER)
 		return
 	}
+	if _, ok := r.Header["Authorization"]; ok {
+		h.authorize(auth.PermBrokersSync, func(w http.ResponseWriter, r *http.Request, _ string) {
+			h.crlWait(w, r, true)
+		}).ServeHTTP(w, r)
+		return
+	}
+	h.crlWait(w, r, false)
+}
+
+// crlWait serves GET /crl?after=N; sync is set for a broker sync's
+// request (its credential checked).
+func (h *handler) crlWait(w http.ResponseWriter, r *http.Request, sync bool) {
+	q, hold := r.URL.Query(), h.crls.Hold()
 	after, err := crl.ParseNumber(q.Get("after"))
 	if err != nil {
 		problem(w, http.StatusBadRequest, "bad request", "after must be a CRL number in decimal")
@@ -245,11 +261,7 @@ func (h *handler) crl(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(hold + 15*time.Second))
 	_ = rc.SetWriteDeadline(time.Now().Add(hold + 15*time.Second))
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	l, err := h.crls.Wait(r.Context(), host, after)
+	l, err := h.crls.Wait(r.Context(), crl.Waiter{Source: auth.ClientAddr(r), Sync: sync}, after)
 	switch {
 	case errors.Is(err, crl.ErrSourceBusy):
 		w.Header().Set("Retry-After", strconv.Itoa(int(hold.Seconds())))

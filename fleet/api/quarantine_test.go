@@ -1,14 +1,12 @@
 package api
 
 import (
-	"crypto/sha256"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 )
 
 // TestQuarantineOnRequest: POST /api/v1/devices/{id}/quarantine needs a
@@ -16,16 +14,9 @@ import (
 // Quarantiner (governance's, over the real inventory: state, revoked
 // certificate, event with who and why); without one it answers 501.
 func TestQuarantineOnRequest(t *testing.T) {
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	var disconnected []string
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:],
-		Quarantiner: governance.InventoryQuarantiner{Inventory: inv, Disconnect: func(id string) { disconnected = append(disconnected, id) }}}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Quarantiner: governance.InventoryQuarantiner{Inventory: inv, Disconnect: func(id string) { disconnected = append(disconnected, id) }}})
 	for _, d := range []*inventory.Device{
 		{ID: "dev-a", State: inventory.StateActive, CertSerial: "0a"},
 		{ID: "dev-p", State: inventory.StatePending},
@@ -61,8 +52,7 @@ func TestQuarantineOnRequest(t *testing.T) {
 	resp, body = call(t, srv, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"again"}`)
 	wantProblem(t, resp, body, 409, "quarantined")
 
-	srv2 := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:]}))
-	t.Cleanup(srv2.Close)
+	srv2 := serve(t, Config{Inventory: inv, Approver: approver{inv}})
 	resp, body = call(t, srv2, "POST", "/api/v1/devices/dev-a/quarantine", token, `{"justification":"odd traffic"}`)
 	wantProblem(t, resp, body, 501, "not available")
 }

@@ -2,16 +2,15 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 )
 
@@ -51,19 +50,13 @@ func (f fakeSecrets) Rotate(name string) (*secrets.Info, error) {
 
 func newSecretsAPI(t *testing.T) (*httptest.Server, *secrets.Store, *inventory.Store) {
 	t.Helper()
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	st, err := secrets.Open(secrets.Config{Dir: t.TempDir(), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	sum := sha256.Sum256([]byte(token))
-	srv := httptest.NewServer(New(Config{Inventory: inv, Approver: approver{inv}, AdminTokenHash: sum[:], Secrets: fakeSecrets{st}}))
-	t.Cleanup(srv.Close)
+	srv := serve(t, Config{Inventory: inv, Approver: approver{inv}, Secrets: fakeSecrets{st}})
 	return srv, st, inv
 }
 

@@ -15,24 +15,9 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/internal/clocktest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // memAuditor keeps events in memory; fail makes Record fail for an action.
 type memAuditor struct {
@@ -103,7 +88,7 @@ var (
 
 type fixture struct {
 	m     *Manager
-	clk   *fakeClock
+	clk   *clocktest.Clock
 	audit *memAuditor
 	exec  map[Kind]*counter
 }
@@ -111,7 +96,7 @@ type fixture struct {
 func newFixture(t testing.TB, mod func(*Config)) *fixture {
 	t.Helper()
 	f := &fixture{
-		clk:   &fakeClock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)},
+		clk:   clocktest.New(time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)),
 		audit: &memAuditor{},
 		exec:  make(map[Kind]*counter),
 	}
@@ -629,9 +614,7 @@ func TestRunRecordsExpiry(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error)
-		go func() { done <- m.Run(ctx) }()
+		stop := runtest.Start(t, m.Run)
 		time.Sleep(9 * time.Minute)
 		synctest.Wait()
 		if got, _ := m.Get(t.Context(), r.ID); got.State != StatePending {
@@ -645,8 +628,7 @@ func TestRunRecordsExpiry(t *testing.T) {
 		if a := audit.actions(r.ID); len(a) != 2 || a[1] != "expired:" {
 			t.Fatalf("audit %v", a)
 		}
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -10,16 +10,13 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openBackend(t testing.TB, cfg Config) (*Manager, error) {
-	db, ok := pgtest.Database(t, cfg.Path)
-	if !ok {
-		return Open(cfg)
-	}
-	return OpenPostgres(context.Background(), db, cfg)
+	return pgtest.OpenBackend(t, cfg.Path, cfg, Open, OpenPostgres)
 }
 
 // conformanceTests are the store's tests run against both backends.
@@ -58,13 +55,10 @@ func testReplicasExecuteOnce(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	var runs atomic.Int64
 	open := func() *Manager {
-		db := pgtest.Open(t, url)
-		m, err := OpenPostgres(t.Context(), db, Config{Requester: asFiled,
-			Rules: map[Kind]Rule{KindMassRevocation: {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 2}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close() })
+		m := pgtest.Replica(t, url, func(db *postgres.DB) (*Manager, error) {
+			return OpenPostgres(t.Context(), db, Config{Requester: asFiled,
+				Rules: map[Kind]Rule{KindMassRevocation: {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 2}}})
+		})
 		if err := m.Register(KindMassRevocation, func(context.Context, Request, Actor) error { runs.Add(1); return nil }); err != nil {
 			t.Fatal(err)
 		}

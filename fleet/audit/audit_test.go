@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
@@ -25,25 +27,7 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
-// clock is a settable clock for tests.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)) }
 
 func openLog(t testing.TB, path string, key *ecdsa.PrivateKey, now func() time.Time) *Log {
 	t.Helper()
@@ -101,7 +85,7 @@ func TestChainVerifies(t *testing.T) {
 	var stored []Entry
 	for i := range 25 {
 		stored = append(stored, record(t, l, sample(i)))
-		clk.Add(time.Second)
+		clk.Advance(time.Second)
 		if i == 9 || i == 19 {
 			if _, err := l.Checkpoint(context.Background()); err != nil {
 				t.Fatal(err)
@@ -196,7 +180,7 @@ func TestRestartContinuesChain(t *testing.T) {
 	}
 
 	// The clock went back while the fleet was down: times must not.
-	clk.Add(-time.Hour)
+	clk.Advance(-time.Hour)
 	l = openLog(t, path, key, clk.Now)
 	if seq, head := l.Head(); seq != 6 || head != last.Hash {
 		t.Fatalf("head after reopen %d %s, want 6 %s", seq, head, last.Hash)
@@ -220,32 +204,43 @@ func TestRestartContinuesChain(t *testing.T) {
 	}
 }
 
-func TestConcurrentAppendsKeepOneChain(t *testing.T) {
-	key := newKey(t)
-	l := openLog(t, filepath.Join(t.TempDir(), File), key, nil)
-	const workers, each = 8, 60
+// appendConcurrently records, from workers goroutines on each of logs,
+// each entries per goroutine (targets "log/worker/i"), and has each
+// goroutine checkpoint after every checkpointEvery of its entries; it
+// fails t on any error.
+func appendConcurrently(t *testing.T, logs []*Log, workers, each, checkpointEvery int) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, workers*each)
-	for w := range workers {
-		wg.Go(func() {
-			for i := range each {
-				e := New(User(fmt.Sprintf("user-%d", w)), "device.tag", fmt.Sprintf("%d/%d", w, i))
-				if err := l.Record(context.Background(), e); err != nil {
-					errs <- err
-				}
-				if i%20 == 0 {
-					if _, err := l.Checkpoint(context.Background()); err != nil && !errors.Is(err, ErrEmpty) {
+	errs := make(chan error, len(logs)*workers*each)
+	for r, l := range logs {
+		for w := range workers {
+			wg.Go(func() {
+				for i := range each {
+					e := New(User(fmt.Sprintf("user-%d", w)), "device.tag", fmt.Sprintf("%d/%d/%d", r, w, i))
+					if err := l.Record(context.Background(), e); err != nil {
 						errs <- err
 					}
+					if i%checkpointEvery == 0 {
+						if _, err := l.Checkpoint(context.Background()); err != nil && !errors.Is(err, ErrEmpty) {
+							errs <- err
+						}
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+func TestConcurrentAppendsKeepOneChain(t *testing.T) {
+	key := newKey(t)
+	l := openLog(t, filepath.Join(t.TempDir(), File), key, nil)
+	const workers, each = 8, 60
+	appendConcurrently(t, []*Log{l}, workers, each, 20)
 	rep, err := l.VerifyStore(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -264,7 +259,7 @@ func TestConcurrentAppendsKeepOneChain(t *testing.T) {
 	}
 	for w := range workers {
 		for i := range each {
-			if n := seen[fmt.Sprintf("%d/%d", w, i)]; n != 1 {
+			if n := seen[fmt.Sprintf("0/%d/%d", w, i)]; n != 1 {
 				t.Fatalf("append %d/%d stored %d times", w, i, n)
 			}
 		}

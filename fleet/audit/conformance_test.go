@@ -5,27 +5,21 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"errors"
-	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openBackend(t testing.TB, cfg Config) (*Log, error) {
-	db, ok := pgtest.Database(t, cfg.Path)
-	if !ok {
-		return Open(cfg)
-	}
-	return OpenPostgres(context.Background(), db, cfg)
+	return pgtest.OpenBackend(t, cfg.Path, cfg, Open, OpenPostgres)
 }
 
 // conformanceTests are the log's tests run against both backends (the
@@ -59,40 +53,13 @@ func testReplicasShareOneChain(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	key := newKey(t)
 	open := func() *Log {
-		db := pgtest.Open(t, url)
-		l, err := OpenPostgres(t.Context(), db, Config{Signer: key})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		return l
+		return pgtest.Replica(t, url, func(db *postgres.DB) (*Log, error) {
+			return OpenPostgres(t.Context(), db, Config{Signer: key})
+		})
 	}
 	logs := []*Log{open(), open()}
 	const workers, each = 6, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, 2*workers*each)
-	for r, l := range logs {
-		for w := range workers {
-			wg.Go(func() {
-				for i := range each {
-					e := New(User(fmt.Sprintf("user-%d", w)), "device.tag", fmt.Sprintf("%d/%d/%d", r, w, i))
-					if err := l.Record(context.Background(), e); err != nil {
-						errs <- err
-					}
-					if i%10 == 0 {
-						if _, err := l.Checkpoint(context.Background()); err != nil && !errors.Is(err, ErrEmpty) {
-							errs <- err
-						}
-					}
-				}
-			})
-		}
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	appendConcurrently(t, logs, workers, each, 10)
 	if _, err := logs[1].Checkpoint(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -146,19 +113,11 @@ func testReplicasCheckpointOnce(t *testing.T, srv *pgtest.Server) {
 	var signers []*countingSigner
 	var logs []*Log
 	for i := range 2 {
-		db := pgtest.Open(t, url)
-		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
 		s := &countingSigner{PrivateKey: key}
 		signers = append(signers, s)
-		l, err := OpenPostgres(t.Context(), db, Config{Signer: s, CheckpointInterval: 10 * time.Millisecond, Leases: ls})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		logs = append(logs, l)
+		logs = append(logs, pgtest.Replica(t, url, func(db *postgres.DB) (*Log, error) {
+			return OpenPostgres(t.Context(), db, Config{Signer: s, CheckpointInterval: 10 * time.Millisecond, Leases: pgtest.Lease(t, db, i)})
+		}))
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -1,19 +1,16 @@
 package audit
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/sigil-iot/sigil/internal/crashtest"
 )
 
 const crashEnv = "SIGIL_AUDIT_CRASH_WRITER"
@@ -22,15 +19,12 @@ const crashEnv = "SIGIL_AUDIT_CRASH_WRITER"
 // goroutines append until the process is killed, printing each
 // acknowledged entry as "ok <seq> <target>".
 func TestCrashWriter(t *testing.T) {
-	path := os.Getenv(crashEnv)
-	if path == "" {
+	path, ok := crashtest.Arg(crashEnv)
+	if !ok {
 		t.Skip("helper process for TestCrashSafety")
 	}
 	l, err := Open(Config{Path: path})
-	if err != nil {
-		fmt.Println("error", err)
-		os.Exit(2)
-	}
+	crashtest.Check(err)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -39,10 +33,7 @@ func TestCrashWriter(t *testing.T) {
 				target := fmt.Sprintf("%d-%d-%d", os.Getpid(), w, i)
 				e, err := l.Append(context.Background(), New(System("crash"), "test.append", target))
 				mu.Lock()
-				if err != nil {
-					fmt.Println("error", err)
-					os.Exit(2)
-				}
+				crashtest.Check(err)
 				fmt.Println("ok", e.Seq, target)
 				mu.Unlock()
 			}
@@ -56,30 +47,15 @@ func TestCrashWriter(t *testing.T) {
 // sequence number it was given, the chain verifies, and the next writer
 // continues it.
 func TestCrashSafety(t *testing.T) {
-	if os.Getenv(crashEnv) != "" {
+	if _, ok := crashtest.Arg(crashEnv); ok {
 		t.Skip("in helper")
 	}
 	path := filepath.Join(t.TempDir(), File)
 	acked := map[uint64]string{}
 	for round := range 3 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashWriter$", "-test.count=1")
-		cmd.Env = append(os.Environ(), crashEnv+"="+path)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(out)
 		n := 0
-		deadline := time.Now().Add(20 * time.Second)
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) > 0 && f[0] == "error" {
-				t.Fatalf("writer: %s", sc.Text())
-			}
+		crashtest.Kill(t, "TestCrashWriter", crashEnv, path, func(line string) bool {
+			f := strings.Fields(line)
 			if len(f) == 3 && f[0] == "ok" {
 				seq, _ := strconv.ParseUint(f[1], 10, 64)
 				if prev, dup := acked[seq]; dup {
@@ -88,18 +64,8 @@ func TestCrashSafety(t *testing.T) {
 				acked[seq] = f[2]
 				n++
 			}
-			if n >= 200 || time.Now().After(deadline) {
-				break
-			}
-		}
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		err = cmd.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("writer did not die by SIGKILL: %v", err)
-		}
+			return n >= 200
+		})
 		if n == 0 {
 			t.Fatal("writer acknowledged nothing")
 		}

@@ -28,7 +28,7 @@ func TestList(t *testing.T) {
 		}
 		all = append(all, record(t, l, e))
 		if i%3 == 0 {
-			clk.Add(time.Minute) // several entries share a time
+			clk.Advance(time.Minute) // several entries share a time
 		}
 	}
 	at := func(min int) time.Time { return start.Add(time.Duration(min) * time.Minute) }

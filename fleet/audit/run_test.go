@@ -2,11 +2,12 @@ package audit
 
 import (
 	"bytes"
-	"context"
 	"path/filepath"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/runtest"
 )
 
 // TestRunCheckpoints runs Run on fake time: a checkpoint every interval
@@ -20,9 +21,7 @@ func TestRunCheckpoints(t *testing.T) {
 		}
 		defer l.Close()
 		start := time.Now()
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- l.Run(ctx) }()
+		stop := runtest.Start(t, l.Run)
 
 		time.Sleep(time.Minute + time.Second) // an interval with an empty log
 		synctest.Wait()
@@ -42,8 +41,7 @@ func TestRunCheckpoints(t *testing.T) {
 		synctest.Wait()
 		record(t, l, sample(3))
 		record(t, l, sample(4))
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 		if cp, _ := l.LastCheckpoint(); cp.Seq != 5 {

@@ -12,30 +12,14 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // TestSamplerBoundsAnonymousEntries: ten thousand anonymous entries in one
 // interval leave Burst entries and one summary in a real log, which still
 // verifies; the summary counts what was left out, by action.
 func TestSamplerBoundsAnonymousEntries(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clk := clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +93,7 @@ func TestSamplerBoundsAnonymousEntries(t *testing.T) {
 // one valid summary entry (per-action counts capped, mixed actors named
 // as the audit component).
 func TestSamplerSummaryBounded(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clk := clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	var got []audit.Entry
 	var mu sync.Mutex
 	rec := audit.RecorderFunc(func(_ context.Context, e audit.Entry) error {

@@ -38,7 +38,7 @@ func newTamperFixture(t *testing.T) *tamperFixture {
 	l := openLog(t, path, key, clk.Now)
 	for i := range 10 {
 		record(t, l, sample(i))
-		clk.Add(time.Minute)
+		clk.Advance(time.Minute)
 		if i == 3 || i == 7 {
 			if _, err := l.Checkpoint(context.Background()); err != nil {
 				t.Fatal(err)

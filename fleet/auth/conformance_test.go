@@ -1,23 +1,19 @@
 package auth
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openBackend(t testing.TB, cfg Config) (*Service, error) {
-	db, ok := pgtest.Database(t, cfg.Path)
-	if !ok {
-		return Open(cfg)
-	}
-	return OpenPostgres(context.Background(), db, cfg)
+	return pgtest.OpenBackend(t, cfg.Path, cfg, Open, OpenPostgres)
 }
 
 // conformanceTests are the tests of the store's behaviour, run against
@@ -78,12 +74,9 @@ func testSharedByReplicas(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
 	clk := newClock()
 	open := func() *Service {
-		db := pgtest.Open(t, url)
-		s, err := OpenPostgres(t.Context(), db, Config{Params: testParams, Now: clk.Now, Throttle: Throttle{Failures: 3, Lockout: time.Hour}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+		return pgtest.Replica(t, url, func(db *postgres.DB) (*Service, error) {
+			return OpenPostgres(t.Context(), db, Config{Params: testParams, Now: clk.Now, Throttle: Throttle{Failures: 3, Lockout: time.Hour}})
+		})
 	}
 	db := pgtest.Open(t, url)
 	a, b := open(), open()

@@ -6,31 +6,14 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
-// fakeClock is an injected clock that moves only when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+func newClock() *clocktest.Clock {
+	return clocktest.New(time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC))
 }
 
 // testParams are cheap argon2id parameters for tests.
@@ -43,7 +26,7 @@ const (
 
 // newTestService opens a service in a temporary directory with a fake
 // clock; mod may adjust the config.
-func newTestService(t testing.TB, mod func(*Config)) (*Service, *fakeClock) {
+func newTestService(t testing.TB, mod func(*Config)) (*Service, *clocktest.Clock) {
 	t.Helper()
 	clk := newClock()
 	cfg := Config{

@@ -46,6 +46,10 @@ const (
 	PermCAAdmin Permission = "ca.admin"
 	// PermUsersAdmin: manage users, their roles and other users' API tokens.
 	PermUsersAdmin Permission = "users.admin"
+	// PermBrokersSync: wait for the fleet's next CRL in the slots kept for
+	// the brokers' syncs (GET /crl?after=N with a token; `sigil
+	// broker-sync --token-file`).
+	PermBrokersSync Permission = "brokers.sync"
 )
 
 // Permissions returns every permission, in a stable order.
@@ -57,15 +61,15 @@ func Permissions() []Permission {
 		PermFirmwareRead, PermFirmwareWrite, PermFirmwareApprove,
 		PermAlertsRead, PermAlertsWrite,
 		PermAuditRead, PermApprovalsRead,
-		PermSecurityApprove, PermCAAdmin, PermUsersAdmin,
+		PermSecurityApprove, PermCAAdmin, PermUsersAdmin, PermBrokersSync,
 	}
 }
 
 // Role is a named set of permissions.
 type Role string
 
-// Roles, from least to most powerful. Every role holds the viewer's
-// permissions.
+// Roles, from least to most powerful. Every role but RoleBrokerSync
+// holds the viewer's permissions.
 const (
 	// RoleViewer reads devices, policies, secret names, firmware, alerts and
 	// approvals; it changes nothing.
@@ -81,11 +85,17 @@ const (
 	RoleSecurityAdmin Role = "security-admin"
 	// RoleAdmin holds every permission, including user management.
 	RoleAdmin Role = "admin"
+	// RoleBrokerSync is a broker sync's: PermBrokersSync and nothing else
+	// (not even the viewer's), the scope of the API token `sigil
+	// broker-sync` presents.
+	RoleBrokerSync Role = "broker-sync"
 )
 
-// Roles returns every role, from least to most powerful.
+// Roles returns every role, from least to most powerful, the broker
+// sync's (which holds one permission no other role but the admin's
+// holds) second.
 func Roles() []Role {
-	return []Role{RoleViewer, RoleOperator, RoleReleaseApprover, RoleSecurityAdmin, RoleAdmin}
+	return []Role{RoleViewer, RoleBrokerSync, RoleOperator, RoleReleaseApprover, RoleSecurityAdmin, RoleAdmin}
 }
 
 // Valid reports whether r is one of the roles.
@@ -97,6 +107,8 @@ func (r Role) Permissions() []Permission {
 	viewer := []Permission{PermDevicesRead, PermPoliciesRead, PermSecretsRead, PermFirmwareRead, PermAlertsRead, PermApprovalsRead}
 	var extra []Permission
 	switch r {
+	case RoleBrokerSync:
+		return []Permission{PermBrokersSync}
 	case RoleViewer:
 	case RoleOperator:
 		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermFirmwareWrite, PermAlertsWrite}

@@ -19,6 +19,7 @@ func TestPermissionMatrix(t *testing.T) {
 		R = "release-approver"
 		S = "security-admin"
 		A = "admin"
+		B = "broker-sync"
 	)
 	matrix := map[Permission][]string{
 		PermDevicesRead:     {V, O, R, S, A},
@@ -38,6 +39,7 @@ func TestPermissionMatrix(t *testing.T) {
 		PermSecurityApprove: {S, A},
 		PermCAAdmin:         {S, A},
 		PermUsersAdmin:      {A},
+		PermBrokersSync:     {B, A},
 	}
 	if len(matrix) != len(Permissions()) {
 		t.Fatalf("the matrix has %d permissions, the package %d", len(matrix), len(Permissions()))
@@ -96,8 +98,17 @@ func TestRoleCovers(t *testing.T) {
 	}
 }
 
+// TestEveryRoleHoldsTheViewersPermissions: every role an operator works
+// with reads what the viewer reads; the broker sync's (a machine's token
+// scope) holds only its one permission.
 func TestEveryRoleHoldsTheViewersPermissions(t *testing.T) {
 	for _, r := range Roles() {
+		if r == RoleBrokerSync {
+			if got := r.Permissions(); len(got) != 1 || got[0] != PermBrokersSync {
+				t.Errorf("%s grants %v, want only %s", r, got, PermBrokersSync)
+			}
+			continue
+		}
 		if !r.Covers(RoleViewer) {
 			t.Errorf("%s does not cover viewer", r)
 		}

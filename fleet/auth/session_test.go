@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/internal/runtest"
 )
 
 func TestSessionIdleExpiry(t *testing.T) {
@@ -276,9 +277,7 @@ func TestPruneAndRun(t *testing.T) {
 		if count() != 2 {
 			t.Fatalf("%d sessions, want 2", count())
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error)
-		go func() { done <- s.Run(ctx) }()
+		stop := runtest.Start(t, s.Run)
 		for range 3 { // keep one session busy for 15 minutes
 			time.Sleep(5 * time.Minute)
 			if _, err := s.Authenticate(request(s, "GET", "/", "", &keep)); err != nil {
@@ -289,8 +288,7 @@ func TestPruneAndRun(t *testing.T) {
 		if n := count(); n != 1 {
 			t.Fatalf("%d sessions after the idle one expired and Run pruned, want 1", n)
 		}
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
 	})

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
 )
 
 func keepalive(d time.Duration) func(*paho.ClientOptions) {
@@ -76,7 +78,7 @@ func TestBootstrapKeepaliveBounds(t *testing.T) {
 // and returns the CONNACK return code.
 func rawConnect(t *testing.T, e *env, clientID string, keepalive uint16) byte {
 	t.Helper()
-	c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.ca.pool, ServerName: "127.0.0.1"})
+	c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.ca.Pool, ServerName: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +112,7 @@ func TestBootstrapFirstMessageDeadline(t *testing.T) {
 	got := e.fleetSub(t, topics.Filter("enroll", "+", "up"))
 	talker := e.mustClient(t, "boot-talks", nil)
 	wait(t, talker.Publish(topics.EnrollUp("boot-talks", "enroll"), 1, false, "request"))
-	expectMsg(t, got, "the talker's request")
+	polling.Recv(t, got, "the talker's request")
 	idle := e.mustClient(t, "boot-idle", nil)
 	// A subscription and pings are not an enrollment message.
 	if code := subCode(t, idle.Subscribe(topics.Filter("enroll", "boot-idle", "down"), 1, nil)); code != 1 {

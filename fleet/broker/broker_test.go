@@ -19,6 +19,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
 )
 
 const (
@@ -33,7 +35,7 @@ func TestDevicePublishesToOwnUpTopic(t *testing.T) {
 	a := e.mustClient(t, devA, &certA)
 
 	wait(t, a.Publish(topics.DeviceUp(devA, "hello"), 1, false, "hi"))
-	m := expectMsg(t, got, "fleet message")
+	m := polling.Recv(t, got, "fleet message")
 	if m.id.DeviceID != devA || m.id.ClientID != devA || m.id.Cert == nil || m.id.Fleet {
 		t.Fatalf("identity = %+v, want device %s with certificate", m.id, devA)
 	}
@@ -68,11 +70,11 @@ func TestRestrictedAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait(t, a.Publish(topics.DeviceUp(devA, "attest"), 1, false, "evidence"))
-	if m := expectMsg(t, got, "attest message"); m.payload != "evidence" || m.id.DeviceID != devA {
+	if m := polling.Recv(t, got, "attest message"); m.payload != "evidence" || m.id.DeviceID != devA {
 		t.Fatalf("got %+v", m)
 	}
 	a.Publish(topics.DeviceUp(devA, "telemetry"), 1, false, "not now").WaitTimeout(2 * time.Second)
-	expectMsg(t, lost, "restricted device to be disconnected")
+	polling.Recv(t, lost, "restricted device to be disconnected")
 	expectNone(t, got, 200*time.Millisecond, "telemetry from a restricted device")
 }
 
@@ -92,13 +94,13 @@ func TestDevicePublishToOtherDeviceIsDroppedAndDisconnects(t *testing.T) {
 			b := e.mustClient(t, devB, &certB)
 
 			a.Publish(topics.DeviceUp(devB, "telemetry"), qos, false, "forged").WaitTimeout(2 * time.Second)
-			expectMsg(t, lost, "A to be disconnected")
+			polling.Recv(t, lost, "A to be disconnected")
 			if e.b.Stats().ACLDenials == 0 {
 				t.Fatal("denial not counted")
 			}
 			// Control: B's own message arrives, and nothing forged came before it.
 			wait(t, b.Publish(topics.DeviceUp(devB, "telemetry"), 1, false, "real"))
-			m := expectMsg(t, got, "B's message")
+			m := polling.Recv(t, got, "B's message")
 			if m.payload != "real" || m.id.DeviceID != devB {
 				t.Fatalf("fleet got %+v, want only B's real message", m)
 			}
@@ -176,7 +178,7 @@ func TestDeviceSubscriptions(t *testing.T) {
 	if err := e.b.Publish(topics.DeviceDown(devA, "cmd"), []byte("for A"), 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := expectMsg(t, recv, "A's message"); got != topics.DeviceDown(devA, "cmd") {
+	if got := polling.Recv(t, recv, "A's message"); got != topics.DeviceDown(devA, "cmd") {
 		t.Fatalf("A received %s", got)
 	}
 	for {
@@ -204,7 +206,7 @@ func TestClientIDMustMatchCertificate(t *testing.T) {
 	if e.b.Stats().AuthRefusals != 2 {
 		t.Fatalf("stats = %+v", e.b.Stats())
 	}
-	ev := expectMsg(t, e.events, "refused event")
+	ev := polling.Recv(t, e.events, "refused event")
 	if ev.Kind != Refused || ev.Identity.DeviceID != devA {
 		t.Fatalf("event = %+v", ev)
 	}
@@ -307,20 +309,20 @@ func TestDisconnectAndGate(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := expectMsg(t, e.events, "connected event"); ev.Kind != Connected || ev.Identity.DeviceID != devA {
+	if ev := polling.Recv(t, e.events, "connected event"); ev.Kind != Connected || ev.Identity.DeviceID != devA {
 		t.Fatalf("event = %+v", ev)
 	}
 	refuse.Store(true)
 	e.b.Disconnect(devA)
-	expectMsg(t, lost, "device kicked")
-	if ev := expectMsg(t, e.events, "disconnected event"); ev.Kind != Disconnected || ev.Identity.DeviceID != devA {
+	polling.Recv(t, lost, "device kicked")
+	if ev := polling.Recv(t, e.events, "disconnected event"); ev.Kind != Disconnected || ev.Identity.DeviceID != devA {
 		t.Fatalf("event = %+v", ev)
 	}
 	eventually(t, "not connected", func() bool { return !e.b.Connected(devA) })
 	if _, err := e.client(t, devA, &certA, nil); err == nil {
 		t.Fatal("gate did not block reconnect")
 	}
-	ev := expectMsg(t, e.events, "refused event")
+	ev := polling.Recv(t, e.events, "refused event")
 	if ev.Kind != Refused || !strings.Contains(ev.Reason, "decommissioned") {
 		t.Fatalf("event = %+v", ev)
 	}
@@ -355,12 +357,12 @@ func TestWillAndRetain(t *testing.T) {
 	}
 	// Retained publishes are not retained.
 	wait(t, a.Publish(topics.DeviceUp(devA, "state"), 1, true, "r"))
-	expectMsg(t, got, "state")
+	polling.Recv(t, got, "state")
 	if n := len(e.b.srv.Topics.Messages("sigil/#")); n != 0 {
 		t.Fatalf("%d retained messages", n)
 	}
 	_ = raw.Close() // an unclean end sends the will
-	m := expectMsg(t, got, "will")
+	m := polling.Recv(t, got, "will")
 	if m.topic != topics.DeviceUp(devA, "gone") || m.id.DeviceID != devA {
 		t.Fatalf("will = %+v", m)
 	}
@@ -429,7 +431,7 @@ func TestAcceptLoopSurvivesErrors(t *testing.T) {
 	b, err := New(Config{
 		Addr:           "127.0.0.1:0",
 		TLS:            &tls.Config{Certificates: []tls.Certificate{srv.tls}},
-		ClientCAs:      ca.pool,
+		ClientCAs:      ca.Pool,
 		TrustDomain:    trustDomain,
 		AllowBootstrap: true,
 	})
@@ -475,7 +477,7 @@ func TestBootstrapWithMosquitto(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mosquitto_pub: %v: %s", err, out)
 	}
-	m := expectMsg(t, got, "enrollment request")
+	m := polling.Recv(t, got, "enrollment request")
 	if m.id.ClientID != "boot-7" || m.id.DeviceID != "" || m.id.Cert != nil || m.payload != "req" {
 		t.Fatalf("got %+v", m)
 	}
@@ -586,7 +588,7 @@ func TestClaimAndBootstrapCredential(t *testing.T) {
 		claims []string
 	}
 	e := startBroker(t, func(c *Config) {
-		c.ClaimCAs = []*x509.Certificate{claimCA.cert}
+		c.ClaimCAs = []*x509.Certificate{claimCA.Cert}
 		c.BootstrapAuth = func(clientID, user string, pass []byte, claim *x509.Certificate) error {
 			seen.Lock()
 			defer seen.Unlock()
@@ -605,7 +607,7 @@ func TestClaimAndBootstrapCredential(t *testing.T) {
 	claim := claimCA.device(t, devA)
 	c := e.mustClient(t, "e-claimed", &claim)
 	wait(t, c.Publish(topics.EnrollUp("e-claimed", "enroll"), 1, false, "hello"))
-	if m := expectMsg(t, got, "enrollment message"); m.id.DeviceID != "" || m.id.ClientID != "e-claimed" {
+	if m := polling.Recv(t, got, "enrollment message"); m.id.DeviceID != "" || m.id.ClientID != "e-claimed" {
 		t.Fatalf("claim client identity %+v", m.id)
 	}
 	if code := subCode(t, c.Subscribe(topics.Filter("dev", devA, "down"), 1, nil)); code != 0x80 {

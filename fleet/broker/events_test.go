@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
 )
 
 // fromLocal makes a paho client connect from a given loopback address.
@@ -21,7 +23,7 @@ func fromLocal(ip string) func(*paho.ClientOptions) {
 func nextOf(t *testing.T, ch <-chan Event, kind EventKind) Event {
 	t.Helper()
 	for {
-		ev := expectMsg(t, ch, kind.String()+" event")
+		ev := polling.Recv(t, ch, kind.String()+" event")
 		if ev.Kind == kind {
 			return ev
 		}
@@ -47,12 +49,12 @@ func TestTakeoverReportsEveryConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev = expectMsg(t, e.events, "connected event of the second connection")
+	ev = polling.Recv(t, e.events, "connected event of the second connection")
 	if ev.Kind != Connected || !strings.HasPrefix(ev.Remote, "127.0.0.2:") || ev.Identity.DeviceID != devA {
 		t.Fatalf("second connection: %+v", ev)
 	}
 	secondRemote := ev.Remote
-	ev = expectMsg(t, e.events, "end of the first connection")
+	ev = polling.Recv(t, e.events, "end of the first connection")
 	if ev.Kind != Closed || ev.Remote != firstRemote || ev.Identity.DeviceID != devA {
 		t.Fatalf("taken-over connection: %+v, want Closed from %s", ev, firstRemote)
 	}
@@ -105,11 +107,11 @@ func TestScreen(t *testing.T) {
 	})
 	certA := e.ca.device(t, devA)
 	e.mustClient(t, devA, &certA)
-	if s := expectMsg(t, calls, "screen call"); s.client != devA || s.device != devA || !strings.HasPrefix(s.remote, "127.0.0.1:") {
+	if s := polling.Recv(t, calls, "screen call"); s.client != devA || s.device != devA || !strings.HasPrefix(s.remote, "127.0.0.1:") {
 		t.Fatalf("screen saw %+v", s)
 	}
 	e.mustClient(t, "boot-1", nil)
-	if s := expectMsg(t, calls, "screen call"); s.client != "boot-1" || s.device != "" {
+	if s := polling.Recv(t, calls, "screen call"); s.client != "boot-1" || s.device != "" {
 		t.Fatalf("screen saw %+v", s)
 	}
 

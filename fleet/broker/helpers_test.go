@@ -1,31 +1,20 @@
 package broker
 
 import (
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/big"
-	"net"
-	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime/pprof"
-	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/sigil-iot/sigil/internal/pkitest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
-	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -33,112 +22,41 @@ const trustDomain = "fleet.test"
 
 var topics = wire.Topics{}
 
-// testCA is a throwaway certificate authority.
+// testCA is a throwaway certificate authority (pkitest) that also writes
+// its certificates as PEM files for the mosquitto tools.
 type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	pem  string // path of the CA certificate PEM
-	dir  string
+	*pkitest.CA
+	pem string // path of the CA certificate PEM
+	dir string
 }
 
 func newCA(t *testing.T, name string) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	dir := t.TempDir()
-	p := filepath.Join(dir, name+"-ca.pem")
-	writePEM(t, p, "CERTIFICATE", der)
-	return &testCA{cert: cert, key: key, pool: pool, pem: p, dir: dir}
+	ca, dir := pkitest.NewCA(t, name), t.TempDir()
+	return &testCA{CA: ca, pem: ca.WriteCA(t, dir, name+"-ca.pem", 0o600), dir: dir}
 }
 
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-var serial struct {
-	sync.Mutex
-	n int64
-}
-
-func nextSerial() *big.Int {
-	serial.Lock()
-	defer serial.Unlock()
-	serial.n++
-	return big.NewInt(serial.n + 100)
-}
-
-// issue makes a leaf certificate; files are written for the mosquitto tools.
+// leaf is an issued certificate and its files, for the mosquitto tools.
 type leaf struct {
 	tls      tls.Certificate
 	certPath string
 	keyPath  string
 }
 
-func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) leaf {
+func (ca *testCA) files(t *testing.T, c tls.Certificate) leaf {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.SerialNumber = nextSerial()
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(time.Hour)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(ca.dir, tmpl.SerialNumber.String())
-	writePEM(t, base+".crt", "CERTIFICATE", der)
-	writePEM(t, base+".key", "PRIVATE KEY", kder)
-	leafCert, _ := x509.ParseCertificate(der)
-	return leaf{
-		tls:      tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leafCert},
-		certPath: base + ".crt", keyPath: base + ".key",
-	}
+	certPath, keyPath := pkitest.WriteFiles(t, ca.dir, c, 0o600)
+	return leaf{tls: c, certPath: certPath, keyPath: keyPath}
 }
 
-func (ca *testCA) server(t *testing.T) leaf {
-	return ca.issue(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "broker"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:    []string{"localhost"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
+func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) leaf {
+	return ca.files(t, ca.Issue(t, tmpl))
 }
+
+func (ca *testCA) server(t *testing.T) leaf { return ca.files(t, ca.Server(t)) }
 
 func (ca *testCA) device(t *testing.T, id string) leaf {
-	return ca.issue(t, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: id},
-		URIs:        []*url.URL{identity.SPIFFEID(trustDomain, id)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	return ca.files(t, ca.Device(t, trustDomain, id))
 }
 
 // env is a running broker with its CA.
@@ -158,7 +76,7 @@ func startBroker(t *testing.T, mod func(*Config)) *env {
 	cfg := Config{
 		Addr:           "127.0.0.1:0",
 		TLS:            &tls.Config{Certificates: []tls.Certificate{srv.tls}},
-		ClientCAs:      ca.pool,
+		ClientCAs:      ca.Pool,
 		TrustDomain:    trustDomain,
 		AllowBootstrap: true,
 		Events: func(ev Event) {
@@ -181,21 +99,7 @@ func startBroker(t *testing.T, mod func(*Config)) *env {
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
-			t.Error("broker did not stop")
-		}
-	})
+	runtest.Start(t, b.Run)
 	e.b = b
 	e.addr = b.Addr().String()
 	return e
@@ -204,7 +108,7 @@ func startBroker(t *testing.T, mod func(*Config)) *env {
 // client connects a paho client; cert may be nil for a bootstrap client.
 func (e *env) client(t *testing.T, clientID string, cert *leaf, mod func(*paho.ClientOptions)) (paho.Client, error) {
 	t.Helper()
-	tc := &tls.Config{RootCAs: e.ca.pool, ServerName: "127.0.0.1"}
+	tc := &tls.Config{RootCAs: e.ca.Pool, ServerName: "127.0.0.1"}
 	if cert != nil {
 		// Present the certificate whatever CAs the server names.
 		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert.tls, nil }
@@ -279,18 +183,6 @@ func (e *env) fleetSub(t *testing.T, filter string) chan received {
 		t.Fatal(err)
 	}
 	return ch
-}
-
-func expectMsg[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
-	var zero T
-	return zero
 }
 
 func expectNone[T any](t *testing.T, ch <-chan T, d time.Duration, what string) {

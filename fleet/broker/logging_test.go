@@ -199,7 +199,7 @@ func TestMalformedPacketsCounted(t *testing.T) {
 	})
 	const n = 30
 	for i := range n {
-		c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.ca.pool, ServerName: "127.0.0.1"})
+		c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.ca.Pool, ServerName: "127.0.0.1"})
 		if err != nil {
 			t.Fatal(err)
 		}

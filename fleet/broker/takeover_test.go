@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
 )
 
 // TestTakeoverAfterTheOldConnectionEnded: a connection with a client ID
@@ -28,7 +30,7 @@ func TestTakeoverAfterTheOldConnectionEnded(t *testing.T) {
 		t.Fatalf("mochi's table holds %v (present %v), want the second client", cl, ok)
 	}
 	wait(t, second.Publish(topics.DeviceUp(devA, "hello"), 1, false, "after"))
-	if m := expectMsg(t, got, "the second connection's message"); m.payload != "after" || m.id.DeviceID != devA {
+	if m := polling.Recv(t, got, "the second connection's message"); m.payload != "after" || m.id.DeviceID != devA {
 		t.Fatalf("got %+v", m)
 	}
 	if st := e.b.Stats(); st.DroppedInline != 0 {
@@ -56,7 +58,7 @@ func TestReconnectWhileTheOldConnectionCloses(t *testing.T) {
 		want := fmt.Sprint("round ", i)
 		wait(t, cur.Publish(topics.DeviceUp(devA, "hello"), 1, false, want))
 		for {
-			m := expectMsg(t, got, "the new connection's message, round "+fmt.Sprint(i))
+			m := polling.Recv(t, got, "the new connection's message, round "+fmt.Sprint(i))
 			if m.payload == want {
 				break
 			}

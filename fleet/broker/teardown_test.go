@@ -9,6 +9,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	polling "github.com/sigil-iot/sigil/internal/wait" // this package has a func wait
 )
 
 // teardownGate is a mochi hook for TestReconnectDuringTeardown: it holds
@@ -76,7 +78,7 @@ func TestReconnectDuringTeardown(t *testing.T) {
 	}
 	gate.first.Store(first)
 	a.Disconnect(0)
-	expectMsg(t, gate.inTeardown, "the first connection's teardown")
+	polling.Recv(t, gate.inTeardown, "the first connection's teardown")
 
 	renewed := e.ca.device(t, devA)
 	down := make(chan string, 10)
@@ -95,7 +97,7 @@ func TestReconnectDuringTeardown(t *testing.T) {
 	})
 
 	wait(t, b.Publish(topics.DeviceUp(devA, "hello"), 1, false, "after renewal"))
-	if m := expectMsg(t, got, "the renewed session's message at the fleet"); m.payload != "after renewal" || m.id.DeviceID != devA {
+	if m := polling.Recv(t, got, "the renewed session's message at the fleet"); m.payload != "after renewal" || m.id.DeviceID != devA {
 		t.Fatalf("got %+v", m)
 	}
 	if st := e.b.Stats(); st.DroppedInline != 0 {
@@ -104,7 +106,7 @@ func TestReconnectDuringTeardown(t *testing.T) {
 	if err := e.b.Publish(topics.DeviceDown(devA, "attest"), []byte("challenge"), 1); err != nil {
 		t.Fatal(err)
 	}
-	if m := expectMsg(t, down, "the fleet's message at the renewed session"); m != "challenge" {
+	if m := polling.Recv(t, down, "the fleet's message at the renewed session"); m != "challenge" {
 		t.Fatalf("got %q", m)
 	}
 }

@@ -89,6 +89,9 @@ type CA struct {
 	cert   *x509.Certificate
 	gens   []*generation // every generation, oldest first
 	pool   *x509.CertPool
+
+	shared  *sharing // set by Share; guarded by mu
+	adopted []func() // OnAdopt's; guarded by mu
 }
 
 // Open loads the CA from cfg.Dir, or creates it on first start: the key

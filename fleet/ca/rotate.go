@@ -346,7 +346,7 @@ func (c *CA) Prepare() (Generation, error) {
 	}
 	g := &generation{Generation: Generation{N: n, State: GenPrepared, PreparedAt: c.cfg.Now().UTC()}, cert: root, cross: cross, signer: signer}
 	next := append(gens, g)
-	if err := c.saveGenerations(next); err != nil {
+	if err := c.commit(next); err != nil {
 		return Generation{}, err
 	}
 	c.gmu.Lock()
@@ -411,7 +411,7 @@ func (c *CA) Activate() (Generation, error) {
 	}
 	prepared.State = GenActive
 	prepared.ActivatedAt = c.cfg.Now().UTC()
-	if err := c.saveGenerations(next); err != nil {
+	if err := c.commit(next); err != nil {
 		return Generation{}, err
 	}
 	c.gmu.Lock()
@@ -444,7 +444,7 @@ func (c *CA) Retire() ([]Generation, error) {
 	if len(retired) == 0 {
 		return nil, ErrNothingToRetire
 	}
-	if err := c.saveGenerations(next); err != nil {
+	if err := c.commit(next); err != nil {
 		return nil, err
 	}
 	c.gmu.Lock()

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // BenchmarkCampaign10k runs a whole campaign over 10,000 devices that
@@ -39,7 +41,7 @@ func benchCampaign(b *testing.B, reporters int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		clk := &clock{t: start}
+		clk := clocktest.New(start)
 		work := make(chan Announcement, n)
 		var inflight, workers sync.WaitGroup
 		var m *Manager

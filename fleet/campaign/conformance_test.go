@@ -2,6 +2,7 @@ package campaign
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -9,17 +10,16 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
-	"github.com/sigil-iot/sigil/internal/wait"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // openStore opens the store at path in bbolt, or in PostgreSQL under
 // TestConformance/postgres.
 func openStore(t testing.TB, path string) (*Store, error) {
-	db, ok := pgtest.Database(t, path)
-	if !ok {
-		return Open(path)
-	}
-	return OpenPostgres(context.Background(), db)
+	return pgtest.OpenBackend(t, path, path, Open, func(ctx context.Context, db *postgres.DB, _ string) (*Store, error) {
+		return OpenPostgres(ctx, db)
+	})
 }
 
 // conformanceTests are the engine's tests run against both backends (the
@@ -56,6 +56,7 @@ func TestConformance(t *testing.T) {
 	srv := pgtest.Conformance(t, conformanceTests)
 	t.Run("ReplicasStepOnce", func(t *testing.T) { testReplicasStepOnce(t, srv) })
 	t.Run("ReplicasRunOneStepper", func(t *testing.T) { testReplicasRunOneStepper(t, srv) })
+	t.Run("PausedStepperIsFenced", func(t *testing.T) { testPausedStepperIsFenced(t, srv) })
 }
 
 // testReplicasStepOnce: two engines sharing the database step one
@@ -68,19 +69,13 @@ func testReplicasStepOnce(t *testing.T, srv *pgtest.Server) {
 	for i := range n {
 		targets = append(targets, fmt.Sprintf("dev-%03d", i))
 	}
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	fleet := &fakeFleet{}
 	var amu sync.Mutex
 	var audit []AuditEvent
 	open := func() *Manager {
-		db := pgtest.Open(t, url)
-		s, err := OpenPostgres(t.Context(), db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
 		m, err := New(Config{
-			Store:     s,
+			Store:     pgtest.Replica(t, url, func(db *postgres.DB) (*Store, error) { return OpenPostgres(t.Context(), db) }),
 			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
 			Announcer: fleet,
 			Auditor: AuditorFunc(func(a AuditEvent) {
@@ -175,19 +170,14 @@ func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
 	for i := range n {
 		targets = append(targets, fmt.Sprintf("dev-%03d", i))
 	}
-	clk := &clock{t: start}
+	clk := clocktest.New(start)
 	fleets := []*fakeFleet{{}, {}}
 	open := func(i int) *Manager {
-		db := pgtest.Open(t, url)
-		s, err := OpenPostgres(t.Context(), db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
+		var ls *lease.Postgres
+		s := pgtest.Replica(t, url, func(db *postgres.DB) (*Store, error) {
+			ls = pgtest.Lease(t, db, i)
+			return OpenPostgres(t.Context(), db)
+		})
 		m, err := New(Config{
 			Store:     s,
 			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
@@ -210,33 +200,109 @@ func testReplicasRunOneStepper(t *testing.T, srv *pgtest.Server) {
 	if err := replicas[1].Start(c.ID, start, "alice", ""); err != nil {
 		t.Fatal(err)
 	}
-	count := func(i int) int {
+	count := func(i int) int64 {
 		fleets[i].mu.Lock()
 		defer fleets[i].mu.Unlock()
-		return len(fleets[i].log)
+		return int64(len(fleets[i].log))
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	cancels := make([]context.CancelFunc, 2)
-	for i, m := range replicas {
-		ctx, cancel := context.WithCancel(t.Context())
-		cancels[i] = cancel
-		defer cancel()
-		wg.Go(func() {
-			if err := m.Run(ctx); err != nil {
-				t.Errorf("replica %d: Run: %v", i, err)
-			}
+	pgtest.OneHolder(t, pgtest.Leased{
+		Run:    []func(context.Context) error{replicas[0].Run, replicas[1].Run},
+		Done:   count,
+		Enough: 10, Work: "stepped the campaign", Unit: "announcements",
+	}, nil)
+}
+
+// testPausedStepperIsFenced: replica A steps a campaign under the lease
+// LeaseStep, then pauses (a long GC, SIGSTOP) past the lease's expiry
+// and replica B takes the lease over and steps it. When A resumes, its
+// step is refused in its first transaction (lease.ErrFenced): it marks
+// and announces nothing, and every device is announced once.
+func testPausedStepperIsFenced(t *testing.T, srv *pgtest.Server) {
+	url := srv.NewDatabase(t)
+	const n = 6
+	var targets []string
+	for i := range n {
+		targets = append(targets, fmt.Sprintf("dev-%03d", i))
+	}
+	clk := clocktest.New(start)
+	fleets := []*fakeFleet{{}, {}}
+	type replica struct {
+		m      *Manager
+		leases *lease.Postgres
+	}
+	open := func(i int) replica {
+		db := pgtest.Open(t, url)
+		s, err := OpenPostgres(t.Context(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(Config{
+			Store:     s,
+			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
+			Announcer: fleets[i],
+			Now:       clk.Now,
+			Batch:     2,
 		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return replica{m, ls}
 	}
-	wait.For(t, "ten announcements", func() bool { return count(0)+count(1) >= 10 })
-	holder := 0
-	if count(1) > 0 {
-		holder = 1
+	a, b := open(0), open(1)
+	c, err := a.m.Create(t.Context(), def(n), "alice", "test")
+	if err != nil {
+		t.Fatal(err)
 	}
-	other := 1 - holder
-	if count(other) != 0 {
-		t.Fatalf("both replicas stepped the campaign: %d and %d announcements", count(0), count(1))
+	if err := a.m.Start(c.ID, start, "alice", ""); err != nil {
+		t.Fatal(err)
 	}
-	cancels[holder]()
-	wait.For(t, "the other replica to step the campaign", func() bool { return count(other) > 0 })
+	la, ok, err := a.leases.TryAcquire(t.Context(), LeaseStep)
+	if err != nil || !ok {
+		t.Fatalf("A's lease: ok %v, err %v", ok, err)
+	}
+	actx := a.leases.Fenced(t.Context(), la)
+	if err := a.m.step(actx); err != nil {
+		t.Fatalf("A's step while it holds the lease: %v", err)
+	}
+	// A pauses past its lease's time to live (made instant: the expiry
+	// set as the hour would), and B takes the lease over.
+	if _, err := pgtest.Open(t, url).Pool().Exec(t.Context(), `UPDATE lease SET expires = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	lb, ok, err := b.leases.TryAcquire(t.Context(), LeaseStep)
+	if err != nil || !ok {
+		t.Fatalf("B's takeover: ok %v, err %v", ok, err)
+	}
+	if err := b.m.step(b.leases.Fenced(t.Context(), lb)); err != nil {
+		t.Fatalf("B's step: %v", err)
+	}
+	if err := a.m.step(actx); !errors.Is(err, lease.ErrFenced) || !errors.Is(err, lease.ErrLost) {
+		t.Errorf("A's step after B took the lease over = %v, want lease.ErrFenced (and ErrLost)", err)
+	}
+	if err := b.m.step(b.leases.Fenced(t.Context(), lb)); err != nil {
+		t.Fatalf("B's step: %v", err)
+	}
+	announced := map[string]int{}
+	for i, f := range fleets {
+		as := f.take()
+		if want := map[int]int{0: 2, 1: 4}[i]; len(as) != want {
+			t.Errorf("replica %d announced %d devices, want %d", i, len(as), want)
+		}
+		for _, a := range as {
+			announced[a.Device]++
+		}
+	}
+	for dev, k := range announced {
+		if k != 1 {
+			t.Errorf("%s announced %d times", dev, k)
+		}
+	}
+	if len(announced) != n {
+		t.Errorf("%d devices announced, want %d", len(announced), n)
+	}
 }

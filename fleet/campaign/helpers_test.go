@@ -10,33 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/clocktest"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
-
-// clock is a settable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
 
 // fakeFleet records announcements, refuses those to unreachable devices
 // for now and those to ineligible ones for good.
@@ -83,7 +60,7 @@ func devices(announcements []Announcement) []string {
 type env struct {
 	t      testing.TB
 	path   string
-	clk    *clock
+	clk    *clocktest.Clock
 	fleet  *fakeFleet
 	fleetT []string // what Targets resolves to
 	store  *Store
@@ -101,7 +78,7 @@ var start = time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC)
 
 func newEnv(t testing.TB, n int) *env {
 	t.Helper()
-	e := &env{t: t, path: filepath.Join(t.TempDir(), "campaigns.db"), clk: &clock{t: start},
+	e := &env{t: t, path: filepath.Join(t.TempDir(), "campaigns.db"), clk: clocktest.New(start),
 		fleet: &fakeFleet{unreachable: map[string]bool{}, ineligible: map[string]bool{}}}
 	for i := range n {
 		e.fleetT = append(e.fleetT, fmt.Sprintf("dev-%03d", i))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -698,12 +699,18 @@ func (m *Manager) Run(ctx context.Context) error {
 	return m.cfg.Leases.Hold(ctx, LeaseStep, m.steps)
 }
 
-// steps steps the engine at once and then every Tick until ctx ends.
+// steps steps the engine at once and then every Tick until ctx ends, or
+// until a step's write is refused because the lease it runs under was
+// taken over (lease.ErrLost, returned: the holder stops the work; the
+// step's transactions are fenced by the lease, fleet/storage/lease).
 func (m *Manager) steps(ctx context.Context) error {
 	tick := time.NewTicker(m.cfg.Tick)
 	defer tick.Stop()
 	for {
-		if err := m.step(ctx); err != nil && ctx.Err() == nil {
+		if err := m.step(ctx); errors.Is(err, lease.ErrLost) {
+			m.log.Warn("campaign steps: the lease was taken over; this replica stops stepping", "err", err)
+			return err
+		} else if err != nil && ctx.Err() == nil {
 			m.log.Warn("campaign step failed", "err", err)
 		}
 		select {
@@ -745,7 +752,7 @@ func (m *Manager) step(ctx context.Context) error {
 // if the definition allows retries).
 func (m *Manager) stepCampaign(ctx context.Context, id string) error {
 	for {
-		n, err := m.timeouts(id)
+		n, err := m.timeouts(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -815,7 +822,9 @@ func (m *Manager) stepCampaign(ctx context.Context, id string) error {
 	if len(failed) == 0 {
 		return nil
 	}
-	return m.unannounce(id, failed)
+	// Put back even when ctx ended meanwhile (its values, the lease's
+	// fence, still apply).
+	return m.unannounce(context.WithoutCancel(ctx), id, failed)
 }
 
 // undone is an announcement the Announcer did not queue: to be tried
@@ -889,10 +898,10 @@ func (t *txc) announce(now time.Time, limit int) ([]Announcement, error) {
 // are tried again after AnnounceRetry, or time out once they have been
 // unreachable for the device timeout; a device the Announcer refused for
 // good fails with its reason.
-func (m *Manager) unannounce(id string, failed []undone) error {
+func (m *Manager) unannounce(ctx context.Context, id string, failed []undone) error {
 	now := m.cfg.Now().UTC()
 	var events []event
-	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
+	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -957,11 +966,11 @@ func (t *txc) wait(id string, d *devRec, at time.Time) error {
 // passed and returns how many it handled. A device that reported nothing
 // since its announcement is announced again if retries are left (and the
 // campaign is not aborted); any other times out.
-func (m *Manager) timeouts(id string) (int, error) {
+func (m *Manager) timeouts(ctx context.Context, id string) (int, error) {
 	now := m.cfg.Now().UTC()
 	var events []event
 	n := 0
-	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
+	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
@@ -37,9 +38,7 @@ func TestRunTimesOutSilentDevice(t *testing.T) {
 		if err := m.Start(c.ID, time.Time{}, "alice", ""); err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error)
-		go func() { done <- m.Run(ctx) }()
+		stop := runtest.Start(t, m.Run)
 
 		synctest.Wait()
 		wantDevices(t, "first tick", devices(fleet.take()), "dev-a")
@@ -56,8 +55,7 @@ func TestRunTimesOutSilentDevice(t *testing.T) {
 			t.Fatalf("after 60 s: device %s, campaign %s", got.Step, camp.State)
 		}
 		wantDevices(t, "after the pause", devices(fleet.take()))
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,29 +23,12 @@ import (
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // host is the console's host name in these tests; requests carry it as
 // Host and (for posts) as their Origin.
 const host = "fleet.test"
-
-// clock is an injected clock that moves only when told.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // caRotation drives the real CA's generations for the API's CA routes
 // (fleet/server does the same plus pushing bundles to devices).
@@ -70,7 +52,7 @@ func (d deliveries) DeviceSecrets(id string) ([]api.DeviceSecret, error) { retur
 // rotation) behind the real API handler.
 type fixture struct {
 	t       testing.TB
-	clock   *clock
+	clock   *clocktest.Clock
 	auth    *auth.Service
 	inv     *inventory.Store
 	hist    *attest.History
@@ -85,7 +67,7 @@ type fixture struct {
 func newFixture(t testing.TB, mod func(*console.Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	f := &fixture{t: t, clock: &clock{t: time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC)}, secrets: deliveries{}, sent: make(chan string, 100)}
+	f := &fixture{t: t, clock: clocktest.New(time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC)), secrets: deliveries{}, sent: make(chan string, 100)}
 	var err error
 	if f.auth, err = auth.Open(auth.Config{Path: filepath.Join(dir, "operators.db"), NoSync: true, Now: f.clock.Now,
 		Params: auth.Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}}); err != nil {

@@ -1,14 +1,9 @@
 package console_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"html"
-	"math/big"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -20,6 +15,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/console"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/internal/pkitest"
 )
 
 // TestNotFoundPage: an unknown console URL answers the console's own 404
@@ -147,23 +143,7 @@ func TestEnrollmentTokensListed(t *testing.T) {
 // foreignCert is a client certificate from a CA that is not the fleet's.
 func foreignCert(t *testing.T) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Acme Plant CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(0x5eed), Subject: pkix.Name{CommonName: "gw-impostor"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return pkitest.NewCA(t, "Acme Plant CA").Client(t, "gw-impostor").Leaf
 }
 
 // TestTriageNoEnrollForForeignCertificates: a shadow device seen with a

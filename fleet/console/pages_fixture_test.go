@@ -20,6 +20,7 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/api"
@@ -103,12 +104,8 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 			t.Fatal(err)
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(err)
-	ff.signer, err = sign.New(sign.Config{Key: key})
-	must(err)
-	trust, err := verify.NewTrustSet(1, 1, key.Public())
-	must(err)
+	var trust *verify.TrustSet
+	ff.signer, trust = signtest.Key(t)
 
 	auditKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	must(err)
@@ -208,15 +205,8 @@ func (ff *fleetFixture) upload(who, version string, sv uint64) *firmware.Release
 	image := bytes.Repeat([]byte("gw-os "+version+"\n"), 500)
 	m := &manifest.Manifest{Name: "gw-os", Version: version, SecurityVersion: sv, Models: []string{"gw-1"},
 		Size: int64(len(image)), SHA256: sha256.Sum256(image), Expires: ff.clock.Now().Add(30 * 24 * time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		ff.t.Fatal(err)
-	}
-	bundle, err := ff.signer.Sign(raw)
-	if err != nil {
-		ff.t.Fatal(err)
-	}
-	r, err := ff.releases.Upload(context.Background(), who, raw, [][]byte{bundle}, bytes.NewReader(image))
+	raw, bundles := signtest.Release(ff.t, m, ff.signer)
+	r, err := ff.releases.Upload(context.Background(), who, raw, bundles, bytes.NewReader(image))
 	if err != nil {
 		ff.t.Fatal(err)
 	}

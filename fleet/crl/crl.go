@@ -42,6 +42,7 @@ const (
 	DefaultHold         = 50 * time.Second
 	DefaultMaxWaiting   = 1024
 	DefaultMaxPerSource = 4
+	DefaultReserved     = 256
 	DefaultMinInterval  = time.Second
 )
 
@@ -49,7 +50,8 @@ const (
 var (
 	// ErrSourceBusy: the source already has MaxPerSource waiting requests.
 	ErrSourceBusy = errors.New("crl: too many waiting requests from this source")
-	// ErrBusy: MaxWaiting requests are waiting.
+	// ErrBusy: MaxWaiting requests are waiting (for a broker's sync:
+	// Reserved syncs and MaxWaiting others).
 	ErrBusy = errors.New("crl: too many waiting requests")
 	// ErrNoSigner: the Publisher has no Signer.
 	ErrNoSigner = errors.New("crl: no signer")
@@ -65,14 +67,23 @@ type Config struct {
 	// Hold bounds how long Wait waits for a newer CRL; 0 means
 	// DefaultHold.
 	Hold time.Duration
-	// MinInterval bounds how often Changed has the waiting requests sign
-	// a new CRL: a burst of revocations (a mass re-key revokes every
-	// superseded certificate) is one CRL per MinInterval, not one each;
-	// 0 means DefaultMinInterval.
+	// MinInterval bounds how often a CRL is signed, whatever the rate of
+	// changes and requests: a burst of revocations (a mass re-key revokes
+	// every superseded certificate) is one CRL per MinInterval, not one
+	// each, and the revocations are read again for a plain read (Current)
+	// at most once per MinInterval. A change is in a CRL within
+	// MinInterval of Changed. 0 means DefaultMinInterval.
 	MinInterval time.Duration
 	// MaxWaiting bounds the requests waiting at once, MaxPerSource those
-	// of one source (a client address); 0 means the defaults.
+	// of one source (a client address, an IPv6 /64: the caller's
+	// Waiter.Source); 0 means the defaults.
 	MaxWaiting, MaxPerSource int
+	// Reserved is the number of waiting slots kept for brokers' syncs
+	// (Waiter.Sync, a caller that presented a broker sync's credential),
+	// beyond MaxWaiting: however many anonymous requests wait, a sync
+	// still gets one. A sync takes one of MaxWaiting's when the reserved
+	// ones are taken. 0 means DefaultReserved.
+	Reserved int
 	// Numbers, when set, numbers the CRLs (replicas: OpenNumbers); nil
 	// numbers each by the clock (Now, in nanoseconds), which one process
 	// keeps increasing.
@@ -93,16 +104,36 @@ type Publisher struct {
 	cfg Config
 	gen atomic.Uint64 // counts Changed calls
 
-	mu     sync.Mutex // held while reading and signing
-	cur    List
-	signed time.Time
-	total  int    // revocations it was signed from
-	at     uint64 // gen when it was signed
+	mu      sync.Mutex // held while reading and signing
+	cur     List
+	signed  time.Time
+	counted time.Time // when the revocations were last read
+	total   int       // revocations it was signed from
+	at      uint64    // gen when it was signed
 
 	wmu      sync.Mutex
 	wake     chan struct{} // closed when a new CRL is signed or Changed
-	waiting  int
-	bySource map[string]int
+	waiting  int           // anonymous requests waiting, in MaxWaiting's slots
+	syncs    int           // syncs waiting in the reserved slots
+	bySource map[sourceKey]int
+}
+
+// Waiter is who makes a request that may wait (Publisher.Wait).
+type Waiter struct {
+	// Source is the request's source, bounded to MaxPerSource waiting
+	// requests: the client's IPv4 address or IPv6 /64 (auth.ClientAddr),
+	// since one host usually holds a whole /64.
+	Source string
+	// Sync is set when the request presented a broker sync's credential,
+	// checked by the caller: it may take the Reserved slots, and is
+	// bounded per source apart from anonymous requests.
+	Sync bool
+}
+
+// sourceKey counts a source's syncs apart from its anonymous requests.
+type sourceKey struct {
+	source string
+	sync   bool
 }
 
 // New returns a Publisher.
@@ -122,10 +153,13 @@ func New(cfg Config) *Publisher {
 	if cfg.MinInterval <= 0 {
 		cfg.MinInterval = DefaultMinInterval
 	}
+	if cfg.Reserved <= 0 {
+		cfg.Reserved = DefaultReserved
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Publisher{cfg: cfg, wake: make(chan struct{}), bySource: map[string]int{}}
+	return &Publisher{cfg: cfg, wake: make(chan struct{}), bySource: map[sourceKey]int{}}
 }
 
 // Bus tells the replicas sharing a database of changes
@@ -171,18 +205,35 @@ func (p *Publisher) signal() <-chan struct{} {
 	return p.wake
 }
 
-// Current returns the CRL to serve now. It reads the revocations each
-// time and signs again when their number changed, when Changed was
-// called since it signed, or when half its validity has passed.
+// Current returns the CRL to serve now: one that lists every revocation
+// Changed told of. When Changed was called since the CRL was signed, it
+// signs a new one, waiting until MinInterval has passed since the last
+// signature (the requests of that interval share that one signature). It
+// also reads the revocations again, at most once per MinInterval, and
+// signs again when their number changed (a revocation made on another
+// replica whose notice did not arrive), and when half the CRL's validity
+// has passed.
 func (p *Publisher) Current(ctx context.Context) (List, error) {
-	l, _, err := p.list(ctx, true)
-	return l, err
+	for {
+		l, due, err := p.list(ctx, true)
+		if err != nil || due == 0 {
+			return l, err
+		}
+		t := time.NewTimer(due)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return List{}, ctx.Err()
+		}
+	}
 }
 
-// list returns the CRL, reading the revocations when count is set or the
-// one it keeps is stale. Without count, a CRL made stale by Changed less
-// than MinInterval after it was signed is kept, and due says when it is
-// to be signed again.
+// list returns the CRL, or, when it is stale and was signed less than
+// MinInterval ago, the one it keeps and in due how long until it may sign
+// again. With count it also reads the revocations when it last did
+// MinInterval ago or more, and signs again when their number changed.
+// Signatures are so MinInterval apart at least.
 func (p *Publisher) list(ctx context.Context, count bool) (l List, due time.Duration, err error) {
 	if p.cfg.Signer == nil {
 		return List{}, 0, ErrNoSigner
@@ -190,17 +241,19 @@ func (p *Publisher) list(ctx context.Context, count bool) (l List, due time.Dura
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now, gen := p.cfg.Now(), p.gen.Load()
-	stale := p.cur.DER == nil || p.at != gen || now.Sub(p.signed) > p.cfg.Validity/2
-	if stale && !count && p.cur.DER != nil && now.Sub(p.signed) < p.cfg.MinInterval {
-		return p.cur, p.cfg.MinInterval - now.Sub(p.signed), nil
+	age := now.Sub(p.signed)
+	stale := p.cur.DER == nil || p.at != gen || age > p.cfg.Validity/2
+	if stale && p.cur.DER != nil && age < p.cfg.MinInterval {
+		return p.cur, p.cfg.MinInterval - age, nil
 	}
-	if !stale && !count {
+	if !stale && (!count || now.Sub(p.counted) < p.cfg.MinInterval) {
 		return p.cur, 0, nil
 	}
 	all, err := p.cfg.Revocations.Revocations(ctx, time.Time{})
 	if err != nil {
 		return List{}, 0, fmt.Errorf("crl: %w", err)
 	}
+	p.counted = now
 	if !stale && len(all) == p.total {
 		return p.cur, 0, nil
 	}
@@ -234,8 +287,9 @@ func (p *Publisher) list(ctx context.Context, count bool) (l List, due time.Dura
 // Changed is called (at most one per MinInterval). When none is within
 // Hold it returns nil and no error. Only the requests that must wait
 // count against the bounds: at most MaxPerSource per source
-// (ErrSourceBusy) and MaxWaiting in all (ErrBusy).
-func (p *Publisher) Wait(ctx context.Context, source string, after *big.Int) (*List, error) {
+// (ErrSourceBusy; a source's syncs are counted apart) and MaxWaiting in
+// all (ErrBusy), and for syncs Reserved more.
+func (p *Publisher) Wait(ctx context.Context, from Waiter, after *big.Int) (*List, error) {
 	ch := p.signal()
 	l, due, err := p.list(ctx, false)
 	if err != nil {
@@ -244,10 +298,11 @@ func (p *Publisher) Wait(ctx context.Context, source string, after *big.Int) (*L
 	if after == nil || l.Number.Cmp(after) > 0 {
 		return &l, nil
 	}
-	if err := p.admit(source); err != nil {
+	reserved, err := p.admit(from)
+	if err != nil {
 		return nil, err
 	}
-	defer p.leave(source)
+	defer p.leave(from, reserved)
 	hold := time.NewTimer(p.cfg.Hold)
 	defer hold.Stop()
 	for {
@@ -273,34 +328,46 @@ func (p *Publisher) Wait(ctx context.Context, source string, after *big.Int) (*L
 	}
 }
 
-func (p *Publisher) admit(source string) error {
+// admit takes a waiting slot for from, and reports whether it is one of
+// the reserved ones.
+func (p *Publisher) admit(from Waiter) (reserved bool, err error) {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
+	key := sourceKey{from.Source, from.Sync}
 	switch {
-	case p.bySource[source] >= p.cfg.MaxPerSource:
-		return ErrSourceBusy
+	case p.bySource[key] >= p.cfg.MaxPerSource:
+		return false, ErrSourceBusy
+	case from.Sync && p.syncs < p.cfg.Reserved:
+		p.syncs++
+		reserved = true
 	case p.waiting >= p.cfg.MaxWaiting:
-		return ErrBusy
+		return false, ErrBusy
+	default:
+		p.waiting++
 	}
-	p.waiting++
-	p.bySource[source]++
-	return nil
+	p.bySource[key]++
+	return reserved, nil
 }
 
-func (p *Publisher) leave(source string) {
+func (p *Publisher) leave(from Waiter, reserved bool) {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	p.waiting--
-	if p.bySource[source]--; p.bySource[source] == 0 {
-		delete(p.bySource, source)
+	if reserved {
+		p.syncs--
+	} else {
+		p.waiting--
+	}
+	key := sourceKey{from.Source, from.Sync}
+	if p.bySource[key]--; p.bySource[key] == 0 {
+		delete(p.bySource, key)
 	}
 }
 
-// Waiting is the number of requests waiting now.
+// Waiting is the number of requests waiting now, syncs included.
 func (p *Publisher) Waiting() int {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	return p.waiting
+	return p.waiting + p.syncs
 }
 
 // maxNumberDigits bounds a CRL number in decimal: RFC 5280 allows 20

@@ -97,7 +97,7 @@ type result struct {
 func waitFor(ctx context.Context, p *Publisher, source string, after *big.Int) <-chan result {
 	out := make(chan result, 1)
 	go func() {
-		l, err := p.Wait(ctx, source, after)
+		l, err := p.Wait(ctx, Waiter{Source: source}, after)
 		out <- result{l, err, time.Now()}
 	}()
 	return out
@@ -125,7 +125,7 @@ func TestWaitAnswersAtOnceWhenNewer(t *testing.T) {
 		}
 		start := time.Now()
 		for _, after := range []*big.Int{nil, new(big.Int).Sub(cur.Number, big.NewInt(1))} {
-			l, err := p.Wait(t.Context(), "a", after)
+			l, err := p.Wait(t.Context(), Waiter{Source: "a"}, after)
 			if err != nil || l == nil || l.Number.Cmp(cur.Number) != 0 {
 				t.Fatalf("Wait(after %v) = %v, %v; want the current CRL %v at once", after, l, err, cur.Number)
 			}
@@ -227,14 +227,14 @@ func TestWaitBounded(t *testing.T) {
 		if p.Waiting() != 3 {
 			t.Fatalf("%d waiting, want 3", p.Waiting())
 		}
-		if _, err := p.Wait(t.Context(), "a", cur.Number); !errors.Is(err, ErrSourceBusy) {
+		if _, err := p.Wait(t.Context(), Waiter{Source: "a"}, cur.Number); !errors.Is(err, ErrSourceBusy) {
 			t.Fatalf("a third wait from one source: %v, want ErrSourceBusy", err)
 		}
-		if _, err := p.Wait(t.Context(), "c", cur.Number); !errors.Is(err, ErrBusy) {
+		if _, err := p.Wait(t.Context(), Waiter{Source: "c"}, cur.Number); !errors.Is(err, ErrBusy) {
 			t.Fatalf("a fourth wait: %v, want ErrBusy", err)
 		}
 		// Over the bounds, a request that need not wait is answered.
-		if l, err := p.Wait(t.Context(), "a", nil); err != nil || l == nil {
+		if l, err := p.Wait(t.Context(), Waiter{Source: "a"}, nil); err != nil || l == nil {
 			t.Fatalf("a request that need not wait: %v, %v", l, err)
 		}
 		f.revoke("01")
@@ -251,8 +251,8 @@ func TestWaitBounded(t *testing.T) {
 }
 
 // TestCurrentSeesUnnotifiedRevocations: a plain read counts the
-// revocations, so one recorded without Changed is in the CRL it serves;
-// it wakes the waiting requests too.
+// revocations (at most once per MinInterval), so one recorded without
+// Changed is in the CRL it serves; it wakes the waiting requests too.
 func TestCurrentSeesUnnotifiedRevocations(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p, f := newPublisher(t, Config{})
@@ -263,6 +263,8 @@ func TestCurrentSeesUnnotifiedRevocations(t *testing.T) {
 		res := waitFor(t.Context(), p, "a", cur.Number)
 		synctest.Wait()
 		f.revoke("02")
+		// The revocations are read at most once per MinInterval.
+		time.Sleep(DefaultMinInterval) // sleep: fake time passing (synctest)
 		l, err := p.Current(t.Context())
 		if err != nil || len(serials(t, &l)) != 1 {
 			t.Fatalf("Current = %v, %v; want the revocation in it", l, err)
@@ -339,6 +341,117 @@ func TestChangesCoalesced(t *testing.T) {
 		p.Changed()
 		if r := <-res; r.err != nil || r.l == nil || len(serials(t, r.l)) != 4 || r.at.Sub(start) != 0 {
 			t.Fatalf("Wait = %v, %v after %v; want the CRL at once", r.l, r.err, r.at.Sub(start))
+		}
+	})
+}
+
+// countingFleet counts the reads of the revocations.
+type countingFleet struct {
+	*fakeFleet
+	reads int
+}
+
+func (c *countingFleet) Revocations(ctx context.Context, now time.Time) ([]inventory.Revocation, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.fakeFleet.Revocations(ctx, now)
+}
+
+// TestSigningBounded: however many plain reads (anonymous GET /crl) and
+// changes come, a CRL is signed at most once per MinInterval and the
+// revocations are read at most about as often; every read answers with a
+// CRL listing every revocation Changed told of before it (within
+// MinInterval).
+func TestSigningBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &countingFleet{fakeFleet: newFakeFleet(t)}
+		p := New(Config{Revocations: f, Signer: f, MinInterval: time.Second})
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range 200 {
+			serial := big.NewInt(int64(0x100 + i)).Text(16)
+			f.revoke(serial)
+			p.Changed()
+			for range 5 {
+				wg.Go(func() {
+					l, err := p.Current(t.Context())
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					found := false
+					for _, s := range serials(t, &l) {
+						found = found || s == serial
+					}
+					if !found {
+						t.Errorf("a read after revoking %s got a CRL without it", serial)
+					}
+				})
+			}
+			time.Sleep(10 * time.Millisecond) // sleep: fake time passing between requests (synctest)
+		}
+		wg.Wait()
+		elapsed := time.Since(start)
+		f.mu.Lock()
+		signed, reads := f.n, f.reads
+		f.mu.Unlock()
+		bound := int64(elapsed/time.Second) + 1
+		t.Logf("%v: %d CRLs signed, %d reads of the revocations, for 1,000 requests and 200 changes", elapsed, signed, reads)
+		if signed > bound || int64(reads) > 2*bound {
+			t.Fatalf("%d CRLs signed and %d reads of the revocations in %v; want at most %d (one per MinInterval)", signed, reads, elapsed, bound)
+		}
+	})
+}
+
+// TestSyncsHaveReservedSlots: anonymous requests that fill every slot
+// they may take leave a broker's sync its reserved slots; a sync beyond
+// them takes the anonymous ones, and is bounded per source apart from
+// them.
+func TestSyncsHaveReservedSlots(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, f := newPublisher(t, Config{MaxPerSource: 1, MaxWaiting: 2, Reserved: 1})
+		cur, err := p.Current(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var held []<-chan result
+		for _, src := range []string{"a", "b"} {
+			held = append(held, waitFor(t.Context(), p, src, cur.Number))
+		}
+		synctest.Wait()
+		if _, err := p.Wait(t.Context(), Waiter{Source: "c"}, cur.Number); !errors.Is(err, ErrBusy) {
+			t.Fatalf("a third anonymous request: %v, want ErrBusy", err)
+		}
+		// The sync's source also has an anonymous request waiting.
+		sync := func(ctx context.Context) <-chan result {
+			out := make(chan result, 1)
+			go func() {
+				l, err := p.Wait(ctx, Waiter{Source: "a", Sync: true}, cur.Number)
+				out <- result{l, err, time.Now()}
+			}()
+			return out
+		}
+		held = append(held, sync(t.Context()))
+		synctest.Wait()
+		if p.Waiting() != 3 {
+			t.Fatalf("%d waiting, want the sync beside the 2 anonymous requests", p.Waiting())
+		}
+		if _, err := p.Wait(t.Context(), Waiter{Source: "a", Sync: true}, cur.Number); !errors.Is(err, ErrSourceBusy) {
+			t.Fatalf("a second sync from one source: %v, want ErrSourceBusy", err)
+		}
+		if _, err := p.Wait(t.Context(), Waiter{Source: "d", Sync: true}, cur.Number); !errors.Is(err, ErrBusy) {
+			t.Fatalf("a sync with every slot taken: %v, want ErrBusy", err)
+		}
+		f.revoke("01")
+		p.Changed()
+		for _, res := range held {
+			if r := <-res; r.err != nil || r.l == nil || r.l.Number.Cmp(cur.Number) <= 0 {
+				t.Fatalf("Wait = %v, %v; want the newer CRL", r.l, r.err)
+			}
+		}
+		if p.Waiting() != 0 || len(p.bySource) != 0 {
+			t.Fatalf("%d waiting, by source %v, after all answered", p.Waiting(), p.bySource)
 		}
 	})
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/pkg/config"
 )
 
 // Numbers hands out CRL numbers: each greater than every one handed out
@@ -42,10 +44,15 @@ func (n *PostgresNumbers) Next(ctx context.Context, atLeast int64) (int64, error
 	return v, nil
 }
 
-// NewFor returns the Publisher of a fleet whose database is db: with one
-// (replicas), its CRLs are numbered from the database's sequence
-// (OpenNumbers); without, by the clock.
-func NewFor(ctx context.Context, cfg Config, db *postgres.DB) (*Publisher, error) {
+// NewFor returns the Publisher of a fleet whose database is db, told of
+// the revocations made on other replicas by bus (Listen; nil for one
+// process): with a database (replicas), its CRLs are numbered from the
+// database's sequence (OpenNumbers); without, by the clock. Its
+// MinInterval is settings', unless cfg sets one.
+func NewFor(ctx context.Context, cfg Config, settings Settings, db *postgres.DB, bus Bus) (*Publisher, error) {
+	if cfg.MinInterval == 0 {
+		cfg.MinInterval = time.Duration(settings.MinInterval)
+	}
 	if db != nil {
 		nums, err := OpenNumbers(ctx, db)
 		if err != nil {
@@ -53,5 +60,15 @@ func NewFor(ctx context.Context, cfg Config, db *postgres.DB) (*Publisher, error
 		}
 		cfg.Numbers = nums
 	}
-	return New(cfg), nil
+	p := New(cfg)
+	return p, p.Listen(bus)
+}
+
+// Settings are the CRL's keys in sigil serve's configuration
+// (docs/CONFIG.md).
+type Settings struct {
+	// MinInterval is Config.MinInterval (crl_min_interval): the CRL is
+	// signed at most once per MinInterval, and a revocation is in it
+	// within MinInterval. 0 means DefaultMinInterval (1s).
+	MinInterval config.Duration `json:"crl_min_interval"`
 }

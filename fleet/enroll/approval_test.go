@@ -35,12 +35,7 @@ func TestManualApprovalNotBypassedBySecondSerial(t *testing.T) {
 	ids := &quarantiningIdentities{q: governance.InventoryQuarantiner{Inventory: h.inv}}
 	h.svc, err = enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: &verifier.EKTrust{}, Rand: h.rand, Identities: ids, ManualApproval: true,
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send: h.send,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -264,6 +264,14 @@ func (rec *recording) newHarness(dir string, noSync bool) (*harness, error) {
 	return h, nil
 }
 
+// send records payload as the last message sent: the harness's Send.
+func (h *harness) send(_, _ string, payload []byte) error {
+	h.mu.Lock()
+	h.sent = payload
+	h.mu.Unlock()
+	return nil
+}
+
 func newCA(dir string) (*ca.CA, error) {
 	return ca.Open(ca.Config{Dir: filepath.Join(dir, "ca"), TrustDomain: "bench.sigil.local"})
 }
@@ -271,12 +279,7 @@ func newCA(dir string) (*ca.CA, error) {
 func (h *harness) service(trust *verifier.EKTrust) (*enroll.Service, error) {
 	return enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: trust, Rand: h.rand,
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send: h.send,
 	})
 }
 

@@ -305,7 +305,7 @@ func (s *Service) busy(clientID string, payload []byte, why string) {
 		if env.Type == wire.TypeEnrollRequest {
 			s.stats.RequestsBusy.Add(1)
 		}
-		s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonRateLimited, why, nil))
+		s.refuse(clientID, env.ID, env.V, wire.Refuse(wire.ReasonRateLimited, why, nil))
 	}
 }
 
@@ -317,12 +317,16 @@ func (s *Service) Handle(clientID string, payload []byte) {
 		s.stats.Malformed.Add(1)
 		s.limit.Log(context.Background(), slog.LevelWarn, "malformed", "enrollment message refused", "client_id", clientID, "err", err)
 		if errors.Is(err, wire.ErrVersion) {
-			s.refuse(clientID, nil, wire.Refuse(wire.ReasonUnsupportedVersion, fmt.Sprintf("fleet speaks protocol version %d", wire.Version), err))
+			s.refuse(clientID, nil, wire.Version, unsupportedVersion(err))
 		}
 		return
 	}
+	if _, err := wire.Negotiate(env.V); err != nil {
+		s.refuse(clientID, env.ID, env.V, unsupportedVersion(err))
+		return
+	}
 	if !s.firstSighting(env.IDString()) {
-		s.refuse(clientID, env.ID, wire.Refuse(wire.ReasonReplay, "message already received", nil))
+		s.refuse(clientID, env.ID, env.V, wire.Refuse(wire.ReasonReplay, "message already received", nil))
 		return
 	}
 	switch env.Type {
@@ -335,8 +339,14 @@ func (s *Service) Handle(clientID string, payload []byte) {
 		err = wire.Refuse(wire.ReasonBadRequest, "unexpected message type", nil)
 	}
 	if err != nil {
-		s.refuse(clientID, env.ID, err)
+		s.refuse(clientID, env.ID, env.V, err)
 	}
+}
+
+// unsupportedVersion refuses a device whose protocol version the fleet
+// does not speak (wire.Negotiate).
+func unsupportedVersion(err error) error {
+	return wire.Refuse(wire.ReasonUnsupportedVersion, fmt.Sprintf("fleet speaks protocol versions %d to %d", wire.OldestVersion, wire.Version), err)
 }
 
 // Bounds on what unauthenticated clients can make the service remember.
@@ -403,7 +413,8 @@ func (s *Service) expireLocked(cutoff time.Time) {
 	}
 }
 
-func (s *Service) refuse(clientID string, corr []byte, err error) {
+// refuse answers a refusal, in the protocol version peer the device spoke.
+func (s *Service) refuse(clientID string, corr []byte, peer int, err error) {
 	var we *wire.Error
 	if !errors.As(err, &we) {
 		s.log.Error("enrollment failed", "client_id", clientID, "err", err)
@@ -415,7 +426,7 @@ func (s *Service) refuse(clientID string, corr []byte, err error) {
 	if we.Reason.Temporary() {
 		res.RetryAfter = 10
 	}
-	s.reply(clientID, corr, res)
+	s.reply(clientID, corr, peer, res)
 }
 
 func errString(err error) string {
@@ -425,8 +436,14 @@ func errString(err error) string {
 	return err.Error()
 }
 
-func (s *Service) reply(clientID string, corr []byte, res *wire.EnrollResult) {
-	b, err := wire.Encode(wire.TypeEnrollResult, corr, s.cfg.Now(), res)
+// reply answers an enrollment result in the protocol version peer the
+// device spoke (wire.EncodeFor); a device older than the fleet speaks to
+// is answered in the fleet's version.
+func (s *Service) reply(clientID string, corr []byte, peer int, res *wire.EnrollResult) {
+	b, err := wire.EncodeFor(peer, wire.TypeEnrollResult, corr, s.cfg.Now(), res)
+	if errors.Is(err, wire.ErrVersion) {
+		b, err = wire.Encode(wire.TypeEnrollResult, corr, s.cfg.Now(), res)
+	}
 	if err == nil {
 		err = s.cfg.Send(clientID, "result", b)
 	}
@@ -503,15 +520,22 @@ func (s *Service) request(clientID string, env *wire.Envelope) error {
 	if err != nil {
 		return err
 	}
-	if err := s.sessions.Open(context.TODO(), sess, proof, s.cfg.ChallengeTTL); err != nil {
-		return err
-	}
 	ch := &wire.EnrollChallenge{
 		Session: sess.id, CredentialBlob: blob, EncryptedSecret: encSecret, Nonce: sess.nonce,
 		Selection: s.cfg.Selection, Expires: sess.expires.UnixMilli(), EventLog: eventLog,
 	}
-	b, err := wire.Encode(wire.TypeEnrollChallenge, env.ID, s.cfg.Now(), ch)
+	b, err := wire.EncodeFor(env.V, wire.TypeEnrollChallenge, env.ID, s.cfg.Now(), ch)
+	if errors.Is(err, wire.ErrNeedsVersion) {
+		// The policy that judges the first quote has event rules and the
+		// device's version cannot send the event log: refused, as the
+		// policy would fail it, never judged without the log.
+		return wire.Refuse(wire.ReasonUnsupportedVersion, fmt.Sprintf(
+			"this device's reference policy needs the measured-boot event log at enrollment, which protocol version %d cannot send: update sigild", env.V), err)
+	}
 	if err != nil {
+		return err
+	}
+	if err := s.sessions.Open(context.TODO(), sess, proof, s.cfg.ChallengeTTL); err != nil {
 		return err
 	}
 	s.stats.Challenges.Add(1)
@@ -623,6 +647,7 @@ func (s *Service) proof(clientID string, env *wire.Envelope) error {
 	if err != nil {
 		return err
 	}
+	sess.protocol = env.V // the version the device spoke last
 	if subtle.ConstantTimeCompare(activationDigest(p.Activation), sess.digest) != 1 {
 		err := wire.Refuse(wire.ReasonActivationFailed, "credential activation proof is wrong", nil)
 		if sess.existing != nil {
@@ -766,6 +791,7 @@ func (s *Service) apply(d *inventory.Device, exists bool, sess *Session, grant *
 	d.AKName = sess.ak.Name
 	d.EKPublic = sess.req.EKPublic
 	d.AKPublic = sess.req.AKPublic
+	d.Protocol = sess.protocol
 	return nil
 }
 
@@ -807,7 +833,7 @@ func (s *Service) hold(env *wire.Envelope, sess *Session) error {
 		s.log.Warn("recording the client a pending device waits on failed", "device_id", sess.ek.DeviceID, "err", err)
 	}
 	s.stats.Pending.Add(1)
-	s.reply(sess.clientID, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending,
+	s.reply(sess.clientID, env.ID, sess.protocol, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending,
 		Message: "verified; waiting for operator approval", DeviceID: sess.ek.DeviceID, RetryAfter: 30, Session: sess.id})
 	return nil
 }
@@ -875,20 +901,30 @@ func (s *Service) issue(env *wire.Envelope, sess *Session) error {
 	}
 	s.stats.Enrolled.Add(1)
 	s.log.Info("device enrolled", "device_id", id, "model", d.Model, "state", d.State, "trust_path", d.TrustPath, "cert_serial", serial)
-	fwTrust, fwRotations := s.firmwareTrust()
-	s.reply(sess.clientID, env.ID, &wire.EnrollResult{
+	fwTrust, fwRotations := s.firmwareTrust(sess.protocol)
+	s.reply(sess.clientID, env.ID, sess.protocol, &wire.EnrollResult{
 		Status: wire.StatusActive, Reason: wire.ReasonOK, DeviceID: id, Certificate: cert.Raw,
 		TrustBundle: s.cfg.CA.TrustBundle(), Session: sess.id, FirmwareTrust: fwTrust, FirmwareRotations: fwRotations,
 	})
 	return nil
 }
 
-// firmwareTrust is Config.FirmwareTrust's set and rotations, or nil.
-func (s *Service) firmwareTrust() ([]byte, []wire.TrustRotation) {
+// firmwareTrust is Config.FirmwareTrust's set and rotations, or nil, for
+// an enrollment result in protocol version peer. A result of version 4
+// cannot carry rotations, and a version 4 device takes a set in the result
+// as it is when its sequence is higher than its own: once the set was
+// rotated, such a device gets neither here, and the set with its
+// rotations in the firmware.trust message after its hello, where it
+// verifies each rotation.
+func (s *Service) firmwareTrust(peer int) ([]byte, []wire.TrustRotation) {
 	if s.cfg.FirmwareTrust == nil {
 		return nil, nil
 	}
-	return s.cfg.FirmwareTrust()
+	trust, rots := s.cfg.FirmwareTrust()
+	if len(rots) > 0 && wire.Needs(wire.TypeEnrollResult, &wire.EnrollResult{FirmwareRotations: rots}) > peer {
+		return nil, nil
+	}
+	return trust, rots
 }
 
 // ErrNotPending is returned by Approve for a device that is not pending.
@@ -915,7 +951,8 @@ func (s *Service) Approve(deviceID, by string) error {
 		s.log.Warn("looking up the client a pending device waits on failed", "device_id", deviceID, "err", err)
 	}
 	if clientID != "" {
-		if b, err := wire.Encode(wire.TypeEnrollRetry, nil, s.cfg.Now(), &wire.Retry{}); err == nil {
+		// The oldest version the fleet speaks: every device it enrolls reads it.
+		if b, err := wire.EncodeFor(wire.OldestVersion, wire.TypeEnrollRetry, nil, s.cfg.Now(), &wire.Retry{}); err == nil {
 			_ = s.cfg.Send(clientID, "retry", b)
 		}
 	}

@@ -27,12 +27,7 @@ func TestResultCarriesReleaseTrustRotations(t *testing.T) {
 	h.svc, err = enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand,
 		FirmwareTrust: func() ([]byte, []wire.TrustRotation) { return trust, rots },
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send:          h.send,
 	})
 	if err != nil {
 		t.Fatal(err)

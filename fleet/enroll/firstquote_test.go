@@ -29,12 +29,7 @@ func policyHarness(t *testing.T, rec *recording) (*harness, *policy.Store) {
 	t.Cleanup(func() { pols.Close() })
 	h.svc, err = enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Policies: pols,
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send: h.send,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -58,12 +58,7 @@ func identityHarness(t *testing.T, rec *recording, ids *identities) *harness {
 	t.Cleanup(func() { h.inv.Close() })
 	h.svc, err = enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: &verifier.EKTrust{}, Rand: h.rand, Identities: ids,
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send: h.send,
 	})
 	if err != nil {
 		t.Fatal(err)

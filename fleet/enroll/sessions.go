@@ -70,6 +70,9 @@ type Session struct {
 	// model and group are the fleet's for this device: the inventory's
 	// for a known device, else the token's grant.
 	model, group string
+	// protocol is the version of the proof that answers the session, set
+	// when it is taken: the version the device spoke last.
+	protocol int
 }
 
 // activationDigest is what a session keeps of the activation proof that

@@ -33,12 +33,7 @@ func sessionHarness(t *testing.T, rec *recording, maxEvents int) *harness {
 	h := &harness{inv: inv, ca: fleetCA, rand: newReplayRand()}
 	if h.svc, err = enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Sessions: testSessions(t),
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send: h.send,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -160,12 +155,7 @@ func TestClientSessionsBounded(t *testing.T) {
 	var err error
 	if h.svc, err = enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Sessions: testSessions(t), ManualApproval: true,
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send: h.send,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -209,12 +199,7 @@ func TestFailedActivationsCounted(t *testing.T) {
 	var err error
 	if h.svc, err = enroll.New(enroll.Config{
 		CA: h.ca, Inventory: h.inv, Trust: rec.trust(), Rand: h.rand, Sessions: testSessions(t), Now: func() time.Time { return now },
-		Send: func(_, _ string, payload []byte) error {
-			h.mu.Lock()
-			h.sent = payload
-			h.mu.Unlock()
-			return nil
-		},
+		Send: h.send,
 	}); err != nil {
 		t.Fatal(err)
 	}

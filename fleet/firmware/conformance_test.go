@@ -2,23 +2,21 @@ package firmware_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"sync"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // openBackend opens the store of cfg.Dir in bbolt, or its records in
 // PostgreSQL under TestConformance/postgres (the images stay in cfg.Dir).
 func openBackend(t testing.TB, cfg firmware.Config) (*firmware.Store, error) {
-	db, ok := pgtest.Database(t, cfg.Dir)
-	if !ok {
-		return firmware.Open(cfg)
-	}
-	return firmware.OpenPostgres(context.Background(), db, cfg)
+	return pgtest.OpenBackend(t, cfg.Dir, cfg, firmware.Open, firmware.OpenPostgres)
 }
 
 // conformanceTests are the store's tests run against both backends.
@@ -48,18 +46,14 @@ func TestConformance(t *testing.T) {
 // lost, and each is audited once.
 func testReplicasApproveOnce(t *testing.T, srv *pgtest.Server) {
 	url := srv.NewDatabase(t)
-	f := &fixture{approvals: 3, dir: t.TempDir(), clock: &clock{t: t0}, audit: &auditLog{}}
-	f.keys = append(f.keys, newSigner(t))
-	f.trust = trustOf(t, 1, f.keys...)
+	f := &fixture{approvals: 3, dir: t.TempDir(), clock: clocktest.New(t0), audit: &auditLog{}}
+	f.keys = append(f.keys, signtest.Signer(t))
+	f.trust = signtest.Trust(t, 1, 1, f.keys...)
 	var replicas []*firmware.Store
 	for range 2 {
-		db := pgtest.Open(t, url)
-		s, err := firmware.OpenPostgres(t.Context(), db, firmware.Config{Dir: f.dir, Trust: f.trust, Approvals: f.approvals, Now: f.clock.Now, Auditor: f.audit})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		replicas = append(replicas, s)
+		replicas = append(replicas, pgtest.Replica(t, url, func(db *postgres.DB) (*firmware.Store, error) {
+			return firmware.OpenPostgres(t.Context(), db, firmware.Config{Dir: f.dir, Trust: f.trust, Approvals: f.approvals, Now: f.clock.Now, Auditor: f.audit})
+		}))
 	}
 	rel := makeRelease(t, "1.0.0", t0.AddDate(1, 0, 0), image(4096, "a"), f.keys...)
 	r, err := replicas[0].Upload(t.Context(), "alice", rel.manifest, rel.bundles, bytes.NewReader(rel.image))

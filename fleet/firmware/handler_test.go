@@ -3,17 +3,10 @@ package firmware_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -23,61 +16,24 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/firmware"
+	"github.com/sigil-iot/sigil/internal/pkitest"
 )
 
-// pki is a small CA with a server certificate and device certificates, to
-// run the handler behind a real mTLS listener.
+// pki is a small CA (pkitest) with a server certificate, to run the
+// handler behind a real mTLS listener.
 type pki struct {
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	pool   *x509.CertPool
+	*pkitest.CA
 	server tls.Certificate
 }
 
 func newPKI(t *testing.T) *pki {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test fleet CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	p := &pki{ca: ca, caKey: key, pool: x509.NewCertPool()}
-	p.pool.AddCert(ca)
-	p.server = p.issue(t, "fleet", x509.ExtKeyUsageServerAuth)
-	return p
+	ca := pkitest.NewCA(t, "test fleet CA")
+	return &pki{CA: ca, server: ca.Server(t, "fleet")}
 }
 
-func (p *pki) issue(t *testing.T, cn string, usage x509.ExtKeyUsage) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func (p *pki) client(certs ...tls.Certificate) *http.Client {
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, Certificates: certs}}}
+// httpClient trusts the CA and presents certs.
+func (p *pki) httpClient(certs ...tls.Certificate) *http.Client {
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.Pool, Certificates: certs}}}
 }
 
 // serve runs the store's handler on an mTLS listener that verifies client
@@ -87,7 +43,7 @@ func serve(t *testing.T, p *pki, h http.Handler) *httptest.Server {
 	mux := http.NewServeMux()
 	mux.Handle(firmware.DownloadPrefix, h)
 	srv := httptest.NewUnstartedServer(mux)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{p.server}, ClientCAs: p.pool, ClientAuth: tls.VerifyClientCertIfGiven}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{p.server}, ClientCAs: p.Pool, ClientAuth: tls.VerifyClientCertIfGiven}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv
@@ -157,10 +113,10 @@ func TestDownloadNeedsIdentityAndAuthorization(t *testing.T) {
 	}
 	srv := serve(t, p, f.store.Handler(authorize))
 	url := srv.URL + firmware.DownloadPrefix + r.ImageDigest()
-	dev1 := p.client(p.issue(t, "dev-1", x509.ExtKeyUsageClientAuth))
-	dev2 := p.client(p.issue(t, "dev-2", x509.ExtKeyUsageClientAuth))
+	dev1 := p.httpClient(p.Client(t, "dev-1"))
+	dev2 := p.httpClient(p.Client(t, "dev-2"))
 
-	if resp, _ := get(t, p.client(), url); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := get(t, p.httpClient(), url); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("no client certificate: %s", resp.Status)
 	}
 	if resp, body := get(t, dev2, url); resp.StatusCode != http.StatusForbidden || bytes.Contains(body, img[:100]) {
@@ -223,7 +179,7 @@ func TestDownloadResume(t *testing.T) {
 	r := approvedRelease(t, f, "2.0.0", img)
 	srv := serve(t, p, f.store.Handler(func(*http.Request, string) error { return nil }))
 	url := srv.URL + firmware.DownloadPrefix + r.ImageDigest()
-	dev := p.client(p.issue(t, "dev-1", x509.ExtKeyUsageClientAuth))
+	dev := p.httpClient(p.Client(t, "dev-1"))
 
 	// The first attempt stops after 100 000 bytes (connection lost).
 	resp, err := dev.Get(url)

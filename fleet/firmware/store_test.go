@@ -3,10 +3,6 @@ package firmware_test
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -20,19 +16,13 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/firmware"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 var t0 = time.Date(2027, 3, 1, 9, 0, 0, 0, time.UTC)
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
 
 // entry is one audit record.
 type entry struct{ actor, action, target, outcome, reason string }
@@ -63,32 +53,6 @@ func (a *auditLog) last() entry {
 	return a.entries[len(a.entries)-1]
 }
 
-func newSigner(t testing.TB) *sign.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := sign.New(sign.Config{Key: k})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func trustOf(t testing.TB, threshold int, ss ...*sign.Signer) *verify.TrustSet {
-	t.Helper()
-	var keys []crypto.PublicKey
-	for _, s := range ss {
-		keys = append(keys, s.Public())
-	}
-	ts, err := verify.NewTrustSet(1, threshold, keys...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ts
-}
-
 // release builds an image, its manifest and the bundles of the signers.
 type release struct {
 	image    []byte
@@ -102,19 +66,8 @@ func makeRelease(t testing.TB, version string, expires time.Time, image []byte, 
 		Name: "gateway-os", Version: version, SecurityVersion: 5, Models: []string{"gw-100"},
 		Size: int64(len(image)), SHA256: sha256.Sum256(image), Expires: expires,
 	}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := release{image: image, manifest: raw}
-	for _, s := range ss {
-		b, err := s.Sign(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.bundles = append(r.bundles, b)
-	}
-	return r
+	raw, bundles := signtest.Release(t, m, ss...)
+	return release{image: image, manifest: raw, bundles: bundles}
 }
 
 func image(n int, seed string) []byte {
@@ -129,7 +82,7 @@ type fixture struct {
 	approvals int
 	store     *firmware.Store
 	dir       string
-	clock     *clock
+	clock     *clocktest.Clock
 	audit     *auditLog
 	keys      []*sign.Signer
 	trust     *verify.TrustSet
@@ -137,11 +90,11 @@ type fixture struct {
 
 func newFixture(t *testing.T, approvals, threshold, nkeys int) *fixture {
 	t.Helper()
-	f := &fixture{approvals: approvals, dir: t.TempDir(), clock: &clock{t: t0}, audit: &auditLog{}}
+	f := &fixture{approvals: approvals, dir: t.TempDir(), clock: clocktest.New(t0), audit: &auditLog{}}
 	for range nkeys {
-		f.keys = append(f.keys, newSigner(t))
+		f.keys = append(f.keys, signtest.Signer(t))
 	}
-	f.trust = trustOf(t, threshold, f.keys...)
+	f.trust = signtest.Trust(t, 1, threshold, f.keys...)
 	f.open(t, f.trust)
 	return f
 }
@@ -205,7 +158,7 @@ func TestUploadStoresVerifiedRelease(t *testing.T) {
 // mismatched is stored, and every refusal is audited.
 func TestUploadRefusals(t *testing.T) {
 	f := newFixture(t, 2, 2, 3)
-	untrusted := newSigner(t)
+	untrusted := signtest.Signer(t)
 	img := image(5000, "v2")
 	exp := t0.Add(time.Hour)
 	good := makeRelease(t, "2.0.0", exp, img, f.keys[0], f.keys[1])
@@ -356,7 +309,7 @@ func TestOfferable(t *testing.T) {
 
 	// The fleet rotates its release keys: releases signed only by the
 	// removed key are no longer offered.
-	if err := f.store.SetTrust(trustOf(t, 1, newSigner(t))); err != nil {
+	if err := f.store.SetTrust(signtest.Trust(t, 1, 1, signtest.Signer(t))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.store.Offerable(t.Context(), r.ID, t0); !errors.Is(err, verify.ErrSignature) {

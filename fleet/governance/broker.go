@@ -10,9 +10,10 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
-// BrokerEvent takes the broker's connection events (broker.Config.Events):
-// every admitted device connection opens and closes a session (certificate
-// clones), and refused connections from identities the fleet does not
+// BrokerEvent takes the broker's connection events (broker.Config.Events,
+// and the broker pool's sessions: mqttpool.TransportConfig.Events, which
+// carry no certificate): every admitted device connection opens and
+// closes a session (certificate clones), and refused connections from identities the fleet does not
 // know go to the triage list. It runs on the broker's connection
 // goroutines: the service works in memory here, and the inventory is only
 // read.
@@ -23,11 +24,11 @@ func (s *Service) BrokerEvent(ev broker.Event) {
 	}
 	switch ev.Kind {
 	case broker.Connected:
-		if id.DeviceID != "" && id.Cert != nil {
+		if id.DeviceID != "" {
 			s.SessionOpened(Session{DeviceID: id.DeviceID, CertSerial: certSerial(id), Remote: ev.Remote, Time: ev.Time})
 		}
 	case broker.Disconnected, broker.Closed:
-		if id.DeviceID != "" && id.Cert != nil {
+		if id.DeviceID != "" {
 			s.SessionClosed(Session{DeviceID: id.DeviceID, CertSerial: certSerial(id), Remote: ev.Remote, Time: ev.Time})
 		}
 	case broker.Refused:
@@ -53,7 +54,14 @@ func (s *Service) BrokerEvent(ev broker.Event) {
 	}
 }
 
-func certSerial(id broker.Identity) string { return hex.EncodeToString(id.Cert.SerialNumber.Bytes()) }
+// certSerial is the serial of the certificate id presented; "" when the
+// event does not carry it (a broker pool's sessions, from its log).
+func certSerial(id broker.Identity) string {
+	if id.Cert == nil {
+		return ""
+	}
+	return hex.EncodeToString(id.Cert.SerialNumber.Bytes())
+}
 
 // Events is what Findings records a device's finding in: the inventory's
 // lifecycle events (*inventory.Store).

@@ -62,17 +62,40 @@ func openClones(tx kv.Tx, deviceID string) ([]Clone, error) {
 
 // Session is one MQTT connection of a device, as the broker admitted it.
 type Session struct {
-	DeviceID   string
-	CertSerial string // hex, as in the inventory
+	DeviceID string
+	// CertSerial is the certificate's serial (hex, as in the inventory);
+	// empty when the broker does not say (a broker pool's connection
+	// log: fleet/mqttpool), and the device's sessions are then followed
+	// as one identity whatever certificate they present.
+	CertSerial string
 	Remote     string // "host:port": identifies the connection
 	Time       time.Time
+}
+
+// identity is the key the session tracker follows a session under: its
+// certificate serial, or its device when the serial is unknown (a 0 byte
+// first: never a serial).
+func (x Session) identity() string {
+	if x.CertSerial != "" {
+		return x.CertSerial
+	}
+	return "\x00" + x.DeviceID
+}
+
+// describe names an identity the tracker follows in an incident's
+// evidence, and the serial to record (none for a device's identity).
+func describe(identity string) (what, serial string) {
+	if id, ok := strings.CutPrefix(identity, "\x00"); ok {
+		return "the identity of device " + id, ""
+	}
+	return "certificate " + identity, identity
 }
 
 // SessionOpened records an admitted device connection and checks it for
 // the takeover pattern of a clone (see the package doc). It works in
 // memory only; a detected clone is acted on by the next Flush.
 func (s *Service) SessionOpened(x Session) {
-	if x.CertSerial == "" || x.DeviceID == "" || x.Remote == "" {
+	if x.DeviceID == "" || x.Remote == "" {
 		return
 	}
 	if x.Time.IsZero() {
@@ -85,7 +108,7 @@ func (s *Service) SessionOpened(x Session) {
 // every session of the serial (a broker reporting only the last
 // connection of a client).
 func (s *Service) SessionClosed(x Session) {
-	if x.CertSerial == "" {
+	if x.DeviceID == "" && x.CertSerial == "" {
 		return
 	}
 	s.sessions.closed(x)
@@ -275,16 +298,18 @@ func (t *sessionTracker) init() {
 
 func (t *sessionTracker) opened(s *Service, x Session) {
 	host := hostOf(x.Remote)
+	key := x.identity()
+	what, _ := describe(key)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	st := t.serials[x.CertSerial]
+	st := t.serials[key]
 	if _, known := st.conn(x.Remote); !known && t.n >= s.cfg.MaxSessions {
 		t.dropped++
 		return
 	}
 	if st == nil {
 		st = &serialState{deviceID: x.DeviceID}
-		t.serials[x.CertSerial] = st
+		t.serials[key] = st
 	}
 	st.pruneDisplaced(x.Time, s.cfg.CloneWindow)
 	others := st.hosts(host)
@@ -298,15 +323,15 @@ func (t *sessionTracker) opened(s *Service, x Session) {
 				st.takebacks = slices.Delete(st.takebacks, 0, len(st.takebacks)-maxDisplaced)
 			}
 			if len(st.takebacks) >= s.cfg.CloneTakebacks {
-				t.detect(st, x.CertSerial, []string{host, d.by}, x.Time, fmt.Sprintf(
-					"certificate %s taken back %d times within %s between hosts that kept taking it over (last: %s from %s at %s)",
-					x.CertSerial, len(st.takebacks), s.cfg.CloneWindow, host, strings.Join(others, ", "), x.Time.UTC().Format(time.RFC3339)))
+				t.detect(st, key, []string{host, d.by}, x.Time, fmt.Sprintf(
+					"%s taken back %d times within %s between hosts that kept taking it over (last: %s from %s at %s)",
+					what, len(st.takebacks), s.cfg.CloneWindow, host, strings.Join(others, ", "), x.Time.UTC().Format(time.RFC3339)))
 			}
 			break
 		}
 		if s.cfg.CloneGrace < 0 {
-			t.detect(st, x.CertSerial, append([]string{host}, others...), x.Time, fmt.Sprintf(
-				"certificate %s in use from %s and %s at once", x.CertSerial, host, strings.Join(others, ", ")))
+			t.detect(st, key, append([]string{host}, others...), x.Time, fmt.Sprintf(
+				"%s in use from %s and %s at once", what, host, strings.Join(others, ", ")))
 		}
 		for _, o := range others {
 			st.displaced = append(st.displaced, displacement{host: o, by: host, at: x.Time})
@@ -323,7 +348,7 @@ func (t *sessionTracker) opened(s *Service, x Session) {
 		t.n++
 	}
 	if len(st.hosts("")) >= 2 {
-		t.multi[x.CertSerial] = struct{}{}
+		t.multi[key] = struct{}{}
 	}
 }
 
@@ -368,11 +393,12 @@ func (st *serialState) pruneDisplaced(now time.Time, window time.Duration) {
 	st.takebacks = st.takebacks[j:]
 }
 
-func (t *sessionTracker) detect(st *serialState, serial string, hosts []string, at time.Time, evidence string) {
+func (t *sessionTracker) detect(st *serialState, identity string, hosts []string, at time.Time, evidence string) {
 	if st.reported {
 		return
 	}
 	st.reported = true
+	_, serial := describe(identity)
 	slices.Sort(hosts)
 	hosts = slices.Compact(hosts)
 	t.detected[st.deviceID] = Clone{DeviceID: st.deviceID, Kind: CloneCertificate, Serial: serial,
@@ -380,9 +406,10 @@ func (t *sessionTracker) detect(st *serialState, serial string, hosts []string, 
 }
 
 func (t *sessionTracker) closed(x Session) {
+	key := x.identity()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	st := t.serials[x.CertSerial]
+	st := t.serials[key]
 	if st == nil {
 		return
 	}
@@ -394,10 +421,10 @@ func (t *sessionTracker) closed(x Session) {
 		t.n--
 	}
 	if len(st.hosts("")) < 2 {
-		delete(t.multi, x.CertSerial)
+		delete(t.multi, key)
 	}
 	if len(st.conns) == 0 && len(st.displaced) == 0 && len(st.takebacks) == 0 {
-		delete(t.serials, x.CertSerial)
+		delete(t.serials, key)
 	}
 }
 
@@ -440,8 +467,9 @@ func (t *sessionTracker) check(s *Service, now time.Time) {
 			}
 		}
 		if len(long) >= 2 {
-			t.detect(st, serial, long, now, fmt.Sprintf("certificate %s in use from %s at once for more than %s",
-				serial, strings.Join(long, " and "), s.cfg.CloneGrace))
+			what, _ := describe(serial)
+			t.detect(st, serial, long, now, fmt.Sprintf("%s in use from %s at once for more than %s",
+				what, strings.Join(long, " and "), s.cfg.CloneGrace))
 		}
 	}
 }

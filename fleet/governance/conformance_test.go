@@ -2,7 +2,6 @@ package governance_test
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,20 +9,16 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
-	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
 // openBackend opens cfg in bbolt, or in PostgreSQL under
 // TestConformance/postgres (the inventory stays in bbolt).
 func openBackend(t testing.TB, cfg governance.Config) (*governance.Service, error) {
-	db, ok := pgtest.Database(t, cfg.Path)
-	if !ok {
-		return governance.Open(cfg)
-	}
-	return governance.OpenPostgres(context.Background(), db, cfg)
+	return pgtest.OpenBackend(t, cfg.Path, cfg, governance.Open, governance.OpenPostgres)
 }
 
 // conformanceTests are the service's tests run against both backends
@@ -85,15 +80,11 @@ func testReplicasRaiseACloneOnce(t *testing.T, srv *pgtest.Server) {
 	f := newFleet(t, nil) // the inventory, and a service on bbolt left idle
 	q := &countingQuarantiner{next: governance.InventoryQuarantiner{Inventory: f.inv, Now: f.clock.Now}}
 	open := func() *governance.Service {
-		db := pgtest.Open(t, url)
 		cfg := f.cfg
 		cfg.Path, cfg.Quarantiner = "", q
-		s, err := governance.OpenPostgres(t.Context(), db, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
+		return pgtest.Replica(t, url, func(db *postgres.DB) (*governance.Service, error) {
+			return governance.OpenPostgres(t.Context(), db, cfg)
+		})
 	}
 	replicas := []*governance.Service{open(), open()}
 	const devices = 4
@@ -146,52 +137,26 @@ func testReplicasSweepOnce(t *testing.T, srv *pgtest.Server) {
 	})
 	var counters []*sweepCounter
 	open := func(i int) *governance.Service {
-		db := pgtest.Open(t, url)
-		ls, err := lease.Open(t.Context(), db, lease.Config{Holder: fmt.Sprintf("replica-%d", i), TTL: 3 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
 		c := &sweepCounter{Devices: f.inv}
 		counters = append(counters, c)
 		cfg := f.cfg
-		cfg.Path, cfg.Devices, cfg.Leases = "", c, ls
+		cfg.Path, cfg.Devices = "", c
 		cfg.SweepInterval = 20 * time.Millisecond
-		s, err := governance.OpenPostgres(t.Context(), db, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	replicas := []*governance.Service{open(0), open(1)}
-	cancels := make([]context.CancelFunc, len(replicas))
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for i, r := range replicas {
-		ctx, cancel := context.WithCancel(t.Context())
-		cancels[i] = cancel
-		defer cancel()
-		wg.Go(func() {
-			if err := r.Run(ctx); err != nil {
-				t.Errorf("replica %d: Run: %v", i, err)
-			}
+		return pgtest.Replica(t, url, func(db *postgres.DB) (*governance.Service, error) {
+			cfg.Leases = pgtest.Lease(t, db, i)
+			return governance.OpenPostgres(t.Context(), db, cfg)
 		})
 	}
-	sweeps := func(i int) int64 { return counters[i].n.Load() }
-	wait.For(t, "ten sweeps", func() bool { return sweeps(0)+sweeps(1) >= 10 })
-	holder := 0
-	if sweeps(1) > 0 {
-		holder = 1
-	}
-	other := 1 - holder
-	if sweeps(other) != 0 {
-		t.Fatalf("both replicas swept: %d and %d sweeps", sweeps(0), sweeps(1))
-	}
-	if a := f.alerts.of(governance.KindDormant, d.ID); len(a) != 1 {
-		t.Fatalf("%d dormant alerts, want 1", len(a))
-	}
-	cancels[holder]()
-	wait.For(t, "the other replica to sweep", func() bool { return sweeps(other) > 0 })
+	replicas := []*governance.Service{open(0), open(1)}
+	pgtest.OneHolder(t, pgtest.Leased{
+		Run:    []func(context.Context) error{replicas[0].Run, replicas[1].Run},
+		Done:   func(i int) int64 { return counters[i].n.Load() },
+		Enough: 10, Work: "swept", Unit: "sweeps",
+	}, func() {
+		if a := f.alerts.of(governance.KindDormant, d.ID); len(a) != 1 {
+			t.Fatalf("%d dormant alerts, want 1", len(a))
+		}
+	})
 	if a := f.alerts.of(governance.KindDormant, d.ID); len(a) != 1 {
 		t.Fatalf("%d dormant alerts after the takeover, want 1", len(a))
 	}
@@ -207,15 +172,13 @@ func testReplicasShareBlocks(t *testing.T, srv *pgtest.Server) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	open := func() *governance.Service {
-		db := pgtest.Open(t, url)
-		bus := notify.NewPostgres(db, nil)
-		cfg := f.cfg
-		cfg.Path, cfg.Bus = "", bus
-		s, err := governance.OpenPostgres(t.Context(), db, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
+		var bus *notify.Postgres
+		s := pgtest.Replica(t, url, func(db *postgres.DB) (*governance.Service, error) {
+			bus = notify.NewPostgres(db, nil)
+			cfg := f.cfg
+			cfg.Path, cfg.Bus = "", bus
+			return governance.OpenPostgres(t.Context(), db, cfg)
+		})
 		wg.Go(func() {
 			if err := bus.Run(ctx); err != nil {
 				t.Error(err)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -463,5 +464,67 @@ func TestFailedCloneQuarantineIsRetried(t *testing.T) {
 	}
 	if n := len(f.alerts.of(governance.KindClone, d.ID)); n != 1 {
 		t.Fatalf("%d clone alerts, want 1", n)
+	}
+}
+
+// TestCloneFromBrokerPoolSessions: a broker pool reports device sessions
+// without their certificate (mqttpool reads them from Mosquitto's
+// connection log: review item 6 of issue 14). Two holders of one device
+// identity taking its session from each other on one broker, and two
+// holding it at once on two brokers, are clones as with the embedded
+// broker's events; the incident names the device's identity, no serial.
+func TestCloneFromBrokerPoolSessions(t *testing.T) {
+	f := newFleet(t, func(c *governance.Config) { c.CloneGrace = 30 * time.Second })
+	ev := func(d *inventory.Device, kind broker.EventKind, remote string) {
+		f.svc.BrokerEvent(broker.Event{Kind: kind, Identity: broker.Identity{ClientID: d.ID, DeviceID: d.ID}, Remote: remote, Time: f.clock.Now()})
+	}
+	// One broker: each connection takes the session over (the pool
+	// reports the new one, then the end of the old one).
+	d := f.device(1, nil)
+	last := ""
+	for _, r := range []string{"10.0.0.1:1000", "10.9.9.9:2000", "10.0.0.1:1001", "10.9.9.9:2001"} {
+		f.clock.Advance(3 * time.Second)
+		ev(d, broker.Connected, r)
+		if last != "" {
+			ev(d, broker.Disconnected, last)
+		}
+		last = r
+		if err := f.svc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.get(d.ID).State != inventory.StateQuarantined {
+		t.Fatal("two holders taking a device's session from each other on a pool broker were not quarantined")
+	}
+	c, err := f.svc.Clones(false)
+	if err != nil || len(c) != 1 || c[0].Serial != "" || !strings.Contains(c[0].Evidence, "identity of device "+d.ID) {
+		t.Fatalf("incidents %+v, %v", c, err)
+	}
+	// Two brokers: both sessions stay open past the grace period.
+	e := f.device(2, nil)
+	ev(e, broker.Connected, "10.0.0.2:1000")
+	ev(e, broker.Connected, "192.0.2.7:41000")
+	f.clock.Advance(31 * time.Second)
+	f.svc.CheckSessions()
+	if err := f.svc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if f.get(e.ID).State != inventory.StateQuarantined {
+		t.Fatal("a device identity in use on two pool brokers at once was not quarantined")
+	}
+	// A device moving between brokers (the old session closed first, or
+	// with its broker lost) is none.
+	g := f.device(3, nil)
+	ev(g, broker.Connected, "10.0.0.3:1000")
+	f.clock.Advance(time.Minute)
+	ev(g, broker.Disconnected, "10.0.0.3:1000")
+	ev(g, broker.Connected, "10.0.0.4:1000")
+	f.clock.Advance(time.Minute)
+	f.svc.CheckSessions()
+	if err := f.svc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if f.get(g.ID).State != inventory.StateActive {
+		t.Fatal("a device moving between pool brokers was taken for a clone")
 	}
 }

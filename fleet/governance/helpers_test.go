@@ -11,28 +11,11 @@ import (
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
 // t0 is the start of every test's clock.
 var t0 = time.Date(2030, 3, 1, 12, 0, 0, 0, time.UTC)
-
-// clock is a settable clock shared by the inventory and the service.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // alerts records the alerts a service raises.
 type alerts struct {
@@ -62,7 +45,7 @@ func (a *alerts) of(kind, device string) []governance.Alert {
 // fleet is a real inventory and a governance service over it.
 type fleet struct {
 	t      testing.TB
-	clock  *clock
+	clock  *clocktest.Clock
 	inv    *inventory.Store
 	svc    *governance.Service
 	alerts *alerts
@@ -75,7 +58,7 @@ type fleet struct {
 func newFleet(t testing.TB, configure func(*governance.Config)) *fleet {
 	t.Helper()
 	dir := t.TempDir()
-	c := &clock{t: t0}
+	c := clocktest.New(t0)
 	inv, err := inventory.Open(filepath.Join(dir, "inventory.db"), inventory.WithNoSync(), inventory.WithClock(c.Now))
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/internal/runtest"
 )
 
 // countingHistory is an attestation history that counts how often each
@@ -64,9 +65,7 @@ func TestRescoreOnInputChange(t *testing.T) {
 			c.Attestations = hist
 		})
 		f.owner("plant-a", governance.OwnerActive)
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- f.svc.Run(ctx) }()
+		stop := runtest.Start(t, f.svc.Run)
 		synctest.Wait() // the sweep at start: no device yet
 
 		// A device enrolled after the sweep, then failing attestation.
@@ -136,8 +135,7 @@ func TestRescoreOnInputChange(t *testing.T) {
 		if r, _ := stored(t, f.svc, ids[0]); func() bool { _, ok := r.Factor(governance.FactorOrphaned); return !ok }() {
 			t.Fatalf("the departed owner's device was not rescored: %+v", r)
 		}
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 	})

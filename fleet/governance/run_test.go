@@ -1,13 +1,13 @@
 package governance_test
 
 import (
-	"context"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/internal/runtest"
 )
 
 // Run sweeps on its interval, flushes triage on its own and checks
@@ -28,9 +28,7 @@ func TestRunSweepsFlushesAndChecksOnItsClock(t *testing.T) {
 		})
 		twin := f.device(2, func(d *inventory.Device) { d.CertExpiry = start.Add(365 * 24 * time.Hour) })
 
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- f.svc.Run(ctx) }()
+		stop := runtest.Start(t, f.svc.Run)
 		synctest.Wait()
 		if rep, _, _ := f.svc.Ranking("", 0); len(rep) != 2 {
 			t.Fatalf("no sweep at start: %+v", rep)
@@ -66,8 +64,7 @@ func TestRunSweepsFlushesAndChecksOnItsClock(t *testing.T) {
 			t.Fatalf("not dormant after 4h: %+v %v", st, err)
 		}
 
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatalf("Run returned %v", err)
 		}
 	})

@@ -222,16 +222,16 @@ func getDevice(tx *bolt.Tx, id string) (*Device, error) {
 	return decode[Device](v)
 }
 
-func (b boltTx) state(id string) (State, error) {
+func (b boltTx) state(id string) (stateOnly, error) {
 	v := b.tx.Bucket(bucketDevices).Get([]byte(id))
 	if v == nil {
-		return "", fmt.Errorf("%w: device %q", ErrNotFound, id)
+		return stateOnly{}, fmt.Errorf("%w: device %q", ErrNotFound, id)
 	}
 	d, err := decode[stateOnly](v)
 	if err != nil {
-		return "", err
+		return stateOnly{}, err
 	}
-	return d.State, nil
+	return *d, nil
 }
 
 func (b boltTx) ekHolder(fingerprint string) (string, error) {

@@ -1,18 +1,15 @@
 package inventory
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/crashtest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -24,76 +21,38 @@ func crashEK(i int) string { return fmt.Sprintf("%064x", i+1) }
 // TestCrashWriter is the helper process of TestCrashSafety: it writes until
 // killed, reporting each committed write on stdout.
 func TestCrashWriter(t *testing.T) {
-	path := os.Getenv(crashEnv)
-	if path == "" {
+	path, ok := crashtest.Arg(crashEnv)
+	if !ok {
 		t.Skip("helper process for TestCrashSafety")
 	}
 	s, err := Open(path)
-	if err != nil {
-		fmt.Println("error", err)
-		os.Exit(2)
-	}
+	crashtest.Check(err)
 	for i := 0; ; i++ {
 		d := &Device{ID: crashID(i), EKFingerprint: crashEK(i), State: StateActive, Model: "m", Flags: []string{strings.Repeat("x", 200)}}
-		if err := s.PutDevice(t.Context(), d); err != nil {
-			fmt.Println("error", err)
-			os.Exit(2)
-		}
+		crashtest.Check(s.PutDevice(t.Context(), d))
 		// A read-modify-write of an earlier device, and an event, each its own transaction.
 		if i > 0 {
-			if err := s.Update(t.Context(), crashID(i-1), func(d *Device) error { d.State = StateQuarantined; return nil }); err != nil {
-				fmt.Println("error", err)
-				os.Exit(2)
-			}
+			crashtest.Check(s.Update(t.Context(), crashID(i-1), func(d *Device) error { d.State = StateQuarantined; return nil }))
 		}
-		if err := s.AddEvent(t.Context(), Event{DeviceID: crashID(i), Kind: "enrolled"}); err != nil {
-			fmt.Println("error", err)
-			os.Exit(2)
-		}
+		crashtest.Check(s.AddEvent(t.Context(), Event{DeviceID: crashID(i), Kind: "enrolled"}))
 		fmt.Println("ok", i)
 	}
 }
 
 func TestCrashSafety(t *testing.T) {
-	if os.Getenv(crashEnv) != "" {
+	if _, ok := crashtest.Arg(crashEnv); ok {
 		t.Skip("in helper")
 	}
 	path := filepath.Join(t.TempDir(), "inv.db")
 	for round := range 3 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashWriter$", "-test.count=1")
-		cmd.Env = append(os.Environ(), crashEnv+"="+path)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
 		// Let it commit a while, then kill it mid-write.
-		sc := bufio.NewScanner(out)
 		last := -1
-		deadline := time.Now().Add(20 * time.Second)
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "error") {
-				t.Fatalf("writer: %s", line)
-			}
+		crashtest.Kill(t, "TestCrashWriter", crashEnv, path, func(line string) bool {
 			if n, ok := strings.CutPrefix(line, "ok "); ok {
 				last, _ = strconv.Atoi(n)
 			}
-			if last >= 30 || time.Now().After(deadline) {
-				break
-			}
-		}
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		err = cmd.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("writer did not die by SIGKILL: %v", err)
-		}
+			return last >= 30
+		})
 		if last < 0 {
 			t.Fatal("writer committed nothing")
 		}

@@ -38,7 +38,7 @@ type tx interface {
 	device(id string) (*Device, error)
 	// state returns the lifecycle state of id (ErrNotFound when none),
 	// decoding nothing else of its record.
-	state(id string) (State, error)
+	state(id string) (stateOnly, error)
 	// ekHolder returns the ID of the device with the EK fingerprint, ""
 	// when none.
 	ekHolder(fingerprint string) (string, error)

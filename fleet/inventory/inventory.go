@@ -102,6 +102,12 @@ type Device struct {
 	// ClaimedModel is the model the device said it is when it last
 	// enrolled: shown to operators, never used to target anything.
 	ClaimedModel string `json:"claimed_model,omitempty"`
+	// Protocol is the wire protocol version the device last spoke (its
+	// enrollment proof, then each hello); the fleet speaks it to the
+	// device (Store.Protocol). Claimed, never trusted: it decides only
+	// what the fleet can say to the device, no check. 0 in a record
+	// written before the fleet kept it.
+	Protocol int `json:"protocol,omitempty"`
 }
 
 // HasFlag reports whether the device carries flag f.
@@ -308,7 +314,13 @@ func (s *Store) Device(ctx context.Context, id string) (*Device, error) {
 // State returns a device's lifecycle state, decoding nothing else of its
 // record: for the checks on every message a device sends.
 func (s *Store) State(ctx context.Context, id string) (State, error) {
-	var st State
+	st, err := s.brief(ctx, id)
+	return st.State, err
+}
+
+// brief reads the part of a device record State and Protocol decode.
+func (s *Store) brief(ctx context.Context, id string) (stateOnly, error) {
+	var st stateOnly
 	err := s.e.view(ctx, func(tx tx) error {
 		var err error
 		st, err = tx.state(id)
@@ -317,9 +329,10 @@ func (s *Store) State(ctx context.Context, id string) (State, error) {
 	return st, err
 }
 
-// stateOnly is the part of a device record State decodes.
+// stateOnly is the part of a device record State and Protocol decode.
 type stateOnly struct {
-	State State `json:"state"`
+	State    State `json:"state"`
+	Protocol int   `json:"protocol,omitempty"`
 }
 
 // DeviceByEK returns the device with an EK fingerprint.

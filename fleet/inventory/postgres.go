@@ -292,19 +292,19 @@ func (t *pgTx) device(id string) (*Device, error) {
 	return decode[Device](v)
 }
 
-func (t *pgTx) state(id string) (State, error) {
+func (t *pgTx) state(id string) (stateOnly, error) {
 	v, err := t.one("SELECT record FROM inventory_devices WHERE id = $1"+t.lock(), id)
 	if err != nil {
-		return "", err
+		return stateOnly{}, err
 	}
 	if v == nil {
-		return "", fmt.Errorf("%w: device %q", ErrNotFound, id)
+		return stateOnly{}, fmt.Errorf("%w: device %q", ErrNotFound, id)
 	}
 	d, err := decode[stateOnly](v)
 	if err != nil {
-		return "", err
+		return stateOnly{}, err
 	}
-	return d.State, nil
+	return *d, nil
 }
 
 func (t *pgTx) ekHolder(fingerprint string) (string, error) {

@@ -3,6 +3,8 @@ package inventory
 import (
 	"context"
 	"time"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // SetConnected records what a device's session shows: whether it is
@@ -15,18 +17,40 @@ func (s *Store) SetConnected(ctx context.Context, id string, connected bool, at 
 	})
 }
 
-// Hello records a device's hello: seen at at, and the firmware version it
-// reports, taken for an active device (reported, not proved: policies
-// judge the measurements). It reports whether the record's version
+// Hello records a device's hello: seen at at, the protocol version of its
+// envelope (Device.Protocol: a device may have upgraded or rolled back its
+// daemon since it last spoke), and the firmware version it reports, taken
+// for an active device (reported, not proved: policies judge the
+// measurements). It reports whether the record's firmware version
 // changed, and the one it had before.
-func (s *Store) Hello(ctx context.Context, id, firmware string, at time.Time) (previous string, changed bool, err error) {
+func (s *Store) Hello(ctx context.Context, id, firmware string, protocol int, at time.Time) (previous string, changed bool, err error) {
 	err = s.Update(ctx, id, func(d *Device) error {
 		previous, changed = d.Firmware, false
 		if firmware != "" && d.Firmware != firmware && d.State == StateActive {
 			d.Firmware, changed = firmware, true
 		}
+		if protocol > 0 {
+			d.Protocol = protocol
+		}
 		d.LastSeen = at
 		return nil
 	})
 	return previous, changed, err
+}
+
+// Protocol returns the wire protocol version to speak to a device: the one
+// it last spoke (Device.Protocol), or wire.OldestVersion for a record that
+// holds none (written by a release that did not keep it: every device
+// speaks it, and says hello with its own at its next connection). It
+// decodes nothing else of the record: it is read for every message the
+// fleet sends.
+func (s *Store) Protocol(ctx context.Context, id string) (int, error) {
+	d, err := s.brief(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if d.Protocol == 0 {
+		return wire.OldestVersion, nil
+	}
+	return d.Protocol, nil
 }

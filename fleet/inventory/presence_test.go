@@ -37,13 +37,13 @@ func TestPresence(t *testing.T) {
 		{quarantined, "6.6", "1.0", "1.0", false}, // only an active device's report is taken
 	} {
 		at = at.Add(time.Minute)
-		prev, changed, err := s.Hello(t.Context(), c.id, c.firmware, at)
+		prev, changed, err := s.Hello(t.Context(), c.id, c.firmware, 5, at)
 		d, _ := s.Device(t.Context(), c.id)
 		if err != nil || prev != c.prev || changed != c.changed || d.Firmware != c.now || !d.LastSeen.Equal(at) {
 			t.Errorf("Hello(%s, %q) = %q, %v, %v; firmware %q, last seen %v", c.id[28:], c.firmware, prev, changed, err, d.Firmware, d.LastSeen)
 		}
 	}
-	if _, _, err := s.Hello(t.Context(), "ffffffffffffffffffffffffffffffff", "1", at); err == nil {
+	if _, _, err := s.Hello(t.Context(), "ffffffffffffffffffffffffffffffff", "1", 5, at); err == nil {
 		t.Error("a hello of an unknown device was recorded")
 	}
 }

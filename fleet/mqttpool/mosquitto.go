@@ -42,6 +42,10 @@ const (
 	ACLFile       = "acl"
 	FleetACLFile  = "fleet.acl"
 	DefaultQueued = 1000
+	// DefaultBootstrapConnections bounds a bootstrap broker's anonymous
+	// listener when Member.MaxConnections is 0: the embedded broker's
+	// bootstrap_clients.
+	DefaultBootstrapConnections = 1000
 )
 
 // Member describes one Mosquitto 2.0 broker of the pool.
@@ -69,7 +73,9 @@ type Member struct {
 	// messages silently.
 	MaxQueued int
 	// MaxConnections bounds the connections of the devices' or bootstrap
-	// clients' listener (Mosquitto's max_connections); 0: unbounded.
+	// clients' listener (Mosquitto's max_connections); 0: unbounded for a
+	// device broker, DefaultBootstrapConnections for a bootstrap broker
+	// (its clients are anonymous: it is always bounded).
 	MaxConnections int
 	// DynsecPlugin is the path of Mosquitto's dynamic security plugin
 	// (RoleDevice): with it the fleet can end a device's session
@@ -140,6 +146,9 @@ func (m Member) Files() (map[string][]byte, map[string]uint32, error) {
 	if m.MaxConnections < 0 {
 		return nil, nil, fmt.Errorf("%w: max connections %d", ErrConfig, m.MaxConnections)
 	}
+	if m.MaxConnections == 0 && m.Role == RoleBootstrap {
+		m.MaxConnections = DefaultBootstrapConnections
+	}
 	if m.MaxConnections > 0 {
 		listen += fmt.Sprintf("max_connections %d\n", m.MaxConnections)
 	}
@@ -151,6 +160,10 @@ func (m Member) Files() (map[string][]byte, map[string]uint32, error) {
 		// One set of security settings: device certificates identify on
 		// the device listener, the fleet's password on its own.
 		fmt.Fprintf(&conf, "per_listener_settings false\nallow_anonymous false\npassword_file %s\nacl_file %s\n", p(PasswordFile), p(ACLFile))
+		// The connection log also on $SYS/broker/log/N, for the fleet
+		// alone: the device sessions its clone detection follows
+		// (Config.OnSession).
+		conf.WriteString("log_dest stderr\nlog_dest topic\n")
 		if m.DynsecPlugin != "" {
 			// Devices are unknown to it (it defers to the ACL file); the
 			// fleet is its administrator, to end sessions.
@@ -166,7 +179,7 @@ func (m Member) Files() (map[string][]byte, map[string]uint32, error) {
 			"require_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n\n", listen, tls, p(CAFile), p(CRLFile))
 		fmt.Fprintf(&conf, "# The fleet: user name and password.\n%s%s", fleetListen, tls)
 		fmt.Fprintf(&acl, "# Each device reads and writes its own topics only.\npattern write %s/v1/dev/%%u/up/+\npattern read %s/v1/dev/%%u/down/+\n\n", prefix, prefix)
-		fmt.Fprintf(&acl, "user %s\ntopic read %s/v1/dev/+/up/+\ntopic write %s/v1/dev/+/down/+\n", m.Username, prefix, prefix)
+		fmt.Fprintf(&acl, "user %s\ntopic read %s/v1/dev/+/up/+\ntopic write %s/v1/dev/+/down/+\ntopic read %s\n", m.Username, prefix, prefix, logNotice)
 		if m.DynsecPlugin != "" {
 			fmt.Fprintf(&acl, "topic readwrite %s/#\n", dynsecTopic)
 		}
@@ -215,6 +228,7 @@ func dynsecConfig(m Member, prefix string) ([]byte, error) {
 			{"publishClientSend", dynsecTopic + "/#", true}, {"publishClientReceive", dynsecTopic + "/#", true}, {"subscribePattern", dynsecTopic + "/#", true},
 			{"publishClientReceive", prefix + "/v1/dev/+/up/+", true}, {"subscribePattern", "$share/+/" + prefix + "/v1/dev/+/up/#", true},
 			{"subscribePattern", prefix + "/v1/dev/+/up/#", true}, {"publishClientSend", prefix + "/v1/dev/+/down/+", true},
+			{"subscribePattern", logNotice, true}, {"publishClientReceive", logNotice, true},
 		}}},
 	}
 	return json.MarshalIndent(cfg, "", "  ")

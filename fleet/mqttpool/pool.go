@@ -85,7 +85,12 @@ type Config struct {
 	// to drain (default 10s); DrainQuiet how long a drained session stays
 	// silent before it is taken to be empty (default 1s).
 	DrainEvery, DrainQuiet time.Duration
-	Logger                 *slog.Logger
+	// OnSession, when set, is told of each device session a device broker
+	// opens or closes, read from the broker's connection log (see
+	// SessionEvent; Member configures the brokers to publish it). It runs
+	// on the connection's goroutine: it must not block.
+	OnSession func(SessionEvent)
+	Logger    *slog.Logger
 }
 
 // Sessions are the leases behind the replicas' persistent sessions
@@ -128,7 +133,9 @@ type Pool struct {
 	queues  []chan job               // of the workers
 	stop    chan struct{}            // closed when Run ends: workers and waiting deliveries stop
 	running bool
-	session string // the suffix of this replica's device-broker client ID and its lease (Sessions set)
+	dynsec  sync.Mutex // one QuarantinedAt at a time: its subscription's handler is the pool's
+	session string     // the suffix of this replica's device-broker client ID and its lease (Sessions set)
+	sessLog sessionLog
 }
 
 // New checks cfg; Run connects.
@@ -356,6 +363,12 @@ func (p *Pool) client(addr string) mqtt.Client {
 		p.mu.Lock()
 		delete(p.ready, addr)
 		p.mu.Unlock()
+		if p.cfg.OnSession != nil {
+			// Their end will not be heard of.
+			for _, ev := range p.sessLog.lost(addr, time.Now()) {
+				p.cfg.OnSession(ev)
+			}
+		}
 		p.log.Warn("connection to a broker of the pool lost", "broker", addr, "err", err)
 		select {
 		case lost <- struct{}{}:
@@ -363,7 +376,18 @@ func (p *Pool) client(addr string) mqtt.Client {
 		}
 	})
 	o.SetOnConnectHandler(func(c mqtt.Client) { p.subscribe(c, addr) })
-	return mqtt.NewClient(o)
+	c := mqtt.NewClient(o)
+	if p.cfg.OnSession != nil && contains(p.cfg.Devices, addr) {
+		// Routed before the subscription is made again: a persistent
+		// session may deliver first.
+		c.AddRoute(logNotice, func(_ mqtt.Client, m mqtt.Message) {
+			for _, ev := range p.sessLog.line(addr, m.Payload(), time.Now()) {
+				p.cfg.OnSession(ev)
+			}
+			m.Ack()
+		})
+	}
+	return c
 }
 
 // options are a connection's to the broker at addr as clientID: a clean
@@ -393,6 +417,14 @@ func (p *Pool) subscribe(c mqtt.Client, addr string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.ready, addr)
+	if p.cfg.OnSession != nil && contains(p.cfg.Devices, addr) {
+		tok := c.Subscribe(logNotice, 0, nil) // routed in client
+		go func() {
+			if tok.Wait(); tok.Error() != nil {
+				p.log.Error("subscription to a device broker's connection log failed: clones on it go unseen", "broker", addr, "err", tok.Error())
+			}
+		}()
+	}
 	for seg, h := range p.subs {
 		if !contains(p.brokers(seg), addr) {
 			continue
@@ -533,22 +565,32 @@ func (p *Pool) publishAt(brokers []string, topic string, payload []byte) error {
 // certificate is refused by then (CRL). It fails when no device broker
 // took the command.
 func (p *Pool) Kick(deviceID string) error {
-	if !wire.ValidID(deviceID) {
-		return fmt.Errorf("mqttpool: kick: invalid device ID %q", deviceID)
-	}
-	cmd, err := json.Marshal(map[string]any{"commands": []map[string]string{
-		{"command": "createClient", "username": deviceID},
-		{"command": "deleteClient", "username": deviceID},
-		{"command": "deleteRole", "rolename": quarantineRole(deviceID)}, // a quarantine's, if any
-	}})
+	cmd, err := kickCommand(deviceID)
 	if err != nil {
 		return err
 	}
 	return p.publishTo(wire.SegDevice, dynsecTopic, cmd)
 }
 
+// kickCommand is the plugin's commands that end deviceID's sessions and
+// its quarantine.
+func kickCommand(deviceID string) ([]byte, error) {
+	if !wire.ValidID(deviceID) {
+		return nil, fmt.Errorf("mqttpool: kick: invalid device ID %q", deviceID)
+	}
+	return json.Marshal(map[string]any{"commands": []map[string]string{
+		{"command": "createClient", "username": deviceID},
+		{"command": "deleteClient", "username": deviceID},
+		{"command": "deleteRole", "rolename": quarantineRole(deviceID)}, // a quarantine's, if any
+	}})
+}
+
+// quarantineRolePrefix names the dynamic security roles of quarantined
+// devices.
+const quarantineRolePrefix = "sigil-quarantine-"
+
 // quarantineRole is the dynamic security role of a quarantined device.
-func quarantineRole(deviceID string) string { return "sigil-quarantine-" + deviceID }
+func quarantineRole(deviceID string) string { return quarantineRolePrefix + deviceID }
 
 // Quarantine limits deviceID, on every device broker, to publishing on
 // the up topics of kinds (and to its down topics), and ends its sessions

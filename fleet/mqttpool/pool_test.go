@@ -8,7 +8,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -397,6 +400,38 @@ func TestPoolQuarantine(t *testing.T) {
 	wait.For(t, "deva's telemetry after its release", func() bool { return devs.has("deva", "telemetry") })
 }
 
+// TestPoolQuarantinedAt: the pool reads the quarantines a device broker
+// holds from its dynamic security plugin, and ReleaseAt undoes one on
+// that broker only.
+func TestPoolQuarantinedAt(t *testing.T) {
+	e := newEnv(t)
+	p := e.pool(t, "", func(mqttpool.Message) {}, nil)
+	wait.For(t, "the pool to subscribe on both brokers", p.Ready)
+	if _, err := p.QuarantinedAt(t.Context(), e.boot.FleetAddr); err == nil {
+		t.Fatal("QuarantinedAt on a bootstrap broker")
+	}
+	held, err := p.QuarantinedAt(t.Context(), e.dev.FleetAddr)
+	if err != nil || len(held) != 0 {
+		t.Fatalf("a new broker holds %v quarantined (%v)", held, err)
+	}
+	for _, id := range []string{"deva", "devb"} {
+		if err := p.Quarantine(id, []string{"attest"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if held, err = p.QuarantinedAt(t.Context(), e.dev.FleetAddr); err != nil || !slices.Equal(sorted(held), []string{"deva", "devb"}) {
+		t.Fatalf("the broker holds %v quarantined (%v), want deva and devb", held, err)
+	}
+	if err := p.ReleaseAt(e.dev.FleetAddr, "deva"); err != nil {
+		t.Fatal(err)
+	}
+	if held, err = p.QuarantinedAt(t.Context(), e.dev.FleetAddr); err != nil || !slices.Equal(held, []string{"devb"}) {
+		t.Fatalf("after releasing deva the broker holds %v quarantined (%v), want devb", held, err)
+	}
+}
+
+func sorted(s []string) []string { slices.Sort(s); return s }
+
 // TestPoolKeepsEachSendersOrder: a device's messages are handled in the
 // order it sent them (as the embedded broker hands them over), however
 // many arrive at once.
@@ -456,4 +491,115 @@ func TestPoolReconnects(t *testing.T) {
 		return devs.has("deva", "hello")
 	})
 	wait.For(t, "the pool to be ready again", p.Ready)
+}
+
+// TestPoolSessionsFromTheConnectionLog: with real Mosquitto, configured
+// by Member, the pool reports device sessions from the broker's
+// connection log (item 6 of the review of issue 14: clone detection
+// without the embedded broker's connection events). One device identity
+// used from two hosts, one connection taking the other over, shows as
+// the second session opening while the first is still open, then the
+// first closing, as the embedded broker's events show a takeover; the
+// fleet's own connections are not devices.
+func TestPoolSessionsFromTheConnectionLog(t *testing.T) {
+	e := newEnv(t)
+	secret, err := mqttpool.Secret(e.dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var events []mqttpool.SessionEvent
+	p, err := mqttpool.New(mqttpool.Config{Devices: []string{e.dev.FleetAddr}, Bootstrap: []string{e.boot.FleetAddr},
+		Username: mqttpool.Username, Password: secret, TLS: &tls.Config{RootCAs: e.ca.Pool()}, Topics: e.topics,
+		OnSession: func(ev mqttpool.SessionEvent) { mu.Lock(); events = append(events, ev); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	seen := func(id, host string, opened bool) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ev := range events {
+			if ev.DeviceID == id && ev.Opened == opened && strings.HasPrefix(ev.Remote, host+":") && ev.Broker == e.dev.FleetAddr {
+				return true
+			}
+		}
+		return false
+	}
+	// The log reaches the pool once it subscribed: a probe device
+	// connects until its session is reported.
+	wait.For(t, "the device broker's connection log to reach the pool", func() bool {
+		c := e.deviceClientFrom(t, "probe", "127.0.0.4")
+		c.Disconnect(0)
+		return seen("probe", "127.0.0.4", true)
+	})
+	wait.For(t, "the probe's session closed", func() bool { return seen("probe", "127.0.0.4", false) })
+
+	// A device may not read the log: its subscription is granted (as
+	// Mosquitto does) and delivers nothing. The fleet's message to the
+	// device, published once the pool saw a later connection, comes
+	// after any line the broker would have sent it.
+	watcher := e.deviceClientFrom(t, "dev-watch", "127.0.0.5")
+	got := make(chan string, 16)
+	subscribe(t, watcher, "$SYS/broker/log/#", got)
+	subscribe(t, watcher, e.topics.DeviceDown("dev-watch", "probe"), got)
+
+	a := e.deviceClientFrom(t, "dev-clone", "127.0.0.2")
+	wait.For(t, "the first holder's session", func() bool { return seen("dev-clone", "127.0.0.2", true) })
+	mustPublish(t, p, e.topics.DeviceDown("dev-watch", "probe"))
+	select {
+	case topic := <-got:
+		if topic != e.topics.DeviceDown("dev-watch", "probe") {
+			t.Fatalf("a device received %s: the connection log is the fleet's alone", topic)
+		}
+	case <-time.After(wait.Timeout):
+		t.Fatal("the fleet's message never reached the device")
+	}
+	b := e.deviceClientFrom(t, "dev-clone", "127.0.0.3") // takes the session over
+	wait.For(t, "the takeover: the second holder's session, then the first one's end", func() bool {
+		return seen("dev-clone", "127.0.0.3", true) && seen("dev-clone", "127.0.0.2", false)
+	})
+	mu.Lock()
+	var order []string
+	for _, ev := range events {
+		if ev.DeviceID == "dev-clone" {
+			order = append(order, fmt.Sprintf("%s %v", strings.Split(ev.Remote, ":")[0], ev.Opened))
+		}
+		if strings.HasPrefix(ev.DeviceID, mqttpool.Username) {
+			t.Errorf("the fleet's own connection reported as a device session: %+v", ev)
+		}
+	}
+	mu.Unlock()
+	if want := []string{"127.0.0.2 true", "127.0.0.3 true", "127.0.0.2 false"}; !slices.Equal(order, want) {
+		t.Errorf("sessions of the device used from two hosts: %v, want %v", order, want)
+	}
+	_ = a
+	b.Disconnect(0)
+	wait.For(t, "the second holder's session closed", func() bool { return seen("dev-clone", "127.0.0.3", false) })
+}
+
+// deviceClientFrom is deviceClient connecting from the loopback address
+// host (127.0.0.2, …): a device on another host, as the broker sees it.
+func (e *env) deviceClientFrom(t *testing.T, id, host string) mqtt.Client {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := e.ca.IssueDevice(id, key.Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := mqtt.NewClientOptions().AddBroker("tls://" + e.dev.Addr).SetClientID(id).SetProtocolVersion(4).
+		SetAutoReconnect(false).SetCleanSession(true).SetDialer(&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(host)}, Timeout: 10 * time.Second}).
+		SetTLSConfig(&tls.Config{RootCAs: e.ca.Pool(), Certificates: []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}}})
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect as %s from %s: %v", id, host, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
 }

@@ -114,7 +114,14 @@ type TransportConfig struct {
 	// persistent session under a lease, drained by another replica if it
 	// dies (Config.Sessions).
 	Sessions Sessions
-	Logger   *slog.Logger
+	// Events, when set, is told of each device session a device broker
+	// opens or closes (Config.OnSession), as the embedded broker's
+	// connection events: Connected and Disconnected, with the device's
+	// address and an identity without certificate (the log does not name
+	// it). For the fleet's clone detection (governance.Service.BrokerEvent);
+	// it must not block.
+	Events func(broker.Event)
+	Logger *slog.Logger
 }
 
 // NewTransport builds the fleet's connections to its broker pool (the
@@ -139,6 +146,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: Username, Password: secret,
 		TLS:    &tls.Config{RootCAs: cfg.Roots, ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
 		Topics: cfg.Topics, Group: pc.Group, Sessions: cfg.Sessions, Logger: log,
+		OnSession: sessionEvents(cfg.Events),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mqttpool: broker pool: %w", err)
@@ -150,6 +158,21 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 	t = &Transport{inv: cfg.Inventory, pool: p, hello: hello, topics: cfg.Topics, addr: pc.Devices[0],
 		heard: map[string]time.Time{}, gone: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: log}
 	return t, nil
+}
+
+// sessionEvents gives the pool's session events to events as the
+// embedded broker's connection events (nil: none).
+func sessionEvents(events func(broker.Event)) func(SessionEvent) {
+	if events == nil {
+		return nil
+	}
+	return func(ev SessionEvent) {
+		kind := broker.Disconnected
+		if ev.Opened {
+			kind = broker.Connected
+		}
+		events(broker.Event{Kind: kind, Identity: broker.Identity{ClientID: ev.DeviceID, DeviceID: ev.DeviceID}, Remote: ev.Remote, Time: ev.Time})
+	}
 }
 
 // Ready reports whether the fleet can reach its devices: once it is
@@ -300,14 +323,17 @@ func (t *Transport) forget(deviceID string) {
 	}
 }
 
-// resyncQuarantines quarantines again, on a device broker the fleet has
-// just connected to, every device the inventory holds quarantined: the
-// broker may be new, or may have missed quarantines while it was down.
-// (A release it missed is not undone here: the device stays limited on
-// that broker until its next disconnection by the fleet.)
+// resyncQuarantines brings a device broker the fleet has just connected
+// to to the fleet's full quarantine state (the broker may be new, or may
+// have missed quarantines and releases while it was down): every device
+// the inventory holds quarantined is quarantined there again, and every
+// device the broker holds quarantined that the inventory no longer does
+// is released there (its state read again first: a quarantine made
+// meanwhile stays).
 func (t *Transport) resyncQuarantines(broker string) {
 	ctx := context.TODO()
 	after, n := "", 0
+	quarantined := map[string]bool{}
 	for {
 		devs, next, err := t.inv.ListDevices(ctx, inventory.Filter{State: inventory.StateQuarantined, After: after, Limit: 1000})
 		if err != nil {
@@ -315,6 +341,7 @@ func (t *Transport) resyncQuarantines(broker string) {
 			return
 		}
 		for _, d := range devs {
+			quarantined[d.ID] = true
 			if err := t.pool.QuarantineAt(broker, d.ID, inventory.QuarantinedKinds()); err != nil {
 				t.log.Warn("quarantine on a broker failed", "broker", broker, "device_id", d.ID, "err", err)
 				continue
@@ -328,6 +355,31 @@ func (t *Transport) resyncQuarantines(broker string) {
 	}
 	if n > 0 {
 		t.log.Info("quarantines brought up to date on a broker", "broker", broker, "devices", n)
+	}
+	held, err := t.pool.QuarantinedAt(ctx, broker)
+	if err != nil {
+		t.log.Warn("listing a broker's quarantines failed: releases it missed are not undone until it is connected again", "broker", broker, "err", err)
+		return
+	}
+	released := 0
+	for _, id := range held {
+		if quarantined[id] {
+			continue
+		}
+		if d, err := t.inv.Device(ctx, id); err == nil && d.State == inventory.StateQuarantined {
+			continue // quarantined since the list was read
+		} else if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+			t.log.Warn("reading a device a broker holds quarantined failed", "broker", broker, "device_id", id, "err", err)
+			continue
+		}
+		if err := t.pool.ReleaseAt(broker, id); err != nil {
+			t.log.Warn("release on a broker failed", "broker", broker, "device_id", id, "err", err)
+			continue
+		}
+		released++
+	}
+	if released > 0 {
+		t.log.Info("releases a broker missed undone", "broker", broker, "devices", released)
 	}
 }
 

@@ -4,34 +4,16 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/fleet/verifier/eventlogtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
-
-// ubuntuSHA256 are the SHA-256 PCR values of go-attestation's fixture
-// attest/testdata/ubuntu_2104_shielded_vm_no_secure_boot_eventlog, as
-// published in go-tpm-tools v0.4.10 server/eventlog_test.go
-// (Ubuntu2104NoSecureBootGCE).
-var ubuntuSHA256 = map[int]string{
-	0:  "24af52a4f429b71a3184a6d64cddad17e54ea030e2aa6576bf3a5a3d8bd3328f",
-	1:  "45ed8540f34db53220ef197e5fb8a3835b2095454349e445f397f13d91c509a5",
-	2:  "3d458cfe55cc03ea1f443f1562beec8df51c75e14a9fcf9a7234a13f198e7969",
-	3:  "3d458cfe55cc03ea1f443f1562beec8df51c75e14a9fcf9a7234a13f198e7969",
-	4:  "ebc7ae25d0347868250995c9a8fff16bf79e048453262d0ef2756e213c76181c",
-	5:  "47715f9f2c10769da6ee23be5633fd88e247caf162f4eeb0b6f8482ccfeadfb5",
-	6:  "3d458cfe55cc03ea1f443f1562beec8df51c75e14a9fcf9a7234a13f198e7969",
-	7:  "0d8847bc5eca06452df10e2f214363845c7ac11d47525a5474e225e72ce25dfe",
-	8:  "b9a324947de94ec2fd4b04483ecfcb37dfdd520a7c0ecf73c77bf2595549c84f",
-	9:  "adb87be3efd96cc3a2f66b8aa7564f9727563ef494a95d571a3f38ff4afb25dd",
-	14: "8351c65483c5419079e8c96758dd2130bee075d71fea226f68ec4eb5bfc71983",
-}
 
 const (
 	ubuntuShim    = "6265b732b005b3f330bcd1843374e5ec6ec5aef27cdb97a23daeb8580abbf526" // \EFI\ubuntu\shimx64.efi, event 23
@@ -48,27 +30,6 @@ func unhex(t testing.TB, s string) []byte {
 	return b
 }
 
-// ubuntuLog reads the real event log from the module cache (it is not
-// copied into this repository).
-func ubuntuLog(t testing.TB) []byte {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/google/go-attestation").Output()
-	dir := strings.TrimSpace(string(out))
-	if err != nil || dir == "" {
-		out, err = exec.Command("go", "mod", "download", "-json", "github.com/google/go-attestation").Output()
-		var m struct{ Dir string }
-		if err != nil || json.Unmarshal(out, &m) != nil || m.Dir == "" {
-			t.Fatalf("go-attestation not in the module cache: %v", err)
-		}
-		dir = m.Dir
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "attest/testdata/ubuntu_2104_shielded_vm_no_secure_boot_eventlog"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // ubuntuEvidence is the Ubuntu machine's evidence over the given PCRs
 // (all when none): the fixture has no quote by an AK of ours, so the
 // quote stands for what verifier.VerifyQuote returned; the log is
@@ -76,7 +37,7 @@ func ubuntuLog(t testing.TB) []byte {
 func ubuntuEvidence(t testing.TB, raw []byte, pcrs ...int) *Evidence {
 	t.Helper()
 	q := &verifier.VerifiedQuote{Hash: verifier.BankID("sha256"), PCRs: map[int][]byte{}}
-	for i, v := range ubuntuSHA256 {
+	for i, v := range eventlogtest.UbuntuPCRs(tpm2.TPMAlgSHA256) {
 		if len(pcrs) == 0 || slices.Contains(pcrs, i) {
 			q.PCRs[i] = unhex(t, v)
 		}
@@ -272,7 +233,7 @@ func TestFirmwareMeasurementsDecide(t *testing.T) {
 }
 
 func TestLearnRoundTrip(t *testing.T) {
-	raw := ubuntuLog(t)
+	raw := eventlogtest.Ubuntu(t)
 	golden := ubuntuEvidence(t, raw)
 	p := Learn("GCE Ubuntu 21.04", golden, []int{0, 4, 7, 8, 9})
 	if err := p.Validate(); err != nil {
@@ -311,7 +272,7 @@ func TestLearnRoundTrip(t *testing.T) {
 }
 
 func TestEventRules(t *testing.T) {
-	raw := ubuntuLog(t)
+	raw := eventlogtest.Ubuntu(t)
 	ev := ubuntuEvidence(t, raw)
 	eval := func(r EventRules, ev *Evidence) Verdict {
 		p := Policy{ID: "rules", Name: "rules", Events: &r}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
@@ -28,7 +29,7 @@ func TestOpenKeepsReleasesInTheDatabase(t *testing.T) {
 	}
 	t.Cleanup(db.Close)
 	dir := t.TempDir()
-	k := newTestKeys(t, 1)
+	k := signtest.Signers(t, 1)
 	trustFile, _ := writeTrust(t, dir, "trust.json", 1, 1, k...)
 	cfg := Config{Dir: filepath.Join(dir, "fw"), StagingDir: filepath.Join(dir, "staging"), CampaignsPath: filepath.Join(dir, "campaigns.db"),
 		TrustFile: trustFile, Database: db}
@@ -39,15 +40,8 @@ func TestOpenKeepsReleasesInTheDatabase(t *testing.T) {
 	img := bytes.Repeat([]byte("pg"), 2048)
 	m := &manifest.Manifest{Name: "gw-os", Version: "3.0.0", SecurityVersion: 3, Models: []string{"gw-1"},
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := k[0].signer.Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := s.Upload(t.Context(), "ana", raw, [][]byte{bundle}, bytes.NewReader(img))
+	raw, bundles := signtest.Release(t, m, k[0])
+	r, err := s.Upload(t.Context(), "ana", raw, bundles, bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +53,7 @@ func TestOpenKeepsReleasesInTheDatabase(t *testing.T) {
 			t.Fatalf("a bbolt file beside the database: %v", err)
 		}
 	}
-	ts, err := verify.NewTrustSet(1, 1, k[0].pub)
+	ts, err := verify.NewTrustSet(1, 1, k[0].Public())
 	if err != nil {
 		t.Fatal(err)
 	}

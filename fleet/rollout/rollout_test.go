@@ -3,10 +3,6 @@ package rollout
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -22,51 +18,23 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-type testKey struct {
-	pub    crypto.PublicKey
-	signer *sign.Signer
-}
-
-func newTestKeys(t *testing.T, n int) []testKey {
-	t.Helper()
-	var out []testKey
-	for range n {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := sign.New(sign.Config{Key: k})
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, testKey{pub: k.Public(), signer: s})
-	}
-	return out
-}
-
 // writeTrust writes the canonical trust set of keys (with a trailing
 // newline, as editors leave it) and returns its path and bytes.
-func writeTrust(t *testing.T, dir, name string, seq uint64, threshold int, keys ...testKey) (string, []byte) {
+func writeTrust(t *testing.T, dir, name string, seq uint64, threshold int, keys ...*sign.Signer) (string, []byte) {
 	t.Helper()
-	var pubs []crypto.PublicKey
-	for _, k := range keys {
-		pubs = append(pubs, k.pub)
-	}
-	ts, err := verify.NewTrustSet(seq, threshold, pubs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ts.Marshal()
+	b, err := signtest.Trust(t, seq, threshold, keys...).Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,11 +46,11 @@ func writeTrust(t *testing.T, dir, name string, seq uint64, threshold int, keys 
 }
 
 // signFile writes one bundle per key over msg and returns their paths.
-func signFile(t *testing.T, dir, name string, msg []byte, keys ...testKey) []string {
+func signFile(t *testing.T, dir, name string, msg []byte, keys ...*sign.Signer) []string {
 	t.Helper()
 	var out []string
 	for i, k := range keys {
-		b, err := k.signer.Sign(msg)
+		b, err := k.Sign(msg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +68,7 @@ func signFile(t *testing.T, dir, name string, msg []byte, keys ...testKey) []str
 // or an old one, stops the fleet from starting.
 func TestLoadReleaseTrust(t *testing.T) {
 	dir := t.TempDir()
-	k := newTestKeys(t, 3)
+	k := signtest.Signers(t, 3)
 	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0], k[1])
 	next, nextRaw := writeTrust(t, dir, "trust-2.json", 2, 2, k[1], k[2])
 
@@ -149,7 +117,7 @@ func TestLoadReleaseTrust(t *testing.T) {
 // newline (sigil firmware sign trims it) still count.
 func TestLoadReleaseTrustKeepsSignedBytes(t *testing.T) {
 	dir := t.TempDir()
-	k := newTestKeys(t, 2)
+	k := signtest.Signers(t, 2)
 	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0])
 	next, canon := writeTrust(t, dir, "trust-2.json", 2, 1, k[1])
 	file, err := os.ReadFile(next)
@@ -226,7 +194,7 @@ func TestLoadReleaseTrustCosignStatement(t *testing.T) {
 // format is expected.
 func TestLoadReleaseTrustNamesLegacyBundles(t *testing.T) {
 	dir := t.TempDir()
-	k := newTestKeys(t, 1)
+	k := signtest.Signers(t, 1)
 	base, _ := writeTrust(t, dir, "trust-1.json", 1, 1, k[0])
 	next, _ := writeTrust(t, dir, "trust-2.json", 2, 1, k[0])
 	legacy := filepath.Join(dir, "trust-2.json.sig.bundle")
@@ -239,18 +207,10 @@ func TestLoadReleaseTrustNamesLegacyBundles(t *testing.T) {
 	}
 }
 
-func newTestService(t *testing.T, keys ...testKey) *Service {
+func newTestService(t *testing.T, keys ...*sign.Signer) *Service {
 	t.Helper()
 	dir := t.TempDir()
-	var pubs []crypto.PublicKey
-	for _, k := range keys {
-		pubs = append(pubs, k.pub)
-	}
-	ts, err := verify.NewTrustSet(1, 1, pubs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := firmware.Open(firmware.Config{Dir: filepath.Join(dir, "fw"), Trust: ts, NoSync: true})
+	st, err := firmware.Open(firmware.Config{Dir: filepath.Join(dir, "fw"), Trust: signtest.Trust(t, 1, 1, keys...), NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +240,7 @@ func stagedFiles(t *testing.T, f *Service) []string {
 // is the one named; a wrong digest, an empty or oversized body, or a
 // malformed digest leave nothing behind.
 func TestStageImage(t *testing.T) {
-	f := newTestService(t, newTestKeys(t, 1)...)
+	f := newTestService(t, signtest.Signers(t, 1)...)
 	img := bytes.Repeat([]byte("image"), 1000)
 	sum := sha256.Sum256(img)
 	digest := hex.EncodeToString(sum[:])
@@ -316,27 +276,20 @@ func TestStageImage(t *testing.T) {
 // the staged one, which is removed once the release is stored; without a
 // staged image the store refuses it.
 func TestUploadTakesStagedImage(t *testing.T) {
-	k := newTestKeys(t, 1)
+	k := signtest.Signers(t, 1)
 	f := newTestService(t, k...)
 	ctx := context.Background()
 	img := bytes.Repeat([]byte("two-step"), 4096)
 	m := &manifest.Manifest{Name: "gw-os", Version: "2.0.0", SecurityVersion: 2, Models: []string{"gw-1"},
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := k[0].signer.Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, nil); !errors.Is(err, firmware.ErrNoImage) {
+	raw, bundles := signtest.Release(t, m, k[0])
+	if _, err := f.Upload(ctx, "ana", raw, bundles, nil); !errors.Is(err, firmware.ErrNoImage) {
 		t.Fatalf("upload without an image: %v, want ErrNoImage", err)
 	}
 	if _, err := f.StageImage(ctx, hex.EncodeToString(m.SHA256[:]), bytes.NewReader(img)); err != nil {
 		t.Fatal(err)
 	}
-	r, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, nil)
+	r, err := f.Upload(ctx, "ana", raw, bundles, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,21 +370,14 @@ func TestStepOf(t *testing.T) {
 }
 
 // testRelease uploads and approves a release for models, signed by k.
-func testRelease(t *testing.T, f *Service, k testKey, version string, models ...string) *firmware.Release {
+func testRelease(t *testing.T, f *Service, k *sign.Signer, version string, models ...string) *firmware.Release {
 	t.Helper()
 	img := []byte("image " + version)
 	m := &manifest.Manifest{Name: "gw-os", Version: version, SecurityVersion: 2, Models: models,
 		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
-	raw, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := k.signer.Sign(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, bundles := signtest.Release(t, m, k)
 	ctx := context.Background()
-	r, err := f.Upload(ctx, "ana", raw, [][]byte{bundle}, bytes.NewReader(img))
+	r, err := f.Upload(ctx, "ana", raw, bundles, bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,11 +390,7 @@ func testRelease(t *testing.T, f *Service, k testKey, version string, models ...
 // testInventory opens an inventory for f.
 func testInventory(t *testing.T, f *Service) *inventory.Store {
 	t.Helper()
-	inv, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), inventory.WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inv.Close() })
+	inv := inventorytest.Open(t)
 	f.inv = inv
 	return inv
 }
@@ -456,7 +398,7 @@ func testInventory(t *testing.T, f *Service) *inventory.Store {
 // TestCampaignTargetsByTags: a campaign's tag selector matches the active
 // devices carrying every tag, together with model and group.
 func TestCampaignTargetsByTags(t *testing.T) {
-	k := newTestKeys(t, 1)
+	k := signtest.Signers(t, 1)
 	f := newTestService(t, k...)
 	inv := testInventory(t, f)
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1", "gw-2")
@@ -495,7 +437,7 @@ func TestCampaignTargetsByTags(t *testing.T) {
 // model assigned (whatever it claims), is no target. An unknown release
 // resolves nothing.
 func TestCampaignTargetsByFleetModel(t *testing.T) {
-	k := newTestKeys(t, 1)
+	k := signtest.Signers(t, 1)
 	f := newTestService(t, k...)
 	inv := testInventory(t, f)
 	rel := testRelease(t, f, k[0], "2.0.0", "gw-1")
@@ -534,7 +476,7 @@ func TestCampaignTargetsByFleetModel(t *testing.T) {
 // model is not among the release's, or that has none, is refused for good
 // (campaign.IneligibleError, firmware_model) and sent nothing.
 func TestAnnounceRefusesOtherModel(t *testing.T) {
-	k := newTestKeys(t, 1)
+	k := signtest.Signers(t, 1)
 	f := newTestService(t, k...)
 	inv := testInventory(t, f)
 	var sent []string
@@ -576,7 +518,7 @@ func TestAnnounceRefusesOtherModel(t *testing.T) {
 // release again when it says hello: it fails (firmware_model) before it
 // started.
 func TestHelloRefusesDeviceWhoseModelChanged(t *testing.T) {
-	k := newTestKeys(t, 1)
+	k := signtest.Signers(t, 1)
 	f := newTestService(t, k...)
 	inv := testInventory(t, f)
 	var mu sync.Mutex

@@ -62,7 +62,12 @@ func NewCARotation(cfg CARotationConfig) *CARotation {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &CARotation{cfg: cfg, log: log}
+	r := &CARotation{cfg: cfg, log: log}
+	// A step made on another replica: the devices this one hears get the
+	// bundle (off the notification bus's goroutine: a push to every
+	// device takes a while, and the bus carries revocations too).
+	cfg.CA.OnAdopt(func() { go r.pushTrustBundle() })
+	return r
 }
 
 // PrepareCA creates the next CA generation and pushes the new trust bundle

@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -144,6 +145,9 @@ func (j *Job) Progress() Progress {
 // the same buckets are rows of the table JobsTable (fleet/storage/kv).
 type Jobs struct {
 	db kv.DB // group commit (Write) for the per-renewal marks
+	// shared: replicas share the jobs (PostgreSQL), so the queue's times
+	// are the database's clock (kv.Now), not each replica's.
+	shared bool
 }
 
 // JobsFile is the jobs' bbolt file in the fleet's data directory.
@@ -207,7 +211,12 @@ func OpenJobsPostgres(ctx context.Context, db *postgres.DB) (*Jobs, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rotation: %w", err)
 	}
-	return start(ctx, k, "database")
+	j, err := start(ctx, k, "database")
+	if err != nil {
+		return nil, err
+	}
+	j.shared = true
+	return j, nil
 }
 
 // start converts the jobs of earlier versions and returns the store.
@@ -485,13 +494,20 @@ type candidate struct {
 // the queue first: they move back in the queue by claimFor, so that a
 // step running at the same time (another replica's) passes over them,
 // until record writes what was done with each. A claimed device whose
-// step ends without recording it is asked after claimFor.
-func (j *Jobs) due(ctx context.Context, id string, now time.Time) (*header, []candidate, error) {
+// step ends without recording it is asked after claimFor. It returns the
+// time it compared and claimed with, which record must be given: the
+// database's clock in PostgreSQL (kv.Now), where replicas whose clocks
+// differ share the queue; else local, the caller's.
+func (j *Jobs) due(ctx context.Context, id string, local time.Time) (*header, []candidate, time.Time, error) {
 	var h *header
 	var out []candidate
+	now := local
 	err := j.db.Update(ctx, func(tx kv.Tx) error {
 		out = out[:0]
 		var err error
+		if now, err = j.clock(tx, local); err != nil {
+			return err
+		}
 		if h, err = getHeader(tx, id); err != nil || h.State != JobRunning {
 			return err
 		}
@@ -527,11 +543,25 @@ func (j *Jobs) due(ctx context.Context, id string, now time.Time) (*header, []ca
 		}
 		return nil
 	})
-	return h, out, err
+	return h, out, now, err
+}
+
+// clock returns the database's clock in tx (kv.Now) when replicas share
+// the jobs, else local (bbolt: one process, the caller's clock).
+func (j *Jobs) clock(tx kv.Tx, local time.Time) (time.Time, error) {
+	if !j.shared {
+		return local, nil
+	}
+	now, ok, err := kv.Now(tx)
+	if err != nil || !ok {
+		return local, err
+	}
+	return now, nil
 }
 
 // record applies a step's outcomes to a job and reports whether the job
-// is now done. Devices renewed since due read them are left alone.
+// is now done. Devices renewed since due read them are left alone. now is
+// the time due returned.
 func (j *Jobs) record(ctx context.Context, id string, now time.Time, cands []candidate) (done bool, err error) {
 	err = j.db.Update(ctx, func(tx kv.Tx) error {
 		done = false
@@ -605,10 +635,15 @@ func (j *Jobs) record(ctx context.Context, id string, now time.Time, cands []can
 }
 
 // jobsOf returns the running jobs in which the device is not done yet,
-// with its record in each.
-func (j *Jobs) jobsOf(ctx context.Context, deviceID string) (map[string]devRecord, error) {
+// with its record in each, and the time it read them at (clock).
+func (j *Jobs) jobsOf(ctx context.Context, deviceID string, local time.Time) (map[string]devRecord, time.Time, error) {
 	var out map[string]devRecord
+	now := local
 	err := j.db.View(ctx, func(tx kv.Tx) error {
+		var err error
+		if now, err = j.clock(tx, local); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketRunning).ForEach(func(k, _ []byte) error {
 			devs := tx.Bucket(bucketDevices).Bucket(k)
 			if devs == nil {
@@ -625,14 +660,14 @@ func (j *Jobs) jobsOf(ctx context.Context, deviceID string) (map[string]devRecor
 			return nil
 		})
 	})
-	return out, err
+	return out, now, err
 }
 
 // renewed marks the device renewed in every running job that still waits
 // for it (one write, none if no running job holds it), and returns the
 // jobs that are done with it.
 func (j *Jobs) renewed(ctx context.Context, deviceID string, now time.Time) ([]string, error) {
-	in, err := j.jobsOf(ctx, deviceID)
+	in, _, err := j.jobsOf(ctx, deviceID, now)
 	if err != nil || len(in) == 0 {
 		return nil, err
 	}
@@ -684,9 +719,10 @@ func (j *Jobs) renewed(ctx context.Context, deviceID string, now time.Time) ([]s
 
 // reachable moves the device to the front of the queue in every running
 // job that deferred it as unreachable: it is asked at the next step, or
-// when its resend time comes if it was asked already.
-func (j *Jobs) reachable(ctx context.Context, deviceID string, now time.Time) error {
-	in, err := j.jobsOf(ctx, deviceID)
+// when its resend time comes if it was asked already. Its times are the
+// database's clock on PostgreSQL, local (the caller's) on bbolt.
+func (j *Jobs) reachable(ctx context.Context, deviceID string, local time.Time) error {
+	in, now, err := j.jobsOf(ctx, deviceID, local)
 	if err != nil || len(in) == 0 {
 		return err
 	}
@@ -703,6 +739,10 @@ func (j *Jobs) reachable(ctx context.Context, deviceID string, now time.Time) er
 	// back): their writes share a transaction. The function reads what it
 	// changes, so a batch may run it again.
 	return j.db.Write(ctx, func(tx kv.Tx) error {
+		now, err := j.clock(tx, local)
+		if err != nil {
+			return err
+		}
 		for id := range in {
 			devs, queue := tx.Bucket(bucketDevices).Bucket([]byte(id)), tx.Bucket(bucketQueue).Bucket([]byte(id))
 			if devs == nil || queue == nil {
@@ -841,43 +881,51 @@ const claimFor = 15 * time.Second
 // another certificate than when the job started is done (renewals are
 // otherwise counted as Renew issues them). A device not connected, or
 // whose message could not be sent, is tried again after resend or when it
-// connects. The work is bounded by the rate, not the job's size.
-func (s *Service) step(ctx context.Context) {
+// connects. The work is bounded by the rate, not the job's size. Under a
+// lease (Config.Leases) the step's writes are fenced: once another
+// replica took the lease over, its claims and records are refused and it
+// returns the error (lease.ErrLost); other failures are logged.
+func (s *Service) step(ctx context.Context) error {
 	ids, err := s.cfg.Jobs.running(ctx)
 	if err != nil {
 		s.log.Warn("rotation jobs unreadable", "err", err)
-		return
+		return nil
 	}
 	now := s.cfg.Now().UTC()
 	for _, id := range ids {
-		s.stepJob(ctx, id, now)
+		if err := s.stepJob(ctx, id, now); errors.Is(err, lease.ErrLost) {
+			s.log.Warn("rotation jobs: the lease was taken over; this replica stops stepping them", "err", err)
+			return err
+		}
 	}
+	return nil
 }
 
 // scanSlack is how many unreachable or finished devices a step may pass
 // over in addition to its rate.
 const scanSlack = 256
 
-func (s *Service) stepJob(ctx context.Context, id string, now time.Time) {
-	h, cands, err := s.cfg.Jobs.due(ctx, id, now)
+func (s *Service) stepJob(ctx context.Context, id string, local time.Time) error {
+	h, cands, now, err := s.cfg.Jobs.due(ctx, id, local)
 	if err == nil && h.State == JobRunning {
-		cands = s.ask(ctx, h.Job, now, max(1, int(h.Rate)), cands)
+		cands = s.ask(ctx, h.Job, local, max(1, int(h.Rate)), cands)
 	}
 	if err != nil {
 		s.log.Warn("rotation job unreadable", "job", id, "err", err)
-		return
+		return err
 	}
 	if h.State != JobRunning || len(cands) == 0 && h.Renewed < h.Total {
-		return
+		return nil
 	}
 	done, err := s.cfg.Jobs.record(ctx, id, now, cands)
 	if err != nil {
 		s.log.Warn("saving rotation job failed", "job", id, "err", err)
-		return
+		return err
 	}
 	if done {
 		s.log.Info("rotation job done", "job", id, "devices", h.Total)
 	}
+	return nil
 }
 
 // ask sends the rotate message to up to budget of the candidates and

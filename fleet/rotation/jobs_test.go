@@ -141,7 +141,7 @@ func TestDeadStepsClaimsExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The dead replica's step: it claimed every due device and died.
-	if _, cands, err := f.jobs.due(t.Context(), job.ID, f.now); err != nil || len(cands) != 3 {
+	if _, cands, _, err := f.jobs.due(t.Context(), job.ID, f.now); err != nil || len(cands) != 3 {
 		t.Fatalf("claimed %d devices: %v", len(cands), err)
 	}
 	// While the claim holds, another step passes over them.

@@ -76,8 +76,16 @@ type Config struct {
 	// each job's rate (fleet/storage/lease: Holder). Nil: Run steps
 	// them itself, as one process does.
 	Leases Leases
-	Now    func() time.Time
-	Logger *slog.Logger
+	// WaitHandled makes Submit return only once its request was answered
+	// (at most SubmitWait): for a transport that acknowledges a device's
+	// message when the handler returns, and gives it to another replica
+	// when this one dies first (the broker pool's persistent sessions).
+	// The embedded broker acknowledges before its handlers run (and a
+	// process that dies takes every session with it): there Submit queues
+	// the request and returns.
+	WaitHandled bool
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
 
 // Leases runs work under named leases (fleet/storage/lease: Holder):
@@ -91,14 +99,26 @@ const LeaseJobs = "rotation_jobs"
 
 // Service handles renewals and runs rotation jobs.
 type Service struct {
-	cfg Config
-	log *slog.Logger
-	q   chan request
+	cfg     Config
+	log     *slog.Logger
+	q       chan request
+	stopped chan struct{} // closed when Run returns: Submit waits no more
+	once    sync.Once
+}
+
+// stop tells Submit that Run returned.
+func (s *Service) stop() {
+	s.once.Do(func() {
+		if s.stopped != nil {
+			close(s.stopped)
+		}
+	})
 }
 
 type request struct {
 	deviceID string
 	env      *wire.Envelope
+	done     chan struct{} // closed once handled
 }
 
 // New returns a service; Run starts it.
@@ -115,15 +135,38 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
-	return &Service{cfg: cfg, log: cfg.Logger, q: make(chan request, 1024)}, nil
+	return &Service{cfg: cfg, log: cfg.Logger, q: make(chan request, 1024), stopped: make(chan struct{})}, nil
 }
 
-// Submit queues a renewal request from an authenticated device.
+// SubmitWait bounds how long Submit waits for its request to be handled.
+const SubmitWait = 30 * time.Second
+
+// Submit queues a renewal request from an authenticated device. With
+// Config.WaitHandled it returns once the request was handled (answered),
+// Run stopped, or SubmitWait passed: the broker pool acknowledges a
+// device's message when its handler returns, so that its persistent
+// sessions keep a renewal request that its replica had not handled when
+// it died, and another replica handles it once it drains them, instead of
+// the device waiting for its rotation job to ask it again. A full queue
+// refuses the request at once (rate limited).
 func (s *Service) Submit(deviceID string, env *wire.Envelope) {
+	r := request{deviceID, env, make(chan struct{})}
 	select {
-	case s.q <- request{deviceID, env}:
+	case s.q <- r:
 	default:
 		s.reply(deviceID, &wire.RenewResult{Status: wire.StatusRefused, Reason: wire.ReasonRateLimited, Message: "renewal queue full", RetryAfter: 30})
+		return
+	}
+	if !s.cfg.WaitHandled {
+		return
+	}
+	t := time.NewTimer(SubmitWait)
+	defer t.Stop()
+	select {
+	case <-r.done:
+	case <-s.stopped:
+	case <-t.C:
+		s.log.Warn("renewal request still queued: acknowledged before it is handled", "device_id", deviceID)
 	}
 }
 
@@ -133,6 +176,7 @@ func (s *Service) Submit(deviceID string, env *wire.Envelope) {
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer s.stop()
 	for range s.cfg.Workers {
 		wg.Go(func() {
 			for {
@@ -141,6 +185,7 @@ func (s *Service) Run(ctx context.Context) error {
 					return
 				case r := <-s.q:
 					s.Renew(r.deviceID, r.env)
+					close(r.done)
 				}
 			}
 		})
@@ -151,7 +196,9 @@ func (s *Service) Run(ctx context.Context) error {
 	return s.cfg.Leases.Hold(ctx, LeaseJobs, s.stepJobs)
 }
 
-// stepJobs steps the running jobs once a second until ctx ends.
+// stepJobs steps the running jobs once a second until ctx ends, or until
+// a step's write is refused because the lease it runs under was taken
+// over (lease.ErrLost, returned: the holder stops the work).
 func (s *Service) stepJobs(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -160,7 +207,9 @@ func (s *Service) stepJobs(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			s.step(ctx)
+			if err := s.step(ctx); err != nil {
+				return err
+			}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package secrets
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -58,8 +59,12 @@ type Deliveries interface {
 
 // Delivery is the state of one secret at one device.
 type Delivery struct {
-	Sent    int       `json:"sent,omitempty"`
-	SentAt  time.Time `json:"sent_at,omitzero"`
+	Sent   int       `json:"sent,omitempty"`
+	SentAt time.Time `json:"sent_at,omitzero"`
+	// Attempt names the delivery that recorded Sent (random, one per
+	// publish): a failed publish undoes the record only while it is still
+	// its own, never another replica's later one.
+	Attempt string    `json:"attempt,omitempty"`
 	Acked   int       `json:"acked,omitempty"`
 	AckedAt time.Time `json:"acked_at,omitzero"`
 	Error   string    `json:"error,omitempty"`
@@ -337,27 +342,32 @@ func (s *Service) deliverOne(ctx context.Context, dev *inventory.Device, name st
 	// Recorded as sent before it is: the device's ack may be handled
 	// (by another replica of a broker pool) before the publish returns,
 	// and an ack counts only for a version sent. Undone if the publish
-	// fails.
+	// fails, only while the record is still this attempt's: another
+	// replica may have delivered the same version meanwhile (the device
+	// reconnected through another broker), and its delivery stands.
 	now := s.now().UTC()
-	var prevSent int
-	var prevAt time.Time
+	attempt := rand.Text()
+	var prev Delivery
 	err = s.deliveries.Update(ctx, name, dev.ID, func(r *Delivery) {
-		prevSent, prevAt = r.Sent, r.SentAt
-		r.Sent, r.SentAt, r.Error, r.ErrorAt = sec.Version, now, "", time.Time{}
+		prev = *r
+		r.Sent, r.SentAt, r.Attempt, r.Error, r.ErrorAt = sec.Version, now, attempt, "", time.Time{}
 	})
 	if err != nil {
 		s.fail(ctx, dev.ID, name, fmt.Errorf("recording the delivery: %w", err))
 		return
 	}
 	if err := s.send(dev.ID, "secret", payload); err != nil {
-		if uerr := s.deliveries.Update(ctx, name, dev.ID, func(r *Delivery) {
-			if r.Sent == sec.Version && r.Acked < sec.Version {
-				r.Sent, r.SentAt = prevSent, prevAt
+		s.log.Warn("secret not delivered", "name", name, "device_id", dev.ID, "err", err)
+		failedAt, msg := s.now().UTC(), err.Error()
+		if uerr := s.deliveries.UpdateExisting(context.WithoutCancel(ctx), name, dev.ID, func(r *Delivery) {
+			if r.Attempt != attempt || r.Acked >= sec.Version {
+				return // another delivery's record, or acknowledged: it stands
 			}
+			r.Sent, r.SentAt, r.Attempt = prev.Sent, prev.SentAt, prev.Attempt
+			r.Error, r.ErrorAt = msg, failedAt
 		}); uerr != nil {
 			s.log.Warn("secrets: undoing a delivery record failed", "name", name, "device_id", dev.ID, "err", uerr)
 		}
-		s.fail(ctx, dev.ID, name, err)
 		return
 	}
 	s.log.Info("secret sent", "name", name, "version", sec.Version, "device_id", dev.ID, "pcr_bound", sel != nil)

@@ -7,6 +7,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -121,6 +122,7 @@ type Config struct {
 	// LoginThrottle tunes the operators' login throttle; zero fields keep
 	// its defaults.
 	LoginThrottle LoginThrottle `json:"login_throttle"`
+	crl.Settings                // crl_min_interval: the CRL's publication (crl.Settings)
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 	// DebugAddr, if set, is a loopback address serving Go's profiles

@@ -41,6 +41,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/crl"
+	"github.com/sigil-iot/sigil/fleet/downlink"
 	"github.com/sigil-iot/sigil/fleet/enroll"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/internal/shard"
@@ -244,7 +245,7 @@ func (s *Server) openDatabase() (err error) {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.leases, s.bus = ls, notify.NewPostgres(s.db, s.log.With("component", "notify"))
-	return nil
+	return s.CA.Share(ctx, s.db, s.bus, s.serverCert.Refresh) // a rotation on any replica reaches this one
 }
 
 // openInventory opens the inventory, in PostgreSQL when the fleet has a
@@ -266,10 +267,8 @@ func (s *Server) openInventory() (err error) {
 	}
 	ctx, cancel := startup()
 	defer cancel()
-	if s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.db); err != nil {
-		return err
-	}
-	return s.crls.Listen(s.bus)
+	s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	return err
 }
 
 // openBroker builds the embedded broker: the TLS listener's certificate,
@@ -404,7 +403,7 @@ func (s *Server) openRotation() (err error) {
 	}
 	s.Rotation, err = rotation.New(rotation.Config{
 		CA: s.CA, Inventory: s.Inv, Attest: s.Attest, Jobs: s.jobs, Lifetime: time.Duration(s.cfg.DeviceLifetime),
-		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice, Leases: s.leases,
+		Connected: s.transport.Connected, Logger: s.log.With("component", "rotation"), Send: s.sendDevice, Leases: s.leases, WaitHandled: s.cfg.BrokerPool != nil,
 	})
 	s.caRotation = rotation.NewCARotation(rotation.CARotationConfig{CA: s.CA, ServerCert: s.serverCert, Jobs: s.Rotation,
 		Sessions: s.transport, Send: s.sendDevice, Logger: s.log})
@@ -524,10 +523,9 @@ func (s *Server) connectionEvent(ev broker.Event) {
 	s.rescore(ev.Identity.DeviceID) // silence counts in the risk score
 }
 
-// sendDevice publishes a message to a device on one of its down kinds
-// (QoS 1): the one way the fleet's services send to a device.
+// sendDevice is the one way the fleet's services send to a device (downlink.Send).
 func (s *Server) sendDevice(deviceID, kind string, payload []byte) error {
-	return s.transport.Publish(s.topics.DeviceDown(deviceID, kind), payload, 1)
+	return downlink.Send(context.TODO(), s.Inv, s.transport.Publish, deviceID, s.topics.DeviceDown(deviceID, kind), payload)
 }
 
 // AdminToken returns the admin API bearer token.
@@ -675,7 +673,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.log.Warn("malformed hello", "device_id", id.DeviceID, "err", err)
 			return
 		}
-		if from, changed, err := s.Inv.Hello(context.TODO(), id.DeviceID, h.Firmware, time.Now().UTC()); err != nil {
+		if from, changed, err := s.Inv.Hello(context.TODO(), id.DeviceID, h.Firmware, env.V, time.Now().UTC()); err != nil {
 			s.log.Warn("hello: inventory update failed", "device_id", id.DeviceID, "err", err)
 		} else if changed {
 			s.log.Info("device reports a new firmware version", "device_id", id.DeviceID, "from", from, "to", h.Firmware)

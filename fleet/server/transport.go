@@ -62,7 +62,7 @@ func (s *Server) openPool() (err error) {
 		sessions = ls // replicas: each one's session under a lease, drained if it dies
 	}
 	s.transport, err = mqttpool.NewTransport(mqttpool.TransportConfig{
-		Sessions: sessions,
+		Sessions: sessions, Events: s.governanceEvent, // clone detection: the brokers' connection log
 		Settings: *s.cfg.BrokerPool, DataDir: s.cfg.DataDir, Roots: s.CA.Pool(), Topics: s.topics, Inventory: s.Inv,
 		Hello: func(id string, at time.Time) {
 			if s.Attest != nil {

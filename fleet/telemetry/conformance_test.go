@@ -5,16 +5,15 @@ import (
 	"testing"
 
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
 // openCursors opens the cursor store at path in bbolt, or in PostgreSQL
 // under TestConformance/postgres.
 func openCursors(t testing.TB, path string) (*CursorStore, error) {
-	db, ok := pgtest.Database(t, path)
-	if !ok {
-		return OpenCursors(path)
-	}
-	return OpenCursorsPostgres(context.Background(), db)
+	return pgtest.OpenBackend(t, path, path, OpenCursors, func(ctx context.Context, db *postgres.DB, _ string) (*CursorStore, error) {
+		return OpenCursorsPostgres(ctx, db)
+	})
 }
 
 // conformanceTests are the cursor store's tests run against both

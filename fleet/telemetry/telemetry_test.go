@@ -16,6 +16,8 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/metrics"
 	"github.com/sigil-iot/sigil/fleet/metrics/metricstest"
+	"github.com/sigil-iot/sigil/internal/clocktest"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -24,19 +26,6 @@ var (
 	streamA = bytes.Repeat([]byte{0xa}, wire.TelemetryStreamLen)
 	streamB = bytes.Repeat([]byte{0xb}, wire.TelemetryStreamLen)
 )
-
-// clock is a settable fleet clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // pts returns points with sequence-derived values: metric "seq" is the
 // sequence number the point will have in a batch starting at first.
@@ -67,9 +56,9 @@ func batch(stream []byte, first uint64, n int, acked, dropped uint64) *wire.Tele
 	return &wire.TelemetryBatch{Stream: stream, First: first, Points: pts(first, n, t0), Acked: acked, Dropped: dropped}
 }
 
-func newIngester(t *testing.T, cfg Config) (*Ingester, *clock) {
+func newIngester(t *testing.T, cfg Config) (*Ingester, *clocktest.Clock) {
 	t.Helper()
-	c := &clock{t: t0}
+	c := clocktest.New(t0)
 	if cfg.Now == nil {
 		cfg.Now = c.Now
 	}
@@ -306,7 +295,7 @@ func TestSeriesDownsampled(t *testing.T) {
 			p.SetMetric("v", at.Sub(t0).Minutes())
 			b.Points = append(b.Points, p)
 		}
-		clk.t = t0.Add(time.Duration(i+9) * 30 * time.Second)
+		clk.Set(t0.Add(time.Duration(i+9) * 30 * time.Second))
 		if _, err := in.Ingest("dev-1", envelope(t, b, clk.Now())); err != nil {
 			t.Fatal(err)
 		}
@@ -413,7 +402,7 @@ func TestFleetMetrics(t *testing.T) {
 	if tot := in.Totals(); tot.Ingested != 200 || tot.Dropped != 98 || tot.Batches != 50 {
 		t.Errorf("totals %+v disagree with the metrics", tot)
 	}
-	clk.Add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	in.Ingest("dev-7", envelope(t, batch(streamA, 7, 1, 6, 2), t0))
 	_, fams = scrapeCount()
 	if v, _ := fams.Value("sigil_telemetry_devices_reporting"); v != 1 {
@@ -437,12 +426,9 @@ func TestSubmitRunAndAck(t *testing.T) {
 	if v := in.m.queueFull.Load(); v != 1 {
 		t.Fatalf("queue full counted %v", v)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- in.Run(ctx) }()
+	stop := runtest.Start(t, in.Run)
 	s := <-out
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	ackEnv, err := wire.Decode(s.payload)

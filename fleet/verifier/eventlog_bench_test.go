@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/sigil-iot/sigil/fleet/verifier/eventlogtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -28,10 +29,10 @@ func newBenchLog(b *testing.B) *benchLog {
 	if _, err := (tpm2.PCRReset{PCRHandle: tpm2.AuthHandle{Handle: 23, Auth: tpm2.PasswordAuth(nil)}}).Execute(fx.tpm); err != nil {
 		b.Fatalf("PCR_Reset 23: %v", err)
 	}
-	l := newAgileLog()
+	l := eventlogtest.New()
 	bl := &benchLog{nonce: nonce(b)}
 	add := func(pcr int, typ uint32, data, measured []byte) {
-		l.add(pcr, typ, data, measured)
+		l.Add(pcr, typ, data, measured)
 		if measured == nil {
 			measured = data
 		}
@@ -63,7 +64,7 @@ func newBenchLog(b *testing.B) *benchLog {
 			b.Fatal(err)
 		}
 	}
-	bl.raw = l.buf.Bytes()
+	bl.raw = l.Bytes()
 	bl.q = fx.quote(b, fx.ak, bl.nonce, tpm2.TPMAlgSHA256, 0, 1, 7, 23)
 	bl.sel = wire.PCRSelection{Hash: bl.q.Hash, PCRs: bl.q.PCRs}
 	return bl

@@ -2,91 +2,20 @@ package verifier
 
 import (
 	"bytes"
-	"crypto/sha1"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"maps"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/sigil-iot/sigil/fleet/verifier/eventlogtest"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
-
-// Real event logs are read from the Go module cache (go-attestation ships
-// them in attest/testdata); they are not copied into this repository.
-
-// ubuntuPCRs are the PCR values of the go-attestation fixture
-// attest/testdata/ubuntu_2104_shielded_vm_no_secure_boot_eventlog, as
-// published in go-tpm-tools v0.4.10 server/eventlog_test.go
-// (Ubuntu2104NoSecureBootGCE).
-var ubuntuPCRs = map[uint16]map[int]string{
-	uint16(tpm2.TPMAlgSHA1): {
-		0:  "0f2d3a2a1adaa479aeeca8f5df76aadc41b862ea",
-		1:  "f5310dfcfcec5571cbf730064d526906c9cea2f0",
-		2:  "b2a83b0ebf2f8374299a5b2bdfc31ea955ad7236",
-		3:  "b2a83b0ebf2f8374299a5b2bdfc31ea955ad7236",
-		4:  "e53d909941dcbc699b273fc4c0d817a41c6ab975",
-		5:  "9e2af4bac1432830594b1ae90c68c52a20a9700e",
-		6:  "b2a83b0ebf2f8374299a5b2bdfc31ea955ad7236",
-		7:  "ede7204673f41ac2592b0d3b4cd429b43f39dc61",
-		8:  "bda59abe1c7d18e0b85edfcb4381f10d4dcc88f7",
-		9:  "39fd49224476f4d7eea26a53e264c9c33e47649c",
-		14: "cd3734d2bdfcfba9e443ac02c03c812ffcceb255",
-	},
-	uint16(tpm2.TPMAlgSHA256): {
-		0:  "24af52a4f429b71a3184a6d64cddad17e54ea030e2aa6576bf3a5a3d8bd3328f",
-		1:  "45ed8540f34db53220ef197e5fb8a3835b2095454349e445f397f13d91c509a5",
-		2:  "3d458cfe55cc03ea1f443f1562beec8df51c75e14a9fcf9a7234a13f198e7969",
-		3:  "3d458cfe55cc03ea1f443f1562beec8df51c75e14a9fcf9a7234a13f198e7969",
-		4:  "ebc7ae25d0347868250995c9a8fff16bf79e048453262d0ef2756e213c76181c",
-		5:  "47715f9f2c10769da6ee23be5633fd88e247caf162f4eeb0b6f8482ccfeadfb5",
-		6:  "3d458cfe55cc03ea1f443f1562beec8df51c75e14a9fcf9a7234a13f198e7969",
-		7:  "0d8847bc5eca06452df10e2f214363845c7ac11d47525a5474e225e72ce25dfe",
-		8:  "b9a324947de94ec2fd4b04483ecfcb37dfdd520a7c0ecf73c77bf2595549c84f",
-		9:  "adb87be3efd96cc3a2f66b8aa7564f9727563ef494a95d571a3f38ff4afb25dd",
-		14: "8351c65483c5419079e8c96758dd2130bee075d71fea226f68ec4eb5bfc71983",
-	},
-}
-
-// moduleFile returns the path of a file in a module's directory in the
-// module cache, downloading the module (a dependency in go.mod) when the
-// cache lacks it.
-func moduleFile(t testing.TB, module, file string) string {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module).Output()
-	dir := strings.TrimSpace(string(out))
-	if err != nil || dir == "" {
-		out, err = exec.Command("go", "mod", "download", "-json", module).Output()
-		var m struct{ Dir string }
-		if err != nil || json.Unmarshal(out, &m) != nil || m.Dir == "" {
-			t.Fatalf("module %s not in the module cache: %v", module, err)
-		}
-		dir = m.Dir
-	}
-	return filepath.Join(dir, file)
-}
-
-func readModuleFile(t testing.TB, module, file string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(moduleFile(t, module, file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func ubuntuLog(t testing.TB) []byte {
-	return readModuleFile(t, "github.com/google/go-attestation", "attest/testdata/ubuntu_2104_shielded_vm_no_secure_boot_eventlog")
-}
 
 // ubuntuQuote stands for the verified quote of one bank of the Ubuntu
 // machine: the fixture has no quote by an AK of ours, so the values are
@@ -94,7 +23,7 @@ func ubuntuLog(t testing.TB) []byte {
 func ubuntuQuote(t testing.TB, bank tpm2.TPMAlgID, pcrs ...int) *VerifiedQuote {
 	t.Helper()
 	vq := &VerifiedQuote{Hash: uint16(bank), PCRs: map[int][]byte{}}
-	for p, h := range ubuntuPCRs[uint16(bank)] {
+	for p, h := range eventlogtest.UbuntuPCRs(bank) {
 		if len(pcrs) == 0 || slices.Contains(pcrs, p) {
 			b, err := hex.DecodeString(h)
 			if err != nil {
@@ -169,7 +98,7 @@ func wantRefusalNaming(t *testing.T, err error, parts ...string) {
 }
 
 func TestVerifyEventLogUbuntu(t *testing.T) {
-	raw := ubuntuLog(t)
+	raw := eventlogtest.Ubuntu(t)
 	recs := walkAgileLog(t, raw)
 	sha1Q, sha256Q := ubuntuQuote(t, tpm2.TPMAlgSHA1), ubuntuQuote(t, tpm2.TPMAlgSHA256)
 	for _, tc := range []struct {
@@ -257,7 +186,7 @@ func TestVerifyEventLogUbuntu(t *testing.T) {
 }
 
 func TestVerifyEventLogTampered(t *testing.T) {
-	good := ubuntuLog(t)
+	good := eventlogtest.Ubuntu(t)
 	recs := walkAgileLog(t, good)
 	edit := func(f func(b []byte)) []byte {
 		b := bytes.Clone(good)
@@ -289,7 +218,7 @@ func TestVerifyEventLogTampered(t *testing.T) {
 			q.PCRs[9][0] ^= 1
 			return q
 		}(), []string{"PCR 9 (kernel and initrd (grub)) in the sha256 bank", "the quote proves " + hex.EncodeToString(func() []byte {
-			b, _ := hex.DecodeString(ubuntuPCRs[uint16(tpm2.TPMAlgSHA256)][9])
+			b, _ := hex.DecodeString(eventlogtest.UbuntuPCRs(tpm2.TPMAlgSHA256)[9])
 			b[0] ^= 1
 			return b[:4]
 		}())}},
@@ -337,7 +266,7 @@ func TestVerifyEventLogWindows(t *testing.T) {
 			}
 		}
 	}
-	if err := json.Unmarshal(readModuleFile(t, "github.com/google/go-attestation", "attest/testdata/windows_gcp_shielded_vm.json"), &dump); err != nil {
+	if err := json.Unmarshal(eventlogtest.GoAttestation(t, "windows_gcp_shielded_vm.json"), &dump); err != nil {
 		t.Fatal(err)
 	}
 	// The dump's PCR values are SHA-1 (crypto.SHA1 == 3) and were quoted by
@@ -370,7 +299,7 @@ func TestVerifyEventLogWindows(t *testing.T) {
 
 func TestVerifyEventLogMalformed(t *testing.T) {
 	q := ubuntuQuote(t, tpm2.TPMAlgSHA256)
-	raw := ubuntuLog(t)
+	raw := eventlogtest.Ubuntu(t)
 	for name, b := range map[string][]byte{
 		"empty":     nil,
 		"truncated": raw[:len(raw)-3],
@@ -394,77 +323,9 @@ func TestVerifyEventLogMalformed(t *testing.T) {
 	}
 }
 
-// agileLog builds a crypto-agile event log with SHA-1 and SHA-256 digests
-// and tracks the PCR values it replays to.
-type agileLog struct {
-	buf    bytes.Buffer
-	n      int
-	sha1   map[int][]byte
-	sha256 map[int][]byte
-}
-
-func newAgileLog() *agileLog {
-	l := &agileLog{sha1: map[int][]byte{}, sha256: map[int][]byte{}}
-	var spec bytes.Buffer
-	spec.WriteString("Spec ID Event03\x00")
-	binary.Write(&spec, binary.LittleEndian, struct {
-		Class                      uint32
-		Minor, Major, Errata, Uint uint8
-		N                          uint32
-		A1, S1, A2, S2             uint16
-		Vendor                     uint8
-	}{0, 0, 2, 0, 2, 2, uint16(tpm2.TPMAlgSHA1), 20, uint16(tpm2.TPMAlgSHA256), 32, 0})
-	binary.Write(&l.buf, binary.LittleEndian, struct {
-		PCR, Type uint32
-		Digest    [20]byte
-		Size      uint32
-	}{0, 3, [20]byte{}, uint32(spec.Len())})
-	l.buf.Write(spec.Bytes())
-	l.n = 1
-	return l
-}
-
-// add appends an event that measured `measured` (data itself when nil) and
-// returns its index.
-func (l *agileLog) add(pcr int, typ uint32, data, measured []byte) int {
-	if measured == nil {
-		measured = data
-	}
-	d1, d256 := sha1.Sum(measured), sha256.Sum256(measured)
-	binary.Write(&l.buf, binary.LittleEndian, []uint32{uint32(pcr), typ, 2})
-	binary.Write(&l.buf, binary.LittleEndian, uint16(tpm2.TPMAlgSHA1))
-	l.buf.Write(d1[:])
-	binary.Write(&l.buf, binary.LittleEndian, uint16(tpm2.TPMAlgSHA256))
-	l.buf.Write(d256[:])
-	binary.Write(&l.buf, binary.LittleEndian, uint32(len(data)))
-	l.buf.Write(data)
-	if typ != 3 {
-		l.sha1[pcr] = extendValue(sha1.New, l.sha1[pcr], 20, d1[:])
-		l.sha256[pcr] = extendValue(sha256.New, l.sha256[pcr], 32, d256[:])
-	}
-	l.n++
-	return l.n - 1
-}
-
-func extendValue[H interface {
-	Write([]byte) (int, error)
-	Sum([]byte) []byte
-}](h func() H, v []byte, size int, d []byte) []byte {
-	if v == nil {
-		v = make([]byte, size)
-	}
-	x := h()
-	x.Write(v)
-	x.Write(d)
-	return x.Sum(nil)
-}
-
-func (l *agileLog) quote(bank tpm2.TPMAlgID) *VerifiedQuote {
-	src := l.sha256
-	if bank == tpm2.TPMAlgSHA1 {
-		src = l.sha1
-	}
-	return &VerifiedQuote{Hash: uint16(bank), PCRs: maps.Clone(src)}
+// quoteOf is the quote that l's events replay to in bank.
+func quoteOf(l *eventlogtest.Log, bank tpm2.TPMAlgID) *VerifiedQuote {
+	return &VerifiedQuote{Hash: uint16(bank), PCRs: maps.Clone(l.PCRs(bank))}
 }
 
 // efiVar encodes UEFI_VARIABLE_DATA.
@@ -497,19 +358,19 @@ func imageLoad(path string) []byte {
 }
 
 func TestVerifyEventLogSynthetic(t *testing.T) {
-	l := newAgileLog()
-	l.add(0, 3, []byte("StartupLocality\x00\x03"), nil) // TXT start-up locality: PCR 0 starts at 3
-	l.sha1[0], l.sha256[0] = make([]byte, 20), make([]byte, 32)
-	l.sha1[0][19], l.sha256[0][31] = 3, 3
-	crtm := l.add(0, 0x08, []byte("v\x001\x00.\x002\x00\x00\x00"), nil)
-	sb := l.add(7, 0x80000001, efiVar("SecureBoot", []byte{1}), nil)
-	big := l.add(7, 0x80000001, efiVar("db", bytes.Repeat([]byte{0xa5}, 3000)), nil)
-	sep := l.add(7, 0x04, []byte{0, 0, 0, 0}, nil)
-	app := l.add(4, 0x80000003, imageLoad(`\EFI\BOOT\BOOTAA64.EFI`), []byte("the PE image"))
-	cmd := l.add(8, 0x0D, []byte("kernel_cmdline: /vmlinuz root=/dev/sda1 ro\x00"), []byte("/vmlinuz root=/dev/sda1 ro"))
-	l.add(9, 0x0D, []byte("/vmlinuz\x00"), []byte("the kernel"))
+	l := eventlogtest.New()
+	l.Add(0, 3, []byte("StartupLocality\x00\x03"), nil) // TXT start-up locality: PCR 0 starts at 3
+	l.SHA1[0], l.SHA256[0] = make([]byte, 20), make([]byte, 32)
+	l.SHA1[0][19], l.SHA256[0][31] = 3, 3
+	crtm := l.Add(0, 0x08, []byte("v\x001\x00.\x002\x00\x00\x00"), nil)
+	sb := l.Add(7, 0x80000001, efiVar("SecureBoot", []byte{1}), nil)
+	big := l.Add(7, 0x80000001, efiVar("db", bytes.Repeat([]byte{0xa5}, 3000)), nil)
+	sep := l.Add(7, 0x04, []byte{0, 0, 0, 0}, nil)
+	app := l.Add(4, 0x80000003, imageLoad(`\EFI\BOOT\BOOTAA64.EFI`), []byte("the PE image"))
+	cmd := l.Add(8, 0x0D, []byte("kernel_cmdline: /vmlinuz root=/dev/sda1 ro\x00"), []byte("/vmlinuz root=/dev/sda1 ro"))
+	l.Add(9, 0x0D, []byte("/vmlinuz\x00"), []byte("the kernel"))
 
-	el, err := VerifyEventLog(l.buf.Bytes(), l.quote(tpm2.TPMAlgSHA256))
+	el, err := VerifyEventLog(l.Bytes(), quoteOf(l, tpm2.TPMAlgSHA256))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -550,13 +411,13 @@ func TestVerifyEventLogSynthetic(t *testing.T) {
 // FuzzVerifyEventLog feeds event logs to VerifyEventLog against the
 // Ubuntu fixture's SHA-256 PCR values.
 func FuzzVerifyEventLog(f *testing.F) {
-	raw := ubuntuLog(f)
+	raw := eventlogtest.Ubuntu(f)
 	f.Add(raw)
 	f.Add(raw[:2000])
-	l := newAgileLog()
-	l.add(7, 0x80000001, efiVar("SecureBoot", []byte{0}), nil)
-	l.add(4, 0x80000003, imageLoad(`\EFI\x.efi`), []byte("x"))
-	f.Add(l.buf.Bytes())
+	l := eventlogtest.New()
+	l.Add(7, 0x80000001, efiVar("SecureBoot", []byte{0}), nil)
+	l.Add(4, 0x80000003, imageLoad(`\EFI\x.efi`), []byte("x"))
+	f.Add(l.Bytes())
 	q := ubuntuQuote(f, tpm2.TPMAlgSHA256)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		el, err := VerifyEventLog(raw, q)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/tpm2"
+	"github.com/sigil-iot/sigil/fleet/verifier/eventlogtest"
 )
 
 // windowsPCR7 returns the PCR 7 events of go-attestation's Windows fixture
@@ -21,7 +22,7 @@ import (
 func windowsPCR7(t testing.TB) []attest.Event {
 	t.Helper()
 	var dump struct{ Log struct{ Raw []byte } }
-	if err := json.Unmarshal(readModuleFile(t, "github.com/google/go-attestation", "attest/testdata/windows_gcp_shielded_vm.json"), &dump); err != nil {
+	if err := json.Unmarshal(eventlogtest.GoAttestation(t, "windows_gcp_shielded_vm.json"), &dump); err != nil {
 		t.Fatal(err)
 	}
 	el, err := attest.ParseEventLog(dump.Log.Raw)
@@ -74,21 +75,21 @@ func windowsVariable(t testing.TB, name string) []byte {
 // firmware could have measured, and the TPM quoted.
 func windowsSecureBootLog(t testing.TB, edit func(name string, data []byte) []byte) ([]byte, *VerifiedQuote) {
 	t.Helper()
-	l := newAgileLog()
+	l := eventlogtest.New()
 	for _, e := range windowsPCR7(t) {
 		data := e.Data
 		if uint32(e.Type) == 0x80000001 && edit != nil {
 			data = edit(variableName(data), bytes.Clone(data))
 		}
-		l.add(7, uint32(e.Type), data, nil)
+		l.Add(7, uint32(e.Type), data, nil)
 	}
-	q := l.quote(tpm2.TPMAlgSHA256)
+	q := quoteOf(l, tpm2.TPMAlgSHA256)
 	for p := range q.PCRs {
 		if p != 7 {
 			delete(q.PCRs, p)
 		}
 	}
-	return l.buf.Bytes(), q
+	return l.Bytes(), q
 }
 
 // withValue returns the UEFI_VARIABLE_DATA v with its value replaced.

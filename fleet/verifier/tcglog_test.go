@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/tpm2"
+	"github.com/sigil-iot/sigil/fleet/verifier/eventlogtest"
 )
 
 // The fast path of VerifyEventLog (tcglog.go) is held to go-attestation's
@@ -32,31 +33,31 @@ type logCase struct {
 // logCases are real logs (Ubuntu, Windows), synthetic crypto-agile logs
 // with and without a Secure Boot state, and a SHA-1 format log.
 func logCases(t testing.TB) []logCase {
-	cases := []logCase{{"ubuntu", ubuntuLog(t), []tpm2.TPMAlgID{tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1}, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}}
+	cases := []logCase{{"ubuntu", eventlogtest.Ubuntu(t), []tpm2.TPMAlgID{tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1}, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}}}
 
 	var dump struct{ Log struct{ Raw []byte } }
-	if err := json.Unmarshal(readModuleFile(t, "github.com/google/go-attestation", "attest/testdata/windows_gcp_shielded_vm.json"), &dump); err != nil {
+	if err := json.Unmarshal(eventlogtest.GoAttestation(t, "windows_gcp_shielded_vm.json"), &dump); err != nil {
 		t.Fatal(err)
 	}
 	cases = append(cases, logCase{"windows", dump.Log.Raw, []tpm2.TPMAlgID{tpm2.TPMAlgSHA1}, []int{0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14}})
 
-	sb := newAgileLog()
-	sb.add(0, 3, append([]byte("StartupLocality\x00"), 3), nil)
-	sb.add(0, 0x08, []byte("firmware 1.0"), nil)
-	sb.add(7, 0x80000001, efiVar("SecureBoot", []byte{1}), nil)
-	sb.add(2, 0x80000004, imageLoad(`\driver.efi`), []byte("driver"))
-	sb.add(7, 0x04, []byte{0, 0, 0, 0}, nil)
-	sb.add(2, 0x04, []byte{0, 0, 0, 0}, nil)
-	sb.add(8, 0x0D, []byte("grub_cmd: linux /vmlinuz\x00"), []byte("linux /vmlinuz"))
-	sb.add(4, 0x80000003, imageLoad(`\EFI\BOOT\BOOTX64.EFI`), []byte("shim"))
-	sb.add(7, 0x800000E0, efiVar("db", []byte("not a signature list")), nil)
-	cases = append(cases, logCase{"secure boot", sb.buf.Bytes(), []tpm2.TPMAlgID{tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1}, []int{0, 2, 4, 7, 8}})
+	sb := eventlogtest.New()
+	sb.Add(0, 3, append([]byte("StartupLocality\x00"), 3), nil)
+	sb.Add(0, 0x08, []byte("firmware 1.0"), nil)
+	sb.Add(7, 0x80000001, efiVar("SecureBoot", []byte{1}), nil)
+	sb.Add(2, 0x80000004, imageLoad(`\driver.efi`), []byte("driver"))
+	sb.Add(7, 0x04, []byte{0, 0, 0, 0}, nil)
+	sb.Add(2, 0x04, []byte{0, 0, 0, 0}, nil)
+	sb.Add(8, 0x0D, []byte("grub_cmd: linux /vmlinuz\x00"), []byte("linux /vmlinuz"))
+	sb.Add(4, 0x80000003, imageLoad(`\EFI\BOOT\BOOTX64.EFI`), []byte("shim"))
+	sb.Add(7, 0x800000E0, efiVar("db", []byte("not a signature list")), nil)
+	cases = append(cases, logCase{"secure boot", sb.Bytes(), []tpm2.TPMAlgID{tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA1}, []int{0, 2, 4, 7, 8}})
 
-	action := newAgileLog()
+	action := eventlogtest.New()
 	for i := range 12 {
-		action.add([]int{0, 7, 23}[i%3], []uint32{0x80000007, 0x04, 0x0D, 0x80000001}[i%4], fmt.Appendf(nil, "event %d", i), nil)
+		action.Add([]int{0, 7, 23}[i%3], []uint32{0x80000007, 0x04, 0x0D, 0x80000001}[i%4], fmt.Appendf(nil, "event %d", i), nil)
 	}
-	cases = append(cases, logCase{"EFI action on PCR 7", action.buf.Bytes(), []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}, []int{0, 7, 23}})
+	cases = append(cases, logCase{"EFI action on PCR 7", action.Bytes(), []tpm2.TPMAlgID{tpm2.TPMAlgSHA256}, []int{0, 7, 23}})
 
 	var sha1Log bytes.Buffer
 	for i, data := range []string{"crtm", "bios", "separator", "config", "loader"} {

@@ -45,6 +45,20 @@ func Until(t testing.TB, cond func() error) {
 	}
 }
 
+// Recv receives a value from ch. It fails t, saying it waited for what,
+// when nothing has come within Timeout.
+func Recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(Timeout):
+		t.Fatalf("wait: %s: nothing received in %v", what, Timeout)
+	}
+	var zero T
+	return zero
+}
+
 // Poll calls cond until it returns true or d has passed, and returns cond's
 // last answer: for a wait whose caller decides what a timeout means (a
 // bounded retry, a clean-up before it fails the test).

@@ -77,3 +77,20 @@ func TestPoll(t *testing.T) {
 		}
 	})
 }
+
+// TestRecv: Recv returns what comes; with nothing, it fails saying what
+// it waited for.
+func TestRecv(t *testing.T) {
+	ch := make(chan int, 1)
+	ch <- 7
+	if got := Recv(t, ch, "seven"); got != 7 {
+		t.Fatalf("Recv = %d, want 7", got)
+	}
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeTB{}
+		Recv(f, make(chan int), "a number")
+		if !strings.Contains(f.failed, "a number") {
+			t.Fatalf("failure %q does not name what was awaited", f.failed)
+		}
+	})
+}

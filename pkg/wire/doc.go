@@ -8,6 +8,12 @@
 // vectors (package wiretest) iterate it, so a new type is covered by both
 // as soon as it is registered.
 //
+// Peers of different versions: the fleet speaks every version from
+// OldestVersion (the previous release's) to Version, each device in the
+// one it speaks (Negotiate, EncodeFor, Downgrade), and refuses, never
+// trims, a message the device's version cannot carry (Needs,
+// ErrNeedsVersion). A receiver refuses an envelope above its own version.
+//
 // Protocol version history (one increasing integer, see Version):
 //
 //	1 (2026-11-22) enrollment: request, challenge, proof, result, retry; hello.

@@ -94,11 +94,16 @@ func NewMessageID() []byte {
 // Encode builds an envelope of the given type around body and encodes it.
 // corr is the ID of the message this one answers, or nil.
 func Encode(typ string, corr []byte, now time.Time, body any) ([]byte, error) {
+	return encode(Version, typ, corr, now, body)
+}
+
+// encode is Encode with envelope version v.
+func encode(v int, typ string, corr []byte, now time.Time, body any) ([]byte, error) {
 	b, err := encMode.Marshal(body)
 	if err != nil {
 		return nil, fmt.Errorf("wire: encode %s body: %w", typ, err)
 	}
-	env := Envelope{V: Version, Type: typ, ID: NewMessageID(), Corr: corr, Time: now.UnixMilli(), Body: b}
+	env := Envelope{V: v, Type: typ, ID: NewMessageID(), Corr: corr, Time: now.UnixMilli(), Body: b}
 	out, err := encMode.Marshal(&env)
 	if err != nil {
 		return nil, fmt.Errorf("wire: encode envelope: %w", err)

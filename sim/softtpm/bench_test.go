@@ -322,26 +322,7 @@ func BenchmarkActivateCredentialRSA(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ak, err := tp.CreateAK()
-	if err != nil {
-		b.Fatal(err)
-	}
-	ek, err := tp.EK()
-	if err != nil {
-		b.Fatal(err)
-	}
-	vek, err := (*verifier.EKTrust)(nil).VerifyEK(ek.Public, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	vak, err := verifier.VerifyAK(ak.Public)
-	if err != nil {
-		b.Fatal(err)
-	}
-	blob, enc, err := verifier.MakeCredential(rand.Reader, vek, vak, make([]byte, 32))
-	if err != nil {
-		b.Fatal(err)
-	}
+	ak, blob, enc := credential(b, tp, make([]byte, 32))
 	report := cpuTime(b)
 	for b.Loop() {
 		if _, err := tp.ActivateCredential(ak, blob, enc); err != nil {

@@ -9,9 +9,9 @@ import (
 
 	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/fleet/secrets"
-	"github.com/sigil-iot/sigil/fleet/verifier"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"github.com/sigil-iot/sigil/sim/softtpm"
+	"github.com/sigil-iot/sigil/sim/softtpm/conformance"
 )
 
 // The fuzz tests feed the bytes a device receives from the network (or
@@ -19,61 +19,14 @@ import (
 // may panic, and only the authentic input of the seed corpus may succeed:
 // anything else that succeeded would be a forgery the TPM let through.
 
-// FuzzImportSecret fuzzes a secret delivery (wire.SecretDeliver's Public,
-// Duplicate and Seed, bounded as the device bounds them) into ImportSecret
-// and Unseal.
+// FuzzImportSecret fuzzes a secret delivery into ImportSecret and Unseal
+// (conformance.FuzzImportSecret).
 func FuzzImportSecret(f *testing.F) {
 	tp, err := softtpm.New()
 	if err != nil {
 		f.Fatal(err)
 	}
-	ek, err := tp.EK()
-	if err != nil {
-		f.Fatal(err)
-	}
-	secret := []byte("fuzz secret")
-	blob, err := secrets.Wrap(rand.Reader, ek.Public, secret, nil, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	if sealed, err := tp.ImportSecret(blob.Public, blob.Duplicate, blob.Seed, nil); err != nil {
-		f.Fatal(err)
-	} else if got, err := tp.Unseal(sealed); err != nil || !bytes.Equal(got, secret) {
-		f.Fatalf("unseal: %q %v", got, err)
-	}
-	f.Add(blob.Public, blob.Duplicate, blob.Seed, false)
-	f.Add(blob.Public, blob.Duplicate, blob.Seed, true)
-	f.Add(blob.Public[:10], blob.Duplicate, blob.Seed, false)
-	f.Add(append(bytes.Clone(blob.Public), 0), blob.Duplicate, blob.Seed, false)
-	f.Add(blob.Public, blob.Duplicate[2:], blob.Seed, false)
-	f.Add(blob.Public, blob.Duplicate, blob.Seed[:30], false)
-	f.Add(ek.Public, blob.Duplicate, blob.Seed, false)
-	f.Add([]byte{0, 8, 0, 0xb}, []byte{0}, []byte{0}, false)
-
-	sel := &wire.PCRSelection{Hash: uint16(tpm2.TPMAlgSHA256), PCRs: []int{16}}
-	f.Fuzz(func(t *testing.T, public, duplicate, seed []byte, bound bool) {
-		d := wire.SecretDeliver{Name: "fuzz", Version: 1, Public: public, Duplicate: duplicate, Seed: seed}
-		if bound {
-			d.PCRs = sel
-		}
-		if d.Validate() != nil {
-			return // the device drops the message before the TPM sees it
-		}
-		sealed, err := tp.ImportSecret(d.Public, d.Duplicate, d.Seed, d.PCRs)
-		if err != nil {
-			return
-		}
-		if !bytes.Equal(public, blob.Public) || !bytes.Equal(duplicate, blob.Duplicate) || !bytes.Equal(seed, blob.Seed) {
-			t.Fatalf("a modified delivery imported: public %x duplicate %x seed %x", public, duplicate, seed)
-		}
-		got, err := tp.Unseal(sealed)
-		switch {
-		case bound && err == nil:
-			t.Fatal("unbound secret unsealed through a PCR policy")
-		case !bound && (err != nil || !bytes.Equal(got, secret)):
-			t.Fatalf("imported delivery unseals to %q, %v", got, err)
-		}
-	})
+	conformance.FuzzImportSecret(f, tp)
 }
 
 // FuzzUnseal fuzzes an imported blob as the device's state store returns
@@ -116,27 +69,8 @@ func FuzzActivateCredential(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ak, err := tp.CreateAK()
-	if err != nil {
-		f.Fatal(err)
-	}
-	ek, err := tp.EK()
-	if err != nil {
-		f.Fatal(err)
-	}
-	vek, err := (*verifier.EKTrust)(nil).VerifyEK(ek.Public, nil, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	vak, err := verifier.VerifyAK(ak.Public)
-	if err != nil {
-		f.Fatal(err)
-	}
 	secret := bytes.Repeat([]byte{0xc3}, 32)
-	credBlob, encSecret, err := verifier.MakeCredential(rand.Reader, vek, vak, secret)
-	if err != nil {
-		f.Fatal(err)
-	}
+	ak, credBlob, encSecret := credential(f, tp, secret)
 	if got, err := tp.ActivateCredential(ak, credBlob, encSecret); err != nil || !bytes.Equal(got, secret) {
 		f.Fatalf("activate: %x %v", got, err)
 	}

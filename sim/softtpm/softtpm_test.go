@@ -45,6 +45,34 @@ func newTPM(t testing.TB, opts ...softtpm.Option) *softtpm.TPM {
 	return tp
 }
 
+// credential makes an AK in tp and the enrollment credential the fleet
+// makes for tp's EK and that AK (verifier.MakeCredential), protecting
+// secret; it returns the AK and the credential's blob and encrypted seed.
+func credential(t testing.TB, tp *softtpm.TPM, secret []byte) (ak *tpm.KeyBlob, blob, enc []byte) {
+	t.Helper()
+	ak, err := tp.CreateAK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := tp.EK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vek, err := (*verifier.EKTrust)(nil).VerifyEK(ek.Public, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vak, err := verifier.VerifyAK(ak.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, enc, err = verifier.MakeCredential(rand.Reader, vek, vak, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ak, blob, enc
+}
+
 var sel16 = wire.PCRSelection{Hash: uint16(tpm2.TPMAlgSHA256), PCRs: []int{16}}
 
 // verifiedQuote quotes PCR 16 with ak and has the fleet verify it.

@@ -27,7 +27,7 @@ import (
 	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
-	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/campaign"
@@ -65,27 +65,8 @@ func poll(t *testing.T, timeout time.Duration, what string, cond func() (bool, s
 // over it (threshold 1), as the end-to-end firmware tests do.
 func releaseKey(t *testing.T, dir string) (*sign.Signer, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := sign.New(sign.Config{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts, err := verify.NewTrustSet(1, 1, key.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ts.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
 	path := filepath.Join(dir, "trust.json")
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return s, path
+	return signtest.TrustFile(t, path), path
 }
 
 // TestSwarm runs a real fleet (sigil serve in-process: embedded broker,

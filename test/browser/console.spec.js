@@ -7,79 +7,14 @@
 "use strict";
 
 const assert = require("node:assert/strict");
-const fs = require("node:fs");
-const https = require("node:https");
-const path = require("node:path");
-const { chromium } = require("playwright-core");
+const { URL_, api, env, flash, newPage, problems, run, section, shot, step } = require("./scenario");
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) {
-    throw new Error(`environment variable ${name} is not set (run through browser_test.go)`);
-  }
-  return v;
-};
-const URL_ = env("SIGIL_URL");
-const CA = fs.readFileSync(env("SIGIL_CA"));
-const SHOTS = env("SIGIL_SCREENSHOTS");
 const CSP =
   "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
   "frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-let passed = 0;
-let failed = 0;
-const problems = []; // console errors and CSP violations seen in any page
-
-async function step(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok - ${name}`);
-  } catch (err) {
-    failed++;
-    console.log(`not ok - ${name}`);
-    console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
-    throw err;
-  }
-}
-
-// section returns the page's panel under a heading.
-function section(page, heading) {
-  return page.locator("section", { has: page.getByRole("heading", { name: heading, exact: true }) });
-}
-
 function result(obj) {
   console.log("RESULT " + JSON.stringify(obj));
-}
-
-// api calls the JSON API from node, verifying the server's certificate
-// against the fleet CA: the console is served by that same TLS listener.
-function api(method, p, token) {
-  return new Promise((resolve, reject) => {
-    const req = https.request(URL_ + p, { method, ca: CA, headers: token ? { Authorization: "Bearer " + token } : {} }, (res) => {
-      let body = "";
-      res.on("data", (c) => (body += c));
-      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
-
-async function newPage(browser) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1366, height: 860 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(15000);
-  page.on("dialog", (d) => d.accept()); // the confirmations of dangerous forms
-  page.on("console", (m) => {
-    if (m.type() === "error") problems.push(`${page.url()}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => problems.push(`${page.url()}: ${e.message}`));
-  return page;
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
 }
 
 // login fills the form with the keyboard only: the user field has focus,
@@ -97,26 +32,7 @@ async function login(page, user, password) {
   await page.waitForURL(URL_ + "/");
 }
 
-async function flash(page, text) {
-  const status = page.getByRole("status");
-  await status.waitFor();
-  assert.match(await status.innerText(), text);
-}
-
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: env("SIGIL_CHROMIUM"),
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
-  try {
-    await run(browser);
-  } finally {
-    await browser.close();
-  }
-}
-
-async function run(browser) {
+run(async (browser) => {
   const searchID = env("SIGIL_SEARCH_ID");
   const quarantineID = env("SIGIL_QUARANTINE_ID");
   const pendingID = env("SIGIL_PENDING_ID");
@@ -398,17 +314,4 @@ async function run(browser) {
     const unexpected = problems.filter((p) => !/status of 401/.test(p));
     assert.deepEqual(unexpected, []);
   });
-}
-
-main()
-  .catch((err) => {
-    if (failed === 0) {
-      failed++;
-      console.log("not ok - setting up the browser");
-      console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
-    }
-  })
-  .finally(() => {
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exit(failed > 0 || passed === 0 ? 1 : 0);
-  });
+});

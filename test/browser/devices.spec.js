@@ -6,62 +6,13 @@
 "use strict";
 
 const assert = require("node:assert/strict");
-const fs = require("node:fs");
-const path = require("node:path");
-const { chromium } = require("playwright-core");
+const { URL_, axe, env, login, newPage, problems, run, shot, step } = require("./scenario");
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) {
-    throw new Error(`environment variable ${name} is not set (run through devices_test.go)`);
-  }
-  return v;
-};
-const URL_ = env("SIGIL_URL");
-const SHOTS = env("SIGIL_SCREENSHOTS");
-const AXE = fs.readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const WIDTHS = [
   { name: "phone", width: 375, height: 812 },
   { name: "tablet", width: 768, height: 1024 },
   { name: "desktop", width: 1280, height: 860 },
 ];
-
-let passed = 0;
-let failed = 0;
-const problems = []; // script errors and CSP violations seen in any page
-
-async function step(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok - ${name}`);
-  } catch (err) {
-    failed++;
-    console.log(`not ok - ${name}`);
-    console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
-    throw err;
-  }
-}
-
-async function newPage(browser, vp, storageState) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: vp.width, height: vp.height }, storageState });
-  const page = await context.newPage();
-  page.setDefaultTimeout(15000);
-  page.on("dialog", (d) => d.accept()); // the confirmations of dangerous forms
-  page.on("console", (m) => {
-    if (m.type() === "error") problems.push(`${page.url()}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => problems.push(`${page.url()}: ${e.message}`));
-  return page;
-}
-
-async function login(page, user, password) {
-  await page.goto(URL_ + "/");
-  await page.getByLabel("User name").fill(user);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await page.waitForURL(URL_ + "/");
-}
 
 // noOverflow checks that nothing makes the page wider than the window, and
 // names the widest offenders when something does.
@@ -77,38 +28,7 @@ async function noOverflow(page, what) {
   assert.ok(m.sw <= m.iw, `${what}: the page is ${m.sw} px wide in a ${m.iw} px window: ${m.wide.join(", ")}`);
 }
 
-// axe runs axe-core's rules on the page and fails on serious or critical
-// violations. The script is evaluated through the browser's debugging
-// protocol, which the page's Content-Security-Policy does not govern (the
-// page itself still may not run inline script).
-async function axe(page, what) {
-  await page.evaluate(AXE);
-  const res = await page.evaluate(async () => {
-    const r = await window.axe.run(document, { resultTypes: ["violations"] });
-    return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(" ")) }));
-  });
-  const bad = res.filter((v) => v.impact === "serious" || v.impact === "critical");
-  assert.deepEqual(bad, [], `${what}: axe-core found ${bad.length} serious or critical violations:\n${JSON.stringify(bad, null, 2)}`);
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: false });
-}
-
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: env("SIGIL_CHROMIUM"),
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
-  try {
-    await run(browser);
-  } finally {
-    await browser.close();
-  }
-}
-
-async function run(browser) {
+run(async (browser) => {
   const pagedID = env("SIGIL_PAGED_ID");
   const quarantinedID = env("SIGIL_QUARANTINED_ID");
   let state;
@@ -130,7 +50,7 @@ async function run(browser) {
       assert.equal(await page.locator("table.devices tbody tr").count(), 50);
       await noOverflow(page, "device list");
       await axe(page, "device list");
-      await shot(page, `devices-${vp.width}`);
+      await shot(page, `devices-${vp.width}`, false);
       await page.goto(URL_ + "/devices?state=quarantined");
       assert.match(await page.locator("#totals").innerText(), /^1 device matches · 75 devices in the fleet$/);
       await page.context().close();
@@ -141,7 +61,7 @@ async function run(browser) {
       await page.goto(URL_ + "/devices/" + pagedID);
       await noOverflow(page, "device page");
       await axe(page, "device page");
-      await shot(page, `device-${vp.width}`);
+      await shot(page, `device-${vp.width}`, false);
       const toc = page.getByRole("navigation", { name: "On this page" });
       const box = await toc.boundingBox();
       assert.ok(box && box.y < vp.height, "the contents are in the first screen");
@@ -173,7 +93,7 @@ async function run(browser) {
       assert.equal(await banner.getByRole("link", { name: "gw-base" }).getAttribute("href"), "/policies/gw-base");
       await noOverflow(page, "quarantined device page");
       await axe(page, "quarantined device page");
-      await shot(page, `device-quarantined-${vp.width}`);
+      await shot(page, `device-quarantined-${vp.width}`, false);
       await page.context().close();
     });
   }
@@ -248,7 +168,7 @@ async function run(browser) {
     await page.getByRole("heading", { name: "Tagged 2 devices" }).waitFor();
     await page.waitForLoadState(); // the whole page, not only its first bytes
     await noOverflow(page, "bulk result");
-    await shot(page, "devices-bulk-tagged");
+    await shot(page, "devices-bulk-tagged", false);
     await page.getByRole("link", { name: "Done" }).click();
     await page.goto(URL_ + "/devices?tag=browser-canary");
     assert.match(await page.locator("#totals").innerText(), /^2 devices match/);
@@ -270,17 +190,4 @@ async function run(browser) {
   await step("no page logged a script error or a Content-Security-Policy violation", async () => {
     assert.deepEqual(problems, []);
   });
-}
-
-main()
-  .catch((err) => {
-    if (failed === 0) {
-      failed++;
-      console.log("not ok - setting up the browser");
-      console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
-    }
-  })
-  .finally(() => {
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exit(failed > 0 || passed === 0 ? 1 : 0);
-  });
+});

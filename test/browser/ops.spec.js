@@ -9,111 +9,9 @@
 "use strict";
 
 const assert = require("node:assert/strict");
-const fs = require("node:fs");
-const https = require("node:https");
-const path = require("node:path");
-const { chromium } = require("playwright-core");
+const { URL_, api, axe, env, flash, login, newPage, problems, run, section, shot, step } = require("./scenario");
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) {
-    throw new Error(`environment variable ${name} is not set (run through ops_test.go)`);
-  }
-  return v;
-};
-const URL_ = env("SIGIL_URL");
-const CA = fs.readFileSync(env("SIGIL_CA"));
-const SHOTS = env("SIGIL_SCREENSHOTS");
-const AXE = fs.readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-
-let passed = 0;
-let failed = 0;
-const problems = []; // console errors and CSP violations seen in any page
-
-async function step(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok - ${name}`);
-  } catch (err) {
-    failed++;
-    console.log(`not ok - ${name}`);
-    console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
-    throw err;
-  }
-}
-
-function section(page, heading) {
-  return page.locator("section", { has: page.getByRole("heading", { name: heading, exact: true }) });
-}
-
-function api(method, p) {
-  return new Promise((resolve, reject) => {
-    const req = https.request(URL_ + p, { method, ca: CA }, (res) => {
-      let body = "";
-      res.on("data", (c) => (body += c));
-      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
-
-async function newPage(browser, width) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: width || 1366, height: 860 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(15000);
-  page.on("dialog", (d) => d.accept());
-  page.on("console", (m) => {
-    if (m.type() === "error") problems.push(`${page.url()}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => problems.push(`${page.url()}: ${e.message}`));
-  return page;
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
-}
-
-// accessible runs axe-core in the page (evaluated through the DevTools
-// protocol, which the page's CSP does not govern) and fails on serious or
-// critical violations.
-async function accessible(page, what) {
-  await page.evaluate(AXE);
-  const res = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
-  const bad = res.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  const lines = bad.map((v) => `${v.impact} ${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).slice(0, 3).join("; ")})`);
-  assert.deepEqual(lines, [], `axe on ${what}`);
-}
-
-async function login(page, user, password) {
-  await page.goto(URL_ + "/login");
-  await page.getByLabel("User name").fill(user);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await page.waitForURL(URL_ + "/");
-}
-
-async function flash(page, text) {
-  const status = page.getByRole("status");
-  await status.waitFor();
-  assert.match(await status.innerText(), text);
-}
-
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: env("SIGIL_CHROMIUM"),
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
-  try {
-    await run(browser);
-  } finally {
-    await browser.close();
-  }
-}
-
-async function run(browser) {
+run(async (browser) => {
   const page = await newPage(browser);
 
   await step("a throttled login says why in one sentence", async () => {
@@ -131,7 +29,7 @@ async function run(browser) {
     const msg = (await page.getByRole("alert").innerText()).trim();
     // The test's fleet makes a first failure wait a minute (login_throttle).
     assert.match(msg, /^Too many failed logins: try again in (5\d|60) seconds\.$/);
-    await accessible(page, "the login page");
+    await axe(page, "the login page");
   });
 
   await step("an unknown console URL shows the console's 404 page with the menu", async () => {
@@ -141,7 +39,7 @@ async function run(browser) {
     assert.match(res.headers()["content-type"], /^text\/html/);
     await page.getByRole("heading", { name: "Page not found", level: 1 }).waitFor();
     assert.match(await page.locator("main").innerText(), /no console page at \/devcies/);
-    await accessible(page, "the 404 page");
+    await axe(page, "the 404 page");
     await shot(page, "not-found");
     await section(page, "Where to go").getByRole("link", { name: "Devices" }).click();
     await page.waitForURL(URL_ + "/devices");
@@ -164,7 +62,7 @@ async function run(browser) {
     assert.match(text, new RegExp(`held back ${env("SIGIL_HELD")} new alerts of rule ops-logins from ${env("SIGIL_HELD")} devices`));
     assert.match(text, /limit: \d+ new alerts per rule/);
     assert.match(text, /and \d+ more/);
-    await accessible(page, "the alerts page");
+    await axe(page, "the alerts page");
     await shot(page, "alerts-flood");
   });
 
@@ -187,7 +85,7 @@ async function run(browser) {
     assert.match(await logins.innerText(), new RegExp(`${opened + 1}\\s+${opened + 1} firing`));
     assert.match(await logins.innerText(), new RegExp(`\\+ ${env("SIGIL_HELD")} held back`));
     assert.match(await table.locator("tbody tr", { hasText: "Attestation failed (ops)" }).innerText(), /3 critical/);
-    await accessible(page, "the alerts grouped by rule");
+    await axe(page, "the alerts grouped by rule");
     await shot(page, "alerts-grouped");
     await logins.getByRole("button", { name: /^Acknowledge \d+ firing alerts of ops-logins$/ }).click();
     await page.waitForURL(/\/alerts\?ok=alert\.bulkack$/);
@@ -196,7 +94,7 @@ async function run(browser) {
     assert.equal(await page.locator("table.alert-groups tbody tr", { hasText: "Failed logins (ops)" }).count(), 0);
     await page.goto(URL_ + "/alerts?group=device");
     assert.ok((await page.locator("table.alert-groups tbody tr").count()) >= 4);
-    await accessible(page, "the alerts grouped by device");
+    await axe(page, "the alerts grouped by device");
   });
 
   await step("acknowledges a selection of alerts", async () => {
@@ -226,7 +124,7 @@ async function run(browser) {
     assert.match(await issued.locator("tr", { hasText: env("SIGIL_TOKEN_UNUSED") }).innerText(), /unused[\s\S]*plant-a/);
     assert.match(await issued.locator("tr", { hasText: env("SIGIL_TOKEN_USED") }).innerText(), /used[\s\S]*by /);
     assert.ok(!(await page.content()).includes("sgt_"), "no token secret on the page");
-    await accessible(page, "the enrollment page");
+    await axe(page, "the enrollment page");
     await shot(page, "enrollment-tokens");
     await page.getByLabel("Show").selectOption("unused");
     await issued.getByRole("button", { name: "Show" }).click();
@@ -245,7 +143,7 @@ async function run(browser) {
     assert.match(await foreign.innerText(), /Enroll is not offered: its certificate was issued by another CA \(CN=Acme Plant CA\)/);
     const tpm = page.locator("tr", { hasText: "Unknown TPM (EK)" });
     assert.equal(await tpm.getByRole("button", { name: /^Enroll/ }).count(), 1);
-    await accessible(page, "the triage page");
+    await axe(page, "the triage page");
     await shot(page, "triage");
   });
 
@@ -257,7 +155,7 @@ async function run(browser) {
     const row = page.locator("table tbody tr", { has: page.locator(`a[href="/devices/${env("SIGIL_ENROLLED")}"]`) });
     assert.equal(await row.count(), 1);
     assert.match(await row.innerText(), /attestation-failing/);
-    await accessible(page, "the risk page");
+    await axe(page, "the risk page");
     await shot(page, "risk-sweep");
     await page.goto(URL_ + "/");
     const tile = page.locator("a.card", { hasText: "Highest risk" });
@@ -279,17 +177,4 @@ async function run(browser) {
     const unexpected = problems.filter((p) => !/status of (401|404|429)/.test(p));
     assert.deepEqual(unexpected, []);
   });
-}
-
-main()
-  .catch((err) => {
-    if (failed === 0) {
-      failed++;
-      console.log("not ok - setting up the browser");
-      console.log(String(err && err.stack ? err.stack : err).replace(/^/gm, "    "));
-    }
-  })
-  .finally(() => {
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exit(failed > 0 || passed === 0 ? 1 : 0);
-  });
+});

@@ -2,13 +2,8 @@ package browser
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
 	"os"
 	"strings"
 	"testing"
@@ -20,6 +15,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/inventory/inventorytest"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/pkitest"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
@@ -170,21 +166,5 @@ func TestConsoleOpsInChromium(t *testing.T) {
 // fleet's ("Acme Plant CA").
 func foreignCert(t *testing.T) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Acme Plant CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	leaf := &x509.Certificate{SerialNumber: big.NewInt(0x5eed), Subject: pkix.Name{CommonName: "gw-impostor"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return pkitest.NewCA(t, "Acme Plant CA").Client(t, "gw-impostor").Leaf
 }

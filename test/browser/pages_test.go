@@ -3,12 +3,8 @@ package browser
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,7 +12,7 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
-	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
@@ -41,27 +37,8 @@ const (
 // key, threshold 1); it returns the signer and the trust set's path.
 func releaseKey(t *testing.T) (*sign.Signer, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := sign.New(sign.Config{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts, err := verify.NewTrustSet(1, 1, key.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ts.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
 	path := filepath.Join(t.TempDir(), "release-trust.json")
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return s, path
+	return signtest.TrustFile(t, path), path
 }
 
 // clientAs returns an API client acting as an existing user.

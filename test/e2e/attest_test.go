@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/sim/harness"
 	"github.com/sigil-iot/sigil/sim/swtpm"
+	"github.com/sigil-iot/sigil/sim/swtpm/swtpmtest"
 )
 
 // Waiting for a verdict: a device may have evidence in flight whenever a
@@ -121,13 +121,7 @@ func firstVerdict(t testing.TB, c *api.Client, id string) attest.Record {
 func extendPCR(t testing.TB, inst *swtpm.Instance, bank string, pcr int, digest string) string {
 	t.Helper()
 	mustRun(t, "tpm2_pcrextend", "-T", inst.TCTI(), fmt.Sprintf("%d:%s=%s", pcr, bank, digest))
-	out := filepath.Join(t.TempDir(), "pcr")
-	mustRun(t, "tpm2_pcrread", "-T", inst.TCTI(), fmt.Sprintf("%s:%d", bank, pcr), "-o", out)
-	b, err := os.ReadFile(out)
-	if err != nil || len(b) == 0 {
-		t.Fatalf("tpm2_pcrread wrote %d bytes: %v", len(b), err)
-	}
-	return hex.EncodeToString(b)
+	return hex.EncodeToString(swtpmtest.ReadPCR(t, inst, bank, pcr))
 }
 
 func readIdentity(t testing.TB, dir string) *state.Identity {

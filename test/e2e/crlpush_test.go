@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -15,7 +18,9 @@ import (
 // after the syncs' first round reaches every broker at once (the fleet
 // answers the syncs' waiting GET /crl?after=N), so the revoked
 // certificate is refused at the TLS handshake long before any interval
-// could explain it.
+// could explain it. The first broker's sync presents an API token of
+// scope broker-sync (the slots kept for the syncs): accepted, its push
+// works the same.
 func TestBrokerPoolRevocationPushed(t *testing.T) {
 	p := startBrokerPool(t, nil)
 	sigil := filepath.Join(t.TempDir(), "sigil")
@@ -33,9 +38,21 @@ func TestBrokerPoolRevocationPushed(t *testing.T) {
 	if _, err := c.Revoke(context.Background(), "feedface00000000feedface000000a1", "keyCompromise", "e2e: before the sync"); err != nil {
 		t.Fatal(err)
 	}
-	for _, br := range p.dev {
-		startProcess(t, sigil, "broker-sync", "--fleet", p.f.APIURL(), "--dir", br.Dir, "--interval", "1h",
-			"--reload", fmt.Sprintf("kill -HUP %d", br.Pid()))
+	secret, _, err := p.f.Auth.CreateToken(context.Background(), auth.BootstrapAdmin, "broker-sync", auth.RoleBrokerSync, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "broker-sync.token")
+	if err := os.WriteFile(tokenFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, br := range p.dev {
+		args := []string{"broker-sync", "--fleet", p.f.APIURL(), "--dir", br.Dir, "--interval", "1h",
+			"--reload", fmt.Sprintf("kill -HUP %d", br.Pid())}
+		if i == 0 {
+			args = append(args, "--token-file", tokenFile)
+		}
+		startProcess(t, sigil, args...)
 	}
 	refused := func(cert, key, id string) {
 		t.Helper()

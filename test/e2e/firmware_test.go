@@ -4,13 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -27,6 +23,7 @@ import (
 	"github.com/sigil-iot/sigil/device/update"
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/auth"
@@ -50,24 +47,8 @@ type releaseKit struct {
 func newReleaseKit(t *testing.T) *releaseKit {
 	t.Helper()
 	k := &releaseKit{}
-	var pubs []crypto.PublicKey
-	for range 3 {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := sign.New(sign.Config{Key: key})
-		if err != nil {
-			t.Fatal(err)
-		}
-		k.signers = append(k.signers, s)
-		pubs = append(pubs, key.Public())
-	}
-	ts, err := verify.NewTrustSet(1, 2, pubs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ts.Marshal()
+	k.signers = signtest.Signers(t, 3)
+	b, err := signtest.Trust(t, 1, 2, k.signers...).Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,23 +431,15 @@ func deviceTLSCert(t *testing.T, f *harness.Fleet, id string) *tls.Certificate {
 // nvCounter reads the anti-rollback counter with tpm2_nvread.
 func nvCounter(t *testing.T, inst *swtpm.Instance) uint64 {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "nv.bin")
-	swtpmtest.Run(t, "tpm2_nvread", "-T", inst.TCTI(), "-C", "o", "-s", "8", "-o", out, fmt.Sprintf("0x%08x", tpm.SecurityVersionIndex))
-	b, err := os.ReadFile(out)
-	if err != nil || len(b) != 8 {
-		t.Fatalf("tpm2_nvread: %d bytes, %v", len(b), err)
-	}
-	return binary.BigEndian.Uint64(b)
+	return swtpmtest.ReadNVCounter(t, inst, tpm.SecurityVersionIndex)
 }
 
-// pcr14 reads SHA-256 PCR 14 with tpm2_pcrread.
+// pcr14 reads PCR 14 of the SHA-256 bank with tpm2_pcrread.
 func pcr14(t *testing.T, inst *swtpm.Instance) []byte {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "pcr.bin")
-	swtpmtest.Run(t, "tpm2_pcrread", "-T", inst.TCTI(), "sha256:14", "-o", out)
-	b, err := os.ReadFile(out)
-	if err != nil || len(b) != 32 {
-		t.Fatalf("tpm2_pcrread: %d bytes, %v", len(b), err)
+	b := swtpmtest.ReadPCR(t, inst, "sha256", 14)
+	if len(b) != 32 {
+		t.Fatalf("tpm2_pcrread: %d bytes for a SHA-256 PCR", len(b))
 	}
 	return b
 }

@@ -1,20 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha1"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/verifier/eventlogtest"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -23,36 +19,14 @@ import (
 // event's SHA-256 digest.
 func kernelLog(t testing.TB) (string, []byte) {
 	t.Helper()
-	var spec bytes.Buffer
-	spec.WriteString("Spec ID Event03\x00")
-	binary.Write(&spec, binary.LittleEndian, struct {
-		Class                      uint32
-		Minor, Major, Errata, Uint uint8
-		N                          uint32
-		A1, S1, A2, S2             uint16
-		Vendor                     uint8
-	}{0, 0, 2, 0, 2, 2, uint16(tpm2.TPMAlgSHA1), 20, uint16(tpm2.TPMAlgSHA256), 32, 0})
-	var log bytes.Buffer
-	binary.Write(&log, binary.LittleEndian, struct {
-		PCR, Type uint32
-		Digest    [20]byte
-		Size      uint32
-	}{0, 3, [20]byte{}, uint32(spec.Len())}) // EV_NO_ACTION: the Spec ID event
-	log.Write(spec.Bytes())
+	log := eventlogtest.New()
 	measured := []byte("the kernel")
-	d1, d256 := sha1.Sum(measured), sha256.Sum256(measured)
-	binary.Write(&log, binary.LittleEndian, []uint32{9, 0x0D, 2}) // PCR 9, EV_IPL, two digests
-	binary.Write(&log, binary.LittleEndian, uint16(tpm2.TPMAlgSHA1))
-	log.Write(d1[:])
-	binary.Write(&log, binary.LittleEndian, uint16(tpm2.TPMAlgSHA256))
-	log.Write(d256[:])
-	data := []byte("/vmlinuz\x00")
-	binary.Write(&log, binary.LittleEndian, uint32(len(data)))
-	log.Write(data)
+	log.Add(9, 0x0D, []byte("/vmlinuz\x00"), measured) // PCR 9, EV_IPL
 	path := filepath.Join(t.TempDir(), "binary_bios_measurements")
 	if err := os.WriteFile(path, log.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	d256 := sha256.Sum256(measured)
 	return path, d256[:]
 }
 

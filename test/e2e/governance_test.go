@@ -303,15 +303,15 @@ func TestGovernanceOrphanAndRisk(t *testing.T) {
 	}
 }
 
-// cloneClient connects to the fleet's broker from 127.0.0.2 with a
+// cloneClient connects to the broker at addr from 127.0.0.2 with a
 // device's certificate and its TPM-resident key: the same credential used
 // from another machine.
-func cloneClient(t *testing.T, f *harness.Fleet, cert []byte, key crypto.Signer, id string) (paho.Client, <-chan struct{}, error) {
+func cloneClient(t *testing.T, f *harness.Fleet, addr string, cert []byte, key crypto.Signer, id string) (paho.Client, <-chan struct{}, error) {
 	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(f.CA.Certificate())
 	lost := make(chan struct{})
-	opts := paho.NewClientOptions().AddBroker("tls://" + f.MQTTAddr()).SetClientID(id).
+	opts := paho.NewClientOptions().AddBroker("tls://" + addr).SetClientID(id).
 		SetTLSConfig(&tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{{Certificate: [][]byte{cert}, PrivateKey: key}}}).
 		SetDialer(&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}).
 		SetAutoReconnect(false).SetProtocolVersion(4).SetConnectTimeout(5 * time.Second).
@@ -372,7 +372,7 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		if incident() != nil {
 			return true
 		}
-		cl, lost, err := cloneClient(t, f, ident.Cert, signer, id)
+		cl, lost, err := cloneClient(t, f, f.MQTTAddr(), ident.Cert, signer, id)
 		if err != nil {
 			return false // refused: try again
 		}
@@ -407,7 +407,7 @@ func TestGovernanceCertificateClone(t *testing.T) {
 		t.Fatalf("risk of a cloned device %d: %+v", r.Score, r.Factors)
 	}
 	// The held certificate no longer gets the clone in.
-	if cl, _, err := cloneClient(t, f, ident.Cert, signer, id); err == nil {
+	if cl, _, err := cloneClient(t, f, f.MQTTAddr(), ident.Cert, signer, id); err == nil {
 		cl.Disconnect(0)
 		t.Fatal("the clone connected with the held certificate")
 	}

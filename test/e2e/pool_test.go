@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,7 +22,9 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/sigil-iot/sigil/device/agent"
+	"github.com/sigil-iot/sigil/device/tpm"
 	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/mqttpool"
 	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
@@ -517,6 +520,60 @@ func TestBrokerPoolQuarantineResync(t *testing.T) {
 	})
 }
 
+// TestBrokerPoolReleaseResync: a device broker that was down when the
+// fleet released a quarantined device (it kept the quarantine in its
+// plugin's state) is brought to the fleet's state when the fleet
+// connects to it again: the device is no longer limited there.
+func TestBrokerPoolReleaseResync(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	const id = "feedface00000000feedface00000004"
+	cert, key := p.fakeDevice(t, id)
+	if err := p.f.Attest.Quarantine(id, "e2e: pool release resync"); err != nil {
+		t.Fatal(err)
+	}
+	cert, key = p.reissue(t, id)
+	br := p.dev[1]
+	// The broker holds the quarantine: its attestation passes, its
+	// firmware report does not.
+	watch := p.watchUp(t, br, id)
+	wait.Until(t, func() error {
+		watch.reset()
+		c := p.mqttClient(t, br.Addr, id, cert, key)
+		defer c.Disconnect(0)
+		mqttPublish(t, c, p.topics.DeviceUp(id, "firmware"))
+		mqttPublish(t, c, p.topics.DeviceUp(id, "attest"))
+		if !wait.Poll(2*time.Second, func() bool { return slices.Contains(watch.list(), "attest") }) {
+			return errors.New("the attestation did not come through")
+		}
+		if slices.Contains(watch.list(), "firmware") {
+			return errors.New("the broker does not hold the quarantine yet")
+		}
+		return nil
+	})
+	br.Stop()
+	if err := p.f.Attest.Release(id, "e2e", "e2e: pool release resync"); err != nil {
+		t.Fatal(err)
+	}
+	br.Resume(t)
+	watch = p.watchUp(t, br, id)
+	// Until the fleet is back on the broker, the quarantine holds there:
+	// try rounds until the firmware report comes through.
+	round := 0
+	wait.Until(t, func() error {
+		round++
+		watch.reset()
+		c := p.mqttClient(t, br.Addr, id, cert, key)
+		defer c.Disconnect(0)
+		if tok := c.Publish(p.topics.DeviceUp(id, "firmware"), 1, false, "x"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			return fmt.Errorf("round %d: publish: %v", round, tok.Error())
+		}
+		if !wait.Poll(2*time.Second, func() bool { return slices.Contains(watch.list(), "firmware") }) {
+			return fmt.Errorf("round %d: the released device's firmware report did not come through the broker that missed the release", round)
+		}
+		return nil
+	})
+}
+
 // TestBrokerPoolRevokedDeviceReenrolls: a real device revoked while on a
 // broker of the pool comes back with a new certificate: the revocation
 // ends its session; a session it opens again before its broker has the
@@ -563,4 +620,85 @@ func TestBrokerPoolRevokedDeviceReenrolls(t *testing.T) {
 		t.Fatalf("came back as %s, was %s", back.DeviceID, st.DeviceID)
 	}
 	waitVerdict(t, c, st.DeviceID, latestSeq(t, c, st.DeviceID), "an attestation with the new certificate", anyVerdict)
+}
+
+// TestBrokerPoolCertificateClone: in pool mode, where Mosquitto tells the
+// fleet of no connection, a second client with a device's certificate and
+// its TPM-resident key connects to the device's broker from another
+// address while the device runs; the two keep taking the session from
+// each other (Mosquitto closes the older connection), and governance,
+// reading the broker's connection log, records a clone incident naming
+// both hosts (the log names no certificate) and quarantines the device
+// (review item 6 of issue 14).
+func TestBrokerPoolCertificateClone(t *testing.T) {
+	p := startBrokerPool(t, nil)
+	ctx := context.Background()
+	inst, dir := newTPM(t), t.TempDir()
+	device := func() *harness.Device {
+		return startDevice(t, p.f, inst, harness.DeviceConfig{Dir: dir, Serial: "SN-POOL-CLONED", Tweak: func(c *agent.Config) {
+			c.Broker, c.BootstrapBroker = p.dev[0].Addr, p.boot.Addr
+			c.EventLog, c.TelemetryInterval = "-", -1
+		}})
+	}
+	d := device()
+	id := waitConnected(t, d).DeviceID
+	// The device's credential from its state store (stopped for the read).
+	d.Stop()
+	ident := readIdentity(t, dir)
+	d = device()
+	waitConnected(t, d)
+	tp, err := tpm.Open(inst.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	signer, err := tp.Signer(&tpm.KeyBlob{Public: ident.TK.Public, Private: ident.TK.Private})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.f.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	incident := func() *governance.Clone {
+		l, err := c.Clones(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range l.Clones {
+			if l.Clones[i].DeviceID == id && l.Clones[i].Kind == governance.CloneCertificate {
+				return &l.Clones[i]
+			}
+		}
+		return nil
+	}
+	connects := 0
+	if !wait.Poll(time.Minute, func() bool {
+		if incident() != nil {
+			return true
+		}
+		cl, lost, err := cloneClient(t, p.f, p.dev[0].Addr, ident.Cert, signer, id)
+		if err != nil {
+			return false // refused: try again
+		}
+		connects++
+		// The device takes its session back; then the clone tries again.
+		select {
+		case <-lost:
+		case <-time.After(10 * time.Second):
+		}
+		cl.Disconnect(0)
+		return incident() != nil
+	}) {
+		t.Fatalf("no clone incident after %d connections of the clone", connects)
+	}
+	inc := incident()
+	t.Logf("incident after %d clone connections: %s", connects, inc.Evidence)
+	if inc.Serial != "" || !slices.Contains(inc.Hosts, "127.0.0.1") || !slices.Contains(inc.Hosts, "127.0.0.2") {
+		t.Fatalf("incident %+v, want no serial (the log names none), from 127.0.0.1 and 127.0.0.2", inc)
+	}
+	waitFor(t, func() bool { x := incident(); return x != nil && x.Quarantined }, "the clone to be quarantined")
+	if dev, err := p.f.Inv.Device(ctx, id); err != nil || dev.State != inventory.StateQuarantined {
+		t.Fatalf("cloned device: %+v, %v", dev, err)
+	}
 }

@@ -722,9 +722,12 @@ func TestReplicas(t *testing.T) {
 	if j, err := c.Rotation(context.Background(), job.ID); err != nil || j.State != rotation.JobRunning {
 		t.Fatalf("the rotation was not running when replica 1 was killed: %+v, %v", j, err)
 	}
-	// A request in flight to the killed replica may be lost with it (the
-	// device's renewal exchange is not all on persistent sessions): the
-	// job asks that device again after its resend time, a minute.
+	// A renewal request in flight to the killed replica is drained to
+	// another one once its session's lease expires (acknowledged only
+	// once answered: rotation.Config.WaitHandled); devices the killed
+	// replica claimed and never asked are asked once its claim lapses
+	// (15 s); a rotate message lost on the way is sent again after the
+	// job's resend time, a minute.
 	if !wait.Poll(3*time.Minute, func() bool {
 		j, err := r.client(r.procs[1].api).Rotation(context.Background(), job.ID)
 		return err == nil && j.State == rotation.JobDone

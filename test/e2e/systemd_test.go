@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -100,6 +102,33 @@ var unitSettings = map[string]string{
 	"DevicePolicy":            "device cgroup; the test's TPM is a swtpm over TCP",
 	"RestrictAddressFamilies": "seccomp on socket families; sigild uses only AF_INET, AF_INET6 and AF_UNIX",
 	"SystemCallArchitectures": "seccomp on foreign system call ABIs",
+	"User":                    "reproduced (a user the test adds to the sandbox's /etc/passwd)",
+	"Group":                   "reproduced",
+	"SupplementaryGroups":     "reproduced",
+	"AmbientCapabilities":     "reproduced (empty: setpriv clears the inheritable set, so no ambient capability)",
+	"UMask":                   "reproduced",
+	"ExecStartPre":            "runs as root outside the sandbox (+) and may fail (-): it copies the firmware's event log, which the test's swtpm has none of",
+	"SystemCallFilter":        "seccomp: sigild makes no call of @privileged (docs/DEPLOY.md)",
+	"SystemCallErrorNumber":   "seccomp",
+	"ProtectKernelTunables":   "read-only /proc/sys and /sys: ProtectSystem=strict here makes them no more writable than sigild needs (it only reads them)",
+	"ProtectKernelModules":    "no module loading (needs a capability sigild does not have)",
+	"ProtectKernelLogs":       "no kernel log access (sigild reads none)",
+	"ProtectControlGroups":    "read-only cgroup file system (sigild reads none)",
+	"ProtectClock":            "no clock setting (needs a capability sigild does not have)",
+	"ProtectHostname":         "no hostname changes (sigild makes none)",
+	"RestrictNamespaces":      "seccomp on namespace creation (sigild creates none)",
+	"RestrictRealtime":        "seccomp on realtime scheduling (sigild uses none)",
+	"RestrictSUIDSGID":        "seccomp on setuid/setgid files (sigild makes none)",
+	"LockPersonality":         "seccomp on personality(2)",
+	"MemoryDenyWriteExecute":  "seccomp on writable and executable mappings (Go makes none)",
+	"RemoveIPC":               "System V IPC cleanup at stop",
+	"KeyringMode":             "kernel keyring of the service (sigild uses none)",
+	"PrivateMounts":           "the sandbox is a private mount namespace already",
+	"PrivateDevices":          "reproduced",
+	"ProtectProc":             "reproduced",
+	"ProcSubset":              "reproduced",
+	"PrivateUsers":            "a user namespace mapping only the service's user and root: the test runs it as that user directly",
+	"LimitNOFILE":             "the open-file limit (this machine caps every process at 20,000)",
 }
 
 // sandbox is the file system view a systemd service gets from its unit,
@@ -112,7 +141,13 @@ type sandbox struct {
 	script string            // the shell script that builds the namespace and execs the service
 	dirs   map[string]string // StateDirectory and RuntimeDirectory paths -> the test's directories behind them
 	argv   []string          // ExecStart
+	uid    int               // User= and Group=: the ids the test gave them in the sandbox (0: root)
+	gid    int
 }
+
+// sandboxID is the user and group id the sandbox gives the unit's User=
+// and Group= (absent from this machine's /etc/passwd and /etc/group).
+const sandboxID = 64991
 
 // newSandbox reproduces u's sandbox in dir.
 func newSandbox(t *testing.T, u unit, dir string) *sandbox {
@@ -129,14 +164,71 @@ func newSandbox(t *testing.T, u unit, dir string) *sandbox {
 			t.Fatal(err)
 		}
 	}
+	// User= and Group=: the package creates the user; the test adds it to
+	// the sandbox's copies of /etc/passwd and /etc/group.
+	if user := u.last("User"); user != "" {
+		if u.last("Group") != user {
+			t.Fatalf("User=%s with Group=%s: the sandbox reproduces a user with its own group only", user, u.last("Group"))
+		}
+		sb.uid, sb.gid = sandboxID, sandboxID
+		for _, f := range []struct{ path, line string }{
+			{"/etc/passwd", fmt.Sprintf("%s:x:%d:%d::/nonexistent:/usr/sbin/nologin\n", user, sandboxID, sandboxID)},
+			{"/etc/group", fmt.Sprintf("%s:x:%d:\n", user, sandboxID)},
+		} {
+			b, err := os.ReadFile(f.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(b), ":"+strconv.Itoa(sandboxID)+":") {
+				t.Fatalf("%s already has id %d", f.path, sandboxID)
+			}
+			p := filepath.Join(sb.upper, f.path)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, append(b, f.line...), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	var s strings.Builder
 	sh := func(format string, args ...any) { fmt.Fprintf(&s, format+"\n", args...) }
 	q := func(p string) string { return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'" }
 	r := func(p string) string { return q(filepath.Join(root, p)) }
 	sh("set -eu")
 	sh("mount -t overlay sigil-sandbox -o lowerdir=/,upperdir=%s,workdir=%s %s", q(sb.upper), q(work), q(root))
-	for _, api := range []string{"/proc", "/sys", "/dev"} {
-		sh("mount --rbind %s %s", api, r(api))
+	sh("mount --rbind /sys %s", r("/sys"))
+	// ProtectProc= and ProcSubset=: a proc of its own with hidepid= and
+	// subset=, as systemd mounts it; else the host's.
+	var procOpts []string
+	switch v := u.last("ProtectProc"); v {
+	case "", "default":
+	case "invisible", "noaccess", "ptraceable":
+		procOpts = append(procOpts, "hidepid="+v)
+	default:
+		t.Fatalf("ProtectProc=%s is not reproduced", v)
+	}
+	switch v := u.last("ProcSubset"); v {
+	case "", "all":
+	case "pid":
+		procOpts = append(procOpts, "subset=pid")
+	default:
+		t.Fatalf("ProcSubset=%s is not reproduced", v)
+	}
+	if len(procOpts) > 0 {
+		sh("mount -t proc -o %s proc %s", strings.Join(procOpts, ","), r("/proc"))
+	} else {
+		sh("mount --rbind /proc %s", r("/proc"))
+	}
+	// PrivateDevices=: a /dev of its own with the pseudo devices only.
+	if isTrue(u.last("PrivateDevices")) {
+		sh("mount -t tmpfs -o mode=0755,nosuid tmpfs %s", r("/dev"))
+		for _, d := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+			sh("touch %s && mount --bind /dev/%s %s", r("/dev/"+d), d, r("/dev/"+d))
+		}
+		sh("mkdir %s %s && mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs %s", r("/dev/shm"), r("/dev/pts"), r("/dev/shm"))
+	} else {
+		sh("mount --rbind /dev %s", r("/dev"))
 	}
 
 	// Writable: StateDirectory= and RuntimeDirectory= (directories systemd
@@ -154,6 +246,8 @@ func newSandbox(t *testing.T, u unit, dir string) *sandbox {
 			if d.mode != "" {
 				sh("chmod %s %s", d.mode, q(host))
 			}
+			// systemd hands the directory to the unit's user.
+			sh("chown %d:%d %s", sb.uid, sb.gid, q(host))
 			sb.dirs[p] = host
 			sh("mkdir -p %s", r(p))
 			sh("mount --bind %s %s", q(host), r(p))
@@ -219,6 +313,24 @@ func newSandbox(t *testing.T, u unit, dir string) *sandbox {
 	default:
 		t.Fatalf("CapabilityBoundingSet=%v is not reproduced (only an empty set is)", caps)
 	}
+	if v := u.last("AmbientCapabilities"); v != "" {
+		t.Fatalf("AmbientCapabilities=%s is not reproduced (only an empty set is)", v)
+	}
+	// User=, Group= and SupplementaryGroups= (names the chroot's
+	// /etc/passwd and /etc/group resolve).
+	if user := u.last("User"); user != "" {
+		setpriv = append(setpriv, "--reuid", user, "--regid", user)
+		if groups := u.list("SupplementaryGroups"); len(groups) > 0 {
+			setpriv = append(setpriv, "--groups", strings.Join(groups, ","))
+		} else {
+			setpriv = append(setpriv, "--clear-groups")
+		}
+	} else if len(u.list("SupplementaryGroups")) > 0 {
+		t.Fatal("SupplementaryGroups= without User= is not reproduced")
+	}
+	if m := u.last("UMask"); m != "" {
+		sh("umask %s", m)
+	}
 
 	sb.argv = strings.Fields(u.last("ExecStart"))
 	if len(sb.argv) == 0 || !filepath.IsAbs(sb.argv[0]) {
@@ -245,6 +357,21 @@ func (sb *sandbox) stage(t *testing.T, path string, data []byte, mode os.FileMod
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(p, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// forService makes a staged file the administrator's and readable by the
+// unit's group only (root:GROUP 0640), as the package sets the
+// configuration (dpkg-statoverride) and as docs/DEPLOY.md tells the
+// administrator to set the token.
+func (sb *sandbox) forService(t *testing.T, path string) {
+	t.Helper()
+	p := filepath.Join(sb.upper, path)
+	if err := os.Chown(p, 0, sb.gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, 0o640); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -351,8 +478,10 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		t.Fatalf("ExecStart %v names no --config", sb.argv)
 	}
 	sb.stage(t, configPath, cfgJSON, 0o600)
+	sb.forService(t, configPath)
 	sb.stage(t, stringAt("fleet_ca"), caPEM, 0o644)
 	sb.stage(t, stringAt("token_file"), []byte(tok.Token+"\n"), 0o600)
+	sb.forService(t, stringAt("token_file"))
 	keyDir := filepath.Join(dir, "keygen")
 	if err := os.Mkdir(keyDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -364,7 +493,13 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sb.stage(t, dst, b, 0o600)
+		// As ssh-keygen -A leaves them: the private key root's alone, the
+		// public one readable by all (sigild reads only that).
+		mode := os.FileMode(0o600)
+		if strings.HasSuffix(dst, ".pub") {
+			mode = 0o644
+		}
+		sb.stage(t, dst, b, mode)
 	}
 
 	script := filepath.Join(dir, "sandbox.sh")
@@ -436,6 +571,12 @@ func TestSystemdUnitSandbox(t *testing.T) {
 
 	for cert, pub := range want {
 		hc := sb.hostPath(t, cert)
+		// Written by the unit's user (User=), not root.
+		if fi, err := os.Stat(hc); err != nil {
+			t.Fatal(err)
+		} else if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != sb.uid {
+			t.Errorf("%s is owned by %v, want the unit's user (%d)", cert, fi.Sys(), sb.uid)
+		}
 		out := mustRun(t, "ssh-keygen", "-L", "-f", hc)
 		if !strings.Contains(out, "host certificate") {
 			t.Fatalf("%s is not a host certificate:\n%s", cert, out)
@@ -470,7 +611,7 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		}
 		return nil
 	})
-	staged := []string{sb.argv[0], configPath, stringAt("fleet_ca"), stringAt("token_file"), hostKeys[0], strings.TrimSuffix(hostKeys[0], ".pub")}
+	staged := []string{sb.argv[0], configPath, stringAt("fleet_ca"), stringAt("token_file"), hostKeys[0], strings.TrimSuffix(hostKeys[0], ".pub"), "/etc/passwd", "/etc/group"}
 	for _, w := range written {
 		if !slices.Contains(staged, w) {
 			t.Errorf("%s written outside the service's directories", w)

@@ -42,6 +42,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -72,6 +74,9 @@ type EnrollAnswer struct {
 	Refuse  wire.Reason // nonzero: refuse with this reason
 	Message string      // the refusal's public message
 	Silent  bool        // answer nothing
+	// Uncorrelated sends the refusal without naming the request, as a
+	// fleet that could not decode it does (an older one).
+	Uncorrelated bool
 	// Edit, if set, changes the active result before it is sent.
 	Edit func(res *wire.EnrollResult)
 }
@@ -172,6 +177,17 @@ func (f *Fleet) CA() *x509.Certificate { return f.ca }
 // CAPEM is the CA certificate in PEM, as a fleet_ca file holds it.
 func (f *Fleet) CAPEM() []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.ca.Raw})
+}
+
+// WriteCA writes the fleet CA's certificate (CAPEM) to a file in a
+// temporary directory, the device's FleetCA setting, and returns its path.
+func (f *Fleet) WriteCA(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "fleet-ca.pem")
+	if err := os.WriteFile(p, f.CAPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // OnEnroll makes fn answer each enrollment request (n from 1).
@@ -567,7 +583,11 @@ func (f *Fleet) enrollRequest(c *Conn, env *wire.Envelope) {
 	case ans.Silent:
 		return
 	case ans.Refuse != 0:
-		c.send(0, down, wire.TypeEnrollResult, env.ID, &wire.EnrollResult{Status: wire.StatusRefused, Reason: ans.Refuse, Message: ans.Message})
+		corr := env.ID
+		if ans.Uncorrelated {
+			corr = nil
+		}
+		c.send(0, down, wire.TypeEnrollResult, corr, &wire.EnrollResult{Status: wire.StatusRefused, Reason: ans.Refuse, Message: ans.Message})
 		return
 	case ans.Pending:
 		c.send(0, down, wire.TypeEnrollResult, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending, RetryAfter: 30})

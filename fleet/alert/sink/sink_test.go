@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/internal/runtest"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -41,16 +42,8 @@ func engine(t *testing.T, rt alert.Route, rules ...alert.Rule) *alert.Engine {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-		e.Close()
-	})
+	t.Cleanup(func() { e.Close() }) // after Run has stopped
+	runtest.Start(t, e.Run)
 	return e
 }
 

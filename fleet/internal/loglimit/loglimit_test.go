@@ -6,32 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/internal/clocktest"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newLimiter(level slog.Level, cfg Config) (*Limiter, *bytes.Buffer, *clock) {
+func newLimiter(level slog.Level, cfg Config) (*Limiter, *bytes.Buffer, *clocktest.Clock) {
 	var buf bytes.Buffer
-	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	cfg.Now = c.now
+	c := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	cfg.Now = c.Now
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: level}))
 	return New(log, cfg), &buf, c
 }
@@ -65,7 +49,7 @@ func TestBurstThenSummary(t *testing.T) {
 	if lines(buf, "suppressed") != 0 {
 		t.Fatalf("summary before the interval ended:\n%s", buf)
 	}
-	c.advance(10 * time.Second)
+	c.Advance(10 * time.Second)
 	l.Flush()
 	if n := lines(buf, `msg="log lines suppressed" line="malformed message" key=src-a count=998`); n != 1 {
 		t.Fatalf("want one summary for src-a:\n%s", buf)
@@ -89,7 +73,7 @@ func TestSummaryWhenTheKeyComesBack(t *testing.T) {
 	for range 5 {
 		l.Log(ctx, slog.LevelInfo, "k", "refused")
 	}
-	c.advance(time.Minute)
+	c.Advance(time.Minute)
 	l.Log(ctx, slog.LevelInfo, "k", "refused")
 	if lines(buf, "count=4") != 1 || lines(buf, `msg=refused`) != 2 {
 		t.Fatalf("log:\n%s", buf)
@@ -107,7 +91,7 @@ func TestKeysBounded(t *testing.T) {
 	if n := lines(buf, "msg=refused"); n != 11 {
 		t.Fatalf("%d lines for 10000 sources, want 10 keys + 1 overflow", n)
 	}
-	c.advance(time.Minute)
+	c.Advance(time.Minute)
 	l.Flush()
 	if lines(buf, `key="(other keys)" count=9989`) != 1 {
 		t.Fatalf("log:\n%s", buf)

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // Store is the inventory as the suite uses it: every method of
@@ -26,6 +28,8 @@ type Store interface {
 	Update(ctx context.Context, id string, fn func(*inventory.Device) error) error
 	UpdateAll(ctx context.Context, changes []inventory.Change) []error
 	State(ctx context.Context, id string) (inventory.State, error)
+	Hello(ctx context.Context, id, firmware string, protocol int, at time.Time) (string, bool, error)
+	Protocol(ctx context.Context, id string) (int, error)
 	Upsert(ctx context.Context, id string, fn func(d *inventory.Device, exists bool) error) error
 	Query(ctx context.Context, q inventory.Query) (inventory.Page, error)
 	Count(ctx context.Context, where map[inventory.Field]string) (int, error)
@@ -65,6 +69,7 @@ func Run(t *testing.T, open Opener) {
 		{"Update", testUpdate},
 		{"UpdateAll", testUpdateAll},
 		{"State", testState},
+		{"Protocol", testProtocol},
 		{"List", testList},
 		{"Counts", testCounts},
 		{"Tokens", testTokens},
@@ -321,6 +326,35 @@ func testState(t *testing.T, s Store) {
 		}
 	}
 	if _, err := s.State(t.Context(), ID(2)); !errors.Is(err, inventory.ErrNotFound) {
+		t.Fatalf("unknown device: %v", err)
+	}
+}
+
+// testProtocol: the fleet speaks to a device the protocol version of its
+// last hello, up or down (a daemon upgraded or rolled back), and the
+// oldest it speaks to a record written before it kept one; every replica
+// reads what one recorded.
+func testProtocol(t *testing.T, s Store) {
+	d := NewDevice(1)
+	d.State = inventory.StateActive
+	if err := s.PutDevice(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Protocol(t.Context(), d.ID); err != nil || v != wire.OldestVersion {
+		t.Fatalf("record without a version: %d, %v; want %d", v, err, wire.OldestVersion)
+	}
+	for _, v := range []int{5, 4, 5} {
+		if _, _, err := s.Hello(t.Context(), d.ID, "", v, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Protocol(t.Context(), d.ID); err != nil || got != v {
+			t.Fatalf("after a hello of version %d: %d, %v", v, got, err)
+		}
+		if got, err := s.Device(t.Context(), d.ID); err != nil || got.Protocol != v {
+			t.Fatalf("after a hello of version %d: the record holds %+v, %v", v, got, err)
+		}
+	}
+	if _, err := s.Protocol(t.Context(), ID(2)); !errors.Is(err, inventory.ErrNotFound) {
 		t.Fatalf("unknown device: %v", err)
 	}
 }
@@ -731,4 +765,16 @@ func testLifecycle(t *testing.T, s Store) {
 	if got.State != inventory.StateActive || got.CertSerial != "0b" || len(got.Certs) != 2 || !got.Certs[1].NotAfter.Equal(now.Add(2*time.Hour)) || !got.Admits("0a", now) {
 		t.Fatalf("issued certificates: %+v", got)
 	}
+}
+
+// Open opens an inventory in bbolt, in a temporary directory, without
+// fsync (WithNoSync) and with opts; it is closed when t ends.
+func Open(t testing.TB, opts ...inventory.Option) *inventory.Store {
+	t.Helper()
+	s, err := inventory.Open(filepath.Join(t.TempDir(), "inv.db"), append([]inventory.Option{inventory.WithNoSync()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

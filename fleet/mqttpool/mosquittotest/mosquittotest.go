@@ -105,7 +105,7 @@ func Start(t testing.TB, m mqttpool.Member) *Broker {
 		}
 		// Readable (the plugin's state writable) by the mosquitto user,
 		// whatever owns them here.
-		if err := os.WriteFile(filepath.Join(where, name), b, 0o666); err != nil {
+		if err := writeShared(filepath.Join(where, name), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -167,17 +167,39 @@ func (b *Broker) Restart(t testing.TB) {
 	b.start(t)
 }
 
+// Stop kills the broker (its clients' connections drop), which stays
+// down until Resume: a broker that misses what the fleet sends meanwhile.
+func (b *Broker) Stop() { b.kill() }
+
+// Resume starts a stopped broker again on the same files, ports and
+// plugin state.
+func (b *Broker) Resume(t testing.TB) {
+	t.Helper()
+	b.start(t)
+}
+
 // ResetState restarts the broker with the dynamic security plugin's
 // state as Start wrote it: a broker that lost its state, or a new one.
 func (b *Broker) ResetState(t testing.TB) {
 	t.Helper()
 	b.kill()
 	if d, ok := b.files[mqttpool.DynsecFile]; ok {
-		if err := os.WriteFile(filepath.Join(b.stateDir, mqttpool.DynsecFile), d, 0o666); err != nil {
+		if err := writeShared(filepath.Join(b.stateDir, mqttpool.DynsecFile), d); err != nil {
 			t.Fatal(err)
 		}
 	}
 	b.start(t)
+}
+
+// writeShared writes a file the mosquitto user may read and write
+// whatever the umask: the plugin rewrites its state in place (it refuses
+// to save a file it may not write, and then loses its changes at a
+// restart).
+func writeShared(path string, b []byte) error {
+	if err := os.WriteFile(path, b, 0o666); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o666)
 }
 
 func (b *Broker) write(p []byte) (int, error) {

@@ -36,18 +36,7 @@ func TestConcurrentWritesAllLand(t *testing.T) {
 				if i == 13 {
 					return boom
 				}
-				b, err := tx.CreateBucketIfNotExists([]byte("c"))
-				if err != nil {
-					return err
-				}
-				var n uint64
-				if v := b.Get([]byte("n")); v != nil {
-					n = binary.BigEndian.Uint64(v)
-				}
-				if err := b.Put([]byte(fmt.Sprint(i)), []byte{1}); err != nil {
-					return err
-				}
-				return b.Put([]byte("n"), binary.BigEndian.AppendUint64(nil, n+1))
+				return countWrite(tx, i)
 			})
 		})
 	}
@@ -79,18 +68,7 @@ func TestWriteAllIsolatesFailures(t *testing.T) {
 			if i == 3 || i == 7 {
 				return fmt.Errorf("write %d: %w", i, boom)
 			}
-			b, err := tx.CreateBucketIfNotExists([]byte("c"))
-			if err != nil {
-				return err
-			}
-			var n uint64
-			if v := b.Get([]byte("n")); v != nil {
-				n = binary.BigEndian.Uint64(v)
-			}
-			if err := b.Put([]byte(fmt.Sprint(i)), []byte{1}); err != nil {
-				return err
-			}
-			return b.Put([]byte("n"), binary.BigEndian.AppendUint64(nil, n+1))
+			return countWrite(tx, i)
 		})
 	}
 	errs := w.WriteAll(fns)
@@ -175,4 +153,21 @@ func BenchmarkWrite(b *testing.B) {
 			})
 		}
 	}
+}
+
+// countWrite records write i in bucket "c" (a key of its own) and counts
+// it in the counter "n" it reads from the transaction.
+func countWrite(tx *bolt.Tx, i int) error {
+	b, err := tx.CreateBucketIfNotExists([]byte("c"))
+	if err != nil {
+		return err
+	}
+	var n uint64
+	if v := b.Get([]byte("n")); v != nil {
+		n = binary.BigEndian.Uint64(v)
+	}
+	if err := b.Put([]byte(fmt.Sprint(i)), []byte{1}); err != nil {
+		return err
+	}
+	return b.Put([]byte("n"), binary.BigEndian.AppendUint64(nil, n+1))
 }

@@ -36,6 +36,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/internal/batch"
 )
@@ -118,6 +119,20 @@ type Cursor interface {
 	Seek(key []byte) (k, v []byte)
 	// Delete removes the key the cursor is on.
 	Delete() error
+}
+
+// Now returns the database's clock in tx when the backend is shared
+// between processes (PostgreSQL: the time of the statement it runs,
+// UTC), so that stores whose records compare times written by several
+// replicas compare them on one clock whatever each replica's clock says;
+// ok is false for bbolt, whose one process uses its own clock.
+func Now(tx Tx) (now time.Time, ok bool, err error) {
+	c, ok := tx.(interface{ clock() (time.Time, error) })
+	if !ok {
+		return time.Time{}, false, nil
+	}
+	now, err = c.clock()
+	return now, err == nil, err
 }
 
 // WriteAll runs fns, in order, in one read-write transaction of db (one

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
@@ -71,6 +72,7 @@ func TestConformance(t *testing.T) {
 			t.Run("concurrent", func(t *testing.T) { testConcurrent(t, b.open(t), b.once) })
 			t.Run("write-all", func(t *testing.T) { testWriteAll(t, b.open(t)) })
 			t.Run("nested", func(t *testing.T) { testNested(t, b.open(t)) })
+			t.Run("clock", func(t *testing.T) { testClock(t, b.open(t), b.name != "bbolt") })
 		})
 	}
 	t.Run("copy", func(t *testing.T) { testCopy(t, openBolt(t), openPostgres(t, srv)) })
@@ -482,5 +484,27 @@ func testCopyNested(t *testing.T, src, dst kv.DB) {
 	}
 	if empty, err := kv.Empty(t.Context(), dst, buckets); err != nil || !empty {
 		t.Fatalf("after Clear: empty %v, %v", empty, err)
+	}
+}
+
+// testClock: Now gives the database's clock on PostgreSQL (in reads and
+// writes, never going back), nothing on bbolt.
+func testClock(t *testing.T, db kv.DB, shared bool) {
+	var last time.Time
+	for _, run := range []func(context.Context, func(kv.Tx) error) error{db.View, db.Update, db.View} {
+		err := run(t.Context(), func(tx kv.Tx) error {
+			now, ok, err := kv.Now(tx)
+			if err != nil || ok != shared {
+				return fmt.Errorf("Now = %v, %v, %v; want ok %v", now, ok, err, shared)
+			}
+			if shared && (now.Before(last) || now.Location() != time.UTC) {
+				return fmt.Errorf("Now = %v after %v: want UTC, never going back", now, last)
+			}
+			last = now
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }

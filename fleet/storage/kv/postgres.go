@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -96,6 +97,17 @@ func (t *pgTx) Lock(name string) error {
 		return fmt.Errorf("kv: %s: lock %s: %w", t.db.table, name, err)
 	}
 	return nil
+}
+
+// clock returns the database's time as the statement runs
+// (statement_timestamp(): after the store's lock was taken, unlike the
+// transaction's start, now()).
+func (t *pgTx) clock() (time.Time, error) {
+	var now time.Time
+	if err := t.tx.QueryRow(t.ctx, "SELECT statement_timestamp()").Scan(&now); err != nil {
+		return time.Time{}, fmt.Errorf("kv: %s: clock: %w", t.db.table, err)
+	}
+	return now.UTC(), nil
 }
 
 func (t *pgTx) CreateBucketIfNotExists(name []byte) (Bucket, error) { return t.Bucket(name), nil }

@@ -13,10 +13,29 @@
 // database's (the work stops at two thirds of the lease's time to live
 // after the last renewal that succeeded, a third before it expires).
 //
+// A holder whose work goes on writing after it lost its lease (it paused
+// past the expiry: a long GC, SIGSTOP, a VM frozen) must not write over
+// its successor's work: Hold gives the work a context that fences every
+// PostgreSQL transaction run with it (postgres.WithFence). The
+// transaction first locks the lease's row (FOR KEY SHARE) and checks that
+// it still has the holder, the epoch and an unexpired lease; otherwise it
+// fails with ErrFenced before writing anything. The row stays locked
+// until the commit, and a takeover locks it FOR UPDATE first, so no other
+// holder takes the lease in between: a fenced write commits entirely
+// before the lease changes hands, or not at all. The holder's own
+// renewals do not wait for its fenced transactions (an UPDATE of the
+// expiry does not conflict with that lock).
+//
+// Work that fails (a transient database error) is run again after a
+// backoff, as long as the caller's context lasts: Hold never gives up on
+// its share of the work. Work that fails with ErrLost (ErrFenced
+// included) lost its lease: Hold waits to take it again.
+//
 // Local is the single-process default: every lease is granted at once.
 package lease
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"embed"
@@ -31,9 +50,31 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 )
 
-// ErrLost: the lease was taken by another holder, or expired, before it
-// was renewed.
-var ErrLost = errors.New("lease: lost")
+// Errors. Compare with errors.Is.
+var (
+	// ErrLost: the lease was taken by another holder, or expired, before
+	// it was renewed.
+	ErrLost = errors.New("lease: lost")
+	// ErrFenced: a transaction run under a lease no longer held (another
+	// holder took it, or it expired) was refused before it wrote. It is
+	// also ErrLost.
+	ErrFenced = fmt.Errorf("lease: fenced: a write under a lease no longer held (%w)", ErrLost)
+)
+
+// WorkError is a failure of the work run under a lease, as opposed to
+// the lease's loss (ErrLost): Hold logs it, gives the lease up and runs
+// the work again after a backoff.
+type WorkError struct {
+	Lease string
+	Epoch int64 // the holding the work failed under (0 for Local)
+	Err   error
+}
+
+func (e *WorkError) Error() string {
+	return fmt.Sprintf("lease: work under %s (epoch %d) failed: %v", e.Lease, e.Epoch, e.Err)
+}
+
+func (e *WorkError) Unwrap() error { return e.Err }
 
 // Lease is one holding of a named lease.
 type Lease struct {
@@ -46,25 +87,91 @@ type Lease struct {
 
 // Holder runs work under leases.
 type Holder interface {
-	// Hold runs fn while it holds the lease name, until ctx ends. fn's
-	// context ends when the lease is lost; Hold then waits to get it
-	// again and runs fn again. Hold returns when ctx ends (nil) or when
-	// fn fails while still holding the lease (fn's error).
+	// Hold runs fn while it holds the lease name, until ctx ends, and
+	// then returns nil. fn's context ends when the lease is lost; Hold
+	// then waits to get it again and runs fn again. When fn fails (a
+	// WorkError: any error but ErrLost), Hold runs it again after a
+	// backoff that doubles with each failure in a row.
 	Hold(ctx context.Context, name string, fn func(ctx context.Context) error) error
 }
 
-// Local grants every lease at once: one process, nothing to share.
-type Local struct{}
+// Defaults of the backoff after a failure of the work (Config.Backoff,
+// Config.MaxBackoff, Local's fields).
+const (
+	DefaultBackoff    = time.Second
+	DefaultMaxBackoff = time.Minute
+)
+
+// backoff is the wait before the work runs again after failures in a row
+// (at least 1): first, doubled each time, at most most.
+func backoff(failures int, first, most time.Duration) time.Duration {
+	d := first
+	for i := 1; i < failures && d < most; i++ {
+		d *= 2
+	}
+	return min(d, most)
+}
+
+// failures counts the work's failures in a row: one that ran longer than
+// most before failing starts the count again, as does a run that ended
+// without failing.
+type failures struct {
+	n          int
+	first, max time.Duration
+}
+
+// next records how a run of the work that lasted ran ended and returns
+// how long to wait before the next (0: no failure).
+func (f *failures) next(err error, ran time.Duration) time.Duration {
+	if err == nil {
+		f.n = 0
+		return 0
+	}
+	if ran > f.max {
+		f.n = 0
+	}
+	f.n++
+	return backoff(f.n, f.first, f.max)
+}
+
+// Local grants every lease at once: one process, nothing to share. Its
+// zero value is ready to use.
+type Local struct {
+	// Backoff and MaxBackoff bound the wait before the work runs again
+	// after it failed (defaults DefaultBackoff, DefaultMaxBackoff).
+	Backoff, MaxBackoff time.Duration
+	Logger              *slog.Logger
+}
 
 var _ Holder = Local{}
 
-// Hold runs fn with ctx; a nil error when ctx ends.
-func (Local) Hold(ctx context.Context, _ string, fn func(context.Context) error) error {
-	err := fn(ctx)
-	if ctx.Err() != nil {
-		return nil
+// Hold runs fn with ctx, again after a backoff when it fails, until ctx
+// ends; then it returns nil.
+func (lo Local) Hold(ctx context.Context, name string, fn func(context.Context) error) error {
+	log := lo.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return err
+	f := failures{first: cmp.Or(lo.Backoff, DefaultBackoff), max: cmp.Or(lo.MaxBackoff, DefaultMaxBackoff)}
+	for {
+		start := time.Now()
+		err := fn(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			err = &WorkError{Lease: name, Err: err}
+		}
+		wait := f.next(err, time.Since(start))
+		if err != nil {
+			log.Warn("work failed: it runs again after a backoff", "lease", name, "err", err, "retry_in", wait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
 }
 
 // DefaultTTL is a lease's time to live when Config.TTL is zero.
@@ -79,6 +186,11 @@ type Config struct {
 	// (default DefaultTTL): how long the work waits for another replica
 	// after its holder dies.
 	TTL time.Duration
+	// Backoff is the wait before the work runs again after it failed
+	// (default DefaultBackoff), doubled after each failure in a row up to
+	// MaxBackoff (default DefaultMaxBackoff). The lease is given up
+	// meanwhile: another replica may run the work.
+	Backoff, MaxBackoff time.Duration
 	// Now is the local clock that times renewals (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -112,6 +224,8 @@ func Open(ctx context.Context, db *postgres.DB, cfg Config) (*Postgres, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	cfg.Backoff = cmp.Or(cfg.Backoff, DefaultBackoff)
+	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -124,16 +238,23 @@ func (p *Postgres) HolderName() string { return p.cfg.Holder }
 
 // TryAcquire takes the lease name if it is free (never held, expired, or
 // already this holder's: then it is renewed under a new epoch). ok is
-// false when another holder has it.
+// false when another holder has it. It first locks the lease's row FOR
+// UPDATE, so that it waits for the transactions fenced by the current
+// holding (Fenced) to end: none commits after the lease changed hands.
 func (p *Postgres) TryAcquire(ctx context.Context, name string) (l Lease, ok bool, err error) {
 	var epoch int64
-	err = p.db.Pool().QueryRow(ctx, `
+	err = pgx.BeginFunc(ctx, p.db.Pool(), func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM lease WHERE name = $1 FOR UPDATE`, name); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `
 		INSERT INTO lease (name, holder, expires, epoch)
-		VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1)
+		VALUES ($1, $2, statement_timestamp() + $3 * interval '1 millisecond', 1)
 		ON CONFLICT (name) DO UPDATE
 		SET holder = EXCLUDED.holder, expires = EXCLUDED.expires, epoch = lease.epoch + 1
-		WHERE lease.expires < now() OR lease.holder = EXCLUDED.holder
+		WHERE lease.expires < statement_timestamp() OR lease.holder = EXCLUDED.holder
 		RETURNING epoch`, name, p.cfg.Holder, p.cfg.TTL.Milliseconds()).Scan(&epoch)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Lease{}, false, nil
 	}
@@ -174,11 +295,15 @@ func (p *Postgres) Release(ctx context.Context, l Lease) error {
 // Hold runs fn under the lease name (Holder). It tries to take the lease
 // every third of the time to live; while held, it renews it as often, and
 // ends fn's context when a renewal fails or when two thirds of the time
-// to live have passed since the last renewal that succeeded. After fn
-// returns the lease is released.
+// to live have passed since the last renewal that succeeded. fn's context
+// fences the transactions run with it (Fenced). After fn returns the
+// lease is released; when fn failed, Hold waits the backoff before it
+// tries to take the lease again.
 func (p *Postgres) Hold(ctx context.Context, name string, fn func(context.Context) error) error {
 	every := p.cfg.TTL / 3
+	f := failures{first: p.cfg.Backoff, max: p.cfg.MaxBackoff}
 	for {
+		wait := every
 		sent := p.cfg.Now()
 		l, ok, err := p.TryAcquire(ctx, name)
 		if err != nil && ctx.Err() == nil {
@@ -186,28 +311,57 @@ func (p *Postgres) Hold(ctx context.Context, name string, fn func(context.Contex
 		}
 		if ok {
 			p.log.Info("lease taken", "lease", name, "epoch", l.Epoch)
-			if err := p.run(ctx, l, sent, fn); err != nil {
-				return err
+			start := time.Now()
+			err := p.run(ctx, l, sent, fn)
+			if d := f.next(err, time.Since(start)); d > 0 {
+				wait = d
+				p.log.Warn("work under a lease failed: it runs again after a backoff", "lease", name, "epoch", l.Epoch, "err", err, "retry_in", wait)
 			}
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(every):
+		case <-time.After(wait):
 		}
 	}
+}
+
+// Fenced returns ctx fencing the PostgreSQL transactions run with it
+// (postgres.WithFence): each one first locks l's row and fails with
+// ErrFenced unless l is still held (same holder and epoch, not expired),
+// and the lease cannot change hands before it commits. Hold gives its
+// work such a context.
+func (p *Postgres) Fenced(ctx context.Context, l Lease) context.Context {
+	return postgres.WithFence(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		var holder string
+		var epoch int64
+		var live bool
+		// FOR KEY SHARE: a renewal (an UPDATE of expires) goes on, a
+		// takeover (TryAcquire: FOR UPDATE) waits for the commit.
+		err := tx.QueryRow(ctx, `SELECT holder, epoch, expires >= statement_timestamp() FROM lease WHERE name = $1 FOR KEY SHARE`, l.Name).Scan(&holder, &epoch, &live)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: %s (epoch %d): retired", ErrFenced, l.Name, l.Epoch)
+		}
+		if err != nil {
+			return fmt.Errorf("lease: fence %s: %w", l.Name, err)
+		}
+		if holder != l.Holder || epoch != l.Epoch || !live {
+			return fmt.Errorf("%w: %s (epoch %d, now %d)", ErrFenced, l.Name, l.Epoch, epoch)
+		}
+		return nil
+	})
 }
 
 // errRenewLate: no time was left to renew before the work must stop.
 var errRenewLate = errors.New("lease: not renewed in time")
 
 // run runs fn while l is held (taken by a request sent at acquired); nil
-// when the lease was lost or ctx ended.
+// when the lease was lost or ctx ended, a *WorkError when fn failed.
 func (p *Postgres) run(ctx context.Context, l Lease, acquired time.Time, fn func(context.Context) error) error {
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan error, 1)
-	go func() { done <- fn(fctx) }()
+	go func() { done <- fn(p.Fenced(fctx, l)) }()
 	every := p.cfg.TTL / 3
 	renewed := acquired
 	t := time.NewTicker(every)
@@ -223,7 +377,14 @@ func (p *Postgres) run(ctx context.Context, l Lease, acquired time.Time, fn func
 			if ctx.Err() != nil || errors.Is(context.Cause(fctx), ErrLost) {
 				return nil
 			}
-			return err
+			if errors.Is(err, ErrLost) {
+				p.log.Warn("lease lost: the work was fenced", "lease", l.Name, "epoch", l.Epoch, "err", err)
+				return nil
+			}
+			if err != nil {
+				return &WorkError{Lease: l.Name, Epoch: l.Epoch, Err: err}
+			}
+			return nil
 		case <-t.C:
 			if context.Cause(fctx) != nil {
 				continue // lost: waiting for fn to return

@@ -103,9 +103,42 @@ const maxAttempts = 30
 // 40001, or a deadlock, 40P01) is rolled back and run again, so fn may
 // run more than once: it must not keep state from one run to the next
 // other than what it reads from the transaction. fn's own error rolls
-// back and is returned as is.
+// back and is returned as is. When ctx carries a Fence (WithFence), it is
+// checked first in each run.
 func (db *DB) Tx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return db.run(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+	return db.run(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable}, fenced(ctx, fn))
+}
+
+// Fence checks, first in a read-write transaction, that the work writing
+// in it may still write: that the lease it runs under is still its own
+// (fleet/storage/lease), so that a holder that paused past its lease's
+// expiry writes nothing once another holder took it over. Its error
+// rolls the transaction back and is returned as is.
+type Fence func(ctx context.Context, tx pgx.Tx) error
+
+// fenceKey is the context key of a Fence.
+type fenceKey struct{}
+
+// WithFence returns ctx carrying f: every transaction Tx and Serialized
+// run with it (or a context derived from it) checks f before anything
+// else, in the same transaction. Reads (ReadTx) and statements on the
+// pool outside a transaction are not fenced.
+func WithFence(ctx context.Context, f Fence) context.Context {
+	return context.WithValue(ctx, fenceKey{}, f)
+}
+
+// fenced returns fn preceded by the check of ctx's Fence, if any.
+func fenced(ctx context.Context, fn func(pgx.Tx) error) func(pgx.Tx) error {
+	f, _ := ctx.Value(fenceKey{}).(Fence)
+	if f == nil {
+		return fn
+	}
+	return func(tx pgx.Tx) error {
+		if err := f(ctx, tx); err != nil {
+			return err
+		}
+		return fn(tx)
+	}
 }
 
 // ReadTx runs fn in a read-only transaction that sees one snapshot.
@@ -117,7 +150,8 @@ func (db *DB) ReadTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // the advisory lock key: the transactions that take the same key run one
 // at a time across every process sharing the database, each seeing what
 // the previous ones committed, so fn runs exactly once (there is no
-// serialization failure to retry). It is bbolt's single writer, for a
+// serialization failure to retry). It checks ctx's Fence (WithFence) as
+// Tx does. It is bbolt's single writer, for a
 // store whose transactions have effects outside the database (an audit
 // entry recorded before the commit) or that contend on one row.
 func (db *DB) Serialized(ctx context.Context, key string, fn func(pgx.Tx) error) error {
@@ -125,7 +159,7 @@ func (db *DB) Serialized(ctx context.Context, key string, fn func(pgx.Tx) error)
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key); err != nil {
 			return fmt.Errorf("postgres: lock %s: %w", key, err)
 		}
-		return fn(tx)
+		return fenced(ctx, fn)(tx)
 	})
 }
 

@@ -124,6 +124,31 @@ func ReadPublicPEM(t testing.TB, inst *swtpm.Instance, pub, priv []byte) []byte 
 	return b
 }
 
+// ReadPCR reads PCR pcr of bank ("sha256") from inst with tpm2_pcrread.
+func ReadPCR(t testing.TB, inst *swtpm.Instance, bank string, pcr int) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "pcr.bin")
+	Run(t, "tpm2_pcrread", "-T", inst.TCTI(), fmt.Sprintf("%s:%d", bank, pcr), "-o", out)
+	b, err := os.ReadFile(out)
+	if err != nil || len(b) == 0 {
+		t.Fatalf("tpm2_pcrread: %d bytes, %v", len(b), err)
+	}
+	return b
+}
+
+// ReadNVCounter reads the 8-byte NV counter at index from inst with
+// tpm2_nvread (owner authorization).
+func ReadNVCounter(t testing.TB, inst *swtpm.Instance, index uint32) uint64 {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "nv.bin")
+	Run(t, "tpm2_nvread", "-T", inst.TCTI(), "-C", "o", "-s", "8", "-o", out, fmt.Sprintf("0x%08x", index))
+	b, err := os.ReadFile(out)
+	if err != nil || len(b) != 8 {
+		t.Fatalf("tpm2_nvread: %d bytes, %v", len(b), err)
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
 // Run runs a tpm2-tools command (or any command) and fails t with its output
 // if it fails; it returns standard output.
 func Run(t testing.TB, name string, args ...string) []byte {
