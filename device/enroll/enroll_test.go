@@ -15,12 +15,12 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/device/credential"
-	"github.com/sigil-iot/sigil/device/internal/devicetest"
 	"github.com/sigil-iot/sigil/device/internal/fakefleet"
 	"github.com/sigil-iot/sigil/device/link"
 	"github.com/sigil-iot/sigil/device/state"
 	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
+	"github.com/sigil-iot/sigil/sim/devicetest"
 	"github.com/sigil-iot/sigil/sim/softtpm"
 )
 
