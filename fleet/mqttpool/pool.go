@@ -43,6 +43,10 @@ import (
 var (
 	// ErrNotConnected: no broker the message should go to is connected.
 	ErrNotConnected = errors.New("mqttpool: no broker of the pool is connected")
+	// ErrBusy: the send queue of every broker the message should go to
+	// is full (those brokers are slow or stopped reading): the message
+	// was not sent, as when a send fails.
+	ErrBusy = errors.New("mqttpool: the brokers' send queues are full")
 	// ErrConfig: the configuration is incomplete.
 	ErrConfig = errors.New("mqttpool: invalid configuration")
 )
@@ -73,7 +77,9 @@ type Config struct {
 	// connection to it (on that connection's goroutine): to bring a
 	// broker that was down, or new, up to date (Quarantine, QuarantineAt).
 	OnConnect func(broker string)
-	// PublishTimeout bounds the wait for a broker's PUBACK (default 5s).
+	// PublishTimeout bounds the wait for a broker's PUBACK (default 5s),
+	// by the broker's own sender (Publish does not wait for it): a message
+	// unacknowledged by then is logged as lost.
 	PublishTimeout time.Duration
 	// Sessions, when set, gives this replica a persistent session on the
 	// device brokers, held under a lease for as long as it runs, and lets
@@ -131,6 +137,7 @@ type Pool struct {
 	ready   map[string]int           // by broker address: subscriptions granted since its last connect
 	lost    map[string]chan struct{} // by broker address: its connection was lost
 	queues  []chan job               // of the workers
+	outs    map[string]chan outgoing // by broker address: its send queue (send)
 	stop    chan struct{}            // closed when Run ends: workers and waiting deliveries stop
 	running bool
 	dynsec  sync.Mutex // one QuarantinedAt at a time: its subscription's handler is the pool's
@@ -170,6 +177,10 @@ func New(cfg Config) (*Pool, error) {
 		lost: map[string]chan struct{}{}, stop: make(chan struct{}), queues: make([]chan job, workers)}
 	for i := range p.queues {
 		p.queues[i] = make(chan job, workerQueue)
+	}
+	p.outs = map[string]chan outgoing{}
+	for _, a := range append(slicesClone(cfg.Devices), cfg.Bootstrap...) {
+		p.outs[a] = make(chan outgoing, sendQueue)
 	}
 	if cfg.Sessions != nil {
 		b := make([]byte, 12)
@@ -252,6 +263,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	var workersWG, wg sync.WaitGroup
 	for _, q := range p.queues {
 		workersWG.Go(func() { p.work(q) })
+	}
+	for _, c := range conns {
+		workersWG.Go(func() { p.send(c.addr, c.c, p.outs[c.addr]) })
 	}
 	var persistent []conn
 	for _, c := range conns {
@@ -510,7 +524,11 @@ func contains(s []string, v string) bool {
 
 // Publish sends a message to every broker of the topic's segment that is
 // connected (only the one holding the recipient's session delivers it)
-// and waits for their PUBACKs; it fails only when no broker took it.
+// through each one's send queue, without waiting for their PUBACKs: a
+// slow or stopped broker backs up its own queue only, never the caller
+// (the workers handling devices' messages). It fails when no broker is
+// connected (ErrNotConnected) or every one's queue is full (ErrBusy).
+// Each broker gets a caller's messages in the order it published them.
 // Messages go at QoS 1 whatever qos says: the protocol's are all QoS 1.
 func (p *Pool) Publish(topic string, payload []byte, _ byte) error {
 	tp, err := p.cfg.Topics.Parse(topic)
@@ -525,36 +543,102 @@ func (p *Pool) publishTo(segment, topic string, payload []byte) error {
 	return p.publishAt(p.brokers(segment), topic, payload)
 }
 
-// publishAt publishes at QoS 1 to those of brokers that are connected.
+// publishAt queues a message for those of brokers that are connected.
 func (p *Pool) publishAt(brokers []string, topic string, payload []byte) error {
-	const qos = 1
 	p.mu.Lock()
-	var targets []mqtt.Client
+	var targets []string
 	for _, addr := range brokers {
 		if c := p.clients[addr]; c != nil && c.IsConnectionOpen() {
-			targets = append(targets, c)
+			targets = append(targets, addr)
 		}
 	}
 	p.mu.Unlock()
 	if len(targets) == 0 {
 		return ErrNotConnected
 	}
-	toks := make([]mqtt.Token, len(targets))
-	for i, c := range targets {
-		toks[i] = c.Publish(topic, qos, false, payload)
-	}
-	var errs []error
-	for _, t := range toks {
-		if !t.WaitTimeout(p.cfg.PublishTimeout) {
-			errs = append(errs, errors.New("mqttpool: no PUBACK in time"))
-		} else if err := t.Error(); err != nil {
-			errs = append(errs, err)
+	queued := 0
+	for _, addr := range targets {
+		select {
+		case p.outs[addr] <- outgoing{topic: topic, payload: payload}:
+			queued++
+		default:
+			p.log.Warn("a broker's send queue is full: message to it dropped", "broker", addr)
 		}
 	}
-	if len(errs) == len(toks) {
-		return fmt.Errorf("mqttpool: publish: %w", errors.Join(errs...))
+	if queued == 0 {
+		return ErrBusy
 	}
 	return nil
+}
+
+// outgoing is a message queued for a broker.
+type outgoing struct {
+	topic   string
+	payload []byte
+}
+
+// A broker's send queue, and how many of its messages may await their
+// PUBACK: when it is slow, both fill, and what more is published to it
+// fails at once (ErrBusy) instead of waiting.
+const (
+	sendQueue    = 4096
+	sendInflight = 1024
+)
+
+// inflight is a message sent to a broker, awaiting its PUBACK until by.
+type inflight struct {
+	tok mqtt.Token
+	by  time.Time
+}
+
+// send publishes the messages of q, in order, on c (the connection to
+// addr) until stop is closed; a second goroutine waits for their PUBACKs
+// and logs those that fail or do not come in time.
+func (p *Pool) send(addr string, c mqtt.Client, q chan outgoing) {
+	const qos = 1
+	pending := make(chan inflight, sendInflight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { p.acks(addr, pending) })
+	for {
+		select {
+		case <-p.stop:
+			return
+		case m := <-q:
+			f := inflight{tok: c.Publish(m.topic, qos, false, m.payload), by: time.Now().Add(p.cfg.PublishTimeout)}
+			select {
+			case pending <- f:
+			case <-p.stop:
+				return
+			}
+		}
+	}
+}
+
+// acks waits for the PUBACKs of what send sent to addr until stop is
+// closed.
+func (p *Pool) acks(addr string, pending chan inflight) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		var f inflight
+		select {
+		case <-p.stop:
+			return
+		case f = <-pending:
+		}
+		timer.Reset(time.Until(f.by))
+		select {
+		case <-p.stop:
+			return
+		case <-f.tok.Done():
+			if err := f.tok.Error(); err != nil {
+				p.log.Warn("a message to a broker of the pool was lost", "broker", addr, "err", err)
+			}
+		case <-timer.C:
+			p.log.Warn("a message to a broker of the pool was lost: no PUBACK in time", "broker", addr)
+		}
+	}
 }
 
 // Kick ends deviceID's session on every device broker that has one,
