@@ -3,6 +3,7 @@ package mqttpool_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"sync"
 	"syscall"
 	"testing"
@@ -90,4 +91,43 @@ func TestPoolSlowBrokerHoldsNoWorker(t *testing.T) {
 	if late {
 		t.Fatalf("devices' messages were handled only once the connection to the stopped broker was lost (after %v): its replies held the workers", time.Since(start))
 	}
+}
+
+// TestPoolPublishToAStoppedBrokerFailsFast: once a broker that stopped
+// reading has as much as its send queue holds, Publish fails at once with
+// ErrBusy (a failed send to its callers) instead of waiting for it.
+func TestPoolPublishToAStoppedBrokerFailsFast(t *testing.T) {
+	e := newEnv(t)
+	secret, err := mqttpool.Secret(e.dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := mqttpool.New(mqttpool.Config{Devices: []string{e.dev.FleetAddr}, Bootstrap: []string{e.boot.FleetAddr},
+		Username: mqttpool.Username, Password: secret, TLS: &tls.Config{RootCAs: e.ca.Pool()}, Topics: e.topics,
+		PublishTimeout: 2 * wait.Timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	wait.For(t, "the pool to connect", p.Ready)
+	pid := e.dev.Pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	payload := make([]byte, 64<<10) // fills the connection's socket buffers in a few hundred
+	for i := range 100_000 {
+		err := p.Publish(e.topics.DeviceDown("deva", "x"), payload, 1)
+		if errors.Is(err, mqttpool.ErrBusy) {
+			t.Logf("busy after %d messages", i)
+			return
+		}
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	t.Fatal("Publish never refused a message to the stopped broker")
 }
