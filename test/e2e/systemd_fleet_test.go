@@ -113,36 +113,8 @@ func TestSystemdFleetUnitSandbox(t *testing.T) {
 		filepath.Join(dirAt("ek_ca_dir"), "root.pem"), filepath.Join(dirAt("ek_ca_dir"), "intermediate.pem"),
 		filepath.Join(dirAt("claim_ca_dir"), "claim-ca.pem")}
 
-	script := filepath.Join(dir, "sandbox.sh")
-	if err := os.WriteFile(script, []byte(sb.script), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "sigil.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "/bin/sh", script)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stopped := false
-	defer func() {
-		if !stopped {
-			cmd.Process.Signal(os.Interrupt)
-			select {
-			case <-exited:
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				<-exited
-			}
-		}
-	}()
-	fleetLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	fleet := sb.run(t, dir, "sigil.log")
+	fleetLog := fleet.log
 
 	// The fleet answers an API call with the token it wrote, over TLS
 	// from the CA it made, both in its data directory.
@@ -151,8 +123,8 @@ func TestSystemdFleetUnitSandbox(t *testing.T) {
 	// A safety net, not a timing assertion.
 	if !wait.Poll(90*time.Second, func() bool {
 		select {
-		case err := <-exited:
-			stopped = true
+		case err := <-fleet.exited:
+			fleet.stopped = true
 			t.Fatalf("sigil serve exited under the unit's sandbox: %v\n%s", err, fleetLog())
 		default:
 		}
@@ -211,18 +183,12 @@ func TestSystemdFleetUnitSandbox(t *testing.T) {
 		return nil
 	})
 	select {
-	case err := <-exited:
-		stopped = true
+	case err := <-fleet.exited:
+		fleet.stopped = true
 		t.Fatalf("sigil serve exited: %v\n%s", err, fleetLog())
 	default:
 	}
-	var written []string
-	filepath.WalkDir(sb.upper, func(p string, e os.DirEntry, err error) error {
-		if err == nil && !e.IsDir() {
-			written = append(written, strings.TrimPrefix(p, sb.upper))
-		}
-		return nil
-	})
+	written := sb.written()
 	for _, w := range written {
 		if !slices.Contains(staged, w) {
 			t.Errorf("%s written outside the fleet's data directory", w)

@@ -389,6 +389,73 @@ func (sb *sandbox) hostPath(t *testing.T, path string) string {
 	return ""
 }
 
+// sandboxRun is a daemon started by a sandbox's script (run), its output
+// in a log file; stopped once the test has seen it exit.
+type sandboxRun struct {
+	cmd     *exec.Cmd
+	exited  chan error
+	logPath string
+	stopped bool
+}
+
+// run writes the sandbox's script into dir and starts it in a new mount
+// namespace (the script execs chroot, setpriv and then the daemon, all in
+// this one process), its output in dir/logName; the daemon is stopped
+// when the test ends.
+func (sb *sandbox) run(t *testing.T, dir, logName string) *sandboxRun {
+	t.Helper()
+	script := filepath.Join(dir, "sandbox.sh")
+	if err := os.WriteFile(script, []byte(sb.script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := &sandboxRun{exited: make(chan error, 1), logPath: filepath.Join(dir, logName)}
+	logf, err := os.Create(r.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	r.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "/bin/sh", script)
+	r.cmd.Stdout, r.cmd.Stderr = logf, logf
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.exited <- r.cmd.Wait() }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// stop interrupts the daemon, killing it after 10 s, unless it was seen
+// to exit.
+func (r *sandboxRun) stop() {
+	if r.stopped {
+		return
+	}
+	r.stopped = true
+	r.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-r.exited:
+	case <-time.After(10 * time.Second):
+		r.cmd.Process.Kill()
+		<-r.exited
+	}
+}
+
+// log is what the daemon wrote so far.
+func (r *sandboxRun) log() string { b, _ := os.ReadFile(r.logPath); return string(b) }
+
+// written lists the files written in the sandbox's upper layer (the
+// staged ones and whatever the daemon wrote outside its own mounts).
+func (sb *sandbox) written() []string {
+	var written []string
+	filepath.WalkDir(sb.upper, func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			written = append(written, strings.TrimPrefix(p, sb.upper))
+		}
+		return nil
+	})
+	return written
+}
+
 // TestSystemdUnitSandbox runs the real sigild under the sandbox of the
 // shipped systemd unit (deploy/systemd/sigild.service: ProtectSystem=strict
 // and the rest, reproduced with a mount namespace because systemd is not
@@ -502,41 +569,8 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		sb.stage(t, dst, b, mode)
 	}
 
-	script := filepath.Join(dir, "sandbox.sh")
-	if err := os.WriteFile(script, []byte(sb.script), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "sigild.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	// unshare runs the script in a new mount namespace; the script execs
-	// chroot, setpriv and then sigild, all in this one process.
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "/bin/sh", script)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
-	defer stop()
-	sigildLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	d := sb.run(t, dir, "sigild.log")
+	sigildLog := d.log
 
 	// The certificates go where the documentation tells sshd to read them.
 	certOf := func(pub string) string {
@@ -551,8 +585,8 @@ func TestSystemdUnitSandbox(t *testing.T) {
 	// A safety net, not a timing assertion.
 	if !wait.Poll(90*time.Second, func() bool {
 		select {
-		case err := <-exited:
-			stopped = true
+		case err := <-d.exited:
+			d.stopped = true
 			t.Fatalf("sigild exited under the unit's sandbox: %v\n%s", err, sigildLog())
 		default:
 		}
@@ -597,20 +631,14 @@ func TestSystemdUnitSandbox(t *testing.T) {
 		t.Fatalf("ssh-agent socket: %v, %v", fi, err)
 	}
 	select {
-	case err := <-exited:
-		stopped = true
+	case err := <-d.exited:
+		d.stopped = true
 		t.Fatalf("sigild exited: %v\n%s", err, sigildLog())
 	default:
 	}
 	// Nothing was written outside the service's own directories: the
 	// upper layer holds only what the test staged.
-	var written []string
-	filepath.WalkDir(sb.upper, func(p string, e os.DirEntry, err error) error {
-		if err == nil && !e.IsDir() {
-			written = append(written, strings.TrimPrefix(p, sb.upper))
-		}
-		return nil
-	})
+	written := sb.written()
 	staged := []string{sb.argv[0], configPath, stringAt("fleet_ca"), stringAt("token_file"), hostKeys[0], strings.TrimSuffix(hostKeys[0], ".pub"), "/etc/passwd", "/etc/group"}
 	for _, w := range written {
 		if !slices.Contains(staged, w) {
