@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
@@ -37,12 +38,12 @@ func firmwareCommand() *command {
 			x.printf("\n")
 		})
 	}
-	return &command{name: "firmware", summary: "signed firmware releases: release keys, trust sets, signing, upload, approval", def: "list", subs: []*command{
+	return &command{name: "firmware", summary: "signed firmware releases: release keys, trust sets, signing, upload, approval, SBOMs", def: "list", subs: append([]*command{
 		{name: "keygen", args: "[--key F|NAME://REF] [--pub F] [--alg A]", summary: "create a release signing key pair, in a file or a key service (offline)", setup: firmwareKeygen},
 		{name: "trust", args: "[--threshold M] [--sequence N] [--out F] PUB...",
 			summary: "write a release trust set: the keys that sign releases and how many must (offline)",
 			note:    "What the fleet's release_trust names, and the statement a rotation of the release keys signs.", setup: firmwareTrust},
-		{name: "manifest", args: "--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] [--out F]",
+		{name: "manifest", args: "--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] [--sbom F] [--out F]",
 			summary: "write the canonical manifest of an image, unsigned, for any signer (offline)",
 			note:    "Sign it with sigil firmware sign --manifest, cosign sign-blob --new-bundle-format, or a KMS.", setup: firmwareManifest},
 		{name: "sign", args: "--key F|NAME://REF (--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] | --manifest F | --statement F) [--bundle F]",
@@ -105,7 +106,7 @@ func firmwareCommand() *command {
 				}
 				return x.json(r)
 			}},
-	}}
+	}, firmwareSBOMCommands()...)}
 }
 
 // uploadRelease uploads a signed manifest, its bundles and, when
@@ -252,10 +253,12 @@ func manifestFlags(fs *flag.FlagSet, outFlag string) func() manifestBuild {
 	models := fs.String("models", "", "comma-separated hardware models (build)")
 	expires := fs.Duration("expires", 90*24*time.Hour, "how long the release metadata stays valid (build)")
 	manifestOut := fs.String(outFlag, "", "where to write the built manifest (default: the image + .manifest.json)")
+	sbom := fs.String("sbom", "", "CycloneDX JSON SBOM of the image, bound into the manifest by digest (build)")
 	var pcrs listFlag
 	fs.Var(&pcrs, "pcr", "expected PCR after install, BANK:INDEX=HEX (build; repeatable)")
 	return func() manifestBuild {
-		return manifestBuild{image: *imageFile, name: *name, version: *version, securityVersion: *sv, models: *models, expires: *expires, pcrs: pcrs, out: *manifestOut}
+		return manifestBuild{image: *imageFile, name: *name, version: *version, securityVersion: *sv, models: *models, expires: *expires, pcrs: pcrs,
+			sbom: *sbom, out: *manifestOut}
 	}
 }
 
@@ -316,6 +319,7 @@ type manifestBuild struct {
 	models               string
 	expires              time.Duration
 	pcrs                 []string
+	sbom                 string // CycloneDX JSON SBOM file ("": none)
 	out                  string // where to write the manifest ("": the image + .manifest.json)
 }
 
@@ -432,6 +436,20 @@ func buildManifest(b manifestBuild) (*manifest.Manifest, error) {
 			m.Measurements.PCRs[bank] = map[int]string{}
 		}
 		m.Measurements.PCRs[bank][i] = strings.ToLower(value)
+	}
+	if b.sbom != "" {
+		sb, err := os.ReadFile(b.sbom)
+		if err != nil {
+			return nil, err
+		}
+		cs, err := exposure.ParseSBOM(sb)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", b.sbom, err)
+		}
+		if len(cs) == 0 {
+			return nil, usageError{b.sbom + ": the SBOM lists no component with a package URL"}
+		}
+		m.SBOM = &manifest.SBOM{Format: manifest.SBOMCycloneDX, SHA256: sha256.Sum256(sb)}
 	}
 	if err := m.Validate(); err != nil {
 		return nil, usageError{err.Error()}

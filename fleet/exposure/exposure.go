@@ -60,9 +60,9 @@ type Devices interface {
 }
 
 // Attestations gives a device's attestation records, newest first.
-// *attest.Service implements it.
+// *attest.History implements it.
 type Attestations interface {
-	History(ctx context.Context, deviceID string, limit int) ([]attest.Record, error)
+	List(ctx context.Context, deviceID string, limit int) ([]attest.Record, error)
 }
 
 // Alerter hears of an advisory that, when imported, matched deployed
@@ -310,7 +310,7 @@ func (s *Service) eachDevice(ctx context.Context, sn *snapshot, fn func(d *inven
 			return fmt.Errorf("exposure: devices: %w", err)
 		}
 		for i := range page {
-			recs, err := s.cfg.Attestations.History(ctx, page[i].ID, historyDepth)
+			recs, err := s.cfg.Attestations.List(ctx, page[i].ID, historyDepth)
 			if err != nil {
 				return fmt.Errorf("exposure: attestations of %s: %w", page[i].ID, err)
 			}
@@ -526,3 +526,5 @@ func (s *Service) fixRelease(sn *snapshot, model string, cur *firmware.Release, 
 	}
 	return idOf(best)
 }
+
+var _ Attestations = (*attest.History)(nil)

@@ -42,7 +42,7 @@ func (d devices) ListDevices(_ context.Context, f inventory.Filter) ([]inventory
 // fleet/attest writes them: PCR values only from a verified quote.
 type history map[string][]attest.Record
 
-func (h history) History(_ context.Context, id string, limit int) ([]attest.Record, error) {
+func (h history) List(_ context.Context, id string, limit int) ([]attest.Record, error) {
 	r := h[id]
 	return r[:min(limit, len(r))], nil
 }
