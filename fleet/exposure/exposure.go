@@ -202,11 +202,13 @@ type Finding struct {
 	FixRelease string `json:"fix_release,omitempty"`
 }
 
-// snapshot is what one computation reads: releases by the firmware PCR
-// value their image gives, and their components.
+// snapshot is what one computation reads: the releases by image digest,
+// each image digest by the firmware PCR value it gives after a TPM reset,
+// and the releases' components.
 type snapshot struct {
 	releases []*firmware.Release
-	byPCR    map[string][]*firmware.Release
+	byImage  map[[32]byte][]*firmware.Release
+	byPCR    map[string][32]byte
 	comps    map[string][]Component
 }
 
@@ -224,13 +226,14 @@ func (s *Service) snapshot(ctx context.Context) (*snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("exposure: releases: %w", err)
 	}
-	sn := &snapshot{releases: rels, byPCR: map[string][]*firmware.Release{}, comps: map[string][]Component{}}
+	sn := &snapshot{releases: rels, byImage: map[[32]byte][]*firmware.Release{}, byPCR: map[string][32]byte{}, comps: map[string][]Component{}}
 	for _, r := range rels {
 		if r.Manifest == nil {
 			continue
 		}
-		k := imagePCR(r.Manifest.SHA256)
-		sn.byPCR[k] = append(sn.byPCR[k], r)
+		d := r.Manifest.SHA256
+		sn.byImage[d] = append(sn.byImage[d], r)
+		sn.byPCR[imagePCR(d)] = d
 	}
 	err = s.cfg.DB.View(ctx, func(tx kv.Tx) error {
 		bk := tx.Bucket(bucketComponents)
@@ -253,44 +256,74 @@ func (s *Service) snapshot(ctx context.Context) (*snapshot, error) {
 }
 
 // running finds the release a device runs from its attestation records
-// (newest first): the newest record whose quote verified (it holds PCR
-// values) gives the firmware PCR's value; the release of that image with
-// components wins (the newest uploaded when several). nil when the device
-// never attested a verified quote.
+// (newest first), using only PCR values from verified quotes (a record
+// without them is skipped). Walking them oldest first, the firmware PCR's
+// value names an image when it is SHA-256(zeros || digest) of a release's
+// image (measured after a TPM reset), or SHA-256(previous value ||
+// digest) of the previous record's value (one more image measured in the
+// same TPM boot, as an update without a TPM reset leaves it); a value
+// unchanged keeps the image, any other value makes it unknown. Since is the
+// first record of the newest run on that image. nil when the device has no
+// verified quote; a Running without ReleaseID when the image is unknown.
 func (s *Service) running(sn *snapshot, recs []attest.Record) (*Running, *firmware.Release) {
-	pcr := func(r *attest.Record) string { return r.PCRs["sha256"][s.cfg.PCR] }
-	var cur string
 	var run *Running
-	for i := range recs {
-		v := pcr(&recs[i])
+	var prev string
+	var img *[32]byte
+	for i := len(recs) - 1; i >= 0; i-- {
+		rec := &recs[i]
+		v := rec.PCRs["sha256"][s.cfg.PCR]
 		if v == "" {
 			continue // no verified quote in this record
 		}
 		if run == nil {
-			cur = v
-			run = &Running{Since: recs[i].Time, Attested: recs[i].Time, Claimed: recs[i].Firmware}
+			run = &Running{}
+		}
+		run.Attested, run.Claimed = rec.Time, rec.Firmware
+		if v == prev {
 			continue
 		}
-		if v != cur {
-			break
+		was := img
+		img = sn.image(prev, v)
+		prev = v
+		if img == nil || was == nil || *img != *was {
+			run.Since = rec.Time
 		}
-		run.Since = recs[i].Time
 	}
-	if run == nil {
-		return nil, nil
+	if run == nil || img == nil {
+		return run, nil
 	}
 	var best *firmware.Release
-	for _, r := range sn.byPCR[cur] {
+	for _, r := range sn.byImage[*img] {
 		_, has := sn.comps[r.ID]
 		_, bestHas := sn.comps[idOf(best)]
 		if best == nil || has && !bestHas || has == bestHas && r.UploadedAt.After(best.UploadedAt) {
 			best = r
 		}
 	}
-	if best != nil {
-		run.ReleaseID, run.Version = best.ID, best.Manifest.Version
-	}
+	run.ReleaseID, run.Version = best.ID, best.Manifest.Version
 	return run, best
+}
+
+// image returns the digest of the release image whose measurement turns
+// the firmware PCR from prev ("" when unknown) into v, trying a reset PCR
+// first; nil when none does.
+func (sn *snapshot) image(prev, v string) *[32]byte {
+	if d, ok := sn.byPCR[v]; ok {
+		return &d
+	}
+	p, err := hex.DecodeString(prev)
+	if err != nil || len(p) != sha256.Size {
+		return nil
+	}
+	var buf [64]byte
+	copy(buf[:32], p)
+	for d := range sn.byImage {
+		copy(buf[32:], d[:])
+		if sum := sha256.Sum256(buf[:]); hex.EncodeToString(sum[:]) == v {
+			return &d
+		}
+	}
+	return nil
 }
 
 func idOf(r *firmware.Release) string {

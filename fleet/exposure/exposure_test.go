@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -57,6 +58,18 @@ func (h history) attested(id string, image []byte, at time.Time, claimed string)
 	pcr := sha256.Sum256(buf[:])
 	rec := attest.Record{Time: at, DeviceID: id, Result: "pass", Firmware: claimed,
 		PCRs: map[string]map[int]string{"sha256": {0: "00", exposure.DefaultPCR: hexs(pcr[:])}}}
+	h[id] = append([]attest.Record{rec}, h[id]...)
+}
+
+// extended records a verified quote after the device measured image into
+// the firmware PCR in the same TPM boot as its previous record (an update
+// without a TPM reset: the PCR extends the previous value).
+func (h history) extended(id string, image []byte, at time.Time, claimed string) {
+	prev, _ := hex.DecodeString(h[id][0].PCRs["sha256"][exposure.DefaultPCR])
+	d := sha256.Sum256(image)
+	pcr := sha256.Sum256(append(prev, d[:]...))
+	rec := attest.Record{Time: at, DeviceID: id, Result: "pass", Firmware: claimed,
+		PCRs: map[string]map[int]string{"sha256": {exposure.DefaultPCR: hex.EncodeToString(pcr[:])}}}
 	h[id] = append([]attest.Record{rec}, h[id]...)
 }
 
@@ -221,8 +234,11 @@ func TestExposure(t *testing.T) {
 		t.Fatalf("alerts %d, want one for the new advisory", len(f.alerts))
 	}
 
-	// dev-a installs 1.1.0 (its campaign) and attests it: it drops off.
-	f.hist.attested("dev-a", img2, t0.Add(2*time.Hour), "1.1.0")
+	// dev-a installs 1.1.0 (its campaign) and attests it, in the same TPM
+	// boot (the PCR extends the 1.0.0 measurement): it drops off. A record
+	// without a verified quote changes nothing.
+	f.hist.extended("dev-a", img2, t0.Add(2*time.Hour), "1.1.0")
+	f.hist["dev-a"] = append([]attest.Record{{Time: t0.Add(3 * time.Hour), DeviceID: "dev-a", Result: "fail", Firmware: "1.0.0"}}, f.hist["dev-a"]...)
 	rep, err = f.svc.Report(ctx, "OSV-2026-0001")
 	if err != nil {
 		t.Fatal(err)
@@ -230,12 +246,25 @@ func TestExposure(t *testing.T) {
 	if got := ids(rep.Devices); !slices.Equal(got, []string{"dev-b"}) {
 		t.Fatalf("after dev-a attested 1.1.0: exposed %v, want [dev-b]", got)
 	}
+	fs, err := f.svc.Query(ctx, "pkg:deb/debian/openssl", ">= 3.0.8")
+	if err != nil || !slices.Equal(ids(fs), []string{"dev-a"}) || !fs[0].FirstSeen.Equal(t0.Add(2*time.Hour)) || fs[0].Release != r2.ID {
+		t.Fatalf("devices on openssl >= 3.0.8: %+v (%v), want dev-a on %s since its update", fs, err, r2.ID)
+	}
 	// Importing the same advisory again raises no second alert.
 	if _, err := f.svc.ImportAdvisory(ctx, raw); err != nil || len(f.alerts) != 1 {
 		t.Fatalf("re-import: %v, %d alerts", err, len(f.alerts))
 	}
 	if _, err := f.svc.Report(ctx, "OSV-2099-0"); !errors.Is(err, exposure.ErrNotFound) {
 		t.Errorf("Report of an unknown advisory: %v", err)
+	}
+
+	// dev-b then measures an image of no release in the same boot: its
+	// release becomes unknown, whatever it claims.
+	hb := history{"dev-b": f.hist["dev-b"]}
+	hb.extended("dev-b", []byte("not a release"), t0.Add(4*time.Hour), "1.0.0")
+	f.hist["dev-b"] = hb["dev-b"]
+	if r, err := f.svc.Report(ctx, "OSV-2026-0001"); err != nil || len(r.Devices) != 0 || r.Unknown != 3 {
+		t.Fatalf("after dev-b measured an unknown image: %+v, %v; want no exposed device, 3 unknown", r, err)
 	}
 
 	// Exported and parsed back.
