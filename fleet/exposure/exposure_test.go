@@ -24,7 +24,15 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 )
+
+// TestConformance runs the package's tests with the release records and
+// the exposure buckets in PostgreSQL (pgtest: skipped without one unless
+// CI=true); the plain tests run them on bbolt.
+func TestConformance(t *testing.T) {
+	pgtest.Conformance(t, []pgtest.Test{{Name: "Exposure", Fn: TestExposure}, {Name: "NoSBOM", Fn: TestNoSBOM}})
+}
 
 // devices is a fixed inventory.
 type devices []inventory.Device
@@ -95,17 +103,28 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{hist: history{}}
 	var ts *verify.TrustSet
 	f.signer, ts = signtest.Key(t)
-	st, err := firmware.Open(firmware.Config{Dir: t.TempDir(), Trust: ts, NoSync: true})
+	dir := t.TempDir()
+	st, err := pgtest.OpenBackend(t, dir, firmware.Config{Dir: dir, Trust: ts, NoSync: true}, firmware.Open, firmware.OpenPostgres)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
 	f.store = st
-	bdb, err := boltdb.Open(filepath.Join(t.TempDir(), "exposure.db"), boltdb.Schema{Buckets: exposure.Buckets()}, boltdb.Options{NoSync: true})
+	// The exposure buckets beside the release records, as fleet/rollout
+	// opens them: a bbolt file of their own, or the records' table.
+	var db kv.DB
+	if pg, ok := pgtest.Database(t, dir); ok {
+		db, err = kv.Postgres(pg, firmware.Table, kv.Options{})
+	} else {
+		var bdb *boltdb.DB
+		bdb, err = boltdb.Open(filepath.Join(dir, "exposure.db"), boltdb.Schema{Buckets: exposure.Buckets()}, boltdb.Options{NoSync: true})
+		if err == nil {
+			db = kv.Bolt(bdb)
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := kv.Bolt(bdb)
 	t.Cleanup(func() { db.Close() })
 	inv := devices{
 		{ID: "dev-a", Group: "north", Model: "gw-1", Owner: "acme"},
