@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"time"
 
+	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
@@ -36,7 +39,7 @@ func (s *Service) openExposure(cfg Config) error {
 		return fmt.Errorf("rollout: exposure store: %w", err)
 	}
 	svc, err := exposure.New(exposure.Config{DB: db, Releases: s.store, Devices: s.inv, Attestations: cfg.Attestations,
-		Alerter: exposureAlerter{audit: cfg.Audit, log: s.log}, Now: s.now})
+		Alerter: exposureAlerter{audit: cfg.Audit, alert: cfg.Alert, log: s.log, now: s.now}, Now: s.now})
 	if err != nil {
 		db.Close()
 		return err
@@ -54,20 +57,32 @@ func (s *Service) Exposure() *exposure.Service {
 	return s.exposure
 }
 
-// exposureAlerter raises a new advisory that matches deployed devices: a
-// warning in the log and an audit record (which the audit sinks forward).
+// exposureAlerter raises a new advisory that matches deployed devices: an
+// alert event (alert.EventVulnerabilityExposed) for each exposed device,
+// a warning in the log and an audit record.
 type exposureAlerter struct {
 	audit audit.Recorder
+	alert func(attest.Alert)
 	log   *slog.Logger
+	now   func() time.Time
 }
 
 var _ exposure.Alerter = exposureAlerter{}
 
 func (a exposureAlerter) Exposed(ctx context.Context, r *exposure.Report) error {
-	detail := fmt.Sprintf("advisory %s matches %d deployed device(s)", r.Advisory.ID, len(r.Devices))
 	a.log.Warn("exposure: a new advisory matches deployed devices", "advisory", r.Advisory.ID, "devices", len(r.Devices))
+	seen := map[string]bool{}
+	for _, f := range r.Devices {
+		if a.alert == nil || seen[f.DeviceID] {
+			continue
+		}
+		seen[f.DeviceID] = true
+		a.alert(attest.Alert{Time: a.now().UTC(), DeviceID: f.DeviceID, Kind: alert.EventVulnerabilityExposed, Severity: string(alert.SeverityWarning),
+			Summary: fmt.Sprintf("%s: release %s runs %s", r.Advisory.ID, f.Version, f.Component.PURL)})
+	}
 	if a.audit == nil {
 		return nil
 	}
+	detail := fmt.Sprintf("advisory %s matches %d deployed device(s)", r.Advisory.ID, len(seen))
 	return a.audit.Record(ctx, audit.New(audit.System("exposure"), "exposure.alert", r.Advisory.ID).Because(detail))
 }

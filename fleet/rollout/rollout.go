@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/exposure"
@@ -93,6 +94,9 @@ type Config struct {
 	// exposure service (fleet/exposure) knows the release each runs; nil
 	// turns that service off.
 	Attestations exposure.Attestations
+	// Alert raises an alert event for a device (an advisory exposes it);
+	// nil raises none.
+	Alert func(attest.Alert)
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger

@@ -38,7 +38,8 @@ func sbomFor(version, openssl string) []byte {
 // OSV advisory matching one component (imported with the sigil CLI); the
 // devices that attested running the affected release listed; one of them
 // updated by a campaign to the fixed release drops off once it attests the
-// new image; the report exported by the CLI as JSON and CSV parses back.
+// new image; the report exported by the CLI as JSON and CSV parses back; a
+// new advisory matching deployed devices raises an alert for each.
 // The release each device runs is the one its TPM quoted (PCR 14), never
 // the version it claims.
 func TestExposureCampaign(t *testing.T) {
@@ -164,6 +165,24 @@ func TestExposureCampaign(t *testing.T) {
 	if err != nil || len(l.Devices) != 3 {
 		t.Fatalf("devices on openssl 3.0.x before 3.0.8: %+v, %v", l, err)
 	}
+	// A new advisory that matches deployed devices raises an alert for
+	// each (the default rule vulnerability-exposed).
+	if _, err := ana.ImportAdvisory(ctx, []byte(`{"id":"OSV-2026-0043","affected":[{"package":{"purl":"pkg:generic/busybox"},`+
+		`"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.37.0"}]}]}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		al, err := admin.Alerts(ctx, api.AlertQuery{RuleID: "vulnerability-exposed"})
+		if err != nil {
+			return false
+		}
+		var devs []string
+		for _, a := range al.Alerts {
+			devs = append(devs, a.DeviceID)
+		}
+		slices.Sort(devs)
+		return slices.Equal(devs, ids)
+	}, "a vulnerability-exposed alert for each device")
 
 	// The first device gets the fixed release and attests it: it drops off.
 	rollout(rel3, ids[0])
