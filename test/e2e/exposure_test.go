@@ -21,6 +21,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/exposure"
+	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/server"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/sim/harness"
@@ -166,7 +167,17 @@ func TestExposureCampaign(t *testing.T) {
 		t.Fatalf("devices on openssl 3.0.x before 3.0.8: %+v, %v", l, err)
 	}
 	// A new advisory that matches deployed devices raises an alert for
-	// each (the default rule vulnerability-exposed).
+	// each (the default rule vulnerability-exposed), which counts in their
+	// risk score.
+	riskAlerts := func() int {
+		r, err := admin.Risk(ctx, ids[1])
+		if err != nil {
+			return -1
+		}
+		f, _ := r.Factor(governance.FactorAlerts)
+		return f.Points
+	}
+	before := max(riskAlerts(), 0)
 	if _, err := ana.ImportAdvisory(ctx, []byte(`{"id":"OSV-2026-0043","affected":[{"package":{"purl":"pkg:generic/busybox"},`+
 		`"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.37.0"}]}]}]}`)); err != nil {
 		t.Fatal(err)
@@ -183,6 +194,7 @@ func TestExposureCampaign(t *testing.T) {
 		slices.Sort(devs)
 		return slices.Equal(devs, ids)
 	}, "a vulnerability-exposed alert for each device")
+	waitFor(t, func() bool { return riskAlerts() > before }, "the exposure alert in the risk score")
 
 	// The first device gets the fixed release and attests it: it drops off.
 	rollout(rel3, ids[0])
