@@ -47,7 +47,7 @@ const (
 	jSweep     = `{"devices":10,"orphaned":1,"dormant":2,"revoked":1,"clones":0,"scored":10,"failed":0}`
 	jComponent = `{"purl":"pkg:deb/debian/openssl@3.0.1","name":"openssl","version":"3.0.1"}`
 	jFinding   = `{"device_id":"dev-1","group":"kiosks","model":"gw-1","owner":"plant-a","release":"rel-1","release_version":"2.0.0",` +
-		`"component":` + jComponent + `,"first_seen":"2026-12-01T10:00:00Z","attested":"2026-12-01T11:00:00Z","fixed":"3.0.8","fix_release":"rel-2"}`
+		`"component":` + jComponent + `,"first_seen":"2026-12-01T10:00:00Z","attested":"2026-12-01T11:00:00Z","fixed":"3.0.8","fix_release":"rel-2","campaign":"cmp-1","campaign_step":"announced"}`
 	jReport = `{"advisory":{"id":"OSV-2026-1","aliases":["CVE-2026-1"],"affected":[]},"generated":"2026-12-01T12:00:00Z","devices":[` + jFinding + `],` +
 		`"by_group":{"kiosks":1},"by_model":{"gw-1":1},"by_owner":{"plant-a":1},"unknown":0}`
 	jUser = `{"name":"bo","role":"operator","disabled":false,"created":"2026-12-01T10:00:00Z","password_changed":"2026-12-01T10:00:00Z"}`

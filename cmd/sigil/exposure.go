@@ -51,10 +51,14 @@ func firmwareSBOMCommands() []*command {
 // exposureCommand is `sigil exposure query | import | advisories | report`.
 func exposureCommand() *command {
 	printFindings := func(x *call, fs []exposure.Finding) {
-		x.plainTable("DEVICE\tGROUP\tMODEL\tOWNER\tRELEASE\tVERSION\tCOMPONENT\tFIXED\tFIX RELEASE\tFIRST SEEN", func(tw io.Writer) {
+		x.plainTable("DEVICE\tGROUP\tMODEL\tOWNER\tRELEASE\tVERSION\tCOMPONENT\tFIXED\tFIX RELEASE\tFIRST SEEN\tCAMPAIGN", func(tw io.Writer) {
 			for _, f := range fs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.DeviceID, f.Group, f.Model, f.Owner, f.Release, f.Version,
-					f.Component.PURL, f.Fixed, f.FixRelease, rfc3339(f.FirstSeen))
+				camp := f.Campaign
+				if camp != "" {
+					camp += " (" + f.CampaignStep + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.DeviceID, f.Group, f.Model, f.Owner, f.Release, f.Version,
+					f.Component.PURL, f.Fixed, f.FixRelease, rfc3339(f.FirstSeen), camp)
 			}
 		})
 	}

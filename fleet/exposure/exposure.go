@@ -2,12 +2,14 @@ package exposure
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/Masterminds/semver/v3"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
@@ -65,6 +68,13 @@ type Attestations interface {
 	List(ctx context.Context, deviceID string, limit int) ([]attest.Record, error)
 }
 
+// Campaigns are the firmware campaigns, for the status of an exposed
+// device's update. *campaign.Manager implements it.
+type Campaigns interface {
+	List() ([]campaign.Campaign, error)
+	Device(id, deviceID string) (*campaign.Device, error)
+}
+
 // Alerter hears of an advisory that, when imported, matched deployed
 // devices.
 type Alerter interface {
@@ -87,6 +97,9 @@ type Config struct {
 	// Alerter, when set, hears of each newly imported advisory that
 	// matches deployed devices.
 	Alerter Alerter
+	// Campaigns, when set, gives each exposed device's campaign status in
+	// reports.
+	Campaigns Campaigns
 	// PCR is the firmware PCR of the SHA-256 bank; 0 means DefaultPCR.
 	PCR int
 	// Now is the clock; nil means time.Now.
@@ -200,6 +213,11 @@ type Finding struct {
 	// when none: no fixed release available).
 	Fixed      string `json:"fixed,omitempty"`
 	FixRelease string `json:"fix_release,omitempty"`
+	// Campaign and CampaignStep name a campaign that has not ended
+	// (draft, scheduled, running or paused) targeting the device, the
+	// newest, and where the device is in it; empty when none.
+	Campaign     string `json:"campaign,omitempty"`
+	CampaignStep string `json:"campaign_step,omitempty"`
 }
 
 // snapshot is what one computation reads: the releases by image digest,
@@ -504,6 +522,10 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	open, err := s.openCampaigns()
+	if err != nil {
+		return nil, err
+	}
 	r := &Report{Advisory: *a, Generated: s.cfg.Now().UTC(), Devices: []Finding{},
 		ByGroup: map[string]int{}, ByModel: map[string]int{}, ByOwner: map[string]int{}}
 	affected := func(relID string) bool {
@@ -514,7 +536,11 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 		}
 		return false
 	}
+	var cerr error // the first campaign lookup that failed
 	err = s.eachDevice(ctx, sn, func(d *inventory.Device, run *Running, rel *firmware.Release) {
+		if cerr != nil {
+			return
+		}
 		if rel == nil || sn.comps[rel.ID] == nil {
 			r.Unknown++
 			return
@@ -528,6 +554,9 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 			f := finding(d, run, c)
 			f.Fixed = fixed
 			f.FixRelease = s.fixRelease(sn, d.Model, rel, affected)
+			if f.Campaign, f.CampaignStep, cerr = s.campaignOf(open, d.ID); cerr != nil {
+				return
+			}
 			r.Devices = append(r.Devices, f)
 			exposed = true
 		}
@@ -537,10 +566,45 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 			r.ByOwner[d.Owner]++
 		}
 	})
-	if err != nil {
+	if err = cmp.Or(err, cerr); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// openCampaigns returns the campaigns that have not ended, newest first.
+func (s *Service) openCampaigns() ([]campaign.Campaign, error) {
+	if s.cfg.Campaigns == nil {
+		return nil, nil
+	}
+	all, err := s.cfg.Campaigns.List()
+	if err != nil {
+		return nil, fmt.Errorf("exposure: campaigns: %w", err)
+	}
+	var open []campaign.Campaign
+	for _, c := range all {
+		if c.State != campaign.StateCompleted && c.State != campaign.StateAborted {
+			open = append(open, c)
+		}
+	}
+	slices.SortStableFunc(open, func(a, b campaign.Campaign) int { return b.Created.Compare(a.Created) })
+	return open, nil
+}
+
+// campaignOf returns the newest open campaign targeting the device and
+// its step there.
+func (s *Service) campaignOf(open []campaign.Campaign, deviceID string) (string, string, error) {
+	for _, c := range open {
+		d, err := s.cfg.Campaigns.Device(c.ID, deviceID)
+		if errors.Is(err, campaign.ErrNotTarget) {
+			continue
+		}
+		if err != nil {
+			return "", "", fmt.Errorf("exposure: campaign %s: %w", c.ID, err)
+		}
+		return c.ID, string(d.Step), nil
+	}
+	return "", "", nil
 }
 
 // fixRelease returns an approved release for model, with components, whose

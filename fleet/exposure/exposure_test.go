@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/attest"
+	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -90,6 +91,22 @@ func hexs(b []byte) string {
 	return string(out)
 }
 
+// campaigns is a fixed set of campaigns and their devices' steps.
+type campaigns struct {
+	list  []campaign.Campaign
+	steps map[string]map[string]campaign.Step // campaign -> device -> step
+}
+
+func (c campaigns) List() ([]campaign.Campaign, error) { return c.list, nil }
+
+func (c campaigns) Device(id, deviceID string) (*campaign.Device, error) {
+	st, ok := c.steps[id][deviceID]
+	if !ok {
+		return nil, campaign.ErrNotTarget
+	}
+	return &campaign.Device{ID: deviceID, Step: st}, nil
+}
+
 type fixture struct {
 	store  *firmware.Store
 	signer *sign.Signer
@@ -132,7 +149,20 @@ func newFixture(t *testing.T) *fixture {
 		{ID: "dev-c", Group: "south", Model: "gw-1", Owner: "globex"},
 		{ID: "dev-d", Group: "north", Model: "gw-1"},
 	}
-	f.svc, err = exposure.New(exposure.Config{DB: db, Releases: st, Devices: inv, Attestations: f.hist,
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	camps := campaigns{
+		list: []campaign.Campaign{
+			{ID: "cmp-done", State: campaign.StateCompleted, Created: t0},
+			{ID: "cmp-old", State: campaign.StatePaused, Created: t0},
+			{ID: "cmp-new", State: campaign.StateRunning, Created: t0.Add(time.Hour)},
+		},
+		steps: map[string]map[string]campaign.Step{
+			"cmp-done": {"dev-a": campaign.StepCommitted, "dev-b": campaign.StepCommitted},
+			"cmp-old":  {"dev-b": campaign.StepFailed},
+			"cmp-new":  {"dev-b": campaign.StepDownloading},
+		},
+	}
+	f.svc, err = exposure.New(exposure.Config{DB: db, Releases: st, Devices: inv, Attestations: f.hist, Campaigns: camps,
 		Alerter: exposure.AlerterFunc(func(_ context.Context, r *exposure.Report) error { f.alerts = append(f.alerts, r); return nil })})
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +271,10 @@ func TestExposure(t *testing.T) {
 	if got := ids(rep.Devices); !slices.Equal(got, []string{"dev-a", "dev-b"}) || rep.Unknown != 2 {
 		t.Fatalf("exposed %v (unknown %d), want [dev-a dev-b] (unknown 2)", got, rep.Unknown)
 	}
-	b := rep.Devices[1]
+	a, b := rep.Devices[0], rep.Devices[1]
+	if a.Campaign != "" || b.Campaign != "cmp-new" || b.CampaignStep != "downloading" {
+		t.Errorf("campaign status: dev-a %q %q, dev-b %q %q; want none, and the newest open campaign for dev-b", a.Campaign, a.CampaignStep, b.Campaign, b.CampaignStep)
+	}
 	if b.Release != r1.ID || b.Version != "1.0.0" || b.Fixed != "3.0.8" || b.FixRelease != r2.ID ||
 		!b.FirstSeen.Equal(t0.Add(time.Minute)) || !b.Attested.Equal(t0.Add(time.Hour)) || b.Component.Version != "3.0.1" {
 		t.Errorf("dev-b finding %+v", b)
@@ -307,7 +340,8 @@ func TestExposure(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(rows) != 2 || rows[0][2] != "device_id" || rows[1][0] != "OSV-2026-0001" || rows[1][1] != "CVE-2026-0001" ||
-		rows[1][2] != "dev-b" || rows[1][8] != "pkg:deb/debian/openssl@3.0.1?arch=arm64" || rows[1][10] != "3.0.8" || rows[1][11] != r2.ID {
+		rows[1][2] != "dev-b" || rows[1][8] != "pkg:deb/debian/openssl@3.0.1?arch=arm64" || rows[1][10] != "3.0.8" || rows[1][11] != r2.ID ||
+		rows[1][14] != "cmp-new" || rows[1][15] != "downloading" {
 		t.Errorf("CSV rows %q", rows)
 	}
 }

@@ -11,7 +11,7 @@ import (
 
 // csvHeader is the first line of WriteCSV.
 var csvHeader = []string{"advisory", "aliases", "device_id", "group", "model", "owner", "release", "release_version",
-	"component_purl", "component_version", "fixed_version", "fix_release", "first_seen", "attested"}
+	"component_purl", "component_version", "fixed_version", "fix_release", "first_seen", "attested", "campaign", "campaign_step"}
 
 // WriteCSV writes the report's exposed devices as CSV with a header line,
 // one line per device and affected component; times are RFC 3339 in UTC.
@@ -24,7 +24,7 @@ func (r *Report) WriteCSV(w io.Writer) error {
 	}
 	for _, f := range r.Devices {
 		row := []string{r.Advisory.ID, strings.Join(r.Advisory.Aliases, " "), f.DeviceID, f.Group, f.Model, f.Owner, f.Release, f.Version,
-			f.Component.PURL, f.Component.Version, f.Fixed, f.FixRelease, stamp(f.FirstSeen), stamp(f.Attested)}
+			f.Component.PURL, f.Component.Version, f.Fixed, f.FixRelease, stamp(f.FirstSeen), stamp(f.Attested), f.Campaign, f.CampaignStep}
 		for i, c := range row {
 			if c != "" && strings.ContainsRune("=+-@", rune(c[0])) {
 				row[i] = "'" + c

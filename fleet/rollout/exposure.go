@@ -39,7 +39,7 @@ func (s *Service) openExposure(cfg Config) error {
 		return fmt.Errorf("rollout: exposure store: %w", err)
 	}
 	svc, err := exposure.New(exposure.Config{DB: db, Releases: s.store, Devices: s.inv, Attestations: cfg.Attestations,
-		Alerter: exposureAlerter{audit: cfg.Audit, alert: cfg.Alert, log: s.log, now: s.now}, Now: s.now})
+		Alerter: exposureAlerter{audit: cfg.Audit, alert: cfg.Alert, log: s.log, now: s.now}, Campaigns: s.campaigns, Now: s.now})
 	if err != nil {
 		db.Close()
 		return err

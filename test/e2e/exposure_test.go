@@ -199,6 +199,11 @@ func TestExposureCampaign(t *testing.T) {
 	// The first device gets the fixed release and attests it: it drops off.
 	rollout(rel3, ids[0])
 	attestedOn("2.0.1", ids[0])
+	// The next device's update is planned: the report shows its campaign.
+	draft, err := ana.CreateCampaign(ctx, campaign.Definition{Release: rel3.ID, Targets: campaign.Selector{DeviceIDs: ids[1:2]}}, "fix OSV-2026-0042")
+	if err != nil {
+		t.Fatal(err)
+	}
 	reportFile := filepath.Join(dir, "report.json")
 	cli("exposure", "report", "OSV-2026-0042", "--format", "json", "--out", reportFile)
 	b, err := os.ReadFile(reportFile)
@@ -210,8 +215,11 @@ func TestExposureCampaign(t *testing.T) {
 		t.Fatal(err)
 	}
 	var exposed []string
-	for _, d := range rep.Devices {
+	for i, d := range rep.Devices {
 		exposed = append(exposed, d.DeviceID)
+		if want := map[bool]string{true: draft.ID}[i == 0]; d.Campaign != want || (want != "" && d.CampaignStep != string(campaign.StepPending)) {
+			t.Errorf("%s in campaign %q at %q, want %q", d.DeviceID, d.Campaign, d.CampaignStep, want)
+		}
 		if d.Release != rel2.ID || d.Fixed != "3.0.8" || d.FixRelease != rel3.ID || d.Model != "gw-1" || d.FirstSeen.IsZero() {
 			t.Errorf("finding %+v", d)
 		}
