@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 )
@@ -86,5 +89,35 @@ func TestFirmwareKMS(t *testing.T) {
 	_, stderr, code = runCLI(t, "", "firmware", "manifest", "--name", "gw-os")
 	if code != exitUsage || !strings.Contains(stderr, "needs --image") {
 		t.Errorf("firmware manifest without --image: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestFirmwareManifestSBOM: `firmware manifest --sbom` binds the SBOM file
+// by its digest into the canonical manifest; a file that is not a
+// CycloneDX SBOM is refused and no manifest written.
+func TestFirmwareManifestSBOM(t *testing.T) {
+	t.Chdir(t.TempDir())
+	sbom := []byte(`{"bomFormat":"CycloneDX","specVersion":"1.6","components":[{"name":"zlib","version":"1.3.1","purl":"pkg:generic/zlib@1.3.1"}]}`)
+	for name, b := range map[string][]byte{"gw-os.img": testImage, "sbom.json": sbom, "spdx.json": []byte(`{"spdxVersion":"SPDX-2.3"}`)} {
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"firmware", "manifest", "--image", "gw-os.img", "--name", "gw-os", "--version", "2.0.0", "--security-version", "2", "--models", "gw-1"}
+	if _, stderr, code := runCLI(t, "", append(args, "--sbom", "sbom.json", "--out", "m.json")...); code != exitOK {
+		t.Fatalf("firmware manifest --sbom: exit %d, %s", code, stderr)
+	}
+	m, err := manifest.Parse(readFile(t, "m.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.SBOM == nil || m.SBOM.Format != manifest.SBOMCycloneDX || m.SBOM.SHA256 != sha256.Sum256(sbom) {
+		t.Fatalf("manifest SBOM %+v, want CycloneDX with the file's digest", m.SBOM)
+	}
+	if _, stderr, code := runCLI(t, "", append(args, "--sbom", "spdx.json", "--out", "bad.json")...); code == exitOK || !strings.Contains(stderr, "invalid SBOM") {
+		t.Fatalf("an SPDX file as --sbom: exit %d, %q", code, stderr)
+	}
+	if _, err := os.Stat("bad.json"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused SBOM left a manifest: %v", err)
 	}
 }
