@@ -24,7 +24,7 @@ func firmwareSBOMCommands() []*command {
 		})
 	}
 	return []*command{
-		{name: "sbom", args: "ID FILE [-o json]", summary: "attach a release's CycloneDX JSON SBOM (the one its signed manifest binds)", conn: connClient,
+		{name: "sbom", args: "ID FILE [-o json]", summary: "attach a release's SBOM, CycloneDX or SPDX JSON (the one its signed manifest binds)", conn: connClient,
 			pos: []string{id, "an SBOM file"},
 			run: func(ctx context.Context, x *call) error {
 				b, err := os.ReadFile(x.arg(1))

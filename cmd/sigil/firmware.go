@@ -253,7 +253,7 @@ func manifestFlags(fs *flag.FlagSet, outFlag string) func() manifestBuild {
 	models := fs.String("models", "", "comma-separated hardware models (build)")
 	expires := fs.Duration("expires", 90*24*time.Hour, "how long the release metadata stays valid (build)")
 	manifestOut := fs.String(outFlag, "", "where to write the built manifest (default: the image + .manifest.json)")
-	sbom := fs.String("sbom", "", "CycloneDX JSON SBOM of the image, bound into the manifest by digest (build)")
+	sbom := fs.String("sbom", "", "SBOM of the image (CycloneDX or SPDX JSON), bound into the manifest by digest (build)")
 	var pcrs listFlag
 	fs.Var(&pcrs, "pcr", "expected PCR after install, BANK:INDEX=HEX (build; repeatable)")
 	return func() manifestBuild {
@@ -442,14 +442,20 @@ func buildManifest(b manifestBuild) (*manifest.Manifest, error) {
 		if err != nil {
 			return nil, err
 		}
+		format := manifest.SBOMCycloneDX
 		cs, err := exposure.ParseSBOM(sb)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", b.sbom, err)
+			if spdx, spdxErr := exposure.ParseSPDX(sb); spdxErr == nil {
+				format, cs, err = manifest.SBOMSPDX, spdx, nil
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: neither CycloneDX nor SPDX JSON: %w", b.sbom, err)
 		}
 		if len(cs) == 0 {
 			return nil, usageError{b.sbom + ": the SBOM lists no component with a package URL"}
 		}
-		m.SBOM = &manifest.SBOM{Format: manifest.SBOMCycloneDX, SHA256: sha256.Sum256(sb)}
+		m.SBOM = &manifest.SBOM{Format: format, SHA256: sha256.Sum256(sb)}
 	}
 	if err := m.Validate(); err != nil {
 		return nil, usageError{err.Error()}

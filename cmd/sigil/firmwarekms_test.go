@@ -93,12 +93,14 @@ func TestFirmwareKMS(t *testing.T) {
 }
 
 // TestFirmwareManifestSBOM: `firmware manifest --sbom` binds the SBOM file
-// by its digest into the canonical manifest; a file that is not a
-// CycloneDX SBOM is refused and no manifest written.
+// (CycloneDX or SPDX JSON) by its digest and format into the canonical
+// manifest; a file that is neither is refused and no manifest written.
 func TestFirmwareManifestSBOM(t *testing.T) {
 	t.Chdir(t.TempDir())
 	sbom := []byte(`{"bomFormat":"CycloneDX","specVersion":"1.6","components":[{"name":"zlib","version":"1.3.1","purl":"pkg:generic/zlib@1.3.1"}]}`)
-	for name, b := range map[string][]byte{"gw-os.img": testImage, "sbom.json": sbom, "spdx.json": []byte(`{"spdxVersion":"SPDX-2.3"}`)} {
+	spdx := []byte(`{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","packages":[{"SPDXID":"SPDXRef-z","name":"zlib","versionInfo":"1.3.1",` +
+		`"externalRefs":[{"referenceCategory":"PACKAGE-MANAGER","referenceType":"purl","referenceLocator":"pkg:generic/zlib@1.3.1"}]}]}`)
+	for name, b := range map[string][]byte{"gw-os.img": testImage, "sbom.json": sbom, "spdx.json": spdx, "other.json": []byte(`{"hello":1}`)} {
 		if err := os.WriteFile(name, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -114,8 +116,14 @@ func TestFirmwareManifestSBOM(t *testing.T) {
 	if m.SBOM == nil || m.SBOM.Format != manifest.SBOMCycloneDX || m.SBOM.SHA256 != sha256.Sum256(sbom) {
 		t.Fatalf("manifest SBOM %+v, want CycloneDX with the file's digest", m.SBOM)
 	}
-	if _, stderr, code := runCLI(t, "", append(args, "--sbom", "spdx.json", "--out", "bad.json")...); code == exitOK || !strings.Contains(stderr, "invalid SBOM") {
-		t.Fatalf("an SPDX file as --sbom: exit %d, %q", code, stderr)
+	if _, stderr, code := runCLI(t, "", append(args, "--sbom", "spdx.json", "--out", "spdx-m.json")...); code != exitOK {
+		t.Fatalf("firmware manifest --sbom SPDX: exit %d, %s", code, stderr)
+	}
+	if m, err := manifest.Parse(readFile(t, "spdx-m.json")); err != nil || m.SBOM == nil || m.SBOM.Format != manifest.SBOMSPDX || m.SBOM.SHA256 != sha256.Sum256(spdx) {
+		t.Fatalf("manifest with an SPDX SBOM: %v %+v", err, m)
+	}
+	if _, stderr, code := runCLI(t, "", append(args, "--sbom", "other.json", "--out", "bad.json")...); code == exitOK || !strings.Contains(stderr, "neither CycloneDX nor SPDX") {
+		t.Fatalf("a file that is no SBOM as --sbom: exit %d, %q", code, stderr)
 	}
 	if _, err := os.Stat("bad.json"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a refused SBOM left a manifest: %v", err)

@@ -18,7 +18,7 @@ import (
 // Software inventory and vulnerability exposure (fleet/exposure), under
 // the firmware permissions: what a release contains is part of the release.
 //
-//	POST /api/v1/firmware/{id}/sbom        the release's CycloneDX JSON SBOM, as its signed manifest binds it
+//	POST /api/v1/firmware/{id}/sbom        the release's SBOM (CycloneDX or SPDX JSON), as its signed manifest binds it
 //	GET  /api/v1/firmware/{id}/components  the release's components
 //	GET  /api/v1/exposure?purl=&range=     devices running a component (package URL, version range) as attested
 //	POST /api/v1/advisories                import an OSV JSON advisory; its exposure report
@@ -49,7 +49,7 @@ func (h *handler) routesExposure() {
 	h.route("GET /api/v1/advisories", auth.PermFirmwareRead, h.withExposure(h.listAdvisories))
 	h.route("GET /api/v1/advisories/{id}/report", auth.PermFirmwareRead, h.withExposure(h.advisoryReport))
 
-	h.describe("POST /api/v1/firmware/{id}/sbom", "Attach a release's CycloneDX JSON SBOM (its digest must be the one its signed manifest binds)", json.RawMessage{}, ComponentList{})
+	h.describe("POST /api/v1/firmware/{id}/sbom", "Attach a release's SBOM, CycloneDX or SPDX JSON (its digest must be the one its signed manifest binds)", json.RawMessage{}, ComponentList{})
 	h.describe("GET /api/v1/firmware/{id}/components", "A release's components, from its SBOM", nil, ComponentList{})
 	h.describe("GET /api/v1/exposure", "Devices whose attested release holds a component (?purl= package URL, ?range= version range)", nil, ExposureList{})
 	h.describe("POST /api/v1/advisories", "Import an OSV JSON advisory and get its exposure report", json.RawMessage{}, exposure.Report{}, 201)

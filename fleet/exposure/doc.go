@@ -1,6 +1,6 @@
 // Package exposure answers "which devices run the affected component, right
 // now, as attested": the software bill of materials a release carries
-// (CycloneDX JSON, bound into the signed manifest by digest), the release
+// (CycloneDX or SPDX JSON, bound into the signed manifest by digest), the release
 // each device runs as its TPM attested it (the image digest measured into
 // the firmware PCR, never the version the device claims), queries by
 // package URL and version range, and OSV advisories matched against what

@@ -15,7 +15,6 @@ import (
 	"github.com/Masterminds/semver/v3"
 	"github.com/package-url/packageurl-go"
 
-	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/firmware"
@@ -35,9 +34,8 @@ func Buckets() [][]byte { return [][]byte{bucketComponents, bucketAdvisories} }
 
 // More errors. Compare with errors.Is.
 var (
-	// ErrNoSBOM: the release's signed manifest binds no SBOM, or binds one
-	// in a format this package does not read.
-	ErrNoSBOM = errors.New("exposure: the release's manifest binds no CycloneDX SBOM")
+	// ErrNoSBOM: the release's signed manifest binds no SBOM.
+	ErrNoSBOM = errors.New("exposure: the release's manifest binds no SBOM")
 	// ErrSBOMDigest: the SBOM is not the one the signed manifest binds.
 	ErrSBOMDigest = errors.New("exposure: the SBOM's digest differs from the one in the signed manifest")
 	// ErrNotFound: no such advisory.
@@ -127,19 +125,20 @@ func New(cfg Config) (*Service, error) {
 }
 
 // SetSBOM stores the components of release rel from sbom, after checking
-// that the release's signed manifest binds this SBOM (format CycloneDX
-// JSON, SHA-256 equal to the manifest's): the components are as trusted as
-// the manifest. Setting it again replaces nothing different: the digest
+// that the release's signed manifest binds this SBOM (SHA-256 equal to the
+// manifest's; read in the manifest's format, CycloneDX JSON with ParseSBOM
+// or SPDX JSON with ParseSPDX): the components are as trusted as the
+// manifest. Setting it again replaces nothing different: the digest
 // pins the content.
 func (s *Service) SetSBOM(ctx context.Context, rel *firmware.Release, sbom []byte) ([]Component, error) {
 	m := rel.Manifest
-	if m == nil || m.SBOM == nil || m.SBOM.Format != manifest.SBOMCycloneDX {
+	if m == nil || m.SBOM == nil {
 		return nil, ErrNoSBOM
 	}
 	if sha256.Sum256(sbom) != m.SBOM.SHA256 {
 		return nil, ErrSBOMDigest
 	}
-	cs, err := ParseSBOM(sbom)
+	cs, err := parse(m.SBOM.Format, sbom)
 	if err != nil {
 		return nil, err
 	}

@@ -32,7 +32,7 @@ import (
 // the exposure buckets in PostgreSQL (pgtest: skipped without one unless
 // CI=true); the plain tests run them on bbolt.
 func TestConformance(t *testing.T) {
-	pgtest.Conformance(t, []pgtest.Test{{Name: "Exposure", Fn: TestExposure}, {Name: "NoSBOM", Fn: TestNoSBOM}})
+	pgtest.Conformance(t, []pgtest.Test{{Name: "Exposure", Fn: TestExposure}, {Name: "NoSBOM", Fn: TestNoSBOM}, {Name: "SPDXRelease", Fn: TestSPDXRelease}})
 }
 
 // devices is a fixed inventory.
@@ -368,5 +368,39 @@ func TestNoSBOM(t *testing.T) {
 	sbom, _ := os.ReadFile("testdata/gw-os-1.0.0.cdx.json")
 	if _, err := f.svc.SetSBOM(context.Background(), r, sbom); !errors.Is(err, exposure.ErrNoSBOM) {
 		t.Fatalf("SetSBOM on a release without SBOM: %v, want ErrNoSBOM", err)
+	}
+}
+
+// TestSPDXRelease: a release whose manifest binds an SPDX JSON SBOM takes
+// that SBOM, read as SPDX; its components match advisories as CycloneDX
+// ones do.
+func TestSPDXRelease(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	img := []byte("gw-os spdx image")
+	sbom, err := os.ReadFile("testdata/gw-os-1.0.0.spdx.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Name: "gw-os", Version: "1.0.0", SecurityVersion: 1, Models: []string{"gw-1"}, Size: int64(len(img)),
+		SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second),
+		SBOM: &manifest.SBOM{Format: manifest.SBOMSPDX, SHA256: sha256.Sum256(sbom)}}
+	raw, bundles := signtest.Release(t, m, f.signer)
+	r, err := f.store.Upload(ctx, "alice", raw, bundles, bytes.NewReader(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := f.svc.SetSBOM(ctx, r, sbom)
+	if err != nil || len(cs) != 2 || cs[0].Name != "openssl" {
+		t.Fatalf("SetSBOM of an SPDX release: %+v, %v", cs, err)
+	}
+	f.hist.attested("dev-a", img, time.Now(), "1.0.0")
+	raw, err = os.ReadFile("testdata/OSV-2026-0001.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := f.svc.ImportAdvisory(ctx, raw)
+	if err != nil || !slices.Equal(ids(rep.Devices), []string{"dev-a"}) {
+		t.Fatalf("advisory against the SPDX release: %+v, %v", rep, err)
 	}
 }

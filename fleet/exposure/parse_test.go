@@ -92,3 +92,43 @@ func FuzzParseOSV(f *testing.F) {
 		}
 	})
 }
+
+// TestParseSPDX: packages with a purl external reference are the
+// components; the version comes from the purl, else versionInfo; what is
+// not SPDX JSON is refused.
+func TestParseSPDX(t *testing.T) {
+	b, err := os.ReadFile("testdata/gw-os-1.0.0.spdx.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := ParseSPDX(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Component{
+		{PURL: "pkg:deb/debian/openssl@3.0.1?arch=arm64", Name: "openssl", Version: "3.0.1"},
+		{PURL: "pkg:generic/zlib", Name: "zlib", Version: "1.2.13"},
+	}
+	if len(cs) != len(want) || cs[0] != want[0] || cs[1] != want[1] {
+		t.Fatalf("components %+v, want %+v", cs, want)
+	}
+	for _, bad := range []string{``, `[]`, `{"bomFormat":"CycloneDX","specVersion":"1.5"}`, `{"spdxVersion":"SPDX-9.9"}`} {
+		if _, err := ParseSPDX([]byte(bad)); !errors.Is(err, ErrSBOM) {
+			t.Errorf("ParseSPDX(%s) = %v, want ErrSBOM", bad, err)
+		}
+	}
+}
+
+func FuzzParseSPDX(f *testing.F) {
+	b, err := os.ReadFile("testdata/gw-os-1.0.0.spdx.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte(`{"spdxVersion":"SPDX-2.2","packages":[{"externalRefs":[{"referenceType":"purl","referenceLocator":"pkg:a/b"}]}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := ParseSPDX(b); err != nil && !errors.Is(err, ErrSBOM) {
+			t.Fatalf("error does not wrap ErrSBOM: %v", err)
+		}
+	})
+}

@@ -7,6 +7,9 @@ import (
 
 	cdx "github.com/CycloneDX/cyclonedx-go"
 	"github.com/package-url/packageurl-go"
+	spdxjson "github.com/spdx/tools-golang/json"
+
+	"github.com/sigil-iot/sigil/firmware/manifest"
 )
 
 // Bounds on an SBOM.
@@ -99,4 +102,53 @@ func ParseSBOM(b []byte) ([]Component, error) {
 		}
 	}
 	return out, nil
+}
+
+// ParseSPDX reads an SPDX 2.x JSON document (SPDX's Go tools) and returns
+// its packages that name a package URL (an external reference of type
+// "purl"), in document order, as ParseSBOM does for CycloneDX. Every error
+// wraps ErrSBOM.
+func ParseSPDX(b []byte) ([]Component, error) {
+	if len(b) > MaxSBOMSize {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrSBOM, len(b), MaxSBOMSize)
+	}
+	doc, err := spdxjson.Read(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSBOM, err)
+	}
+	var out []Component
+	for _, p := range doc.Packages {
+		if p == nil {
+			continue
+		}
+		for _, ref := range p.PackageExternalReferences {
+			if ref == nil || ref.RefType != "purl" {
+				continue
+			}
+			q, err := packageurl.FromString(ref.Locator)
+			if err != nil {
+				return nil, fmt.Errorf("%w: package %q: %w", ErrSBOM, p.PackageName, err)
+			}
+			v := q.Version
+			if v == "" {
+				v = p.PackageVersion
+			}
+			if len(out) == MaxComponents {
+				return nil, fmt.Errorf("%w: more than %d components", ErrSBOM, MaxComponents)
+			}
+			out = append(out, Component{PURL: ref.Locator, Name: p.PackageName, Version: v})
+		}
+	}
+	return out, nil
+}
+
+// parse reads an SBOM in a manifest's format.
+func parse(format string, b []byte) ([]Component, error) {
+	switch format {
+	case manifest.SBOMCycloneDX:
+		return ParseSBOM(b)
+	case manifest.SBOMSPDX:
+		return ParseSPDX(b)
+	}
+	return nil, fmt.Errorf("%w: format %q", ErrSBOM, format)
 }
