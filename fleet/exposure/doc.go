@@ -13,4 +13,9 @@
 // bytes || image digest) of a release's manifest. A device whose PCR
 // matches no release, or that never attested, runs an unknown release and
 // is reported as such, not assumed to run what it says.
+//
+// Queries and reports are computed when asked, from the inventory, the
+// newest attestation records of every device (50 each) and the releases'
+// components: their cost grows with the fleet, one history read per
+// device; nothing is cached between them.
 package exposure

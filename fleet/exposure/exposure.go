@@ -29,7 +29,9 @@ var (
 	bucketAdvisories = []byte("exposure_advisories")
 )
 
-// Buckets are the store's buckets (for boltdb.Schema and sigil migrate).
+// Buckets are the store's buckets (boltdb.Schema). sigil migrate does not
+// copy them yet: after a move to PostgreSQL, attach the SBOMs and import
+// the advisories again.
 func Buckets() [][]byte { return [][]byte{bucketComponents, bucketAdvisories} }
 
 // More errors. Compare with errors.Is.
