@@ -528,12 +528,14 @@ var _ op.Storage = (*Provider)(nil)
 // client is the provider's one confidential web client (op.Client).
 type client struct{ p *Provider }
 
-func (c *client) GetID() string                        { return c.p.clientID }
-func (c *client) RedirectURIs() []string               { return c.p.redirects }
-func (c *client) PostLogoutRedirectURIs() []string     { return c.p.postLogout }
-func (c *client) ApplicationType() op.ApplicationType  { return op.ApplicationTypeWeb }
-func (c *client) AuthMethod() oidc.AuthMethod          { return oidc.AuthMethodBasic }
-func (c *client) ResponseTypes() []oidc.ResponseType   { return []oidc.ResponseType{oidc.ResponseTypeCode} }
+func (c *client) GetID() string                       { return c.p.clientID }
+func (c *client) RedirectURIs() []string              { return c.p.redirects }
+func (c *client) PostLogoutRedirectURIs() []string    { return c.p.postLogout }
+func (c *client) ApplicationType() op.ApplicationType { return op.ApplicationTypeWeb }
+func (c *client) AuthMethod() oidc.AuthMethod         { return oidc.AuthMethodBasic }
+func (c *client) ResponseTypes() []oidc.ResponseType {
+	return []oidc.ResponseType{oidc.ResponseTypeCode}
+}
 func (c *client) LoginURL(id string) string            { return c.p.Issuer + "/login?authRequestID=" + id }
 func (c *client) AccessTokenType() op.AccessTokenType  { return op.AccessTokenTypeBearer }
 func (c *client) IDTokenLifetime() time.Duration       { return 5 * time.Minute }
