@@ -119,3 +119,11 @@ func (s *Service) SyncExternal(ctx context.Context, name, issuer string, role Ro
 	}
 	return changed, nil
 }
+
+// SSOLoginPath returns where the console's login page links for single
+// sign-on (Config.SSOLoginPath); empty when there is none.
+func (s *Service) SSOLoginPath() string { return s.cfg.SSOLoginPath }
+
+// PasswordLoginOff reports whether password logins are turned off
+// (Config.NoPasswordLogin).
+func (s *Service) PasswordLoginOff() bool { return s.cfg.NoPasswordLogin }

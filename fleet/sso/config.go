@@ -13,12 +13,6 @@ import (
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
-// Settings is embedded in the fleet's configuration: its key "sso" is the
-// operators' single sign-on (Config).
-type Settings struct {
-	SSO Config `json:"sso"`
-}
-
 // Config is the "sso" section of the fleet's configuration
 // (docs/CONFIG.md). Single sign-on is on when Issuer is set.
 type Config struct {

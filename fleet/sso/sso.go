@@ -347,11 +347,17 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) {
 	// A page, not a redirect: the session cookie is SameSite=Strict, and a
 	// redirect that continues the provider's cross-site navigation would
 	// not carry it. The page's own navigation is same-site.
+	s.continueTo(w, res.next, "Logged in", "Continue to the console")
+}
+
+// continueTo answers with a page that sends the browser on to target.
+func (s *Service) continueTo(w http.ResponseWriter, target, title, link string) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'")
+	w.Header().Set("Referrer-Policy", "no-referrer")
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	_ = continuePage.Execute(w, res.next)
+	_ = continuePage.Execute(w, struct{ Target, Title, Link string }{target, title, link})
 }
 
 type loginResult struct {
@@ -666,7 +672,9 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request, p auth.Principa
 		st.mu.Unlock()
 	}
 	u.RawQuery = v.Encode()
-	http.Redirect(w, r, u.String(), http.StatusSeeOther)
+	// A page, not a redirect: the console's form-action CSP would block a
+	// redirect of its logout form to the provider.
+	s.continueTo(w, u.String(), "Logged out", "Continue to the identity provider")
 }
 
 func (s *Service) record(e audit.Entry) {
@@ -707,8 +715,8 @@ func safeNext(next string) string {
 
 var (
 	continuePage = template.Must(template.New("continue").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={{.}}"><title>Logged in</title></head>
-<body><p>Logged in. <a href="{{.}}">Continue to the console</a>.</p></body></html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={{.Target}}"><title>{{.Title}}</title></head>
+<body><p>{{.Title}}. <a href="{{.Target}}">{{.Link}}</a>.</p></body></html>
 `))
 	messagePage = template.Must(template.New("message").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title></head>

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -399,6 +401,16 @@ func TestExpiredIDTokenRefused(t *testing.T) {
 	}
 }
 
+// metaRefresh returns the target of a page's meta refresh.
+func metaRefresh(t *testing.T, page string) string {
+	t.Helper()
+	m := regexp.MustCompile(`content="0;url=([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no meta refresh in %s", page)
+	}
+	return html.UnescapeString(m[1])
+}
+
 func errorsMention(s, word string) bool { return strings.Contains(strings.ToLower(s), word) }
 
 // TestLogout: logging out ends the session and sends the browser through
@@ -410,6 +422,15 @@ func TestLogout(t *testing.T) {
 	_, me := f.me(b)
 	resp, err := b.PostForm(f.srv.URL+"/logout", url.Values{"csrf_token": {me["csrf"]}})
 	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	end := metaRefresh(t, string(page))
+	if !strings.HasPrefix(end, f.op.Issuer+"/end_session?") || !strings.Contains(end, "id_token_hint=") {
+		t.Fatalf("logout sends the browser to %q", end)
+	}
+	if resp, err = b.Get(end); err != nil {
 		t.Fatal(err)
 	}
 	_ = resp.Body.Close()
