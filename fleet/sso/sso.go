@@ -196,7 +196,7 @@ func (s *Service) Wrap(next http.Handler) http.Handler {
 			return
 		}
 		if r.URL.Path == "/logout" && r.Method == http.MethodPost {
-			s.logout(w, r, p)
+			s.logout(w, r, p, next)
 			return
 		}
 		if err := s.recheck(r.Context(), p, r); err != nil {
@@ -628,39 +628,33 @@ func (s *Service) revoke(ctx context.Context, user, reason string) {
 	s.record(audit.New(audit.System("sso"), "auth.sso.revoke", user).Deny(reason))
 }
 
-// logout ends the operator's session (the form must carry its CSRF token:
-// the request passes Authenticate with its real method) and, when the
+// logout lets the console end the operator's session (its logout checks
+// the form's CSRF token and origin) and, once the session is gone and the
 // provider advertises an end_session_endpoint, sends the browser there
-// (RP-initiated logout) to come back to the login page.
-func (s *Service) logout(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	if _, err := s.opts.Auth.Authenticate(r); err != nil {
-		s.log.Warn("single sign-on logout refused", "user", p.User, "err", err)
-		s.page(w, http.StatusForbidden, "Request refused",
-			"The form did not carry this session's CSRF token or came from another site. Reload the page and try again.")
+// (RP-initiated logout with id_token_hint) to come back to the login page.
+// A refused logout is answered as the console answered it.
+func (s *Service) logout(w http.ResponseWriter, r *http.Request, p auth.Principal, console http.Handler) {
+	rec := &recorder{header: http.Header{}, status: http.StatusOK}
+	console.ServeHTTP(rec, r)
+	if _, still := s.principal(r); still {
+		rec.copyTo(w)
 		return
 	}
-	if err := s.opts.Auth.Logout(r); err != nil {
-		s.log.Error("logout failed", "user", p.User, "err", err)
-		s.page(w, http.StatusInternalServerError, "Logout failed", "The server could not end the session.")
-		return
+	for _, c := range rec.header.Values("Set-Cookie") {
+		w.Header().Add("Set-Cookie", c)
 	}
-	http.SetCookie(w, s.opts.Auth.ClearCookie())
 	s.mu.Lock()
 	st, end := s.users[p.User], s.endSess
 	s.mu.Unlock()
 	s.log.Info("logout", "user", p.User, "method", "sso")
 	s.record(audit.New(audit.User(p.User), "auth.logout", p.User).With("method", "sso"))
-	back := "/login?bye=1"
-	if end == "" {
-		http.Redirect(w, r, back, http.StatusSeeOther)
-		return
-	}
-	u, err := url.Parse(end)
-	if err != nil {
-		http.Redirect(w, r, back, http.StatusSeeOther)
-		return
-	}
 	cb, _ := url.Parse(s.cfg.RedirectURL)
+	back := "/login?bye=1"
+	u, err := url.Parse(end)
+	if end == "" || err != nil {
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
 	v := u.Query()
 	v.Set("client_id", s.cfg.ClientID)
 	v.Set("post_logout_redirect_uri", cb.Scheme+"://"+cb.Host+back)
@@ -675,6 +669,30 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request, p auth.Principa
 	// A page, not a redirect: the console's form-action CSP would block a
 	// redirect of its logout form to the provider.
 	s.continueTo(w, u.String(), "Logged out", "Continue to the identity provider")
+}
+
+// recorder keeps the console's answer to a logout.
+type recorder struct {
+	header http.Header
+	status int
+	body   []byte
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+func (r *recorder) WriteHeader(status int) {
+	r.status = status
+}
+func (r *recorder) Write(b []byte) (int, error) {
+	r.body = append(r.body, b...)
+	return len(b), nil
+}
+
+func (r *recorder) copyTo(w http.ResponseWriter) {
+	for k, v := range r.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(r.status)
+	_, _ = w.Write(r.body)
 }
 
 func (s *Service) record(e audit.Entry) {

@@ -131,6 +131,7 @@ func start(t *testing.T, s setup) *fleet {
 		_ = json.NewEncoder(w).Encode(map[string]string{"user": p.User, "role": string(p.Role), "csrf": p.CSRFToken})
 	})))
 	mux.Handle("POST /api/v1/login", a.LoginHandler())
+	mux.Handle("POST /logout", a.LogoutHandler())
 	svc, err := sso.New(cfg, sso.Options{Auth: a, Audit: f.audit, HTTPClient: f.op.Client(), Now: f.clock.Now})
 	if err != nil {
 		t.Fatal(err)

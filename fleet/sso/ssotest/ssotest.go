@@ -103,6 +103,7 @@ func Start(t testing.TB, c Client) *Provider {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/login", p.login)
+	mux.HandleFunc("/favicon.ico", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.Handle("/", prov)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
