@@ -266,14 +266,12 @@ func (s *Service) random() (string, error) {
 // fresh nonce.
 func (s *Service) login(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	p, err := s.discover(ctx)
-	if err != nil {
+	if _, err := s.discover(ctx); err != nil {
 		s.log.Error("single sign-on unavailable", "err", err)
 		s.page(w, http.StatusServiceUnavailable, "Single sign-on is unavailable",
 			"The identity provider cannot be reached. Try again later; an administrator can use a local account.")
 		return
 	}
-	_ = p
 	state, err1 := s.random()
 	nonce, err2 := s.random()
 	if err := errors.Join(err1, err2); err != nil {
@@ -534,7 +532,7 @@ func (s *Service) recheck(ctx context.Context, p auth.Principal, r *http.Request
 	prov := s.provider
 	s.mu.Unlock()
 	if st == nil || prov == nil || p.External != s.cfg.Issuer {
-		s.revoke(ctx, p.User, "no single sign-on state for this session (the fleet restarted, or another provider issued it)")
+		s.revoke(p.User, "no single sign-on state for this session (the fleet restarted, or another provider issued it)")
 		return s.opts.Auth.Logout(r)
 	}
 	st.mu.Lock()
@@ -547,7 +545,7 @@ func (s *Service) recheck(ctx context.Context, p auth.Principal, r *http.Request
 	if err != nil {
 		s.forget(p.User, st)
 		s.log.Warn("single sign-on re-check failed; sessions ended", "user", p.User, "err", err)
-		s.revoke(ctx, p.User, err.Error())
+		s.revoke(p.User, err.Error())
 		return s.opts.Auth.EndSessions(ctx, p.User)
 	}
 	role, group := s.cfg.role(groups)
@@ -557,7 +555,7 @@ func (s *Service) recheck(ctx context.Context, p auth.Principal, r *http.Request
 			return err
 		}
 		s.log.Warn("single sign-on: no group maps to a role any more; account disabled", "user", p.User)
-		s.revoke(ctx, p.User, fmt.Sprintf("%v: groups %s", ErrNoRole, clip(strings.Join(groups, ","))))
+		s.revoke(p.User, fmt.Sprintf("%v: groups %s", ErrNoRole, clip(strings.Join(groups, ","))))
 		return nil
 	}
 	if role != st.role {
@@ -623,8 +621,8 @@ func (s *Service) forget(user string, st *userState) {
 	s.mu.Unlock()
 }
 
-func (s *Service) revoke(ctx context.Context, user, reason string) {
-	_ = ctx
+// revoke audits the end of an operator's access at a re-check.
+func (s *Service) revoke(user, reason string) {
 	s.record(audit.New(audit.System("sso"), "auth.sso.revoke", user).Deny(reason))
 }
 
