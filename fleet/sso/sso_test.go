@@ -261,6 +261,10 @@ func TestGroupRemovedNextRequestRefused(t *testing.T) {
 	if code, me := f.me(b); code != http.StatusOK || me["role"] != string(auth.RoleAdmin) {
 		t.Fatalf("after the move to sigil-admins: %d %v", code, me)
 	}
+	token, _, err := f.auth.CreateToken(context.Background(), "alice", "alice's script", auth.RoleViewer, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f.op.SetGroups("alice", "staff")
 	if code, _ := f.me(b); code != http.StatusOK {
 		t.Fatalf("within the re-check interval the session holds: %d", code)
@@ -271,6 +275,16 @@ func TestGroupRemovedNextRequestRefused(t *testing.T) {
 	}
 	if u, err := f.auth.User(context.Background(), "alice"); err != nil || !u.Disabled {
 		t.Errorf("account after the group was removed: %+v, %v", u, err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, f.srv.URL+"/me", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := f.browser().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("alice's API token after the group was removed: %s, want 401", resp.Status)
 	}
 	if rs := f.audit.find("auth.sso.revoke", audit.Denied); len(rs) != 1 || !strings.Contains(rs[0].Reason, "no group maps") {
 		t.Errorf("audit of the revocation: %+v", rs)
