@@ -120,6 +120,39 @@ func (s *Service) SyncExternal(ctx context.Context, name, issuer string, role Ro
 	return changed, nil
 }
 
+// ExternalState returns what SetExternalState last stored for an external
+// account of issuer (nil if nothing). A local account, or one of another
+// issuer, fails with ErrNotExternal; an unknown one with ErrNotFound.
+func (s *Service) ExternalState(ctx context.Context, name, issuer string) ([]byte, error) {
+	rec, err := s.getUserRecord(ctx, normalizeName(name))
+	if err != nil {
+		return nil, err
+	}
+	if rec.External != issuer || issuer == "" {
+		return nil, fmt.Errorf("%w: %q", ErrNotExternal, name)
+	}
+	return rec.ExternalState, nil
+}
+
+// SetExternalState stores state (nil clears it) with an external account
+// of issuer, for the single sign-on of every replica sharing the store. The
+// caller seals it: it may hold the provider's tokens. Errors as
+// ExternalState.
+func (s *Service) SetExternalState(ctx context.Context, name, issuer string, state []byte) error {
+	name = normalizeName(name)
+	return s.db.Update(ctx, func(tx kv.Tx) error {
+		cur, err := getUser(tx, name)
+		if err != nil {
+			return err
+		}
+		if cur.External != issuer || issuer == "" {
+			return fmt.Errorf("%w: %q", ErrNotExternal, name)
+		}
+		cur.ExternalState = state
+		return put(tx.Bucket(bucketUsers), []byte(name), cur)
+	})
+}
+
 // SSOLoginPath returns where the console's login page links for single
 // sign-on (Config.SSOLoginPath); empty when there is none.
 func (s *Service) SSOLoginPath() string { return s.cfg.SSOLoginPath }

@@ -212,6 +212,9 @@ type userRecord struct {
 	// Generation changes when the password changes; sessions made under
 	// another generation are void.
 	Generation uint64 `json:"generation"`
+	// ExternalState is what single sign-on keeps of an external account
+	// (SetExternalState), opaque here: sealed by its owner, never in User.
+	ExternalState []byte `json:"external_state,omitempty"`
 }
 
 const (

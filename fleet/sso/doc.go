@@ -21,9 +21,13 @@
 // group maps to a role any more, the account is disabled and its sessions
 // end, so that very request is refused, and so are its API tokens; a new
 // role replaces the old. A re-check that fails (refresh refused, provider
-// unreachable) ends the operator's sessions. What the provider said lives
-// in this process's memory only: after a restart, or on another replica,
-// operators signed in through the provider log in again.
+// unreachable) ends the operator's sessions. What the provider said (its
+// subject, tokens, the last check and role) is kept with the account in
+// the operators' store (auth.SetExternalState), sealed with AES-GCM under a
+// key derived from the client secret, so that replicas sharing the store,
+// and the fleet after a restart, re-check the same way; a replica reads it
+// again before a re-check, and after a refused refresh (another replica
+// may have rotated the refresh token).
 //
 // Logging out (the console's POST /logout) ends the session and, when the
 // provider advertises an end_session_endpoint, sends the browser there

@@ -2,6 +2,7 @@ package sso
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -30,6 +31,8 @@ type Sessions interface {
 	LoginExternal(ctx context.Context, name, issuer string, role auth.Role, source string) (auth.Session, error)
 	SyncExternal(ctx context.Context, name, issuer string, role auth.Role) (bool, error)
 	Logout(r *http.Request) error
+	ExternalState(ctx context.Context, name, issuer string) ([]byte, error)
+	SetExternalState(ctx context.Context, name, issuer string, state []byte) error
 	EndSessions(ctx context.Context, name string) error
 	Cookie(auth.Session) *http.Cookie
 	ClearCookie() *http.Cookie
@@ -99,7 +102,8 @@ type Service struct {
 	provider *oidc.Provider // nil until discovery succeeds
 	endSess  string         // the provider's end_session_endpoint, if any
 	pending  map[string]pending
-	users    map[string]*userState
+	users    map[string]*userState // cache of the stored state (state.go)
+	aead     cipher.AEAD           // seals the stored state
 }
 
 // pending is a login between the redirect to the provider and its
@@ -107,17 +111,6 @@ type Service struct {
 type pending struct {
 	nonce, verifier, next string
 	created               time.Time
-}
-
-// userState is what the provider last said about a signed-in operator.
-// It lives in memory only: after a restart an operator signs in again.
-type userState struct {
-	mu      sync.Mutex
-	subject string
-	token   *oauth2.Token
-	idToken string // the last raw ID token, as id_token_hint at logout
-	checked time.Time
-	role    auth.Role
 }
 
 // New checks cfg and builds the service. It does not contact the provider:
@@ -155,8 +148,13 @@ func New(cfg Config, opts Options) (*Service, error) {
 		opts.Rand = rand.Reader
 	}
 	cb, _ := url.Parse(cfg.RedirectURL) // Validate parsed it
+	aead, err := stateKey(secret)
+	if err != nil {
+		return nil, err
+	}
 	return &Service{
-		cfg: cfg, opts: opts, log: opts.Logger, cbPath: cb.Path,
+		aead: aead,
+		cfg:  cfg, opts: opts, log: opts.Logger, cbPath: cb.Path,
 		oauth:   oauth2.Config{ClientID: cfg.ClientID, ClientSecret: secret, RedirectURL: cfg.RedirectURL, Scopes: cfg.Scopes},
 		pending: make(map[string]pending),
 		users:   make(map[string]*userState),
@@ -422,9 +420,14 @@ func (s *Service) complete(ctx context.Context, r *http.Request, source string) 
 	case err != nil:
 		return name, loginResult{}, err
 	}
-	s.mu.Lock()
-	s.users[sess.User] = &userState{subject: id.Subject, token: tok, idToken: rawIDToken(tok), checked: now, role: role}
-	s.mu.Unlock()
+	st := s.entry(sess.User)
+	st.mu.Lock()
+	st.loaded, st.subject, st.token, st.idToken, st.checked, st.role = true, id.Subject, tok, rawIDToken(tok), now, role
+	err = s.save(ctx, sess.User, st)
+	st.mu.Unlock()
+	if err != nil {
+		return name, loginResult{}, err
+	}
 	return sess.User, loginResult{sess: sess, group: group, next: pend.next}, nil
 }
 
@@ -518,39 +521,51 @@ func groupsOf(v any) []string {
 }
 
 // recheck asks the provider again about an operator signed in through it
-// once RecheckEvery has passed since it last did, and applies the answer
+// once RecheckEvery has passed since it (or another replica: the state is
+// read again from the store first) last did, and applies the answer
 // before the request goes on: no group mapping to a role any more
 // disables the account and ends its sessions; another role replaces the
 // account's. A failed re-check (the provider refuses the refresh token or
 // cannot be reached) ends the operator's sessions: deny by default. So
-// does a session the fleet holds no provider state for (the fleet
-// restarted since the login). It returns an error only when ending
-// sessions failed.
+// does a session the fleet holds no provider state for. It returns an
+// error only when the store fails.
 func (s *Service) recheck(ctx context.Context, p auth.Principal, r *http.Request) error {
-	s.mu.Lock()
-	st := s.users[p.User]
-	prov := s.provider
-	s.mu.Unlock()
-	if st == nil || prov == nil || p.External != s.cfg.Issuer {
-		s.revoke(p.User, "no single sign-on state for this session (the fleet restarted, or another provider issued it)")
-		return s.opts.Auth.Logout(r)
+	if p.External != s.cfg.Issuer {
+		s.revoke(p.User, "the session's account belongs to another identity provider")
+		return s.opts.Auth.EndSessions(ctx, p.User)
 	}
+	st := s.entry(p.User)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	now := s.opts.Now()
-	if now.Sub(st.checked) < time.Duration(s.cfg.RecheckEvery) {
+	every := time.Duration(s.cfg.RecheckEvery)
+	if st.loaded && st.subject != "" && now.Sub(st.checked) < every {
 		return nil
 	}
-	groups, err := s.ask(ctx, prov, st)
+	if err := s.load(ctx, p.User, st); err != nil {
+		s.log.Error("single sign-on: reading the stored state failed", "user", p.User, "err", err)
+	}
+	switch {
+	case st.subject == "":
+		s.revoke(p.User, "no single sign-on state for this account")
+		return s.opts.Auth.Logout(r)
+	case now.Sub(st.checked) < every:
+		return nil // another replica asked the provider meanwhile
+	}
+	groups, fresh, err := s.ask(ctx, st)
 	if err != nil {
-		s.forget(p.User, st)
+		// Another replica may have used the refresh token just now.
+		if lerr := s.load(ctx, p.User, st); lerr == nil && st.subject != "" && now.Sub(st.checked) < every {
+			return nil
+		}
+		s.drop(ctx, p.User, st)
 		s.log.Warn("single sign-on re-check failed; sessions ended", "user", p.User, "err", err)
 		s.revoke(p.User, err.Error())
 		return s.opts.Auth.EndSessions(ctx, p.User)
 	}
 	role, group := s.cfg.role(groups)
 	if role == "" {
-		s.forget(p.User, st)
+		s.drop(ctx, p.User, st)
 		if _, err := s.opts.Auth.SyncExternal(ctx, p.User, s.cfg.Issuer, ""); err != nil {
 			return err
 		}
@@ -564,16 +579,27 @@ func (s *Service) recheck(ctx context.Context, p auth.Principal, r *http.Request
 		}
 		s.log.Info("single sign-on: role changed at the provider", "user", p.User, "role", role, "group", group)
 		s.record(audit.New(audit.System("sso"), "auth.sso.role", p.User).With("role", string(role)).With("group", group).With("was", string(st.role)))
-		st.role = role
 	}
-	st.checked = now
+	st.token, st.checked, st.role = fresh, now, role
+	if raw := rawIDToken(fresh); raw != "" {
+		st.idToken = raw
+	}
+	if err := s.save(ctx, p.User, st); err != nil {
+		// The next re-check here still has the new token; other
+		// replicas fail closed with the old one.
+		s.log.Error("single sign-on: storing the state failed", "user", p.User, "err", err)
+	}
 	return nil
 }
 
-// ask refreshes the operator's tokens and returns their groups: from the
+// ask refreshes the operator's tokens and returns their groups, from the
 // new ID token (verified, and of the same subject) when the provider sends
-// one, else from its userinfo endpoint.
-func (s *Service) ask(ctx context.Context, p *oidc.Provider, st *userState) ([]string, error) {
+// one, else from its userinfo endpoint, and the new tokens.
+func (s *Service) ask(ctx context.Context, st *userState) ([]string, *oauth2.Token, error) {
+	p, err := s.discover(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	ctx = oidc.ClientContext(ctx, s.opts.HTTPClient)
 	tok := st.token
 	if tok.RefreshToken != "" {
@@ -582,43 +608,33 @@ func (s *Service) ask(ctx context.Context, p *oidc.Provider, st *userState) ([]s
 		old.AccessToken = ""
 		fresh, err := s.oauth.TokenSource(ctx, &old).Token()
 		if err != nil {
-			return nil, fmt.Errorf("%w: refresh: %s", ErrProvider, oauthCause(err))
+			return nil, nil, fmt.Errorf("%w: refresh: %s", ErrProvider, oauthCause(err))
 		}
 		tok = fresh
 	} else if !tok.Expiry.IsZero() && !s.opts.Now().Before(tok.Expiry) {
-		return nil, fmt.Errorf("%w: the access token expired and there is no refresh token", ErrProvider)
+		return nil, nil, fmt.Errorf("%w: the access token expired and there is no refresh token", ErrProvider)
 	}
-	st.token = tok
 	if rawIDToken(tok) != "" {
 		_, claims, err := s.verify(ctx, p, tok, st.subject)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		st.idToken = rawIDToken(tok)
 		if v, ok := claims[s.cfg.GroupsClaim]; ok {
-			return groupsOf(v), nil
+			return groupsOf(v), tok, nil
 		}
 	}
 	info, err := p.UserInfo(ctx, oauth2.StaticTokenSource(tok))
 	if err != nil {
-		return nil, fmt.Errorf("%w: userinfo: %s", ErrProvider, oauthCause(err))
+		return nil, nil, fmt.Errorf("%w: userinfo: %s", ErrProvider, oauthCause(err))
 	}
 	if info.Subject != st.subject {
-		return nil, fmt.Errorf("%w: userinfo names another subject", ErrToken)
+		return nil, nil, fmt.Errorf("%w: userinfo names another subject", ErrToken)
 	}
 	var claims map[string]any
 	if err := info.Claims(&claims); err != nil {
-		return nil, fmt.Errorf("%w: userinfo: %w", ErrToken, err)
+		return nil, nil, fmt.Errorf("%w: userinfo: %w", ErrToken, err)
 	}
-	return groupsOf(claims[s.cfg.GroupsClaim]), nil
-}
-
-func (s *Service) forget(user string, st *userState) {
-	s.mu.Lock()
-	if s.users[user] == st {
-		delete(s.users, user)
-	}
-	s.mu.Unlock()
+	return groupsOf(claims[s.cfg.GroupsClaim]), tok, nil
 }
 
 // revoke audits the end of an operator's access at a re-check.
@@ -642,8 +658,9 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request, p auth.Principa
 		w.Header().Add("Set-Cookie", c)
 	}
 	s.mu.Lock()
-	st, end := s.users[p.User], s.endSess
+	end := s.endSess
 	s.mu.Unlock()
+	st := s.entry(p.User)
 	s.log.Info("logout", "user", p.User, "method", "sso")
 	s.record(audit.New(audit.User(p.User), "auth.logout", p.User).With("method", "sso"))
 	cb, _ := url.Parse(s.cfg.RedirectURL)
@@ -656,13 +673,16 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request, p auth.Principa
 	v := u.Query()
 	v.Set("client_id", s.cfg.ClientID)
 	v.Set("post_logout_redirect_uri", cb.Scheme+"://"+cb.Host+back)
-	if st != nil {
-		st.mu.Lock()
-		if st.idToken != "" {
-			v.Set("id_token_hint", st.idToken)
+	st.mu.Lock()
+	if !st.loaded {
+		if err := s.load(r.Context(), p.User, st); err != nil {
+			s.log.Warn("single sign-on: reading the stored state failed", "user", p.User, "err", err)
 		}
-		st.mu.Unlock()
 	}
+	if st.idToken != "" {
+		v.Set("id_token_hint", st.idToken)
+	}
+	st.mu.Unlock()
 	u.RawQuery = v.Encode()
 	// A page, not a redirect: the console's form-action CSP would block a
 	// redirect of its logout form to the provider.

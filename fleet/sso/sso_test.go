@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,6 +83,22 @@ type fleet struct {
 	op    *ssotest.Provider
 	clock *clock
 	audit *entries
+
+	cfg     sso.Config
+	mux     *http.ServeMux
+	handler atomic.Pointer[http.Handler]
+}
+
+// replica serves the fleet from now on with another sso.Service sharing
+// the operators' store: a second replica, or the fleet after a restart.
+func (f *fleet) replica() {
+	f.t.Helper()
+	svc, err := sso.New(f.cfg, sso.Options{Auth: f.auth, Audit: f.audit, HTTPClient: f.op.Client(), Now: f.clock.Now})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	h := svc.Wrap(f.mux)
+	f.handler.Store(&h)
 }
 
 type setup struct {
@@ -91,8 +108,7 @@ type setup struct {
 func start(t *testing.T, s setup) *fleet {
 	t.Helper()
 	f := &fleet{t: t, clock: &clock{}, audit: &entries{}}
-	var h http.Handler = http.NotFoundHandler()
-	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
+	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*f.handler.Load()).ServeHTTP(w, r) }))
 	t.Cleanup(f.srv.Close)
 	redirect := f.srv.URL + "/auth/sso/callback"
 	f.op = ssotest.Start(t, ssotest.Client{ID: clientID, Secret: secret,
@@ -125,18 +141,16 @@ func start(t *testing.T, s setup) *fleet {
 		off := false
 		cfg.PasswordLogin = &off
 	}
+	f.cfg = cfg
 	mux := http.NewServeMux()
+	f.mux = mux
 	mux.Handle("GET /me", a.Require()(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, _ := auth.PrincipalFrom(r.Context())
 		_ = json.NewEncoder(w).Encode(map[string]string{"user": p.User, "role": string(p.Role), "csrf": p.CSRFToken})
 	})))
 	mux.Handle("POST /api/v1/login", a.LoginHandler())
 	mux.Handle("POST /logout", a.LogoutHandler())
-	svc, err := sso.New(cfg, sso.Options{Auth: a, Audit: f.audit, HTTPClient: f.op.Client(), Now: f.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h = svc.Wrap(mux)
+	f.replica()
 	return f
 }
 
@@ -565,5 +579,58 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := (sso.Config{}).Validate(); err != nil {
 		t.Errorf("no sso: %v", err)
+	}
+}
+
+// TestStateSharedByReplicas: the provider state is kept with the account,
+// sealed, so that another replica (or the fleet after a restart) serves the
+// session, re-checks it with the refresh token the first one stored, and
+// refuses it once the group is removed; the first replica then picks up the
+// rotated refresh token from the store.
+func TestStateSharedByReplicas(t *testing.T) {
+	f := start(t, setup{})
+	f.op.AddUser("alice", "pw-a", "sigil-ops")
+	b := f.login("alice", "pw-a")
+	first := f.handler.Load()
+
+	f.replica() // a restart, or another replica
+	f.clock.Advance(2 * time.Minute)
+	if code, me := f.me(b); code != http.StatusOK || me["role"] != "operator" {
+		t.Fatalf("on the second replica: %d %v", code, me)
+	}
+	f.handler.Store(first) // back on the first: its cached refresh token was rotated
+	f.clock.Advance(2 * time.Minute)
+	if code, _ := f.me(b); code != http.StatusOK {
+		t.Fatalf("on the first replica after the other's re-check: %d", code)
+	}
+	if rs := f.audit.find("auth.sso.revoke", audit.Denied); len(rs) != 0 {
+		t.Fatalf("revocations: %+v", rs)
+	}
+	f.replica()
+	f.op.SetGroups("alice")
+	f.clock.Advance(2 * time.Minute)
+	if code, _ := f.me(b); code != http.StatusUnauthorized {
+		t.Fatalf("after the group was removed, on another replica: %d", code)
+	}
+	state, err := f.auth.ExternalState(context.Background(), "alice", f.op.Issuer)
+	if err != nil || state != nil {
+		t.Errorf("stored state after the revocation: %d bytes, %v", len(state), err)
+	}
+}
+
+// TestStoredStateIsSealed: the provider's tokens are not readable in the
+// operators' store.
+func TestStoredStateIsSealed(t *testing.T) {
+	f := start(t, setup{})
+	f.op.AddUser("alice", "pw-a", "sigil-ops")
+	f.login("alice", "pw-a")
+	state, err := f.auth.ExternalState(context.Background(), "alice", f.op.Issuer)
+	if err != nil || len(state) == 0 {
+		t.Fatalf("stored state: %d bytes, %v", len(state), err)
+	}
+	for _, plain := range []string{"refresh_token", "access_token", "sub-", "eyJ"} {
+		if strings.Contains(string(state), plain) {
+			t.Errorf("the stored state shows %q", plain)
+		}
 	}
 }
