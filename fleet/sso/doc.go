@@ -3,10 +3,14 @@
 // and maps the provider's groups to Sigil roles (fleet/auth).
 //
 // A login (GET LoginPath) sends the browser to the provider with a fresh
-// state, bound to the browser by a short-lived SameSite=Lax cookie, a
-// fresh nonce and an S256 PKCE challenge. The callback (GET on the path of
-// Config.RedirectURL) accepts the state once, exchanges the code with the
-// verifier, and verifies the ID token: its signature with the provider's
+// state, a fresh nonce and an S256 PKCE challenge. The login in progress
+// (state, nonce, verifier, where to return, start time) travels in a
+// 10-minute SameSite=Lax cookie, sealed (AES-GCM) so the browser can
+// neither read nor forge it: any replica completes the login, and nothing
+// is held for logins never finished. The callback (GET on the path of
+// Config.RedirectURL) requires the state to be the cookie's, exchanges the
+// code (once: the provider takes a code once) with the verifier, and
+// verifies the ID token: its signature with the provider's
 // published keys, issuer, audience (the client ID), expiry, access token
 // hash, and nonce. The person's groups (Config.GroupsClaim) give the role
 // of the first matching Config.Roles entry; none matching refuses the

@@ -83,7 +83,7 @@ var (
 const (
 	stateCookie   = "__Host-sigil-sso"
 	pendingTTL    = 10 * time.Minute
-	maxPending    = 10000
+	maxNext       = 1024
 	secretLen     = 32
 	maxClaimShown = 256
 )
@@ -99,18 +99,22 @@ type Service struct {
 	cbPath string
 
 	mu       sync.Mutex
-	provider *oidc.Provider // nil until discovery succeeds
-	endSess  string         // the provider's end_session_endpoint, if any
-	pending  map[string]pending
+	provider *oidc.Provider        // nil until discovery succeeds
+	endSess  string                // the provider's end_session_endpoint, if any
 	users    map[string]*userState // cache of the stored state (state.go)
 	aead     cipher.AEAD           // seals the stored state
 }
 
 // pending is a login between the redirect to the provider and its
-// callback.
+// callback. It travels sealed in the browser's state cookie (sealPending),
+// so that any replica completes it and nobody can fill the fleet's memory
+// with logins never finished.
 type pending struct {
-	nonce, verifier, next string
-	created               time.Time
+	State    string    `json:"state"`
+	Nonce    string    `json:"nonce"`
+	Verifier string    `json:"verifier"`
+	Next     string    `json:"next"`
+	Created  time.Time `json:"created"`
 }
 
 // New checks cfg and builds the service. It does not contact the provider:
@@ -155,9 +159,8 @@ func New(cfg Config, opts Options) (*Service, error) {
 	return &Service{
 		aead: aead,
 		cfg:  cfg, opts: opts, log: opts.Logger, cbPath: cb.Path,
-		oauth:   oauth2.Config{ClientID: cfg.ClientID, ClientSecret: secret, RedirectURL: cfg.RedirectURL, Scopes: cfg.Scopes},
-		pending: make(map[string]pending),
-		users:   make(map[string]*userState),
+		oauth: oauth2.Config{ClientID: cfg.ClientID, ClientSecret: secret, RedirectURL: cfg.RedirectURL, Scopes: cfg.Scopes},
+		users: make(map[string]*userState),
 	}, nil
 }
 
@@ -278,26 +281,21 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	verifier := oauth2.GenerateVerifier()
-	now := s.opts.Now()
-	s.mu.Lock()
-	for k, v := range s.pending {
-		if now.Sub(v.created) >= pendingTTL {
-			delete(s.pending, k)
-		}
+	next := safeNext(r.URL.Query().Get("next"))
+	if len(next) > maxNext {
+		next = "/"
 	}
-	full := len(s.pending) >= maxPending
-	if !full {
-		s.pending[state] = pending{nonce: nonce, verifier: verifier, next: safeNext(r.URL.Query().Get("next")), created: now}
-	}
-	authURL := s.oauth.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier))
-	s.mu.Unlock()
-	if full {
-		s.log.Warn("single sign-on: too many logins in progress", "source", auth.ClientAddr(r))
-		s.page(w, http.StatusServiceUnavailable, "Too many logins", "Too many logins are in progress; try again in a few minutes.")
+	sealed, err := s.sealPending(pending{State: state, Nonce: nonce, Verifier: verifier, Next: next, Created: s.opts.Now()})
+	if err != nil {
+		s.log.Error("single sign-on failed", "err", err)
+		s.page(w, http.StatusInternalServerError, "Login failed", "The server could not start the login.")
 		return
 	}
+	s.mu.Lock()
+	authURL := s.oauth.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier))
+	s.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{
-		Name: stateCookie, Value: state, Path: "/", MaxAge: int(pendingTTL / time.Second),
+		Name: stateCookie, Value: sealed, Path: "/", MaxAge: int(pendingTTL / time.Second),
 		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode, // sent on the provider's redirect back
 	})
 	w.Header().Set("Cache-Control", "no-store")
@@ -365,27 +363,30 @@ type loginResult struct {
 func (s *Service) complete(ctx context.Context, r *http.Request, source string) (string, loginResult, error) {
 	q := r.URL.Query()
 	state := q.Get("state")
+	var pend pending
 	c, err := r.Cookie(stateCookie)
-	if state == "" || err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(state)) != 1 {
+	if err == nil {
+		pend, err = s.openPending(c.Value)
+	}
+	if state == "" || err != nil || subtle.ConstantTimeCompare([]byte(pend.State), []byte(state)) != 1 {
 		return "", loginResult{}, refuse("The login expired or did not start in this browser. Log in again.",
 			fmt.Errorf("%w: the state is not this browser's", ErrState))
 	}
 	now := s.opts.Now()
-	s.mu.Lock()
-	pend, ok := s.pending[state]
-	delete(s.pending, state)
-	p := s.provider
-	s.mu.Unlock()
-	if !ok || now.Sub(pend.created) >= pendingTTL || p == nil {
-		return "", loginResult{}, refuse("The login expired or was already used. Log in again.",
-			fmt.Errorf("%w: no login in progress with this state", ErrState))
+	if age := now.Sub(pend.Created); age >= pendingTTL || age < -time.Minute {
+		return "", loginResult{}, refuse("The login expired. Log in again.",
+			fmt.Errorf("%w: the login started %s ago", ErrState, age.Round(time.Second)))
+	}
+	p, err := s.discover(ctx)
+	if err != nil {
+		return "", loginResult{}, refuse("The identity provider cannot be reached. Try again later.", err)
 	}
 	if e := q.Get("error"); e != "" {
 		return "", loginResult{}, refuse("The identity provider refused the login.",
 			fmt.Errorf("%w: the provider answered %s", ErrProvider, clip(e)))
 	}
 	pctx := oidc.ClientContext(ctx, s.opts.HTTPClient)
-	tok, err := s.oauth.Exchange(pctx, q.Get("code"), oauth2.VerifierOption(pend.verifier))
+	tok, err := s.oauth.Exchange(pctx, q.Get("code"), oauth2.VerifierOption(pend.Verifier))
 	if err != nil {
 		return "", loginResult{}, refuse("The identity provider did not accept the login.", fmt.Errorf("%w: code exchange: %s", ErrProvider, oauthCause(err)))
 	}
@@ -393,7 +394,7 @@ func (s *Service) complete(ctx context.Context, r *http.Request, source string) 
 	if err != nil {
 		return "", loginResult{}, refuse("The identity provider's answer did not verify.", err)
 	}
-	if subtle.ConstantTimeCompare([]byte(id.Nonce), []byte(pend.nonce)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(id.Nonce), []byte(pend.Nonce)) != 1 {
 		return "", loginResult{}, refuse("The identity provider's answer did not verify.", fmt.Errorf("%w: the ID token's nonce is not this login's", ErrNonce))
 	}
 	if err := s.fillFromUserinfo(pctx, p, tok, id.Subject, claims); err != nil {
@@ -428,7 +429,7 @@ func (s *Service) complete(ctx context.Context, r *http.Request, source string) 
 	if err != nil {
 		return name, loginResult{}, err
 	}
-	return sess.User, loginResult{sess: sess, group: group, next: pend.next}, nil
+	return sess.User, loginResult{sess: sess, group: group, next: pend.Next}, nil
 }
 
 // verify checks the ID token of a token response: its signature with the

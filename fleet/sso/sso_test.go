@@ -368,26 +368,45 @@ func TestBadStateRefused(t *testing.T) {
 	if code, _ := get(t, b, cb.String()); code != http.StatusForbidden {
 		t.Errorf("callback after a forged one: %d", code)
 	}
-	// A completed callback cannot be replayed.
+	// A completed callback cannot be replayed, even with the browser's
+	// state cookie: the provider takes a code once.
 	b2 := f.browser()
 	cb2 := f.signIn(b2, f.authorize(b2), "alice", "pw-a")
+	u, _ := url.Parse(f.srv.URL)
+	var stateCookie *http.Cookie
+	for _, c := range b2.Jar.Cookies(u) {
+		if c.Name == "__Host-sigil-sso" {
+			stateCookie = c
+		}
+	}
+	if stateCookie == nil {
+		t.Fatal("no state cookie during the login")
+	}
 	if code, _ := get(t, b2, cb2.String()); code != http.StatusOK {
 		t.Fatalf("callback: %d", code)
 	}
-	jar := b2.Jar
-	replay := f.browser()
-	u, _ := url.Parse(f.srv.URL)
-	for _, c := range jar.Cookies(u) {
+	for _, c := range b2.Jar.Cookies(u) {
 		if c.Name == "__Host-sigil-sso" {
 			t.Errorf("state cookie still set after the callback")
 		}
 	}
-	replay.Jar.SetCookies(u, []*http.Cookie{{Name: "__Host-sigil-sso", Value: cb2.Query().Get("state"), Path: "/", Secure: true}})
-	if code, body := get(t, replay, cb2.String()); code != http.StatusForbidden || !strings.Contains(body, "already used") {
+	replay := f.browser()
+	replay.Jar.SetCookies(u, []*http.Cookie{{Name: stateCookie.Name, Value: stateCookie.Value, Path: "/", Secure: true}})
+	if code, body := get(t, replay, cb2.String()); code != http.StatusForbidden || !strings.Contains(body, "did not accept the login") {
 		t.Errorf("replayed callback: %d %s", code, body)
 	}
-	for _, e := range f.audit.find("auth.login", audit.Denied) {
-		if !strings.Contains(e.Reason, "state") {
+	// A state cookie made up by the browser does not open.
+	forger := f.browser()
+	forger.Jar.SetCookies(u, []*http.Cookie{{Name: stateCookie.Name, Value: cb2.Query().Get("state"), Path: "/", Secure: true}})
+	if code, body := get(t, forger, cb2.String()); code != http.StatusForbidden || !strings.Contains(body, "did not start in this browser") {
+		t.Errorf("made-up state cookie: %d %s", code, body)
+	}
+	denied := f.audit.find("auth.login", audit.Denied)
+	if len(denied) != 5 {
+		t.Errorf("%d refused logins audited, want 5", len(denied))
+	}
+	for _, e := range denied {
+		if !strings.Contains(e.Reason, "state") && !strings.Contains(e.Reason, "code exchange") {
 			t.Errorf("refused login's reason: %q", e.Reason)
 		}
 	}
@@ -632,5 +651,22 @@ func TestStoredStateIsSealed(t *testing.T) {
 		if strings.Contains(string(state), plain) {
 			t.Errorf("the stored state shows %q", plain)
 		}
+	}
+}
+
+// TestLoginAcrossReplicas: a login started on one replica completes on
+// another (the login in progress travels sealed in the state cookie).
+func TestLoginAcrossReplicas(t *testing.T) {
+	f := start(t, setup{})
+	f.op.AddUser("alice", "pw-a", "sigil-ops")
+	b := f.browser()
+	page := f.authorize(b)
+	f.replica()
+	cb := f.signIn(b, page, "alice", "pw-a")
+	if code, body := get(t, b, cb.String()); code != http.StatusOK {
+		t.Fatalf("callback on the other replica: %d %s", code, body)
+	}
+	if code, me := f.me(b); code != http.StatusOK || me["role"] != "operator" {
+		t.Errorf("after login: %d %v", code, me)
 	}
 }

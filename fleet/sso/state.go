@@ -6,6 +6,7 @@ import (
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -125,5 +126,39 @@ func (s *Service) drop(ctx context.Context, user string, st *userState) {
 		s.log.Error("single sign-on: clearing the stored state failed", "user", user, "err", err)
 	}
 }
+
+// sealPending seals a login in progress for the state cookie.
+func (s *Service) sealPending(p pending) (string, error) {
+	plain, err := json.Marshal(p)
+	if err != nil {
+		return "", fmt.Errorf("sso: %w", err)
+	}
+	nonce := make([]byte, s.aead.NonceSize())
+	if _, err := io.ReadFull(s.opts.Rand, nonce); err != nil {
+		return "", fmt.Errorf("sso: entropy: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, []byte(pendingAAD))), nil
+}
+
+// openPending opens a state cookie sealPending made; anything else fails.
+func (s *Service) openPending(v string) (pending, error) {
+	var p pending
+	blob, err := base64.RawURLEncoding.DecodeString(v)
+	if err != nil || len(blob) < s.aead.NonceSize() {
+		return p, errors.New("sso: malformed state cookie")
+	}
+	ns := s.aead.NonceSize()
+	plain, err := s.aead.Open(nil, blob[:ns], blob[ns:], []byte(pendingAAD))
+	if err != nil {
+		return p, errors.New("sso: state cookie does not open")
+	}
+	if err := json.Unmarshal(plain, &p); err != nil || p.State == "" {
+		return p, errors.New("sso: malformed state cookie")
+	}
+	return p, nil
+}
+
+// pendingAAD keeps a sealed login apart from a sealed account state.
+const pendingAAD = "sigil sso login in progress"
 
 func stateAAD(issuer, user string) []byte { return []byte(issuer + "\x00" + user) }
