@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"context"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -35,4 +36,23 @@ func TestLoginPageSingleSignOn(t *testing.T) {
 				"Password login is turned off: log in with single sign-on.")
 		}
 	}
+}
+
+// TestSettingsExternalAccount: an operator signed in through the identity
+// provider is told to change their password there, and gets no password
+// form.
+func TestSettingsExternalAccount(t *testing.T) {
+	f := newFixture(t, nil)
+	sess, err := f.auth.LoginExternal(context.Background(), "dana", "https://idp.example.com", auth.RoleOperator, "192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{f: f, user: "dana", cookie: f.auth.Cookie(sess), csrf: sess.CSRFToken}
+	page := body(t, s.get("/settings"), http.StatusOK)
+	mustContain(t, page, "managed by your identity provider")
+	if strings.Contains(page, `name="current_password"`) {
+		t.Error("password form shown to an external account")
+	}
+	local := f.login("lee", auth.RoleOperator)
+	mustContain(t, body(t, local.get("/settings"), http.StatusOK), `name="current_password"`)
 }
