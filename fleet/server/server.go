@@ -620,7 +620,7 @@ func (s *Server) tasks() []func(context.Context) error {
 
 // serveAPI serves the API, the console (with sso) and the device downloads until ctx ends.
 func (s *Server) serveAPI(ctx context.Context) error {
-	h, err := sso.Wrap(s.cfg.SSO, sso.Options{Auth: s.Auth, Audit: s.Audit, Logger: s.log.With("component", "sso")}, s.fw.WithDownloads(s.withConsole(s.apiHandler)))
+	h, err := sso.Wrap(s.cfg.SSO, sso.Options{Auth: s.Auth, Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "sso")}, s.fw.WithDownloads(s.withConsole(s.apiHandler)))
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
 )
 
 // Sessions is what single sign-on needs of the operators' store
@@ -48,6 +49,12 @@ type Options struct {
 	// group, refused logins and revoked sessions with their reasons. Nil
 	// records nothing.
 	Audit audit.Recorder
+	// Anonymous records the refused logins the provider did not vouch for
+	// (a wrong or missing state, a refused code, an ID token that does not
+	// verify): anyone can cause them, so it should bound what they add (an
+	// audit.Sampler). Nil means Audit. Their log lines are rate-limited per
+	// source address too.
+	Anonymous audit.Recorder
 	// Logger receives the same (never a token, code, secret or cookie).
 	// Nil discards it.
 	Logger *slog.Logger
@@ -103,6 +110,7 @@ type Service struct {
 	endSess  string                // the provider's end_session_endpoint, if any
 	users    map[string]*userState // cache of the stored state (state.go)
 	aead     cipher.AEAD           // seals the stored state
+	anonLog  *loglimit.Limiter     // lines of refused logins anyone can cause
 }
 
 // pending is a login between the redirect to the provider and its
@@ -139,6 +147,9 @@ func New(cfg Config, opts Options) (*Service, error) {
 	if opts.Audit == nil {
 		opts.Audit = audit.Discard{}
 	}
+	if opts.Anonymous == nil {
+		opts.Anonymous = opts.Audit
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -157,8 +168,8 @@ func New(cfg Config, opts Options) (*Service, error) {
 		return nil, err
 	}
 	return &Service{
-		aead: aead,
-		cfg:  cfg, opts: opts, log: opts.Logger, cbPath: cb.Path,
+		aead: aead, anonLog: loglimit.New(opts.Logger, loglimit.Config{Now: opts.Now}),
+		cfg: cfg, opts: opts, log: opts.Logger, cbPath: cb.Path,
 		oauth: oauth2.Config{ClientID: cfg.ClientID, ClientSecret: secret, RedirectURL: cfg.RedirectURL, Scopes: cfg.Scopes},
 		users: make(map[string]*userState),
 	}, nil
@@ -329,8 +340,16 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &le) {
 			public = le.public
 		}
-		s.log.Warn("single sign-on login refused", "user", name, "source", source, "err", err)
-		s.record(audit.New(audit.System("sso"), "auth.login", name).Deny(err.Error()).With("source", source).With("method", "sso"))
+		e := audit.New(audit.System("sso"), "auth.login", name).Deny(err.Error()).With("source", source).With("method", "sso")
+		if anonymous(err) {
+			s.anonLog.Log(ctx, slog.LevelWarn, "sso-callback/"+source, "single sign-on login refused", "source", source, "err", err)
+			if err := s.opts.Anonymous.Record(context.Background(), e); err != nil {
+				s.log.Error("audit: recording a single sign-on event failed", "action", e.Action, "err", err)
+			}
+		} else {
+			s.log.Warn("single sign-on login refused", "user", name, "source", source, "err", err)
+			s.record(e)
+		}
 		s.page(w, http.StatusForbidden, "Login refused", public)
 		return
 	}
@@ -352,6 +371,12 @@ func (s *Service) continueTo(w http.ResponseWriter, target, title, link string) 
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	_ = continuePage.Execute(w, struct{ Target, Title, Link string }{target, title, link})
+}
+
+// anonymous reports whether a refused login is one the provider did not
+// vouch for: anyone can send such a callback.
+func anonymous(err error) bool {
+	return errors.Is(err, ErrState) || errors.Is(err, ErrProvider) || errors.Is(err, ErrToken)
 }
 
 type loginResult struct {

@@ -83,6 +83,7 @@ type fleet struct {
 	op    *ssotest.Provider
 	clock *clock
 	audit *entries
+	anon  *entries // refused logins the provider did not vouch for
 
 	cfg     sso.Config
 	mux     *http.ServeMux
@@ -93,7 +94,7 @@ type fleet struct {
 // the operators' store: a second replica, or the fleet after a restart.
 func (f *fleet) replica() {
 	f.t.Helper()
-	svc, err := sso.New(f.cfg, sso.Options{Auth: f.auth, Audit: f.audit, HTTPClient: f.op.Client(), Now: f.clock.Now})
+	svc, err := sso.New(f.cfg, sso.Options{Auth: f.auth, Audit: f.audit, Anonymous: f.anon, HTTPClient: f.op.Client(), Now: f.clock.Now})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ type setup struct {
 
 func start(t *testing.T, s setup) *fleet {
 	t.Helper()
-	f := &fleet{t: t, clock: &clock{}, audit: &entries{}}
+	f := &fleet{t: t, clock: &clock{}, audit: &entries{}, anon: &entries{}}
 	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*f.handler.Load()).ServeHTTP(w, r) }))
 	t.Cleanup(f.srv.Close)
 	redirect := f.srv.URL + "/auth/sso/callback"
@@ -401,7 +402,10 @@ func TestBadStateRefused(t *testing.T) {
 	if code, body := get(t, forger, cb2.String()); code != http.StatusForbidden || !strings.Contains(body, "did not start in this browser") {
 		t.Errorf("made-up state cookie: %d %s", code, body)
 	}
-	denied := f.audit.find("auth.login", audit.Denied)
+	if d := f.audit.find("auth.login", audit.Denied); len(d) != 0 {
+		t.Errorf("refusals anyone can cause went to the audit log itself: %+v", d)
+	}
+	denied := f.anon.find("auth.login", audit.Denied)
 	if len(denied) != 5 {
 		t.Errorf("%d refused logins audited, want 5", len(denied))
 	}
@@ -443,7 +447,7 @@ func TestExpiredIDTokenRefused(t *testing.T) {
 	if code, _ := get(t, b, cb.String()); code != http.StatusForbidden {
 		t.Fatalf("callback with an expired ID token: %d", code)
 	}
-	refused := f.audit.find("auth.login", audit.Denied)
+	refused := f.anon.find("auth.login", audit.Denied)
 	if len(refused) != 1 || !errorsMention(refused[0].Reason, "expired") {
 		t.Errorf("audit: %+v", refused)
 	}
