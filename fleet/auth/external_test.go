@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 )
 
 // TestExternalAccounts: single sign-on creates an external account with
@@ -70,5 +71,33 @@ func TestPasswordLoginOff(t *testing.T) {
 	mustCreate(t, s, "admin2", "a long local password", RoleAdmin)
 	if _, err := s.Login(context.Background(), "admin2", "a long local password", "192.0.2.1"); !errors.Is(err, ErrPasswordLoginOff) {
 		t.Errorf("Login: %v", err)
+	}
+}
+
+// TestExternalAccountPassword: an account that signs in through single
+// sign-on has no password of Sigil's: changing it (through the API with a
+// token, say) or setting it fails with ErrExternalAccount, never as a
+// wrong password that counts towards a lockout, and leaves no password
+// behind.
+func TestExternalAccountPassword(t *testing.T) {
+	s, _ := newTestService(t, func(c *Config) { c.Throttle = Throttle{Failures: 2, Lockout: time.Hour} })
+	ctx := context.Background()
+	if _, err := s.LoginExternal(ctx, "dana", "https://idp.example.com", RoleOperator, "192.0.2.1"); err != nil {
+		t.Fatal(err)
+	}
+	p := Principal{User: "dana", Role: RoleOperator, Method: MethodToken}
+	for range 3 {
+		if _, err := s.ChangeOwnPassword(ctx, p, "anything at all", "a long new password", "192.0.2.1"); !errors.Is(err, ErrExternalAccount) {
+			t.Fatalf("ChangeOwnPassword of an external account: %v", err)
+		}
+	}
+	if err := s.SetPassword(ctx, "dana", "a long new password"); !errors.Is(err, ErrExternalAccount) {
+		t.Errorf("SetPassword of an external account: %v", err)
+	}
+	if _, err := s.Login(ctx, "dana", "a long new password", "192.0.2.1"); !errors.Is(err, ErrInvalidCredentials) {
+		t.Errorf("password login after the attempts: %v", err)
+	}
+	if _, err := s.LoginExternal(ctx, "dana", "https://idp.example.com", RoleOperator, "192.0.2.1"); err != nil {
+		t.Errorf("single sign-on after the attempts (nothing counted against dana): %v", err)
 	}
 }

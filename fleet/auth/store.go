@@ -68,6 +68,9 @@ var (
 	// ErrNotExternal: a single sign-on login names a local account, or one
 	// managed by another identity provider.
 	ErrNotExternal = errors.New("auth: the account is not managed by this identity provider")
+	// ErrExternalAccount: the account signs in through single sign-on
+	// (User.External) and has no password of Sigil's to change or set.
+	ErrExternalAccount = errors.New("auth: the account signs in through single sign-on; its password is the identity provider's")
 	// ErrLocked: the database file is held by another process.
 	ErrLocked = errors.New("auth: database locked by another process")
 )
@@ -597,6 +600,9 @@ func (s *Service) SetPassword(ctx context.Context, name, password string) error 
 		return err
 	}
 	_, err = s.updateUser(ctx, name, func(tx kv.Tx, rec *userRecord) error {
+		if rec.External != "" {
+			return ErrExternalAccount
+		}
 		rec.Hash = h
 		rec.Generation++
 		rec.PasswordChanged = s.cfg.Now()
