@@ -62,6 +62,19 @@ func TestExternalAccounts(t *testing.T) {
 	if p, err := s.session(ctx, sess.ID, nil); err != nil || p.Role != RoleViewer || p.External != idp {
 		t.Errorf("session after logging in again: %+v, %v", p, err)
 	}
+	// The provider's state is kept with the account, for its issuer only.
+	if err := s.SetExternalState(ctx, "dana", idp, []byte("sealed state")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.ExternalState(ctx, "dana", idp); err != nil || string(got) != "sealed state" {
+		t.Errorf("ExternalState: %q, %v", got, err)
+	}
+	if _, err := s.ExternalState(ctx, "dana", "https://other.example.com"); !errors.Is(err, ErrNotExternal) {
+		t.Errorf("ExternalState for another issuer: %v", err)
+	}
+	if err := s.SetExternalState(ctx, "local", idp, []byte("x")); !errors.Is(err, ErrNotExternal) {
+		t.Errorf("SetExternalState of a local account: %v", err)
+	}
 }
 
 // TestPasswordLoginOff: with Config.NoPasswordLogin every password login
