@@ -30,6 +30,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/console"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -198,6 +199,9 @@ func (f fwService) StartCampaign(id string, at time.Time, who, why string) error
 	}
 	return f.mgr.Start(id, at, who, why)
 }
+
+// Exposure is off in the console's fixture: its routes answer 501.
+func (f fwService) Exposure() *exposure.Service { return nil }
 
 // upload signs and uploads a release of a small image as who.
 func (ff *fleetFixture) upload(who, version string, sv uint64) *firmware.Release {
