@@ -48,6 +48,7 @@ func commandTable() *command {
 		firmwareCommand(),
 		campaignsCommand(),
 		secretsCommand(),
+		workloadsCommand(),
 		alertsCommand(),
 		telemetryCommand(),
 		ownersCommand(),

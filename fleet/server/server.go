@@ -58,6 +58,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/fleet/workload"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -97,6 +98,7 @@ type Server struct {
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
 	Governance *governance.Service
+	Workload   *workload.Service // workload identities and OIDC federation (fleet/workload)
 
 	history    *attest.History
 	jobs       *rotation.Jobs
@@ -167,7 +169,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	for _, open := range []func() error{
 		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
-		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
+		s.openSSH, s.openWorkload, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
 		if err := open(); err != nil {
 			return nil, err
@@ -460,7 +462,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls,
+		Governance: s.Governance, CRL: s.crls, Workloads: s.Workload,
 	})
 	return nil
 }
@@ -470,25 +472,14 @@ func (s *Server) listen() (err error) {
 	if s.apiLn, err = net.Listen("tcp", s.cfg.APIAddr); err != nil {
 		return fmt.Errorf("server: api listener: %w", err)
 	}
-	s.onClose(closeListener(s.apiLn))
+	s.onClose(api.CloseListener(s.apiLn))
 	if s.cfg.DebugAddr != "" {
 		if s.debugLn, err = profile.Listen(s.cfg.DebugAddr); err != nil {
 			return err
 		}
-		s.onClose(closeListener(s.debugLn))
+		s.onClose(api.CloseListener(s.debugLn))
 	}
 	return nil
-}
-
-// closeListener closes ln; a listener its server closed already is no
-// failure.
-func closeListener(ln net.Listener) func() error {
-	return func() error {
-		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-		return nil
-	}
 }
 
 // brokerEvent queues a connection event: the broker calls it on its
@@ -598,7 +589,7 @@ func (s *Server) Run(ctx context.Context) error {
 // all of them.
 func (s *Server) tasks() []func(context.Context) error {
 	tasks := []func(context.Context) error{
-		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
+		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run, s.Workload.Run,
 		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
 		s.serveAPI,
 	}
@@ -659,6 +650,8 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.Rotation.Submit(id.DeviceID, env)
 	case wire.TypeSSHRequest:
 		s.SSH.Submit(id.DeviceID, env)
+	case wire.TypeWorkloadRequest:
+		s.Workload.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
 		s.secretSvc.Ack(id.DeviceID, env)
 	case wire.TypeTelemetryBatch:

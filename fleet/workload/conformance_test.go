@@ -19,7 +19,9 @@ func openStore(t testing.TB) *Store {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), File)
 	st, err := pgtest.OpenBackend(t, path, path, func(p string) (*Store, error) { return Open(p, testKEK) },
-		func(ctx context.Context, db *postgres.DB, _ string) (*Store, error) { return OpenPostgres(ctx, db, testKEK) })
+		func(ctx context.Context, db *postgres.DB, _ string) (*Store, error) {
+			return OpenPostgres(ctx, db, testKEK)
+		})
 	if err != nil {
 		t.Fatal(err)
 	}

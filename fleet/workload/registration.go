@@ -54,7 +54,7 @@ type Registration struct {
 	GID       *uint32   `json:"gid,omitempty"`
 	ExePath   string    `json:"exe_path,omitempty"`
 	ExeSHA256 string    `json:"exe_sha256,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
 	CreatedBy string    `json:"created_by,omitempty"`
 }
 

@@ -29,7 +29,7 @@ const (
 	DefaultAuditEvery  = time.Hour
 	// MaxJWTTTL bounds Config.JWTTTL: a retired key stays published for
 	// JWTTTL (plus skew), so it bounds how long a rotation takes to finish.
-	MaxJWTTTL = time.Hour
+	MaxJWTTTL  = time.Hour
 	maxX509TTL = 24 * time.Hour
 	keySkew    = 5 * time.Minute
 )
@@ -393,7 +393,9 @@ func (s *Service) flushAudit(ctx context.Context) {
 }
 
 // Registrations lists the registrations.
-func (s *Service) Registrations(ctx context.Context) ([]Registration, error) { return s.cfg.Store.List(ctx) }
+func (s *Service) Registrations(ctx context.Context) ([]Registration, error) {
+	return s.cfg.Store.List(ctx)
+}
 
 // Register creates or replaces a registration by who (ErrInvalid).
 func (s *Service) Register(ctx context.Context, r Registration, who string) (Registration, error) {

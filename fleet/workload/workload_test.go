@@ -114,11 +114,11 @@ func TestRegistrations(t *testing.T) {
 	st := openStore(t)
 	ctx := context.Background()
 	bad := []Registration{
-		{Name: "web", Scope: ScopeGroup, Target: "g1"},                                   // no selector
-		{Name: "Web", Scope: ScopeGroup, Target: "g1", UID: uid(1)},                      // name
-		{Name: "web", Scope: "fleet", Target: "g1", UID: uid(1)},                         // scope
-		{Name: "web", Scope: ScopeDevice, UID: uid(1)},                                   // target
-		{Name: "web", Scope: ScopeGroup, Target: "g1", ExePath: "bin/web"},               // relative path
+		{Name: "web", Scope: ScopeGroup, Target: "g1"},                                     // no selector
+		{Name: "Web", Scope: ScopeGroup, Target: "g1", UID: uid(1)},                        // name
+		{Name: "web", Scope: "fleet", Target: "g1", UID: uid(1)},                           // scope
+		{Name: "web", Scope: ScopeDevice, UID: uid(1)},                                     // target
+		{Name: "web", Scope: ScopeGroup, Target: "g1", ExePath: "bin/web"},                 // relative path
 		{Name: "web", Scope: ScopeGroup, Target: "g1", ExeSHA256: strings.Repeat("A", 64)}, // not lowercase
 	}
 	for i, r := range bad {
