@@ -300,7 +300,7 @@ func (s *Service) entries(ctx context.Context, d *inventory.Device) (*wire.Workl
 	if err != nil {
 		return nil, err
 	}
-	res := &wire.WorkloadAnswer{Status: wire.StatusActive}
+	res := &wire.WorkloadAnswer{Status: wire.StatusActive, Bundle: s.cfg.CA.TrustBundle()}
 	for _, r := range all {
 		if r.Applies(d) && len(res.Entries) < wire.MaxWorkloadEntries {
 			res.Entries = append(res.Entries, r.Entry(s.cfg.TrustDomain, d.ID))
