@@ -144,7 +144,7 @@ func (h *handler) oidcDiscovery(w http.ResponseWriter, r *http.Request) {
 	}
 	b, err := h.cfg.Workloads.Discovery()
 	if errors.Is(err, workload.ErrNoIssuer) {
-		problem(w, http.StatusNotFound, "not found", "this fleet publishes no OpenID Connect issuer (workload_issuer)")
+		problem(w, http.StatusNotImplemented, "not implemented", "this fleet publishes no OpenID Connect issuer (workload_issuer)")
 		return
 	}
 	if err != nil {

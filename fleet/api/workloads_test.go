@@ -101,7 +101,7 @@ func TestWorkloadRoutes(t *testing.T) {
 
 	// Public documents.
 	resp, body = call(t, srv, "GET", "/.well-known/openid-configuration", "", "")
-	wantProblem(t, resp, body, http.StatusNotFound, "workload_issuer")
+	wantProblem(t, resp, body, http.StatusNotImplemented, "workload_issuer")
 	f.issuer = true
 	resp, body = call(t, srv, "GET", "/.well-known/openid-configuration", "", "")
 	if resp.StatusCode != http.StatusOK || body != `{"issuer":"https://fleet.example"}` || resp.Header.Get("Content-Type") != "application/json" {

@@ -20,7 +20,7 @@ type Options struct {
 	// (https://host[:port]): the JWT-SVIDs' "iss" and the OpenID Connect
 	// issuer whose /.well-known/openid-configuration and
 	// /.well-known/jwks.json clouds fetch. Default "": JWT-SVIDs carry no
-	// issuer and the discovery document answers 404.
+	// issuer and the discovery document answers 501.
 	WorkloadIssuer string `json:"workload_issuer"`
 	// WorkloadX509TTL is the X.509-SVIDs' lifetime. Default 1h (1m to 24h).
 	WorkloadX509TTL config.Duration `json:"workload_x509_ttl"`
