@@ -43,6 +43,8 @@ type fakeFleet struct {
 	entries []wire.WorkloadEntry
 	refused bool
 	issued  int
+	// validity of X.509-SVIDs in seconds; 0 is 3600.
+	validity int64
 }
 
 func newFakeFleet(t *testing.T, m *Manager) *fakeFleet {
@@ -105,6 +107,9 @@ func (f *fakeFleet) publish(_ context.Context, kind string, payload []byte) erro
 		}
 		f.issued++
 		a.Chain, a.Bundle, a.Validity = [][]byte{der}, [][]byte{f.caCert.Raw}, 3600
+		if f.validity != 0 {
+			a.Validity = f.validity
+		}
 	case req.Op == wire.WorkloadJWT:
 		a.JWT, a.JWKS, a.Validity = f.sign(entry.SPIFFEID, req.Audience, time.Now().Add(5*time.Minute)), f.jwks(), 300
 		f.issued++
@@ -273,3 +278,55 @@ func FuzzVerifyJWT(f *testing.F) {
 		_, _ = verifyJWT(tok, jwks, "aud", time.Now())
 	})
 }
+
+// TestX509Rotation streams a workload's X.509-SVID and receives a new one,
+// for a new key, at half its lifetime (here 2 s: renewed after 1 s).
+func TestX509Rotation(t *testing.T) {
+	m := NewManager(nil, nil)
+	f := newFakeFleet(t, m)
+	f.validity = 2
+	end := m.Session(context.Background(), f.publish)
+	defer end()
+	f.set(false, wire.WorkloadEntry{Name: "agent", SPIFFEID: "spiffe://td.test/device/d1/workload/agent", HasUID: true, UID: uint32(os.Getuid())})
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- NewServer(m, nil, "").Serve(ctx, sock) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	wl, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wl.Close()
+	got := make(chan *x509svid.SVID, 4)
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		_ = wl.WatchX509Context(wctx, watcher{got})
+	}()
+	defer func() { wcancel(); <-watched }()
+	first := wait.Recv(t, got, "the first X.509-SVID")
+	second := wait.Recv(t, got, "the renewed X.509-SVID")
+	if first.Certificates[0].Equal(second.Certificates[0]) || first.PrivateKey.Public().(*ecdsa.PublicKey).Equal(second.PrivateKey.Public()) {
+		t.Fatal("the renewed SVID has the same certificate or key")
+	}
+}
+
+// watcher hands each X.509 context's default SVID to a channel.
+type watcher struct{ c chan *x509svid.SVID }
+
+func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
+	select {
+	case w.c <- c.DefaultSVID():
+	default:
+	}
+}
+
+func (w watcher) OnX509ContextWatchError(error) {}
