@@ -73,6 +73,9 @@ func (r *Registration) Validate() error {
 	default:
 		errs = append(errs, errors.New("scope must be device, group or model"))
 	}
+	if r.Scope == ScopeDevice && r.Target != "" && !wire.ValidID(r.Target) {
+		errs = append(errs, errors.New("target must be a device ID"))
+	}
 	if r.ExePath != "" && (r.ExePath[0] != '/' || len(r.ExePath) > wire.MaxWorkloadPath || strings.ContainsRune(r.ExePath, 0)) {
 		errs = append(errs, errors.New("exe_path must be an absolute path of at most 1024 bytes"))
 	}

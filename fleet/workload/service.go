@@ -3,6 +3,9 @@ package workload
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/json"
@@ -321,6 +324,9 @@ func (s *Service) x509(deviceID string, id *url.URL, der []byte) (*wire.Workload
 	if err != nil {
 		return nil, wire.Refuse(wire.ReasonCSRInvalid, "the CSR does not parse or its signature is bad", err)
 	}
+	if !acceptableKey(csr.PublicKey) {
+		return nil, wire.Refuse(wire.ReasonCSRInvalid, "the CSR's key must be ECDSA P-256 or P-384, Ed25519, or RSA of 2048 to 8192 bits", nil)
+	}
 	cert, err := s.cfg.CA.IssueWorkload(id, csr.PublicKey, s.cfg.X509TTL)
 	if err != nil {
 		return nil, wire.Refuse(wire.ReasonCSRInvalid, "no X.509-SVID for this key", err)
@@ -457,4 +463,17 @@ func (s *Service) Discovery() ([]byte, error) {
 		"id_token_signing_alg_values_supported": []string{jwtAlg},
 		"claims_supported":                      []string{"sub", "aud", "exp", "iat", "iss"},
 	})
+}
+
+// acceptableKey reports whether a workload key is one the fleet certifies.
+func acceptableKey(pub any) bool {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return k.Curve == elliptic.P256() || k.Curve == elliptic.P384()
+	case ed25519.PublicKey:
+		return true
+	case *rsa.PublicKey:
+		return k.N.BitLen() >= 2048 && k.N.BitLen() <= 8192
+	}
+	return false
 }

@@ -275,6 +275,16 @@ func TestIssueX509(t *testing.T) {
 	bad[len(bad)-3] ^= 1
 	_, err = f.svc.Answer(ctx, "d1", &wire.WorkloadRequest{Op: wire.WorkloadX509, Name: "web", CSR: bad})
 	refusedWith(t, "bad CSR signature", err, wire.ReasonCSRInvalid)
+	weak, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	weakCSR, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, weak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := x509.ParseCertificateRequest(weakCSR); err != nil || c.CheckSignature() != nil {
+		t.Fatal("the P-224 CSR does not parse: the refusal below would not be the key's")
+	}
+	_, err = f.svc.Answer(ctx, "d1", &wire.WorkloadRequest{Op: wire.WorkloadX509, Name: "web", CSR: weakCSR})
+	refusedWith(t, "P-224 key", err, wire.ReasonCSRInvalid)
 
 	f.risk["d1"] = 51
 	_, err = f.svc.Answer(ctx, "d1", x509req)
