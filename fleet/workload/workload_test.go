@@ -341,7 +341,7 @@ func TestOIDCVerifier(t *testing.T) {
 			return
 		}
 		if err != nil {
-			http.Error(w, "error", http.StatusInternalServerError)
+			http.Error(w, "internal", http.StatusInternalServerError)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
