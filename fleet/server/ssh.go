@@ -32,6 +32,6 @@ func (s *Server) openSSH() error {
 
 // openWorkload opens workload identities (fleet/workload.Setup).
 func (s *Server) openWorkload() (err error) {
-	s.Workload, err = workload.Setup(workload.Wiring{Options: s.cfg.Options, DataDir: s.cfg.DataDir, DB: s.db, CA: s.CA, Devices: s.Inv, Verdicts: s.Attest, TrustDomain: s.cfg.TrustDomain, Risk: s.Governance, Audit: s.Audit, Send: s.sendDevice, Logger: s.log.With("component", "workload"), OnClose: s.onClose})
+	s.Workload, err = workload.Setup(workload.Wiring{Options: s.cfg.Options, DataDir: s.cfg.DataDir, DB: s.db, CA: s.CA, Devices: s.Inv, Verdicts: s.Attest, TrustDomain: s.cfg.TrustDomain, Risk: s.Governance, Audit: s.Audit, Leases: s.leases, Send: s.sendDevice, Logger: s.log.With("component", "workload"), OnClose: s.onClose})
 	return err
 }

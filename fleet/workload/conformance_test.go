@@ -33,6 +33,7 @@ func openStore(t testing.TB) *Store {
 var conformanceTests = []pgtest.Test{
 	{Name: "Registrations", Fn: TestRegistrations},
 	{Name: "KeyRotation", Fn: TestKeyRotation},
+	{Name: "KeyRotationByAge", Fn: TestKeyRotationByAge},
 	{Name: "IssueX509", Fn: TestIssueX509},
 	{Name: "OIDCVerifier", Fn: TestOIDCVerifier},
 }

@@ -55,6 +55,17 @@ type X509Signer interface {
 	TrustBundle() [][]byte
 }
 
+// Leases runs work under named leases (fleet/storage/lease.Holder).
+type Leases interface {
+	Hold(ctx context.Context, name string, fn func(ctx context.Context) error) error
+}
+
+// LeaseKeys is the lease under which the signing keys are kept.
+const LeaseKeys = "workload.keys"
+
+// keysEvery is how often the signing keys are looked after.
+const keysEvery = time.Minute
+
 // Config configures a Service.
 type Config struct {
 	Store    *Store
@@ -83,6 +94,10 @@ type Config struct {
 	// (0: DefaultAuditEvery).
 	AuditEvery time.Duration
 	Audit      audit.Recorder
+	// Leases, when set, runs the signing keys' upkeep (rotation, pruning)
+	// under the lease LeaseKeys, on one replica at a time
+	// (fleet/storage/lease); nil runs it here.
+	Leases Leases
 	// Send publishes to a device's down topic of a kind. Required for
 	// Run.
 	Send   func(deviceID, kind string, payload []byte) error
@@ -162,22 +177,31 @@ func (s *Service) Submit(deviceID string, env *wire.Envelope) {
 	}
 }
 
-// Run answers submitted requests, rotates and prunes the signing keys and
-// writes the issuance counts to the audit log until ctx ends.
+// Run answers submitted requests, looks after the signing keys every
+// minute (keys: rotated once the active one is KeyRotation old, retired
+// ones deleted once their tokens have expired; under Config.Leases on one
+// replica at a time) and writes the issuance counts to the audit log,
+// until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.Send == nil {
 		return errors.New("workload: Send is required to run")
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var keysC <-chan time.Time
+	if s.cfg.Leases != nil {
+		wg.Go(func() {
+			if err := s.cfg.Leases.Hold(ctx, LeaseKeys, s.keyLoop); err != nil {
+				s.log.Error("workload: signing key upkeep stopped", "err", err)
+			}
+		})
+	} else {
+		t := time.NewTicker(keysEvery)
+		defer t.Stop()
+		keysC = t.C
+	}
 	auditT := time.NewTicker(s.cfg.AuditEvery)
 	defer auditT.Stop()
-	var rotate <-chan time.Time
-	if s.cfg.KeyRotation > 0 {
-		t := time.NewTicker(s.cfg.KeyRotation)
-		defer t.Stop()
-		rotate = t.C
-	}
-	prune := time.NewTicker(time.Minute)
-	defer prune.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -187,14 +211,47 @@ func (s *Service) Run(ctx context.Context) error {
 			s.Handle(ctx, r.deviceID, r.env)
 		case <-auditT.C:
 			s.flushAudit(ctx)
-		case <-rotate:
+		case <-keysC:
+			s.maintainKeys(ctx)
+		}
+	}
+}
+
+// keyLoop looks after the keys every minute while the lease is held.
+func (s *Service) keyLoop(ctx context.Context) error {
+	t := time.NewTicker(keysEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			s.maintainKeys(ctx)
+		}
+	}
+}
+
+// maintainKeys deletes the retired keys whose tokens have expired and
+// rotates the active key once it is KeyRotation old (by its creation
+// time in the store, so that restarts do not put rotation off).
+func (s *Service) maintainKeys(ctx context.Context) {
+	if err := s.keys.prune(ctx); err != nil {
+		s.log.Warn("workload: pruning retired JWT-SVID signing keys failed", "err", err)
+	}
+	if s.cfg.KeyRotation <= 0 {
+		return
+	}
+	all, err := s.cfg.Store.keys(ctx)
+	if err != nil {
+		s.log.Warn("workload: reading the JWT-SVID signing keys failed", "err", err)
+		return
+	}
+	for _, k := range all {
+		if k.Retired.IsZero() && s.cfg.Now().Sub(k.Created) >= s.cfg.KeyRotation {
 			if _, err := s.RotateKeys(ctx); err != nil {
-				s.log.Error("rotating the JWT-SVID signing key failed", "err", err)
+				s.log.Error("workload: rotating the JWT-SVID signing key failed", "err", err)
 			}
-		case <-prune.C:
-			if err := s.keys.prune(ctx); err != nil {
-				s.log.Warn("pruning retired JWT-SVID signing keys failed", "err", err)
-			}
+			return
 		}
 	}
 }

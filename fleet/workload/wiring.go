@@ -50,6 +50,7 @@ type Wiring struct {
 	TrustDomain string
 	Risk        Scorer
 	Audit       audit.Recorder
+	Leases      Leases // nil: the key upkeep runs on every replica
 	Send        func(deviceID, kind string, payload []byte) error
 	Logger      *slog.Logger
 	Config      func(*Config) // optional last changes (tests)
@@ -81,7 +82,7 @@ func Setup(w Wiring) (*Service, error) {
 		w.OnClose(st.Close)
 	}
 	cfg := Config{Store: st, CA: w.CA, Devices: w.Devices, Verdicts: w.Verdicts, TrustDomain: w.TrustDomain,
-		Issuer: w.Options.WorkloadIssuer, MaxRisk: w.Options.WorkloadMaxRisk, Audit: w.Audit, Send: w.Send, Logger: w.Logger,
+		Issuer: w.Options.WorkloadIssuer, MaxRisk: w.Options.WorkloadMaxRisk, Audit: w.Audit, Send: w.Send, Logger: w.Logger, Leases: w.Leases,
 		X509TTL: time.Duration(w.Options.WorkloadX509TTL), JWTTTL: time.Duration(w.Options.WorkloadJWTTTL),
 		KeyRotation: time.Duration(w.Options.WorkloadKeyRotation)}
 	if w.Risk != nil {

@@ -424,3 +424,34 @@ func TestOIDCVerifier(t *testing.T) {
 		t.Fatalf("the active key's token (expiry not checked) refused: %v", err)
 	}
 }
+
+// TestKeyRotationByAge: the key upkeep rotates the active key once it is
+// KeyRotation old by its stored creation time, and deletes the retired
+// one once its tokens have expired.
+func TestKeyRotationByAge(t *testing.T) {
+	f := newFixture(t, "", func(c *Config) { c.KeyRotation = time.Hour })
+	ctx := context.Background()
+	first, _, err := f.svc.keys.active(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Add(time.Hour - time.Second)
+	f.svc.maintainKeys(ctx)
+	if kid, _, _ := f.svc.keys.active(ctx); kid != first {
+		t.Fatal("rotated before the key was KeyRotation old")
+	}
+	f.clock.Add(time.Second)
+	f.svc.maintainKeys(ctx)
+	second, _, err := f.svc.keys.active(ctx)
+	if err != nil || second == first {
+		t.Fatalf("not rotated at KeyRotation: %q, %v", second, err)
+	}
+	if set, _ := f.svc.keys.jwks(ctx); len(set.Keys) != 2 {
+		t.Fatalf("the retired key left the JWKS at once: %d keys", len(set.Keys))
+	}
+	f.clock.Add(DefaultJWTTTL + keySkew + time.Second)
+	f.svc.maintainKeys(ctx)
+	if set, _ := f.svc.keys.jwks(ctx); len(set.Keys) != 1 || set.Keys[0].Kid != second {
+		t.Fatalf("after its tokens expired: %+v", set.Keys)
+	}
+}
