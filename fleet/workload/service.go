@@ -61,7 +61,7 @@ type Leases interface {
 }
 
 // LeaseKeys is the lease under which the signing keys are kept.
-const LeaseKeys = "workload.keys"
+const LeaseKeys = "workload_keys"
 
 // keysEvery is how often the signing keys are looked after.
 const keysEvery = time.Minute
