@@ -53,6 +53,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/fleet/sso"
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -454,6 +455,11 @@ func (s *Server) openApprovals() (err error) {
 	return err
 }
 
+// openWorkload opens workload identities (fleet/workload.Setup).
+func (s *Server) openWorkload() error {
+	return workload.Wiring{Options: s.cfg.Options, DataDir: s.cfg.DataDir, DB: s.db, CA: s.CA, Devices: s.Inv, Verdicts: s.Attest, TrustDomain: s.cfg.TrustDomain, Risk: s.Governance, Audit: s.Audit, Leases: s.leases, Send: s.sendDevice, Logger: s.log.With("component", "workload"), OnClose: s.onClose}.Open(&s.Workload)
+}
+
 // openAPI builds the HTTPS API over every part.
 func (s *Server) openAPI() error {
 	s.apiTLS = s.fw.ListenerTLS(&tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, s.CA.Pool)
@@ -608,10 +614,13 @@ func (s *Server) tasks() []func(context.Context) error {
 	return tasks
 }
 
-// serveAPI serves the API, the console and the device downloads on the
-// HTTPS listener until ctx ends (api.Serve).
+// serveAPI serves the API, the console (with sso) and the device downloads until ctx ends.
 func (s *Server) serveAPI(ctx context.Context) error {
-	return api.Serve(ctx, s.apiLn, s.fw.WithDownloads(s.withConsole(s.apiHandler)), s.apiTLS, s.log)
+	h, err := sso.Wrap(s.cfg.SSO, sso.Options{Auth: s.Auth, Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "sso")}, s.fw.WithDownloads(s.withConsole(s.apiHandler)))
+	if err != nil {
+		return err
+	}
+	return api.Serve(ctx, s.apiLn, h, s.apiTLS, s.log)
 }
 
 // deviceMessage handles messages from enrolled devices. The device ID is

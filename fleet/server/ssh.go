@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/sshca"
-	"github.com/sigil-iot/sigil/fleet/workload"
 )
 
 // SSHCAKeyFile is the SSH host CA key, relative to DataDir, created (0600)
@@ -27,11 +26,5 @@ func (s *Server) openSSH() error {
 		CA: c, Devices: s.Inv, Verdicts: s.Attest, Validity: time.Duration(s.cfg.DeviceLifetime), Logger: log,
 		Send: s.sendDevice,
 	})
-	return err
-}
-
-// openWorkload opens workload identities (fleet/workload.Setup).
-func (s *Server) openWorkload() (err error) {
-	s.Workload, err = workload.Setup(workload.Wiring{Options: s.cfg.Options, DataDir: s.cfg.DataDir, DB: s.db, CA: s.CA, Devices: s.Inv, Verdicts: s.Attest, TrustDomain: s.cfg.TrustDomain, Risk: s.Governance, Audit: s.Audit, Leases: s.leases, Send: s.sendDevice, Logger: s.log.With("component", "workload"), OnClose: s.onClose})
 	return err
 }

@@ -99,3 +99,11 @@ func Setup(w Wiring) (*Service, error) {
 	}
 	return New(cfg)
 }
+
+// Open is Setup for a composition root's list of opening steps: the
+// service goes to *into.
+func (w Wiring) Open(into **Service) error {
+	svc, err := Setup(w)
+	*into = svc
+	return err
+}
