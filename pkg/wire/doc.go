@@ -30,4 +30,6 @@
 //	  release's security version); a release trust rotation's statement
 //	  (TrustRotation.Statement) may end in one newline: the bytes as its
 //	  signers signed the file.
+//	6 (2026-12-08) just-in-time operator access: access.trust (user CA,
+//	  logins and principals, KRL) and access.sessions (sshd logins seen).
 package wire

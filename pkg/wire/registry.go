@@ -17,6 +17,7 @@ const (
 	KindSecret    = "secret"    // dev down: SecretDeliver; dev up: SecretAck
 	KindTrust     = "trust"     // dev down: TrustBundle
 	KindSSH       = "ssh"       // dev up: SSHRequest; dev down: SSHCerts
+	KindAccess    = "access"    // dev up: AccessSessions; dev down: AccessTrust
 )
 
 // Message describes one message type: the envelope type, the topic it
@@ -57,6 +58,8 @@ var messages = [...]Message{
 	{TypeFirmwareTrust, SegDevice, Down, KindFirmware, 4, body[FirmwareTrust]},
 	{TypeTelemetryBatch, SegDevice, Up, KindTelemetry, 4, body[TelemetryBatch]},
 	{TypeTelemetryAck, SegDevice, Down, KindTelemetry, 4, body[TelemetryAck]},
+	{TypeAccessTrust, SegDevice, Down, KindAccess, 5, body[AccessTrust]},
+	{TypeAccessSessions, SegDevice, Up, KindAccess, 5, body[AccessSessions]},
 }
 
 func body[T any]() any { return new(T) }
