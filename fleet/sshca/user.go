@@ -98,8 +98,8 @@ func KRL(ca ssh.PublicKey, serials []uint64, keyIDs []string, version uint64, ge
 	b = binary.BigEndian.AppendUint64(b, version)
 	b = binary.BigEndian.AppendUint64(b, uint64(max(generated.Unix(), 0)))
 	b = binary.BigEndian.AppendUint64(b, 0) // flags
-	b = krlString(b, nil)                  // reserved
-	b = krlString(b, nil)                  // comment
+	b = krlString(b, nil)                   // reserved
+	b = krlString(b, nil)                   // comment
 	serials = slices.Sorted(slices.Values(serials))
 	serials = slices.Compact(serials)
 	serials = slices.DeleteFunc(serials, func(s uint64) bool { return s == 0 })
