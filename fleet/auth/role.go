@@ -50,6 +50,12 @@ const (
 	// the brokers' syncs (GET /crl?after=N with a token; `sigil
 	// broker-sync --token-file`).
 	PermBrokersSync Permission = "brokers.sync"
+	// PermAccessRequest: request just-in-time SSH access to devices, list
+	// and revoke one's own grants.
+	PermAccessRequest Permission = "access.request"
+	// PermAccessApprove: approve, deny or revoke others' SSH access grants
+	// and list every grant.
+	PermAccessApprove Permission = "access.approve"
 )
 
 // Permissions returns every permission, in a stable order.
@@ -62,6 +68,7 @@ func Permissions() []Permission {
 		PermAlertsRead, PermAlertsWrite,
 		PermAuditRead, PermApprovalsRead,
 		PermSecurityApprove, PermCAAdmin, PermUsersAdmin, PermBrokersSync,
+		PermAccessRequest, PermAccessApprove,
 	}
 }
 
@@ -111,12 +118,12 @@ func (r Role) Permissions() []Permission {
 		return []Permission{PermBrokersSync}
 	case RoleViewer:
 	case RoleOperator:
-		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermFirmwareWrite, PermAlertsWrite}
+		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermFirmwareWrite, PermAlertsWrite, PermAccessRequest}
 	case RoleReleaseApprover:
 		extra = []Permission{PermFirmwareApprove}
 	case RoleSecurityAdmin:
 		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermPoliciesWrite, PermSecretsWrite,
-			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin}
+			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermAccessRequest, PermAccessApprove}
 	case RoleAdmin:
 		return Permissions()
 	default:
