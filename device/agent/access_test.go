@@ -116,7 +116,7 @@ func TestAccessLogReader(t *testing.T) {
 func TestWriteAccessFiles(t *testing.T) {
 	dir := t.TempDir()
 	tr := &wire.AccessTrust{UserCAKeys: []string{"ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTI= ca"},
-		Logins: []wire.AccessLogin{{Login: "root", Principals: []string{"root@dev-1", "root@group:k"}}, {Login: "ops", Principals: []string{"ops@dev-1"}}},
+		Logins:      []wire.AccessLogin{{Login: "root", Principals: []string{"root@dev-1", "root@group:k"}}, {Login: "ops", Principals: []string{"ops@dev-1"}}},
 		RevokedKeys: []byte("SSHKRL\n\x00rest")}
 	if err := writeAccessFiles(dir, tr); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"golang.org/x/crypto/ssh"
 )
@@ -60,18 +61,18 @@ func pubKey(t testing.TB) string {
 // TestPolicyBounds: the policy refuses what it does not allow and fills
 // in defaults.
 func TestPolicyBounds(t *testing.T) {
-	p, err := Policy{MaxDuration: 2 * time.Hour, Logins: []string{"ops", "root"}}.withDefaults()
+	p, err := Policy{MaxDuration: config.Duration(2 * time.Hour), Logins: []string{"ops", "root"}}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ok := Draft{Device: "dev-1", PublicKey: pubKey(t), Justification: "ticket 42"}
 	d, key, err := p.Check(ok)
-	if err != nil || key == nil || d.Login != "ops" || d.Duration != time.Hour {
+	if err != nil || key == nil || d.Login != "ops" || d.Duration != config.Duration(time.Hour) {
 		t.Fatalf("defaults: %+v %v", d, err)
 	}
 	for name, mut := range map[string]func(*Draft){
-		"over max":          func(d *Draft) { d.Duration = 2*time.Hour + time.Second },
-		"negative":          func(d *Draft) { d.Duration = -time.Minute },
+		"over max":          func(d *Draft) { d.Duration = config.Duration(2*time.Hour + time.Second) },
+		"negative":          func(d *Draft) { d.Duration = config.Duration(-time.Minute) },
 		"no justification":  func(d *Draft) { d.Justification = "  " },
 		"login not allowed": func(d *Draft) { d.Login = "admin" },
 		"both targets":      func(d *Draft) { d.Group = "kiosks" },
@@ -89,7 +90,7 @@ func TestPolicyBounds(t *testing.T) {
 		}
 	}
 	d = ok
-	d.Duration, d.SourceAddress = 2*time.Hour, " 10.1.2.3/8, 192.0.2.7"
+	d.Duration, d.SourceAddress = config.Duration(2*time.Hour), " 10.1.2.3/8, 192.0.2.7"
 	if d, _, err := p.Check(d); err != nil || d.SourceAddress != "10.0.0.0/8,192.0.2.7" {
 		t.Fatalf("max duration and sources: %+v %v", d, err)
 	}
@@ -196,7 +197,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	t.Cleanup(func() { ap.Close() })
 	devs := devices{"dev-1": {ID: "dev-1", Group: "kiosks"}, "dev-2": {ID: "dev-2", Group: "kiosks"}, "dev-3": {ID: "dev-3"}}
-	f.s, err = Open(Config{Path: filepath.Join(dir, File), CAKeyPath: filepath.Join(dir, CAKeyFile), TrustDomain: "fleet.example",
+	f.s, err = Open(Config{Dir: dir, TrustDomain: "fleet.example",
 		Approvals: ap, Devices: devs, Audit: f.aud, Now: f.clk.Now, NoSync: true,
 		Send: func(id, kind string, b []byte) error {
 			f.mu.Lock()
@@ -218,7 +219,7 @@ func newFixture(t *testing.T) *fixture {
 func TestGrantLifecycle(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
-	g, err := f.s.Request(ctx, alice, Draft{Device: "dev-1", PublicKey: pubKey(t), Justification: "INC-7 disk full", Duration: 30 * time.Minute, SourceAddress: "192.0.2.0/24"})
+	g, err := f.s.Request(ctx, alice, Draft{Device: "dev-1", PublicKey: pubKey(t), Justification: "INC-7 disk full", Duration: config.Duration(30 * time.Minute), SourceAddress: "192.0.2.0/24"})
 	if err != nil || g.State != StateRequested || g.ApprovalID == "" {
 		t.Fatalf("request: %+v %v", g, err)
 	}
@@ -321,7 +322,7 @@ func TestGrantLifecycle(t *testing.T) {
 func TestGrantExpiry(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
-	g, err := f.s.Request(ctx, alice, Draft{Group: "kiosks", PublicKey: pubKey(t), Justification: "rollout", Duration: time.Minute})
+	g, err := f.s.Request(ctx, alice, Draft{Group: "kiosks", PublicKey: pubKey(t), Justification: "rollout", Duration: config.Duration(time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +372,7 @@ func TestGrantExpiry(t *testing.T) {
 // TestNoApprovalsNoGrant: without the two-person rule nobody gets access.
 func TestNoApprovalsNoGrant(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(Config{Path: filepath.Join(dir, File), CAKeyPath: filepath.Join(dir, CAKeyFile), TrustDomain: "fleet.example", Devices: devices{"dev-1": {ID: "dev-1"}}, NoSync: true})
+	s, err := Open(Config{Dir: dir, TrustDomain: "fleet.example", Devices: devices{"dev-1": {ID: "dev-1"}}, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

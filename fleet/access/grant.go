@@ -24,7 +24,9 @@ package access
 
 import (
 	"errors"
+
 	"fmt"
+	"github.com/sigil-iot/sigil/pkg/config"
 	"slices"
 	"time"
 )
@@ -90,13 +92,13 @@ type Grant struct {
 	PublicKey   string `json:"public_key"`
 	Fingerprint string `json:"fingerprint"`
 	// SourceAddress, if set, limits where logins may come from.
-	SourceAddress   string        `json:"source_address,omitempty"`
-	PortForwarding  bool          `json:"port_forwarding,omitempty"`
-	AgentForwarding bool          `json:"agent_forwarding,omitempty"`
-	Justification   string        `json:"justification"`
-	Duration        time.Duration `json:"duration"` // from approval
-	State           State         `json:"state"`
-	Created         time.Time     `json:"created"`
+	SourceAddress   string          `json:"source_address,omitempty"`
+	PortForwarding  bool            `json:"port_forwarding,omitempty"`
+	AgentForwarding bool            `json:"agent_forwarding,omitempty"`
+	Justification   string          `json:"justification"`
+	Duration        config.Duration `json:"duration"` // from approval
+	State           State           `json:"state"`
+	Created         time.Time       `json:"created"`
 	// ApprovalID is the two-person request (fleet/approval);
 	// ApprovalExpires when it lapses unapproved.
 	ApprovalID      string    `json:"approval_id"`

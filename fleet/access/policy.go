@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"golang.org/x/crypto/ssh"
 )
@@ -17,10 +18,10 @@ import (
 // field documents its default.
 type Policy struct {
 	// MaxDuration bounds a grant's duration; 0 means DefaultMaxDuration.
-	MaxDuration time.Duration `json:"max_duration"`
+	MaxDuration config.Duration `json:"max_duration"`
 	// DefaultDuration is a request's duration when it names none; 0
 	// means one hour (or MaxDuration if shorter).
-	DefaultDuration time.Duration `json:"default_duration"`
+	DefaultDuration config.Duration `json:"default_duration"`
 	// Logins are the local accounts a grant may name; empty means
 	// ["root"]. Devices accept certificates for these accounts only.
 	Logins []string `json:"logins"`
@@ -35,13 +36,13 @@ const DefaultMaxDuration = 8 * time.Hour
 // withDefaults returns p with its defaults applied, or why it is invalid.
 func (p Policy) withDefaults() (Policy, error) {
 	if p.MaxDuration == 0 {
-		p.MaxDuration = DefaultMaxDuration
+		p.MaxDuration = config.Duration(DefaultMaxDuration)
 	}
-	if p.MaxDuration < 0 || p.MaxDuration > sshca.MaxValidity {
-		return p, fmt.Errorf("access: max duration %s out of range", p.MaxDuration)
+	if p.MaxDuration < 0 || time.Duration(p.MaxDuration) > sshca.MaxValidity {
+		return p, fmt.Errorf("access: max duration %s out of range", time.Duration(p.MaxDuration))
 	}
 	if p.DefaultDuration == 0 {
-		p.DefaultDuration = min(time.Hour, p.MaxDuration)
+		p.DefaultDuration = min(config.Duration(time.Hour), p.MaxDuration)
 	}
 	if p.DefaultDuration < 0 || p.DefaultDuration > p.MaxDuration {
 		return p, errors.New("access: default duration must be positive and at most the max duration")
@@ -67,12 +68,12 @@ type Draft struct {
 	Login  string `json:"login"` // "" means the policy's first login
 	// PublicKey is the operator's own public key, one authorized_keys
 	// line; never a private key.
-	PublicKey       string        `json:"public_key"`
-	Justification   string        `json:"justification"`
-	Duration        time.Duration `json:"duration"` // 0 means the policy's default
-	SourceAddress   string        `json:"source_address,omitempty"`
-	PortForwarding  bool          `json:"port_forwarding,omitempty"`
-	AgentForwarding bool          `json:"agent_forwarding,omitempty"`
+	PublicKey       string          `json:"public_key"`
+	Justification   string          `json:"justification"`
+	Duration        config.Duration `json:"duration"` // "2h"; "" or 0 means the policy's default
+	SourceAddress   string          `json:"source_address,omitempty"`
+	PortForwarding  bool            `json:"port_forwarding,omitempty"`
+	AgentForwarding bool            `json:"agent_forwarding,omitempty"`
 }
 
 // ErrPolicy: a request that the policy or the rules of a grant refuse
@@ -102,8 +103,8 @@ func (p Policy) Check(d Draft) (Draft, ssh.PublicKey, error) {
 	if d.Duration == 0 {
 		d.Duration = p.DefaultDuration
 	}
-	if d.Duration < time.Second || d.Duration > p.MaxDuration {
-		errs = append(errs, fmt.Errorf("duration must be between 1s and %s", p.MaxDuration))
+	if time.Duration(d.Duration) < time.Second || d.Duration > p.MaxDuration {
+		errs = append(errs, fmt.Errorf("duration must be between 1s and %s", time.Duration(p.MaxDuration)))
 	}
 	d.Justification = strings.TrimSpace(d.Justification)
 	if d.Justification == "" || len(d.Justification) > 2000 || strings.ContainsFunc(d.Justification, func(r rune) bool { return r < ' ' && r != '\n' }) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -50,15 +51,16 @@ type Devices interface {
 
 // Config configures a Service.
 type Config struct {
-	// Path is the grants' bbolt file. Required.
-	Path string
-	// CA is the SSH user CA; nil means the key in CAKeyPath (created at
-	// first start) for TrustDomain.
+	// Dir is the fleet's data directory, where File and CAKeyFile are.
+	// Required.
+	Dir string
+	// CA is the SSH user CA; nil means the key in Dir/CAKeyFile (created
+	// at first start, 0600) for TrustDomain.
 	CA          *sshca.CA
-	CAKeyPath   string
 	TrustDomain string
-	// Approvals holds requests for a second person; nil (no
-	// two_person_rule) refuses every request with ErrNoApprovals.
+	// Approvals holds requests for a second person; nil, or a nil
+	// *approval.Manager (no two_person_rule), refuses every request with
+	// ErrNoApprovals.
 	Approvals Approvals
 	Devices   Devices // required
 	Audit     audit.Recorder
@@ -100,8 +102,11 @@ var (
 // Open opens or creates the grants' file and the user CA, and registers
 // the grant executor with the two-person rule.
 func Open(cfg Config) (*Service, error) {
-	if cfg.Path == "" || cfg.Devices == nil {
-		return nil, errors.New("access: Path and Devices are required")
+	if cfg.Dir == "" || cfg.Devices == nil {
+		return nil, errors.New("access: Dir and Devices are required")
+	}
+	if m, ok := cfg.Approvals.(*approval.Manager); ok && m == nil {
+		cfg.Approvals = nil
 	}
 	var err error
 	if cfg.Policy, err = cfg.Policy.withDefaults(); err != nil {
@@ -123,11 +128,11 @@ func Open(cfg Config) (*Service, error) {
 		cfg.SweepInterval = time.Minute
 	}
 	if cfg.CA == nil {
-		if cfg.CA, err = sshca.Open(sshca.Config{KeyFile: cfg.CAKeyPath, TrustDomain: cfg.TrustDomain, Rand: cfg.Rand, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
+		if cfg.CA, err = sshca.Open(sshca.Config{KeyFile: filepath.Join(cfg.Dir, CAKeyFile), TrustDomain: cfg.TrustDomain, Rand: cfg.Rand, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
 			return nil, fmt.Errorf("access: user CA: %w", err)
 		}
 	}
-	db, err := boltdb.Open(cfg.Path, boltdb.Schema{Buckets: [][]byte{bucketMeta, bucketGrants, bucketSerials}, Version: 1},
+	db, err := boltdb.Open(filepath.Join(cfg.Dir, File), boltdb.Schema{Buckets: [][]byte{bucketMeta, bucketGrants, bucketSerials}, Version: 1},
 		boltdb.Options{Name: "access", NoSync: cfg.NoSync})
 	if err != nil {
 		return nil, err
@@ -142,8 +147,13 @@ func Open(cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// Close closes the grants' file.
-func (s *Service) Close() error { return s.db.Close() }
+// Close closes the grants' file; a nil Service has nothing to close.
+func (s *Service) Close() error {
+	if s == nil {
+		return nil
+	}
+	return s.db.Close()
+}
 
 // CA returns the SSH user CA.
 func (s *Service) CA() *sshca.CA { return s.cfg.CA }
@@ -232,7 +242,7 @@ func (s *Service) Request(ctx context.Context, actor approval.Actor, d Draft) (G
 	params, _ := json.Marshal(map[string]string{"grant": g.ID})
 	req, err := s.cfg.Approvals.Submit(ctx, actor, approval.Draft{
 		Kind: approval.KindAccessGrant, Target: g.Target(), Params: params,
-		Justification: fmt.Sprintf("SSH as %s on %s for %s: %s", g.Login, g.Target(), g.Duration, g.Justification),
+		Justification: fmt.Sprintf("SSH as %s on %s for %s: %s", g.Login, g.Target(), time.Duration(g.Duration), g.Justification),
 	})
 	if err != nil {
 		_ = s.db.Update(context.WithoutCancel(ctx), func(tx kv.Tx) error {
@@ -248,7 +258,7 @@ func (s *Service) Request(ctx context.Context, actor approval.Actor, d Draft) (G
 		}
 		cur.ApprovalID, cur.ApprovalExpires = req.ID, req.Expires
 		if err := s.record(ctx, audit.New(audit.User(g.Requester), "access.requested", g.ID).Because(g.Justification).Request(req.ID).
-			With("target", g.Target()).With("login", g.Login).With("duration", g.Duration.String()).With("key", g.Fingerprint)); err != nil {
+			With("target", g.Target()).With("login", g.Login).With("duration", time.Duration(g.Duration).String()).With("key", g.Fingerprint)); err != nil {
 			return err
 		}
 		*g = *cur
@@ -257,7 +267,7 @@ func (s *Service) Request(ctx context.Context, actor approval.Actor, d Draft) (G
 	if err != nil {
 		return Grant{}, err
 	}
-	s.log.Info("access requested", "grant", g.ID, "by", g.Requester, "target", g.Target(), "login", g.Login, "duration", g.Duration)
+	s.log.Info("access requested", "grant", g.ID, "by", g.Requester, "target", g.Target(), "login", g.Login, "duration", time.Duration(g.Duration))
 	return *g, nil
 }
 
@@ -333,7 +343,7 @@ func (s *Service) execute(ctx context.Context, r approval.Request, _ approval.Ac
 		if err != nil {
 			return fmt.Errorf("access: stored key: %w", err)
 		}
-		g.Start, g.End, g.Approvers, g.ApprovalID = now, now.Add(g.Duration), approvers, r.ID
+		g.Start, g.End, g.Approvers, g.ApprovalID = now, now.Add(time.Duration(g.Duration)), approvers, r.ID
 		cert, err := s.cfg.CA.SignUser(key, sshca.UserCert{
 			KeyID: g.KeyID(), Serial: g.Serial, Principals: []string{g.Principal()},
 			ValidAfter: now.Add(-time.Minute), ValidBefore: g.End, SourceAddress: g.SourceAddress,

@@ -4,6 +4,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
@@ -112,6 +113,8 @@ type Config struct {
 	// templates with "{id}" (device ID) and "{domain}" (trust domain).
 	// Default ["{id}", "{id}.{domain}"].
 	SSHPrincipals []string `json:"ssh_principals"`
+	// Access bounds just-in-time operator SSH access (access.Policy: max_duration 8h, logins ["root"] by default).
+	Access access.Policy `json:"access"`
 	// AlertSinks are where alert notifications go (AlertSink,
 	// sink.Config). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
