@@ -31,9 +31,15 @@ type accessDevice struct {
 
 // startAccessDevice starts sigild with ssh_access_dir and ssh_access_log,
 // waits for the fleet's access files, and starts sshd trusting only them
-// (no authorized_keys) and logging to the file sigild reads.
+// (no authorized_keys) as docs/DEPLOY.md configures it (the principals
+// through AuthorizedPrincipalsCommand, which StrictModes does not refuse
+// for files sigild owns) and logging to the file sigild reads.
 func startAccessDevice(t *testing.T, f *harness.Fleet, sshd string) *accessDevice {
 	t.Helper()
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	d := &accessDevice{dir: filepath.Join(dir, "access"), log: filepath.Join(dir, "sshd.log")}
 	if err := os.WriteFile(d.log, nil, 0o600); err != nil {
@@ -66,14 +72,15 @@ PidFile %s
 AuthorizedKeysFile none
 TrustedUserCAKeys %s/user_ca.pub
 RevokedKeys %s/revoked_keys
-AuthorizedPrincipalsFile %s/principals/%%u
+AuthorizedPrincipalsCommand /usr/bin/cat %s/principals/%%u
+AuthorizedPrincipalsCommandUser %s
 StrictModes no
 UsePAM no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 LogLevel INFO
-`, d.port, hostKey, filepath.Join(dir, "sshd.pid"), d.dir, d.dir, d.dir)
+`, d.port, hostKey, filepath.Join(dir, "sshd.pid"), d.dir, d.dir, d.dir, me.Username)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
