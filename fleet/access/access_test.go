@@ -16,6 +16,8 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"golang.org/x/crypto/ssh"
@@ -197,7 +199,11 @@ func newFixture(t *testing.T) *fixture {
 	}
 	t.Cleanup(func() { ap.Close() })
 	devs := devices{"dev-1": {ID: "dev-1", Group: "kiosks"}, "dev-2": {ID: "dev-2", Group: "kiosks"}, "dev-3": {ID: "dev-3"}}
-	f.s, err = Open(Config{Dir: dir, TrustDomain: "fleet.example",
+	var db *postgres.DB
+	if pg, ok := pgtest.Database(t, dir); ok {
+		db = pg
+	}
+	f.s, err = Open(Config{Dir: dir, Database: db, TrustDomain: "fleet.example",
 		Approvals: ap, Devices: devs, Audit: f.aud, Now: f.clk.Now, NoSync: true,
 		Send: func(id, kind string, b []byte) error {
 			f.mu.Lock()
@@ -383,4 +389,13 @@ func TestNoApprovalsNoGrant(t *testing.T) {
 	if _, err := s.Request(t.Context(), actor{name: "eve"}, Draft{}); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("%v", err)
 	}
+}
+
+// TestConformance runs the grant tests on PostgreSQL (pgtest: skipped
+// without one unless CI=true); the package's tests run them on bbolt.
+func TestConformance(t *testing.T) {
+	pgtest.Conformance(t, []pgtest.Test{
+		{Name: "GrantLifecycle", Fn: TestGrantLifecycle},
+		{Name: "GrantExpiry", Fn: TestGrantExpiry},
+	})
 }

@@ -3,6 +3,7 @@ package access
 import (
 	"context"
 	"crypto/rand"
+	"embed"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -22,6 +23,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/sshca"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
+	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"golang.org/x/crypto/ssh"
 )
@@ -54,6 +56,10 @@ type Config struct {
 	// Dir is the fleet's data directory, where File and CAKeyFile are.
 	// Required.
 	Dir string
+	// Database, when set, keeps the grants in PostgreSQL (table
+	// access_kv, brought up to date at Open; writes serialized across
+	// the replicas sharing it) instead of Dir/File. Close leaves it open.
+	Database *postgres.DB
 	// CA is the SSH user CA; nil means the key in Dir/CAKeyFile (created
 	// at first start, 0600) for TrustDomain.
 	CA          *sshca.CA
@@ -94,10 +100,18 @@ type Service struct {
 }
 
 var (
+	bucketMeta    = []byte("meta")    // the bbolt file's schema version
 	bucketGrants  = []byte("grants")  // ID -> Grant (JSON)
 	bucketSerials = []byte("serials") // serial (8 bytes) -> ID
-	bucketMeta    = []byte("meta")    // "generation" -> uint64, the KRL version
+	bucketState   = []byte("state")   // "generation" -> uint64, the KRL version
 )
+
+// Buckets are the grants' buckets, in the bbolt file and in PostgreSQL:
+// what sigil migrate copies.
+var Buckets = [][]byte{bucketGrants, bucketSerials, bucketState}
+
+// Table is the PostgreSQL table holding the buckets (kv.Postgres).
+const Table = "access_kv"
 
 // Open opens or creates the grants' file and the user CA, and registers
 // the grant executor with the two-person rule.
@@ -132,12 +146,11 @@ func Open(cfg Config) (*Service, error) {
 			return nil, fmt.Errorf("access: user CA: %w", err)
 		}
 	}
-	db, err := boltdb.Open(filepath.Join(cfg.Dir, File), boltdb.Schema{Buckets: [][]byte{bucketMeta, bucketGrants, bucketSerials}, Version: 1},
-		boltdb.Options{Name: "access", NoSync: cfg.NoSync})
+	db, err := openDB(cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, db: kv.Bolt(db), log: cfg.Logger, q: make(chan func(context.Context), 1024)}
+	s := &Service{cfg: cfg, db: db, log: cfg.Logger, q: make(chan func(context.Context), 1024)}
 	if cfg.Approvals != nil {
 		if err := cfg.Approvals.Register(approval.KindAccessGrant, s.execute); err != nil {
 			db.Close()
@@ -145,6 +158,54 @@ func Open(cfg Config) (*Service, error) {
 		}
 	}
 	return s, nil
+}
+
+// migrations are the grants' tables in PostgreSQL (component "access"
+// in schema_migrations).
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// openDB opens the grants in PostgreSQL (Config.Database) or in their
+// bbolt file.
+func openDB(cfg Config) (kv.DB, error) {
+	if cfg.Database != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return OpenPostgres(ctx, cfg.Database)
+	}
+	return openBolt(filepath.Join(cfg.Dir, File), cfg.NoSync)
+}
+
+func openBolt(path string, noSync bool) (kv.DB, error) {
+	db, err := boltdb.Open(path, boltdb.Schema{Buckets: append([][]byte{bucketMeta}, Buckets...), Version: 1},
+		boltdb.Options{Name: "access", NoSync: noSync})
+	if err != nil {
+		return nil, err
+	}
+	return kv.Bolt(db), nil
+}
+
+// CreateFile creates an empty grants file at path (sigil migrate).
+func CreateFile(path string) error {
+	db, err := openBolt(path, false)
+	if err == nil {
+		err = db.Close()
+	}
+	return err
+}
+
+// OpenPostgres brings the grants' tables in db up to date and returns
+// them; closing the result leaves db open.
+func OpenPostgres(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+	if err := db.Migrate(ctx, "access", migrations); err != nil {
+		return nil, fmt.Errorf("access: %w", err)
+	}
+	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	if err != nil {
+		return nil, fmt.Errorf("access: %w", err)
+	}
+	return k, nil
 }
 
 // Close closes the grants' file; a nil Service has nothing to close.
@@ -273,7 +334,7 @@ func (s *Service) Request(ctx context.Context, actor approval.Actor, d Draft) (G
 
 // generation is the KRL version: how many revocations were recorded.
 func generation(tx kv.Tx) uint64 {
-	if v := tx.Bucket(bucketMeta).Get([]byte("generation")); len(v) == 8 {
+	if v := tx.Bucket(bucketState).Get([]byte("generation")); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
@@ -506,7 +567,7 @@ func (s *Service) Revoke(ctx context.Context, actor approval.Actor, id, reason s
 			return err
 		}
 		cur.Revoked, cur.RevokedBy, cur.Reason = now, actor.Subject(), reason
-		if err := tx.Bucket(bucketMeta).Put([]byte("generation"), sb8(generation(tx)+1)); err != nil {
+		if err := tx.Bucket(bucketState).Put([]byte("generation"), sb8(generation(tx)+1)); err != nil {
 			return err
 		}
 		if err := s.record(ctx, audit.New(audit.User(actor.Subject()), "access.revoked", cur.ID).Because(reason).
