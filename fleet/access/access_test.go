@@ -399,3 +399,25 @@ func TestConformance(t *testing.T) {
 		{Name: "GrantExpiry", Fn: TestGrantExpiry},
 	})
 }
+
+// TestSessionEventsBounded: a device cannot record more than
+// MaxSessionEvents session claims a minute.
+func TestSessionEventsBounded(t *testing.T) {
+	f := newFixture(t)
+	bogus := wire.AccessSession{Event: wire.AccessSessionStart, User: "root", From: "192.0.2.1", KeyID: "x"}
+	for range MaxSessionEvents/wire.MaxAccessEvents + 2 {
+		evs := make([]wire.AccessSession, wire.MaxAccessEvents)
+		for i := range evs {
+			evs[i] = bogus
+		}
+		f.s.Sessions(t.Context(), "dev-1", &wire.AccessSessions{Events: evs})
+	}
+	if n := len(f.aud.es); n != MaxSessionEvents {
+		t.Fatalf("%d claims recorded, want %d", n, MaxSessionEvents)
+	}
+	f.clk.Add(time.Minute)
+	f.s.Sessions(t.Context(), "dev-1", &wire.AccessSessions{Events: []wire.AccessSession{bogus}})
+	if n := len(f.aud.es); n != MaxSessionEvents+1 {
+		t.Fatalf("the next minute: %d claims recorded", n)
+	}
+}

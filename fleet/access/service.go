@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
@@ -97,7 +98,21 @@ type Service struct {
 	db  kv.DB
 	log *slog.Logger
 	q   chan func(context.Context)
+
+	mu     sync.Mutex
+	events map[string]*window // device ID -> session events recorded this minute
 }
+
+// window counts one device's session events in the current minute.
+type window struct {
+	start time.Time
+	n     int
+}
+
+// MaxSessionEvents bounds the session events one device may have
+// recorded per minute; more are dropped (and logged once per minute), so
+// that a device cannot grow the audit log at will.
+const MaxSessionEvents = 120
 
 var (
 	bucketMeta    = []byte("meta")    // the bbolt file's schema version
@@ -150,7 +165,7 @@ func Open(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, db: db, log: cfg.Logger, q: make(chan func(context.Context), 1024)}
+	s := &Service{cfg: cfg, db: db, log: cfg.Logger, q: make(chan func(context.Context), 1024), events: map[string]*window{}}
 	if cfg.Approvals != nil {
 		if err := cfg.Approvals.Register(approval.KindAccessGrant, s.execute); err != nil {
 			db.Close()
@@ -742,10 +757,33 @@ func (s *Service) Sessions(ctx context.Context, deviceID string, rep *wire.Acces
 		return
 	}
 	for _, e := range rep.Events {
+		if !s.allow(deviceID) {
+			return
+		}
 		if err := s.session(ctx, dev, e); err != nil {
 			s.log.Warn("access: recording a session failed", "device_id", deviceID, "err", err)
 		}
 	}
+}
+
+// allow counts one session event of a device against MaxSessionEvents.
+func (s *Service) allow(deviceID string) bool {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.events[deviceID]
+	if w == nil || now.Sub(w.start) >= time.Minute || now.Before(w.start) {
+		if len(s.events) >= 100_000 {
+			clear(s.events)
+		}
+		w = &window{start: now}
+		s.events[deviceID] = w
+	}
+	w.n++
+	if w.n == MaxSessionEvents+1 {
+		s.log.Warn("access: a device reports more sessions than the limit; dropping the rest of this minute", "device_id", deviceID, "limit", MaxSessionEvents)
+	}
+	return w.n <= MaxSessionEvents
 }
 
 func (s *Service) session(ctx context.Context, dev *inventory.Device, e wire.AccessSession) error {
