@@ -48,6 +48,7 @@ func commandTable() *command {
 		tokensCommand(),
 		firmwareCommand(),
 		campaignsCommand(),
+		exposureCommand(),
 		secretsCommand(),
 		alertsCommand(),
 		telemetryCommand(),

@@ -10,6 +10,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/sso"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -112,9 +113,8 @@ type Config struct {
 	// SSHPrincipals are the names on devices' SSH host certificates,
 	// templates with "{id}" (device ID) and "{domain}" (trust domain).
 	// Default ["{id}", "{id}.{domain}"].
-	SSHPrincipals []string `json:"ssh_principals"`
-	// Access bounds just-in-time operator SSH access (access.Policy: max_duration 8h, logins ["root"] by default).
-	Access access.Policy `json:"access"`
+	SSHPrincipals []string      `json:"ssh_principals"`
+	Access        access.Policy `json:"access"` // bounds just-in-time operator SSH access (access.Policy: 8h, logins ["root"] by default)
 	// AlertSinks are where alert notifications go (AlertSink,
 	// sink.Config). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
@@ -124,8 +124,9 @@ type Config struct {
 	AlertFlood AlertFlood `json:"alert_flood"`
 	// LoginThrottle tunes the operators' login throttle; zero fields keep
 	// its defaults.
-	LoginThrottle LoginThrottle `json:"login_throttle"`
-	crl.Settings                // crl_min_interval: the CRL's publication (crl.Settings)
+	LoginThrottle auth.ThrottleConfig `json:"login_throttle"`
+	SSO           sso.Config          `json:"sso"` // the operators' single sign-on (sso.Config)
+	crl.Settings                      // crl_min_interval: the CRL's publication (crl.Settings)
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 	// DebugAddr, if set, is a loopback address serving Go's profiles
@@ -179,6 +180,3 @@ type GovernanceConfig = governance.Settings
 
 // AlertFlood is the alert_flood configuration (alert.FloodConfig).
 type AlertFlood = alert.FloodConfig
-
-// LoginThrottle is the login_throttle configuration (auth.ThrottleConfig).
-type LoginThrottle = auth.ThrottleConfig

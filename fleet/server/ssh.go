@@ -11,10 +11,9 @@ import (
 // openSSH opens the SSH host CA (<data_dir>/ssh_ca.key, created 0600 at first start) and its issuer (certificates valid for
 // the device certificate lifetime, principals from ssh_principals), and just-in-time operator access (fleet/access).
 func (s *Server) openSSH() (err error) {
-	log := s.log.With("component", "sshca")
 	if s.SSH, err = sshca.NewIssuer(sshca.IssuerConfig{CAConfig: sshca.Config{KeyFile: filepath.Join(s.cfg.DataDir, sshca.KeyFile),
-		TrustDomain: s.cfg.TrustDomain, Principals: s.cfg.SSHPrincipals, Logger: log}, Devices: s.Inv, Verdicts: s.Attest,
-		Validity: time.Duration(s.cfg.DeviceLifetime), Logger: log, Send: s.sendDevice}); err != nil {
+		TrustDomain: s.cfg.TrustDomain, Principals: s.cfg.SSHPrincipals}, Devices: s.Inv, Verdicts: s.Attest,
+		Validity: time.Duration(s.cfg.DeviceLifetime), Logger: s.log.With("component", "sshca"), Send: s.sendDevice}); err != nil {
 		return err
 	}
 	s.Access, err = access.Open(access.Config{Dir: s.cfg.DataDir, Database: s.db, TrustDomain: s.cfg.TrustDomain, Approvals: s.Approvals, Devices: s.Inv,

@@ -42,7 +42,8 @@ const DefaultMinInterval = 5 * time.Second
 
 // IssuerConfig configures an Issuer.
 type IssuerConfig struct {
-	// CA signs the certificates; nil means Open(CAConfig).
+	// CA signs the certificates; nil means Open(CAConfig) (whose nil
+	// Logger means Logger).
 	CA       *CA
 	CAConfig Config
 	Devices  Devices
@@ -80,6 +81,9 @@ type request struct {
 // NewIssuer returns an issuer; Run starts answering submitted requests.
 func NewIssuer(cfg IssuerConfig) (*Issuer, error) {
 	if cfg.CA == nil && cfg.CAConfig.KeyFile != "" {
+		if cfg.CAConfig.Logger == nil {
+			cfg.CAConfig.Logger = cfg.Logger
+		}
 		var err error
 		if cfg.CA, err = Open(cfg.CAConfig); err != nil {
 			return nil, err
