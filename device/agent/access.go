@@ -16,8 +16,9 @@ import (
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
-// Just-in-time operator access (config ssh_access_dir): the fleet sends
-// access.trust after each hello and at once when a grant is revoked;
+// Just-in-time operator access (config ssh_access_dir): at the start of
+// each session sigild asks for access.trust (an empty access.sessions),
+// and the fleet sends it again at once when a grant is revoked;
 // sigild writes, atomically and in this order, the KRL (revoked_keys,
 // sshd's RevokedKeys), the user CA keys (user_ca.pub, TrustedUserCAKeys)
 // and one principals file per account (principals/<login>,
@@ -110,15 +111,21 @@ func writeAccessFiles(dir string, t *wire.AccessTrust) error {
 	return nil
 }
 
-// accessSession reports sshd's certificate logins while a session is up;
-// the returned stop ends it and waits.
+// accessSession asks for the access trust and reports sshd's certificate
+// logins while a session is up; the returned stop ends it and waits.
 func (a *Agent) accessSession(ctx context.Context, conn publisher, deviceID string) (stop func()) {
-	if a.cfg.SSHAccessLog == "" {
+	if a.cfg.SSHAccessDir == "" && a.cfg.SSHAccessLog == "" {
 		return func() {}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		if a.cfg.SSHAccessDir != "" {
+			a.publishSessions(ctx, conn, deviceID, nil) // asks for access.trust
+		}
+		if a.cfg.SSHAccessLog == "" {
+			return
+		}
 		t := time.NewTicker(accessLogInterval)
 		defer t.Stop()
 		for {
@@ -147,19 +154,25 @@ func (a *Agent) reportSessions(ctx context.Context, conn publisher, deviceID str
 	if n == 0 {
 		return
 	}
-	b, err := wire.Encode(wire.TypeAccessSessions, nil, a.now(), &wire.AccessSessions{Events: batch})
-	if err == nil {
-		err = conn.Publish(ctx, a.topics.DeviceUp(deviceID, wire.KindAccess), b)
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn("access: reporting sessions failed", "err", err)
-		}
+	if !a.publishSessions(ctx, conn, deviceID, batch) {
 		return
 	}
 	s.mu.Lock()
 	s.pending = s.pending[n:]
 	s.mu.Unlock()
+}
+
+// publishSessions sends an access.sessions message and reports whether it
+// went out.
+func (a *Agent) publishSessions(ctx context.Context, conn publisher, deviceID string, events []wire.AccessSession) bool {
+	b, err := wire.Encode(wire.TypeAccessSessions, nil, a.now(), &wire.AccessSessions{Events: events})
+	if err == nil {
+		err = conn.Publish(ctx, a.topics.DeviceUp(deviceID, wire.KindAccess), b)
+	}
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("access: sending to the fleet failed", "err", err)
+	}
+	return err == nil
 }
 
 // read consumes the log's new complete lines. History before the first

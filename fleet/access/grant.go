@@ -10,8 +10,8 @@
 // unless granted, the grant in its key ID and serial.
 //
 // Devices keep their sshd trusting the user CA and a key revocation list
-// (KRL) the fleet pushes (pkg/wire access.trust) after each hello and at
-// once when a grant is revoked. Session starts and ends that devices read
+// (KRL) the fleet sends (pkg/wire access.trust) when a device asks at the
+// start of its session and at once when a grant covering it is revoked. Session starts and ends that devices read
 // in sshd's log come back as access.sessions: device claims, recorded in
 // the audit log as the device's word, tied to the grant (who asked, why,
 // who approved).

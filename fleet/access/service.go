@@ -679,18 +679,19 @@ func (s *Service) Push(ctx context.Context, deviceID string) {
 	}
 }
 
-// Hello queues the trust for a device that just connected. It never
-// blocks: when the queue is full the device gets it at its next hello.
-func (s *Service) Hello(deviceID string) {
-	s.enqueue(func(ctx context.Context) { s.Push(ctx, deviceID) })
-}
-
-// Submit queues an access.sessions message from an authenticated device.
+// Submit queues an access.sessions message from an authenticated device:
+// without events it asks for the device's trust (Push). It never blocks:
+// when the queue is full the message is dropped (the device asks again at
+// its next session).
 func (s *Service) Submit(deviceID string, env *wire.Envelope) {
 	s.enqueue(func(ctx context.Context) {
 		var rep wire.AccessSessions
 		if err := wire.DecodeBody(env, wire.TypeAccessSessions, &rep); err != nil {
 			s.log.Info("access: malformed session report", "device_id", deviceID, "err", err)
+			return
+		}
+		if len(rep.Events) == 0 {
+			s.Push(ctx, deviceID)
 			return
 		}
 		s.Sessions(ctx, deviceID, &rep)

@@ -698,7 +698,6 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 			s.fw.Hello(id.DeviceID)
 		}
 		s.caRotation.Hello(id.DeviceID)
-		s.Access.Hello(id.DeviceID) // sshd's user CA, principals and KRL
 	}
 }
 

@@ -34,8 +34,10 @@ type AccessLogin struct {
 // fleet-signed user certificates: the user CA keys (TrustedUserCAKeys, one
 // authorized_keys line each), the accounts and their principals, and the
 // OpenSSH key revocation list (RevokedKeys, binary KRL). The fleet sends
-// it after each hello and whenever a grant is revoked; the device replaces
-// its files with it atomically. Generation increases with every change.
+// it in answer to an empty AccessSessions (which the device sends at the
+// start of each session) and whenever a grant covering the device is
+// revoked; the device replaces its files with it atomically. Generation
+// increases with every revocation.
 type AccessTrust struct {
 	UserCAKeys  []string      `cbor:"1,keyasint"`
 	Logins      []AccessLogin `cbor:"2,keyasint,omitempty"`
@@ -129,15 +131,16 @@ type AccessSession struct {
 	CA     string `cbor:"8,keyasint,omitempty"` // "SHA256:..."
 }
 
-// AccessSessions reports session events, oldest first.
+// AccessSessions reports session events, oldest first. Without events it
+// asks the fleet for the device's AccessTrust.
 type AccessSessions struct {
 	Events []AccessSession `cbor:"1,keyasint"`
 }
 
 // Validate bounds the events and their fields.
 func (s *AccessSessions) Validate() error {
-	if len(s.Events) == 0 || len(s.Events) > MaxAccessEvents {
-		return fmt.Errorf("events: %d, want 1 to %d", len(s.Events), MaxAccessEvents)
+	if len(s.Events) > MaxAccessEvents {
+		return fmt.Errorf("events: %d, want at most %d", len(s.Events), MaxAccessEvents)
 	}
 	for i, e := range s.Events {
 		if e.Event != AccessSessionStart && e.Event != AccessSessionEnd {
