@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,5 +136,43 @@ func TestWriteAccessFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "principals", "ops")); !os.IsNotExist(err) {
 		t.Fatalf("stale principals file: %v", err)
+	}
+}
+
+// TestAccessTrustIgnoresOlder: a trust message older than the one written
+// (a late redelivery) changes nothing; a malformed one neither.
+func TestAccessTrustIgnoresOlder(t *testing.T) {
+	dir := t.TempDir()
+	a := &Agent{cfg: Config{SSHAccessDir: dir}, log: slog.New(slog.DiscardHandler)}
+	send := func(gen uint64, krl string) {
+		b, err := wire.Encode(wire.TypeAccessTrust, nil, time.Unix(1_800_000_000, 0), &wire.AccessTrust{
+			UserCAKeys: []string{"ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTI= ca"}, RevokedKeys: []byte("SSHKRL\n\x00" + krl), Generation: gen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env, err := wire.Decode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.accessTrust(env)
+	}
+	krl := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "revoked_keys"))
+		return string(b)
+	}
+	send(2, "two")
+	send(1, "one")
+	if krl() != "SSHKRL\n\x00two" {
+		t.Fatalf("an older trust replaced a newer one: %q", krl())
+	}
+	send(3, "three")
+	if krl() != "SSHKRL\n\x00three" {
+		t.Fatalf("a newer trust was not written: %q", krl())
+	}
+	b, _ := wire.Encode(wire.TypeAccessTrust, nil, time.Unix(1_800_000_000, 0), &wire.AccessTrust{UserCAKeys: []string{"x"}, RevokedKeys: []byte("no"), Generation: 9})
+	env, _ := wire.Decode(b)
+	a.accessTrust(env)
+	if krl() != "SSHKRL\n\x00three" {
+		t.Fatalf("a malformed trust was written: %q", krl())
 	}
 }

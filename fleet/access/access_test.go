@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 	"golang.org/x/crypto/ssh"
@@ -419,5 +420,41 @@ func TestSessionEventsBounded(t *testing.T) {
 	f.s.Sessions(t.Context(), "dev-1", &wire.AccessSessions{Events: []wire.AccessSession{bogus}})
 	if n := len(f.aud.es); n != MaxSessionEvents+1 {
 		t.Fatalf("the next minute: %d claims recorded", n)
+	}
+}
+
+// TestTrustOnRequest: an empty access.sessions from a device is answered
+// with its access.trust (user CA, its principals, the KRL).
+func TestTrustOnRequest(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	b, err := wire.Encode(wire.TypeAccessSessions, nil, f.clk.Now(), &wire.AccessSessions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := wire.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.s.Submit("dev-3", env)
+	var got [][]byte
+	if !wait.Poll(wait.Timeout, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		got = f.sent["dev-3"]
+		return len(got) > 0
+	}) {
+		t.Fatal("no trust sent")
+	}
+	env, _ = wire.Decode(got[0])
+	var tr wire.AccessTrust
+	if err := wire.DecodeBody(env, wire.TypeAccessTrust, &tr); err != nil {
+		t.Fatal(err)
+	}
+	if tr.UserCAKeys[0] != f.s.CA().AuthorizedKey() || !slices.Equal(tr.Logins[0].Principals, []string{"root@dev-3"}) {
+		t.Fatalf("trust %+v", tr)
 	}
 }
