@@ -74,7 +74,8 @@ type Server struct {
 	Attest   *attest.Service
 	Policy   *policy.Store
 	Rotation *rotation.Service
-	// SSH issues devices' SSH host certificates (fleet/sshca); Access gives operators just-in-time SSH access (fleet/access).
+	// SSH issues devices' SSH host certificates (fleet/sshca); Access
+	// gives operators just-in-time SSH access (fleet/access).
 	SSH    *sshca.Issuer
 	Access *access.Service
 	// Secrets keeps the sealed secrets (encrypted at rest).
