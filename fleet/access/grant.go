@@ -11,10 +11,11 @@
 //
 // Devices keep their sshd trusting the user CA and a key revocation list
 // (KRL) the fleet sends (pkg/wire access.trust) when a device asks at the
-// start of its session and at once when a grant covering it is revoked. Session starts and ends that devices read
-// in sshd's log come back as access.sessions: device claims, recorded in
-// the audit log as the device's word, tied to the grant (who asked, why,
-// who approved).
+// start of its session and at once when a grant covering it is revoked.
+// Session starts and ends that devices read in sshd's log come back as
+// access.sessions: device claims, recorded in the audit log as the
+// device's word, tied to the grant (who asked, why, who approved), at
+// most MaxSessionEvents a minute per device.
 //
 // A grant's life is a state machine (Transition): requested → approved
 // (certificate signed) → active (a device reported a session) → expired
