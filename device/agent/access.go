@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -51,6 +54,7 @@ type accessState struct {
 	file    os.FileInfo
 	open    map[string]wire.AccessSession // "<addr> <port>" -> its start
 	pending []wire.AccessSession
+	cursor  string // the journal's cursor after the last entry read (journal mode)
 }
 
 // accessTrust writes the files of an access.trust message. It runs on the
@@ -126,6 +130,9 @@ func (a *Agent) accessSession(ctx context.Context, conn publisher, deviceID stri
 		if a.cfg.SSHAccessLog == "" {
 			return
 		}
+		if prog, ok := journalProgram(a.cfg.SSHAccessLog); ok {
+			wg.Go(func() { a.followJournal(ctx, prog) })
+		}
 		t := time.NewTicker(accessLogInterval)
 		defer t.Stop()
 		for {
@@ -145,8 +152,10 @@ func (a *Agent) accessSession(ctx context.Context, conn publisher, deviceID stri
 func (a *Agent) reportSessions(ctx context.Context, conn publisher, deviceID string) {
 	s := &a.access
 	s.mu.Lock()
-	if err := s.read(a.cfg.SSHAccessLog, a.now()); err != nil {
-		a.log.Debug("access: reading sshd's log failed", "path", a.cfg.SSHAccessLog, "err", err)
+	if _, journal := journalProgram(a.cfg.SSHAccessLog); !journal {
+		if err := s.read(a.cfg.SSHAccessLog, a.now()); err != nil {
+			a.log.Debug("access: reading sshd's log failed", "path", a.cfg.SSHAccessLog, "err", err)
+		}
 	}
 	n := min(len(s.pending), wire.MaxAccessEvents)
 	batch := append([]wire.AccessSession(nil), s.pending[:n]...)
@@ -302,13 +311,102 @@ func ParseSSHDLine(line string) (wire.AccessSession, bool) {
 	return e, true
 }
 
+// journalProgram reports whether ssh_access_log reads the journal
+// ("journal", or "journal:PATH" naming journalctl) and with which program.
+func journalProgram(v string) (string, bool) {
+	if v == "journal" {
+		return "/usr/bin/journalctl", true
+	}
+	p, ok := strings.CutPrefix(v, "journal:")
+	return p, ok
+}
+
+// journalRetry is how long the journal reader waits before it starts
+// journalctl again after it ended.
+const journalRetry = 10 * time.Second
+
+// followJournal reads sshd's journal entries (journalctl --follow,
+// identifiers sshd and sshd-session, JSON) until ctx ends: after the last
+// entry read in an earlier session (its cursor), or from now on at the
+// first. journalctl runs in its own process group, started with
+// os.StartProcess rather than os/exec (as runHealth), and is killed when
+// ctx ends.
+func (a *Agent) followJournal(ctx context.Context, prog string) {
+	for {
+		a.access.mu.Lock()
+		from := "--lines=0"
+		if a.access.cursor != "" {
+			from = "--after-cursor=" + a.access.cursor
+		}
+		a.access.mu.Unlock()
+		err := a.readJournal(ctx, prog, from)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("access: reading sshd's journal stopped; starting again soon", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(journalRetry):
+		}
+	}
+}
+
+func (a *Agent) readJournal(ctx context.Context, prog, from string) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	args := []string{prog, "--follow", "--output=json", "--identifier=sshd", "--identifier=sshd-session", "--no-pager", from}
+	p, err := os.StartProcess(prog, args, &os.ProcAttr{Env: os.Environ(), Files: []*os.File{nil, w, nil},
+		Sys: &syscall.SysProcAttr{Setpgid: true}})
+	w.Close()
+	if err != nil {
+		r.Close()
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = syscall.Kill(-p.Pid, syscall.SIGKILL) })
+	defer stop()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 16<<10), 1<<20)
+	for sc.Scan() {
+		var e struct {
+			Cursor  string `json:"__CURSOR"`
+			Message any    `json:"MESSAGE"` // a string, or bytes as numbers when not UTF-8
+		}
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			continue
+		}
+		msg, _ := e.Message.(string)
+		a.access.mu.Lock()
+		if ev, ok := ParseSSHDLine(msg); ok {
+			a.access.add(ev, a.now())
+		}
+		if e.Cursor != "" && len(e.Cursor) < 1024 {
+			a.access.cursor = e.Cursor
+		}
+		a.access.mu.Unlock()
+	}
+	err = sc.Err()
+	r.Close()
+	st, werr := p.Wait()
+	if err == nil && werr == nil && !st.Success() {
+		err = errors.New(st.String())
+	}
+	return errors.Join(err, werr)
+}
+
 // validateAccess checks the access settings.
 func (c *Config) validateAccess() error {
 	if c.SSHAccessDir != "" && !filepath.IsAbs(c.SSHAccessDir) {
 		return fmt.Errorf("ssh_access_dir %q is not an absolute path", c.SSHAccessDir)
 	}
-	if c.SSHAccessLog != "" && !filepath.IsAbs(c.SSHAccessLog) {
-		return fmt.Errorf("ssh_access_log %q is not an absolute path", c.SSHAccessLog)
+	if prog, ok := journalProgram(c.SSHAccessLog); ok {
+		if !filepath.IsAbs(prog) {
+			return fmt.Errorf("ssh_access_log: journalctl %q is not an absolute path", prog)
+		}
+	} else if c.SSHAccessLog != "" && !filepath.IsAbs(c.SSHAccessLog) {
+		return fmt.Errorf("ssh_access_log %q is neither an absolute path nor journal[:PATH]", c.SSHAccessLog)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -175,4 +177,60 @@ func TestAccessTrustIgnoresOlder(t *testing.T) {
 	if krl() != "SSHKRL\n\x00three" {
 		t.Fatalf("a malformed trust was written: %q", krl())
 	}
+}
+
+// TestJournalReader: with ssh_access_log "journal:PATH" sigild reads
+// sshd's entries from journalctl's JSON (here a stand-in script that
+// records its arguments): from now on at first, after the last cursor
+// read on the next start.
+func TestJournalReader(t *testing.T) {
+	dir := t.TempDir()
+	argsFile := filepath.Join(dir, "args")
+	prog := filepath.Join(dir, "journalctl")
+	script := "#!/bin/sh\necho \"$@\" >> " + argsFile + "\n" +
+		"echo '{\"__CURSOR\":\"c1\",\"MESSAGE\":\"" + strings.SplitN(sshdAccepted, ": ", 2)[1] + "\"}'\n" +
+		"echo 'not json'\n" +
+		"echo '{\"__CURSOR\":\"c2\",\"MESSAGE\":[1,2,3]}'\n" +
+		"echo '{\"__CURSOR\":\"c3\",\"MESSAGE\":\"" + strings.SplitN(sshdDisconn, ": ", 2)[1] + "\"}'\n"
+	if err := os.WriteFile(prog, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{SSHAccessLog: "journal:" + prog}
+	if err := cfg.validateAccess(); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Config{SSHAccessLog: "journal:journalctl"}).validateAccess(); err == nil {
+		t.Fatal("a relative journalctl was accepted")
+	}
+	a := &Agent{cfg: cfg, log: slog.New(slog.DiscardHandler), now: func() time.Time { return time.Unix(1_800_000_000, 0) }}
+	run := func() {
+		ctx, cancel := context.WithCancel(t.Context())
+		if err := a.readJournal(ctx, prog, "--lines=0"); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+	run()
+	a.access.mu.Lock()
+	pending, cursor := a.access.pending, a.access.cursor
+	a.access.mu.Unlock()
+	if len(pending) != 2 || pending[0].Serial != 7311 || pending[1].Event != wire.AccessSessionEnd || pending[1].Serial != 7311 || cursor != "c3" {
+		t.Fatalf("read %+v, cursor %q", pending, cursor)
+	}
+	args, _ := os.ReadFile(argsFile)
+	if !strings.Contains(string(args), "--follow --output=json --identifier=sshd --identifier=sshd-session --no-pager --lines=0") {
+		t.Fatalf("journalctl ran with %q", args)
+	}
+	// followJournal starts after the cursor read before.
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { a.followJournal(ctx, prog); close(done) }()
+	if !wait.Poll(wait.Timeout, func() bool {
+		b, _ := os.ReadFile(argsFile)
+		return strings.Contains(string(b), "--after-cursor=c3")
+	}) {
+		t.Fatal("journalctl was not started after the cursor")
+	}
+	cancel()
+	<-done
 }
