@@ -114,8 +114,11 @@ type Config struct {
 	// Governance serves owners, triage, blocks, clones and risk
 	// (governance.go); nil answers them with 501.
 	Governance *governance.Service
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Backup serves POST /api/v1/backup (backup.Live); nil answers it
+	// with 501.
+	Backup Backups
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -175,6 +178,7 @@ func New(cfg Config) http.Handler {
 	h.routesQuarantine()
 	h.routesBulk()
 	h.routesGovernance()
+	h.routesBackup()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

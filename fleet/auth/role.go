@@ -50,6 +50,11 @@ const (
 	// the brokers' syncs (GET /crl?after=N with a token; `sigil
 	// broker-sync --token-file`).
 	PermBrokersSync Permission = "brokers.sync"
+	// PermBackupRead: take a backup of the running fleet (POST
+	// /api/v1/backup): every store and the key material, encrypted to a
+	// recipient the caller names, so as strong as holding the CA key.
+	// The admin's alone.
+	PermBackupRead Permission = "backup.read"
 )
 
 // Permissions returns every permission, in a stable order.
@@ -62,6 +67,7 @@ func Permissions() []Permission {
 		PermAlertsRead, PermAlertsWrite,
 		PermAuditRead, PermApprovalsRead,
 		PermSecurityApprove, PermCAAdmin, PermUsersAdmin, PermBrokersSync,
+		PermBackupRead,
 	}
 }
 

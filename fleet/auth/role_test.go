@@ -40,6 +40,7 @@ func TestPermissionMatrix(t *testing.T) {
 		PermCAAdmin:         {S, A},
 		PermUsersAdmin:      {A},
 		PermBrokersSync:     {B, A},
+		PermBackupRead:      {A},
 	}
 	if len(matrix) != len(Permissions()) {
 		t.Fatalf("the matrix has %d permissions, the package %d", len(matrix), len(Permissions()))

@@ -38,6 +38,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/backup"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/crl"
@@ -460,7 +461,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls,
+		Governance: s.Governance, CRL: s.crls, Backup: backup.NewLive(backup.LiveConfig{DataDir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain, Database: s.db != nil, Audit: s.Audit}),
 	})
 	return nil
 }
