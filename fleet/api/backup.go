@@ -1,8 +1,11 @@
 package api
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -94,4 +97,46 @@ func (h *handler) backup(w http.ResponseWriter, r *http.Request, who string) {
 			return
 		}
 	}
+}
+
+// Backup asks the server for a live backup encrypted to recipients (age
+// public keys) and writes the archive to w; it returns the archive's
+// number of files and bytes. It waits as long as ctx allows (the
+// client's own timeout does not apply: the server answers once the
+// archive is written), and fails when the answer is cut short.
+func (c *Client) Backup(ctx context.Context, recipients []string, w io.Writer) (files int, n int64, err error) {
+	body, err := json.Marshal(BackupRequest{Recipients: recipients})
+	if err != nil {
+		return 0, 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.BaseURL+"/api/v1/backup", bytes.NewReader(body))
+	if err != nil {
+		return 0, 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	hc := *c.HTTP
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("api: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		se := &StatusError{Status: resp.StatusCode}
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&se.Problem)
+		return 0, 0, se
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != MediaBackup {
+		return 0, 0, fmt.Errorf("api: backup: the answer is %q, not an archive", ct)
+	}
+	n, err = io.Copy(w, resp.Body)
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return 0, n, fmt.Errorf("api: backup: %w", err)
+	}
+	files, _ = strconv.Atoi(resp.Header.Get(BackupFilesHeader))
+	return files, n, nil
 }
