@@ -26,7 +26,7 @@ func brokerConfigCommand() *command {
 		args:    "--role device|bootstrap --name NAME[,NAME…] [--listen ADDR] [--fleet-listen ADDR] [--dir DIR] [--out DIR] [--crl FILE] [--dynsec-plugin PATH] [--state-dir DIR] [--max-queued N] [--max-connections N] [--config FILE] [--data-dir DIR]",
 		summary: "write the Mosquitto configuration of a broker of the fleet's pool",
 		note: "Run it on the fleet's host (it reads the fleet CA and creates the fleet's broker password in the data directory), " +
-			"then copy --out to --dir on the broker's host and chown its key and password file root:mosquitto.",
+			"then copy --out to --dir on the broker's host and chown its key and password file root:sigil-mosquitto (the unit's user).",
 		setup: func(fs *flag.FlagSet) action {
 			role := fs.String("role", "", "device (enrolled devices) or bootstrap (enrollment clients)")
 			names := fs.String("name", "", "comma-separated DNS names or IP addresses of the broker (its certificate's names)")
