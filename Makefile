@@ -16,6 +16,9 @@ STATICCHECK_VERSION := v0.8.2
 # module version (served by the module proxy) and read by this govulncheck.
 VULNDB_VERSION      := v0.0.0-20261105234957-e22db6528018
 GOVULNCHECK_VERSION := v1.9.0
+# The real cosign the signing tests run (scripts/cosign.sh builds it once into
+# the user's cache directory; keep in step with signtest.CosignVersion).
+COSIGN_VERSION      := v2.6.5
 
 # Go 1.27.3 (go.mod requires it): the go command fetches it from the module
 # proxy on first use, so a machine with an older Go needs nothing else.
@@ -60,6 +63,7 @@ package: cross cross-sigil
 
 test-deps:
 	@scripts/deps.sh test
+	@COSIGN_VERSION=$(COSIGN_VERSION) scripts/cosign.sh
 
 demo-deps:
 	@scripts/deps.sh demo

@@ -47,6 +47,7 @@ func commandTable() *command {
 		tokensCommand(),
 		firmwareCommand(),
 		campaignsCommand(),
+		exposureCommand(),
 		secretsCommand(),
 		alertsCommand(),
 		telemetryCommand(),

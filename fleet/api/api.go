@@ -175,6 +175,7 @@ func New(cfg Config) http.Handler {
 	h.routesTelemetry()
 	h.routesAlerts()
 	h.routesFirmware()
+	h.routesExposure()
 	h.routesQuarantine()
 	h.routesBulk()
 	h.routesGovernance()
