@@ -23,8 +23,7 @@ func (s *Server) openSSH() error {
 		return err
 	}
 	s.SSH, err = sshca.NewIssuer(sshca.IssuerConfig{
-		CA: c, Devices: s.Inv, Verdicts: s.Attest, Validity: time.Duration(s.cfg.DeviceLifetime), Logger: log,
-		Send: s.sendDevice,
+		CA: c, Devices: s.Inv, Verdicts: s.Attest, Validity: time.Duration(s.cfg.DeviceLifetime), Logger: log, Send: s.sendDevice,
 	})
 	return err
 }
