@@ -9,8 +9,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/backup"
 )
@@ -73,6 +75,14 @@ func (h *handler) backup(w http.ResponseWriter, r *http.Request, who string) {
 	}
 	defer a.Close()
 	h.log.Info("backup taken", "user", who, "files", len(a.Manifest.Files), "bytes", a.Size)
+	if h.cfg.Audit != nil {
+		// Whose keys open the archive that leaves the fleet (public keys).
+		e := audit.New(audit.User(who), "backup.create", "fleet").With("recipients", strings.Join(req.Recipients, " ")).
+			With("files", strconv.Itoa(len(a.Manifest.Files))).With("bytes", strconv.FormatInt(a.Size, 10))
+		if err := h.cfg.Audit.Record(context.WithoutCancel(r.Context()), e); err != nil {
+			h.log.Error("audit: recording a backup failed", "err", err)
+		}
+	}
 	w.Header().Set("Content-Type", MediaBackup)
 	w.Header().Set("Content-Length", strconv.FormatInt(a.Size, 10))
 	w.Header().Set("Content-Disposition", `attachment; filename="sigil-`+a.Manifest.Created.Format("20060102T150405Z")+`.age"`)

@@ -21,6 +21,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/sim/harness"
 )
 
@@ -129,17 +130,28 @@ func TestBackupRestoreLive(t *testing.T) {
 	if s, err := d.Wait(ctx, time.Second, harness.Connected); err != nil || s.CertSerial != st.CertSerial {
 		t.Fatalf("the device after the backup: %+v %v", s, err)
 	}
-	page, err := f.Audit.List(ctx, audit.Filter{Action: "api.backup"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ok, denied bool
-	for _, e := range page.Entries {
-		ok = ok || e.Actor == audit.User("admin") && e.Outcome == audit.OK
-		denied = denied || e.Actor == audit.User("sam") && e.Outcome == audit.Denied
-	}
-	if !ok || !denied {
-		t.Fatalf("audit entries of the backups: %+v", page.Entries)
+	// The request's entry is recorded once the answer is sent: after
+	// the client has it.
+	wait.Until(t, func() error {
+		page, err := f.Audit.List(ctx, audit.Filter{Action: "api.backup"})
+		if err != nil {
+			return err
+		}
+		var ok, denied bool
+		for _, e := range page.Entries {
+			ok = ok || e.Actor == audit.User("admin") && e.Outcome == audit.OK
+			denied = denied || e.Actor == audit.User("sam") && e.Outcome == audit.Denied
+		}
+		if !ok || !denied {
+			return fmt.Errorf("audit entries of the backups: %+v", page.Entries)
+		}
+		return nil
+	})
+	// Which key opens the archive that left, by whom.
+	page, err := f.Audit.List(ctx, audit.Filter{Action: "backup.create"})
+	if err != nil || len(page.Entries) != 1 || page.Entries[0].Actor != audit.User("admin") ||
+		page.Entries[0].Details["recipients"] != id.Recipient().String() {
+		t.Fatalf("backup.create entries: %+v %v", page.Entries, err)
 	}
 
 	stopped = true
