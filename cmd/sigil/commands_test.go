@@ -269,6 +269,17 @@ var apiCases = []apiCase{
 		api: map[string]string{"POST /api/v1/secrets/db-password/rotate": jSecretInfo}},
 	{name: "secrets-delete", args: []string{"secrets", "delete", "db-password"},
 		api: map[string]string{"DELETE /api/v1/secrets/db-password": `{}`}},
+	{name: "workloads-list", args: []string{"workloads", "list"},
+		api: map[string]string{"GET /api/v1/workloads": `{"workloads":[{"name":"web","scope":"group","target":"kiosks","uid":1000,"exe_path":"/usr/bin/web",` +
+			`"created_at":"2026-12-01T10:00:00Z","created_by":"ana"}]}`}},
+	{name: "workloads-add", args: []string{"workloads", "add", "web", "--group", "kiosks", "--uid", "1000", "--exe", "/usr/bin/web"},
+		api: map[string]string{"PUT /api/v1/workloads/web": `{"name":"web","scope":"group","target":"kiosks","uid":1000,"exe_path":"/usr/bin/web","created_at":"2026-12-01T10:00:00Z"}`}},
+	{name: "workloads-add-two-scopes", args: []string{"workloads", "add", "web", "--group", "kiosks", "--model", "gw-1", "--uid", "1000"}},
+	{name: "workloads-add-no-selector", args: []string{"workloads", "add", "web", "--device", "dev-1"}},
+	{name: "workloads-delete", args: []string{"workloads", "delete", "web"},
+		api: map[string]string{"DELETE /api/v1/workloads/web": `{}`}},
+	{name: "workloads-rotate-key", args: []string{"workloads", "rotate-key"},
+		api: map[string]string{"POST /api/v1/workloads/keys/rotate": `{"kid":"k2"}`}},
 
 	// alerts
 	{name: "alerts-list", args: []string{"alerts", "list", "--device", "dev-1", "--state", "open", "--limit", "1"},

@@ -49,6 +49,7 @@ func commandTable() *command {
 		campaignsCommand(),
 		exposureCommand(),
 		secretsCommand(),
+		workloadsCommand(),
 		alertsCommand(),
 		telemetryCommand(),
 		ownersCommand(),

@@ -114,6 +114,9 @@ type Config struct {
 	// Governance serves owners, triage, blocks, clones and risk
 	// (governance.go); nil answers them with 501.
 	Governance *governance.Service
+	// Workloads serves workload registrations and the OIDC documents
+	// (workloads.go); nil answers them with 501.
+	Workloads Workloads
 	// Backup serves POST /api/v1/backup (backup.Live); nil answers it
 	// with 501.
 	Backup Backups
@@ -179,6 +182,7 @@ func New(cfg Config) http.Handler {
 	h.routesQuarantine()
 	h.routesBulk()
 	h.routesGovernance()
+	h.routesWorkloads()
 	h.routesBackup()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
