@@ -36,8 +36,8 @@ const (
 	CAKeyFile = "ssh_user_ca.key"
 )
 
-// Approvals is what the service needs of the two-person rule
-// (*approval.Manager).
+// Approvals is what the service needs of the approvals that hold grant
+// requests (*approval.Manager).
 type Approvals interface {
 	Register(approval.Kind, approval.Executor) error
 	Submit(ctx context.Context, actor approval.Actor, d approval.Draft) (approval.Request, error)
@@ -139,8 +139,9 @@ var Buckets = [][]byte{bucketGrants, bucketSerials, bucketState}
 // Table is the PostgreSQL table holding the buckets (kv.Postgres).
 const Table = "access_kv"
 
-// Open opens or creates the grants' file and the user CA, and registers
-// the grant executor with the two-person rule.
+// Open opens or creates the grants' file and the user CA, opens the
+// service's own approvals when Config.Approvals is nil (and Principals
+// is set), and registers the grant executor with the approvals.
 func Open(cfg Config) (*Service, error) {
 	if cfg.Dir == "" || cfg.Devices == nil {
 		return nil, errors.New("access: Dir and Devices are required")
