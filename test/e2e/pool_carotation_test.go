@@ -2,9 +2,24 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
 	"testing"
 
+	"github.com/sigil-iot/sigil/fleet/api"
+	"github.com/sigil-iot/sigil/fleet/ca"
+	"github.com/sigil-iot/sigil/fleet/mqttpool"
+	"github.com/sigil-iot/sigil/fleet/mqttpool/mosquittotest"
 	"github.com/sigil-iot/sigil/internal/wait"
 )
 
@@ -15,7 +30,11 @@ import (
 // generation (the overlap: both roots in its ca.pem, a CRL of each in its
 // crl.pem); a revoked certificate of either generation is refused by
 // every broker; after the old generation is retired, its certificates
-// are refused and the new generation's still accepted.
+// are refused and the new generation's still accepted. The retirement
+// is refused while the brokers still present certificates of the old
+// generation (the devices would refuse them), and made once each
+// presents one of the new generation; the test's clients then verify the
+// brokers with the reduced bundle, as devices do.
 func TestBrokerPoolCARotation(t *testing.T) {
 	p := startBrokerPool(t, nil)
 	sigil, _ := buildBinaries(t)
@@ -82,10 +101,58 @@ func TestBrokerPoolCARotation(t *testing.T) {
 	state(oldKept, true)
 	state(newKept, true)
 
-	if _, err := c.RetireCA(ctx); err != nil {
+	// The brokers' own certificates are still the old generation's: a
+	// retirement now would have every device refuse every broker.
+	var se *api.StatusError
+	if _, err := c.RetireCA(ctx); !errors.As(err, &se) || se.Status != http.StatusConflict {
+		t.Fatalf("retiring while the brokers present certificates of the old generation: %v; want 409", err)
+	}
+	reissueBrokerCerts(t, p.f.CA, append(slices.Clone(p.dev), p.boot)...)
+	// SIGHUP is handled asynchronously: retry until every broker shows
+	// its new certificate.
+	wait.Until(t, func() error { _, err := c.RetireCA(ctx); return err })
+	// The test's clients now verify the brokers as the devices do, with
+	// the reduced trust bundle.
+	var bundle []byte
+	for _, der := range p.f.CA.TrustBundle() {
+		bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	p.trust = filepath.Join(t.TempDir(), "bundle.pem")
+	if err := os.WriteFile(p.trust, bundle, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	state(oldKept, false)
 	state(newKept, true)
 	state(newRevoked, false)
+}
+
+// reissueBrokerCerts issues each broker's certificate again with the
+// issuer's active generation (what sigil broker-config writes) and has
+// the broker reread it (SIGHUP, handled asynchronously).
+func reissueBrokerCerts(t *testing.T, issuer *ca.CA, brokers ...*mosquittotest.Broker) {
+	t.Helper()
+	for _, br := range brokers {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := issuer.IssueServer([]string{"localhost", "127.0.0.1"}, k.Public(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Written in place: the files keep their owner and mode.
+		if err := os.WriteFile(filepath.Join(br.Dir, mqttpool.KeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(br.Dir, mqttpool.CertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(br.Pid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
