@@ -163,8 +163,9 @@ func (h *handler) authError(w http.ResponseWriter, err error) {
 
 // changePassword changes the caller's own password (any role may): see
 // auth.Service.ChangeOwnPassword. 400 for a new password that breaks the
-// rules, 403 for a wrong current password, 429 with Retry-After when
-// throttled like a login.
+// rules, 403 for a wrong current password, 409 for an account that signs
+// in through single sign-on, 429 with Retry-After when throttled like a
+// login.
 func (h *handler) changePassword(w http.ResponseWriter, r *http.Request, who string) {
 	var req PasswordRequest
 	if !decode(w, r, &req) {
@@ -186,6 +187,9 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request, who str
 		return
 	case errors.Is(err, auth.ErrInvalidCredentials):
 		problem(w, http.StatusForbidden, "forbidden", "the current password is wrong")
+		return
+	case errors.Is(err, auth.ErrExternalAccount):
+		problem(w, http.StatusConflict, "conflict", "this account signs in through single sign-on: change its password at the identity provider")
 		return
 	case errors.Is(err, auth.ErrSamePassword):
 		problem(w, http.StatusBadRequest, "bad request", "the new password must differ from the current one")

@@ -59,6 +59,9 @@ var conformanceTests = []pgtest.Test{
 	{Name: "TokenFollowsItsOwner", Fn: TestTokenFollowsItsOwner},
 	{Name: "TokenLifetimeBounds", Fn: TestTokenLifetimeBounds},
 	{Name: "MalformedCredentials", Fn: TestMalformedCredentials},
+	{Name: "ExternalAccounts", Fn: TestExternalAccounts},
+	{Name: "ExternalAccountPassword", Fn: TestExternalAccountPassword},
+	{Name: "PasswordLoginOff", Fn: TestPasswordLoginOff},
 }
 
 // TestConformance runs the store's tests on PostgreSQL (pgtest: skipped

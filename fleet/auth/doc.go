@@ -23,6 +23,15 @@
 //     stored. Bearer requests are exempt from the CSRF checks: browsers never
 //     attach them on their own.
 //
+// A person may also log in through the company's identity provider
+// (single sign-on, fleet/sso): LoginExternal starts a session for an
+// external account (User.External names the provider; it has no password)
+// with the role the provider's groups map to, never taking over a local
+// account, and SyncExternal applies what the provider says later (no role:
+// the account is disabled and its sessions end). Config.NoPasswordLogin
+// turns password logins off (ErrPasswordLoginOff); API tokens keep
+// working.
+//
 // A credential never grants more than its own scope: a request's effective
 // permissions are those both its credential's scope and its user's current
 // role grant (Principal.Can), and the *As methods (CreateUserAs,

@@ -37,6 +37,10 @@ type Principal struct {
 	// (MethodSession only): put it in forms (field csrf_token) or send it as
 	// the X-CSRF-Token header. Never log it.
 	CSRFToken string
+	// External is the issuer of the identity provider that manages the
+	// session's user (User.External); empty for a local account or a
+	// token.
+	External string
 	// Expires is when the credential ends if nothing else ends it sooner:
 	// the token's expiry, or the sooner of the session's absolute and idle
 	// expiry.
@@ -322,7 +326,8 @@ const maxLoginBody = 8 << 10
 // cookie and answers 200 with a LoginResponse. It answers 401 for wrong
 // credentials (one answer for unknown users, wrong passwords and disabled
 // users), 429 with Retry-After when throttled, 403 for a cross-site
-// request (login CSRF), 400 for a malformed body, 405 for other methods.
+// request (login CSRF) or when password login is turned off
+// (Config.NoPasswordLogin), 400 for a malformed body, 405 for other methods.
 func (s *Service) LoginHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
@@ -369,6 +374,9 @@ func (s *Service) LoginHandler() http.Handler {
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
 			problem(w, http.StatusTooManyRequests, "too many requests",
 				fmt.Sprintf("too many failed logins; retry in %d seconds", secs))
+			return
+		case errors.Is(err, ErrPasswordLoginOff):
+			problem(w, http.StatusForbidden, "forbidden", "password login is turned off: log in through single sign-on")
 			return
 		case errors.Is(err, ErrInvalidCredentials):
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sigil"`)

@@ -64,6 +64,9 @@ func (s *Service) ChangeOwnPassword(ctx context.Context, p Principal, current, p
 	if password == current {
 		return PasswordChange{}, ErrSamePassword
 	}
+	if rec, err := s.getUserRecord(ctx, name); err == nil && rec.External != "" {
+		return PasswordChange{}, ErrExternalAccount // not a wrong password: nothing to count
+	}
 	now := s.cfg.Now()
 	rec, _, err := s.checkPassword(ctx, name, current, source, now)
 	var wrong *wrongPassword

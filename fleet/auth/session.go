@@ -64,6 +64,11 @@ func (s *Service) Login(ctx context.Context, name, password, source string) (Ses
 		name = name[:maxNameLen] // the throttle key; no such user exists
 	}
 	now := s.cfg.Now()
+	if s.cfg.NoPasswordLogin {
+		s.log.Warn("password login refused: turned off", "user", name, "source", source)
+		s.record(ctx, audit.New(audit.System("auth"), "auth.login", "").Deny("password login is turned off").With("source", source))
+		return Session{}, ErrPasswordLoginOff
+	}
 	rec, h, err := s.checkPassword(ctx, name, password, source, now)
 	var wrong *wrongPassword
 	switch {
@@ -295,6 +300,7 @@ func (s *Service) session(ctx context.Context, value string, check func(rawID []
 		Role:      user.Role,
 		Method:    MethodSession,
 		CSRFToken: csrfToken(raw),
+		External:  user.External,
 		Expires:   minTime(rec.Created.Add(s.cfg.MaxSessionAge), now.Add(s.cfg.IdleTimeout)),
 		since:     user.Since(),
 	}, nil
@@ -477,9 +483,9 @@ func (s *Service) checkPassword(ctx context.Context, name, password, source stri
 		return nil, Hash{}, err
 	}
 	encoded := ""
-	if rec != nil {
+	if rec != nil && rec.External == "" {
 		encoded = rec.Hash
-	} else if encoded, err = s.dummyHash(ctx); err != nil {
+	} else if encoded, err = s.dummyHash(ctx); err != nil { // unknown, or external (no password)
 		fail()
 		return nil, Hash{}, err
 	}
@@ -491,7 +497,7 @@ func (s *Service) checkPassword(ctx context.Context, name, password, source stri
 	if err != nil {
 		s.log.Error("stored password hash is malformed", "user", name, "err", err)
 	}
-	if rec == nil || rec.Disabled || !ok {
+	if rec == nil || rec.Disabled || rec.External != "" || !ok {
 		return nil, Hash{}, &wrongPassword{rec: rec, locked: fail()}
 	}
 	if err := s.throttle.succeed(ctx, name, source, now); err != nil {

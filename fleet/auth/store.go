@@ -62,6 +62,15 @@ var (
 	ErrInvalid = errors.New("auth: invalid")
 	// ErrLastAdmin: the change would leave no enabled admin.
 	ErrLastAdmin = errors.New("auth: the last enabled admin cannot be removed, disabled or demoted")
+	// ErrPasswordLoginOff: password logins are turned off
+	// (Config.NoPasswordLogin); operators log in through single sign-on.
+	ErrPasswordLoginOff = errors.New("auth: password login is turned off")
+	// ErrNotExternal: a single sign-on login names a local account, or one
+	// managed by another identity provider.
+	ErrNotExternal = errors.New("auth: the account is not managed by this identity provider")
+	// ErrExternalAccount: the account signs in through single sign-on
+	// (User.External) and has no password of Sigil's to change or set.
+	ErrExternalAccount = errors.New("auth: the account signs in through single sign-on; its password is the identity provider's")
 	// ErrLocked: the database file is held by another process.
 	ErrLocked = errors.New("auth: database locked by another process")
 )
@@ -117,6 +126,14 @@ type Config struct {
 	// anyone can cause them, so it should bound what they add (an
 	// audit.Sampler). Nil means Audit.
 	Anonymous audit.Recorder
+	// NoPasswordLogin refuses every password login (ErrPasswordLoginOff)
+	// when operators log in through single sign-on; API tokens keep
+	// working. False (the default) keeps local accounts usable: the
+	// break-glass way in when the identity provider is down.
+	NoPasswordLogin bool
+	// SSOLoginPath is where the console's login page links for single
+	// sign-on (fleet/sso); empty shows no such link.
+	SSOLoginPath string
 	// MaxTokenTTL is the longest lifetime of an API token. Zero means 365
 	// days.
 	MaxTokenTTL time.Duration
@@ -167,6 +184,11 @@ type User struct {
 	Created         time.Time `json:"created"`
 	PasswordChanged time.Time `json:"password_changed"`
 	LastLogin       time.Time `json:"last_login,omitzero"`
+	// External is the issuer of the identity provider that manages the
+	// account (single sign-on, fleet/sso); empty for a local account. An
+	// external account has no password: it logs in only through its
+	// provider, which also sets its role (LoginExternal, SyncExternal).
+	External string `json:"external,omitempty"`
 	// Changed is when the account last gained authority or changed hands:
 	// its creation, a change of role, being enabled again, or a password
 	// set by an administrator (not one the user changed themselves). Zero
@@ -193,6 +215,9 @@ type userRecord struct {
 	// Generation changes when the password changes; sessions made under
 	// another generation are void.
 	Generation uint64 `json:"generation"`
+	// ExternalState is what single sign-on keeps of an external account
+	// (SetExternalState), opaque here: sealed by its owner, never in User.
+	ExternalState []byte `json:"external_state,omitempty"`
 }
 
 const (
@@ -575,6 +600,9 @@ func (s *Service) SetPassword(ctx context.Context, name, password string) error 
 		return err
 	}
 	_, err = s.updateUser(ctx, name, func(tx kv.Tx, rec *userRecord) error {
+		if rec.External != "" {
+			return ErrExternalAccount
+		}
 		rec.Hash = h
 		rec.Generation++
 		rec.PasswordChanged = s.cfg.Now()

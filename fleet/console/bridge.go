@@ -227,6 +227,19 @@ type loginData struct {
 	User    string
 	Error   string
 	LoggedO bool
+	// SSO is where single sign-on starts (empty: none); NoPassword hides
+	// the password form when password logins are turned off.
+	SSO        string
+	NoPassword bool
+}
+
+// withLogin fills in how operators may log in.
+func (c *Console) withLogin(d loginData) loginData {
+	d.SSO, d.NoPassword = c.cfg.Auth.SSOLoginPath(), c.cfg.Auth.PasswordLoginOff()
+	if d.SSO != "" {
+		d.SSO += "?" + url.Values{"next": {d.Next}}.Encode()
+	}
+	return d
 }
 
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
@@ -234,7 +247,7 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, safeNext(r.URL.Query().Get("next")), http.StatusSeeOther)
 		return
 	}
-	v := View{Title: "Log in", c: c, Data: loginData{Next: safeNext(r.URL.Query().Get("next")), LoggedO: r.URL.Query().Has("bye")}}
+	v := View{Title: "Log in", c: c, Data: c.withLogin(loginData{Next: safeNext(r.URL.Query().Get("next")), LoggedO: r.URL.Query().Has("bye")})}
 	c.render(w, http.StatusOK, c.loginTemplate(), v)
 }
 
@@ -248,6 +261,11 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next := safeNext(r.PostForm.Get("next"))
+	if c.cfg.Auth.PasswordLoginOff() {
+		d := c.withLogin(loginData{Next: next, Error: "Password login is turned off: log in with single sign-on."})
+		c.render(w, http.StatusForbidden, c.loginTemplate(), View{Title: "Log in", c: c, Data: d})
+		return
+	}
 	rec := newRecorder()
 	c.cfg.Auth.LoginHandler().ServeHTTP(rec, r)
 	if rec.status == http.StatusOK {
@@ -271,7 +289,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	default:
 		d.Error = "The server could not log you in; the server log says why."
 	}
-	c.render(w, rec.status, c.loginTemplate(), View{Title: "Log in", c: c, Data: d})
+	c.render(w, rec.status, c.loginTemplate(), View{Title: "Log in", c: c, Data: c.withLogin(d)})
 }
 
 // throttledMessage is the login page's one sentence for a throttled

@@ -305,6 +305,10 @@ type View struct {
 // ("devices.write").
 func (v View) Can(perm string) bool { return v.p.Can(auth.Permission(perm)) }
 
+// External reports whether the operator's account is managed by an
+// identity provider (single sign-on): it has no password here.
+func (v View) External() bool { return v.p.External != "" }
+
 // Allowed reports whether the operator may run the named Action: its API
 // route exists and the role holds the route's permission.
 func (v View) Allowed(name string) bool {

@@ -9,6 +9,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/governance"
+	"github.com/sigil-iot/sigil/fleet/sso"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -121,8 +122,9 @@ type Config struct {
 	AlertFlood AlertFlood `json:"alert_flood"`
 	// LoginThrottle tunes the operators' login throttle; zero fields keep
 	// its defaults.
-	LoginThrottle LoginThrottle `json:"login_throttle"`
-	crl.Settings                // crl_min_interval: the CRL's publication (crl.Settings)
+	LoginThrottle auth.ThrottleConfig `json:"login_throttle"`
+	SSO           sso.Config          `json:"sso"` // the operators' single sign-on (sso.Config)
+	crl.Settings                      // crl_min_interval: the CRL's publication (crl.Settings)
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 	// DebugAddr, if set, is a loopback address serving Go's profiles
@@ -176,6 +178,3 @@ type GovernanceConfig = governance.Settings
 
 // AlertFlood is the alert_flood configuration (alert.FloodConfig).
 type AlertFlood = alert.FloodConfig
-
-// LoginThrottle is the login_throttle configuration (auth.ThrottleConfig).
-type LoginThrottle = auth.ThrottleConfig

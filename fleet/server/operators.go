@@ -18,9 +18,8 @@ const (
 // admin.password, 0600) on first start, and makes sure admin.token holds a
 // live API token of that admin: the credential the CLI and scripts use.
 func (s *Server) openAuth() error {
-	// Logins and lockouts go to the audit log; failed logins of names
-	// that do not exist are anyone's: sampled.
-	cfg := auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Throttle: s.cfg.LoginThrottle.Throttle(), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth")}
+	// Logins and lockouts are audited; failed logins of unknown names are anyone's: sampled.
+	cfg := auth.Config{Path: filepath.Join(s.cfg.DataDir, OperatorsFile), Throttle: s.cfg.LoginThrottle.Throttle(), Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "auth"), NoPasswordLogin: s.cfg.SSO.NoPasswordLogin(), SSOLoginPath: s.cfg.SSO.LoginPath()}
 	a, err := openStore(s, func(ctx context.Context, db *postgres.DB) (*auth.Service, error) {
 		return auth.OpenPostgres(ctx, db, cfg)
 	},

@@ -53,6 +53,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/rotation"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/sshca"
+	"github.com/sigil-iot/sigil/fleet/sso"
 	"github.com/sigil-iot/sigil/fleet/storage/lease"
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
@@ -617,10 +618,13 @@ func (s *Server) tasks() []func(context.Context) error {
 	return tasks
 }
 
-// serveAPI serves the API, the console and the device downloads on the
-// HTTPS listener until ctx ends (api.Serve).
+// serveAPI serves the API, the console (with sso) and the device downloads until ctx ends.
 func (s *Server) serveAPI(ctx context.Context) error {
-	return api.Serve(ctx, s.apiLn, s.fw.WithDownloads(s.withConsole(s.apiHandler)), s.apiTLS, s.log)
+	h, err := sso.Wrap(s.cfg.SSO, sso.Options{Auth: s.Auth, Audit: s.Audit, Anonymous: s.anonAudit, Logger: s.log.With("component", "sso")}, s.fw.WithDownloads(s.withConsole(s.apiHandler)))
+	if err != nil {
+		return err
+	}
+	return api.Serve(ctx, s.apiLn, h, s.apiTLS, s.log)
 }
 
 // deviceMessage handles messages from enrolled devices. The device ID is

@@ -45,7 +45,7 @@ func TestConsoleOpsInChromium(t *testing.T) {
 		AlertFlood: server.AlertFlood{PerRule: floodPerRule, Fleet: -1},
 		// A failure's wait (a minute) outlasts the browser's second attempt however
 		// slow the machine: that attempt is the throttled one.
-		LoginThrottle: server.LoginThrottle{BaseDelay: config.Duration(time.Minute)}}, logger())
+		LoginThrottle: auth.ThrottleConfig{BaseDelay: config.Duration(time.Minute)}}, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
