@@ -43,9 +43,14 @@ const (
 	jOwner  = `{"id":"ana","name":"Ana","kind":"person","contact":"ana@example.net","status":"active","created":"2026-12-01T10:00:00Z","updated":"2026-12-01T10:00:00Z"}`
 	jShadow = `{"key":"unknown-ek/ab12","kind":"unknown-ek","ek_fingerprint":"ab12","first_seen":"2026-12-01T10:00:00Z",` +
 		`"last_seen":"2026-12-01T11:00:00Z","count":4,"remotes":["192.0.2.7","192.0.2.8"],"reason":"unknown EK","decision":"block"}`
-	jRisk  = `{"device_id":"dev-1","score":42,"factors":[{"name":"dormant","points":30,"evidence":"silent 40 days"},{"name":"no-owner","points":12,"evidence":"orphaned"}],"at":"2026-12-01T10:00:00Z"}`
-	jSweep = `{"devices":10,"orphaned":1,"dormant":2,"revoked":1,"clones":0,"scored":10,"failed":0}`
-	jUser  = `{"name":"bo","role":"operator","disabled":false,"created":"2026-12-01T10:00:00Z","password_changed":"2026-12-01T10:00:00Z"}`
+	jRisk      = `{"device_id":"dev-1","score":42,"factors":[{"name":"dormant","points":30,"evidence":"silent 40 days"},{"name":"no-owner","points":12,"evidence":"orphaned"}],"at":"2026-12-01T10:00:00Z"}`
+	jSweep     = `{"devices":10,"orphaned":1,"dormant":2,"revoked":1,"clones":0,"scored":10,"failed":0}`
+	jComponent = `{"purl":"pkg:deb/debian/openssl@3.0.1","name":"openssl","version":"3.0.1"}`
+	jFinding   = `{"device_id":"dev-1","group":"kiosks","model":"gw-1","owner":"plant-a","release":"rel-1","release_version":"2.0.0",` +
+		`"component":` + jComponent + `,"first_seen":"2026-12-01T10:00:00Z","attested":"2026-12-01T11:00:00Z","fixed":"3.0.8","fix_release":"rel-2","campaign":"cmp-1","campaign_step":"announced"}`
+	jReport = `{"advisory":{"id":"OSV-2026-1","aliases":["CVE-2026-1"],"affected":[]},"generated":"2026-12-01T12:00:00Z","devices":[` + jFinding + `],` +
+		`"by_group":{"kiosks":1},"by_model":{"gw-1":1},"by_owner":{"plant-a":1},"unknown":0}`
+	jUser = `{"name":"bo","role":"operator","disabled":false,"created":"2026-12-01T10:00:00Z","password_changed":"2026-12-01T10:00:00Z"}`
 )
 
 // apiCase is one command run against the fake API.
@@ -202,6 +207,25 @@ var apiCases = []apiCase{
 	{name: "firmware-upload", args: []string{"firmware", "upload", "--manifest", "gw-os.manifest.json", "--bundle", "a.bundle", "--bundle", "b.bundle", "--image", "gw-os.img"},
 		api: map[string]string{"PUT /api/v1/firmware/images/" + imageDigest: `{}`, "POST /api/v1/firmware": jRelease}},
 	{name: "firmware-upload-no-bundle", args: []string{"firmware", "upload", "--manifest", "gw-os.manifest.json"}},
+	{name: "firmware-sbom", args: []string{"firmware", "sbom", "rel-1", "gw-os.cdx.json"},
+		api: map[string]string{"POST /api/v1/firmware/rel-1/sbom": `{"release":"rel-1","components":[` + jComponent + `]}`}},
+	{name: "firmware-sbom-422", args: []string{"firmware", "sbom", "rel-1", "gw-os.cdx.json"},
+		api: map[string]string{"POST /api/v1/firmware/rel-1/sbom": `422 {"type":"about:blank","title":"SBOM refused","status":422,"detail":"exposure: the SBOM's digest differs from the one in the signed manifest"}`}},
+	{name: "firmware-components", args: []string{"firmware", "components", "rel-1", "-o", "json"},
+		api: map[string]string{"GET /api/v1/firmware/rel-1/components": `{"release":"rel-1","components":[` + jComponent + `]}`}},
+
+	// exposure
+	{name: "exposure-query", args: []string{"exposure", "query", "--purl", "pkg:deb/debian/openssl", "--range", ">= 3.0.0, < 3.0.8"},
+		api: map[string]string{"GET /api/v1/exposure": `{"devices":[` + jFinding + `]}`}},
+	{name: "exposure-query-no-purl", args: []string{"exposure", "query"}},
+	{name: "exposure-import", args: []string{"exposure", "import", "osv.json"},
+		api: map[string]string{"POST /api/v1/advisories": jReport}},
+	{name: "exposure-advisories", args: []string{"exposure"},
+		api: map[string]string{"GET /api/v1/advisories": `{"advisories":["OSV-2026-1"]}`}},
+	{name: "exposure-report", args: []string{"exposure", "report", "OSV-2026-1", "--format", "json"},
+		api: map[string]string{"GET /api/v1/advisories/OSV-2026-1/report": jReport}},
+	{name: "exposure-report-csv", args: []string{"exposure", "report", "OSV-2026-1", "--format", "csv"},
+		api: map[string]string{"GET /api/v1/advisories/OSV-2026-1/report": "advisory,device_id\nOSV-2026-1,dev-1\n"}},
 
 	// campaigns
 	{name: "campaigns-create", args: []string{"campaigns", "create", "--release", "rel-1", "--group", "kiosks", "--canary", "1", "--growth", "2", "--failure", "0.1", "--timeout", "30m", "--justification", "CHG-7"},
@@ -245,6 +269,17 @@ var apiCases = []apiCase{
 		api: map[string]string{"POST /api/v1/secrets/db-password/rotate": jSecretInfo}},
 	{name: "secrets-delete", args: []string{"secrets", "delete", "db-password"},
 		api: map[string]string{"DELETE /api/v1/secrets/db-password": `{}`}},
+	{name: "workloads-list", args: []string{"workloads", "list"},
+		api: map[string]string{"GET /api/v1/workloads": `{"workloads":[{"name":"web","scope":"group","target":"kiosks","uid":1000,"exe_path":"/usr/bin/web",` +
+			`"created_at":"2026-12-01T10:00:00Z","created_by":"ana"}]}`}},
+	{name: "workloads-add", args: []string{"workloads", "add", "web", "--group", "kiosks", "--uid", "1000", "--exe", "/usr/bin/web"},
+		api: map[string]string{"PUT /api/v1/workloads/web": `{"name":"web","scope":"group","target":"kiosks","uid":1000,"exe_path":"/usr/bin/web","created_at":"2026-12-01T10:00:00Z"}`}},
+	{name: "workloads-add-two-scopes", args: []string{"workloads", "add", "web", "--group", "kiosks", "--model", "gw-1", "--uid", "1000"}},
+	{name: "workloads-add-no-selector", args: []string{"workloads", "add", "web", "--device", "dev-1"}},
+	{name: "workloads-delete", args: []string{"workloads", "delete", "web"},
+		api: map[string]string{"DELETE /api/v1/workloads/web": `{}`}},
+	{name: "workloads-rotate-key", args: []string{"workloads", "rotate-key"},
+		api: map[string]string{"POST /api/v1/workloads/keys/rotate": `{"kid":"k2"}`}},
 
 	// alerts
 	{name: "alerts-list", args: []string{"alerts", "list", "--device", "dev-1", "--state", "open", "--limit", "1"},
@@ -372,6 +407,8 @@ func writeCommandFiles(t *testing.T) {
 		"policy.json":         `{"id":"golden","name":"gw-1 golden","model":"gw-1","pcrs":{"sha256":{"7":"` + strings.Repeat("aa", 32) + `"}}}`,
 		"rule.json":           jRule,
 		"campaign.json":       `{"name":"from file","release":"rel-1","targets":{"model":"gw-1"},"on_failure":"abort","max_in_flight":5}`,
+		"gw-os.cdx.json":      `{"bomFormat":"CycloneDX","specVersion":"1.5","components":[{"name":"openssl","purl":"pkg:deb/debian/openssl@3.0.1"}]}`,
+		"osv.json":            `{"id":"OSV-2026-1","affected":[{"package":{"purl":"pkg:deb/debian/openssl"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"3.0.8"}]}]}]}`,
 	}
 	for name, text := range files {
 		if err := os.WriteFile(name, []byte(text), 0o644); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto"
 	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
@@ -35,13 +38,17 @@ func firmwareCommand() *command {
 			x.printf("\n")
 		})
 	}
-	return &command{name: "firmware", summary: "signed firmware releases: release keys, trust sets, signing, upload, approval", def: "list", subs: []*command{
-		{name: "keygen", args: "[--key F] [--pub F] [--alg A]", summary: "create a release signing key pair (offline)", setup: firmwareKeygen},
+	return &command{name: "firmware", summary: "signed firmware releases: release keys, trust sets, signing, upload, approval, SBOMs", def: "list", subs: append([]*command{
+		{name: "keygen", args: "[--key F|NAME://REF] [--pub F] [--alg A]", summary: "create a release signing key pair, in a file or a key service (offline)", setup: firmwareKeygen},
 		{name: "trust", args: "[--threshold M] [--sequence N] [--out F] PUB...",
 			summary: "write a release trust set: the keys that sign releases and how many must (offline)",
 			note:    "What the fleet's release_trust names, and the statement a rotation of the release keys signs.", setup: firmwareTrust},
-		{name: "sign", args: "--key F (--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] | --manifest F | --statement F) [--bundle F]",
-			summary: "build and sign a release manifest, or sign a manifest or trust statement (offline)", setup: firmwareSign},
+		{name: "manifest", args: "--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] [--sbom F] [--out F]",
+			summary: "write the canonical manifest of an image, unsigned, for any signer (offline)",
+			note:    "Sign it with sigil firmware sign --manifest, cosign sign-blob --new-bundle-format, or a KMS.", setup: firmwareManifest},
+		{name: "sign", args: "--key F|NAME://REF (--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] | --manifest F | --statement F) [--bundle F]",
+			summary: "build and sign a release manifest, or sign a manifest or trust statement (offline)",
+			note:    "--key NAME://REF signs through a key service: the sigstore KMS plugin sigstore-kms-NAME on PATH, as cosign's --key does.", setup: firmwareSign},
 		{name: "upload", args: "--manifest F --bundle F [--bundle F] [--image IMG] [-o json]", summary: "upload a signed release (and its image)", conn: connClient,
 			setup: func(fs *flag.FlagSet) action {
 				manifestFile := fs.String("manifest", "", "signed manifest file")
@@ -99,7 +106,7 @@ func firmwareCommand() *command {
 				}
 				return x.json(r)
 			}},
-	}}
+	}, firmwareSBOMCommands()...)}
 }
 
 // uploadRelease uploads a signed manifest, its bundles and, when
@@ -133,15 +140,30 @@ func uploadRelease(ctx context.Context, c *api.Client, manifestFile string, bund
 	return c.UploadRelease(ctx, raw, bundles, image, size)
 }
 
-// firmwareKeygen: sigil firmware keygen --key FILE [--pub FILE] [--alg A].
+// firmwareKeygen: sigil firmware keygen --key FILE|NAME://REF [--pub FILE] [--alg A].
 func firmwareKeygen(fs *flag.FlagSet) action {
-	key := fs.String("key", "release.key", "private key file to create (mode 0600, PKCS#8 PEM)")
-	pub := fs.String("pub", "", "public key file to create (default: the key file with .pub)")
-	alg := fs.String("alg", sign.ECDSAP256, "ecdsa-p256, ecdsa-p384 or ed25519")
-	return func(_ context.Context, x *call) error { return keygen(*key, *pub, *alg, x.stdout) }
+	key := fs.String("key", "release.key", "private key file to create (mode 0600, PKCS#8 PEM), or NAME://REF: a key the key service creates")
+	pub := fs.String("pub", "", "public key file to create (default: the key file with .pub; release.pub for a key service)")
+	alg := fs.String("alg", "", "ecdsa-p256 (default for a file), ecdsa-p384 or ed25519; for a key service, its algorithm name (default: its default)")
+	return func(ctx context.Context, x *call) error { return keygen(ctx, *key, *pub, *alg, x.stdout) }
 }
 
-func keygen(key, pub, alg string, stdout io.Writer) error {
+func keygen(ctx context.Context, key, pub, alg string, stdout io.Writer) error {
+	if sign.IsKMS(key) {
+		if pub == "" {
+			pub = "release.pub"
+		}
+		k, err := sign.CreateKMSKey(ctx, key, alg)
+		if err != nil {
+			return err
+		}
+		id, err := writePublicKey(pub, k)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "release key %s\n  private: %s (in the key service)\n  public:  %s\n", id, key, pub)
+		return nil
+	}
 	if pub == "" {
 		pub = strings.TrimSuffix(key, filepath.Ext(key)) + ".pub"
 	}
@@ -151,6 +173,27 @@ func keygen(key, pub, alg string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "release key %s\n  private: %s (keep it offline)\n  public:  %s\n", id, key, pub)
 	return nil
+}
+
+// writePublicKey writes k as PKIX PEM to a new file and returns its key ID.
+func writePublicKey(path string, k crypto.PublicKey) (string, error) {
+	id, err := verify.KeyID(k)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.MarshalPKIXPublicKey(k)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return "", err
+	}
+	if err := pem.Encode(f, &pem.Block{Type: "PUBLIC KEY", Bytes: der}); err != nil {
+		f.Close()
+		return "", err
+	}
+	return id, f.Close()
 }
 
 // firmwareTrust: sigil firmware trust [--threshold M] [--sequence N]
@@ -200,25 +243,72 @@ func writeTrust(pubs []string, threshold int, sequence uint64, out string, stdou
 	return nil
 }
 
-// firmwareSign: sign an existing manifest (--manifest) or trust statement
-// (--statement), or build the manifest of an image and sign it.
-func firmwareSign(fs *flag.FlagSet) action {
-	keyFile := fs.String("key", "", "private key file (PEM; cosign's encrypted keys take the password from $COSIGN_PASSWORD)")
-	manifestFile := fs.String("manifest", "", "sign this manifest (canonical JSON) instead of building one")
-	statement := fs.String("statement", "", "sign this trust statement (`sigil firmware trust` output) for a rotation")
-	bundleOut := fs.String("bundle", "", "bundle file to write (default: the signed file + .<key id>.bundle)")
+// manifestFlags defines the flags a manifest is built from and returns
+// what they hold.
+func manifestFlags(fs *flag.FlagSet, outFlag string) func() manifestBuild {
 	imageFile := fs.String("image", "", "image to build a manifest for")
 	name := fs.String("name", "", "firmware name (build)")
 	version := fs.String("version", "", "semantic version (build)")
 	sv := fs.Uint64("security-version", 0, "anti-rollback security version (build)")
 	models := fs.String("models", "", "comma-separated hardware models (build)")
 	expires := fs.Duration("expires", 90*24*time.Hour, "how long the release metadata stays valid (build)")
-	manifestOut := fs.String("manifest-out", "", "where to write the built manifest (default: the image + .manifest.json)")
+	manifestOut := fs.String(outFlag, "", "where to write the built manifest (default: the image + .manifest.json)")
+	sbom := fs.String("sbom", "", "SBOM of the image (CycloneDX or SPDX JSON), bound into the manifest by digest (build)")
 	var pcrs listFlag
 	fs.Var(&pcrs, "pcr", "expected PCR after install, BANK:INDEX=HEX (build; repeatable)")
+	return func() manifestBuild {
+		return manifestBuild{image: *imageFile, name: *name, version: *version, securityVersion: *sv, models: *models, expires: *expires, pcrs: pcrs,
+			sbom: *sbom, out: *manifestOut}
+	}
+}
+
+// firmwareManifest: sigil firmware manifest --image IMG ... [--out F]
+// writes the canonical manifest of an image without signing it, so that
+// any signer (sigil firmware sign --manifest, cosign sign-blob, a KMS) can.
+func firmwareManifest(fs *flag.FlagSet) action {
+	build := manifestFlags(fs, "out")
 	return func(_ context.Context, x *call) error {
-		b := manifestBuild{image: *imageFile, name: *name, version: *version, securityVersion: *sv, models: *models, expires: *expires, pcrs: pcrs, out: *manifestOut}
-		return signFile(*keyFile, *manifestFile, *statement, *bundleOut, b, x.stdout)
+		b := build()
+		if b.image == "" {
+			return usageError{"firmware manifest needs --image and the manifest fields"}
+		}
+		_, _, err := writeManifest(b, x.stdout)
+		return err
+	}
+}
+
+// writeManifest builds the manifest of b, writes it and returns its bytes
+// and the file written.
+func writeManifest(b manifestBuild, stdout io.Writer) ([]byte, string, error) {
+	m, err := buildManifest(b)
+	if err != nil {
+		return nil, "", err
+	}
+	msg, err := m.Marshal()
+	if err != nil {
+		return nil, "", usageError{err.Error()}
+	}
+	target := b.out
+	if target == "" {
+		target = b.image + ".manifest.json"
+	}
+	if err := os.WriteFile(target, msg, 0o644); err != nil {
+		return nil, "", err
+	}
+	fmt.Fprintf(stdout, "manifest %s: %s %s, security version %d, %d bytes, sha256 %x\n", target, m.Name, m.Version, m.SecurityVersion, m.Size, m.SHA256)
+	return msg, target, nil
+}
+
+// firmwareSign: sign an existing manifest (--manifest) or trust statement
+// (--statement), or build the manifest of an image and sign it.
+func firmwareSign(fs *flag.FlagSet) action {
+	keyFile := fs.String("key", "", "private key file (PEM; cosign's encrypted keys take the password from $COSIGN_PASSWORD), or NAME://REF: a key in a key service (sigstore KMS plugin sigstore-kms-NAME)")
+	manifestFile := fs.String("manifest", "", "sign this manifest (canonical JSON) instead of building one")
+	statement := fs.String("statement", "", "sign this trust statement (`sigil firmware trust` output) for a rotation")
+	bundleOut := fs.String("bundle", "", "bundle file to write (default: the signed file + .<key id>.bundle)")
+	build := manifestFlags(fs, "manifest-out")
+	return func(ctx context.Context, x *call) error {
+		return signFile(ctx, *keyFile, *manifestFile, *statement, *bundleOut, build(), x.stdout)
 	}
 }
 
@@ -229,16 +319,26 @@ type manifestBuild struct {
 	models               string
 	expires              time.Duration
 	pcrs                 []string
+	sbom                 string // CycloneDX JSON SBOM file ("": none)
 	out                  string // where to write the manifest ("": the image + .manifest.json)
 }
 
+// openKey returns the release key: a key file, or a key in a key service
+// (NAME://REF).
+func openKey(ctx context.Context, ref string) (crypto.Signer, error) {
+	if sign.IsKMS(ref) {
+		return sign.OpenKMS(ctx, ref)
+	}
+	return sign.LoadKeyFile(ref, []byte(os.Getenv("COSIGN_PASSWORD")))
+}
+
 // signFile signs the manifest file, or the trust statement file, or a
-// manifest it builds, with the key in keyFile.
-func signFile(keyFile, manifestFile, statement, bundleOut string, build manifestBuild, stdout io.Writer) error {
-	if keyFile == "" {
+// manifest it builds, with the key keyRef names (a file or a key service).
+func signFile(ctx context.Context, keyRef, manifestFile, statement, bundleOut string, build manifestBuild, stdout io.Writer) error {
+	if keyRef == "" {
 		return usageError{"firmware sign needs --key"}
 	}
-	key, err := sign.LoadKeyFile(keyFile, []byte(os.Getenv("COSIGN_PASSWORD")))
+	key, err := openKey(ctx, keyRef)
 	if err != nil {
 		return err
 	}
@@ -272,21 +372,9 @@ func signFile(keyFile, manifestFile, statement, bundleOut string, build manifest
 		if build.image == "" {
 			return usageError{"firmware sign needs --manifest, --statement, or --image with the manifest fields"}
 		}
-		m, err := buildManifest(build)
-		if err != nil {
+		if msg, target, err = writeManifest(build, stdout); err != nil {
 			return err
 		}
-		if msg, err = m.Marshal(); err != nil {
-			return usageError{err.Error()}
-		}
-		target = build.out
-		if target == "" {
-			target = build.image + ".manifest.json"
-		}
-		if err := os.WriteFile(target, msg, 0o644); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "manifest %s: %s %s, security version %d, %d bytes, sha256 %x\n", target, m.Name, m.Version, m.SecurityVersion, m.Size, m.SHA256)
 	}
 	bundle, err := signer.Sign(msg)
 	if err != nil {
@@ -348,6 +436,26 @@ func buildManifest(b manifestBuild) (*manifest.Manifest, error) {
 			m.Measurements.PCRs[bank] = map[int]string{}
 		}
 		m.Measurements.PCRs[bank][i] = strings.ToLower(value)
+	}
+	if b.sbom != "" {
+		sb, err := os.ReadFile(b.sbom)
+		if err != nil {
+			return nil, err
+		}
+		format := manifest.SBOMCycloneDX
+		cs, err := exposure.ParseSBOM(sb)
+		if err != nil {
+			if spdx, spdxErr := exposure.ParseSPDX(sb); spdxErr == nil {
+				format, cs, err = manifest.SBOMSPDX, spdx, nil
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: neither CycloneDX nor SPDX JSON: %w", b.sbom, err)
+		}
+		if len(cs) == 0 {
+			return nil, usageError{b.sbom + ": the SBOM lists no component with a package URL"}
+		}
+		m.SBOM = &manifest.SBOM{Format: format, SHA256: sha256.Sum256(sb)}
 	}
 	if err := m.Validate(); err != nil {
 		return nil, usageError{err.Error()}

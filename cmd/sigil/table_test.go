@@ -181,18 +181,19 @@ func TestHelpListsFlags(t *testing.T) {
 // testedElsewhere are the commands that TestCommands does not run, with
 // the test that does.
 var testedElsewhere = map[string]string{
-	"serve":           "test/e2e TestBinaries (a fleet manager, not an API call)",
-	"migrate":         "TestMigrateToPostgres (a data directory and a database, not an API call)",
-	"backup":          "TestBackupRestoreOffline (a data directory, not an API call)",
-	"restore":         "TestBackupRestoreOffline (a data directory, not an API call)",
-	"firmware keygen": "TestFirmwareOffline",
-	"firmware trust":  "TestFirmwareOffline",
-	"firmware sign":   "TestFirmwareOffline",
-	"audit verify":    "TestAuditVerify",
-	"broker-config":   "TestBrokerConfig",
-	"broker-sync":     "test/e2e TestBrokerPoolRevocation (a fleet, a broker and its reload)",
-	"completion":      "TestCompletionBash",
-	"help":            "TestEverySubcommandHelp",
+	"serve":             "test/e2e TestBinaries (a fleet manager, not an API call)",
+	"migrate":           "TestMigrateToPostgres (a data directory and a database, not an API call)",
+	"backup":            "TestBackupRestoreOffline (a data directory, not an API call)",
+	"restore":           "TestBackupRestoreOffline (a data directory, not an API call)",
+	"firmware keygen":   "TestFirmwareOffline",
+	"firmware trust":    "TestFirmwareOffline",
+	"firmware sign":     "TestFirmwareOffline",
+	"firmware manifest": "TestFirmwareKMS",
+	"audit verify":      "TestAuditVerify",
+	"broker-config":     "TestBrokerConfig",
+	"broker-sync":       "test/e2e TestBrokerPoolRevocation (a fleet, a broker and its reload)",
+	"completion":        "TestCompletionBash",
+	"help":              "TestEverySubcommandHelp",
 }
 
 // TestEveryCommandTested: every command of the table that runs is run by

@@ -586,8 +586,15 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		a.setStatus(func(s *Status) { s.LastVerdict = verdict })
 		if v.Result == wire.VerdictPass {
 			a.sshAttested()
+			if a.opts.ext != nil {
+				a.opts.ext.Attested()
+			}
 		}
 	default:
+		if a.opts.ext != nil {
+			a.opts.ext.Down(env)
+			return
+		}
 		a.log.Debug("message from fleet", "type", env.Type, "id", env.IDString())
 	}
 }

@@ -112,6 +112,11 @@ type Config struct {
 	// SSHAgentSocket is the ssh-agent socket sigild serves the TPM host key
 	// on, mode 0600. Default /run/sigild/ssh-agent.sock.
 	SSHAgentSocket string `json:"ssh_agent_socket"`
+	// WorkloadAPISocket, when set, is the unix socket on which sigild
+	// serves the SPIFFE Workload API to local processes (a sigild built
+	// with the workloadapi tag; others refuse the setting). Default ""
+	// (off).
+	WorkloadAPISocket string `json:"workload_api_socket"`
 	// SSHReloadPIDFile names a PID file (e.g. /run/sshd.pid) whose process
 	// gets SIGHUP after new certificates are written. Default "" (none).
 	SSHReloadPIDFile string `json:"ssh_reload_pid_file"`

@@ -15,6 +15,9 @@
 //
 //	{"type":"sigil.firmware.manifest/v1","name":"gateway-os","version":"2.4.1","security_version":7,"models":["gw-100"],"size":1048576,"sha256":"9f86…","expires":"2027-01-01T00:00:00Z"}
 //
+// A release may bind its software bill of materials by digest, last:
+// "sbom":{"format":"cyclonedx+json","sha256":"…"} (see SBOM).
+//
 // Requiring the canonical form gives every manifest exactly one meaning:
 // duplicate keys, keys that differ only in case (which encoding/json would
 // otherwise fold together), unknown fields, numbers written as 1e3 or 07 and
@@ -86,6 +89,27 @@ type Manifest struct {
 	// Measurements expected after the image is installed and booted; nil
 	// when the release states none.
 	Measurements *Measurements
+	// SBOM binds the release's software bill of materials by digest, so
+	// that the components the fleet lists for a release are those its
+	// signers vouched for; nil when the release carries none. Devices do
+	// not read it. A manifest with an SBOM is refused by devices older
+	// than the field (their parser takes no unknown field); one without is
+	// encoded as before, so manifests signed earlier verify unchanged.
+	SBOM *SBOM
+}
+
+// SBOM formats a manifest may name.
+const (
+	SBOMCycloneDX = "cyclonedx+json" // CycloneDX JSON, any 1.x specification version
+	SBOMSPDX      = "spdx+json"      // SPDX 2.x JSON
+)
+
+// SBOM is the digest of a release's software bill of materials file.
+type SBOM struct {
+	// Format is SBOMCycloneDX or SBOMSPDX.
+	Format string
+	// SHA256 is the digest of the SBOM file, byte for byte.
+	SHA256 [32]byte
 }
 
 // Measurements are what a device running the release measures, known before
@@ -119,6 +143,12 @@ type encoded struct {
 	SHA256          string           `json:"sha256"`
 	Expires         string           `json:"expires"`
 	Measurements    *encodedMeasures `json:"measurements,omitempty"`
+	SBOM            *encodedSBOM     `json:"sbom,omitempty"`
+}
+
+type encodedSBOM struct {
+	Format string `json:"format"`
+	SHA256 string `json:"sha256"`
 }
 
 type encodedMeasures struct {
@@ -165,6 +195,14 @@ func Parse(b []byte) (*Manifest, error) {
 	if e.Measurements != nil {
 		m.Measurements = &Measurements{PCRs: e.Measurements.PCRs, EventDigests: e.Measurements.EventDigests}
 	}
+	if e.SBOM != nil {
+		m.SBOM = &SBOM{Format: e.SBOM.Format}
+		if d, err := hex.DecodeString(e.SBOM.SHA256); err != nil || len(d) != len(m.SBOM.SHA256) {
+			errs = append(errs, errors.New("sbom: sha256 is not 64 hex digits"))
+		} else {
+			copy(m.SBOM.SHA256[:], d)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -198,6 +236,9 @@ func (m *Manifest) Marshal() ([]byte, error) {
 	}
 	if ms := m.Measurements; ms != nil && (len(ms.PCRs) > 0 || len(ms.EventDigests) > 0) {
 		e.Measurements = &encodedMeasures{PCRs: ms.PCRs, EventDigests: ms.EventDigests}
+	}
+	if m.SBOM != nil {
+		e.SBOM = &encodedSBOM{Format: m.SBOM.Format, SHA256: hex.EncodeToString(m.SBOM.SHA256[:])}
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -249,6 +290,14 @@ func (m *Manifest) Validate() error {
 	}
 	if m.Measurements != nil {
 		errs = append(errs, m.Measurements.validate())
+	}
+	if m.SBOM != nil {
+		if m.SBOM.Format != SBOMCycloneDX && m.SBOM.Format != SBOMSPDX {
+			errs = append(errs, fmt.Errorf("sbom: format %q (want %s or %s)", m.SBOM.Format, SBOMCycloneDX, SBOMSPDX))
+		}
+		if m.SBOM.SHA256 == [32]byte{} {
+			errs = append(errs, errors.New("sbom: sha256 is missing"))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)

@@ -187,6 +187,10 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"type":"sigil.firmware.manifest/v1"}`))
 	f.Add([]byte(`{"measurements":{"pcrs":{"sha256":{"99":"x"}}}}`))
 	f.Add([]byte(`[]`))
+	m = sample()
+	m.SBOM = &SBOM{Format: SBOMSPDX, SHA256: sha256.Sum256(nil)}
+	b, _ = m.Marshal()
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Parse(data)
 		if err != nil {
@@ -204,4 +208,46 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted non-canonical input:\n%q\n%q", data, again)
 		}
 	})
+}
+
+// TestSBOM: a manifest binds an SBOM by format and digest, last in the
+// canonical form; a manifest without one encodes as before the field
+// existed (the same bytes, so earlier signatures hold); bad SBOM fields are
+// refused.
+func TestSBOM(t *testing.T) {
+	m := sample()
+	before, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(before, []byte("sbom")) {
+		t.Fatalf("a manifest without an SBOM names one: %s", before)
+	}
+	m.SBOM = &SBOM{Format: SBOMCycloneDX, SHA256: sha256.Sum256([]byte("sbom"))}
+	b, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `,"sbom":{"format":"cyclonedx+json","sha256":"` + hex.EncodeToString(m.SBOM.SHA256[:]) + `"}}`
+	if !bytes.HasSuffix(b, []byte(want)) || !bytes.Equal(b[:len(before)-1], before[:len(before)-1]) {
+		t.Fatalf("encoding %s\nwant the manifest without SBOM followed by %s", b, want)
+	}
+	got, err := Parse(b)
+	if err != nil || got.SBOM == nil || *got.SBOM != *m.SBOM {
+		t.Fatalf("Parse: %v, SBOM %+v", err, got)
+	}
+	for name, bad := range map[string]*SBOM{
+		"format": {Format: "cyclonedx+xml", SHA256: m.SBOM.SHA256},
+		"digest": {Format: SBOMSPDX},
+	} {
+		m.SBOM = bad
+		if _, err := m.Marshal(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Marshal = %v, want ErrInvalid", name, err)
+		}
+	}
+	d := sha256.Sum256([]byte("sbom"))
+	bad := bytes.Replace(b, []byte(hex.EncodeToString(d[:])), []byte(strings.Repeat("z", 64)), 1)
+	if _, err := Parse(bad); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Parse with a non-hex SBOM digest = %v, want ErrInvalid", err)
+	}
 }

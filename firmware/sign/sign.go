@@ -3,7 +3,10 @@
 // firmware/verify, cosign verify-blob and sigstore-go accept.
 //
 // The key is a crypto.Signer, so a KMS, PKCS#11 or TPM key can take the
-// place of the software key files this package reads and writes. Software
+// place of the software key files this package reads and writes; OpenKMS
+// gives one for a key held by a key service through sigstore's KMS
+// interfaces ("NAME://REF", as cosign's --key names it), so that a release
+// key never touches the signing machine's disk. Software
 // keys are PEM files: PKCS#8 "PRIVATE KEY" (ECDSA P-256, ECDSA P-384 or
 // Ed25519, as GenerateKey writes them), SEC 1 "EC PRIVATE KEY", and cosign's
 // own encrypted format ("ENCRYPTED SIGSTORE PRIVATE KEY" or "ENCRYPTED

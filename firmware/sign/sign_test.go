@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/sigil-iot/sigil/firmware/sign"
+	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
 )
 
@@ -247,21 +248,12 @@ func TestUnsupportedKey(t *testing.T) {
 	}
 }
 
-// TestCosignVerifiesOurBundles is an optional cross-check: when a cosign
-// binary is on PATH (or in $HOME/go/bin), `cosign verify-blob` must accept
-// bundles made by this package. cosign takes minutes to build and CI does
-// not install it, so this test skips without it even when CI=true; the
-// committed vectors made by cosign are the proof that runs everywhere, and
-// fleet/firmware checks our bundles with sigstore-go.
+// TestCosignVerifiesOurBundles: the real cosign (`cosign verify-blob`)
+// accepts bundles made by this package for each algorithm, and refuses them
+// for another blob. cosign comes from `make test-deps` (scripts/cosign.sh);
+// without it the test skips, and fails under CI=true.
 func TestCosignVerifiesOurBundles(t *testing.T) {
-	cosign, err := exec.LookPath("cosign")
-	if err != nil {
-		home, _ := os.UserHomeDir()
-		cosign = filepath.Join(home, "go", "bin", "cosign")
-		if _, err := os.Stat(cosign); err != nil {
-			t.Skip("cosign not installed (optional cross-check)")
-		}
-	}
+	cosign := signtest.Cosign(t)
 	dir := t.TempDir()
 	root := filepath.Join(dir, "trusted-root.json")
 	if err := os.WriteFile(root, []byte(`{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}`), 0o644); err != nil {

@@ -494,6 +494,9 @@ const (
 	EventNewListeningPort  = "new-listening-port"
 	EventCloneSuspect      = "clone-suspect"
 	EventDormant           = "dormant"
+	// EventVulnerabilityExposed: an imported advisory matches a component
+	// of the release the device runs as attested (fleet/exposure).
+	EventVulnerabilityExposed = "vulnerability-exposed"
 )
 
 // Metric and set names DefaultRules use; the telemetry ingestion must pass
@@ -506,8 +509,9 @@ const (
 
 // DefaultRules returns a starting set of rules: silence, repeated
 // authentication failures, attestation failure, certificate near expiry,
-// clone suspicion, dormancy, new listening ports, new processes and CPU
-// anomalies. The server installs them when the store has no rules.
+// clone suspicion, dormancy, a known vulnerability in the attested
+// release, new listening ports, new processes and CPU anomalies. The
+// server installs them when the store has no rules.
 func DefaultRules() []Rule {
 	d := func(x time.Duration) config.Duration { return config.Duration(x) }
 	rules := []Rule{
@@ -523,6 +527,8 @@ func DefaultRules() []Rule {
 			Event: &EventMatch{Kind: EventCloneSuspect}},
 		{ID: "dormant", Name: "Dormant device holds a valid credential", Severity: SeverityWarning,
 			Event: &EventMatch{Kind: EventDormant}},
+		{ID: "vulnerability-exposed", Name: "Runs a component with a known vulnerability", Severity: SeverityWarning,
+			Event: &EventMatch{Kind: EventVulnerabilityExposed}},
 		{ID: "new-listening-port", Name: "New listening port", Severity: SeverityWarning,
 			NewMember: &NewMember{Set: SetPorts}},
 		{ID: "new-process", Name: "New process", Severity: SeverityInfo,

@@ -114,8 +114,11 @@ type Config struct {
 	// Governance serves owners, triage, blocks, clones and risk
 	// (governance.go); nil answers them with 501.
 	Governance *governance.Service
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Workloads serves workload registrations and the OIDC documents
+	// (workloads.go); nil answers them with 501.
+	Workloads Workloads
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -172,9 +175,11 @@ func New(cfg Config) http.Handler {
 	h.routesTelemetry()
 	h.routesAlerts()
 	h.routesFirmware()
+	h.routesExposure()
 	h.routesQuarantine()
 	h.routesBulk()
 	h.routesGovernance()
+	h.routesWorkloads()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

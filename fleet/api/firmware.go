@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -50,6 +51,9 @@ type Firmware interface {
 	// StartCampaign starts a draft campaign at at (zero: now) once its
 	// release may be offered.
 	StartCampaign(id string, at time.Time, who, why string) error
+	// Exposure is the software inventory and vulnerability exposure
+	// service; nil when off (its routes answer 501).
+	Exposure() *exposure.Service
 }
 
 // Body limits of the firmware routes: an image is streamed without the
@@ -73,6 +77,10 @@ func bodyLimit(r *http.Request) int64 {
 		return 0
 	case r.Method == http.MethodPost && r.URL.Path == "/api/v1/firmware":
 		return maxUploadBody
+	case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/api/v1/firmware/") && strings.HasSuffix(r.URL.Path, "/sbom"):
+		return exposure.MaxSBOMSize + 1
+	case r.Method == http.MethodPost && r.URL.Path == "/api/v1/advisories":
+		return exposure.MaxAdvisorySize + 1
 	}
 	return maxBody
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/pkg/config"
@@ -51,6 +52,9 @@ type FirmwarePages struct {
 	// empty Extension (firmware off).
 	Releases  Releases
 	Campaigns Campaigns
+	// Exposure, when set, adds the vulnerability exposure page
+	// (fleet/exposure: advisories and the devices they expose).
+	Exposure *exposure.Service
 	// Now is the clock that decides whether a release may be offered (its
 	// expiry). Nil means time.Now.
 	Now func() time.Time
@@ -73,7 +77,7 @@ func (f FirmwarePages) Extension() Extension {
 		return Extension{}
 	}
 	f.Now = clockOr(f.Now)
-	return Extension{
+	ext := Extension{
 		Pages: []Page{
 			{Name: "campaigns", Path: "/campaigns", Nav: "Campaigns", Title: "Firmware campaigns", Perm: auth.PermFirmwareRead,
 				Template: source("campaigns.html"), Load: f.loadCampaigns, Actions: []Action{{
@@ -88,6 +92,10 @@ func (f FirmwarePages) Extension() Extension {
 		Sections: []Section{{Name: "firmware-history", Title: "Firmware history", Perm: auth.PermFirmwareRead,
 			Template: source("section-firmware.html"), Load: f.loadHistory}},
 	}
+	if f.Exposure != nil {
+		ext.Pages = append(ext.Pages, f.exposurePage())
+	}
+	return ext
 }
 
 // ReleaseView is a release as the console shows it.

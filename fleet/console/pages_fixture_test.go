@@ -25,15 +25,19 @@ import (
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/console"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -55,6 +59,9 @@ type fleetFixture struct {
 	policies  *policy.Store
 	signer    *sign.Signer
 	sinks     []api.AlertSink
+	exposure  *exposure.Service
+	// attested holds the attestation records the exposure service reads.
+	attested attestations
 	// announced receives the engine's announcements.
 	announced chan campaign.Announcement
 }
@@ -75,11 +82,11 @@ func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 		ff.open(t, inv, c.Now, c.Auth, opt)
 		c.API = api.New(api.Config{
 			Inventory: inv, Policies: ff.policies, Auth: c.Auth, Audit: ff.audit, Approvals: ff.approvals,
-			Firmware: fwService{ff.releases, ff.campaigns, c.Now}, Alerts: ff.alerts, AlertSinks: ff.sinks, Telemetry: ff.tel,
+			Firmware: fwService{ff.releases, ff.campaigns, c.Now, ff.exposure}, Alerts: ff.alerts, AlertSinks: ff.sinks, Telemetry: ff.tel,
 			Governance: ff.gov, Now: c.Now, RateLimit: -1, CA: c.CA.(*ca.CA), CARotation: caRotation{c.CA.(*ca.CA)},
 		})
 		ext := []console.Extension{
-			console.FirmwarePages{Releases: ff.releases, Campaigns: ff.campaigns, Now: c.Now}.Extension(),
+			console.FirmwarePages{Releases: ff.releases, Campaigns: ff.campaigns, Exposure: ff.exposure, Now: c.Now}.Extension(),
 			console.AlertPages{Alerts: ff.alerts, Sinks: ff.sinks}.Extension(),
 			console.AuditPages{Log: ff.audit}.Extension(),
 			console.TelemetryCharts{Telemetry: ff.tel, Now: c.Now}.Extension(),
@@ -149,6 +156,21 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 	ff.gov, err = governance.Open(governance.Config{Path: filepath.Join(dir, "governance.db"), Devices: inv, Now: now, NoSync: true})
 	must(err)
 	t.Cleanup(func() { ff.gov.Close() })
+
+	edb, err := boltdb.Open(filepath.Join(dir, "exposure.db"), boltdb.Schema{Buckets: exposure.Buckets()}, boltdb.Options{NoSync: true})
+	must(err)
+	t.Cleanup(func() { edb.Close() })
+	ff.attested = attestations{}
+	ff.exposure, err = exposure.New(exposure.Config{DB: kv.Bolt(edb), Releases: ff.releases, Devices: inv, Attestations: ff.attested,
+		Campaigns: ff.campaigns, Now: now})
+	must(err)
+}
+
+// attestations are devices' attestation records, newest first.
+type attestations map[string][]attest.Record
+
+func (a attestations) List(_ context.Context, id string, limit int) ([]attest.Record, error) {
+	return a[id][:min(limit, len(a[id]))], nil
 }
 
 // resolve selects active devices by IDs, group and model, as the server
@@ -178,6 +200,7 @@ type fwService struct {
 	store *firmware.Store
 	mgr   *campaign.Manager
 	now   func() time.Time
+	exp   *exposure.Service
 }
 
 func (f fwService) Releases() *firmware.Store    { return f.store }
@@ -198,6 +221,8 @@ func (f fwService) StartCampaign(id string, at time.Time, who, why string) error
 	}
 	return f.mgr.Start(id, at, who, why)
 }
+
+func (f fwService) Exposure() *exposure.Service { return f.exp }
 
 // upload signs and uploads a release of a small image as who.
 func (ff *fleetFixture) upload(who, version string, sv uint64) *firmware.Release {

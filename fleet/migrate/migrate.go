@@ -33,6 +33,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
+	"github.com/sigil-iot/sigil/fleet/workload"
 )
 
 // Errors of Run. Compare with errors.Is.
@@ -294,6 +295,25 @@ func kvStores() []kvStore {
 			open: firmware.PostgresBuckets,
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"releases": keys["releases"]}
+			}},
+		{name: "workloads", file: workload.File, buckets: workload.Buckets, // signing keys stay sealed under secrets.key
+			create: func(path string) error {
+				s, err := workload.Open(path, make([]byte, 32)) // the key seals nothing here
+				if err == nil {
+					err = s.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				s, err := workload.OpenPostgres(ctx, db, make([]byte, 32))
+				if err != nil {
+					return nil, err
+				}
+				s.Close()
+				return kv.Postgres(db, workload.Table)
+			},
+			records: func(keys map[string]int) map[string]int {
+				return map[string]int{"registrations": keys["registrations"], "signing keys": keys["jwt_keys"]}
 			}},
 	}
 }

@@ -15,11 +15,14 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -87,6 +90,13 @@ type Config struct {
 	// Leases runs the campaigns' stepping under a lease, once across the
 	// replicas sharing Database (campaign.Config.Leases); nil: here.
 	Leases campaign.Leases
+	// Attestations gives devices' attestation records, from which the
+	// exposure service (fleet/exposure) knows the release each runs; nil
+	// turns that service off.
+	Attestations exposure.Attestations
+	// Alert raises an alert event for a device (an advisory exposes it);
+	// nil raises none.
+	Alert func(attest.Alert)
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -111,6 +121,9 @@ type Service struct {
 	now       func() time.Time
 	log       *slog.Logger
 	hellos    chan string
+
+	exposure   *exposure.Service
+	exposureDB kv.DB
 }
 
 // Open loads the release trust (refusing a configuration that does not
@@ -182,6 +195,12 @@ func Open(cfg Config) (*Service, error) {
 		s.Close()
 		return nil, err
 	}
+	if cfg.Attestations != nil {
+		if err := s.openExposure(cfg); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	log.Info("firmware releases on", "trust_sequence", trust.Sequence(), "threshold", trust.Threshold(),
 		"keys", len(trust.KeyIDs()), "rotations", len(rotations), "approvals", max(cfg.Approvals, 1))
 	return s, nil
@@ -190,6 +209,9 @@ func Open(cfg Config) (*Service, error) {
 // Close closes the stores (after Run returned).
 func (s *Service) Close() error {
 	var errs []error
+	if s.exposureDB != nil {
+		errs = append(errs, s.exposureDB.Close())
+	}
 	if s.cstore != nil {
 		errs = append(errs, s.cstore.Close())
 	}

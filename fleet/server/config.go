@@ -10,6 +10,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/sso"
+	"github.com/sigil-iot/sigil/fleet/workload"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -134,6 +135,7 @@ type Config struct {
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
 	// governance_interval (governance.Settings).
 	GovernanceConfig
+	workload.Options // workload_issuer, workload_*_ttl, workload_key_rotation, workload_max_risk
 }
 
 func (c *Config) setDefaults() {

@@ -10,7 +10,7 @@ import "github.com/sigil-iot/sigil/fleet/console"
 func (s *Server) consoleExtensions() []console.Extension {
 	var exts []console.Extension
 	if s.fw != nil {
-		exts = append(exts, console.FirmwarePages{Releases: s.fw.Releases(), Campaigns: s.fw.Campaigns()}.Extension())
+		exts = append(exts, console.FirmwarePages{Releases: s.fw.Releases(), Campaigns: s.fw.Campaigns(), Exposure: s.fw.Exposure()}.Extension())
 	}
 	if s.Alerts != nil {
 		exts = append(exts, console.AlertPages{Alerts: s.Alerts, Sinks: s.sinks}.Extension())

@@ -36,7 +36,7 @@ func (s *Server) openFirmware() (err error) {
 	}
 	s.fw, err = rollout.Open(rollout.Config{
 		Dir: filepath.Join(s.cfg.DataDir, FirmwareDir), StagingDir: filepath.Join(s.cfg.DataDir, StagingDir),
-		CampaignsPath: filepath.Join(s.cfg.DataDir, CampaignsFile), Database: s.db, Leases: s.leases,
+		CampaignsPath: filepath.Join(s.cfg.DataDir, CampaignsFile), Database: s.db, Leases: s.leases, Attestations: s.history, Alert: s.attestAlert,
 		TrustFile: s.cfg.ReleaseTrust, Rotations: s.cfg.ReleaseTrustRotations, Approvals: s.cfg.FirmwareApprovals,
 		TrustDomain: s.cfg.TrustDomain, Devices: s.Inv, Policies: s.Policy, Audit: s.Audit, Send: s.sendDevice,
 		Admit: admission.Gate{Devices: s.Inv, CA: s.CA}.AdmitActive, Logger: s.log.With("component", "firmware"),

@@ -30,4 +30,6 @@
 //	  release's security version); a release trust rotation's statement
 //	  (TrustRotation.Statement) may end in one newline: the bytes as its
 //	  signers signed the file.
+//	6 (unreleased) workload identities: workload.request, workload.answer
+//	  (registered at Version until the version moves to 6).
 package wire

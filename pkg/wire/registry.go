@@ -57,6 +57,8 @@ var messages = [...]Message{
 	{TypeFirmwareTrust, SegDevice, Down, KindFirmware, 4, body[FirmwareTrust]},
 	{TypeTelemetryBatch, SegDevice, Up, KindTelemetry, 4, body[TelemetryBatch]},
 	{TypeTelemetryAck, SegDevice, Down, KindTelemetry, 4, body[TelemetryAck]},
+	{TypeWorkloadRequest, SegDevice, Up, KindWorkload, Version, body[WorkloadRequest]},
+	{TypeWorkloadAnswer, SegDevice, Down, KindWorkload, Version, body[WorkloadAnswer]},
 }
 
 func body[T any]() any { return new(T) }

@@ -3,6 +3,7 @@ package signtest
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 
 	"github.com/sigil-iot/sigil/firmware/verify"
@@ -34,5 +35,17 @@ func TestTrustFile(t *testing.T) {
 		if _, err := ts.Signers(msg, [][]byte{bundle}); (err == nil) != c.ok {
 			t.Errorf("%s: verify %v, want ok=%v", name, err, c.ok)
 		}
+	}
+}
+
+// TestCosignVersionInStep: the cosign that `make test-deps` builds is the
+// one Cosign looks for.
+func TestCosignVersionInStep(t *testing.T) {
+	b, err := os.ReadFile("../../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^COSIGN_VERSION\s*:=\s*` + regexp.QuoteMeta(CosignVersion) + `\s*$`).Match(b) {
+		t.Errorf("the Makefile's COSIGN_VERSION is not signtest.CosignVersion %s", CosignVersion)
 	}
 }
