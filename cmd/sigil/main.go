@@ -42,6 +42,7 @@ func commandTable() *command {
 		usersCommand(),
 		apiTokensCommand(),
 		approvalsCommand(),
+		accessCommand(),
 		auditCommand(),
 		policiesCommand(),
 		tokensCommand(),

@@ -70,6 +70,9 @@ type Config struct {
 	Secrets Secrets
 	// SSHCA serves GET /api/v1/ssh/ca; nil answers it with 404.
 	SSHCA *sshca.CA
+	// Access serves just-in-time operator access (/api/v1/access); nil
+	// leaves its routes out.
+	Access Access
 	// Auth authenticates operators (sessions, API tokens) and holds their
 	// roles. Nil accepts only the bearer token whose SHA-256 is
 	// AdminTokenHash, with every permission (for tests of this package).
@@ -167,6 +170,7 @@ func New(cfg Config) http.Handler {
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()
+	h.routesAccess()
 	h.routesSecrets()
 	h.routesCA()
 	h.routesUsers()

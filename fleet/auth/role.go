@@ -55,6 +55,12 @@ const (
 	// PermWorkloadsWrite: create, change and delete workload
 	// registrations; rotate the JWT-SVID signing key.
 	PermWorkloadsWrite Permission = "workloads.write"
+	// PermAccessRequest: request just-in-time SSH access to devices, list
+	// and revoke one's own grants.
+	PermAccessRequest Permission = "access.request"
+	// PermAccessApprove: approve, deny or revoke others' SSH access grants
+	// and list every grant.
+	PermAccessApprove Permission = "access.approve"
 )
 
 // Permissions returns every permission, in a stable order.
@@ -68,6 +74,7 @@ func Permissions() []Permission {
 		PermAuditRead, PermApprovalsRead,
 		PermSecurityApprove, PermCAAdmin, PermUsersAdmin, PermBrokersSync,
 		PermWorkloadsRead, PermWorkloadsWrite,
+		PermAccessRequest, PermAccessApprove,
 	}
 }
 
@@ -118,12 +125,12 @@ func (r Role) Permissions() []Permission {
 		return []Permission{PermBrokersSync}
 	case RoleViewer:
 	case RoleOperator:
-		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermFirmwareWrite, PermAlertsWrite}
+		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermFirmwareWrite, PermAlertsWrite, PermAccessRequest}
 	case RoleReleaseApprover:
 		extra = []Permission{PermFirmwareApprove}
 	case RoleSecurityAdmin:
 		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermPoliciesWrite, PermSecretsWrite,
-			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermWorkloadsWrite}
+			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermWorkloadsWrite, PermAccessRequest, PermAccessApprove}
 	case RoleAdmin:
 		return Permissions()
 	default:

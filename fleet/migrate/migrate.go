@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 
 	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
@@ -157,6 +158,9 @@ func kvStores() []kvStore {
 				m.Close()
 				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
 			}},
+		{name: "access", file: access.File, buckets: access.Buckets,
+			create: access.CreateFile,
+			open:   access.OpenPostgres},
 		{name: "campaigns", file: campaign.File, buckets: campaign.Buckets, // a bucket per campaign in "campaigns"
 			create: func(path string) error {
 				s, err := campaign.Open(path)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
@@ -113,7 +114,8 @@ type Config struct {
 	// SSHPrincipals are the names on devices' SSH host certificates,
 	// templates with "{id}" (device ID) and "{domain}" (trust domain).
 	// Default ["{id}", "{id}.{domain}"].
-	SSHPrincipals []string `json:"ssh_principals"`
+	SSHPrincipals []string      `json:"ssh_principals"`
+	Access        access.Policy `json:"access"` // bounds just-in-time operator SSH access (access.Policy: 8h, logins ["root"] by default)
 	// AlertSinks are where alert notifications go (AlertSink,
 	// sink.Config). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`

@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/admission"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
@@ -74,8 +75,10 @@ type Server struct {
 	Attest   *attest.Service
 	Policy   *policy.Store
 	Rotation *rotation.Service
-	// SSH issues devices' SSH host certificates (fleet/sshca).
-	SSH *sshca.Issuer
+	// SSH issues devices' SSH host certificates (fleet/sshca); Access
+	// gives operators just-in-time SSH access (fleet/access).
+	SSH    *sshca.Issuer
+	Access *access.Service
 	// Secrets keeps the sealed secrets (encrypted at rest).
 	Secrets *secrets.Store
 	// Auth keeps operators, sessions and API tokens.
@@ -170,7 +173,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	for _, open := range []func() error{
 		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
-		s.openSSH, s.openWorkload, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
+		s.openApprovals, s.openSSH, s.openWorkload, s.openSecrets, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
 		if err := open(); err != nil {
 			return nil, err
@@ -468,7 +471,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls, Workloads: s.Workload,
+		Governance: s.Governance, CRL: s.crls, Workloads: s.Workload, Access: s.Access,
 	})
 	return nil
 }
@@ -597,7 +600,7 @@ func (s *Server) tasks() []func(context.Context) error {
 	tasks := []func(context.Context) error{
 		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run, s.Workload.Run,
 		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
-		s.serveAPI,
+		s.serveAPI, s.Access.Run,
 	}
 	if s.fw != nil {
 		tasks = append(tasks, s.fw.Run)
@@ -661,6 +664,8 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.SSH.Submit(id.DeviceID, env)
 	case wire.TypeWorkloadRequest:
 		s.Workload.Submit(id.DeviceID, env)
+	case wire.TypeAccessSessions:
+		s.Access.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
 		s.secretSvc.Ack(id.DeviceID, env)
 	case wire.TypeTelemetryBatch:

@@ -203,5 +203,16 @@ func Bodies() []Vector {
 			Value: &wire.WorkloadAnswer{Status: wire.StatusActive, JWT: "a.b.c", JWKS: []byte("{}"), Validity: 300}, Hex: "a5016661637469766502000765612e622e630819012c09427b7d"},
 		{Name: "workload.answer/refused", Type: wire.TypeWorkloadAnswer, Valid: true,
 			Value: &wire.WorkloadAnswer{Status: wire.StatusRefused, Reason: wire.ReasonQuarantined}, Hex: "a2016772656675736564021841"},
+		{Name: "access.trust", Type: wire.TypeAccessTrust, Valid: true,
+			Value: &wire.AccessTrust{UserCAKeys: []string{"ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTI= ca"},
+				Logins: []wire.AccessLogin{{Login: "root", Principals: []string{"root@dev-1"}}}, RevokedKeys: []byte("SSHKRL\n\x00"), Generation: 2},
+			Hex: "a40181782b65636473612d736861322d6e6973747032353620414141414532566a5a484e684c584e6f5954493d2063610281a20164726f6f7402816a726f6f74406465762d3103485353484b524c0a000402"},
+		{Name: "access.sessions/request", Type: wire.TypeAccessSessions, Valid: true,
+			Note:  "no events: asks for access.trust",
+			Value: &wire.AccessSessions{}, Hex: "a101f6"},
+		{Name: "access.sessions", Type: wire.TypeAccessSessions, Valid: true,
+			Value: &wire.AccessSessions{Events: []wire.AccessSession{{Event: wire.AccessSessionStart, Time: 1700000000, User: "root", From: "10.0.0.5", Port: 50022,
+				KeyID: "sigil-grant:g1", Serial: 7, CA: "SHA256:x"}}},
+			Hex: "a10181a801657374617274021a6553f1000364726f6f74046831302e302e302e350519c366066e736967696c2d6772616e743a6731070708685348413235363a78"},
 	}
 }
