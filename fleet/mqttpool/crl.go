@@ -189,8 +189,13 @@ func (s *CRLSync) install(raw []byte) (bool, error) {
 			if have, got := maxNumber(cur), maxNumber(crls); have != nil && got != nil {
 				switch got.Cmp(have) {
 				case 0:
-					if sameRoots && len(cur) == len(crls) {
-						return false, nil // the broker has it
+					if len(cur) == len(crls) {
+						if sameRoots {
+							return false, nil // the broker has it
+						}
+						if err := s.writeRoots(roots); err != nil {
+							return false, err // the CRLs are in place: nothing to reload
+						}
 					}
 				case -1:
 					return false, fmt.Errorf("%w: number %v is older than the broker's %v", ErrCRL, got, have)
@@ -200,14 +205,14 @@ func (s *CRLSync) install(raw []byte) (bool, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("mqttpool: %w", err)
 	}
+	// ca.pem before crl.pem: a reload that a change of crl.pem triggers
+	// (a path unit) finds both. A ca.pem the sync may not replace (a
+	// sandboxed sync whose directory lets it replace crl.pem alone) does
+	// not hold the CRLs back: the revocations still reach the broker for
+	// the CAs it trusts, and the error says what to install by hand.
+	var rootsErr error
 	if !sameRoots {
-		var b []byte
-		for _, r := range roots {
-			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
-		}
-		if err := writeAtomic(filepath.Join(s.Dir, CAFile), b); err != nil {
-			return false, fmt.Errorf("mqttpool: writing the trust bundle: %w", err)
-		}
+		rootsErr = s.writeRoots(roots)
 	}
 	var b []byte
 	for _, crl := range crls {
@@ -217,9 +222,21 @@ func (s *CRLSync) install(raw []byte) (bool, error) {
 		return false, fmt.Errorf("mqttpool: writing the CRL: %w", err)
 	}
 	if err := s.Reload(); err != nil {
-		return true, fmt.Errorf("mqttpool: reloading the broker: %w", err)
+		return true, errors.Join(rootsErr, fmt.Errorf("mqttpool: reloading the broker: %w", err))
 	}
-	return true, nil
+	return true, rootsErr
+}
+
+// writeRoots writes roots as the broker's trust bundle (ca.pem).
+func (s *CRLSync) writeRoots(roots []*x509.Certificate) error {
+	var b []byte
+	for _, r := range roots {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	if err := writeAtomic(filepath.Join(s.Dir, CAFile), b); err != nil {
+		return fmt.Errorf("mqttpool: writing the trust bundle %s (the CA rotation's roots): %w", CAFile, err)
+	}
+	return nil
 }
 
 // roots reads the broker's trust bundle.
