@@ -53,7 +53,7 @@ cross:
 	@# The SPIFFE Workload API build (tag workloadapi, docs/WORKLOADS.md):
 	@# gRPC and protobuf, reported, outside the 7 MiB budget.
 	@out=bin/sigild-linux-arm64-workloadapi; \
-	  CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -tags workloadapi -trimpath $(SIGILD_GCFLAGS) -ldflags '$(LDFLAGS)' -o $$out ./cmd/sigild; \
+	  CGO_ENABLED=0 GOEXPERIMENT=$(SIGILD_GOEXPERIMENT) GOOS=linux GOARCH=arm64 $(GO) build -tags workloadapi -trimpath $(SIGILD_GCFLAGS) -ldflags '$(LDFLAGS)' -o $$out ./cmd/sigild; \
 	  awk -v o=$$out -v s=$$(stat -c %s $$out) 'BEGIN { printf "%-28s %9d bytes (%.2f MiB, no budget)\n", o, s, s/1048576 }'
 
 # sigil (the fleet and its client) for the server architectures: static,

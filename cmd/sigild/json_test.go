@@ -16,8 +16,9 @@ import (
 // (go list refuses an unknown GOEXPERIMENT), and when a package of sigild
 // that uses encoding/json fails its own tests with the JSON sigild ships:
 // the fleet encodes manifests and trust sets with Go's default JSON, and
-// the device re-encodes them to check their canonical form. Those test
-// runs are skipped with -short.
+// the device re-encodes them to check their canonical form. The
+// workloadapi build is held to the same. The test runs are skipped with
+// -short.
 func TestReleaseJSON(t *testing.T) {
 	b, err := os.ReadFile("../../Makefile")
 	if err != nil {
@@ -32,35 +33,53 @@ func TestReleaseJSON(t *testing.T) {
 	if experiment == "" {
 		t.Fatal("Makefile: no SIGILD_GOEXPERIMENT line")
 	}
-	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64", "GOEXPERIMENT=" + experiment}
-	cmd := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, ".")
-	cmd.Env = append(cmd.Environ(), env...)
+	// The default build, then the workloadapi build (its own packages only).
+	var tested []string
+	for _, tags := range [][]string{nil, {"-tags", "workloadapi"}} {
+		users := releaseJSONUsers(t, experiment, tags)
+		users = slices.DeleteFunc(users, func(p string) bool { return slices.Contains(tested, p) })
+		tested = append(tested, users...)
+		if testing.Short() || len(users) == 0 {
+			continue
+		}
+		args := append(append([]string{"test", "-count=1", "-skip", "^TestReleaseJSON$"}, tags...), users...)
+		cmd := exec.Command("go", args...)
+		cmd.Env = append(cmd.Environ(), "GOEXPERIMENT="+experiment)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("GOEXPERIMENT=%s go %s: %v\n%s", experiment, strings.Join(args, " "), err, out)
+		}
+		t.Logf("GOEXPERIMENT=%s go %s:\n%s", experiment, strings.Join(args, " "), out)
+	}
+	if testing.Short() {
+		t.Skipf("-short: not running the tests of %v with GOEXPERIMENT=%s", tested, experiment)
+	}
+}
+
+// releaseJSONUsers lists the packages of sigild's release build (with the
+// given build tags) that import encoding/json, and fails the test if that
+// build links encoding/json/v2.
+func releaseJSONUsers(t *testing.T, experiment string, tags []string) []string {
+	t.Helper()
+	args := append(append([]string{"list", "-deps"}, tags...), "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, ".")
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64", "GOEXPERIMENT="+experiment)
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("go list with GOEXPERIMENT=%s: %v", experiment, err)
+		t.Fatalf("GOEXPERIMENT=%s go %s: %v", experiment, strings.Join(args, " "), err)
 	}
-	var users []string // sigild's own packages that import encoding/json
+	var users []string
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		f := strings.Fields(line)
 		if f[0] == "encoding/json/v2" {
-			t.Errorf("the release build (GOEXPERIMENT=%s) links encoding/json/v2", experiment)
+			t.Errorf("the release build %v (GOEXPERIMENT=%s) links encoding/json/v2", tags, experiment)
 		}
 		if strings.HasPrefix(f[0], "github.com/sigil-iot/sigil/") && slices.Contains(f[1:], "encoding/json") {
 			users = append(users, f[0])
 		}
 	}
 	if len(users) == 0 {
-		t.Fatal("go list: no package of sigild imports encoding/json; is the list real?")
+		t.Fatalf("go %s: no package of sigild imports encoding/json; is the list real?", strings.Join(args, " "))
 	}
-	if testing.Short() {
-		t.Skipf("-short: not running the tests of %v with GOEXPERIMENT=%s", users, experiment)
-	}
-	args := append([]string{"test", "-count=1", "-skip", "^TestReleaseJSON$"}, users...)
-	cmd = exec.Command("go", args...)
-	cmd.Env = append(cmd.Environ(), "GOEXPERIMENT="+experiment)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go %s with GOEXPERIMENT=%s: %v\n%s", strings.Join(args, " "), experiment, err, out)
-	} else {
-		t.Logf("GOEXPERIMENT=%s go %s:\n%s", experiment, strings.Join(args, " "), out)
-	}
+	return users
 }
