@@ -120,8 +120,11 @@ type Config struct {
 	// Workloads serves workload registrations and the OIDC documents
 	// (workloads.go); nil answers them with 501.
 	Workloads Workloads
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// Backup serves POST /api/v1/backup (backup.Live); nil answers it
+	// with 501.
+	Backup Backups
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -184,6 +187,7 @@ func New(cfg Config) http.Handler {
 	h.routesBulk()
 	h.routesGovernance()
 	h.routesWorkloads()
+	h.routesBackup()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -61,6 +61,11 @@ const (
 	// PermAccessApprove: approve, deny or revoke others' SSH access grants
 	// and list every grant.
 	PermAccessApprove Permission = "access.approve"
+	// PermBackupRead: take a backup of the running fleet (POST
+	// /api/v1/backup): every store and the key material, encrypted to a
+	// recipient the caller names, so as strong as holding the CA key.
+	// The admin's alone.
+	PermBackupRead Permission = "backup.read"
 )
 
 // Permissions returns every permission, in a stable order.
@@ -75,6 +80,7 @@ func Permissions() []Permission {
 		PermSecurityApprove, PermCAAdmin, PermUsersAdmin, PermBrokersSync,
 		PermWorkloadsRead, PermWorkloadsWrite,
 		PermAccessRequest, PermAccessApprove,
+		PermBackupRead,
 	}
 }
 

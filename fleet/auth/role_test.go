@@ -44,6 +44,7 @@ func TestPermissionMatrix(t *testing.T) {
 		PermWorkloadsWrite:  {S, A},
 		PermAccessRequest:   {O, S, A},
 		PermAccessApprove:   {S, A},
+		PermBackupRead:      {A},
 	}
 	if len(matrix) != len(Permissions()) {
 		t.Fatalf("the matrix has %d permissions, the package %d", len(matrix), len(Permissions()))

@@ -39,6 +39,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/backup"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/crl"
@@ -471,7 +472,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls, Workloads: s.Workload, Access: s.Access,
+		Governance: s.Governance, CRL: s.crls, Workloads: s.Workload, Access: s.Access, Backup: backup.NewLive(backup.LiveConfig{DataDir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain, Database: s.db != nil, Audit: s.Audit}),
 	})
 	return nil
 }
@@ -671,9 +672,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 	case wire.TypeTelemetryBatch:
 		s.Telemetry.Submit(id.DeviceID, env)
 	case wire.TypeFirmwareReport:
-		if s.fw != nil {
-			s.fw.Report(id.DeviceID, env)
-		}
+		s.fw.Report(id.DeviceID, env) // nil when firmware is off: ignored
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
@@ -693,9 +692,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
 		s.secretSvc.Queue(id.DeviceID)
-		if s.fw != nil {
-			s.fw.Hello(id.DeviceID)
-		}
+		s.fw.Hello(id.DeviceID)
 		s.caRotation.Hello(id.DeviceID)
 	}
 }
