@@ -45,6 +45,8 @@ type testManifest struct {
 	SHA256          string    `json:"sha256"`
 	Model           string    `json:"model"`
 	Expires         time.Time `json:"expires"`
+	BlockSize       int64     `json:"block_size,omitempty"`
+	IndexSHA256     string    `json:"index_sha256,omitempty"`
 }
 
 // release returns a signed manifest and bundle for img.
@@ -83,7 +85,9 @@ func testVerifier() update.Verifier {
 		if err != nil {
 			return nil, wire.Refuse(wire.ReasonFirmwareSignature, "bad digest", err)
 		}
-		return &update.Release{Name: m.Name, Version: m.Version, SecurityVersion: m.SecurityVersion, Size: m.Size, SHA256: d}, nil
+		ix, _ := hex.DecodeString(m.IndexSHA256)
+		return &update.Release{Name: m.Name, Version: m.Version, SecurityVersion: m.SecurityVersion, Size: m.Size, SHA256: d,
+			BlockSize: m.BlockSize, IndexSHA256: ix}, nil
 	})
 }
 

@@ -30,4 +30,6 @@
 //	  release's security version); a release trust rotation's statement
 //	  (TrustRotation.Statement) may end in one newline: the bytes as its
 //	  signers signed the file.
+//	6 (unreleased) firmware.report carries the bytes the device fetched for
+//	  the update (FirmwareReport.Fetched, field 10; adaptive updates).
 package wire
