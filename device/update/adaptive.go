@@ -15,10 +15,9 @@ import (
 	"github.com/sigil-iot/sigil/firmware/blockindex"
 )
 
-// IndexSuffix is appended to an image URL to name its block-hash index:
-// the fleet serves the index of DownloadPrefix{sha256} at
-// DownloadPrefix{sha256}.blocks.
-const IndexSuffix = ".blocks"
+// IndexSuffix is appended to an image URL to name its block-hash index
+// (blockindex.Suffix).
+const IndexSuffix = blockindex.Suffix
 
 // SlotReader is implemented by backends that can read the image in a
 // slot, so that an adaptive download reuses its blocks. FileBackend and a

@@ -28,6 +28,11 @@ import (
 	"io"
 )
 
+// Suffix names an image's index beside it: the image file or URL with
+// Suffix appended (gw-os.img.blocks; the fleet serves the index of
+// /firmware/{sha256} at /firmware/{sha256}.blocks).
+const Suffix = ".blocks"
+
 // Bounds of an index.
 const (
 	Magic        = "SGBLKIX1"
