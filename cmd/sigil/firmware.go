@@ -586,13 +586,13 @@ func campaignsCommand() *command {
 						if x.jsonOut() {
 							return x.json(page)
 						}
-						err = x.plainTable("DEVICE\tWAVE\tSTEP\tREASON\tRUNNING\tATTEMPTS\tUPDATED", func(tw io.Writer) {
+						err = x.plainTable("DEVICE\tWAVE\tSTEP\tREASON\tRUNNING\tATTEMPTS\tUPDATED\tFETCHED (CLAIMED)", func(tw io.Writer) {
 							for _, d := range page.Devices {
 								reason := ""
 								if d.Reason != 0 {
 									reason = d.Reason.String()
 								}
-								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, rfc3339(d.Updated))
+								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%d\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, rfc3339(d.Updated), d.ClaimedFetchedBytes)
 							}
 						})
 						if err == nil && page.Next != "" {
@@ -689,6 +689,9 @@ func printCampaign(x *call, cm *campaign.Campaign) error {
 	x.printf("campaign %s (%s): %s, release %s, %d devices\n", cm.ID, cm.Definition.Name, cm.State, cm.Definition.Release, cm.Total)
 	if cm.Why != "" {
 		x.printf("  last change by %s: %s\n", cm.ChangedBy, cm.Why)
+	}
+	if cm.ClaimedFetchedBytes > 0 {
+		x.printf("  devices say they fetched %d bytes in all (compare with the image size times the devices committed)\n", cm.ClaimedFetchedBytes)
 	}
 	return x.plainTable("  WAVE\tSIZE\tNEED\tMAX FAIL\tIN FLIGHT\tCOMMITTED\tFAILED\tROLLED BACK\tTIMED OUT\tTRIPPED", func(tw io.Writer) {
 		for _, w := range cm.Waves {
