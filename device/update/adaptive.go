@@ -34,6 +34,10 @@ const (
 	StepAssembled = "assembled" // the image is complete, renamed to the part file
 )
 
+// mergeGap is the most blocks already in place fetched again to join two
+// ranges of missing blocks into one request.
+const mergeGap = 4
+
 // errAdaptive is an adaptive download that cannot go on; the engine falls
 // back to the full download.
 var errAdaptive = errors.New("update: adaptive download")
@@ -104,6 +108,16 @@ func (e *Engine) adaptive(ctx context.Context, u *state.Update) error {
 		j := i
 		for j < len(todo) && todo[j] {
 			j++
+			// Bridge a short gap of blocks already in place: one request
+			// (a TLS handshake) costs more than a few blocks.
+			if k := j + mergeGap; j < len(todo) && !todo[j] {
+				for g := j; g < min(k, len(todo)); g++ {
+					if todo[g] {
+						j = g
+						break
+					}
+				}
+			}
 		}
 		if err := e.fetchBlocks(ctx, u, f, ix, i, j, buf); err != nil {
 			return err

@@ -174,6 +174,7 @@ type imageServer struct {
 	*httptest.Server
 	mu       sync.Mutex
 	images   map[string][]byte
+	etags    map[string]string // path -> ETag, computed once (as the fleet's, from the digest)
 	requests map[string][]string // path -> Range header of each request
 	ifRanges map[string][]string // path -> If-Range header of each request
 	cut      map[string]int
@@ -181,7 +182,7 @@ type imageServer struct {
 }
 
 func newImageServer(t testing.TB) *imageServer {
-	s := &imageServer{images: map[string][]byte{}, requests: map[string][]string{}, ifRanges: map[string][]string{}, cut: map[string]int{}}
+	s := &imageServer{images: map[string][]byte{}, etags: map[string]string{}, requests: map[string][]string{}, ifRanges: map[string][]string{}, cut: map[string]int{}}
 	s.Server = httptest.NewTLSServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
@@ -191,6 +192,7 @@ func (s *imageServer) put(path string, img []byte) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.images[path] = img
+	s.etags[path] = etag(img)
 	return s.URL + path
 }
 
@@ -222,6 +224,7 @@ func etag(img []byte) string {
 func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	img, ok := s.images[r.URL.Path]
+	tag := s.etags[r.URL.Path]
 	s.requests[r.URL.Path] = append(s.requests[r.URL.Path], r.Header.Get("Range"))
 	s.ifRanges[r.URL.Path] = append(s.ifRanges[r.URL.Path], r.Header.Get("If-Range"))
 	n, cut := s.cut[r.URL.Path]
@@ -232,7 +235,7 @@ func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	w.Header().Set("ETag", etag(img))
+	w.Header().Set("ETag", tag)
 	if cut {
 		w.Header().Set("Content-Length", strconv.Itoa(len(img)))
 		w.WriteHeader(http.StatusOK)
