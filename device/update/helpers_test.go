@@ -174,7 +174,7 @@ type imageServer struct {
 	*httptest.Server
 	mu       sync.Mutex
 	images   map[string][]byte
-	etags    map[string]string // path -> ETag, computed once (as the fleet's, from the digest)
+	etags    map[string]string   // path -> ETag, computed once (as the fleet's, from the digest)
 	requests map[string][]string // path -> Range header of each request
 	ifRanges map[string][]string // path -> If-Range header of each request
 	cut      map[string]int
