@@ -159,7 +159,7 @@ func (a *Agent) updateBackend() (update.Backend, error) {
 		}
 		return update.NewFile(fc)
 	case strings.HasPrefix(b, "hook:"):
-		return update.NewHook(update.HookConfig{Path: strings.TrimPrefix(b, "hook:")})
+		return update.NewHook(update.HookConfig{Path: strings.TrimPrefix(b, "hook:"), SlotDevices: a.cfg.UpdateSlotDevices})
 	}
 	return nil, fmt.Errorf("agent: update_backend %q is neither file:DIR nor hook:PATH", b)
 }
