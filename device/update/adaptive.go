@@ -38,9 +38,23 @@ const (
 // ranges of missing blocks into one request.
 const mergeGap = 4
 
-// errAdaptive is an adaptive download that cannot go on; the engine falls
-// back to the full download.
+// errAdaptive is an adaptive download that cannot go on (no index, an
+// index or block that does not match, a server without ranges); the
+// engine falls back to the full download. Other errors (a connection lost)
+// are retried as any download is, keeping the blocks on disk.
 var errAdaptive = errors.New("update: adaptive download")
+
+// fetchErr wraps an error of the Fetcher: a refusal the server will repeat
+// ends the adaptive path (errAdaptive), anything else is worth a retry.
+func fetchErr(what string, err error) error {
+	for _, fatal := range []error{fetch.ErrNotFound, fetch.ErrForbidden, fetch.ErrRangeNotSatisfiable, fetch.ErrMalformed,
+		fetch.ErrUnsupported, fetch.ErrTooLarge, fetch.ErrRedirect} {
+		if errors.Is(err, fatal) {
+			return fmt.Errorf("%w: %s: %w", errAdaptive, what, err)
+		}
+	}
+	return fmt.Errorf("update: adaptive download: %s: %w", what, err)
+}
 
 // adaptivePath is where update id's image is assembled block by block.
 func (e *Engine) adaptivePath(id string) string {
@@ -147,13 +161,13 @@ func (e *Engine) fetchIndex(ctx context.Context, u *state.Update) (*blockindex.I
 	defer cancel()
 	resp, err := e.cfg.Fetcher.Get(ctx, fetch.Request{URL: u.URL + IndexSuffix, MaxSize: size})
 	if err != nil {
-		return nil, fmt.Errorf("%w: index: %w", errAdaptive, err)
+		return nil, fetchErr("index", err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, size))
 	u.Fetched += int64(len(raw))
 	if err != nil {
-		return nil, fmt.Errorf("%w: index: %w", errAdaptive, err)
+		return nil, fetchErr("index", err)
 	}
 	if sum := sha256.Sum256(raw); !bytes.Equal(sum[:], rel.IndexSHA256) {
 		return nil, fmt.Errorf("%w: index does not match the manifest's digest", errAdaptive)
@@ -210,7 +224,7 @@ func (e *Engine) fetchBlocks(ctx context.Context, u *state.Update, f *os.File, i
 	defer cancel()
 	resp, err := e.cfg.Fetcher.Get(ctx, fetch.Request{URL: u.URL, Offset: off, Length: length, MaxSize: u.Release.Size})
 	if err != nil {
-		return fmt.Errorf("%w: range: %w", errAdaptive, err)
+		return fetchErr("range", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 206 || resp.Offset != off || resp.Length != length {
@@ -220,8 +234,12 @@ func (e *Engine) fetchBlocks(ctx context.Context, u *state.Update, f *os.File, i
 		boff, bn := ix.Block(k)
 		_, err := io.ReadFull(resp.Body, buf[:bn])
 		if err != nil {
-			u.Fetched += int64(boff - off)
-			return fmt.Errorf("%w: range: %w", errAdaptive, err)
+			// Keep what came: the next attempt re-hashes it.
+			u.Fetched += boff - off
+			if serr := f.Sync(); serr != nil {
+				return fmt.Errorf("update: %w", serr)
+			}
+			return fetchErr("range", err)
 		}
 		if sha256.Sum256(buf[:bn]) != ix.Hash(k) {
 			return fmt.Errorf("%w: fetched block %d does not match the index", errAdaptive, k)

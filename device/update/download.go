@@ -28,11 +28,11 @@ var errTooLarge = errors.New("update: image larger than the manifest's size")
 func (e *Engine) download(ctx context.Context, u *state.Update) error {
 	size := u.Release.Size
 	if _, err := os.Stat(e.partPath(u.ID)); u.Release.BlockSize > 0 && errors.Is(err, os.ErrNotExist) {
-		// No full download begun: try the adaptive one; on any failure,
-		// fall back to the full download (which then has begun).
+		// No full download begun: try the adaptive one; when it cannot go
+		// on, fall back to the full download (which then has begun).
 		err := e.adaptive(ctx, u)
-		if err == nil || ctx.Err() != nil {
-			return err
+		if err == nil || ctx.Err() != nil || !errors.Is(err, errAdaptive) {
+			return err // done, or retried with the blocks kept
 		}
 		e.log.Warn("update: adaptive download failed; fetching the whole image", "update", u.ID, "err", err)
 		if err := os.Remove(e.adaptivePath(u.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -236,6 +236,18 @@ func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("ETag", tag)
+	if first, last, ok := parseRange(r.Header.Get("Range"), len(img)); cut && ok {
+		// A range response cut after n bytes.
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, len(img)))
+		w.Header().Set("Content-Length", strconv.Itoa(last-first+1))
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(img[first : first+n])
+		w.(http.Flusher).Flush()
+		if onCut != nil {
+			onCut()
+		}
+		panic(http.ErrAbortHandler)
+	}
 	if cut {
 		w.Header().Set("Content-Length", strconv.Itoa(len(img)))
 		w.WriteHeader(http.StatusOK)
@@ -384,4 +396,15 @@ func newPlainServer(t *testing.T, img []byte) *httptest.Server {
 	}))
 	t.Cleanup(s.Close)
 	return s
+}
+
+// parseRange reads a bounded "bytes=A-B" Range header.
+func parseRange(h string, size int) (first, last int, ok bool) {
+	a, b, found := strings.Cut(strings.TrimPrefix(h, "bytes="), "-")
+	first, err1 := strconv.Atoi(a)
+	last, err2 := strconv.Atoi(b)
+	if !found || err1 != nil || err2 != nil || first > last || last >= size {
+		return 0, 0, false
+	}
+	return first, last, true
 }
