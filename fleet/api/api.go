@@ -70,6 +70,9 @@ type Config struct {
 	Secrets Secrets
 	// SSHCA serves GET /api/v1/ssh/ca; nil answers it with 404.
 	SSHCA *sshca.CA
+	// Access serves just-in-time operator access (/api/v1/access); nil
+	// leaves its routes out.
+	Access Access
 	// Auth authenticates operators (sessions, API tokens) and holds their
 	// roles. Nil accepts only the bearer token whose SHA-256 is
 	// AdminTokenHash, with every permission (for tests of this package).
@@ -114,8 +117,14 @@ type Config struct {
 	// Governance serves owners, triage, blocks, clones and risk
 	// (governance.go); nil answers them with 501.
 	Governance *governance.Service
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Workloads serves workload registrations and the OIDC documents
+	// (workloads.go); nil answers them with 501.
+	Workloads Workloads
+	// Backup serves POST /api/v1/backup (backup.Live); nil answers it
+	// with 501.
+	Backup Backups
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -164,6 +173,7 @@ func New(cfg Config) http.Handler {
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()
+	h.routesAccess()
 	h.routesSecrets()
 	h.routesCA()
 	h.routesUsers()
@@ -176,6 +186,8 @@ func New(cfg Config) http.Handler {
 	h.routesQuarantine()
 	h.routesBulk()
 	h.routesGovernance()
+	h.routesWorkloads()
+	h.routesBackup()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

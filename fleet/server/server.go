@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/admission"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
@@ -38,6 +39,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/backup"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/crl"
@@ -59,6 +61,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/fleet/workload"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -73,8 +76,10 @@ type Server struct {
 	Attest   *attest.Service
 	Policy   *policy.Store
 	Rotation *rotation.Service
-	// SSH issues devices' SSH host certificates (fleet/sshca).
-	SSH *sshca.Issuer
+	// SSH issues devices' SSH host certificates (fleet/sshca); Access
+	// gives operators just-in-time SSH access (fleet/access).
+	SSH    *sshca.Issuer
+	Access *access.Service
 	// Secrets keeps the sealed secrets (encrypted at rest).
 	Secrets *secrets.Store
 	// Auth keeps operators, sessions and API tokens.
@@ -98,6 +103,7 @@ type Server struct {
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
 	Governance *governance.Service
+	Workload   *workload.Service // workload identities and OIDC federation (fleet/workload)
 
 	history    *attest.History
 	jobs       *rotation.Jobs
@@ -168,7 +174,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	for _, open := range []func() error{
 		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
-		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
+		s.openApprovals, s.openSSH, s.openWorkload, s.openSecrets, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
 		if err := open(); err != nil {
 			return nil, err
@@ -453,6 +459,11 @@ func (s *Server) openApprovals() (err error) {
 	return err
 }
 
+// openWorkload opens workload identities (fleet/workload.Setup).
+func (s *Server) openWorkload() error {
+	return workload.Wiring{Options: s.cfg.Options, DataDir: s.cfg.DataDir, DB: s.db, CA: s.CA, Devices: s.Inv, Verdicts: s.Attest, TrustDomain: s.cfg.TrustDomain, Risk: s.Governance, Audit: s.Audit, Leases: s.leases, Send: s.sendDevice, Logger: s.log.With("component", "workload"), OnClose: s.onClose}.Open(&s.Workload)
+}
+
 // openAPI builds the HTTPS API over every part.
 func (s *Server) openAPI() error {
 	s.apiTLS = s.fw.ListenerTLS(&tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, s.CA.Pool)
@@ -461,7 +472,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls,
+		Governance: s.Governance, CRL: s.crls, Workloads: s.Workload, Access: s.Access, Backup: backup.NewLive(backup.LiveConfig{DataDir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain, Database: s.db != nil, Audit: s.Audit}),
 	})
 	return nil
 }
@@ -471,25 +482,14 @@ func (s *Server) listen() (err error) {
 	if s.apiLn, err = net.Listen("tcp", s.cfg.APIAddr); err != nil {
 		return fmt.Errorf("server: api listener: %w", err)
 	}
-	s.onClose(closeListener(s.apiLn))
+	s.onClose(api.CloseListener(s.apiLn))
 	if s.cfg.DebugAddr != "" {
 		if s.debugLn, err = profile.Listen(s.cfg.DebugAddr); err != nil {
 			return err
 		}
-		s.onClose(closeListener(s.debugLn))
+		s.onClose(api.CloseListener(s.debugLn))
 	}
 	return nil
-}
-
-// closeListener closes ln; a listener its server closed already is no
-// failure.
-func closeListener(ln net.Listener) func() error {
-	return func() error {
-		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-		return nil
-	}
 }
 
 // brokerEvent queues a connection event: the broker calls it on its
@@ -599,9 +599,9 @@ func (s *Server) Run(ctx context.Context) error {
 // all of them.
 func (s *Server) tasks() []func(context.Context) error {
 	tasks := []func(context.Context) error{
-		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
+		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run, s.Workload.Run,
 		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
-		s.serveAPI,
+		s.serveAPI, s.Access.Run,
 	}
 	if s.fw != nil {
 		tasks = append(tasks, s.fw.Run)
@@ -663,14 +663,16 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.Rotation.Submit(id.DeviceID, env)
 	case wire.TypeSSHRequest:
 		s.SSH.Submit(id.DeviceID, env)
+	case wire.TypeWorkloadRequest:
+		s.Workload.Submit(id.DeviceID, env)
+	case wire.TypeAccessSessions:
+		s.Access.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
 		s.secretSvc.Ack(id.DeviceID, env)
 	case wire.TypeTelemetryBatch:
 		s.Telemetry.Submit(id.DeviceID, env)
 	case wire.TypeFirmwareReport:
-		if s.fw != nil {
-			s.fw.Report(id.DeviceID, env)
-		}
+		s.fw.Report(id.DeviceID, env) // nil when firmware is off: ignored
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
@@ -690,9 +692,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
 		s.secretSvc.Queue(id.DeviceID)
-		if s.fw != nil {
-			s.fw.Hello(id.DeviceID)
-		}
+		s.fw.Hello(id.DeviceID)
 		s.caRotation.Hello(id.DeviceID)
 	}
 }
