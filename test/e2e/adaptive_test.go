@@ -60,7 +60,6 @@ func TestFirmwareAdaptive(t *testing.T) {
 		d   *harness.Device
 		dir string
 		id  string
-		pcr []byte
 	}
 	start := func(slotA []byte) *dev {
 		v := &dev{dir: t.TempDir()}
