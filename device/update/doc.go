@@ -78,8 +78,10 @@
 // file is synced after each range (Config.AdaptiveStep names the steps),
 // then renamed to Dir/<id>.part, and verifying checks the whole image as
 // for a full download. Every step can be repeated after a crash: blocks
-// on disk are re-hashed, never trusted. Any failure of the adaptive path
-// falls back, in the same attempt, to the full download. The bytes
+// on disk are re-hashed, never trusted. A refusal (no index, an index or
+// block that does not match, a server that ignores ranges) falls back, in
+// the same attempt, to the full download; a lost connection is retried
+// like any download, keeping the blocks that came. The bytes
 // fetched (index, ranges, full download) are counted in the update record
 // and reported (Report.Fetched).
 //

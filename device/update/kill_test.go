@@ -370,6 +370,7 @@ func TestKillAdaptive(t *testing.T) {
 		// ranges the resumed engine asks for; the child asked for the others
 		resumed int
 	}{
+		{phase: update.PhaseDownloading, resumed: 3},
 		{step: update.StepIndex, resumed: 3},
 		{step: update.StepLocal, resumed: 3},
 		{step: update.StepRange, resumed: 2},
