@@ -154,9 +154,17 @@ func (e *Engine) adaptive(ctx context.Context, u *state.Update) error {
 
 // fetchIndex fetches u's block-hash index and checks it against the
 // digest and geometry the verified manifest binds.
+// An index kept from an earlier attempt (Dir/<id>.index) is used when it
+// still has the bound digest, so a retry does not fetch it again.
 func (e *Engine) fetchIndex(ctx context.Context, u *state.Update) (*blockindex.Index, error) {
 	rel := u.Release
 	size := blockindex.EncodedSize(rel.BlockSize, rel.Size)
+	kept := filepath.Join(e.cfg.Dir, u.ID+".index")
+	if raw, err := os.ReadFile(kept); err == nil && int64(len(raw)) == size {
+		if sum := sha256.Sum256(raw); bytes.Equal(sum[:], rel.IndexSHA256) {
+			return blockindex.Parse(raw, rel.BlockSize, rel.Size)
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.DownloadTimeout)
 	defer cancel()
 	resp, err := e.cfg.Fetcher.Get(ctx, fetch.Request{URL: u.URL + IndexSuffix, MaxSize: size})
@@ -175,6 +183,9 @@ func (e *Engine) fetchIndex(ctx context.Context, u *state.Update) (*blockindex.I
 	ix, err := blockindex.Parse(raw, rel.BlockSize, rel.Size)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errAdaptive, err)
+	}
+	if err := os.WriteFile(kept, raw, 0o600); err != nil {
+		return nil, fmt.Errorf("update: %w", err)
 	}
 	return ix, nil
 }

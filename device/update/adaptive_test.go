@@ -186,8 +186,8 @@ func TestAdaptiveServerBlockTampered(t *testing.T) {
 }
 
 // TestAdaptiveCutRangeRetried: a range response cut by the network is
-// retried with the blocks that came kept on disk: the next request asks
-// only for the rest, and no full download happens.
+// retried with the blocks that came, and the index, kept on disk: the next
+// request asks only for the rest, and no full download happens.
 func TestAdaptiveCutRangeRetried(t *testing.T) {
 	e := newEnv(t)
 	v1 := noise("v1", 64*testBlock)
@@ -211,5 +211,8 @@ func TestAdaptiveCutRangeRetried(t *testing.T) {
 	}
 	if got, want := e.srv.rangesOf("/v2.img"), []string{"bytes=81920-122879", "bytes=94208-122879"}; strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("image requests %q, want %q", got, want)
+	}
+	if got := e.srv.rangesOf("/v2.img" + update.IndexSuffix); len(got) != 1 {
+		t.Fatalf("index requests %q, want one: the retry uses the kept index", got)
 	}
 }

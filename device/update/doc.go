@@ -68,7 +68,8 @@
 //
 // With a block index, downloading fetches URL + IndexSuffix (bounded by
 // the size the manifest implies) and checks its SHA-256 and geometry
-// against the verified release, then assembles the image in
+// against the verified release (kept as Dir/<id>.index for retries), then
+// assembles the image in
 // Dir/<id>.adaptive: blocks already there with their hash (an earlier
 // attempt's) stay; the others are taken, by hash, from the booted slot when
 // the backend is a SlotReader (FileBackend; HookBackend with

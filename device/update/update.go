@@ -520,8 +520,10 @@ func (e *Engine) removeDownloads(keep string) {
 	files, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.part"))
 	validators, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.validator"))
 	adaptive, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.adaptive"))
-	for _, f := range append(append(files, validators...), adaptive...) {
-		if keep != "" && (f == e.partPath(keep) || f == e.validatorPath(keep) || f == e.adaptivePath(keep)) {
+	indexes, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.index"))
+	for _, f := range append(append(append(files, validators...), adaptive...), indexes...) {
+		if keep != "" && (f == e.partPath(keep) || f == e.validatorPath(keep) || f == e.adaptivePath(keep) ||
+			f == filepath.Join(e.cfg.Dir, keep+".index")) {
 			continue
 		}
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
