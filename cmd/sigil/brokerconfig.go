@@ -83,10 +83,11 @@ func brokerConfigCommand() *command {
 func brokerSyncCommand() *command {
 	return &command{name: "broker-sync",
 		args:    "--fleet URL [--reload COMMAND] [--token-file FILE] [--dir DIR] [--interval D] [--once]",
-		summary: "keep a device broker's CRL the fleet's, and have it reread it",
+		summary: "keep a device broker's CRLs and trusted CAs the fleet's, and have it reread them",
 		note: "Run it on the broker's host (deploy/systemd/sigil-broker-sync@.service): it keeps a request waiting for a CRL newer than " +
 			"the broker's (GET /crl?after=N, answered as soon as a revocation is recorded) and fetches the fleet's CRL every --interval " +
-			"as the fallback; each CRL is checked against the broker's ca.pem and that it is newer, written to crl.pem, and --reload run. " +
+			"as the fallback; it takes the fleet's CRL set (its trusted CA generations and a CRL of each): a new generation's root joins ca.pem when its cross certificate " +
+			"chains to a root ca.pem holds, a retired one leaves it; each CRL is checked against ca.pem and that it is newer, written to crl.pem (after ca.pem), and --reload run. " +
 			"Without --reload something else has the broker reread crl.pem when it changes (the unit sigil-mosquitto-reload@.path, " +
 			"so that the sync itself runs unprivileged). " +
 			"With --token-file (an API token of scope broker-sync) its request waits in the slots the fleet keeps for the brokers' syncs.",
@@ -122,12 +123,18 @@ func brokerSyncCommand() *command {
 				}
 				client := api.NewClient(strings.TrimRight(*fleet, "/"), token, roots)
 				s := &mqttpool.CRLSync{Dir: *dir, Interval: *interval, Logger: newLogger(x.stderr, ""),
-					Fetch: client.CRL,
+					// The CRL set: the fleet's trust bundle and a CRL of each
+					// trusted CA generation (a CA rotation reaches the broker).
+					Fetch: func(ctx context.Context) ([]byte, error) {
+						ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+						defer cancel()
+						return client.CRLSetAfter(ctx, nil)
+					},
 					Watch: func(ctx context.Context, after *big.Int) ([]byte, error) {
 						// The fleet holds the request for up to a minute.
 						ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 						defer cancel()
-						return client.CRLAfter(ctx, after)
+						return client.CRLSetAfter(ctx, after)
 					},
 					Reload: func() error {
 						if len(argv) == 0 {

@@ -63,7 +63,8 @@ type Config struct {
 	TopicPrefix string `json:"topic_prefix"`
 	// RetryMin and RetryMax bound the jittered exponential backoff between
 	// attempts to enroll, connect or renew (a refused renewal waits at
-	// least the RetryAfter of the fleet's answer too; an unanswered one is
+	// least the RetryAfter of the fleet's answer too, a refused enrollment
+	// that long plus jitter instead of the backoff; an unanswered one is
 	// asked again after RetryMax, at least 2m). Defaults 1s and 5m.
 	RetryMin Duration `json:"retry_min"`
 	RetryMax Duration `json:"retry_max"`

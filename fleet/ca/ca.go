@@ -92,6 +92,7 @@ type CA struct {
 
 	shared  *sharing // set by Share; guarded by mu
 	adopted []func() // OnAdopt's; guarded by mu
+	changed []func() // OnGenerations'; guarded by mu
 }
 
 // Open loads the CA from cfg.Dir, or creates it on first start: the key

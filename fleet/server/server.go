@@ -264,7 +264,7 @@ func (s *Server) openInventory() (err error) {
 	// A revocation wakes the syncs waiting on GET /crl (crl.Publisher).
 	revoked := inventory.WithRevocationHook(func() { s.crls.Changed() })
 	s.Inv, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*inventory.Store, error) {
-		return inventory.OpenPostgres(ctx, db, hook, revoked)
+		return inventory.OpenPostgres(ctx, db, hook, revoked, inventory.WithBus(s.bus))
 	},
 		func() (*inventory.Store, error) {
 			return inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), hook, revoked)
