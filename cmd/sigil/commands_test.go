@@ -266,10 +266,11 @@ var apiCases = []apiCase{
 	{name: "campaigns-list", args: []string{"campaigns", "list"},
 		api: map[string]string{"GET /api/v1/campaigns": `{"campaigns":[` + jCampaign + `]}`}},
 	{name: "campaigns-show", args: []string{"campaigns", "show", "cmp-1"},
-		api: map[string]string{"GET /api/v1/campaigns/cmp-1": jCampaign}},
+		api: map[string]string{"GET /api/v1/campaigns/cmp-1": jCampaign, "GET /api/v1/firmware/rel-1": jRelease}},
 	{name: "campaigns-devices", args: []string{"campaigns", "devices", "cmp-1", "--step", "failed", "--wave", "1", "--limit", "1"},
 		api: map[string]string{"GET /api/v1/campaigns/cmp-1/devices": `{"devices":[{"id":"dev-1","wave":1,"step":"failed","reason":77,"attempts":1,` +
-			`"updated":"2026-12-01T10:00:00Z","running_version":"1.0.0","claimed_fetched_bytes":4242}],"next":"dev-1"}`}},
+			`"updated":"2026-12-01T10:00:00Z","running_version":"1.0.0","claimed_fetched_bytes":4242}],"next":"dev-1"}`,
+			"GET /api/v1/campaigns/cmp-1": jCampaign, "GET /api/v1/firmware/rel-1": jRelease}},
 
 	// secrets
 	{name: "secrets-list", args: []string{"secrets", "list"},

@@ -535,7 +535,7 @@ func campaignsCommand() *command {
 						return err
 					}
 				}
-				return printCampaign(x, cm)
+				return printCampaign(ctx, x, cm)
 			}
 		}
 	}
@@ -569,7 +569,7 @@ func campaignsCommand() *command {
 					if err != nil {
 						return err
 					}
-					return printCampaign(x, cm)
+					return printCampaign(ctx, x, cm)
 				}},
 			{name: "devices", args: "ID [--step S] [--wave N] [--after ID] [--limit N] [-o json]", summary: "list a campaign's devices and where each is",
 				conn: connClient, pos: []string{id},
@@ -586,13 +586,21 @@ func campaignsCommand() *command {
 						if x.jsonOut() {
 							return x.json(page)
 						}
+						size := int64(0) // the release's image, to set each device's claim against
+						if cm, err := x.client.Campaign(ctx, x.arg(0)); err == nil {
+							size = imageSize(ctx, x, cm.Definition.Release)
+						}
 						err = x.plainTable("DEVICE\tWAVE\tSTEP\tREASON\tRUNNING\tATTEMPTS\tUPDATED\tFETCHED (CLAIMED)", func(tw io.Writer) {
 							for _, d := range page.Devices {
 								reason := ""
 								if d.Reason != 0 {
 									reason = d.Reason.String()
 								}
-								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%d\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, rfc3339(d.Updated), d.ClaimedFetchedBytes)
+								fetched := strconv.FormatInt(d.ClaimedFetchedBytes, 10)
+								if size > 0 && d.ClaimedFetchedBytes > 0 {
+									fetched += fmt.Sprintf(" (%.1f %% of the image)", 100*float64(d.ClaimedFetchedBytes)/float64(size))
+								}
+								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, rfc3339(d.Updated), fetched)
 							}
 						})
 						if err == nil && page.Next != "" {
@@ -681,8 +689,32 @@ func definitionFlags(fs *flag.FlagSet) func() (campaign.Definition, error) {
 	}
 }
 
+// imageSize is the size of release id's image, 0 when the release cannot
+// be read (a caller without firmware.read, say): the figures are then
+// shown without it.
+func imageSize(ctx context.Context, x *call, id string) int64 {
+	r, err := x.client.FirmwareRelease(ctx, id)
+	if err != nil {
+		return 0
+	}
+	return r.Size
+}
+
+// ofImage sets the bytes devices say they fetched against a full download
+// of the release's image by each of the campaign's devices (adaptive
+// updates fetch only the blocks a device lacks); empty when the size is
+// unknown.
+func ofImage(ctx context.Context, x *call, release string, fetched int64, devices int) string {
+	size := imageSize(ctx, x, release)
+	if size <= 0 || devices <= 0 {
+		return ""
+	}
+	full := size * int64(devices)
+	return fmt.Sprintf(": %.1f %% of a full download by each of its %d devices (%d bytes each)", 100*float64(fetched)/float64(full), devices, size)
+}
+
 // printCampaign writes a campaign and its waves.
-func printCampaign(x *call, cm *campaign.Campaign) error {
+func printCampaign(ctx context.Context, x *call, cm *campaign.Campaign) error {
 	if x.jsonOut() {
 		return x.json(cm)
 	}
@@ -691,7 +723,7 @@ func printCampaign(x *call, cm *campaign.Campaign) error {
 		x.printf("  last change by %s: %s\n", cm.ChangedBy, cm.Why)
 	}
 	if cm.ClaimedFetchedBytes > 0 {
-		x.printf("  devices say they fetched %d bytes in all (compare with the image size times the devices committed)\n", cm.ClaimedFetchedBytes)
+		x.printf("  devices say they fetched %d bytes in all%s\n", cm.ClaimedFetchedBytes, ofImage(ctx, x, cm.Definition.Release, cm.ClaimedFetchedBytes, cm.Total))
 	}
 	return x.plainTable("  WAVE\tSIZE\tNEED\tMAX FAIL\tIN FLIGHT\tCOMMITTED\tFAILED\tROLLED BACK\tTIMED OUT\tTRIPPED", func(tw io.Writer) {
 		for _, w := range cm.Waves {
