@@ -49,15 +49,7 @@ func (s *Service) LoginExternal(ctx context.Context, name, issuer string, role R
 		case cur.Role != role || cur.Disabled:
 			cur.Role, cur.Disabled, cur.Changed = role, false, now
 		}
-		cur.LastLogin = now
-		if err := put(tx.Bucket(bucketUsers), []byte(name), cur); err != nil {
-			return err
-		}
-		sessions := tx.Bucket(bucketSessions)
-		if sessions.Get(key[:]) != nil {
-			return errors.New("auth: session ID collision (broken entropy source?)")
-		}
-		return put(sessions, key[:], &sessionRecord{User: name, Generation: cur.Generation, Created: now, LastSeen: now, Source: source})
+		return startSession(tx, key, name, cur, source, now)
 	})
 	if err != nil {
 		return Session{}, err

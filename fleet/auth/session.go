@@ -101,18 +101,10 @@ func (s *Service) Login(ctx context.Context, name, password, source string) (Ses
 		if cur.Generation != rec.Generation || cur.Disabled {
 			return ErrInvalidCredentials // the password changed or the user was disabled meanwhile
 		}
-		cur.LastLogin = now
 		if rehash != "" {
 			cur.Hash = rehash
 		}
-		if err := put(tx.Bucket(bucketUsers), []byte(name), cur); err != nil {
-			return err
-		}
-		sessions := tx.Bucket(bucketSessions)
-		if sessions.Get(key[:]) != nil {
-			return errors.New("auth: session ID collision (broken entropy source?)")
-		}
-		return put(sessions, key[:], &sessionRecord{User: name, Generation: cur.Generation, Created: now, LastSeen: now, Source: source})
+		return startSession(tx, key, name, cur, source, now)
 	})
 	if err != nil {
 		return Session{}, err
@@ -504,4 +496,19 @@ func (s *Service) checkPassword(ctx context.Context, name, password, source stri
 		s.log.Error("login throttle: counting a success failed", "user", name, "source", source, "err", err)
 	}
 	return rec, h, nil
+}
+
+// startSession stores user name's record cur with its last login at now,
+// and a new session of it under key (the SHA-256 of the session ID), in
+// tx: a password login and a single sign-on end the same way.
+func startSession(tx kv.Tx, key [32]byte, name string, cur *userRecord, source string, now time.Time) error {
+	cur.LastLogin = now
+	if err := put(tx.Bucket(bucketUsers), []byte(name), cur); err != nil {
+		return err
+	}
+	sessions := tx.Bucket(bucketSessions)
+	if sessions.Get(key[:]) != nil {
+		return errors.New("auth: session ID collision (broken entropy source?)")
+	}
+	return put(sessions, key[:], &sessionRecord{User: name, Generation: cur.Generation, Created: now, LastSeen: now, Source: source})
 }
