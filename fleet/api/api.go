@@ -114,8 +114,10 @@ type Config struct {
 	// Governance serves owners, triage, blocks, clones and risk
 	// (governance.go); nil answers them with 501.
 	Governance *governance.Service
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Bridges serves the OT bridges (bridges.go); nil answers them with 501.
+	Bridges Bridges
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -176,6 +178,7 @@ func New(cfg Config) http.Handler {
 	h.routesQuarantine()
 	h.routesBulk()
 	h.routesGovernance()
+	h.routesBridges()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,4 +35,15 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, tlsConfig *tls.
 	err := srv.Shutdown(sctx)
 	<-served // http.ErrServerClosed
 	return err
+}
+
+// CloseListener returns a function that closes ln; a listener its server
+// closed already is no failure.
+func CloseListener(ln net.Listener) func() error {
+	return func() error {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	}
 }

@@ -50,6 +50,11 @@ const (
 	// the brokers' syncs (GET /crl?after=N with a token; `sigil
 	// broker-sync --token-file`).
 	PermBrokersSync Permission = "brokers.sync"
+	// PermBridgesRead: the OT bridges (plant brokers) and their
+	// credentials.
+	PermBridgesRead Permission = "bridges.read"
+	// PermBridgesWrite: issue and revoke OT bridge credentials.
+	PermBridgesWrite Permission = "bridges.write"
 )
 
 // Permissions returns every permission, in a stable order.
@@ -62,6 +67,7 @@ func Permissions() []Permission {
 		PermAlertsRead, PermAlertsWrite,
 		PermAuditRead, PermApprovalsRead,
 		PermSecurityApprove, PermCAAdmin, PermUsersAdmin, PermBrokersSync,
+		PermBridgesRead, PermBridgesWrite,
 	}
 }
 
@@ -71,8 +77,8 @@ type Role string
 // Roles, from least to most powerful. Every role but RoleBrokerSync
 // holds the viewer's permissions.
 const (
-	// RoleViewer reads devices, policies, secret names, firmware, alerts and
-	// approvals; it changes nothing.
+	// RoleViewer reads devices, policies, secret names, firmware, alerts,
+	// approvals and OT bridges; it changes nothing.
 	RoleViewer Role = "viewer"
 	// RoleOperator runs the fleet day to day: devices, credential rotation,
 	// firmware campaigns, alerts.
@@ -80,8 +86,9 @@ const (
 	// RoleReleaseApprover approves firmware releases that someone else
 	// requested.
 	RoleReleaseApprover Role = "release-approver"
-	// RoleSecurityAdmin owns trust: policies, secrets, the CA, the audit log,
-	// and approves the dangerous security changes.
+	// RoleSecurityAdmin owns trust: policies, secrets, the CA, OT bridge
+	// credentials, the audit log, and approves the dangerous security
+	// changes.
 	RoleSecurityAdmin Role = "security-admin"
 	// RoleAdmin holds every permission, including user management.
 	RoleAdmin Role = "admin"
@@ -104,7 +111,7 @@ func (r Role) Valid() bool { return slices.Contains(Roles(), r) }
 // Permissions returns the permissions r grants (none for an unknown role),
 // in the order of Permissions.
 func (r Role) Permissions() []Permission {
-	viewer := []Permission{PermDevicesRead, PermPoliciesRead, PermSecretsRead, PermFirmwareRead, PermAlertsRead, PermApprovalsRead}
+	viewer := []Permission{PermDevicesRead, PermPoliciesRead, PermSecretsRead, PermFirmwareRead, PermAlertsRead, PermApprovalsRead, PermBridgesRead}
 	var extra []Permission
 	switch r {
 	case RoleBrokerSync:
@@ -116,7 +123,7 @@ func (r Role) Permissions() []Permission {
 		extra = []Permission{PermFirmwareApprove}
 	case RoleSecurityAdmin:
 		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermPoliciesWrite, PermSecretsWrite,
-			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin}
+			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermBridgesWrite}
 	case RoleAdmin:
 		return Permissions()
 	default:

@@ -40,6 +40,8 @@ func TestPermissionMatrix(t *testing.T) {
 		PermCAAdmin:         {S, A},
 		PermUsersAdmin:      {A},
 		PermBrokersSync:     {B, A},
+		PermBridgesRead:     {V, O, R, S, A},
+		PermBridgesWrite:    {S, A},
 	}
 	if len(matrix) != len(Permissions()) {
 		t.Fatalf("the matrix has %d permissions, the package %d", len(matrix), len(Permissions()))

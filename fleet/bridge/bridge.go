@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
@@ -99,6 +100,8 @@ type Config struct {
 	Logger *slog.Logger
 	// NoSync skips fsync on commit (tests).
 	NoSync bool
+	// Topics is the fleet's topic tree, for Prefix.
+	Topics wire.Topics
 }
 
 // Cert is one credential a site was issued.
@@ -173,6 +176,14 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Service, e
 	})
 }
 
+// Open is Open(c), for a composition root that picks the backend.
+func (c Config) Open() (*Service, error) { return Open(c) }
+
+// OpenPostgres is OpenPostgres(ctx, db, c).
+func (c Config) OpenPostgres(ctx context.Context, db *postgres.DB) (*Service, error) {
+	return OpenPostgres(ctx, db, c)
+}
+
 func open(cfg Config, openDB func() (kv.DB, error)) (*Service, error) {
 	if cfg.CA == nil {
 		return nil, fmt.Errorf("%w: CA is required", ErrInvalid)
@@ -190,6 +201,9 @@ func open(cfg Config, openDB func() (kv.DB, error)) (*Service, error) {
 	}
 	return &Service{cfg: cfg, db: db, log: log}, nil
 }
+
+// Prefix is the site's part of the fleet's topic tree (broker.SitePrefix).
+func (s *Service) Prefix(site string) string { return broker.SitePrefix(s.cfg.Topics, site) }
 
 // Close closes the store.
 func (s *Service) Close() error { return s.db.Close() }
@@ -397,3 +411,29 @@ func put(tx kv.Tx, b *Bridge) error {
 }
 
 func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialNumber.Bytes()) }
+
+// Revocations lists revoked certificates for the CRL (*inventory.Store,
+// crl.Revocations).
+type Revocations interface {
+	Revocations(ctx context.Context, now time.Time) ([]inventory.Revocation, error)
+}
+
+// AndDevices returns the revocations of devs followed by the bridges':
+// the fleet's CRL lists both.
+func (s *Service) AndDevices(devs Revocations) Revocations {
+	return both{devs, s}
+}
+
+type both [2]Revocations
+
+func (b both) Revocations(ctx context.Context, now time.Time) ([]inventory.Revocation, error) {
+	var out []inventory.Revocation
+	for _, r := range b {
+		l, err := r.Revocations(ctx, now)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l...)
+	}
+	return out, nil
+}

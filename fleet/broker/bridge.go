@@ -71,7 +71,12 @@ func (b *Broker) allowedBridge(id Identity, topic string, write bool) bool {
 
 // DisconnectBridge closes every connection of a site's bridge now (after a
 // revocation). To keep it out, make Config.Bridges refuse it first.
+// A nil Broker (a fleet on a broker pool, where bridges are not admitted)
+// does nothing.
 func (b *Broker) DisconnectBridge(site string) {
+	if b == nil {
+		return
+	}
 	b.mu.Lock()
 	b.gen[bridgeKey(site)]++ // a CONNECT being admitted right now is refused too
 	var cs []*conn

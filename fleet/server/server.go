@@ -38,6 +38,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/bridge"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/crl"
@@ -126,9 +127,10 @@ type Server struct {
 	// leases run what must happen once across replicas (Postgres with
 	// db, else Local); bus tells them of changes to alert rules and the
 	// block list (nil without db).
-	leases lease.Holder
-	bus    notify.Bus
-	crls   *crl.Publisher // the CRL of GET /crl, which brokers' syncs wait on
+	leases  lease.Holder
+	bus     notify.Bus
+	crls    *crl.Publisher  // the CRL of GET /crl, which brokers' syncs wait on
+	bridges *bridge.Service // the OT bridges' credentials (fleet/bridge)
 
 	// closers is the cleanup stack: what New opened, closed in reverse
 	// order by close (when New fails, or when Run returns).
@@ -166,7 +168,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, open := range []func() error{
-		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openBridges, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
 		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
@@ -268,7 +270,14 @@ func (s *Server) openInventory() (err error) {
 	}
 	ctx, cancel := startup()
 	defer cancel()
-	s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.bridges.AndDevices(s.Inv), Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	return err
+}
+
+// openBridges opens the OT bridges' credentials; a revocation cuts the bridge off at the embedded broker.
+func (s *Server) openBridges() (err error) {
+	c := bridge.Config{Path: filepath.Join(s.cfg.DataDir, bridge.File), CA: s.CA, Audit: s.Audit, Topics: s.topics, OnRevoke: func(site string) { s.Broker.DisconnectBridge(site) }}
+	s.bridges, err = openStore(s, c.OpenPostgres, c.Open)
 	return err
 }
 
@@ -294,7 +303,7 @@ func (s *Server) openBroker() error {
 	bc := broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
-		Topics: s.topics, Gate: admission.Gate{Devices: s.Inv, CA: s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
+		Topics: s.topics, Gate: admission.Gate{Devices: s.Inv, CA: s.CA}, Bridges: s.bridges.Gate(), AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen, KnownDevice: s.bootstrap().Known,
 	}
 	cfg.BootstrapLimits.Apply(&bc)
@@ -461,7 +470,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls,
+		Governance: s.Governance, CRL: s.crls, Bridges: s.bridges,
 	})
 	return nil
 }
@@ -471,25 +480,14 @@ func (s *Server) listen() (err error) {
 	if s.apiLn, err = net.Listen("tcp", s.cfg.APIAddr); err != nil {
 		return fmt.Errorf("server: api listener: %w", err)
 	}
-	s.onClose(closeListener(s.apiLn))
+	s.onClose(api.CloseListener(s.apiLn))
 	if s.cfg.DebugAddr != "" {
 		if s.debugLn, err = profile.Listen(s.cfg.DebugAddr); err != nil {
 			return err
 		}
-		s.onClose(closeListener(s.debugLn))
+		s.onClose(api.CloseListener(s.debugLn))
 	}
 	return nil
-}
-
-// closeListener closes ln; a listener its server closed already is no
-// failure.
-func closeListener(ln net.Listener) func() error {
-	return func() error {
-		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-		return nil
-	}
 }
 
 // brokerEvent queues a connection event: the broker calls it on its
