@@ -48,6 +48,7 @@ func commandTable() *command {
 		firmwareCommand(),
 		campaignsCommand(),
 		exposureCommand(),
+		bridgeCommand(),
 		secretsCommand(),
 		alertsCommand(),
 		telemetryCommand(),

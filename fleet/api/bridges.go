@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
@@ -205,4 +206,22 @@ func (h *handler) revokeBridge(w http.ResponseWriter, r *http.Request, who strin
 		return
 	}
 	writeJSON(w, http.StatusOK, h.bridgeView(b))
+}
+
+// Bridges lists the OT bridges.
+func (c *Client) Bridges(ctx context.Context) (*BridgeList, error) {
+	var out BridgeList
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/bridges", nil, &out)
+}
+
+// CreateBridge issues a site's bridge credential for a PEM CSR.
+func (c *Client) CreateBridge(ctx context.Context, req BridgeRequest) (*BridgeCreated, error) {
+	var out BridgeCreated
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/bridges", req, &out)
+}
+
+// RevokeBridge revokes a site's bridge credential.
+func (c *Client) RevokeBridge(ctx context.Context, site, reason, comment string) (*BridgeView, error) {
+	var out BridgeView
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/bridges/"+url.PathEscape(site)+"/revoke", revokeRequest{Reason: reason, Comment: comment}, &out)
 }
