@@ -278,3 +278,26 @@ func TestMosquittoBridgeRevoked(t *testing.T) {
 		t.Fatalf("the fleet received %q from a revoked bridge", got)
 	}
 }
+
+// TestDocsShowMosquittoConf: the bridge section docs/BRIDGES.md shows is
+// what MosquittoConf writes (and what the tests above run).
+func TestDocsShowMosquittoConf(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "BRIDGES.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(doc), "Add the section `sigil bridge create` writes")
+	if !ok {
+		t.Fatal("docs/BRIDGES.md lost its configuration section")
+	}
+	_, block, _ := strings.Cut(after, "```\n")
+	block, _, _ = strings.Cut(block, "```\n")
+	want, err := bridge.MosquittoConf(bridge.Plant{Site: "plant1", Address: "fleet.example.com:8883",
+		CAFile: "/etc/mosquitto/sigil/ca.crt", CertFile: "/etc/mosquitto/sigil/bridge.crt", KeyFile: "/etc/mosquitto/sigil/bridge.key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if block != want {
+		t.Fatalf("docs/BRIDGES.md shows\n%s\nMosquittoConf writes\n%s", block, want)
+	}
+}
