@@ -29,6 +29,8 @@ import (
 	"io"
 
 	"github.com/veraison/go-cose"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // ContentType is the content type of the payload: a CBOR wire message.
@@ -42,9 +44,9 @@ const (
 	LabelTopic int64 = -65538
 )
 
-// MaxSize bounds an encoded envelope: the wire message's bound and room
-// for the headers and signature.
-const MaxSize = 256<<10 + 1024
+// MaxSize bounds an encoded envelope: the wire message's bound
+// (wire.MaxMessageSize) and room for the headers and signature.
+const MaxSize = wire.MaxMessageSize + 2048
 
 // Errors of Verify. Compare with errors.Is; each wraps a detail.
 var (
