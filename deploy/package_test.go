@@ -64,10 +64,12 @@ var contents = map[string]map[string]entry{
 		"/usr/share/lintian/overrides/sigild":       {mode: 0o644, owner: "root", group: "root"},
 	},
 	"sigil": {
-		"/usr/bin/sigil":                                 {mode: 0o755, owner: "root", group: "root"},
-		"/lib/systemd/system/sigil.service":              {mode: 0o644, owner: "root", group: "root"},
-		"/lib/systemd/system/sigil-mosquitto@.service":   {mode: 0o644, owner: "root", group: "root"},
-		"/lib/systemd/system/sigil-broker-sync@.service": {mode: 0o644, owner: "root", group: "root"},
+		"/usr/bin/sigil":                                      {mode: 0o755, owner: "root", group: "root"},
+		"/lib/systemd/system/sigil.service":                   {mode: 0o644, owner: "root", group: "root"},
+		"/lib/systemd/system/sigil-mosquitto@.service":        {mode: 0o644, owner: "root", group: "root"},
+		"/lib/systemd/system/sigil-broker-sync@.service":      {mode: 0o644, owner: "root", group: "root"},
+		"/lib/systemd/system/sigil-mosquitto-reload@.path":    {mode: 0o644, owner: "root", group: "root"},
+		"/lib/systemd/system/sigil-mosquitto-reload@.service": {mode: 0o644, owner: "root", group: "root"},
 		"/etc/sigil":                               {mode: 0o755, dir: true, owner: "root", group: "root"},
 		"/etc/sigil/ek-ca":                         {mode: 0o755, dir: true, owner: "root", group: "root"},
 		"/etc/sigil/claim-ca":                      {mode: 0o755, dir: true, owner: "root", group: "root"},
@@ -295,6 +297,22 @@ func checkInstalled(t *testing.T, r *throwaway, name string) {
 	if name == "sigil" && len(groups) != 1 {
 		t.Errorf("sigil is in %v: want only its own group", groups)
 	}
+	if name == "sigil" {
+		// The broker pool's units' users: system users, each in its own
+		// group only.
+		for user, home := range map[string]string{"sigil-mosquitto": "/var/lib/sigil-mosquitto", "sigil-broker-sync": "/nonexistent"} {
+			pw := strings.Split(strings.TrimSpace(r.sh(t, "getent passwd "+user)), ":")
+			if len(pw) != 7 || pw[5] != home || pw[6] != "/usr/sbin/nologin" {
+				t.Errorf("%s: user %v, want home %s and shell /usr/sbin/nologin", user, pw, home)
+			}
+			if uid, err := strconv.Atoi(strings.TrimSpace(r.sh(t, "id -u "+user))); err != nil || uid == 0 || uid >= 1000 {
+				t.Errorf("%s: uid %d (%v) is not a system user's", user, uid, err)
+			}
+			if g := strings.Fields(r.sh(t, "id -nG "+user)); len(g) != 1 || g[0] != user {
+				t.Errorf("%s is in %v: want only its own group", user, g)
+			}
+		}
+	}
 	config := map[string]string{"sigild": "/etc/sigild/config.json", "sigil": "/etc/sigil/serve.json"}[name]
 	if got := strings.TrimSpace(r.sh(t, "stat -c '%U %G %a' "+config)); got != "root "+name+" 640" {
 		t.Errorf("%s: %s is %q, want root %s 640", name, config, got, name)
@@ -316,7 +334,8 @@ func checkInstalled(t *testing.T, r *throwaway, name string) {
 	// sound unit; the broken one proves it reads them).
 	units := map[string][]string{
 		"sigild": {"sigild.service", "sigild-sshd-reload.path", "sigild-sshd-reload.service"},
-		"sigil":  {"sigil.service", "sigil-mosquitto@pool1.service", "sigil-broker-sync@pool1.service"},
+		"sigil": {"sigil.service", "sigil-mosquitto@pool1.service", "sigil-broker-sync@pool1.service",
+			"sigil-mosquitto-reload@pool1.path", "sigil-mosquitto-reload@pool1.service"},
 	}[name]
 	if out := r.sh(t, "cd /lib/systemd/system && systemd-analyze verify "+strings.Join(units, " ")+" 2>&1"); strings.TrimSpace(out) != "" {
 		t.Errorf("%s: systemd-analyze verify %v:\n%s", name, units, out)

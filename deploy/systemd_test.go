@@ -37,11 +37,16 @@ func needRoot(t *testing.T) {
 }
 
 // exposureLimits are the highest overall exposure systemd-analyze
-// security may give each shipped unit (issue 19: the fleet's unit at most
-// 2.0, the daemon's at most 3.0).
+// security may give each shipped long-running unit (issue 19: the fleet's
+// units at most 2.0, the daemon's at most 3.0). The oneshot reload units
+// (sigild-sshd-reload, sigil-mosquitto-reload@) run systemctl as root by
+// design and are not rated.
 var exposureLimits = map[string]float64{
 	"sigil.service":  2.0,
 	"sigild.service": 3.0,
+	// The broker pool's units: Mosquitto, and the CRL sync beside it.
+	"sigil-mosquitto@.service":   2.0,
+	"sigil-broker-sync@.service": 2.0,
 }
 
 var overallRE = regexp.MustCompile(`Overall exposure level for \S+: ([0-9]+\.[0-9]+)`)

@@ -17,19 +17,20 @@ import (
 	"github.com/sigil-iot/sigil/pkg/config"
 )
 
-// backupKeyFlags are the ways to give the archive's key: an age public
-// key or identity file, or a passphrase file.
+// backupKeyFlags are the ways to give the archive's key: age public keys
+// or an identity file, or a passphrase file.
 type backupKeyFlags struct {
-	recipient, identity, passphrase *string
+	recipient            listFlag
+	identity, passphrase *string
 }
 
 func (k *backupKeyFlags) define(fs *flag.FlagSet, restore bool) {
 	if restore {
 		k.identity = fs.String("identity", "", "age identity file (AGE-SECRET-KEY-1…, as age-keygen writes) the archive was encrypted to")
 	} else {
-		k.recipient = fs.String("recipient", "", "encrypt to this age public key (age1…); keep its identity file away from the fleet")
+		fs.Var(&k.recipient, "recipient", "encrypt to this age public key (age1…; repeat for more); keep its identity file away from the fleet")
 	}
-	k.passphrase = fs.String("passphrase-file", "", "file whose first line is the passphrase (scrypt)")
+	k.passphrase = fs.String("passphrase-file", "", "file whose first line is the passphrase (scrypt; offline backups only)")
 }
 
 // passphrase reads the first line of the passphrase file.
@@ -52,14 +53,14 @@ func readPassphrase(path string) (string, error) {
 
 func (k *backupKeyFlags) recipients() ([]age.Recipient, error) {
 	switch {
-	case *k.recipient != "" && *k.passphrase != "":
+	case len(k.recipient) > 0 && *k.passphrase != "":
 		return nil, usageError{"backup takes --recipient or --passphrase-file, not both"}
-	case *k.recipient != "":
-		r, err := age.ParseX25519Recipient(*k.recipient)
+	case len(k.recipient) > 0:
+		to, err := backup.ParseRecipients(k.recipient)
 		if err != nil {
 			return nil, usageError{fmt.Sprintf("--recipient: %v", err)}
 		}
-		return []age.Recipient{r}, nil
+		return to, nil
 	case *k.passphrase != "":
 		p, err := readPassphrase(*k.passphrase)
 		if err != nil {
@@ -104,23 +105,35 @@ func (k *backupKeyFlags) identities() ([]age.Identity, error) {
 }
 
 // backupCommand is `sigil backup`: an encrypted archive of a stopped
-// fleet's data directory.
+// fleet's data directory, or with --server of a running fleet, through
+// its API.
 func backupCommand() *command {
 	var key backupKeyFlags
-	return &command{name: "backup", args: "--out FILE (--recipient AGE1… | --passphrase-file FILE) [--config FILE] [--data-dir DIR]",
-		summary: "write an encrypted archive of the data directory (stores, CA, audit, SSH and secrets keys)",
-		note: "Stop the fleet first: each bbolt store is copied inside a read transaction, which a running fleet's lock refuses. " +
-			"The archive (a tar with a manifest of SHA-256s) is encrypted as a whole with age to the --recipient public key or " +
-			"the passphrase; nothing is written unencrypted. With database_url, the stores in PostgreSQL are not in it: dump " +
-			"the database with pg_dump at the same time (docs/DEPLOY.md).",
+	return &command{name: "backup", args: "--out FILE (--recipient AGE1… | --passphrase-file FILE) [--config FILE] [--data-dir DIR] | --server URL --out FILE --recipient AGE1… [--token-file FILE]",
+		summary: "write an encrypted archive of the fleet's data (stores, CA, audit, SSH and secrets keys)",
+		note: "With --server, the running fleet at URL writes the archive itself (POST /api/v1/backup, permission backup.read: " +
+			"admin tokens only) while it keeps serving: each bbolt store is copied inside one read transaction, the audit log " +
+			"last after a checkpoint, and the archive is encrypted on the server to the --recipient public keys (no passphrase: " +
+			"the plaintext never leaves the server). The token is --token-file's, else --token, $SIGIL_TOKEN or " +
+			"<data-dir>/admin.token. Without --server the fleet must be stopped: the data directory is read directly and a " +
+			"store a running fleet holds is refused. The archive (a tar with a manifest of SHA-256s) is encrypted as a whole " +
+			"with age to the --recipient public key or the passphrase; nothing is written unencrypted. With database_url, the " +
+			"stores in PostgreSQL are not in it: dump the database with pg_dump at the same time (docs/DEPLOY.md).",
+		conn: connFlags,
 		setup: func(fs *flag.FlagSet) action {
-			path := fs.String("config", "", "configuration file (JSON): its data_dir, trust_domain and database_url")
-			dataDir := fs.String("data-dir", "", "data directory (overrides the file; default /var/lib/sigil)")
+			path := fs.String("config", "", "configuration file (JSON): its data_dir, trust_domain and database_url (offline backups)")
 			out := fs.String("out", "", "the archive to write (created, 0600; must not exist)")
+			tokenFile := fs.String("token-file", "", "with --server: file holding an API token with backup.read (an admin's)")
 			key.define(fs, false)
 			return func(ctx context.Context, x *call) error {
 				if *out == "" {
 					return usageError{"backup needs --out FILE"}
+				}
+				if *x.api.server != "" {
+					return liveBackup(ctx, x, &key, *tokenFile, *out)
+				}
+				if *tokenFile != "" {
+					return usageError{"--token-file is for a backup through the API (--server URL)"}
 				}
 				to, err := key.recipients()
 				if err != nil {
@@ -132,9 +145,11 @@ func backupCommand() *command {
 						return err
 					}
 				}
-				if *dataDir != "" {
-					cfg.DataDir = *dataDir
-				}
+				fs.Visit(func(f *flag.Flag) {
+					if f.Name == "data-dir" {
+						cfg.DataDir = f.Value.String()
+					}
+				})
 				if cfg.DataDir == "" {
 					cfg.DataDir = "/var/lib/sigil"
 				}
@@ -161,6 +176,45 @@ func backupCommand() *command {
 				return nil
 			}
 		}}
+}
+
+// liveBackup is `sigil backup --server URL`: the running fleet writes the
+// archive, encrypted to the recipients, and this writes it to out.
+func liveBackup(ctx context.Context, x *call, key *backupKeyFlags, tokenFile, out string) error {
+	if *key.passphrase != "" {
+		return usageError{"a backup through the API is encrypted on the server to age public keys: use --recipient age1…, not --passphrase-file"}
+	}
+	if len(key.recipient) == 0 {
+		return usageError{"backup needs a key: --recipient age1…"}
+	}
+	if _, err := backup.ParseRecipients(key.recipient); err != nil {
+		return usageError{fmt.Sprintf("--recipient: %v", err)}
+	}
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return usageError{"--token-file: " + err.Error()}
+		}
+		*x.api.token = strings.TrimSpace(string(b))
+	}
+	c, err := x.api.client()
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	files, n, err := c.Backup(ctx, key.recipient, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(out)
+		return err
+	}
+	fmt.Fprintf(x.stdout, "backed up the running fleet at %s: %s, %d bytes encrypted, to %s\n", c.BaseURL, plural(files, "file"), n, out)
+	return nil
 }
 
 // restoreCommand is `sigil restore`: an archive of sigil backup, verified

@@ -31,6 +31,11 @@ func TestBackupRestoreOffline(t *testing.T) {
 		{"backup", "--data-dir", data, "--out", archive, "--recipient", id.Recipient().String(), "--passphrase-file", idFile},
 		{"backup", "--data-dir", data, "--recipient", id.Recipient().String()},
 		{"restore", archive, "--data-dir", filepath.Join(root, "x")},
+		// Through the API: age public keys only, encrypted on the server.
+		{"backup", "--server", "https://127.0.0.1:1", "--out", archive, "--passphrase-file", idFile},
+		{"backup", "--server", "https://127.0.0.1:1", "--out", archive},
+		{"backup", "--server", "https://127.0.0.1:1", "--out", archive, "--recipient", "not-a-key"},
+		{"backup", "--data-dir", data, "--out", archive, "--recipient", id.Recipient().String(), "--token-file", idFile},
 	} {
 		if _, stderr, code := runCLI(t, "", args...); code != exitUsage {
 			t.Errorf("sigil %s: exit %d, %s", strings.Join(args, " "), code, stderr)

@@ -26,7 +26,7 @@ func brokerConfigCommand() *command {
 		args:    "--role device|bootstrap --name NAME[,NAME…] [--listen ADDR] [--fleet-listen ADDR] [--dir DIR] [--out DIR] [--crl FILE] [--dynsec-plugin PATH] [--state-dir DIR] [--max-queued N] [--max-connections N] [--config FILE] [--data-dir DIR]",
 		summary: "write the Mosquitto configuration of a broker of the fleet's pool",
 		note: "Run it on the fleet's host (it reads the fleet CA and creates the fleet's broker password in the data directory), " +
-			"then copy --out to --dir on the broker's host and chown its key and password file root:mosquitto.",
+			"then copy --out to --dir on the broker's host and chown its key and password file root:sigil-mosquitto (the unit's user).",
 		setup: func(fs *flag.FlagSet) action {
 			role := fs.String("role", "", "device (enrolled devices) or bootstrap (enrollment clients)")
 			names := fs.String("name", "", "comma-separated DNS names or IP addresses of the broker (its certificate's names)")
@@ -82,22 +82,25 @@ func brokerConfigCommand() *command {
 // pool, it keeps the broker's CRL the fleet's (mqttpool.CRLSync).
 func brokerSyncCommand() *command {
 	return &command{name: "broker-sync",
-		args:    "--fleet URL --reload COMMAND [--token-file FILE] [--dir DIR] [--interval D] [--once]",
-		summary: "keep a device broker's CRL the fleet's, and have it reread it",
+		args:    "--fleet URL [--reload COMMAND] [--token-file FILE] [--dir DIR] [--interval D] [--once]",
+		summary: "keep a device broker's CRLs and trusted CAs the fleet's, and have it reread them",
 		note: "Run it on the broker's host (deploy/systemd/sigil-broker-sync@.service): it keeps a request waiting for a CRL newer than " +
 			"the broker's (GET /crl?after=N, answered as soon as a revocation is recorded) and fetches the fleet's CRL every --interval " +
-			"as the fallback; each CRL is checked against the broker's ca.pem and that it is newer, written to crl.pem, and --reload run. " +
+			"as the fallback; it takes the fleet's CRL set (its trusted CA generations and a CRL of each): a new generation's root joins ca.pem when its cross certificate " +
+			"chains to a root ca.pem holds, a retired one leaves it; each CRL is checked against ca.pem and that it is newer, written to crl.pem (after ca.pem), and --reload run. " +
+			"Without --reload something else has the broker reread crl.pem when it changes (the unit sigil-mosquitto-reload@.path, " +
+			"so that the sync itself runs unprivileged). " +
 			"With --token-file (an API token of scope broker-sync) its request waits in the slots the fleet keeps for the brokers' syncs.",
 		setup: func(fs *flag.FlagSet) action {
 			fleet := fs.String("fleet", "", "the fleet's API base URL, https://HOST:8443")
-			reload := fs.String("reload", "", "command that has the broker reread its CRL, e.g. \"systemctl reload sigil-mosquitto@device1\"")
+			reload := fs.String("reload", "", "command that has the broker reread its CRL, e.g. \"systemctl reload sigil-mosquitto@device1\" (default none: a path unit reloads it)")
 			dir := fs.String("dir", "/etc/mosquitto/sigil", "the broker's configuration directory (sigil broker-config --dir)")
 			tokenFile := fs.String("token-file", "", "file holding an API token of scope broker-sync: the push waits in the slots kept for brokers' syncs")
 			interval := fs.Duration("interval", 10*time.Second, "time between fetches of the CRL, the fallback of the fleet's push")
 			once := fs.Bool("once", false, "sync once and exit")
 			return func(ctx context.Context, x *call) error {
-				if *fleet == "" || *reload == "" {
-					return usageError{"--fleet and --reload are required"}
+				if *fleet == "" {
+					return usageError{"--fleet is required"}
 				}
 				argv := strings.Fields(*reload)
 				caPEM, err := os.ReadFile(filepath.Join(*dir, mqttpool.CAFile))
@@ -120,14 +123,23 @@ func brokerSyncCommand() *command {
 				}
 				client := api.NewClient(strings.TrimRight(*fleet, "/"), token, roots)
 				s := &mqttpool.CRLSync{Dir: *dir, Interval: *interval, Logger: newLogger(x.stderr, ""),
-					Fetch: client.CRL,
+					// The CRL set: the fleet's trust bundle and a CRL of each
+					// trusted CA generation (a CA rotation reaches the broker).
+					Fetch: func(ctx context.Context) ([]byte, error) {
+						ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+						defer cancel()
+						return client.CRLSetAfter(ctx, nil)
+					},
 					Watch: func(ctx context.Context, after *big.Int) ([]byte, error) {
 						// The fleet holds the request for up to a minute.
 						ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 						defer cancel()
-						return client.CRLAfter(ctx, after)
+						return client.CRLSetAfter(ctx, after)
 					},
 					Reload: func() error {
+						if len(argv) == 0 {
+							return nil // the path unit reloads the broker
+						}
 						out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 						if err != nil {
 							return fmt.Errorf("%s: %w: %s", argv[0], err, strings.TrimSpace(string(out)))
@@ -139,7 +151,11 @@ func brokerSyncCommand() *command {
 				}
 				changed, err := s.Once(ctx)
 				if err == nil {
-					x.printf("CRL %s\n", map[bool]string{true: "updated and reloaded", false: "already current"}[changed])
+					done := "updated and reloaded"
+					if len(argv) == 0 {
+						done = "updated (no --reload: a path unit reloads the broker)"
+					}
+					x.printf("CRL %s\n", map[bool]string{true: done, false: "already current"}[changed])
 				}
 				return err
 			}

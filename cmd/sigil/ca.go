@@ -62,6 +62,8 @@ func caCommand() *command {
 				}
 			}},
 		{name: "retire", args: "[-o json]", summary: "drop the generations older than the active one from the trust bundle", conn: connClient,
+			note: "With a broker pool, refused (409) while a broker presents a certificate of a generation to retire, or cannot be checked: " +
+				"re-issue the brokers' certificates (sigil broker-config) and reload them first.",
 			run: func(ctx context.Context, x *call) error {
 				gens, err := x.client.RetireCA(ctx)
 				if err != nil {

@@ -65,6 +65,9 @@ type apiCase struct {
 // Each case's golden file (testdata/api/NAME.golden) holds the requests
 // the command sent (method, path and query, JSON body, justification),
 // its exit status, stdout and stderr.
+// jGrant is an approved access grant as the API serves it.
+const jGrant = `{"id":"48f8cb4d1c0cd3d4","serial":765809127581247287,"requester":"ana","device":"dev-1","login":"root","public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPzBGqKIaTOkgrfO72MnqB0aeAWFJYSa/ECXaTbVdEYU","fingerprint":"SHA256:abDhzEWa8+UKf2EE0No4uyn8k9v8OvuQRcAMxe1Vp1Q","justification":"INC-7 disk full","duration":"30m0s","state":"approved","created":"2026-12-08T03:00:00Z","approval_id":"apr-2","approval_expires":"2026-12-09T03:00:00Z","approvers":["bo"],"start":"2026-12-08T03:05:00Z","end":"2026-12-08T03:35:00Z","certificate":"ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29t sigil-grant:48f8cb4d1c0cd3d4","sessions":[{"device":"dev-1","user":"root","from":"192.0.2.9","port":50022,"start":"2026-12-08T03:06:00Z","end":"2026-12-08T03:09:00Z"}]}`
+
 var apiCases = []apiCase{
 	// devices
 	{name: "devices-list", args: []string{"devices", "list", "--state", "active"},
@@ -169,6 +172,22 @@ var apiCases = []apiCase{
 		api: map[string]string{"POST /api/v1/tokens": `{"id":"apt_0011223344556677","name":"scraper","owner":"ana","role":"viewer","created":"2026-12-01T10:00:00Z","expires":"2026-12-31T10:00:00Z","secret":"sga_secret"}`}},
 	{name: "api-tokens-revoke", args: []string{"api-tokens", "revoke", "apt_0011223344556677"},
 		api: map[string]string{"DELETE /api/v1/tokens/apt_0011223344556677": `{}`}},
+
+	// access
+	{name: "access-request", args: []string{"access", "request", "--device", "dev-1", "--key", "id_ed25519.pub", "--justification", "INC-7 disk full", "--duration", "30m"},
+		api: map[string]string{"POST /api/v1/access": strings.Replace(jGrant, `"state":"approved"`, `"state":"requested"`, 1)}},
+	{name: "access-request-usage", args: []string{"access", "request", "--device", "dev-1"}},
+	{name: "access-list", args: []string{"access", "list", "--state", "approved"},
+		api: map[string]string{"GET /api/v1/access": `{"grants":[` + jGrant + `],"policy":{"max_duration":"8h0m0s","default_duration":"1h0m0s","logins":["root"],"allow_forwarding":false}}`}},
+	{name: "access-show", args: []string{"access", "show", "48f8cb4d1c0cd3d4"},
+		api: map[string]string{"GET /api/v1/access/48f8cb4d1c0cd3d4": jGrant}},
+	{name: "access-approve", args: []string{"access", "approve", "48f8cb4d1c0cd3d4", "--comment", "ok"},
+		api: map[string]string{"POST /api/v1/access/48f8cb4d1c0cd3d4/approve": jGrant}},
+	{name: "access-deny", args: []string{"access", "deny", "48f8cb4d1c0cd3d4", "--reason", "no ticket"},
+		api: map[string]string{"POST /api/v1/access/48f8cb4d1c0cd3d4/deny": strings.Replace(jGrant, `"state":"approved"`, `"state":"denied"`, 1)}},
+	{name: "access-revoke", args: []string{"access", "revoke", "48f8cb4d1c0cd3d4", "--reason", "done"},
+		api: map[string]string{"POST /api/v1/access/48f8cb4d1c0cd3d4/revoke": strings.Replace(jGrant, `"state":"approved"`, `"state":"revoked","revoked":"2026-12-08T03:10:00Z","revoked_by":"bo","reason":"done"`, 1)}},
+	{name: "access-revoke-usage", args: []string{"access", "revoke", "48f8cb4d1c0cd3d4"}},
 
 	// approvals
 	{name: "approvals-list", args: []string{"approvals", "list", "--all"},
@@ -278,6 +297,17 @@ var apiCases = []apiCase{
 		api: map[string]string{"POST /api/v1/secrets/db-password/rotate": jSecretInfo}},
 	{name: "secrets-delete", args: []string{"secrets", "delete", "db-password"},
 		api: map[string]string{"DELETE /api/v1/secrets/db-password": `{}`}},
+	{name: "workloads-list", args: []string{"workloads", "list"},
+		api: map[string]string{"GET /api/v1/workloads": `{"workloads":[{"name":"web","scope":"group","target":"kiosks","uid":1000,"exe_path":"/usr/bin/web",` +
+			`"created_at":"2026-12-01T10:00:00Z","created_by":"ana"}]}`}},
+	{name: "workloads-add", args: []string{"workloads", "add", "web", "--group", "kiosks", "--uid", "1000", "--exe", "/usr/bin/web"},
+		api: map[string]string{"PUT /api/v1/workloads/web": `{"name":"web","scope":"group","target":"kiosks","uid":1000,"exe_path":"/usr/bin/web","created_at":"2026-12-01T10:00:00Z"}`}},
+	{name: "workloads-add-two-scopes", args: []string{"workloads", "add", "web", "--group", "kiosks", "--model", "gw-1", "--uid", "1000"}},
+	{name: "workloads-add-no-selector", args: []string{"workloads", "add", "web", "--device", "dev-1"}},
+	{name: "workloads-delete", args: []string{"workloads", "delete", "web"},
+		api: map[string]string{"DELETE /api/v1/workloads/web": `{}`}},
+	{name: "workloads-rotate-key", args: []string{"workloads", "rotate-key"},
+		api: map[string]string{"POST /api/v1/workloads/keys/rotate": `{"kid":"k2"}`}},
 
 	// alerts
 	{name: "alerts-list", args: []string{"alerts", "list", "--device", "dev-1", "--state", "open", "--limit", "1"},
@@ -405,6 +435,7 @@ func writeCommandFiles(t *testing.T) {
 		"policy.json":         `{"id":"golden","name":"gw-1 golden","model":"gw-1","pcrs":{"sha256":{"7":"` + strings.Repeat("aa", 32) + `"}}}`,
 		"rule.json":           jRule,
 		"campaign.json":       `{"name":"from file","release":"rel-1","targets":{"model":"gw-1"},"on_failure":"abort","max_in_flight":5}`,
+		"id_ed25519.pub":      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPzBGqKIaTOkgrfO72MnqB0aeAWFJYSa/ECXaTbVdEYU ana@laptop\n",
 		"gw-os.cdx.json":      `{"bomFormat":"CycloneDX","specVersion":"1.5","components":[{"name":"openssl","purl":"pkg:deb/debian/openssl@3.0.1"}]}`,
 		"osv.json":            `{"id":"OSV-2026-1","affected":[{"package":{"purl":"pkg:deb/debian/openssl"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"3.0.8"}]}]}]}`,
 	}

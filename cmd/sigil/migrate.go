@@ -22,7 +22,7 @@ func migrateCommand() *command {
 	return &command{name: "migrate", args: "[--config FILE] [--data-dir DIR] [--database-url URL] [--force]",
 		summary: "copy the data directory's stores into PostgreSQL, verified",
 		note: "Copies the stores that have a PostgreSQL backend (inventory, audit log, operators, attestation history, policies, approvals, " +
-			"campaigns, telemetry cursors, alerts, governance, rotation jobs, secrets and their deliveries, firmware release records; firmware images stay files) " +
+			"campaigns, telemetry cursors, alerts, governance, rotation jobs, secrets and their deliveries, firmware release records, workload registrations; firmware images stay files) " +
 			"from the data directory's bbolt files into the database, then checks that the database holds the same " +
 			"records (counts and a digest of the contents) and that the audit chain verifies there against audit.pub. " +
 			"Stop the fleet first. A database that already holds records of a store is refused unless --force, which replaces them. " +

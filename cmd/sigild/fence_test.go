@@ -90,3 +90,28 @@ func TestMemdebugOnlyByTag(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkloadAPIOnlyByTag fails when the SPIFFE Workload API (gRPC,
+// protobuf, device/workload) reaches a default build of sigild, which must
+// stay under 7 MiB on arm64, or when the workloadapi build no longer
+// carries it.
+func TestWorkloadAPIOnlyByTag(t *testing.T) {
+	for _, c := range []struct {
+		tags []string
+		api  bool
+	}{{nil, false}, {[]string{"-tags", "workloadapi"}, true}} {
+		args := append(append([]string{"list", "-deps"}, c.tags...), ".")
+		cmd := exec.Command("go", args...)
+		cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go %v: %v", args, err)
+		}
+		deps := strings.Fields(string(out))
+		for _, pkg := range []string{"google.golang.org/grpc", "github.com/sigil-iot/sigil/device/workload", "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"} {
+			if got := slices.Contains(deps, pkg); got != c.api {
+				t.Errorf("go %v: %s linked: %v, want %v", args, pkg, got, c.api)
+			}
+		}
+	}
+}

@@ -158,13 +158,26 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	tuneGC(os.LookupEnv)
 	tuneProcs(os.LookupEnv)
 	log := logger(cfg.LogLevel)
-	a, err := agent.New(cfg, log)
+	opts, serveWorkloads, err := workloadAPI(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "sigild:", err)
+		return exitUsage
+	}
+	a, err := agent.New(cfg, log, opts...)
 	if err != nil {
 		fmt.Fprintln(stderr, "sigild:", err)
 		return exitUsage
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if serveWorkloads != nil {
+		go func() {
+			if err := serveWorkloads(ctx); err != nil {
+				log.Error("the SPIFFE Workload API stopped", "err", err)
+				stop()
+			}
+		}()
+	}
 	if err := a.Run(ctx); err != nil {
 		log.Error("sigild stopped", "err", err)
 		return exitError

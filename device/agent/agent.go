@@ -59,6 +59,7 @@ type Agent struct {
 	rotate     chan struct{}
 	trust      chan [][]byte            // trust bundles pushed during a CA rotation
 	ssh        sshState                 // hands SSH certificate messages to the session worker (ssh.go)
+	access     accessState              // just-in-time access: the trust generation and sshd log reader (access.go)
 	secrets    chan *wire.SecretDeliver // deliveries for the session's secret worker (secrets.go)
 	tel        agentTelemetry           // sampler, sender and the session they publish on (telemetry.go)
 	fw         firmwareState            // firmware updates (update.go)
@@ -571,6 +572,8 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		a.queueFirmware(env)
 	case wire.TypeSSHCerts:
 		a.sshCerts(env)
+	case wire.TypeAccessTrust:
+		a.accessTrust(env)
 	case wire.TypeTelemetryAck:
 		a.telemetryAck(env)
 	case wire.TypeAttestVerdict:
@@ -586,8 +589,15 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		a.setStatus(func(s *Status) { s.LastVerdict = verdict })
 		if v.Result == wire.VerdictPass {
 			a.sshAttested()
+			if a.opts.ext != nil {
+				a.opts.ext.Attested()
+			}
 		}
 	default:
+		if a.opts.ext != nil {
+			a.opts.ext.Down(env)
+			return
+		}
 		a.log.Debug("message from fleet", "type", env.Type, "id", env.IDString())
 	}
 }

@@ -39,7 +39,9 @@ func (a *Agent) renewConfig() renew.Config {
 // (device/renew paces the renewals). It returns true when a renewed
 // certificate arrived and the device should reconnect with it now.
 func (a *Agent) sessionLoop(ctx context.Context, conn publisher, id *state.Identity) bool {
-	defer a.sshSession(ctx, conn, id)() // SSH host certificates after passing attestations (ssh.go)
+	defer a.sshSession(ctx, conn, id)()             // SSH host certificates after passing attestations (ssh.go)
+	defer a.accessSession(ctx, conn, id.DeviceID)() // operator sessions read in sshd's log (access.go)
+	defer a.extSession(ctx, conn, id.DeviceID)()
 	a.requestAttestation(ctx, conn, id, "connect")
 	every := time.Duration(a.cfg.AttestInterval)
 	var tick <-chan time.Time // nil: no schedule

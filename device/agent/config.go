@@ -63,7 +63,8 @@ type Config struct {
 	TopicPrefix string `json:"topic_prefix"`
 	// RetryMin and RetryMax bound the jittered exponential backoff between
 	// attempts to enroll, connect or renew (a refused renewal waits at
-	// least the RetryAfter of the fleet's answer too; an unanswered one is
+	// least the RetryAfter of the fleet's answer too, a refused enrollment
+	// that long plus jitter instead of the backoff; an unanswered one is
 	// asked again after RetryMax, at least 2m). Defaults 1s and 5m.
 	RetryMin Duration `json:"retry_min"`
 	RetryMax Duration `json:"retry_max"`
@@ -111,9 +112,25 @@ type Config struct {
 	// SSHAgentSocket is the ssh-agent socket sigild serves the TPM host key
 	// on, mode 0600. Default /run/sigild/ssh-agent.sock.
 	SSHAgentSocket string `json:"ssh_agent_socket"`
+	// WorkloadAPISocket, when set, is the unix socket on which sigild
+	// serves the SPIFFE Workload API to local processes (a sigild built
+	// with the workloadapi tag; others refuse the setting). Default ""
+	// (off).
+	WorkloadAPISocket string `json:"workload_api_socket"`
 	// SSHReloadPIDFile names a PID file (e.g. /run/sshd.pid) whose process
 	// gets SIGHUP after new certificates are written. Default "" (none).
 	SSHReloadPIDFile string `json:"ssh_reload_pid_file"`
+	// SSHAccessDir, when set, is where sigild keeps sshd's just-in-time
+	// operator access files from the fleet: user_ca.pub
+	// (TrustedUserCAKeys), revoked_keys (RevokedKeys, an OpenSSH KRL) and
+	// principals/<login> (AuthorizedPrincipalsFile <dir>/principals/%u).
+	// Default "" (off). Under the shipped systemd unit it must be under
+	// the state directory (e.g. /var/lib/sigild/ssh/access).
+	SSHAccessDir string `json:"ssh_access_dir"`
+	// SSHAccessLog is sshd's log file (e.g. /var/log/auth.log) whose
+	// certificate logins and disconnects sigild reports to the fleet.
+	// Default "" (none reported).
+	SSHAccessLog string `json:"ssh_access_log"`
 	// UpdateBackend installs firmware updates: "file:DIR" keeps two slot
 	// files and a boot record in DIR (simulators and tests; it changes no
 	// real firmware), "hook:PATH" runs a program for each step (real
@@ -257,6 +274,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("topic_prefix must be one topic level without wildcards"))
 	}
 	if err := c.validateSSH(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.validateAccess(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.TelemetryOutboxPoints < 0 || c.TelemetryOutboxBytes < 0 {

@@ -56,6 +56,7 @@ type options struct {
 	// link opens the agent's broker sessions in place of link.Dial: the
 	// in-memory fleet of the package's tests (device/internal/fakefleet).
 	link func(ctx context.Context, cfg link.Config) (session, error)
+	ext  Extension // WithExtension
 }
 
 // WithTPM makes the agent use t instead of opening Config.TPM. The agent

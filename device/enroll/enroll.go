@@ -213,11 +213,18 @@ func dialLink(ctx context.Context, cfg link.Config) (Conn, error) {
 }
 
 // RefusedError is the fleet's refusal of an enrollment: its reason and
-// public message.
+// public message, and how long the fleet asked the device to wait before
+// it tries again (EnrollResult.RetryAfter, at most MaxRetryAfter; 0 when
+// it said nothing).
 type RefusedError struct {
-	Reason  wire.Reason
-	Message string
+	Reason     wire.Reason
+	Message    string
+	RetryAfter time.Duration
 }
+
+// MaxRetryAfter bounds the wait a fleet's RetryAfter may impose on the
+// next enrollment attempt.
+const MaxRetryAfter = time.Hour
 
 func (e *RefusedError) Error() string {
 	return fmt.Sprintf("enroll: refused: %s (code %d): %s", e.Reason, e.Reason, e.Message)
@@ -239,7 +246,12 @@ func (e *LostError) Unwrap() error { return e.Err }
 
 // Enroll makes attempts, backing off between them, until id is enrolled
 // (and returns it) or ctx ends (and returns ctx's error). An identity
-// already enrolled is returned as it is.
+// already enrolled is returned as it is. After a refusal that says when
+// to try again (RefusedError.RetryAfter: a fleet that is busy answers
+// rate_limited with one) the next attempt comes that long later plus up
+// to a quarter more (jitter, so that the devices it refused at once do
+// not come back at once), not after the exponential backoff, which does
+// not grow meanwhile.
 func (c *Client) Enroll(ctx context.Context, id *state.Identity) (*state.Identity, error) {
 	bo := &retry.Backoff{Min: c.cfg.RetryMin, Max: c.cfg.RetryMax, Rand: c.cfg.Rand}
 	for id.Status != state.StatusEnrolled {
@@ -253,7 +265,13 @@ func (c *Client) Enroll(ctx context.Context, id *state.Identity) (*state.Identit
 			if c.cfg.Observer != nil {
 				c.cfg.Observer.Failed(err)
 			}
-			if !retry.Sleep(ctx, bo.Next()) {
+			var wait time.Duration
+			if re, ok := errors.AsType[*RefusedError](err); ok && re.RetryAfter > 0 {
+				wait = re.RetryAfter + retry.UpTo(c.cfg.Rand, re.RetryAfter/4)
+			} else {
+				wait = bo.Next()
+			}
+			if !retry.Sleep(ctx, wait) {
 				return id, ctx.Err()
 			}
 		}
@@ -415,7 +433,7 @@ func (c *Client) Attempt(ctx context.Context, id *state.Identity) (*state.Identi
 				default:
 					id.LastReason = fmt.Sprintf("%s: %s", res.Reason, res.Message)
 					c.observe(id)
-					return id, &RefusedError{Reason: res.Reason, Message: res.Message}
+					return id, &RefusedError{Reason: res.Reason, Message: res.Message, RetryAfter: retryAfter(&res)}
 				}
 			case wire.TypeEnrollRetry:
 				if pending {
@@ -424,6 +442,14 @@ func (c *Client) Attempt(ctx context.Context, id *state.Identity) (*state.Identi
 			}
 		}
 	}
+}
+
+// retryAfter is the wait a refusal asks for, at most MaxRetryAfter.
+func retryAfter(res *wire.EnrollResult) time.Duration {
+	if res.RetryAfter <= 0 {
+		return 0
+	}
+	return min(time.Duration(res.RetryAfter)*time.Second, MaxRetryAfter)
 }
 
 // olderFleet reports whether env is the refusal of a fleet older than the

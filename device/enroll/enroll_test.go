@@ -238,6 +238,44 @@ func TestEnrollRefused(t *testing.T) {
 	})
 }
 
+// TestEnrollHonoursRetryAfter: a fleet that refuses with a RetryAfter
+// (rate_limited, as a busy fleet answers) gets the next attempt that long
+// later, jittered by up to a quarter more, however many refusals came
+// before (the exponential backoff, which would have grown past it, does
+// not apply); a RetryAfter beyond MaxRetryAfter is bounded by it.
+func TestEnrollHonoursRetryAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDevice(t)
+		d.cfg.RetryMin, d.cfg.RetryMax = time.Second, 5*time.Minute
+		const refusals = 8
+		d.fleet.OnEnroll(func(n int, _ *wire.EnrollRequest) fakefleet.EnrollAnswer {
+			switch {
+			case n <= refusals:
+				return fakefleet.EnrollAnswer{Refuse: wire.ReasonRateLimited, Message: "busy", RetryAfter: 10}
+			case n == refusals+1:
+				return fakefleet.EnrollAnswer{Refuse: wire.ReasonRateLimited, Message: "very busy", RetryAfter: 100_000}
+			}
+			return fakefleet.EnrollAnswer{}
+		})
+		id, err := d.client(t).Enroll(t.Context(), d.id)
+		if err != nil || id.Status != state.StatusEnrolled {
+			t.Fatalf("Enroll = %v, %v", id.Status, err)
+		}
+		reqs := d.fleet.Sent(wire.TypeEnrollRequest)
+		if len(reqs) != refusals+2 {
+			t.Fatalf("%d requests, want %d", len(reqs), refusals+2)
+		}
+		for i := 1; i <= refusals; i++ {
+			if wait := reqs[i].At.Sub(reqs[i-1].At); wait < 10*time.Second || wait > 12500*time.Millisecond {
+				t.Errorf("attempt %d came %v after a refusal with RetryAfter 10 s; want 10 s to 12.5 s", i+1, wait)
+			}
+		}
+		if wait := reqs[refusals+1].At.Sub(reqs[refusals].At); wait < MaxRetryAfter || wait > MaxRetryAfter*5/4 {
+			t.Errorf("attempt after a RetryAfter of 100,000 s came %v later; want MaxRetryAfter (%v) to a quarter more", wait, MaxRetryAfter)
+		}
+	})
+}
+
 // TestEnrollRefusedByOlderFleet: a fleet older than the device cannot
 // decode its request and refuses it with unsupported_version without
 // naming it; the device takes that refusal (and shows its reason), and no

@@ -3,8 +3,6 @@ package state
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -125,7 +123,8 @@ func (s *Store) SecretVersion(name string, version int, now time.Time) (*Secret,
 	return nil, fmt.Errorf("%w: version %d of %s", ErrNoSecret, version, name)
 }
 
-// Secrets returns every stored secret, sorted by name.
+// Secrets returns every stored secret, sorted by name: the bucket is keyed
+// by name, and Ascend walks it in key order.
 func (s *Store) Secrets() ([]Secret, error) {
 	var out []Secret
 	err := s.db.View(func(tx Tx) error {
@@ -145,6 +144,5 @@ func (s *Store) Secrets() ([]Secret, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state: read secrets: %w", err)
 	}
-	slices.SortFunc(out, func(a, b Secret) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -176,8 +177,24 @@ func (s *Store) UnreportedUpdates() ([]Update, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state: read unreported updates: %w", err)
 	}
-	slices.SortStableFunc(out, func(a, b Update) int { return a.Changed.Compare(b.Changed) })
-	return out, nil
+	// Sort pointers (their sort shares the code of every other pointer sort
+	// in sigild), by change time, then by ID: the key order Ascend read them
+	// in.
+	order := make([]*Update, len(out))
+	for i := range out {
+		order[i] = &out[i]
+	}
+	slices.SortFunc(order, func(a, b *Update) int {
+		if c := a.Changed.Compare(b.Changed); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	sorted := make([]Update, len(out))
+	for i, u := range order {
+		sorted[i] = *u
+	}
+	return sorted, nil
 }
 
 // UpdateReported removes the finished update id from the reporting queue.

@@ -251,3 +251,22 @@ func TestSBOM(t *testing.T) {
 		t.Errorf("Parse with a non-hex SBOM digest = %v, want ErrInvalid", err)
 	}
 }
+
+// TestCanonicalVector pins the canonical bytes of sample(): what the fleet
+// signs (built with Go's default encoding/json) and what sigild re-encodes
+// to check the canonical form (built with the classic one; cmd/sigild's
+// TestReleaseJSON runs this test that way too). Map keys sort as strings:
+// "10" before "9".
+func TestCanonicalVector(t *testing.T) {
+	const want = `{"type":"sigil.firmware.manifest/v1","name":"gateway-os","version":"2.4.1-rc.1+build.7","security_version":7,"models":["gw-100","GW 200"],"size":1048576,"sha256":"6105d6cc76af400325e94d588ce511be5bfdbb73b437dc51eca43917d7a43e3d","expires":"2027-01-02T03:04:05Z","measurements":{"pcrs":{"sha1":{"9":"0101010101010101010101010101010101010101"},"sha256":{"10":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd","9":"abababababababababababababababababababababababababababababababab"}},"event_digests":{"4":["0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f","f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"]}}}`
+	b, err := sample().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != want {
+		t.Fatalf("Marshal =\n%s\nwant\n%s", b, want)
+	}
+	if _, err := Parse([]byte(want)); err != nil {
+		t.Fatalf("Parse(vector) = %v", err)
+	}
+}

@@ -158,7 +158,7 @@ func allBytes(b []byte, c byte) bool {
 type TrustSet struct {
 	sequence  uint64
 	threshold int
-	keys      []trustedKey // sorted by ID
+	keys      []*trustedKey // sorted by ID (pointers: their sort shares the code of every other pointer sort in sigild)
 }
 
 type trustedKey struct {
@@ -197,12 +197,12 @@ func NewTrustSet(sequence uint64, threshold int, keys ...crypto.PublicKey) (*Tru
 			errs = append(errs, fmt.Errorf("key %d (%s) is listed twice", i, id))
 			continue
 		}
-		t.keys = append(t.keys, trustedKey{id: id, der: der, pub: pub})
+		t.keys = append(t.keys, &trustedKey{id: id, der: der, pub: pub})
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrTrustSet, err)
 	}
-	slices.SortFunc(t.keys, func(a, b trustedKey) int { return strings.Compare(a.id, b.id) })
+	slices.SortFunc(t.keys, func(a, b *trustedKey) int { return strings.Compare(a.id, b.id) })
 	return t, nil
 }
 
@@ -231,9 +231,9 @@ func (t *TrustSet) Keys() []crypto.PublicKey {
 }
 
 func (t *TrustSet) key(id string) *trustedKey {
-	for i := range t.keys {
-		if t.keys[i].id == id {
-			return &t.keys[i]
+	for _, k := range t.keys {
+		if k.id == id {
+			return k
 		}
 	}
 	return nil
@@ -434,8 +434,8 @@ func (t *TrustSet) verifyBundle(msg, raw []byte, done map[string]bool) (string, 
 	if hinted != nil && !done[hinted.id] {
 		order = append(order, hinted)
 	}
-	for i := range t.keys {
-		if k := &t.keys[i]; k != hinted && !done[k.id] {
+	for _, k := range t.keys {
+		if k != hinted && !done[k.id] {
 			order = append(order, k)
 		}
 	}

@@ -70,6 +70,9 @@ type Config struct {
 	Secrets Secrets
 	// SSHCA serves GET /api/v1/ssh/ca; nil answers it with 404.
 	SSHCA *sshca.CA
+	// Access serves just-in-time operator access (/api/v1/access); nil
+	// leaves its routes out.
+	Access Access
 	// Auth authenticates operators (sessions, API tokens) and holds their
 	// roles. Nil accepts only the bearer token whose SHA-256 is
 	// AdminTokenHash, with every permission (for tests of this package).
@@ -114,6 +117,12 @@ type Config struct {
 	// Governance serves owners, triage, blocks, clones and risk
 	// (governance.go); nil answers them with 501.
 	Governance *governance.Service
+	// Workloads serves workload registrations and the OIDC documents
+	// (workloads.go); nil answers them with 501.
+	Workloads Workloads
+	// Backup serves POST /api/v1/backup (backup.Live); nil answers it
+	// with 501.
+	Backup Backups
 	// Bridges serves the OT bridges (bridges.go); nil answers them with 501.
 	Bridges Bridges
 	Logger  *slog.Logger
@@ -166,6 +175,7 @@ func New(cfg Config) http.Handler {
 	h.routesAttest()
 	h.routesLifecycle()
 	h.routesSSH()
+	h.routesAccess()
 	h.routesSecrets()
 	h.routesCA()
 	h.routesUsers()
@@ -178,6 +188,8 @@ func New(cfg Config) http.Handler {
 	h.routesQuarantine()
 	h.routesBulk()
 	h.routesGovernance()
+	h.routesWorkloads()
+	h.routesBackup()
 	h.routesBridges()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()

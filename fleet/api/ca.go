@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
@@ -57,6 +58,16 @@ func (h *handler) getCA(w http.ResponseWriter, _ *http.Request, _ string) {
 
 // caConflict maps the CA's state errors to 409 and anything else to 500.
 func (h *handler) caError(w http.ResponseWriter, op string, err error) {
+	if be, ok := errors.AsType[*rotation.BrokersError](err); ok {
+		// The cause of a failed check stays in the log.
+		h.log.Warn("CA retirement refused", "op", op, "err", err)
+		msg := "the brokers' certificates could not all be checked; see the server log"
+		if len(be.Brokers) > 0 {
+			msg = "brokers " + strings.Join(be.Brokers, ", ") + " still present certificates of the generation to retire: re-issue them (sigil broker-config) first"
+		}
+		problem(w, http.StatusConflict, "conflict", msg)
+		return
+	}
 	for _, e := range []error{ca.ErrAlreadyPrepared, ca.ErrNothingPrepared, ca.ErrNothingToRetire, ca.ErrExternalSigner, ca.ErrStale} {
 		if errors.Is(err, e) {
 			problem(w, http.StatusConflict, "conflict", err.Error())

@@ -240,9 +240,23 @@ func (c *Client) CRL(ctx context.Context) ([]byte, error) {
 // (a broker sync's, scope broker-sync) it waits in the slots the fleet
 // keeps for the brokers' syncs.
 func (c *Client) CRLAfter(ctx context.Context, after *big.Int) ([]byte, error) {
-	u := c.BaseURL + "/crl"
+	return c.crlAfter(ctx, url.Values{}, after)
+}
+
+// CRLSetAfter is CRLAfter for the CRL set of a broker (GET
+// /crl?set=generations): the trust bundle, the cross certificates and
+// one CRL per trusted CA generation, in PEM (crl.List.Set).
+func (c *Client) CRLSetAfter(ctx context.Context, after *big.Int) ([]byte, error) {
+	return c.crlAfter(ctx, url.Values{"set": {"generations"}}, after)
+}
+
+func (c *Client) crlAfter(ctx context.Context, q url.Values, after *big.Int) ([]byte, error) {
 	if after != nil {
-		u += "?after=" + after.String()
+		q.Set("after", after.String())
+	}
+	u := c.BaseURL + "/crl"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/pem"
 	"errors"
 	"net/http"
 	"strconv"
@@ -233,9 +234,8 @@ func (h *handler) crl(w http.ResponseWriter, r *http.Request) {
 			h.internal(w, err)
 			return
 		}
-		w.Header().Set("Content-Type", "application/pkix-crl")
 		w.Header().Set("Cache-Control", "max-age=300")
-		_, _ = w.Write(l.DER)
+		writeCRL(w, r, l)
 		return
 	}
 	if _, ok := r.Header["Authorization"]; ok {
@@ -276,7 +276,24 @@ func (h *handler) crlWait(w http.ResponseWriter, r *http.Request, sync bool) {
 	case l == nil:
 		w.WriteHeader(http.StatusNotModified)
 	default:
+		writeCRL(w, r, *l)
+	}
+}
+
+// writeCRL writes l: its DER, or with set=generations (a broker's sync)
+// the trust bundle and one CRL per trusted CA generation in PEM
+// (crl.List.Set), which a broker needs to accept the certificates of
+// each generation during a CA rotation.
+func writeCRL(w http.ResponseWriter, r *http.Request, l crl.List) {
+	if r.URL.Query().Get("set") != "generations" {
 		w.Header().Set("Content-Type", "application/pkix-crl")
 		_, _ = w.Write(l.DER)
+		return
 	}
+	set := l.Set
+	if set == nil {
+		set = pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: l.DER})
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	_, _ = w.Write(set)
 }

@@ -109,7 +109,7 @@ func (h *handler) describeCore() {
 	h.describe("POST /api/v1/rotations/{id}/cancel", "Cancel a rotation job", nil, RotationView{})
 	h.describe("GET /api/v1/rotations/{id}/devices", "A rotation job's devices, paged", nil, list{"devices": []rotation.JobDevice{}, "next": ""})
 	h.describe("GET /api/v1/crl", "The CA's signed CRL (DER)", nil, nil)
-	h.describe("GET /crl", "The CA's signed CRL (DER); with after=N (a CRL number), waits up to 50s for a newer one (304 when none came); a broker sync's token (brokers.sync) waits in slots kept for the syncs", nil, nil)
+	h.describe("GET /crl", "The CA's signed CRL (DER); with after=N (a CRL number), waits up to 50s for a newer one (304 when none came); a broker sync's token (brokers.sync) waits in slots kept for the syncs; with set=generations, the trust bundle, cross certificates and one CRL per trusted CA generation (PEM)", nil, nil)
 	h.describe("GET /api/v1/secrets", "List secrets (never values) with delivery and version states", nil, SecretList{})
 	h.describe("PUT /api/v1/secrets/{name}", "Store a new version of a secret (value base64), optionally on a rotation schedule", SecretRequest{}, secrets.Info{}, 201)
 	h.describe("DELETE /api/v1/secrets/{name}", "Delete a secret", nil, nil, 204)

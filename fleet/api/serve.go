@@ -38,7 +38,7 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, tlsConfig *tls.
 }
 
 // CloseListener returns a function that closes ln; a listener its server
-// closed already is no failure.
+// closed already (Serve) is no failure.
 func CloseListener(ln net.Listener) func() error {
 	return func() error {
 		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {

@@ -60,6 +60,7 @@ const (
 	KindApproverToken   Kind = "tokens.approver"     // let an API token that may approve authenticate
 	KindDeviceAssign    Kind = "devices.assign"      // move a device into a model or group (what secrets and policies target)
 	KindGrantingToken   Kind = "tokens.enrollment"   // let an enrollment token that grants a model or group be used
+	KindAccessGrant     Kind = "access.grant"        // give an operator SSH access to a device or group (fleet/access)
 )
 
 // Rule says who may request a kind of action and who must approve it.
@@ -92,6 +93,7 @@ func DefaultRules() map[Kind]Rule {
 		KindSecretChange:    {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
 		KindDeviceAssign:    {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
 		KindGrantingToken:   {Request: auth.PermSecretsWrite, Approve: auth.PermSecurityApprove, Approvals: 1},
+		KindAccessGrant:     {Request: auth.PermAccessRequest, Approve: auth.PermAccessApprove, Approvals: 1, TTL: 24 * time.Hour},
 	}
 }
 

@@ -50,6 +50,22 @@ const (
 	// the brokers' syncs (GET /crl?after=N with a token; `sigil
 	// broker-sync --token-file`).
 	PermBrokersSync Permission = "brokers.sync"
+	// PermWorkloadsRead: workload registrations.
+	PermWorkloadsRead Permission = "workloads.read"
+	// PermWorkloadsWrite: create, change and delete workload
+	// registrations; rotate the JWT-SVID signing key.
+	PermWorkloadsWrite Permission = "workloads.write"
+	// PermAccessRequest: request just-in-time SSH access to devices, list
+	// and revoke one's own grants.
+	PermAccessRequest Permission = "access.request"
+	// PermAccessApprove: approve, deny or revoke others' SSH access grants
+	// and list every grant.
+	PermAccessApprove Permission = "access.approve"
+	// PermBackupRead: take a backup of the running fleet (POST
+	// /api/v1/backup): every store and the key material, encrypted to a
+	// recipient the caller names, so as strong as holding the CA key.
+	// The admin's alone.
+	PermBackupRead Permission = "backup.read"
 	// PermBridgesRead: the OT bridges (plant brokers) and their
 	// credentials.
 	PermBridgesRead Permission = "bridges.read"
@@ -67,6 +83,9 @@ func Permissions() []Permission {
 		PermAlertsRead, PermAlertsWrite,
 		PermAuditRead, PermApprovalsRead,
 		PermSecurityApprove, PermCAAdmin, PermUsersAdmin, PermBrokersSync,
+		PermWorkloadsRead, PermWorkloadsWrite,
+		PermAccessRequest, PermAccessApprove,
+		PermBackupRead,
 		PermBridgesRead, PermBridgesWrite,
 	}
 }
@@ -86,9 +105,9 @@ const (
 	// RoleReleaseApprover approves firmware releases that someone else
 	// requested.
 	RoleReleaseApprover Role = "release-approver"
-	// RoleSecurityAdmin owns trust: policies, secrets, the CA, OT bridge
-	// credentials, the audit log, and approves the dangerous security
-	// changes.
+	// RoleSecurityAdmin owns trust: policies, secrets, the CA, workload
+	// registrations, OT bridge credentials, the audit log, and approves
+	// the dangerous security changes.
 	RoleSecurityAdmin Role = "security-admin"
 	// RoleAdmin holds every permission, including user management.
 	RoleAdmin Role = "admin"
@@ -111,19 +130,19 @@ func (r Role) Valid() bool { return slices.Contains(Roles(), r) }
 // Permissions returns the permissions r grants (none for an unknown role),
 // in the order of Permissions.
 func (r Role) Permissions() []Permission {
-	viewer := []Permission{PermDevicesRead, PermPoliciesRead, PermSecretsRead, PermFirmwareRead, PermAlertsRead, PermApprovalsRead, PermBridgesRead}
+	viewer := []Permission{PermDevicesRead, PermPoliciesRead, PermSecretsRead, PermFirmwareRead, PermAlertsRead, PermApprovalsRead, PermWorkloadsRead, PermBridgesRead}
 	var extra []Permission
 	switch r {
 	case RoleBrokerSync:
 		return []Permission{PermBrokersSync}
 	case RoleViewer:
 	case RoleOperator:
-		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermFirmwareWrite, PermAlertsWrite}
+		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermFirmwareWrite, PermAlertsWrite, PermAccessRequest}
 	case RoleReleaseApprover:
 		extra = []Permission{PermFirmwareApprove}
 	case RoleSecurityAdmin:
 		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermPoliciesWrite, PermSecretsWrite,
-			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermBridgesWrite}
+			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermWorkloadsWrite, PermAccessRequest, PermAccessApprove, PermBridgesWrite}
 	case RoleAdmin:
 		return Permissions()
 	default:

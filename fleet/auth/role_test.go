@@ -40,6 +40,11 @@ func TestPermissionMatrix(t *testing.T) {
 		PermCAAdmin:         {S, A},
 		PermUsersAdmin:      {A},
 		PermBrokersSync:     {B, A},
+		PermWorkloadsRead:   {V, O, R, S, A},
+		PermWorkloadsWrite:  {S, A},
+		PermAccessRequest:   {O, S, A},
+		PermAccessApprove:   {S, A},
+		PermBackupRead:      {A},
 		PermBridgesRead:     {V, O, R, S, A},
 		PermBridgesWrite:    {S, A},
 	}

@@ -12,6 +12,12 @@
 // checks every hash against the manifest and the audit chain, and renames
 // that directory into place only when everything verified.
 //
+// A running fleet backs itself up with Live (POST /api/v1/backup): it
+// copies each store through the handle it holds (boltdb.Held), inside one
+// read transaction, and encrypts the archive to the age public keys the
+// request names; the offline Create of `sigil backup` refuses a store
+// another process holds (ErrRunning).
+//
 // With PostgreSQL (database_url) the stores that live in the database are
 // not in the data directory: an archive then carries the key material and
 // the remaining files, and the database is dumped with pg_dump (see

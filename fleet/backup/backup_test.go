@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -200,15 +201,22 @@ func TestRefused(t *testing.T) {
 	})
 }
 
-// TestRunningFleetRefused: a store held by a running process is not
-// copied from under it.
+// TestRunningFleetRefused: a store held by another process (a running
+// fleet, for the offline `sigil backup`) is not copied from under it.
 func TestRunningFleetRefused(t *testing.T) {
 	dir := dataDir(t)
-	db, err := boltdb.Open(filepath.Join(dir, "inventory.db"), boltdb.Schema{Buckets: [][]byte{bucket}}, boltdb.Options{})
+	// bbolt's writer lock is an exclusive flock; one taken on a file
+	// descriptor of its own conflicts with every other, as another
+	// process's does, and is not a handle this process could copy
+	// through (boltdb.Held).
+	f, err := os.Open(filepath.Join(dir, "inventory.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
 	_, err = Create(context.Background(), &bytes.Buffer{}, dir, []age.Recipient{x25519(t).Recipient()}, Options{LockTimeout: 50 * time.Millisecond})
 	if !errors.Is(err, ErrRunning) {
 		t.Fatalf("Create on a held store: %v, want ErrRunning", err)

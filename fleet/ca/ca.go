@@ -92,6 +92,7 @@ type CA struct {
 
 	shared  *sharing // set by Share; guarded by mu
 	adopted []func() // OnAdopt's; guarded by mu
+	changed []func() // OnGenerations'; guarded by mu
 }
 
 // Open loads the CA from cfg.Dir, or creates it on first start: the key
@@ -258,6 +259,30 @@ func (c *CA) IssueDevice(deviceID string, pub crypto.PublicKey, lifetime time.Du
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: deviceID},
 		URIs:        []*url.URL{identity.SPIFFEID(c.cfg.TrustDomain, deviceID)},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	return c.issue(tmpl, pub, lifetime)
+}
+
+// IssueWorkload issues a workload's X509-SVID: exactly one URI SAN, id,
+// which must be a workload SPIFFE ID under a device of this trust domain
+// (spiffe://<trust domain>/device/<ID>/workload/<name>), no common name
+// (so the broker, which takes a device's identity from its one URI SAN
+// and common name, refuses it: identity.FromCertificate), not a CA, key
+// usage digitalSignature, extended key usage serverAuth and clientAuth,
+// valid from a minute ago for lifetime (required).
+func (c *CA) IssueWorkload(id *url.URL, pub crypto.PublicKey, lifetime time.Duration) (*x509.Certificate, error) {
+	dev, name, ok := strings.Cut(strings.TrimPrefix(id.Path, "/device/"), "/workload/")
+	if id.Scheme != "spiffe" || id.Host != c.cfg.TrustDomain || !strings.HasPrefix(id.Path, "/device/") || !ok ||
+		!wire.ValidID(dev) || !wire.ValidWorkloadName(name) || id.RawQuery != "" || id.Fragment != "" || id.User != nil {
+		return nil, fmt.Errorf("ca: %q is not a workload SPIFFE ID of this trust domain", id)
+	}
+	if lifetime <= 0 {
+		return nil, errors.New("ca: workload SVID needs a lifetime")
+	}
+	tmpl := &x509.Certificate{
+		URIs:        []*url.URL{id},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}

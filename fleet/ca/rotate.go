@@ -353,6 +353,7 @@ func (c *CA) Prepare() (Generation, error) {
 	c.gens = next
 	c.rebuild()
 	c.gmu.Unlock()
+	c.generationsChanged()
 	c.log.Info("ca: prepared generation", "generation", n, "subject", root.Subject.CommonName, "fingerprint", fingerprint(root))
 	return g.describe(), nil
 }
@@ -418,6 +419,7 @@ func (c *CA) Activate() (Generation, error) {
 	c.gens = next
 	c.rebuild()
 	c.gmu.Unlock()
+	c.generationsChanged()
 	c.log.Info("ca: activated generation", "generation", prepared.N)
 	return prepared.describe(), nil
 }
@@ -451,12 +453,31 @@ func (c *CA) Retire() ([]Generation, error) {
 	c.gens = next
 	c.rebuild()
 	c.gmu.Unlock()
+	c.generationsChanged()
 	out := make([]Generation, len(retired))
 	for i, g := range retired {
 		out[i] = g.describe()
 		c.log.Info("ca: retired generation", "generation", g.N)
 	}
 	return out, nil
+}
+
+// OnGenerations has fn called each time c's generations change: a
+// rotation step made here (Prepare, Activate, Retire) or adopted from
+// another replica (Share). fn is called with c's rotation lock held: it
+// must not call c back, only note the change (crl.Publisher.Changed).
+func (c *CA) OnGenerations(fn func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.changed = append(c.changed, fn)
+}
+
+// generationsChanged calls OnGenerations' functions; the caller holds
+// c.mu.
+func (c *CA) generationsChanged() {
+	for _, fn := range c.changed {
+		fn()
+	}
 }
 
 // serverChain returns the certificates to present after a server leaf

@@ -234,6 +234,7 @@ func (c *CA) syncLocked(ctx context.Context, publish bool) (bool, error) {
 	c.gens = next
 	c.rebuild()
 	c.gmu.Unlock()
+	c.generationsChanged()
 	sh.version = version
 	c.log.Info("ca: adopted the shared CA generations", "generations", len(next), "version", version)
 	return true, nil

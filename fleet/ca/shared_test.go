@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/notify"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
@@ -182,4 +186,83 @@ func TestRotationReachesOtherReplicas(t *testing.T) {
 	if err := openCA(t, t.TempDir()).Share(t.Context(), pgtest.Open(t, url), nil); !errors.Is(err, ErrDiverged) {
 		t.Fatalf("a replica with another CA: %v, want ErrDiverged", err)
 	}
+}
+
+// TestCRLSetFollowsOtherReplicas: each rotation step, made here or
+// adopted from another replica, calls OnGenerations (what has the CRL
+// publisher sign a new set at once), and the set a replica signs after
+// adopting it lists the generations the fleet trusts: during the overlap
+// both roots, the cross certificate and a CRL of each (signed with the
+// key the replica adopted), after the retirement the new one alone.
+func TestCRLSetFollowsOtherReplicas(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	openCA(t, dirA)
+	copyCA(t, dirA, dirB)
+	a := startReplica(t, dirA, url)
+	b := startReplica(t, dirB, url)
+	var changedA, changedB atomic.Int32
+	a.ca.OnGenerations(func() { changedA.Add(1) })
+	b.ca.OnGenerations(func() { changedB.Add(1) })
+	// set returns the roots' and the CRLs' issuers (common names) and the
+	// number of other certificates of b's CRL set.
+	set := func() (roots, crls []string, cross int) {
+		t.Helper()
+		s, err := b.ca.CRLsNumbered(big.NewInt(7), []Revoked{{Serial: "0a", Time: time.Now()}}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for blk, rest := pem.Decode(s.PEM); blk != nil; blk, rest = pem.Decode(rest) {
+			switch blk.Type {
+			case "CERTIFICATE":
+				c, err := x509.ParseCertificate(blk.Bytes)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if bytes.Equal(c.RawIssuer, c.RawSubject) {
+					roots = append(roots, c.Subject.CommonName)
+				} else {
+					cross++
+				}
+			case "X509 CRL":
+				l, err := x509.ParseRevocationList(blk.Bytes)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if l.Number.Int64() != 7 || len(l.RevokedCertificateEntries) != 1 {
+					t.Fatalf("CRL of %s: number %v, %d entries", l.Issuer.CommonName, l.Number, len(l.RevokedCertificateEntries))
+				}
+				roots := b.ca.Generations()
+				ok := false
+				for _, g := range roots {
+					ok = ok || g.Subject == l.Issuer.CommonName
+				}
+				if !ok {
+					t.Fatalf("a CRL of %s, no generation of b", l.Issuer.CommonName)
+				}
+				crls = append(crls, l.Issuer.CommonName)
+			}
+		}
+		return roots, crls, cross
+	}
+	g1 := a.ca.Certificate().Subject.CommonName
+	var g2 string
+	step := func(what string, fn func() error, wantRoots func() []string, wantCross int) {
+		t.Helper()
+		beforeA, beforeB := changedA.Load(), changedB.Load()
+		if err := fn(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if changedA.Load() == beforeA {
+			t.Fatalf("%s: OnGenerations not called on the replica that made it", what)
+		}
+		wait.For(t, what+" adopted by the other replica", func() bool { return changedB.Load() > beforeB })
+		roots, crls, cross := set()
+		if want := wantRoots(); !slices.Equal(roots, want) || !slices.Equal(crls, want) || cross != wantCross {
+			t.Fatalf("%s: b's set has roots %q, CRLs of %q, %d cross certificates; want %q, a CRL of each, %d", what, roots, crls, cross, want, wantCross)
+		}
+	}
+	step("prepare", func() error { g, err := a.ca.Prepare(); g2 = g.Subject; return err }, func() []string { return []string{g1, g2} }, 1)
+	step("activate", func() error { _, err := a.ca.Activate(); return err }, func() []string { return []string{g2, g1} }, 1)
+	step("retire", func() error { _, err := a.ca.Retire(); return err }, func() []string { return []string{g2} }, 1)
 }

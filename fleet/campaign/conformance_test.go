@@ -15,10 +15,16 @@ import (
 )
 
 // openStore opens the store at path in bbolt, or in PostgreSQL under
-// TestConformance/postgres.
+// TestConformance/postgres. These tests move a fake clock (Config.Now):
+// the PostgreSQL store uses it as bbolt does rather than the database's
+// clock (testSkewedReplicas covers that one).
 func openStore(t testing.TB, path string) (*Store, error) {
 	return pgtest.OpenBackend(t, path, path, Open, func(ctx context.Context, db *postgres.DB, _ string) (*Store, error) {
-		return OpenPostgres(ctx, db)
+		s, err := OpenPostgres(ctx, db)
+		if err == nil {
+			s.shared = false
+		}
+		return s, err
 	})
 }
 
@@ -57,6 +63,73 @@ func TestConformance(t *testing.T) {
 	t.Run("ReplicasStepOnce", func(t *testing.T) { testReplicasStepOnce(t, srv) })
 	t.Run("ReplicasRunOneStepper", func(t *testing.T) { testReplicasRunOneStepper(t, srv) })
 	t.Run("PausedStepperIsFenced", func(t *testing.T) { testPausedStepperIsFenced(t, srv) })
+	for _, skew := range []time.Duration{15 * time.Minute, -15 * time.Minute} {
+		for _, first := range []bool{false, true} {
+			t.Run(fmt.Sprintf("SkewedReplica%v/first=%v", skew, first), func(t *testing.T) { testSkewedReplicas(t, srv, skew, first) })
+		}
+	}
+}
+
+// testSkewedReplicas: two engines share a campaign, one of them with its
+// clock off by skew, more than the devices' timeout (10 minutes). The
+// devices one replica announces have until 10 minutes later on the
+// database's clock, whichever replica's clock runs ahead or behind: a
+// step of the other replica right after times none of them out and
+// announces none again (before, a replica whose clock ran ahead of the
+// announcer's by more than the timeout timed every device out at once).
+func testSkewedReplicas(t *testing.T, srv *pgtest.Server, skew time.Duration, skewedFirst bool) {
+	url := srv.NewDatabase(t)
+	const n = 4
+	var targets []string
+	for i := range n {
+		targets = append(targets, fmt.Sprintf("dev-%03d", i))
+	}
+	fleet := &fakeFleet{}
+	open := func(skew time.Duration) *Manager {
+		m, err := New(Config{
+			Store:     pgtest.Replica(t, url, func(db *postgres.DB) (*Store, error) { return OpenPostgres(t.Context(), db) }),
+			Targets:   TargetsFunc(func(context.Context, string, Selector) ([]string, error) { return targets, nil }),
+			Announcer: fleet,
+			Now:       func() time.Time { return time.Now().Add(skew) },
+			Batch:     n,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	replicas := []*Manager{open(0), open(skew)}
+	if skewedFirst {
+		replicas[0], replicas[1] = replicas[1], replicas[0]
+	}
+	c, err := replicas[0].Create(t.Context(), def(n), "alice", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replicas[0].Start(c.ID, time.Time{}, "alice", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := replicas[0].step(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := devices(fleet.take()); len(got) != n {
+		t.Fatalf("the first replica announced %v, want all %d devices", got, n)
+	}
+	for range 2 {
+		if err := replicas[1].step(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := devices(fleet.take()); len(got) != 0 {
+		t.Errorf("the other replica announced %v again", got)
+	}
+	got, err := replicas[1].Get(c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Counts.Announced != n || got.Counts.TimedOut != 0 {
+		t.Fatalf("counts %+v after the other replica's steps; want %d announced, none timed out", got.Counts, n)
+	}
 }
 
 // testReplicasStepOnce: two engines sharing the database step one

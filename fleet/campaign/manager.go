@@ -336,10 +336,14 @@ func (m *Manager) create(ctx context.Context, def Definition, ids []string, acto
 		return "", fmt.Errorf("campaign: making an ID: %w", err)
 	}
 	id := "cmp_" + hex.EncodeToString(raw)
-	now := m.cfg.Now().UTC()
-	mt := meta{Created: now, CreatedBy: actor, Justification: justification, Sizes: sizes}
-	h := &header{State: StateDraft, Total: len(ids), Counts: Counts{Pending: len(ids)}, Changed: now, ChangedBy: actor, Why: justification}
+	local := m.cfg.Now().UTC()
 	err = m.store.db.Update(ctx, func(tx kv.Tx) error {
+		now, err := m.store.clock(tx, local)
+		if err != nil {
+			return err
+		}
+		mt := meta{Created: now, CreatedBy: actor, Justification: justification, Sizes: sizes}
+		h := &header{State: StateDraft, Total: len(ids), Counts: Counts{Pending: len(ids)}, Changed: now, ChangedBy: actor, Why: justification}
 		root := tx.Bucket(bucketCampaigns)
 		if campaignBucket(tx, id) != nil {
 			return fmt.Errorf("campaign: %s exists", id)
@@ -419,16 +423,15 @@ func (m *Manager) Start(id string, at time.Time, actor, justification string) er
 	if err := accountable(actor, justification, false); err != nil {
 		return m.refused("campaign.start", actor, id, justification, err)
 	}
-	now := m.cfg.Now().UTC()
 	return m.change("campaign.start", id, actor, justification, func(t *txc) error {
 		if t.h.State != StateDraft {
 			return fmt.Errorf("%w: campaign %s is %s, not draft", ErrState, id, t.h.State)
 		}
-		if at.After(now) {
+		if at.After(t.now) {
 			t.h.State, t.h.StartAt = StateScheduled, at.UTC()
 			return nil
 		}
-		return t.start(now)
+		return t.start(t.now)
 	})
 }
 
@@ -448,15 +451,14 @@ func (m *Manager) Pause(id, actor, justification string) error {
 // action no longer holds the campaign back once its devices have all
 // finished; a wave that trips later pauses it again.
 func (m *Manager) Resume(id, actor, justification string) error {
-	now := m.cfg.Now().UTC()
 	return m.operate("campaign.resume", id, actor, justification, func(t *txc) error {
 		if t.h.State != StatePaused {
 			return fmt.Errorf("%w: campaign %s is %s, not paused", ErrState, id, t.h.State)
 		}
 		if t.h.Started.IsZero() {
 			t.h.State = StateScheduled
-			if !t.h.StartAt.After(now) {
-				return t.start(now)
+			if !t.h.StartAt.After(t.now) {
+				return t.start(t.now)
 			}
 			return nil
 		}
@@ -468,9 +470,8 @@ func (m *Manager) Resume(id, actor, justification string) error {
 // Abort ends a campaign that has not finished. Nothing more is announced;
 // devices in flight still report and time out, so their outcome is known.
 func (m *Manager) Abort(id, actor, justification string) error {
-	now := m.cfg.Now().UTC()
 	return m.operate("campaign.abort", id, actor, justification, func(t *txc) error {
-		return t.abort(now)
+		return t.abort(t.now)
 	})
 }
 
@@ -504,13 +505,18 @@ func (m *Manager) operate(action, id, actor, justification string, fn func(*txc)
 // change applies fn to campaign id in one transaction, records who did it
 // and why, settles the campaign and audits the outcome.
 func (m *Manager) change(action, id, actor, justification string, fn func(*txc) error) error {
-	now := m.cfg.Now().UTC()
+	local := m.cfg.Now().UTC()
 	var events []event
 	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
+		now, err := m.store.clock(tx, local)
+		if err != nil {
+			return err
+		}
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
 		}
+		t.now = now
 		if err := fn(t); err != nil {
 			return err
 		}
@@ -548,9 +554,13 @@ func (m *Manager) Rollback(ctx context.Context, id string, def Definition, actor
 	}
 	var ids []string
 	var events []event
-	now := m.cfg.Now().UTC()
+	local := m.cfg.Now().UTC()
 	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
 		ids = ids[:0]
+		now, err := m.store.clock(tx, local)
+		if err != nil {
+			return err
+		}
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -760,11 +770,15 @@ func (m *Manager) stepCampaign(ctx context.Context, id string) error {
 			break
 		}
 	}
-	now := m.cfg.Now().UTC()
+	local := m.cfg.Now().UTC()
 	var batch []Announcement
 	var events []event
 	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
 		batch = batch[:0]
+		now, err := m.store.clock(tx, local)
+		if err != nil {
+			return err
+		}
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -899,9 +913,13 @@ func (t *txc) announce(now time.Time, limit int) ([]Announcement, error) {
 // unreachable for the device timeout; a device the Announcer refused for
 // good fails with its reason.
 func (m *Manager) unannounce(ctx context.Context, id string, failed []undone) error {
-	now := m.cfg.Now().UTC()
+	local := m.cfg.Now().UTC()
 	var events []event
 	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
+		now, err := m.store.clock(tx, local)
+		if err != nil {
+			return err
+		}
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -967,10 +985,14 @@ func (t *txc) wait(id string, d *devRec, at time.Time) error {
 // since its announcement is announced again if retries are left (and the
 // campaign is not aborted); any other times out.
 func (m *Manager) timeouts(ctx context.Context, id string) (int, error) {
-	now := m.cfg.Now().UTC()
+	local := m.cfg.Now().UTC()
 	var events []event
 	n := 0
 	err := m.store.db.Update(ctx, func(tx kv.Tx) error {
+		now, err := m.store.clock(tx, local)
+		if err != nil {
+			return err
+		}
 		t, err := m.openTx(tx, id)
 		if err != nil {
 			return err
@@ -1021,6 +1043,25 @@ func (m *Manager) timeouts(ctx context.Context, id string) (int, error) {
 	}
 	m.emit(events)
 	return n, nil
+}
+
+// clock is the time a transaction of the store decides with: the
+// database's clock in tx (kv.Now) when replicas share the store
+// (PostgreSQL), so that replicas whose clocks differ agree on when a
+// campaign starts, a wave opens, a device's deadline passes or a retry is
+// due; else local, the Manager's Config.Now (bbolt: one process).
+func (s *Store) clock(tx kv.Tx, local time.Time) (time.Time, error) {
+	if !s.shared {
+		return local, nil
+	}
+	now, ok, err := kv.Now(tx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("campaign: %w", err)
+	}
+	if !ok {
+		return local, nil
+	}
+	return now, nil
 }
 
 func binaryTime(k []byte) int64 { return int64(binary.BigEndian.Uint64(k[:8])) }

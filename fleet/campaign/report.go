@@ -158,10 +158,14 @@ func (m *Manager) drain() {
 
 // writeReports applies a batch in one transaction and wakes its callers.
 func (m *Manager) writeReports(batch []*pendingReport) {
-	now := m.cfg.Now().UTC()
+	local := m.cfg.Now().UTC()
 	var events []event
 	err := m.store.db.Update(context.Background(), func(tx kv.Tx) error {
 		events = events[:0]
+		now, err := m.store.clock(tx, local)
+		if err != nil {
+			return err
+		}
 		open := map[string]*txc{}
 		var order []*txc
 		for _, p := range batch {

@@ -34,6 +34,9 @@ import (
 // path).
 type Store struct {
 	db kv.DB
+	// shared: replicas share the store (PostgreSQL), so its transactions
+	// decide on the database's clock (kv.Now), not each replica's.
+	shared bool
 }
 
 // File is the store's file in the fleet's data directory.
@@ -91,7 +94,7 @@ func OpenPostgres(ctx context.Context, db *postgres.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("campaign: %w", err)
 	}
-	return &Store{db: k}, nil
+	return &Store{db: k, shared: true}, nil
 }
 
 // Close closes the file.
@@ -191,7 +194,8 @@ type txc struct {
 	b, devs, order, waves, deadlines, retry kv.Bucket
 	wv                                      map[int]*waveRec
 	events                                  []event
-	orig                                    header // as read
+	orig                                    header    // as read
+	now                                     time.Time // the time change's fn decides with (Store.clock)
 }
 
 // errUnchanged rolls back a transaction that changed nothing, so that an

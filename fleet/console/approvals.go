@@ -108,6 +108,8 @@ func kindLabel(k approval.Kind) string {
 		return "Attestation policy change"
 	case approval.KindSecretChange:
 		return "Secret change"
+	case approval.KindAccessGrant:
+		return "SSH access grant"
 	}
 	return string(k)
 }

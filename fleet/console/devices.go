@@ -211,7 +211,11 @@ func (c *Console) loadDevices(r *http.Request) (any, error) {
 	if out.Fleet, err = c.cfg.Inventory.Count(r.Context(), nil); err != nil {
 		return nil, err
 	}
-	if q.Q == "" && q.Connected == "" {
+	switch {
+	case !q.Filtered():
+		// The fleet's count is the list's: no second read of every record.
+		out.Total, out.Counted = out.Fleet, true
+	case q.Q == "" && q.Connected == "":
 		if out.Total, err = c.cfg.Inventory.Count(r.Context(), q.where()); err != nil {
 			return nil, err
 		}

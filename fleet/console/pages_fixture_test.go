@@ -22,6 +22,7 @@ import (
 	"github.com/sigil-iot/sigil/firmware/sign"
 	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
@@ -53,6 +54,7 @@ type fleetFixture struct {
 	campaigns *campaign.Manager
 	alerts    *alert.Engine
 	approvals *approval.Manager
+	access    *access.Service
 	audit     *audit.Log
 	tel       *telemetry.Ingester
 	gov       *governance.Service
@@ -83,7 +85,7 @@ func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 		c.API = api.New(api.Config{
 			Inventory: inv, Policies: ff.policies, Auth: c.Auth, Audit: ff.audit, Approvals: ff.approvals,
 			Firmware: fwService{ff.releases, ff.campaigns, c.Now, ff.exposure}, Alerts: ff.alerts, AlertSinks: ff.sinks, Telemetry: ff.tel,
-			Governance: ff.gov, Now: c.Now, RateLimit: -1, CA: c.CA.(*ca.CA), CARotation: caRotation{c.CA.(*ca.CA)},
+			Governance: ff.gov, Now: c.Now, RateLimit: -1, Access: ff.access, CA: c.CA.(*ca.CA), CARotation: caRotation{c.CA.(*ca.CA)},
 		})
 		ext := []console.Extension{
 			console.FirmwarePages{Releases: ff.releases, Campaigns: ff.campaigns, Exposure: ff.exposure, Now: c.Now}.Extension(),
@@ -91,6 +93,7 @@ func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 			console.AuditPages{Log: ff.audit}.Extension(),
 			console.TelemetryCharts{Telemetry: ff.tel, Now: c.Now}.Extension(),
 			console.RiskPages{Risk: ff.gov}.Extension(),
+			console.AccessPages{Grants: ff.access, Now: c.Now}.Extension(),
 		}
 		if ff.approvals != nil {
 			ext = append(ext, console.ApprovalPages{Approvals: ff.approvals, Now: c.Now}.Extension())
@@ -151,6 +154,9 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 		must(err)
 		t.Cleanup(func() { ff.approvals.Close() })
 	}
+	ff.access, err = access.Open(access.Config{Dir: dir, TrustDomain: "fleet.example", Approvals: ff.approvals, Devices: inv, Audit: ff.audit, Now: now, NoSync: true})
+	must(err)
+	t.Cleanup(func() { ff.access.Close() })
 	ff.tel, err = telemetry.New(telemetry.Config{Now: now})
 	must(err)
 	ff.gov, err = governance.Open(governance.Config{Path: filepath.Join(dir, "governance.db"), Devices: inv, Now: now, NoSync: true})

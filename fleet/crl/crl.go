@@ -36,6 +36,19 @@ type Signer interface {
 	CRLNumbered(number *big.Int, entries []ca.Revoked, validity time.Duration) ([]byte, error)
 }
 
+// SetSigner is a Signer that also signs one CRL per trusted CA
+// generation with the trust bundle (*ca.CA; ca.CA.CRLsNumbered): what a
+// broker needs during a CA rotation (List.Set).
+type SetSigner interface {
+	CRLsNumbered(number *big.Int, entries []ca.Revoked, validity time.Duration) (ca.CRLSet, error)
+}
+
+// generationSource tells of changes of the CA's generations (*ca.CA): a
+// new CRL set is then signed.
+type generationSource interface {
+	OnGenerations(fn func())
+}
+
 // Defaults of Config.
 const (
 	DefaultValidity     = 24 * time.Hour
@@ -96,6 +109,11 @@ type Config struct {
 type List struct {
 	DER    []byte
 	Number *big.Int
+	// Set, when the Signer is a SetSigner, is the trust bundle and one
+	// CRL per trusted CA generation, numbered Number, in PEM
+	// (ca.CRLSet.PEM): GET /crl?set=generations, what a broker's sync
+	// installs.
+	Set []byte
 }
 
 // Publisher signs, keeps and hands out the fleet's CRL. Its methods are
@@ -159,7 +177,13 @@ func New(cfg Config) *Publisher {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Publisher{cfg: cfg, wake: make(chan struct{}), bySource: map[sourceKey]int{}}
+	p := &Publisher{cfg: cfg, wake: make(chan struct{}), bySource: map[sourceKey]int{}}
+	if g, ok := cfg.Signer.(generationSource); ok {
+		// A rotation step changes the CAs a broker must trust and the
+		// CRLs it needs: the waiting syncs get them at once.
+		g.OnGenerations(p.Changed)
+	}
+	return p
 }
 
 // Bus tells the replicas sharing a database of changes
@@ -269,15 +293,21 @@ func (p *Publisher) list(ctx context.Context, count bool) (l List, due time.Dura
 			return List{}, 0, err
 		}
 	}
-	der, err := p.cfg.Signer.CRLNumbered(big.NewInt(number), entries, p.cfg.Validity)
-	if err != nil {
+	var der, set []byte
+	if ss, ok := p.cfg.Signer.(SetSigner); ok {
+		all, err := ss.CRLsNumbered(big.NewInt(number), entries, p.cfg.Validity)
+		if err != nil {
+			return List{}, 0, fmt.Errorf("crl: %w", err)
+		}
+		der, set = all.Active, all.PEM
+	} else if der, err = p.cfg.Signer.CRLNumbered(big.NewInt(number), entries, p.cfg.Validity); err != nil {
 		return List{}, 0, fmt.Errorf("crl: %w", err)
 	}
 	parsed, err := x509.ParseRevocationList(der)
 	if err != nil {
 		return List{}, 0, fmt.Errorf("crl: %w", err)
 	}
-	p.cur, p.signed, p.total, p.at = List{DER: der, Number: parsed.Number}, now, len(all), gen
+	p.cur, p.signed, p.total, p.at = List{DER: der, Number: parsed.Number, Set: set}, now, len(all), gen
 	p.broadcast()
 	return p.cur, 0, nil
 }

@@ -44,13 +44,15 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{e: &boltEngine{db: db, onRevoke: o.onRevoke}, opts: o}, nil
+	protos := newProtocols() // one process: every write is seen here
+	return &Store{e: &boltEngine{db: db, onRevoke: o.onRevoke, protos: protos}, opts: o, protos: protos}, nil
 }
 
 // boltEngine keeps the inventory in a bbolt file.
 type boltEngine struct {
 	db       *boltdb.DB // group commit (Write) for the frequent writes: devices and events
 	onRevoke func()     // WithRevocationHook
+	protos   *protocols // Store.protos
 }
 
 var _ engine = (*boltEngine)(nil)
@@ -68,14 +70,14 @@ func (b *boltEngine) update(ctx context.Context, fn func(tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.Update(func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke}) })
+	return b.db.Update(func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke, b.protos}) })
 }
 
 func (b *boltEngine) write(ctx context.Context, fn func(tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.Write(func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke}) })
+	return b.db.Write(func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke, b.protos}) })
 }
 
 func (b *boltEngine) writeAll(ctx context.Context, fns []func(tx) error) []error {
@@ -88,7 +90,7 @@ func (b *boltEngine) writeAll(ctx context.Context, fns []func(tx) error) []error
 	}
 	bfns := make([]func(*bolt.Tx) error, len(fns))
 	for i, fn := range fns {
-		bfns[i] = func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke}) }
+		bfns[i] = func(t *bolt.Tx) error { return fn(boltTx{t, b.onRevoke, b.protos}) }
 	}
 	return b.db.WriteAll(bfns)
 }
@@ -207,7 +209,8 @@ func seekLast(c *bolt.Cursor, prefix []byte) ([]byte, []byte) {
 // boltTx is a transaction of the bbolt file.
 type boltTx struct {
 	tx       *bolt.Tx
-	onRevoke func() // called once a transaction that put a revocation commits
+	onRevoke func()     // called once a transaction that put a revocation commits
+	protos   *protocols // forgets a changed protocol version once the transaction commits
 }
 
 var _ tx = boltTx{}
@@ -254,6 +257,13 @@ func (b boltTx) putDevice(old, d *Device) error {
 		return err
 	}
 	return b.tx.Bucket(bucketDevices).Put([]byte(d.ID), v)
+}
+
+func (b boltTx) protocolChanged(id string) error {
+	if b.protos != nil {
+		b.tx.OnCommit(func() { b.protos.forget(id) })
+	}
+	return nil
 }
 
 func (b boltTx) revoked(serial string) (bool, error) {

@@ -46,6 +46,11 @@ type tx interface {
 	// one), with its EK and field indexes. An EK another device holds
 	// is ErrEKConflict.
 	putDevice(old, d *Device) error
+	// protocolChanged tells that the transaction changes the protocol
+	// version of device id (or creates it): once it commits, the store
+	// forgets the version it keeps, and so do the other replicas
+	// (TopicProtocols).
+	protocolChanged(id string) error
 	// revocation reports whether serial has a revocation record.
 	revoked(serial string) (bool, error)
 	// putRevocation adds r.

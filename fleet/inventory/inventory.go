@@ -214,6 +214,7 @@ type options struct {
 	noSync    bool
 	onEvent   func(Event)
 	onRevoke  func()
+	bus       Bus
 }
 
 // WithEventHook calls fn with every lifecycle event once AddEvent stored
@@ -261,8 +262,9 @@ func WithNoSync() Option { return func(o *options) { o.noSync = true } }
 // OpenPostgres), so that both backends enforce the same rules in one
 // transaction each.
 type Store struct {
-	e    engine
-	opts options
+	e      engine
+	opts   options
+	protos *protocols // nil: Protocol reads the record every time
 }
 
 func newStore(opts []Option) options {
@@ -470,6 +472,11 @@ func putDevice(tx tx, old, d *Device, now time.Time) error {
 		}
 		if holder != "" && holder != d.ID {
 			return fmt.Errorf("%w: EK already belongs to device %q", ErrEKConflict, holder)
+		}
+	}
+	if old == nil || old.Protocol != d.Protocol {
+		if err := tx.protocolChanged(d.ID); err != nil {
+			return err
 		}
 	}
 	return tx.putDevice(old, d)

@@ -85,8 +85,11 @@ func (e *TransitionError) Is(target error) bool { return target == ErrTransition
 
 // QuarantinedKinds are the up-topic kinds a quarantined device may publish:
 // what lets it prove itself (attest, hello), be refused with a reason
-// rather than disconnected (ssh), and be watched (telemetry).
-func QuarantinedKinds() []string { return []string{"attest", "hello", "ssh", wire.KindTelemetry} }
+// rather than disconnected (ssh, workload), and be watched (telemetry, and
+// the operator sessions it reports: access).
+func QuarantinedKinds() []string {
+	return []string{"attest", "hello", "ssh", wire.KindTelemetry, wire.KindWorkload, wire.KindAccess}
+}
 
 // Accepts reports whether a device in state s may send messages of an
 // up-topic kind: an active device every kind, a quarantined one only

@@ -31,7 +31,15 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, opts ...Option) (*Store,
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
 	o := newStore(opts)
-	return &Store{e: &pgEngine{db: db, onRevoke: o.onRevoke}, opts: o}, nil
+	s := &Store{e: &pgEngine{db: db, onRevoke: o.onRevoke}, opts: o}
+	if o.bus != nil {
+		s.protos = newProtocols()
+		s.e.(*pgEngine).protos = s.protos
+		if err := s.protos.listen(o.bus); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // pgEngine keeps the inventory in PostgreSQL. Its write transactions are
@@ -40,7 +48,8 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, opts ...Option) (*Store,
 // atomic as in bbolt's single writer.
 type pgEngine struct {
 	db       *postgres.DB
-	onRevoke func() // WithRevocationHook
+	onRevoke func()     // WithRevocationHook
+	protos   *protocols // Store.protos (WithBus), nil without
 }
 
 var _ engine = (*pgEngine)(nil)
@@ -53,14 +62,21 @@ func (p *pgEngine) view(ctx context.Context, fn func(tx) error) error {
 
 func (p *pgEngine) update(ctx context.Context, fn func(tx) error) error {
 	revoked := false
+	var changed []string
 	err := p.db.Tx(ctx, func(t pgx.Tx) error {
 		pt := &pgTx{ctx: ctx, tx: t, write: true}
 		err := fn(pt)
-		revoked = pt.revokedAny // of the run that commits
+		revoked, changed = pt.revokedAny, pt.protocols // of the run that commits
 		return err
 	})
 	if err == nil && revoked && p.onRevoke != nil {
 		p.onRevoke()
+	}
+	if err == nil && p.protos != nil {
+		// At once here; the other replicas when TopicProtocols arrives.
+		for _, id := range changed {
+			p.protos.forget(id)
+		}
 	}
 	return err
 }
@@ -260,6 +276,9 @@ type pgTx struct {
 	write bool // lock the rows read (SELECT … FOR UPDATE)
 	// revokedAny: putRevocation added a revocation.
 	revokedAny bool
+	// protocols: the devices whose protocol version changed
+	// (protocolChanged).
+	protocols []string
 }
 
 var _ tx = (*pgTx)(nil)
@@ -366,6 +385,12 @@ func (t *pgTx) revoked(serial string) (bool, error) {
 	var ok bool
 	err := t.tx.QueryRow(t.ctx, "SELECT EXISTS (SELECT 1 FROM inventory_revocations WHERE serial = $1)", serial).Scan(&ok)
 	return ok, err
+}
+
+func (t *pgTx) protocolChanged(id string) error {
+	t.protocols = append(t.protocols, id)
+	// Every replica listening forgets it when this transaction commits.
+	return notify.NotifyTx(t.ctx, t.tx, TopicProtocols, id)
 }
 
 func (t *pgTx) putRevocation(r *Revocation) error {

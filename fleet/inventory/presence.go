@@ -3,8 +3,6 @@ package inventory
 import (
 	"context"
 	"time"
-
-	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // SetConnected records what a device's session shows: whether it is
@@ -36,21 +34,4 @@ func (s *Store) Hello(ctx context.Context, id, firmware string, protocol int, at
 		return nil
 	})
 	return previous, changed, err
-}
-
-// Protocol returns the wire protocol version to speak to a device: the one
-// it last spoke (Device.Protocol), or wire.OldestVersion for a record that
-// holds none (written by a release that did not keep it: every device
-// speaks it, and says hello with its own at its next connection). It
-// decodes nothing else of the record: it is read for every message the
-// fleet sends.
-func (s *Store) Protocol(ctx context.Context, id string) (int, error) {
-	d, err := s.brief(ctx, id)
-	if err != nil {
-		return 0, err
-	}
-	if d.Protocol == 0 {
-		return wire.OldestVersion, nil
-	}
-	return d.Protocol, nil
 }

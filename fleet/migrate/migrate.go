@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 
 	"github.com/sigil-iot/sigil/firmware/verify"
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/attest"
@@ -33,6 +34,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
+	"github.com/sigil-iot/sigil/fleet/workload"
 )
 
 // Errors of Run. Compare with errors.Is.
@@ -156,6 +158,9 @@ func kvStores() []kvStore {
 				m.Close()
 				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
 			}},
+		{name: "access", file: access.File, buckets: access.Buckets,
+			create: access.CreateFile,
+			open:   access.OpenPostgres},
 		{name: "campaigns", file: campaign.File, buckets: campaign.Buckets, // a bucket per campaign in "campaigns"
 			create: func(path string) error {
 				s, err := campaign.Open(path)
@@ -294,6 +299,25 @@ func kvStores() []kvStore {
 			open: firmware.PostgresBuckets,
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"releases": keys["releases"]}
+			}},
+		{name: "workloads", file: workload.File, buckets: workload.Buckets, // signing keys stay sealed under secrets.key
+			create: func(path string) error {
+				s, err := workload.Open(path, make([]byte, 32)) // the key seals nothing here
+				if err == nil {
+					err = s.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				s, err := workload.OpenPostgres(ctx, db, make([]byte, 32))
+				if err != nil {
+					return nil, err
+				}
+				s.Close()
+				return kv.Postgres(db, workload.Table)
+			},
+			records: func(keys map[string]int) map[string]int {
+				return map[string]int{"registrations": keys["registrations"], "signing keys": keys["jwt_keys"]}
 			}},
 	}
 }

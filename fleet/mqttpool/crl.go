@@ -1,6 +1,7 @@
 package mqttpool
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -11,6 +12,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -122,17 +124,18 @@ func (s *CRLSync) watch(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-// number is the number of the broker's CRL, nil when it has none.
+// number is the greatest number of the broker's CRLs, nil when it has
+// none.
 func (s *CRLSync) number() *big.Int {
 	b, err := os.ReadFile(filepath.Join(s.Dir, CRLFile))
 	if err != nil {
 		return nil
 	}
-	crl, err := parseCRL(b)
+	_, crls, err := parseSet(b)
 	if err != nil {
 		return nil
 	}
-	return crl.Number
+	return maxNumber(crls)
 }
 
 // Once fetches the fleet's CRL and, when it is newer than the broker's,
@@ -145,41 +148,198 @@ func (s *CRLSync) Once(ctx context.Context) (bool, error) {
 	return s.install(raw)
 }
 
-// install checks raw and, when it is newer than the broker's CRL,
-// installs it and reloads the broker.
+// install checks raw and, when it is newer than the broker's CRLs,
+// installs it and reloads the broker. raw is one CRL (DER or PEM), or a
+// CRL set (GET /crl?set=generations: the fleet's trust bundle, cross
+// certificates and one CRL per trusted CA generation, in PEM); with a
+// set, the broker's trust bundle becomes the fleet's roots that chain to
+// a root it already trusts (a new generation's through its cross
+// certificate; a retired one is left out), and its CRLs those of the
+// set.
 func (s *CRLSync) install(raw []byte) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	crl, err := parseCRL(raw)
+	certs, crls, err := parseSet(raw)
 	if err != nil {
 		return false, fmt.Errorf("%w: %w", ErrCRL, err)
 	}
-	if err := s.checkSigner(crl); err != nil {
+	installed, err := s.roots()
+	if err != nil {
 		return false, err
 	}
-	if !crl.NextUpdate.IsZero() && !time.Now().Before(crl.NextUpdate) {
-		// Mosquitto would refuse every client with it.
-		return false, fmt.Errorf("%w: expired at %s", ErrCRL, crl.NextUpdate.UTC().Format(time.RFC3339))
+	roots := installed
+	if len(certs) > 0 {
+		if roots, err = chained(installed, certs, time.Now()); err != nil {
+			return false, err
+		}
 	}
+	for _, crl := range crls {
+		if !signedByOneOf(crl, roots) {
+			return false, fmt.Errorf("%w: not signed by a CA of %s", ErrCRL, CAFile)
+		}
+		if !crl.NextUpdate.IsZero() && !time.Now().Before(crl.NextUpdate) {
+			// Mosquitto would refuse every client with it.
+			return false, fmt.Errorf("%w: expired at %s", ErrCRL, crl.NextUpdate.UTC().Format(time.RFC3339))
+		}
+	}
+	sameRoots := slices.EqualFunc(roots, installed, func(a, b *x509.Certificate) bool { return a.Equal(b) })
 	path := filepath.Join(s.Dir, CRLFile)
 	if old, err := os.ReadFile(path); err == nil {
-		if cur, err := parseCRL(old); err == nil && cur.Number != nil && crl.Number != nil {
-			switch crl.Number.Cmp(cur.Number) {
-			case 0:
-				return false, nil // the broker has it
-			case -1:
-				return false, fmt.Errorf("%w: number %v is older than the broker's %v", ErrCRL, crl.Number, cur.Number)
+		if _, cur, err := parseSet(old); err == nil {
+			if have, got := maxNumber(cur), maxNumber(crls); have != nil && got != nil {
+				switch got.Cmp(have) {
+				case 0:
+					if len(cur) == len(crls) {
+						if sameRoots {
+							return false, nil // the broker has it
+						}
+						if err := s.writeRoots(roots); err != nil {
+							return false, err // the CRLs are in place: nothing to reload
+						}
+					}
+				case -1:
+					return false, fmt.Errorf("%w: number %v is older than the broker's %v", ErrCRL, got, have)
+				}
 			}
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("mqttpool: %w", err)
 	}
-	tmp, err := os.CreateTemp(s.Dir, ".crl-*.pem")
+	// ca.pem before crl.pem: a reload that a change of crl.pem triggers
+	// (a path unit) finds both. A ca.pem the sync may not replace (a
+	// sandboxed sync whose directory lets it replace crl.pem alone) does
+	// not hold the CRLs back: the revocations still reach the broker for
+	// the CAs it trusts, and the error says what to install by hand.
+	var rootsErr error
+	if !sameRoots {
+		rootsErr = s.writeRoots(roots)
+	}
+	var b []byte
+	for _, crl := range crls {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl.Raw})...)
+	}
+	if err := writeAtomic(path, b); err != nil {
+		return false, fmt.Errorf("mqttpool: writing the CRL: %w", err)
+	}
+	if err := s.Reload(); err != nil {
+		return true, errors.Join(rootsErr, fmt.Errorf("mqttpool: reloading the broker: %w", err))
+	}
+	return true, rootsErr
+}
+
+// writeRoots writes roots as the broker's trust bundle (ca.pem).
+func (s *CRLSync) writeRoots(roots []*x509.Certificate) error {
+	var b []byte
+	for _, r := range roots {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	if err := writeAtomic(filepath.Join(s.Dir, CAFile), b); err != nil {
+		return fmt.Errorf("mqttpool: writing the trust bundle %s (the CA rotation's roots): %w", CAFile, err)
+	}
+	return nil
+}
+
+// roots reads the broker's trust bundle.
+func (s *CRLSync) roots() ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(filepath.Join(s.Dir, CAFile))
 	if err != nil {
-		return false, fmt.Errorf("mqttpool: %w", err)
+		return nil, fmt.Errorf("mqttpool: %w", err)
+	}
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// chained returns the roots among certs (self-signed CA certificates, in
+// the fleet's order) that the broker may trust: those it already trusts,
+// and those certified by one of them through a cross certificate among
+// certs (same subject and key, a CA, valid at now), transitively. Roots
+// it trusts that certs leave out (retired generations) are dropped. It
+// fails when none is left: the set is not this broker's fleet's.
+func chained(installed, certs []*x509.Certificate, now time.Time) ([]*x509.Certificate, error) {
+	var roots, cross []*x509.Certificate
+	for _, c := range certs {
+		if c.IsCA && bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
+			roots = append(roots, c)
+		} else if c.IsCA {
+			cross = append(cross, c)
+		}
+	}
+	ok := make([]bool, len(roots))
+	var trusted []*x509.Certificate
+	for i, r := range roots {
+		if slices.ContainsFunc(installed, r.Equal) {
+			ok[i] = true
+			trusted = append(trusted, r)
+		}
+	}
+	for grew := true; grew; {
+		grew = false
+		for i, r := range roots {
+			if ok[i] {
+				continue
+			}
+			for _, x := range cross {
+				if bytes.Equal(x.RawSubject, r.RawSubject) && bytes.Equal(x.RawSubjectPublicKeyInfo, r.RawSubjectPublicKeyInfo) &&
+					!now.Before(x.NotBefore) && !now.After(x.NotAfter) && signedCertByOneOf(x, trusted) {
+					ok[i], grew = true, true
+					trusted = append(trusted, r)
+					break
+				}
+			}
+		}
+	}
+	if len(trusted) == 0 {
+		return nil, fmt.Errorf("%w: none of the fleet's CAs is, or is certified by, a CA of %s", ErrCRL, CAFile)
+	}
+	out := make([]*x509.Certificate, 0, len(trusted))
+	for i, r := range roots {
+		if ok[i] {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func signedCertByOneOf(c *x509.Certificate, cas []*x509.Certificate) bool {
+	return slices.ContainsFunc(cas, func(ca *x509.Certificate) bool { return c.CheckSignatureFrom(ca) == nil })
+}
+
+func signedByOneOf(crl *x509.RevocationList, cas []*x509.Certificate) bool {
+	return slices.ContainsFunc(cas, func(ca *x509.Certificate) bool { return crl.CheckSignatureFrom(ca) == nil })
+}
+
+// maxNumber is the greatest number of crls, nil when none has one.
+func maxNumber(crls []*x509.RevocationList) *big.Int {
+	var n *big.Int
+	for _, c := range crls {
+		if c.Number != nil && (n == nil || c.Number.Cmp(n) > 0) {
+			n = c.Number
+		}
+	}
+	return n
+}
+
+// writeAtomic writes b to path (mode 0644) through a synced temporary
+// file renamed over it.
+func writeAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".sync-*.pem")
+	if err != nil {
+		return err
 	}
 	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl.Raw}))
+	_, err = tmp.Write(b)
 	if err == nil {
 		err = tmp.Chmod(0o644)
 	}
@@ -192,44 +352,51 @@ func (s *CRLSync) install(raw []byte) (bool, error) {
 	if err == nil {
 		err = os.Rename(tmp.Name(), path)
 	}
-	if err != nil {
-		return false, fmt.Errorf("mqttpool: writing the CRL: %w", err)
-	}
-	if err := s.Reload(); err != nil {
-		return true, fmt.Errorf("mqttpool: reloading the broker: %w", err)
-	}
-	return true, nil
+	return err
 }
 
-// checkSigner checks crl's signature against the broker's trust bundle.
-func (s *CRLSync) checkSigner(crl *x509.RevocationList) error {
-	b, err := os.ReadFile(filepath.Join(s.Dir, CAFile))
-	if err != nil {
-		return fmt.Errorf("mqttpool: %w", err)
+// maxSetBlocks bounds the PEM blocks of a CRL set.
+const maxSetBlocks = 64
+
+// parseSet parses one CRL (DER or PEM) or a CRL set in PEM: certificates
+// and at least one CRL.
+func parseSet(b []byte) ([]*x509.Certificate, []*x509.RevocationList, error) {
+	if blk, _ := pem.Decode(b); blk == nil {
+		crl, err := x509.ParseRevocationList(b)
+		if err != nil {
+			return nil, nil, err
+		}
+		return nil, []*x509.RevocationList{crl}, nil
 	}
-	for {
+	var certs []*x509.Certificate
+	var crls []*x509.RevocationList
+	for n := 0; ; n++ {
 		var blk *pem.Block
 		if blk, b = pem.Decode(b); blk == nil {
 			break
 		}
-		if blk.Type != "CERTIFICATE" {
-			continue
+		if n == maxSetBlocks {
+			return nil, nil, fmt.Errorf("more than %d PEM blocks", maxSetBlocks)
 		}
-		ca, err := x509.ParseCertificate(blk.Bytes)
-		if err == nil && crl.CheckSignatureFrom(ca) == nil {
-			return nil
+		switch blk.Type {
+		case "CERTIFICATE":
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return nil, nil, err
+			}
+			certs = append(certs, c)
+		case "X509 CRL":
+			crl, err := x509.ParseRevocationList(blk.Bytes)
+			if err != nil {
+				return nil, nil, err
+			}
+			crls = append(crls, crl)
+		default:
+			return nil, nil, fmt.Errorf("PEM block %q, want CERTIFICATE or X509 CRL", blk.Type)
 		}
 	}
-	return fmt.Errorf("%w: not signed by a CA of %s", ErrCRL, CAFile)
-}
-
-// parseCRL parses a CRL in DER or PEM.
-func parseCRL(b []byte) (*x509.RevocationList, error) {
-	if blk, _ := pem.Decode(b); blk != nil {
-		if blk.Type != "X509 CRL" {
-			return nil, fmt.Errorf("PEM block %q, want X509 CRL", blk.Type)
-		}
-		b = blk.Bytes
+	if len(crls) == 0 {
+		return nil, nil, errors.New("no CRL")
 	}
-	return x509.ParseRevocationList(b)
+	return certs, crls, nil
 }

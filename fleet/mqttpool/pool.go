@@ -23,12 +23,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -402,6 +404,38 @@ func (p *Pool) client(addr string) mqtt.Client {
 		})
 	}
 	return c
+}
+
+// ServerCertificates returns the certificate each broker of the pool
+// presents (by address), from a TLS handshake with its fleet listener,
+// verified as the pool's connections verify it; a broker's listeners
+// share it, so it is the one its devices (or bootstrap clients) are
+// shown. A broker that cannot be reached, or whose certificate does not
+// verify, is an error.
+func (p *Pool) ServerCertificates(ctx context.Context) (map[string]*x509.Certificate, error) {
+	out := map[string]*x509.Certificate{}
+	var errs []error
+	for _, addr := range append(slicesClone(p.cfg.Devices), p.cfg.Bootstrap...) {
+		cfg := p.cfg.TLS.Clone()
+		if cfg.ServerName == "" {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("mqttpool: broker %s: %w", addr, err))
+				continue
+			}
+			cfg.ServerName = host
+		}
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		conn, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("mqttpool: broker %s: %w", addr, err))
+			continue
+		}
+		out[addr] = conn.(*tls.Conn).ConnectionState().PeerCertificates[0]
+		conn.Close()
+	}
+	return out, errors.Join(errs...)
 }
 
 // options are a connection's to the broker at addr as clientID: a clean

@@ -101,8 +101,12 @@ type TransportConfig struct {
 	// (Secret).
 	DataDir string
 	// Roots verify the brokers' certificates: the fleet CA's.
-	Roots  *x509.CertPool
-	Topics wire.Topics
+	Roots *x509.CertPool
+	// RootsFunc, when set, replaces Roots: it is asked at each
+	// connection, so that brokers whose certificates a new CA generation
+	// issued are verified without a restart (ca.CA.Pool).
+	RootsFunc func() *x509.CertPool
+	Topics    wire.Topics
 	// Inventory gives a device's state at Disconnect and the quarantined
 	// devices a broker is brought up to date with when the fleet connects
 	// to it.
@@ -144,7 +148,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 			}
 		},
 		Devices: pc.Devices, Bootstrap: pc.Bootstrap, Username: Username, Password: secret,
-		TLS:    &tls.Config{RootCAs: cfg.Roots, ServerName: pc.ServerName, MinVersion: tls.VersionTLS12},
+		TLS:    brokerTLS(cfg.Roots, cfg.RootsFunc, pc.ServerName),
 		Topics: cfg.Topics, Group: pc.Group, Sessions: cfg.Sessions, Logger: log,
 		OnSession: sessionEvents(cfg.Events),
 	})
@@ -158,6 +162,37 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 	t = &Transport{inv: cfg.Inventory, pool: p, hello: hello, topics: cfg.Topics, addr: pc.Devices[0],
 		heard: map[string]time.Time{}, gone: map[string]time.Time{}, kicked: map[string]time.Time{}, pending: map[string]bool{}, log: log}
 	return t, nil
+}
+
+// brokerTLS is the TLS configuration of the fleet's connections to the
+// brokers: verified with roots, or, when rootsFunc is set, with the roots
+// it gives at each handshake (the chain and the name, as crypto/tls
+// would verify them with RootCAs).
+func brokerTLS(roots *x509.CertPool, rootsFunc func() *x509.CertPool, serverName string) *tls.Config {
+	c := &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}
+	if rootsFunc == nil {
+		return c
+	}
+	c.RootCAs = nil
+	c.InsecureSkipVerify = true // VerifyConnection verifies, with the roots of the moment
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || cs.ServerName == "" {
+			return errors.New("mqttpool: broker certificate or name missing")
+		}
+		inter := x509.NewCertPool()
+		for _, ic := range cs.PeerCertificates[1:] {
+			inter.AddCert(ic)
+		}
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: rootsFunc(), Intermediates: inter, DNSName: cs.ServerName,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		return err
+	}
+	return c
+}
+
+// ServerCertificates is Pool.ServerCertificates.
+func (t *Transport) ServerCertificates(ctx context.Context) (map[string]*x509.Certificate, error) {
+	return t.pool.ServerCertificates(ctx)
 }
 
 // sessionEvents gives the pool's session events to events as the

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
 // TestNilServiceIsOff: without release_trust the fleet holds a nil
@@ -18,6 +20,8 @@ func TestNilServiceIsOff(t *testing.T) {
 	if s.Releases() != nil || s.Campaigns() != nil {
 		t.Error("a nil service has a release store or campaigns")
 	}
+	s.Report("d1", &wire.Envelope{Type: wire.TypeFirmwareReport}) // ignored, no panic
+	s.Hello("d1")
 	if trust, rots := s.Trust(); trust != nil || rots != nil {
 		t.Errorf("a nil service hands out trust: %v %v", trust, rots)
 	}

@@ -457,8 +457,12 @@ func stepOf(phase string) campaign.Step {
 }
 
 // Report takes a device's firmware.report into its campaign. The device
-// is the one the broker authenticated.
+// is the one the broker authenticated. A nil Service (firmware off)
+// ignores it.
 func (s *Service) Report(deviceID string, env *wire.Envelope) {
+	if s == nil {
+		return
+	}
 	var r wire.FirmwareReport
 	if err := wire.DecodeBody(env, wire.TypeFirmwareReport, &r); err != nil {
 		s.log.Warn("malformed firmware report", "device_id", deviceID, "err", err)
@@ -487,8 +491,12 @@ func (s *Service) Report(deviceID string, env *wire.Envelope) {
 
 // Hello queues a device that said hello: it gets the release trust, and
 // the announcements of the campaigns it is in flight in (a device that
-// restarted or reconnected may have missed them).
+// restarted or reconnected may have missed them). A nil Service
+// (firmware off) ignores it.
 func (s *Service) Hello(deviceID string) {
+	if s == nil {
+		return
+	}
 	select {
 	case s.hellos <- deviceID:
 	default:

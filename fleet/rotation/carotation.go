@@ -1,11 +1,14 @@
 package rotation
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +29,41 @@ import (
 type Sessions interface {
 	ConnectedDevices(keep func(deviceID string, cert *x509.Certificate) bool) []string
 	Disconnect(deviceID string)
+}
+
+// brokerCertificates is what a pool of brokers (*mqttpool.Transport)
+// tells of the certificates its brokers present to devices, by broker
+// address; the embedded broker, whose certificate is the fleet's, has
+// none to tell.
+type brokerCertificates interface {
+	ServerCertificates(ctx context.Context) (map[string]*x509.Certificate, error)
+}
+
+// ErrBrokersOnRetiringCA: a broker of the pool still presents a
+// certificate of a generation Retire would take out of the devices' trust
+// bundle; after it, no device would connect to it. Re-issue the broker's
+// certificate (sigil broker-config) first. Compare with errors.Is.
+var ErrBrokersOnRetiringCA = errors.New("rotation: a broker of the pool presents a certificate of a generation to retire")
+
+// BrokersError is ErrBrokersOnRetiringCA with the brokers it is about,
+// or why they could not be checked.
+type BrokersError struct {
+	Brokers []string // addresses presenting a certificate of a generation to retire
+	Err     error    // why some could not be checked (then the retirement is refused too)
+}
+
+func (e *BrokersError) Error() string {
+	if len(e.Brokers) > 0 {
+		return fmt.Sprintf("%v: %s; re-issue their certificates (sigil broker-config) before retiring", ErrBrokersOnRetiringCA, strings.Join(e.Brokers, ", "))
+	}
+	return fmt.Sprintf("%v: the brokers' certificates could not all be checked: %v", ErrBrokersOnRetiringCA, e.Err)
+}
+
+func (e *BrokersError) Unwrap() []error {
+	if e.Err != nil {
+		return []error{ErrBrokersOnRetiringCA, e.Err}
+	}
+	return []error{ErrBrokersOnRetiringCA}
 }
 
 // CARotationConfig configures NewCARotation. CA, Jobs, Sessions and Send
@@ -114,6 +152,9 @@ func (r *CARotation) ActivateCA(by string, rate float64) (ca.Generation, *Job, e
 // and disconnects devices still connected with a certificate they issued:
 // the broker refuses those from now on, and the devices enroll again.
 func (r *CARotation) RetireCA(by string) ([]ca.Generation, error) {
+	if err := r.brokersOnNewGenerations(); err != nil {
+		return nil, err
+	}
 	gens, err := r.cfg.CA.Retire()
 	if err != nil {
 		return nil, err
@@ -131,6 +172,34 @@ func (r *CARotation) RetireCA(by string) ([]ca.Generation, error) {
 		r.log.Info("disconnected devices holding retired-generation certificates", "devices", len(stale))
 	}
 	return gens, nil
+}
+
+// brokersOnNewGenerations refuses a retirement (*BrokersError) while a
+// broker of the pool presents a certificate of a superseded generation,
+// which the retirement takes out of the devices' trust bundle, or
+// cannot be checked (deny by default).
+func (r *CARotation) brokersOnNewGenerations() error {
+	bc, ok := r.cfg.Sessions.(brokerCertificates)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	certs, err := bc.ServerCertificates(ctx)
+	if err != nil {
+		return &BrokersError{Err: err}
+	}
+	var stale []string
+	for addr, cert := range certs {
+		if g, err := r.cfg.CA.Issuer(cert); err != nil || g.State != ca.GenActive && g.State != ca.GenPrepared {
+			stale = append(stale, addr)
+		}
+	}
+	if len(stale) > 0 {
+		slices.Sort(stale)
+		return &BrokersError{Brokers: stale}
+	}
+	return nil
 }
 
 // Hello is told of a device's hello, after each connect: once the CA

@@ -4,12 +4,14 @@ import (
 	"os"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/crl"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/sso"
+	"github.com/sigil-iot/sigil/fleet/workload"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -112,7 +114,8 @@ type Config struct {
 	// SSHPrincipals are the names on devices' SSH host certificates,
 	// templates with "{id}" (device ID) and "{domain}" (trust domain).
 	// Default ["{id}", "{id}.{domain}"].
-	SSHPrincipals []string `json:"ssh_principals"`
+	SSHPrincipals []string      `json:"ssh_principals"`
+	Access        access.Policy `json:"access"` // bounds just-in-time operator SSH access (access.Policy: 8h, logins ["root"] by default)
 	// AlertSinks are where alert notifications go (AlertSink,
 	// sink.Config). Default none: alerts are kept and served by the API only.
 	AlertSinks []AlertSink `json:"alert_sinks"`
@@ -134,6 +137,7 @@ type Config struct {
 	// GovernanceConfig: dormant_after, dormant_revoke, silent_after,
 	// governance_interval (governance.Settings).
 	GovernanceConfig
+	workload.Options // workload_issuer, workload_*_ttl, workload_key_rotation, workload_max_risk
 }
 
 func (c *Config) setDefaults() {

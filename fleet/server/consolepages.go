@@ -5,8 +5,8 @@ import "github.com/sigil-iot/sigil/fleet/console"
 // consoleExtensions are the console's pages, overview tiles and device
 // sections for the fleet's subsystems: firmware campaigns and releases
 // (when release_trust is set), alerts, the approvals inbox (with
-// two_person_rule), the audit log, telemetry charts, risk scores and
-// shadow-device triage.
+// two_person_rule), just-in-time SSH access, the audit log, telemetry
+// charts, risk scores and shadow-device triage.
 func (s *Server) consoleExtensions() []console.Extension {
 	var exts []console.Extension
 	if s.fw != nil {
@@ -18,6 +18,7 @@ func (s *Server) consoleExtensions() []console.Extension {
 	if s.Approvals != nil {
 		exts = append(exts, console.ApprovalPages{Approvals: s.Approvals}.Extension())
 	}
+	exts = append(exts, console.AccessPages{Grants: s.Access}.Extension()) // just-in-time SSH access
 	if s.Audit != nil {
 		exts = append(exts, console.AuditPages{Log: s.Audit}.Extension())
 	}
@@ -25,8 +26,7 @@ func (s *Server) consoleExtensions() []console.Extension {
 		exts = append(exts, console.TelemetryCharts{Telemetry: s.Telemetry}.Extension())
 	}
 	if s.Governance != nil {
-		exts = append(exts, console.RiskPages{Risk: s.Governance}.Extension())
-		exts = append(exts, console.TriagePages{Governance: s.Governance}.Extension())
+		exts = append(exts, console.RiskPages{Risk: s.Governance}.Extension(), console.TriagePages{Governance: s.Governance}.Extension())
 	}
 	return exts
 }

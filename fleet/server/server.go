@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sigil-iot/sigil/fleet/access"
 	"github.com/sigil-iot/sigil/fleet/admission"
 	"github.com/sigil-iot/sigil/fleet/alert"
 	"github.com/sigil-iot/sigil/fleet/alert/feed"
@@ -38,6 +39,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/backup"
 	"github.com/sigil-iot/sigil/fleet/bridge"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
@@ -60,6 +62,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 	"github.com/sigil-iot/sigil/fleet/verifier"
+	"github.com/sigil-iot/sigil/fleet/workload"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -74,8 +77,10 @@ type Server struct {
 	Attest   *attest.Service
 	Policy   *policy.Store
 	Rotation *rotation.Service
-	// SSH issues devices' SSH host certificates (fleet/sshca).
-	SSH *sshca.Issuer
+	// SSH issues devices' SSH host certificates (fleet/sshca); Access
+	// gives operators just-in-time SSH access (fleet/access).
+	SSH    *sshca.Issuer
+	Access *access.Service
 	// Secrets keeps the sealed secrets (encrypted at rest).
 	Secrets *secrets.Store
 	// Auth keeps operators, sessions and API tokens.
@@ -99,6 +104,7 @@ type Server struct {
 	// Governance keeps owners, the triage and block lists, dormant and
 	// cloned identities and risk scores (fleet/governance).
 	Governance *governance.Service
+	Workload   *workload.Service // workload identities and OIDC federation (fleet/workload)
 
 	history    *attest.History
 	jobs       *rotation.Jobs
@@ -168,9 +174,9 @@ func New(cfg Config, logger *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, open := range []func() error{
-		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openBridges, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
+		s.openCA, s.openDatabase, s.openAudit, s.openAuth, s.openInventory, s.openBroker, s.openPolicy, s.openHistory,
 		s.openTelemetry, s.openFirmware, s.openGovernance, s.openEnroll, s.openAttest, s.openRotation,
-		s.openSSH, s.openSecrets, s.openApprovals, s.controlPlaneMetrics, s.openAPI, s.listen,
+		s.openApprovals, s.openSSH, s.openWorkload, s.openSecrets, s.controlPlaneMetrics, s.openAPI, s.listen,
 	} {
 		if err := open(); err != nil {
 			return nil, err
@@ -260,7 +266,7 @@ func (s *Server) openInventory() (err error) {
 	// A revocation wakes the syncs waiting on GET /crl (crl.Publisher).
 	revoked := inventory.WithRevocationHook(func() { s.crls.Changed() })
 	s.Inv, err = openStore(s, func(ctx context.Context, db *postgres.DB) (*inventory.Store, error) {
-		return inventory.OpenPostgres(ctx, db, hook, revoked)
+		return inventory.OpenPostgres(ctx, db, hook, revoked, inventory.WithBus(s.bus))
 	},
 		func() (*inventory.Store, error) {
 			return inventory.Open(filepath.Join(s.cfg.DataDir, InventoryFile), hook, revoked)
@@ -270,14 +276,10 @@ func (s *Server) openInventory() (err error) {
 	}
 	ctx, cancel := startup()
 	defer cancel()
-	s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.bridges.AndDevices(s.Inv), Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
-	return err
-}
-
-// openBridges opens the OT bridges' credentials; a revocation cuts the bridge off at the embedded broker.
-func (s *Server) openBridges() (err error) {
-	c := bridge.Config{Path: filepath.Join(s.cfg.DataDir, bridge.File), CA: s.CA, Audit: s.Audit, Topics: s.topics, OnRevoke: func(site string) { s.Broker.DisconnectBridge(site) }}
-	s.bridges, err = openStore(s, c.OpenPostgres, c.Open)
+	bc := bridge.Config{Path: filepath.Join(s.cfg.DataDir, bridge.File), CA: s.CA, Audit: s.Audit, Topics: s.topics, OnRevoke: func(site string) { s.Broker.DisconnectBridge(site) }}
+	if s.bridges, err = openStore(s, bc.OpenPostgres, bc.Open); err == nil { // OT bridges (fleet/bridge): revoked ones in the CRL too
+		s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.bridges.AndDevices(s.Inv), Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	}
 	return err
 }
 
@@ -462,6 +464,11 @@ func (s *Server) openApprovals() (err error) {
 	return err
 }
 
+// openWorkload opens workload identities (fleet/workload.Setup).
+func (s *Server) openWorkload() error {
+	return workload.Wiring{Options: s.cfg.Options, DataDir: s.cfg.DataDir, DB: s.db, CA: s.CA, Devices: s.Inv, Verdicts: s.Attest, TrustDomain: s.cfg.TrustDomain, Risk: s.Governance, Audit: s.Audit, Leases: s.leases, Send: s.sendDevice, Logger: s.log.With("component", "workload"), OnClose: s.onClose}.Open(&s.Workload)
+}
+
 // openAPI builds the HTTPS API over every part.
 func (s *Server) openAPI() error {
 	s.apiTLS = s.fw.ListenerTLS(&tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, s.CA.Pool)
@@ -470,7 +477,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls, Bridges: s.bridges,
+		Governance: s.Governance, CRL: s.crls, Bridges: s.bridges, Workloads: s.Workload, Access: s.Access, Backup: backup.NewLive(backup.LiveConfig{DataDir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain, Database: s.db != nil, Audit: s.Audit}),
 	})
 	return nil
 }
@@ -550,12 +557,7 @@ func (s *Server) API() http.Handler { return s.apiHandler }
 
 // DebugAddr is the debug listener's bound address (fleet/profile), ""
 // when it is off.
-func (s *Server) DebugAddr() string {
-	if s.debugLn == nil {
-		return ""
-	}
-	return s.debugLn.Addr().String()
-}
+func (s *Server) DebugAddr() string { return profile.Addr(s.debugLn) }
 
 // Ready is closed once every listener serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -597,9 +599,9 @@ func (s *Server) Run(ctx context.Context) error {
 // all of them.
 func (s *Server) tasks() []func(context.Context) error {
 	tasks := []func(context.Context) error{
-		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run,
+		s.transport.Run, s.recordEvents, s.Enroll.Run, s.Attest.Run, s.Rotation.Run, s.SSH.Run, s.secretSvc.Run, s.Workload.Run,
 		s.Auth.Run, s.Governance.Run, s.Audit.Run, s.anonAudit.Run, s.Telemetry.Run, s.Alerts.Run, s.feed.Run,
-		s.serveAPI,
+		s.serveAPI, s.Access.Run,
 	}
 	if s.fw != nil {
 		tasks = append(tasks, s.fw.Run)
@@ -661,14 +663,16 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		s.Rotation.Submit(id.DeviceID, env)
 	case wire.TypeSSHRequest:
 		s.SSH.Submit(id.DeviceID, env)
+	case wire.TypeWorkloadRequest:
+		s.Workload.Submit(id.DeviceID, env)
+	case wire.TypeAccessSessions:
+		s.Access.Submit(id.DeviceID, env)
 	case wire.TypeSecretAck:
 		s.secretSvc.Ack(id.DeviceID, env)
 	case wire.TypeTelemetryBatch:
 		s.Telemetry.Submit(id.DeviceID, env)
 	case wire.TypeFirmwareReport:
-		if s.fw != nil {
-			s.fw.Report(id.DeviceID, env)
-		}
+		s.fw.Report(id.DeviceID, env) // nil when firmware is off: ignored
 	case wire.TypeHello:
 		var h wire.Hello
 		if err := wire.DecodeBody(env, wire.TypeHello, &h); err != nil {
@@ -688,9 +692,7 @@ func (s *Server) deviceMessage(id broker.Identity, topic string, payload []byte)
 		// the secrets it has not acknowledged, and during a CA rotation the
 		// trust bundle it may have missed.
 		s.secretSvc.Queue(id.DeviceID)
-		if s.fw != nil {
-			s.fw.Hello(id.DeviceID)
-		}
+		s.fw.Hello(id.DeviceID)
 		s.caRotation.Hello(id.DeviceID)
 	}
 }

@@ -63,7 +63,7 @@ func (s *Server) openPool() (err error) {
 	}
 	s.transport, err = mqttpool.NewTransport(mqttpool.TransportConfig{
 		Sessions: sessions, Events: s.governanceEvent, // clone detection: the brokers' connection log
-		Settings: *s.cfg.BrokerPool, DataDir: s.cfg.DataDir, Roots: s.CA.Pool(), Topics: s.topics, Inventory: s.Inv,
+		Settings: *s.cfg.BrokerPool, DataDir: s.cfg.DataDir, RootsFunc: s.CA.Pool, Topics: s.topics, Inventory: s.Inv,
 		Hello: func(id string, at time.Time) {
 			if s.Attest != nil {
 				s.Attest.Hello(id, at)

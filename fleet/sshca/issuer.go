@@ -42,8 +42,11 @@ const DefaultMinInterval = 5 * time.Second
 
 // IssuerConfig configures an Issuer.
 type IssuerConfig struct {
-	CA      *CA
-	Devices Devices
+	// CA signs the certificates; nil means Open(CAConfig) (whose nil
+	// Logger means Logger).
+	CA       *CA
+	CAConfig Config
+	Devices  Devices
 	// Verdicts is asked before every issuance: certificates go out only
 	// on a passing attestation that is current (made in the device's
 	// present session, recent enough). Required.
@@ -77,6 +80,15 @@ type request struct {
 
 // NewIssuer returns an issuer; Run starts answering submitted requests.
 func NewIssuer(cfg IssuerConfig) (*Issuer, error) {
+	if cfg.CA == nil && cfg.CAConfig.KeyFile != "" {
+		if cfg.CAConfig.Logger == nil {
+			cfg.CAConfig.Logger = cfg.Logger
+		}
+		var err error
+		if cfg.CA, err = Open(cfg.CAConfig); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.CA == nil || cfg.Devices == nil || cfg.Verdicts == nil {
 		return nil, errors.New("sshca: CA, Devices and Verdicts are required")
 	}

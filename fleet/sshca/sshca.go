@@ -30,6 +30,9 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
+// KeyFile is the SSH host CA key's file in the fleet's data directory.
+const KeyFile = "ssh_ca.key"
+
 // DefaultPrincipals are the principal templates when Config.Principals is
 // empty: "{id}" is replaced by the device ID, "{domain}" by the trust
 // domain.

@@ -30,4 +30,8 @@
 //	  release's security version); a release trust rotation's statement
 //	  (TrustRotation.Statement) may end in one newline: the bytes as its
 //	  signers signed the file.
+//	6 (unreleased) workload identities: workload.request, workload.answer;
+//	  just-in-time operator access: access.trust (user CA, logins and
+//	  principals, KRL) and access.sessions (sshd logins seen). Registered
+//	  at Version until the version moves to 6.
 package wire

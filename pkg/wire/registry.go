@@ -17,6 +17,7 @@ const (
 	KindSecret    = "secret"    // dev down: SecretDeliver; dev up: SecretAck
 	KindTrust     = "trust"     // dev down: TrustBundle
 	KindSSH       = "ssh"       // dev up: SSHRequest; dev down: SSHCerts
+	KindAccess    = "access"    // dev up: AccessSessions; dev down: AccessTrust
 )
 
 // Message describes one message type: the envelope type, the topic it
@@ -57,6 +58,10 @@ var messages = [...]Message{
 	{TypeFirmwareTrust, SegDevice, Down, KindFirmware, 4, body[FirmwareTrust]},
 	{TypeTelemetryBatch, SegDevice, Up, KindTelemetry, 4, body[TelemetryBatch]},
 	{TypeTelemetryAck, SegDevice, Down, KindTelemetry, 4, body[TelemetryAck]},
+	{TypeWorkloadRequest, SegDevice, Up, KindWorkload, Version, body[WorkloadRequest]},
+	{TypeWorkloadAnswer, SegDevice, Down, KindWorkload, Version, body[WorkloadAnswer]},
+	{TypeAccessTrust, SegDevice, Down, KindAccess, Version, body[AccessTrust]},
+	{TypeAccessSessions, SegDevice, Up, KindAccess, Version, body[AccessSessions]},
 }
 
 func body[T any]() any { return new(T) }

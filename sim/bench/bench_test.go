@@ -144,21 +144,30 @@ func TestSigild(t *testing.T) {
 	t.Logf("\n%s", b.String())
 }
 
-// TestSigildFlagsMatchMakefile keeps the flags `sigil-sim bench` builds sigild
-// with equal to those `make cross` uses, so the size it reports is the one
-// the size gate checks.
+// TestSigildFlagsMatchMakefile keeps the flags and GOEXPERIMENT `sigil-sim
+// bench` builds sigild with equal to those `make cross` uses, so the size it
+// reports is the one the size gate checks.
 func TestSigildFlagsMatchMakefile(t *testing.T) {
 	b, err := os.ReadFile("../../Makefile")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var flags, experiment bool
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "SIGILD_GCFLAGS :="); ok {
+			flags = true
 			if got, want := strings.Fields(v), sigildGCFlags; !slices.Equal(got, want) {
-				t.Fatalf("Makefile SIGILD_GCFLAGS = %q, sim/bench sigildGCFlags = %q", got, want)
+				t.Errorf("Makefile SIGILD_GCFLAGS = %q, sim/bench sigildGCFlags = %q", got, want)
 			}
-			return
+		}
+		if v, ok := strings.CutPrefix(line, "SIGILD_GOEXPERIMENT :="); ok {
+			experiment = true
+			if got := strings.TrimSpace(v); got != sigildGOEXPERIMENT {
+				t.Errorf("Makefile SIGILD_GOEXPERIMENT = %q, sim/bench sigildGOEXPERIMENT = %q", got, sigildGOEXPERIMENT)
+			}
 		}
 	}
-	t.Fatal("Makefile: no SIGILD_GCFLAGS line")
+	if !flags || !experiment {
+		t.Fatalf("Makefile: SIGILD_GCFLAGS line %v, SIGILD_GOEXPERIMENT line %v", flags, experiment)
+	}
 }

@@ -357,8 +357,12 @@ func parseStatus(r io.Reader) (Memory, error) {
 // outside the runtime and crypto.
 var sigildGCFlags = []string{"-gcflags=all=-l", "-gcflags=runtime/...=", "-gcflags=crypto/...=", "-gcflags=internal/...="}
 
-// buildSigild builds sigild as `make cross` does (CGO_ENABLED=0, -trimpath,
-// sigildGCFlags, -ldflags "-s -w") for the host into dir, and for linux/arm64 to report its
+// sigildGOEXPERIMENT is the GOEXPERIMENT `make cross` builds sigild with
+// (SIGILD_GOEXPERIMENT in the Makefile): Go's classic encoding/json.
+const sigildGOEXPERIMENT = "nojsonv2"
+
+// buildSigild builds sigild as `make cross` does (CGO_ENABLED=0,
+// sigildGOEXPERIMENT, -trimpath, sigildGCFlags, -ldflags "-s -w") for the host into dir, and for linux/arm64 to report its
 // size. It returns the host binary's path and the arm64 size.
 func buildSigild(ctx context.Context, dir string) (string, int64, error) {
 	src, err := moduleDir(ctx)
@@ -370,7 +374,7 @@ func buildSigild(ctx context.Context, dir string) (string, int64, error) {
 		args := append(append([]string{"build", "-trimpath"}, sigildGCFlags...), "-ldflags", "-s -w", "-o", out, "./cmd/sigild")
 		cmd := exec.CommandContext(ctx, gobin, args...)
 		cmd.Dir = src
-		cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0"), env...)
+		cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0", "GOEXPERIMENT="+sigildGOEXPERIMENT), env...)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("bench: go build %s: %v\n%s", strings.Join(env, " "), err, b)
 		}

@@ -172,6 +172,16 @@ run(async (browser) => {
     await viewer.context().close();
   });
 
+  await step("the just-in-time SSH access page offers its request form and passes axe-core", async () => {
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Access" }).click();
+    await page.getByRole("heading", { name: "Just-in-time SSH access", level: 1 }).waitFor();
+    await page.getByLabel("Device ID or group").waitFor();
+    await page.getByLabel(/Your public key/).waitFor();
+    assert.equal(await page.getByRole("button", { name: "Request access" }).count(), 1);
+    await axe(page, "the access page");
+    await shot(page, "access");
+  });
+
   await step("no page logged a script error or a Content-Security-Policy violation", async () => {
     // Expected: the 401s and 429 of the throttled logins, and the 404s.
     const unexpected = problems.filter((p) => !/status of (401|404|429)/.test(p));

@@ -46,6 +46,7 @@ type brokerPool struct {
 	topics    wire.Topics
 	secret    string
 	deviceDir string // certificates of the test's own MQTT clients
+	trust     string // roots the test's clients verify the brokers with (default the fleet CA's first)
 }
 
 func startBrokerPool(t *testing.T, mutate func(*server.Config)) *brokerPool {
@@ -234,7 +235,11 @@ func (p *brokerPool) mqttConnects(t *testing.T, addr, cert, key, clientID string
 	host, port := splitAddr(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	out, _ := exec.CommandContext(ctx, "mosquitto_sub", "-h", host, "-p", port, "--cafile", p.f.CACertPath(), "--cert", cert, "--key", key,
+	cafile := p.f.CACertPath()
+	if p.trust != "" {
+		cafile = p.trust
+	}
+	out, _ := exec.CommandContext(ctx, "mosquitto_sub", "-h", host, "-p", port, "--cafile", cafile, "--cert", cert, "--key", key,
 		"-V", "mqttv311", "-q", "1", "-d", "-E", "-i", clientID, "-t", p.topics.Filter(wire.SegDevice, clientID, wire.Down)).CombinedOutput()
 	return strings.Contains(string(out), "received CONNACK (0)"), string(out)
 }

@@ -84,6 +84,8 @@ func (u unit) list(k string) []string {
 // adds it to the unit teaches the sandbox what it means.
 var unitSettings = map[string]string{
 	"ExecStart":               "reproduced",
+	"ExecReload":              "what systemctl reload runs (SIGHUP to the broker): the test does not reload",
+	"EnvironmentFile":         "read by systemd before the start: the test substitutes its variables in ExecStart",
 	"ProtectSystem":           "reproduced",
 	"ProtectHome":             "reproduced",
 	"PrivateTmp":              "reproduced",

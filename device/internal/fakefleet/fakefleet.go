@@ -73,7 +73,9 @@ type EnrollAnswer struct {
 	Pending bool        // answer pending (operator approval)
 	Refuse  wire.Reason // nonzero: refuse with this reason
 	Message string      // the refusal's public message
-	Silent  bool        // answer nothing
+	// RetryAfter is the refusal's RetryAfter, in seconds.
+	RetryAfter int
+	Silent     bool // answer nothing
 	// Uncorrelated sends the refusal without naming the request, as a
 	// fleet that could not decode it does (an older one).
 	Uncorrelated bool
@@ -587,7 +589,7 @@ func (f *Fleet) enrollRequest(c *Conn, env *wire.Envelope) {
 		if ans.Uncorrelated {
 			corr = nil
 		}
-		c.send(0, down, wire.TypeEnrollResult, corr, &wire.EnrollResult{Status: wire.StatusRefused, Reason: ans.Refuse, Message: ans.Message})
+		c.send(0, down, wire.TypeEnrollResult, corr, &wire.EnrollResult{Status: wire.StatusRefused, Reason: ans.Refuse, Message: ans.Message, RetryAfter: ans.RetryAfter})
 		return
 	case ans.Pending:
 		c.send(0, down, wire.TypeEnrollResult, env.ID, &wire.EnrollResult{Status: wire.StatusPending, Reason: wire.ReasonPending, RetryAfter: 30})

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"SSHHostKey", sshHostKey},
 		{"UpdateRecordsSurviveReopen", updateRecords},
 		{"UpdateReadsOnStoreWithoutBucket", updateWithoutBucket},
+		{"UnreportedUpdatesOldestFirst", unreportedOrder},
 		{"FloorOnlyRises", floorOnlyRises},
 		{"OutboxSurvivesReopen", outboxSurvivesReopen},
 		{"OutboxBoundDropsOldestAndCounts", outboxBound},
@@ -112,6 +114,37 @@ func secretsNewestWins(t *testing.T, fresh func(*testing.T) Opener) {
 	all, err := s.Secrets()
 	if err != nil || len(all) != 2 || all[0].Name != "api-key" || all[1].Name != "db-password" {
 		t.Fatalf("list %+v, %v", all, err)
+	}
+}
+
+// unreportedOrder checks that unreported updates come oldest change first,
+// and those changed at the same time in ID order, whatever order they were
+// saved in.
+func unreportedOrder(t *testing.T, fresh func(*testing.T) Opener) {
+	s := fresh(t)(t, false)
+	defer s.Close()
+	t0 := time.Unix(1700000000, 0).UTC()
+	for _, u := range []state.Update{
+		{ID: "u2", Changed: t0.Add(2 * time.Minute)},
+		{ID: "u1", Changed: t0.Add(time.Minute)},
+		{ID: "z9", Changed: t0},
+		{ID: "a1", Changed: t0.Add(2 * time.Minute)},
+	} {
+		u.Phase, u.Final = "failed", true
+		if err := s.SaveUpdate(&u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q, err := s.UnreportedUpdates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, u := range q {
+		got = append(got, u.ID)
+	}
+	if want := []string{"z9", "u1", "a1", "u2"}; !slices.Equal(got, want) {
+		t.Fatalf("unreported updates in order %v, want %v", got, want)
 	}
 }
 

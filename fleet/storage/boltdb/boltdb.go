@@ -91,8 +91,9 @@ type Step struct {
 // (DB.Write).
 const MaxDelay = time.Millisecond
 
-// DB is an open bbolt file: the bbolt handle itself (View, Update, Batch,
-// Close) and the group-commit writer.
+// DB is an open bbolt file: the bbolt handle itself (View, Update, Batch)
+// and the group-commit writer. A file opened with Open is listed for Held
+// until Close.
 type DB struct {
 	*bolt.DB
 	inflight atomic.Int64 // writes in Write
@@ -122,7 +123,9 @@ func Open(path string, s Schema, o Options) (*DB, error) {
 		return nil, fmt.Errorf("%s: initialize %s: %w", o.Name, path, err)
 	}
 	db.MaxBatchDelay = MaxDelay
-	return &DB{DB: db}, nil
+	h := &DB{DB: db}
+	hold(h, path)
+	return h, nil
 }
 
 // apply creates the buckets and migrates.

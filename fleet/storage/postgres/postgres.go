@@ -53,6 +53,8 @@ type Options struct {
 	MaxConns int32
 	// Logger receives the migrations applied (nil: discard).
 	Logger *slog.Logger
+	// Tracer sees every statement sent (tests count them); nil: none.
+	Tracer pgx.QueryTracer
 }
 
 // DB is a pool of connections to one database. Its methods are safe for
@@ -74,6 +76,7 @@ func Open(ctx context.Context, url string, o Options) (*DB, error) {
 	if o.MaxConns > 0 {
 		cfg.MaxConns = o.MaxConns
 	}
+	cfg.ConnConfig.Tracer = o.Tracer
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
