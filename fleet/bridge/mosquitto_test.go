@@ -30,14 +30,12 @@ import (
 // plantFleet is the fleet's embedded broker with the bridge store as its
 // gate, what the fleet received, and a plant Mosquitto bridged to it.
 type plantFleet struct {
-	f      *fixture
-	svc    *bridge.Service
-	b      *broker.Broker
-	mu     sync.Mutex
-	got    []string // topics the fleet received from bridges, in order
-	plant  string   // the plant broker's local listener
-	proc   *exec.Cmd
-	output *strings.Builder
+	f     *fixture
+	svc   *bridge.Service
+	b     *broker.Broker
+	mu    sync.Mutex
+	got   []string // topics the fleet received from bridges, in order
+	plant string   // the plant broker's local listener
 }
 
 func (p *plantFleet) received() []string {
