@@ -58,7 +58,7 @@ func accessCommand() *command {
 		}
 	}
 	return &command{name: "access", summary: "just-in-time SSH access to devices: request, approve, revoke", def: "list",
-		note: "Needs two_person_rule: someone else with access.approve approves. The certificate is for your own public key; ssh with -o CertificateFile.",
+		note: "Someone else with access.approve approves (as many as the access policy asks). The certificate is for your own public key; ssh with -o CertificateFile.",
 		subs: []*command{
 			{name: "request", args: "(--device ID | --group G) --key FILE.pub --justification J [--duration 1h] [--login L] [--source-address A] [--cert-out FILE] [-o json]",
 				summary: "request SSH access for your own public key", conn: connClient,

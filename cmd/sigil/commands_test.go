@@ -33,7 +33,7 @@ const (
 		`"state":"running","created":"2026-12-01T10:00:00Z","created_by":"ana","changed_by":"ana","why":"CHG-7","wave":1,` +
 		`"waves":[{"number":1,"size":1,"need":1,"max_failures":0,"counts":{"pending":0,"announced":1,"downloading":0,"verifying":0,` +
 		`"installing":0,"switching":0,"health":0,"committed":0,"failed":0,"rolled_back":0,"timed_out":0}}],"total":3,` +
-		`"counts":{"pending":2,"announced":1,"committed":0,"failed":0,"rolled_back":0,"timed_out":0},"in_window":true}`
+		`"counts":{"pending":2,"announced":1,"committed":0,"failed":0,"rolled_back":0,"timed_out":0},"in_window":true,"claimed_fetched_bytes":70123}`
 	jSecretInfo = `{"name":"db-password","version":3,"target":{"model":"gw-1"},"pcr_bound":true,"created":"2026-12-01T10:00:00Z"}`
 	jAlert      = `{"id":7,"fingerprint":"f7","rule_id":"cpu-hot","rule_name":"CPU hot","kind":"threshold","device_id":"dev-1","key":"cpu0",` +
 		`"severity":"critical","state":"acknowledged","summary":"cpu.busy 97 > 90","evidence":{"value":"97","band":"90"},"count":3,` +
@@ -278,7 +278,7 @@ var apiCases = []apiCase{
 		api: map[string]string{"GET /api/v1/campaigns/cmp-1": jCampaign}},
 	{name: "campaigns-devices", args: []string{"campaigns", "devices", "cmp-1", "--step", "failed", "--wave", "1", "--limit", "1"},
 		api: map[string]string{"GET /api/v1/campaigns/cmp-1/devices": `{"devices":[{"id":"dev-1","wave":1,"step":"failed","reason":77,"attempts":1,` +
-			`"updated":"2026-12-01T10:00:00Z","running_version":"1.0.0"}],"next":"dev-1"}`}},
+			`"updated":"2026-12-01T10:00:00Z","running_version":"1.0.0","claimed_fetched_bytes":4242}],"next":"dev-1"}`}},
 
 	// secrets
 	{name: "secrets-list", args: []string{"secrets", "list"},

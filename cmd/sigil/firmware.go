@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/firmware/blockindex"
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign"
 	"github.com/sigil-iot/sigil/firmware/verify"
@@ -43,7 +44,7 @@ func firmwareCommand() *command {
 		{name: "trust", args: "[--threshold M] [--sequence N] [--out F] PUB...",
 			summary: "write a release trust set: the keys that sign releases and how many must (offline)",
 			note:    "What the fleet's release_trust names, and the statement a rotation of the release keys signs.", setup: firmwareTrust},
-		{name: "manifest", args: "--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] [--sbom F] [--out F]",
+		{name: "manifest", args: "--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] [--sbom F] [--block-index SIZE] [--out F]",
 			summary: "write the canonical manifest of an image, unsigned, for any signer (offline)",
 			note:    "Sign it with sigil firmware sign --manifest, cosign sign-blob --new-bundle-format, or a KMS.", setup: firmwareManifest},
 		{name: "sign", args: "--key F|NAME://REF (--image IMG --name N --version V --security-version S --models M,M [--expires D] [--pcr sha256:14=HEX] | --manifest F | --statement F) [--bundle F]",
@@ -254,11 +255,12 @@ func manifestFlags(fs *flag.FlagSet, outFlag string) func() manifestBuild {
 	expires := fs.Duration("expires", 90*24*time.Hour, "how long the release metadata stays valid (build)")
 	manifestOut := fs.String(outFlag, "", "where to write the built manifest (default: the image + .manifest.json)")
 	sbom := fs.String("sbom", "", "SBOM of the image (CycloneDX or SPDX JSON), bound into the manifest by digest (build)")
+	blocks := fs.Int64("block-index", 0, "block size in bytes (e.g. 65536): write the image's block-hash index to the image + .blocks and bind it into the manifest, for adaptive updates (build; 0: none)")
 	var pcrs listFlag
 	fs.Var(&pcrs, "pcr", "expected PCR after install, BANK:INDEX=HEX (build; repeatable)")
 	return func() manifestBuild {
 		return manifestBuild{image: *imageFile, name: *name, version: *version, securityVersion: *sv, models: *models, expires: *expires, pcrs: pcrs,
-			sbom: *sbom, out: *manifestOut}
+			sbom: *sbom, blockSize: *blocks, out: *manifestOut}
 	}
 }
 
@@ -284,6 +286,12 @@ func writeManifest(b manifestBuild, stdout io.Writer) ([]byte, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	if b.blockSize != 0 {
+		if err := writeBlockIndex(m, b); err != nil {
+			return nil, "", err
+		}
+		fmt.Fprintf(stdout, "block index %s: %d-byte blocks, sha256 %x\n", b.image+blockindex.Suffix, m.Blocks.BlockSize, m.Blocks.SHA256)
+	}
 	msg, err := m.Marshal()
 	if err != nil {
 		return nil, "", usageError{err.Error()}
@@ -297,6 +305,25 @@ func writeManifest(b manifestBuild, stdout io.Writer) ([]byte, string, error) {
 	}
 	fmt.Fprintf(stdout, "manifest %s: %s %s, security version %d, %d bytes, sha256 %x\n", target, m.Name, m.Version, m.SecurityVersion, m.Size, m.SHA256)
 	return msg, target, nil
+}
+
+// writeBlockIndex writes the block-hash index of b's image beside it
+// (IMG.blocks, the name the fleet and devices use) and binds it into m.
+func writeBlockIndex(m *manifest.Manifest, b manifestBuild) error {
+	if err := blockindex.CheckGeometry(b.blockSize, m.Size); err != nil {
+		return usageError{"--block-index: " + err.Error()}
+	}
+	f, err := os.Open(b.image)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	index, err := blockindex.Build(f, b.blockSize)
+	if err != nil {
+		return err
+	}
+	m.Blocks = &manifest.Blocks{BlockSize: b.blockSize, SHA256: sha256.Sum256(index)}
+	return os.WriteFile(b.image+blockindex.Suffix, index, 0o644)
 }
 
 // firmwareSign: sign an existing manifest (--manifest) or trust statement
@@ -320,6 +347,7 @@ type manifestBuild struct {
 	expires              time.Duration
 	pcrs                 []string
 	sbom                 string // CycloneDX JSON SBOM file ("": none)
+	blockSize            int64  // block size of the block-hash index (0: none)
 	out                  string // where to write the manifest ("": the image + .manifest.json)
 }
 
@@ -558,13 +586,13 @@ func campaignsCommand() *command {
 						if x.jsonOut() {
 							return x.json(page)
 						}
-						err = x.plainTable("DEVICE\tWAVE\tSTEP\tREASON\tRUNNING\tATTEMPTS\tUPDATED", func(tw io.Writer) {
+						err = x.plainTable("DEVICE\tWAVE\tSTEP\tREASON\tRUNNING\tATTEMPTS\tUPDATED\tFETCHED (CLAIMED)", func(tw io.Writer) {
 							for _, d := range page.Devices {
 								reason := ""
 								if d.Reason != 0 {
 									reason = d.Reason.String()
 								}
-								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, rfc3339(d.Updated))
+								fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%d\n", d.ID, d.Wave, d.Step, reason, d.RunningVersion, d.Attempts, rfc3339(d.Updated), d.ClaimedFetchedBytes)
 							}
 						})
 						if err == nil && page.Next != "" {
@@ -661,6 +689,9 @@ func printCampaign(x *call, cm *campaign.Campaign) error {
 	x.printf("campaign %s (%s): %s, release %s, %d devices\n", cm.ID, cm.Definition.Name, cm.State, cm.Definition.Release, cm.Total)
 	if cm.Why != "" {
 		x.printf("  last change by %s: %s\n", cm.ChangedBy, cm.Why)
+	}
+	if cm.ClaimedFetchedBytes > 0 {
+		x.printf("  devices say they fetched %d bytes in all (compare with the image size times the devices committed)\n", cm.ClaimedFetchedBytes)
 	}
 	return x.plainTable("  WAVE\tSIZE\tNEED\tMAX FAIL\tIN FLIGHT\tCOMMITTED\tFAILED\tROLLED BACK\tTIMED OUT\tTRIPPED", func(tw io.Writer) {
 		for _, w := range cm.Waves {

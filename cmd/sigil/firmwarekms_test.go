@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sigil-iot/sigil/firmware/blockindex"
 	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/firmware/sign/signtest"
 	"github.com/sigil-iot/sigil/firmware/verify"
@@ -127,5 +128,33 @@ func TestFirmwareManifestSBOM(t *testing.T) {
 	}
 	if _, err := os.Stat("bad.json"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a refused SBOM left a manifest: %v", err)
+	}
+}
+
+// TestFirmwareManifestBlockIndex: `firmware manifest --block-index SIZE`
+// writes the image's block-hash index beside it and binds it by digest and
+// block size; a block size that is not a power of two is refused.
+func TestFirmwareManifestBlockIndex(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("gw-os.img", testImage, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"firmware", "manifest", "--image", "gw-os.img", "--name", "gw-os", "--version", "2.0.0", "--security-version", "2", "--models", "gw-1"}
+	if _, stderr, code := runCLI(t, "", append(args, "--block-index", "4096", "--out", "m.json")...); code != exitOK {
+		t.Fatalf("firmware manifest --block-index: exit %d, %s", code, stderr)
+	}
+	m, err := manifest.Parse(readFile(t, "m.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	index := readFile(t, "gw-os.img"+blockindex.Suffix)
+	if m.Blocks == nil || m.Blocks.BlockSize != 4096 || m.Blocks.SHA256 != sha256.Sum256(index) {
+		t.Fatalf("manifest blocks %+v, want 4096-byte blocks and the index file's digest", m.Blocks)
+	}
+	if _, err := blockindex.Parse(index, 4096, m.Size); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runCLI(t, "", append(args, "--block-index", "5000", "--out", "bad.json")...); code == exitOK || !strings.Contains(stderr, "power of two") {
+		t.Fatalf("--block-index 5000: exit %d, %q", code, stderr)
 	}
 }

@@ -149,6 +149,12 @@ type Config struct {
 	// after switching, as PROG SLOT IMAGE (exit status 0: healthy).
 	// Default: the new slot's image exists and is not empty.
 	UpdateHealth string `json:"update_health"`
+	// UpdateSlotDevices maps each slot of the hook backend to the file or
+	// block device holding its image (e.g. {"a": "/dev/mmcblk0p2", "b":
+	// "/dev/mmcblk0p3"}), read for adaptive updates: blocks of the booted
+	// slot the new release shares are not downloaded. Default none: an
+	// adaptive update then fetches every block it does not hold.
+	UpdateSlotDevices map[string]string `json:"update_slot_devices"`
 	// TelemetryInterval is how often a telemetry point (CPU, memory,
 	// disk, network, processes, listening ports, TPM health, certificate
 	// expiry, the daemon's counters) is stored in the durable outbox and

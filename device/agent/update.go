@@ -159,7 +159,7 @@ func (a *Agent) updateBackend() (update.Backend, error) {
 		}
 		return update.NewFile(fc)
 	case strings.HasPrefix(b, "hook:"):
-		return update.NewHook(update.HookConfig{Path: strings.TrimPrefix(b, "hook:")})
+		return update.NewHook(update.HookConfig{Path: strings.TrimPrefix(b, "hook:"), SlotDevices: a.cfg.UpdateSlotDevices})
 	}
 	return nil, fmt.Errorf("agent: update_backend %q is neither file:DIR nor hook:PATH", b)
 }
@@ -224,8 +224,12 @@ func (a *Agent) verifyRelease(raw, packed []byte) (*update.Release, error) {
 	// The anti-rollback floor (the TPM counter) is the engine's check,
 	// made right after this one.
 	m := v.Manifest
-	return &update.Release{Name: m.Name, Version: m.Version, SecurityVersion: m.SecurityVersion,
-		Size: m.Size, SHA256: bytes.Clone(m.SHA256[:])}, nil
+	rel := &update.Release{Name: m.Name, Version: m.Version, SecurityVersion: m.SecurityVersion,
+		Size: m.Size, SHA256: bytes.Clone(m.SHA256[:])}
+	if m.Blocks != nil {
+		rel.BlockSize, rel.IndexSHA256 = m.Blocks.BlockSize, bytes.Clone(m.Blocks.SHA256[:])
+	}
+	return rel, nil
 }
 
 // releaseTrust returns the release trust set the device holds.
@@ -400,7 +404,7 @@ func (a *Agent) reportUpdate(ctx context.Context, r update.Report) error {
 	}
 	b, err := wire.Encode(wire.TypeFirmwareReport, nil, a.now(), &wire.FirmwareReport{
 		Update: r.ID, Campaign: r.ID, Phase: string(r.Phase), Final: r.Final, Reason: r.Reason, Message: msg,
-		Version: r.Version, Running: r.Running, Slot: r.Slot,
+		Version: r.Version, Running: r.Running, Slot: r.Slot, Fetched: r.Fetched,
 	})
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@
 //     Request.Validator (the ETag or Last-Modified of the response the
 //     first bytes came from) "If-Range", so that a server whose file
 //     changed sends the whole new file rather than the tail of it.
+//     Request.Length > 0 bounds the range ("Range: bytes=Offset-Last"), for
+//     fetching single blocks of an image (adaptive updates).
 //   - 206 Partial Content is accepted only with a Content-Range that starts
 //     at Offset (and, with an ETag validator, the same ETag); 200 OK means
 //     the server sent the whole file (it ignored the range, or the
@@ -189,6 +191,11 @@ type Request struct {
 	// Offset, when above 0, asks for the file from this byte on
 	// ("Range: bytes=Offset-").
 	Offset int64
+	// Length, when above 0, asks for only Length bytes from Offset
+	// ("Range: bytes=Offset-(Offset+Length-1)"), even from byte 0; a 206
+	// must then cover exactly that range (or end at the file's end). A
+	// 200 still means the whole file.
+	Length int64
 	// Validator, with Offset above 0, is sent as If-Range: the server
 	// sends the range only while the file still has this validator, and
 	// the whole file otherwise. Pass the Response.Validator of the
@@ -371,7 +378,12 @@ func (c *Client) requestHead(t *target, req Request) string {
 	b.WriteString("GET " + t.path + " HTTP/1.1\r\nHost: " + t.host + "\r\n")
 	b.WriteString("User-Agent: " + c.cfg.UserAgent + "\r\n")
 	b.WriteString("Accept-Encoding: identity\r\nConnection: close\r\n")
-	if req.Offset > 0 {
+	if req.Length > 0 {
+		b.WriteString("Range: bytes=" + strconv.FormatInt(req.Offset, 10) + "-" + strconv.FormatInt(req.Offset+req.Length-1, 10) + "\r\n")
+		if req.Validator != "" {
+			b.WriteString("If-Range: " + req.Validator + "\r\n")
+		}
+	} else if req.Offset > 0 {
 		b.WriteString("Range: bytes=" + strconv.FormatInt(req.Offset, 10) + "-\r\n")
 		if req.Validator != "" {
 			b.WriteString("If-Range: " + req.Validator + "\r\n")
@@ -404,7 +416,7 @@ func interpret(req Request, h *head) (*Response, error) {
 		resp.Length, resp.Size = h.contentLength, h.contentLength
 		return resp, nil
 	}
-	if req.Offset == 0 {
+	if req.Offset == 0 && req.Length == 0 {
 		return nil, fmt.Errorf("%w: 206 to a request without a range", ErrMalformed)
 	}
 	if h.contentRange == "" {
@@ -418,6 +430,8 @@ func interpret(req Request, h *head) (*Response, error) {
 	switch {
 	case first != req.Offset:
 		return nil, fmt.Errorf("%w: range %q to a request from byte %d", ErrMalformed, clip(h.contentRange), req.Offset)
+	case req.Length > 0 && (n > req.Length || n < req.Length && (size < 0 || last != size-1)):
+		return nil, fmt.Errorf("%w: range %q to a request for %d bytes", ErrMalformed, clip(h.contentRange), req.Length)
 	case h.contentLength >= 0 && h.contentLength != n:
 		return nil, fmt.Errorf("%w: Content-Length %d for range %q", ErrMalformed, h.contentLength, clip(h.contentRange))
 	case isETag(req.Validator) && h.etag != "" && h.etag != req.Validator:

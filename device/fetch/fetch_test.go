@@ -187,6 +187,31 @@ func TestResume(t *testing.T) {
 	}
 }
 
+// TestBoundedRange: Request.Length asks for exactly that many bytes, from
+// byte 0 too; a range cut at the file's end is accepted; a server that
+// sends more than the range asked is refused.
+func TestBoundedRange(t *testing.T) {
+	img := image(100_000)
+	srv, s := serveImage(t, img)
+	c := client(srv)
+	for _, r := range []struct{ off, n, want int64 }{{0, 4096, 4096}, {65536, 4096, 4096}, {98_000, 4096, 2000}} {
+		resp, body, err := get(t, c, fetch.Request{URL: srv.URL + "/i", Offset: r.off, Length: r.n, Validator: etagOf(img)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 206 || resp.Offset != r.off || resp.Length != r.want || !bytes.Equal(body, img[r.off:r.off+r.want]) {
+			t.Fatalf("range %d+%d: response %+v with %d bytes", r.off, r.n, resp, len(body))
+		}
+	}
+	if got := s.all()[0].Header.Get("Range"); got != "bytes=0-4095" {
+		t.Fatalf("Range %q, want bytes=0-4095", got)
+	}
+	long := raw(t, "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-109/1000\r\nContent-Length: 100\r\n\r\n"+strings.Repeat("x", 100))
+	if _, _, err := get(t, client(long), fetch.Request{URL: long.URL + "/i", Offset: 10, Length: 50}); !errors.Is(err, fetch.ErrMalformed) {
+		t.Fatalf("a range longer than asked: err = %v, want ErrMalformed", err)
+	}
+}
+
 // TestResumeChangedFile: the file changed since the first bytes came: the
 // server sends the whole new file and the response says to start over.
 func TestResumeChangedFile(t *testing.T) {

@@ -47,6 +47,10 @@ type Update struct {
 	Started  time.Time `cbor:"15,keyasint,omitempty"`
 	Changed  time.Time `cbor:"16,keyasint,omitempty"`
 	Slot     string    `cbor:"17,keyasint,omitempty"` // slot running when it finished
+	// Fetched counts the bytes of image and block index the device
+	// downloaded for this update (an adaptive update fetches less than
+	// the image's size).
+	Fetched int64 `cbor:"18,keyasint,omitempty"`
 }
 
 // Release is the part of a verified manifest the device keeps.
@@ -56,6 +60,8 @@ type Release struct {
 	SecurityVersion uint64 `cbor:"3,keyasint"`
 	Size            int64  `cbor:"4,keyasint"`
 	SHA256          []byte `cbor:"5,keyasint"`
+	BlockSize       int64  `cbor:"6,keyasint,omitempty"` // of the block-hash index, 0 if none
+	IndexSHA256     []byte `cbor:"7,keyasint,omitempty"` // digest of the block-hash index file
 }
 
 // Slot is what the device knows about the image in one firmware slot. A

@@ -27,6 +27,9 @@
 //     (ETag or Last-Modified) of the response the first bytes came from,
 //     kept in Dir/<id>.validator, so that a changed image is taken whole
 //     again. Repeated failures end in failed with ReasonFirmwareDownload.
+//     A release that binds a block-hash index (Release.BlockSize and
+//     IndexSHA256, from manifest.Blocks) is first tried adaptively (see
+//     below) while no full download has begun.
 //   - verifying: size and SHA-256 of the file are compared with the
 //     manifest (streamed, never held in memory), and the counter is checked
 //     again. A mismatch ends in failed with ReasonFirmwareDigest.
@@ -60,6 +63,28 @@
 // in the store until the Reporter accepts them: a final report not yet
 // acknowledged is sent again after a restart. Progress reports are best
 // effort.
+//
+// # Adaptive updates
+//
+// With a block index, downloading fetches URL + IndexSuffix (bounded by
+// the size the manifest implies) and checks its SHA-256 and geometry
+// against the verified release (kept as Dir/<id>.index for retries), then
+// assembles the image in
+// Dir/<id>.adaptive: blocks already there with their hash (an earlier
+// attempt's) stay; the others are taken, by hash, from the booted slot when
+// the backend is a SlotReader (FileBackend; HookBackend with
+// HookConfig.SlotDevices), each hashed as it is read so that a corrupt
+// local block matches nothing; what is still missing is fetched with
+// bounded range requests and checked block by block against the index. The
+// file is synced after each range (Config.AdaptiveStep names the steps),
+// then renamed to Dir/<id>.part, and verifying checks the whole image as
+// for a full download. Every step can be repeated after a crash: blocks
+// on disk are re-hashed, never trusted. A refusal (no index, an index or
+// block that does not match, a server that ignores ranges) falls back, in
+// the same attempt, to the full download; a lost connection is retried
+// like any download, keeping the blocks that came. The bytes
+// fetched (index, ranges, full download) are counted in the update record
+// and reported (Report.Fetched).
 //
 // # Anti-rollback and measurement
 //
@@ -101,6 +126,19 @@
 //	HOOK rollback SLOT       make SLOT, the previous known-good slot, boot
 //	                         next and forget a pending switch (RAUC:
 //	                         "rauc status mark-bad booted" then mark-active)
+//
+// With HookConfig.SlotDevices the engine reads the booted slot's device
+// for adaptive updates, and "HOOK install SLOT PATH" still receives a
+// whole image file, verified against the manifest's digest: the hook does
+// not need to know about blocks. RAUC's and SWUpdate's own delta
+// mechanisms work on their own bundle formats and are not used by this
+// path: RAUC's adaptive mode ("block-hash-index" in a verity bundle,
+// streamed over HTTP by rauc itself) needs RAUC to download the bundle,
+// while sigild downloads with its mTLS identity and verifies Sigil's
+// signed manifest; a board that wants RAUC's mode instead lets the hook's
+// install step call "rauc install" on a bundle URL and ships releases
+// without a Sigil block index. SWUpdate's delta handler (zchunk) is the
+// same choice. See docs/DEPLOY.md ("Adaptive updates with RAUC or SWUpdate").
 //
 // Every command exits 0 on success; anything else is a failure, and the
 // start of its standard error is logged and kept in the error. Every

@@ -27,6 +27,18 @@ var errTooLarge = errors.New("update: image larger than the manifest's size")
 // checked in verifying).
 func (e *Engine) download(ctx context.Context, u *state.Update) error {
 	size := u.Release.Size
+	if _, err := os.Stat(e.partPath(u.ID)); u.Release.BlockSize > 0 && errors.Is(err, os.ErrNotExist) {
+		// No full download begun: try the adaptive one; when it cannot go
+		// on, fall back to the full download (which then has begun).
+		err := e.adaptive(ctx, u)
+		if err == nil || ctx.Err() != nil || !errors.Is(err, errAdaptive) {
+			return err // done, or retried with the blocks kept
+		}
+		e.log.Warn("update: adaptive download failed; fetching the whole image", "update", u.ID, "err", err)
+		if err := os.Remove(e.adaptivePath(u.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("update: %w", err)
+		}
+	}
 	f, err := os.OpenFile(e.partPath(u.ID), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("update: %w", err)
@@ -90,6 +102,7 @@ func (e *Engine) download(ctx context.Context, u *state.Update) error {
 		return fmt.Errorf("update: %w", err)
 	}
 	n, err := io.Copy(f, io.LimitReader(resp.Body, size-off+1))
+	u.Fetched += n
 	if off+n > size {
 		// Keep nothing of an image that is not the announced one.
 		_ = f.Truncate(0)

@@ -76,6 +76,14 @@ func (fb *FileBackend) Image(slot string) string {
 	return filepath.Join(fb.dir, "slot-"+slot+".img")
 }
 
+// OpenSlot opens the image in slot for reading (SlotReader).
+func (fb *FileBackend) OpenSlot(_ context.Context, slot string) (io.ReadCloser, error) {
+	if slot != fileSlotA && slot != fileSlotB {
+		return nil, fmt.Errorf("update: no slot %q", slot)
+	}
+	return os.Open(fb.Image(slot))
+}
+
 // State returns the boot record.
 func (fb *FileBackend) State() (FileState, error) {
 	fb.mu.Lock()

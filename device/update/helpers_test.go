@@ -45,6 +45,8 @@ type testManifest struct {
 	SHA256          string    `json:"sha256"`
 	Model           string    `json:"model"`
 	Expires         time.Time `json:"expires"`
+	BlockSize       int64     `json:"block_size,omitempty"`
+	IndexSHA256     string    `json:"index_sha256,omitempty"`
 }
 
 // release returns a signed manifest and bundle for img.
@@ -83,7 +85,9 @@ func testVerifier() update.Verifier {
 		if err != nil {
 			return nil, wire.Refuse(wire.ReasonFirmwareSignature, "bad digest", err)
 		}
-		return &update.Release{Name: m.Name, Version: m.Version, SecurityVersion: m.SecurityVersion, Size: m.Size, SHA256: d}, nil
+		ix, _ := hex.DecodeString(m.IndexSHA256)
+		return &update.Release{Name: m.Name, Version: m.Version, SecurityVersion: m.SecurityVersion, Size: m.Size, SHA256: d,
+			BlockSize: m.BlockSize, IndexSHA256: ix}, nil
 	})
 }
 
@@ -170,6 +174,7 @@ type imageServer struct {
 	*httptest.Server
 	mu       sync.Mutex
 	images   map[string][]byte
+	etags    map[string]string   // path -> ETag, computed once (as the fleet's, from the digest)
 	requests map[string][]string // path -> Range header of each request
 	ifRanges map[string][]string // path -> If-Range header of each request
 	cut      map[string]int
@@ -177,7 +182,7 @@ type imageServer struct {
 }
 
 func newImageServer(t testing.TB) *imageServer {
-	s := &imageServer{images: map[string][]byte{}, requests: map[string][]string{}, ifRanges: map[string][]string{}, cut: map[string]int{}}
+	s := &imageServer{images: map[string][]byte{}, etags: map[string]string{}, requests: map[string][]string{}, ifRanges: map[string][]string{}, cut: map[string]int{}}
 	s.Server = httptest.NewTLSServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
@@ -187,6 +192,7 @@ func (s *imageServer) put(path string, img []byte) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.images[path] = img
+	s.etags[path] = etag(img)
 	return s.URL + path
 }
 
@@ -218,6 +224,7 @@ func etag(img []byte) string {
 func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	img, ok := s.images[r.URL.Path]
+	tag := s.etags[r.URL.Path]
 	s.requests[r.URL.Path] = append(s.requests[r.URL.Path], r.Header.Get("Range"))
 	s.ifRanges[r.URL.Path] = append(s.ifRanges[r.URL.Path], r.Header.Get("If-Range"))
 	n, cut := s.cut[r.URL.Path]
@@ -228,7 +235,19 @@ func (s *imageServer) serve(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	w.Header().Set("ETag", etag(img))
+	w.Header().Set("ETag", tag)
+	if first, last, ok := parseRange(r.Header.Get("Range"), len(img)); cut && ok {
+		// A range response cut after n bytes.
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, len(img)))
+		w.Header().Set("Content-Length", strconv.Itoa(last-first+1))
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(img[first : first+n])
+		w.(http.Flusher).Flush()
+		if onCut != nil {
+			onCut()
+		}
+		panic(http.ErrAbortHandler)
+	}
 	if cut {
 		w.Header().Set("Content-Length", strconv.Itoa(len(img)))
 		w.WriteHeader(http.StatusOK)
@@ -377,4 +396,15 @@ func newPlainServer(t *testing.T, img []byte) *httptest.Server {
 	}))
 	t.Cleanup(s.Close)
 	return s
+}
+
+// parseRange reads a bounded "bytes=A-B" Range header.
+func parseRange(h string, size int) (first, last int, ok bool) {
+	a, b, found := strings.Cut(strings.TrimPrefix(h, "bytes="), "-")
+	first, err1 := strconv.Atoi(a)
+	last, err2 := strconv.Atoi(b)
+	if !found || err1 != nil || err2 != nil || first > last || last >= size {
+		return 0, 0, false
+	}
+	return first, last, true
 }

@@ -32,6 +32,7 @@ const (
 	envKillAt   = "SIGIL_UPDATE_TEST_KILL"  // phase at which the child SIGKILLs itself
 	envURL      = "SIGIL_UPDATE_TEST_URL"   // image URL
 	envManifest = "SIGIL_UPDATE_TEST_MANIFEST"
+	envKillStep = "SIGIL_UPDATE_TEST_KILL_STEP" // adaptive step at which the child SIGKILLs itself
 )
 
 // device is what a sigild process opens: the same in the child and in the
@@ -97,6 +98,14 @@ func killChild() {
 		if p == killAt {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}
+		}
+	}
+	if step := os.Getenv(envKillStep); step != "" {
+		d.cfg.AdaptiveStep = func(s string) {
+			if s == step {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
 		}
 	}
 	eng, err := update.New(d.cfg)
@@ -333,6 +342,108 @@ func TestKillDuringDownload(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(d.fb.Image("b")); !bytes.Equal(got, img) {
 		t.Fatal("slot b does not hold the image")
+	}
+}
+
+// TestKillAdaptive kills an adaptive update (SIGKILL, in a child process)
+// right after each of its durable steps, and after the phases around it,
+// then resumes it here: the update commits the right image, the blocks
+// already in place are not fetched again, the anti-rollback counter and
+// PCR 14 move exactly once.
+func TestKillAdaptive(t *testing.T) {
+	if os.Getenv(envChild) == "1" {
+		killChild()
+		return
+	}
+	inst := newTPM(t)
+	srv := newImageServer(t)
+	v1 := noise("v1", 64*testBlock)
+	v2 := bytes.Clone(v1)
+	for _, blk := range []int{5, 20, 40} { // three changed blocks: three ranges
+		copy(v2[blk*testBlock+9:], "changed")
+	}
+	url := srv.put("/v2.img", v2)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	cases := []struct {
+		step  string
+		phase update.Phase
+		// ranges the resumed engine asks for; the child asked for the others
+		resumed int
+	}{
+		{phase: update.PhaseDownloading, resumed: 3},
+		{step: update.StepIndex, resumed: 3},
+		{step: update.StepLocal, resumed: 3},
+		{step: update.StepRange, resumed: 2},
+		{step: update.StepAssembled, resumed: 0},
+		{phase: update.PhaseVerifying, resumed: 0},
+		{phase: update.PhaseInstalling, resumed: 0},
+	}
+	for _, c := range cases {
+		t.Run(c.step+string(c.phase), func(t *testing.T) {
+			root := t.TempDir()
+			if err := os.WriteFile(filepath.Join(root, "ca.pem"), caPEM, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			m, b, index := adaptiveRelease(t, "2.0.0", 2, v2)
+			srv.put("/v2.img"+update.IndexSuffix, index)
+			manifest := filepath.Join(root, "announcement")
+			if err := os.WriteFile(manifest, append(append(m, '\n'), b...), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d, err := openDevice(root, inst.URI())
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = os.WriteFile(d.fb.Image("a"), v1, 0o600)
+			d.close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			counterBefore, pcrBefore := tpmState(t, inst.URI())
+			before := len(srv.rangesOf("/v2.img"))
+
+			cmd := exec.Command(os.Args[0], "-test.run=^TestKillAdaptive$")
+			cmd.Env = append(os.Environ(), envChild+"=1", envRoot+"="+root, envTPM+"="+inst.URI(),
+				envKillAt+"="+string(c.phase), envKillStep+"="+c.step, envURL+"="+url, envManifest+"="+manifest)
+			out, err := cmd.CombinedOutput()
+			if ee, ok := errors.AsType[*exec.ExitError](err); !ok || !killed(ee) {
+				t.Fatalf("child was not killed at %s%s: %v\n%s", c.step, c.phase, err, out)
+			}
+			mid := len(srv.rangesOf("/v2.img"))
+
+			d, err = openDevice(root, inst.URI())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.close()
+			rep := resume(t, d)
+			if rep.Phase != update.PhaseCommitted || rep.Running != "2.0.0" || rep.Slot != "b" {
+				t.Fatalf("final report %+v", rep)
+			}
+			if got, _ := os.ReadFile(d.fb.Image("b")); !bytes.Equal(got, v2) {
+				t.Fatal("slot b does not hold the image")
+			}
+			ranges := srv.rangesOf("/v2.img")
+			if mid-before != 3-c.resumed || len(ranges)-mid != c.resumed {
+				t.Fatalf("range requests: %q before the kill, %q after; want %d after", ranges[before:mid], ranges[mid:], c.resumed)
+			}
+			for _, r := range ranges[before:] {
+				if r == "" {
+					t.Fatalf("a full download happened: %q", ranges[before:])
+				}
+			}
+			counter, pcr := tpmState(t, inst.URI())
+			digest := sha256.Sum256(v2)
+			if counter != max(counterBefore, 2) {
+				t.Fatalf("counter %d, want %d", counter, max(counterBefore, 2))
+			}
+			if want := extended(pcrBefore, digest[:]); !bytes.Equal(pcr, want) {
+				t.Fatalf("PCR 14 = %x, want one extension with the image digest (%x)", pcr, want)
+			}
+			if files, _ := filepath.Glob(filepath.Join(root, "work", "*")); len(files) != 0 {
+				t.Fatalf("downloads left behind: %v", files)
+			}
+		})
 	}
 }
 

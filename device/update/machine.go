@@ -176,6 +176,9 @@ func (e *Engine) announced(ctx context.Context, u *state.Update) error {
 	}
 	u.Release = &state.Release{Name: rel.Name, Version: rel.Version, SecurityVersion: rel.SecurityVersion,
 		Size: rel.Size, SHA256: bytes.Clone(rel.SHA256)}
+	if rel.BlockSize > 0 && len(rel.IndexSHA256) == sha256.Size {
+		u.Release.BlockSize, u.Release.IndexSHA256 = rel.BlockSize, bytes.Clone(rel.IndexSHA256)
+	}
 	if refused, err := e.checkFloor(ctx, u); refused || err != nil {
 		return err
 	}

@@ -79,6 +79,11 @@ type Release struct {
 	SecurityVersion uint64 // anti-rollback: refused when below the TPM counter
 	Size            int64  // bytes; the download is bounded by it
 	SHA256          []byte // digest of the image, 32 bytes
+	// BlockSize and IndexSHA256 bind the image's block-hash index
+	// (manifest.Blocks); zero and nil when the release has none. With
+	// them the engine tries an adaptive download first.
+	BlockSize   int64
+	IndexSHA256 []byte
 }
 
 // Verifier checks an announced manifest and its signature bundle (the
@@ -144,6 +149,11 @@ type Report struct {
 	Running string
 	Slot    string // slot the device runs from
 	Time    time.Time
+	// Fetched is the bytes the device downloaded for the update so far
+	// (image ranges and block index), against Size, the image's: an
+	// adaptive update fetches a fraction. The device's own count.
+	Fetched int64
+	Size    int64
 }
 
 // Reporter sends reports to the fleet. Report returns nil once the fleet
@@ -220,6 +230,10 @@ type Config struct {
 	// before it is acted on. Tests use it to kill the process at a chosen
 	// phase.
 	Persisted func(Phase)
+	// AdaptiveStep, if set, is called after each durable step of an
+	// adaptive download (StepIndex, StepLocal, StepRange, StepAssembled).
+	// Tests use it to kill the process there.
+	AdaptiveStep func(step string)
 }
 
 // Engine runs firmware updates on the device, one at a time.
@@ -421,9 +435,9 @@ func (e *Engine) report(u *state.Update, slot string) Report {
 		slot = u.Slot
 	}
 	r := Report{ID: u.ID, Phase: Phase(u.Phase), Final: u.Final, Reason: u.Reason,
-		Message: u.Message, Running: u.Running, Slot: slot, Time: u.Changed}
+		Message: u.Message, Running: u.Running, Slot: slot, Time: u.Changed, Fetched: u.Fetched}
 	if u.Release != nil {
-		r.Name, r.Version = u.Release.Name, u.Release.Version
+		r.Name, r.Version, r.Size = u.Release.Name, u.Release.Version, u.Release.Size
 	}
 	return r
 }
@@ -505,8 +519,11 @@ func (e *Engine) partPath(id string) string { return filepath.Join(e.cfg.Dir, id
 func (e *Engine) removeDownloads(keep string) {
 	files, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.part"))
 	validators, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.validator"))
-	for _, f := range append(files, validators...) {
-		if keep != "" && (f == e.partPath(keep) || f == e.validatorPath(keep)) {
+	adaptive, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.adaptive"))
+	indexes, _ := filepath.Glob(filepath.Join(e.cfg.Dir, "*.index"))
+	for _, f := range append(append(append(files, validators...), adaptive...), indexes...) {
+		if keep != "" && (f == e.partPath(keep) || f == e.validatorPath(keep) || f == e.adaptivePath(keep) ||
+			f == filepath.Join(e.cfg.Dir, keep+".index")) {
 			continue
 		}
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {

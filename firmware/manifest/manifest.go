@@ -15,8 +15,10 @@
 //
 //	{"type":"sigil.firmware.manifest/v1","name":"gateway-os","version":"2.4.1","security_version":7,"models":["gw-100"],"size":1048576,"sha256":"9f86…","expires":"2027-01-01T00:00:00Z"}
 //
-// A release may bind its software bill of materials by digest, last:
-// "sbom":{"format":"cyclonedx+json","sha256":"…"} (see SBOM).
+// A release may bind its software bill of materials by digest:
+// "sbom":{"format":"cyclonedx+json","sha256":"…"} (see SBOM), and, last,
+// the block-hash index of its image: "blocks":{"block_size":65536,"sha256":"…"}
+// (see Blocks).
 //
 // Requiring the canonical form gives every manifest exactly one meaning:
 // duplicate keys, keys that differ only in case (which encoding/json would
@@ -39,6 +41,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/sigil-iot/sigil/firmware/blockindex"
 )
 
 // Type is the value of the "type" field of every manifest.
@@ -96,6 +100,23 @@ type Manifest struct {
 	// than the field (their parser takes no unknown field); one without is
 	// encoded as before, so manifests signed earlier verify unchanged.
 	SBOM *SBOM
+	// Blocks binds the block-hash index of the image (firmware/blockindex)
+	// by the index file's digest and block size, so that a device can
+	// fetch only the blocks it lacks (adaptive update) trusting each block
+	// hash as much as the image digest; nil when the release has none. As
+	// with SBOM, devices older than the field refuse a manifest that has
+	// it (their parser takes no unknown field): sign such a release
+	// without the index for them. One without is encoded as before.
+	Blocks *Blocks
+}
+
+// Blocks is the binding of a release's block-hash index.
+type Blocks struct {
+	// BlockSize in bytes: a power of two from blockindex.MinBlockSize to
+	// blockindex.MaxBlockSize, with at most blockindex.MaxBlocks blocks.
+	BlockSize int64
+	// SHA256 is the digest of the index file, byte for byte.
+	SHA256 [32]byte
 }
 
 // SBOM formats a manifest may name.
@@ -144,6 +165,12 @@ type encoded struct {
 	Expires         string           `json:"expires"`
 	Measurements    *encodedMeasures `json:"measurements,omitempty"`
 	SBOM            *encodedSBOM     `json:"sbom,omitempty"`
+	Blocks          *encodedBlocks   `json:"blocks,omitempty"`
+}
+
+type encodedBlocks struct {
+	BlockSize int64  `json:"block_size"`
+	SHA256    string `json:"sha256"`
 }
 
 type encodedSBOM struct {
@@ -203,6 +230,14 @@ func Parse(b []byte) (*Manifest, error) {
 			copy(m.SBOM.SHA256[:], d)
 		}
 	}
+	if e.Blocks != nil {
+		m.Blocks = &Blocks{BlockSize: e.Blocks.BlockSize}
+		if d, err := hex.DecodeString(e.Blocks.SHA256); err != nil || len(d) != len(m.Blocks.SHA256) {
+			errs = append(errs, errors.New("blocks: sha256 is not 64 hex digits"))
+		} else {
+			copy(m.Blocks.SHA256[:], d)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -239,6 +274,9 @@ func (m *Manifest) Marshal() ([]byte, error) {
 	}
 	if m.SBOM != nil {
 		e.SBOM = &encodedSBOM{Format: m.SBOM.Format, SHA256: hex.EncodeToString(m.SBOM.SHA256[:])}
+	}
+	if m.Blocks != nil {
+		e.Blocks = &encodedBlocks{BlockSize: m.Blocks.BlockSize, SHA256: hex.EncodeToString(m.Blocks.SHA256[:])}
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -297,6 +335,14 @@ func (m *Manifest) Validate() error {
 		}
 		if m.SBOM.SHA256 == [32]byte{} {
 			errs = append(errs, errors.New("sbom: sha256 is missing"))
+		}
+	}
+	if m.Blocks != nil {
+		if err := blockindex.CheckGeometry(m.Blocks.BlockSize, max(m.Size, 1)); err != nil {
+			errs = append(errs, fmt.Errorf("blocks: %w", err))
+		}
+		if m.Blocks.SHA256 == [32]byte{} {
+			errs = append(errs, errors.New("blocks: sha256 is missing"))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

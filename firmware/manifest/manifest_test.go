@@ -191,6 +191,9 @@ func FuzzParse(f *testing.F) {
 	m.SBOM = &SBOM{Format: SBOMSPDX, SHA256: sha256.Sum256(nil)}
 	b, _ = m.Marshal()
 	f.Add(b)
+	m.Blocks = &Blocks{BlockSize: 65536, SHA256: sha256.Sum256(nil)}
+	b, _ = m.Marshal()
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Parse(data)
 		if err != nil {
@@ -249,6 +252,50 @@ func TestSBOM(t *testing.T) {
 	bad := bytes.Replace(b, []byte(hex.EncodeToString(d[:])), []byte(strings.Repeat("z", 64)), 1)
 	if _, err := Parse(bad); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Parse with a non-hex SBOM digest = %v, want ErrInvalid", err)
+	}
+}
+
+// TestBlocks: a manifest binds a block-hash index by block size and
+// digest, after the SBOM, last in the canonical form; a manifest without
+// one encodes as before; a bad block size or digest is refused.
+func TestBlocks(t *testing.T) {
+	m := sample()
+	m.SBOM = &SBOM{Format: SBOMSPDX, SHA256: sha256.Sum256([]byte("sbom"))}
+	before, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Blocks = &Blocks{BlockSize: 65536, SHA256: sha256.Sum256([]byte("index"))}
+	b, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `,"blocks":{"block_size":65536,"sha256":"` + hex.EncodeToString(m.Blocks.SHA256[:]) + `"}}`
+	if !bytes.HasSuffix(b, []byte(want)) || !bytes.Equal(b[:len(before)-1], before[:len(before)-1]) {
+		t.Fatalf("encoding %s\nwant the manifest without blocks followed by %s", b, want)
+	}
+	got, err := Parse(b)
+	if err != nil || got.Blocks == nil || *got.Blocks != *m.Blocks {
+		t.Fatalf("Parse: %v, Blocks %+v", err, got)
+	}
+	for name, bad := range map[string]*Blocks{
+		"not a power of two": {BlockSize: 65535, SHA256: m.Blocks.SHA256},
+		"too small":          {BlockSize: 512, SHA256: m.Blocks.SHA256},
+		"too many blocks":    {BlockSize: 4096, SHA256: m.Blocks.SHA256},
+		"digest":             {BlockSize: 65536},
+	} {
+		m := sample()
+		if name == "too many blocks" {
+			m.Size = 4096<<20 + 1
+		}
+		m.Blocks = bad
+		if _, err := m.Marshal(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Marshal = %v, want ErrInvalid", name, err)
+		}
+	}
+	bad := bytes.Replace(b, []byte(`"block_size":65536`), []byte(`"block_size":65536.0`), 1)
+	if _, err := Parse(bad); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Parse with a non-integer block size = %v, want ErrInvalid", err)
 	}
 }
 

@@ -182,11 +182,19 @@ type fixture struct {
 	mu   sync.Mutex
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { t.Helper(); return newFixtureRule(t, 1) }
+
+// newFixtureRule is newFixture with the fleet's rule asking for n
+// approvals of a grant.
+func newFixtureRule(t *testing.T, n int) *fixture {
 	t.Helper()
+	rules := approval.DefaultRules()
+	rule := rules[approval.KindAccessGrant]
+	rule.Approvals = n
+	rules[approval.KindAccessGrant] = rule
 	dir := t.TempDir()
 	f := &fixture{aud: &memAudit{}, clk: &clock{t: time.Date(2026, 12, 8, 3, 0, 0, 0, time.UTC)}, sent: map[string][][]byte{}}
-	ap, err := approval.Open(approval.Config{Path: filepath.Join(dir, "approvals.db"), Now: f.clk.Now, NoSync: true,
+	ap, err := approval.Open(approval.Config{Path: filepath.Join(dir, "approvals.db"), Now: f.clk.Now, NoSync: true, Rules: rules,
 		Requester: func(_ context.Context, c auth.Credential) (approval.Actor, error) {
 			for _, a := range []actor{alice, bob, carol} {
 				if a.name == c.User {
@@ -376,7 +384,109 @@ func TestGrantExpiry(t *testing.T) {
 	}
 }
 
-// TestNoApprovalsNoGrant: without the two-person rule nobody gets access.
+// principals establishes the test actors again from their credentials
+// (approval.PrincipalSource).
+type principals struct{}
+
+func (principals) Principal(_ context.Context, c auth.Credential) (auth.Principal, error) {
+	switch c.User {
+	case "alice", "carol":
+		return auth.Principal{User: c.User, Role: auth.RoleOperator}, nil
+	case "bob", "dan":
+		return auth.Principal{User: c.User, Role: auth.RoleSecurityAdmin}, nil
+	}
+	return auth.Principal{}, errors.New("unknown")
+}
+
+// openOwn opens a service without the fleet's two-person rule: it keeps
+// its own approvals.
+func openOwn(t *testing.T, pol Policy) (*Service, *memAudit) {
+	t.Helper()
+	dir := t.TempDir()
+	aud := &memAudit{}
+	var db *postgres.DB
+	if pg, ok := pgtest.Database(t, dir); ok {
+		db = pg
+	}
+	s, err := Open(Config{Dir: dir, Database: db, TrustDomain: "fleet.example", Principals: principals{}, Policy: pol,
+		Devices: devices{"dev-1": {ID: "dev-1"}}, Audit: aud, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, aud
+}
+
+// TestWithoutTwoPersonRule: a fleet without two_person_rule still grants
+// access, on one approval by someone else with access.approve; never on
+// the requester's own, nor on an operator's.
+func TestWithoutTwoPersonRule(t *testing.T) {
+	s, aud := openOwn(t, Policy{})
+	ctx := t.Context()
+	ana := auth.Principal{User: "alice", Role: auth.RoleOperator}
+	sid := auth.Principal{User: "bob", Role: auth.RoleSecurityAdmin}
+	g, err := s.Request(ctx, ana, Draft{Device: "dev-1", PublicKey: pubKey(t), Justification: "INC-12"})
+	if err != nil || g.State != StateRequested || g.ApprovalID == "" {
+		t.Fatalf("request: %+v %v", g, err)
+	}
+	if _, err := s.Approve(ctx, ana, g.ID, ""); !errors.Is(err, approval.ErrSelfApproval) {
+		t.Fatalf("self-approval: %v", err)
+	}
+	if _, err := s.Approve(ctx, auth.Principal{User: "carol", Role: auth.RoleOperator}, g.ID, ""); !errors.Is(err, approval.ErrForbidden) {
+		t.Fatalf("approval without access.approve: %v", err)
+	}
+	if g, err = s.Approve(ctx, sid, g.ID, "ok"); err != nil || g.State != StateApproved || g.Certificate == "" || !slices.Equal(g.Approvers, []string{"bob"}) {
+		t.Fatalf("approve: %+v %v", g, err)
+	}
+	if e := aud.find("access.approved", g.ID); e == nil || e.Details["approvers"] != "bob" {
+		t.Fatalf("approval audit: %+v", e)
+	}
+	// The requester may still withdraw a request.
+	w, err := s.Request(ctx, ana, Draft{Device: "dev-1", PublicKey: pubKey(t), Justification: "INC-13"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, err = s.Deny(ctx, ana, w.ID, "not needed"); err != nil || w.State != StateDenied {
+		t.Fatalf("withdraw: %+v %v", w, err)
+	}
+}
+
+// TestApprovalsPolicy: the access policy's approvals count how many other
+// people must approve a grant; under the fleet's two-person rule at least
+// that rule's count.
+func TestApprovalsPolicy(t *testing.T) {
+	s, _ := openOwn(t, Policy{Approvals: 2})
+	ctx := t.Context()
+	ana := auth.Principal{User: "alice", Role: auth.RoleOperator}
+	g, err := s.Request(ctx, ana, Draft{Device: "dev-1", PublicKey: pubKey(t), Justification: "INC-14"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err = s.Approve(ctx, auth.Principal{User: "bob", Role: auth.RoleSecurityAdmin}, g.ID, ""); err != nil || g.State != StateRequested || g.Certificate != "" {
+		t.Fatalf("after one of two approvals: %+v %v", g, err)
+	}
+	if g, err = s.Approve(ctx, auth.Principal{User: "dan", Role: auth.RoleSecurityAdmin}, g.ID, ""); err != nil || g.State != StateApproved ||
+		!slices.Equal(g.Approvers, []string{"bob", "dan"}) {
+		t.Fatalf("after two: %+v %v", g, err)
+	}
+	for _, n := range []int{-1, approval.MaxApprovals + 1} {
+		if _, err := (Policy{Approvals: n}).withDefaults(); err == nil {
+			t.Errorf("%d approvals accepted", n)
+		}
+	}
+	// The fleet's rule asks for two; the policy's one does not lower it.
+	f := newFixtureRule(t, 2)
+	g, err = f.s.Request(ctx, alice, Draft{Device: "dev-1", PublicKey: pubKey(t), Justification: "INC-15"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err = f.s.Approve(ctx, bob, g.ID, ""); err != nil || g.State != StateRequested {
+		t.Fatalf("one approval under a rule of two: %+v %v", g, err)
+	}
+}
+
+// TestNoApprovalsNoGrant: with neither the fleet's approvals nor a way
+// to establish requesters again nobody gets access.
 func TestNoApprovalsNoGrant(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(Config{Dir: dir, TrustDomain: "fleet.example", Devices: devices{"dev-1": {ID: "dev-1"}}, NoSync: true})
@@ -398,6 +508,8 @@ func TestConformance(t *testing.T) {
 	pgtest.Conformance(t, []pgtest.Test{
 		{Name: "GrantLifecycle", Fn: TestGrantLifecycle},
 		{Name: "GrantExpiry", Fn: TestGrantExpiry},
+		{Name: "WithoutTwoPersonRule", Fn: TestWithoutTwoPersonRule},
+		{Name: "ApprovalsPolicy", Fn: TestApprovalsPolicy},
 	})
 }
 

@@ -1,8 +1,10 @@
 // Package access gives operators just-in-time SSH access to devices: an
 // operator requests access to a device or a group for a local account,
 // with a justification and a duration the policy bounds; the request goes
-// through the two-person rule (fleet/approval: someone other than the
-// requester, holding access.approve, approves); once approved, the fleet's
+// through fleet/approval (the policy's number of people other than the
+// requester, holding access.approve, approve it: under the fleet's
+// two-person rule when it is on, else in the service's own access-only
+// approvals); once approved, the fleet's
 // SSH user CA (a key of its own, not the host CA's) signs a short-lived
 // OpenSSH user certificate for the operator's own public key, limited to
 // the grant: principals that only the grant's device (or group) accepts,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/sshca"
 	"github.com/sigil-iot/sigil/pkg/config"
 	"github.com/sigil-iot/sigil/pkg/wire"
@@ -28,6 +29,11 @@ type Policy struct {
 	// AllowForwarding lets a request ask for port or agent forwarding;
 	// false refuses such requests.
 	AllowForwarding bool `json:"allow_forwarding"`
+	// Approvals is how many people other than the requester, each with
+	// access.approve, must approve a grant: 0 means 1, at most
+	// approval.MaxApprovals. Under the fleet's two-person rule a grant
+	// needs at least that rule's count.
+	Approvals int `json:"approvals"`
 }
 
 // DefaultMaxDuration is Policy.MaxDuration's default.
@@ -49,6 +55,12 @@ func (p Policy) withDefaults() (Policy, error) {
 	}
 	if len(p.Logins) == 0 {
 		p.Logins = []string{"root"}
+	}
+	if p.Approvals == 0 {
+		p.Approvals = 1
+	}
+	if p.Approvals < 0 || p.Approvals > approval.MaxApprovals {
+		return p, fmt.Errorf("access: approvals must be 1 to %d", approval.MaxApprovals)
 	}
 	if len(p.Logins) > wire.MaxAccessLogins {
 		return p, errors.New("access: too many logins")

@@ -36,8 +36,8 @@ const (
 	CAKeyFile = "ssh_user_ca.key"
 )
 
-// Approvals is what the service needs of the two-person rule
-// (*approval.Manager).
+// Approvals is what the service needs of the approvals that hold grant
+// requests (*approval.Manager).
 type Approvals interface {
 	Register(approval.Kind, approval.Executor) error
 	Submit(ctx context.Context, actor approval.Actor, d approval.Draft) (approval.Request, error)
@@ -65,12 +65,20 @@ type Config struct {
 	// at first start, 0600) for TrustDomain.
 	CA          *sshca.CA
 	TrustDomain string
-	// Approvals holds requests for a second person; nil, or a nil
-	// *approval.Manager (no two_person_rule), refuses every request with
-	// ErrNoApprovals.
+	// Approvals is the fleet's two-person rule (two_person_rule), which
+	// then holds grant requests with the fleet's other dangerous changes.
+	// Nil, or a nil *approval.Manager, means the service keeps its own:
+	// the fleet's approvals store (Dir/approval.File, or Database) opened
+	// for access grants only, so that grants are approved by someone
+	// other than the requester with or without the fleet-wide rule.
 	Approvals Approvals
-	Devices   Devices // required
-	Audit     audit.Recorder
+	// Principals establishes a requester again when their approved grant
+	// is about to be signed (*auth.Service); the service's own approvals
+	// need it. With neither Approvals nor Principals every request is
+	// refused with ErrNoApprovals.
+	Principals approval.PrincipalSource
+	Devices    Devices // required
+	Audit      audit.Recorder
 	// Send publishes to a device's down topic of a kind ("access"). Nil
 	// sends nothing.
 	Send   func(deviceID, kind string, payload []byte) error
@@ -88,7 +96,7 @@ type Config struct {
 var (
 	ErrNotFound    = errors.New("access: no such grant")
 	ErrForbidden   = errors.New("access: permission denied")
-	ErrNoApprovals = errors.New("access: grants need the two-person rule (two_person_rule)")
+	ErrNoApprovals = errors.New("access: grants cannot be approved (no approvals configured)")
 )
 
 // Service keeps grants, signs their certificates and tells devices whom
@@ -98,6 +106,9 @@ type Service struct {
 	db  kv.DB
 	log *slog.Logger
 	q   chan func(context.Context)
+	// own is the approvals the service opened itself (Config.Approvals
+	// nil); Run and Close run and close it.
+	own *approval.Manager
 
 	mu     sync.Mutex
 	events map[string]*window // device ID -> session events recorded this minute
@@ -128,8 +139,9 @@ var Buckets = [][]byte{bucketGrants, bucketSerials, bucketState}
 // Table is the PostgreSQL table holding the buckets (kv.Postgres).
 const Table = "access_kv"
 
-// Open opens or creates the grants' file and the user CA, and registers
-// the grant executor with the two-person rule.
+// Open opens or creates the grants' file and the user CA, opens the
+// service's own approvals when Config.Approvals is nil (and Principals
+// is set), and registers the grant executor with the approvals.
 func Open(cfg Config) (*Service, error) {
 	if cfg.Dir == "" || cfg.Devices == nil {
 		return nil, errors.New("access: Dir and Devices are required")
@@ -166,13 +178,48 @@ func Open(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{cfg: cfg, db: db, log: cfg.Logger, q: make(chan func(context.Context), 1024), events: map[string]*window{}}
-	if cfg.Approvals != nil {
-		if err := cfg.Approvals.Register(approval.KindAccessGrant, s.execute); err != nil {
+	if s.cfg.Approvals == nil && cfg.Principals != nil {
+		if s.own, err = openApprovals(cfg); err != nil {
 			db.Close()
+			return nil, err
+		}
+		s.cfg.Approvals = s.own
+	}
+	if s.cfg.Approvals != nil {
+		if err := s.cfg.Approvals.Register(approval.KindAccessGrant, s.execute); err != nil {
+			s.Close()
 			return nil, fmt.Errorf("access: %w", err)
 		}
 	}
 	return s, nil
+}
+
+// openApprovals opens the fleet's approvals store with the rule for
+// access grants only (approval.DefaultRules: access.approve approves):
+// the service's own approvals when the fleet has no two-person rule.
+// Requests of other kinds left there by a fleet that had the rule are
+// not run by it.
+func openApprovals(cfg Config) (*approval.Manager, error) {
+	ac := approval.Config{
+		Path:      filepath.Join(cfg.Dir, approval.File),
+		Rules:     map[approval.Kind]approval.Rule{approval.KindAccessGrant: approval.DefaultRules()[approval.KindAccessGrant]},
+		Auditor:   approval.AuditLog{Log: cfg.Audit},
+		Requester: approval.RequesterFrom(cfg.Principals),
+		Now:       cfg.Now, Rand: cfg.Rand, Logger: cfg.Logger, NoSync: cfg.NoSync,
+	}
+	var m *approval.Manager
+	var err error
+	if cfg.Database != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		m, err = approval.OpenPostgres(ctx, cfg.Database, ac)
+	} else {
+		m, err = approval.Open(ac)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("access: approvals: %w", err)
+	}
+	return m, nil
 }
 
 // migrations are the grants' tables in PostgreSQL (component "access"
@@ -223,12 +270,17 @@ func OpenPostgres(ctx context.Context, db *postgres.DB) (kv.DB, error) {
 	return k, nil
 }
 
-// Close closes the grants' file; a nil Service has nothing to close.
+// Close closes the grants' file and the service's own approvals; a nil
+// Service has nothing to close.
 func (s *Service) Close() error {
 	if s == nil {
 		return nil
 	}
-	return s.db.Close()
+	var err error
+	if s.own != nil {
+		err = s.own.Close()
+	}
+	return errors.Join(s.db.Close(), err)
 }
 
 // CA returns the SSH user CA.
@@ -317,7 +369,7 @@ func (s *Service) Request(ctx context.Context, actor approval.Actor, d Draft) (G
 	}
 	params, _ := json.Marshal(map[string]string{"grant": g.ID})
 	req, err := s.cfg.Approvals.Submit(ctx, actor, approval.Draft{
-		Kind: approval.KindAccessGrant, Target: g.Target(), Params: params,
+		Kind: approval.KindAccessGrant, Target: g.Target(), Params: params, Approvals: s.cfg.Policy.Approvals,
 		Justification: fmt.Sprintf("SSH as %s on %s for %s: %s", g.Login, g.Target(), time.Duration(g.Duration), g.Justification),
 	})
 	if err != nil {
@@ -368,6 +420,9 @@ func (s *Service) Approve(ctx context.Context, actor approval.Actor, id, comment
 	if _, err := Transition(g.State, StateApproved); err != nil {
 		return Grant{}, err
 	}
+	if s.cfg.Approvals == nil {
+		return Grant{}, ErrNoApprovals
+	}
 	if _, err := s.cfg.Approvals.Approve(ctx, actor, g.ApprovalID, comment); err != nil {
 		return Grant{}, fmt.Errorf("access: %w", err)
 	}
@@ -383,6 +438,9 @@ func (s *Service) Deny(ctx context.Context, actor approval.Actor, id, reason str
 	}
 	if _, err := Transition(g.State, StateDenied); err != nil {
 		return Grant{}, err
+	}
+	if s.cfg.Approvals == nil {
+		return Grant{}, ErrNoApprovals
 	}
 	if _, err := s.cfg.Approvals.Reject(ctx, actor, g.ApprovalID, reason); err != nil {
 		return Grant{}, fmt.Errorf("access: %w", err)
@@ -706,9 +764,15 @@ func (s *Service) enqueue(fn func(context.Context)) {
 	}
 }
 
-// Run handles queued device messages and records expired grants until
-// ctx ends.
+// Run handles queued device messages and records expired grants (and,
+// with its own approvals, expired approval requests) until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	if s.own != nil {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- s.own.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
 	for {

@@ -31,7 +31,7 @@ func TestBackupRoute(t *testing.T) {
 	}
 	resp, body := call(t, srv, "POST", "/api/v1/backup", "", `{"recipients": ["`+id.Recipient().String()+`"]}`)
 	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("without a token: %d", resp.StatusCode)
+		t.Fatalf("without a token: %d %s", resp.StatusCode, body)
 	}
 	for _, req := range []string{`{}`, `{"recipients": []}`, `{"recipients": ["a passphrase"]}`, `{"recipients": ["` + id.String() + `"]}`} {
 		resp, body = call(t, srv, "POST", "/api/v1/backup", token, req)

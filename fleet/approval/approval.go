@@ -173,7 +173,14 @@ type Draft struct {
 	Params        json.RawMessage // any JSON value up to 64 KiB; empty means {}
 	Justification string          // 1 to 2000 characters; required
 	TTL           time.Duration   // zero means the rule's TTL; at most Config.MaxTTL
+	// Approvals is how many distinct people other than the requester must
+	// approve: at least the rule's (a draft cannot lower it), at most
+	// MaxApprovals. Zero means the rule's.
+	Approvals int
 }
+
+// MaxApprovals bounds Draft.Approvals.
+const MaxApprovals = 10
 
 // Actor is an authenticated person; auth.Principal is one.
 type Actor interface {

@@ -225,6 +225,36 @@ func TestApprovalCount(t *testing.T) {
 	}
 }
 
+// TestDraftApprovals: a draft may ask for more approvals than its rule,
+// never fewer, and never more than MaxApprovals.
+func TestDraftApprovals(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.Rules = map[Kind]Rule{KindCARotation: {Request: auth.PermCAAdmin, Approve: auth.PermSecurityApprove, Approvals: 1}}
+	})
+	ctx := context.Background()
+	for _, n := range []int{-1, MaxApprovals + 1} {
+		if _, err := f.m.Submit(ctx, root, Draft{Kind: KindCARotation, Target: "fleet-ca", Justification: "x", Approvals: n}); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("%d approvals: %v", n, err)
+		}
+	}
+	r, err := f.m.Submit(ctx, root, Draft{Kind: KindCARotation, Target: "fleet-ca", Justification: "x", Approvals: 2})
+	if err != nil || r.Required != 2 {
+		t.Fatalf("two approvals: %+v %v", r, err)
+	}
+	if got, err := f.m.Approve(ctx, sec, r.ID, ""); err != nil || got.State != StatePending {
+		t.Fatalf("first approval: %+v %v", got, err)
+	}
+	if got, err := f.m.Approve(ctx, sec2, r.ID, ""); err != nil || got.State != StateExecuted {
+		t.Fatalf("second approval: %+v %v", got, err)
+	}
+	f2 := newFixture(t, func(c *Config) {
+		c.Rules = map[Kind]Rule{KindCARotation: {Request: auth.PermCAAdmin, Approve: auth.PermSecurityApprove, Approvals: 2}}
+	})
+	if r, err := f2.m.Submit(ctx, root, Draft{Kind: KindCARotation, Target: "fleet-ca", Justification: "x", Approvals: 1}); err != nil || r.Required != 2 {
+		t.Fatalf("a draft lowered the rule: %+v %v", r, err)
+	}
+}
+
 func TestExecutesOnceUnderConcurrentApprovals(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
 		c.Rules = map[Kind]Rule{KindMassRevocation: {Request: auth.PermRotationWrite, Approve: auth.PermSecurityApprove, Approvals: 2}}

@@ -267,6 +267,9 @@ func (m *Manager) Submit(ctx context.Context, actor Actor, d Draft) (Request, er
 	if actor.Subject() == "" {
 		errs = append(errs, errors.New("the requester has no name"))
 	}
+	if d.Approvals < 0 || d.Approvals > MaxApprovals {
+		errs = append(errs, fmt.Errorf("approvals must be 0 (the rule's) to %d", MaxApprovals))
+	}
 	if len(errs) > 0 {
 		return Request{}, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
 	}
@@ -275,7 +278,7 @@ func (m *Manager) Submit(ctx context.Context, actor Actor, d Draft) (Request, er
 		Kind: d.Kind, Target: d.Target, Params: json.RawMessage(compact.Bytes()),
 		Requester: actor.Subject(), Justification: d.Justification,
 		Permission: rule.Request, Credential: actor.Credential(),
-		Created: now, Expires: now.Add(ttl), Approve: rule.Approve, Required: rule.Approvals,
+		Created: now, Expires: now.Add(ttl), Approve: rule.Approve, Required: max(rule.Approvals, d.Approvals),
 		State: StatePending,
 	}
 	err := m.db.Update(ctx, func(tx kv.Tx) error {

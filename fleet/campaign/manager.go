@@ -1111,7 +1111,7 @@ func (t *txc) campaign(now time.Time, waves bool) (*Campaign, error) {
 		ID: t.id, Definition: def, State: h.State, Created: p.meta.Created, CreatedBy: p.meta.CreatedBy,
 		StartAt: h.StartAt, Started: h.Started, Finished: h.Finished,
 		Changed: h.Changed, ChangedBy: h.ChangedBy, Why: h.Why,
-		Total: h.Total, Counts: h.Counts, InWindow: p.open(now),
+		Total: h.Total, Counts: h.Counts, InWindow: p.open(now), ClaimedFetchedBytes: h.Fetched,
 	}
 	if !h.Started.IsZero() {
 		c.Wave = h.Wave + 1
@@ -1203,7 +1203,7 @@ func (m *Manager) Device(id, deviceID string) (*Device, error) {
 
 func (d *devRec) public(id string) Device {
 	out := Device{ID: id, Wave: d.Wave + 1, Step: d.Step, Reason: d.Reason, Attempts: d.Attempts, Announced: d.Announced,
-		Updated: d.Updated, Reported: d.Reported, RunningVersion: d.Version, Late: d.Late}
+		Updated: d.Updated, Reported: d.Reported, RunningVersion: d.Version, Late: d.Late, ClaimedFetchedBytes: d.Fetched}
 	if d.Deadline != 0 {
 		out.Deadline = time.Unix(0, d.Deadline).UTC()
 	}

@@ -155,6 +155,8 @@ type Campaign struct {
 	// InWindow reports whether a maintenance window was open when the
 	// campaign was read.
 	InWindow bool `json:"in_window"`
+	// ClaimedFetchedBytes sums the devices' ClaimedFetchedBytes.
+	ClaimedFetchedBytes int64 `json:"claimed_fetched_bytes,omitempty"`
 }
 
 // Wave is one wave's progress.
@@ -198,6 +200,11 @@ type Device struct {
 	// Late reports that the device said how it finished after it had
 	// timed out or been set to be announced again.
 	Late bool `json:"late,omitempty"`
+	// ClaimedFetchedBytes is what the device last said it downloaded for
+	// the update (image ranges and block index): against the release's
+	// image size, the saving of an adaptive update. The device's claim,
+	// not measured by the fleet.
+	ClaimedFetchedBytes int64 `json:"claimed_fetched_bytes,omitempty"`
 }
 
 // Assignment is a campaign in which a device is in flight.

@@ -28,6 +28,10 @@ type DeviceReport struct {
 	RunningVersion string
 	// At is the device's own time of the report; recorded, not trusted.
 	At time.Time
+	// ClaimedFetched is the bytes the device says it downloaded for the
+	// update so far (adaptive updates fetch a fraction of the image); 0
+	// leaves the recorded count. Recorded as the device's claim.
+	ClaimedFetched int64
 }
 
 func (r *DeviceReport) validate() error {
@@ -40,6 +44,9 @@ func (r *DeviceReport) validate() error {
 	}
 	if !r.Step.reportable() {
 		errs = append(errs, fmt.Errorf("step %q", clip(string(r.Step))))
+	}
+	if r.ClaimedFetched < 0 {
+		errs = append(errs, errors.New("negative bytes fetched"))
 	}
 	if len(r.RunningVersion) > maxVersion || !printable(r.RunningVersion) {
 		errs = append(errs, fmt.Errorf("running version %q", clip(r.RunningVersion)))
@@ -272,6 +279,10 @@ func (t *txc) apply(r *DeviceReport, now time.Time) (bool, error) {
 	}
 	if r.RunningVersion != "" {
 		d.Version = r.RunningVersion
+	}
+	if r.ClaimedFetched > 0 {
+		t.h.Fetched += r.ClaimedFetched - d.Fetched
+		d.Fetched = r.ClaimedFetched
 	}
 	d.Reported, d.Updated, d.Unreachable = r.At.UTC(), now, time.Time{}
 	return true, t.putDev(r.DeviceID, d)

@@ -123,6 +123,8 @@ type header struct {
 	Changed   time.Time `json:"changed,omitzero"`
 	ChangedBy string    `json:"changed_by,omitempty"`
 	Why       string    `json:"why,omitempty"`
+	// Fetched sums the devices' claimed bytes fetched.
+	Fetched int64 `json:"fb,omitempty"`
 }
 
 // active reports whether the engine must visit the campaign: to start
@@ -160,6 +162,7 @@ type devRec struct {
 	Reported    time.Time   `json:"rp,omitzero"`
 	Version     string      `json:"v,omitempty"`
 	Late        bool        `json:"late,omitempty"`
+	Fetched     int64       `json:"fb,omitempty"` // the device's claim
 }
 
 func posKey(i int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(i)) }

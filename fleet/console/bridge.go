@@ -135,6 +135,16 @@ func (c *Console) actionHandler(a *action) http.Handler {
 			c.failBack(w, r, &p, http.StatusInternalServerError, "Server error", "The request could not be encoded.", back)
 			return
 		}
+		if a.Wildcards != nil {
+			vals, err := a.Wildcards(r.PostForm)
+			if err != nil {
+				c.failBack(w, r, &p, http.StatusBadRequest, "Check the form", strings.TrimPrefix(err.Error(), "console: "), back)
+				return
+			}
+			for k, v := range vals {
+				r.SetPathValue(k, v)
+			}
+		}
 		target := fill(a.apiPath, r)
 		if a.Query != nil {
 			q, err := a.Query(r.PostForm)

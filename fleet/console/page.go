@@ -72,6 +72,11 @@ type Action struct {
 	// posted form, for routes that take their arguments there (DELETE
 	// /api/v1/blocks). An error is shown to the operator (400).
 	Query func(form url.Values) (url.Values, error)
+	// Wildcards, when set, names the API path's wildcards that come from
+	// the posted form rather than the console's path (a registration
+	// named in its form: "PUT /api/v1/workloads/{name}"). An error is
+	// shown to the operator (400).
+	Wildcards func(form url.Values) (map[string]string, error)
 	// Then is where to go after success, with the path's wildcards filled
 	// in ("/devices/{id}"); empty means the page the form was on.
 	Then string

@@ -40,6 +40,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
+	"github.com/sigil-iot/sigil/fleet/workload"
 	"github.com/sigil-iot/sigil/internal/wait"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
@@ -55,6 +56,7 @@ type fleetFixture struct {
 	alerts    *alert.Engine
 	approvals *approval.Manager
 	access    *access.Service
+	workloads *workload.Service
 	audit     *audit.Log
 	tel       *telemetry.Ingester
 	gov       *governance.Service
@@ -82,10 +84,11 @@ func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 		inv := c.Inventory.(*inventory.Store)
 		ff.policies = c.Policies.(*policy.Store)
 		ff.open(t, inv, c.Now, c.Auth, opt)
+		ff.openWorkloads(t, inv, c.CA.(*ca.CA), c.Now)
 		c.API = api.New(api.Config{
 			Inventory: inv, Policies: ff.policies, Auth: c.Auth, Audit: ff.audit, Approvals: ff.approvals,
 			Firmware: fwService{ff.releases, ff.campaigns, c.Now, ff.exposure}, Alerts: ff.alerts, AlertSinks: ff.sinks, Telemetry: ff.tel,
-			Governance: ff.gov, Now: c.Now, RateLimit: -1, Access: ff.access, CA: c.CA.(*ca.CA), CARotation: caRotation{c.CA.(*ca.CA)},
+			Governance: ff.gov, Now: c.Now, RateLimit: -1, Access: ff.access, Workloads: ff.workloads, CA: c.CA.(*ca.CA), CARotation: caRotation{c.CA.(*ca.CA)},
 		})
 		ext := []console.Extension{
 			console.FirmwarePages{Releases: ff.releases, Campaigns: ff.campaigns, Exposure: ff.exposure, Now: c.Now}.Extension(),
@@ -94,6 +97,7 @@ func newFleetFixture(t testing.TB, opt fleetOptions) *fleetFixture {
 			console.TelemetryCharts{Telemetry: ff.tel, Now: c.Now}.Extension(),
 			console.RiskPages{Risk: ff.gov}.Extension(),
 			console.AccessPages{Grants: ff.access, Now: c.Now}.Extension(),
+			console.WorkloadPages{Workloads: ff.workloads}.Extension(),
 		}
 		if ff.approvals != nil {
 			ext = append(ext, console.ApprovalPages{Approvals: ff.approvals, Now: c.Now}.Extension())
@@ -171,6 +175,27 @@ func (ff *fleetFixture) open(t testing.TB, inv *inventory.Store, now func() time
 		Campaigns: ff.campaigns, Now: now})
 	must(err)
 }
+
+// openWorkloads opens the workload service (its issuer
+// https://fleet.example) in a temporary directory.
+func (ff *fleetFixture) openWorkloads(t testing.TB, inv *inventory.Store, c *ca.CA, now func() time.Time) {
+	t.Helper()
+	st, err := workload.Open(filepath.Join(t.TempDir(), workload.File), bytes.Repeat([]byte{0x5a}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ff.workloads, err = workload.New(workload.Config{Store: st, CA: c, Devices: inv, Verdicts: attestedNow{}, TrustDomain: "fleet.example",
+		Issuer: "https://fleet.example", Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// attestedNow says every device's attestation is current.
+type attestedNow struct{}
+
+func (attestedNow) Current(string) error { return nil }
 
 // attestations are devices' attestation records, newest first.
 type attestations map[string][]attest.Record

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/sigil-iot/sigil/firmware/blockindex"
 )
 
 // DownloadPrefix is the path under which Handler serves images:
@@ -34,6 +36,10 @@ type AuthorizeFunc func(r *http.Request, digest string) error
 //   - 200 or 206 with the image (application/octet-stream, ETag of the
 //     digest, so If-Range works).
 //
+// DownloadPrefix{sha256}.blocks serves the image's block-hash index
+// (firmware/blockindex) the same way, to the same devices, when an upload
+// of a release binding one kept it (404 otherwise).
+//
 // The path alone grants nothing; authorize runs before anything about the
 // image is revealed.
 func (s *Store) Handler(authorize AuthorizeFunc) http.Handler {
@@ -49,6 +55,7 @@ func (s *Store) Handler(authorize AuthorizeFunc) http.Handler {
 		}
 		device := r.TLS.VerifiedChains[0][0].Subject.CommonName
 		digest, ok := strings.CutPrefix(r.URL.Path, DownloadPrefix)
+		digest, index := strings.CutSuffix(digest, blockindex.Suffix)
 		if !ok || !validDigest(digest) {
 			http.Error(w, "not found", http.StatusNotFound)
 			return
@@ -67,7 +74,15 @@ func (s *Store) Handler(authorize AuthorizeFunc) http.Handler {
 			http.Error(w, "not found", http.StatusNotFound)
 			return
 		}
-		f, err := s.OpenImage(digest)
+		open := s.OpenImage
+		if index {
+			open = s.openIndex
+		}
+		f, err := open(digest)
+		if err != nil && index {
+			http.Error(w, "not found", http.StatusNotFound) // a release without an index
+			return
+		}
 		if err != nil {
 			s.log.Error("firmware: offered image missing", "image", digest, "err", err)
 			http.Error(w, "not found", http.StatusNotFound)
@@ -76,7 +91,11 @@ func (s *Store) Handler(authorize AuthorizeFunc) http.Handler {
 		defer f.Close()
 		h := w.Header()
 		h.Set("Content-Type", "application/octet-stream")
-		h.Set("ETag", `"`+digest+`"`)
+		if index {
+			h.Set("ETag", `"`+digest+`.blocks"`)
+		} else {
+			h.Set("ETag", `"`+digest+`"`)
+		}
 		h.Set("Cache-Control", "private, no-store")
 		http.ServeContent(w, r, "", time.Time{}, f)
 	})

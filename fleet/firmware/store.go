@@ -372,6 +372,13 @@ func (s *Store) Upload(ctx context.Context, actor string, manifestJSON []byte, b
 			return nil, err
 		}
 	}
+	if err := s.ensureIndex(m); err != nil {
+		if errors.Is(err, ErrBlockIndex) {
+			return deny(err)
+		}
+		s.record(ctx, actor, ActionUpload, id, OutcomeFailed, err)
+		return nil, err
+	}
 	r := &Release{
 		ID: id, Manifest: m, ManifestJSON: manifestJSON, Bundles: bundles, Signers: v.Signers,
 		State: StateUploaded, UploadedBy: actor, UploadedAt: s.now().UTC(),

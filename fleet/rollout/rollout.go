@@ -477,7 +477,7 @@ func (s *Service) Report(deviceID string, env *wire.Envelope) {
 	}
 	s.campaigns.Submit(campaign.DeviceReport{
 		DeviceID: deviceID, Campaign: r.Campaign, Step: stepOf(r.Phase), Reason: r.Reason,
-		RunningVersion: r.Running, At: env.Timestamp(),
+		RunningVersion: r.Running, At: env.Timestamp(), ClaimedFetched: r.Fetched,
 	}, func(applied bool, err error) {
 		switch {
 		case err != nil:

@@ -16,7 +16,7 @@ func (s *Server) openSSH() (err error) {
 		Validity: time.Duration(s.cfg.DeviceLifetime), Logger: s.log.With("component", "sshca"), Send: s.sendDevice}); err != nil {
 		return err
 	}
-	s.Access, err = access.Open(access.Config{Dir: s.cfg.DataDir, Database: s.db, TrustDomain: s.cfg.TrustDomain, Approvals: s.Approvals, Devices: s.Inv,
+	s.Access, err = access.Open(access.Config{Dir: s.cfg.DataDir, Database: s.db, TrustDomain: s.cfg.TrustDomain, Approvals: s.Approvals, Principals: s.Auth, Devices: s.Inv,
 		Audit: s.Audit, Send: s.sendDevice, Policy: s.cfg.Access, Logger: s.log.With("component", "access")})
 	s.onClose(s.Access.Close)
 	return err

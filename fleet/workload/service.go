@@ -499,6 +499,38 @@ func (s *Service) JWKS(ctx context.Context) ([]byte, error) {
 	return json.Marshal(set)
 }
 
+// KeyInfo is a JWT-SVID signing key as operators see it: its ID and
+// dates, no key material.
+type KeyInfo struct {
+	ID      string
+	Created time.Time
+	// Retired is when it stopped signing; zero for the active key.
+	Retired time.Time
+}
+
+// Keys lists the signing keys the JWKS publishes, newest first, without
+// creating one (JWKS does).
+func (s *Service) Keys(ctx context.Context) ([]KeyInfo, error) {
+	set, err := s.cfg.Store.keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cut := s.cfg.Now().Add(-s.keys.keep)
+	var out []KeyInfo
+	for i := len(set) - 1; i >= 0; i-- {
+		if k := set[i]; k.Retired.IsZero() || !k.Retired.Before(cut) {
+			out = append(out, KeyInfo{ID: k.ID, Created: k.Created, Retired: k.Retired})
+		}
+	}
+	return out, nil
+}
+
+// Issuer returns the OpenID Connect issuer (Config.Issuer; "" when none).
+func (s *Service) Issuer() string { return s.cfg.Issuer }
+
+// TrustDomain returns the SPIFFE trust domain of the workloads' IDs.
+func (s *Service) TrustDomain() string { return s.cfg.TrustDomain }
+
 // JWKSPath is where the fleet serves JWKS, under Config.Issuer.
 const JWKSPath = "/.well-known/jwks.json"
 

@@ -197,6 +197,39 @@ func TestKeyRotation(t *testing.T) {
 	}
 }
 
+// TestKeysListed: Keys lists the published signing keys, newest first,
+// the retired one with its date, without creating a key itself; a
+// pruned key is no longer listed.
+func TestKeysListed(t *testing.T) {
+	f := newFixture(t, "https://fleet.example", nil)
+	ctx := context.Background()
+	if ks, err := f.svc.Keys(ctx); err != nil || len(ks) != 0 {
+		t.Fatalf("before any key: %+v %v", ks, err)
+	}
+	if ks, _ := f.svc.Keys(ctx); len(ks) != 0 {
+		t.Fatalf("Keys made a key: %+v", ks)
+	}
+	first, _, err := f.svc.keys.active(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := f.svc.RotateKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := f.svc.Keys(ctx)
+	if err != nil || len(ks) != 2 || ks[0].ID != next || !ks[0].Retired.IsZero() || ks[1].ID != first || ks[1].Retired.IsZero() {
+		t.Fatalf("after rotation: %+v %v", ks, err)
+	}
+	f.clock.Add(DefaultJWTTTL + keySkew + time.Second)
+	if ks, _ = f.svc.Keys(ctx); len(ks) != 1 || ks[0].ID != next {
+		t.Fatalf("past the retired key's keep time: %+v", ks)
+	}
+	if f.svc.Issuer() != "https://fleet.example" || f.svc.TrustDomain() != td {
+		t.Fatalf("issuer %q, trust domain %q", f.svc.Issuer(), f.svc.TrustDomain())
+	}
+}
+
 func csr(t *testing.T) []byte {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -33,5 +33,7 @@
 //	6 (unreleased) workload identities: workload.request, workload.answer;
 //	  just-in-time operator access: access.trust (user CA, logins and
 //	  principals, KRL) and access.sessions (sshd logins seen). Registered
-//	  at Version until the version moves to 6.
+//	  at Version until the version moves to 6. firmware.report carries the
+//	  bytes the device fetched for the update (FirmwareReport.Fetched,
+//	  field 10; adaptive updates).
 package wire

@@ -99,6 +99,11 @@ type FirmwareReport struct {
 	// fallback of the boot loader, the previous one.
 	Running string `cbor:"8,keyasint,omitempty"`
 	Slot    string `cbor:"9,keyasint,omitempty"` // the slot it runs from
+	// Fetched is the bytes the device says it downloaded for the update
+	// so far (image and block index; since version 6): an adaptive update
+	// fetches a fraction of the image. A device's claim, not a fact the
+	// fleet checked.
+	Fetched int64 `cbor:"10,keyasint,omitempty"`
 }
 
 // Firmware phases a FirmwareReport may carry.
@@ -127,6 +132,9 @@ func (r *FirmwareReport) Validate() error {
 	}
 	if len(r.Message) > 512 {
 		errs = append(errs, errors.New("message too long"))
+	}
+	if r.Fetched < 0 {
+		errs = append(errs, errors.New("fetched is negative"))
 	}
 	errs = append(errs, label("version", r.Version, false), label("running", r.Running, false), label("slot", r.Slot, false))
 	return errors.Join(errs...)

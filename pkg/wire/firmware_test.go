@@ -24,7 +24,7 @@ func TestFirmwareRoundTrip(t *testing.T) {
 		body, out any
 	}{
 		{TypeFirmwareAnnounce, sampleAnnounce(), &FirmwareAnnounce{}},
-		{TypeFirmwareReport, &FirmwareReport{Update: "cmp_1", Campaign: "cmp_1", Phase: "committed", Final: true, Version: "2.0.0", Running: "2.0.0", Slot: "b"}, &FirmwareReport{}},
+		{TypeFirmwareReport, &FirmwareReport{Update: "cmp_1", Campaign: "cmp_1", Phase: "committed", Final: true, Version: "2.0.0", Running: "2.0.0", Slot: "b", Fetched: 123456}, &FirmwareReport{}},
 		{TypeFirmwareTrust, &FirmwareTrust{Trust: []byte("{}"), Rotations: []TrustRotation{{Statement: []byte("s"), Bundles: [][]byte{[]byte("b")}}}}, &FirmwareTrust{}},
 	} {
 		b, err := Encode(m.typ, nil, now, m.body)
@@ -86,6 +86,7 @@ func TestFirmwareReportRefusals(t *testing.T) {
 	}
 	for name, mutate := range map[string]func(r *FirmwareReport){
 		"unknown phase":       func(r *FirmwareReport) { r.Phase = "done" },
+		"negative fetched":    func(r *FirmwareReport) { r.Fetched = -1 },
 		"final not final":     func(r *FirmwareReport) { r.Final = true },
 		"final without final": func(r *FirmwareReport) { r.Phase = "committed" },
 		"bad campaign":        func(r *FirmwareReport) { r.Campaign = "A+B" },

@@ -1,8 +1,9 @@
 // The operations scenarios in a real Chromium, driven by playwright-core:
 // the console's 404 page, a throttled login, alerts after a flood
 // (flood summary, severity filter, grouping, bulk acknowledgement), the
-// issued enrollment tokens, triage of a certificate from another CA and
-// "sweep now" on the risk page. axe-core checks every page for serious
+// issued enrollment tokens, triage of a certificate from another CA,
+// "sweep now" on the risk page, the access page and a workload
+// registered on the workloads page. axe-core checks every page for serious
 // and critical accessibility violations. Run by ops_test.go, which starts
 // the fleet and passes it in the environment (SIGIL_*). Each step prints
 // "ok - ..." or "not ok - ..."; the first failure stops the run.
@@ -180,6 +181,34 @@ run(async (browser) => {
     assert.equal(await page.getByRole("button", { name: "Request access" }).count(), 1);
     await axe(page, "the access page");
     await shot(page, "access");
+  });
+
+  await step("a security admin registers a workload on the workloads page, which passes axe-core", async () => {
+    const sec = await newPage(browser);
+    await login(sec, env("SIGIL_SECADMIN"), env("SIGIL_SECADMIN_PASSWORD"));
+    await sec.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Workloads" }).click();
+    await sec.getByRole("heading", { name: "Workload identities", level: 1 }).waitFor();
+    await axe(sec, "the empty workloads page with its form");
+    await sec.getByLabel(/^Name/).fill("collector");
+    await sec.getByLabel("Applies to").selectOption("group");
+    await sec.getByLabel("Device ID, group or model").fill("kiosks");
+    await sec.getByLabel("User ID").fill("1000");
+    await sec.getByLabel("Executable path").fill("/usr/bin/collector");
+    await sec.getByRole("button", { name: "Register" }).click();
+    await sec.waitForURL(/\/workloads\?ok=workloads\.register$/);
+    await flash(sec, /Registered/);
+    const row = sec.locator("table tbody tr", { hasText: "collector" });
+    assert.equal(await row.count(), 1);
+    assert.match(await row.innerText(), /uid 1000/);
+    assert.match(await row.innerText(), /\/workload\/collector/);
+    assert.equal(await sec.getByRole("button", { name: "Delete workload collector" }).count(), 1);
+    await axe(sec, "the workloads page");
+    await shot(sec, "workloads");
+    await sec.context().close();
+    // The operator sees the registration, without the forms.
+    await page.goto(URL_ + "/workloads");
+    assert.equal(await page.locator("table tbody tr", { hasText: "collector" }).count(), 1);
+    assert.equal(await page.getByRole("button", { name: "Register" }).count(), 0);
   });
 
   await step("no page logged a script error or a Content-Security-Policy violation", async () => {

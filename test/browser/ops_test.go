@@ -33,8 +33,9 @@ const (
 // alerts page after a flood (what flood control held back, the severity
 // filter, grouping by rule, bulk acknowledgement of a group and of a
 // selection), the issued enrollment tokens (never a secret), the triage
-// page without "enroll" for a certificate from another CA, and "sweep now"
-// on the risk page. axe-core checks each page for serious and critical
+// page without "enroll" for a certificate from another CA, "sweep now" on
+// the risk page, and a workload a security admin registers on the
+// workloads page. axe-core checks each page for serious and critical
 // accessibility violations. The test then checks the fleet's state behind
 // what the browser did.
 func TestConsoleOpsInChromium(t *testing.T) {
@@ -50,7 +51,7 @@ func TestConsoleOpsInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Stop() })
-	for name, role := range map[string]auth.Role{"olga": auth.RoleOperator, "vera": auth.RoleViewer, "tess": auth.RoleViewer} {
+	for name, role := range map[string]auth.Role{"olga": auth.RoleOperator, "vera": auth.RoleViewer, "tess": auth.RoleViewer, "sara": auth.RoleSecurityAdmin} {
 		if _, err := f.Auth.CreateUser(ctx, name, "browser test password of "+name, role); err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +117,7 @@ func TestConsoleOpsInChromium(t *testing.T) {
 		"SIGIL_URL="+f.APIURL(), "SIGIL_CA="+f.CACertPath(), "SIGIL_CHROMIUM="+chromiumPath, "SIGIL_SCREENSHOTS="+shots,
 		"SIGIL_OPERATOR=olga", "SIGIL_OPERATOR_PASSWORD=browser test password of olga",
 		"SIGIL_VIEWER=vera", "SIGIL_VIEWER_PASSWORD=browser test password of vera",
-		"SIGIL_THROTTLED=tess",
+		"SIGIL_THROTTLED=tess", "SIGIL_SECADMIN=sara", "SIGIL_SECADMIN_PASSWORD=browser test password of sara",
 		fmt.Sprintf("SIGIL_HELD=%d", floodDevices-floodPerRule), fmt.Sprintf("SIGIL_OPENED=%d", floodPerRule),
 		"SIGIL_TOKEN_UNUSED="+unused.ID, "SIGIL_TOKEN_USED="+used.ID, "SIGIL_ENROLLED="+enrolled.ID,
 	)
@@ -156,6 +157,11 @@ func TestConsoleOpsInChromium(t *testing.T) {
 	ranking, _, err := f.Governance.Ranking("", 100)
 	if err != nil || len(ranking) == 0 {
 		t.Errorf("no risk scores after the sweep: %v", err)
+	}
+	// The workload the security admin registered in the browser.
+	regs, err := f.Workload.Registrations(ctx)
+	if err != nil || len(regs) != 1 || regs[0].Name != "collector" || regs[0].CreatedBy != "sara" || regs[0].Target != "kiosks" || regs[0].ExePath != "/usr/bin/collector" {
+		t.Errorf("registrations after the browser: %+v %v", regs, err)
 	}
 	if os.Getenv("SIGIL_UPDATE_SCREENSHOTS") == "1" {
 		updateScreenshots(t, shots)

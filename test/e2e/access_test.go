@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -262,5 +264,50 @@ func TestJITAccessSSH(t *testing.T) {
 	}
 	if g2, _ = admin.Access(ctx, g2.ID); g2.State != access.StateExpired {
 		t.Fatalf("expired grant: %s", g2.State)
+	}
+}
+
+// TestJITAccessWithoutTwoPersonRule: a fleet without two_person_rule
+// grants access over the API too (it answered 503 before): the requester
+// cannot approve their own grant (403); the access policy's approvals
+// (here 2) must all come from other people with access.approve before the
+// certificate is signed.
+func TestJITAccessWithoutTwoPersonRule(t *testing.T) {
+	f := startFleet(t, func(c *server.Config) { c.Access = access.Policy{Approvals: 2} })
+	ctx := context.Background()
+	admin, _ := f.Client()
+	approver := func(name string) *api.Client {
+		if _, err := f.Auth.CreateUser(ctx, name, name+"'s long password", auth.RoleSecurityAdmin); err != nil {
+			t.Fatal(err)
+		}
+		secret, _, err := f.Auth.CreateToken(ctx, name, "approver", auth.RoleSecurityAdmin, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := api.NewClient(f.APIURL(), secret, nil)
+		c.HTTP = admin.HTTP
+		return c
+	}
+	sam, kim := approver("sam"), approver("kim")
+	requireBinary(t, "ssh-keygen", "openssh-client")
+	key := filepath.Join(t.TempDir(), "id_ed25519")
+	mustRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+	pub, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := admin.RequestAccess(ctx, access.Draft{Group: "kiosks", PublicKey: string(pub), Justification: "INC-99: kiosk fleet check"})
+	if err != nil || g.State != access.StateRequested {
+		t.Fatalf("request without two_person_rule: %+v %v", g, err)
+	}
+	var se *api.StatusError
+	if _, err := admin.DecideAccess(ctx, g.ID, "approve", ""); !errors.As(err, &se) || se.Status != http.StatusForbidden {
+		t.Fatalf("the requester approved their own grant: %v", err)
+	}
+	if g, err = sam.DecideAccess(ctx, g.ID, "approve", "ok"); err != nil || g.State != access.StateRequested || g.Certificate != "" {
+		t.Fatalf("after one of two approvals: %+v %v", g, err)
+	}
+	if g, err = kim.DecideAccess(ctx, g.ID, "approve", "ok"); err != nil || g.State != access.StateApproved || !strings.HasPrefix(g.Certificate, "ssh-ed25519-cert-v01@openssh.com ") {
+		t.Fatalf("after two approvals: %+v %v", g, err)
 	}
 }
