@@ -36,6 +36,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/broker"
+	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
 	"github.com/sigil-iot/sigil/fleet/storage/kv"
@@ -63,6 +64,7 @@ var (
 	ErrRevoked  = errors.New("bridge: credential revoked")
 	ErrNotHeld  = errors.New("bridge: certificate is not the site's current credential")
 	ErrExpired  = errors.New("bridge: credential expired")
+	ErrRetired  = errors.New("bridge: credential from a retired CA generation; create a new one")
 )
 
 var bucketBridges = []byte("bridges")
@@ -81,6 +83,12 @@ var migrations embed.FS
 // Issuer issues bridge certificates (*ca.CA).
 type Issuer interface {
 	IssueBridge(site string, pub crypto.PublicKey, lifetime time.Duration) (*x509.Certificate, error)
+}
+
+// generations tells the CA generation that issued a certificate, an
+// error for a retired one (*ca.CA); Admit asks it when the Issuer has it.
+type generations interface {
+	Issuer(cert *x509.Certificate) (ca.Generation, error)
 }
 
 // Config configures a Service.
@@ -325,7 +333,8 @@ func (s *Service) List(ctx context.Context) ([]*Bridge, error) {
 // (whose chain and expiry TLS verified, and whose site the broker read
 // with identity.BridgeFromCertificate) is the site's current credential:
 // the serial the fleet issued last to that site, not revoked, not
-// expired.
+// expired, and issued by a CA generation still trusted (the broker's TLS
+// pool holds retired roots too).
 func (s *Service) Admit(ctx context.Context, site string, cert *x509.Certificate) error {
 	b, err := s.Get(ctx, site)
 	if err != nil {
@@ -342,6 +351,11 @@ func (s *Service) Admit(ctx context.Context, site string, cert *x509.Certificate
 		return ErrNotHeld
 	case !s.cfg.Now().Before(b.Certs[i].NotAfter):
 		return ErrExpired
+	}
+	if g, ok := s.cfg.CA.(generations); ok {
+		if _, err := g.Issuer(cert); err != nil {
+			return fmt.Errorf("%w: %v", ErrRetired, err)
+		}
 	}
 	return nil
 }

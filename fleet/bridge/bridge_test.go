@@ -29,6 +29,7 @@ var conformanceTests = []pgtest.Test{
 	{Name: "CreateAdmitRevoke", Fn: TestCreateAdmitRevoke},
 	{Name: "AdmitOnlyTheCurrentCredential", Fn: TestAdmitOnlyTheCurrentCredential},
 	{Name: "RecordsSurviveReopen", Fn: TestRecordsSurviveReopen},
+	{Name: "AdmitRefusesARetiredCAGeneration", Fn: TestAdmitRefusesARetiredCAGeneration},
 }
 
 // TestConformance runs the store's tests on PostgreSQL (skipped without
@@ -242,3 +243,42 @@ func TestRecordsSurviveReopen(t *testing.T) {
 }
 
 func serialHex(n *big.Int) string { return hex.EncodeToString(n.Bytes()) }
+
+// TestAdmitRefusesARetiredCAGeneration: once the CA generation that
+// issued a bridge's credential is retired, the credential is refused
+// (the broker's TLS pool still holds retired roots); a new one issued by
+// the active generation is admitted.
+func TestAdmitRefusesARetiredCAGeneration(t *testing.T) {
+	f := newFixture(t)
+	s := f.open(t)
+	ctx := context.Background()
+	old, err := s.Create(ctx, operator, "plant1", newKey(t).Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Activate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Admit(ctx, "plant1", old); err != nil {
+		t.Fatalf("superseded but not retired: %v", err)
+	}
+	if _, err := f.ca.Retire(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Admit(ctx, "plant1", old); !errors.Is(err, bridge.ErrRetired) {
+		t.Fatalf("retired generation: %v, want ErrRetired", err)
+	}
+	if err := s.Revoke(ctx, operator, "plant1", inventory.ReasonSuperseded, "CA rotation"); err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := s.Create(ctx, operator, "plant1", newKey(t).Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Admit(ctx, "plant1", renewed); err != nil {
+		t.Fatalf("credential of the active generation: %v", err)
+	}
+}
