@@ -383,11 +383,26 @@ func builtFor(r *firmware.Release, d *inventory.Device) bool {
 	return d.Model != "" && slices.Contains(r.Manifest.Models, d.Model)
 }
 
+// manifestProtocol is the lowest protocol version whose sigild parses
+// r's manifest: the fields SBOM and Blocks came with the first release
+// speaking protocol 5, and a sigild before it refuses a manifest with a
+// field it does not know (its parser takes no unknown field). 0 when any
+// sigild parses it.
+func manifestProtocol(r *firmware.Release) int {
+	if r.Manifest.SBOM != nil || r.Manifest.Blocks != nil {
+		return 5
+	}
+	return 0
+}
+
 // eligible checks, at announce time, that release r is for device id (its
 // model may have changed since the campaign resolved it, and a rollback
 // campaign takes the devices that committed another release): an
 // *campaign.IneligibleError (wire.ReasonFirmwareModel) if not, which fails
-// the device for good.
+// the device for good; the same (wire.ReasonUnsupportedVersion) for a
+// device whose sigild, by the protocol version it last spoke, would refuse
+// the manifest. That version is the device's claim: a device that lies
+// about it only fails its own update.
 func (s *Service) eligible(id string, r *firmware.Release) error {
 	d, err := s.inv.Device(context.TODO(), id)
 	if err != nil {
@@ -400,6 +415,10 @@ func (s *Service) eligible(id string, r *firmware.Release) error {
 		}
 		return &campaign.IneligibleError{Reason: wire.ReasonFirmwareModel,
 			Message: fmt.Sprintf("the fleet's model of the device, %s, is not one the release is built for (%s)", model, strings.Join(r.Manifest.Models, ", "))}
+	}
+	if v := manifestProtocol(r); d.Protocol != 0 && d.Protocol < v {
+		return &campaign.IneligibleError{Reason: wire.ReasonUnsupportedVersion,
+			Message: fmt.Sprintf("the device's sigild speaks protocol %d and would refuse this release's manifest (it binds an SBOM or a block index, read from protocol %d on): sign the release without them for such devices", d.Protocol, v)}
 	}
 	return nil
 }

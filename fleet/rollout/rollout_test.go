@@ -513,6 +513,56 @@ func TestAnnounceRefusesOtherModel(t *testing.T) {
 	}
 }
 
+// TestAnnounceRefusesOldSigildNewManifest: a release whose manifest binds
+// an SBOM or a block index is not announced to a device whose sigild last
+// spoke protocol 4 (it would refuse the manifest): it fails for good with
+// unsupported_version and is sent nothing; a device on protocol 5, or one
+// not heard from yet, gets it, and a release without them reaches all.
+func TestAnnounceRefusesOldSigildNewManifest(t *testing.T) {
+	k := signtest.Signers(t, 1)
+	f := newTestService(t, k...)
+	inv := testInventory(t, f)
+	var sent []string
+	f.send = func(deviceID, _ string, _ []byte) error { sent = append(sent, deviceID); return nil }
+	plain := testRelease(t, f, k[0], "2.0.0", "gw-1")
+	img := []byte("image 3.0.0")
+	m := &manifest.Manifest{Name: "gw-os", Version: "3.0.0", SecurityVersion: 3, Models: []string{"gw-1"},
+		Size: int64(len(img)), SHA256: sha256.Sum256(img), Expires: time.Now().Add(time.Hour).UTC().Truncate(time.Second),
+		SBOM: &manifest.SBOM{Format: manifest.SBOMCycloneDX, SHA256: sha256.Sum256([]byte("{}"))}}
+	raw, bundles := signtest.Release(t, m, k[0])
+	withSBOM, err := f.Upload(t.Context(), "ana", raw, bundles, bytes.NewReader(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if withSBOM, err = f.store.Approve(t.Context(), "bo", withSBOM.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []inventory.Device{{ID: "old", Protocol: 4}, {ID: "new", Protocol: 5}, {ID: "unheard"}} {
+		d.State, d.Model = inventory.StateActive, "gw-1"
+		if err := inv.PutDevice(t.Context(), &d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	announce := func(id string, r *firmware.Release) error {
+		return f.announce(t.Context(), campaign.Announcement{Campaign: "cmp_0001", Device: id, Release: r.ID, Attempt: 1})
+	}
+	ie, ok := errors.AsType[*campaign.IneligibleError](announce("old", withSBOM))
+	if !ok || ie.Reason != wire.ReasonUnsupportedVersion {
+		t.Fatalf("protocol 4 device, release with an SBOM: %v, want an IneligibleError (%v)", ie, wire.ReasonUnsupportedVersion)
+	}
+	for _, c := range []struct {
+		id string
+		r  *firmware.Release
+	}{{"new", withSBOM}, {"unheard", withSBOM}, {"old", plain}} {
+		if err := announce(c.id, c.r); err != nil {
+			t.Errorf("device %s, release %s: %v", c.id, c.r.Manifest.Version, err)
+		}
+	}
+	if !slices.Equal(sent, []string{"new", "unheard", "old"}) {
+		t.Fatalf("announcements sent to %v", sent)
+	}
+}
+
 // TestHelloRefusesDeviceWhoseModelChanged: a device announced a release
 // and then given another model by an operator is not announced the
 // release again when it says hello: it fails (firmware_model) before it
