@@ -26,6 +26,7 @@ require (
 	github.com/sigstore/sigstore-go v1.3.0
 	github.com/spdx/tools-golang v0.5.7
 	github.com/spiffe/go-spiffe/v2 v2.9.0
+	github.com/veraison/go-cose v1.3.0
 	github.com/zitadel/oidc/v3 v3.52.0
 	github.com/zmap/zcrypto v0.0.0-20260906180147-3ed30b1e9340
 	github.com/zmap/zlint/v3 v3.7.3

@@ -106,6 +106,15 @@ var apiCases = []apiCase{
 	{name: "devices-cert-pem", args: []string{"devices", "cert", "dev-1", "--pem"},
 		api: map[string]string{"GET /api/v1/devices/dev-1/certificate": `{"device_id":"dev-1","chain_pem":"-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n"}`}},
 
+	// bridges
+	{name: "bridge-list", args: []string{"bridge", "list"},
+		api: map[string]string{"GET /api/v1/bridges": `{"bridges":[{"site":"plant1","created":"2026-12-01T10:00:00Z","certs":[{"serial":"4a1b","not_before":"2026-12-01T10:00:00Z",` +
+			`"not_after":"2027-03-01T10:00:00Z","issued_by":"user:ana"}],"prefix":"sigil/site/plant1/","current":"4a1b"},` +
+			`{"site":"plant2","created":"2026-12-01T10:00:00Z","certs":[],"prefix":"sigil/site/plant2/"}]}`}},
+	{name: "bridge-revoke", args: []string{"bridge", "revoke", "plant1", "--reason", "keyCompromise", "--comment", "stolen"},
+		api: map[string]string{"POST /api/v1/bridges/plant1/revoke": `{"site":"plant1","created":"2026-12-01T10:00:00Z","certs":[],"prefix":"sigil/site/plant1/"}`}},
+	{name: "bridge-revoke-404", args: []string{"bridge", "revoke", "plant9"}},
+
 	// tokens
 	{name: "tokens-create", args: []string{"tokens", "create", "--model", "gw-1", "--owner", "plant-a", "--ttl", "2h"},
 		api: map[string]string{"POST /api/v1/enrollment-tokens": `{"id":"et-1","token":"sge_secret","model":"gw-1","owner":"plant-a","expires":"2026-12-01T12:00:00Z"}`}},

@@ -49,6 +49,7 @@ func commandTable() *command {
 		firmwareCommand(),
 		campaignsCommand(),
 		exposureCommand(),
+		bridgeCommand(),
 		secretsCommand(),
 		workloadsCommand(),
 		alertsCommand(),

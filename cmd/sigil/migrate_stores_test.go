@@ -2,12 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/bridge"
+	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -131,6 +137,45 @@ var moreMigratedStores = []migratedStore{
 			}
 			if b, blocked := g.Blocked("rogue-1", "", ""); !blocked || b.Reason != "probing" {
 				t.Fatalf("block in the database: %+v, %v", b, blocked)
+			}
+		}},
+	{name: "bridges",
+		seed: func(t *testing.T, dir string) {
+			c, err := ca.Open(ca.Config{Dir: t.TempDir(), TrustDomain: "sigil.local"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := bridge.Open(bridge.Config{Path: filepath.Join(dir, bridge.File), CA: c, NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			for _, site := range []string{"plant1", "plant2"} {
+				if _, err := s.Create(t.Context(), audit.User("ana"), site, k.Public(), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Revoke(t.Context(), audit.User("ana"), "plant2", 1, "test"); err != nil {
+				t.Fatal(err)
+			}
+		},
+		want: []string{"bridges ", "bridges 2"},
+		check: func(t *testing.T, ctx context.Context, db *postgres.DB) {
+			c, err := ca.Open(ca.Config{Dir: t.TempDir(), TrustDomain: "sigil.local"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := bridge.OpenPostgres(ctx, db, bridge.Config{CA: c})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if b, err := s.Get(ctx, "plant2"); err != nil || len(b.Certs) != 1 || b.Certs[0].Revoked.IsZero() {
+				t.Fatalf("bridge in the database: %+v, %v", b, err)
+			}
+			if revs, err := s.Revocations(ctx, time.Time{}); err != nil || len(revs) != 1 {
+				t.Fatalf("revocations in the database: %+v, %v", revs, err)
 			}
 		}},
 	{name: "campaigns",

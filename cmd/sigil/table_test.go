@@ -191,6 +191,7 @@ var testedElsewhere = map[string]string{
 	"firmware manifest": "TestFirmwareKMS",
 	"audit verify":      "TestAuditVerify",
 	"broker-config":     "TestBrokerConfig",
+	"bridge create":     "TestBridgeCreate (a key and CSR made here, against the real API)",
 	"broker-sync":       "test/e2e TestBrokerPoolRevocation (a fleet, a broker and its reload)",
 	"completion":        "TestCompletionBash",
 	"help":              "TestEverySubcommandHelp",

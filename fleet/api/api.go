@@ -123,8 +123,10 @@ type Config struct {
 	// Backup serves POST /api/v1/backup (backup.Live); nil answers it
 	// with 501.
 	Backup Backups
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Bridges serves the OT bridges (bridges.go); nil answers them with 501.
+	Bridges Bridges
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // maxBody bounds request bodies.
@@ -188,6 +190,7 @@ func New(cfg Config) http.Handler {
 	h.routesGovernance()
 	h.routesWorkloads()
 	h.routesBackup()
+	h.routesBridges()
 	h.public("GET /api/v1/openapi.json", h.openAPI)
 	h.describeCore()
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

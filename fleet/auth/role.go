@@ -66,6 +66,11 @@ const (
 	// recipient the caller names, so as strong as holding the CA key.
 	// The admin's alone.
 	PermBackupRead Permission = "backup.read"
+	// PermBridgesRead: the OT bridges (plant brokers) and their
+	// credentials.
+	PermBridgesRead Permission = "bridges.read"
+	// PermBridgesWrite: issue and revoke OT bridge credentials.
+	PermBridgesWrite Permission = "bridges.write"
 )
 
 // Permissions returns every permission, in a stable order.
@@ -81,6 +86,7 @@ func Permissions() []Permission {
 		PermWorkloadsRead, PermWorkloadsWrite,
 		PermAccessRequest, PermAccessApprove,
 		PermBackupRead,
+		PermBridgesRead, PermBridgesWrite,
 	}
 }
 
@@ -90,8 +96,8 @@ type Role string
 // Roles, from least to most powerful. Every role but RoleBrokerSync
 // holds the viewer's permissions.
 const (
-	// RoleViewer reads devices, policies, secret names, firmware, alerts and
-	// approvals; it changes nothing.
+	// RoleViewer reads devices, policies, secret names, firmware, alerts,
+	// approvals and OT bridges; it changes nothing.
 	RoleViewer Role = "viewer"
 	// RoleOperator runs the fleet day to day: devices, credential rotation,
 	// firmware campaigns, alerts.
@@ -100,8 +106,8 @@ const (
 	// requested.
 	RoleReleaseApprover Role = "release-approver"
 	// RoleSecurityAdmin owns trust: policies, secrets, the CA, workload
-	// registrations, the audit log, and approves the dangerous security
-	// changes.
+	// registrations, OT bridge credentials, the audit log, and approves
+	// the dangerous security changes.
 	RoleSecurityAdmin Role = "security-admin"
 	// RoleAdmin holds every permission, including user management.
 	RoleAdmin Role = "admin"
@@ -124,7 +130,7 @@ func (r Role) Valid() bool { return slices.Contains(Roles(), r) }
 // Permissions returns the permissions r grants (none for an unknown role),
 // in the order of Permissions.
 func (r Role) Permissions() []Permission {
-	viewer := []Permission{PermDevicesRead, PermPoliciesRead, PermSecretsRead, PermFirmwareRead, PermAlertsRead, PermApprovalsRead, PermWorkloadsRead}
+	viewer := []Permission{PermDevicesRead, PermPoliciesRead, PermSecretsRead, PermFirmwareRead, PermAlertsRead, PermApprovalsRead, PermWorkloadsRead, PermBridgesRead}
 	var extra []Permission
 	switch r {
 	case RoleBrokerSync:
@@ -136,7 +142,7 @@ func (r Role) Permissions() []Permission {
 		extra = []Permission{PermFirmwareApprove}
 	case RoleSecurityAdmin:
 		extra = []Permission{PermDevicesWrite, PermRotationWrite, PermPoliciesWrite, PermSecretsWrite,
-			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermWorkloadsWrite, PermAccessRequest, PermAccessApprove}
+			PermAlertsWrite, PermAuditRead, PermSecurityApprove, PermCAAdmin, PermWorkloadsWrite, PermAccessRequest, PermAccessApprove, PermBridgesWrite}
 	case RoleAdmin:
 		return Permissions()
 	default:

@@ -45,6 +45,8 @@ func TestPermissionMatrix(t *testing.T) {
 		PermAccessRequest:   {O, S, A},
 		PermAccessApprove:   {S, A},
 		PermBackupRead:      {A},
+		PermBridgesRead:     {V, O, R, S, A},
+		PermBridgesWrite:    {S, A},
 	}
 	if len(matrix) != len(Permissions()) {
 		t.Fatalf("the matrix has %d permissions, the package %d", len(matrix), len(Permissions()))

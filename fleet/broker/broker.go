@@ -59,6 +59,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/sigil-iot/sigil/fleet/internal/loglimit"
+	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -69,11 +70,12 @@ type Identity struct {
 	DeviceID string            // device ID from the certificate; "" for bootstrap clients
 	Cert     *x509.Certificate // verified client certificate; nil for bootstrap clients
 	Fleet    bool              // the fleet's own inline client
+	Site     string            // the site of a bridge (bridge.go); "" for others
 	UpKinds  []string          // Access.UpKinds granted at admission; nil = every kind
 }
 
 // Bootstrap reports whether the identity is a client without certificate.
-func (id Identity) Bootstrap() bool { return !id.Fleet && id.DeviceID == "" }
+func (id Identity) Bootstrap() bool { return !id.Fleet && id.DeviceID == "" && id.Site == "" }
 
 // Gate decides whether a device with a valid certificate may connect. The
 // fleet implements it with its inventory (refusing decommissioned devices or
@@ -199,6 +201,8 @@ type Config struct {
 	Topics wire.Topics
 	// Gate admits devices; nil admits every device with a valid certificate.
 	Gate Gate
+	// Bridges admits plant brokers' bridges (bridge.go); nil refuses them.
+	Bridges BridgeGate
 	// AllowBootstrap lets clients without certificate connect, restricted to
 	// their own enrollment topics. The zero value refuses them; the fleet
 	// server enables it by default.
@@ -293,15 +297,16 @@ type Broker struct {
 	serr   error
 	closed atomic.Bool
 
-	mu        sync.Mutex
-	devConns  map[string]map[*conn]struct{} // admitted connections per device ID
-	gen       map[string]uint64             // fleet disconnects per device ID (admission race guard)
-	bootBySrc map[string]map[*conn]struct{} // the bootstrap pool by source address (bootstrap.go)
-	poolSize  int                           // connections in bootBySrc
-	overflow  map[*conn]struct{}            // bootstrap connections waiting for CONNECT without a slot
-	reserved  map[string]*conn              // reserved bootstrap sessions by device
-	epoch     time.Time                     // for bootstrap activity times
-	ids       map[string]int                // admitted connections per client ID
+	mu          sync.Mutex
+	devConns    map[string]map[*conn]struct{} // admitted connections per device ID
+	bridgeConns map[string]map[*conn]struct{} // admitted connections per bridge site
+	gen         map[string]uint64             // fleet disconnects per device ID (admission race guard)
+	bootBySrc   map[string]map[*conn]struct{} // the bootstrap pool by source address (bootstrap.go)
+	poolSize    int                           // connections in bootBySrc
+	overflow    map[*conn]struct{}            // bootstrap connections waiting for CONNECT without a slot
+	reserved    map[string]*conn              // reserved bootstrap sessions by device
+	epoch       time.Time                     // for bootstrap activity times
+	ids         map[string]int                // admitted connections per client ID
 
 	connections       atomic.Int64
 	deviceConnections atomic.Int64
@@ -370,16 +375,17 @@ func New(cfg Config) (*Broker, error) {
 		cfg.SessionExpiry = 24 * time.Hour
 	}
 	b := &Broker{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		devConns:  make(map[string]map[*conn]struct{}),
-		gen:       make(map[string]uint64),
-		bootBySrc: make(map[string]map[*conn]struct{}),
-		overflow:  make(map[*conn]struct{}),
-		reserved:  make(map[string]*conn),
-		epoch:     time.Now(),
-		ids:       make(map[string]int),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		now:         cfg.Now,
+		devConns:    make(map[string]map[*conn]struct{}),
+		bridgeConns: make(map[string]map[*conn]struct{}),
+		gen:         make(map[string]uint64),
+		bootBySrc:   make(map[string]map[*conn]struct{}),
+		overflow:    make(map[*conn]struct{}),
+		reserved:    make(map[string]*conn),
+		epoch:       time.Now(),
+		ids:         make(map[string]int),
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
@@ -572,14 +578,19 @@ func (b *Broker) Disconnect(deviceID string) {
 		cs = append(cs, c)
 	}
 	b.mu.Unlock()
+	b.closeConns(cs)
+	if len(cs) > 0 {
+		b.log.Info("broker: device disconnected by fleet", "device_id", deviceID, "connections", len(cs))
+	}
+}
+
+// closeConns disconnects and closes admitted connections.
+func (b *Broker) closeConns(cs []*conn) {
 	for _, c := range cs {
 		if cl := c.client(); cl != nil {
 			_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 		}
 		_ = c.Close()
-	}
-	if len(cs) > 0 {
-		b.log.Info("broker: device disconnected by fleet", "device_id", deviceID, "connections", len(cs))
 	}
 }
 
@@ -659,11 +670,14 @@ func (b *Broker) generation(deviceID string) uint64 {
 // racing a CONNECT cannot leave a session with the old access.
 func (b *Broker) admit(c *conn, cl *mqtt.Client, id Identity, gen uint64) bool {
 	b.mu.Lock()
-	if id.DeviceID != "" && b.gen[id.DeviceID] != gen {
+	if (id.DeviceID != "" || id.Site != "") && b.gen[id.connKey()] != gen {
 		b.mu.Unlock()
 		return false
 	}
 	c.admitted(cl, id)
+	if id.Site != "" {
+		addConn(b.bridgeConns, id.Site, c)
+	}
 	if id.DeviceID != "" {
 		m := b.devConns[id.DeviceID]
 		if m == nil {
@@ -680,6 +694,14 @@ func (b *Broker) admit(c *conn, cl *mqtt.Client, id Identity, gen uint64) bool {
 	return true
 }
 
+// addConn adds c to m[key].
+func addConn(m map[string]map[*conn]struct{}, key string, c *conn) {
+	if m[key] == nil {
+		m[key] = make(map[*conn]struct{})
+	}
+	m[key][c] = struct{}{}
+}
+
 // release is called once when an admitted connection closes.
 func (b *Broker) release(c *conn, id Identity) {
 	b.mu.Lock()
@@ -691,6 +713,12 @@ func (b *Broker) release(c *conn, id Identity) {
 			}
 		}
 		b.deviceConnections.Add(-1)
+	}
+	if m := b.bridgeConns[id.Site]; id.Site != "" && m != nil {
+		delete(m, c)
+		if len(m) == 0 {
+			delete(b.bridgeConns, id.Site)
+		}
 	}
 	b.ids[id.ClientID]--
 	last := b.ids[id.ClientID] <= 0
@@ -711,6 +739,9 @@ func (b *Broker) release(c *conn, id Identity) {
 func (b *Broker) allowed(id Identity, topic string, write bool) bool {
 	if id.Fleet {
 		return true
+	}
+	if id.Site != "" {
+		return b.allowedBridge(id, topic, write)
 	}
 	seg, owner := wire.SegEnroll, id.ClientID
 	if id.DeviceID != "" {
@@ -741,6 +772,9 @@ func identityOf(cl *mqtt.Client) (Identity, bool) {
 	c, ok := cl.Net.Conn.(*conn)
 	if !ok {
 		return Identity{}, false
+	}
+	if c.site != "" {
+		return Identity{ClientID: identity.BridgeClientID(c.site), Site: c.site, Cert: c.cert}, true
 	}
 	if c.cert != nil {
 		if c.idErr != nil {

@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/sigil-iot/sigil/pkg/identity"
 	"github.com/sigil-iot/sigil/pkg/wire"
 )
 
@@ -41,7 +42,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return h.refuse(cl, Identity{ClientID: cl.ID}, errors.New("connection not from the sigil listener"))
 	}
 	var gen uint64
-	if c.cert != nil {
+	if c.site != "" {
+		gen = b.generation(bridgeKey(c.site))
+	} else if c.cert != nil {
 		gen = b.generation(c.deviceID)
 	}
 	id, err := h.authenticate(cl, c, pk)
@@ -88,6 +91,9 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 		if err := b.cfg.Screen(clientID, id.DeviceID, c.RemoteAddr().String()); err != nil {
 			return id, fmt.Errorf("screened out: %w", err)
 		}
+	}
+	if c.site != "" {
+		return h.authenticateBridge(cl, c, clientID)
 	}
 	if c.cert != nil {
 		if c.idErr != nil {
@@ -145,6 +151,27 @@ func (h *hook) authenticate(cl *mqtt.Client, c *conn, pk packets.Packet) (Identi
 	return id, nil
 }
 
+// authenticateBridge admits a bridge (bridge.go): its client ID is the
+// one its certificate names, Config.Bridges admits it, and a will, if
+// any, is allowed by its topic rule and not retained.
+func (h *hook) authenticateBridge(cl *mqtt.Client, c *conn, clientID string) (Identity, error) {
+	b := h.b
+	id := Identity{ClientID: clientID, Site: c.site, Cert: c.cert}
+	if want := identity.BridgeClientID(c.site); clientID != want || cl.ID != clientID {
+		return id, fmt.Errorf("bridge client ID %q differs from certificate identity %q", clientID, want)
+	}
+	if b.cfg.Bridges == nil {
+		return id, errors.New("bridges are not admitted on this broker")
+	}
+	if err := b.cfg.Bridges.AdmitBridge(c.site, c.cert); err != nil {
+		return id, fmt.Errorf("bridge gate: %w", err)
+	}
+	if w := cl.Properties.Will; w.Flag != 0 && (w.Retain || !b.allowed(id, w.TopicName, true)) {
+		return id, fmt.Errorf("will topic %q not allowed", w.TopicName)
+	}
+	return id, nil
+}
+
 func (h *hook) refuse(cl *mqtt.Client, id Identity, err error) bool {
 	h.b.authRefusals.Add(1)
 	if id.DeviceID == "" {
@@ -174,7 +201,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	}
 	nid, _ := identityOf(cl)
 	eid, ok := identityOf(ex)
-	if !ok || eid.DeviceID != nid.DeviceID || eid.Bootstrap() != nid.Bootstrap() {
+	if !ok || eid.DeviceID != nid.DeviceID || eid.Site != nid.Site || eid.Bootstrap() != nid.Bootstrap() {
 		h.b.srv.UnsubscribeClient(ex)
 		ex.ClearInflights()
 		h.b.log.Info("broker: dropped session of another identity", "client_id", cl.ID)

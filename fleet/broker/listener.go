@@ -166,6 +166,9 @@ func (l *listener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	if c.claim == nil && len(st.PeerCertificates) > 0 && len(st.VerifiedChains) > 0 {
 		c.cert = st.PeerCertificates[0]
 		c.deviceID, c.idErr = identity.FromCertificate(c.cert, b.cfg.TrustDomain)
+		if site, err := identity.BridgeFromCertificate(c.cert, b.cfg.TrustDomain); c.idErr != nil && err == nil {
+			c.site, c.idErr = site, nil
+		}
 	} else {
 		if !b.cfg.AllowBootstrap {
 			_ = tc.Close()
@@ -237,6 +240,7 @@ type conn struct {
 	// Set before mochi sees the connection, then read-only.
 	cert     *x509.Certificate
 	deviceID string
+	site     string // of a bridge certificate (bridge.go); then idErr is nil
 	idErr    error
 	boot     bool
 	src      string            // source of a bootstrap connection (sourceOf)

@@ -289,6 +289,29 @@ func (c *CA) IssueWorkload(id *url.URL, pub crypto.PublicKey, lifetime time.Dura
 	return c.issue(tmpl, pub, lifetime)
 }
 
+// IssueBridge issues the credential of a site's plant broker: common name
+// identity.BridgeClientID(site), exactly one URI SAN
+// spiffe://<trust domain>/bridge/<site>, key usage digitalSignature,
+// client authentication only (a bridge connects to the fleet's broker; it
+// never serves with this certificate), valid from a minute ago for
+// lifetime (required, never past the CA's expiry). Sites that
+// wire.ValidID refuses are refused.
+func (c *CA) IssueBridge(site string, pub crypto.PublicKey, lifetime time.Duration) (*x509.Certificate, error) {
+	if !wire.ValidID(site) {
+		return nil, fmt.Errorf("ca: invalid site %q", site)
+	}
+	if lifetime <= 0 {
+		return nil, errors.New("ca: a bridge certificate needs a lifetime")
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: identity.BridgeClientID(site)},
+		URIs:        []*url.URL{identity.BridgeSPIFFEID(c.cfg.TrustDomain, site)},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	return c.issue(tmpl, pub, lifetime)
+}
+
 // IssueServer issues a server certificate for the fleet's broker or API:
 // names are DNS names or IP addresses (the first is also the common name),
 // server authentication only; lifetime 0 means DefaultServerLifetime.

@@ -6,15 +6,18 @@ package migrate
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sigil-iot/sigil/firmware/verify"
 	"github.com/sigil-iot/sigil/fleet/access"
@@ -23,6 +26,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
+	"github.com/sigil-iot/sigil/fleet/bridge"
 	"github.com/sigil-iot/sigil/fleet/campaign"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
@@ -300,6 +304,20 @@ func kvStores() []kvStore {
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"releases": keys["releases"]}
 			}},
+		{name: "bridges", file: bridge.File, buckets: bridge.Buckets,
+			create: func(path string) error {
+				s, err := bridge.Open(bridge.Config{Path: path, CA: noIssuer{}})
+				if err == nil {
+					err = s.Close()
+				}
+				return err
+			},
+			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+				if _, err := bridge.OpenPostgres(ctx, db, bridge.Config{CA: noIssuer{}}); err != nil {
+					return nil, err
+				}
+				return kv.Postgres(db, bridge.Table)
+			}},
 		{name: "workloads", file: workload.File, buckets: workload.Buckets, // signing keys stay sealed under secrets.key
 			create: func(path string) error {
 				s, err := workload.Open(path, make([]byte, 32)) // the key seals nothing here
@@ -320,6 +338,14 @@ func kvStores() []kvStore {
 				return map[string]int{"registrations": keys["registrations"], "signing keys": keys["jwt_keys"]}
 			}},
 	}
+}
+
+// noIssuer issues nothing: the bridge store is opened only to create or
+// migrate it.
+type noIssuer struct{}
+
+func (noIssuer) IssueBridge(string, crypto.PublicKey, time.Duration) (*x509.Certificate, error) {
+	return nil, errors.New("migrate: no CA")
 }
 
 // noDevices is an empty inventory, for opening the governance store

@@ -62,3 +62,12 @@ func Serve(ctx context.Context, ln net.Listener) error {
 	}
 	return nil
 }
+
+// Addr is the bound address of the debug listener ln; "" when there is
+// none (nil: debug_addr is off).
+func Addr(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}

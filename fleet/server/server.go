@@ -40,6 +40,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/backup"
+	"github.com/sigil-iot/sigil/fleet/bridge"
 	"github.com/sigil-iot/sigil/fleet/broker"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/crl"
@@ -132,9 +133,10 @@ type Server struct {
 	// leases run what must happen once across replicas (Postgres with
 	// db, else Local); bus tells them of changes to alert rules and the
 	// block list (nil without db).
-	leases lease.Holder
-	bus    notify.Bus
-	crls   *crl.Publisher // the CRL of GET /crl, which brokers' syncs wait on
+	leases  lease.Holder
+	bus     notify.Bus
+	crls    *crl.Publisher  // the CRL of GET /crl, which brokers' syncs wait on
+	bridges *bridge.Service // the OT bridges' credentials (fleet/bridge)
 
 	// closers is the cleanup stack: what New opened, closed in reverse
 	// order by close (when New fails, or when Run returns).
@@ -274,7 +276,10 @@ func (s *Server) openInventory() (err error) {
 	}
 	ctx, cancel := startup()
 	defer cancel()
-	s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.Inv, Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	bc := bridge.Config{Path: filepath.Join(s.cfg.DataDir, bridge.File), CA: s.CA, Audit: s.Audit, Topics: s.topics, OnRevoke: func(site string) { s.Broker.DisconnectBridge(site) }}
+	if s.bridges, err = openStore(s, bc.OpenPostgres, bc.Open); err == nil { // OT bridges (fleet/bridge): revoked ones in the CRL too
+		s.crls, err = crl.NewFor(ctx, crl.Config{Revocations: s.bridges.AndDevices(s.Inv), Signer: s.CA}, s.cfg.Settings, s.db, s.bus)
+	}
 	return err
 }
 
@@ -300,7 +305,7 @@ func (s *Server) openBroker() error {
 	bc := broker.Config{
 		ClaimCAs: claimCAs, BootstrapAuth: bootstrapAuth,
 		Addr: cfg.MQTTAddr, TLS: &tls.Config{GetCertificate: s.serverCert.GetCertificate, MinVersion: tls.VersionTLS12}, ClientCAsFunc: s.CA.Pool, TrustDomain: cfg.TrustDomain,
-		Topics: s.topics, Gate: admission.Gate{Devices: s.Inv, CA: s.CA}, AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
+		Topics: s.topics, Gate: admission.Gate{Devices: s.Inv, CA: s.CA}, Bridges: s.bridges.Gate(), AllowBootstrap: *cfg.AllowBootstrap, Logger: s.log.With("component", "broker"),
 		Events: s.brokerEvent, Screen: s.screen, KnownDevice: s.bootstrap().Known,
 	}
 	cfg.BootstrapLimits.Apply(&bc)
@@ -472,7 +477,7 @@ func (s *Server) openAPI() error {
 		Rotation: s.Rotation, CA: s.CA, CARotation: s.caRotation, Disconnect: s.transport.Disconnect, Secrets: s.secretSvc, SSHCA: s.SSH.CA(),
 		Connected: s.transport.Connected, Logger: s.log.With("component", "api"), Firmware: s.firmwareAPI(), Quarantiner: s.quarantiner(),
 		Telemetry: s.Telemetry, Alerts: s.Alerts, AlertSinks: s.sinks, Metrics: metrics.Handler(s.Metrics, s.log.With("component", "metrics")),
-		Governance: s.Governance, CRL: s.crls, Workloads: s.Workload, Access: s.Access, Backup: backup.NewLive(backup.LiveConfig{DataDir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain, Database: s.db != nil, Audit: s.Audit}),
+		Governance: s.Governance, CRL: s.crls, Bridges: s.bridges, Workloads: s.Workload, Access: s.Access, Backup: backup.NewLive(backup.LiveConfig{DataDir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain, Database: s.db != nil, Audit: s.Audit}),
 	})
 	return nil
 }
@@ -552,12 +557,7 @@ func (s *Server) API() http.Handler { return s.apiHandler }
 
 // DebugAddr is the debug listener's bound address (fleet/profile), ""
 // when it is off.
-func (s *Server) DebugAddr() string {
-	if s.debugLn == nil {
-		return ""
-	}
-	return s.debugLn.Addr().String()
-}
+func (s *Server) DebugAddr() string { return profile.Addr(s.debugLn) }
 
 // Ready is closed once every listener serves.
 func (s *Server) Ready() <-chan struct{} { return s.ready }

@@ -66,3 +66,35 @@ func FromCertificate(c *x509.Certificate, trustDomain string) (string, error) {
 	}
 	return id, nil
 }
+
+// BridgeSPIFFEID returns spiffe://<trustDomain>/bridge/<site>: the identity
+// of a plant broker that bridges a site's devices to the fleet.
+func BridgeSPIFFEID(trustDomain, site string) *url.URL {
+	return &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/bridge/" + site}
+}
+
+// BridgeFromCertificate returns the site of a bridge certificate: its
+// single URI SAN is a bridge SPIFFE ID of trustDomain, and its common name
+// is BridgeClientID(site). A device certificate is not a bridge's, and a
+// bridge certificate is not a device's (FromCertificate refuses it).
+func BridgeFromCertificate(c *x509.Certificate, trustDomain string) (string, error) {
+	if len(c.URIs) != 1 {
+		return "", errors.New("identity: certificate must carry exactly one URI SAN")
+	}
+	u := c.URIs[0]
+	if u == nil || u.Scheme != "spiffe" || u.Host != trustDomain || !strings.HasPrefix(u.Path, "/bridge/") {
+		return "", errors.New("identity: not a bridge SPIFFE ID of this trust domain")
+	}
+	site := strings.TrimPrefix(u.Path, "/bridge/")
+	if site == "" || strings.Contains(site, "/") {
+		return "", errors.New("identity: malformed bridge SPIFFE ID")
+	}
+	if c.Subject.CommonName != BridgeClientID(site) {
+		return "", errors.New("identity: common name differs from the bridge's SPIFFE ID")
+	}
+	return site, nil
+}
+
+// BridgeClientID is the MQTT client ID (and certificate common name) of
+// the bridge of a site: "bridge-<site>".
+func BridgeClientID(site string) string { return "bridge-" + site }
