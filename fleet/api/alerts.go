@@ -407,15 +407,9 @@ func (h *handler) putAlertRule(w http.ResponseWriter, r *http.Request, who strin
 		return
 	}
 	var rule alert.Rule
-	if !decode(w, r, &rule) {
+	if !decodeAt(w, r, &rule, &rule.ID, "id") {
 		return
 	}
-	id := r.PathValue("id")
-	if rule.ID != "" && rule.ID != id {
-		problem(w, http.StatusBadRequest, "bad request", "the body's id differs from the path's")
-		return
-	}
-	rule.ID = id
 	stored, err := h.cfg.Alerts.PutRule(rule)
 	if err != nil {
 		h.alertError(w, err, "rule")

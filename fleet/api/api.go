@@ -504,6 +504,22 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
+// decodeAt decodes a JSON body like decode for a resource the path names by
+// its param value: the body's key field (*key, a field of v) must be empty or
+// equal that value, and on success holds it. On failure it has written a 4xx.
+func decodeAt(w http.ResponseWriter, r *http.Request, v any, key *string, param string) bool {
+	if !decode(w, r, v) {
+		return false
+	}
+	want := r.PathValue(param)
+	if *key != "" && *key != want {
+		problem(w, http.StatusBadRequest, "bad request", "the body's "+param+" differs from the path's")
+		return false
+	}
+	*key = want
+	return true
+}
+
 func publicJSONError(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {

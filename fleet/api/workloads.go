@@ -78,15 +78,10 @@ func (h *handler) putWorkload(w http.ResponseWriter, r *http.Request, who string
 		return
 	}
 	var reg workload.Registration
-	if !decode(w, r, &reg) {
+	if !decodeAt(w, r, &reg, &reg.Name, "name") {
 		return
 	}
-	name := r.PathValue("name")
-	if reg.Name != "" && reg.Name != name {
-		problem(w, http.StatusBadRequest, "bad request", "the body's name differs from the path's")
-		return
-	}
-	reg.Name = name
+	name := reg.Name
 	out, err := h.cfg.Workloads.Register(r.Context(), reg, who)
 	if errors.Is(err, workload.ErrInvalid) {
 		problem(w, http.StatusBadRequest, "bad request", err.Error())
