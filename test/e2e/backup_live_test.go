@@ -17,7 +17,6 @@ import (
 	"github.com/sigil-iot/sigil/device/agent"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
-	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/policy"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/server"
@@ -165,23 +164,7 @@ func TestBackupRestoreLive(t *testing.T) {
 	}
 	t.Logf("%s", restored)
 
-	cfg.DataDir = newDir
-	f, err = harness.StartFleet(ctx, cfg, logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Stop()
-	again := waitConnected(t, d)
-	if again.DeviceID != st.DeviceID || again.CertSerial != st.CertSerial || !again.ConnectedAt.After(st.ConnectedAt) {
-		t.Fatalf("reconnect after restore: %+v, was %+v", again, st)
-	}
-	if n := f.Enroll.Stats().Requests.Load(); n != 0 {
-		t.Fatalf("the device sent %d enrollment requests to the restored fleet", n)
-	}
-	dev, err := f.Inv.Device(ctx, st.DeviceID)
-	if err != nil || dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
-		t.Fatalf("inventory after restore: %+v, %v", dev, err)
-	}
+	f = startRestored(t, ctx, cfg, newDir, d, st)
 	if rep, err := f.Audit.VerifyStore(ctx, nil); err != nil || rep.Checkpoints == 0 {
 		t.Fatalf("audit after restore: %+v %v", rep, err)
 	}

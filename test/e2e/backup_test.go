@@ -151,23 +151,7 @@ func backupRestore(t *testing.T, pg *pgtest.Server) {
 		mustRun(t, filepath.Join(pgtest.RequireBinaries(t), "pg_restore"), "--exit-on-error", "--no-owner", "--dbname", cfg.DatabaseURL, dump)
 	}
 
-	cfg.DataDir = newDir
-	f, err = harness.StartFleet(ctx, cfg, logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Stop()
-	again := waitConnected(t, d)
-	if again.DeviceID != st.DeviceID || again.CertSerial != st.CertSerial || !again.ConnectedAt.After(st.ConnectedAt) {
-		t.Fatalf("reconnect after restore: %+v, was %+v", again, st)
-	}
-	if n := f.Enroll.Stats().Requests.Load(); n != 0 {
-		t.Fatalf("the device sent %d enrollment requests to the restored fleet", n)
-	}
-	dev, err := f.Inv.Device(ctx, st.DeviceID)
-	if err != nil || dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
-		t.Fatalf("inventory after restore: %+v, %v", dev, err)
-	}
+	f = startRestored(t, ctx, cfg, newDir, d, st)
 	after, err := f.Audit.VerifyStore(ctx, nil)
 	if err != nil || after.Entries < before.Entries {
 		t.Fatalf("audit after restore: %+v %v (before %+v)", after, err, before)
@@ -213,6 +197,32 @@ func dropDatabase(t *testing.T, pg *pgtest.Server, url string) {
 	if _, err := conn.Exec(t.Context(), "DROP DATABASE "+pgx.Identifier{strings.TrimPrefix(u.Path, "/")}.Sanitize()+" WITH (FORCE)"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startRestored starts the fleet of cfg on the restored data directory dir
+// (stopped when the test ends) and checks that d, connected as st before the
+// backup, comes back with the credential it had: it reconnects with the same
+// certificate, sends no enrollment request and is active in the inventory.
+func startRestored(t *testing.T, ctx context.Context, cfg server.Config, dir string, d *harness.Device, st agent.Status) *harness.Fleet {
+	t.Helper()
+	cfg.DataDir = dir
+	f, err := harness.StartFleet(ctx, cfg, logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Stop() })
+	again := waitConnected(t, d)
+	if again.DeviceID != st.DeviceID || again.CertSerial != st.CertSerial || !again.ConnectedAt.After(st.ConnectedAt) {
+		t.Fatalf("reconnect after restore: %+v, was %+v", again, st)
+	}
+	if n := f.Enroll.Stats().Requests.Load(); n != 0 {
+		t.Fatalf("the device sent %d enrollment requests to the restored fleet", n)
+	}
+	dev, err := f.Inv.Device(ctx, st.DeviceID)
+	if err != nil || dev.CertSerial != st.CertSerial || dev.State != inventory.StateActive {
+		t.Fatalf("inventory after restore: %+v, %v", dev, err)
+	}
+	return f
 }
 
 // stopFleet stops f and waits for d to notice.
