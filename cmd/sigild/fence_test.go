@@ -77,14 +77,7 @@ func TestMemdebugOnlyByTag(t *testing.T) {
 		tags  []string
 		pprof bool
 	}{{nil, false}, {[]string{"-tags", "memdebug"}, true}} {
-		args := append(append([]string{"list", "-deps"}, c.tags...), ".")
-		cmd := exec.Command("go", args...)
-		cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("go %v: %v", args, err)
-		}
-		deps := strings.Fields(string(out))
+		deps, args := armDeps(t, c.tags...)
 		if got := slices.Contains(deps, "runtime/pprof"); got != c.pprof {
 			t.Errorf("go %v: runtime/pprof linked: %v, want %v", args, got, c.pprof)
 		}
@@ -100,18 +93,26 @@ func TestWorkloadAPIOnlyByTag(t *testing.T) {
 		tags []string
 		api  bool
 	}{{nil, false}, {[]string{"-tags", "workloadapi"}, true}} {
-		args := append(append([]string{"list", "-deps"}, c.tags...), ".")
-		cmd := exec.Command("go", args...)
-		cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("go %v: %v", args, err)
-		}
-		deps := strings.Fields(string(out))
+		deps, args := armDeps(t, c.tags...)
 		for _, pkg := range []string{"google.golang.org/grpc", "github.com/sigil-iot/sigil/device/workload", "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"} {
 			if got := slices.Contains(deps, pkg); got != c.api {
 				t.Errorf("go %v: %s linked: %v, want %v", args, pkg, got, c.api)
 			}
 		}
 	}
+}
+
+// armDeps lists the packages sigild links for linux/arm64 without cgo, built
+// with the extra go flags (such as -tags); args is the go command line, for
+// messages.
+func armDeps(t *testing.T, extra ...string) (deps, args []string) {
+	t.Helper()
+	args = append(append([]string{"list", "-deps"}, extra...), ".")
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go %v: %v", args, err)
+	}
+	return strings.Fields(string(out)), args
 }
