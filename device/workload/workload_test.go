@@ -157,21 +157,8 @@ func TestWorkloadAPI(t *testing.T) {
 	f := newFakeFleet(t, m)
 	end := m.Session(context.Background(), f.publish)
 	defer end()
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- NewServer(m, nil, "").Serve(ctx, sock) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	wl, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+sock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wl.Close()
+	ctx, wl, stop := serveAPI(t, m)
+	defer stop()
 
 	const id = "spiffe://td.test/device/d1/workload/agent"
 	other := make([]byte, 32)
@@ -279,6 +266,32 @@ func FuzzVerifyJWT(f *testing.F) {
 	})
 }
 
+// serveAPI serves m's Workload API on a unix socket and connects go-spiffe's
+// client to it as this test process, under ctx; stop closes the client, then
+// stops the server and reports its error.
+func serveAPI(t *testing.T, m *Manager) (ctx context.Context, wl *workloadapi.Client, stop func()) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- NewServer(m, nil, "").Serve(ctx, sock) }()
+	stopServer := func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	wl, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		stopServer()
+		t.Fatal(err)
+	}
+	return ctx, wl, func() {
+		wl.Close()
+		stopServer()
+	}
+}
+
 // TestX509Rotation streams a workload's X.509-SVID and receives a new one,
 // for a new key, at half its lifetime (here 2 s: renewed after 1 s).
 func TestX509Rotation(t *testing.T) {
@@ -288,21 +301,8 @@ func TestX509Rotation(t *testing.T) {
 	end := m.Session(context.Background(), f.publish)
 	defer end()
 	f.set(false, wire.WorkloadEntry{Name: "agent", SPIFFEID: "spiffe://td.test/device/d1/workload/agent", HasUID: true, UID: uint32(os.Getuid())})
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- NewServer(m, nil, "").Serve(ctx, sock) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	wl, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+sock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wl.Close()
+	ctx, wl, stop := serveAPI(t, m)
+	defer stop()
 	got := make(chan *x509svid.SVID, 4)
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
