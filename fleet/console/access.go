@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/access"
-	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/pkg/config"
@@ -55,26 +54,16 @@ func (a AccessPages) Extension() Extension {
 		return Extension{}
 	}
 	a.Now = clockOr(a.Now)
-	reason := func(form url.Values) (any, error) {
-		j, err := justification(url.Values{"justification": {form.Get("reason")}})
-		if err != nil {
-			return nil, errUser("say why (at least 3 characters): the requester and the audit log see it")
-		}
-		return api.DecisionRequest{Reason: j}, nil
-	}
 	return Extension{Pages: []Page{{Name: "access", Path: "/access", Nav: "Access", Title: "Just-in-time SSH access",
 		Perm: auth.PermAccessRequest, Template: source("access.html"), Load: a.load, Actions: []Action{
 			{Name: "access.request", Path: "/access/request", API: "POST /api/v1/access", Then: "/access", Body: accessDraft,
 				OK: "Requested: someone else with access.approve must approve it; the certificate appears here once they do."},
 			{Name: "access.approve", Path: "/access/{id}/approve", API: "POST /api/v1/access/{id}/approve", Then: "/access",
-				Body: func(form url.Values) (any, error) {
-					c, err := optionalNote(form, "comment", 500)
-					return api.DecisionRequest{Comment: c}, err
-				},
-				OK: "Approved: the certificate is signed once the grant has every approval it needs."},
-			{Name: "access.deny", Path: "/access/{id}/deny", API: "POST /api/v1/access/{id}/deny", Then: "/access", Body: reason,
+				Body: approveBody,
+				OK:   "Approved: the certificate is signed once the grant has every approval it needs."},
+			{Name: "access.deny", Path: "/access/{id}/deny", API: "POST /api/v1/access/{id}/deny", Then: "/access", Body: rejectBody,
 				OK: "Denied: no certificate will be signed."},
-			{Name: "access.revoke", Path: "/access/{id}/revoke", API: "POST /api/v1/access/{id}/revoke", Then: "/access", Body: reason,
+			{Name: "access.revoke", Path: "/access/{id}/revoke", API: "POST /api/v1/access/{id}/revoke", Then: "/access", Body: rejectBody,
 				OK: "Revoked: the devices refuse the certificate as soon as they have the new revocation list."},
 		}}}}
 }

@@ -38,31 +38,37 @@ type ApprovalPages struct {
 // approvalsHistoryShown is the page size of the decided requests.
 const approvalsHistoryShown = 25
 
+// approveBody is the body of an approval: an optional comment.
+func approveBody(form url.Values) (any, error) {
+	c, err := optionalNote(form, "comment", 500)
+	return api.DecisionRequest{Comment: c}, err
+}
+
+// rejectBody is the body of a refusal (a rejection, a withdrawal, a
+// revocation): the reason, required.
+func rejectBody(form url.Values) (any, error) {
+	j, err := justification(url.Values{"justification": {form.Get("reason")}})
+	if err != nil {
+		return nil, errUser("say why (at least 3 characters): the requester and the audit log see it")
+	}
+	return api.DecisionRequest{Reason: j}, nil
+}
+
 // Extension returns the approvals page.
 func (a ApprovalPages) Extension() Extension {
 	if a.Approvals == nil {
 		return Extension{}
 	}
 	a.Now = clockOr(a.Now)
-	reason := func(form url.Values) (any, error) {
-		j, err := justification(url.Values{"justification": {form.Get("reason")}})
-		if err != nil {
-			return nil, errUser("say why (at least 3 characters): the requester and the audit log see it")
-		}
-		return api.DecisionRequest{Reason: j}, nil
-	}
 	return Extension{Pages: []Page{{Name: "approvals", Path: "/approvals", Nav: "Approvals", Title: "Approvals inbox",
 		Perm: auth.PermApprovalsRead, Template: source("approvals.html"), Load: a.load, Actions: []Action{
 			{Name: "approval.approve", Path: "/approvals/{id}/approve", API: "POST /api/v1/approvals/{id}/approve", Then: "/approvals",
-				Body: func(form url.Values) (any, error) {
-					c, err := optionalNote(form, "comment", 500)
-					return api.DecisionRequest{Comment: c}, err
-				},
-				OK: "Approved: the change is carried out once it has every approval it needs; its outcome is in the history below."},
+				Body: approveBody,
+				OK:   "Approved: the change is carried out once it has every approval it needs; its outcome is in the history below."},
 			{Name: "approval.reject", Path: "/approvals/{id}/reject", API: "POST /api/v1/approvals/{id}/reject", Then: "/approvals",
-				Body: reason, OK: "Rejected: the change will not be made."},
+				Body: rejectBody, OK: "Rejected: the change will not be made."},
 			{Name: "approval.withdraw", Path: "/approvals/{id}/withdraw", API: "POST /api/v1/approvals/{id}/reject", Then: "/approvals",
-				Body: reason, OK: "Withdrawn: the change will not be made."},
+				Body: rejectBody, OK: "Withdrawn: the change will not be made."},
 		}}}}
 }
 
