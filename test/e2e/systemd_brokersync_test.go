@@ -29,16 +29,7 @@ const syncUnitFile = "../../deploy/systemd/sigil-broker-sync@.service"
 // as its user, and write nothing else; and the same user, in the same
 // sandbox, must fail to replace a file of root's there (the sticky bit).
 func TestSystemdBrokerSyncUnitSandbox(t *testing.T) {
-	for _, b := range []string{"unshare", "setpriv", "chroot", "mount"} {
-		requireBinary(t, b, "util-linux")
-	}
-	if os.Geteuid() != 0 {
-		msg := "the sandbox needs root (mount namespaces, overlayfs, chroot)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	requireSandbox(t)
 	sigil, _ := buildBinaries(t)
 	f := startFleet(t, nil)
 	tok, _, err := f.Auth.CreateToken(t.Context(), auth.BootstrapAdmin, "sync", auth.RoleBrokerSync, time.Hour)

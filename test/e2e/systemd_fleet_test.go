@@ -37,16 +37,7 @@ const (
 // API call with the administrator token it wrote, keep its data directory
 // its user's alone, and write nothing outside it.
 func TestSystemdFleetUnitSandbox(t *testing.T) {
-	for _, b := range []string{"unshare", "setpriv", "chroot", "mount"} {
-		requireBinary(t, b, "util-linux")
-	}
-	if os.Geteuid() != 0 {
-		msg := "the sandbox needs root (mount namespaces, overlayfs, chroot)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	requireSandbox(t)
 	u := parseUnit(t, fleetUnitFile)
 	raw, err := os.ReadFile(fleetExampleConfig)
 	if err != nil {

@@ -151,6 +151,23 @@ type sandbox struct {
 // and Group= (absent from this machine's /etc/passwd and /etc/group).
 const sandboxID = 64991
 
+// requireSandbox fails the test (skips it outside CI) where a unit's
+// sandbox cannot be built: without util-linux's unshare, setpriv, chroot
+// and mount, or without root.
+func requireSandbox(t *testing.T) {
+	t.Helper()
+	for _, b := range []string{"unshare", "setpriv", "chroot", "mount"} {
+		requireBinary(t, b, "util-linux")
+	}
+	if os.Geteuid() != 0 {
+		msg := "the sandbox needs root (mount namespaces, overlayfs, chroot)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+}
+
 // newSandbox reproduces u's sandbox in dir.
 func newSandbox(t *testing.T, u unit, dir string) *sandbox {
 	t.Helper()
@@ -467,17 +484,8 @@ func (sb *sandbox) written() []string {
 // the TPM-born one (ssh_tpm_host_key) where sshd is told to read them.
 func TestSystemdUnitSandbox(t *testing.T) {
 	requireTools(t)
-	for _, b := range []string{"unshare", "setpriv", "chroot", "mount"} {
-		requireBinary(t, b, "util-linux")
-	}
+	requireSandbox(t)
 	requireBinary(t, "ssh-keygen", "openssh-client")
-	if os.Geteuid() != 0 {
-		msg := "the sandbox needs root (mount namespaces, overlayfs, chroot)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
 	u := parseUnit(t, unitFile)
 	raw, err := os.ReadFile(exampleConfig)
 	if err != nil {
