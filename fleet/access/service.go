@@ -260,14 +260,7 @@ func CreateFile(path string) error {
 // OpenPostgres brings the grants' tables in db up to date and returns
 // them; closing the result leaves db open.
 func OpenPostgres(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-	if err := db.Migrate(ctx, "access", migrations); err != nil {
-		return nil, fmt.Errorf("access: %w", err)
-	}
-	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
-	if err != nil {
-		return nil, fmt.Errorf("access: %w", err)
-	}
-	return k, nil
+	return kv.PostgresMigrated(ctx, db, "access", migrations, Table, kv.Options{Serialized: true})
 }
 
 // Close closes the grants' file and the service's own approvals; a nil

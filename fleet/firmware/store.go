@@ -238,14 +238,7 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Store, err
 // PostgresBuckets brings the records' tables in db up to date and
 // returns their buckets (sigil migrate copies into them).
 func PostgresBuckets(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-	if err := db.Migrate(ctx, "firmware", migrations); err != nil {
-		return nil, fmt.Errorf("firmware: %w", err)
-	}
-	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
-	if err != nil {
-		return nil, fmt.Errorf("firmware: %w", err)
-	}
-	return k, nil
+	return kv.PostgresMigrated(ctx, db, "firmware", migrations, Table, kv.Options{Serialized: true})
 }
 
 // newStore checks cfg, applies its defaults, and prepares the images

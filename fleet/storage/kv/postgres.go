@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"regexp"
 	"time"
 
@@ -38,6 +39,21 @@ func Postgres(db *postgres.DB, table string, o ...Options) (DB, error) {
 		p.serialized = p.serialized || o.Serialized
 	}
 	return p, nil
+}
+
+// PostgresMigrated runs a store's migrations on db (postgres.DB.Migrate,
+// under the store's component name) and returns the buckets kept in its
+// table, as Postgres does; its errors start with component. Close leaves
+// db open.
+func PostgresMigrated(ctx context.Context, db *postgres.DB, component string, migrations fs.FS, table string, o ...Options) (DB, error) {
+	if err := db.Migrate(ctx, component, migrations); err != nil {
+		return nil, fmt.Errorf("%s: %w", component, err)
+	}
+	k, err := Postgres(db, table, o...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", component, err)
+	}
+	return k, nil
 }
 
 type pgDB struct {
