@@ -20,10 +20,7 @@ import (
 // broker's bootstrap_clients, 1000); a device broker's listener is
 // bounded only when asked.
 func TestBootstrapBrokerBoundedByDefault(t *testing.T) {
-	c, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "pool.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := openCA(t, nil)
 	for _, role := range []string{mqttpool.RoleBootstrap, mqttpool.RoleDevice} {
 		m, err := mqttpool.Complete(c, t.TempDir(), mqttpool.Member{Role: role, Dir: "/etc/mosquitto/sigil", Listen: ":8883", FleetListen: "127.0.0.1:8884"}, []string{"127.0.0.1"}, nil)
 		if err != nil {

@@ -20,18 +20,9 @@ import (
 func TestCRLSync(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
-	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "pool.test", Now: func() time.Time { return clock() }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "pool.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, mqttpool.CAFile), fleetCA.CertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fleetCA := openCA(t, func() time.Time { return clock() })
+	otherCA := openCA(t, nil)
+	dir := brokerDir(t, fleetCA)
 	sign := func(c *ca.CA, serials ...string) []byte {
 		var rs []ca.Revoked
 		for _, s := range serials {
@@ -86,4 +77,25 @@ func TestCRLSync(t *testing.T) {
 	if reloads != 1 || string(installed()) != string(newer) {
 		t.Fatalf("a refused CRL changed the broker's (reloads %d)", reloads)
 	}
+}
+
+// openCA opens a new CA of the trust domain pool.test on the clock now
+// (nil: time.Now).
+func openCA(t *testing.T, now func() time.Time) *ca.CA {
+	t.Helper()
+	c, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "pool.test", Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// brokerDir returns a new broker directory whose ca.pem trusts c's root.
+func brokerDir(t *testing.T, c *ca.CA) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, mqttpool.CAFile), c.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

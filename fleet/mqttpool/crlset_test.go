@@ -24,18 +24,9 @@ import (
 // (another CA's, with or without a cross certificate of its own) is never
 // installed, and a set with none of the broker's roots is refused.
 func TestCRLSyncGenerations(t *testing.T) {
-	fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "pool.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "pool.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, mqttpool.CAFile), fleetCA.CertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fleetCA := openCA(t, nil)
+	otherCA := openCA(t, nil)
+	dir := brokerDir(t, fleetCA)
 	number := int64(1)
 	set := func(c *ca.CA) []byte {
 		t.Helper()

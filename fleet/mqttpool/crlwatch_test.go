@@ -23,14 +23,8 @@ import (
 // not asked again in a loop.
 func TestCRLSyncWatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		fleetCA, err := ca.Open(ca.Config{Dir: filepath.Join(t.TempDir(), "ca"), TrustDomain: "pool.test"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, mqttpool.CAFile), fleetCA.CertPEM(), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		fleetCA := openCA(t, nil)
+		dir := brokerDir(t, fleetCA)
 		first, err := fleetCA.CRL(nil, time.Hour)
 		if err != nil {
 			t.Fatal(err)
