@@ -67,17 +67,11 @@ func TestFirmwareKMS(t *testing.T) {
 
 	// The real cosign verifies the bundle, and signs the same manifest
 	// through the same key service.
-	if err := os.WriteFile("root.json", []byte(`{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	if out, err := exec.Command(cosign, "verify-blob", "--key", "release.pub", "--bundle", "kms.bundle", "--new-bundle-format",
-		"--insecure-ignore-tlog=true", "--trusted-root", "root.json", "m.json").CombinedOutput(); err != nil {
+		"--insecure-ignore-tlog=true", "--trusted-root", signtest.TrustedRoot(t, dir), "m.json").CombinedOutput(); err != nil {
 		t.Fatalf("cosign verify-blob refused the bundle: %v\n%s", err, out)
 	}
-	if out, err := exec.Command(cosign, "sign-blob", "--yes", "--key", uri, "--new-bundle-format", "--bundle", "cosign.bundle",
-		"--tlog-upload=false", "--use-signing-config=false", "m.json").CombinedOutput(); err != nil {
-		t.Fatalf("cosign sign-blob through the key service: %v\n%s", err, out)
-	}
+	signtest.CosignSignBlob(t, cosign, uri, "m.json", "cosign.bundle")
 	if _, err := verify.Manifest(readFile(t, "m.json"), [][]byte{readFile(t, "cosign.bundle")}, trust); err != nil {
 		t.Fatalf("cosign's bundle over the unsigned manifest does not verify: %v", err)
 	}

@@ -26,10 +26,7 @@ func TestKMS(t *testing.T) {
 	cosign := signtest.Cosign(t)
 	scheme := signtest.KMSPlugin(t, "sigiltest")
 	ctx := context.Background()
-	root := filepath.Join(t.TempDir(), "trusted-root.json")
-	if err := os.WriteFile(root, []byte(`{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	root := signtest.TrustedRoot(t, t.TempDir())
 	for _, c := range []struct{ alg, digest string }{{sign.ECDSAP256, "sha256"}, {sign.ECDSAP384, "sha384"}, {sign.Ed25519, "sha512"}} {
 		t.Run(c.alg, func(t *testing.T) {
 			dir := t.TempDir()
@@ -89,11 +86,7 @@ func TestKMS(t *testing.T) {
 				return // cosign's sign-blob through a KMS signs SHA-256 digests only
 			}
 			cosignBundle := filepath.Join(dir, "cosign.bundle")
-			cmd := exec.Command(cosign, "sign-blob", "--yes", "--key", uri, "--new-bundle-format", "--bundle", cosignBundle,
-				"--tlog-upload=false", "--use-signing-config=false", msgFile)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("cosign sign-blob --key %s: %v\n%s", uri, err, out)
-			}
+			signtest.CosignSignBlob(t, cosign, uri, msgFile, cosignBundle)
 			b, err := os.ReadFile(cosignBundle)
 			if err != nil {
 				t.Fatal(err)

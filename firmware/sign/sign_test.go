@@ -255,10 +255,7 @@ func TestUnsupportedKey(t *testing.T) {
 func TestCosignVerifiesOurBundles(t *testing.T) {
 	cosign := signtest.Cosign(t)
 	dir := t.TempDir()
-	root := filepath.Join(dir, "trusted-root.json")
-	if err := os.WriteFile(root, []byte(`{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	root := signtest.TrustedRoot(t, dir)
 	msg := filepath.Join(dir, "manifest.json")
 	if err := os.WriteFile(msg, []byte(`{"type":"sigil.firmware.manifest/v1","name":"x"}`), 0o644); err != nil {
 		t.Fatal(err)

@@ -40,6 +40,32 @@ func Cosign(t testing.TB) string {
 	return ""
 }
 
+// TrustedRoot writes an empty sigstore trusted root (no transparency log,
+// no timestamp authority) to trusted-root.json in dir and returns its path:
+// what `cosign verify-blob --trusted-root` needs to check a bundle offline
+// with a public key.
+func TrustedRoot(t testing.TB, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "trusted-root.json")
+	if err := os.WriteFile(path, []byte(`{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// CosignSignBlob has the real cosign (at the path cosign) sign the file
+// blob with the key keyURI (a file or a key service's NAME://REF), writing a
+// new-format bundle to the file bundle, offline: no transparency log, no
+// signing configuration.
+func CosignSignBlob(t testing.TB, cosign, keyURI, blob, bundle string) {
+	t.Helper()
+	out, err := exec.Command(cosign, "sign-blob", "--yes", "--key", keyURI, "--new-bundle-format", "--bundle", bundle,
+		"--tlog-upload=false", "--use-signing-config=false", blob).CombinedOutput()
+	if err != nil {
+		t.Fatalf("signtest: cosign sign-blob --key %s: %v\n%s", keyURI, err, out)
+	}
+}
+
 // KMSPlugin builds the test key service (./kmsplugin, a sigstore KMS
 // plugin) as sigstore-kms-NAME in a temporary directory put first on PATH,
 // and returns NAME: the key URI NAME://PATH names a key the plugin creates
