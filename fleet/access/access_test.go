@@ -14,6 +14,7 @@ import (
 
 	"github.com/sigil-iot/sigil/fleet/approval"
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/audit/audittest"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/fleet/storage/pgtest"
@@ -143,27 +144,14 @@ func (d devices) Query(_ context.Context, q inventory.Query) (inventory.Page, er
 	return p, nil
 }
 
-type memAudit struct {
-	mu sync.Mutex
-	es []audit.Entry
-}
-
-func (m *memAudit) Record(_ context.Context, e audit.Entry) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.es = append(m.es, e)
-	return nil
-}
+type memAudit struct{ audittest.Recorder }
 
 func (m *memAudit) find(action, target string) *audit.Entry {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for i := range m.es {
-		if m.es[i].Action == action && m.es[i].Target == target {
-			return &m.es[i]
-		}
+	es := m.Find(func(e audit.Entry) bool { return e.Action == action && e.Target == target })
+	if len(es) == 0 {
+		return nil
 	}
-	return nil
+	return &es[0]
 }
 
 type clock struct {
@@ -286,9 +274,10 @@ func TestGrantLifecycle(t *testing.T) {
 	// The same certificate reported from another device is a failed claim.
 	f.s.Sessions(ctx, "dev-2", &wire.AccessSessions{Events: []wire.AccessSession{start}})
 	var bad *audit.Entry
-	for i := range f.aud.es {
-		if f.aud.es[i].Actor == audit.Device("dev-2") {
-			bad = &f.aud.es[i]
+	es := f.aud.Entries()
+	for i := range es {
+		if es[i].Actor == audit.Device("dev-2") {
+			bad = &es[i]
 		}
 	}
 	if bad == nil || bad.Outcome == audit.OK {
@@ -525,12 +514,12 @@ func TestSessionEventsBounded(t *testing.T) {
 		}
 		f.s.Sessions(t.Context(), "dev-1", &wire.AccessSessions{Events: evs})
 	}
-	if n := len(f.aud.es); n != MaxSessionEvents {
+	if n := len(f.aud.Entries()); n != MaxSessionEvents {
 		t.Fatalf("%d claims recorded, want %d", n, MaxSessionEvents)
 	}
 	f.clk.Add(time.Minute)
 	f.s.Sessions(t.Context(), "dev-1", &wire.AccessSessions{Events: []wire.AccessSession{bogus}})
-	if n := len(f.aud.es); n != MaxSessionEvents+1 {
+	if n := len(f.aud.Entries()); n != MaxSessionEvents+1 {
 		t.Fatalf("the next minute: %d claims recorded", n)
 	}
 }

@@ -92,9 +92,7 @@ func TestChangeOwnPasswordEndsOtherSessions(t *testing.T) {
 	if len(ok) != 1 || ok[0].Actor != audit.User("alice") || ok[0].Details["sessions_ended"] != "2" || ok[0].Details["method"] != "session" {
 		t.Fatalf("auth.password entries: %+v", ok)
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	for _, e := range rec.entries {
+	for _, e := range rec.Entries() {
 		if s := fmt.Sprintf("%+v", e); strings.Contains(s, alicePW) || strings.Contains(s, newPW) || strings.Contains(s, "not her password") {
 			t.Fatalf("a password reached the audit log: %s", s)
 		}

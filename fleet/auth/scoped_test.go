@@ -7,11 +7,11 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/audit/audittest"
 )
 
 // principalOf authenticates an API token secret.
@@ -285,28 +285,10 @@ func TestPendingTokenActivation(t *testing.T) {
 }
 
 // memRecorder keeps audit entries in memory.
-type memRecorder struct {
-	mu      sync.Mutex
-	entries []audit.Entry
-}
-
-func (m *memRecorder) Record(_ context.Context, e audit.Entry) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.entries = append(m.entries, e)
-	return nil
-}
+type memRecorder struct{ audittest.Recorder }
 
 func (m *memRecorder) find(action string, outcome audit.Outcome, target string) []audit.Entry {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []audit.Entry
-	for _, e := range m.entries {
-		if e.Action == action && e.Outcome == outcome && e.Target == target {
-			out = append(out, e)
-		}
-	}
-	return out
+	return m.Find(func(e audit.Entry) bool { return e.Action == action && e.Outcome == outcome && e.Target == target })
 }
 
 // TestLoginsAudited: failed logins (the name only when it exists),
@@ -350,7 +332,7 @@ func TestLoginsAudited(t *testing.T) {
 	if got := rec.find("auth.login", audit.OK, "root"); len(got) != 1 || got[0].Actor != audit.User("root") {
 		t.Fatalf("root's login: %+v", got)
 	}
-	for _, e := range rec.entries {
+	for _, e := range rec.Entries() {
 		for _, v := range append([]string{e.Target, e.Reason}, detailValues(e)...) {
 			if containsAny(v, alicePW, "wrong password", "correct-horse") {
 				t.Fatalf("an audit entry holds what was typed: %+v", e)
@@ -428,7 +410,7 @@ func TestUnknownNamesGoToTheAnonymousRecorder(t *testing.T) {
 	}
 	s.Login(ctx, "root", "wrong password", "198.51.100.8")
 	if got := anon.find("auth.login", audit.Denied, ""); len(got) != 3 {
-		t.Fatalf("anonymous recorder: %d failed logins of unknown names, want 3: %+v", len(got), anon.entries)
+		t.Fatalf("anonymous recorder: %d failed logins of unknown names, want 3: %+v", len(got), anon.Entries())
 	}
 	if got := rec.find("auth.login", audit.Denied, ""); len(got) != 0 {
 		t.Fatalf("audit log: failed logins of unknown names %+v, want none", got)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/audit/audittest"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/sso"
 	"github.com/sigil-iot/sigil/fleet/sso/ssotest"
@@ -49,29 +50,11 @@ func (c *clock) Advance(d time.Duration) {
 }
 
 // entries collects audit entries.
-type entries struct {
-	mu sync.Mutex
-	es []audit.Entry
-}
-
-func (e *entries) Record(_ context.Context, x audit.Entry) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.es = append(e.es, x)
-	return nil
-}
+type entries struct{ audittest.Recorder }
 
 // find returns the entries with action whose outcome is out.
 func (e *entries) find(action string, out audit.Outcome) []audit.Entry {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var r []audit.Entry
-	for _, x := range e.es {
-		if x.Action == action && x.Outcome == out {
-			r = append(r, x)
-		}
-	}
-	return r
+	return e.Find(func(x audit.Entry) bool { return x.Action == action && x.Outcome == out })
 }
 
 // fleet is the console side of a test: the auth service behind the sso

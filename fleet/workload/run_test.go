@@ -59,7 +59,8 @@ func TestRun(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if len(rec.entries) != 1 || rec.entries[0].Details["entries"] != "1" || rec.entries[0].Details["refused.bad_request"] != "1" || rec.entries[0].Details["devices"] != "1" {
-		t.Fatalf("audit: %+v", rec.entries)
+	es := rec.Entries()
+	if len(es) != 1 || es[0].Details["entries"] != "1" || es[0].Details["refused.bad_request"] != "1" || es[0].Details["devices"] != "1" {
+		t.Fatalf("audit: %+v", es)
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
-	"github.com/sigil-iot/sigil/fleet/audit"
+	"github.com/sigil-iot/sigil/fleet/audit/audittest"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/inventory"
 	"github.com/sigil-iot/sigil/pkg/identity"
@@ -338,22 +338,13 @@ func TestIssueX509(t *testing.T) {
 
 	// Counted, and audited in aggregate.
 	f.svc.flushAudit(ctx)
-	if len(rec.entries) != 1 || rec.entries[0].Action != "workload.svids" || rec.entries[0].Details["x509"] != "1" || rec.entries[0].Details["entries"] != "2" {
-		t.Fatalf("audit entries: %+v", rec.entries)
+	es := rec.Entries()
+	if len(es) != 1 || es[0].Action != "workload.svids" || es[0].Details["x509"] != "1" || es[0].Details["entries"] != "2" {
+		t.Fatalf("audit entries: %+v", es)
 	}
 }
 
-type recorder struct {
-	mu      sync.Mutex
-	entries []audit.Entry
-}
-
-func (r *recorder) Record(_ context.Context, e audit.Entry) error {
-	r.mu.Lock()
-	r.entries = append(r.entries, e)
-	r.mu.Unlock()
-	return nil
-}
+type recorder struct{ audittest.Recorder }
 
 // TestOIDCVerifier has an independent verifier (coreos/go-oidc, fetching
 // the discovery document and the JWKS over HTTPS) accept a workload's
