@@ -137,15 +137,7 @@ func TestJITAccessSSH(t *testing.T) {
 	})
 	ctx := context.Background()
 	admin, _ := f.Client()
-	if _, err := f.Auth.CreateUser(ctx, "sam", "sam's long password", auth.RoleSecurityAdmin); err != nil {
-		t.Fatal(err)
-	}
-	secret, _, err := f.Auth.CreateToken(ctx, "sam", "approver", auth.RoleSecurityAdmin, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sam := api.NewClient(f.APIURL(), secret, nil)
-	sam.HTTP = admin.HTTP
+	sam := secondAdmin(t, f, admin)
 
 	devA := startAccessDevice(t, f, sshd)
 	devB := startAccessDevice(t, f, sshd)

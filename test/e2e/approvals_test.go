@@ -13,6 +13,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/fleet/server"
+	"github.com/sigil-iot/sigil/sim/harness"
 )
 
 // TestTwoPersonRule: with two_person_rule on, a secret change and a CA
@@ -26,18 +27,10 @@ func TestTwoPersonRule(t *testing.T) {
 	ctx := context.Background()
 	// Sam existed before the rule was turned on (under it, a new account
 	// waits for a second person: TestOnePersonCannotSatisfyTheTwoPersonRule).
-	if _, err := f.Auth.CreateUser(ctx, "sam", "sam's long password", auth.RoleSecurityAdmin); err != nil {
-		t.Fatal(err)
-	}
-	secret, _, err := f.Auth.CreateToken(ctx, "sam", "approver", auth.RoleSecurityAdmin, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sam := api.NewClient(f.APIURL(), secret, nil)
-	sam.HTTP = admin.HTTP
+	sam := secondAdmin(t, f, admin)
 
 	// Without a justification the change is refused outright.
-	_, err = admin.PutSecret(ctx, "wifi-psk", []byte("hunter2 hunter2"), secrets.Target{Model: "gw-1"}, false)
+	_, err := admin.PutSecret(ctx, "wifi-psk", []byte("hunter2 hunter2"), secrets.Target{Model: "gw-1"}, false)
 	var se *api.StatusError
 	if !errors.As(err, &se) || se.Status != 400 || !strings.Contains(se.Problem.Detail, api.JustificationHeader) {
 		t.Fatalf("change without justification: %v", err)
@@ -103,4 +96,22 @@ func TestTwoPersonRule(t *testing.T) {
 			t.Errorf("audit log lacks %s: %v", want, seen)
 		}
 	}
+}
+
+// secondAdmin makes sam, a second security admin (created directly, as if
+// before the two-person rule was turned on), and returns an API client
+// with a token of sam's that reaches the fleet the way admin does.
+func secondAdmin(t *testing.T, f *harness.Fleet, admin *api.Client) *api.Client {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := f.Auth.CreateUser(ctx, "sam", "sam's long password", auth.RoleSecurityAdmin); err != nil {
+		t.Fatal(err)
+	}
+	secret, _, err := f.Auth.CreateToken(ctx, "sam", "approver", auth.RoleSecurityAdmin, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sam := api.NewClient(f.APIURL(), secret, nil)
+	sam.HTTP = admin.HTTP
+	return sam
 }

@@ -133,18 +133,11 @@ func TestOnePersonCannotSatisfyTheTwoPersonRule(t *testing.T) {
 	admin.Justification = "rotate the plant Wi-Fi key"
 	ctx := context.Background()
 	// A second security admin who existed before any request.
-	if _, err := f.Auth.CreateUser(ctx, "sam", "sam's long password", auth.RoleSecurityAdmin); err != nil {
-		t.Fatal(err)
-	}
-	samTok, _, err := f.Auth.CreateToken(ctx, "sam", "approver", auth.RoleSecurityAdmin, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sam := api.NewClient(f.APIURL(), samTok, nil)
-	sam.HTTP, sam.Justification = admin.HTTP, "sam's change"
+	sam := secondAdmin(t, f, admin)
+	sam.Justification = "sam's change"
 
 	// The admin's request.
-	_, err = admin.PutSecret(ctx, "wifi-psk", []byte("hunter2 hunter2"), secrets.Target{Model: "gw-1"}, false)
+	_, err := admin.PutSecret(ctx, "wifi-psk", []byte("hunter2 hunter2"), secrets.Target{Model: "gw-1"}, false)
 	var pe *api.PendingError
 	if !errors.As(err, &pe) {
 		t.Fatalf("secret change: %v", err)
