@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"flag"
@@ -95,6 +96,19 @@ func (x *call) table(v any, header string, rows func(tw io.Writer)) error {
 		return x.json(v)
 	}
 	return x.plainTable(header, rows)
+}
+
+// listing is the action of a command that fetches a list with fetch (a
+// method of api.Client, such as (*api.Client).Secrets) and prints it: as
+// JSON with -o json, else as a table of header and the lines rows writes.
+func listing[T any](fetch func(*api.Client, context.Context) (T, error), header string, rows func(tw io.Writer, v T)) action {
+	return func(ctx context.Context, x *call) error {
+		v, err := fetch(x.client, ctx)
+		if err != nil {
+			return err
+		}
+		return x.table(v, header, func(tw io.Writer) { rows(tw, v) })
+	}
 }
 
 // plainTable prints a table whatever -o says.

@@ -101,17 +101,11 @@ func exposureCommand() *command {
 					return printReport(x, r)
 				}},
 			{name: "advisories", args: "[-o json]", summary: "list the imported advisories", conn: connClient,
-				run: func(ctx context.Context, x *call) error {
-					l, err := x.client.Advisories(ctx)
-					if err != nil {
-						return err
+				run: listing((*api.Client).Advisories, "ADVISORY", func(tw io.Writer, l *api.AdvisoryList) {
+					for _, id := range l.Advisories {
+						fmt.Fprintln(tw, id)
 					}
-					return x.table(l, "ADVISORY", func(tw io.Writer) {
-						for _, id := range l.Advisories {
-							fmt.Fprintln(tw, id)
-						}
-					})
-				}},
+				})},
 			{name: "report", args: "ID [--format text|json|csv] [--out F]", summary: "the exposure report of an advisory now (JSON and CSV for a vulnerability report)",
 				conn: connClient, pos: []string{"an advisory ID"},
 				setup: func(fs *flag.FlagSet) action {

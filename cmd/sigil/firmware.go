@@ -87,18 +87,12 @@ func firmwareCommand() *command {
 				}
 			}},
 		{name: "list", args: "[-o json]", summary: "list the releases", conn: connClient,
-			run: func(ctx context.Context, x *call) error {
-				l, err := x.client.Releases(ctx)
-				if err != nil {
-					return err
+			run: listing((*api.Client).Releases, "ID\tNAME\tVERSION\tSECURITY\tSTATE\tAPPROVALS\tOFFERED\tUPLOADED BY\tEXPIRES", func(tw io.Writer, l *api.ReleaseList) {
+				for _, r := range l.Releases {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%v\t%s\t%s\n", r.ID, r.Name, r.Version, r.SecurityVersion, r.State,
+						len(r.Approvals), r.Offerable, r.UploadedBy, rfc3339(r.Expires))
 				}
-				return x.table(l, "ID\tNAME\tVERSION\tSECURITY\tSTATE\tAPPROVALS\tOFFERED\tUPLOADED BY\tEXPIRES", func(tw io.Writer) {
-					for _, r := range l.Releases {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%v\t%s\t%s\n", r.ID, r.Name, r.Version, r.SecurityVersion, r.State,
-							len(r.Approvals), r.Offerable, r.UploadedBy, rfc3339(r.Expires))
-					}
-				})
-			}},
+			})},
 		{name: "show", args: "ID", summary: "print a release (JSON)", conn: connClient, pos: []string{id},
 			run: func(ctx context.Context, x *call) error {
 				r, err := x.client.FirmwareRelease(ctx, x.arg(0))
@@ -551,18 +545,12 @@ func campaignsCommand() *command {
 			{name: "rollback", args: "ID --release ID --justification T", summary: "roll the devices that committed a campaign back to another release",
 				conn: connClient, pos: []string{id}, setup: act("rollback")},
 			{name: "list", args: "[-o json]", summary: "list the campaigns", conn: connClient,
-				run: func(ctx context.Context, x *call) error {
-					l, err := x.client.Campaigns(ctx)
-					if err != nil {
-						return err
+				run: listing((*api.Client).Campaigns, "ID\tNAME\tSTATE\tRELEASE\tWAVE\tDEVICES\tCOMMITTED\tFAILED\tIN FLIGHT", func(tw io.Writer, l *api.CampaignList) {
+					for _, c := range l.Campaigns {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", c.ID, c.Definition.Name, c.State, c.Definition.Release, c.Wave,
+							c.Total, c.Counts.Committed, c.Counts.Failures(), c.Counts.InFlight())
 					}
-					return x.table(l, "ID\tNAME\tSTATE\tRELEASE\tWAVE\tDEVICES\tCOMMITTED\tFAILED\tIN FLIGHT", func(tw io.Writer) {
-						for _, c := range l.Campaigns {
-							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", c.ID, c.Definition.Name, c.State, c.Definition.Release, c.Wave,
-								c.Total, c.Counts.Committed, c.Counts.Failures(), c.Counts.InFlight())
-						}
-					})
-				}},
+				})},
 			{name: "show", args: "ID [-o json]", summary: "show a campaign and its waves", conn: connClient, pos: []string{id},
 				run: func(ctx context.Context, x *call) error {
 					cm, err := x.client.Campaign(ctx, x.arg(0))

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/secrets"
 	"github.com/sigil-iot/sigil/pkg/config"
 )
@@ -21,18 +22,12 @@ func secretsCommand() *command {
 	const name = "a secret name"
 	return &command{name: "secrets", summary: "secrets delivered to devices, sealed to their TPM", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list the secrets and their delivery", conn: connClient,
-			run: func(ctx context.Context, x *call) error {
-				l, err := x.client.Secrets(ctx)
-				if err != nil {
-					return err
+			run: listing((*api.Client).Secrets, "NAME\tVERSION\tTARGET\tPCR BOUND\tACKED\tPENDING\tFAILED\tCREATED", func(tw io.Writer, l *api.SecretList) {
+				for _, s := range l.Secrets {
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%s\n", s.Name, s.Version, targetText(s.Target), s.PCRBound,
+						s.Delivery.Acked, s.Delivery.Pending, s.Delivery.Failed, rfc3339(s.Created))
 				}
-				return x.table(l, "NAME\tVERSION\tTARGET\tPCR BOUND\tACKED\tPENDING\tFAILED\tCREATED", func(tw io.Writer) {
-					for _, s := range l.Secrets {
-						fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%s\n", s.Name, s.Version, targetText(s.Target), s.PCRBound,
-							s.Delivery.Acked, s.Delivery.Pending, s.Delivery.Failed, rfc3339(s.Created))
-					}
-				})
-			}},
+			})},
 		{name: "device", args: "ID [-o json]", summary: "list what a device was sent and imported", conn: connClient, pos: []string{"a device ID"},
 			run: func(ctx context.Context, x *call) error {
 				l, err := x.client.DeviceSecrets(ctx, x.arg(0))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strconv"
 
+	"github.com/sigil-iot/sigil/fleet/api"
 	"github.com/sigil-iot/sigil/fleet/workload"
 )
 
@@ -17,18 +18,12 @@ func workloadsCommand() *command {
 	const name = "a workload name"
 	return &command{name: "workloads", summary: "workload identities (SPIFFE SVIDs) on devices", def: "list", subs: []*command{
 		{name: "list", args: "[-o json]", summary: "list the workload registrations", conn: connClient,
-			run: func(ctx context.Context, x *call) error {
-				l, err := x.client.Workloads(ctx)
-				if err != nil {
-					return err
+			run: listing((*api.Client).Workloads, "NAME\tSCOPE\tTARGET\tUID\tGID\tEXE PATH\tEXE SHA-256\tCREATED", func(tw io.Writer, l *api.WorkloadList) {
+				for _, r := range l.Workloads {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Scope, r.Target, optID(r.UID), optID(r.GID),
+						dash(r.ExePath), dash(r.ExeSHA256), rfc3339(r.CreatedAt))
 				}
-				return x.table(l, "NAME\tSCOPE\tTARGET\tUID\tGID\tEXE PATH\tEXE SHA-256\tCREATED", func(tw io.Writer) {
-					for _, r := range l.Workloads {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Scope, r.Target, optID(r.UID), optID(r.GID),
-							dash(r.ExePath), dash(r.ExeSHA256), rfc3339(r.CreatedAt))
-					}
-				})
-			}},
+			})},
 		{name: "add", args: "NAME (--device ID | --group G | --model M) [--uid N] [--gid N] [--exe PATH] [--sha256 HEX]",
 			summary: "register a workload (or replace its registration); a process must match every selector given", conn: connClient, pos: []string{name},
 			setup: func(fs *flag.FlagSet) action {
