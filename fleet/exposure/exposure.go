@@ -23,16 +23,17 @@ import (
 )
 
 // Buckets of the store: components per release ID, advisories (OSV JSON as
-// imported) per advisory ID.
+// imported) per advisory ID, and what Attested last saw of each device
+// (deviceState JSON) per device ID.
 var (
 	bucketComponents = []byte("exposure_components")
 	bucketAdvisories = []byte("exposure_advisories")
+	bucketDevices    = []byte("exposure_devices")
 )
 
-// Buckets are the store's buckets (boltdb.Schema). sigil migrate does not
-// copy them yet: after a move to PostgreSQL, attach the SBOMs and import
-// the advisories again.
-func Buckets() [][]byte { return [][]byte{bucketComponents, bucketAdvisories} }
+// Buckets are the store's buckets (boltdb.Schema); sigil migrate copies
+// them.
+func Buckets() [][]byte { return [][]byte{bucketComponents, bucketAdvisories, bucketDevices} }
 
 // More errors. Compare with errors.Is.
 var (
@@ -59,6 +60,7 @@ type Releases interface {
 
 // Devices lists the inventory. *inventory.Store implements it.
 type Devices interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
 	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
 }
 
@@ -193,6 +195,8 @@ type Running struct {
 	Attested time.Time `json:"attested"`
 	// Claimed is the version the device reports: shown, never used.
 	Claimed string `json:"claimed,omitempty"`
+
+	pcr string // the firmware PCR value of the newest verified quote
 }
 
 // Finding is one device running an affected (or queried) component.
@@ -297,7 +301,7 @@ func (s *Service) running(sn *snapshot, recs []attest.Record) (*Running, *firmwa
 		if run == nil {
 			run = &Running{}
 		}
-		run.Attested, run.Claimed = rec.Time, rec.Firmware
+		run.Attested, run.Claimed, run.pcr = rec.Time, rec.Firmware, v
 		if v == prev {
 			continue
 		}
@@ -443,6 +447,8 @@ type Report struct {
 	// Unknown counts the devices whose running release is unknown: no
 	// verified attestation, or an image of no release with an SBOM.
 	Unknown int `json:"unknown"`
+
+	seen map[string]deviceState // per device with a verified quote
 }
 
 // ImportAdvisory parses an OSV advisory, stores it (replacing one of the
@@ -468,6 +474,13 @@ func (s *Service) ImportAdvisory(ctx context.Context, raw []byte) (*Report, erro
 	r, err := s.report(ctx, a)
 	if err != nil {
 		return nil, err
+	}
+	if !existed {
+		// The devices seen now were told of it here: Attested raises it
+		// again only for a device that changes release.
+		if err := s.saveStates(ctx, r.seen); err != nil {
+			return r, err
+		}
 	}
 	if !existed && len(r.Devices) > 0 && s.cfg.Alerter != nil {
 		if err := s.cfg.Alerter.Exposed(ctx, r); err != nil {
@@ -528,7 +541,7 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 		return nil, err
 	}
 	r := &Report{Advisory: *a, Generated: s.cfg.Now().UTC(), Devices: []Finding{},
-		ByGroup: map[string]int{}, ByModel: map[string]int{}, ByOwner: map[string]int{}}
+		ByGroup: map[string]int{}, ByModel: map[string]int{}, ByOwner: map[string]int{}, seen: map[string]deviceState{}}
 	affected := func(relID string) bool {
 		for _, c := range sn.comps[relID] {
 			if ok, _ := a.Match(c); ok {
@@ -541,6 +554,9 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 	err = s.eachDevice(ctx, sn, func(d *inventory.Device, run *Running, rel *firmware.Release) {
 		if cerr != nil {
 			return
+		}
+		if run != nil {
+			r.seen[d.ID] = deviceState{PCR: run.pcr, Release: idOf(rel)}
 		}
 		if rel == nil || sn.comps[rel.ID] == nil {
 			r.Unknown++

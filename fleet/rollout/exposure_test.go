@@ -13,7 +13,8 @@ import (
 )
 
 // TestExposureAlerter: a new advisory's report raises one alert event per
-// exposed device (not per component) and one audit record.
+// exposed device (not per component), keyed by the advisory, and one
+// audit record.
 func TestExposureAlerter(t *testing.T) {
 	var alerts []attest.Alert
 	var entries []audit.Entry
@@ -32,7 +33,8 @@ func TestExposureAlerter(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(alerts) != 2 || alerts[0].DeviceID != "dev-1" || alerts[1].DeviceID != "dev-2" ||
-		alerts[0].Kind != alert.EventVulnerabilityExposed || alerts[0].Severity != "warning" || !alerts[0].Time.Equal(now) {
+		alerts[0].Kind != alert.EventVulnerabilityExposed || alerts[0].Severity != "warning" || !alerts[0].Time.Equal(now) ||
+		alerts[1].Attrs["advisory"] != "OSV-1" {
 		t.Fatalf("alerts %+v", alerts)
 	}
 	if len(entries) != 1 || entries[0].Action != "exposure.alert" || entries[0].Target != "OSV-1" {
