@@ -31,6 +31,11 @@ var (
 	bucketDevices    = []byte("exposure_devices")
 )
 
+// File is the store's bbolt file in the release store's directory
+// (firmware.DataDir); on PostgreSQL its buckets share the release records'
+// table (firmware.Table).
+const File = "exposure.db"
+
 // Buckets are the store's buckets (boltdb.Schema); sigil migrate copies
 // them.
 func Buckets() [][]byte { return [][]byte{bucketComponents, bucketAdvisories, bucketDevices} }

@@ -19,7 +19,7 @@ import (
 // ExposureFile is the exposure store's bbolt file in Dir (release
 // components and advisories); with Database its buckets share the release
 // records' table (firmware.Table).
-const ExposureFile = "exposure.db"
+const ExposureFile = exposure.File
 
 // openExposure opens the vulnerability exposure service (fleet/exposure)
 // over the release store, the devices and their attestations.
