@@ -72,12 +72,19 @@ func (s *Service) Attested(ctx context.Context, rec *attest.Record) error {
 	if err != nil {
 		return fmt.Errorf("exposure: device %s: %w", rec.DeviceID, err)
 	}
-	return s.alertDevice(ctx, sn, d, run, rel)
+	return s.alertRelease(ctx, sn, rel, []exposedDevice{{d: d, run: run}})
 }
 
-// alertDevice tells the Alerter of each stored advisory that affects rel,
-// the release device d runs.
-func (s *Service) alertDevice(ctx context.Context, sn *snapshot, d *inventory.Device, run *Running, rel *firmware.Release) error {
+// exposedDevice is a device running a release with components, and since
+// when.
+type exposedDevice struct {
+	d   *inventory.Device
+	run *Running
+}
+
+// alertRelease tells the Alerter of each stored advisory that affects rel,
+// with the findings of devs, which run it: one Report per advisory.
+func (s *Service) alertRelease(ctx context.Context, sn *snapshot, rel *firmware.Release, devs []exposedDevice) error {
 	var raws [][]byte
 	err := s.cfg.DB.View(ctx, func(tx kv.Tx) error {
 		bk := tx.Bucket(bucketAdvisories)
@@ -97,24 +104,57 @@ func (s *Service) alertDevice(ctx context.Context, sn *snapshot, d *inventory.De
 		if err != nil {
 			continue // stored only after parsing: not expected
 		}
-		var fs []Finding
-		for _, c := range sn.comps[rel.ID] {
-			if ok, fixed := a.Match(c); ok {
-				f := finding(d, run, c)
-				f.Fixed = fixed
-				fs = append(fs, f)
+		r := &Report{Advisory: *a, Generated: s.cfg.Now().UTC(), Devices: []Finding{},
+			ByGroup: map[string]int{}, ByModel: map[string]int{}, ByOwner: map[string]int{}}
+		for _, x := range devs {
+			exposed := false
+			for _, c := range sn.comps[rel.ID] {
+				if ok, fixed := a.Match(c); ok {
+					f := finding(x.d, x.run, c)
+					f.Fixed = fixed
+					r.Devices = append(r.Devices, f)
+					exposed = true
+				}
+			}
+			if exposed {
+				r.ByGroup[x.d.Group]++
+				r.ByModel[x.d.Model]++
+				r.ByOwner[x.d.Owner]++
 			}
 		}
-		if fs == nil {
+		if len(r.Devices) == 0 {
 			continue
 		}
-		r := &Report{Advisory: *a, Generated: s.cfg.Now().UTC(), Devices: fs,
-			ByGroup: map[string]int{d.Group: 1}, ByModel: map[string]int{d.Model: 1}, ByOwner: map[string]int{d.Owner: 1}}
 		if err := s.cfg.Alerter.Exposed(ctx, r); err != nil {
 			return fmt.Errorf("exposure: alert: %w", err)
 		}
 	}
 	return nil
+}
+
+// sbomAdded tells the Alerter of the stored advisories that affect the
+// devices running rel, whose components were just stored: those devices
+// ran a release of unknown components until now. One pass over the fleet.
+func (s *Service) sbomAdded(ctx context.Context, rel *firmware.Release) error {
+	if s.cfg.Alerter == nil {
+		return nil
+	}
+	sn, err := s.snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	var devs []exposedDevice
+	var target *firmware.Release
+	err = s.eachDevice(ctx, sn, func(d *inventory.Device, run *Running, r *firmware.Release) {
+		if r != nil && r.ID == rel.ID {
+			dc := *d
+			devs, target = append(devs, exposedDevice{d: &dc, run: run}), r
+		}
+	})
+	if err != nil || target == nil {
+		return err
+	}
+	return s.alertRelease(ctx, sn, target, devs)
 }
 
 // saveStates records what was seen of devices.

@@ -138,7 +138,10 @@ func New(cfg Config) (*Service, error) {
 // manifest's; read in the manifest's format, CycloneDX JSON with ParseSBOM
 // or SPDX JSON with ParseSPDX): the components are as trusted as the
 // manifest. Setting it again replaces nothing different: the digest
-// pins the content.
+// pins the content. When the release had no components yet, the Alerter
+// hears of the stored advisories that affect the devices running it
+// (they ran a release of unknown components until now); when only that
+// fails, the components are returned with the error.
 func (s *Service) SetSBOM(ctx context.Context, rel *firmware.Release, sbom []byte) ([]Component, error) {
 	m := rel.Manifest
 	if m == nil || m.SBOM == nil {
@@ -155,15 +158,22 @@ func (s *Service) SetSBOM(ctx context.Context, rel *firmware.Release, sbom []byt
 	if err != nil {
 		return nil, fmt.Errorf("exposure: %w", err)
 	}
+	existed := false
 	err = s.cfg.DB.Update(ctx, func(tx kv.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists(bucketComponents)
 		if err != nil {
 			return err
 		}
+		existed = bk.Get([]byte(rel.ID)) != nil
 		return bk.Put([]byte(rel.ID), b)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("exposure: store components: %w", err)
+	}
+	if !existed {
+		if err := s.sbomAdded(ctx, rel); err != nil {
+			return cs, err
+		}
 	}
 	return cs, nil
 }

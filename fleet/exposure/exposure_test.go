@@ -33,7 +33,7 @@ import (
 // CI=true); the plain tests run them on bbolt.
 func TestConformance(t *testing.T) {
 	pgtest.Conformance(t, []pgtest.Test{{Name: "Exposure", Fn: TestExposure}, {Name: "NoSBOM", Fn: TestNoSBOM}, {Name: "SPDXRelease", Fn: TestSPDXRelease},
-		{Name: "AttestedRollback", Fn: TestAttestedRollback}})
+		{Name: "AttestedRollback", Fn: TestAttestedRollback}, {Name: "SBOMAfterAdvisory", Fn: TestSBOMAfterAdvisory}})
 }
 
 // devices is a fixed inventory.
@@ -492,5 +492,37 @@ func TestAttestedRollback(t *testing.T) {
 	attested("dev-a")
 	if len(f.alerts) != 3 || f.alerts[2].Devices[0].DeviceID != "dev-a" {
 		t.Fatalf("after dev-a rolled back again: %d alerts, want 3", len(f.alerts))
+	}
+}
+
+// TestSBOMAfterAdvisory: devices run a release whose SBOM is attached only
+// after the advisory was imported (their release's components were
+// unknown): attaching it raises the advisory for them, once.
+func TestSBOMAfterAdvisory(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	img1 := bytes.Repeat([]byte("gw-os 1.0.0 "), 100)
+	r1, sbom1 := f.release(t, "1.0.0", 1, img1, "testdata/gw-os-1.0.0.cdx.json")
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	f.hist.attested("dev-a", img1, t0, "1.0.0")
+	f.hist.attested("dev-c", img1, t0, "1.0.0")
+	raw, err := os.ReadFile("testdata/OSV-2026-0001.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := f.svc.ImportAdvisory(ctx, raw); err != nil || len(rep.Devices) != 0 || rep.Unknown != 4 {
+		t.Fatalf("import before the SBOM: %+v, %v", rep, err)
+	}
+	for range 2 {
+		if _, err := f.svc.SetSBOM(ctx, r1, sbom1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(f.alerts) != 1 {
+		t.Fatalf("%d alerts after attaching the SBOM (twice), want 1", len(f.alerts))
+	}
+	r := f.alerts[0]
+	if r.Advisory.ID != "OSV-2026-0001" || !slices.Equal(ids(r.Devices), []string{"dev-a", "dev-c"}) || r.ByOwner["acme"] != 1 || r.ByOwner["globex"] != 1 {
+		t.Fatalf("alert %+v", r)
 	}
 }
