@@ -62,17 +62,18 @@ func (s *Service) Attested(ctx context.Context, rec *attest.Record) error {
 	}
 	run, rel := s.running(sn, recs)
 	now := deviceState{PCR: v, Release: idOf(rel)}
-	if err := s.saveStates(ctx, map[string]deviceState{rec.DeviceID: now}); err != nil {
-		return err
+	if now.Release != was.Release && rel != nil && sn.comps[rel.ID] != nil && s.cfg.Alerter != nil {
+		d, err := s.cfg.Devices.Device(ctx, rec.DeviceID)
+		if err != nil {
+			return fmt.Errorf("exposure: device %s: %w", rec.DeviceID, err)
+		}
+		// Recorded only once told: a failed alert is tried again at the
+		// device's next verdict (an alert still open absorbs a repeat).
+		if err := s.alertRelease(ctx, sn, rel, []exposedDevice{{d: d, run: run}}); err != nil {
+			return err
+		}
 	}
-	if now.Release == was.Release || rel == nil || sn.comps[rel.ID] == nil || s.cfg.Alerter == nil {
-		return nil
-	}
-	d, err := s.cfg.Devices.Device(ctx, rec.DeviceID)
-	if err != nil {
-		return fmt.Errorf("exposure: device %s: %w", rec.DeviceID, err)
-	}
-	return s.alertRelease(ctx, sn, rel, []exposedDevice{{d: d, run: run}})
+	return s.saveStates(ctx, map[string]deviceState{rec.DeviceID: now})
 }
 
 // exposedDevice is a device running a release with components, and since
