@@ -137,6 +137,7 @@ func TestBridgePermissions(t *testing.T) {
 	want := map[string]auth.Permission{
 		"GET /api/v1/bridges": auth.PermBridgesRead, "GET /api/v1/bridges/{site}": auth.PermBridgesRead,
 		"POST /api/v1/bridges": auth.PermBridgesWrite, "POST /api/v1/bridges/{site}/revoke": auth.PermBridgesWrite,
+		"PUT /api/v1/bridges/{site}/devices/{id}": auth.PermBridgesWrite, "DELETE /api/v1/bridges/{site}/devices/{id}": auth.PermBridgesWrite,
 	}
 	for _, r := range Routes(New(Config{})) {
 		if p, ok := want[r.Pattern]; ok {
