@@ -64,6 +64,24 @@ func bridgeCommand() *command {
 						}
 					})
 				}},
+			{name: "assign", args: "SITE DEVICE [-o json]", summary: "assign a device to a site: the fleet accepts its bridged messages only through that site's bridge", conn: connClient,
+				pos: []string{"a site", "a device"},
+				run: func(ctx context.Context, x *call) error {
+					v, err := x.client.AssignSite(ctx, x.arg(1), x.arg(0), "")
+					if err != nil {
+						return err
+					}
+					return x.either(v, func() { x.printf("device %s assigned to site %s\n", v.Device, x.arg(0)) })
+				}},
+			{name: "unassign", args: "SITE DEVICE [-o json]", summary: "end a device's assignment to a site: its bridged messages are refused", conn: connClient,
+				pos: []string{"a site", "a device"},
+				run: func(ctx context.Context, x *call) error {
+					v, err := x.client.AssignSite(ctx, x.arg(1), "", x.arg(0))
+					if err != nil {
+						return err
+					}
+					return x.either(v, func() { x.printf("device %s no longer assigned to site %s\n", v.Device, x.arg(0)) })
+				}},
 			{name: "revoke", args: "SITE [--reason R] [--comment C] [-o json]", summary: "revoke a site's bridge credential: into the CRL, its sessions cut at once", conn: connClient,
 				pos: []string{"a site"},
 				setup: func(fs *flag.FlagSet) action {
