@@ -148,9 +148,10 @@ func (s *Service) Health(site string) Health {
 // site's prefix, <prefix>/site/<site>/v1/dev/<id>/up/<kind>
 // (RefusedMalformed); (2) the device is in the inventory (RefusedDevice);
 // (3) it is assigned to that site by an operator (AssignSite;
-// RefusedSite) — the message's claims are never read for it; (4) VerifyDevice against the device's current certificate
-// and state, with the topic it arrived on (the remapped form) and the
-// last counter accepted from that certificate (RefusedDevice,
+// RefusedSite) — the message's claims are never read for it;
+// (4) VerifyDevice against the device's current certificate and state,
+// with the topic it arrived on (the remapped form) and the last counter
+// accepted from that certificate (RefusedDevice,
 // RefusedSignature, RefusedTopic, RefusedReplay, RefusedMalformed);
 // (5) the counter is stored durably, only if still above the stored one
 // (RefusedReplay: a concurrent duplicate). A refusal is counted by site
@@ -176,7 +177,7 @@ func (s *Service) Handle(id broker.Identity, topic string, payload []byte) {
 		s.refuse(ctx, c, id.Site, deviceID, reasonOf(err), err)
 		return
 	}
-	c.seen(id.Site, "")
+	c.seen(s.cfg.Now(), id.Site, "")
 	c.accepted.WithLabelValues(id.Site).Inc()
 	c.cfg.Dispatch(broker.Identity{ClientID: id.ClientID, DeviceID: deviceID, Cert: cert, Site: id.Site}, local, v.Payload)
 }
@@ -219,7 +220,7 @@ func (s *Service) verify(ctx context.Context, c *consumer, site, deviceID, topic
 	return verifyDevice(d, c.cfg.TrustDomain, deviceID, topic, payload, after, s.cfg.Now())
 }
 
-func (c *consumer) seen(site, reason string) {
+func (c *consumer) seen(now time.Time, site, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	h := c.health[site]
@@ -227,7 +228,7 @@ func (c *consumer) seen(site, reason string) {
 		h = &Health{Refused: map[string]uint64{}}
 		c.health[site] = h
 	}
-	h.LastSeen = time.Now().UTC()
+	h.LastSeen = now.UTC()
 	if reason == "" {
 		h.Accepted++
 		return
@@ -237,7 +238,7 @@ func (c *consumer) seen(site, reason string) {
 
 // refuse counts a refusal and audits it when the count reaches a power of ten.
 func (s *Service) refuse(ctx context.Context, c *consumer, site, deviceID, reason string, cause error) {
-	c.seen(site, reason)
+	c.seen(s.cfg.Now(), site, reason)
 	c.refused.WithLabelValues(site, reason).Inc()
 	c.mu.Lock()
 	n := c.health[site].Refused[reason]
