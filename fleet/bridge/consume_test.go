@@ -120,7 +120,7 @@ type plantDevice struct {
 	dev    *inventory.Device
 }
 
-func newPlantDevice(t *testing.T, f *fixture, id string, key *ecdsa.PrivateKey) plantDevice {
+func newPlantDevice(t testing.TB, f *fixture, id string, key *ecdsa.PrivateKey) plantDevice {
 	t.Helper()
 	cert, err := f.ca.IssueDevice(id, key.Public(), time.Hour)
 	if err != nil {
@@ -133,7 +133,7 @@ func newPlantDevice(t *testing.T, f *fixture, id string, key *ecdsa.PrivateKey) 
 
 // seal signs a wire message as the device would for topic (the form
 // bound: the topic as the fleet receives it).
-func (d plantDevice) seal(t *testing.T, key *ecdsa.PrivateKey, counter uint64, topic string, payload []byte) []byte {
+func (d plantDevice) seal(t testing.TB, key *ecdsa.PrivateKey, counter uint64, topic string, payload []byte) []byte {
 	t.Helper()
 	b, err := envelope.Sign(rand.Reader, key, envelope.Header{KeyID: d.serial, Counter: counter, Topic: topic}, payload)
 	if err != nil {
@@ -286,4 +286,51 @@ func refusedMetric(t *testing.T, reg *prometheus.Registry, site, reason string) 
 		}
 	}
 	return 0
+}
+
+// fakeBroker keeps the handler Consume subscribes.
+type fakeBroker struct {
+	filter  string
+	handler func(broker.Identity, string, []byte)
+}
+
+func (b *fakeBroker) Subscribe(filter string, h func(broker.Identity, string, []byte)) error {
+	b.filter, b.handler = filter, h
+	return nil
+}
+
+func (b *fakeBroker) BridgeConnected(string) bool { return true }
+
+// FuzzHandle: whatever a bridge publishes (topic and bytes), Handle
+// never panics and dispatches nothing that is not a valid envelope of the
+// assigned device's current key for that topic.
+func FuzzHandle(f *testing.F) {
+	fx := newFixture(f)
+	s := fx.open(f)
+	d1 := newPlantDevice(f, fx, "d1", newKey(f))
+	if err := s.AssignSite(context.Background(), operator, "d1", "plant1"); err != nil {
+		f.Fatal(err)
+	}
+	var b fakeBroker
+	dispatched := 0
+	if err := s.Consume(&b, bridge.Consume{Devices: devices{"d1": d1.dev}, TrustDomain: "fleet.test",
+		Dispatch: func(broker.Identity, string, []byte) { dispatched++ }}); err != nil {
+		f.Fatal(err)
+	}
+	if b.filter != "sigil/site/+/v1/dev/+/up/#" {
+		f.Fatalf("Consume subscribed to %q", b.filter)
+	}
+	topic := "sigil/site/plant1/v1/dev/d1/up/telemetry"
+	f.Add(topic, d1.seal(f, envelopetest.Other(), 1, topic, []byte("x")))
+	f.Add("sigil/site/plant1/v1/dev/d1/up/", []byte{0xd2, 0x84})
+	f.Add("sigil/site/plant1/v1/enroll/d1/up/x", []byte{})
+	for _, v := range envelopetest.Vectors() {
+		f.Add(topic, v.Bytes())
+	}
+	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
+		b.handler(broker.Identity{ClientID: "bridge-plant1", Site: "plant1"}, topic, payload)
+		if dispatched != 0 {
+			t.Fatalf("dispatched a message no key of the device signed: %q %x", topic, payload)
+		}
+	})
 }
