@@ -48,19 +48,23 @@ func bridgeCommand() *command {
 						return createBridge(ctx, x, x.arg(0), *out, *fleetAddr, *plantDir, *lifetime)
 					}
 				}},
-			{name: "list", args: "[-o json]", summary: "list the bridges and their current credentials", conn: connClient,
+			{name: "list", args: "[-o json]", summary: "list the bridges, their current credentials and health (connected, device messages accepted and refused)", conn: connClient,
 				run: func(ctx context.Context, x *call) error {
 					l, err := x.client.Bridges(ctx)
 					if err != nil {
 						return err
 					}
-					return x.table(l, "SITE\tCURRENT\tCREDENTIALS\tPREFIX", func(tw io.Writer) {
+					return x.table(l, "SITE\tCURRENT\tCREDENTIALS\tPREFIX\tCONNECTED\tACCEPTED\tREFUSED", func(tw io.Writer) {
 						for _, b := range l.Bridges {
 							cur := b.Current
 							if cur == "" {
 								cur = "-"
 							}
-							fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", b.Site, cur, len(b.Certs), b.Prefix)
+							var refused uint64
+							for _, n := range b.Health.Refused {
+								refused += n
+							}
+							fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%t\t%d\t%d\n", b.Site, cur, len(b.Certs), b.Prefix, b.Health.Connected, b.Health.Accepted, refused)
 						}
 					})
 				}},
