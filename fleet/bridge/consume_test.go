@@ -168,7 +168,7 @@ type dispatched struct {
 // the topic the fleet receives it on, from a device assigned to the site,
 // is dispatched as the device's direct message; a replayed one, a forged
 // one, one bound to another topic, one of another site's device and one
-// of an unknown device are refused, counted by reason (Health, metrics),
+// of an unknown or a revoked device are refused, counted by reason (Health, metrics),
 // audited once per reason, and never dispatched.
 func TestMosquittoBridgedMessages(t *testing.T) {
 	p := startFleet(t)
@@ -189,14 +189,16 @@ func TestMosquittoBridgedMessages(t *testing.T) {
 	t.Cleanup(func() { _ = svc.Close() })
 	d1 := newPlantDevice(t, f, "d1", envelopetest.Key())
 	d2 := newPlantDevice(t, f, "d2", newKey(t))
+	d3 := newPlantDevice(t, f, "d3", newKey(t)) // revoked: quarantine, decommissioning and renewal revoke
+	d3.dev.Certs[0].Revoked = true
 	ctx := context.Background()
-	for _, a := range [][2]string{{"d1", "plant1"}, {"d2", "plant2"}} {
+	for _, a := range [][2]string{{"d1", "plant1"}, {"d2", "plant2"}, {"d3", "plant1"}} {
 		if err := svc.AssignSite(ctx, operator, a[0], a[1]); err != nil {
 			t.Fatal(err)
 		}
 	}
 	reg := prometheus.NewRegistry()
-	err = svc.Consume(p.b, bridge.Consume{Devices: devices{"d1": d1.dev, "d2": d2.dev}, TrustDomain: "fleet.test", Metrics: reg,
+	err = svc.Consume(p.b, bridge.Consume{Devices: devices{"d1": d1.dev, "d2": d2.dev, "d3": d3.dev}, TrustDomain: "fleet.test", Metrics: reg,
 		Dispatch: func(id broker.Identity, topic string, payload []byte) {
 			mu.Lock()
 			got = append(got, dispatched{id, topic, payload})
@@ -220,16 +222,17 @@ func TestMosquittoBridgedMessages(t *testing.T) {
 	p.pubFile(t, local("d1"), d1.seal(t, d1.key, 4, remote("plant2", "d1"), msg(4)))               // bound to another site's
 	p.pubFile(t, local("d2"), d2.seal(t, d2.key, 1, remote("plant1", "d2"), msg(5)))               // another site's device
 	p.pubFile(t, local("d9"), d9.seal(t, d9.key, 1, remote("plant1", "d9"), msg(6)))               // unknown device
+	p.pubFile(t, local("d3"), d3.seal(t, d3.key, 1, remote("plant1", "d3"), msg(8)))               // revoked device
 	p.pubFile(t, local("d1"), d1.seal(t, d1.key, 7, remote("plant1", "d1"), msg(7)))               // accepted: above every counter seen
 
-	want := map[string]uint64{bridge.RefusedReplay: 1, bridge.RefusedSignature: 1, bridge.RefusedTopic: 2, bridge.RefusedSite: 1, bridge.RefusedDevice: 1}
+	want := map[string]uint64{bridge.RefusedReplay: 1, bridge.RefusedSignature: 1, bridge.RefusedTopic: 2, bridge.RefusedSite: 1, bridge.RefusedDevice: 2}
 	wait.For(t, "every message to be served", func() bool {
 		h := svc.Health("plant1")
 		n := h.Accepted
 		for _, c := range h.Refused {
 			n += c
 		}
-		return n == 8
+		return n == 9
 	})
 	h := svc.Health("plant1")
 	if !h.Connected || h.LastSeen.IsZero() || h.Accepted != 2 {
