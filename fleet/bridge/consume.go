@@ -124,9 +124,12 @@ func (s *Service) Consume(b Broker, cfg Consume) error {
 }
 
 // Health returns what the fleet saw of a site's bridge since it started
-// (zero counts before Consume).
+// (zero counts before Consume); Refused holds every reason.
 func (s *Service) Health(site string) Health {
 	h := Health{Refused: map[string]uint64{}}
+	for _, r := range refusedReasons {
+		h.Refused[r] = 0 // every reason shown, zero or not
+	}
 	c := s.consumer.Load()
 	if c == nil {
 		return h

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,28 +29,14 @@ import (
 // message that a site's bridge delivers in the device's envelope through
 // the same admission and dispatch as a direct one (a hello updates the
 // inventory's firmware); a decommissioned device's is refused, and the
-// bridge's health on GET /api/v1/bridges/{site} counts both. (The plant
+// bridge's health on GET /api/v1/bridges/{site} counts both; after a
+// restart of the fleet, the same envelope is a replay. (The plant
 // Mosquitto, mosquitto_pub and every refusal reason are in fleet/bridge's
 // TestMosquittoBridgedMessages.)
 func TestBridgedHelloReachesTheInventory(t *testing.T) {
-	s, err := New(testConfig(t.TempDir()), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	select {
-	case <-s.Ready():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
+	dir := t.TempDir()
+	s, stop := runFleet(t, dir)
+	ctx := t.Context()
 	bkey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if _, err := s.bridges.Create(ctx, audit.User("alice"), "plant1", bkey.Public(), 0); err != nil {
 		t.Fatal(err)
@@ -76,17 +63,18 @@ func TestBridgedHelloReachesTheInventory(t *testing.T) {
 		t.Fatal(err)
 	}
 	bridgeID := broker.Identity{ClientID: "bridge-plant1", Site: "plant1"}
+	sealed := map[string][]byte{}
 	for _, d := range []struct {
 		id string
 		st inventory.State
 	}{{good, inventory.StateActive}, {gone, inventory.StateDecommissioned}} {
 		key, serial := put(d.id, d.st)
-		topic := "sigil/site/plant1/v1/dev/" + d.id + "/up/" + admission.UpKind(wire.TypeHello)
-		env, err := envelope.Sign(rand.Reader, key, envelope.Header{KeyID: serial, Counter: 1, Topic: topic}, hello)
+		env, err := envelope.Sign(rand.Reader, key, envelope.Header{KeyID: serial, Counter: 1, Topic: helloTopic(d.id)}, hello)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.bridges.Handle(bridgeID, topic, env) // as the broker delivers a bridge's publish
+		sealed[d.id] = env
+		s.bridges.Handle(bridgeID, helloTopic(d.id), env) // as the broker delivers a bridge's publish
 	}
 	wait.For(t, "the bridged hello in the inventory", func() bool {
 		d, err := s.Inv.Device(ctx, good)
@@ -108,4 +96,43 @@ func TestBridgedHelloReachesTheInventory(t *testing.T) {
 	if v.Health.Accepted != 1 || v.Health.Refused["device"] != 1 || v.Health.LastSeen.IsZero() {
 		t.Fatalf("health %+v", v.Health)
 	}
+
+	// The counter survives a restart of the fleet: the same envelope
+	// again is a replay.
+	stop()
+	s, _ = runFleet(t, dir)
+	s.bridges.Handle(bridgeID, helloTopic(good), sealed[good])
+	if h := s.bridges.Health("plant1"); h.Accepted != 0 || h.Refused["replay"] != 1 {
+		t.Fatalf("after a restart, the replayed hello: health %+v", h)
+	}
+}
+
+// runFleet runs a fleet on dir until stop (or the test's end).
+func runFleet(t *testing.T, dir string) (_ *Server, stop func()) {
+	t.Helper()
+	s, err := New(testConfig(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-s.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	}
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	t.Cleanup(stop) // also when the test fails before it stops the fleet
+	return s, stop
+}
+
+func helloTopic(id string) string {
+	return "sigil/site/plant1/v1/dev/" + id + "/up/" + admission.UpKind(wire.TypeHello)
 }
