@@ -5,18 +5,27 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sigil-iot/sigil/firmware/manifest"
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/bridge"
 	"github.com/sigil-iot/sigil/fleet/ca"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/exposure"
+	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
+	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
+	"github.com/sigil-iot/sigil/fleet/storage/kv"
 	"github.com/sigil-iot/sigil/fleet/storage/postgres"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
@@ -139,6 +148,44 @@ var moreMigratedStores = []migratedStore{
 				t.Fatalf("block in the database: %+v, %v", b, blocked)
 			}
 		}},
+	{name: "exposure",
+		seed: func(t *testing.T, dir string) {
+			fw := filepath.Join(dir, firmware.DataDir)
+			if err := os.MkdirAll(fw, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			b, err := boltdb.Open(filepath.Join(fw, exposure.File), boltdb.Schema{Buckets: exposure.Buckets()}, boltdb.Options{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := kv.Bolt(b)
+			defer db.Close()
+			svc := migratedExposure(t, db)
+			if _, err := svc.SetSBOM(t.Context(), migratedRelease(), []byte(migratedSBOM)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := svc.ImportAdvisory(t.Context(), []byte(migratedOSV)); err != nil {
+				t.Fatal(err)
+			}
+		},
+		want: []string{"exposure ", "advisories 1", "sboms 1"},
+		check: func(t *testing.T, ctx context.Context, db *postgres.DB) {
+			k, err := kv.Postgres(db, firmware.Table, kv.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer k.Close()
+			svc := migratedExposure(t, k)
+			if cs, err := svc.Components(ctx, "rel-sbom"); err != nil || len(cs) != 1 || cs[0].Name != "openssl" {
+				t.Fatalf("SBOM components in the database: %+v, %v", cs, err)
+			}
+			if ids, err := svc.Advisories(ctx); err != nil || !slices.Equal(ids, []string{"OSV-2026-0042"}) {
+				t.Fatalf("advisories in the database: %v, %v", ids, err)
+			}
+			if _, err := svc.Report(ctx, "OSV-2026-0042"); err != nil {
+				t.Fatalf("report from the database: %v", err)
+			}
+		}},
 	{name: "bridges",
 		seed: func(t *testing.T, dir string) {
 			c, err := ca.Open(ca.Config{Dir: t.TempDir(), TrustDomain: "sigil.local"})
@@ -224,6 +271,50 @@ var moreMigratedStores = []migratedStore{
 			}
 		}},
 }
+
+// migratedSBOM and migratedOSV are the SBOM attached to a release and the
+// advisory imported in the exposure store before the copy.
+const (
+	migratedSBOM = `{"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1, "components": [
+  {"type": "library", "name": "openssl", "version": "3.0.1", "purl": "pkg:deb/debian/openssl@3.0.1"}]}`
+	migratedOSV = `{"id": "OSV-2026-0042", "modified": "2026-12-02T00:00:00Z", "affected": [{"package": {"purl": "pkg:deb/debian/openssl"},
+  "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "3.0.0"}, {"fixed": "3.0.8"}]}]}]}`
+)
+
+// migratedRelease is a release (ID "rel-sbom") whose manifest binds
+// migratedSBOM.
+func migratedRelease() *firmware.Release {
+	return &firmware.Release{ID: "rel-sbom", Manifest: &manifest.Manifest{Version: "1.0.0",
+		SBOM: &manifest.SBOM{Format: manifest.SBOMCycloneDX, SHA256: sha256.Sum256([]byte(migratedSBOM))}}}
+}
+
+// migratedExposure is the exposure service over db, whose only release is
+// migratedRelease, with no device.
+func migratedExposure(t *testing.T, db kv.DB) *exposure.Service {
+	t.Helper()
+	svc, err := exposure.New(exposure.Config{DB: db, Releases: exposureReleases{migratedRelease()}, Devices: noDevices{}, Attestations: noDevices{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+type exposureReleases []*firmware.Release
+
+func (r exposureReleases) List(context.Context) ([]*firmware.Release, error) { return r, nil }
+
+// noDevices is an empty inventory and attestation history.
+type noDevices struct{}
+
+func (noDevices) Device(context.Context, string) (*inventory.Device, error) {
+	return nil, inventory.ErrNotFound
+}
+
+func (noDevices) ListDevices(context.Context, inventory.Filter) ([]inventory.Device, string, error) {
+	return nil, "", nil
+}
+
+func (noDevices) List(context.Context, string, int) ([]attest.Record, error) { return nil, nil }
 
 // migratedCampaign is the ID of the campaign the campaigns store is
 // seeded with.

@@ -495,7 +495,8 @@ const (
 	EventCloneSuspect      = "clone-suspect"
 	EventDormant           = "dormant"
 	// EventVulnerabilityExposed: an imported advisory matches a component
-	// of the release the device runs as attested (fleet/exposure).
+	// of the release the device runs as attested (fleet/exposure); its
+	// attribute "advisory" names the advisory, which keys the alerts.
 	EventVulnerabilityExposed = "vulnerability-exposed"
 )
 
@@ -528,7 +529,7 @@ func DefaultRules() []Rule {
 		{ID: "dormant", Name: "Dormant device holds a valid credential", Severity: SeverityWarning,
 			Event: &EventMatch{Kind: EventDormant}},
 		{ID: "vulnerability-exposed", Name: "Runs a component with a known vulnerability", Severity: SeverityWarning,
-			Event: &EventMatch{Kind: EventVulnerabilityExposed}},
+			Event: &EventMatch{Kind: EventVulnerabilityExposed, KeyAttr: "advisory"}},
 		{ID: "new-listening-port", Name: "New listening port", Severity: SeverityWarning,
 			NewMember: &NewMember{Set: SetPorts}},
 		{ID: "new-process", Name: "New process", Severity: SeverityInfo,

@@ -95,9 +95,12 @@ func (h *handler) putSBOM(w http.ResponseWriter, r *http.Request, _ string, fw F
 		return
 	}
 	cs, err := x.SetSBOM(r.Context(), rel, b)
-	if err != nil {
+	if err != nil && cs == nil {
 		h.exposureError(w, err)
 		return
+	}
+	if err != nil { // stored; only the alert for devices running it failed
+		h.log.Error("exposure alert failed", "err", err)
 	}
 	writeJSON(w, http.StatusOK, ComponentList{Release: rel.ID, Components: nonNil(cs)})
 }

@@ -63,6 +63,9 @@ type Alert struct {
 	Kind     string // "attestation-failed", "quarantined", "stale", "released", "counter-rollback"
 	Severity string // "critical", "warning", "info"
 	Summary  string
+	// Attrs are more attributes of the event, such as the one a rule keys
+	// its alerts by ("advisory" for a vulnerability exposure); nil: none.
+	Attrs map[string]string
 }
 
 // Inventory is what the attestation service reads and changes of the

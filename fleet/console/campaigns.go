@@ -490,6 +490,9 @@ type CampaignPage struct {
 	CanStart, CanPause, CanResume, CanAbort, CanRollback bool
 	// RollbackTo are the releases the committed devices may go back to.
 	RollbackTo []ReleaseView
+	// Fetched sets the bytes the devices say they fetched against a full
+	// download of the image by each device; empty when none said.
+	Fetched string
 }
 
 // PageTitle names the page after the campaign.
@@ -508,6 +511,37 @@ type CampaignDevice struct {
 	Tone string
 	// Why says why it failed, rolled back or timed out.
 	Why string
+	// Fetched sets the bytes the device says it fetched against the
+	// image's size; "—" when it said nothing.
+	Fetched string
+}
+
+// fetchedText sets the bytes a campaign's devices say they fetched against
+// a full download of the image (size bytes, 0 when unknown) by each of
+// them (adaptive updates fetch only the blocks a device lacks); empty when
+// they said nothing.
+func fetchedText(fetched, size int64, devices int) string {
+	if fetched <= 0 {
+		return ""
+	}
+	s := "Devices say they fetched " + sizeText(fetched) + " in all"
+	if size > 0 && devices > 0 {
+		s += fmt.Sprintf(": %.1f %% of a full download by each of its %d devices (%s each)",
+			100*float64(fetched)/float64(size*int64(devices)), devices, sizeText(size))
+	}
+	return s
+}
+
+// deviceFetchedText sets the bytes a device says it fetched against the
+// image's size (0 when unknown); "—" when it said nothing.
+func deviceFetchedText(fetched, size int64) string {
+	if fetched <= 0 {
+		return "—"
+	}
+	if size <= 0 {
+		return sizeText(fetched)
+	}
+	return fmt.Sprintf("%s (%.1f %% of the image)", sizeText(fetched), 100*float64(fetched)/float64(size))
 }
 
 // StackedBar is a progress bar drawn as SVG rectangles on a 0-1000 wide
@@ -574,10 +608,14 @@ func (f FirmwarePages) loadCampaign(r *http.Request, p auth.Principal) (any, err
 		return nil, err
 	}
 	labels := map[string]string{}
+	var size int64 // the image's, 0 when unknown
 	for _, rel := range rs {
 		labels[rel.ID] = rel.Label()
+		if rel.ID == c.Definition.Release && rel.Manifest != nil {
+			size = rel.Manifest.Size
+		}
 	}
-	out := CampaignPage{CampaignView: campaignView(*c, labels), Steps: allSteps()}
+	out := CampaignPage{CampaignView: campaignView(*c, labels), Steps: allSteps(), Fetched: fetchedText(c.ClaimedFetchedBytes, size, c.Total)}
 	out.Bar = progressBar(c.Counts, c.Total, "All waves")
 	for _, w := range c.Waves {
 		label := fmt.Sprintf("Wave %d", w.Number)
@@ -606,7 +644,7 @@ func (f FirmwarePages) loadCampaign(r *http.Request, p auth.Principal) (any, err
 		return nil, err
 	}
 	for _, d := range devs {
-		row := CampaignDevice{Device: d, Tone: stepTone(d.Step)}
+		row := CampaignDevice{Device: d, Tone: stepTone(d.Step), Fetched: deviceFetchedText(d.ClaimedFetchedBytes, size)}
 		if d.Reason != 0 {
 			row.Why = d.Reason.Description()
 		}

@@ -231,3 +231,40 @@ func awaitAnnounced(t testing.TB, ff *fleetFixture, id string) string {
 		}
 	}
 }
+
+// TestCampaignFetched: the campaign page sets the bytes devices say they
+// fetched against the release's image size, for the campaign (against a
+// full download by each of its devices) and per device (in its own
+// column, with a header); a device that said nothing shows a dash.
+func TestCampaignFetched(t *testing.T) {
+	ff := newFleetFixture(t, fleetOptions{})
+	op := ff.login("olga", auth.RoleOperator)
+	for i := 1; i <= 3; i++ {
+		ff.addDevice(i, inventory.StateActive, func(d *inventory.Device) { d.Group = "kiosks" })
+	}
+	rel := ff.approved("ada", "rita", "2.0.0", 2) // a 6000-byte image
+	form := url.Values{"release": {rel.ID}, "name": {"adaptive"}, "group": {"kiosks"}, "canary": {"3"}, "growth": {"2"},
+		"success_threshold": {"50"}, "failure_threshold": {"50"}, "on_failure": {"pause"}, "device_timeout": {"30m"},
+		"justification": {"monthly kiosk update"}}
+	m := campaignLink.FindStringSubmatch(body(t, op.post("/campaigns/new", form), http.StatusOK))
+	if m == nil {
+		t.Fatal("no link to the new campaign")
+	}
+	id, path := m[1], "/campaigns/"+m[1]
+	redirect(t, op.post(path+"/start", url.Values{"justification": {"approved in change board"}}))
+	dev := awaitAnnounced(t, ff, id)
+	page := body(t, op.get(path), http.StatusOK)
+	mustNotContain(t, page, "say they fetched")
+
+	if _, err := ff.campaigns.Report(campaign.DeviceReport{DeviceID: dev, Campaign: id, Step: campaign.StepCommitted,
+		RunningVersion: "2.0.0", At: ff.clock.Now(), ClaimedFetched: 600}); err != nil {
+		t.Fatal(err)
+	}
+	page = body(t, op.get(path), http.StatusOK)
+	mustContain(t, page,
+		`id="fetched"`, "Devices say they fetched 600 B in all: 3.3 % of a full download by each of its 3 devices (5.9 KiB each)",
+		`<th scope="col">Fetched</th>`, "600 B (10.0 % of the image)")
+	if n := strings.Count(page, `<td class="fetched">—</td>`); n != 2 {
+		t.Errorf("%d devices without a claim shown with a dash, want 2", n)
+	}
+}

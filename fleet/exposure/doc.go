@@ -18,4 +18,11 @@
 // newest attestation records of every device (50 each) and the releases'
 // components: their cost grows with the fleet, one history read per
 // device; nothing is cached between them.
+//
+// A device may become exposed after an advisory was imported: rolled back
+// to an affected release, or attesting for the first time. Attested
+// re-evaluates one device per recorded verdict and raises the stored
+// advisories that affect its release when its attested release changed;
+// it keeps the firmware PCR and release last seen per device, so a
+// verdict that changes neither costs one read and raises nothing.
 package exposure

@@ -23,16 +23,22 @@ import (
 )
 
 // Buckets of the store: components per release ID, advisories (OSV JSON as
-// imported) per advisory ID.
+// imported) per advisory ID, and what Attested last saw of each device
+// (deviceState JSON) per device ID.
 var (
 	bucketComponents = []byte("exposure_components")
 	bucketAdvisories = []byte("exposure_advisories")
+	bucketDevices    = []byte("exposure_devices")
 )
 
-// Buckets are the store's buckets (boltdb.Schema). sigil migrate does not
-// copy them yet: after a move to PostgreSQL, attach the SBOMs and import
-// the advisories again.
-func Buckets() [][]byte { return [][]byte{bucketComponents, bucketAdvisories} }
+// File is the store's bbolt file in the release store's directory
+// (firmware.DataDir); on PostgreSQL its buckets share the release records'
+// table (firmware.Table).
+const File = "exposure.db"
+
+// Buckets are the store's buckets (boltdb.Schema); sigil migrate copies
+// them.
+func Buckets() [][]byte { return [][]byte{bucketComponents, bucketAdvisories, bucketDevices} }
 
 // More errors. Compare with errors.Is.
 var (
@@ -59,6 +65,7 @@ type Releases interface {
 
 // Devices lists the inventory. *inventory.Store implements it.
 type Devices interface {
+	Device(ctx context.Context, id string) (*inventory.Device, error)
 	ListDevices(ctx context.Context, f inventory.Filter) ([]inventory.Device, string, error)
 }
 
@@ -131,7 +138,10 @@ func New(cfg Config) (*Service, error) {
 // manifest's; read in the manifest's format, CycloneDX JSON with ParseSBOM
 // or SPDX JSON with ParseSPDX): the components are as trusted as the
 // manifest. Setting it again replaces nothing different: the digest
-// pins the content.
+// pins the content. When the release had no components yet, the Alerter
+// hears of the stored advisories that affect the devices running it
+// (they ran a release of unknown components until now); when only that
+// fails, the components are returned with the error.
 func (s *Service) SetSBOM(ctx context.Context, rel *firmware.Release, sbom []byte) ([]Component, error) {
 	m := rel.Manifest
 	if m == nil || m.SBOM == nil {
@@ -148,15 +158,22 @@ func (s *Service) SetSBOM(ctx context.Context, rel *firmware.Release, sbom []byt
 	if err != nil {
 		return nil, fmt.Errorf("exposure: %w", err)
 	}
+	existed := false
 	err = s.cfg.DB.Update(ctx, func(tx kv.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists(bucketComponents)
 		if err != nil {
 			return err
 		}
+		existed = bk.Get([]byte(rel.ID)) != nil
 		return bk.Put([]byte(rel.ID), b)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("exposure: store components: %w", err)
+	}
+	if !existed {
+		if err := s.sbomAdded(ctx, rel); err != nil {
+			return cs, err
+		}
 	}
 	return cs, nil
 }
@@ -193,6 +210,8 @@ type Running struct {
 	Attested time.Time `json:"attested"`
 	// Claimed is the version the device reports: shown, never used.
 	Claimed string `json:"claimed,omitempty"`
+
+	pcr string // the firmware PCR value of the newest verified quote
 }
 
 // Finding is one device running an affected (or queried) component.
@@ -297,7 +316,7 @@ func (s *Service) running(sn *snapshot, recs []attest.Record) (*Running, *firmwa
 		if run == nil {
 			run = &Running{}
 		}
-		run.Attested, run.Claimed = rec.Time, rec.Firmware
+		run.Attested, run.Claimed, run.pcr = rec.Time, rec.Firmware, v
 		if v == prev {
 			continue
 		}
@@ -443,6 +462,8 @@ type Report struct {
 	// Unknown counts the devices whose running release is unknown: no
 	// verified attestation, or an image of no release with an SBOM.
 	Unknown int `json:"unknown"`
+
+	seen map[string]deviceState // per device with a verified quote
 }
 
 // ImportAdvisory parses an OSV advisory, stores it (replacing one of the
@@ -468,6 +489,13 @@ func (s *Service) ImportAdvisory(ctx context.Context, raw []byte) (*Report, erro
 	r, err := s.report(ctx, a)
 	if err != nil {
 		return nil, err
+	}
+	if !existed {
+		// The devices seen now were told of it here: Attested raises it
+		// again only for a device that changes release.
+		if err := s.saveStates(ctx, r.seen); err != nil {
+			return r, err
+		}
 	}
 	if !existed && len(r.Devices) > 0 && s.cfg.Alerter != nil {
 		if err := s.cfg.Alerter.Exposed(ctx, r); err != nil {
@@ -528,7 +556,7 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 		return nil, err
 	}
 	r := &Report{Advisory: *a, Generated: s.cfg.Now().UTC(), Devices: []Finding{},
-		ByGroup: map[string]int{}, ByModel: map[string]int{}, ByOwner: map[string]int{}}
+		ByGroup: map[string]int{}, ByModel: map[string]int{}, ByOwner: map[string]int{}, seen: map[string]deviceState{}}
 	affected := func(relID string) bool {
 		for _, c := range sn.comps[relID] {
 			if ok, _ := a.Match(c); ok {
@@ -541,6 +569,9 @@ func (s *Service) report(ctx context.Context, a *Advisory) (*Report, error) {
 	err = s.eachDevice(ctx, sn, func(d *inventory.Device, run *Running, rel *firmware.Release) {
 		if cerr != nil {
 			return
+		}
+		if run != nil {
+			r.seen[d.ID] = deviceState{PCR: run.pcr, Release: idOf(rel)}
 		}
 		if rel == nil || sn.comps[rel.ID] == nil {
 			r.Unknown++

@@ -32,11 +32,21 @@ import (
 // the exposure buckets in PostgreSQL (pgtest: skipped without one unless
 // CI=true); the plain tests run them on bbolt.
 func TestConformance(t *testing.T) {
-	pgtest.Conformance(t, []pgtest.Test{{Name: "Exposure", Fn: TestExposure}, {Name: "NoSBOM", Fn: TestNoSBOM}, {Name: "SPDXRelease", Fn: TestSPDXRelease}})
+	pgtest.Conformance(t, []pgtest.Test{{Name: "Exposure", Fn: TestExposure}, {Name: "NoSBOM", Fn: TestNoSBOM}, {Name: "SPDXRelease", Fn: TestSPDXRelease},
+		{Name: "AttestedRollback", Fn: TestAttestedRollback}, {Name: "SBOMAfterAdvisory", Fn: TestSBOMAfterAdvisory}})
 }
 
 // devices is a fixed inventory.
 type devices []inventory.Device
+
+func (d devices) Device(_ context.Context, id string) (*inventory.Device, error) {
+	for i := range d {
+		if d[i].ID == id {
+			return &d[i], nil
+		}
+	}
+	return nil, inventory.ErrNotFound
+}
 
 func (d devices) ListDevices(_ context.Context, f inventory.Filter) ([]inventory.Device, string, error) {
 	var out []inventory.Device
@@ -402,5 +412,117 @@ func TestSPDXRelease(t *testing.T) {
 	rep, err := f.svc.ImportAdvisory(ctx, raw)
 	if err != nil || !slices.Equal(ids(rep.Devices), []string{"dev-a"}) {
 		t.Fatalf("advisory against the SPDX release: %+v, %v", rep, err)
+	}
+}
+
+// TestAttestedRollback: a device becomes exposed after the advisory was
+// imported — it rolls back to the affected release, or attests it for the
+// first time — and its verdict raises the alert for that advisory, once
+// per change of release: the same release attested again, or a verdict
+// without a verified quote, raises nothing more.
+func TestAttestedRollback(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	img1, img2 := bytes.Repeat([]byte("gw-os 1.0.0 "), 100), bytes.Repeat([]byte("gw-os 1.1.0 "), 100)
+	r1, sbom1 := f.release(t, "1.0.0", 1, img1, "testdata/gw-os-1.0.0.cdx.json")
+	r2, sbom2 := f.release(t, "1.1.0", 2, img2, "testdata/gw-os-1.1.0.cdx.json")
+	for _, x := range []struct {
+		r    *firmware.Release
+		sbom []byte
+	}{{r1, sbom1}, {r2, sbom2}} {
+		if _, err := f.svc.SetSBOM(ctx, x.r, x.sbom); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	f.hist.attested("dev-a", img2, t0, "1.1.0") // fixed release
+	raw, err := os.ReadFile("testdata/OSV-2026-0001.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := f.svc.ImportAdvisory(ctx, raw); err != nil || len(rep.Devices) != 0 || len(f.alerts) != 0 {
+		t.Fatalf("import with no exposed device: %+v, %v, %d alerts", rep, err, len(f.alerts))
+	}
+	attested := func(id string) {
+		t.Helper()
+		if err := f.svc.Attested(ctx, &f.hist[id][0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	attested("dev-a") // the release seen at import: nothing new
+	if len(f.alerts) != 0 {
+		t.Fatalf("%d alerts for a device on the fixed release", len(f.alerts))
+	}
+
+	// dev-a rolls back to 1.0.0 (a TPM reset: a new boot).
+	f.hist.attested("dev-a", img1, t0.Add(time.Hour), "1.0.0")
+	attested("dev-a")
+	if len(f.alerts) != 1 {
+		t.Fatalf("after dev-a rolled back: %d alerts, want 1", len(f.alerts))
+	}
+	r := f.alerts[0]
+	if r.Advisory.ID != "OSV-2026-0001" || !slices.Equal(ids(r.Devices), []string{"dev-a"}) || r.Devices[0].Release != r1.ID ||
+		r.Devices[0].Group != "north" || r.Devices[0].Fixed != "3.0.8" || r.ByModel["gw-1"] != 1 {
+		t.Fatalf("alert %+v", r)
+	}
+	// The same release attested again, and a verdict without a verified
+	// quote: no second alert.
+	f.hist.attested("dev-a", img1, t0.Add(2*time.Hour), "1.0.0")
+	attested("dev-a")
+	f.hist["dev-a"] = append([]attest.Record{{Time: t0.Add(3 * time.Hour), DeviceID: "dev-a", Result: "fail"}}, f.hist["dev-a"]...)
+	attested("dev-a")
+	if len(f.alerts) != 1 {
+		t.Fatalf("dev-a attested the same release again: %d alerts, want 1", len(f.alerts))
+	}
+
+	// dev-d attests for the first time, running 1.0.0.
+	f.hist.attested("dev-d", img1, t0.Add(4*time.Hour), "1.0.0")
+	attested("dev-d")
+	if len(f.alerts) != 2 || !slices.Equal(ids(f.alerts[1].Devices), []string{"dev-d"}) {
+		t.Fatalf("after dev-d first attested 1.0.0: %d alerts", len(f.alerts))
+	}
+
+	// dev-a updates to 1.1.0 (no alert), then rolls back again (one more).
+	f.hist.attested("dev-a", img2, t0.Add(5*time.Hour), "1.1.0")
+	attested("dev-a")
+	if len(f.alerts) != 2 {
+		t.Fatalf("after dev-a updated: %d alerts, want 2", len(f.alerts))
+	}
+	f.hist.attested("dev-a", img1, t0.Add(6*time.Hour), "1.0.0")
+	attested("dev-a")
+	if len(f.alerts) != 3 || f.alerts[2].Devices[0].DeviceID != "dev-a" {
+		t.Fatalf("after dev-a rolled back again: %d alerts, want 3", len(f.alerts))
+	}
+}
+
+// TestSBOMAfterAdvisory: devices run a release whose SBOM is attached only
+// after the advisory was imported (their release's components were
+// unknown): attaching it raises the advisory for them, once.
+func TestSBOMAfterAdvisory(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	img1 := bytes.Repeat([]byte("gw-os 1.0.0 "), 100)
+	r1, sbom1 := f.release(t, "1.0.0", 1, img1, "testdata/gw-os-1.0.0.cdx.json")
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	f.hist.attested("dev-a", img1, t0, "1.0.0")
+	f.hist.attested("dev-c", img1, t0, "1.0.0")
+	raw, err := os.ReadFile("testdata/OSV-2026-0001.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := f.svc.ImportAdvisory(ctx, raw); err != nil || len(rep.Devices) != 0 || rep.Unknown != 4 {
+		t.Fatalf("import before the SBOM: %+v, %v", rep, err)
+	}
+	for range 2 {
+		if _, err := f.svc.SetSBOM(ctx, r1, sbom1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(f.alerts) != 1 {
+		t.Fatalf("%d alerts after attaching the SBOM (twice), want 1", len(f.alerts))
+	}
+	r := f.alerts[0]
+	if r.Advisory.ID != "OSV-2026-0001" || !slices.Equal(ids(r.Devices), []string{"dev-a", "dev-c"}) || r.ByOwner["acme"] != 1 || r.ByOwner["globex"] != 1 {
+		t.Fatalf("alert %+v", r)
 	}
 }

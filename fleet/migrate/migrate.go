@@ -28,6 +28,7 @@ import (
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/bridge"
 	"github.com/sigil-iot/sigil/fleet/campaign"
+	"github.com/sigil-iot/sigil/fleet/exposure"
 	"github.com/sigil-iot/sigil/fleet/firmware"
 	"github.com/sigil-iot/sigil/fleet/governance"
 	"github.com/sigil-iot/sigil/fleet/inventory"
@@ -303,6 +304,21 @@ func kvStores() []kvStore {
 			open: firmware.PostgresBuckets,
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"releases": keys["releases"]}
+			}},
+		{name: "exposure", file: filepath.Join(firmware.DataDir, exposure.File), buckets: exposure.Buckets(), // beside the release records
+			create: func(path string) error {
+				if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+					return err
+				}
+				db, err := boltdb.Open(path, boltdb.Schema{Buckets: exposure.Buckets()}, boltdb.Options{Name: "exposure"})
+				if err == nil {
+					err = db.Close()
+				}
+				return err
+			},
+			open: firmware.PostgresBuckets,
+			records: func(keys map[string]int) map[string]int {
+				return map[string]int{"sboms": keys["exposure_components"], "advisories": keys["exposure_advisories"], "devices": keys["exposure_devices"]}
 			}},
 		{name: "bridges", file: bridge.File, buckets: bridge.Buckets,
 			create: func(path string) error {

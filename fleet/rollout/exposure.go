@@ -19,7 +19,7 @@ import (
 // ExposureFile is the exposure store's bbolt file in Dir (release
 // components and advisories); with Database its buckets share the release
 // records' table (firmware.Table).
-const ExposureFile = "exposure.db"
+const ExposureFile = exposure.File
 
 // openExposure opens the vulnerability exposure service (fleet/exposure)
 // over the release store, the devices and their attestations.
@@ -57,9 +57,11 @@ func (s *Service) Exposure() *exposure.Service {
 	return s.exposure
 }
 
-// exposureAlerter raises a new advisory that matches deployed devices: an
-// alert event (alert.EventVulnerabilityExposed) for each exposed device,
-// a warning in the log and an audit record.
+// exposureAlerter raises an advisory that matches deployed devices (newly
+// imported, or a device newly attested running an affected release): an
+// alert event (alert.EventVulnerabilityExposed, keyed by its attribute
+// "advisory": one open alert per device and advisory) for each exposed
+// device, a warning in the log and an audit record.
 type exposureAlerter struct {
 	audit audit.Recorder
 	alert func(attest.Alert)
@@ -70,7 +72,7 @@ type exposureAlerter struct {
 var _ exposure.Alerter = exposureAlerter{}
 
 func (a exposureAlerter) Exposed(ctx context.Context, r *exposure.Report) error {
-	a.log.Warn("exposure: a new advisory matches deployed devices", "advisory", r.Advisory.ID, "devices", len(r.Devices))
+	a.log.Warn("exposure: an advisory matches deployed devices", "advisory", r.Advisory.ID, "devices", len(r.Devices))
 	seen := map[string]bool{}
 	for _, f := range r.Devices {
 		if a.alert == nil || seen[f.DeviceID] {
@@ -78,11 +80,47 @@ func (a exposureAlerter) Exposed(ctx context.Context, r *exposure.Report) error 
 		}
 		seen[f.DeviceID] = true
 		a.alert(attest.Alert{Time: a.now().UTC(), DeviceID: f.DeviceID, Kind: alert.EventVulnerabilityExposed, Severity: string(alert.SeverityWarning),
-			Summary: fmt.Sprintf("%s: release %s runs %s", r.Advisory.ID, f.Version, f.Component.PURL)})
+			Summary: fmt.Sprintf("%s: release %s runs %s", r.Advisory.ID, f.Version, f.Component.PURL), Attrs: map[string]string{"advisory": r.Advisory.ID}})
 	}
 	if a.audit == nil {
 		return nil
 	}
 	detail := fmt.Sprintf("advisory %s matches %d deployed device(s)", r.Advisory.ID, len(seen))
 	return a.audit.Record(ctx, audit.New(audit.System("exposure"), "exposure.alert", r.Advisory.ID).Because(detail))
+}
+
+// verdictQueue bounds the verdicts waiting for the exposure worker.
+const verdictQueue = 4096
+
+// Attested hands a recorded attestation verdict to the exposure service
+// (exposure.Service.Attested), on the service's worker: a device that
+// changes release may become exposed to advisories already imported. A
+// verdict without a verified quote is not queued; a full queue drops the
+// verdict (the device's next one is evaluated). Nil-safe, and a no-op
+// when the exposure service is off; it does not block.
+func (s *Service) Attested(deviceID string, rec *attest.Record) {
+	if s == nil || s.exposure == nil || rec.PCRs["sha256"] == nil {
+		return
+	}
+	r := *rec
+	r.DeviceID = deviceID
+	select {
+	case s.verdicts <- r:
+	default:
+		s.log.Warn("exposure: verdict queue full; the device is evaluated at its next verdict", "device_id", deviceID)
+	}
+}
+
+// verdictLoop evaluates queued verdicts until ctx ends.
+func (s *Service) verdictLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case rec := <-s.verdicts:
+			if err := s.exposure.Attested(ctx, &rec); err != nil && ctx.Err() == nil {
+				s.log.Warn("exposure: evaluating a verdict failed", "device_id", rec.DeviceID, "err", err)
+			}
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sigil-iot/sigil/firmware/manifest"
@@ -121,6 +122,7 @@ type Service struct {
 	now       func() time.Time
 	log       *slog.Logger
 	hellos    chan string
+	verdicts  chan attest.Record // for the exposure worker (Attested)
 
 	exposure   *exposure.Service
 	exposureDB kv.DB
@@ -158,6 +160,7 @@ func Open(cfg Config) (*Service, error) {
 		trust: raw, rotations: rotations, staging: cfg.StagingDir,
 		maxImage: firmware.DefaultMaxImageSize, inv: cfg.Devices, policies: cfg.Policies, domain: cfg.TrustDomain,
 		admit: cfg.Admit, send: cfg.Send, now: cfg.Now, log: log, hellos: make(chan string, helloQueue),
+		verdicts: make(chan attest.Record, verdictQueue),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -221,15 +224,16 @@ func (s *Service) Close() error {
 	return errors.Join(errs...)
 }
 
-// Run runs the campaign engine and the hello worker until ctx ends.
+// Run runs the campaign engine, the hello worker and the exposure
+// worker until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.helloLoop(ctx)
-	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.helloLoop(ctx) })
+	if s.exposure != nil {
+		wg.Go(func() { s.verdictLoop(ctx) })
+	}
 	err := s.campaigns.Run(ctx)
-	<-done
+	wg.Wait()
 	return err
 }
 

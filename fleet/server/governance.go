@@ -50,9 +50,8 @@ func (s *Server) revoker() governance.InventoryRevoker {
 	return governance.InventoryRevoker{Inventory: s.Inv, Disconnect: s.transport.Disconnect}
 }
 
-// rescore tells governance that a device's risk inputs changed: its
-// score is computed again within seconds (governance.Service.Rescore),
-// not at the next sweep.
+// rescore tells governance that a device's risk inputs changed: it is
+// scored again within seconds (governance.Service.Rescore), not at a sweep.
 func (s *Server) rescore(deviceID string) {
 	if g := s.Governance; g != nil {
 		g.Rescore(deviceID)

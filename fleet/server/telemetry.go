@@ -60,10 +60,11 @@ func (s *Server) OnTelemetry(f func(telemetry.Batch)) { s.feed.OnBatch(f) }
 func (s *Server) Sinks() []sink.Info { return s.sinks }
 
 // attestVerdict takes each recorded attestation verdict (attest's
-// Config.Verdict) to the risk score, the console's chart, the secrets
-// waiting for a current pass, the verdict counter and the alert feed.
+// Config.Verdict) to the risk score, the exposure service, the console's
+// chart, the secrets waiting for a pass, the verdict counter, the alerts.
 func (s *Server) attestVerdict(deviceID string, rec *attest.Record) {
-	s.rescore(deviceID) // verdicts count in the risk score
+	s.rescore(deviceID)          // verdicts count in the risk score
+	s.fw.Attested(deviceID, rec) // a change of release may expose it (rollout)
 	if f := s.consoleVerdict.Load(); f != nil {
 		(*f)(deviceID, rec, 0)
 	}

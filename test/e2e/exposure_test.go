@@ -167,8 +167,10 @@ func TestExposureCampaign(t *testing.T) {
 		t.Fatalf("devices on openssl 3.0.x before 3.0.8: %+v, %v", l, err)
 	}
 	// A new advisory that matches deployed devices raises an alert for
-	// each (the default rule vulnerability-exposed), which counts in their
-	// risk score.
+	// each (the default rule vulnerability-exposed, one open alert per
+	// device and advisory), which counts in their risk score; the devices
+	// that became exposed to OSV-2026-0042 by attesting 2.0.0 after it was
+	// imported were alerted for it too.
 	riskAlerts := func() int {
 		r, err := admin.Risk(ctx, ids[1])
 		if err != nil {
@@ -187,13 +189,17 @@ func TestExposureCampaign(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		var devs []string
+		var got, want []string
 		for _, a := range al.Alerts {
-			devs = append(devs, a.DeviceID)
+			got = append(got, a.DeviceID+" "+a.Key)
 		}
-		slices.Sort(devs)
-		return slices.Equal(devs, ids)
-	}, "a vulnerability-exposed alert for each device")
+		for _, id := range ids {
+			want = append(want, id+" OSV-2026-0042", id+" OSV-2026-0043")
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		return slices.Equal(got, want)
+	}, "a vulnerability-exposed alert for each device and advisory")
 	waitFor(t, func() bool { return riskAlerts() > before }, "the exposure alert in the risk score")
 
 	// The first device gets the fixed release and attests it: it drops off.

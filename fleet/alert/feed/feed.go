@@ -292,7 +292,12 @@ func (f *Feed) AttestAlert(a attest.Alert) {
 	case "stale":
 		kind = "attestation-stale"
 	}
-	f.Event(a.DeviceID, kind, a.Severity, a.Time, map[string]string{"summary": truncate(a.Summary, 256)})
+	attrs := map[string]string{}
+	for k, v := range a.Attrs {
+		attrs[k] = truncate(v, 256)
+	}
+	attrs["summary"] = truncate(a.Summary, 256)
+	f.Event(a.DeviceID, kind, a.Severity, a.Time, attrs)
 }
 
 // Lifecycle follows the inventory's lifecycle events: renewals clear

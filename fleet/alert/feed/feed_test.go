@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/alert"
+	"github.com/sigil-iot/sigil/fleet/attest"
 	"github.com/sigil-iot/sigil/fleet/telemetry"
 )
 
@@ -72,4 +73,38 @@ func BenchmarkObserve(b *testing.B) {
 		f.observe(telemetry.Batch{DeviceID: fmt.Sprintf("dev%03d", i%devices), Points: []telemetry.Point{point(i / devices)}})
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "points/s")
+}
+
+// TestExposureAlertPerAdvisory: the default vulnerability-exposed rule
+// keeps one open alert per device and advisory: the same advisory raised
+// again for a device is absorbed, another advisory opens its own alert.
+func TestExposureAlertPerAdvisory(t *testing.T) {
+	e, err := alert.Open(alert.Config{Path: filepath.Join(t.TempDir(), "alerts.db"), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for _, r := range alert.DefaultRules() {
+		if _, err := e.PutRule(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := New(Config{Engine: e, CertLifetime: 24 * time.Hour})
+	at := time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC)
+	for i, adv := range []string{"OSV-1", "OSV-1", "OSV-2"} {
+		f.AttestAlert(attest.Alert{Time: at.Add(time.Duration(i) * time.Minute), DeviceID: "dev-1", Kind: alert.EventVulnerabilityExposed,
+			Severity: string(alert.SeverityWarning), Summary: adv + ": affected", Attrs: map[string]string{"advisory": adv}})
+	}
+	got, _, err := e.Alerts(alert.Query{DeviceID: "dev-1", RuleID: "vulnerability-exposed", Open: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, a := range got {
+		keys = append(keys, a.Key)
+	}
+	slices.Sort(keys)
+	if !slices.Equal(keys, []string{"OSV-1", "OSV-2"}) {
+		t.Fatalf("open alerts keyed %v, want one per advisory [OSV-1 OSV-2]", keys)
+	}
 }
