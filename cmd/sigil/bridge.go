@@ -48,21 +48,43 @@ func bridgeCommand() *command {
 						return createBridge(ctx, x, x.arg(0), *out, *fleetAddr, *plantDir, *lifetime)
 					}
 				}},
-			{name: "list", args: "[-o json]", summary: "list the bridges and their current credentials", conn: connClient,
+			{name: "list", args: "[-o json]", summary: "list the bridges, their current credentials and health (connected, device messages accepted and refused)", conn: connClient,
 				run: func(ctx context.Context, x *call) error {
 					l, err := x.client.Bridges(ctx)
 					if err != nil {
 						return err
 					}
-					return x.table(l, "SITE\tCURRENT\tCREDENTIALS\tPREFIX", func(tw io.Writer) {
+					return x.table(l, "SITE\tCURRENT\tCREDENTIALS\tPREFIX\tCONNECTED\tACCEPTED\tREFUSED", func(tw io.Writer) {
 						for _, b := range l.Bridges {
 							cur := b.Current
 							if cur == "" {
 								cur = "-"
 							}
-							fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", b.Site, cur, len(b.Certs), b.Prefix)
+							var refused uint64
+							for _, n := range b.Health.Refused {
+								refused += n
+							}
+							fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%t\t%d\t%d\n", b.Site, cur, len(b.Certs), b.Prefix, b.Health.Connected, b.Health.Accepted, refused)
 						}
 					})
+				}},
+			{name: "assign", args: "SITE DEVICE [-o json]", summary: "assign a device to a site: the fleet accepts its bridged messages only through that site's bridge", conn: connClient,
+				pos: []string{"a site", "a device"},
+				run: func(ctx context.Context, x *call) error {
+					v, err := x.client.AssignSite(ctx, x.arg(1), x.arg(0), "")
+					if err != nil {
+						return err
+					}
+					return x.either(v, func() { x.printf("device %s assigned to site %s\n", v.Device, x.arg(0)) })
+				}},
+			{name: "unassign", args: "SITE DEVICE [-o json]", summary: "end a device's assignment to a site: its bridged messages are refused", conn: connClient,
+				pos: []string{"a site", "a device"},
+				run: func(ctx context.Context, x *call) error {
+					v, err := x.client.AssignSite(ctx, x.arg(1), "", x.arg(0))
+					if err != nil {
+						return err
+					}
+					return x.either(v, func() { x.printf("device %s no longer assigned to site %s\n", v.Device, x.arg(0)) })
 				}},
 			{name: "revoke", args: "SITE [--reason R] [--comment C] [-o json]", summary: "revoke a site's bridge credential: into the CRL, its sessions cut at once", conn: connClient,
 				pos: []string{"a site"},

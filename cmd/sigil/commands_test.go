@@ -109,11 +109,16 @@ var apiCases = []apiCase{
 	// bridges
 	{name: "bridge-list", args: []string{"bridge", "list"},
 		api: map[string]string{"GET /api/v1/bridges": `{"bridges":[{"site":"plant1","created":"2026-12-01T10:00:00Z","certs":[{"serial":"4a1b","not_before":"2026-12-01T10:00:00Z",` +
-			`"not_after":"2027-03-01T10:00:00Z","issued_by":"user:ana"}],"prefix":"sigil/site/plant1/","current":"4a1b"},` +
+			`"not_after":"2027-03-01T10:00:00Z","issued_by":"user:ana"}],"prefix":"sigil/site/plant1/","current":"4a1b",` +
+			`"health":{"connected":true,"last_seen":"2026-12-08T04:00:00Z","accepted":12,"refused":{"replay":1,"signature":2}}},` +
 			`{"site":"plant2","created":"2026-12-01T10:00:00Z","certs":[],"prefix":"sigil/site/plant2/"}]}`}},
 	{name: "bridge-revoke", args: []string{"bridge", "revoke", "plant1", "--reason", "keyCompromise", "--comment", "stolen"},
 		api: map[string]string{"POST /api/v1/bridges/plant1/revoke": `{"site":"plant1","created":"2026-12-01T10:00:00Z","certs":[],"prefix":"sigil/site/plant1/"}`}},
 	{name: "bridge-revoke-404", args: []string{"bridge", "revoke", "plant9"}},
+	{name: "bridge-assign", args: []string{"bridge", "assign", "plant1", "dev-1"},
+		api: map[string]string{"PUT /api/v1/bridges/plant1/devices/dev-1": `{"device":"dev-1","site":"plant1"}`}},
+	{name: "bridge-unassign", args: []string{"bridge", "unassign", "plant1", "dev-1"},
+		api: map[string]string{"DELETE /api/v1/bridges/plant1/devices/dev-1": `{"device":"dev-1","site":""}`}},
 
 	// tokens
 	{name: "tokens-create", args: []string{"tokens", "create", "--model", "gw-1", "--owner", "plant-a", "--ttl", "2h"},

@@ -206,8 +206,14 @@ var moreMigratedStores = []migratedStore{
 			if err := s.Revoke(t.Context(), audit.User("ana"), "plant2", 1, "test"); err != nil {
 				t.Fatal(err)
 			}
+			if err := s.AssignSite(t.Context(), audit.User("ana"), "d1", "plant1"); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.AdvanceCounter(t.Context(), "d1", "0a", 7); err != nil {
+				t.Fatal(err)
+			}
 		},
-		want: []string{"bridges ", "bridges 2"},
+		want: []string{"bridges ", "bridges 2", "device_counters 1", "device_sites 1"},
 		check: func(t *testing.T, ctx context.Context, db *postgres.DB) {
 			c, err := ca.Open(ca.Config{Dir: t.TempDir(), TrustDomain: "sigil.local"})
 			if err != nil {
@@ -223,6 +229,12 @@ var moreMigratedStores = []migratedStore{
 			}
 			if revs, err := s.Revocations(ctx, time.Time{}); err != nil || len(revs) != 1 {
 				t.Fatalf("revocations in the database: %+v, %v", revs, err)
+			}
+			if site, err := s.Site(ctx, "d1"); err != nil || site != "plant1" {
+				t.Fatalf("site assignment in the database: %q, %v", site, err)
+			}
+			if serial, last, err := s.Counter(ctx, "d1"); err != nil || serial != "0a" || last != 7 {
+				t.Fatalf("envelope counter in the database: %q %d, %v", serial, last, err)
 			}
 		}},
 	{name: "campaigns",

@@ -23,6 +23,8 @@ import (
 //	GET  /api/v1/bridges/{site}        one site's
 //	POST /api/v1/bridges               issue a site's credential for a CSR
 //	POST /api/v1/bridges/{site}/revoke revoke it (CRL, sessions cut)
+//	PUT  /api/v1/bridges/{site}/devices/{id}  assign a device to the site
+//	DELETE /api/v1/bridges/{site}/devices/{id} end that assignment
 
 // Bridges is what the API needs of the bridge store (*bridge.Service).
 type Bridges interface {
@@ -31,6 +33,9 @@ type Bridges interface {
 	Get(ctx context.Context, site string) (*bridge.Bridge, error)
 	List(ctx context.Context) ([]*bridge.Bridge, error)
 	Prefix(site string) string
+	Health(site string) bridge.Health
+	AssignSite(ctx context.Context, by audit.Actor, deviceID, site string) error
+	Site(ctx context.Context, deviceID string) (string, error)
 }
 
 var _ Bridges = (*bridge.Service)(nil)
@@ -53,6 +58,15 @@ type BridgeView struct {
 	Prefix string `json:"prefix"`
 	// Current is the serial of the current credential ("" when none).
 	Current string `json:"current,omitempty"`
+	// Health is what the fleet saw of the bridge since it started:
+	// connected now, last seen, accepted and refused device messages.
+	Health bridge.Health `json:"health"`
+}
+
+// DeviceSite is a device's assignment to a site's bridge.
+type DeviceSite struct {
+	Device string `json:"device"`
+	Site   string `json:"site"` // "" when the device is assigned to none
 }
 
 // BridgeCreated is the issued credential.
@@ -74,6 +88,10 @@ func (h *handler) routesBridges() {
 	h.route("GET /api/v1/bridges/{site}", auth.PermBridgesRead, h.withBridges(h.getBridge))
 	h.route("POST /api/v1/bridges", auth.PermBridgesWrite, h.withBridges(h.createBridge))
 	h.route("POST /api/v1/bridges/{site}/revoke", auth.PermBridgesWrite, h.withBridges(h.revokeBridge))
+	h.route("PUT /api/v1/bridges/{site}/devices/{id}", auth.PermBridgesWrite, h.withBridges(h.assignSite))
+	h.route("DELETE /api/v1/bridges/{site}/devices/{id}", auth.PermBridgesWrite, h.withBridges(h.assignSite))
+	h.describe("PUT /api/v1/bridges/{site}/devices/{id}", "Assign a device to a site: the fleet accepts its bridged messages only through that site's bridge", nil, DeviceSite{})
+	h.describe("DELETE /api/v1/bridges/{site}/devices/{id}", "End a device's assignment to a site (its bridged messages are refused)", nil, DeviceSite{})
 	h.describe("GET /api/v1/bridges", "List the OT bridges (plant brokers) and their credentials", nil, BridgeList{})
 	h.describe("GET /api/v1/bridges/{site}", "A site's OT bridge and its credentials", nil, BridgeView{})
 	h.describe("POST /api/v1/bridges", "Issue a site's bridge credential for a CSR (refused while the site holds a current one)", BridgeRequest{}, BridgeCreated{}, 201)
@@ -96,7 +114,41 @@ func (h *handler) bridgeView(b *bridge.Bridge) BridgeView {
 	if c, ok := b.Current(h.cfg.Now()); ok {
 		v.Current = c.Serial
 	}
+	v.Health = h.cfg.Bridges.Health(b.Site)
 	return v
+}
+
+// assignSite assigns (PUT) or unassigns (DELETE) a device to a site: an
+// operator's fact, never a device's claim. DELETE of a device assigned to
+// another site is 404.
+func (h *handler) assignSite(w http.ResponseWriter, r *http.Request, who string, bs Bridges) {
+	site, id := r.PathValue("site"), r.PathValue("id")
+	to := site
+	if r.Method == http.MethodDelete {
+		cur, err := bs.Site(r.Context(), id)
+		if err != nil {
+			h.internal(w, err)
+			return
+		}
+		if cur != site {
+			problem(w, http.StatusNotFound, "not found", "the device is not assigned to this site")
+			return
+		}
+		to = ""
+	} else if _, err := bs.Get(r.Context(), site); errors.Is(err, bridge.ErrNotFound) {
+		problem(w, http.StatusNotFound, "not found", "no bridge for this site")
+		return
+	}
+	err := bs.AssignSite(r.Context(), audit.User(who), id, to)
+	if errors.Is(err, bridge.ErrInvalid) {
+		problem(w, http.StatusBadRequest, "bad request", "invalid device ID or site")
+		return
+	}
+	if err != nil {
+		h.internal(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, DeviceSite{Device: id, Site: to})
 }
 
 func (h *handler) listBridges(w http.ResponseWriter, r *http.Request, _ string, bs Bridges) {
@@ -218,6 +270,16 @@ func (c *Client) Bridges(ctx context.Context) (*BridgeList, error) {
 func (c *Client) CreateBridge(ctx context.Context, req BridgeRequest) (*BridgeCreated, error) {
 	var out BridgeCreated
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/bridges", req, &out)
+}
+
+// AssignSite assigns a device to a site's bridge (site "" unassigns it
+// from from).
+func (c *Client) AssignSite(ctx context.Context, deviceID, site, from string) (*DeviceSite, error) {
+	var out DeviceSite
+	if site == "" {
+		return &out, c.Do(ctx, http.MethodDelete, "/api/v1/bridges/"+url.PathEscape(from)+"/devices/"+url.PathEscape(deviceID), nil, &out)
+	}
+	return &out, c.Do(ctx, http.MethodPut, "/api/v1/bridges/"+url.PathEscape(site)+"/devices/"+url.PathEscape(deviceID), nil, &out)
 }
 
 // RevokeBridge revokes a site's bridge credential.

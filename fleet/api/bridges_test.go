@@ -95,6 +95,27 @@ func TestBridgeRoutes(t *testing.T) {
 	resp, out = call(t, srv, "GET", "/api/v1/bridges/plant9", token, "")
 	wantProblem(t, resp, out, 404, "no bridge")
 
+	// A device is assigned to a site by an operator, and unassigned.
+	resp, out = call(t, srv, "PUT", "/api/v1/bridges/plant1/devices/d1", token, "")
+	if resp.StatusCode != 200 || !strings.Contains(out, `"site":"plant1"`) {
+		t.Fatalf("assign: %d %s", resp.StatusCode, out)
+	}
+	if site, err := svc.Site(t.Context(), "d1"); err != nil || site != "plant1" {
+		t.Fatalf("assigned to %q, %v", site, err)
+	}
+	resp, out = call(t, srv, "PUT", "/api/v1/bridges/plant9/devices/d1", token, "")
+	wantProblem(t, resp, out, 404, "no bridge")
+	resp, out = call(t, srv, "DELETE", "/api/v1/bridges/plant2/devices/d1", token, "")
+	wantProblem(t, resp, out, 404, "not assigned")
+	resp, out = call(t, srv, "DELETE", "/api/v1/bridges/plant1/devices/d1", token, "")
+	if site, _ := svc.Site(t.Context(), "d1"); resp.StatusCode != 200 || site != "" {
+		t.Fatalf("unassign: %d %s, still at %q", resp.StatusCode, out, site)
+	}
+	resp, out = call(t, srv, "GET", "/api/v1/bridges/plant1", token, "")
+	if resp.StatusCode != 200 || !strings.Contains(out, `"health":{"connected":false`) || !strings.Contains(out, `"replay":0`) {
+		t.Fatalf("a bridge's health: %d %s", resp.StatusCode, out)
+	}
+
 	resp, out = call(t, srv, "POST", "/api/v1/bridges/plant1/revoke", token, `{"reason":"keyCompromise","comment":"stolen"}`)
 	if resp.StatusCode != 200 || !strings.Contains(out, `"revoked"`) {
 		t.Fatalf("revoke: %d %s", resp.StatusCode, out)
@@ -137,6 +158,7 @@ func TestBridgePermissions(t *testing.T) {
 	want := map[string]auth.Permission{
 		"GET /api/v1/bridges": auth.PermBridgesRead, "GET /api/v1/bridges/{site}": auth.PermBridgesRead,
 		"POST /api/v1/bridges": auth.PermBridgesWrite, "POST /api/v1/bridges/{site}/revoke": auth.PermBridgesWrite,
+		"PUT /api/v1/bridges/{site}/devices/{id}": auth.PermBridgesWrite, "DELETE /api/v1/bridges/{site}/devices/{id}": auth.PermBridgesWrite,
 	}
 	for _, r := range Routes(New(Config{})) {
 		if p, ok := want[r.Pattern]; ok {

@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/audit"
@@ -70,7 +71,7 @@ var (
 var bucketBridges = []byte("bridges")
 
 // Buckets are the store's buckets: what sigil migrate copies.
-var Buckets = [][]byte{bucketBridges}
+var Buckets = [][]byte{bucketBridges, bucketSites, bucketCounters}
 
 const (
 	schemaVersion = 1
@@ -152,6 +153,8 @@ type Service struct {
 	cfg Config
 	db  kv.DB
 	log *slog.Logger
+	// consumer is set by Consume.
+	consumer atomic.Pointer[consumer]
 }
 
 // Open opens (creating) the bbolt file cfg.Path.

@@ -30,6 +30,8 @@ var conformanceTests = []pgtest.Test{
 	{Name: "AdmitOnlyTheCurrentCredential", Fn: TestAdmitOnlyTheCurrentCredential},
 	{Name: "RecordsSurviveReopen", Fn: TestRecordsSurviveReopen},
 	{Name: "AdmitRefusesARetiredCAGeneration", Fn: TestAdmitRefusesARetiredCAGeneration},
+	{Name: "CounterStore", Fn: TestCounterStore},
+	{Name: "AssignSite", Fn: TestAssignSite},
 }
 
 // TestConformance runs the store's tests on PostgreSQL (skipped without

@@ -40,26 +40,33 @@ func VerifyDevice(ctx context.Context, devs Devices, trustDomain, deviceID, topi
 	if err != nil {
 		return nil, "", fmt.Errorf("bridge: device %s: %w", deviceID, err)
 	}
+	v, _, err := verifyDevice(d, trustDomain, deviceID, topic, msg, after, now)
+	return v, d.State, err
+}
+
+// verifyDevice is VerifyDevice on the device's record d; it returns the
+// device's current certificate too.
+func verifyDevice(d *inventory.Device, trustDomain, deviceID, topic string, msg []byte, after uint64, now time.Time) (*envelope.Verified, *x509.Certificate, error) {
 	if d.State != inventory.StateActive && d.State != inventory.StateQuarantined {
-		return nil, d.State, fmt.Errorf("%w: device is %s", ErrNoCurrentCert, d.State)
+		return nil, nil, fmt.Errorf("%w: device is %s", ErrNoCurrentCert, d.State)
 	}
 	if len(d.CertDER) == 0 {
-		return nil, d.State, fmt.Errorf("%w: none kept", ErrNoCurrentCert)
+		return nil, nil, fmt.Errorf("%w: none kept", ErrNoCurrentCert)
 	}
 	cert, err := x509.ParseCertificate(d.CertDER)
 	if err != nil {
-		return nil, d.State, fmt.Errorf("%w: %v", ErrNoCurrentCert, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrNoCurrentCert, err)
 	}
 	serial := hex.EncodeToString(cert.SerialNumber.Bytes())
 	if id, err := identity.FromCertificate(cert, trustDomain); err != nil || id != deviceID || serial != d.CertSerial {
-		return nil, d.State, fmt.Errorf("%w: the kept certificate is not the device's current one", ErrNoCurrentCert)
+		return nil, nil, fmt.Errorf("%w: the kept certificate is not the device's current one", ErrNoCurrentCert)
 	}
 	if !d.Admits(serial, now) {
-		return nil, d.State, fmt.Errorf("%w: certificate %s revoked or expired", ErrNoCurrentCert, serial)
+		return nil, nil, fmt.Errorf("%w: certificate %s revoked or expired", ErrNoCurrentCert, serial)
 	}
 	v, err := envelope.Verify(msg, envelope.Expect{Key: cert.PublicKey, KeyID: serial, Topic: topic, After: after})
 	if err != nil {
-		return nil, d.State, err
+		return nil, nil, err
 	}
-	return v, d.State, nil
+	return v, cert, nil
 }

@@ -579,6 +579,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err == nil {
 		err = s.transport.Subscribe(s.topics.Filter(wire.SegDevice, "+", wire.Up), s.deviceMessage)
 	}
+	if err == nil && s.Broker != nil { // bridged device messages (fleet/bridge): verified end to end, then served as direct ones
+		err = s.bridges.Consume(s.Broker, bridge.Consume{Devices: s.Inv, TrustDomain: s.cfg.TrustDomain, Dispatch: s.deviceMessage, Metrics: s.Metrics})
+	}
 	if err != nil {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
