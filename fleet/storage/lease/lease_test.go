@@ -380,26 +380,34 @@ func TestHoldFencesTheWork(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	stolen := make(chan struct{})
+	wrote := make(chan error, 1) // the work's first write, under the lease
 	fenced := make(chan error, 1)
 	done := make(chan error, 1)
 	go func() {
+		first := true
 		done <- r[0].Hold(ctx, "campaign_step", func(wctx context.Context) error {
 			nop := func(pgx.Tx) error { return nil }
-			if err := db.Tx(wctx, nop); err != nil {
+			err := db.Tx(wctx, nop)
+			if first {
+				first = false
+				wrote <- err
+			}
+			if err != nil {
 				return err
 			}
 			<-stolen
-			err := db.Tx(context.WithoutCancel(wctx), nop)
+			err = db.Tx(context.WithoutCancel(wctx), nop)
 			fenced <- err
 			<-wctx.Done()
 			return err
 		})
 	}()
-	wait.For(t, "the work to hold the lease", func() bool {
-		var n int
-		err := db.Pool().QueryRow(t.Context(), `SELECT count(*) FROM lease WHERE name = 'campaign_step' AND holder = 'a'`).Scan(&n)
-		return err == nil && n == 1
-	})
+	// The lease is taken over only once the work has written under it:
+	// taken over as soon as the lease row names the holder, the work's
+	// first write could come after the takeover (fenced already).
+	if err := <-wrote; err != nil {
+		t.Fatalf("the work's first write under the lease: %v", err)
+	}
 	if _, err := db.Pool().Exec(t.Context(), `UPDATE lease SET holder = 'thief', epoch = epoch + 1 WHERE name = 'campaign_step'`); err != nil {
 		t.Fatal(err)
 	}
