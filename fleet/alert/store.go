@@ -426,6 +426,18 @@ func (s *store) countAlerts(ctx context.Context) (int, error) {
 	return n, err
 }
 
+// alertSeq returns the highest alert ID given so far: IDs are never
+// given twice, so the alerts created after a count are at most the IDs
+// given since.
+func (s *store) alertSeq(ctx context.Context) (uint64, error) {
+	var n uint64
+	err := s.db.View(ctx, func(tx kv.Tx) error {
+		n = tx.Bucket(bucketAlerts).Sequence()
+		return nil
+	})
+	return n, err
+}
+
 // prune deletes the oldest resolved alerts until at most keep remain (open
 // alerts are never deleted) and returns how many it deleted.
 func (s *store) prune(ctx context.Context, excess int) (int, error) {

@@ -67,6 +67,7 @@ func TestConformance(t *testing.T) {
 	} {
 		t.Run(b.name, func(t *testing.T) {
 			t.Run("order", func(t *testing.T) { testOrder(t, b.open(t)) })
+			t.Run("long-scan", func(t *testing.T) { testLongScan(t, b.open(t)) })
 			t.Run("rollback", func(t *testing.T) { testRollback(t, b.open(t)) })
 			t.Run("sequence", func(t *testing.T) { testSequence(t, b.open(t)) })
 			t.Run("concurrent", func(t *testing.T) { testConcurrent(t, b.open(t), b.once) })
@@ -156,6 +157,82 @@ func testOrder(t *testing.T, db kv.DB) {
 		tx.Bucket(bucketA).ForEach(func(k, v []byte) error { n++; return nil })
 		if n != 3 {
 			t.Errorf("%d keys left after deleting a* and b*, want 3", n)
+		}
+		return nil
+	})
+}
+
+// testLongScan: cursors over more keys than one read ahead (PostgreSQL
+// reads a few keys when a cursor lands, more at each further read): a
+// scan sees every key once in order, from First and from a Seek, and
+// deleting under a cursor across reads moves on.
+func testLongScan(t *testing.T, db kv.DB) {
+	const n = 700
+	key := func(i int) []byte { return fmt.Appendf(nil, "k%04d", i) }
+	if err := db.Update(t.Context(), func(tx kv.Tx) error {
+		for i := range n {
+			if err := tx.Bucket(bucketA).Put(key(i), key(i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	scan := func(tx kv.Tx, from int) (int, error) {
+		c := tx.Bucket(bucketA).Cursor()
+		k, v := c.First()
+		if from > 0 {
+			k, v = c.Seek(key(from))
+		}
+		i := from
+		for ; k != nil; k, v = c.Next() {
+			if string(k) != string(key(i)) || string(v) != string(key(i)) {
+				return i, fmt.Errorf("key %d: %q %q", i, k, v)
+			}
+			i++
+		}
+		if k, _ := c.Next(); k != nil {
+			return i, fmt.Errorf("Next past the end = %q", k)
+		}
+		return i, nil
+	}
+	if err := db.View(t.Context(), func(tx kv.Tx) error {
+		for _, from := range []int{0, 3, 250, 699} {
+			if i, err := scan(tx, from); err != nil || i != n {
+				t.Errorf("scan from %d: ended at %d, %v", from, i, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(t.Context(), func(tx kv.Tx) error {
+		c := tx.Bucket(bucketA).Cursor()
+		i := 0
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if string(k) != string(key(i)) {
+				return fmt.Errorf("deleting: key %d is %q", i, k)
+			}
+			if i%2 == 1 {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+			i++
+		}
+		if i != n {
+			return fmt.Errorf("deleting: %d keys seen, want %d", i, n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.View(t.Context(), func(tx kv.Tx) error {
+		var left []string
+		tx.Bucket(bucketA).ForEach(func(k, _ []byte) error { left = append(left, string(k)); return nil })
+		if len(left) != n/2 || left[0] != "k0000" || left[len(left)-1] != string(key(n-2)) {
+			t.Errorf("%d keys left after deleting every other, want %d", len(left), n/2)
 		}
 		return nil
 	})

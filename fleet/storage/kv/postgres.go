@@ -297,8 +297,15 @@ func (b *pgBucket) ForEachBucket(fn func(name []byte) error) error {
 	return b.tx.forEachBucket(b.name, fn)
 }
 
-// readAhead is how many keys a cursor moving forward reads at once.
-const readAhead = 256
+// A cursor moving forward reads ahead: firstAhead keys when it lands
+// (First, Seek), twice as many at each further read, up to readAhead. A
+// Seek that only looks at a few keys — a device's rows, the key before
+// (Seek then Prev) — reads a few rows, not readAhead rows of the keys
+// after them; a long scan still reads readAhead at a time.
+const (
+	firstAhead = 8
+	readAhead  = 256
+)
 
 type pair struct{ k, v []byte }
 
@@ -309,6 +316,8 @@ type pgCursor struct {
 	cur    []byte // the key it is on; nil before the first move or past the end
 	ahead  []pair // the keys after cur, read when writes was
 	writes int
+	next   int  // how many keys the next forward read asks for
+	end    bool // the last forward read reached the bucket's end (valid while writes is unchanged)
 }
 
 func (c *pgCursor) query(where string, desc bool, limit int, args ...any) []pair {
@@ -338,50 +347,64 @@ func (c *pgCursor) query(where string, desc bool, limit int, args ...any) []pair
 	return out
 }
 
-// land puts the cursor on the first of ps (forward: the rest are read
-// ahead).
-func (c *pgCursor) land(ps []pair, forward bool) ([]byte, []byte) {
-	c.ahead = nil
+// land puts the cursor on the first of ps (backward: one key read).
+func (c *pgCursor) land(ps []pair) ([]byte, []byte) {
+	c.ahead, c.end = nil, false
 	if len(ps) == 0 {
 		c.cur = nil
 		return nil, nil
 	}
 	c.cur = ps[0].k
-	if forward {
-		c.ahead, c.writes = ps[1:], c.b.tx.writes
-	}
 	return ps[0].k, ps[0].v
 }
 
+// forward reads up to limit keys from where and lands on the first; the
+// rest are read ahead.
+func (c *pgCursor) forward(where string, limit int, args ...any) ([]byte, []byte) {
+	ps := c.query(where, false, limit, args...)
+	k, v := c.land(ps)
+	if k != nil {
+		c.ahead = ps[1:]
+	}
+	c.writes, c.end, c.next = c.b.tx.writes, len(ps) < limit, min(2*limit, readAhead)
+	return k, v
+}
+
 func (c *pgCursor) First() ([]byte, []byte) {
-	return c.land(c.query("", false, readAhead), true)
+	return c.forward("", firstAhead)
 }
 
 func (c *pgCursor) Last() ([]byte, []byte) {
-	return c.land(c.query("", true, 1), false)
+	return c.land(c.query("", true, 1))
 }
 
 func (c *pgCursor) Seek(key []byte) ([]byte, []byte) {
-	return c.land(c.query(" AND key >= $2", false, readAhead, key), true)
+	return c.forward(" AND key >= $2", firstAhead, key)
 }
 
 func (c *pgCursor) Next() ([]byte, []byte) {
 	if c.cur == nil {
 		return nil, nil
 	}
-	if len(c.ahead) > 0 && c.writes == c.b.tx.writes {
-		p := c.ahead[0]
-		c.ahead, c.cur = c.ahead[1:], p.k
-		return p.k, p.v
+	if c.writes == c.b.tx.writes {
+		if len(c.ahead) > 0 {
+			p := c.ahead[0]
+			c.ahead, c.cur = c.ahead[1:], p.k
+			return p.k, p.v
+		}
+		if c.end {
+			c.cur = nil
+			return nil, nil
+		}
 	}
-	return c.land(c.query(" AND key > $2", false, readAhead, c.cur), true)
+	return c.forward(" AND key > $2", max(c.next, firstAhead), c.cur)
 }
 
 func (c *pgCursor) Prev() ([]byte, []byte) {
 	if c.cur == nil {
 		return nil, nil
 	}
-	return c.land(c.query(" AND key < $2", true, 1, c.cur), false)
+	return c.land(c.query(" AND key < $2", true, 1, c.cur))
 }
 
 func (c *pgCursor) Delete() error {
