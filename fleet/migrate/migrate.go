@@ -85,6 +85,20 @@ type kvStore struct {
 	records func(keys map[string]int) map[string]int
 }
 
+// opened returns a kvStore.open that opens the store with openStore
+// (which migrates its tables), closes it, and returns its buckets in
+// table.
+func opened[S interface{ Close() error }](openStore func(context.Context, *postgres.DB) (S, error), table string, o ...kv.Options) func(context.Context, *postgres.DB) (kv.DB, error) {
+	return func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+		st, err := openStore(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		st.Close()
+		return kv.Postgres(db, table, o...)
+	}
+}
+
 func kvStores() []kvStore {
 	return []kvStore{
 		{name: "audit", file: audit.File, buckets: audit.Buckets,
@@ -95,14 +109,9 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				l, err := audit.OpenPostgres(ctx, db, audit.Config{})
-				if err != nil {
-					return nil, err
-				}
-				l.Close()
-				return kv.Postgres(db, audit.Table)
-			}},
+			open: opened(func(ctx context.Context, db *postgres.DB) (*audit.Log, error) {
+				return audit.OpenPostgres(ctx, db, audit.Config{})
+			}, audit.Table)},
 		{name: "operators", file: auth.File, buckets: auth.Buckets,
 			create: func(path string) error {
 				a, err := auth.Open(auth.Config{Path: path})
@@ -111,14 +120,9 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				a, err := auth.OpenPostgres(ctx, db, auth.Config{})
-				if err != nil {
-					return nil, err
-				}
-				a.Close()
-				return kv.Postgres(db, auth.Table)
-			}},
+			open: opened(func(ctx context.Context, db *postgres.DB) (*auth.Service, error) {
+				return auth.OpenPostgres(ctx, db, auth.Config{})
+			}, auth.Table)},
 		{name: "attestations", file: attest.HistoryFile, buckets: nil, // a bucket per device, and the summaries: every one
 			create: func(path string) error {
 				h, err := attest.OpenHistory(path, 0)
@@ -127,14 +131,9 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				h, err := attest.OpenHistoryPostgres(ctx, db, 0)
-				if err != nil {
-					return nil, err
-				}
-				h.Close()
-				return kv.Postgres(db, attest.HistoryTable)
-			},
+			open: opened(func(ctx context.Context, db *postgres.DB) (*attest.History, error) {
+				return attest.OpenHistoryPostgres(ctx, db, 0)
+			}, attest.HistoryTable),
 			records: func(keys map[string]int) map[string]int { // a bucket per device, and the devices' summaries
 				out := map[string]int{"devices": 0}
 				for name, n := range keys {
@@ -155,14 +154,9 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				m, err := approval.OpenPostgres(ctx, db, approval.Config{})
-				if err != nil {
-					return nil, err
-				}
-				m.Close()
-				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
-			}},
+			open: opened(func(ctx context.Context, db *postgres.DB) (*approval.Manager, error) {
+				return approval.OpenPostgres(ctx, db, approval.Config{})
+			}, approval.Table, kv.Options{Serialized: true})},
 		{name: "access", file: access.File, buckets: access.Buckets,
 			create: access.CreateFile,
 			open:   access.OpenPostgres},
@@ -174,14 +168,7 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				s, err := campaign.OpenPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				s.Close()
-				return kv.Postgres(db, campaign.Table, kv.Options{Serialized: true})
-			}},
+			open: opened(campaign.OpenPostgres, campaign.Table, kv.Options{Serialized: true})},
 		{name: "telemetry", file: telemetry.File, buckets: telemetry.Buckets,
 			create: func(path string) error {
 				c, err := telemetry.OpenCursors(path)
@@ -190,14 +177,7 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				c, err := telemetry.OpenCursorsPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				c.Close()
-				return kv.Postgres(db, telemetry.Table)
-			}},
+			open: opened(telemetry.OpenCursorsPostgres, telemetry.Table)},
 		{name: "alerts", file: alert.File, buckets: alert.Buckets,
 			create: func(path string) error {
 				e, err := alert.Open(alert.Config{Path: path})
@@ -222,14 +202,9 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				g, err := governance.OpenPostgres(ctx, db, governance.Config{Devices: noDevices{}})
-				if err != nil {
-					return nil, err
-				}
-				g.Close()
-				return kv.Postgres(db, governance.Table, kv.Options{Serialized: true})
-			}},
+			open: opened(func(ctx context.Context, db *postgres.DB) (*governance.Service, error) {
+				return governance.OpenPostgres(ctx, db, governance.Config{Devices: noDevices{}})
+			}, governance.Table, kv.Options{Serialized: true})},
 		{name: "rotations", file: rotation.JobsFile, buckets: rotation.JobsBuckets, // a job's devices and queue nested
 			create: func(path string) error {
 				j, err := rotation.OpenJobs(path)
@@ -238,14 +213,7 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				j, err := rotation.OpenJobsPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				j.Close()
-				return kv.Postgres(db, rotation.JobsTable, kv.Options{Serialized: true})
-			},
+			open: opened(rotation.OpenJobsPostgres, rotation.JobsTable, kv.Options{Serialized: true}),
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"jobs": keys["jobs"], "devices": keys["devices"]}
 			}},
@@ -269,14 +237,7 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				d, err := secrets.OpenDeliveriesPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				d.Close()
-				return kv.Postgres(db, secrets.DeliveriesTable)
-			},
+			open: opened(secrets.OpenDeliveriesPostgres, secrets.DeliveriesTable),
 			records: func(keys map[string]int) map[string]int {
 				out := map[string]int{"secrets": len(keys), "deliveries": 0}
 				for _, n := range keys {
@@ -342,14 +303,9 @@ func kvStores() []kvStore {
 				}
 				return err
 			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				s, err := workload.OpenPostgres(ctx, db, make([]byte, 32))
-				if err != nil {
-					return nil, err
-				}
-				s.Close()
-				return kv.Postgres(db, workload.Table)
-			},
+			open: opened(func(ctx context.Context, db *postgres.DB) (*workload.Store, error) {
+				return workload.OpenPostgres(ctx, db, make([]byte, 32))
+			}, workload.Table),
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"registrations": keys["registrations"], "signing keys": keys["jwt_keys"]}
 			}},
