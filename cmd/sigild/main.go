@@ -22,6 +22,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sigil-iot/sigil/device/agent"
 	"github.com/sigil-iot/sigil/pkg/config"
@@ -49,7 +50,7 @@ const (
 	exitOK       = 0
 	exitError    = 1
 	exitUsage    = 2
-	exitNotReady = 3 // status: not enrolled or not connected
+	exitNotReady = 3 // status: not enrolled, not connected, or the fleet silent
 )
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -243,7 +244,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprint(stdout, st.Text())
 	}
-	if st.Enrollment != "enrolled" || !st.Connected {
+	if st.Enrollment != "enrolled" || !st.Connected || st.Silence(time.Now()) > 0 {
 		return exitNotReady
 	}
 	return exitOK

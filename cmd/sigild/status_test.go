@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigil-iot/sigil/device/agent"
 )
@@ -79,5 +80,48 @@ func TestStatusEscapesUntrustedText(t *testing.T) {
 				t.Fatalf("JSON does not carry the same values: %v\n%s", err, s)
 			}
 		}
+	}
+}
+
+// TestStatusSaysTheFleetIsSilent: a daemon connected to a broker whose
+// fleet has answered nothing for minutes is not reported "connected":
+// the text says so (with the last answer), --json carries the times, and
+// the exit code is "not ready"; once the fleet answers, it is ready.
+func TestStatusSaysTheFleetIsSilent(t *testing.T) {
+	silentSince := time.Now().Add(-2*time.Minute - 10*time.Second)
+	for _, tc := range []struct {
+		name string
+		st   agent.Status
+		want string
+		code int
+	}{
+		{"silent", agent.Status{Connected: true, FleetSilentSince: silentSince},
+			"connected:    to the broker; no answer from the fleet for 2m1", exitNotReady},
+		{"answered", agent.Status{Connected: true, LastFleetMessage: time.Now()}, "connected:    true\n", exitOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tc.st.DeviceID, tc.st.Enrollment, tc.st.Broker, tc.st.Model, tc.st.Running = "0123abcd", "enrolled", "plant:8883", "gw-1", true
+			cfg := filepath.Join(dir, "sigild.json")
+			b, _ := json.Marshal(map[string]string{"broker": "plant:8883", "model": "gw-1", "control": fakeDaemon(t, dir, tc.st), "state": filepath.Join(dir, "state.db")})
+			if err := os.WriteFile(cfg, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			if code := cmdStatus([]string{"--config", cfg}, &out, io.Discard); code != tc.code || !strings.Contains(out.String(), tc.want) {
+				t.Fatalf("exit %d (want %d), want %q in:\n%s", code, tc.code, tc.want, out.String())
+			}
+			if tc.name == "silent" && !strings.Contains(out.String(), "(last answer: never)") {
+				t.Fatalf("no last answer:\n%s", out.String())
+			}
+			out.Reset()
+			if code := cmdStatus([]string{"--config", cfg, "--json"}, &out, io.Discard); code != tc.code {
+				t.Fatalf("--json: exit %d, want %d", code, tc.code)
+			}
+			var got agent.Status
+			if err := json.Unmarshal(out.Bytes(), &got); err != nil || !got.FleetSilentSince.Equal(tc.st.FleetSilentSince) || !got.LastFleetMessage.Equal(tc.st.LastFleetMessage) {
+				t.Fatalf("--json does not carry the fleet's times: %v\n%s", err, out.String())
+			}
+		})
 	}
 }

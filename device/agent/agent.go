@@ -92,6 +92,37 @@ type Status struct {
 	// answer ("pass", or "fail: <reason>").
 	LastAttested time.Time `json:"last_attested,omitzero"`
 	LastVerdict  string    `json:"last_verdict,omitempty"`
+	// LastFleetMessage is when a message from the fleet last arrived;
+	// FleetSilentSince when the oldest message the fleet answers (an
+	// attestation request, evidence) was sent since then (zero: none
+	// waits). A broker that accepts the device while the fleet behind it
+	// answers nothing (a plant bridge cut off from the fleet) shows here.
+	LastFleetMessage time.Time `json:"last_fleet_message,omitzero"`
+	FleetSilentSince time.Time `json:"fleet_silent_since,omitzero"`
+}
+
+// SilentAfter is how long a connected device waits for the fleet's answer
+// before its status says the fleet is silent.
+const SilentAfter = 30 * time.Second
+
+// Silence is how long the fleet has left the device's messages unanswered
+// at now, when the device is connected and that is SilentAfter or more;
+// otherwise zero.
+func (s *Status) Silence(now time.Time) time.Duration {
+	if d := now.Sub(s.FleetSilentSince); s.Connected && !s.FleetSilentSince.IsZero() && d >= SilentAfter {
+		return d
+	}
+	return 0
+}
+
+// expectAnswer notes that the device is about to send the fleet a message
+// it answers; the fleet is silent from the oldest such message.
+func (a *Agent) expectAnswer() {
+	a.setStatus(func(s *Status) {
+		if s.FleetSilentSince.IsZero() {
+			s.FleetSilentSince = a.now()
+		}
+	})
 }
 
 // New validates cfg. Run does the work. Options replace what the agent
@@ -516,6 +547,7 @@ func (a *Agent) handleDown(topic string, payload []byte) {
 		a.log.Warn("dropping malformed message from fleet", "topic", topic, "err", err)
 		return
 	}
+	a.setStatus(func(s *Status) { s.LastFleetMessage, s.FleetSilentSince = a.now(), time.Time{} })
 	switch env.Type {
 	case wire.TypeAttestChallenge:
 		var ch wire.AttestChallenge

@@ -156,6 +156,7 @@ func (a *Agent) jitter(d time.Duration) time.Duration {
 func (a *Agent) requestAttestation(ctx context.Context, conn publisher, id *state.Identity, reason string) bool {
 	b, err := wire.Encode(wire.TypeAttestRequest, nil, a.now(), &wire.AttestRequest{Reason: reason})
 	if err == nil {
+		a.expectAnswer() // a challenge
 		err = conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "attest"), b)
 	}
 	if err != nil && ctx.Err() == nil {
@@ -172,6 +173,7 @@ func (a *Agent) answerChallenge(ctx context.Context, conn publisher, id *state.I
 	}
 	b, err := wire.Encode(wire.TypeAttestEvidence, nil, a.now(), ev)
 	if err == nil {
+		a.expectAnswer() // a verdict
 		err = conn.Publish(ctx, a.topics.DeviceUp(id.DeviceID, "attest"), b)
 	}
 	if err != nil {

@@ -135,7 +135,15 @@ func (s *Status) Text() string {
 	row("device id", s.DeviceID)
 	row("enrollment", s.Enrollment)
 	if s.Running {
-		row("connected", fmt.Sprint(s.Connected))
+		connected := fmt.Sprint(s.Connected)
+		if d := s.Silence(time.Now()); d > 0 {
+			last := "never"
+			if !s.LastFleetMessage.IsZero() {
+				last = s.LastFleetMessage.Format(time.RFC3339)
+			}
+			connected = "to the broker; no answer from the fleet for " + d.Round(time.Second).String() + " (last answer: " + last + ")"
+		}
+		row("connected", connected)
 	}
 	row("broker", s.Broker)
 	row("cert serial", s.CertSerial)

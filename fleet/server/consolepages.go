@@ -18,7 +18,7 @@ func (s *Server) consoleExtensions() []console.Extension {
 	if s.Approvals != nil {
 		exts = append(exts, console.ApprovalPages{Approvals: s.Approvals}.Extension())
 	}
-	exts = append(exts, console.AccessPages{Grants: s.Access}.Extension(), console.WorkloadPages{Workloads: s.Workload}.Extension()) // JIT SSH access, workload identities
+	exts = append(exts, console.AccessPages{Grants: s.Access}.Extension(), console.WorkloadPages{Workloads: s.Workload}.Extension(), console.BridgePages{Bridges: s.bridges}.Extension()) // JIT SSH access, workload identities, OT bridges
 	if s.Audit != nil {
 		exts = append(exts, console.AuditPages{Log: s.Audit}.Extension())
 	}
