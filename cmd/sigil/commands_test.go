@@ -525,3 +525,33 @@ func TestAPIErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestExposureReportOut: exposure report --out writes the report to the
+// file, and a write that fails when the file is flushed and closed
+// (/dev/full: no space left) ends the command with an error rather than
+// with a lost report and exit 0.
+func TestExposureReportOut(t *testing.T) {
+	t.Chdir(t.TempDir())
+	newFakeAPI(t, map[string]string{"GET /api/v1/advisories/OSV-2026-1/report": jReport})
+	for _, format := range []string{"text", "json", "csv"} {
+		t.Run(format, func(t *testing.T) {
+			if format == "csv" {
+				newFakeAPI(t, map[string]string{"GET /api/v1/advisories/OSV-2026-1/report": "advisory,device_id\nOSV-2026-1,dev-1\n"})
+			}
+			stdout, stderr, code := runCLI(t, "", "exposure", "report", "OSV-2026-1", "--format", format, "--out", "report."+format)
+			if code != 0 || stdout != "" || stderr != "" {
+				t.Fatalf("--out report.%s: exit %d, stdout %q, stderr %q", format, code, stdout, stderr)
+			}
+			if b, err := os.ReadFile("report." + format); err != nil || !strings.Contains(string(b), "dev-1") {
+				t.Fatalf("report.%s holds %q (%v), want the report", format, b, err)
+			}
+			if _, err := os.Stat("/dev/full"); err != nil {
+				t.Fatalf("this test needs /dev/full: %v", err)
+			}
+			stdout, stderr, code = runCLI(t, "", "exposure", "report", "OSV-2026-1", "--format", format, "--out", "/dev/full")
+			if code != exitError || stdout != "" || !strings.Contains(stderr, "no space left on device") {
+				t.Errorf("--out /dev/full: exit %d (want %d), stdout %q, stderr %q (want it to say no space left)", code, exitError, stdout, stderr)
+			}
+		})
+	}
+}

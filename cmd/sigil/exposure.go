@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -111,15 +113,22 @@ func exposureCommand() *command {
 				setup: func(fs *flag.FlagSet) action {
 					format := fs.String("format", "text", "text, json or csv")
 					out := fs.String("out", "", "file to write (default: standard output)")
-					return func(ctx context.Context, x *call) error {
+					return func(ctx context.Context, x *call) (err error) {
 						w := x.stdout
 						if *out != "" {
-							f, err := os.Create(*out)
-							if err != nil {
-								return err
+							f, cerr := os.Create(*out)
+							if cerr != nil {
+								return cerr
 							}
-							defer f.Close()
-							w = f
+							// The report is buffered: a write that fails is
+							// reported by Flush or Close, whichever format.
+							bw := bufio.NewWriter(f)
+							defer func() {
+								if ferr := errors.Join(bw.Flush(), f.Close()); err == nil {
+									err = ferr
+								}
+							}()
+							w = bw
 						}
 						switch *format {
 						case "csv":

@@ -90,12 +90,9 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Manager, e
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, "approval", migrations); err != nil {
-		return nil, fmt.Errorf("approval: %w", err)
-	}
-	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	k, err := kv.PostgresMigrated(ctx, db, "approval", migrations, Table, kv.Options{Serialized: true})
 	if err != nil {
-		return nil, fmt.Errorf("approval: %w", err)
+		return nil, err
 	}
 	return start(cfg, k, "database")
 }

@@ -203,12 +203,9 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Log, error
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, "audit", migrations); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
-	}
-	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	k, err := kv.PostgresMigrated(ctx, db, "audit", migrations, Table, kv.Options{Serialized: true})
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, err
 	}
 	return l.start(k)
 }

@@ -281,12 +281,9 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Service, e
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, "auth", migrations); err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
-	}
-	k, err := kv.Postgres(db, Table)
+	k, err := kv.PostgresMigrated(ctx, db, "auth", migrations, Table)
 	if err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
+		return nil, err
 	}
 	return newService(cfg, k, &sharedThrottle{cfg: cfg.Throttle, db: k}), nil
 }

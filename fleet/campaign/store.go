@@ -87,12 +87,9 @@ func Open(path string) (*Store, error) {
 // the bbolt file: an engine step on two replicas at once announces each
 // device once, and a report is counted once. Close leaves db open.
 func OpenPostgres(ctx context.Context, db *postgres.DB) (*Store, error) {
-	if err := db.Migrate(ctx, "campaign", migrations); err != nil {
-		return nil, fmt.Errorf("campaign: %w", err)
-	}
-	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
+	k, err := kv.PostgresMigrated(ctx, db, "campaign", migrations, Table, kv.Options{Serialized: true})
 	if err != nil {
-		return nil, fmt.Errorf("campaign: %w", err)
+		return nil, err
 	}
 	return &Store{db: k, shared: true}, nil
 }

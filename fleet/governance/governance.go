@@ -363,14 +363,7 @@ func Open(cfg Config) (*Service, error) {
 // open.
 func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Service, error) {
 	return open(cfg, func() (kv.DB, error) {
-		if err := db.Migrate(ctx, "governance", migrations); err != nil {
-			return nil, fmt.Errorf("governance: %w", err)
-		}
-		k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
-		if err != nil {
-			return nil, fmt.Errorf("governance: %w", err)
-		}
-		return k, nil
+		return kv.PostgresMigrated(ctx, db, "governance", migrations, Table, kv.Options{Serialized: true})
 	}, "database")
 }
 

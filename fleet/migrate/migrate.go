@@ -85,56 +85,49 @@ type kvStore struct {
 	records func(keys map[string]int) map[string]int
 }
 
+// created returns a kvStore.create that opens the store's file at path
+// with openFile (which creates it) and closes it.
+func created[S interface{ Close() error }](openFile func(path string) (S, error)) func(path string) error {
+	return func(path string) error {
+		st, err := openFile(path)
+		if err == nil {
+			err = st.Close()
+		}
+		return err
+	}
+}
+
+// opened returns a kvStore.open that opens the store with openStore
+// (which migrates its tables), closes it, and returns its buckets in
+// table.
+func opened[S interface{ Close() error }](openStore func(context.Context, *postgres.DB) (S, error), table string, o ...kv.Options) func(context.Context, *postgres.DB) (kv.DB, error) {
+	return func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
+		st, err := openStore(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		st.Close()
+		return kv.Postgres(db, table, o...)
+	}
+}
+
 func kvStores() []kvStore {
 	return []kvStore{
 		{name: "audit", file: audit.File, buckets: audit.Buckets,
-			create: func(path string) error {
-				l, err := audit.Open(audit.Config{Path: path})
-				if err == nil {
-					err = l.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				l, err := audit.OpenPostgres(ctx, db, audit.Config{})
-				if err != nil {
-					return nil, err
-				}
-				l.Close()
-				return kv.Postgres(db, audit.Table)
-			}},
+			create: created(func(path string) (*audit.Log, error) { return audit.Open(audit.Config{Path: path}) }),
+			open: opened(func(ctx context.Context, db *postgres.DB) (*audit.Log, error) {
+				return audit.OpenPostgres(ctx, db, audit.Config{})
+			}, audit.Table)},
 		{name: "operators", file: auth.File, buckets: auth.Buckets,
-			create: func(path string) error {
-				a, err := auth.Open(auth.Config{Path: path})
-				if err == nil {
-					err = a.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				a, err := auth.OpenPostgres(ctx, db, auth.Config{})
-				if err != nil {
-					return nil, err
-				}
-				a.Close()
-				return kv.Postgres(db, auth.Table)
-			}},
+			create: created(func(path string) (*auth.Service, error) { return auth.Open(auth.Config{Path: path}) }),
+			open: opened(func(ctx context.Context, db *postgres.DB) (*auth.Service, error) {
+				return auth.OpenPostgres(ctx, db, auth.Config{})
+			}, auth.Table)},
 		{name: "attestations", file: attest.HistoryFile, buckets: nil, // a bucket per device, and the summaries: every one
-			create: func(path string) error {
-				h, err := attest.OpenHistory(path, 0)
-				if err == nil {
-					err = h.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				h, err := attest.OpenHistoryPostgres(ctx, db, 0)
-				if err != nil {
-					return nil, err
-				}
-				h.Close()
-				return kv.Postgres(db, attest.HistoryTable)
-			},
+			create: created(func(path string) (*attest.History, error) { return attest.OpenHistory(path, 0) }),
+			open: opened(func(ctx context.Context, db *postgres.DB) (*attest.History, error) {
+				return attest.OpenHistoryPostgres(ctx, db, 0)
+			}, attest.HistoryTable),
 			records: func(keys map[string]int) map[string]int { // a bucket per device, and the devices' summaries
 				out := map[string]int{"devices": 0}
 				for name, n := range keys {
@@ -148,56 +141,19 @@ func kvStores() []kvStore {
 				return out
 			}},
 		{name: "approvals", file: approval.File, buckets: approval.Buckets,
-			create: func(path string) error {
-				m, err := approval.Open(approval.Config{Path: path})
-				if err == nil {
-					err = m.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				m, err := approval.OpenPostgres(ctx, db, approval.Config{})
-				if err != nil {
-					return nil, err
-				}
-				m.Close()
-				return kv.Postgres(db, approval.Table, kv.Options{Serialized: true})
-			}},
+			create: created(func(path string) (*approval.Manager, error) { return approval.Open(approval.Config{Path: path}) }),
+			open: opened(func(ctx context.Context, db *postgres.DB) (*approval.Manager, error) {
+				return approval.OpenPostgres(ctx, db, approval.Config{})
+			}, approval.Table, kv.Options{Serialized: true})},
 		{name: "access", file: access.File, buckets: access.Buckets,
 			create: access.CreateFile,
 			open:   access.OpenPostgres},
 		{name: "campaigns", file: campaign.File, buckets: campaign.Buckets, // a bucket per campaign in "campaigns"
-			create: func(path string) error {
-				s, err := campaign.Open(path)
-				if err == nil {
-					err = s.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				s, err := campaign.OpenPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				s.Close()
-				return kv.Postgres(db, campaign.Table, kv.Options{Serialized: true})
-			}},
+			create: created(campaign.Open),
+			open:   opened(campaign.OpenPostgres, campaign.Table, kv.Options{Serialized: true})},
 		{name: "telemetry", file: telemetry.File, buckets: telemetry.Buckets,
-			create: func(path string) error {
-				c, err := telemetry.OpenCursors(path)
-				if err == nil {
-					err = c.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				c, err := telemetry.OpenCursorsPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				c.Close()
-				return kv.Postgres(db, telemetry.Table)
-			}},
+			create: created(telemetry.OpenCursors),
+			open:   opened(telemetry.OpenCursorsPostgres, telemetry.Table)},
 		{name: "alerts", file: alert.File, buckets: alert.Buckets,
 			create: func(path string) error {
 				e, err := alert.Open(alert.Config{Path: path})
@@ -215,68 +171,29 @@ func kvStores() []kvStore {
 				return kv.Postgres(db, alert.Table)
 			}},
 		{name: "governance", file: governance.File, buckets: governance.Buckets,
-			create: func(path string) error {
-				g, err := governance.Open(governance.Config{Path: path, Devices: noDevices{}})
-				if err == nil {
-					err = g.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				g, err := governance.OpenPostgres(ctx, db, governance.Config{Devices: noDevices{}})
-				if err != nil {
-					return nil, err
-				}
-				g.Close()
-				return kv.Postgres(db, governance.Table, kv.Options{Serialized: true})
-			}},
+			create: created(func(path string) (*governance.Service, error) {
+				return governance.Open(governance.Config{Path: path, Devices: noDevices{}})
+			}),
+			open: opened(func(ctx context.Context, db *postgres.DB) (*governance.Service, error) {
+				return governance.OpenPostgres(ctx, db, governance.Config{Devices: noDevices{}})
+			}, governance.Table, kv.Options{Serialized: true})},
 		{name: "rotations", file: rotation.JobsFile, buckets: rotation.JobsBuckets, // a job's devices and queue nested
-			create: func(path string) error {
-				j, err := rotation.OpenJobs(path)
-				if err == nil {
-					err = j.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				j, err := rotation.OpenJobsPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				j.Close()
-				return kv.Postgres(db, rotation.JobsTable, kv.Options{Serialized: true})
-			},
+			create: created(rotation.OpenJobs),
+			open:   opened(rotation.OpenJobsPostgres, rotation.JobsTable, kv.Options{Serialized: true}),
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"jobs": keys["jobs"], "devices": keys["devices"]}
 			}},
 		{name: "secrets", file: secrets.DBFile, buckets: secrets.Buckets, // a bucket per name, nested
-			create: func(path string) error {
-				s, err := secrets.Open(secrets.Config{Dir: filepath.Dir(path)})
-				if err == nil {
-					err = s.Close()
-				}
-				return err
-			},
+			create: created(func(path string) (*secrets.Store, error) {
+				return secrets.Open(secrets.Config{Dir: filepath.Dir(path)})
+			}),
 			open: secrets.PostgresBuckets,
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"names": keys["versions"], "versions": keys["secrets"], "schedules": keys["rotation"]}
 			}},
 		{name: "deliveries", file: secrets.DeliveriesFile, buckets: nil, // a bucket per secret: every one
-			create: func(path string) error {
-				d, err := secrets.OpenDeliveries(path)
-				if err == nil {
-					err = d.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				d, err := secrets.OpenDeliveriesPostgres(ctx, db)
-				if err != nil {
-					return nil, err
-				}
-				d.Close()
-				return kv.Postgres(db, secrets.DeliveriesTable)
-			},
+			create: created(secrets.OpenDeliveries),
+			open:   opened(secrets.OpenDeliveriesPostgres, secrets.DeliveriesTable),
 			records: func(keys map[string]int) map[string]int {
 				out := map[string]int{"secrets": len(keys), "deliveries": 0}
 				for _, n := range keys {
@@ -335,21 +252,10 @@ func kvStores() []kvStore {
 				return kv.Postgres(db, bridge.Table)
 			}},
 		{name: "workloads", file: workload.File, buckets: workload.Buckets, // signing keys stay sealed under secrets.key
-			create: func(path string) error {
-				s, err := workload.Open(path, make([]byte, 32)) // the key seals nothing here
-				if err == nil {
-					err = s.Close()
-				}
-				return err
-			},
-			open: func(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-				s, err := workload.OpenPostgres(ctx, db, make([]byte, 32))
-				if err != nil {
-					return nil, err
-				}
-				s.Close()
-				return kv.Postgres(db, workload.Table)
-			},
+			create: created(func(path string) (*workload.Store, error) { return workload.Open(path, make([]byte, 32)) }), // the key seals nothing here
+			open: opened(func(ctx context.Context, db *postgres.DB) (*workload.Store, error) {
+				return workload.OpenPostgres(ctx, db, make([]byte, 32))
+			}, workload.Table),
 			records: func(keys map[string]int) map[string]int {
 				return map[string]int{"registrations": keys["registrations"], "signing keys": keys["jwt_keys"]}
 			}},

@@ -204,12 +204,9 @@ func OpenJobs(path string) (*Jobs, error) {
 // device once), and writes run one at a time across them
 // (kv.Options.Serialized). Close leaves db open.
 func OpenJobsPostgres(ctx context.Context, db *postgres.DB) (*Jobs, error) {
-	if err := db.Migrate(ctx, "rotation", migrations); err != nil {
-		return nil, fmt.Errorf("rotation: %w", err)
-	}
-	k, err := kv.Postgres(db, JobsTable, kv.Options{Serialized: true})
+	k, err := kv.PostgresMigrated(ctx, db, "rotation", migrations, JobsTable, kv.Options{Serialized: true})
 	if err != nil {
-		return nil, fmt.Errorf("rotation: %w", err)
+		return nil, err
 	}
 	j, err := start(ctx, k, "database")
 	if err != nil {

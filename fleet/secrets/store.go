@@ -238,14 +238,7 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, cfg Config) (*Store, err
 // PostgresBuckets brings the secrets' tables in db up to date and returns
 // their buckets (sigil migrate copies into them).
 func PostgresBuckets(ctx context.Context, db *postgres.DB) (kv.DB, error) {
-	if err := db.Migrate(ctx, "secrets", migrations); err != nil {
-		return nil, fmt.Errorf("secrets: %w", err)
-	}
-	k, err := kv.Postgres(db, Table, kv.Options{Serialized: true})
-	if err != nil {
-		return nil, fmt.Errorf("secrets: %w", err)
-	}
-	return k, nil
+	return kv.PostgresMigrated(ctx, db, "secrets", migrations, Table, kv.Options{Serialized: true})
 }
 
 func newStore(cfg Config) *Store {

@@ -56,12 +56,9 @@ func OpenCursors(path string) (*CursorStore, error) {
 // their ingesters compare and set each cursor (SwapCursor,
 // Config.SharedCursors). Close leaves db open.
 func OpenCursorsPostgres(ctx context.Context, db *postgres.DB) (*CursorStore, error) {
-	if err := db.Migrate(ctx, "telemetry", migrations); err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
-	}
-	k, err := kv.Postgres(db, Table)
+	k, err := kv.PostgresMigrated(ctx, db, "telemetry", migrations, Table)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
+		return nil, err
 	}
 	return &CursorStore{db: k}, nil
 }

@@ -69,12 +69,9 @@ func OpenPostgres(ctx context.Context, db *postgres.DB, kek []byte) (*Store, err
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, "workload", migrations); err != nil {
-		return nil, fmt.Errorf("workload: %w", err)
-	}
-	k, err := kv.Postgres(db, Table)
+	k, err := kv.PostgresMigrated(ctx, db, "workload", migrations, Table)
 	if err != nil {
-		return nil, fmt.Errorf("workload: %w", err)
+		return nil, err
 	}
 	return &Store{db: k, aead: a}, nil
 }

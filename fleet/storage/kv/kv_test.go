@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/sigil-iot/sigil/fleet/storage/boltdb"
@@ -583,5 +585,47 @@ func testClock(t *testing.T, db kv.DB, shared bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestPostgresMigrated: PostgresMigrated applies a store's migrations
+// once (a second open keeps the records) and returns its buckets; its
+// errors, a failed migration's or an invalid table's, start with the
+// store's component.
+func TestPostgresMigrated(t *testing.T) {
+	srv := pgtest.Start(t)
+	pg, err := postgres.Open(t.Context(), srv.NewDatabase(t), postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Close)
+	migrations := fstest.MapFS{"migrations/0001_kv.sql": {Data: []byte(kv.Schema("kv_migrated"))}}
+	d, err := kv.PostgresMigrated(t.Context(), pg, "kvtest", migrations, "kv_migrated", kv.Options{Serialized: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Update(t.Context(), func(tx kv.Tx) error { return tx.Bucket(bucketA).Put([]byte("k"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	d, err = kv.PostgresMigrated(t.Context(), pg, "kvtest", migrations, "kv_migrated")
+	if err != nil {
+		t.Fatalf("a second open: %v", err)
+	}
+	d.View(t.Context(), func(tx kv.Tx) error {
+		if v := tx.Bucket(bucketA).Get([]byte("k")); string(v) != "v" {
+			t.Errorf("after a second open: %q, want the record", v)
+		}
+		return nil
+	})
+	if v, err := pg.Version(t.Context(), "kvtest"); err != nil || v != 1 {
+		t.Errorf("kvtest's version: %d, %v; want 1", v, err)
+	}
+
+	bad := fstest.MapFS{"migrations/0001_bad.sql": {Data: []byte("CREATE TABLE")}}
+	if _, err := kv.PostgresMigrated(t.Context(), pg, "kvbad", bad, "kv_bad"); err == nil || !strings.HasPrefix(err.Error(), "kvbad: ") {
+		t.Errorf("a failed migration: %v, want an error starting with the component", err)
+	}
+	if _, err := kv.PostgresMigrated(t.Context(), pg, "kvtest", migrations, "Not-A-Table"); err == nil || !strings.HasPrefix(err.Error(), "kvtest: kv: ") {
+		t.Errorf("an invalid table: %v, want an error starting with the component", err)
 	}
 }
