@@ -14,7 +14,6 @@ import (
 	"github.com/sigil-iot/sigil/fleet/audit"
 	"github.com/sigil-iot/sigil/fleet/auth"
 	"github.com/sigil-iot/sigil/fleet/bridge"
-	"github.com/sigil-iot/sigil/fleet/inventory"
 )
 
 // OT bridges (fleet/bridge): the credentials of plant MQTT brokers.
@@ -229,17 +228,9 @@ func (h *handler) createBridge(w http.ResponseWriter, r *http.Request, who strin
 }
 
 func (h *handler) revokeBridge(w http.ResponseWriter, r *http.Request, who string, bs Bridges) {
-	var req revokeRequest
-	if !decode(w, r, &req) {
+	req, reason, ok := decodeRevoke(w, r)
+	if !ok {
 		return
-	}
-	reason := inventory.ReasonUnspecified
-	if req.Reason != "" {
-		var ok bool
-		if reason, ok = inventory.ReasonCode(req.Reason); !ok {
-			problem(w, http.StatusBadRequest, "bad request", "reason must be one of unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold")
-			return
-		}
 	}
 	site := r.PathValue("site")
 	err := bs.Revoke(r.Context(), audit.User(who), site, reason, req.Comment)

@@ -33,6 +33,24 @@ type revokeRequest struct {
 	Comment string `json:"comment"`
 }
 
+// decodeRevoke reads a revocation request and its CRL reason code
+// (unspecified when none is named); on a bad one it has answered 400.
+func decodeRevoke(w http.ResponseWriter, r *http.Request) (revokeRequest, int, bool) {
+	var req revokeRequest
+	if !decode(w, r, &req) {
+		return req, 0, false
+	}
+	reason := inventory.ReasonUnspecified
+	if req.Reason != "" {
+		var ok bool
+		if reason, ok = inventory.ReasonCode(req.Reason); !ok {
+			problem(w, http.StatusBadRequest, "bad request", "reason must be one of unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold")
+			return req, 0, false
+		}
+	}
+	return req, reason, true
+}
+
 // revoke revokes every certificate of the device that has not expired,
 // with the revocation's CRL entries, in one transaction
 // (inventory.Store.RevokeDevice: a renewed-away certificate is revoked
@@ -40,17 +58,9 @@ type revokeRequest struct {
 // keeps its identity: it can prove itself again from its EK
 // (re-enrollment); to shut it out, decommission it.
 func (h *handler) revoke(w http.ResponseWriter, r *http.Request, who string) {
-	var req revokeRequest
-	if !decode(w, r, &req) {
+	req, reason, ok := decodeRevoke(w, r)
+	if !ok {
 		return
-	}
-	reason := inventory.ReasonUnspecified
-	if req.Reason != "" {
-		var ok bool
-		if reason, ok = inventory.ReasonCode(req.Reason); !ok {
-			problem(w, http.StatusBadRequest, "bad request", "reason must be one of unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold")
-			return
-		}
 	}
 	d, ok := h.device(w, r)
 	if !ok {
